@@ -1,0 +1,254 @@
+//! `envoy.config.cluster.v3.Cluster`: a named group of upstream hosts.
+
+use serde::Deserialize;
+
+use crate::core::{Metadata, Percent, TransportSocket};
+use crate::duration::Duration;
+use crate::endpoint::ClusterLoadAssignment;
+use crate::unsupported::Unsupported;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// Replaces `name` in stat names.
+    pub alt_stat_name: Option<String>,
+    #[serde(rename = "type", default)]
+    pub discovery_type: DiscoveryType,
+    pub cluster_type: Option<Unsupported>,
+    pub eds_cluster_config: Option<Unsupported>,
+    /// Default 5 s (Envoy's).
+    pub connect_timeout: Option<Duration>,
+    /// Default 1 MiB.
+    pub per_connection_buffer_limit_bytes: Option<u32>,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    pub load_balancing_policy: Option<Unsupported>,
+    pub load_assignment: Option<ClusterLoadAssignment>,
+    pub health_checks: Option<Unsupported>,
+    pub max_requests_per_connection: Option<Unsupported>,
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakers,
+    pub upstream_http_protocol_options: Option<Unsupported>,
+    pub common_http_protocol_options: Option<Unsupported>,
+    pub http_protocol_options: Option<Unsupported>,
+    pub http2_protocol_options: Option<Unsupported>,
+    pub typed_extension_protocol_options: Option<Unsupported>,
+    /// How often DNS clusters re-resolve (default 5 s).
+    pub dns_refresh_rate: Option<Duration>,
+    pub dns_failure_refresh_rate: Option<Unsupported>,
+    #[serde(default)]
+    pub respect_dns_ttl: bool,
+    #[serde(default)]
+    pub dns_lookup_family: DnsLookupFamily,
+    pub dns_resolvers: Option<Unsupported>,
+    pub use_tcp_for_dns_lookups: Option<Unsupported>,
+    pub dns_resolution_config: Option<Unsupported>,
+    pub typed_dns_resolver_config: Option<Unsupported>,
+    pub wait_for_warm_on_init: Option<bool>,
+    pub outlier_detection: Option<Unsupported>,
+    pub cleanup_interval: Option<Duration>,
+    pub upstream_bind_config: Option<Unsupported>,
+    pub lb_subset_config: Option<Unsupported>,
+    pub ring_hash_lb_config: Option<Unsupported>,
+    pub maglev_lb_config: Option<Unsupported>,
+    pub original_dst_lb_config: Option<Unsupported>,
+    pub least_request_lb_config: Option<LeastRequestLbConfig>,
+    pub round_robin_lb_config: Option<Unsupported>,
+    #[serde(default)]
+    pub common_lb_config: CommonLbConfig,
+    pub transport_socket: Option<TransportSocket>,
+    pub transport_socket_matches: Option<Unsupported>,
+    pub metadata: Option<Metadata>,
+    pub protocol_selection: Option<Unsupported>,
+    pub upstream_connection_options: Option<Unsupported>,
+    #[serde(default)]
+    pub close_connections_on_host_health_failure: bool,
+    #[serde(default)]
+    pub ignore_health_on_host_removal: bool,
+    pub filters: Option<Unsupported>,
+    pub track_timeout_budgets: Option<Unsupported>,
+    pub track_cluster_stats: Option<Unsupported>,
+    pub preconnect_policy: Option<Unsupported>,
+    #[serde(default)]
+    pub connection_pool_per_downstream_connection: bool,
+}
+
+impl Cluster {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+    pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
+
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.connect_timeout.unwrap_or(Self::DEFAULT_CONNECT_TIMEOUT).0
+    }
+
+    pub fn dns_refresh_rate(&self) -> std::time::Duration {
+        self.dns_refresh_rate.unwrap_or(Self::DEFAULT_DNS_REFRESH_RATE).0
+    }
+
+    pub fn per_connection_buffer_limit_bytes(&self) -> u32 {
+        self.per_connection_buffer_limit_bytes.unwrap_or(Self::DEFAULT_BUFFER_LIMIT)
+    }
+
+    /// The `<name>` of `cluster.<name>.` stats.
+    pub fn stat_name(&self) -> &str {
+        self.alt_stat_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `Cluster.DiscoveryType`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum DiscoveryType {
+    /// Hosts are the IP addresses in `load_assignment`.
+    #[default]
+    #[serde(rename = "STATIC")]
+    Static,
+    /// Every address each host name resolves to is a host; re-resolved every `dns_refresh_rate`.
+    #[serde(rename = "STRICT_DNS")]
+    StrictDns,
+    /// One host per name, connecting to the first address of the latest resolution.
+    #[serde(rename = "LOGICAL_DNS")]
+    LogicalDns,
+    #[serde(rename = "EDS")]
+    Eds,
+    #[serde(rename = "ORIGINAL_DST")]
+    OriginalDst,
+}
+
+/// `Cluster.LbPolicy`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum LbPolicy {
+    #[default]
+    #[serde(rename = "ROUND_ROBIN")]
+    RoundRobin,
+    #[serde(rename = "LEAST_REQUEST")]
+    LeastRequest,
+    #[serde(rename = "RANDOM")]
+    Random,
+    #[serde(rename = "RING_HASH")]
+    RingHash,
+    #[serde(rename = "MAGLEV")]
+    Maglev,
+    #[serde(rename = "CLUSTER_PROVIDED")]
+    ClusterProvided,
+    #[serde(rename = "LOAD_BALANCING_POLICY_CONFIG")]
+    LoadBalancingPolicyConfig,
+}
+
+/// `Cluster.LeastRequestLbConfig`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeastRequestLbConfig {
+    /// Hosts sampled per pick (default 2: power of two choices).
+    pub choice_count: Option<u32>,
+    pub active_request_bias: Option<Unsupported>,
+    pub slow_start_config: Option<Unsupported>,
+}
+
+/// `Cluster.CommonLbConfig`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommonLbConfig {
+    /// Below this percentage of healthy hosts the LB ignores health (default 50 %).
+    pub healthy_panic_threshold: Option<Percent>,
+    pub zone_aware_lb_config: Option<Unsupported>,
+    pub locality_weighted_lb_config: Option<Unsupported>,
+    pub update_merge_window: Option<Duration>,
+    #[serde(default)]
+    pub ignore_new_hosts_until_first_hc: bool,
+    #[serde(default)]
+    pub close_connections_on_host_set_change: bool,
+    pub consistent_hashing_lb_config: Option<Unsupported>,
+    pub override_host_status: Option<Unsupported>,
+}
+
+impl CommonLbConfig {
+    pub fn healthy_panic_threshold(&self) -> f64 {
+        self.healthy_panic_threshold.map(|p| p.value).unwrap_or(50.0)
+    }
+}
+
+/// `Cluster.DnsLookupFamily`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    /// IPv6 if the name has any v6 address, else IPv4 (Envoy's default).
+    #[default]
+    #[serde(rename = "AUTO")]
+    Auto,
+    #[serde(rename = "V4_ONLY")]
+    V4Only,
+    #[serde(rename = "V6_ONLY")]
+    V6Only,
+    #[serde(rename = "V4_PREFERRED")]
+    V4Preferred,
+    #[serde(rename = "ALL")]
+    All,
+}
+
+/// `envoy.config.cluster.v3.CircuitBreakers`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default)]
+    pub thresholds: Vec<Thresholds>,
+    #[serde(default)]
+    pub per_host_thresholds: Vec<Thresholds>,
+}
+
+impl CircuitBreakers {
+    /// The thresholds for `priority`, Envoy's defaults when not given.
+    pub fn for_priority(&self, priority: RoutingPriority) -> Thresholds {
+        self.thresholds
+            .iter()
+            .find(|t| t.priority == priority)
+            .cloned()
+            .unwrap_or(Thresholds { priority, ..Default::default() })
+    }
+}
+
+/// `CircuitBreakers.Thresholds`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    #[serde(default)]
+    pub priority: RoutingPriority,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub retry_budget: Option<Unsupported>,
+    /// Publishes `remaining_*` gauges.
+    #[serde(default)]
+    pub track_remaining: bool,
+    pub max_connection_pools: Option<u32>,
+}
+
+impl Thresholds {
+    pub fn max_connections(&self) -> u64 {
+        self.max_connections.map_or(1024, u64::from)
+    }
+    pub fn max_pending_requests(&self) -> u64 {
+        self.max_pending_requests.map_or(1024, u64::from)
+    }
+    pub fn max_requests(&self) -> u64 {
+        self.max_requests.map_or(1024, u64::from)
+    }
+    pub fn max_retries(&self) -> u64 {
+        self.max_retries.map_or(3, u64::from)
+    }
+    /// Unlimited by default.
+    pub fn max_connection_pools(&self) -> u64 {
+        self.max_connection_pools.map_or(u64::MAX, u64::from)
+    }
+}
+
+/// `envoy.config.core.v3.RoutingPriority`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+pub enum RoutingPriority {
+    #[default]
+    #[serde(rename = "DEFAULT")]
+    Default,
+    #[serde(rename = "HIGH")]
+    High,
+}

@@ -1,0 +1,3 @@
+//! Configs of filters, in modules named after Envoy's proto packages.
+
+pub mod network;

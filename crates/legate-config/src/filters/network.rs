@@ -1,0 +1,5 @@
+//! `envoy.extensions.filters.network.*` configs.
+
+pub mod connection_limit;
+pub mod echo;
+pub mod tcp_proxy;

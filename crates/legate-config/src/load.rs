@@ -1,0 +1,182 @@
+//! Reading a bootstrap from a file and `--config-yaml`, as Envoy's `-c` and `--config-yaml`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::bootstrap::Bootstrap;
+use crate::merge::merge_from;
+use crate::normalize::normalize;
+use crate::path::{self, PathError};
+use crate::validate;
+
+/// Why a configuration could not be loaded. Each variant prints as one line per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unable to read file: {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unable to parse {origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{0}")]
+    Field(PathError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<PathError>),
+    #[error("at least one of --config-path or --config-yaml is required")]
+    Empty,
+}
+
+/// A bootstrap that passed parsing and validation, with the merged JSON tree it came from
+/// (for `/config_dump`).
+#[derive(Clone, Debug)]
+pub struct LoadedBootstrap {
+    pub bootstrap: Bootstrap,
+    pub raw: Value,
+}
+
+/// Loads `config_path` (YAML, or JSON when it ends in `.json`) and merges `config_yaml` over it.
+pub fn load_bootstrap(config_path: Option<&Path>, config_yaml: Option<&str>) -> Result<LoadedBootstrap, ConfigError> {
+    let mut tree = match config_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let origin = path.display().to_string();
+            let is_json = path.extension().is_some_and(|e| e == "json");
+            let is_proto = path.extension().is_some_and(|e| e == "pb" || e == "pb_text");
+            if is_proto {
+                return Err(ConfigError::Syntax {
+                    origin,
+                    message: "binary and text protobuf configs are not supported by legate; use YAML or JSON".into(),
+                });
+            }
+            if is_json {
+                parse_json(&text, &origin)?
+            } else {
+                parse_yaml(&text, &origin)?
+            }
+        }
+        None => Value::Object(Default::default()),
+    };
+    if let Some(yaml) = config_yaml {
+        let overlay = parse_yaml(yaml, "--config-yaml")?;
+        merge_from(&mut tree, overlay);
+    }
+    if config_path.is_none() && config_yaml.is_none() {
+        return Err(ConfigError::Empty);
+    }
+    parse_bootstrap(tree)
+}
+
+/// Parses and validates an already-read JSON tree.
+pub fn parse_bootstrap(mut tree: Value) -> Result<LoadedBootstrap, ConfigError> {
+    if !tree.is_object() {
+        return Err(ConfigError::Syntax { origin: "config".into(), message: "the bootstrap must be a mapping".into() });
+    }
+    normalize(&mut tree);
+    let bootstrap: Bootstrap = path::from_value(tree.clone()).map_err(ConfigError::Field)?;
+    let errors = validate::validate(&bootstrap);
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors));
+    }
+    Ok(LoadedBootstrap { bootstrap, raw: tree })
+}
+
+pub fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError> {
+    let value: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigError::Syntax { origin: origin.to_string(), message: e.to_string() })?;
+    Ok(if value.is_null() { Value::Object(Default::default()) } else { value })
+}
+
+pub fn parse_json(text: &str, origin: &str) -> Result<Value, ConfigError> {
+    serde_json::from_str(text).map_err(|e| ConfigError::Syntax { origin: origin.to_string(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<LoadedBootstrap, ConfigError> {
+        load_bootstrap(None, Some(yaml))
+    }
+
+    const MINIMAL: &str = r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: backend
+  clusters:
+  - name: backend
+    connect_timeout: 0.25s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}
+"#;
+
+    #[test]
+    fn loads_a_tcp_proxy_config() {
+        let b = load(MINIMAL).unwrap().bootstrap;
+        assert_eq!(b.static_resources.clusters[0].connect_timeout(), std::time::Duration::from_millis(250));
+        assert_eq!(b.static_resources.listeners[0].per_connection_buffer_limit_bytes(), 1024 * 1024);
+    }
+
+    #[test]
+    fn misspelled_enum_names_the_field() {
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    lb_policy: ROUND_ROBBIN");
+        let err = load(&yaml).unwrap_err().to_string();
+        assert!(err.starts_with("static_resources.clusters[0].lb_policy: unknown variant `ROUND_ROBBIN`"), "{err}");
+    }
+
+    #[test]
+    fn error_inside_typed_config_has_the_full_path() {
+        let yaml = MINIMAL.replace("stat_prefix: tcp", "stat_prefix: tcp\n          idle_timeout: 10");
+        let err = load(&yaml).unwrap_err().to_string();
+        assert!(
+            err.starts_with("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.idle_timeout:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    conect_timeout: 1s");
+        let err = load(&yaml).unwrap_err().to_string();
+        assert_eq!(err, "static_resources.clusters[0].conect_timeout: unknown field `conect_timeout`");
+    }
+
+    #[test]
+    fn unsupported_envoy_field_says_so() {
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    outlier_detection: {}");
+        let err = load(&yaml).unwrap_err().to_string();
+        assert_eq!(err, "static_resources.clusters[0].outlier_detection: this Envoy field is not supported by legate yet");
+    }
+
+    #[test]
+    fn camel_case_and_durations_as_objects() {
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connectTimeout: {seconds: 2}");
+        let b = load(&yaml).unwrap().bootstrap;
+        assert_eq!(b.static_resources.clusters[0].connect_timeout(), std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_yaml_is_a_syntax_error() {
+        let err = load("static_resources: [").unwrap_err().to_string();
+        assert!(err.starts_with("unable to parse --config-yaml:"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let err = load_bootstrap(Some(Path::new("/nonexistent/envoy.yaml")), None).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/envoy.yaml"), "{err}");
+    }
+}

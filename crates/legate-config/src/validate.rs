@@ -1,0 +1,325 @@
+//! Checks that span several fields, after each field parsed: references between resources,
+//! uniqueness, address syntax and the shape of filter chains. Every problem is reported with
+//! its field path; all problems are reported, not only the first.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::bootstrap::Bootstrap;
+use crate::cluster::{Cluster, DiscoveryType, LbPolicy};
+use crate::core::{Address, CidrRange, SocketProtocol};
+use crate::extensions::NetworkFilterConfig;
+use crate::listener::{FilterChain, Listener};
+use crate::path::PathError;
+
+pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
+    let mut v = Validator { errors: Vec::new() };
+    if let Some(admin) = &bootstrap.admin {
+        if let Some(address) = &admin.address {
+            v.ip_address("admin.address", address);
+        }
+    }
+    let clusters: HashSet<&str> = bootstrap.static_resources.clusters.iter().map(|c| c.name.as_str()).collect();
+    let mut listener_names = HashMap::new();
+    for (i, listener) in bootstrap.static_resources.listeners.iter().enumerate() {
+        let at = format!("static_resources.listeners[{i}]");
+        if let Some(first) = listener_names.insert(listener.name(), i) {
+            v.error(
+                &format!("{at}.name"),
+                format!("duplicate listener name '{}' (also static_resources.listeners[{first}])", listener.name()),
+            );
+        }
+        v.listener(&at, listener, &clusters);
+    }
+    let mut cluster_names = HashMap::new();
+    for (i, cluster) in bootstrap.static_resources.clusters.iter().enumerate() {
+        let at = format!("static_resources.clusters[{i}]");
+        if let Some(first) = cluster_names.insert(cluster.name.as_str(), i) {
+            v.error(
+                &format!("{at}.name"),
+                format!("cluster manager: duplicate cluster '{}' found (also static_resources.clusters[{first}])", cluster.name),
+            );
+        }
+        v.cluster(&at, cluster);
+    }
+    v.errors
+}
+
+struct Validator {
+    errors: Vec<PathError>,
+}
+
+impl Validator {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(PathError { path: path.to_string(), message: message.into() });
+    }
+
+    /// An address that must be an IP literal and port (listeners, admin, STATIC hosts).
+    fn ip_address(&mut self, at: &str, address: &Address) {
+        let Some(socket) = address.socket() else {
+            self.error(at, "a socket_address is required");
+            return;
+        };
+        let at = format!("{at}.socket_address");
+        if socket.ip().is_none() {
+            self.error(&format!("{at}.address"), format!("malformed IP address: {}", socket.address));
+        }
+        self.port(&format!("{at}.port_value"), socket.port_value);
+    }
+
+    fn port(&mut self, at: &str, port: u32) {
+        if port > 65535 {
+            self.error(at, format!("invalid port {port}: must be at most 65535"));
+        }
+    }
+
+    fn listener(&mut self, at: &str, listener: &Listener, clusters: &HashSet<&str>) {
+        self.ip_address(&format!("{at}.address"), &listener.address);
+        if let Some(socket) = listener.address.socket() {
+            if socket.protocol == SocketProtocol::Udp {
+                self.error(&format!("{at}.address.socket_address.protocol"), "UDP listeners are not supported by legate yet");
+            }
+        }
+        if listener.filter_chains.is_empty() && listener.default_filter_chain.is_none() {
+            self.error(&format!("{at}.filter_chains"), "error adding listener: no filter chains specified");
+        }
+        let mut seen: HashMap<&crate::listener::FilterChainMatch, usize> = HashMap::new();
+        for (i, chain) in listener.filter_chains.iter().enumerate() {
+            let chain_at = format!("{at}.filter_chains[{i}]");
+            if let Some(first) = seen.insert(&chain.filter_chain_match, i) {
+                self.error(
+                    &format!("{chain_at}.filter_chain_match"),
+                    format!(
+                        "multiple filter chains with the same matching rules are defined (also filter_chains[{first}])"
+                    ),
+                );
+            }
+            self.filter_chain(&chain_at, chain, clusters);
+        }
+        if let Some(chain) = &listener.default_filter_chain {
+            self.filter_chain(&format!("{at}.default_filter_chain"), chain, clusters);
+        }
+        if listener.per_connection_buffer_limit_bytes == Some(0) {
+            self.error(&format!("{at}.per_connection_buffer_limit_bytes"), "must be greater than 0");
+        }
+    }
+
+    fn filter_chain(&mut self, at: &str, chain: &FilterChain, clusters: &HashSet<&str>) {
+        let m = &chain.filter_chain_match;
+        let match_at = format!("{at}.filter_chain_match");
+        if let Some(port) = m.destination_port {
+            if port == 0 || port > 65535 {
+                self.error(&format!("{match_at}.destination_port"), format!("invalid port {port}: must be in 1..=65535"));
+            }
+        }
+        for (field, ranges) in [
+            ("prefix_ranges", &m.prefix_ranges),
+            ("source_prefix_ranges", &m.source_prefix_ranges),
+            ("direct_source_prefix_ranges", &m.direct_source_prefix_ranges),
+        ] {
+            self.cidrs(&format!("{match_at}.{field}"), ranges);
+        }
+        for (i, port) in m.source_ports.iter().enumerate() {
+            self.port(&format!("{match_at}.source_ports[{i}]"), *port);
+        }
+        if !m.address_suffix.is_empty() || m.suffix_len.is_some() {
+            self.error(&format!("{match_at}.address_suffix"), "this Envoy field is not supported by legate yet");
+        }
+        let last = chain.filters.len().saturating_sub(1);
+        for (i, filter) in chain.filters.iter().enumerate() {
+            let filter_at = format!("{at}.filters[{i}]");
+            let terminal = matches!(filter.config, NetworkFilterConfig::TcpProxy(_) | NetworkFilterConfig::Echo(_));
+            if terminal && i != last {
+                self.error(
+                    &filter_at,
+                    format!("Error: terminal filter named {} of type {} must be the last filter in a network filter chain.", filter.name, kind_name(&filter.config)),
+                );
+            }
+            if !terminal && i == last {
+                self.error(
+                    &filter_at,
+                    format!("Error: non-terminal filter named {} of type {} is the last filter in a network filter chain.", filter.name, kind_name(&filter.config)),
+                );
+            }
+            let typed_at = format!("{filter_at}.typed_config");
+            match &filter.config {
+                NetworkFilterConfig::TcpProxy(tcp) => {
+                    if tcp.stat_prefix.is_empty() {
+                        self.error(&format!("{typed_at}.stat_prefix"), "value length must be at least 1 characters");
+                    }
+                    match (&tcp.cluster, &tcp.weighted_clusters) {
+                        (None, None) => self.error(&typed_at, "one of cluster or weighted_clusters is required"),
+                        (Some(_), Some(_)) => self.error(&typed_at, "only one of cluster or weighted_clusters may be set"),
+                        (Some(name), None) => self.cluster_ref(&format!("{typed_at}.cluster"), name, clusters),
+                        (None, Some(w)) => {
+                            if w.clusters.len() < 2 {
+                                self.error(&format!("{typed_at}.weighted_clusters.clusters"), "value must contain at least 2 item(s)");
+                            }
+                            for (j, c) in w.clusters.iter().enumerate() {
+                                let c_at = format!("{typed_at}.weighted_clusters.clusters[{j}]");
+                                self.cluster_ref(&format!("{c_at}.name"), &c.name, clusters);
+                                if c.weight == 0 {
+                                    self.error(&format!("{c_at}.weight"), "value must be greater than or equal to 1");
+                                }
+                            }
+                        }
+                    }
+                    if tcp.max_connect_attempts == Some(0) {
+                        self.error(&format!("{typed_at}.max_connect_attempts"), "value must be greater than or equal to 1");
+                    }
+                }
+                NetworkFilterConfig::ConnectionLimit(limit) => {
+                    if limit.stat_prefix.is_empty() {
+                        self.error(&format!("{typed_at}.stat_prefix"), "value length must be at least 1 characters");
+                    }
+                    if limit.max_connections == 0 {
+                        self.error(&format!("{typed_at}.max_connections"), "value must be greater than or equal to 1");
+                    }
+                }
+                NetworkFilterConfig::Echo(_) => {}
+            }
+        }
+    }
+
+    fn cluster_ref(&mut self, at: &str, name: &str, clusters: &HashSet<&str>) {
+        if !clusters.contains(name) {
+            self.error(at, format!("unknown cluster '{name}': no static cluster has this name"));
+        }
+    }
+
+    fn cidrs(&mut self, at: &str, ranges: &[CidrRange]) {
+        for (i, range) in ranges.iter().enumerate() {
+            if let Err(message) = range.parse() {
+                self.error(&format!("{at}[{i}]"), message);
+            }
+        }
+    }
+
+    fn cluster(&mut self, at: &str, cluster: &Cluster) {
+        if cluster.name.is_empty() {
+            self.error(&format!("{at}.name"), "value length must be at least 1 characters");
+        }
+        if cluster.connect_timeout.is_some_and(|t| t.is_zero()) {
+            self.error(&format!("{at}.connect_timeout"), "value must be greater than 0s");
+        }
+        match cluster.discovery_type {
+            DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {}
+            other => self.error(
+                &format!("{at}.type"),
+                format!("cluster type {other:?} is not supported by legate yet (STATIC, STRICT_DNS and LOGICAL_DNS are)"),
+            ),
+        }
+        match cluster.lb_policy {
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => {}
+            other => self.error(
+                &format!("{at}.lb_policy"),
+                format!("lb_policy {other:?} is not supported by legate yet (ROUND_ROBIN, LEAST_REQUEST and RANDOM are)"),
+            ),
+        }
+        if let Some(lr) = &cluster.least_request_lb_config {
+            if lr.choice_count.is_some_and(|c| c < 2) {
+                self.error(&format!("{at}.least_request_lb_config.choice_count"), "value must be greater than or equal to 2");
+            }
+        }
+        let Some(assignment) = &cluster.load_assignment else {
+            return;
+        };
+        let mut hosts = 0;
+        for (i, locality) in assignment.endpoints.iter().enumerate() {
+            let loc_at = format!("{at}.load_assignment.endpoints[{i}]");
+            if locality.load_balancing_weight == Some(0) {
+                self.error(&format!("{loc_at}.load_balancing_weight"), "value must be greater than or equal to 1");
+            }
+            if locality.priority > 128 {
+                self.error(&format!("{loc_at}.priority"), "value must be less than or equal to 128");
+            }
+            for (j, lb_endpoint) in locality.lb_endpoints.iter().enumerate() {
+                hosts += 1;
+                let ep_at = format!("{loc_at}.lb_endpoints[{j}]");
+                if lb_endpoint.load_balancing_weight == Some(0) {
+                    self.error(&format!("{ep_at}.load_balancing_weight"), "value must be greater than or equal to 1");
+                }
+                let Some(endpoint) = &lb_endpoint.endpoint else {
+                    self.error(&format!("{ep_at}.endpoint"), "an endpoint with an address is required");
+                    continue;
+                };
+                let addr_at = format!("{ep_at}.endpoint.address");
+                match cluster.discovery_type {
+                    DiscoveryType::Static => self.ip_address(&addr_at, &endpoint.address),
+                    _ => match endpoint.address.socket() {
+                        Some(s) => self.port(&format!("{addr_at}.socket_address.port_value"), s.port_value),
+                        None => self.error(&addr_at, "a socket_address is required"),
+                    },
+                }
+            }
+        }
+        if cluster.discovery_type == DiscoveryType::LogicalDns && (assignment.endpoints.len() != 1 || hosts != 1) {
+            self.error(
+                &format!("{at}.load_assignment"),
+                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+            );
+        }
+    }
+}
+
+fn kind_name(config: &NetworkFilterConfig) -> &'static str {
+    match config {
+        NetworkFilterConfig::TcpProxy(_) => "envoy.filters.network.tcp_proxy",
+        NetworkFilterConfig::Echo(_) => "envoy.filters.network.echo",
+        NetworkFilterConfig::ConnectionLimit(_) => "envoy.filters.network.connection_limit",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::load::load_bootstrap;
+
+    fn errors(yaml: &str) -> String {
+        load_bootstrap(None, Some(yaml)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_cluster_and_bad_address_are_reported_together() {
+        let err = errors(
+            r#"
+static_resources:
+  listeners:
+  - address: {socket_address: {address: not-an-ip, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: nope}
+"#,
+        );
+        assert!(err.contains("static_resources.listeners[0].address.socket_address.address: malformed IP address: not-an-ip"), "{err}");
+        assert!(err.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster 'nope'"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_filter_chain_match_is_refused() {
+        let err = errors(
+            r#"
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters: [{name: envoy.filters.network.echo}]
+    - filters: [{name: envoy.filters.network.echo}]
+"#,
+        );
+        assert!(err.contains("filter_chains[1].filter_chain_match: multiple filter chains with the same matching rules"), "{err}");
+    }
+
+    #[test]
+    fn terminal_filter_must_be_last() {
+        let err = errors(
+            r#"
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters: [{name: envoy.filters.network.echo}, {name: envoy.filters.network.echo}]
+"#,
+        );
+        assert!(err.contains("filters[0]: Error: terminal filter named envoy.filters.network.echo"), "{err}");
+    }
+}

@@ -1,0 +1,163 @@
+//! Per-worker slot arenas: the memory every counter, gauge and histogram writes into.
+//!
+//! Envoy gives each worker a thread-local cache of the central stats and merges on read; legate
+//! keeps one arena per shard (shard 0 = the main thread and any thread that is not a worker,
+//! shards `1..=workers` = the workers) and sums the shards when admin reads a stat (DESIGN §2).
+//!
+//! A stat is an index into every arena. An arena is a fixed top-level table of lazily allocated
+//! fixed-size chunks, so memory never moves and readers need no lock. Chunks are allocated in
+//! every shard when a stat is created (config time), so the hot path never allocates. Chunks are
+//! cache-line aligned and owned by one shard, so two workers never write the same cache line.
+//!
+//! Besides the shards there is one "side" arena, written only by the main thread under the
+//! store's registry lock: a counter keeps its `/reset_counters` offset there, a gauge its
+//! "was set" flag.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Slots per chunk (8 KiB of `u64`).
+pub(crate) const CHUNK_SLOTS: usize = 1024;
+/// Chunks per arena: 4 Mi slots (32 MiB) per shard at most, which is far beyond thousands of
+/// clusters × ~60 stats; the top-level table itself costs 64 KiB per shard.
+const MAX_CHUNKS: usize = 4096;
+/// Slots reserved at the start of the arena as a write-only sink for stats created after the
+/// arena is full (their values are discarded and they are not registered).
+pub(crate) const SCRATCH_SLOTS: usize = 32;
+
+thread_local! {
+    /// The shard the current thread writes into; see [`set_thread_shard`].
+    static THREAD_SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Declares which shard the current thread writes its stats into.
+///
+/// A worker calls this once when it starts, with its index `1..=workers`. Threads that never
+/// call it (the main thread, admin, tests) write into shard 0, which is safe to share because
+/// every write is an atomic add. An index outside a store's shards also falls back to shard 0.
+pub fn set_thread_shard(index: usize) {
+    THREAD_SHARD.with(|shard| shard.set(index));
+}
+
+fn current_shard() -> usize {
+    THREAD_SHARD.with(Cell::get)
+}
+
+/// A cache-line aligned block of slots, so that no two shards ever share a cache line.
+#[repr(align(128))]
+pub(crate) struct Chunk(pub(crate) [AtomicU64; CHUNK_SLOTS]);
+
+impl Chunk {
+    fn new_boxed() -> Box<Chunk> {
+        Box::new(Chunk(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+
+    /// The slot at `offset` inside this chunk, if in range.
+    #[inline]
+    pub(crate) fn slot(&self, offset: usize) -> Option<&AtomicU64> {
+        self.0.get(offset)
+    }
+}
+
+/// One shard's memory: a fixed table of chunks allocated on first use.
+struct Shard {
+    chunks: Box<[OnceLock<Box<Chunk>>]>,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard { chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect() }
+    }
+
+    #[inline]
+    fn chunk(&self, index: u32) -> Option<&Chunk> {
+        self.chunks.get(index as usize / CHUNK_SLOTS)?.get().map(|chunk| &**chunk)
+    }
+
+    #[inline]
+    fn slot(&self, index: u32) -> Option<&AtomicU64> {
+        self.chunk(index)?.slot(index as usize % CHUNK_SLOTS)
+    }
+
+    fn ensure_chunk(&self, chunk: usize) {
+        if let Some(cell) = self.chunks.get(chunk) {
+            cell.get_or_init(Chunk::new_boxed);
+        }
+    }
+}
+
+/// All shards of one store plus the main-thread side arena.
+pub(crate) struct Arena {
+    shards: Box<[Shard]>,
+    side: Shard,
+}
+
+impl Arena {
+    /// An arena with `shards` shards (at least one).
+    pub(crate) fn new(shards: usize) -> Arena {
+        let arena = Arena { shards: (0..shards.max(1)).map(|_| Shard::new()).collect(), side: Shard::new() };
+        arena.ensure(0, SCRATCH_SLOTS);
+        arena
+    }
+
+    /// Number of shards.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Makes slots `[start, start + len)` backed by memory in every shard and the side arena.
+    /// Called at stat creation only.
+    pub(crate) fn ensure(&self, start: usize, len: usize) {
+        let first = start / CHUNK_SLOTS;
+        let last = (start + len.max(1) - 1) / CHUNK_SLOTS;
+        for chunk in first..=last {
+            for shard in self.shards.iter() {
+                shard.ensure_chunk(chunk);
+            }
+            self.side.ensure_chunk(chunk);
+        }
+    }
+
+    /// Total number of slots an arena can hold.
+    pub(crate) const fn capacity() -> usize {
+        MAX_CHUNKS * CHUNK_SLOTS
+    }
+
+    fn local_shard(&self) -> Option<&Shard> {
+        self.shards.get(current_shard()).or_else(|| self.shards.first())
+    }
+
+    /// The current thread's copy of slot `index` (hot path: no lock, no allocation).
+    #[inline]
+    pub(crate) fn local_slot(&self, index: u32) -> Option<&AtomicU64> {
+        self.local_shard()?.slot(index)
+    }
+
+    /// The current thread's chunk holding `index` (a histogram's slots never cross chunks).
+    #[inline]
+    pub(crate) fn local_chunk(&self, index: u32) -> Option<&Chunk> {
+        self.local_shard()?.chunk(index)
+    }
+
+    /// Sum over all shards of slot `index`, with wrapping arithmetic (gauges keep deltas).
+    pub(crate) fn sum(&self, index: u32) -> u64 {
+        self.shards
+            .iter()
+            .filter_map(|shard| shard.slot(index))
+            .fold(0u64, |acc, slot| acc.wrapping_add(slot.load(Ordering::Relaxed)))
+    }
+
+    /// Whether any shard holds a nonzero value in slot `index`.
+    pub(crate) fn any_nonzero(&self, index: u32) -> bool {
+        self.shards
+            .iter()
+            .filter_map(|shard| shard.slot(index))
+            .any(|slot| slot.load(Ordering::Relaxed) != 0)
+    }
+
+    /// The main-thread side slot for `index` (counter reset offset, gauge "set" flag).
+    pub(crate) fn side_slot(&self, index: u32) -> Option<&AtomicU64> {
+        self.side.slot(index)
+    }
+}

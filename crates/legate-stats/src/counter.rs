@@ -1,0 +1,61 @@
+//! Counter: an unsigned integer that only increases (Envoy's `Stats::Counter`).
+//!
+//! Each worker adds into its own shard; [`Counter::value`] sums the shards and subtracts the
+//! offset left by admin `/reset_counters`, which Envoy implements as `counter->reset()`.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::arena::Arena;
+
+/// A handle to one counter; cheap to clone, every clone updates the same stat.
+#[derive(Clone)]
+pub struct Counter {
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) index: u32,
+}
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`. Hot path: one relaxed atomic add into the current thread's shard.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        if let Some(slot) = self.arena.local_slot(self.index) {
+            slot.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The value summed over all shards, minus the last `/reset_counters` offset.
+    pub fn value(&self) -> u64 {
+        counter_value(&self.arena, self.index)
+    }
+}
+
+impl fmt::Debug for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Counter").field("value", &self.value()).finish()
+    }
+}
+
+pub(crate) fn counter_value(arena: &Arena, index: u32) -> u64 {
+    let offset = arena.side_slot(index).map_or(0, |slot| slot.load(Ordering::Relaxed));
+    arena.sum(index).wrapping_sub(offset)
+}
+
+/// Envoy marks a counter used on its first increment; a reset does not clear that.
+pub(crate) fn counter_used(arena: &Arena, index: u32) -> bool {
+    arena.sum(index) != 0
+}
+
+/// Makes the counter read 0 from now on without touching the shards the workers write.
+pub(crate) fn counter_reset(arena: &Arena, index: u32) {
+    if let Some(offset) = arena.side_slot(index) {
+        offset.store(arena.sum(index), Ordering::Relaxed);
+    }
+}

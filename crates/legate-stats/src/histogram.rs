@@ -1,0 +1,253 @@
+//! Histogram: a distribution of values, in Envoy's default buckets (`Stats::Histogram`,
+//! `HistogramSettingsImpl::defaultBuckets`).
+//!
+//! A histogram occupies [`SLOTS`] consecutive slots in each shard, never crossing a chunk: one
+//! count per bucket of [`BUCKET_BOUNDS`] plus an overflow bucket, then the sum of the values. The
+//! sample count is the sum of the buckets, so a reader never sees count and buckets disagree.
+//!
+//! Like Envoy's `ParentHistogramImpl::merge`, the main thread latches every stats flush
+//! ([`crate::Store::latch_histograms`]): the samples recorded since the previous latch become
+//! the "interval" view and all samples up to this latch the "cumulative" view. Admin output only
+//! shows latched data, so a sample recorded after the last latch is not visible yet, and a
+//! histogram is "used" once a latch has seen a sample (Envoy's `ParentHistogram::used`).
+//!
+//! Differences from Envoy: Envoy records into a log-linear `circllhist` (two significant
+//! digits) and estimates quantiles from it; legate keeps only the default Prometheus buckets
+//! and interpolates linearly inside a bucket, so the `P..` quantiles are coarser. Prometheus
+//! bucket counts are exact (`value <= le`).
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::arena::Arena;
+
+/// Envoy's default histogram bucket upper bounds (`le`), in the histogram's unit (usually ms).
+pub const BUCKET_BOUNDS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// The same bounds for integer samples: a value `v` falls in bucket `i` when `v <= INT_BOUNDS[i]`
+/// (so `le="0.5"` holds only 0).
+const INT_BOUNDS: [u64; 19] = [
+    0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
+    1800000, 3600000,
+];
+
+/// Buckets including the overflow bucket (`le="+Inf"` only).
+pub(crate) const BUCKETS: usize = INT_BOUNDS.len() + 1;
+/// Index of the sum slot.
+const SUM_SLOT: usize = BUCKETS;
+/// Slots one histogram takes in each shard.
+pub(crate) const SLOTS: usize = BUCKETS + 1;
+
+/// Envoy's supported quantiles (`HistogramStatisticsImpl::supportedQuantiles`), as fractions.
+pub const SUPPORTED_QUANTILES: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
+
+/// A handle to one histogram; cheap to clone, every clone records into the same stat.
+#[derive(Clone)]
+pub struct Histogram {
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) index: u32,
+}
+
+impl Histogram {
+    /// Records one sample. Hot path: two relaxed atomic adds into the current thread's shard.
+    #[inline]
+    pub fn record(&self, value: u64) {
+        let bucket = INT_BOUNDS.partition_point(|&bound| bound < value);
+        if let Some(chunk) = self.arena.local_chunk(self.index) {
+            let base = self.index as usize % crate::arena::CHUNK_SLOTS;
+            if let Some(slot) = chunk.slot(base + bucket) {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(slot) = chunk.slot(base + SUM_SLOT) {
+                slot.fetch_add(value, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Histogram").field("index", &self.index).finish()
+    }
+}
+
+/// Counts per bucket (overflow last) and the sum of the samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Samples per bucket, not cumulative; the last entry is the overflow bucket.
+    pub buckets: [u64; BUCKETS],
+    /// Sum of all samples.
+    pub sum: u64,
+}
+
+impl HistogramSnapshot {
+    /// Reads the live totals of the histogram at `index`, summed over all shards.
+    pub(crate) fn read(arena: &Arena, index: u32) -> HistogramSnapshot {
+        let mut snapshot = HistogramSnapshot::default();
+        let mut slot = index;
+        for bucket in snapshot.buckets.iter_mut() {
+            *bucket = arena.sum(slot);
+            slot += 1;
+        }
+        snapshot.sum = arena.sum(slot);
+        snapshot
+    }
+
+    /// `self - earlier`, slot by slot (wrapping, as the totals only grow).
+    pub(crate) fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let mut diff = HistogramSnapshot { sum: self.sum.wrapping_sub(earlier.sum), ..Default::default() };
+        for (d, (now, before)) in diff.buckets.iter_mut().zip(self.buckets.iter().zip(earlier.buckets.iter())) {
+            *d = now.wrapping_sub(*before);
+        }
+        diff
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |acc, n| acc.wrapping_add(*n))
+    }
+
+    /// Cumulative counts per bound of [`BUCKET_BOUNDS`] (Prometheus `_bucket{le=..}`).
+    pub fn cumulative_buckets(&self) -> [u64; BUCKET_BOUNDS.len()] {
+        let mut out = [0u64; BUCKET_BOUNDS.len()];
+        let mut running = 0u64;
+        for (o, n) in out.iter_mut().zip(self.buckets.iter()) {
+            running = running.wrapping_add(*n);
+            *o = running;
+        }
+        out
+    }
+
+    /// Estimates quantile `q` (0..=1): NaN without samples, as Envoy; otherwise linear
+    /// interpolation inside the bucket holding rank `q × count`.
+    pub fn quantile(&self, q: f64) -> f64 {
+        let count = self.count();
+        if count == 0 {
+            return f64::NAN;
+        }
+        let rank = q.clamp(0.0, 1.0) * count as f64;
+        let mut seen = 0u64;
+        let mut last = 0.0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let (low, high) = bucket_range(i);
+            last = high;
+            if (seen + n) as f64 >= rank {
+                let fraction = ((rank - seen as f64) / n as f64).clamp(0.0, 1.0);
+                return low + (high - low) * fraction;
+            }
+            seen += n;
+        }
+        last
+    }
+
+    /// The supported quantiles, in [`SUPPORTED_QUANTILES`] order.
+    pub fn quantiles(&self) -> [f64; SUPPORTED_QUANTILES.len()] {
+        SUPPORTED_QUANTILES.map(|q| self.quantile(q))
+    }
+}
+
+/// The value range an integer sample in bucket `i` can have, for interpolation: bucket 0 holds
+/// only 0, bucket 1 only 1, bucket `i` the values in `(bound[i-1], bound[i]]`, and the overflow
+/// bucket is reported at the last bound (its upper end is unknown).
+fn bucket_range(i: usize) -> (f64, f64) {
+    let bound = |j: usize| INT_BOUNDS.get(j).copied().unwrap_or(INT_BOUNDS[INT_BOUNDS.len() - 1]) as f64;
+    match i {
+        0 => (0.0, 0.0),
+        1 => (1.0, 1.0),
+        i if i >= INT_BOUNDS.len() => (bound(i - 1), bound(i - 1)),
+        i => (bound(i - 1), bound(i)),
+    }
+}
+
+/// The latched views of one histogram, owned by the store's registry.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HistogramLatch {
+    /// Samples between the two most recent latches.
+    pub(crate) interval: HistogramSnapshot,
+    /// All samples up to the most recent latch.
+    pub(crate) cumulative: HistogramSnapshot,
+}
+
+impl HistogramLatch {
+    /// Moves the live totals into the views (Envoy's `ParentHistogramImpl::merge`).
+    pub(crate) fn latch(&mut self, arena: &Arena, index: u32) {
+        let now = HistogramSnapshot::read(arena, index);
+        self.interval = now.since(&self.cumulative);
+        self.cumulative = now;
+    }
+
+    /// Envoy's `ParentHistogram::used`: a latch has seen at least one sample.
+    pub(crate) fn used(&self) -> bool {
+        self.cumulative.count() != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(values: &[u64]) -> HistogramSnapshot {
+        let mut s = HistogramSnapshot::default();
+        for &v in values {
+            let bucket = INT_BOUNDS.partition_point(|&bound| bound < v);
+            s.buckets[bucket] += 1;
+            s.sum += v;
+        }
+        s
+    }
+
+    #[test]
+    fn bucket_of_value_follows_prometheus_le() {
+        let s = snapshot(&[0, 1, 2, 5, 6, 3_600_000, 3_600_001]);
+        assert_eq!(s.buckets[0], 1, "0 <= 0.5");
+        assert_eq!(s.buckets[1], 1, "1 <= 1");
+        assert_eq!(s.buckets[2], 2, "2 and 5 <= 5");
+        assert_eq!(s.buckets[3], 1, "6 <= 10");
+        assert_eq!(s.buckets[18], 1, "3600000 <= 3600000");
+        assert_eq!(s.buckets[19], 1, "overflow");
+        assert_eq!(s.count(), 7);
+        let cumulative = s.cumulative_buckets();
+        assert_eq!(cumulative[0], 1);
+        assert_eq!(cumulative[2], 4);
+        assert_eq!(cumulative[18], 6);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        assert!(HistogramSnapshot::default().quantile(0.5).is_nan());
+        let s = snapshot(&[10; 4]);
+        // All in (5, 10]: P0 at the low edge, P100 at the high edge, P50 in the middle.
+        assert_eq!(s.quantile(0.0), 5.0);
+        assert_eq!(s.quantile(0.5), 7.5);
+        assert_eq!(s.quantile(1.0), 10.0);
+        let s = snapshot(&[1, 1, 100, 100]);
+        assert_eq!(s.quantile(0.25), 1.0);
+        assert_eq!(s.quantile(0.5), 1.0);
+        assert_eq!(s.quantile(0.75), 75.0);
+        assert_eq!(s.quantile(1.0), 100.0);
+        let q = s.quantiles();
+        assert!(q.windows(2).all(|w| w[0] <= w[1]), "monotonic: {q:?}");
+    }
+
+    #[test]
+    fn overflow_reports_last_bound() {
+        let s = snapshot(&[10_000_000]);
+        assert_eq!(s.quantile(0.5), 3_600_000.0);
+    }
+
+    #[test]
+    fn since_subtracts_slotwise() {
+        let a = snapshot(&[1, 2]);
+        let b = snapshot(&[1, 2, 3, 300]);
+        let d = b.since(&a);
+        assert_eq!(d.count(), 2);
+        assert_eq!(d.sum, 303);
+    }
+}
