@@ -1,0 +1,48 @@
+//! Where each network filter config becomes its implementation: Envoy's extension name and
+//! config type (registered in `legate-config/src/extensions.rs`) → factory → per-connection
+//! filter. Factories are built once per listener config and shared by all workers.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use legate_config::extensions::NetworkFilterConfig;
+use legate_stats::Store;
+
+use crate::filters::network::connection_limit::{ConnectionLimit, ConnectionLimitShared};
+use crate::filters::network::echo::Echo;
+use crate::filters::network::tcp_proxy::{TcpProxy, TcpProxyShared};
+use crate::network::FilterManager;
+use crate::worker::WorkerContext;
+
+pub enum NetworkFilterFactory {
+    /// `envoy.filters.network.tcp_proxy`
+    TcpProxy(Arc<TcpProxyShared>),
+    /// `envoy.filters.network.echo`
+    Echo,
+    /// `envoy.filters.network.connection_limit`
+    ConnectionLimit(Arc<ConnectionLimitShared>),
+}
+
+impl NetworkFilterFactory {
+    pub fn new(config: &NetworkFilterConfig, store: &Arc<Store>) -> Self {
+        let root = store.scope("");
+        match config {
+            NetworkFilterConfig::TcpProxy(c) => NetworkFilterFactory::TcpProxy(Arc::new(TcpProxyShared::new(c, &root))),
+            NetworkFilterConfig::Echo(_) => NetworkFilterFactory::Echo,
+            NetworkFilterConfig::ConnectionLimit(c) => {
+                NetworkFilterFactory::ConnectionLimit(Arc::new(ConnectionLimitShared::new(c, &root)))
+            }
+        }
+    }
+
+    /// Adds this filter, fresh, to a new connection's chain.
+    pub fn add_to(&self, filters: &mut FilterManager, worker: &Rc<WorkerContext>) {
+        match self {
+            NetworkFilterFactory::TcpProxy(shared) => filters.add_read_filter(Box::new(TcpProxy::new(shared.clone(), worker.clone()))),
+            NetworkFilterFactory::Echo => filters.add_read_filter(Box::new(Echo)),
+            NetworkFilterFactory::ConnectionLimit(shared) => {
+                filters.add_read_filter(Box::new(ConnectionLimit::new(shared.clone())))
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The filters legate implements, by kind, under Envoy's extension names.
+
+pub mod network;

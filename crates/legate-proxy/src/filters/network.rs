@@ -1,0 +1,5 @@
+//! Network filters (`envoy.filters.network.*`).
+
+pub mod connection_limit;
+pub mod echo;
+pub mod tcp_proxy;

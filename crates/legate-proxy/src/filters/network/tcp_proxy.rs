@@ -1,0 +1,522 @@
+//! `envoy.filters.network.tcp_proxy`: relays a downstream connection's bytes to an upstream
+//! host and back (Envoy's "TCP proxy" architecture page). Terminal.
+//!
+//! Lifecycle of the upstream side, [`Upstream`]:
+//! `on_new_connection` picks the cluster (weighted when `weighted_clusters`), a host from this
+//! worker's load balancer and a `max_connections` breaker slot, then starts connecting with
+//! the cluster's `connect_timeout`, downstream reading disabled → `Connecting` → on failure or
+//! timeout, another attempt up to `max_connect_attempts`, then the downstream is closed →
+//! `Connected`: bytes flow both ways; an end of stream on one side half-closes the other
+//! (`enable_half_close`) → closed when either side resets, on `idle_timeout` (default 1 h) or
+//! `max_downstream_connection_duration`.
+//!
+//! Back-pressure: downstream bytes wait in `upstream_write` for the upstream socket; above the
+//! cluster's `per_connection_buffer_limit_bytes` downstream reading is disabled until it drains.
+//! Upstream bytes are read only while the downstream write buffer is below the listener's
+//! limit. A slow reader on one side therefore pauses the other side's reading.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use legate_config::filters::network::tcp_proxy::TcpProxy as TcpProxyConfig;
+use legate_stats::Scope;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use crate::network::{ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks};
+use crate::upstream::circuit_breakers::ResourceGuard;
+use crate::upstream::cluster_manager::ChooseHostError;
+use crate::upstream::{Cluster, Host};
+use crate::worker::WorkerContext;
+
+legate_stats::stats! {
+    /// `tcp.<stat_prefix>.*`, Envoy's ALL_TCP_PROXY_STATS.
+    pub struct TcpProxyStats {
+        counter downstream_cx_empty,
+        counter downstream_cx_no_route,
+        counter downstream_cx_rx_bytes_total,
+        gauge downstream_cx_rx_bytes_buffered,
+        counter downstream_cx_total,
+        counter downstream_cx_tx_bytes_total,
+        gauge downstream_cx_tx_bytes_buffered,
+        counter downstream_flow_control_paused_reading_total,
+        counter downstream_flow_control_resumed_reading_total,
+        counter idle_timeout,
+        counter max_downstream_connection_duration,
+        counter upstream_flush_total,
+        gauge upstream_flush_active,
+    }
+}
+
+/// The filter's config, shared by every connection on every worker.
+pub struct TcpProxyShared {
+    /// Cluster names with their weights (one entry with weight 1 for `cluster`).
+    clusters: Vec<(String, u32)>,
+    total_weight: u64,
+    idle_timeout: Option<Duration>,
+    max_connect_attempts: u32,
+    max_downstream_connection_duration: Option<Duration>,
+    pub stats: TcpProxyStats,
+}
+
+impl TcpProxyShared {
+    pub fn new(config: &TcpProxyConfig, scope: &Scope) -> Self {
+        let clusters: Vec<(String, u32)> = match (&config.cluster, &config.weighted_clusters) {
+            (Some(c), _) => vec![(c.clone(), 1)],
+            (None, Some(w)) => w.clusters.iter().map(|c| (c.name.clone(), c.weight)).collect(),
+            (None, None) => Vec::new(),
+        };
+        TcpProxyShared {
+            total_weight: clusters.iter().map(|(_, w)| u64::from(*w)).sum(),
+            clusters,
+            idle_timeout: config.idle_timeout(),
+            max_connect_attempts: config.max_connect_attempts(),
+            max_downstream_connection_duration: config.max_downstream_connection_duration.map(|d| d.0).filter(|d| !d.is_zero()),
+            stats: TcpProxyStats::new(&scope.scope(&format!("tcp.{}", config.stat_prefix))),
+        }
+    }
+
+    fn pick_cluster(&self) -> Option<&str> {
+        if self.clusters.len() <= 1 {
+            return self.clusters.first().map(|(c, _)| c.as_str());
+        }
+        let mut pick = fastrand::u64(0..self.total_weight.max(1));
+        for (name, weight) in &self.clusters {
+            if pick < u64::from(*weight) {
+                return Some(name);
+            }
+            pick -= u64::from(*weight);
+        }
+        self.clusters.last().map(|(c, _)| c.as_str())
+    }
+}
+
+/// The upstream side of one proxied connection.
+enum Upstream {
+    /// Not started yet, or given up.
+    None,
+    /// A connect attempt is under way.
+    Connecting {
+        connect: Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>,
+        deadline: Pin<Box<Sleep>>,
+        cx: UpstreamCx,
+    },
+    /// Bytes flow.
+    Connected { stream: TcpStream, cx: UpstreamCx },
+}
+
+pub struct TcpProxy {
+    shared: Arc<TcpProxyShared>,
+    worker: Rc<WorkerContext>,
+    upstream: Upstream,
+    cluster: Option<Arc<Cluster>>,
+    connect_attempts: u32,
+    /// Downstream bytes not yet written upstream.
+    upstream_write: BytesMut,
+    /// The downstream's end of stream, to pass upstream after `upstream_write`.
+    upstream_write_end: bool,
+    upstream_write_shutdown: bool,
+    /// The upstream sent its end of stream.
+    upstream_read_end: bool,
+    /// Downstream reading is disabled by us because `upstream_write` is over the limit.
+    downstream_paused: bool,
+    /// Upstream reading is paused because the downstream write buffer is over the limit.
+    upstream_paused: bool,
+    idle_timer: Option<Pin<Box<Sleep>>>,
+    last_activity: Instant,
+    max_duration_timer: Option<Pin<Box<Sleep>>>,
+    reported_rx_buffered: u64,
+    reported_tx_buffered: u64,
+}
+
+impl TcpProxy {
+    pub fn new(shared: Arc<TcpProxyShared>, worker: Rc<WorkerContext>) -> Self {
+        TcpProxy {
+            shared,
+            worker,
+            upstream: Upstream::None,
+            cluster: None,
+            connect_attempts: 0,
+            upstream_write: BytesMut::new(),
+            upstream_write_end: false,
+            upstream_write_shutdown: false,
+            upstream_read_end: false,
+            downstream_paused: false,
+            upstream_paused: false,
+            idle_timer: None,
+            last_activity: Instant::now(),
+            max_duration_timer: None,
+            reported_rx_buffered: 0,
+            reported_tx_buffered: 0,
+        }
+    }
+
+    /// Starts one connect attempt; closes the downstream when no attempt can be made.
+    fn connect(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
+        let Some(name) = self.cluster.as_ref().map(|c| c.name.clone()).or_else(|| self.shared.pick_cluster().map(str::to_string)) else {
+            self.shared.stats.downstream_cx_no_route.inc();
+            cb.close(ConnectionCloseType::NoFlush);
+            return;
+        };
+        let (cluster, host) = match self.worker.cluster_manager.choose_host(&name) {
+            Ok(chosen) => chosen,
+            Err(ChooseHostError::NoCluster) => {
+                self.shared.stats.downstream_cx_no_route.inc();
+                cb.close(ConnectionCloseType::NoFlush);
+                return;
+            }
+            Err(ChooseHostError::NoHost(cluster)) => {
+                cluster.stats.upstream_cx_none_healthy.inc();
+                cb.close(ConnectionCloseType::NoFlush);
+                return;
+            }
+        };
+        self.cluster = Some(cluster.clone());
+        let Some(breaker) = cluster.circuit_breakers.default.connections.try_acquire() else {
+            cluster.stats.upstream_cx_overflow.inc();
+            cb.close(ConnectionCloseType::NoFlush);
+            return;
+        };
+        self.connect_attempts += 1;
+        tracing::debug!(connection = cb.info().id, cluster = %cluster.name, host = %host.address, "tcp_proxy: connecting");
+        let cx = UpstreamCx::new(cluster.clone(), host.clone(), breaker);
+        let address = host.address;
+        self.upstream = Upstream::Connecting {
+            connect: Box::pin(TcpStream::connect(address)),
+            deadline: Box::pin(tokio::time::sleep(cluster.connect_timeout())),
+            cx,
+        };
+    }
+
+    /// A connect attempt failed: try again or give up.
+    fn on_connect_failure(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
+        self.upstream = Upstream::None;
+        if self.connect_attempts < self.shared.max_connect_attempts {
+            // Envoy chooses the host again for each attempt (same cluster).
+            self.connect(cb);
+            return;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.stats.upstream_cx_connect_attempts_exceeded.inc();
+        }
+        cb.close(ConnectionCloseType::FlushWrite);
+    }
+
+    fn on_connected(&mut self, stream: TcpStream, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
+        let _ = stream.set_nodelay(true);
+        cx.connected(&mut self.last_activity);
+        self.upstream = Upstream::Connected { stream, cx };
+        if let Some(timeout) = self.shared.idle_timeout {
+            self.idle_timer = Some(Box::pin(tokio::time::sleep(timeout)));
+        }
+        // Reading was disabled while connecting.
+        cb.read_disable(false);
+    }
+
+    /// Writes what the downstream sent to the upstream socket.
+    fn flush_upstream(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) -> io::Result<()> {
+        let Upstream::Connected { stream, cx: ucx } = &mut self.upstream else { return Ok(()) };
+        while !self.upstream_write.is_empty() {
+            match stream.poll_write_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => match stream.try_write(&self.upstream_write) {
+                    Ok(n) => {
+                        let _ = self.upstream_write.split_to(n);
+                        ucx.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
+                        self.last_activity = Instant::now();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        if self.upstream_write.is_empty() && self.upstream_write_end && !self.upstream_write_shutdown {
+            self.upstream_write_shutdown = true;
+            let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
+        }
+        if self.downstream_paused && self.upstream_write.len() <= ucx.cluster.per_connection_buffer_limit_bytes() / 2 {
+            self.downstream_paused = false;
+            self.shared.stats.downstream_flow_control_resumed_reading_total.inc();
+            ucx.cluster.stats.upstream_flow_control_drained_total.inc();
+            cb.read_disable(false);
+        }
+        if self.upstream_write.is_empty() && self.upstream_write.capacity() > 64 * 1024 {
+            self.upstream_write = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Reads from the upstream while the downstream can take more.
+    fn read_upstream(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) -> io::Result<()> {
+        let Upstream::Connected { stream, cx: ucx } = &mut self.upstream else { return Ok(()) };
+        let limit = cb.buffer_limit();
+        while !self.upstream_read_end {
+            if cb.write_buffer_len() >= limit {
+                if !self.upstream_paused {
+                    self.upstream_paused = true;
+                    ucx.cluster.stats.upstream_flow_control_paused_reading_total.inc();
+                }
+                return Ok(());
+            }
+            if self.upstream_paused {
+                self.upstream_paused = false;
+                ucx.cluster.stats.upstream_flow_control_resumed_reading_total.inc();
+            }
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let room = (limit - cb.write_buffer_len()).clamp(1, 64 * 1024);
+            let mut buf = BytesMut::with_capacity(room);
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    self.upstream_read_end = true;
+                    cb.write(BytesMut::new(), true);
+                }
+                Ok(n) => {
+                    ucx.cluster.stats.upstream_cx_rx_bytes_total.add(n as u64);
+                    self.shared.stats.downstream_cx_tx_bytes_total.add(n as u64);
+                    self.last_activity = Instant::now();
+                    cb.write(buf, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_timers(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) {
+        if let (Some(timer), Some(timeout)) = (&mut self.idle_timer, self.shared.idle_timeout) {
+            if timer.as_mut().poll(cx).is_ready() {
+                let deadline = self.last_activity + timeout;
+                if deadline <= Instant::now() {
+                    self.shared.stats.idle_timeout.inc();
+                    self.idle_timer = None;
+                    self.close_upstream(true);
+                    cb.close(ConnectionCloseType::NoFlush);
+                    return;
+                }
+                // Activity since the timer was armed: re-arm for the rest (cheaper than
+                // resetting the timer on every read).
+                timer.as_mut().reset(deadline.into());
+                let _ = timer.as_mut().poll(cx);
+            }
+        }
+        if let Some(timer) = &mut self.max_duration_timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                self.shared.stats.max_downstream_connection_duration.inc();
+                self.max_duration_timer = None;
+                self.close_upstream(true);
+                cb.close(ConnectionCloseType::NoFlush);
+            }
+        }
+    }
+
+    fn close_upstream(&mut self, local: bool) {
+        match std::mem::replace(&mut self.upstream, Upstream::None) {
+            Upstream::Connected { mut cx, .. } | Upstream::Connecting { mut cx, .. } => cx.closed_locally = local,
+            Upstream::None => {}
+        }
+    }
+
+    fn sync_buffer_gauges(&mut self, cb: &ReadFilterCallbacks<'_>) {
+        let rx = self.upstream_write.len() as u64;
+        adjust(&self.shared.stats.downstream_cx_rx_bytes_buffered, &mut self.reported_rx_buffered, rx);
+        let tx = cb.write_buffer_len() as u64;
+        adjust(&self.shared.stats.downstream_cx_tx_bytes_buffered, &mut self.reported_tx_buffered, tx);
+    }
+}
+
+fn adjust(gauge: &legate_stats::Gauge, reported: &mut u64, now: u64) {
+    if now > *reported {
+        gauge.add(now - *reported);
+    } else if now < *reported {
+        gauge.sub(*reported - now);
+    }
+    *reported = now;
+}
+
+impl ReadFilter for TcpProxy {
+    fn on_new_connection(&mut self, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+        self.shared.stats.downstream_cx_total.inc();
+        cb.enable_half_close();
+        // No downstream bytes are read until the upstream is there to take them.
+        cb.read_disable(true);
+        if let Some(duration) = self.shared.max_downstream_connection_duration {
+            self.max_duration_timer = Some(Box::pin(tokio::time::sleep(duration)));
+        }
+        self.connect(cb);
+        FilterStatus::StopIteration
+    }
+
+    fn on_data(&mut self, data: &mut BytesMut, end_stream: bool, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+        self.shared.stats.downstream_cx_rx_bytes_total.add(data.len() as u64);
+        if !data.is_empty() {
+            self.last_activity = Instant::now();
+        }
+        if self.upstream_write.is_empty() {
+            self.upstream_write = data.split();
+        } else {
+            self.upstream_write.extend_from_slice(&data.split());
+        }
+        self.upstream_write_end |= end_stream;
+        let limit = self.cluster.as_ref().map_or(cb.buffer_limit(), |c| c.per_connection_buffer_limit_bytes());
+        if !self.downstream_paused && self.upstream_write.len() > limit {
+            self.downstream_paused = true;
+            self.shared.stats.downstream_flow_control_paused_reading_total.inc();
+            if let Some(c) = &self.cluster {
+                c.stats.upstream_flow_control_backed_up_total.inc();
+            }
+            cb.read_disable(true);
+        }
+        FilterStatus::StopIteration
+    }
+
+    fn poll_io(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) {
+        if cb.is_closing() {
+            return;
+        }
+        if let Upstream::Connecting { connect, deadline, .. } = &mut self.upstream {
+            let outcome = match connect.as_mut().poll(cx) {
+                Poll::Ready(Ok(stream)) => Some(Ok(stream)),
+                Poll::Ready(Err(e)) => Some(Err(Some(e))),
+                Poll::Pending => deadline.as_mut().poll(cx).is_ready().then_some(Err(None)),
+            };
+            match outcome {
+                None => {}
+                Some(result) => {
+                    let Upstream::Connecting { cx: ucx, .. } = std::mem::replace(&mut self.upstream, Upstream::None) else {
+                        return;
+                    };
+                    match result {
+                        Ok(stream) => self.on_connected(stream, ucx, cb),
+                        Err(error) => {
+                            match &error {
+                                Some(e) => {
+                                    tracing::debug!(connection = cb.info().id, host = %ucx.host.address, error = %e, "tcp_proxy: connect failed");
+                                    ucx.cluster.stats.upstream_cx_connect_fail.inc();
+                                    ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                                }
+                                None => {
+                                    tracing::debug!(connection = cb.info().id, host = %ucx.host.address, "tcp_proxy: connect timeout");
+                                    ucx.cluster.stats.upstream_cx_connect_timeout.inc();
+                                    ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            let mut ucx = ucx;
+                            ucx.closed_locally = error.is_none();
+                            drop(ucx);
+                            self.on_connect_failure(cb);
+                        }
+                    }
+                }
+            }
+        }
+        if matches!(self.upstream, Upstream::Connected { .. }) {
+            let flushed = self.flush_upstream(cx, cb);
+            let read = flushed.and_then(|_| self.read_upstream(cx, cb));
+            if let Err(e) = read {
+                tracing::debug!(connection = cb.info().id, error = %e, "tcp_proxy: upstream connection error");
+                self.close_upstream(false);
+                cb.close(ConnectionCloseType::FlushWrite);
+                return;
+            }
+            if self.upstream_read_end && self.upstream_write_shutdown && self.upstream_write.is_empty() {
+                // Both directions finished: the upstream connection is done.
+                self.close_upstream(false);
+            }
+            self.poll_timers(cx, cb);
+        } else if self.max_duration_timer.is_some() {
+            self.poll_timers(cx, cb);
+        }
+        self.sync_buffer_gauges(cb);
+    }
+
+    fn on_event(&mut self, event: ConnectionEvent) {
+        adjust(&self.shared.stats.downstream_cx_rx_bytes_buffered, &mut self.reported_rx_buffered, 0);
+        adjust(&self.shared.stats.downstream_cx_tx_bytes_buffered, &mut self.reported_tx_buffered, 0);
+        let upstream = std::mem::replace(&mut self.upstream, Upstream::None);
+        match upstream {
+            Upstream::Connected { stream, mut cx } if event == ConnectionEvent::RemoteClose && !self.upstream_write.is_empty() => {
+                // The downstream left with bytes still on their way: deliver them before
+                // closing the upstream (Envoy's upstream flush).
+                cx.closed_locally = true;
+                let data = std::mem::take(&mut self.upstream_write);
+                let stats = self.shared.clone();
+                let timeout = self.shared.idle_timeout.unwrap_or(Duration::from_secs(3600));
+                stats.stats.upstream_flush_total.inc();
+                stats.stats.upstream_flush_active.inc();
+                tokio::task::spawn_local(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(timeout, async {
+                        stream.write_all(&data).await?;
+                        stream.shutdown().await
+                    })
+                    .await;
+                    stats.stats.upstream_flush_active.dec();
+                    drop(cx);
+                });
+            }
+            Upstream::Connected { mut cx, .. } | Upstream::Connecting { mut cx, .. } => {
+                cx.closed_locally = true;
+            }
+            Upstream::None => {}
+        }
+    }
+}
+
+/// One upstream connection's accounting: created when the attempt starts, dropped when the
+/// connection is gone, so every path updates the cluster and host stats once.
+struct UpstreamCx {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    _breaker: ResourceGuard,
+    started: Instant,
+    connected_at: Option<Instant>,
+    closed_locally: bool,
+}
+
+impl UpstreamCx {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>, breaker: ResourceGuard) -> Self {
+        cluster.stats.upstream_cx_total.inc();
+        cluster.stats.upstream_cx_active.inc();
+        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        UpstreamCx { cluster, host, _breaker: breaker, started: Instant::now(), connected_at: None, closed_locally: false }
+    }
+
+    fn connected(&mut self, last_activity: &mut Instant) {
+        let now = Instant::now();
+        self.cluster.stats.upstream_cx_connect_ms.record(now.duration_since(self.started).as_millis() as u64);
+        self.connected_at = Some(now);
+        *last_activity = now;
+    }
+}
+
+impl Drop for UpstreamCx {
+    fn drop(&mut self) {
+        let stats = &self.cluster.stats;
+        stats.upstream_cx_active.dec();
+        self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+        stats.upstream_cx_destroy.inc();
+        if self.closed_locally {
+            stats.upstream_cx_destroy_local.inc();
+        } else {
+            stats.upstream_cx_destroy_remote.inc();
+        }
+        if let Some(at) = self.connected_at {
+            stats.upstream_cx_length_ms.record(at.elapsed().as_millis() as u64);
+        }
+    }
+}

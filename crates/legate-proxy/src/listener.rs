@@ -1,0 +1,82 @@
+//! Listeners: an address, filter chains chosen by `filter_chain_match`, and the sockets
+//! each worker accepts on (Envoy's "Listeners" architecture page).
+
+pub mod active_listener;
+pub mod filter_chain_match;
+pub mod listener_manager;
+pub mod socket;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use legate_config::listener::{FilterChain as FilterChainConfig, Listener as ListenerConfig};
+use legate_stats::Store;
+
+use crate::extensions::NetworkFilterFactory;
+use filter_chain_match::FilterChainMatcher;
+use stats::ListenerStats;
+
+pub use listener_manager::ListenerManager;
+
+/// A listener as workers use it: immutable, shared by all workers.
+pub struct Listener {
+    pub name: String,
+    /// The configured address (port 0 until bound; see `ListenerManager`).
+    pub address: SocketAddr,
+    pub config: ListenerConfig,
+    pub filter_chains: Vec<FilterChain>,
+    pub default_filter_chain: Option<FilterChain>,
+    pub buffer_limit: usize,
+    pub stats: ListenerStats,
+    /// Per-worker stats `listener.<addr>.worker_<i>.*`, index = worker.
+    pub worker_stats: Vec<stats::PerWorkerListenerStats>,
+    /// Runtime `envoy.resource_limits.listener.<name>.connection_limit`.
+    pub connection_limit: Option<u64>,
+    /// Connections open on this listener, all workers.
+    pub active_connections: AtomicU64,
+}
+
+/// A filter chain ready to build connections: its match and its network filter factories.
+pub struct FilterChain {
+    pub name: String,
+    pub matcher: FilterChainMatcher,
+    pub factories: Vec<NetworkFilterFactory>,
+}
+
+impl FilterChain {
+    fn new(config: &FilterChainConfig, store: &Arc<Store>) -> Self {
+        FilterChain {
+            name: config.name.clone(),
+            matcher: FilterChainMatcher::new(&config.filter_chain_match),
+            factories: config.filters.iter().map(|f| NetworkFilterFactory::new(&f.config, store)).collect(),
+        }
+    }
+}
+
+impl Listener {
+    pub fn new(config: &ListenerConfig, store: &Arc<Store>, workers: usize, connection_limit: Option<u64>) -> Self {
+        let socket = config.address.socket();
+        let ip = socket.and_then(|s| s.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let port = socket.map_or(0, |s| s.port_value as u16);
+        let scope = store.scope(&format!("listener.{}", config.stat_prefix()));
+        Listener {
+            name: config.name(),
+            address: SocketAddr::new(ip, port),
+            filter_chains: config.filter_chains.iter().map(|c| FilterChain::new(c, store)).collect(),
+            default_filter_chain: config.default_filter_chain.as_ref().map(|c| FilterChain::new(c, store)),
+            buffer_limit: config.per_connection_buffer_limit_bytes() as usize,
+            stats: ListenerStats::new(&scope),
+            worker_stats: (0..workers).map(|i| stats::PerWorkerListenerStats::new(&scope.scope(&format!("worker_{i}")))).collect(),
+            connection_limit,
+            active_connections: AtomicU64::new(0),
+            config: config.clone(),
+        }
+    }
+
+    /// The filter chain for a new connection, Envoy's precedence, then the default chain.
+    pub fn find_filter_chain(&self, info: &filter_chain_match::ConnectionMetadata<'_>) -> Option<&FilterChain> {
+        filter_chain_match::find(&self.filter_chains, info).or(self.default_filter_chain.as_ref())
+    }
+}

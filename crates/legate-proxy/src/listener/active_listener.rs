@@ -1,0 +1,116 @@
+//! A listener's accept loop on one worker (Envoy's `ActiveTcpListener`): limits, filter chain
+//! choice, and the connection task with its stats.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::filter_chain_match::ConnectionMetadata;
+use super::Listener;
+use crate::network::{Connection, ConnectionInfo, FilterManager};
+use crate::worker::WorkerContext;
+
+/// Accepts until told to stop, then drops the socket (new connections are refused by the
+/// kernel once every worker's socket is gone). Open connections are not affected.
+pub async fn run(listener: Arc<Listener>, socket: TcpListener, worker: Rc<WorkerContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            biased;
+            // Drain first: stop accepting as soon as it is asked.
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, remote)) => on_accept(&listener, stream, remote, &worker),
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    tracing::debug!(listener = %listener.name, worker = worker.index, "stopped accepting");
+}
+
+fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::SocketAddr, worker: &Rc<WorkerContext>) {
+    let server = &worker.server;
+    if let Some(limit) = server.global_connection_limit {
+        if !listener.config.ignore_global_conn_limit && server.active_connections.load(Ordering::Relaxed) >= limit {
+            listener.stats.downstream_global_cx_overflow.inc();
+            return;
+        }
+    }
+    if let Some(limit) = listener.connection_limit {
+        if listener.active_connections.load(Ordering::Relaxed) >= limit {
+            listener.stats.downstream_cx_overflow.inc();
+            return;
+        }
+    }
+    let Ok(local) = stream.local_addr() else { return };
+    let metadata = ConnectionMetadata {
+        local,
+        remote,
+        direct_remote: remote,
+        server_name: "",
+        transport_protocol: "raw_buffer",
+        application_protocols: &[],
+    };
+    let Some(chain) = listener.find_filter_chain(&metadata) else {
+        tracing::debug!(listener = %listener.name, %remote, "closing connection: no matching filter chain found");
+        listener.stats.no_filter_chain_match.inc();
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let info = ConnectionInfo { id: server.next_connection_id(), remote_address: remote, local_address: local, worker: worker.index };
+    let mut filters = FilterManager::new();
+    for factory in &chain.factories {
+        factory.add_to(&mut filters, worker);
+    }
+    let guard = ActiveConnection::new(listener.clone(), worker.clone());
+    let connection = Connection::new(stream, info, listener.buffer_limit, filters);
+    tracing::debug!(connection = connection.info().id, %remote, listener = %listener.name, "new connection");
+    tokio::task::spawn_local(async move {
+        let event = connection.run().await;
+        tracing::debug!(?event, "connection closed");
+        drop(guard);
+    });
+}
+
+/// Counts one open connection in every place that tracks it, and un-counts it on drop (also
+/// when the worker shuts down with the connection still open).
+struct ActiveConnection {
+    listener: Arc<Listener>,
+    worker: Rc<WorkerContext>,
+    started: Instant,
+}
+
+impl ActiveConnection {
+    fn new(listener: Arc<Listener>, worker: Rc<WorkerContext>) -> Self {
+        listener.stats.downstream_cx_total.inc();
+        listener.stats.downstream_cx_active.inc();
+        if let Some(w) = listener.worker_stats.get(worker.index) {
+            w.downstream_cx_total.inc();
+            w.downstream_cx_active.inc();
+        }
+        listener.active_connections.fetch_add(1, Ordering::Relaxed);
+        worker.server.active_connections.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection { listener, worker, started: Instant::now() }
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        let stats = &self.listener.stats;
+        stats.downstream_cx_destroy.inc();
+        stats.downstream_cx_active.dec();
+        stats.downstream_cx_length_ms.record(self.started.elapsed().as_millis() as u64);
+        if let Some(w) = self.listener.worker_stats.get(self.worker.index) {
+            w.downstream_cx_active.dec();
+        }
+        self.listener.active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.worker.server.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,15 @@
+//! Connections and the network filter framework (Envoy's `envoy/network/filter.h`).
+//!
+//! A connection owns an ordered chain of read filters over **one shared read buffer**: what a
+//! filter does not drain, the next filter reads again; a filter may insert bytes; a filter that
+//! returns `StopIteration` stops the chain until it calls `continue_reading`. Bytes written
+//! toward the downstream pass through the write filters in reverse order. The framework knows
+//! nothing of upstreams: `tcp_proxy` opens its own and drives them from [`ReadFilter::poll_io`].
+
+pub mod connection;
+pub mod filter;
+pub mod filter_manager;
+
+pub use connection::{Connection, ConnectionInfo};
+pub use filter::{ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, WriteFilter};
+pub use filter_manager::FilterManager;

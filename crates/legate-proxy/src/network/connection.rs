@@ -1,0 +1,194 @@
+//! A downstream connection: the socket, its filter chain and the loop that drives them.
+//!
+//! The loop is Envoy's dispatcher for one connection, written as one future: each time the
+//! task is woken it lets filters drive their own I/O (`poll_io`), carries out what they asked
+//! for (`continue_reading`, injected data, writes through the write filters, close), flushes
+//! the write buffer to the socket and reads more when reading is enabled.
+//!
+//! Back-pressure: reading stops while the read buffer holds `per_connection_buffer_limit_bytes`
+//! or more, or while a filter has disabled reading (tcp_proxy does while its upstream is
+//! backed up); a filter that writes checks [`ReadFilterCallbacks::write_buffer_len`] before
+//! producing more. Nothing buffers without bound.
+//!
+//! Lifecycle: `initialize` (filters get `on_new_connection`) → open → either side half-closes
+//! (only when a filter enabled half-close; otherwise a downstream end of stream closes the
+//! connection after what is buffered is written) → closed, when both directions are done, on
+//! a close request or on a socket error. Filters get one `on_event` at the end.
+
+use std::future::poll_fn;
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use super::filter::{ConnectionCloseType, ConnectionEvent, ConnectionState};
+use super::filter_manager::FilterManager;
+pub use super::filter::ConnectionInfo;
+
+/// Bytes asked of the socket per read, as Envoy's 16 KiB read slices.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Loop turns before yielding to other connections on this worker.
+const MAX_TURNS: usize = 64;
+
+pub struct Connection {
+    socket: TcpStream,
+    state: ConnectionState,
+    filters: FilterManager,
+    /// The shared read buffer all read filters see.
+    read_buffer: BytesMut,
+    /// The downstream sent its end of stream (FIN).
+    read_end_stream: bool,
+    /// We shut down our sending direction.
+    write_shutdown: bool,
+    initialized: bool,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, info: ConnectionInfo, buffer_limit: usize, filters: FilterManager) -> Self {
+        Connection {
+            socket,
+            state: ConnectionState::new(info, buffer_limit.max(1)),
+            filters,
+            read_buffer: BytesMut::new(),
+            read_end_stream: false,
+            write_shutdown: false,
+            initialized: false,
+        }
+    }
+
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.state.info
+    }
+
+    /// Runs the connection until it closes; returns which side closed it.
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the connection without flushing (the worker shutting down).
+    pub async fn run(mut self) -> ConnectionEvent {
+        poll_fn(|cx| self.poll(cx)).await
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
+        if !self.initialized {
+            self.initialized = true;
+            if self.filters.is_empty() {
+                // A filter chain without filters: nothing can serve this connection.
+                return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
+            }
+            self.filters.initialize_read_filters(&mut self.read_buffer, &mut self.state);
+        }
+        for _ in 0..MAX_TURNS {
+            let mut progress = false;
+            self.filters.poll_io(cx, &mut self.state);
+            progress |= self.filters.run_requests(&mut self.read_buffer, self.read_end_stream, &mut self.state);
+            self.filters.flush_pending_writes(&mut self.state);
+            if self.state.close_requested == Some(ConnectionCloseType::NoFlush) {
+                return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
+            }
+            match self.poll_flush(cx) {
+                Ok(flushed) => progress |= flushed,
+                Err(_) => return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose)),
+            }
+            if self.state.write_buffer.is_empty() && self.state.close_requested == Some(ConnectionCloseType::FlushWrite) {
+                return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
+            }
+            if self.read_end_stream && self.write_shutdown && self.state.write_buffer.is_empty() {
+                // Both directions are finished (half-close both ways).
+                return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose));
+            }
+            match self.poll_read(cx) {
+                Ok(read) => progress |= read,
+                Err(_) => return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose)),
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Busy connection: let the other connections of this worker run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes the write buffer to the socket; shuts down our side after an end of stream.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let mut progress = false;
+        while !self.state.write_buffer.is_empty() {
+            match self.socket.poll_write_ready(cx) {
+                Poll::Pending => return Ok(progress),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => match self.socket.try_write(&self.state.write_buffer) {
+                    Ok(n) => {
+                        let _ = self.state.write_buffer.split_to(n);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        if self.state.write_end_stream && !self.write_shutdown {
+            self.write_shutdown = true;
+            progress = true;
+            // A peer that already went away makes shutdown fail; the read side notices.
+            let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Write);
+        }
+        if self.state.write_buffer.capacity() > READ_SIZE * 4 && self.state.write_buffer.is_empty() {
+            // Give back memory after a burst; idle connections stay small.
+            self.state.write_buffer = BytesMut::new();
+        }
+        Ok(progress)
+    }
+
+    /// Reads once when reading is enabled and the read buffer is below its limit.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        if self.read_end_stream || self.state.read_disable_count > 0 || self.read_buffer.len() >= self.state.buffer_limit {
+            return Ok(false);
+        }
+        if self.state.close_requested.is_some() {
+            return Ok(false);
+        }
+        loop {
+            match self.socket.poll_read_ready(cx) {
+                Poll::Pending => return Ok(false),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
+            self.read_buffer.reserve(room);
+            let result = {
+                let mut limited = bytes::BufMut::limit(&mut self.read_buffer, room);
+                self.socket.try_read_buf(&mut limited)
+            };
+            match result {
+                Ok(0) => {
+                    self.read_end_stream = true;
+                    if !self.state.half_close {
+                        // Without half-close, the downstream's FIN ends the connection once
+                        // what is already buffered for it has been written.
+                        self.filters.on_read(&mut self.read_buffer, true, &mut self.state);
+                        self.state.close(ConnectionCloseType::FlushWrite);
+                        return Ok(true);
+                    }
+                    self.filters.on_read(&mut self.read_buffer, true, &mut self.state);
+                    return Ok(true);
+                }
+                Ok(_) => {
+                    self.filters.on_read(&mut self.read_buffer, false, &mut self.state);
+                    if self.read_buffer.is_empty() && self.read_buffer.capacity() > READ_SIZE * 4 {
+                        self.read_buffer = BytesMut::new();
+                    }
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn close_now(&mut self, event: ConnectionEvent) -> ConnectionEvent {
+        self.filters.on_event(event);
+        event
+    }
+}

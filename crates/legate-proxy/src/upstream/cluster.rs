@@ -1,0 +1,158 @@
+//! A live cluster: what the user configured, its stats and breakers, and its current hosts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType};
+use legate_stats::Scope;
+
+use super::circuit_breakers::CircuitBreakers;
+use super::host::Host;
+use super::stats::ClusterStats;
+
+pub struct Cluster {
+    pub name: String,
+    pub config: ClusterConfig,
+    pub stats: ClusterStats,
+    pub circuit_breakers: CircuitBreakers,
+    /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
+    pub overprovisioning_factor: u32,
+    /// Static clusters are never added through an API in this version.
+    pub added_via_api: bool,
+    priority_set: ArcSwap<PrioritySet>,
+    versions: AtomicU64,
+}
+
+/// The hosts of a cluster by priority, as one immutable snapshot.
+#[derive(Default)]
+pub struct PrioritySet {
+    /// Index = priority.
+    pub host_sets: Vec<HostSet>,
+    /// Increases with each update; load balancers rebuild their state when it changes.
+    pub version: u64,
+}
+
+/// The hosts of one priority.
+#[derive(Default)]
+pub struct HostSet {
+    pub hosts: Vec<Arc<Host>>,
+    pub healthy_hosts: Vec<Arc<Host>>,
+    pub degraded_hosts: Vec<Arc<Host>>,
+}
+
+impl PrioritySet {
+    pub fn new(hosts: Vec<Arc<Host>>, version: u64) -> Self {
+        let levels = hosts.iter().map(|h| h.priority as usize + 1).max().unwrap_or(0);
+        let mut host_sets: Vec<HostSet> = (0..levels).map(|_| HostSet::default()).collect();
+        for host in hosts {
+            let Some(set) = host_sets.get_mut(host.priority as usize) else { continue };
+            if host.healthy() {
+                set.healthy_hosts.push(host.clone());
+            } else if host.degraded() {
+                set.degraded_hosts.push(host.clone());
+            }
+            set.hosts.push(host);
+        }
+        PrioritySet { host_sets, version }
+    }
+
+    pub fn all_hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.host_sets.iter().flat_map(|s| s.hosts.iter())
+    }
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
+        let stats = ClusterStats::new(scope);
+        let circuit_breakers = CircuitBreakers::new(&config.circuit_breakers, scope);
+        let overprovisioning_factor = config
+            .load_assignment
+            .as_ref()
+            .map(|a| a.overprovisioning_factor())
+            .unwrap_or(legate_config::endpoint::ClusterLoadAssignment::DEFAULT_OVERPROVISIONING_FACTOR);
+        let cluster = Cluster {
+            name: config.name.clone(),
+            stats,
+            circuit_breakers,
+            overprovisioning_factor,
+            added_via_api: false,
+            priority_set: ArcSwap::from_pointee(PrioritySet::default()),
+            versions: AtomicU64::new(0),
+            config,
+        };
+        if cluster.config.discovery_type == DiscoveryType::Static {
+            cluster.update_hosts(cluster.static_hosts());
+        }
+        cluster
+    }
+
+    /// The hosts of a STATIC cluster, straight from its load assignment.
+    fn static_hosts(&self) -> Vec<Arc<Host>> {
+        let mut hosts = Vec::new();
+        for (locality, endpoint, address) in self.endpoints() {
+            if let Some(ip) = address.ip() {
+                let addr = SocketAddr::new(ip, address.port_value as u16);
+                hosts.push(Arc::new(Host::new(
+                    addr,
+                    endpoint.endpoint.as_ref().map(|e| e.hostname.clone()).unwrap_or_default(),
+                    endpoint.load_balancing_weight.unwrap_or(1),
+                    locality.priority,
+                    locality.locality.clone().unwrap_or_default(),
+                    endpoint.health_status,
+                )));
+            }
+        }
+        hosts
+    }
+
+    /// Every endpoint of the load assignment with its locality and socket address.
+    pub fn endpoints(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &legate_config::endpoint::LocalityLbEndpoints,
+            &legate_config::endpoint::LbEndpoint,
+            &legate_config::core::SocketAddress,
+        ),
+    > {
+        self.config.load_assignment.iter().flat_map(|a| {
+            a.endpoints.iter().flat_map(|locality| {
+                locality.lb_endpoints.iter().filter_map(move |ep| {
+                    let address = ep.endpoint.as_ref()?.address.socket()?;
+                    Some((locality, ep, address))
+                })
+            })
+        })
+    }
+
+    /// The current hosts. Workers hold the returned snapshot for one decision.
+    pub fn priority_set(&self) -> Arc<PrioritySet> {
+        self.priority_set.load_full()
+    }
+
+    /// Publishes a new host list (main thread) and updates membership stats.
+    pub fn update_hosts(&self, hosts: Vec<Arc<Host>>) {
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let set = PrioritySet::new(hosts, version);
+        let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
+        let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts.len()).sum();
+        let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts.len()).sum();
+        self.stats.membership_total.set(total as u64);
+        self.stats.membership_healthy.set(healthy as u64);
+        self.stats.membership_degraded.set(degraded as u64);
+        self.stats.membership_excluded.set(0);
+        self.stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
+        self.stats.membership_change.inc();
+        self.priority_set.store(Arc::new(set));
+    }
+
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        self.config.connect_timeout()
+    }
+
+    pub fn per_connection_buffer_limit_bytes(&self) -> usize {
+        self.config.per_connection_buffer_limit_bytes() as usize
+    }
+}

@@ -1,0 +1,122 @@
+//! An upstream host: one address of a cluster, with its weight, locality and health.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use legate_config::core::Locality;
+use legate_config::endpoint::HealthStatus;
+
+/// Why a host is not healthy, as the bits of Envoy's `Host::HealthFlag`.
+pub mod health_flag {
+    pub const FAILED_ACTIVE_HC: u32 = 0x01;
+    pub const FAILED_OUTLIER_CHECK: u32 = 0x02;
+    pub const FAILED_EDS_HEALTH: u32 = 0x04;
+    pub const DEGRADED_EDS_HEALTH: u32 = 0x10;
+    pub const PENDING_DYNAMIC_REMOVAL: u32 = 0x20;
+}
+
+pub struct Host {
+    pub address: SocketAddr,
+    /// The name it was resolved from (DNS clusters) or `endpoint.hostname`.
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+    pub locality: Locality,
+    /// Health as the config (or EDS) states it.
+    pub health_status: HealthStatus,
+    /// `health_flag` bits; shared by all workers, written by the main thread.
+    health_flags: AtomicU32,
+    pub stats: HostStats,
+}
+
+/// Per-host counters shown by `/clusters` (Envoy keeps these as plain atomics, not in the
+/// stats store).
+#[derive(Default)]
+pub struct HostStats {
+    pub cx_total: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_active: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_timeout: AtomicU64,
+}
+
+impl HostStats {
+    /// Name and value of each stat, in the order `/clusters` prints them.
+    pub fn values(&self) -> [(&'static str, u64); 8] {
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("cx_active", v(&self.cx_active)),
+            ("cx_connect_fail", v(&self.cx_connect_fail)),
+            ("cx_total", v(&self.cx_total)),
+            ("rq_active", v(&self.rq_active)),
+            ("rq_error", v(&self.rq_error)),
+            ("rq_success", v(&self.rq_success)),
+            ("rq_timeout", v(&self.rq_timeout)),
+            ("rq_total", v(&self.rq_total)),
+        ]
+    }
+}
+
+impl Host {
+    pub fn new(address: SocketAddr, hostname: String, weight: u32, priority: u32, locality: Locality, health_status: HealthStatus) -> Self {
+        let flags = match health_status {
+            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
+            HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
+            HealthStatus::Unknown | HealthStatus::Healthy => 0,
+        };
+        Host {
+            address,
+            hostname,
+            weight: weight.max(1),
+            priority,
+            locality,
+            health_status,
+            health_flags: AtomicU32::new(flags),
+            stats: HostStats::default(),
+        }
+    }
+
+    pub fn health_flags(&self) -> u32 {
+        self.health_flags.load(Ordering::Relaxed)
+    }
+
+    /// Neither failed nor degraded.
+    pub fn healthy(&self) -> bool {
+        self.health_flags() == 0
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.health_flags() & health_flag::DEGRADED_EDS_HEALTH != 0
+            && self.health_flags() & !(health_flag::DEGRADED_EDS_HEALTH) == 0
+    }
+
+    /// Envoy's `/clusters` `health_flags` text: `healthy`, or each reason prefixed by `/`.
+    pub fn health_flags_text(&self) -> String {
+        let flags = self.health_flags();
+        if flags == 0 {
+            return "healthy".to_string();
+        }
+        let mut out = String::new();
+        for (bit, name) in [
+            (health_flag::FAILED_ACTIVE_HC, "/failed_active_hc"),
+            (health_flag::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+            (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
+            (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
+            (health_flag::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+        ] {
+            if flags & bit != 0 {
+                out.push_str(name);
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("address", &self.address).field("weight", &self.weight).finish()
+    }
+}

@@ -1,0 +1,240 @@
+//! Load balancers, one per cluster per worker (Envoy keeps LB state thread-local).
+//!
+//! Priority first: each priority gets a share of the traffic from its health, scaled by the
+//! overprovisioning factor (Envoy's "Priority levels"), and traffic spills to the next
+//! priority as a level loses health. Within the chosen priority the policy picks a host among
+//! the healthy ones; when fewer than `healthy_panic_threshold` percent are healthy, Envoy's
+//! panic mode picks among all hosts and counts `lb_healthy_panic`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use legate_config::cluster::LbPolicy;
+
+use super::cluster::{Cluster, HostSet, PrioritySet};
+use super::host::Host;
+
+pub struct LoadBalancer {
+    policy: LbPolicy,
+    /// Hosts sampled by LEAST_REQUEST (power of two choices by default).
+    choice_count: u32,
+    panic_threshold: f64,
+    overprovisioning_factor: u32,
+    /// Per priority and host list (healthy or panic): the round-robin state.
+    round_robin: Vec<[RoundRobin; 2]>,
+    rng: fastrand::Rng,
+}
+
+/// Smooth weighted round robin (the nginx algorithm): each pick adds every host's weight to
+/// its running score, takes the highest, and subtracts the total from the winner. Equal
+/// weights reduce to plain rotation, done without the scores.
+#[derive(Default, Clone)]
+struct RoundRobin {
+    next: usize,
+    scores: Vec<i64>,
+}
+
+impl LoadBalancer {
+    pub fn new(cluster: &Cluster, priority_set: &PrioritySet) -> Self {
+        let mut rng = fastrand::Rng::new();
+        let round_robin = priority_set
+            .host_sets
+            .iter()
+            .map(|s| {
+                // Envoy starts each worker at a random host so that workers do not all send
+                // their first request to the same one.
+                let mut start = |n: usize| if n == 0 { 0 } else { rng.usize(0..n) };
+                [
+                    RoundRobin { next: start(s.healthy_hosts.len()), scores: Vec::new() },
+                    RoundRobin { next: start(s.hosts.len()), scores: Vec::new() },
+                ]
+            })
+            .collect();
+        LoadBalancer {
+            policy: cluster.config.lb_policy,
+            choice_count: cluster.config.least_request_lb_config.as_ref().and_then(|c| c.choice_count).unwrap_or(2),
+            panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
+            overprovisioning_factor: cluster.overprovisioning_factor,
+            round_robin,
+            rng,
+        }
+    }
+
+    /// Picks a host, or `None` when the cluster has no host at all.
+    pub fn choose_host(&mut self, cluster: &Cluster, priority_set: &PrioritySet) -> Option<Arc<Host>> {
+        let (priority, panic) = self.choose_priority(priority_set)?;
+        let set = priority_set.host_sets.get(priority)?;
+        if panic {
+            cluster.stats.lb_healthy_panic.inc();
+        }
+        let hosts = if panic { &set.hosts } else { &set.healthy_hosts };
+        if hosts.is_empty() {
+            return None;
+        }
+        let state = self.round_robin.get_mut(priority).map(|s| &mut s[usize::from(panic)]);
+        let index = match self.policy {
+            LbPolicy::LeastRequest => least_request(&mut self.rng, hosts, self.choice_count),
+            LbPolicy::Random => weighted_random(&mut self.rng, hosts),
+            _ => match state {
+                Some(state) => state.pick(hosts),
+                None => 0,
+            },
+        };
+        hosts.get(index).cloned()
+    }
+
+    /// The priority to use and whether it is in panic mode.
+    fn choose_priority(&mut self, priority_set: &PrioritySet) -> Option<(usize, bool)> {
+        let sets = &priority_set.host_sets;
+        if sets.iter().all(|s| s.hosts.is_empty()) {
+            return None;
+        }
+        let health: Vec<u64> = sets.iter().map(|s| self.health_percent(s)).collect();
+        let total_health: u64 = health.iter().sum::<u64>().min(100);
+        if total_health == 0 || (total_health as f64) < self.panic_threshold {
+            // Panic: Envoy ignores health, sending to the first priority that has hosts.
+            let first = sets.iter().position(|s| !s.hosts.is_empty())?;
+            return Some((first, true));
+        }
+        // Normalised priority load: each level's health share of the total, in order.
+        let pick = self.rng.u64(0..100);
+        let mut remaining = 100u64;
+        let mut cumulative = 0u64;
+        for (priority, h) in health.iter().enumerate() {
+            let load = (h * 100 / total_health).min(remaining);
+            remaining -= load;
+            cumulative += load;
+            if pick < cumulative {
+                return Some((priority, self.in_panic(&sets[priority])));
+            }
+        }
+        let last = health.iter().rposition(|h| *h > 0)?;
+        Some((last, self.in_panic(&sets[last])))
+    }
+
+    fn health_percent(&self, set: &HostSet) -> u64 {
+        if set.hosts.is_empty() {
+            return 0;
+        }
+        let healthy = set.healthy_hosts.len() as u64;
+        (u64::from(self.overprovisioning_factor) * healthy / set.hosts.len() as u64).min(100)
+    }
+
+    fn in_panic(&self, set: &HostSet) -> bool {
+        set.hosts.is_empty() || (set.healthy_hosts.len() as f64 * 100.0 / set.hosts.len() as f64) < self.panic_threshold
+    }
+}
+
+impl RoundRobin {
+    fn pick(&mut self, hosts: &[Arc<Host>]) -> usize {
+        let first_weight = hosts.first().map_or(1, |h| h.weight);
+        if hosts.iter().all(|h| h.weight == first_weight) {
+            let index = self.next % hosts.len();
+            self.next = index + 1;
+            return index;
+        }
+        if self.scores.len() != hosts.len() {
+            self.scores = vec![0; hosts.len()];
+        }
+        let total: i64 = hosts.iter().map(|h| i64::from(h.weight)).sum();
+        let mut best = 0;
+        for (i, host) in hosts.iter().enumerate() {
+            self.scores[i] += i64::from(host.weight);
+            if self.scores[i] > self.scores[best] {
+                best = i;
+            }
+        }
+        self.scores[best] -= total;
+        best
+    }
+}
+
+/// Power of `choice_count` choices: the sampled host with the fewest active requests (for
+/// connection-level traffic, active connections).
+fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32) -> usize {
+    let load = |h: &Host| h.stats.rq_active.load(Ordering::Relaxed) + h.stats.cx_active.load(Ordering::Relaxed);
+    let mut best = rng.usize(0..hosts.len());
+    for _ in 1..choice_count {
+        let candidate = rng.usize(0..hosts.len());
+        if load(&hosts[candidate]) < load(&hosts[best]) {
+            best = candidate;
+        }
+    }
+    best
+}
+
+fn weighted_random(rng: &mut fastrand::Rng, hosts: &[Arc<Host>]) -> usize {
+    let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+    let mut pick = rng.u64(0..total.max(1));
+    for (i, host) in hosts.iter().enumerate() {
+        if pick < u64::from(host.weight) {
+            return i;
+        }
+        pick -= u64::from(host.weight);
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_config::endpoint::HealthStatus;
+
+    fn host(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
+        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), weight, priority, Default::default(), health))
+    }
+
+    fn cluster(policy: &str) -> Cluster {
+        let store = legate_stats::Store::new(1);
+        let config: legate_config::cluster::Cluster =
+            serde_json::from_value(serde_json::json!({"name": "c", "type": "STRICT_DNS", "lb_policy": policy})).unwrap();
+        Cluster::new(config, &store.scope("cluster.c"))
+    }
+
+    fn counts(lb: &mut LoadBalancer, c: &Cluster, ps: &PrioritySet, n: usize) -> std::collections::HashMap<u16, usize> {
+        let mut m = std::collections::HashMap::new();
+        for _ in 0..n {
+            *m.entry(lb.choose_host(c, ps).unwrap().address.port()).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn weighted_round_robin_is_smooth_and_exact() {
+        let c = cluster("ROUND_ROBIN");
+        let ps = PrioritySet::new(vec![host(1, 3, 0, HealthStatus::Healthy), host(2, 1, 0, HealthStatus::Healthy)], 1);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let picks: Vec<u16> = (0..8).map(|_| lb.choose_host(&c, &ps).unwrap().address.port()).collect();
+        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 6);
+        assert!(picks.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)), "smooth: never the light host twice in a row: {picks:?}");
+    }
+
+    #[test]
+    fn spills_over_to_the_next_priority_as_health_drops() {
+        let c = cluster("ROUND_ROBIN");
+        // P0: 1 of 2 healthy → health 70 % (1.4 × 50 %); P1 takes the remaining 30 %.
+        let ps = PrioritySet::new(
+            vec![
+                host(1, 1, 0, HealthStatus::Healthy),
+                host(2, 1, 0, HealthStatus::Unhealthy),
+                host(3, 1, 1, HealthStatus::Healthy),
+            ],
+            1,
+        );
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 2000);
+        assert_eq!(m.get(&2), None, "unhealthy host never chosen");
+        let p1 = *m.get(&3).unwrap_or(&0);
+        assert!((450..750).contains(&p1), "about 30 % to priority 1, got {p1}");
+    }
+
+    #[test]
+    fn panic_mode_uses_all_hosts_and_counts() {
+        let c = cluster("RANDOM");
+        let ps = PrioritySet::new(vec![host(1, 1, 0, HealthStatus::Unhealthy), host(2, 1, 0, HealthStatus::Unhealthy)], 1);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 100);
+        assert_eq!(m.values().sum::<usize>(), 100);
+        assert_eq!(c.stats.lb_healthy_panic.value(), 100);
+    }
+}

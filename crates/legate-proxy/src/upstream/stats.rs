@@ -1,0 +1,109 @@
+//! Cluster and cluster manager stats under Envoy's names.
+
+legate_stats::stats! {
+    /// `cluster.<name>.*`: Envoy's ALL_CLUSTER_TRAFFIC_STATS (the connection-level part and
+    /// the request counters every cluster has), load balancer, membership and update stats.
+    pub struct ClusterStats {
+        counter upstream_cx_total,
+        gauge upstream_cx_active,
+        counter upstream_cx_http1_total,
+        counter upstream_cx_http2_total,
+        counter upstream_cx_connect_fail,
+        counter upstream_cx_connect_timeout,
+        counter upstream_cx_connect_attempts_exceeded,
+        counter upstream_cx_overflow,
+        counter upstream_cx_none_healthy,
+        histogram upstream_cx_connect_ms,
+        histogram upstream_cx_length_ms,
+        counter upstream_cx_destroy,
+        counter upstream_cx_destroy_local,
+        counter upstream_cx_destroy_remote,
+        counter upstream_cx_idle_timeout,
+        counter upstream_cx_max_duration_reached,
+        counter upstream_cx_rx_bytes_total,
+        gauge upstream_cx_rx_bytes_buffered,
+        counter upstream_cx_tx_bytes_total,
+        gauge upstream_cx_tx_bytes_buffered,
+        counter upstream_cx_protocol_error,
+        counter upstream_cx_pool_overflow,
+        counter upstream_flow_control_paused_reading_total,
+        counter upstream_flow_control_resumed_reading_total,
+        counter upstream_flow_control_backed_up_total,
+        counter upstream_flow_control_drained_total,
+        counter upstream_rq_total,
+        gauge upstream_rq_active,
+        counter upstream_rq_pending_total,
+        counter upstream_rq_pending_overflow,
+        counter upstream_rq_pending_failure_eject,
+        gauge upstream_rq_pending_active,
+        counter upstream_rq_cancelled,
+        counter upstream_rq_timeout,
+        counter upstream_rq_retry,
+        counter upstream_rq_retry_overflow,
+        counter upstream_rq_retry_success,
+        counter upstream_rq_maintenance_mode,
+        counter lb_healthy_panic,
+        counter lb_local_cluster_not_ok,
+        counter lb_recalculate_zone_structures,
+        counter lb_zone_cluster_too_small,
+        counter lb_zone_no_capacity_left,
+        counter lb_zone_number_differs,
+        counter lb_zone_routing_all_directly,
+        counter lb_zone_routing_sampled,
+        counter lb_zone_routing_cross_zone,
+        gauge membership_healthy,
+        gauge membership_degraded,
+        gauge membership_excluded,
+        gauge membership_total,
+        counter membership_change,
+        gauge max_host_weight,
+        counter update_attempt,
+        counter update_success,
+        counter update_failure,
+        counter update_empty,
+        counter update_no_rebuild,
+        counter retry_or_shadow_abandoned,
+        counter bind_errors,
+        counter original_dst_host_invalid,
+        counter assignment_stale,
+        counter assignment_timeout_received,
+        gauge version,
+    }
+}
+
+legate_stats::stats! {
+    /// `cluster.<name>.circuit_breakers.<priority>.*`: Envoy's ALL_CLUSTER_CIRCUIT_BREAKERS_STATS.
+    pub struct CircuitBreakersStats {
+        gauge cx_open,
+        gauge cx_pool_open,
+        gauge rq_open,
+        gauge rq_pending_open,
+        gauge rq_retry_open,
+    }
+}
+
+legate_stats::stats! {
+    /// `cluster.<name>.circuit_breakers.<priority>.remaining_*`, only with `track_remaining`.
+    pub struct CircuitBreakersRemainingStats {
+        gauge remaining_cx,
+        gauge remaining_pending,
+        gauge remaining_rq,
+        gauge remaining_retries,
+        gauge remaining_cx_pools,
+    }
+}
+
+legate_stats::stats! {
+    /// `cluster_manager.*`: Envoy's ALL_CLUSTER_MANAGER_STATS.
+    pub struct ClusterManagerStats {
+        counter cluster_added,
+        counter cluster_modified,
+        counter cluster_removed,
+        counter cluster_updated,
+        counter cluster_updated_via_merge,
+        counter update_merge_cancelled,
+        counter update_out_of_merge_window,
+        gauge active_clusters,
+        gauge warming_clusters,
+    }
+}

@@ -1,0 +1,112 @@
+//! Workers: one OS thread, one single-threaded runtime, one event loop each (Envoy's worker
+//! `Dispatcher`). A worker owns its listen sockets; a connection lives and dies on the
+//! worker that accepted it, with its filters, upstream connections and timers.
+//!
+//! The main thread talks to a worker only through its channel ([`WorkerMessage`], Envoy's
+//! `post()`); configuration reaches it as immutable `Arc` snapshots.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::listener::active_listener;
+use crate::listener::Listener;
+use crate::upstream::cluster_manager::{ClusterMap, ThreadLocalClusterManager};
+
+/// State shared by the whole server, across workers: connection counts for limits and drain.
+#[derive(Default)]
+pub struct ServerShared {
+    /// Downstream connections open on all listeners (`server.total_connections`).
+    pub active_connections: AtomicU64,
+    /// `overload_manager`'s global downstream connection limit.
+    pub global_connection_limit: Option<u64>,
+    next_connection_id: AtomicU64,
+}
+
+impl ServerShared {
+    pub fn new(global_connection_limit: Option<u64>) -> Self {
+        ServerShared { active_connections: AtomicU64::new(0), global_connection_limit, next_connection_id: AtomicU64::new(0) }
+    }
+
+    /// Envoy's connection ids are unique across workers.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What a worker's connections and filters use: its index, its clusters view, the server.
+pub struct WorkerContext {
+    pub index: usize,
+    pub cluster_manager: ThreadLocalClusterManager,
+    pub server: Arc<ServerShared>,
+}
+
+/// Requests from the main thread.
+pub enum WorkerMessage {
+    /// Start accepting on this socket (bound by the main thread with `SO_REUSEPORT`).
+    AddListener { listener: Arc<Listener>, socket: std::net::TcpListener },
+    /// Stop accepting on every listener; open connections continue.
+    StopListeners { done: oneshot::Sender<()> },
+}
+
+/// The main thread's handle to a worker.
+pub struct Worker {
+    pub index: usize,
+    tx: mpsc::UnboundedSender<WorkerMessage>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts worker `index` (0-based); its stats go to shard `index + 1`.
+    pub fn start(index: usize, clusters: Arc<ArcSwap<ClusterMap>>, server: Arc<ServerShared>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || {
+            legate_stats::set_thread_shard(index + 1);
+            let local = tokio::task::LocalSet::new();
+            let context = Rc::new(WorkerContext { index, cluster_manager: ThreadLocalClusterManager::new(clusters), server });
+            local.block_on(&runtime, run(context, rx));
+            // Dropping the LocalSet here drops every connection still open on this worker.
+        })?;
+        Ok(Worker { index, tx, thread: Some(thread) })
+    }
+
+    pub fn post(&self, message: WorkerMessage) {
+        // A worker that is gone has nothing left to do with the message.
+        let _ = self.tx.send(message);
+    }
+
+    /// Ends the event loop (closing its connections) and waits for the thread.
+    pub fn shutdown(mut self) {
+        drop(self.tx);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    while let Some(message) = rx.recv().await {
+        match message {
+            WorkerMessage::AddListener { listener, socket } => {
+                match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
+                    Ok(socket) => {
+                        tokio::task::spawn_local(active_listener::run(listener, socket, context.clone(), stop_rx.clone()));
+                    }
+                    Err(e) => tracing::error!(listener = %listener.name, error = %e, "worker {}: cannot use listen socket", context.index),
+                }
+            }
+            WorkerMessage::StopListeners { done } => {
+                let _ = stop_tx.send(true);
+                // Let the accept loops see the signal and drop their sockets.
+                tokio::task::yield_now().await;
+                let _ = done.send(());
+            }
+        }
+    }
+}

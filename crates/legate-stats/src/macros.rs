@@ -1,0 +1,83 @@
+//! `stats!`: declares a component's stats struct with Envoy's stat names as field names
+//! (the role of Envoy's `ALL_*_STATS(COUNTER, GAUGE, HISTOGRAM)` macros, STYLE §4).
+
+/// Declares a stats struct whose field names are Envoy's stat names; `new(&Scope)` creates each
+/// stat as the scope prefix + `.` + the field name. Fields are `pub`; the struct derives
+/// `Clone` and `Debug` itself (do not add those derives), other attributes are passed through.
+///
+/// ```
+/// legate_stats::stats! {
+///     /// `tcp.<stat_prefix>.*`, Envoy's ALL_TCP_PROXY_STATS.
+///     pub struct TcpProxyStats {
+///         counter downstream_cx_total,
+///         gauge downstream_cx_active,
+///         histogram downstream_cx_length_ms,
+///     }
+/// }
+/// let store = legate_stats::Store::new(1);
+/// let stats = TcpProxyStats::new(&store.scope("tcp.ingress"));
+/// stats.downstream_cx_total.inc();
+/// assert_eq!(store.counter_value("tcp.ingress.downstream_cx_total"), Some(1));
+/// ```
+#[macro_export]
+macro_rules! stats {
+    (@type counter) => { $crate::Counter };
+    (@type gauge) => { $crate::Gauge };
+    (@type histogram) => { $crate::Histogram };
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$field_meta:meta])* $kind:ident $field:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug)]
+        $vis struct $name {
+            $( $(#[$field_meta])* pub $field: $crate::stats!(@type $kind), )*
+        }
+
+        impl $name {
+            /// Creates (or finds) every stat of this struct under `scope`.
+            pub fn new(scope: &$crate::Scope) -> Self {
+                Self { $( $field: scope.$kind(stringify!($field)), )* }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    crate::stats! {
+        /// Test stats.
+        pub struct TestStats {
+            /// A counter.
+            counter downstream_cx_total,
+            gauge downstream_cx_active,
+            histogram downstream_cx_length_ms
+        }
+    }
+
+    #[test]
+    fn macro_names_stats_after_fields() {
+        let store = crate::Store::new(1);
+        let stats = TestStats::new(&store.scope("tcp.ingress_tcp"));
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        stats.downstream_cx_length_ms.record(12);
+        assert_eq!(
+            store.counter_value("tcp.ingress_tcp.downstream_cx_total"),
+            Some(1)
+        );
+        assert_eq!(
+            store.gauge_value("tcp.ingress_tcp.downstream_cx_active"),
+            Some(1)
+        );
+        store.latch_histograms();
+        assert!(store
+            .render_text(None, true)
+            .contains("tcp.ingress_tcp.downstream_cx_length_ms: P0("));
+        // A second struct over the same scope shares the stats.
+        let again = TestStats::new(&store.scope("tcp.ingress_tcp"));
+        assert_eq!(again.downstream_cx_total.value(), 1);
+    }
+}

@@ -1,0 +1,514 @@
+//! Admin output of the store: `/stats` text, `/stats?format=json` and `/stats/prometheus`,
+//! byte for byte as Envoy prints them where scrapers depend on it (DESIGN §8; Envoy's
+//! `StatsTextRender`, `StatsJsonRender`, `PrometheusStatsFormatter`).
+//!
+//! Common rules, as Envoy's `StatsParams::shouldShowMetric`: `filter` is searched (not
+//! anchored) in the full stat name, and `used_only` drops stats never written (histograms
+//! never latched with a sample). Text and JSON list counters and gauges together sorted by
+//! name, then histograms sorted by name. Prometheus lists counters, then gauges, then
+//! histograms, each type grouped into families by tag-extracted name (sorted), the samples of a
+//! family sorted by full name.
+//!
+//! Histograms show the views of the last [`Store::latch_histograms`]. Envoy's text output
+//! prints quantiles with fmt's `{}` (`nan` for an empty interval); JSON prints a missing
+//! quantile as `null`, and the order `cumulative`, `interval` follows Envoy's current
+//! `StatsJsonRender::populatePercentiles`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use regex::Regex;
+use serde_json::{json, Value};
+
+use crate::counter::{counter_used, counter_value};
+use crate::gauge::gauge_used;
+use crate::histogram::{HistogramLatch, BUCKET_BOUNDS, SUPPORTED_QUANTILES};
+use crate::store::{cached_tags, Registry, Store};
+use crate::tag_extraction::Tag;
+
+/// Envoy's quantile labels, `P{:g}` of the supported quantiles × 100.
+const QUANTILE_LABELS: [&str; SUPPORTED_QUANTILES.len()] = [
+    "0", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "100",
+];
+
+fn shown(filter: Option<&Regex>, name: &str) -> bool {
+    filter.is_none_or(|re| re.is_match(name))
+}
+
+impl Store {
+    /// Counters and gauges that pass the filter, sorted by name.
+    fn numeric_stats<'r>(
+        &self,
+        registry: &'r Registry,
+        filter: Option<&Regex>,
+        used_only: bool,
+    ) -> Vec<(&'r str, u64)> {
+        let counters = registry
+            .counters
+            .iter()
+            .filter(|(name, e)| {
+                shown(filter, name) && (!used_only || counter_used(&self.arena, e.index))
+            })
+            .map(|(name, e)| (name.as_str(), counter_value(&self.arena, e.index)));
+        let gauges = registry
+            .gauges
+            .iter()
+            .filter(|(name, e)| {
+                shown(filter, name) && (!used_only || gauge_used(&self.arena, e.index))
+            })
+            .map(|(name, e)| (name.as_str(), self.arena.sum(e.index)));
+        let mut stats: Vec<(&str, u64)> = counters.chain(gauges).collect();
+        stats.sort_by(|a, b| a.0.cmp(b.0));
+        stats
+    }
+
+    /// Histograms that pass the filter, sorted by name.
+    fn shown_histograms<'r>(
+        registry: &'r Registry,
+        filter: Option<&Regex>,
+        used_only: bool,
+    ) -> impl Iterator<Item = (&'r str, &'r HistogramLatch)> + 'r {
+        let filter = filter.cloned();
+        registry
+            .histograms
+            .iter()
+            .filter(move |(name, e)| shown(filter.as_ref(), name) && (!used_only || e.latch.used()))
+            .map(|(name, e)| (name.as_str(), &e.latch))
+    }
+
+    /// Admin `/stats`: `name: value` lines sorted by name, then one line per histogram,
+    /// `name: P0(interval,cumulative) P25(..) .. P100(..)` or `name: No recorded values`.
+    pub fn render_text(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
+        let registry = self.lock();
+        let mut out = String::new();
+        for (name, value) in self.numeric_stats(&registry, filter, used_only) {
+            let _ = writeln!(out, "{name}: {value}");
+        }
+        for (name, latch) in Self::shown_histograms(&registry, filter, used_only) {
+            if !latch.used() {
+                let _ = writeln!(out, "{name}: No recorded values");
+                continue;
+            }
+            let interval = latch.interval.quantiles();
+            let cumulative = latch.cumulative.quantiles();
+            let _ = write!(out, "{name}:");
+            for ((label, i), c) in QUANTILE_LABELS.iter().zip(interval).zip(cumulative) {
+                let _ = write!(out, " P{label}({},{})", format_double(i), format_double(c));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Admin `/stats?format=json`: `{"stats":[{"name":..,"value":..},..,{"histograms":
+    /// {"supported_quantiles":[0,25,..,100],"computed_quantiles":[{"name":..,"values":
+    /// [{"cumulative":..,"interval":..},..]}]}}]}`; the histograms entry only when one is shown.
+    pub fn render_json(&self, filter: Option<&regex::Regex>, used_only: bool) -> serde_json::Value {
+        let registry = self.lock();
+        let mut stats: Vec<Value> = self
+            .numeric_stats(&registry, filter, used_only)
+            .into_iter()
+            .map(|(name, value)| json!({"name": name, "value": value}))
+            .collect();
+        let computed: Vec<Value> = Self::shown_histograms(&registry, filter, used_only)
+            .map(|(name, latch)| {
+                let values: Vec<Value> = latch
+                    .cumulative
+                    .quantiles()
+                    .into_iter()
+                    .zip(latch.interval.quantiles())
+                    .map(|(c, i)| json!({"cumulative": json_number(c), "interval": json_number(i)}))
+                    .collect();
+                json!({"name": name, "values": values})
+            })
+            .collect();
+        if !computed.is_empty() {
+            let supported: Vec<Value> = SUPPORTED_QUANTILES
+                .iter()
+                .map(|q| json_number(q * 100.0))
+                .collect();
+            stats.push(json!({"histograms": {"supported_quantiles": supported, "computed_quantiles": computed}}));
+        }
+        json!({ "stats": stats })
+    }
+
+    /// Admin `/stats/prometheus`, text format 0.0.4: per family `# TYPE envoy_<name> <type>`
+    /// then `envoy_<name>{<tags>} <value>` (braces even without tags, counters without a
+    /// `_total` suffix), histograms as `_bucket{..,le=".."}` per default bound and `+Inf`,
+    /// `_sum` and `_count` from the cumulative view.
+    pub fn render_prometheus(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
+        let mut guard = self.lock();
+        let registry = &mut *guard;
+        let mut out = String::new();
+
+        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, entry) in registry.counters.iter_mut() {
+            if !shown(filter, name) || (used_only && !counter_used(&self.arena, entry.index)) {
+                continue;
+            }
+            let tags = cached_tags(name, &mut entry.tags);
+            let value = counter_value(&self.arena, entry.index);
+            families
+                .entry(tags.extracted_name.clone())
+                .or_default()
+                .push(numeric_line(&tags.extracted_name, &tags.tags, value));
+        }
+        write_families(&mut out, families, "counter");
+
+        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, entry) in registry.gauges.iter_mut() {
+            if !shown(filter, name) || (used_only && !gauge_used(&self.arena, entry.index)) {
+                continue;
+            }
+            let tags = cached_tags(name, &mut entry.tags);
+            let value = self.arena.sum(entry.index);
+            families
+                .entry(tags.extracted_name.clone())
+                .or_default()
+                .push(numeric_line(&tags.extracted_name, &tags.tags, value));
+        }
+        write_families(&mut out, families, "gauge");
+
+        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, entry) in registry.histograms.iter_mut() {
+            if !shown(filter, name) || (used_only && !entry.latch.used()) {
+                continue;
+            }
+            let tags = cached_tags(name, &mut entry.tags);
+            let lines = histogram_lines(&tags.extracted_name, &tags.tags, &entry.latch);
+            families
+                .entry(tags.extracted_name.clone())
+                .or_default()
+                .push(lines);
+        }
+        write_families(&mut out, families, "histogram");
+        out
+    }
+}
+
+fn write_families(out: &mut String, families: BTreeMap<String, Vec<String>>, kind: &str) {
+    for (extracted_name, lines) in families {
+        let _ = writeln!(out, "# TYPE {} {kind}", metric_name(&extracted_name));
+        for line in lines {
+            out.push_str(&line);
+        }
+    }
+}
+
+/// `envoy_` + the tag-extracted name with every character outside `[a-zA-Z0-9_]` as `_`.
+fn metric_name(extracted_name: &str) -> String {
+    format!("envoy_{}", sanitize_name(extracted_name))
+}
+
+fn sanitize_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Prometheus label value escaping: `\`, newline and `"`.
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '\n' => out.push_str(r"\n"),
+            '"' => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn formatted_tags(tags: &[Tag]) -> String {
+    let mut out = String::new();
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{}=\"{}\"",
+            sanitize_name(tag.name),
+            escape_value(&tag.value)
+        );
+    }
+    out
+}
+
+fn numeric_line(extracted_name: &str, tags: &[Tag], value: u64) -> String {
+    format!(
+        "{}{{{}}} {value}\n",
+        metric_name(extracted_name),
+        formatted_tags(tags)
+    )
+}
+
+fn histogram_lines(extracted_name: &str, tags: &[Tag], latch: &HistogramLatch) -> String {
+    let name = metric_name(extracted_name);
+    let tags = formatted_tags(tags);
+    let bucket_tags = if tags.is_empty() {
+        String::new()
+    } else {
+        format!("{tags},")
+    };
+    let cumulative = &latch.cumulative;
+    let mut out = String::new();
+    for (bound, count) in BUCKET_BOUNDS.iter().zip(cumulative.cumulative_buckets()) {
+        let _ = writeln!(out, "{name}_bucket{{{bucket_tags}le=\"{bound}\"}} {count}");
+    }
+    let count = cumulative.count();
+    let _ = writeln!(out, "{name}_bucket{{{bucket_tags}le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{tags}}} {}", cumulative.sum);
+    let _ = writeln!(out, "{name}_count{{{tags}}} {count}");
+    out
+}
+
+/// fmt's `{}` for a double: shortest round-trip digits, `nan` for NaN.
+fn format_double(value: f64) -> String {
+    if value.is_nan() {
+        "nan".to_string()
+    } else if value.is_infinite() {
+        if value > 0.0 { "inf" } else { "-inf" }.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// A JSON number as Envoy's JSON streamer prints it: integers without `.0`, NaN as `null`.
+fn json_number(value: f64) -> Value {
+    if !value.is_finite() {
+        Value::Null
+    } else if value.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&value) {
+        Value::from(value as u64)
+    } else {
+        Value::from(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn store() -> Arc<Store> {
+        let store = Store::new(2);
+        store.counter("cluster.x.upstream_rq_2xx").add(5);
+        store.counter("cluster.x.upstream_rq_200").add(4);
+        store.counter("cluster.y.upstream_rq_2xx").add(1);
+        store.counter("cluster.x.upstream_rq_retry");
+        store
+            .gauge("listener.0.0.0.0_10000.downstream_cx_active")
+            .set(2);
+        store
+            .counter("listener.0.0.0.0_10000.downstream_cx_total")
+            .add(3);
+        store.counter("http.ingress.downstream_rq_5xx").inc();
+        store.counter("tcp.ingress_tcp.downstream_cx_total").add(6);
+        store.gauge("server.uptime").set(0);
+        store
+    }
+
+    #[test]
+    fn text_is_sorted_across_counters_and_gauges() {
+        let text = store().render_text(None, false);
+        assert_eq!(
+            text,
+            "cluster.x.upstream_rq_200: 4\n\
+             cluster.x.upstream_rq_2xx: 5\n\
+             cluster.x.upstream_rq_retry: 0\n\
+             cluster.y.upstream_rq_2xx: 1\n\
+             http.ingress.downstream_rq_5xx: 1\n\
+             listener.0.0.0.0_10000.downstream_cx_active: 2\n\
+             listener.0.0.0.0_10000.downstream_cx_total: 3\n\
+             server.uptime: 0\n\
+             tcp.ingress_tcp.downstream_cx_total: 6\n"
+        );
+    }
+
+    #[test]
+    fn used_only_and_filter() {
+        let store = store();
+        let text = store.render_text(None, true);
+        assert!(
+            !text.contains("upstream_rq_retry"),
+            "never incremented: {text}"
+        );
+        assert!(
+            text.contains("server.uptime: 0"),
+            "a set gauge is used even at 0: {text}"
+        );
+        let filter = Regex::new("upstream_rq_2").unwrap();
+        assert_eq!(
+            store.render_text(Some(&filter), false),
+            "cluster.x.upstream_rq_200: 4\ncluster.x.upstream_rq_2xx: 5\ncluster.y.upstream_rq_2xx: 1\n"
+        );
+        store.reset_counters();
+        assert!(
+            store
+                .render_text(None, true)
+                .contains("cluster.x.upstream_rq_2xx: 0"),
+            "reset keeps used"
+        );
+    }
+
+    #[test]
+    fn text_histograms() {
+        let store = Store::new(1);
+        store.counter("a").inc();
+        let h = store.histogram("cluster.x.upstream_rq_time");
+        store.histogram("cluster.x.upstream_cx_length_ms");
+        for _ in 0..4 {
+            h.record(10);
+        }
+        store.latch_histograms();
+        store.latch_histograms();
+        let text = store.render_text(None, false);
+        assert_eq!(
+            text,
+            "a: 1\n\
+             cluster.x.upstream_cx_length_ms: No recorded values\n\
+             cluster.x.upstream_rq_time: P0(nan,5) P25(nan,6.25) P50(nan,7.5) P75(nan,8.75) P90(nan,9.5) \
+             P95(nan,9.75) P99(nan,9.95) P99.5(nan,9.975) P99.9(nan,9.995000000000001) P100(nan,10)\n"
+        );
+        assert!(!store.render_text(None, true).contains("No recorded values"));
+    }
+
+    #[test]
+    fn json_shape() {
+        let store = Store::new(1);
+        store.counter("b").add(2);
+        store.gauge("a").set(1);
+        assert_eq!(
+            store.render_json(None, false),
+            json!({"stats": [{"name": "a", "value": 1}, {"name": "b", "value": 2}]})
+        );
+        let h = store.histogram("h");
+        h.record(1);
+        store.latch_histograms();
+        let v = store.render_json(None, false);
+        let histograms = &v["stats"][2]["histograms"];
+        assert_eq!(
+            serde_json::to_string(&histograms["supported_quantiles"]).unwrap(),
+            "[0,25,50,75,90,95,99,99.5,99.9,100]"
+        );
+        let computed = &histograms["computed_quantiles"][0];
+        assert_eq!(computed["name"], "h");
+        assert_eq!(computed["values"].as_array().unwrap().len(), 10);
+        assert_eq!(
+            serde_json::to_string(&computed["values"][0]).unwrap(),
+            r#"{"cumulative":1,"interval":1}"#
+        );
+        store.latch_histograms();
+        assert!(
+            computed_interval_is_null(&store),
+            "no samples in the last interval"
+        );
+    }
+
+    fn computed_interval_is_null(store: &Store) -> bool {
+        store.render_json(None, false)["stats"][2]["histograms"]["computed_quantiles"][0]["values"]
+            [0]["interval"]
+            .is_null()
+    }
+
+    #[test]
+    fn prometheus_examples() {
+        let store = store();
+        let prom = store.render_prometheus(None, false);
+        for expected in [
+            "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"x\"} 5\n",
+            "envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"x\"} 4\n",
+            "envoy_listener_downstream_cx_total{envoy_listener_address=\"0.0.0.0_10000\"} 3\n",
+            "envoy_http_downstream_rq_xx{envoy_response_code_class=\"5\",envoy_http_conn_manager_prefix=\"ingress\"} 1\n",
+            "envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"ingress_tcp\"} 6\n",
+            "envoy_server_uptime{} 0\n",
+        ] {
+            assert!(prom.contains(expected), "missing {expected:?} in:\n{prom}");
+        }
+        assert_eq!(
+            prom,
+            "# TYPE envoy_cluster_upstream_rq counter\n\
+             envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"x\"} 4\n\
+             # TYPE envoy_cluster_upstream_rq_retry counter\n\
+             envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"x\"} 0\n\
+             # TYPE envoy_cluster_upstream_rq_xx counter\n\
+             envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"x\"} 5\n\
+             envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"y\"} 1\n\
+             # TYPE envoy_http_downstream_rq_xx counter\n\
+             envoy_http_downstream_rq_xx{envoy_response_code_class=\"5\",envoy_http_conn_manager_prefix=\"ingress\"} 1\n\
+             # TYPE envoy_listener_downstream_cx_total counter\n\
+             envoy_listener_downstream_cx_total{envoy_listener_address=\"0.0.0.0_10000\"} 3\n\
+             # TYPE envoy_tcp_downstream_cx_total counter\n\
+             envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"ingress_tcp\"} 6\n\
+             # TYPE envoy_listener_downstream_cx_active gauge\n\
+             envoy_listener_downstream_cx_active{envoy_listener_address=\"0.0.0.0_10000\"} 2\n\
+             # TYPE envoy_server_uptime gauge\n\
+             envoy_server_uptime{} 0\n"
+        );
+        assert!(!store
+            .render_prometheus(None, true)
+            .contains("upstream_rq_retry"));
+        let filter = Regex::new("^tcp").unwrap();
+        assert_eq!(
+            store.render_prometheus(Some(&filter), false),
+            "# TYPE envoy_tcp_downstream_cx_total counter\n\
+             envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"ingress_tcp\"} 6\n"
+        );
+    }
+
+    #[test]
+    fn prometheus_histogram() {
+        let store = Store::new(1);
+        let h = store.histogram("cluster.x.upstream_cx_connect_ms");
+        h.record(0);
+        h.record(3);
+        h.record(4_000_000);
+        store.latch_histograms();
+        let prom = store.render_prometheus(None, false);
+        let t = "envoy_cluster_name=\"x\"";
+        let mut expected = String::from("# TYPE envoy_cluster_upstream_cx_connect_ms histogram\n");
+        let counts = [1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2];
+        let bounds = [
+            "0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000",
+            "10000", "30000", "60000", "300000", "600000", "1800000", "3600000",
+        ];
+        for (b, c) in bounds.iter().zip(counts) {
+            expected.push_str(&format!(
+                "envoy_cluster_upstream_cx_connect_ms_bucket{{{t},le=\"{b}\"}} {c}\n"
+            ));
+        }
+        expected.push_str(&format!(
+            "envoy_cluster_upstream_cx_connect_ms_bucket{{{t},le=\"+Inf\"}} 3\n"
+        ));
+        expected.push_str(&format!(
+            "envoy_cluster_upstream_cx_connect_ms_sum{{{t}}} 4000003\n"
+        ));
+        expected.push_str(&format!(
+            "envoy_cluster_upstream_cx_connect_ms_count{{{t}}} 3\n"
+        ));
+        assert_eq!(prom, expected);
+
+        let store = Store::new(1);
+        store.histogram("untagged").record(1);
+        store.latch_histograms();
+        let prom = store.render_prometheus(None, false);
+        assert!(
+            prom.contains("envoy_untagged_bucket{le=\"0.5\"} 0\n"),
+            "{prom}"
+        );
+        assert!(prom.contains("envoy_untagged_sum{} 1\n"), "{prom}");
+    }
+
+    #[test]
+    fn prometheus_escapes_label_values() {
+        assert_eq!(escape_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(sanitize_name("envoy.cluster-name"), "envoy_cluster_name");
+    }
+}

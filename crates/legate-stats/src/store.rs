@@ -1,0 +1,410 @@
+//! The stats store: every counter, gauge and histogram of one server, by full name (Envoy's
+//! `ThreadLocalStoreImpl` with its scopes).
+//!
+//! Creating a stat (`counter(name)`) takes the registry lock and happens at config time; asking
+//! twice for the same name returns a handle to the same stat. The handles write into per-shard
+//! arenas ([`crate::arena`]) without a lock; admin reads lock the registry and sum the shards.
+//!
+//! Names: [`Store::scope`]`("cluster.foo")` and [`Scope::counter`]`("upstream_rq_total")` give
+//! `cluster.foo.upstream_rq_total`: the scope prefix has no trailing dot (one given is
+//! dropped) and names are joined with `.`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
+use crate::counter::{counter_reset, counter_value, Counter};
+use crate::gauge::Gauge;
+use crate::histogram::{Histogram, HistogramLatch, SLOTS as HISTOGRAM_SLOTS};
+use crate::tag_extraction::{extract_tags, TagExtraction};
+
+/// All stats of one server, shared as `Arc<Store>` by the main thread and the workers.
+pub struct Store {
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) registry: Mutex<Registry>,
+}
+
+/// Name → slot index for each stat type, sorted by name for admin output.
+#[derive(Default)]
+pub(crate) struct Registry {
+    next_slot: usize,
+    pub(crate) counters: BTreeMap<String, Entry>,
+    pub(crate) gauges: BTreeMap<String, Entry>,
+    pub(crate) histograms: BTreeMap<String, HistogramEntry>,
+}
+
+/// A registered counter or gauge.
+pub(crate) struct Entry {
+    pub(crate) index: u32,
+    /// Computed on the first Prometheus render, then kept.
+    pub(crate) tags: Option<Box<TagExtraction>>,
+}
+
+/// A registered histogram and its latched views.
+pub(crate) struct HistogramEntry {
+    pub(crate) index: u32,
+    pub(crate) latch: HistogramLatch,
+    pub(crate) tags: Option<Box<TagExtraction>>,
+}
+
+impl Registry {
+    /// Reserves `len` consecutive slots, never crossing a chunk; `None` when the arena is full.
+    fn allocate(&mut self, arena: &Arena, len: usize) -> Option<u32> {
+        if self.next_slot < SCRATCH_SLOTS {
+            self.next_slot = SCRATCH_SLOTS;
+        }
+        let mut start = self.next_slot;
+        if start % CHUNK_SLOTS + len > CHUNK_SLOTS {
+            start = (start / CHUNK_SLOTS + 1) * CHUNK_SLOTS;
+        }
+        if start + len > Arena::capacity() {
+            return None;
+        }
+        let index = u32::try_from(start).ok()?;
+        arena.ensure(start, len);
+        self.next_slot = start + len;
+        Some(index)
+    }
+}
+
+impl Store {
+    /// A store with `shards` shards: workers + 1 (shard 0 is the main thread and any thread
+    /// that is not a worker; see [`crate::set_thread_shard`]).
+    pub fn new(shards: usize) -> Arc<Store> {
+        Arc::new(Store {
+            arena: Arc::new(Arena::new(shards)),
+            registry: Mutex::new(Registry::default()),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The counter with this full name, created on first use.
+    pub fn counter(&self, name: &str) -> Counter {
+        let mut registry = self.lock();
+        let index = match registry.counters.get(name) {
+            Some(entry) => entry.index,
+            None => match registry.allocate(&self.arena, 1) {
+                Some(index) => {
+                    registry
+                        .counters
+                        .insert(name.to_string(), Entry { index, tags: None });
+                    index
+                }
+                None => 0,
+            },
+        };
+        Counter {
+            arena: self.arena.clone(),
+            index,
+        }
+    }
+
+    /// The gauge with this full name, created on first use.
+    pub fn gauge(&self, name: &str) -> Gauge {
+        let mut registry = self.lock();
+        let index = match registry.gauges.get(name) {
+            Some(entry) => entry.index,
+            None => match registry.allocate(&self.arena, 1) {
+                Some(index) => {
+                    registry
+                        .gauges
+                        .insert(name.to_string(), Entry { index, tags: None });
+                    index
+                }
+                None => 0,
+            },
+        };
+        Gauge {
+            arena: self.arena.clone(),
+            index,
+        }
+    }
+
+    /// The histogram with this full name, created on first use. Values are in the stat's unit:
+    /// milliseconds for Envoy's `*_ms` and `*_time` histograms, raw units otherwise.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        let mut registry = self.lock();
+        let index = match registry.histograms.get(name) {
+            Some(entry) => entry.index,
+            None => match registry.allocate(&self.arena, HISTOGRAM_SLOTS) {
+                Some(index) => {
+                    let entry = HistogramEntry {
+                        index,
+                        latch: HistogramLatch::default(),
+                        tags: None,
+                    };
+                    registry.histograms.insert(name.to_string(), entry);
+                    index
+                }
+                None => 0,
+            },
+        };
+        Histogram {
+            arena: self.arena.clone(),
+            index,
+        }
+    }
+
+    /// A scope whose stats are named `prefix.<name>`; a trailing dot in `prefix` is ignored.
+    pub fn scope(self: &Arc<Self>, prefix: &str) -> Scope {
+        Scope {
+            store: self.clone(),
+            prefix: prefix.trim_end_matches('.').to_string(),
+        }
+    }
+
+    /// Admin `/reset_counters`: every counter reads 0 afterwards. Workers keep adding into
+    /// their shards; the store only records the current sum as the counter's offset.
+    pub fn reset_counters(&self) {
+        let registry = self.lock();
+        for entry in registry.counters.values() {
+            counter_reset(&self.arena, entry.index);
+        }
+    }
+
+    /// The value of the counter with this full name, if it exists.
+    pub fn counter_value(&self, name: &str) -> Option<u64> {
+        let registry = self.lock();
+        registry
+            .counters
+            .get(name)
+            .map(|entry| counter_value(&self.arena, entry.index))
+    }
+
+    /// The value of the gauge with this full name, if it exists.
+    pub fn gauge_value(&self, name: &str) -> Option<u64> {
+        let registry = self.lock();
+        registry
+            .gauges
+            .get(name)
+            .map(|entry| self.arena.sum(entry.index))
+    }
+
+    /// Called by the main thread at every stats flush (`stats_flush_interval`, 5 s): the samples
+    /// recorded since the previous call become each histogram's "interval" view, and all
+    /// samples so far its "cumulative" view (Envoy's `ParentHistogramImpl::merge`).
+    pub fn latch_histograms(&self) {
+        let mut registry = self.lock();
+        for entry in registry.histograms.values_mut() {
+            entry.latch.latch(&self.arena, entry.index);
+        }
+    }
+
+    /// Number of shards (workers + 1).
+    pub fn shards(&self) -> usize {
+        self.arena.shard_count()
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let registry = self.lock();
+        f.debug_struct("Store")
+            .field("shards", &self.arena.shard_count())
+            .field("counters", &registry.counters.len())
+            .field("gauges", &registry.gauges.len())
+            .field("histograms", &registry.histograms.len())
+            .finish()
+    }
+}
+
+/// A name prefix over a store, e.g. `cluster.foo` for one cluster's stats (Envoy's
+/// `Stats::Scope`). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    store: Arc<Store>,
+    prefix: String,
+}
+
+impl Scope {
+    fn name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// The counter `prefix.name`.
+    pub fn counter(&self, name: &str) -> Counter {
+        self.store.counter(&self.name(name))
+    }
+
+    /// The gauge `prefix.name`.
+    pub fn gauge(&self, name: &str) -> Gauge {
+        self.store.gauge(&self.name(name))
+    }
+
+    /// The histogram `prefix.name`.
+    pub fn histogram(&self, name: &str) -> Histogram {
+        self.store.histogram(&self.name(name))
+    }
+
+    /// A nested scope `prefix.sub` (a trailing dot in `sub` is ignored).
+    pub fn scope(&self, sub: &str) -> Scope {
+        Scope {
+            store: self.store.clone(),
+            prefix: self.name(sub.trim_end_matches('.')),
+        }
+    }
+
+    /// The prefix, without a trailing dot.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The store this scope creates stats in.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+}
+
+/// Tag extraction for a registry entry, computed once.
+pub(crate) fn cached_tags<'a>(
+    name: &str,
+    tags: &'a mut Option<Box<TagExtraction>>,
+) -> &'a TagExtraction {
+    tags.get_or_insert_with(|| Box::new(extract_tags(name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::set_thread_shard;
+
+    #[test]
+    fn same_name_same_stat() {
+        let store = Store::new(2);
+        store.counter("a.b").inc();
+        store.counter("a.b").add(2);
+        assert_eq!(store.counter_value("a.b"), Some(3));
+        let scope = store.scope("a.");
+        assert_eq!(scope.prefix(), "a");
+        scope.counter("b").inc();
+        assert_eq!(store.counter_value("a.b"), Some(4));
+        assert_eq!(scope.scope("c").counter("d").value(), 0);
+        assert!(store.counter_value("a.c.d").is_some());
+        assert_eq!(store.counter_value("missing"), None);
+        assert_eq!(store.scope("").counter("top").value(), 0);
+        assert!(store.counter_value("top").is_some());
+    }
+
+    #[test]
+    fn shards_are_summed() {
+        let store = Store::new(3);
+        let counter = store.counter("c");
+        let gauge = store.gauge("g");
+        let threads: Vec<_> = (1..=2)
+            .map(|shard| {
+                let (counter, gauge) = (counter.clone(), gauge.clone());
+                std::thread::spawn(move || {
+                    set_thread_shard(shard);
+                    for _ in 0..10_000 {
+                        counter.inc();
+                        gauge.inc();
+                    }
+                    // Decrements on one worker cancel increments on another.
+                    if shard == 2 {
+                        gauge.sub(15_000);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        counter.add(5); // main thread, shard 0
+        assert_eq!(counter.value(), 20_005);
+        assert_eq!(gauge.value(), 5_000);
+        // Each shard holds its own part.
+        assert_eq!(store.arena.sum(counter.index), 20_005);
+        assert!(store.arena.any_nonzero(counter.index));
+    }
+
+    #[test]
+    fn out_of_range_shard_falls_back_to_zero() {
+        let store = Store::new(1);
+        let counter = store.counter("c");
+        std::thread::spawn(move || {
+            set_thread_shard(7);
+            counter.inc();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(store.counter_value("c"), Some(1));
+    }
+
+    #[test]
+    fn reset_counters_keeps_counting() {
+        let store = Store::new(2);
+        let c = store.counter("c");
+        c.add(7);
+        store.reset_counters();
+        assert_eq!(c.value(), 0);
+        c.inc();
+        assert_eq!(store.counter_value("c"), Some(1));
+    }
+
+    #[test]
+    fn gauge_set_then_value() {
+        let store = Store::new(2);
+        let g = store.gauge("g");
+        g.set(42);
+        assert_eq!(g.value(), 42);
+        g.set(3);
+        assert_eq!(store.gauge_value("g"), Some(3));
+        g.dec();
+        g.dec();
+        g.dec();
+        assert_eq!(g.value(), 0);
+    }
+
+    #[test]
+    fn histograms_never_cross_a_chunk() {
+        let store = Store::new(1);
+        for i in 0..200 {
+            let h = store.histogram(&format!("h{i}"));
+            let start = h.index as usize;
+            assert_eq!(
+                start / CHUNK_SLOTS,
+                (start + HISTOGRAM_SLOTS - 1) / CHUNK_SLOTS
+            );
+            store.counter(&format!("c{i}"));
+        }
+    }
+
+    #[test]
+    fn histogram_latch_moves_interval_into_cumulative() {
+        let store = Store::new(2);
+        let h = store.histogram("h");
+        h.record(3);
+        h.record(7);
+        {
+            let registry = store.lock();
+            assert!(
+                !registry.histograms["h"].latch.used(),
+                "not visible before a latch"
+            );
+        }
+        store.latch_histograms();
+        h.record(100);
+        {
+            let registry = store.lock();
+            let latch = &registry.histograms["h"].latch;
+            assert_eq!(latch.interval.count(), 2);
+            assert_eq!(latch.cumulative.count(), 2);
+            assert_eq!(latch.cumulative.sum, 10);
+        }
+        store.latch_histograms();
+        let registry = store.lock();
+        let latch = &registry.histograms["h"].latch;
+        assert_eq!(latch.interval.count(), 1);
+        assert_eq!(latch.interval.sum, 100);
+        assert_eq!(latch.cumulative.count(), 3);
+        assert_eq!(latch.cumulative.sum, 110);
+    }
+}
