@@ -170,18 +170,76 @@ pub struct CidrRange {
 impl CidrRange {
     /// The parsed prefix and its length (Envoy: a missing length means the whole address).
     pub fn parse(&self) -> Result<(IpAddr, u8), String> {
-        let ip: IpAddr = self
-            .address_prefix
-            .parse()
-            .map_err(|_| format!("malformed IP address: {}", self.address_prefix))?;
+        let ip: IpAddr =
+            self.address_prefix.parse().map_err(|_| format!("malformed IP address: {}", self.address_prefix))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let len = self.prefix_len.unwrap_or(max);
         if len > max {
-            return Err(format!(
-                "prefix_len {len} is longer than the address {} allows ({max})",
-                self.address_prefix
-            ));
+            return Err(format!("prefix_len {len} is longer than the address {} allows ({max})", self.address_prefix));
         }
         Ok((ip, len as u8))
+    }
+}
+
+/// `envoy.config.core.v3.DataSource`: bytes given inline or read from a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    Filename(String),
+    InlineBytes(Vec<u8>),
+    InlineString(String),
+    EnvironmentVariable(String),
+}
+
+impl<'de> Deserialize<'de> for DataSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            filename: Option<String>,
+            inline_bytes: Option<String>,
+            inline_string: Option<String>,
+            environment_variable: Option<String>,
+            watched_directory: Option<Unsupported>,
+        }
+        use base64::Engine;
+        let raw = Raw::deserialize(deserializer)?;
+        let _ = raw.watched_directory;
+        let set = [
+            raw.filename.is_some(),
+            raw.inline_bytes.is_some(),
+            raw.inline_string.is_some(),
+            raw.environment_variable.is_some(),
+        ];
+        if set.iter().filter(|s| **s).count() != 1 {
+            return Err(de::Error::custom(
+                "exactly one of filename, inline_bytes, inline_string or environment_variable is required",
+            ));
+        }
+        Ok(if let Some(f) = raw.filename {
+            DataSource::Filename(f)
+        } else if let Some(b) = raw.inline_bytes {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .map_err(|e| crate::extensions::invalid::<D::Error>("inline_bytes", format!("invalid base64: {e}")))?;
+            DataSource::InlineBytes(bytes)
+        } else if let Some(s) = raw.inline_string {
+            DataSource::InlineString(s)
+        } else {
+            DataSource::EnvironmentVariable(raw.environment_variable.unwrap_or_default())
+        })
+    }
+}
+
+impl DataSource {
+    /// The bytes, reading the file or environment variable now (at config load).
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            DataSource::Filename(path) => std::fs::read(path).map_err(|e| format!("unable to read file: {path}: {e}")),
+            DataSource::InlineBytes(b) => Ok(b.clone()),
+            DataSource::InlineString(s) => Ok(s.clone().into_bytes()),
+            DataSource::EnvironmentVariable(name) => std::env::var(name)
+                .map(String::into_bytes)
+                .map_err(|_| format!("environment variable {name} is not set")),
+        }
     }
 }

@@ -46,9 +46,7 @@ pub fn parse_duration_str(s: &str) -> Result<std::time::Duration, String> {
     let secs: u64 = if whole.is_empty() {
         0
     } else {
-        whole
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: seconds out of range"))?
+        whole.parse().map_err(|_| format!("invalid duration {s:?}: seconds out of range"))?
     };
     // Pad the fraction to nanoseconds: "5" -> 500000000.
     let mut nanos: u32 = 0;

@@ -22,10 +22,7 @@ impl ClusterLoadAssignment {
     pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
 
     pub fn overprovisioning_factor(&self) -> u32 {
-        self.policy
-            .as_ref()
-            .and_then(|p| p.overprovisioning_factor)
-            .unwrap_or(Self::DEFAULT_OVERPROVISIONING_FACTOR)
+        self.policy.as_ref().and_then(|p| p.overprovisioning_factor).unwrap_or(Self::DEFAULT_OVERPROVISIONING_FACTOR)
     }
 }
 

@@ -11,7 +11,9 @@ use serde::de::{Deserializer, Error};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::filters::network::{connection_limit::ConnectionLimit, echo::Echo, tcp_proxy::TcpProxy};
+use crate::filters::network::{
+    connection_limit::ConnectionLimit, direct_response::DirectResponse, echo::Echo, tcp_proxy::TcpProxy,
+};
 use crate::path::{self, PathError};
 use crate::unsupported::Unsupported;
 
@@ -28,6 +30,7 @@ pub enum NetworkFilterConfig {
     TcpProxy(TcpProxy),
     Echo(Echo),
     ConnectionLimit(ConnectionLimit),
+    DirectResponse(DirectResponse),
 }
 
 pub static NETWORK_FILTERS: &[Extension<NetworkFilterConfig>] = &[
@@ -45,6 +48,11 @@ pub static NETWORK_FILTERS: &[Extension<NetworkFilterConfig>] = &[
         name: "envoy.filters.network.connection_limit",
         type_url: "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
         parse: |v| path::from_value(v).map(NetworkFilterConfig::ConnectionLimit),
+    },
+    Extension {
+        name: "envoy.filters.network.direct_response",
+        type_url: "envoy.extensions.filters.network.direct_response.v3.Config",
+        parse: |v| path::from_value(v).map(NetworkFilterConfig::DirectResponse),
     },
 ];
 
@@ -74,14 +82,21 @@ pub struct Empty {}
 
 /// Resolves a `{name, typed_config}` pair through `registry`. Errors carry a path relative to
 /// the message holding the pair.
-pub fn resolve<T>(registry: &[Extension<T>], kind: &str, name: &str, typed_config: Option<Value>) -> Result<T, PathError> {
+pub fn resolve<T>(
+    registry: &[Extension<T>],
+    kind: &str,
+    name: &str,
+    typed_config: Option<Value>,
+) -> Result<T, PathError> {
     let Some(typed_config) = typed_config else {
         // No typed_config: Envoy falls back to the name and the extension's default config.
         return match registry.iter().find(|e| e.name == name) {
             Some(ext) => (ext.parse)(Value::Object(Default::default())),
             None => Err(PathError {
                 path: "name".into(),
-                message: format!("Didn't find a registered implementation for {kind} name: '{name}' (legate does not implement it)"),
+                message: format!(
+                    "Didn't find a registered implementation for {kind} name: '{name}' (legate does not implement it)"
+                ),
             }),
         };
     };
@@ -100,7 +115,9 @@ pub fn resolve<T>(registry: &[Extension<T>], kind: &str, name: &str, typed_confi
         let mut inner = match fields.remove("value") {
             Some(Value::Object(m)) => m,
             None => Default::default(),
-            Some(_) => return Err(PathError { path: "typed_config.value".into(), message: "expected an object".into() }),
+            Some(_) => {
+                return Err(PathError { path: "typed_config.value".into(), message: "expected an object".into() })
+            }
         };
         inner.insert("@type".into(), Value::String(inner_url));
         return resolve(registry, kind, name, Some(Value::Object(inner)));

@@ -41,7 +41,8 @@ pub struct LoadedBootstrap {
 pub fn load_bootstrap(config_path: Option<&Path>, config_yaml: Option<&str>) -> Result<LoadedBootstrap, ConfigError> {
     let mut tree = match config_path {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
             let origin = path.display().to_string();
             let is_json = path.extension().is_some_and(|e| e == "json");
             let is_proto = path.extension().is_some_and(|e| e == "pb" || e == "pb_text");
@@ -158,7 +159,10 @@ static_resources:
     fn unsupported_envoy_field_says_so() {
         let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    outlier_detection: {}");
         let err = load(&yaml).unwrap_err().to_string();
-        assert_eq!(err, "static_resources.clusters[0].outlier_detection: this Envoy field is not supported by legate yet");
+        assert_eq!(
+            err,
+            "static_resources.clusters[0].outlier_detection: this Envoy field is not supported by legate yet"
+        );
     }
 
     #[test]

@@ -8,14 +8,8 @@
 use serde_json::{Map, Value};
 
 /// Keys under which the whole subtree is user data, not proto field names.
-const FREE_FORM: &[&str] = &[
-    "filter_metadata",
-    "typed_filter_metadata",
-    "static_layer",
-    "metadata",
-    "dynamic_parameters",
-    "fields",
-];
+const FREE_FORM: &[&str] =
+    &["filter_metadata", "typed_filter_metadata", "static_layer", "metadata", "dynamic_parameters", "fields"];
 
 pub fn normalize(value: &mut Value) {
     match value {

@@ -36,7 +36,10 @@ pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
         if let Some(first) = cluster_names.insert(cluster.name.as_str(), i) {
             v.error(
                 &format!("{at}.name"),
-                format!("cluster manager: duplicate cluster '{}' found (also static_resources.clusters[{first}])", cluster.name),
+                format!(
+                    "cluster manager: duplicate cluster '{}' found (also static_resources.clusters[{first}])",
+                    cluster.name
+                ),
             );
         }
         v.cluster(&at, cluster);
@@ -76,7 +79,10 @@ impl Validator {
         self.ip_address(&format!("{at}.address"), &listener.address);
         if let Some(socket) = listener.address.socket() {
             if socket.protocol == SocketProtocol::Udp {
-                self.error(&format!("{at}.address.socket_address.protocol"), "UDP listeners are not supported by legate yet");
+                self.error(
+                    &format!("{at}.address.socket_address.protocol"),
+                    "UDP listeners are not supported by legate yet",
+                );
             }
         }
         if listener.filter_chains.is_empty() && listener.default_filter_chain.is_none() {
@@ -108,7 +114,10 @@ impl Validator {
         let match_at = format!("{at}.filter_chain_match");
         if let Some(port) = m.destination_port {
             if port == 0 || port > 65535 {
-                self.error(&format!("{match_at}.destination_port"), format!("invalid port {port}: must be in 1..=65535"));
+                self.error(
+                    &format!("{match_at}.destination_port"),
+                    format!("invalid port {port}: must be in 1..=65535"),
+                );
             }
         }
         for (field, ranges) in [
@@ -127,17 +136,30 @@ impl Validator {
         let last = chain.filters.len().saturating_sub(1);
         for (i, filter) in chain.filters.iter().enumerate() {
             let filter_at = format!("{at}.filters[{i}]");
-            let terminal = matches!(filter.config, NetworkFilterConfig::TcpProxy(_) | NetworkFilterConfig::Echo(_));
+            let terminal = matches!(
+                filter.config,
+                NetworkFilterConfig::TcpProxy(_)
+                    | NetworkFilterConfig::Echo(_)
+                    | NetworkFilterConfig::DirectResponse(_)
+            );
             if terminal && i != last {
                 self.error(
                     &filter_at,
-                    format!("Error: terminal filter named {} of type {} must be the last filter in a network filter chain.", filter.name, kind_name(&filter.config)),
+                    format!(
+                        "Error: terminal filter named {} of type {} must be the last filter in a network filter chain.",
+                        filter.name,
+                        kind_name(&filter.config)
+                    ),
                 );
             }
             if !terminal && i == last {
                 self.error(
                     &filter_at,
-                    format!("Error: non-terminal filter named {} of type {} is the last filter in a network filter chain.", filter.name, kind_name(&filter.config)),
+                    format!(
+                        "Error: non-terminal filter named {} of type {} is the last filter in a network filter chain.",
+                        filter.name,
+                        kind_name(&filter.config)
+                    ),
                 );
             }
             let typed_at = format!("{filter_at}.typed_config");
@@ -148,11 +170,16 @@ impl Validator {
                     }
                     match (&tcp.cluster, &tcp.weighted_clusters) {
                         (None, None) => self.error(&typed_at, "one of cluster or weighted_clusters is required"),
-                        (Some(_), Some(_)) => self.error(&typed_at, "only one of cluster or weighted_clusters may be set"),
+                        (Some(_), Some(_)) => {
+                            self.error(&typed_at, "only one of cluster or weighted_clusters may be set")
+                        }
                         (Some(name), None) => self.cluster_ref(&format!("{typed_at}.cluster"), name, clusters),
                         (None, Some(w)) => {
                             if w.clusters.len() < 2 {
-                                self.error(&format!("{typed_at}.weighted_clusters.clusters"), "value must contain at least 2 item(s)");
+                                self.error(
+                                    &format!("{typed_at}.weighted_clusters.clusters"),
+                                    "value must contain at least 2 item(s)",
+                                );
                             }
                             for (j, c) in w.clusters.iter().enumerate() {
                                 let c_at = format!("{typed_at}.weighted_clusters.clusters[{j}]");
@@ -164,7 +191,10 @@ impl Validator {
                         }
                     }
                     if tcp.max_connect_attempts == Some(0) {
-                        self.error(&format!("{typed_at}.max_connect_attempts"), "value must be greater than or equal to 1");
+                        self.error(
+                            &format!("{typed_at}.max_connect_attempts"),
+                            "value must be greater than or equal to 1",
+                        );
                     }
                 }
                 NetworkFilterConfig::ConnectionLimit(limit) => {
@@ -173,6 +203,11 @@ impl Validator {
                     }
                     if limit.max_connections == 0 {
                         self.error(&format!("{typed_at}.max_connections"), "value must be greater than or equal to 1");
+                    }
+                }
+                NetworkFilterConfig::DirectResponse(d) => {
+                    if let Some(Err(e)) = d.response.as_ref().map(|r| r.read()) {
+                        self.error(&format!("{typed_at}.response"), e);
                     }
                 }
                 NetworkFilterConfig::Echo(_) => {}
@@ -198,6 +233,12 @@ impl Validator {
         if cluster.name.is_empty() {
             self.error(&format!("{at}.name"), "value length must be at least 1 characters");
         }
+        if cluster.respect_dns_ttl {
+            self.error(
+                &format!("{at}.respect_dns_ttl"),
+                "not supported by legate yet: the system resolver does not report TTLs",
+            );
+        }
         if cluster.connect_timeout.is_some_and(|t| t.is_zero()) {
             self.error(&format!("{at}.connect_timeout"), "value must be greater than 0s");
         }
@@ -205,19 +246,26 @@ impl Validator {
             DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {}
             other => self.error(
                 &format!("{at}.type"),
-                format!("cluster type {other:?} is not supported by legate yet (STATIC, STRICT_DNS and LOGICAL_DNS are)"),
+                format!(
+                    "cluster type {other:?} is not supported by legate yet (STATIC, STRICT_DNS and LOGICAL_DNS are)"
+                ),
             ),
         }
         match cluster.lb_policy {
             LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => {}
             other => self.error(
                 &format!("{at}.lb_policy"),
-                format!("lb_policy {other:?} is not supported by legate yet (ROUND_ROBIN, LEAST_REQUEST and RANDOM are)"),
+                format!(
+                    "lb_policy {other:?} is not supported by legate yet (ROUND_ROBIN, LEAST_REQUEST and RANDOM are)"
+                ),
             ),
         }
         if let Some(lr) = &cluster.least_request_lb_config {
             if lr.choice_count.is_some_and(|c| c < 2) {
-                self.error(&format!("{at}.least_request_lb_config.choice_count"), "value must be greater than or equal to 2");
+                self.error(
+                    &format!("{at}.least_request_lb_config.choice_count"),
+                    "value must be greater than or equal to 2",
+                );
             }
         }
         let Some(assignment) = &cluster.load_assignment else {
@@ -266,6 +314,7 @@ fn kind_name(config: &NetworkFilterConfig) -> &'static str {
         NetworkFilterConfig::TcpProxy(_) => "envoy.filters.network.tcp_proxy",
         NetworkFilterConfig::Echo(_) => "envoy.filters.network.echo",
         NetworkFilterConfig::ConnectionLimit(_) => "envoy.filters.network.connection_limit",
+        NetworkFilterConfig::DirectResponse(_) => "envoy.filters.network.direct_response",
     }
 }
 
@@ -290,7 +339,12 @@ static_resources:
         typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: nope}
 "#,
         );
-        assert!(err.contains("static_resources.listeners[0].address.socket_address.address: malformed IP address: not-an-ip"), "{err}");
+        assert!(
+            err.contains(
+                "static_resources.listeners[0].address.socket_address.address: malformed IP address: not-an-ip"
+            ),
+            "{err}"
+        );
         assert!(err.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster 'nope'"), "{err}");
     }
 
@@ -306,7 +360,10 @@ static_resources:
     - filters: [{name: envoy.filters.network.echo}]
 "#,
         );
-        assert!(err.contains("filter_chains[1].filter_chain_match: multiple filter chains with the same matching rules"), "{err}");
+        assert!(
+            err.contains("filter_chains[1].filter_chain_match: multiple filter chains with the same matching rules"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use legate_config::extensions::NetworkFilterConfig;
 use legate_stats::Store;
 
 use crate::filters::network::connection_limit::{ConnectionLimit, ConnectionLimitShared};
+use crate::filters::network::direct_response::DirectResponse;
 use crate::filters::network::echo::Echo;
 use crate::filters::network::tcp_proxy::{TcpProxy, TcpProxyShared};
 use crate::network::FilterManager;
@@ -21,6 +22,8 @@ pub enum NetworkFilterFactory {
     Echo,
     /// `envoy.filters.network.connection_limit`
     ConnectionLimit(Arc<ConnectionLimitShared>),
+    /// `envoy.filters.network.direct_response`
+    DirectResponse(Arc<[u8]>),
 }
 
 impl NetworkFilterFactory {
@@ -32,16 +35,26 @@ impl NetworkFilterFactory {
             NetworkFilterConfig::ConnectionLimit(c) => {
                 NetworkFilterFactory::ConnectionLimit(Arc::new(ConnectionLimitShared::new(c, &root)))
             }
+            // Validation read the data source once already; a file that vanished since is
+            // served as an empty response rather than failing a running server.
+            NetworkFilterConfig::DirectResponse(c) => NetworkFilterFactory::DirectResponse(
+                c.response.as_ref().and_then(|r| r.read().ok()).unwrap_or_default().into(),
+            ),
         }
     }
 
     /// Adds this filter, fresh, to a new connection's chain.
     pub fn add_to(&self, filters: &mut FilterManager, worker: &Rc<WorkerContext>) {
         match self {
-            NetworkFilterFactory::TcpProxy(shared) => filters.add_read_filter(Box::new(TcpProxy::new(shared.clone(), worker.clone()))),
+            NetworkFilterFactory::TcpProxy(shared) => {
+                filters.add_read_filter(Box::new(TcpProxy::new(shared.clone(), worker.clone())))
+            }
             NetworkFilterFactory::Echo => filters.add_read_filter(Box::new(Echo)),
             NetworkFilterFactory::ConnectionLimit(shared) => {
                 filters.add_read_filter(Box::new(ConnectionLimit::new(shared.clone())))
+            }
+            NetworkFilterFactory::DirectResponse(response) => {
+                filters.add_read_filter(Box::new(DirectResponse { response: response.clone() }))
             }
         }
     }

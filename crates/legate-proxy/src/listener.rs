@@ -68,7 +68,9 @@ impl Listener {
             default_filter_chain: config.default_filter_chain.as_ref().map(|c| FilterChain::new(c, store)),
             buffer_limit: config.per_connection_buffer_limit_bytes() as usize,
             stats: ListenerStats::new(&scope),
-            worker_stats: (0..workers).map(|i| stats::PerWorkerListenerStats::new(&scope.scope(&format!("worker_{i}")))).collect(),
+            worker_stats: (0..workers)
+                .map(|i| stats::PerWorkerListenerStats::new(&scope.scope(&format!("worker_{i}"))))
+                .collect(),
             connection_limit,
             active_connections: AtomicU64::new(0),
             config: config.clone(),

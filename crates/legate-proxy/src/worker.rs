@@ -29,7 +29,11 @@ pub struct ServerShared {
 
 impl ServerShared {
     pub fn new(global_connection_limit: Option<u64>) -> Self {
-        ServerShared { active_connections: AtomicU64::new(0), global_connection_limit, next_connection_id: AtomicU64::new(0) }
+        ServerShared {
+            active_connections: AtomicU64::new(0),
+            global_connection_limit,
+            next_connection_id: AtomicU64::new(0),
+        }
     }
 
     /// Envoy's connection ids are unique across workers.
@@ -68,7 +72,8 @@ impl Worker {
         let thread = std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || {
             legate_stats::set_thread_shard(index + 1);
             let local = tokio::task::LocalSet::new();
-            let context = Rc::new(WorkerContext { index, cluster_manager: ThreadLocalClusterManager::new(clusters), server });
+            let context =
+                Rc::new(WorkerContext { index, cluster_manager: ThreadLocalClusterManager::new(clusters), server });
             local.block_on(&runtime, run(context, rx));
             // Dropping the LocalSet here drops every connection still open on this worker.
         })?;
@@ -96,9 +101,16 @@ async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerM
             WorkerMessage::AddListener { listener, socket } => {
                 match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
                     Ok(socket) => {
-                        tokio::task::spawn_local(active_listener::run(listener, socket, context.clone(), stop_rx.clone()));
+                        tokio::task::spawn_local(active_listener::run(
+                            listener,
+                            socket,
+                            context.clone(),
+                            stop_rx.clone(),
+                        ));
                     }
-                    Err(e) => tracing::error!(listener = %listener.name, error = %e, "worker {}: cannot use listen socket", context.index),
+                    Err(e) => {
+                        tracing::error!(listener = %listener.name, error = %e, "worker {}: cannot use listen socket", context.index)
+                    }
                 }
             }
             WorkerMessage::StopListeners { done } => {

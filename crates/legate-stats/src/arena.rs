@@ -67,17 +67,12 @@ struct Shard {
 
 impl Shard {
     fn new() -> Shard {
-        Shard {
-            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
-        }
+        Shard { chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect() }
     }
 
     #[inline]
     fn chunk(&self, index: u32) -> Option<&Chunk> {
-        self.chunks
-            .get(index as usize / CHUNK_SLOTS)?
-            .get()
-            .map(|chunk| &**chunk)
+        self.chunks.get(index as usize / CHUNK_SLOTS)?.get().map(|chunk| &**chunk)
     }
 
     #[inline]
@@ -101,10 +96,7 @@ pub(crate) struct Arena {
 impl Arena {
     /// An arena with `shards` shards (at least one).
     pub(crate) fn new(shards: usize) -> Arena {
-        let arena = Arena {
-            shards: (0..shards.max(1)).map(|_| Shard::new()).collect(),
-            side: Shard::new(),
-        };
+        let arena = Arena { shards: (0..shards.max(1)).map(|_| Shard::new()).collect(), side: Shard::new() };
         arena.ensure(0, SCRATCH_SLOTS);
         arena
     }
@@ -133,9 +125,7 @@ impl Arena {
     }
 
     fn local_shard(&self) -> Option<&Shard> {
-        self.shards
-            .get(current_shard())
-            .or_else(|| self.shards.first())
+        self.shards.get(current_shard()).or_else(|| self.shards.first())
     }
 
     /// The current thread's copy of slot `index` (hot path: no lock, no allocation).
@@ -155,17 +145,12 @@ impl Arena {
         self.shards
             .iter()
             .filter_map(|shard| shard.slot(index))
-            .fold(0u64, |acc, slot| {
-                acc.wrapping_add(slot.load(Ordering::Relaxed))
-            })
+            .fold(0u64, |acc, slot| acc.wrapping_add(slot.load(Ordering::Relaxed)))
     }
 
     /// Whether any shard holds a nonzero value in slot `index`.
     pub(crate) fn any_nonzero(&self, index: u32) -> bool {
-        self.shards
-            .iter()
-            .filter_map(|shard| shard.slot(index))
-            .any(|slot| slot.load(Ordering::Relaxed) != 0)
+        self.shards.iter().filter_map(|shard| shard.slot(index)).any(|slot| slot.load(Ordering::Relaxed) != 0)
     }
 
     /// The main-thread side slot for `index` (counter reset offset, gauge "set" flag).

@@ -39,16 +39,12 @@ impl Counter {
 
 impl fmt::Debug for Counter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Counter")
-            .field("value", &self.value())
-            .finish()
+        f.debug_struct("Counter").field("value", &self.value()).finish()
     }
 }
 
 pub(crate) fn counter_value(arena: &Arena, index: u32) -> u64 {
-    let offset = arena
-        .side_slot(index)
-        .map_or(0, |slot| slot.load(Ordering::Relaxed));
+    let offset = arena.side_slot(index).map_or(0, |slot| slot.load(Ordering::Relaxed));
     arena.sum(index).wrapping_sub(offset)
 }
 

@@ -67,17 +67,12 @@ impl Gauge {
 
 impl fmt::Debug for Gauge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gauge")
-            .field("value", &self.value())
-            .finish()
+        f.debug_struct("Gauge").field("value", &self.value()).finish()
     }
 }
 
 /// Used once `set` was called or any shard holds a nonzero delta (an `inc` followed by a `dec`
 /// on the same worker reads unused, unlike Envoy, to keep the flag off the hot path).
 pub(crate) fn gauge_used(arena: &Arena, index: u32) -> bool {
-    arena
-        .side_slot(index)
-        .is_some_and(|flag| flag.load(Ordering::Relaxed) != 0)
-        || arena.any_nonzero(index)
+    arena.side_slot(index).is_some_and(|flag| flag.load(Ordering::Relaxed) != 0) || arena.any_nonzero(index)
 }

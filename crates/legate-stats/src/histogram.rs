@@ -24,16 +24,14 @@ use crate::arena::Arena;
 
 /// Envoy's default histogram bucket upper bounds (`le`), in the histogram's unit (usually ms).
 pub const BUCKET_BOUNDS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
 
 /// The same bounds for integer samples: a value `v` falls in bucket `i` when `v <= INT_BOUNDS[i]`
 /// (so `le="0.5"` holds only 0).
-const INT_BOUNDS: [u64; 19] = [
-    0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
-    1800000, 3600000,
-];
+const INT_BOUNDS: [u64; 19] =
+    [0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
 
 /// Buckets including the overflow bucket (`le="+Inf"` only).
 pub(crate) const BUCKETS: usize = INT_BOUNDS.len() + 1;
@@ -43,8 +41,7 @@ const SUM_SLOT: usize = BUCKETS;
 pub(crate) const SLOTS: usize = BUCKETS + 1;
 
 /// Envoy's supported quantiles (`HistogramStatisticsImpl::supportedQuantiles`), as fractions.
-pub const SUPPORTED_QUANTILES: [f64; 10] =
-    [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
+pub const SUPPORTED_QUANTILES: [f64; 10] = [0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0];
 
 /// A handle to one histogram; cheap to clone, every clone records into the same stat.
 #[derive(Clone)]
@@ -72,9 +69,7 @@ impl Histogram {
 
 impl fmt::Debug for Histogram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Histogram")
-            .field("index", &self.index)
-            .finish()
+        f.debug_struct("Histogram").field("index", &self.index).finish()
     }
 }
 
@@ -102,15 +97,8 @@ impl HistogramSnapshot {
 
     /// `self - earlier`, slot by slot (wrapping, as the totals only grow).
     pub(crate) fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
-        let mut diff = HistogramSnapshot {
-            sum: self.sum.wrapping_sub(earlier.sum),
-            ..Default::default()
-        };
-        for (d, (now, before)) in diff
-            .buckets
-            .iter_mut()
-            .zip(self.buckets.iter().zip(earlier.buckets.iter()))
-        {
+        let mut diff = HistogramSnapshot { sum: self.sum.wrapping_sub(earlier.sum), ..Default::default() };
+        for (d, (now, before)) in diff.buckets.iter_mut().zip(self.buckets.iter().zip(earlier.buckets.iter())) {
             *d = now.wrapping_sub(*before);
         }
         diff
@@ -118,9 +106,7 @@ impl HistogramSnapshot {
 
     /// Number of samples.
     pub fn count(&self) -> u64 {
-        self.buckets
-            .iter()
-            .fold(0u64, |acc, n| acc.wrapping_add(*n))
+        self.buckets.iter().fold(0u64, |acc, n| acc.wrapping_add(*n))
     }
 
     /// Cumulative counts per bound of [`BUCKET_BOUNDS`] (Prometheus `_bucket{le=..}`).
@@ -169,12 +155,7 @@ impl HistogramSnapshot {
 /// only 0, bucket 1 only 1, bucket `i` the values in `(bound[i-1], bound[i]]`, and the overflow
 /// bucket is reported at the last bound (its upper end is unknown).
 fn bucket_range(i: usize) -> (f64, f64) {
-    let bound = |j: usize| {
-        INT_BOUNDS
-            .get(j)
-            .copied()
-            .unwrap_or(INT_BOUNDS[INT_BOUNDS.len() - 1]) as f64
-    };
+    let bound = |j: usize| INT_BOUNDS.get(j).copied().unwrap_or(INT_BOUNDS[INT_BOUNDS.len() - 1]) as f64;
     match i {
         0 => (0.0, 0.0),
         1 => (1.0, 1.0),

@@ -64,18 +64,10 @@ mod tests {
         stats.downstream_cx_total.inc();
         stats.downstream_cx_active.inc();
         stats.downstream_cx_length_ms.record(12);
-        assert_eq!(
-            store.counter_value("tcp.ingress_tcp.downstream_cx_total"),
-            Some(1)
-        );
-        assert_eq!(
-            store.gauge_value("tcp.ingress_tcp.downstream_cx_active"),
-            Some(1)
-        );
+        assert_eq!(store.counter_value("tcp.ingress_tcp.downstream_cx_total"), Some(1));
+        assert_eq!(store.gauge_value("tcp.ingress_tcp.downstream_cx_active"), Some(1));
         store.latch_histograms();
-        assert!(store
-            .render_text(None, true)
-            .contains("tcp.ingress_tcp.downstream_cx_length_ms: P0("));
+        assert!(store.render_text(None, true).contains("tcp.ingress_tcp.downstream_cx_length_ms: P0("));
         // A second struct over the same scope shares the stats.
         let again = TestStats::new(&store.scope("tcp.ingress_tcp"));
         assert_eq!(again.downstream_cx_total.value(), 1);

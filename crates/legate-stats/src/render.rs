@@ -27,9 +27,8 @@ use crate::store::{cached_tags, Registry, Store};
 use crate::tag_extraction::Tag;
 
 /// Envoy's quantile labels, `P{:g}` of the supported quantiles × 100.
-const QUANTILE_LABELS: [&str; SUPPORTED_QUANTILES.len()] = [
-    "0", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "100",
-];
+const QUANTILE_LABELS: [&str; SUPPORTED_QUANTILES.len()] =
+    ["0", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "100"];
 
 fn shown(filter: Option<&Regex>, name: &str) -> bool {
     filter.is_none_or(|re| re.is_match(name))
@@ -46,16 +45,12 @@ impl Store {
         let counters = registry
             .counters
             .iter()
-            .filter(|(name, e)| {
-                shown(filter, name) && (!used_only || counter_used(&self.arena, e.index))
-            })
+            .filter(|(name, e)| shown(filter, name) && (!used_only || counter_used(&self.arena, e.index)))
             .map(|(name, e)| (name.as_str(), counter_value(&self.arena, e.index)));
         let gauges = registry
             .gauges
             .iter()
-            .filter(|(name, e)| {
-                shown(filter, name) && (!used_only || gauge_used(&self.arena, e.index))
-            })
+            .filter(|(name, e)| shown(filter, name) && (!used_only || gauge_used(&self.arena, e.index)))
             .map(|(name, e)| (name.as_str(), self.arena.sum(e.index)));
         let mut stats: Vec<(&str, u64)> = counters.chain(gauges).collect();
         stats.sort_by(|a, b| a.0.cmp(b.0));
@@ -123,10 +118,7 @@ impl Store {
             })
             .collect();
         if !computed.is_empty() {
-            let supported: Vec<Value> = SUPPORTED_QUANTILES
-                .iter()
-                .map(|q| json_number(q * 100.0))
-                .collect();
+            let supported: Vec<Value> = SUPPORTED_QUANTILES.iter().map(|q| json_number(q * 100.0)).collect();
             stats.push(json!({"histograms": {"supported_quantiles": supported, "computed_quantiles": computed}}));
         }
         json!({ "stats": stats })
@@ -148,10 +140,11 @@ impl Store {
             }
             let tags = cached_tags(name, &mut entry.tags);
             let value = counter_value(&self.arena, entry.index);
-            families
-                .entry(tags.extracted_name.clone())
-                .or_default()
-                .push(numeric_line(&tags.extracted_name, &tags.tags, value));
+            families.entry(tags.extracted_name.clone()).or_default().push(numeric_line(
+                &tags.extracted_name,
+                &tags.tags,
+                value,
+            ));
         }
         write_families(&mut out, families, "counter");
 
@@ -162,10 +155,11 @@ impl Store {
             }
             let tags = cached_tags(name, &mut entry.tags);
             let value = self.arena.sum(entry.index);
-            families
-                .entry(tags.extracted_name.clone())
-                .or_default()
-                .push(numeric_line(&tags.extracted_name, &tags.tags, value));
+            families.entry(tags.extracted_name.clone()).or_default().push(numeric_line(
+                &tags.extracted_name,
+                &tags.tags,
+                value,
+            ));
         }
         write_families(&mut out, families, "gauge");
 
@@ -176,10 +170,7 @@ impl Store {
             }
             let tags = cached_tags(name, &mut entry.tags);
             let lines = histogram_lines(&tags.extracted_name, &tags.tags, &entry.latch);
-            families
-                .entry(tags.extracted_name.clone())
-                .or_default()
-                .push(lines);
+            families.entry(tags.extracted_name.clone()).or_default().push(lines);
         }
         write_families(&mut out, families, "histogram");
         out
@@ -201,15 +192,7 @@ fn metric_name(extracted_name: &str) -> String {
 }
 
 fn sanitize_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
 /// Prometheus label value escaping: `\`, newline and `"`.
@@ -232,32 +215,19 @@ fn formatted_tags(tags: &[Tag]) -> String {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(
-            out,
-            "{}=\"{}\"",
-            sanitize_name(tag.name),
-            escape_value(&tag.value)
-        );
+        let _ = write!(out, "{}=\"{}\"", sanitize_name(tag.name), escape_value(&tag.value));
     }
     out
 }
 
 fn numeric_line(extracted_name: &str, tags: &[Tag], value: u64) -> String {
-    format!(
-        "{}{{{}}} {value}\n",
-        metric_name(extracted_name),
-        formatted_tags(tags)
-    )
+    format!("{}{{{}}} {value}\n", metric_name(extracted_name), formatted_tags(tags))
 }
 
 fn histogram_lines(extracted_name: &str, tags: &[Tag], latch: &HistogramLatch) -> String {
     let name = metric_name(extracted_name);
     let tags = formatted_tags(tags);
-    let bucket_tags = if tags.is_empty() {
-        String::new()
-    } else {
-        format!("{tags},")
-    };
+    let bucket_tags = if tags.is_empty() { String::new() } else { format!("{tags},") };
     let cumulative = &latch.cumulative;
     let mut out = String::new();
     for (bound, count) in BUCKET_BOUNDS.iter().zip(cumulative.cumulative_buckets()) {
@@ -303,12 +273,8 @@ mod tests {
         store.counter("cluster.x.upstream_rq_200").add(4);
         store.counter("cluster.y.upstream_rq_2xx").add(1);
         store.counter("cluster.x.upstream_rq_retry");
-        store
-            .gauge("listener.0.0.0.0_10000.downstream_cx_active")
-            .set(2);
-        store
-            .counter("listener.0.0.0.0_10000.downstream_cx_total")
-            .add(3);
+        store.gauge("listener.0.0.0.0_10000.downstream_cx_active").set(2);
+        store.counter("listener.0.0.0.0_10000.downstream_cx_total").add(3);
         store.counter("http.ingress.downstream_rq_5xx").inc();
         store.counter("tcp.ingress_tcp.downstream_cx_total").add(6);
         store.gauge("server.uptime").set(0);
@@ -336,26 +302,15 @@ mod tests {
     fn used_only_and_filter() {
         let store = store();
         let text = store.render_text(None, true);
-        assert!(
-            !text.contains("upstream_rq_retry"),
-            "never incremented: {text}"
-        );
-        assert!(
-            text.contains("server.uptime: 0"),
-            "a set gauge is used even at 0: {text}"
-        );
+        assert!(!text.contains("upstream_rq_retry"), "never incremented: {text}");
+        assert!(text.contains("server.uptime: 0"), "a set gauge is used even at 0: {text}");
         let filter = Regex::new("upstream_rq_2").unwrap();
         assert_eq!(
             store.render_text(Some(&filter), false),
             "cluster.x.upstream_rq_200: 4\ncluster.x.upstream_rq_2xx: 5\ncluster.y.upstream_rq_2xx: 1\n"
         );
         store.reset_counters();
-        assert!(
-            store
-                .render_text(None, true)
-                .contains("cluster.x.upstream_rq_2xx: 0"),
-            "reset keeps used"
-        );
+        assert!(store.render_text(None, true).contains("cluster.x.upstream_rq_2xx: 0"), "reset keeps used");
     }
 
     #[test]
@@ -401,20 +356,13 @@ mod tests {
         let computed = &histograms["computed_quantiles"][0];
         assert_eq!(computed["name"], "h");
         assert_eq!(computed["values"].as_array().unwrap().len(), 10);
-        assert_eq!(
-            serde_json::to_string(&computed["values"][0]).unwrap(),
-            r#"{"cumulative":1,"interval":1}"#
-        );
+        assert_eq!(serde_json::to_string(&computed["values"][0]).unwrap(), r#"{"cumulative":1,"interval":1}"#);
         store.latch_histograms();
-        assert!(
-            computed_interval_is_null(&store),
-            "no samples in the last interval"
-        );
+        assert!(computed_interval_is_null(&store), "no samples in the last interval");
     }
 
     fn computed_interval_is_null(store: &Store) -> bool {
-        store.render_json(None, false)["stats"][2]["histograms"]["computed_quantiles"][0]["values"]
-            [0]["interval"]
+        store.render_json(None, false)["stats"][2]["histograms"]["computed_quantiles"][0]["values"][0]["interval"]
             .is_null()
     }
 
@@ -452,9 +400,7 @@ mod tests {
              # TYPE envoy_server_uptime gauge\n\
              envoy_server_uptime{} 0\n"
         );
-        assert!(!store
-            .render_prometheus(None, true)
-            .contains("upstream_rq_retry"));
+        assert!(!store.render_prometheus(None, true).contains("upstream_rq_retry"));
         let filter = Regex::new("^tcp").unwrap();
         assert_eq!(
             store.render_prometheus(Some(&filter), false),
@@ -476,33 +422,22 @@ mod tests {
         let mut expected = String::from("# TYPE envoy_cluster_upstream_cx_connect_ms histogram\n");
         let counts = [1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2];
         let bounds = [
-            "0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000",
-            "10000", "30000", "60000", "300000", "600000", "1800000", "3600000",
+            "0.5", "1", "5", "10", "25", "50", "100", "250", "500", "1000", "2500", "5000", "10000", "30000", "60000",
+            "300000", "600000", "1800000", "3600000",
         ];
         for (b, c) in bounds.iter().zip(counts) {
-            expected.push_str(&format!(
-                "envoy_cluster_upstream_cx_connect_ms_bucket{{{t},le=\"{b}\"}} {c}\n"
-            ));
+            expected.push_str(&format!("envoy_cluster_upstream_cx_connect_ms_bucket{{{t},le=\"{b}\"}} {c}\n"));
         }
-        expected.push_str(&format!(
-            "envoy_cluster_upstream_cx_connect_ms_bucket{{{t},le=\"+Inf\"}} 3\n"
-        ));
-        expected.push_str(&format!(
-            "envoy_cluster_upstream_cx_connect_ms_sum{{{t}}} 4000003\n"
-        ));
-        expected.push_str(&format!(
-            "envoy_cluster_upstream_cx_connect_ms_count{{{t}}} 3\n"
-        ));
+        expected.push_str(&format!("envoy_cluster_upstream_cx_connect_ms_bucket{{{t},le=\"+Inf\"}} 3\n"));
+        expected.push_str(&format!("envoy_cluster_upstream_cx_connect_ms_sum{{{t}}} 4000003\n"));
+        expected.push_str(&format!("envoy_cluster_upstream_cx_connect_ms_count{{{t}}} 3\n"));
         assert_eq!(prom, expected);
 
         let store = Store::new(1);
         store.histogram("untagged").record(1);
         store.latch_histograms();
         let prom = store.render_prometheus(None, false);
-        assert!(
-            prom.contains("envoy_untagged_bucket{le=\"0.5\"} 0\n"),
-            "{prom}"
-        );
+        assert!(prom.contains("envoy_untagged_bucket{le=\"0.5\"} 0\n"), "{prom}");
         assert!(prom.contains("envoy_untagged_sum{} 1\n"), "{prom}");
     }
 

@@ -72,10 +72,7 @@ impl Store {
     /// A store with `shards` shards: workers + 1 (shard 0 is the main thread and any thread
     /// that is not a worker; see [`crate::set_thread_shard`]).
     pub fn new(shards: usize) -> Arc<Store> {
-        Arc::new(Store {
-            arena: Arc::new(Arena::new(shards)),
-            registry: Mutex::new(Registry::default()),
-        })
+        Arc::new(Store { arena: Arc::new(Arena::new(shards)), registry: Mutex::new(Registry::default()) })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -89,18 +86,13 @@ impl Store {
             Some(entry) => entry.index,
             None => match registry.allocate(&self.arena, 1) {
                 Some(index) => {
-                    registry
-                        .counters
-                        .insert(name.to_string(), Entry { index, tags: None });
+                    registry.counters.insert(name.to_string(), Entry { index, tags: None });
                     index
                 }
                 None => 0,
             },
         };
-        Counter {
-            arena: self.arena.clone(),
-            index,
-        }
+        Counter { arena: self.arena.clone(), index }
     }
 
     /// The gauge with this full name, created on first use.
@@ -110,18 +102,13 @@ impl Store {
             Some(entry) => entry.index,
             None => match registry.allocate(&self.arena, 1) {
                 Some(index) => {
-                    registry
-                        .gauges
-                        .insert(name.to_string(), Entry { index, tags: None });
+                    registry.gauges.insert(name.to_string(), Entry { index, tags: None });
                     index
                 }
                 None => 0,
             },
         };
-        Gauge {
-            arena: self.arena.clone(),
-            index,
-        }
+        Gauge { arena: self.arena.clone(), index }
     }
 
     /// The histogram with this full name, created on first use. Values are in the stat's unit:
@@ -132,29 +119,19 @@ impl Store {
             Some(entry) => entry.index,
             None => match registry.allocate(&self.arena, HISTOGRAM_SLOTS) {
                 Some(index) => {
-                    let entry = HistogramEntry {
-                        index,
-                        latch: HistogramLatch::default(),
-                        tags: None,
-                    };
+                    let entry = HistogramEntry { index, latch: HistogramLatch::default(), tags: None };
                     registry.histograms.insert(name.to_string(), entry);
                     index
                 }
                 None => 0,
             },
         };
-        Histogram {
-            arena: self.arena.clone(),
-            index,
-        }
+        Histogram { arena: self.arena.clone(), index }
     }
 
     /// A scope whose stats are named `prefix.<name>`; a trailing dot in `prefix` is ignored.
     pub fn scope(self: &Arc<Self>, prefix: &str) -> Scope {
-        Scope {
-            store: self.clone(),
-            prefix: prefix.trim_end_matches('.').to_string(),
-        }
+        Scope { store: self.clone(), prefix: prefix.trim_end_matches('.').to_string() }
     }
 
     /// Admin `/reset_counters`: every counter reads 0 afterwards. Workers keep adding into
@@ -169,19 +146,13 @@ impl Store {
     /// The value of the counter with this full name, if it exists.
     pub fn counter_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
-        registry
-            .counters
-            .get(name)
-            .map(|entry| counter_value(&self.arena, entry.index))
+        registry.counters.get(name).map(|entry| counter_value(&self.arena, entry.index))
     }
 
     /// The value of the gauge with this full name, if it exists.
     pub fn gauge_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
-        registry
-            .gauges
-            .get(name)
-            .map(|entry| self.arena.sum(entry.index))
+        registry.gauges.get(name).map(|entry| self.arena.sum(entry.index))
     }
 
     /// Called by the main thread at every stats flush (`stats_flush_interval`, 5 s): the samples
@@ -246,10 +217,7 @@ impl Scope {
 
     /// A nested scope `prefix.sub` (a trailing dot in `sub` is ignored).
     pub fn scope(&self, sub: &str) -> Scope {
-        Scope {
-            store: self.store.clone(),
-            prefix: self.name(sub.trim_end_matches('.')),
-        }
+        Scope { store: self.store.clone(), prefix: self.name(sub.trim_end_matches('.')) }
     }
 
     /// The prefix, without a trailing dot.
@@ -264,10 +232,7 @@ impl Scope {
 }
 
 /// Tag extraction for a registry entry, computed once.
-pub(crate) fn cached_tags<'a>(
-    name: &str,
-    tags: &'a mut Option<Box<TagExtraction>>,
-) -> &'a TagExtraction {
+pub(crate) fn cached_tags<'a>(name: &str, tags: &'a mut Option<Box<TagExtraction>>) -> &'a TagExtraction {
     tags.get_or_insert_with(|| Box::new(extract_tags(name)))
 }
 
@@ -369,10 +334,7 @@ mod tests {
         for i in 0..200 {
             let h = store.histogram(&format!("h{i}"));
             let start = h.index as usize;
-            assert_eq!(
-                start / CHUNK_SLOTS,
-                (start + HISTOGRAM_SLOTS - 1) / CHUNK_SLOTS
-            );
+            assert_eq!(start / CHUNK_SLOTS, (start + HISTOGRAM_SLOTS - 1) / CHUNK_SLOTS);
             store.counter(&format!("c{i}"));
         }
     }
@@ -385,10 +347,7 @@ mod tests {
         h.record(7);
         {
             let registry = store.lock();
-            assert!(
-                !registry.histograms["h"].latch.used(),
-                "not visible before a latch"
-            );
+            assert!(!registry.histograms["h"].latch.used(), "not visible before a latch");
         }
         store.latch_histograms();
         h.record(100);

@@ -118,54 +118,19 @@ const REGEX_DESCRIPTORS: &[(&str, &str, &str, &str)] = &[
         "",
     ),
     // http.[<stat_prefix>.]dynamodb.table.(<table_name>.)* or dynamodb.error.(<table_name>.)*
-    (
-        DYNAMO_TABLE,
-        r"^http\.<TAG_VALUE>\.dynamodb.(?:table|error)\.((<TAG_VALUE>)\.)",
-        ".dynamodb.",
-        "",
-    ),
+    (DYNAMO_TABLE, r"^http\.<TAG_VALUE>\.dynamodb.(?:table|error)\.((<TAG_VALUE>)\.)", ".dynamodb.", ""),
     // listener.[<address>.]ssl.ciphers.(<cipher>)
-    (
-        SSL_CIPHER,
-        r"^listener\..*?\.ssl\.ciphers(\.(<CIPHER>))$",
-        ".ssl.ciphers.",
-        "",
-    ),
+    (SSL_CIPHER, r"^listener\..*?\.ssl\.ciphers(\.(<CIPHER>))$", ".ssl.ciphers.", ""),
     // listener|cluster.[<name>.]ssl.curves.(<curve>)
-    (
-        SSL_CURVE,
-        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.curves(\.(<CIPHER>))$",
-        ".ssl.curves.",
-        "",
-    ),
+    (SSL_CURVE, r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.curves(\.(<CIPHER>))$", ".ssl.curves.", ""),
     // listener|cluster.[<name>.]ssl.sigalgs.(<algorithm>)
-    (
-        SSL_SIGALG,
-        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.sigalgs(\.(<CIPHER>))$",
-        ".ssl.sigalgs.",
-        "",
-    ),
+    (SSL_SIGALG, r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.sigalgs(\.(<CIPHER>))$", ".ssl.sigalgs.", ""),
     // listener|cluster.[<name>.]ssl.versions.(<version>)
-    (
-        SSL_VERSION,
-        r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.versions(\.(<TLS_VERSION>))$",
-        ".ssl.versions.",
-        "",
-    ),
+    (SSL_VERSION, r"^<LISTENER_OR_CLUSTER_WITH_NAME>\.ssl\.versions(\.(<TLS_VERSION>))$", ".ssl.versions.", ""),
     // cluster.[<cluster_name>.]ssl.ciphers.(<cipher>)
-    (
-        SSL_CIPHER_SUITE,
-        r"^cluster\.<TAG_VALUE>\.ssl\.ciphers(\.(<CIPHER>))$",
-        ".ssl.ciphers.",
-        "",
-    ),
+    (SSL_CIPHER_SUITE, r"^cluster\.<TAG_VALUE>\.ssl\.ciphers(\.(<CIPHER>))$", ".ssl.ciphers.", ""),
     // listener.[<address>.]http.(<stat_prefix>.)*
-    (
-        HTTP_CONN_MANAGER_PREFIX,
-        r"^listener\..*?\.http\.((<TAG_VALUE>)\.)",
-        ".http.",
-        "",
-    ),
+    (HTTP_CONN_MANAGER_PREFIX, r"^listener\..*?\.http\.((<TAG_VALUE>)\.)", ".http.", ""),
     // listener.<address|stat_prefix>.(worker_<id>.)*, listener_manager.(worker_<id>.)*, ...
     (
         WORKER_ID,
@@ -174,19 +139,9 @@ const REGEX_DESCRIPTORS: &[(&str, &str, &str, &str)] = &[
         "",
     ),
     // listener.(<address|stat_prefix>.)*, but not "admin"
-    (
-        LISTENER_ADDRESS,
-        r"^listener\.((<ADDRESS>|<TAG_VALUE>)\.)",
-        "",
-        "admin",
-    ),
+    (LISTENER_ADDRESS, r"^listener\.((<ADDRESS>|<TAG_VALUE>)\.)", "", "admin"),
     // http.[<stat_prefix>.]rds.(<route_config_name>.)<base_stat>
-    (
-        RDS_ROUTE_CONFIG,
-        r"^http\.<TAG_VALUE>\.rds\.((<ROUTE_CONFIG_NAME>)\.)[0-9A-Za-z_]+?$",
-        ".rds.",
-        "",
-    ),
+    (RDS_ROUTE_CONFIG, r"^http\.<TAG_VALUE>\.rds\.((<ROUTE_CONFIG_NAME>)\.)[0-9A-Za-z_]+?$", ".rds.", ""),
     // http.[<stat_prefix>.]scoped_rds.(<scoped_route_config_name>.)<base_stat>
     (
         SCOPED_RDS_CONFIG,
@@ -202,19 +157,9 @@ const REGEX_DESCRIPTORS: &[(&str, &str, &str, &str)] = &[
         "",
     ),
     // http.<stat_prefix>.rbac.(<rules_stat_prefix>.)* but not policy
-    (
-        RBAC_HTTP_PREFIX,
-        r"^http\.<TAG_VALUE>\.rbac\.((<TAG_VALUE>)\.).*?",
-        "",
-        "policy",
-    ),
+    (RBAC_HTTP_PREFIX, r"^http\.<TAG_VALUE>\.rbac\.((<TAG_VALUE>)\.).*?", "", "policy"),
     // proxy_proto.(<stat_prefix>.)**
-    (
-        PROXY_PROTOCOL_PREFIX,
-        r"^proxy_proto\.((<TAG_VALUE>)\.).+$",
-        "",
-        "versions",
-    ),
+    (PROXY_PROTOCOL_PREFIX, r"^proxy_proto\.((<TAG_VALUE>)\.).+$", "", "versions"),
     // proxy_proto.([<stat_prefix>.]versions.v(<version>).)(found|disallowed|error)
     (
         PROXY_PROTOCOL_VERSION,
@@ -258,10 +203,7 @@ const TOKEN_DESCRIPTORS: &[(&str, &str)] = &[
     (REDIS_PREFIX, "redis.$.**"),
     (LOCAL_HTTP_RATELIMIT_PREFIX, "$.http_local_rate_limit.**"),
     (LOCAL_NETWORK_RATELIMIT_PREFIX, "local_rate_limit.$.**"),
-    (
-        LOCAL_LISTENER_RATELIMIT_PREFIX,
-        "listener_local_ratelimit.$.**",
-    ),
+    (LOCAL_LISTENER_RATELIMIT_PREFIX, "listener_local_ratelimit.$.**"),
     (DNS_FILTER_PREFIX, "dns_filter.$.**"),
     (CONNECTION_LIMIT_PREFIX, "connection_limit.$.**"),
     (RBAC_PREFIX, "$.rbac.**"),
@@ -272,24 +214,16 @@ const TOKEN_DESCRIPTORS: &[(&str, &str)] = &[
 fn expand_regex(regex: &str) -> String {
     const SUBSTITUTIONS: &[(&str, &str)] = &[
         // IPv4 or bracketed IPv6 address, then `_port`.
-        (
-            "<ADDRESS>",
-            r"(?:(?:[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[[a-fA-F_0-9]+\])_[0-9]+)",
-        ),
+        ("<ADDRESS>", r"(?:(?:[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[[a-fA-F_0-9]+\])_[0-9]+)"),
         ("<CIPHER>", r"[0-9A-Za-z_\-]+"),
         ("<TLS_VERSION>", r"TLSv[0-9]\.[0-9]"),
         ("<TAG_VALUE>", r"[^.]+"),
         ("<ROUTE_CONFIG_NAME>", r"[0-9A-Za-z_\-./]+"),
         ("<SCOPED_ROUTE_CONFIG_NAME>", r"[0-9A-Za-z_\-.]+"),
-        (
-            "<LISTENER_OR_CLUSTER_WITH_NAME>",
-            r"(?:listener|cluster)\..*?",
-        ),
+        ("<LISTENER_OR_CLUSTER_WITH_NAME>", r"(?:listener|cluster)\..*?"),
         ("<PROXY_PROTOCOL_VERSION>", r"[0-9]"),
     ];
-    SUBSTITUTIONS
-        .iter()
-        .fold(regex.to_string(), |acc, (from, to)| acc.replace(from, to))
+    SUBSTITUTIONS.iter().fold(regex.to_string(), |acc, (from, to)| acc.replace(from, to))
 }
 
 /// Envoy's `extractRegexPrefix`: for `^word\.` (or `^word$`) the first token `word`, which
@@ -298,9 +232,7 @@ fn regex_prefix(regex: &str) -> &str {
     let Some(rest) = regex.strip_prefix('^') else {
         return "";
     };
-    let end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
     let after = &rest[end..];
     if end > 0 && (after.starts_with(r"\.") || after.starts_with(r"(?=\.)") || after == "$") {
         &rest[..end]
@@ -310,15 +242,8 @@ fn regex_prefix(regex: &str) -> &str {
 }
 
 enum Matcher {
-    Regex {
-        regex: Regex,
-        substr: &'static str,
-        negative: &'static str,
-    },
-    Tokens {
-        tokens: Vec<&'static str>,
-        value_index: usize,
-    },
+    Regex { regex: Regex, substr: &'static str, negative: &'static str },
+    Tokens { tokens: Vec<&'static str>, value_index: usize },
 }
 
 struct TagExtractor {
@@ -337,35 +262,20 @@ struct Found<'a> {
 impl TagExtractor {
     fn extract<'a>(&self, name: &'a str, tokens: &[&'a str]) -> Option<Found<'a>> {
         match &self.matcher {
-            Matcher::Regex {
-                regex,
-                substr,
-                negative,
-            } => {
+            Matcher::Regex { regex, substr, negative } => {
                 if !substr.is_empty() && !name.contains(substr) {
                     return None;
                 }
                 let captures = regex.captures(name)?;
                 let remove = captures.get(1).filter(|m| !m.is_empty())?;
-                let value = captures
-                    .get(2)
-                    .filter(|m| !m.is_empty())
-                    .unwrap_or(remove)
-                    .as_str();
+                let value = captures.get(2).filter(|m| !m.is_empty()).unwrap_or(remove).as_str();
                 if !negative.is_empty() && value == *negative {
                     return None;
                 }
-                Some(Found {
-                    value,
-                    remove: (remove.start(), remove.end()),
-                })
+                Some(Found { value, remove: (remove.start(), remove.end()) })
             }
-            Matcher::Tokens {
-                tokens: pattern,
-                value_index,
-            } => {
-                let (start, input_index) =
-                    search_tokens(pattern, *value_index, tokens, (0, 0, 0), None)?;
+            Matcher::Tokens { tokens: pattern, value_index } => {
+                let (start, input_index) = search_tokens(pattern, *value_index, tokens, (0, 0, 0), None)?;
                 let value = tokens.get(input_index)?;
                 let mut start = start;
                 let mut end = start + value.len();
@@ -375,10 +285,7 @@ impl TagExtractor {
                 } else {
                     start = start.saturating_sub(1);
                 }
-                Some(Found {
-                    value,
-                    remove: (start, end),
-                })
+                Some(Found { value, remove: (start, end) })
             }
         }
     }
@@ -394,8 +301,7 @@ fn search_tokens(
     (mut input_index, mut pattern_index, mut char_index): (usize, usize, usize),
     mut found: Option<(usize, usize)>,
 ) -> Option<(usize, usize)> {
-    while let (Some(&token), Some(&expected)) = (input.get(input_index), pattern.get(pattern_index))
-    {
+    while let (Some(&token), Some(&expected)) = (input.get(input_index), pattern.get(pattern_index)) {
         if pattern_index == value_index {
             found = Some((char_index, input_index));
         } else if expected == "**" {
@@ -405,13 +311,7 @@ fn search_tokens(
             // `**` in the middle matches zero or more tokens: the rest of the pattern must
             // match some suffix of the input.
             for (i, skipped) in input.iter().enumerate().skip(input_index) {
-                let hit = search_tokens(
-                    pattern,
-                    value_index,
-                    input,
-                    (i, pattern_index + 1, char_index),
-                    found,
-                );
+                let hit = search_tokens(pattern, value_index, input, (i, pattern_index + 1, char_index), found);
                 if hit.is_some() {
                     return hit;
                 }
@@ -442,10 +342,7 @@ static DEFAULT_EXTRACTORS: LazyLock<TagProducer> = LazyLock::new(TagProducer::de
 
 impl TagProducer {
     fn default_extractors() -> TagProducer {
-        let mut producer = TagProducer {
-            without_prefix: Vec::new(),
-            by_prefix: HashMap::new(),
-        };
+        let mut producer = TagProducer { without_prefix: Vec::new(), by_prefix: HashMap::new() };
         let shared = |name: &str| {
             REGEX_DESCRIPTORS.iter().filter(|d| d.0 == name).count()
                 + TOKEN_DESCRIPTORS.iter().filter(|d| d.0 == name).count()
@@ -455,15 +352,8 @@ impl TagProducer {
             let expanded = expand_regex(regex);
             let prefix = regex_prefix(&expanded).to_string();
             let regex = Regex::new(&expanded).expect("built-in tag extraction regexes compile");
-            let extractor = TagExtractor {
-                name,
-                matcher: Matcher::Regex {
-                    regex,
-                    substr,
-                    negative,
-                },
-                shared_name: shared(name),
-            };
+            let extractor =
+                TagExtractor { name, matcher: Matcher::Regex { regex, substr, negative }, shared_name: shared(name) };
             producer.add(prefix_static(&prefix), extractor);
         }
         for &(name, pattern) in TOKEN_DESCRIPTORS {
@@ -473,14 +363,8 @@ impl TagProducer {
                 Some(&first) if !matches!(first, "$" | "*" | "**") => first,
                 _ => "",
             };
-            let extractor = TagExtractor {
-                name,
-                matcher: Matcher::Tokens {
-                    tokens,
-                    value_index,
-                },
-                shared_name: shared(name),
-            };
+            let extractor =
+                TagExtractor { name, matcher: Matcher::Tokens { tokens, value_index }, shared_name: shared(name) };
             producer.add(prefix, extractor);
         }
         producer
@@ -508,26 +392,16 @@ impl TagProducer {
                 continue;
             }
             if let Some(found) = extractor.extract(name, &tokens) {
-                tags.push(Tag {
-                    name: extractor.name,
-                    value: found.value.to_string(),
-                });
+                tags.push(Tag { name: extractor.name, value: found.value.to_string() });
                 removals.push(found.remove);
             }
         }
         let extracted_name = name
             .char_indices()
-            .filter(|(i, _)| {
-                !removals
-                    .iter()
-                    .any(|&(start, end)| (start..end).contains(i))
-            })
+            .filter(|(i, _)| !removals.iter().any(|&(start, end)| (start..end).contains(i)))
             .map(|(_, c)| c)
             .collect();
-        TagExtraction {
-            extracted_name,
-            tags,
-        }
+        TagExtraction { extracted_name, tags }
     }
 }
 
@@ -544,10 +418,7 @@ mod tests {
 
     fn tags(name: &str) -> (String, Vec<(&'static str, String)>) {
         let t = extract_tags(name);
-        (
-            t.extracted_name,
-            t.tags.into_iter().map(|t| (t.name, t.value)).collect(),
-        )
+        (t.extracted_name, t.tags.into_iter().map(|t| (t.name, t.value)).collect())
     }
 
     #[test]
@@ -555,11 +426,7 @@ mod tests {
         for &(name, regex, _, _) in REGEX_DESCRIPTORS {
             let expanded = expand_regex(regex);
             let prefix = regex_prefix(&expanded);
-            assert_eq!(
-                prefix_static(prefix),
-                prefix,
-                "{name}: prefix {prefix:?} missing from KNOWN"
-            );
+            assert_eq!(prefix_static(prefix), prefix, "{name}: prefix {prefix:?} missing from KNOWN");
         }
     }
 
@@ -577,10 +444,7 @@ mod tests {
             tags("cluster.x.upstream_rq_2xx"),
             (
                 "cluster.upstream_rq_xx".to_string(),
-                vec![
-                    (RESPONSE_CODE_CLASS, "2".to_string()),
-                    (CLUSTER_NAME, "x".to_string())
-                ]
+                vec![(RESPONSE_CODE_CLASS, "2".to_string()), (CLUSTER_NAME, "x".to_string())]
             )
         );
     }
@@ -591,10 +455,7 @@ mod tests {
             tags("cluster.x.upstream_rq_200"),
             (
                 "cluster.upstream_rq".to_string(),
-                vec![
-                    (RESPONSE_CODE, "200".to_string()),
-                    (CLUSTER_NAME, "x".to_string())
-                ]
+                vec![(RESPONSE_CODE, "200".to_string()), (CLUSTER_NAME, "x".to_string())]
             )
         );
     }
@@ -603,17 +464,11 @@ mod tests {
     fn listener_address() {
         assert_eq!(
             tags("listener.0.0.0.0_10000.downstream_cx_total"),
-            (
-                "listener.downstream_cx_total".to_string(),
-                vec![(LISTENER_ADDRESS, "0.0.0.0_10000".to_string())]
-            )
+            ("listener.downstream_cx_total".to_string(), vec![(LISTENER_ADDRESS, "0.0.0.0_10000".to_string())])
         );
         assert_eq!(
             tags("listener.[__1]_443.downstream_cx_total"),
-            (
-                "listener.downstream_cx_total".to_string(),
-                vec![(LISTENER_ADDRESS, "[__1]_443".to_string())]
-            )
+            ("listener.downstream_cx_total".to_string(), vec![(LISTENER_ADDRESS, "[__1]_443".to_string())])
         );
         // Envoy never tags the admin listener.
         assert_eq!(
@@ -628,10 +483,7 @@ mod tests {
             tags("http.ingress.downstream_rq_5xx"),
             (
                 "http.downstream_rq_xx".to_string(),
-                vec![
-                    (RESPONSE_CODE_CLASS, "5".to_string()),
-                    (HTTP_CONN_MANAGER_PREFIX, "ingress".to_string())
-                ]
+                vec![(RESPONSE_CODE_CLASS, "5".to_string()), (HTTP_CONN_MANAGER_PREFIX, "ingress".to_string())]
             )
         );
         assert_eq!(
@@ -651,10 +503,7 @@ mod tests {
     fn tcp_prefix() {
         assert_eq!(
             tags("tcp.ingress_tcp.downstream_cx_total"),
-            (
-                "tcp.downstream_cx_total".to_string(),
-                vec![(TCP_PREFIX, "ingress_tcp".to_string())]
-            )
+            ("tcp.downstream_cx_total".to_string(), vec![(TCP_PREFIX, "ingress_tcp".to_string())])
         );
     }
 
@@ -694,20 +543,14 @@ mod tests {
             tags("http.ingress.rds.local_route.config_reload"),
             (
                 "http.rds.config_reload".to_string(),
-                vec![
-                    (RDS_ROUTE_CONFIG, "local_route".to_string()),
-                    (HTTP_CONN_MANAGER_PREFIX, "ingress".to_string())
-                ]
+                vec![(RDS_ROUTE_CONFIG, "local_route".to_string()), (HTTP_CONN_MANAGER_PREFIX, "ingress".to_string())]
             )
         );
         assert_eq!(
             tags("cluster.c.ssl.ciphers.ECDHE-RSA-AES128-GCM-SHA256"),
             (
                 "cluster.ssl.ciphers".to_string(),
-                vec![
-                    (SSL_CIPHER_SUITE, "ECDHE-RSA-AES128-GCM-SHA256".to_string()),
-                    (CLUSTER_NAME, "c".to_string())
-                ]
+                vec![(SSL_CIPHER_SUITE, "ECDHE-RSA-AES128-GCM-SHA256".to_string()), (CLUSTER_NAME, "c".to_string())]
             )
         );
         assert_eq!(
@@ -725,10 +568,7 @@ mod tests {
     #[test]
     fn names_without_tags_are_unchanged() {
         assert_eq!(tags("server.uptime"), ("server.uptime".to_string(), vec![]));
-        assert_eq!(
-            tags("cluster_manager.cluster_added"),
-            ("cluster_manager.cluster_added".to_string(), vec![])
-        );
+        assert_eq!(tags("cluster_manager.cluster_added"), ("cluster_manager.cluster_added".to_string(), vec![]));
         // `**` at the end needs at least one more token.
         assert_eq!(tags("tcp.x"), ("tcp.x".to_string(), vec![]));
     }
@@ -739,10 +579,7 @@ mod tests {
             tags("mongo.m.collection.coll.query.total"),
             (
                 "mongo.collection.query.total".to_string(),
-                vec![
-                    (MONGO_COLLECTION, "coll".to_string()),
-                    (MONGO_PREFIX, "m".to_string())
-                ]
+                vec![(MONGO_COLLECTION, "coll".to_string()), (MONGO_PREFIX, "m".to_string())]
             )
         );
     }

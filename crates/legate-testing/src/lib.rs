@@ -1,1 +1,40 @@
-//! placeholder
+//! Test helpers for legate's integration tests (DESIGN.md §9, STYLE.md §8).
+//!
+//! - [`Legate`]: the real binary, started from a YAML bootstrap written to a temp file, with
+//!   `--admin-address-path` so the admin's port is discovered the way Envoy's test harness does;
+//!   a raw HTTP/1.1 admin client and a stats reader over `/stats?format=json`.
+//! - Upstreams on `127.0.0.1:0` that behave ([`TcpEchoServer`], [`TagServer`]) and that misbehave
+//!   on purpose ([`ClosedPort`], [`BlackholeServer`], [`BulkSender`], [`EofReplyServer`]), plus
+//!   [`TcpServer`] for a scripted peer.
+//! - [`eventually`] for state that changes in the background (stats), bounded and failing with
+//!   the last value seen.
+//!
+//! Everything is blocking `std::net` with a timeout on every wait: a test that hangs tells
+//! nothing, a test that fails after 10 s with "expected 3, last seen 2" tells a lot.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod eventually;
+mod legate;
+mod net;
+mod pattern;
+mod upstream;
+
+pub use admin::{http_request, HttpResponse};
+pub use eventually::{eventually, EVENTUALLY};
+pub use legate::{run_bounded, Legate, LegateBuilder, RunOutput};
+pub use net::{
+    connect, connect_from, echo_roundtrip, expect_closed, free_port, is_refused, port_in_use, read_to_end, ClosedPort,
+    IO_TIMEOUT,
+};
+pub use pattern::{PatternChecker, PatternWriter};
+pub use upstream::{BlackholeServer, BulkSender, EofReplyServer, TagServer, TcpEchoServer, TcpServer};
+
+/// Path of the `legate` binary under test. A macro so that `env!("CARGO_BIN_EXE_legate")` is
+/// expanded in the calling integration test, the only place Cargo defines it.
+#[macro_export]
+macro_rules! legate_bin {
+    () => {
+        env!("CARGO_BIN_EXE_legate")
+    };
+}

@@ -1,5 +1,6 @@
 //! `envoy.extensions.filters.network.*` configs.
 
 pub mod connection_limit;
+pub mod direct_response;
 pub mod echo;
 pub mod tcp_proxy;

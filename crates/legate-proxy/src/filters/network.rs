@@ -1,5 +1,6 @@
 //! Network filters (`envoy.filters.network.*`).
 
 pub mod connection_limit;
+pub mod direct_response;
 pub mod echo;
 pub mod tcp_proxy;

@@ -16,7 +16,12 @@ use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
 /// kernel once every worker's socket is gone). Open connections are not affected.
-pub async fn run(listener: Arc<Listener>, socket: TcpListener, worker: Rc<WorkerContext>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    listener: Arc<Listener>,
+    socket: TcpListener,
+    worker: Rc<WorkerContext>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             biased;
@@ -64,7 +69,12 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
         return;
     };
     let _ = stream.set_nodelay(true);
-    let info = ConnectionInfo { id: server.next_connection_id(), remote_address: remote, local_address: local, worker: worker.index };
+    let info = ConnectionInfo {
+        id: server.next_connection_id(),
+        remote_address: remote,
+        local_address: local,
+        worker: worker.index,
+    };
     let mut filters = FilterManager::new();
     for factory in &chain.factories {
         factory.add_to(&mut filters, worker);

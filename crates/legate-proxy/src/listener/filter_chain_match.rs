@@ -141,7 +141,8 @@ fn server_name_score(names: &[String], server_name: &str) -> Score {
             if *name == sni {
                 Some(u32::MAX)
             } else if let Some(suffix) = name.strip_prefix('*') {
-                (suffix.starts_with('.') && sni.ends_with(suffix) && sni.len() > suffix.len()).then_some(suffix.len() as u32)
+                (suffix.starts_with('.') && sni.ends_with(suffix) && sni.len() > suffix.len())
+                    .then_some(suffix.len() as u32)
             } else {
                 None
             }
@@ -199,7 +200,10 @@ mod tests {
 
     #[test]
     fn destination_port_beats_everything_after_it() {
-        let chains = [chain("port", "destination_port: 8080"), chain("src", "source_prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]")];
+        let chains = [
+            chain("port", "destination_port: 8080"),
+            chain("src", "source_prefix_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]"),
+        ];
         assert_eq!(pick(&chains, "10.0.0.1:8080", "10.1.1.1:5", ""), Some("port"));
         assert_eq!(pick(&chains, "10.0.0.1:9090", "10.1.1.1:5", ""), Some("src"));
         assert_eq!(pick(&chains, "10.0.0.1:9090", "11.1.1.1:5", ""), None);

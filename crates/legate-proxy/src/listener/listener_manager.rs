@@ -43,17 +43,15 @@ impl ListenerManager {
         let stats = ListenerManagerStats::new(&store.scope("listener_manager"));
         let mut listeners = Vec::new();
         for (index, config) in bootstrap.static_resources.listeners.iter().enumerate() {
-            let limit = bootstrap.runtime_u64(&format!("envoy.resource_limits.listener.{}.connection_limit", config.name()));
+            let limit =
+                bootstrap.runtime_u64(&format!("envoy.resource_limits.listener.{}.connection_limit", config.name()));
             let listener = Arc::new(Listener::new(config, store, workers, limit));
             let ipv4_compat = config.address.socket().is_some_and(|s| s.ipv4_compat);
             let reuse_port = config.enable_reuse_port.unwrap_or(true);
             let backlog = config.tcp_backlog_size.unwrap_or(128);
             let sockets = if config.bind_to_port.unwrap_or(true) {
-                socket::bind(listener.address, workers, reuse_port, backlog, ipv4_compat).map_err(|source| BindError {
-                    name: listener.name.clone(),
-                    index,
-                    address: listener.address,
-                    source,
+                socket::bind(listener.address, workers, reuse_port, backlog, ipv4_compat).map_err(|source| {
+                    BindError { name: listener.name.clone(), index, address: listener.address, source }
                 })?
             } else {
                 Vec::new()
@@ -78,9 +76,10 @@ impl ListenerManager {
     }
 
     /// Stops accepting on every listener, on every worker (drain, `/drain_listeners`).
-    pub async fn stop_listeners(&mut self, workers: &[Worker]) {
+    /// Returns one receiver per worker, completed once that worker has closed its sockets.
+    pub fn stop_listeners(&mut self, workers: &[Worker]) -> Vec<oneshot::Receiver<()>> {
         if self.stopped {
-            return;
+            return Vec::new();
         }
         self.stopped = true;
         let mut acks = Vec::new();
@@ -89,12 +88,10 @@ impl ListenerManager {
             worker.post(WorkerMessage::StopListeners { done });
             acks.push(ack);
         }
-        for ack in acks {
-            let _ = ack.await;
-        }
         self.stats.listener_stopped.add(self.listeners.len() as u64);
         self.stats.total_listeners_active.set(0);
         self.stats.total_listeners_draining.set(self.listeners.len() as u64);
+        acks
     }
 
     pub fn is_stopped(&self) -> bool {

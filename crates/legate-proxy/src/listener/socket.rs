@@ -8,7 +8,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds the sockets for `workers` workers on `address`. Port 0 is resolved by the first
 /// socket and the others bind to the same port.
-pub fn bind(address: SocketAddr, workers: usize, reuse_port: bool, backlog: u32, ipv4_compat: bool) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind(
+    address: SocketAddr,
+    workers: usize,
+    reuse_port: bool,
+    backlog: u32,
+    ipv4_compat: bool,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let first = bind_one(address, reuse_port, backlog, ipv4_compat)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
@@ -19,7 +25,12 @@ pub fn bind(address: SocketAddr, workers: usize, reuse_port: bool, backlog: u32,
     Ok(sockets)
 }
 
-fn bind_one(address: SocketAddr, reuse_port: bool, backlog: u32, ipv4_compat: bool) -> io::Result<std::net::TcpListener> {
+fn bind_one(
+    address: SocketAddr,
+    reuse_port: bool,
+    backlog: u32,
+    ipv4_compat: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
     // Envoy sets SO_REUSEADDR on listeners so a restart can bind while old connections linger.
     socket.set_reuse_address(true)?;

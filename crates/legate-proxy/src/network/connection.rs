@@ -22,9 +22,9 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+pub use super::filter::ConnectionInfo;
 use super::filter::{ConnectionCloseType, ConnectionEvent, ConnectionState};
 use super::filter_manager::FilterManager;
-pub use super::filter::ConnectionInfo;
 
 /// Bytes asked of the socket per read, as Envoy's 16 KiB read slices.
 const READ_SIZE: usize = 16 * 1024;
@@ -91,7 +91,8 @@ impl Connection {
                 Ok(flushed) => progress |= flushed,
                 Err(_) => return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose)),
             }
-            if self.state.write_buffer.is_empty() && self.state.close_requested == Some(ConnectionCloseType::FlushWrite) {
+            if self.state.write_buffer.is_empty() && self.state.close_requested == Some(ConnectionCloseType::FlushWrite)
+            {
                 return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
             }
             if self.read_end_stream && self.write_shutdown && self.state.write_buffer.is_empty() {
@@ -143,7 +144,10 @@ impl Connection {
 
     /// Reads once when reading is enabled and the read buffer is below its limit.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        if self.read_end_stream || self.state.read_disable_count > 0 || self.read_buffer.len() >= self.state.buffer_limit {
+        if self.read_end_stream
+            || self.state.read_disable_count > 0
+            || self.read_buffer.len() >= self.state.buffer_limit
+        {
             return Ok(false);
         }
         if self.state.close_requested.is_some() {

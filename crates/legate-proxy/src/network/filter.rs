@@ -171,7 +171,9 @@ impl ConnectionState {
     pub(crate) fn close(&mut self, close_type: ConnectionCloseType) {
         // NoFlush wins over an earlier FlushWrite: the later, stronger request decides.
         self.close_requested = match (self.close_requested, close_type) {
-            (Some(ConnectionCloseType::NoFlush), _) | (_, ConnectionCloseType::NoFlush) => Some(ConnectionCloseType::NoFlush),
+            (Some(ConnectionCloseType::NoFlush), _) | (_, ConnectionCloseType::NoFlush) => {
+                Some(ConnectionCloseType::NoFlush)
+            }
             _ => Some(ConnectionCloseType::FlushWrite),
         };
     }

@@ -50,7 +50,13 @@ impl FilterManager {
 
     /// Runs the chain from filter `start`: filters never initialized get `on_new_connection`,
     /// then `on_data` is called while there are bytes or an end of stream to deliver.
-    pub fn continue_reading_from(&mut self, start: usize, buffer: &mut BytesMut, end_stream: bool, state: &mut ConnectionState) {
+    pub fn continue_reading_from(
+        &mut self,
+        start: usize,
+        buffer: &mut BytesMut,
+        end_stream: bool,
+        state: &mut ConnectionState,
+    ) {
         for (index, entry) in self.read_filters.iter_mut().enumerate().skip(start) {
             let mut cb = ReadFilterCallbacks { state: &mut *state, filter_index: index };
             if !entry.initialized {
@@ -59,7 +65,9 @@ impl FilterManager {
                     return;
                 }
             }
-            if (!buffer.is_empty() || end_stream) && entry.filter.on_data(buffer, end_stream, &mut cb) == FilterStatus::StopIteration {
+            if (!buffer.is_empty() || end_stream)
+                && entry.filter.on_data(buffer, end_stream, &mut cb) == FilterStatus::StopIteration
+            {
                 return;
             }
         }
@@ -180,10 +188,18 @@ mod tests {
             self.new_connection
         }
 
-        fn on_data(&mut self, data: &mut BytesMut, end_stream: bool, _cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
-            self.log
-                .borrow_mut()
-                .push(format!("{}:{}{}", self.name, String::from_utf8_lossy(data), if end_stream { ":end" } else { "" }));
+        fn on_data(
+            &mut self,
+            data: &mut BytesMut,
+            end_stream: bool,
+            _cb: &mut ReadFilterCallbacks<'_>,
+        ) -> FilterStatus {
+            self.log.borrow_mut().push(format!(
+                "{}:{}{}",
+                self.name,
+                String::from_utf8_lossy(data),
+                if end_stream { ":end" } else { "" }
+            ));
             if let Some(prefix) = self.prepend {
                 let mut with = BytesMut::from(prefix);
                 with.extend_from_slice(data);
@@ -273,7 +289,11 @@ mod tests {
         let waker = std::task::Waker::noop();
         fm.poll_io(&mut Context::from_waker(waker), &mut st);
         assert!(fm.run_requests(&mut buf, false, &mut st));
-        assert_eq!(*log.borrow(), ["gate:new", "gate:data", "b:new", "b:early"], "resumes after the gate with the buffered bytes");
+        assert_eq!(
+            *log.borrow(),
+            ["gate:new", "gate:data", "b:new", "b:early"],
+            "resumes after the gate with the buffered bytes"
+        );
     }
 
     struct Upper;

@@ -28,8 +28,14 @@ pub struct CircuitBreakers {
 impl CircuitBreakers {
     pub fn new(config: &CircuitBreakersConfig, cluster_scope: &Scope) -> Self {
         CircuitBreakers {
-            default: ResourceManager::new(&config.for_priority(RoutingPriority::Default), &cluster_scope.scope("circuit_breakers.default")),
-            high: ResourceManager::new(&config.for_priority(RoutingPriority::High), &cluster_scope.scope("circuit_breakers.high")),
+            default: ResourceManager::new(
+                &config.for_priority(RoutingPriority::Default),
+                &cluster_scope.scope("circuit_breakers.default"),
+            ),
+            high: ResourceManager::new(
+                &config.for_priority(RoutingPriority::High),
+                &cluster_scope.scope("circuit_breakers.high"),
+            ),
         }
     }
 
@@ -48,10 +54,18 @@ impl ResourceManager {
         let r = |max: u64, open: Gauge, remaining: Option<Gauge>| Arc::new(Resource::new(max, open, remaining));
         ResourceManager {
             connections: r(t.max_connections(), open.cx_open, remaining.as_ref().map(|s| s.remaining_cx.clone())),
-            pending_requests: r(t.max_pending_requests(), open.rq_pending_open, remaining.as_ref().map(|s| s.remaining_pending.clone())),
+            pending_requests: r(
+                t.max_pending_requests(),
+                open.rq_pending_open,
+                remaining.as_ref().map(|s| s.remaining_pending.clone()),
+            ),
             requests: r(t.max_requests(), open.rq_open, remaining.as_ref().map(|s| s.remaining_rq.clone())),
             retries: r(t.max_retries(), open.rq_retry_open, remaining.as_ref().map(|s| s.remaining_retries.clone())),
-            connection_pools: r(t.max_connection_pools(), open.cx_pool_open, remaining.as_ref().map(|s| s.remaining_cx_pools.clone())),
+            connection_pools: r(
+                t.max_connection_pools(),
+                open.cx_pool_open,
+                remaining.as_ref().map(|s| s.remaining_cx_pools.clone()),
+            ),
         }
     }
 }

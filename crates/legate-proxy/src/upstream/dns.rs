@@ -25,7 +25,8 @@ pub async fn refresh(cluster: &Cluster) -> bool {
     let family = cluster.config.dns_lookup_family;
     let logical = cluster.config.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
-    let existing: HashMap<(SocketAddr, u32), &Arc<Host>> = current.all_hosts().map(|h| ((h.address, h.priority), h)).collect();
+    let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
+        current.all_hosts().map(|h| ((h.address, h.priority), h)).collect();
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     for (locality, endpoint, address) in cluster.endpoints() {
         let port = address.port_value as u16;
@@ -59,7 +60,8 @@ pub async fn refresh(cluster: &Cluster) -> bool {
     if hosts.is_empty() {
         cluster.stats.update_empty.inc();
     }
-    let unchanged = hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address, h.priority)));
+    let unchanged =
+        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address, h.priority)));
     if unchanged && current.version > 0 {
         cluster.stats.update_no_rebuild.inc();
     } else {
@@ -105,7 +107,10 @@ async fn resolve(name: &str, port: u16, family: DnsLookupFamily) -> std::io::Res
         DnsLookupFamily::All => addrs,
     };
     if picked.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address of the requested family for {name}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no address of the requested family for {name}"),
+        ));
     }
     Ok(picked)
 }

@@ -61,7 +61,14 @@ impl HostStats {
 }
 
 impl Host {
-    pub fn new(address: SocketAddr, hostname: String, weight: u32, priority: u32, locality: Locality, health_status: HealthStatus) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        hostname: String,
+        weight: u32,
+        priority: u32,
+        locality: Locality,
+        health_status: HealthStatus,
+    ) -> Self {
         let flags = match health_status {
             HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
             HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,

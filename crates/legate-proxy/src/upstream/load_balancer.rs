@@ -187,7 +187,8 @@ mod tests {
     fn cluster(policy: &str) -> Cluster {
         let store = legate_stats::Store::new(1);
         let config: legate_config::cluster::Cluster =
-            serde_json::from_value(serde_json::json!({"name": "c", "type": "STRICT_DNS", "lb_policy": policy})).unwrap();
+            serde_json::from_value(serde_json::json!({"name": "c", "type": "STRICT_DNS", "lb_policy": policy}))
+                .unwrap();
         Cluster::new(config, &store.scope("cluster.c"))
     }
 
@@ -206,7 +207,10 @@ mod tests {
         let mut lb = LoadBalancer::new(&c, &ps);
         let picks: Vec<u16> = (0..8).map(|_| lb.choose_host(&c, &ps).unwrap().address.port()).collect();
         assert_eq!(picks.iter().filter(|p| **p == 1).count(), 6);
-        assert!(picks.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)), "smooth: never the light host twice in a row: {picks:?}");
+        assert!(
+            picks.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)),
+            "smooth: never the light host twice in a row: {picks:?}"
+        );
     }
 
     #[test]
@@ -231,7 +235,8 @@ mod tests {
     #[test]
     fn panic_mode_uses_all_hosts_and_counts() {
         let c = cluster("RANDOM");
-        let ps = PrioritySet::new(vec![host(1, 1, 0, HealthStatus::Unhealthy), host(2, 1, 0, HealthStatus::Unhealthy)], 1);
+        let ps =
+            PrioritySet::new(vec![host(1, 1, 0, HealthStatus::Unhealthy), host(2, 1, 0, HealthStatus::Unhealthy)], 1);
         let mut lb = LoadBalancer::new(&c, &ps);
         let m = counts(&mut lb, &c, &ps, 100);
         assert_eq!(m.values().sum::<usize>(), 100);

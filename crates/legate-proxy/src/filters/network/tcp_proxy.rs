@@ -78,7 +78,10 @@ impl TcpProxyShared {
             clusters,
             idle_timeout: config.idle_timeout(),
             max_connect_attempts: config.max_connect_attempts(),
-            max_downstream_connection_duration: config.max_downstream_connection_duration.map(|d| d.0).filter(|d| !d.is_zero()),
+            max_downstream_connection_duration: config
+                .max_downstream_connection_duration
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero()),
             stats: TcpProxyStats::new(&scope.scope(&format!("tcp.{}", config.stat_prefix))),
         }
     }
@@ -160,7 +163,9 @@ impl TcpProxy {
 
     /// Starts one connect attempt; closes the downstream when no attempt can be made.
     fn connect(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
-        let Some(name) = self.cluster.as_ref().map(|c| c.name.clone()).or_else(|| self.shared.pick_cluster().map(str::to_string)) else {
+        let Some(name) =
+            self.cluster.as_ref().map(|c| c.name.clone()).or_else(|| self.shared.pick_cluster().map(str::to_string))
+        else {
             self.shared.stats.downstream_cx_no_route.inc();
             cb.close(ConnectionCloseType::NoFlush);
             return;
@@ -395,7 +400,8 @@ impl ReadFilter for TcpProxy {
             match outcome {
                 None => {}
                 Some(result) => {
-                    let Upstream::Connecting { cx: ucx, .. } = std::mem::replace(&mut self.upstream, Upstream::None) else {
+                    let Upstream::Connecting { cx: ucx, .. } = std::mem::replace(&mut self.upstream, Upstream::None)
+                    else {
                         return;
                     };
                     match result {
@@ -447,7 +453,9 @@ impl ReadFilter for TcpProxy {
         adjust(&self.shared.stats.downstream_cx_tx_bytes_buffered, &mut self.reported_tx_buffered, 0);
         let upstream = std::mem::replace(&mut self.upstream, Upstream::None);
         match upstream {
-            Upstream::Connected { stream, mut cx } if event == ConnectionEvent::RemoteClose && !self.upstream_write.is_empty() => {
+            Upstream::Connected { stream, mut cx }
+                if event == ConnectionEvent::RemoteClose && !self.upstream_write.is_empty() =>
+            {
                 // The downstream left with bytes still on their way: deliver them before
                 // closing the upstream (Envoy's upstream flush).
                 cx.closed_locally = true;
@@ -493,7 +501,14 @@ impl UpstreamCx {
         cluster.stats.upstream_cx_active.inc();
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        UpstreamCx { cluster, host, _breaker: breaker, started: Instant::now(), connected_at: None, closed_locally: false }
+        UpstreamCx {
+            cluster,
+            host,
+            _breaker: breaker,
+            started: Instant::now(),
+            connected_at: None,
+            closed_locally: false,
+        }
     }
 
     fn connected(&mut self, last_activity: &mut Instant) {

@@ -1,0 +1,118 @@
+//! `/clusters`: every cluster's settings and each host's counters and health, in Envoy's
+//! `cluster::host::stat::value` text or `?format=json`.
+
+use std::fmt::Write as _;
+use std::rc::Rc;
+
+use hyper::StatusCode;
+use legate_proxy::upstream::circuit_breakers::ResourceManager;
+use legate_proxy::upstream::Cluster;
+use serde_json::{json, Value};
+
+use super::{json, text, AdminResponse, Query};
+use crate::server::Server;
+
+pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
+    let clusters = server.cluster_manager.clusters();
+    if query.get("format") == Some("json") {
+        let statuses: Vec<Value> = clusters.iter().map(|c| cluster_json(c)).collect();
+        return json(StatusCode::OK, &json!({ "cluster_statuses": statuses }));
+    }
+    let mut out = String::new();
+    for cluster in &clusters {
+        cluster_text(&mut out, cluster);
+    }
+    text(StatusCode::OK, out)
+}
+
+fn cluster_text(out: &mut String, cluster: &Cluster) {
+    let name = &cluster.name;
+    let _ = writeln!(out, "{name}::observability_name::{}", cluster.config.stat_name());
+    for (label, rm) in
+        [("default_priority", &cluster.circuit_breakers.default), ("high_priority", &cluster.circuit_breakers.high)]
+    {
+        for (field, max) in thresholds(rm) {
+            let _ = writeln!(out, "{name}::{label}::{field}::{max}");
+        }
+    }
+    let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
+    for host in cluster.priority_set().all_hosts() {
+        let h = format!("{name}::{}", host.address);
+        for (stat, value) in host.stats.values() {
+            let _ = writeln!(out, "{h}::{stat}::{value}");
+        }
+        let _ = writeln!(out, "{h}::hostname::{}", host.hostname);
+        let _ = writeln!(out, "{h}::health_flags::{}", host.health_flags_text());
+        let _ = writeln!(out, "{h}::weight::{}", host.weight);
+        let _ = writeln!(out, "{h}::region::{}", host.locality.region);
+        let _ = writeln!(out, "{h}::zone::{}", host.locality.zone);
+        let _ = writeln!(out, "{h}::sub_zone::{}", host.locality.sub_zone);
+        let _ = writeln!(out, "{h}::canary::false");
+        let _ = writeln!(out, "{h}::priority::{}", host.priority);
+        let _ = writeln!(out, "{h}::success_rate::-1");
+        let _ = writeln!(out, "{h}::local_origin_success_rate::-1");
+    }
+}
+
+fn thresholds(rm: &ResourceManager) -> [(&'static str, u64); 4] {
+    [
+        ("max_connections", rm.connections.max()),
+        ("max_pending_requests", rm.pending_requests.max()),
+        ("max_requests", rm.requests.max()),
+        ("max_retries", rm.retries.max()),
+    ]
+}
+
+fn cluster_json(cluster: &Cluster) -> Value {
+    let threshold = |rm: &ResourceManager, priority: Option<&str>| {
+        let mut t = serde_json::Map::new();
+        if let Some(p) = priority {
+            t.insert("priority".into(), json!(p));
+        }
+        for (field, max) in thresholds(rm) {
+            t.insert(field.into(), json!(max));
+        }
+        Value::Object(t)
+    };
+    let hosts: Vec<Value> = cluster
+        .priority_set()
+        .all_hosts()
+        .map(|host| {
+            let stats: Vec<Value> = host
+                .stats
+                .values()
+                .iter()
+                .map(|(name, value)| {
+                    if name.ends_with("_active") {
+                        json!({"name": name, "value": value.to_string(), "type": "GAUGE"})
+                    } else {
+                        json!({"name": name, "value": value.to_string()})
+                    }
+                })
+                .collect();
+            let mut status = json!({"eds_health_status": format!("{:?}", host.health_status).to_uppercase()});
+            if host.health_flags() & legate_proxy::upstream::host::health_flag::FAILED_EDS_HEALTH != 0 {
+                status["failed_outlier_check"] = json!(false);
+            }
+            json!({
+                "address": {"socket_address": {"address": host.address.ip().to_string(), "port_value": host.address.port()}},
+                "stats": stats,
+                "health_status": status,
+                "weight": host.weight,
+                "hostname": host.hostname,
+                "priority": host.priority,
+                "locality": {"region": host.locality.region, "zone": host.locality.zone, "sub_zone": host.locality.sub_zone},
+            })
+        })
+        .collect();
+    json!({
+        "name": cluster.name,
+        "observability_name": cluster.config.stat_name(),
+        "added_via_api": cluster.added_via_api,
+        "circuit_breakers": {"thresholds": [
+            threshold(&cluster.circuit_breakers.default, None),
+            threshold(&cluster.circuit_breakers.high, Some("HIGH")),
+        ]},
+        "host_statuses": hosts,
+    })
+}

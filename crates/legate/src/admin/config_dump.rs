@@ -1,0 +1,77 @@
+//! `/config_dump`: the configuration in effect, in Envoy's `ConfigDump` shape.
+
+use std::rc::Rc;
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::{json, rfc3339, AdminResponse, Query};
+use crate::server::Server;
+
+const BOOTSTRAP: &str = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump";
+const CLUSTERS: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
+const LISTENERS: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
+
+pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
+    let updated = rfc3339(server.started_at);
+    let raw = &server.loaded.raw;
+    let typed = |type_url: &str, resource: &Value| {
+        let mut object = serde_json::Map::new();
+        object.insert("@type".into(), json!(type_url));
+        if let Value::Object(fields) = resource {
+            object.extend(fields.clone());
+        }
+        Value::Object(object)
+    };
+    let list = |key: &str| {
+        raw.get("static_resources").and_then(|s| s.get(key)).and_then(Value::as_array).cloned().unwrap_or_default()
+    };
+    let clusters: Vec<Value> = list("clusters")
+        .iter()
+        .map(|c| json!({"cluster": typed("type.googleapis.com/envoy.config.cluster.v3.Cluster", c), "last_updated": updated}))
+        .collect();
+    let listeners: Vec<Value> = list("listeners")
+        .iter()
+        .map(|l| {
+            let name = server
+                .listener_manager
+                .borrow()
+                .listeners()
+                .find(|(listener, _)| Some(listener.name.as_str()) == l.get("name").and_then(Value::as_str))
+                .map(|(listener, _)| listener.name.clone());
+            let mut listener = typed("type.googleapis.com/envoy.config.listener.v3.Listener", l);
+            if let (Some(name), Value::Object(fields)) = (name, &mut listener) {
+                fields.entry("name").or_insert(json!(name));
+            }
+            json!({"listener": listener, "last_updated": updated})
+        })
+        .collect();
+    let mut bootstrap = raw.clone();
+    if let Some(node) = bootstrap_node(server) {
+        bootstrap["node"] = node;
+    }
+    let configs = vec![
+        json!({"@type": BOOTSTRAP, "bootstrap": bootstrap, "last_updated": updated}),
+        json!({"@type": CLUSTERS, "static_clusters": clusters}),
+        json!({"@type": LISTENERS, "static_listeners": listeners}),
+    ];
+    let configs: Vec<Value> = match query.get("resource") {
+        Some(resource) => {
+            configs.into_iter().filter_map(|c| c.get(resource).and_then(Value::as_array).cloned()).flatten().collect()
+        }
+        None => configs,
+    };
+    json(StatusCode::OK, &json!({ "configs": configs }))
+}
+
+/// The node as the server uses it (command-line overrides applied).
+fn bootstrap_node(server: &Server) -> Option<Value> {
+    let node = server.loaded.bootstrap.node.as_ref()?;
+    let mut value = server.loaded.raw.get("node").cloned().unwrap_or_else(|| json!({}));
+    value["id"] = json!(node.id);
+    value["cluster"] = json!(node.cluster);
+    if let Some(locality) = &node.locality {
+        value["locality"] = json!({"region": locality.region, "zone": locality.zone, "sub_zone": locality.sub_zone});
+    }
+    Some(value)
+}

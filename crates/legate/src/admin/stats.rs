@@ -1,0 +1,49 @@
+//! `/stats`, `/stats/prometheus`, `/reset_counters`.
+
+use std::rc::Rc;
+
+use hyper::StatusCode;
+
+use super::{json, text, AdminResponse, Query};
+use crate::server::Server;
+
+fn filter(query: &Query) -> Result<Option<regex::Regex>, AdminResponse> {
+    match query.get("filter") {
+        None | Some("") => Ok(None),
+        Some(f) => regex::Regex::new(f)
+            .map(Some)
+            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n"))),
+    }
+}
+
+pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
+    server.refresh_gauges();
+    let filter = match filter(query) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    let used_only = query.has("usedonly");
+    match query.get("format") {
+        Some("json") => json(StatusCode::OK, &server.store.render_json(filter.as_ref(), used_only)),
+        Some("prometheus") => text(StatusCode::OK, server.store.render_prometheus(filter.as_ref(), used_only)),
+        None | Some("text") => text(StatusCode::OK, server.store.render_text(filter.as_ref(), used_only)),
+        Some(other) => text(
+            StatusCode::NOT_FOUND,
+            format!("usage: /stats?format=(json|prometheus|text): unknown format '{other}'\n"),
+        ),
+    }
+}
+
+pub fn prometheus(server: &Rc<Server>, query: &Query) -> AdminResponse {
+    server.refresh_gauges();
+    let filter = match filter(query) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    text(StatusCode::OK, server.store.render_prometheus(filter.as_ref(), query.has("usedonly")))
+}
+
+pub fn reset_counters(server: &Rc<Server>, _query: &Query) -> AdminResponse {
+    server.store.reset_counters();
+    text(StatusCode::OK, "OK\n".into())
+}
