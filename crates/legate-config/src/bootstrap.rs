@@ -156,6 +156,8 @@ pub struct OverloadManager {
 impl OverloadManager {
     /// `max_active_downstream_connections` of the global connection limit monitor, if any.
     pub fn global_downstream_max_connections(&self) -> Option<u64> {
+        // One monitor type exists today; a `match` keeps this exhaustive when more arrive.
+        #[allow(clippy::unnecessary_find_map)]
         self.resource_monitors.iter().find_map(|m| match m {
             ResourceMonitor::GlobalDownstreamMaxConnections { max_active_downstream_connections } => {
                 Some(*max_active_downstream_connections)

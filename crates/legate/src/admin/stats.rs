@@ -7,12 +7,11 @@ use hyper::StatusCode;
 use super::{json, text, AdminResponse, Query};
 use crate::server::Server;
 
-fn filter(query: &Query) -> Result<Option<regex::Regex>, AdminResponse> {
+/// The `filter` parameter as a regex; the error is the 400 body.
+fn filter(query: &Query) -> Result<Option<regex::Regex>, String> {
     match query.get("filter") {
         None | Some("") => Ok(None),
-        Some(f) => regex::Regex::new(f)
-            .map(Some)
-            .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n"))),
+        Some(f) => regex::Regex::new(f).map(Some).map_err(|e| format!("Invalid re2 regex: {e}\n")),
     }
 }
 
@@ -20,7 +19,7 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
     server.refresh_gauges();
     let filter = match filter(query) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
     let used_only = query.has("usedonly");
     match query.get("format") {
@@ -38,7 +37,7 @@ pub fn prometheus(server: &Rc<Server>, query: &Query) -> AdminResponse {
     server.refresh_gauges();
     let filter = match filter(query) {
         Ok(f) => f,
-        Err(response) => return response,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
     text(StatusCode::OK, server.store.render_prometheus(filter.as_ref(), query.has("usedonly")))
 }

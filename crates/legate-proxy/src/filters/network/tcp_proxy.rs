@@ -391,40 +391,36 @@ impl ReadFilter for TcpProxy {
         if cb.is_closing() {
             return;
         }
-        if let Upstream::Connecting { connect, deadline, .. } = &mut self.upstream {
+        // A failed attempt may start the next one: poll it at once so that it registers its
+        // wakers (otherwise nothing would wake this connection again).
+        while let Upstream::Connecting { connect, deadline, .. } = &mut self.upstream {
             let outcome = match connect.as_mut().poll(cx) {
-                Poll::Ready(Ok(stream)) => Some(Ok(stream)),
-                Poll::Ready(Err(e)) => Some(Err(Some(e))),
-                Poll::Pending => deadline.as_mut().poll(cx).is_ready().then_some(Err(None)),
+                Poll::Ready(Ok(stream)) => Ok(stream),
+                Poll::Ready(Err(e)) => Err(Some(e)),
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Err(None),
+                Poll::Pending => break,
+            };
+            let Upstream::Connecting { cx: mut ucx, .. } = std::mem::replace(&mut self.upstream, Upstream::None) else {
+                break;
             };
             match outcome {
-                None => {}
-                Some(result) => {
-                    let Upstream::Connecting { cx: ucx, .. } = std::mem::replace(&mut self.upstream, Upstream::None)
-                    else {
-                        return;
-                    };
-                    match result {
-                        Ok(stream) => self.on_connected(stream, ucx, cb),
-                        Err(error) => {
-                            match &error {
-                                Some(e) => {
-                                    tracing::debug!(connection = cb.info().id, host = %ucx.host.address, error = %e, "tcp_proxy: connect failed");
-                                    ucx.cluster.stats.upstream_cx_connect_fail.inc();
-                                    ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                                }
-                                None => {
-                                    tracing::debug!(connection = cb.info().id, host = %ucx.host.address, "tcp_proxy: connect timeout");
-                                    ucx.cluster.stats.upstream_cx_connect_timeout.inc();
-                                    ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            let mut ucx = ucx;
-                            ucx.closed_locally = error.is_none();
-                            drop(ucx);
-                            self.on_connect_failure(cb);
+                Ok(stream) => self.on_connected(stream, ucx, cb),
+                Err(error) => {
+                    match &error {
+                        Some(e) => {
+                            tracing::debug!(connection = cb.info().id, host = %ucx.host.address, error = %e, "tcp_proxy: connect failed");
+                            ucx.cluster.stats.upstream_cx_connect_fail.inc();
+                        }
+                        None => {
+                            tracing::debug!(connection = cb.info().id, host = %ucx.host.address, "tcp_proxy: connect timeout");
+                            ucx.cluster.stats.upstream_cx_connect_timeout.inc();
                         }
                     }
+                    ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    // A timeout is our decision to give up; a refusal comes from the peer.
+                    ucx.closed_locally = error.is_none();
+                    drop(ucx);
+                    self.on_connect_failure(cb);
                 }
             }
         }
