@@ -58,9 +58,15 @@ pub static NETWORK_FILTERS: &[Extension<NetworkFilterConfig>] = &[
 
 /// Configs of the listener filters legate implements (`envoy.filters.listener.*`).
 #[derive(Clone, Debug, PartialEq)]
-pub enum ListenerFilterConfig {}
+pub enum ListenerFilterConfig {
+    TlsInspector(crate::filters::listener::tls_inspector::TlsInspector),
+}
 
-pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[];
+pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[Extension {
+    name: "envoy.filters.listener.tls_inspector",
+    type_url: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    parse: |v| path::from_value(v).map(ListenerFilterConfig::TlsInspector),
+}];
 
 /// Transport sockets (`envoy.transport_sockets.*`).
 #[derive(Clone, Debug, PartialEq)]

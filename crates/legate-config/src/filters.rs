@@ -1,3 +1,4 @@
 //! Configs of filters, in modules named after Envoy's proto packages.
 
+pub mod listener;
 pub mod network;

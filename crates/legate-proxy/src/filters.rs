@@ -1,3 +1,4 @@
 //! The filters legate implements, by kind, under Envoy's extension names.
 
+pub mod listener;
 pub mod network;

@@ -15,7 +15,9 @@ use legate_config::listener::{FilterChain as FilterChainConfig, Listener as List
 use legate_stats::Store;
 
 use crate::extensions::NetworkFilterFactory;
+use crate::filters::listener::tls_inspector::{self, TlsInspectorStats};
 use filter_chain_match::FilterChainMatcher;
+use legate_config::extensions::ListenerFilterConfig;
 use stats::ListenerStats;
 
 pub use listener_manager::ListenerManager;
@@ -36,6 +38,11 @@ pub struct Listener {
     pub connection_limit: Option<u64>,
     /// Connections open on this listener, all workers.
     pub active_connections: AtomicU64,
+    /// Set when `envoy.filters.listener.tls_inspector` is configured.
+    pub tls_inspector: Option<TlsInspectorStats>,
+    /// `listener_filters_timeout` (15 s default; `None` when 0).
+    pub listener_filters_timeout: Option<std::time::Duration>,
+    pub continue_on_listener_filters_timeout: bool,
 }
 
 /// A filter chain ready to build connections: its match and its network filter factories.
@@ -73,6 +80,18 @@ impl Listener {
                 .collect(),
             connection_limit,
             active_connections: AtomicU64::new(0),
+            tls_inspector: config
+                .listener_filters
+                .iter()
+                .map(|f| match f.config {
+                    ListenerFilterConfig::TlsInspector(_) => tls_inspector::stats(&store.scope("")),
+                })
+                .next(),
+            listener_filters_timeout: Some(
+                config.listener_filters_timeout.unwrap_or(ListenerConfig::DEFAULT_LISTENER_FILTERS_TIMEOUT).0,
+            )
+            .filter(|t| !t.is_zero()),
+            continue_on_listener_filters_timeout: config.continue_on_listener_filters_timeout,
             config: config.clone(),
         }
     }

@@ -6,11 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::filter_chain_match::ConnectionMetadata;
 use super::Listener;
+use crate::filters::listener::tls_inspector::{self, ClientHello, Inspection};
 use crate::network::{Connection, ConnectionInfo, FilterManager};
 use crate::worker::WorkerContext;
 
@@ -54,14 +56,54 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
             return;
         }
     }
+    let Some(stats) = &listener.tls_inspector else {
+        start_connection(listener, stream, remote, worker, None, BytesMut::new());
+        return;
+    };
+    // Listener filters: learn SNI/ALPN before choosing the filter chain.
+    let _ = stats;
+    let listener = listener.clone();
+    let worker = worker.clone();
+    listener.stats.downstream_pre_cx_active.inc();
+    tokio::task::spawn_local(async move {
+        let Some(stats) = &listener.tls_inspector else { return };
+        let inspection = tls_inspector::inspect(&stream, stats, listener.listener_filters_timeout).await;
+        listener.stats.downstream_pre_cx_active.dec();
+        let (hello, data) = match inspection {
+            Inspection::Done { hello, data } => (hello, data),
+            Inspection::Closed => {
+                listener.stats.downstream_listener_filter_remote_close.inc();
+                return;
+            }
+            Inspection::Timeout { data } => {
+                listener.stats.downstream_pre_cx_timeout.inc();
+                if !listener.continue_on_listener_filters_timeout {
+                    return;
+                }
+                (None, data)
+            }
+        };
+        start_connection(&listener, stream, remote, &worker, hello.as_ref(), data);
+    });
+}
+
+/// Chooses the filter chain and starts the connection; `data` is what listener filters read.
+fn start_connection(
+    listener: &Arc<Listener>,
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    worker: &Rc<WorkerContext>,
+    hello: Option<&ClientHello>,
+    data: BytesMut,
+) {
     let Ok(local) = stream.local_addr() else { return };
     let metadata = ConnectionMetadata {
         local,
         remote,
         direct_remote: remote,
-        server_name: "",
-        transport_protocol: "raw_buffer",
-        application_protocols: &[],
+        server_name: hello.map_or("", |h| h.server_name.as_str()),
+        transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
+        application_protocols: hello.map_or(&[], |h| h.application_protocols.as_slice()),
     };
     let Some(chain) = listener.find_filter_chain(&metadata) else {
         tracing::debug!(listener = %listener.name, %remote, "closing connection: no matching filter chain found");
@@ -70,7 +112,7 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
     };
     let _ = stream.set_nodelay(true);
     let info = ConnectionInfo {
-        id: server.next_connection_id(),
+        id: worker.server.next_connection_id(),
         remote_address: remote,
         local_address: local,
         worker: worker.index,
@@ -80,7 +122,7 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
         factory.add_to(&mut filters, worker);
     }
     let guard = ActiveConnection::new(listener.clone(), worker.clone());
-    let connection = Connection::new(stream, info, listener.buffer_limit, filters);
+    let connection = Connection::new(stream, info, listener.buffer_limit, filters).with_initial_data(data);
     tracing::debug!(connection = connection.info().id, %remote, listener = %listener.name, "new connection");
     tokio::task::spawn_local(async move {
         let event = connection.run().await;

@@ -58,6 +58,13 @@ impl Connection {
         }
     }
 
+    /// Bytes already read from the socket (by listener filters), delivered to the read
+    /// filters first, as if just read.
+    pub fn with_initial_data(mut self, data: BytesMut) -> Self {
+        self.read_buffer = data;
+        self
+    }
+
     pub fn info(&self) -> &ConnectionInfo {
         &self.state.info
     }
@@ -77,7 +84,14 @@ impl Connection {
                 // A filter chain without filters: nothing can serve this connection.
                 return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
             }
+            // As Envoy: filters are initialized with an empty buffer; bytes that listener
+            // filters already read are then delivered as a first read.
+            let initial = std::mem::take(&mut self.read_buffer);
             self.filters.initialize_read_filters(&mut self.read_buffer, &mut self.state);
+            if !initial.is_empty() {
+                self.read_buffer.unsplit(initial);
+                self.filters.on_read(&mut self.read_buffer, false, &mut self.state);
+            }
         }
         for _ in 0..MAX_TURNS {
             let mut progress = false;

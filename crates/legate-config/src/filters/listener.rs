@@ -1,0 +1,3 @@
+//! `envoy.extensions.filters.listener.*` configs.
+
+pub mod tls_inspector;
