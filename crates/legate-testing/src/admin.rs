@@ -10,9 +10,11 @@ use crate::net::connect_stream;
 /// A parsed response.
 #[derive(Clone, Debug)]
 pub struct HttpResponse {
+    /// Status code.
     pub status: u16,
     /// Header names lowercased, in the order received.
     pub headers: Vec<(String, String)>,
+    /// Body, decoded (chunked) and as text.
     pub body: String,
 }
 

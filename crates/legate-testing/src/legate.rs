@@ -61,11 +61,13 @@ impl LegateBuilder {
         self
     }
 
+    /// Worker threads (`--concurrency`); default 1.
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = Some(n);
         self
     }
 
+    /// `-l`; default `warning`.
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.to_string());
         self
@@ -212,10 +214,12 @@ impl Legate {
         }
     }
 
+    /// Process id.
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
+    /// Where the admin listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
     }
@@ -230,6 +234,7 @@ impl Legate {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Everything legate wrote to stdout so far.
     pub fn stdout(&self) -> String {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
@@ -381,8 +386,11 @@ impl Drop for Legate {
 /// Output of a short-lived run (`--mode validate`, a config error).
 #[derive(Debug)]
 pub struct RunOutput {
+    /// Exit status.
     pub status: ExitStatus,
+    /// Everything written to stdout.
     pub stdout: String,
+    /// Everything written to stderr.
     pub stderr: String,
 }
 

@@ -12,22 +12,27 @@
 //! Everything is blocking `std::net` with a timeout on every wait: a test that hangs tells
 //! nothing, a test that fails after 10 s with "expected 3, last seen 2" tells a lot.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod admin;
+pub mod config;
 mod eventually;
 mod legate;
 mod net;
 mod pattern;
+mod tls;
 mod upstream;
 
 pub use admin::{http_request, HttpResponse};
 pub use eventually::{eventually, EVENTUALLY};
 pub use legate::{run_bounded, Legate, LegateBuilder, RunOutput};
 pub use net::{
-    connect, connect_from, echo_roundtrip, expect_closed, free_port, is_refused, port_in_use, read_to_end, ClosedPort,
-    IO_TIMEOUT,
+    connect, connect_from, connect_with_recv_buffer, echo_roundtrip, expect_closed, free_port, is_refused, port_in_use,
+    read_to_end, ClosedPort, IO_TIMEOUT,
 };
 pub use pattern::{PatternChecker, PatternWriter};
+pub use serde_json::{self, json, Value};
+pub use tls::tls_client_hello;
 pub use upstream::{BlackholeServer, BulkSender, EofReplyServer, TagServer, TcpEchoServer, TcpServer};
 
 /// Path of the `legate` binary under test. A macro so that `env!("CARGO_BIN_EXE_legate")` is

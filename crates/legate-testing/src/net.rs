@@ -97,6 +97,7 @@ pub struct ClosedPort {
 }
 
 impl ClosedPort {
+    /// Binds to learn a free port, releases it.
     pub fn new() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
@@ -104,6 +105,7 @@ impl ClosedPort {
         Self { addr }
     }
 
+    /// The address nothing listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -118,4 +120,17 @@ impl Default for ClosedPort {
 /// A currently free port on 127.0.0.1 (see [`ClosedPort`] for the caveat).
 pub fn free_port() -> u16 {
     ClosedPort::new().addr().port()
+}
+
+/// Connects with a small, fixed receive buffer (set before connect, which also turns off the
+/// kernel's receive-window autotuning): a client that does not read then holds at most about
+/// `bytes` in its kernel, so back-pressure reaches the proxy quickly.
+pub fn connect_with_recv_buffer(remote: SocketAddr, bytes: usize) -> TcpStream {
+    let socket = Socket::new(Domain::for_address(remote), Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    socket.connect_timeout(&SockAddr::from(remote), IO_TIMEOUT).unwrap_or_else(|e| panic!("connect to {remote}: {e}"));
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
 }

@@ -30,6 +30,7 @@ pub struct PatternWriter {
 }
 
 impl PatternWriter {
+    /// The stream with `seed`, from offset 0.
     pub fn new(seed: u64) -> Self {
         Self { seed, offset: 0 }
     }
@@ -50,6 +51,7 @@ pub struct PatternChecker {
 }
 
 impl PatternChecker {
+    /// Checks against the stream with `seed`, from offset 0.
     pub fn new(seed: u64) -> Self {
         Self { seed, offset: 0, scratch: Vec::new() }
     }
@@ -59,6 +61,7 @@ impl PatternChecker {
         self.offset
     }
 
+    /// Whether nothing was checked yet.
     pub fn is_empty(&self) -> bool {
         self.offset == 0
     }

@@ -27,6 +27,7 @@ pub struct TcpServer {
 }
 
 impl TcpServer {
+    /// Binds `127.0.0.1:0` and accepts on a thread, running `handler` per connection.
     pub fn start(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let addr = listener.local_addr().unwrap();
@@ -53,6 +54,7 @@ impl TcpServer {
         Self { addr, accepted, stop }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -76,6 +78,7 @@ impl Drop for TcpServer {
 pub struct TcpEchoServer;
 
 impl TcpEchoServer {
+    /// Starts an echo server.
     pub fn start() -> TcpServer {
         TcpServer::start(|mut stream| {
             let mut buf = vec![0u8; 64 * 1024];
@@ -102,6 +105,7 @@ impl TcpEchoServer {
 pub struct TagServer;
 
 impl TagServer {
+    /// Starts a server writing `tag`.
     pub fn start(tag: &str) -> TcpServer {
         let tag = tag.as_bytes().to_vec();
         TcpServer::start(move |mut stream| {
@@ -118,6 +122,7 @@ impl TagServer {
 pub struct EofReplyServer;
 
 impl EofReplyServer {
+    /// Starts the server.
     pub fn start() -> TcpServer {
         TcpServer::start(|mut stream| {
             let n = io::copy(&mut stream, &mut io::sink()).unwrap_or(u64::MAX);
@@ -136,6 +141,7 @@ pub struct BulkSender {
 }
 
 impl BulkSender {
+    /// Starts sending `total` bytes per connection.
     pub fn start(total: u64, seed: u64) -> Self {
         let written = Arc::new(AtomicU64::new(0));
         let w = written.clone();
@@ -161,6 +167,7 @@ impl BulkSender {
         Self { server, written }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
@@ -185,6 +192,7 @@ pub struct BlackholeServer {
 }
 
 impl BlackholeServer {
+    /// Binds, listens with backlog 0, fills the accept queue; panics if connects do not start to hang.
     pub fn start() -> Self {
         let listener = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
         listener.bind(&SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 0)))).unwrap();
@@ -204,6 +212,7 @@ impl BlackholeServer {
         panic!("blackhole: connects to {addr} still succeed after filling its accept queue with 32 connections");
     }
 
+    /// Where connects hang.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -42,6 +42,9 @@ pub struct Connection {
     read_end_stream: bool,
     /// We shut down our sending direction.
     write_shutdown: bool,
+    /// While reading is disabled: bytes are known to wait in the socket (early close probing
+    /// is paused until the next read).
+    data_waiting: bool,
     initialized: bool,
 }
 
@@ -54,6 +57,7 @@ impl Connection {
             read_buffer: BytesMut::new(),
             read_end_stream: false,
             write_shutdown: false,
+            data_waiting: false,
             initialized: false,
         }
     }
@@ -158,14 +162,11 @@ impl Connection {
 
     /// Reads once when reading is enabled and the read buffer is below its limit.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        if self.read_end_stream
-            || self.state.read_disable_count > 0
-            || self.read_buffer.len() >= self.state.buffer_limit
-        {
+        if self.read_end_stream || self.state.close_requested.is_some() {
             return Ok(false);
         }
-        if self.state.close_requested.is_some() {
-            return Ok(false);
+        if self.state.read_disable_count > 0 || self.read_buffer.len() >= self.state.buffer_limit {
+            return self.detect_early_close(cx).map(|()| false);
         }
         loop {
             match self.socket.poll_read_ready(cx) {
@@ -175,6 +176,7 @@ impl Connection {
             }
             let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
             self.read_buffer.reserve(room);
+            self.data_waiting = false;
             let result = {
                 let mut limited = bytes::BufMut::limit(&mut self.read_buffer, room);
                 self.socket.try_read_buf(&mut limited)
@@ -198,6 +200,44 @@ impl Connection {
                         self.read_buffer = BytesMut::new();
                     }
                     return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Envoy's early close detection: while reading is disabled, a peer that closes or resets
+    /// is still noticed, so a client that gave up (say, while its upstream is connecting) does
+    /// not hold the connection until a timeout. A 1-byte peek tells a FIN (0 bytes) from data.
+    /// When data is waiting, probing stops until the next read: the readiness must stay set
+    /// for that read (tokio does not even try a read while its readiness is clear), and a FIN
+    /// queued behind that data is seen when reading resumes.
+    fn detect_early_close(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.data_waiting {
+            return Ok(());
+        }
+        loop {
+            match self.socket.poll_read_ready(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let socket = &self.socket;
+            // Returning WouldBlock from the closure clears the readiness; only when the socket
+            // really has nothing, so the next poll registers for the next event.
+            let peeked = socket.try_io(tokio::io::Interest::READABLE, || {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                socket2::SockRef::from(socket).peek(&mut probe)
+            });
+            match peeked {
+                Ok(0) => {
+                    tracing::debug!(connection = self.state.info.id, "remote early close");
+                    return Err(io::ErrorKind::ConnectionAborted.into());
+                }
+                Ok(_) => {
+                    self.data_waiting = true;
+                    return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
