@@ -56,12 +56,11 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
             return;
         }
     }
-    let Some(stats) = &listener.tls_inspector else {
+    if listener.tls_inspector.is_none() {
         start_connection(listener, stream, remote, worker, None, BytesMut::new());
         return;
-    };
+    }
     // Listener filters: learn SNI/ALPN before choosing the filter chain.
-    let _ = stats;
     let listener = listener.clone();
     let worker = worker.clone();
     listener.stats.downstream_pre_cx_active.inc();

@@ -52,8 +52,13 @@ impl ClusterManager {
             .filter(|c| matches!(c.config.discovery_type, DiscoveryType::StrictDns | DiscoveryType::LogicalDns))
             .cloned()
             .collect();
-        let first = dns_clusters.iter().map(|c| dns::refresh(c));
-        futures_join_all(first).await;
+        // First resolutions run concurrently; start-up waits for all of them.
+        let mut first = tokio::task::JoinSet::new();
+        for cluster in &dns_clusters {
+            let cluster = cluster.clone();
+            first.spawn(async move { dns::refresh(&cluster).await });
+        }
+        while first.join_next().await.is_some() {}
         for cluster in dns_clusters {
             tokio::spawn(dns::run(cluster));
         }
@@ -73,33 +78,6 @@ impl ClusterManager {
         let map = self.clusters.load();
         self.order.iter().filter_map(|n| map.get(n).cloned()).collect()
     }
-}
-
-/// Awaits all futures concurrently on the current task.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut done = vec![false; set.len()];
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (f, d) in set.iter_mut().zip(done.iter_mut()) {
-            if !*d {
-                if f.as_mut().poll(cx).is_ready() {
-                    *d = true;
-                } else {
-                    all = false;
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 /// Why no host could be chosen.
