@@ -153,8 +153,9 @@ impl Connection {
             // A peer that already went away makes shutdown fail; the read side notices.
             let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Write);
         }
-        if self.state.write_buffer.capacity() > READ_SIZE * 4 && self.state.write_buffer.is_empty() {
-            // Give back memory after a burst; idle connections stay small.
+        if self.state.write_buffer.is_empty() && self.state.write_buffer.capacity() > 0 {
+            // An idle connection holds no buffer memory (a drained buffer still owns its
+            // allocation).
             self.state.write_buffer = BytesMut::new();
         }
         Ok(progress)
@@ -175,11 +176,26 @@ impl Connection {
                 Poll::Ready(Ok(())) => {}
             }
             let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
-            self.read_buffer.reserve(room);
             self.data_waiting = false;
-            let result = {
+            let result = if self.read_buffer.capacity() - self.read_buffer.len() >= room {
+                // A busy connection: read in place.
                 let mut limited = bytes::BufMut::limit(&mut self.read_buffer, room);
                 self.socket.try_read_buf(&mut limited)
+            } else {
+                // An idle connection has no buffer. Read on the stack and keep only what
+                // arrived: a 16 KiB allocation per read of a few bytes fragments the heap (small
+                // long-lived allocations land in the freed block), which is what idle
+                // connections would then cost.
+                let mut scratch = [0u8; READ_SIZE];
+                let read = self.socket.try_read(&mut scratch[..room]);
+                if let Ok(n) = read {
+                    self.read_buffer.extend_from_slice(&scratch[..n]);
+                    if n == room {
+                        // More is likely waiting: read the rest in place.
+                        self.read_buffer.reserve(READ_SIZE);
+                    }
+                }
+                read
             };
             match result {
                 Ok(0) => {
@@ -196,12 +212,20 @@ impl Connection {
                 }
                 Ok(_) => {
                     self.filters.on_read(&mut self.read_buffer, false, &mut self.state);
-                    if self.read_buffer.is_empty() && self.read_buffer.capacity() > READ_SIZE * 4 {
+                    if self.read_buffer.is_empty() {
+                        // Idle connections hold no read buffer; the next read allocates one.
                         self.read_buffer = BytesMut::new();
                     }
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The socket is drained: do not keep a reservation while the connection
+                    // waits (idle connections must stay small).
+                    if self.read_buffer.is_empty() {
+                        self.read_buffer = BytesMut::new();
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -55,6 +55,9 @@ legate_stats::stats! {
     }
 }
 
+/// Bytes asked of the upstream socket per read, as the downstream side reads.
+const UPSTREAM_READ_SIZE: usize = 16 * 1024;
+
 /// The filter's config, shared by every connection on every worker.
 pub struct TcpProxyShared {
     /// Cluster names with their weights (one entry with weight 1 for `cluster`).
@@ -253,7 +256,7 @@ impl TcpProxy {
             ucx.cluster.stats.upstream_flow_control_drained_total.inc();
             cb.read_disable(false);
         }
-        if self.upstream_write.is_empty() && self.upstream_write.capacity() > 64 * 1024 {
+        if self.upstream_write.is_empty() && self.upstream_write.capacity() > 0 {
             self.upstream_write = BytesMut::new();
         }
         Ok(())
@@ -280,14 +283,16 @@ impl TcpProxy {
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
-            let room = (limit - cb.write_buffer_len()).clamp(1, 64 * 1024);
-            let mut buf = BytesMut::with_capacity(room);
-            match stream.try_read_buf(&mut buf) {
-                Ok(0) => {
+            let room = (limit - cb.write_buffer_len()).clamp(1, UPSTREAM_READ_SIZE);
+            // Read on the stack and keep exactly what arrived (see `Connection::poll_read`:
+            // per-read heap blocks fragment the heap of idle connections).
+            let mut scratch = [0u8; UPSTREAM_READ_SIZE];
+            match stream.try_read(&mut scratch[..room]).map(|n| (n, BytesMut::from(&scratch[..n]))) {
+                Ok((0, _)) => {
                     self.upstream_read_end = true;
                     cb.write(BytesMut::new(), true);
                 }
-                Ok(n) => {
+                Ok((n, buf)) => {
                     ucx.cluster.stats.upstream_cx_rx_bytes_total.add(n as u64);
                     self.shared.stats.downstream_cx_tx_bytes_total.add(n as u64);
                     self.last_activity = Instant::now();
