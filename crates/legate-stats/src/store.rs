@@ -81,34 +81,28 @@ impl Store {
 
     /// The counter with this full name, created on first use.
     pub fn counter(&self, name: &str) -> Counter {
-        let mut registry = self.lock();
-        let index = match registry.counters.get(name) {
-            Some(entry) => entry.index,
-            None => match registry.allocate(&self.arena, 1) {
-                Some(index) => {
-                    registry.counters.insert(name.to_string(), Entry { index, tags: None });
-                    index
-                }
-                None => 0,
-            },
-        };
-        Counter { arena: self.arena.clone(), index }
+        Counter { arena: self.arena.clone(), index: self.scalar_index(name, |r| &mut r.counters) }
     }
 
     /// The gauge with this full name, created on first use.
     pub fn gauge(&self, name: &str) -> Gauge {
+        Gauge { arena: self.arena.clone(), index: self.scalar_index(name, |r| &mut r.gauges) }
+    }
+
+    /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use
+    /// (slot 0, the discarded scratch slot, when the arena is full).
+    fn scalar_index(&self, name: &str, kind: fn(&mut Registry) -> &mut BTreeMap<String, Entry>) -> u32 {
         let mut registry = self.lock();
-        let index = match registry.gauges.get(name) {
-            Some(entry) => entry.index,
-            None => match registry.allocate(&self.arena, 1) {
-                Some(index) => {
-                    registry.gauges.insert(name.to_string(), Entry { index, tags: None });
-                    index
-                }
-                None => 0,
-            },
-        };
-        Gauge { arena: self.arena.clone(), index }
+        if let Some(entry) = kind(&mut registry).get(name) {
+            return entry.index;
+        }
+        match registry.allocate(&self.arena, 1) {
+            Some(index) => {
+                kind(&mut registry).insert(name.to_string(), Entry { index, tags: None });
+                index
+            }
+            None => 0,
+        }
     }
 
     /// The histogram with this full name, created on first use. Values are in the stat's unit:

@@ -105,8 +105,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
 
 fn load(options: &Options) -> anyhow::Result<(LoadedBootstrap, String)> {
     let (mut loaded, origin) = if options.is_demo() {
-        let tree = legate_config::load::parse_yaml(crate::demo::DEMO_YAML, "embedded demo")?;
-        (legate_config::parse_bootstrap(tree)?, "embedded demo".to_string())
+        (legate_config::load_bootstrap(None, Some(crate::demo::DEMO_YAML))?, "embedded demo".to_string())
     } else {
         let origin = options
             .config_path

@@ -30,20 +30,18 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
         .iter()
         .map(|c| json!({"cluster": typed("type.googleapis.com/envoy.config.cluster.v3.Cluster", c), "last_updated": updated}))
         .collect();
+    // Both lists are in config order; unnamed listeners are dumped with the name legate gave
+    // them (their address), as Envoy dumps its generated names.
+    let manager = server.listener_manager.borrow();
     let listeners: Vec<Value> = list("listeners")
         .iter()
-        .map(|l| {
-            let name = server
-                .listener_manager
-                .borrow()
-                .listeners()
-                .find(|(listener, _)| Some(listener.name.as_str()) == l.get("name").and_then(Value::as_str))
-                .map(|(listener, _)| listener.name.clone());
-            let mut listener = typed("type.googleapis.com/envoy.config.listener.v3.Listener", l);
-            if let (Some(name), Value::Object(fields)) = (name, &mut listener) {
-                fields.entry("name").or_insert(json!(name));
+        .zip(manager.listeners())
+        .map(|(raw_listener, (listener, _))| {
+            let mut dumped = typed("type.googleapis.com/envoy.config.listener.v3.Listener", raw_listener);
+            if let Value::Object(fields) = &mut dumped {
+                fields.entry("name").or_insert_with(|| json!(listener.name));
             }
-            json!({"listener": listener, "last_updated": updated})
+            json!({"listener": dumped, "last_updated": updated})
         })
         .collect();
     let mut bootstrap = raw.clone();
