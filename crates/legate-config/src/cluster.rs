@@ -1,11 +1,17 @@
 //! `envoy.config.cluster.v3.Cluster`: a named group of upstream hosts.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::core::{Metadata, Percent, TransportSocket};
 use crate::duration::Duration;
 use crate::endpoint::ClusterLoadAssignment;
+use crate::protocol::{Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions, UpstreamHttpProtocolOptions};
 use crate::unsupported::Unsupported;
+use crate::validate::Validator;
+
+pub use crate::extensions::ProtocolOptionsConfig;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -26,14 +32,20 @@ pub struct Cluster {
     pub load_balancing_policy: Option<Unsupported>,
     pub load_assignment: Option<ClusterLoadAssignment>,
     pub health_checks: Option<Unsupported>,
-    pub max_requests_per_connection: Option<Unsupported>,
+    /// Deprecated for `common_http_protocol_options.max_requests_per_connection` of the
+    /// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` extension options.
+    pub max_requests_per_connection: Option<u32>,
     #[serde(default)]
     pub circuit_breakers: CircuitBreakers,
-    pub upstream_http_protocol_options: Option<Unsupported>,
-    pub common_http_protocol_options: Option<Unsupported>,
-    pub http_protocol_options: Option<Unsupported>,
-    pub http2_protocol_options: Option<Unsupported>,
-    pub typed_extension_protocol_options: Option<Unsupported>,
+    /// Deprecated for the `HttpProtocolOptions` extension options, like the next three.
+    pub upstream_http_protocol_options: Option<UpstreamHttpProtocolOptions>,
+    pub common_http_protocol_options: Option<HttpProtocolOptions>,
+    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    /// Deprecated; its presence alone makes the cluster speak HTTP/2.
+    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    /// Keyed by extension name; legate knows `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`.
+    #[serde(default, deserialize_with = "crate::extensions::deserialize_protocol_options")]
+    pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptionsConfig>,
     /// How often DNS clusters re-resolve (default 5 s).
     pub dns_refresh_rate: Option<Duration>,
     pub dns_failure_refresh_rate: Option<Unsupported>,
@@ -60,7 +72,9 @@ pub struct Cluster {
     pub transport_socket: Option<TransportSocket>,
     pub transport_socket_matches: Option<Unsupported>,
     pub metadata: Option<Metadata>,
-    pub protocol_selection: Option<Unsupported>,
+    /// Deprecated for `use_downstream_protocol_config` of the `HttpProtocolOptions` extension.
+    #[serde(default)]
+    pub protocol_selection: ClusterProtocolSelection,
     pub upstream_connection_options: Option<Unsupported>,
     #[serde(default)]
     pub close_connections_on_host_health_failure: bool,
@@ -95,6 +109,124 @@ impl Cluster {
     pub fn stat_name(&self) -> &str {
         self.alt_stat_name.as_deref().unwrap_or(&self.name)
     }
+
+    /// The `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` extension options, if any.
+    pub fn upstream_http_options(&self) -> Option<&crate::upstreams_http::HttpProtocolOptions> {
+        self.typed_extension_protocol_options.values().map(|ProtocolOptionsConfig::Http(h)| h).next()
+    }
+
+    /// The HTTP protocol spoken to this cluster's hosts: the extension options first, then the
+    /// deprecated cluster fields, as Envoy reads them; HTTP/1.1 by default.
+    pub fn http_protocol(&self) -> UpstreamProtocol {
+        if let Some(ext) = self.upstream_http_options() {
+            if let Some(explicit) = &ext.explicit_http_config {
+                if explicit.http2_protocol_options.is_some() {
+                    return UpstreamProtocol::Http2;
+                }
+                if explicit.http_protocol_options.is_some() {
+                    return UpstreamProtocol::Http1;
+                }
+            }
+            if ext.use_downstream_protocol_config.is_some() {
+                return UpstreamProtocol::UseDownstream;
+            }
+        }
+        if self.protocol_selection == ClusterProtocolSelection::UseDownstreamProtocol {
+            return UpstreamProtocol::UseDownstream;
+        }
+        if self.http2_protocol_options.is_some() {
+            return UpstreamProtocol::Http2;
+        }
+        UpstreamProtocol::Http1
+    }
+
+    /// Upstream connection options: the extension's, else the deprecated field, else defaults
+    /// (idle timeout 1 h). The deprecated `max_requests_per_connection` fills in when the
+    /// options do not set it.
+    pub fn upstream_common_http_protocol_options(&self) -> HttpProtocolOptions {
+        let mut options = self
+            .upstream_http_options()
+            .and_then(|ext| ext.common_http_protocol_options.clone())
+            .or_else(|| self.common_http_protocol_options.clone())
+            .unwrap_or_default();
+        if options.max_requests_per_connection.is_none() {
+            options.max_requests_per_connection = self.max_requests_per_connection;
+        }
+        options
+    }
+
+    /// HTTP/2 settings for upstream connections: the extension's (explicit or downstream-mode),
+    /// else the deprecated field, else defaults.
+    pub fn upstream_http2_options(&self) -> Http2ProtocolOptions {
+        let ext = self.upstream_http_options();
+        ext.and_then(|e| e.explicit_http_config.as_ref()?.http2_protocol_options.clone())
+            .or_else(|| ext.and_then(|e| e.use_downstream_protocol_config.as_ref()?.http2_protocol_options.clone()))
+            .or_else(|| self.http2_protocol_options.clone())
+            .unwrap_or_default()
+    }
+
+    /// HTTP/1 settings for upstream connections, found like [`Self::upstream_http2_options`].
+    pub fn upstream_http1_options(&self) -> Http1ProtocolOptions {
+        let ext = self.upstream_http_options();
+        ext.and_then(|e| e.explicit_http_config.as_ref()?.http_protocol_options.clone())
+            .or_else(|| ext.and_then(|e| e.use_downstream_protocol_config.as_ref()?.http_protocol_options.clone()))
+            .or_else(|| self.http_protocol_options.clone())
+            .unwrap_or_default()
+    }
+
+    /// HTTP-related checks; `at` is this cluster's path.
+    pub(crate) fn validate_http(&self, at: &str, v: &mut Validator) {
+        for (name, ProtocolOptionsConfig::Http(options)) in &self.typed_extension_protocol_options {
+            options.validate(&format!("{at}.typed_extension_protocol_options.{name}"), v);
+        }
+        if self.protocol_selection == ClusterProtocolSelection::UseConfiguredProtocol
+            && self.http_protocol_options.is_some()
+            && self.http2_protocol_options.is_some()
+        {
+            v.error(
+                at,
+                "cluster: Both HTTP1 and HTTP2 options may only be configured with non-default 'protocol_selection' values",
+            );
+        }
+        if let Some(common) = &self.common_http_protocol_options {
+            common.validate(&format!("{at}.common_http_protocol_options"), v);
+        }
+        if let Some(h2) = &self.http2_protocol_options {
+            h2.validate(&format!("{at}.http2_protocol_options"), v);
+        }
+        for (field, thresholds) in [
+            ("thresholds", &self.circuit_breakers.thresholds),
+            ("per_host_thresholds", &self.circuit_breakers.per_host_thresholds),
+        ] {
+            for (i, t) in thresholds.iter().enumerate() {
+                if let Some(budget) = &t.retry_budget {
+                    if let Some(p) = &budget.budget_percent {
+                        v.percent(&format!("{at}.circuit_breakers.{field}[{i}].retry_budget.budget_percent"), p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which HTTP protocol legate speaks to a cluster's hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// Prior knowledge (h2c) on plain TCP.
+    Http2,
+    /// The protocol of the downstream request.
+    UseDownstream,
+}
+
+/// `Cluster.ClusterProtocolSelection`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum ClusterProtocolSelection {
+    #[default]
+    #[serde(rename = "USE_CONFIGURED_PROTOCOL")]
+    UseConfiguredProtocol,
+    #[serde(rename = "USE_DOWNSTREAM_PROTOCOL")]
+    UseDownstreamProtocol,
 }
 
 /// `Cluster.DiscoveryType`.
@@ -217,7 +349,8 @@ pub struct Thresholds {
     pub max_pending_requests: Option<u32>,
     pub max_requests: Option<u32>,
     pub max_retries: Option<u32>,
-    pub retry_budget: Option<Unsupported>,
+    /// When set, replaces `max_retries` with a share of active requests.
+    pub retry_budget: Option<RetryBudget>,
     /// Publishes `remaining_*` gauges.
     #[serde(default)]
     pub track_remaining: bool,
@@ -240,6 +373,26 @@ impl Thresholds {
     /// Unlimited by default.
     pub fn max_connection_pools(&self) -> u64 {
         self.max_connection_pools.map_or(u64::MAX, u64::from)
+    }
+}
+
+/// `Thresholds.RetryBudget`: retries allowed as a share of active requests, with a floor.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Default 20 %.
+    pub budget_percent: Option<Percent>,
+    /// Retries always allowed regardless of the budget (default 3).
+    pub min_retry_concurrency: Option<u32>,
+}
+
+impl RetryBudget {
+    pub fn budget_percent(&self) -> f64 {
+        self.budget_percent.map_or(20.0, |p| p.value)
+    }
+
+    pub fn min_retry_concurrency(&self) -> u32 {
+        self.min_retry_concurrency.unwrap_or(3)
     }
 }
 

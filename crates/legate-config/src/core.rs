@@ -243,3 +243,245 @@ impl DataSource {
         }
     }
 }
+
+/// Deserializes a proto `int64` field, written as a number or a decimal string.
+pub(crate) fn deserialize_int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Int64::deserialize(d).map(|v| v.0)
+}
+
+/// `envoy.type.v3.FractionalPercent`: `numerator / denominator`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FractionalPercent {
+    #[serde(default)]
+    pub numerator: u32,
+    #[serde(default)]
+    pub denominator: Denominator,
+}
+
+impl FractionalPercent {
+    /// The fraction in `0.0..=1.0`; a numerator above the denominator counts as 100 %, as
+    /// Envoy's `ProtobufPercentHelper` clamps it.
+    pub fn as_fraction(&self) -> f64 {
+        let denominator = self.denominator.value();
+        f64::from(self.numerator.min(denominator)) / f64::from(denominator)
+    }
+}
+
+/// `FractionalPercent.DenominatorType`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum Denominator {
+    #[default]
+    #[serde(rename = "HUNDRED")]
+    Hundred,
+    #[serde(rename = "TEN_THOUSAND")]
+    TenThousand,
+    #[serde(rename = "MILLION")]
+    Million,
+}
+
+impl Denominator {
+    pub fn value(self) -> u32 {
+        match self {
+            Denominator::Hundred => 100,
+            Denominator::TenThousand => 10_000,
+            Denominator::Million => 1_000_000,
+        }
+    }
+}
+
+/// `envoy.config.core.v3.RuntimeFractionalPercent`. legate has no runtime overrides yet, so
+/// `default_value` decides; the key is kept for config dump and later use.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFractionalPercent {
+    /// Required by the proto.
+    pub default_value: FractionalPercent,
+    #[serde(default)]
+    pub runtime_key: String,
+}
+
+/// `envoy.config.core.v3.RuntimeUInt32`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeUInt32 {
+    #[serde(default)]
+    pub default_value: u32,
+    /// Required (at least one character) by the proto, even though legate reads no runtime.
+    #[serde(default)]
+    pub runtime_key: String,
+}
+
+/// `envoy.config.core.v3.HeaderValue`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValue {
+    #[serde(default)]
+    pub key: String,
+    /// May hold Envoy's `%VARIABLE%` substitutions; the data plane formats it per request.
+    #[serde(default)]
+    pub value: String,
+    pub raw_value: Option<Unsupported>,
+}
+
+/// `envoy.config.core.v3.HeaderValueOption`: a header to add, and how.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    pub header: HeaderValue,
+    /// Deprecated in favour of `append_action`, still accepted by Envoy: see [`Self::action`].
+    pub append: Option<bool>,
+    #[serde(default)]
+    pub append_action: HeaderAppendAction,
+    /// Without it, a header whose value formats to empty is not added.
+    #[serde(default)]
+    pub keep_empty_value: bool,
+}
+
+impl HeaderValueOption {
+    /// The effective action, folding the deprecated `append` the way Envoy's `HeaderParser`
+    /// does: `append: false` means overwrite, `append: true` the default append.
+    pub fn action(&self) -> HeaderAppendAction {
+        match self.append {
+            Some(true) => HeaderAppendAction::AppendIfExistsOrAdd,
+            Some(false) => HeaderAppendAction::OverwriteIfExistsOrAdd,
+            None => self.append_action,
+        }
+    }
+}
+
+/// `HeaderValueOption.HeaderAppendAction`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum HeaderAppendAction {
+    /// Append to an existing header (a second value), or add it.
+    #[default]
+    #[serde(rename = "APPEND_IF_EXISTS_OR_ADD")]
+    AppendIfExistsOrAdd,
+    #[serde(rename = "ADD_IF_ABSENT")]
+    AddIfAbsent,
+    #[serde(rename = "OVERWRITE_IF_EXISTS_OR_ADD")]
+    OverwriteIfExistsOrAdd,
+    #[serde(rename = "OVERWRITE_IF_EXISTS")]
+    OverwriteIfExists,
+}
+
+/// `envoy.type.v3.TokenBucket`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Bucket size, and the tokens it starts with; must be above 0.
+    #[serde(default)]
+    pub max_tokens: u32,
+    /// Tokens added each `fill_interval` (default 1).
+    pub tokens_per_fill: Option<u32>,
+    /// Required; the local rate limit filters also want at least 50 ms.
+    pub fill_interval: crate::duration::Duration,
+}
+
+impl TokenBucket {
+    pub fn tokens_per_fill(&self) -> u32 {
+        self.tokens_per_fill.unwrap_or(1)
+    }
+}
+
+/// `envoy.type.v3.HttpStatus`. proto3 JSON writes the `StatusCode` enum by name
+/// (`TooManyRequests`) or number (`429`); both are read into the number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpStatus {
+    pub code: u32,
+}
+
+impl<'de> Deserialize<'de> for HttpStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            code: Option<serde_json::Value>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let code = match raw.code {
+            None => 0,
+            Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+            Some(serde_json::Value::String(name)) => match STATUS_CODE_NAMES.iter().find(|(n, _)| *n == name) {
+                Some((_, code)) => *code,
+                None => {
+                    return Err(crate::extensions::invalid::<D::Error>(
+                        "code",
+                        format!("unknown variant `{name}` of envoy.type.v3.StatusCode"),
+                    ))
+                }
+            },
+            Some(other) => {
+                return Err(crate::extensions::invalid::<D::Error>("code", format!("invalid type: {other}")));
+            }
+        };
+        // The proto's enum is `defined_only` and excludes `Empty` (0).
+        if !STATUS_CODE_NAMES.iter().any(|(_, c)| *c == code) {
+            return Err(crate::extensions::invalid::<D::Error>(
+                "code",
+                format!("value must be one of the defined enum values (got {code})"),
+            ));
+        }
+        Ok(HttpStatus { code })
+    }
+}
+
+/// `envoy.type.v3.StatusCode`'s names, as proto3 JSON spells them.
+const STATUS_CODE_NAMES: &[(&str, u32)] = &[
+    ("Continue", 100),
+    ("OK", 200),
+    ("Created", 201),
+    ("Accepted", 202),
+    ("NonAuthoritativeInformation", 203),
+    ("NoContent", 204),
+    ("ResetContent", 205),
+    ("PartialContent", 206),
+    ("MultiStatus", 207),
+    ("AlreadyReported", 208),
+    ("IMUsed", 226),
+    ("MultipleChoices", 300),
+    ("MovedPermanently", 301),
+    ("Found", 302),
+    ("SeeOther", 303),
+    ("NotModified", 304),
+    ("UseProxy", 305),
+    ("TemporaryRedirect", 307),
+    ("PermanentRedirect", 308),
+    ("BadRequest", 400),
+    ("Unauthorized", 401),
+    ("PaymentRequired", 402),
+    ("Forbidden", 403),
+    ("NotFound", 404),
+    ("MethodNotAllowed", 405),
+    ("NotAcceptable", 406),
+    ("ProxyAuthenticationRequired", 407),
+    ("RequestTimeout", 408),
+    ("Conflict", 409),
+    ("Gone", 410),
+    ("LengthRequired", 411),
+    ("PreconditionFailed", 412),
+    ("PayloadTooLarge", 413),
+    ("URITooLong", 414),
+    ("UnsupportedMediaType", 415),
+    ("RangeNotSatisfiable", 416),
+    ("ExpectationFailed", 417),
+    ("MisdirectedRequest", 421),
+    ("UnprocessableEntity", 422),
+    ("Locked", 423),
+    ("FailedDependency", 424),
+    ("UpgradeRequired", 426),
+    ("PreconditionRequired", 428),
+    ("TooManyRequests", 429),
+    ("RequestHeaderFieldsTooLarge", 431),
+    ("InternalServerError", 500),
+    ("NotImplemented", 501),
+    ("BadGateway", 502),
+    ("ServiceUnavailable", 503),
+    ("GatewayTimeout", 504),
+    ("HTTPVersionNotSupported", 505),
+    ("VariantAlsoNegotiates", 506),
+    ("InsufficientStorage", 507),
+    ("LoopDetected", 508),
+    ("NotExtended", 510),
+    ("NetworkAuthenticationRequired", 511),
+];

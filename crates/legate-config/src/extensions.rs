@@ -7,15 +7,29 @@
 //! plane maps each variant of these enums to its implementation in
 //! `legate-proxy/src/extensions.rs`.
 
+use std::collections::BTreeMap;
+
 use serde::de::{Deserializer, Error};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::access_log::{FileAccessLog, StderrAccessLog, StdoutAccessLog};
+use crate::filters::http::{
+    buffer::{Buffer, BufferPerRoute},
+    cors::Cors,
+    fault::HttpFault,
+    health_check::HealthCheck,
+    local_ratelimit::LocalRateLimit,
+    router::Router,
+};
 use crate::filters::network::{
-    connection_limit::ConnectionLimit, direct_response::DirectResponse, echo::Echo, tcp_proxy::TcpProxy,
+    connection_limit::ConnectionLimit, direct_response::DirectResponse, echo::Echo,
+    http_connection_manager::HttpConnectionManager, tcp_proxy::TcpProxy,
 };
 use crate::path::{self, PathError};
+use crate::route::CorsPolicy;
 use crate::unsupported::Unsupported;
+use crate::validate::Validator;
 
 /// One registry entry: an Envoy extension name, its config type URL and its config parser.
 pub struct Extension<T> {
@@ -31,6 +45,8 @@ pub enum NetworkFilterConfig {
     Echo(Echo),
     ConnectionLimit(ConnectionLimit),
     DirectResponse(DirectResponse),
+    /// Boxed: far larger than the other configs.
+    HttpConnectionManager(Box<HttpConnectionManager>),
 }
 
 pub static NETWORK_FILTERS: &[Extension<NetworkFilterConfig>] = &[
@@ -54,7 +70,163 @@ pub static NETWORK_FILTERS: &[Extension<NetworkFilterConfig>] = &[
         type_url: "envoy.extensions.filters.network.direct_response.v3.Config",
         parse: |v| path::from_value(v).map(NetworkFilterConfig::DirectResponse),
     },
+    Extension {
+        name: "envoy.filters.network.http_connection_manager",
+        type_url: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        parse: |v| path::from_value(v).map(|h| NetworkFilterConfig::HttpConnectionManager(Box::new(h))),
+    },
 ];
+
+/// Configs of the HTTP filters legate implements (`envoy.filters.http.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HttpFilterConfig {
+    Router(Router),
+    HealthCheck(HealthCheck),
+    LocalRateLimit(LocalRateLimit),
+    Fault(HttpFault),
+    Cors(Cors),
+    Buffer(Buffer),
+}
+
+impl HttpFilterConfig {
+    /// Envoy's canonical name of the filter, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            HttpFilterConfig::Router(_) => "envoy.filters.http.router",
+            HttpFilterConfig::HealthCheck(_) => "envoy.filters.http.health_check",
+            HttpFilterConfig::LocalRateLimit(_) => "envoy.filters.http.local_ratelimit",
+            HttpFilterConfig::Fault(_) => "envoy.filters.http.fault",
+            HttpFilterConfig::Cors(_) => "envoy.filters.http.cors",
+            HttpFilterConfig::Buffer(_) => "envoy.filters.http.buffer",
+        }
+    }
+
+    /// The router ends the chain; every other filter passes the request on.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, HttpFilterConfig::Router(_))
+    }
+}
+
+pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
+    Extension {
+        name: "envoy.filters.http.router",
+        type_url: "envoy.extensions.filters.http.router.v3.Router",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::Router),
+    },
+    Extension {
+        name: "envoy.filters.http.health_check",
+        type_url: "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::HealthCheck),
+    },
+    Extension {
+        name: "envoy.filters.http.local_ratelimit",
+        type_url: "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::LocalRateLimit),
+    },
+    Extension {
+        name: "envoy.filters.http.fault",
+        type_url: "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::Fault),
+    },
+    Extension {
+        name: "envoy.filters.http.cors",
+        type_url: "envoy.extensions.filters.http.cors.v3.Cors",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::Cors),
+    },
+    Extension {
+        name: "envoy.filters.http.buffer",
+        type_url: "envoy.extensions.filters.http.buffer.v3.Buffer",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::Buffer),
+    },
+];
+
+/// Per-route configs of HTTP filters (`typed_per_filter_config` values on route
+/// configurations, virtual hosts, routes and weighted clusters), keyed by filter name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FilterPerRouteConfig {
+    Cors(CorsPolicy),
+    Fault(HttpFault),
+    LocalRateLimit(LocalRateLimit),
+    Buffer(BufferPerRoute),
+    /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter does not run for
+    /// this route. (Conversely, a filter the connection manager declares `disabled` runs where
+    /// a route gives it an entry that is not disabled.)
+    Disabled,
+}
+
+pub static PER_ROUTE_FILTER_CONFIGS: &[Extension<FilterPerRouteConfig>] = &[
+    Extension {
+        name: "envoy.filters.http.cors",
+        type_url: "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::Cors),
+    },
+    Extension {
+        name: "envoy.filters.http.fault",
+        type_url: "envoy.extensions.filters.http.fault.v3.HTTPFault",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::Fault),
+    },
+    Extension {
+        name: "envoy.filters.http.local_ratelimit",
+        type_url: "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::LocalRateLimit),
+    },
+    Extension {
+        name: "envoy.filters.http.buffer",
+        type_url: "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::Buffer),
+    },
+];
+
+/// Retry host predicates (`RetryPolicy.retry_host_predicate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryHostPredicateConfig {
+    /// Retries avoid hosts already tried for this request.
+    PreviousHosts,
+}
+
+pub static RETRY_HOST_PREDICATES: &[Extension<RetryHostPredicateConfig>] = &[Extension {
+    name: "envoy.retry_host_predicates.previous_hosts",
+    type_url: "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    parse: |v| path::from_value::<Empty>(v).map(|_| RetryHostPredicateConfig::PreviousHosts),
+}];
+
+/// Access loggers (`envoy.access_loggers.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AccessLoggerConfig {
+    File(FileAccessLog),
+    Stdout(StdoutAccessLog),
+    Stderr(StderrAccessLog),
+}
+
+pub static ACCESS_LOGGERS: &[Extension<AccessLoggerConfig>] = &[
+    Extension {
+        name: "envoy.access_loggers.file",
+        type_url: "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        parse: |v| path::from_value(v).map(AccessLoggerConfig::File),
+    },
+    Extension {
+        name: "envoy.access_loggers.stdout",
+        type_url: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        parse: |v| path::from_value(v).map(AccessLoggerConfig::Stdout),
+    },
+    Extension {
+        name: "envoy.access_loggers.stderr",
+        type_url: "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+        parse: |v| path::from_value(v).map(AccessLoggerConfig::Stderr),
+    },
+];
+
+/// Values of a cluster's `typed_extension_protocol_options`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProtocolOptionsConfig {
+    Http(crate::upstreams_http::HttpProtocolOptions),
+}
+
+pub static PROTOCOL_OPTIONS: &[Extension<ProtocolOptionsConfig>] = &[Extension {
+    name: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    type_url: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    parse: |v| path::from_value(v).map(ProtocolOptionsConfig::Http),
+}];
 
 /// Configs of the listener filters legate implements (`envoy.filters.listener.*`).
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +312,129 @@ pub fn resolve<T>(
             ),
         }),
     }
+}
+
+/// The message type an `Any` carries (`@type` without its `type.googleapis.com/` prefix), looking
+/// through `TypedStruct` wrappers.
+fn any_message_type(value: &Value) -> Option<&str> {
+    let url = value.get("@type")?.as_str()?;
+    let message_type = url.rsplit('/').next().unwrap_or(url);
+    if message_type == "udpa.type.v1.TypedStruct" || message_type == "xds.type.v3.TypedStruct" {
+        let inner = value.get("type_url")?.as_str()?;
+        return Some(inner.rsplit('/').next().unwrap_or(inner));
+    }
+    Some(message_type)
+}
+
+/// Whether `registry` has the extension a `{name, typed_config}` pair asks for.
+pub(crate) fn is_registered<T>(registry: &[Extension<T>], name: &str, typed_config: Option<&Value>) -> bool {
+    match typed_config {
+        Some(any) => any_message_type(any).is_some_and(|t| registry.iter().any(|e| e.type_url == t)),
+        None => registry.iter().any(|e| e.name == name),
+    }
+}
+
+/// Resolves a bare `Any` (a map value of `typed_per_filter_config` or
+/// `typed_extension_protocol_options`); errors carry a path relative to the `Any`.
+fn resolve_any<T>(registry: &[Extension<T>], kind: &str, name: &str, any: Value) -> Result<T, PathError> {
+    resolve(registry, kind, name, Some(any)).map_err(|e| {
+        let path = match e.path.strip_prefix("typed_config") {
+            Some(rest) => rest.strip_prefix('.').unwrap_or(rest).to_string(),
+            None => e.path,
+        };
+        PathError { path, message: e.message }
+    })
+}
+
+/// One `typed_per_filter_config` entry; `None` for an optional filter legate does not have,
+/// which Envoy skips too.
+fn per_filter_config(name: &str, any: Value) -> Result<Option<FilterPerRouteConfig>, PathError> {
+    const KIND: &str = "per-route filter config";
+    if any_message_type(&any) != Some("envoy.config.route.v3.FilterConfig") {
+        return resolve_any(PER_ROUTE_FILTER_CONFIGS, KIND, name, any).map(Some);
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FilterConfig {
+        #[serde(rename = "@type")]
+        _type: String,
+        config: Option<Value>,
+        #[serde(default)]
+        is_optional: bool,
+        #[serde(default)]
+        disabled: bool,
+    }
+    let wrapper: FilterConfig = path::from_value(any)?;
+    if wrapper.disabled {
+        // Envoy ignores `config` of a disabled filter.
+        return Ok(Some(FilterPerRouteConfig::Disabled));
+    }
+    let Some(config) = wrapper.config else {
+        return Err(PathError { path: "config".into(), message: "value is required unless disabled is true".into() });
+    };
+    if wrapper.is_optional && !is_registered(PER_ROUTE_FILTER_CONFIGS, name, Some(&config)) {
+        return Ok(None);
+    }
+    resolve_any(PER_ROUTE_FILTER_CONFIGS, KIND, name, config)
+        .map(Some)
+        .map_err(|e| PathError { path: path::join("config", &e.path), message: e.message })
+}
+
+/// `deserialize_with` for `typed_per_filter_config` maps. Entries for optional filters legate
+/// does not implement are left out, as Envoy ignores them; an optional filter declared only in
+/// the connection manager's `http_filters` does not make its per-route config optional here
+/// (the route table is read before the filter list is known), so such entries are refused.
+pub(crate) fn deserialize_per_filter_configs<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, FilterPerRouteConfig>, D::Error> {
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    let mut configs = BTreeMap::new();
+    for (name, any) in raw {
+        match per_filter_config(&name, any) {
+            Ok(Some(config)) => {
+                configs.insert(name, config);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(path::nest(&name, e)),
+        }
+    }
+    Ok(configs)
+}
+
+/// Checks per-route filter configs under `at` (`...typed_per_filter_config`).
+pub(crate) fn validate_per_filter_configs(
+    at: &str,
+    configs: &BTreeMap<String, FilterPerRouteConfig>,
+    v: &mut Validator,
+) {
+    for (name, config) in configs {
+        let c_at = format!("{at}.{name}");
+        match config {
+            FilterPerRouteConfig::Cors(policy) => policy.validate(&c_at, v),
+            FilterPerRouteConfig::Fault(fault) => fault.validate(&c_at, v),
+            FilterPerRouteConfig::LocalRateLimit(limit) => {
+                limit.validate(&c_at, v);
+                if limit.token_bucket.is_none() {
+                    v.error(&format!("{c_at}.token_bucket"), "a per-route local rate limit requires a token_bucket");
+                }
+            }
+            FilterPerRouteConfig::Buffer(buffer) => buffer.validate(&c_at, v),
+            FilterPerRouteConfig::Disabled => {}
+        }
+    }
+}
+
+/// `deserialize_with` for a cluster's `typed_extension_protocol_options`.
+pub(crate) fn deserialize_protocol_options<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, ProtocolOptionsConfig>, D::Error> {
+    let raw = BTreeMap::<String, Value>::deserialize(d)?;
+    let mut options = BTreeMap::new();
+    for (name, any) in raw {
+        let config = resolve_any(PROTOCOL_OPTIONS, "protocol options", &name, any).map_err(|e| path::nest(&name, e))?;
+        options.insert(name, config);
+    }
+    Ok(options)
 }
 
 /// The `{name, typed_config}` shape shared by filters, listener filters and transport sockets.
@@ -239,6 +534,15 @@ mod tests {
         let v = json!({"@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
                        "type_url": "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo", "value": {}});
         assert!(matches!(resolve(NETWORK_FILTERS, "network filter", "x", Some(v)), Ok(NetworkFilterConfig::Echo(_))));
+    }
+
+    #[test]
+    fn registration_looks_through_typed_struct() {
+        let wrapped = json!({"@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+                             "type_url": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"});
+        assert!(is_registered(HTTP_FILTERS, "x", Some(&wrapped)));
+        assert!(is_registered(HTTP_FILTERS, "envoy.filters.http.router", None));
+        assert!(!is_registered(HTTP_FILTERS, "envoy.filters.http.lua", None));
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! Loading is three steps: parse text into a JSON tree ([`load`]), normalise it the way proto3
 //! JSON reads it ([`normalize`]: `null` means default, lowerCamelCase keys are accepted), and
 //! deserialize it into [`bootstrap::Bootstrap`] with field paths ([`path`]); then
-//! [`validate`] checks what spans several fields (cluster references, duplicate names).
+//! [`validate`] checks what spans several fields (cluster references, duplicate names) and the
+//! proto rules serde cannot express (oneofs, ranges). [`lint`] reports timeouts that contradict
+//! the request timeline, and describes each route's.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
 pub mod core;
@@ -19,12 +22,17 @@ pub mod duration;
 pub mod endpoint;
 pub mod extensions;
 pub mod filters;
+pub mod lint;
 pub mod listener;
 pub mod load;
+pub mod matcher;
 pub mod merge;
 pub mod normalize;
 pub mod path;
+pub mod protocol;
+pub mod route;
 pub mod unsupported;
+pub mod upstreams_http;
 pub mod validate;
 
 pub use bootstrap::Bootstrap;

@@ -7,11 +7,34 @@
 
 use serde_json::{Map, Value};
 
-/// Keys under which the whole subtree is user data, not proto field names.
-const FREE_FORM: &[&str] =
-    &["filter_metadata", "typed_filter_metadata", "static_layer", "metadata", "dynamic_parameters", "fields"];
+/// Keys under which the whole subtree is user data, not proto field names: metadata values,
+/// runtime layers, `Struct`s (access log `json_format`), and maps keyed by cluster names.
+const FREE_FORM: &[&str] = &[
+    "filter_metadata",
+    "typed_filter_metadata",
+    "static_layer",
+    "dynamic_parameters",
+    "fields",
+    "json_format",
+    "typed_json_format",
+    "cluster_min_healthy_percentages",
+];
+
+/// Field names whose lowerCamelCase form loses an underscore before digits (`acceptHttp10` is
+/// `accept_http_10`), which [`snake_case`] cannot restore by itself.
+const DIGIT_FIELDS: &[(&str, &str)] = &[
+    ("accept_http10", "accept_http_10"),
+    ("default_host_for_http10", "default_host_for_http_10"),
+    ("ignore_http11_upgrade", "ignore_http_11_upgrade"),
+];
 
 pub fn normalize(value: &mut Value) {
+    normalize_under(value, "");
+}
+
+/// `parent` is the key holding `value`: `metadata` is a `Metadata` message (whose maps are
+/// free-form) everywhere except under `node`, where it is a `Struct`.
+fn normalize_under(value: &mut Value, parent: &str) {
     match value {
         Value::Object(map) => {
             let old = std::mem::take(map);
@@ -20,15 +43,22 @@ pub fn normalize(value: &mut Value) {
                 if child.is_null() {
                     continue;
                 }
-                let key = snake_case(&key).unwrap_or(key);
-                if !FREE_FORM.contains(&key.as_str()) {
-                    normalize(&mut child);
+                let key = match snake_case(&key) {
+                    Some(snake) => match DIGIT_FIELDS.iter().find(|(from, _)| *from == snake) {
+                        Some((_, to)) => to.to_string(),
+                        None => snake,
+                    },
+                    None => key,
+                };
+                let free_form = FREE_FORM.contains(&key.as_str()) || (key == "metadata" && parent == "node");
+                if !free_form {
+                    normalize_under(&mut child, &key);
                 }
                 new.insert(key, child);
             }
             *map = new;
         }
-        Value::Array(items) => items.iter_mut().for_each(normalize),
+        Value::Array(items) => items.iter_mut().for_each(|item| normalize_under(item, parent)),
         _ => {}
     }
 }
@@ -67,7 +97,10 @@ mod tests {
             "filter_chain_match": null,
             "typedConfig": {"@type": "x", "statPrefix": "a"},
             "metadata": {"filter_metadata": {"myApp": {"someKey": 1}}},
-            "envoy.lb": 1
+            "envoy.lb": 1,
+            "node": {"metadata": {"myKey": 1}},
+            "routeConfig": {"metadata": {"filterMetadata": {"myApp": {"someKey": 1}}}},
+            "httpProtocolOptions": {"acceptHttp10": true}
         });
         normalize(&mut v);
         assert_eq!(
@@ -76,7 +109,10 @@ mod tests {
                 "connect_timeout": "1s",
                 "typed_config": {"@type": "x", "stat_prefix": "a"},
                 "metadata": {"filter_metadata": {"myApp": {"someKey": 1}}},
-                "envoy.lb": 1
+                "envoy.lb": 1,
+                "node": {"metadata": {"myKey": 1}},
+                "route_config": {"metadata": {"filter_metadata": {"myApp": {"someKey": 1}}}},
+                "http_protocol_options": {"accept_http_10": true}
             })
         );
     }

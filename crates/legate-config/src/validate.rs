@@ -1,6 +1,8 @@
 //! Checks that span several fields, after each field parsed: references between resources,
-//! uniqueness, address syntax and the shape of filter chains. Every problem is reported with
-//! its field path; all problems are reported, not only the first.
+//! uniqueness, address syntax, the shape of filter chains, and the proto rules serde cannot say
+//! (oneofs, required messages, ranges). Every problem is reported with its field path; all
+//! problems are reported, not only the first. Config modules check their own messages with a
+//! `validate(&self, at, &mut Validator)` method called from here.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +14,7 @@ use crate::listener::{FilterChain, Listener};
 use crate::path::PathError;
 
 pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
-    let mut v = Validator { errors: Vec::new() };
+    let mut v = Validator::default();
     if let Some(admin) = &bootstrap.admin {
         if let Some(address) = &admin.address {
             v.ip_address("admin.address", address);
@@ -47,13 +49,46 @@ pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
     v.errors
 }
 
-struct Validator {
-    errors: Vec<PathError>,
+/// Collects problems, each with the path of its field.
+#[derive(Default)]
+pub(crate) struct Validator {
+    pub(crate) errors: Vec<PathError>,
 }
 
 impl Validator {
-    fn error(&mut self, path: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: &str, message: impl Into<String>) {
         self.errors.push(PathError { path: path.to_string(), message: message.into() });
+    }
+
+    /// A proto `oneof` at `at`: at most one of `fields` set, and one when `required`.
+    pub(crate) fn oneof(&mut self, at: &str, fields: &[(&str, bool)], required: bool) {
+        let names = || {
+            let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+            match names.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            }
+        };
+        match fields.iter().filter(|(_, set)| *set).count() {
+            0 if required => self.error(at, format!("one of {} is required", names())),
+            0 | 1 => {}
+            _ => self.error(at, format!("only one of {} may be set", names())),
+        }
+    }
+
+    /// A string the proto requires to be non-empty.
+    pub(crate) fn non_empty(&mut self, at: &str, value: &str) {
+        if value.is_empty() {
+            self.error(at, "value length must be at least 1 characters");
+        }
+    }
+
+    /// `envoy.type.v3.Percent`: 0 to 100.
+    pub(crate) fn percent(&mut self, at: &str, percent: &crate::core::Percent) {
+        if !(0.0..=100.0).contains(&percent.value) {
+            self.error(&format!("{at}.value"), "value must be inside range [0, 100]");
+        }
     }
 
     /// An address that must be an IP literal and port (listeners, admin, STATIC hosts).
@@ -141,6 +176,7 @@ impl Validator {
                 NetworkFilterConfig::TcpProxy(_)
                     | NetworkFilterConfig::Echo(_)
                     | NetworkFilterConfig::DirectResponse(_)
+                    | NetworkFilterConfig::HttpConnectionManager(_)
             );
             if terminal && i != last {
                 self.error(
@@ -211,6 +247,7 @@ impl Validator {
                     }
                 }
                 NetworkFilterConfig::Echo(_) => {}
+                NetworkFilterConfig::HttpConnectionManager(hcm) => hcm.validate(&typed_at, self, clusters),
             }
         }
     }
@@ -260,6 +297,7 @@ impl Validator {
                 ),
             ),
         }
+        cluster.validate_http(at, self);
         if let Some(lr) = &cluster.least_request_lb_config {
             if lr.choice_count.is_some_and(|c| c < 2) {
                 self.error(
@@ -315,6 +353,7 @@ fn kind_name(config: &NetworkFilterConfig) -> &'static str {
         NetworkFilterConfig::Echo(_) => "envoy.filters.network.echo",
         NetworkFilterConfig::ConnectionLimit(_) => "envoy.filters.network.connection_limit",
         NetworkFilterConfig::DirectResponse(_) => "envoy.filters.network.direct_response",
+        NetworkFilterConfig::HttpConnectionManager(_) => "envoy.filters.network.http_connection_manager",
     }
 }
 
@@ -378,5 +417,127 @@ static_resources:
 "#,
         );
         assert!(err.contains("filters[0]: Error: terminal filter named envoy.filters.network.echo"), "{err}");
+    }
+
+    /// The shape of Envoy's `front-proxy` and `local_ratelimit` examples.
+    const HTTP: &str = r#"
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: 8080}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          codec_type: AUTO
+          stat_prefix: ingress_http
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              cors:
+                allow_origin_string_match: [{safe_regex: {regex: "\\*"}}]
+                allow_methods: "GET"
+              routes:
+              - match: {prefix: "/service/1"}
+                route: {cluster: service1}
+              - match: {prefix: "/service/2"}
+                route: {cluster: service2}
+          http_filters:
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: http_local_rate_limiter
+              token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 5s}
+              filter_enabled:
+                runtime_key: local_rate_limit_enabled
+                default_value: {numerator: 100, denominator: HUNDRED}
+              response_headers_to_add:
+              - append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                header: {key: x-local-rate-limit, value: 'true'}
+          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: service1
+    type: STRICT_DNS
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+    load_assignment:
+      cluster_name: service1
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: service1, port_value: 8000}}}}]}]
+  - name: service2
+    type: STRICT_DNS
+    load_assignment:
+      cluster_name: service2
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: service2, port_value: 8000}}}}]}]
+"#;
+
+    #[test]
+    fn loads_an_http_front_proxy() {
+        let b = load_bootstrap(None, Some(HTTP)).unwrap().bootstrap;
+        let crate::extensions::NetworkFilterConfig::HttpConnectionManager(hcm) =
+            &b.static_resources.listeners[0].filter_chains[0].filters[0].config
+        else {
+            panic!("not an HCM")
+        };
+        assert_eq!(hcm.http_filters.len(), 3);
+        assert_eq!(b.static_resources.clusters[0].http_protocol(), crate::cluster::UpstreamProtocol::Http2);
+        assert_eq!(b.static_resources.clusters[1].http_protocol(), crate::cluster::UpstreamProtocol::Http1);
+    }
+
+    #[test]
+    fn unknown_route_cluster_has_the_full_path() {
+        let err = errors(&HTTP.replace("route: {cluster: service2}", "route: {cluster: x}"));
+        assert_eq!(
+            err,
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[1].route.cluster: route: unknown cluster 'x'"
+        );
+    }
+
+    #[test]
+    fn http_connection_manager_is_terminal() {
+        let yaml = HTTP.replace("  clusters:\n", "      - name: envoy.filters.network.echo\n  clusters:\n");
+        let err = errors(&yaml);
+        assert!(
+            err.contains("filters[0]: Error: terminal filter named envoy.filters.network.http_connection_manager of type envoy.filters.network.http_connection_manager must be the last filter"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_regex_fails_the_load_with_its_path() {
+        let err = errors(&HTTP.replace(r#"regex: "\\*""#, r#"regex: "*""#));
+        assert!(
+            err.starts_with("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].cors.allow_origin_string_match[0].safe_regex.regex: invalid regex '*'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_protocol_options_are_checked() {
+        let err = errors(
+            &HTTP.replace("http2_protocol_options: {}", "http2_protocol_options: {initial_stream_window_size: 10}"),
+        );
+        assert_eq!(
+            err,
+            "static_resources.clusters[0].typed_extension_protocol_options.envoy.extensions.upstreams.http.v3.HttpProtocolOptions.explicit_http_config.http2_protocol_options.initial_stream_window_size: value must be inside range [65535, 2147483647]"
+        );
+        let err = errors(&HTTP.replace(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
+        ));
+        assert!(err.starts_with("static_resources.clusters[0].typed_extension_protocol_options.envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions: Didn't find a registered implementation"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use legate_stats::Store;
 use crate::filters::network::connection_limit::{ConnectionLimit, ConnectionLimitShared};
 use crate::filters::network::direct_response::DirectResponse;
 use crate::filters::network::echo::Echo;
+use crate::filters::network::http_connection_manager::{HttpConnectionManager, HttpConnectionManagerShared};
 use crate::filters::network::tcp_proxy::{TcpProxy, TcpProxyShared};
 use crate::network::FilterManager;
 use crate::worker::WorkerContext;
@@ -24,12 +25,19 @@ pub enum NetworkFilterFactory {
     ConnectionLimit(Arc<ConnectionLimitShared>),
     /// `envoy.filters.network.direct_response`
     DirectResponse(Arc<[u8]>),
+    /// `envoy.filters.network.http_connection_manager`
+    HttpConnectionManager(Arc<HttpConnectionManagerShared>),
 }
 
 impl NetworkFilterFactory {
-    pub fn new(config: &NetworkFilterConfig, store: &Arc<Store>) -> Self {
+    /// Fails when a part of the config can only be checked by building it (a route table,
+    /// an access log file).
+    pub fn new(config: &NetworkFilterConfig, store: &Arc<Store>) -> Result<Self, String> {
         let root = store.scope("");
-        match config {
+        Ok(match config {
+            NetworkFilterConfig::HttpConnectionManager(c) => {
+                NetworkFilterFactory::HttpConnectionManager(Arc::new(HttpConnectionManagerShared::new(c, &root)?))
+            }
             NetworkFilterConfig::TcpProxy(c) => NetworkFilterFactory::TcpProxy(Arc::new(TcpProxyShared::new(c, &root))),
             NetworkFilterConfig::Echo(_) => NetworkFilterFactory::Echo,
             NetworkFilterConfig::ConnectionLimit(c) => {
@@ -40,7 +48,7 @@ impl NetworkFilterFactory {
             NetworkFilterConfig::DirectResponse(c) => NetworkFilterFactory::DirectResponse(
                 c.response.as_ref().and_then(|r| r.read().ok()).unwrap_or_default().into(),
             ),
-        }
+        })
     }
 
     /// Adds this filter, fresh, to a new connection's chain.
@@ -55,6 +63,9 @@ impl NetworkFilterFactory {
             }
             NetworkFilterFactory::DirectResponse(response) => {
                 filters.add_read_filter(Box::new(DirectResponse { response: response.clone() }))
+            }
+            NetworkFilterFactory::HttpConnectionManager(shared) => {
+                filters.add_read_filter(Box::new(HttpConnectionManager::new(shared.clone(), worker.clone())))
             }
         }
     }

@@ -4,9 +4,12 @@
 //! terminal filter reaches `upstream` hosts through the cluster manager.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod extensions;
 pub mod filters;
+pub mod http;
 pub mod listener;
 pub mod network;
+pub mod router;
 pub mod upstream;
 pub mod worker;

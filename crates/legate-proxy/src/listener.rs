@@ -53,26 +53,40 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    fn new(config: &FilterChainConfig, store: &Arc<Store>) -> Self {
-        FilterChain {
+    fn new(config: &FilterChainConfig, store: &Arc<Store>) -> Result<Self, String> {
+        Ok(FilterChain {
             name: config.name.clone(),
             matcher: FilterChainMatcher::new(&config.filter_chain_match),
-            factories: config.filters.iter().map(|f| NetworkFilterFactory::new(&f.config, store)).collect(),
-        }
+            factories: config
+                .filters
+                .iter()
+                .map(|f| NetworkFilterFactory::new(&f.config, store))
+                .collect::<Result<_, _>>()?,
+        })
     }
 }
 
 impl Listener {
-    pub fn new(config: &ListenerConfig, store: &Arc<Store>, workers: usize, connection_limit: Option<u64>) -> Self {
+    /// Fails when a filter cannot be built (e.g. an access log file cannot be opened).
+    pub fn new(
+        config: &ListenerConfig,
+        store: &Arc<Store>,
+        workers: usize,
+        connection_limit: Option<u64>,
+    ) -> Result<Self, String> {
         let socket = config.address.socket();
         let ip = socket.and_then(|s| s.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         let port = socket.map_or(0, |s| s.port_value as u16);
         let scope = store.scope(&format!("listener.{}", config.stat_prefix()));
-        Listener {
+        let filter_chains =
+            config.filter_chains.iter().map(|c| FilterChain::new(c, store)).collect::<Result<_, _>>()?;
+        let default_filter_chain =
+            config.default_filter_chain.as_ref().map(|c| FilterChain::new(c, store)).transpose()?;
+        Ok(Listener {
             name: config.name(),
             address: SocketAddr::new(ip, port),
-            filter_chains: config.filter_chains.iter().map(|c| FilterChain::new(c, store)).collect(),
-            default_filter_chain: config.default_filter_chain.as_ref().map(|c| FilterChain::new(c, store)),
+            filter_chains,
+            default_filter_chain,
             buffer_limit: config.per_connection_buffer_limit_bytes() as usize,
             stats: ListenerStats::new(&scope),
             worker_stats: (0..workers)
@@ -93,7 +107,7 @@ impl Listener {
             .filter(|t| !t.is_zero()),
             continue_on_listener_filters_timeout: config.continue_on_listener_filters_timeout,
             config: config.clone(),
-        }
+        })
     }
 
     /// The filter chain for a new connection, Envoy's precedence, then the default chain.

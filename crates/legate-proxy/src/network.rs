@@ -11,5 +11,7 @@ pub mod filter;
 pub mod filter_manager;
 
 pub use connection::{Connection, ConnectionInfo};
-pub use filter::{ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, WriteFilter};
+pub use filter::{
+    ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
+};
 pub use filter_manager::FilterManager;

@@ -12,7 +12,9 @@ pub mod cluster_manager;
 pub mod dns;
 pub mod host;
 pub mod load_balancer;
+pub mod pool;
 pub mod stats;
+pub mod upstream_cx;
 
 pub use cluster::{Cluster, PrioritySet};
 pub use cluster_manager::{ClusterManager, ThreadLocalClusterManager};

@@ -5,6 +5,8 @@
 //! The main thread talks to a worker only through its channel ([`WorkerMessage`], Envoy's
 //! `post()`); configuration reaches it as immutable `Arc` snapshots.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::listener::active_listener;
 use crate::listener::Listener;
 use crate::upstream::cluster_manager::{ClusterMap, ThreadLocalClusterManager};
+use crate::upstream::pool::HttpPools;
+use crate::upstream::Cluster;
+use legate_stats::Counter;
 
 /// State shared by the whole server, across workers: connection counts for limits and drain.
 #[derive(Default)]
@@ -47,6 +52,37 @@ pub struct WorkerContext {
     pub index: usize,
     pub cluster_manager: ThreadLocalClusterManager,
     pub server: Arc<ServerShared>,
+    /// This worker's HTTP connection pools.
+    pub http_pools: HttpPools,
+    /// Turns true when the server drains: HTTP connections close gracefully.
+    pub draining: watch::Receiver<bool>,
+    draining_tx: watch::Sender<bool>,
+    /// `cluster.<name>.upstream_rq_<code>` counters, looked up once per worker.
+    code_counters: RefCell<HashMap<(usize, u16), Counter>>,
+}
+
+impl WorkerContext {
+    fn new(index: usize, cluster_manager: ThreadLocalClusterManager, server: Arc<ServerShared>) -> Self {
+        let (draining_tx, draining) = watch::channel(false);
+        WorkerContext {
+            index,
+            cluster_manager,
+            server,
+            http_pools: HttpPools::default(),
+            draining,
+            draining_tx,
+            code_counters: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Counts `code` into `cluster.<name>.upstream_rq_<code>` and `upstream_rq_<N>xx`.
+    pub fn count_upstream_code(&self, cluster: &Arc<Cluster>, code: u16) {
+        cluster.stats.upstream_response_class(code);
+        let key = (Arc::as_ptr(cluster) as usize, code);
+        let mut counters = self.code_counters.borrow_mut();
+        let counter = counters.entry(key).or_insert_with(|| cluster.scope.counter(&format!("upstream_rq_{code}")));
+        counter.inc();
+    }
 }
 
 /// Requests from the main thread.
@@ -72,8 +108,7 @@ impl Worker {
         let thread = std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || {
             legate_stats::set_thread_shard(index + 1);
             let local = tokio::task::LocalSet::new();
-            let context =
-                Rc::new(WorkerContext { index, cluster_manager: ThreadLocalClusterManager::new(clusters), server });
+            let context = Rc::new(WorkerContext::new(index, ThreadLocalClusterManager::new(clusters), server));
             local.block_on(&runtime, run(context, rx));
             // Dropping the LocalSet here drops every connection still open on this worker.
         })?;
@@ -115,6 +150,7 @@ async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerM
             }
             WorkerMessage::StopListeners { done } => {
                 let _ = stop_tx.send(true);
+                let _ = context.draining_tx.send(true);
                 // Let the accept loops see the signal and drop their sockets.
                 tokio::task::yield_now().await;
                 let _ = done.send(());

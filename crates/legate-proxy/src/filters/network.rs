@@ -3,4 +3,5 @@
 pub mod connection_limit;
 pub mod direct_response;
 pub mod echo;
+pub mod http_connection_manager;
 pub mod tcp_proxy;

@@ -14,13 +14,17 @@ use crate::worker::{Worker, WorkerMessage};
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind '{address}' for listener '{name}' (static_resources.listeners[{index}]): {source}")]
-pub struct BindError {
-    pub name: String,
-    pub index: usize,
-    pub address: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
+pub enum BindError {
+    #[error("cannot bind '{address}' for listener '{name}' (static_resources.listeners[{index}]): {source}")]
+    Bind {
+        name: String,
+        index: usize,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener '{name}' (static_resources.listeners[{index}]): {message}")]
+    Config { name: String, index: usize, message: String },
 }
 
 pub struct ListenerManager {
@@ -45,13 +49,18 @@ impl ListenerManager {
         for (index, config) in bootstrap.static_resources.listeners.iter().enumerate() {
             let limit =
                 bootstrap.runtime_u64(&format!("envoy.resource_limits.listener.{}.connection_limit", config.name()));
-            let listener = Arc::new(Listener::new(config, store, workers, limit));
+            let listener =
+                Arc::new(Listener::new(config, store, workers, limit).map_err(|message| BindError::Config {
+                    name: config.name(),
+                    index,
+                    message,
+                })?);
             let ipv4_compat = config.address.socket().is_some_and(|s| s.ipv4_compat);
             let reuse_port = config.enable_reuse_port.unwrap_or(true);
             let backlog = config.tcp_backlog_size.unwrap_or(128);
             let sockets = if config.bind_to_port.unwrap_or(true) {
                 socket::bind(listener.address, workers, reuse_port, backlog, ipv4_compat).map_err(|source| {
-                    BindError { name: listener.name.clone(), index, address: listener.address, source }
+                    BindError::Bind { name: listener.name.clone(), index, address: listener.address, source }
                 })?
             } else {
                 Vec::new()

@@ -32,6 +32,13 @@ const READ_SIZE: usize = 16 * 1024;
 /// Loop turns before yielding to other connections on this worker.
 const MAX_TURNS: usize = 64;
 
+/// How the connection's own loop ended.
+enum Step {
+    Closed(ConnectionEvent),
+    /// The filter at this index takes the socket over.
+    TakeOver(usize),
+}
+
 pub struct Connection {
     socket: TcpStream,
     state: ConnectionState,
@@ -78,15 +85,31 @@ impl Connection {
     /// # Cancel safety
     /// Dropping the future closes the connection without flushing (the worker shutting down).
     pub async fn run(mut self) -> ConnectionEvent {
-        poll_fn(|cx| self.poll(cx)).await
+        match poll_fn(|cx| self.poll(cx)).await {
+            Step::Closed(event) => event,
+            Step::TakeOver(index) => {
+                let Connection { socket, read_buffer, mut filters, .. } = self;
+                let event = filters.take_over(index, socket, read_buffer).await;
+                filters.on_event(event);
+                event
+            }
+        }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        self.poll_inner(cx).map(|event| match event {
+            Some(event) => Step::Closed(event),
+            None => Step::TakeOver(self.state.take_over.unwrap_or_default()),
+        })
+    }
+
+    /// `Ready(None)`: a filter takes the socket over.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<ConnectionEvent>> {
         if !self.initialized {
             self.initialized = true;
             if self.filters.is_empty() {
                 // A filter chain without filters: nothing can serve this connection.
-                return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
+                return Poll::Ready(Some(self.close_now(ConnectionEvent::LocalClose)));
             }
             // As Envoy: filters are initialized with an empty buffer; bytes that listener
             // filters already read are then delivered as a first read.
@@ -103,23 +126,26 @@ impl Connection {
             progress |= self.filters.run_requests(&mut self.read_buffer, self.read_end_stream, &mut self.state);
             self.filters.flush_pending_writes(&mut self.state);
             if self.state.close_requested == Some(ConnectionCloseType::NoFlush) {
-                return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
+                return Poll::Ready(Some(self.close_now(ConnectionEvent::LocalClose)));
             }
             match self.poll_flush(cx) {
                 Ok(flushed) => progress |= flushed,
-                Err(_) => return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose)),
+                Err(_) => return Poll::Ready(Some(self.close_now(ConnectionEvent::RemoteClose))),
             }
             if self.state.write_buffer.is_empty() && self.state.close_requested == Some(ConnectionCloseType::FlushWrite)
             {
-                return Poll::Ready(self.close_now(ConnectionEvent::LocalClose));
+                return Poll::Ready(Some(self.close_now(ConnectionEvent::LocalClose)));
+            }
+            if self.state.take_over.is_some() && self.state.write_buffer.is_empty() {
+                return Poll::Ready(None);
             }
             if self.read_end_stream && self.write_shutdown && self.state.write_buffer.is_empty() {
                 // Both directions are finished (half-close both ways).
-                return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose));
+                return Poll::Ready(Some(self.close_now(ConnectionEvent::RemoteClose)));
             }
             match self.poll_read(cx) {
                 Ok(read) => progress |= read,
-                Err(_) => return Poll::Ready(self.close_now(ConnectionEvent::RemoteClose)),
+                Err(_) => return Poll::Ready(Some(self.close_now(ConnectionEvent::RemoteClose))),
             }
             if !progress {
                 return Poll::Pending;
@@ -163,7 +189,7 @@ impl Connection {
 
     /// Reads once when reading is enabled and the read buffer is below its limit.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        if self.read_end_stream || self.state.close_requested.is_some() {
+        if self.read_end_stream || self.state.close_requested.is_some() || self.state.take_over.is_some() {
             return Ok(false);
         }
         if self.state.read_disable_count > 0 || self.read_buffer.len() >= self.state.buffer_limit {

@@ -1,9 +1,15 @@
 //! The network filter contract: read filters, write filters and the callbacks they get.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::Context;
 
 use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// What a filter that took the connection's I/O over runs until the connection ends.
+pub type TakeOverFuture = Pin<Box<dyn Future<Output = ConnectionEvent>>>;
 
 /// What a filter tells the chain after seeing an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +58,14 @@ pub trait ReadFilter {
 
     /// The connection closed (remote or local). No more callbacks follow.
     fn on_event(&mut self, _event: ConnectionEvent) {}
+
+    /// Called after this filter asked for [`ReadFilterCallbacks::take_over_io`]: the socket and
+    /// the bytes read but not consumed become the filter's (an HTTP codec reads the socket
+    /// itself). The connection ends when the returned future does. A filter that never asks
+    /// is never called; the default closes the connection.
+    fn take_over(&mut self, _socket: TcpStream, _buffered: BytesMut) -> TakeOverFuture {
+        Box::pin(std::future::ready(ConnectionEvent::LocalClose))
+    }
 }
 
 /// A write filter: sees bytes on their way to the downstream, in reverse filter order.
@@ -118,6 +132,13 @@ impl ReadFilterCallbacks<'_> {
         &self.state.info
     }
 
+    /// Hands the socket to this filter once what is buffered for the downstream is written
+    /// (DESIGN.md §4: a terminal filter may take the connection's I/O over). Filters after it
+    /// and write filters see nothing more.
+    pub fn take_over_io(&mut self) {
+        self.state.take_over = Some(self.filter_index);
+    }
+
     /// Whether the connection is closing or closed.
     pub fn is_closing(&self) -> bool {
         self.state.close_requested.is_some()
@@ -150,6 +171,8 @@ pub struct ConnectionState {
     pub(crate) read_disable_count: u32,
     pub(crate) half_close: bool,
     pub(crate) close_requested: Option<ConnectionCloseType>,
+    /// The filter that asked to take the socket over.
+    pub(crate) take_over: Option<usize>,
 }
 
 impl ConnectionState {
@@ -165,6 +188,7 @@ impl ConnectionState {
             read_disable_count: 0,
             half_close: false,
             close_requested: None,
+            take_over: None,
         }
     }
 

@@ -3,8 +3,11 @@
 use std::task::Context;
 
 use bytes::BytesMut;
+use tokio::net::TcpStream;
 
-use super::filter::{ConnectionEvent, ConnectionState, FilterStatus, ReadFilter, ReadFilterCallbacks, WriteFilter};
+use super::filter::{
+    ConnectionEvent, ConnectionState, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
+};
 
 struct ActiveReadFilter {
     filter: Box<dyn ReadFilter>,
@@ -91,6 +94,14 @@ impl FilterManager {
                 let mut cb = ReadFilterCallbacks { state: &mut *state, filter_index: index };
                 entry.filter.poll_io(cx, &mut cb);
             }
+        }
+    }
+
+    /// Gives the socket to the filter at `index` (it asked with `take_over_io`).
+    pub fn take_over(&mut self, index: usize, socket: TcpStream, buffered: BytesMut) -> TakeOverFuture {
+        match self.read_filters.get_mut(index) {
+            Some(active) => active.filter.take_over(socket, buffered),
+            None => Box::pin(std::future::ready(ConnectionEvent::LocalClose)),
         }
     }
 

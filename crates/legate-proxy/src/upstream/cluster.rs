@@ -16,6 +16,8 @@ pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
     pub stats: ClusterStats,
+    /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
+    pub scope: Scope,
     pub circuit_breakers: CircuitBreakers,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     pub overprovisioning_factor: u32,
@@ -75,6 +77,7 @@ impl Cluster {
         let cluster = Cluster {
             name: config.name.clone(),
             stats,
+            scope: scope.clone(),
             circuit_breakers,
             overprovisioning_factor,
             added_via_api: false,

@@ -41,6 +41,22 @@ legate_stats::stats! {
         counter upstream_rq_retry,
         counter upstream_rq_retry_overflow,
         counter upstream_rq_retry_success,
+        counter upstream_rq_retry_limit_exceeded,
+        counter upstream_rq_retry_backoff_exponential,
+        counter upstream_rq_retry_backoff_ratelimited,
+        counter upstream_rq_1xx,
+        counter upstream_rq_2xx,
+        counter upstream_rq_3xx,
+        counter upstream_rq_4xx,
+        counter upstream_rq_5xx,
+        counter upstream_rq_completed,
+        counter upstream_rq_per_try_timeout,
+        counter upstream_rq_per_try_idle_timeout,
+        counter upstream_rq_rx_reset,
+        counter upstream_rq_tx_reset,
+        counter upstream_rq_max_duration_reached,
+        counter upstream_cx_max_requests,
+        histogram upstream_rq_time,
         counter upstream_rq_maintenance_mode,
         counter lb_healthy_panic,
         counter lb_local_cluster_not_ok,
@@ -105,5 +121,19 @@ legate_stats::stats! {
         counter update_out_of_merge_window,
         gauge active_clusters,
         gauge warming_clusters,
+    }
+}
+
+impl ClusterStats {
+    /// Counts a response code into `upstream_rq_<N>xx`.
+    pub fn upstream_response_class(&self, code: u16) {
+        match code / 100 {
+            1 => self.upstream_rq_1xx.inc(),
+            2 => self.upstream_rq_2xx.inc(),
+            3 => self.upstream_rq_3xx.inc(),
+            4 => self.upstream_rq_4xx.inc(),
+            5 => self.upstream_rq_5xx.inc(),
+            _ => {}
+        }
     }
 }

@@ -31,9 +31,9 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use crate::network::{ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks};
-use crate::upstream::circuit_breakers::ResourceGuard;
 use crate::upstream::cluster_manager::ChooseHostError;
-use crate::upstream::{Cluster, Host};
+use crate::upstream::upstream_cx::UpstreamCx;
+use crate::upstream::Cluster;
 use crate::worker::WorkerContext;
 
 legate_stats::stats! {
@@ -481,58 +481,6 @@ impl ReadFilter for TcpProxy {
                 cx.closed_locally = true;
             }
             Upstream::None => {}
-        }
-    }
-}
-
-/// One upstream connection's accounting: created when the attempt starts, dropped when the
-/// connection is gone, so every path updates the cluster and host stats once.
-struct UpstreamCx {
-    cluster: Arc<Cluster>,
-    host: Arc<Host>,
-    _breaker: ResourceGuard,
-    started: Instant,
-    connected_at: Option<Instant>,
-    closed_locally: bool,
-}
-
-impl UpstreamCx {
-    fn new(cluster: Arc<Cluster>, host: Arc<Host>, breaker: ResourceGuard) -> Self {
-        cluster.stats.upstream_cx_total.inc();
-        cluster.stats.upstream_cx_active.inc();
-        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
-        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
-        UpstreamCx {
-            cluster,
-            host,
-            _breaker: breaker,
-            started: Instant::now(),
-            connected_at: None,
-            closed_locally: false,
-        }
-    }
-
-    fn connected(&mut self, last_activity: &mut Instant) {
-        let now = Instant::now();
-        self.cluster.stats.upstream_cx_connect_ms.record(now.duration_since(self.started).as_millis() as u64);
-        self.connected_at = Some(now);
-        *last_activity = now;
-    }
-}
-
-impl Drop for UpstreamCx {
-    fn drop(&mut self) {
-        let stats = &self.cluster.stats;
-        stats.upstream_cx_active.dec();
-        self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
-        stats.upstream_cx_destroy.inc();
-        if self.closed_locally {
-            stats.upstream_cx_destroy_local.inc();
-        } else {
-            stats.upstream_cx_destroy_remote.inc();
-        }
-        if let Some(at) = self.connected_at {
-            stats.upstream_cx_length_ms.record(at.elapsed().as_millis() as u64);
         }
     }
 }

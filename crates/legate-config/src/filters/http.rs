@@ -1,0 +1,8 @@
+//! `envoy.extensions.filters.http.*` configs.
+
+pub mod buffer;
+pub mod cors;
+pub mod fault;
+pub mod health_check;
+pub mod local_ratelimit;
+pub mod router;

@@ -1,0 +1,709 @@
+//! `envoy.filters.http.router`: sends a request to its route's cluster and brings back the
+//! response, or the local reply that says why not.
+//!
+//! Per attempt: pick a host (`UH` when none), take a request slot (`max_requests`, else `UO`),
+//! get a connection from the worker's pool (pending queue, `connect_timeout`), send. The
+//! route `timeout` (15 s) starts when the whole request has been received and spans every
+//! attempt; `per_try_timeout` bounds each. Failures that the retry policy names are retried
+//! after a jittered back-off while `num_retries` and the cluster's `max_retries` allow and the
+//! request body is still replayable.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use legate_config::cluster::RoutingPriority;
+
+use crate::filters::network::http_connection_manager::response_body::{BodyTimeout, BodyTimers, UpstreamBody};
+use crate::filters::network::http_connection_manager::ConnectionContext;
+use crate::http::body::{AttemptBody, BodySource};
+use crate::http::headers;
+use crate::http::{LocalReply, ResponseFlag, StreamInfo};
+use crate::router::action::ClusterSpecifier;
+use crate::router::{RetryOn, RouteAction};
+use crate::upstream::circuit_breakers::ResourceGuard;
+use crate::upstream::cluster_manager::ChooseHostError;
+use crate::upstream::pool::{pool_protocol, PoolFailure, PooledConn};
+use crate::upstream::{Cluster, Host};
+
+/// One request to the router.
+pub struct RouterRequest<'a> {
+    pub context: &'a Rc<ConnectionContext>,
+    pub info: &'a mut StreamInfo,
+    pub action: &'a RouteAction,
+    pub head: http::request::Parts,
+    pub body: Rc<RefCell<BodySource>>,
+    /// The `prefix` the route matched, for `prefix_rewrite`.
+    pub matched_prefix: Option<&'a str>,
+    /// Header mutations of the route, virtual host and route configuration, most specific
+    /// first.
+    pub header_parsers: Vec<&'a crate::router::HeaderParser>,
+    pub include_attempt_count: bool,
+}
+
+pub enum RouterOutcome {
+    Upstream {
+        head: http::response::Parts,
+        body: UpstreamBody,
+        timers: BodyTimers,
+        /// The chosen weighted cluster, for its response header mutations.
+        weighted_index: Option<usize>,
+    },
+    LocalReply(LocalReply),
+}
+
+/// An upstream request's accounting: `upstream_rq_active`, the `max_requests` slot and the
+/// host's request stats, held until the response ends.
+pub struct UpstreamRequestGuard {
+    pub cluster: Arc<Cluster>,
+    pub host: Arc<Host>,
+    _slot: ResourceGuard,
+    started: Instant,
+    done: bool,
+}
+
+impl UpstreamRequestGuard {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>, slot: ResourceGuard) -> Self {
+        cluster.stats.upstream_rq_total.inc();
+        cluster.stats.upstream_rq_active.inc();
+        host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
+        UpstreamRequestGuard { cluster, host, _slot: slot, started: Instant::now(), done: false }
+    }
+
+    /// The response ended (`complete`) or was abandoned.
+    pub fn complete(&mut self, complete: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if complete {
+            self.cluster.stats.upstream_rq_completed.inc();
+            self.cluster.stats.upstream_rq_time.record(self.started.elapsed().as_millis() as u64);
+        }
+    }
+}
+
+impl Drop for UpstreamRequestGuard {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_rq_active.dec();
+        self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which timer fired while waiting for response headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timeout {
+    Route,
+    PerTry,
+    PerTryIdle,
+    StreamIdle,
+    Request,
+    MaxStreamDuration,
+}
+
+struct Timers {
+    stream_start: Instant,
+    route: Option<Duration>,
+    per_try: Option<Duration>,
+    per_try_idle: Option<Duration>,
+    stream_idle: Option<Duration>,
+    request: Option<Duration>,
+    max_stream_duration: Option<Duration>,
+}
+
+impl Timers {
+    /// The earliest deadline now known. The route and per-try timers start once the whole
+    /// request is in (Envoy's timeline).
+    fn next(&self, body: &BodySource, attempt_start: Instant, last_activity: Instant) -> Option<(Timeout, Instant)> {
+        let complete_at = body.completed_at;
+        let since_complete = |d: Option<Duration>, from: Instant| Some(complete_at?.max(from) + d?);
+        let candidates = [
+            (Timeout::Route, since_complete(self.route, self.stream_start)),
+            (Timeout::PerTry, since_complete(self.per_try, attempt_start)),
+            (Timeout::PerTryIdle, self.per_try_idle.map(|d| attempt_start.max(last_activity) + d)),
+            (Timeout::StreamIdle, self.stream_idle.map(|d| last_activity + d)),
+            (Timeout::Request, self.request.filter(|_| complete_at.is_none()).map(|d| self.stream_start + d)),
+            (Timeout::MaxStreamDuration, self.max_stream_duration.map(|d| self.stream_start + d)),
+        ];
+        candidates.into_iter().filter_map(|(which, at)| Some((which, at?))).min_by_key(|(_, at)| *at)
+    }
+}
+
+enum Waited<T> {
+    Done(T),
+    Timeout(Timeout),
+}
+
+/// Runs `future` until it finishes or a timer fires.
+async fn with_timers<F: Future>(
+    future: F,
+    timers: &Timers,
+    body: &Rc<RefCell<BodySource>>,
+    attempt_start: Instant,
+) -> Waited<F::Output> {
+    tokio::pin!(future);
+    let progress = body.borrow().progress.clone();
+    loop {
+        let next = {
+            let source = body.borrow();
+            timers.next(&source, attempt_start, source.last_activity.max(attempt_start))
+        };
+        if let Some((which, at)) = next {
+            if at <= Instant::now() {
+                return Waited::Timeout(which);
+            }
+        }
+        let sleep = async {
+            match next {
+                Some((_, at)) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            out = &mut future => return Waited::Done(out),
+            () = sleep => {}
+            () = progress.notified() => {}
+        }
+    }
+}
+
+/// Why an attempt failed before response headers.
+enum AttemptFailure {
+    Pool(PoolFailure),
+    Reset { reason: &'static str, flag: ResponseFlag, refused: bool },
+    PerTryTimeout,
+    PerTryIdleTimeout,
+}
+
+pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
+    let context = rq.context;
+    let shared = &context.shared;
+    let action = rq.action;
+    let mut head = std::mem::replace(&mut rq.head, http::Request::new(()).into_parts().0);
+    let head = &mut head;
+
+    // The cluster.
+    let (cluster_name, weighted_index) = match &action.cluster {
+        ClusterSpecifier::Cluster(name) => (name.clone(), None),
+        ClusterSpecifier::Header(header) => match head.headers.get(header).and_then(|v| v.to_str().ok()) {
+            Some(name) => (Arc::from(name), None),
+            None => {
+                shared.stats.no_cluster.inc();
+                return RouterOutcome::LocalReply(LocalReply::cluster_not_found(
+                    action.cluster_not_found_response_code,
+                ));
+            }
+        },
+        ClusterSpecifier::Weighted { clusters, total } => {
+            let pick = if *total == 0 { 0 } else { fastrand::u64(0..*total) };
+            let mut acc = 0;
+            let index = clusters.iter().position(|c| {
+                acc += c.weight;
+                pick < acc
+            });
+            let index = index.unwrap_or(0);
+            match clusters.get(index) {
+                Some(entry) => (entry.name.clone(), Some(index)),
+                None => {
+                    shared.stats.no_cluster.inc();
+                    return RouterOutcome::LocalReply(LocalReply::cluster_not_found(
+                        action.cluster_not_found_response_code,
+                    ));
+                }
+            }
+        }
+    };
+    let worker = &context.worker;
+    let Some(cluster) = worker.cluster_manager.get(&cluster_name) else {
+        shared.stats.no_cluster.inc();
+        return RouterOutcome::LocalReply(LocalReply::cluster_not_found(action.cluster_not_found_response_code));
+    };
+    rq.info.upstream_cluster = Some(cluster_name.clone());
+
+    // Policies, with the x-envoy-* request headers that override them.
+    let mut retry_on = action.retry_policy.retry_on;
+    let mut num_retries = action.retry_policy.num_retries;
+    let mut route_timeout = Some(action.timeout).filter(|d| !d.is_zero());
+    let mut per_try = action.retry_policy.per_try_timeout;
+    if let Some(v) = take_header(&mut head.headers, &headers::X_ENVOY_RETRY_ON) {
+        retry_on = retry_on.union(RetryOn::parse(&v));
+    }
+    if let Some(n) = take_header(&mut head.headers, &headers::X_ENVOY_MAX_RETRIES).and_then(|v| v.parse().ok()) {
+        num_retries = n;
+    }
+    if let Some(ms) =
+        take_header(&mut head.headers, &headers::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS).and_then(|v| v.parse().ok())
+    {
+        route_timeout = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
+    }
+    if let Some(ms) =
+        take_header(&mut head.headers, &headers::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS).and_then(|v| v.parse().ok())
+    {
+        per_try = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
+    }
+    let per_try = per_try.filter(|p| route_timeout.is_none_or(|t| *p < t));
+    if !shared.router.suppress_envoy_headers {
+        if let Some(expected) = per_try.or(route_timeout) {
+            head.headers.insert(
+                headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
+                HeaderValue::from(expected.as_millis() as u64),
+            );
+        }
+    }
+    let timers = Timers {
+        stream_start: rq.info.start,
+        route: route_timeout,
+        per_try,
+        per_try_idle: action.retry_policy.per_try_idle_timeout,
+        stream_idle: shared.stream_idle_timeout,
+        request: shared.request_timeout,
+        max_stream_duration: action.max_stream_duration.or(shared.max_stream_duration),
+    };
+
+    // The request as it goes upstream.
+    let path_and_query = head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path_and_query.clone(), None),
+    };
+    let mut upstream_path = path_and_query.clone();
+    if let Some(rewritten) = action.rewrite_path(&path, query.as_deref(), rq.matched_prefix) {
+        if !shared.router.suppress_envoy_headers {
+            if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+                head.headers.insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
+            }
+        }
+        upstream_path = rewritten;
+    }
+    let mut authority = authority_of(head);
+    let original_authority = authority.clone();
+    if let Some(host) = &action.host_rewrite_literal {
+        authority = host.to_str().unwrap_or_default().to_string();
+    } else if let Some(header) = &action.host_rewrite_header {
+        if let Some(v) = head.headers.get(header).and_then(|v| v.to_str().ok()) {
+            authority = v.to_string();
+        }
+    }
+    if let (Some(i), ClusterSpecifier::Weighted { clusters, .. }) = (weighted_index, &action.cluster) {
+        if let Some(entry) = clusters.get(i) {
+            entry.request_headers.evaluate(&mut head.headers, rq.info);
+            if let Some(host) = &entry.host_rewrite_literal {
+                authority = host.to_str().unwrap_or_default().to_string();
+            }
+        }
+    }
+    for parser in &rq.header_parsers {
+        parser.evaluate(&mut head.headers, rq.info);
+    }
+    if action.append_x_forwarded_host && authority != original_authority {
+        if let Ok(v) = HeaderValue::from_str(&original_authority) {
+            head.headers.append(headers::X_FORWARDED_HOST.clone(), v);
+        }
+    }
+    headers::strip_hop_by_hop(&mut head.headers);
+
+    let priority = action.priority;
+    let mut attempt = 0u32;
+    let mut tried: Vec<Arc<Host>> = Vec::new();
+    let mut retry_slot: Option<ResourceGuard> = None;
+    let mut last_failure: Option<LocalReply> = None;
+    let downstream_version = head.version;
+    loop {
+        attempt += 1;
+        rq.info.attempt_count = attempt;
+        // The host.
+        let mut host = None;
+        for _ in 0..action.retry_policy.host_selection_max_attempts.max(1) {
+            match worker.cluster_manager.choose_host(&cluster_name) {
+                Ok((_, h)) => {
+                    let seen = action.retry_policy.avoid_previous_hosts && tried.iter().any(|t| Arc::ptr_eq(t, &h));
+                    host = Some(h);
+                    if !seen {
+                        break;
+                    }
+                }
+                Err(ChooseHostError::NoCluster) => {
+                    shared.stats.no_cluster.inc();
+                    return RouterOutcome::LocalReply(LocalReply::cluster_not_found(
+                        action.cluster_not_found_response_code,
+                    ));
+                }
+                Err(ChooseHostError::NoHost(c)) => {
+                    c.stats.upstream_cx_none_healthy.inc();
+                    break;
+                }
+            }
+        }
+        let Some(host) = host else {
+            return RouterOutcome::LocalReply(last_failure.unwrap_or_else(LocalReply::no_healthy_upstream));
+        };
+        tried.push(host.clone());
+        rq.info.upstream_host = Some(host.address);
+
+        // A request slot (max_requests).
+        let Some(slot) = cluster.circuit_breakers.for_priority(priority).requests.try_acquire() else {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            rq.info.set_flag(ResponseFlag::UpstreamOverflow);
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamOverflow,
+                "overflow",
+                attempt > 1,
+                "upstream_reset_before_response_started{overflow}",
+            ));
+        };
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot);
+        let attempt_start = Instant::now();
+        if rq.info.first_upstream_tx_byte.is_none() {
+            rq.info.first_upstream_tx_byte = Some(rq.info.elapsed());
+        }
+
+        let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, downstream_version));
+        let result = match with_timers(pool.acquire(priority), &timers, &rq.body, attempt_start).await {
+            Waited::Timeout(which) => Err(which),
+            Waited::Done(Err(failure)) => Ok(Err(AttemptFailure::Pool(failure))),
+            Waited::Done(Ok(mut conn)) => {
+                rq.info.upstream_local_address = conn.local_address();
+                let request = build_request(head, &upstream_path, &authority, &conn, &rq, attempt);
+                match request {
+                    None => Ok(Err(AttemptFailure::Reset {
+                        reason: "protocol error",
+                        flag: ResponseFlag::UpstreamProtocolError,
+                        refused: false,
+                    })),
+                    Some(request) => {
+                        let send = conn.send_request(request);
+                        match with_timers(send, &timers, &rq.body, attempt_start).await {
+                            Waited::Timeout(Timeout::PerTry) => Ok(Err(AttemptFailure::PerTryTimeout)),
+                            Waited::Timeout(Timeout::PerTryIdle) => Ok(Err(AttemptFailure::PerTryIdleTimeout)),
+                            Waited::Timeout(which) => Err(which),
+                            Waited::Done(Ok(response)) => Ok(Ok((response, conn))),
+                            Waited::Done(Err(e)) => Ok(Err(classify(&e))),
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = match result {
+            Err(which) => {
+                // A timer of the whole stream fired: no retry.
+                return RouterOutcome::LocalReply(stream_timeout(which, rq.context, &cluster, &host, rq.info));
+            }
+            Ok(outcome) => outcome,
+        };
+        let retries_left = attempt <= num_retries;
+        let replayable = rq.body.borrow().replayable();
+        let failure = match outcome {
+            Ok((response, conn)) => {
+                let status = response.status();
+                rq.info.first_upstream_rx_byte = Some(rq.info.elapsed());
+                worker.count_upstream_code(&cluster, status.as_u16());
+                let wants_retry = !retry_on.is_empty()
+                    && action.retry_policy.retriable_response(retry_on, status, response.headers());
+                if wants_retry && retries_left && replayable {
+                    if let Some(slot) = retry_slot_for(&cluster, priority, &mut retry_slot) {
+                        retry_slot = Some(slot);
+                        drop(response);
+                        drop(conn);
+                        drop(guard);
+                        if !back_off(&action.retry_policy, attempt, &cluster, &timers, &rq.body).await {
+                            return RouterOutcome::LocalReply(stream_timeout(
+                                Timeout::Route,
+                                rq.context,
+                                &cluster,
+                                &host,
+                                rq.info,
+                            ));
+                        }
+                        continue;
+                    }
+                } else if wants_retry && !retries_left {
+                    cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                    rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
+                }
+                if attempt > 1 && !wants_retry {
+                    cluster.stats.upstream_rq_retry_success.inc();
+                }
+                let (mut parts, body) = response.into_parts();
+                if !shared.router.suppress_envoy_headers {
+                    let service_ms = attempt_start.elapsed().as_millis() as u64;
+                    parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_ms));
+                }
+                let mut body_timers = BodyTimers::default();
+                let completed_at = rq.body.borrow().completed_at;
+                let deadlines = [
+                    (
+                        BodyTimeout::Route,
+                        route_timeout.zip(completed_at).map(|(d, at)| at.max(timers.stream_start) + d),
+                    ),
+                    (BodyTimeout::Route, per_try.zip(completed_at).map(|(d, at)| at.max(attempt_start) + d)),
+                    (BodyTimeout::MaxDuration, timers.max_stream_duration.map(|d| timers.stream_start + d)),
+                ];
+                if let Some((which, at)) =
+                    deadlines.into_iter().filter_map(|(w, at)| Some((w, at?))).min_by_key(|(_, at)| *at)
+                {
+                    body_timers.deadline = Some((which, Box::pin(tokio::time::sleep_until(at.into()))));
+                }
+                for (which, d) in
+                    [(BodyTimeout::PerTryIdle, timers.per_try_idle), (BodyTimeout::StreamIdle, timers.stream_idle)]
+                {
+                    if let Some(d) = d {
+                        body_timers.idle.push((which, d, Box::pin(tokio::time::sleep(d))));
+                    }
+                }
+                return RouterOutcome::Upstream {
+                    head: parts,
+                    body: UpstreamBody { body, conn: Some(conn), request: guard },
+                    timers: body_timers,
+                    weighted_index,
+                };
+            }
+            Err(failure) => failure,
+        };
+        drop(guard);
+        // The attempt failed before any response header.
+        let (reply, retriable) = match failure {
+            AttemptFailure::Pool(PoolFailure::Overflow) => {
+                rq.info.set_flag(ResponseFlag::UpstreamOverflow);
+                let reply = LocalReply::upstream_reset(
+                    ResponseFlag::UpstreamOverflow,
+                    "overflow",
+                    attempt > 1,
+                    "upstream_reset_before_response_started{overflow}",
+                );
+                (reply, false)
+            }
+            AttemptFailure::Pool(failure) => {
+                rq.info.upstream_transport_failure_reason = match &failure {
+                    PoolFailure::ConnectFailure(detail) => Some(detail.clone()),
+                    _ => None,
+                };
+                let reason = failure.reason();
+                let details = match failure {
+                    PoolFailure::ConnectTimeout => "upstream_reset_before_response_started{connection_timeout}",
+                    _ => "upstream_reset_before_response_started{remote_connection_failure}",
+                };
+                let reply =
+                    LocalReply::upstream_reset(ResponseFlag::UpstreamConnectionFailure, &reason, attempt > 1, details);
+                let retriable = retry_on.contains(RetryOn::CONNECT_FAILURE)
+                    || retry_on.contains(RetryOn::FIVE_XX)
+                    || retry_on.contains(RetryOn::GATEWAY_ERROR)
+                    || retry_on.contains(RetryOn::RESET)
+                    || retry_on.contains(RetryOn::RESET_BEFORE_REQUEST);
+                (reply, retriable)
+            }
+            AttemptFailure::Reset { reason, flag, refused } => {
+                cluster.stats.upstream_rq_rx_reset.inc();
+                worker.count_upstream_code(&cluster, 503);
+                let details = format!("upstream_reset_before_response_started{{{}}}", reason.replace(' ', "_"));
+                let reply = LocalReply::upstream_reset(flag, reason, attempt > 1, &details);
+                let retriable = retry_on.contains(RetryOn::RESET)
+                    || retry_on.contains(RetryOn::FIVE_XX)
+                    || retry_on.contains(RetryOn::GATEWAY_ERROR)
+                    || (refused && retry_on.contains(RetryOn::REFUSED_STREAM));
+                (reply, retriable)
+            }
+            AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
+                if matches!(failure, AttemptFailure::PerTryIdleTimeout) {
+                    cluster.stats.upstream_rq_per_try_idle_timeout.inc();
+                } else {
+                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                }
+                host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                worker.count_upstream_code(&cluster, 504);
+                let retriable = retry_on.contains(RetryOn::FIVE_XX) || retry_on.contains(RetryOn::GATEWAY_ERROR);
+                (LocalReply::upstream_timeout(), retriable)
+            }
+        };
+        if retriable && retries_left && replayable {
+            if let Some(slot) = retry_slot_for(&cluster, priority, &mut retry_slot) {
+                retry_slot = Some(slot);
+                last_failure = Some(reply);
+                if !back_off(&action.retry_policy, attempt, &cluster, &timers, &rq.body).await {
+                    return RouterOutcome::LocalReply(stream_timeout(
+                        Timeout::Route,
+                        rq.context,
+                        &cluster,
+                        &host,
+                        rq.info,
+                    ));
+                }
+                continue;
+            }
+        } else if retriable && !retries_left {
+            cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+            rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
+        }
+        if let Some(flag) = reply.flag {
+            rq.info.set_flag(flag);
+        }
+        return RouterOutcome::LocalReply(reply);
+    }
+}
+
+/// A retry slot from the cluster's `max_retries` breaker (the one already held is reused).
+fn retry_slot_for(
+    cluster: &Arc<Cluster>,
+    priority: RoutingPriority,
+    held: &mut Option<ResourceGuard>,
+) -> Option<ResourceGuard> {
+    if let Some(slot) = held.take() {
+        cluster.stats.upstream_rq_retry.inc();
+        return Some(slot);
+    }
+    match cluster.circuit_breakers.for_priority(priority).retries.try_acquire() {
+        Some(slot) => {
+            cluster.stats.upstream_rq_retry.inc();
+            Some(slot)
+        }
+        None => {
+            cluster.stats.upstream_rq_retry_overflow.inc();
+            None
+        }
+    }
+}
+
+/// Waits the back-off before retry `attempt`. `false` when the route timeout passes first.
+async fn back_off(
+    policy: &crate::router::RetryPolicy,
+    attempt: u32,
+    cluster: &Arc<Cluster>,
+    timers: &Timers,
+    body: &Rc<RefCell<BodySource>>,
+) -> bool {
+    cluster.stats.upstream_rq_retry_backoff_exponential.inc();
+    let wait = policy.back_off(attempt);
+    let route_deadline = body.borrow().completed_at.zip(timers.route).map(|(at, d)| at.max(timers.stream_start) + d);
+    match route_deadline {
+        Some(deadline) if deadline <= Instant::now() + wait => {
+            tokio::time::sleep_until(deadline.into()).await;
+            false
+        }
+        _ => {
+            tokio::time::sleep(wait).await;
+            true
+        }
+    }
+}
+
+/// The local reply for a stream-wide timer, with its stats and flag.
+fn stream_timeout(
+    which: Timeout,
+    context: &Rc<ConnectionContext>,
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+    info: &mut StreamInfo,
+) -> LocalReply {
+    let stats = &context.shared.stats;
+    match which {
+        Timeout::Route | Timeout::PerTry | Timeout::PerTryIdle => {
+            cluster.stats.upstream_rq_timeout.inc();
+            host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
+            context.worker.count_upstream_code(cluster, 504);
+            info.set_flag(ResponseFlag::UpstreamRequestTimeout);
+            LocalReply::upstream_timeout()
+        }
+        Timeout::StreamIdle => {
+            stats.downstream_rq_idle_timeout.inc();
+            info.set_flag(ResponseFlag::StreamIdleTimeout);
+            LocalReply::new(StatusCode::REQUEST_TIMEOUT, "stream timeout", "stream_idle_timeout")
+                .with_flag(ResponseFlag::StreamIdleTimeout)
+        }
+        Timeout::Request => {
+            stats.downstream_rq_timeout.inc();
+            LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout", "request_overall_timeout")
+        }
+        Timeout::MaxStreamDuration => {
+            stats.downstream_rq_max_duration_reached.inc();
+            info.set_flag(ResponseFlag::DurationTimeout);
+            LocalReply::new(StatusCode::REQUEST_TIMEOUT, "downstream duration timeout", "max_duration_timeout")
+                .with_flag(ResponseFlag::DurationTimeout)
+        }
+    }
+}
+
+fn classify(e: &hyper::Error) -> AttemptFailure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return AttemptFailure::Reset {
+                    reason: "remote refused stream reset",
+                    flag: ResponseFlag::UpstreamRemoteReset,
+                    refused: true,
+                };
+            }
+            if h2.is_remote() && h2.is_reset() {
+                return AttemptFailure::Reset {
+                    reason: "remote reset",
+                    flag: ResponseFlag::UpstreamRemoteReset,
+                    refused: false,
+                };
+            }
+        }
+        source = s.source();
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        return AttemptFailure::Reset {
+            reason: "protocol error",
+            flag: ResponseFlag::UpstreamProtocolError,
+            refused: false,
+        };
+    }
+    AttemptFailure::Reset {
+        reason: "connection termination",
+        flag: ResponseFlag::UpstreamConnectionTermination,
+        refused: false,
+    }
+}
+
+fn take_header(headers: &mut http::HeaderMap, name: &HeaderName) -> Option<String> {
+    headers.remove(name).and_then(|v| v.to_str().ok().map(str::to_string))
+}
+
+/// `:authority`, from the URI (HTTP/2, absolute-form) or the `host` header.
+pub fn authority_of(head: &http::request::Parts) -> String {
+    if let Some(a) = head.uri.authority() {
+        return a.as_str().to_string();
+    }
+    head.headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+fn build_request(
+    head: &http::request::Parts,
+    path_and_query: &str,
+    authority: &str,
+    conn: &PooledConn,
+    rq: &RouterRequest<'_>,
+    attempt: u32,
+) -> Option<Request<AttemptBody>> {
+    let mut builder = Request::builder().method(head.method.clone());
+    let mut headers = head.headers.clone();
+    let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
+    if http2 {
+        headers.remove(HOST);
+        builder = builder
+            .version(Version::HTTP_2)
+            .uri(Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build().ok()?);
+    } else {
+        headers.insert(HOST, HeaderValue::from_str(authority).ok()?);
+        builder = builder.version(Version::HTTP_11).uri(Uri::builder().path_and_query(path_and_query).build().ok()?);
+    }
+    if rq.include_attempt_count {
+        headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+    }
+    let mut request = builder.body(AttemptBody::new(rq.body.clone())).ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// Whether a response is an upgrade the downstream asked for.
+pub fn is_upgrade_response(response: &Response<Incoming>) -> bool {
+    response.status() == StatusCode::SWITCHING_PROTOCOLS
+}

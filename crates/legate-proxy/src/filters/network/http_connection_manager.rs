@@ -1,0 +1,424 @@
+//! `envoy.filters.network.http_connection_manager`: the terminal network filter that speaks
+//! HTTP/1.1 and HTTP/2 (hyper's codecs), runs each request through the HTTP filters and the
+//! router, and owns the downstream side of the timeout timeline.
+//!
+//! The filter takes the connection's socket over (DESIGN.md §4) and serves it with hyper.
+//! Per connection it enforces `idle_timeout` (no active stream), `max_connection_duration`
+//! and drain (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY, both within
+//! `drain_timeout`); per stream (in `active_stream`) `request_timeout`, `stream_idle_timeout`
+//! and `max_stream_duration`. `request_headers_timeout` is hyper's header read timeout.
+
+pub mod active_stream;
+pub mod path;
+pub mod response_body;
+pub mod stats;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::header::HeaderValue;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use legate_config::filters::network::http_connection_manager::{
+    CodecType, HttpConnectionManager as HcmConfig, ServerHeaderTransformation,
+};
+use legate_stats::Scope;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::access_log::AccessLogger;
+use crate::filters::http::HttpFilterFactory;
+use crate::http::io::{CountingIo, LocalExec};
+use crate::network::{ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture};
+use crate::router::RouteConfig;
+use crate::worker::WorkerContext;
+pub use stats::HcmStats;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One HCM config, compiled once and shared by every worker.
+pub struct HttpConnectionManagerShared {
+    pub config: Box<HcmConfig>,
+    pub route_config: Arc<RouteConfig>,
+    pub filters: Vec<HttpFilterFactory>,
+    pub stats: HcmStats,
+    pub access_logs: Vec<Arc<AccessLogger>>,
+    /// The root stats scope, for per-code cluster stats.
+    pub root: Scope,
+    pub server_name: HeaderValue,
+    pub via: Option<HeaderValue>,
+    pub idle_timeout: Option<Duration>,
+    pub max_connection_duration: Option<Duration>,
+    pub max_stream_duration: Option<Duration>,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    pub request_headers_timeout: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub max_headers_count: usize,
+    pub max_request_headers_bytes: usize,
+    pub router: legate_config::filters::http::router::Router,
+}
+
+impl HttpConnectionManagerShared {
+    pub fn new(config: &HcmConfig, root: &Scope) -> Result<Self, String> {
+        let route_config = match &config.route_config {
+            Some(rc) => RouteConfig::new(rc)?,
+            None => return Err("http_connection_manager: only an inline route_config is supported".into()),
+        };
+        let mut filters = Vec::new();
+        let mut router = None;
+        for filter in &config.http_filters {
+            if filter.disabled {
+                continue;
+            }
+            match HttpFilterFactory::new(filter, root)? {
+                Some(factory) => filters.push(factory),
+                None => {
+                    if let legate_config::filters::network::http_connection_manager::HttpFilterConfig::Router(r) =
+                        &filter.config
+                    {
+                        router = Some(r.clone());
+                    }
+                }
+            }
+        }
+        let mut access_logs = Vec::new();
+        for log in &config.access_log {
+            access_logs.push(Arc::new(AccessLogger::from_config(log)?));
+        }
+        let common = config.common_http_protocol_options.clone().unwrap_or_default();
+        let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
+        let server_name = if config.server_name.is_empty() { "envoy" } else { config.server_name.as_str() };
+        Ok(HttpConnectionManagerShared {
+            route_config: Arc::new(route_config),
+            filters,
+            stats: HcmStats::new(&root.scope(&format!("http.{}", config.stat_prefix))),
+            access_logs,
+            root: root.clone(),
+            server_name: HeaderValue::from_str(server_name).map_err(|_| "invalid server_name".to_string())?,
+            via: (!config.via.is_empty())
+                .then(|| HeaderValue::from_str(&config.via))
+                .transpose()
+                .map_err(|_| "invalid via".to_string())?,
+            idle_timeout: match &common.idle_timeout {
+                Some(d) => nonzero(Some(d)),
+                None => Some(Duration::from_secs(3600)),
+            },
+            max_connection_duration: nonzero(common.max_connection_duration.as_ref()),
+            max_stream_duration: nonzero(common.max_stream_duration.as_ref()),
+            stream_idle_timeout: Some(config.stream_idle_timeout()).filter(|d| !d.is_zero()),
+            request_timeout: nonzero(config.request_timeout.as_ref()),
+            request_headers_timeout: nonzero(config.request_headers_timeout.as_ref()),
+            drain_timeout: config.drain_timeout(),
+            max_headers_count: common.max_headers_count.unwrap_or(100).max(1) as usize,
+            max_request_headers_bytes: config.max_request_headers_kb() as usize * 1024,
+            router: router.unwrap_or_default(),
+            config: Box::new(config.clone()),
+        })
+    }
+
+    pub fn server_header_transformation(&self) -> ServerHeaderTransformation {
+        self.config.server_header_transformation
+    }
+}
+
+/// The per-connection network filter: takes the socket over on the first event.
+pub struct HttpConnectionManager {
+    shared: Arc<HttpConnectionManagerShared>,
+    worker: Rc<WorkerContext>,
+    info: Option<ConnectionInfo>,
+    buffer_limit: usize,
+}
+
+impl HttpConnectionManager {
+    pub fn new(shared: Arc<HttpConnectionManagerShared>, worker: Rc<WorkerContext>) -> Self {
+        HttpConnectionManager { shared, worker, info: None, buffer_limit: 0 }
+    }
+}
+
+impl ReadFilter for HttpConnectionManager {
+    fn on_new_connection(&mut self, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+        self.info = Some(cb.info().clone());
+        self.buffer_limit = cb.buffer_limit();
+        cb.take_over_io();
+        FilterStatus::StopIteration
+    }
+
+    fn on_data(&mut self, _data: &mut BytesMut, _end_stream: bool, _cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+        // Bytes stay buffered: they are handed over with the socket.
+        FilterStatus::StopIteration
+    }
+
+    fn take_over(&mut self, socket: TcpStream, buffered: BytesMut) -> TakeOverFuture {
+        let Some(info) = self.info.take() else {
+            return Box::pin(std::future::ready(ConnectionEvent::LocalClose));
+        };
+        Box::pin(serve(self.shared.clone(), self.worker.clone(), info, self.buffer_limit, socket, buffered))
+    }
+}
+
+/// What a connection's streams share.
+pub struct ConnectionContext {
+    pub shared: Arc<HttpConnectionManagerShared>,
+    pub worker: Rc<WorkerContext>,
+    pub info: ConnectionInfo,
+    pub http2: bool,
+    /// The listener's `per_connection_buffer_limit_bytes`: how much request body a stream
+    /// keeps for retries.
+    pub buffer_limit: usize,
+    /// Streams not yet finished.
+    pub active_streams: Cell<u32>,
+    /// Streams that ended; the connection idles when `active_streams` is 0.
+    pub stream_ended: Notify,
+    /// Set once the connection drains: HTTP/1.1 responses carry `connection: close`.
+    pub draining: Cell<bool>,
+}
+
+/// Keeps `downstream_cx_active` and friends right on every way out.
+struct ConnectionGuard<'a> {
+    stats: &'a HcmStats,
+    http2: bool,
+    started: Instant,
+    local_close: bool,
+    active_streams_at_close: u32,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        let s = self.stats;
+        s.downstream_cx_active.dec();
+        if self.http2 {
+            s.downstream_cx_http2_active.dec();
+        } else {
+            s.downstream_cx_http1_active.dec();
+        }
+        s.downstream_cx_destroy.inc();
+        if self.local_close {
+            s.downstream_cx_destroy_local.inc();
+        } else {
+            s.downstream_cx_destroy_remote.inc();
+        }
+        if self.active_streams_at_close > 0 {
+            s.downstream_cx_destroy_active_rq.inc();
+            if self.local_close {
+                s.downstream_cx_destroy_local_active_rq.inc();
+            } else {
+                s.downstream_cx_destroy_remote_active_rq.inc();
+            }
+        }
+        s.downstream_cx_length_ms.record(self.started.elapsed().as_millis() as u64);
+    }
+}
+
+/// Whether the bytes start with the HTTP/2 connection preface (h2c prior knowledge). Reads
+/// until it can tell; `None` when the peer closed first.
+async fn sniff_http2(socket: &mut TcpStream, buffered: &mut BytesMut, rx: &legate_stats::Counter) -> Option<bool> {
+    loop {
+        let n = buffered.len().min(H2_PREFACE.len());
+        if buffered.get(..n) != H2_PREFACE.get(..n) {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        match socket.read_buf(buffered).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => rx.add(read as u64),
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<HttpConnectionManagerShared>,
+    worker: Rc<WorkerContext>,
+    info: ConnectionInfo,
+    buffer_limit: usize,
+    mut socket: TcpStream,
+    mut buffered: BytesMut,
+) -> ConnectionEvent {
+    let stats = &shared.stats;
+    let _ = socket.set_nodelay(true);
+    let http2 = match shared.config.codec_type {
+        CodecType::Http1 => false,
+        CodecType::Http2 => true,
+        _ => {
+            let sniff = sniff_http2(&mut socket, &mut buffered, &stats.downstream_cx_rx_bytes_total);
+            match shared.idle_timeout {
+                Some(limit) => match tokio::time::timeout(limit, sniff).await {
+                    Ok(Some(h2)) => h2,
+                    Ok(None) => return ConnectionEvent::RemoteClose,
+                    Err(_) => {
+                        stats.downstream_cx_idle_timeout.inc();
+                        return ConnectionEvent::LocalClose;
+                    }
+                },
+                None => match sniff.await {
+                    Some(h2) => h2,
+                    None => return ConnectionEvent::RemoteClose,
+                },
+            }
+        }
+    };
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+    if http2 {
+        stats.downstream_cx_http2_total.inc();
+        stats.downstream_cx_http2_active.inc();
+    } else {
+        stats.downstream_cx_http1_total.inc();
+        stats.downstream_cx_http1_active.inc();
+    }
+    let mut guard =
+        ConnectionGuard { stats, http2, started: Instant::now(), local_close: false, active_streams_at_close: 0 };
+    let io = TokioIo::new(CountingIo::new(
+        socket,
+        buffered,
+        stats.downstream_cx_rx_bytes_total.clone(),
+        stats.downstream_cx_tx_bytes_total.clone(),
+    ));
+    let context = Rc::new(ConnectionContext {
+        shared: shared.clone(),
+        worker: worker.clone(),
+        info,
+        http2,
+        buffer_limit,
+        active_streams: Cell::new(0),
+        stream_ended: Notify::new(),
+        draining: Cell::new(false),
+    });
+    let service = {
+        let context = context.clone();
+        service_fn(move |request| active_stream::handle(context.clone(), request))
+    };
+    let mut draining = worker.draining.clone();
+    let started = Instant::now();
+    let result = if http2 {
+        let mut builder = http2::Builder::new(LocalExec);
+        let h2 = shared.config.http2_protocol_options.clone().unwrap_or_default();
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(h2.max_concurrent_streams.unwrap_or(i32::MAX as u32))
+            .initial_stream_window_size(h2.initial_stream_window_size.unwrap_or(256 * 1024 * 1024))
+            .initial_connection_window_size(h2.initial_connection_window_size.unwrap_or(256 * 1024 * 1024))
+            .max_header_list_size(shared.max_request_headers_bytes as u32)
+            .max_pending_accept_reset_streams(Some(100))
+            .max_local_error_reset_streams(Some(1024));
+        if h2.allow_connect {
+            builder.enable_connect_protocol();
+        }
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
+            .await
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(shared.request_headers_timeout)
+            .max_headers(shared.max_headers_count)
+            .max_buf_size(shared.max_request_headers_bytes.max(8192) + 8192)
+            .half_close(false)
+            .keep_alive(true);
+        let connection = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(connection);
+        run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
+            .await
+    };
+    guard.active_streams_at_close = context.active_streams.get();
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            if e.is_timeout() {
+                stats.downstream_rq_header_timeout.inc();
+                guard.local_close = true;
+            } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+                stats.downstream_cx_protocol_error.inc();
+                guard.local_close = true;
+            }
+            tracing::debug!(connection = context.info.id, error = %e, "downstream connection ended");
+        }
+    }
+    if guard.local_close {
+        ConnectionEvent::LocalClose
+    } else {
+        ConnectionEvent::RemoteClose
+    }
+}
+
+/// Drives a hyper connection, starting its graceful shutdown on drain, idle timeout or
+/// `max_connection_duration`.
+async fn run_connection<C, F>(
+    context: &Rc<ConnectionContext>,
+    mut connection: std::pin::Pin<&mut C>,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    started: Instant,
+    guard: &mut ConnectionGuard<'_>,
+    graceful_shutdown: F,
+) -> Result<(), hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+    F: Fn(std::pin::Pin<&mut C>),
+{
+    let shared = &context.shared;
+    let stats = &shared.stats;
+    let mut idle_since = Some(Instant::now());
+    let mut shutdown_at: Option<Instant> = None;
+    loop {
+        let idle_deadline = idle_since.zip(shared.idle_timeout).map(|(at, d)| at + d).filter(|_| shutdown_at.is_none());
+        let duration_deadline = shared.max_connection_duration.map(|d| started + d).filter(|_| shutdown_at.is_none());
+        let force_close = shutdown_at.map(|at| at + shared.drain_timeout);
+        let next = [idle_deadline, duration_deadline, force_close].into_iter().flatten().min();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = sleep => {
+                let now = Instant::now();
+                if force_close.is_some_and(|at| now >= at) {
+                    // Streams did not finish within drain_timeout.
+                    guard.local_close = true;
+                    return Ok(());
+                }
+                let idle = idle_deadline.is_some_and(|at| now >= at) && context.active_streams.get() == 0;
+                let too_old = duration_deadline.is_some_and(|at| now >= at);
+                if idle {
+                    stats.downstream_cx_idle_timeout.inc();
+                } else if too_old {
+                    stats.downstream_cx_max_duration_reached.inc();
+                }
+                if idle || too_old {
+                    guard.local_close = true;
+                    context.draining.set(true);
+                    shutdown_at = Some(now);
+                    graceful_shutdown(connection.as_mut());
+                }
+            }
+            () = context.stream_ended.notified() => {
+                idle_since = (context.active_streams.get() == 0).then(Instant::now);
+            }
+            changed = draining.changed(), if shutdown_at.is_none() => {
+                if changed.is_err() || *draining.borrow() {
+                    stats.downstream_cx_drain_close.inc();
+                    guard.local_close = true;
+                    context.draining.set(true);
+                    shutdown_at = Some(Instant::now());
+                    graceful_shutdown(connection.as_mut());
+                }
+            }
+        }
+        if context.active_streams.get() > 0 {
+            idle_since = None;
+        } else if idle_since.is_none() {
+            idle_since = Some(Instant::now());
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! One request/response exchange on a downstream connection (Envoy's `ActiveStream`):
+//! request header checks and the headers the connection manager owns (`x-forwarded-for`,
+//! `x-request-id`, `via`…), route selection, the HTTP filters, the router, and the response
+//! on its way back.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SERVER, VIA};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use legate_config::filters::network::http_connection_manager::{
+    PathWithEscapedSlashesAction, ServerHeaderTransformation,
+};
+use legate_config::protocol::HeadersWithUnderscoresAction;
+
+use super::path;
+use super::response_body::{ResponseBody, StreamCompletion};
+use super::ConnectionContext;
+use crate::filters::http::router::{self, authority_of, RouterOutcome, RouterRequest};
+use crate::http::body::{BodySource, ReadAllError};
+use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
+use crate::http::headers::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::http::{LocalReply, RequestSnapshot, ResponseFlag, StreamInfo};
+use crate::router::{MatchInput, Route, RouteKind, VirtualHost};
+
+pub async fn handle(
+    context: Rc<ConnectionContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let shared = &context.shared;
+    let stats = &shared.stats;
+    stats.downstream_rq_total.inc();
+    if context.http2 {
+        stats.downstream_rq_http2_total.inc();
+    } else {
+        stats.downstream_rq_http1_total.inc();
+    }
+    stats.downstream_rq_active.inc();
+    context.active_streams.set(context.active_streams.get() + 1);
+    let info = &context.info;
+    let stream_info = Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
+    let mut completion = StreamCompletion::new(context.clone(), stream_info);
+    let (mut head, incoming) = request.into_parts();
+    let end_stream = http_body::Body::is_end_stream(&incoming);
+    let buffer_limit = context.buffer_limit;
+    let body = BodySource::new(incoming, end_stream, buffer_limit);
+
+    let reply = match prepare(&context, &mut head, &mut completion) {
+        Err(reply) => Some(reply),
+        Ok(()) => None,
+    };
+    let response = match reply {
+        Some(reply) => local_reply(&context, &head, reply, &mut completion, None, None, &mut []),
+        None => decode(&context, head, body, &mut completion).await,
+    };
+    let (parts, body) = response;
+    Ok(Response::from_parts(parts, finish_body(body, completion)))
+}
+
+/// What `decode` produced: a response head and its body source.
+enum Produced {
+    Full(Bytes),
+    Upstream(
+        crate::filters::network::http_connection_manager::response_body::UpstreamBody,
+        super::response_body::BodyTimers,
+    ),
+}
+
+fn finish_body(body: Produced, completion: StreamCompletion) -> ResponseBody {
+    match body {
+        Produced::Full(bytes) => ResponseBody::full(bytes, completion),
+        Produced::Upstream(upstream, timers) => ResponseBody::upstream(upstream, timers, completion),
+    }
+}
+
+/// Request checks and the connection manager's own request headers. `Err` is the reply.
+fn prepare(
+    context: &ConnectionContext,
+    head: &mut http::request::Parts,
+    completion: &mut StreamCompletion,
+) -> Result<(), LocalReply> {
+    let shared = &context.shared;
+    let config = &shared.config;
+    let stats = &shared.stats;
+    let info = &mut completion.info;
+
+    // Headers hyper's HTTP/2 codec does not count against `max_headers_count`.
+    if head.headers.len() > shared.max_headers_count {
+        return Err(LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers")
+            .with_flag(ResponseFlag::DownstreamProtocolError));
+    }
+    let underscores =
+        config.common_http_protocol_options.as_ref().map(|o| o.headers_with_underscores_action).unwrap_or_default();
+    if underscores != HeadersWithUnderscoresAction::Allow {
+        let with_underscore: Vec<HeaderName> =
+            head.headers.keys().filter(|k| k.as_str().contains('_')).cloned().collect();
+        if !with_underscore.is_empty() {
+            if underscores == HeadersWithUnderscoresAction::RejectRequest {
+                stats.requests_rejected_with_underscores_in_headers.inc();
+                return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "unexpected_underscore")
+                    .with_flag(ResponseFlag::DownstreamProtocolError));
+            }
+            for name in with_underscore {
+                head.headers.remove(&name);
+                stats.dropped_headers_with_underscores.inc();
+            }
+        }
+    }
+    if head.method != Method::CONNECT && authority_of(head).is_empty() {
+        return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "missing_host_header")
+            .with_flag(ResponseFlag::DownstreamProtocolError));
+    }
+    if head.method != Method::CONNECT && !head.uri.path().starts_with('/') && head.uri.path() != "*" {
+        stats.downstream_rq_non_relative_path.inc();
+        return Err(LocalReply::new(StatusCode::NOT_FOUND, "", "absolute_path_rejected"));
+    }
+
+    // Path normalization.
+    if let Some(pq) = head.uri.path_and_query().cloned() {
+        let mut path = pq.path().to_string();
+        let original = path.clone();
+        match config.path_with_escaped_slashes_action {
+            PathWithEscapedSlashesAction::RejectRequest if path::has_escaped_slashes(&path) => {
+                stats.downstream_rq_failed_path_normalization.inc();
+                return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed"));
+            }
+            PathWithEscapedSlashesAction::UnescapeAndForward | PathWithEscapedSlashesAction::UnescapeAndRedirect
+                if path::has_escaped_slashes(&path) =>
+            {
+                path = path::unescape_slashes(&path);
+            }
+            _ => {}
+        }
+        if config.normalize_path.unwrap_or(false) {
+            match path::remove_dot_segments(&path) {
+                Some(p) => path = p,
+                None => {
+                    stats.downstream_rq_failed_path_normalization.inc();
+                    return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed"));
+                }
+            }
+        }
+        if config.merge_slashes {
+            path = path::merge_slashes(&path);
+        }
+        if path != original {
+            let redirect = config.path_with_escaped_slashes_action == PathWithEscapedSlashesAction::UnescapeAndRedirect
+                && path::has_escaped_slashes(&original);
+            let new_pq = match pq.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            if redirect {
+                stats.downstream_rq_redirected_with_normalized_path.inc();
+                let mut reply = LocalReply::new(StatusCode::TEMPORARY_REDIRECT, "", "path_normalization_redirect");
+                if let Ok(v) = HeaderValue::from_str(&new_pq) {
+                    reply.headers.insert(LOCATION, v);
+                }
+                return Err(reply);
+            }
+            let mut parts = head.uri.clone().into_parts();
+            parts.path_and_query = new_pq.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                head.uri = uri;
+            }
+        }
+    }
+
+    // x-forwarded-for and the downstream's address.
+    let peer = context.info.remote_address;
+    let use_remote_address = config.use_remote_address.unwrap_or(false);
+    let internal = is_internal(peer.ip());
+    if use_remote_address {
+        if !config.skip_xff_append {
+            append_xff(&mut head.headers, peer.ip());
+        }
+        head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if internal {
+            head.headers.insert(headers::X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
+        } else {
+            head.headers.remove(&headers::X_ENVOY_INTERNAL);
+            sanitize_external(&mut head.headers);
+            if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+                head.headers.insert(headers::X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
+            }
+        }
+    } else {
+        if let Some(ip) = xff_address(&head.headers, config.xff_num_trusted_hops as usize) {
+            info.downstream_remote_address = SocketAddr::new(ip, 0);
+        }
+        if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+            head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+    }
+    // x-request-id.
+    let external = use_remote_address && !internal;
+    let regenerate = external && !config.preserve_external_request_id;
+    if config.generate_request_id.unwrap_or(true) && (regenerate || !head.headers.contains_key(&X_REQUEST_ID)) {
+        if let Ok(v) = HeaderValue::from_str(&headers::uuid4()) {
+            head.headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    info.request_id = head.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(via) = &shared.via {
+        head.headers.append(VIA, via.clone());
+    }
+    if !shared.access_logs.is_empty() {
+        info.request = Some(RequestSnapshot {
+            method: head.method.clone(),
+            path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+            authority: authority_of(head),
+            scheme: "http",
+            headers: head.headers.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs the filters, the route's action and the router.
+async fn decode(
+    context: &Rc<ConnectionContext>,
+    mut head: http::request::Parts,
+    body: Rc<std::cell::RefCell<BodySource>>,
+    completion: &mut StreamCompletion,
+) -> (http::response::Parts, Produced) {
+    let shared = context.shared.clone();
+    let route_config = shared.route_config.clone();
+    let authority = authority_of(&head);
+    let vhost = route_config.virtual_host(&authority).cloned();
+    let path_and_query = head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path_and_query.clone(), None),
+    };
+    let route = vhost.as_ref().and_then(|vh| {
+        vh.route(&MatchInput {
+            path: &path,
+            query: query.as_deref(),
+            method: &head.method,
+            headers: &head.headers,
+            random: fastrand::u64(..),
+        })
+        .cloned()
+    });
+    completion.info.virtual_host_name = vhost.as_ref().map(|v| v.name.clone());
+    completion.info.route_name = route.as_ref().map(|r| r.name.clone()).filter(|n| !n.is_empty());
+
+    // The HTTP filters, in order.
+    let mut filters: Vec<Box<dyn HttpFilter>> = shared.filters.iter().map(|f| f.create()).collect();
+    let mut ran = 0;
+    let end_stream = body.borrow().is_empty_and_complete();
+    for filter in filters.iter_mut() {
+        ran += 1;
+        let mut cb = FilterCallbacks {
+            stream_info: &mut completion.info,
+            route_config: &route_config,
+            virtual_host: vhost.as_ref(),
+            route: route.as_ref(),
+            worker: &context.worker,
+            server_draining: context.draining.get(),
+        };
+        let mut status = filter.decode_headers(&mut head, end_stream, &mut cb);
+        if matches!(status, FilterHeadersStatus::StopIteration) {
+            status = std::future::poll_fn(|cx| filter.poll_resume(cx, &mut cb)).await;
+        }
+        match status {
+            FilterHeadersStatus::Continue | FilterHeadersStatus::StopIteration => {}
+            FilterHeadersStatus::LocalReply(reply) => {
+                return local_reply(
+                    context,
+                    &head,
+                    reply,
+                    completion,
+                    vhost.as_ref(),
+                    route.as_ref(),
+                    &mut filters[..ran],
+                );
+            }
+            FilterHeadersStatus::StopAllIterationAndBuffer => {
+                match BodySource::read_all(&body, filter.max_buffered_body()).await {
+                    Ok(()) => {
+                        let mut bytes = body.borrow().logged();
+                        filter.decode_body(&mut head, &mut bytes, &mut cb);
+                        head.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                        body.borrow_mut().set_logged(bytes);
+                    }
+                    Err(ReadAllError::TooLarge) => {
+                        shared.stats.downstream_rq_too_large.inc();
+                        let reply = LocalReply::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "Payload Too Large",
+                            "request_payload_too_large",
+                        );
+                        return local_reply(
+                            context,
+                            &head,
+                            reply,
+                            completion,
+                            vhost.as_ref(),
+                            route.as_ref(),
+                            &mut filters[..ran],
+                        );
+                    }
+                    Err(ReadAllError::Downstream) => {
+                        shared.stats.downstream_rq_rx_reset.inc();
+                        let reply = LocalReply::new(StatusCode::BAD_REQUEST, "", "downstream_remote_disconnect")
+                            .with_flag(ResponseFlag::DownstreamConnectionTermination);
+                        return local_reply(
+                            context,
+                            &head,
+                            reply,
+                            completion,
+                            vhost.as_ref(),
+                            route.as_ref(),
+                            &mut filters[..ran],
+                        );
+                    }
+                }
+            }
+        }
+    }
+    completion.info.bytes_received = body.borrow().bytes_received;
+
+    // The route's action.
+    shared.stats.rq_total.inc();
+    let Some(route) = route else {
+        shared.stats.no_route.inc();
+        return local_reply(context, &head, LocalReply::no_route(), completion, vhost.as_ref(), None, &mut filters);
+    };
+    let vhost = vhost.as_ref();
+    let action = match &route.kind {
+        RouteKind::Redirect(redirect) => {
+            shared.stats.rq_redirect.inc();
+            let location = redirect.location("http", &authority, &path, query.as_deref(), matched_prefix(&route));
+            let mut reply = LocalReply::new(redirect.status, Bytes::new(), "direct_response");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                reply.headers.insert(LOCATION, v);
+            }
+            return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
+        }
+        RouteKind::DirectResponse(direct) => {
+            shared.stats.rq_direct_response.inc();
+            let reply = LocalReply::new(direct.status, direct.body.clone(), "direct_response");
+            return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
+        }
+        RouteKind::Route(action) => action,
+    };
+    let header_parsers = header_parsers(&shared, vhost, &route, true);
+    let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
+    let outcome = router::route(RouterRequest {
+        context,
+        info: &mut completion.info,
+        action,
+        head,
+        body: body.clone(),
+        matched_prefix: matched_prefix(&route),
+        header_parsers,
+        include_attempt_count,
+    })
+    .await;
+    completion.info.bytes_received = body.borrow().bytes_received;
+    let head_for_reply = http::Request::new(()).into_parts().0;
+    match outcome {
+        RouterOutcome::LocalReply(reply) => {
+            local_reply(context, &head_for_reply, reply, completion, vhost, Some(&route), &mut filters)
+        }
+        RouterOutcome::Upstream { mut head, body, timers, weighted_index } => {
+            headers::strip_hop_by_hop(&mut head.headers);
+            if let (Some(i), RouteKind::Route(action)) = (weighted_index, &route.kind) {
+                if let crate::router::ClusterSpecifier::Weighted { clusters, .. } = &action.cluster {
+                    if let Some(entry) = clusters.get(i) {
+                        entry.response_headers.evaluate(&mut head.headers, &completion.info);
+                    }
+                }
+            }
+            encode(context, &mut head, completion, vhost, Some(&route), &mut filters);
+            (head, Produced::Upstream(body, timers))
+        }
+    }
+}
+
+fn matched_prefix(route: &Route) -> Option<&str> {
+    match &route.path {
+        crate::router::route::PathMatch::Prefix(p) => Some(p.as_str()),
+        crate::router::route::PathMatch::SeparatedPrefix(p) => Some(p.as_str()),
+        _ => None,
+    }
+}
+
+/// The header mutations that apply, in Envoy's order: the most specific level is applied
+/// first and the route configuration last (so it wins), unless
+/// `most_specific_header_mutations_wins` reverses that.
+fn header_parsers<'a>(
+    shared: &'a super::HttpConnectionManagerShared,
+    vhost: Option<&'a Arc<VirtualHost>>,
+    route: &'a Arc<Route>,
+    request: bool,
+) -> Vec<&'a crate::router::HeaderParser> {
+    let rc = &shared.route_config;
+    let mut parsers = Vec::with_capacity(3);
+    let pick = |r: &'a crate::router::HeaderParser, s: &'a crate::router::HeaderParser| if request { r } else { s };
+    parsers.push(pick(&route.request_headers, &route.response_headers));
+    if let Some(v) = vhost {
+        parsers.push(pick(&v.request_headers, &v.response_headers));
+    }
+    parsers.push(pick(&rc.request_headers, &rc.response_headers));
+    if rc.most_specific_header_mutations_wins {
+        parsers.reverse();
+    }
+    parsers.retain(|p| !p.is_empty());
+    parsers
+}
+
+/// Response headers on their way out: the encoder filters (reverse order), the route's
+/// header mutations and the connection manager's own headers.
+fn encode(
+    context: &Rc<ConnectionContext>,
+    head: &mut http::response::Parts,
+    completion: &mut StreamCompletion,
+    vhost: Option<&Arc<VirtualHost>>,
+    route: Option<&Arc<Route>>,
+    filters: &mut [Box<dyn HttpFilter>],
+) {
+    let shared = &context.shared;
+    let route_config = shared.route_config.clone();
+    for filter in filters.iter_mut().rev() {
+        let mut cb = FilterCallbacks {
+            stream_info: &mut completion.info,
+            route_config: &route_config,
+            virtual_host: vhost,
+            route,
+            worker: &context.worker,
+            server_draining: context.draining.get(),
+        };
+        filter.encode_headers(head, &mut cb);
+    }
+    if let Some(route) = route {
+        for parser in header_parsers(shared, vhost, route, false) {
+            parser.evaluate(&mut head.headers, &completion.info);
+        }
+    }
+    match shared.server_header_transformation() {
+        ServerHeaderTransformation::Overwrite => {
+            head.headers.insert(SERVER, shared.server_name.clone());
+        }
+        ServerHeaderTransformation::AppendIfAbsent => {
+            if !head.headers.contains_key(SERVER) {
+                head.headers.insert(SERVER, shared.server_name.clone());
+            }
+        }
+        ServerHeaderTransformation::PassThrough => {}
+    }
+    if let Some(via) = &shared.via {
+        head.headers.append(VIA, via.clone());
+    }
+    if shared.config.always_set_request_id_in_response {
+        if let Some(id) = completion.info.request_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+            head.headers.insert(X_REQUEST_ID.clone(), id);
+        }
+    }
+    if context.draining.get() && !context.http2 {
+        head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !context.http2 && completion.info.protocol == Version::HTTP_10 {
+        head.version = Version::HTTP_10;
+    }
+    let code = head.status.as_u16();
+    completion.info.response_code = Some(code);
+    if completion.info.response_code_details.is_none() {
+        completion.info.response_code_details = Some("via_upstream".into());
+    }
+    completion.info.first_downstream_tx_byte = Some(completion.info.elapsed());
+    shared.stats.response_code(code);
+    completion.set_response_headers(&head.headers);
+}
+
+/// A reply made here, sent through the encoder filters that saw the request.
+fn local_reply(
+    context: &Rc<ConnectionContext>,
+    _request: &http::request::Parts,
+    reply: LocalReply,
+    completion: &mut StreamCompletion,
+    vhost: Option<&Arc<VirtualHost>>,
+    route: Option<&Arc<Route>>,
+    filters: &mut [Box<dyn HttpFilter>],
+) -> (http::response::Parts, Produced) {
+    if let Some(flag) = reply.flag {
+        completion.info.set_flag(flag);
+    }
+    completion.info.response_code_details = Some(reply.details.clone());
+    let (mut head, ()) = Response::new(()).into_parts();
+    head.status = reply.status;
+    head.headers = reply.headers;
+    if !reply.body.is_empty() && reply.text && !head.headers.contains_key(CONTENT_TYPE) {
+        head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    head.headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    encode(context, &mut head, completion, vhost, route, filters);
+    (head, Produced::Full(reply.body))
+}
+
+fn append_xff(headers: &mut http::HeaderMap, ip: IpAddr) {
+    let ip = ip.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// The client address from `x-forwarded-for`, skipping `trusted_hops` from the right.
+fn xff_address(headers: &http::HeaderMap, trusted_hops: usize) -> Option<IpAddr> {
+    let joined = crate::router::retry_policy::joined(headers, X_FORWARDED_FOR.as_str())?;
+    let addresses: Vec<&str> = joined.split(',').map(str::trim).collect();
+    let index = addresses.len().checked_sub(1 + trusted_hops)?;
+    addresses.get(index)?.parse().ok()
+}
+
+/// RFC 1918, loopback and unique-local addresses are internal, as Envoy's default.
+fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Headers an external client may not set (Envoy's internal-only `x-envoy-*` headers).
+fn sanitize_external(headers: &mut http::HeaderMap) {
+    for name in [
+        "x-envoy-decorator-operation",
+        "x-envoy-downstream-service-cluster",
+        "x-envoy-downstream-service-node",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-force-trace",
+        "x-envoy-ip-tags",
+        "x-envoy-max-retries",
+        "x-envoy-retry-grpc-on",
+        "x-envoy-retry-on",
+        "x-envoy-upstream-alt-stat-name",
+        "x-envoy-upstream-rq-per-try-timeout-ms",
+        "x-envoy-upstream-rq-timeout-alt-response",
+        "x-envoy-upstream-rq-timeout-ms",
+        "x-envoy-hedge-on-per-try-timeout",
+    ] {
+        headers.remove(name);
+    }
+}

@@ -1,0 +1,290 @@
+//! The body of a response on its way downstream, and the end of its stream: stats, access
+//! logs and the connection's idle accounting run when the body ends or is dropped (the
+//! downstream went away).
+//!
+//! While an upstream body streams, the timers that still apply after the response headers
+//! were sent run here: the route `timeout` (it spans until the response is complete),
+//! `per_try_idle_timeout`, `stream_idle_timeout` and `max_stream_duration`. A timer that
+//! fires now can only reset the stream.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::ConnectionContext;
+use crate::filters::http::router::UpstreamRequestGuard;
+use crate::http::body::BoxError;
+use crate::http::{ResponseFlag, StreamInfo};
+use crate::upstream::pool::PooledConn;
+
+/// An upstream response body with what it holds on to until it ends.
+pub struct UpstreamBody {
+    pub body: Incoming,
+    pub conn: Option<PooledConn>,
+    pub request: UpstreamRequestGuard,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+/// Which timer ends a stream that is still streaming its response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyTimeout {
+    /// Route `timeout` (or `per_try_timeout`): `upstream_rq_timeout`, `UT`.
+    Route,
+    /// `per_try_idle_timeout`: `upstream_rq_per_try_idle_timeout`, `UT`.
+    PerTryIdle,
+    /// `stream_idle_timeout`: `downstream_rq_idle_timeout`, `SI`.
+    StreamIdle,
+    /// `max_stream_duration`: `downstream_rq_max_duration_reached`, `DT`.
+    MaxDuration,
+}
+
+#[derive(Default)]
+pub struct BodyTimers {
+    pub deadline: Option<(BodyTimeout, Pin<Box<Sleep>>)>,
+    pub idle: Vec<(BodyTimeout, Duration, Pin<Box<Sleep>>)>,
+}
+
+impl BodyTimers {
+    fn touch(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (_, d, sleep) in &mut self.idle {
+            sleep.as_mut().reset(now + *d);
+        }
+    }
+
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Option<BodyTimeout> {
+        if let Some((which, sleep)) = &mut self.deadline {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Some(*which);
+            }
+        }
+        for (which, _, sleep) in &mut self.idle {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Some(*which);
+            }
+        }
+        None
+    }
+}
+
+use std::future::Future;
+
+pub struct ResponseBody {
+    inner: Inner,
+    timers: BodyTimers,
+    completion: Option<StreamCompletion>,
+}
+
+impl ResponseBody {
+    pub fn full(body: Bytes, completion: StreamCompletion) -> Self {
+        ResponseBody {
+            inner: Inner::Full((!body.is_empty()).then_some(body)),
+            timers: BodyTimers::default(),
+            completion: Some(completion),
+        }
+    }
+
+    pub fn upstream(body: UpstreamBody, timers: BodyTimers, completion: StreamCompletion) -> Self {
+        ResponseBody { inner: Inner::Upstream(Box::new(body)), timers, completion: Some(completion) }
+    }
+
+    fn finish(&mut self, complete: bool, flag: Option<ResponseFlag>) {
+        if let Inner::Upstream(upstream) = &mut self.inner {
+            upstream.request.complete(complete);
+            if let Some(conn) = upstream.conn.take() {
+                conn.release(complete);
+            }
+        }
+        if let Some(mut completion) = self.completion.take() {
+            if let Some(flag) = flag {
+                completion.info.set_flag(flag);
+            }
+            completion.finish(complete);
+        }
+    }
+
+    fn timed_out(&mut self, which: BodyTimeout) -> BoxError {
+        let flag = match which {
+            BodyTimeout::Route | BodyTimeout::PerTryIdle => ResponseFlag::UpstreamRequestTimeout,
+            BodyTimeout::StreamIdle => ResponseFlag::StreamIdleTimeout,
+            BodyTimeout::MaxDuration => ResponseFlag::DurationTimeout,
+        };
+        if let Inner::Upstream(upstream) = &self.inner {
+            let stats = &upstream.request.cluster.stats;
+            match which {
+                BodyTimeout::Route => stats.upstream_rq_timeout.inc(),
+                BodyTimeout::PerTryIdle => stats.upstream_rq_per_try_idle_timeout.inc(),
+                _ => {}
+            }
+        }
+        if let Some(completion) = &self.completion {
+            let stats = &completion.context.shared.stats;
+            match which {
+                BodyTimeout::StreamIdle => stats.downstream_rq_idle_timeout.inc(),
+                BodyTimeout::MaxDuration => stats.downstream_rq_max_duration_reached.inc(),
+                _ => {}
+            }
+            stats.rq_reset_after_downstream_response_started.inc();
+        }
+        self.finish(false, Some(flag));
+        format!("{which:?} timeout").into()
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match &mut this.inner {
+            Inner::Full(body) => match body.take() {
+                Some(data) => {
+                    if let Some(c) = &mut this.completion {
+                        c.info.bytes_sent += data.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                None => {
+                    this.finish(true, None);
+                    Poll::Ready(None)
+                }
+            },
+            Inner::Upstream(upstream) => match Pin::new(&mut upstream.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.timers.touch();
+                    if let Some(c) = &mut this.completion {
+                        if let Some(data) = frame.data_ref() {
+                            c.info.bytes_sent += data.len() as u64;
+                        } else if let Some(trailers) = frame.trailers_ref() {
+                            c.info.response_trailers = Some(trailers.clone());
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    if let Some(c) = &mut this.completion {
+                        c.info.last_upstream_rx_byte = Some(c.info.elapsed());
+                    }
+                    this.finish(true, None);
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    upstream.request.cluster.stats.upstream_rq_rx_reset.inc();
+                    if let Some(c) = &this.completion {
+                        c.context.shared.stats.rq_reset_after_downstream_response_started.inc();
+                    }
+                    this.finish(false, Some(ResponseFlag::UpstreamRemoteReset));
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                Poll::Pending => match this.timers.poll_fired(cx) {
+                    Some(which) => Poll::Ready(Some(Err(this.timed_out(which)))),
+                    None => Poll::Pending,
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(body) => body.is_none(),
+            Inner::Upstream(upstream) => upstream.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(upstream) => upstream.body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.completion.is_none() {
+            return;
+        }
+        // hyper drops a body it never had to poll (no bytes) as a normal end; any other
+        // body dropped before its end means the downstream went away.
+        let complete = match &self.inner {
+            Inner::Full(body) => body.is_none(),
+            Inner::Upstream(upstream) => upstream.body.is_end_stream(),
+        };
+        if !complete {
+            if let Some(c) = &self.completion {
+                c.context.shared.stats.downstream_rq_rx_reset.inc();
+            }
+        }
+        self.finish(complete, (!complete).then_some(ResponseFlag::DownstreamConnectionTermination));
+    }
+}
+
+/// The end of a stream: what runs once, however it ends.
+pub struct StreamCompletion {
+    pub context: Rc<ConnectionContext>,
+    pub info: Box<StreamInfo>,
+    started: Instant,
+    done: bool,
+}
+
+impl StreamCompletion {
+    pub fn new(context: Rc<ConnectionContext>, info: Box<StreamInfo>) -> Self {
+        let started = info.start;
+        StreamCompletion { context, info, started, done: false }
+    }
+
+    pub fn finish(&mut self, complete: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        self.info.end = Some(elapsed);
+        if complete {
+            self.info.last_downstream_tx_byte = Some(elapsed);
+        }
+        let stats = &self.context.shared.stats;
+        if complete {
+            stats.downstream_rq_completed.inc();
+        }
+        stats.downstream_rq_time.record(elapsed.as_millis() as u64);
+        for logger in &self.context.shared.access_logs {
+            logger.log(&self.info);
+        }
+    }
+
+    /// Response headers as sent, for `%RESP(...)%`.
+    pub fn set_response_headers(&mut self, headers: &HeaderMap) {
+        if !self.context.shared.access_logs.is_empty() {
+            self.info.response_headers = Some(headers.clone());
+        }
+    }
+
+    pub fn cluster_name(&self) -> Option<Arc<str>> {
+        self.info.upstream_cluster.clone()
+    }
+}
+
+impl Drop for StreamCompletion {
+    fn drop(&mut self) {
+        self.finish(false);
+        let context = &self.context;
+        context.shared.stats.downstream_rq_active.dec();
+        context.active_streams.set(context.active_streams.get().saturating_sub(1));
+        context.stream_ended.notify_one();
+    }
+}

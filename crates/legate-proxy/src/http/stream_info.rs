@@ -1,0 +1,143 @@
+//! What is known about one HTTP stream, for access logs, stats and local replies (Envoy's
+//! `StreamInfo`). Filled in by the connection manager and the router as the stream goes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, Method, Version};
+
+use super::response_flags::{ResponseFlag, ResponseFlags};
+
+/// The downstream request as it arrived (before route rewrites), kept for access logs.
+#[derive(Clone, Debug)]
+pub struct RequestSnapshot {
+    pub method: Method,
+    /// Path and query as received (`:path`).
+    pub path: String,
+    /// `:authority` / `host`.
+    pub authority: String,
+    /// `http` or `https` (`:scheme`).
+    pub scheme: &'static str,
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug)]
+pub struct StreamInfo {
+    /// Wall clock at the first byte of the request (`%START_TIME%`).
+    pub start_time: SystemTime,
+    /// Monotonic clock at the same point; every duration below is measured from it.
+    pub start: Instant,
+    pub protocol: Version,
+    pub connection_id: u64,
+    pub downstream_remote_address: SocketAddr,
+    /// The connection's peer, before `x-forwarded-for` is considered.
+    pub downstream_direct_remote_address: SocketAddr,
+    pub downstream_local_address: SocketAddr,
+    pub request: Option<RequestSnapshot>,
+    pub request_id: Option<String>,
+    /// The whole request was received (`%REQUEST_DURATION%`).
+    pub last_downstream_rx_byte: Option<Duration>,
+    pub first_upstream_tx_byte: Option<Duration>,
+    pub last_upstream_tx_byte: Option<Duration>,
+    pub first_upstream_rx_byte: Option<Duration>,
+    pub last_upstream_rx_byte: Option<Duration>,
+    /// Response headers were sent downstream (`%RESPONSE_DURATION%`).
+    pub first_downstream_tx_byte: Option<Duration>,
+    pub last_downstream_tx_byte: Option<Duration>,
+    /// The stream ended (`%DURATION%`).
+    pub end: Option<Duration>,
+    pub response_code: Option<u16>,
+    /// Why the response is what it is (`%RESPONSE_CODE_DETAILS%`), e.g. `via_upstream`.
+    pub response_code_details: Option<String>,
+    pub response_flags: ResponseFlags,
+    pub response_headers: Option<HeaderMap>,
+    pub response_trailers: Option<HeaderMap>,
+    /// Body bytes received from the downstream (`%BYTES_RECEIVED%`).
+    pub bytes_received: u64,
+    /// Body bytes sent to the downstream (`%BYTES_SENT%`).
+    pub bytes_sent: u64,
+    pub route_name: Option<Arc<str>>,
+    pub virtual_host_name: Option<Arc<str>>,
+    pub upstream_cluster: Option<Arc<str>>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_local_address: Option<SocketAddr>,
+    pub upstream_transport_failure_reason: Option<String>,
+    /// Tries made upstream (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`).
+    pub attempt_count: u32,
+    /// The health check filter answered this request.
+    pub health_check: bool,
+    pub requested_server_name: Option<String>,
+}
+
+impl StreamInfo {
+    pub fn new(
+        protocol: Version,
+        connection_id: u64,
+        downstream_remote_address: SocketAddr,
+        downstream_local_address: SocketAddr,
+    ) -> Self {
+        StreamInfo {
+            start_time: SystemTime::now(),
+            start: Instant::now(),
+            protocol,
+            connection_id,
+            downstream_remote_address,
+            downstream_direct_remote_address: downstream_remote_address,
+            downstream_local_address,
+            request: None,
+            request_id: None,
+            last_downstream_rx_byte: None,
+            first_upstream_tx_byte: None,
+            last_upstream_tx_byte: None,
+            first_upstream_rx_byte: None,
+            last_upstream_rx_byte: None,
+            first_downstream_tx_byte: None,
+            last_downstream_tx_byte: None,
+            end: None,
+            response_code: None,
+            response_code_details: None,
+            response_flags: ResponseFlags::default(),
+            response_headers: None,
+            response_trailers: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+            route_name: None,
+            virtual_host_name: None,
+            upstream_cluster: None,
+            upstream_host: None,
+            upstream_local_address: None,
+            upstream_transport_failure_reason: None,
+            attempt_count: 0,
+            health_check: false,
+            requested_server_name: None,
+        }
+    }
+
+    /// Time since the stream started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn set_flag(&mut self, flag: ResponseFlag) {
+        self.response_flags.set(flag);
+    }
+
+    /// `%UPSTREAM_SERVICE_TIME%` / `x-envoy-upstream-service-time`: first upstream byte sent
+    /// to first upstream byte received.
+    pub fn upstream_service_time(&self) -> Option<Duration> {
+        Some(self.first_upstream_rx_byte?.saturating_sub(self.first_upstream_tx_byte?))
+    }
+
+    /// `%PROTOCOL%`: `HTTP/1.1`, `HTTP/2`…
+    pub fn protocol_str(&self) -> &'static str {
+        match self.protocol {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_11 => "HTTP/1.1",
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_3 => "HTTP/3",
+            _ => "-",
+        }
+    }
+}

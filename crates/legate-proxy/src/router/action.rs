@@ -1,0 +1,335 @@
+//! What a matched route does: forward to a cluster (`route`), redirect, or answer directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::StatusCode;
+use legate_config::cluster::RoutingPriority;
+use legate_config::matcher::RegexMatchAndSubstitute;
+use legate_config::route::{
+    ClusterNotFoundResponseCode, CorsPolicy, HashPolicy, RetryPolicy as RetryPolicyConfig, Route as RouteConfig,
+};
+
+use super::header_parser::HeaderParser;
+use super::retry_policy::RetryPolicy;
+
+pub enum RouteKind {
+    Route(Box<RouteAction>),
+    Redirect(Redirect),
+    DirectResponse(DirectResponse),
+}
+
+impl RouteKind {
+    pub(crate) fn new(config: &RouteConfig, vhost_retry: Option<&RetryPolicyConfig>) -> Result<Self, String> {
+        if let Some(action) = &config.route {
+            return Ok(RouteKind::Route(Box::new(RouteAction::new(action, vhost_retry)?)));
+        }
+        if let Some(redirect) = &config.redirect {
+            return Ok(RouteKind::Redirect(Redirect {
+                https: redirect.https_redirect,
+                scheme: redirect.scheme_redirect.clone().filter(|s| !s.is_empty()),
+                host: (!redirect.host_redirect.is_empty()).then(|| redirect.host_redirect.clone()),
+                port: (redirect.port_redirect != 0).then_some(redirect.port_redirect),
+                path: redirect.path_redirect.clone().filter(|s| !s.is_empty()),
+                prefix_rewrite: redirect.prefix_rewrite.clone().filter(|s| !s.is_empty()),
+                regex_rewrite: redirect.regex_rewrite.clone(),
+                strip_query: redirect.strip_query,
+                status: StatusCode::from_u16(redirect.response_code.status()).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+            }));
+        }
+        if let Some(direct) = &config.direct_response {
+            let body = match &direct.body {
+                Some(source) => Bytes::from(source.read()?),
+                None => Bytes::new(),
+            };
+            let status = u16::try_from(direct.status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .ok_or_else(|| format!("invalid direct_response status {}", direct.status))?;
+            return Ok(RouteKind::DirectResponse(DirectResponse { status, body }));
+        }
+        Err("route needs one of route, redirect, direct_response".into())
+    }
+}
+
+pub struct WeightedClusterEntry {
+    pub name: Arc<str>,
+    pub weight: u64,
+    pub request_headers: HeaderParser,
+    pub response_headers: HeaderParser,
+    pub host_rewrite_literal: Option<HeaderValue>,
+}
+
+pub enum ClusterSpecifier {
+    Cluster(Arc<str>),
+    /// The cluster named by a request header (`cluster_header`).
+    Header(HeaderName),
+    Weighted {
+        clusters: Vec<WeightedClusterEntry>,
+        total: u64,
+    },
+}
+
+pub struct Mirror {
+    pub cluster: Arc<str>,
+    /// In millionths.
+    pub fraction: u64,
+}
+
+pub struct RouteAction {
+    pub cluster: ClusterSpecifier,
+    pub cluster_not_found_response_code: StatusCode,
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<RegexMatchAndSubstitute>,
+    pub host_rewrite_literal: Option<HeaderValue>,
+    pub auto_host_rewrite: bool,
+    pub host_rewrite_header: Option<HeaderName>,
+    pub append_x_forwarded_host: bool,
+    /// Route `timeout` (15 s default); zero disables it.
+    pub timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub retry_policy: RetryPolicy,
+    pub priority: RoutingPriority,
+    pub max_stream_duration: Option<Duration>,
+    /// `upgrade_configs` of the route: (upgrade type lowercased, enabled).
+    pub upgrades: Vec<(String, bool)>,
+    pub mirrors: Vec<Mirror>,
+    pub hash_policy: Vec<HashPolicy>,
+    pub cors: Option<CorsPolicy>,
+}
+
+impl RouteAction {
+    fn new(c: &legate_config::route::RouteAction, vhost_retry: Option<&RetryPolicyConfig>) -> Result<Self, String> {
+        let header_value =
+            |s: &str| HeaderValue::from_str(s).map_err(|_| format!("invalid host_rewrite_literal '{s}'"));
+        let cluster = if let Some(name) = c.cluster.as_deref().filter(|s| !s.is_empty()) {
+            ClusterSpecifier::Cluster(name.into())
+        } else if let Some(header) = c.cluster_header.as_deref().filter(|s| !s.is_empty()) {
+            ClusterSpecifier::Header(
+                HeaderName::from_bytes(header.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("invalid cluster_header '{header}'"))?,
+            )
+        } else if let Some(w) = &c.weighted_clusters {
+            let mut clusters = Vec::new();
+            for entry in &w.clusters {
+                clusters.push(WeightedClusterEntry {
+                    name: entry.name.as_str().into(),
+                    weight: u64::from(entry.weight.unwrap_or(0)),
+                    request_headers: HeaderParser::new(
+                        &entry.request_headers_to_add,
+                        &entry.request_headers_to_remove,
+                    )?,
+                    response_headers: HeaderParser::new(
+                        &entry.response_headers_to_add,
+                        &entry.response_headers_to_remove,
+                    )?,
+                    host_rewrite_literal: match entry.host_rewrite_literal.as_deref().unwrap_or_default() {
+                        "" => None,
+                        s => Some(header_value(s)?),
+                    },
+                });
+            }
+            let total = clusters.iter().map(|c| c.weight).sum();
+            ClusterSpecifier::Weighted { clusters, total }
+        } else {
+            return Err("route action needs one of cluster, cluster_header, weighted_clusters".into());
+        };
+        let retry_policy = c.retry_policy.as_ref().or(vhost_retry).map(RetryPolicy::from_config).unwrap_or_default();
+        Ok(RouteAction {
+            cluster,
+            cluster_not_found_response_code: match c.cluster_not_found_response_code {
+                ClusterNotFoundResponseCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                ClusterNotFoundResponseCode::NotFound => StatusCode::NOT_FOUND,
+                ClusterNotFoundResponseCode::InternalServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            prefix_rewrite: (!c.prefix_rewrite.is_empty()).then(|| c.prefix_rewrite.clone()),
+            regex_rewrite: c.regex_rewrite.clone(),
+            host_rewrite_literal: match c.host_rewrite_literal.as_deref().unwrap_or_default() {
+                "" => None,
+                s => Some(header_value(s)?),
+            },
+            auto_host_rewrite: c.auto_host_rewrite.unwrap_or(false),
+            host_rewrite_header: match c.host_rewrite_header.as_deref().unwrap_or_default() {
+                "" => None,
+                s => Some(
+                    HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| format!("invalid host_rewrite_header '{s}'"))?,
+                ),
+            },
+            append_x_forwarded_host: c.append_x_forwarded_host,
+            timeout: c.timeout(),
+            idle_timeout: c.idle_timeout.as_ref().map(|d| d.as_std()).filter(|d| !d.is_zero()),
+            retry_policy,
+            priority: c.priority,
+            max_stream_duration: c
+                .max_stream_duration
+                .as_ref()
+                .and_then(|m| m.max_stream_duration.as_ref())
+                .map(|d| d.as_std())
+                .filter(|d| !d.is_zero()),
+            upgrades: c
+                .upgrade_configs
+                .iter()
+                .map(|u| (u.upgrade_type.to_ascii_lowercase(), u.enabled.unwrap_or(true)))
+                .collect(),
+            mirrors: c
+                .request_mirror_policies
+                .iter()
+                .filter(|m| !m.cluster.is_empty())
+                .map(|m| Mirror {
+                    cluster: m.cluster.as_str().into(),
+                    fraction: m
+                        .runtime_fraction
+                        .as_ref()
+                        .map_or(1_000_000, |f| (f.default_value.as_fraction().clamp(0.0, 1.0) * 1e6).round() as u64),
+                })
+                .collect(),
+            hash_policy: c.hash_policy.clone(),
+            cors: c.cors.clone(),
+        })
+    }
+
+    /// The path sent upstream: `prefix_rewrite` replaces the matched prefix, `regex_rewrite`
+    /// substitutes in the path (the query string is kept as it was).
+    pub fn rewrite_path(&self, path: &str, query: Option<&str>, matched_prefix: Option<&str>) -> Option<String> {
+        let rewritten = if let (Some(new_prefix), Some(old)) = (&self.prefix_rewrite, matched_prefix) {
+            let rest = path.get(old.len()..).unwrap_or("");
+            format!("{new_prefix}{rest}")
+        } else if let Some(rr) = &self.regex_rewrite {
+            rr.pattern.regex().replace_all(path, rr.substitution.as_str()).into_owned()
+        } else {
+            return None;
+        };
+        Some(match query {
+            Some(q) => format!("{rewritten}?{q}"),
+            None => rewritten,
+        })
+    }
+}
+
+pub struct Redirect {
+    https: bool,
+    scheme: Option<String>,
+    host: Option<String>,
+    port: Option<u32>,
+    path: Option<String>,
+    prefix_rewrite: Option<String>,
+    regex_rewrite: Option<RegexMatchAndSubstitute>,
+    strip_query: bool,
+    pub status: StatusCode,
+}
+
+impl Redirect {
+    /// The `location` for a request to `scheme://host` + `path` (`?query`).
+    pub fn location(
+        &self,
+        scheme: &str,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        matched_prefix: Option<&str>,
+    ) -> String {
+        let new_scheme = if self.https { "https" } else { self.scheme.as_deref().unwrap_or(scheme) };
+        let (mut host_only, mut port) = split_host_port(self.host.as_deref().unwrap_or(host));
+        if self.host.is_some() {
+            // A new host drops the old port unless a port is given.
+            port = split_host_port(self.host.as_deref().unwrap_or_default()).1;
+        }
+        if let Some(p) = self.port {
+            port = Some(p.to_string());
+        } else if new_scheme != scheme {
+            // Changing scheme drops the old scheme's default port.
+            if matches!((scheme, port.as_deref()), ("http", Some("80")) | ("https", Some("443"))) {
+                port = None;
+            }
+        }
+        if matches!((new_scheme, port.as_deref()), ("http", Some("80")) | ("https", Some("443"))) {
+            port = None;
+        }
+        let mut new_path = if let Some(p) = &self.path {
+            p.clone()
+        } else if let (Some(new_prefix), Some(old)) = (&self.prefix_rewrite, matched_prefix) {
+            format!("{new_prefix}{}", path.get(old.len()..).unwrap_or(""))
+        } else if let Some(rr) = &self.regex_rewrite {
+            rr.pattern.regex().replace_all(path, rr.substitution.as_str()).into_owned()
+        } else {
+            path.to_string()
+        };
+        if !self.strip_query && !new_path.contains('?') {
+            if let Some(q) = query {
+                new_path.push('?');
+                new_path.push_str(q);
+            }
+        }
+        if host_only.is_empty() {
+            host_only = host;
+        }
+        match port {
+            Some(p) => format!("{new_scheme}://{host_only}:{p}{new_path}"),
+            None => format!("{new_scheme}://{host_only}{new_path}"),
+        }
+    }
+}
+
+/// `host:port` → (`host`, `port`); IPv6 literals keep their brackets.
+pub fn split_host_port(authority: &str) -> (&str, Option<String>) {
+    if let Some(end) = authority.rfind(']') {
+        return match authority[end + 1..].strip_prefix(':') {
+            Some(p) => (&authority[..=end], Some(p.to_string())),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p.to_string())),
+        _ => (authority, None),
+    }
+}
+
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redirect() -> Redirect {
+        Redirect {
+            https: false,
+            scheme: None,
+            host: None,
+            port: None,
+            path: None,
+            prefix_rewrite: None,
+            regex_rewrite: None,
+            strip_query: false,
+            status: StatusCode::MOVED_PERMANENTLY,
+        }
+    }
+
+    #[test]
+    fn https_redirect_drops_default_port_and_keeps_query() {
+        let r = Redirect { https: true, ..redirect() };
+        assert_eq!(r.location("http", "example.com:80", "/a", Some("x=1"), None), "https://example.com/a?x=1");
+        assert_eq!(r.location("http", "example.com:8080", "/a", None, None), "https://example.com:8080/a");
+    }
+
+    #[test]
+    fn host_path_and_prefix_redirects() {
+        let r = Redirect { host: Some("new.example".into()), path: Some("/moved".into()), ..redirect() };
+        assert_eq!(r.location("http", "old:8080", "/x", Some("q"), None), "http://new.example/moved?q");
+        let r = Redirect { prefix_rewrite: Some("/v2/".into()), strip_query: true, ..redirect() };
+        assert_eq!(r.location("http", "h", "/v1/items", Some("q"), Some("/v1/")), "http://h/v2/items");
+    }
+
+    #[test]
+    fn splits_authorities() {
+        assert_eq!(split_host_port("a:1"), ("a", Some("1".to_string())));
+        assert_eq!(split_host_port("[::1]:8"), ("[::1]", Some("8".to_string())));
+        assert_eq!(split_host_port("[::1]"), ("[::1]", None));
+        assert_eq!(split_host_port("a"), ("a", None));
+    }
+}

@@ -1,0 +1,152 @@
+//! One route: its match criteria and its action, plus the per-route pieces filters read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use legate_config::matcher::RegexMatcher;
+use legate_config::route::{FilterPerRouteConfig, HeaderMatcher, QueryParameterMatcher, Route as RouteConfig};
+
+use super::action::RouteKind;
+use super::header_parser::HeaderParser;
+use super::retry_policy::joined;
+
+/// What a request is matched on.
+pub struct MatchInput<'a> {
+    /// `:path` without the query string.
+    pub path: &'a str,
+    /// The query string, without `?`.
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    /// Drawn once per request, for `runtime_fraction`.
+    pub random: u64,
+}
+
+pub(crate) enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(RegexMatcher),
+    SeparatedPrefix(String),
+    Connect,
+}
+
+pub struct Route {
+    pub name: Arc<str>,
+    pub(crate) path: PathMatch,
+    pub(crate) case_sensitive: bool,
+    headers: Vec<HeaderMatcher>,
+    query_parameters: Vec<QueryParameterMatcher>,
+    grpc: bool,
+    /// `runtime_fraction`, in millionths.
+    fraction: Option<u64>,
+    pub kind: RouteKind,
+    pub request_headers: HeaderParser,
+    pub response_headers: HeaderParser,
+    pub per_filter_config: BTreeMap<String, FilterPerRouteConfig>,
+    pub per_request_buffer_limit_bytes: Option<u32>,
+}
+
+impl Route {
+    pub fn new(config: &RouteConfig, vhost_retry: Option<&legate_config::route::RetryPolicy>) -> Result<Self, String> {
+        let m = &config.r#match;
+        let path = if let Some(p) = &m.prefix {
+            PathMatch::Prefix(p.clone())
+        } else if let Some(p) = &m.path {
+            PathMatch::Exact(p.clone())
+        } else if let Some(r) = &m.safe_regex {
+            PathMatch::Regex(r.clone())
+        } else if let Some(p) = &m.path_separated_prefix {
+            PathMatch::SeparatedPrefix(p.clone())
+        } else if m.connect_matcher.is_some() {
+            PathMatch::Connect
+        } else {
+            return Err("route match needs one of prefix, path, safe_regex, path_separated_prefix".into());
+        };
+        let case_sensitive = m.case_sensitive.unwrap_or(true);
+        let path = match (case_sensitive, path) {
+            (false, PathMatch::Prefix(p)) => PathMatch::Prefix(p.to_ascii_lowercase()),
+            (false, PathMatch::Exact(p)) => PathMatch::Exact(p.to_ascii_lowercase()),
+            (false, PathMatch::SeparatedPrefix(p)) => PathMatch::SeparatedPrefix(p.to_ascii_lowercase()),
+            (_, p) => p,
+        };
+        let fraction =
+            m.runtime_fraction.as_ref().map(|f| (f.default_value.as_fraction().clamp(0.0, 1.0) * 1e6).round() as u64);
+        Ok(Route {
+            name: config.name.as_str().into(),
+            path,
+            case_sensitive,
+            headers: m.headers.clone(),
+            query_parameters: m.query_parameters.clone(),
+            grpc: m.grpc.is_some(),
+            fraction,
+            kind: RouteKind::new(config, vhost_retry)?,
+            request_headers: HeaderParser::new(&config.request_headers_to_add, &config.request_headers_to_remove)?,
+            response_headers: HeaderParser::new(&config.response_headers_to_add, &config.response_headers_to_remove)?,
+            per_filter_config: config.typed_per_filter_config.clone(),
+            per_request_buffer_limit_bytes: config.per_request_buffer_limit_bytes,
+        })
+    }
+
+    /// Whether the request matches every criterion of this route.
+    pub fn matches(&self, input: &MatchInput<'_>) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Connect => input.method == Method::CONNECT,
+            PathMatch::Regex(r) => r.is_match(input.path),
+            PathMatch::Prefix(p) => self.starts_with(input.path, p),
+            PathMatch::Exact(p) => input.path.len() == p.len() && self.starts_with(input.path, p),
+            PathMatch::SeparatedPrefix(p) => {
+                self.starts_with(input.path, p)
+                    && (input.path.len() == p.len() || input.path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+        };
+        if !path_ok {
+            return false;
+        }
+        if self.grpc && !is_grpc(input.headers) {
+            return false;
+        }
+        if !self.headers.iter().all(|m| m.matches(joined(input.headers, &m.name).as_deref())) {
+            return false;
+        }
+        if !self.query_parameters.iter().all(|m| m.matches(query_value(input.query, &m.name))) {
+            return false;
+        }
+        match self.fraction {
+            Some(millionths) => input.random % 1_000_000 < millionths,
+            None => true,
+        }
+    }
+
+    fn starts_with(&self, path: &str, prefix: &str) -> bool {
+        if self.case_sensitive {
+            path.starts_with(prefix)
+        } else {
+            path.len() >= prefix.len() && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        }
+    }
+}
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The first value of query parameter `name` (raw, not percent-decoded, as Envoy matches).
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values() {
+        assert_eq!(query_value(Some("a=1&b=2&b=3"), "b"), Some("2"));
+        assert_eq!(query_value(Some("flag&x=1"), "flag"), Some(""));
+        assert_eq!(query_value(None, "a"), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! A compiled route configuration: virtual hosts by domain, and per virtual host an index
+//! over its routes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use legate_config::route::{CorsPolicy, FilterPerRouteConfig, RouteConfiguration, VirtualHost as VirtualHostConfig};
+
+use super::header_parser::HeaderParser;
+use super::route::{MatchInput, PathMatch, Route};
+
+pub struct VirtualHost {
+    pub name: Arc<str>,
+    routes: Vec<Arc<Route>>,
+    index: RouteIndex,
+    pub request_headers: HeaderParser,
+    pub response_headers: HeaderParser,
+    pub per_filter_config: BTreeMap<String, FilterPerRouteConfig>,
+    pub cors: Option<CorsPolicy>,
+    pub include_attempt_count_in_request: bool,
+    pub include_attempt_count_in_response: bool,
+    pub per_request_buffer_limit_bytes: Option<u32>,
+}
+
+impl VirtualHost {
+    fn new(c: &VirtualHostConfig) -> Result<Self, String> {
+        let mut routes = Vec::with_capacity(c.routes.len());
+        for (i, r) in c.routes.iter().enumerate() {
+            routes.push(Arc::new(
+                Route::new(r, c.retry_policy.as_ref())
+                    .map_err(|e| format!("virtual host '{}' route {i}: {e}", c.name))?,
+            ));
+        }
+        Ok(VirtualHost {
+            name: c.name.as_str().into(),
+            index: RouteIndex::new(&routes),
+            routes,
+            request_headers: HeaderParser::new(&c.request_headers_to_add, &c.request_headers_to_remove)?,
+            response_headers: HeaderParser::new(&c.response_headers_to_add, &c.response_headers_to_remove)?,
+            per_filter_config: c.typed_per_filter_config.clone(),
+            cors: c.cors.clone(),
+            include_attempt_count_in_request: c.include_request_attempt_count,
+            include_attempt_count_in_response: c.include_attempt_count_in_response,
+            per_request_buffer_limit_bytes: c.per_request_buffer_limit_bytes,
+        })
+    }
+
+    /// The first route, in configuration order, that matches.
+    pub fn route(&self, input: &MatchInput<'_>) -> Option<&Arc<Route>> {
+        let mut candidates = self.index.candidates(input.path);
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.into_iter().filter_map(|i| self.routes.get(i as usize)).find(|r| r.matches(input))
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+/// Narrows the routes worth checking for a path. Exact `path` routes are found by hashing,
+/// `prefix` routes by hashing each prefix length present; every other route (regex, case
+/// insensitive, CONNECT…) is always a candidate.
+struct RouteIndex {
+    exact: HashMap<String, Vec<u32>>,
+    /// Prefix routes grouped by prefix length, shortest first.
+    prefixes: Vec<(usize, HashMap<String, Vec<u32>>)>,
+    others: Vec<u32>,
+}
+
+impl RouteIndex {
+    fn new(routes: &[Arc<Route>]) -> Self {
+        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_len: BTreeMap<usize, HashMap<String, Vec<u32>>> = BTreeMap::new();
+        let mut others = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let i = i as u32;
+            match &route.path {
+                PathMatch::Exact(p) if route.case_sensitive => exact.entry(p.clone()).or_default().push(i),
+                PathMatch::Prefix(p) if route.case_sensitive => {
+                    by_len.entry(p.len()).or_default().entry(p.clone()).or_default().push(i)
+                }
+                _ => others.push(i),
+            }
+        }
+        RouteIndex { exact, prefixes: by_len.into_iter().collect(), others }
+    }
+
+    fn candidates(&self, path: &str) -> Vec<u32> {
+        let mut out = self.others.clone();
+        if let Some(hits) = self.exact.get(path) {
+            out.extend_from_slice(hits);
+        }
+        for (len, table) in &self.prefixes {
+            let Some(prefix) = path.get(..*len) else {
+                if *len > path.len() {
+                    break;
+                }
+                continue;
+            };
+            if let Some(hits) = table.get(prefix) {
+                out.extend_from_slice(hits);
+            }
+        }
+        out
+    }
+}
+
+pub struct RouteConfig {
+    pub name: Arc<str>,
+    virtual_hosts: Vec<Arc<VirtualHost>>,
+    exact: HashMap<String, usize>,
+    /// `*.example.com`-style domains, by suffix length, longest first.
+    suffixes: Vec<(usize, HashMap<String, usize>)>,
+    /// `example.*`-style domains, by prefix length, longest first.
+    prefixes: Vec<(usize, HashMap<String, usize>)>,
+    default: Option<usize>,
+    ignore_port_in_host_matching: bool,
+    pub request_headers: HeaderParser,
+    pub response_headers: HeaderParser,
+    pub most_specific_header_mutations_wins: bool,
+}
+
+impl RouteConfig {
+    pub fn new(c: &RouteConfiguration) -> Result<Self, String> {
+        let mut virtual_hosts = Vec::new();
+        let mut exact = HashMap::new();
+        let mut suffixes: BTreeMap<usize, HashMap<String, usize>> = BTreeMap::new();
+        let mut prefixes: BTreeMap<usize, HashMap<String, usize>> = BTreeMap::new();
+        let mut default = None;
+        for (i, vh) in c.virtual_hosts.iter().enumerate() {
+            virtual_hosts.push(Arc::new(VirtualHost::new(vh)?));
+            for domain in &vh.domains {
+                let domain = domain.to_ascii_lowercase();
+                if domain == "*" {
+                    default.get_or_insert(i);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    suffixes.entry(suffix.len()).or_default().entry(suffix.to_string()).or_insert(i);
+                } else if let Some(prefix) = domain.strip_suffix('*') {
+                    prefixes.entry(prefix.len()).or_default().entry(prefix.to_string()).or_insert(i);
+                } else {
+                    exact.entry(domain).or_insert(i);
+                }
+            }
+        }
+        Ok(RouteConfig {
+            name: c.name.as_str().into(),
+            virtual_hosts,
+            exact,
+            suffixes: suffixes.into_iter().rev().collect(),
+            prefixes: prefixes.into_iter().rev().collect(),
+            default,
+            ignore_port_in_host_matching: c.ignore_port_in_host_matching,
+            request_headers: HeaderParser::new(&c.request_headers_to_add, &c.request_headers_to_remove)?,
+            response_headers: HeaderParser::new(&c.response_headers_to_add, &c.response_headers_to_remove)?,
+            most_specific_header_mutations_wins: c.most_specific_header_mutations_wins,
+        })
+    }
+
+    /// Envoy's search order: exact domain, then the longest `*suffix`, then the longest
+    /// `prefix*`, then `*`. Wildcards never match an empty remainder.
+    pub fn virtual_host(&self, authority: &str) -> Option<&Arc<VirtualHost>> {
+        let mut host = authority.to_ascii_lowercase();
+        if self.ignore_port_in_host_matching {
+            let (h, _) = super::action::split_host_port(&host);
+            host = h.to_string();
+        }
+        let index = self
+            .exact
+            .get(&host)
+            .copied()
+            .or_else(|| {
+                self.suffixes.iter().find_map(|(len, table)| {
+                    let start = host.len().checked_sub(*len).filter(|s| *s > 0)?;
+                    table.get(host.get(start..)?).copied()
+                })
+            })
+            .or_else(|| {
+                self.prefixes.iter().find_map(|(len, table)| {
+                    if host.len() <= *len {
+                        return None;
+                    }
+                    table.get(host.get(..*len)?).copied()
+                })
+            })
+            .or(self.default)?;
+        self.virtual_hosts.get(index)
+    }
+
+    pub fn virtual_hosts(&self) -> &[Arc<VirtualHost>] {
+        &self.virtual_hosts
+    }
+}

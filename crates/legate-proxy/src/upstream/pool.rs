@@ -1,0 +1,563 @@
+//! Per-worker HTTP connection pools, one per (host, protocol) (Envoy's `ConnPoolImpl`).
+//!
+//! HTTP/1.1: one request per connection at a time; idle connections are reused last-in
+//! first-out. HTTP/2: streams are multiplexed on a connection up to `max_concurrent_streams`,
+//! and a new connection is opened when every connection is full. A request that finds no
+//! ready connection waits in the pending request queue (`max_pending_requests`); a new
+//! connection is opened for it when `max_connections` allows, else `upstream_cx_overflow`.
+//! Idle connections close after the cluster's `idle_timeout` (1 h), any connection after
+//! `max_connection_duration`, and an HTTP/1.1 connection after `max_requests_per_connection`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use legate_config::cluster::{RoutingPriority, UpstreamProtocol};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+
+use super::circuit_breakers::ResourceGuard;
+use super::upstream_cx::UpstreamCx;
+use super::{Cluster, Host};
+use crate::http::body::AttemptBody;
+use crate::http::io::{CountingIo, LocalExec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolProtocol {
+    Http1,
+    Http2,
+}
+
+/// Why no connection could be had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolFailure {
+    /// The pending request queue is full (`max_pending_requests`): `UO`.
+    Overflow,
+    /// The connection could not be made; the reason as Envoy words it (`UF`).
+    ConnectFailure(String),
+    /// `connect_timeout` passed (`UF`).
+    ConnectTimeout,
+}
+
+impl PoolFailure {
+    /// Envoy's reset reason text for local replies.
+    pub fn reason(&self) -> String {
+        match self {
+            PoolFailure::Overflow => "overflow".into(),
+            PoolFailure::ConnectFailure(detail) => {
+                format!("remote connection failure, transport failure reason: {detail}")
+            }
+            PoolFailure::ConnectTimeout => "connection timeout".into(),
+        }
+    }
+}
+
+/// The pools of one worker.
+#[derive(Default)]
+pub struct HttpPools {
+    pools: RefCell<HashMap<(usize, PoolProtocol), Rc<Pool>>>,
+}
+
+impl HttpPools {
+    pub fn get(&self, cluster: &Arc<Cluster>, host: &Arc<Host>, protocol: PoolProtocol) -> Rc<Pool> {
+        // The pool keeps its host alive, so the address cannot be reused by another host.
+        let key = (Arc::as_ptr(host) as usize, protocol);
+        self.pools
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| Rc::new(Pool::new(cluster.clone(), host.clone(), protocol)))
+            .clone()
+    }
+}
+
+struct Settings {
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_connection_duration: Option<Duration>,
+    max_requests_per_connection: Option<u32>,
+    max_concurrent_streams: u32,
+    initial_stream_window_size: u32,
+    initial_connection_window_size: u32,
+}
+
+/// What a connection's driver and its handles share.
+struct ConnShared {
+    created: Instant,
+    requests: Cell<u32>,
+    /// Set while an HTTP/1.1 connection sits in the idle list (or an HTTP/2 one has no
+    /// stream).
+    idle_since: Cell<Option<Instant>>,
+    /// No new requests: past `max_connection_duration` or `max_requests_per_connection`.
+    draining: Cell<bool>,
+    closed: Cell<bool>,
+    /// Wakes the driver when the connection goes idle or starts draining.
+    changed: Notify,
+    local_address: Option<SocketAddr>,
+}
+
+struct H2Client {
+    sender: http2::SendRequest<AttemptBody>,
+    shared: Rc<ConnShared>,
+    active: Cell<u32>,
+}
+
+enum Client {
+    Http1(http1::SendRequest<AttemptBody>, Rc<ConnShared>),
+    Http2(Rc<H2Client>),
+}
+
+#[derive(Default)]
+struct State {
+    idle: Vec<(http1::SendRequest<AttemptBody>, Rc<ConnShared>)>,
+    h2: Vec<Rc<H2Client>>,
+    connecting: usize,
+    live: usize,
+    waiters: VecDeque<oneshot::Sender<Result<Client, PoolFailure>>>,
+}
+
+pub struct Pool {
+    pub cluster: Arc<Cluster>,
+    pub host: Arc<Host>,
+    protocol: PoolProtocol,
+    settings: Settings,
+    state: RefCell<State>,
+}
+
+impl Pool {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>, protocol: PoolProtocol) -> Self {
+        let common = cluster.config.upstream_common_http_protocol_options();
+        let h2 = cluster.config.upstream_http2_options();
+        let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
+        let settings = Settings {
+            connect_timeout: cluster.connect_timeout(),
+            idle_timeout: match &common.idle_timeout {
+                Some(d) => nonzero(Some(d)),
+                None => Some(Duration::from_secs(3600)),
+            },
+            max_connection_duration: nonzero(common.max_connection_duration.as_ref()),
+            max_requests_per_connection: common
+                .max_requests_per_connection
+                .or(cluster.config.max_requests_per_connection)
+                .filter(|n| *n > 0),
+            max_concurrent_streams: h2.max_concurrent_streams.unwrap_or(i32::MAX as u32).max(1),
+            initial_stream_window_size: h2.initial_stream_window_size.unwrap_or(256 * 1024 * 1024),
+            initial_connection_window_size: h2.initial_connection_window_size.unwrap_or(256 * 1024 * 1024),
+        };
+        Pool { cluster, host, protocol, settings, state: RefCell::new(State::default()) }
+    }
+
+    pub fn protocol(&self) -> PoolProtocol {
+        self.protocol
+    }
+
+    /// A connection ready for one request: an idle one, or one made (or freed) for this
+    /// request while it waits in the pending queue.
+    pub async fn acquire(self: &Rc<Self>, priority: RoutingPriority) -> Result<PooledConn, PoolFailure> {
+        loop {
+            let Some(client) = self.ready_client() else { break };
+            if let Some(conn) = self.prepare(client).await {
+                return Ok(conn);
+            }
+        }
+        let stats = &self.cluster.stats;
+        let breakers = self.cluster.circuit_breakers.for_priority(priority);
+        let Some(_pending) = breakers.pending_requests.try_acquire() else {
+            stats.upstream_rq_pending_overflow.inc();
+            return Err(PoolFailure::Overflow);
+        };
+        stats.upstream_rq_pending_total.inc();
+        stats.upstream_rq_pending_active.inc();
+        let _active = PendingActive(&self.cluster);
+        loop {
+            let (tx, rx) = oneshot::channel();
+            self.state.borrow_mut().waiters.push_back(tx);
+            self.maybe_connect(priority);
+            let client = match rx.await {
+                Ok(Ok(client)) => client,
+                Ok(Err(failure)) => return Err(failure),
+                Err(_) => return Err(PoolFailure::ConnectFailure("connection pool closed".into())),
+            };
+            if let Some(conn) = self.prepare(client).await {
+                return Ok(conn);
+            }
+        }
+    }
+
+    fn ready_client(self: &Rc<Self>) -> Option<Client> {
+        let mut state = self.state.borrow_mut();
+        match self.protocol {
+            PoolProtocol::Http1 => {
+                while let Some((sender, shared)) = state.idle.pop() {
+                    if !sender.is_closed() && !shared.closed.get() {
+                        return Some(Client::Http1(sender, shared));
+                    }
+                }
+                None
+            }
+            PoolProtocol::Http2 => {
+                let max = self.settings.max_concurrent_streams;
+                state.h2.retain(|c| !c.sender.is_closed() && !c.shared.closed.get());
+                let client = state.h2.iter().find(|c| c.active.get() < max && !c.shared.draining.get())?.clone();
+                client.active.set(client.active.get() + 1);
+                Some(Client::Http2(client))
+            }
+        }
+    }
+
+    /// Waits for an HTTP/1.1 connection to finish its previous exchange; `None` when it
+    /// closed meanwhile.
+    async fn prepare(self: &Rc<Self>, client: Client) -> Option<PooledConn> {
+        let shared = match &client {
+            Client::Http1(_, shared) => shared.clone(),
+            Client::Http2(c) => c.shared.clone(),
+        };
+        let client = match client {
+            Client::Http1(mut sender, shared) => {
+                if sender.ready().await.is_err() {
+                    return None;
+                }
+                Client::Http1(sender, shared)
+            }
+            other => other,
+        };
+        shared.idle_since.set(None);
+        shared.requests.set(shared.requests.get() + 1);
+        Some(PooledConn { pool: self.clone(), client: Some(client), shared })
+    }
+
+    /// Opens connections for waiting requests, as far as `max_connections` allows.
+    fn maybe_connect(self: &Rc<Self>, priority: RoutingPriority) {
+        let (waiting, connecting, has_h2) = {
+            let s = self.state.borrow();
+            (s.waiters.len(), s.connecting, !s.h2.is_empty())
+        };
+        let wanted = match self.protocol {
+            PoolProtocol::Http1 => waiting,
+            // One new HTTP/2 connection serves many waiters.
+            PoolProtocol::Http2 => usize::from(waiting > 0 && !has_h2 || waiting > connecting * 100),
+        };
+        if connecting >= wanted {
+            return;
+        }
+        let breakers = self.cluster.circuit_breakers.for_priority(priority);
+        let Some(guard) = breakers.connections.try_acquire() else {
+            self.cluster.stats.upstream_cx_overflow.inc();
+            return;
+        };
+        self.state.borrow_mut().connecting += 1;
+        tokio::task::spawn_local(self.clone().connect(guard, priority));
+    }
+
+    async fn connect(self: Rc<Self>, guard: ResourceGuard, priority: RoutingPriority) {
+        let stats = &self.cluster.stats;
+        let mut cx = UpstreamCx::new(self.cluster.clone(), self.host.clone(), guard);
+        match self.protocol {
+            PoolProtocol::Http1 => stats.upstream_cx_http1_total.inc(),
+            PoolProtocol::Http2 => stats.upstream_cx_http2_total.inc(),
+        }
+        let address = self.host.address;
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                stats.upstream_cx_connect_fail.inc();
+                self.host.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let detail = match e.raw_os_error() {
+                    Some(code) => format!("delayed connect error: {code}"),
+                    None => e.to_string(),
+                };
+                self.connect_failed(PoolFailure::ConnectFailure(detail), priority);
+                return;
+            }
+            Err(_) => {
+                stats.upstream_cx_connect_timeout.inc();
+                stats.upstream_cx_connect_fail.inc();
+                self.host.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cx.closed_locally = true;
+                self.connect_failed(PoolFailure::ConnectTimeout, priority);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local_address = stream.local_addr().ok();
+        let mut activity = Instant::now();
+        cx.connected(&mut activity);
+        let io = TokioIo::new(CountingIo::new(
+            stream,
+            BytesMut::new(),
+            stats.upstream_cx_rx_bytes_total.clone(),
+            stats.upstream_cx_tx_bytes_total.clone(),
+        ));
+        let shared = Rc::new(ConnShared {
+            created: Instant::now(),
+            requests: Cell::new(0),
+            idle_since: Cell::new(None),
+            draining: Cell::new(false),
+            closed: Cell::new(false),
+            changed: Notify::new(),
+            local_address,
+        });
+        {
+            let mut state = self.state.borrow_mut();
+            state.connecting -= 1;
+            state.live += 1;
+        }
+        match self.protocol {
+            PoolProtocol::Http1 => match http1::Builder::new().handshake::<_, AttemptBody>(io).await {
+                Ok((sender, connection)) => {
+                    self.on_available(Client::Http1(sender, shared.clone()));
+                    let driver = async move { connection.await.is_ok() };
+                    self.drive(driver, &shared, &mut cx).await;
+                }
+                Err(_) => stats.upstream_cx_protocol_error.inc(),
+            },
+            PoolProtocol::Http2 => {
+                let mut builder = http2::Builder::new(LocalExec);
+                builder
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(self.settings.initial_stream_window_size)
+                    .initial_connection_window_size(self.settings.initial_connection_window_size);
+                match builder.handshake::<_, AttemptBody>(io).await {
+                    Ok((sender, connection)) => {
+                        let client = Rc::new(H2Client { sender, shared: shared.clone(), active: Cell::new(0) });
+                        self.state.borrow_mut().h2.push(client.clone());
+                        shared.idle_since.set(Some(Instant::now()));
+                        self.serve_h2_waiters(&client);
+                        let driver = async move { connection.await.is_ok() };
+                        self.drive(driver, &shared, &mut cx).await;
+                    }
+                    Err(_) => stats.upstream_cx_protocol_error.inc(),
+                }
+            }
+        }
+        shared.closed.set(true);
+        let mut state = self.state.borrow_mut();
+        state.live -= 1;
+        state.h2.retain(|c| !Rc::ptr_eq(&c.shared, &shared));
+        let orphaned = state.live == 0 && state.connecting == 0 && !state.waiters.is_empty();
+        drop(state);
+        if orphaned {
+            // Requests were waiting for this connection to free up.
+            self.maybe_connect(priority);
+        }
+    }
+
+    /// Runs a connection until it ends, closing it when idle past `idle_timeout` or when
+    /// `max_connection_duration` has passed.
+    async fn drive(
+        &self,
+        driver: impl std::future::Future<Output = bool>,
+        shared: &Rc<ConnShared>,
+        cx: &mut UpstreamCx,
+    ) {
+        tokio::pin!(driver);
+        let stats = &self.cluster.stats;
+        loop {
+            let now = Instant::now();
+            let idle_deadline = shared.idle_since.get().zip(self.settings.idle_timeout).map(|(at, d)| at + d);
+            let duration_deadline = self.settings.max_connection_duration.map(|d| shared.created + d);
+            let next =
+                [idle_deadline, duration_deadline.filter(|_| !shared.draining.get())].into_iter().flatten().min();
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.max(now).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ok = &mut driver => {
+                    if !ok {
+                        stats.upstream_cx_protocol_error.inc();
+                    }
+                    return;
+                }
+                () = sleep => {
+                    let now = Instant::now();
+                    if duration_deadline.is_some_and(|d| now >= d) && !shared.draining.get() {
+                        stats.upstream_cx_max_duration_reached.inc();
+                        shared.draining.set(true);
+                    }
+                    let idle = shared.idle_since.get();
+                    if idle.zip(self.settings.idle_timeout).is_some_and(|(at, d)| now >= at + d) {
+                        stats.upstream_cx_idle_timeout.inc();
+                        cx.closed_locally = true;
+                        return;
+                    }
+                    if shared.draining.get() && idle.is_some() {
+                        cx.closed_locally = true;
+                        return;
+                    }
+                }
+                () = shared.changed.notified() => {}
+            }
+        }
+    }
+
+    fn connect_failed(self: &Rc<Self>, failure: PoolFailure, priority: RoutingPriority) {
+        let mut state = self.state.borrow_mut();
+        state.connecting -= 1;
+        // Nothing else will serve the waiters when no connection is open or opening: fail
+        // them all; otherwise the one this connection was for.
+        let fail_all = state.live == 0 && state.connecting == 0;
+        let mut failed = Vec::new();
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            failed.push(waiter);
+            if !fail_all {
+                break;
+            }
+        }
+        drop(state);
+        for waiter in failed {
+            let _ = waiter.send(Err(failure.clone()));
+        }
+        let _ = priority;
+    }
+
+    /// An HTTP/1.1 connection is free: to the first waiter still waiting, else idle.
+    fn on_available(&self, client: Client) {
+        let mut client = Some(client);
+        let mut state = self.state.borrow_mut();
+        while let Some(waiter) = state.waiters.pop_front() {
+            let Some(c) = client.take() else { break };
+            match waiter.send(Ok(c)) {
+                Ok(()) => return,
+                Err(Ok(c)) => client = Some(c),
+                Err(Err(_)) => return,
+            }
+        }
+        if let Some(Client::Http1(sender, shared)) = client {
+            shared.idle_since.set(Some(Instant::now()));
+            shared.changed.notify_one();
+            state.idle.push((sender, shared));
+        }
+    }
+
+    fn serve_h2_waiters(&self, client: &Rc<H2Client>) {
+        let max = self.settings.max_concurrent_streams;
+        let mut state = self.state.borrow_mut();
+        while client.active.get() < max && !client.shared.draining.get() {
+            let Some(waiter) = state.waiters.pop_front() else { break };
+            client.active.set(client.active.get() + 1);
+            if waiter.send(Ok(Client::Http2(client.clone()))).is_err() {
+                client.active.set(client.active.get() - 1);
+            }
+        }
+    }
+
+    fn release(&self, client: Client, shared: &Rc<ConnShared>, reusable: bool) {
+        let limit_reached = self.settings.max_requests_per_connection.is_some_and(|max| shared.requests.get() >= max);
+        if limit_reached && !shared.draining.get() {
+            shared.draining.set(true);
+            shared.changed.notify_one();
+        }
+        match client {
+            Client::Http1(sender, shared) => {
+                if reusable && !shared.draining.get() && !shared.closed.get() {
+                    self.on_available(Client::Http1(sender, shared));
+                } else {
+                    // Dropping the only sender ends the connection once it is done.
+                    drop(sender);
+                    shared.closed.set(true);
+                    shared.changed.notify_one();
+                    self.state.borrow_mut().waiters.retain(|w| !w.is_closed());
+                }
+            }
+            Client::Http2(client) => {
+                client.active.set(client.active.get().saturating_sub(1));
+                if client.active.get() == 0 {
+                    client.shared.idle_since.set(Some(Instant::now()));
+                    client.shared.changed.notify_one();
+                }
+                self.serve_h2_waiters(&client);
+            }
+        }
+    }
+}
+
+struct PendingActive<'a>(&'a Arc<Cluster>);
+
+impl Drop for PendingActive<'_> {
+    fn drop(&mut self) {
+        self.0.stats.upstream_rq_pending_active.dec();
+    }
+}
+
+/// A connection lent to one request. Give it back with [`PooledConn::release`] once the
+/// response is complete; dropping it otherwise closes an HTTP/1.1 connection (its exchange
+/// is unfinished) and frees the stream of an HTTP/2 one.
+pub struct PooledConn {
+    pool: Rc<Pool>,
+    client: Option<Client>,
+    shared: Rc<ConnShared>,
+}
+
+impl PooledConn {
+    pub fn send_request(
+        &mut self,
+        request: Request<AttemptBody>,
+    ) -> impl std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + 'static {
+        enum Either<A, B> {
+            A(A),
+            B(B),
+        }
+        let future = match &mut self.client {
+            Some(Client::Http1(sender, _)) => Either::A(sender.send_request(request)),
+            Some(Client::Http2(client)) => Either::B(client.sender.clone().send_request(request)),
+            None => unreachable_client(),
+        };
+        async move {
+            match future {
+                Either::A(f) => f.await,
+                Either::B(f) => f.await,
+            }
+        }
+    }
+
+    pub fn protocol(&self) -> PoolProtocol {
+        self.pool.protocol
+    }
+
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.shared.local_address
+    }
+
+    /// The exchange finished; `reusable` when the response was read to its end.
+    pub fn release(mut self, reusable: bool) {
+        if let Some(client) = self.client.take() {
+            self.pool.release(client, &self.shared, reusable);
+        }
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.pool.release(client, &self.shared, false);
+        }
+    }
+}
+
+/// A `PooledConn` always holds its client until released; released ones are consumed.
+fn unreachable_client() -> ! {
+    unreachable!("PooledConn used after release")
+}
+
+/// The pool protocol for a cluster, given the downstream's protocol.
+pub fn pool_protocol(cluster: &Cluster, downstream: http::Version) -> PoolProtocol {
+    match cluster.config.http_protocol() {
+        UpstreamProtocol::Http1 => PoolProtocol::Http1,
+        UpstreamProtocol::Http2 => PoolProtocol::Http2,
+        UpstreamProtocol::UseDownstream if downstream == http::Version::HTTP_2 => PoolProtocol::Http2,
+        UpstreamProtocol::UseDownstream => PoolProtocol::Http1,
+    }
+}
