@@ -30,6 +30,8 @@ pub struct ServerShared {
     /// `overload_manager`'s global downstream connection limit.
     pub global_connection_limit: Option<u64>,
     next_connection_id: AtomicU64,
+    /// `/healthcheck/fail` was called: the health check filter answers 503.
+    pub health_check_failed: std::sync::atomic::AtomicBool,
 }
 
 impl ServerShared {
@@ -38,6 +40,7 @@ impl ServerShared {
             active_connections: AtomicU64::new(0),
             global_connection_limit,
             next_connection_id: AtomicU64::new(0),
+            health_check_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -254,6 +254,7 @@ impl Server {
     /// `/healthcheck/fail` and `/healthcheck/ok`.
     pub fn set_health_check_failed(&self, failed: bool) {
         self.health_check_failed.set(failed);
+        self.shared.health_check_failed.store(failed, Ordering::Relaxed);
         self.update_state_stats();
     }
 

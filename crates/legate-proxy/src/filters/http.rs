@@ -13,7 +13,8 @@ pub enum HttpFilterFactory {}
 
 impl HttpFilterFactory {
     /// `None` for the router, which the connection manager runs itself.
-    pub fn new(entry: &HttpFilterConfigEntry, _root: &Scope) -> Result<Option<Self>, String> {
+    /// `stat_prefix` is the connection manager's: filter stats go under `http.<stat_prefix>.`.
+    pub fn new(entry: &HttpFilterConfigEntry, _root: &Scope, _stat_prefix: &str) -> Result<Option<Self>, String> {
         match &entry.config {
             HttpFilterConfig::Router(_) => Ok(None),
             _ => Err(format!("http filter '{}' is not implemented yet", entry.name)),

@@ -38,7 +38,7 @@ pub struct FilterCallbacks<'a> {
     pub virtual_host: Option<&'a Arc<VirtualHost>>,
     pub route: Option<&'a Arc<Route>>,
     pub worker: &'a Rc<WorkerContext>,
-    /// The downstream closed its connection's health check (`/healthcheck/fail`).
+    /// The connection is draining (server drain, idle or duration limit).
     pub server_draining: bool,
 }
 

@@ -76,7 +76,7 @@ impl HttpConnectionManagerShared {
             if filter.disabled {
                 continue;
             }
-            match HttpFilterFactory::new(filter, root)? {
+            match HttpFilterFactory::new(filter, root, &config.stat_prefix)? {
                 Some(factory) => filters.push(factory),
                 None => {
                     if let legate_config::filters::network::http_connection_manager::HttpFilterConfig::Router(r) =
