@@ -70,6 +70,7 @@ const HANDLERS: &[Handler] = &[
         mutates: false,
         handle: server_info::ready,
     },
+    Handler { path: "/reopen_logs", help: "reopen access logs", mutates: true, handle: reopen_logs },
     Handler {
         path: "/reset_counters",
         help: "reset all counters to zero",
@@ -240,6 +241,11 @@ fn home(_server: &Rc<Server>, _query: &Query) -> AdminResponse {
     }
     html.push_str("</table>\n</body></html>\n");
     respond(StatusCode::OK, "text/html; charset=UTF-8", html)
+}
+
+fn reopen_logs(_server: &Rc<Server>, _query: &Query) -> AdminResponse {
+    legate_proxy::access_log::reopen_all();
+    text(StatusCode::OK, "OK\n".to_string())
 }
 
 fn healthcheck_fail(server: &Rc<Server>, _query: &Query) -> AdminResponse {

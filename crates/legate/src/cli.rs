@@ -44,6 +44,10 @@ pub struct Options {
     pub service_zone: Option<String>,
 
     /// Writes the admin's bound address here once it listens.
+    /// How often access log files are flushed (Envoy's default: 10 s).
+    #[arg(long = "file-flush-interval-msec", default_value_t = 10000)]
+    pub file_flush_interval_msec: u64,
+
     #[arg(long = "admin-address-path")]
     pub admin_address_path: Option<PathBuf>,
 

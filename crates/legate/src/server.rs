@@ -92,7 +92,20 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
     let logging = LogControl::init(&options.log_level)?;
     let (loaded, origin) = load(&options)?;
     if options.mode == Mode::Validate {
+        // Build what serving would build (route tables, access log files) without binding.
+        let store = Store::new(1);
+        for (index, config) in loaded.bootstrap.static_resources.listeners.iter().enumerate() {
+            legate_proxy::listener::Listener::new(config, &store, 1, None)
+                .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", config.name()))?;
+        }
         println!("configuration '{origin}' OK");
+        // legate's own check: timeouts that contradict the request timeline (DESIGN.md §3).
+        for warning in legate_config::lint::timeline_warnings(&loaded.bootstrap) {
+            eprintln!("warning: {warning}");
+        }
+        for timeline in legate_config::lint::route_timelines(&loaded.bootstrap) {
+            println!("{timeline}");
+        }
         return Ok(0);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -155,6 +168,8 @@ async fn serve(
     let shared = Arc::new(ServerShared::new(
         bootstrap.overload_manager.as_ref().and_then(|o| o.global_downstream_max_connections()),
     ));
+    legate_proxy::access_log::install_stats(&store);
+    legate_proxy::access_log::set_file_flush_interval(Duration::from_millis(options.file_flush_interval_msec.max(1)));
     let listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
 
     let admin_listener = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()).and_then(|a| a.socket()) {
@@ -228,6 +243,7 @@ async fn serve(
     for worker in server.workers.borrow_mut().drain(..) {
         worker.shutdown();
     }
+    legate_proxy::access_log::flush_all();
     tracing::info!("exiting");
     Ok(0)
 }

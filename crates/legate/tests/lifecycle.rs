@@ -115,7 +115,7 @@ fn embedded_demo_answers_hello_through_the_proxy() {
     let mut px = Legate::builder(legate_bin!()).bare(admin).start();
 
     let mut c = connect(ports[0]);
-    c.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nUser-Agent: curl/8\r\nConnection: close\r\n\r\n").unwrap();
     let response = String::from_utf8(read_to_end(&mut c)).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
     assert!(response.ends_with("Hello from legate\n"), "{response:?}");

@@ -121,13 +121,15 @@ struct Timers {
 impl Timers {
     /// The earliest deadline now known. The route and per-try timers start once the whole
     /// request is in (Envoy's timeline).
-    fn next(&self, body: &BodySource, attempt_start: Instant, last_activity: Instant) -> Option<(Timeout, Instant)> {
+    /// `try_start`: when this try got its connection (Envoy arms `per_try_timeout` in
+    /// `onPoolReady`: connecting counts against the route timeout only).
+    fn next(&self, body: &BodySource, try_start: Option<Instant>, last_activity: Instant) -> Option<(Timeout, Instant)> {
         let complete_at = body.completed_at;
-        let since_complete = |d: Option<Duration>, from: Instant| Some(complete_at?.max(from) + d?);
+        let since_complete = |d: Option<Duration>, from: Option<Instant>| Some(complete_at?.max(from?) + d?);
         let candidates = [
-            (Timeout::Route, since_complete(self.route, self.stream_start)),
-            (Timeout::PerTry, since_complete(self.per_try, attempt_start)),
-            (Timeout::PerTryIdle, self.per_try_idle.map(|d| attempt_start.max(last_activity) + d)),
+            (Timeout::Route, since_complete(self.route, Some(self.stream_start))),
+            (Timeout::PerTry, since_complete(self.per_try, try_start)),
+            (Timeout::PerTryIdle, self.per_try_idle.zip(try_start).map(|(d, at)| at.max(last_activity) + d)),
             (Timeout::StreamIdle, self.stream_idle.map(|d| last_activity + d)),
             (Timeout::Request, self.request.filter(|_| complete_at.is_none()).map(|d| self.stream_start + d)),
             (Timeout::MaxStreamDuration, self.max_stream_duration.map(|d| self.stream_start + d)),
@@ -146,14 +148,14 @@ async fn with_timers<F: Future>(
     future: F,
     timers: &Timers,
     body: &Rc<RefCell<BodySource>>,
-    attempt_start: Instant,
+    try_start: Option<Instant>,
 ) -> Waited<F::Output> {
     tokio::pin!(future);
     let progress = body.borrow().progress.clone();
     loop {
         let next = {
             let source = body.borrow();
-            timers.next(&source, attempt_start, source.last_activity.max(attempt_start))
+            timers.next(&source, try_start, source.last_activity)
         };
         if let Some((which, at)) = next {
             if at <= Instant::now() {
@@ -365,10 +367,11 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         }
 
         let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, downstream_version));
-        let result = match with_timers(pool.acquire(priority), &timers, &rq.body, attempt_start).await {
+        let result = match with_timers(pool.acquire(priority), &timers, &rq.body, None).await {
             Waited::Timeout(which) => Err(which),
             Waited::Done(Err(failure)) => Ok(Err(AttemptFailure::Pool(failure))),
             Waited::Done(Ok(mut conn)) => {
+                let try_start = Instant::now();
                 rq.info.upstream_local_address = conn.local_address();
                 let request = build_request(head, &upstream_path, &authority, &conn, &rq, attempt);
                 match request {
@@ -379,7 +382,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     })),
                     Some(request) => {
                         let send = conn.send_request(request);
-                        match with_timers(send, &timers, &rq.body, attempt_start).await {
+                        match with_timers(send, &timers, &rq.body, Some(try_start)).await {
                             Waited::Timeout(Timeout::PerTry) => Ok(Err(AttemptFailure::PerTryTimeout)),
                             Waited::Timeout(Timeout::PerTryIdle) => Ok(Err(AttemptFailure::PerTryIdleTimeout)),
                             Waited::Timeout(which) => Err(which),
