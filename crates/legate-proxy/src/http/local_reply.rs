@@ -19,6 +19,8 @@ pub struct LocalReply {
     /// Whether the body is plain text (`content-type: text/plain`); a direct response with
     /// its own body may set its own type through headers.
     pub text: bool,
+    /// The reply opens a tunnel (CONNECT `200`): no body, no framing headers.
+    pub tunnel: bool,
 }
 
 impl LocalReply {
@@ -30,6 +32,7 @@ impl LocalReply {
             flag: None,
             headers: HeaderMap::new(),
             text: true,
+            tunnel: false,
         }
     }
 

@@ -95,6 +95,9 @@ pub struct RouteAction {
     pub max_stream_duration: Option<Duration>,
     /// `upgrade_configs` of the route: (upgrade type lowercased, enabled).
     pub upgrades: Vec<(String, bool)>,
+    /// A CONNECT upgrade config with `connect_config`: legate terminates CONNECT and tunnels
+    /// the payload as raw TCP to the cluster.
+    pub connect_terminate: bool,
     pub mirrors: Vec<Mirror>,
     pub hash_policy: Vec<HashPolicy>,
     pub cors: Option<CorsPolicy>,
@@ -174,6 +177,10 @@ impl RouteAction {
                 .iter()
                 .map(|u| (u.upgrade_type.to_ascii_lowercase(), u.enabled.unwrap_or(true)))
                 .collect(),
+            connect_terminate: c
+                .upgrade_configs
+                .iter()
+                .any(|u| u.upgrade_type.eq_ignore_ascii_case("CONNECT") && u.connect_config.is_some()),
             mirrors: c
                 .request_mirror_policies
                 .iter()
@@ -206,6 +213,15 @@ impl RouteAction {
             Some(q) => format!("{rewritten}?{q}"),
             None => rewritten,
         })
+    }
+
+    /// Whether an upgrade of `upgrade_type` is allowed: the route's `upgrade_configs` decide
+    /// when they name the type, else the connection manager's (`hcm_enabled`).
+    pub fn upgrade_allowed(&self, upgrade_type: &str, hcm_enabled: Option<bool>) -> bool {
+        match self.upgrades.iter().find(|(t, _)| t.eq_ignore_ascii_case(upgrade_type)) {
+            Some((_, enabled)) => *enabled && hcm_enabled.is_some(),
+            None => hcm_enabled.unwrap_or(false),
+        }
     }
 }
 

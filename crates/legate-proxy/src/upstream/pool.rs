@@ -313,7 +313,9 @@ impl Pool {
             PoolProtocol::Http1 => match http1::Builder::new().handshake::<_, AttemptBody>(io).await {
                 Ok((sender, connection)) => {
                     self.on_available(Client::Http1(sender, shared.clone()));
-                    let driver = async move { connection.await.is_ok() };
+                    // Upgrades (WebSocket) hand the socket over when the exchange switches
+                    // protocols; the connection then leaves the pool.
+                    let driver = async move { connection.with_upgrades().await.is_ok() };
                     self.drive(driver, &shared, &mut cx).await;
                 }
                 Err(_) => stats.upstream_cx_protocol_error.inc(),

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderName, HeaderValue, HOST};
-use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use http::{Request, StatusCode, Uri, Version};
 use legate_config::cluster::RoutingPriority;
 
 use crate::filters::network::http_connection_manager::response_body::{BodyTimeout, BodyTimers, UpstreamBody};
@@ -45,6 +44,8 @@ pub struct RouterRequest<'a> {
     /// first.
     pub header_parsers: Vec<&'a crate::router::HeaderParser>,
     pub include_attempt_count: bool,
+    /// An allowed upgrade: its `upgrade` value (or `CONNECT`) and the downstream side of it.
+    pub upgrade: Option<(String, hyper::upgrade::OnUpgrade)>,
 }
 
 pub enum RouterOutcome {
@@ -309,7 +310,20 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             head.headers.append(headers::X_FORWARDED_HOST.clone(), v);
         }
     }
+    let upgrade_value = head.headers.get(http::header::UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut head.headers);
+    let mut downstream_upgrade = rq.upgrade.take();
+    if head.method == http::Method::CONNECT && action.connect_terminate {
+        if let Some((_, on_upgrade)) = downstream_upgrade.take() {
+            return connect_terminate(&mut rq, &cluster, on_upgrade).await;
+        }
+    }
+    if downstream_upgrade.is_some() {
+        if let Some(value) = upgrade_value {
+            head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            head.headers.insert(http::header::UPGRADE, value);
+        }
+    }
 
     let priority = action.priority;
     let mut attempt = 0u32;
@@ -366,7 +380,12 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             rq.info.first_upstream_tx_byte = Some(rq.info.elapsed());
         }
 
-        let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, downstream_version));
+        // Upgrades switch an HTTP/1.1 connection's protocol: they always use HTTP/1.1.
+        let protocol = match downstream_upgrade {
+            Some(_) => crate::upstream::pool::PoolProtocol::Http1,
+            None => pool_protocol(&cluster, downstream_version),
+        };
+        let pool = worker.http_pools.get(&cluster, &host, protocol);
         let result = match with_timers(pool.acquire(priority), &timers, &rq.body, None).await {
             Waited::Timeout(which) => Err(which),
             Waited::Done(Err(failure)) => Ok(Err(AttemptFailure::Pool(failure))),
@@ -432,6 +451,13 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 }
                 if attempt > 1 && !wants_retry {
                     cluster.stats.upstream_rq_retry_success.inc();
+                }
+                let mut response = response;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some((_, downstream)) = downstream_upgrade.take() {
+                        let upstream = hyper::upgrade::on(&mut response);
+                        tokio::task::spawn_local(tunnel(context.clone(), downstream, upstream));
+                    }
                 }
                 let (mut parts, body) = response.into_parts();
                 if !shared.router.suppress_envoy_headers {
@@ -706,7 +732,81 @@ fn build_request(
     Some(request)
 }
 
-/// Whether a response is an upgrade the downstream asked for.
-pub fn is_upgrade_response(response: &Response<Incoming>) -> bool {
-    response.status() == StatusCode::SWITCHING_PROTOCOLS
+/// Copies bytes both ways between an upgraded downstream and upstream until both close.
+async fn tunnel(context: Rc<ConnectionContext>, downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let stats = &context.shared.stats;
+    let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else { return };
+    stats.downstream_cx_upgrades_total.inc();
+    stats.downstream_cx_upgrades_active.inc();
+    let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    stats.downstream_cx_upgrades_active.dec();
+}
+
+/// CONNECT terminated here (`connect_config`): a TCP connection to a host of the cluster,
+/// `200` to the downstream, then the payload both ways as raw bytes.
+async fn connect_terminate(
+    rq: &mut RouterRequest<'_>,
+    cluster: &Arc<Cluster>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> RouterOutcome {
+    let worker = &rq.context.worker;
+    let host = match worker.cluster_manager.choose_host(&cluster.name) {
+        Ok((_, host)) => host,
+        Err(_) => {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return RouterOutcome::LocalReply(LocalReply::no_healthy_upstream());
+        }
+    };
+    rq.info.upstream_host = Some(host.address);
+    let Some(slot) = cluster.circuit_breakers.for_priority(rq.action.priority).connections.try_acquire() else {
+        cluster.stats.upstream_cx_overflow.inc();
+        return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+            ResponseFlag::UpstreamOverflow,
+            "overflow",
+            false,
+            "upstream_reset_before_response_started{overflow}",
+        ));
+    };
+    let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
+    let stream = match tokio::time::timeout(cluster.connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            let detail = e.raw_os_error().map_or_else(|| e.to_string(), |c| format!("delayed connect error: {c}"));
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamConnectionFailure,
+                &PoolFailure::ConnectFailure(detail).reason(),
+                false,
+                "upstream_reset_before_response_started{remote_connection_failure}",
+            ));
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_timeout.inc();
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamConnectionFailure,
+                "connection timeout",
+                false,
+                "upstream_reset_before_response_started{connection_timeout}",
+            ));
+        }
+    };
+    let mut activity = Instant::now();
+    cx.connected(&mut activity);
+    let context = rq.context.clone();
+    tokio::task::spawn_local(async move {
+        let stats = &context.shared.stats;
+        let Ok(downstream) = on_upgrade.await else { return };
+        stats.downstream_cx_upgrades_total.inc();
+        stats.downstream_cx_upgrades_active.inc();
+        let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+        let mut upstream = stream;
+        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        stats.downstream_cx_upgrades_active.dec();
+        drop(cx);
+    });
+    let mut reply = LocalReply::new(StatusCode::OK, bytes::Bytes::new(), "via_upstream");
+    reply.tunnel = true;
+    RouterOutcome::LocalReply(reply)
 }

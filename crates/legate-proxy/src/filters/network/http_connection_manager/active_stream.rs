@@ -44,6 +44,8 @@ pub async fn handle(
     let info = &context.info;
     let stream_info = Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
     let mut completion = StreamCompletion::new(context.clone(), stream_info);
+    let mut request = request;
+    let upgrade = upgrade_type(&request).map(|kind| (kind, hyper::upgrade::on(&mut request)));
     let (mut head, incoming) = request.into_parts();
     let end_stream = http_body::Body::is_end_stream(&incoming);
     let buffer_limit = context.buffer_limit;
@@ -55,7 +57,7 @@ pub async fn handle(
     };
     let response = match reply {
         Some(reply) => local_reply(&context, &head, reply, &mut completion, None, None, &mut []),
-        None => decode(&context, head, body, &mut completion).await,
+        None => decode(&context, head, body, upgrade, &mut completion).await,
     };
     let (parts, body) = response;
     Ok(Response::from_parts(parts, finish_body(body, completion)))
@@ -225,6 +227,7 @@ async fn decode(
     context: &Rc<ConnectionContext>,
     mut head: http::request::Parts,
     body: Rc<std::cell::RefCell<BodySource>>,
+    upgrade: Option<(String, hyper::upgrade::OnUpgrade)>,
     completion: &mut StreamCompletion,
 ) -> (http::response::Parts, Produced) {
     let shared = context.shared.clone();
@@ -349,6 +352,21 @@ async fn decode(
         }
         RouteKind::Route(action) => action,
     };
+    if let Some((kind, _)) = &upgrade {
+        let hcm_enabled = shared
+            .config
+            .upgrade_configs
+            .iter()
+            .find(|u| u.upgrade_type.eq_ignore_ascii_case(kind))
+            .map(|u| u.enabled.unwrap_or(true));
+        if !action.upgrade_allowed(kind, hcm_enabled) {
+            if kind.eq_ignore_ascii_case("websocket") {
+                shared.stats.downstream_rq_ws_on_non_ws_route.inc();
+            }
+            let reply = LocalReply::new(StatusCode::FORBIDDEN, Bytes::new(), "upgrade_failed");
+            return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
+        }
+    }
     let header_parsers = header_parsers(&shared, vhost, &route, true);
     let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
     let outcome = router::route(RouterRequest {
@@ -360,6 +378,7 @@ async fn decode(
         matched_prefix: matched_prefix(&route),
         header_parsers,
         include_attempt_count,
+        upgrade,
     })
     .await;
     completion.info.bytes_received = body.borrow().bytes_received;
@@ -381,6 +400,25 @@ async fn decode(
             (head, Produced::Upstream(body, timers))
         }
     }
+}
+
+/// The upgrade a request asks for: its `upgrade` header (HTTP/1.1 with `connection: upgrade`)
+/// or `CONNECT`.
+fn upgrade_type(request: &Request<Incoming>) -> Option<String> {
+    if request.method() == Method::CONNECT {
+        return Some("CONNECT".into());
+    }
+    let connection_upgrade = request
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    request.headers().get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 fn matched_prefix(route: &Route) -> Option<&str> {
@@ -498,7 +536,9 @@ fn local_reply(
     if !reply.body.is_empty() && reply.text && !head.headers.contains_key(CONTENT_TYPE) {
         head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    head.headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    if !reply.tunnel {
+        head.headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
+    }
     encode(context, &mut head, completion, vhost, route, filters);
     (head, Produced::Full(reply.body))
 }

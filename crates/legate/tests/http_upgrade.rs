@@ -1,0 +1,146 @@
+//! Upgrades through the HTTP connection manager: WebSocket over HTTP/1.1 (the upgrade is
+//! forwarded, bytes flow both ways after `101`), an upgrade the route does not allow (`403`),
+//! and CONNECT terminated by legate (`connect_config`: `200`, then a raw TCP tunnel).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
+use legate_testing::{connect, legate_bin, Legate, TcpEchoServer, TcpServer};
+
+fn config(upstream: std::net::SocketAddr, hcm_upgrades: &str, route: &str) -> String {
+    format!(
+        r#"
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          {hcm_upgrades}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - {route}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
+"#,
+        upstream.port()
+    )
+}
+
+/// Reads an HTTP head (up to the blank line).
+fn read_head(reader: &mut BufReader<TcpStream>) -> String {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    head
+}
+
+/// An upstream that answers an upgrade with `101` and then echoes bytes.
+fn websocket_upstream() -> TcpServer {
+    TcpServer::start(|stream| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let head = read_head(&mut reader);
+        let mut stream = stream;
+        if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+            return;
+        }
+        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+const UPGRADE_REQUEST: &[u8] =
+    b"GET /chat HTTP/1.1\r\nHost: example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[test]
+fn websocket_upgrade_is_tunnelled_both_ways() {
+    let upstream = websocket_upstream();
+    let yaml = config(
+        upstream.addr(),
+        "upgrade_configs: [{ upgrade_type: websocket }]",
+        r#"{ match: { prefix: "/" }, route: { cluster: backend } }"#,
+    );
+    let px = Legate::start(legate_bin!(), &yaml);
+    let mut client = connect(px.listener_addr("ingress"));
+    client.write_all(UPGRADE_REQUEST).unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let head = read_head(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    for message in [&b"hello"[..], b"over the tunnel"] {
+        client.write_all(message).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        reader.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+    px.wait_stat("http.ingress.downstream_cx_upgrades_active", 1);
+    drop(reader);
+    drop(client);
+    px.wait_stat("http.ingress.downstream_cx_upgrades_active", 0);
+    assert_eq!(px.stat("http.ingress.downstream_cx_upgrades_total"), Some(1));
+}
+
+#[test]
+fn upgrade_not_allowed_on_the_route_is_refused_with_403() {
+    let upstream = websocket_upstream();
+    let yaml = config(upstream.addr(), "", r#"{ match: { prefix: "/" }, route: { cluster: backend } }"#);
+    let px = Legate::start(legate_bin!(), &yaml);
+    let mut client = connect(px.listener_addr("ingress"));
+    client.write_all(UPGRADE_REQUEST).unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let head = read_head(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(px.stat("http.ingress.downstream_rq_ws_on_non_ws_route"), Some(1));
+}
+
+#[test]
+fn connect_is_terminated_and_tunnelled_as_raw_tcp() {
+    let echo = TcpEchoServer::start();
+    let yaml = config(
+        echo.addr(),
+        "upgrade_configs: [{ upgrade_type: CONNECT }]",
+        r#"{ match: { connect_matcher: {} }, route: { cluster: backend, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }"#,
+    );
+    let px = Legate::start(legate_bin!(), &yaml);
+    let mut client = connect(px.listener_addr("ingress"));
+    client.write_all(b"CONNECT backend.example:443 HTTP/1.1\r\nHost: backend.example:443\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let head = read_head(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    client.write_all(b"raw bytes").unwrap();
+    let mut echoed = [0u8; 9];
+    reader.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"raw bytes");
+}
