@@ -10,6 +10,8 @@ use legate_testing::{connect, legate_bin, Legate, TcpEchoServer, TcpServer};
 fn config(upstream: std::net::SocketAddr, hcm_upgrades: &str, route: &str) -> String {
     format!(
         r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 static_resources:
   listeners:
   - name: ingress

@@ -388,7 +388,12 @@ async fn decode(
             local_reply(context, &head_for_reply, reply, completion, vhost, Some(&route), &mut filters)
         }
         RouterOutcome::Upstream { mut head, body, timers, weighted_index } => {
+            let upgrade = head.headers.get(http::header::UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut head.headers);
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(upgrade)) = (head.status, upgrade) {
+                head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                head.headers.insert(http::header::UPGRADE, upgrade);
+            }
             if let (Some(i), RouteKind::Route(action)) = (weighted_index, &route.kind) {
                 if let crate::router::ClusterSpecifier::Weighted { clusters, .. } = &action.cluster {
                     if let Some(entry) = clusters.get(i) {
