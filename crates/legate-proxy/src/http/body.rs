@@ -42,8 +42,9 @@ pub struct BodySource {
     pub completed_at: Option<std::time::Instant>,
     /// When request bytes last arrived (for `stream_idle_timeout`).
     pub last_activity: std::time::Instant,
-    /// Woken on every read from the downstream, for the router's timers.
-    pub progress: Rc<tokio::sync::Notify>,
+    /// Bumped on every read from the downstream, for the router's timers and mirrors (each
+    /// subscriber sees every change).
+    pub progress: tokio::sync::watch::Sender<()>,
 }
 
 impl BodySource {
@@ -60,7 +61,7 @@ impl BodySource {
             downstream_error: false,
             completed_at: end_stream.then(std::time::Instant::now),
             last_activity: std::time::Instant::now(),
-            progress: Rc::new(tokio::sync::Notify::new()),
+            progress: tokio::sync::watch::Sender::new(()),
         }))
     }
 
@@ -79,7 +80,7 @@ impl BodySource {
             downstream_error: false,
             completed_at: Some(std::time::Instant::now()),
             last_activity: std::time::Instant::now(),
-            progress: Rc::new(tokio::sync::Notify::new()),
+            progress: tokio::sync::watch::Sender::new(()),
         }))
     }
 
@@ -147,13 +148,13 @@ impl BodySource {
                     self.source = Source::Ended;
                     self.complete = true;
                     self.completed_at = Some(std::time::Instant::now());
-                    self.progress.notify_one();
+                    self.progress.send_replace(());
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(_))) => {
                     self.source = Source::Ended;
                     self.downstream_error = true;
-                    self.progress.notify_one();
+                    self.progress.send_replace(());
                     return Poll::Ready(Some(Err(())));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -163,9 +164,16 @@ impl BodySource {
                         }
                         self.bytes_received += data.len() as u64;
                         self.last_activity = std::time::Instant::now();
-                        self.progress.notify_one();
                         self.log_bytes += data.len();
                         self.log.push(data);
+                        if incoming.is_end_stream() {
+                            // A sized body ends with its last byte: its reader may never poll
+                            // again for the end.
+                            self.source = Source::Ended;
+                            self.complete = true;
+                            self.completed_at = Some(std::time::Instant::now());
+                        }
+                        self.progress.send_replace(());
                         if self.replayable && self.log_bytes > self.limit {
                             // Too big to keep for a retry: stream it, keep only what the
                             // current attempt has not read yet.

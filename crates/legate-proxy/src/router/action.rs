@@ -73,9 +73,12 @@ pub enum ClusterSpecifier {
 }
 
 pub struct Mirror {
-    pub cluster: Arc<str>,
+    /// The cluster, or the request header naming it.
+    pub cluster: ClusterSpecifier,
     /// In millionths.
     pub fraction: u64,
+    /// Append `-shadow` to the host (Envoy's default).
+    pub host_suffix: bool,
 }
 
 pub struct RouteAction {
@@ -184,15 +187,24 @@ impl RouteAction {
             mirrors: c
                 .request_mirror_policies
                 .iter()
-                .filter(|m| !m.cluster.is_empty())
-                .map(|m| Mirror {
-                    cluster: m.cluster.as_str().into(),
-                    fraction: m
-                        .runtime_fraction
-                        .as_ref()
-                        .map_or(1_000_000, |f| (f.default_value.as_fraction().clamp(0.0, 1.0) * 1e6).round() as u64),
+                .map(|m| {
+                    let cluster = if m.cluster.is_empty() {
+                        ClusterSpecifier::Header(
+                            HeaderName::from_bytes(m.cluster_header.to_ascii_lowercase().as_bytes())
+                                .map_err(|_| format!("invalid mirror cluster_header '{}'", m.cluster_header))?,
+                        )
+                    } else {
+                        ClusterSpecifier::Cluster(m.cluster.as_str().into())
+                    };
+                    Ok(Mirror {
+                        cluster,
+                        fraction: m.runtime_fraction.as_ref().map_or(1_000_000, |f| {
+                            (f.default_value.as_fraction().clamp(0.0, 1.0) * 1e6).round() as u64
+                        }),
+                        host_suffix: !m.disable_shadow_host_suffix_append,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, String>>()?,
             hash_policy: c.hash_policy.clone(),
             cors: c.cors.clone(),
         })

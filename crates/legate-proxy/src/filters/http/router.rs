@@ -152,7 +152,7 @@ async fn with_timers<F: Future>(
     try_start: Option<Instant>,
 ) -> Waited<F::Output> {
     tokio::pin!(future);
-    let progress = body.borrow().progress.clone();
+    let mut progress = body.borrow().progress.subscribe();
     loop {
         let next = {
             let source = body.borrow();
@@ -172,7 +172,8 @@ async fn with_timers<F: Future>(
         tokio::select! {
             out = &mut future => return Waited::Done(out),
             () = sleep => {}
-            () = progress.notified() => {}
+            // The sender lives as long as the body source this loop holds.
+            _ = progress.changed() => {}
         }
     }
 }
@@ -322,6 +323,30 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         if let Some(value) = upgrade_value {
             head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             head.headers.insert(http::header::UPGRADE, value);
+        }
+    }
+
+    for mirror in &action.mirrors {
+        if fastrand::u64(0..1_000_000) < mirror.fraction {
+            let name = match &mirror.cluster {
+                ClusterSpecifier::Cluster(name) => Some(name.to_string()),
+                ClusterSpecifier::Header(h) => head.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
+                ClusterSpecifier::Weighted { .. } => None,
+            };
+            if let Some(name) = name {
+                let authority = if mirror.host_suffix { shadow_host(&authority) } else { authority.clone() };
+                let shadow = Shadow {
+                    context: context.clone(),
+                    cluster: name,
+                    head: clone_head(head),
+                    path_and_query: upstream_path.clone(),
+                    authority,
+                    body: rq.body.clone(),
+                    timeout: route_timeout,
+                    priority: action.priority,
+                };
+                tokio::task::spawn_local(shadow.send());
+            }
         }
     }
 
@@ -809,4 +834,107 @@ async fn connect_terminate(
     let mut reply = LocalReply::new(StatusCode::OK, bytes::Bytes::new(), "via_upstream");
     reply.tunnel = true;
     RouterOutcome::LocalReply(reply)
+}
+
+/// `host` → `host-shadow`, before any port, as Envoy names mirrored requests' authority.
+fn shadow_host(authority: &str) -> String {
+    match crate::router::action::split_host_port(authority) {
+        (host, Some(port)) => format!("{host}-shadow:{port}"),
+        (host, None) => format!("{host}-shadow"),
+    }
+}
+
+fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = head.method.clone();
+    parts.uri = head.uri.clone();
+    parts.version = head.version;
+    parts.headers = head.headers.clone();
+    parts
+}
+
+/// A mirrored request (`request_mirror_policies`): fire and forget, its response discarded.
+/// It is sent once the whole request body is in, from the bytes kept for retries; a body too
+/// big to keep is not mirrored (`retry_or_shadow_abandoned`), as Envoy.
+struct Shadow {
+    context: Rc<ConnectionContext>,
+    cluster: String,
+    head: http::request::Parts,
+    path_and_query: String,
+    authority: String,
+    body: Rc<RefCell<BodySource>>,
+    timeout: Option<Duration>,
+    priority: RoutingPriority,
+}
+
+impl Shadow {
+    async fn send(self) {
+        // A body that never completes (the main request failed early) must not hold the
+        // shadow forever.
+        let limit = self.timeout.unwrap_or(Duration::from_secs(15));
+        let _ = tokio::time::timeout(limit, self.exchange()).await;
+    }
+
+    async fn exchange(self) {
+        let worker = &self.context.worker;
+        let Ok((cluster, host)) = worker.cluster_manager.choose_host(&self.cluster) else { return };
+        let mut progress = self.body.borrow().progress.subscribe();
+        loop {
+            let (complete, replayable, failed) = {
+                let b = self.body.borrow();
+                (b.complete, b.replayable(), b.downstream_error)
+            };
+            if failed {
+                return;
+            }
+            if !replayable {
+                cluster.stats.retry_or_shadow_abandoned.inc();
+                return;
+            }
+            if complete {
+                break;
+            }
+            if progress.changed().await.is_err() {
+                return;
+            }
+        }
+        let bytes = self.body.borrow().logged();
+        let body = BodySource::buffered(std::iter::once(bytes).filter(|b| !b.is_empty()).collect(), None);
+        let Some(slot) = cluster.circuit_breakers.for_priority(self.priority).requests.try_acquire() else {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            return;
+        };
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot);
+        let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, self.head.version));
+        let exchange = async {
+            let mut conn = pool.acquire(self.priority).await.ok()?;
+            let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
+            let mut headers = self.head.headers.clone();
+            let mut builder = Request::builder().method(self.head.method.clone());
+            if http2 {
+                headers.remove(HOST);
+                builder = builder.version(Version::HTTP_2).uri(
+                    Uri::builder()
+                        .scheme("http")
+                        .authority(self.authority.as_str())
+                        .path_and_query(self.path_and_query.as_str())
+                        .build()
+                        .ok()?,
+                );
+            } else {
+                headers.insert(HOST, HeaderValue::from_str(&self.authority).ok()?);
+                builder = builder.version(Version::HTTP_11).uri(self.path_and_query.as_str());
+            }
+            let mut request = builder.body(AttemptBody::new(body)).ok()?;
+            *request.headers_mut() = headers;
+            let response = conn.send_request(request).await.ok()?;
+            worker.count_upstream_code(&cluster, response.status().as_u16());
+            let complete = http_body_util::BodyExt::collect(response.into_body()).await.is_ok();
+            conn.release(complete);
+            Some(complete)
+        };
+        let mut guard = guard;
+        let done = exchange.await;
+        guard.complete(done == Some(true));
+    }
 }
