@@ -12,6 +12,8 @@ use super::stats::{CircuitBreakersRemainingStats, CircuitBreakersStats};
 
 /// The resource limits of one routing priority.
 pub struct ResourceManager {
+    /// `retry_budget`: (budget fraction, min_retry_concurrency); replaces `max_retries`.
+    pub retry_budget: Option<(f64, u64)>,
     pub connections: Arc<Resource>,
     pub pending_requests: Arc<Resource>,
     pub requests: Arc<Resource>,
@@ -48,11 +50,30 @@ impl CircuitBreakers {
 }
 
 impl ResourceManager {
+    /// A retry slot: under `retry_budget`, retries may be up to the budget's share of the
+    /// active and pending requests (at least `min_retry_concurrency`); else `max_retries`.
+    pub fn try_acquire_retry(&self) -> Option<ResourceGuard> {
+        match self.retry_budget {
+            Some((fraction, min)) => {
+                let active = self.requests.count() + self.pending_requests.count();
+                let limit = ((active as f64 * fraction) as u64).max(min);
+                self.retries.try_acquire_up_to(limit)
+            }
+            None => self.retries.try_acquire(),
+        }
+    }
+
     fn new(t: &Thresholds, scope: &Scope) -> Self {
         let open = CircuitBreakersStats::new(scope);
         let remaining = t.track_remaining.then(|| CircuitBreakersRemainingStats::new(scope));
         let r = |max: u64, open: Gauge, remaining: Option<Gauge>| Arc::new(Resource::new(max, open, remaining));
         ResourceManager {
+            retry_budget: t.retry_budget.map(|b| {
+                (
+                    b.budget_percent.map_or(20.0, |p| p.value) / 100.0,
+                    u64::from(b.min_retry_concurrency.unwrap_or(3)),
+                )
+            }),
             connections: r(t.max_connections(), open.cx_open, remaining.as_ref().map(|s| s.remaining_cx.clone())),
             pending_requests: r(
                 t.max_pending_requests(),
@@ -98,9 +119,14 @@ impl Resource {
 
     /// Takes one unit if the limit allows; `None` means the breaker is open (overflow).
     pub fn try_acquire(self: &Arc<Self>) -> Option<ResourceGuard> {
+        self.try_acquire_up_to(self.max)
+    }
+
+    /// As `try_acquire`, with a limit computed by the caller (a retry budget).
+    pub fn try_acquire_up_to(self: &Arc<Self>, max: u64) -> Option<ResourceGuard> {
         let mut current = self.count.load(Ordering::Relaxed);
         loop {
-            if current >= self.max {
+            if current >= max {
                 return None;
             }
             match self.count.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {

@@ -611,7 +611,7 @@ fn retry_slot_for(
         cluster.stats.upstream_rq_retry.inc();
         return Some(slot);
     }
-    match cluster.circuit_breakers.for_priority(priority).retries.try_acquire() {
+    match cluster.circuit_breakers.for_priority(priority).try_acquire_retry() {
         Some(slot) => {
             cluster.stats.upstream_rq_retry.inc();
             Some(slot)
