@@ -17,7 +17,7 @@ use super::retry_policy::RetryPolicy;
 
 pub enum RouteKind {
     Route(Box<RouteAction>),
-    Redirect(Redirect),
+    Redirect(Box<Redirect>),
     DirectResponse(DirectResponse),
 }
 
@@ -27,7 +27,7 @@ impl RouteKind {
             return Ok(RouteKind::Route(Box::new(RouteAction::new(action, vhost_retry)?)));
         }
         if let Some(redirect) = &config.redirect {
-            return Ok(RouteKind::Redirect(Redirect {
+            return Ok(RouteKind::Redirect(Box::new(Redirect {
                 https: redirect.https_redirect,
                 scheme: redirect.scheme_redirect.clone().filter(|s| !s.is_empty()),
                 host: (!redirect.host_redirect.is_empty()).then(|| redirect.host_redirect.clone()),
@@ -37,7 +37,7 @@ impl RouteKind {
                 regex_rewrite: redirect.regex_rewrite.clone(),
                 strip_query: redirect.strip_query,
                 status: StatusCode::from_u16(redirect.response_code.status()).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-            }));
+            })));
         }
         if let Some(direct) = &config.direct_response {
             let body = match &direct.body {

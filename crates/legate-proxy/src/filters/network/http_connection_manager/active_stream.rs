@@ -51,13 +51,9 @@ pub async fn handle(
     let buffer_limit = context.buffer_limit;
     let body = BodySource::new(incoming, end_stream, buffer_limit);
 
-    let reply = match prepare(&context, &mut head, &mut completion) {
-        Err(reply) => Some(reply),
-        Ok(()) => None,
-    };
-    let response = match reply {
-        Some(reply) => local_reply(&context, &head, reply, &mut completion, None, None, &mut []),
-        None => decode(&context, head, body, upgrade, &mut completion).await,
+    let response = match prepare(&context, &mut head, &mut completion) {
+        Err(reply) => local_reply(&context, &head, *reply, &mut completion, None, None, &mut []),
+        Ok(()) => decode(&context, head, body, upgrade, &mut completion).await,
     };
     let (parts, body) = response;
     Ok(Response::from_parts(parts, finish_body(body, completion)))
@@ -84,7 +80,7 @@ fn prepare(
     context: &ConnectionContext,
     head: &mut http::request::Parts,
     completion: &mut StreamCompletion,
-) -> Result<(), LocalReply> {
+) -> Result<(), Box<LocalReply>> {
     let shared = &context.shared;
     let config = &shared.config;
     let stats = &shared.stats;
@@ -92,8 +88,8 @@ fn prepare(
 
     // Headers hyper's HTTP/2 codec does not count against `max_headers_count`.
     if head.headers.len() > shared.max_headers_count {
-        return Err(LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers")
-            .with_flag(ResponseFlag::DownstreamProtocolError));
+        return Err(Box::new(LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers")
+            .with_flag(ResponseFlag::DownstreamProtocolError)));
     }
     let underscores =
         config.common_http_protocol_options.as_ref().map(|o| o.headers_with_underscores_action).unwrap_or_default();
@@ -103,8 +99,8 @@ fn prepare(
         if !with_underscore.is_empty() {
             if underscores == HeadersWithUnderscoresAction::RejectRequest {
                 stats.requests_rejected_with_underscores_in_headers.inc();
-                return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "unexpected_underscore")
-                    .with_flag(ResponseFlag::DownstreamProtocolError));
+                return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "unexpected_underscore")
+                    .with_flag(ResponseFlag::DownstreamProtocolError)));
             }
             for name in with_underscore {
                 head.headers.remove(&name);
@@ -113,12 +109,12 @@ fn prepare(
         }
     }
     if head.method != Method::CONNECT && authority_of(head).is_empty() {
-        return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "missing_host_header")
-            .with_flag(ResponseFlag::DownstreamProtocolError));
+        return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "missing_host_header")
+            .with_flag(ResponseFlag::DownstreamProtocolError)));
     }
     if head.method != Method::CONNECT && !head.uri.path().starts_with('/') && head.uri.path() != "*" {
         stats.downstream_rq_non_relative_path.inc();
-        return Err(LocalReply::new(StatusCode::NOT_FOUND, "", "absolute_path_rejected"));
+        return Err(Box::new(LocalReply::new(StatusCode::NOT_FOUND, "", "absolute_path_rejected")));
     }
 
     // Path normalization.
@@ -128,7 +124,7 @@ fn prepare(
         match config.path_with_escaped_slashes_action {
             PathWithEscapedSlashesAction::RejectRequest if path::has_escaped_slashes(&path) => {
                 stats.downstream_rq_failed_path_normalization.inc();
-                return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed"));
+                return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed")));
             }
             PathWithEscapedSlashesAction::UnescapeAndForward | PathWithEscapedSlashesAction::UnescapeAndRedirect
                 if path::has_escaped_slashes(&path) =>
@@ -142,7 +138,7 @@ fn prepare(
                 Some(p) => path = p,
                 None => {
                     stats.downstream_rq_failed_path_normalization.inc();
-                    return Err(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed"));
+                    return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed")));
                 }
             }
         }
@@ -162,7 +158,7 @@ fn prepare(
                 if let Ok(v) = HeaderValue::from_str(&new_pq) {
                     reply.headers.insert(LOCATION, v);
                 }
-                return Err(reply);
+                return Err(Box::new(reply));
             }
             let mut parts = head.uri.clone().into_parts();
             parts.path_and_query = new_pq.parse().ok();
@@ -254,10 +250,10 @@ async fn decode(
 
     // The HTTP filters, in order.
     let mut filters: Vec<Box<dyn HttpFilter>> = shared.filters.iter().map(|f| f.create()).collect();
-    let mut ran = 0;
     let end_stream = body.borrow().is_empty_and_complete();
-    for filter in filters.iter_mut() {
-        ran += 1;
+    for index in 0..filters.len() {
+        let ran = index + 1;
+        let Some(filter) = filters.get_mut(index) else { break };
         let mut cb = FilterCallbacks {
             stream_info: &mut completion.info,
             route_config: &route_config,
