@@ -69,10 +69,7 @@ impl ResourceManager {
         let r = |max: u64, open: Gauge, remaining: Option<Gauge>| Arc::new(Resource::new(max, open, remaining));
         ResourceManager {
             retry_budget: t.retry_budget.map(|b| {
-                (
-                    b.budget_percent.map_or(20.0, |p| p.value) / 100.0,
-                    u64::from(b.min_retry_concurrency.unwrap_or(3)),
-                )
+                (b.budget_percent.map_or(20.0, |p| p.value) / 100.0, u64::from(b.min_retry_concurrency.unwrap_or(3)))
             }),
             connections: r(t.max_connections(), open.cx_open, remaining.as_ref().map(|s| s.remaining_cx.clone())),
             pending_requests: r(

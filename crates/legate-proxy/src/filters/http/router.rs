@@ -124,7 +124,12 @@ impl Timers {
     /// request is in (Envoy's timeline).
     /// `try_start`: when this try got its connection (Envoy arms `per_try_timeout` in
     /// `onPoolReady`: connecting counts against the route timeout only).
-    fn next(&self, body: &BodySource, try_start: Option<Instant>, last_activity: Instant) -> Option<(Timeout, Instant)> {
+    fn next(
+        &self,
+        body: &BodySource,
+        try_start: Option<Instant>,
+        last_activity: Instant,
+    ) -> Option<(Timeout, Instant)> {
         let complete_at = body.completed_at;
         let since_complete = |d: Option<Duration>, from: Option<Instant>| Some(complete_at?.max(from?) + d?);
         let candidates = [
@@ -521,6 +526,14 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Err(failure) => failure,
         };
         drop(guard);
+        if rq.body.borrow().downstream_error {
+            // The downstream's body broke (reset, or malformed framing): nothing to retry.
+            rq.context.shared.stats.downstream_rq_rx_reset.inc();
+            return RouterOutcome::LocalReply(
+                LocalReply::new(StatusCode::BAD_REQUEST, bytes::Bytes::new(), "downstream_protocol_error")
+                    .with_flag(ResponseFlag::DownstreamProtocolError),
+            );
+        }
         // The attempt failed before any response header.
         let (reply, retriable) = match failure {
             AttemptFailure::Pool(PoolFailure::Overflow) => {
@@ -758,7 +771,11 @@ fn build_request(
 }
 
 /// Copies bytes both ways between an upgraded downstream and upstream until both close.
-async fn tunnel(context: Rc<ConnectionContext>, downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    context: Rc<ConnectionContext>,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
     let stats = &context.shared.stats;
     let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else { return };
     stats.downstream_cx_upgrades_total.inc();
@@ -795,28 +812,29 @@ async fn connect_terminate(
         ));
     };
     let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
-    let stream = match tokio::time::timeout(cluster.connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
-            let detail = e.raw_os_error().map_or_else(|| e.to_string(), |c| format!("delayed connect error: {c}"));
-            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                ResponseFlag::UpstreamConnectionFailure,
-                &PoolFailure::ConnectFailure(detail).reason(),
-                false,
-                "upstream_reset_before_response_started{remote_connection_failure}",
-            ));
-        }
-        Err(_) => {
-            cluster.stats.upstream_cx_connect_timeout.inc();
-            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                ResponseFlag::UpstreamConnectionFailure,
-                "connection timeout",
-                false,
-                "upstream_reset_before_response_started{connection_timeout}",
-            ));
-        }
-    };
+    let stream =
+        match tokio::time::timeout(cluster.connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                cluster.stats.upstream_cx_connect_fail.inc();
+                let detail = e.raw_os_error().map_or_else(|| e.to_string(), |c| format!("delayed connect error: {c}"));
+                return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                    ResponseFlag::UpstreamConnectionFailure,
+                    &PoolFailure::ConnectFailure(detail).reason(),
+                    false,
+                    "upstream_reset_before_response_started{remote_connection_failure}",
+                ));
+            }
+            Err(_) => {
+                cluster.stats.upstream_cx_connect_timeout.inc();
+                return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                    ResponseFlag::UpstreamConnectionFailure,
+                    "connection timeout",
+                    false,
+                    "upstream_reset_before_response_started{connection_timeout}",
+                ));
+            }
+        };
     let mut activity = Instant::now();
     cx.connected(&mut activity);
     let context = rq.context.clone();

@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 
 use crate::access_log::AccessLogger;
 use crate::filters::http::HttpFilterFactory;
+use crate::http::h1_guard::H1Guard;
 use crate::http::io::{CountingIo, LocalExec};
 use crate::network::{ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture};
 use crate::router::RouteConfig;
@@ -275,12 +276,12 @@ async fn serve(
     }
     let mut guard =
         ConnectionGuard { stats, http2, started: Instant::now(), local_close: false, active_streams_at_close: 0 };
-    let io = TokioIo::new(CountingIo::new(
+    let io = CountingIo::new(
         socket,
         buffered,
         stats.downstream_cx_rx_bytes_total.clone(),
         stats.downstream_cx_tx_bytes_total.clone(),
-    ));
+    );
     let context = Rc::new(ConnectionContext {
         shared: shared.clone(),
         worker: worker.clone(),
@@ -311,7 +312,7 @@ async fn serve(
         if h2.allow_connect {
             builder.enable_connect_protocol();
         }
-        let connection = builder.serve_connection(io, service);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
             .await
@@ -324,7 +325,9 @@ async fn serve(
             .max_buf_size(shared.max_request_headers_bytes.max(8192) + 8192)
             .half_close(false)
             .keep_alive(true);
-        let connection = builder.serve_connection(io, service).with_upgrades();
+        // Smuggling shapes hyper would accept are refused before it parses them.
+        let io = H1Guard::new(io, shared.max_request_headers_bytes + 8192);
+        let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
         tokio::pin!(connection);
         run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
             .await

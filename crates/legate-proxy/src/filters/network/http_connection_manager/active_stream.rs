@@ -88,8 +88,10 @@ fn prepare(
 
     // Headers hyper's HTTP/2 codec does not count against `max_headers_count`.
     if head.headers.len() > shared.max_headers_count {
-        return Err(Box::new(LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers")
-            .with_flag(ResponseFlag::DownstreamProtocolError)));
+        return Err(Box::new(
+            LocalReply::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "", "too_many_headers")
+                .with_flag(ResponseFlag::DownstreamProtocolError),
+        ));
     }
     let underscores =
         config.common_http_protocol_options.as_ref().map(|o| o.headers_with_underscores_action).unwrap_or_default();
@@ -99,8 +101,10 @@ fn prepare(
         if !with_underscore.is_empty() {
             if underscores == HeadersWithUnderscoresAction::RejectRequest {
                 stats.requests_rejected_with_underscores_in_headers.inc();
-                return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "unexpected_underscore")
-                    .with_flag(ResponseFlag::DownstreamProtocolError)));
+                return Err(Box::new(
+                    LocalReply::new(StatusCode::BAD_REQUEST, "", "unexpected_underscore")
+                        .with_flag(ResponseFlag::DownstreamProtocolError),
+                ));
             }
             for name in with_underscore {
                 head.headers.remove(&name);
@@ -109,8 +113,10 @@ fn prepare(
         }
     }
     if head.method != Method::CONNECT && authority_of(head).is_empty() {
-        return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "missing_host_header")
-            .with_flag(ResponseFlag::DownstreamProtocolError)));
+        return Err(Box::new(
+            LocalReply::new(StatusCode::BAD_REQUEST, "", "missing_host_header")
+                .with_flag(ResponseFlag::DownstreamProtocolError),
+        ));
     }
     if head.method != Method::CONNECT && !head.uri.path().starts_with('/') && head.uri.path() != "*" {
         stats.downstream_rq_non_relative_path.inc();

@@ -1,0 +1,380 @@
+//! A read-side guard for HTTP/1.1 downstream connections: request smuggling shapes that
+//! hyper's parser would accept are refused before hyper sees them.
+//!
+//! hyper resolves `Content-Length` together with `Transfer-Encoding` by dropping the length
+//! (RFC 9112 §6.3 allows it); Envoy refuses such a request with 400, and so does legate. The
+//! guard follows the message framing of each request on the connection (head, then a sized or
+//! chunked body) and checks every head and every chunk line strictly: both framing headers,
+//! differing lengths, a `Transfer-Encoding` whose last coding is not `chunked`, bare LF line
+//! ends, malformed or overflowing chunk sizes. A refused message is replaced by bytes hyper
+//! itself refuses (a request with an invalid `Content-Length`), so the client gets hyper's 400
+//! and the connection closes; nothing of it reaches an upstream. After an upgrade or CONNECT
+//! request the bytes are opaque and pass through unchecked.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What hyper is given in place of a refused message: it answers 400 and closes.
+const REFUSED: &[u8] = b"GET / HTTP/1.1\r\nhost: refused\r\ncontent-length: refused\r\n\r\n";
+
+/// Longest chunk-size line accepted (hex digits and extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+
+enum Framing {
+    Head,
+    /// Bytes left in a `Content-Length` body.
+    Sized(u64),
+    Chunked(Chunk),
+    /// After an upgrade or CONNECT, or after a refusal.
+    Opaque,
+}
+
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size(Vec<u8>),
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data (how many of its 2 bytes were seen).
+    DataEnd(u8),
+    /// Reading trailer lines after the last chunk.
+    Trailer(Vec<u8>),
+}
+
+pub struct H1Guard<T> {
+    inner: T,
+    framing: Framing,
+    /// An incomplete request head.
+    head: Vec<u8>,
+    /// Checked bytes waiting for hyper.
+    out: BytesMut,
+    max_head: usize,
+    refused: bool,
+}
+
+impl<T> H1Guard<T> {
+    pub fn new(inner: T, max_head: usize) -> Self {
+        H1Guard { inner, framing: Framing::Head, head: Vec::new(), out: BytesMut::new(), max_head, refused: false }
+    }
+
+    fn refuse(&mut self) {
+        self.refused = true;
+        self.head.clear();
+        self.out.extend_from_slice(REFUSED);
+        self.framing = Framing::Opaque;
+    }
+
+    /// Runs `input` through the framing, appending what may go to hyper to `out`.
+    fn feed(&mut self, input: &[u8]) {
+        let mut input = input;
+        // Bytes after a head, fed again under the head's framing.
+        let mut after_head: Vec<u8>;
+        while !input.is_empty() && !self.refused {
+            match &mut self.framing {
+                Framing::Opaque => {
+                    self.out.extend_from_slice(input);
+                    return;
+                }
+                Framing::Head => {
+                    // Find the end of the head, counting what is already buffered.
+                    let start = self.head.len().saturating_sub(3);
+                    self.head.extend_from_slice(input);
+                    input = &[];
+                    let Some(end) = find(&self.head[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
+                        if self.head.len() > self.max_head {
+                            // hyper answers 431 for an oversized head: let it.
+                            let head = std::mem::take(&mut self.head);
+                            self.out.extend_from_slice(&head);
+                            self.framing = Framing::Opaque;
+                        }
+                        continue;
+                    };
+                    let rest = self.head.split_off(end);
+                    let head = std::mem::take(&mut self.head);
+                    match check_head(&head) {
+                        Err(()) => {
+                            self.refuse();
+                            return;
+                        }
+                        Ok(next) => {
+                            self.out.extend_from_slice(&head);
+                            self.framing = next;
+                        }
+                    }
+                    after_head = rest;
+                    input = &after_head;
+                }
+                Framing::Sized(left) => {
+                    let n = (*left).min(input.len() as u64) as usize;
+                    self.out.extend_from_slice(&input[..n]);
+                    *left -= n as u64;
+                    input = &input[n..];
+                    if *left == 0 {
+                        self.framing = Framing::Head;
+                    }
+                }
+                Framing::Chunked(chunk) => {
+                    let Some((&byte, rest)) = input.split_first() else { return };
+                    match chunk {
+                        Chunk::Size(line) => {
+                            line.push(byte);
+                            self.out.extend_from_slice(&[byte]);
+                            input = rest;
+                            if byte == b'\n' {
+                                match chunk_size(line) {
+                                    Some(0) => *chunk = Chunk::Trailer(Vec::new()),
+                                    Some(n) => *chunk = Chunk::Data(n),
+                                    None => {
+                                        self.refuse();
+                                        return;
+                                    }
+                                }
+                            } else if line.len() > MAX_CHUNK_LINE {
+                                self.refuse();
+                                return;
+                            }
+                        }
+                        Chunk::Data(left) => {
+                            let n = (*left).min(input.len() as u64) as usize;
+                            self.out.extend_from_slice(&input[..n]);
+                            *left -= n as u64;
+                            input = &input[n..];
+                            if *left == 0 {
+                                *chunk = Chunk::DataEnd(0);
+                            }
+                        }
+                        Chunk::DataEnd(seen) => {
+                            let want = if *seen == 0 { b'\r' } else { b'\n' };
+                            if byte != want {
+                                self.refuse();
+                                return;
+                            }
+                            self.out.extend_from_slice(&[byte]);
+                            input = rest;
+                            *seen += 1;
+                            if *seen == 2 {
+                                *chunk = Chunk::Size(Vec::new());
+                            }
+                        }
+                        Chunk::Trailer(line) => {
+                            line.push(byte);
+                            self.out.extend_from_slice(&[byte]);
+                            input = rest;
+                            if byte == b'\n' {
+                                if line.len() < 2 || line[line.len() - 2] != b'\r' {
+                                    self.refuse();
+                                    return;
+                                }
+                                if line.len() == 2 {
+                                    self.framing = Framing::Head;
+                                } else {
+                                    line.clear();
+                                }
+                            } else if line.len() > MAX_CHUNK_LINE {
+                                self.refuse();
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A chunk-size line (`1a;ext=v\r\n`): the size, or `None` when malformed or too large.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    let digits = match line.iter().position(|&b| b == b';') {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+/// Checks a complete request head; `Ok` with the framing of its body.
+fn check_head(head: &[u8]) -> Result<Framing, ()> {
+    // Every line must end with CRLF: a bare LF is refused.
+    for (i, &b) in head.iter().enumerate() {
+        if b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+            return Err(());
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // hyper refuses what httparse cannot parse (or reports 431 for too many headers).
+        _ => return Ok(Framing::Opaque),
+    }
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Vec<String> = Vec::new();
+    let mut upgrade = request.method == Some("CONNECT");
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(header.value).map_err(|_| ())?.trim();
+            for part in value.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) || part.len() > 19 {
+                    return Err(());
+                }
+                let n: u64 = part.parse().map_err(|_| ())?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(());
+                }
+                content_length = Some(n);
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            let value = std::str::from_utf8(header.value).map_err(|_| ())?;
+            transfer_encoding.extend(value.split(',').map(|t| t.trim().to_ascii_lowercase()));
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if !transfer_encoding.is_empty() {
+        if content_length.is_some() || request.version == Some(0) {
+            return Err(());
+        }
+        if transfer_encoding.last().map(String::as_str) != Some("chunked")
+            || transfer_encoding.iter().filter(|t| *t == "chunked").count() != 1
+        {
+            return Err(());
+        }
+        return Ok(if upgrade { Framing::Opaque } else { Framing::Chunked(Chunk::Size(Vec::new())) });
+    }
+    if upgrade {
+        return Ok(Framing::Opaque);
+    }
+    Ok(match content_length {
+        Some(n) if n > 0 => Framing::Sized(n),
+        _ => Framing::Head,
+    })
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.out.is_empty() {
+                let n = this.out.len().min(buf.remaining());
+                buf.put_slice(&this.out[..n]);
+                this.out.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.refused {
+                // Nothing after a refused message reaches hyper.
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(this.framing, Framing::Opaque) {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut scratch = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    if filled.is_empty() {
+                        // End of stream: hand over an incomplete head so hyper sees it.
+                        let head = std::mem::take(&mut this.head);
+                        if head.is_empty() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        this.out.extend_from_slice(&head);
+                        this.framing = Framing::Opaque;
+                        continue;
+                    }
+                    let filled = filled.to_vec();
+                    this.feed(&filled);
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut guard = H1Guard::new((), 64 * 1024);
+        for piece in input {
+            guard.feed(piece);
+        }
+        (guard.out.to_vec(), guard.refused)
+    }
+
+    #[test]
+    fn passes_ordinary_requests_split_anywhere() {
+        let request = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 1..request.len() {
+            let (out, refused) = run(&[&request[..split], &request[split..]]);
+            assert!(!refused, "split at {split}");
+            assert_eq!(out, request.to_vec(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn refuses_smuggling_shapes() {
+        for bad in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\nContent-Length: 1\r\n\r\na",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            let (out, refused) = run(&[bad]);
+            assert!(refused, "{:?}", String::from_utf8_lossy(bad));
+            assert!(out.ends_with(REFUSED));
+        }
+    }
+
+    #[test]
+    fn upgrade_turns_the_stream_opaque() {
+        let request =
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello\n\n";
+        let (out, refused) = run(&[request]);
+        assert!(!refused);
+        assert_eq!(out, request.to_vec());
+    }
+}
