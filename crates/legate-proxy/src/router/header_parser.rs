@@ -59,6 +59,11 @@ impl HeaderParser {
         Ok(parser)
     }
 
+    /// Whether a value is formatted per request (it may read the request snapshot).
+    pub fn uses_formatters(&self) -> bool {
+        self.add.iter().any(|a| matches!(a.value, Value::Formatted(_)))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
     }

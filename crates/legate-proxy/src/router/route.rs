@@ -88,6 +88,20 @@ impl Route {
         })
     }
 
+    /// Whether a header value of this route (or its weighted clusters) is formatted per request.
+    pub fn uses_formatters(&self) -> bool {
+        let weighted = match &self.kind {
+            RouteKind::Route(action) => match &action.cluster {
+                super::action::ClusterSpecifier::Weighted { clusters, .. } => {
+                    clusters.iter().any(|c| c.request_headers.uses_formatters() || c.response_headers.uses_formatters())
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        weighted || self.request_headers.uses_formatters() || self.response_headers.uses_formatters()
+    }
+
     /// Whether the request matches every criterion of this route.
     pub fn matches(&self, input: &MatchInput<'_>) -> bool {
         let path_ok = match &self.path {

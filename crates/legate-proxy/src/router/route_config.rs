@@ -119,6 +119,8 @@ pub struct RouteConfig {
     pub request_headers: HeaderParser,
     pub response_headers: HeaderParser,
     pub most_specific_header_mutations_wins: bool,
+    /// Some header value holds command operators (`%REQ(...)%`…).
+    pub uses_formatters: bool,
 }
 
 impl RouteConfig {
@@ -143,6 +145,15 @@ impl RouteConfig {
                 }
             }
         }
+        let request_headers = HeaderParser::new(&c.request_headers_to_add, &c.request_headers_to_remove)?;
+        let response_headers = HeaderParser::new(&c.response_headers_to_add, &c.response_headers_to_remove)?;
+        let uses_formatters = request_headers.uses_formatters()
+            || response_headers.uses_formatters()
+            || virtual_hosts.iter().any(|v| {
+                v.request_headers.uses_formatters()
+                    || v.response_headers.uses_formatters()
+                    || v.routes.iter().any(|r| r.uses_formatters())
+            });
         Ok(RouteConfig {
             name: c.name.as_str().into(),
             virtual_hosts,
@@ -151,9 +162,10 @@ impl RouteConfig {
             prefixes: prefixes.into_iter().rev().collect(),
             default,
             ignore_port_in_host_matching: c.ignore_port_in_host_matching,
-            request_headers: HeaderParser::new(&c.request_headers_to_add, &c.request_headers_to_remove)?,
-            response_headers: HeaderParser::new(&c.response_headers_to_add, &c.response_headers_to_remove)?,
+            request_headers,
+            response_headers,
             most_specific_header_mutations_wins: c.most_specific_header_mutations_wins,
+            uses_formatters,
         })
     }
 

@@ -86,6 +86,21 @@ fn prepare(
     let stats = &shared.stats;
     let info = &mut completion.info;
 
+    if head.version == Version::HTTP_10 || head.version == Version::HTTP_09 {
+        let http1 = config.http_protocol_options.as_ref();
+        if !http1.is_some_and(|o| o.accept_http_10) {
+            // Envoy refuses HTTP/1.0 unless `accept_http_10` is set.
+            return Err(Box::new(LocalReply::new(StatusCode::UPGRADE_REQUIRED, "", "low_version")));
+        }
+        if !head.headers.contains_key(http::header::HOST) && head.uri.authority().is_none() {
+            let default_host = http1.map(|o| o.default_host_for_http_10.as_str()).unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(default_host) {
+                if !v.is_empty() {
+                    head.headers.insert(http::header::HOST, v);
+                }
+            }
+        }
+    }
     // Headers hyper's HTTP/2 codec does not count against `max_headers_count`.
     if head.headers.len() > shared.max_headers_count {
         return Err(Box::new(
@@ -212,7 +227,7 @@ fn prepare(
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
-    if !shared.access_logs.is_empty() {
+    if !shared.access_logs.is_empty() || shared.route_config.uses_formatters {
         info.request = Some(RequestSnapshot {
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
@@ -501,6 +516,9 @@ fn encode(
     }
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
+    }
+    if vhost.is_some_and(|v| v.include_attempt_count_in_response) && completion.info.attempt_count > 0 {
+        head.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(completion.info.attempt_count));
     }
     if shared.config.always_set_request_id_in_response {
         if let Some(id) = completion.info.request_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
