@@ -422,7 +422,12 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Waited::Done(Ok(mut conn)) => {
                 let try_start = Instant::now();
                 rq.info.upstream_local_address = conn.local_address();
-                let request = build_request(head, &upstream_path, &authority, &conn, &rq, attempt);
+                // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
+                let attempt_authority = match action.auto_host_rewrite && !host.hostname.is_empty() {
+                    true => host.hostname.as_str(),
+                    false => authority.as_str(),
+                };
+                let request = build_request(head, &upstream_path, attempt_authority, &conn, &rq, attempt);
                 match request {
                     None => Ok(Err(AttemptFailure::Reset {
                         reason: "protocol error",
@@ -445,7 +450,14 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         let outcome = match result {
             Err(which) => {
                 // A timer of the whole stream fired: no retry.
-                return RouterOutcome::LocalReply(stream_timeout(which, rq.context, &cluster, &host, rq.info));
+                return RouterOutcome::LocalReply(stream_timeout(
+                    which,
+                    rq.context,
+                    &cluster,
+                    &host,
+                    rq.info,
+                    rq.body.borrow().complete,
+                ));
             }
             Ok(outcome) => outcome,
         };
@@ -471,6 +483,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                                 &cluster,
                                 &host,
                                 rq.info,
+                                true,
                             ));
                         }
                         continue;
@@ -666,8 +679,12 @@ fn stream_timeout(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
     info: &mut StreamInfo,
+    request_complete: bool,
 ) -> LocalReply {
     let stats = &context.shared.stats;
+    // Envoy's `maybeRequestTimeoutCode`: 408 while the request is still arriving, 504 once it
+    // was received whole.
+    let timeout_code = if request_complete { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
     match which {
         Timeout::Route | Timeout::PerTry | Timeout::PerTryIdle => {
             cluster.stats.upstream_rq_timeout.inc();
@@ -679,12 +696,12 @@ fn stream_timeout(
         Timeout::StreamIdle => {
             stats.downstream_rq_idle_timeout.inc();
             info.set_flag(ResponseFlag::StreamIdleTimeout);
-            LocalReply::new(StatusCode::REQUEST_TIMEOUT, "stream timeout", "stream_idle_timeout")
+            LocalReply::new(timeout_code, "stream timeout", "stream_idle_timeout")
                 .with_flag(ResponseFlag::StreamIdleTimeout)
         }
         Timeout::Request => {
             stats.downstream_rq_timeout.inc();
-            LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request timeout", "request_overall_timeout")
+            LocalReply::new(timeout_code, "request timeout", "request_overall_timeout")
         }
         Timeout::MaxStreamDuration => {
             stats.downstream_rq_max_duration_reached.inc();
