@@ -612,6 +612,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                         &cluster,
                         &host,
                         rq.info,
+                        true,
                     ));
                 }
                 continue;
