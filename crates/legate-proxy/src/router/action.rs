@@ -217,7 +217,7 @@ impl RouteAction {
             let rest = path.get(old.len()..).unwrap_or("");
             format!("{new_prefix}{rest}")
         } else if let Some(rr) = &self.regex_rewrite {
-            rr.pattern.regex().replace_all(path, rr.substitution.as_str()).into_owned()
+            rr.pattern.regex().replace_all(path, re2_substitution(&rr.substitution).as_str()).into_owned()
         } else {
             return None;
         };
@@ -281,7 +281,7 @@ impl Redirect {
         } else if let (Some(new_prefix), Some(old)) = (&self.prefix_rewrite, matched_prefix) {
             format!("{new_prefix}{}", path.get(old.len()..).unwrap_or(""))
         } else if let Some(rr) = &self.regex_rewrite {
-            rr.pattern.regex().replace_all(path, rr.substitution.as_str()).into_owned()
+            rr.pattern.regex().replace_all(path, re2_substitution(&rr.substitution).as_str()).into_owned()
         } else {
             path.to_string()
         };
@@ -299,6 +299,31 @@ impl Redirect {
             None => format!("{new_scheme}://{host_only}{new_path}"),
         }
     }
+}
+
+/// An RE2 substitution (`\1` group references, `\\` for a backslash) in the `regex` crate's
+/// syntax (`${1}`, `$$` for a literal dollar).
+pub fn re2_substitution(substitution: &str) -> String {
+    let mut out = String::with_capacity(substitution.len() + 8);
+    let mut chars = substitution.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => out.push_str("$$"),
+            '\\' => match chars.peek().copied() {
+                Some(d) if d.is_ascii_digit() => {
+                    chars.next();
+                    out.push_str(&format!("${{{d}}}"));
+                }
+                Some('\\') => {
+                    chars.next();
+                    out.push('\\');
+                }
+                _ => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `host:port` → (`host`, `port`); IPv6 literals keep their brackets.
@@ -351,6 +376,12 @@ mod tests {
         assert_eq!(r.location("http", "old:8080", "/x", Some("q"), None), "http://new.example/moved?q");
         let r = Redirect { prefix_rewrite: Some("/v2/".into()), strip_query: true, ..redirect() };
         assert_eq!(r.location("http", "h", "/v1/items", Some("q"), Some("/v1/")), "http://h/v2/items");
+    }
+
+    #[test]
+    fn re2_substitutions_become_regex_crate_ones() {
+        assert_eq!(re2_substitution(r"/v2/\2/\1"), "/v2/${2}/${1}");
+        assert_eq!(re2_substitution(r"a$b\\c"), r"a$$b\c");
     }
 
     #[test]
