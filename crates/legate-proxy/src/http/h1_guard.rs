@@ -10,16 +10,25 @@
 //! itself refuses (a request with an invalid `Content-Length`), so the client gets hyper's 400
 //! and the connection closes; nothing of it reaches an upstream. After an upgrade or CONNECT
 //! request the bytes are opaque and pass through unchecked.
+//!
+//! The guard also runs `request_headers_timeout`: it knows when a request head starts and
+//! when it is complete. When the timeout passes first it answers Envoy's 408 `request header
+//! timeout` itself and ends the stream hyper reads.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What hyper is given in place of a refused message: it answers 400 and closes.
 const REFUSED: &[u8] = b"GET / HTTP/1.1\r\nhost: refused\r\ncontent-length: refused\r\n\r\n";
+
+/// Envoy's reply when a request head is not complete within `request_headers_timeout`.
+const HEADER_TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest header timeout";
 
 /// Longest chunk-size line accepted (hex digits and extensions).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -52,11 +61,45 @@ pub struct H1Guard<T> {
     out: BytesMut,
     max_head: usize,
     refused: bool,
+    /// `request_headers_timeout`, and the counter it bumps.
+    header_timeout: Option<(std::time::Duration, legate_stats::Counter)>,
+    /// Armed while a request head is arriving.
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The 408 still to write after the header timeout fired.
+    timeout_reply: Option<&'static [u8]>,
 }
 
 impl<T> H1Guard<T> {
     pub fn new(inner: T, max_head: usize) -> Self {
-        H1Guard { inner, framing: Framing::Head, head: Vec::new(), out: BytesMut::new(), max_head, refused: false }
+        H1Guard {
+            inner,
+            framing: Framing::Head,
+            head: Vec::new(),
+            out: BytesMut::new(),
+            max_head,
+            refused: false,
+            header_timeout: None,
+            head_deadline: None,
+            timeout_reply: None,
+        }
+    }
+
+    /// Arms `request_headers_timeout` at the first byte of each request head.
+    pub fn with_header_timeout(mut self, timeout: Option<std::time::Duration>, counter: legate_stats::Counter) -> Self {
+        self.header_timeout = timeout.map(|t| (t, counter));
+        self
+    }
+
+    /// Keeps the head timer in step with the framing: armed while a head is incomplete.
+    fn update_head_timer(&mut self) {
+        let in_head = matches!(self.framing, Framing::Head) && !self.head.is_empty() && !self.refused;
+        match (&self.header_timeout, in_head, self.head_deadline.is_some()) {
+            (Some((timeout, _)), true, false) => {
+                self.head_deadline = Some(Box::pin(tokio::time::sleep(*timeout)));
+            }
+            (_, false, true) => self.head_deadline = None,
+            _ => {}
+        }
     }
 
     fn refuse(&mut self) {
@@ -260,9 +303,37 @@ fn check_head(head: &[u8]) -> Result<Framing, ()> {
     })
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(reply) = this.timeout_reply {
+            // Best effort: a peer that does not read gets the close alone.
+            match Pin::new(&mut this.inner).poll_write(cx, reply) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n < reply.len() => {
+                    this.timeout_reply = reply.get(n..);
+                    return Poll::Pending;
+                }
+                Poll::Ready(_) => {
+                    this.timeout_reply = None;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        if let Some(deadline) = &mut this.head_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.head_deadline = None;
+                this.head.clear();
+                this.refused = true;
+                this.framing = Framing::Opaque;
+                if let Some((_, counter)) = &this.header_timeout {
+                    counter.inc();
+                }
+                this.timeout_reply = Some(HEADER_TIMEOUT_REPLY);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         loop {
             if !this.out.is_empty() {
                 let n = this.out.len().min(buf.remaining());
@@ -280,7 +351,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             let mut scratch = [0u8; 8192];
             let mut read = ReadBuf::new(&mut scratch);
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Register the head timer's waker too (it may have been armed just now).
+                    if let Some(deadline) = &mut this.head_deadline {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            cx.waker().wake_by_ref();
+                        }
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
                     let filled = read.filled();
@@ -296,6 +375,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                     }
                     let filled = filled.to_vec();
                     this.feed(&filled);
+                    this.update_head_timer();
                 }
             }
         }

@@ -98,6 +98,9 @@ struct ConnShared {
     /// No new requests: past `max_connection_duration` or `max_requests_per_connection`.
     draining: Cell<bool>,
     closed: Cell<bool>,
+    /// The last exchange ended normally (an HTTP/1.1 connection then closes without a request
+    /// in flight even when it is not reused).
+    released_clean: Cell<bool>,
     /// Wakes the driver when the connection goes idle or starts draining.
     changed: Notify,
     local_address: Option<SocketAddr>,
@@ -229,6 +232,7 @@ impl Pool {
             other => other,
         };
         shared.idle_since.set(None);
+        shared.released_clean.set(false);
         shared.requests.set(shared.requests.get() + 1);
         Some(PooledConn { pool: self.clone(), client: Some(client), shared })
     }
@@ -301,6 +305,7 @@ impl Pool {
             idle_since: Cell::new(None),
             draining: Cell::new(false),
             closed: Cell::new(false),
+            released_clean: Cell::new(false),
             changed: Notify::new(),
             local_address,
         });
@@ -337,6 +342,22 @@ impl Pool {
                     }
                     Err(_) => stats.upstream_cx_protocol_error.inc(),
                 }
+            }
+        }
+        // A connection that ends under a request (an HTTP/1.1 one lent out, an HTTP/2 one with
+        // streams) is counted as Envoy's `*_with_active_rq`.
+        let active = match self.protocol {
+            PoolProtocol::Http1 => shared.idle_since.get().is_none() && shared.requests.get() > 0,
+            PoolProtocol::Http2 => {
+                self.state.borrow().h2.iter().any(|c| Rc::ptr_eq(&c.shared, &shared) && c.active.get() > 0)
+            }
+        };
+        if active && !shared.released_clean.get() {
+            stats.upstream_cx_destroy_with_active_rq.inc();
+            if cx.closed_locally {
+                stats.upstream_cx_destroy_local_with_active_rq.inc();
+            } else {
+                stats.upstream_cx_destroy_remote_with_active_rq.inc();
             }
         }
         shared.closed.set(true);
@@ -459,8 +480,12 @@ impl Pool {
     fn release(&self, client: Client, shared: &Rc<ConnShared>, reusable: bool) {
         let limit_reached = self.settings.max_requests_per_connection.is_some_and(|max| shared.requests.get() >= max);
         if limit_reached && !shared.draining.get() {
+            self.cluster.stats.upstream_cx_max_requests.inc();
             shared.draining.set(true);
             shared.changed.notify_one();
+        }
+        if self.protocol == PoolProtocol::Http1 {
+            shared.released_clean.set(reusable);
         }
         match client {
             Client::Http1(sender, shared) => {

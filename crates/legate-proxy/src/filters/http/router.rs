@@ -471,7 +471,12 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 let wants_retry = !retry_on.is_empty()
                     && action.retry_policy.retriable_response(retry_on, status, response.headers());
                 if wants_retry && retries_left && replayable {
-                    if let Some(slot) = retry_slot_for(&cluster, priority, &mut retry_slot) {
+                    let slot = retry_slot_for(&cluster, priority, &mut retry_slot);
+                    if slot.is_none() {
+                        // Envoy's router flags a retry the breaker refused as overflow.
+                        rq.info.set_flag(ResponseFlag::UpstreamOverflow);
+                    }
+                    if let Some(slot) = slot {
                         retry_slot = Some(slot);
                         drop(response);
                         drop(conn);
@@ -602,7 +607,11 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             }
         };
         if retriable && retries_left && replayable {
-            if let Some(slot) = retry_slot_for(&cluster, priority, &mut retry_slot) {
+            let slot = retry_slot_for(&cluster, priority, &mut retry_slot);
+            if slot.is_none() {
+                rq.info.set_flag(ResponseFlag::UpstreamOverflow);
+            }
+            if let Some(slot) = slot {
                 retry_slot = Some(slot);
                 last_failure = Some(reply);
                 if !back_off(&action.retry_policy, attempt, &cluster, &timers, &rq.body).await {

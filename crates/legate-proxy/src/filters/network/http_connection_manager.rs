@@ -320,13 +320,15 @@ async fn serve(
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(shared.request_headers_timeout)
+            // The guard below runs request_headers_timeout, with Envoy's 408 reply.
+            .header_read_timeout(None)
             .max_headers(shared.max_headers_count)
             .max_buf_size(shared.max_request_headers_bytes.max(8192) + 8192)
             .half_close(false)
             .keep_alive(true);
         // Smuggling shapes hyper would accept are refused before it parses them.
-        let io = H1Guard::new(io, shared.max_request_headers_bytes + 8192);
+        let io = H1Guard::new(io, shared.max_request_headers_bytes + 8192)
+            .with_header_timeout(shared.request_headers_timeout, stats.downstream_rq_header_timeout.clone());
         let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
         tokio::pin!(connection);
         run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
