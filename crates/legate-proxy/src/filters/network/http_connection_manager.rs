@@ -323,6 +323,7 @@ async fn serve(
             // The guard below runs request_headers_timeout, with Envoy's 408 reply.
             .header_read_timeout(None)
             .max_headers(shared.max_headers_count)
+            .max_header_size(shared.max_request_headers_bytes)
             .max_buf_size(shared.max_request_headers_bytes.max(8192) + 8192)
             .half_close(false)
             .keep_alive(true);
