@@ -150,9 +150,9 @@ impl Pool {
                 .max_requests_per_connection
                 .or(cluster.config.max_requests_per_connection)
                 .filter(|n| *n > 0),
-            max_concurrent_streams: h2.max_concurrent_streams.unwrap_or(i32::MAX as u32).max(1),
-            initial_stream_window_size: h2.initial_stream_window_size.unwrap_or(256 * 1024 * 1024),
-            initial_connection_window_size: h2.initial_connection_window_size.unwrap_or(256 * 1024 * 1024),
+            max_concurrent_streams: h2.max_concurrent_streams().max(1),
+            initial_stream_window_size: h2.initial_stream_window_size(),
+            initial_connection_window_size: h2.initial_connection_window_size(),
         };
         Pool { cluster, host, protocol, settings, state: RefCell::new(State::default()) }
     }

@@ -303,9 +303,9 @@ async fn serve(
         let h2 = shared.config.http2_protocol_options.clone().unwrap_or_default();
         builder
             .timer(TokioTimer::new())
-            .max_concurrent_streams(h2.max_concurrent_streams.unwrap_or(i32::MAX as u32))
-            .initial_stream_window_size(h2.initial_stream_window_size.unwrap_or(256 * 1024 * 1024))
-            .initial_connection_window_size(h2.initial_connection_window_size.unwrap_or(256 * 1024 * 1024))
+            .max_concurrent_streams(h2.max_concurrent_streams())
+            .initial_stream_window_size(h2.initial_stream_window_size())
+            .initial_connection_window_size(h2.initial_connection_window_size())
             .max_header_list_size(shared.max_request_headers_bytes as u32)
             .max_pending_accept_reset_streams(Some(100))
             .max_local_error_reset_streams(Some(1024));
