@@ -24,6 +24,12 @@ impl HttpResponse {
         let name = name.to_ascii_lowercase();
         self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
+
+    /// Every value of header `name` (case-insensitive), in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+    }
 }
 
 /// Sends `method path` to `addr` and reads the whole response (bounded by [`crate::IO_TIMEOUT`]).

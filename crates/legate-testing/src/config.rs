@@ -70,3 +70,113 @@ pub fn tcp_proxy_bootstrap(endpoints: &[SocketAddr]) -> Value {
         vec![static_cluster("backend", endpoints)],
     )
 }
+
+/// `envoy.filters.http.router`.
+pub fn router_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+    })
+}
+
+/// `envoy.filters.network.http_connection_manager` with `stat_prefix`, an inline
+/// `route_config` and `http_filters`; the fields of `extra` (an object) are added to its
+/// `typed_config` (`use_remote_address`, `access_log`, timeouts…).
+pub fn http_connection_manager(
+    stat_prefix: &str,
+    route_config: Value,
+    http_filters: Vec<Value>,
+    extra: Value,
+) -> Value {
+    let mut typed_config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": route_config,
+        "http_filters": http_filters,
+    });
+    if let Value::Object(fields) = extra {
+        typed_config.as_object_mut().expect("object").extend(fields);
+    }
+    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": typed_config })
+}
+
+/// A listener on `127.0.0.1:0` named `name` whose one filter is an HTTP connection manager
+/// with `stat_prefix: name` (so its stats are `http.<name>.*`); see
+/// [`http_connection_manager`] for the other arguments.
+pub fn http_listener(name: &str, route_config: Value, http_filters: Vec<Value>, extra_hcm_fields: Value) -> Value {
+    listener(name, vec![http_connection_manager(name, route_config, http_filters, extra_hcm_fields)])
+}
+
+/// A `RouteConfiguration` named `local_route`.
+pub fn route_config(virtual_hosts: Vec<Value>) -> Value {
+    json!({ "name": "local_route", "virtual_hosts": virtual_hosts })
+}
+
+/// A virtual host.
+pub fn virtual_host(name: &str, domains: &[&str], routes: Vec<Value>) -> Value {
+    json!({ "name": name, "domains": domains, "routes": routes })
+}
+
+/// A route: `prefix` → `cluster`.
+pub fn route_to(prefix: &str, cluster: &str) -> Value {
+    json!({ "match": { "prefix": prefix }, "route": { "cluster": cluster } })
+}
+
+/// The common case: listener `ingress` (stats `http.ingress.*`) → virtual host `*` → prefix
+/// `/` → STATIC cluster `backend` with `endpoints` (HTTP/1.1 upstream).
+pub fn http_bootstrap(endpoints: &[SocketAddr]) -> Value {
+    let routes = route_config(vec![virtual_host("backend", &["*"], vec![route_to("/", "backend")])]);
+    bootstrap(
+        vec![http_listener("ingress", routes, vec![router_filter()], json!({}))],
+        vec![static_cluster("backend", endpoints)],
+    )
+}
+
+/// Makes `cluster` speak h2c to its hosts (`typed_extension_protocol_options`
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` with
+/// `explicit_http_config.http2_protocol_options`).
+pub fn with_http2(mut cluster: Value) -> Value {
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} },
+        }
+    });
+    cluster
+}
+
+/// `envoy.access_loggers.file` writing to `path`, with a text `format` or Envoy's default
+/// format when `None`.
+pub fn file_access_log(path: &std::path::Path, format: Option<&str>) -> Value {
+    let mut typed_config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": path.to_str().expect("UTF-8 path"),
+    });
+    if let Some(format) = format {
+        typed_config["log_format"] = json!({ "text_format_source": { "inline_string": format } });
+    }
+    json!({ "name": "envoy.access_loggers.file", "typed_config": typed_config })
+}
+
+/// `envoy.access_loggers.file` writing one JSON object per line (`log_format.json_format`).
+pub fn json_access_log(path: &std::path::Path, fields: Value) -> Value {
+    json!({
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.to_str().expect("UTF-8 path"),
+            "log_format": { "json_format": fields },
+        }
+    })
+}
+
+/// The `typed_config` of the first filter of listener `index` (the HTTP connection manager
+/// of a bootstrap built here), to adjust a field.
+pub fn hcm_config(config: &mut Value, index: usize) -> &mut Value {
+    &mut config["static_resources"]["listeners"][index]["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+/// Cluster `index` of a bootstrap, to adjust a field.
+pub fn cluster_config(config: &mut Value, index: usize) -> &mut Value {
+    &mut config["static_resources"]["clusters"][index]
+}

@@ -8,6 +8,8 @@
 //!   hand so that malformed and split requests can be sent byte by byte.
 //! - [`h2c_get`], [`h2c_request`], [`h2c_many`]: hyper's HTTP/2 client with prior knowledge.
 //!
+//! - [`load_http_vectors`]: the shared malformed-input vectors, decoded.
+//!
 //! Which one to use: [`HttpClient::send`] for ordinary HTTP/1.1 requests; its
 //! [`HttpClient::write_request`] / [`HttpClient::read_response`] pair when requests must be in
 //! flight together (circuit breakers) or when the client must stall; [`HttpClient::raw`] for
@@ -16,7 +18,9 @@
 mod client;
 mod h2c;
 mod upstream;
+mod vectors;
 
 pub use client::{HttpClient, RawReply};
 pub use h2c::{h2c_get, h2c_many, h2c_request};
 pub use upstream::{HttpUpstream, UpstreamAction, UpstreamRequest};
+pub use vectors::{load_http_vectors, HttpVector};

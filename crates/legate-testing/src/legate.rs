@@ -17,12 +17,13 @@ use crate::eventually::{eventually, EVENTUALLY};
 /// Bound on startup: admin address file written and `/ready` answering 200.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A per-test scratch directory, removed on drop.
+/// A per-test scratch directory, removed on drop (for access log files and the like).
 #[derive(Debug)]
-struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    /// Creates a fresh directory under the system temp dir.
+    pub fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let dir = std::env::temp_dir().join(format!(
@@ -32,6 +33,24 @@ impl TempDir {
         ));
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         Self(dir)
+    }
+}
+
+impl TempDir {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -6,6 +6,9 @@
 //! - Upstreams on `127.0.0.1:0` that behave ([`TcpEchoServer`], [`TagServer`]) and that misbehave
 //!   on purpose ([`ClosedPort`], [`BlackholeServer`], [`BulkSender`], [`EofReplyServer`]), plus
 //!   [`TcpServer`] for a scripted peer.
+//! - HTTP peers ([`http`]): [`HttpUpstream`], a hyper server (HTTP/1.1 or h2c) whose handler
+//!   answers, delays, resets, streams slowly or never answers; [`HttpClient`], a blocking
+//!   HTTP/1.1 client that can also send raw bytes; [`h2c_get`] and [`h2c_many`].
 //! - [`eventually`] for state that changes in the background (stats), bounded and failing with
 //!   the last value seen.
 //!
@@ -17,6 +20,7 @@
 mod admin;
 pub mod config;
 mod eventually;
+pub mod http;
 mod legate;
 mod net;
 mod pattern;
@@ -25,7 +29,11 @@ mod upstream;
 
 pub use admin::{http_request, HttpResponse};
 pub use eventually::{eventually, EVENTUALLY};
-pub use legate::{run_bounded, Legate, LegateBuilder, RunOutput};
+pub use http::{
+    h2c_get, h2c_many, h2c_request, load_http_vectors, HttpClient, HttpUpstream, HttpVector, RawReply, UpstreamAction,
+    UpstreamRequest,
+};
+pub use legate::{run_bounded, Legate, LegateBuilder, RunOutput, TempDir};
 pub use net::{
     connect, connect_from, connect_with_recv_buffer, echo_roundtrip, expect_closed, free_port, is_refused, port_in_use,
     read_to_end, ClosedPort, IO_TIMEOUT,

@@ -102,7 +102,9 @@ fn requests_are_mirrored_with_their_body_and_a_shadow_host() {
     let px = Legate::start(legate_bin!(), &config(primary.addr(), shadow.addr()));
     let mut client = connect(px.listener_addr("ingress"));
     client
-        .write_all(b"POST /orders HTTP/1.1\r\nHost: shop.example:8080\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .write_all(
+            b"POST /orders HTTP/1.1\r\nHost: shop.example:8080\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
         .unwrap();
     let mut response = String::new();
     client.read_to_string(&mut response).unwrap();

@@ -73,7 +73,8 @@ fn websocket_upstream() -> TcpServer {
             let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
             return;
         }
-        let _ = stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+        let _ =
+            stream.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
         let mut buf = [0u8; 1024];
         while let Ok(n) = reader.read(&mut buf) {
             if n == 0 || stream.write_all(&buf[..n]).is_err() {

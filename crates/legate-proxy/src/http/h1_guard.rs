@@ -126,7 +126,7 @@ impl<T> H1Guard<T> {
                     self.head.extend_from_slice(input);
                     input = &[];
                     let Some(end) = find(&self.head[start..], b"\r\n\r\n").map(|i| start + i + 4) else {
-                        if self.head.len() > self.max_head {
+                        if request_line_is_not_http1(&self.head) || self.head.len() > self.max_head {
                             // hyper answers 431 for an oversized head: let it.
                             let head = std::mem::take(&mut self.head);
                             self.out.extend_from_slice(&head);
@@ -225,6 +225,14 @@ impl<T> H1Guard<T> {
             }
         }
     }
+}
+
+/// Whether the head's first line is complete and is not an HTTP/1.x request line (HTTP/0.9,
+/// garbage): hyper refuses it at once, so it need not wait for the end of a head.
+fn request_line_is_not_http1(head: &[u8]) -> bool {
+    let Some(end) = head.iter().position(|&b| b == b'\n') else { return false };
+    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+    !line.rsplit(|&b| b == b' ').next().is_some_and(|version| version.starts_with(b"HTTP/"))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -447,6 +455,13 @@ mod tests {
             assert!(refused, "{:?}", String::from_utf8_lossy(bad));
             assert!(out.ends_with(REFUSED));
         }
+    }
+
+    #[test]
+    fn an_http09_request_line_goes_to_hyper_at_once() {
+        let (out, refused) = run(&[b"GET /\r\n"]);
+        assert!(!refused);
+        assert_eq!(out, b"GET /\r\n".to_vec());
     }
 
     #[test]

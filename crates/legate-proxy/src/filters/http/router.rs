@@ -788,6 +788,10 @@ fn build_request(
     } else {
         headers.insert(HOST, HeaderValue::from_str(authority).ok()?);
         builder = builder.version(Version::HTTP_11).uri(Uri::builder().path_and_query(path_and_query).build().ok()?);
+        if !headers.contains_key(http::header::CONTENT_LENGTH) && !rq.body.borrow().is_empty_and_complete() {
+            // A body of unknown length goes chunked (hyper would send none for a GET).
+            headers.insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
     }
     if rq.include_attempt_count {
         headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));

@@ -127,7 +127,16 @@ fn prepare(
             }
         }
     }
-    if head.method != Method::CONNECT && authority_of(head).is_empty() {
+    // RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
+    let hosts = head.headers.get_all(http::header::HOST).iter().count();
+    let authority = authority_of(head);
+    if hosts > 1 || !valid_authority(&authority) || head.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Box::new(
+            LocalReply::new(StatusCode::BAD_REQUEST, "", "invalid_host")
+                .with_flag(ResponseFlag::DownstreamProtocolError),
+        ));
+    }
+    if head.method != Method::CONNECT && authority.is_empty() {
         return Err(Box::new(
             LocalReply::new(StatusCode::BAD_REQUEST, "", "missing_host_header")
                 .with_flag(ResponseFlag::DownstreamProtocolError),
@@ -430,6 +439,9 @@ fn upgrade_type(request: &Request<Incoming>) -> Option<String> {
     if request.method() == Method::CONNECT {
         return Some("CONNECT".into());
     }
+    if request.version() == Version::HTTP_2 {
+        return None;
+    }
     let connection_upgrade = request
         .headers()
         .get_all(http::header::CONNECTION)
@@ -440,7 +452,14 @@ fn upgrade_type(request: &Request<Incoming>) -> Option<String> {
     if !connection_upgrade {
         return None;
     }
-    request.headers().get(http::header::UPGRADE).and_then(|v| v.to_str().ok()).map(str::to_string)
+    // `Upgrade: h2c` is ignored and the request served as HTTP/1.1, as Envoy does (the
+    // hop-by-hop headers go when it is forwarded).
+    request
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().eq_ignore_ascii_case("h2c"))
+        .map(str::to_string)
 }
 
 fn matched_prefix(route: &Route) -> Option<&str> {
@@ -566,6 +585,11 @@ fn local_reply(
     }
     encode(context, &mut head, completion, vhost, route, filters);
     (head, Produced::Full(reply.body))
+}
+
+/// `host[:port]` made of the characters RFC 3986 allows in a reg-name or IP literal.
+fn valid_authority(authority: &str) -> bool {
+    authority.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 fn append_xff(headers: &mut http::HeaderMap, ip: IpAddr) {

@@ -1,0 +1,398 @@
+//! The HTTP connection manager as a proxy (Envoy docs: "HTTP connection management", "HTTP
+//! header manipulation", "Access logging"; proto
+//! `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`): the
+//! headers an upstream sees and a client gets back, connection reuse, HTTP/2 on either side,
+//! large bodies streamed with bounded memory, and access log lines.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use legate_testing::config::{
+    bootstrap, cluster_config, file_access_log, hcm_config, http_bootstrap, json_access_log, static_cluster, with_http2,
+};
+use legate_testing::{
+    eventually, h2c_get, h2c_many, json, legate_bin, HttpClient, HttpUpstream, Legate, PatternChecker, PatternWriter,
+    TempDir, UpstreamAction, Value, EVENTUALLY,
+};
+use regex::Regex;
+
+const MIB: u64 = 1024 * 1024;
+
+fn start(config: &Value) -> Legate {
+    Legate::start(legate_bin!(), &config.to_string())
+}
+
+/// Starts legate with access log files flushed every 100 ms (Envoy's
+/// `--file-flush-interval-msec`), so a test waits for lines, not for the 10 s default.
+fn start_with_fast_log_flush(config: &Value) -> Legate {
+    Legate::builder(legate_bin!()).config(&config.to_string()).arg("--file-flush-interval-msec").arg("100").start()
+}
+
+fn uuid4() -> Regex {
+    Regex::new("^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$").unwrap()
+}
+
+/// Waits (bounded) until the file at `path` holds at least `n` lines; returns them.
+fn wait_log_lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(
+        &format!("{n} access log lines in {}", path.display()),
+        EVENTUALLY,
+        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
+        |lines| lines.len() >= n,
+    )
+}
+
+#[test]
+fn upstream_sees_forwarded_for_proto_request_id_and_expected_timeout() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["use_remote_address"] = json!(true);
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.get("/");
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header_all("x-forwarded-for"), vec!["127.0.0.1"], "{:?}", seen.headers);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    // A loopback peer is internal (RFC 1918 and loopback, Envoy's default).
+    assert_eq!(seen.header("x-envoy-internal"), Some("true"));
+    let id = seen.header("x-request-id").expect("x-request-id generated");
+    assert!(uuid4().is_match(id), "x-request-id should be a UUID version 4: {id:?}");
+    assert_eq!(seen.header("x-envoy-expected-rq-timeout-ms"), Some("15000"), "the route timeout, 15 s by default");
+
+    // An existing x-forwarded-for is appended to; an internal client's request id is kept.
+    c.send("GET", "/", &[("x-forwarded-for", "203.0.113.7"), ("x-request-id", "keep-me")], b"");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header_all("x-forwarded-for"), vec!["203.0.113.7,127.0.0.1"]);
+    assert_eq!(seen.header("x-request-id"), Some("keep-me"));
+
+    // A new id per request.
+    c.get("/");
+    let ids: Vec<String> =
+        upstream.requests().iter().map(|r| r.header("x-request-id").unwrap_or_default().to_string()).collect();
+    assert_ne!(ids[0], ids[2], "{ids:?}");
+}
+
+#[test]
+fn hop_by_hop_headers_are_stripped_in_both_directions() {
+    let upstream = HttpUpstream::http1(|_| {
+        UpstreamAction::ok("ok")
+            .with_header("connection", "x-hop-resp")
+            .with_header("x-hop-resp", "1")
+            .with_header("keep-alive", "timeout=30")
+            .with_header("proxy-connection", "keep-alive")
+            .with_header("x-end-to-end", "kept")
+    });
+    let px = start(&http_bootstrap(&[upstream.addr()]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.send(
+        "GET",
+        "/",
+        &[
+            ("connection", "keep-alive, x-hop-req"),
+            ("x-hop-req", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("x-end-to-end", "kept"),
+        ],
+        b"",
+    );
+
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = upstream.last_request();
+    for name in ["connection", "x-hop-req", "keep-alive", "proxy-connection", "te"] {
+        assert_eq!(seen.header(name), None, "{name} must not be forwarded upstream: {:?}", seen.headers);
+    }
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+    for name in ["x-hop-resp", "keep-alive", "proxy-connection"] {
+        assert_eq!(r.header(name), None, "{name} must not be forwarded downstream: {r:?}");
+    }
+    assert!(r.header_all("connection").iter().all(|v| !v.contains("x-hop-resp")), "{r:?}");
+    assert_eq!(r.header("x-end-to-end"), Some("kept"));
+}
+
+#[test]
+fn server_header_is_envoy_unless_server_name_is_set() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok").with_header("server", "upstream/1.0"));
+    let default = start(&http_bootstrap(&[upstream.addr()]));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["server_name"] = json!("legate-edge");
+    let named = start(&config);
+
+    let r = HttpClient::connect(default.connect_addr("ingress")).get("/");
+    assert_eq!(r.header_all("server"), vec!["envoy"], "OVERWRITE is the default transformation: {r:?}");
+    let r = HttpClient::connect(named.connect_addr("ingress")).get("/");
+    assert_eq!(r.header_all("server"), vec!["legate-edge"], "{r:?}");
+    // Local replies carry it too.
+    let r = HttpClient::connect(named.connect_addr("ingress")).send("GET", "/", &[("host", "")], b"");
+    assert_eq!(r.header("server"), Some("legate-edge"), "{r:?}");
+}
+
+#[test]
+fn responses_carry_upstream_service_time() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_millis(50), UpstreamAction::ok("ok")));
+    let px = start(&http_bootstrap(&[upstream.addr()]));
+
+    let r = HttpClient::connect(px.connect_addr("ingress")).get("/");
+
+    let ms: u64 = r
+        .header("x-envoy-upstream-service-time")
+        .unwrap_or_else(|| panic!("no x-envoy-upstream-service-time: {r:?}"))
+        .parse()
+        .expect("a number of milliseconds");
+    assert!(ms >= 50, "the upstream took at least 50 ms, the header says {ms}");
+}
+
+#[test]
+fn keep_alive_reuses_one_upstream_connection_for_a_hundred_requests() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.path.clone()));
+    let px =
+        Legate::builder(legate_bin!()).config(&http_bootstrap(&[upstream.addr()]).to_string()).concurrency(1).start();
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    for i in 0..100 {
+        let r = c.get(&format!("/{i}"));
+        assert_eq!((r.status, r.body.as_str()), (200, format!("/{i}").as_str()), "request {i}: {r:?}");
+    }
+
+    assert_eq!(upstream.connections(), 1, "one upstream connection reused for every request");
+    assert!(upstream.requests().iter().all(|r| r.connection == 0));
+    px.wait_stat("cluster.backend.upstream_rq_total", 100);
+    px.wait_stat("cluster.backend.upstream_cx_total", 1);
+    px.wait_stat("http.ingress.downstream_cx_total", 1);
+    px.wait_stat("http.ingress.downstream_rq_total", 100);
+}
+
+#[test]
+fn http2_downstream_and_upstream_fifty_concurrent_streams_on_one_connection() {
+    let upstream = HttpUpstream::http2(|r| UpstreamAction::ok(format!("{} {}", r.version, r.path)));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let cluster = cluster_config(&mut config, 0).take();
+    *cluster_config(&mut config, 0) = with_http2(cluster);
+    let px = start(&config);
+    let addr = px.connect_addr("ingress");
+
+    let one = h2c_get(addr, "/one", &[]);
+    assert_eq!((one.status, one.body.as_str()), (200, "HTTP/2.0 /one"), "{one:?}");
+
+    let many = h2c_many(addr, "/many", 50);
+    assert_eq!(many.len(), 50);
+    for (i, r) in many.iter().enumerate() {
+        assert_eq!((r.status, r.body.as_str()), (200, "HTTP/2.0 /many"), "stream {i}: {r:?}");
+    }
+
+    assert_eq!(upstream.request_count(), 51);
+    assert!(upstream.requests().iter().all(|r| r.version == "HTTP/2.0"));
+    assert_eq!(upstream.connections(), 1, "HTTP/2 upstream streams are multiplexed on one connection");
+    px.wait_stat("http.ingress.downstream_cx_http2_total", 2);
+    px.wait_stat("http.ingress.downstream_rq_http2_total", 51);
+    px.wait_stat("cluster.backend.upstream_cx_http2_total", 1);
+    px.wait_stat("cluster.backend.upstream_rq_200", 51);
+}
+
+#[test]
+fn http2_downstream_to_http1_upstream() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(format!("{} {}", r.version, r.path)));
+    let px = start(&http_bootstrap(&[upstream.addr()]));
+
+    let r = h2c_get(px.connect_addr("ingress"), "/translated?x=1", &[("host", "h2.example")]);
+
+    assert_eq!((r.status, r.body.as_str()), (200, "HTTP/1.1 /translated?x=1"), "{r:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header_all("host"), vec!["h2.example"], ":authority becomes host: {:?}", seen.headers);
+    px.wait_stat("http.ingress.downstream_rq_http2_total", 1);
+    px.wait_stat("cluster.backend.upstream_cx_http1_total", 1);
+}
+
+/// Legate's resident memory must not grow with a body it streams: Envoy buffers at most
+/// `per_connection_buffer_limit_bytes` (1 MiB) per direction.
+const RSS_LIMIT_KIB: u64 = 60 * 1024;
+
+#[test]
+fn hundred_mib_request_body_streams_upstream_with_bounded_memory() {
+    const TOTAL: u64 = 100 * MIB;
+    let upstream = HttpUpstream::http1(|r| {
+        let mut checker = PatternChecker::new(7);
+        match checker.check(&r.body) {
+            Ok(()) => UpstreamAction::ok(format!("received {}", checker.len())),
+            Err(e) => UpstreamAction::status(500, e),
+        }
+    });
+    let px = start(&http_bootstrap(&[upstream.addr()]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    c.write_head("POST", "/upload", &[], TOTAL as usize).unwrap();
+    let mut pattern = PatternWriter::new(7);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = TOTAL;
+    let mut max_rss = 0;
+    let mut next_sample = TOTAL;
+    while left > 0 {
+        let n = (buf.len() as u64).min(left) as usize;
+        pattern.fill(&mut buf[..n]);
+        c.stream().write_all(&buf[..n]).unwrap_or_else(|e| panic!("write after {} bytes: {e}", TOTAL - left));
+        left -= n as u64;
+        if left <= next_sample {
+            max_rss = max_rss.max(px.rss_kib());
+            next_sample = next_sample.saturating_sub(8 * MIB);
+        }
+    }
+    let r = c.read_response().unwrap();
+
+    assert_eq!((r.status, r.body.as_str()), (200, format!("received {TOTAL}").as_str()), "{r:?}");
+    let max_rss = max_rss.max(px.rss_kib());
+    eprintln!("legate peak RSS streaming a 100 MiB request body: {max_rss} KiB");
+    assert!(max_rss < RSS_LIMIT_KIB, "legate RSS reached {max_rss} KiB streaming a 100 MiB request body");
+    px.wait_stat_at_least("cluster.backend.upstream_cx_tx_bytes_total", TOTAL);
+    px.wait_stat_at_least("http.ingress.downstream_cx_rx_bytes_total", TOTAL);
+}
+
+#[test]
+fn hundred_mib_response_body_streams_downstream_with_bounded_memory() {
+    const TOTAL: u64 = 100 * MIB;
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::Pattern { len: TOTAL, seed: 11 });
+    let px = start(&http_bootstrap(&[upstream.addr()]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let mut checker = PatternChecker::new(11);
+    let mut max_rss = 0;
+    let mut next_sample = 0;
+    let r = c
+        .send_streaming("GET", "/download", &[], b"", |chunk| {
+            checker.check(chunk).unwrap();
+            if checker.len() >= next_sample {
+                max_rss = max_rss.max(px.rss_kib());
+                next_sample += 8 * MIB;
+            }
+        })
+        .unwrap();
+
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-length"), Some(TOTAL.to_string().as_str()));
+    assert_eq!(checker.len(), TOTAL, "body length");
+    let max_rss = max_rss.max(px.rss_kib());
+    eprintln!("legate peak RSS streaming a 100 MiB response body: {max_rss} KiB");
+    assert!(max_rss < RSS_LIMIT_KIB, "legate RSS reached {max_rss} KiB streaming a 100 MiB response body");
+    // The connection is still good for another request.
+    assert_eq!(c.get("/small").status, 200);
+}
+
+/// Envoy's default format ("Default format string"):
+/// `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
+/// %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
+/// "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%"
+/// "%UPSTREAM_HOST%"`.
+#[test]
+fn file_access_log_without_format_writes_envoys_default_line() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
+    let dir = TempDir::new();
+    let log = dir.join("access.log");
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["access_log"] = json!([file_access_log(&log, None)]);
+    let px = start_with_fast_log_flush(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.send("GET", "/log/path?q=1", &[("host", "example.com"), ("user-agent", "curl/8.5.0")], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let lines = wait_log_lines(&log, 1);
+    let line = &lines[0];
+    let shape = Regex::new(concat!(
+        r#"^\[(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z)\] "#,
+        r#""GET /log/path\?q=1 HTTP/1\.1" 200 - 0 5 (\d+) (\d+) "#,
+        r#""-" "curl/8\.5\.0" "([0-9a-f-]{36})" "example\.com" "127\.0\.0\.1:(\d+)"$"#,
+    ))
+    .unwrap();
+    let caps = shape.captures(line).unwrap_or_else(|| panic!("not Envoy's default format: {line:?}"));
+    let request_id = upstream.last_request().header("x-request-id").unwrap().to_string();
+    assert_eq!(&caps[4], request_id, "%REQ(X-REQUEST-ID)% is the id sent upstream");
+    assert_eq!(caps[5].parse::<u16>().unwrap(), upstream.addr().port(), "%UPSTREAM_HOST%");
+    let (duration, service): (u64, u64) = (caps[2].parse().unwrap(), caps[3].parse().unwrap());
+    assert!(service <= duration, "upstream service time {service} ms within the duration {duration} ms");
+    assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
+}
+
+#[test]
+fn json_access_log_writes_one_object_per_request() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
+    let dir = TempDir::new();
+    let log = dir.join("access.json");
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let routes = &mut hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"];
+    routes[0]["match"] = json!({ "prefix": "/api" });
+    let fields = json!({
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "protocol": "%PROTOCOL%",
+        "code": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "bytes_sent": "%BYTES_SENT%",
+        "cluster": "%UPSTREAM_CLUSTER%",
+        "upstream": "%UPSTREAM_HOST%",
+        "literal": "text %RESPONSE_CODE%",
+    });
+    hcm_config(&mut config, 0)["access_log"] = json!([json_access_log(&log, fields)]);
+    let px = start_with_fast_log_flush(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(c.get("/api/x").status, 200);
+    assert_eq!(c.get("/nowhere").status, 404);
+
+    let lines = wait_log_lines(&log, 2);
+    let entries: Vec<BTreeMap<String, Value>> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
+        .collect();
+    let ok = &entries[0];
+    assert_eq!(ok["method"], json!("GET"), "{ok:?}");
+    assert_eq!(ok["path"], json!("/api/x"));
+    assert_eq!(ok["protocol"], json!("HTTP/1.1"));
+    // `json_format` renders a lone numeric operator as a number ("Format dictionaries").
+    assert_eq!(ok["code"], json!(200), "{ok:?}");
+    assert_eq!(ok["bytes_sent"], json!(5), "{ok:?}");
+    assert_eq!(ok["flags"], json!("-"));
+    assert_eq!(ok["cluster"], json!("backend"));
+    assert_eq!(ok["upstream"], json!(upstream.addr().to_string()));
+    assert_eq!(ok["literal"], json!("text 200"));
+    let nr = &entries[1];
+    assert_eq!((&nr["code"], &nr["flags"]), (&json!(404), &json!("NR")), "{nr:?}");
+    // Typed JSON renders an unset value as null, not "-" (Envoy "Command operators"; envoy#27901).
+    assert_eq!((&nr["upstream"], &nr["cluster"]), (&Value::Null, &Value::Null), "{nr:?}");
+}
+
+/// Two listeners can share one cluster; a second connection manager has its own stats.
+#[test]
+fn two_http_listeners_keep_separate_stats() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let routes = |name: &str| {
+        legate_testing::config::route_config(vec![legate_testing::config::virtual_host(
+            name,
+            &["*"],
+            vec![legate_testing::config::route_to("/", "backend")],
+        )])
+    };
+    let listener = |name: &str| {
+        legate_testing::config::http_listener(
+            name,
+            routes(name),
+            vec![legate_testing::config::router_filter()],
+            json!({}),
+        )
+    };
+    let config = bootstrap(vec![listener("one"), listener("two")], vec![static_cluster("backend", &[upstream.addr()])]);
+    let px = start(&config);
+
+    for _ in 0..3 {
+        assert_eq!(HttpClient::connect(px.connect_addr("one")).get("/").status, 200);
+    }
+    assert_eq!(HttpClient::connect(px.connect_addr("two")).get("/").status, 200);
+
+    px.wait_stat("http.one.downstream_rq_2xx", 3);
+    px.wait_stat("http.two.downstream_rq_2xx", 1);
+    px.wait_stat("cluster.backend.upstream_rq_2xx", 4);
+}

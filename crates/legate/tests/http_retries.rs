@@ -1,0 +1,198 @@
+//! Router retries (Envoy docs: "Retry semantics", proto `envoy.config.route.v3.RetryPolicy`,
+//! "HTTP header manipulation": `x-envoy-retry-on`, `x-envoy-max-retries`): which failures are
+//! retried, how often, what the client gets when retries run out, and that a retry carries
+//! the same request.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use legate_testing::config::{file_access_log, hcm_config, http_bootstrap};
+use legate_testing::{
+    eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, PatternWriter, TempDir, UpstreamAction, Value,
+    EVENTUALLY,
+};
+
+/// legate in front of `upstream` with `retry_policy` on its one route (none when null), and
+/// an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%` flushed every 100 ms.
+struct Proxy {
+    legate: Legate,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    fn start(upstream: &HttpUpstream, retry_policy: Value) -> Self {
+        let dir = TempDir::new();
+        let log = dir.join("access.log");
+        let mut config = http_bootstrap(&[upstream.addr()]);
+        if !retry_policy.is_null() {
+            hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] =
+                retry_policy;
+        }
+        hcm_config(&mut config, 0)["access_log"] =
+            json!([file_access_log(&log, Some("%RESPONSE_CODE% %RESPONSE_FLAGS%\n"))]);
+        let legate = Legate::builder(legate_bin!())
+            .config(&config.to_string())
+            .arg("--file-flush-interval-msec")
+            .arg("100")
+            .start();
+        Proxy { legate, log, _dir: dir }
+    }
+
+    fn client(&self) -> HttpClient {
+        HttpClient::connect(self.legate.connect_addr("ingress"))
+    }
+
+    /// Access log line `n` (1-based), waited for.
+    fn logged(&self, n: usize) -> String {
+        wait_lines(&self.log, n)[n - 1].clone()
+    }
+}
+
+fn wait_lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(
+        &format!("{n} lines in {}", path.display()),
+        EVENTUALLY,
+        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
+        |lines| lines.len() >= n,
+    )
+}
+
+#[test]
+fn a_503_is_retried_on_5xx_and_the_retry_answers() {
+    let upstream = HttpUpstream::http1(|r| match r.index {
+        0 => UpstreamAction::status(503, "busy"),
+        _ => UpstreamAction::ok("second"),
+    });
+    let px = Proxy::start(&upstream, json!({ "retry_on": "5xx", "num_retries": 2 }));
+
+    let r = px.client().get("/");
+
+    assert_eq!((r.status, r.body.as_str()), (200, "second"), "{r:?}");
+    assert_eq!(upstream.request_count(), 2);
+    assert_eq!(px.logged(1), "200 -");
+    let stats = &px.legate;
+    stats.wait_stat("cluster.backend.upstream_rq_retry", 1);
+    stats.wait_stat("cluster.backend.upstream_rq_retry_success", 1);
+    stats.wait_stat("cluster.backend.upstream_rq_503", 1);
+    stats.wait_stat("cluster.backend.upstream_rq_200", 1);
+    stats.wait_stat("http.ingress.downstream_rq_2xx", 1);
+}
+
+#[test]
+fn a_reset_is_retried_on_reset() {
+    let upstream = HttpUpstream::http1(|r| match r.index {
+        0 => UpstreamAction::Reset,
+        _ => UpstreamAction::ok("after reset"),
+    });
+    let px = Proxy::start(&upstream, json!({ "retry_on": "reset", "num_retries": 1 }));
+
+    let r = px.client().get("/");
+
+    assert_eq!((r.status, r.body.as_str()), (200, "after reset"), "{r:?}");
+    assert_eq!(upstream.request_count(), 2);
+    assert_eq!(upstream.connections(), 2, "the reset connection is not reused");
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry_success", 1);
+}
+
+#[test]
+fn exhausted_retries_pass_the_last_response_through_with_urx() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::status(503, format!("busy {}", r.index)));
+    let px = Proxy::start(&upstream, json!({ "retry_on": "5xx", "num_retries": 2 }));
+
+    let r = px.client().get("/");
+
+    assert_eq!((r.status, r.body.as_str()), (503, "busy 2"), "the last attempt's response: {r:?}");
+    assert_eq!(upstream.request_count(), 3, "one try and two retries");
+    assert_eq!(px.logged(1), "503 URX");
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry", 2);
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry_limit_exceeded", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_503", 3);
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_retry_success"), Some(0));
+}
+
+#[test]
+fn x_envoy_retry_on_and_max_retries_request_headers_are_honoured() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::status(503, "busy"));
+    let px = Proxy::start(&upstream, Value::Null);
+    let mut c = px.client();
+
+    let plain = c.get("/");
+    assert_eq!(plain.status, 503);
+    assert_eq!(upstream.request_count(), 1, "no retry policy, no retry");
+
+    let r = c.send("GET", "/", &[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "3")], b"");
+
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(upstream.request_count(), 1 + 4, "x-envoy-max-retries: 3 means four tries");
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry", 3);
+    assert_eq!(px.logged(2), "503 URX");
+}
+
+#[test]
+fn retriable_status_codes_retry_only_the_listed_codes() {
+    let upstream = HttpUpstream::http1(|r| match (r.path.as_str(), r.index) {
+        ("/teapot", 0) => UpstreamAction::status(418, "teapot"),
+        ("/teapot", _) => UpstreamAction::ok("brewed"),
+        _ => UpstreamAction::status(500, "not listed"),
+    });
+    let px = Proxy::start(
+        &upstream,
+        json!({ "retry_on": "retriable-status-codes", "retriable_status_codes": [418], "num_retries": 1 }),
+    );
+    let mut c = px.client();
+
+    let teapot = c.get("/teapot");
+    assert_eq!((teapot.status, teapot.body.as_str()), (200, "brewed"), "{teapot:?}");
+    assert_eq!(upstream.request_count(), 2);
+
+    let other = c.get("/other");
+    assert_eq!((other.status, other.body.as_str()), (500, "not listed"), "{other:?}");
+    assert_eq!(upstream.request_count(), 3, "500 is not in retriable_status_codes");
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry", 1);
+}
+
+#[test]
+fn a_post_body_is_replayed_intact_on_retry() {
+    let upstream = HttpUpstream::http1(|r| match r.index {
+        0 => UpstreamAction::status(503, "busy"),
+        _ => UpstreamAction::ok(format!("got {} bytes", r.body.len())),
+    });
+    let px = Proxy::start(&upstream, json!({ "retry_on": "5xx", "num_retries": 1 }));
+    let mut body = vec![0u8; 200 * 1024];
+    PatternWriter::new(5).fill(&mut body);
+
+    let r = px.client().send("POST", "/submit", &[("content-type", "application/octet-stream")], &body);
+
+    assert_eq!((r.status, r.body.as_str()), (200, "got 204800 bytes"), "{r:?}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    for (i, attempt) in seen.iter().enumerate() {
+        assert_eq!(attempt.method, "POST");
+        assert!(attempt.body_complete, "attempt {i} body ended early");
+        assert!(attempt.body == body, "attempt {i}: {} bytes, not the {} sent", attempt.body.len(), body.len());
+        assert_eq!(attempt.header("content-type"), Some("application/octet-stream"));
+    }
+}
+
+/// Retries wait a jittered exponential back-off (uniform below `base_interval` × 2^(n-1)).
+/// Three retries with a 0.5 s base wait ~1.75 s in all on average; under 30 ms has a
+/// probability of about 1e-5, while retrying without back-off takes a few milliseconds.
+#[test]
+fn retries_are_spaced_by_the_back_off() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::status(503, "busy"));
+    let px = Proxy::start(
+        &upstream,
+        json!({ "retry_on": "5xx", "num_retries": 3, "retry_back_off": { "base_interval": "0.5s" } }),
+    );
+
+    let r = px.client().get("/");
+
+    assert_eq!(r.status, 503, "{r:?}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 4);
+    let spread = seen[3].received_at.duration_since(seen[0].received_at);
+    assert!(spread >= Duration::from_millis(30), "four tries within {spread:?}: no back-off between retries?");
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry_backoff_exponential", 3);
+}

@@ -1,0 +1,370 @@
+//! HTTP routing end to end (Envoy docs: "HTTP routing", proto
+//! `envoy.config.route.v3.RouteConfiguration`): the real binary between a real client and real
+//! upstreams. Virtual host selection by `:authority`, route matching in order, what a route
+//! does (forward with rewrites, split by weight, pick a cluster from a header, redirect,
+//! answer directly) and the header mutations at each level of the route table.
+
+use std::collections::BTreeMap;
+
+use legate_testing::config::{bootstrap, http_listener, route_config, router_filter, static_cluster, virtual_host};
+use legate_testing::{json, legate_bin, HttpClient, HttpUpstream, Legate, UpstreamAction, Value};
+
+fn start(config: &Value) -> Legate {
+    Legate::start(legate_bin!(), &config.to_string())
+}
+
+/// Listener `ingress` (stats `http.ingress.*`) with these virtual hosts, and these clusters.
+fn routing_bootstrap(virtual_hosts: Vec<Value>, clusters: Vec<Value>) -> Value {
+    bootstrap(vec![http_listener("ingress", route_config(virtual_hosts), vec![router_filter()], json!({}))], clusters)
+}
+
+/// A route answering 200 with `body` itself (no upstream): tells the client which route
+/// (or virtual host) matched.
+fn direct(matcher: Value, body: &str) -> Value {
+    json!({ "match": matcher, "direct_response": { "status": 200, "body": { "inline_string": body } } })
+}
+
+/// The body of `GET path` with `host`, asserting a 200.
+fn body_for(client: &mut HttpClient, host: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut all = vec![("host", host)];
+    all.extend_from_slice(headers);
+    let r = client.send("GET", path, &all, b"");
+    assert_eq!(r.status, 200, "GET {path} (host {host}, {headers:?}): {r:?}");
+    r.body
+}
+
+/// Envoy's search order: exact domain, longest `*suffix`, longest `prefix*`, then `*`.
+#[test]
+fn virtual_host_is_chosen_by_exact_suffix_prefix_then_default_domain() {
+    let vh = |name: &str, domains: &[&str]| virtual_host(name, domains, vec![direct(json!({ "prefix": "/" }), name)]);
+    let config = routing_bootstrap(
+        vec![
+            vh("default", &["*"]),
+            vh("prefix", &["api.*"]),
+            vh("suffix", &["*.example.com"]),
+            vh("longer-suffix", &["*.eu.example.com"]),
+            vh("exact", &["api.example.com", "other.test"]),
+        ],
+        vec![],
+    );
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let seen: Vec<(&str, String)> = [
+        "api.example.com",
+        "other.test",
+        "www.example.com",
+        "api.eu.example.com",
+        "api.foo.example.com",
+        "api.other.org",
+        "nothing.org",
+        "API.EXAMPLE.COM",
+    ]
+    .into_iter()
+    .map(|host| (host, body_for(&mut c, host, "/", &[])))
+    .collect();
+
+    let expected = [
+        ("api.example.com", "exact"),
+        ("other.test", "exact"),
+        ("www.example.com", "suffix"),
+        ("api.eu.example.com", "longer-suffix"),
+        // Both `*.example.com` and `api.*` match: suffix wildcards come first.
+        ("api.foo.example.com", "suffix"),
+        ("api.other.org", "prefix"),
+        ("nothing.org", "default"),
+        // Domains are matched case-insensitively.
+        ("API.EXAMPLE.COM", "exact"),
+    ];
+    let seen: Vec<(&str, &str)> = seen.iter().map(|(h, b)| (*h, b.as_str())).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn routes_match_by_prefix_path_regex_headers_and_query_parameters_first_match_wins() {
+    let routes = vec![
+        direct(json!({ "path": "/exact" }), "path"),
+        direct(json!({ "prefix": "/first" }), "first-a"),
+        direct(json!({ "prefix": "/first/x" }), "first-b"),
+        direct(json!({ "safe_regex": { "regex": "/regex/[0-9]+" } }), "regex"),
+        direct(
+            json!({ "prefix": "/hdr", "headers": [{ "name": "x-mode", "string_match": { "exact": "blue" } }] }),
+            "hdr-blue",
+        ),
+        direct(json!({ "prefix": "/hdr", "headers": [{ "name": "x-mode", "present_match": true }] }), "hdr-present"),
+        direct(json!({ "prefix": "/hdr" }), "hdr-other"),
+        direct(
+            json!({ "prefix": "/q", "query_parameters": [{ "name": "debug", "string_match": { "exact": "1" } }] }),
+            "q-debug",
+        ),
+        direct(json!({ "prefix": "/q" }), "q-plain"),
+    ];
+    let px = start(&routing_bootstrap(vec![virtual_host("vh", &["*"], routes)], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    let mut get = |path: &str, headers: &[(&str, &str)]| body_for(&mut c, "example.com", path, headers);
+
+    assert_eq!(get("/exact", &[]), "path");
+    assert_eq!(get("/exact?with=query", &[]), "path", "`path` ignores the query string");
+    assert_eq!(get("/first/x", &[]), "first-a", "the first matching route wins, not the longest");
+    assert_eq!(get("/first", &[]), "first-a");
+    assert_eq!(get("/regex/123", &[]), "regex");
+    assert_eq!(get("/hdr", &[("x-mode", "blue")]), "hdr-blue");
+    assert_eq!(get("/hdr", &[("x-mode", "red")]), "hdr-present");
+    assert_eq!(get("/hdr", &[]), "hdr-other");
+    assert_eq!(get("/q?debug=1", &[]), "q-debug");
+    assert_eq!(get("/q?debug=2", &[]), "q-plain");
+    assert_eq!(get("/q?other=1&debug=1", &[]), "q-debug");
+    assert_eq!(get("/q", &[]), "q-plain");
+
+    // `safe_regex` must match the whole path; `path` the whole path.
+    for path in ["/regex/12a", "/regex/", "/exact/more", "/nothing"] {
+        let r = c.send("GET", path, &[("host", "example.com")], b"");
+        assert_eq!(r.status, 404, "GET {path}: {r:?}");
+    }
+}
+
+#[test]
+fn no_route_is_a_404_counted_as_no_route() {
+    let api = virtual_host("api", &["api.test"], vec![direct(json!({ "prefix": "/api" }), "api")]);
+    let px = start(&routing_bootstrap(vec![api], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let no_route = c.send("GET", "/other", &[("host", "api.test")], b"");
+    let no_vhost = c.send("GET", "/api", &[("host", "unknown.test")], b"");
+
+    for r in [&no_route, &no_vhost] {
+        assert_eq!(r.status, 404, "{r:?}");
+        assert_eq!(r.body, "", "Envoy's no-route reply has no body: {r:?}");
+        assert_eq!(r.header("server"), Some("envoy"), "{r:?}");
+    }
+    assert_eq!(body_for(&mut c, "api.test", "/api", &[]), "api", "the connection stays usable");
+    px.wait_stat("http.ingress.no_route", 2);
+    px.wait_stat("http.ingress.downstream_rq_4xx", 2);
+}
+
+/// A rewriting route table: `/old/` → `/new/` by prefix, `/re/<word>/<n>` → `/v2/<n>/<word>`
+/// by regex, anything else untouched; the upstream echoes the path it saw.
+fn rewriting_proxy(upstream: &HttpUpstream) -> Legate {
+    let routes = vec![
+        json!({ "match": { "prefix": "/old/" }, "route": { "cluster": "backend", "prefix_rewrite": "/new/" } }),
+        json!({ "match": { "prefix": "/re/" }, "route": { "cluster": "backend", "regex_rewrite": {
+            "pattern": { "regex": "^/re/([a-z]+)/([0-9]+)$" }, "substitution": "/v2/\\2/\\1" } } }),
+        json!({ "match": { "prefix": "/" }, "route": { "cluster": "backend" } }),
+    ];
+    start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], routes)],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    ))
+}
+
+#[test]
+fn prefix_rewrite_changes_the_path_the_upstream_sees_and_keeps_the_original() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.path.clone()));
+    let px = rewriting_proxy(&upstream);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.get("/old/thing?x=1");
+    assert_eq!((r.status, r.body.as_str()), (200, "/new/thing?x=1"), "{r:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.path, "/new/thing?x=1");
+    assert_eq!(seen.header("x-envoy-original-path"), Some("/old/thing?x=1"));
+
+    let r = c.get("/untouched");
+    assert_eq!(r.body, "/untouched");
+    assert_eq!(upstream.last_request().header("x-envoy-original-path"), None, "no rewrite, no original path");
+}
+
+/// `regex_rewrite.substitution` uses RE2's `\1` group references
+/// (`envoy.type.matcher.v3.RegexMatchAndSubstitute`).
+#[test]
+fn regex_rewrite_substitutes_capture_groups() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.path.clone()));
+    let px = rewriting_proxy(&upstream);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.get("/re/item/42?keep=query");
+
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.path, "/v2/42/item?keep=query", "RE2-style \\1 group references");
+    assert_eq!(seen.header("x-envoy-original-path"), Some("/re/item/42?keep=query"));
+}
+
+#[test]
+fn host_rewrite_literal_changes_the_host_the_upstream_sees() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let routes = vec![json!({ "match": { "prefix": "/" },
+        "route": { "cluster": "backend", "host_rewrite_literal": "rewritten.internal" } })];
+    let px = start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], routes)],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    ));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.send("GET", "/", &[("host", "public.example")], b"");
+
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(upstream.last_request().header_all("host"), vec!["rewritten.internal"]);
+}
+
+#[test]
+fn weighted_clusters_send_traffic_to_both_clusters() {
+    let a = HttpUpstream::tag("a");
+    let b = HttpUpstream::tag("b");
+    let routes = vec![json!({ "match": { "prefix": "/" }, "route": { "weighted_clusters": { "clusters": [
+        { "name": "a", "weight": 50 }, { "name": "b", "weight": 50 } ] } } })];
+    let px = start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], routes)],
+        vec![static_cluster("a", &[a.addr()]), static_cluster("b", &[b.addr()])],
+    ));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..200 {
+        let r = c.get("/");
+        assert_eq!(r.status, 200, "{r:?}");
+        *counts.entry(r.body).or_default() += 1;
+    }
+
+    let (na, nb) = (counts.get("a").copied().unwrap_or(0), counts.get("b").copied().unwrap_or(0));
+    assert_eq!(na + nb, 200, "{counts:?}");
+    // 50/50 over 200 requests: fewer than 40 on one side has probability < 1e-17.
+    assert!(na >= 40 && nb >= 40, "both clusters should get traffic: {counts:?}");
+    assert_eq!((a.request_count() as u64, b.request_count() as u64), (na, nb));
+    px.wait_stat("cluster.a.upstream_rq_200", na);
+    px.wait_stat("cluster.b.upstream_rq_200", nb);
+}
+
+#[test]
+fn cluster_header_names_the_cluster() {
+    let a = HttpUpstream::tag("a");
+    let b = HttpUpstream::tag("b");
+    let routes = vec![json!({ "match": { "prefix": "/" }, "route": { "cluster_header": "x-target-cluster" } })];
+    let px = start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], routes)],
+        vec![static_cluster("a", &[a.addr()]), static_cluster("b", &[b.addr()])],
+    ));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(c.send("GET", "/", &[("x-target-cluster", "b")], b"").body, "b");
+    assert_eq!(c.send("GET", "/", &[("x-target-cluster", "a")], b"").body, "a");
+    // No such cluster: Envoy's cluster_not_found_response_code, 503 by default.
+    let missing = c.send("GET", "/", &[("x-target-cluster", "nope")], b"");
+    assert_eq!(missing.status, 503, "{missing:?}");
+    let absent = c.send("GET", "/", &[], b"");
+    assert_eq!(absent.status, 503, "{absent:?}");
+
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    px.wait_stat("http.ingress.no_cluster", 2);
+}
+
+#[test]
+fn redirects_answer_with_status_and_location() {
+    let routes = vec![
+        json!({ "match": { "prefix": "/secure" }, "redirect": { "https_redirect": true } }),
+        json!({ "match": { "prefix": "/moved" },
+                "redirect": { "host_redirect": "new.example", "path_redirect": "/elsewhere", "response_code": "FOUND" } }),
+        json!({ "match": { "prefix": "/v1/" },
+                "redirect": { "prefix_rewrite": "/v2/", "response_code": "PERMANENT_REDIRECT", "strip_query": true } }),
+    ];
+    let px = start(&routing_bootstrap(vec![virtual_host("vh", &["*"], routes)], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    let mut get = |path: &str| c.send("GET", path, &[("host", "example.com")], b"");
+
+    let https = get("/secure/page?a=1");
+    assert_eq!(https.status, 301, "{https:?}");
+    assert_eq!(https.header("location"), Some("https://example.com/secure/page?a=1"));
+    assert_eq!(https.body, "");
+
+    let moved = get("/moved/x");
+    assert_eq!(moved.status, 302, "{moved:?}");
+    assert_eq!(moved.header("location"), Some("http://new.example/elsewhere"));
+
+    let prefix = get("/v1/items?q=1");
+    assert_eq!(prefix.status, 308, "{prefix:?}");
+    assert_eq!(prefix.header("location"), Some("http://example.com/v2/items"));
+
+    px.wait_stat("http.ingress.rq_redirect", 3);
+    px.wait_stat("http.ingress.downstream_rq_3xx", 3);
+}
+
+#[test]
+fn direct_response_answers_status_and_body() {
+    let routes = vec![
+        json!({ "match": { "prefix": "/teapot" },
+                "direct_response": { "status": 418, "body": { "inline_string": "short and stout" } } }),
+        json!({ "match": { "prefix": "/empty" }, "direct_response": { "status": 204 } }),
+    ];
+    let px = start(&routing_bootstrap(vec![virtual_host("vh", &["*"], routes)], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let teapot = c.get("/teapot");
+    assert_eq!((teapot.status, teapot.body.as_str()), (418, "short and stout"), "{teapot:?}");
+    assert_eq!(teapot.header("content-length"), Some("15"));
+    assert_eq!(teapot.header("content-type"), Some("text/plain"));
+    let empty = c.get("/empty");
+    assert_eq!((empty.status, empty.body.as_str()), (204, ""), "{empty:?}");
+
+    px.wait_stat("http.ingress.rq_direct_response", 2);
+}
+
+/// Envoy applies header mutations from the most specific level to the least (route, virtual
+/// host, route configuration), so with overwrite the route configuration's value wins, and
+/// with append every level's value is there, route first ("Custom request/response headers").
+#[test]
+fn header_mutations_at_route_config_virtual_host_and_route_level() {
+    let upstream = HttpUpstream::http1(|_| {
+        UpstreamAction::ok("ok").with_header("x-upstream-secret", "s3cr3t").with_header("x-upstream-kept", "yes")
+    });
+    let add = |key: &str, value: &str| json!({ "header": { "key": key, "value": value } });
+    let overwrite = |key: &str, value: &str| json!({ "header": { "key": key, "value": value }, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD" });
+    let route = json!({
+        "match": { "prefix": "/" },
+        "route": { "cluster": "backend" },
+        "request_headers_to_add": [
+            add("x-route", "%DOWNSTREAM_REMOTE_ADDRESS%"), add("x-level", "route"), overwrite("x-winner", "route"),
+        ],
+        "request_headers_to_remove": ["x-drop-at-route"],
+        "response_headers_to_add": [add("x-route-resp", "route")],
+    });
+    let mut vhost = virtual_host("vh", &["*"], vec![route]);
+    vhost["request_headers_to_add"] = json!([add("x-vh", "vh"), add("x-level", "vh"), overwrite("x-winner", "vh")]);
+    vhost["request_headers_to_remove"] = json!(["x-drop-at-vh"]);
+    vhost["response_headers_to_add"] = json!([add("x-vh-resp", "vh")]);
+    let mut routes = route_config(vec![vhost]);
+    routes["request_headers_to_add"] = json!([add("x-rc", "rc"), add("x-level", "rc"), overwrite("x-winner", "rc")]);
+    routes["request_headers_to_remove"] = json!(["x-drop-at-rc"]);
+    routes["response_headers_to_add"] = json!([add("x-rc-resp", "rc")]);
+    routes["response_headers_to_remove"] = json!(["x-upstream-secret"]);
+    let config = bootstrap(
+        vec![http_listener("ingress", routes, vec![router_filter()], json!({}))],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    );
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.send(
+        "GET",
+        "/",
+        &[("x-drop-at-route", "1"), ("x-drop-at-vh", "1"), ("x-drop-at-rc", "1"), ("x-client", "kept")],
+        b"",
+    );
+
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header("x-route"), Some(c.local_addr().to_string().as_str()), "%DOWNSTREAM_REMOTE_ADDRESS%");
+    assert_eq!(seen.header("x-vh"), Some("vh"));
+    assert_eq!(seen.header("x-rc"), Some("rc"));
+    assert_eq!(seen.header_all("x-level"), vec!["route", "vh", "rc"], "appended, most specific first");
+    assert_eq!(seen.header_all("x-winner"), vec!["rc"], "overwrite: the route configuration wins");
+    for dropped in ["x-drop-at-route", "x-drop-at-vh", "x-drop-at-rc"] {
+        assert_eq!(seen.header(dropped), None, "{dropped} should be removed: {:?}", seen.headers);
+    }
+    assert_eq!(seen.header("x-client"), Some("kept"));
+
+    assert_eq!(r.header("x-route-resp"), Some("route"));
+    assert_eq!(r.header("x-vh-resp"), Some("vh"));
+    assert_eq!(r.header("x-rc-resp"), Some("rc"));
+    assert_eq!(r.header("x-upstream-secret"), None, "response_headers_to_remove: {r:?}");
+    assert_eq!(r.header("x-upstream-kept"), Some("yes"));
+}

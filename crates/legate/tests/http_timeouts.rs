@@ -1,0 +1,239 @@
+//! The HTTP timeout timeline (DESIGN.md §3 steps 5, 9 and 11; Envoy docs: "Timeouts" FAQ,
+//! `HttpConnectionManager` and `HttpProtocolOptions` protos): what the client sees when each
+//! downstream and upstream timer fires, and the stat that counts it.
+//!
+//! Envoy's 408-or-504 rule (`Http::Utility::maybeRequestTimeoutCode`, used by
+//! `onIdleTimeout`, `onRequestTimeout` and `onRequestHeaderTimeout` in `conn_manager_impl.cc`):
+//! 504 when the whole request had been received, 408 when it had not.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use legate_testing::config::{cluster_config, file_access_log, hcm_config, http_bootstrap};
+use legate_testing::{
+    eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, TempDir, UpstreamAction, Value, EVENTUALLY,
+};
+
+/// legate with an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%`, flushed every 100 ms.
+struct Proxy {
+    legate: Legate,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Proxy {
+    fn start(mut config: Value) -> Self {
+        let dir = TempDir::new();
+        let log = dir.join("access.log");
+        hcm_config(&mut config, 0)["access_log"] =
+            json!([file_access_log(&log, Some("%RESPONSE_CODE% %RESPONSE_FLAGS%\n"))]);
+        let legate = Legate::builder(legate_bin!())
+            .config(&config.to_string())
+            .arg("--file-flush-interval-msec")
+            .arg("100")
+            .start();
+        Proxy { legate, log, _dir: dir }
+    }
+
+    fn client(&self) -> HttpClient {
+        HttpClient::connect(self.legate.connect_addr("ingress"))
+    }
+
+    fn logged(&self, n: usize) -> String {
+        wait_lines(&self.log, n)[n - 1].clone()
+    }
+}
+
+fn wait_lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(
+        &format!("{n} lines in {}", path.display()),
+        EVENTUALLY,
+        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
+        |lines| lines.len() >= n,
+    )
+}
+
+fn ok_upstream() -> HttpUpstream {
+    HttpUpstream::http1(|_| UpstreamAction::ok("ok"))
+}
+
+/// `common_http_protocol_options.idle_timeout`: a connection with no stream is closed.
+#[test]
+fn downstream_idle_timeout_closes_an_idle_connection() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "idle_timeout": "0.5s" });
+    let px = Proxy::start(config);
+    let mut c = px.client();
+    assert_eq!(c.get("/").status, 200);
+
+    assert!(c.closed_within(EVENTUALLY), "legate should close the idle connection");
+
+    px.legate.wait_stat("http.ingress.downstream_cx_idle_timeout", 1);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
+}
+
+/// `common_http_protocol_options.max_connection_duration`: a busy HTTP/1.1 connection is
+/// drained (`connection: close` on a response, or closed between requests).
+#[test]
+fn max_connection_duration_ends_a_busy_connection() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "max_connection_duration": "1s" });
+    let px = Proxy::start(config);
+    let mut c = px.client();
+    let started = Instant::now();
+
+    let mut answered = 0;
+    let ended = loop {
+        match c.try_send("GET", "/", &[], b"") {
+            Ok(r) => {
+                assert_eq!(r.status, 200, "{r:?}");
+                answered += 1;
+                if r.header_all("connection").iter().any(|v| v.eq_ignore_ascii_case("close")) {
+                    assert!(c.closed_within(EVENTUALLY), "closed after `connection: close`");
+                    break "connection: close";
+                }
+            }
+            Err(_) => break "closed between requests",
+        }
+        if started.elapsed() > EVENTUALLY {
+            panic!("connection still serving after {answered} requests and {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    assert!(answered >= 1, "ended by {ended} before any request was answered");
+    assert!(started.elapsed() >= Duration::from_millis(900), "ended by {ended} after only {:?}", started.elapsed());
+    px.legate.wait_stat("http.ingress.downstream_cx_max_duration_reached", 1);
+}
+
+/// `stream_idle_timeout` with the whole request received and an upstream that never answers:
+/// Envoy's `onIdleTimeout` replies `maybeRequestTimeoutCode(true)` = 504 "stream timeout", `SI`.
+#[test]
+fn stream_idle_timeout_after_the_whole_request_is_504_stream_timeout_si() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::Hang);
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["stream_idle_timeout"] = json!("0.5s");
+    let px = Proxy::start(config);
+
+    let r = px.client().get("/");
+
+    assert_eq!(r.body, "stream timeout", "{r:?}");
+    px.legate.wait_stat("http.ingress.downstream_rq_idle_timeout", 1);
+    assert_eq!(px.logged(1).split(' ').nth(1), Some("SI"), "response flag");
+    assert_eq!(r.status, 504, "Envoy answers 504 when the request was complete (maybeRequestTimeoutCode)");
+}
+
+/// `stream_idle_timeout` while the request body is still arriving: 408 "stream timeout".
+#[test]
+fn stream_idle_timeout_while_the_body_stalls_is_408_stream_timeout() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["stream_idle_timeout"] = json!("0.5s");
+    let px = Proxy::start(config);
+    let mut c = px.client();
+
+    c.write_head("POST", "/upload", &[], 100).unwrap();
+    c.write_raw(&[b'x'; 10]).unwrap();
+    let r = c.read_response().unwrap();
+
+    assert_eq!((r.status, r.body.as_str()), (408, "stream timeout"), "{r:?}");
+    px.legate.wait_stat("http.ingress.downstream_rq_idle_timeout", 1);
+    assert_eq!(px.logged(1), "408 SI");
+}
+
+/// `request_timeout`: the whole request must arrive in time; headers and half a body then a
+/// stall get 408 "request timeout".
+#[test]
+fn request_timeout_with_a_stalled_body_is_408_request_timeout() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["request_timeout"] = json!("0.5s");
+    let px = Proxy::start(config);
+    let mut c = px.client();
+
+    c.write_head("POST", "/upload", &[], 100).unwrap();
+    c.write_raw(&[b'x'; 50]).unwrap();
+    let r = c.read_response().unwrap();
+
+    assert_eq!((r.status, r.body.as_str()), (408, "request timeout"), "{r:?}");
+    px.legate.wait_stat("http.ingress.downstream_rq_timeout", 1);
+    assert!(c.closed_within(EVENTUALLY), "the rest of the request never came: the connection cannot be reused");
+    assert!(upstream.requests().iter().all(|r| !r.body_complete), "the upstream never saw a whole request");
+}
+
+/// `request_headers_timeout`: half the headers then a stall. Envoy's
+/// `onRequestHeaderTimeout` counts `downstream_rq_header_timeout` and replies 408 "request
+/// header timeout" before closing.
+#[test]
+fn request_headers_timeout_closes_a_connection_stuck_in_its_headers() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["request_headers_timeout"] = json!("0.5s");
+    let px = Proxy::start(config);
+    let mut c = px.client();
+
+    c.write_raw(b"GET /slow HTTP/1.1\r\nhost: example.com\r\nx-half: ").unwrap();
+    let reply = c.read_raw(Duration::from_millis(500), EVENTUALLY);
+
+    assert!(reply.closed, "legate should close the connection; got {:?}", reply.text());
+    px.legate.wait_stat("http.ingress.downstream_rq_header_timeout", 1);
+    assert_eq!(upstream.request_count(), 0);
+    let text = reply.text();
+    assert!(
+        text.starts_with("HTTP/1.1 408") && text.ends_with("request header timeout"),
+        "Envoy replies 408 \"request header timeout\" before closing; got {text:?}"
+    );
+}
+
+/// An upstream connection idle for the cluster's `common_http_protocol_options.idle_timeout`
+/// is closed by legate.
+#[test]
+fn upstream_idle_timeout_closes_the_pooled_connection() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": { "idle_timeout": "0.5s" },
+            "explicit_http_config": { "http_protocol_options": {} },
+        }
+    });
+    let px = Proxy::start(config);
+    let mut c = px.client();
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(upstream.connections(), 1);
+
+    upstream.wait_active_connections(0);
+
+    px.legate.wait_stat("cluster.backend.upstream_cx_idle_timeout", 1);
+    px.legate.wait_stat("cluster.backend.upstream_cx_destroy_local", 1);
+    // The next request opens a new connection.
+    assert_eq!(c.get("/").status, 200);
+    assert_eq!(upstream.connections(), 2);
+}
+
+/// `max_requests_per_connection: 2`: five sequential requests need three upstream
+/// connections; Envoy counts each connection that reached the limit in `upstream_cx_max_requests`.
+#[test]
+fn max_requests_per_connection_opens_a_new_connection_every_two_requests() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.connection.to_string()));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": { "max_requests_per_connection": 2 },
+            "explicit_http_config": { "http_protocol_options": {} },
+        }
+    });
+    let px = Proxy::start(config);
+    let mut c = px.client();
+
+    let served_by: Vec<String> = (0..5).map(|_| c.get("/").body).collect();
+
+    assert_eq!(served_by, ["0", "0", "1", "1", "2"], "upstream connection of each request");
+    assert_eq!(upstream.connections(), 3);
+    px.legate.wait_stat("cluster.backend.upstream_cx_total", 3);
+    px.legate.wait_stat("cluster.backend.upstream_cx_max_requests", 2);
+}
