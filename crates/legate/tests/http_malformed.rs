@@ -402,122 +402,6 @@ fn assert_handled(ids: &[&str]) {
     assert!(failures.is_empty(), "vectors not handled as wanted:\n{}", failures.join("\n"));
 }
 
-/// Vectors legate handles as wanted today (111 of the 119 HTTP/1.1 vectors, one skipped); a
-/// regression in any of them fails the survey. Add a vector here when legate starts handling it.
-const PASSING_TODAY: &[&str] = &[
-    "h1-10-keepalive",
-    "h1-10-no-keepalive-pipelined",
-    "h1-absolute-form",
-    "h1-absolute-form-https-plain",
-    "h1-after-close",
-    "h1-asterisk-get",
-    "h1-authority-form-get",
-    "h1-bare-cr-value",
-    "h1-bare-lf-all",
-    "h1-chunk-data-bare-lf",
-    "h1-chunk-data-too-long",
-    "h1-chunk-ext-lone-cr",
-    "h1-chunk-ext-ok",
-    "h1-chunk-huge-ext",
-    "h1-chunk-last-no-crlf-then-request",
-    "h1-chunk-size-0x",
-    "h1-chunk-size-16-digits",
-    "h1-chunk-size-empty",
-    "h1-chunk-size-garbage",
-    "h1-chunk-size-leading-space",
-    "h1-chunk-size-overflow",
-    "h1-chunk-size-plus",
-    "h1-chunk-size-underscore",
-    "h1-chunk-trailer-cl",
-    "h1-cl-dup-diff",
-    "h1-cl-dup-same",
-    "h1-cl-e",
-    "h1-cl-empty",
-    "h1-cl-empty-then-valid",
-    "h1-cl-float",
-    "h1-cl-hex",
-    "h1-cl-inner-space",
-    "h1-cl-leading-zeros",
-    "h1-cl-list-diff",
-    "h1-cl-list-same",
-    "h1-cl-minus",
-    "h1-cl-overflow",
-    "h1-cl-ows",
-    "h1-cl-plus",
-    "h1-cl-te",
-    "h1-cl-underscore",
-    "h1-connect-body",
-    "h1-connection-nominates-cl",
-    "h1-double-space",
-    "h1-empty-name",
-    "h1-expect-100",
-    "h1-expect-100-with-body",
-    "h1-expect-unknown",
-    "h1-fragment",
-    "h1-head-with-body",
-    "h1-host-empty",
-    "h1-lf-in-request-line",
-    "h1-long-header",
-    "h1-long-uri",
-    "h1-many-headers",
-    "h1-method-invalid",
-    "h1-method-lower",
-    "h1-name-8bit",
-    "h1-name-invalid-char",
-    "h1-name-x85-suffix",
-    "h1-no-colon",
-    "h1-no-host",
-    "h1-nul-host",
-    "h1-nul-name",
-    "h1-nul-value",
-    "h1-obs-fold",
-    "h1-obs-fold-first",
-    "h1-pipeline-3",
-    "h1-te-chunk",
-    "h1-te-chunked-chunked",
-    "h1-te-chunked-cr",
-    "h1-te-chunked-gzip",
-    "h1-te-chunked-sp-suffix",
-    "h1-te-cl",
-    "h1-te-comma-chunked",
-    "h1-te-cow-chunked",
-    "h1-te-cow-then-chunked",
-    "h1-te-dup-hdr",
-    "h1-te-ff-prefix",
-    "h1-te-gzip-chunked",
-    "h1-te-http10",
-    "h1-te-identity",
-    "h1-te-nbsp-wrapped",
-    "h1-te-nel-suffix",
-    "h1-te-quoted",
-    "h1-te-tab-prefix",
-    "h1-te-upper",
-    "h1-te-vtab-prefix",
-    "h1-te-xchunked",
-    "h1-tehdr-bare-cr-prev",
-    "h1-tehdr-bare-lf-prev",
-    "h1-tehdr-crlf-folded",
-    "h1-tehdr-lf-wrapped",
-    "h1-tehdr-space-before-colon",
-    "h1-tehdr-space-in-name",
-    "h1-tehdr-tab-before-colon",
-    "h1-tehdr-underscore-name",
-    "h1-underscore-name",
-    "h1-uri-ctl-8bit",
-    "h1-uri-dotdot",
-    "h1-uri-encoded-slash",
-    "h1-uri-nul",
-    "h1-uri-space",
-    "h1-value-8bit",
-    "h1-value-ctl",
-    "h1-version-1.32",
-    "h1-version-2.0",
-    "h1-version-cr",
-    "h1-version-lower",
-    "h1-websocket-no-key",
-    "h1-ws-before-colon",
-];
-
 #[test]
 fn every_http1_vector_is_survived_and_known_passes_hold() {
     let vectors = http1_vectors();
@@ -578,18 +462,19 @@ fn every_http1_vector_is_survived_and_known_passes_hold() {
         eprintln!("| {} | {result} | {} | {} |", v.id, o.summary(), v.want.replace('|', "/"));
     }
 
-    let regressions: Vec<String> = results
-        .iter()
-        .filter(|(v, _, ok)| !ok && PASSING_TODAY.contains(&v.id.as_str()))
-        .map(|(v, o, _)| format!("{}: {}", v.id, o.summary()))
-        .collect();
-    assert!(regressions.is_empty(), "vectors that used to be handled are not any more:\n{}", regressions.join("\n"));
+    let regressions: Vec<String> =
+        results.iter().filter(|(_, _, ok)| !ok).map(|(v, o, _)| format!("{}: {}", v.id, o.summary())).collect();
+    assert!(
+        regressions.is_empty(),
+        "every HTTP/1.1 vector must be handled as wanted; these are not:\n{}",
+        regressions.join("\n")
+    );
 }
 
 /// RFC 9112 §6.1: a message with both Content-Length and Transfer-Encoding is a smuggling
 /// attempt. Envoy rejects it with 400 by default (`http1.content_length_and_chunked_not_allowed`);
-/// the vectors also accept HAProxy's way, which legate takes: Content-Length dropped, the body
-/// de-chunked, the connection closed after the response. Never both headers upstream.
+/// legate does the same (the vectors also accept HAProxy's way: Content-Length dropped, the
+/// body de-chunked, the connection closed). Never both headers upstream.
 #[test]
 fn content_length_with_transfer_encoding_is_never_forwarded_with_both() {
     assert_handled(&["h1-cl-te", "h1-te-cl"]);
