@@ -68,6 +68,8 @@ pub struct StreamInfo {
     /// The health check filter answered this request.
     pub health_check: bool,
     pub requested_server_name: Option<String>,
+    /// The body of a local reply, for `local_reply_config.body_format`.
+    pub local_reply_body: Option<String>,
 }
 
 impl StreamInfo {
@@ -111,6 +113,7 @@ impl StreamInfo {
             attempt_count: 0,
             health_check: false,
             requested_server_name: None,
+            local_reply_body: None,
         }
     }
 

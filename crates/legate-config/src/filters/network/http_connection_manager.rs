@@ -10,7 +10,8 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, AccessLogFilter, SubstitutionFormatString};
+use crate::core::{DataSource, HeaderValueOption};
 use crate::duration::Duration;
 use crate::extensions::{is_registered, resolve, HTTP_FILTERS};
 use crate::path;
@@ -113,7 +114,7 @@ pub struct HttpConnectionManager {
     #[serde(default)]
     pub path_with_escaped_slashes_action: PathWithEscapedSlashesAction,
     pub request_id_extension: Option<Unsupported>,
-    pub local_reply_config: Option<Unsupported>,
+    pub local_reply_config: Option<LocalReplyConfig>,
     /// Remove `:port` from the authority when it is the listener's port.
     #[serde(default)]
     pub strip_matching_host_port: bool,
@@ -230,6 +231,17 @@ impl HttpConnectionManager {
         }
         for (i, log) in self.access_log.iter().enumerate() {
             log.validate(&format!("{at}.access_log[{i}]"), v);
+        }
+        if let Some(local_reply) = &self.local_reply_config {
+            for (i, mapper) in local_reply.mappers.iter().enumerate() {
+                let m_at = format!("{at}.local_reply_config.mappers[{i}]");
+                if mapper.filter.is_none() {
+                    v.error(&format!("{m_at}.filter"), "value is required");
+                }
+                if mapper.status_code.is_some_and(|c| !(200..600).contains(&c)) {
+                    v.error(&format!("{m_at}.status_code"), "value must be inside range [200, 600)");
+                }
+            }
         }
         for (i, upgrade) in self.upgrade_configs.iter().enumerate() {
             v.non_empty(&format!("{at}.upgrade_configs[{i}].upgrade_type"), &upgrade.upgrade_type);
@@ -552,4 +564,30 @@ mod tests {
         crate::normalize::normalize(&mut tree);
         assert_eq!(tree["access_log"][0]["typed_config"]["log_format"]["json_format"]["bytesSent"], "%BYTES_SENT%");
     }
+}
+
+/// `HttpConnectionManager.LocalReplyConfig`: rewrites legate's own replies (404 no route,
+/// 503 no healthy upstream…): the first mapper whose filter matches may change the status,
+/// body, headers and body format; `body_format` formats every local reply body (with
+/// `%LOCAL_REPLY_BODY%`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalReplyConfig {
+    #[serde(default)]
+    pub mappers: Vec<ResponseMapper>,
+    pub body_format: Option<SubstitutionFormatString>,
+}
+
+/// `HttpConnectionManager.ResponseMapper`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseMapper {
+    /// Required: which local replies this mapper rewrites.
+    pub filter: Option<AccessLogFilter>,
+    /// 200..=599.
+    pub status_code: Option<u32>,
+    pub body: Option<DataSource>,
+    pub body_format_override: Option<SubstitutionFormatString>,
+    #[serde(default)]
+    pub headers_to_add: Vec<HeaderValueOption>,
 }

@@ -31,7 +31,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::access_log::AccessLogger;
+use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::H1Guard;
 use crate::http::io::{CountingIo, LocalExec};
@@ -63,6 +63,48 @@ pub struct HttpConnectionManagerShared {
     pub max_headers_count: usize,
     pub max_request_headers_bytes: usize,
     pub router: legate_config::filters::http::router::Router,
+    pub local_reply: Option<LocalReplyMapper>,
+}
+
+/// `local_reply_config`, compiled.
+pub struct LocalReplyMapper {
+    pub mappers: Vec<ResponseMapper>,
+    pub body_format: Option<(LogFormat, Option<HeaderValue>)>,
+}
+
+pub struct ResponseMapper {
+    pub filter: AccessLogFilter,
+    pub status: Option<http::StatusCode>,
+    pub body: Option<bytes::Bytes>,
+    pub body_format: Option<(LogFormat, Option<HeaderValue>)>,
+    pub headers: crate::router::HeaderParser,
+}
+
+impl LocalReplyMapper {
+    fn new(c: &legate_config::filters::network::http_connection_manager::LocalReplyConfig) -> Result<Self, String> {
+        let format = |f: &legate_config::access_log::SubstitutionFormatString| -> Result<_, String> {
+            let content_type = (!f.content_type.is_empty())
+                .then(|| HeaderValue::from_str(&f.content_type))
+                .transpose()
+                .map_err(|_| "local_reply_config: invalid content_type".to_string())?;
+            Ok((LogFormat::from_config(f).map_err(|e| format!("local_reply_config: {e}"))?, content_type))
+        };
+        let mut mappers = Vec::new();
+        for m in &c.mappers {
+            let Some(filter) = &m.filter else { return Err("local_reply_config: a mapper needs a filter".into()) };
+            mappers.push(ResponseMapper {
+                filter: AccessLogFilter::from_config(filter).map_err(|e| format!("local_reply_config: {e}"))?,
+                status: m
+                    .status_code
+                    .and_then(|c| u16::try_from(c).ok())
+                    .and_then(|c| http::StatusCode::from_u16(c).ok()),
+                body: m.body.as_ref().map(|b| b.read().map(bytes::Bytes::from)).transpose()?,
+                body_format: m.body_format_override.as_ref().map(format).transpose()?,
+                headers: crate::router::HeaderParser::new(&m.headers_to_add, &[])?,
+            });
+        }
+        Ok(LocalReplyMapper { mappers, body_format: c.body_format.as_ref().map(format).transpose()? })
+    }
 }
 
 impl HttpConnectionManagerShared {
@@ -119,6 +161,7 @@ impl HttpConnectionManagerShared {
             max_headers_count: common.max_headers_count.unwrap_or(100).max(1) as usize,
             max_request_headers_bytes: config.max_request_headers_kb() as usize * 1024,
             router: router.unwrap_or_default(),
+            local_reply: config.local_reply_config.as_ref().map(LocalReplyMapper::new).transpose()?,
             config: Box::new(config.clone()),
         })
     }

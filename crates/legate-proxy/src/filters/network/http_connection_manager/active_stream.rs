@@ -236,7 +236,7 @@ fn prepare(
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
-    if !shared.access_logs.is_empty() || shared.route_config.uses_formatters {
+    if !shared.access_logs.is_empty() || shared.route_config.uses_formatters || shared.local_reply.is_some() {
         info.request = Some(RequestSnapshot {
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
@@ -574,6 +574,10 @@ fn local_reply(
         completion.info.set_flag(flag);
     }
     completion.info.response_code_details = Some(reply.details.clone());
+    let mut reply = reply;
+    if let Some(mapper) = &context.shared.local_reply {
+        map_local_reply(mapper, &mut reply, &mut completion.info);
+    }
     let (mut head, ()) = Response::new(()).into_parts();
     head.status = reply.status;
     head.headers = reply.headers;
@@ -590,6 +594,41 @@ fn local_reply(
 /// `host[:port]` made of the characters RFC 3986 allows in a reg-name or IP literal.
 fn valid_authority(authority: &str) -> bool {
     authority.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
+/// `local_reply_config`: the first mapper whose filter matches rewrites the reply; then the
+/// body format (the mapper's, else the config's) formats the body.
+fn map_local_reply(mapper: &super::LocalReplyMapper, reply: &mut LocalReply, info: &mut StreamInfo) {
+    if reply.tunnel {
+        return;
+    }
+    info.response_code = Some(reply.status.as_u16());
+    let mut format = mapper.body_format.as_ref();
+    if let Some(m) = mapper.mappers.iter().find(|m| m.filter.evaluate(info)) {
+        if let Some(status) = m.status {
+            reply.status = status;
+        }
+        if let Some(body) = &m.body {
+            reply.body = body.clone();
+        }
+        m.headers.evaluate(&mut reply.headers, info);
+        if m.body_format.is_some() {
+            format = m.body_format.as_ref();
+        }
+    }
+    if let Some((format, content_type)) = format {
+        info.response_code = Some(reply.status.as_u16());
+        info.local_reply_body = Some(String::from_utf8_lossy(&reply.body).into_owned());
+        let mut body = Vec::new();
+        format.format_into(info, &mut body);
+        reply.body = Bytes::from(body);
+        reply.text = false;
+        let content_type = content_type.clone().unwrap_or_else(|| match format {
+            crate::access_log::LogFormat::Json(_) => HeaderValue::from_static("application/json"),
+            _ => HeaderValue::from_static("text/plain"),
+        });
+        reply.headers.insert(CONTENT_TYPE, content_type);
+    }
 }
 
 fn append_xff(headers: &mut http::HeaderMap, ip: IpAddr) {
