@@ -5,6 +5,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
+use crate::http::head;
 use crate::net::connect_stream;
 
 /// A parsed response.
@@ -21,14 +22,12 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        head::header(&self.headers, name)
     }
 
     /// Every value of header `name` (case-insensitive), in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+        head::header_all(&self.headers, name)
     }
 }
 
@@ -60,24 +59,11 @@ pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> io::Result<Ht
 fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
     let head = std::str::from_utf8(&raw[..head_end]).map_err(|e| e.to_string())?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("empty response")?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("bad status line {status_line:?}"));
-    }
-    let status = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or_else(|| format!("bad header line {line:?}"))?;
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
+    let (status, headers) = head::parse_response_head(head)?;
     let rest = &raw[head_end + 4..];
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-    let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    let body = if head::header(&headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         dechunk(rest)?
-    } else if let Some(len) = get("content-length") {
+    } else if let Some(len) = head::header(&headers, "content-length") {
         let len: usize = len.parse().map_err(|_| format!("bad content-length {len:?}"))?;
         if rest.len() < len {
             return Err(format!("body has {} bytes, content-length says {len}", rest.len()));

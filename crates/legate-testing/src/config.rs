@@ -136,13 +136,20 @@ pub fn http_bootstrap(endpoints: &[SocketAddr]) -> Value {
 /// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` with
 /// `explicit_http_config.http2_protocol_options`).
 pub fn with_http2(mut cluster: Value) -> Value {
-    cluster["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": { "http2_protocol_options": {} },
-        }
-    });
+    cluster["typed_extension_protocol_options"] =
+        http_protocol_options(json!({ "explicit_http_config": { "http2_protocol_options": {} } }));
     cluster
+}
+
+/// A cluster's `typed_extension_protocol_options` holding one
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` with the fields of `fields` (an
+/// object: `explicit_http_config`, `common_http_protocol_options`…).
+pub fn http_protocol_options(fields: Value) -> Value {
+    let mut options = json!({ "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions" });
+    if let Value::Object(fields) = fields {
+        options.as_object_mut().expect("object").extend(fields);
+    }
+    json!({ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options })
 }
 
 /// `envoy.access_loggers.file` writing to `path`, with a text `format` or Envoy's default
@@ -174,6 +181,12 @@ pub fn json_access_log(path: &std::path::Path, fields: Value) -> Value {
 /// of a bootstrap built here), to adjust a field.
 pub fn hcm_config(config: &mut Value, index: usize) -> &mut Value {
     &mut config["static_resources"]["listeners"][index]["filter_chains"][0]["filters"][0]["typed_config"]
+}
+
+/// The route action (`route`) of the first route of listener 0's inline route config: the
+/// single route of an [`http_bootstrap`] config, to set `timeout`, `retry_policy`…
+pub fn route_action(config: &mut Value) -> &mut Value {
+    &mut hcm_config(config, 0)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
 }
 
 /// Cluster `index` of a bootstrap, to adjust a field.

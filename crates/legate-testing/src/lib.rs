@@ -6,9 +6,11 @@
 //! - Upstreams on `127.0.0.1:0` that behave ([`TcpEchoServer`], [`TagServer`]) and that misbehave
 //!   on purpose ([`ClosedPort`], [`BlackholeServer`], [`BulkSender`], [`EofReplyServer`]), plus
 //!   [`TcpServer`] for a scripted peer.
+//! - [`HttpProxy`]: legate from an HTTP bootstrap with an access log a test reads back.
 //! - HTTP peers ([`http`]): [`HttpUpstream`], a hyper server (HTTP/1.1 or h2c) whose handler
 //!   answers, delays, resets, streams slowly or never answers; [`HttpClient`], a blocking
-//!   HTTP/1.1 client that can also send raw bytes; [`h2c_get`] and [`h2c_many`].
+//!   HTTP/1.1 client that can also send raw bytes; [`h2c_get`] and [`h2c_many`]; raw HTTP/2
+//!   frames ([`H2Frame`], [`h2_events`]).
 //! - [`eventually`] for state that changes in the background (stats), bounded and failing with
 //!   the last value seen.
 //!
@@ -30,8 +32,8 @@ mod upstream;
 pub use admin::{http_request, HttpResponse};
 pub use eventually::{eventually, EVENTUALLY};
 pub use http::{
-    h2c_get, h2c_many, h2c_request, load_http_vectors, HttpClient, HttpUpstream, HttpVector, RawReply, UpstreamAction,
-    UpstreamRequest,
+    h2_events, h2c_get, h2c_many, h2c_request, hpack_request, load_http_vectors, H2Event, H2Frame, HttpClient,
+    HttpProxy, HttpUpstream, HttpVector, RawReply, UpstreamAction, UpstreamRequest, H2_PREFACE,
 };
 pub use legate::{run_bounded, Legate, LegateBuilder, RunOutput, TempDir};
 pub use net::{

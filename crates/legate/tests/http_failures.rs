@@ -4,76 +4,22 @@
 //! Each test provokes one failure with a real upstream that misbehaves on purpose and checks
 //! the status and body the client gets, the flag in the access log and the cluster stat.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use legate_testing::config::{cluster_config, file_access_log, hcm_config, http_bootstrap};
-use legate_testing::{
-    eventually, json, legate_bin, BlackholeServer, ClosedPort, HttpClient, HttpUpstream, Legate, TempDir,
-    UpstreamAction, Value, EVENTUALLY,
-};
+use legate_testing::config::{cluster_config, http_bootstrap, route_action};
+use legate_testing::{json, legate_bin, BlackholeServer, ClosedPort, HttpProxy, HttpUpstream, UpstreamAction};
 
 const CONNECT_ERROR: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
 
-/// legate with an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%`,
-/// flushed every 100 ms.
-struct Proxy {
-    legate: Legate,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Proxy {
-    fn start(mut config: Value) -> Self {
-        let dir = TempDir::new();
-        let log = dir.join("access.log");
-        hcm_config(&mut config, 0)["access_log"] =
-            json!([file_access_log(&log, Some("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"))]);
-        let legate = Legate::builder(legate_bin!())
-            .config(&config.to_string())
-            .arg("--file-flush-interval-msec")
-            .arg("100")
-            .start();
-        Proxy { legate, log, _dir: dir }
-    }
-
-    fn client(&self) -> HttpClient {
-        HttpClient::connect(self.legate.connect_addr("ingress"))
-    }
-
-    /// Waits for access log line `n` (1-based); returns (code, flags).
-    fn logged(&self, n: usize) -> (String, String) {
-        let lines = wait_lines(&self.log, n);
-        let mut fields = lines[n - 1].split(' ');
-        let code = fields.next().unwrap_or_default().to_string();
-        let flags = fields.next().unwrap_or_default().to_string();
-        (code, flags)
-    }
-}
-
-fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    eventually(
-        &format!("{n} lines in {}", path.display()),
-        EVENTUALLY,
-        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
-        |lines| lines.len() >= n,
-    )
-}
-
-/// The single route of an [`http_bootstrap`] config, to set `timeout`, `retry_policy`…
-fn route(config: &mut Value) -> &mut Value {
-    &mut hcm_config(config, 0)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-}
-
 #[test]
 fn cluster_without_endpoints_is_503_no_healthy_upstream_uh() {
-    let px = Proxy::start(http_bootstrap(&[]));
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[]));
 
     let r = px.client().get("/");
 
     assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"), "{r:?}");
     assert_eq!(r.header("content-type"), Some("text/plain"));
-    assert_eq!(px.logged(1), ("503".into(), "UH".into()));
+    assert_eq!(px.logged(1), "503 UH");
     px.legate.wait_stat("cluster.backend.upstream_cx_none_healthy", 1);
     px.legate.wait_stat("http.ingress.downstream_rq_5xx", 1);
 }
@@ -81,27 +27,27 @@ fn cluster_without_endpoints_is_503_no_healthy_upstream_uh() {
 #[test]
 fn connection_refused_is_503_remote_connection_failure_uf() {
     let closed = ClosedPort::new();
-    let px = Proxy::start(http_bootstrap(&[closed.addr()]));
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[closed.addr()]));
 
     let r = px.client().get("/");
 
     assert_eq!(r.status, 503, "{r:?}");
     let expected = format!("{CONNECT_ERROR}remote connection failure");
     assert!(r.body.starts_with(&expected), "body {:?} should start with {expected:?}", r.body);
-    assert_eq!(px.logged(1), ("503".into(), "UF".into()));
+    assert_eq!(px.logged(1), "503 UF");
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
 }
 
 #[test]
 fn upstream_reset_before_headers_is_503_connection_termination_uc() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::Reset);
-    let px = Proxy::start(http_bootstrap(&[upstream.addr()]));
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[upstream.addr()]));
 
     let r = px.client().get("/");
 
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.body, format!("{CONNECT_ERROR}connection termination"));
-    assert_eq!(px.logged(1), ("503".into(), "UC".into()));
+    assert_eq!(px.logged(1), "503 UC");
     assert_eq!(upstream.request_count(), 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_5xx", 1);
     // Envoy's ALL_CLUSTER_TRAFFIC_STATS count a connection the upstream closed under a
@@ -113,13 +59,13 @@ fn upstream_reset_before_headers_is_503_connection_termination_uc() {
 fn route_timeout_is_504_upstream_request_timeout_ut() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_secs(3), UpstreamAction::ok("late")));
     let mut config = http_bootstrap(&[upstream.addr()]);
-    route(&mut config)["timeout"] = json!("0.5s");
-    let px = Proxy::start(config);
+    route_action(&mut config)["timeout"] = json!("0.5s");
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().get("/");
 
     assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{r:?}");
-    assert_eq!(px.logged(1), ("504".into(), "UT".into()));
+    assert_eq!(px.logged(1), "504 UT");
     px.legate.wait_stat("cluster.backend.upstream_rq_timeout", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_504", 1);
 }
@@ -131,15 +77,16 @@ fn per_try_timeout_retries_and_the_second_try_answers() {
         _ => UpstreamAction::ok("second"),
     });
     let mut config = http_bootstrap(&[upstream.addr()]);
-    route(&mut config)["timeout"] = json!("10s");
-    route(&mut config)["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.3s" });
-    let px = Proxy::start(config);
+    route_action(&mut config)["timeout"] = json!("10s");
+    route_action(&mut config)["retry_policy"] =
+        json!({ "retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.3s" });
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().get("/");
 
     assert_eq!((r.status, r.body.as_str()), (200, "second"), "{r:?}");
     assert_eq!(upstream.request_count(), 2);
-    assert_eq!(px.logged(1), ("200".into(), "-".into()));
+    assert_eq!(px.logged(1), "200 -");
     px.legate.wait_stat("cluster.backend.upstream_rq_per_try_timeout", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_retry", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_retry_success", 1);
@@ -149,15 +96,17 @@ fn per_try_timeout_retries_and_the_second_try_answers() {
 fn per_try_timeouts_on_every_try_end_in_504() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_secs(5), UpstreamAction::ok("late")));
     let mut config = http_bootstrap(&[upstream.addr()]);
-    route(&mut config)["timeout"] = json!("10s");
-    route(&mut config)["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.2s" });
-    let px = Proxy::start(config);
+    route_action(&mut config)["timeout"] = json!("10s");
+    route_action(&mut config)["retry_policy"] =
+        json!({ "retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.2s" });
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().get("/");
 
     assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{r:?}");
     assert_eq!(upstream.wait_requests(3).len(), 3, "the first try and two retries");
-    let (code, flags) = px.logged(1);
+    let line = px.logged(1);
+    let (code, flags) = line.split_once(' ').unwrap_or_default();
     assert_eq!(code, "504");
     assert!(flags.split(',').any(|f| f == "UT"), "flags {flags:?} should include UT");
     px.legate.wait_stat("cluster.backend.upstream_rq_per_try_timeout", 3);
@@ -171,12 +120,12 @@ fn connect_timeout_is_503_connection_timeout_uf() {
     let hole = BlackholeServer::start();
     let mut config = http_bootstrap(&[hole.addr()]);
     cluster_config(&mut config, 0)["connect_timeout"] = json!("0.5s");
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().get("/");
 
     assert_eq!((r.status, r.body.as_str()), (503, format!("{CONNECT_ERROR}connection timeout").as_str()), "{r:?}");
-    assert_eq!(px.logged(1), ("503".into(), "UF".into()));
+    assert_eq!(px.logged(1), "503 UF");
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_timeout", 1);
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
 }
@@ -189,7 +138,7 @@ fn pending_requests_overflow_is_503_overloaded_uo() {
     let mut config = http_bootstrap(&[upstream.addr()]);
     cluster_config(&mut config, 0)["circuit_breakers"] =
         json!({ "thresholds": [{ "max_connections": 1, "max_pending_requests": 1 }] });
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let mut first = px.client();
     first.write_request("GET", "/first", &[], b"").unwrap();
@@ -202,7 +151,7 @@ fn pending_requests_overflow_is_503_overloaded_uo() {
     assert_eq!(third.status, 503, "{third:?}");
     assert_eq!(third.header("x-envoy-overloaded"), Some("true"), "{third:?}");
     assert_eq!(third.body, format!("{CONNECT_ERROR}overflow"));
-    assert_eq!(px.logged(1), ("503".into(), "UO".into()));
+    assert_eq!(px.logged(1), "503 UO");
     assert_eq!(upstream.request_count(), 1, "neither waiting request reached the upstream");
     assert_eq!(upstream.connections(), 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_pending_overflow", 1);
@@ -217,7 +166,7 @@ fn max_requests_overflow_is_503_overloaded_uo() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::Hang);
     let mut config = http_bootstrap(&[upstream.addr()]);
     cluster_config(&mut config, 0)["circuit_breakers"] = json!({ "thresholds": [{ "max_requests": 1 }] });
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let mut first = px.client();
     first.write_request("GET", "/first", &[], b"").unwrap();
@@ -226,7 +175,7 @@ fn max_requests_overflow_is_503_overloaded_uo() {
 
     assert_eq!(second.status, 503, "{second:?}");
     assert_eq!(second.header("x-envoy-overloaded"), Some("true"), "{second:?}");
-    assert_eq!(px.logged(1), ("503".into(), "UO".into()));
+    assert_eq!(px.logged(1), "503 UO");
     assert_eq!(upstream.request_count(), 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_pending_overflow", 1);
     drop(first);
@@ -238,9 +187,9 @@ fn max_requests_overflow_is_503_overloaded_uo() {
 fn retry_overflow_passes_the_response_through_and_counts() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::status(503, "busy"));
     let mut config = http_bootstrap(&[upstream.addr()]);
-    route(&mut config)["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 3 });
+    route_action(&mut config)["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 3 });
     cluster_config(&mut config, 0)["circuit_breakers"] = json!({ "thresholds": [{ "max_retries": 0 }] });
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().get("/");
 
@@ -248,19 +197,19 @@ fn retry_overflow_passes_the_response_through_and_counts() {
     assert_eq!(upstream.request_count(), 1, "no retry was made");
     px.legate.wait_stat("cluster.backend.upstream_rq_retry_overflow", 1);
     assert_eq!(px.legate.stat("cluster.backend.upstream_rq_retry"), Some(0));
-    assert_eq!(px.logged(1), ("503".into(), "UO".into()));
+    assert_eq!(px.logged(1), "503 UO");
 }
 
 /// A request naming a cluster that does not exist (`cluster_header`) is `NC`.
 #[test]
 fn unknown_cluster_is_503_nc() {
     let mut config = http_bootstrap(&[]);
-    *route(&mut config) = json!({ "cluster_header": "x-cluster" });
-    let px = Proxy::start(config);
+    *route_action(&mut config) = json!({ "cluster_header": "x-cluster" });
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().send("GET", "/", &[("x-cluster", "missing")], b"");
 
     assert_eq!(r.status, 503, "{r:?}");
-    assert_eq!(px.logged(1), ("503".into(), "NC".into()));
+    assert_eq!(px.logged(1), "503 NC");
     px.legate.wait_stat("http.ingress.no_cluster", 1);
 }

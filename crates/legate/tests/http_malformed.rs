@@ -8,16 +8,11 @@
 //! handles as wanted today, and that legate survives every one. The must-haves (Envoy's
 //! codec behaviour, RFC 9112 §6.3 framing, RFC 9110 §5.5 field values) have a test each.
 
-use std::collections::BTreeMap;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use legate_testing::config::http_bootstrap;
-use legate_testing::{
-    legate_bin, load_http_vectors, HttpClient, HttpUpstream, HttpVector, Legate, UpstreamAction, UpstreamRequest,
-};
-
-const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/http-vectors/vectors.json");
+use legate_testing::http::{print_vector_report, run_vectors_in_parallel, shared_http_vectors, VectorReport};
+use legate_testing::{legate_bin, HttpClient, HttpUpstream, HttpVector, Legate, UpstreamAction, UpstreamRequest};
 
 /// What one vector did.
 #[derive(Debug)]
@@ -38,13 +33,7 @@ struct Outcome {
 
 impl Outcome {
     fn summary(&self) -> String {
-        let forwarded: Vec<String> = self
-            .forwarded
-            .iter()
-            .map(|r| {
-                format!("{} {} body={}{}", r.method, r.path, r.body.len(), if r.body_complete { "" } else { "(cut)" })
-            })
-            .collect();
+        let forwarded: Vec<String> = self.forwarded.iter().map(|r| r.summary()).collect();
         format!(
             "client saw {:?}{}, upstream got {} {:?} (legate attempted {}){}",
             self.statuses,
@@ -327,21 +316,7 @@ impl Target {
         // What legate sent upstream may reach the upstream after the client's reply: when
         // legate counted an upstream request the upstream has not seen, give it a moment.
         let attempts = self.attempts() - attempts_before;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while (self.upstream.requests_started() - before) < attempts as usize && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        // A request forwarded with an unfinished body is recorded when legate abandons it.
-        let started = self.upstream.requests_started() - before;
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let forwarded = loop {
-            let seen: Vec<UpstreamRequest> =
-                self.upstream.requests().into_iter().filter(|r| r.index >= before).collect();
-            if seen.len() >= started || Instant::now() >= deadline {
-                break seen;
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+        let (started, forwarded) = self.upstream.requests_since(before, attempts as usize);
         let text = reply.text();
         let first_line: String = text.lines().next().unwrap_or_default().chars().take(40).collect();
         let body_end: String = match text.split_once("\r\n\r\n") {
@@ -370,14 +345,10 @@ impl Target {
     }
 }
 
-fn http1_vectors() -> Vec<HttpVector> {
-    load_http_vectors(std::path::Path::new(VECTORS)).into_iter().filter(|v| v.proto == "h1").collect()
-}
-
 /// Runs `ids` against a fresh legate; returns each with its outcome and whether it is handled
 /// as wanted.
 fn run_ids(ids: &[&str]) -> Vec<(String, Outcome, bool)> {
-    let vectors = http1_vectors();
+    let vectors = shared_http_vectors("h1");
     let mut target = Target::start();
     let results = ids
         .iter()
@@ -402,68 +373,54 @@ fn assert_handled(ids: &[&str]) {
     assert!(failures.is_empty(), "vectors not handled as wanted:\n{}", failures.join("\n"));
 }
 
+/// Runs `v` unless it is skipped; returns its outcome and whether it is handled as wanted.
+fn run_and_judge(target: &mut Target, v: &HttpVector) -> (Outcome, bool) {
+    match want(&v.id) {
+        Want::Skip(_) => {
+            let o = Outcome {
+                statuses: vec![],
+                closed: false,
+                started: 0,
+                attempts: 0,
+                forwarded: vec![],
+                reply_head: String::new(),
+            };
+            (o, true)
+        }
+        wanted => {
+            let o = target.run(v);
+            let ok = wanted.judge(&o);
+            (o, ok)
+        }
+    }
+}
+
 #[test]
 fn every_http1_vector_is_survived_and_known_passes_hold() {
-    let vectors = http1_vectors();
+    let vectors = shared_http_vectors("h1");
     assert!(vectors.len() > 100, "expected the shared h1 vectors, found {}", vectors.len());
     // Three legates in parallel: most of the time is spent waiting for a reply to go quiet.
     const WORKERS: usize = 3;
-    let results: Vec<(HttpVector, Outcome, bool)> = thread::scope(|s| {
-        let handles: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                let mine: Vec<HttpVector> = vectors.iter().skip(w).step_by(WORKERS).cloned().collect();
-                s.spawn(move || {
-                    let mut target = Target::start();
-                    let out: Vec<(HttpVector, Outcome, bool)> = mine
-                        .into_iter()
-                        .map(|v| {
-                            let wanted = want(&v.id);
-                            if let Want::Skip(_) = wanted {
-                                let o = Outcome {
-                                    statuses: vec![],
-                                    closed: false,
-                                    started: 0,
-                                    attempts: 0,
-                                    forwarded: vec![],
-                                    reply_head: String::new(),
-                                };
-                                return (v, o, true);
-                            }
-                            let o = target.run(&v);
-                            let ok = wanted.judge(&o);
-                            (v, o, ok)
-                        })
-                        .collect();
-                    target.assert_healthy();
-                    out
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("vector worker panicked")).collect()
-    });
+    let results: Vec<(HttpVector, (Outcome, bool))> =
+        run_vectors_in_parallel(&vectors, WORKERS, Target::start, run_and_judge, Target::assert_healthy);
 
-    // The table, per category.
-    let mut by_category: BTreeMap<String, Vec<&(HttpVector, Outcome, bool)>> = BTreeMap::new();
-    for r in &results {
-        by_category.entry(r.0.category.clone()).or_default().push(r);
-    }
-    eprintln!("\n| category | pass | fail | failing vectors |\n|---|---|---|---|");
-    for (category, rs) in &by_category {
-        let failing: Vec<&str> = rs.iter().filter(|r| !r.2).map(|r| r.0.id.as_str()).collect();
-        eprintln!("| {category} | {} | {} | {} |", rs.len() - failing.len(), failing.len(), failing.join(", "));
-    }
-    eprintln!("\n| vector | result | observed | want |\n|---|---|---|---|");
-    for (v, o, ok) in &results {
-        let result = match want(&v.id) {
-            Want::Skip(why) => format!("skipped ({why})"),
-            _ if *ok => "pass".to_string(),
-            _ => "FAIL".to_string(),
-        };
-        eprintln!("| {} | {result} | {} | {} |", v.id, o.summary(), v.want.replace('|', "/"));
-    }
+    let reports: Vec<VectorReport<'_>> = results
+        .iter()
+        .map(|(v, (o, ok))| VectorReport {
+            vector: v,
+            passed: *ok,
+            result: match want(&v.id) {
+                Want::Skip(why) => format!("skipped ({why})"),
+                _ if *ok => "pass".to_string(),
+                _ => "FAIL".to_string(),
+            },
+            observed: o.summary(),
+        })
+        .collect();
+    print_vector_report(&reports);
 
     let regressions: Vec<String> =
-        results.iter().filter(|(_, _, ok)| !ok).map(|(v, o, _)| format!("{}: {}", v.id, o.summary())).collect();
+        results.iter().filter(|(_, (_, ok))| !ok).map(|(v, (o, _))| format!("{}: {}", v.id, o.summary())).collect();
     assert!(
         regressions.is_empty(),
         "every HTTP/1.1 vector must be handled as wanted; these are not:\n{}",

@@ -6,15 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use legate_testing::config::{
     bootstrap, cluster_config, file_access_log, hcm_config, http_bootstrap, json_access_log, static_cluster, with_http2,
 };
 use legate_testing::{
-    eventually, h2c_get, h2c_many, json, legate_bin, HttpClient, HttpUpstream, Legate, PatternChecker, PatternWriter,
-    TempDir, UpstreamAction, Value, EVENTUALLY,
+    h2c_get, h2c_many, json, legate_bin, HttpClient, HttpProxy, HttpUpstream, Legate, PatternChecker, PatternWriter,
+    UpstreamAction, Value,
 };
 use regex::Regex;
 
@@ -24,24 +23,8 @@ fn start(config: &Value) -> Legate {
     Legate::start(legate_bin!(), &config.to_string())
 }
 
-/// Starts legate with access log files flushed every 100 ms (Envoy's
-/// `--file-flush-interval-msec`), so a test waits for lines, not for the 10 s default.
-fn start_with_fast_log_flush(config: &Value) -> Legate {
-    Legate::builder(legate_bin!()).config(&config.to_string()).arg("--file-flush-interval-msec").arg("100").start()
-}
-
 fn uuid4() -> Regex {
     Regex::new("^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$").unwrap()
-}
-
-/// Waits (bounded) until the file at `path` holds at least `n` lines; returns them.
-fn wait_log_lines(path: &Path, n: usize) -> Vec<String> {
-    eventually(
-        &format!("{n} access log lines in {}", path.display()),
-        EVENTUALLY,
-        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
-        |lines| lines.len() >= n,
-    )
 }
 
 #[test]
@@ -290,17 +273,14 @@ fn hundred_mib_response_body_streams_downstream_with_bounded_memory() {
 #[test]
 fn file_access_log_without_format_writes_envoys_default_line() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
-    let dir = TempDir::new();
-    let log = dir.join("access.log");
-    let mut config = http_bootstrap(&[upstream.addr()]);
-    hcm_config(&mut config, 0)["access_log"] = json!([file_access_log(&log, None)]);
-    let px = start_with_fast_log_flush(&config);
-    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    let config = http_bootstrap(&[upstream.addr()]);
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| file_access_log(log, None));
+    let mut c = px.client();
 
     let r = c.send("GET", "/log/path?q=1", &[("host", "example.com"), ("user-agent", "curl/8.5.0")], b"");
     assert_eq!(r.status, 200, "{r:?}");
 
-    let lines = wait_log_lines(&log, 1);
+    let lines = px.log_lines(1);
     let line = &lines[0];
     let shape = Regex::new(concat!(
         r#"^\[(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z)\] "#,
@@ -320,8 +300,6 @@ fn file_access_log_without_format_writes_envoys_default_line() {
 #[test]
 fn json_access_log_writes_one_object_per_request() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
-    let dir = TempDir::new();
-    let log = dir.join("access.json");
     let mut config = http_bootstrap(&[upstream.addr()]);
     let routes = &mut hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"];
     routes[0]["match"] = json!({ "prefix": "/api" });
@@ -336,14 +314,13 @@ fn json_access_log_writes_one_object_per_request() {
         "upstream": "%UPSTREAM_HOST%",
         "literal": "text %RESPONSE_CODE%",
     });
-    hcm_config(&mut config, 0)["access_log"] = json!([json_access_log(&log, fields)]);
-    let px = start_with_fast_log_flush(&config);
-    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+    let mut c = px.client();
 
     assert_eq!(c.get("/api/x").status, 200);
     assert_eq!(c.get("/nowhere").status, 404);
 
-    let lines = wait_log_lines(&log, 2);
+    let lines = px.log_lines(2);
     let entries: Vec<BTreeMap<String, Value>> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))

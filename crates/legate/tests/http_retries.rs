@@ -3,59 +3,19 @@
 //! retried, how often, what the client gets when retries run out, and that a retry carries
 //! the same request.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use legate_testing::config::{file_access_log, hcm_config, http_bootstrap};
-use legate_testing::{
-    eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, PatternWriter, TempDir, UpstreamAction, Value,
-    EVENTUALLY,
-};
+use legate_testing::config::{http_bootstrap, route_action};
+use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, PatternWriter, UpstreamAction, Value};
 
 /// legate in front of `upstream` with `retry_policy` on its one route (none when null), and
-/// an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%` flushed every 100 ms.
-struct Proxy {
-    legate: Legate,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Proxy {
-    fn start(upstream: &HttpUpstream, retry_policy: Value) -> Self {
-        let dir = TempDir::new();
-        let log = dir.join("access.log");
-        let mut config = http_bootstrap(&[upstream.addr()]);
-        if !retry_policy.is_null() {
-            hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] =
-                retry_policy;
-        }
-        hcm_config(&mut config, 0)["access_log"] =
-            json!([file_access_log(&log, Some("%RESPONSE_CODE% %RESPONSE_FLAGS%\n"))]);
-        let legate = Legate::builder(legate_bin!())
-            .config(&config.to_string())
-            .arg("--file-flush-interval-msec")
-            .arg("100")
-            .start();
-        Proxy { legate, log, _dir: dir }
+/// an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%`.
+fn start(upstream: &HttpUpstream, retry_policy: Value) -> HttpProxy {
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    if !retry_policy.is_null() {
+        route_action(&mut config)["retry_policy"] = retry_policy;
     }
-
-    fn client(&self) -> HttpClient {
-        HttpClient::connect(self.legate.connect_addr("ingress"))
-    }
-
-    /// Access log line `n` (1-based), waited for.
-    fn logged(&self, n: usize) -> String {
-        wait_lines(&self.log, n)[n - 1].clone()
-    }
-}
-
-fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    eventually(
-        &format!("{n} lines in {}", path.display()),
-        EVENTUALLY,
-        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
-        |lines| lines.len() >= n,
-    )
+    HttpProxy::start(legate_bin!(), config)
 }
 
 #[test]
@@ -64,7 +24,7 @@ fn a_503_is_retried_on_5xx_and_the_retry_answers() {
         0 => UpstreamAction::status(503, "busy"),
         _ => UpstreamAction::ok("second"),
     });
-    let px = Proxy::start(&upstream, json!({ "retry_on": "5xx", "num_retries": 2 }));
+    let px = start(&upstream, json!({ "retry_on": "5xx", "num_retries": 2 }));
 
     let r = px.client().get("/");
 
@@ -85,7 +45,7 @@ fn a_reset_is_retried_on_reset() {
         0 => UpstreamAction::Reset,
         _ => UpstreamAction::ok("after reset"),
     });
-    let px = Proxy::start(&upstream, json!({ "retry_on": "reset", "num_retries": 1 }));
+    let px = start(&upstream, json!({ "retry_on": "reset", "num_retries": 1 }));
 
     let r = px.client().get("/");
 
@@ -99,7 +59,7 @@ fn a_reset_is_retried_on_reset() {
 #[test]
 fn exhausted_retries_pass_the_last_response_through_with_urx() {
     let upstream = HttpUpstream::http1(|r| UpstreamAction::status(503, format!("busy {}", r.index)));
-    let px = Proxy::start(&upstream, json!({ "retry_on": "5xx", "num_retries": 2 }));
+    let px = start(&upstream, json!({ "retry_on": "5xx", "num_retries": 2 }));
 
     let r = px.client().get("/");
 
@@ -115,7 +75,7 @@ fn exhausted_retries_pass_the_last_response_through_with_urx() {
 #[test]
 fn x_envoy_retry_on_and_max_retries_request_headers_are_honoured() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::status(503, "busy"));
-    let px = Proxy::start(&upstream, Value::Null);
+    let px = start(&upstream, Value::Null);
     let mut c = px.client();
 
     let plain = c.get("/");
@@ -137,7 +97,7 @@ fn retriable_status_codes_retry_only_the_listed_codes() {
         ("/teapot", _) => UpstreamAction::ok("brewed"),
         _ => UpstreamAction::status(500, "not listed"),
     });
-    let px = Proxy::start(
+    let px = start(
         &upstream,
         json!({ "retry_on": "retriable-status-codes", "retriable_status_codes": [418], "num_retries": 1 }),
     );
@@ -159,7 +119,7 @@ fn a_post_body_is_replayed_intact_on_retry() {
         0 => UpstreamAction::status(503, "busy"),
         _ => UpstreamAction::ok(format!("got {} bytes", r.body.len())),
     });
-    let px = Proxy::start(&upstream, json!({ "retry_on": "5xx", "num_retries": 1 }));
+    let px = start(&upstream, json!({ "retry_on": "5xx", "num_retries": 1 }));
     let mut body = vec![0u8; 200 * 1024];
     PatternWriter::new(5).fill(&mut body);
 
@@ -182,10 +142,8 @@ fn a_post_body_is_replayed_intact_on_retry() {
 #[test]
 fn retries_are_spaced_by_the_back_off() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::status(503, "busy"));
-    let px = Proxy::start(
-        &upstream,
-        json!({ "retry_on": "5xx", "num_retries": 3, "retry_back_off": { "base_interval": "0.5s" } }),
-    );
+    let px =
+        start(&upstream, json!({ "retry_on": "5xx", "num_retries": 3, "retry_back_off": { "base_interval": "0.5s" } }));
 
     let r = px.client().get("/");
 

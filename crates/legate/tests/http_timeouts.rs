@@ -6,52 +6,10 @@
 //! `onIdleTimeout`, `onRequestTimeout` and `onRequestHeaderTimeout` in `conn_manager_impl.cc`):
 //! 504 when the whole request had been received, 408 when it had not.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use legate_testing::config::{cluster_config, file_access_log, hcm_config, http_bootstrap};
-use legate_testing::{
-    eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, TempDir, UpstreamAction, Value, EVENTUALLY,
-};
-
-/// legate with an access log of `%RESPONSE_CODE% %RESPONSE_FLAGS%`, flushed every 100 ms.
-struct Proxy {
-    legate: Legate,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Proxy {
-    fn start(mut config: Value) -> Self {
-        let dir = TempDir::new();
-        let log = dir.join("access.log");
-        hcm_config(&mut config, 0)["access_log"] =
-            json!([file_access_log(&log, Some("%RESPONSE_CODE% %RESPONSE_FLAGS%\n"))]);
-        let legate = Legate::builder(legate_bin!())
-            .config(&config.to_string())
-            .arg("--file-flush-interval-msec")
-            .arg("100")
-            .start();
-        Proxy { legate, log, _dir: dir }
-    }
-
-    fn client(&self) -> HttpClient {
-        HttpClient::connect(self.legate.connect_addr("ingress"))
-    }
-
-    fn logged(&self, n: usize) -> String {
-        wait_lines(&self.log, n)[n - 1].clone()
-    }
-}
-
-fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    eventually(
-        &format!("{n} lines in {}", path.display()),
-        EVENTUALLY,
-        || std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>(),
-        |lines| lines.len() >= n,
-    )
-}
+use legate_testing::config::{cluster_config, hcm_config, http_bootstrap, http_protocol_options};
+use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY};
 
 fn ok_upstream() -> HttpUpstream {
     HttpUpstream::http1(|_| UpstreamAction::ok("ok"))
@@ -63,7 +21,7 @@ fn downstream_idle_timeout_closes_an_idle_connection() {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
     hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "idle_timeout": "0.5s" });
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
     assert_eq!(c.get("/").status, 200);
 
@@ -80,7 +38,7 @@ fn max_connection_duration_ends_a_busy_connection() {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
     hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "max_connection_duration": "1s" });
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
     let started = Instant::now();
 
@@ -115,7 +73,7 @@ fn stream_idle_timeout_after_the_whole_request_is_504_stream_timeout_si() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::Hang);
     let mut config = http_bootstrap(&[upstream.addr()]);
     hcm_config(&mut config, 0)["stream_idle_timeout"] = json!("0.5s");
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
 
     let r = px.client().get("/");
 
@@ -131,7 +89,7 @@ fn stream_idle_timeout_while_the_body_stalls_is_408_stream_timeout() {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
     hcm_config(&mut config, 0)["stream_idle_timeout"] = json!("0.5s");
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
 
     c.write_head("POST", "/upload", &[], 100).unwrap();
@@ -150,7 +108,7 @@ fn request_timeout_with_a_stalled_body_is_408_request_timeout() {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
     hcm_config(&mut config, 0)["request_timeout"] = json!("0.5s");
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
 
     c.write_head("POST", "/upload", &[], 100).unwrap();
@@ -171,7 +129,7 @@ fn request_headers_timeout_closes_a_connection_stuck_in_its_headers() {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
     hcm_config(&mut config, 0)["request_headers_timeout"] = json!("0.5s");
-    let px = Proxy::start(config);
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
 
     c.write_raw(b"GET /slow HTTP/1.1\r\nhost: example.com\r\nx-half: ").unwrap();
@@ -193,14 +151,11 @@ fn request_headers_timeout_closes_a_connection_stuck_in_its_headers() {
 fn upstream_idle_timeout_closes_the_pooled_connection() {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
-    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "common_http_protocol_options": { "idle_timeout": "0.5s" },
-            "explicit_http_config": { "http_protocol_options": {} },
-        }
-    });
-    let px = Proxy::start(config);
+    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = http_protocol_options(json!({
+        "common_http_protocol_options": { "idle_timeout": "0.5s" },
+        "explicit_http_config": { "http_protocol_options": {} },
+    }));
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
     assert_eq!(c.get("/").status, 200);
     assert_eq!(upstream.connections(), 1);
@@ -220,14 +175,11 @@ fn upstream_idle_timeout_closes_the_pooled_connection() {
 fn max_requests_per_connection_opens_a_new_connection_every_two_requests() {
     let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.connection.to_string()));
     let mut config = http_bootstrap(&[upstream.addr()]);
-    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "common_http_protocol_options": { "max_requests_per_connection": 2 },
-            "explicit_http_config": { "http_protocol_options": {} },
-        }
-    });
-    let px = Proxy::start(config);
+    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = http_protocol_options(json!({
+        "common_http_protocol_options": { "max_requests_per_connection": 2 },
+        "explicit_http_config": { "http_protocol_options": {} },
+    }));
+    let px = HttpProxy::start(legate_bin!(), config);
     let mut c = px.client();
 
     let served_by: Vec<String> = (0..5).map(|_| c.get("/").body).collect();

@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::admin::HttpResponse;
+use crate::http::head;
 use crate::net::{connect, IO_TIMEOUT};
 
 /// A client connection.
@@ -332,19 +333,7 @@ impl HttpClient {
         };
         let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
         self.buf.drain(..end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .strip_prefix("HTTP/1.")
-            .and_then(|r| r.get(2..5))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
-        let mut headers = Vec::new();
-        for line in lines {
-            let (name, value) = line.split_once(':').ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-        Ok((status, headers))
+        head::parse_response_head(&head).map_err(invalid)
     }
 
     fn read_exact_body(&mut self, len: u64, on_body: &mut impl FnMut(&[u8])) -> io::Result<()> {

@@ -2,6 +2,8 @@
 //! and current-thread runtime. A handler decides per request what to do ([`UpstreamAction`]);
 //! every request is recorded with its connection, and accepted connections are counted, so a
 //! test can say "the upstream saw exactly one connection" or "the retry carried the same body".
+//! The first bytes of each connection are kept as they arrived, before hyper parsed (and
+//! tolerated) them: what the proxy wrote, byte for byte.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -9,7 +11,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use crate::eventually::{eventually, EVENTUALLY};
+use crate::http::head;
 use crate::pattern::PatternWriter;
 
 /// One request as the upstream received it.
@@ -53,19 +56,23 @@ pub struct UpstreamRequest {
 impl UpstreamRequest {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        head::header(&self.headers, name)
     }
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+        head::header_all(&self.headers, name)
     }
 
     /// The body as text (lossy).
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// `GET /x body=5`, with `(cut)` when the body ended early: for a report.
+    pub fn summary(&self) -> String {
+        let cut = if self.body_complete { "" } else { "(cut)" };
+        format!("{} {} body={}{cut}", self.method, self.path, self.body.len())
     }
 }
 
@@ -141,9 +148,17 @@ struct State {
     handler: Box<Handler>,
     requests: Mutex<Vec<UpstreamRequest>>,
     next_request: AtomicUsize,
+    /// Notified each time `next_request` grows (the lock only orders the notification).
+    request_started: (Mutex<()>, Condvar),
     accepted: AtomicUsize,
     active: AtomicUsize,
+    /// The first [`RECEIVED_KEPT`] bytes read on each connection, in accept order.
+    received: Mutex<Vec<Vec<u8>>>,
 }
+
+/// How many bytes of each connection [`HttpUpstream::received`] keeps: request heads, not the
+/// 100 MiB bodies some tests stream.
+const RECEIVED_KEPT: usize = 64 * 1024;
 
 /// An HTTP server on `127.0.0.1:0`; stops (closing every connection) on drop.
 pub struct HttpUpstream {
@@ -186,8 +201,10 @@ impl HttpUpstream {
             handler,
             requests: Mutex::new(Vec::new()),
             next_request: AtomicUsize::new(0),
+            request_started: (Mutex::new(()), Condvar::new()),
             accepted: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            received: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = oneshot::channel();
         let thread_state = state.clone();
@@ -220,6 +237,38 @@ impl HttpUpstream {
         self.state.next_request.load(Ordering::SeqCst)
     }
 
+    /// What reached the upstream after it had started `before` requests
+    /// ([`Self::requests_started`]), once that settles: waits up to 1 s until `expected`
+    /// requests started (a proxy may count a request before the upstream sees it), then up to
+    /// 3 s until every started request is recorded (one with an unfinished body is recorded when
+    /// the proxy abandons it). Returns the number started and those recorded.
+    pub fn requests_since(&self, before: usize, expected: usize) -> (usize, Vec<UpstreamRequest>) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.requests_started() - before < expected && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let started = self.requests_started() - before;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let seen: Vec<UpstreamRequest> = self.requests().into_iter().filter(|r| r.index >= before).collect();
+            if seen.len() >= started || Instant::now() >= deadline {
+                return (started, seen);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until at least `n` requests started (their headers arrived); panics after
+    /// [`EVENTUALLY`]. Wakes as soon as the request arrives, for tests that wait thousands of
+    /// times.
+    pub fn wait_requests_started(&self, n: usize) {
+        let (lock, started) = &self.state.request_started;
+        let guard = lock.lock().unwrap();
+        let _ = started.wait_timeout_while(guard, EVENTUALLY, |_| self.requests_started() < n).unwrap();
+        let seen = self.requests_started();
+        assert!(seen >= n, "upstream {}: {seen} requests started within {EVENTUALLY:?}, expected {n}", self.addr);
+    }
+
     /// How many requests were recorded.
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().unwrap().len()
@@ -239,6 +288,12 @@ impl HttpUpstream {
             |c| *c >= n,
         );
         self.requests()
+    }
+
+    /// The first 64 KiB read on connection `connection` (0-based in accept order), exactly as
+    /// the proxy wrote them; empty for a connection not accepted.
+    pub fn received(&self, connection: usize) -> Vec<u8> {
+        self.state.received.lock().unwrap().get(connection).cloned().unwrap_or_default()
     }
 
     /// TCP connections accepted so far.
@@ -286,11 +341,12 @@ async fn accept_loop(listener: StdTcpListener, http2: bool, state: Arc<State>, m
         let _ = stream.set_nodelay(true);
         let connection = state.accepted.fetch_add(1, Ordering::SeqCst);
         state.active.fetch_add(1, Ordering::SeqCst);
+        state.received.lock().unwrap().push(Vec::new());
         let state = state.clone();
         tokio::spawn(async move {
             let active = ActiveGuard(state.clone());
+            let io = TokioIo::new(Recording { stream, state: state.clone(), connection });
             let service = service_fn(move |request| handle(state.clone(), connection, request));
-            let io = TokioIo::new(stream);
             if http2 {
                 let _ = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -303,6 +359,45 @@ async fn accept_loop(listener: StdTcpListener, http2: bool, state: Arc<State>, m
             }
             drop(active);
         });
+    }
+}
+
+/// A connection that keeps the first [`RECEIVED_KEPT`] bytes read from it.
+struct Recording {
+    stream: tokio::net::TcpStream,
+    state: Arc<State>,
+    connection: usize,
+}
+
+impl tokio::io::AsyncRead for Recording {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some(kept) = this.state.received.lock().unwrap().get_mut(this.connection) {
+            let new = &buf.filled()[before..];
+            let room = RECEIVED_KEPT.saturating_sub(kept.len()).min(new.len());
+            kept.extend_from_slice(&new[..room]);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Recording {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -333,6 +428,11 @@ async fn handle(
     request: hyper::Request<Incoming>,
 ) -> Result<hyper::Response<UpstreamBody>, ResetOnPurpose> {
     let index = state.next_request.fetch_add(1, Ordering::SeqCst);
+    {
+        let (lock, started) = &state.request_started;
+        let _ordered = lock.lock().unwrap();
+        started.notify_all();
+    }
     let received_at = Instant::now();
     let (head, mut incoming) = request.into_parts();
     let mut headers = Vec::new();
@@ -486,6 +586,9 @@ mod tests {
         assert_eq!(requests[0].header("x-test"), Some("yes"));
         assert_eq!(requests[1].body_text(), "hello");
         assert_eq!(upstream.connections(), 1);
+        let received = upstream.received(0);
+        assert!(received.starts_with(b"GET /a?b=1 HTTP/1.1\r\n"), "{:?}", String::from_utf8_lossy(&received));
+        assert!(received.ends_with(b"\r\n\r\nhello"), "{:?}", String::from_utf8_lossy(&received));
     }
 
     #[test]

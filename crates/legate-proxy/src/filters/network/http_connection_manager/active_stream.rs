@@ -127,6 +127,19 @@ fn prepare(
             }
         }
     }
+    // RFC 9113 §8.2.1: an HTTP/2 field value may not start or end with whitespace (HTTP/1.1's
+    // parser trims it; HTTP/2 hands it over as sent).
+    if head.version == Version::HTTP_2
+        && head.headers.values().any(|v| {
+            let b = v.as_bytes();
+            b.first().is_some_and(|c| *c == b' ' || *c == b'\t') || b.last().is_some_and(|c| *c == b' ' || *c == b'\t')
+        })
+    {
+        return Err(Box::new(
+            LocalReply::new(StatusCode::BAD_REQUEST, "", "invalid_http_header")
+                .with_flag(ResponseFlag::DownstreamProtocolError),
+        ));
+    }
     // RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
     let hosts = head.headers.get_all(http::header::HOST).iter().count();
     let authority = authority_of(head);
