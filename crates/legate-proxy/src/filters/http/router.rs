@@ -471,25 +471,12 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 let wants_retry = !retry_on.is_empty()
                     && action.retry_policy.retriable_response(retry_on, status, response.headers());
                 if wants_retry && retries_left && replayable {
-                    let slot = retry_slot_for(&cluster, priority, &mut retry_slot);
-                    if slot.is_none() {
-                        // Envoy's router flags a retry the breaker refused as overflow.
-                        rq.info.set_flag(ResponseFlag::UpstreamOverflow);
-                    }
-                    if let Some(slot) = slot {
-                        retry_slot = Some(slot);
+                    if take_retry_slot(&cluster, priority, &mut retry_slot, rq.info) {
                         drop(response);
                         drop(conn);
                         drop(guard);
-                        if !back_off(&action.retry_policy, attempt, &cluster, &timers, &rq.body).await {
-                            return RouterOutcome::LocalReply(stream_timeout(
-                                Timeout::Route,
-                                rq.context,
-                                &cluster,
-                                &host,
-                                rq.info,
-                                true,
-                            ));
+                        if let Some(reply) = back_off(&mut rq, attempt, &cluster, &host, &timers).await {
+                            return RouterOutcome::LocalReply(reply);
                         }
                         continue;
                     }
@@ -607,22 +594,10 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             }
         };
         if retriable && retries_left && replayable {
-            let slot = retry_slot_for(&cluster, priority, &mut retry_slot);
-            if slot.is_none() {
-                rq.info.set_flag(ResponseFlag::UpstreamOverflow);
-            }
-            if let Some(slot) = slot {
-                retry_slot = Some(slot);
+            if take_retry_slot(&cluster, priority, &mut retry_slot, rq.info) {
                 last_failure = Some(reply);
-                if !back_off(&action.retry_policy, attempt, &cluster, &timers, &rq.body).await {
-                    return RouterOutcome::LocalReply(stream_timeout(
-                        Timeout::Route,
-                        rq.context,
-                        &cluster,
-                        &host,
-                        rq.info,
-                        true,
-                    ));
+                if let Some(reply) = back_off(&mut rq, attempt, &cluster, &host, &timers).await {
+                    return RouterOutcome::LocalReply(reply);
                 }
                 continue;
             }
@@ -637,47 +612,45 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     }
 }
 
-/// A retry slot from the cluster's `max_retries` breaker (the one already held is reused).
-fn retry_slot_for(
+/// A retry slot from the cluster's `max_retries` breaker (or retry budget); the one already
+/// held is reused. `false` when the breaker refuses: Envoy's router then flags overflow.
+fn take_retry_slot(
     cluster: &Arc<Cluster>,
     priority: RoutingPriority,
     held: &mut Option<ResourceGuard>,
-) -> Option<ResourceGuard> {
-    if let Some(slot) = held.take() {
-        cluster.stats.upstream_rq_retry.inc();
-        return Some(slot);
+    info: &mut StreamInfo,
+) -> bool {
+    if held.is_none() {
+        *held = cluster.circuit_breakers.for_priority(priority).try_acquire_retry();
     }
-    match cluster.circuit_breakers.for_priority(priority).try_acquire_retry() {
-        Some(slot) => {
-            cluster.stats.upstream_rq_retry.inc();
-            Some(slot)
-        }
-        None => {
-            cluster.stats.upstream_rq_retry_overflow.inc();
-            None
-        }
+    if held.is_none() {
+        cluster.stats.upstream_rq_retry_overflow.inc();
+        info.set_flag(ResponseFlag::UpstreamOverflow);
+        return false;
     }
+    cluster.stats.upstream_rq_retry.inc();
+    true
 }
 
-/// Waits the back-off before retry `attempt`. `false` when the route timeout passes first.
+/// Waits the back-off before retry `attempt`; the route timeout's reply when it passes first.
 async fn back_off(
-    policy: &crate::router::RetryPolicy,
+    rq: &mut RouterRequest<'_>,
     attempt: u32,
     cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
     timers: &Timers,
-    body: &Rc<RefCell<BodySource>>,
-) -> bool {
+) -> Option<LocalReply> {
     cluster.stats.upstream_rq_retry_backoff_exponential.inc();
-    let wait = policy.back_off(attempt);
-    let route_deadline = body.borrow().completed_at.zip(timers.route).map(|(at, d)| at.max(timers.stream_start) + d);
+    let wait = rq.action.retry_policy.back_off(attempt);
+    let route_deadline = rq.body.borrow().completed_at.zip(timers.route).map(|(at, d)| at.max(timers.stream_start) + d);
     match route_deadline {
         Some(deadline) if deadline <= Instant::now() + wait => {
             tokio::time::sleep_until(deadline.into()).await;
-            false
+            Some(stream_timeout(Timeout::Route, rq.context, cluster, host, rq.info, true))
         }
         _ => {
             tokio::time::sleep(wait).await;
-            true
+            None
         }
     }
 }
