@@ -529,23 +529,27 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
+    /// Sends one request on this connection. An error is hyper's (reset, closed, malformed).
     pub fn send_request(
         &mut self,
         request: Request<AttemptBody>,
     ) -> impl std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + 'static {
-        enum Either<A, B> {
-            A(A),
-            B(B),
+        enum Send<A, B> {
+            Http1(A),
+            Http2(B),
         }
-        let future = match &mut self.client {
-            Some(Client::Http1(sender, _)) => Either::A(sender.send_request(request)),
-            Some(Client::Http2(client)) => Either::B(client.sender.clone().send_request(request)),
-            None => unreachable_client(),
+        // `client` is only ever empty inside `release`/`drop`, which consume the handle.
+        let send = match &mut self.client {
+            Some(Client::Http1(sender, _)) => Some(Send::Http1(sender.send_request(request))),
+            Some(Client::Http2(client)) => Some(Send::Http2(client.sender.clone().send_request(request))),
+            None => None,
         };
         async move {
-            match future {
-                Either::A(f) => f.await,
-                Either::B(f) => f.await,
+            match send {
+                Some(Send::Http1(f)) => f.await,
+                Some(Send::Http2(f)) => f.await,
+                // Never reached (see above); a pending future rather than a panic.
+                None => std::future::pending().await,
             }
         }
     }
@@ -572,11 +576,6 @@ impl Drop for PooledConn {
             self.pool.release(client, &self.shared, false);
         }
     }
-}
-
-/// A `PooledConn` always holds its client until released; released ones are consumed.
-fn unreachable_client() -> ! {
-    unreachable!("PooledConn used after release")
 }
 
 /// The pool protocol for a cluster, given the downstream's protocol.
