@@ -281,6 +281,12 @@ impl StreamCompletion {
 
 impl Drop for StreamCompletion {
     fn drop(&mut self) {
+        if !self.done && self.info.response_code.is_none() {
+            // Dropped before any response: the downstream went away while legate waited
+            // (hyper drops the stream's future).
+            self.info.set_flag(ResponseFlag::DownstreamConnectionTermination);
+            self.context.shared.stats.downstream_rq_rx_reset.inc();
+        }
         self.finish(false);
         let context = &self.context;
         context.shared.stats.downstream_rq_active.dec();
