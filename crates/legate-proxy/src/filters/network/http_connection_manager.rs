@@ -46,7 +46,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct HttpConnectionManagerShared {
     pub config: Box<HcmConfig>,
     pub route_config: Arc<RouteConfig>,
-    pub filters: Vec<HttpFilterFactory>,
+    /// The HTTP filters before the router, each with whether it is disabled by default.
+    pub filters: Vec<(HttpFilterFactory, bool)>,
     pub stats: HcmStats,
     pub access_logs: Vec<Arc<AccessLogger>>,
     /// The root stats scope, for per-code cluster stats.
@@ -116,11 +117,10 @@ impl HttpConnectionManagerShared {
         let mut filters = Vec::new();
         let mut router = None;
         for filter in &config.http_filters {
-            if filter.disabled {
-                continue;
-            }
             match HttpFilterFactory::new(filter, root, &config.stat_prefix)? {
-                Some(factory) => filters.push(factory),
+                // `disabled: true` filters run only where a route's per-filter config
+                // enables them (Envoy's semantics).
+                Some(factory) => filters.push((factory, filter.disabled)),
                 None => {
                     if let legate_config::filters::network::http_connection_manager::HttpFilterConfig::Router(r) =
                         &filter.config

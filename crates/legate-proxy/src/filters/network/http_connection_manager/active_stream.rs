@@ -292,7 +292,12 @@ async fn decode(
     completion.info.route_name = route.as_ref().map(|r| r.name.clone()).filter(|n| !n.is_empty());
 
     // The HTTP filters, in order.
-    let mut filters: Vec<Box<dyn HttpFilter>> = shared.filters.iter().map(|f| f.create()).collect();
+    let mut filters: Vec<Box<dyn HttpFilter>> = shared
+        .filters
+        .iter()
+        .filter(|(factory, disabled)| filter_enabled(factory.name(), *disabled, route.as_ref(), vhost.as_ref()))
+        .map(|(factory, _)| factory.create())
+        .collect();
     let end_stream = body.borrow().is_empty_and_complete();
     for index in 0..filters.len() {
         let ran = index + 1;
@@ -443,6 +448,25 @@ async fn decode(
             encode(context, &mut head, completion, vhost, Some(&route), &mut filters);
             (head, Produced::Upstream(body, timers))
         }
+    }
+}
+
+/// Whether a filter runs for this route: a per-filter config `FilterConfig { disabled: true }`
+/// turns it off; a filter disabled in the connection manager runs only where a route (or
+/// virtual host) gives it a config.
+fn filter_enabled(
+    name: &str,
+    disabled_by_default: bool,
+    route: Option<&Arc<Route>>,
+    vhost: Option<&Arc<VirtualHost>>,
+) -> bool {
+    use legate_config::route::FilterPerRouteConfig;
+    let per_route =
+        route.and_then(|r| r.per_filter_config.get(name)).or_else(|| vhost.and_then(|v| v.per_filter_config.get(name)));
+    match per_route {
+        Some(FilterPerRouteConfig::Disabled) => false,
+        Some(_) => true,
+        None => !disabled_by_default,
     }
 }
 

@@ -1,0 +1,60 @@
+//! Per-route filter toggles (`envoy.config.route.v3.FilterConfig`): a filter disabled in the
+//! connection manager runs only on routes that configure it; a route can turn an enabled
+//! filter off with `disabled: true`.
+
+use legate_testing::config::{hcm_config, http_bootstrap, route_config, route_to, virtual_host};
+use legate_testing::{json, legate_bin, HttpClient, HttpUpstream, Legate, UpstreamAction, Value};
+
+fn fault_abort(status: u16) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "abort": { "http_status": status, "percentage": { "numerator": 100 } }
+    })
+}
+
+fn router() -> Value {
+    json!({ "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } })
+}
+
+#[test]
+fn a_disabled_filter_runs_only_where_a_route_enables_it() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("upstream"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let hcm = hcm_config(&mut config, 0);
+    let mut faulty = route_to("/faulty", "backend");
+    faulty["typed_per_filter_config"] = json!({
+        "envoy.filters.http.fault": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "config": fault_abort(418)
+        }
+    });
+    hcm["route_config"] = route_config(vec![virtual_host("all", &["*"], vec![faulty, route_to("/", "backend")])]);
+    hcm["http_filters"] =
+        json!([{ "name": "envoy.filters.http.fault", "disabled": true, "typed_config": fault_abort(503) }, router()]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = client.get("/plain");
+    assert_eq!((r.status, r.body.as_str()), (200, "upstream"), "disabled by default: {r:?}");
+    let r = client.get("/faulty");
+    assert_eq!(r.status, 418, "enabled by the route, with the route's config: {r:?}");
+}
+
+#[test]
+fn a_route_can_turn_an_enabled_filter_off() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("upstream"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let hcm = hcm_config(&mut config, 0);
+    let mut quiet = route_to("/quiet", "backend");
+    quiet["typed_per_filter_config"] = json!({
+        "envoy.filters.http.fault": { "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true }
+    });
+    hcm["route_config"] = route_config(vec![virtual_host("all", &["*"], vec![quiet, route_to("/", "backend")])]);
+    hcm["http_filters"] = json!([{ "name": "envoy.filters.http.fault", "typed_config": fault_abort(503) }, router()]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(client.get("/quiet").status, 200);
+    assert_eq!(client.get("/other").status, 503);
+}
