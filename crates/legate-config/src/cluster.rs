@@ -58,12 +58,12 @@ pub struct Cluster {
     pub dns_resolution_config: Option<Unsupported>,
     pub typed_dns_resolver_config: Option<Unsupported>,
     pub wait_for_warm_on_init: Option<bool>,
-    pub outlier_detection: Option<Unsupported>,
+    pub outlier_detection: Option<crate::outlier_detection::OutlierDetection>,
     pub cleanup_interval: Option<Duration>,
     pub upstream_bind_config: Option<Unsupported>,
     pub lb_subset_config: Option<Unsupported>,
-    pub ring_hash_lb_config: Option<Unsupported>,
-    pub maglev_lb_config: Option<Unsupported>,
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    pub maglev_lb_config: Option<MaglevLbConfig>,
     pub original_dst_lb_config: Option<Unsupported>,
     pub least_request_lb_config: Option<LeastRequestLbConfig>,
     pub round_robin_lb_config: Option<Unsupported>,
@@ -276,6 +276,60 @@ pub struct LeastRequestLbConfig {
     pub choice_count: Option<u32>,
     pub active_request_bias: Option<Unsupported>,
     pub slow_start_config: Option<Unsupported>,
+}
+
+/// `Cluster.RingHashLbConfig`: the ring of the `RING_HASH` policy.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RingHashLbConfig {
+    /// Fewest entries on the ring (default 1024, at most 8M).
+    pub minimum_ring_size: Option<u64>,
+    /// Most entries on the ring (default 8M, at most 8M).
+    pub maximum_ring_size: Option<u64>,
+    #[serde(default)]
+    pub hash_function: HashFunction,
+}
+
+impl RingHashLbConfig {
+    pub const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
+    /// Envoy's `validate.rules` bound on both sizes, and the default maximum.
+    pub const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
+
+    pub fn minimum_ring_size(&self) -> u64 {
+        self.minimum_ring_size.unwrap_or(Self::DEFAULT_MINIMUM_RING_SIZE)
+    }
+
+    pub fn maximum_ring_size(&self) -> u64 {
+        self.maximum_ring_size.unwrap_or(Self::MAX_RING_SIZE)
+    }
+}
+
+/// `Cluster.RingHashLbConfig.HashFunction`: how host keys are placed on the ring.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum HashFunction {
+    #[default]
+    #[serde(rename = "XX_HASH")]
+    XxHash,
+    /// Refused at load: legate hashes with xxHash64 only.
+    #[serde(rename = "MURMUR_HASH_2")]
+    MurmurHash2,
+}
+
+/// `Cluster.MaglevLbConfig`: the lookup table of the `MAGLEV` policy.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevLbConfig {
+    /// Entries in the table: a prime, default 65537, at most 5000011.
+    pub table_size: Option<u64>,
+}
+
+impl MaglevLbConfig {
+    pub const DEFAULT_TABLE_SIZE: u64 = 65537;
+    pub const MAX_TABLE_SIZE: u64 = 5_000_011;
+
+    pub fn table_size(&self) -> u64 {
+        self.table_size.unwrap_or(Self::DEFAULT_TABLE_SIZE)
+    }
 }
 
 /// `Cluster.CommonLbConfig`.

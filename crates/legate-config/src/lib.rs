@@ -28,6 +28,7 @@ pub mod load;
 pub mod matcher;
 pub mod merge;
 pub mod normalize;
+pub mod outlier_detection;
 pub mod path;
 pub mod protocol;
 pub mod route;

@@ -157,12 +157,9 @@ static_resources:
 
     #[test]
     fn unsupported_envoy_field_says_so() {
-        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    outlier_detection: {}");
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    health_checks: []");
         let err = load(&yaml).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "static_resources.clusters[0].outlier_detection: this Envoy field is not supported by legate yet"
-        );
+        assert_eq!(err, "static_resources.clusters[0].health_checks: this Envoy field is not supported by legate yet");
     }
 
     #[test]

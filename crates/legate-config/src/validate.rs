@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::bootstrap::Bootstrap;
-use crate::cluster::{Cluster, DiscoveryType, LbPolicy};
+use crate::cluster::{Cluster, DiscoveryType, HashFunction, LbPolicy, MaglevLbConfig, RingHashLbConfig};
 use crate::core::{Address, CidrRange, SocketProtocol};
 use crate::extensions::NetworkFilterConfig;
 use crate::listener::{FilterChain, Listener};
@@ -266,9 +266,50 @@ impl Validator {
         }
     }
 
+    fn ring_hash_lb_config(&mut self, at: &str, ring: &RingHashLbConfig) {
+        let max = RingHashLbConfig::MAX_RING_SIZE;
+        for (field, value) in
+            [("minimum_ring_size", ring.minimum_ring_size), ("maximum_ring_size", ring.maximum_ring_size)]
+        {
+            if value.is_some_and(|v| v > max) {
+                self.error(&format!("{at}.{field}"), format!("value must be less than or equal to {max}"));
+            }
+        }
+        let (min, max) = (ring.minimum_ring_size(), ring.maximum_ring_size());
+        if min > max {
+            // Envoy's RingHashLoadBalancer constructor refuses this too.
+            self.error(
+                &format!("{at}.minimum_ring_size"),
+                format!("minimum_ring_size ({min}) > maximum_ring_size ({max})"),
+            );
+        }
+        if ring.hash_function == HashFunction::MurmurHash2 {
+            self.error(&format!("{at}.hash_function"), "MURMUR_HASH_2 is not supported by legate yet (XX_HASH is)");
+        }
+    }
+
+    fn maglev_lb_config(&mut self, at: &str, maglev: &MaglevLbConfig) {
+        let size = maglev.table_size();
+        if size > MaglevLbConfig::MAX_TABLE_SIZE {
+            self.error(
+                &format!("{at}.table_size"),
+                format!("value must be less than or equal to {}", MaglevLbConfig::MAX_TABLE_SIZE),
+            );
+        } else if !is_prime(size) {
+            // Envoy's MaglevLoadBalancer refuses a composite size: the permutation needs it prime.
+            self.error(
+                &format!("{at}.table_size"),
+                format!("the table size of maglev must be a prime number, got {size}"),
+            );
+        }
+    }
+
     fn cluster(&mut self, at: &str, cluster: &Cluster) {
         if cluster.name.is_empty() {
             self.error(&format!("{at}.name"), "value length must be at least 1 characters");
+        }
+        if let Some(outlier) = &cluster.outlier_detection {
+            outlier.validate(&format!("{at}.outlier_detection"), self);
         }
         if cluster.respect_dns_ttl {
             self.error(
@@ -289,13 +330,19 @@ impl Validator {
             ),
         }
         match cluster.lb_policy {
-            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random => {}
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest | LbPolicy::Random | LbPolicy::RingHash | LbPolicy::Maglev => {}
             other => self.error(
                 &format!("{at}.lb_policy"),
                 format!(
-                    "lb_policy {other:?} is not supported by legate yet (ROUND_ROBIN, LEAST_REQUEST and RANDOM are)"
+                    "lb_policy {other:?} is not supported by legate yet (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH and MAGLEV are)"
                 ),
             ),
+        }
+        if let Some(ring) = &cluster.ring_hash_lb_config {
+            self.ring_hash_lb_config(&format!("{at}.ring_hash_lb_config"), ring);
+        }
+        if let Some(maglev) = &cluster.maglev_lb_config {
+            self.maglev_lb_config(&format!("{at}.maglev_lb_config"), maglev);
         }
         cluster.validate_http(at, self);
         if let Some(lr) = &cluster.least_request_lb_config {
@@ -355,6 +402,22 @@ fn kind_name(config: &NetworkFilterConfig) -> &'static str {
         NetworkFilterConfig::DirectResponse(_) => "envoy.filters.network.direct_response",
         NetworkFilterConfig::HttpConnectionManager(_) => "envoy.filters.network.http_connection_manager",
     }
+}
+
+/// Trial division: table sizes are at most 5000011, so at most ~1100 divisions.
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        // `checked_rem` rather than `is_multiple_of`, which is newer than the workspace's rust-version.
+        if n.checked_rem(d) == Some(0) {
+            return false;
+        }
+        d += 1;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -539,5 +602,54 @@ static_resources:
             "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions",
         ));
         assert!(err.starts_with("static_resources.clusters[0].typed_extension_protocol_options.envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions: Didn't find a registered implementation"), "{err}");
+    }
+
+    #[test]
+    fn hashing_lb_configs_are_checked_with_their_paths() {
+        let err = errors(
+            r#"
+static_resources:
+  clusters:
+  - name: ring
+    lb_policy: RING_HASH
+    ring_hash_lb_config: {minimum_ring_size: 4096, maximum_ring_size: 1024, hash_function: MURMUR_HASH_2}
+  - name: big
+    lb_policy: RING_HASH
+    ring_hash_lb_config: {maximum_ring_size: 9000000}
+  - name: maglev
+    lb_policy: MAGLEV
+    maglev_lb_config: {table_size: 65536}
+"#,
+        );
+        assert!(
+            err.contains("static_resources.clusters[0].ring_hash_lb_config.minimum_ring_size: minimum_ring_size (4096) > maximum_ring_size (1024)"),
+            "{err}"
+        );
+        assert!(err.contains("static_resources.clusters[0].ring_hash_lb_config.hash_function: MURMUR_HASH_2"), "{err}");
+        assert!(
+            err.contains("static_resources.clusters[1].ring_hash_lb_config.maximum_ring_size: value must be less than or equal to 8388608"),
+            "{err}"
+        );
+        assert!(err.contains("static_resources.clusters[2].maglev_lb_config.table_size: the table size of maglev must be a prime number, got 65536"), "{err}");
+    }
+
+    #[test]
+    fn hashing_lb_policies_load_with_defaults() {
+        let bootstrap = load_bootstrap(
+            None,
+            Some(
+                r#"
+static_resources:
+  clusters:
+  - {name: ring, lb_policy: RING_HASH, ring_hash_lb_config: {minimum_ring_size: 64}}
+  - {name: maglev, lb_policy: MAGLEV, maglev_lb_config: {table_size: 5000011}}
+"#,
+            ),
+        )
+        .unwrap();
+        let clusters = &bootstrap.bootstrap.static_resources.clusters;
+        let ring = clusters[0].ring_hash_lb_config.as_ref().unwrap();
+        assert_eq!((ring.minimum_ring_size(), ring.maximum_ring_size()), (64, 8 * 1024 * 1024));
+        assert_eq!(clusters[1].maglev_lb_config.as_ref().unwrap().table_size(), 5_000_011);
     }
 }

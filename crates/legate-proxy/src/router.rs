@@ -7,6 +7,7 @@
 //! checked (still in configuration order: the first route that matches wins, as in Envoy).
 
 pub mod action;
+pub mod hash_policy;
 pub mod header_parser;
 pub mod retry_policy;
 pub mod route;

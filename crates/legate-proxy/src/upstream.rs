@@ -12,6 +12,7 @@ pub mod cluster_manager;
 pub mod dns;
 pub mod host;
 pub mod load_balancer;
+pub mod outlier_detection;
 pub mod pool;
 pub mod stats;
 pub mod upstream_cx;

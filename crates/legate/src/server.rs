@@ -164,6 +164,11 @@ async fn serve(
 
     let cluster_manager = ClusterManager::new(&bootstrap.static_resources.clusters, &store);
     cluster_manager.initialize().await;
+    for cluster in cluster_manager.clusters() {
+        if cluster.outlier_detector.is_some() {
+            tokio::task::spawn_local(legate_proxy::upstream::outlier_detection::run(cluster));
+        }
+    }
     tracing::info!("all clusters initialized");
     let shared = Arc::new(ServerShared::new(
         bootstrap.overload_manager.as_ref().and_then(|o| o.global_downstream_max_connections()),

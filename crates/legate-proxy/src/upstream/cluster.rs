@@ -19,6 +19,8 @@ pub struct Cluster {
     /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
     pub scope: Scope,
     pub circuit_breakers: CircuitBreakers,
+    /// `outlier_detection`, when configured.
+    pub outlier_detector: Option<super::outlier_detection::OutlierDetector>,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     pub overprovisioning_factor: u32,
     /// Static clusters are never added through an API in this version.
@@ -78,6 +80,10 @@ impl Cluster {
             name: config.name.clone(),
             stats,
             scope: scope.clone(),
+            outlier_detector: config
+                .outlier_detection
+                .as_ref()
+                .map(|o| super::outlier_detection::OutlierDetector::new(o, scope)),
             circuit_breakers,
             overprovisioning_factor,
             added_via_api: false,
@@ -149,6 +155,20 @@ impl Cluster {
         self.stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
         self.stats.membership_change.inc();
         self.priority_set.store(Arc::new(set));
+    }
+
+    /// Republishes the current hosts after a health flag changed (an outlier ejection or
+    /// return), so workers rebuild their load balancers without the excluded hosts.
+    pub fn refresh_health(&self) {
+        let hosts: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
+        self.update_hosts(hosts);
+    }
+
+    /// Reports one request's result to outlier detection, when configured.
+    pub fn outlier_result(&self, host: &Host, result: super::outlier_detection::OutlierResult) {
+        if let Some(detector) = &self.outlier_detector {
+            detector.put_result(self, host, result);
+        }
     }
 
     pub fn connect_timeout(&self) -> std::time::Duration {

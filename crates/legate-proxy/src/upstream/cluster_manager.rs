@@ -112,6 +112,16 @@ impl ThreadLocalClusterManager {
     /// Picks a host of `cluster_name` with this worker's load balancer. The load balancer is
     /// rebuilt when the cluster or its hosts changed since the last pick.
     pub fn choose_host(&self, cluster_name: &str) -> Result<(Arc<Cluster>, Arc<Host>), ChooseHostError> {
+        self.choose_host_with_hash(cluster_name, None)
+    }
+
+    /// [`Self::choose_host`] with the request hash of the route's `hash_policy`, which the
+    /// hashing policies (`RING_HASH`, `MAGLEV`) pick by; others ignore it.
+    pub fn choose_host_with_hash(
+        &self,
+        cluster_name: &str,
+        hash: Option<u64>,
+    ) -> Result<(Arc<Cluster>, Arc<Host>), ChooseHostError> {
         let cluster = self.get(cluster_name).ok_or(ChooseHostError::NoCluster)?;
         let priority_set = cluster.priority_set();
         let mut local = self.local.borrow_mut();
@@ -129,7 +139,7 @@ impl ThreadLocalClusterManager {
         let Some(tl) = local.get_mut(cluster_name) else {
             return Err(ChooseHostError::NoCluster);
         };
-        match tl.lb.choose_host(&tl.cluster, &tl.priority_set) {
+        match tl.lb.choose_host(&tl.cluster, &tl.priority_set, hash) {
             Some(host) => Ok((tl.cluster.clone(), host)),
             None => Err(ChooseHostError::NoHost(tl.cluster.clone())),
         }

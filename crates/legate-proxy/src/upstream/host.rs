@@ -27,6 +27,8 @@ pub struct Host {
     /// `health_flag` bits; shared by all workers, written by the main thread.
     health_flags: AtomicU32,
     pub stats: HostStats,
+    /// Outlier detection's counters and ejection state for this host.
+    pub outlier: super::outlier_detection::HostOutlier,
 }
 
 /// Per-host counters shown by `/clusters` (Envoy keeps these as plain atomics, not in the
@@ -83,6 +85,7 @@ impl Host {
             health_status,
             health_flags: AtomicU32::new(flags),
             stats: HostStats::default(),
+            outlier: Default::default(),
         }
     }
 
@@ -91,6 +94,15 @@ impl Host {
     }
 
     /// Neither failed nor degraded.
+    /// Sets or clears one `health_flag` bit (health checking, outlier detection).
+    pub fn set_health_flag(&self, flag: u32, on: bool) {
+        if on {
+            self.health_flags.fetch_or(flag, Ordering::AcqRel);
+        } else {
+            self.health_flags.fetch_and(!flag, Ordering::AcqRel);
+        }
+    }
+
     pub fn healthy(&self) -> bool {
         self.health_flags() == 0
     }

@@ -5,6 +5,14 @@
 //! priority as a level loses health. Within the chosen priority the policy picks a host among
 //! the healthy ones; when fewer than `healthy_panic_threshold` percent are healthy, Envoy's
 //! panic mode picks among all hosts and counts `lb_healthy_panic`.
+//!
+//! The hashing policies (`RING_HASH`, `MAGLEV`) pick from the request hash of the route's
+//! `hash_policy`: the priority from `hash mod 100`, the host from a ring or table built lazily
+//! per priority and host list, and rebuilt with the load balancer when the hosts change. With
+//! no hash they use a random one, as Envoy does.
+
+pub mod maglev;
+pub mod ring_hash;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +21,8 @@ use legate_config::cluster::LbPolicy;
 
 use super::cluster::{Cluster, HostSet, PrioritySet};
 use super::host::Host;
+use maglev::Maglev;
+use ring_hash::RingHash;
 
 pub struct LoadBalancer {
     policy: LbPolicy,
@@ -22,6 +32,9 @@ pub struct LoadBalancer {
     overprovisioning_factor: u32,
     /// Per priority and host list (healthy or panic): the round-robin state.
     round_robin: Vec<[RoundRobin; 2]>,
+    /// Per priority and host list (healthy or panic): the ring or table of a hashing policy,
+    /// built at its first use.
+    hashing: Vec<[Option<HashingTable>; 2]>,
     rng: fastrand::Rng,
 }
 
@@ -32,6 +45,12 @@ pub struct LoadBalancer {
 struct RoundRobin {
     next: usize,
     scores: Vec<i64>,
+}
+
+/// The lookup structure of a hashing policy over one host list.
+enum HashingTable {
+    RingHash(RingHash),
+    Maglev(Maglev),
 }
 
 impl LoadBalancer {
@@ -55,14 +74,23 @@ impl LoadBalancer {
             choice_count: cluster.config.least_request_lb_config.as_ref().and_then(|c| c.choice_count).unwrap_or(2),
             panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor,
+            hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             round_robin,
             rng,
         }
     }
 
-    /// Picks a host, or `None` when the cluster has no host at all.
-    pub fn choose_host(&mut self, cluster: &Cluster, priority_set: &PrioritySet) -> Option<Arc<Host>> {
-        let (priority, panic) = self.choose_priority(priority_set)?;
+    /// Picks a host, or `None` when the cluster has no host at all. `hash` is the request hash
+    /// of the route's `hash_policy`; only the hashing policies use it.
+    pub fn choose_host(
+        &mut self,
+        cluster: &Cluster,
+        priority_set: &PrioritySet,
+        hash: Option<u64>,
+    ) -> Option<Arc<Host>> {
+        let hashing = matches!(self.policy, LbPolicy::RingHash | LbPolicy::Maglev);
+        let hash = if hashing { Some(hash.unwrap_or_else(|| self.rng.u64(..))) } else { None };
+        let (priority, panic) = self.choose_priority(priority_set, hash)?;
         let set = priority_set.host_sets.get(priority)?;
         if panic {
             cluster.stats.lb_healthy_panic.inc();
@@ -70,6 +98,19 @@ impl LoadBalancer {
         let hosts = if panic { &set.hosts } else { &set.healthy_hosts };
         if hosts.is_empty() {
             return None;
+        }
+        if let Some(hash) = hash {
+            let slot = self.hashing.get_mut(priority).map(|s| &mut s[usize::from(panic)])?;
+            let policy = self.policy;
+            let table = slot.get_or_insert_with(|| match policy {
+                LbPolicy::Maglev => HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_ref())),
+                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_ref())),
+            });
+            return match table {
+                HashingTable::RingHash(ring) => ring.choose_host(hash),
+                HashingTable::Maglev(maglev) => maglev.choose_host(hash),
+            }
+            .cloned();
         }
         let state = self.round_robin.get_mut(priority).map(|s| &mut s[usize::from(panic)]);
         let index = match self.policy {
@@ -83,8 +124,9 @@ impl LoadBalancer {
         hosts.get(index).cloned()
     }
 
-    /// The priority to use and whether it is in panic mode.
-    fn choose_priority(&mut self, priority_set: &PrioritySet) -> Option<(usize, bool)> {
+    /// The priority to use and whether it is in panic mode. A request hash picks the priority
+    /// too (Envoy's `choosePriority(hash)`), so that a key sticks to one level.
+    fn choose_priority(&mut self, priority_set: &PrioritySet, hash: Option<u64>) -> Option<(usize, bool)> {
         let sets = &priority_set.host_sets;
         if sets.iter().all(|s| s.hosts.is_empty()) {
             return None;
@@ -97,7 +139,7 @@ impl LoadBalancer {
             return Some((first, true));
         }
         // Normalised priority load: each level's health share of the total, in order.
-        let pick = self.rng.u64(0..100);
+        let pick = hash.map_or_else(|| self.rng.u64(0..100), |h| h % 100);
         let mut remaining = 100u64;
         let mut cumulative = 0u64;
         for (priority, h) in health.iter().enumerate() {
@@ -176,11 +218,15 @@ fn weighted_random(rng: &mut fastrand::Rng, hosts: &[Arc<Host>]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use legate_config::endpoint::HealthStatus;
 
-    fn host(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
+    pub(super) fn host(port: u16, weight: u32) -> Arc<Host> {
+        host_at(port, weight, 0, HealthStatus::Healthy)
+    }
+
+    fn host_at(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
         Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), weight, priority, Default::default(), health))
     }
 
@@ -195,7 +241,7 @@ mod tests {
     fn counts(lb: &mut LoadBalancer, c: &Cluster, ps: &PrioritySet, n: usize) -> std::collections::HashMap<u16, usize> {
         let mut m = std::collections::HashMap::new();
         for _ in 0..n {
-            *m.entry(lb.choose_host(c, ps).unwrap().address.port()).or_default() += 1;
+            *m.entry(lb.choose_host(c, ps, None).unwrap().address.port()).or_default() += 1;
         }
         m
     }
@@ -203,9 +249,10 @@ mod tests {
     #[test]
     fn weighted_round_robin_is_smooth_and_exact() {
         let c = cluster("ROUND_ROBIN");
-        let ps = PrioritySet::new(vec![host(1, 3, 0, HealthStatus::Healthy), host(2, 1, 0, HealthStatus::Healthy)], 1);
+        let ps =
+            PrioritySet::new(vec![host_at(1, 3, 0, HealthStatus::Healthy), host_at(2, 1, 0, HealthStatus::Healthy)], 1);
         let mut lb = LoadBalancer::new(&c, &ps);
-        let picks: Vec<u16> = (0..8).map(|_| lb.choose_host(&c, &ps).unwrap().address.port()).collect();
+        let picks: Vec<u16> = (0..8).map(|_| lb.choose_host(&c, &ps, None).unwrap().address.port()).collect();
         assert_eq!(picks.iter().filter(|p| **p == 1).count(), 6);
         assert!(
             picks.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)),
@@ -219,9 +266,9 @@ mod tests {
         // P0: 1 of 2 healthy → health 70 % (1.4 × 50 %); P1 takes the remaining 30 %.
         let ps = PrioritySet::new(
             vec![
-                host(1, 1, 0, HealthStatus::Healthy),
-                host(2, 1, 0, HealthStatus::Unhealthy),
-                host(3, 1, 1, HealthStatus::Healthy),
+                host_at(1, 1, 0, HealthStatus::Healthy),
+                host_at(2, 1, 0, HealthStatus::Unhealthy),
+                host_at(3, 1, 1, HealthStatus::Healthy),
             ],
             1,
         );
@@ -235,11 +282,96 @@ mod tests {
     #[test]
     fn panic_mode_uses_all_hosts_and_counts() {
         let c = cluster("RANDOM");
-        let ps =
-            PrioritySet::new(vec![host(1, 1, 0, HealthStatus::Unhealthy), host(2, 1, 0, HealthStatus::Unhealthy)], 1);
+        let ps = PrioritySet::new(
+            vec![host_at(1, 1, 0, HealthStatus::Unhealthy), host_at(2, 1, 0, HealthStatus::Unhealthy)],
+            1,
+        );
         let mut lb = LoadBalancer::new(&c, &ps);
         let m = counts(&mut lb, &c, &ps, 100);
         assert_eq!(m.values().sum::<usize>(), 100);
         assert_eq!(c.stats.lb_healthy_panic.value(), 100);
+    }
+
+    /// A hashing table as a lookup from request hash to host port.
+    type Lookup = Box<dyn Fn(u64) -> u16>;
+
+    /// Both hashing tables over `hosts`.
+    fn hashing_tables(hosts: &[Arc<Host>]) -> [(&'static str, Lookup); 2] {
+        let ring = RingHash::new(hosts, None);
+        let maglev = Maglev::new(hosts, None);
+        [
+            ("ring hash", Box::new(move |h| ring.choose_host(h).unwrap().address.port())),
+            ("maglev", Box::new(move |h| maglev.choose_host(h).unwrap().address.port())),
+        ]
+    }
+
+    fn key_hashes(n: usize) -> Vec<u64> {
+        let mut rng = fastrand::Rng::with_seed(7);
+        (0..n).map(|_| xxhash_rust::xxh64::xxh64(format!("user-{}", rng.u64(..)).as_bytes(), 0)).collect()
+    }
+
+    fn shares(choose: &dyn Fn(u64) -> u16, keys: &[u64]) -> std::collections::HashMap<u16, usize> {
+        let mut m = std::collections::HashMap::new();
+        for k in keys {
+            *m.entry(choose(*k)).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn hashing_spreads_keys_evenly_and_by_weight() {
+        let keys = key_hashes(10_000);
+        for (name, choose) in hashing_tables(&[host(1, 1), host(2, 1), host(3, 1)]) {
+            let m = shares(&*choose, &keys);
+            for port in 1..=3 {
+                let n = m.get(&port).copied().unwrap_or(0);
+                assert!((2_800..3_900).contains(&n), "{name}: host {port} got {n} of 10000: {m:?}");
+            }
+        }
+        for (name, choose) in hashing_tables(&[host(1, 1), host(2, 2)]) {
+            let heavy = shares(&*choose, &keys).get(&2).copied().unwrap_or(0);
+            assert!((6_000..7_300).contains(&heavy), "{name}: weight 2 of 3 got {heavy} of 10000");
+        }
+    }
+
+    #[test]
+    fn hashing_is_sticky_and_moves_few_keys_when_hosts_change() {
+        let keys = key_hashes(10_000);
+        let three = hashing_tables(&[host(1, 1), host(2, 1), host(3, 1)]);
+        let four = hashing_tables(&[host(1, 1), host(2, 1), host(3, 1), host(4, 1)]);
+        let two = hashing_tables(&[host(1, 1), host(3, 1)]);
+        for (((name, before), (_, added)), (_, removed)) in three.iter().zip(&four).zip(&two) {
+            assert!(keys.iter().all(|k| before(*k) == before(*k)), "{name}: same key, same host");
+            let moved = keys.iter().filter(|k| before(**k) != added(**k)).count();
+            assert!(moved < 4_000, "{name}: adding a 4th host moved {moved} of 10000 keys");
+            let to_new = keys.iter().filter(|k| before(**k) != added(**k) && added(**k) == 4).count();
+            // Not all: the ring gives each host fewer replicas as hosts are added (Envoy sizes it
+            // from the lightest host's share), and Maglev's fill order shifts a few slots.
+            assert!(to_new * 10 >= moved * 6, "{name}: only {to_new} of {moved} moved keys went to the new host");
+            // Removing host 2 remaps its keys and, for the same reasons, a few others.
+            let others_moved = keys.iter().filter(|k| before(**k) != 2 && before(**k) != removed(**k)).count();
+            assert!(others_moved < 1_500, "{name}: {others_moved} keys of remaining hosts moved");
+        }
+    }
+
+    #[test]
+    fn hashing_policy_picks_by_hash_and_randomly_without_one() {
+        let c = cluster("MAGLEV");
+        let ps = PrioritySet::new(vec![host(1, 1), host(2, 1), host(3, 1)], 1);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let first = lb.choose_host(&c, &ps, Some(42)).unwrap().address.port();
+        assert!((0..20).all(|_| lb.choose_host(&c, &ps, Some(42)).unwrap().address.port() == first));
+        assert_eq!(counts(&mut lb, &c, &ps, 300).len(), 3, "no hash: random hosts");
+    }
+
+    #[test]
+    fn hashing_excludes_unhealthy_hosts() {
+        let c = cluster("RING_HASH");
+        let ps =
+            PrioritySet::new(vec![host(1, 1), host(2, 1), host(3, 1), host_at(4, 1, 0, HealthStatus::Unhealthy)], 1);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        for k in key_hashes(1_000) {
+            assert_ne!(lb.choose_host(&c, &ps, Some(k)).unwrap().address.port(), 4);
+        }
     }
 }

@@ -49,7 +49,14 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
         let _ = writeln!(out, "{h}::sub_zone::{}", host.locality.sub_zone);
         let _ = writeln!(out, "{h}::canary::false");
         let _ = writeln!(out, "{h}::priority::{}", host.priority);
-        let _ = writeln!(out, "{h}::success_rate::-1");
+        match host.outlier.success_rate() {
+            Some(rate) => {
+                let _ = writeln!(out, "{h}::success_rate::{rate}");
+            }
+            None => {
+                let _ = writeln!(out, "{h}::success_rate::-1");
+            }
+        }
         let _ = writeln!(out, "{h}::local_origin_success_rate::-1");
     }
 }
@@ -91,8 +98,8 @@ fn cluster_json(cluster: &Cluster) -> Value {
                 })
                 .collect();
             let mut status = json!({"eds_health_status": format!("{:?}", host.health_status).to_uppercase()});
-            if host.health_flags() & legate_proxy::upstream::host::health_flag::FAILED_EDS_HEALTH != 0 {
-                status["failed_outlier_check"] = json!(false);
+            if host.health_flags() & legate_proxy::upstream::host::health_flag::FAILED_OUTLIER_CHECK != 0 {
+                status["failed_outlier_check"] = json!(true);
             }
             json!({
                 "address": {"socket_address": {"address": host.address.ip().to_string(), "port_value": host.address.port()}},

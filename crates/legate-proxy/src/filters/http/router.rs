@@ -25,9 +25,10 @@ use crate::http::body::{AttemptBody, BodySource};
 use crate::http::headers;
 use crate::http::{LocalReply, ResponseFlag, StreamInfo};
 use crate::router::action::ClusterSpecifier;
-use crate::router::{RetryOn, RouteAction};
+use crate::router::{hash_policy, RetryOn, RouteAction};
 use crate::upstream::circuit_breakers::ResourceGuard;
 use crate::upstream::cluster_manager::ChooseHostError;
+use crate::upstream::outlier_detection::OutlierResult;
 use crate::upstream::pool::{pool_protocol, PoolFailure, PooledConn};
 use crate::upstream::{Cluster, Host};
 
@@ -361,13 +362,14 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     let mut retry_slot: Option<ResourceGuard> = None;
     let mut last_failure: Option<LocalReply> = None;
     let downstream_version = head.version;
+    let hash = hash_policy::compute_hash(&action.hash_policy, head, rq.info.downstream_remote_address);
     loop {
         attempt += 1;
         rq.info.attempt_count = attempt;
         // The host.
         let mut host = None;
         for _ in 0..action.retry_policy.host_selection_max_attempts.max(1) {
-            match worker.cluster_manager.choose_host(&cluster_name) {
+            match worker.cluster_manager.choose_host_with_hash(&cluster_name, hash) {
                 Ok((_, h)) => {
                     let seen = action.retry_policy.avoid_previous_hosts && tried.iter().any(|t| Arc::ptr_eq(t, &h));
                     host = Some(h);
@@ -466,6 +468,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         let failure = match outcome {
             Ok((response, conn)) => {
                 let status = response.status();
+                cluster.outlier_result(&host, OutlierResult::Http(status.as_u16()));
                 rq.info.first_upstream_rx_byte = Some(rq.info.elapsed());
                 worker.count_upstream_code(&cluster, status.as_u16());
                 let wants_retry = !retry_on.is_empty()
@@ -531,6 +534,17 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Err(failure) => failure,
         };
         drop(guard);
+        let outlier = match &failure {
+            AttemptFailure::Pool(PoolFailure::Overflow) => None,
+            AttemptFailure::Pool(_) => Some(OutlierResult::LocalOriginConnectFailed),
+            AttemptFailure::Reset { .. } => Some(OutlierResult::ExtOriginRequestFailed),
+            AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
+                Some(OutlierResult::LocalOriginTimeout)
+            }
+        };
+        if let Some(result) = outlier {
+            cluster.outlier_result(&host, result);
+        }
         if rq.body.borrow().downstream_error {
             // The downstream's body broke (reset, or malformed framing): nothing to retry.
             rq.context.shared.stats.downstream_rq_rx_reset.inc();
@@ -670,6 +684,7 @@ fn stream_timeout(
     let timeout_code = if request_complete { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::REQUEST_TIMEOUT };
     match which {
         Timeout::Route | Timeout::PerTry | Timeout::PerTryIdle => {
+            cluster.outlier_result(host, OutlierResult::LocalOriginTimeout);
             cluster.stats.upstream_rq_timeout.inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
             context.worker.count_upstream_code(cluster, 504);

@@ -1,0 +1,413 @@
+//! Outlier detection (Envoy's passive health checking): hosts whose responses fail are
+//! ejected from load balancing for a while.
+//!
+//! Workers report each result of a host (`put_result`) into the host's atomics: consecutive
+//! 5xx, gateway and local-origin failures eject at once (with the `enforcing_*` chance and
+//! within `max_ejection_percent`). The main thread's sweep every `interval` un-ejects hosts
+//! whose time is up (`base_ejection_time` × times ejected, capped by `max_ejection_time`, plus
+//! jitter) and runs the success-rate and failure-percentage detectors over the interval's
+//! counts. An ejection sets the host's `FAILED_OUTLIER_CHECK` flag and republishes the
+//! cluster's hosts, so every worker's load balancer leaves the host out.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use legate_config::outlier_detection::OutlierDetection as OutlierDetectionConfig;
+use legate_stats::Scope;
+
+use super::host::health_flag;
+use super::{Cluster, Host};
+
+legate_stats::stats! {
+    pub struct OutlierDetectionStats {
+        gauge ejections_active,
+        counter ejections_overflow,
+        counter ejections_enforced_total,
+        counter ejections_enforced_consecutive_5xx,
+        counter ejections_detected_consecutive_5xx,
+        counter ejections_enforced_consecutive_gateway_failure,
+        counter ejections_detected_consecutive_gateway_failure,
+        counter ejections_enforced_consecutive_local_origin_failure,
+        counter ejections_detected_consecutive_local_origin_failure,
+        counter ejections_enforced_success_rate,
+        counter ejections_detected_success_rate,
+        counter ejections_enforced_failure_percentage,
+        counter ejections_detected_failure_percentage,
+    }
+}
+
+/// What happened to one request to a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutlierResult {
+    /// The upstream answered with this status.
+    Http(u16),
+    /// The connection could not be made (refused, connect timeout).
+    LocalOriginConnectFailed,
+    /// No answer in time (per-try or route timeout).
+    LocalOriginTimeout,
+    /// The upstream reset or closed the request.
+    ExtOriginRequestFailed,
+}
+
+/// A host's outlier state, updated by workers and the main thread's sweep.
+pub struct HostOutlier {
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    consecutive_local_origin: AtomicU32,
+    /// This interval's requests and failures (for success rate and failure percentage).
+    interval_total: AtomicU64,
+    interval_failures: AtomicU64,
+    /// Milliseconds since the detector started at which the host was ejected; 0 when not.
+    ejected_at_ms: AtomicU64,
+    times_ejected: AtomicU32,
+    /// The last success rate computed for the host, in hundredths of a percent (for
+    /// `/clusters`), or `u32::MAX` when not computed.
+    success_rate: AtomicU32,
+}
+
+impl Default for HostOutlier {
+    fn default() -> Self {
+        HostOutlier {
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+            consecutive_local_origin: AtomicU32::new(0),
+            interval_total: AtomicU64::new(0),
+            interval_failures: AtomicU64::new(0),
+            ejected_at_ms: AtomicU64::new(0),
+            times_ejected: AtomicU32::new(0),
+            success_rate: AtomicU32::new(u32::MAX),
+        }
+    }
+}
+
+impl HostOutlier {
+    pub fn ejected(&self) -> bool {
+        self.ejected_at_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// The success rate of the last interval that had enough requests, in percent.
+    pub fn success_rate(&self) -> Option<f64> {
+        match self.success_rate.load(Ordering::Relaxed) {
+            u32::MAX => None,
+            v => Some(f64::from(v) / 100.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detector {
+    Consecutive5xx,
+    ConsecutiveGatewayFailure,
+    ConsecutiveLocalOriginFailure,
+    SuccessRate,
+    FailurePercentage,
+}
+
+pub struct OutlierDetector {
+    config: OutlierDetectionConfig,
+    pub stats: OutlierDetectionStats,
+    started: Instant,
+}
+
+impl OutlierDetector {
+    pub fn new(config: &OutlierDetectionConfig, cluster_scope: &Scope) -> Self {
+        OutlierDetector {
+            config: config.clone(),
+            stats: OutlierDetectionStats::new(&cluster_scope.scope("outlier_detection")),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.config.interval()
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Never 0: 0 means "not ejected".
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A worker reports one result of `host`.
+    pub fn put_result(&self, cluster: &Cluster, host: &Host, result: OutlierResult) {
+        let o = &host.outlier;
+        let split = self.config.split_external_local_origin_errors;
+        let code = match result {
+            OutlierResult::Http(code) => code,
+            OutlierResult::LocalOriginConnectFailed | OutlierResult::LocalOriginTimeout if split => {
+                let n = o.consecutive_local_origin.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == self.config.consecutive_local_origin_failure() {
+                    self.eject(cluster, host, Detector::ConsecutiveLocalOriginFailure);
+                }
+                return;
+            }
+            // Without the split, local-origin failures count as the gateway errors they cause.
+            OutlierResult::LocalOriginConnectFailed => 503,
+            OutlierResult::LocalOriginTimeout => 504,
+            OutlierResult::ExtOriginRequestFailed => 503,
+        };
+        o.interval_total.fetch_add(1, Ordering::Relaxed);
+        if code >= 500 {
+            o.interval_failures.fetch_add(1, Ordering::Relaxed);
+            let gateway = matches!(code, 502..=504);
+            let gateway_count = if gateway {
+                o.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                o.consecutive_gateway.store(0, Ordering::Relaxed);
+                0
+            };
+            let count = o.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+            if count == self.config.consecutive_5xx() {
+                self.eject(cluster, host, Detector::Consecutive5xx);
+            } else if gateway && gateway_count == self.config.consecutive_gateway_failure() {
+                self.eject(cluster, host, Detector::ConsecutiveGatewayFailure);
+            }
+        } else {
+            o.consecutive_5xx.store(0, Ordering::Relaxed);
+            o.consecutive_gateway.store(0, Ordering::Relaxed);
+            if split {
+                o.consecutive_local_origin.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn enforcing(&self, detector: Detector) -> u32 {
+        let c = &self.config;
+        match detector {
+            Detector::Consecutive5xx => c.enforcing_consecutive_5xx(),
+            Detector::ConsecutiveGatewayFailure => c.enforcing_consecutive_gateway_failure(),
+            Detector::ConsecutiveLocalOriginFailure => c.enforcing_consecutive_local_origin_failure(),
+            Detector::SuccessRate => c.enforcing_success_rate(),
+            Detector::FailurePercentage => c.enforcing_failure_percentage(),
+        }
+    }
+
+    fn eject(&self, cluster: &Cluster, host: &Host, detector: Detector) {
+        let s = &self.stats;
+        let (detected, enforced) = match detector {
+            Detector::Consecutive5xx => (&s.ejections_detected_consecutive_5xx, &s.ejections_enforced_consecutive_5xx),
+            Detector::ConsecutiveGatewayFailure => {
+                (&s.ejections_detected_consecutive_gateway_failure, &s.ejections_enforced_consecutive_gateway_failure)
+            }
+            Detector::ConsecutiveLocalOriginFailure => (
+                &s.ejections_detected_consecutive_local_origin_failure,
+                &s.ejections_enforced_consecutive_local_origin_failure,
+            ),
+            Detector::SuccessRate => (&s.ejections_detected_success_rate, &s.ejections_enforced_success_rate),
+            Detector::FailurePercentage => {
+                (&s.ejections_detected_failure_percentage, &s.ejections_enforced_failure_percentage)
+            }
+        };
+        detected.inc();
+        if fastrand::u32(0..100) >= self.enforcing(detector) || host.outlier.ejected() {
+            return;
+        }
+        let hosts = cluster.priority_set().all_hosts().count() as u64;
+        let active = s.ejections_active.value();
+        let over = hosts == 0 || (active + 1) * 100 > hosts * u64::from(self.config.max_ejection_percent());
+        if over && !(self.config.always_eject_one_host && active == 0) {
+            s.ejections_overflow.inc();
+            return;
+        }
+        let o = &host.outlier;
+        if o.ejected_at_ms.compare_exchange(0, self.now_ms(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return; // Another worker ejected it meanwhile.
+        }
+        o.times_ejected.fetch_add(1, Ordering::Relaxed);
+        o.consecutive_5xx.store(0, Ordering::Relaxed);
+        o.consecutive_gateway.store(0, Ordering::Relaxed);
+        o.consecutive_local_origin.store(0, Ordering::Relaxed);
+        host.set_health_flag(health_flag::FAILED_OUTLIER_CHECK, true);
+        s.ejections_active.inc();
+        s.ejections_enforced_total.inc();
+        enforced.inc();
+        tracing::info!(cluster = %cluster.name, host = %host.address, ?detector, "outlier detection: host ejected");
+        cluster.refresh_health();
+    }
+
+    /// The main thread's sweep, every `interval`.
+    pub fn sweep(&self, cluster: &Cluster) {
+        let hosts: Vec<Arc<Host>> = cluster.priority_set().all_hosts().cloned().collect();
+        let now = self.now_ms();
+        let base = self.config.base_ejection_time();
+        let mut changed = false;
+        for host in &hosts {
+            let o = &host.outlier;
+            let at = o.ejected_at_ms.load(Ordering::Relaxed);
+            if at == 0 {
+                // A host healthy for a whole interval earns back one ejection step.
+                let _ = o.times_ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                continue;
+            }
+            let times = o.times_ejected.load(Ordering::Relaxed).max(1);
+            let mut duration = base.saturating_mul(times).min(self.config.max_ejection_time());
+            let jitter = self.config.max_ejection_time_jitter();
+            if !jitter.is_zero() {
+                duration += Duration::from_millis(fastrand::u64(0..=jitter.as_millis() as u64));
+            }
+            if now.saturating_sub(at) >= duration.as_millis() as u64 {
+                o.ejected_at_ms.store(0, Ordering::Relaxed);
+                host.set_health_flag(health_flag::FAILED_OUTLIER_CHECK, false);
+                self.stats.ejections_active.dec();
+                changed = true;
+                tracing::info!(cluster = %cluster.name, host = %host.address, "outlier detection: host returned");
+            }
+        }
+        // The interval's counts, per host: (host, requests, failures).
+        let counts: Vec<(&Arc<Host>, u64, u64)> = hosts
+            .iter()
+            .map(|h| {
+                let total = h.outlier.interval_total.swap(0, Ordering::Relaxed);
+                let failures = h.outlier.interval_failures.swap(0, Ordering::Relaxed);
+                (h, total, failures)
+            })
+            .collect();
+        self.success_rate(cluster, &counts);
+        self.failure_percentage(cluster, &counts);
+        if changed {
+            cluster.refresh_health();
+        }
+    }
+
+    fn success_rate(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)]) {
+        let volume = u64::from(self.config.success_rate_request_volume());
+        let rates: Vec<(&Arc<Host>, f64)> = counts
+            .iter()
+            .filter(|(_, total, _)| *total >= volume && *total > 0)
+            .map(|(h, total, failures)| (*h, 100.0 * (total - failures) as f64 / *total as f64))
+            .collect();
+        for (host, rate) in &rates {
+            host.outlier.success_rate.store((rate * 100.0).round() as u32, Ordering::Relaxed);
+        }
+        if rates.len() < self.config.success_rate_minimum_hosts() as usize || rates.is_empty() {
+            return;
+        }
+        let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / rates.len() as f64;
+        let variance = rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+        let threshold = mean - variance.sqrt() * f64::from(self.config.success_rate_stdev_factor()) / 1000.0;
+        for (host, rate) in rates {
+            if rate < threshold && !host.outlier.ejected() {
+                self.eject(cluster, host, Detector::SuccessRate);
+            }
+        }
+    }
+
+    fn failure_percentage(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)]) {
+        let volume = u64::from(self.config.failure_percentage_request_volume());
+        let eligible: Vec<(&Arc<Host>, f64)> = counts
+            .iter()
+            .filter(|(_, total, _)| *total >= volume && *total > 0)
+            .map(|(h, total, failures)| (*h, 100.0 * *failures as f64 / *total as f64))
+            .collect();
+        if eligible.len() < self.config.failure_percentage_minimum_hosts() as usize {
+            return;
+        }
+        let threshold = f64::from(self.config.failure_percentage_threshold());
+        for (host, failure) in eligible {
+            if failure >= threshold && !host.outlier.ejected() {
+                self.eject(cluster, host, Detector::FailurePercentage);
+            }
+        }
+    }
+}
+
+/// Runs a cluster's sweeps on the main thread until the process ends.
+pub async fn run(cluster: Arc<Cluster>) {
+    let Some(detector) = cluster.outlier_detector.as_ref() else { return };
+    let mut ticker = tokio::time::interval(detector.interval());
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        detector.sweep(&cluster);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(outlier: serde_json::Value) -> Cluster {
+        let store = legate_stats::Store::new(1);
+        let endpoints: Vec<_> = (1..=4)
+            .map(|p| serde_json::json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
+            .collect();
+        let config: legate_config::cluster::Cluster = legate_config::path::from_value(serde_json::json!({
+            "name": "c",
+            "outlier_detection": outlier,
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": endpoints}]},
+        }))
+        .unwrap();
+        Cluster::new(config, &store.scope("cluster.c"))
+    }
+
+    fn host(c: &Cluster, i: usize) -> Arc<Host> {
+        c.priority_set().all_hosts().nth(i).unwrap().clone()
+    }
+
+    #[test]
+    fn consecutive_5xx_ejects_and_a_success_resets_the_count() {
+        let c = cluster(serde_json::json!({"consecutive_5xx": 3, "max_ejection_percent": 50}));
+        let d = c.outlier_detector.as_ref().unwrap();
+        let h = host(&c, 0);
+        for code in [503, 500, 200, 503, 502] {
+            d.put_result(&c, &h, OutlierResult::Http(code));
+        }
+        assert!(!h.outlier.ejected(), "the 200 reset the streak");
+        d.put_result(&c, &h, OutlierResult::Http(500));
+        assert!(h.outlier.ejected());
+        assert!(!h.healthy());
+        assert_eq!(d.stats.ejections_enforced_consecutive_5xx.value(), 1);
+        assert_eq!(d.stats.ejections_active.value(), 1);
+        assert_eq!(c.priority_set().host_sets[0].healthy_hosts.len(), 3, "workers see it gone");
+    }
+
+    #[test]
+    fn max_ejection_percent_overflows() {
+        let c = cluster(serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 25}));
+        let d = c.outlier_detector.as_ref().unwrap();
+        d.put_result(&c, &host(&c, 0), OutlierResult::Http(503));
+        d.put_result(&c, &host(&c, 1), OutlierResult::Http(503));
+        assert_eq!(d.stats.ejections_active.value(), 1);
+        assert_eq!(d.stats.ejections_overflow.value(), 1);
+        assert!(host(&c, 0).outlier.ejected() && !host(&c, 1).outlier.ejected());
+    }
+
+    #[test]
+    fn the_sweep_returns_a_host_after_its_ejection_time() {
+        let c = cluster(
+            serde_json::json!({"consecutive_5xx": 1, "base_ejection_time": "0.05s", "max_ejection_percent": 100}),
+        );
+        let d = c.outlier_detector.as_ref().unwrap();
+        let h = host(&c, 2);
+        d.put_result(&c, &h, OutlierResult::LocalOriginConnectFailed);
+        assert!(h.outlier.ejected(), "without the split, a connect failure counts as a 503");
+        d.sweep(&c);
+        assert!(h.outlier.ejected(), "not yet");
+        std::thread::sleep(Duration::from_millis(80));
+        d.sweep(&c);
+        assert!(!h.outlier.ejected() && h.healthy());
+        assert_eq!(d.stats.ejections_active.value(), 0);
+    }
+
+    #[test]
+    fn success_rate_ejects_the_outlier() {
+        let c = cluster(serde_json::json!({
+            "success_rate_minimum_hosts": 4, "success_rate_request_volume": 10, "max_ejection_percent": 100,
+            "success_rate_stdev_factor": 1000,
+            "consecutive_5xx": 1000
+        }));
+        let d = c.outlier_detector.as_ref().unwrap();
+        for i in 0..4 {
+            let h = host(&c, i);
+            for n in 0..100 {
+                let failing = i == 3 && n % 2 == 0;
+                d.put_result(&c, &h, OutlierResult::Http(if failing { 500 } else { 200 }));
+            }
+        }
+        d.sweep(&c);
+        assert!(host(&c, 3).outlier.ejected());
+        assert_eq!(host(&c, 3).outlier.success_rate(), Some(50.0));
+        assert!(!host(&c, 0).outlier.ejected());
+        assert_eq!(d.stats.ejections_enforced_success_rate.value(), 1);
+    }
+}

@@ -1,0 +1,44 @@
+//! Outlier detection through the real proxy: a host that keeps answering 503 is ejected after
+//! `consecutive_5xx` and the cluster's traffic goes to the healthy host; `/clusters` shows the
+//! host as `/failed_outlier_check`; stats count the ejection.
+
+use legate_testing::config::{cluster_config, http_bootstrap};
+use legate_testing::{json, legate_bin, HttpClient, HttpUpstream, Legate, UpstreamAction};
+
+#[test]
+fn a_failing_host_is_ejected_and_traffic_goes_to_the_healthy_one() {
+    let good = HttpUpstream::http1(|_| UpstreamAction::ok("good"));
+    let bad = HttpUpstream::http1(|_| UpstreamAction::status(503, "bad"));
+    let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
+    cluster_config(&mut config, 0)["outlier_detection"] = json!({
+        "consecutive_5xx": 3,
+        "interval": "1s",
+        "base_ejection_time": "60s",
+        "max_ejection_percent": 50
+    });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+
+    // Round robin alternates: the bad host sees its third 503 within the first six requests.
+    let mut bad_answers = 0;
+    for _ in 0..6 {
+        if client.get("/").status == 503 {
+            bad_answers += 1;
+        }
+    }
+    assert_eq!(bad_answers, 3, "the bad host answered until its third 503");
+    px.wait_stat("cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx", 1);
+    assert_eq!(px.stat("cluster.backend.outlier_detection.ejections_active"), Some(1));
+    for _ in 0..20 {
+        let r = client.get("/");
+        assert_eq!((r.status, r.body.as_str()), (200, "good"), "only the healthy host is used now");
+    }
+    let bad_requests = bad.requests().len();
+    assert_eq!(bad_requests, 3, "the ejected host got nothing more");
+
+    let (status, clusters) = px.admin_get("/clusters");
+    assert_eq!(status, 200);
+    let line = format!("backend::{}::health_flags::/failed_outlier_check", bad.addr());
+    assert!(clusters.contains(&line), "{clusters}");
+    assert_eq!(px.stat("cluster.backend.membership_healthy"), Some(1));
+}
