@@ -9,7 +9,6 @@
 
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -272,10 +271,6 @@ impl StreamCompletion {
         if !self.context.shared.access_logs.is_empty() {
             self.info.response_headers = Some(headers.clone());
         }
-    }
-
-    pub fn cluster_name(&self) -> Option<Arc<str>> {
-        self.info.upstream_cluster.clone()
     }
 }
 
