@@ -291,20 +291,36 @@ async fn serve(
         CodecType::Http1 => false,
         CodecType::Http2 => true,
         _ => {
+            // A connection that has sent nothing yet is idle: the idle timeout and a drain
+            // end it here too.
             let sniff = sniff_http2(&mut socket, &mut buffered, &stats.downstream_cx_rx_bytes_total);
-            match shared.idle_timeout {
-                Some(limit) => match tokio::time::timeout(limit, sniff).await {
-                    Ok(Some(h2)) => h2,
-                    Ok(None) => return ConnectionEvent::RemoteClose,
-                    Err(_) => {
-                        stats.downstream_cx_idle_timeout.inc();
-                        return ConnectionEvent::LocalClose;
+            let idle = async {
+                match shared.idle_timeout {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut draining = worker.draining.clone();
+            let drain = async move {
+                while !*draining.borrow_and_update() {
+                    if draining.changed().await.is_err() {
+                        std::future::pending::<()>().await;
                     }
-                },
-                None => match sniff.await {
+                }
+            };
+            tokio::select! {
+                sniffed = sniff => match sniffed {
                     Some(h2) => h2,
                     None => return ConnectionEvent::RemoteClose,
                 },
+                () = idle => {
+                    stats.downstream_cx_idle_timeout.inc();
+                    return ConnectionEvent::LocalClose;
+                }
+                () = drain => {
+                    stats.downstream_cx_drain_close.inc();
+                    return ConnectionEvent::LocalClose;
+                }
             }
         }
     };
