@@ -31,7 +31,9 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     pub load_balancing_policy: Option<Unsupported>,
     pub load_assignment: Option<ClusterLoadAssignment>,
-    pub health_checks: Option<Unsupported>,
+    /// Active health checks; legate runs at most one per cluster.
+    #[serde(default)]
+    pub health_checks: Vec<crate::health_check::HealthCheck>,
     /// Deprecated for `common_http_protocol_options.max_requests_per_connection` of the
     /// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` extension options.
     pub max_requests_per_connection: Option<u32>,

@@ -22,6 +22,7 @@ pub mod duration;
 pub mod endpoint;
 pub mod extensions;
 pub mod filters;
+pub mod health_check;
 pub mod lint;
 pub mod listener;
 pub mod load;

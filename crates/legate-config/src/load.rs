@@ -157,9 +157,12 @@ static_resources:
 
     #[test]
     fn unsupported_envoy_field_says_so() {
-        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    health_checks: []");
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    upstream_bind_config: {}");
         let err = load(&yaml).unwrap_err().to_string();
-        assert_eq!(err, "static_resources.clusters[0].health_checks: this Envoy field is not supported by legate yet");
+        assert_eq!(
+            err,
+            "static_resources.clusters[0].upstream_bind_config: this Envoy field is not supported by legate yet"
+        );
     }
 
     #[test]

@@ -311,6 +311,16 @@ impl Validator {
         if let Some(outlier) = &cluster.outlier_detection {
             outlier.validate(&format!("{at}.outlier_detection"), self);
         }
+        for (i, health_check) in cluster.health_checks.iter().enumerate() {
+            health_check.validate(&format!("{at}.health_checks[{i}]"), self);
+        }
+        if cluster.health_checks.len() > 1 {
+            // Envoy runs each independently; legate keeps one FAILED_ACTIVE_HC flag per host.
+            self.error(
+                &format!("{at}.health_checks"),
+                "more than one health check per cluster is not supported by legate yet",
+            );
+        }
         if cluster.respect_dns_ttl {
             self.error(
                 &format!("{at}.respect_dns_ttl"),

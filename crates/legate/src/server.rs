@@ -165,6 +165,9 @@ async fn serve(
     let cluster_manager = ClusterManager::new(&bootstrap.static_resources.clusters, &store);
     cluster_manager.initialize().await;
     for cluster in cluster_manager.clusters() {
+        if cluster.health_checker.is_some() {
+            tokio::task::spawn_local(legate_proxy::upstream::health_checker::run(cluster.clone()));
+        }
         if cluster.outlier_detector.is_some() {
             tokio::task::spawn_local(legate_proxy::upstream::outlier_detection::run(cluster));
         }

@@ -21,6 +21,8 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// `outlier_detection`, when configured.
     pub outlier_detector: Option<super::outlier_detection::OutlierDetector>,
+    /// The first of `health_checks`, when configured (config refuses more than one).
+    pub health_checker: Option<super::health_checker::HealthChecker>,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     pub overprovisioning_factor: u32,
     /// Static clusters are never added through an API in this version.
@@ -84,6 +86,7 @@ impl Cluster {
                 .outlier_detection
                 .as_ref()
                 .map(|o| super::outlier_detection::OutlierDetector::new(o, scope)),
+            health_checker: config.health_checks.first().map(|hc| super::health_checker::HealthChecker::new(hc, scope)),
             circuit_breakers,
             overprovisioning_factor,
             added_via_api: false,
@@ -103,17 +106,27 @@ impl Cluster {
         for (locality, endpoint, address) in self.endpoints() {
             if let Some(ip) = address.ip() {
                 let addr = SocketAddr::new(ip, address.port_value as u16);
-                hosts.push(Arc::new(Host::new(
+                let host = Host::new(
                     addr,
                     endpoint.endpoint.as_ref().map(|e| e.hostname.clone()).unwrap_or_default(),
                     endpoint.load_balancing_weight.unwrap_or(1),
                     locality.priority,
                     locality.locality.clone().unwrap_or_default(),
                     endpoint.health_status,
-                )));
+                );
+                self.on_host_added(&host);
+                hosts.push(Arc::new(host));
             }
         }
         hosts
+    }
+
+    /// Readies a new host before it is published: with active health checking it starts
+    /// unhealthy (`FAILED_ACTIVE_HC`) until its first check passes, as in Envoy.
+    pub fn on_host_added(&self, host: &Host) {
+        if self.health_checker.is_some() {
+            host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);
+        }
     }
 
     /// Every endpoint of the load assignment with its locality and socket address.
@@ -158,7 +171,7 @@ impl Cluster {
     }
 
     /// Republishes the current hosts after a health flag changed (an outlier ejection or
-    /// return), so workers rebuild their load balancers without the excluded hosts.
+    /// return, an active health check flip), so workers rebuild their load balancers without the excluded hosts.
     pub fn refresh_health(&self) {
         let hosts: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
         self.update_hosts(hosts);

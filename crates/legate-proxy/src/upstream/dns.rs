@@ -42,14 +42,18 @@ pub async fn refresh(cluster: &Cluster) -> bool {
         for addr in chosen {
             let host = match existing.get(&(addr, locality.priority)) {
                 Some(h) => Arc::clone(h),
-                None => Arc::new(Host::new(
-                    addr,
-                    address.address.clone(),
-                    endpoint.load_balancing_weight.unwrap_or(1),
-                    locality.priority,
-                    locality.locality.clone().unwrap_or_default(),
-                    endpoint.health_status,
-                )),
+                None => {
+                    let host = Host::new(
+                        addr,
+                        address.address.clone(),
+                        endpoint.load_balancing_weight.unwrap_or(1),
+                        locality.priority,
+                        locality.locality.clone().unwrap_or_default(),
+                        endpoint.health_status,
+                    );
+                    cluster.on_host_added(&host);
+                    Arc::new(host)
+                }
             };
             if !hosts.iter().any(|h| h.address == host.address && h.priority == host.priority) {
                 hosts.push(host);

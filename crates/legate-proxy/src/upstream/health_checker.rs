@@ -1,0 +1,511 @@
+//! Active health checking: the main thread probes each host of a cluster and sets or clears
+//! its `FAILED_ACTIVE_HC` flag ("Health checking" architecture page,
+//! `envoy.config.core.v3.HealthCheck`).
+//!
+//! [`run`] keeps one session task per host (`spawn_local` on the main thread), started and
+//! stopped as the cluster's membership changes. A host starts with `FAILED_ACTIVE_HC` set
+//! (Cluster construction and DNS add it), as in Envoy: it takes no traffic until a check passes.
+//! Each session loops: wait (first `initial_jitter`, then [`HealthChecker::next_interval`]), run
+//! one check bounded by `timeout`, feed the result to [`HostCheckState::on_result`].
+//!
+//! Lifecycle of a host: unhealthy (initial) → healthy on its first success, or after
+//! `healthy_threshold` consecutive successes later; healthy → unhealthy after
+//! `unhealthy_threshold` consecutive failures, or at once when an HTTP check answers a status
+//! that is neither expected nor retriable, or carries `x-envoy-immediate-health-check-fail`.
+//! Each flip republishes the cluster's hosts (`Cluster::refresh_health`).
+//!
+//! Checkers: HTTP/1.1 (`GET <path>`, `user-agent: Envoy/HC`) and TCP (send, then match each
+//! `receive` payload in order). legate differs on purpose: one health check per cluster (config
+//! refuses more), and no event log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use legate_config::core::HeaderAppendAction;
+use legate_config::health_check::{HealthCheck as HealthCheckConfig, HttpHealthCheck};
+use legate_config::matcher::Int64Range;
+use legate_stats::Scope;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::host::health_flag;
+use super::{Cluster, Host};
+
+legate_stats::stats! {
+    /// `cluster.<name>.health_check.*`, Envoy's ALL_HEALTH_CHECKER_STATS.
+    pub struct HealthCheckerStats {
+        counter attempt,
+        counter success,
+        counter failure,
+        counter passive_failure,
+        counter network_failure,
+        counter verify_cluster,
+        gauge healthy,
+        gauge degraded,
+    }
+}
+
+/// A cluster's health checker: its config and stats. Sessions run in [`run`].
+pub struct HealthChecker {
+    config: HealthCheckConfig,
+    /// Payloads decoded once (validated at load).
+    tcp_send: Vec<u8>,
+    tcp_receive: Vec<Vec<u8>>,
+    pub stats: HealthCheckerStats,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    Success,
+    /// The host answered wrongly. `immediate`: ignore `unhealthy_threshold` (an HTTP status
+    /// neither expected nor retriable, or `x-envoy-immediate-health-check-fail`).
+    Failure {
+        immediate: bool,
+    },
+    /// No answer: connect failure, reset, or `timeout`.
+    NetworkFailure,
+}
+
+/// A flip of a host's health, which picks the next interval (Envoy's `HealthTransition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// The host just turned healthy.
+    Healthy,
+    /// The host just turned unhealthy.
+    Unhealthy,
+}
+
+/// One host's counting toward the thresholds, without I/O.
+#[derive(Debug)]
+pub struct HostCheckState {
+    /// No check finished yet: the first success makes the host healthy at once.
+    first_check: bool,
+    consecutive_successes: u32,
+    consecutive_failures: u32,
+}
+
+impl Default for HostCheckState {
+    fn default() -> Self {
+        HostCheckState { first_check: true, consecutive_successes: 0, consecutive_failures: 0 }
+    }
+}
+
+impl HostCheckState {
+    /// Counts one result for a host that is currently `unhealthy` (its `FAILED_ACTIVE_HC`
+    /// flag) and says whether it flips.
+    pub fn on_result(
+        &mut self,
+        config: &HealthCheckConfig,
+        unhealthy: bool,
+        result: CheckResult,
+    ) -> Option<Transition> {
+        let first_check = std::mem::replace(&mut self.first_check, false);
+        match result {
+            CheckResult::Success => {
+                self.consecutive_failures = 0;
+                if !unhealthy {
+                    return None;
+                }
+                self.consecutive_successes += 1;
+                if first_check || self.consecutive_successes >= config.healthy_threshold() {
+                    self.consecutive_successes = 0;
+                    return Some(Transition::Healthy);
+                }
+                None
+            }
+            CheckResult::Failure { .. } | CheckResult::NetworkFailure => {
+                self.consecutive_successes = 0;
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let immediate = matches!(result, CheckResult::Failure { immediate: true });
+                if !unhealthy && (immediate || self.consecutive_failures >= config.unhealthy_threshold()) {
+                    return Some(Transition::Unhealthy);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl HealthChecker {
+    /// `config` was validated at load: one checker kind, payloads that decode.
+    pub fn new(config: &HealthCheckConfig, cluster_scope: &Scope) -> Self {
+        let tcp = config.tcp_health_check.as_ref();
+        let tcp_send = tcp.and_then(|t| t.send.as_ref()).and_then(|p| p.bytes().ok()).unwrap_or_default();
+        let tcp_receive = tcp.map(|t| t.receive.iter().filter_map(|p| p.bytes().ok()).collect()).unwrap_or_default();
+        HealthChecker {
+            config: config.clone(),
+            tcp_send,
+            tcp_receive,
+            stats: HealthCheckerStats::new(&cluster_scope.scope("health_check")),
+        }
+    }
+
+    /// Time until the next check of a host (Envoy's `HealthCheckerImplBase::interval`):
+    /// `no_traffic_interval` (`no_traffic_healthy_interval` for a healthy host) while the
+    /// cluster has never carried a request, else the edge interval right after a flip, else
+    /// `unhealthy_interval` or `interval`; plus jitter.
+    pub fn next_interval(&self, unhealthy: bool, transition: Option<Transition>, had_traffic: bool) -> Duration {
+        let c = &self.config;
+        let base = if !had_traffic {
+            if unhealthy {
+                c.no_traffic_interval()
+            } else {
+                c.no_traffic_healthy_interval()
+            }
+        } else {
+            match (transition, unhealthy) {
+                (Some(Transition::Unhealthy), _) => c.unhealthy_edge_interval(),
+                (Some(Transition::Healthy), _) => c.healthy_edge_interval(),
+                (None, true) => c.unhealthy_interval(),
+                (None, false) => c.interval(),
+            }
+        };
+        let mut jitter = Duration::ZERO;
+        let percent = c.interval_jitter_percent();
+        if percent > 0 {
+            jitter += random_up_to(base * percent / 100);
+        }
+        jitter += random_up_to(c.interval_jitter());
+        base + jitter
+    }
+}
+
+/// Keeps one session per host of `cluster` until the process ends. Runs on the main thread.
+pub async fn run(cluster: Arc<Cluster>) {
+    let Some(checker) = cluster.health_checker.as_ref() else { return };
+    // Membership changes (DNS) are picked up at this pace; a flip also changes the version.
+    const MEMBERSHIP_POLL: Duration = Duration::from_secs(1);
+    let mut sessions: Vec<(Arc<Host>, tokio::task::JoinHandle<()>)> = Vec::new();
+    let mut version = None;
+    loop {
+        let set = cluster.priority_set();
+        if version != Some(set.version) {
+            version = Some(set.version);
+            sessions.retain(|(host, task)| {
+                let present = set.all_hosts().any(|h| Arc::ptr_eq(h, host));
+                if !present {
+                    task.abort();
+                }
+                present
+            });
+            for host in set.all_hosts() {
+                if !sessions.iter().any(|(h, _)| Arc::ptr_eq(h, host)) {
+                    let task = tokio::task::spawn_local(session(cluster.clone(), host.clone()));
+                    sessions.push((host.clone(), task));
+                }
+            }
+            update_healthy_gauge(&cluster, checker);
+        }
+        tokio::time::sleep(MEMBERSHIP_POLL).await;
+    }
+}
+
+/// Checks one host forever (until aborted when the host leaves the cluster).
+async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
+    let Some(checker) = cluster.health_checker.as_ref() else { return };
+    let config = &checker.config;
+    let port = config.alt_port.map_or(host.address.port(), |p| p as u16);
+    let addr = SocketAddr::new(host.address.ip(), port);
+    let mut connection = Connection::None;
+    let mut state = HostCheckState::default();
+    tokio::time::sleep(random_up_to(config.initial_jitter())).await;
+    loop {
+        checker.stats.attempt.inc();
+        let result = match tokio::time::timeout(config.timeout(), check(&cluster, checker, addr, &mut connection)).await
+        {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                // Envoy closes the connection of a check that timed out.
+                connection = Connection::None;
+                CheckResult::NetworkFailure
+            }
+        };
+        if result != CheckResult::Success || !config.reuse_connection() {
+            connection = Connection::None;
+        }
+        match result {
+            CheckResult::Success => checker.stats.success.inc(),
+            CheckResult::Failure { .. } => checker.stats.failure.inc(),
+            CheckResult::NetworkFailure => {
+                checker.stats.failure.inc();
+                checker.stats.network_failure.inc();
+            }
+        }
+        let unhealthy = host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
+        let transition = state.on_result(config, unhealthy, result);
+        if let Some(transition) = transition {
+            let now_unhealthy = transition == Transition::Unhealthy;
+            host.set_health_flag(health_flag::FAILED_ACTIVE_HC, now_unhealthy);
+            cluster.refresh_health();
+            update_healthy_gauge(&cluster, checker);
+            tracing::info!(cluster = %cluster.name, host = %host.address, ?result, "health check: host is now {}",
+                if now_unhealthy { "unhealthy" } else { "healthy" });
+        } else if result != CheckResult::Success && config.always_log_health_check_failures {
+            tracing::info!(cluster = %cluster.name, host = %host.address, ?result, "health check failed");
+        } else if result == CheckResult::Success && config.always_log_health_check_success {
+            tracing::info!(cluster = %cluster.name, host = %host.address, "health check passed");
+        }
+        let unhealthy = host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
+        // Envoy's no-traffic test: the cluster has never opened an upstream connection.
+        let had_traffic = cluster.stats.upstream_cx_total.value() > 0;
+        tokio::time::sleep(checker.next_interval(unhealthy, transition, had_traffic)).await;
+    }
+}
+
+/// The connection kept between checks when `reuse_connection`.
+enum Connection {
+    None,
+    Http(http1::SendRequest<Empty<Bytes>>),
+    Tcp(TcpStream),
+}
+
+/// Runs one check. Not bounded by itself: the caller applies `timeout`.
+async fn check(
+    cluster: &Cluster,
+    checker: &HealthChecker,
+    addr: SocketAddr,
+    connection: &mut Connection,
+) -> CheckResult {
+    if let Some(http) = &checker.config.http_health_check {
+        http_check(cluster, http, addr, connection).await
+    } else if checker.config.tcp_health_check.is_some() {
+        tcp_check(checker, addr, connection).await
+    } else {
+        // Config validation requires one supported kind.
+        CheckResult::NetworkFailure
+    }
+}
+
+async fn http_check(
+    cluster: &Cluster,
+    http: &HttpHealthCheck,
+    addr: SocketAddr,
+    connection: &mut Connection,
+) -> CheckResult {
+    let reusable = match connection {
+        Connection::Http(sender) => sender.ready().await.is_ok(),
+        _ => false,
+    };
+    if !reusable {
+        let Ok(stream) = TcpStream::connect(addr).await else { return CheckResult::NetworkFailure };
+        let _ = stream.set_nodelay(true);
+        let Ok((sender, conn)) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await else {
+            return CheckResult::NetworkFailure;
+        };
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        *connection = Connection::Http(sender);
+    }
+    let Connection::Http(sender) = connection else { return CheckResult::NetworkFailure };
+
+    // Envoy's default `host` is the cluster's name.
+    let host = if http.host.is_empty() { cluster.name.as_str() } else { http.host.as_str() };
+    let mut request = hyper::Request::new(Empty::<Bytes>::new());
+    *request.method_mut() = hyper::Method::from_bytes(http.method().as_bytes()).unwrap_or(hyper::Method::GET);
+    let Ok(uri) = http.path.parse::<hyper::Uri>() else { return CheckResult::Failure { immediate: true } };
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    if let Ok(value) = hyper::header::HeaderValue::from_str(host) {
+        headers.insert(hyper::header::HOST, value);
+    }
+    headers.insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static("Envoy/HC"));
+    for option in &http.request_headers_to_add {
+        let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(option.header.key.as_bytes()),
+            hyper::header::HeaderValue::from_str(&option.header.value),
+        ) else {
+            continue;
+        };
+        if value.is_empty() && !option.keep_empty_value {
+            continue;
+        }
+        match option.action() {
+            HeaderAppendAction::AppendIfExistsOrAdd => {
+                headers.append(name, value);
+            }
+            HeaderAppendAction::AddIfAbsent => {
+                headers.entry(name).or_insert(value);
+            }
+            HeaderAppendAction::OverwriteIfExistsOrAdd => {
+                headers.insert(name, value);
+            }
+            HeaderAppendAction::OverwriteIfExists => {
+                if headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    }
+    for name in &http.request_headers_to_remove {
+        headers.remove(name.as_str());
+    }
+
+    let Ok(response) = sender.send_request(request).await else { return CheckResult::NetworkFailure };
+    let status = i64::from(response.status().as_u16());
+    let immediate_fail = response.headers().contains_key("x-envoy-immediate-health-check-fail");
+    let close =
+        response.headers().get(hyper::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    // Read the body to its end so the connection can carry the next check.
+    if response.into_body().collect().await.is_err() {
+        return CheckResult::NetworkFailure;
+    }
+    if close {
+        *connection = Connection::None;
+    }
+    http_result(http, status, immediate_fail)
+}
+
+/// Envoy's `HttpActiveHealthCheckSession::healthCheckResult`: expected statuses pass,
+/// retriable ones count toward `unhealthy_threshold`, any other fails at once.
+fn http_result(http: &HttpHealthCheck, status: i64, immediate_fail: bool) -> CheckResult {
+    let within = |ranges: &[Int64Range]| ranges.iter().any(|r| r.contains(status));
+    if immediate_fail {
+        CheckResult::Failure { immediate: true }
+    } else if within(&http.expected_statuses()) {
+        CheckResult::Success
+    } else if within(&http.retriable_statuses) {
+        CheckResult::Failure { immediate: false }
+    } else {
+        CheckResult::Failure { immediate: true }
+    }
+}
+
+async fn tcp_check(checker: &HealthChecker, addr: SocketAddr, connection: &mut Connection) -> CheckResult {
+    if !matches!(connection, Connection::Tcp(_)) {
+        let Ok(stream) = TcpStream::connect(addr).await else { return CheckResult::NetworkFailure };
+        *connection = Connection::Tcp(stream);
+    }
+    let Connection::Tcp(stream) = connection else { return CheckResult::NetworkFailure };
+    if !checker.tcp_send.is_empty() && stream.write_all(&checker.tcp_send).await.is_err() {
+        return CheckResult::NetworkFailure;
+    }
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !contains_in_order(&received, &checker.tcp_receive) {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return CheckResult::NetworkFailure,
+            Ok(n) => received.extend_from_slice(buf.get(..n).unwrap_or_default()),
+        }
+    }
+    CheckResult::Success
+}
+
+/// Whether each of `payloads` occurs in `data`, each after the previous one (Envoy's
+/// `TcpHealthCheckMatcher::match`).
+fn contains_in_order(data: &[u8], payloads: &[Vec<u8>]) -> bool {
+    let mut rest = data;
+    for payload in payloads {
+        if payload.is_empty() {
+            continue;
+        }
+        match rest.windows(payload.len()).position(|w| w == payload.as_slice()) {
+            Some(at) => rest = rest.get(at + payload.len()..).unwrap_or_default(),
+            None => return false,
+        }
+    }
+    true
+}
+
+fn update_healthy_gauge(cluster: &Cluster, checker: &HealthChecker) {
+    let healthy =
+        cluster.priority_set().all_hosts().filter(|h| h.health_flags() & health_flag::FAILED_ACTIVE_HC == 0).count();
+    checker.stats.healthy.set(healthy as u64);
+}
+
+fn random_up_to(max: Duration) -> Duration {
+    let nanos = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+    if nanos == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(fastrand::u64(0..nanos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(unhealthy_threshold: u32, healthy_threshold: u32) -> HealthCheckConfig {
+        legate_config::path::from_value(serde_json::json!({
+            "timeout": "1s",
+            "interval": "10s",
+            "unhealthy_interval": "3s",
+            "healthy_edge_interval": "2s",
+            "unhealthy_edge_interval": "1s",
+            "no_traffic_interval": "60s",
+            "unhealthy_threshold": unhealthy_threshold,
+            "healthy_threshold": healthy_threshold,
+            "http_health_check": {"path": "/healthz", "retriable_statuses": [{"start": 429, "end": 430}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_first_success_makes_a_new_host_healthy_at_once() {
+        let c = config(2, 3);
+        let mut s = HostCheckState::default();
+        assert_eq!(s.on_result(&c, true, CheckResult::Success), Some(Transition::Healthy));
+    }
+
+    #[test]
+    fn later_recovery_needs_healthy_threshold_successes() {
+        let c = config(2, 3);
+        let mut s = HostCheckState::default();
+        assert_eq!(s.on_result(&c, true, CheckResult::NetworkFailure), None);
+        assert_eq!(s.on_result(&c, true, CheckResult::Success), None);
+        assert_eq!(s.on_result(&c, true, CheckResult::Success), None);
+        assert_eq!(s.on_result(&c, true, CheckResult::Success), Some(Transition::Healthy));
+    }
+
+    #[test]
+    fn unhealthy_threshold_counts_consecutive_failures() {
+        let c = config(2, 1);
+        let mut s = HostCheckState::default();
+        s.on_result(&c, true, CheckResult::Success);
+        assert_eq!(s.on_result(&c, false, CheckResult::NetworkFailure), None);
+        assert_eq!(s.on_result(&c, false, CheckResult::Success), None, "a success resets the count");
+        assert_eq!(s.on_result(&c, false, CheckResult::Failure { immediate: false }), None);
+        assert_eq!(s.on_result(&c, false, CheckResult::NetworkFailure), Some(Transition::Unhealthy));
+    }
+
+    #[test]
+    fn an_unexpected_status_fails_at_once_but_a_retriable_one_counts() {
+        let c = config(3, 1);
+        let http = c.http_health_check.as_ref().unwrap();
+        assert_eq!(http_result(http, 200, false), CheckResult::Success);
+        assert_eq!(http_result(http, 200, true), CheckResult::Failure { immediate: true });
+        assert_eq!(http_result(http, 429, false), CheckResult::Failure { immediate: false });
+        assert_eq!(http_result(http, 503, false), CheckResult::Failure { immediate: true });
+        let mut s = HostCheckState::default();
+        s.on_result(&c, true, CheckResult::Success);
+        assert_eq!(s.on_result(&c, false, http_result(http, 503, false)), Some(Transition::Unhealthy));
+    }
+
+    #[test]
+    fn interval_follows_health_edges_and_traffic() {
+        let store = legate_stats::Store::new(1);
+        let checker = HealthChecker::new(&config(1, 1), &store.scope("cluster.c"));
+        let s = Duration::from_secs;
+        assert_eq!(checker.next_interval(true, None, false), s(60));
+        assert_eq!(checker.next_interval(false, None, true), s(10));
+        assert_eq!(checker.next_interval(true, None, true), s(3));
+        assert_eq!(checker.next_interval(true, Some(Transition::Unhealthy), true), s(1));
+        assert_eq!(checker.next_interval(false, Some(Transition::Healthy), true), s(2));
+    }
+
+    #[test]
+    fn tcp_payloads_match_in_order() {
+        let want = vec![b"AB".to_vec(), b"CD".to_vec()];
+        assert!(contains_in_order(b"xxABxxCD", &want));
+        assert!(!contains_in_order(b"CDxxAB", &want));
+        assert!(!contains_in_order(b"xxAB", &want));
+        assert!(contains_in_order(b"", &[]));
+    }
+}

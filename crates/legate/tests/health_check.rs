@@ -1,0 +1,124 @@
+//! Active health checking through the real proxy ("Health checking" architecture page): a host
+//! failing its HTTP checks goes `/failed_active_hc` and traffic goes to the healthy host until
+//! it passes `healthy_threshold` checks again; a TCP check sends a payload and matches the reply.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use legate_testing::config::{cluster_config, http_bootstrap, tcp_proxy_bootstrap};
+use legate_testing::{
+    eventually, json, legate_bin, ClosedPort, HttpClient, HttpUpstream, Legate, TcpServer, UpstreamAction,
+};
+
+const HC: &str = "cluster.backend.health_check";
+
+fn health_flags(px: &Legate, host: std::net::SocketAddr) -> String {
+    let (status, clusters) = px.admin_get("/clusters");
+    assert_eq!(status, 200);
+    let prefix = format!("backend::{host}::health_flags::");
+    clusters.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_default().to_string()
+}
+
+fn wait_flags(px: &Legate, host: std::net::SocketAddr, expected: &str) {
+    eventually(
+        &format!("{host} health_flags {expected}"),
+        Duration::from_secs(10),
+        || health_flags(px, host),
+        |flags| flags == expected,
+    );
+}
+
+#[test]
+fn a_host_failing_http_checks_is_excluded_until_it_passes_again() {
+    let good = HttpUpstream::http1(|r| UpstreamAction::ok(if r.path == "/healthz" { "ok" } else { "good" }));
+    let passing = Arc::new(AtomicBool::new(true));
+    let bad_passing = passing.clone();
+    let bad = HttpUpstream::http1(move |r| match r.path.as_str() {
+        "/healthz" if bad_passing.load(Ordering::SeqCst) => UpstreamAction::ok("ok"),
+        "/healthz" => UpstreamAction::status(503, "failing"),
+        _ => UpstreamAction::ok("bad"),
+    });
+    let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.2s",
+        "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 2,
+        "http_health_check": {"path": "/healthz"}
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    // Hosts start unhealthy and turn healthy on their first passing check.
+    px.wait_stat(&format!("{HC}.healthy"), 2);
+    wait_flags(&px, bad.addr(), "healthy");
+    let check = bad.requests().into_iter().find(|r| r.path == "/healthz").expect("a health check reached the host");
+    assert_eq!(check.method, "GET");
+    assert_eq!(check.header("user-agent"), Some("Envoy/HC"));
+    assert_eq!(check.header("host"), Some("backend"), "Envoy's default host is the cluster name");
+
+    // A 503 is not an expected status: the host is unhealthy at once.
+    passing.store(false, Ordering::SeqCst);
+    px.wait_stat(&format!("{HC}.healthy"), 1);
+    wait_flags(&px, bad.addr(), "/failed_active_hc");
+    assert!(px.stat(&format!("{HC}.failure")).unwrap() >= 1);
+    assert_eq!(px.stat(&format!("{HC}.passive_failure")), Some(0));
+    assert_eq!(px.stat("cluster.backend.membership_healthy"), Some(1));
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    for _ in 0..10 {
+        let r = client.get("/");
+        assert_eq!((r.status, r.body.as_str()), (200, "good"), "only the healthy host takes traffic");
+    }
+
+    // After `healthy_threshold` passing checks the host takes traffic again.
+    passing.store(true, Ordering::SeqCst);
+    wait_flags(&px, bad.addr(), "healthy");
+    px.wait_stat(&format!("{HC}.healthy"), 2);
+    eventually(
+        "a request reaches the recovered host",
+        Duration::from_secs(10),
+        || client.get("/").body,
+        |b| b == "bad",
+    );
+    assert!(px.stat(&format!("{HC}.success")).unwrap() >= 3);
+    assert!(px.stat(&format!("{HC}.attempt")).unwrap() >= 4);
+}
+
+#[test]
+fn tcp_check_sends_a_payload_and_matches_the_reply() {
+    // Answers PONG to each PING, on one connection (the checker reuses it).
+    let good = TcpServer::start(|mut stream| {
+        let mut buf = [0u8; 4];
+        while stream.read_exact(&mut buf).is_ok() {
+            if &buf == b"PING" && stream.write_all(b"PONG").is_err() {
+                break;
+            }
+        }
+    });
+    let wrong = TcpServer::start(|mut stream| {
+        let mut buf = [0u8; 4];
+        if stream.read_exact(&mut buf).is_ok() {
+            let _ = stream.write_all(b"NOPE");
+        }
+    });
+    let closed = ClosedPort::new();
+    let mut config = tcp_proxy_bootstrap(&[good.addr(), wrong.addr(), closed.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.2s",
+        "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "tcp_health_check": {"send": {"text": "50494e47"}, "receive": [{"binary": "UE9ORw=="}]}
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    wait_flags(&px, good.addr(), "healthy");
+    px.wait_stat_at_least(&format!("{HC}.network_failure"), 2);
+    assert_eq!(health_flags(&px, wrong.addr()), "/failed_active_hc", "NOPE never matches PONG");
+    assert_eq!(health_flags(&px, closed.addr()), "/failed_active_hc");
+    assert_eq!(px.stat(&format!("{HC}.healthy")), Some(1));
+    assert!(px.stat(&format!("{HC}.success")).unwrap() >= 1);
+}
