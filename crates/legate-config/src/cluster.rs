@@ -77,7 +77,7 @@ pub struct Cluster {
     /// Deprecated for `use_downstream_protocol_config` of the `HttpProtocolOptions` extension.
     #[serde(default)]
     pub protocol_selection: ClusterProtocolSelection,
-    pub upstream_connection_options: Option<Unsupported>,
+    pub upstream_connection_options: Option<UpstreamConnectionOptions>,
     #[serde(default)]
     pub close_connections_on_host_health_failure: bool,
     #[serde(default)]
@@ -460,4 +460,25 @@ pub enum RoutingPriority {
     Default,
     #[serde(rename = "HIGH")]
     High,
+}
+
+/// `envoy.config.cluster.v3.UpstreamConnectionOptions`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConnectionOptions {
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(default)]
+    pub set_local_interface_name_on_upstream_connections: bool,
+    pub happy_eyeballs_config: Option<Unsupported>,
+}
+
+/// `envoy.config.core.v3.TcpKeepalive`: unset fields keep the system's values.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    pub keepalive_probes: Option<u32>,
+    /// Seconds idle before the first probe.
+    pub keepalive_time: Option<u32>,
+    /// Seconds between probes.
+    pub keepalive_interval: Option<u32>,
 }

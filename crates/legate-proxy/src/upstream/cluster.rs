@@ -184,11 +184,60 @@ impl Cluster {
         }
     }
 
+    /// Socket options every upstream connection of this cluster gets: `TCP_NODELAY`, and
+    /// `upstream_connection_options.tcp_keepalive` when set (so a peer that vanished without a
+    /// FIN is noticed on an idle pooled connection).
+    pub fn configure_socket(&self, stream: &tokio::net::TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let Some(keepalive) = self.config.upstream_connection_options.as_ref().and_then(|o| o.tcp_keepalive.as_ref())
+        else {
+            return;
+        };
+        let mut params = socket2::TcpKeepalive::new();
+        if let Some(time) = keepalive.keepalive_time {
+            params = params.with_time(std::time::Duration::from_secs(u64::from(time)));
+        }
+        if let Some(interval) = keepalive.keepalive_interval {
+            params = params.with_interval(std::time::Duration::from_secs(u64::from(interval)));
+        }
+        if let Some(probes) = keepalive.keepalive_probes {
+            params = params.with_retries(probes);
+        }
+        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&params);
+    }
+
     pub fn connect_timeout(&self) -> std::time::Duration {
         self.config.connect_timeout()
     }
 
     pub fn per_connection_buffer_limit_bytes(&self) -> usize {
         self.config.per_connection_buffer_limit_bytes() as usize
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upstream_sockets_get_the_configured_keepalive() {
+        let store = legate_stats::Store::new(1);
+        let config: ClusterConfig = legate_config::path::from_value(serde_json::json!({
+            "name": "c",
+            "upstream_connection_options": {
+                "tcp_keepalive": { "keepalive_time": 42, "keepalive_interval": 7, "keepalive_probes": 3 }
+            }
+        }))
+        .unwrap();
+        let cluster = Cluster::new(config, &store.scope("cluster.c"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        cluster.configure_socket(&stream);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), std::time::Duration::from_secs(42));
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), std::time::Duration::from_secs(7));
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert!(stream.nodelay().unwrap());
     }
 }

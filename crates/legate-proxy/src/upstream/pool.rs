@@ -289,7 +289,7 @@ impl Pool {
                 return;
             }
         };
-        let _ = stream.set_nodelay(true);
+        self.cluster.configure_socket(&stream);
         let local_address = stream.local_addr().ok();
         let mut activity = Instant::now();
         cx.connected(&mut activity);

@@ -854,6 +854,7 @@ async fn connect_terminate(
                 ));
             }
         };
+    cluster.configure_socket(&stream);
     let mut activity = Instant::now();
     cx.connected(&mut activity);
     let context = rq.context.clone();

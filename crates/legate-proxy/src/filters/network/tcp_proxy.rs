@@ -218,7 +218,7 @@ impl TcpProxy {
     }
 
     fn on_connected(&mut self, stream: TcpStream, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
-        let _ = stream.set_nodelay(true);
+        cx.cluster.configure_socket(&stream);
         cx.connected(&mut self.last_activity);
         self.upstream = Upstream::Connected { stream, cx };
         if let Some(timeout) = self.shared.idle_timeout {
