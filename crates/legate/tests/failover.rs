@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use legate_testing::config::{cluster_config, http_bootstrap, route_action};
 use legate_testing::{
