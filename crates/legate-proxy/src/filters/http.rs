@@ -111,11 +111,6 @@ impl<'a> StreamView<'a> {
             .and_then(|r| r.per_filter_config.get(filter_name))
             .or_else(|| self.virtual_host.and_then(|v| v.per_filter_config.get(filter_name)))
     }
-
-    /// The route turned `filter_name` off for this stream.
-    pub fn filter_disabled(&self, filter_name: &str) -> bool {
-        matches!(self.per_filter_config(filter_name), Some(FilterPerRouteConfig::Disabled))
-    }
 }
 
 /// What a `HeaderMatcher` named `name` sees in a request: the pseudo-headers `:path` (with the

@@ -153,9 +153,6 @@ impl CorsFilter {
 
     fn on_request(&mut self, head: &http::request::Parts, stream: StreamView<'_>) -> FilterHeadersStatus {
         let config = &self.config;
-        if stream.filter_disabled(&config.name) {
-            return FilterHeadersStatus::Continue;
-        }
         let Some(policies) = Policies::of(&stream, &config.name) else { return FilterHeadersStatus::Continue };
         let (enabled, shadow_enabled) = (policies.enabled(), policies.shadow_enabled());
         if !enabled && !shadow_enabled {
@@ -443,13 +440,11 @@ virtual_hosts:
     }
 
     #[test]
-    fn disabled_redirect_and_unrouted_requests_are_left_alone() {
+    fn redirect_and_unrouted_requests_are_left_alone() {
         let (store, config, routes) = setup();
-        for uri in ["/off", "/redirect"] {
-            let mut run = run(&routes, &config, &preflight(uri, "https://app.example", &[]));
-            assert!(matches!(run.status, FilterHeadersStatus::Continue), "{uri}");
-            assert!(respond(&mut run).headers.is_empty(), "{uri}");
-        }
+        let mut run = run(&routes, &config, &preflight("/redirect", "https://app.example", &[]));
+        assert!(matches!(run.status, FilterHeadersStatus::Continue));
+        assert!(respond(&mut run).headers.is_empty());
         assert_eq!(store.counter_value("http.ingress.cors.origin_valid"), Some(0));
     }
 

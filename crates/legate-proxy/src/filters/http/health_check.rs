@@ -266,17 +266,11 @@ impl HttpFilter for HealthCheckFilter {
     ) -> FilterHeadersStatus {
         let worker = cb.worker.clone();
         let stream = StreamView::of(cb);
-        if stream.filter_disabled(&self.config.name) {
-            return FilterHeadersStatus::Continue;
-        }
         let failed = worker.server.health_check_failed.load(Ordering::Relaxed);
         self.on_request(head, stream, failed, |name| worker.cluster_manager.get(name), Instant::now())
     }
 
     fn encode_headers(&mut self, head: &mut http::response::Parts, cb: &mut FilterCallbacks<'_>) {
-        if StreamView::of(cb).filter_disabled(&self.config.name) {
-            return;
-        }
         let failed = cb.worker.server.health_check_failed.load(Ordering::Relaxed);
         self.on_response(head, failed, Instant::now());
     }

@@ -329,9 +329,6 @@ impl LocalRateLimitFilter {
         now: Instant,
     ) -> FilterHeadersStatus {
         let config = &self.config;
-        if stream.filter_disabled(&config.name) {
-            return FilterHeadersStatus::Continue;
-        }
         let route_limiter = match route_config(&stream, &config.name) {
             Some((owner, route_config)) => match config.routes.get(owner, route_config, &config.root) {
                 Some(limiter) => Some(limiter),
@@ -614,12 +611,6 @@ virtual_hosts:
         assert!(matches!(decode(&config, &mut other, Some(&routes)).1, FilterHeadersStatus::LocalReply(_)));
         assert_eq!(store.counter_value("vhost.http_local_rate_limit.ok"), Some(2));
         assert_eq!(store.counter_value("edge.http_local_rate_limit.enabled"), Some(0));
-
-        // Turned off for a route.
-        let mut off = request("GET", "/off", &[]);
-        for _ in 0..3 {
-            assert!(matches!(decode(&config, &mut off, Some(&routes)).1, FilterHeadersStatus::Continue));
-        }
     }
 
     #[test]
