@@ -276,7 +276,9 @@ pub enum LbPolicy {
 pub struct LeastRequestLbConfig {
     /// Hosts sampled per pick (default 2: power of two choices).
     pub choice_count: Option<u32>,
-    pub active_request_bias: Option<Unsupported>,
+    /// With unequal host weights, a host's weight is divided by (active requests + 1) to this
+    /// power (default 1.0).
+    pub active_request_bias: Option<crate::core::RuntimeDouble>,
     pub slow_start_config: Option<Unsupported>,
 }
 

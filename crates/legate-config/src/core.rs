@@ -485,3 +485,14 @@ const STATUS_CODE_NAMES: &[(&str, u32)] = &[
     ("NotExtended", 510),
     ("NetworkAuthenticationRequired", 511),
 ];
+
+/// `envoy.config.core.v3.RuntimeDouble`: a number with a runtime key (legate has no runtime
+/// layers that override it: the default applies).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeDouble {
+    #[serde(default)]
+    pub default_value: f64,
+    #[serde(default)]
+    pub runtime_key: String,
+}

@@ -28,6 +28,8 @@ pub struct LoadBalancer {
     policy: LbPolicy,
     /// Hosts sampled by LEAST_REQUEST (power of two choices by default).
     choice_count: u32,
+    /// `active_request_bias` of LEAST_REQUEST (default 1.0).
+    active_request_bias: f64,
     panic_threshold: f64,
     overprovisioning_factor: u32,
     /// Per priority and host list (healthy or panic): the round-robin state.
@@ -72,6 +74,12 @@ impl LoadBalancer {
         LoadBalancer {
             policy: cluster.config.lb_policy,
             choice_count: cluster.config.least_request_lb_config.as_ref().and_then(|c| c.choice_count).unwrap_or(2),
+            active_request_bias: cluster
+                .config
+                .least_request_lb_config
+                .as_ref()
+                .and_then(|c| c.active_request_bias.as_ref())
+                .map_or(1.0, |b| b.default_value),
             panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor,
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
@@ -114,7 +122,7 @@ impl LoadBalancer {
         }
         let state = self.round_robin.get_mut(priority).map(|s| &mut s[usize::from(panic)]);
         let index = match self.policy {
-            LbPolicy::LeastRequest => least_request(&mut self.rng, hosts, self.choice_count),
+            LbPolicy::LeastRequest => least_request(&mut self.rng, hosts, self.choice_count, self.active_request_bias),
             LbPolicy::Random => weighted_random(&mut self.rng, hosts),
             _ => match state {
                 Some(state) => state.pick(hosts),
@@ -191,10 +199,26 @@ impl RoundRobin {
     }
 }
 
-/// Power of `choice_count` choices: the sampled host with the fewest active requests (for
-/// connection-level traffic, active connections).
-fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32) -> usize {
+/// Envoy's LEAST_REQUEST. Equal weights: power of `choice_count` choices, the sampled host with
+/// the fewest active requests (for connection-level traffic, active connections). Unequal
+/// weights: a weighted pick where each host's weight is divided by
+/// (active requests + 1)^`active_request_bias` (bias 0 is plain weighted round robin's share).
+fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32, bias: f64) -> usize {
     let load = |h: &Host| h.stats.rq_active.load(Ordering::Relaxed) + h.stats.cx_active.load(Ordering::Relaxed);
+    let Some(first) = hosts.first() else { return 0 };
+    if hosts.iter().any(|h| h.weight != first.weight) {
+        let effective: Vec<f64> =
+            hosts.iter().map(|h| f64::from(h.weight) / ((load(h) + 1) as f64).powf(bias)).collect();
+        let total: f64 = effective.iter().sum();
+        let mut pick = rng.f64() * total;
+        for (i, weight) in effective.iter().enumerate() {
+            if pick < *weight {
+                return i;
+            }
+            pick -= weight;
+        }
+        return hosts.len() - 1;
+    }
     let mut best = rng.usize(0..hosts.len());
     for _ in 1..choice_count {
         let candidate = rng.usize(0..hosts.len());
@@ -373,5 +397,22 @@ pub(super) mod tests {
         for k in key_hashes(1_000) {
             assert_ne!(lb.choose_host(&c, &ps, Some(k)).unwrap().address.port(), 4);
         }
+    }
+
+    #[test]
+    fn weighted_least_request_divides_weights_by_active_requests() {
+        let hosts = vec![host(1, 1), host(2, 3)];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let share = |rng: &mut fastrand::Rng, bias: f64| {
+            let picks = (0..20_000).filter(|_| least_request(rng, &hosts, 2, bias) == 1).count();
+            picks as f64 / 20_000.0
+        };
+        let idle = share(&mut rng, 1.0);
+        assert!((0.72..0.78).contains(&idle), "weights 1:3 with no load: {idle}");
+        hosts[1].stats.rq_active.store(3, Ordering::Relaxed);
+        let loaded = share(&mut rng, 1.0);
+        assert!((0.39..0.47).contains(&loaded), "3 / (3 + 1) against 1: {loaded}");
+        let unbiased = share(&mut rng, 0.0);
+        assert!((0.72..0.78).contains(&unbiased), "bias 0 ignores load: {unbiased}");
     }
 }
