@@ -253,7 +253,7 @@ fn prepare(
         info.request = Some(RequestSnapshot {
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
-            authority: authority_of(head),
+            authority,
             scheme: "http",
             headers: head.headers.clone(),
         });
