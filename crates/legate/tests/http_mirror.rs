@@ -5,7 +5,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use legate_testing::{connect, eventually, legate_bin, Legate, TcpServer, EVENTUALLY};
+use legate_testing::config::{
+    bootstrap, http_listener, route_config, route_to, router_filter, static_cluster, virtual_host,
+};
+use legate_testing::{connect, eventually, json, legate_bin, Legate, TcpServer, EVENTUALLY};
 
 /// An HTTP/1.1 upstream answering `body` to each request and recording each request's head
 /// and body.
@@ -44,53 +47,14 @@ fn recording_upstream(body: &'static str, seen: Arc<Mutex<Vec<String>>>) -> TcpS
 }
 
 fn config(primary: SocketAddr, shadow: SocketAddr) -> String {
-    let cluster = |name: &str, addr: SocketAddr| {
-        format!(
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}"#,
-            addr.port()
-        )
-    };
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route:
-                  cluster: primary
-                  request_mirror_policies:
-                  - cluster: shadow
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{}{}
-"#,
-        cluster("primary", primary),
-        cluster("shadow", shadow)
+    let mut route = route_to("/", "primary");
+    route["route"]["request_mirror_policies"] = json!([{ "cluster": "shadow" }]);
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route])]);
+    bootstrap(
+        vec![http_listener("ingress", routes, vec![router_filter()], json!({}))],
+        vec![static_cluster("primary", &[primary]), static_cluster("shadow", &[shadow])],
     )
+    .to_string()
 }
 
 #[test]

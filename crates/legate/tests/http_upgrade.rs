@@ -5,46 +5,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use legate_testing::{connect, legate_bin, Legate, TcpEchoServer, TcpServer};
+use legate_testing::config::{hcm_config, http_bootstrap, route_config, route_to, virtual_host};
+use legate_testing::{connect, json, legate_bin, Legate, TcpEchoServer, TcpServer, Value};
 
-fn config(upstream: std::net::SocketAddr, hcm_upgrades: &str, route: &str) -> String {
-    format!(
-        r#"
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          {hcm_upgrades}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - {route}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}
-"#,
-        upstream.port()
-    )
+fn config(upstream: std::net::SocketAddr, hcm_upgrades: Value, route: Value) -> String {
+    let mut config = http_bootstrap(&[upstream]);
+    let hcm = hcm_config(&mut config, 0);
+    hcm["upgrade_configs"] = hcm_upgrades;
+    hcm["route_config"] = route_config(vec![virtual_host("all", &["*"], vec![route])]);
+    config.to_string()
 }
 
 /// Reads an HTTP head (up to the blank line).
@@ -90,11 +59,7 @@ const UPGRADE_REQUEST: &[u8] =
 #[test]
 fn websocket_upgrade_is_tunnelled_both_ways() {
     let upstream = websocket_upstream();
-    let yaml = config(
-        upstream.addr(),
-        "upgrade_configs: [{ upgrade_type: websocket }]",
-        r#"{ match: { prefix: "/" }, route: { cluster: backend } }"#,
-    );
+    let yaml = config(upstream.addr(), json!([{ "upgrade_type": "websocket" }]), route_to("/", "backend"));
     let px = Legate::start(legate_bin!(), &yaml);
     let mut client = connect(px.listener_addr("ingress"));
     client.write_all(UPGRADE_REQUEST).unwrap();
@@ -118,7 +83,7 @@ fn websocket_upgrade_is_tunnelled_both_ways() {
 #[test]
 fn upgrade_not_allowed_on_the_route_is_refused_with_403() {
     let upstream = websocket_upstream();
-    let yaml = config(upstream.addr(), "", r#"{ match: { prefix: "/" }, route: { cluster: backend } }"#);
+    let yaml = config(upstream.addr(), json!([]), route_to("/", "backend"));
     let px = Legate::start(legate_bin!(), &yaml);
     let mut client = connect(px.listener_addr("ingress"));
     client.write_all(UPGRADE_REQUEST).unwrap();
@@ -133,8 +98,11 @@ fn connect_is_terminated_and_tunnelled_as_raw_tcp() {
     let echo = TcpEchoServer::start();
     let yaml = config(
         echo.addr(),
-        "upgrade_configs: [{ upgrade_type: CONNECT }]",
-        r#"{ match: { connect_matcher: {} }, route: { cluster: backend, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] } }"#,
+        json!([{ "upgrade_type": "CONNECT" }]),
+        json!({
+            "match": { "connect_matcher": {} },
+            "route": { "cluster": "backend", "upgrade_configs": [{ "upgrade_type": "CONNECT", "connect_config": {} }] }
+        }),
     );
     let px = Legate::start(legate_bin!(), &yaml);
     let mut client = connect(px.listener_addr("ingress"));
