@@ -162,9 +162,10 @@ impl Pool {
     }
 
     /// A connection ready for one request: an idle one, or one made (or freed) for this
-    /// request while it waits in the pending queue.
-    pub async fn acquire(self: &Rc<Self>, priority: RoutingPriority) -> Result<PooledConn, PoolFailure> {
-        loop {
+    /// request while it waits in the pending queue. `fresh` skips the idle connections: a
+    /// request that just met a stale one is resent on a connection that cannot be stale too.
+    pub async fn acquire(self: &Rc<Self>, priority: RoutingPriority, fresh: bool) -> Result<PooledConn, PoolFailure> {
+        while !fresh {
             let Some(client) = self.ready_client() else { break };
             if let Some(conn) = self.prepare(client).await {
                 return Ok(conn);
@@ -560,6 +561,12 @@ impl PooledConn {
 
     pub fn local_address(&self) -> Option<SocketAddr> {
         self.shared.local_address
+    }
+
+    /// The connection carried an earlier request: it sat in the pool, where its upstream may
+    /// have closed it (the keep-alive race).
+    pub fn reused(&self) -> bool {
+        self.shared.requests.get() > 1
     }
 
     /// The exchange finished; `reusable` when the response was read to its end.

@@ -56,6 +56,7 @@ legate_stats::stats! {
         counter upstream_rq_per_try_timeout,
         counter upstream_rq_per_try_idle_timeout,
         counter upstream_rq_rx_reset,
+        counter upstream_rq_stale_connection_resend,
         counter upstream_rq_tx_reset,
         counter upstream_rq_max_duration_reached,
         counter upstream_cx_max_requests,

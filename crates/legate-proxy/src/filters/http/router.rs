@@ -418,34 +418,46 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             None => pool_protocol(&cluster, downstream_version),
         };
         let pool = worker.http_pools.get(&cluster, &host, protocol);
-        let result = match with_timers(pool.acquire(priority), &timers, &rq.body, None).await {
-            Waited::Timeout(which) => Err(which),
-            Waited::Done(Err(failure)) => Ok(Err(AttemptFailure::Pool(failure))),
-            Waited::Done(Ok(mut conn)) => {
-                let try_start = Instant::now();
-                rq.info.upstream_local_address = conn.local_address();
-                // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
-                let attempt_authority = match action.auto_host_rewrite && !host.hostname.is_empty() {
-                    true => host.hostname.as_str(),
-                    false => authority.as_str(),
-                };
-                let request = build_request(head, &upstream_path, attempt_authority, &conn, &rq, attempt);
-                match request {
-                    None => Ok(Err(AttemptFailure::Reset {
-                        reason: "protocol error",
-                        flag: ResponseFlag::UpstreamProtocolError,
-                        refused: false,
-                    })),
-                    Some(request) => {
-                        let send = conn.send_request(request);
-                        match with_timers(send, &timers, &rq.body, Some(try_start)).await {
-                            Waited::Timeout(Timeout::PerTry) => Ok(Err(AttemptFailure::PerTryTimeout)),
-                            Waited::Timeout(Timeout::PerTryIdle) => Ok(Err(AttemptFailure::PerTryIdleTimeout)),
-                            Waited::Timeout(which) => Err(which),
-                            Waited::Done(Ok(response)) => Ok(Ok((response, conn))),
-                            Waited::Done(Err(e)) => Ok(Err(classify(&e))),
-                        }
+        let mut fresh = false;
+        let result = loop {
+            let conn = match with_timers(pool.acquire(priority, fresh), &timers, &rq.body, None).await {
+                Waited::Timeout(which) => break Err(which),
+                Waited::Done(Err(failure)) => break Ok(Err(AttemptFailure::Pool(failure))),
+                Waited::Done(Ok(conn)) => conn,
+            };
+            let mut conn = conn;
+            let try_start = Instant::now();
+            rq.info.upstream_local_address = conn.local_address();
+            // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
+            let attempt_authority = match action.auto_host_rewrite && !host.hostname.is_empty() {
+                true => host.hostname.as_str(),
+                false => authority.as_str(),
+            };
+            let Some(request) = build_request(head, &upstream_path, attempt_authority, &conn, &rq, attempt) else {
+                break Ok(Err(AttemptFailure::Reset {
+                    reason: "protocol error",
+                    flag: ResponseFlag::UpstreamProtocolError,
+                    refused: false,
+                }));
+            };
+            let send = conn.send_request(request);
+            match with_timers(send, &timers, &rq.body, Some(try_start)).await {
+                Waited::Timeout(Timeout::PerTry) => break Ok(Err(AttemptFailure::PerTryTimeout)),
+                Waited::Timeout(Timeout::PerTryIdle) => break Ok(Err(AttemptFailure::PerTryIdleTimeout)),
+                Waited::Timeout(which) => break Err(which),
+                Waited::Done(Ok(response)) => break Ok(Ok((response, conn))),
+                Waited::Done(Err(e)) => {
+                    let replayable = rq.body.borrow().replayable();
+                    if !fresh && replayable && stale_connection(&e, conn.reused(), &head.method) {
+                        // The keep-alive race (Envoy issue 14981): the upstream closed the
+                        // pooled connection as the request went out on it. Not the host's
+                        // fault and not a retry: the same attempt goes out again on a new
+                        // connection.
+                        cluster.stats.upstream_rq_stale_connection_resend.inc();
+                        fresh = true;
+                        continue;
                     }
+                    break Ok(Err(classify(&e)));
                 }
             }
         };
@@ -710,6 +722,36 @@ fn stream_timeout(
     }
 }
 
+/// Whether a request that failed before any response can go out again on a new connection
+/// without risk of the upstream acting on it twice: never sent (the connection was found
+/// closed before dispatch), or sent on a reused HTTP/1.1 connection that the upstream closed
+/// or reset without a response byte, when the method is idempotent (RFC 9110 §9.2.2) — the
+/// rule HTTP clients such as Go's use for the same race.
+fn stale_connection(e: &hyper::Error, reused: bool, method: &http::Method) -> bool {
+    if e.is_canceled() {
+        return true;
+    }
+    if !reused || !method.is_idempotent() {
+        return false;
+    }
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn classify(e: &hyper::Error) -> AttemptFailure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
@@ -945,7 +987,7 @@ impl Shadow {
         let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot);
         let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, self.head.version));
         let exchange = async {
-            let mut conn = pool.acquire(self.priority).await.ok()?;
+            let mut conn = pool.acquire(self.priority, false).await.ok()?;
             let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
             let mut headers = self.head.headers.clone();
             let mut builder = Request::builder().method(self.head.method.clone());
