@@ -7,43 +7,46 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use legate_testing::config::{cluster_config, http_bootstrap, route_action};
+use legate_testing::config::{cluster_config, route_action};
 use legate_testing::{
     eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, UpstreamAction, Value, EVENTUALLY,
 };
 
-/// The recipe: retries to other hosts, a per-try timeout, outlier detection, health checks.
+/// The recipe of `examples/fast-failover.yaml` — retries to other hosts, a per-try timeout,
+/// outlier detection, health checks — on loopback ports, with its timers shortened so that a
+/// test takes seconds (each scaled alike: the recipe's logic is unchanged).
 fn failover_config(hosts: &[std::net::SocketAddr]) -> Value {
-    let mut config = http_bootstrap(hosts);
-    route_action(&mut config)["timeout"] = json!("5s");
-    route_action(&mut config)["retry_policy"] = json!({
-        "retry_on": "connect-failure,reset,5xx",
-        "num_retries": 2,
-        "per_try_timeout": "0.3s",
-        "retry_host_predicate": [{
-            "name": "envoy.retry_host_predicates.previous_hosts",
-            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" }
-        }],
-        "host_selection_retry_max_attempts": 5
-    });
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/fast-failover.yaml");
+    let yaml = std::fs::read_to_string(path).expect("examples/fast-failover.yaml");
+    let mut config: Value = serde_yaml_ng::from_str(&yaml).expect("the example is YAML");
+    let loopback = |port: u16| json!({ "socket_address": { "address": "127.0.0.1", "port_value": port } });
+    config["admin"]["address"] = loopback(0);
+    let listener = &mut config["static_resources"]["listeners"][0];
+    assert_eq!(listener["name"], "ingress");
+    listener["address"] = loopback(0);
+    let retry = &mut route_action(&mut config)["retry_policy"];
+    assert_eq!(retry["retry_on"], "connect-failure,reset,5xx");
+    retry["per_try_timeout"] = json!("0.3s");
     let cluster = cluster_config(&mut config, 0);
-    cluster["outlier_detection"] = json!({
-        "consecutive_5xx": 3,
-        "consecutive_gateway_failure": 3,
-        "enforcing_consecutive_gateway_failure": 100,
-        "interval": "0.5s",
-        "base_ejection_time": "30s",
-        "max_ejection_percent": 34
-    });
-    cluster["health_checks"] = json!([{
-        "timeout": "0.2s",
-        "interval": "0.2s",
-        "no_traffic_interval": "0.2s",
-        "unhealthy_threshold": 1,
-        "healthy_threshold": 1,
-        "http_health_check": { "path": "/healthz" }
-    }]);
+    assert_eq!(cluster["name"], CLUSTER);
+    let endpoints: Vec<Value> =
+        hosts.iter().map(|a| json!({ "endpoint": { "address": loopback(a.port()) } })).collect();
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = json!(endpoints);
+    cluster["outlier_detection"]["interval"] = json!("0.5s");
+    cluster["outlier_detection"]["failure_percentage_request_volume"] = json!(10);
+    let check = &mut cluster["health_checks"][0];
+    check["timeout"] = json!("0.2s");
+    check["interval"] = json!("0.2s");
+    check["no_traffic_interval"] = json!("0.2s");
+    check["unhealthy_threshold"] = json!(1);
     config
+}
+
+/// The example's cluster.
+const CLUSTER: &str = "app";
+
+fn stat(name: &str) -> String {
+    format!("cluster.{CLUSTER}.{name}")
 }
 
 /// Sends `n` requests one after another on fresh connections; returns the non-200 answers.
@@ -69,7 +72,7 @@ fn healthy(counter: Arc<AtomicU64>) -> impl Fn(&legate_testing::UpstreamRequest)
 fn start(hosts: &[std::net::SocketAddr]) -> Legate {
     let px = Legate::start(legate_bin!(), &failover_config(hosts).to_string());
     // Every host passes its first health check before the load starts.
-    px.wait_stat("cluster.backend.health_check.healthy", hosts.len() as u64);
+    px.wait_stat(&stat("health_check.healthy"), hosts.len() as u64);
     px
 }
 
@@ -91,7 +94,7 @@ fn a_crashed_host_costs_no_client_error() {
         "the crashed host leaves rotation (health check)",
         EVENTUALLY,
         || px.admin_get("/clusters").1,
-        |clusters| clusters.contains(&format!("backend::{crashed}::health_flags::/failed_active_hc")),
+        |clusters| clusters.contains(&format!("{CLUSTER}::{crashed}::health_flags::/failed_active_hc")),
     );
 }
 
@@ -112,40 +115,93 @@ fn a_blackholed_host_costs_no_client_error() {
     silent.store(true, Ordering::Relaxed); // it keeps its connections, and never answers
     load(addr, 60, &mut errors);
     assert!(errors.is_empty(), "client-visible errors: {errors:?}");
-    assert!(px.stat("cluster.backend.upstream_rq_per_try_timeout").unwrap_or(0) >= 1);
+    assert!(px.stat(&stat("upstream_rq_per_try_timeout")).unwrap_or(0) >= 1);
     eventually(
         "the blackholed host leaves rotation",
         EVENTUALLY,
         || px.admin_get("/clusters").1,
         |clusters| {
-            clusters.contains(&format!("backend::{}::health_flags::/failed_active_hc", c.addr()))
-                || clusters.contains(&format!("backend::{}::health_flags::/failed_outlier_check", c.addr()))
+            clusters.contains(&format!("{CLUSTER}::{}::health_flags::/failed_active_hc", c.addr()))
+                || clusters.contains(&format!("{CLUSTER}::{}::health_flags::/failed_outlier_check", c.addr()))
         },
     );
 }
 
 #[test]
-fn an_overloaded_host_costs_no_client_error_and_is_ejected() {
+fn an_overloaded_host_costs_no_client_error_is_ejected_and_returns() {
     let a = HttpUpstream::http1(healthy(Arc::new(AtomicU64::new(0))));
     let b = HttpUpstream::http1(healthy(Arc::new(AtomicU64::new(0))));
-    // Health checks pass; real traffic gets 503 every time.
-    let c = HttpUpstream::http1(|r| {
-        if r.path == "/healthz" {
-            UpstreamAction::ok("ok")
-        } else {
+    // Health checks pass; half of the real traffic gets 503 while it is overloaded.
+    let overloaded = Arc::new(AtomicBool::new(true));
+    let (o, n) = (overloaded.clone(), Arc::new(AtomicU64::new(0)));
+    let c = HttpUpstream::http1(move |r| {
+        let odd = n.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        if r.path != "/healthz" && odd && o.load(Ordering::Relaxed) {
             UpstreamAction::status(503, "busy")
+        } else {
+            UpstreamAction::ok("ok")
         }
     });
-    let px = start(&[a.addr(), b.addr(), c.addr()]);
+    let mut config = failover_config(&[a.addr(), b.addr(), c.addr()]);
+    cluster_config(&mut config, 0)["outlier_detection"]["base_ejection_time"] = json!("2s");
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    px.wait_stat(&stat("health_check.healthy"), 3);
     let addr = px.connect_addr("ingress");
     let mut errors = Vec::new();
     load(addr, 90, &mut errors);
     assert!(errors.is_empty(), "client-visible errors: {errors:?}");
-    px.wait_stat("cluster.backend.outlier_detection.ejections_active", 1);
-    let before = c.requests().iter().filter(|r| r.path != "/healthz").count();
-    load(addr, 30, &mut errors);
-    let after = c.requests().iter().filter(|r| r.path != "/healthz").count();
-    assert_eq!(before, after, "the ejected host gets no more traffic");
+    px.wait_stat(&stat("outlier_detection.ejections_active"), 1);
+    assert!(px.stat(&stat("outlier_detection.ejections_enforced_failure_percentage")).unwrap_or(0) >= 1);
+    let traffic = |c: &HttpUpstream| c.requests().iter().filter(|r| r.path != "/healthz").count();
+    let before = traffic(&c);
+    load(addr, 15, &mut errors);
+    assert_eq!(before, traffic(&c), "the ejected host gets no more traffic");
     assert!(errors.is_empty(), "client-visible errors: {errors:?}");
-    assert!(px.stat("cluster.backend.upstream_rq_retry_success").unwrap_or(0) >= 1);
+    assert!(px.stat(&stat("upstream_rq_retry_success")).unwrap_or(0) >= 1);
+
+    // The overload ends; after base_ejection_time the host is back in rotation.
+    overloaded.store(false, Ordering::Relaxed);
+    px.wait_stat(&stat("outlier_detection.ejections_active"), 0);
+    eventually(
+        "traffic returns to the host after base_ejection_time",
+        EVENTUALLY,
+        || {
+            load(addr, 6, &mut Vec::new());
+            traffic(&c)
+        },
+        |now| *now > before,
+    );
+}
+
+#[test]
+fn a_host_that_comes_back_is_used_again_after_healthy_threshold_checks() {
+    let a = HttpUpstream::http1(healthy(Arc::new(AtomicU64::new(0))));
+    let b = HttpUpstream::http1(healthy(Arc::new(AtomicU64::new(0))));
+    let c = HttpUpstream::http1(healthy(Arc::new(AtomicU64::new(0))));
+    let c_addr = c.addr();
+    let mut config = failover_config(&[a.addr(), b.addr(), c_addr]);
+    assert_eq!(cluster_config(&mut config, 0)["health_checks"][0]["healthy_threshold"], 2);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    px.wait_stat(&stat("health_check.healthy"), 3);
+    let addr = px.connect_addr("ingress");
+    let mut errors = Vec::new();
+    drop(c); // crash
+    load(addr, 30, &mut errors);
+    let failed = format!("{CLUSTER}::{c_addr}::health_flags::/failed_active_hc");
+    eventually("the crashed host is out", EVENTUALLY, || px.admin_get("/clusters").1, |c| c.contains(&failed));
+    px.wait_stat(&stat("membership_healthy"), 2);
+
+    // The process restarts on the same port; two passing checks bring it back.
+    let passes_before = px.stat(&stat("health_check.success")).unwrap_or(0);
+    let served = Arc::new(AtomicU64::new(0));
+    let c = HttpUpstream::http1_at(c_addr, healthy(served.clone()));
+    px.wait_stat(&stat("membership_healthy"), 3);
+    let passes = px.stat(&stat("health_check.success")).unwrap_or(0) - passes_before;
+    assert!(passes >= 2, "back after {passes} passing checks, healthy_threshold is 2");
+    let healthy_flag = format!("{CLUSTER}::{c_addr}::health_flags::healthy");
+    assert!(px.admin_get("/clusters").1.contains(&healthy_flag));
+    load(addr, 30, &mut errors);
+    assert!(served.load(Ordering::Relaxed) > 0, "the host that came back serves again");
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    drop(c);
 }

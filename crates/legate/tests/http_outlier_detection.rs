@@ -42,3 +42,44 @@ fn a_failing_host_is_ejected_and_traffic_goes_to_the_healthy_one() {
     assert!(clusters.contains(&line), "{clusters}");
     assert_eq!(px.stat("cluster.backend.membership_healthy"), Some(1));
 }
+
+/// Envoy's `successful_active_health_check_uneject_host` (default true): a passing active
+/// health check returns an ejected host to service long before `base_ejection_time`; with the
+/// option off, the ejection holds.
+#[test]
+fn a_passing_health_check_unejects_unless_told_not_to() {
+    for uneject in [true, false] {
+        let good = HttpUpstream::http1(|_| UpstreamAction::ok("good"));
+        // Fails real traffic, passes its health checks.
+        let bad = HttpUpstream::http1(|r| match r.path.as_str() {
+            "/healthz" => UpstreamAction::ok("fine"),
+            _ => UpstreamAction::status(503, "bad"),
+        });
+        let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
+        let cluster = cluster_config(&mut config, 0);
+        cluster["outlier_detection"] = json!({
+            "consecutive_5xx": 2,
+            "interval": "60s",
+            "base_ejection_time": "60s",
+            "max_ejection_percent": 50,
+            "successful_active_health_check_uneject_host": uneject
+        });
+        cluster["health_checks"] = json!([{
+            "timeout": "1s", "interval": "0.3s", "no_traffic_interval": "0.3s",
+            "unhealthy_threshold": 1, "healthy_threshold": 1,
+            "http_health_check": { "path": "/healthz" }
+        }]);
+        let px = Legate::start(legate_bin!(), &config.to_string());
+        px.wait_stat("cluster.backend.health_check.healthy", 2);
+        let mut client = HttpClient::connect(px.connect_addr("ingress"));
+        for _ in 0..4 {
+            client.get("/");
+        }
+        px.wait_stat("cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx", 1);
+        let checks = px.stat("cluster.backend.health_check.success").unwrap_or(0);
+        // A few more passing checks of both hosts.
+        px.wait_stat_at_least("cluster.backend.health_check.success", checks + 6);
+        let active = px.stat("cluster.backend.outlier_detection.ejections_active");
+        assert_eq!(active, Some(u64::from(!uneject)), "uneject on health check: {uneject}");
+    }
+}

@@ -251,6 +251,11 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         } else if result == CheckResult::Success && config.always_log_health_check_success {
             tracing::info!(cluster = %cluster.name, host = %host.address, "health check passed");
         }
+        if result == CheckResult::Success {
+            if let Some(detector) = &cluster.outlier_detector {
+                detector.on_active_health_check_passed(&cluster, &host);
+            }
+        }
         let unhealthy = host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
         // Envoy's no-traffic test: the cluster has never opened an upstream connection.
         let had_traffic = cluster.stats.upstream_cx_total.value() > 0;

@@ -225,6 +225,30 @@ impl OutlierDetector {
         cluster.refresh_health();
     }
 
+    /// Returns an ejected host to service; `false` when it was not ejected.
+    fn uneject(&self, cluster: &Cluster, host: &Host, why: &str) -> bool {
+        if host.outlier.ejected_at_ms.swap(0, Ordering::AcqRel) == 0 {
+            return false;
+        }
+        host.set_health_flag(health_flag::FAILED_OUTLIER_CHECK, false);
+        self.stats.ejections_active.dec();
+        tracing::info!(cluster = %cluster.name, host = %host.address, why, "outlier detection: host returned");
+        true
+    }
+
+    /// An active health check of `host` passed: with `successful_active_health_check_uneject_host`
+    /// (default true) Envoy returns an ejected host to service at once, trusting the check
+    /// over the traffic. A host that fails real traffic but passes its checks therefore needs
+    /// the option off to stay ejected.
+    pub fn on_active_health_check_passed(&self, cluster: &Cluster, host: &Host) {
+        if self.config.successful_active_health_check_uneject_host.unwrap_or(true)
+            && host.health_flags() & health_flag::FAILED_ACTIVE_HC == 0
+            && self.uneject(cluster, host, "active health check passed")
+        {
+            cluster.refresh_health();
+        }
+    }
+
     /// The main thread's sweep, every `interval`.
     pub fn sweep(&self, cluster: &Cluster) {
         let hosts: Vec<Arc<Host>> = cluster.priority_set().all_hosts().cloned().collect();
@@ -246,11 +270,7 @@ impl OutlierDetector {
                 duration += Duration::from_millis(fastrand::u64(0..=jitter.as_millis() as u64));
             }
             if now.saturating_sub(at) >= duration.as_millis() as u64 {
-                o.ejected_at_ms.store(0, Ordering::Relaxed);
-                host.set_health_flag(health_flag::FAILED_OUTLIER_CHECK, false);
-                self.stats.ejections_active.dec();
-                changed = true;
-                tracing::info!(cluster = %cluster.name, host = %host.address, "outlier detection: host returned");
+                changed |= self.uneject(cluster, host, "ejection time passed");
             }
         }
         // The interval's counts, per host: (host, requests, failures).

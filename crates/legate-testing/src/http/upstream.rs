@@ -181,6 +181,14 @@ impl HttpUpstream {
         Self::start(false, Box::new(handler))
     }
 
+    /// An HTTP/1.1 server on a given address: a host that comes back where it was.
+    pub fn http1_at(
+        addr: SocketAddr,
+        handler: impl Fn(&UpstreamRequest) -> UpstreamAction + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_at(addr, false, Box::new(handler))
+    }
+
     /// An h2c server (HTTP/2 with prior knowledge) answering with `handler`.
     pub fn http2(handler: impl Fn(&UpstreamRequest) -> UpstreamAction + Send + Sync + 'static) -> Self {
         Self::start(true, Box::new(handler))
@@ -194,7 +202,11 @@ impl HttpUpstream {
     }
 
     fn start(http2: bool, handler: Box<Handler>) -> Self {
-        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind HTTP upstream");
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), http2, handler)
+    }
+
+    fn start_at(addr: SocketAddr, http2: bool, handler: Box<Handler>) -> Self {
+        let listener = StdTcpListener::bind(addr).expect("bind HTTP upstream");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
