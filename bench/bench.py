@@ -1,0 +1,703 @@
+#!/usr/bin/env python3
+"""legate's side-by-side benchmark against nginx and HAProxy (issue 6).
+
+Starts one shared backend (nginx, one worker) and, one proxy at a time, legate
+(--concurrency 1), nginx (one worker) and HAProxy (nbthread 1), each configured from
+bench/configs/. Each case is repeated in interleaved order (legate nginx haproxy, legate
+nginx haproxy, ...), each run on a freshly started proxy. Backend and proxy are pinned to
+CPU 0, the load generator (and this script) to CPU 1.
+
+Run through bench/run.sh, which installs the tools and builds legate; see bench/README.md.
+Standard library only.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+PORTS = {
+    "BACKEND_PORT": 20080,
+    "TCP_BACKEND_PORT": 20081,
+    "HTTP_PORT": 21080,
+    "H2C_PORT": 21081,
+    "TCP_PORT": 21082,
+    "ADMIN_PORT": 21090,
+}
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+BODY100 = "x" * 99 + "\\n"  # nginx string escape: 99 'x' + newline = 100 bytes
+PROXIES = ["legate", "nginx", "haproxy"]
+
+
+# === processes ===
+
+class Proc:
+    """A server process we started, pinned to SERVER_CPU; `pids()` includes its children
+    (nginx's worker)."""
+
+    def __init__(self, name, argv, run_dir, env=None):
+        self.name = name
+        self.log_path = os.path.join(run_dir, f"{name}.log")
+        self.log = open(self.log_path, "ab")
+        self.p = subprocess.Popen(["taskset", "-c", SERVER_CPU] + argv, stdout=self.log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+    def pids(self):
+        out = [self.p.pid]
+        try:
+            with open(f"/proc/{self.p.pid}/task/{self.p.pid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+        return out
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+
+
+def cpu_seconds(pids):
+    """(user, system) CPU seconds of these processes, all their threads included
+    (/proc/<pid>/stat fields 14 and 15 count every thread, exited ones too)."""
+    user = system = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def wait_port(port, timeout=15.0, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early, see {proc.log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def http_get(port, path="/", timeout=2.0):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait_http(port, path="/", timeout=15.0, proc=None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited early, see {proc.log_path}")
+        try:
+            status, _ = http_get(port, path)
+            if status == 200:
+                return
+            last = status
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"GET 127.0.0.1:{port}{path} never answered 200 (last: {last})")
+
+
+def render(template, out_path, run_dir):
+    with open(os.path.join(HERE, "configs", template)) as f:
+        text = f.read()
+    values = dict(PORTS, RUN=run_dir, BODY100=BODY100)
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", str(value))
+    if "{{" in text:
+        raise RuntimeError(f"{template}: unfilled placeholder {re.search(r'{{[A-Z0-9_]+}}', text)}")
+    with open(out_path, "w") as f:
+        f.write(text)
+    return out_path
+
+
+def client(argv):
+    """A load generator command pinned to CLIENT_CPU; returns its stdout."""
+    r = subprocess.run(["taskset", "-c", CLIENT_CPU] + argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed ({r.returncode}): {r.stderr.strip()[:500]}")
+    return r.stdout
+
+
+# === the proxies ===
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.run_dir = tempfile.mkdtemp(prefix="legate-bench-")
+        # nginx's workers drop root privileges (to nobody): they must read and write here.
+        os.chmod(self.run_dir, 0o755)
+        for d in ("backend-tmp", "nginx-tmp"):
+            os.makedirs(os.path.join(self.run_dir, d))
+            os.chmod(os.path.join(self.run_dir, d), 0o777)
+        with open(os.path.join(self.run_dir, "1m.bin"), "wb") as f:
+            f.write(os.urandom(1 << 20))
+        os.chmod(os.path.join(self.run_dir, "1m.bin"), 0o644)
+        self.configs = {
+            "backend": render("backend-nginx.conf", os.path.join(self.run_dir, "backend.conf"), self.run_dir),
+            "nginx": render("nginx-proxy.conf", os.path.join(self.run_dir, "nginx-proxy.conf"), self.run_dir),
+            "haproxy": render("haproxy.cfg", os.path.join(self.run_dir, "haproxy.cfg"), self.run_dir),
+            "legate": render("legate.yaml", os.path.join(self.run_dir, "legate.yaml"), self.run_dir),
+        }
+        self.backend = None
+        self.tcp_backend = None
+
+    def argv(self, proxy, config=None):
+        if proxy == "legate":
+            return [self.args.legate, "-c", config or self.configs["legate"], "--concurrency", "1",
+                    "-l", "warning"]
+        if proxy == "nginx":
+            return ["nginx", "-e", os.path.join(self.run_dir, "nginx-proxy-error.log"),
+                    "-c", self.configs["nginx"]]
+        if proxy == "haproxy":
+            return ["haproxy", "-db", "-f", self.configs["haproxy"]]
+        raise ValueError(proxy)
+
+    def start_backends(self):
+        self.backend = Proc("backend", ["nginx", "-e", os.path.join(self.run_dir, "backend-error.log"),
+                                        "-c", self.configs["backend"]], self.run_dir)
+        wait_http(PORTS["BACKEND_PORT"], proc=self.backend)
+        status, body = http_get(PORTS["BACKEND_PORT"])
+        assert len(body) == 100, f"backend body is {len(body)} bytes"
+        self.tcp_backend = Proc("iperf3", ["iperf3", "-s", "-p", str(PORTS["TCP_BACKEND_PORT"])], self.run_dir)
+        wait_port(PORTS["TCP_BACKEND_PORT"], proc=self.tcp_backend)
+
+    def stop_backends(self):
+        for p in (self.backend, self.tcp_backend):
+            if p is not None:
+                p.stop()
+
+    def start(self, proxy):
+        p = Proc(proxy, self.argv(proxy), self.run_dir)
+        wait_http(PORTS["HTTP_PORT"], proc=p)
+        wait_port(PORTS["TCP_PORT"], proc=p)
+        return p
+
+    # === cases: each returns a dict of figures for one run on a fresh proxy ===
+
+    def measured(self, p, fn):
+        pids = p.pids()
+        u0, s0 = cpu_seconds(pids)
+        t0 = time.monotonic()
+        out = fn()
+        elapsed = time.monotonic() - t0
+        u1, s1 = cpu_seconds(pids)
+        out.update(cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, wall_s=elapsed, rss_kib_after=rss_kib(pids))
+        return out
+
+    def warm_up(self, url):
+        client(["wrk", "-t1", "-c64", "-d1s", url])
+
+    def case_http1(self, p):
+        url = f"http://127.0.0.1:{PORTS['HTTP_PORT']}/"
+        self.warm_up(url)
+        r = self.measured(p, lambda: parse_wrk(client(
+            ["wrk", "-t1", "-c64", f"-d{self.args.duration}s", "--latency", url])))
+        n = r["requests"]
+        r["req_per_s"] = r["wrk_req_per_s"]
+        r["cpu_us_per_req"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e6 / n
+        r["cpu_user_us_per_req"] = r["cpu_user_s"] * 1e6 / n
+        r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
+        return r
+
+    def case_h2c(self, p):
+        url = f"http://127.0.0.1:{PORTS['H2C_PORT']}/"
+        client(["h2load", "-t1", "-c32", "-m2", "-D1", url])
+        r = self.measured(p, lambda: parse_h2load(client(
+            ["h2load", "-t1", "-c32", "-m2", f"-D{self.args.duration}", url])))
+        n = r["succeeded"]
+        r["req_per_s"] = r["h2load_req_per_s"]
+        r["cpu_us_per_req"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e6 / n
+        r["cpu_user_us_per_req"] = r["cpu_user_s"] * 1e6 / n
+        r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
+        return r
+
+    def case_1mib(self, p):
+        url = f"http://127.0.0.1:{PORTS['HTTP_PORT']}/1m"
+        client(["wrk", "-t1", "-c8", "-d1s", url])
+        r = self.measured(p, lambda: parse_wrk(client(
+            ["wrk", "-t1", "-c8", f"-d{self.args.duration}s", "--latency", url])))
+        mib = r["requests"]  # one MiB body each; headers are ignored
+        r["mib_per_s"] = mib / r["wrk_duration_s"]
+        r["cpu_us_per_mib"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e6 / mib
+        r["cpu_user_us_per_mib"] = r["cpu_user_s"] * 1e6 / mib
+        r["cpu_sys_us_per_mib"] = r["cpu_sys_s"] * 1e6 / mib
+        return r
+
+    def case_tcp(self, p):
+        def run():
+            out = json.loads(client(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS["TCP_PORT"]),
+                                     "-t", str(self.args.duration), "-J"]))
+            end = out["end"]
+            return {"bytes": end["sum_received"]["bytes"], "seconds": end["sum_received"]["seconds"]}
+        r = self.measured(p, run)
+        gib = r["bytes"] / (1 << 30)
+        r["gib_per_s"] = gib / r["seconds"]
+        r["cpu_ms_per_gib"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e3 / gib
+        r["cpu_user_ms_per_gib"] = r["cpu_user_s"] * 1e3 / gib
+        r["cpu_sys_ms_per_gib"] = r["cpu_sys_s"] * 1e3 / gib
+        return r
+
+    def case_idle(self, p):
+        """RSS with N idle keep-alive downstream connections (each sent one request and read
+        the response) minus RSS before, per connection. Before = after 64 requests."""
+        n = self.args.idle_conns
+        for _ in range(64):
+            http_get(PORTS["HTTP_PORT"])
+        time.sleep(0.5)
+        pids = p.pids()
+        before = rss_kib(pids)
+        r = asyncio.run(idle_connections(PORTS["HTTP_PORT"], n, lambda: rss_kib(pids)))
+        r["rss_before_kib"] = before
+        r["kib_per_conn"] = (r["rss_with_kib"] - before) / r["open"]
+        if not p.alive():
+            raise RuntimeError(f"{p.name} died during the idle-connection test")
+        return r
+
+
+def parse_wrk(out):
+    r = {"raw": out}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", out)
+    n, dur, dunit, size, sunit = m.groups()
+    r["requests"] = int(n)
+    r["wrk_duration_s"] = float(dur) * {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60}[dunit]
+    r["bytes_read"] = float(size) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[sunit]
+    r["wrk_req_per_s"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            r[f"p{pct}_ms"] = float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)]
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    r["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    return r
+
+
+def parse_h2load(out):
+    r = {"raw": out}
+    r["h2load_req_per_s"] = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    total, started, done, ok, failed, errored = map(int, m.groups())
+    r.update(requests=done, succeeded=ok, failed=failed, errored=errored)
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    r["non_2xx"] = sum(int(x) for x in m.groups()[1:]) if m else 0
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    if m:
+        r["mean_ms"] = float(m.group(5)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(6)]
+    return r
+
+
+async def idle_connections(port, n, measure):
+    """Open n keep-alive connections, send one request on each, read the whole response and
+    keep the connection open; then measure; then close them all with RST (SO_LINGER 0, so
+    that repeated runs do not fill the port range with TIME_WAIT)."""
+    conns = []
+    failures = 0
+    sem = asyncio.Semaphore(32)
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+    async def one():
+        nonlocal failures
+        async with sem:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                await asyncio.wait_for(reader.readexactly(int(m.group(1))), 10)
+                conns.append(writer)
+            except Exception:  # noqa: BLE001 - counted, reported
+                failures += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(n)))
+    open_s = time.monotonic() - t0
+    await asyncio.sleep(1.0)
+    # Still open? A proxy that closed idle connections would make the figure meaningless.
+    rss = measure()
+    for w in conns:
+        sock = w.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        except OSError:
+            pass
+        w.close()
+    await asyncio.sleep(0.2)
+    return {"open": len(conns), "failed": failures, "open_s": open_s, "rss_with_kib": rss}
+
+
+# === config scale (legate only) ===
+
+def scale_configs(run_dir):
+    """Bootstraps with 10k routes, 1k clusters and 10k clusters (one route per cluster);
+    the path that the last route matches, to check that the config serves."""
+    port = PORTS["HTTP_PORT"]
+    backend = PORTS["BACKEND_PORT"]
+
+    def bootstrap(routes, clusters):
+        lines = [
+            "admin:",
+            f"  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {PORTS['ADMIN_PORT']} }} }}",
+            "static_resources:",
+            "  listeners:",
+            "  - name: http",
+            f"    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}",
+            "    filter_chains:",
+            "    - filters:",
+            "      - name: envoy.filters.network.http_connection_manager",
+            "        typed_config:",
+            '          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+            "          stat_prefix: ingress_http",
+            "          route_config:",
+            "            virtual_hosts:",
+            "            - name: all",
+            '              domains: ["*"]',
+            "              routes:",
+        ]
+        for prefix, cluster in routes:
+            lines.append(f'              - {{ match: {{ prefix: "{prefix}" }}, route: {{ cluster: {cluster} }} }}')
+        lines += [
+            "          http_filters:",
+            "          - name: envoy.filters.http.router",
+            "            typed_config:",
+            '              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
+            "  clusters:",
+        ]
+        for name in clusters:
+            lines += [
+                f"  - name: {name}",
+                "    type: STATIC",
+                "    connect_timeout: 1s",
+                f"    load_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: "
+                f"{{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {backend} }} }} }} }}] }}] }}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    out = {}
+    out["baseline_1_route"] = (bootstrap([("/", "c0")], ["c0"]), "/")
+    out["routes_10k"] = (bootstrap([(f"/svc{i}/", "c0") for i in range(10000)], ["c0"]), "/svc9999/")
+    for n, label in ((1000, "clusters_1k"), (10000, "clusters_10k")):
+        out[label] = (bootstrap([(f"/c{i}/", f"c{i}") for i in range(n)], [f"c{i}" for i in range(n)]),
+                      f"/c{n - 1}/")
+    paths = {}
+    for label, (text, path) in out.items():
+        file = os.path.join(run_dir, f"scale-{label}.yaml")
+        with open(file, "w") as f:
+            f.write(text)
+        paths[label] = (file, path)
+    return paths
+
+
+def run_scale(bench, reps):
+    results = {}
+    for label, (file, path) in scale_configs(bench.run_dir).items():
+        runs = []
+        for _ in range(reps):
+            t0 = time.monotonic()
+            v = subprocess.run(["taskset", "-c", SERVER_CPU, bench.args.legate, "--mode", "validate",
+                                "-c", file, "-l", "warning"], capture_output=True, text=True)
+            validate_s = time.monotonic() - t0
+            if v.returncode != 0:
+                raise RuntimeError(f"validate {label}: {v.stderr[:500]}")
+            t0 = time.monotonic()
+            p = Proc("legate-" + label, bench.argv("legate", file), bench.run_dir)
+            try:
+                wait_http(PORTS["HTTP_PORT"], path, timeout=120, proc=p)
+                serve_s = time.monotonic() - t0
+                time.sleep(0.3)
+                rss = rss_kib(p.pids())
+            finally:
+                p.stop()
+            runs.append({"validate_s": validate_s, "validate_output_bytes": len(v.stdout) + len(v.stderr),
+                         "time_to_serve_s": serve_s, "rss_kib": rss})
+        results[label] = runs
+    return results
+
+
+# === summary ===
+
+CASES = [
+    # (case, function, [(metric key, label, better)])
+    ("http1", "case_http1", [("req_per_s", "req/s", "higher"), ("p50_ms", "p50 ms", "lower"),
+                             ("p99_ms", "p99 ms", "lower"), ("cpu_us_per_req", "CPU µs/req", "lower"),
+                             ("cpu_user_us_per_req", "  user µs/req", "lower"),
+                             ("cpu_sys_us_per_req", "  sys µs/req", "lower")]),
+    ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
+                         ("cpu_us_per_req", "CPU µs/req", "lower"),
+                         ("cpu_user_us_per_req", "  user µs/req", "lower"),
+                         ("cpu_sys_us_per_req", "  sys µs/req", "lower")]),
+    ("1mib", "case_1mib", [("mib_per_s", "MiB/s", "higher"), ("cpu_us_per_mib", "CPU µs/MiB", "lower"),
+                           ("cpu_user_us_per_mib", "  user µs/MiB", "lower"),
+                           ("cpu_sys_us_per_mib", "  sys µs/MiB", "lower")]),
+    ("idle", "case_idle", [("kib_per_conn", "KiB/idle conn", "lower")]),
+    ("tcp", "case_tcp", [("gib_per_s", "GiB/s", "higher"), ("cpu_ms_per_gib", "CPU ms/GiB", "lower"),
+                         ("cpu_user_ms_per_gib", "  user ms/GiB", "lower"),
+                         ("cpu_sys_ms_per_gib", "  sys ms/GiB", "lower")]),
+]
+CASE_TITLES = {
+    "http1": "1. HTTP/1.1 keep-alive, 100 B (wrk -t1 -c64 --latency)",
+    "h2c": "2. h2c downstream → HTTP/1.1 upstream (h2load -t1 -c32 -m2)",
+    "1mib": "3. 1 MiB responses (wrk -t1 -c8)",
+    "idle": "4. memory per idle keep-alive connection",
+    "tcp": "5. tcp_proxy bulk (iperf3, 1 stream)",
+}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def summarize(runs, proxies):
+    """Medians per case, metric and proxy."""
+    med = {}
+    for case, _, metrics in CASES:
+        for key, _, _ in metrics:
+            for proxy in proxies:
+                vals = [r.get(key) for r in runs.get(case, {}).get(proxy, []) if "error" not in r]
+                med[(case, key, proxy)] = median(vals)
+    return med
+
+
+def table(runs, proxies, meta, scale):
+    med = summarize(runs, proxies)
+    peers = [p for p in proxies if p != "legate"]
+    out = []
+    out.append(f"# legate benchmark {meta['date']} on {meta['host']}")
+    out.append("")
+    out.append(f"- machine: {meta['nproc']} CPUs, {meta['cpu_model']}, kernel {meta['kernel']}")
+    out.append(f"- legate {meta['versions']['legate']}; {meta['versions']['nginx']}; "
+               f"{meta['versions']['haproxy']}; {meta['versions']['wrk']}; {meta['versions']['h2load']}; "
+               f"{meta['versions']['iperf3']}")
+    out.append(f"- {meta['reps']} repetition(s) of {meta['duration_s']} s per case and proxy, interleaved; "
+               "medians shown. Backend + proxy on CPU 0, client on CPU 1. CPU = utime+stime of the "
+               "proxy's processes (all threads) from /proc, before/after the measured run.")
+    out.append(f"- load on the machine during the run (loadavg before → after): {meta.get('loadavg_before')} → "
+               f"{meta.get('loadavg_after')}; other builds may have been running: read the ratios, not the "
+               "absolute numbers.")
+    out.append("")
+    header = "| case | metric | " + " | ".join(proxies) + " | " + " | ".join(f"legate/{p}" for p in peers) + " |"
+    out.append(header)
+    out.append("|" + "---|" * (2 + len(proxies) + len(peers)))
+    for case, _, metrics in CASES:
+        if case not in runs:
+            continue
+        for i, (key, label, better) in enumerate(metrics):
+            cells = [fmt(med[(case, key, p)]) for p in proxies]
+            ratios = []
+            for p in peers:
+                a, b = med[(case, key, "legate")], med[(case, key, p)]
+                ratios.append(f"{a / b:.2f}" if a is not None and b else "–")
+            title = CASE_TITLES[case] if i == 0 else ""
+            out.append(f"| {title} | {label} ({better} is better) | " + " | ".join(cells) + " | "
+                       + " | ".join(ratios) + " |")
+    errs = []
+    for case in runs:
+        for p in runs[case]:
+            for i, r in enumerate(runs[case][p]):
+                if "error" in r:
+                    errs.append(f"{case}/{p} run {i + 1}: {r['error']}")
+                elif r.get("non_2xx") or r.get("socket_errors") or r.get("failed") or r.get("errored"):
+                    errs.append(f"{case}/{p} run {i + 1}: non-2xx {r.get('non_2xx', 0)}, socket errors "
+                                f"{r.get('socket_errors', 0)}, h2 failed {r.get('failed', 0)}, "
+                                f"errored {r.get('errored', 0)}")
+                elif case == "idle" and r.get("failed"):
+                    errs.append(f"idle/{p} run {i + 1}: {r['failed']} connections failed")
+    out.append("| 7. TLS | handshakes/s, HTTPS req/s | not measured: legate has no TLS listener yet | | | | |")
+    out.append("")
+    if errs:
+        out.append("Errors seen by the load generators (a run with more than 0.1 % failed requests is left out of the medians):")
+        out += [f"- {e}" for e in errs]
+        out.append("")
+    if scale:
+        out.append("## 6. Config scale (legate only; medians)")
+        out.append("")
+        out.append("| config | --mode validate s | start → first 200 s | RSS MiB serving |")
+        out.append("|---|---|---|---|")
+        for label, rs in scale.items():
+            out.append(f"| {label} | {fmt(median([r['validate_s'] for r in rs]))} | "
+                       f"{fmt(median([r['time_to_serve_s'] for r in rs]))} | "
+                       f"{fmt(median([r['rss_kib'] for r in rs]) / 1024)} |")
+        out.append("")
+        out.append("`--mode validate` prints the timeout timeline of every route, so its time includes "
+                   "writing that output (to a pipe). Routes are prefixes in one virtual host; each cluster "
+                   "is STATIC with one endpoint. Route-match cost per request: "
+                   "`cargo bench -p legate-proxy --bench route_match` (criterion).")
+        out.append("")
+    return "\n".join(out)
+
+
+def cmd_version(argv):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError):
+        return f"{argv[0]}: unavailable"
+
+
+def metadata(args):
+    cpu_model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    src = args.src
+    git = subprocess.run(["git", "-C", src, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", src, "status", "--porcelain", "--untracked-files=no", "--", "crates",
+                            "Cargo.toml", "Cargo.lock"], capture_output=True, text=True).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": socket.gethostname(),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "versions": {
+            "legate": git.stdout.strip() + (" (modified tree)" if dirty else ""),
+            "nginx": cmd_version(["nginx", "-v"]),
+            "haproxy": cmd_version(["haproxy", "-v"]),
+            "wrk": cmd_version(["wrk", "-v"]),
+            "h2load": cmd_version(["h2load", "--version"]),
+            "iperf3": cmd_version(["iperf3", "--version"]),
+        },
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--legate", required=True, help="the legate release binary")
+    ap.add_argument("--src", default=os.path.dirname(HERE), help="legate checkout (for the git hash)")
+    ap.add_argument("--quick", action="store_true", help="3 s runs, 1 repetition, 1,000 idle connections")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    ap.add_argument("--idle-conns", type=int, default=5000)
+    ap.add_argument("--cases", default="http1,h2c,1mib,idle,tcp,scale",
+                    help="comma-separated subset of http1,h2c,1mib,idle,tcp,scale")
+    ap.add_argument("--proxies", default=",".join(PROXIES))
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary run directory")
+    args = ap.parse_args()
+    if args.quick:
+        args.reps, args.duration, args.idle_conns = 1, 3, 1000
+    args.legate = os.path.abspath(args.legate)
+    cases = args.cases.split(",")
+    proxies = args.proxies.split(",")
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: run bench/setup.sh")
+
+    meta = metadata(args)
+    meta.update(reps=args.reps, duration_s=args.duration, idle_conns=args.idle_conns,
+                loadavg_before=open("/proc/loadavg").read().split()[:3])
+    bench = Bench(args)
+    runs = {}
+    scale = None
+    try:
+        bench.start_backends()
+        for case, fn, _ in CASES:
+            if case not in cases:
+                continue
+            runs[case] = {p: [] for p in proxies}
+            for rep in range(args.reps):
+                for proxy in proxies:
+                    p = bench.start(proxy)
+                    try:
+                        r = getattr(bench, fn)(p)
+                    except Exception as e:  # noqa: BLE001 - recorded in the results, run continues
+                        r = {"error": str(e)}
+                    finally:
+                        p.stop()
+                    bad = (r.get("non_2xx", 0) + r.get("socket_errors", 0) + r.get("errored", 0)
+                           + (r.get("failed", 0) if case == "h2c" else 0))
+                    if "error" not in r and bad > 0.001 * max(r.get("requests", 0), 1):
+                        r["error"] = f"{bad} failed requests of {r.get('requests')}: run excluded"
+                    runs[case][proxy].append(r)
+                    shown = {k: round(v, 3) for k, v in r.items() if isinstance(v, float)}
+                    print(f"[{case} rep {rep + 1} {proxy}] {r.get('error') or shown}", flush=True)
+        if "scale" in cases:
+            scale = run_scale(bench, 1 if args.quick else 3)
+            print(f"[scale] {scale}", flush=True)
+    finally:
+        bench.stop_backends()
+    meta["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
+
+    md = table(runs, proxies, meta, scale)
+    print()
+    print(md)
+    os.makedirs(args.out, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
+    base = os.path.join(args.out, f"{stamp}-{meta['host']}{'-quick' if args.quick else ''}")
+    with open(base + ".md", "w") as f:
+        f.write(md + "\n")
+    with open(base + ".json", "w") as f:
+        json.dump({"meta": meta, "runs": runs, "scale": scale}, f, indent=1, default=str)
+    print(f"\nwrote {base}.md and {base}.json")
+    if args.keep:
+        print(f"run directory kept: {bench.run_dir}")
+    else:
+        shutil.rmtree(bench.run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
