@@ -1,8 +1,9 @@
 //! `envoy.config.core.v3.HealthCheck`: active health checking of a cluster's hosts, with
 //! Envoy's defaults ("Health checking" architecture page).
 //!
-//! legate runs HTTP/1.1 and TCP checkers; gRPC, custom checkers, TLS options and event
-//! logging are refused as unsupported rather than ignored.
+//! legate runs HTTP (HTTP/1.1 or HTTP/2), TCP and gRPC (grpc.health.v1) checkers; custom
+//! checkers, TLS options and event loggers other than `event_log_path` are refused as
+//! unsupported rather than ignored.
 
 use serde::Deserialize;
 
@@ -36,7 +37,7 @@ pub struct HealthCheck {
     pub reuse_connection: Option<bool>,
     pub http_health_check: Option<HttpHealthCheck>,
     pub tcp_health_check: Option<TcpHealthCheck>,
-    pub grpc_health_check: Option<Unsupported>,
+    pub grpc_health_check: Option<GrpcHealthCheck>,
     pub custom_health_check: Option<Unsupported>,
     /// Interval while the cluster has seen no traffic (default 60 s).
     pub no_traffic_interval: Option<Duration>,
@@ -49,7 +50,9 @@ pub struct HealthCheck {
     pub unhealthy_edge_interval: Option<Duration>,
     /// Interval right after a host turned healthy (default `interval`).
     pub healthy_edge_interval: Option<Duration>,
-    pub event_log_path: Option<Unsupported>,
+    /// Appends health check events (JSON lines) to this file.
+    #[serde(default)]
+    pub event_log_path: String,
     pub event_logger: Option<Unsupported>,
     #[serde(default)]
     pub always_log_health_check_failures: bool,
@@ -87,6 +90,22 @@ pub struct HttpHealthCheck {
     pub service_name_matcher: Option<Unsupported>,
     /// Default `GET`.
     pub method: Option<String>,
+}
+
+/// `envoy.config.core.v3.HealthCheck.GrpcHealthCheck`: `grpc.health.v1.Health/Check` over
+/// HTTP/2; the host passes when it answers `SERVING`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    /// The `service` of the request; empty asks about the server as a whole.
+    #[serde(default)]
+    pub service_name: String,
+    /// The `:authority`; empty means the cluster's name.
+    #[serde(default)]
+    pub authority: String,
+    /// Static values only, as for HTTP checks.
+    #[serde(default)]
+    pub initial_metadata: Vec<HeaderValueOption>,
 }
 
 /// `envoy.type.v3.CodecClientType`.
@@ -210,6 +229,16 @@ impl HealthCheck {
         if let Some(tcp) = &self.tcp_health_check {
             tcp.validate(&format!("{at}.tcp_health_check"), v);
         }
+        if let Some(grpc) = &self.grpc_health_check {
+            for (i, option) in grpc.initial_metadata.iter().enumerate() {
+                if option.header.value.contains('%') {
+                    v.error(
+                        &format!("{at}.grpc_health_check.initial_metadata[{i}].header.value"),
+                        "%VARIABLE% substitution in health check headers is not supported by legate yet",
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -229,11 +258,8 @@ impl HttpHealthCheck {
 
     fn validate(&self, at: &str, v: &mut Validator) {
         v.non_empty(&format!("{at}.path"), &self.path);
-        if self.codec_client_type != CodecClientType::Http1 {
-            v.error(
-                &format!("{at}.codec_client_type"),
-                format!("{:?} is not supported by legate yet (HTTP1 is)", self.codec_client_type),
-            );
+        if self.codec_client_type == CodecClientType::Http3 {
+            v.error(&format!("{at}.codec_client_type"), "HTTP3 is not supported by legate yet (HTTP1 and HTTP2 are)");
         }
         for (field, ranges) in
             [("expected_statuses", &self.expected_statuses), ("retriable_statuses", &self.retriable_statuses)]

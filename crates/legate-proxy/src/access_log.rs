@@ -12,7 +12,7 @@
 //! [`sink::install_stats`].
 
 mod command_operators;
-mod date_formatter;
+pub(crate) mod date_formatter;
 pub mod filter;
 pub mod formatter;
 pub mod sink;

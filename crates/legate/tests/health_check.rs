@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use legate_testing::config::{cluster_config, http_bootstrap, tcp_proxy_bootstrap};
 use legate_testing::{
-    eventually, json, legate_bin, ClosedPort, HttpClient, HttpUpstream, Legate, TcpServer, UpstreamAction,
+    eventually, json, legate_bin, serde_json, ClosedPort, HttpClient, HttpUpstream, Legate, TcpServer, UpstreamAction,
 };
 
 const HC: &str = "cluster.backend.health_check";
@@ -121,4 +121,99 @@ fn tcp_check_sends_a_payload_and_matches_the_reply() {
     assert_eq!(health_flags(&px, closed.addr()), "/failed_active_hc");
     assert_eq!(px.stat(&format!("{HC}.healthy")), Some(1));
     assert!(px.stat(&format!("{HC}.success")).unwrap() >= 1);
+}
+
+/// A `grpc.health.v1.HealthCheckResponse` with `status` (1 SERVING, 2 NOT_SERVING).
+fn health_response(status: u8) -> Vec<u8> {
+    vec![0x08, status]
+}
+
+#[test]
+fn grpc_check_follows_the_serving_status_and_logs_events() {
+    let serving = Arc::new(AtomicBool::new(true));
+    let s = serving.clone();
+    let grpc = HttpUpstream::http2(move |r| match r.path.as_str() {
+        "/grpc.health.v1.Health/Check" => UpstreamAction::Grpc {
+            message: health_response(if s.load(Ordering::SeqCst) { 1 } else { 2 }).into(),
+            grpc_status: 0,
+        },
+        _ => UpstreamAction::ok("grpc host"),
+    });
+    let other = HttpUpstream::http1(|_| UpstreamAction::ok("other"));
+    let dir = legate_testing::TempDir::new();
+    let event_log = dir.join("hc_events.log");
+    let mut config = http_bootstrap(&[grpc.addr(), other.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.2s",
+        "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        "event_log_path": event_log.to_string_lossy(),
+        "grpc_health_check": { "service_name": "shop.Cart", "authority": "cart.internal" }
+    }]);
+    // The other host answers no gRPC: its checks fail (404, not application/grpc).
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    wait_flags(&px, grpc.addr(), "healthy");
+    let check = grpc.requests().into_iter().find(|r| r.path.starts_with("/grpc")).expect("a gRPC check");
+    assert_eq!((check.method.as_str(), check.version.as_str()), ("POST", "HTTP/2.0"));
+    assert_eq!(check.header("content-type"), Some("application/grpc"));
+    assert_eq!(check.header("te"), Some("trailers"));
+    assert_eq!(check.header("host"), Some("cart.internal"));
+    // One uncompressed frame: HealthCheckRequest { service: "shop.Cart" }.
+    let mut expected = vec![0u8, 0, 0, 0, 11, 0x0a, 9];
+    expected.extend_from_slice(b"shop.Cart");
+    assert_eq!(check.body.as_ref(), expected.as_slice());
+    assert_eq!(health_flags(&px, other.addr()), "/failed_active_hc");
+
+    // NOT_SERVING fails the check; two in a row (unhealthy_threshold) take the host out.
+    serving.store(false, Ordering::SeqCst);
+    wait_flags(&px, grpc.addr(), "/failed_active_hc");
+    serving.store(true, Ordering::SeqCst);
+    wait_flags(&px, grpc.addr(), "healthy");
+
+    let log = std::fs::read_to_string(&event_log).expect("event log written");
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
+    let grpc_port = u64::from(grpc.addr().port());
+    let of_grpc: Vec<&serde_json::Value> =
+        lines.iter().filter(|e| e["host"]["socket_address"]["port_value"] == grpc_port).collect();
+    let kinds: Vec<&str> = of_grpc
+        .iter()
+        .map(|e| ["add_healthy_event", "eject_unhealthy_event"].into_iter().find(|k| e.get(*k).is_some()).unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["add_healthy_event", "eject_unhealthy_event", "add_healthy_event"], "{log}");
+    let first = of_grpc[0];
+    assert_eq!(first["health_checker_type"], "GRPC");
+    assert_eq!(first["cluster_name"], "backend");
+    assert_eq!(first["add_healthy_event"]["first_check"], true);
+    assert_eq!(of_grpc[1]["eject_unhealthy_event"]["failure_type"], "ACTIVE");
+    assert!(first["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
+    // The other host failed its first check: Envoy logs that failure.
+    let other_port = u64::from(other.addr().port());
+    assert!(
+        lines.iter().any(|e| e["host"]["socket_address"]["port_value"] == other_port
+            && e["health_check_failure_event"]["first_check"] == true),
+        "{log}"
+    );
+}
+
+#[test]
+fn http_check_over_http2() {
+    let h2 = HttpUpstream::http2(|_| UpstreamAction::ok("ok"));
+    let mut config = http_bootstrap(&[h2.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.2s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "http_health_check": { "path": "/healthz", "codec_client_type": "HTTP2" }
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    wait_flags(&px, h2.addr(), "healthy");
+    let check = h2.requests().into_iter().find(|r| r.path == "/healthz").expect("a check");
+    assert_eq!(check.version, "HTTP/2.0");
+    assert_eq!(check.header("host"), Some("backend"));
+    assert_eq!(check.header("user-agent"), Some("Envoy/HC"));
 }

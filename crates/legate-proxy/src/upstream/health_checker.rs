@@ -14,20 +14,24 @@
 //! that is neither expected nor retriable, or carries `x-envoy-immediate-health-check-fail`.
 //! Each flip republishes the cluster's hosts (`Cluster::refresh_health`).
 //!
-//! Checkers: HTTP/1.1 (`GET <path>`, `user-agent: Envoy/HC`) and TCP (send, then match each
-//! `receive` payload in order). legate differs on purpose: one health check per cluster (config
-//! refuses more), and no event log.
+//! Checkers: HTTP over HTTP/1.1 or h2c (`GET <path>`, `user-agent: Envoy/HC`), TCP (send, then
+//! match each `receive` payload in order) and gRPC (`grpc.health.v1.Health/Check` over h2c,
+//! passing on `SERVING`). With `event_log_path`, each flip (and, when asked, each failure or
+//! success) is appended to the file as one JSON `envoy.data.core.v3.HealthCheckEvent` per line.
+//! legate differs on purpose: one health check per cluster (config refuses more).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use legate_config::core::HeaderAppendAction;
-use legate_config::health_check::{HealthCheck as HealthCheckConfig, HttpHealthCheck};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use legate_config::core::{HeaderAppendAction, HeaderValueOption};
+use legate_config::health_check::{
+    CodecClientType, GrpcHealthCheck, HealthCheck as HealthCheckConfig, HttpHealthCheck,
+};
 use legate_config::matcher::Int64Range;
 use legate_stats::Scope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +39,7 @@ use tokio::net::TcpStream;
 
 use super::host::health_flag;
 use super::{Cluster, Host};
+use crate::http::io::LocalExec;
 
 legate_stats::stats! {
     /// `cluster.<name>.health_check.*`, Envoy's ALL_HEALTH_CHECKER_STATS.
@@ -53,6 +58,7 @@ legate_stats::stats! {
 /// A cluster's health checker: its config and stats. Sessions run in [`run`].
 pub struct HealthChecker {
     config: HealthCheckConfig,
+    event_log: Option<EventLog>,
     /// Payloads decoded once (validated at load).
     tcp_send: Vec<u8>,
     tcp_receive: Vec<Vec<u8>>,
@@ -140,6 +146,7 @@ impl HealthChecker {
         let tcp_receive = tcp.map(|t| t.receive.iter().filter_map(|p| p.bytes().ok()).collect()).unwrap_or_default();
         HealthChecker {
             config: config.clone(),
+            event_log: EventLog::open(config),
             tcp_send,
             tcp_receive,
             stats: HealthCheckerStats::new(&cluster_scope.scope("health_check")),
@@ -217,12 +224,15 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
     tokio::time::sleep(random_up_to(config.initial_jitter())).await;
     loop {
         checker.stats.attempt.inc();
+        let first_check = state.first_check;
+        let mut timed_out = false;
         let result = match tokio::time::timeout(config.timeout(), check(&cluster, checker, addr, &mut connection)).await
         {
             Ok(result) => result,
             Err(_elapsed) => {
                 // Envoy closes the connection of a check that timed out.
                 connection = Connection::None;
+                timed_out = true;
                 CheckResult::NetworkFailure
             }
         };
@@ -239,6 +249,9 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         }
         let unhealthy = host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
         let transition = state.on_result(config, unhealthy, result);
+        if let Some(log) = &checker.event_log {
+            log.on_result(&cluster, &host, result, timed_out, first_check, transition, config);
+        }
         if let Some(transition) = transition {
             let now_unhealthy = transition == Transition::Unhealthy;
             host.set_health_flag(health_flag::FAILED_ACTIVE_HC, now_unhealthy);
@@ -266,7 +279,8 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
 /// The connection kept between checks when `reuse_connection`.
 enum Connection {
     None,
-    Http(http1::SendRequest<Empty<Bytes>>),
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
     Tcp(TcpStream),
 }
 
@@ -279,6 +293,8 @@ async fn check(
 ) -> CheckResult {
     if let Some(http) = &checker.config.http_health_check {
         http_check(cluster, http, addr, connection).await
+    } else if let Some(grpc) = &checker.config.grpc_health_check {
+        grpc_check(cluster, grpc, addr, connection).await
     } else if checker.config.tcp_health_check.is_some() {
         tcp_check(checker, addr, connection).await
     } else {
@@ -287,41 +303,44 @@ async fn check(
     }
 }
 
-async fn http_check(
-    cluster: &Cluster,
-    http: &HttpHealthCheck,
+/// Sends `request` on the kept connection, or on a new HTTP/1.1 or h2c one.
+async fn send(
     addr: SocketAddr,
+    http2: bool,
     connection: &mut Connection,
-) -> CheckResult {
+    request: hyper::Request<Full<Bytes>>,
+) -> Option<hyper::Response<hyper::body::Incoming>> {
     let reusable = match connection {
-        Connection::Http(sender) => sender.ready().await.is_ok(),
+        Connection::Http1(sender) if !http2 => sender.ready().await.is_ok(),
+        Connection::Http2(sender) if http2 => sender.ready().await.is_ok(),
         _ => false,
     };
     if !reusable {
-        let Ok(stream) = TcpStream::connect(addr).await else { return CheckResult::NetworkFailure };
+        let stream = TcpStream::connect(addr).await.ok()?;
         let _ = stream.set_nodelay(true);
-        let Ok((sender, conn)) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await else {
-            return CheckResult::NetworkFailure;
+        let io = TokioIo::new(stream);
+        *connection = if http2 {
+            let mut builder = http2::Builder::new(LocalExec);
+            builder.timer(TokioTimer::new());
+            let (sender, conn) = builder.handshake::<_, Full<Bytes>>(io).await.ok()?;
+            tokio::task::spawn_local(conn);
+            Connection::Http2(sender)
+        } else {
+            let (sender, conn) = http1::handshake::<_, Full<Bytes>>(io).await.ok()?;
+            tokio::task::spawn_local(conn);
+            Connection::Http1(sender)
         };
-        tokio::task::spawn_local(async move {
-            let _ = conn.await;
-        });
-        *connection = Connection::Http(sender);
     }
-    let Connection::Http(sender) = connection else { return CheckResult::NetworkFailure };
+    match connection {
+        Connection::Http1(sender) => sender.send_request(request).await.ok(),
+        Connection::Http2(sender) => sender.send_request(request).await.ok(),
+        _ => None,
+    }
+}
 
-    // Envoy's default `host` is the cluster's name.
-    let host = if http.host.is_empty() { cluster.name.as_str() } else { http.host.as_str() };
-    let mut request = hyper::Request::new(Empty::<Bytes>::new());
-    *request.method_mut() = hyper::Method::from_bytes(http.method().as_bytes()).unwrap_or(hyper::Method::GET);
-    let Ok(uri) = http.path.parse::<hyper::Uri>() else { return CheckResult::Failure { immediate: true } };
-    *request.uri_mut() = uri;
-    let headers = request.headers_mut();
-    if let Ok(value) = hyper::header::HeaderValue::from_str(host) {
-        headers.insert(hyper::header::HOST, value);
-    }
-    headers.insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static("Envoy/HC"));
-    for option in &http.request_headers_to_add {
+/// Applies `request_headers_to_add` / `initial_metadata` (static values: validated at load).
+fn add_headers(headers: &mut hyper::HeaderMap, options: &[HeaderValueOption]) {
+    for option in options {
         let (Ok(name), Ok(value)) = (
             hyper::header::HeaderName::from_bytes(option.header.key.as_bytes()),
             hyper::header::HeaderValue::from_str(&option.header.value),
@@ -348,11 +367,46 @@ async fn http_check(
             }
         }
     }
+}
+
+/// The URI of a check: absolute (`http://authority/path`) so that HTTP/2 sends `:authority`;
+/// HTTP/1.1 sends the path and a `host` header.
+fn check_uri(http2: bool, authority: &str, path: &str) -> Option<hyper::Uri> {
+    match http2 {
+        true => format!("http://{authority}{path}").parse().ok(),
+        false => path.parse().ok(),
+    }
+}
+
+async fn http_check(
+    cluster: &Cluster,
+    http: &HttpHealthCheck,
+    addr: SocketAddr,
+    connection: &mut Connection,
+) -> CheckResult {
+    let http2 = http.codec_client_type == CodecClientType::Http2;
+    // Envoy's default `host` is the cluster's name.
+    let host = if http.host.is_empty() { cluster.name.as_str() } else { http.host.as_str() };
+    let mut request = hyper::Request::new(Full::new(Bytes::new()));
+    *request.method_mut() = hyper::Method::from_bytes(http.method().as_bytes()).unwrap_or(hyper::Method::GET);
+    let Some(uri) = check_uri(http2, host, &http.path) else { return CheckResult::Failure { immediate: true } };
+    *request.uri_mut() = uri;
+    if http2 {
+        *request.version_mut() = hyper::Version::HTTP_2;
+    }
+    let headers = request.headers_mut();
+    if !http2 {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(host) {
+            headers.insert(hyper::header::HOST, value);
+        }
+    }
+    headers.insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static("Envoy/HC"));
+    add_headers(headers, &http.request_headers_to_add);
     for name in &http.request_headers_to_remove {
         headers.remove(name.as_str());
     }
 
-    let Ok(response) = sender.send_request(request).await else { return CheckResult::NetworkFailure };
+    let Some(response) = send(addr, http2, connection, request).await else { return CheckResult::NetworkFailure };
     let status = i64::from(response.status().as_u16());
     let immediate_fail = response.headers().contains_key("x-envoy-immediate-health-check-fail");
     let close =
@@ -365,6 +419,118 @@ async fn http_check(
         *connection = Connection::None;
     }
     http_result(http, status, immediate_fail)
+}
+
+/// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
+const GRPC_SERVING: u64 = 1;
+
+/// Envoy's `GrpcHealthCheckerImpl`: a unary `Check` call; anything but a well-formed
+/// `SERVING` answer with `grpc-status: 0` fails (counting toward `unhealthy_threshold`).
+async fn grpc_check(
+    cluster: &Cluster,
+    grpc: &GrpcHealthCheck,
+    addr: SocketAddr,
+    connection: &mut Connection,
+) -> CheckResult {
+    let authority = if grpc.authority.is_empty() { cluster.name.as_str() } else { grpc.authority.as_str() };
+    let Some(uri) = check_uri(true, authority, "/grpc.health.v1.Health/Check") else {
+        return CheckResult::Failure { immediate: true };
+    };
+    let mut request = hyper::Request::new(Full::new(grpc_check_request(&grpc.service_name)));
+    *request.method_mut() = hyper::Method::POST;
+    *request.uri_mut() = uri;
+    *request.version_mut() = hyper::Version::HTTP_2;
+    let headers = request.headers_mut();
+    headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
+    headers.insert(hyper::header::TE, hyper::header::HeaderValue::from_static("trailers"));
+    add_headers(headers, &grpc.initial_metadata);
+
+    let Some(response) = send(addr, true, connection, request).await else { return CheckResult::NetworkFailure };
+    let failed = CheckResult::Failure { immediate: false };
+    let grpc_content = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if response.status() != hyper::StatusCode::OK || !grpc_content {
+        return failed;
+    }
+    // A trailers-only answer carries `grpc-status` in its headers.
+    let header_status = response.headers().get("grpc-status").cloned();
+    let Ok(collected) = response.into_body().collect().await else { return CheckResult::NetworkFailure };
+    let grpc_status = collected.trailers().and_then(|t| t.get("grpc-status").cloned()).or(header_status);
+    if grpc_status.as_ref().map(|v| v.as_bytes()) != Some(b"0") {
+        return failed;
+    }
+    match grpc_serving_status(&collected.to_bytes()) {
+        Some(GRPC_SERVING) => CheckResult::Success,
+        _ => failed,
+    }
+}
+
+/// One gRPC frame (uncompressed, length-prefixed) holding `HealthCheckRequest { service }`.
+fn grpc_check_request(service: &str) -> Bytes {
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    Bytes::from(frame)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(data: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = data.split_first()?;
+        *data = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The `status` of the one uncompressed gRPC frame holding a `HealthCheckResponse` (0, the
+/// proto default, when the field is absent); `None` when the bytes are not that.
+fn grpc_serving_status(body: &[u8]) -> Option<u64> {
+    let (&compressed, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let message = rest.get(4..)?;
+    if compressed != 0 || message.len() != len {
+        return None;
+    }
+    let mut data = message;
+    let mut status = 0;
+    while !data.is_empty() {
+        let key = take_varint(&mut data)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = take_varint(&mut data)?,
+            (_, 0) => {
+                take_varint(&mut data)?;
+            }
+            (_, 1) => data = data.get(8..)?,
+            (_, 2) => {
+                let n = usize::try_from(take_varint(&mut data)?).ok()?;
+                data = data.get(n..)?;
+            }
+            (_, 5) => data = data.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
 }
 
 /// Envoy's `HttpActiveHealthCheckSession::healthCheckResult`: expected statuses pass,
@@ -416,6 +582,101 @@ fn contains_in_order(data: &[u8], payloads: &[Vec<u8>]) -> bool {
         }
     }
     true
+}
+
+/// `event_log_path`: one JSON `envoy.data.core.v3.HealthCheckEvent` per line, as Envoy's
+/// event logger prints it (proto field names, primitive fields always present).
+struct EventLog {
+    file: std::sync::Mutex<std::fs::File>,
+    checker_type: &'static str,
+    date: crate::access_log::date_formatter::DateFormatter,
+}
+
+impl EventLog {
+    fn open(config: &HealthCheckConfig) -> Option<EventLog> {
+        if config.event_log_path.is_empty() {
+            return None;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&config.event_log_path);
+        let file = match file {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!(path = %config.event_log_path, error = %e, "health check event log cannot be opened");
+                return None;
+            }
+        };
+        let checker_type = if config.http_health_check.is_some() {
+            "HTTP"
+        } else if config.grpc_health_check.is_some() {
+            "GRPC"
+        } else {
+            "TCP"
+        };
+        Some(EventLog {
+            file: std::sync::Mutex::new(file),
+            checker_type,
+            date: crate::access_log::date_formatter::DateFormatter::parse("%Y-%m-%dT%H:%M:%E3SZ").ok()?,
+        })
+    }
+
+    /// Envoy logs each flip, a failure of the host's first check, and every failure or
+    /// success when `always_log_health_check_failures` / `_success` ask for it.
+    #[allow(clippy::too_many_arguments)]
+    fn on_result(
+        &self,
+        cluster: &Cluster,
+        host: &Host,
+        result: CheckResult,
+        timed_out: bool,
+        first_check: bool,
+        transition: Option<Transition>,
+        config: &HealthCheckConfig,
+    ) {
+        let failure_type = match result {
+            CheckResult::Success => "",
+            CheckResult::Failure { .. } => "ACTIVE",
+            CheckResult::NetworkFailure if timed_out => "NETWORK_TIMEOUT",
+            CheckResult::NetworkFailure => "NETWORK",
+        };
+        let event = match (transition, result) {
+            (Some(Transition::Unhealthy), _) => {
+                format!(r#""eject_unhealthy_event":{{"failure_type":"{failure_type}"}}"#)
+            }
+            (Some(Transition::Healthy), _) => format!(r#""add_healthy_event":{{"first_check":{first_check}}}"#),
+            (None, CheckResult::Success) if config.always_log_health_check_success => {
+                r#""successful_health_check_event":{}"#.to_string()
+            }
+            (None, CheckResult::Success) => return,
+            (None, _) if first_check || config.always_log_health_check_failures => format!(
+                r#""health_check_failure_event":{{"failure_type":"{failure_type}","first_check":{first_check}}}"#
+            ),
+            (None, _) => return,
+        };
+        self.write(cluster, host, &event);
+    }
+
+    fn write(&self, cluster: &Cluster, host: &Host, event: &str) {
+        let mut timestamp = Vec::new();
+        self.date.format_into(std::time::SystemTime::now(), &mut timestamp);
+        let address = serde_json::Value::from(host.address.ip().to_string());
+        let line = format!(
+            concat!(
+                r#"{{"health_checker_type":"{}","host":{{"socket_address":{{"protocol":"TCP","address":{},"#,
+                r#""resolver_name":"","ipv4_compat":false,"port_value":{}}}}},"cluster_name":{},{},"timestamp":"{}"}}"#,
+                "\n"
+            ),
+            self.checker_type,
+            address,
+            host.address.port(),
+            serde_json::Value::from(cluster.name.as_str()),
+            event,
+            String::from_utf8_lossy(&timestamp),
+        );
+        use std::io::Write;
+        if let Ok(mut file) = self.file.lock() {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
 }
 
 fn update_healthy_gauge(cluster: &Cluster, checker: &HealthChecker) {
@@ -503,6 +764,32 @@ mod tests {
         assert_eq!(checker.next_interval(true, None, true), s(3));
         assert_eq!(checker.next_interval(true, Some(Transition::Unhealthy), true), s(1));
         assert_eq!(checker.next_interval(false, Some(Transition::Healthy), true), s(2));
+    }
+
+    #[test]
+    fn grpc_responses_decode_and_malformed_ones_are_refused() {
+        let frame = |message: &[u8]| {
+            let mut f = vec![0u8];
+            f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            f.extend_from_slice(message);
+            f
+        };
+        assert_eq!(grpc_serving_status(&frame(&[0x08, 0x01])), Some(GRPC_SERVING));
+        assert_eq!(grpc_serving_status(&frame(&[0x08, 0x02])), Some(2));
+        // An empty message is status 0 (UNKNOWN); unknown fields are skipped.
+        assert_eq!(grpc_serving_status(&frame(&[])), Some(0));
+        assert_eq!(grpc_serving_status(&frame(&[0x12, 0x02, b'h', b'i', 0x08, 0x01])), Some(1));
+        // Truncated, oversized, compressed, or not protobuf: no answer, no panic.
+        for bad in [vec![], vec![0u8, 0, 0], frame(&[0x08]), frame(&[0x12, 0x09, 0x01]), frame(&[0x0f])] {
+            assert_eq!(grpc_serving_status(&bad), None, "{bad:?}");
+        }
+        let mut compressed = frame(&[0x08, 0x01]);
+        compressed[0] = 1;
+        assert_eq!(grpc_serving_status(&compressed), None);
+        let mut long = frame(&[0x08, 0x01]);
+        long.push(0);
+        assert_eq!(grpc_serving_status(&long), None);
+        assert_eq!(grpc_check_request("").as_ref(), &[0, 0, 0, 0, 0]);
     }
 
     #[test]

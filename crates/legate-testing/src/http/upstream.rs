@@ -110,6 +110,14 @@ pub enum UpstreamAction {
     },
     /// Never answers (the connection stays open until the proxy gives up).
     Hang,
+    /// A unary gRPC response: `200`, `content-type: application/grpc`, `message` in one
+    /// length-prefixed frame, and `grpc-status` in the trailers.
+    Grpc {
+        /// The encoded protobuf message.
+        message: Bytes,
+        /// The `grpc-status` trailer.
+        grpc_status: u32,
+    },
 }
 
 impl UpstreamAction {
@@ -508,6 +516,15 @@ async fn perform(mut action: UpstreamAction) -> Result<hyper::Response<UpstreamB
             UpstreamAction::Pattern { len, seed } => {
                 (200, Vec::new(), UpstreamBody::Pattern { left: len, writer: PatternWriter::new(seed) })
             }
+            UpstreamAction::Grpc { message, grpc_status } => {
+                let mut frame = vec![0u8];
+                frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&message);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", grpc_status.into());
+                let headers = vec![("content-type".to_string(), "application/grpc".to_string())];
+                (200, headers, UpstreamBody::Grpc { frame: Some(Bytes::from(frame)), trailers: Some(trailers) })
+            }
         };
         let mut response = hyper::Response::builder().status(status);
         for (name, value) in &headers {
@@ -522,6 +539,7 @@ enum UpstreamBody {
     Full(Option<Bytes>),
     Chunks { chunks: VecDeque<Bytes>, interval: Duration, sleep: Option<Pin<Box<Sleep>>> },
     Pattern { left: u64, writer: PatternWriter },
+    Grpc { frame: Option<Bytes>, trailers: Option<http::HeaderMap> },
 }
 
 impl Body for UpstreamBody {
@@ -543,6 +561,10 @@ impl Body for UpstreamBody {
                 *sleep = Some(Box::pin(tokio::time::sleep(*interval)));
                 Poll::Ready(chunks.pop_front().map(|c| Ok(Frame::data(c))))
             }
+            UpstreamBody::Grpc { frame, trailers } => match frame.take() {
+                Some(frame) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
             UpstreamBody::Pattern { left, writer } => {
                 if *left == 0 {
                     return Poll::Ready(None);
@@ -561,6 +583,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Full(body) => body.as_ref().is_none_or(|b| b.is_empty()),
             UpstreamBody::Chunks { chunks, .. } => chunks.is_empty(),
             UpstreamBody::Pattern { left, .. } => *left == 0,
+            UpstreamBody::Grpc { frame, trailers } => frame.is_none() && trailers.is_none(),
         }
     }
 
@@ -569,6 +592,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Full(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
             UpstreamBody::Chunks { .. } => SizeHint::default(),
             UpstreamBody::Pattern { left, .. } => SizeHint::with_exact(*left),
+            UpstreamBody::Grpc { .. } => SizeHint::default(),
         }
     }
 }
