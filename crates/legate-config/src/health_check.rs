@@ -431,14 +431,17 @@ mod tests {
     fn unsupported_parts_say_so() {
         let base =
             serde_json::json!({"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1, "healthy_threshold": 1});
-        let mut h2 = base.clone();
-        h2["http_health_check"] = serde_json::json!({"path": "/", "codec_client_type": "HTTP2"});
-        let err = load(h2).unwrap_err();
-        assert!(err.contains("health_checks[0].http_health_check.codec_client_type: Http2 is not supported"), "{err}");
+        let mut h3 = base.clone();
+        h3["http_health_check"] = serde_json::json!({"path": "/", "codec_client_type": "HTTP3"});
+        let err = load(h3).unwrap_err();
+        assert!(err.contains("health_checks[0].http_health_check.codec_client_type: HTTP3 is not supported"), "{err}");
+        let mut custom = base.clone();
+        custom["custom_health_check"] = serde_json::json!({"name": "x"});
+        let err = load(custom).unwrap_err();
+        assert!(err.contains("custom_health_check: this Envoy field is not supported by legate yet"), "{err}");
         let mut grpc = base.clone();
-        grpc["grpc_health_check"] = serde_json::json!({});
-        let err = load(grpc).unwrap_err();
-        assert!(err.contains("grpc_health_check: this Envoy field is not supported by legate yet"), "{err}");
+        grpc["grpc_health_check"] = serde_json::json!({"service_name": "s"});
+        assert!(load(grpc).is_ok());
         let mut bad_hex = base;
         bad_hex["tcp_health_check"] = serde_json::json!({"send": {"text": "xyz"}});
         let err = load(bad_hex).unwrap_err();
