@@ -68,7 +68,7 @@ pub struct Cluster {
     pub maglev_lb_config: Option<MaglevLbConfig>,
     pub original_dst_lb_config: Option<Unsupported>,
     pub least_request_lb_config: Option<LeastRequestLbConfig>,
-    pub round_robin_lb_config: Option<Unsupported>,
+    pub round_robin_lb_config: Option<RoundRobinLbConfig>,
     #[serde(default)]
     pub common_lb_config: CommonLbConfig,
     pub transport_socket: Option<TransportSocket>,
@@ -279,8 +279,46 @@ pub struct LeastRequestLbConfig {
     /// With unequal host weights, a host's weight is divided by (active requests + 1) to this
     /// power (default 1.0).
     pub active_request_bias: Option<crate::core::RuntimeDouble>,
-    pub slow_start_config: Option<Unsupported>,
+    pub slow_start_config: Option<SlowStartConfig>,
 }
+
+/// `Cluster.RoundRobinLbConfig`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRobinLbConfig {
+    pub slow_start_config: Option<SlowStartConfig>,
+}
+
+/// `Cluster.SlowStartConfig`: a host that just joined (or just passed its health check again)
+/// gets a share of traffic that grows over `slow_start_window` instead of its full share at once.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlowStartConfig {
+    pub slow_start_window: Option<Duration>,
+    /// How fast the share grows: the weight scales by (elapsed / window)^(1 / aggression)
+    /// (default 1.0: linearly).
+    pub aggression: Option<crate::core::RuntimeDouble>,
+    /// The least share of its weight a host gets during the window (default 10 %).
+    pub min_weight_percent: Option<Percent>,
+}
+
+impl SlowStartConfig {
+    pub fn window(&self) -> std::time::Duration {
+        self.slow_start_window.map_or(std::time::Duration::ZERO, |d| d.0)
+    }
+    pub fn aggression(&self) -> f64 {
+        self.aggression.as_ref().map_or(1.0, |a| a.default_value)
+    }
+    pub fn min_weight_percent(&self) -> f64 {
+        self.min_weight_percent.map_or(10.0, |p| p.value)
+    }
+}
+
+/// `Cluster.CommonLbConfig.LocalityWeightedLbConfig`: no fields; its presence turns on
+/// locality-weighted picking.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityWeightedLbConfig {}
 
 /// `Cluster.RingHashLbConfig`: the ring of the `RING_HASH` policy.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -343,7 +381,7 @@ pub struct CommonLbConfig {
     /// Below this percentage of healthy hosts the LB ignores health (default 50 %).
     pub healthy_panic_threshold: Option<Percent>,
     pub zone_aware_lb_config: Option<Unsupported>,
-    pub locality_weighted_lb_config: Option<Unsupported>,
+    pub locality_weighted_lb_config: Option<LocalityWeightedLbConfig>,
     pub update_merge_window: Option<Duration>,
     #[serde(default)]
     pub ignore_new_hosts_until_first_hc: bool,

@@ -288,6 +288,15 @@ impl Validator {
         }
     }
 
+    fn slow_start_config(&mut self, at: &str, slow: &crate::cluster::SlowStartConfig) {
+        if slow.aggression.as_ref().is_some_and(|a| a.default_value.is_nan() || a.default_value <= 0.0) {
+            self.error(&format!("{at}.aggression"), "value must be greater than 0.0");
+        }
+        if slow.min_weight_percent.is_some_and(|p| !(0.0..=100.0).contains(&p.value)) {
+            self.error(&format!("{at}.min_weight_percent"), "value must be inside range [0, 100]");
+        }
+    }
+
     fn maglev_lb_config(&mut self, at: &str, maglev: &MaglevLbConfig) {
         let size = maglev.table_size();
         if size > MaglevLbConfig::MAX_TABLE_SIZE {
@@ -362,6 +371,20 @@ impl Validator {
                     "value must be greater than or equal to 2",
                 );
             }
+            if let Some(slow) = &lr.slow_start_config {
+                self.slow_start_config(&format!("{at}.least_request_lb_config.slow_start_config"), slow);
+            }
+        }
+        if let Some(slow) = cluster.round_robin_lb_config.as_ref().and_then(|r| r.slow_start_config.as_ref()) {
+            self.slow_start_config(&format!("{at}.round_robin_lb_config.slow_start_config"), slow);
+        }
+        if cluster.common_lb_config.locality_weighted_lb_config.is_some()
+            && matches!(cluster.lb_policy, crate::cluster::LbPolicy::RingHash | crate::cluster::LbPolicy::Maglev)
+        {
+            self.error(
+                &format!("{at}.common_lb_config.locality_weighted_lb_config"),
+                "locality-weighted RING_HASH and MAGLEV are not supported by legate yet",
+            );
         }
         let Some(assignment) = &cluster.load_assignment else {
             return;

@@ -113,7 +113,8 @@ impl Cluster {
                     locality.priority,
                     locality.locality.clone().unwrap_or_default(),
                     endpoint.health_status,
-                );
+                )
+                .with_locality_weight(locality.load_balancing_weight);
                 self.on_host_added(&host);
                 hosts.push(Arc::new(host));
             }

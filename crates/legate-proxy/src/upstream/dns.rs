@@ -50,7 +50,8 @@ pub async fn refresh(cluster: &Cluster) -> bool {
                         locality.priority,
                         locality.locality.clone().unwrap_or_default(),
                         endpoint.health_status,
-                    );
+                    )
+                    .with_locality_weight(locality.load_balancing_weight);
                     cluster.on_host_added(&host);
                     Arc::new(host)
                 }

@@ -254,6 +254,10 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         }
         if let Some(transition) = transition {
             let now_unhealthy = transition == Transition::Unhealthy;
+            if !now_unhealthy {
+                // Envoy's slow start window starts when the host passes its check.
+                host.restart_slow_start();
+            }
             host.set_health_flag(health_flag::FAILED_ACTIVE_HC, now_unhealthy);
             cluster.refresh_health();
             update_healthy_gauge(&cluster, checker);

@@ -15,6 +15,12 @@ pub mod health_flag {
     pub const PENDING_DYNAMIC_REMOVAL: u32 = 0x20;
 }
 
+/// Milliseconds on a monotonic clock shared by every thread (from the first call).
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
 pub struct Host {
     pub address: SocketAddr,
     /// The name it was resolved from (DNS clusters) or `endpoint.hostname`.
@@ -22,6 +28,11 @@ pub struct Host {
     pub weight: u32,
     pub priority: u32,
     pub locality: Locality,
+    /// The `load_balancing_weight` of the host's locality (1 when unset).
+    pub locality_weight: u32,
+    /// When the host last entered slow start: its creation, or its return to health after
+    /// failing active health checks ([`monotonic_ms`]).
+    slow_start_since_ms: AtomicU64,
     /// Health as the config (or EDS) states it.
     pub health_status: HealthStatus,
     /// `health_flag` bits; shared by all workers, written by the main thread.
@@ -82,11 +93,33 @@ impl Host {
             weight: weight.max(1),
             priority,
             locality,
+            locality_weight: 1,
+            slow_start_since_ms: AtomicU64::new(monotonic_ms()),
             health_status,
             health_flags: AtomicU32::new(flags),
             stats: HostStats::default(),
             outlier: Default::default(),
         }
+    }
+
+    /// Sets the weight of the host's locality (`LocalityLbEndpoints.load_balancing_weight`).
+    pub fn with_locality_weight(mut self, weight: Option<u32>) -> Self {
+        self.locality_weight = weight.unwrap_or(1).max(1);
+        self
+    }
+
+    /// The host passed its health check after failing: its slow start begins again.
+    pub fn restart_slow_start(&self) {
+        self.slow_start_since_ms.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub fn set_slow_start_since_ms(&self, ms: u64) {
+        self.slow_start_since_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn slow_start_since_ms(&self) -> u64 {
+        self.slow_start_since_ms.load(Ordering::Relaxed)
     }
 
     pub fn health_flags(&self) -> u32 {

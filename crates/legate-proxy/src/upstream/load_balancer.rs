@@ -20,7 +20,7 @@ use std::sync::Arc;
 use legate_config::cluster::LbPolicy;
 
 use super::cluster::{Cluster, HostSet, PrioritySet};
-use super::host::Host;
+use super::host::{monotonic_ms, Host};
 use maglev::Maglev;
 use ring_hash::RingHash;
 
@@ -37,7 +37,99 @@ pub struct LoadBalancer {
     /// Per priority and host list (healthy or panic): the ring or table of a hashing policy,
     /// built at its first use.
     hashing: Vec<[Option<HashingTable>; 2]>,
+    /// `locality_weighted_lb_config`: per priority and host list, the hosts grouped by
+    /// locality, built at first use.
+    locality_weighted: bool,
+    localities: Vec<[Option<LocalityGroups>; 2]>,
+    /// The slow start of ROUND_ROBIN or LEAST_REQUEST, while some host is in its window.
+    slow_start: Option<SlowStart>,
     rng: fastrand::Rng,
+}
+
+/// `slow_start_config`, with the time its last host leaves the window.
+struct SlowStart {
+    window_ms: u64,
+    aggression: f64,
+    /// `min_weight_percent` as a fraction.
+    min_weight: f64,
+    /// [`monotonic_ms`] when every current host is past its window.
+    until_ms: u64,
+}
+
+impl SlowStart {
+    /// Envoy's scaling: weight × max(min_weight, (elapsed / window)^(1 / aggression)) inside
+    /// the window.
+    fn factor(&self, host: &Host, now_ms: u64) -> f64 {
+        let elapsed = now_ms.saturating_sub(host.slow_start_since_ms());
+        if elapsed >= self.window_ms {
+            return 1.0;
+        }
+        let time_factor = elapsed.max(1) as f64 / self.window_ms as f64;
+        time_factor.powf(1.0 / self.aggression).max(self.min_weight)
+    }
+}
+
+/// The hosts of one priority grouped by locality, each locality weighted by its
+/// `load_balancing_weight` times its share of healthy hosts (scaled by the overprovisioning
+/// factor, capped at 1: Envoy's effective locality weight), picked by smooth weighted round
+/// robin; a round-robin state per locality for the host within it.
+struct LocalityGroups {
+    groups: Vec<Vec<Arc<Host>>>,
+    weights: Vec<i64>,
+    scores: Vec<i64>,
+    round_robin: Vec<RoundRobin>,
+}
+
+impl LocalityGroups {
+    fn new(set: &HostSet, panic: bool, overprovisioning_factor: u32) -> Self {
+        let mut localities: Vec<(&legate_config::core::Locality, u32, Vec<Arc<Host>>, usize)> = Vec::new();
+        for host in &set.hosts {
+            let index = match localities.iter().position(|(l, ..)| **l == host.locality) {
+                Some(i) => i,
+                None => {
+                    localities.push((&host.locality, host.locality_weight, Vec::new(), 0));
+                    localities.len() - 1
+                }
+            };
+            if let Some((_, _, members, total)) = localities.get_mut(index) {
+                *total += 1;
+                if panic || set.healthy_hosts.iter().any(|h| Arc::ptr_eq(h, host)) {
+                    members.push(host.clone());
+                }
+            }
+        }
+        let mut groups =
+            LocalityGroups { groups: Vec::new(), weights: Vec::new(), scores: Vec::new(), round_robin: Vec::new() };
+        for (_, weight, members, total) in localities {
+            let availability = match panic {
+                true => 1.0,
+                false => (f64::from(overprovisioning_factor) / 100.0 * members.len() as f64 / total as f64).min(1.0),
+            };
+            // Thousandths keep fractional availability in integer arithmetic.
+            let effective = (f64::from(weight) * availability * 1000.0).round() as i64;
+            if effective > 0 && !members.is_empty() {
+                groups.groups.push(members);
+                groups.weights.push(effective);
+                groups.scores.push(0);
+                groups.round_robin.push(RoundRobin::default());
+            }
+        }
+        groups
+    }
+
+    fn pick(&mut self) -> Option<usize> {
+        let total: i64 = self.weights.iter().sum();
+        let mut best: Option<(usize, i64)> = None;
+        for (i, (score, weight)) in self.scores.iter_mut().zip(&self.weights).enumerate() {
+            *score += weight;
+            if best.is_none_or(|(_, top)| *score > top) {
+                best = Some((i, *score));
+            }
+        }
+        let (best, _) = best?;
+        *self.scores.get_mut(best)? -= total;
+        Some(best)
+    }
 }
 
 /// Smooth weighted round robin (the nginx algorithm): each pick adds every host's weight to
@@ -83,9 +175,28 @@ impl LoadBalancer {
             panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor,
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
+            locality_weighted: cluster.config.common_lb_config.locality_weighted_lb_config.is_some(),
+            localities: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
+            slow_start: Self::slow_start(cluster, priority_set),
             round_robin,
             rng,
         }
+    }
+
+    fn slow_start(cluster: &Cluster, priority_set: &PrioritySet) -> Option<SlowStart> {
+        let config = match cluster.config.lb_policy {
+            LbPolicy::RoundRobin => cluster.config.round_robin_lb_config.as_ref()?.slow_start_config.as_ref()?,
+            LbPolicy::LeastRequest => cluster.config.least_request_lb_config.as_ref()?.slow_start_config.as_ref()?,
+            _ => return None,
+        };
+        let window_ms = config.window().as_millis() as u64;
+        let latest = priority_set.all_hosts().map(|h| h.slow_start_since_ms()).max()?;
+        (window_ms > 0).then(|| SlowStart {
+            window_ms,
+            aggression: config.aggression(),
+            min_weight: config.min_weight_percent() / 100.0,
+            until_ms: latest + window_ms,
+        })
     }
 
     /// Picks a host, or `None` when the cluster has no host at all. `hash` is the request hash
@@ -120,10 +231,31 @@ impl LoadBalancer {
             }
             .cloned();
         }
-        let state = self.round_robin.get_mut(priority).map(|s| &mut s[usize::from(panic)]);
-        let index = match self.policy {
-            LbPolicy::LeastRequest => least_request(&mut self.rng, hosts, self.choice_count, self.active_request_bias),
-            LbPolicy::Random => weighted_random(&mut self.rng, hosts),
+        let mut hosts: &[Arc<Host>] = hosts;
+        let mut state = self.round_robin.get_mut(priority).map(|s| &mut s[usize::from(panic)]);
+        if self.locality_weighted {
+            let overprovisioning = self.overprovisioning_factor;
+            if let Some(slot) = self.localities.get_mut(priority).map(|s| &mut s[usize::from(panic)]) {
+                let groups = slot.get_or_insert_with(|| LocalityGroups::new(set, panic, overprovisioning));
+                if let Some(i) = groups.pick() {
+                    if let (Some(members), Some(rr)) = (groups.groups.get(i), groups.round_robin.get_mut(i)) {
+                        hosts = members;
+                        state = Some(rr);
+                    }
+                }
+            }
+        }
+        let now = monotonic_ms();
+        let slow_start = self.slow_start.as_ref().filter(|s| now < s.until_ms);
+        let index = match (self.policy, slow_start) {
+            (LbPolicy::LeastRequest, Some(slow)) => {
+                slow_start_pick(&mut self.rng, hosts, slow, now, Some(self.active_request_bias))
+            }
+            (_, Some(slow)) => slow_start_pick(&mut self.rng, hosts, slow, now, None),
+            (LbPolicy::LeastRequest, None) => {
+                least_request(&mut self.rng, hosts, self.choice_count, self.active_request_bias)
+            }
+            (LbPolicy::Random, None) => weighted_random(&mut self.rng, hosts),
             _ => match state {
                 Some(state) => state.pick(hosts),
                 None => 0,
@@ -229,6 +361,38 @@ fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32
     best
 }
 
+/// A weighted pick with each weight scaled by its host's slow start factor (and, for
+/// LEAST_REQUEST, divided by (active requests + 1)^bias), as Envoy's EDF schedulers do while
+/// hosts are in their window.
+fn slow_start_pick(
+    rng: &mut fastrand::Rng,
+    hosts: &[Arc<Host>],
+    slow: &SlowStart,
+    now_ms: u64,
+    least_request_bias: Option<f64>,
+) -> usize {
+    let effective = |h: &Host| {
+        let weight = f64::from(h.weight) * slow.factor(h, now_ms);
+        match least_request_bias {
+            Some(bias) => {
+                let load = h.stats.rq_active.load(Ordering::Relaxed) + h.stats.cx_active.load(Ordering::Relaxed);
+                weight / ((load + 1) as f64).powf(bias)
+            }
+            None => weight,
+        }
+    };
+    let total: f64 = hosts.iter().map(|h| effective(h)).sum();
+    let mut pick = rng.f64() * total;
+    for (i, host) in hosts.iter().enumerate() {
+        let weight = effective(host);
+        if pick < weight {
+            return i;
+        }
+        pick -= weight;
+    }
+    hosts.len().saturating_sub(1)
+}
+
 fn weighted_random(rng: &mut fastrand::Rng, hosts: &[Arc<Host>]) -> usize {
     let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
     let mut pick = rng.u64(0..total.max(1));
@@ -255,11 +419,86 @@ pub(super) mod tests {
     }
 
     fn cluster(policy: &str) -> Cluster {
+        cluster_with(serde_json::json!({"lb_policy": policy}))
+    }
+
+    fn cluster_with(fields: serde_json::Value) -> Cluster {
         let store = legate_stats::Store::new(1);
-        let config: legate_config::cluster::Cluster =
-            serde_json::from_value(serde_json::json!({"name": "c", "type": "STRICT_DNS", "lb_policy": policy}))
-                .unwrap();
+        let mut config = serde_json::json!({"name": "c", "type": "STRICT_DNS"});
+        if let (Some(c), serde_json::Value::Object(f)) = (config.as_object_mut(), fields) {
+            c.extend(f);
+        }
+        let config: legate_config::cluster::Cluster = serde_json::from_value(config).unwrap();
         Cluster::new(config, &store.scope("cluster.c"))
+    }
+
+    fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> Arc<Host> {
+        let locality = legate_config::core::Locality { zone: zone.into(), ..Default::default() };
+        let host = Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, 0, locality, health);
+        Arc::new(host.with_locality_weight(Some(locality_weight)))
+    }
+
+    #[test]
+    fn locality_weights_split_traffic_and_follow_locality_health() {
+        let c = cluster_with(serde_json::json!({"common_lb_config": {"locality_weighted_lb_config": {}}}));
+        let hosts = |b2: HealthStatus| {
+            vec![
+                host_in(1, "a", 1, HealthStatus::Healthy),
+                host_in(2, "a", 1, HealthStatus::Healthy),
+                host_in(3, "b", 3, HealthStatus::Healthy),
+                host_in(4, "b", 3, b2),
+            ]
+        };
+        let ps = PrioritySet::new(hosts(HealthStatus::Healthy), 1);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 4000);
+        let share = |ports: &[u16]| ports.iter().map(|p| m.get(p).copied().unwrap_or(0)).sum::<usize>();
+        // Weights 1 : 3, picked by smooth round robin: exact.
+        assert_eq!((share(&[1, 2]), share(&[3, 4])), (1000, 3000), "{m:?}");
+        assert_eq!((m[&1], m[&2]), (500, 500), "round robin inside a locality");
+
+        // Half of b unhealthy: b's weight is 3 × min(1, 1.4 × 1/2) = 2.1 against a's 1.
+        let ps = PrioritySet::new(hosts(HealthStatus::Unhealthy), 2);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 3100);
+        let share = |ports: &[u16]| ports.iter().map(|p| m.get(p).copied().unwrap_or(0)).sum::<usize>();
+        assert_eq!((share(&[1, 2]), share(&[3]), share(&[4])), (1000, 2100, 0), "{m:?}");
+    }
+
+    #[test]
+    fn slow_start_ramps_a_new_host_up_from_min_weight() {
+        for policy in ["round_robin_lb_config", "least_request_lb_config"] {
+            let lb_policy = if policy.starts_with("round") { "ROUND_ROBIN" } else { "LEAST_REQUEST" };
+            let c = cluster_with(serde_json::json!({
+                "lb_policy": lb_policy,
+                policy: {"slow_start_config": {"slow_start_window": "60s", "min_weight_percent": {"value": 10}}}
+            }));
+            let (old, new) = (host(1, 1), host(2, 1));
+            let ps = PrioritySet::new(vec![old.clone(), new.clone()], 1);
+            let lb = LoadBalancer::new(&c, &ps);
+            let slow = lb.slow_start.as_ref().expect("slow start configured");
+            let bias = (lb_policy == "LEAST_REQUEST").then_some(1.0);
+            let mut rng = fastrand::Rng::with_seed(7);
+            let mut share_of_new = |now: u64, n: usize| {
+                (0..n).filter(|_| slow_start_pick(&mut rng, &ps.host_sets[0].hosts, slow, now, bias) == 1).count()
+            };
+            // At 200 s the old host is long past its window.
+            old.set_slow_start_since_ms(0);
+            // Just added: min_weight 0.1 against 1 → about 1/11 of the picks.
+            new.set_slow_start_since_ms(200_000);
+            let fresh = share_of_new(200_000, 11_000);
+            assert!((600..1400).contains(&fresh), "{policy}: new host got {fresh} of 11000");
+            // Half way through a linear window: 0.5 against 1 → a third.
+            let half = share_of_new(230_000, 9000);
+            assert!((2500..3500).contains(&half), "{policy}: half-way host got {half} of 9000");
+            // Past the window: equal shares again.
+            let done = share_of_new(261_000, 1000);
+            assert!((400..600).contains(&done), "{policy}: {done}");
+        }
+        // Without a window, no slow start.
+        let c = cluster_with(serde_json::json!({"round_robin_lb_config": {"slow_start_config": {}}}));
+        let ps = PrioritySet::new(vec![host(1, 1)], 1);
+        assert!(LoadBalancer::new(&c, &ps).slow_start.is_none());
     }
 
     fn counts(lb: &mut LoadBalancer, c: &Cluster, ps: &PrioritySet, n: usize) -> std::collections::HashMap<u16, usize> {

@@ -165,10 +165,11 @@ impl Pool {
     /// request while it waits in the pending queue. `fresh` skips the idle connections: a
     /// request that just met a stale one is resent on a connection that cannot be stale too.
     pub async fn acquire(self: &Rc<Self>, priority: RoutingPriority, fresh: bool) -> Result<PooledConn, PoolFailure> {
-        while !fresh {
-            let Some(client) = self.ready_client() else { break };
-            if let Some(conn) = self.prepare(client).await {
-                return Ok(conn);
+        if !fresh {
+            while let Some(client) = self.ready_client() {
+                if let Some(conn) = self.prepare(client).await {
+                    return Ok(conn);
+                }
             }
         }
         let stats = &self.cluster.stats;
