@@ -29,7 +29,9 @@ pub struct Cluster {
     pub per_connection_buffer_limit_bytes: Option<u32>,
     #[serde(default)]
     pub lb_policy: LbPolicy,
-    pub load_balancing_policy: Option<Unsupported>,
+    /// The typed form of the load balancer; it takes precedence over `lb_policy` and is
+    /// written into the classic fields at load ([`Cluster::apply_load_balancing_policy`]).
+    pub load_balancing_policy: Option<crate::load_balancing_policy::LoadBalancingPolicy>,
     pub load_assignment: Option<ClusterLoadAssignment>,
     /// Active health checks; legate runs at most one per cluster.
     #[serde(default)]
@@ -91,6 +93,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Writes `load_balancing_policy`, when set, into `lb_policy` and the `*_lb_config`
+    /// fields. The error's path is relative to the cluster.
+    pub fn apply_load_balancing_policy(&mut self) -> Result<(), crate::path::PathError> {
+        let Some(policy) = &self.load_balancing_policy else { return Ok(()) };
+        let chosen = policy.choose().map_err(|e| crate::path::PathError {
+            path: crate::path::join("load_balancing_policy", &e.path),
+            message: e.message,
+        })?;
+        crate::load_balancing_policy::apply(self, chosen);
+        Ok(())
+    }
+
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
     pub const DEFAULT_BUFFER_LIMIT: u32 = 1024 * 1024;
@@ -314,6 +328,18 @@ impl SlowStartConfig {
     }
 }
 
+/// `Cluster.CommonLbConfig.ConsistentHashingLbConfig`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistentHashingLbConfig {
+    /// Refused at load when true: legate places hosts by address.
+    #[serde(default)]
+    pub use_hostname_for_hashing: bool,
+    /// Bounded loads: no host takes more than this percentage of the average load (≥ 100);
+    /// a key whose host is full goes to the next host of the ring or table.
+    pub hash_balance_factor: Option<u32>,
+}
+
 /// `Cluster.CommonLbConfig.LocalityWeightedLbConfig`: no fields; its presence turns on
 /// locality-weighted picking.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -387,7 +413,7 @@ pub struct CommonLbConfig {
     pub ignore_new_hosts_until_first_hc: bool,
     #[serde(default)]
     pub close_connections_on_host_set_change: bool,
-    pub consistent_hashing_lb_config: Option<Unsupported>,
+    pub consistent_hashing_lb_config: Option<ConsistentHashingLbConfig>,
     pub override_host_status: Option<Unsupported>,
 }
 

@@ -26,6 +26,7 @@ pub mod health_check;
 pub mod lint;
 pub mod listener;
 pub mod load;
+pub mod load_balancing_policy;
 pub mod matcher;
 pub mod merge;
 pub mod normalize;

@@ -76,7 +76,15 @@ pub fn parse_bootstrap(mut tree: Value) -> Result<LoadedBootstrap, ConfigError> 
         return Err(ConfigError::Syntax { origin: "config".into(), message: "the bootstrap must be a mapping".into() });
     }
     normalize(&mut tree);
-    let bootstrap: Bootstrap = path::from_value(tree.clone()).map_err(ConfigError::Field)?;
+    let mut bootstrap: Bootstrap = path::from_value(tree.clone()).map_err(ConfigError::Field)?;
+    for (i, cluster) in bootstrap.static_resources.clusters.iter_mut().enumerate() {
+        cluster.apply_load_balancing_policy().map_err(|e| {
+            ConfigError::Field(path::PathError {
+                path: path::join(&format!("static_resources.clusters[{i}]"), &e.path),
+                message: e.message,
+            })
+        })?;
+    }
     let errors = validate::validate(&bootstrap);
     if !errors.is_empty() {
         return Err(ConfigError::Invalid(errors));

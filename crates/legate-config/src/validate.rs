@@ -378,6 +378,15 @@ impl Validator {
         if let Some(slow) = cluster.round_robin_lb_config.as_ref().and_then(|r| r.slow_start_config.as_ref()) {
             self.slow_start_config(&format!("{at}.round_robin_lb_config.slow_start_config"), slow);
         }
+        if let Some(hashing) = &cluster.common_lb_config.consistent_hashing_lb_config {
+            let at = format!("{at}.common_lb_config.consistent_hashing_lb_config");
+            if hashing.use_hostname_for_hashing {
+                self.error(&format!("{at}.use_hostname_for_hashing"), "is not supported by legate yet");
+            }
+            if hashing.hash_balance_factor.is_some_and(|f| f < 100) {
+                self.error(&format!("{at}.hash_balance_factor"), "value must be greater than or equal to 100");
+            }
+        }
         if cluster.common_lb_config.locality_weighted_lb_config.is_some()
             && matches!(cluster.lb_policy, crate::cluster::LbPolicy::RingHash | crate::cluster::LbPolicy::Maglev)
         {

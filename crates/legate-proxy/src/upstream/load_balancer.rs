@@ -37,6 +37,8 @@ pub struct LoadBalancer {
     /// Per priority and host list (healthy or panic): the ring or table of a hashing policy,
     /// built at its first use.
     hashing: Vec<[Option<HashingTable>; 2]>,
+    /// `consistent_hashing_lb_config.hash_balance_factor` of the hashing policies.
+    hash_balance_factor: Option<u32>,
     /// `locality_weighted_lb_config`: per priority and host list, the hosts grouped by
     /// locality, built at first use.
     locality_weighted: bool,
@@ -175,6 +177,12 @@ impl LoadBalancer {
             panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor,
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
+            hash_balance_factor: cluster
+                .config
+                .common_lb_config
+                .consistent_hashing_lb_config
+                .as_ref()
+                .and_then(|c| c.hash_balance_factor),
             locality_weighted: cluster.config.common_lb_config.locality_weighted_lb_config.is_some(),
             localities: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             slow_start: Self::slow_start(cluster, priority_set),
@@ -225,9 +233,14 @@ impl LoadBalancer {
                 LbPolicy::Maglev => HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_ref())),
                 _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_ref())),
             });
-            return match table {
+            let table = &*table;
+            let lookup = |hash: u64| match table {
                 HashingTable::RingHash(ring) => ring.choose_host(hash),
                 HashingTable::Maglev(maglev) => maglev.choose_host(hash),
+            };
+            return match self.hash_balance_factor {
+                Some(factor) => bounded_load_pick(hosts, factor, hash, lookup),
+                None => lookup(hash),
             }
             .cloned();
         }
@@ -361,6 +374,45 @@ fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32
     best
 }
 
+/// Consistent hashing with bounded loads (Envoy's `hash_balance_factor`): the key's host
+/// unless it already carries more than `factor` percent of its weighted share of the requests
+/// in flight, in which case the key is rehashed until it lands on a host with room. The same
+/// key under the same loads always takes the same path.
+fn bounded_load_pick<'a>(
+    hosts: &[Arc<Host>],
+    factor: u32,
+    hash: u64,
+    lookup: impl Fn(u64) -> Option<&'a Arc<Host>>,
+) -> Option<&'a Arc<Host>> {
+    let load = |h: &Host| h.stats.rq_active.load(Ordering::Relaxed);
+    let total_load: u64 = hosts.iter().map(|h| load(h)).sum();
+    let total_weight: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum::<u64>().max(1);
+    let has_room = |h: &Host| {
+        let bound =
+            ((total_load + 1) as f64 * f64::from(factor) / 100.0 * f64::from(h.weight) / total_weight as f64).ceil();
+        ((load(h) + 1) as f64) <= bound
+    };
+    let first = lookup(hash)?;
+    if has_room(first) {
+        return Some(first);
+    }
+    let mut key = hash;
+    for _ in 0..hosts.len().saturating_mul(4) {
+        // A splitmix64 step: a fresh, well-spread position for the same key.
+        key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = key;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if let Some(candidate) = lookup(z) {
+            if has_room(candidate) {
+                return Some(candidate);
+            }
+        }
+    }
+    Some(first)
+}
+
 /// A weighted pick with each weight scaled by its host's slow start factor (and, for
 /// LEAST_REQUEST, divided by (active requests + 1)^bias), as Envoy's EDF schedulers do while
 /// hosts are in their window.
@@ -436,6 +488,31 @@ pub(super) mod tests {
         let locality = legate_config::core::Locality { zone: zone.into(), ..Default::default() };
         let host = Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, 0, locality, health);
         Arc::new(host.with_locality_weight(Some(locality_weight)))
+    }
+
+    #[test]
+    fn bounded_loads_move_keys_off_a_busy_host_only() {
+        let hosts: Vec<Arc<Host>> = (1..=4).map(|p| host(p, 1)).collect();
+        let ring = RingHash::new(&hosts, None);
+        let lookup = |h: u64| ring.choose_host(h);
+        let keys = key_hashes(2000);
+        // No load anywhere: every key goes where the ring puts it.
+        for &k in &keys {
+            assert!(Arc::ptr_eq(bounded_load_pick(&hosts, 150, k, lookup).unwrap(), lookup(k).unwrap()));
+        }
+        // Host 1 carries all 20 requests in flight: its bound is ceil(21 × 1.5 / 4) = 8.
+        hosts[0].stats.rq_active.store(20, Ordering::Relaxed);
+        for &k in &keys {
+            let home = lookup(k).unwrap();
+            let chosen = bounded_load_pick(&hosts, 150, k, lookup).unwrap();
+            if home.address.port() == 1 {
+                assert_ne!(chosen.address.port(), 1, "a key of the busy host moves");
+                let again = bounded_load_pick(&hosts, 150, k, lookup).unwrap();
+                assert!(Arc::ptr_eq(chosen, again), "and always to the same place");
+            } else {
+                assert!(Arc::ptr_eq(chosen, home), "other keys stay home");
+            }
+        }
     }
 
     #[test]
