@@ -273,10 +273,22 @@ class Bench:
 
     def case_tcp(self, p):
         def run():
-            out = json.loads(client(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS["TCP_PORT"]),
-                                     "-t", str(self.args.duration), "-J"]))
+            r = subprocess.run(["taskset", "-c", CLIENT_CPU, "iperf3", "-c", "127.0.0.1", "-p",
+                                str(PORTS["TCP_PORT"]), "-t", str(self.args.duration), "-J"],
+                               capture_output=True, text=True)
+            out = json.loads(r.stdout)
+            if "error" in out:
+                raise RuntimeError(f"iperf3: {out['error']}")
             end = out["end"]
             return {"bytes": end["sum_received"]["bytes"], "seconds": end["sum_received"]["seconds"]}
+        # iperf3 -s serves one test at a time and may still be closing the previous one
+        # ("the server is busy running a test"): wait for it, retry before measuring.
+        for attempt in range(5):
+            try:
+                json.loads(client(["iperf3", "-c", "127.0.0.1", "-p", str(PORTS["TCP_PORT"]), "-t", "1", "-J"]))
+                break
+            except (RuntimeError, ValueError):
+                time.sleep(1.0)
         r = self.measured(p, run)
         gib = r["bytes"] / (1 << 30)
         r["gib_per_s"] = gib / r["seconds"]
