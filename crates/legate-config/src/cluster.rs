@@ -52,15 +52,20 @@ pub struct Cluster {
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptionsConfig>,
     /// How often DNS clusters re-resolve (default 5 s).
     pub dns_refresh_rate: Option<Duration>,
-    pub dns_failure_refresh_rate: Option<Unsupported>,
+    /// Back-off after a failed resolution (default: `dns_refresh_rate`).
+    pub dns_failure_refresh_rate: Option<RefreshRate>,
+    /// Re-resolve when the answer's TTL runs out instead of every `dns_refresh_rate`.
     #[serde(default)]
     pub respect_dns_ttl: bool,
     #[serde(default)]
     pub dns_lookup_family: DnsLookupFamily,
-    pub dns_resolvers: Option<Unsupported>,
-    pub use_tcp_for_dns_lookups: Option<Unsupported>,
-    pub dns_resolution_config: Option<Unsupported>,
-    pub typed_dns_resolver_config: Option<Unsupported>,
+    /// Deprecated for `typed_dns_resolver_config`, like the next two.
+    #[serde(default)]
+    pub dns_resolvers: Vec<crate::core::Address>,
+    #[serde(default)]
+    pub use_tcp_for_dns_lookups: bool,
+    pub dns_resolution_config: Option<crate::dns::DnsResolutionConfig>,
+    pub typed_dns_resolver_config: Option<crate::dns::TypedDnsResolverConfig>,
     pub wait_for_warm_on_init: Option<bool>,
     pub outlier_detection: Option<crate::outlier_detection::OutlierDetection>,
     pub cleanup_interval: Option<Duration>,
@@ -115,6 +120,16 @@ impl Cluster {
 
     pub fn dns_refresh_rate(&self) -> std::time::Duration {
         self.dns_refresh_rate.unwrap_or(Self::DEFAULT_DNS_REFRESH_RATE).0
+    }
+
+    /// The resolver of a DNS cluster, from whichever of Envoy's forms the config uses.
+    pub fn dns_resolver(&self) -> crate::dns::DnsResolverConfig {
+        crate::dns::resolver_config(
+            self.typed_dns_resolver_config.as_ref(),
+            self.dns_resolution_config.as_ref(),
+            &self.dns_resolvers,
+            self.use_tcp_for_dns_lookups,
+        )
     }
 
     pub fn per_connection_buffer_limit_bytes(&self) -> u32 {
@@ -294,6 +309,25 @@ pub struct LeastRequestLbConfig {
     /// power (default 1.0).
     pub active_request_bias: Option<crate::core::RuntimeDouble>,
     pub slow_start_config: Option<SlowStartConfig>,
+}
+
+/// `Cluster.RefreshRate`: exponential back-off between failed DNS resolutions.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRate {
+    /// The first wait (required, ≥ 1 ms).
+    pub base_interval: Option<Duration>,
+    /// The longest wait (default 10 × `base_interval`).
+    pub max_interval: Option<Duration>,
+}
+
+impl RefreshRate {
+    pub fn base(&self) -> std::time::Duration {
+        self.base_interval.map_or(std::time::Duration::ZERO, |d| d.0)
+    }
+    pub fn max(&self) -> std::time::Duration {
+        self.max_interval.map_or(self.base() * 10, |d| d.0)
+    }
 }
 
 /// `Cluster.RoundRobinLbConfig`.

@@ -18,6 +18,7 @@ pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
 pub mod core;
+pub mod dns;
 pub mod duration;
 pub mod endpoint;
 pub mod extensions;

@@ -330,12 +330,6 @@ impl Validator {
                 "more than one health check per cluster is not supported by legate yet",
             );
         }
-        if cluster.respect_dns_ttl {
-            self.error(
-                &format!("{at}.respect_dns_ttl"),
-                "not supported by legate yet: the system resolver does not report TTLs",
-            );
-        }
         if cluster.connect_timeout.is_some_and(|t| t.is_zero()) {
             self.error(&format!("{at}.connect_timeout"), "value must be greater than 0s");
         }
@@ -377,6 +371,24 @@ impl Validator {
         }
         if let Some(slow) = cluster.round_robin_lb_config.as_ref().and_then(|r| r.slow_start_config.as_ref()) {
             self.slow_start_config(&format!("{at}.round_robin_lb_config.slow_start_config"), slow);
+        }
+        crate::dns::validate(
+            at,
+            cluster.typed_dns_resolver_config.as_ref(),
+            cluster.dns_resolution_config.as_ref(),
+            &cluster.dns_resolvers,
+            self,
+        );
+        if let Some(rate) = &cluster.dns_failure_refresh_rate {
+            if rate.base_interval.is_none_or(|d| d.0 < std::time::Duration::from_millis(1)) {
+                self.error(&format!("{at}.dns_failure_refresh_rate.base_interval"), "value must be at least 1ms");
+            }
+            if rate.max_interval.is_some_and(|m| m.0 < rate.base()) {
+                self.error(
+                    &format!("{at}.dns_failure_refresh_rate.max_interval"),
+                    "value must be greater than or equal to base_interval",
+                );
+            }
         }
         if let Some(hashing) = &cluster.common_lb_config.consistent_hashing_lb_config {
             let at = format!("{at}.common_lb_config.consistent_hashing_lb_config");

@@ -5,7 +5,7 @@
 //!   a raw HTTP/1.1 admin client and a stats reader over `/stats?format=json`.
 //! - Upstreams on `127.0.0.1:0` that behave ([`TcpEchoServer`], [`TagServer`]) and that misbehave
 //!   on purpose ([`ClosedPort`], [`BlackholeServer`], [`BulkSender`], [`EofReplyServer`]), plus
-//!   [`TcpServer`] for a scripted peer.
+//!   [`TcpServer`] for a scripted peer; [`DnsServer`] for DNS clusters.
 //! - [`HttpProxy`]: legate from an HTTP bootstrap with an access log a test reads back.
 //! - HTTP peers ([`http`]): [`HttpUpstream`], a hyper server (HTTP/1.1 or h2c) whose handler
 //!   answers, delays, resets, streams slowly or never answers; [`HttpClient`], a blocking
@@ -21,6 +21,7 @@
 
 mod admin;
 pub mod config;
+mod dns;
 mod eventually;
 pub mod http;
 mod legate;
@@ -30,6 +31,7 @@ mod tls;
 mod upstream;
 
 pub use admin::{http_request, HttpResponse};
+pub use dns::DnsServer;
 pub use eventually::{eventually, EVENTUALLY};
 pub use http::{
     h2_events, h2c_get, h2c_many, h2c_request, hpack_request, load_http_vectors, H2Event, H2Frame, HttpClient,

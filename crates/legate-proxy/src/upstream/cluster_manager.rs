@@ -54,13 +54,17 @@ impl ClusterManager {
             .collect();
         // First resolutions run concurrently; start-up waits for all of them.
         let mut first = tokio::task::JoinSet::new();
-        for cluster in &dns_clusters {
-            let cluster = cluster.clone();
-            first.spawn(async move { dns::refresh(&cluster).await });
-        }
-        while first.join_next().await.is_some() {}
         for cluster in dns_clusters {
-            tokio::spawn(dns::run(cluster));
+            first.spawn(async move {
+                let resolver = dns::DnsResolver::new(&cluster);
+                let result = dns::refresh(&cluster, &resolver).await;
+                (cluster, resolver, result)
+            });
+        }
+        while let Some(done) = first.join_next().await {
+            if let Ok((cluster, resolver, result)) = done {
+                tokio::spawn(dns::run(cluster, resolver, result));
+            }
         }
     }
 
