@@ -51,24 +51,139 @@ def strace_counts(p, requests, run_dir, name):
     return done, calls
 
 
+def classify(dso, symbol):
+    """A coarse owner for a sample: kernel, allocator, memcpy, clock, or the Rust crate."""
+    if dso.startswith("[kernel"):
+        return "kernel (syscalls, TCP, scheduler)"
+    if dso == "[vdso]":
+        return "clock_gettime (vdso)"
+    if dso.startswith("libc"):
+        if re.search(r"malloc|free|_int_|realloc|calloc|tcache", symbol):
+            return "libc malloc/free"
+        if re.search(r"mem(move|cpy|set|cmp)|str", symbol):
+            return "libc memcpy/memset/memcmp"
+        return "libc other (syscall wrappers)"
+    name = symbol.lstrip("<&* ")
+    name = re.sub(r"^(dyn |mut |const )+", "", name)
+    crate = name.split("::", 1)[0]
+    return f"{dso}: {crate}"
+
+
 def perf_profile(p, seconds, run_dir, name):
+    """perf with DWARF call graphs (Rust release builds keep no frame pointers). Returns the
+    report text and the user-space/kernel split per request."""
     data = os.path.join(run_dir, f"perf-{name}.data")
-    pid = p.pids()[-1]  # nginx: the worker
-    rec = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", data, "-p", str(pid)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.5)
+    pids = p.pids()
+    pid = pids[-1]  # nginx: the worker
     url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
-    bench.client(["wrk", "-t1", "-c64", f"-d{seconds}s", url])
-    rec.send_signal(signal.SIGINT)
-    _, err = rec.communicate(timeout=60)
-    if rec.returncode not in (0, -2, 130) or not os.path.exists(data):
-        return f"perf record failed: {err.decode()[-500:]}"
-    flat = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "--sort", "dso,symbol",
-                           "-g", "none", "--percent-limit", "0.7"], capture_output=True, text=True).stdout
-    children = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "--sort", "symbol",
-                               "-g", "none", "--percent-limit", "4"], capture_output=True, text=True).stdout
-    keep = lambda text: "\n".join(l for l in text.splitlines() if l.strip() and not l.startswith("#"))  # noqa: E731
-    return "self time (dso, symbol):\n" + keep(flat) + "\n\nincluding callees (symbol):\n" + keep(children)
+    wrk = subprocess.Popen(["taskset", "-c", bench.CLIENT_CPU, "wrk", "-t1", "-c64", f"-d{seconds + 2}s", url],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)
+    u0, s0 = bench.cpu_seconds(pids)
+    rec = subprocess.run(["perf", "record", "-F", "499", "--call-graph", "dwarf,16384", "-o", data,
+                          "-p", str(pid), "--", "sleep", str(seconds)], capture_output=True, text=True)
+    u1, s1 = bench.cpu_seconds(pids)
+    out, _ = wrk.communicate()
+    rps = bench.parse_wrk(out)["wrk_req_per_s"]
+    cpu_us_per_req = ((u1 - u0) + (s1 - s0)) * 1e6 / (rps * seconds)
+    if not os.path.exists(data):
+        return f"perf record failed: {rec.stderr[-500:]}"
+
+    def report(*extra):
+        r = subprocess.run(["perf", "report", "-i", data, "--stdio", "-g", "none"] + list(extra),
+                           capture_output=True, text=True)
+        lines = []
+        for line in r.stdout.splitlines():
+            line = re.sub(r"\s+-\s+-\s*$", "", line).rstrip()
+            if line.strip() and not line.startswith("#"):
+                lines.append(line)
+        return lines
+
+    groups = {}
+    for line in report("--no-children", "--sort", "dso,symbol", "--percent-limit", "0"):
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)$", line)
+        if m:
+            g = classify(m.group(2), m.group(3))
+            groups[g] = groups.get(g, 0.0) + float(m.group(1))
+    text = [f"CPU during the perf window: {cpu_us_per_req:.1f} µs/request at {rps:,.0f} req/s (perf itself adds some)",
+            "", "self time by owner: % of samples, ≈ µs/request"]
+    for g, pct in sorted(groups.items(), key=lambda kv: -kv[1]):
+        if pct >= 0.5:
+            text.append(f"  {pct:6.2f}%  {pct * cpu_us_per_req / 100:5.2f} µs  {g}")
+    text += ["", "self time by symbol (> 0.6 %):"]
+    text += report("--no-children", "--sort", "dso,symbol", "--percent-limit", "0.6")
+    return "\n".join(text)
+
+
+def callgrind(b, legate, requests, run_dir):
+    """Exact per-request counts for legate under valgrind --tool=callgrind: instrumentation
+    switched on after a warm-up, `requests` requests from h2load --h1 -c8, then dumped.
+    Returns text: instructions per request, the top functions (self), and call counts per
+    request of the allocator, memset/memcpy, format! and SipHash, with their main callers."""
+    out_file = os.path.join(run_dir, "callgrind.out")
+    vg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", "--instr-atstart=no",
+                           legate, "-c", b.configs["legate"], "--concurrency", "1", "-l", "warning"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=run_dir)
+    url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
+    try:
+        bench.wait_http(bench.PORTS["HTTP_PORT"], timeout=120)
+        bench.client(["h2load", "--h1", "-c8", "-n", "2000", url])
+        subprocess.run(["callgrind_control", "-i", "on", str(vg.pid)], check=True, capture_output=True)
+        bench.client(["h2load", "--h1", "-c8", "-n", str(requests), url])
+        subprocess.run(["callgrind_control", "-i", "off", str(vg.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
+    finally:
+        vg.terminate()
+        vg.wait()
+    dumps = sorted(f for f in os.listdir(run_dir) if f.startswith("callgrind.out."))
+    tree = subprocess.run(["callgrind_annotate", "--tree=caller", "--threshold=100",
+                           os.path.join(run_dir, dumps[-1])], capture_output=True, text=True).stdout
+    blocks, cur = [], []
+    for line in tree.splitlines():
+        if line.strip():
+            cur.append(line)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    if cur:
+        blocks.append(cur)
+
+    def short(s):
+        s = re.sub(r"/root/.cargo/registry/src/index.crates.io-[0-9a-f]+/", "", s)
+        s = re.sub(r"/rustc/[0-9a-f]+/library/", "", s)
+        s = re.sub(r"/\S*/crates/", "", s)
+        return re.sub(r" \[\S*\]$", "", s)
+
+    funcs = []  # (self Ir, calls, name, [(calls, caller)])
+    total = None
+    for blk in blocks:
+        for line in blk:
+            if "PROGRAM TOTALS" in line:
+                total = int(line.split()[0].replace(",", ""))
+        star = [l for l in blk if re.match(r"^\s*[\d,]+ \([ \d.]+%\)  \*", l)]
+        if not star:
+            continue
+        callers = []
+        for l in blk:
+            m = re.search(r"\(([\d,]+)x\)\s*$", l)
+            if "  < " in l and m:
+                callers.append((int(m.group(1).replace(",", "")), short(l.split("< ", 1)[1])))
+        funcs.append((int(star[0].split()[0].replace(",", "")), sum(c for c, _ in callers),
+                      short(star[0].split("*", 1)[1].strip()), sorted(callers, reverse=True)))
+    n = requests
+    lines = [f"{total / n:,.0f} instructions per request (user space, all threads; {n} requests)", "",
+             "top functions by self instructions:"]
+    for ir, calls, name, _ in sorted(funcs, reverse=True)[:15]:
+        lines.append(f"  {ir / n:8,.0f} Ir/req {100 * ir / total:5.1f}%  {calls / n:6.2f} calls/req  {name[:150]}")
+    lines += ["", "calls per request, and their main callers:"]
+    for pat in ("malloc.c:malloc", "malloc.c:free", "malloc.c:realloc", "__memset", "__memcpy",
+                "alloc::fmt::format::format_inner", "sip::Hasher<S> as core::hash::Hasher>::write"):
+        for ir, calls, name, callers in funcs:
+            if pat in name and calls:
+                lines.append(f"  {calls / n:6.2f}/req {ir / n:8,.0f} Ir/req  {name[:110]}")
+                for c, caller in callers[:5]:
+                    lines.append(f"           {c / n:6.2f}/req from {caller[:140]}")
+    return "\n".join(lines)
 
 
 def main():
@@ -79,6 +194,8 @@ def main():
     ap.add_argument("--proxies", default="legate,nginx,haproxy")
     ap.add_argument("--perf", default="legate", help="proxies to run perf on")
     ap.add_argument("--perf-seconds", type=int, default=8)
+    ap.add_argument("--callgrind", type=int, default=10000, metavar="N",
+                    help="requests to count under callgrind (legate only; 0 = skip)")
     ap.add_argument("--out", default=os.path.join(bench.HERE, "results"))
     args = ap.parse_args()
     args.legate = os.path.abspath(args.legate)
@@ -115,6 +232,10 @@ def main():
                 finally:
                     p.stop()
                 print(f"[perf {proxy}]\n{perf_text[proxy]}", flush=True)
+        cg_text = None
+        if args.callgrind and shutil.which("valgrind"):
+            cg_text = callgrind(b, args.legate, args.callgrind, b.run_dir)
+            print(f"[callgrind]\n{cg_text}", flush=True)
     finally:
         b.stop_backends()
 
@@ -141,6 +262,13 @@ def main():
         lines.append("")
         lines.append("```")
         lines.append(text)
+        lines.append("```")
+        lines.append("")
+    if cg_text:
+        lines.append(f"## valgrind --tool=callgrind, legate, h2load --h1 -c8 -n {args.callgrind}")
+        lines.append("")
+        lines.append("```")
+        lines.append(cg_text)
         lines.append("```")
         lines.append("")
     md = "\n".join(lines)

@@ -4,7 +4,7 @@
 set -eu
 need=""
 for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client iperf3:iperf3 taskset:util-linux \
-            strace:strace; do
+            strace:strace perf:linux-perf valgrind:valgrind; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need="$need libnginx-mod-stream"
