@@ -431,8 +431,12 @@ def run_case(args, name):
             r["traffic_returns_after_s"] = since(gap_end, t_fault)
             r["bad_host_503s"] = len([1 for t, k in bad.events if k == "503"])
             r["ejection_after_s"] = since(p.first_time(t_fault, lambda s: s.get("outlier_detection.ejections_active", 0) > 0), t_fault)
-            r["unejection_after_s"] = since(p.first_time(t_fault + (r["ejection_after_s"] or 0) + 0.2,
-                                                         lambda s: s.get("outlier_detection.ejections_active", 0) == 0), t_fault)
+            # Un-ejected: the first sample after the ejection with no active ejection or 3
+            # healthy hosts (a re-ejection can follow within one 100 ms sample).
+            r["unejection_after_s"] = since(p.first_time(
+                t_fault + (r["ejection_after_s"] or 0) + 0.2,
+                lambda s: s.get("outlier_detection.ejections_active", 0) == 0 or s.get("membership_healthy") == 3),
+                t_fault)
         if name == "recovery":
             first = bad.requests(after=t_fault)
             first_hc = [t for t, k in bad.events if k.startswith("hc") and t >= t_fault]
