@@ -69,7 +69,8 @@ pub struct Cluster {
     pub wait_for_warm_on_init: Option<bool>,
     pub outlier_detection: Option<crate::outlier_detection::OutlierDetection>,
     pub cleanup_interval: Option<Duration>,
-    pub upstream_bind_config: Option<Unsupported>,
+    /// Source address and socket options of upstream connections (e.g. TCP_USER_TIMEOUT).
+    pub upstream_bind_config: Option<crate::socket_option::BindConfig>,
     pub lb_subset_config: Option<Unsupported>,
     pub ring_hash_lb_config: Option<RingHashLbConfig>,
     pub maglev_lb_config: Option<MaglevLbConfig>,

@@ -35,6 +35,7 @@ pub mod outlier_detection;
 pub mod path;
 pub mod protocol;
 pub mod route;
+pub mod socket_option;
 pub mod unsupported;
 pub mod upstreams_http;
 pub mod validate;

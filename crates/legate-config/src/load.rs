@@ -165,11 +165,11 @@ static_resources:
 
     #[test]
     fn unsupported_envoy_field_says_so() {
-        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    upstream_bind_config: {}");
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    lb_subset_config: {}");
         let err = load(&yaml).unwrap_err().to_string();
         assert_eq!(
             err,
-            "static_resources.clusters[0].upstream_bind_config: this Envoy field is not supported by legate yet"
+            "static_resources.clusters[0].lb_subset_config: this Envoy field is not supported by legate yet"
         );
     }
 

@@ -379,6 +379,9 @@ impl Validator {
             &cluster.dns_resolvers,
             self,
         );
+        if let Some(bind) = &cluster.upstream_bind_config {
+            bind.validate(&format!("{at}.upstream_bind_config"), self);
+        }
         if let Some(rate) = &cluster.dns_failure_refresh_rate {
             if rate.base_interval.is_none_or(|d| d.0 < std::time::Duration::from_millis(1)) {
                 self.error(&format!("{at}.dns_failure_refresh_rate.base_interval"), "value must be at least 1ms");

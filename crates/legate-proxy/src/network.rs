@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod filter;
 pub mod filter_manager;
+pub mod socket_options;
 
 pub use connection::{Connection, ConnectionInfo};
 pub use filter::{

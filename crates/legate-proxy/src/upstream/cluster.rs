@@ -188,12 +188,42 @@ impl Cluster {
     /// Socket options every upstream connection of this cluster gets: `TCP_NODELAY`, and
     /// `upstream_connection_options.tcp_keepalive` when set (so a peer that vanished without a
     /// FIN is noticed on an idle pooled connection).
-    pub fn configure_socket(&self, stream: &tokio::net::TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let Some(keepalive) = self.config.upstream_connection_options.as_ref().and_then(|o| o.tcp_keepalive.as_ref())
-        else {
-            return;
-        };
+    /// Opens a TCP connection to `address` as this cluster's upstream connections are
+    /// opened: `upstream_bind_config` (source address, socket options before and after the
+    /// bind), then, once connected, no Nagle and `tcp_keepalive`. The future owns what it needs.
+    pub fn connect(
+        &self,
+        address: SocketAddr,
+    ) -> impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + 'static {
+        let bind = self.config.upstream_bind_config.clone();
+        let keepalive = self.tcp_keepalive();
+        async move {
+            let socket = match address {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            if let Some(bind) = &bind {
+                use legate_config::socket_option::SocketState;
+                crate::network::socket_options::apply(&socket, &bind.socket_options, SocketState::Prebind)?;
+                if bind.freebind == Some(true) {
+                    crate::network::socket_options::set_freebind(&socket, address)?;
+                }
+                if let Some(ip) = bind.source_address.as_ref().and_then(|s| s.ip().map(|ip| (ip, s.port_value))) {
+                    socket.bind(SocketAddr::new(ip.0, ip.1 as u16))?;
+                }
+                crate::network::socket_options::apply(&socket, &bind.socket_options, SocketState::Bound)?;
+            }
+            let stream = socket.connect(address).await?;
+            let _ = stream.set_nodelay(true);
+            if let Some(params) = &keepalive {
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(params);
+            }
+            Ok(stream)
+        }
+    }
+
+    fn tcp_keepalive(&self) -> Option<socket2::TcpKeepalive> {
+        let keepalive = self.config.upstream_connection_options.as_ref()?.tcp_keepalive.as_ref()?;
         let mut params = socket2::TcpKeepalive::new();
         if let Some(time) = keepalive.keepalive_time {
             params = params.with_time(std::time::Duration::from_secs(u64::from(time)));
@@ -204,7 +234,7 @@ impl Cluster {
         if let Some(probes) = keepalive.keepalive_probes {
             params = params.with_retries(probes);
         }
-        let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&params);
+        Some(params)
     }
 
     pub fn connect_timeout(&self) -> std::time::Duration {
@@ -232,13 +262,31 @@ mod socket_tests {
         .unwrap();
         let cluster = Cluster::new(config, &store.scope("cluster.c"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        cluster.configure_socket(&stream);
+        let stream = cluster.connect(listener.local_addr().unwrap()).await.unwrap();
         let socket = socket2::SockRef::from(&stream);
         assert!(socket.keepalive().unwrap());
         assert_eq!(socket.tcp_keepalive_time().unwrap(), std::time::Duration::from_secs(42));
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), std::time::Duration::from_secs(7));
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
         assert!(stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn upstream_bind_config_sets_the_source_address_and_tcp_user_timeout() {
+        let store = legate_stats::Store::new(1);
+        let config: ClusterConfig = legate_config::path::from_value(serde_json::json!({
+            "name": "c",
+            "upstream_bind_config": {
+                "source_address": { "address": "127.0.0.2", "port_value": 0 },
+                "socket_options": [{ "description": "TCP_USER_TIMEOUT", "level": 6, "name": 18, "int_value": 5000 }]
+            }
+        }))
+        .unwrap();
+        let cluster = Cluster::new(config, &store.scope("cluster.c"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = cluster.connect(listener.local_addr().unwrap()).await.unwrap();
+        assert_eq!(stream.local_addr().unwrap().ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+        let socket = socket2::SockRef::from(&stream);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(std::time::Duration::from_secs(5)));
     }
 }

@@ -300,7 +300,7 @@ async fn check(
     } else if let Some(grpc) = &checker.config.grpc_health_check {
         grpc_check(cluster, grpc, addr, connection).await
     } else if checker.config.tcp_health_check.is_some() {
-        tcp_check(checker, addr, connection).await
+        tcp_check(cluster, checker, addr, connection).await
     } else {
         // Config validation requires one supported kind.
         CheckResult::NetworkFailure
@@ -309,6 +309,7 @@ async fn check(
 
 /// Sends `request` on the kept connection, or on a new HTTP/1.1 or h2c one.
 async fn send(
+    cluster: &Cluster,
     addr: SocketAddr,
     http2: bool,
     connection: &mut Connection,
@@ -320,8 +321,7 @@ async fn send(
         _ => false,
     };
     if !reusable {
-        let stream = TcpStream::connect(addr).await.ok()?;
-        let _ = stream.set_nodelay(true);
+        let stream = cluster.connect(addr).await.ok()?;
         let io = TokioIo::new(stream);
         *connection = if http2 {
             let mut builder = http2::Builder::new(LocalExec);
@@ -410,7 +410,9 @@ async fn http_check(
         headers.remove(name.as_str());
     }
 
-    let Some(response) = send(addr, http2, connection, request).await else { return CheckResult::NetworkFailure };
+    let Some(response) = send(cluster, addr, http2, connection, request).await else {
+        return CheckResult::NetworkFailure;
+    };
     let status = i64::from(response.status().as_u16());
     let immediate_fail = response.headers().contains_key("x-envoy-immediate-health-check-fail");
     let close =
@@ -449,7 +451,9 @@ async fn grpc_check(
     headers.insert(hyper::header::TE, hyper::header::HeaderValue::from_static("trailers"));
     add_headers(headers, &grpc.initial_metadata);
 
-    let Some(response) = send(addr, true, connection, request).await else { return CheckResult::NetworkFailure };
+    let Some(response) = send(cluster, addr, true, connection, request).await else {
+        return CheckResult::NetworkFailure;
+    };
     let failed = CheckResult::Failure { immediate: false };
     let grpc_content = response
         .headers()
@@ -552,9 +556,14 @@ fn http_result(http: &HttpHealthCheck, status: i64, immediate_fail: bool) -> Che
     }
 }
 
-async fn tcp_check(checker: &HealthChecker, addr: SocketAddr, connection: &mut Connection) -> CheckResult {
+async fn tcp_check(
+    cluster: &Cluster,
+    checker: &HealthChecker,
+    addr: SocketAddr,
+    connection: &mut Connection,
+) -> CheckResult {
     if !matches!(connection, Connection::Tcp(_)) {
-        let Ok(stream) = TcpStream::connect(addr).await else { return CheckResult::NetworkFailure };
+        let Ok(stream) = cluster.connect(addr).await else { return CheckResult::NetworkFailure };
         *connection = Connection::Tcp(stream);
     }
     let Connection::Tcp(stream) = connection else { return CheckResult::NetworkFailure };

@@ -21,7 +21,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use legate_config::cluster::{RoutingPriority, UpstreamProtocol};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
 use super::circuit_breakers::ResourceGuard;
@@ -270,7 +269,7 @@ impl Pool {
             PoolProtocol::Http2 => stats.upstream_cx_http2_total.inc(),
         }
         let address = self.host.address;
-        let stream = match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(address)).await {
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, self.cluster.connect(address)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 stats.upstream_cx_connect_fail.inc();
@@ -291,7 +290,6 @@ impl Pool {
                 return;
             }
         };
-        self.cluster.configure_socket(&stream);
         let local_address = stream.local_addr().ok();
         let mut activity = Instant::now();
         cx.connected(&mut activity);

@@ -873,30 +873,28 @@ async fn connect_terminate(
         ));
     };
     let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
-    let stream =
-        match tokio::time::timeout(cluster.connect_timeout(), tokio::net::TcpStream::connect(host.address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                cluster.stats.upstream_cx_connect_fail.inc();
-                let detail = e.raw_os_error().map_or_else(|| e.to_string(), |c| format!("delayed connect error: {c}"));
-                return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                    ResponseFlag::UpstreamConnectionFailure,
-                    &PoolFailure::ConnectFailure(detail).reason(),
-                    false,
-                    "upstream_reset_before_response_started{remote_connection_failure}",
-                ));
-            }
-            Err(_) => {
-                cluster.stats.upstream_cx_connect_timeout.inc();
-                return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                    ResponseFlag::UpstreamConnectionFailure,
-                    "connection timeout",
-                    false,
-                    "upstream_reset_before_response_started{connection_timeout}",
-                ));
-            }
-        };
-    cluster.configure_socket(&stream);
+    let stream = match tokio::time::timeout(cluster.connect_timeout(), cluster.connect(host.address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            let detail = e.raw_os_error().map_or_else(|| e.to_string(), |c| format!("delayed connect error: {c}"));
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamConnectionFailure,
+                &PoolFailure::ConnectFailure(detail).reason(),
+                false,
+                "upstream_reset_before_response_started{remote_connection_failure}",
+            ));
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_timeout.inc();
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamConnectionFailure,
+                "connection timeout",
+                false,
+                "upstream_reset_before_response_started{connection_timeout}",
+            ));
+        }
+    };
     let mut activity = Instant::now();
     cx.connected(&mut activity);
     let context = rq.context.clone();

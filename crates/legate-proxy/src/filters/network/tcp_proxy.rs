@@ -197,7 +197,7 @@ impl TcpProxy {
         let cx = UpstreamCx::new(cluster.clone(), host.clone(), breaker);
         let address = host.address;
         self.upstream = Upstream::Connecting {
-            connect: Box::pin(TcpStream::connect(address)),
+            connect: Box::pin(cluster.connect(address)),
             deadline: Box::pin(tokio::time::sleep(cluster.connect_timeout())),
             cx,
         };
@@ -218,7 +218,6 @@ impl TcpProxy {
     }
 
     fn on_connected(&mut self, stream: TcpStream, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
-        cx.cluster.configure_socket(&stream);
         cx.connected(&mut self.last_activity);
         self.upstream = Upstream::Connected { stream, cx };
         if let Some(timeout) = self.shared.idle_timeout {
