@@ -105,6 +105,12 @@ impl OutlierDetection {
     pub fn failure_percentage_threshold(&self) -> u32 {
         self.failure_percentage_threshold.unwrap_or(85)
     }
+    pub fn enforcing_local_origin_success_rate(&self) -> u32 {
+        self.enforcing_local_origin_success_rate.unwrap_or(100)
+    }
+    pub fn enforcing_failure_percentage_local_origin(&self) -> u32 {
+        self.enforcing_failure_percentage_local_origin.unwrap_or(0)
+    }
     pub fn enforcing_failure_percentage(&self) -> u32 {
         self.enforcing_failure_percentage.unwrap_or(0)
     }

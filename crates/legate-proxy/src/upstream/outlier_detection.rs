@@ -34,6 +34,10 @@ legate_stats::stats! {
         counter ejections_detected_success_rate,
         counter ejections_enforced_failure_percentage,
         counter ejections_detected_failure_percentage,
+        counter ejections_enforced_local_origin_success_rate,
+        counter ejections_detected_local_origin_success_rate,
+        counter ejections_enforced_local_origin_failure_percentage,
+        counter ejections_detected_local_origin_failure_percentage,
     }
 }
 
@@ -58,6 +62,10 @@ pub struct HostOutlier {
     /// This interval's requests and failures (for success rate and failure percentage).
     interval_total: AtomicU64,
     interval_failures: AtomicU64,
+    /// With `split_external_local_origin_errors`: this interval's connection attempts and
+    /// local-origin failures (connect failures, timeouts).
+    interval_local_total: AtomicU64,
+    interval_local_failures: AtomicU64,
     /// Milliseconds since the detector started at which the host was ejected; 0 when not.
     ejected_at_ms: AtomicU64,
     times_ejected: AtomicU32,
@@ -74,6 +82,8 @@ impl Default for HostOutlier {
             consecutive_local_origin: AtomicU32::new(0),
             interval_total: AtomicU64::new(0),
             interval_failures: AtomicU64::new(0),
+            interval_local_total: AtomicU64::new(0),
+            interval_local_failures: AtomicU64::new(0),
             ejected_at_ms: AtomicU64::new(0),
             times_ejected: AtomicU32::new(0),
             success_rate: AtomicU32::new(u32::MAX),
@@ -102,6 +112,8 @@ enum Detector {
     ConsecutiveLocalOriginFailure,
     SuccessRate,
     FailurePercentage,
+    LocalOriginSuccessRate,
+    LocalOriginFailurePercentage,
 }
 
 pub struct OutlierDetector {
@@ -135,6 +147,8 @@ impl OutlierDetector {
         let code = match result {
             OutlierResult::Http(code) => code,
             OutlierResult::LocalOriginConnectFailed | OutlierResult::LocalOriginTimeout if split => {
+                o.interval_local_total.fetch_add(1, Ordering::Relaxed);
+                o.interval_local_failures.fetch_add(1, Ordering::Relaxed);
                 let n = o.consecutive_local_origin.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == self.config.consecutive_local_origin_failure() {
                     self.eject(cluster, host, Detector::ConsecutiveLocalOriginFailure);
@@ -147,6 +161,11 @@ impl OutlierDetector {
             OutlierResult::ExtOriginRequestFailed => 503,
         };
         o.interval_total.fetch_add(1, Ordering::Relaxed);
+        if split {
+            // An answer (or a reset from the upstream) means the connection worked: a
+            // local-origin success.
+            o.interval_local_total.fetch_add(1, Ordering::Relaxed);
+        }
         if code >= 500 {
             o.interval_failures.fetch_add(1, Ordering::Relaxed);
             let gateway = matches!(code, 502..=504);
@@ -179,6 +198,8 @@ impl OutlierDetector {
             Detector::ConsecutiveLocalOriginFailure => c.enforcing_consecutive_local_origin_failure(),
             Detector::SuccessRate => c.enforcing_success_rate(),
             Detector::FailurePercentage => c.enforcing_failure_percentage(),
+            Detector::LocalOriginSuccessRate => c.enforcing_local_origin_success_rate(),
+            Detector::LocalOriginFailurePercentage => c.enforcing_failure_percentage_local_origin(),
         }
     }
 
@@ -197,6 +218,13 @@ impl OutlierDetector {
             Detector::FailurePercentage => {
                 (&s.ejections_detected_failure_percentage, &s.ejections_enforced_failure_percentage)
             }
+            Detector::LocalOriginSuccessRate => {
+                (&s.ejections_detected_local_origin_success_rate, &s.ejections_enforced_local_origin_success_rate)
+            }
+            Detector::LocalOriginFailurePercentage => (
+                &s.ejections_detected_local_origin_failure_percentage,
+                &s.ejections_enforced_local_origin_failure_percentage,
+            ),
         };
         detected.inc();
         if fastrand::u32(0..100) >= self.enforcing(detector) || host.outlier.ejected() {
@@ -282,22 +310,38 @@ impl OutlierDetector {
                 (h, total, failures)
             })
             .collect();
-        self.success_rate(cluster, &counts);
-        self.failure_percentage(cluster, &counts);
+        self.success_rate(cluster, &counts, Detector::SuccessRate);
+        self.failure_percentage(cluster, &counts, Detector::FailurePercentage);
+        if self.config.split_external_local_origin_errors {
+            let local: Vec<(&Arc<Host>, u64, u64)> = hosts
+                .iter()
+                .map(|h| {
+                    let total = h.outlier.interval_local_total.swap(0, Ordering::Relaxed);
+                    let failures = h.outlier.interval_local_failures.swap(0, Ordering::Relaxed);
+                    (h, total, failures)
+                })
+                .collect();
+            self.success_rate(cluster, &local, Detector::LocalOriginSuccessRate);
+            self.failure_percentage(cluster, &local, Detector::LocalOriginFailurePercentage);
+        }
         if changed {
             cluster.refresh_health();
         }
     }
 
-    fn success_rate(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)]) {
+    /// The success-rate detector over one interval's counts (external, or local-origin with
+    /// the split); only the external rates are shown by `/clusters`.
+    fn success_rate(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)], detector: Detector) {
         let volume = u64::from(self.config.success_rate_request_volume());
         let rates: Vec<(&Arc<Host>, f64)> = counts
             .iter()
             .filter(|(_, total, _)| *total >= volume && *total > 0)
             .map(|(h, total, failures)| (*h, 100.0 * (total - failures) as f64 / *total as f64))
             .collect();
-        for (host, rate) in &rates {
-            host.outlier.success_rate.store((rate * 100.0).round() as u32, Ordering::Relaxed);
+        if detector == Detector::SuccessRate {
+            for (host, rate) in &rates {
+                host.outlier.success_rate.store((rate * 100.0).round() as u32, Ordering::Relaxed);
+            }
         }
         if rates.len() < self.config.success_rate_minimum_hosts() as usize || rates.is_empty() {
             return;
@@ -307,12 +351,12 @@ impl OutlierDetector {
         let threshold = mean - variance.sqrt() * f64::from(self.config.success_rate_stdev_factor()) / 1000.0;
         for (host, rate) in rates {
             if rate < threshold && !host.outlier.ejected() {
-                self.eject(cluster, host, Detector::SuccessRate);
+                self.eject(cluster, host, detector);
             }
         }
     }
 
-    fn failure_percentage(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)]) {
+    fn failure_percentage(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)], detector: Detector) {
         let volume = u64::from(self.config.failure_percentage_request_volume());
         let eligible: Vec<(&Arc<Host>, f64)> = counts
             .iter()
@@ -325,7 +369,7 @@ impl OutlierDetector {
         let threshold = f64::from(self.config.failure_percentage_threshold());
         for (host, failure) in eligible {
             if failure >= threshold && !host.outlier.ejected() {
-                self.eject(cluster, host, Detector::FailurePercentage);
+                self.eject(cluster, host, detector);
             }
         }
     }
@@ -429,5 +473,38 @@ mod tests {
         assert_eq!(host(&c, 3).outlier.success_rate(), Some(50.0));
         assert!(!host(&c, 0).outlier.ejected());
         assert_eq!(d.stats.ejections_enforced_success_rate.value(), 1);
+    }
+
+    #[test]
+    fn split_mode_keeps_local_origin_failures_apart_with_their_own_detectors() {
+        let c = cluster(serde_json::json!({
+            "split_external_local_origin_errors": true,
+            "consecutive_5xx": 1000, "consecutive_local_origin_failure": 1000, "consecutive_gateway_failure": 1000,
+            "failure_percentage_minimum_hosts": 4, "failure_percentage_request_volume": 10,
+            "failure_percentage_threshold": 40,
+            "enforcing_failure_percentage": 100, "enforcing_failure_percentage_local_origin": 100,
+            "max_ejection_percent": 100
+        }));
+        let d = c.outlier_detector.as_ref().unwrap();
+        for i in 0..4 {
+            let h = host(&c, i);
+            for n in 0..20 {
+                let result = match (i, n % 2) {
+                    // Host 3 times out half the time: local origin.
+                    (3, 0) => OutlierResult::LocalOriginTimeout,
+                    // Host 2 answers 500 half the time: external.
+                    (2, 0) => OutlierResult::Http(500),
+                    _ => OutlierResult::Http(200),
+                };
+                d.put_result(&c, &h, result);
+            }
+        }
+        d.sweep(&c);
+        assert!(host(&c, 2).outlier.ejected() && host(&c, 3).outlier.ejected());
+        assert!(!host(&c, 0).outlier.ejected());
+        assert_eq!(d.stats.ejections_enforced_failure_percentage.value(), 1, "host 2, on 5xx");
+        assert_eq!(d.stats.ejections_enforced_local_origin_failure_percentage.value(), 1, "host 3, on timeouts");
+        // The timeouts never counted as 5xx: the external detector saw host 2 only.
+        assert_eq!(d.stats.ejections_detected_failure_percentage.value(), 1);
     }
 }
