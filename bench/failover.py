@@ -382,10 +382,20 @@ async def recovery(c):
     await asyncio.sleep(c.args.warm)
     c.hosts[0].kill()
     c.t_crash = time.monotonic()
+    # Out of rotation first (outlier ejection, fast), then, for up to 10 s, wait for the
+    # health check to mark it unhealthy too (unhealthy_threshold failures): a recovery that
+    # the health check can see needs the host to have failed it first.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         s = c.poller.samples[-1][1] if c.poller.samples else {}
         if s.get("membership_healthy") == 2:
+            break
+        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        s = c.poller.samples[-1][1] if c.poller.samples else {}
+        if s.get("health_check.healthy", 3) < 3:
+            c.t_hc_unhealthy = time.monotonic()
             break
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
@@ -440,7 +450,8 @@ def run_case(args, name):
         if name == "recovery":
             first = bad.requests(after=t_fault)
             first_hc = [t for t, k in bad.events if k.startswith("hc") and t >= t_fault]
-            r["crash_to_membership_healthy_2_s"] = since(healthy_drop and p.first_time(c.t_crash, lambda s: s.get("membership_healthy", 3) < 3), c.t_crash)
+            r["crash_to_membership_healthy_2_s"] = since(p.first_time(c.t_crash, lambda s: s.get("membership_healthy", 3) < 3), c.t_crash)
+            r["crash_to_health_check_unhealthy_s"] = since(getattr(c, "t_hc_unhealthy", None), c.t_crash)
             r["back_to_first_health_check_s"] = since(min(first_hc) if first_hc else None, t_fault)
             r["back_to_first_request_s"] = since(min(first) if first else None, t_fault)
             r["membership_healthy_3_after_s"] = since(p.first_time(t_fault, lambda s: s.get("membership_healthy") == 3), t_fault)
@@ -477,7 +488,9 @@ def markdown(results, meta):
         else:
             when = (f"first health check {fmt(r['back_to_first_health_check_s'])}; first request "
                     f"{fmt(r['back_to_first_request_s'])}")
-            out = f"membership_healthy=3 at {fmt(r['membership_healthy_3_after_s'])}"
+            out = (f"before: ejected {fmt(r['crash_to_membership_healthy_2_s'])} and health-check unhealthy "
+                   f"{fmt(r['crash_to_health_check_unhealthy_s'])} after the crash; back: membership_healthy=3 at "
+                   f"{fmt(r['membership_healthy_3_after_s'])}")
         lat = r["client_latency_after_fault_ms"]
         lines.append(f"| {name} | {r['requests_sent']} | {r['client_errors']} | {lat.get('p99')} / {lat.get('max')} | "
                      f"{r['bad_host_requests_after_fault']} | {when} | {out} |")
