@@ -834,7 +834,19 @@ pub struct HashPolicyCookie {
     pub ttl: Option<Duration>,
     #[serde(default)]
     pub path: String,
-    pub attributes: Option<Unsupported>,
+    /// Extra attributes of a generated cookie (`SameSite=Strict`, `Secure`…).
+    #[serde(default)]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// `RouteAction.HashPolicy.CookieAttribute`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CookieAttribute {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
 }
 
 /// `HashPolicy.ConnectionProperties`.

@@ -51,3 +51,32 @@ fn ring_hash_sends_one_user_to_one_upstream() {
 fn maglev_sends_one_user_to_one_upstream() {
     same_user_sticks_and_users_spread("MAGLEV");
 }
+
+/// A cookie policy with a TTL: the first response sets the cookie (Envoy's generated value)
+/// and a client that sends it back sticks to one upstream, across connections.
+#[test]
+fn a_generated_cookie_makes_a_client_sticky() {
+    let upstreams = [HttpUpstream::tag("a"), HttpUpstream::tag("b"), HttpUpstream::tag("c")];
+    let mut config = hash_bootstrap("RING_HASH", &upstreams);
+    let route = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]["route"];
+    route["hash_policy"] = json!([{ "cookie": { "name": "lb", "ttl": "600s", "path": "/" } }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    let mut first = HttpClient::connect(px.connect_addr("ingress"));
+    let r = first.get("/");
+    assert_eq!(r.status, 200, "{r:?}");
+    let set_cookie = r.header("set-cookie").expect("the generated cookie is set").to_string();
+    assert!(set_cookie.starts_with("lb=\"") && set_cookie.ends_with("; Max-Age=600; Path=/; HttpOnly"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        // A new connection each time: without the cookie these would spread.
+        let mut client = HttpClient::connect(px.connect_addr("ingress"));
+        let r = client.send("GET", "/", &[("cookie", cookie.as_str())], b"");
+        assert_eq!(r.header("set-cookie"), None, "the cookie is not set again");
+        seen.insert(r.body);
+    }
+    assert_eq!(seen.len(), 1, "one upstream for the cookie: {seen:?}");
+}

@@ -362,7 +362,13 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     let mut retry_slot: Option<ResourceGuard> = None;
     let mut last_failure: Option<LocalReply> = None;
     let downstream_version = head.version;
-    let hash = hash_policy::compute_hash(&action.hash_policy, head, rq.info.downstream_remote_address);
+    let request_hash = hash_policy::compute_hash(
+        &action.hash_policy,
+        head,
+        rq.info.downstream_remote_address,
+        rq.info.downstream_local_address,
+    );
+    let hash = request_hash.hash;
     loop {
         attempt += 1;
         rq.info.attempt_count = attempt;
@@ -510,6 +516,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     }
                 }
                 let (mut parts, body) = response.into_parts();
+                if let Some(cookie) = &request_hash.set_cookie {
+                    parts.headers.append(http::header::SET_COOKIE, cookie.clone());
+                }
                 if !shared.router.suppress_envoy_headers {
                     let service_ms = attempt_start.elapsed().as_millis() as u64;
                     parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_ms));
