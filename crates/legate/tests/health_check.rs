@@ -217,3 +217,40 @@ fn http_check_over_http2() {
     assert_eq!(check.header("host"), Some("backend"));
     assert_eq!(check.header("user-agent"), Some("Envoy/HC"));
 }
+
+/// `x-envoy-immediate-health-check-fail` on an ordinary response (a host draining itself)
+/// takes the host out at once, as a passive health check failure; its checks bring it back.
+#[test]
+fn a_host_announcing_immediate_health_check_fail_leaves_at_once() {
+    let draining = Arc::new(AtomicBool::new(false));
+    let d = draining.clone();
+    let host = HttpUpstream::http1(move |r| match r.path.as_str() {
+        "/healthz" => UpstreamAction::ok("ok"),
+        _ if d.swap(false, Ordering::SeqCst) => {
+            UpstreamAction::ok("draining").with_header("x-envoy-immediate-health-check-fail", "true")
+        }
+        _ => UpstreamAction::ok("host"),
+    });
+    let other = HttpUpstream::http1(|_| UpstreamAction::ok("other"));
+    let mut config = http_bootstrap(&[host.addr(), other.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s", "interval": "1.5s", "no_traffic_interval": "1.5s",
+        "unhealthy_threshold": 3, "healthy_threshold": 2,
+        "http_health_check": { "path": "/healthz" }
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    px.wait_stat(&format!("{HC}.healthy"), 2);
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    draining.store(true, Ordering::SeqCst);
+    eventually("the host answers draining", Duration::from_secs(10), || client.get("/").body, |b| b == "draining");
+
+    px.wait_stat(&format!("{HC}.passive_failure"), 1);
+    assert_eq!(health_flags(&px, host.addr()), "/failed_active_hc/excluded_via_immediate_hc_fail");
+    assert_eq!(px.stat("cluster.backend.membership_excluded"), Some(1));
+    for _ in 0..6 {
+        assert_eq!(client.get("/").body, "other", "the draining host takes no traffic");
+    }
+    // Two passing checks (healthy_threshold) and it is back.
+    wait_flags(&px, host.addr(), "healthy");
+    assert_eq!(px.stat("cluster.backend.membership_excluded"), Some(0));
+}

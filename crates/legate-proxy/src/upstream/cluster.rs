@@ -29,6 +29,7 @@ pub struct Cluster {
     pub added_via_api: bool,
     priority_set: ArcSwap<PrioritySet>,
     versions: AtomicU64,
+    refresh_lock: std::sync::Mutex<()>,
 }
 
 /// The hosts of a cluster by priority, as one immutable snapshot.
@@ -92,6 +93,7 @@ impl Cluster {
             added_via_api: false,
             priority_set: ArcSwap::from_pointee(PrioritySet::default()),
             versions: AtomicU64::new(0),
+            refresh_lock: std::sync::Mutex::new(()),
             config,
         };
         if cluster.config.discovery_type == DiscoveryType::Static {
@@ -157,25 +159,49 @@ impl Cluster {
 
     /// Publishes a new host list (main thread) and updates membership stats.
     pub fn update_hosts(&self, hosts: Vec<Arc<Host>>) {
+        self.publish(hosts, true);
+    }
+
+    /// Republishes the current hosts after a health flag changed (an outlier ejection or
+    /// return, an active health check flip), so workers rebuild their load balancers without
+    /// the hosts that left. Workers and the main thread both call it: the lock keeps a
+    /// snapshot built from older flags from replacing a newer one.
+    pub fn refresh_health(&self) {
+        let _serial = self.refresh_lock.lock();
+        let hosts: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
+        self.publish(hosts, false);
+    }
+
+    fn publish(&self, hosts: Vec<Arc<Host>>, membership_changed: bool) {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         let set = PrioritySet::new(hosts, version);
         let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts.len()).sum();
         let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts.len()).sum();
+        let excluded = set.all_hosts().filter(|h| h.excluded()).count();
         self.stats.membership_total.set(total as u64);
         self.stats.membership_healthy.set(healthy as u64);
         self.stats.membership_degraded.set(degraded as u64);
-        self.stats.membership_excluded.set(0);
+        self.stats.membership_excluded.set(excluded as u64);
         self.stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
-        self.stats.membership_change.inc();
+        if membership_changed {
+            self.stats.membership_change.inc();
+        }
         self.priority_set.store(Arc::new(set));
     }
 
-    /// Republishes the current hosts after a health flag changed (an outlier ejection or
-    /// return, an active health check flip), so workers rebuild their load balancers without the excluded hosts.
-    pub fn refresh_health(&self) {
-        let hosts: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
-        self.update_hosts(hosts);
+    /// An upstream response carried `x-envoy-immediate-health-check-fail`: with active health
+    /// checking, Envoy takes the host out at once (failed and excluded) until it passes its
+    /// checks again, counting `health_check.passive_failure`.
+    pub fn on_immediate_health_check_fail(&self, host: &Host) {
+        let Some(checker) = &self.health_checker else { return };
+        if host.excluded() {
+            return;
+        }
+        checker.stats.passive_failure.inc();
+        host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);
+        host.set_health_flag(super::host::health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, true);
+        self.refresh_health();
     }
 
     /// Reports one request's result to outlier detection, when configured.

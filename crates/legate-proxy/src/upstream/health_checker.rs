@@ -257,6 +257,10 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
             if !now_unhealthy {
                 // Envoy's slow start window starts when the host passes its check.
                 host.restart_slow_start();
+                host.set_health_flag(health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, false);
+                host.set_health_flag(health_flag::ACTIVE_HC_TIMEOUT, false);
+            } else if timed_out {
+                host.set_health_flag(health_flag::ACTIVE_HC_TIMEOUT, true);
             }
             host.set_health_flag(health_flag::FAILED_ACTIVE_HC, now_unhealthy);
             cluster.refresh_health();
@@ -414,7 +418,7 @@ async fn http_check(
         return CheckResult::NetworkFailure;
     };
     let status = i64::from(response.status().as_u16());
-    let immediate_fail = response.headers().contains_key("x-envoy-immediate-health-check-fail");
+    let immediate_fail = response.headers().contains_key(&crate::http::headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL);
     let close =
         response.headers().get(hyper::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     // Read the body to its end so the connection can carry the next check.

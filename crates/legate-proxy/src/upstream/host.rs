@@ -13,6 +13,8 @@ pub mod health_flag {
     pub const FAILED_EDS_HEALTH: u32 = 0x04;
     pub const DEGRADED_EDS_HEALTH: u32 = 0x10;
     pub const PENDING_DYNAMIC_REMOVAL: u32 = 0x20;
+    pub const EXCLUDED_VIA_IMMEDIATE_HC_FAIL: u32 = 0x80;
+    pub const ACTIVE_HC_TIMEOUT: u32 = 0x100;
 }
 
 /// Milliseconds on a monotonic clock shared by every thread (from the first call).
@@ -136,6 +138,11 @@ impl Host {
         }
     }
 
+    /// Left out of load balancing and of the healthy share (Envoy's excluded hosts).
+    pub fn excluded(&self) -> bool {
+        self.health_flags() & health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL != 0
+    }
+
     pub fn healthy(&self) -> bool {
         self.health_flags() == 0
     }
@@ -158,6 +165,8 @@ impl Host {
             (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
             (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
             (health_flag::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+            (health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "/excluded_via_immediate_hc_fail"),
+            (health_flag::ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
         ] {
             if flags & bit != 0 {
                 out.push_str(name);

@@ -34,8 +34,7 @@ use crate::http::{LocalReply, ResponseFlag};
 use crate::upstream::Cluster;
 
 /// Set on responses to other requests while the server fails its health checks.
-pub const X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL: HeaderName =
-    HeaderName::from_static("x-envoy-immediate-health-check-fail");
+pub use crate::http::headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL;
 /// An upstream (or a cached answer) reports itself degraded.
 pub const X_ENVOY_DEGRADED: HeaderName = HeaderName::from_static("x-envoy-degraded");
 
@@ -252,7 +251,7 @@ impl HealthCheckFilter {
                 cache.set(head.status.as_u16(), head.headers.contains_key(X_ENVOY_DEGRADED), now);
             }
         } else if server_failed {
-            head.headers.insert(X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL, HeaderValue::from_static("true"));
+            head.headers.insert(X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL.clone(), HeaderValue::from_static("true"));
         }
     }
 }

@@ -487,6 +487,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Ok((response, conn)) => {
                 let status = response.status();
                 cluster.outlier_result(&host, OutlierResult::Http(status.as_u16()));
+                if response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL) {
+                    cluster.on_immediate_health_check_fail(&host);
+                }
                 rq.info.first_upstream_rx_byte = Some(rq.info.elapsed());
                 worker.count_upstream_code(&cluster, status.as_u16());
                 let wants_retry = !retry_on.is_empty()
