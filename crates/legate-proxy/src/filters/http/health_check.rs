@@ -350,7 +350,7 @@ headers:
         assert!(!marked);
         let mut head = response(200);
         filter.on_response(&mut head, true, Instant::now());
-        assert_eq!(head.headers[X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL], "true");
+        assert_eq!(head.headers[&X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL], "true");
         assert_eq!(store.counter_value("http.ingress.health_check.request_total"), Some(0));
     }
 
