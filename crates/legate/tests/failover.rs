@@ -33,12 +33,12 @@ fn failover_config(hosts: &[std::net::SocketAddr]) -> Value {
         hosts.iter().map(|a| json!({ "endpoint": { "address": loopback(a.port()) } })).collect();
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = json!(endpoints);
     cluster["outlier_detection"]["interval"] = json!("0.5s");
+    cluster["outlier_detection"]["base_ejection_time"] = json!("1s");
     cluster["outlier_detection"]["failure_percentage_request_volume"] = json!(10);
     let check = &mut cluster["health_checks"][0];
     check["timeout"] = json!("0.2s");
     check["interval"] = json!("0.2s");
     check["no_traffic_interval"] = json!("0.2s");
-    check["unhealthy_threshold"] = json!(1);
     config
 }
 
