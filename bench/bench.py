@@ -44,6 +44,8 @@ SERVER_CPU = "0"
 CLIENT_CPU = "1"
 BODY100 = "x" * 99 + "\\n"  # nginx string escape: 99 'x' + newline = 100 bytes
 PROXIES = ["legate", "nginx", "haproxy"]
+# Cases a proxy is not configured for (the minimal Pingora peer has no TCP proxy).
+NOT_CONFIGURED = {"pingora": {"tcp"}}
 
 
 # === processes ===
@@ -198,6 +200,8 @@ class Bench:
                     "-c", self.configs["nginx"]]
         if proxy == "haproxy":
             return ["haproxy", "-db", "-f", self.configs["haproxy"]]
+        if proxy == "pingora":
+            return [self.args.pingora, "-c", os.path.join(HERE, "peers", "pingora", "conf.yaml")]
         raise ValueError(proxy)
 
     def start_backends(self):
@@ -217,7 +221,8 @@ class Bench:
     def start(self, proxy):
         p = Proc(proxy, self.argv(proxy), self.run_dir)
         wait_http(PORTS["HTTP_PORT"], proc=p)
-        wait_port(PORTS["TCP_PORT"], proc=p)
+        if "tcp" not in NOT_CONFIGURED.get(proxy, ()):
+            wait_port(PORTS["TCP_PORT"], proc=p)
         return p
 
     # === cases: each returns a dict of figures for one run on a fresh proxy ===
@@ -540,7 +545,7 @@ def table(runs, proxies, meta, scale):
     out.append(f"- machine: {meta['nproc']} CPUs, {meta['cpu_model']}, kernel {meta['kernel']}")
     out.append(f"- legate {meta['versions']['legate']}; {meta['versions']['nginx']}; "
                f"{meta['versions']['haproxy']}; {meta['versions']['wrk']}; {meta['versions']['h2load']}; "
-               f"{meta['versions']['iperf3']}")
+               f"{meta['versions']['iperf3']}; {meta['versions']['pingora']}")
     out.append(f"- {meta['reps']} repetition(s) of {meta['duration_s']} s per case and proxy, interleaved; "
                "medians shown. Backend + proxy on CPU 0, client on CPU 1. CPU = utime+stime of the "
                "proxy's processes (all threads) from /proc, before/after the measured run.")
@@ -631,8 +636,18 @@ def metadata(args):
             "wrk": cmd_version(["wrk", "-v"]),
             "h2load": cmd_version(["h2load", "--version"]),
             "iperf3": cmd_version(["iperf3", "--version"]),
+            "pingora": pingora_version() if args.pingora else "not run",
         },
     }
+
+
+def pingora_version():
+    try:
+        with open(os.path.join(HERE, "peers", "pingora", "Cargo.lock")) as f:
+            m = re.search(r'name = "pingora-proxy"\nversion = "([^"]+)"', f.read())
+        return f"pingora-proxy {m.group(1)}" if m else "pingora-proxy ?"
+    except OSError:
+        return "pingora-proxy ?"
 
 
 def main():
@@ -646,6 +661,7 @@ def main():
     ap.add_argument("--cases", default="http1,h2c,1mib,idle,tcp,scale",
                     help="comma-separated subset of http1,h2c,1mib,idle,tcp,scale")
     ap.add_argument("--proxies", default=",".join(PROXIES))
+    ap.add_argument("--pingora", help="the bench/peers/pingora binary: adds Pingora as a fourth proxy")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = ap.parse_args()
@@ -654,6 +670,10 @@ def main():
     args.legate = os.path.abspath(args.legate)
     cases = args.cases.split(",")
     proxies = args.proxies.split(",")
+    if args.pingora:
+        args.pingora = os.path.abspath(args.pingora)
+        if "pingora" not in proxies:
+            proxies.append("pingora")
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
     for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset"):
         if shutil.which(tool) is None:
@@ -673,6 +693,8 @@ def main():
             runs[case] = {p: [] for p in proxies}
             for rep in range(args.reps):
                 for proxy in proxies:
+                    if case in NOT_CONFIGURED.get(proxy, ()):
+                        continue
                     p = bench.start(proxy)
                     try:
                         r = getattr(bench, fn)(p)
