@@ -1,6 +1,7 @@
 #!/bin/sh
 # The side-by-side benchmark in one command; see bench/README.md.
-#   bench/run.sh [--quick] [--failover] [--pingora] [bench.py options...]
+#   bench/run.sh [--quick] [--pingora] [bench.py options...]
+#   bench/run.sh --failover [failover.py options...]
 # LEGATE_SRC: the checkout to build (default: this repository);
 # CARGO_TARGET_DIR: where cargo builds it (default: $LEGATE_SRC/target).
 set -eu
@@ -9,26 +10,26 @@ src=${LEGATE_SRC:-$(dirname "$here")}
 target=${CARGO_TARGET_DIR:-$src/target}
 failover=0
 pingora=0
+args=""
 for arg in "$@"; do
     case $arg in
         --failover) failover=1 ;;
         --pingora) pingora=1 ;;
+        *) args="$args $arg" ;;
     esac
 done
 "$here/setup.sh"
 (cd "$src" && CARGO_TARGET_DIR=$target cargo build --release --bin legate)
 ulimit -n "$(ulimit -Hn)"
 if [ $failover = 1 ]; then
-    exec python3 "$here/failover.py" --legate "$target/release/legate" --src "$src"
+    # shellcheck disable=SC2086
+    exec python3 "$here/failover.py" --legate "$target/release/legate" --src "$src" $args
 fi
-extra=""
 if [ $pingora = 1 ]; then
+    # Pingora's zlib-ng build script needs cmake.
+    command -v cmake >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q cmake; }
     (cd "$here/peers/pingora" && CARGO_TARGET_DIR=$target/pingora cargo build --release)
-    extra="--pingora $target/pingora/release/pingora-bench"
+    args="$args --pingora $target/pingora/release/pingora-bench"
 fi
-args=""
-for arg in "$@"; do
-    case $arg in --failover|--pingora) ;; *) args="$args $arg" ;; esac
-done
 # shellcheck disable=SC2086
-exec python3 "$here/bench.py" --legate "$target/release/legate" --src "$src" $extra $args
+exec python3 "$here/bench.py" --legate "$target/release/legate" --src "$src" $args
