@@ -5,8 +5,8 @@
 //! The main thread talks to a worker only through its channel ([`WorkerMessage`], Envoy's
 //! `post()`); configuration reaches it as immutable `Arc` snapshots.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,7 +74,7 @@ impl WorkerContext {
             http_pools: HttpPools::default(),
             draining,
             draining_tx,
-            code_counters: RefCell::new(HashMap::new()),
+            code_counters: RefCell::new(HashMap::default()),
         }
     }
 

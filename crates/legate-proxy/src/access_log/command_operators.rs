@@ -400,7 +400,7 @@ impl Command {
             Command::RouteName => non_empty(info.route_name.as_deref()),
             Command::LocalReplyBody => non_empty(info.local_reply_body.as_deref()),
             Command::VirtualClusterName => Value::Unset,
-            Command::StreamId => non_empty(info.request_id.as_deref()),
+            Command::StreamId => non_empty(info.request_id.as_ref().and_then(|v| v.to_str().ok())),
             Command::UniqueId => Value::Text(Cow::Owned(uuid_v4())),
             Command::Hostname(name) | Command::Environment(name) => match name {
                 Some(name) => Value::Str(name),
@@ -681,7 +681,7 @@ pub(crate) mod tests {
             scheme: "http",
             headers,
         });
-        info.request_id = Some("cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2".to_string());
+        info.request_id = Some(http::HeaderValue::from_static("cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"));
         info.last_downstream_rx_byte = Some(Duration::from_micros(12_900));
         info.first_upstream_tx_byte = Some(Duration::from_millis(14));
         info.last_upstream_tx_byte = Some(Duration::from_millis(20));

@@ -30,6 +30,11 @@ const REFUSED: &[u8] = b"GET / HTTP/1.1\r\nhost: refused\r\ncontent-length: refu
 /// Envoy's reply when a request head is not complete within `request_headers_timeout`.
 const HEADER_TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 22\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nrequest header timeout";
 
+thread_local! {
+    /// Where a worker's guards read before checking: one buffer per thread.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; 8192].into_boxed_slice());
+}
+
 /// Longest chunk-size line accepted (hex digits and extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -356,9 +361,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
             if matches!(this.framing, Framing::Opaque) {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut scratch = [0u8; 8192];
-            let mut read = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+            // Read into the worker's scratch buffer (zeroed once per thread, not per read),
+            // check, and queue what may pass in `out`.
+            let polled = SCRATCH.with_borrow_mut(|scratch| {
+                let mut read = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let filled = read.filled();
+                        if !filled.is_empty() {
+                            this.feed(filled);
+                        }
+                        Poll::Ready(Ok(filled.is_empty()))
+                    }
+                }
+            });
+            match polled {
                 Poll::Pending => {
                     // Register the head timer's waker too (it may have been armed just now).
                     if let Some(deadline) = &mut this.head_deadline {
@@ -369,22 +388,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let filled = read.filled();
-                    if filled.is_empty() {
-                        // End of stream: hand over an incomplete head so hyper sees it.
-                        let head = std::mem::take(&mut this.head);
-                        if head.is_empty() {
-                            return Poll::Ready(Ok(()));
-                        }
-                        this.out.extend_from_slice(&head);
-                        this.framing = Framing::Opaque;
-                        continue;
+                Poll::Ready(Ok(true)) => {
+                    // End of stream: hand over an incomplete head so hyper sees it.
+                    let head = std::mem::take(&mut this.head);
+                    if head.is_empty() {
+                        return Poll::Ready(Ok(()));
                     }
-                    let filled = filled.to_vec();
-                    this.feed(&filled);
-                    this.update_head_timer();
+                    this.out.extend_from_slice(&head);
+                    this.framing = Framing::Opaque;
                 }
+                Poll::Ready(Ok(false)) => this.update_head_timer(),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Header names legate reads or writes, and the hop-by-hop rules of RFC 9110 §7.6.1.
 
 use http::header::{self, HeaderName};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -51,20 +51,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A UUID version 4, as Envoy's `x-request-id`.
-pub fn uuid4() -> String {
+/// A UUID version 4, as Envoy's `x-request-id`: 36 ASCII bytes, formatted without allocating.
+pub fn uuid4_bytes() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = fastrand::u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!(
-        "{}-{}-{}-{}-{}",
-        hex(&bytes[0..4]),
-        hex(&bytes[4..6]),
-        hex(&bytes[6..8]),
-        hex(&bytes[8..10]),
-        hex(&bytes[10..16])
-    )
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // the dash already there
+        }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    out
+}
+
+/// [`uuid4_bytes`] as a `String`.
+pub fn uuid4() -> String {
+    String::from_utf8_lossy(&uuid4_bytes()).into_owned()
+}
+
+/// [`uuid4_bytes`] as a header value (one allocation, no validation pass needed beyond ASCII).
+pub fn uuid4_header() -> HeaderValue {
+    HeaderValue::from_bytes(&uuid4_bytes()).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]

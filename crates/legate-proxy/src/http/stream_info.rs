@@ -35,7 +35,7 @@ pub struct StreamInfo {
     pub downstream_direct_remote_address: SocketAddr,
     pub downstream_local_address: SocketAddr,
     pub request: Option<RequestSnapshot>,
-    pub request_id: Option<String>,
+    pub request_id: Option<http::HeaderValue>,
     /// The whole request was received (`%REQUEST_DURATION%`).
     pub last_downstream_rx_byte: Option<Duration>,
     pub first_upstream_tx_byte: Option<Duration>,

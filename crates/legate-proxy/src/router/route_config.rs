@@ -1,7 +1,9 @@
 //! A compiled route configuration: virtual hosts by domain, and per virtual host an index
 //! over its routes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use legate_config::route::{CorsPolicy, FilterPerRouteConfig, RouteConfiguration, VirtualHost as VirtualHostConfig};
@@ -70,7 +72,7 @@ struct RouteIndex {
 
 impl RouteIndex {
     fn new(routes: &[Arc<Route>]) -> Self {
-        let mut exact: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut exact: HashMap<String, Vec<u32>> = HashMap::default();
         let mut by_len: BTreeMap<usize, HashMap<String, Vec<u32>>> = BTreeMap::new();
         let mut others = Vec::new();
         for (i, route) in routes.iter().enumerate() {
@@ -126,7 +128,7 @@ pub struct RouteConfig {
 impl RouteConfig {
     pub fn new(c: &RouteConfiguration) -> Result<Self, String> {
         let mut virtual_hosts = Vec::new();
-        let mut exact = HashMap::new();
+        let mut exact = HashMap::default();
         let mut suffixes: BTreeMap<usize, HashMap<String, usize>> = BTreeMap::new();
         let mut prefixes: BTreeMap<usize, HashMap<String, usize>> = BTreeMap::new();
         let mut default = None;

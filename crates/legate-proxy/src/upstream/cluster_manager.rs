@@ -1,8 +1,8 @@
 //! The cluster manager: owns every cluster on the main thread and gives workers a
 //! thread-local view (Envoy's `ClusterManagerImpl` and `ThreadLocalClusterManagerImpl`).
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -29,7 +29,7 @@ impl ClusterManager {
     /// Creates the static clusters. DNS clusters have no hosts until [`Self::initialize`].
     pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Self {
         let stats = ClusterManagerStats::new(&store.scope("cluster_manager"));
-        let mut map = ClusterMap::new();
+        let mut map = ClusterMap::default();
         let mut order = Vec::new();
         for config in configs {
             let scope = store.scope(&format!("cluster.{}", config.stat_name()));
@@ -106,7 +106,7 @@ struct ThreadLocalCluster {
 
 impl ThreadLocalClusterManager {
     pub fn new(clusters: Arc<ArcSwap<ClusterMap>>) -> Self {
-        ThreadLocalClusterManager { clusters, local: RefCell::new(HashMap::new()) }
+        ThreadLocalClusterManager { clusters, local: RefCell::new(HashMap::default()) }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {

@@ -9,7 +9,9 @@
 //! `max_connection_duration`, and an HTTP/1.1 connection after `max_requests_per_connection`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;

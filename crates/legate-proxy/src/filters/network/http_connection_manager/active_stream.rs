@@ -241,11 +241,9 @@ fn prepare(
     let external = use_remote_address && !internal;
     let regenerate = external && !config.preserve_external_request_id;
     if config.generate_request_id.unwrap_or(true) && (regenerate || !head.headers.contains_key(&X_REQUEST_ID)) {
-        if let Ok(v) = HeaderValue::from_str(&headers::uuid4()) {
-            head.headers.insert(X_REQUEST_ID.clone(), v);
-        }
+        head.headers.insert(X_REQUEST_ID.clone(), headers::uuid4_header());
     }
-    info.request_id = head.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
+    info.request_id = head.headers.get(&X_REQUEST_ID).cloned();
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
@@ -577,7 +575,7 @@ fn encode(
         head.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(completion.info.attempt_count));
     }
     if shared.config.always_set_request_id_in_response {
-        if let Some(id) = completion.info.request_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        if let Some(id) = completion.info.request_id.clone() {
             head.headers.insert(X_REQUEST_ID.clone(), id);
         }
     }
