@@ -580,7 +580,8 @@ def table(runs, proxies, meta, scale):
                                 f"errored {r.get('errored', 0)}")
                 elif case == "idle" and r.get("failed"):
                     errs.append(f"idle/{p} run {i + 1}: {r['failed']} connections failed")
-    out.append("| 7. TLS | handshakes/s, HTTPS req/s | not measured: legate has no TLS listener yet | | | | |")
+    out.append("| 7. TLS | handshakes/s, HTTPS req/s | not measured: legate has no TLS listener yet |"
+               + " |" * (len(proxies) + len(peers) - 1))
     out.append("")
     if errs:
         out.append("Errors seen by the load generators (a run with more than 0.1 % failed requests is left out of the medians):")
