@@ -691,7 +691,7 @@ pub(crate) mod tests {
         info.last_downstream_tx_byte = Some(Duration::from_micros(225_999));
         info.end = Some(Duration::from_micros(226_400));
         info.response_code = Some(204);
-        info.response_code_details = Some("via_upstream".to_string());
+        info.response_code_details = Some("via_upstream".into());
         let mut response = HeaderMap::new();
         response.insert("x-envoy-upstream-service-time", HeaderValue::from_static("100"));
         response.insert("content-type", HeaderValue::from_static("application/json"));

@@ -121,7 +121,7 @@ pub(crate) fn request_header_value<'h>(head: &'h http::request::Parts, name: &st
     match name {
         ":path" => head.uri.path_and_query().map(|pq| Cow::Borrowed(pq.as_str())),
         ":method" => Some(Cow::Borrowed(head.method.as_str())),
-        ":authority" => Some(router::authority_of(head)).filter(|a| !a.is_empty()).map(Cow::Owned),
+        ":authority" => Some(router::authority_of(head)).filter(|a| !a.is_empty()).map(Cow::Borrowed),
         ":scheme" => Some(Cow::Borrowed(head.uri.scheme_str().unwrap_or("http"))),
         _ if name.starts_with(':') => None,
         _ => crate::router::retry_policy::joined(&head.headers, name).map(Cow::Owned),

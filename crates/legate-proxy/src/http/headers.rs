@@ -27,16 +27,25 @@ pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connect
 /// Removes hop-by-hop headers (and those the `connection` header names) before a message is
 /// forwarded. `te: trailers` survives, as HTTP/2 and gRPC need it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if name != header::TE {
-            headers.remove(&name);
+    // The `connection` values leave the map first, so that the headers they name can go too
+    // (names given as `&str` are looked up case-insensitively, without allocating).
+    if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        let (_, values) = entry.remove_entry_mult();
+        let mut first = None;
+        let mut more = Vec::new();
+        for value in values {
+            match first {
+                None => first = Some(value),
+                Some(_) => more.push(value),
+            }
+        }
+        for value in first.iter().chain(&more) {
+            let Ok(tokens) = value.to_str() else { continue };
+            for token in tokens.split(',').map(str::trim) {
+                if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
+                    headers.remove(token);
+                }
+            }
         }
     }
     for name in [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::UPGRADE] {
@@ -49,6 +58,29 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if te_trailers {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
+}
+
+/// A header value holding `n` in decimal. The values a worker sends again and again
+/// (`x-envoy-upstream-service-time` of a few ms, a route's `x-envoy-expected-rq-timeout-ms`)
+/// come from a small per-thread cache, so that most calls share bytes instead of allocating.
+pub fn decimal_header(n: u64) -> HeaderValue {
+    const SLOTS: usize = 256;
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<Option<(u64, HeaderValue)>>> =
+            std::cell::RefCell::new(vec![None; SLOTS]);
+    }
+    CACHE.with_borrow_mut(|cache| {
+        let slot = cache.get_mut((n % SLOTS as u64) as usize);
+        match slot {
+            Some(Some((cached, value))) if *cached == n => value.clone(),
+            Some(slot) => {
+                let value = HeaderValue::from(n);
+                *slot = Some((n, value.clone()));
+                value
+            }
+            None => HeaderValue::from(n),
+        }
+    })
 }
 
 /// A UUID version 4, as Envoy's `x-request-id`: 36 ASCII bytes, formatted without allocating.

@@ -49,7 +49,7 @@ pub struct StreamInfo {
     pub end: Option<Duration>,
     pub response_code: Option<u16>,
     /// Why the response is what it is (`%RESPONSE_CODE_DETAILS%`), e.g. `via_upstream`.
-    pub response_code_details: Option<String>,
+    pub response_code_details: Option<std::borrow::Cow<'static, str>>,
     pub response_flags: ResponseFlags,
     pub response_headers: Option<HeaderMap>,
     pub response_trailers: Option<HeaderMap>,

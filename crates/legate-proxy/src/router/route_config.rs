@@ -174,14 +174,19 @@ impl RouteConfig {
     /// Envoy's search order: exact domain, then the longest `*suffix`, then the longest
     /// `prefix*`, then `*`. Wildcards never match an empty remainder.
     pub fn virtual_host(&self, authority: &str) -> Option<&Arc<VirtualHost>> {
-        let mut host = authority.to_ascii_lowercase();
+        // Domains are stored lowercase; most authorities already are (no copy then).
+        let lowered;
+        let mut host = authority;
+        if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = authority.to_ascii_lowercase();
+            host = &lowered;
+        }
         if self.ignore_port_in_host_matching {
-            let (h, _) = super::action::split_host_port(&host);
-            host = h.to_string();
+            host = super::action::split_host_port(host).0;
         }
         let index = self
             .exact
-            .get(&host)
+            .get(host)
             .copied()
             .or_else(|| {
                 self.suffixes.iter().find_map(|(len, table)| {

@@ -134,6 +134,16 @@ impl LocalityGroups {
     }
 }
 
+/// A priority level's health in percent: its healthy share scaled by the overprovisioning
+/// factor, capped at 100.
+fn health_percent(overprovisioning_factor: u32, set: &HostSet) -> u64 {
+    if set.hosts.is_empty() {
+        return 0;
+    }
+    let healthy = set.healthy_hosts.len() as u64;
+    (u64::from(overprovisioning_factor) * healthy / set.hosts.len() as u64).min(100)
+}
+
 /// Smooth weighted round robin (the nginx algorithm): each pick adds every host's weight to
 /// its running score, takes the highest, and subtracts the total from the winner. Equal
 /// weights reduce to plain rotation, done without the scores.
@@ -284,8 +294,10 @@ impl LoadBalancer {
         if sets.iter().all(|s| s.hosts.is_empty()) {
             return None;
         }
-        let health: Vec<u64> = sets.iter().map(|s| self.health_percent(s)).collect();
-        let total_health: u64 = health.iter().sum::<u64>().min(100);
+        // Computed twice rather than collected: no allocation per pick.
+        let factor = self.overprovisioning_factor;
+        let health = || sets.iter().map(move |s| health_percent(factor, s));
+        let total_health: u64 = health().sum::<u64>().min(100);
         if total_health == 0 || (total_health as f64) < self.panic_threshold {
             // Panic: Envoy ignores health, sending to the first priority that has hosts.
             let first = sets.iter().position(|s| !s.hosts.is_empty())?;
@@ -295,7 +307,7 @@ impl LoadBalancer {
         let pick = hash.map_or_else(|| self.rng.u64(0..100), |h| h % 100);
         let mut remaining = 100u64;
         let mut cumulative = 0u64;
-        for (priority, h) in health.iter().enumerate() {
+        for (priority, h) in health().enumerate() {
             let load = (h * 100 / total_health).min(remaining);
             remaining -= load;
             cumulative += load;
@@ -303,16 +315,8 @@ impl LoadBalancer {
                 return Some((priority, self.in_panic(&sets[priority])));
             }
         }
-        let last = health.iter().rposition(|h| *h > 0)?;
+        let last = sets.iter().rposition(|s| health_percent(factor, s) > 0)?;
         Some((last, self.in_panic(&sets[last])))
-    }
-
-    fn health_percent(&self, set: &HostSet) -> u64 {
-        if set.hosts.is_empty() {
-            return 0;
-        }
-        let healthy = set.healthy_hosts.len() as u64;
-        (u64::from(self.overprovisioning_factor) * healthy / set.hosts.len() as u64).min(100)
     }
 
     fn in_panic(&self, set: &HostSet) -> bool {

@@ -43,7 +43,7 @@ pub struct RouterRequest<'a> {
     pub matched_prefix: Option<&'a str>,
     /// Header mutations of the route, virtual host and route configuration, most specific
     /// first.
-    pub header_parsers: Vec<&'a crate::router::HeaderParser>,
+    pub header_parsers: HeaderParsers<'a>,
     pub include_attempt_count: bool,
     /// An allowed upgrade: its `upgrade` value (or `CONNECT`) and the downstream side of it.
     pub upgrade: Option<(String, hyper::upgrade::OnUpgrade)>,
@@ -184,6 +184,10 @@ async fn with_timers<F: Future>(
     }
 }
 
+/// The header mutations that apply to a request or response, in the order they run (route,
+/// virtual host, route configuration, or the reverse), empty ones left out.
+pub type HeaderParsers<'a> = [Option<&'a crate::router::HeaderParser>; 3];
+
 /// Why an attempt failed before response headers.
 enum AttemptFailure {
     Pool(PoolFailure),
@@ -263,7 +267,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         if let Some(expected) = per_try.or(route_timeout) {
             head.headers.insert(
                 headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
-                HeaderValue::from(expected.as_millis() as u64),
+                headers::decimal_header(expected.as_millis() as u64),
             );
         }
     }
@@ -277,45 +281,40 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         max_stream_duration: action.max_stream_duration.or(shared.max_stream_duration),
     };
 
-    // The request as it goes upstream.
-    let path_and_query = head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (path_and_query.clone(), None),
-    };
-    let mut upstream_path = path_and_query.clone();
-    if let Some(rewritten) = action.rewrite_path(&path, query.as_deref(), rq.matched_prefix) {
+    // The request as it goes upstream. The path and authority share the request's bytes.
+    let original = head.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // `None`: a rewrite that is not a valid path (the attempt fails as a protocol error).
+    let mut upstream_path = Some(original.clone());
+    if let Some(rewritten) = action.rewrite_path(original.path(), original.query(), rq.matched_prefix) {
         if !shared.router.suppress_envoy_headers {
-            if let Ok(v) = HeaderValue::from_str(&path_and_query) {
+            if let Ok(v) = HeaderValue::from_str(original.as_str()) {
                 head.headers.insert(headers::X_ENVOY_ORIGINAL_PATH.clone(), v);
             }
         }
-        upstream_path = rewritten;
+        upstream_path = http::uri::PathAndQuery::try_from(rewritten).ok();
     }
-    let mut authority = authority_of(head);
+    let mut authority = Authority::of(head);
     let original_authority = authority.clone();
     if let Some(host) = &action.host_rewrite_literal {
-        authority = host.to_str().unwrap_or_default().to_string();
+        authority = Authority(host.clone());
     } else if let Some(header) = &action.host_rewrite_header {
-        if let Some(v) = head.headers.get(header).and_then(|v| v.to_str().ok()) {
-            authority = v.to_string();
+        if let Some(v) = head.headers.get(header).filter(|v| v.to_str().is_ok()) {
+            authority = Authority(v.clone());
         }
     }
     if let (Some(i), ClusterSpecifier::Weighted { clusters, .. }) = (weighted_index, &action.cluster) {
         if let Some(entry) = clusters.get(i) {
             entry.request_headers.evaluate(&mut head.headers, rq.info);
             if let Some(host) = &entry.host_rewrite_literal {
-                authority = host.to_str().unwrap_or_default().to_string();
+                authority = Authority(host.clone());
             }
         }
     }
-    for parser in &rq.header_parsers {
+    for parser in rq.header_parsers.iter().flatten() {
         parser.evaluate(&mut head.headers, rq.info);
     }
-    if action.append_x_forwarded_host && authority != original_authority {
-        if let Ok(v) = HeaderValue::from_str(&original_authority) {
-            head.headers.append(headers::X_FORWARDED_HOST.clone(), v);
-        }
+    if action.append_x_forwarded_host && authority.as_str() != original_authority.as_str() {
+        head.headers.append(headers::X_FORWARDED_HOST.clone(), original_authority.0.clone());
     }
     let upgrade_value = head.headers.get(http::header::UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut head.headers);
@@ -340,12 +339,15 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 ClusterSpecifier::Weighted { .. } => None,
             };
             if let Some(name) = name {
-                let authority = if mirror.host_suffix { shadow_host(&authority) } else { authority.clone() };
+                let authority = match mirror.host_suffix {
+                    true => shadow_host(authority.as_str()),
+                    false => authority.as_str().to_string(),
+                };
                 let shadow = Shadow {
                     context: context.clone(),
                     cluster: name,
                     head: clone_head(head),
-                    path_and_query: upstream_path.clone(),
+                    path_and_query: upstream_path.as_ref().map_or_else(String::new, |p| p.as_str().to_string()),
                     authority,
                     body: rq.body.clone(),
                     timeout: route_timeout,
@@ -398,7 +400,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         let Some(host) = host else {
             return RouterOutcome::LocalReply(last_failure.unwrap_or_else(LocalReply::no_healthy_upstream));
         };
-        tried.push(host.clone());
+        if action.retry_policy.avoid_previous_hosts {
+            tried.push(host.clone());
+        }
         rq.info.upstream_host = Some(host.address);
 
         // A request slot (max_requests).
@@ -435,11 +439,18 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             let try_start = Instant::now();
             rq.info.upstream_local_address = conn.local_address();
             // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
+            let rewritten;
             let attempt_authority = match action.auto_host_rewrite && !host.hostname.is_empty() {
-                true => host.hostname.as_str(),
-                false => authority.as_str(),
+                true => {
+                    rewritten = Authority::from_str(&host.hostname);
+                    &rewritten
+                }
+                false => &authority,
             };
-            let Some(request) = build_request(head, &upstream_path, attempt_authority, &conn, &rq, attempt) else {
+            let request = upstream_path
+                .as_ref()
+                .and_then(|path| build_request(head, path, attempt_authority, &conn, &rq, attempt));
+            let Some(request) = request else {
                 break Ok(Err(AttemptFailure::Reset {
                     reason: "protocol error",
                     flag: ResponseFlag::UpstreamProtocolError,
@@ -524,7 +535,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 }
                 if !shared.router.suppress_envoy_headers {
                     let service_ms = attempt_start.elapsed().as_millis() as u64;
-                    parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_ms));
+                    parts
+                        .headers
+                        .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_header(service_ms));
                 }
                 let mut body_timers = BodyTimers::default();
                 let completed_at = rq.body.borrow().completed_at;
@@ -804,41 +817,74 @@ fn take_header(headers: &mut http::HeaderMap, name: &HeaderName) -> Option<Strin
 }
 
 /// `:authority`, from the URI (HTTP/2, absolute-form) or the `host` header.
-pub fn authority_of(head: &http::request::Parts) -> String {
+pub fn authority_of(head: &http::request::Parts) -> &str {
     if let Some(a) = head.uri.authority() {
-        return a.as_str().to_string();
+        return a.as_str();
     }
-    head.headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    head.headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// A request's authority as a header value: from the `host` header it shares the request's
+/// bytes (no copy); it becomes the upstream request's `host` (or `:authority`).
+#[derive(Clone, Debug)]
+pub struct Authority(pub HeaderValue);
+
+impl Authority {
+    pub fn of(head: &http::request::Parts) -> Self {
+        match head.uri.authority() {
+            Some(a) => Self::from_str(a.as_str()),
+            None => match head.headers.get(HOST).filter(|v| v.to_str().is_ok()) {
+                Some(v) => Authority(v.clone()),
+                None => Authority(HeaderValue::from_static("")),
+            },
+        }
+    }
+
+    pub fn from_str(text: &str) -> Self {
+        Authority(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
 }
 
 fn build_request(
     head: &http::request::Parts,
-    path_and_query: &str,
-    authority: &str,
+    path_and_query: &http::uri::PathAndQuery,
+    authority: &Authority,
     conn: &PooledConn,
     rq: &RouterRequest<'_>,
     attempt: u32,
 ) -> Option<Request<AttemptBody>> {
-    let mut builder = Request::builder().method(head.method.clone());
-    let mut headers = head.headers.clone();
+    // Room for what is added below, so that no insert grows the map.
+    let mut headers = http::HeaderMap::with_capacity(head.headers.len() + 4);
+    for (name, value) in &head.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(path_and_query.clone());
     let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
-    if http2 {
+    let version = if http2 {
         headers.remove(HOST);
-        builder = builder
-            .version(Version::HTTP_2)
-            .uri(Uri::builder().scheme("http").authority(authority).path_and_query(path_and_query).build().ok()?);
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(http::uri::Authority::try_from(authority.as_str()).ok()?);
+        Version::HTTP_2
     } else {
-        headers.insert(HOST, HeaderValue::from_str(authority).ok()?);
-        builder = builder.version(Version::HTTP_11).uri(Uri::builder().path_and_query(path_and_query).build().ok()?);
+        headers.insert(HOST, authority.0.clone());
         if !headers.contains_key(http::header::CONTENT_LENGTH) && !rq.body.borrow().is_empty_and_complete() {
             // A body of unknown length goes chunked (hyper would send none for a GET).
             headers.insert(http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-    }
+        Version::HTTP_11
+    };
     if rq.include_attempt_count {
-        headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), headers::decimal_header(u64::from(attempt)));
     }
-    let mut request = builder.body(AttemptBody::new(rq.body.clone())).ok()?;
+    let mut request = Request::new(AttemptBody::new(rq.body.clone()));
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = Uri::from_parts(uri).ok()?;
+    *request.version_mut() = version;
     *request.headers_mut() = headers;
     Some(request)
 }

@@ -20,12 +20,13 @@ use legate_config::protocol::HeadersWithUnderscoresAction;
 use super::path;
 use super::response_body::{ResponseBody, StreamCompletion};
 use super::ConnectionContext;
-use crate::filters::http::router::{self, authority_of, RouterOutcome, RouterRequest};
+use crate::filters::http::router::{self, authority_of, HeaderParsers, RouterOutcome, RouterRequest};
 use crate::http::body::{BodySource, ReadAllError};
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::headers::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::http::{LocalReply, RequestSnapshot, ResponseFlag, StreamInfo};
 use crate::router::{MatchInput, Route, RouteKind, VirtualHost};
+use http::uri::PathAndQuery;
 
 pub async fn handle(
     context: Rc<ConnectionContext>,
@@ -162,8 +163,9 @@ fn prepare(
 
     // Path normalization.
     if let Some(pq) = head.uri.path_and_query().cloned() {
-        let mut path = pq.path().to_string();
-        let original = path.clone();
+        // Each step copies the path only when it changes it.
+        let original = pq.path();
+        let mut path = std::borrow::Cow::Borrowed(original);
         match config.path_with_escaped_slashes_action {
             PathWithEscapedSlashesAction::RejectRequest if path::has_escaped_slashes(&path) => {
                 stats.downstream_rq_failed_path_normalization.inc();
@@ -172,28 +174,28 @@ fn prepare(
             PathWithEscapedSlashesAction::UnescapeAndForward | PathWithEscapedSlashesAction::UnescapeAndRedirect
                 if path::has_escaped_slashes(&path) =>
             {
-                path = path::unescape_slashes(&path);
+                path = std::borrow::Cow::Owned(path::unescape_slashes(&path));
             }
             _ => {}
         }
-        if config.normalize_path.unwrap_or(false) {
+        if config.normalize_path.unwrap_or(false) && (path::has_dot_segments(&path) || !path.starts_with('/')) {
             match path::remove_dot_segments(&path) {
-                Some(p) => path = p,
+                Some(p) => path = std::borrow::Cow::Owned(p),
                 None => {
                     stats.downstream_rq_failed_path_normalization.inc();
                     return Err(Box::new(LocalReply::new(StatusCode::BAD_REQUEST, "", "path_normalization_failed")));
                 }
             }
         }
-        if config.merge_slashes {
-            path = path::merge_slashes(&path);
+        if config.merge_slashes && path::has_repeated_slashes(&path) {
+            path = std::borrow::Cow::Owned(path::merge_slashes(&path));
         }
         if path != original {
             let redirect = config.path_with_escaped_slashes_action == PathWithEscapedSlashesAction::UnescapeAndRedirect
-                && path::has_escaped_slashes(&original);
+                && path::has_escaped_slashes(original);
             let new_pq = match pq.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path,
+                None => path.into_owned(),
             };
             if redirect {
                 stats.downstream_rq_redirected_with_normalized_path.inc();
@@ -251,7 +253,7 @@ fn prepare(
         info.request = Some(RequestSnapshot {
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
-            authority,
+            authority: authority_of(head).to_string(),
             scheme: "http",
             headers: head.headers.clone(),
         });
@@ -269,22 +271,14 @@ async fn decode(
 ) -> (http::response::Parts, Produced) {
     let shared = context.shared.clone();
     let route_config = shared.route_config.clone();
-    let authority = authority_of(&head);
-    let vhost = route_config.virtual_host(&authority).cloned();
-    let path_and_query = head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (path_and_query.clone(), None),
-    };
+    // Handles that share the request's bytes: the filters below may change the head.
+    let authority = router::Authority::of(&head);
+    let vhost = route_config.virtual_host(authority.as_str()).cloned();
+    let path_and_query = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let (path, query) = (path_and_query.path(), path_and_query.query());
     let route = vhost.as_ref().and_then(|vh| {
-        vh.route(&MatchInput {
-            path: &path,
-            query: query.as_deref(),
-            method: &head.method,
-            headers: &head.headers,
-            random: fastrand::u64(..),
-        })
-        .cloned()
+        vh.route(&MatchInput { path, query, method: &head.method, headers: &head.headers, random: fastrand::u64(..) })
+            .cloned()
     });
     completion.info.virtual_host_name = vhost.as_ref().map(|v| v.name.clone());
     completion.info.route_name = route.as_ref().map(|r| r.name.clone()).filter(|n| !n.is_empty());
@@ -380,7 +374,7 @@ async fn decode(
     let action = match &route.kind {
         RouteKind::Redirect(redirect) => {
             shared.stats.rq_redirect.inc();
-            let location = redirect.location("http", &authority, &path, query.as_deref(), matched_prefix(&route));
+            let location = redirect.location("http", authority.as_str(), path, query, matched_prefix(&route));
             let mut reply = LocalReply::new(redirect.status, Bytes::new(), "direct_response");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 reply.headers.insert(LOCATION, v);
@@ -513,19 +507,22 @@ fn header_parsers<'a>(
     vhost: Option<&'a Arc<VirtualHost>>,
     route: &'a Arc<Route>,
     request: bool,
-) -> Vec<&'a crate::router::HeaderParser> {
+) -> HeaderParsers<'a> {
     let rc = &shared.route_config;
-    let mut parsers = Vec::with_capacity(3);
     let pick = |r: &'a crate::router::HeaderParser, s: &'a crate::router::HeaderParser| if request { r } else { s };
-    parsers.push(pick(&route.request_headers, &route.response_headers));
-    if let Some(v) = vhost {
-        parsers.push(pick(&v.request_headers, &v.response_headers));
-    }
-    parsers.push(pick(&rc.request_headers, &rc.response_headers));
+    let mut parsers = [
+        Some(pick(&route.request_headers, &route.response_headers)),
+        vhost.map(|v| pick(&v.request_headers, &v.response_headers)),
+        Some(pick(&rc.request_headers, &rc.response_headers)),
+    ];
     if rc.most_specific_header_mutations_wins {
         parsers.reverse();
     }
-    parsers.retain(|p| !p.is_empty());
+    for slot in &mut parsers {
+        if slot.is_some_and(|p| p.is_empty()) {
+            *slot = None;
+        }
+    }
     parsers
 }
 
@@ -553,7 +550,7 @@ fn encode(
         filter.encode_headers(head, &mut cb);
     }
     if let Some(route) = route {
-        for parser in header_parsers(shared, vhost, route, false) {
+        for parser in header_parsers(shared, vhost, route, false).into_iter().flatten() {
             parser.evaluate(&mut head.headers, &completion.info);
         }
     }
@@ -588,7 +585,7 @@ fn encode(
     let code = head.status.as_u16();
     completion.info.response_code = Some(code);
     if completion.info.response_code_details.is_none() {
-        completion.info.response_code_details = Some("via_upstream".into());
+        completion.info.response_code_details = Some(std::borrow::Cow::Borrowed("via_upstream"));
     }
     completion.info.first_downstream_tx_byte = Some(completion.info.elapsed());
     shared.stats.response_code(code);
@@ -608,7 +605,7 @@ fn local_reply(
     if let Some(flag) = reply.flag {
         completion.info.set_flag(flag);
     }
-    completion.info.response_code_details = Some(reply.details.clone());
+    completion.info.response_code_details = Some(std::borrow::Cow::Owned(reply.details.clone()));
     let mut reply = reply;
     if let Some(mapper) = &context.shared.local_reply {
         map_local_reply(mapper, &mut reply, &mut completion.info);
