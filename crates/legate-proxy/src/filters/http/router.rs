@@ -442,7 +442,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             let rewritten;
             let attempt_authority = match action.auto_host_rewrite && !host.hostname.is_empty() {
                 true => {
-                    rewritten = Authority::from_str(&host.hostname);
+                    rewritten = Authority::from_text(&host.hostname);
                     &rewritten
                 }
                 false => &authority,
@@ -840,7 +840,7 @@ impl Authority {
         }
     }
 
-    pub fn from_str(text: &str) -> Self {
+    pub fn from_text(text: &str) -> Self {
         Authority(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("")))
     }
 

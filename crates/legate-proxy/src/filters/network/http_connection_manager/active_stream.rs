@@ -144,7 +144,7 @@ fn prepare(
     // RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
     let hosts = head.headers.get_all(http::header::HOST).iter().count();
     let authority = authority_of(head);
-    if hosts > 1 || !valid_authority(&authority) || head.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+    if hosts > 1 || !valid_authority(authority) || head.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Box::new(
             LocalReply::new(StatusCode::BAD_REQUEST, "", "invalid_host")
                 .with_flag(ResponseFlag::DownstreamProtocolError),
