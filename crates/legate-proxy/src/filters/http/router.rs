@@ -832,7 +832,7 @@ pub struct Authority(pub HeaderValue);
 impl Authority {
     pub fn of(head: &http::request::Parts) -> Self {
         match head.uri.authority() {
-            Some(a) => Self::from_str(a.as_str()),
+            Some(a) => Self::from_text(a.as_str()),
             None => match head.headers.get(HOST).filter(|v| v.to_str().is_ok()) {
                 Some(v) => Authority(v.clone()),
                 None => Authority(HeaderValue::from_static("")),
