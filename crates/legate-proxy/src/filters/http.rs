@@ -210,7 +210,7 @@ pub(crate) mod test_support {
 
         pub fn find(&self, head: &http::request::Parts) -> (Option<Arc<VirtualHost>>, Option<Arc<Route>>) {
             let authority = crate::filters::http::router::authority_of(head);
-            let vhost = self.config.virtual_host(&authority).cloned();
+            let vhost = self.config.virtual_host(authority).cloned();
             let route = vhost.as_ref().and_then(|v| {
                 v.route(&MatchInput {
                     path: head.uri.path(),
