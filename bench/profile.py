@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Where a proxy spends its time on case 1 (HTTP/1.1 keep-alive, 100 B).
 
-- system calls: `strace -c -f` attached to the proxy's processes while `h2load --h1` sends a
-  fixed number of requests on 64 keep-alive connections; calls per request, per syscall;
+- system calls: `strace -c -f` attached to the proxy's processes while a fixed amount of work
+  is done: requests from `h2load --h1 -c64` (case 1) and `h2load -c32 -m2` (case 2, h2c), MiB
+  through the TCP listener with `iperf3 -n` (case 5); calls per request (per MiB), per syscall;
 - user space (legate only, or any proxy with --perf): `perf record -g` on the proxy during a
   wrk run, then the top symbols (self time) and the top callers.
 
@@ -11,6 +12,7 @@ Uses bench.py's backend and proxy configs. Writes bench/results/<stamp>-<host>-p
 
 import argparse
 import datetime
+import json
 import os
 import re
 import shutil
@@ -24,18 +26,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def strace_counts(p, requests, run_dir, name):
+def strace_counts(p, run_dir, name, load):
+    """System calls of the proxy's processes while `load()` runs; returns (units of work done
+    as `load` reports them, {syscall: (calls, errors)})."""
     out_path = os.path.join(run_dir, f"strace-{name}.txt")
-    pids = p.pids()
     argv = ["strace", "-c", "-f", "-o", out_path]
-    for pid in pids:
+    for pid in p.pids():
         argv += ["-p", str(pid)]
     tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attach
-    url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
-    out = bench.client(["h2load", "--h1", "-t1", "-c64", "-n", str(requests), url])
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
-    done = int(m.group(4))
+    done = load()
     time.sleep(0.2)
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=30)
@@ -45,10 +45,45 @@ def strace_counts(p, requests, run_dir, name):
             parts = line.split()
             # % time, seconds, usecs/call, calls, [errors], syscall
             if len(parts) >= 5 and re.match(r"^[\d.]+$", parts[0]) and parts[-1] != "total":
-                n_calls = int(parts[3])
-                errors = int(parts[4]) if len(parts) == 6 else 0
-                calls[parts[-1]] = (n_calls, errors)
+                calls[parts[-1]] = (int(parts[3]), int(parts[4]) if len(parts) == 6 else 0)
     return done, calls
+
+
+def h2load_requests(argv):
+    out = bench.client(argv)
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
+    return int(m.group(4))
+
+
+LOADS = {
+    # case: (unit, load(n) -> units done); n = --requests (tcp: n / 50 MiB)
+    "http1": ("request", lambda n: h2load_requests(
+        ["h2load", "--h1", "-t1", "-c64", "-n", str(n), f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"])),
+    "h2c": ("request", lambda n: h2load_requests(
+        ["h2load", "-t1", "-c32", "-m2", "-n", str(n), f"http://127.0.0.1:{bench.PORTS['H2C_PORT']}/"])),
+    "tcp": ("MiB", lambda n: json.loads(bench.client(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(bench.PORTS["TCP_PORT"]), "-n", f"{n // 50}M", "-J"])
+    )["end"]["sum_received"]["bytes"] / (1 << 20)),
+}
+
+
+def syscall_table(title, unit, per_proxy):
+    proxies = list(per_proxy)
+    names = sorted({n for _, calls in per_proxy.values() for n in calls},
+                   key=lambda n: -max(per_proxy[p][1].get(n, (0, 0))[0] / per_proxy[p][0] for p in proxies))
+    lines = [title, "", f"| syscall per {unit} | " + " | ".join(proxies) + " |", "|---|" + "---|" * len(proxies)]
+    for n in names:
+        cells = []
+        for p in proxies:
+            done, calls = per_proxy[p]
+            c, e = calls.get(n, (0, 0))
+            cells.append((f"{c / done:.3f}" if c else "") + (f" ({e / done:.3f} err)" if e else ""))
+        if any(cells):
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append("| **total** | " + " | ".join(
+        f"**{sum(c for c, _ in per_proxy[p][1].values()) / per_proxy[p][0]:.2f}**" for p in proxies) + " |")
+    lines.append("")
+    return lines
 
 
 def classify(dso, symbol):
@@ -192,6 +227,8 @@ def main():
     ap.add_argument("--src", default=os.path.dirname(bench.HERE))
     ap.add_argument("--requests", type=int, default=50000)
     ap.add_argument("--proxies", default="legate,nginx,haproxy")
+    ap.add_argument("--strace-cases", default="http1,h2c,tcp", help="cases whose system calls to count")
+    ap.add_argument("--pingora", help="the bench/peers/pingora binary (adds it to --proxies)")
     ap.add_argument("--perf", default="legate", help="proxies to run perf on")
     ap.add_argument("--perf-seconds", type=int, default=8)
     ap.add_argument("--callgrind", type=int, default=10000, metavar="N",
@@ -199,6 +236,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(bench.HERE, "results"))
     args = ap.parse_args()
     args.legate = os.path.abspath(args.legate)
+    if args.pingora:
+        args.pingora = os.path.abspath(args.pingora)
+        args.proxies += ",pingora"
     # Bench() wants these.
     args.duration, args.idle_conns, args.quick = 10, 0, False
     os.sched_setaffinity(0, {int(bench.CLIENT_CPU)})
@@ -210,21 +250,25 @@ def main():
     lines.append("")
     lines.append(f"legate {meta['versions']['legate']}; {meta['versions']['nginx']}; {meta['versions']['haproxy']}")
     lines.append("")
-    per_proxy = {}
+    per_case = {case: {} for case in args.strace_cases.split(",")}
     perf_text = {}
     try:
         b.start_backends()
         for proxy in args.proxies.split(","):
-            p = b.start(proxy)
-            try:
-                b.warm_up(f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/")
-                done, calls = strace_counts(p, args.requests, b.run_dir, proxy)
-                per_proxy[proxy] = (done, calls)
-                print(f"[strace {proxy}] {done} requests: " +
-                      ", ".join(f"{k} {v[0] / done:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1][0])),
-                      flush=True)
-            finally:
-                p.stop()
+            for case in per_case:
+                if case in bench.NOT_CONFIGURED.get(proxy, ()):
+                    continue
+                p = b.start(proxy)
+                try:
+                    b.warm_up(f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/")
+                    unit, load = LOADS[case]
+                    done, calls = strace_counts(p, b.run_dir, f"{proxy}-{case}", lambda: load(args.requests))
+                    per_case[case][proxy] = (done, calls)
+                    print(f"[strace {case} {proxy}] {done:.0f} {unit}s: " + ", ".join(
+                        f"{k} {v[0] / done:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1][0])[:8]),
+                        flush=True)
+                finally:
+                    p.stop()
             if proxy in args.perf.split(",") and shutil.which("perf"):
                 p = b.start(proxy)
                 try:
@@ -239,24 +283,14 @@ def main():
     finally:
         b.stop_backends()
 
-    proxies = list(per_proxy)
-    names = sorted({n for _, calls in per_proxy.values() for n in calls},
-                   key=lambda n: -max(per_proxy[p][1].get(n, (0, 0))[0] / per_proxy[p][0] for p in proxies))
-    lines.append(f"## System calls per request (`strace -c -f`, `h2load --h1 -c64 -n {args.requests}`)")
-    lines.append("")
-    lines.append("| syscall | " + " | ".join(proxies) + " |")
-    lines.append("|---|" + "---|" * len(proxies))
-    for n in names:
-        cells = []
-        for p in proxies:
-            done, calls = per_proxy[p]
-            c, e = calls.get(n, (0, 0))
-            cells.append((f"{c / done:.3f}" if c else "") + (f" ({e / done:.3f} err)" if e else ""))
-        if any(cells):
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines.append("| **total** | " + " | ".join(
-        f"**{sum(c for c, _ in per_proxy[p][1].values()) / per_proxy[p][0]:.2f}**" for p in proxies) + " |")
-    lines.append("")
+    titles = {
+        "http1": f"## System calls per request, case 1 (`strace -c -f`, `h2load --h1 -c64 -n {args.requests}`)",
+        "h2c": f"## System calls per request, case 2 h2c (`strace -c -f`, `h2load -c32 -m2 -n {args.requests}`)",
+        "tcp": f"## System calls per MiB, case 5 tcp_proxy (`strace -c -f`, `iperf3 -n {args.requests // 50}M`)",
+    }
+    for case, per_proxy in per_case.items():
+        if per_proxy:
+            lines += syscall_table(titles[case], LOADS[case][0], per_proxy)
     for proxy, text in perf_text.items():
         lines.append(f"## perf record -g, {proxy}, wrk -c64 for {args.perf_seconds} s")
         lines.append("")
