@@ -43,8 +43,9 @@ pub struct BodySource {
     /// When request bytes last arrived (for `stream_idle_timeout`).
     pub last_activity: std::time::Instant,
     /// Bumped on every read from the downstream, for the router's timers and mirrors (each
-    /// subscriber sees every change).
-    pub progress: tokio::sync::watch::Sender<()>,
+    /// subscriber sees every change). Made at the first subscription: most requests have no
+    /// body to wait for.
+    progress: Option<tokio::sync::watch::Sender<()>>,
 }
 
 impl BodySource {
@@ -61,7 +62,7 @@ impl BodySource {
             downstream_error: false,
             completed_at: end_stream.then(std::time::Instant::now),
             last_activity: std::time::Instant::now(),
-            progress: tokio::sync::watch::Sender::new(()),
+            progress: None,
         }))
     }
 
@@ -80,8 +81,19 @@ impl BodySource {
             downstream_error: false,
             completed_at: Some(std::time::Instant::now()),
             last_activity: std::time::Instant::now(),
-            progress: tokio::sync::watch::Sender::new(()),
+            progress: None,
         }))
+    }
+
+    /// A receiver that changes on every read from the downstream.
+    pub fn subscribe_progress(&mut self) -> tokio::sync::watch::Receiver<()> {
+        self.progress.get_or_insert_with(|| tokio::sync::watch::Sender::new(())).subscribe()
+    }
+
+    fn notify_progress(&self) {
+        if let Some(progress) = &self.progress {
+            progress.send_replace(());
+        }
     }
 
     /// Whether a new attempt can send the whole body again.
@@ -148,13 +160,13 @@ impl BodySource {
                     self.source = Source::Ended;
                     self.complete = true;
                     self.completed_at = Some(std::time::Instant::now());
-                    self.progress.send_replace(());
+                    self.notify_progress();
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(_))) => {
                     self.source = Source::Ended;
                     self.downstream_error = true;
-                    self.progress.send_replace(());
+                    self.notify_progress();
                     return Poll::Ready(Some(Err(())));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -173,7 +185,7 @@ impl BodySource {
                             self.complete = true;
                             self.completed_at = Some(std::time::Instant::now());
                         }
-                        self.progress.send_replace(());
+                        self.notify_progress();
                         if self.replayable && self.log_bytes > self.limit {
                             // Too big to keep for a retry: stream it, keep only what the
                             // current attempt has not read yet.

@@ -125,6 +125,31 @@ impl<T> H1Guard<T> {
                     self.out.extend_from_slice(input);
                     return;
                 }
+                Framing::Head if self.head.is_empty() => {
+                    // The common case: a whole head in one read, checked where it lies.
+                    let Some(end) = find(input, b"\r\n\r\n").map(|i| i + 4) else {
+                        self.head.extend_from_slice(input);
+                        input = &[];
+                        if request_line_is_not_http1(&self.head) || self.head.len() > self.max_head {
+                            let head = std::mem::take(&mut self.head);
+                            self.out.extend_from_slice(&head);
+                            self.framing = Framing::Opaque;
+                        }
+                        continue;
+                    };
+                    let (head, rest) = input.split_at(end);
+                    match check_head(head) {
+                        Err(()) => {
+                            self.refuse();
+                            return;
+                        }
+                        Ok(next) => {
+                            self.out.extend_from_slice(head);
+                            self.framing = next;
+                        }
+                    }
+                    input = rest;
+                }
                 Framing::Head => {
                     // Find the end of the head, counting what is already buffered.
                     let start = self.head.len().saturating_sub(3);

@@ -49,10 +49,21 @@ impl VirtualHost {
 
     /// The first route, in configuration order, that matches.
     pub fn route(&self, input: &MatchInput<'_>) -> Option<&Arc<Route>> {
-        let mut candidates = self.index.candidates(input.path);
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates.into_iter().filter_map(|i| self.routes.get(i as usize)).find(|r| r.matches(input))
+        // Each candidate list is in route order: its first match is its best, and the lowest
+        // of those wins. Nothing is collected, so a lookup allocates nothing.
+        let mut best: Option<u32> = None;
+        self.index.for_each_candidate_list(input.path, |list| {
+            for &i in list {
+                if best.is_some_and(|b| i >= b) {
+                    break;
+                }
+                if self.routes.get(i as usize).is_some_and(|r| r.matches(input)) {
+                    best = Some(i);
+                    break;
+                }
+            }
+        });
+        best.and_then(|i| self.routes.get(i as usize))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -88,10 +99,11 @@ impl RouteIndex {
         RouteIndex { exact, prefixes: by_len.into_iter().collect(), others }
     }
 
-    fn candidates(&self, path: &str) -> Vec<u32> {
-        let mut out = self.others.clone();
+    /// Calls `visit` with each list of routes worth checking for `path` (each in route order).
+    fn for_each_candidate_list(&self, path: &str, mut visit: impl FnMut(&[u32])) {
+        visit(&self.others);
         if let Some(hits) = self.exact.get(path) {
-            out.extend_from_slice(hits);
+            visit(hits);
         }
         for (len, table) in &self.prefixes {
             let Some(prefix) = path.get(..*len) else {
@@ -101,10 +113,9 @@ impl RouteIndex {
                 continue;
             };
             if let Some(hits) = table.get(prefix) {
-                out.extend_from_slice(hits);
+                visit(hits);
             }
         }
-        out
     }
 }
 

@@ -150,6 +150,18 @@ enum Waited<T> {
     Timeout(Timeout),
 }
 
+/// The next read from the downstream body; never, without a receiver.
+async fn body_progress(progress: &mut Option<tokio::sync::watch::Receiver<()>>) {
+    match progress {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs `future` until it finishes or a timer fires.
 async fn with_timers<F: Future>(
     future: F,
@@ -158,7 +170,9 @@ async fn with_timers<F: Future>(
     try_start: Option<Instant>,
 ) -> Waited<F::Output> {
     tokio::pin!(future);
-    let mut progress = body.borrow().progress.subscribe();
+    // A body already complete never changes: nothing to watch.
+    let complete = body.borrow().complete;
+    let mut progress = (!complete).then(|| body.borrow_mut().subscribe_progress());
     loop {
         let next = {
             let source = body.borrow();
@@ -179,7 +193,7 @@ async fn with_timers<F: Future>(
             out = &mut future => return Waited::Done(out),
             () = sleep => {}
             // The sender lives as long as the body source this loop holds.
-            _ = progress.changed() => {}
+            _ = body_progress(&mut progress) => {}
         }
     }
 }
@@ -539,7 +553,6 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                         .headers
                         .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_header(service_ms));
                 }
-                let mut body_timers = BodyTimers::default();
                 let completed_at = rq.body.borrow().completed_at;
                 let deadlines = [
                     (
@@ -549,18 +562,17 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     (BodyTimeout::Route, per_try.zip(completed_at).map(|(d, at)| at.max(attempt_start) + d)),
                     (BodyTimeout::MaxDuration, timers.max_stream_duration.map(|d| timers.stream_start + d)),
                 ];
-                if let Some((which, at)) =
-                    deadlines.into_iter().filter_map(|(w, at)| Some((w, at?))).min_by_key(|(_, at)| *at)
-                {
-                    body_timers.deadline = Some((which, Box::pin(tokio::time::sleep_until(at.into()))));
-                }
-                for (which, d) in
-                    [(BodyTimeout::PerTryIdle, timers.per_try_idle), (BodyTimeout::StreamIdle, timers.stream_idle)]
-                {
-                    if let Some(d) = d {
-                        body_timers.idle.push((which, d, Box::pin(tokio::time::sleep(d))));
-                    }
-                }
+                let deadline = deadlines
+                    .into_iter()
+                    .filter_map(|(w, at)| Some((w, tokio::time::Instant::from_std(at?))))
+                    .min_by_key(|(_, at)| *at);
+                let body_timers = BodyTimers::new(
+                    deadline,
+                    [
+                        timers.per_try_idle.map(|d| (BodyTimeout::PerTryIdle, d)),
+                        timers.stream_idle.map(|d| (BodyTimeout::StreamIdle, d)),
+                    ],
+                );
                 return RouterOutcome::Upstream {
                     head: parts,
                     body: UpstreamBody { body, conn: Some(conn), request: guard },
@@ -1014,7 +1026,7 @@ impl Shadow {
     async fn exchange(self) {
         let worker = &self.context.worker;
         let Ok((cluster, host)) = worker.cluster_manager.choose_host(&self.cluster) else { return };
-        let mut progress = self.body.borrow().progress.subscribe();
+        let mut progress = self.body.borrow_mut().subscribe_progress();
         loop {
             let (complete, replayable, failed) = {
                 let b = self.body.borrow();

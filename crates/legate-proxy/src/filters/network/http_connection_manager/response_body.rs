@@ -49,32 +49,57 @@ pub enum BodyTimeout {
     MaxDuration,
 }
 
+/// The timers of a streaming response, on one timer: a fixed deadline (route, per-try or
+/// max stream duration) and up to two idle timeouts measured from the last body activity.
+/// Activity only records the time; the one `Sleep` is re-armed for the next due timeout when
+/// it fires early, so a busy stream costs no timer update per chunk.
 #[derive(Default)]
 pub struct BodyTimers {
-    pub deadline: Option<(BodyTimeout, Pin<Box<Sleep>>)>,
-    pub idle: Vec<(BodyTimeout, Duration, Pin<Box<Sleep>>)>,
+    deadline: Option<(BodyTimeout, tokio::time::Instant)>,
+    idle: [Option<(BodyTimeout, Duration)>; 2],
+    last_activity: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl BodyTimers {
+    /// `deadline` fires at a fixed time; each of `idle` after that long without activity.
+    pub fn new(
+        deadline: Option<(BodyTimeout, tokio::time::Instant)>,
+        idle: [Option<(BodyTimeout, Duration)>; 2],
+    ) -> Self {
+        let active = deadline.is_some() || idle.iter().any(Option::is_some);
+        BodyTimers { deadline, idle, last_activity: active.then(tokio::time::Instant::now), sleep: None }
+    }
+
     fn touch(&mut self) {
-        let now = tokio::time::Instant::now();
-        for (_, d, sleep) in &mut self.idle {
-            sleep.as_mut().reset(now + *d);
+        if self.last_activity.is_some() {
+            self.last_activity = Some(tokio::time::Instant::now());
         }
     }
 
+    /// The timeout due first, and when.
+    fn next_due(&self) -> Option<(BodyTimeout, tokio::time::Instant)> {
+        let last = self.last_activity?;
+        self.deadline
+            .into_iter()
+            .chain(self.idle.iter().flatten().map(|(which, d)| (*which, last + *d)))
+            .min_by_key(|(_, at)| *at)
+    }
+
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Option<BodyTimeout> {
-        if let Some((which, sleep)) = &mut self.deadline {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Some(*which);
+        loop {
+            let (which, at) = self.next_due()?;
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if tokio::time::Instant::now() >= at {
+                return Some(which);
             }
         }
-        for (which, _, sleep) in &mut self.idle {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Some(*which);
-            }
-        }
-        None
     }
 }
 
