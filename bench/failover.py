@@ -559,6 +559,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
     variant = f"-ntI{args.no_traffic_interval}" if args.no_traffic_interval else ""
+    variant += f"-c{args.concurrency}" if args.concurrency != 1 else ""
     base = os.path.join(args.out, f"{stamp}-{meta['host']}-failover{variant}")
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
