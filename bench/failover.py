@@ -126,7 +126,7 @@ class Host:
 
 # === legate and its stats ===
 
-def failover_config(src, out_path, no_traffic_interval=None):
+def failover_config(src, out_path, no_traffic_interval=None, max_retries=None):
     with open(os.path.join(src, "examples", "fast-failover.yaml")) as f:
         text = f.read()
     text = text.replace("address: 0.0.0.0, port_value: 8080", f"address: 127.0.0.1, port_value: {LISTEN_PORT}")
@@ -142,6 +142,13 @@ def failover_config(src, out_path, no_traffic_interval=None):
         text, n = re.subn(r"(\n(\s+)interval: 2s\n)", rf"\1\2no_traffic_interval: {no_traffic_interval}\n", text)
         if n != 1:
             raise RuntimeError("could not add no_traffic_interval to the health check")
+    if max_retries:
+        # A deviation from the recipe, on request only: the cluster's retry circuit breaker
+        # (Envoy's default max_retries is 3 retries in flight).
+        text, n = re.subn(r"(\n  - name: app\n    type: STATIC\n)",
+                          rf"\1    circuit_breakers: {{ thresholds: [{{ max_retries: {max_retries} }}] }}\n", text)
+        if n != 1:
+            raise RuntimeError("could not add circuit_breakers to the cluster")
     with open(out_path, "w") as f:
         f.write(text)
     return text
@@ -467,7 +474,8 @@ def markdown(results, meta):
              f"- legate {meta['legate']} --concurrency {meta['concurrency']}, examples/fast-failover.yaml "
              f"(ports replaced); {meta['connections']} keep-alive client connections at up to "
              f"{meta['rate']} req/s each; fault at +{meta['warm']} s; health check no_traffic_interval: "
-             f"{meta['no_traffic_interval'] or 'as in the recipe (unset: 60 s)'}.",
+             f"{meta['no_traffic_interval'] or 'as in the recipe (unset: 60 s)'}; circuit_breakers max_retries: "
+             f"{meta['max_retries'] or 'as in the recipe (unset: 3)'}.",
              "- times are from the fault (for recovery: from the host's restart), in seconds; "
              "`–` = did not happen during the case.", "",
              "| case | requests | client errors | client latency after fault p99 / max ms | "
@@ -535,16 +543,18 @@ def main():
                     help="seconds after the overload fault (covers base_ejection_time 30 s)")
     ap.add_argument("--no-traffic-interval", help="add health_checks[0].no_traffic_interval (e.g. 2s) to the "
                     "recipe; by default the recipe runs unchanged")
+    ap.add_argument("--max-retries", type=int, help="add circuit_breakers max_retries to the recipe's cluster "
+                    "(by default the recipe runs unchanged: Envoy's default, 3)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
     args.run_dir = os.path.join("/tmp", f"legate-failover-{os.getpid()}")
     os.makedirs(args.run_dir, exist_ok=True)
-    failover_config(args.src, os.path.join(args.run_dir, "failover.yaml"), args.no_traffic_interval)
+    failover_config(args.src, os.path.join(args.run_dir, "failover.yaml"), args.no_traffic_interval, args.max_retries)
     git = subprocess.run(["git", "-C", args.src, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": socket.gethostname(), "legate": git.stdout.strip(), "concurrency": args.concurrency,
             "connections": args.connections, "rate": args.rate, "warm": args.warm,
-            "no_traffic_interval": args.no_traffic_interval,
+            "no_traffic_interval": args.no_traffic_interval, "max_retries": args.max_retries,
             "config": open(os.path.join(args.run_dir, "failover.yaml")).read()}
     results = {}
     for name in args.cases.split(","):
@@ -560,6 +570,7 @@ def main():
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
     variant = f"-ntI{args.no_traffic_interval}" if args.no_traffic_interval else ""
     variant += f"-c{args.concurrency}" if args.concurrency != 1 else ""
+    variant += f"-maxretries{args.max_retries}" if args.max_retries else ""
     base = os.path.join(args.out, f"{stamp}-{meta['host']}-failover{variant}")
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
