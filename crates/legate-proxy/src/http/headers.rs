@@ -27,6 +27,19 @@ pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connect
 /// Removes hop-by-hop headers (and those the `connection` header names) before a message is
 /// forwarded. `te: trailers` survives, as HTTP/2 and gRPC need it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these, and a scan is cheaper
+    // than hashing each of them for a lookup.
+    let hop_by_hop = |name: &HeaderName| {
+        name == header::CONNECTION
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::TE
+    };
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     // The `connection` values leave the map first, so that the headers they name can go too
     // (names given as `&str` are looked up case-insensitively, without allocating).
     if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {

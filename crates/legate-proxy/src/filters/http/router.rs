@@ -260,20 +260,19 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     let mut num_retries = action.retry_policy.num_retries;
     let mut route_timeout = Some(action.timeout).filter(|d| !d.is_zero());
     let mut per_try = action.retry_policy.per_try_timeout;
-    if let Some(v) = take_header(&mut head.headers, &headers::X_ENVOY_RETRY_ON) {
+    // The x-envoy-* request overrides: looked up only when some x-envoy-* header is present.
+    let envoy_headers = head.headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
+    let mut take = |name: &HeaderName| envoy_headers.then(|| take_header(&mut head.headers, name)).flatten();
+    if let Some(v) = take(&headers::X_ENVOY_RETRY_ON) {
         retry_on = retry_on.union(RetryOn::parse(&v));
     }
-    if let Some(n) = take_header(&mut head.headers, &headers::X_ENVOY_MAX_RETRIES).and_then(|v| v.parse().ok()) {
+    if let Some(n) = take(&headers::X_ENVOY_MAX_RETRIES).and_then(|v| v.parse().ok()) {
         num_retries = n;
     }
-    if let Some(ms) =
-        take_header(&mut head.headers, &headers::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS).and_then(|v| v.parse().ok())
-    {
+    if let Some(ms) = take(&headers::X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS).and_then(|v| v.parse().ok()) {
         route_timeout = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
     }
-    if let Some(ms) =
-        take_header(&mut head.headers, &headers::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS).and_then(|v| v.parse().ok())
-    {
+    if let Some(ms) = take(&headers::X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS).and_then(|v| v.parse().ok()) {
         per_try = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
     }
     let per_try = per_try.filter(|p| route_timeout.is_none_or(|t| *p < t));
