@@ -50,6 +50,7 @@ pub struct BodySource {
 
 impl BodySource {
     pub fn new(incoming: Incoming, end_stream: bool, limit: usize) -> Rc<RefCell<Self>> {
+        let now = std::time::Instant::now();
         Rc::new(RefCell::new(BodySource {
             source: if end_stream { Source::Ended } else { Source::Incoming(incoming) },
             log: Vec::new(),
@@ -60,8 +61,8 @@ impl BodySource {
             bytes_received: 0,
             complete: end_stream,
             downstream_error: false,
-            completed_at: end_stream.then(std::time::Instant::now),
-            last_activity: std::time::Instant::now(),
+            completed_at: end_stream.then_some(now),
+            last_activity: now,
             progress: None,
         }))
     }

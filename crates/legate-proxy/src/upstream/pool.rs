@@ -386,7 +386,9 @@ impl Pool {
         let stats = &self.cluster.stats;
         loop {
             let now = Instant::now();
-            let idle_deadline = shared.idle_since.get().zip(self.settings.idle_timeout).map(|(at, d)| at + d);
+            // Armed from when the connection went idle, or from now while it is busy: the
+            // timer re-checks when it fires, so going idle needs no wake-up (one per request).
+            let idle_deadline = self.settings.idle_timeout.map(|d| shared.idle_since.get().unwrap_or(now) + d);
             let duration_deadline = self.settings.max_connection_duration.map(|d| shared.created + d);
             let next =
                 [idle_deadline, duration_deadline.filter(|_| !shared.draining.get())].into_iter().flatten().min();
@@ -461,8 +463,8 @@ impl Pool {
             }
         }
         if let Some(Client::Http1(sender, shared)) = client {
+            // No wake-up for the driver: its idle timer checks `idle_since` when it fires.
             shared.idle_since.set(Some(Instant::now()));
-            shared.changed.notify_one();
             state.idle.push((sender, shared));
         }
     }
@@ -505,7 +507,10 @@ impl Pool {
                 client.active.set(client.active.get().saturating_sub(1));
                 if client.active.get() == 0 {
                     client.shared.idle_since.set(Some(Instant::now()));
-                    client.shared.changed.notify_one();
+                    if client.shared.draining.get() {
+                        // A draining connection closes as soon as its last stream ends.
+                        client.shared.changed.notify_one();
+                    }
                 }
                 self.serve_h2_waiters(&client);
             }

@@ -71,12 +71,12 @@ pub struct UpstreamRequestGuard {
 }
 
 impl UpstreamRequestGuard {
-    fn new(cluster: Arc<Cluster>, host: Arc<Host>, slot: ResourceGuard) -> Self {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>, slot: ResourceGuard, started: Instant) -> Self {
         cluster.stats.upstream_rq_total.inc();
         cluster.stats.upstream_rq_active.inc();
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        UpstreamRequestGuard { cluster, host, _slot: slot, started: Instant::now(), done: false }
+        UpstreamRequestGuard { cluster, host, _slot: slot, started, done: false }
     }
 
     /// The response ended (`complete`) or was abandoned.
@@ -429,10 +429,12 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 "upstream_reset_before_response_started{overflow}",
             ));
         };
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot);
+        // One clock read for the attempt's start, its request time and the stream's first
+        // upstream byte (clock reads are not free in a VM).
         let attempt_start = Instant::now();
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, attempt_start);
         if rq.info.first_upstream_tx_byte.is_none() {
-            rq.info.first_upstream_tx_byte = Some(rq.info.elapsed());
+            rq.info.first_upstream_tx_byte = Some(attempt_start.saturating_duration_since(rq.info.start));
         }
 
         // Upgrades switch an HTTP/1.1 connection's protocol: they always use HTTP/1.1.
@@ -514,7 +516,8 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 if response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL) {
                     cluster.on_immediate_health_check_fail(&host);
                 }
-                rq.info.first_upstream_rx_byte = Some(rq.info.elapsed());
+                let response_at = Instant::now();
+                rq.info.first_upstream_rx_byte = Some(response_at.saturating_duration_since(rq.info.start));
                 worker.count_upstream_code(&cluster, status.as_u16());
                 let wants_retry = !retry_on.is_empty()
                     && action.retry_policy.retriable_response(retry_on, status, response.headers());
@@ -547,7 +550,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     parts.headers.append(http::header::SET_COOKIE, cookie.clone());
                 }
                 if !shared.router.suppress_envoy_headers {
-                    let service_ms = attempt_start.elapsed().as_millis() as u64;
+                    let service_ms = response_at.saturating_duration_since(attempt_start).as_millis() as u64;
                     parts
                         .headers
                         .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_header(service_ms));
@@ -566,6 +569,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     .filter_map(|(w, at)| Some((w, tokio::time::Instant::from_std(at?))))
                     .min_by_key(|(_, at)| *at);
                 let body_timers = BodyTimers::new(
+                    tokio::time::Instant::from_std(response_at),
                     deadline,
                     [
                         timers.per_try_idle.map(|d| (BodyTimeout::PerTryIdle, d)),
@@ -1051,7 +1055,7 @@ impl Shadow {
             cluster.stats.upstream_rq_pending_overflow.inc();
             return;
         };
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot);
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, Instant::now());
         let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, self.head.version));
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;

@@ -62,13 +62,15 @@ pub struct BodyTimers {
 }
 
 impl BodyTimers {
-    /// `deadline` fires at a fixed time; each of `idle` after that long without activity.
+    /// `deadline` fires at a fixed time; each of `idle` after that long without activity,
+    /// counted from `now`.
     pub fn new(
+        now: tokio::time::Instant,
         deadline: Option<(BodyTimeout, tokio::time::Instant)>,
         idle: [Option<(BodyTimeout, Duration)>; 2],
     ) -> Self {
         let active = deadline.is_some() || idle.iter().any(Option::is_some);
-        BodyTimers { deadline, idle, last_activity: active.then(tokio::time::Instant::now), sleep: None }
+        BodyTimers { deadline, idle, last_activity: active.then_some(now), sleep: None }
     }
 
     fn touch(&mut self) {
