@@ -245,13 +245,31 @@ pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[Extension {
 pub enum TransportSocketConfig {
     /// Plain TCP, Envoy's default.
     RawBuffer,
+    /// `envoy.transport_sockets.tls` on a filter chain.
+    DownstreamTls(Box<crate::tls::DownstreamTlsContext>),
+    /// `envoy.transport_sockets.tls` on a cluster.
+    UpstreamTls(Box<crate::tls::UpstreamTlsContext>),
 }
 
-pub static TRANSPORT_SOCKETS: &[Extension<TransportSocketConfig>] = &[Extension {
-    name: "envoy.transport_sockets.raw_buffer",
-    type_url: "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
-    parse: |v| path::from_value::<Empty>(v).map(|_| TransportSocketConfig::RawBuffer),
-}];
+/// `envoy.transport_sockets.tls` names two messages; the `@type` says which. Without a
+/// typed_config there is nothing to terminate TLS with, so the name alone is refused.
+pub static TRANSPORT_SOCKETS: &[Extension<TransportSocketConfig>] = &[
+    Extension {
+        name: "envoy.transport_sockets.raw_buffer",
+        type_url: "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+        parse: |v| path::from_value::<Empty>(v).map(|_| TransportSocketConfig::RawBuffer),
+    },
+    Extension {
+        name: "envoy.transport_sockets.tls",
+        type_url: "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        parse: |v| path::from_value(v).map(|c| TransportSocketConfig::DownstreamTls(Box::new(c))),
+    },
+    Extension {
+        name: "envoy.transport_sockets.tls",
+        type_url: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        parse: |v| path::from_value(v).map(|c| TransportSocketConfig::UpstreamTls(Box::new(c))),
+    },
+];
 
 /// A config message with no fields (`RawBuffer`, `Echo`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

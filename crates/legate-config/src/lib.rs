@@ -33,6 +33,7 @@ pub mod outlier_detection;
 pub mod path;
 pub mod protocol;
 pub mod route;
+pub mod tls;
 pub mod unsupported;
 pub mod upstreams_http;
 pub mod validate;

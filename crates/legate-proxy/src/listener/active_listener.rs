@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::filter_chain_match::ConnectionMetadata;
 use super::Listener;
 use crate::filters::listener::tls_inspector::{self, ClientHello, Inspection};
-use crate::network::{Connection, ConnectionInfo, FilterManager};
+use crate::network::{Connection, ConnectionInfo, FilterManager, TransportSocket};
 use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
@@ -110,21 +110,50 @@ fn start_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let info = ConnectionInfo {
+    let mut info = ConnectionInfo {
         id: worker.server.next_connection_id(),
         remote_address: remote,
         local_address: local,
         worker: worker.index,
+        ssl: None,
     };
     let mut filters = FilterManager::new();
     for factory in &chain.factories {
         factory.add_to(&mut filters, worker);
     }
     let guard = ActiveConnection::new(listener.clone(), worker.clone());
-    let connection = Connection::new(stream, info, listener.buffer_limit, filters).with_initial_data(data);
-    tracing::debug!(connection = connection.info().id, %remote, listener = %listener.name, "new connection");
+    tracing::debug!(connection = info.id, %remote, listener = %listener.name, "new connection");
+    let buffer_limit = listener.buffer_limit;
+    let Some(tls) = chain.transport_socket.clone() else {
+        let connection =
+            Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data);
+        tokio::task::spawn_local(async move {
+            let event = connection.run().await;
+            tracing::debug!(?event, "connection closed");
+            drop(guard);
+        });
+        return;
+    };
+    // DESIGN.md §3 step 3: the transport socket's handshake, then the network filters over the
+    // decrypted stream. The bytes listener filters read (the ClientHello) go to rustls.
+    let timeout = chain.transport_socket_connect_timeout;
+    let listener = listener.clone();
     tokio::task::spawn_local(async move {
-        let event = connection.run().await;
+        let handshake = tls.handshake(stream, &data);
+        let result = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, handshake).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!(connection = info.id, "closing connection: TLS handshake timed out");
+                    listener.stats.downstream_cx_transport_socket_connect_timeout.inc();
+                    return;
+                }
+            },
+            None => handshake.await,
+        };
+        let Ok((socket, ssl)) = result else { return };
+        info.ssl = Some(Arc::new(ssl));
+        let event = Connection::new(socket, info, buffer_limit, filters).run().await;
         tracing::debug!(?event, "connection closed");
         drop(guard);
     });

@@ -211,7 +211,9 @@ fn prepare(
         }
     }
 
-    // x-forwarded-for and the downstream's address.
+    // x-forwarded-for and the downstream's address; x-forwarded-proto is the downstream
+    // connection's scheme (`https` when this listener terminated TLS).
+    let scheme = HeaderValue::from_static(if context.info.ssl.is_some() { "https" } else { "http" });
     let peer = context.info.remote_address;
     let use_remote_address = config.use_remote_address.unwrap_or(false);
     let internal = is_internal(peer.ip());
@@ -219,7 +221,7 @@ fn prepare(
         if !config.skip_xff_append {
             append_xff(&mut head.headers, peer.ip());
         }
-        head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
         if internal {
             head.headers.insert(headers::X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
         } else {
@@ -234,7 +236,7 @@ fn prepare(
             info.downstream_remote_address = SocketAddr::new(ip, 0);
         }
         if !head.headers.contains_key(&X_FORWARDED_PROTO) {
-            head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
         }
     }
     // x-request-id.

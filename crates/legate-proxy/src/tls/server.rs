@@ -1,0 +1,272 @@
+//! The downstream TLS context (`DownstreamTlsContext`) and its handshake.
+//!
+//! Lifecycle of a TLS connection: the listener picks the filter chain (SNI and ALPN come from
+//! `tls_inspector`, whose bytes are fed to rustls first), [`ServerContext::handshake`] runs
+//! under `transport_socket_connect_timeout`, then the network filters run over the decrypted
+//! stream ([`TransportSocket::Tls`]). A failed handshake closes the connection and counts
+//! `ssl.connection_error` (and the `fail_verify_*` stat that decided it).
+//!
+//! Certificates: several `tls_certificates` are chosen per handshake by SNI (exact name, then
+//! wildcard, against DNS SANs or the CN) and by what key types the client can verify, as Envoy
+//! does; without a match, the first usable certificate.
+
+use std::sync::Arc;
+
+use legate_config::tls::DownstreamTlsContext;
+use legate_stats::Scope;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+
+use super::cert_validator::{CertValidator, ClientCertValidator};
+use super::certificate::{dns_name_matches, load_chain, load_key, source_name, CertificateDetails};
+use super::stats::SslStats;
+use crate::network::TransportSocket;
+
+/// What the handshake settled, kept with the connection (access log, XFCC, HCM codec choice).
+#[derive(Clone, Debug, Default)]
+pub struct SslConnectionInfo {
+    /// The SNI the client sent.
+    pub server_name: Option<String>,
+    /// The ALPN protocol agreed (`h2`, `http/1.1`).
+    pub alpn: Option<String>,
+    /// `TLSv1.2`, `TLSv1.3`.
+    pub version: &'static str,
+    /// Envoy's cipher name (`TLS_AES_128_GCM_SHA256`, `ECDHE-RSA-AES128-GCM-SHA256`).
+    pub cipher: String,
+    /// The peer's leaf certificate, when it sent one.
+    pub peer_certificate: Option<CertificateDetails>,
+    /// SHA-256 of the peer's leaf certificate, lowercase hex (XFCC `Hash`).
+    pub peer_certificate_hash: Option<String>,
+    pub session_reused: bool,
+}
+
+/// A handshake that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer broke the TLS protocol or failed verification: `ssl.connection_error`.
+    #[error("TLS error: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The peer went away mid-handshake.
+    #[error("connection closed during the TLS handshake")]
+    Io(#[source] std::io::Error),
+}
+
+/// One filter chain's `DownstreamTlsContext`, ready for handshakes; shared by all workers.
+pub struct ServerContext {
+    config: Arc<rustls::ServerConfig>,
+    pub stats: SslStats,
+    /// The configured certificates, for `/certs`.
+    pub certificates: Vec<CertificateDetails>,
+    /// The `trusted_ca` certificates, for `/certs`.
+    pub ca_certificates: Vec<CertificateDetails>,
+}
+
+impl ServerContext {
+    /// Reads the certificates and builds the rustls config. Errors name the field under the
+    /// context (`common_tls_context.tls_certificates[0].private_key.filename: ...`).
+    pub fn new(config: &DownstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+        let common = &config.common_tls_context;
+        let provider = super::crypto_provider(&common.tls_params);
+        let versions = super::protocol_versions(&common.tls_params)
+            .map_err(|e| format!("common_tls_context.{e}"))?;
+        if common.tls_certificates.is_empty() {
+            return Err("common_tls_context.tls_certificates: a TLS server needs at least one certificate".into());
+        }
+        let mut keys = Vec::new();
+        let mut certificates = Vec::new();
+        for (i, cert) in common.tls_certificates.iter().enumerate() {
+            let at = format!("common_tls_context.tls_certificates[{i}]");
+            let (Some(chain_source), Some(key_source)) = (&cert.certificate_chain, &cert.private_key) else {
+                return Err(format!("{at}: certificate_chain and private_key are both required"));
+            };
+            let chain = load_chain(chain_source, &format!("{at}.certificate_chain"))?;
+            let key = load_key(key_source, &format!("{at}.private_key"))?;
+            let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+                format!("{at}.private_key: unsupported private key in {}: {e}", source_name(key_source))
+            })?;
+            let certified = CertifiedKey::new(chain, signing_key);
+            match certified.keys_match() {
+                Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "{at}.private_key: the private key in {} does not match the certificate in {}",
+                        source_name(key_source),
+                        source_name(chain_source)
+                    ))
+                }
+            }
+            let details = certified
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| CertificateDetails::parse(der, source_name(chain_source)))
+                .ok_or_else(|| format!("{at}.certificate_chain: unparsable certificate"))?;
+            keys.push((details.dns_names(), Arc::new(certified)));
+            certificates.push(details);
+        }
+        let mut ca_certificates = Vec::new();
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match &common.validation_context {
+            Some(validation) => {
+                if let Some(ca) = &validation.trusted_ca {
+                    for der in load_chain(ca, "common_tls_context.validation_context.trusted_ca")? {
+                        ca_certificates.extend(CertificateDetails::parse(&der, source_name(ca)));
+                    }
+                }
+                let validator = CertValidator::new(validation, provider.clone(), stats.clone())
+                    .map_err(|e| format!("common_tls_context.{e}"))?;
+                Arc::new(ClientCertValidator::new(validator, config.require_client_certificate))
+            }
+            None if config.require_client_certificate => {
+                // Envoy asks for a certificate and, without a validation context, checks nothing.
+                let validator = CertValidator::new(&Default::default(), provider.clone(), stats.clone())?;
+                Arc::new(ClientCertValidator::new(validator, true))
+            }
+            None => WebPkiClientVerifier::no_client_auth(),
+        };
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)
+            .map_err(|e| format!("common_tls_context.tls_params: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(CertificateResolver { keys, require_sni: config.require_sni }));
+        server.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+        // BoringSSL in Envoy prefers the server's cipher order unless told otherwise.
+        server.ignore_client_order = !config.prefer_client_ciphers;
+        if config.disable_stateful_session_resumption {
+            server.session_storage = Arc::new(NoServerSessionStorage {});
+        }
+        if !config.disable_stateless_session_resumption {
+            server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+        }
+        Ok(ServerContext { config: Arc::new(server), stats, certificates, ca_certificates })
+    }
+
+    /// Runs the server handshake on `stream`. `initial` is what listener filters already read
+    /// (the ClientHello, for `tls_inspector`): rustls sees it first.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the socket (the connection is abandoned).
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        initial: &[u8],
+    ) -> Result<(TransportSocket, SslConnectionInfo), HandshakeError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
+        let mut feed_error = None;
+        let accept = acceptor.accept_with(stream, |conn| {
+            let mut rest = initial;
+            while !rest.is_empty() {
+                match conn.read_tls(&mut rest) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if let Err(e) = conn.process_new_packets() {
+                    feed_error = Some(e);
+                    break;
+                }
+            }
+        });
+        if let Some(e) = feed_error {
+            // The ClientHello read by tls_inspector is already broken: no need to wait for more.
+            drop(accept);
+            return Err(self.on_handshake_error(HandshakeError::Tls(e)));
+        }
+        match accept.await {
+            Ok(tls) => {
+                let info = self.on_handshake(tls.get_ref().1);
+                Ok((TransportSocket::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), info))
+            }
+            Err(e) => {
+                let error = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                    Some(tls) => HandshakeError::Tls(tls.clone()),
+                    None => HandshakeError::Io(e),
+                };
+                Err(self.on_handshake_error(error))
+            }
+        }
+    }
+
+    fn on_handshake_error(&self, error: HandshakeError) -> HandshakeError {
+        if let HandshakeError::Tls(e) = &error {
+            self.stats.connection_error.inc();
+            if matches!(e, rustls::Error::NoCertificatesPresented) {
+                self.stats.fail_verify_no_cert.inc();
+            }
+        }
+        tracing::debug!(error = %error, "TLS handshake failed");
+        error
+    }
+
+    /// Envoy's `logHandshake`: `ssl.handshake` and the per-property counters.
+    fn on_handshake(&self, conn: &rustls::ServerConnection) -> SslConnectionInfo {
+        let info = connection_info(conn, conn.server_name().map(str::to_string));
+        log_handshake(&self.stats, &info, conn);
+        if info.peer_certificate.is_none() {
+            self.stats.no_certificate.inc();
+        }
+        info
+    }
+}
+
+/// What the handshake settled, for either side.
+pub(crate) fn connection_info<D>(conn: &rustls::ConnectionCommon<D>, server_name: Option<String>) -> SslConnectionInfo {
+    let peer = conn.peer_certificates().and_then(|c| c.first());
+    SslConnectionInfo {
+        server_name,
+        alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+        version: conn.protocol_version().map_or("", super::names::version),
+        cipher: conn.negotiated_cipher_suite().map(super::names::cipher).unwrap_or_default(),
+        peer_certificate: peer.and_then(|der| CertificateDetails::parse(der, String::new())),
+        peer_certificate_hash: peer.map(|der| {
+            ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        }),
+        session_reused: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+    }
+}
+
+pub(crate) fn log_handshake<D>(stats: &SslStats, info: &SslConnectionInfo, conn: &rustls::ConnectionCommon<D>) {
+    stats.handshake.inc();
+    if info.session_reused {
+        stats.session_reused.inc();
+    }
+    stats.inc_named("versions", info.version);
+    stats.inc_named("ciphers", &info.cipher);
+    if let Some(group) = conn.negotiated_key_exchange_group() {
+        stats.inc_named("curves", super::names::curve(group.name()));
+    }
+}
+
+/// Picks the certificate for a ClientHello: SNI, then key type.
+#[derive(Debug)]
+struct CertificateResolver {
+    /// Each certificate with the DNS names it serves.
+    keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    require_sni: bool,
+}
+
+impl ResolvesServerCert for CertificateResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name();
+        if self.require_sni && sni.is_none() {
+            return None;
+        }
+        let schemes = hello.signature_schemes();
+        let usable = |key: &CertifiedKey| key.key.choose_scheme(schemes).is_some();
+        if let Some(sni) = sni {
+            let exact = self
+                .keys
+                .iter()
+                .find(|(names, key)| names.iter().any(|n| n.eq_ignore_ascii_case(sni)) && usable(key));
+            let wildcard =
+                || self.keys.iter().find(|(names, key)| names.iter().any(|n| dns_name_matches(n, sni)) && usable(key));
+            if let Some((_, key)) = exact.or_else(wildcard) {
+                return Some(key.clone());
+            }
+        }
+        self.keys.iter().find(|(_, key)| usable(key)).or(self.keys.first()).map(|(_, key)| key.clone())
+    }
+}
+
+/// Builds the `ssl` stats of a listener (`listener.<prefix>.ssl.*`).
+pub fn listener_stats(listener_scope: &Scope) -> SslStats {
+    SslStats::new(listener_scope)
+}
