@@ -94,6 +94,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
     if options.mode == Mode::Validate {
         // Build what serving would build (route tables, access log files) without binding.
         let store = Store::new(1);
+        check_cluster_transport_sockets(&loaded.bootstrap, &store)?;
         for (index, config) in loaded.bootstrap.static_resources.listeners.iter().enumerate() {
             legate_proxy::listener::Listener::new(config, &store, 1, None)
                 .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", config.name()))?;
@@ -114,6 +115,16 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
         .context("cannot start the main thread's runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve(options, loaded, origin, logging))
+}
+
+/// Builds each cluster's TLS context once to fail the load on a bad one (an unreadable
+/// certificate file, a key that does not match), naming the cluster and the field.
+fn check_cluster_transport_sockets(bootstrap: &legate_config::bootstrap::Bootstrap, store: &Arc<Store>) -> anyhow::Result<()> {
+    for (index, cluster) in bootstrap.static_resources.clusters.iter().enumerate() {
+        legate_proxy::tls::ClientContext::for_cluster(cluster, &store.scope("check"))
+            .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
+    }
+    Ok(())
 }
 
 fn load(options: &Options) -> anyhow::Result<(LoadedBootstrap, String)> {
@@ -162,6 +173,7 @@ async fn serve(
         bootstrap.static_resources.clusters.len()
     );
 
+    check_cluster_transport_sockets(bootstrap, &Store::new(1))?;
     let cluster_manager = ClusterManager::new(&bootstrap.static_resources.clusters, &store);
     cluster_manager.initialize().await;
     for cluster in cluster_manager.clusters() {
