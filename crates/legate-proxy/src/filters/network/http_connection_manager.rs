@@ -9,6 +9,7 @@
 //! and `max_stream_duration`. `request_headers_timeout` is hyper's header read timeout.
 
 pub mod active_stream;
+pub mod forward_client_cert;
 pub mod path;
 pub mod response_body;
 pub mod stats;

@@ -243,6 +243,12 @@ fn prepare(
             head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
         }
     }
+    super::forward_client_cert::apply(
+        &mut head.headers,
+        config.forward_client_cert_details,
+        config.set_current_client_cert_details.as_ref(),
+        context.info.ssl.as_deref(),
+    );
     // x-request-id.
     let external = use_remote_address && !internal;
     let regenerate = external && !config.preserve_external_request_id;

@@ -1,0 +1,393 @@
+//! TLS transport sockets (Envoy's "TLS" architecture page; `DownstreamTlsContext` on filter
+//! chains, `UpstreamTlsContext` on clusters): termination for HTTP/1.1 and HTTP/2 chosen by
+//! ALPN, certificates and filter chains chosen by SNI, SNI passthrough, client certificates
+//! (mTLS), upstream TLS with SAN verification, `/certs`, and the failures an operator must see:
+//! `ssl.*` stats, handshake timeouts, garbage instead of a ClientHello.
+//!
+//! Certificates are made at test time (rcgen); clients and TLS upstreams are rustls.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use legate_testing::config::{
+    address, bootstrap, http_bootstrap, http_listener, route_config, route_to, router_filter, static_cluster,
+    tcp_proxy, virtual_host,
+};
+use legate_testing::{
+    connect, h2_tls_get, json, legate_bin, read_to_end, HttpUpstream, Legate, TagServer, TempDir, TestCa, TestCert,
+    TlsClient, TlsUpstream, Value,
+};
+
+/// `envoy.transport_sockets.tls` with a `DownstreamTlsContext` made of `context`'s fields.
+fn downstream_tls(context: Value) -> Value {
+    let mut typed = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+    });
+    typed.as_object_mut().unwrap().extend(context.as_object().unwrap().clone());
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": typed })
+}
+
+/// `envoy.transport_sockets.tls` with an `UpstreamTlsContext` made of `context`'s fields.
+fn upstream_tls(context: Value) -> Value {
+    let mut typed = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    });
+    typed.as_object_mut().unwrap().extend(context.as_object().unwrap().clone());
+    json!({ "name": "envoy.transport_sockets.tls", "typed_config": typed })
+}
+
+/// A `tls_certificates` entry reading `cert` from files in `dir`.
+fn certificate_files(dir: &TempDir, cert: &TestCert, name: &str) -> Value {
+    let (crt, key) = cert.write(dir, name);
+    json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } })
+}
+
+fn tls_inspector() -> Value {
+    json!({
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" }
+    })
+}
+
+/// HTTP bootstrap (listener `ingress` → cluster `backend`) whose one filter chain terminates
+/// TLS with `context`.
+fn https_bootstrap(upstream: SocketAddr, context: Value) -> Value {
+    let mut config = http_bootstrap(&[upstream]);
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = downstream_tls(context);
+    config
+}
+
+#[test]
+fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "alpn_protocols": ["h2", "http/1.1"],
+    }});
+    let mut config = https_bootstrap(upstream.addr(), context);
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["access_log"] = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.join("access.log").to_str().unwrap(),
+            "log_format": { "text_format_source": {
+                "inline_string": "%PROTOCOL% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT%\n"
+            }},
+        }
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let addr = px.connect_addr("ingress");
+
+    let client = TlsClient::build(&ca, "edge.example.com", &["http/1.1"], None);
+    let mut stream = client.connect(addr).expect("handshake");
+    assert_eq!(stream.alpn().as_deref(), Some("http/1.1"));
+    assert_eq!(stream.version(), "TLSv1.3");
+    drop(stream.write_all(b""));
+    let response = client.get(addr, "/one").expect("HTTP/1.1 over TLS");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, "backend");
+    assert_eq!(upstream.last_request().header("x-forwarded-proto"), Some("https"));
+
+    let (response, alpn) = h2_tls_get(&TlsClient::new(&ca, "edge.example.com"), addr, "/two").expect("h2 over TLS");
+    assert_eq!(alpn.as_deref(), Some("h2"));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, "backend");
+
+    px.wait_stat("http.ingress.downstream_cx_http2_total", 1);
+    px.wait_stat("http.ingress.downstream_cx_http1_total", 2);
+    px.wait_stat("listener.ingress.ssl.handshake", 3);
+    assert_eq!(px.stat("listener.ingress.ssl.versions.TLSv1.3"), Some(3));
+    assert_eq!(px.stat("listener.ingress.ssl.no_certificate"), Some(3));
+    assert_eq!(px.stat("listener.ingress.ssl.curves.X25519"), Some(3));
+    assert!(px.stats().keys().any(|k| k.starts_with("listener.ingress.ssl.ciphers.TLS_")), "{:?}", px.stats());
+
+    let log = legate_testing::eventually(
+        "two access log lines",
+        legate_testing::EVENTUALLY,
+        || std::fs::read_to_string(dir.join("access.log")).unwrap_or_default(),
+        |log| log.lines().count() >= 2,
+    );
+    assert!(log.contains("HTTP/1.1 TLSv1.3 edge.example.com -"), "{log}");
+    assert!(log.contains("HTTP/2 TLSv1.3 edge.example.com -"), "{log}");
+}
+
+/// Several `tls_certificates` in one context: the SNI picks the certificate (exact name, then
+/// a wildcard); without a match, the first one. The client verifies the name, so a completed
+/// handshake proves the choice.
+#[test]
+fn sni_picks_the_certificate() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({ "common_tls_context": { "tls_certificates": [
+        certificate_files(&dir, &ca.issue("first", &["first.example.com"]), "first"),
+        certificate_files(&dir, &ca.issue("api", &["api.example.com"]), "api"),
+        certificate_files(&dir, &ca.issue("wild", &["*.apps.example.com"]), "wild"),
+    ]}});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+
+    for name in ["first.example.com", "api.example.com", "shop.apps.example.com"] {
+        let response = TlsClient::new(&ca, name).get(addr, "/").unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(response.status, 200, "{name}");
+    }
+    // Unknown name: the first certificate, which this client then refuses.
+    let stream = TlsClient::new(&ca, "other.example.com").connect(addr);
+    assert!(stream.is_err(), "the default certificate does not cover other.example.com");
+}
+
+/// `tls_inspector` reads the SNI; `server_names` picks the filter chain, which terminates TLS
+/// with its own certificate (exact and wildcard names) or passes the bytes through untouched
+/// to a TLS upstream (no termination).
+#[test]
+fn sni_routes_to_terminating_chains_and_to_passthrough() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let exact = TagServer::start("exact");
+    let wildcard = TagServer::start("wildcard");
+    let passthrough = TlsUpstream::tag(&ca.issue("pass", &["pass.example.com"]), "from-the-tls-upstream");
+    let terminating = |name: &str, cert: &TestCert, cluster: &str| {
+        json!({
+            "filter_chain_match": { "server_names": [name] },
+            "transport_socket": downstream_tls(json!({ "common_tls_context": {
+                "tls_certificates": [certificate_files(&dir, cert, cluster)],
+            }})),
+            "filters": [tcp_proxy(cluster, cluster)],
+        })
+    };
+    let listener = json!({
+        "name": "sni", "stat_prefix": "sni",
+        "address": address(SocketAddr::from(([127, 0, 0, 1], 0))),
+        "listener_filters": [tls_inspector()],
+        "filter_chains": [
+            terminating("exact.example.com", &ca.issue("exact", &["exact.example.com"]), "exact"),
+            terminating("*.wild.example.com", &ca.issue("wild", &["*.wild.example.com"]), "wildcard"),
+            { "filter_chain_match": { "server_names": ["pass.example.com"] }, "filters": [tcp_proxy("pass", "pass")] },
+        ],
+    });
+    let clusters = vec![
+        static_cluster("exact", &[exact.addr()]),
+        static_cluster("wildcard", &[wildcard.addr()]),
+        static_cluster("pass", &[passthrough.addr()]),
+    ];
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], clusters).to_string());
+    let addr = px.connect_addr("sni");
+
+    let read = |name: &str| {
+        let mut stream = TlsClient::new(&ca, name).connect(addr).unwrap_or_else(|e| panic!("{name}: {e}"));
+        String::from_utf8(stream.read_to_end_lenient().unwrap()).unwrap()
+    };
+    assert_eq!(read("exact.example.com"), "exact");
+    assert_eq!(read("a.wild.example.com"), "wildcard");
+    // Passthrough: the handshake is with the upstream itself, which saw the client's SNI.
+    assert_eq!(read("pass.example.com"), "from-the-tls-upstream");
+    assert_eq!(passthrough.server_names(), vec![Some("pass.example.com".to_string())]);
+
+    px.wait_stat("listener.sni.ssl.handshake", 2);
+    assert_eq!(px.stat("tls_inspector.sni_found"), Some(3));
+}
+
+/// `require_client_certificate` with a `validation_context`: a client with a certificate from
+/// the trusted CA and a matching SAN gets through; each other client is refused during the
+/// handshake and counted under the stat that names why.
+#[test]
+fn mtls_accepts_the_trusted_client_and_counts_each_refusal() {
+    let ca = TestCa::new("legate test CA");
+    let other_ca = TestCa::new("someone else's CA");
+    let dir = TempDir::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({
+        "require_client_certificate": true,
+        "common_tls_context": {
+            "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+            "validation_context": {
+                "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() },
+                "match_typed_subject_alt_names": [
+                    { "san_type": "URI", "matcher": { "exact": "spiffe://legate.test/frontend" } },
+                ],
+            },
+        },
+    });
+    let mut config = https_bootstrap(upstream.addr(), context);
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["forward_client_cert_details"] = json!("SANITIZE_SET");
+    hcm["set_current_client_cert_details"] = json!({ "subject": true, "uri": true });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let addr = px.connect_addr("ingress");
+    let good = ca.issue("frontend", &["spiffe://legate.test/frontend"]);
+
+    let client = TlsClient::build(&ca, "edge.example.com", &[], Some(&good));
+    let response = client.get(addr, "/").expect("trusted client");
+    assert_eq!(response.status, 200);
+    let xfcc = upstream.last_request().header("x-forwarded-client-cert").map(str::to_string);
+    let xfcc = xfcc.expect("x-forwarded-client-cert");
+    assert!(xfcc.contains("URI=spiffe://legate.test/frontend"), "{xfcc}");
+    assert!(xfcc.contains("Subject=\"O=legate tests,CN=frontend\""), "{xfcc}");
+    assert!(xfcc.contains("Hash="), "{xfcc}");
+    px.wait_stat("listener.ingress.ssl.handshake", 1);
+
+    let refused = |client: TlsClient| {
+        // The refusal may come as the handshake's alert or on the first read after it.
+        match client.connect(addr) {
+            Err(_) => {}
+            Ok(mut stream) => {
+                let _ = stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+                let mut buf = [0u8; 64];
+                assert!(!matches!(stream.read(&mut buf), Ok(n) if n > 0), "refused client got a response");
+            }
+        }
+    };
+    refused(TlsClient::new(&ca, "edge.example.com"));
+    px.wait_stat("listener.ingress.ssl.fail_verify_no_cert", 1);
+    refused(TlsClient::build(&ca, "edge.example.com", &[], Some(&other_ca.issue("frontend", &["spiffe://legate.test/frontend"]))));
+    px.wait_stat("listener.ingress.ssl.fail_verify_error", 1);
+    refused(TlsClient::build(&ca, "edge.example.com", &[], Some(&ca.issue("intruder", &["spiffe://legate.test/intruder"]))));
+    px.wait_stat("listener.ingress.ssl.fail_verify_san", 1);
+    px.wait_stat("listener.ingress.ssl.connection_error", 3);
+    assert_eq!(px.stat("listener.ingress.ssl.handshake"), Some(1));
+    assert_eq!(upstream.request_count(), 1);
+}
+
+/// An `UpstreamTlsContext` with `sni` and SAN verification: the right upstream answers through
+/// TLS; an upstream whose certificate does not carry the expected SAN is refused: 503 with
+/// `UF`, `cluster.<name>.ssl.fail_verify_san`.
+#[test]
+fn upstream_tls_verifies_the_san_and_refuses_a_mismatch() {
+    let ca = TestCa::new("legate upstream CA");
+    let dir = TempDir::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let good = TlsUpstream::http(&ca.issue("backend", &["backend.internal"]), "secure-backend");
+    let imposter = TlsUpstream::http(&ca.issue("imposter", &["imposter.internal"]), "imposter");
+    let tls = upstream_tls(json!({
+        "sni": "backend.internal",
+        "common_tls_context": { "validation_context": {
+            "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() },
+            "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "exact": "backend.internal" } }],
+        }},
+    }));
+    let mut secure = static_cluster("secure", &[good.addr()]);
+    secure["transport_socket"] = tls.clone();
+    let mut wrong = static_cluster("wrong", &[imposter.addr()]);
+    wrong["transport_socket"] = tls;
+    let routes = route_config(vec![virtual_host(
+        "all",
+        &["*"],
+        vec![route_to("/secure", "secure"), route_to("/wrong", "wrong")],
+    )]);
+    let access_log = json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": dir.join("access.log").to_str().unwrap(),
+            "log_format": { "text_format_source": { "inline_string": "%RESPONSE_CODE% %RESPONSE_FLAGS%\n" } },
+        }
+    }]);
+    let listener = http_listener("ingress", routes, vec![router_filter()], json!({ "access_log": access_log }));
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![secure, wrong]).to_string());
+    let mut client = legate_testing::HttpClient::connect(px.connect_addr("ingress"));
+
+    let response = client.get("/secure");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, "secure-backend");
+    assert_eq!(good.server_names(), vec![Some("backend.internal".to_string())]);
+    px.wait_stat("cluster.secure.ssl.handshake", 1);
+
+    let mut client = legate_testing::HttpClient::connect(px.connect_addr("ingress"));
+    let response = client.get("/wrong");
+    assert_eq!(response.status, 503);
+    assert!(response.body.contains("TLS_error"), "{}", response.body);
+    px.wait_stat("cluster.wrong.ssl.fail_verify_san", 1);
+    px.wait_stat("cluster.wrong.ssl.connection_error", 1);
+    assert_eq!(px.stat("cluster.wrong.upstream_cx_connect_fail"), Some(1));
+    let log = legate_testing::eventually(
+        "two access log lines",
+        legate_testing::EVENTUALLY,
+        || std::fs::read_to_string(dir.join("access.log")).unwrap_or_default(),
+        |log| log.lines().count() >= 2,
+    );
+    assert!(log.contains("503 UF"), "{log}");
+}
+
+/// tcp_proxy to a TLS upstream: legate originates TLS on the cluster's transport socket.
+#[test]
+fn tcp_proxy_originates_tls_to_the_upstream() {
+    let ca = TestCa::new("legate upstream CA");
+    let dir = TempDir::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let upstream = TlsUpstream::tag(&ca.issue("db", &["db.internal"]), "hello over tls");
+    let mut cluster = static_cluster("db", &[upstream.addr()]);
+    cluster["transport_socket"] = upstream_tls(json!({
+        "sni": "db.internal",
+        "common_tls_context": { "validation_context": { "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() } } },
+    }));
+    let listener = legate_testing::config::listener("plain", vec![tcp_proxy("plain", "db")]);
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![cluster]).to_string());
+
+    let mut stream = connect(px.connect_addr("plain"));
+    assert_eq!(String::from_utf8(read_to_end(&mut stream)).unwrap(), "hello over tls");
+    px.wait_stat("cluster.db.ssl.handshake", 1);
+}
+
+/// Garbage instead of a ClientHello, a handshake that stalls past
+/// `transport_socket_connect_timeout`: the connection closes, the stat counts it, and the next
+/// client is served as usual.
+#[test]
+fn garbage_and_stalled_handshakes_close_and_are_counted() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+    }});
+    let mut config = https_bootstrap(upstream.addr(), context);
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket_connect_timeout"] = json!("0.5s");
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let addr = px.connect_addr("ingress");
+
+    let mut garbage = connect(addr);
+    garbage.write_all(b"GET / HTTP/1.1\r\nhost: not-tls\r\n\r\n").unwrap();
+    let _ = read_to_end(&mut garbage);
+    px.wait_stat("listener.ingress.ssl.connection_error", 1);
+
+    // Half a ClientHello, then nothing.
+    let mut stalled = connect(addr);
+    stalled.write_all(&legate_testing::tls_client_hello(Some("edge.example.com"), &[])[..20]).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(stalled.read(&mut buf), Ok(0) | Err(_)), "a stalled handshake is closed");
+    px.wait_stat("listener.ingress.downstream_cx_transport_socket_connect_timeout", 1);
+
+    let response = TlsClient::new(&ca, "edge.example.com").get(addr, "/").expect("worker still serves");
+    assert_eq!(response.status, 200);
+    assert_eq!(px.stat("listener.ingress.ssl.handshake"), Some(1));
+}
+
+/// `/certs` lists each TLS context's certificates in Envoy's JSON.
+#[test]
+fn certs_endpoint_lists_the_certificates() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com", "www.example.com"]), "edge")],
+        "validation_context": { "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() } },
+    }});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+
+    let certs = px.admin_json("/certs");
+    let entries = certs["certificates"].as_array().expect("certificates");
+    assert_eq!(entries.len(), 1, "{certs}");
+    let chain = &entries[0]["cert_chain"][0];
+    assert_eq!(chain["path"], dir.join("edge.crt").to_str().unwrap());
+    assert_eq!(chain["subject_alt_names"], json!([{ "dns": "edge.example.com" }, { "dns": "www.example.com" }]));
+    assert!(chain["days_until_expiration"].as_str().unwrap().parse::<u64>().unwrap() > 365, "{chain}");
+    assert!(chain["serial_number"].as_str().unwrap().chars().all(|c| c.is_ascii_hexdigit()), "{chain}");
+    assert!(chain["expiration_time"].as_str().unwrap().ends_with('Z'), "{chain}");
+    assert_eq!(entries[0]["ca_cert"][0]["path"], dir.join("ca.pem").to_str().unwrap());
+}
