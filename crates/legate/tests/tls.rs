@@ -391,3 +391,87 @@ fn certs_endpoint_lists_the_certificates() {
     assert!(chain["expiration_time"].as_str().unwrap().ends_with('Z'), "{chain}");
     assert_eq!(entries[0]["ca_cert"][0]["path"], dir.join("ca.pem").to_str().unwrap());
 }
+
+/// Runs `--mode validate` on `config`; it must fail with one stderr line holding every needle.
+fn validate_fails(dir: &TempDir, config: &Value, needles: &[&str]) -> String {
+    let path = dir.join("legate.yaml");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = legate_testing::run_bounded(
+        legate_bin!(),
+        &["--mode", "validate", "-l", "warning", "-c", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), 1, "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{}", out.stderr);
+    for needle in needles {
+        assert!(lines[0].contains(needle), "error line does not mention {needle:?}: {}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+/// A missing or unreadable file, a key that is not the certificate's, a malformed PEM, a
+/// cipher or version rustls does not implement, renegotiation: each fails the load with the
+/// field's path and, for files, the file.
+#[test]
+fn bad_tls_config_is_a_load_error_naming_the_field_and_the_file() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let edge = ca.issue("edge", &["edge.example.com"]);
+    let other = ca.issue("other", &["other.example.com"]);
+    let (crt, key) = edge.write(&dir, "edge");
+    let (_, other_key) = other.write(&dir, "other");
+    let garbage = dir.join("garbage.crt");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n").unwrap();
+    let garbage = garbage.to_str().unwrap().to_string();
+    let missing = dir.join("missing.crt").to_str().unwrap().to_string();
+    let with = |certificate_chain: &str, private_key: &str, extra: Value| {
+        let mut common = json!({ "tls_certificates": [{
+            "certificate_chain": { "filename": certificate_chain },
+            "private_key": { "filename": private_key },
+        }]});
+        common.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        https_bootstrap(SocketAddr::from(([127, 0, 0, 1], 1)), json!({ "common_tls_context": common }))
+    };
+    let field = "static_resources.listeners[0]";
+    let certs = "filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificates[0]";
+
+    let line = validate_fails(&dir, &with(&missing, &key, json!({})), &[field, &format!("{certs}.certificate_chain.filename"), &missing]);
+    assert!(line.contains("No such file"), "{line}");
+    validate_fails(
+        &dir,
+        &with(&crt, &other_key, json!({})),
+        &[field, &format!("{certs}.private_key"), "does not match", &other_key, &crt],
+    );
+    validate_fails(&dir, &with(&garbage, &key, json!({})), &[&format!("{certs}.certificate_chain.filename"), &garbage]);
+    validate_fails(&dir, &with(&crt, &crt, json!({})), &[&format!("{certs}.private_key.filename"), &crt]);
+    validate_fails(
+        &dir,
+        &with(&crt, &key, json!({ "tls_params": { "cipher_suites": ["ECDHE-RSA-AES128-GCM-SHA256", "AES128-SHA"] } })),
+        &["common_tls_context.tls_params.cipher_suites", "\"AES128-SHA\" is not supported"],
+    );
+    validate_fails(
+        &dir,
+        &with(&crt, &key, json!({ "tls_params": { "tls_minimum_protocol_version": "TLSv1_1" } })),
+        &["common_tls_context.tls_params.tls_minimum_protocol_version", "TLSv1_1 is not supported"],
+    );
+    validate_fails(
+        &dir,
+        &with(&crt, &key, json!({ "tls_params": { "ecdh_curves": ["P-521"] } })),
+        &["common_tls_context.tls_params.ecdh_curves", "\"P-521\""],
+    );
+
+    let mut cluster = static_cluster("backend", &[SocketAddr::from(([127, 0, 0, 1], 1))]);
+    cluster["transport_socket"] = upstream_tls(json!({ "allow_renegotiation": true }));
+    let config = bootstrap(vec![], vec![cluster.clone()]);
+    validate_fails(&dir, &config, &["static_resources.clusters[0]", "allow_renegotiation", "renegotiation"]);
+    cluster["transport_socket"] = upstream_tls(json!({
+        "common_tls_context": { "validation_context": { "trusted_ca": { "filename": missing } } },
+    }));
+    validate_fails(
+        &dir,
+        &bootstrap(vec![], vec![cluster]),
+        &["static_resources.clusters[0] ('backend')", "validation_context.trusted_ca.filename", &missing],
+    );
+}
