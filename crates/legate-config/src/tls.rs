@@ -287,8 +287,7 @@ mod tests {
 
     #[test]
     fn old_protocol_versions_are_refused() {
-        let err =
-            path::from_value::<TlsParameters>(json!({"tls_minimum_protocol_version": "TLSv1_0"})).unwrap_err();
+        let err = path::from_value::<TlsParameters>(json!({"tls_minimum_protocol_version": "TLSv1_0"})).unwrap_err();
         assert_eq!(err.path, "tls_minimum_protocol_version");
         assert!(err.message.contains("TLSv1_0"));
     }

@@ -17,9 +17,9 @@ use legate_stats::{Scope, Store};
 use crate::extensions::NetworkFilterFactory;
 use crate::filters::listener::tls_inspector::{self, TlsInspectorStats};
 use crate::tls::{ServerContext, SslStats};
-use legate_config::extensions::TransportSocketConfig;
 use filter_chain_match::FilterChainMatcher;
 use legate_config::extensions::ListenerFilterConfig;
+use legate_config::extensions::TransportSocketConfig;
 use stats::ListenerStats;
 
 pub use listener_manager::ListenerManager;
@@ -67,12 +67,13 @@ impl FilterChain {
         let transport_socket = match config.transport_socket.as_ref().map(|t| &t.config) {
             None | Some(TransportSocketConfig::RawBuffer) => None,
             Some(TransportSocketConfig::DownstreamTls(tls)) => Some(Arc::new(
-                ServerContext::new(tls, SslStats::new(scope)).map_err(|e| format!("{at}.transport_socket.typed_config.{e}"))?,
+                ServerContext::new(tls, SslStats::new(scope))
+                    .map_err(|e| format!("{at}.transport_socket.typed_config.{e}"))?,
             )),
             Some(TransportSocketConfig::UpstreamTls(_)) => {
                 return Err(format!(
-                    "{at}.transport_socket.typed_config: a filter chain's TLS transport socket is a DownstreamTlsContext"
-                ))
+                "{at}.transport_socket.typed_config: a filter chain's TLS transport socket is a DownstreamTlsContext"
+            ))
             }
         };
         Ok(FilterChain {

@@ -2,15 +2,15 @@
 //! Envoy's "TLS" architecture page, `DownstreamTlsContext` on filter chains and
 //! `UpstreamTlsContext` on clusters.
 //!
-//! - [`certificate`]: PEM chains and keys from `DataSource`s, with what `/certs` and the access
+//! - [`certificate`] — PEM chains and keys from `DataSource`s, with what `/certs` and the access
 //!   log show of them.
-//! - [`cert_validator`]: the peer checks of `validation_context` (trust chain, SANs, hash, SPKI),
+//! - [`cert_validator`] — the peer checks of `validation_context` (trust chain, SANs, hash, SPKI),
 //!   each failure counted under its Envoy stat.
-//! - [`server`]: the downstream context: SNI and key-type certificate choice, ALPN, client
+//! - [`server`] — the downstream context: SNI and key-type certificate choice, ALPN, client
 //!   certificates, resumption; the handshake run after filter chain selection (DESIGN.md §3
 //!   step 3).
-//! - [`client`]: the upstream context used by tcp_proxy and the HTTP pools.
-//! - [`stats`]: `ssl.*`.
+//! - [`client`] — the upstream context used by tcp_proxy and the HTTP pools.
+//! - [`stats`] — `ssl.*`.
 //!
 //! Where legate differs on purpose: rustls implements TLS 1.2 and 1.3 and AEAD ciphers only, so
 //! older versions and CBC ciphers are refused at load; renegotiation is refused; session ticket

@@ -221,7 +221,8 @@ impl Write for TlsStream {
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad response: {:?}", String::from_utf8_lossy(raw)));
+    let bad =
+        || io::Error::new(io::ErrorKind::InvalidData, format!("bad response: {:?}", String::from_utf8_lossy(raw)));
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
     let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad())?;
     let mut lines = head.split("\r\n");
@@ -267,10 +268,11 @@ pub fn h2_tls_get(client: &TlsClient, addr: SocketAddr, path: &str) -> Result<(H
             let name = ServerName::try_from(sni.clone()).map_err(|e| e.to_string())?;
             let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
             let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
-            let (mut sender, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (mut sender, connection) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .map_err(|e| e.to_string())?;
             tokio::spawn(connection);
             let request = hyper::Request::get(format!("https://{sni}{path}"))
                 .body(Empty::<bytes::Bytes>::new())

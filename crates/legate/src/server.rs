@@ -119,7 +119,10 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
 
 /// Builds each cluster's TLS context once to fail the load on a bad one (an unreadable
 /// certificate file, a key that does not match), naming the cluster and the field.
-fn check_cluster_transport_sockets(bootstrap: &legate_config::bootstrap::Bootstrap, store: &Arc<Store>) -> anyhow::Result<()> {
+fn check_cluster_transport_sockets(
+    bootstrap: &legate_config::bootstrap::Bootstrap,
+    store: &Arc<Store>,
+) -> anyhow::Result<()> {
     for (index, cluster) in bootstrap.static_resources.clusters.iter().enumerate() {
         legate_proxy::tls::ClientContext::for_cluster(cluster, &store.scope("check"))
             .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;

@@ -244,9 +244,19 @@ fn mtls_accepts_the_trusted_client_and_counts_each_refusal() {
     };
     refused(TlsClient::new(&ca, "edge.example.com"));
     px.wait_stat("listener.ingress.ssl.fail_verify_no_cert", 1);
-    refused(TlsClient::build(&ca, "edge.example.com", &[], Some(&other_ca.issue("frontend", &["spiffe://legate.test/frontend"]))));
+    refused(TlsClient::build(
+        &ca,
+        "edge.example.com",
+        &[],
+        Some(&other_ca.issue("frontend", &["spiffe://legate.test/frontend"])),
+    ));
     px.wait_stat("listener.ingress.ssl.fail_verify_error", 1);
-    refused(TlsClient::build(&ca, "edge.example.com", &[], Some(&ca.issue("intruder", &["spiffe://legate.test/intruder"]))));
+    refused(TlsClient::build(
+        &ca,
+        "edge.example.com",
+        &[],
+        Some(&ca.issue("intruder", &["spiffe://legate.test/intruder"])),
+    ));
     px.wait_stat("listener.ingress.ssl.fail_verify_san", 1);
     px.wait_stat("listener.ingress.ssl.connection_error", 3);
     assert_eq!(px.stat("listener.ingress.ssl.handshake"), Some(1));
@@ -423,7 +433,8 @@ fn bad_tls_config_is_a_load_error_naming_the_field_and_the_file() {
     let (crt, key) = edge.write(&dir, "edge");
     let (_, other_key) = other.write(&dir, "other");
     let garbage = dir.join("garbage.crt");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
+        .unwrap();
     let garbage = garbage.to_str().unwrap().to_string();
     let missing = dir.join("missing.crt").to_str().unwrap().to_string();
     let with = |certificate_chain: &str, private_key: &str, extra: Value| {
@@ -437,7 +448,11 @@ fn bad_tls_config_is_a_load_error_naming_the_field_and_the_file() {
     let field = "static_resources.listeners[0]";
     let certs = "filter_chains[0].transport_socket.typed_config.common_tls_context.tls_certificates[0]";
 
-    let line = validate_fails(&dir, &with(&missing, &key, json!({})), &[field, &format!("{certs}.certificate_chain.filename"), &missing]);
+    let line = validate_fails(
+        &dir,
+        &with(&missing, &key, json!({})),
+        &[field, &format!("{certs}.certificate_chain.filename"), &missing],
+    );
     assert!(line.contains("No such file"), "{line}");
     validate_fails(
         &dir,

@@ -192,7 +192,7 @@ impl Connection {
         }
         if self.state.write_end_stream && !self.write_shutdown {
             // A peer that already went away makes shutdown fail; the read side notices.
-            if let Poll::Ready(_) = self.socket.poll_shutdown_write(cx) {
+            if self.socket.poll_shutdown_write(cx).is_ready() {
                 self.write_shutdown = true;
                 progress = true;
             }

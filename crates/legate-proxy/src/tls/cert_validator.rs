@@ -50,7 +50,9 @@ impl CertValidator {
             (Some(ca), TrustChainVerification::VerifyTrustChain) => {
                 let mut store = RootCertStore::empty();
                 for cert in load_chain(ca, "validation_context.trusted_ca")? {
-                    store.add(cert).map_err(|e| format!("validation_context.trusted_ca: invalid CA certificate: {e}"))?;
+                    store
+                        .add(cert)
+                        .map_err(|e| format!("validation_context.trusted_ca: invalid CA certificate: {e}"))?;
                 }
                 Some(Arc::new(store))
             }
@@ -76,7 +78,9 @@ impl CertValidator {
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .ok_or_else(|| {
-                    format!("validation_context.verify_certificate_spki[{i}]: invalid base64-encoded SHA-256 \"{spki}\"")
+                    format!(
+                        "validation_context.verify_certificate_spki[{i}]: invalid base64-encoded SHA-256 \"{spki}\""
+                    )
                 })?;
             spkis.push(bytes);
         }
@@ -109,12 +113,17 @@ impl CertValidator {
     }
 
     /// Runs every check on a presented chain, counting the failure that decides.
-    fn verify(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime, client: bool) -> Result<(), Error> {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        client: bool,
+    ) -> Result<(), Error> {
         if let Some(roots) = &self.roots {
             let result = match (&self.client_chain, client) {
                 (Some(chain), true) => chain.verify_client_cert(end_entity, intermediates, now).map(|_| ()),
-                _ => {
-                rustls::server::ParsedCertificate::try_from(end_entity).and_then(|parsed| {
+                _ => rustls::server::ParsedCertificate::try_from(end_entity).and_then(|parsed| {
                     rustls::client::verify_server_cert_signed_by_trust_anchor(
                         &parsed,
                         roots,
@@ -122,8 +131,7 @@ impl CertValidator {
                         now,
                         self.provider.signature_verification_algorithms.all,
                     )
-                })
-                }
+                }),
             };
             match result {
                 Ok(()) => {}
@@ -140,14 +148,14 @@ impl CertValidator {
             let sans = details.map(|d| d.subject_alt_names).unwrap_or_default();
             let matched = sans.iter().any(|san| {
                 self.san_matchers.iter().any(|(san_type, matcher)| {
-                    let type_matches = match (san_type, san) {
-                        (None, _) => true,
-                        (Some(SanType::Dns), SubjectAltName::Dns(_))
-                        | (Some(SanType::Email), SubjectAltName::Email(_))
-                        | (Some(SanType::Uri), SubjectAltName::Uri(_))
-                        | (Some(SanType::IpAddress), SubjectAltName::IpAddress(_)) => true,
-                        _ => false,
-                    };
+                    let type_matches = matches!(
+                        (san_type, san),
+                        (None, _)
+                            | (Some(SanType::Dns), SubjectAltName::Dns(_))
+                            | (Some(SanType::Email), SubjectAltName::Email(_))
+                            | (Some(SanType::Uri), SubjectAltName::Uri(_))
+                            | (Some(SanType::IpAddress), SubjectAltName::IpAddress(_))
+                    );
                     type_matches && san_matches(matcher, san)
                 })
             });
@@ -158,9 +166,8 @@ impl CertValidator {
         }
         if !self.hashes.is_empty() || !self.spkis.is_empty() {
             let hash = sha256(end_entity);
-            let spki = x509_parser::parse_x509_certificate(end_entity)
-                .ok()
-                .map(|(_, cert)| sha256(cert.public_key().raw));
+            let spki =
+                x509_parser::parse_x509_certificate(end_entity).ok().map(|(_, cert)| sha256(cert.public_key().raw));
             let matched = self.hashes.contains(&hash) || spki.is_some_and(|s| self.spkis.contains(&s));
             if !matched {
                 self.stats.fail_verify_cert_hash.inc();

@@ -67,9 +67,10 @@ pub enum SubjectAltName {
 impl SubjectAltName {
     pub fn value(&self) -> &str {
         match self {
-            SubjectAltName::Dns(v) | SubjectAltName::Email(v) | SubjectAltName::Uri(v) | SubjectAltName::IpAddress(v) => {
-                v
-            }
+            SubjectAltName::Dns(v)
+            | SubjectAltName::Email(v)
+            | SubjectAltName::Uri(v)
+            | SubjectAltName::IpAddress(v) => v,
         }
     }
 }
@@ -136,11 +137,7 @@ impl CertificateDetails {
         if !sans.is_empty() {
             return sans;
         }
-        self.subject
-            .split(',')
-            .filter_map(|part| part.strip_prefix("CN="))
-            .map(|cn| cn.to_ascii_lowercase())
-            .collect()
+        self.subject.split(',').filter_map(|part| part.strip_prefix("CN=")).map(|cn| cn.to_ascii_lowercase()).collect()
     }
 
     /// Whole days until `not_after`, as `/certs`' `days_until_expiration` (0 once expired).
@@ -215,7 +212,8 @@ mod tests {
         let err = load_chain(&missing, "certificate_chain").unwrap_err();
         assert!(err.starts_with("certificate_chain.filename: "), "{err}");
         assert!(err.contains("/nonexistent/cert.pem"), "{err}");
-        let garbage = DataSource::InlineString("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".into());
+        let garbage =
+            DataSource::InlineString("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".into());
         let err = load_chain(&garbage, "certificate_chain").unwrap_err();
         assert!(err.starts_with("certificate_chain.inline_string: failed to load certificate chain"), "{err}");
         let err = load_key(&DataSource::InlineString("nothing".into()), "private_key").unwrap_err();

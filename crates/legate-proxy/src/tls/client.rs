@@ -86,9 +86,9 @@ impl ClientContext {
             Some(TransportSocketConfig::UpstreamTls(tls)) => ClientContext::new(tls, SslStats::new(scope))
                 .map(|c| Some(Arc::new(c)))
                 .map_err(|e| format!("transport_socket.typed_config.{e}")),
-            Some(TransportSocketConfig::DownstreamTls(_)) => Err(
-                "transport_socket.typed_config: a cluster's TLS transport socket is an UpstreamTlsContext".into(),
-            ),
+            Some(TransportSocketConfig::DownstreamTls(_)) => {
+                Err("transport_socket.typed_config: a cluster's TLS transport socket is an UpstreamTlsContext".into())
+            }
         }
     }
 
@@ -127,7 +127,8 @@ impl ClientContext {
                 };
                 let chain = load_chain(chain_source, &format!("{at}.certificate_chain"))?;
                 let key = load_key(key_source, &format!("{at}.private_key"))?;
-                certificates.extend(chain.first().and_then(|c| CertificateDetails::parse(c, source_name(chain_source))));
+                certificates
+                    .extend(chain.first().and_then(|c| CertificateDetails::parse(c, source_name(chain_source))));
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     format!(
                         "{at}.private_key: the private key in {} does not match the certificate in {}: {e}",
@@ -145,7 +146,10 @@ impl ClientContext {
         let sni = if config.sni.is_empty() {
             None
         } else {
-            Some(ServerName::try_from(config.sni.clone()).map_err(|e| format!("sni: invalid \"{}\": {e}", config.sni))?)
+            Some(
+                ServerName::try_from(config.sni.clone())
+                    .map_err(|e| format!("sni: invalid \"{}\": {e}", config.sni))?,
+            )
         };
         let with_alpn = |fallback: &[u8]| {
             let mut c = client.clone();
@@ -159,15 +163,7 @@ impl ClientContext {
         let http1 = with_alpn(b"http/1.1");
         let http2 = with_alpn(b"h2");
         client.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(ClientContext {
-            configured: Arc::new(client),
-            http1,
-            http2,
-            sni,
-            stats,
-            certificates,
-            ca_certificates,
-        })
+        Ok(ClientContext { configured: Arc::new(client), http1, http2, sni, stats, certificates, ca_certificates })
     }
 
     /// Runs the client handshake over a connected socket.

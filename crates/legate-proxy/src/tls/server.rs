@@ -68,8 +68,7 @@ impl ServerContext {
     pub fn new(config: &DownstreamTlsContext, stats: SslStats) -> Result<Self, String> {
         let common = &config.common_tls_context;
         let provider = super::crypto_provider(&common.tls_params);
-        let versions = super::protocol_versions(&common.tls_params)
-            .map_err(|e| format!("common_tls_context.{e}"))?;
+        let versions = super::protocol_versions(&common.tls_params).map_err(|e| format!("common_tls_context.{e}"))?;
         if common.tls_certificates.is_empty() {
             return Err("common_tls_context.tls_certificates: a TLS server needs at least one certificate".into());
         }
@@ -252,10 +251,8 @@ impl ResolvesServerCert for CertificateResolver {
         let schemes = hello.signature_schemes();
         let usable = |key: &CertifiedKey| key.key.choose_scheme(schemes).is_some();
         if let Some(sni) = sni {
-            let exact = self
-                .keys
-                .iter()
-                .find(|(names, key)| names.iter().any(|n| n.eq_ignore_ascii_case(sni)) && usable(key));
+            let exact =
+                self.keys.iter().find(|(names, key)| names.iter().any(|n| n.eq_ignore_ascii_case(sni)) && usable(key));
             let wildcard =
                 || self.keys.iter().find(|(names, key)| names.iter().any(|n| dns_name_matches(n, sni)) && usable(key));
             if let Some((_, key)) = exact.or_else(wildcard) {

@@ -831,30 +831,29 @@ async fn connect_terminate(
         ));
     };
     let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
-    let connect = crate::tls::client::connect(&cluster, host.address, crate::tls::client::Alpn::Http1);
-    let stream =
-        match tokio::time::timeout(cluster.connect_timeout(), connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                cluster.stats.upstream_cx_connect_fail.inc();
-                let detail = e.transport_failure_reason();
-                return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                    ResponseFlag::UpstreamConnectionFailure,
-                    &PoolFailure::ConnectFailure(detail).reason(),
-                    false,
-                    "upstream_reset_before_response_started{remote_connection_failure}",
-                ));
-            }
-            Err(_) => {
-                cluster.stats.upstream_cx_connect_timeout.inc();
-                return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                    ResponseFlag::UpstreamConnectionFailure,
-                    "connection timeout",
-                    false,
-                    "upstream_reset_before_response_started{connection_timeout}",
-                ));
-            }
-        };
+    let connect = crate::tls::client::connect(cluster, host.address, crate::tls::client::Alpn::Http1);
+    let stream = match tokio::time::timeout(cluster.connect_timeout(), connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            let detail = e.transport_failure_reason();
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamConnectionFailure,
+                &PoolFailure::ConnectFailure(detail).reason(),
+                false,
+                "upstream_reset_before_response_started{remote_connection_failure}",
+            ));
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_timeout.inc();
+            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
+                ResponseFlag::UpstreamConnectionFailure,
+                "connection timeout",
+                false,
+                "upstream_reset_before_response_started{connection_timeout}",
+            ));
+        }
+    };
     let mut activity = Instant::now();
     cx.connected(&mut activity);
     let context = rq.context.clone();

@@ -263,7 +263,11 @@ impl Drop for ConnectionGuard<'_> {
 
 /// Whether the bytes start with the HTTP/2 connection preface (h2c prior knowledge). Reads
 /// until it can tell; `None` when the peer closed first.
-async fn sniff_http2(socket: &mut TransportSocket, buffered: &mut BytesMut, rx: &legate_stats::Counter) -> Option<bool> {
+async fn sniff_http2(
+    socket: &mut TransportSocket,
+    buffered: &mut BytesMut,
+    rx: &legate_stats::Counter,
+) -> Option<bool> {
     loop {
         let n = buffered.len().min(H2_PREFACE.len());
         if buffered.get(..n) != H2_PREFACE.get(..n) {

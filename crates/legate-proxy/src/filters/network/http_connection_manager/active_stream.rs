@@ -42,7 +42,8 @@ pub async fn handle(
     stats.downstream_rq_active.inc();
     context.active_streams.set(context.active_streams.get() + 1);
     let info = &context.info;
-    let mut stream_info = Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
+    let mut stream_info =
+        Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
     if let Some(ssl) = &info.ssl {
         stream_info.requested_server_name = ssl.server_name.clone();
         stream_info.downstream_ssl = Some(ssl.clone());

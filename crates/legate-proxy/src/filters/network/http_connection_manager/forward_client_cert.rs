@@ -9,9 +9,7 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
-use legate_config::filters::network::http_connection_manager::{
-    ForwardClientCertDetails, SetCurrentClientCertDetails,
-};
+use legate_config::filters::network::http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
 
 use crate::tls::certificate::SubjectAltName;
 use crate::tls::SslConnectionInfo;
