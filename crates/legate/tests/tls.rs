@@ -490,3 +490,37 @@ fn bad_tls_config_is_a_load_error_naming_the_field_and_the_file() {
         &["static_resources.clusters[0] ('backend')", "validation_context.trusted_ca.filename", &missing],
     );
 }
+
+/// A client that comes back resumes its session (TLS 1.3 tickets from rustls' rotating
+/// ticketer): `ssl.session_reused`. With both resumption kinds disabled, it cannot.
+#[test]
+fn returning_clients_resume_their_session() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let tls_certificates = json!([certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")]);
+    let mut config =
+        https_bootstrap(upstream.addr(), json!({ "common_tls_context": { "tls_certificates": tls_certificates } }));
+    let mut no_resumption = config["static_resources"]["listeners"][0].clone();
+    no_resumption["name"] = json!("fresh");
+    no_resumption["stat_prefix"] = json!("fresh");
+    let socket = &mut no_resumption["filter_chains"][0]["transport_socket"]["typed_config"];
+    socket["disable_stateless_session_resumption"] = json!(true);
+    socket["disable_stateful_session_resumption"] = json!(true);
+    config["static_resources"]["listeners"].as_array_mut().unwrap().push(no_resumption);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    let client = TlsClient::new(&ca, "edge.example.com");
+    for _ in 0..2 {
+        assert_eq!(client.get(px.connect_addr("ingress"), "/").expect("request").status, 200);
+    }
+    px.wait_stat("listener.ingress.ssl.handshake", 2);
+    assert_eq!(px.stat("listener.ingress.ssl.session_reused"), Some(1));
+
+    let client = TlsClient::new(&ca, "edge.example.com");
+    for _ in 0..2 {
+        assert_eq!(client.get(px.connect_addr("fresh"), "/").expect("request").status, 200);
+    }
+    px.wait_stat("listener.fresh.ssl.handshake", 2);
+    assert_eq!(px.stat("listener.fresh.ssl.session_reused"), Some(0));
+}
