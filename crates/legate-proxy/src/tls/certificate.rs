@@ -55,6 +55,15 @@ pub fn load_key(source: &DataSource, field: &str) -> Result<PrivateKeyDer<'stati
         .map_err(|e| format!("{at}: failed to load private key from {}: {e}", source_name(source)))
 }
 
+/// Whether `key` is the private key of `cert` (their SubjectPublicKeyInfo are the same). Read
+/// with x509-parser rather than rustls' `keys_match`, whose WebPKI parser refuses v1
+/// certificates that Envoy (and rustls as a server) serve fine. `None`: the key cannot tell.
+pub fn key_matches(cert: &CertificateDer<'_>, key: &dyn rustls::sign::SigningKey) -> Option<bool> {
+    let spki = key.public_key()?;
+    let (_, parsed) = X509Certificate::from_der(cert).ok()?;
+    Some(parsed.public_key().raw == spki.as_ref())
+}
+
 /// One subject alternative name, typed as Envoy's `SanType`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubjectAltName {

@@ -19,7 +19,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, ServerCertValidator};
-use super::certificate::{load_chain, load_key, source_name, CertificateDetails};
+use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
 use super::server::{connection_info, log_handshake, HandshakeError};
 use super::stats::SslStats;
 use crate::network::TransportSocket;
@@ -129,13 +129,19 @@ impl ClientContext {
                 let key = load_key(key_source, &format!("{at}.private_key"))?;
                 certificates
                     .extend(chain.first().and_then(|c| CertificateDetails::parse(c, source_name(chain_source))));
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    format!(
-                        "{at}.private_key: the private key in {} does not match the certificate in {}: {e}",
+                let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+                    format!("{at}.private_key: unsupported private key in {}: {e}", source_name(key_source))
+                })?;
+                let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
+                let leaf = certified.end_entity_cert().map_err(|e| format!("{at}.certificate_chain: {e}"))?;
+                if key_matches(leaf, certified.key.as_ref()) == Some(false) {
+                    return Err(format!(
+                        "{at}.private_key: the private key in {} does not match the certificate in {}",
                         source_name(key_source),
                         source_name(chain_source)
-                    )
-                })?
+                    ));
+                }
+                builder.with_client_cert_resolver(Arc::new(ClientCertificate(Arc::new(certified))))
             }
             _ => return Err("common_tls_context.tls_certificates: an upstream context takes one certificate".into()),
         };
@@ -201,6 +207,24 @@ impl ClientContext {
                 Err(error)
             }
         }
+    }
+}
+
+/// The one client certificate of an upstream context, offered whatever the server asks.
+#[derive(Debug)]
+struct ClientCertificate(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

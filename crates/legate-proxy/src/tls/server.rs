@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, ClientCertValidator};
-use super::certificate::{dns_name_matches, load_chain, load_key, source_name, CertificateDetails};
+use super::certificate::{dns_name_matches, key_matches, load_chain, load_key, source_name, CertificateDetails};
 use super::stats::SslStats;
 use crate::network::TransportSocket;
 
@@ -85,15 +85,13 @@ impl ServerContext {
                 format!("{at}.private_key: unsupported private key in {}: {e}", source_name(key_source))
             })?;
             let certified = CertifiedKey::new(chain, signing_key);
-            match certified.keys_match() {
-                Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-                Err(_) => {
-                    return Err(format!(
-                        "{at}.private_key: the private key in {} does not match the certificate in {}",
-                        source_name(key_source),
-                        source_name(chain_source)
-                    ))
-                }
+            let leaf = certified.end_entity_cert().map_err(|e| format!("{at}.certificate_chain: {e}"))?;
+            if key_matches(leaf, certified.key.as_ref()) == Some(false) {
+                return Err(format!(
+                    "{at}.private_key: the private key in {} does not match the certificate in {}",
+                    source_name(key_source),
+                    source_name(chain_source)
+                ));
             }
             let details = certified
                 .end_entity_cert()
