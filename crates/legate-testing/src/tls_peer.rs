@@ -368,3 +368,22 @@ impl TlsUpstream {
         self.server_names.lock().expect("names").clone()
     }
 }
+
+impl crate::HttpUpstream {
+    /// An HTTPS upstream (hyper over rustls) with `cert`, answering with `handler`; HTTP/2
+    /// when `http2` (ALPN `h2` only), else HTTP/1.1 (ALPN `http/1.1`, or none).
+    pub fn https(
+        cert: &TestCert,
+        http2: bool,
+        handler: impl Fn(&crate::UpstreamRequest) -> crate::UpstreamAction + Send + Sync + 'static,
+    ) -> Self {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(cert.chain(), cert.private_key())
+            .expect("upstream certificate");
+        config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        Self::start_with(http2, Box::new(handler), Some(Arc::new(config)))
+    }
+}

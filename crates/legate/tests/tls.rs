@@ -524,3 +524,26 @@ fn returning_clients_resume_their_session() {
     px.wait_stat("listener.fresh.ssl.handshake", 2);
     assert_eq!(px.stat("listener.fresh.ssl.session_reused"), Some(0));
 }
+
+/// An HTTP/2 cluster over TLS with no `alpn_protocols`: legate offers `h2` (Envoy's
+/// codec-aware ALPN fallback), so an upstream that speaks only HTTP/2 over TLS is reached.
+#[test]
+fn http2_cluster_negotiates_h2_over_tls_with_alpn() {
+    let ca = TestCa::new("legate upstream CA");
+    let upstream = HttpUpstream::https(&ca.issue("grpc", &["grpc.internal"]), true, |_| {
+        legate_testing::UpstreamAction::ok("over h2")
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let cluster = legate_testing::config::with_http2(config["static_resources"]["clusters"][0].clone());
+    config["static_resources"]["clusters"][0] = cluster;
+    config["static_resources"]["clusters"][0]["transport_socket"] = upstream_tls(json!({ "sni": "grpc.internal" }));
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    let mut client = legate_testing::HttpClient::connect(px.connect_addr("ingress"));
+    let response = client.get("/");
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.body, "over h2");
+    px.wait_stat("cluster.backend.ssl.handshake", 1);
+    assert_eq!(px.stat("cluster.backend.upstream_cx_http2_total"), Some(1));
+    assert_eq!(px.stat("cluster.backend.ssl.versions.TLSv1.3"), Some(1));
+}
