@@ -46,7 +46,7 @@ pub use net::{
 pub use pattern::{PatternChecker, PatternWriter};
 pub use serde_json::{self, json, Value};
 pub use tls::tls_client_hello;
-pub use tls_peer::{h2_tls_get, TestCa, TestCert, TlsClient, TlsStream, TlsUpstream};
+pub use tls_peer::{h2_tls_get, KeyType, TestCa, TestCert, TlsClient, TlsStream, TlsUpstream};
 pub use upstream::{BlackholeServer, BulkSender, EofReplyServer, TagServer, TcpEchoServer, TcpServer};
 
 /// Path of the `legate` binary under test. A macro so that `env!("CARGO_BIN_EXE_legate")` is

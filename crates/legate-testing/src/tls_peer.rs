@@ -54,7 +54,16 @@ impl TestCa {
     /// A leaf for `names` (DNS SANs; an entry starting with `spiffe://` becomes a URI SAN),
     /// with common name `common_name`, good for both server and client authentication.
     pub fn issue(&self, common_name: &str, names: &[&str]) -> TestCert {
-        let key = KeyPair::generate().expect("leaf key");
+        self.issue_key(common_name, names, KeyType::EcdsaP256)
+    }
+
+    /// As [`Self::issue`], with a key of type `key`.
+    pub fn issue_key(&self, common_name: &str, names: &[&str], key: KeyType) -> TestCert {
+        let key = match key {
+            KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyType::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        }
+        .expect("leaf key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.distinguished_name.push(DnType::OrganizationName, "legate tests");
@@ -68,6 +77,24 @@ impl TestCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf certificate");
         TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+    }
+}
+
+/// The key types tests use (ring cannot generate RSA keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    /// ECDSA P-256 (`ecdsa_secp256r1_sha256`).
+    EcdsaP256,
+    /// Ed25519 (`ed25519`).
+    Ed25519,
+}
+
+impl KeyType {
+    fn scheme(self) -> rustls::SignatureScheme {
+        match self {
+            KeyType::EcdsaP256 => rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+            KeyType::Ed25519 => rustls::SignatureScheme::ED25519,
+        }
     }
 }
 
@@ -120,9 +147,31 @@ impl TlsClient {
 
     /// With ALPN protocols and an optional client certificate.
     pub fn build(ca: &TestCa, sni: &str, alpn: &[&str], client_cert: Option<&TestCert>) -> Self {
+        Self::build_with(provider(), ca, sni, alpn, client_cert)
+    }
+
+    /// A client that can verify handshake signatures of `key` only: a server with several
+    /// certificates must pick that key type.
+    pub fn accepting_only(ca: &TestCa, sni: &str, key: KeyType) -> Self {
+        let mut restricted = rustls::crypto::ring::default_provider();
+        let algorithms = restricted.signature_verification_algorithms;
+        let mapping: Vec<_> = algorithms.mapping.iter().filter(|(scheme, _)| *scheme == key.scheme()).copied().collect();
+        // 'static as rustls wants; a few bytes per test client.
+        restricted.signature_verification_algorithms =
+            rustls::crypto::WebPkiSupportedAlgorithms { all: algorithms.all, mapping: Vec::leak(mapping) };
+        Self::build_with(Arc::new(restricted), ca, sni, &[], None)
+    }
+
+    fn build_with(
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        ca: &TestCa,
+        sni: &str,
+        alpn: &[&str],
+        client_cert: Option<&TestCert>,
+    ) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(ca.cert.der().to_vec())).expect("CA into root store");
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocol versions")
             .with_root_certificates(roots);

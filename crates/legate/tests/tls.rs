@@ -547,3 +547,26 @@ fn http2_cluster_negotiates_h2_over_tls_with_alpn() {
     assert_eq!(px.stat("cluster.backend.upstream_cx_http2_total"), Some(1));
     assert_eq!(px.stat("cluster.backend.ssl.versions.TLSv1.3"), Some(1));
 }
+
+/// Two certificates for the same name with different key types: each client gets the one
+/// whose signatures it can verify (Envoy picks by the client's signature algorithms too).
+#[test]
+fn the_key_type_the_client_supports_picks_among_certificates_for_one_name() {
+    use legate_testing::KeyType;
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let ed25519 = ca.issue_key("ed", &["edge.example.com"], KeyType::Ed25519);
+    let ecdsa = ca.issue_key("ec", &["edge.example.com"], KeyType::EcdsaP256);
+    let context = json!({ "common_tls_context": { "tls_certificates": [
+        certificate_files(&dir, &ed25519, "ed25519"),
+        certificate_files(&dir, &ecdsa, "ecdsa"),
+    ]}});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+
+    for (key, expected) in [(KeyType::Ed25519, &ed25519), (KeyType::EcdsaP256, &ecdsa)] {
+        let stream = TlsClient::accepting_only(&ca, "edge.example.com", key).connect(addr).expect("handshake");
+        assert_eq!(stream.peer_certificate().as_ref(), Some(&expected.der), "{key:?}");
+    }
+}
