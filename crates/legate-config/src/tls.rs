@@ -119,7 +119,8 @@ pub struct TlsParameters {
 /// `TlsParameters.TlsProtocol`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsProtocol {
-    /// Envoy's default for the context: TLS 1.2 minimum, TLS 1.3 maximum.
+    /// Envoy's default for the context: TLS 1.2 minimum; TLS 1.3 maximum for servers, TLS 1.2
+    /// for clients.
     #[default]
     Auto,
     Tls12,

@@ -66,13 +66,15 @@ fn crypto_provider(params: &TlsParameters) -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// `tls_minimum_protocol_version`/`tls_maximum_protocol_version` (default 1.2 to 1.3).
-fn protocol_versions(params: &TlsParameters) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
+/// `tls_minimum_protocol_version`/`tls_maximum_protocol_version`. Envoy's defaults: TLS 1.2
+/// minimum; maximum TLS 1.3 for servers, TLS 1.2 for clients (upstream contexts).
+fn protocol_versions(params: &TlsParameters, client: bool) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
     let min = match params.tls_minimum_protocol_version {
         TlsProtocol::Auto => TlsProtocol::Tls12,
         v => v,
     };
     let max = match params.tls_maximum_protocol_version {
+        TlsProtocol::Auto if client => TlsProtocol::Tls12,
         TlsProtocol::Auto => TlsProtocol::Tls13,
         v => v,
     };

@@ -155,7 +155,8 @@ impl TlsClient {
     pub fn accepting_only(ca: &TestCa, sni: &str, key: KeyType) -> Self {
         let mut restricted = rustls::crypto::ring::default_provider();
         let algorithms = restricted.signature_verification_algorithms;
-        let mapping: Vec<_> = algorithms.mapping.iter().filter(|(scheme, _)| *scheme == key.scheme()).copied().collect();
+        let mapping: Vec<_> =
+            algorithms.mapping.iter().filter(|(scheme, _)| *scheme == key.scheme()).copied().collect();
         // 'static as rustls wants; a few bytes per test client.
         restricted.signature_verification_algorithms =
             rustls::crypto::WebPkiSupportedAlgorithms { all: algorithms.all, mapping: Vec::leak(mapping) };

@@ -95,7 +95,8 @@ impl ClientContext {
     pub fn new(config: &UpstreamTlsContext, stats: SslStats) -> Result<Self, String> {
         let common = &config.common_tls_context;
         let provider = super::crypto_provider(&common.tls_params);
-        let versions = super::protocol_versions(&common.tls_params).map_err(|e| format!("common_tls_context.{e}"))?;
+        let versions =
+            super::protocol_versions(&common.tls_params, true).map_err(|e| format!("common_tls_context.{e}"))?;
         let mut ca_certificates = Vec::new();
         let validator = match &common.validation_context {
             Some(validation) => {

@@ -68,7 +68,8 @@ impl ServerContext {
     pub fn new(config: &DownstreamTlsContext, stats: SslStats) -> Result<Self, String> {
         let common = &config.common_tls_context;
         let provider = super::crypto_provider(&common.tls_params);
-        let versions = super::protocol_versions(&common.tls_params).map_err(|e| format!("common_tls_context.{e}"))?;
+        let versions =
+            super::protocol_versions(&common.tls_params, false).map_err(|e| format!("common_tls_context.{e}"))?;
         if common.tls_certificates.is_empty() {
             return Err("common_tls_context.tls_certificates: a TLS server needs at least one certificate".into());
         }
