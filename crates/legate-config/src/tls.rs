@@ -65,7 +65,10 @@ pub struct CommonTlsContext {
     pub tls_params: TlsParameters,
     #[serde(default)]
     pub tls_certificates: Vec<TlsCertificate>,
-    pub tls_certificate_sds_secret_configs: Option<Unsupported>,
+    /// Certificates delivered by SDS; legate reads SDS from files (`path_config_source`) and
+    /// reloads them when the files change, as Envoy's file-based SDS.
+    #[serde(default)]
+    pub tls_certificate_sds_secret_configs: Vec<SdsSecretConfig>,
     pub tls_certificate_provider_instance: Option<Unsupported>,
     pub tls_certificate_certificate_provider: Option<Unsupported>,
     pub tls_certificate_certificate_provider_instance: Option<Unsupported>,
@@ -80,6 +83,88 @@ pub struct CommonTlsContext {
     pub custom_handshaker: Option<Unsupported>,
     pub key_log: Option<Unsupported>,
     pub custom_tls_certificate_selector: Option<Unsupported>,
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig`: a secret by name from a config
+/// source. Only file sources: a control plane's SDS is not supported yet.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SdsSecretConfig {
+    pub name: String,
+    pub sds_config: Option<SdsConfigSource>,
+}
+
+/// The parts of `envoy.config.core.v3.ConfigSource` that name a file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SdsConfigSource {
+    pub path_config_source: Option<PathConfigSource>,
+    /// Deprecated form of `path_config_source.path`.
+    pub path: Option<String>,
+    pub resource_api_version: Option<String>,
+    pub initial_fetch_timeout: Option<crate::duration::Duration>,
+    pub api_config_source: Option<Unsupported>,
+    pub ads: Option<Unsupported>,
+    pub self_config_source: Option<Unsupported>,
+    pub authorities: Option<Unsupported>,
+}
+
+impl SdsConfigSource {
+    /// The file holding the secret.
+    pub fn file(&self) -> Option<&str> {
+        self.path_config_source.as_ref().map(|p| p.path.as_str()).or(self.path.as_deref())
+    }
+}
+
+/// `envoy.config.core.v3.PathConfigSource`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PathConfigSource {
+    pub path: String,
+    /// legate polls the files themselves; a watched directory changes nothing.
+    pub watched_directory: Option<WatchedDirectory>,
+}
+
+/// `envoy.config.core.v3.WatchedDirectory`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedDirectory {
+    pub path: String,
+}
+
+/// A file-based SDS response: `resources` of `Secret`s.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct SdsFile {
+    #[serde(default)]
+    pub resources: Vec<Secret>,
+    pub version_info: Option<serde_json::Value>,
+}
+
+/// `envoy.extensions.transport_sockets.tls.v3.Secret` (with its `@type`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    #[serde(rename = "@type")]
+    pub type_url: Option<String>,
+    pub name: String,
+    pub tls_certificate: Option<TlsCertificate>,
+    pub session_ticket_keys: Option<Unsupported>,
+    pub validation_context: Option<Unsupported>,
+    pub generic_secret: Option<Unsupported>,
+}
+
+impl SdsFile {
+    /// Parses an SDS file's text (YAML or JSON); errors carry the field path.
+    pub fn parse(text: &str) -> Result<SdsFile, crate::path::PathError> {
+        let value: serde_json::Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| crate::path::PathError { path: String::new(), message: e.to_string() })?;
+        crate::path::from_value(value)
+    }
+
+    /// The secret named `name` with a `tls_certificate`.
+    pub fn tls_certificate(&self, name: &str) -> Option<&TlsCertificate> {
+        self.resources.iter().find(|s| s.name == name).and_then(|s| s.tls_certificate.as_ref())
+    }
 }
 
 /// `envoy.extensions.transport_sockets.tls.v3.TlsCertificate`.

@@ -67,8 +67,12 @@ impl FilterChain {
         let transport_socket = match config.transport_socket.as_ref().map(|t| &t.config) {
             None | Some(TransportSocketConfig::RawBuffer) => None,
             Some(TransportSocketConfig::DownstreamTls(tls)) => Some(Arc::new(
-                ServerContext::new(tls, SslStats::new(scope))
-                    .map_err(|e| format!("{at}.transport_socket.typed_config.{e}"))?,
+                ServerContext::new(
+                    tls,
+                    SslStats::new(scope),
+                    scope.counter("server_ssl_socket_factory.ssl_context_update_by_sds"),
+                )
+                .map_err(|e| format!("{at}.transport_socket.typed_config.{e}"))?,
             )),
             Some(TransportSocketConfig::UpstreamTls(_)) => {
                 return Err(format!(

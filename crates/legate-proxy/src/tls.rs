@@ -10,6 +10,7 @@
 //!   certificates, resumption; the handshake run after filter chain selection (DESIGN.md §3
 //!   step 3).
 //! - [`client`] — the upstream context used by tcp_proxy and the HTTP pools.
+//! - [`secret`] — a context's certificates, static or from SDS files reloaded on change.
 //! - [`stats`] — `ssl.*`.
 //!
 //! Where legate differs on purpose: rustls implements TLS 1.2 and 1.3 and AEAD ciphers only, so
@@ -19,6 +20,7 @@
 pub mod cert_validator;
 pub mod certificate;
 pub mod client;
+pub mod secret;
 pub mod server;
 pub mod stats;
 

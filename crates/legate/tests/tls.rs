@@ -571,3 +571,68 @@ fn the_key_type_the_client_supports_picks_among_certificates_for_one_name() {
         assert_eq!(stream.peer_certificate().as_ref(), Some(&expected.der), "{key:?}");
     }
 }
+
+/// Certificates from an SDS file (`tls_certificate_sds_secret_configs` with a
+/// `path_config_source`) are read again when the files change: new handshakes get the new
+/// certificate while a client keeps making requests, none of which fails.
+#[test]
+fn sds_certificates_rotate_on_disk_without_a_failed_request() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let first = ca.issue("first", &["edge.example.com"]);
+    let second = ca.issue("second", &["edge.example.com"]);
+    let (crt, key) = first.write(&dir, "edge");
+    let sds = dir.join("sds.yaml");
+    let secret = json!({ "resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "edge_cert",
+        "tls_certificate": { "certificate_chain": { "filename": crt }, "private_key": { "filename": key } },
+    }]});
+    std::fs::write(&sds, secret.to_string()).unwrap();
+    let context = json!({ "common_tls_context": { "tls_certificate_sds_secret_configs": [{
+        "name": "edge_cert",
+        "sds_config": { "path_config_source": { "path": sds.to_str().unwrap() }, "resource_api_version": "V3" },
+    }]}});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+    // A fresh client each time: a resumed session would report the certificate of the
+    // session it resumes.
+    let served = || {
+        let client = TlsClient::new(&ca, "edge.example.com");
+        client.connect(addr).expect("handshake").peer_certificate().unwrap()
+    };
+    assert_eq!(served(), first.der);
+    let client = TlsClient::new(&ca, "edge.example.com");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client.get(addr, "/") {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    other => failed.push(format!("{:?}", other.map(|r| r.status))),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // Replace each file atomically, as a deployment tool would (write aside, rename over).
+    for (path, text) in [(&key, &second.key_pem), (&crt, &second.cert_pem)] {
+        let aside = format!("{path}.new");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, path).unwrap();
+    }
+    legate_testing::eventually("the new certificate is served", legate_testing::EVENTUALLY, served, |der| {
+        *der == second.der
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "failed requests during rotation: {failed:?}");
+    assert!(ok > 0);
+    assert!(px.stat("listener.ingress.server_ssl_socket_factory.ssl_context_update_by_sds").unwrap() >= 1);
+    let certs = px.admin_json("/certs");
+    assert_eq!(certs["certificates"][0]["cert_chain"][0]["path"], crt.as_str());
+}

@@ -94,6 +94,11 @@ impl ClientContext {
 
     pub fn new(config: &UpstreamTlsContext, stats: SslStats) -> Result<Self, String> {
         let common = &config.common_tls_context;
+        if !common.tls_certificate_sds_secret_configs.is_empty() {
+            return Err("common_tls_context.tls_certificate_sds_secret_configs: SDS for upstream contexts is not \
+                 supported by legate yet"
+                .into());
+        }
         let provider = super::crypto_provider(&common.tls_params);
         let versions =
             super::protocol_versions(&common.tls_params, true).map_err(|e| format!("common_tls_context.{e}"))?;

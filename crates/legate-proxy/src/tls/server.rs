@@ -13,13 +13,14 @@
 use std::sync::Arc;
 
 use legate_config::tls::DownstreamTlsContext;
-use legate_stats::Scope;
+use legate_stats::{Counter, Scope};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, ClientCertValidator};
-use super::certificate::{dns_name_matches, key_matches, load_chain, load_key, source_name, CertificateDetails};
+use super::certificate::{dns_name_matches, load_chain, source_name, CertificateDetails};
+use super::secret::TlsCertificates;
 use super::stats::SslStats;
 use crate::network::TransportSocket;
 
@@ -56,8 +57,8 @@ pub enum HandshakeError {
 pub struct ServerContext {
     config: Arc<rustls::ServerConfig>,
     pub stats: SslStats,
-    /// The configured certificates, for `/certs`.
-    pub certificates: Vec<CertificateDetails>,
+    /// The certificates served (static and SDS), also for `/certs`.
+    pub certificates: Arc<TlsCertificates>,
     /// The `trusted_ca` certificates, for `/certs`.
     pub ca_certificates: Vec<CertificateDetails>,
 }
@@ -65,43 +66,14 @@ pub struct ServerContext {
 impl ServerContext {
     /// Reads the certificates and builds the rustls config. Errors name the field under the
     /// context (`common_tls_context.tls_certificates[0].private_key.filename: ...`).
-    pub fn new(config: &DownstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+    /// `update_by_sds` counts certificate reloads
+    /// (`<prefix>.server_ssl_socket_factory.ssl_context_update_by_sds`).
+    pub fn new(config: &DownstreamTlsContext, stats: SslStats, update_by_sds: Counter) -> Result<Self, String> {
         let common = &config.common_tls_context;
         let provider = super::crypto_provider(&common.tls_params);
         let versions =
             super::protocol_versions(&common.tls_params, false).map_err(|e| format!("common_tls_context.{e}"))?;
-        if common.tls_certificates.is_empty() {
-            return Err("common_tls_context.tls_certificates: a TLS server needs at least one certificate".into());
-        }
-        let mut keys = Vec::new();
-        let mut certificates = Vec::new();
-        for (i, cert) in common.tls_certificates.iter().enumerate() {
-            let at = format!("common_tls_context.tls_certificates[{i}]");
-            let (Some(chain_source), Some(key_source)) = (&cert.certificate_chain, &cert.private_key) else {
-                return Err(format!("{at}: certificate_chain and private_key are both required"));
-            };
-            let chain = load_chain(chain_source, &format!("{at}.certificate_chain"))?;
-            let key = load_key(key_source, &format!("{at}.private_key"))?;
-            let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-                format!("{at}.private_key: unsupported private key in {}: {e}", source_name(key_source))
-            })?;
-            let certified = CertifiedKey::new(chain, signing_key);
-            let leaf = certified.end_entity_cert().map_err(|e| format!("{at}.certificate_chain: {e}"))?;
-            if key_matches(leaf, certified.key.as_ref()) == Some(false) {
-                return Err(format!(
-                    "{at}.private_key: the private key in {} does not match the certificate in {}",
-                    source_name(key_source),
-                    source_name(chain_source)
-                ));
-            }
-            let details = certified
-                .end_entity_cert()
-                .ok()
-                .and_then(|der| CertificateDetails::parse(der, source_name(chain_source)))
-                .ok_or_else(|| format!("{at}.certificate_chain: unparsable certificate"))?;
-            keys.push((details.dns_names(), Arc::new(certified)));
-            certificates.push(details);
-        }
+        let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds)?);
         let mut ca_certificates = Vec::new();
         let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match &common.validation_context {
             Some(validation) => {
@@ -125,7 +97,10 @@ impl ServerContext {
             .with_protocol_versions(&versions)
             .map_err(|e| format!("common_tls_context.tls_params: {e}"))?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(CertificateResolver { keys, require_sni: config.require_sni }));
+            .with_cert_resolver(Arc::new(CertificateResolver {
+                certificates: certificates.clone(),
+                require_sni: config.require_sni,
+            }));
         server.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
         // BoringSSL in Envoy prefers the server's cipher order unless told otherwise.
         server.ignore_client_order = !config.prefer_client_ciphers;
@@ -233,12 +208,16 @@ pub(crate) fn log_handshake<D>(stats: &SslStats, info: &SslConnectionInfo, conn:
     }
 }
 
-/// Picks the certificate for a ClientHello: SNI, then key type.
-#[derive(Debug)]
+/// Picks the certificate for a ClientHello: SNI, then key type, among the current set.
 struct CertificateResolver {
-    /// Each certificate with the DNS names it serves.
-    keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    certificates: Arc<TlsCertificates>,
     require_sni: bool,
+}
+
+impl std::fmt::Debug for CertificateResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateResolver").field("require_sni", &self.require_sni).finish()
+    }
 }
 
 impl ResolvesServerCert for CertificateResolver {
@@ -247,18 +226,20 @@ impl ResolvesServerCert for CertificateResolver {
         if self.require_sni && sni.is_none() {
             return None;
         }
+        let current = self.certificates.current();
+        let keys = &current.keys;
         let schemes = hello.signature_schemes();
         let usable = |key: &CertifiedKey| key.key.choose_scheme(schemes).is_some();
         if let Some(sni) = sni {
             let exact =
-                self.keys.iter().find(|(names, key)| names.iter().any(|n| n.eq_ignore_ascii_case(sni)) && usable(key));
+                keys.iter().find(|(names, key)| names.iter().any(|n| n.eq_ignore_ascii_case(sni)) && usable(key));
             let wildcard =
-                || self.keys.iter().find(|(names, key)| names.iter().any(|n| dns_name_matches(n, sni)) && usable(key));
+                || keys.iter().find(|(names, key)| names.iter().any(|n| dns_name_matches(n, sni)) && usable(key));
             if let Some((_, key)) = exact.or_else(wildcard) {
                 return Some(key.clone());
             }
         }
-        self.keys.iter().find(|(_, key)| usable(key)).or(self.keys.first()).map(|(_, key)| key.clone())
+        keys.iter().find(|(_, key)| usable(key)).or(keys.first()).map(|(_, key)| key.clone())
     }
 }
 

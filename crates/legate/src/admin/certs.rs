@@ -17,7 +17,7 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
     for (listener, _) in server.listener_manager.borrow().listeners() {
         for chain in listener.filter_chains.iter().chain(&listener.default_filter_chain) {
             if let Some(tls) = &chain.transport_socket {
-                certificates.push(certificate(&tls.certificates, &tls.ca_certificates));
+                certificates.push(certificate(&tls.certificates.current().details, &tls.ca_certificates));
             }
         }
     }

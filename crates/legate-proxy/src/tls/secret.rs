@@ -1,0 +1,216 @@
+//! A context's certificates and where they come from (Envoy's secret manager and
+//! `TlsCertificateConfigProvider`): static `tls_certificates`, read once at load, and
+//! `tls_certificate_sds_secret_configs` read from SDS files, read again when they change.
+//!
+//! Rotation: the main thread calls [`TlsCertificates::reload_if_changed`] every second (see
+//! [`watch`]); it compares a hash of the SDS file and of every file its secrets name with the
+//! last one, and on a change loads them all, then swaps the new set in. Handshakes read the
+//! current set when they pick a certificate, so connections in flight keep theirs and new ones
+//! get the new certificate; nothing is dropped. An update that fails to load (a half-written
+//! key, a key that does not match) is logged and the previous certificates stay, as Envoy
+//! rejects a bad SDS update. legate polls instead of Envoy's inotify directory watch, so
+//! `watched_directory` changes nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use legate_config::core::DataSource;
+use legate_config::tls::{CommonTlsContext, SdsFile, TlsCertificate};
+use legate_stats::Counter;
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+
+use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
+
+/// The certificates in use, with the names each serves.
+pub struct LoadedCertificates {
+    /// Each certificate with the DNS names it serves (for SNI).
+    pub keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    /// For `/certs`.
+    pub details: Vec<CertificateDetails>,
+}
+
+/// One `tls_certificate_sds_secret_configs` entry: a secret name in a file.
+struct SdsCertificate {
+    name: String,
+    file: String,
+}
+
+/// A context's certificates; shared by all workers, reloaded by the main thread.
+pub struct TlsCertificates {
+    provider: Arc<CryptoProvider>,
+    statics: Vec<TlsCertificate>,
+    sds: Vec<SdsCertificate>,
+    current: ArcSwap<LoadedCertificates>,
+    /// Hash of the SDS files' bytes (and the files they name) last loaded.
+    fingerprint: Mutex<u64>,
+    /// `<prefix>.server_ssl_socket_factory.ssl_context_update_by_sds`.
+    update_by_sds: Counter,
+}
+
+impl TlsCertificates {
+    /// Loads every certificate now; errors name the field under `common_tls_context`.
+    pub fn new(
+        common: &CommonTlsContext,
+        provider: Arc<CryptoProvider>,
+        update_by_sds: Counter,
+    ) -> Result<Self, String> {
+        let mut sds = Vec::new();
+        for (i, config) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+            let at = format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]");
+            let Some(file) = config.sds_config.as_ref().and_then(|c| c.file()) else {
+                return Err(format!(
+                    "{at}.sds_config: only SDS from a file (path_config_source) is supported by legate yet"
+                ));
+            };
+            sds.push(SdsCertificate { name: config.name.clone(), file: file.to_string() });
+        }
+        let certificates = TlsCertificates {
+            provider,
+            statics: common.tls_certificates.clone(),
+            sds,
+            current: ArcSwap::from_pointee(LoadedCertificates { keys: Vec::new(), details: Vec::new() }),
+            fingerprint: Mutex::new(0),
+            update_by_sds,
+        };
+        let (loaded, fingerprint) = certificates.load()?;
+        if loaded.keys.is_empty() {
+            return Err("common_tls_context.tls_certificates: a TLS server needs at least one certificate".into());
+        }
+        certificates.current.store(Arc::new(loaded));
+        *certificates.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = fingerprint;
+        Ok(certificates)
+    }
+
+    /// The certificates in use now.
+    pub fn current(&self) -> Arc<LoadedCertificates> {
+        self.current.load_full()
+    }
+
+    /// Whether some certificates come from SDS files (and may change).
+    pub fn has_sds(&self) -> bool {
+        !self.sds.is_empty()
+    }
+
+    /// Loads again when the SDS files changed: `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<(), String>> {
+        let fingerprint = self.sds_fingerprint();
+        {
+            let mut last = self.fingerprint.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == fingerprint {
+                return None;
+            }
+            // Remember it even if loading fails: a broken update is reported once, not
+            // every second, and the next change is tried again.
+            *last = fingerprint;
+        }
+        Some(match self.load() {
+            Ok((loaded, _)) if loaded.keys.is_empty() => Err("the update holds no certificate".into()),
+            Ok((loaded, _)) => {
+                self.current.store(Arc::new(loaded));
+                self.update_by_sds.inc();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Reads every certificate: static ones, then each SDS secret.
+    fn load(&self) -> Result<(LoadedCertificates, u64), String> {
+        let fingerprint = self.sds_fingerprint();
+        let mut loaded = LoadedCertificates { keys: Vec::new(), details: Vec::new() };
+        for (i, cert) in self.statics.iter().enumerate() {
+            let at = format!("common_tls_context.tls_certificates[{i}]");
+            let (key, details) = load_certified_key(cert, &at, &self.provider)?;
+            loaded.keys.push((details.dns_names(), key));
+            loaded.details.push(details);
+        }
+        for (i, sds) in self.sds.iter().enumerate() {
+            let at = format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]");
+            let cert = read_sds_certificate(sds).map_err(|e| format!("{at}: {e}"))?;
+            let (key, details) =
+                load_certified_key(&cert, &format!("{at} (secret '{}' in {})", sds.name, sds.file), &self.provider)?;
+            loaded.keys.push((details.dns_names(), key));
+            loaded.details.push(details);
+        }
+        Ok((loaded, fingerprint))
+    }
+
+    /// A hash of the SDS files and of the files their secrets name (unreadable files hash as
+    /// empty: the load that follows reports them).
+    fn sds_fingerprint(&self) -> u64 {
+        let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
+        for sds in &self.sds {
+            let text = std::fs::read(&sds.file).unwrap_or_default();
+            hasher.update(&text);
+            let cert = std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| SdsFile::parse(t).ok())
+                .and_then(|f| f.tls_certificate(&sds.name).cloned());
+            for source in cert.iter().flat_map(|c| [&c.certificate_chain, &c.private_key]).flatten() {
+                if let DataSource::Filename(path) = source {
+                    hasher.update(&std::fs::read(path).unwrap_or_default());
+                }
+            }
+        }
+        hasher.digest()
+    }
+}
+
+fn read_sds_certificate(sds: &SdsCertificate) -> Result<TlsCertificate, String> {
+    let text = std::fs::read_to_string(&sds.file).map_err(|e| format!("unable to read file: {}: {e}", sds.file))?;
+    let file = SdsFile::parse(&text).map_err(|e| format!("invalid SDS file {}: {e}", sds.file))?;
+    file.tls_certificate(&sds.name)
+        .cloned()
+        .ok_or_else(|| format!("no secret '{}' with a tls_certificate in {}", sds.name, sds.file))
+}
+
+/// One `TlsCertificate`: its chain and key, checked to belong together. `at` names it.
+pub fn load_certified_key(
+    cert: &TlsCertificate,
+    at: &str,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, CertificateDetails), String> {
+    let (Some(chain_source), Some(key_source)) = (&cert.certificate_chain, &cert.private_key) else {
+        return Err(format!("{at}: certificate_chain and private_key are both required"));
+    };
+    let chain = load_chain(chain_source, &format!("{at}.certificate_chain"))?;
+    let key = load_key(key_source, &format!("{at}.private_key"))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("{at}.private_key: unsupported private key in {}: {e}", source_name(key_source)))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    let leaf = certified.end_entity_cert().map_err(|e| format!("{at}.certificate_chain: {e}"))?;
+    if key_matches(leaf, certified.key.as_ref()) == Some(false) {
+        return Err(format!(
+            "{at}.private_key: the private key in {} does not match the certificate in {}",
+            source_name(key_source),
+            source_name(chain_source)
+        ));
+    }
+    let details = CertificateDetails::parse(leaf, source_name(chain_source))
+        .ok_or_else(|| format!("{at}.certificate_chain: unparsable certificate"))?;
+    Ok((Arc::new(certified), details))
+}
+
+/// Polls the SDS-backed certificates of `contexts` every second, on the main thread, for as
+/// long as the server runs.
+pub async fn watch(contexts: Vec<Arc<TlsCertificates>>) {
+    if contexts.is_empty() {
+        return;
+    }
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        for certificates in &contexts {
+            match certificates.reload_if_changed() {
+                None => {}
+                Some(Ok(())) => tracing::info!("TLS certificates reloaded from SDS files"),
+                Some(Err(e)) => tracing::warn!(error = %e, "TLS certificate update rejected; keeping the current ones"),
+            }
+        }
+    }
+}
