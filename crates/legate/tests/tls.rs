@@ -636,3 +636,91 @@ fn sds_certificates_rotate_on_disk_without_a_failed_request() {
     let certs = px.admin_json("/certs");
     assert_eq!(certs["certificates"][0]["cert_chain"][0]["path"], crt.as_str());
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` from a keep-alive TLS stream.
+fn read_response(stream: &mut legate_testing::TlsStream) -> (u16, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).expect("read response head");
+        assert!(n > 0, "closed before the response head");
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("content-length");
+    while data.len() < head_end + length {
+        let n = stream.read(&mut buf).expect("read response body");
+        assert!(n > 0, "closed mid-body");
+        data.extend_from_slice(&buf[..n]);
+    }
+    (status, data[head_end..head_end + length].to_vec())
+}
+
+/// Large bodies both ways through a TLS connection kept alive: TLS records buffered in rustls
+/// reach the socket, back-pressure holds, and the connection serves the next request.
+#[test]
+fn large_bodies_flow_both_ways_over_a_kept_alive_tls_connection() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::http1(|request| {
+        if request.method == "POST" {
+            legate_testing::UpstreamAction::ok(format!("received {}", request.body.len()))
+        } else {
+            legate_testing::UpstreamAction::ok(vec![b'x'; 3 * 1024 * 1024])
+        }
+    });
+    let context = json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+    }});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let mut stream = TlsClient::new(&ca, "edge.example.com").connect(px.connect_addr("ingress")).expect("handshake");
+
+    let body = vec![b'y'; 2 * 1024 * 1024];
+    let head = format!("POST /upload HTTP/1.1\r\nhost: edge.example.com\r\ncontent-length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let (status, reply) = read_response(&mut stream);
+    assert_eq!((status, String::from_utf8(reply).unwrap()), (200, format!("received {}", body.len())));
+
+    stream.write_all(b"GET /download HTTP/1.1\r\nhost: edge.example.com\r\n\r\n").unwrap();
+    let (status, reply) = read_response(&mut stream);
+    assert_eq!(status, 200);
+    assert_eq!(reply.len(), 3 * 1024 * 1024);
+    assert!(reply.iter().all(|b| *b == b'x'));
+    assert_eq!(px.stat("listener.ingress.ssl.handshake"), Some(1));
+}
+
+/// tcp_proxy over a terminated TLS connection: what the client sends comes back from an echo
+/// upstream byte for byte, chunk after chunk (the network filter chain runs over plaintext).
+#[test]
+fn tcp_proxy_runs_over_the_decrypted_stream() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let echo = legate_testing::TcpEchoServer::start();
+    let mut listener = legate_testing::config::listener("tls_echo", vec![tcp_proxy("tls_echo", "echo")]);
+    listener["filter_chains"][0]["transport_socket"] = downstream_tls(json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("echo", &["echo.example.com"]), "echo")],
+    }}));
+    let px = Legate::start(
+        legate_bin!(),
+        &bootstrap(vec![listener], vec![static_cluster("echo", &[echo.addr()])]).to_string(),
+    );
+    let mut stream = TlsClient::new(&ca, "echo.example.com").connect(px.connect_addr("tls_echo")).expect("handshake");
+
+    for round in 0..32u8 {
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i as u8).wrapping_add(round)).collect();
+        stream.write_all(&chunk).unwrap();
+        let mut back = vec![0u8; chunk.len()];
+        stream.read_exact(&mut back).unwrap();
+        assert!(back == chunk, "round {round}: echo differs");
+    }
+    px.wait_stat("tcp.tls_echo.downstream_cx_rx_bytes_total", 32 * 64 * 1024);
+}
