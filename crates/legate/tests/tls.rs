@@ -102,6 +102,8 @@ fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
     px.wait_stat("listener.ingress.ssl.handshake", 3);
     assert_eq!(px.stat("listener.ingress.ssl.versions.TLSv1.3"), Some(3));
     assert_eq!(px.stat("listener.ingress.ssl.no_certificate"), Some(3));
+    // Without client certificates no peer signs: no `sigalgs.*` downstream, as Envoy.
+    assert!(!px.stats().keys().any(|k| k.contains(".ssl.sigalgs.")), "{:?}", px.stats());
     assert_eq!(px.stat("listener.ingress.ssl.curves.X25519"), Some(3));
     assert!(px.stats().keys().any(|k| k.starts_with("listener.ingress.ssl.ciphers.TLS_")), "{:?}", px.stats());
 
@@ -230,6 +232,8 @@ fn mtls_accepts_the_trusted_client_and_counts_each_refusal() {
     assert!(xfcc.contains("Subject=\"O=legate tests,CN=frontend\""), "{xfcc}");
     assert!(xfcc.contains("Hash="), "{xfcc}");
     px.wait_stat("listener.ingress.ssl.handshake", 1);
+    // The client's CertificateVerify signature (rcgen keys are ECDSA P-256).
+    assert_eq!(px.stat("listener.ingress.ssl.sigalgs.ecdsa_secp256r1_sha256"), Some(1));
 
     let refused = |client: TlsClient| {
         // The refusal may come as the handshake's alert or on the first read after it.
@@ -306,6 +310,7 @@ fn upstream_tls_verifies_the_san_and_refuses_a_mismatch() {
     assert_eq!(response.body, "secure-backend");
     assert_eq!(good.server_names(), vec![Some("backend.internal".to_string())]);
     px.wait_stat("cluster.secure.ssl.handshake", 1);
+    assert_eq!(px.stat("cluster.secure.ssl.sigalgs.ecdsa_secp256r1_sha256"), Some(1));
 
     let mut client = legate_testing::HttpClient::connect(px.connect_addr("ingress"));
     let response = client.get("/wrong");

@@ -8,6 +8,7 @@
 //! SAN matchers constrain names. Without `trusted_ca` the chain is not verified at all
 //! (Envoy's default), only the matchers apply.
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -303,5 +304,135 @@ impl ServerCertVerifier for ServerCertValidator {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The signature scheme the peer signed its handshake with, recorded for one handshake by a
+/// verifier wrapped around the context's (Envoy's `ssl.sigalgs.<name>` counts the peer's
+/// signature algorithm: the client's with mTLS, the server's upstream).
+#[derive(Debug, Default)]
+pub struct PeerSignatureScheme(AtomicU16);
+
+impl PeerSignatureScheme {
+    fn record(&self, scheme: SignatureScheme) {
+        self.0.store(u16::from(scheme), Ordering::Relaxed);
+    }
+
+    /// Envoy's (BoringSSL's) name of the scheme, if the peer signed.
+    pub fn name(&self) -> Option<&'static str> {
+        let scheme = SignatureScheme::from(self.0.load(Ordering::Relaxed));
+        Some(match scheme {
+            SignatureScheme::ECDSA_NISTP256_SHA256 => "ecdsa_secp256r1_sha256",
+            SignatureScheme::ECDSA_NISTP384_SHA384 => "ecdsa_secp384r1_sha384",
+            SignatureScheme::ECDSA_NISTP521_SHA512 => "ecdsa_secp521r1_sha512",
+            SignatureScheme::RSA_PSS_SHA256 => "rsa_pss_rsae_sha256",
+            SignatureScheme::RSA_PSS_SHA384 => "rsa_pss_rsae_sha384",
+            SignatureScheme::RSA_PSS_SHA512 => "rsa_pss_rsae_sha512",
+            SignatureScheme::RSA_PKCS1_SHA256 => "rsa_pkcs1_sha256",
+            SignatureScheme::RSA_PKCS1_SHA384 => "rsa_pkcs1_sha384",
+            SignatureScheme::RSA_PKCS1_SHA512 => "rsa_pkcs1_sha512",
+            SignatureScheme::RSA_PKCS1_SHA1 => "rsa_pkcs1_sha1",
+            SignatureScheme::ECDSA_SHA1_Legacy => "ecdsa_sha1",
+            SignatureScheme::ED25519 => "ed25519",
+            _ => return None,
+        })
+    }
+}
+
+/// A context's client verifier, recording the client's signature scheme for one handshake.
+#[derive(Debug)]
+pub struct RecordingClientVerifier {
+    pub inner: Arc<ClientCertValidator>,
+    pub seen: Arc<PeerSignatureScheme>,
+}
+
+impl ClientCertVerifier for RecordingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.seen.record(dss.scheme);
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.seen.record(dss.scheme);
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A context's server verifier, recording the server's signature scheme for one handshake.
+#[derive(Debug)]
+pub struct RecordingServerVerifier {
+    pub inner: Arc<ServerCertValidator>,
+    pub seen: Arc<PeerSignatureScheme>,
+}
+
+impl ServerCertVerifier for RecordingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.seen.record(dss.scheme);
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.seen.record(dss.scheme);
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }

@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, We
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
-use super::cert_validator::{CertValidator, ClientCertValidator};
+use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureScheme, RecordingClientVerifier};
 use super::certificate::{dns_name_matches, load_chain, source_name, CertificateDetails};
 use super::secret::TlsCertificates;
 use super::stats::SslStats;
@@ -56,6 +56,10 @@ pub enum HandshakeError {
 /// One filter chain's `DownstreamTlsContext`, ready for handshakes; shared by all workers.
 pub struct ServerContext {
     config: Arc<rustls::ServerConfig>,
+    /// With client certificates: the verifier, wrapped per handshake to learn the client's
+    /// signature scheme (`ssl.sigalgs.*`).
+    client_verifier: Option<Arc<ClientCertValidator>>,
+    versions: Vec<&'static rustls::SupportedProtocolVersion>,
     pub stats: SslStats,
     /// The certificates served (static and SDS), also for `/certs`.
     pub certificates: Arc<TlsCertificates>,
@@ -75,7 +79,7 @@ impl ServerContext {
             super::protocol_versions(&common.tls_params, false).map_err(|e| format!("common_tls_context.{e}"))?;
         let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds)?);
         let mut ca_certificates = Vec::new();
-        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match &common.validation_context {
+        let client_verifier = match &common.validation_context {
             Some(validation) => {
                 if let Some(ca) = &validation.trusted_ca {
                     for der in load_chain(ca, "common_tls_context.validation_context.trusted_ca")? {
@@ -84,13 +88,17 @@ impl ServerContext {
                 }
                 let validator = CertValidator::new(validation, provider.clone(), stats.clone())
                     .map_err(|e| format!("common_tls_context.{e}"))?;
-                Arc::new(ClientCertValidator::new(validator, config.require_client_certificate))
+                Some(Arc::new(ClientCertValidator::new(validator, config.require_client_certificate)))
             }
             None if config.require_client_certificate => {
                 // Envoy asks for a certificate and, without a validation context, checks nothing.
                 let validator = CertValidator::new(&Default::default(), provider.clone(), stats.clone())?;
-                Arc::new(ClientCertValidator::new(validator, true))
+                Some(Arc::new(ClientCertValidator::new(validator, true)))
             }
+            None => None,
+        };
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match &client_verifier {
+            Some(v) => v.clone(),
             None => WebPkiClientVerifier::no_client_auth(),
         };
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
@@ -110,7 +118,7 @@ impl ServerContext {
         if !config.disable_stateless_session_resumption {
             server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
         }
-        Ok(ServerContext { config: Arc::new(server), stats, certificates, ca_certificates })
+        Ok(ServerContext { config: Arc::new(server), client_verifier, versions, stats, certificates, ca_certificates })
     }
 
     /// Runs the server handshake on `stream`. `initial` is what listener filters already read
@@ -123,7 +131,12 @@ impl ServerContext {
         stream: TcpStream,
         initial: &[u8],
     ) -> Result<(TransportSocket, SslConnectionInfo), HandshakeError> {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
+        let seen = Arc::new(PeerSignatureScheme::default());
+        let config = match &self.client_verifier {
+            Some(inner) => self.recording_config(inner, &seen),
+            None => self.config.clone(),
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let mut feed_error = None;
         let accept = acceptor.accept_with(stream, |conn| {
             let mut rest = initial;
@@ -145,7 +158,7 @@ impl ServerContext {
         }
         match accept.await {
             Ok(tls) => {
-                let info = self.on_handshake(tls.get_ref().1);
+                let info = self.on_handshake(tls.get_ref().1, &seen);
                 Ok((TransportSocket::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), info))
             }
             Err(e) => {
@@ -156,6 +169,30 @@ impl ServerContext {
                 Err(self.on_handshake_error(error))
             }
         }
+    }
+
+    /// The context's config with the client verifier wrapped to record into `seen` (rustls
+    /// keeps the verifier private to the config, so the config is rebuilt around the same
+    /// resolver, session cache and ticketer: resumption works across handshakes).
+    fn recording_config(
+        &self,
+        inner: &Arc<ClientCertValidator>,
+        seen: &Arc<PeerSignatureScheme>,
+    ) -> Arc<rustls::ServerConfig> {
+        let base = &self.config;
+        let verifier = Arc::new(RecordingClientVerifier { inner: inner.clone(), seen: seen.clone() });
+        let Ok(builder) = rustls::ServerConfig::builder_with_provider(base.crypto_provider().clone())
+            .with_protocol_versions(&self.versions)
+        else {
+            // The same inputs built the base config.
+            return base.clone();
+        };
+        let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(base.cert_resolver.clone());
+        config.alpn_protocols = base.alpn_protocols.clone();
+        config.ignore_client_order = base.ignore_client_order;
+        config.session_storage = base.session_storage.clone();
+        config.ticketer = base.ticketer.clone();
+        Arc::new(config)
     }
 
     fn on_handshake_error(&self, error: HandshakeError) -> HandshakeError {
@@ -170,9 +207,9 @@ impl ServerContext {
     }
 
     /// Envoy's `logHandshake`: `ssl.handshake` and the per-property counters.
-    fn on_handshake(&self, conn: &rustls::ServerConnection) -> SslConnectionInfo {
+    fn on_handshake(&self, conn: &rustls::ServerConnection, seen: &PeerSignatureScheme) -> SslConnectionInfo {
         let info = connection_info(conn, conn.server_name().map(str::to_string));
-        log_handshake(&self.stats, &info, conn);
+        log_handshake(&self.stats, &info, conn, seen);
         if info.peer_certificate.is_none() {
             self.stats.no_certificate.inc();
         }
@@ -196,7 +233,12 @@ pub(crate) fn connection_info<D>(conn: &rustls::ConnectionCommon<D>, server_name
     }
 }
 
-pub(crate) fn log_handshake<D>(stats: &SslStats, info: &SslConnectionInfo, conn: &rustls::ConnectionCommon<D>) {
+pub(crate) fn log_handshake<D>(
+    stats: &SslStats,
+    info: &SslConnectionInfo,
+    conn: &rustls::ConnectionCommon<D>,
+    seen: &PeerSignatureScheme,
+) {
     stats.handshake.inc();
     if info.session_reused {
         stats.session_reused.inc();
@@ -205,6 +247,9 @@ pub(crate) fn log_handshake<D>(stats: &SslStats, info: &SslConnectionInfo, conn:
     stats.inc_named("ciphers", &info.cipher);
     if let Some(group) = conn.negotiated_key_exchange_group() {
         stats.inc_named("curves", super::names::curve(group.name()));
+    }
+    if let Some(sigalg) = seen.name() {
+        stats.inc_named("sigalgs", sigalg);
     }
 }
 
