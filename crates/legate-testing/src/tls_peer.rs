@@ -76,7 +76,12 @@ impl TestCa {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf certificate");
-        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+            spki_der: key.public_key_der(),
+        }
     }
 }
 
@@ -107,6 +112,8 @@ pub struct TestCert {
     pub key_pem: String,
     /// The certificate, DER.
     pub der: Vec<u8>,
+    /// Its SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
 }
 
 impl TestCert {
@@ -117,6 +124,17 @@ impl TestCert {
         std::fs::write(&cert, &self.cert_pem).expect("write certificate");
         std::fs::write(&key, &self.key_pem).expect("write key");
         (path_str(cert), path_str(key))
+    }
+
+    /// SHA-256 of the certificate, hex (`verify_certificate_hash`).
+    pub fn sha256_hex(&self) -> String {
+        ring::digest::digest(&ring::digest::SHA256, &self.der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo, base64 (`verify_certificate_spki`).
+    pub fn spki_sha256_base64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(ring::digest::digest(&ring::digest::SHA256, &self.spki_der))
     }
 
     fn chain(&self) -> Vec<CertificateDer<'static>> {

@@ -729,3 +729,40 @@ fn tcp_proxy_runs_over_the_decrypted_stream() {
     }
     px.wait_stat("tcp.tls_echo.downstream_cx_rx_bytes_total", 32 * 64 * 1024);
 }
+
+/// Certificate pinning on the client certificate: `verify_certificate_hash` (hex, colons
+/// allowed) and `verify_certificate_spki` (base64); either match admits, a certificate
+/// matching neither is refused under `ssl.fail_verify_cert_hash`.
+#[test]
+fn pinned_client_certificates_by_hash_or_spki() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let by_hash = ca.issue("by-hash", &["a.client"]);
+    let by_spki = ca.issue("by-spki", &["b.client"]);
+    let unpinned = ca.issue("unpinned", &["c.client"]);
+    let hash = by_hash.sha256_hex();
+    let colons: Vec<&str> = (0..hash.len()).step_by(2).map(|i| &hash[i..i + 2]).collect();
+    let context = json!({
+        "require_client_certificate": true,
+        "common_tls_context": {
+            "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+            // No trusted_ca: only the pins decide, as in Envoy.
+            "validation_context": {
+                "verify_certificate_hash": [colons.join(":").to_uppercase()],
+                "verify_certificate_spki": [by_spki.spki_sha256_base64()],
+            },
+        },
+    });
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+
+    for pinned in [&by_hash, &by_spki] {
+        let client = TlsClient::build(&ca, "edge.example.com", &[], Some(pinned));
+        assert_eq!(client.get(addr, "/").expect("pinned client").status, 200);
+    }
+    let client = TlsClient::build(&ca, "edge.example.com", &[], Some(&unpinned));
+    assert!(client.get(addr, "/").is_err(), "an unpinned certificate is refused");
+    px.wait_stat("listener.ingress.ssl.fail_verify_cert_hash", 1);
+    assert_eq!(px.stat("listener.ingress.ssl.handshake"), Some(2));
+}
