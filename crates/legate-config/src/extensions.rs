@@ -232,13 +232,27 @@ pub static PROTOCOL_OPTIONS: &[Extension<ProtocolOptionsConfig>] = &[Extension {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ListenerFilterConfig {
     TlsInspector(crate::filters::listener::tls_inspector::TlsInspector),
+    HttpInspector(crate::filters::listener::http_inspector::HttpInspector),
+    ProxyProtocol(crate::filters::listener::proxy_protocol::ProxyProtocol),
 }
 
-pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[Extension {
-    name: "envoy.filters.listener.tls_inspector",
-    type_url: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-    parse: |v| path::from_value(v).map(ListenerFilterConfig::TlsInspector),
-}];
+pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[
+    Extension {
+        name: "envoy.filters.listener.tls_inspector",
+        type_url: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        parse: |v| path::from_value(v).map(ListenerFilterConfig::TlsInspector),
+    },
+    Extension {
+        name: "envoy.filters.listener.http_inspector",
+        type_url: "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        parse: |v| path::from_value(v).map(ListenerFilterConfig::HttpInspector),
+    },
+    Extension {
+        name: "envoy.filters.listener.proxy_protocol",
+        type_url: "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+        parse: |v| path::from_value(v).map(ListenerFilterConfig::ProxyProtocol),
+    },
+];
 
 /// Transport sockets (`envoy.transport_sockets.*`).
 #[derive(Clone, Debug, PartialEq)]

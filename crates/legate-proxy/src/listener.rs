@@ -15,10 +15,9 @@ use legate_config::listener::{FilterChain as FilterChainConfig, Listener as List
 use legate_stats::{Scope, Store};
 
 use crate::extensions::NetworkFilterFactory;
-use crate::filters::listener::tls_inspector::{self, TlsInspectorStats};
+use crate::filters::listener::ListenerFilter;
 use crate::tls::{ServerContext, SslStats};
 use filter_chain_match::FilterChainMatcher;
-use legate_config::extensions::ListenerFilterConfig;
 use legate_config::extensions::TransportSocketConfig;
 use stats::ListenerStats;
 
@@ -40,8 +39,8 @@ pub struct Listener {
     pub connection_limit: Option<u64>,
     /// Connections open on this listener, all workers.
     pub active_connections: AtomicU64,
-    /// Set when `envoy.filters.listener.tls_inspector` is configured.
-    pub tls_inspector: Option<TlsInspectorStats>,
+    /// `listener_filters`, in order.
+    pub listener_filters: Vec<ListenerFilter>,
     /// `listener_filters_timeout` (15 s default; `None` when 0).
     pub listener_filters_timeout: Option<std::time::Duration>,
     pub continue_on_listener_filters_timeout: bool,
@@ -132,13 +131,11 @@ impl Listener {
                 .collect(),
             connection_limit,
             active_connections: AtomicU64::new(0),
-            tls_inspector: config
+            listener_filters: config
                 .listener_filters
                 .iter()
-                .map(|f| match f.config {
-                    ListenerFilterConfig::TlsInspector(_) => tls_inspector::stats(&store.scope("")),
-                })
-                .next(),
+                .map(|f| ListenerFilter::new(&f.config, &store.scope("")))
+                .collect(),
             listener_filters_timeout: Some(
                 config.listener_filters_timeout.unwrap_or(ListenerConfig::DEFAULT_LISTENER_FILTERS_TIMEOUT).0,
             )

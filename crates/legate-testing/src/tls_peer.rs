@@ -205,7 +205,13 @@ impl TlsClient {
     /// Connects and completes the handshake. An error is what the handshake ended with (a
     /// TLS alert from legate, a closed connection, a certificate the client refused).
     pub fn connect(&self, addr: SocketAddr) -> io::Result<TlsStream> {
-        let tcp = TcpStream::connect(addr)?;
+        self.connect_after(addr, b"")
+    }
+
+    /// [`Self::connect`], writing `preamble` in cleartext first (a PROXY protocol header).
+    pub fn connect_after(&self, addr: SocketAddr, preamble: &[u8]) -> io::Result<TlsStream> {
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.write_all(preamble)?;
         tcp.set_read_timeout(Some(TLS_IO_TIMEOUT))?;
         tcp.set_write_timeout(Some(TLS_IO_TIMEOUT))?;
         let name = ServerName::try_from(self.sni.clone()).map_err(|e| io::Error::other(e.to_string()))?;
