@@ -766,3 +766,24 @@ fn pinned_client_certificates_by_hash_or_spki() {
     px.wait_stat("listener.ingress.ssl.fail_verify_cert_hash", 1);
     assert_eq!(px.stat("listener.ingress.ssl.handshake"), Some(2));
 }
+
+/// `/config_dump` never shows a private key: Envoy's redaction of sensitive fields.
+#[test]
+fn config_dump_redacts_private_keys() {
+    let ca = TestCa::new("legate test CA");
+    let upstream = HttpUpstream::tag("backend");
+    let cert = ca.issue("edge", &["edge.example.com"]);
+    let context = json!({ "common_tls_context": { "tls_certificates": [{
+        "certificate_chain": { "inline_string": cert.cert_pem },
+        "private_key": { "inline_string": cert.key_pem },
+    }]}});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+
+    let (status, dump) = px.admin_get("/config_dump");
+    assert_eq!(status, 200);
+    assert!(!dump.contains("PRIVATE KEY"), "the key leaks in /config_dump");
+    assert!(dump.contains("[redacted]"));
+    assert!(dump.contains("BEGIN CERTIFICATE"), "certificates are not secret");
+    let response = TlsClient::new(&ca, "edge.example.com").get(px.connect_addr("ingress"), "/").unwrap();
+    assert_eq!(response.status, 200);
+}
