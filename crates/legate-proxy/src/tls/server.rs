@@ -9,6 +9,10 @@
 //! Certificates: several `tls_certificates` are chosen per handshake by SNI (exact name, then
 //! wildcard, against DNS SANs or the CN) and by what key types the client can verify, as Envoy
 //! does; without a match, the first usable certificate.
+//!
+//! Where legate differs: a client whose ALPN offer shares nothing with `alpn_protocols` is
+//! refused (rustls sends `no_application_protocol`), where BoringSSL in Envoy goes on without
+//! ALPN.
 
 use std::sync::Arc;
 
