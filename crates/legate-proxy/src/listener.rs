@@ -70,6 +70,7 @@ impl FilterChain {
                     tls,
                     SslStats::new(scope),
                     scope.counter("server_ssl_socket_factory.ssl_context_update_by_sds"),
+                    &store.scope(""),
                 )
                 .map_err(|e| format!("{at}.transport_socket.typed_config.{e}"))?,
             )),

@@ -51,7 +51,8 @@ impl TestCa {
         self.cert.pem()
     }
 
-    /// A leaf for `names` (DNS SANs; an entry starting with `spiffe://` becomes a URI SAN),
+    /// A leaf for `names` (DNS SANs; an entry starting with `spiffe://` becomes a URI SAN, an
+    /// IP address an IP SAN),
     /// with common name `common_name`, good for both server and client authentication.
     pub fn issue(&self, common_name: &str, names: &[&str]) -> TestCert {
         self.issue_key(common_name, names, KeyType::EcdsaP256)
@@ -70,6 +71,8 @@ impl TestCa {
         for name in names {
             params.subject_alt_names.push(if name.starts_with("spiffe://") {
                 SanType::URI((*name).try_into().expect("URI SAN"))
+            } else if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                SanType::IpAddress(ip)
             } else {
                 SanType::DnsName((*name).try_into().expect("DNS SAN"))
             });

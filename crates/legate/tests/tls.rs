@@ -638,6 +638,7 @@ fn sds_certificates_rotate_on_disk_without_a_failed_request() {
     assert!(failed.is_empty(), "failed requests during rotation: {failed:?}");
     assert!(ok > 0);
     assert!(px.stat("listener.ingress.server_ssl_socket_factory.ssl_context_update_by_sds").unwrap() >= 1);
+    assert!(px.stat("sds.edge_cert.update_success").unwrap() >= 1);
     let certs = px.admin_json("/certs");
     assert_eq!(certs["certificates"][0]["cert_chain"][0]["path"], crt.as_str());
 }
@@ -786,4 +787,54 @@ fn config_dump_redacts_private_keys() {
     assert!(dump.contains("BEGIN CERTIFICATE"), "certificates are not secret");
     let response = TlsClient::new(&ca, "edge.example.com").get(px.connect_addr("ingress"), "/").unwrap();
     assert_eq!(response.status, 200);
+}
+
+/// `require_sni`: a client that sends no server name (one connecting by IP address) is refused.
+#[test]
+fn require_sni_refuses_a_client_without_a_server_name() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({
+        "require_sni": true,
+        "common_tls_context": {
+            "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com", "127.0.0.1"]), "edge")],
+        },
+    });
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+
+    assert_eq!(TlsClient::new(&ca, "edge.example.com").get(addr, "/").expect("with SNI").status, 200);
+    // An IP address as the server name: rustls sends no SNI (RFC 6066 §3).
+    assert!(TlsClient::new(&ca, "127.0.0.1").get(addr, "/").is_err());
+    px.wait_stat("listener.ingress.ssl.connection_error", 1);
+}
+
+/// An SDS update that does not load (a key that is not the certificate's) is rejected: the
+/// previous certificate is still served.
+#[test]
+fn a_broken_sds_update_keeps_the_current_certificate() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let current = ca.issue("current", &["edge.example.com"]);
+    let (crt, key) = current.write(&dir, "edge");
+    let sds = dir.join("sds.yaml");
+    let secret = json!({ "resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "edge_cert",
+        "tls_certificate": { "certificate_chain": { "filename": crt }, "private_key": { "filename": key } },
+    }]});
+    std::fs::write(&sds, secret.to_string()).unwrap();
+    let context = json!({ "common_tls_context": { "tls_certificate_sds_secret_configs": [{
+        "name": "edge_cert", "sds_config": { "path_config_source": { "path": sds.to_str().unwrap() } },
+    }]}});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+
+    std::fs::write(&key, ca.issue("other", &["edge.example.com"]).key_pem).unwrap();
+    px.wait_stat("sds.edge_cert.update_rejected", 1);
+    let stream = TlsClient::new(&ca, "edge.example.com").connect(addr).expect("still served");
+    assert_eq!(stream.peer_certificate(), Some(current.der.clone()));
+    assert_eq!(px.stat("listener.ingress.server_ssl_socket_factory.ssl_context_update_by_sds"), Some(0));
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use legate_config::core::DataSource;
 use legate_config::tls::{CommonTlsContext, SdsFile, TlsCertificate};
-use legate_stats::Counter;
+use legate_stats::{Counter, Scope};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
@@ -31,10 +31,20 @@ pub struct LoadedCertificates {
     pub details: Vec<CertificateDetails>,
 }
 
+legate_stats::stats! {
+    /// `sds.<secret name>.*`, the update counters of Envoy's SDS subscriptions.
+    pub struct SdsStats {
+        counter update_attempt,
+        counter update_success,
+        counter update_rejected,
+    }
+}
+
 /// One `tls_certificate_sds_secret_configs` entry: a secret name in a file.
 struct SdsCertificate {
     name: String,
     file: String,
+    stats: SdsStats,
 }
 
 /// A context's certificates; shared by all workers, reloaded by the main thread.
@@ -51,10 +61,12 @@ pub struct TlsCertificates {
 
 impl TlsCertificates {
     /// Loads every certificate now; errors name the field under `common_tls_context`.
+    /// `root` is the stats root (`sds.<name>.*`).
     pub fn new(
         common: &CommonTlsContext,
         provider: Arc<CryptoProvider>,
         update_by_sds: Counter,
+        root: &Scope,
     ) -> Result<Self, String> {
         let mut sds = Vec::new();
         for (i, config) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
@@ -64,7 +76,8 @@ impl TlsCertificates {
                     "{at}.sds_config: only SDS from a file (path_config_source) is supported by legate yet"
                 ));
             };
-            sds.push(SdsCertificate { name: config.name.clone(), file: file.to_string() });
+            let stats = SdsStats::new(&root.scope(&format!("sds.{}", config.name)));
+            sds.push(SdsCertificate { name: config.name.clone(), file: file.to_string(), stats });
         }
         let certificates = TlsCertificates {
             provider,
@@ -105,7 +118,8 @@ impl TlsCertificates {
             // every second, and the next change is tried again.
             *last = fingerprint;
         }
-        Some(match self.load() {
+        self.sds.iter().for_each(|s| s.stats.update_attempt.inc());
+        let result = match self.load() {
             Ok((loaded, _)) if loaded.keys.is_empty() => Err("the update holds no certificate".into()),
             Ok((loaded, _)) => {
                 self.current.store(Arc::new(loaded));
@@ -113,7 +127,14 @@ impl TlsCertificates {
                 Ok(())
             }
             Err(e) => Err(e),
-        })
+        };
+        for sds in &self.sds {
+            match &result {
+                Ok(()) => sds.stats.update_success.inc(),
+                Err(_) => sds.stats.update_rejected.inc(),
+            }
+        }
+        Some(result)
     }
 
     /// Reads every certificate: static ones, then each SDS secret.

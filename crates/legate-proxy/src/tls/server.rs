@@ -76,12 +76,17 @@ impl ServerContext {
     /// context (`common_tls_context.tls_certificates[0].private_key.filename: ...`).
     /// `update_by_sds` counts certificate reloads
     /// (`<prefix>.server_ssl_socket_factory.ssl_context_update_by_sds`).
-    pub fn new(config: &DownstreamTlsContext, stats: SslStats, update_by_sds: Counter) -> Result<Self, String> {
+    pub fn new(
+        config: &DownstreamTlsContext,
+        stats: SslStats,
+        update_by_sds: Counter,
+        root: &Scope,
+    ) -> Result<Self, String> {
         let common = &config.common_tls_context;
         let provider = super::crypto_provider(&common.tls_params);
         let versions =
             super::protocol_versions(&common.tls_params, false).map_err(|e| format!("common_tls_context.{e}"))?;
-        let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds)?);
+        let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds, root)?);
         let mut ca_certificates = Vec::new();
         let client_verifier = match &common.validation_context {
             Some(validation) => {
