@@ -184,6 +184,22 @@ impl TlsClient {
         Self::build_with(Arc::new(restricted), ca, sni, &[], None)
     }
 
+    /// A TLS 1.2-only client offering the one cipher suite named (IANA name, as rustls spells
+    /// it: `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`).
+    pub fn tls12_with_cipher(ca: &TestCa, sni: &str, cipher: &str) -> Self {
+        let mut restricted = rustls::crypto::ring::default_provider();
+        restricted.cipher_suites.retain(|s| s.suite().as_str() == Some(cipher));
+        assert_eq!(restricted.cipher_suites.len(), 1, "unknown cipher suite {cipher}");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.cert.der().to_vec())).expect("CA into root store");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(restricted))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("TLS 1.2")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsClient { config: Arc::new(config), sni: sni.to_string() }
+    }
+
     fn build_with(
         provider: Arc<rustls::crypto::CryptoProvider>,
         ca: &TestCa,

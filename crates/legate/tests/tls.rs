@@ -838,3 +838,45 @@ fn a_broken_sds_update_keeps_the_current_certificate() {
     assert_eq!(stream.peer_certificate(), Some(current.der.clone()));
     assert_eq!(px.stat("listener.ingress.server_ssl_socket_factory.ssl_context_update_by_sds"), Some(0));
 }
+
+/// `tls_params`: the TLS 1.2 cipher suites offered are the configured ones (a client with no
+/// suite in common is refused and counted), and `tls_minimum_protocol_version: TLSv1_3`
+/// refuses a TLS 1.2-only client.
+#[test]
+fn tls_params_limit_ciphers_and_versions() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let certificate = certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge");
+    let mut config = https_bootstrap(
+        upstream.addr(),
+        json!({ "common_tls_context": {
+            "tls_certificates": [certificate.clone()],
+            "tls_params": { "cipher_suites": ["ECDHE-ECDSA-AES128-GCM-SHA256"], "ecdh_curves": ["P-256"] },
+        }}),
+    );
+    let mut modern = config["static_resources"]["listeners"][0].clone();
+    modern["name"] = json!("modern");
+    modern["stat_prefix"] = json!("modern");
+    modern["filter_chains"][0]["transport_socket"] = downstream_tls(json!({ "common_tls_context": {
+        "tls_certificates": [certificate],
+        "tls_params": { "tls_minimum_protocol_version": "TLSv1_3" },
+    }}));
+    config["static_resources"]["listeners"].as_array_mut().unwrap().push(modern);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let addr = px.connect_addr("ingress");
+
+    let aes = TlsClient::tls12_with_cipher(&ca, "edge.example.com", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256");
+    assert_eq!(aes.get(addr, "/").expect("common cipher").status, 200);
+    px.wait_stat("listener.ingress.ssl.ciphers.ECDHE-ECDSA-AES128-GCM-SHA256", 1);
+    assert_eq!(px.stat("listener.ingress.ssl.versions.TLSv1.2"), Some(1));
+    assert_eq!(px.stat("listener.ingress.ssl.curves.P-256"), Some(1));
+
+    let chacha = TlsClient::tls12_with_cipher(&ca, "edge.example.com", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256");
+    assert!(chacha.get(addr, "/").is_err(), "no cipher in common");
+    px.wait_stat("listener.ingress.ssl.connection_error", 1);
+
+    assert!(aes.get(px.connect_addr("modern"), "/").is_err(), "TLS 1.2 below the minimum");
+    px.wait_stat("listener.modern.ssl.connection_error", 1);
+    assert_eq!(px.stat("listener.modern.ssl.handshake"), Some(0));
+}
