@@ -16,4 +16,4 @@ pub use filter::{
     ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
 };
 pub use filter_manager::FilterManager;
-pub use transport_socket::TransportSocket;
+pub use transport_socket::{PrefixedTcpStream, TransportSocket};

@@ -880,3 +880,23 @@ fn tls_params_limit_ciphers_and_versions() {
     px.wait_stat("listener.modern.ssl.connection_error", 1);
     assert_eq!(px.stat("listener.modern.ssl.handshake"), Some(0));
 }
+
+/// A client whose ALPN offer shares nothing with `alpn_protocols` is served without ALPN, as
+/// BoringSSL in Envoy does (the HCM then tells HTTP/1.1 from h2c by the first bytes).
+#[test]
+fn alpn_without_a_common_protocol_goes_on_without_alpn() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let context = json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "alpn_protocols": ["h2", "http/1.1"],
+    }});
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+
+    let client = TlsClient::build(&ca, "edge.example.com", &["acme-tls/1"], None);
+    let stream = client.connect(px.connect_addr("ingress")).expect("handshake without ALPN");
+    assert_eq!(stream.alpn(), None);
+    let response = client.get(px.connect_addr("ingress"), "/").expect("HTTP/1.1 sniffed");
+    assert_eq!(response.status, 200);
+}

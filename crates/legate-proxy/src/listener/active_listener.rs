@@ -154,7 +154,7 @@ fn start_connection(
     let timeout = chain.transport_socket_connect_timeout;
     let listener = listener.clone();
     tokio::task::spawn_local(async move {
-        let handshake = tls.handshake(stream, &data);
+        let handshake = tls.handshake(stream, data);
         let result = match timeout {
             Some(limit) => match tokio::time::timeout(limit, handshake).await {
                 Ok(result) => result,

@@ -12,6 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -20,7 +21,66 @@ pub enum TransportSocket {
     /// `envoy.transport_sockets.raw_buffer`.
     RawBuffer(TcpStream),
     /// `envoy.transport_sockets.tls`, handshake done.
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<PrefixedTcpStream>>),
+}
+
+/// A TCP stream whose first reads return bytes already read from it (by listener filters):
+/// what the TLS handshake reads the ClientHello from.
+pub struct PrefixedTcpStream {
+    prefix: BytesMut,
+    tcp: TcpStream,
+}
+
+impl PrefixedTcpStream {
+    pub fn new(tcp: TcpStream, prefix: BytesMut) -> Self {
+        PrefixedTcpStream { prefix, tcp }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl AsyncRead for PrefixedTcpStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        }
+        let n = buf.remaining().min(this.prefix.len());
+        buf.put_slice(&this.prefix.split_to(n));
+        if this.prefix.is_empty() {
+            // Give the buffer back: the connection may live long.
+            this.prefix = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PrefixedTcpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 impl TransportSocket {
@@ -28,7 +88,7 @@ impl TransportSocket {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             TransportSocket::RawBuffer(s) => s,
-            TransportSocket::Tls(s) => s.get_ref().0,
+            TransportSocket::Tls(s) => s.get_ref().0.tcp(),
         }
     }
 

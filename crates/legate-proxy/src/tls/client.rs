@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, PeerSignatureScheme, RecordingServerVerifier, ServerCertValidator};
 use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
-use super::server::{connection_info, log_handshake, HandshakeError};
+use super::server::{connection_info, handshake_error, log_handshake, HandshakeError};
 use super::stats::SslStats;
-use crate::network::TransportSocket;
+use crate::network::{PrefixedTcpStream, TransportSocket};
 use crate::upstream::Cluster;
 
 /// Which ALPN list to offer.
@@ -216,7 +216,7 @@ impl ClientContext {
             seen: seen.clone(),
         }));
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        match connector.connect(server_name, stream).await {
+        match connector.connect(server_name, PrefixedTcpStream::new(stream, bytes::BytesMut::new())).await {
             Ok(tls) => {
                 let conn = tls.get_ref().1;
                 let info = connection_info(conn, None);
@@ -224,10 +224,7 @@ impl ClientContext {
                 Ok(TransportSocket::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
             }
             Err(e) => {
-                let error = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                    Some(tls) => HandshakeError::Tls(tls.clone()),
-                    None => HandshakeError::Io(e),
-                };
+                let error = handshake_error(e);
                 self.stats.connection_error.inc();
                 tracing::debug!(%address, error = %error, "upstream TLS handshake failed");
                 Err(error)

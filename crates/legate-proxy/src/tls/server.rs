@@ -9,13 +9,10 @@
 //! Certificates: several `tls_certificates` are chosen per handshake by SNI (exact name, then
 //! wildcard, against DNS SANs or the CN) and by what key types the client can verify, as Envoy
 //! does; without a match, the first usable certificate.
-//!
-//! Where legate differs: a client whose ALPN offer shares nothing with `alpn_protocols` is
-//! refused (rustls sends `no_application_protocol`), where BoringSSL in Envoy goes on without
-//! ALPN.
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use legate_config::tls::DownstreamTlsContext;
 use legate_stats::{Counter, Scope};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
@@ -26,7 +23,7 @@ use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureSch
 use super::certificate::{dns_name_matches, load_chain, source_name, CertificateDetails};
 use super::secret::TlsCertificates;
 use super::stats::SslStats;
-use crate::network::TransportSocket;
+use crate::network::{PrefixedTcpStream, TransportSocket};
 
 /// What the handshake settled, kept with the connection (access log, XFCC, HCM codec choice).
 #[derive(Clone, Debug, Default)]
@@ -60,6 +57,8 @@ pub enum HandshakeError {
 /// One filter chain's `DownstreamTlsContext`, ready for handshakes; shared by all workers.
 pub struct ServerContext {
     config: Arc<rustls::ServerConfig>,
+    /// The same, for a client whose ALPN offer shares nothing with `alpn_protocols`.
+    config_without_alpn: Arc<rustls::ServerConfig>,
     /// With client certificates: the verifier, wrapped per handshake to learn the client's
     /// signature scheme (`ssl.sigalgs.*`).
     client_verifier: Option<Arc<ClientCertValidator>>,
@@ -127,7 +126,17 @@ impl ServerContext {
         if !config.disable_stateless_session_resumption {
             server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
         }
-        Ok(ServerContext { config: Arc::new(server), client_verifier, versions, stats, certificates, ca_certificates })
+        let mut without_alpn = server.clone();
+        without_alpn.alpn_protocols.clear();
+        Ok(ServerContext {
+            config: Arc::new(server),
+            config_without_alpn: Arc::new(without_alpn),
+            client_verifier,
+            versions,
+            stats,
+            certificates,
+            ca_certificates,
+        })
     }
 
     /// Runs the server handshake on `stream`. `initial` is what listener filters already read
@@ -138,45 +147,32 @@ impl ServerContext {
     pub async fn handshake(
         &self,
         stream: TcpStream,
-        initial: &[u8],
+        initial: BytesMut,
     ) -> Result<(TransportSocket, SslConnectionInfo), HandshakeError> {
-        let seen = Arc::new(PeerSignatureScheme::default());
-        let config = match &self.client_verifier {
-            Some(inner) => self.recording_config(inner, &seen),
-            None => self.config.clone(),
+        let io = PrefixedTcpStream::new(stream, initial);
+        let start = match tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await {
+            Ok(start) => start,
+            Err(e) => return Err(self.on_handshake_error(handshake_error(e))),
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let mut feed_error = None;
-        let accept = acceptor.accept_with(stream, |conn| {
-            let mut rest = initial;
-            while !rest.is_empty() {
-                match conn.read_tls(&mut rest) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                if let Err(e) = conn.process_new_packets() {
-                    feed_error = Some(e);
-                    break;
-                }
-            }
-        });
-        if let Some(e) = feed_error {
-            // The ClientHello read by tls_inspector is already broken: no need to wait for more.
-            drop(accept);
-            return Err(self.on_handshake_error(HandshakeError::Tls(e)));
-        }
-        match accept.await {
+        // ALPN with nothing in common: go on without ALPN, as BoringSSL does (rustls would
+        // refuse the handshake with `no_application_protocol`).
+        let ours = &self.config.alpn_protocols;
+        let no_common_alpn = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut theirs| !ours.is_empty() && !theirs.any(|p| ours.iter().any(|o| o.as_slice() == p)));
+        let seen = Arc::new(PeerSignatureScheme::default());
+        let config = match (&self.client_verifier, no_common_alpn) {
+            (Some(inner), _) => self.recording_config(inner, &seen, no_common_alpn),
+            (None, true) => self.config_without_alpn.clone(),
+            (None, false) => self.config.clone(),
+        };
+        match start.into_stream(config).await {
             Ok(tls) => {
                 let info = self.on_handshake(tls.get_ref().1, &seen);
                 Ok((TransportSocket::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), info))
             }
-            Err(e) => {
-                let error = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                    Some(tls) => HandshakeError::Tls(tls.clone()),
-                    None => HandshakeError::Io(e),
-                };
-                Err(self.on_handshake_error(error))
-            }
+            Err(e) => Err(self.on_handshake_error(handshake_error(e))),
         }
     }
 
@@ -187,6 +183,7 @@ impl ServerContext {
         &self,
         inner: &Arc<ClientCertValidator>,
         seen: &Arc<PeerSignatureScheme>,
+        without_alpn: bool,
     ) -> Arc<rustls::ServerConfig> {
         let base = &self.config;
         let verifier = Arc::new(RecordingClientVerifier { inner: inner.clone(), seen: seen.clone() });
@@ -197,7 +194,9 @@ impl ServerContext {
             return base.clone();
         };
         let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(base.cert_resolver.clone());
-        config.alpn_protocols = base.alpn_protocols.clone();
+        if !without_alpn {
+            config.alpn_protocols = base.alpn_protocols.clone();
+        }
         config.ignore_client_order = base.ignore_client_order;
         config.session_storage = base.session_storage.clone();
         config.ticketer = base.ticketer.clone();
@@ -223,6 +222,14 @@ impl ServerContext {
             self.stats.no_certificate.inc();
         }
         info
+    }
+}
+
+/// A failed handshake's error: rustls' verdict, or the socket's.
+pub(crate) fn handshake_error(e: std::io::Error) -> HandshakeError {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => HandshakeError::Tls(tls.clone()),
+        None => HandshakeError::Io(e),
     }
 }
 
