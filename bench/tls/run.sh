@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TLS benchmark: legate beside nginx and HAProxy with the same certificate, one core each
 # (issue 5, "Performance"). Reports handshakes per second (wrk, `connection: close`: one full
-# handshake per request) and bulk throughput over kept-alive TLS connections (1 MiB responses
+# handshake per request; session resumption is off in all three servers, so none is resumed) and bulk throughput over kept-alive TLS connections (1 MiB responses
 # proxied from a plaintext nginx upstream), for ECDSA P-256 and RSA 2048, as ratios to nginx.
 #
 # Needs: a release build of legate (cargo build --release -p legate), nginx, haproxy, wrk,
@@ -25,6 +25,9 @@ HAPROXY_PORT=18445
 mkdir -p "$WORK/www"
 head -c 1048576 /dev/urandom > "$WORK/www/1m"
 echo ok > "$WORK/www/small"
+# nginx workers run as an unprivileged user.
+chmod 755 "$WORK" "$WORK/www"
+chmod 644 "$WORK/www/1m" "$WORK/www/small"
 cat > "$WORK/upstream.conf" <<CONF
 worker_processes 1; daemon off; pid $WORK/upstream.pid; error_log $WORK/upstream.err;
 events { worker_connections 1024; }
@@ -32,6 +35,7 @@ http { access_log off; server { listen 127.0.0.1:$UPSTREAM_PORT; root $WORK/www;
 CONF
 taskset -c 1 nginx -c "$WORK/upstream.conf" -p "$WORK" &
 PIDS+=($!)
+for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/small" && break; sleep 0.2; done
 
 certs() {
   local kind=$1
@@ -60,6 +64,8 @@ static_resources:
             tls_certificates:
             - certificate_chain: { filename: $WORK/cert.pem }
               private_key: { filename: $WORK/key.pem }
+          disable_stateless_session_resumption: true
+          disable_stateful_session_resumption: true
       filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
@@ -91,6 +97,7 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT ssl;
     ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;
+    ssl_session_tickets off; ssl_session_cache off;
     keepalive_requests 100000;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
   }
@@ -101,13 +108,14 @@ CONF
   cat > "$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
+  tune.ssl.cachesize 0
 defaults
   mode http
   timeout connect 1s
   timeout client 30s
   timeout server 30s
 frontend tls
-  bind 127.0.0.1:$HAPROXY_PORT ssl crt $WORK/combined.pem
+  bind 127.0.0.1:$HAPROXY_PORT ssl crt $WORK/combined.pem no-tls-tickets
   default_backend up
 backend up
   http-reuse always
@@ -116,7 +124,14 @@ CONF
   taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -q &
   SERVERS+=($!)
   PIDS+=("${SERVERS[@]}")
-  sleep 1
+  for port in $NGINX_PORT $HAPROXY_PORT $LEGATE_PORT; do
+    for _ in $(seq 50); do
+      [ "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$port/small")" = 200 ] && break
+      sleep 0.2
+    done
+    [ "$(curl -sk -o /dev/null -w '%{size_download}' "https://127.0.0.1:$port/1m")" = 1048576 ] \
+      || { echo "server on port $port does not serve /1m" >&2; exit 1; }
+  done
 }
 
 stop_servers() {
@@ -124,9 +139,10 @@ stop_servers() {
   sleep 1
 }
 
-rate() { # wrk's Requests/sec for: port, path, extra wrk arguments...
+rate() { # wrk's Requests/sec for: port, path, extra wrk arguments... ("!" if any failed)
   local port=$1 path=$2; shift 2
-  taskset -c 1 wrk -t1 -d"${SECONDS_PER_RUN}s" "$@" "https://127.0.0.1:$port$path" | awk '/Requests\/sec/ {print $2}'
+  taskset -c 1 wrk -t1 -d"${SECONDS_PER_RUN}s" "$@" "https://127.0.0.1:$port$path" \
+    | awk '/Requests\/sec/ {rate=$2} /Non-2xx|Socket errors/ {bad="!"} END {print rate bad}'
 }
 
 for kind in ecdsa rsa; do
