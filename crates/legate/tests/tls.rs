@@ -75,7 +75,7 @@ fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": dir.join("access.log").to_str().unwrap(),
             "log_format": { "text_format_source": {
-                "inline_string": "%PROTOCOL% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT%\n"
+                "inline_string": "%PROTOCOL% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_LOCAL_SUBJECT%\n"
             }},
         }
     }]);
@@ -113,8 +113,8 @@ fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
         || std::fs::read_to_string(dir.join("access.log")).unwrap_or_default(),
         |log| log.lines().count() >= 2,
     );
-    assert!(log.contains("HTTP/1.1 TLSv1.3 edge.example.com -"), "{log}");
-    assert!(log.contains("HTTP/2 TLSv1.3 edge.example.com -"), "{log}");
+    assert!(log.contains("HTTP/1.1 TLSv1.3 edge.example.com - O=legate tests,CN=edge"), "{log}");
+    assert!(log.contains("HTTP/2 TLSv1.3 edge.example.com - O=legate tests,CN=edge"), "{log}");
 }
 
 /// Several `tls_certificates` in one context: the SNI picks the certificate (exact name, then
@@ -206,7 +206,11 @@ fn mtls_accepts_the_trusted_client_and_counts_each_refusal() {
     let context = json!({
         "require_client_certificate": true,
         "common_tls_context": {
-            "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+            "tls_certificates": [certificate_files(
+                &dir,
+                &ca.issue("edge", &["edge.example.com", "spiffe://legate.test/edge"]),
+                "edge",
+            )],
             "validation_context": {
                 "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() },
                 "match_typed_subject_alt_names": [
@@ -230,7 +234,7 @@ fn mtls_accepts_the_trusted_client_and_counts_each_refusal() {
     let xfcc = xfcc.expect("x-forwarded-client-cert");
     assert!(xfcc.contains("URI=spiffe://legate.test/frontend"), "{xfcc}");
     assert!(xfcc.contains("Subject=\"O=legate tests,CN=frontend\""), "{xfcc}");
-    assert!(xfcc.contains("Hash="), "{xfcc}");
+    assert!(xfcc.starts_with("By=spiffe://legate.test/edge;Hash="), "{xfcc}");
     px.wait_stat("listener.ingress.ssl.handshake", 1);
     // The client's CertificateVerify signature (rcgen keys are ECDSA P-256).
     assert_eq!(px.stat("listener.ingress.ssl.sigalgs.ecdsa_secp256r1_sha256"), Some(1));

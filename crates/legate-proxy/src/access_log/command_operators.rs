@@ -236,29 +236,44 @@ pub enum TlsField {
     /// SANs of a type, comma-separated as Envoy joins them.
     PeerUriSan,
     PeerDnsSan,
+    /// Our certificate in the handshake.
+    LocalSubject,
+    LocalUriSan,
+    LocalDnsSan,
 }
 
 impl TlsField {
     fn value(self, ssl: &crate::tls::SslConnectionInfo) -> Option<String> {
         use crate::tls::certificate::SubjectAltName;
         let peer = ssl.peer_certificate.as_ref();
-        let sans = |pick: fn(&SubjectAltName) -> Option<&str>| {
-            peer.map(|p| p.subject_alt_names.iter().filter_map(pick).collect::<Vec<_>>().join(","))
+        let local = ssl.local_certificate.as_ref();
+        let sans = |cert: Option<&crate::tls::certificate::CertificateDetails>,
+                    pick: fn(&SubjectAltName) -> Option<&str>| {
+            cert.map(|c| c.subject_alt_names.iter().filter_map(pick).collect::<Vec<_>>().join(","))
         };
+        fn uri(s: &SubjectAltName) -> Option<&str> {
+            match s {
+                SubjectAltName::Uri(v) => Some(v.as_str()),
+                _ => None,
+            }
+        }
+        fn dns(s: &SubjectAltName) -> Option<&str> {
+            match s {
+                SubjectAltName::Dns(v) => Some(v.as_str()),
+                _ => None,
+            }
+        }
         match self {
             TlsField::Version => Some(ssl.version.to_string()),
             TlsField::Cipher => Some(ssl.cipher.clone()),
             TlsField::PeerSubject => peer.map(|p| p.subject.clone()),
             TlsField::PeerSerial => peer.map(|p| p.serial_number.clone()),
             TlsField::PeerFingerprint256 => ssl.peer_certificate_hash.clone(),
-            TlsField::PeerUriSan => sans(|s| match s {
-                SubjectAltName::Uri(v) => Some(v.as_str()),
-                _ => None,
-            }),
-            TlsField::PeerDnsSan => sans(|s| match s {
-                SubjectAltName::Dns(v) => Some(v.as_str()),
-                _ => None,
-            }),
+            TlsField::PeerUriSan => sans(peer, uri),
+            TlsField::PeerDnsSan => sans(peer, dns),
+            TlsField::LocalSubject => local.map(|c| c.subject.clone()),
+            TlsField::LocalUriSan => sans(local, uri),
+            TlsField::LocalDnsSan => sans(local, dns),
         }
     }
 }
@@ -377,6 +392,9 @@ impl Command {
             "DOWNSTREAM_PEER_FINGERPRINT_256" => Command::DownstreamTls(TlsField::PeerFingerprint256),
             "DOWNSTREAM_PEER_URI_SAN" => Command::DownstreamTls(TlsField::PeerUriSan),
             "DOWNSTREAM_PEER_DNS_SAN" => Command::DownstreamTls(TlsField::PeerDnsSan),
+            "DOWNSTREAM_LOCAL_SUBJECT" => Command::DownstreamTls(TlsField::LocalSubject),
+            "DOWNSTREAM_LOCAL_URI_SAN" => Command::DownstreamTls(TlsField::LocalUriSan),
+            "DOWNSTREAM_LOCAL_DNS_SAN" => Command::DownstreamTls(TlsField::LocalDnsSan),
             "ROUTE_NAME" => Command::RouteName,
             "LOCAL_REPLY_BODY" => Command::LocalReplyBody,
             "VIRTUAL_CLUSTER_NAME" => Command::VirtualClusterName,

@@ -59,6 +59,24 @@ pub struct TlsCertificates {
     update_by_sds: Counter,
 }
 
+impl LoadedCertificates {
+    /// The certificate for a ClientHello (its SNI and the signature schemes it accepts): an
+    /// exact name, then a wildcard, among those whose key the client can verify; else the
+    /// first usable one, else the first. An index into `keys` and `details`.
+    pub fn select(&self, sni: Option<&str>, schemes: &[rustls::SignatureScheme]) -> Option<usize> {
+        let usable = |key: &CertifiedKey| key.key.choose_scheme(schemes).is_some();
+        let position = |matches: &dyn Fn(&str) -> bool| {
+            self.keys.iter().position(|(names, key)| names.iter().any(|n| matches(n)) && usable(key))
+        };
+        sni.and_then(|sni| {
+            position(&|n: &str| n.eq_ignore_ascii_case(sni))
+                .or_else(|| position(&|n: &str| super::certificate::dns_name_matches(n, sni)))
+        })
+        .or_else(|| self.keys.iter().position(|(_, key)| usable(key)))
+        .or_else(|| (!self.keys.is_empty()).then_some(0))
+    }
+}
+
 impl TlsCertificates {
     /// Loads every certificate now; errors name the field under `common_tls_context`.
     /// `root` is the stats root (`sds.<name>.*`).

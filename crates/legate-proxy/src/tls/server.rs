@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureScheme, RecordingClientVerifier};
-use super::certificate::{dns_name_matches, load_chain, source_name, CertificateDetails};
+use super::certificate::{load_chain, source_name, CertificateDetails};
 use super::secret::TlsCertificates;
 use super::stats::SslStats;
 use crate::network::{PrefixedTcpStream, TransportSocket};
@@ -38,6 +38,8 @@ pub struct SslConnectionInfo {
     pub cipher: String,
     /// The peer's leaf certificate, when it sent one.
     pub peer_certificate: Option<CertificateDetails>,
+    /// Our certificate in this handshake (downstream).
+    pub local_certificate: Option<CertificateDetails>,
     /// SHA-256 of the peer's leaf certificate, lowercase hex (XFCC `Hash`).
     pub peer_certificate_hash: Option<String>,
     pub session_reused: bool,
@@ -156,6 +158,13 @@ impl ServerContext {
         };
         // ALPN with nothing in common: go on without ALPN, as BoringSSL does (rustls would
         // refuse the handshake with `no_application_protocol`).
+        // The certificate the resolver will pick, for `%DOWNSTREAM_LOCAL_*%` and XFCC's `By`
+        // (rustls does not say which one it used).
+        let local_certificate = {
+            let hello = start.client_hello();
+            let current = self.certificates.current();
+            current.select(hello.server_name(), hello.signature_schemes()).and_then(|i| current.details.get(i).cloned())
+        };
         let ours = &self.config.alpn_protocols;
         let no_common_alpn = start
             .client_hello()
@@ -169,7 +178,8 @@ impl ServerContext {
         };
         match start.into_stream(config).await {
             Ok(tls) => {
-                let info = self.on_handshake(tls.get_ref().1, &seen);
+                let mut info = self.on_handshake(tls.get_ref().1, &seen);
+                info.local_certificate = local_certificate;
                 Ok((TransportSocket::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))), info))
             }
             Err(e) => Err(self.on_handshake_error(handshake_error(e))),
@@ -242,6 +252,7 @@ pub(crate) fn connection_info<D>(conn: &rustls::ConnectionCommon<D>, server_name
         version: conn.protocol_version().map_or("", super::names::version),
         cipher: conn.negotiated_cipher_suite().map(super::names::cipher).unwrap_or_default(),
         peer_certificate: peer.and_then(|der| CertificateDetails::parse(der, String::new())),
+        local_certificate: None,
         peer_certificate_hash: peer.map(|der| {
             ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
         }),
@@ -288,19 +299,8 @@ impl ResolvesServerCert for CertificateResolver {
             return None;
         }
         let current = self.certificates.current();
-        let keys = &current.keys;
-        let schemes = hello.signature_schemes();
-        let usable = |key: &CertifiedKey| key.key.choose_scheme(schemes).is_some();
-        if let Some(sni) = sni {
-            let exact =
-                keys.iter().find(|(names, key)| names.iter().any(|n| n.eq_ignore_ascii_case(sni)) && usable(key));
-            let wildcard =
-                || keys.iter().find(|(names, key)| names.iter().any(|n| dns_name_matches(n, sni)) && usable(key));
-            if let Some((_, key)) = exact.or_else(wildcard) {
-                return Some(key.clone());
-            }
-        }
-        keys.iter().find(|(_, key)| usable(key)).or(keys.first()).map(|(_, key)| key.clone())
+        let index = current.select(sni, hello.signature_schemes())?;
+        current.keys.get(index).map(|(_, key)| key.clone())
     }
 }
 

@@ -4,8 +4,8 @@
 //! Only an mTLS connection (the client presented a certificate) may forward or set the header;
 //! otherwise it is removed, except with `ALWAYS_FORWARD_ONLY`. The element legate adds is
 //! `Hash=<sha256 hex>` then, as configured, `Subject="<RFC 2253>"`, `URI=<san>` and
-//! `DNS=<san>` entries, in Envoy's order. `By` (the proxy's own URI SAN) is left out: legate
-//! does not record which local certificate the handshake used.
+//! `DNS=<san>` entries, after `By=<this proxy's URI SAN>` when its certificate has one, in
+//! Envoy's order.
 
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
@@ -57,6 +57,16 @@ pub fn apply(
 
 fn element(ssl: &SslConnectionInfo, details: Option<&SetCurrentClientCertDetails>) -> String {
     let mut parts = Vec::new();
+    // By: this proxy's own URI SAN, when its certificate has one.
+    let by = ssl.local_certificate.as_ref().and_then(|c| {
+        c.subject_alt_names.iter().find_map(|s| match s {
+            SubjectAltName::Uri(uri) => Some(uri.clone()),
+            _ => None,
+        })
+    });
+    if let Some(by) = by {
+        parts.push(format!("By={by}"));
+    }
     if let Some(hash) = &ssl.peer_certificate_hash {
         parts.push(format!("Hash={hash}"));
     }
