@@ -350,6 +350,11 @@ fn tcp_proxy_originates_tls_to_the_upstream() {
     let mut stream = connect(px.connect_addr("plain"));
     assert_eq!(String::from_utf8(read_to_end(&mut stream)).unwrap(), "hello over tls");
     px.wait_stat("cluster.db.ssl.handshake", 1);
+    // The next connection to the host resumes the TLS session.
+    let mut stream = connect(px.connect_addr("plain"));
+    assert_eq!(String::from_utf8(read_to_end(&mut stream)).unwrap(), "hello over tls");
+    px.wait_stat("cluster.db.ssl.handshake", 2);
+    assert_eq!(px.stat("cluster.db.ssl.session_reused"), Some(1));
 }
 
 /// Garbage instead of a ClientHello, a handshake that stalls past

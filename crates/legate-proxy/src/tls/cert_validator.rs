@@ -8,8 +8,12 @@
 //! SAN matchers constrain names. Without `trusted_ca` the chain is not verified at all
 //! (Envoy's default), only the matchers apply.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use base64::Engine;
 use legate_config::matcher::StringMatcher;
@@ -244,6 +248,7 @@ impl ClientCertVerifier for ClientCertValidator {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        record_peer_signature(dss.scheme);
         verify_tls12_signature(message, cert, dss, &self.validator.provider.signature_verification_algorithms)
     }
 
@@ -253,6 +258,7 @@ impl ClientCertVerifier for ClientCertValidator {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        record_peer_signature(dss.scheme);
         verify_tls13_signature(message, cert, dss, &self.validator.provider.signature_verification_algorithms)
     }
 
@@ -290,6 +296,7 @@ impl ServerCertVerifier for ServerCertValidator {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        record_peer_signature(dss.scheme);
         verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -299,6 +306,7 @@ impl ServerCertVerifier for ServerCertValidator {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        record_peer_signature(dss.scheme);
         verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
@@ -307,9 +315,9 @@ impl ServerCertVerifier for ServerCertValidator {
     }
 }
 
-/// The signature scheme the peer signed its handshake with, recorded for one handshake by a
-/// verifier wrapped around the context's (Envoy's `ssl.sigalgs.<name>` counts the peer's
-/// signature algorithm: the client's with mTLS, the server's upstream).
+/// The signature scheme the peer signed its handshake with, recorded for one handshake (Envoy's
+/// `ssl.sigalgs.<name>` counts the peer's signature algorithm: the client's with mTLS, the
+/// server's upstream).
 #[derive(Debug, Default)]
 pub struct PeerSignatureScheme(AtomicU16);
 
@@ -339,100 +347,43 @@ impl PeerSignatureScheme {
     }
 }
 
-/// A context's client verifier, recording the client's signature scheme for one handshake.
-#[derive(Debug)]
-pub struct RecordingClientVerifier {
-    pub inner: Arc<ClientCertValidator>,
-    pub seen: Arc<PeerSignatureScheme>,
+thread_local! {
+    /// The handshake being polled on this thread, while [`RecordPeerSignature`] polls it: the
+    /// verifiers are shared by every connection of a context (rustls resumes a session only
+    /// with the verifier that made it), so they find the handshake they serve here.
+    static CURRENT_HANDSHAKE: RefCell<Option<Arc<PeerSignatureScheme>>> = const { RefCell::new(None) };
 }
 
-impl ClientCertVerifier for RecordingClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
+fn record_peer_signature(scheme: SignatureScheme) {
+    CURRENT_HANDSHAKE.with(|current| {
+        if let Some(seen) = current.borrow().as_ref() {
+            seen.record(scheme);
+        }
+    });
+}
 
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
+/// Polls a handshake future with `seen` as this thread's current handshake, so the signature
+/// the peer's handshake is verified with lands in `seen`. Verification runs synchronously
+/// inside the poll, so the attribution is exact whatever else the worker runs between polls.
+pub struct RecordPeerSignature<F> {
+    seen: Arc<PeerSignatureScheme>,
+    inner: F,
+}
 
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.seen.record(dss.scheme);
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.seen.record(dss.scheme);
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+impl<F> RecordPeerSignature<F> {
+    pub fn new(seen: Arc<PeerSignatureScheme>, inner: F) -> Self {
+        RecordPeerSignature { seen, inner }
     }
 }
 
-/// A context's server verifier, recording the server's signature scheme for one handshake.
-#[derive(Debug)]
-pub struct RecordingServerVerifier {
-    pub inner: Arc<ServerCertValidator>,
-    pub seen: Arc<PeerSignatureScheme>,
-}
+impl<F: Future + Unpin> Future for RecordPeerSignature<F> {
+    type Output = F::Output;
 
-impl ServerCertVerifier for RecordingServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.seen.record(dss.scheme);
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.seen.record(dss.scheme);
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let seen = self.seen.clone();
+        let previous = CURRENT_HANDSHAKE.with(|current| current.replace(Some(seen)));
+        let polled = Pin::new(&mut self.inner).poll(cx);
+        CURRENT_HANDSHAKE.with(|current| *current.borrow_mut() = previous);
+        polled
     }
 }

@@ -18,7 +18,7 @@ use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::cert_validator::{CertValidator, PeerSignatureScheme, RecordingServerVerifier, ServerCertValidator};
+use super::cert_validator::{CertValidator, PeerSignatureScheme, RecordPeerSignature, ServerCertValidator};
 use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
 use super::server::{connection_info, handshake_error, log_handshake, HandshakeError};
 use super::stats::SslStats;
@@ -38,9 +38,6 @@ pub enum Alpn {
 
 /// One cluster's `UpstreamTlsContext`, shared by all workers.
 pub struct ClientContext {
-    /// The server certificate checks, wrapped per handshake to learn the server's signature
-    /// scheme (`ssl.sigalgs.*`).
-    verifier: Arc<ServerCertValidator>,
     configured: Arc<rustls::ClientConfig>,
     http1: Arc<rustls::ClientConfig>,
     http2: Arc<rustls::ClientConfig>,
@@ -121,7 +118,6 @@ impl ClientContext {
             None => None,
         };
         let verifier = Arc::new(ServerCertValidator { validator, provider: provider.clone() });
-        let server_verifier = verifier.clone();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| format!("common_tls_context.tls_params: {e}"))?
@@ -179,16 +175,7 @@ impl ClientContext {
         let http1 = with_alpn(b"http/1.1");
         let http2 = with_alpn(b"h2");
         client.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(ClientContext {
-            verifier: server_verifier,
-            configured: Arc::new(client),
-            http1,
-            http2,
-            sni,
-            stats,
-            certificates,
-            ca_certificates,
-        })
+        Ok(ClientContext { configured: Arc::new(client), http1, http2, sni, stats, certificates, ca_certificates })
     }
 
     /// Runs the client handshake over a connected socket.
@@ -208,15 +195,10 @@ impl ClientContext {
         };
         // An IP address as server name sends no SNI (RFC 6066 §3).
         let server_name = self.sni.clone().unwrap_or(ServerName::IpAddress(address.ip().into()));
-        // A per-handshake copy (sharing the session cache) with a recording verifier.
         let seen = Arc::new(PeerSignatureScheme::default());
-        let mut config = (**config).clone();
-        config.dangerous().set_certificate_verifier(Arc::new(RecordingServerVerifier {
-            inner: self.verifier.clone(),
-            seen: seen.clone(),
-        }));
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        match connector.connect(server_name, PrefixedTcpStream::new(stream, bytes::BytesMut::new())).await {
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let connect = connector.connect(server_name, PrefixedTcpStream::new(stream, bytes::BytesMut::new()));
+        match RecordPeerSignature::new(seen.clone(), connect).await {
             Ok(tls) => {
                 let conn = tls.get_ref().1;
                 let info = connection_info(conn, None);

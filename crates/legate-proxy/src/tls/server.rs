@@ -19,7 +19,7 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, We
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
-use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureScheme, RecordingClientVerifier};
+use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureScheme, RecordPeerSignature};
 use super::certificate::{load_chain, source_name, CertificateDetails};
 use super::secret::TlsCertificates;
 use super::stats::SslStats;
@@ -61,10 +61,6 @@ pub struct ServerContext {
     config: Arc<rustls::ServerConfig>,
     /// The same, for a client whose ALPN offer shares nothing with `alpn_protocols`.
     config_without_alpn: Arc<rustls::ServerConfig>,
-    /// With client certificates: the verifier, wrapped per handshake to learn the client's
-    /// signature scheme (`ssl.sigalgs.*`).
-    client_verifier: Option<Arc<ClientCertValidator>>,
-    versions: Vec<&'static rustls::SupportedProtocolVersion>,
     pub stats: SslStats,
     /// The certificates served (static and SDS), also for `/certs`.
     pub certificates: Arc<TlsCertificates>,
@@ -133,8 +129,6 @@ impl ServerContext {
         Ok(ServerContext {
             config: Arc::new(server),
             config_without_alpn: Arc::new(without_alpn),
-            client_verifier,
-            versions,
             stats,
             certificates,
             ca_certificates,
@@ -171,12 +165,8 @@ impl ServerContext {
             .alpn()
             .is_some_and(|mut theirs| !ours.is_empty() && !theirs.any(|p| ours.iter().any(|o| o.as_slice() == p)));
         let seen = Arc::new(PeerSignatureScheme::default());
-        let config = match (&self.client_verifier, no_common_alpn) {
-            (Some(inner), _) => self.recording_config(inner, &seen, no_common_alpn),
-            (None, true) => self.config_without_alpn.clone(),
-            (None, false) => self.config.clone(),
-        };
-        match start.into_stream(config).await {
+        let config = if no_common_alpn { self.config_without_alpn.clone() } else { self.config.clone() };
+        match RecordPeerSignature::new(seen.clone(), start.into_stream(config)).await {
             Ok(tls) => {
                 let mut info = self.on_handshake(tls.get_ref().1, &seen);
                 info.local_certificate = local_certificate;
@@ -184,33 +174,6 @@ impl ServerContext {
             }
             Err(e) => Err(self.on_handshake_error(handshake_error(e))),
         }
-    }
-
-    /// The context's config with the client verifier wrapped to record into `seen` (rustls
-    /// keeps the verifier private to the config, so the config is rebuilt around the same
-    /// resolver, session cache and ticketer: resumption works across handshakes).
-    fn recording_config(
-        &self,
-        inner: &Arc<ClientCertValidator>,
-        seen: &Arc<PeerSignatureScheme>,
-        without_alpn: bool,
-    ) -> Arc<rustls::ServerConfig> {
-        let base = &self.config;
-        let verifier = Arc::new(RecordingClientVerifier { inner: inner.clone(), seen: seen.clone() });
-        let Ok(builder) = rustls::ServerConfig::builder_with_provider(base.crypto_provider().clone())
-            .with_protocol_versions(&self.versions)
-        else {
-            // The same inputs built the base config.
-            return base.clone();
-        };
-        let mut config = builder.with_client_cert_verifier(verifier).with_cert_resolver(base.cert_resolver.clone());
-        if !without_alpn {
-            config.alpn_protocols = base.alpn_protocols.clone();
-        }
-        config.ignore_client_order = base.ignore_client_order;
-        config.session_storage = base.session_storage.clone();
-        config.ticketer = base.ticketer.clone();
-        Arc::new(config)
     }
 
     fn on_handshake_error(&self, error: HandshakeError) -> HandshakeError {
