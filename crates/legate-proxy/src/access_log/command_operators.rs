@@ -246,7 +246,7 @@ impl TlsField {
     fn value(self, ssl: &crate::tls::SslConnectionInfo) -> Option<String> {
         use crate::tls::certificate::SubjectAltName;
         let peer = ssl.peer_certificate.as_ref();
-        let local = ssl.local_certificate.as_ref();
+        let local = ssl.local_certificate.as_deref();
         let sans = |cert: Option<&crate::tls::certificate::CertificateDetails>,
                     pick: fn(&SubjectAltName) -> Option<&str>| {
             cert.map(|c| c.subject_alt_names.iter().filter_map(pick).collect::<Vec<_>>().join(","))

@@ -28,7 +28,7 @@ pub struct LoadedCertificates {
     /// Each certificate with the DNS names it serves (for SNI).
     pub keys: Vec<(Vec<String>, Arc<CertifiedKey>)>,
     /// For `/certs`.
-    pub details: Vec<CertificateDetails>,
+    pub details: Vec<Arc<CertificateDetails>>,
 }
 
 legate_stats::stats! {
@@ -163,7 +163,7 @@ impl TlsCertificates {
             let at = format!("common_tls_context.tls_certificates[{i}]");
             let (key, details) = load_certified_key(cert, &at, &self.provider)?;
             loaded.keys.push((details.dns_names(), key));
-            loaded.details.push(details);
+            loaded.details.push(Arc::new(details));
         }
         for (i, sds) in self.sds.iter().enumerate() {
             let at = format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]");
@@ -171,7 +171,7 @@ impl TlsCertificates {
             let (key, details) =
                 load_certified_key(&cert, &format!("{at} (secret '{}' in {})", sds.name, sds.file), &self.provider)?;
             loaded.keys.push((details.dns_names(), key));
-            loaded.details.push(details);
+            loaded.details.push(Arc::new(details));
         }
         Ok((loaded, fingerprint))
     }

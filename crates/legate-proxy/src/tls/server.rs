@@ -39,7 +39,7 @@ pub struct SslConnectionInfo {
     /// The peer's leaf certificate, when it sent one.
     pub peer_certificate: Option<CertificateDetails>,
     /// Our certificate in this handshake (downstream).
-    pub local_certificate: Option<CertificateDetails>,
+    pub local_certificate: Option<Arc<CertificateDetails>>,
     /// SHA-256 of the peer's leaf certificate, lowercase hex (XFCC `Hash`).
     pub peer_certificate_hash: Option<String>,
     pub session_reused: bool,

@@ -17,7 +17,9 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
     for (listener, _) in server.listener_manager.borrow().listeners() {
         for chain in listener.filter_chains.iter().chain(&listener.default_filter_chain) {
             if let Some(tls) = &chain.transport_socket {
-                certificates.push(certificate(&tls.certificates.current().details, &tls.ca_certificates));
+                let chain: Vec<CertificateDetails> =
+                    tls.certificates.current().details.iter().map(|c| (**c).clone()).collect();
+                certificates.push(certificate(&chain, &tls.ca_certificates));
             }
         }
     }
