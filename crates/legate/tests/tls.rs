@@ -909,3 +909,33 @@ fn alpn_without_a_common_protocol_goes_on_without_alpn() {
     let response = client.get(px.connect_addr("ingress"), "/").expect("HTTP/1.1 sniffed");
     assert_eq!(response.status, 200);
 }
+
+/// A network filter that writes and closes (`direct_response`) over TLS: every byte, then
+/// `close_notify`, reach the client before the socket closes.
+#[test]
+fn a_closing_tls_connection_flushes_its_records_first() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let body: String = (0..400_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let mut listener = legate_testing::config::listener(
+        "reply",
+        vec![json!({
+            "name": "envoy.filters.network.direct_response",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config",
+                "response": { "inline_string": body },
+            }
+        })],
+    );
+    listener["filter_chains"][0]["transport_socket"] = downstream_tls(json!({ "common_tls_context": {
+        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+    }}));
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![]).to_string());
+
+    let mut stream = TlsClient::new(&ca, "edge.example.com").connect(px.connect_addr("reply")).expect("handshake");
+    let mut received = Vec::new();
+    // A clean end: close_notify, not an unexpected EOF.
+    stream.read_to_end(&mut received).expect("close_notify after the whole response");
+    assert_eq!(received.len(), body.len());
+    assert!(received == body.as_bytes());
+}

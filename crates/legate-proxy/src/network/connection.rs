@@ -15,7 +15,7 @@
 //! connection after what is buffered is written) → closed, when both directions are done, on
 //! a close request or on a socket error. Filters get one `on_event` at the end.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::task::{Context, Poll};
 
@@ -28,6 +28,9 @@ use super::transport_socket::TransportSocket;
 
 /// Bytes asked of the socket per read, as Envoy's 16 KiB read slices.
 const READ_SIZE: usize = 16 * 1024;
+
+/// How long a closing TLS connection may take to flush its records and `close_notify`.
+const TLS_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Loop turns before yielding to other connections on this worker.
 const MAX_TURNS: usize = 64;
@@ -54,6 +57,8 @@ pub struct Connection {
     /// is paused until the next read).
     data_waiting: bool,
     initialized: bool,
+    /// Bounds the wait for a TLS close (see `tls_close_pending`).
+    close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
@@ -67,6 +72,7 @@ impl Connection {
             write_shutdown: false,
             data_waiting: false,
             initialized: false,
+            close_deadline: None,
         }
     }
 
@@ -135,6 +141,9 @@ impl Connection {
             }
             if self.state.write_buffer.is_empty() && self.state.close_requested == Some(ConnectionCloseType::FlushWrite)
             {
+                if self.tls_close_pending(cx) {
+                    return Poll::Pending;
+                }
                 return Poll::Ready(Some(self.close_now(ConnectionEvent::LocalClose)));
             }
             if self.state.take_over.is_some() && self.state.write_buffer.is_empty() {
@@ -334,6 +343,21 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A TLS connection closing after its writes: the records rustls still holds, then
+    /// `close_notify`, go out before the socket closes, for at most `TLS_CLOSE_TIMEOUT` (Envoy's
+    /// `delayed_close_timeout` default) so a peer that stopped reading cannot hold it open.
+    fn tls_close_pending(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.socket.is_tls() {
+            return false;
+        }
+        let flushed = self.socket.poll_flush_records(cx).is_ready() && self.socket.poll_shutdown_write(cx).is_ready();
+        if flushed {
+            return false;
+        }
+        let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(TLS_CLOSE_TIMEOUT)));
+        deadline.as_mut().poll(cx).is_pending()
     }
 
     fn close_now(&mut self, event: ConnectionEvent) -> ConnectionEvent {
