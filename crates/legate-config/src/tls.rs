@@ -73,8 +73,10 @@ pub struct CommonTlsContext {
     pub tls_certificate_certificate_provider: Option<Unsupported>,
     pub tls_certificate_certificate_provider_instance: Option<Unsupported>,
     pub validation_context: Option<CertificateValidationContext>,
-    pub validation_context_sds_secret_config: Option<Unsupported>,
-    pub combined_validation_context: Option<Unsupported>,
+    /// The validation context from an SDS file (downstream contexts; reloaded on change).
+    pub validation_context_sds_secret_config: Option<SdsSecretConfig>,
+    /// A default validation context merged with one from an SDS file.
+    pub combined_validation_context: Option<CombinedValidationContext>,
     pub validation_context_certificate_provider: Option<Unsupported>,
     pub validation_context_certificate_provider_instance: Option<Unsupported>,
     /// ALPN protocols offered (upstream) or accepted in order of preference (downstream).
@@ -83,6 +85,37 @@ pub struct CommonTlsContext {
     pub custom_handshaker: Option<Unsupported>,
     pub key_log: Option<Unsupported>,
     pub custom_tls_certificate_selector: Option<Unsupported>,
+}
+
+/// `CommonTlsContext.CombinedCertificateValidationContext`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CombinedValidationContext {
+    #[serde(default)]
+    pub default_validation_context: CertificateValidationContext,
+    pub validation_context_sds_secret_config: SdsSecretConfig,
+    pub validation_context_certificate_provider: Option<Unsupported>,
+    pub validation_context_certificate_provider_instance: Option<Unsupported>,
+}
+
+impl CertificateValidationContext {
+    /// `dynamic` merged over `self` as protobuf's `MergeFrom` does (Envoy's combined
+    /// validation context): set fields replace, lists are appended.
+    pub fn merged_with(&self, dynamic: &CertificateValidationContext) -> CertificateValidationContext {
+        let mut merged = self.clone();
+        if dynamic.trusted_ca.is_some() {
+            merged.trusted_ca = dynamic.trusted_ca.clone();
+        }
+        merged.verify_certificate_spki.extend(dynamic.verify_certificate_spki.iter().cloned());
+        merged.verify_certificate_hash.extend(dynamic.verify_certificate_hash.iter().cloned());
+        merged.match_typed_subject_alt_names.extend(dynamic.match_typed_subject_alt_names.iter().cloned());
+        merged.match_subject_alt_names.extend(dynamic.match_subject_alt_names.iter().cloned());
+        merged.allow_expired_certificate |= dynamic.allow_expired_certificate;
+        if dynamic.trust_chain_verification != TrustChainVerification::default() {
+            merged.trust_chain_verification = dynamic.trust_chain_verification;
+        }
+        merged
+    }
 }
 
 /// `envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig`: a secret by name from a config
@@ -149,7 +182,7 @@ pub struct Secret {
     pub name: String,
     pub tls_certificate: Option<TlsCertificate>,
     pub session_ticket_keys: Option<Unsupported>,
-    pub validation_context: Option<Unsupported>,
+    pub validation_context: Option<CertificateValidationContext>,
     pub generic_secret: Option<Unsupported>,
 }
 
@@ -159,6 +192,11 @@ impl SdsFile {
         let value: serde_json::Value = serde_yaml_ng::from_str(text)
             .map_err(|e| crate::path::PathError { path: String::new(), message: e.to_string() })?;
         crate::path::from_value(value)
+    }
+
+    /// The secret named `name` with a `validation_context`.
+    pub fn validation_context(&self, name: &str) -> Option<&CertificateValidationContext> {
+        self.resources.iter().find(|s| s.name == name).and_then(|s| s.validation_context.as_ref())
     }
 
     /// The secret named `name` with a `tls_certificate`.

@@ -204,14 +204,13 @@ async fn serve(
     legate_proxy::access_log::set_file_flush_interval(Duration::from_millis(options.file_flush_interval_msec.max(1)));
     let listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
     // Certificates from SDS files are read again when the files change (main thread).
-    let sds_certificates: Vec<_> = listener_manager
+    let watched: Vec<_> = listener_manager
         .listeners()
         .flat_map(|(l, _)| l.filter_chains.iter().chain(&l.default_filter_chain))
         .filter_map(|c| c.transport_socket.as_ref())
-        .filter(|tls| tls.certificates.has_sds())
-        .map(|tls| tls.certificates.clone())
+        .flat_map(|tls| tls.watched())
         .collect();
-    tokio::task::spawn_local(legate_proxy::tls::secret::watch(sds_certificates));
+    tokio::task::spawn_local(legate_proxy::tls::secret::watch(watched));
 
     let admin_listener = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()).and_then(|a| a.socket()) {
         Some(socket) => {

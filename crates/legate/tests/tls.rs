@@ -939,3 +939,57 @@ fn a_closing_tls_connection_flushes_its_records_first() {
     assert_eq!(received.len(), body.len());
     assert!(received == body.as_bytes());
 }
+
+/// The trusted CA from an SDS file, combined with an inline default (the SAN rule): a new CA
+/// written over the file takes effect for new handshakes; the old CA's clients are refused.
+#[test]
+fn client_ca_from_sds_rotates_on_disk() {
+    let old_ca = TestCa::new("old client CA");
+    let new_ca = TestCa::new("new client CA");
+    let server_ca = TestCa::new("server CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::tag("backend");
+    let ca_file = dir.join("client-ca.pem");
+    std::fs::write(&ca_file, old_ca.pem()).unwrap();
+    let sds = dir.join("validation.yaml");
+    let secret = json!({ "resources": [{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": "client_ca",
+        "validation_context": { "trusted_ca": { "filename": ca_file.to_str().unwrap() } },
+    }]});
+    std::fs::write(&sds, secret.to_string()).unwrap();
+    let context = json!({
+        "require_client_certificate": true,
+        "common_tls_context": {
+            "tls_certificates": [certificate_files(&dir, &server_ca.issue("edge", &["edge.example.com"]), "edge")],
+            "combined_validation_context": {
+                "default_validation_context": {
+                    "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "suffix": ".clients.test" } }],
+                },
+                "validation_context_sds_secret_config": {
+                    "name": "client_ca",
+                    "sds_config": { "path_config_source": { "path": sds.to_str().unwrap() } },
+                },
+            },
+        },
+    });
+    let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
+    let addr = px.connect_addr("ingress");
+    let client = |ca: &TestCa, san: &str| {
+        TlsClient::build(&server_ca, "edge.example.com", &[], Some(&ca.issue("client", &[san])))
+    };
+
+    assert_eq!(client(&old_ca, "a.clients.test").get(addr, "/").expect("old CA, good SAN").status, 200);
+    assert!(client(&old_ca, "a.elsewhere.test").get(addr, "/").is_err(), "the default's SAN rule applies");
+    px.wait_stat("listener.ingress.ssl.fail_verify_san", 1);
+
+    let aside = dir.join("client-ca.pem.new");
+    std::fs::write(&aside, new_ca.pem()).unwrap();
+    std::fs::rename(&aside, &ca_file).unwrap();
+    px.wait_stat("sds.client_ca.update_success", 1);
+    assert_eq!(client(&new_ca, "b.clients.test").get(addr, "/").expect("new CA").status, 200);
+    assert!(client(&old_ca, "a.clients.test").get(addr, "/").is_err(), "the old CA is no longer trusted");
+    px.wait_stat("listener.ingress.ssl.fail_verify_error", 1);
+    let certs = px.admin_json("/certs");
+    assert_eq!(certs["certificates"][0]["ca_cert"][0]["path"], ca_file.to_str().unwrap());
+}

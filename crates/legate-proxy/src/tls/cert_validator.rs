@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use legate_config::matcher::StringMatcher;
 use legate_config::tls::{CertificateValidationContext, SanType, TrustChainVerification};
@@ -206,9 +207,13 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// The downstream side: asks for a client certificate when a `validation_context` is given or
 /// `require_client_certificate` is set.
+///
+/// The checks can be replaced while connections run (a validation context from SDS files);
+/// each verification uses the current ones. The CA names sent in the CertificateRequest are
+/// those of the first checks (they are a hint to the client, not a rule).
 #[derive(Debug)]
 pub struct ClientCertValidator {
-    pub validator: CertValidator,
+    validator: ArcSwap<CertValidator>,
     pub mandatory: bool,
     root_hints: Vec<DistinguishedName>,
 }
@@ -216,7 +221,12 @@ pub struct ClientCertValidator {
 impl ClientCertValidator {
     pub fn new(validator: CertValidator, mandatory: bool) -> Self {
         let root_hints = validator.root_hints();
-        ClientCertValidator { validator, mandatory, root_hints }
+        ClientCertValidator { validator: ArcSwap::from_pointee(validator), mandatory, root_hints }
+    }
+
+    /// Swaps the checks in (an SDS update); handshakes under way finish with the old ones.
+    pub fn replace(&self, validator: CertValidator) {
+        self.validator.store(Arc::new(validator));
     }
 }
 
@@ -239,7 +249,7 @@ impl ClientCertVerifier for ClientCertValidator {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.validator.verify(end_entity, intermediates, now, true).map(|()| ClientCertVerified::assertion())
+        self.validator.load().verify(end_entity, intermediates, now, true).map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -249,7 +259,7 @@ impl ClientCertVerifier for ClientCertValidator {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
         record_peer_signature(dss.scheme);
-        verify_tls12_signature(message, cert, dss, &self.validator.provider.signature_verification_algorithms)
+        verify_tls12_signature(message, cert, dss, &self.validator.load().provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -259,11 +269,11 @@ impl ClientCertVerifier for ClientCertValidator {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
         record_peer_signature(dss.scheme);
-        verify_tls13_signature(message, cert, dss, &self.validator.provider.signature_verification_algorithms)
+        verify_tls13_signature(message, cert, dss, &self.validator.load().provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.validator.provider.signature_verification_algorithms.supported_schemes()
+        self.validator.load().provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

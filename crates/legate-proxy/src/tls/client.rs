@@ -94,6 +94,11 @@ impl ClientContext {
 
     pub fn new(config: &UpstreamTlsContext, stats: SslStats) -> Result<Self, String> {
         let common = &config.common_tls_context;
+        if common.validation_context_sds_secret_config.is_some() || common.combined_validation_context.is_some() {
+            return Err("common_tls_context: a validation context from SDS is supported by legate on downstream \
+                 contexts only (use validation_context)"
+                .into());
+        }
         if !common.tls_certificate_sds_secret_configs.is_empty() {
             return Err("common_tls_context.tls_certificate_sds_secret_configs: SDS for upstream contexts is not \
                  supported by legate yet"

@@ -1,6 +1,8 @@
 //! A context's certificates and where they come from (Envoy's secret manager and
 //! `TlsCertificateConfigProvider`): static `tls_certificates`, read once at load, and
-//! `tls_certificate_sds_secret_configs` read from SDS files, read again when they change.
+//! `tls_certificate_sds_secret_configs` read from SDS files, read again when they change; the
+//! same for a downstream validation context from SDS files
+//! (`validation_context_sds_secret_config`, `combined_validation_context`).
 //!
 //! Rotation: the main thread calls [`TlsCertificates::reload_if_changed`] every second (see
 //! [`watch`]); it compares a hash of the SDS file and of every file its secrets name with the
@@ -16,12 +18,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use legate_config::core::DataSource;
-use legate_config::tls::{CommonTlsContext, SdsFile, TlsCertificate};
+use legate_config::tls::{CertificateValidationContext, CommonTlsContext, SdsFile, TlsCertificate};
 use legate_stats::{Counter, Scope};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
+use super::cert_validator::{CertValidator, ClientCertValidator};
 use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
+use super::stats::SslStats;
 
 /// The certificates in use, with the names each serves.
 pub struct LoadedCertificates {
@@ -234,9 +238,9 @@ pub fn load_certified_key(
     Ok((Arc::new(certified), details))
 }
 
-/// Polls the SDS-backed certificates of `contexts` every second, on the main thread, for as
-/// long as the server runs.
-pub async fn watch(contexts: Vec<Arc<TlsCertificates>>) {
+/// Polls the SDS-backed certificates and validation contexts every second, on the main
+/// thread, for as long as the server runs.
+pub async fn watch(contexts: Vec<Watched>) {
     if contexts.is_empty() {
         return;
     }
@@ -244,12 +248,134 @@ pub async fn watch(contexts: Vec<Arc<TlsCertificates>>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        for certificates in &contexts {
-            match certificates.reload_if_changed() {
+        for watched in &contexts {
+            match watched.reload_if_changed() {
                 None => {}
-                Some(Ok(())) => tracing::info!("TLS certificates reloaded from SDS files"),
-                Some(Err(e)) => tracing::warn!(error = %e, "TLS certificate update rejected; keeping the current ones"),
+                Some(Ok(())) => tracing::info!("TLS secrets reloaded from SDS files"),
+                Some(Err(e)) => tracing::warn!(error = %e, "TLS secret update rejected; keeping the current one"),
             }
+        }
+    }
+}
+
+/// Where a file-backed validation context comes from.
+pub struct ValidationSource {
+    /// The secret's name and file.
+    pub name: String,
+    pub file: String,
+    /// `combined_validation_context.default_validation_context`, merged under the secret.
+    pub default: Option<CertificateValidationContext>,
+}
+
+impl ValidationSource {
+    /// Reads the secret and merges it over the default; errors name the file.
+    pub fn read(&self) -> Result<CertificateValidationContext, String> {
+        let text =
+            std::fs::read_to_string(&self.file).map_err(|e| format!("unable to read file: {}: {e}", self.file))?;
+        let file = SdsFile::parse(&text).map_err(|e| format!("invalid SDS file {}: {e}", self.file))?;
+        let dynamic = file
+            .validation_context(&self.name)
+            .ok_or_else(|| format!("no secret '{}' with a validation_context in {}", self.name, self.file))?;
+        Ok(match &self.default {
+            Some(default) => default.merged_with(dynamic),
+            None => dynamic.clone(),
+        })
+    }
+
+    /// Hash of the SDS file and of the CA file it names.
+    fn fingerprint(&self) -> u64 {
+        let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
+        let text = std::fs::read(&self.file).unwrap_or_default();
+        hasher.update(&text);
+        let ca = std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| SdsFile::parse(t).ok())
+            .and_then(|f| f.validation_context(&self.name).and_then(|v| v.trusted_ca.clone()));
+        if let Some(DataSource::Filename(path)) = ca {
+            hasher.update(&std::fs::read(path).unwrap_or_default());
+        }
+        hasher.digest()
+    }
+}
+
+/// A downstream validation context from an SDS file, swapped into the context's client
+/// certificate checks when the file (or the CA file it names) changes.
+pub struct ValidationSecret {
+    source: ValidationSource,
+    provider: Arc<CryptoProvider>,
+    ssl_stats: SslStats,
+    target: Arc<ClientCertValidator>,
+    /// The CA certificates, for `/certs`.
+    pub ca_details: Arc<ArcSwap<Vec<CertificateDetails>>>,
+    fingerprint: Mutex<u64>,
+    stats: SdsStats,
+    update_by_sds: Counter,
+}
+
+impl ValidationSecret {
+    pub fn new(
+        source: ValidationSource,
+        provider: Arc<CryptoProvider>,
+        ssl_stats: SslStats,
+        target: Arc<ClientCertValidator>,
+        ca_details: Arc<ArcSwap<Vec<CertificateDetails>>>,
+        update_by_sds: Counter,
+        root: &Scope,
+    ) -> Self {
+        let fingerprint = Mutex::new(source.fingerprint());
+        let stats = SdsStats::new(&root.scope(&format!("sds.{}", source.name)));
+        ValidationSecret { source, provider, ssl_stats, target, ca_details, fingerprint, stats, update_by_sds }
+    }
+
+    /// Loads again when the files changed: `None` when nothing changed.
+    pub fn reload_if_changed(&self) -> Option<Result<(), String>> {
+        let fingerprint = self.source.fingerprint();
+        {
+            let mut last = self.fingerprint.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == fingerprint {
+                return None;
+            }
+            *last = fingerprint;
+        }
+        self.stats.update_attempt.inc();
+        let result = self.source.read().and_then(|config| {
+            let ca = ca_details(&config)?;
+            let validator = CertValidator::new(&config, self.provider.clone(), self.ssl_stats.clone())?;
+            self.target.replace(validator);
+            self.ca_details.store(Arc::new(ca));
+            Ok(())
+        });
+        match &result {
+            Ok(()) => {
+                self.stats.update_success.inc();
+                self.update_by_sds.inc();
+            }
+            Err(_) => self.stats.update_rejected.inc(),
+        }
+        Some(result)
+    }
+}
+
+/// The `trusted_ca` certificates of a validation context, for `/certs`.
+pub fn ca_details(config: &CertificateValidationContext) -> Result<Vec<CertificateDetails>, String> {
+    let Some(ca) = &config.trusted_ca else { return Ok(Vec::new()) };
+    Ok(load_chain(ca, "validation_context.trusted_ca")?
+        .iter()
+        .filter_map(|der| CertificateDetails::parse(der, source_name(ca)))
+        .collect())
+}
+
+/// What the main thread polls for changes on disk.
+pub enum Watched {
+    Certificates(Arc<TlsCertificates>),
+    Validation(Arc<ValidationSecret>),
+}
+
+impl Watched {
+    fn reload_if_changed(&self) -> Option<Result<(), String>> {
+        match self {
+            Watched::Certificates(c) => c.reload_if_changed(),
+            Watched::Validation(v) => v.reload_if_changed(),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use legate_config::tls::DownstreamTlsContext;
 use legate_stats::{Counter, Scope};
@@ -20,8 +21,8 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureScheme, RecordPeerSignature};
-use super::certificate::{load_chain, source_name, CertificateDetails};
-use super::secret::TlsCertificates;
+use super::certificate::CertificateDetails;
+use super::secret::{ca_details, TlsCertificates, ValidationSecret, ValidationSource, Watched};
 use super::stats::SslStats;
 use crate::network::{PrefixedTcpStream, TransportSocket};
 
@@ -65,7 +66,9 @@ pub struct ServerContext {
     /// The certificates served (static and SDS), also for `/certs`.
     pub certificates: Arc<TlsCertificates>,
     /// The `trusted_ca` certificates, for `/certs`.
-    pub ca_certificates: Vec<CertificateDetails>,
+    pub ca_certificates: Arc<ArcSwap<Vec<CertificateDetails>>>,
+    /// A validation context read from SDS files, reloaded on change.
+    pub validation_secret: Option<Arc<ValidationSecret>>,
 }
 
 impl ServerContext {
@@ -83,17 +86,18 @@ impl ServerContext {
         let provider = super::crypto_provider(&common.tls_params);
         let versions =
             super::protocol_versions(&common.tls_params, false).map_err(|e| format!("common_tls_context.{e}"))?;
-        let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds, root)?);
-        let mut ca_certificates = Vec::new();
-        let client_verifier = match &common.validation_context {
+        let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds.clone(), root)?);
+        // The validation context: inline, from an SDS file, or both combined.
+        let (validation, source, at) = validation_source(common)?;
+        let validation = validation.as_ref();
+        let ca_certificates = Arc::new(ArcSwap::from_pointee(match validation {
+            Some(v) => ca_details(v).map_err(|e| format!("{at}{e}"))?,
+            None => Vec::new(),
+        }));
+        let client_verifier = match validation {
             Some(validation) => {
-                if let Some(ca) = &validation.trusted_ca {
-                    for der in load_chain(ca, "common_tls_context.validation_context.trusted_ca")? {
-                        ca_certificates.extend(CertificateDetails::parse(&der, source_name(ca)));
-                    }
-                }
-                let validator = CertValidator::new(validation, provider.clone(), stats.clone())
-                    .map_err(|e| format!("common_tls_context.{e}"))?;
+                let validator =
+                    CertValidator::new(validation, provider.clone(), stats.clone()).map_err(|e| format!("{at}{e}"))?;
                 Some(Arc::new(ClientCertValidator::new(validator, config.require_client_certificate)))
             }
             None if config.require_client_certificate => {
@@ -106,6 +110,18 @@ impl ServerContext {
         let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match &client_verifier {
             Some(v) => v.clone(),
             None => WebPkiClientVerifier::no_client_auth(),
+        };
+        let validation_secret = match (source, &client_verifier) {
+            (Some(source), Some(target)) => Some(Arc::new(ValidationSecret::new(
+                source,
+                provider.clone(),
+                stats.clone(),
+                target.clone(),
+                ca_certificates.clone(),
+                update_by_sds.clone(),
+                root,
+            ))),
+            _ => None,
         };
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions)
@@ -132,6 +148,7 @@ impl ServerContext {
             stats,
             certificates,
             ca_certificates,
+            validation_secret,
         })
     }
 
@@ -195,6 +212,63 @@ impl ServerContext {
             self.stats.no_certificate.inc();
         }
         info
+    }
+}
+
+impl ServerContext {
+    /// What of this context the main thread must watch on disk.
+    pub fn watched(&self) -> Vec<Watched> {
+        let mut watched = Vec::new();
+        if self.certificates.has_sds() {
+            watched.push(Watched::Certificates(self.certificates.clone()));
+        }
+        if let Some(validation) = &self.validation_secret {
+            watched.push(Watched::Validation(validation.clone()));
+        }
+        watched
+    }
+}
+
+/// The context's validation context (read now when it comes from an SDS file), where it came
+/// from when that is a file, and the field path prefix for its errors.
+fn validation_source(
+    common: &legate_config::tls::CommonTlsContext,
+) -> Result<(Option<legate_config::tls::CertificateValidationContext>, Option<ValidationSource>, String), String> {
+    let sds_source = |sds: &legate_config::tls::SdsSecretConfig, at: &str, default| {
+        let Some(file) = sds.sds_config.as_ref().and_then(|c| c.file()) else {
+            return Err(format!(
+                "{at}.sds_config: only SDS from a file (path_config_source) is supported by legate yet"
+            ));
+        };
+        Ok(ValidationSource { name: sds.name.clone(), file: file.to_string(), default })
+    };
+    match (
+        &common.validation_context,
+        &common.validation_context_sds_secret_config,
+        &common.combined_validation_context,
+    ) {
+        (None, None, None) => Ok((None, None, String::new())),
+        (Some(v), None, None) => Ok((Some(v.clone()), None, "common_tls_context.".into())),
+        (None, Some(sds), None) => {
+            let at = "common_tls_context.validation_context_sds_secret_config";
+            let source = sds_source(sds, at, None)?;
+            let config = source.read().map_err(|e| format!("{at}: {e}"))?;
+            Ok((Some(config), Some(source), format!("{at} (secret '{}'): ", sds.name)))
+        }
+        (None, None, Some(combined)) => {
+            let at = "common_tls_context.combined_validation_context.validation_context_sds_secret_config";
+            let source = sds_source(
+                &combined.validation_context_sds_secret_config,
+                at,
+                Some(combined.default_validation_context.clone()),
+            )?;
+            let config = source.read().map_err(|e| format!("{at}: {e}"))?;
+            let name = &combined.validation_context_sds_secret_config.name;
+            Ok((Some(config), Some(source), format!("{at} (secret '{name}'): ")))
+        }
+        _ => Err("common_tls_context: only one of validation_context, validation_context_sds_secret_config and \
+             combined_validation_context may be set"
+            .into()),
     }
 }
 

@@ -19,7 +19,7 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
             if let Some(tls) = &chain.transport_socket {
                 let chain: Vec<CertificateDetails> =
                     tls.certificates.current().details.iter().map(|c| (**c).clone()).collect();
-                certificates.push(certificate(&chain, &tls.ca_certificates));
+                certificates.push(certificate(&chain, &tls.ca_certificates.load()));
             }
         }
     }
