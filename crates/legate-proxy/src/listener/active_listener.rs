@@ -1,5 +1,6 @@
-//! A listener's accept loop on one worker (Envoy's `ActiveTcpListener`): limits, filter chain
-//! choice, and the connection task with its stats.
+//! A listener's accept loop on one worker (Envoy's `ActiveTcpListener`): limits, listener
+//! filters, filter chain choice, the transport socket's handshake (TLS, under
+//! `transport_socket_connect_timeout`) and the connection task with its stats.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;

@@ -340,8 +340,3 @@ impl ResolvesServerCert for CertificateResolver {
         current.keys.get(index).map(|(_, key)| key.clone())
     }
 }
-
-/// Builds the `ssl` stats of a listener (`listener.<prefix>.ssl.*`).
-pub fn listener_stats(listener_scope: &Scope) -> SslStats {
-    SslStats::new(listener_scope)
-}
