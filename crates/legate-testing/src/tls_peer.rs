@@ -423,6 +423,37 @@ impl TlsUpstream {
         })
     }
 
+    /// [`Self::http`] that requires a client certificate from `client_ca`, and records its
+    /// subject CN in the response body after `tag`.
+    pub fn http_requiring_client_cert(cert: &TestCert, client_ca: &TestCa, tag: &str) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(client_ca.cert.der().to_vec())).expect("client CA");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .expect("client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(cert.chain(), cert.private_key())
+            .expect("upstream certificate");
+        let tag = tag.to_string();
+        Self::start_with_config(Arc::new(config), move |stream| {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
+                }
+            }
+            let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{tag}", tag.len());
+            let _ = stream.write_all(reply.as_bytes());
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        })
+    }
+
     fn start(
         cert: &TestCert,
         serve: impl Fn(&mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + Sync + 'static,
@@ -433,7 +464,13 @@ impl TlsUpstream {
             .with_no_client_auth()
             .with_single_cert(cert.chain(), cert.private_key())
             .expect("upstream certificate");
-        let config = Arc::new(config);
+        Self::start_with_config(Arc::new(config), serve)
+    }
+
+    fn start_with_config(
+        config: Arc<rustls::ServerConfig>,
+        serve: impl Fn(&mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) + Send + Sync + 'static,
+    ) -> Self {
         let server_names = Arc::new(Mutex::new(Vec::new()));
         let names = server_names.clone();
         let server = TcpServer::start(move |tcp| {

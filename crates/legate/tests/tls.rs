@@ -993,3 +993,38 @@ fn client_ca_from_sds_rotates_on_disk() {
     let certs = px.admin_json("/certs");
     assert_eq!(certs["certificates"][0]["ca_cert"][0]["path"], ca_file.to_str().unwrap());
 }
+
+/// A client certificate on the upstream context: an upstream that requires one is reached;
+/// without it, the handshake fails (503 `UF`, `cluster.<name>.ssl.connection_error`).
+#[test]
+fn upstream_client_certificate_for_an_mtls_upstream() {
+    let server_ca = TestCa::new("upstream server CA");
+    let client_ca = TestCa::new("upstream client CA");
+    let dir = TempDir::new();
+    let upstream =
+        TlsUpstream::http_requiring_client_cert(&server_ca.issue("api", &["api.internal"]), &client_ca, "mtls-ok");
+    let (crt, key) = client_ca.issue("legate", &["legate.internal"]).write(&dir, "client");
+    let mut with_cert = static_cluster("with_cert", &[upstream.addr()]);
+    with_cert["transport_socket"] = upstream_tls(json!({
+        "sni": "api.internal",
+        "common_tls_context": { "tls_certificates": [{
+            "certificate_chain": { "filename": crt }, "private_key": { "filename": key },
+        }]},
+    }));
+    let mut without_cert = static_cluster("without_cert", &[upstream.addr()]);
+    without_cert["transport_socket"] = upstream_tls(json!({ "sni": "api.internal" }));
+    let routes = route_config(vec![virtual_host(
+        "all",
+        &["*"],
+        // "/without" first: "/with" is its prefix.
+        vec![route_to("/without", "without_cert"), route_to("/with", "with_cert")],
+    )]);
+    let listener = http_listener("ingress", routes, vec![router_filter()], json!({}));
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![with_cert, without_cert]).to_string());
+
+    let response = legate_testing::HttpClient::connect(px.connect_addr("ingress")).get("/with");
+    assert_eq!((response.status, response.body.as_str()), (200, "mtls-ok"));
+    let response = legate_testing::HttpClient::connect(px.connect_addr("ingress")).get("/without");
+    assert_eq!(response.status, 503, "{}", response.body);
+    px.wait_stat("cluster.without_cert.ssl.connection_error", 1);
+}
