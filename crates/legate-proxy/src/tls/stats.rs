@@ -1,10 +1,11 @@
 //! `ssl.*` under a listener (`listener.<address>.ssl.`) or a cluster (`cluster.<name>.ssl.`):
 //! Envoy's ALL_SSL_STATS, plus the per-handshake `ciphers.<name>`, `versions.<name>`,
-//! `curves.<name>` counters, created on first use as Envoy does.
+//! `curves.<name>`, `sigalgs.<name>` counters, created on first use as Envoy does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use legate_stats::{Counter, Scope};
 
 legate_stats::stats! {
@@ -26,13 +27,15 @@ legate_stats::stats! {
     }
 }
 
-/// The `ssl.*` stats of one TLS context; shared by every worker (stats shard themselves).
+/// The `ssl.*` stats of one TLS context; shared by all workers (stats shard themselves).
 #[derive(Clone, Debug)]
 pub struct SslStats {
     pub counters: SslCounters,
     scope: Scope,
-    /// `ciphers.X` and friends: a handful of names per context, looked up once each.
-    dynamic: Arc<Mutex<HashMap<String, Counter>>>,
+    /// `ciphers.X` and friends by kind, then name: a handful per context, created on first
+    /// use. Handshakes read the map without a lock; a new name copies it under `insert`.
+    dynamic: Arc<ArcSwap<HashMap<&'static str, HashMap<String, Counter>>>>,
+    insert: Arc<Mutex<()>>,
 }
 
 impl std::ops::Deref for SslStats {
@@ -46,16 +49,24 @@ impl SslStats {
     /// `scope` is the listener's or cluster's scope; the stats go under its `ssl.`.
     pub fn new(scope: &Scope) -> Self {
         let scope = scope.scope("ssl");
-        SslStats { counters: SslCounters::new(&scope), scope, dynamic: Arc::default() }
+        SslStats { counters: SslCounters::new(&scope), scope, dynamic: Arc::default(), insert: Arc::default() }
     }
 
     /// Counts one handshake property, e.g. `("versions", "TLSv1.3")`.
-    pub fn inc_named(&self, kind: &str, name: &str) {
-        let key = format!("{kind}.{name}");
-        let counter = {
-            let mut dynamic = self.dynamic.lock().unwrap_or_else(|e| e.into_inner());
-            dynamic.entry(key).or_insert_with_key(|key| self.scope.counter(key)).clone()
-        };
+    pub fn inc_named(&self, kind: &'static str, name: &str) {
+        if let Some(counter) = self.dynamic.load().get(kind).and_then(|names| names.get(name)) {
+            counter.inc();
+            return;
+        }
+        let _insert = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = HashMap::clone(&self.dynamic.load());
+        let counter = map
+            .entry(kind)
+            .or_default()
+            .entry(name.to_string())
+            .or_insert_with(|| self.scope.counter(&format!("{kind}.{name}")))
+            .clone();
+        self.dynamic.store(Arc::new(map));
         counter.inc();
     }
 }
