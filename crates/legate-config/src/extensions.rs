@@ -232,26 +232,58 @@ pub static PROTOCOL_OPTIONS: &[Extension<ProtocolOptionsConfig>] = &[Extension {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ListenerFilterConfig {
     TlsInspector(crate::filters::listener::tls_inspector::TlsInspector),
+    HttpInspector(crate::filters::listener::http_inspector::HttpInspector),
+    ProxyProtocol(crate::filters::listener::proxy_protocol::ProxyProtocol),
 }
 
-pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[Extension {
-    name: "envoy.filters.listener.tls_inspector",
-    type_url: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-    parse: |v| path::from_value(v).map(ListenerFilterConfig::TlsInspector),
-}];
+pub static LISTENER_FILTERS: &[Extension<ListenerFilterConfig>] = &[
+    Extension {
+        name: "envoy.filters.listener.tls_inspector",
+        type_url: "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+        parse: |v| path::from_value(v).map(ListenerFilterConfig::TlsInspector),
+    },
+    Extension {
+        name: "envoy.filters.listener.http_inspector",
+        type_url: "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+        parse: |v| path::from_value(v).map(ListenerFilterConfig::HttpInspector),
+    },
+    Extension {
+        name: "envoy.filters.listener.proxy_protocol",
+        type_url: "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+        parse: |v| path::from_value(v).map(ListenerFilterConfig::ProxyProtocol),
+    },
+];
 
 /// Transport sockets (`envoy.transport_sockets.*`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum TransportSocketConfig {
     /// Plain TCP, Envoy's default.
     RawBuffer,
+    /// `envoy.transport_sockets.tls` on a filter chain.
+    DownstreamTls(Box<crate::tls::DownstreamTlsContext>),
+    /// `envoy.transport_sockets.tls` on a cluster.
+    UpstreamTls(Box<crate::tls::UpstreamTlsContext>),
 }
 
-pub static TRANSPORT_SOCKETS: &[Extension<TransportSocketConfig>] = &[Extension {
-    name: "envoy.transport_sockets.raw_buffer",
-    type_url: "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
-    parse: |v| path::from_value::<Empty>(v).map(|_| TransportSocketConfig::RawBuffer),
-}];
+/// `envoy.transport_sockets.tls` names two messages; the `@type` says which. Without a
+/// typed_config there is nothing to terminate TLS with, so the name alone is refused.
+pub static TRANSPORT_SOCKETS: &[Extension<TransportSocketConfig>] = &[
+    Extension {
+        name: "envoy.transport_sockets.raw_buffer",
+        type_url: "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+        parse: |v| path::from_value::<Empty>(v).map(|_| TransportSocketConfig::RawBuffer),
+    },
+    Extension {
+        name: "envoy.transport_sockets.tls",
+        type_url: "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        parse: |v| path::from_value(v).map(|c| TransportSocketConfig::DownstreamTls(Box::new(c))),
+    },
+    Extension {
+        name: "envoy.transport_sockets.tls",
+        type_url: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        parse: |v| path::from_value(v).map(|c| TransportSocketConfig::UpstreamTls(Box::new(c))),
+    },
+];
 
 /// A config message with no fields (`RawBuffer`, `Echo`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

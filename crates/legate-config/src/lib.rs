@@ -36,6 +36,7 @@ pub mod path;
 pub mod protocol;
 pub mod route;
 pub mod socket_option;
+pub mod tls;
 pub mod unsupported;
 pub mod upstreams_http;
 pub mod validate;

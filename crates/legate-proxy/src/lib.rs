@@ -11,5 +11,6 @@ pub mod http;
 pub mod listener;
 pub mod network;
 pub mod router;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

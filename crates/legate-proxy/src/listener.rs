@@ -12,12 +12,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use legate_config::listener::{FilterChain as FilterChainConfig, Listener as ListenerConfig};
-use legate_stats::Store;
+use legate_stats::{Scope, Store};
 
 use crate::extensions::NetworkFilterFactory;
-use crate::filters::listener::tls_inspector::{self, TlsInspectorStats};
+use crate::filters::listener::ListenerFilter;
+use crate::tls::{ServerContext, SslStats};
 use filter_chain_match::FilterChainMatcher;
-use legate_config::extensions::ListenerFilterConfig;
+use legate_config::extensions::TransportSocketConfig;
 use stats::ListenerStats;
 
 pub use listener_manager::ListenerManager;
@@ -38,25 +39,55 @@ pub struct Listener {
     pub connection_limit: Option<u64>,
     /// Connections open on this listener, all workers.
     pub active_connections: AtomicU64,
-    /// Set when `envoy.filters.listener.tls_inspector` is configured.
-    pub tls_inspector: Option<TlsInspectorStats>,
+    /// `listener_filters`, in order.
+    pub listener_filters: Vec<ListenerFilter>,
     /// `listener_filters_timeout` (15 s default; `None` when 0).
     pub listener_filters_timeout: Option<std::time::Duration>,
     pub continue_on_listener_filters_timeout: bool,
 }
 
-/// A filter chain ready to build connections: its match and its network filter factories.
+/// A filter chain ready to build connections: its match, its transport socket and its network
+/// filter factories.
 pub struct FilterChain {
     pub name: String,
     pub matcher: FilterChainMatcher,
+    /// `envoy.transport_sockets.tls`; `None` is `raw_buffer`.
+    pub transport_socket: Option<Arc<ServerContext>>,
+    /// How long the TLS handshake may take (no limit when unset, as Envoy).
+    pub transport_socket_connect_timeout: Option<std::time::Duration>,
     pub factories: Vec<NetworkFilterFactory>,
 }
 
 impl FilterChain {
-    fn new(config: &FilterChainConfig, store: &Arc<Store>) -> Result<Self, String> {
+    /// `at` is the chain's field (`filter_chains[1]`, `default_filter_chain`), for errors;
+    /// the TLS context counts under the listener's `scope` (`listener.<prefix>.ssl.*`, created
+    /// only for listeners that terminate TLS, as in Envoy).
+    fn new(config: &FilterChainConfig, store: &Arc<Store>, at: &str, scope: &Scope) -> Result<Self, String> {
+        let transport_socket = match config.transport_socket.as_ref().map(|t| &t.config) {
+            None | Some(TransportSocketConfig::RawBuffer) => None,
+            Some(TransportSocketConfig::DownstreamTls(tls)) => Some(Arc::new(
+                ServerContext::new(
+                    tls,
+                    SslStats::new(scope),
+                    scope.counter("server_ssl_socket_factory.ssl_context_update_by_sds"),
+                    &store.scope(""),
+                )
+                .map_err(|e| format!("{at}.transport_socket.typed_config.{e}"))?,
+            )),
+            Some(TransportSocketConfig::UpstreamTls(_)) => {
+                return Err(format!(
+                "{at}.transport_socket.typed_config: a filter chain's TLS transport socket is a DownstreamTlsContext"
+            ))
+            }
+        };
         Ok(FilterChain {
             name: config.name.clone(),
             matcher: FilterChainMatcher::new(&config.filter_chain_match),
+            transport_socket,
+            transport_socket_connect_timeout: config
+                .transport_socket_connect_timeout
+                .map(|d| d.as_std())
+                .filter(|d| !d.is_zero()),
             factories: config
                 .filters
                 .iter()
@@ -78,10 +109,17 @@ impl Listener {
         let ip = socket.and_then(|s| s.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         let port = socket.map_or(0, |s| s.port_value as u16);
         let scope = store.scope(&format!("listener.{}", config.stat_prefix()));
-        let filter_chains =
-            config.filter_chains.iter().map(|c| FilterChain::new(c, store)).collect::<Result<_, _>>()?;
-        let default_filter_chain =
-            config.default_filter_chain.as_ref().map(|c| FilterChain::new(c, store)).transpose()?;
+        let filter_chains = config
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| FilterChain::new(c, store, &format!("filter_chains[{i}]"), &scope))
+            .collect::<Result<_, _>>()?;
+        let default_filter_chain = config
+            .default_filter_chain
+            .as_ref()
+            .map(|c| FilterChain::new(c, store, "default_filter_chain", &scope))
+            .transpose()?;
         Ok(Listener {
             name: config.name(),
             address: SocketAddr::new(ip, port),
@@ -94,13 +132,11 @@ impl Listener {
                 .collect(),
             connection_limit,
             active_connections: AtomicU64::new(0),
-            tls_inspector: config
+            listener_filters: config
                 .listener_filters
                 .iter()
-                .map(|f| match f.config {
-                    ListenerFilterConfig::TlsInspector(_) => tls_inspector::stats(&store.scope("")),
-                })
-                .next(),
+                .map(|f| ListenerFilter::new(&f.config, &store.scope("")))
+                .collect(),
             listener_filters_timeout: Some(
                 config.listener_filters_timeout.unwrap_or(ListenerConfig::DEFAULT_LISTENER_FILTERS_TIMEOUT).0,
             )

@@ -10,9 +10,11 @@ pub mod connection;
 pub mod filter;
 pub mod filter_manager;
 pub mod socket_options;
+pub mod transport_socket;
 
 pub use connection::{Connection, ConnectionInfo};
 pub use filter::{
     ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
 };
 pub use filter_manager::FilterManager;
+pub use transport_socket::{PrefixedTcpStream, TransportSocket};

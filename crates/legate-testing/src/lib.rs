@@ -11,6 +11,8 @@
 //!   answers, delays, resets, streams slowly or never answers; [`HttpClient`], a blocking
 //!   HTTP/1.1 client that can also send raw bytes; [`h2c_get`] and [`h2c_many`]; raw HTTP/2
 //!   frames ([`H2Frame`], [`h2_events`]).
+//! - TLS ([`TestCa`], [`TlsClient`], [`TlsUpstream`], [`h2_tls_get`]): certificates made at
+//!   test time with rcgen and rustls peers (ring), for legate's TLS transport sockets.
 //! - [`eventually`] for state that changes in the background (stats), bounded and failing with
 //!   the last value seen.
 //!
@@ -28,6 +30,7 @@ mod legate;
 mod net;
 mod pattern;
 mod tls;
+mod tls_peer;
 mod upstream;
 
 pub use admin::{http_request, HttpResponse};
@@ -45,6 +48,7 @@ pub use net::{
 pub use pattern::{PatternChecker, PatternWriter};
 pub use serde_json::{self, json, Value};
 pub use tls::tls_client_hello;
+pub use tls_peer::{h2_tls_get, KeyType, TestCa, TestCert, TlsClient, TlsStream, TlsUpstream};
 pub use upstream::{BlackholeServer, BulkSender, EofReplyServer, TagServer, TcpEchoServer, TcpServer};
 
 /// Path of the `legate` binary under test. A macro so that `env!("CARGO_BIN_EXE_legate")` is

@@ -2,6 +2,7 @@
 //! thread. Handlers that change server state answer only POST, as in current Envoy, which
 //! refuses a GET with 405 `Method GET not allowed, POST required.`.
 
+mod certs;
 mod clusters;
 mod config_dump;
 mod listeners;
@@ -34,6 +35,7 @@ struct Handler {
 /// The endpoints, in Envoy's `/help` order.
 const HANDLERS: &[Handler] = &[
     Handler { path: "/", help: "Admin home page", mutates: false, handle: home },
+    Handler { path: "/certs", help: "print certs on machine", mutates: false, handle: certs::handle },
     Handler { path: "/clusters", help: "upstream cluster status", mutates: false, handle: clusters::handle },
     Handler {
         path: "/config_dump",

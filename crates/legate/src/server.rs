@@ -94,6 +94,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
     if options.mode == Mode::Validate {
         // Build what serving would build (route tables, access log files) without binding.
         let store = Store::new(1);
+        check_cluster_transport_sockets(&loaded.bootstrap, &store)?;
         for (index, config) in loaded.bootstrap.static_resources.listeners.iter().enumerate() {
             legate_proxy::listener::Listener::new(config, &store, 1, None)
                 .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", config.name()))?;
@@ -114,6 +115,28 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
         .context("cannot start the main thread's runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve(options, loaded, origin, logging))
+}
+
+/// Builds each cluster's TLS context once to fail the load on a bad one (an unreadable
+/// certificate file, a key that does not match), naming the cluster and the field.
+fn check_cluster_transport_sockets(
+    bootstrap: &legate_config::bootstrap::Bootstrap,
+    store: &Arc<Store>,
+) -> anyhow::Result<()> {
+    for (index, cluster) in bootstrap.static_resources.clusters.iter().enumerate() {
+        let tls = legate_proxy::tls::ClientContext::for_cluster(cluster, &store.scope("check"))
+            .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
+        // The health checker connects in cleartext: an HTTP check of a TLS host would only
+        // ever fail, so it is refused rather than left to mark every host unhealthy.
+        if let (Some(_), Some(hc)) = (&tls, cluster.health_checks.iter().position(|h| h.http_health_check.is_some())) {
+            anyhow::bail!(
+                "static_resources.clusters[{index}] ('{}'): health_checks[{hc}].http_health_check: HTTP health \
+                 checks of a TLS cluster are not supported by legate yet",
+                cluster.name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn load(options: &Options) -> anyhow::Result<(LoadedBootstrap, String)> {
@@ -162,6 +185,7 @@ async fn serve(
         bootstrap.static_resources.clusters.len()
     );
 
+    check_cluster_transport_sockets(bootstrap, &Store::new(1))?;
     let cluster_manager = ClusterManager::new(&bootstrap.static_resources.clusters, &store);
     cluster_manager.initialize().await;
     for cluster in cluster_manager.clusters() {
@@ -179,6 +203,14 @@ async fn serve(
     legate_proxy::access_log::install_stats(&store);
     legate_proxy::access_log::set_file_flush_interval(Duration::from_millis(options.file_flush_interval_msec.max(1)));
     let listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
+    // Certificates from SDS files are read again when the files change (main thread).
+    let watched: Vec<_> = listener_manager
+        .listeners()
+        .flat_map(|(l, _)| l.filter_chains.iter().chain(&l.default_filter_chain))
+        .filter_map(|c| c.transport_socket.as_ref())
+        .flat_map(|tls| tls.watched())
+        .collect();
+    tokio::task::spawn_local(legate_proxy::tls::secret::watch(watched));
 
     let admin_listener = match bootstrap.admin.as_ref().and_then(|a| a.address.as_ref()).and_then(|a| a.socket()) {
         Some(socket) => {

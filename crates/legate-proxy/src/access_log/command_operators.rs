@@ -76,6 +76,8 @@ pub(super) enum Command {
     UpstreamRequestAttemptCount,
     ConnectionId,
     RequestedServerName,
+    /// `%DOWNSTREAM_TLS_VERSION%`, `%DOWNSTREAM_PEER_SUBJECT%`, …: unset without TLS.
+    DownstreamTls(TlsField),
     RouteName,
     LocalReplyBody,
     /// legate has no virtual clusters: always unset.
@@ -223,6 +225,59 @@ const NOT_RECORDED: &[&str] = &[
     "CUSTOM_FLAGS",
 ];
 
+/// The TLS facts of the downstream connection that access logs can print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsField {
+    Version,
+    Cipher,
+    PeerSubject,
+    PeerSerial,
+    PeerFingerprint256,
+    /// SANs of a type, comma-separated as Envoy joins them.
+    PeerUriSan,
+    PeerDnsSan,
+    /// Our certificate in the handshake.
+    LocalSubject,
+    LocalUriSan,
+    LocalDnsSan,
+}
+
+impl TlsField {
+    fn value(self, ssl: &crate::tls::SslConnectionInfo) -> Option<String> {
+        use crate::tls::certificate::SubjectAltName;
+        let peer = ssl.peer_certificate.as_ref();
+        let local = ssl.local_certificate.as_deref();
+        let sans = |cert: Option<&crate::tls::certificate::CertificateDetails>,
+                    pick: fn(&SubjectAltName) -> Option<&str>| {
+            cert.map(|c| c.subject_alt_names.iter().filter_map(pick).collect::<Vec<_>>().join(","))
+        };
+        fn uri(s: &SubjectAltName) -> Option<&str> {
+            match s {
+                SubjectAltName::Uri(v) => Some(v.as_str()),
+                _ => None,
+            }
+        }
+        fn dns(s: &SubjectAltName) -> Option<&str> {
+            match s {
+                SubjectAltName::Dns(v) => Some(v.as_str()),
+                _ => None,
+            }
+        }
+        match self {
+            TlsField::Version => Some(ssl.version.to_string()),
+            TlsField::Cipher => Some(ssl.cipher.clone()),
+            TlsField::PeerSubject => peer.map(|p| p.subject.clone()),
+            TlsField::PeerSerial => peer.map(|p| p.serial_number.clone()),
+            TlsField::PeerFingerprint256 => ssl.peer_certificate_hash.clone(),
+            TlsField::PeerUriSan => sans(peer, uri),
+            TlsField::PeerDnsSan => sans(peer, dns),
+            TlsField::LocalSubject => local.map(|c| c.subject.clone()),
+            TlsField::LocalUriSan => sans(local, uri),
+            TlsField::LocalDnsSan => sans(local, dns),
+        }
+    }
+}
+
 /// Families of Envoy operators (TLS details, SANs, decompressed header sizes) legate does not
 /// record.
 const NOT_RECORDED_PREFIXES: &[&str] = &[
@@ -330,6 +385,16 @@ impl Command {
             "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Command::UpstreamRequestAttemptCount,
             "CONNECTION_ID" => Command::ConnectionId,
             "REQUESTED_SERVER_NAME" => Command::RequestedServerName,
+            "DOWNSTREAM_TLS_VERSION" => Command::DownstreamTls(TlsField::Version),
+            "DOWNSTREAM_TLS_CIPHER" => Command::DownstreamTls(TlsField::Cipher),
+            "DOWNSTREAM_PEER_SUBJECT" => Command::DownstreamTls(TlsField::PeerSubject),
+            "DOWNSTREAM_PEER_SERIAL" => Command::DownstreamTls(TlsField::PeerSerial),
+            "DOWNSTREAM_PEER_FINGERPRINT_256" => Command::DownstreamTls(TlsField::PeerFingerprint256),
+            "DOWNSTREAM_PEER_URI_SAN" => Command::DownstreamTls(TlsField::PeerUriSan),
+            "DOWNSTREAM_PEER_DNS_SAN" => Command::DownstreamTls(TlsField::PeerDnsSan),
+            "DOWNSTREAM_LOCAL_SUBJECT" => Command::DownstreamTls(TlsField::LocalSubject),
+            "DOWNSTREAM_LOCAL_URI_SAN" => Command::DownstreamTls(TlsField::LocalUriSan),
+            "DOWNSTREAM_LOCAL_DNS_SAN" => Command::DownstreamTls(TlsField::LocalDnsSan),
             "ROUTE_NAME" => Command::RouteName,
             "LOCAL_REPLY_BODY" => Command::LocalReplyBody,
             "VIRTUAL_CLUSTER_NAME" => Command::VirtualClusterName,
@@ -397,6 +462,13 @@ impl Command {
             Command::UpstreamRequestAttemptCount => Value::Number(u64::from(info.attempt_count)),
             Command::ConnectionId => Value::Number(info.connection_id),
             Command::RequestedServerName => non_empty(info.requested_server_name.as_deref()),
+            Command::DownstreamTls(field) => match &info.downstream_ssl {
+                None => Value::Unset,
+                Some(ssl) => match field.value(ssl) {
+                    Some(v) if !v.is_empty() => Value::Text(Cow::Owned(v)),
+                    _ => Value::Unset,
+                },
+            },
             Command::RouteName => non_empty(info.route_name.as_deref()),
             Command::LocalReplyBody => non_empty(info.local_reply_body.as_deref()),
             Command::VirtualClusterName => Value::Unset,

@@ -504,8 +504,8 @@ mod tests {
             Formatter::parse("a %REQ(A%").unwrap_err(),
             "Incorrect configuration: a %REQ(A%. Couldn't find valid command at position 2"
         );
-        let error = Formatter::parse("%DOWNSTREAM_TLS_VERSION%").unwrap_err();
-        assert!(error.starts_with("Not supported field in StreamInfo: DOWNSTREAM_TLS_VERSION"));
+        let error = Formatter::parse("%DOWNSTREAM_TLS_SESSION_ID%").unwrap_err();
+        assert!(error.starts_with("Not supported field in StreamInfo: DOWNSTREAM_TLS_SESSION_ID"));
     }
 
     fn json(format: serde_json::Value, info: &StreamInfo) -> String {

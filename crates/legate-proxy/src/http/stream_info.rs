@@ -68,6 +68,9 @@ pub struct StreamInfo {
     /// The health check filter answered this request.
     pub health_check: bool,
     pub requested_server_name: Option<String>,
+    /// The downstream TLS session, when the listener terminated TLS (`%DOWNSTREAM_TLS_*%`,
+    /// `%DOWNSTREAM_PEER_*%`).
+    pub downstream_ssl: Option<Arc<crate::tls::SslConnectionInfo>>,
     /// The body of a local reply, for `local_reply_config.body_format`.
     pub local_reply_body: Option<String>,
 }
@@ -113,6 +116,7 @@ impl StreamInfo {
             attempt_count: 0,
             health_check: false,
             requested_server_name: None,
+            downstream_ssl: None,
             local_reply_body: None,
         }
     }

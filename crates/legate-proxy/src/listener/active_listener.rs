@@ -1,5 +1,6 @@
-//! A listener's accept loop on one worker (Envoy's `ActiveTcpListener`): limits, filter chain
-//! choice, and the connection task with its stats.
+//! A listener's accept loop on one worker (Envoy's `ActiveTcpListener`): limits, listener
+//! filters, filter chain choice, the transport socket's handshake (TLS, under
+//! `transport_socket_connect_timeout`) and the connection task with its stats.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -12,8 +13,8 @@ use tokio::sync::watch;
 
 use super::filter_chain_match::ConnectionMetadata;
 use super::Listener;
-use crate::filters::listener::tls_inspector::{self, ClientHello, Inspection};
-use crate::network::{Connection, ConnectionInfo, FilterManager};
+use crate::filters::listener::{self as listener_filter, Inspected, Outcome};
+use crate::network::{Connection, ConnectionInfo, FilterManager, TransportSocket};
 use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
@@ -56,53 +57,68 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
             return;
         }
     }
-    if listener.tls_inspector.is_none() {
-        start_connection(listener, stream, remote, worker, None, BytesMut::new());
+    let Ok(local) = stream.local_addr() else { return };
+    let inspected = Inspected { data: BytesMut::new(), hello: None, http_protocol: None, remote, local };
+    if listener.listener_filters.is_empty() {
+        start_connection(listener, stream, remote, worker, inspected);
         return;
     }
-    // Listener filters: learn SNI/ALPN before choosing the filter chain.
+    // Listener filters: learn SNI/ALPN (and the client behind a PROXY header) before choosing
+    // the filter chain, all within listener_filters_timeout.
     let listener = listener.clone();
     let worker = worker.clone();
     listener.stats.downstream_pre_cx_active.inc();
     tokio::task::spawn_local(async move {
-        let Some(stats) = &listener.tls_inspector else { return };
-        let inspection = tls_inspector::inspect(&stream, stats, listener.listener_filters_timeout).await;
+        let mut inspected = inspected;
+        let filters = listener_filter::run(&listener.listener_filters, &stream, &mut inspected);
+        let outcome = match listener.listener_filters_timeout {
+            Some(limit) => tokio::time::timeout(limit, filters).await.ok(),
+            None => Some(filters.await),
+        };
         listener.stats.downstream_pre_cx_active.dec();
-        let (hello, data) = match inspection {
-            Inspection::Done { hello, data } => (hello, data),
-            Inspection::Closed => {
+        match outcome {
+            Some(Outcome::Continue) => {}
+            Some(Outcome::RemoteClose) => {
                 listener.stats.downstream_listener_filter_remote_close.inc();
                 return;
             }
-            Inspection::Timeout { data } => {
+            Some(Outcome::Error) => {
+                listener.stats.downstream_listener_filter_error.inc();
+                return;
+            }
+            None => {
                 listener.stats.downstream_pre_cx_timeout.inc();
                 if !listener.continue_on_listener_filters_timeout {
                     return;
                 }
-                (None, data)
             }
-        };
-        start_connection(&listener, stream, remote, &worker, hello.as_ref(), data);
+        }
+        start_connection(&listener, stream, remote, &worker, inspected);
     });
 }
 
-/// Chooses the filter chain and starts the connection; `data` is what listener filters read.
+/// Chooses the filter chain and starts the connection; `inspected` is what listener filters
+/// learned, with the bytes they read.
 fn start_connection(
     listener: &Arc<Listener>,
     stream: TcpStream,
-    remote: std::net::SocketAddr,
+    direct_remote: std::net::SocketAddr,
     worker: &Rc<WorkerContext>,
-    hello: Option<&ClientHello>,
-    data: BytesMut,
+    inspected: Inspected,
 ) {
-    let Ok(local) = stream.local_addr() else { return };
+    let Inspected { data, hello, http_protocol, remote, local } = inspected;
+    let http_protocols = http_protocol.map(|p| [p.to_string()]);
     let metadata = ConnectionMetadata {
         local,
         remote,
-        direct_remote: remote,
-        server_name: hello.map_or("", |h| h.server_name.as_str()),
+        direct_remote,
+        server_name: hello.as_ref().map_or("", |h| h.server_name.as_str()),
         transport_protocol: if hello.is_some() { "tls" } else { "raw_buffer" },
-        application_protocols: hello.map_or(&[], |h| h.application_protocols.as_slice()),
+        application_protocols: match (&hello, &http_protocols) {
+            (Some(h), _) => h.application_protocols.as_slice(),
+            (None, Some(p)) => p.as_slice(),
+            (None, None) => &[],
+        },
     };
     let Some(chain) = listener.find_filter_chain(&metadata) else {
         tracing::debug!(listener = %listener.name, %remote, "closing connection: no matching filter chain found");
@@ -110,21 +126,50 @@ fn start_connection(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let info = ConnectionInfo {
+    let mut info = ConnectionInfo {
         id: worker.server.next_connection_id(),
         remote_address: remote,
         local_address: local,
         worker: worker.index,
+        ssl: None,
     };
     let mut filters = FilterManager::new();
     for factory in &chain.factories {
         factory.add_to(&mut filters, worker);
     }
     let guard = ActiveConnection::new(listener.clone(), worker.clone());
-    let connection = Connection::new(stream, info, listener.buffer_limit, filters).with_initial_data(data);
-    tracing::debug!(connection = connection.info().id, %remote, listener = %listener.name, "new connection");
+    tracing::debug!(connection = info.id, %remote, listener = %listener.name, "new connection");
+    let buffer_limit = listener.buffer_limit;
+    let Some(tls) = chain.transport_socket.clone() else {
+        let connection =
+            Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data);
+        tokio::task::spawn_local(async move {
+            let event = connection.run().await;
+            tracing::debug!(?event, "connection closed");
+            drop(guard);
+        });
+        return;
+    };
+    // DESIGN.md §3 step 3: the transport socket's handshake, then the network filters over the
+    // decrypted stream. The bytes listener filters read (the ClientHello) go to rustls.
+    let timeout = chain.transport_socket_connect_timeout;
+    let listener = listener.clone();
     tokio::task::spawn_local(async move {
-        let event = connection.run().await;
+        let handshake = tls.handshake(stream, data);
+        let result = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, handshake).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!(connection = info.id, "closing connection: TLS handshake timed out");
+                    listener.stats.downstream_cx_transport_socket_connect_timeout.inc();
+                    return;
+                }
+            },
+            None => handshake.await,
+        };
+        let Ok((socket, ssl)) = result else { return };
+        info.ssl = Some(Arc::new(ssl));
+        let event = Connection::new(socket, info, buffer_limit, filters).run().await;
         tracing::debug!(?event, "connection closed");
         drop(guard);
     });

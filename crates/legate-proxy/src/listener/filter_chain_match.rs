@@ -183,7 +183,13 @@ mod tests {
 
     fn chain(name: &str, yaml: &str) -> FilterChain {
         let m: FilterChainMatch = serde_yaml_ng::from_str(yaml).unwrap();
-        FilterChain { name: name.into(), matcher: FilterChainMatcher::new(&m), factories: vec![] }
+        FilterChain {
+            name: name.into(),
+            matcher: FilterChainMatcher::new(&m),
+            transport_socket: None,
+            transport_socket_connect_timeout: None,
+            factories: vec![],
+        }
     }
 
     fn pick<'a>(chains: &'a [FilterChain], local: &str, remote: &str, sni: &str) -> Option<&'a str> {

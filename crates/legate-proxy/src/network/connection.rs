@@ -15,19 +15,22 @@
 //! connection after what is buffered is written) → closed, when both directions are done, on
 //! a close request or on a socket error. Filters get one `on_event` at the end.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 pub use super::filter::ConnectionInfo;
 use super::filter::{ConnectionCloseType, ConnectionEvent, ConnectionState};
 use super::filter_manager::FilterManager;
+use super::transport_socket::TransportSocket;
 
 /// Bytes asked of the socket per read, as Envoy's 16 KiB read slices.
 const READ_SIZE: usize = 16 * 1024;
+
+/// How long a closing TLS connection may take to flush its records and `close_notify`.
+const TLS_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Loop turns before yielding to other connections on this worker.
 const MAX_TURNS: usize = 64;
@@ -40,7 +43,8 @@ enum Step {
 }
 
 pub struct Connection {
-    socket: TcpStream,
+    /// The TCP socket, or TLS over it once the handshake is done (DESIGN.md §3 step 3).
+    socket: TransportSocket,
     state: ConnectionState,
     filters: FilterManager,
     /// The shared read buffer all read filters see.
@@ -53,10 +57,12 @@ pub struct Connection {
     /// is paused until the next read).
     data_waiting: bool,
     initialized: bool,
+    /// Bounds the wait for a TLS close (see `tls_close_pending`).
+    close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, info: ConnectionInfo, buffer_limit: usize, filters: FilterManager) -> Self {
+    pub fn new(socket: TransportSocket, info: ConnectionInfo, buffer_limit: usize, filters: FilterManager) -> Self {
         Connection {
             socket,
             state: ConnectionState::new(info, buffer_limit.max(1)),
@@ -66,6 +72,7 @@ impl Connection {
             write_shutdown: false,
             data_waiting: false,
             initialized: false,
+            close_deadline: None,
         }
     }
 
@@ -134,6 +141,9 @@ impl Connection {
             }
             if self.state.write_buffer.is_empty() && self.state.close_requested == Some(ConnectionCloseType::FlushWrite)
             {
+                if self.tls_close_pending(cx) {
+                    return Poll::Pending;
+                }
                 return Poll::Ready(Some(self.close_now(ConnectionEvent::LocalClose)));
             }
             if self.state.take_over.is_some() && self.state.write_buffer.is_empty() {
@@ -160,24 +170,41 @@ impl Connection {
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         let mut progress = false;
         while !self.state.write_buffer.is_empty() {
-            match self.socket.poll_write_ready(cx) {
-                Poll::Pending => return Ok(progress),
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Ready(Ok(())) => match self.socket.try_write(&self.state.write_buffer) {
-                    Ok(n) => {
+            match &mut self.socket {
+                TransportSocket::RawBuffer(socket) => match socket.poll_write_ready(cx) {
+                    Poll::Pending => return Ok(progress),
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Ready(Ok(())) => match socket.try_write(&self.state.write_buffer) {
+                        Ok(n) => {
+                            let _ = self.state.write_buffer.split_to(n);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    },
+                },
+                tls => match tls.poll_write_slice(cx, &self.state.write_buffer) {
+                    Poll::Pending => return Ok(progress),
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Ready(Ok(n)) => {
                         let _ = self.state.write_buffer.split_to(n);
                         progress = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
                 },
             }
         }
+        // TLS records rustls still holds go out before anything else happens to the socket.
+        match self.socket.poll_flush_records(cx) {
+            Poll::Pending => return Ok(progress),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Ready(Ok(())) => {}
+        }
         if self.state.write_end_stream && !self.write_shutdown {
-            self.write_shutdown = true;
-            progress = true;
             // A peer that already went away makes shutdown fail; the read side notices.
-            let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Write);
+            if self.socket.poll_shutdown_write(cx).is_ready() {
+                self.write_shutdown = true;
+                progress = true;
+            }
         }
         if self.state.write_buffer.is_empty() && self.state.write_buffer.capacity() > 0 {
             // An idle connection holds no buffer memory (a drained buffer still owns its
@@ -196,24 +223,41 @@ impl Connection {
             return self.detect_early_close(cx).map(|()| false);
         }
         loop {
-            match self.socket.poll_read_ready(cx) {
+            let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
+            let socket = match &mut self.socket {
+                TransportSocket::RawBuffer(socket) => socket,
+                tls => {
+                    // Decrypted bytes may already wait in rustls: read, do not wait for the
+                    // socket to be readable.
+                    let mut scratch = [0u8; READ_SIZE];
+                    let result = match tls.poll_read_slice(cx, &mut scratch[..room]) {
+                        Poll::Pending => return Ok(false),
+                        Poll::Ready(result) => result,
+                    };
+                    self.data_waiting = false;
+                    if let Ok(n) = result {
+                        self.read_buffer.extend_from_slice(&scratch[..n]);
+                    }
+                    return self.on_read_result(result);
+                }
+            };
+            match socket.poll_read_ready(cx) {
                 Poll::Pending => return Ok(false),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
-            let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
             self.data_waiting = false;
             let result = if self.read_buffer.capacity() - self.read_buffer.len() >= room {
                 // A busy connection: read in place.
                 let mut limited = bytes::BufMut::limit(&mut self.read_buffer, room);
-                self.socket.try_read_buf(&mut limited)
+                socket.try_read_buf(&mut limited)
             } else {
                 // An idle connection has no buffer. Read on the stack and keep only what
                 // arrived: a 16 KiB allocation per read of a few bytes fragments the heap (small
                 // long-lived allocations land in the freed block), which is what idle
                 // connections would then cost.
                 let mut scratch = [0u8; READ_SIZE];
-                let read = self.socket.try_read(&mut scratch[..room]);
+                let read = socket.try_read(&mut scratch[..room]);
                 if let Ok(n) = read {
                     self.read_buffer.extend_from_slice(&scratch[..n]);
                     if n == room {
@@ -224,26 +268,6 @@ impl Connection {
                 read
             };
             match result {
-                Ok(0) => {
-                    self.read_end_stream = true;
-                    if !self.state.half_close {
-                        // Without half-close, the downstream's FIN ends the connection once
-                        // what is already buffered for it has been written.
-                        self.filters.on_read(&mut self.read_buffer, true, &mut self.state);
-                        self.state.close(ConnectionCloseType::FlushWrite);
-                        return Ok(true);
-                    }
-                    self.filters.on_read(&mut self.read_buffer, true, &mut self.state);
-                    return Ok(true);
-                }
-                Ok(_) => {
-                    self.filters.on_read(&mut self.read_buffer, false, &mut self.state);
-                    if self.read_buffer.is_empty() {
-                        // Idle connections hold no read buffer; the next read allocates one.
-                        self.read_buffer = BytesMut::new();
-                    }
-                    return Ok(true);
-                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The socket is drained: do not keep a reservation while the connection
                     // waits (idle connections must stay small).
@@ -252,8 +276,33 @@ impl Connection {
                     }
                     continue;
                 }
-                Err(e) => return Err(e),
+                result => return self.on_read_result(result),
             }
+        }
+    }
+
+    /// Hands what one read returned to the filters: data, or the downstream's end of stream.
+    fn on_read_result(&mut self, result: io::Result<usize>) -> io::Result<bool> {
+        match result {
+            Ok(0) => {
+                self.read_end_stream = true;
+                self.filters.on_read(&mut self.read_buffer, true, &mut self.state);
+                if !self.state.half_close {
+                    // Without half-close, the downstream's FIN ends the connection once what
+                    // is already buffered for it has been written.
+                    self.state.close(ConnectionCloseType::FlushWrite);
+                }
+                Ok(true)
+            }
+            Ok(_) => {
+                self.filters.on_read(&mut self.read_buffer, false, &mut self.state);
+                if self.read_buffer.is_empty() {
+                    // Idle connections hold no read buffer; the next read allocates one.
+                    self.read_buffer = BytesMut::new();
+                }
+                Ok(true)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -268,12 +317,13 @@ impl Connection {
             return Ok(());
         }
         loop {
-            match self.socket.poll_read_ready(cx) {
+            // TLS too: a FIN is seen on the TCP socket underneath.
+            let socket = self.socket.tcp();
+            match socket.poll_read_ready(cx) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
-            let socket = &self.socket;
             // Returning WouldBlock from the closure clears the readiness; only when the socket
             // really has nothing, so the next poll registers for the next event.
             let peeked = socket.try_io(tokio::io::Interest::READABLE, || {
@@ -293,6 +343,21 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A TLS connection closing after its writes: the records rustls still holds, then
+    /// `close_notify`, go out before the socket closes, for at most `TLS_CLOSE_TIMEOUT` (Envoy's
+    /// `delayed_close_timeout` default) so a peer that stopped reading cannot hold it open.
+    fn tls_close_pending(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.socket.is_tls() {
+            return false;
+        }
+        let flushed = self.socket.poll_flush_records(cx).is_ready() && self.socket.poll_shutdown_write(cx).is_ready();
+        if flushed {
+            return false;
+        }
+        let deadline = self.close_deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(TLS_CLOSE_TIMEOUT)));
+        deadline.as_mut().poll(cx).is_pending()
     }
 
     fn close_now(&mut self, event: ConnectionEvent) -> ConnectionEvent {

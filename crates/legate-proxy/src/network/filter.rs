@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::task::Context;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 /// What a filter that took the connection's I/O over runs until the connection ends.
 pub type TakeOverFuture = Pin<Box<dyn Future<Output = ConnectionEvent>>>;
@@ -63,7 +62,7 @@ pub trait ReadFilter {
     /// the bytes read but not consumed become the filter's (an HTTP codec reads the socket
     /// itself). The connection ends when the returned future does. A filter that never asks
     /// is never called; the default closes the connection.
-    fn take_over(&mut self, _socket: TcpStream, _buffered: BytesMut) -> TakeOverFuture {
+    fn take_over(&mut self, _socket: super::TransportSocket, _buffered: BytesMut) -> TakeOverFuture {
         Box::pin(std::future::ready(ConnectionEvent::LocalClose))
     }
 }
@@ -154,6 +153,8 @@ pub struct ConnectionInfo {
     pub local_address: SocketAddr,
     /// Index of the worker that accepted it (0-based).
     pub worker: usize,
+    /// Set when the filter chain terminates TLS: what the handshake settled.
+    pub ssl: Option<std::sync::Arc<crate::tls::SslConnectionInfo>>,
 }
 
 /// The mutable state of a connection that filters act on through their callbacks.

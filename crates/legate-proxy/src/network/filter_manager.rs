@@ -3,7 +3,6 @@
 use std::task::Context;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::filter::{
     ConnectionEvent, ConnectionState, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
@@ -98,7 +97,7 @@ impl FilterManager {
     }
 
     /// Gives the socket to the filter at `index` (it asked with `take_over_io`).
-    pub fn take_over(&mut self, index: usize, socket: TcpStream, buffered: BytesMut) -> TakeOverFuture {
+    pub fn take_over(&mut self, index: usize, socket: super::TransportSocket, buffered: BytesMut) -> TakeOverFuture {
         match self.read_filters.get_mut(index) {
             Some(active) => active.filter.take_over(socket, buffered),
             None => Box::pin(std::future::ready(ConnectionEvent::LocalClose)),
@@ -165,7 +164,10 @@ mod tests {
 
     fn state() -> ConnectionState {
         let addr = "127.0.0.1:1".parse().unwrap();
-        ConnectionState::new(ConnectionInfo { id: 1, remote_address: addr, local_address: addr, worker: 0 }, 1 << 20)
+        ConnectionState::new(
+            ConnectionInfo { id: 1, remote_address: addr, local_address: addr, worker: 0, ssl: None },
+            1 << 20,
+        )
     }
 
     type Log = Rc<RefCell<Vec<String>>>;

@@ -27,6 +27,8 @@ pub struct Cluster {
     pub overprovisioning_factor: u32,
     /// Static clusters are never added through an API in this version.
     pub added_via_api: bool,
+    /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
+    pub transport_socket: Option<Arc<crate::tls::ClientContext>>,
     priority_set: ArcSwap<PrioritySet>,
     versions: AtomicU64,
     refresh_lock: std::sync::Mutex<()>,
@@ -91,6 +93,12 @@ impl Cluster {
             circuit_breakers,
             overprovisioning_factor,
             added_via_api: false,
+            // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
+            // the server's start-up); here it can only have become unreadable since.
+            transport_socket: crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
+                tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
+                None
+            }),
             priority_set: ArcSwap::from_pointee(PrioritySet::default()),
             versions: AtomicU64::new(0),
             refresh_lock: std::sync::Mutex::new(()),

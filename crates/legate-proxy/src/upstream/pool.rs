@@ -271,16 +271,18 @@ impl Pool {
             PoolProtocol::Http2 => stats.upstream_cx_http2_total.inc(),
         }
         let address = self.host.address;
-        let stream = match tokio::time::timeout(self.settings.connect_timeout, self.cluster.connect(address)).await {
+        // TCP and the cluster's transport socket (TLS) handshake, within connect_timeout.
+        let alpn = match self.protocol {
+            PoolProtocol::Http1 => crate::tls::client::Alpn::Http1,
+            PoolProtocol::Http2 => crate::tls::client::Alpn::Http2,
+        };
+        let connect = crate::tls::client::connect(&self.cluster, address, alpn);
+        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 stats.upstream_cx_connect_fail.inc();
                 self.host.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let detail = match e.raw_os_error() {
-                    Some(code) => format!("delayed connect error: {code}"),
-                    None => e.to_string(),
-                };
-                self.connect_failed(PoolFailure::ConnectFailure(detail), priority);
+                self.connect_failed(PoolFailure::ConnectFailure(e.transport_failure_reason()), priority);
                 return;
             }
             Err(_) => {
@@ -292,7 +294,7 @@ impl Pool {
                 return;
             }
         };
-        let local_address = stream.local_addr().ok();
+        let local_address = stream.tcp().local_addr().ok();
         let mut activity = Instant::now();
         cx.connected(&mut activity);
         let io = TokioIo::new(CountingIo::new(

@@ -194,7 +194,7 @@ impl HttpUpstream {
         addr: SocketAddr,
         handler: impl Fn(&UpstreamRequest) -> UpstreamAction + Send + Sync + 'static,
     ) -> Self {
-        Self::start_at(addr, false, Box::new(handler))
+        Self::start_with(addr, false, Box::new(handler), None)
     }
 
     /// An h2c server (HTTP/2 with prior knowledge) answering with `handler`.
@@ -210,10 +210,17 @@ impl HttpUpstream {
     }
 
     fn start(http2: bool, handler: Box<Handler>) -> Self {
-        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), http2, handler)
+        Self::start_with(SocketAddr::from(([127, 0, 0, 1], 0)), http2, handler, None)
     }
 
-    fn start_at(addr: SocketAddr, http2: bool, handler: Box<Handler>) -> Self {
+    /// Serves on `addr`; with `tls`, each connection is a TLS handshake first (see
+    /// `crate::tls_peer`), and [`Self::received`] then holds the TLS bytes.
+    pub(crate) fn start_with(
+        addr: SocketAddr,
+        http2: bool,
+        handler: Box<Handler>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = StdTcpListener::bind(addr).expect("bind HTTP upstream");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -232,7 +239,8 @@ impl HttpUpstream {
             .name(format!("http-upstream-{addr}"))
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(accept_loop(listener, http2, thread_state, stopped));
+                let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+                runtime.block_on(accept_loop(listener, http2, thread_state, stopped, tls));
                 // Dropping the runtime drops every connection task: sockets close.
             })
             .expect("spawn HTTP upstream thread");
@@ -348,7 +356,13 @@ impl Drop for HttpUpstream {
     }
 }
 
-async fn accept_loop(listener: StdTcpListener, http2: bool, state: Arc<State>, mut stop: oneshot::Receiver<()>) {
+async fn accept_loop(
+    listener: StdTcpListener,
+    http2: bool,
+    state: Arc<State>,
+    mut stop: oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     loop {
         let stream = tokio::select! {
@@ -363,22 +377,37 @@ async fn accept_loop(listener: StdTcpListener, http2: bool, state: Arc<State>, m
         state.active.fetch_add(1, Ordering::SeqCst);
         state.received.lock().unwrap().push(Vec::new());
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let active = ActiveGuard(state.clone());
-            let io = TokioIo::new(Recording { stream, state: state.clone(), connection });
-            let service = service_fn(move |request| handle(state.clone(), connection, request));
-            if http2 {
-                let _ = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(1000)
-                    .serve_connection(io, service)
-                    .await;
-            } else {
-                let _ =
-                    http1::Builder::new().timer(TokioTimer::new()).keep_alive(true).serve_connection(io, service).await;
+            let io = Recording { stream, state: state.clone(), connection };
+            match tls {
+                None => serve(io, http2, state, connection).await,
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(io).await {
+                        serve(tls, http2, state, connection).await;
+                    }
+                }
             }
             drop(active);
         });
+    }
+}
+
+async fn serve<I>(io: I, http2: bool, state: Arc<State>, connection: usize)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let service = service_fn(move |request| handle(state.clone(), connection, request));
+    if http2 {
+        let _ = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(1000)
+            .serve_connection(io, service)
+            .await;
+    } else {
+        let _ = http1::Builder::new().timer(TokioTimer::new()).keep_alive(true).serve_connection(io, service).await;
     }
 }
 

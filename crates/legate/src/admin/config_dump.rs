@@ -48,11 +48,14 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
     if let Some(node) = bootstrap_node(server) {
         bootstrap["node"] = node;
     }
-    let configs = vec![
+    let mut configs = vec![
         json!({"@type": BOOTSTRAP, "bootstrap": bootstrap, "last_updated": updated}),
         json!({"@type": CLUSTERS, "static_clusters": clusters}),
         json!({"@type": LISTENERS, "static_listeners": listeners}),
     ];
+    for config in &mut configs {
+        redact(config, false);
+    }
     let configs: Vec<Value> = match query.get("resource") {
         Some(resource) => {
             configs.into_iter().filter_map(|c| c.get(resource).and_then(Value::as_array).cloned()).flatten().collect()
@@ -72,4 +75,47 @@ fn bootstrap_node(server: &Server) -> Option<Value> {
         value["locality"] = json!({"region": locality.region, "zone": locality.zone, "sub_zone": locality.sub_zone});
     }
     Some(value)
+}
+
+/// Fields Envoy marks `sensitive` (private keys, key passwords, ticket keys): their values are
+/// replaced in the dump, file names included, as Envoy's `MessageUtil::redact` does.
+const SENSITIVE: &[&str] =
+    &["private_key", "privateKey", "password", "pkcs12", "session_ticket_keys", "sessionTicketKeys"];
+
+/// Envoy's redaction: strings become `[redacted]`, bytes the base64 of it.
+fn redact(value: &mut Value, sensitive: bool) {
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                let inside = sensitive || SENSITIVE.contains(&key.as_str());
+                if inside && (key == "inline_bytes" || key == "inlineBytes") {
+                    *field = json!("W3JlZGFjdGVkXQ==");
+                } else {
+                    redact(field, inside);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| redact(item, sensitive)),
+        Value::String(text) if sensitive => *text = "[redacted]".into(),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn private_keys_are_redacted_certificates_kept() {
+        let mut v = json!({"tls_certificates": [{
+            "certificate_chain": {"filename": "/etc/cert.pem"},
+            "private_key": {"inline_string": "-----BEGIN PRIVATE KEY-----"},
+        }, {
+            "private_key": {"inline_bytes": "c2VjcmV0"},
+        }]});
+        redact(&mut v, false);
+        assert_eq!(v["tls_certificates"][0]["certificate_chain"]["filename"], "/etc/cert.pem");
+        assert_eq!(v["tls_certificates"][0]["private_key"]["inline_string"], "[redacted]");
+        assert_eq!(v["tls_certificates"][1]["private_key"]["inline_bytes"], "W3JlZGFjdGVkXQ==");
+    }
 }

@@ -93,10 +93,11 @@ pub struct HttpConnectionManager {
     pub preserve_external_request_id: bool,
     #[serde(default)]
     pub always_set_request_id_in_response: bool,
-    /// Only `SANITIZE` (remove `x-forwarded-client-cert`) until legate terminates TLS.
+    /// How `x-forwarded-client-cert` is handled (default `SANITIZE`: removed).
     #[serde(default)]
     pub forward_client_cert_details: ForwardClientCertDetails,
-    pub set_current_client_cert_details: Option<Unsupported>,
+    /// What `SANITIZE_SET`/`APPEND_FORWARD` put in the header besides `Hash`.
+    pub set_current_client_cert_details: Option<SetCurrentClientCertDetails>,
     /// Forward `Expect: 100-continue` and the upstream's `100 Continue` instead of answering
     /// it locally.
     #[serde(default)]
@@ -217,8 +218,13 @@ impl HttpConnectionManager {
                 v.error(&format!("{at}.max_request_headers_kb"), "value must be inside range (0, 8192]");
             }
         }
-        if self.forward_client_cert_details != ForwardClientCertDetails::Sanitize {
-            v.error(&format!("{at}.forward_client_cert_details"), "this Envoy field is not supported by legate yet");
+        if let Some(details) = &self.set_current_client_cert_details {
+            if details.cert || details.chain {
+                v.error(
+                    &format!("{at}.set_current_client_cert_details"),
+                    "cert and chain are not supported by legate yet (subject, dns and uri are)",
+                );
+            }
         }
         if self.strip_matching_host_port && self.strip_any_host_port {
             v.error(at, "Error: Only one of `strip_matching_host_port` or `strip_any_host_port` can be set.");
@@ -323,6 +329,22 @@ pub enum ServerHeaderTransformation {
     /// The upstream's, or none.
     #[serde(rename = "PASS_THROUGH")]
     PassThrough,
+}
+
+/// `HttpConnectionManager.SetCurrentClientCertDetails`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetCurrentClientCertDetails {
+    #[serde(default)]
+    pub subject: bool,
+    #[serde(default)]
+    pub cert: bool,
+    #[serde(default)]
+    pub chain: bool,
+    #[serde(default)]
+    pub dns: bool,
+    #[serde(default)]
+    pub uri: bool,
 }
 
 /// `HttpConnectionManager.ForwardClientCertDetails`: handling of `x-forwarded-client-cert`.
@@ -508,11 +530,15 @@ mod tests {
         v.as_object_mut().unwrap().remove("route_config");
         v["codec_type"] = json!("HTTP3");
         v["forward_client_cert_details"] = json!("APPEND_FORWARD");
+        v["set_current_client_cert_details"] = json!({"subject": true, "cert": true});
         let e = errors(&hcm(v), &[]);
         assert!(e.contains(&"tc: one of rds, route_config or scoped_routes is required".to_string()), "{e:?}");
         assert!(e.contains(&"tc.codec_type: HTTP3 is not supported by legate yet".to_string()), "{e:?}");
         assert!(
-            e.contains(&"tc.forward_client_cert_details: this Envoy field is not supported by legate yet".to_string()),
+            e.contains(
+                &"tc.set_current_client_cert_details: cert and chain are not supported by legate yet (subject, dns and uri are)"
+                    .to_string()
+            ),
             "{e:?}"
         );
         let mut v = minimal();

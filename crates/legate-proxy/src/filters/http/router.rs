@@ -946,11 +946,12 @@ async fn connect_terminate(
         ));
     };
     let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
-    let stream = match tokio::time::timeout(cluster.connect_timeout(), cluster.connect(host.address)).await {
+    let connect = crate::tls::client::connect(cluster, host.address, crate::tls::client::Alpn::Http1);
+    let stream = match tokio::time::timeout(cluster.connect_timeout(), connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             cluster.stats.upstream_cx_connect_fail.inc();
-            let detail = e.raw_os_error().map_or_else(|| e.to_string(), |c| format!("delayed connect error: {c}"));
+            let detail = e.transport_failure_reason();
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamConnectionFailure,
                 &PoolFailure::ConnectFailure(detail).reason(),

@@ -7,8 +7,6 @@
 //! The ClientHello is parsed here by hand (RFC 8446 §4.1.2, RFC 6066 §3, RFC 7301 §3.1), every
 //! read bounds-checked: the bytes come from an untrusted peer.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use legate_stats::Scope;
 use tokio::net::TcpStream;
@@ -48,78 +46,50 @@ pub enum Parse {
     NeedMore,
 }
 
-/// The end of inspection for one socket.
-pub enum Inspection {
-    Done {
-        hello: Option<ClientHello>,
-        data: BytesMut,
-    },
-    /// The peer closed or reset, or the ClientHello was too large: drop the socket.
-    Closed,
-    /// `listener_filters_timeout` fired; `data` is what was read.
-    Timeout {
-        data: BytesMut,
-    },
-}
-
-/// Reads from `stream` until the ClientHello is complete or clearly absent.
+/// Reads from `stream` into `data` (which may already hold bytes earlier listener filters
+/// read) until the ClientHello is complete or clearly absent. `None`: the peer closed or
+/// reset, or the ClientHello was too large; drop the socket.
 ///
 /// # Cancel safety
-/// Not cancel safe: bytes read are lost if the future is dropped (the socket is dropped too).
-pub async fn inspect(stream: &TcpStream, stats: &TlsInspectorStats, timeout: Option<Duration>) -> Inspection {
-    let mut data = BytesMut::new();
-    let read = async {
-        loop {
-            match parse(&data) {
-                Parse::Tls(hello) => {
-                    stats.tls_found.inc();
-                    if hello.server_name.is_empty() {
-                        stats.sni_not_found.inc();
-                    } else {
-                        stats.sni_found.inc();
-                    }
-                    if hello.application_protocols.is_empty() {
-                        stats.alpn_not_found.inc();
-                    } else {
-                        stats.alpn_found.inc();
-                    }
-                    return Some(Some(hello));
+/// Cancel safe: what was read stays in `data` (`listener_filters_timeout` relies on it).
+pub async fn inspect(
+    stream: &TcpStream,
+    data: &mut BytesMut,
+    stats: &TlsInspectorStats,
+) -> Option<Option<ClientHello>> {
+    let outcome = loop {
+        match parse(data) {
+            Parse::Tls(hello) => {
+                stats.tls_found.inc();
+                if hello.server_name.is_empty() {
+                    stats.sni_not_found.inc();
+                } else {
+                    stats.sni_found.inc();
                 }
-                Parse::NotTls => {
-                    stats.tls_not_found.inc();
-                    return Some(None);
+                if hello.application_protocols.is_empty() {
+                    stats.alpn_not_found.inc();
+                } else {
+                    stats.alpn_found.inc();
                 }
-                Parse::NeedMore if data.len() >= MAX_CLIENT_HELLO => {
-                    stats.client_hello_too_large.inc();
-                    return None;
-                }
-                Parse::NeedMore => {}
+                break Some(Some(hello));
             }
-            if stream.readable().await.is_err() {
-                return None;
+            Parse::NotTls => {
+                stats.tls_not_found.inc();
+                break Some(None);
             }
-            data.reserve(4096);
-            let limit = MAX_CLIENT_HELLO - data.len();
-            match stream.try_read_buf(&mut bytes::BufMut::limit(&mut data, limit)) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return None,
+            Parse::NeedMore if data.len() >= MAX_CLIENT_HELLO => {
+                stats.client_hello_too_large.inc();
+                break None;
             }
+            Parse::NeedMore => {}
+        }
+        match super::read_more(stream, data, MAX_CLIENT_HELLO).await {
+            Ok(0) | Err(_) => break None,
+            Ok(_) => {}
         }
     };
-    let outcome = match timeout {
-        Some(t) => match tokio::time::timeout(t, read).await {
-            Ok(outcome) => outcome,
-            Err(_) => return Inspection::Timeout { data },
-        },
-        None => read.await,
-    };
     stats.bytes_processed.record(data.len() as u64);
-    match outcome {
-        Some(hello) => Inspection::Done { hello, data },
-        None => Inspection::Closed,
-    }
+    outcome
 }
 
 /// Builds the inspector's stats under `tls_inspector.` of the root scope.

@@ -9,6 +9,7 @@
 //! and `max_stream_duration`. `request_headers_timeout` is hyper's header read timeout.
 
 pub mod active_stream;
+pub mod forward_client_cert;
 pub mod path;
 pub mod response_body;
 pub mod stats;
@@ -28,14 +29,15 @@ use legate_config::filters::network::http_connection_manager::{
 };
 use legate_stats::Scope;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::H1Guard;
 use crate::http::io::{CountingIo, LocalExec};
-use crate::network::{ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture};
+use crate::network::{
+    ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
+};
 use crate::router::RouteConfig;
 use crate::worker::WorkerContext;
 pub use stats::HcmStats;
@@ -198,7 +200,7 @@ impl ReadFilter for HttpConnectionManager {
         FilterStatus::StopIteration
     }
 
-    fn take_over(&mut self, socket: TcpStream, buffered: BytesMut) -> TakeOverFuture {
+    fn take_over(&mut self, socket: TransportSocket, buffered: BytesMut) -> TakeOverFuture {
         let Some(info) = self.info.take() else {
             return Box::pin(std::future::ready(ConnectionEvent::LocalClose));
         };
@@ -261,7 +263,11 @@ impl Drop for ConnectionGuard<'_> {
 
 /// Whether the bytes start with the HTTP/2 connection preface (h2c prior knowledge). Reads
 /// until it can tell; `None` when the peer closed first.
-async fn sniff_http2(socket: &mut TcpStream, buffered: &mut BytesMut, rx: &legate_stats::Counter) -> Option<bool> {
+async fn sniff_http2(
+    socket: &mut TransportSocket,
+    buffered: &mut BytesMut,
+    rx: &legate_stats::Counter,
+) -> Option<bool> {
     loop {
         let n = buffered.len().min(H2_PREFACE.len());
         if buffered.get(..n) != H2_PREFACE.get(..n) {
@@ -282,14 +288,19 @@ async fn serve(
     worker: Rc<WorkerContext>,
     info: ConnectionInfo,
     buffer_limit: usize,
-    mut socket: TcpStream,
+    mut socket: TransportSocket,
     mut buffered: BytesMut,
 ) -> ConnectionEvent {
     let stats = &shared.stats;
     let _ = socket.set_nodelay(true);
+    // Over TLS, ALPN settles the codec for AUTO (Envoy: "h2" → HTTP/2, anything else
+    // negotiated → HTTP/1.1); without ALPN the preface is sniffed as for cleartext.
+    let alpn = info.ssl.as_ref().and_then(|ssl| ssl.alpn.as_deref());
     let http2 = match shared.config.codec_type {
         CodecType::Http1 => false,
         CodecType::Http2 => true,
+        _ if alpn == Some("h2") => true,
+        _ if alpn.is_some() => false,
         _ => {
             // A connection that has sent nothing yet is idle: the idle timeout and a drain
             // end it here too.

@@ -27,10 +27,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use legate_config::filters::network::tcp_proxy::TcpProxy as TcpProxyConfig;
 use legate_stats::Scope;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::network::{ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks};
+use crate::network::{
+    ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, TransportSocket,
+};
+use crate::tls::client::{Alpn, ConnectError};
 use crate::upstream::cluster_manager::ChooseHostError;
 use crate::upstream::upstream_cx::UpstreamCx;
 use crate::upstream::Cluster;
@@ -110,12 +112,13 @@ enum Upstream {
     None,
     /// A connect attempt is under way.
     Connecting {
-        connect: Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>,
+        /// TCP, then the cluster's transport socket handshake (TLS).
+        connect: Pin<Box<dyn Future<Output = Result<TransportSocket, ConnectError>>>>,
         deadline: Pin<Box<Sleep>>,
         cx: UpstreamCx,
     },
     /// Bytes flow.
-    Connected { stream: TcpStream, cx: UpstreamCx },
+    Connected { stream: TransportSocket, cx: UpstreamCx },
 }
 
 pub struct TcpProxy {
@@ -196,8 +199,11 @@ impl TcpProxy {
         tracing::debug!(connection = cb.info().id, cluster = %cluster.name, host = %host.address, "tcp_proxy: connecting");
         let cx = UpstreamCx::new(cluster.clone(), host.clone(), breaker);
         let address = host.address;
+        let connect_cluster = cluster.clone();
         self.upstream = Upstream::Connecting {
-            connect: Box::pin(cluster.connect(address)),
+            connect: Box::pin(
+                async move { crate::tls::client::connect(&connect_cluster, address, Alpn::Configured).await },
+            ),
             deadline: Box::pin(tokio::time::sleep(cluster.connect_timeout())),
             cx,
         };
@@ -217,7 +223,7 @@ impl TcpProxy {
         cb.close(ConnectionCloseType::FlushWrite);
     }
 
-    fn on_connected(&mut self, stream: TcpStream, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
+    fn on_connected(&mut self, stream: TransportSocket, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
         cx.connected(&mut self.last_activity);
         self.upstream = Upstream::Connected { stream, cx };
         if let Some(timeout) = self.shared.idle_timeout {
@@ -231,23 +237,27 @@ impl TcpProxy {
     fn flush_upstream(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) -> io::Result<()> {
         let Upstream::Connected { stream, cx: ucx } = &mut self.upstream else { return Ok(()) };
         while !self.upstream_write.is_empty() {
-            match stream.poll_write_ready(cx) {
+            match stream.poll_write_slice(cx, &self.upstream_write) {
                 Poll::Pending => break,
                 Poll::Ready(Err(e)) => return Err(e),
-                Poll::Ready(Ok(())) => match stream.try_write(&self.upstream_write) {
-                    Ok(n) => {
-                        let _ = self.upstream_write.split_to(n);
-                        ucx.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
-                        self.last_activity = Instant::now();
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                },
+                Poll::Ready(Ok(n)) => {
+                    let _ = self.upstream_write.split_to(n);
+                    ucx.cluster.stats.upstream_cx_tx_bytes_total.add(n as u64);
+                    self.last_activity = Instant::now();
+                }
             }
         }
-        if self.upstream_write.is_empty() && self.upstream_write_end && !self.upstream_write_shutdown {
-            self.upstream_write_shutdown = true;
-            let _ = socket2::SockRef::from(&*stream).shutdown(std::net::Shutdown::Write);
+        // TLS records still held by rustls.
+        let flushed = match stream.poll_flush_records(cx) {
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Ready(Ok(())) => true,
+            Poll::Pending => false,
+        };
+        if flushed && self.upstream_write.is_empty() && self.upstream_write_end && !self.upstream_write_shutdown {
+            // A peer that already went away makes shutdown fail; the read side notices.
+            if stream.poll_shutdown_write(cx).is_ready() {
+                self.upstream_write_shutdown = true;
+            }
         }
         if self.downstream_paused && self.upstream_write.len() <= ucx.cluster.per_connection_buffer_limit_bytes() / 2 {
             self.downstream_paused = false;
@@ -277,16 +287,15 @@ impl TcpProxy {
                 self.upstream_paused = false;
                 ucx.cluster.stats.upstream_flow_control_resumed_reading_total.inc();
             }
-            match stream.poll_read_ready(cx) {
-                Poll::Pending => return Ok(()),
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Ready(Ok(())) => {}
-            }
             let room = (limit - cb.write_buffer_len()).clamp(1, UPSTREAM_READ_SIZE);
             // Read on the stack and keep exactly what arrived (see `Connection::poll_read`:
             // per-read heap blocks fragment the heap of idle connections).
             let mut scratch = [0u8; UPSTREAM_READ_SIZE];
-            match stream.try_read(&mut scratch[..room]).map(|n| (n, BytesMut::from(&scratch[..n]))) {
+            let read = match stream.poll_read_slice(cx, &mut scratch[..room]) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(read) => read,
+            };
+            match read.map(|n| (n, BytesMut::from(&scratch[..n]))) {
                 Ok((0, _)) => {
                     self.upstream_read_end = true;
                     cb.write(BytesMut::new(), true);

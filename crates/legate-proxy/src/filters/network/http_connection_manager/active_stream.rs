@@ -43,7 +43,12 @@ pub async fn handle(
     stats.downstream_rq_active.inc();
     context.active_streams.set(context.active_streams.get() + 1);
     let info = &context.info;
-    let stream_info = Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
+    let mut stream_info =
+        Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
+    if let Some(ssl) = &info.ssl {
+        stream_info.requested_server_name = ssl.server_name.clone();
+        stream_info.downstream_ssl = Some(ssl.clone());
+    }
     let mut completion = StreamCompletion::new(context.clone(), stream_info);
     let mut request = request;
     let upgrade = upgrade_type(&request).map(|kind| (kind, hyper::upgrade::on(&mut request)));
@@ -213,7 +218,9 @@ fn prepare(
         }
     }
 
-    // x-forwarded-for and the downstream's address.
+    // x-forwarded-for and the downstream's address; x-forwarded-proto is the downstream
+    // connection's scheme (`https` when this listener terminated TLS).
+    let scheme = HeaderValue::from_static(if context.info.ssl.is_some() { "https" } else { "http" });
     let peer = context.info.remote_address;
     let use_remote_address = config.use_remote_address.unwrap_or(false);
     let internal = is_internal(peer.ip());
@@ -221,7 +228,7 @@ fn prepare(
         if !config.skip_xff_append {
             append_xff(&mut head.headers, peer.ip());
         }
-        head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
         if internal {
             head.headers.insert(headers::X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
         } else {
@@ -236,9 +243,15 @@ fn prepare(
             info.downstream_remote_address = SocketAddr::new(ip, 0);
         }
         if !head.headers.contains_key(&X_FORWARDED_PROTO) {
-            head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
         }
     }
+    super::forward_client_cert::apply(
+        &mut head.headers,
+        config.forward_client_cert_details,
+        config.set_current_client_cert_details.as_ref(),
+        context.info.ssl.as_deref(),
+    );
     // x-request-id.
     let external = use_remote_address && !internal;
     let regenerate = external && !config.preserve_external_request_id;

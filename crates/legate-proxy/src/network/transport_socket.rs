@@ -1,0 +1,189 @@
+//! The transport socket of a connection (Envoy's `Network::TransportSocket`): what turns the
+//! TCP byte stream into the byte stream the filters see. A closed set, so an enum:
+//! `envoy.transport_sockets.raw_buffer` (the TCP stream itself) and `envoy.transport_sockets.tls`
+//! (rustls over the TCP stream, built by [`crate::tls`]). The same type carries downstream and
+//! upstream connections.
+//!
+//! The TLS variant reads and writes plaintext; a TLS record may hold bytes the next read returns
+//! without the socket becoming readable, so callers read until `Pending` rather than waiting on
+//! the socket's readiness (the raw variant's fast paths in `Connection` do wait on it).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A connected socket with its transport (raw or TLS).
+pub enum TransportSocket {
+    /// `envoy.transport_sockets.raw_buffer`.
+    RawBuffer(TcpStream),
+    /// `envoy.transport_sockets.tls`, handshake done.
+    Tls(Box<tokio_rustls::TlsStream<PrefixedTcpStream>>),
+}
+
+/// A TCP stream whose first reads return bytes already read from it (by listener filters):
+/// what the TLS handshake reads the ClientHello from.
+pub struct PrefixedTcpStream {
+    prefix: BytesMut,
+    tcp: TcpStream,
+}
+
+impl PrefixedTcpStream {
+    pub fn new(tcp: TcpStream, prefix: BytesMut) -> Self {
+        PrefixedTcpStream { prefix, tcp }
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl AsyncRead for PrefixedTcpStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        }
+        let n = buf.remaining().min(this.prefix.len());
+        buf.put_slice(&this.prefix.split_to(n));
+        if this.prefix.is_empty() {
+            // Give the buffer back: the connection may live long.
+            this.prefix = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PrefixedTcpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+impl TransportSocket {
+    /// The TCP socket underneath (socket options, addresses, FIN probing).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            TransportSocket::RawBuffer(s) => s,
+            TransportSocket::Tls(s) => s.get_ref().0.tcp(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, TransportSocket::Tls(_))
+    }
+
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.tcp().set_nodelay(nodelay)
+    }
+
+    /// Reads plaintext into `buf`; `Ok(0)` is the peer's end of stream. A TLS peer that closes
+    /// TCP without `close_notify` is treated as an end of stream too, as Envoy does (HTTP/1.1
+    /// and tcp_proxy frame their own ends).
+    pub fn poll_read_slice(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut read_buf = ReadBuf::new(buf);
+        match Pin::new(&mut *self).poll_read(cx, &mut read_buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes some of `buf`; for TLS the records may still wait in rustls: call
+    /// [`Self::poll_flush_records`] until it is ready.
+    pub fn poll_write_slice(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(self).poll_write(cx, buf)
+    }
+
+    /// Pushes TLS records buffered in rustls to the socket (nothing to do for raw sockets).
+    pub fn poll_flush_records(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            TransportSocket::RawBuffer(_) => Poll::Ready(Ok(())),
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    /// Half-closes our sending direction: TLS `close_notify`, then TCP FIN.
+    pub fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            TransportSocket::RawBuffer(s) => {
+                Poll::Ready(socket2::SockRef::from(&*s).shutdown(std::net::Shutdown::Write))
+            }
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for TransportSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TransportSocket::RawBuffer(s) => Pin::new(s).poll_read(cx, buf),
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TransportSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TransportSocket::RawBuffer(s) => Pin::new(s).poll_write(cx, buf),
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TransportSocket::RawBuffer(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TransportSocket::RawBuffer(s) => s.is_write_vectored(),
+            TransportSocket::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TransportSocket::RawBuffer(s) => Pin::new(s).poll_flush(cx),
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TransportSocket::RawBuffer(s) => Pin::new(s).poll_shutdown(cx),
+            TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
