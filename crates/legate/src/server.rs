@@ -124,17 +124,8 @@ fn check_cluster_transport_sockets(
     store: &Arc<Store>,
 ) -> anyhow::Result<()> {
     for (index, cluster) in bootstrap.static_resources.clusters.iter().enumerate() {
-        let tls = legate_proxy::tls::ClientContext::for_cluster(cluster, &store.scope("check"))
+        legate_proxy::tls::ClientContext::for_cluster(cluster, &store.scope("check"))
             .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
-        // The health checker connects in cleartext: an HTTP check of a TLS host would only
-        // ever fail, so it is refused rather than left to mark every host unhealthy.
-        if let (Some(_), Some(hc)) = (&tls, cluster.health_checks.iter().position(|h| h.http_health_check.is_some())) {
-            anyhow::bail!(
-                "static_resources.clusters[{index}] ('{}'): health_checks[{hc}].http_health_check: HTTP health \
-                 checks of a TLS cluster are not supported by legate yet",
-                cluster.name
-            );
-        }
     }
     Ok(())
 }

@@ -1028,3 +1028,43 @@ fn upstream_client_certificate_for_an_mtls_upstream() {
     assert_eq!(response.status, 503, "{}", response.body);
     px.wait_stat("cluster.without_cert.ssl.connection_error", 1);
 }
+
+/// Active health checks go through the cluster's transport socket, as Envoy's: an HTTP check of
+/// a TLS host is made over TLS (and fails when the host's certificate does not verify).
+#[test]
+fn http_health_checks_of_a_tls_cluster_run_over_tls() {
+    let ca = TestCa::new("legate upstream CA");
+    let dir = TempDir::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let good = TlsUpstream::http(&ca.issue("backend", &["backend.internal"]), "secure-backend");
+    let imposter = TlsUpstream::http(&ca.issue("imposter", &["imposter.internal"]), "imposter");
+    let tls = upstream_tls(json!({
+        "sni": "backend.internal",
+        "common_tls_context": { "validation_context": {
+            "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() },
+            "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "exact": "backend.internal" } }],
+        }},
+    }));
+    let mut cluster = static_cluster("secure", &[good.addr(), imposter.addr()]);
+    cluster["transport_socket"] = tls;
+    cluster["health_checks"] = json!([{
+        "timeout": "1s", "interval": "0.3s", "no_traffic_interval": "0.3s",
+        "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": { "path": "/healthz" }
+    }]);
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route_to("/", "secure")])]);
+    let listener = http_listener("ingress", routes, vec![router_filter()], json!({}));
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![cluster]).to_string());
+
+    // The good host passes over TLS before any traffic; the imposter fails verification.
+    px.wait_stat("cluster.secure.health_check.healthy", 1);
+    assert!(px.stat("cluster.secure.ssl.handshake").unwrap_or(0) >= 1, "checks made TLS handshakes");
+    assert!(px.wait_stat_at_least("cluster.secure.ssl.fail_verify_san", 1) >= 1);
+    let clusters = px.admin_get("/clusters").1;
+    assert!(clusters.contains(&format!("secure::{}::health_flags::healthy", good.addr())), "{clusters}");
+    assert!(clusters.contains(&format!("secure::{}::health_flags::/failed_active_hc", imposter.addr())), "{clusters}");
+    let mut client = legate_testing::HttpClient::connect(px.connect_addr("ingress"));
+    for _ in 0..4 {
+        assert_eq!(client.get("/").body, "secure-backend", "only the verified host takes traffic");
+    }
+}

@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::network::TransportSocket;
+use crate::tls::client::Alpn;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
@@ -35,7 +37,6 @@ use legate_config::health_check::{
 use legate_config::matcher::Int64Range;
 use legate_stats::Scope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::host::health_flag;
 use super::{Cluster, Host};
@@ -289,7 +290,7 @@ enum Connection {
     None,
     Http1(http1::SendRequest<Full<Bytes>>),
     Http2(http2::SendRequest<Full<Bytes>>),
-    Tcp(TcpStream),
+    Tcp(TransportSocket),
 }
 
 /// Runs one check. Not bounded by itself: the caller applies `timeout`.
@@ -325,7 +326,10 @@ async fn send(
         _ => false,
     };
     if !reusable {
-        let stream = cluster.connect(addr).await.ok()?;
+        // Through the cluster's transport socket, as Envoy's checks: TLS hosts are checked
+        // over TLS.
+        let alpn = if http2 { Alpn::Http2 } else { Alpn::Http1 };
+        let stream = crate::tls::client::connect(cluster, addr, alpn).await.ok()?;
         let io = TokioIo::new(stream);
         *connection = if http2 {
             let mut builder = http2::Builder::new(LocalExec);
@@ -567,7 +571,9 @@ async fn tcp_check(
     connection: &mut Connection,
 ) -> CheckResult {
     if !matches!(connection, Connection::Tcp(_)) {
-        let Ok(stream) = cluster.connect(addr).await else { return CheckResult::NetworkFailure };
+        let Ok(stream) = crate::tls::client::connect(cluster, addr, Alpn::Configured).await else {
+            return CheckResult::NetworkFailure;
+        };
         *connection = Connection::Tcp(stream);
     }
     let Connection::Tcp(stream) = connection else { return CheckResult::NetworkFailure };
