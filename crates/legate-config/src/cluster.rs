@@ -187,6 +187,15 @@ impl Cluster {
         options
     }
 
+    /// `upstream_http_protocol_options` (auto SNI and SAN): the extension's, else the
+    /// deprecated cluster field.
+    pub fn upstream_sni_options(&self) -> crate::protocol::UpstreamHttpProtocolOptions {
+        self.upstream_http_options()
+            .and_then(|ext| ext.upstream_http_protocol_options.clone())
+            .or_else(|| self.upstream_http_protocol_options.clone())
+            .unwrap_or_default()
+    }
+
     /// HTTP/2 settings for upstream connections: the extension's (explicit or downstream-mode),
     /// else the deprecated field, else defaults.
     pub fn upstream_http2_options(&self) -> Http2ProtocolOptions {

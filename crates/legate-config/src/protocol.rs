@@ -249,23 +249,16 @@ impl Http2ProtocolOptions {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamHttpProtocolOptions {
-    /// SNI from each request's host: needs connection pools keyed by SNI, which legate does
-    /// not have yet; `true` is refused.
-    #[serde(default, deserialize_with = "refuse_true")]
+    /// SNI from each request's host (or `override_auto_sni_header`): upstream connections are
+    /// pooled per SNI.
+    #[serde(default)]
     pub auto_sni: bool,
-    /// Refused as `auto_sni`.
-    #[serde(default, deserialize_with = "refuse_true")]
+    /// Verify the upstream certificate's SAN against that name (legate: with `auto_sni`).
+    #[serde(default)]
     pub auto_san_validation: bool,
     /// Take the SNI from this request header instead of the authority.
     #[serde(default)]
     pub override_auto_sni_header: String,
-}
-
-fn refuse_true<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    if bool::deserialize(d)? {
-        return Err(serde::de::Error::custom("true is not supported by legate yet (TLS SNI per request)"));
-    }
-    Ok(false)
 }
 
 #[cfg(test)]

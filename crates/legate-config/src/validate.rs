@@ -379,6 +379,13 @@ impl Validator {
             &cluster.dns_resolvers,
             self,
         );
+        let sni = cluster.upstream_sni_options();
+        if sni.auto_san_validation && !sni.auto_sni {
+            self.error(
+                &format!("{at}.upstream_http_protocol_options.auto_san_validation"),
+                "is supported by legate together with auto_sni only",
+            );
+        }
         if let Some(bind) = &cluster.upstream_bind_config {
             bind.validate(&format!("{at}.upstream_bind_config"), self);
         }

@@ -1068,3 +1068,41 @@ fn http_health_checks_of_a_tls_cluster_run_over_tls() {
         assert_eq!(client.get("/").body, "secure-backend", "only the verified host takes traffic");
     }
 }
+
+/// `auto_sni` and `auto_san_validation` (`upstream_http_protocol_options`): each request's
+/// upstream TLS connection is made for its host, pooled per name, and the certificate must be
+/// valid for that name.
+#[test]
+fn auto_sni_sends_each_requests_host_and_auto_san_validation_checks_it() {
+    let ca = TestCa::new("legate upstream CA");
+    let dir = TempDir::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let upstream = TlsUpstream::http(&ca.issue("backend", &["backend.internal"]), "secure-backend");
+    let mut cluster = static_cluster("secure", &[upstream.addr()]);
+    cluster["transport_socket"] = upstream_tls(json!({
+        "common_tls_context": { "validation_context": {
+            "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() },
+        }},
+    }));
+    cluster["typed_extension_protocol_options"] = legate_testing::config::http_protocol_options(json!({
+        "upstream_http_protocol_options": { "auto_sni": true, "auto_san_validation": true },
+        "explicit_http_config": { "http_protocol_options": {} },
+    }));
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route_to("/", "secure")])]);
+    let listener = http_listener("ingress", routes, vec![router_filter()], json!({}));
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![cluster]).to_string());
+    let mut client = legate_testing::HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = client.send("GET", "/", &[("host", "Backend.Internal:8443")], b"");
+    assert_eq!((r.status, r.body.as_str()), (200, "secure-backend"), "{r:?}");
+    assert_eq!(upstream.server_names(), vec![Some("backend.internal".to_string())], "SNI from the host");
+
+    // Another name: another connection, whose certificate is not valid for it.
+    let r = client.send("GET", "/", &[("host", "other.internal")], b"");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.body.contains("TLS_error"), "{r:?}");
+    px.wait_stat_at_least("cluster.secure.ssl.fail_verify_san", 1);
+    // The first name's pooled connection still serves.
+    let r = client.send("GET", "/", &[("host", "backend.internal")], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+}

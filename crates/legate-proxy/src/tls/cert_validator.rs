@@ -283,6 +283,9 @@ impl ClientCertVerifier for ClientCertValidator {
 pub struct ServerCertValidator {
     pub validator: Option<CertValidator>,
     pub provider: Arc<CryptoProvider>,
+    /// `auto_san_validation`: the certificate must also be valid for the name the connection
+    /// was made for (the request's host, sent as SNI by `auto_sni`).
+    pub auto_san: Option<SslStats>,
 }
 
 impl ServerCertVerifier for ServerCertValidator {
@@ -290,14 +293,21 @@ impl ServerCertVerifier for ServerCertValidator {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match &self.validator {
-            Some(v) => v.verify(end_entity, intermediates, now, false).map(|()| ServerCertVerified::assertion()),
-            None => Ok(ServerCertVerified::assertion()),
+        if let Some(v) = &self.validator {
+            v.verify(end_entity, intermediates, now, false)?;
         }
+        if let Some(stats) = &self.auto_san {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            if let Err(e) = rustls::client::verify_server_name(&parsed, server_name) {
+                stats.fail_verify_san.inc();
+                return Err(e);
+            }
+        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -83,16 +83,18 @@ impl ClientContext {
         use legate_config::extensions::TransportSocketConfig;
         match config.transport_socket.as_ref().map(|t| &t.config) {
             None | Some(TransportSocketConfig::RawBuffer) => Ok(None),
-            Some(TransportSocketConfig::UpstreamTls(tls)) => ClientContext::new(tls, SslStats::new(scope))
-                .map(|c| Some(Arc::new(c)))
-                .map_err(|e| format!("transport_socket.typed_config.{e}")),
+            Some(TransportSocketConfig::UpstreamTls(tls)) => {
+                ClientContext::new(tls, SslStats::new(scope), config.upstream_sni_options().auto_san_validation)
+                    .map(|c| Some(Arc::new(c)))
+                    .map_err(|e| format!("transport_socket.typed_config.{e}"))
+            }
             Some(TransportSocketConfig::DownstreamTls(_)) => {
                 Err("transport_socket.typed_config: a cluster's TLS transport socket is an UpstreamTlsContext".into())
             }
         }
     }
 
-    pub fn new(config: &UpstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+    pub fn new(config: &UpstreamTlsContext, stats: SslStats, auto_san_validation: bool) -> Result<Self, String> {
         let common = &config.common_tls_context;
         if common.validation_context_sds_secret_config.is_some() || common.combined_validation_context.is_some() {
             return Err("common_tls_context: a validation context from SDS is supported by legate on downstream \
@@ -122,7 +124,8 @@ impl ClientContext {
             }
             None => None,
         };
-        let verifier = Arc::new(ServerCertValidator { validator, provider: provider.clone() });
+        let auto_san = auto_san_validation.then(|| stats.clone());
+        let verifier = Arc::new(ServerCertValidator { validator, provider: provider.clone(), auto_san });
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| format!("common_tls_context.tls_params: {e}"))?
@@ -192,14 +195,19 @@ impl ClientContext {
         stream: TcpStream,
         address: SocketAddr,
         alpn: Alpn,
+        sni: Option<&str>,
     ) -> Result<TransportSocket, HandshakeError> {
         let config = match alpn {
             Alpn::Configured => &self.configured,
             Alpn::Http1 => &self.http1,
             Alpn::Http2 => &self.http2,
         };
-        // An IP address as server name sends no SNI (RFC 6066 §3).
-        let server_name = self.sni.clone().unwrap_or(ServerName::IpAddress(address.ip().into()));
+        // `auto_sni`'s name for this connection, else `sni`. An IP address as server name
+        // sends no SNI (RFC 6066 §3).
+        let server_name = sni
+            .and_then(|name| ServerName::try_from(name.to_string()).ok())
+            .or_else(|| self.sni.clone())
+            .unwrap_or(ServerName::IpAddress(address.ip().into()));
         let seen = Arc::new(PeerSignatureScheme::default());
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         let connect = connector.connect(server_name, PrefixedTcpStream::new(stream, bytes::BytesMut::new()));
@@ -243,11 +251,16 @@ impl rustls::client::ResolvesClientCert for ClientCertificate {
 ///
 /// # Cancel safety
 /// Dropping the future abandons the attempt and its socket.
-pub async fn connect(cluster: &Cluster, address: SocketAddr, alpn: Alpn) -> Result<TransportSocket, ConnectError> {
+pub async fn connect(
+    cluster: &Cluster,
+    address: SocketAddr,
+    alpn: Alpn,
+    sni: Option<&str>,
+) -> Result<TransportSocket, ConnectError> {
     // Source address, socket options, no Nagle and keepalive: the cluster's TCP connect.
     let stream = cluster.connect(address).await.map_err(ConnectError::Tcp)?;
     match &cluster.transport_socket {
         None => Ok(TransportSocket::RawBuffer(stream)),
-        Some(tls) => tls.handshake(stream, address, alpn).await.map_err(ConnectError::Tls),
+        Some(tls) => tls.handshake(stream, address, alpn, sni).await.map_err(ConnectError::Tls),
     }
 }

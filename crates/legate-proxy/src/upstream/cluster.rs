@@ -29,6 +29,9 @@ pub struct Cluster {
     pub added_via_api: bool,
     /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
     pub transport_socket: Option<Arc<crate::tls::ClientContext>>,
+    /// `auto_sni` of a TLS cluster: each request's upstream connection is made for the name in
+    /// this header (`override_auto_sni_header`), or in the request's authority.
+    pub auto_sni: Option<Option<http::HeaderName>>,
     priority_set: ArcSwap<PrioritySet>,
     versions: AtomicU64,
     refresh_lock: std::sync::Mutex<()>,
@@ -95,6 +98,16 @@ impl Cluster {
             added_via_api: false,
             // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
             // the server's start-up); here it can only have become unreadable since.
+            auto_sni: {
+                let options = config.upstream_sni_options();
+                let tls = matches!(
+                    config.transport_socket.as_ref().map(|t| &t.config),
+                    Some(legate_config::extensions::TransportSocketConfig::UpstreamTls(_))
+                );
+                (tls && options.auto_sni).then(|| {
+                    http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok()
+                })
+            },
             transport_socket: crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
                 tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
                 None

@@ -329,7 +329,7 @@ async fn send(
         // Through the cluster's transport socket, as Envoy's checks: TLS hosts are checked
         // over TLS.
         let alpn = if http2 { Alpn::Http2 } else { Alpn::Http1 };
-        let stream = crate::tls::client::connect(cluster, addr, alpn).await.ok()?;
+        let stream = crate::tls::client::connect(cluster, addr, alpn, None).await.ok()?;
         let io = TokioIo::new(stream);
         *connection = if http2 {
             let mut builder = http2::Builder::new(LocalExec);
@@ -571,7 +571,7 @@ async fn tcp_check(
     connection: &mut Connection,
 ) -> CheckResult {
     if !matches!(connection, Connection::Tcp(_)) {
-        let Ok(stream) = crate::tls::client::connect(cluster, addr, Alpn::Configured).await else {
+        let Ok(stream) = crate::tls::client::connect(cluster, addr, Alpn::Configured, None).await else {
             return CheckResult::NetworkFailure;
         };
         *connection = Connection::Tcp(stream);

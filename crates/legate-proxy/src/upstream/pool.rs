@@ -61,21 +61,25 @@ impl PoolFailure {
     }
 }
 
-/// The pools of one worker.
+/// The pools of one worker: per host and protocol, and per SNI with `auto_sni` (a TLS
+/// connection made for one name cannot carry requests for another).
 #[derive(Default)]
 pub struct HttpPools {
-    pools: RefCell<HashMap<(usize, PoolProtocol), Rc<Pool>>>,
+    pools: RefCell<HashMap<(usize, PoolProtocol), Vec<Rc<Pool>>>>,
 }
 
 impl HttpPools {
-    pub fn get(&self, cluster: &Arc<Cluster>, host: &Arc<Host>, protocol: PoolProtocol) -> Rc<Pool> {
+    pub fn get(&self, cluster: &Arc<Cluster>, host: &Arc<Host>, protocol: PoolProtocol, sni: Option<&str>) -> Rc<Pool> {
         // The pool keeps its host alive, so the address cannot be reused by another host.
         let key = (Arc::as_ptr(host) as usize, protocol);
-        self.pools
-            .borrow_mut()
-            .entry(key)
-            .or_insert_with(|| Rc::new(Pool::new(cluster.clone(), host.clone(), protocol)))
-            .clone()
+        let mut pools = self.pools.borrow_mut();
+        let by_sni = pools.entry(key).or_default();
+        if let Some(pool) = by_sni.iter().find(|p| p.sni.as_deref() == sni) {
+            return pool.clone();
+        }
+        let pool = Rc::new(Pool::new(cluster.clone(), host.clone(), protocol, sni.map(Arc::from)));
+        by_sni.push(pool.clone());
+        pool
     }
 }
 
@@ -131,12 +135,14 @@ pub struct Pool {
     pub cluster: Arc<Cluster>,
     pub host: Arc<Host>,
     protocol: PoolProtocol,
+    /// The server name of this pool's TLS connections (`auto_sni`).
+    sni: Option<Arc<str>>,
     settings: Settings,
     state: RefCell<State>,
 }
 
 impl Pool {
-    fn new(cluster: Arc<Cluster>, host: Arc<Host>, protocol: PoolProtocol) -> Self {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>, protocol: PoolProtocol, sni: Option<Arc<str>>) -> Self {
         let common = cluster.config.upstream_common_http_protocol_options();
         let h2 = cluster.config.upstream_http2_options();
         let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
@@ -155,7 +161,7 @@ impl Pool {
             initial_stream_window_size: h2.initial_stream_window_size(),
             initial_connection_window_size: h2.initial_connection_window_size(),
         };
-        Pool { cluster, host, protocol, settings, state: RefCell::new(State::default()) }
+        Pool { cluster, host, protocol, sni, settings, state: RefCell::new(State::default()) }
     }
 
     pub fn protocol(&self) -> PoolProtocol {
@@ -276,7 +282,7 @@ impl Pool {
             PoolProtocol::Http1 => crate::tls::client::Alpn::Http1,
             PoolProtocol::Http2 => crate::tls::client::Alpn::Http2,
         };
-        let connect = crate::tls::client::connect(&self.cluster, address, alpn);
+        let connect = crate::tls::client::connect(&self.cluster, address, alpn, self.sni.as_deref());
         let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {

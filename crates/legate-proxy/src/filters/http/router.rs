@@ -371,6 +371,16 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         }
     }
 
+    // `auto_sni`: the name the upstream TLS connection is made for, from the override header
+    // or the authority as it goes upstream (without its port).
+    let auto_sni: Option<String> = cluster.auto_sni.as_ref().and_then(|header| {
+        let name = match header {
+            Some(h) => head.headers.get(h).and_then(|v| v.to_str().ok())?,
+            None => crate::router::action::split_host_port(authority.as_str()).0,
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        (!name.is_empty()).then(|| name.to_ascii_lowercase())
+    });
     let priority = action.priority;
     let mut attempt = 0u32;
     let mut tried: Vec<Arc<Host>> = Vec::new();
@@ -442,7 +452,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Some(_) => crate::upstream::pool::PoolProtocol::Http1,
             None => pool_protocol(&cluster, downstream_version),
         };
-        let pool = worker.http_pools.get(&cluster, &host, protocol);
+        let pool = worker.http_pools.get(&cluster, &host, protocol, auto_sni.as_deref());
         let mut fresh = false;
         let result = loop {
             let conn = match with_timers(pool.acquire(priority, fresh), &timers, &rq.body, None).await {
@@ -946,7 +956,7 @@ async fn connect_terminate(
         ));
     };
     let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
-    let connect = crate::tls::client::connect(cluster, host.address, crate::tls::client::Alpn::Http1);
+    let connect = crate::tls::client::connect(cluster, host.address, crate::tls::client::Alpn::Http1, None);
     let stream = match tokio::time::timeout(cluster.connect_timeout(), connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -1057,7 +1067,7 @@ impl Shadow {
             return;
         };
         let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, Instant::now());
-        let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, self.head.version));
+        let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;
             let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;

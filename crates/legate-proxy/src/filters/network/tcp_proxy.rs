@@ -201,9 +201,9 @@ impl TcpProxy {
         let address = host.address;
         let connect_cluster = cluster.clone();
         self.upstream = Upstream::Connecting {
-            connect: Box::pin(
-                async move { crate::tls::client::connect(&connect_cluster, address, Alpn::Configured).await },
-            ),
+            connect: Box::pin(async move {
+                crate::tls::client::connect(&connect_cluster, address, Alpn::Configured, None).await
+            }),
             deadline: Box::pin(tokio::time::sleep(cluster.connect_timeout())),
             cx,
         };
