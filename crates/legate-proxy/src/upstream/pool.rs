@@ -65,8 +65,11 @@ impl PoolFailure {
 /// connection made for one name cannot carry requests for another).
 #[derive(Default)]
 pub struct HttpPools {
-    pools: RefCell<HashMap<(usize, PoolProtocol), Vec<Rc<Pool>>>>,
+    pools: RefCell<HashMap<PoolKey, Vec<Rc<Pool>>>>,
 }
+
+/// A host (by address of its `Arc`) and a protocol.
+type PoolKey = (usize, PoolProtocol);
 
 impl HttpPools {
     pub fn get(&self, cluster: &Arc<Cluster>, host: &Arc<Host>, protocol: PoolProtocol, sni: Option<&str>) -> Rc<Pool> {
