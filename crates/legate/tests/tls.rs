@@ -37,6 +37,24 @@ fn upstream_tls(context: Value) -> Value {
     json!({ "name": "envoy.transport_sockets.tls", "typed_config": typed })
 }
 
+/// Writes an SDS file (`path_config_source`) at `dir/file` holding one `Secret` named `name`
+/// with `body` (`tls_certificate` or `validation_context`); returns its path.
+fn sds_file(dir: &TempDir, file: &str, name: &str, body: (&str, Value)) -> String {
+    let path = dir.join(file);
+    let mut secret = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+        "name": name,
+    });
+    secret[body.0] = body.1;
+    std::fs::write(&path, json!({ "resources": [secret] }).to_string()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// An SDS secret config reading `name` from the file at `path`.
+fn sds_config(name: &str, path: &str) -> Value {
+    json!({ "name": name, "sds_config": { "path_config_source": { "path": path }, "resource_api_version": "V3" } })
+}
+
 /// A `tls_certificates` entry reading `cert` from files in `dir`.
 fn certificate_files(dir: &TempDir, cert: &TestCert, name: &str) -> Value {
     let (crt, key) = cert.write(dir, name);
@@ -597,17 +615,10 @@ fn sds_certificates_rotate_on_disk_without_a_failed_request() {
     let first = ca.issue("first", &["edge.example.com"]);
     let second = ca.issue("second", &["edge.example.com"]);
     let (crt, key) = first.write(&dir, "edge");
-    let sds = dir.join("sds.yaml");
-    let secret = json!({ "resources": [{
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        "name": "edge_cert",
-        "tls_certificate": { "certificate_chain": { "filename": crt }, "private_key": { "filename": key } },
-    }]});
-    std::fs::write(&sds, secret.to_string()).unwrap();
-    let context = json!({ "common_tls_context": { "tls_certificate_sds_secret_configs": [{
-        "name": "edge_cert",
-        "sds_config": { "path_config_source": { "path": sds.to_str().unwrap() }, "resource_api_version": "V3" },
-    }]}});
+    let certificate = json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } });
+    let sds = sds_file(&dir, "sds.yaml", "edge_cert", ("tls_certificate", certificate));
+    let context =
+        json!({ "common_tls_context": { "tls_certificate_sds_secret_configs": [sds_config("edge_cert", &sds)] } });
     let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
     let addr = px.connect_addr("ingress");
     // A fresh client each time: a resumed session would report the certificate of the
@@ -828,16 +839,10 @@ fn a_broken_sds_update_keeps_the_current_certificate() {
     let upstream = HttpUpstream::tag("backend");
     let current = ca.issue("current", &["edge.example.com"]);
     let (crt, key) = current.write(&dir, "edge");
-    let sds = dir.join("sds.yaml");
-    let secret = json!({ "resources": [{
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        "name": "edge_cert",
-        "tls_certificate": { "certificate_chain": { "filename": crt }, "private_key": { "filename": key } },
-    }]});
-    std::fs::write(&sds, secret.to_string()).unwrap();
-    let context = json!({ "common_tls_context": { "tls_certificate_sds_secret_configs": [{
-        "name": "edge_cert", "sds_config": { "path_config_source": { "path": sds.to_str().unwrap() } },
-    }]}});
+    let certificate = json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } });
+    let sds = sds_file(&dir, "sds.yaml", "edge_cert", ("tls_certificate", certificate));
+    let context =
+        json!({ "common_tls_context": { "tls_certificate_sds_secret_configs": [sds_config("edge_cert", &sds)] } });
     let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
     let addr = px.connect_addr("ingress");
 
@@ -951,13 +956,8 @@ fn client_ca_from_sds_rotates_on_disk() {
     let upstream = HttpUpstream::tag("backend");
     let ca_file = dir.join("client-ca.pem");
     std::fs::write(&ca_file, old_ca.pem()).unwrap();
-    let sds = dir.join("validation.yaml");
-    let secret = json!({ "resources": [{
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-        "name": "client_ca",
-        "validation_context": { "trusted_ca": { "filename": ca_file.to_str().unwrap() } },
-    }]});
-    std::fs::write(&sds, secret.to_string()).unwrap();
+    let trusted_ca = json!({ "trusted_ca": { "filename": ca_file.to_str().unwrap() } });
+    let sds = sds_file(&dir, "validation.yaml", "client_ca", ("validation_context", trusted_ca));
     let context = json!({
         "require_client_certificate": true,
         "common_tls_context": {
@@ -966,10 +966,7 @@ fn client_ca_from_sds_rotates_on_disk() {
                 "default_validation_context": {
                     "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "suffix": ".clients.test" } }],
                 },
-                "validation_context_sds_secret_config": {
-                    "name": "client_ca",
-                    "sds_config": { "path_config_source": { "path": sds.to_str().unwrap() } },
-                },
+                "validation_context_sds_secret_config": sds_config("client_ca", &sds),
             },
         },
     });
