@@ -70,10 +70,27 @@ pub struct LbEndpoint {
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     pub address: Address,
-    pub health_check_config: Option<Unsupported>,
+    pub health_check_config: Option<EndpointHealthCheckConfig>,
     #[serde(default)]
     pub hostname: String,
     pub additional_addresses: Option<Unsupported>,
+}
+
+/// `Endpoint.HealthCheckConfig`: how active health checks reach this endpoint.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointHealthCheckConfig {
+    /// Checks go to this port instead of the endpoint's (0: the endpoint's).
+    #[serde(default)]
+    pub port_value: u32,
+    /// The `host` of HTTP checks of this endpoint.
+    #[serde(default)]
+    pub hostname: String,
+    /// Checks go to this address instead (an IP address).
+    pub address: Option<Address>,
+    /// The endpoint is not actively checked (and counts as passing).
+    #[serde(default)]
+    pub disable_active_health_check: bool,
 }
 
 /// `envoy.config.core.v3.HealthStatus`.

@@ -447,6 +447,15 @@ impl Validator {
                         None => self.error(&addr_at, "a socket_address is required"),
                     },
                 }
+                if let Some(hc) = &endpoint.health_check_config {
+                    let hc_at = format!("{ep_at}.endpoint.health_check_config");
+                    if hc.port_value > 65535 {
+                        self.error(&format!("{hc_at}.port_value"), "value must be less than or equal to 65535");
+                    }
+                    if let Some(address) = &hc.address {
+                        self.ip_address(&format!("{hc_at}.address"), address);
+                    }
+                }
             }
         }
         if cluster.discovery_type == DiscoveryType::LogicalDns && (assignment.endpoints.len() != 1 || hosts != 1) {

@@ -254,3 +254,34 @@ fn a_host_announcing_immediate_health_check_fail_leaves_at_once() {
     wait_flags(&px, host.addr(), "healthy");
     assert_eq!(px.stat("cluster.backend.membership_excluded"), Some(0));
 }
+
+/// `endpoint.health_check_config`: one endpoint is checked on another port with its own `host`
+/// header; another is not actively checked at all, and takes traffic at once.
+#[test]
+fn endpoint_health_check_config_moves_or_disables_the_checks() {
+    let served = HttpUpstream::http1(|_| UpstreamAction::ok("served"));
+    let checks = HttpUpstream::http1(|_| UpstreamAction::ok("checked"));
+    let unchecked = HttpUpstream::http1(|_| UpstreamAction::ok("unchecked"));
+    let mut config = http_bootstrap(&[served.addr(), unchecked.addr()]);
+    let cluster = cluster_config(&mut config, 0);
+    let endpoints = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"];
+    endpoints[0]["endpoint"]["health_check_config"] =
+        json!({ "port_value": checks.addr().port(), "hostname": "served.internal" });
+    endpoints[1]["endpoint"]["health_check_config"] = json!({ "disable_active_health_check": true });
+    cluster["health_checks"] = json!([{
+        "timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "http_health_check": { "path": "/healthz" }
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    wait_flags(&px, served.addr(), "healthy");
+    assert_eq!(health_flags(&px, unchecked.addr()), "healthy", "not checked, never failed");
+    let check = checks.requests().into_iter().find(|r| r.path == "/healthz").expect("checks reach the other port");
+    assert_eq!(check.header("host"), Some("served.internal"));
+    assert!(served.requests().iter().all(|r| r.path != "/healthz"), "no check on the serving port");
+    assert!(unchecked.requests().iter().all(|r| r.path != "/healthz"), "no check of the disabled endpoint");
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    let bodies: std::collections::BTreeSet<String> = (0..4).map(|_| client.get("/").body).collect();
+    assert_eq!(bodies.into_iter().collect::<Vec<_>>(), ["served", "unchecked"]);
+}

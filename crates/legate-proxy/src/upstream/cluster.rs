@@ -137,7 +137,8 @@ impl Cluster {
                     locality.locality.clone().unwrap_or_default(),
                     endpoint.health_status,
                 )
-                .with_locality_weight(locality.load_balancing_weight);
+                .with_locality_weight(locality.load_balancing_weight)
+                .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
                 self.on_host_added(&host);
                 hosts.push(Arc::new(host));
             }
@@ -148,7 +149,7 @@ impl Cluster {
     /// Readies a new host before it is published: with active health checking it starts
     /// unhealthy (`FAILED_ACTIVE_HC`) until its first check passes, as in Envoy.
     pub fn on_host_added(&self, host: &Host) {
-        if self.health_checker.is_some() {
+        if self.health_checker.is_some() && !host.health_check.disabled {
             host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);
         }
     }

@@ -128,7 +128,8 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
                         locality.locality.clone().unwrap_or_default(),
                         endpoint.health_status,
                     )
-                    .with_locality_weight(locality.load_balancing_weight);
+                    .with_locality_weight(locality.load_balancing_weight)
+                    .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
                     cluster.on_host_added(&host);
                     Arc::new(host)
                 }

@@ -218,8 +218,12 @@ pub async fn run(cluster: Arc<Cluster>) {
 async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
     let Some(checker) = cluster.health_checker.as_ref() else { return };
     let config = &checker.config;
-    let port = config.alt_port.map_or(host.address.port(), |p| p as u16);
-    let addr = SocketAddr::new(host.address.ip(), port);
+    if host.health_check.disabled {
+        return;
+    }
+    // The endpoint's health_check_config first, then the check's alt_port.
+    let port = host.health_check.port.or(config.alt_port.map(|p| p as u16)).unwrap_or(host.address.port());
+    let addr = SocketAddr::new(host.health_check.address.unwrap_or(host.address.ip()), port);
     let mut connection = Connection::None;
     let mut state = HostCheckState::default();
     tokio::time::sleep(random_up_to(config.initial_jitter())).await;
@@ -227,7 +231,11 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         checker.stats.attempt.inc();
         let first_check = state.first_check;
         let mut timed_out = false;
-        let result = match tokio::time::timeout(config.timeout(), check(&cluster, checker, addr, &mut connection)).await
+        let result = match tokio::time::timeout(
+            config.timeout(),
+            check(&cluster, checker, addr, &host.health_check.hostname, &mut connection),
+        )
+        .await
         {
             Ok(result) => result,
             Err(_elapsed) => {
@@ -298,10 +306,11 @@ async fn check(
     cluster: &Cluster,
     checker: &HealthChecker,
     addr: SocketAddr,
+    endpoint_hostname: &str,
     connection: &mut Connection,
 ) -> CheckResult {
     if let Some(http) = &checker.config.http_health_check {
-        http_check(cluster, http, addr, connection).await
+        http_check(cluster, http, addr, endpoint_hostname, connection).await
     } else if let Some(grpc) = &checker.config.grpc_health_check {
         grpc_check(cluster, grpc, addr, connection).await
     } else if checker.config.tcp_health_check.is_some() {
@@ -394,11 +403,16 @@ async fn http_check(
     cluster: &Cluster,
     http: &HttpHealthCheck,
     addr: SocketAddr,
+    endpoint_hostname: &str,
     connection: &mut Connection,
 ) -> CheckResult {
     let http2 = http.codec_client_type == CodecClientType::Http2;
     // Envoy's default `host` is the cluster's name.
-    let host = if http.host.is_empty() { cluster.name.as_str() } else { http.host.as_str() };
+    let host = match (endpoint_hostname, http.host.as_str()) {
+        ("", "") => cluster.name.as_str(),
+        ("", configured) => configured,
+        (endpoint, _) => endpoint,
+    };
     let mut request = hyper::Request::new(Full::new(Bytes::new()));
     *request.method_mut() = hyper::Method::from_bytes(http.method().as_bytes()).unwrap_or(hyper::Method::GET);
     let Some(uri) = check_uri(http2, host, &http.path) else { return CheckResult::Failure { immediate: true } };

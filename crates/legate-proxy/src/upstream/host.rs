@@ -17,6 +17,19 @@ pub mod health_flag {
     pub const ACTIVE_HC_TIMEOUT: u32 = 0x100;
 }
 
+/// `endpoint.health_check_config` of a host.
+#[derive(Clone, Debug, Default)]
+pub struct HostHealthCheck {
+    /// Checks go to this port instead of the host's.
+    pub port: Option<u16>,
+    /// Checks go to this address instead of the host's.
+    pub address: Option<std::net::IpAddr>,
+    /// The `host` header of HTTP checks (empty: the check's own or the cluster's name).
+    pub hostname: String,
+    /// Not actively checked: it never fails a check.
+    pub disabled: bool,
+}
+
 /// Milliseconds on a monotonic clock shared by every thread (from the first call).
 pub fn monotonic_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -32,6 +45,8 @@ pub struct Host {
     pub locality: Locality,
     /// The `load_balancing_weight` of the host's locality (1 when unset).
     pub locality_weight: u32,
+    /// `endpoint.health_check_config`: where and how active checks reach this host.
+    pub health_check: HostHealthCheck,
     /// When the host last entered slow start: its creation, or its return to health after
     /// failing active health checks ([`monotonic_ms`]).
     slow_start_since_ms: AtomicU64,
@@ -96,12 +111,29 @@ impl Host {
             priority,
             locality,
             locality_weight: 1,
+            health_check: HostHealthCheck::default(),
             slow_start_since_ms: AtomicU64::new(monotonic_ms()),
             health_status,
             health_flags: AtomicU32::new(flags),
             stats: HostStats::default(),
             outlier: Default::default(),
         }
+    }
+
+    /// Sets how active health checks reach the host (`endpoint.health_check_config`).
+    pub fn with_health_check_config(
+        mut self,
+        config: Option<&legate_config::endpoint::EndpointHealthCheckConfig>,
+    ) -> Self {
+        if let Some(c) = config {
+            self.health_check = HostHealthCheck {
+                port: u16::try_from(c.port_value).ok().filter(|p| *p > 0),
+                address: c.address.as_ref().and_then(|a| a.socket()).and_then(|s| s.ip()),
+                hostname: c.hostname.clone(),
+                disabled: c.disable_active_health_check,
+            };
+        }
+        self
     }
 
     /// Sets the weight of the host's locality (`LocalityLbEndpoints.load_balancing_weight`).
