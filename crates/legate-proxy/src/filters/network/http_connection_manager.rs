@@ -364,7 +364,9 @@ async fn serve(
     });
     let service = {
         let context = context.clone();
-        service_fn(move |request| active_stream::handle(context.clone(), request))
+        // Boxed: hyper keeps a slot the size of the service's future for the connection's
+        // lifetime; the request's state then lives only while the request does.
+        service_fn(move |request| Box::pin(active_stream::handle(context.clone(), request)))
     };
     let mut draining = worker.draining.clone();
     let started = Instant::now();
