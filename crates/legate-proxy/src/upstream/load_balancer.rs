@@ -495,6 +495,37 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn random_follows_the_weights() {
+        let c = cluster("RANDOM");
+        let ps = PrioritySet::new(vec![host(1, 1), host(2, 3)], 1);
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 8000);
+        let heavy = m.get(&2).copied().unwrap_or(0);
+        // 6000 expected; the binomial standard deviation is about 39.
+        assert!((5700..6300).contains(&heavy), "weights 1:3 over 8000 picks: {heavy}");
+    }
+
+    #[test]
+    fn least_request_with_equal_weights_avoids_the_busy_host() {
+        let hosts = vec![host(1, 1), host(2, 1), host(3, 1)];
+        hosts[0].stats.rq_active.store(5, Ordering::Relaxed);
+        let mut rng = fastrand::Rng::with_seed(11);
+        let picks = |rng: &mut fastrand::Rng, choices: u32| {
+            (0..9000).filter(|_| least_request(rng, &hosts, choices, 1.0) == 0).count()
+        };
+        // Two choices: the busy host wins only when both samples are it (1/9 of the picks).
+        let two = picks(&mut rng, 2);
+        assert!((800..1200).contains(&two), "power of two choices: {two} of 9000");
+        // More choices make it rarer still (1/27 with three).
+        let three = picks(&mut rng, 3);
+        assert!(three < two && (200..450).contains(&three), "choice_count 3: {three} of 9000");
+        // Without load the picks spread evenly.
+        hosts[0].stats.rq_active.store(0, Ordering::Relaxed);
+        let idle = picks(&mut rng, 2);
+        assert!((2700..3300).contains(&idle), "no load: {idle} of 9000");
+    }
+
+    #[test]
     fn bounded_loads_move_keys_off_a_busy_host_only() {
         let hosts: Vec<Arc<Host>> = (1..=4).map(|p| host(p, 1)).collect();
         let ring = RingHash::new(&hosts, None);
