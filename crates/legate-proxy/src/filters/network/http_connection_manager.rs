@@ -29,7 +29,6 @@ use legate_config::filters::network::http_connection_manager::{
 };
 use legate_stats::Scope;
 use tokio::io::AsyncReadExt;
-use tokio::sync::Notify;
 
 use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
@@ -219,8 +218,8 @@ pub struct ConnectionContext {
     pub buffer_limit: usize,
     /// Streams not yet finished.
     pub active_streams: Cell<u32>,
-    /// Streams that ended; the connection idles when `active_streams` is 0.
-    pub stream_ended: Notify,
+    /// When `active_streams` last fell to 0 (the connection's idle time starts then).
+    pub idle_since: Cell<Option<Instant>>,
     /// Set once the connection drains: HTTP/1.1 responses carry `connection: close`.
     pub draining: Cell<bool>,
 }
@@ -359,7 +358,7 @@ async fn serve(
         http2,
         buffer_limit,
         active_streams: Cell::new(0),
-        stream_ended: Notify::new(),
+        idle_since: Cell::new(Some(Instant::now())),
         draining: Cell::new(false),
     });
     let service = {
@@ -444,29 +443,38 @@ where
 {
     let shared = &context.shared;
     let stats = &shared.stats;
-    let mut idle_since = Some(Instant::now());
     let mut shutdown_at: Option<Instant> = None;
+    // One timer for the connection, re-armed only when it fires: streams starting and ending
+    // just update `context.idle_since`, without waking this loop (it would be once per request).
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
     loop {
-        let idle_deadline = idle_since.zip(shared.idle_timeout).map(|(at, d)| at + d).filter(|_| shutdown_at.is_none());
+        let now = Instant::now();
+        // While streams are active the idle check is armed from now and re-checked when due.
+        let idle_from = match context.active_streams.get() {
+            0 => context.idle_since.get().unwrap_or(now),
+            _ => now,
+        };
+        let idle_deadline = shared.idle_timeout.map(|d| idle_from + d).filter(|_| shutdown_at.is_none());
         let duration_deadline = shared.max_connection_duration.map(|d| started + d).filter(|_| shutdown_at.is_none());
         let force_close = shutdown_at.map(|at| at + shared.drain_timeout);
         let next = [idle_deadline, duration_deadline, force_close].into_iter().flatten().min();
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        if let Some(at) = next {
+            sleep.as_mut().reset(at.into());
+        }
         tokio::select! {
             result = connection.as_mut() => return result,
-            () = sleep => {
+            () = &mut sleep, if next.is_some() => {
                 let now = Instant::now();
                 if force_close.is_some_and(|at| now >= at) {
                     // Streams did not finish within drain_timeout.
                     guard.local_close = true;
                     return Ok(());
                 }
-                let idle = idle_deadline.is_some_and(|at| now >= at) && context.active_streams.get() == 0;
+                let idle_for = context.idle_since.get().map(|at| now.saturating_duration_since(at));
+                let idle = context.active_streams.get() == 0
+                    && shutdown_at.is_none()
+                    && shared.idle_timeout.zip(idle_for).is_some_and(|(d, idle_for)| idle_for >= d);
                 let too_old = duration_deadline.is_some_and(|at| now >= at);
                 if idle {
                     stats.downstream_cx_idle_timeout.inc();
@@ -480,9 +488,6 @@ where
                     graceful_shutdown(connection.as_mut());
                 }
             }
-            () = context.stream_ended.notified() => {
-                idle_since = (context.active_streams.get() == 0).then(Instant::now);
-            }
             changed = draining.changed(), if shutdown_at.is_none() => {
                 if changed.is_err() || *draining.borrow() {
                     stats.downstream_cx_drain_close.inc();
@@ -492,11 +497,6 @@ where
                     graceful_shutdown(connection.as_mut());
                 }
             }
-        }
-        if context.active_streams.get() > 0 {
-            idle_since = None;
-        } else if idle_since.is_none() {
-            idle_since = Some(Instant::now());
         }
     }
 }

@@ -312,7 +312,10 @@ impl Drop for StreamCompletion {
         self.finish(false);
         let context = &self.context;
         context.shared.stats.downstream_rq_active.dec();
-        context.active_streams.set(context.active_streams.get().saturating_sub(1));
-        context.stream_ended.notify_one();
+        let active = context.active_streams.get().saturating_sub(1);
+        context.active_streams.set(active);
+        if active == 0 {
+            context.idle_since.set(Some(Instant::now()));
+        }
     }
 }
