@@ -580,7 +580,7 @@ def table(runs, proxies, meta, scale):
                                 f"errored {r.get('errored', 0)}")
                 elif case == "idle" and r.get("failed"):
                     errs.append(f"idle/{p} run {i + 1}: {r['failed']} connections failed")
-    out.append("| 7. TLS | handshakes/s, HTTPS req/s | not measured: legate has no TLS listener yet |"
+    out.append("| 7. TLS | handshakes/s, HTTPS req/s | measured by bench/tls/run.sh (see bench/results/*-tls.md) |"
                + " |" * (len(proxies) + len(peers) - 1))
     out.append("")
     if errs:
