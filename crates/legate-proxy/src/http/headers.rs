@@ -141,6 +141,21 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "yes");
+
+        // Names in `connection` match in any case, across several `connection` headers; a
+        // message with no hop-by-hop header is left as it is.
+        let mut h = HeaderMap::new();
+        h.append("connection", "X-Secret".parse().unwrap());
+        h.append("connection", " X-Other , ,".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-other", "2".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut plain = HeaderMap::new();
+        plain.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]
