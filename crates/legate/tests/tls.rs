@@ -55,6 +55,16 @@ fn sds_config(name: &str, path: &str) -> Value {
     json!({ "name": name, "sds_config": { "path_config_source": { "path": path }, "resource_api_version": "V3" } })
 }
 
+/// What most tests start from: a test CA, a temporary directory, an upstream tagged `backend`.
+fn setup() -> (TestCa, TempDir, HttpUpstream) {
+    (TestCa::new("legate test CA"), TempDir::new(), HttpUpstream::tag("backend"))
+}
+
+/// A `tls_certificates` entry for `edge.example.com`, issued by `ca`, in files in `dir`.
+fn edge_certificate(ca: &TestCa, dir: &TempDir) -> Value {
+    certificate_files(dir, &ca.issue("edge", &["edge.example.com"]), "edge")
+}
+
 /// A `tls_certificates` entry reading `cert` from files in `dir`.
 fn certificate_files(dir: &TempDir, cert: &TestCert, name: &str) -> Value {
     let (crt, key) = cert.write(dir, name);
@@ -78,11 +88,9 @@ fn https_bootstrap(upstream: SocketAddr, context: Value) -> Value {
 
 #[test]
 fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let context = json!({ "common_tls_context": {
-        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "tls_certificates": [edge_certificate(&ca, &dir)],
         "alpn_protocols": ["h2", "http/1.1"],
     }});
     let mut config = https_bootstrap(upstream.addr(), context);
@@ -140,9 +148,7 @@ fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
 /// handshake proves the choice.
 #[test]
 fn sni_picks_the_certificate() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let context = json!({ "common_tls_context": { "tls_certificates": [
         certificate_files(&dir, &ca.issue("first", &["first.example.com"]), "first"),
         certificate_files(&dir, &ca.issue("api", &["api.example.com"]), "api"),
@@ -380,11 +386,9 @@ fn tcp_proxy_originates_tls_to_the_upstream() {
 /// client is served as usual.
 #[test]
 fn garbage_and_stalled_handshakes_close_and_are_counted() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let context = json!({ "common_tls_context": {
-        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "tls_certificates": [edge_certificate(&ca, &dir)],
     }});
     let mut config = https_bootstrap(upstream.addr(), context);
     config["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket_connect_timeout"] = json!("0.5s");
@@ -527,10 +531,8 @@ fn bad_tls_config_is_a_load_error_naming_the_field_and_the_file() {
 /// ticketer): `ssl.session_reused`. With both resumption kinds disabled, it cannot.
 #[test]
 fn returning_clients_resume_their_session() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
-    let tls_certificates = json!([certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")]);
+    let (ca, dir, upstream) = setup();
+    let tls_certificates = json!([edge_certificate(&ca, &dir)]);
     let mut config =
         https_bootstrap(upstream.addr(), json!({ "common_tls_context": { "tls_certificates": tls_certificates } }));
     let mut no_resumption = config["static_resources"]["listeners"][0].clone();
@@ -586,9 +588,7 @@ fn http2_cluster_negotiates_h2_over_tls_with_alpn() {
 #[test]
 fn the_key_type_the_client_supports_picks_among_certificates_for_one_name() {
     use legate_testing::KeyType;
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let ed25519 = ca.issue_key("ed", &["edge.example.com"], KeyType::Ed25519);
     let ecdsa = ca.issue_key("ec", &["edge.example.com"], KeyType::EcdsaP256);
     let context = json!({ "common_tls_context": { "tls_certificates": [
@@ -609,9 +609,7 @@ fn the_key_type_the_client_supports_picks_among_certificates_for_one_name() {
 /// certificate while a client keeps making requests, none of which fails.
 #[test]
 fn sds_certificates_rotate_on_disk_without_a_failed_request() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let first = ca.issue("first", &["edge.example.com"]);
     let second = ca.issue("second", &["edge.example.com"]);
     let (crt, key) = first.write(&dir, "edge");
@@ -704,7 +702,7 @@ fn large_bodies_flow_both_ways_over_a_kept_alive_tls_connection() {
         }
     });
     let context = json!({ "common_tls_context": {
-        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "tls_certificates": [edge_certificate(&ca, &dir)],
     }});
     let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
     let mut stream = TlsClient::new(&ca, "edge.example.com").connect(px.connect_addr("ingress")).expect("handshake");
@@ -756,9 +754,7 @@ fn tcp_proxy_runs_over_the_decrypted_stream() {
 /// matching neither is refused under `ssl.fail_verify_cert_hash`.
 #[test]
 fn pinned_client_certificates_by_hash_or_spki() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let by_hash = ca.issue("by-hash", &["a.client"]);
     let by_spki = ca.issue("by-spki", &["b.client"]);
     let unpinned = ca.issue("unpinned", &["c.client"]);
@@ -767,7 +763,7 @@ fn pinned_client_certificates_by_hash_or_spki() {
     let context = json!({
         "require_client_certificate": true,
         "common_tls_context": {
-            "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+            "tls_certificates": [edge_certificate(&ca, &dir)],
             // No trusted_ca: only the pins decide, as in Envoy.
             "validation_context": {
                 "verify_certificate_hash": [colons.join(":").to_uppercase()],
@@ -812,9 +808,7 @@ fn config_dump_redacts_private_keys() {
 /// `require_sni`: a client that sends no server name (one connecting by IP address) is refused.
 #[test]
 fn require_sni_refuses_a_client_without_a_server_name() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let context = json!({
         "require_sni": true,
         "common_tls_context": {
@@ -834,9 +828,7 @@ fn require_sni_refuses_a_client_without_a_server_name() {
 /// previous certificate is still served.
 #[test]
 fn a_broken_sds_update_keeps_the_current_certificate() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let current = ca.issue("current", &["edge.example.com"]);
     let (crt, key) = current.write(&dir, "edge");
     let certificate = json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } });
@@ -858,10 +850,8 @@ fn a_broken_sds_update_keeps_the_current_certificate() {
 /// refuses a TLS 1.2-only client.
 #[test]
 fn tls_params_limit_ciphers_and_versions() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
-    let certificate = certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge");
+    let (ca, dir, upstream) = setup();
+    let certificate = edge_certificate(&ca, &dir);
     let mut config = https_bootstrap(
         upstream.addr(),
         json!({ "common_tls_context": {
@@ -899,11 +889,9 @@ fn tls_params_limit_ciphers_and_versions() {
 /// BoringSSL in Envoy does (the HCM then tells HTTP/1.1 from h2c by the first bytes).
 #[test]
 fn alpn_without_a_common_protocol_goes_on_without_alpn() {
-    let ca = TestCa::new("legate test CA");
-    let dir = TempDir::new();
-    let upstream = HttpUpstream::tag("backend");
+    let (ca, dir, upstream) = setup();
     let context = json!({ "common_tls_context": {
-        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "tls_certificates": [edge_certificate(&ca, &dir)],
         "alpn_protocols": ["h2", "http/1.1"],
     }});
     let px = Legate::start(legate_bin!(), &https_bootstrap(upstream.addr(), context).to_string());
@@ -933,7 +921,7 @@ fn a_closing_tls_connection_flushes_its_records_first() {
         })],
     );
     listener["filter_chains"][0]["transport_socket"] = downstream_tls(json!({ "common_tls_context": {
-        "tls_certificates": [certificate_files(&dir, &ca.issue("edge", &["edge.example.com"]), "edge")],
+        "tls_certificates": [edge_certificate(&ca, &dir)],
     }}));
     let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![]).to_string());
 
