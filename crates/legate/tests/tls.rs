@@ -295,11 +295,10 @@ fn mtls_accepts_the_trusted_client_and_counts_each_refusal() {
     assert_eq!(upstream.request_count(), 1);
 }
 
-/// An `UpstreamTlsContext` with `sni` and SAN verification: the right upstream answers through
-/// TLS; an upstream whose certificate does not carry the expected SAN is refused: 503 with
-/// `UF`, `cluster.<name>.ssl.fail_verify_san`.
-#[test]
-fn upstream_tls_verifies_the_san_and_refuses_a_mismatch() {
+/// Two TLS upstreams from one CA: `backend.internal` and an imposter whose certificate is for
+/// another name, and an `UpstreamTlsContext` that sends SNI `backend.internal` and accepts
+/// only that SAN. The CA and its directory live as long as the test keeps them.
+fn backend_and_imposter() -> (TestCa, TempDir, TlsUpstream, TlsUpstream, Value) {
     let ca = TestCa::new("legate upstream CA");
     let dir = TempDir::new();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
@@ -312,6 +311,15 @@ fn upstream_tls_verifies_the_san_and_refuses_a_mismatch() {
             "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "exact": "backend.internal" } }],
         }},
     }));
+    (ca, dir, good, imposter, tls)
+}
+
+/// An `UpstreamTlsContext` with `sni` and SAN verification: the right upstream answers through
+/// TLS; an upstream whose certificate does not carry the expected SAN is refused: 503 with
+/// `UF`, `cluster.<name>.ssl.fail_verify_san`.
+#[test]
+fn upstream_tls_verifies_the_san_and_refuses_a_mismatch() {
+    let (_ca, dir, good, imposter, tls) = backend_and_imposter();
     let mut secure = static_cluster("secure", &[good.addr()]);
     secure["transport_socket"] = tls.clone();
     let mut wrong = static_cluster("wrong", &[imposter.addr()]);
@@ -1018,18 +1026,7 @@ fn upstream_client_certificate_for_an_mtls_upstream() {
 /// a TLS host is made over TLS (and fails when the host's certificate does not verify).
 #[test]
 fn http_health_checks_of_a_tls_cluster_run_over_tls() {
-    let ca = TestCa::new("legate upstream CA");
-    let dir = TempDir::new();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    let good = TlsUpstream::http(&ca.issue("backend", &["backend.internal"]), "secure-backend");
-    let imposter = TlsUpstream::http(&ca.issue("imposter", &["imposter.internal"]), "imposter");
-    let tls = upstream_tls(json!({
-        "sni": "backend.internal",
-        "common_tls_context": { "validation_context": {
-            "trusted_ca": { "filename": dir.join("ca.pem").to_str().unwrap() },
-            "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "exact": "backend.internal" } }],
-        }},
-    }));
+    let (_ca, _dir, good, imposter, tls) = backend_and_imposter();
     let mut cluster = static_cluster("secure", &[good.addr(), imposter.addr()]);
     cluster["transport_socket"] = tls;
     cluster["health_checks"] = json!([{
