@@ -95,7 +95,9 @@ impl LocalityGroups {
             };
             if let Some((_, _, members, total)) = localities.get_mut(index) {
                 *total += 1;
-                if panic || set.healthy_hosts.iter().any(|h| Arc::ptr_eq(h, host)) {
+                // `healthy()` is what put the host in `healthy_hosts` (a linear search there
+                // would make this quadratic in the cluster's size).
+                if panic || host.healthy() {
                     members.push(host.clone());
                 }
             }
