@@ -208,7 +208,11 @@ fn http_check_over_http2() {
         "interval": "0.2s",
         "unhealthy_threshold": 1,
         "healthy_threshold": 1,
-        "http_health_check": { "path": "/healthz", "codec_client_type": "HTTP2" }
+        "http_health_check": {
+            "path": "/healthz", "codec_client_type": "HTTP2",
+            "request_headers_to_add": [{ "header": { "key": "X-Checker", "value": "legate" } }],
+            "request_headers_to_remove": ["x-unused"]
+        }
     }]);
     let px = Legate::start(legate_bin!(), &config.to_string());
     wait_flags(&px, h2.addr(), "healthy");
@@ -216,6 +220,7 @@ fn http_check_over_http2() {
     assert_eq!(check.version, "HTTP/2.0");
     assert_eq!(check.header("host"), Some("backend"));
     assert_eq!(check.header("user-agent"), Some("Envoy/HC"));
+    assert_eq!(check.header("x-checker"), Some("legate"));
 }
 
 /// `x-envoy-immediate-health-check-fail` on an ordinary response (a host draining itself)

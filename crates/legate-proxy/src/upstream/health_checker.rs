@@ -30,7 +30,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use legate_config::core::{HeaderAppendAction, HeaderValueOption};
+use legate_config::core::HeaderValueOption;
 use legate_config::health_check::{
     CodecClientType, GrpcHealthCheck, HealthCheck as HealthCheckConfig, HttpHealthCheck,
 };
@@ -41,6 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::host::health_flag;
 use super::{Cluster, Host};
 use crate::http::io::LocalExec;
+use crate::router::HeaderParser;
 
 legate_stats::stats! {
     /// `cluster.<name>.health_check.*`, Envoy's ALL_HEALTH_CHECKER_STATS.
@@ -60,6 +61,9 @@ legate_stats::stats! {
 pub struct HealthChecker {
     config: HealthCheckConfig,
     event_log: Option<EventLog>,
+    /// `request_headers_to_add`/`_remove` (HTTP) or `initial_metadata` (gRPC), compiled once
+    /// into the routes' header parser, as Envoy's checkers use it.
+    request_headers: HeaderParser,
     /// Payloads decoded once (validated at load).
     tcp_send: Vec<u8>,
     tcp_receive: Vec<Vec<u8>>,
@@ -145,9 +149,22 @@ impl HealthChecker {
         let tcp = config.tcp_health_check.as_ref();
         let tcp_send = tcp.and_then(|t| t.send.as_ref()).and_then(|p| p.bytes().ok()).unwrap_or_default();
         let tcp_receive = tcp.map(|t| t.receive.iter().filter_map(|p| p.bytes().ok()).collect()).unwrap_or_default();
+        let (add, remove): (&[HeaderValueOption], &[String]) =
+            match (&config.http_health_check, &config.grpc_health_check) {
+                (Some(http), _) => (&http.request_headers_to_add, &http.request_headers_to_remove),
+                (None, Some(grpc)) => (&grpc.initial_metadata, &[]),
+                (None, None) => (&[], &[]),
+            };
+        // A header that does not parse is left out on its own, as before (validation refused
+        // `%` values and empty names).
+        let add: Vec<HeaderValueOption> =
+            add.iter().filter(|o| HeaderParser::new(std::slice::from_ref(*o), &[]).is_ok()).cloned().collect();
+        let remove: Vec<String> =
+            remove.iter().filter(|n| HeaderParser::new(&[], std::slice::from_ref(*n)).is_ok()).cloned().collect();
         HealthChecker {
             config: config.clone(),
             event_log: EventLog::open(config),
+            request_headers: HeaderParser::new(&add, &remove).unwrap_or_default(),
             tcp_send,
             tcp_receive,
             stats: HealthCheckerStats::new(&cluster_scope.scope("health_check")),
@@ -310,9 +327,9 @@ async fn check(
     connection: &mut Connection,
 ) -> CheckResult {
     if let Some(http) = &checker.config.http_health_check {
-        http_check(cluster, http, addr, endpoint_hostname, connection).await
+        http_check(cluster, http, &checker.request_headers, addr, endpoint_hostname, connection).await
     } else if let Some(grpc) = &checker.config.grpc_health_check {
-        grpc_check(cluster, grpc, addr, connection).await
+        grpc_check(cluster, grpc, &checker.request_headers, addr, connection).await
     } else if checker.config.tcp_health_check.is_some() {
         tcp_check(cluster, checker, addr, connection).await
     } else {
@@ -359,35 +376,9 @@ async fn send(
     }
 }
 
-/// Applies `request_headers_to_add` / `initial_metadata` (static values: validated at load).
-fn add_headers(headers: &mut hyper::HeaderMap, options: &[HeaderValueOption]) {
-    for option in options {
-        let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(option.header.key.as_bytes()),
-            hyper::header::HeaderValue::from_str(&option.header.value),
-        ) else {
-            continue;
-        };
-        if value.is_empty() && !option.keep_empty_value {
-            continue;
-        }
-        match option.action() {
-            HeaderAppendAction::AppendIfExistsOrAdd => {
-                headers.append(name, value);
-            }
-            HeaderAppendAction::AddIfAbsent => {
-                headers.entry(name).or_insert(value);
-            }
-            HeaderAppendAction::OverwriteIfExistsOrAdd => {
-                headers.insert(name, value);
-            }
-            HeaderAppendAction::OverwriteIfExists => {
-                if headers.contains_key(&name) {
-                    headers.insert(name, value);
-                }
-            }
-        }
-    }
+/// The stream info header values are formatted against: checks carry static values only.
+fn check_info(addr: SocketAddr) -> crate::http::StreamInfo {
+    crate::http::StreamInfo::new(hyper::Version::HTTP_11, 0, addr, addr)
 }
 
 /// The URI of a check: absolute (`http://authority/path`) so that HTTP/2 sends `:authority`;
@@ -402,6 +393,7 @@ fn check_uri(http2: bool, authority: &str, path: &str) -> Option<hyper::Uri> {
 async fn http_check(
     cluster: &Cluster,
     http: &HttpHealthCheck,
+    request_headers: &HeaderParser,
     addr: SocketAddr,
     endpoint_hostname: &str,
     connection: &mut Connection,
@@ -427,10 +419,7 @@ async fn http_check(
         }
     }
     headers.insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static("Envoy/HC"));
-    add_headers(headers, &http.request_headers_to_add);
-    for name in &http.request_headers_to_remove {
-        headers.remove(name.as_str());
-    }
+    request_headers.evaluate(headers, &check_info(addr));
 
     let Some(response) = send(cluster, addr, http2, connection, request).await else {
         return CheckResult::NetworkFailure;
@@ -457,6 +446,7 @@ const GRPC_SERVING: u64 = 1;
 async fn grpc_check(
     cluster: &Cluster,
     grpc: &GrpcHealthCheck,
+    request_headers: &HeaderParser,
     addr: SocketAddr,
     connection: &mut Connection,
 ) -> CheckResult {
@@ -471,7 +461,7 @@ async fn grpc_check(
     let headers = request.headers_mut();
     headers.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/grpc"));
     headers.insert(hyper::header::TE, hyper::header::HeaderValue::from_static("trailers"));
-    add_headers(headers, &grpc.initial_metadata);
+    request_headers.evaluate(headers, &check_info(addr));
 
     let Some(response) = send(cluster, addr, true, connection, request).await else {
         return CheckResult::NetworkFailure;
