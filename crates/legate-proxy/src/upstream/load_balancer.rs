@@ -350,12 +350,18 @@ impl RoundRobin {
     }
 }
 
+/// What LEAST_REQUEST compares: requests in flight (for connection-level traffic, active
+/// connections).
+fn active_load(h: &Host) -> u64 {
+    h.stats.rq_active.load(Ordering::Relaxed) + h.stats.cx_active.load(Ordering::Relaxed)
+}
+
 /// Envoy's LEAST_REQUEST. Equal weights: power of `choice_count` choices, the sampled host with
 /// the fewest active requests (for connection-level traffic, active connections). Unequal
 /// weights: a weighted pick where each host's weight is divided by
 /// (active requests + 1)^`active_request_bias` (bias 0 is plain weighted round robin's share).
 fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32, bias: f64) -> usize {
-    let load = |h: &Host| h.stats.rq_active.load(Ordering::Relaxed) + h.stats.cx_active.load(Ordering::Relaxed);
+    let load = active_load;
     let Some(first) = hosts.first() else { return 0 };
     if hosts.iter().any(|h| h.weight != first.weight) {
         let effective: Vec<f64> =
@@ -432,10 +438,7 @@ fn slow_start_pick(
     let effective = |h: &Host| {
         let weight = f64::from(h.weight) * slow.factor(h, now_ms);
         match least_request_bias {
-            Some(bias) => {
-                let load = h.stats.rq_active.load(Ordering::Relaxed) + h.stats.cx_active.load(Ordering::Relaxed);
-                weight / ((load + 1) as f64).powf(bias)
-            }
+            Some(bias) => weight / ((active_load(h) + 1) as f64).powf(bias),
             None => weight,
         }
     };
