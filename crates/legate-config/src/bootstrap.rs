@@ -18,7 +18,7 @@ pub struct Bootstrap {
     pub node_context_params: Vec<String>,
     #[serde(default)]
     pub static_resources: StaticResources,
-    pub dynamic_resources: Option<Unsupported>,
+    pub dynamic_resources: Option<crate::config_source::DynamicResources>,
     pub cluster_manager: Option<Unsupported>,
     pub hds_config: Option<Unsupported>,
     pub flags_path: Option<Unsupported>,

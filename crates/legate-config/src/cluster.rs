@@ -22,7 +22,8 @@ pub struct Cluster {
     #[serde(rename = "type", default)]
     pub discovery_type: DiscoveryType,
     pub cluster_type: Option<Unsupported>,
-    pub eds_cluster_config: Option<Unsupported>,
+    /// `EDS` clusters: where the endpoints come from.
+    pub eds_cluster_config: Option<EdsClusterConfig>,
     /// Default 5 s (Envoy's).
     pub connect_timeout: Option<Duration>,
     /// Default 1 MiB.
@@ -591,4 +592,14 @@ pub struct TcpKeepalive {
     pub keepalive_time: Option<u32>,
     /// Seconds between probes.
     pub keepalive_interval: Option<u32>,
+}
+
+/// `Cluster.EdsClusterConfig`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EdsClusterConfig {
+    pub eds_config: Option<crate::config_source::ConfigSource>,
+    /// The `ClusterLoadAssignment` to subscribe to; the cluster's name when empty.
+    #[serde(default)]
+    pub service_name: String,
 }

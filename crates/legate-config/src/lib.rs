@@ -17,6 +17,7 @@
 pub mod access_log;
 pub mod bootstrap;
 pub mod cluster;
+pub mod config_source;
 pub mod core;
 pub mod dns;
 pub mod duration;

@@ -119,50 +119,12 @@ impl CertificateValidationContext {
 }
 
 /// `envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig`: a secret by name from a config
-/// source. Only file sources: a control plane's SDS is not supported yet.
+/// source: a file (`path_config_source`) or a control plane (`ads`, `api_config_source`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SdsSecretConfig {
     pub name: String,
-    pub sds_config: Option<SdsConfigSource>,
-}
-
-/// The parts of `envoy.config.core.v3.ConfigSource` that name a file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SdsConfigSource {
-    pub path_config_source: Option<PathConfigSource>,
-    /// Deprecated form of `path_config_source.path`.
-    pub path: Option<String>,
-    pub resource_api_version: Option<String>,
-    pub initial_fetch_timeout: Option<crate::duration::Duration>,
-    pub api_config_source: Option<Unsupported>,
-    pub ads: Option<Unsupported>,
-    pub self_config_source: Option<Unsupported>,
-    pub authorities: Option<Unsupported>,
-}
-
-impl SdsConfigSource {
-    /// The file holding the secret.
-    pub fn file(&self) -> Option<&str> {
-        self.path_config_source.as_ref().map(|p| p.path.as_str()).or(self.path.as_deref())
-    }
-}
-
-/// `envoy.config.core.v3.PathConfigSource`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PathConfigSource {
-    pub path: String,
-    /// legate polls the files themselves; a watched directory changes nothing.
-    pub watched_directory: Option<WatchedDirectory>,
-}
-
-/// `envoy.config.core.v3.WatchedDirectory`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WatchedDirectory {
-    pub path: String,
+    pub sds_config: Option<crate::config_source::ConfigSource>,
 }
 
 /// A file-based SDS response: `resources` of `Secret`s.

@@ -30,8 +30,8 @@ pub struct HttpConnectionManager {
     /// Required; stats go under `http.<stat_prefix>.`.
     #[serde(default)]
     pub stat_prefix: String,
-    /// Exactly one of `rds`, `route_config`, `scoped_routes`; legate has `route_config`.
-    pub rds: Option<Unsupported>,
+    /// Exactly one of `rds`, `route_config`, `scoped_routes`.
+    pub rds: Option<Rds>,
     pub route_config: Option<RouteConfiguration>,
     pub scoped_routes: Option<Unsupported>,
     /// In order; the last must be the router.
@@ -208,7 +208,11 @@ impl HttpConnectionManager {
         if self.codec_type == CodecType::Http3 {
             v.error(&format!("{at}.codec_type"), "HTTP3 is not supported by legate yet");
         }
-        v.oneof(at, &[("rds", false), ("route_config", self.route_config.is_some()), ("scoped_routes", false)], true);
+        v.oneof(
+            at,
+            &[("rds", self.rds.is_some()), ("route_config", self.route_config.is_some()), ("scoped_routes", false)],
+            true,
+        );
         if let Some(rc) = &self.route_config {
             rc.validate(&format!("{at}.route_config"), v, clusters);
         }
@@ -542,9 +546,10 @@ mod tests {
             "{e:?}"
         );
         let mut v = minimal();
-        v["rds"] = json!({"route_config_name": "r"});
-        let err = path::from_value::<HttpConnectionManager>(v).unwrap_err();
-        assert_eq!(err.to_string(), "rds: this Envoy field is not supported by legate yet");
+        v.as_object_mut().unwrap().remove("route_config");
+        v["rds"] = json!({"route_config_name": "r", "config_source": {"ads": {}}});
+        let hcm = path::from_value::<HttpConnectionManager>(v).unwrap();
+        assert_eq!(hcm.rds.map(|r| r.route_config_name).as_deref(), Some("r"));
     }
 
     #[test]
@@ -616,4 +621,12 @@ pub struct ResponseMapper {
     pub body_format_override: Option<SubstitutionFormatString>,
     #[serde(default)]
     pub headers_to_add: Vec<HeaderValueOption>,
+}
+
+/// `HttpConnectionManager.Rds`: the route configuration by name from a config source.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Rds {
+    pub config_source: crate::config_source::ConfigSource,
+    pub route_config_name: String,
 }

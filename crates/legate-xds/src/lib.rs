@@ -1,0 +1,21 @@
+//! The xDS client: subscriptions to listeners, routes, clusters, endpoints and secrets from a
+//! config source, delivered to the server as the same JSON shape the YAML loader reads.
+//!
+//! A subscription is one resource type on one [`ConfigSource`](legate_config::config_source::ConfigSource):
+//! a file (`path_config_source`), a REST or gRPC control plane (`api_config_source`) or the
+//! aggregated stream (`ads`). Whoever subscribes gets a [`Watch`] and hands in
+//! [`SubscriptionCallbacks`]; each update arrives as [`ConfigUpdate`] (resources added or
+//! changed, names removed), and the callback's verdict becomes the ACK or the NACK. Everything
+//! runs on the main thread (Envoy's `GrpcMux`, `WatchMap` and `SubscriptionFactory`).
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod path_subscription;
+pub mod resource;
+pub mod stats;
+pub mod subscription;
+
+pub use client::XdsClient;
+pub use resource::{DecodedResource, ResourceType};
+pub use stats::SubscriptionStats;
+pub use subscription::{ConfigUpdate, SubscriptionCallbacks, UpdateFailure, Watch};

@@ -1,0 +1,117 @@
+//! Filesystem subscriptions (`path_config_source`): a file holding a `DiscoveryResponse` in
+//! YAML or JSON, read again whenever it changes — including when it is replaced atomically by
+//! a rename, or when its `watched_directory` changes (Kubernetes ConfigMaps swap a symlink).
+//! legate polls the metadata once a second instead of using inotify: no new dependency, and a
+//! change is seen within a second either way.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::resource::DecodedResource;
+use crate::subscription::WatchMap;
+
+/// How often the file's metadata is checked.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What tells one version of a file from the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+    directory: Option<SystemTime>,
+}
+
+fn stamp(path: &Path, watched_directory: Option<&Path>) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+        directory: watched_directory.and_then(|d| std::fs::metadata(d).ok()).and_then(|m| m.modified().ok()),
+    })
+}
+
+/// Starts watching `path` for `map`'s watches, on the calling (main) thread's `LocalSet`.
+pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<WatchMap>) {
+    tokio::task::spawn_local(async move {
+        let path = PathBuf::from(path);
+        let directory = watched_directory.map(PathBuf::from);
+        let mut last: Option<Stamp> = None;
+        // Deliver once the first watch is in (it is added right after the start).
+        tokio::task::yield_now().await;
+        loop {
+            if map.is_empty() && Rc::strong_count(&map) == 1 {
+                return;
+            }
+            let now = stamp(&path, directory.as_deref());
+            if now.is_some() && now != last {
+                last = now;
+                read_and_deliver(&path, &map);
+            } else if now.is_none() && last.is_some() {
+                last = None;
+                map.fail(&format!("unable to read file: {}", path.display()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                // A new watch (say, another cluster's EDS name) needs the current contents.
+                _ = map.interest_changed.notified() => { last = None; }
+            }
+        }
+    });
+}
+
+fn read_and_deliver(path: &Path, map: &WatchMap) {
+    map.count_attempt();
+    let result = std::fs::read_to_string(path)
+        .map_err(|e| format!("unable to read file: {}: {e}", path.display()))
+        .and_then(|text| decode(&text, map).map_err(|e| format!("{}: {e}", path.display())))
+        .and_then(|(version, resources)| {
+            map.deliver_state_of_the_world(&version, resources).map_err(|e| format!("{}: {e}", path.display()))
+        });
+    if let Err(e) = result {
+        map.count_rejected();
+        tracing::warn!("{} update from {} rejected: {e}", map.resource_type.short_name(), path.display());
+    }
+}
+
+/// Parses a `DiscoveryResponse`: `version_info` and `resources`, each either the resource
+/// itself (with its `@type`) or a `Resource` wrapper holding it under `resource`.
+fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
+    let mut response: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("unable to parse: {e}"))?;
+    legate_config::normalize::normalize(&mut response);
+    let Value::Object(fields) = &mut response else {
+        return Err("a DiscoveryResponse must be a mapping".into());
+    };
+    let version = match fields.get("version_info") {
+        Some(Value::String(v)) => v.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let resources = match fields.remove("resources") {
+        Some(Value::Array(items)) => items,
+        None => Vec::new(),
+        Some(_) => return Err("resources: must be a list".into()),
+    };
+    resources
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let item = match item {
+                Value::Object(mut wrapper)
+                    if wrapper.get("@type").and_then(Value::as_str)
+                        == Some("type.googleapis.com/envoy.service.discovery.v3.Resource") =>
+                {
+                    wrapper.remove("resource").unwrap_or(Value::Null)
+                }
+                other => other,
+            };
+            DecodedResource::from_json(map.resource_type, item, &version).map_err(|e| format!("resources[{i}]: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|resources| (version, resources))
+}

@@ -1,0 +1,290 @@
+//! What a subscriber sees: [`SubscriptionCallbacks`], the [`ConfigUpdate`] it is handed and the
+//! [`Watch`] that keeps its interest alive; and the [`WatchMap`] every transport shares, which
+//! turns a response into per-watch updates (Envoy's `WatchMap`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::resource::{DecodedResource, ResourceType};
+use crate::stats::SubscriptionStats;
+
+/// One update for one watch. State-of-the-world responses arrive here already turned into
+/// changes: `resources` is every resource of the response the watch is interested in, and
+/// `removed` the names a wildcard (LDS/CDS) response left out or a delta response removed.
+#[derive(Debug)]
+pub struct ConfigUpdate<'a> {
+    pub resource_type: ResourceType,
+    pub version_info: &'a str,
+    pub resources: &'a [DecodedResource],
+    pub removed: &'a [String],
+    /// Whether `resources` is the whole set (SotW, files, REST) rather than the changed ones.
+    pub state_of_the_world: bool,
+}
+
+/// Why a subscription could not deliver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateFailure {
+    /// `initial_fetch_timeout` elapsed before the first update: what waits for it goes on.
+    FetchTimedOut,
+    /// The control plane or the file could not be reached or read.
+    ConnectionFailure(String),
+}
+
+/// The subscriber's side (Envoy's `SubscriptionCallbacks`). Runs on the main thread.
+pub trait SubscriptionCallbacks {
+    /// Applies an update. `Err(detail)` NACKs the whole response with `detail` as its
+    /// `error_detail`; the subscriber must then have changed nothing.
+    fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String>;
+
+    /// The first update did not come in time, or the source failed. What was applied stays.
+    fn on_config_update_failed(&self, failure: &UpdateFailure);
+}
+
+/// One subscriber's interest: a set of names (empty for a wildcard subscription).
+pub(crate) struct WatchEntry {
+    id: u64,
+    names: RefCell<BTreeSet<String>>,
+    wildcard: bool,
+    callbacks: Rc<dyn SubscriptionCallbacks>,
+    pub(crate) stats: SubscriptionStats,
+    /// Names delivered and not removed since, to find what a SotW response left out.
+    delivered: RefCell<BTreeSet<String>>,
+    /// Whether any update (or the fetch timeout) reached the subscriber yet.
+    initialized: Cell<bool>,
+}
+
+/// The watches of one subscription (one resource type on one source).
+pub(crate) struct WatchMap {
+    pub(crate) resource_type: ResourceType,
+    watches: RefCell<Vec<Rc<WatchEntry>>>,
+    next_id: Cell<u64>,
+    /// Woken when the set of names changes, so the transport sends a new request.
+    pub(crate) interest_changed: Notify,
+}
+
+impl WatchMap {
+    pub(crate) fn new(resource_type: ResourceType) -> Rc<Self> {
+        Rc::new(WatchMap {
+            resource_type,
+            watches: RefCell::new(Vec::new()),
+            next_id: Cell::new(1),
+            interest_changed: Notify::new(),
+        })
+    }
+
+    /// Adds a watch; its initial-fetch timer starts now.
+    pub(crate) fn add(
+        self: &Rc<Self>,
+        names: BTreeSet<String>,
+        callbacks: Rc<dyn SubscriptionCallbacks>,
+        stats: SubscriptionStats,
+        initial_fetch_timeout: Option<Duration>,
+    ) -> Watch {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let entry = Rc::new(WatchEntry {
+            id,
+            wildcard: names.is_empty(),
+            names: RefCell::new(names),
+            callbacks,
+            stats,
+            delivered: RefCell::new(BTreeSet::new()),
+            initialized: Cell::new(false),
+        });
+        self.watches.borrow_mut().push(entry.clone());
+        if let Some(timeout) = initial_fetch_timeout {
+            let weak = Rc::downgrade(&entry);
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(timeout).await;
+                if let Some(entry) = weak.upgrade() {
+                    if !entry.initialized.replace(true) {
+                        entry.stats.init_fetch_timeout.inc();
+                        entry.callbacks.on_config_update_failed(&UpdateFailure::FetchTimedOut);
+                    }
+                }
+            });
+        }
+        self.interest_changed.notify_one();
+        Watch { map: Rc::downgrade(self), id }
+    }
+
+    fn remove(&self, id: u64) {
+        self.watches.borrow_mut().retain(|w| w.id != id);
+        self.interest_changed.notify_one();
+    }
+
+    fn watches(&self) -> Vec<Rc<WatchEntry>> {
+        self.watches.borrow().clone()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.watches.borrow().is_empty()
+    }
+
+    /// What the subscription must ask for: `None` for a wildcard, else the union of names.
+    #[allow(dead_code)] // used by the gRPC and REST transports
+    pub(crate) fn interest(&self) -> Option<BTreeSet<String>> {
+        let watches = self.watches.borrow();
+        if watches.iter().any(|w| w.wildcard) {
+            return None;
+        }
+        Some(watches.iter().flat_map(|w| w.names.borrow().iter().cloned().collect::<Vec<_>>()).collect())
+    }
+
+    /// Counts an attempt on every watch (a response arrived or a poll was made).
+    pub(crate) fn count_attempt(&self) {
+        for watch in self.watches() {
+            watch.stats.update_attempt.inc();
+        }
+    }
+
+    /// A response (or file, or poll) failed before it could be decoded: counted as rejected
+    /// on every watch.
+    pub(crate) fn count_rejected(&self) {
+        for watch in self.watches() {
+            watch.stats.update_rejected.inc();
+        }
+    }
+
+    /// The source failed: every watch hears it; a watch still waiting for its first update
+    /// does not (it waits for `initial_fetch_timeout`, as Envoy).
+    pub(crate) fn fail(&self, reason: &str) {
+        for watch in self.watches() {
+            watch.stats.update_failure.inc();
+            if watch.initialized.get() {
+                watch.callbacks.on_config_update_failed(&UpdateFailure::ConnectionFailure(reason.to_string()));
+            }
+        }
+    }
+
+    /// Delivers a complete response (SotW, file, REST). `Err` is the NACK's `error_detail`.
+    pub(crate) fn deliver_state_of_the_world(
+        &self,
+        version_info: &str,
+        resources: Vec<DecodedResource>,
+    ) -> Result<(), String> {
+        let by_name = index_by_name(self.resource_type, &resources)?;
+        self.deliver(version_info, true, |watch| {
+            let names = watch.names.borrow();
+            let mine: Vec<DecodedResource> =
+                resources.iter().filter(|r| watch.wildcard || names.contains(&r.name)).cloned().collect();
+            let removed: Vec<String> = if self.resource_type.is_wildcard() {
+                watch.delivered.borrow().iter().filter(|n| !by_name.contains_key(n.as_str())).cloned().collect()
+            } else {
+                Vec::new()
+            };
+            (mine, removed)
+        })
+    }
+
+    /// Delivers a delta response.
+    #[allow(dead_code)] // used by the delta gRPC transport
+    pub(crate) fn deliver_delta(
+        &self,
+        system_version_info: &str,
+        resources: Vec<DecodedResource>,
+        removed: Vec<String>,
+    ) -> Result<(), String> {
+        index_by_name(self.resource_type, &resources)?;
+        self.deliver(system_version_info, false, |watch| {
+            let names = watch.names.borrow();
+            let mine: Vec<DecodedResource> =
+                resources.iter().filter(|r| watch.wildcard || names.contains(&r.name)).cloned().collect();
+            let gone: Vec<String> = removed.iter().filter(|n| watch.delivered.borrow().contains(*n)).cloned().collect();
+            (mine, gone)
+        })
+    }
+
+    fn deliver(
+        &self,
+        version_info: &str,
+        state_of_the_world: bool,
+        select: impl Fn(&WatchEntry) -> (Vec<DecodedResource>, Vec<String>),
+    ) -> Result<(), String> {
+        let mut first_error = None;
+        for watch in self.watches() {
+            let (resources, removed) = select(&watch);
+            // A named watch whose resources are not in this response has nothing to hear
+            // (SotW responses for RDS/EDS need not carry every subscribed name).
+            if resources.is_empty() && removed.is_empty() && !watch.wildcard {
+                continue;
+            }
+            let update = ConfigUpdate {
+                resource_type: self.resource_type,
+                version_info,
+                resources: &resources,
+                removed: &removed,
+                state_of_the_world,
+            };
+            let started = Instant::now();
+            match watch.callbacks.on_config_update(&update) {
+                Ok(()) => {
+                    watch.initialized.set(true);
+                    {
+                        let mut delivered = watch.delivered.borrow_mut();
+                        for name in &removed {
+                            delivered.remove(name);
+                        }
+                        delivered.extend(resources.iter().map(|r| r.name.clone()));
+                    }
+                    if resources.is_empty() && removed.is_empty() {
+                        watch.stats.update_empty.inc();
+                    }
+                    watch.stats.accepted(version_info, started.elapsed());
+                }
+                Err(detail) => {
+                    watch.stats.update_rejected.inc();
+                    first_error.get_or_insert(detail);
+                }
+            }
+        }
+        match first_error {
+            Some(detail) => Err(detail),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Refuses a response naming one resource twice.
+fn index_by_name(
+    resource_type: ResourceType,
+    resources: &[DecodedResource],
+) -> Result<BTreeMap<&str, &DecodedResource>, String> {
+    let mut by_name = BTreeMap::new();
+    for resource in resources {
+        if by_name.insert(resource.name.as_str(), resource).is_some() {
+            return Err(format!("duplicate {} resource name '{}'", resource_type.short_name(), resource.name));
+        }
+    }
+    Ok(by_name)
+}
+
+/// A subscriber's interest; dropping it unsubscribes.
+pub struct Watch {
+    map: Weak<WatchMap>,
+    id: u64,
+}
+
+impl Watch {
+    /// Changes the names this watch wants (RDS/EDS/SDS); the subscription asks again.
+    pub fn update_names(&self, names: BTreeSet<String>) {
+        if let Some(map) = self.map.upgrade() {
+            if let Some(watch) = map.watches.borrow().iter().find(|w| w.id == self.id) {
+                *watch.names.borrow_mut() = names;
+            }
+            map.interest_changed.notify_one();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(map) = self.map.upgrade() {
+            map.remove(self.id);
+        }
+    }
+}
