@@ -35,6 +35,7 @@ pub mod normalize;
 pub mod outlier_detection;
 pub mod path;
 pub mod protocol;
+pub mod resources;
 pub mod route;
 pub mod socket_option;
 pub mod tls;

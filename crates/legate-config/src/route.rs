@@ -77,7 +77,7 @@ impl RouteConfiguration {
     /// Checks what the proto's rules and Envoy's `RouteMatcher` refuse, with `at` the path of
     /// this message; `clusters` are the static cluster names.
     pub(crate) fn validate(&self, at: &str, v: &mut Validator, clusters: &std::collections::HashSet<&str>) {
-        let clusters = self.validate_clusters().then_some(clusters);
+        let clusters = (self.validate_clusters() && !v.late_clusters).then_some(clusters);
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         // Envoy keys domains lower-cased, in four tables: exact, `*suffix`, `prefix*` and `*`.
         let mut domains: BTreeMap<String, usize> = BTreeMap::new();

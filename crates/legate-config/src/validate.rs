@@ -15,6 +15,9 @@ use crate::path::PathError;
 
 pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
     let mut v = Validator::default();
+    // With CDS, a static listener may name a cluster that arrives later: it gets 503 (no
+    // cluster) until then, as in Envoy with `validate_clusters: false`.
+    v.late_clusters = bootstrap.dynamic_resources.as_ref().is_some_and(|d| d.cds_config.is_some());
     if let Some(admin) = &bootstrap.admin {
         if let Some(address) = &admin.address {
             v.ip_address("admin.address", address);
@@ -53,6 +56,8 @@ pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
 #[derive(Default)]
 pub(crate) struct Validator {
     pub(crate) errors: Vec<PathError>,
+    /// Cluster names are not checked: clusters come from CDS and may arrive later.
+    pub(crate) late_clusters: bool,
 }
 
 impl Validator {
@@ -110,7 +115,7 @@ impl Validator {
         }
     }
 
-    fn listener(&mut self, at: &str, listener: &Listener, clusters: &HashSet<&str>) {
+    pub(crate) fn listener(&mut self, at: &str, listener: &Listener, clusters: &HashSet<&str>) {
         self.ip_address(&format!("{at}.address"), &listener.address);
         if let Some(socket) = listener.address.socket() {
             if socket.protocol == SocketProtocol::Udp {
@@ -252,8 +257,8 @@ impl Validator {
         }
     }
 
-    fn cluster_ref(&mut self, at: &str, name: &str, clusters: &HashSet<&str>) {
-        if !clusters.contains(name) {
+    pub(crate) fn cluster_ref(&mut self, at: &str, name: &str, clusters: &HashSet<&str>) {
+        if !self.late_clusters && !clusters.contains(name) {
             self.error(at, format!("unknown cluster '{name}': no static cluster has this name"));
         }
     }
@@ -313,7 +318,7 @@ impl Validator {
         }
     }
 
-    fn cluster(&mut self, at: &str, cluster: &Cluster) {
+    pub(crate) fn cluster(&mut self, at: &str, cluster: &Cluster) {
         if cluster.name.is_empty() {
             self.error(&format!("{at}.name"), "value length must be at least 1 characters");
         }
@@ -335,10 +340,17 @@ impl Validator {
         }
         match cluster.discovery_type {
             DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {}
+            DiscoveryType::Eds => match cluster.eds_cluster_config.as_ref().and_then(|e| e.eds_config.as_ref()) {
+                Some(source) if source.kind().is_some() => {}
+                _ => self.error(
+                    &format!("{at}.eds_cluster_config.eds_config"),
+                    "an EDS cluster needs eds_cluster_config.eds_config with a config source",
+                ),
+            },
             other => self.error(
                 &format!("{at}.type"),
                 format!(
-                    "cluster type {other:?} is not supported by legate yet (STATIC, STRICT_DNS and LOGICAL_DNS are)"
+                    "cluster type {other:?} is not supported by legate yet (STATIC, STRICT_DNS, LOGICAL_DNS and EDS are)"
                 ),
             ),
         }

@@ -55,6 +55,8 @@ pub(crate) struct WatchEntry {
     delivered: RefCell<BTreeSet<String>>,
     /// Whether any update (or the fetch timeout) reached the subscriber yet.
     initialized: Cell<bool>,
+    /// Whether a response was offered to it yet (even one with none of its names).
+    offered: Cell<bool>,
 }
 
 /// The watches of one subscription (one resource type on one source).
@@ -94,6 +96,7 @@ impl WatchMap {
             stats,
             delivered: RefCell::new(BTreeSet::new()),
             initialized: Cell::new(false),
+            offered: Cell::new(false),
         });
         self.watches.borrow_mut().push(entry.clone());
         if let Some(timeout) = initial_fetch_timeout {
@@ -167,8 +170,27 @@ impl WatchMap {
         version_info: &str,
         resources: Vec<DecodedResource>,
     ) -> Result<(), String> {
+        self.deliver_state_of_the_world_to(version_info, resources, false)
+    }
+
+    /// Delivers the last complete response again, to the watches added since (a cluster that
+    /// subscribes to a name the source already sent gets it without a new fetch).
+    pub(crate) fn deliver_to_new_watches(
+        &self,
+        version_info: &str,
+        resources: Vec<DecodedResource>,
+    ) -> Result<(), String> {
+        self.deliver_state_of_the_world_to(version_info, resources, true)
+    }
+
+    fn deliver_state_of_the_world_to(
+        &self,
+        version_info: &str,
+        resources: Vec<DecodedResource>,
+        only_new: bool,
+    ) -> Result<(), String> {
         let by_name = index_by_name(self.resource_type, &resources)?;
-        self.deliver(version_info, true, |watch| {
+        self.deliver(version_info, true, only_new, |watch| {
             let names = watch.names.borrow();
             let mine: Vec<DecodedResource> =
                 resources.iter().filter(|r| watch.wildcard || names.contains(&r.name)).cloned().collect();
@@ -190,7 +212,7 @@ impl WatchMap {
         removed: Vec<String>,
     ) -> Result<(), String> {
         index_by_name(self.resource_type, &resources)?;
-        self.deliver(system_version_info, false, |watch| {
+        self.deliver(system_version_info, false, false, |watch| {
             let names = watch.names.borrow();
             let mine: Vec<DecodedResource> =
                 resources.iter().filter(|r| watch.wildcard || names.contains(&r.name)).cloned().collect();
@@ -203,10 +225,14 @@ impl WatchMap {
         &self,
         version_info: &str,
         state_of_the_world: bool,
+        only_new: bool,
         select: impl Fn(&WatchEntry) -> (Vec<DecodedResource>, Vec<String>),
     ) -> Result<(), String> {
         let mut first_error = None;
         for watch in self.watches() {
+            if watch.offered.replace(true) && only_new {
+                continue;
+            }
             let (resources, removed) = select(&watch);
             // A named watch whose resources are not in this response has nothing to hear
             // (SotW responses for RDS/EDS need not carry every subscribed name).

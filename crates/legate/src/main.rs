@@ -6,6 +6,7 @@ mod demo;
 mod logging;
 mod memory;
 mod server;
+mod xds;
 
 use clap::Parser;
 

@@ -73,7 +73,8 @@ pub struct Server {
     pub loaded: LoadedBootstrap,
     pub store: Arc<Store>,
     pub stats: ServerStats,
-    pub cluster_manager: ClusterManager,
+    pub cluster_manager: Rc<ClusterManager>,
+    pub xds: crate::xds::Xds,
     pub listener_manager: RefCell<ListenerManager>,
     pub workers: RefCell<Vec<Worker>>,
     pub shared: Arc<ServerShared>,
@@ -177,15 +178,12 @@ async fn serve(
     );
 
     check_cluster_transport_sockets(bootstrap, &Store::new(1))?;
-    let cluster_manager = ClusterManager::new(&bootstrap.static_resources.clusters, &store);
+    let cluster_manager = Rc::new(ClusterManager::new(&bootstrap.static_resources.clusters, &store));
     cluster_manager.initialize().await;
-    for cluster in cluster_manager.clusters() {
-        if cluster.health_checker.is_some() {
-            tokio::task::spawn_local(legate_proxy::upstream::health_checker::run(cluster.clone()));
-        }
-        if cluster.outlier_detector.is_some() {
-            tokio::task::spawn_local(legate_proxy::upstream::outlier_detection::run(cluster));
-        }
+    let xds = crate::xds::Xds::start(bootstrap, &cluster_manager)?;
+    // Envoy's init order: clusters (CDS, then each cluster's first endpoints) before listeners.
+    while !xds.clusters_initialized(&cluster_manager) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tracing::info!("all clusters initialized");
     let shared = Arc::new(ServerShared::new(
@@ -219,6 +217,7 @@ async fn serve(
         store,
         stats,
         cluster_manager,
+        xds,
         listener_manager: RefCell::new(listener_manager),
         workers: RefCell::new(Vec::new()),
         shared,

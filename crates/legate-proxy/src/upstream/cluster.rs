@@ -1,7 +1,7 @@
 //! A live cluster: what the user configured, its stats and breakers, and its current hosts.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -24,7 +24,7 @@ pub struct Cluster {
     /// The first of `health_checks`, when configured (config refuses more than one).
     pub health_checker: Option<super::health_checker::HealthChecker>,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
-    pub overprovisioning_factor: u32,
+    overprovisioning_factor: AtomicU32,
     /// Static clusters are never added through an API in this version.
     pub added_via_api: bool,
     /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
@@ -94,7 +94,7 @@ impl Cluster {
                 .map(|o| super::outlier_detection::OutlierDetector::new(o, scope)),
             health_checker: config.health_checks.first().map(|hc| super::health_checker::HealthChecker::new(hc, scope)),
             circuit_breakers,
-            overprovisioning_factor,
+            overprovisioning_factor: AtomicU32::new(overprovisioning_factor),
             added_via_api: false,
             // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
             // the server's start-up); here it can only have become unreadable since.
@@ -125,9 +125,24 @@ impl Cluster {
 
     /// The hosts of a STATIC cluster, straight from its load assignment.
     fn static_hosts(&self) -> Vec<Arc<Host>> {
+        match &self.config.load_assignment {
+            Some(assignment) => self.hosts_of(assignment, &[]),
+            None => Vec::new(),
+        }
+    }
+
+    /// The hosts of `assignment`; a host of `current` equal in address and every attribute is
+    /// kept as it is (its health, its stats and, on each worker, its connection pools).
+    fn hosts_of(
+        &self,
+        assignment: &legate_config::endpoint::ClusterLoadAssignment,
+        current: &[Arc<Host>],
+    ) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
-        for (locality, endpoint, address) in self.endpoints() {
-            if let Some(ip) = address.ip() {
+        for locality in &assignment.endpoints {
+            for endpoint in &locality.lb_endpoints {
+                let Some(address) = endpoint.endpoint.as_ref().and_then(|e| e.address.socket()) else { continue };
+                let Some(ip) = address.ip() else { continue };
                 let addr = SocketAddr::new(ip, address.port_value as u16);
                 let host = Host::new(
                     addr,
@@ -139,6 +154,10 @@ impl Cluster {
                 )
                 .with_locality_weight(locality.load_balancing_weight)
                 .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
+                if let Some(same) = current.iter().find(|h| h.same_endpoint(&host)) {
+                    hosts.push(same.clone());
+                    continue;
+                }
                 self.on_host_added(&host);
                 hosts.push(Arc::new(host));
             }
@@ -146,8 +165,24 @@ impl Cluster {
         hosts
     }
 
-    /// Readies a new host before it is published: with active health checking it starts
-    /// unhealthy (`FAILED_ACTIVE_HC`) until its first check passes, as in Envoy.
+    /// Takes the hosts of a `ClusterLoadAssignment` from EDS. Unchanged hosts stay; requests in
+    /// flight to a removed host finish on it.
+    pub fn apply_load_assignment(&self, assignment: &legate_config::endpoint::ClusterLoadAssignment) {
+        let _serial = self.refresh_lock.lock();
+        self.overprovisioning_factor.store(assignment.overprovisioning_factor(), Ordering::Relaxed);
+        let current: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
+        let hosts = self.hosts_of(assignment, &current);
+        let changed = hosts.len() != current.len() || hosts.iter().zip(&current).any(|(a, b)| !Arc::ptr_eq(a, b));
+        if changed {
+            self.publish(hosts, true);
+        }
+    }
+
+    /// The `policy.overprovisioning_factor` of the load assignment, in percent.
+    pub fn overprovisioning_factor(&self) -> u32 {
+        self.overprovisioning_factor.load(Ordering::Relaxed)
+    }
+
     pub fn on_host_added(&self, host: &Host) {
         if self.health_checker.is_some() && !host.health_check.disabled {
             host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);

@@ -3,11 +3,15 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType};
 use legate_stats::Store;
+use tokio::task::AbortHandle;
 
 use super::cluster::{Cluster, PrioritySet};
 use super::dns;
@@ -18,11 +22,47 @@ use super::stats::ClusterManagerStats;
 /// Every cluster by name, as one immutable snapshot.
 pub type ClusterMap = HashMap<String, Arc<Cluster>>;
 
+/// When and in which version a cluster came from CDS (`/config_dump`).
+#[derive(Clone, Debug)]
+pub struct ApiVersion {
+    pub version_info: String,
+    pub last_updated: SystemTime,
+}
+
+/// A change of the active set, applied with the next snapshot.
+enum Pending {
+    Activate(Arc<Cluster>),
+    Remove(String),
+}
+
+/// The main thread's cluster manager (Envoy's `ClusterManagerImpl`): static clusters from the
+/// bootstrap and dynamic ones from CDS. Workers see the active clusters as one snapshot; a CDS
+/// cluster waits in `warming` until it has its first hosts (EDS, DNS) and only then joins it.
 pub struct ClusterManager {
     clusters: Arc<ArcSwap<ClusterMap>>,
     pub stats: ClusterManagerStats,
+    store: Arc<Store>,
     /// Insertion order, for `/clusters` and `/config_dump`.
-    order: Vec<String>,
+    order: RefCell<Vec<String>>,
+    warming: RefCell<BTreeMap<String, Arc<Cluster>>>,
+    /// Health checks, outlier sweeps and DNS refreshes of each active cluster; aborted when the
+    /// cluster is removed or replaced.
+    tasks: RefCell<HashMap<usize, Vec<AbortHandle>>>,
+    /// Version and time of every cluster CDS added, active or warming.
+    pub api_versions: RefCell<HashMap<String, ApiVersion>>,
+    /// Changes to publish together: one snapshot per batch, not one per cluster (a CDS update
+    /// of 10,000 clusters must not copy the map 10,000 times).
+    pending: RefCell<Vec<Pending>>,
+    flush_scheduled: std::cell::Cell<bool>,
+}
+
+/// What [`ClusterManager::add_or_update_cluster`] did.
+pub enum ClusterUpdate {
+    /// Same config as now (or a static cluster of that name): nothing changed.
+    Unchanged,
+    /// A new cluster object is warming; EDS clusters wait for
+    /// [`ClusterManager::finish_warming`].
+    Warming(Arc<Cluster>),
 }
 
 impl ClusterManager {
@@ -40,11 +80,22 @@ impl ClusterManager {
         }
         stats.active_clusters.set(map.len() as u64);
         stats.warming_clusters.set(0);
-        ClusterManager { clusters: Arc::new(ArcSwap::from_pointee(map)), stats, order }
+        ClusterManager {
+            clusters: Arc::new(ArcSwap::from_pointee(map)),
+            stats,
+            store: store.clone(),
+            order: RefCell::new(order),
+            warming: RefCell::new(BTreeMap::new()),
+            tasks: RefCell::new(HashMap::default()),
+            api_versions: RefCell::new(HashMap::default()),
+            pending: RefCell::new(Vec::new()),
+            flush_scheduled: std::cell::Cell::new(false),
+        }
     }
 
-    /// Resolves DNS clusters once (Envoy's cluster initialization), then keeps them fresh in
-    /// the background on the calling (main) runtime.
+    /// Resolves the static DNS clusters once (Envoy's cluster initialization), then keeps them
+    /// fresh in the background, and starts every static cluster's health checks and outlier
+    /// sweeps, on the calling (main) thread's `LocalSet`.
     pub async fn initialize(&self) {
         let snapshot = self.clusters.load_full();
         let dns_clusters: Vec<Arc<Cluster>> = snapshot
@@ -63,8 +114,30 @@ impl ClusterManager {
         }
         while let Some(done) = first.join_next().await {
             if let Ok((cluster, resolver, result)) = done {
-                tokio::spawn(dns::run(cluster, resolver, result));
+                let task = tokio::spawn(dns::run(cluster.clone(), resolver, result));
+                self.tasks.borrow_mut().entry(task_key(&cluster)).or_default().push(task.abort_handle());
             }
+        }
+        for cluster in self.clusters() {
+            self.start_tasks(&cluster);
+        }
+    }
+
+    /// Health checks and outlier sweeps of an active cluster.
+    fn start_tasks(&self, cluster: &Arc<Cluster>) {
+        let mut tasks = self.tasks.borrow_mut();
+        let handles = tasks.entry(task_key(cluster)).or_default();
+        if cluster.health_checker.is_some() {
+            handles.push(tokio::task::spawn_local(super::health_checker::run(cluster.clone())).abort_handle());
+        }
+        if cluster.outlier_detector.is_some() {
+            handles.push(tokio::task::spawn_local(super::outlier_detection::run(cluster.clone())).abort_handle());
+        }
+    }
+
+    fn stop_tasks(&self, cluster: &Arc<Cluster>) {
+        for task in self.tasks.borrow_mut().remove(&task_key(cluster)).unwrap_or_default() {
+            task.abort();
         }
     }
 
@@ -77,11 +150,187 @@ impl ClusterManager {
         self.clusters.load().get(name).cloned()
     }
 
-    /// Clusters in the order they were configured.
+    /// Active clusters in the order they were added.
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
         let map = self.clusters.load();
-        self.order.iter().filter_map(|n| map.get(n).cloned()).collect()
+        self.order.borrow().iter().filter_map(|n| map.get(n).cloned()).collect()
     }
+
+    /// Clusters CDS added that wait for their first hosts.
+    pub fn warming_clusters(&self) -> Vec<Arc<Cluster>> {
+        self.warming.borrow().values().cloned().collect()
+    }
+
+    /// Whether `name` is a cluster requests may name now or soon (active or warming).
+    pub fn has_cluster(&self, name: &str) -> bool {
+        self.clusters.load().contains_key(name) || self.warming.borrow().contains_key(name)
+    }
+
+    /// Names of the active and warming clusters.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.clusters.load().keys().cloned().collect();
+        names.extend(self.warming.borrow().keys().cloned());
+        names
+    }
+
+    /// Adds or replaces a CDS cluster (Envoy's `addOrUpdateCluster`). The new cluster warms:
+    /// STATIC ones are ready at once, DNS ones after their first resolution, EDS ones when the
+    /// caller hands them their endpoints. Until then the previous version keeps serving.
+    pub fn add_or_update_cluster(
+        self: &Rc<Self>,
+        config: ClusterConfig,
+        version_info: &str,
+    ) -> Result<ClusterUpdate, String> {
+        let name = config.name.clone();
+        let active = self.get(&name);
+        if active.as_ref().is_some_and(|c| !c.added_via_api) {
+            // Envoy: a static cluster cannot be changed through the API; the update skips it.
+            tracing::warn!(cluster = %name, "CDS update for a static cluster ignored");
+            return Ok(ClusterUpdate::Unchanged);
+        }
+        let current_config = self.warming.borrow().get(&name).map(|c| c.config.clone());
+        let current_config = current_config.or_else(|| active.as_ref().map(|c| c.config.clone()));
+        if current_config.as_ref() == Some(&config) {
+            return Ok(ClusterUpdate::Unchanged);
+        }
+        let scope = self.store.scope(&format!("cluster.{}", config.stat_name()));
+        crate::tls::ClientContext::for_cluster(&config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
+        let mut cluster = Cluster::new(config, &scope);
+        cluster.added_via_api = true;
+        let cluster = Arc::new(cluster);
+        if current_config.is_some() {
+            self.stats.cluster_modified.inc();
+        } else {
+            self.stats.cluster_added.inc();
+        }
+        self.api_versions.borrow_mut().insert(
+            name.clone(),
+            ApiVersion { version_info: version_info.to_string(), last_updated: SystemTime::now() },
+        );
+        self.warming.borrow_mut().insert(name.clone(), cluster.clone());
+        self.stats.warming_clusters.set(self.warming.borrow().len() as u64);
+        match cluster.config.discovery_type {
+            DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+                let manager = Rc::downgrade(self);
+                let warming = cluster.clone();
+                tokio::task::spawn_local(async move {
+                    let resolver = dns::DnsResolver::new(&warming);
+                    let result = dns::refresh(&warming, &resolver).await;
+                    let Some(manager) = manager.upgrade() else { return };
+                    if manager.finish_warming(&warming) {
+                        let task = tokio::spawn(dns::run(warming.clone(), resolver, result));
+                        manager.tasks.borrow_mut().entry(task_key(&warming)).or_default().push(task.abort_handle());
+                    }
+                });
+            }
+            DiscoveryType::Eds => {}
+            _ => {
+                self.finish_warming(&cluster);
+            }
+        }
+        Ok(ClusterUpdate::Warming(cluster))
+    }
+
+    /// Moves a warming cluster into the active set (its endpoints arrived, or
+    /// `initial_fetch_timeout` passed). False when it is no longer the warming version.
+    pub fn finish_warming(self: &Rc<Self>, cluster: &Arc<Cluster>) -> bool {
+        {
+            let mut warming = self.warming.borrow_mut();
+            match warming.get(&cluster.name) {
+                Some(w) if Arc::ptr_eq(w, cluster) => {
+                    warming.remove(&cluster.name);
+                }
+                _ => return false,
+            }
+            self.stats.warming_clusters.set(warming.len() as u64);
+        }
+        self.schedule(Pending::Activate(cluster.clone()));
+        true
+    }
+
+    /// Drops a warming cluster that cannot go on (its endpoints' source failed); the version
+    /// serving now, if any, stays.
+    pub fn abandon_warming(&self, cluster: &Arc<Cluster>) {
+        let mut warming = self.warming.borrow_mut();
+        if warming.get(&cluster.name).is_some_and(|w| Arc::ptr_eq(w, cluster)) {
+            warming.remove(&cluster.name);
+        }
+        self.stats.warming_clusters.set(warming.len() as u64);
+    }
+
+    /// The stats store clusters count into.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Removes a CDS cluster (static ones stay). Requests in flight finish on it.
+    pub fn remove_cluster(self: &Rc<Self>, name: &str) -> bool {
+        // Every cluster CDS added, active or warming, has an entry here; static ones do not.
+        if self.api_versions.borrow_mut().remove(name).is_none() {
+            return false;
+        }
+        self.warming.borrow_mut().remove(name);
+        self.stats.warming_clusters.set(self.warming.borrow().len() as u64);
+        self.stats.cluster_removed.inc();
+        self.schedule(Pending::Remove(name.to_string()));
+        true
+    }
+
+    fn schedule(self: &Rc<Self>, change: Pending) {
+        self.pending.borrow_mut().push(change);
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let manager = Rc::downgrade(self);
+        tokio::task::spawn_local(async move {
+            if let Some(manager) = manager.upgrade() {
+                manager.flush();
+            }
+        });
+    }
+
+    /// Publishes the pending changes as one new snapshot.
+    pub fn flush(&self) {
+        self.flush_scheduled.set(false);
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return;
+        }
+        let mut map = ClusterMap::clone(&self.clusters.load());
+        let mut order = self.order.borrow_mut();
+        let mut started: Vec<Arc<Cluster>> = Vec::new();
+        for change in pending {
+            match change {
+                Pending::Activate(cluster) => {
+                    match map.insert(cluster.name.clone(), cluster.clone()) {
+                        Some(old) => self.stop_tasks(&old),
+                        None => order.push(cluster.name.clone()),
+                    }
+                    started.retain(|c| c.name != cluster.name);
+                    started.push(cluster);
+                }
+                Pending::Remove(name) => {
+                    if let Some(old) = map.remove(&name) {
+                        self.stop_tasks(&old);
+                    }
+                    started.retain(|c| c.name != name);
+                }
+            }
+        }
+        order.retain(|n| map.contains_key(n));
+        self.stats.active_clusters.set(map.len() as u64);
+        self.clusters.store(Arc::new(map));
+        drop(order);
+        for cluster in &started {
+            self.start_tasks(cluster);
+        }
+    }
+}
+
+/// Background tasks belong to one cluster object, not to its name: a replaced cluster's tasks
+/// end while the new one's start.
+fn task_key(cluster: &Arc<Cluster>) -> usize {
+    Arc::as_ptr(cluster) as usize
 }
 
 /// Why no host could be chosen.

@@ -18,7 +18,7 @@ pub mod health_flag {
 }
 
 /// `endpoint.health_check_config` of a host.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostHealthCheck {
     /// Checks go to this port instead of the host's.
     pub port: Option<u16>,
@@ -118,6 +118,19 @@ impl Host {
             stats: HostStats::default(),
             outlier: Default::default(),
         }
+    }
+
+    /// Whether `other` describes the same endpoint: an EDS update that repeats it keeps this
+    /// host (and what hangs off it) instead of replacing it.
+    pub fn same_endpoint(&self, other: &Host) -> bool {
+        self.address == other.address
+            && self.hostname == other.hostname
+            && self.weight == other.weight
+            && self.priority == other.priority
+            && self.locality == other.locality
+            && self.locality_weight == other.locality_weight
+            && self.health_status == other.health_status
+            && self.health_check == other.health_check
     }
 
     /// Sets how active health checks reach the host (`endpoint.health_check_config`).

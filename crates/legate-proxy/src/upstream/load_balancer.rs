@@ -187,7 +187,7 @@ impl LoadBalancer {
                 .and_then(|c| c.active_request_bias.as_ref())
                 .map_or(1.0, |b| b.default_value),
             panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
-            overprovisioning_factor: cluster.overprovisioning_factor,
+            overprovisioning_factor: cluster.overprovisioning_factor(),
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             hash_balance_factor: cluster
                 .config

@@ -1,0 +1,61 @@
+//! Dynamic configuration: the bootstrap's `dynamic_resources` and every `ConfigSource` in the
+//! static config, wired to the cluster manager and the listener manager (Envoy's `CdsApi`,
+//! `EdsClusterImpl`, `LdsApi` and `RdsRouteConfigProvider`). Resources arrive through
+//! `legate-xds` in the YAML's JSON shape and are parsed by the same code as the bootstrap.
+
+pub mod cds;
+pub mod eds;
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use legate_config::Bootstrap;
+use legate_proxy::upstream::ClusterManager;
+use legate_xds::XdsClient;
+
+/// The subscriptions of a server.
+pub struct Xds {
+    pub client: Rc<XdsClient>,
+    pub eds: Rc<eds::Eds>,
+    pub cds: Option<Rc<cds::CdsApi>>,
+}
+
+impl Xds {
+    /// Starts CDS (and EDS for the static EDS clusters). Fails on a config source legate
+    /// cannot use, naming the field.
+    pub fn start(bootstrap: &Bootstrap, cluster_manager: &Rc<ClusterManager>) -> anyhow::Result<Xds> {
+        let dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
+        let client = XdsClient::new(
+            bootstrap.node.clone(),
+            dynamic.ads_config.clone(),
+            cluster_manager.shared(),
+            cluster_manager.store().clone(),
+        );
+        let eds = eds::Eds::new(cluster_manager.clone(), client.clone());
+        for (index, cluster) in cluster_manager.clusters().iter().enumerate() {
+            eds.cluster_added(cluster)
+                .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
+        }
+        let cds = match &dynamic.cds_config {
+            Some(source) => Some(
+                cds::CdsApi::start(source, cluster_manager.clone(), client.clone(), eds.clone())
+                    .map_err(|e| anyhow::anyhow!("dynamic_resources.cds_config: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Xds { client, eds, cds })
+    }
+
+    /// Whether the cluster manager finished initializing: CDS answered (or timed out) and no
+    /// cluster waits for its endpoints (Envoy starts listeners only then).
+    pub fn clusters_initialized(&self, cluster_manager: &ClusterManager) -> bool {
+        self.cds.as_ref().is_none_or(|c| c.initialized())
+            && cluster_manager.warming_clusters().is_empty()
+            && self.eds.initialized()
+    }
+}
+
+/// The one name a named subscription asks for.
+pub(crate) fn one_name(name: &str) -> BTreeSet<String> {
+    BTreeSet::from([name.to_string()])
+}

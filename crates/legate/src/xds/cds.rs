@@ -1,0 +1,95 @@
+//! CDS: clusters from a config source (Envoy's `CdsApiImpl`). Every valid cluster of an update
+//! is applied; the invalid ones are named in the NACK and change nothing.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashSet};
+use std::rc::Rc;
+
+use legate_config::config_source::ConfigSource;
+use legate_proxy::upstream::cluster_manager::ClusterUpdate;
+use legate_proxy::upstream::ClusterManager;
+use legate_xds::{
+    ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
+};
+
+use super::eds::Eds;
+
+pub struct CdsApi {
+    cluster_manager: Rc<ClusterManager>,
+    eds: Rc<Eds>,
+    initialized: Cell<bool>,
+    /// The version of the last update applied (`/config_dump`'s `version_info`).
+    pub version_info: RefCell<String>,
+    watch: RefCell<Option<Watch>>,
+}
+
+impl CdsApi {
+    pub fn start(
+        source: &ConfigSource,
+        cluster_manager: Rc<ClusterManager>,
+        client: Rc<XdsClient>,
+        eds: Rc<Eds>,
+    ) -> Result<Rc<CdsApi>, String> {
+        let stats = SubscriptionStats::new(&cluster_manager.store().scope("cluster_manager.cds"));
+        let api = Rc::new(CdsApi {
+            cluster_manager,
+            eds,
+            initialized: Cell::new(false),
+            version_info: RefCell::new(String::new()),
+            watch: RefCell::new(None),
+        });
+        let watch = client.subscribe(source, ResourceType::Cluster, BTreeSet::new(), api.clone(), stats)?;
+        *api.watch.borrow_mut() = Some(watch);
+        Ok(api)
+    }
+
+    pub fn initialized(&self) -> bool {
+        self.initialized.get()
+    }
+}
+
+impl SubscriptionCallbacks for CdsApi {
+    fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
+        let manager = &self.cluster_manager;
+        let mut errors = Vec::new();
+        for resource in update.resources {
+            let result = legate_config::resources::cluster(resource.value.clone()).and_then(|config| {
+                match manager.add_or_update_cluster(config, update.version_info)? {
+                    ClusterUpdate::Unchanged => Ok(()),
+                    ClusterUpdate::Warming(cluster) => self.eds.cluster_added(&cluster).inspect_err(|_| {
+                        manager.abandon_warming(&cluster);
+                    }),
+                }
+            });
+            if let Err(e) = result {
+                errors.push(format!("cluster '{}': {e}", resource.name));
+            }
+        }
+        let mut removed: BTreeSet<String> = update.removed.iter().cloned().collect();
+        if update.state_of_the_world {
+            // Also the clusters a rejected earlier update had added: the response is the set.
+            let present: HashSet<&str> = update.resources.iter().map(|r| r.name.as_str()).collect();
+            let api_clusters: Vec<String> = manager.api_versions.borrow().keys().cloned().collect();
+            removed.extend(api_clusters.into_iter().filter(|n| !present.contains(n.as_str())));
+        }
+        for name in removed {
+            if manager.remove_cluster(&name) {
+                self.eds.cluster_removed(&name);
+            }
+        }
+        self.initialized.set(true);
+        if errors.is_empty() {
+            *self.version_info.borrow_mut() = update.version_info.to_string();
+            Ok(())
+        } else {
+            Err(format!("Error adding/updating cluster(s) {}", errors.join(", ")))
+        }
+    }
+
+    fn on_config_update_failed(&self, failure: &UpdateFailure) {
+        if *failure == UpdateFailure::FetchTimedOut {
+            tracing::warn!("CDS: no clusters within initial_fetch_timeout; continuing without them");
+        }
+        self.initialized.set(true);
+    }
+}

@@ -1,0 +1,126 @@
+//! EDS: the endpoints of `EDS` clusters (Envoy's `EdsClusterImpl`). A cluster from CDS warms
+//! until its first `ClusterLoadAssignment` arrives, or until `initial_fetch_timeout` (then it
+//! serves with no hosts). The last assignment of each service is kept, so a replaced cluster
+//! subscribing to a name the control plane already sent starts with it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use legate_config::cluster::DiscoveryType;
+use legate_config::endpoint::ClusterLoadAssignment;
+use legate_proxy::upstream::{Cluster, ClusterManager};
+use legate_xds::{
+    ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
+};
+
+pub struct Eds {
+    cluster_manager: Rc<ClusterManager>,
+    client: Rc<XdsClient>,
+    /// By cluster name.
+    clusters: RefCell<HashMap<String, Rc<EdsCluster>>>,
+    /// The last assignment of each service name.
+    assignments: RefCell<HashMap<String, Rc<ClusterLoadAssignment>>>,
+}
+
+struct EdsCluster {
+    cluster: Arc<Cluster>,
+    service: String,
+    eds: Weak<Eds>,
+    initialized: Cell<bool>,
+    watch: RefCell<Option<Watch>>,
+}
+
+impl Eds {
+    pub fn new(cluster_manager: Rc<ClusterManager>, client: Rc<XdsClient>) -> Rc<Eds> {
+        Rc::new(Eds {
+            cluster_manager,
+            client,
+            clusters: RefCell::new(HashMap::new()),
+            assignments: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Subscribes an `EDS` cluster (new or replacing one of its name) to its service.
+    pub fn cluster_added(self: &Rc<Self>, cluster: &Arc<Cluster>) -> Result<(), String> {
+        if cluster.config.discovery_type != DiscoveryType::Eds {
+            self.clusters.borrow_mut().remove(&cluster.name);
+            return Ok(());
+        }
+        let eds_config = cluster.config.eds_cluster_config.clone().unwrap_or_default();
+        let source = eds_config.eds_config.unwrap_or_default();
+        let service =
+            if eds_config.service_name.is_empty() { cluster.name.clone() } else { eds_config.service_name.clone() };
+        let entry = Rc::new(EdsCluster {
+            cluster: cluster.clone(),
+            service: service.clone(),
+            eds: Rc::downgrade(self),
+            initialized: Cell::new(false),
+            watch: RefCell::new(None),
+        });
+        let known = self.assignments.borrow().get(&service).cloned();
+        if let Some(assignment) = known {
+            entry.apply(&assignment);
+        }
+        let stats = SubscriptionStats::new(&cluster.scope);
+        let watch = self
+            .client
+            .subscribe(&source, ResourceType::ClusterLoadAssignment, super::one_name(&service), entry.clone(), stats)
+            .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
+        *entry.watch.borrow_mut() = Some(watch);
+        self.clusters.borrow_mut().insert(cluster.name.clone(), entry);
+        Ok(())
+    }
+
+    pub fn cluster_removed(&self, name: &str) {
+        self.clusters.borrow_mut().remove(name);
+    }
+
+    /// Whether every EDS cluster got its first assignment (or gave up waiting).
+    pub fn initialized(&self) -> bool {
+        self.clusters.borrow().values().all(|c| c.initialized.get())
+    }
+}
+
+impl EdsCluster {
+    fn apply(&self, assignment: &ClusterLoadAssignment) {
+        self.cluster.apply_load_assignment(assignment);
+        self.initialized.set(true);
+        if let Some(eds) = self.eds.upgrade() {
+            eds.cluster_manager.finish_warming(&self.cluster);
+        }
+    }
+}
+
+impl SubscriptionCallbacks for EdsCluster {
+    fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
+        let mut assignment = None;
+        for resource in update.resources.iter().filter(|r| r.name == self.service) {
+            let parsed = legate_config::resources::cluster_load_assignment(resource.value.clone())
+                .map_err(|e| format!("ClusterLoadAssignment '{}': {e}", resource.name))?;
+            assignment = Some(Rc::new(parsed));
+        }
+        if update.removed.iter().any(|n| *n == self.service) {
+            // The control plane withdrew the assignment: the cluster has no hosts now.
+            assignment =
+                Some(Rc::new(ClusterLoadAssignment { cluster_name: self.service.clone(), ..Default::default() }));
+        }
+        let Some(assignment) = assignment else { return Ok(()) };
+        if let Some(eds) = self.eds.upgrade() {
+            eds.assignments.borrow_mut().insert(self.service.clone(), assignment.clone());
+        }
+        self.apply(&assignment);
+        Ok(())
+    }
+
+    fn on_config_update_failed(&self, failure: &UpdateFailure) {
+        if *failure == UpdateFailure::FetchTimedOut {
+            tracing::warn!(cluster = %self.cluster.name, "EDS: no endpoints within initial_fetch_timeout");
+            self.initialized.set(true);
+            if let Some(eds) = self.eds.upgrade() {
+                eds.cluster_manager.finish_warming(&self.cluster);
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! xDS from files (`path_config_source`), as Envoy's filesystem-xDS examples: clusters (CDS),
+//! their endpoints (EDS), listeners (LDS) and routes (RDS) read from `DiscoveryResponse` files
+//! and read again when a file is replaced atomically (written aside, then renamed over).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use legate_testing::config::{address, bootstrap, http_listener, route_config, route_to, router_filter, virtual_host};
+use legate_testing::{eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, TempDir, UpstreamAction, Value};
+
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ASSIGNMENT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// Writes a `DiscoveryResponse` to `path` the way config pushers do: a temporary file renamed
+/// over the old one, so a reader never sees half a file.
+fn publish(path: &Path, version: &str, resources: Vec<Value>) {
+    let text = json!({ "version_info": version, "resources": resources }).to_string();
+    let aside = path.with_extension("tmp");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+fn eds_cluster(name: &str, eds_file: &Path) -> Value {
+    json!({
+        "@type": CLUSTER,
+        "name": name,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": { "eds_config": { "path_config_source": { "path": eds_file.display().to_string() } } },
+    })
+}
+
+fn assignment(cluster: &str, hosts: &[SocketAddr]) -> Value {
+    let lb_endpoints: Vec<Value> = hosts.iter().map(|a| json!({ "endpoint": { "address": address(*a) } })).collect();
+    json!({ "@type": ASSIGNMENT, "cluster_name": cluster, "endpoints": [{ "lb_endpoints": lb_endpoints }] })
+}
+
+/// A static listener `ingress` routing everything to cluster `dynamic`, which CDS provides.
+fn cds_bootstrap(cds_file: &Path) -> Value {
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route_to("/", "dynamic")])]);
+    let mut config = bootstrap(vec![http_listener("ingress", routes, vec![router_filter()], json!({}))], vec![]);
+    config["dynamic_resources"] =
+        json!({ "cds_config": { "path_config_source": { "path": cds_file.display().to_string() } } });
+    config
+}
+
+#[test]
+fn clusters_and_endpoints_come_from_files_and_follow_their_changes() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let b = HttpUpstream::http1(|_| UpstreamAction::ok("b"));
+    let dir = TempDir::new();
+    let (cds, eds) = (dir.join("cds.json"), dir.join("eds.json"));
+    publish(&cds, "c1", vec![eds_cluster("dynamic", &eds)]);
+    publish(&eds, "e1", vec![assignment("dynamic", &[a.addr()])]);
+    let px = Legate::start(legate_bin!(), &cds_bootstrap(&cds).to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    // The cluster warmed with its endpoints before the listener started.
+    assert_eq!(client.get("/").body, "a");
+    assert_eq!(px.stat("cluster_manager.cds.update_success"), Some(1));
+    assert_eq!(px.stat("cluster.dynamic.update_success"), Some(1));
+    assert_eq!(px.stat("cluster_manager.active_clusters"), Some(1));
+    assert_eq!(px.stat("cluster_manager.warming_clusters"), Some(0));
+
+    // New endpoints: traffic moves to b on the same connection.
+    publish(&eds, "e2", vec![assignment("dynamic", &[b.addr()])]);
+    eventually("b serves", Duration::from_secs(10), || client.get("/").body, |body| body == "b");
+    assert_eq!(px.stat("cluster.dynamic.membership_total"), Some(1));
+
+    // A bad assignment is rejected; b keeps serving.
+    let mut bad = assignment("dynamic", &[a.addr()]);
+    bad["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = json!("not-an-ip");
+    publish(&eds, "e3", vec![bad]);
+    px.wait_stat("cluster.dynamic.update_rejected", 1);
+    assert_eq!(client.get("/").body, "b");
+
+    // The cluster leaves CDS: requests get Envoy's 503 for a missing cluster.
+    publish(&cds, "c2", vec![]);
+    px.wait_stat("cluster_manager.cluster_removed", 1);
+    eventually("no cluster", Duration::from_secs(10), || client.get("/").status, |s| *s == 503);
+    assert_eq!(px.stat("cluster_manager.active_clusters"), Some(0));
+}
+
+#[test]
+fn a_cluster_without_endpoints_waits_for_initial_fetch_timeout() {
+    let dir = TempDir::new();
+    let (cds, eds) = (dir.join("cds.json"), dir.join("eds.json"));
+    let mut cluster = eds_cluster("dynamic", &eds);
+    cluster["eds_cluster_config"]["eds_config"]["initial_fetch_timeout"] = json!("1s");
+    publish(&cds, "c1", vec![cluster]);
+    // The EDS file names another cluster: "dynamic" never gets its assignment.
+    publish(&eds, "e1", vec![assignment("other", &["127.0.0.1:1".parse().unwrap()])]);
+    let px = Legate::start(legate_bin!(), &cds_bootstrap(&cds).to_string());
+    // Start-up waited for the timeout, then the cluster serves with no hosts.
+    assert_eq!(px.stat("cluster.dynamic.init_fetch_timeout"), Some(1));
+    assert_eq!(px.stat("cluster_manager.active_clusters"), Some(1));
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    let response = client.get("/");
+    assert_eq!(response.status, 503);
+    assert_eq!(response.body, "no healthy upstream");
+}
