@@ -57,8 +57,7 @@ pub fn cluster(value: Value) -> Result<Cluster, String> {
 /// before their clusters).
 pub fn route_configuration(value: Value, clusters: &HashSet<&str>) -> Result<RouteConfiguration, String> {
     let config: RouteConfiguration = parse(value)?;
-    let mut v = Validator::default();
-    v.late_clusters = !config.validate_clusters.unwrap_or(false);
+    let mut v = Validator { late_clusters: !config.validate_clusters.unwrap_or(false), ..Default::default() };
     config.validate("", &mut v, clusters);
     report(v.errors)?;
     Ok(config)

@@ -14,10 +14,12 @@ use crate::listener::{FilterChain, Listener};
 use crate::path::PathError;
 
 pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
-    let mut v = Validator::default();
     // With CDS, a static listener may name a cluster that arrives later: it gets 503 (no
     // cluster) until then, as in Envoy with `validate_clusters: false`.
-    v.late_clusters = bootstrap.dynamic_resources.as_ref().is_some_and(|d| d.cds_config.is_some());
+    let mut v = Validator {
+        late_clusters: bootstrap.dynamic_resources.as_ref().is_some_and(|d| d.cds_config.is_some()),
+        ..Default::default()
+    };
     if let Some(admin) = &bootstrap.admin {
         if let Some(address) = &admin.address {
             v.ip_address("admin.address", address);
