@@ -101,7 +101,7 @@ impl SubscriptionCallbacks for EdsCluster {
                 .map_err(|e| format!("ClusterLoadAssignment '{}': {e}", resource.name))?;
             assignment = Some(Rc::new(parsed));
         }
-        if update.removed.iter().any(|n| *n == self.service) {
+        if update.removed.contains(&self.service) {
             // The control plane withdrew the assignment: the cluster has no hosts now.
             assignment =
                 Some(Rc::new(ClusterLoadAssignment { cluster_name: self.service.clone(), ..Default::default() }));
