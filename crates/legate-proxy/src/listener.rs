@@ -2,6 +2,7 @@
 //! each worker accepts on (Envoy's "Listeners" architecture page).
 
 pub mod active_listener;
+pub mod drain;
 pub mod filter_chain_match;
 pub mod listener_manager;
 pub mod socket;
@@ -29,8 +30,10 @@ pub struct Listener {
     /// The configured address (port 0 until bound; see `ListenerManager`).
     pub address: SocketAddr,
     pub config: ListenerConfig,
-    pub filter_chains: Vec<FilterChain>,
-    pub default_filter_chain: Option<FilterChain>,
+    /// Shared with the listener's next version when an update leaves a chain unchanged: its
+    /// connections then go on undisturbed.
+    pub filter_chains: Vec<Arc<FilterChain>>,
+    pub default_filter_chain: Option<Arc<FilterChain>>,
     pub buffer_limit: usize,
     pub stats: ListenerStats,
     /// Per-worker stats `listener.<addr>.worker_<i>.*`, index = worker.
@@ -50,12 +53,16 @@ pub struct Listener {
 /// filter factories.
 pub struct FilterChain {
     pub name: String,
+    /// What it was built from: an update with an equal chain keeps this one.
+    pub config: FilterChainConfig,
     pub matcher: FilterChainMatcher,
     /// `envoy.transport_sockets.tls`; `None` is `raw_buffer`.
     pub transport_socket: Option<Arc<ServerContext>>,
     /// How long the TLS handshake may take (no limit when unset, as Envoy).
     pub transport_socket_connect_timeout: Option<std::time::Duration>,
     pub factories: Vec<NetworkFilterFactory>,
+    /// Tells the chain's connections to finish, then to close (listener updates and removal).
+    pub drain: drain::FilterChainDrain,
 }
 
 impl FilterChain {
@@ -82,6 +89,8 @@ impl FilterChain {
         };
         Ok(FilterChain {
             name: config.name.clone(),
+            config: config.clone(),
+            drain: drain::FilterChainDrain::default(),
             matcher: FilterChainMatcher::new(&config.filter_chain_match),
             transport_socket,
             transport_socket_connect_timeout: config
@@ -113,12 +122,12 @@ impl Listener {
             .filter_chains
             .iter()
             .enumerate()
-            .map(|(i, c)| FilterChain::new(c, store, &format!("filter_chains[{i}]"), &scope))
+            .map(|(i, c)| FilterChain::new(c, store, &format!("filter_chains[{i}]"), &scope).map(Arc::new))
             .collect::<Result<_, _>>()?;
         let default_filter_chain = config
             .default_filter_chain
             .as_ref()
-            .map(|c| FilterChain::new(c, store, "default_filter_chain", &scope))
+            .map(|c| FilterChain::new(c, store, "default_filter_chain", &scope).map(Arc::new))
             .transpose()?;
         Ok(Listener {
             name: config.name(),
@@ -147,7 +156,37 @@ impl Listener {
     }
 
     /// The filter chain for a new connection, Envoy's precedence, then the default chain.
-    pub fn find_filter_chain(&self, info: &filter_chain_match::ConnectionMetadata<'_>) -> Option<&FilterChain> {
+    pub fn find_filter_chain(&self, info: &filter_chain_match::ConnectionMetadata<'_>) -> Option<&Arc<FilterChain>> {
         filter_chain_match::find(&self.filter_chains, info).or(self.default_filter_chain.as_ref())
+    }
+}
+
+impl Listener {
+    /// Every filter chain, the default one last.
+    pub fn all_filter_chains(&self) -> impl Iterator<Item = &Arc<FilterChain>> {
+        self.filter_chains.iter().chain(&self.default_filter_chain)
+    }
+
+    /// Takes over the chains of `previous` that this version left unchanged (Envoy's in-place
+    /// filter chain update): connections on them are not drained.
+    pub fn keep_unchanged_chains(&mut self, previous: &Listener) {
+        let find = |chain: &Arc<FilterChain>| {
+            previous
+                .all_filter_chains()
+                .find(|old| old.config == chain.config)
+                .cloned()
+                .unwrap_or_else(|| chain.clone())
+        };
+        self.filter_chains = self.filter_chains.iter().map(find).collect();
+        self.default_filter_chain = self.default_filter_chain.as_ref().map(find);
+    }
+
+    /// The chains of this version that `next` does not keep (all of them when `next` is
+    /// `None`: the listener is removed).
+    pub fn chains_replaced_by(&self, next: Option<&Listener>) -> Vec<Arc<FilterChain>> {
+        self.all_filter_chains()
+            .filter(|chain| !next.is_some_and(|n| n.all_filter_chains().any(|c| Arc::ptr_eq(c, chain))))
+            .cloned()
+            .collect()
     }
 }

@@ -9,12 +9,14 @@
 pub mod action;
 pub mod hash_policy;
 pub mod header_parser;
+pub mod rds;
 pub mod retry_policy;
 pub mod route;
 pub mod route_config;
 
 pub use action::{ClusterSpecifier, DirectResponse, Redirect, RouteAction, RouteKind};
 pub use header_parser::HeaderParser;
+pub use rds::RouteConfigProvider;
 pub use retry_policy::{RetryOn, RetryPolicy};
 pub use route::{MatchInput, Route};
 pub use route_config::{RouteConfig, VirtualHost};

@@ -92,6 +92,11 @@ impl WorkerContext {
 pub enum WorkerMessage {
     /// Start accepting on this socket (bound by the main thread with `SO_REUSEPORT`).
     AddListener { listener: Arc<Listener>, socket: std::net::TcpListener },
+    /// New connections of the listener of this name use this version (LDS update).
+    UpdateListener { listener: Arc<Listener> },
+    /// Stop accepting on the listener of this name and close its socket (LDS removal); its
+    /// connections drain through their filter chains.
+    RemoveListener { name: String },
     /// Stop accepting on every listener; open connections continue.
     StopListeners { done: oneshot::Sender<()> },
 }
@@ -134,13 +139,27 @@ impl Worker {
 
 async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The version each accept loop serves, by listener name.
+    let mut versions: HashMap<String, watch::Sender<Option<Arc<Listener>>>> = HashMap::default();
     while let Some(message) = rx.recv().await {
         match message {
+            WorkerMessage::UpdateListener { listener } => {
+                if let Some(version) = versions.get(&listener.name) {
+                    version.send_replace(Some(listener));
+                }
+            }
+            WorkerMessage::RemoveListener { name } => {
+                if let Some(version) = versions.remove(&name) {
+                    version.send_replace(None);
+                }
+            }
             WorkerMessage::AddListener { listener, socket } => {
                 match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(socket)) {
                     Ok(socket) => {
+                        let (version, current) = watch::channel(Some(listener.clone()));
+                        versions.insert(listener.name.clone(), version);
                         tokio::task::spawn_local(active_listener::run(
-                            listener,
+                            current,
                             socket,
                             context.clone(),
                             stop_rx.clone(),

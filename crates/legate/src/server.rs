@@ -191,7 +191,18 @@ async fn serve(
     ));
     legate_proxy::access_log::install_stats(&store);
     legate_proxy::access_log::set_file_flush_interval(Duration::from_millis(options.file_flush_interval_msec.max(1)));
-    let listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
+    let mut listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
+    listener_manager.set_drain_time(Duration::from_secs(options.drain_time_s));
+    // Static listeners may take their routes from RDS: subscribe, and start serving once
+    // they arrived (or `initial_fetch_timeout` passed), as Envoy's init manager.
+    for (index, (listener, _)) in listener_manager.listeners().enumerate() {
+        xds.rds
+            .subscribe_for(&listener.config)
+            .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", listener.name))?;
+    }
+    while !listener_manager.listeners().all(|(l, _)| crate::xds::rds::Rds::ready(&l.config)) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Certificates from SDS files are read again when the files change (main thread).
     let watched: Vec<_> = listener_manager
         .listeners()
@@ -254,6 +265,10 @@ async fn serve(
     }
     server.listener_manager.borrow_mut().start_workers(&workers);
     *server.workers.borrow_mut() = workers;
+    crate::xds::Xds::start_lds(&server)?;
+    while !server.xds.listeners_initialized(&server) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.set_state(ServerState::Live);
     server.stats.initialization_time_ms.record(started.elapsed().as_millis() as u64);
     tracing::info!("starting main dispatch loop");

@@ -5,6 +5,8 @@
 
 pub mod cds;
 pub mod eds;
+pub mod lds;
+pub mod rds;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -18,6 +20,8 @@ pub struct Xds {
     pub client: Rc<XdsClient>,
     pub eds: Rc<eds::Eds>,
     pub cds: Option<Rc<cds::CdsApi>>,
+    pub rds: Rc<rds::Rds>,
+    pub lds: std::cell::RefCell<Option<Rc<lds::LdsApi>>>,
 }
 
 impl Xds {
@@ -43,7 +47,32 @@ impl Xds {
             ),
             None => None,
         };
-        Ok(Xds { client, eds, cds })
+        let rds = rds::Rds::new(client.clone(), cluster_manager.clone());
+        Ok(Xds { client, eds, cds, rds, lds: std::cell::RefCell::new(None) })
+    }
+
+    /// Starts LDS once the workers run (listeners it adds go straight to them), and lets RDS
+    /// updates put warming listeners in service.
+    pub fn start_lds(server: &Rc<crate::server::Server>) -> anyhow::Result<()> {
+        let weak = Rc::downgrade(server);
+        *server.xds.rds.on_change.borrow_mut() = Some(Box::new(move || {
+            if let Some(server) = weak.upgrade() {
+                lds::activate_ready(&server);
+            }
+        }));
+        let dynamic = server.loaded.bootstrap.dynamic_resources.clone().unwrap_or_default();
+        if let Some(source) = &dynamic.lds_config {
+            let lds = lds::LdsApi::start(source, server, &server.xds.client, server.xds.rds.clone())
+                .map_err(|e| anyhow::anyhow!("dynamic_resources.lds_config: {e}"))?;
+            *server.xds.lds.borrow_mut() = Some(lds);
+        }
+        Ok(())
+    }
+
+    /// Whether LDS answered (or timed out) and no listener waits for its routes.
+    pub fn listeners_initialized(&self, server: &crate::server::Server) -> bool {
+        self.lds.borrow().as_ref().is_none_or(|l| l.initialized())
+            && server.listener_manager.borrow().warming.is_empty()
     }
 
     /// Whether the cluster manager finished initializing: CDS answered (or timed out) and no

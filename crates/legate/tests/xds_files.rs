@@ -99,3 +99,100 @@ fn a_cluster_without_endpoints_waits_for_initial_fetch_timeout() {
     assert_eq!(response.status, 503);
     assert_eq!(response.body, "no healthy upstream");
 }
+
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const ROUTES: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// An LDS listener `dynamic` on 127.0.0.1:0 whose connection manager takes route
+/// configuration `routes` from `rds_file`; `server_name` tells its versions apart.
+fn lds_listener(rds_file: &Path, server_name: &str) -> Value {
+    json!({
+        "@type": LISTENER,
+        "name": "dynamic",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 0 } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "dynamic",
+                "server_name": server_name,
+                "rds": {
+                    "route_config_name": "routes",
+                    "config_source": { "path_config_source": { "path": rds_file.display().to_string() } },
+                },
+                "http_filters": [router_filter()],
+            },
+        }]}],
+    })
+}
+
+fn routes_to(cluster: &str) -> Value {
+    json!({
+        "@type": ROUTES,
+        "name": "routes",
+        "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [route_to("/", cluster)] }],
+    })
+}
+
+#[test]
+fn listeners_and_routes_come_from_files_and_updates_drain_old_connections() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let b = HttpUpstream::http1(|_| UpstreamAction::ok("b"));
+    let dir = TempDir::new();
+    let (lds, rds) = (dir.join("lds.json"), dir.join("rds.json"));
+    publish(&lds, "l1", vec![lds_listener(&rds, "one")]);
+    publish(&rds, "r1", vec![routes_to("a")]);
+    let mut config = bootstrap(
+        vec![],
+        vec![
+            legate_testing::config::static_cluster("a", &[a.addr()]),
+            legate_testing::config::static_cluster("b", &[b.addr()]),
+        ],
+    );
+    config["dynamic_resources"] =
+        json!({ "lds_config": { "path_config_source": { "path": lds.display().to_string() } } });
+    let px = Legate::builder(legate_bin!()).config(&config.to_string()).arg("--drain-time-s").arg("3").start();
+    // Ready only once the listener had its routes.
+    let address = px.connect_addr("dynamic");
+    let mut old = HttpClient::connect(address);
+    let response = old.get("/");
+    assert_eq!((response.status, response.body.as_str()), (200, "a"));
+    assert_eq!(response.header("server"), Some("one"));
+    assert_eq!(px.stat("listener_manager.lds.update_success"), Some(1));
+    assert_eq!(px.stat("http.dynamic.rds.routes.update_success"), Some(1));
+    assert_eq!(px.stat("listener_manager.total_listeners_active"), Some(1));
+
+    // New routes apply to the open connection's next request.
+    publish(&rds, "r2", vec![routes_to("b")]);
+    eventually("routes to b", Duration::from_secs(10), || old.get("/").body, |body| body == "b");
+
+    // A route configuration naming an unknown route table field is rejected; b keeps serving.
+    let mut bad = routes_to("a");
+    bad["virtual_hosts"][0]["no_such_field"] = json!(1);
+    publish(&rds, "r3", vec![bad]);
+    px.wait_stat("http.dynamic.rds.routes.update_rejected", 1);
+    assert_eq!(old.get("/").body, "b");
+
+    // A new version of the listener: new connections get it; the open one is asked to close
+    // (HTTP/1.1 `connection: close`) and then closed when the drain time is over.
+    publish(&lds, "l2", vec![lds_listener(&rds, "two")]);
+    px.wait_stat("listener_manager.listener_modified", 1);
+    let mut new = HttpClient::connect(address);
+    assert_eq!(new.get("/").header("server"), Some("two"));
+    let last = old.get("/");
+    assert_eq!(last.header("server"), Some("one"));
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(old.closed_within(Duration::from_secs(10)));
+    px.wait_stat("listener_manager.total_listeners_draining", 0);
+
+    // The listener leaves LDS: its port stops accepting; the open connection drains.
+    publish(&lds, "l3", vec![]);
+    px.wait_stat("listener_manager.listener_removed", 1);
+    assert_eq!(new.get("/").header("connection"), Some("close"));
+    eventually(
+        "port closed",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(address).is_err(),
+        |refused| *refused,
+    );
+}

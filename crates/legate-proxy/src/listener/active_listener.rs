@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::drain::{reached, DrainPhase};
 use super::filter_chain_match::ConnectionMetadata;
 use super::Listener;
 use crate::filters::listener::{self as listener_filter, Inspected, Outcome};
@@ -18,18 +19,30 @@ use crate::network::{Connection, ConnectionInfo, FilterManager, TransportSocket}
 use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
-/// kernel once every worker's socket is gone). Open connections are not affected.
+/// kernel once every worker's socket is gone). Open connections are not affected. Each
+/// connection takes the listener's version current when it is accepted: an update changes
+/// `version` and new connections get the new filter chains; `None` removes the listener.
 pub async fn run(
-    listener: Arc<Listener>,
+    mut version: watch::Receiver<Option<Arc<Listener>>>,
     socket: TcpListener,
     worker: Rc<WorkerContext>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut listener = match version.borrow_and_update().clone() {
+        Some(listener) => listener,
+        None => return,
+    };
     loop {
         tokio::select! {
             biased;
             // Drain first: stop accepting as soon as it is asked.
             _ = stop.wait_for(|stop| *stop) => break,
+            changed = version.changed() => {
+                match version.borrow_and_update().clone() {
+                    Some(next) if changed.is_ok() => listener = next,
+                    _ => break,
+                }
+            }
             accepted = socket.accept() => match accepted {
                 Ok((stream, remote)) => on_accept(&listener, stream, remote, &worker),
                 Err(e) => {
@@ -132,7 +145,9 @@ fn start_connection(
         local_address: local,
         worker: worker.index,
         ssl: None,
+        drain: Some(chain.drain.subscribe()),
     };
+    let mut drained = chain.drain.subscribe();
     let mut filters = FilterManager::new();
     for factory in &chain.factories {
         factory.add_to(&mut filters, worker);
@@ -144,8 +159,12 @@ fn start_connection(
         let connection =
             Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data);
         tokio::task::spawn_local(async move {
-            let event = connection.run().await;
-            tracing::debug!(?event, "connection closed");
+            tokio::select! {
+                event = connection.run() => tracing::debug!(?event, "connection closed"),
+                () = reached(Some(&mut drained), DrainPhase::Closed) => {
+                    tracing::debug!("connection closed: its filter chain finished draining");
+                }
+            }
             drop(guard);
         });
         return;
@@ -169,8 +188,14 @@ fn start_connection(
         };
         let Ok((socket, ssl)) = result else { return };
         info.ssl = Some(Arc::new(ssl));
-        let event = Connection::new(socket, info, buffer_limit, filters).run().await;
-        tracing::debug!(?event, "connection closed");
+        tokio::select! {
+            event = Connection::new(socket, info, buffer_limit, filters).run() => {
+                tracing::debug!(?event, "connection closed");
+            }
+            () = reached(Some(&mut drained), DrainPhase::Closed) => {
+                tracing::debug!("connection closed: its filter chain finished draining");
+            }
+        }
         drop(guard);
     });
 }

@@ -10,6 +10,7 @@
 //! as in Envoy ("Filter chain match" in the listener docs).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use legate_config::listener::{ConnectionSourceType, FilterChainMatch};
 
@@ -106,10 +107,10 @@ const CRITERIA: [Criterion; 9] = [
 ];
 
 /// The chain for this connection, or `None` (`no_filter_chain_match`).
-pub fn find<'a>(chains: &'a [FilterChain], conn: &ConnectionMetadata<'_>) -> Option<&'a FilterChain> {
-    let mut candidates: Vec<&FilterChain> = chains.iter().collect();
+pub fn find<'a>(chains: &'a [Arc<FilterChain>], conn: &ConnectionMetadata<'_>) -> Option<&'a Arc<FilterChain>> {
+    let mut candidates: Vec<&Arc<FilterChain>> = chains.iter().collect();
     for criterion in CRITERIA {
-        let scored: Vec<(u32, &FilterChain)> =
+        let scored: Vec<(u32, &Arc<FilterChain>)> =
             candidates.iter().filter_map(|chain| criterion(&chain.matcher, conn).map(|s| (s, *chain))).collect();
         let best = scored.iter().map(|(s, _)| *s).max()?;
         candidates = scored.into_iter().filter(|(s, _)| *s == best).map(|(_, c)| c).collect();
@@ -181,18 +182,20 @@ fn is_local(remote: IpAddr, local: IpAddr) -> bool {
 mod tests {
     use super::*;
 
-    fn chain(name: &str, yaml: &str) -> FilterChain {
+    fn chain(name: &str, yaml: &str) -> Arc<FilterChain> {
         let m: FilterChainMatch = serde_yaml_ng::from_str(yaml).unwrap();
-        FilterChain {
+        Arc::new(FilterChain {
             name: name.into(),
+            config: Default::default(),
             matcher: FilterChainMatcher::new(&m),
             transport_socket: None,
             transport_socket_connect_timeout: None,
             factories: vec![],
-        }
+            drain: Default::default(),
+        })
     }
 
-    fn pick<'a>(chains: &'a [FilterChain], local: &str, remote: &str, sni: &str) -> Option<&'a str> {
+    fn pick<'a>(chains: &'a [Arc<FilterChain>], local: &str, remote: &str, sni: &str) -> Option<&'a str> {
         let c = ConnectionMetadata {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),

@@ -155,6 +155,8 @@ pub struct ConnectionInfo {
     pub worker: usize,
     /// Set when the filter chain terminates TLS: what the handshake settled.
     pub ssl: Option<std::sync::Arc<crate::tls::SslConnectionInfo>>,
+    /// The drain of its filter chain (listener updates).
+    pub drain: Option<tokio::sync::watch::Receiver<crate::listener::drain::DrainPhase>>,
 }
 
 /// The mutable state of a connection that filters act on through their callbacks.

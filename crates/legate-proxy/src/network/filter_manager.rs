@@ -165,7 +165,7 @@ mod tests {
     fn state() -> ConnectionState {
         let addr = "127.0.0.1:1".parse().unwrap();
         ConnectionState::new(
-            ConnectionInfo { id: 1, remote_address: addr, local_address: addr, worker: 0, ssl: None },
+            ConnectionInfo { id: 1, remote_address: addr, local_address: addr, worker: 0, ssl: None, drain: None },
             1 << 20,
         )
     }

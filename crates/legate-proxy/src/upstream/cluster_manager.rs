@@ -22,11 +22,12 @@ use super::stats::ClusterManagerStats;
 /// Every cluster by name, as one immutable snapshot.
 pub type ClusterMap = HashMap<String, Arc<Cluster>>;
 
-/// When and in which version a cluster came from CDS (`/config_dump`).
+/// When and in which version a cluster came from CDS, and what it was (`/config_dump`).
 #[derive(Clone, Debug)]
 pub struct ApiVersion {
     pub version_info: String,
     pub last_updated: SystemTime,
+    pub raw: serde_json::Value,
 }
 
 /// A change of the active set, applied with the next snapshot.
@@ -179,6 +180,7 @@ impl ClusterManager {
     pub fn add_or_update_cluster(
         self: &Rc<Self>,
         config: ClusterConfig,
+        raw: serde_json::Value,
         version_info: &str,
     ) -> Result<ClusterUpdate, String> {
         let name = config.name.clone();
@@ -205,7 +207,7 @@ impl ClusterManager {
         }
         self.api_versions.borrow_mut().insert(
             name.clone(),
-            ApiVersion { version_info: version_info.to_string(), last_updated: SystemTime::now() },
+            ApiVersion { version_info: version_info.to_string(), last_updated: SystemTime::now(), raw },
         );
         self.warming.borrow_mut().insert(name.clone(), cluster.clone());
         self.stats.warming_clusters.set(self.warming.borrow().len() as u64);

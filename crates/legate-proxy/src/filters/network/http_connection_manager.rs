@@ -34,10 +34,11 @@ use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::H1Guard;
 use crate::http::io::{CountingIo, LocalExec};
+use crate::listener::drain::{reached, DrainPhase};
 use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
 };
-use crate::router::RouteConfig;
+use crate::router::{RouteConfig, RouteConfigProvider};
 use crate::worker::WorkerContext;
 pub use stats::HcmStats;
 
@@ -46,7 +47,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// One HCM config, compiled once and shared by every worker.
 pub struct HttpConnectionManagerShared {
     pub config: Box<HcmConfig>,
-    pub route_config: Arc<RouteConfig>,
+    pub route_config: crate::router::RouteConfigProvider,
     /// The HTTP filters before the router, each with whether it is disabled by default.
     pub filters: Vec<(HttpFilterFactory, bool)>,
     pub stats: HcmStats,
@@ -111,9 +112,10 @@ impl LocalReplyMapper {
 
 impl HttpConnectionManagerShared {
     pub fn new(config: &HcmConfig, root: &Scope) -> Result<Self, String> {
-        let route_config = match &config.route_config {
-            Some(rc) => RouteConfig::new(rc)?,
-            None => return Err("http_connection_manager: only an inline route_config is supported".into()),
+        let route_config = match (&config.route_config, &config.rds) {
+            (Some(rc), _) => RouteConfigProvider::Static(Arc::new(RouteConfig::new(rc)?)),
+            (None, Some(rds)) => RouteConfigProvider::Rds(crate::router::rds::provider(&rds.route_config_name)?),
+            (None, None) => return Err("http_connection_manager: one of rds or route_config is required".into()),
         };
         let mut filters = Vec::new();
         let mut router = None;
@@ -139,7 +141,7 @@ impl HttpConnectionManagerShared {
         let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
         let server_name = if config.server_name.is_empty() { "envoy" } else { config.server_name.as_str() };
         Ok(HttpConnectionManagerShared {
-            route_config: Arc::new(route_config),
+            route_config,
             filters,
             stats: HcmStats::new(&root.scope(&format!("http.{}", config.stat_prefix))),
             access_logs,
@@ -310,6 +312,7 @@ async fn serve(
                     None => std::future::pending().await,
                 }
             };
+            // A filter chain drain leaves it alone: it closes when the drain time is over.
             let mut draining = worker.draining.clone();
             let drain = async move {
                 while !*draining.borrow_and_update() {
@@ -367,7 +370,7 @@ async fn serve(
         // lifetime; the request's state then lives only while the request does.
         service_fn(move |request| Box::pin(active_stream::handle(context.clone(), request)))
     };
-    let mut draining = worker.draining.clone();
+    let mut draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
     let started = Instant::now();
     let result = if http2 {
         let mut builder = http2::Builder::new(LocalExec);
@@ -427,12 +430,40 @@ async fn serve(
     }
 }
 
+/// What tells a connection to drain: the server (SIGTERM, `/drain_listeners`) or its filter
+/// chain (a listener update replaced or removed it).
+struct Draining {
+    server: tokio::sync::watch::Receiver<bool>,
+    chain: Option<tokio::sync::watch::Receiver<DrainPhase>>,
+}
+
+/// Who asked a connection to drain.
+#[derive(PartialEq, Eq)]
+enum DrainRequest {
+    None,
+    Server,
+    FilterChain,
+}
+
+impl Draining {
+    /// Resolves on a change, with who wants the connection drained.
+    async fn next(&mut self, chain: bool) -> DrainRequest {
+        tokio::select! {
+            changed = self.server.changed() => match changed.is_err() || *self.server.borrow() {
+                true => DrainRequest::Server,
+                false => DrainRequest::None,
+            },
+            () = reached(self.chain.as_mut().filter(|_| chain), DrainPhase::Draining) => DrainRequest::FilterChain,
+        }
+    }
+}
+
 /// Drives a hyper connection, starting its graceful shutdown on drain, idle timeout or
 /// `max_connection_duration`.
 async fn run_connection<C, F>(
     context: &Rc<ConnectionContext>,
     mut connection: std::pin::Pin<&mut C>,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
+    draining: &mut Draining,
     started: Instant,
     guard: &mut ConnectionGuard<'_>,
     graceful_shutdown: F,
@@ -444,6 +475,9 @@ where
     let shared = &context.shared;
     let stats = &shared.stats;
     let mut shutdown_at: Option<Instant> = None;
+    // An HTTP/1.1 connection of a draining filter chain is not cut while idle (a client may be
+    // sending on it right now): its next response says `connection: close`, as Envoy's.
+    let mut chain_drained = false;
     // One timer for the connection, re-armed only when it fires: streams starting and ending
     // just update `context.idle_since`, without waking this loop (it would be once per request).
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -488,8 +522,13 @@ where
                     graceful_shutdown(connection.as_mut());
                 }
             }
-            changed = draining.changed(), if shutdown_at.is_none() => {
-                if changed.is_err() || *draining.borrow() {
+            drain = draining.next(!chain_drained), if shutdown_at.is_none() => {
+                if drain == DrainRequest::FilterChain && !context.http2 {
+                    chain_drained = true;
+                    stats.downstream_cx_drain_close.inc();
+                    guard.local_close = true;
+                    context.draining.set(true);
+                } else if drain != DrainRequest::None {
                     stats.downstream_cx_drain_close.inc();
                     guard.local_close = true;
                     context.draining.set(true);

@@ -262,7 +262,7 @@ fn prepare(
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
-    if !shared.access_logs.is_empty() || shared.route_config.uses_formatters || shared.local_reply.is_some() {
+    if !shared.access_logs.is_empty() || shared.route_config.uses_formatters() || shared.local_reply.is_some() {
         info.request = Some(RequestSnapshot {
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
@@ -283,7 +283,7 @@ async fn decode(
     completion: &mut StreamCompletion,
 ) -> (http::response::Parts, Produced) {
     let shared = context.shared.clone();
-    let route_config = shared.route_config.clone();
+    let route_config = shared.route_config.current();
     // Handles that share the request's bytes: the filters below may change the head.
     let authority = router::Authority::of(&head);
     let vhost = route_config.virtual_host(authority.as_str()).cloned();
@@ -416,7 +416,7 @@ async fn decode(
             return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
         }
     }
-    let header_parsers = header_parsers(&shared, vhost, &route, true);
+    let header_parsers = header_parsers(&route_config, vhost, &route, true);
     let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
     let outcome = router::route(RouterRequest {
         context,
@@ -516,12 +516,11 @@ fn matched_prefix(route: &Route) -> Option<&str> {
 /// first and the route configuration last (so it wins), unless
 /// `most_specific_header_mutations_wins` reverses that.
 fn header_parsers<'a>(
-    shared: &'a super::HttpConnectionManagerShared,
+    rc: &'a crate::router::RouteConfig,
     vhost: Option<&'a Arc<VirtualHost>>,
     route: &'a Arc<Route>,
     request: bool,
 ) -> HeaderParsers<'a> {
-    let rc = &shared.route_config;
     let pick = |r: &'a crate::router::HeaderParser, s: &'a crate::router::HeaderParser| if request { r } else { s };
     let mut parsers = [
         Some(pick(&route.request_headers, &route.response_headers)),
@@ -550,7 +549,7 @@ fn encode(
     filters: &mut [Box<dyn HttpFilter>],
 ) {
     let shared = &context.shared;
-    let route_config = shared.route_config.clone();
+    let route_config = shared.route_config.current();
     for filter in filters.iter_mut().rev() {
         let mut cb = FilterCallbacks {
             stream_info: &mut completion.info,
@@ -563,7 +562,7 @@ fn encode(
         filter.encode_headers(head, &mut cb);
     }
     if let Some(route) = route {
-        for parser in header_parsers(shared, vhost, route, false).into_iter().flatten() {
+        for parser in header_parsers(&route_config, vhost, route, false).into_iter().flatten() {
             parser.evaluate(&mut head.headers, &completion.info);
         }
     }
