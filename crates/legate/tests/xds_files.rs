@@ -61,6 +61,11 @@ fn clusters_and_endpoints_come_from_files_and_follow_their_changes() {
     assert_eq!(px.stat("cluster.dynamic.update_success"), Some(1));
     assert_eq!(px.stat("cluster_manager.active_clusters"), Some(1));
     assert_eq!(px.stat("cluster_manager.warming_clusters"), Some(0));
+    let (_, clusters) = px.admin_get("/clusters");
+    assert!(clusters.contains("dynamic::added_via_api::true"), "{clusters}");
+    let dump = px.admin_json("/config_dump?resource=dynamic_active_clusters");
+    assert_eq!(dump["configs"][0]["version_info"], "c1", "{dump}");
+    assert_eq!(dump["configs"][0]["cluster"]["name"], "dynamic", "{dump}");
 
     // New endpoints: traffic moves to b on the same connection.
     publish(&eds, "e2", vec![assignment("dynamic", &[b.addr()])]);
@@ -179,6 +184,15 @@ fn listeners_and_routes_come_from_files_and_updates_drain_old_connections() {
     px.wait_stat("listener_manager.listener_modified", 1);
     let mut new = HttpClient::connect(address);
     assert_eq!(new.get("/").header("server"), Some("two"));
+    let dump = px.admin_json("/config_dump");
+    let listeners = dump["configs"].as_array().unwrap().iter().find(|c| c["dynamic_listeners"].is_array()).unwrap();
+    assert_eq!(listeners["version_info"], "l2", "{listeners}");
+    let entry = &listeners["dynamic_listeners"][0];
+    assert_eq!(entry["name"], "dynamic");
+    assert_eq!(entry["active_state"]["version_info"], "l2");
+    assert_eq!(entry["draining_state"]["version_info"], "l1");
+    let routes = dump["configs"].as_array().unwrap().iter().find(|c| c["dynamic_route_configs"].is_array()).unwrap();
+    assert_eq!(routes["dynamic_route_configs"][0]["version_info"], "r2", "{routes}");
     let last = old.get("/");
     assert_eq!(last.header("server"), Some("one"));
     assert_eq!(last.header("connection"), Some("close"));

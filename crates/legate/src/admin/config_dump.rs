@@ -11,25 +11,29 @@ use crate::server::Server;
 const BOOTSTRAP: &str = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump";
 const CLUSTERS: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
 const LISTENERS: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
+const ROUTES: &str = "type.googleapis.com/envoy.admin.v3.RoutesConfigDump";
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// `{"@type": type_url, ...resource}`.
+fn typed(type_url: &str, resource: &Value) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("@type".into(), json!(type_url));
+    if let Value::Object(fields) = resource {
+        object.extend(fields.clone());
+    }
+    Value::Object(object)
+}
 
 pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
     let updated = rfc3339(server.started_at);
     let raw = &server.loaded.raw;
-    let typed = |type_url: &str, resource: &Value| {
-        let mut object = serde_json::Map::new();
-        object.insert("@type".into(), json!(type_url));
-        if let Value::Object(fields) = resource {
-            object.extend(fields.clone());
-        }
-        Value::Object(object)
-    };
     let list = |key: &str| {
         raw.get("static_resources").and_then(|s| s.get(key)).and_then(Value::as_array).cloned().unwrap_or_default()
     };
-    let clusters: Vec<Value> = list("clusters")
-        .iter()
-        .map(|c| json!({"cluster": typed("type.googleapis.com/envoy.config.cluster.v3.Cluster", c), "last_updated": updated}))
-        .collect();
+    let clusters: Vec<Value> =
+        list("clusters").iter().map(|c| json!({"cluster": typed(CLUSTER, c), "last_updated": updated})).collect();
     // Both lists are in config order; unnamed listeners are dumped with the name legate gave
     // them (their address), as Envoy dumps its generated names.
     let manager = server.listener_manager.borrow();
@@ -37,7 +41,7 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
         .iter()
         .zip(manager.listeners())
         .map(|(raw_listener, (listener, _))| {
-            let mut dumped = typed("type.googleapis.com/envoy.config.listener.v3.Listener", raw_listener);
+            let mut dumped = typed(LISTENER, raw_listener);
             if let Value::Object(fields) = &mut dumped {
                 fields.entry("name").or_insert_with(|| json!(listener.name));
             }
@@ -48,11 +52,19 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
     if let Some(node) = bootstrap_node(server) {
         bootstrap["node"] = node;
     }
+    let mut clusters_dump = json!({"@type": CLUSTERS, "static_clusters": clusters});
+    dynamic_clusters(server, &mut clusters_dump);
+    let mut listeners_dump = json!({"@type": LISTENERS, "static_listeners": listeners});
+    dynamic_listeners(server, &mut listeners_dump);
+    drop(manager);
     let mut configs = vec![
         json!({"@type": BOOTSTRAP, "bootstrap": bootstrap, "last_updated": updated}),
-        json!({"@type": CLUSTERS, "static_clusters": clusters}),
-        json!({"@type": LISTENERS, "static_listeners": listeners}),
+        clusters_dump,
+        listeners_dump,
     ];
+    if let Some(routes) = dynamic_routes(server) {
+        configs.push(routes);
+    }
     for config in &mut configs {
         redact(config, false);
     }
@@ -63,6 +75,104 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
         None => configs,
     };
     json(StatusCode::OK, &json!({ "configs": configs }))
+}
+
+/// CDS clusters: `dynamic_active_clusters` and `dynamic_warming_clusters`, each with the
+/// version it came in; the last CDS version as `version_info`.
+fn dynamic_clusters(server: &Server, dump: &mut Value) {
+    let manager = &server.cluster_manager;
+    let versions = manager.api_versions.borrow();
+    let entry = |name: &str| {
+        versions.get(name).map(|v| {
+            json!({"version_info": v.version_info, "cluster": typed(CLUSTER, &v.raw), "last_updated": rfc3339(v.last_updated)})
+        })
+    };
+    let mut active: Vec<Value> =
+        manager.clusters().iter().filter(|c| c.added_via_api).filter_map(|c| entry(&c.name)).collect();
+    let mut warming: Vec<Value> = manager.warming_clusters().iter().filter_map(|c| entry(&c.name)).collect();
+    if let Some(cds) = &server.xds.cds {
+        dump["version_info"] = json!(*cds.version_info.borrow());
+        // A refused cluster's `error_state` goes on the version still in effect, or alone.
+        for error in cds.errors.borrow().iter() {
+            let state = error_state(CLUSTER, &error.raw, &error.details, error.at);
+            let named = |e: &&mut Value| e["cluster"]["name"] == error.name.as_str();
+            match active.iter_mut().chain(warming.iter_mut()).find(named) {
+                Some(existing) => existing["error_state"] = state,
+                None => active.push(json!({ "error_state": state })),
+            }
+        }
+    }
+    if !active.is_empty() {
+        dump["dynamic_active_clusters"] = json!(active);
+    }
+    if !warming.is_empty() {
+        dump["dynamic_warming_clusters"] = json!(warming);
+    }
+}
+
+/// Envoy's `UpdateFailureState`.
+fn error_state(type_url: &str, raw: &Value, details: &str, at: std::time::SystemTime) -> Value {
+    json!({"failed_configuration": typed(type_url, raw), "last_update_attempt": rfc3339(at), "details": details})
+}
+
+/// LDS listeners: one `dynamic_listeners` entry per name with its `active_state`,
+/// `warming_state`, `draining_state` and the last refused version's `error_state`.
+fn dynamic_listeners(server: &Server, dump: &mut Value) {
+    let manager = server.listener_manager.borrow();
+    let state = |api: &legate_proxy::listener::listener_manager::ApiVersion| json!({"version_info": api.version_info, "listener": typed(LISTENER, &api.raw), "last_updated": rfc3339(api.last_updated)});
+    let mut entries: std::collections::BTreeMap<String, serde_json::Map<String, Value>> = Default::default();
+    for (listener, _) in manager.listeners() {
+        if let Some(api) = manager.api_version(&listener.name) {
+            entries.entry(listener.name.clone()).or_default().insert("active_state".into(), state(api));
+        }
+    }
+    for warming in &manager.warming {
+        entries.entry(warming.listener.name.clone()).or_default().insert("warming_state".into(), state(&warming.api));
+    }
+    for draining in manager.draining().iter() {
+        if let Some(api) = &draining.api {
+            entries.entry(draining.listener.name.clone()).or_default().insert("draining_state".into(), state(api));
+        }
+    }
+    for error in &manager.errors {
+        entries
+            .entry(error.name.clone())
+            .or_default()
+            .insert("error_state".into(), error_state(LISTENER, &error.raw, &error.details, error.last_update_attempt));
+    }
+    if let Some(lds) = server.xds.lds.borrow().as_ref() {
+        dump["version_info"] = json!(*lds.version_info.borrow());
+    }
+    if !entries.is_empty() {
+        let listeners: Vec<Value> = entries
+            .into_iter()
+            .map(|(name, mut fields)| {
+                fields.insert("name".into(), json!(name));
+                Value::Object(fields)
+            })
+            .collect();
+        dump["dynamic_listeners"] = json!(listeners);
+    }
+}
+
+/// RDS route configurations in effect (`RoutesConfigDump.dynamic_route_configs`).
+fn dynamic_routes(server: &Server) -> Option<Value> {
+    let routes: Vec<Value> = server
+        .xds
+        .rds
+        .subscriptions()
+        .iter()
+        .filter_map(|s| {
+            let raw = s.raw.borrow();
+            let raw = raw.as_ref()?;
+            Some(json!({
+                "version_info": *s.version_info.borrow(),
+                "route_config": typed(ROUTE_CONFIGURATION, raw),
+                "last_updated": s.last_updated.borrow().map(rfc3339),
+            }))
+        })
+        .collect();
+    (!routes.is_empty()).then(|| json!({"@type": ROUTES, "dynamic_route_configs": routes}))
 }
 
 /// The node as the server uses it (command-line overrides applied).

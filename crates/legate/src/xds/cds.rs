@@ -14,12 +14,22 @@ use legate_xds::{
 
 use super::eds::Eds;
 
+/// A cluster CDS sent that could not be used.
+pub struct ClusterError {
+    pub name: String,
+    pub raw: serde_json::Value,
+    pub details: String,
+    pub at: std::time::SystemTime,
+}
+
 pub struct CdsApi {
     cluster_manager: Rc<ClusterManager>,
     eds: Rc<Eds>,
     initialized: Cell<bool>,
     /// The version of the last update applied (`/config_dump`'s `version_info`).
     pub version_info: RefCell<String>,
+    /// The clusters the last updates refused, by name (`/config_dump`'s `error_state`).
+    pub errors: RefCell<Vec<ClusterError>>,
     watch: RefCell<Option<Watch>>,
 }
 
@@ -36,6 +46,7 @@ impl CdsApi {
             eds,
             initialized: Cell::new(false),
             version_info: RefCell::new(String::new()),
+            errors: RefCell::new(Vec::new()),
             watch: RefCell::new(None),
         });
         let watch = client.subscribe(source, ResourceType::Cluster, BTreeSet::new(), api.clone(), stats)?;
@@ -61,8 +72,16 @@ impl SubscriptionCallbacks for CdsApi {
                     }),
                 }
             });
+            let mut refused = self.errors.borrow_mut();
+            refused.retain(|e| e.name != resource.name);
             if let Err(e) = result {
                 errors.push(format!("cluster '{}': {e}", resource.name));
+                refused.push(ClusterError {
+                    name: resource.name.clone(),
+                    raw: resource.value.clone(),
+                    details: e,
+                    at: std::time::SystemTime::now(),
+                });
             }
         }
         let mut removed: BTreeSet<String> = update.removed.iter().cloned().collect();
