@@ -224,7 +224,7 @@ impl ListenerManager {
                 worker.post(WorkerMessage::UpdateListener { listener: listener.clone() });
             }
             let old = std::mem::replace(&mut entry.listener, listener.clone());
-            let old_api = std::mem::replace(&mut entry.api, Some(warmed.api));
+            let old_api = entry.api.replace(warmed.api);
             self.stats.listener_modified.inc();
             let replaced = old.chains_replaced_by(Some(listener));
             if replaced.len() < old.all_filter_chains().count() {
