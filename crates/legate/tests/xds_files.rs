@@ -210,3 +210,98 @@ fn listeners_and_routes_come_from_files_and_updates_drain_old_connections() {
         |refused| *refused,
     );
 }
+
+/// Keeps `clients` keep-alive connections busy until `stop`; returns (requests, failures as
+/// `status body` strings).
+fn load(
+    address: SocketAddr,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u64, Vec<String>)>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = HttpClient::connect(address);
+                let (mut requests, mut failures) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = client.try_send("GET", "/", &[], b"");
+                    requests += 1;
+                    match response {
+                        Ok(r) if r.status == 200 => {
+                            // The server may end a keep-alive connection with `connection: close`.
+                            if r.header("connection") == Some("close") {
+                                client = HttpClient::connect(address);
+                            }
+                        }
+                        Ok(r) => failures.push(format!("{} {}", r.status, r.body)),
+                        Err(e) => {
+                            failures.push(format!("error: {e}"));
+                            client = HttpClient::connect(address);
+                        }
+                    }
+                }
+                (requests, failures)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn fifty_pushes_of_routes_clusters_and_endpoints_fail_no_request() {
+    let upstreams: Vec<HttpUpstream> = (0..4).map(|_| HttpUpstream::http1(|_| UpstreamAction::ok("up"))).collect();
+    let dir = TempDir::new();
+    let (lds, rds, cds, eds) = (dir.join("lds.json"), dir.join("rds.json"), dir.join("cds.json"), dir.join("eds.json"));
+    let clusters = |timeout: &str| {
+        ["one", "two"]
+            .iter()
+            .map(|name| {
+                let mut cluster = eds_cluster(name, &eds);
+                cluster["connect_timeout"] = json!(timeout);
+                cluster
+            })
+            .collect::<Vec<_>>()
+    };
+    let assignments = |first: usize| {
+        vec![
+            assignment("one", &[upstreams[first % 4].addr(), upstreams[(first + 1) % 4].addr()]),
+            assignment("two", &[upstreams[(first + 2) % 4].addr()]),
+        ]
+    };
+    publish(&cds, "c0", clusters("1s"));
+    publish(&eds, "e0", assignments(0));
+    publish(&rds, "r0", vec![routes_to("one")]);
+    publish(&lds, "l0", vec![lds_listener(&rds, "legate")]);
+    let mut config = bootstrap(vec![], vec![]);
+    config["dynamic_resources"] = json!({
+        "lds_config": { "path_config_source": { "path": lds.display().to_string() } },
+        "cds_config": { "path_config_source": { "path": cds.display().to_string() } },
+    });
+    let px = Legate::builder(legate_bin!()).config(&config.to_string()).concurrency(2).start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(px.connect_addr("dynamic"), 4, stop.clone());
+    for push in 1..=50 {
+        match push % 3 {
+            0 => publish(&rds, &format!("r{push}"), vec![routes_to(if push % 2 == 0 { "one" } else { "two" })]),
+            1 => publish(&cds, &format!("c{push}"), clusters(if push % 2 == 0 { "1s" } else { "2s" })),
+            _ => publish(&eds, &format!("e{push}"), assignments(push)),
+        }
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (requests, failures) = client.join().unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+        total += requests;
+    }
+    assert!(total > 100, "only {total} requests");
+    // Every file was read and applied at least a few times; none was rejected.
+    assert!(px.stat("cluster_manager.cds.update_success").unwrap_or(0) >= 3);
+    assert!(px.stat("http.dynamic.rds.routes.update_success").unwrap_or(0) >= 3);
+    assert!(px.stat("cluster.one.update_success").unwrap_or(0) >= 3);
+    for stat in ["cluster_manager.cds.update_rejected", "http.dynamic.rds.routes.update_rejected"] {
+        assert_eq!(px.stat(stat), Some(0), "{stat}");
+    }
+}
