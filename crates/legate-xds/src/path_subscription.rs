@@ -42,8 +42,6 @@ pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<Wat
         let path = PathBuf::from(path);
         let directory = watched_directory.map(PathBuf::from);
         let mut last: Option<Stamp> = None;
-        // The last good contents, for watches that arrive later.
-        let mut current: Option<(String, Vec<DecodedResource>)> = None;
         // Deliver once the first watch is in (it is added right after the start).
         tokio::task::yield_now().await;
         loop {
@@ -53,21 +51,19 @@ pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<Wat
             let now = stamp(&path, directory.as_deref());
             if now.is_some() && now != last {
                 last = now;
-                if let Some(good) = read_and_deliver(&path, &map) {
-                    current = Some(good);
-                }
+                read_and_deliver(&path, &map);
             } else if now.is_none() && last.is_some() {
                 last = None;
                 map.fail(&format!("unable to read file: {}", path.display()));
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                // A new watch (say, another cluster's EDS name) gets the current contents.
+                // New watches (say, the EDS names of the clusters CDS just added) get the
+                // file's contents, read again rather than kept: a large file's resources
+                // would otherwise stay in memory twice.
                 _ = map.interest_changed.notified() => {
-                    if let Some((version, resources)) = &current {
-                        if let Err(e) = map.deliver_to_new_watches(version, resources.clone()) {
-                            tracing::warn!("{} update from {} rejected: {e}", map.resource_type.short_name(), path.display());
-                        }
+                    if last.is_some() {
+                        deliver_to_new_watches(&path, &map);
                     }
                 }
             }
@@ -75,27 +71,35 @@ pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<Wat
     });
 }
 
-/// Reads the file and delivers it; returns what it delivered when every watch took it.
-fn read_and_deliver(path: &Path, map: &WatchMap) -> Option<(String, Vec<DecodedResource>)> {
-    map.count_attempt();
-    let decoded = std::fs::read_to_string(path)
+fn read(path: &Path, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
+    std::fs::read_to_string(path)
         .map_err(|e| format!("unable to read file: {}: {e}", path.display()))
-        .and_then(|text| decode(&text, map).map_err(|e| format!("{}: {e}", path.display())));
-    let result = match decoded {
-        Ok((version, resources)) => map
-            .deliver_state_of_the_world(&version, resources.clone())
-            .map(|()| (version, resources))
-            .map_err(|e| format!("{}: {e}", path.display())),
+        .and_then(|text| decode(&text, map).map_err(|e| format!("{}: {e}", path.display())))
+}
+
+/// Reads the file and delivers it to every watch.
+fn read_and_deliver(path: &Path, map: &WatchMap) {
+    map.count_attempt();
+    let result = match read(path, map) {
+        Ok((version, resources)) => {
+            map.deliver_state_of_the_world(&version, resources).map_err(|e| format!("{}: {e}", path.display()))
+        }
         Err(e) => {
             map.count_rejected();
             Err(e)
         }
     };
-    result
-        .inspect_err(|e| {
-            tracing::warn!("{} update from {} rejected: {e}", map.resource_type.short_name(), path.display())
-        })
-        .ok()
+    if let Err(e) = result {
+        tracing::warn!("{} update from {} rejected: {e}", map.resource_type.short_name(), path.display());
+    }
+}
+
+/// Delivers the file's current contents to the watches that have not seen it.
+fn deliver_to_new_watches(path: &Path, map: &WatchMap) {
+    let result = read(path, map).and_then(|(version, resources)| map.deliver_to_new_watches(&version, resources));
+    if let Err(e) = result {
+        tracing::warn!("{} update from {} rejected: {e}", map.resource_type.short_name(), path.display());
+    }
 }
 
 /// Parses a `DiscoveryResponse`: `version_info` and `resources`, each either the resource

@@ -178,6 +178,32 @@ impl Cluster {
         }
     }
 
+    /// Starts with hosts like those of `previous` (a CDS update of this cluster that kept its
+    /// EDS service): new host objects, since pools and breakers belong to one cluster object.
+    pub fn copy_hosts_from(&self, previous: &Cluster) {
+        let _serial = self.refresh_lock.lock();
+        self.overprovisioning_factor.store(previous.overprovisioning_factor(), Ordering::Relaxed);
+        let hosts: Vec<Arc<Host>> = previous
+            .priority_set()
+            .all_hosts()
+            .map(|old| {
+                let mut host = Host::new(
+                    old.address,
+                    old.hostname.clone(),
+                    old.weight,
+                    old.priority,
+                    old.locality.clone(),
+                    old.health_status,
+                )
+                .with_locality_weight(Some(old.locality_weight));
+                host.health_check = old.health_check.clone();
+                self.on_host_added(&host);
+                Arc::new(host)
+            })
+            .collect();
+        self.publish(hosts, true);
+    }
+
     /// The `policy.overprovisioning_factor` of the load assignment, in percent.
     pub fn overprovisioning_factor(&self) -> u32 {
         self.overprovisioning_factor.load(Ordering::Relaxed)

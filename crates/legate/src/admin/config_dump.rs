@@ -84,7 +84,8 @@ fn dynamic_clusters(server: &Server, dump: &mut Value) {
     let versions = manager.api_versions.borrow();
     let entry = |name: &str| {
         versions.get(name).map(|v| {
-            json!({"version_info": v.version_info, "cluster": typed(CLUSTER, &v.raw), "last_updated": rfc3339(v.last_updated)})
+            let raw: Value = serde_json::from_str(&v.raw).unwrap_or_default();
+            json!({"version_info": v.version_info, "cluster": typed(CLUSTER, &raw), "last_updated": rfc3339(v.last_updated)})
         })
     };
     let mut active: Vec<Value> =

@@ -1,7 +1,7 @@
 //! EDS: the endpoints of `EDS` clusters (Envoy's `EdsClusterImpl`). A cluster from CDS warms
 //! until its first `ClusterLoadAssignment` arrives, or until `initial_fetch_timeout` (then it
-//! serves with no hosts). The last assignment of each service is kept, so a replaced cluster
-//! subscribing to a name the control plane already sent starts with it.
+//! serves with no hosts). A cluster that replaces one of its name with the same service starts
+//! with the hosts of the one it replaces: the control plane has no reason to send them again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,8 +20,6 @@ pub struct Eds {
     client: Rc<XdsClient>,
     /// By cluster name.
     clusters: RefCell<HashMap<String, Rc<EdsCluster>>>,
-    /// The last assignment of each service name.
-    assignments: RefCell<HashMap<String, Rc<ClusterLoadAssignment>>>,
 }
 
 struct EdsCluster {
@@ -34,12 +32,7 @@ struct EdsCluster {
 
 impl Eds {
     pub fn new(cluster_manager: Rc<ClusterManager>, client: Rc<XdsClient>) -> Rc<Eds> {
-        Rc::new(Eds {
-            cluster_manager,
-            client,
-            clusters: RefCell::new(HashMap::new()),
-            assignments: RefCell::new(HashMap::new()),
-        })
+        Rc::new(Eds { cluster_manager, client, clusters: RefCell::new(HashMap::new()) })
     }
 
     /// Subscribes an `EDS` cluster (new or replacing one of its name) to its service.
@@ -59,9 +52,11 @@ impl Eds {
             initialized: Cell::new(false),
             watch: RefCell::new(None),
         });
-        let known = self.assignments.borrow().get(&service).cloned();
-        if let Some(assignment) = known {
-            entry.apply(&assignment);
+        let previous = self.clusters.borrow().get(&cluster.name).cloned();
+        if let Some(previous) = previous.filter(|p| p.service == service && p.initialized.get()) {
+            cluster.copy_hosts_from(&previous.cluster);
+            entry.initialized.set(true);
+            self.cluster_manager.finish_warming(cluster);
         }
         let stats = SubscriptionStats::new(&cluster.scope);
         let watch = self
@@ -107,9 +102,6 @@ impl SubscriptionCallbacks for EdsCluster {
                 Some(Rc::new(ClusterLoadAssignment { cluster_name: self.service.clone(), ..Default::default() }));
         }
         let Some(assignment) = assignment else { return Ok(()) };
-        if let Some(eds) = self.eds.upgrade() {
-            eds.assignments.borrow_mut().insert(self.service.clone(), assignment.clone());
-        }
         self.apply(&assignment);
         Ok(())
     }
