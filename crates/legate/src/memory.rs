@@ -31,3 +31,26 @@ fn resident_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
+
+/// Gives the allocator's free pages back to the OS soon, once per burst of calls. A large xDS
+/// update parses its whole response into short-lived trees; glibc keeps the freed pages in
+/// its heap, and the process would hold its peak for good (Envoy's tcmalloc releases them
+/// in the background the same way).
+pub fn release_free_memory_soon() {
+    thread_local! {
+        static SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if SCHEDULED.with(|s| s.replace(true)) {
+        return;
+    }
+    tokio::task::spawn_local(async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        SCHEDULED.with(|s| s.set(false));
+        // SAFETY: malloc_trim only walks and releases the allocator's own free lists under its
+        // locks; it takes a plain integer and touches no memory the program owns.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
+}

@@ -96,6 +96,7 @@ impl SubscriptionCallbacks for CdsApi {
                 self.eds.cluster_removed(&name);
             }
         }
+        crate::memory::release_free_memory_soon();
         self.initialized.set(true);
         if errors.is_empty() {
             *self.version_info.borrow_mut() = update.version_info.to_string();

@@ -103,6 +103,7 @@ impl SubscriptionCallbacks for EdsCluster {
         }
         let Some(assignment) = assignment else { return Ok(()) };
         self.apply(&assignment);
+        crate::memory::release_free_memory_soon();
         Ok(())
     }
 

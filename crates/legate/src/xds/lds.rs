@@ -109,6 +109,7 @@ impl SubscriptionCallbacks for LdsApi {
         }
         activate_ready(&server);
         self.rds.prune();
+        crate::memory::release_free_memory_soon();
         self.initialized.set(true);
         if errors.is_empty() {
             *self.version_info.borrow_mut() = update.version_info.to_string();

@@ -136,6 +136,7 @@ impl SubscriptionCallbacks for RdsSubscription {
         *self.last_updated.borrow_mut() = Some(std::time::SystemTime::now());
         *self.raw.borrow_mut() = Some(resource.value.clone());
         rds.changed();
+        crate::memory::release_free_memory_soon();
         Ok(())
     }
 
