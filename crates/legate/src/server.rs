@@ -191,6 +191,15 @@ async fn serve(
     ));
     legate_proxy::access_log::install_stats(&store);
     legate_proxy::access_log::set_file_flush_interval(Duration::from_millis(options.file_flush_interval_msec.max(1)));
+    // Static listeners whose TLS secrets come from a control plane wait for them.
+    for (index, listener) in bootstrap.static_resources.listeners.iter().enumerate() {
+        xds.sds
+            .subscribe_for(listener)
+            .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", listener.name()))?;
+    }
+    while !bootstrap.static_resources.listeners.iter().all(|l| xds.sds.ready(l)) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
     listener_manager.set_drain_time(Duration::from_secs(options.drain_time_s));
     // Static listeners may take their routes from RDS: subscribe, and start serving once

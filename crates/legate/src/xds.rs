@@ -7,6 +7,7 @@ pub mod cds;
 pub mod eds;
 pub mod lds;
 pub mod rds;
+pub mod sds;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -21,6 +22,7 @@ pub struct Xds {
     pub eds: Rc<eds::Eds>,
     pub cds: Option<Rc<cds::CdsApi>>,
     pub rds: Rc<rds::Rds>,
+    pub sds: Rc<sds::Sds>,
     pub lds: std::cell::RefCell<Option<Rc<lds::LdsApi>>>,
 }
 
@@ -48,7 +50,8 @@ impl Xds {
             None => None,
         };
         let rds = rds::Rds::new(client.clone(), cluster_manager.clone());
-        Ok(Xds { client, eds, cds, rds, lds: std::cell::RefCell::new(None) })
+        let sds = sds::Sds::new(client.clone(), cluster_manager.store().clone());
+        Ok(Xds { client, eds, cds, rds, sds, lds: std::cell::RefCell::new(None) })
     }
 
     /// Starts LDS once the workers run (listeners it adds go straight to them), and lets RDS
@@ -60,10 +63,17 @@ impl Xds {
                 lds::activate_ready(&server);
             }
         }));
+        let weak = Rc::downgrade(server);
+        *server.xds.sds.on_change.borrow_mut() = Some(Box::new(move || {
+            if let Some(lds) = weak.upgrade().and_then(|s| s.xds.lds.borrow().clone()) {
+                lds.retry_pending();
+            }
+        }));
         let dynamic = server.loaded.bootstrap.dynamic_resources.clone().unwrap_or_default();
         if let Some(source) = &dynamic.lds_config {
-            let lds = lds::LdsApi::start(source, server, &server.xds.client, server.xds.rds.clone())
-                .map_err(|e| anyhow::anyhow!("dynamic_resources.lds_config: {e}"))?;
+            let lds =
+                lds::LdsApi::start(source, server, &server.xds.client, server.xds.rds.clone(), server.xds.sds.clone())
+                    .map_err(|e| anyhow::anyhow!("dynamic_resources.lds_config: {e}"))?;
             *server.xds.lds.borrow_mut() = Some(lds);
         }
         Ok(())

@@ -47,7 +47,7 @@ legate_stats::stats! {
 /// One `tls_certificate_sds_secret_configs` entry: a secret name in a file.
 struct SdsCertificate {
     name: String,
-    file: String,
+    source: SecretSource,
     stats: SdsStats,
 }
 
@@ -93,13 +93,9 @@ impl TlsCertificates {
         let mut sds = Vec::new();
         for (i, config) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
             let at = format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]");
-            let Some(file) = config.sds_config.as_ref().and_then(|c| c.file()) else {
-                return Err(format!(
-                    "{at}.sds_config: only SDS from a file (path_config_source) is supported by legate yet"
-                ));
-            };
+            let source = SecretSource::of(config).map_err(|e| format!("{at}.sds_config: {e}"))?;
             let stats = SdsStats::new(&root.scope(&format!("sds.{}", config.name)));
-            sds.push(SdsCertificate { name: config.name.clone(), file: file.to_string(), stats });
+            sds.push(SdsCertificate { name: config.name.clone(), source, stats });
         }
         let certificates = TlsCertificates {
             provider,
@@ -140,7 +136,9 @@ impl TlsCertificates {
             // every second, and the next change is tried again.
             *last = fingerprint;
         }
-        self.sds.iter().for_each(|s| s.stats.update_attempt.inc());
+        // A control plane's secrets are counted by their subscription (`sds.<name>.*`).
+        let files = || self.sds.iter().filter(|s| matches!(s.source, SecretSource::File(_)));
+        files().for_each(|s| s.stats.update_attempt.inc());
         let result = match self.load() {
             Ok((loaded, _)) if loaded.keys.is_empty() => Err("the update holds no certificate".into()),
             Ok((loaded, _)) => {
@@ -150,7 +148,7 @@ impl TlsCertificates {
             }
             Err(e) => Err(e),
         };
-        for sds in &self.sds {
+        for sds in files() {
             match &result {
                 Ok(()) => sds.stats.update_success.inc(),
                 Err(_) => sds.stats.update_rejected.inc(),
@@ -172,8 +170,11 @@ impl TlsCertificates {
         for (i, sds) in self.sds.iter().enumerate() {
             let at = format!("common_tls_context.tls_certificate_sds_secret_configs[{i}]");
             let cert = read_sds_certificate(sds).map_err(|e| format!("{at}: {e}"))?;
-            let (key, details) =
-                load_certified_key(&cert, &format!("{at} (secret '{}' in {})", sds.name, sds.file), &self.provider)?;
+            let (key, details) = load_certified_key(
+                &cert,
+                &format!("{at} (secret '{}' {})", sds.name, sds.source.describe()),
+                &self.provider,
+            )?;
             loaded.keys.push((details.dns_names(), key));
             loaded.details.push(Arc::new(details));
         }
@@ -185,31 +186,131 @@ impl TlsCertificates {
     fn sds_fingerprint(&self) -> u64 {
         let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
         for sds in &self.sds {
-            let text = std::fs::read(&sds.file).unwrap_or_default();
-            hasher.update(&text);
-            let cert = std::str::from_utf8(&text)
-                .ok()
-                .and_then(|t| SdsFile::parse(t).ok())
-                .and_then(|f| f.tls_certificate(&sds.name).cloned());
-            for source in cert.iter().flat_map(|c| [&c.certificate_chain, &c.private_key]).flatten() {
-                if let DataSource::Filename(path) = source {
-                    hasher.update(&std::fs::read(path).unwrap_or_default());
-                }
-            }
+            hasher.update(&sds.source.fingerprint(&sds.name).to_le_bytes());
         }
         hasher.digest()
     }
 }
 
 fn read_sds_certificate(sds: &SdsCertificate) -> Result<TlsCertificate, String> {
-    let text = std::fs::read_to_string(&sds.file).map_err(|e| format!("unable to read file: {}: {e}", sds.file))?;
-    let file = SdsFile::parse(&text).map_err(|e| format!("invalid SDS file {}: {e}", sds.file))?;
-    file.tls_certificate(&sds.name)
-        .cloned()
-        .ok_or_else(|| format!("no secret '{}' with a tls_certificate in {}", sds.name, sds.file))
+    sds.source
+        .secret(&sds.name)?
+        .tls_certificate
+        .ok_or_else(|| format!("secret '{}' {} has no tls_certificate", sds.name, sds.source.describe()))
 }
 
-/// One `TlsCertificate`: its chain and key, checked to belong together. `at` names it.
+/// Where an SDS secret comes from: a file (`path_config_source`), read when it changes, or a
+/// control plane, whose latest delivery is kept in [`DynamicSecret`].
+pub enum SecretSource {
+    File(String),
+    Dynamic(Arc<DynamicSecret>),
+}
+
+impl SecretSource {
+    pub fn of(config: &legate_config::tls::SdsSecretConfig) -> Result<SecretSource, String> {
+        let source = config.sds_config.as_ref().ok_or("an SDS secret needs its sds_config")?;
+        if let Some(file) = source.file() {
+            return Ok(SecretSource::File(file.to_string()));
+        }
+        if source.kind().is_none() {
+            return Err("one of path_config_source, api_config_source or ads is required".into());
+        }
+        Ok(SecretSource::Dynamic(dynamic_secret(&config.name)))
+    }
+
+    /// The secret named `name`.
+    pub fn secret(&self, name: &str) -> Result<legate_config::tls::Secret, String> {
+        match self {
+            SecretSource::File(file) => {
+                let text = std::fs::read_to_string(file).map_err(|e| format!("unable to read file: {file}: {e}"))?;
+                let parsed = SdsFile::parse(&text).map_err(|e| format!("invalid SDS file {file}: {e}"))?;
+                parsed
+                    .resources
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| format!("no secret '{name}' in {file}"))
+            }
+            SecretSource::Dynamic(secret) => {
+                secret.get().map(|s| (*s).clone()).ok_or_else(|| format!("secret '{name}' has not arrived from SDS"))
+            }
+        }
+    }
+
+    /// Changes whenever the secret (or a file it names) changes.
+    fn fingerprint(&self, name: &str) -> u64 {
+        match self {
+            SecretSource::File(file) => {
+                let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
+                let text = std::fs::read(file).unwrap_or_default();
+                hasher.update(&text);
+                let secret = std::str::from_utf8(&text)
+                    .ok()
+                    .and_then(|t| SdsFile::parse(t).ok())
+                    .and_then(|f| f.resources.into_iter().find(|s| s.name == name));
+                let cert = secret.as_ref().and_then(|s| s.tls_certificate.as_ref());
+                let ca =
+                    secret.as_ref().and_then(|s| s.validation_context.as_ref()).and_then(|v| v.trusted_ca.as_ref());
+                let named = cert.iter().flat_map(|c| [&c.certificate_chain, &c.private_key]).flatten().chain(ca);
+                for source in named {
+                    if let DataSource::Filename(path) = source {
+                        hasher.update(&std::fs::read(path).unwrap_or_default());
+                    }
+                }
+                hasher.digest()
+            }
+            SecretSource::Dynamic(secret) => secret.version(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::File(file) => format!("in {file}"),
+            SecretSource::Dynamic(_) => "from SDS".to_string(),
+        }
+    }
+}
+
+/// A secret by name as the control plane last sent it (SDS over xDS). Shared by every TLS
+/// context naming it; contexts pick an update up on their next reload check.
+pub struct DynamicSecret {
+    pub name: String,
+    secret: arc_swap::ArcSwapOption<legate_config::tls::Secret>,
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl DynamicSecret {
+    pub fn get(&self) -> Option<Arc<legate_config::tls::Secret>> {
+        self.secret.load_full()
+    }
+
+    pub fn set(&self, secret: legate_config::tls::Secret) {
+        self.secret.store(Some(Arc::new(secret)));
+        self.version.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+static DYNAMIC_SECRETS: Mutex<Option<rustc_hash::FxHashMap<String, Arc<DynamicSecret>>>> = Mutex::new(None);
+
+/// The dynamic secret named `name` (created empty on first use).
+pub fn dynamic_secret(name: &str) -> Arc<DynamicSecret> {
+    let mut secrets = DYNAMIC_SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    secrets
+        .get_or_insert_with(Default::default)
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(DynamicSecret {
+                name: name.to_string(),
+                secret: arc_swap::ArcSwapOption::empty(),
+                version: std::sync::atomic::AtomicU64::new(0),
+            })
+        })
+        .clone()
+}
+
 pub fn load_certified_key(
     cert: &TlsCertificate,
     at: &str,
@@ -238,6 +339,18 @@ pub fn load_certified_key(
     Ok((Arc::new(certified), details))
 }
 
+/// [`watch`] for as long as `owner` (an LDS listener) is alive.
+pub async fn watch_while<T>(contexts: Vec<Watched>, owner: std::sync::Weak<T>) {
+    tokio::select! {
+        () = watch(contexts) => {}
+        () = async {
+            while owner.strong_count() > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        } => {}
+    }
+}
+
 /// Polls the SDS-backed certificates and validation contexts every second, on the main
 /// thread, for as long as the server runs.
 pub async fn watch(contexts: Vec<Watched>) {
@@ -258,43 +371,31 @@ pub async fn watch(contexts: Vec<Watched>) {
     }
 }
 
-/// Where a file-backed validation context comes from.
+/// Where an SDS validation context comes from.
 pub struct ValidationSource {
-    /// The secret's name and file.
+    /// The secret's name and source.
     pub name: String,
-    pub file: String,
+    pub source: SecretSource,
     /// `combined_validation_context.default_validation_context`, merged under the secret.
     pub default: Option<CertificateValidationContext>,
 }
 
 impl ValidationSource {
-    /// Reads the secret and merges it over the default; errors name the file.
+    /// Reads the secret and merges it over the default; errors name the source.
     pub fn read(&self) -> Result<CertificateValidationContext, String> {
-        let text =
-            std::fs::read_to_string(&self.file).map_err(|e| format!("unable to read file: {}: {e}", self.file))?;
-        let file = SdsFile::parse(&text).map_err(|e| format!("invalid SDS file {}: {e}", self.file))?;
-        let dynamic = file
-            .validation_context(&self.name)
-            .ok_or_else(|| format!("no secret '{}' with a validation_context in {}", self.name, self.file))?;
+        let secret = self.source.secret(&self.name)?;
+        let dynamic = secret
+            .validation_context
+            .as_ref()
+            .ok_or_else(|| format!("secret '{}' {} has no validation_context", self.name, self.source.describe()))?;
         Ok(match &self.default {
             Some(default) => default.merged_with(dynamic),
             None => dynamic.clone(),
         })
     }
 
-    /// Hash of the SDS file and of the CA file it names.
     fn fingerprint(&self) -> u64 {
-        let mut hasher = xxhash_rust::xxh64::Xxh64::new(0);
-        let text = std::fs::read(&self.file).unwrap_or_default();
-        hasher.update(&text);
-        let ca = std::str::from_utf8(&text)
-            .ok()
-            .and_then(|t| SdsFile::parse(t).ok())
-            .and_then(|f| f.validation_context(&self.name).and_then(|v| v.trusted_ca.clone()));
-        if let Some(DataSource::Filename(path)) = ca {
-            hasher.update(&std::fs::read(path).unwrap_or_default());
-        }
-        hasher.digest()
+        self.source.fingerprint(&self.name)
     }
 }
 
@@ -337,7 +438,11 @@ impl ValidationSecret {
             }
             *last = fingerprint;
         }
-        self.stats.update_attempt.inc();
+        // A control plane's secrets are counted by their subscription (`sds.<name>.*`).
+        let file = matches!(self.source.source, SecretSource::File(_));
+        if file {
+            self.stats.update_attempt.inc();
+        }
         let result = self.source.read().and_then(|config| {
             let ca = ca_details(&config)?;
             let validator = CertValidator::new(&config, self.provider.clone(), self.ssl_stats.clone())?;
@@ -347,10 +452,13 @@ impl ValidationSecret {
         });
         match &result {
             Ok(()) => {
-                self.stats.update_success.inc();
+                if file {
+                    self.stats.update_success.inc();
+                }
                 self.update_by_sds.inc();
             }
-            Err(_) => self.stats.update_rejected.inc(),
+            Err(_) if file => self.stats.update_rejected.inc(),
+            Err(_) => {}
         }
         Some(result)
     }

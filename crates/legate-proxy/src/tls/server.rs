@@ -235,12 +235,8 @@ fn validation_source(
     common: &legate_config::tls::CommonTlsContext,
 ) -> Result<(Option<legate_config::tls::CertificateValidationContext>, Option<ValidationSource>, String), String> {
     let sds_source = |sds: &legate_config::tls::SdsSecretConfig, at: &str, default| {
-        let Some(file) = sds.sds_config.as_ref().and_then(|c| c.file()) else {
-            return Err(format!(
-                "{at}.sds_config: only SDS from a file (path_config_source) is supported by legate yet"
-            ));
-        };
-        Ok(ValidationSource { name: sds.name.clone(), file: file.to_string(), default })
+        let source = super::secret::SecretSource::of(sds).map_err(|e| format!("{at}.sds_config: {e}"))?;
+        Ok::<_, String>(ValidationSource { name: sds.name.clone(), source, default })
     };
     match (
         &common.validation_context,

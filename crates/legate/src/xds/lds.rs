@@ -13,14 +13,25 @@ use legate_xds::{
 };
 
 use super::rds::Rds;
+use super::sds::Sds;
 use crate::server::Server;
 
 pub struct LdsApi {
     server: Weak<Server>,
     rds: Rc<Rds>,
+    sds: Rc<Sds>,
     initialized: Cell<bool>,
     pub version_info: RefCell<String>,
+    /// Listeners waiting for their secrets from SDS before they can be built.
+    pending: RefCell<Vec<PendingListener>>,
     watch: RefCell<Option<Watch>>,
+}
+
+struct PendingListener {
+    name: String,
+    config: legate_config::listener::Listener,
+    raw: serde_json::Value,
+    version_info: String,
 }
 
 impl LdsApi {
@@ -29,13 +40,16 @@ impl LdsApi {
         server: &Rc<Server>,
         client: &XdsClient,
         rds: Rc<Rds>,
+        sds: Rc<Sds>,
     ) -> Result<Rc<LdsApi>, String> {
         let stats = SubscriptionStats::new(&server.store.scope("listener_manager.lds"));
         let api = Rc::new(LdsApi {
             server: Rc::downgrade(server),
             rds,
+            sds,
             initialized: Cell::new(false),
             version_info: RefCell::new(String::new()),
+            pending: RefCell::new(Vec::new()),
             watch: RefCell::new(None),
         });
         let watch = client.subscribe(source, ResourceType::Listener, BTreeSet::new(), api.clone(), stats)?;
@@ -43,9 +57,63 @@ impl LdsApi {
         Ok(api)
     }
 
-    /// Whether the first update came (or the wait for it ended) and no listener is warming.
+    /// Whether the first update came (or the wait for it ended) and no listener waits for
+    /// its secrets.
     pub fn initialized(&self) -> bool {
-        self.initialized.get()
+        self.initialized.get() && self.pending.borrow().is_empty()
+    }
+
+    /// Builds a listener now, or parks it until its SDS secrets arrive.
+    fn add(&self, server: &Server, pending: PendingListener) -> Result<(), String> {
+        self.sds.subscribe_for(&pending.config)?;
+        if !self.sds.ready(&pending.config) {
+            self.pending.borrow_mut().retain(|p| p.name != pending.name);
+            self.pending.borrow_mut().push(pending);
+            return Ok(());
+        }
+        let update =
+            server.listener_manager.borrow_mut().add_or_update(pending.config, pending.raw, &pending.version_info)?;
+        match update {
+            ListenerUpdate::Unchanged => Ok(()),
+            ListenerUpdate::Warming(listener) => {
+                self.rds.subscribe_for(&listener.config).inspect_err(|_| {
+                    server.listener_manager.borrow_mut().abandon_warming(&listener);
+                })?;
+                // Certificates from SDS files or a control plane are picked up while it lives.
+                let watched: Vec<_> = listener
+                    .all_filter_chains()
+                    .filter_map(|c| c.transport_socket.as_ref())
+                    .flat_map(|tls| tls.watched())
+                    .collect();
+                if !watched.is_empty() {
+                    tokio::task::spawn_local(legate_proxy::tls::secret::watch_while(
+                        watched,
+                        std::sync::Arc::downgrade(&listener),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Builds the parked listeners whose secrets have arrived.
+    pub fn retry_pending(&self) {
+        let Some(server) = self.server.upgrade() else { return };
+        let ready: Vec<PendingListener> = {
+            let mut pending = self.pending.borrow_mut();
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut *pending).into_iter().partition(|p| self.sds.ready(&p.config));
+            *pending = waiting;
+            ready
+        };
+        for listener in ready {
+            let (name, raw) = (listener.name.clone(), listener.raw.clone());
+            if let Err(e) = self.add(&server, listener) {
+                tracing::warn!(listener = %name, "LDS: {e}");
+                server.listener_manager.borrow_mut().record_error(&name, raw, e);
+            }
+        }
+        activate_ready(&server);
     }
 }
 
@@ -107,6 +175,7 @@ impl SubscriptionCallbacks for LdsApi {
                 manager.remove(name, &workers);
             }
         }
+        self.pending.borrow_mut().retain(|p| !removed.contains(&p.name));
         activate_ready(&server);
         self.rds.prune();
         crate::memory::release_free_memory_soon();

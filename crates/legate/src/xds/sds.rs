@@ -1,0 +1,134 @@
+//! SDS from a control plane: the certificates and validation contexts that listeners' TLS
+//! contexts name with `*_sds_secret_config` over `ads` or `api_config_source` (Envoy's
+//! `SdsApi`). One subscription per secret name; a listener waits for its secrets before it is
+//! built, and its TLS contexts pick up later deliveries (`legate_proxy::tls::secret`). SDS
+//! from files (`path_config_source`) needs none of this: the contexts read the files.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use legate_config::extensions::TransportSocketConfig;
+use legate_config::listener::Listener as ListenerConfig;
+use legate_config::tls::SdsSecretConfig;
+use legate_proxy::tls::secret::{dynamic_secret, DynamicSecret};
+use legate_stats::Store;
+use legate_xds::{
+    ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
+};
+
+pub struct Sds {
+    client: Rc<XdsClient>,
+    store: Arc<Store>,
+    subscriptions: RefCell<HashMap<String, Rc<SdsSubscription>>>,
+    /// Called when a secret arrives or gives up: listeners waiting for it may go on.
+    pub on_change: RefCell<Option<Box<dyn Fn()>>>,
+    this: Weak<Sds>,
+}
+
+struct SdsSubscription {
+    secret: Arc<DynamicSecret>,
+    /// `initial_fetch_timeout` passed without it: waiting listeners go on (and fail to build).
+    gave_up: Cell<bool>,
+    sds: Weak<Sds>,
+    watch: RefCell<Option<Watch>>,
+}
+
+/// The secrets a listener's TLS contexts take from a control plane.
+pub fn dynamic_secret_configs(listener: &ListenerConfig) -> Vec<&SdsSecretConfig> {
+    listener
+        .filter_chains
+        .iter()
+        .chain(&listener.default_filter_chain)
+        .filter_map(|chain| match chain.transport_socket.as_ref().map(|t| &t.config) {
+            Some(TransportSocketConfig::DownstreamTls(tls)) => Some(&tls.common_tls_context),
+            _ => None,
+        })
+        .flat_map(|common| {
+            common
+                .tls_certificate_sds_secret_configs
+                .iter()
+                .chain(&common.validation_context_sds_secret_config)
+                .chain(common.combined_validation_context.as_ref().map(|c| &c.validation_context_sds_secret_config))
+        })
+        .filter(|config| config.sds_config.as_ref().is_some_and(|s| s.file().is_none() && s.kind().is_some()))
+        .collect()
+}
+
+impl Sds {
+    pub fn new(client: Rc<XdsClient>, store: Arc<Store>) -> Rc<Sds> {
+        Rc::new_cyclic(|this| Sds {
+            client,
+            store,
+            subscriptions: RefCell::new(HashMap::new()),
+            on_change: RefCell::new(None),
+            this: this.clone(),
+        })
+    }
+
+    /// Subscribes to the secrets `listener` takes from a control plane.
+    pub fn subscribe_for(&self, listener: &ListenerConfig) -> Result<(), String> {
+        for config in dynamic_secret_configs(listener) {
+            if self.subscriptions.borrow().contains_key(&config.name) {
+                continue;
+            }
+            let Some(source) = &config.sds_config else { continue };
+            let subscription = Rc::new(SdsSubscription {
+                secret: dynamic_secret(&config.name),
+                gave_up: Cell::new(false),
+                sds: self.this.clone(),
+                watch: RefCell::new(None),
+            });
+            let stats = SubscriptionStats::new(&self.store.scope(&format!("sds.{}", config.name)));
+            let watch = self
+                .client
+                .subscribe(source, ResourceType::Secret, super::one_name(&config.name), subscription.clone(), stats)
+                .map_err(|e| format!("secret '{}': sds_config: {e}", config.name))?;
+            *subscription.watch.borrow_mut() = Some(watch);
+            self.subscriptions.borrow_mut().insert(config.name.clone(), subscription);
+        }
+        Ok(())
+    }
+
+    /// Whether every secret `listener` names has arrived (or waiting for it was given up).
+    pub fn ready(&self, listener: &ListenerConfig) -> bool {
+        let subscriptions = self.subscriptions.borrow();
+        dynamic_secret_configs(listener)
+            .iter()
+            .all(|config| subscriptions.get(&config.name).is_some_and(|s| s.gave_up.get() || s.secret.get().is_some()))
+    }
+
+    fn changed(&self) {
+        if let Some(on_change) = self.on_change.borrow().as_ref() {
+            on_change();
+        }
+    }
+}
+
+impl SubscriptionCallbacks for SdsSubscription {
+    fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
+        let name = &self.secret.name;
+        let Some(resource) = update.resources.iter().find(|r| r.name == *name) else { return Ok(()) };
+        let secret =
+            legate_config::resources::secret(resource.value.clone()).map_err(|e| format!("Secret '{name}': {e}"))?;
+        if secret.tls_certificate.is_none() && secret.validation_context.is_none() {
+            return Err(format!("Secret '{name}': neither tls_certificate nor validation_context is set"));
+        }
+        self.secret.set(secret);
+        if let Some(sds) = self.sds.upgrade() {
+            sds.changed();
+        }
+        Ok(())
+    }
+
+    fn on_config_update_failed(&self, failure: &UpdateFailure) {
+        if *failure == UpdateFailure::FetchTimedOut {
+            tracing::warn!(secret = %self.secret.name, "SDS: no secret within initial_fetch_timeout");
+            self.gave_up.set(true);
+            if let Some(sds) = self.sds.upgrade() {
+                sds.changed();
+            }
+        }
+    }
+}
