@@ -45,9 +45,9 @@ def stat(admin, name):
     return None
 
 
-def bootstrap(run_dir, cds_path):
+def bootstrap(run_dir, cds_path, deferred):
     port, admin, backend = bench.PORTS["HTTP_PORT"], bench.PORTS["ADMIN_PORT"], bench.PORTS["BACKEND_PORT"]
-    text = f"""
+    text = ("deferred_stat_options: { enable_deferred_creation_stats: true }\n" if deferred else "") + f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 dynamic_resources:
@@ -111,6 +111,8 @@ def main():
     ap.add_argument("--clusters", type=int, default=10000)
     ap.add_argument("--endpoints", type=int, default=10, help="endpoints per cluster")
     ap.add_argument("--load-seconds", type=int, default=20)
+    ap.add_argument("--eager-stats", action="store_true",
+                    help="create every cluster's traffic stats up front (default: deferred_stat_options)")
     args = ap.parse_args()
     b = bench.Bench(argparse.Namespace(legate=args.legate, duration=10))
     admin = bench.PORTS["ADMIN_PORT"]
@@ -120,7 +122,7 @@ def main():
     publish(eds_path, "0", [])
     cds, eds = resources(args.clusters, args.endpoints, eds_path)
     b.start_backends()
-    proxy = bench.Proc("legate", [args.legate, "-c", bootstrap(b.run_dir, cds_path), "--concurrency", "1",
+    proxy = bench.Proc("legate", [args.legate, "-c", bootstrap(b.run_dir, cds_path, not args.eager_stats), "--concurrency", "1",
                                   "-l", "warning"], b.run_dir)
     result = {}
     try:
@@ -169,7 +171,8 @@ def main():
         "",
         f"{result['clusters']:,} EDS clusters and {result['endpoints']:,} endpoints pushed through "
         "CDS/EDS files (path_config_source, atomic rename) into legate --concurrency 1, during a steady "
-        "wrk -t1 -c16 load on a static route.",
+        "wrk -t1 -c16 load on a static route; traffic stats "
+        + ("created up front." if args.eager_stats else "deferred (`deferred_stat_options`)."),
         "",
         "| figure | value | target |",
         "|---|---|---|",

@@ -23,7 +23,7 @@ pub struct Bootstrap {
     pub hds_config: Option<Unsupported>,
     pub flags_path: Option<Unsupported>,
     pub stats_sinks: Option<Unsupported>,
-    pub deferred_stat_options: Option<Unsupported>,
+    pub deferred_stat_options: Option<DeferredStatOptions>,
     pub stats_config: Option<Unsupported>,
     /// How often histograms are latched into their cumulative view (default 5 s).
     pub stats_flush_interval: Option<Duration>,
@@ -71,6 +71,17 @@ impl Bootstrap {
             value.as_u64().or_else(|| value.as_str()?.parse().ok())
         })
     }
+}
+
+/// `envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeferredStatOptions {
+    /// Create a cluster's traffic stats on its first use, not with the cluster: idle clusters
+    /// (a control plane's thousands) then cost far less memory, and their stats appear in
+    /// `/stats` once used.
+    #[serde(default)]
+    pub enable_deferred_creation_stats: bool,
 }
 
 /// `Bootstrap.StaticResources`.

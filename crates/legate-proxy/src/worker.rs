@@ -80,7 +80,7 @@ impl WorkerContext {
 
     /// Counts `code` into `cluster.<name>.upstream_rq_<code>` and `upstream_rq_<N>xx`.
     pub fn count_upstream_code(&self, cluster: &Arc<Cluster>, code: u16) {
-        cluster.stats.upstream_response_class(code);
+        cluster.stats().upstream_response_class(code);
         let key = (Arc::as_ptr(cluster) as usize, code);
         let mut counters = self.code_counters.borrow_mut();
         let counter = counters.entry(key).or_insert_with(|| cluster.scope.counter(&format!("upstream_rq_{code}")));

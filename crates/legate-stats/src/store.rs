@@ -23,6 +23,8 @@ use crate::tag_extraction::{extract_tags, TagExtraction};
 pub struct Store {
     pub(crate) arena: Arc<Arena>,
     pub(crate) registry: Mutex<Registry>,
+    /// `deferred_stat_options.enable_deferred_creation_stats`.
+    deferred_creation: std::sync::atomic::AtomicBool,
 }
 
 /// Name → slot index for each stat type, sorted by name for admin output.
@@ -72,7 +74,21 @@ impl Store {
     /// A store with `shards` shards: workers + 1 (shard 0 is the main thread and any thread
     /// that is not a worker; see [`crate::set_thread_shard`]).
     pub fn new(shards: usize) -> Arc<Store> {
-        Arc::new(Store { arena: Arc::new(Arena::new(shards)), registry: Mutex::new(Registry::default()) })
+        Arc::new(Store {
+            arena: Arc::new(Arena::new(shards)),
+            registry: Mutex::new(Registry::default()),
+            deferred_creation: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Envoy's `deferred_stat_options.enable_deferred_creation_stats`: stat groups that allow
+    /// it (a cluster's traffic stats) are created on first use instead of up front.
+    pub fn set_deferred_creation(&self, deferred: bool) {
+        self.deferred_creation.store(deferred, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn deferred_creation(&self) -> bool {
+        self.deferred_creation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Registry> {

@@ -166,6 +166,9 @@ async fn serve(
     legate_stats::set_thread_shard(0);
     let concurrency = options.concurrency();
     let store = Store::new(concurrency + 1);
+    store.set_deferred_creation(
+        loaded.bootstrap.deferred_stat_options.as_ref().is_some_and(|d| d.enable_deferred_creation_stats),
+    );
     let stats = ServerStats::new(&store.scope("server"));
     stats.state.set(ServerState::Initializing as u64);
     stats.concurrency.set(concurrency as u64);

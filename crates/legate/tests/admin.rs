@@ -353,3 +353,16 @@ fn large_admin_response_arrives_whole() {
         .unwrap_or_else(|| panic!("no content-length: {head}"));
     assert_eq!(body.len(), len);
 }
+
+#[test]
+fn deferred_stat_creation_shows_a_clusters_traffic_stats_once_used() {
+    let echo = TcpEchoServer::start();
+    let mut config = tcp_proxy_bootstrap(&[echo.addr()]);
+    config["deferred_stat_options"] = legate_testing::json!({ "enable_deferred_creation_stats": true });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    // Membership stats exist from the start; traffic stats only after the first connection.
+    assert_eq!(px.stat("cluster.backend.membership_total"), Some(1));
+    assert_eq!(px.stat("cluster.backend.upstream_cx_total"), None);
+    one_connection(&px, 1);
+    assert_eq!(px.stat("cluster.backend.upstream_cx_total"), Some(1));
+}

@@ -10,12 +10,14 @@ use legate_stats::Scope;
 
 use super::circuit_breakers::CircuitBreakers;
 use super::host::Host;
-use super::stats::ClusterStats;
+use super::stats::{ClusterEndpointStats, ClusterStats};
 
 pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
-    pub stats: ClusterStats,
+    /// Traffic stats, see [`Self::stats`].
+    traffic_stats: std::sync::OnceLock<ClusterStats>,
+    pub endpoint_stats: ClusterEndpointStats,
     /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
     pub scope: Scope,
     pub circuit_breakers: CircuitBreakers,
@@ -77,7 +79,10 @@ impl PrioritySet {
 
 impl Cluster {
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
-        let stats = ClusterStats::new(scope);
+        let traffic_stats = std::sync::OnceLock::new();
+        if !scope.store().deferred_creation() {
+            let _ = traffic_stats.set(ClusterStats::new(scope));
+        }
         let circuit_breakers = CircuitBreakers::new(&config.circuit_breakers, scope);
         let overprovisioning_factor = config
             .load_assignment
@@ -86,7 +91,8 @@ impl Cluster {
             .unwrap_or(legate_config::endpoint::ClusterLoadAssignment::DEFAULT_OVERPROVISIONING_FACTOR);
         let cluster = Cluster {
             name: config.name.clone(),
-            stats,
+            traffic_stats,
+            endpoint_stats: ClusterEndpointStats::new(scope),
             scope: scope.clone(),
             outlier_detector: config
                 .outlier_detection
@@ -236,6 +242,17 @@ impl Cluster {
     }
 
     /// The current hosts. Workers hold the returned snapshot for one decision.
+    /// `cluster.<name>.upstream_*`: created with the cluster, or on its first use when the
+    /// bootstrap defers stat creation (10,000 idle clusters then cost no traffic stats).
+    pub fn stats(&self) -> &ClusterStats {
+        self.traffic_stats.get_or_init(|| ClusterStats::new(&self.scope))
+    }
+
+    /// The traffic stats if they exist (reading them must not create them).
+    pub fn existing_stats(&self) -> Option<&ClusterStats> {
+        self.traffic_stats.get()
+    }
+
     pub fn priority_set(&self) -> Arc<PrioritySet> {
         self.priority_set.load_full()
     }
@@ -262,13 +279,13 @@ impl Cluster {
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts.len()).sum();
         let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts.len()).sum();
         let excluded = set.all_hosts().filter(|h| h.excluded()).count();
-        self.stats.membership_total.set(total as u64);
-        self.stats.membership_healthy.set(healthy as u64);
-        self.stats.membership_degraded.set(degraded as u64);
-        self.stats.membership_excluded.set(excluded as u64);
-        self.stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
+        self.endpoint_stats.membership_total.set(total as u64);
+        self.endpoint_stats.membership_healthy.set(healthy as u64);
+        self.endpoint_stats.membership_degraded.set(degraded as u64);
+        self.endpoint_stats.membership_excluded.set(excluded as u64);
+        self.endpoint_stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
         if membership_changed {
-            self.stats.membership_change.inc();
+            self.endpoint_stats.membership_change.inc();
         }
         self.priority_set.store(Arc::new(set));
     }

@@ -93,7 +93,7 @@ impl DnsResolver {
 /// Resolves the cluster's names once and publishes the result. Returns whether it succeeded
 /// and the shortest TTL of the answers, when the resolver reports one.
 pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option<Duration>) {
-    cluster.stats.update_attempt.inc();
+    cluster.endpoint_stats.update_attempt.inc();
     let logical = cluster.config.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
     let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
@@ -111,7 +111,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
             }
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, name = %address.address, error = %e, "DNS resolution failed");
-                cluster.stats.update_failure.inc();
+                cluster.endpoint_stats.update_failure.inc();
                 return (false, None);
             }
         };
@@ -139,14 +139,14 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
             }
         }
     }
-    cluster.stats.update_success.inc();
+    cluster.endpoint_stats.update_success.inc();
     if hosts.is_empty() {
-        cluster.stats.update_empty.inc();
+        cluster.endpoint_stats.update_empty.inc();
     }
     let unchanged =
         hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address, h.priority)));
     if unchanged && current.version > 0 {
-        cluster.stats.update_no_rebuild.inc();
+        cluster.endpoint_stats.update_no_rebuild.inc();
     } else {
         cluster.update_hosts(hosts);
     }

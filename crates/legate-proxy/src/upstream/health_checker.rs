@@ -305,7 +305,7 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         }
         let unhealthy = host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
         // Envoy's no-traffic test: the cluster has never opened an upstream connection.
-        let had_traffic = cluster.stats.upstream_cx_total.value() > 0;
+        let had_traffic = cluster.existing_stats().is_some_and(|s| s.upstream_cx_total.value() > 0);
         tokio::time::sleep(checker.next_interval(unhealthy, transition, had_traffic)).await;
     }
 }

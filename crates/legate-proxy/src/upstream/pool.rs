@@ -182,7 +182,7 @@ impl Pool {
                 }
             }
         }
-        let stats = &self.cluster.stats;
+        let stats = &self.cluster.stats();
         let breakers = self.cluster.circuit_breakers.for_priority(priority);
         let Some(_pending) = breakers.pending_requests.try_acquire() else {
             stats.upstream_rq_pending_overflow.inc();
@@ -265,7 +265,7 @@ impl Pool {
         }
         let breakers = self.cluster.circuit_breakers.for_priority(priority);
         let Some(guard) = breakers.connections.try_acquire() else {
-            self.cluster.stats.upstream_cx_overflow.inc();
+            self.cluster.stats().upstream_cx_overflow.inc();
             return;
         };
         self.state.borrow_mut().connecting += 1;
@@ -273,7 +273,7 @@ impl Pool {
     }
 
     async fn connect(self: Rc<Self>, guard: ResourceGuard, priority: RoutingPriority) {
-        let stats = &self.cluster.stats;
+        let stats = &self.cluster.stats();
         let mut cx = UpstreamCx::new(self.cluster.clone(), self.host.clone(), guard);
         match self.protocol {
             PoolProtocol::Http1 => stats.upstream_cx_http1_total.inc(),
@@ -394,7 +394,7 @@ impl Pool {
         cx: &mut UpstreamCx,
     ) {
         tokio::pin!(driver);
-        let stats = &self.cluster.stats;
+        let stats = &self.cluster.stats();
         loop {
             let now = Instant::now();
             // Armed from when the connection went idle, or from now while it is busy: the
@@ -495,7 +495,7 @@ impl Pool {
     fn release(&self, client: Client, shared: &Rc<ConnShared>, reusable: bool) {
         let limit_reached = self.settings.max_requests_per_connection.is_some_and(|max| shared.requests.get() >= max);
         if limit_reached && !shared.draining.get() {
-            self.cluster.stats.upstream_cx_max_requests.inc();
+            self.cluster.stats().upstream_cx_max_requests.inc();
             shared.draining.set(true);
             shared.changed.notify_one();
         }
@@ -533,7 +533,7 @@ struct PendingActive<'a>(&'a Arc<Cluster>);
 
 impl Drop for PendingActive<'_> {
     fn drop(&mut self) {
-        self.0.stats.upstream_rq_pending_active.dec();
+        self.0.stats().upstream_rq_pending_active.dec();
     }
 }
 

@@ -2,7 +2,8 @@
 
 legate_stats::stats! {
     /// `cluster.<name>.*`: Envoy's ALL_CLUSTER_TRAFFIC_STATS (the connection-level part and
-    /// the request counters every cluster has), load balancer, membership and update stats.
+    /// the request counters every cluster has). With `deferred_stat_options`, created on the
+    /// cluster's first request (Envoy's deferred creation of traffic stats).
     pub struct ClusterStats {
         counter upstream_cx_total,
         gauge upstream_cx_active,
@@ -62,6 +63,14 @@ legate_stats::stats! {
         counter upstream_cx_max_requests,
         histogram upstream_rq_time,
         counter upstream_rq_maintenance_mode,
+        counter retry_or_shadow_abandoned,
+    }
+}
+
+legate_stats::stats! {
+    /// `cluster.<name>.*`: the load balancer, membership and config update stats, which exist
+    /// from the cluster's creation.
+    pub struct ClusterEndpointStats {
         counter lb_healthy_panic,
         counter lb_local_cluster_not_ok,
         counter lb_recalculate_zone_structures,
@@ -82,7 +91,6 @@ legate_stats::stats! {
         counter update_failure,
         counter update_empty,
         counter update_no_rebuild,
-        counter retry_or_shadow_abandoned,
         counter bind_errors,
         counter original_dst_host_invalid,
         counter assignment_stale,

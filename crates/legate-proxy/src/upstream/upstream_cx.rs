@@ -20,8 +20,8 @@ pub struct UpstreamCx {
 
 impl UpstreamCx {
     pub fn new(cluster: Arc<Cluster>, host: Arc<Host>, breaker: ResourceGuard) -> Self {
-        cluster.stats.upstream_cx_total.inc();
-        cluster.stats.upstream_cx_active.inc();
+        cluster.stats().upstream_cx_total.inc();
+        cluster.stats().upstream_cx_active.inc();
         host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
         host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
         UpstreamCx {
@@ -36,7 +36,7 @@ impl UpstreamCx {
 
     pub fn connected(&mut self, last_activity: &mut Instant) {
         let now = Instant::now();
-        self.cluster.stats.upstream_cx_connect_ms.record(now.duration_since(self.started).as_millis() as u64);
+        self.cluster.stats().upstream_cx_connect_ms.record(now.duration_since(self.started).as_millis() as u64);
         self.connected_at = Some(now);
         *last_activity = now;
     }
@@ -44,7 +44,7 @@ impl UpstreamCx {
 
 impl Drop for UpstreamCx {
     fn drop(&mut self) {
-        let stats = &self.cluster.stats;
+        let stats = &self.cluster.stats();
         stats.upstream_cx_active.dec();
         self.host.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
         stats.upstream_cx_destroy.inc();

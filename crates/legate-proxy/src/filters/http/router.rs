@@ -72,8 +72,8 @@ pub struct UpstreamRequestGuard {
 
 impl UpstreamRequestGuard {
     fn new(cluster: Arc<Cluster>, host: Arc<Host>, slot: ResourceGuard, started: Instant) -> Self {
-        cluster.stats.upstream_rq_total.inc();
-        cluster.stats.upstream_rq_active.inc();
+        cluster.stats().upstream_rq_total.inc();
+        cluster.stats().upstream_rq_active.inc();
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         UpstreamRequestGuard { cluster, host, _slot: slot, started, done: false }
@@ -86,15 +86,15 @@ impl UpstreamRequestGuard {
         }
         self.done = true;
         if complete {
-            self.cluster.stats.upstream_rq_completed.inc();
-            self.cluster.stats.upstream_rq_time.record(self.started.elapsed().as_millis() as u64);
+            self.cluster.stats().upstream_rq_completed.inc();
+            self.cluster.stats().upstream_rq_time.record(self.started.elapsed().as_millis() as u64);
         }
     }
 }
 
 impl Drop for UpstreamRequestGuard {
     fn drop(&mut self) {
-        self.cluster.stats.upstream_rq_active.dec();
+        self.cluster.stats().upstream_rq_active.dec();
         self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -415,7 +415,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     ));
                 }
                 Err(ChooseHostError::NoHost(c)) => {
-                    c.stats.upstream_cx_none_healthy.inc();
+                    c.stats().upstream_cx_none_healthy.inc();
                     break;
                 }
             }
@@ -430,7 +430,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
 
         // A request slot (max_requests).
         let Some(slot) = cluster.circuit_breakers.for_priority(priority).requests.try_acquire() else {
-            cluster.stats.upstream_rq_pending_overflow.inc();
+            cluster.stats().upstream_rq_pending_overflow.inc();
             rq.info.set_flag(ResponseFlag::UpstreamOverflow);
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamOverflow,
@@ -495,7 +495,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                         // pooled connection as the request went out on it. Not the host's
                         // fault and not a retry: the same attempt goes out again on a new
                         // connection.
-                        cluster.stats.upstream_rq_stale_connection_resend.inc();
+                        cluster.stats().upstream_rq_stale_connection_resend.inc();
                         fresh = true;
                         continue;
                     }
@@ -542,11 +542,11 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                         continue;
                     }
                 } else if wants_retry && !retries_left {
-                    cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                    cluster.stats().upstream_rq_retry_limit_exceeded.inc();
                     rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
                 }
                 if attempt > 1 && !wants_retry {
-                    cluster.stats.upstream_rq_retry_success.inc();
+                    cluster.stats().upstream_rq_retry_success.inc();
                 }
                 let mut response = response;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -647,7 +647,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 (reply, retriable)
             }
             AttemptFailure::Reset { reason, flag, refused } => {
-                cluster.stats.upstream_rq_rx_reset.inc();
+                cluster.stats().upstream_rq_rx_reset.inc();
                 worker.count_upstream_code(&cluster, 503);
                 let details = format!("upstream_reset_before_response_started{{{}}}", reason.replace(' ', "_"));
                 let reply = LocalReply::upstream_reset(flag, reason, attempt > 1, &details);
@@ -659,9 +659,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             }
             AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
                 if matches!(failure, AttemptFailure::PerTryIdleTimeout) {
-                    cluster.stats.upstream_rq_per_try_idle_timeout.inc();
+                    cluster.stats().upstream_rq_per_try_idle_timeout.inc();
                 } else {
-                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                    cluster.stats().upstream_rq_per_try_timeout.inc();
                 }
                 host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
                 worker.count_upstream_code(&cluster, 504);
@@ -678,7 +678,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 continue;
             }
         } else if retriable && !retries_left {
-            cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+            cluster.stats().upstream_rq_retry_limit_exceeded.inc();
             rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
         }
         if let Some(flag) = reply.flag {
@@ -700,11 +700,11 @@ fn take_retry_slot(
         *held = cluster.circuit_breakers.for_priority(priority).try_acquire_retry();
     }
     if held.is_none() {
-        cluster.stats.upstream_rq_retry_overflow.inc();
+        cluster.stats().upstream_rq_retry_overflow.inc();
         info.set_flag(ResponseFlag::UpstreamOverflow);
         return false;
     }
-    cluster.stats.upstream_rq_retry.inc();
+    cluster.stats().upstream_rq_retry.inc();
     true
 }
 
@@ -716,7 +716,7 @@ async fn back_off(
     host: &Arc<Host>,
     timers: &Timers,
 ) -> Option<LocalReply> {
-    cluster.stats.upstream_rq_retry_backoff_exponential.inc();
+    cluster.stats().upstream_rq_retry_backoff_exponential.inc();
     let wait = rq.action.retry_policy.back_off(attempt);
     let route_deadline = rq.body.borrow().completed_at.zip(timers.route).map(|(at, d)| at.max(timers.stream_start) + d);
     match route_deadline {
@@ -747,7 +747,7 @@ fn stream_timeout(
     match which {
         Timeout::Route | Timeout::PerTry | Timeout::PerTryIdle => {
             cluster.outlier_result(host, OutlierResult::LocalOriginTimeout);
-            cluster.stats.upstream_rq_timeout.inc();
+            cluster.stats().upstream_rq_timeout.inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
             context.worker.count_upstream_code(cluster, 504);
             info.set_flag(ResponseFlag::UpstreamRequestTimeout);
@@ -941,13 +941,13 @@ async fn connect_terminate(
     let host = match worker.cluster_manager.choose_host(&cluster.name) {
         Ok((_, host)) => host,
         Err(_) => {
-            cluster.stats.upstream_cx_none_healthy.inc();
+            cluster.stats().upstream_cx_none_healthy.inc();
             return RouterOutcome::LocalReply(LocalReply::no_healthy_upstream());
         }
     };
     rq.info.upstream_host = Some(host.address);
     let Some(slot) = cluster.circuit_breakers.for_priority(rq.action.priority).connections.try_acquire() else {
-        cluster.stats.upstream_cx_overflow.inc();
+        cluster.stats().upstream_cx_overflow.inc();
         return RouterOutcome::LocalReply(LocalReply::upstream_reset(
             ResponseFlag::UpstreamOverflow,
             "overflow",
@@ -960,7 +960,7 @@ async fn connect_terminate(
     let stream = match tokio::time::timeout(cluster.connect_timeout(), connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
+            cluster.stats().upstream_cx_connect_fail.inc();
             let detail = e.transport_failure_reason();
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamConnectionFailure,
@@ -970,7 +970,7 @@ async fn connect_terminate(
             ));
         }
         Err(_) => {
-            cluster.stats.upstream_cx_connect_timeout.inc();
+            cluster.stats().upstream_cx_connect_timeout.inc();
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamConnectionFailure,
                 "connection timeout",
@@ -1050,7 +1050,7 @@ impl Shadow {
                 return;
             }
             if !replayable {
-                cluster.stats.retry_or_shadow_abandoned.inc();
+                cluster.stats().retry_or_shadow_abandoned.inc();
                 return;
             }
             if complete {
@@ -1063,7 +1063,7 @@ impl Shadow {
         let bytes = self.body.borrow().logged();
         let body = BodySource::buffered(std::iter::once(bytes).filter(|b| !b.is_empty()).collect(), None);
         let Some(slot) = cluster.circuit_breakers.for_priority(self.priority).requests.try_acquire() else {
-            cluster.stats.upstream_rq_pending_overflow.inc();
+            cluster.stats().upstream_rq_pending_overflow.inc();
             return;
         };
         let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, Instant::now());
