@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod decode;
 pub mod path_subscription;
 pub mod resource;
 pub mod stats;
