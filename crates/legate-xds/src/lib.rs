@@ -9,8 +9,14 @@
 //! runs on the main thread (Envoy's `GrpcMux`, `WatchMap` and `SubscriptionFactory`).
 #![forbid(unsafe_code)]
 
+mod backoff;
 pub mod client;
+mod cluster_connect;
 pub mod decode;
+mod grpc_mux;
+mod grpc_stream;
+mod http_subscription;
+mod node;
 pub mod path_subscription;
 pub mod resource;
 pub mod stats;
@@ -18,5 +24,5 @@ pub mod subscription;
 
 pub use client::XdsClient;
 pub use resource::{DecodedResource, ResourceType};
-pub use stats::SubscriptionStats;
+pub use stats::{ControlPlaneStats, SubscriptionStats};
 pub use subscription::{ConfigUpdate, SubscriptionCallbacks, UpdateFailure, Watch};
