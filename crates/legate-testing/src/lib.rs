@@ -23,6 +23,7 @@
 
 mod admin;
 pub mod config;
+pub mod control_plane;
 mod dns;
 mod eventually;
 pub mod http;
