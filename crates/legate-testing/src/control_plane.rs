@@ -213,10 +213,15 @@ impl Shared {
     }
 
     fn wait_for(&self, what: &str, matches: impl Fn(&XdsRequest) -> bool) -> XdsRequest {
+        self.wait_for_nth(what, 1, matches)
+    }
+
+    /// Waits for the `n`th request `matches` accepts (from 1).
+    fn wait_for_nth(&self, what: &str, n: usize, matches: impl Fn(&XdsRequest) -> bool) -> XdsRequest {
         let deadline = Instant::now() + CONTROL_PLANE_WAIT;
         let mut state = self.lock();
         loop {
-            if let Some(found) = state.requests.iter().find(|r| matches(r)) {
+            if let Some(found) = state.requests.iter().filter(|r| matches(r)).nth(n.saturating_sub(1)) {
                 return found.clone();
             }
             let now = Instant::now();
@@ -839,6 +844,11 @@ impl RestControlPlane {
     /// Waits for a request `matches` accepts.
     pub fn wait_for_request(&self, what: &str, matches: impl Fn(&XdsRequest) -> bool) -> XdsRequest {
         self.shared.wait_for(what, matches)
+    }
+
+    /// Waits until `n` requests in all were received.
+    pub fn wait_for_requests(&self, n: usize) -> XdsRequest {
+        self.shared.wait_for_nth(&format!("{n} requests"), n, |_| true)
     }
 }
 
