@@ -47,12 +47,34 @@ struct Log {
 struct Recorder {
     watch: String,
     log: Arc<Log>,
+    /// Parse every resource into legate's config type, rejecting what does not parse.
+    validate: bool,
+}
+
+/// Parses a resource as the server's subscribers do: into legate's config type.
+pub fn validate(resource_type: ResourceType, value: Value) -> Result<(), String> {
+    fn parse_as<T: serde::de::DeserializeOwned>(value: Value) -> Result<(), String> {
+        legate_config::path::from_value::<T>(value).map(|_| ()).map_err(|e| e.to_string())
+    }
+    match resource_type {
+        ResourceType::Listener => parse_as::<legate_config::listener::Listener>(value),
+        ResourceType::RouteConfiguration => parse_as::<legate_config::route::RouteConfiguration>(value),
+        ResourceType::Cluster => parse_as::<legate_config::cluster::Cluster>(value),
+        ResourceType::ClusterLoadAssignment => parse_as::<legate_config::endpoint::ClusterLoadAssignment>(value),
+        ResourceType::Secret => parse_as::<legate_config::tls::Secret>(value),
+    }
 }
 
 impl SubscriptionCallbacks for Recorder {
     fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
         if let Some(detail) = self.log.rejections.lock().unwrap().get(&self.watch) {
             return Err(detail.clone());
+        }
+        if self.validate {
+            for resource in update.resources {
+                validate(update.resource_type, resource.value.clone())
+                    .map_err(|e| format!("{}: {e}", resource.name))?;
+            }
         }
         let event = Event::Update {
             version: update.version_info.to_string(),
@@ -166,11 +188,34 @@ impl Harness {
         resource_type: ResourceType,
         names: &[&str],
     ) -> Result<(), String> {
+        self.subscribe_with(watch, source, resource_type, names, false)
+    }
+
+    /// [`Harness::subscribe`] with a watch that parses every resource into legate's config
+    /// types and rejects the update when one does not parse.
+    pub fn subscribe_validating(
+        &self,
+        watch: &str,
+        source: Value,
+        resource_type: ResourceType,
+        names: &[&str],
+    ) -> Result<(), String> {
+        self.subscribe_with(watch, source, resource_type, names, true)
+    }
+
+    fn subscribe_with(
+        &self,
+        watch: &str,
+        source: Value,
+        resource_type: ResourceType,
+        names: &[&str],
+        validate: bool,
+    ) -> Result<(), String> {
         let watch = watch.to_string();
         let names: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
         self.run(move |state| {
             let source: ConfigSource = parse(source);
-            let callbacks = Rc::new(Recorder { watch: watch.clone(), log: state.log.clone() });
+            let callbacks = Rc::new(Recorder { watch: watch.clone(), log: state.log.clone(), validate });
             let stats = SubscriptionStats::new(&state.client.store.scope(&format!("watch.{watch}")));
             let handle = state.client.subscribe(&source, resource_type, names, callbacks, stats)?;
             state.watches.insert(watch, handle);
