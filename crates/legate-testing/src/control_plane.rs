@@ -132,6 +132,8 @@ pub struct XdsRequest {
     pub error_code: Option<i32>,
     /// `node.id`, when the request carried a node.
     pub node_id: Option<String>,
+    /// The stream's request headers (gRPC metadata): `initial_metadata` shows here.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl XdsRequest {
@@ -238,6 +240,8 @@ impl Shared {
 pub struct ControlPlane {
     shared: Arc<Shared>,
     address: SocketAddr,
+    /// Serve over TLS (ALPN `h2`) with this config.
+    tls: Option<Arc<rustls::ServerConfig>>,
     server: Option<ServerThread>,
 }
 
@@ -260,9 +264,31 @@ impl Drop for ServerThread {
 impl ControlPlane {
     /// Starts on `127.0.0.1:0`.
     pub fn start() -> ControlPlane {
+        Self::start_with(None)
+    }
+
+    /// Starts on `127.0.0.1:0` serving TLS with `cert`, offering ALPN `h2`.
+    pub fn start_tls(cert: &crate::TestCert) -> ControlPlane {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from(cert.der.clone())],
+                    PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("test key"),
+                )
+                .expect("control plane certificate");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Self::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> ControlPlane {
         let shared = Shared::new();
-        let (address, server) = serve_grpc(shared.clone(), "127.0.0.1:0".parse().expect("address"));
-        ControlPlane { shared, address, server: Some(server) }
+        let (address, server) = serve_grpc(shared.clone(), "127.0.0.1:0".parse().expect("address"), tls.clone());
+        ControlPlane { shared, address, tls, server: Some(server) }
     }
 
     /// Where legate's control plane cluster points.
@@ -317,7 +343,7 @@ impl ControlPlane {
     /// Serves again on the same port, with the resources it had.
     pub fn restart(&mut self) {
         self.server = None;
-        let (address, server) = serve_grpc(self.shared.clone(), self.address);
+        let (address, server) = serve_grpc(self.shared.clone(), self.address, self.tls.clone());
         self.address = address;
         self.server = Some(server);
     }
@@ -386,7 +412,11 @@ pub fn scenarios() -> Vec<String> {
     prefixes.into_iter().collect()
 }
 
-fn serve_grpc(shared: Arc<Shared>, address: SocketAddr) -> (SocketAddr, ServerThread) {
+fn serve_grpc(
+    shared: Arc<Shared>,
+    address: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, ServerThread) {
     let listener = std::net::TcpListener::bind(address).unwrap_or_else(|e| panic!("control plane bind {address}: {e}"));
     listener.set_nonblocking(true).expect("nonblocking");
     let address = listener.local_addr().expect("local address");
@@ -397,7 +427,13 @@ fn serve_grpc(shared: Arc<Shared>, address: SocketAddr) -> (SocketAddr, ServerTh
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming = match tls {
+                    None => {
+                        Box::pin(tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| s.map(Conn::Tcp)))
+                            as Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>>
+                    }
+                    Some(config) => tls_incoming(listener, config),
+                };
                 let service = Service(shared);
                 let server = tonic::transport::Server::builder()
                     .add_service(AggregatedDiscoveryServiceServer::new(service.clone()))
@@ -418,6 +454,80 @@ fn serve_grpc(shared: Arc<Shared>, address: SocketAddr) -> (SocketAddr, ServerTh
     (address, ServerThread { shutdown: Some(shutdown), thread: Some(thread) })
 }
 
+/// Accepted connections, TLS-handshaken in the background.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>> {
+    let (sender, receiver) = mpsc::channel(16);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(socket).await {
+                    let _ = sender.send(Ok(Conn::Tls(Box::new(tls)))).await;
+                }
+            });
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
+}
+
+/// A served connection, plain or TLS.
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The discovery services over the shared state.
 #[derive(Clone)]
 struct Service(Arc<Shared>);
@@ -427,9 +537,11 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + S
 impl Service {
     fn stream_sotw(
         &self,
-        mut requests: tonic::Streaming<DiscoveryRequest>,
+        request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
         only: Option<&'static str>,
     ) -> ResponseStream<DiscoveryResponse> {
+        let metadata = metadata_of(request.metadata());
+        let mut requests = request.into_inner();
         let shared = self.0.clone();
         let (responses, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -458,6 +570,7 @@ impl Service {
                             error_detail: request.error_detail.as_ref().map(|s| s.message.clone()),
                             error_code: request.error_detail.as_ref().map(|s| s.code),
                             node_id: request.node.as_ref().map(|n| n.id.clone()),
+                            metadata: metadata.clone(),
                             ..Default::default()
                         });
                         let entry = subscribed.entry(request.type_url.clone()).or_insert((Vec::new(), None));
@@ -507,9 +620,11 @@ impl Service {
 
     fn stream_delta(
         &self,
-        mut requests: tonic::Streaming<DeltaDiscoveryRequest>,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
         only: Option<&'static str>,
     ) -> ResponseStream<DeltaDiscoveryResponse> {
+        let metadata = metadata_of(request.metadata());
+        let mut requests = request.into_inner();
         let shared = self.0.clone();
         let (responses, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -539,6 +654,7 @@ impl Service {
                             error_detail: request.error_detail.as_ref().map(|s| s.message.clone()),
                             error_code: request.error_detail.as_ref().map(|s| s.code),
                             node_id: request.node.as_ref().map(|n| n.id.clone()),
+                            metadata: metadata.clone(),
                             ..Default::default()
                         });
                         let first = !subscriptions.contains_key(&request.type_url);
@@ -619,6 +735,15 @@ impl Service {
     }
 }
 
+fn metadata_of(metadata: &tonic::metadata::MetadataMap) -> BTreeMap<String, String> {
+    metadata
+        .clone()
+        .into_headers()
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect()
+}
+
 fn snapshot_exists(shared: &Shared, type_url: &str) -> bool {
     shared.lock().snapshots.contains_key(type_url)
 }
@@ -650,14 +775,14 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        Ok(tonic::Response::new(self.stream_sotw(request.into_inner(), None)))
+        Ok(tonic::Response::new(self.stream_sotw(request, None)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Ok(tonic::Response::new(self.stream_delta(request.into_inner(), None)))
+        Ok(tonic::Response::new(self.stream_delta(request, None)))
     }
 }
 
@@ -678,14 +803,14 @@ mod per_type {
                     &self,
                     request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
                 ) -> Result<tonic::Response<Self::$stream_ty>, tonic::Status> {
-                    Ok(tonic::Response::new(self.stream_sotw(request.into_inner(), Some($type_url))))
+                    Ok(tonic::Response::new(self.stream_sotw(request, Some($type_url))))
                 }
 
                 async fn $delta(
                     &self,
                     request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
                 ) -> Result<tonic::Response<Self::$delta_ty>, tonic::Status> {
-                    Ok(tonic::Response::new(self.stream_delta(request.into_inner(), Some($type_url))))
+                    Ok(tonic::Response::new(self.stream_delta(request, Some($type_url))))
                 }
 
                 async fn $fetch(
