@@ -5,6 +5,7 @@
 //! hyper's HTTP/2 client over the proxy's own upstream connection is all a stream needs.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -76,10 +77,19 @@ impl GrpcTarget {
     }
 }
 
+/// The control plane's answer: awaited until its headers come, then read message by message.
+enum Response {
+    /// The request is out; the response headers are not in yet. Some control planes send
+    /// them with their first message only, so the stream is usable before they arrive.
+    Pending(Pin<Box<dyn Future<Output = hyper::Result<http::Response<Incoming>>>>>),
+    Streaming(Incoming),
+}
+
 /// An open stream. Dropping it ends the request body and closes the connection.
 pub(crate) struct GrpcStream {
+    cluster_name: String,
     requests: mpsc::Sender<Bytes>,
-    body: Incoming,
+    response: Response,
     buffer: BytesMut,
     max_message: usize,
     connection: tokio::task::JoinHandle<()>,
@@ -87,7 +97,7 @@ pub(crate) struct GrpcStream {
 
 impl GrpcStream {
     /// Connects to the target's cluster and calls `path`, with `initial` requests already on
-    /// the request body (a control plane may hold its response headers until it has read one).
+    /// the request body. Returns once the call is sent, without waiting for the answer.
     pub(crate) async fn open(
         clusters: &ArcSwap<ClusterMap>,
         target: &GrpcTarget,
@@ -125,18 +135,11 @@ impl GrpcStream {
         for (name, value) in &target.initial_metadata {
             request.headers_mut().append(name.clone(), value.clone());
         }
-        let response = sender.send_request(request).await.map_err(|e| format!("{}: {e}", target.cluster_name))?;
-        let (parts, body) = response.into_parts();
-        if parts.status != http::StatusCode::OK {
-            return Err(format!("{}: HTTP status {}", target.cluster_name, parts.status.as_u16()));
-        }
-        // A "trailers-only" answer: the call failed before any message.
-        if let Some(error) = grpc_error(&parts.headers) {
-            return Err(format!("{}: {error}", target.cluster_name));
-        }
+        let response = Response::Pending(Box::pin(sender.send_request(request)));
         Ok(GrpcStream {
+            cluster_name: target.cluster_name.clone(),
             requests,
-            body,
+            response,
             buffer: BytesMut::new(),
             max_message: target.max_receive_message_length,
             connection,
@@ -155,13 +158,29 @@ impl GrpcStream {
     /// The next message from the control plane; `Err` once the stream ended, with why.
     ///
     /// # Cancel safety
-    /// Cancel safe: what arrived is kept in the stream's buffer.
+    /// Cancel safe: the pending response and what arrived of a message stay in the stream.
     pub(crate) async fn next_message(&mut self) -> Result<Bytes, String> {
         loop {
             if let Some(message) = self.take_message()? {
                 return Ok(message);
             }
-            match self.body.frame().await {
+            let body = match &mut self.response {
+                Response::Streaming(body) => body,
+                Response::Pending(response) => {
+                    let response = response.await.map_err(|e| format!("{}: {e}", self.cluster_name))?;
+                    let (parts, body) = response.into_parts();
+                    if parts.status != http::StatusCode::OK {
+                        return Err(format!("{}: HTTP status {}", self.cluster_name, parts.status.as_u16()));
+                    }
+                    // A "trailers-only" answer: the call failed before any message.
+                    if let Some(error) = grpc_error(&parts.headers) {
+                        return Err(format!("{}: {error}", self.cluster_name));
+                    }
+                    self.response = Response::Streaming(body);
+                    continue;
+                }
+            };
+            match body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => self.buffer.extend_from_slice(&data),
                     Err(frame) => {
@@ -187,7 +206,7 @@ impl GrpcStream {
         if length > self.max_message {
             return Err(format!("control plane message of {length} bytes exceeds max_receive_message_length"));
         }
-        if self.buffer.len() < 5 + length {
+        if self.buffer.len() < length.saturating_add(5) {
             return Ok(None);
         }
         self.buffer.advance(5);
