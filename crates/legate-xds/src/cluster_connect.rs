@@ -9,9 +9,11 @@ use arc_swap::ArcSwap;
 use legate_proxy::network::transport_socket::TransportSocket;
 use legate_proxy::tls::client::Alpn;
 use legate_proxy::upstream::cluster_manager::ClusterMap;
+use legate_proxy::upstream::Cluster;
 
 /// Connects to one host of `cluster_name`: a healthy one when there is one, chosen at random
-/// so that a set of control-plane replicas shares the proxies.
+/// so that a set of control-plane replicas shares the proxies. Returns the cluster too, for
+/// its protocol options.
 ///
 /// # Cancel safety
 /// Dropping the future abandons the attempt.
@@ -19,7 +21,7 @@ pub(crate) async fn connect(
     clusters: &ArcSwap<ClusterMap>,
     cluster_name: &str,
     alpn: Alpn,
-) -> Result<TransportSocket, String> {
+) -> Result<(Arc<Cluster>, TransportSocket), String> {
     let cluster = clusters
         .load()
         .get(cluster_name)
@@ -35,7 +37,7 @@ pub(crate) async fn connect(
     let address = host.address;
     let connect = legate_proxy::tls::client::connect(&cluster, address, alpn, None);
     match tokio::time::timeout(cluster.connect_timeout(), connect).await {
-        Ok(Ok(socket)) => Ok(socket),
+        Ok(Ok(socket)) => Ok((cluster, socket)),
         Ok(Err(e)) => Err(format!("{cluster_name} ({address}): {}", e.transport_failure_reason())),
         Err(_) => Err(format!("{cluster_name} ({address}): connect timeout")),
     }

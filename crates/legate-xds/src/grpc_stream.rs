@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use legate_config::config_source::ApiConfigSource;
+use legate_config::protocol::Http2ProtocolOptions;
 use legate_proxy::http::io::LocalExec;
 use legate_proxy::tls::client::Alpn;
 use legate_proxy::upstream::cluster_manager::ClusterMap;
@@ -104,9 +105,29 @@ impl GrpcStream {
         path: &str,
         initial: Vec<Bytes>,
     ) -> Result<GrpcStream, String> {
-        let socket = cluster_connect::connect(clusters, &target.cluster_name, Alpn::Http2).await?;
+        let (cluster, socket) = cluster_connect::connect(clusters, &target.cluster_name, Alpn::Http2).await?;
+        let options = cluster.config.upstream_http2_options();
         let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(
+                options.initial_stream_window_size.unwrap_or(Http2ProtocolOptions::DEFAULT_INITIAL_STREAM_WINDOW_SIZE),
+            )
+            .initial_connection_window_size(
+                options
+                    .initial_connection_window_size
+                    .unwrap_or(Http2ProtocolOptions::DEFAULT_INITIAL_CONNECTION_WINDOW_SIZE),
+            );
+        // `connection_keepalive` is how a control plane that vanished without a FIN is noticed:
+        // the stream is otherwise silent between pushes.
+        if let Some(keepalive) = &options.connection_keepalive {
+            if let Some(interval) = keepalive.interval.map(|d| d.0).filter(|d| !d.is_zero()) {
+                builder.keep_alive_interval(interval).keep_alive_while_idle(true);
+                if let Some(timeout) = keepalive.timeout.map(|d| d.0) {
+                    builder.keep_alive_timeout(timeout);
+                }
+            }
+        }
         let (mut sender, connection) = builder
             .handshake::<_, RequestBody>(TokioIo::new(socket))
             .await

@@ -111,7 +111,7 @@ async fn fetch(
 ) -> Result<Fetched, String> {
     let body = decode::to_json(DISCOVERY_REQUEST_TYPE_URL, &request.encode_to_vec())?;
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    let socket = cluster_connect::connect(clusters, cluster_name, Alpn::Http1).await?;
+    let (_, socket) = cluster_connect::connect(clusters, cluster_name, Alpn::Http1).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(socket))
         .await
         .map_err(|e| format!("{cluster_name}: {e}"))?;
