@@ -7,6 +7,16 @@
 //! [`SubscriptionCallbacks`]; each update arrives as [`ConfigUpdate`] (resources added or
 //! changed, names removed), and the callback's verdict becomes the ACK or the NACK. Everything
 //! runs on the main thread (Envoy's `GrpcMux`, `WatchMap` and `SubscriptionFactory`).
+//!
+//! The transports, each driving a `WatchMap`:
+//! - files: `path_subscription`;
+//! - gRPC, state-of-the-world and delta, ADS or per type: `grpc_mux` over `grpc_stream` (hyper's
+//!   HTTP/2 client through the control plane's static cluster, `cluster_connect`), reconnecting
+//!   with `backoff`;
+//! - REST polling: `http_subscription`.
+//!
+//! Resources arrive as protobuf `Any`s; [`decode`] turns them into the YAML's JSON shape
+//! through the descriptors of Envoy's API, so static and dynamic config share one parser.
 #![forbid(unsafe_code)]
 
 mod backoff;
