@@ -180,3 +180,24 @@ fn unknown_control_plane_cluster_is_refused_when_subscribing() {
     let error = harness.subscribe("cds", json!({"ads": {}}), ResourceType::Cluster, &[]).unwrap_err();
     assert!(error.contains("xds_cluster"), "{error}");
 }
+
+#[test]
+fn unreachable_control_plane_times_out_the_first_fetch_and_keeps_retrying() {
+    let closed = legate_testing::ClosedPort::new();
+    let harness =
+        Harness::start(vec![control_plane_cluster("xds_cluster", closed.addr())], Some(grpc_api("AGGREGATED_GRPC")));
+    harness.subscribe("cds", json!({"ads": {}, "initial_fetch_timeout": "0.3s"}), ResourceType::Cluster, &[]).unwrap();
+    harness.wait_for(
+        "cds",
+        "initial fetch timeout",
+        |e| matches!(e, Event::Failed(reason) if reason == "FetchTimedOut"),
+    );
+    assert_eq!(harness.store.counter_value("watch.cds.init_fetch_timeout"), Some(1));
+    harness.wait_for_gauge("control_plane.pending_requests", 1);
+    assert_eq!(harness.store.gauge_value("control_plane.connected_state"), Some(0));
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while harness.store.counter_value("watch.cds.update_failure").unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "legate retries the control plane");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
