@@ -91,8 +91,7 @@ pub(crate) struct GrpcStream {
     cluster_name: String,
     requests: mpsc::Sender<Bytes>,
     response: Response,
-    buffer: BytesMut,
-    max_message: usize,
+    messages: MessageDecoder,
     connection: tokio::task::JoinHandle<()>,
 }
 
@@ -161,8 +160,7 @@ impl GrpcStream {
             cluster_name: target.cluster_name.clone(),
             requests,
             response,
-            buffer: BytesMut::new(),
-            max_message: target.max_receive_message_length,
+            messages: MessageDecoder::new(target.max_receive_message_length),
             connection,
         })
     }
@@ -182,7 +180,7 @@ impl GrpcStream {
     /// Cancel safe: the pending response and what arrived of a message stay in the stream.
     pub(crate) async fn next_message(&mut self) -> Result<Bytes, String> {
         loop {
-            if let Some(message) = self.take_message()? {
+            if let Some(message) = self.messages.next_message()? {
                 return Ok(message);
             }
             let body = match &mut self.response {
@@ -203,7 +201,7 @@ impl GrpcStream {
             };
             match body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.buffer.extend_from_slice(&data),
+                    Ok(data) => self.messages.push(&data),
                     Err(frame) => {
                         let error = frame.trailers_ref().and_then(grpc_error);
                         return Err(error.unwrap_or_else(|| "control plane closed the stream".to_string()));
@@ -214,8 +212,31 @@ impl GrpcStream {
             }
         }
     }
+}
 
-    fn take_message(&mut self) -> Result<Option<Bytes>, String> {
+impl Drop for GrpcStream {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Splits the response body into messages: gRPC's length-prefixed framing.
+struct MessageDecoder {
+    buffer: BytesMut,
+    max_message: usize,
+}
+
+impl MessageDecoder {
+    fn new(max_message: usize) -> Self {
+        MessageDecoder { buffer: BytesMut::new(), max_message }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.buffer.extend_from_slice(data);
+    }
+
+    /// The next whole message, if it is all in.
+    fn next_message(&mut self) -> Result<Option<Bytes>, String> {
         let Some(header) = self.buffer.get(..5) else { return Ok(None) };
         let compressed = header.first().copied().unwrap_or(0);
         let length = header.get(1..5).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes).unwrap_or(0);
@@ -232,12 +253,6 @@ impl GrpcStream {
         }
         self.buffer.advance(5);
         Ok(Some(self.buffer.split_to(length).freeze()))
-    }
-}
-
-impl Drop for GrpcStream {
-    fn drop(&mut self) {
-        self.connection.abort();
     }
 }
 
@@ -268,5 +283,40 @@ impl http_body::Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|message| message.map(|m| Ok(Frame::data(m))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_split_across_and_within_data_frames() {
+        let mut decoder = MessageDecoder::new(usize::MAX);
+        let mut wire = frame(b"first").to_vec();
+        wire.extend_from_slice(&frame(b""));
+        wire.extend_from_slice(&frame(b"second"));
+        let (a, b) = wire.split_at(3);
+        decoder.push(a);
+        assert_eq!(decoder.next_message().unwrap(), None);
+        decoder.push(b);
+        assert_eq!(decoder.next_message().unwrap().unwrap(), &b"first"[..]);
+        assert_eq!(decoder.next_message().unwrap().unwrap(), &b""[..]);
+        assert_eq!(decoder.next_message().unwrap().unwrap(), &b"second"[..]);
+        assert_eq!(decoder.next_message().unwrap(), None);
+    }
+
+    #[test]
+    fn compressed_and_oversized_messages_fail_the_stream() {
+        let mut decoder = MessageDecoder::new(usize::MAX);
+        decoder.push(&[1, 0, 0, 0, 1, 0]);
+        assert!(decoder.next_message().unwrap_err().contains("compressed"));
+        let mut decoder = MessageDecoder::new(4);
+        decoder.push(&[0, 0, 0, 0, 5]);
+        assert!(decoder.next_message().unwrap_err().contains("max_receive_message_length"));
+        // A length prefix announcing 4 GiB is only a wait for more bytes, not an allocation.
+        let mut decoder = MessageDecoder::new(usize::MAX);
+        decoder.push(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(decoder.next_message().unwrap(), None);
     }
 }
