@@ -14,8 +14,7 @@ use legate_config::core::Node;
 use legate_proxy::upstream::cluster_manager::ClusterMap;
 use legate_stats::Store;
 
-use crate::grpc_mux::{GrpcMux, Protocol, Service};
-use crate::grpc_stream::GrpcTarget;
+use crate::grpc_mux::{GrpcMux, Service};
 use crate::resource::ResourceType;
 use crate::stats::{ControlPlaneStats, SubscriptionStats};
 use crate::subscription::{SubscriptionCallbacks, Watch, WatchMap};
@@ -113,7 +112,9 @@ impl XdsClient {
                     Ok(())
                 }
                 ApiType::Grpc | ApiType::DeltaGrpc => {
-                    let mux = self.grpc_mux(api, Service::PerType(map.resource_type))?;
+                    let mux = self
+                        .grpc_mux(api, Service::PerType(map.resource_type))
+                        .map_err(|e| format!("api_config_source.{e}"))?;
                     mux.add(map.clone());
                     mux.start();
                     Ok(())
@@ -151,18 +152,12 @@ impl XdsClient {
 
     /// A gRPC stream to the control plane of `api`, not yet started.
     fn grpc_mux(&self, api: &ApiConfigSource, service: Service) -> Result<Rc<GrpcMux>, String> {
-        let target = GrpcTarget::new(api)?;
-        cluster_connect::check_cluster(&self.clusters, Some(&target.cluster_name))
-            .map_err(|e| format!("api_config_source.grpc_services[0].envoy_grpc.cluster_name: {e}"))?;
-        let protocol = if api.is_delta() { Protocol::Delta } else { Protocol::StateOfTheWorld };
-        Ok(GrpcMux::new(
-            target,
+        GrpcMux::new(
+            api,
             service,
-            protocol,
             node::node_message(&self.node)?,
-            api.set_node_on_first_message_only,
             self.clusters.clone(),
             ControlPlaneStats::new(&self.store.scope("control_plane")),
-        ))
+        )
     }
 }

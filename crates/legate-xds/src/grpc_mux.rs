@@ -17,9 +17,11 @@
 //! - RDS/EDS/SDS name their resources (`WatchMap::interest`); LDS/CDS are wildcard.
 //! - A response for a type nobody subscribed to is ignored with a warning, as Envoy does; an
 //!   unknown type inside a response is a NACK.
+//! - Under `rate_limit_settings`, requests after the first ones of a stream wait for a token
+//!   (`control_plane.rate_limit_enforced`, `control_plane.pending_requests`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -29,16 +31,20 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status;
+use legate_config::config_source::ApiConfigSource;
 use legate_proxy::upstream::cluster_manager::ClusterMap;
 use prost::Message;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::backoff::{Backoff, BASE_INTERVAL, MAX_INTERVAL};
+use crate::cluster_connect;
 use crate::decode;
 use crate::grpc_stream::{GrpcStream, GrpcTarget};
 use crate::resource::{DecodedResource, ResourceType};
 use crate::stats::ControlPlaneStats;
 use crate::subscription::WatchMap;
+use crate::token_bucket::{RateLimitSettings, TokenBucket};
 
 /// gRPC's INTERNAL, the code of Envoy's NACKs.
 const NACK_CODE: i32 = 13;
@@ -105,6 +111,8 @@ pub(crate) struct GrpcMux {
     protocol: Protocol,
     node: NodeMessage,
     set_node_on_first_message_only: bool,
+    /// `rate_limit_settings`: requests beyond it wait for a token.
+    rate_limit: Option<RateLimitSettings>,
     clusters: Arc<ArcSwap<ClusterMap>>,
     stats: ControlPlaneStats,
     /// In subscription order, which is the order of the first requests.
@@ -141,27 +149,32 @@ enum Request {
 }
 
 impl GrpcMux {
-    /// Creates the stream of `target`; nothing connects until [`GrpcMux::start`].
+    /// Creates the stream an `api_config_source` (or `ads_config`) describes; nothing
+    /// connects until [`GrpcMux::start`]. Its control plane cluster must exist.
     pub(crate) fn new(
-        target: GrpcTarget,
+        api: &ApiConfigSource,
         service: Service,
-        protocol: Protocol,
         node: NodeMessage,
-        set_node_on_first_message_only: bool,
         clusters: Arc<ArcSwap<ClusterMap>>,
         stats: ControlPlaneStats,
-    ) -> Rc<Self> {
-        Rc::new(GrpcMux {
+    ) -> Result<Rc<Self>, String> {
+        let target = GrpcTarget::new(api)?;
+        cluster_connect::check_cluster(&clusters, Some(&target.cluster_name))
+            .map_err(|e| format!("grpc_services[0].envoy_grpc.cluster_name: {e}"))?;
+        let protocol = if api.is_delta() { Protocol::Delta } else { Protocol::StateOfTheWorld };
+        let rate_limit = api.rate_limit_settings.as_ref().map(RateLimitSettings::from_config).transpose()?;
+        Ok(Rc::new(GrpcMux {
             target,
             path: service.path(protocol),
             protocol,
             node,
-            set_node_on_first_message_only,
+            set_node_on_first_message_only: api.set_node_on_first_message_only,
+            rate_limit,
             clusters,
             stats,
             subscriptions: RefCell::new(Vec::new()),
             wake: Notify::new(),
-        })
+        }))
     }
 
     /// Carries `map`'s type on this stream from now on.
@@ -223,24 +236,25 @@ impl GrpcMux {
         };
         self.stats.connected_state.set(1);
         self.stats.pending_requests.set(0);
+        let mut outbox = Outbox::new(self.rate_limit);
         loop {
-            // Both branches are cancel safe: `next_message` keeps partial messages in the
-            // stream, and a wake-up lost to the other branch is still recorded in `dirty`.
+            let next_token = outbox.waiting_until(Instant::now());
+            // All branches are cancel safe: `next_message` keeps partial messages in the
+            // stream, a wake-up lost to another branch is still recorded in `dirty`, and the
+            // sleep is recomputed on each turn.
             let response = tokio::select! {
                 message = stream.next_message() => match message {
                     Ok(message) => Some(message),
                     Err(e) => return e,
                 },
                 _ = self.wake.notified() => None,
+                _ = tokio::time::sleep_until(next_token.unwrap_or_else(Instant::now)), if next_token.is_some() => None,
             };
+            let mut requests = Vec::new();
             if let Some(message) = response {
                 *received = true;
                 match self.on_response(&message) {
-                    Ok(Some(request)) => {
-                        if let Err(e) = stream.send(&self.encode(request, &mut first)).await {
-                            return e;
-                        }
-                    }
+                    Ok(Some(request)) => requests.push(request),
                     Ok(None) => {}
                     Err(e) => return e,
                 }
@@ -248,13 +262,18 @@ impl GrpcMux {
             let subscriptions = self.subscriptions.borrow().clone();
             for subscription in subscriptions {
                 if subscription.dirty.replace(false) {
-                    if let Some(request) = subscription.interest_request(self.protocol) {
-                        if let Err(e) = stream.send(&self.encode(request, &mut first)).await {
-                            return e;
-                        }
-                    }
+                    requests.extend(subscription.interest_request(self.protocol));
                 }
             }
+            for request in requests {
+                outbox.push(self.encode(request, &mut first), &self.stats);
+            }
+            while let Some(message) = outbox.pop_ready(Instant::now()) {
+                if let Err(e) = stream.send(&message).await {
+                    return e;
+                }
+            }
+            self.stats.pending_requests.set(outbox.len() as u64);
         }
     }
 
@@ -300,6 +319,63 @@ impl GrpcMux {
 
     fn subscription(&self, type_url: &str) -> Option<Rc<TypeSubscription>> {
         self.subscriptions.borrow().iter().find(|s| s.map.resource_type.type_url() == type_url).cloned()
+    }
+}
+
+/// The requests of one stream on their way out: at once, or under `rate_limit_settings` in
+/// order as tokens come (Envoy queues them the same way and counts `rate_limit_enforced`).
+/// The first requests of a stream are not held back.
+struct Outbox {
+    bucket: Option<TokenBucket>,
+    /// Messages that may go now: a token was taken for each, or there is no limit.
+    ready: VecDeque<Vec<u8>>,
+    /// Messages waiting for a token, in order.
+    waiting: VecDeque<Vec<u8>>,
+}
+
+impl Outbox {
+    fn new(rate_limit: Option<RateLimitSettings>) -> Self {
+        Outbox {
+            bucket: rate_limit.map(|s| TokenBucket::new(s, Instant::now())),
+            ready: VecDeque::new(),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, message: Vec<u8>, stats: &ControlPlaneStats) {
+        let waits = match &mut self.bucket {
+            Some(bucket) => !self.waiting.is_empty() || !bucket.consume(Instant::now()),
+            None => false,
+        };
+        if waits {
+            stats.rate_limit_enforced.inc();
+            self.waiting.push_back(message);
+        } else {
+            self.ready.push_back(message);
+        }
+    }
+
+    fn pop_ready(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let Some(message) = self.ready.pop_front() {
+            return Some(message);
+        }
+        let bucket = self.bucket.as_mut()?;
+        if !self.waiting.is_empty() && bucket.consume(now) {
+            return self.waiting.pop_front();
+        }
+        None
+    }
+
+    /// When the next waiting message may go, if one waits.
+    fn waiting_until(&mut self, now: Instant) -> Option<Instant> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        self.bucket.as_mut().map(|b| b.next_token_at(now))
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len()
     }
 }
 

@@ -42,11 +42,8 @@ pub(crate) struct GrpcTarget {
 
 impl GrpcTarget {
     pub(crate) fn new(api: &ApiConfigSource) -> Result<Self, String> {
-        let service = api.grpc_services.first().ok_or("api_config_source: 'grpc_services' is required")?;
-        let envoy_grpc = service
-            .envoy_grpc
-            .as_ref()
-            .ok_or("api_config_source.grpc_services[0]: legate supports 'envoy_grpc' only")?;
+        let service = api.grpc_services.first().ok_or("grpc_services: a gRPC config source needs one")?;
+        let envoy_grpc = service.envoy_grpc.as_ref().ok_or("grpc_services[0]: legate supports 'envoy_grpc' only")?;
         let initial_metadata = service
             .initial_metadata
             .iter()
@@ -55,9 +52,7 @@ impl GrpcTarget {
                 let value = HeaderValue::from_str(&h.value);
                 match (name, value) {
                     (Ok(name), Ok(value)) => Ok((name, value)),
-                    _ => {
-                        Err(format!("api_config_source.grpc_services[0].initial_metadata: invalid header '{}'", h.key))
-                    }
+                    _ => Err(format!("grpc_services[0].initial_metadata: invalid header '{}'", h.key)),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -12,7 +12,7 @@
 //! - files: `path_subscription`;
 //! - gRPC, state-of-the-world and delta, ADS or per type: `grpc_mux` over `grpc_stream` (hyper's
 //!   HTTP/2 client through the control plane's static cluster, `cluster_connect`), reconnecting
-//!   with `backoff`;
+//!   with `backoff`, its requests rate limited by `token_bucket` under `rate_limit_settings`;
 //! - REST polling: `http_subscription`.
 //!
 //! Resources arrive as protobuf `Any`s; [`decode`] turns them into the YAML's JSON shape
@@ -31,6 +31,7 @@ pub mod path_subscription;
 pub mod resource;
 pub mod stats;
 pub mod subscription;
+mod token_bucket;
 
 pub use client::XdsClient;
 pub use resource::{DecodedResource, ResourceType};

@@ -39,9 +39,9 @@ legate_stats::stats! {
     pub struct ControlPlaneStats {
         /// 1 while the stream is up, 0 while legate reconnects.
         gauge connected_state,
-        /// Requests waiting for the stream to come up.
+        /// Requests waiting for the stream to come up, or for a `rate_limit_settings` token.
         gauge pending_requests,
-        /// Requests held back by `rate_limit_settings` (legate does not rate limit yet).
+        /// Requests held back by `rate_limit_settings`.
         counter rate_limit_enforced,
     }
 }

@@ -201,3 +201,21 @@ fn unreachable_control_plane_times_out_the_first_fetch_and_keeps_retrying() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn rate_limit_settings_hold_requests_back_until_a_token_comes() {
+    let control_plane = ControlPlane::start();
+    control_plane.set(type_url::CLUSTER, "1", vec![cluster("a", "1s")]);
+    let mut ads = grpc_api("AGGREGATED_GRPC");
+    // One token every 4 s: long enough that the second ACK surely finds the bucket empty.
+    ads["rate_limit_settings"] = json!({"max_tokens": 1, "fill_rate": 0.25});
+    let harness = Harness::start(vec![control_plane_cluster("xds_cluster", control_plane.address())], Some(ads));
+    harness.subscribe("cds", json!({"ads": {}}), ResourceType::Cluster, &[]).unwrap();
+    harness.wait_for_version("cds", "1");
+    control_plane.wait_for_ack(type_url::CLUSTER, "1");
+    // The ACK of 1 took the only token: the ACK of 2 waits for the next one.
+    control_plane.set(type_url::CLUSTER, "2", vec![cluster("a", "2s")]);
+    harness.wait_for_version("cds", "2");
+    control_plane.wait_for_ack(type_url::CLUSTER, "2");
+    assert_eq!(harness.store.counter_value("control_plane.rate_limit_enforced"), Some(1));
+}
