@@ -165,6 +165,8 @@ struct State {
     next_stream: u64,
     /// The request of `RestControlPlane` to answer with an HTTP status instead.
     rest_status: Option<u16>,
+    /// Types pushed on every SotW stream, asked for or not (a misbehaving control plane).
+    unrequested: BTreeSet<String>,
 }
 
 /// What the server threads share with the test.
@@ -304,6 +306,14 @@ impl ControlPlane {
 
     /// Replaces the resources of `type_url` with these, bytes as given.
     pub fn set_raw(&self, type_url: &str, version: &str, resources: Vec<XdsResource>) {
+        self.shared.set(type_url, version, resources);
+    }
+
+    /// Pushes `resources` of `type_url` at `version` on every state-of-the-world stream,
+    /// whether it asked for that type or not, as a misbehaving control plane would.
+    pub fn push_unrequested(&self, type_url: &str, version: &str, resources: Vec<Value>) {
+        let resources = resources.iter().map(|r| XdsResource::from_json(type_url, r)).collect();
+        self.shared.lock().unrequested.insert(type_url.to_string());
         self.shared.set(type_url, version, resources);
     }
 
@@ -583,6 +593,10 @@ impl Service {
                     result = changed.changed() => {
                         if result.is_err() {
                             return;
+                        }
+                        let unrequested = shared.lock().unrequested.clone();
+                        for type_url in unrequested {
+                            subscribed.entry(type_url).or_insert((Vec::new(), None));
                         }
                         for (type_url, (_, sent)) in &subscribed {
                             let current = shared.snapshot(type_url).map(|s| s.version);

@@ -219,3 +219,20 @@ fn rate_limit_settings_hold_requests_back_until_a_token_comes() {
     control_plane.wait_for_ack(type_url::CLUSTER, "2");
     assert_eq!(harness.store.counter_value("control_plane.rate_limit_enforced"), Some(1));
 }
+
+/// Envoy's `GrpcMuxImpl` ignores a response for a type it has no watch for ("Ignoring the
+/// message for type URL … as it has no current subscribers"): no NACK, the stream goes on.
+#[test]
+fn response_for_a_type_nobody_asked_for_is_ignored() {
+    let control_plane = ControlPlane::start();
+    control_plane.set(type_url::CLUSTER, "1", vec![cluster("a", "1s")]);
+    let harness = ads_harness(&control_plane, "AGGREGATED_GRPC");
+    harness.subscribe("cds", json!({"ads": {}}), ResourceType::Cluster, &[]).unwrap();
+    let ack = control_plane.wait_for_ack(type_url::CLUSTER, "1");
+
+    control_plane.push_unrequested(type_url::LISTENER, "l1", vec![json!({"name": "l"})]);
+    control_plane.set(type_url::CLUSTER, "2", vec![cluster("a", "2s")]);
+    assert_eq!(control_plane.wait_for_ack(type_url::CLUSTER, "2").stream, ack.stream, "same stream");
+    assert!(control_plane.requests().iter().all(|r| r.type_url != type_url::LISTENER));
+    harness.wait_for_version("cds", "2");
+}
