@@ -139,3 +139,56 @@ filter_chains:
     let (from_yaml, from_protobuf) = both_doors::<legate_config::listener::Listener>(ResourceType::Listener, listener);
     assert_eq!(from_yaml, from_protobuf);
 }
+
+#[test]
+fn routes_and_endpoints_from_yaml_equal_those_from_protobuf() {
+    let routes = yaml(
+        r#"
+name: local_route
+virtual_hosts:
+- name: api
+  domains: ["api.example.com", "api.example.com:*"]
+  request_headers_to_add:
+  - header: {key: x-via, value: legate}
+    append_action: OVERWRITE_IF_EXISTS_OR_ADD
+  routes:
+  - match:
+      safe_regex: {regex: "^/v[0-9]+/users"}
+      headers:
+      - name: x-canary
+        string_match: {exact: "true"}
+    route:
+      weighted_clusters:
+        clusters:
+        - {name: users-v2, weight: 10}
+        - {name: users-v1, weight: 90}
+      timeout: 3s
+  - match: {prefix: /old}
+    redirect: {path_redirect: /new, response_code: PERMANENT_REDIRECT}
+"#,
+    );
+    let (from_yaml, from_protobuf) =
+        both_doors::<legate_config::route::RouteConfiguration>(ResourceType::RouteConfiguration, routes);
+    assert_eq!(from_yaml, from_protobuf);
+
+    let endpoints = yaml(
+        r#"
+cluster_name: users-v1
+policy:
+  overprovisioning_factor: 120
+endpoints:
+- locality: {region: eu, zone: b}
+  priority: 1
+  load_balancing_weight: 5
+  lb_endpoints:
+  - endpoint:
+      address: {socket_address: {address: 10.0.0.1, port_value: 8080}}
+      health_check_config: {port_value: 9090}
+    health_status: DRAINING
+    load_balancing_weight: 7
+"#,
+    );
+    let (from_yaml, from_protobuf) =
+        both_doors::<legate_config::endpoint::ClusterLoadAssignment>(ResourceType::ClusterLoadAssignment, endpoints);
+    assert_eq!(from_yaml, from_protobuf);
+}
