@@ -1,4 +1,4 @@
-//! Incremental (delta) xDS, aggregated and per type, against the test control plane:
+//! Incremental (delta) ADS against the test control plane:
 //! per-resource versions, removals, NACKs, subscribe/unsubscribe and `initial_resource_versions`
 //! after a reconnection.
 
@@ -101,30 +101,4 @@ fn delta_reconnect_sends_initial_resource_versions() {
     // The control plane knows legate holds `a` at that version: nothing to resend.
     control_plane.set(type_url::CLUSTER, "2", vec![cluster("a", "1s"), cluster("b", "2s")]);
     assert_eq!(harness.wait_for_version("cds", "2").names(), ["b"]);
-}
-
-#[test]
-fn per_type_grpc_and_delta_grpc_sources() {
-    let control_plane = ControlPlane::start();
-    control_plane.set(type_url::CLUSTER, "1", vec![cluster("a", "1s")]);
-    control_plane.set(type_url::ENDPOINT, "e1", vec![assignment("x", 1001)]);
-    let harness = Harness::start(vec![control_plane_cluster("xds_cluster", control_plane.address())], None);
-    harness.subscribe("cds", json!({"api_config_source": grpc_api("GRPC")}), ResourceType::Cluster, &[]).unwrap();
-    harness
-        .subscribe(
-            "eds",
-            json!({"api_config_source": grpc_api("DELTA_GRPC")}),
-            ResourceType::ClusterLoadAssignment,
-            &["x"],
-        )
-        .unwrap();
-    assert_eq!(harness.wait_for_version("cds", "1").names(), ["a"]);
-    assert_eq!(harness.wait_for_version("eds", "e1").names(), ["x"]);
-    let cds = control_plane.wait_for_ack(type_url::CLUSTER, "1");
-    let eds = control_plane.wait_for_ack(type_url::ENDPOINT, "e1");
-    assert!(!cds.delta && eds.delta);
-    assert_ne!(cds.stream, eds.stream, "one stream per type without ADS");
-
-    let error = harness.subscribe("lds", json!({"ads": {}}), ResourceType::Listener, &[]).unwrap_err();
-    assert!(error.contains("ads_config"), "{error}");
 }
