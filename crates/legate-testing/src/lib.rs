@@ -13,6 +13,8 @@
 //!   frames ([`H2Frame`], [`h2_events`]).
 //! - TLS ([`TestCa`], [`TlsClient`], [`TlsUpstream`], [`h2_tls_get`]): certificates made at
 //!   test time with rcgen and rustls peers (ring), for legate's TLS transport sockets.
+//! - xDS ([`control_plane`]): a tonic control plane (SotW and delta, ADS and per type, TLS or
+//!   not) and a REST one, with a blocking API and a log of every request legate sends.
 //! - [`eventually`] for state that changes in the background (stats), bounded and failing with
 //!   the last value seen.
 //!
@@ -23,6 +25,7 @@
 
 mod admin;
 pub mod config;
+pub mod control_plane;
 mod dns;
 mod eventually;
 pub mod http;

@@ -9,15 +9,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use legate_config::config_source::{ApiConfigSource, ConfigSource, ConfigSourceKind};
+use legate_config::config_source::{ApiConfigSource, ApiType, ConfigSource, ConfigSourceKind};
 use legate_config::core::Node;
 use legate_proxy::upstream::cluster_manager::ClusterMap;
 use legate_stats::Store;
 
-use crate::path_subscription;
+use crate::grpc_mux::{GrpcMux, Service};
 use crate::resource::ResourceType;
-use crate::stats::SubscriptionStats;
+use crate::stats::{ControlPlaneStats, SubscriptionStats};
 use crate::subscription::{SubscriptionCallbacks, Watch, WatchMap};
+use crate::{cluster_connect, http_subscription, node, path_subscription};
 
 /// Identifies a subscription: the same file, the same API source or ADS, and one type.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +38,8 @@ pub struct XdsClient {
     pub clusters: Arc<ArcSwap<ClusterMap>>,
     pub store: Arc<Store>,
     subscriptions: RefCell<HashMap<(SourceKey, ResourceType), Rc<WatchMap>>>,
+    /// The aggregated stream, opened by the first subscription that uses `ads`.
+    ads: RefCell<Option<Rc<GrpcMux>>>,
 }
 
 impl XdsClient {
@@ -49,7 +52,14 @@ impl XdsClient {
         let mut node = node.unwrap_or_default();
         node.user_agent_name = "legate".to_string();
         node.user_agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
-        Rc::new(XdsClient { node, ads_config, clusters, store, subscriptions: RefCell::new(HashMap::new()) })
+        Rc::new(XdsClient {
+            node,
+            ads_config,
+            clusters,
+            store,
+            subscriptions: RefCell::new(HashMap::new()),
+            ads: RefCell::new(None),
+        })
     }
 
     /// Subscribes `callbacks` to `names` of `resource_type` (no names: every resource, the
@@ -94,11 +104,60 @@ impl XdsClient {
                 path_subscription::start(path.to_string(), watched_directory, map.clone());
                 Ok(())
             }
-            ConfigSourceKind::Api(_) => Err("'api_config_source' is not supported by legate yet".to_string()),
-            ConfigSourceKind::Ads => match &self.ads_config {
-                Some(_) => Err("'ads' is not supported by legate yet".to_string()),
-                None => Err("'ads' config source without 'dynamic_resources.ads_config'".to_string()),
+            ConfigSourceKind::Api(api) => match api.api_type {
+                ApiType::Rest => {
+                    cluster_connect::check_cluster(&self.clusters, api.cluster_name())
+                        .map_err(|e| format!("api_config_source.cluster_names: {e}"))?;
+                    http_subscription::start(api.clone(), self.node.clone(), self.clusters.clone(), map.clone());
+                    Ok(())
+                }
+                ApiType::Grpc | ApiType::DeltaGrpc => {
+                    let mux = self
+                        .grpc_mux(api, Service::PerType(map.resource_type))
+                        .map_err(|e| format!("api_config_source.{e}"))?;
+                    mux.add(map.clone());
+                    mux.start();
+                    Ok(())
+                }
+                ApiType::AggregatedGrpc | ApiType::AggregatedDeltaGrpc => {
+                    Err("api_config_source: 'AGGREGATED_GRPC' and 'AGGREGATED_DELTA_GRPC' are for 'ads_config' only"
+                        .to_string())
+                }
             },
+            ConfigSourceKind::Ads => {
+                let existing = self.ads.borrow().clone();
+                let mux = match existing {
+                    Some(mux) => mux,
+                    None => {
+                        let config = self
+                            .ads_config
+                            .as_ref()
+                            .ok_or("'ads' config source without 'dynamic_resources.ads_config'")?;
+                        if config.api_type == ApiType::Rest {
+                            return Err("dynamic_resources.ads_config: 'REST' cannot be aggregated".to_string());
+                        }
+                        let mux = self
+                            .grpc_mux(config, Service::Aggregated)
+                            .map_err(|e| format!("dynamic_resources.ads_config: {e}"))?;
+                        mux.start();
+                        *self.ads.borrow_mut() = Some(mux.clone());
+                        mux
+                    }
+                };
+                mux.add(map.clone());
+                Ok(())
+            }
         }
+    }
+
+    /// A gRPC stream to the control plane of `api`, not yet started.
+    fn grpc_mux(&self, api: &ApiConfigSource, service: Service) -> Result<Rc<GrpcMux>, String> {
+        GrpcMux::new(
+            api,
+            service,
+            node::node_message(&self.node)?,
+            self.clusters.clone(),
+            ControlPlaneStats::new(&self.store.scope("control_plane")),
+        )
     }
 }

@@ -7,15 +7,33 @@
 //! [`SubscriptionCallbacks`]; each update arrives as [`ConfigUpdate`] (resources added or
 //! changed, names removed), and the callback's verdict becomes the ACK or the NACK. Everything
 //! runs on the main thread (Envoy's `GrpcMux`, `WatchMap` and `SubscriptionFactory`).
+//!
+//! The transports, each driving a `WatchMap`:
+//! - files: `path_subscription`;
+//! - gRPC, state-of-the-world and delta, ADS or per type: `grpc_mux` over `grpc_stream` (hyper's
+//!   HTTP/2 client through the control plane's static cluster, `cluster_connect`), reconnecting
+//!   with `backoff`, its requests rate limited by `token_bucket` under `rate_limit_settings`;
+//! - REST polling: `http_subscription`.
+//!
+//! Resources arrive as protobuf `Any`s; [`decode`] turns them into the YAML's JSON shape
+//! through the descriptors of Envoy's API, so static and dynamic config share one parser.
 #![forbid(unsafe_code)]
 
+mod backoff;
 pub mod client;
+mod cluster_connect;
+pub mod decode;
+mod grpc_mux;
+mod grpc_stream;
+mod http_subscription;
+mod node;
 pub mod path_subscription;
 pub mod resource;
 pub mod stats;
 pub mod subscription;
+mod token_bucket;
 
 pub use client::XdsClient;
 pub use resource::{DecodedResource, ResourceType};
-pub use stats::SubscriptionStats;
+pub use stats::{ControlPlaneStats, SubscriptionStats};
 pub use subscription::{ConfigUpdate, SubscriptionCallbacks, UpdateFailure, Watch};

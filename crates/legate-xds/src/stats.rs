@@ -33,3 +33,15 @@ impl SubscriptionStats {
 pub fn version_hash(version_info: &str) -> u64 {
     xxhash_rust::xxh64::xxh64(version_info.as_bytes(), 0)
 }
+
+legate_stats::stats! {
+    /// `control_plane.*`, Envoy's ALL_CONTROL_PLANE_STATS: the gRPC stream to a control plane.
+    pub struct ControlPlaneStats {
+        /// 1 while the stream is up, 0 while legate reconnects.
+        gauge connected_state,
+        /// Requests waiting for the stream to come up, or for a `rate_limit_settings` token.
+        gauge pending_requests,
+        /// Requests held back by `rate_limit_settings`.
+        counter rate_limit_enforced,
+    }
+}

@@ -129,7 +129,6 @@ impl WatchMap {
     }
 
     /// What the subscription must ask for: `None` for a wildcard, else the union of names.
-    #[allow(dead_code)] // used by the gRPC and REST transports
     pub(crate) fn interest(&self) -> Option<BTreeSet<String>> {
         let watches = self.watches.borrow();
         if watches.iter().any(|w| w.wildcard) {
@@ -204,7 +203,6 @@ impl WatchMap {
     }
 
     /// Delivers a delta response.
-    #[allow(dead_code)] // used by the delta gRPC transport
     pub(crate) fn deliver_delta(
         &self,
         system_version_info: &str,
