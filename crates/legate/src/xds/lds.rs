@@ -145,17 +145,13 @@ impl SubscriptionCallbacks for LdsApi {
         let mut errors = Vec::new();
         for resource in update.resources {
             let result = legate_config::resources::listener(resource.value.clone(), &clusters).and_then(|config| {
-                let update = server.listener_manager.borrow_mut().add_or_update(
+                let pending = PendingListener {
+                    name: resource.name.clone(),
                     config,
-                    resource.value.clone(),
-                    update.version_info,
-                )?;
-                match update {
-                    ListenerUpdate::Unchanged => Ok(()),
-                    ListenerUpdate::Warming(listener) => self.rds.subscribe_for(&listener.config).inspect_err(|_| {
-                        server.listener_manager.borrow_mut().abandon_warming(&listener);
-                    }),
-                }
+                    raw: resource.value.clone(),
+                    version_info: update.version_info.to_string(),
+                };
+                self.add(&server, pending)
             });
             if let Err(e) = result {
                 server.listener_manager.borrow_mut().record_error(&resource.name, resource.value.clone(), e.clone());
