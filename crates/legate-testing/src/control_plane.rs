@@ -1,7 +1,7 @@
 //! A test xDS control plane: a tonic server on `127.0.0.1:0` serving state-of-the-world and
 //! delta ADS (and the per-type discovery services), on its own thread and runtime, driven by
 //! a blocking API from plain `#[test]` functions; plus [`RestControlPlane`], the REST variant
-//! (`POST /v3/discovery:<type>`) over HTTP/1.1.
+//! (`POST /v3/discovery:<type>`) over HTTP/1.1, in `control_plane/rest.rs`.
 //!
 //! A test sets resources per type URL (proto3 JSON, camelCase or snake_case, encoded through
 //! the descriptors of Envoy's API that legate decodes with) with a version; open streams get
@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -34,6 +33,12 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+
+mod per_type;
+mod rest;
+mod tls;
+pub use rest::RestControlPlane;
+use tls::{tls_incoming, Conn};
 
 /// The descriptors legate decodes with (`crates/legate-xds/descriptors`), shared rather than
 /// depended on: legate-testing stays free of the proxy's crates.
@@ -464,80 +469,6 @@ fn serve_grpc(
     (address, ServerThread { shutdown: Some(shutdown), thread: Some(thread) })
 }
 
-/// Accepted connections, TLS-handshaken in the background.
-fn tls_incoming(
-    listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-) -> Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>> {
-    let (sender, receiver) = mpsc::channel(16);
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
-            let acceptor = acceptor.clone();
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(socket).await {
-                    let _ = sender.send(Ok(Conn::Tls(Box::new(tls)))).await;
-                }
-            });
-        }
-    });
-    Box::pin(ReceiverStream::new(receiver))
-}
-
-/// A served connection, plain or TLS.
-enum Conn {
-    Tcp(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-}
-
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) {}
-}
-
-impl tokio::io::AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 /// The discovery services over the shared state.
 #[derive(Clone)]
 struct Service(Arc<Shared>);
@@ -798,249 +729,4 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
         Ok(tonic::Response::new(self.stream_delta(request, None)))
     }
-}
-
-/// The per-type discovery services (`api_type: GRPC`/`DELTA_GRPC`), each the same streams
-/// restricted to its type; their unary `Fetch*` is not served.
-mod per_type {
-    use super::*;
-
-    macro_rules! per_type_service {
-        ($fn_name:ident, $module:ident, $server_mod:ident, $trait:ident, $server:ident,
-         $stream_ty:ident, $delta_ty:ident, $stream:ident, $delta:ident, $fetch:ident, $type_url:expr) => {
-            #[tonic::async_trait]
-            impl envoy_types::pb::envoy::service::$module::v3::$server_mod::$trait for Service {
-                type $stream_ty = ResponseStream<DiscoveryResponse>;
-                type $delta_ty = ResponseStream<DeltaDiscoveryResponse>;
-
-                async fn $stream(
-                    &self,
-                    request: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
-                ) -> Result<tonic::Response<Self::$stream_ty>, tonic::Status> {
-                    Ok(tonic::Response::new(self.stream_sotw(request, Some($type_url))))
-                }
-
-                async fn $delta(
-                    &self,
-                    request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
-                ) -> Result<tonic::Response<Self::$delta_ty>, tonic::Status> {
-                    Ok(tonic::Response::new(self.stream_delta(request, Some($type_url))))
-                }
-
-                async fn $fetch(
-                    &self,
-                    _request: tonic::Request<DiscoveryRequest>,
-                ) -> Result<tonic::Response<DiscoveryResponse>, tonic::Status> {
-                    Err(tonic::Status::unimplemented("the test control plane serves streams only"))
-                }
-            }
-
-            pub(super) fn $fn_name(
-                service: Service,
-            ) -> envoy_types::pb::envoy::service::$module::v3::$server_mod::$server<Service> {
-                envoy_types::pb::envoy::service::$module::v3::$server_mod::$server::new(service)
-            }
-        };
-    }
-
-    per_type_service!(
-        cluster,
-        cluster,
-        cluster_discovery_service_server,
-        ClusterDiscoveryService,
-        ClusterDiscoveryServiceServer,
-        StreamClustersStream,
-        DeltaClustersStream,
-        stream_clusters,
-        delta_clusters,
-        fetch_clusters,
-        type_url::CLUSTER
-    );
-    per_type_service!(
-        listener,
-        listener,
-        listener_discovery_service_server,
-        ListenerDiscoveryService,
-        ListenerDiscoveryServiceServer,
-        StreamListenersStream,
-        DeltaListenersStream,
-        stream_listeners,
-        delta_listeners,
-        fetch_listeners,
-        type_url::LISTENER
-    );
-    per_type_service!(
-        route,
-        route,
-        route_discovery_service_server,
-        RouteDiscoveryService,
-        RouteDiscoveryServiceServer,
-        StreamRoutesStream,
-        DeltaRoutesStream,
-        stream_routes,
-        delta_routes,
-        fetch_routes,
-        type_url::ROUTE
-    );
-    per_type_service!(
-        endpoint,
-        endpoint,
-        endpoint_discovery_service_server,
-        EndpointDiscoveryService,
-        EndpointDiscoveryServiceServer,
-        StreamEndpointsStream,
-        DeltaEndpointsStream,
-        stream_endpoints,
-        delta_endpoints,
-        fetch_endpoints,
-        type_url::ENDPOINT
-    );
-    per_type_service!(
-        secret,
-        secret,
-        secret_discovery_service_server,
-        SecretDiscoveryService,
-        SecretDiscoveryServiceServer,
-        StreamSecretsStream,
-        DeltaSecretsStream,
-        stream_secrets,
-        delta_secrets,
-        fetch_secrets,
-        type_url::SECRET
-    );
-}
-
-/// The REST control plane: `POST /v3/discovery:<type>` over HTTP/1.1 answered with the
-/// current resources as a JSON `DiscoveryResponse`, each request recorded as an
-/// [`XdsRequest`] (its `version_info` standing in for the nonce REST does not have).
-pub struct RestControlPlane {
-    shared: Arc<Shared>,
-    address: SocketAddr,
-    _server: ServerThread,
-}
-
-impl RestControlPlane {
-    /// Starts on `127.0.0.1:0`.
-    pub fn start() -> RestControlPlane {
-        let shared = Shared::new();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let address = listener.local_addr().expect("address");
-        let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
-        let state = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("rest-control-plane".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    let accept = async {
-                        loop {
-                            let Ok((socket, _)) = listener.accept().await else { continue };
-                            let state = state.clone();
-                            tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |request| {
-                                    let state = state.clone();
-                                    async move { Ok::<_, std::convert::Infallible>(rest_answer(&state, request).await) }
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
-                                    .await;
-                            });
-                        }
-                    };
-                    tokio::select! {
-                        _ = accept => {}
-                        _ = on_shutdown => {}
-                    }
-                });
-            })
-            .expect("REST control plane thread");
-        RestControlPlane { shared, address, _server: ServerThread { shutdown: Some(shutdown), thread: Some(thread) } }
-    }
-
-    /// Where legate's REST cluster points.
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// Replaces the resources of `type_url` with `resources` (proto3 JSON) at `version`.
-    pub fn set(&self, type_url: &str, version: &str, resources: Vec<Value>) {
-        let resources = resources.iter().map(|r| XdsResource::from_json(type_url, r)).collect();
-        self.shared.set(type_url, version, resources);
-    }
-
-    /// Answers every request with this HTTP status and no body (`None`: serve normally).
-    pub fn set_status(&self, status: Option<u16>) {
-        self.shared.lock().rest_status = status;
-    }
-
-    /// Every request received so far, in order.
-    pub fn requests(&self) -> Vec<XdsRequest> {
-        self.shared.lock().requests.clone()
-    }
-
-    /// Waits for a request `matches` accepts.
-    pub fn wait_for_request(&self, what: &str, matches: impl Fn(&XdsRequest) -> bool) -> XdsRequest {
-        self.shared.wait_for(what, matches)
-    }
-
-    /// Waits until `n` requests in all were received.
-    pub fn wait_for_requests(&self, n: usize) -> XdsRequest {
-        self.shared.wait_for_nth(&format!("{n} requests"), n, |_| true)
-    }
-}
-
-async fn rest_answer(
-    shared: &Shared,
-    request: http::Request<hyper::body::Incoming>,
-) -> http::Response<http_body_util::Full<Bytes>> {
-    use http_body_util::BodyExt;
-    let reply = |status: u16, body: Vec<u8>| {
-        http::Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from(body)))
-            .expect("response")
-    };
-    let path = request.uri().path().to_string();
-    let Ok(body) = request.into_body().collect().await else { return reply(400, Vec::new()) };
-    let Ok(json) = serde_json::from_slice::<Value>(&body.to_bytes()) else { return reply(400, Vec::new()) };
-    let Ok(decoded) = encode_json("type.googleapis.com/envoy.service.discovery.v3.DiscoveryRequest", &json)
-        .and_then(|bytes| DiscoveryRequest::decode(bytes.as_slice()).map_err(|e| e.to_string()))
-    else {
-        return reply(400, Vec::new());
-    };
-    shared.record(XdsRequest {
-        type_url: decoded.type_url.clone(),
-        version_info: decoded.version_info.clone(),
-        resource_names: decoded.resource_names.clone(),
-        error_detail: decoded.error_detail.as_ref().map(|s| s.message.clone()),
-        error_code: decoded.error_detail.as_ref().map(|s| s.code),
-        node_id: decoded.node.as_ref().map(|n| n.id.clone()),
-        ..Default::default()
-    });
-    if let Some(status) = shared.lock().rest_status {
-        return reply(status, Vec::new());
-    }
-    let type_url = decoded.type_url;
-    if !path.starts_with("/v3/discovery:") {
-        return reply(404, Vec::new());
-    }
-    let Some(snapshot) = shared.snapshot(&type_url) else { return reply(304, Vec::new()) };
-    let mut resources = Vec::new();
-    for resource in &snapshot.resources {
-        if !decoded.resource_names.is_empty() && !decoded.resource_names.contains(&resource.name) {
-            continue;
-        }
-        match decode_json(&POOL, &resource.any.type_url, &resource.any.value) {
-            Ok(Value::Object(mut fields)) => {
-                fields.insert("@type".into(), Value::String(resource.any.type_url.clone()));
-                resources.push(Value::Object(fields));
-            }
-            _ => return reply(500, Vec::new()),
-        }
-    }
-    let body = serde_json::json!({"version_info": snapshot.version, "resources": resources, "type_url": type_url});
-    reply(200, serde_json::to_vec(&body).unwrap_or_default())
 }

@@ -7,9 +7,9 @@
 //! fields left at their default are skipped, as a YAML author would leave them out. From there
 //! static and dynamic config run the same deserializers.
 //!
-//! The descriptors are Envoy's v3 API as compiled by the `envoy-types` crate
-//! (`descriptors/README.md`), so every extension Envoy knows decodes, and the config model
-//! decides what legate supports, with the field path in its error.
+//! The descriptors are Envoy's v3 API as compiled by the `envoy-types` crate, without their
+//! comments (`descriptors/README.md`), so every extension Envoy knows decodes, and the config
+//! model decides what legate supports, with the field path in its error.
 
 use std::sync::LazyLock;
 
@@ -100,6 +100,18 @@ mod tests {
     use serde_json::json;
 
     const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+    #[test]
+    fn descriptors_are_stripped_of_source_info() {
+        let set = prost_reflect::prost_types::FileDescriptorSet::decode(ENVOY_API).unwrap();
+        assert!(set.file.len() > 500, "Envoy's whole API: {} files", set.file.len());
+        let with_comments: Vec<_> =
+            set.file.iter().filter(|f| f.source_code_info.is_some()).filter_map(|f| f.name.clone()).collect();
+        assert!(
+            with_comments.is_empty(),
+            "run the strip_descriptors example (descriptors/README.md): {with_comments:?}"
+        );
+    }
 
     #[test]
     fn cluster_decodes_to_the_yaml_shape() {

@@ -501,11 +501,9 @@ impl TypeSubscription {
             .resources
             .iter()
             .enumerate()
-            .map(|(i, resource)| {
-                let any = resource
-                    .resource
-                    .as_ref()
-                    .ok_or_else(|| format!("resources[{i}]: resource '{}' without a body", resource.name))?;
+            // A resource without a body is a TTL heartbeat: what legate holds stays as it is.
+            .filter_map(|(i, resource)| Some((i, resource, resource.resource.as_ref()?)))
+            .map(|(i, resource, any)| {
                 decode::decode_resource(resource_type, any, &resource.version)
                     .map_err(|e| format!("resources[{i}]: {e}"))
             })
