@@ -127,7 +127,7 @@ pub struct ApiConfigSource {
     pub refresh_delay: Option<Duration>,
     /// `REST`: the timeout of each poll (default 1 s).
     pub request_timeout: Option<Duration>,
-    /// Accepted; legate does not rate limit its own requests yet.
+    /// Envoy's token bucket on the requests legate sends (`max_tokens`, `fill_rate`).
     pub rate_limit_settings: Option<serde_json::Value>,
     /// Send `node` only on the first request of each stream.
     #[serde(default)]
