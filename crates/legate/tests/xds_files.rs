@@ -305,3 +305,72 @@ fn fifty_pushes_of_routes_clusters_and_endpoints_fail_no_request() {
         assert_eq!(px.stat(stat), Some(0), "{stat}");
     }
 }
+
+/// A listener with two filter chains told apart by `http_inspector`: HTTP/1.1 and h2c, each
+/// with its own `server_name`.
+fn two_chain_listener(rds_file: &Path, http1_name: &str, h2c_name: &str) -> Value {
+    let chain = |protocol: &str, server_name: &str| {
+        let mut chain = lds_listener(rds_file, server_name)["filter_chains"][0].clone();
+        chain["filter_chain_match"] = json!({ "application_protocols": [protocol] });
+        chain
+    };
+    let mut listener = lds_listener(rds_file, "unused");
+    listener["listener_filters"] = json!([{
+        "name": "envoy.filters.listener.http_inspector",
+        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" }
+    }]);
+    listener["filter_chains"] = json!([chain("http/1.1", http1_name), chain("h2c", h2c_name)]);
+    listener
+}
+
+#[test]
+fn an_update_drains_only_the_filter_chains_it_changed() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let dir = TempDir::new();
+    let (lds, rds) = (dir.join("lds.json"), dir.join("rds.json"));
+    publish(&rds, "r1", vec![routes_to("a")]);
+    publish(&lds, "l1", vec![two_chain_listener(&rds, "http1-v1", "h2c-v1")]);
+    let mut config = bootstrap(vec![], vec![legate_testing::config::static_cluster("a", &[a.addr()])]);
+    config["dynamic_resources"] =
+        json!({ "lds_config": { "path_config_source": { "path": lds.display().to_string() } } });
+    let px = Legate::builder(legate_bin!()).config(&config.to_string()).arg("--drain-time-s").arg("30").start();
+    let address = px.connect_addr("dynamic");
+    let mut http1 = HttpClient::connect(address);
+    assert_eq!(http1.get("/").header("server"), Some("http1-v1"));
+    let h2c = |path: &str| legate_testing::h2c_get(address, path, &[]);
+    assert_eq!(h2c("/").header("server"), Some("h2c-v1"));
+
+    // Only the h2c chain changes: the HTTP/1.1 connection is not drained.
+    publish(&lds, "l2", vec![two_chain_listener(&rds, "http1-v1", "h2c-v2")]);
+    px.wait_stat("listener_manager.listener_in_place_updated", 1);
+    assert_eq!(h2c("/").header("server"), Some("h2c-v2"));
+    for _ in 0..3 {
+        let response = http1.get("/");
+        assert_eq!(response.header("server"), Some("http1-v1"));
+        assert_eq!(response.header("connection"), None, "the unchanged chain's connection was drained");
+    }
+    assert_eq!(px.stat("listener_manager.total_filter_chains_draining"), Some(1));
+}
+
+#[test]
+fn a_listener_that_cannot_bind_is_counted_and_shown() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new();
+    let (lds, rds) = (dir.join("lds.json"), dir.join("rds.json"));
+    publish(&rds, "r1", vec![routes_to("a")]);
+    let mut listener = lds_listener(&rds, "x");
+    listener["address"]["socket_address"]["port_value"] = json!(taken.local_addr().unwrap().port());
+    publish(&lds, "l1", vec![listener]);
+    let mut config = bootstrap(vec![], vec![]);
+    config["dynamic_resources"] =
+        json!({ "lds_config": { "path_config_source": { "path": lds.display().to_string() } } });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    px.wait_stat("listener_manager.listener_create_failure", 1);
+    // The update itself was accepted (the bind happens after), as Envoy.
+    assert_eq!(px.stat("listener_manager.lds.update_success"), Some(1));
+    let dump = px.admin_json("/config_dump");
+    let listeners = dump["configs"].as_array().unwrap().iter().find(|c| c["dynamic_listeners"].is_array()).unwrap();
+    let error = &listeners["dynamic_listeners"][0]["error_state"];
+    assert!(error["details"].as_str().unwrap_or_default().contains("cannot bind"), "{listeners}");
+    assert_eq!(error["failed_configuration"]["name"], "dynamic");
+}
