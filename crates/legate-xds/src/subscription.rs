@@ -19,7 +19,7 @@ use crate::stats::SubscriptionStats;
 pub struct ConfigUpdate<'a> {
     pub resource_type: ResourceType,
     pub version_info: &'a str,
-    pub resources: &'a [DecodedResource],
+    pub resources: &'a [&'a DecodedResource],
     pub removed: &'a [String],
     /// Whether `resources` is the whole set (SotW, files, REST) rather than the changed ones.
     pub state_of_the_world: bool,
@@ -190,9 +190,7 @@ impl WatchMap {
     ) -> Result<(), String> {
         let by_name = index_by_name(self.resource_type, &resources)?;
         self.deliver(version_info, true, only_new, |watch| {
-            let names = watch.names.borrow();
-            let mine: Vec<DecodedResource> =
-                resources.iter().filter(|r| watch.wildcard || names.contains(&r.name)).cloned().collect();
+            let mine = select(watch, &resources, &by_name);
             let removed: Vec<String> = if self.resource_type.is_wildcard() {
                 watch.delivered.borrow().iter().filter(|n| !by_name.contains_key(n.as_str())).cloned().collect()
             } else {
@@ -209,22 +207,20 @@ impl WatchMap {
         resources: Vec<DecodedResource>,
         removed: Vec<String>,
     ) -> Result<(), String> {
-        index_by_name(self.resource_type, &resources)?;
+        let by_name = index_by_name(self.resource_type, &resources)?;
         self.deliver(system_version_info, false, false, |watch| {
-            let names = watch.names.borrow();
-            let mine: Vec<DecodedResource> =
-                resources.iter().filter(|r| watch.wildcard || names.contains(&r.name)).cloned().collect();
+            let mine = select(watch, &resources, &by_name);
             let gone: Vec<String> = removed.iter().filter(|n| watch.delivered.borrow().contains(*n)).cloned().collect();
             (mine, gone)
         })
     }
 
-    fn deliver(
+    fn deliver<'r>(
         &self,
         version_info: &str,
         state_of_the_world: bool,
         only_new: bool,
-        select: impl Fn(&WatchEntry) -> (Vec<DecodedResource>, Vec<String>),
+        select: impl Fn(&WatchEntry) -> (Vec<&'r DecodedResource>, Vec<String>),
     ) -> Result<(), String> {
         let mut first_error = None;
         for watch in self.watches() {
@@ -271,6 +267,20 @@ impl WatchMap {
             None => Ok(()),
         }
     }
+}
+
+/// The resources of a response `watch` asks for: all of them for a wildcard watch, else its
+/// names looked up (not the response scanned once per watch: 10,000 EDS watches on one
+/// response of 10,000 assignments).
+fn select<'r>(
+    watch: &WatchEntry,
+    resources: &'r [DecodedResource],
+    by_name: &BTreeMap<&str, &'r DecodedResource>,
+) -> Vec<&'r DecodedResource> {
+    if watch.wildcard {
+        return resources.iter().collect();
+    }
+    watch.names.borrow().iter().filter_map(|name| by_name.get(name.as_str()).copied()).collect()
 }
 
 /// Refuses a response naming one resource twice.
