@@ -37,6 +37,18 @@ pub fn normalize(value: &mut Value) {
 fn normalize_under(value: &mut Value, parent: &str) {
     match value {
         Value::Object(map) => {
+            // Most trees are snake_case already (files, protobufs decoded by their proto
+            // names): walk those in place instead of rebuilding every map.
+            let rebuild = map.iter().any(|(key, child)| child.is_null() || snake_case(key).is_some());
+            if !rebuild {
+                for (key, child) in map.iter_mut() {
+                    let free_form = FREE_FORM.contains(&key.as_str()) || (key == "metadata" && parent == "node");
+                    if !free_form {
+                        normalize_under(child, key);
+                    }
+                }
+                return;
+            }
             let old = std::mem::take(map);
             let mut new = Map::with_capacity(old.len());
             for (key, mut child) in old {

@@ -31,7 +31,17 @@ impl std::fmt::Display for PathError {
 
 /// Deserializes `value` into `T`, reporting the failing field's full path.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, PathError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+/// [`from_value`] without taking the tree: xDS keeps the resource it parses (for
+/// `/config_dump`), and copying a large resource only to read it costs more than the parse.
+pub fn from_value_ref<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, PathError> {
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+fn path_error<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> PathError {
+    {
         let outer = err.path().to_string();
         let outer = if outer == "." { String::new() } else { outer };
         let mut message = err.into_inner().to_string();
@@ -43,7 +53,7 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Pa
             }
         }
         split_nested(&outer, &message)
-    })
+    }
 }
 
 /// Wraps an inner error so that an enclosing [`from_value`] can join the paths. `field` is the

@@ -1,7 +1,8 @@
 //! One resource at a time, as xDS delivers them: a listener, a cluster, a route configuration,
 //! a load assignment or a secret, parsed from the same JSON shape as the bootstrap's YAML and
 //! checked by the same rules. Errors carry the field path inside the resource; the xDS client
-//! sends them back as the NACK's `error_detail`.
+//! sends them back as the NACK's `error_detail`. The trees must be normalized already
+//! ([`crate::normalize`]), as `legate-xds` delivers them.
 
 use std::collections::HashSet;
 
@@ -10,7 +11,6 @@ use serde_json::Value;
 use crate::cluster::Cluster;
 use crate::endpoint::ClusterLoadAssignment;
 use crate::listener::Listener;
-use crate::normalize::normalize;
 use crate::path::{self, PathError};
 use crate::route::RouteConfiguration;
 use crate::tls::Secret;
@@ -24,14 +24,13 @@ fn report(errors: Vec<PathError>) -> Result<(), String> {
     Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(mut value: Value) -> Result<T, String> {
-    normalize(&mut value);
-    path::from_value(value).map_err(|e| e.to_string())
+fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, String> {
+    path::from_value_ref(value).map_err(|e| e.to_string())
 }
 
 /// A listener from LDS. Inline route configurations check their clusters against `clusters`
 /// (those known now), as Envoy's `validate_clusters` default for them.
-pub fn listener(value: Value, clusters: &HashSet<&str>) -> Result<Listener, String> {
+pub fn listener(value: &Value, clusters: &HashSet<&str>) -> Result<Listener, String> {
     let listener: Listener = parse(value)?;
     let mut v = Validator::default();
     v.listener("", &listener, clusters);
@@ -43,7 +42,7 @@ pub fn listener(value: Value, clusters: &HashSet<&str>) -> Result<Listener, Stri
 }
 
 /// A cluster from CDS.
-pub fn cluster(value: Value) -> Result<Cluster, String> {
+pub fn cluster(value: &Value) -> Result<Cluster, String> {
     let mut cluster: Cluster = parse(value)?;
     cluster.apply_load_balancing_policy().map_err(|e| e.to_string())?;
     let mut v = Validator::default();
@@ -55,7 +54,7 @@ pub fn cluster(value: Value) -> Result<Cluster, String> {
 /// A route configuration from RDS. Its clusters are checked against `clusters` only with
 /// `validate_clusters: true` (the default is false for RDS, as in Envoy: routes may arrive
 /// before their clusters).
-pub fn route_configuration(value: Value, clusters: &HashSet<&str>) -> Result<RouteConfiguration, String> {
+pub fn route_configuration(value: &Value, clusters: &HashSet<&str>) -> Result<RouteConfiguration, String> {
     let config: RouteConfiguration = parse(value)?;
     let mut v = Validator { late_clusters: !config.validate_clusters.unwrap_or(false), ..Default::default() };
     config.validate("", &mut v, clusters);
@@ -64,7 +63,7 @@ pub fn route_configuration(value: Value, clusters: &HashSet<&str>) -> Result<Rou
 }
 
 /// A load assignment from EDS: every endpoint an IP address and a port.
-pub fn cluster_load_assignment(value: Value) -> Result<ClusterLoadAssignment, String> {
+pub fn cluster_load_assignment(value: &Value) -> Result<ClusterLoadAssignment, String> {
     let assignment: ClusterLoadAssignment = parse(value)?;
     let mut errors = Vec::new();
     for (i, locality) in assignment.endpoints.iter().enumerate() {
@@ -89,7 +88,7 @@ pub fn cluster_load_assignment(value: Value) -> Result<ClusterLoadAssignment, St
 }
 
 /// A secret from SDS.
-pub fn secret(value: Value) -> Result<Secret, String> {
+pub fn secret(value: &Value) -> Result<Secret, String> {
     parse(value)
 }
 
@@ -100,7 +99,7 @@ mod tests {
 
     #[test]
     fn a_bad_cluster_names_the_field() {
-        let err = cluster(json!({"name": "c", "lbPolicy": "ROUND_ROBBIN"})).unwrap_err();
+        let err = cluster(&json!({"name": "c", "lb_policy": "ROUND_ROBBIN"})).unwrap_err();
         assert!(err.starts_with("lb_policy: unknown variant `ROUND_ROBBIN`"), "{err}");
     }
 
@@ -111,8 +110,8 @@ mod tests {
                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "missing"}}]}]})
         };
         let known = HashSet::from(["present"]);
-        assert!(route_configuration(rc(false), &known).is_ok());
-        let err = route_configuration(rc(true), &known).unwrap_err();
+        assert!(route_configuration(&rc(false), &known).is_ok());
+        let err = route_configuration(&rc(true), &known).unwrap_err();
         assert!(err.contains("route: unknown cluster 'missing'"), "{err}");
     }
 
@@ -120,7 +119,7 @@ mod tests {
     fn endpoints_must_be_addresses() {
         let cla = json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "backend.local", "port_value": 80}}}}]}]});
-        let err = cluster_load_assignment(cla).unwrap_err();
+        let err = cluster_load_assignment(&cla).unwrap_err();
         assert!(err.contains("malformed IP address: backend.local"), "{err}");
     }
 }

@@ -105,7 +105,12 @@ fn deliver_to_new_watches(path: &Path, map: &WatchMap) {
 /// Parses a `DiscoveryResponse`: `version_info` and `resources`, each either the resource
 /// itself (with its `@type`) or a `Resource` wrapper holding it under `resource`.
 fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
-    let mut response: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("unable to parse: {e}"))?;
+    // JSON is YAML, but the JSON parser is several times faster on a large file.
+    let mut response: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| format!("unable to parse: {e}"))?
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| format!("unable to parse: {e}"))?
+    };
     legate_config::normalize::normalize(&mut response);
     let Value::Object(fields) = &mut response else {
         return Err("a DiscoveryResponse must be a mapping".into());

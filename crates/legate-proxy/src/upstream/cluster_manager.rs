@@ -305,7 +305,9 @@ impl ClusterManager {
         }
         let mut map = ClusterMap::clone(&self.clusters.load());
         let mut order = self.order.borrow_mut();
-        let mut started: Vec<Arc<Cluster>> = Vec::new();
+        // By name: a batch may activate a cluster and replace it again (a Vec searched per
+        // cluster would be quadratic in a 10,000-cluster CDS update).
+        let mut started: HashMap<String, Arc<Cluster>> = HashMap::default();
         for change in pending {
             match change {
                 Pending::Activate(cluster) => {
@@ -313,14 +315,13 @@ impl ClusterManager {
                         Some(old) => self.stop_tasks(&old),
                         None => order.push(cluster.name.clone()),
                     }
-                    started.retain(|c| c.name != cluster.name);
-                    started.push(cluster);
+                    started.insert(cluster.name.clone(), cluster);
                 }
                 Pending::Remove(name) => {
                     if let Some(old) = map.remove(&name) {
                         self.stop_tasks(&old);
                     }
-                    started.retain(|c| c.name != name);
+                    started.remove(&name);
                 }
             }
         }
@@ -328,7 +329,7 @@ impl ClusterManager {
         self.stats.active_clusters.set(map.len() as u64);
         self.clusters.store(Arc::new(map));
         drop(order);
-        for cluster in &started {
+        for cluster in started.values() {
             self.start_tasks(cluster);
         }
     }

@@ -64,7 +64,7 @@ impl SubscriptionCallbacks for CdsApi {
         let manager = &self.cluster_manager;
         let mut errors = Vec::new();
         for resource in update.resources {
-            let result = legate_config::resources::cluster(resource.value.clone()).and_then(|config| {
+            let result = legate_config::resources::cluster(&resource.value).and_then(|config| {
                 match manager.add_or_update_cluster(config, resource.value.clone(), update.version_info)? {
                     ClusterUpdate::Unchanged => Ok(()),
                     ClusterUpdate::Warming(cluster) => self.eds.cluster_added(&cluster).inspect_err(|_| {

@@ -144,7 +144,7 @@ impl SubscriptionCallbacks for LdsApi {
         let clusters: HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut errors = Vec::new();
         for resource in update.resources {
-            let result = legate_config::resources::listener(resource.value.clone(), &clusters).and_then(|config| {
+            let result = legate_config::resources::listener(&resource.value, &clusters).and_then(|config| {
                 let pending = PendingListener {
                     name: resource.name.clone(),
                     config,

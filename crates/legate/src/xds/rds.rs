@@ -128,7 +128,7 @@ impl SubscriptionCallbacks for RdsSubscription {
         let Some(resource) = update.resources.iter().find(|r| r.name == *name) else { return Ok(()) };
         let names = rds.cluster_manager.cluster_names();
         let clusters: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let config = legate_config::resources::route_configuration(resource.value.clone(), &clusters)
+        let config = legate_config::resources::route_configuration(&resource.value, &clusters)
             .map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
         let table = RouteConfig::new(&config).map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
         self.provider.update(table);
