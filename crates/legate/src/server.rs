@@ -277,10 +277,6 @@ async fn serve(
     }
     server.listener_manager.borrow_mut().start_workers(&workers);
     *server.workers.borrow_mut() = workers;
-    // Workers inherit the priority of the thread that spawned them; the main thread (xDS,
-    // admin, health checks, DNS) now steps back so that a large config push does not take
-    // CPU time from traffic on a busy machine.
-    lower_main_thread_priority();
     crate::xds::Xds::start_lds(&server)?;
     while !server.xds.listeners_initialized(&server) {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -386,20 +382,5 @@ async fn flush_stats(server: Rc<Server>) {
         server.refresh_gauges();
         server.store.latch_histograms();
         tokio::time::sleep(interval).await;
-    }
-}
-
-/// Lowers the calling thread's scheduling priority (nice +10): the kernel then prefers the
-/// workers when both want the CPU. Only this thread: Linux keeps a nice value per thread.
-fn lower_main_thread_priority() {
-    // SAFETY: gettid and setpriority take plain integers and change only the scheduler's
-    // view of this thread; no memory is shared with the kernel.
-    #[allow(unsafe_code)]
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
-    };
-    if result != 0 {
-        tracing::debug!("could not lower the main thread's priority: {}", std::io::Error::last_os_error());
     }
 }
