@@ -56,7 +56,7 @@ pub struct WorkerContext {
     pub cluster_manager: ThreadLocalClusterManager,
     pub server: Arc<ServerShared>,
     /// This worker's HTTP connection pools.
-    pub http_pools: HttpPools,
+    http_pools: HttpPools,
     /// Turns true when the server drains: HTTP connections close gracefully.
     pub draining: watch::Receiver<bool>,
     draining_tx: watch::Sender<bool>,
@@ -76,6 +76,17 @@ impl WorkerContext {
             draining_tx,
             code_counters: RefCell::new(HashMap::default()),
         }
+    }
+
+    /// This worker's pools, after draining those of hosts and clusters that went away (xDS
+    /// updates): their connections close as their requests end.
+    pub fn pools(&self) -> &HttpPools {
+        if self.http_pools.stale() {
+            self.http_pools.prune(&self.cluster_manager.snapshot());
+            self.cluster_manager.forget_removed();
+            self.code_counters.borrow_mut().clear();
+        }
+        &self.http_pools
     }
 
     /// Counts `code` into `cluster.<name>.upstream_rq_<code>` and `upstream_rq_<N>xx`.

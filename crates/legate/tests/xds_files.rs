@@ -374,3 +374,49 @@ fn a_listener_that_cannot_bind_is_counted_and_shown() {
     assert!(error["details"].as_str().unwrap_or_default().contains("cannot bind"), "{listeners}");
     assert_eq!(error["failed_configuration"]["name"], "dynamic");
 }
+
+/// An upstream that accepts one connection and answers `a` to each request on it; reports
+/// `true` when legate closes the connection, `false` when it stays idle for `within`.
+fn single_connection_upstream(within: Duration) -> (SocketAddr, std::sync::mpsc::Receiver<bool>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let _ = stream.set_read_timeout(Some(within));
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+                Err(e) => break !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            }
+            while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                request.drain(..end + 4);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na");
+            }
+        };
+        let _ = tx.send(closed);
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_removed_endpoints_idle_upstream_connection_is_closed() {
+    let (a, closed) = single_connection_upstream(Duration::from_secs(20));
+    let b = HttpUpstream::http1(|_| UpstreamAction::ok("b"));
+    let dir = TempDir::new();
+    let (cds, eds) = (dir.join("cds.json"), dir.join("eds.json"));
+    publish(&cds, "c1", vec![eds_cluster("dynamic", &eds)]);
+    publish(&eds, "e1", vec![assignment("dynamic", &[a])]);
+    let px = Legate::start(legate_bin!(), &cds_bootstrap(&cds).to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(client.get("/").body, "a");
+    // a leaves the cluster: its pooled keep-alive connection is closed (at the worker's next
+    // request), not kept for the hour of the upstream idle timeout.
+    publish(&eds, "e2", vec![assignment("dynamic", &[b.addr()])]);
+    eventually("b serves", Duration::from_secs(10), || client.get("/").body, |body| body == "b");
+    assert_eq!(closed.recv_timeout(Duration::from_secs(25)), Ok(true), "the connection to a stayed open");
+}

@@ -286,6 +286,7 @@ impl Cluster {
         self.endpoint_stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
         if membership_changed {
             self.endpoint_stats.membership_change.inc();
+            super::pool::topology_changed();
         }
         self.priority_set.store(Arc::new(set));
     }

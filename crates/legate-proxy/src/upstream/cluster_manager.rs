@@ -328,6 +328,7 @@ impl ClusterManager {
         order.retain(|n| map.contains_key(n));
         self.stats.active_clusters.set(map.len() as u64);
         self.clusters.store(Arc::new(map));
+        super::pool::topology_changed();
         drop(order);
         for cluster in started.values() {
             self.start_tasks(cluster);
@@ -368,6 +369,17 @@ impl ThreadLocalClusterManager {
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
         self.clusters.load().get(name).cloned()
+    }
+
+    /// The current clusters.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<ClusterMap>> {
+        self.clusters.load()
+    }
+
+    /// Forgets the load balancers of clusters that are gone or replaced.
+    pub fn forget_removed(&self) {
+        let clusters = self.clusters.load();
+        self.local.borrow_mut().retain(|name, tl| clusters.get(name).is_some_and(|c| Arc::ptr_eq(c, &tl.cluster)));
     }
 
     /// Picks a host of `cluster_name` with this worker's load balancer. The load balancer is

@@ -66,12 +66,56 @@ impl PoolFailure {
 #[derive(Default)]
 pub struct HttpPools {
     pools: RefCell<HashMap<PoolKey, Vec<Rc<Pool>>>>,
+    /// The [`topology_generation`] the pools were last checked against.
+    generation: Cell<u64>,
+}
+
+/// Bumped whenever a cluster's hosts change or clusters come and go: workers then drop the
+/// pools of hosts and clusters that are gone, at their next request.
+static TOPOLOGY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn topology_changed() {
+    TOPOLOGY.fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
+fn topology_generation() -> u64 {
+    TOPOLOGY.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// A host (by address of its `Arc`) and a protocol.
 type PoolKey = (usize, PoolProtocol);
 
 impl HttpPools {
+    /// Whether hosts or clusters changed since the last [`Self::prune`] (one atomic load).
+    pub fn stale(&self) -> bool {
+        topology_generation() != self.generation.get()
+    }
+
+    /// Drains and forgets the pools whose host left its cluster, or whose cluster is no longer
+    /// the one of its name in `clusters` (replaced or removed by CDS).
+    pub fn prune(&self, clusters: &super::cluster_manager::ClusterMap) {
+        self.generation.set(topology_generation());
+        // Each cluster's hosts, collected once per prune (not once per pool).
+        let mut hosts: HashMap<usize, rustc_hash::FxHashSet<usize>> = HashMap::default();
+        self.pools.borrow_mut().retain(|_, by_sni| {
+            by_sni.retain(|pool| {
+                let current = clusters.get(&pool.cluster.name).is_some_and(|c| Arc::ptr_eq(c, &pool.cluster));
+                let present = current
+                    && hosts
+                        .entry(Arc::as_ptr(&pool.cluster) as usize)
+                        .or_insert_with(|| {
+                            pool.cluster.priority_set().all_hosts().map(|h| Arc::as_ptr(h) as usize).collect()
+                        })
+                        .contains(&(Arc::as_ptr(&pool.host) as usize));
+                if !present {
+                    pool.drain();
+                }
+                present
+            });
+            !by_sni.is_empty()
+        });
+    }
+
     pub fn get(&self, cluster: &Arc<Cluster>, host: &Arc<Host>, protocol: PoolProtocol, sni: Option<&str>) -> Rc<Pool> {
         // The pool keeps its host alive, so the address cannot be reused by another host.
         let key = (Arc::as_ptr(host) as usize, protocol);
@@ -142,9 +186,28 @@ pub struct Pool {
     sni: Option<Arc<str>>,
     settings: Settings,
     state: RefCell<State>,
+    /// The pool left its worker's map (its host or cluster went away): every connection
+    /// closes once its request is done.
+    drained: Cell<bool>,
 }
 
 impl Pool {
+    /// Closes the idle connections now and the busy ones when their requests end (Envoy
+    /// drains the pools of a removed host or a replaced cluster the same way).
+    fn drain(&self) {
+        self.drained.set(true);
+        let mut state = self.state.borrow_mut();
+        for (sender, shared) in state.idle.drain(..) {
+            drop(sender);
+            shared.closed.set(true);
+            shared.changed.notify_one();
+        }
+        for client in &state.h2 {
+            client.shared.draining.set(true);
+            client.shared.changed.notify_one();
+        }
+    }
+
     fn new(cluster: Arc<Cluster>, host: Arc<Host>, protocol: PoolProtocol, sni: Option<Arc<str>>) -> Self {
         let common = cluster.config.upstream_common_http_protocol_options();
         let h2 = cluster.config.upstream_http2_options();
@@ -164,7 +227,15 @@ impl Pool {
             initial_stream_window_size: h2.initial_stream_window_size(),
             initial_connection_window_size: h2.initial_connection_window_size(),
         };
-        Pool { cluster, host, protocol, sni, settings, state: RefCell::new(State::default()) }
+        Pool {
+            cluster,
+            host,
+            protocol,
+            sni,
+            settings,
+            state: RefCell::new(State::default()),
+            drained: Cell::new(false),
+        }
     }
 
     pub fn protocol(&self) -> PoolProtocol {
@@ -496,6 +567,10 @@ impl Pool {
         let limit_reached = self.settings.max_requests_per_connection.is_some_and(|max| shared.requests.get() >= max);
         if limit_reached && !shared.draining.get() {
             self.cluster.stats().upstream_cx_max_requests.inc();
+            shared.draining.set(true);
+            shared.changed.notify_one();
+        }
+        if self.drained.get() && !shared.draining.get() {
             shared.draining.set(true);
             shared.changed.notify_one();
         }

@@ -452,7 +452,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Some(_) => crate::upstream::pool::PoolProtocol::Http1,
             None => pool_protocol(&cluster, downstream_version),
         };
-        let pool = worker.http_pools.get(&cluster, &host, protocol, auto_sni.as_deref());
+        let pool = worker.pools().get(&cluster, &host, protocol, auto_sni.as_deref());
         let mut fresh = false;
         let result = loop {
             let conn = match with_timers(pool.acquire(priority, fresh), &timers, &rq.body, None).await {
@@ -1067,7 +1067,7 @@ impl Shadow {
             return;
         };
         let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, Instant::now());
-        let pool = worker.http_pools.get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
+        let pool = worker.pools().get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;
             let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
