@@ -16,15 +16,17 @@ pub struct Cluster {
     pub name: String,
     pub config: ClusterConfig,
     /// Traffic stats, see [`Self::stats`].
-    traffic_stats: std::sync::OnceLock<ClusterStats>,
+    traffic_stats: std::sync::OnceLock<Box<ClusterStats>>,
     pub endpoint_stats: ClusterEndpointStats,
     /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
     pub scope: Scope,
     pub circuit_breakers: CircuitBreakers,
     /// `outlier_detection`, when configured.
-    pub outlier_detector: Option<super::outlier_detection::OutlierDetector>,
+    /// Boxed, as the health checker: most clusters have neither, and 10,000 clusters would
+    /// carry their space inline.
+    pub outlier_detector: Option<Box<super::outlier_detection::OutlierDetector>>,
     /// The first of `health_checks`, when configured (config refuses more than one).
-    pub health_checker: Option<super::health_checker::HealthChecker>,
+    pub health_checker: Option<Box<super::health_checker::HealthChecker>>,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     overprovisioning_factor: AtomicU32,
     /// Static clusters are never added through an API in this version.
@@ -81,7 +83,7 @@ impl Cluster {
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
         let traffic_stats = std::sync::OnceLock::new();
         if !scope.store().deferred_creation() {
-            let _ = traffic_stats.set(ClusterStats::new(scope));
+            let _ = traffic_stats.set(Box::new(ClusterStats::new(scope)));
         }
         let circuit_breakers = CircuitBreakers::new(&config.circuit_breakers, scope);
         let overprovisioning_factor = config
@@ -97,8 +99,11 @@ impl Cluster {
             outlier_detector: config
                 .outlier_detection
                 .as_ref()
-                .map(|o| super::outlier_detection::OutlierDetector::new(o, scope)),
-            health_checker: config.health_checks.first().map(|hc| super::health_checker::HealthChecker::new(hc, scope)),
+                .map(|o| Box::new(super::outlier_detection::OutlierDetector::new(o, scope))),
+            health_checker: config
+                .health_checks
+                .first()
+                .map(|hc| Box::new(super::health_checker::HealthChecker::new(hc, scope))),
             circuit_breakers,
             overprovisioning_factor: AtomicU32::new(overprovisioning_factor),
             added_via_api: false,
@@ -245,12 +250,12 @@ impl Cluster {
     /// `cluster.<name>.upstream_*`: created with the cluster, or on its first use when the
     /// bootstrap defers stat creation (10,000 idle clusters then cost no traffic stats).
     pub fn stats(&self) -> &ClusterStats {
-        self.traffic_stats.get_or_init(|| ClusterStats::new(&self.scope))
+        self.traffic_stats.get_or_init(|| Box::new(ClusterStats::new(&self.scope)))
     }
 
     /// The traffic stats if they exist (reading them must not create them).
     pub fn existing_stats(&self) -> Option<&ClusterStats> {
-        self.traffic_stats.get()
+        self.traffic_stats.get().map(|s| &**s)
     }
 
     pub fn priority_set(&self) -> Arc<PrioritySet> {
