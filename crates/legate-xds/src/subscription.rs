@@ -223,10 +223,11 @@ impl WatchMap {
         select: impl Fn(&WatchEntry) -> (Vec<&'r DecodedResource>, Vec<String>),
     ) -> Result<(), String> {
         let mut first_error = None;
-        for watch in self.watches() {
+        for (i, watch) in self.watches().into_iter().enumerate() {
             if watch.offered.replace(true) && only_new {
                 continue;
             }
+            crate::pace(i);
             let (resources, removed) = select(&watch);
             // A named watch whose resources are not in this response has nothing to hear
             // (SotW responses for RDS/EDS need not carry every subscribed name).
