@@ -216,6 +216,15 @@ impl HttpConnectionManager {
         if let Some(rc) = &self.route_config {
             rc.validate(&format!("{at}.route_config"), v, clusters);
         }
+        if let Some(rds) = &self.rds {
+            v.non_empty(&format!("{at}.rds.route_config_name"), &rds.route_config_name);
+            if rds.config_source.kind().is_none() {
+                v.error(
+                    &format!("{at}.rds.config_source"),
+                    "one of path_config_source, api_config_source or ads is required",
+                );
+            }
+        }
         self.validate_http_filters(at, v);
         if let Some(kb) = self.max_request_headers_kb {
             if !(1..=8192).contains(&kb) {
