@@ -72,8 +72,12 @@ pub struct HttpHealthCheck {
     /// The request path (required).
     #[serde(default)]
     pub path: String,
-    pub send: Option<Unsupported>,
-    pub receive: Option<Unsupported>,
+    /// The request body.
+    pub send: Option<Payload>,
+    /// Payloads the first 1 KiB of the response body must hold, in order (Envoy's
+    /// `response_buffer_size` default); a body without them fails the check.
+    #[serde(default)]
+    pub receive: Vec<Payload>,
     /// Static values only: legate does not format `%VARIABLE%` here.
     #[serde(default)]
     pub request_headers_to_add: Vec<HeaderValueOption>,
@@ -287,6 +291,12 @@ impl HttpHealthCheck {
                     "value length must be at least 1 characters",
                 );
             }
+        }
+        if let Some(send) = &self.send {
+            send.validate(&format!("{at}.send"), v);
+        }
+        for (i, receive) in self.receive.iter().enumerate() {
+            receive.validate(&format!("{at}.receive[{i}]"), v);
         }
         const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"];
         if let Some(method) = &self.method {

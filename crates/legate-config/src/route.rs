@@ -316,7 +316,33 @@ pub struct RouteMatch {
     pub tls_context: Option<Unsupported>,
     pub dynamic_metadata: Option<Unsupported>,
     pub filter_state: Option<Unsupported>,
-    pub cookies: Option<Unsupported>,
+    /// Every cookie matcher must match.
+    #[serde(default)]
+    pub cookies: Vec<CookieMatcher>,
+}
+
+/// `envoy.config.route.v3.CookieMatcher`: the value of the first cookie of `name` in the
+/// `cookie` headers (surrounding quotes removed) matches `string_match`; an absent cookie does
+/// not match. `invert_match` turns the result around.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CookieMatcher {
+    #[serde(default)]
+    pub name: String,
+    pub string_match: Option<StringMatcher>,
+    #[serde(default)]
+    pub invert_match: bool,
+}
+
+impl CookieMatcher {
+    /// `value` is the cookie's value, `None` when the request has no such cookie.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let found = match (value, &self.string_match) {
+            (Some(v), Some(m)) => m.matches(v),
+            _ => false,
+        };
+        found != self.invert_match
+    }
 }
 
 impl RouteMatch {
@@ -351,6 +377,12 @@ impl RouteMatch {
         }
         for (i, query) in self.query_parameters.iter().enumerate() {
             query.validate(&format!("{at}.query_parameters[{i}]"), v);
+        }
+        for (i, cookie) in self.cookies.iter().enumerate() {
+            v.non_empty(&format!("{at}.cookies[{i}].name"), &cookie.name);
+            if cookie.string_match.is_none() {
+                v.error(&format!("{at}.cookies[{i}].string_match"), "value is required");
+            }
         }
     }
 }

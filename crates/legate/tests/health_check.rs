@@ -290,3 +290,32 @@ fn endpoint_health_check_config_moves_or_disables_the_checks() {
     let bodies: std::collections::BTreeSet<String> = (0..4).map(|_| client.get("/").body).collect();
     assert_eq!(bodies.into_iter().collect::<Vec<_>>(), ["served", "unchecked"]);
 }
+
+/// `http_health_check.send` is the request body; `receive` must be in the response body (as
+/// Envoy Gateway configures them): a host answering 200 without the payload fails.
+#[test]
+fn http_check_sends_a_body_and_matches_the_response_body() {
+    let answer = Arc::new(std::sync::Mutex::new("status: ok"));
+    let served = answer.clone();
+    let host = HttpUpstream::http1(move |r| match r.path.as_str() {
+        "/healthz" if r.body.as_ref() == b"ping" => UpstreamAction::ok(*served.lock().unwrap()),
+        "/healthz" => UpstreamAction::status(400, "no ping"),
+        _ => UpstreamAction::ok("app"),
+    });
+    let mut config = http_bootstrap(&[host.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.2s",
+        "no_traffic_interval": "0.2s",
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        "http_health_check": {"path": "/healthz", "method": "POST", "send": {"text": "70696e67"}, "receive": [{"text": "6f6b"}]}
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    wait_flags(&px, host.addr(), "healthy");
+    let check = host.requests().into_iter().find(|r| r.path == "/healthz").expect("a check");
+    assert_eq!((check.method.as_str(), check.body.as_ref()), ("POST", &b"ping"[..]));
+    // Still 200, but without "ok" in the body: unhealthy.
+    *answer.lock().unwrap() = "status: down";
+    wait_flags(&px, host.addr(), "/failed_active_hc");
+}

@@ -37,6 +37,7 @@ pub struct Route {
     pub(crate) case_sensitive: bool,
     headers: Vec<HeaderMatcher>,
     query_parameters: Vec<QueryParameterMatcher>,
+    cookies: Vec<legate_config::route::CookieMatcher>,
     grpc: bool,
     /// `runtime_fraction`, in millionths.
     fraction: Option<u64>,
@@ -78,6 +79,7 @@ impl Route {
             case_sensitive,
             headers: m.headers.clone(),
             query_parameters: m.query_parameters.clone(),
+            cookies: m.cookies.clone(),
             grpc: m.grpc.is_some(),
             fraction,
             kind: RouteKind::new(config, vhost_retry)?,
@@ -126,6 +128,9 @@ impl Route {
         if !self.query_parameters.iter().all(|m| m.matches(query_value(input.query, &m.name))) {
             return false;
         }
+        if !self.cookies.iter().all(|m| m.matches(cookie_value(input.headers, &m.name))) {
+            return false;
+        }
         match self.fraction {
             Some(millionths) => input.random % 1_000_000 < millionths,
             None => true,
@@ -139,6 +144,19 @@ impl Route {
             path.len() >= prefix.len() && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
         }
     }
+}
+
+/// The value of the first cookie `name` in the `cookie` headers, its surrounding double quotes
+/// removed (Envoy's `parseCookieValue`).
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value))
 }
 
 pub fn is_grpc(headers: &HeaderMap) -> bool {
@@ -162,5 +180,26 @@ mod tests {
         assert_eq!(query_value(Some("a=1&b=2&b=3"), "b"), Some("2"));
         assert_eq!(query_value(Some("flag&x=1"), "flag"), Some(""));
         assert_eq!(query_value(None, "a"), None);
+    }
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::*;
+
+    #[test]
+    fn cookie_values_are_found_across_headers_and_unquoted() {
+        let mut headers = HeaderMap::new();
+        headers.append(http::header::COOKIE, "a=1; session=\"abc\"".parse().unwrap());
+        headers.append(http::header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(cookie_value(&headers, "session"), Some("abc"));
+        assert_eq!(cookie_value(&headers, "b"), Some("2"));
+        assert_eq!(cookie_value(&headers, "c"), None);
+        let matcher: legate_config::route::CookieMatcher =
+            legate_config::path::from_value(serde_json::json!({"name": "b", "string_match": {"exact": "2"}})).unwrap();
+        assert!(matcher.matches(cookie_value(&headers, "b")));
+        assert!(!matcher.matches(None));
+        let inverted = legate_config::route::CookieMatcher { invert_match: true, ..matcher };
+        assert!(inverted.matches(None));
     }
 }

@@ -65,8 +65,10 @@ pub struct HealthChecker {
     /// into the routes' header parser, as Envoy's checkers use it.
     request_headers: HeaderParser,
     /// Payloads decoded once (validated at load).
-    tcp_send: Vec<u8>,
-    tcp_receive: Vec<Vec<u8>>,
+    /// The TCP payload, or the HTTP request body.
+    send: Vec<u8>,
+    /// What the TCP response, or the start of the HTTP response body, must hold in order.
+    receive: Vec<Vec<u8>>,
     pub stats: HealthCheckerStats,
 }
 
@@ -146,9 +148,13 @@ impl HostCheckState {
 impl HealthChecker {
     /// `config` was validated at load: one checker kind, payloads that decode.
     pub fn new(config: &HealthCheckConfig, cluster_scope: &Scope) -> Self {
-        let tcp = config.tcp_health_check.as_ref();
-        let tcp_send = tcp.and_then(|t| t.send.as_ref()).and_then(|p| p.bytes().ok()).unwrap_or_default();
-        let tcp_receive = tcp.map(|t| t.receive.iter().filter_map(|p| p.bytes().ok()).collect()).unwrap_or_default();
+        let (send, receive) = match (&config.tcp_health_check, &config.http_health_check) {
+            (Some(tcp), _) => (tcp.send.as_ref(), tcp.receive.as_slice()),
+            (None, Some(http)) => (http.send.as_ref(), http.receive.as_slice()),
+            (None, None) => (None, &[][..]),
+        };
+        let send = send.and_then(|p| p.bytes().ok()).unwrap_or_default();
+        let receive = receive.iter().filter_map(|p| p.bytes().ok()).collect();
         let (add, remove): (&[HeaderValueOption], &[String]) =
             match (&config.http_health_check, &config.grpc_health_check) {
                 (Some(http), _) => (&http.request_headers_to_add, &http.request_headers_to_remove),
@@ -165,8 +171,8 @@ impl HealthChecker {
             config: config.clone(),
             event_log: EventLog::open(config),
             request_headers: HeaderParser::new(&add, &remove).unwrap_or_default(),
-            tcp_send,
-            tcp_receive,
+            send,
+            receive,
             stats: HealthCheckerStats::new(&cluster_scope.scope("health_check")),
         }
     }
@@ -327,7 +333,7 @@ async fn check(
     connection: &mut Connection,
 ) -> CheckResult {
     if let Some(http) = &checker.config.http_health_check {
-        http_check(cluster, http, &checker.request_headers, addr, endpoint_hostname, connection).await
+        http_check(cluster, checker, http, addr, endpoint_hostname, connection).await
     } else if let Some(grpc) = &checker.config.grpc_health_check {
         grpc_check(cluster, grpc, &checker.request_headers, addr, connection).await
     } else if checker.config.tcp_health_check.is_some() {
@@ -392,8 +398,8 @@ fn check_uri(http2: bool, authority: &str, path: &str) -> Option<hyper::Uri> {
 
 async fn http_check(
     cluster: &Cluster,
+    checker: &HealthChecker,
     http: &HttpHealthCheck,
-    request_headers: &HeaderParser,
     addr: SocketAddr,
     endpoint_hostname: &str,
     connection: &mut Connection,
@@ -405,7 +411,7 @@ async fn http_check(
         ("", configured) => configured,
         (endpoint, _) => endpoint,
     };
-    let mut request = hyper::Request::new(Full::new(Bytes::new()));
+    let mut request = hyper::Request::new(Full::new(Bytes::from(checker.send.clone())));
     *request.method_mut() = hyper::Method::from_bytes(http.method().as_bytes()).unwrap_or(hyper::Method::GET);
     let Some(uri) = check_uri(http2, host, &http.path) else { return CheckResult::Failure { immediate: true } };
     *request.uri_mut() = uri;
@@ -419,7 +425,7 @@ async fn http_check(
         }
     }
     headers.insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static("Envoy/HC"));
-    request_headers.evaluate(headers, &check_info(addr));
+    checker.request_headers.evaluate(headers, &check_info(addr));
 
     let Some(response) = send(cluster, addr, http2, connection, request).await else {
         return CheckResult::NetworkFailure;
@@ -429,13 +435,28 @@ async fn http_check(
     let close =
         response.headers().get(hyper::header::CONNECTION).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     // Read the body to its end so the connection can carry the next check.
-    if response.into_body().collect().await.is_err() {
+    let Ok(body) = response.into_body().collect().await else {
         return CheckResult::NetworkFailure;
-    }
+    };
     if close {
         *connection = Connection::None;
     }
+    // Envoy matches `receive` within its response buffer (`response_buffer_size`, 1 KiB).
+    let body = body.to_bytes();
+    let start = body.get(..body.len().min(HTTP_RESPONSE_BUFFER)).unwrap_or_default();
+    if !checker.receive.is_empty() && !contains_in_order(start, &checker.receive) {
+        return CheckResult::Failure { immediate: !retriable_status(http, status) };
+    }
     http_result(http, status, immediate_fail)
+}
+
+/// Envoy's default `response_buffer_size`: how much of an HTTP check's body `receive` sees.
+const HTTP_RESPONSE_BUFFER: usize = 1024;
+
+/// A body that does not match fails like a status outside `expected_statuses`: at once,
+/// unless the status is retriable.
+fn retriable_status(http: &HttpHealthCheck, status: i64) -> bool {
+    http.retriable_statuses.iter().any(|r| r.start <= status && status < r.end)
 }
 
 /// `grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING`.
@@ -581,12 +602,12 @@ async fn tcp_check(
         *connection = Connection::Tcp(stream);
     }
     let Connection::Tcp(stream) = connection else { return CheckResult::NetworkFailure };
-    if !checker.tcp_send.is_empty() && stream.write_all(&checker.tcp_send).await.is_err() {
+    if !checker.send.is_empty() && stream.write_all(&checker.send).await.is_err() {
         return CheckResult::NetworkFailure;
     }
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
-    while !contains_in_order(&received, &checker.tcp_receive) {
+    while !contains_in_order(&received, &checker.receive) {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return CheckResult::NetworkFailure,
             Ok(n) => received.extend_from_slice(buf.get(..n).unwrap_or_default()),
