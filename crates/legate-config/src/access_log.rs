@@ -129,7 +129,7 @@ pub struct SubstitutionFormatString {
 }
 
 impl SubstitutionFormatString {
-    fn validate(&self, at: &str, v: &mut Validator) {
+    pub(crate) fn validate(&self, at: &str, v: &mut Validator) {
         v.oneof(
             at,
             &[

@@ -1159,12 +1159,17 @@ pub struct DirectResponseAction {
     pub status: u32,
     /// Read when the config is loaded; no body when absent.
     pub body: Option<DataSource>,
-    pub body_format: Option<Unsupported>,
+    /// Formats the body per request (`%LOCAL_REPLY_BODY%` is `body`) and sets its
+    /// `content-type`, as a local reply's `body_format`.
+    pub body_format: Option<crate::access_log::SubstitutionFormatString>,
 }
 
 impl DirectResponseAction {
     /// `max_body` is the route configuration's `max_direct_response_body_size_bytes`.
     fn validate(&self, at: &str, v: &mut Validator, max_body: u32) {
+        if let Some(format) = &self.body_format {
+            format.validate(&format!("{at}.body_format"), v);
+        }
         if !(200..600).contains(&self.status) {
             v.error(&format!("{at}.status"), format!("value must be inside range [200, 600) (got {})", self.status));
         }

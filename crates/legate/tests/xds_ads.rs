@@ -238,13 +238,10 @@ fn listener_certificates_come_from_sds_and_rotate() {
     eventually("the new certificate is served", Duration::from_secs(10), served, |der| *der == second.der);
 }
 
-/// Envoy Gateway's `http-route-redirect` output, served: its listener moved to 127.0.0.1:0
-/// (the scenario binds 0.0.0.0:10080); its redirects are answered by legate itself, so no
-/// request leaves the machine.
-#[test]
-fn an_envoy_gateway_scenario_is_served() {
-    let control_plane = ControlPlane::start();
-    let scenario = "http-route-redirect";
+/// Loads one Envoy Gateway scenario (listeners moved to 127.0.0.1:0: they bind 0.0.0.0:10080),
+/// serves it over ADS and returns legate with the first listener's name; `None` when the
+/// shared directory is missing.
+fn serve_envoy_gateway(control_plane: &ControlPlane, scenario: &str) -> Option<(Legate, String)> {
     let dir = legate_testing::control_plane::xds_resources_dir();
     let file = |kind: &str| {
         let found = std::fs::read_dir(&dir).ok().and_then(|entries| {
@@ -262,7 +259,7 @@ fn an_envoy_gateway_scenario_is_served() {
     };
     let (Some(mut listeners), Some(routes)) = (file("listeners"), file("routes")) else {
         eprintln!("scenario {scenario} not found in {}; skipping", dir.display());
-        return;
+        return None;
     };
     for listener in &mut listeners {
         listener["address"] = json!({ "socketAddress": { "address": "127.0.0.1", "portValue": 0 } });
@@ -271,13 +268,36 @@ fn an_envoy_gateway_scenario_is_served() {
     control_plane.set(type_url::ENDPOINT, "eg1", file("endpoints").unwrap_or_default());
     control_plane.set(type_url::LISTENER, "eg1", listeners.clone());
     control_plane.set(type_url::ROUTE, "eg1", routes);
-    let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
+    let px = Legate::start(legate_bin!(), &ads_bootstrap(control_plane, "AGGREGATED_GRPC", vec![]).to_string());
     control_plane.wait_for_ack(type_url::LISTENER, "eg1");
     control_plane.wait_for_ack(type_url::ROUTE, "eg1");
+    Some((px, listeners[0]["name"].as_str().unwrap().to_string()))
+}
+
+/// Envoy Gateway's `http-route-redirect`: redirects are answered by legate itself, so no
+/// request leaves the machine.
+#[test]
+fn an_envoy_gateway_redirect_scenario_is_served() {
+    let control_plane = ControlPlane::start();
+    let Some((px, listener)) = serve_envoy_gateway(&control_plane, "http-route-redirect") else { return };
     // The first route: scheme, host, port and prefix rewritten, 302.
-    let name = listeners[0]["name"].as_str().unwrap();
-    let response = HttpClient::connect(px.connect_addr(name)).get("/docs");
+    let response = HttpClient::connect(px.connect_addr(&listener)).get("/docs");
     assert_eq!(response.status, 302);
     let location = response.header("location").unwrap_or_default();
     assert!(location.starts_with("https://redirected.com:8443/redirected"), "{location}");
+}
+
+/// Envoy Gateway's `http-route-direct-response`: bodies from `direct_response.body_format`.
+#[test]
+fn an_envoy_gateway_direct_response_scenario_is_served() {
+    let control_plane = ControlPlane::start();
+    let Some((px, listener)) = serve_envoy_gateway(&control_plane, "http-route-direct-response") else { return };
+    let get = |path: &str| {
+        HttpClient::connect(px.connect_addr(&listener)).send("GET", path, &[("host", "www.envoyproxy.io")], b"")
+    };
+    let inline = get("/inline");
+    assert_eq!((inline.status, inline.body.as_str()), (200, "OK"));
+    let error = get("/value-ref");
+    assert_eq!((error.status, error.body.as_str()), (502, r#"{"error": "Internal Server Error"}"#));
+    assert_eq!(error.header("x-set-header"), Some("set-502"));
 }

@@ -50,9 +50,26 @@ pub(super) const UNSET: &str = "-";
 pub enum LogFormat {
     Text(Formatter),
     Json(JsonFormatter),
+    /// A `text_format_source` that is not UTF-8, copied as it is.
+    Bytes(bytes::Bytes),
 }
 
 impl LogFormat {
+    /// A local reply's or a direct response's `body_format`: the format and the
+    /// `content-type` it sets (its own, else text/plain or application/json by kind).
+    pub fn body_format(format: &SubstitutionFormatString) -> Result<(LogFormat, http::HeaderValue), String> {
+        let compiled = LogFormat::from_config(format)?;
+        let content_type = if format.content_type.is_empty() {
+            http::HeaderValue::from_static(match compiled {
+                LogFormat::Json(_) => "application/json",
+                _ => "text/plain",
+            })
+        } else {
+            http::HeaderValue::from_str(&format.content_type).map_err(|_| "invalid content_type".to_string())?
+        };
+        Ok((compiled, content_type))
+    }
+
     /// Builds a `SubstitutionFormatString` (access logs' `log_format`, local replies'
     /// `body_format`). Errors carry the path of the bad field relative to it, e.g.
     /// `text_format: Not supported field in StreamInfo: FOO`.
@@ -71,8 +88,12 @@ impl LogFormat {
         }
         if let Some(source) = &format.text_format_source {
             let bytes = source.read().map_err(|e| format!("text_format_source: {e}"))?;
-            let text =
-                String::from_utf8(bytes).map_err(|_| "text_format_source: the format is not UTF-8".to_string())?;
+            // A binary body (Envoy Gateway serves images this way) is sent as it is: no
+            // command operator can be told apart in bytes that are not text.
+            let text = match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(e) => return Ok(LogFormat::Bytes(bytes::Bytes::from(e.into_bytes()))),
+            };
             let formatter = Formatter::parse_with(&text, omit);
             return formatter.map(LogFormat::Text).map_err(|e| format!("text_format_source: {e}"));
         }
@@ -84,6 +105,7 @@ impl LogFormat {
         match self {
             LogFormat::Text(formatter) => formatter.format_into(info, out),
             LogFormat::Json(formatter) => formatter.format_into(info, out),
+            LogFormat::Bytes(bytes) => out.extend_from_slice(bytes),
         }
     }
 

@@ -48,7 +48,13 @@ impl RouteKind {
                 .ok()
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .ok_or_else(|| format!("invalid direct_response status {}", direct.status))?;
-            return Ok(RouteKind::DirectResponse(DirectResponse { status, body }));
+            let body_format = direct
+                .body_format
+                .as_ref()
+                .map(|f| crate::access_log::LogFormat::body_format(f).map(Arc::new))
+                .transpose()
+                .map_err(|e| format!("direct_response.body_format: {e}"))?;
+            return Ok(RouteKind::DirectResponse(DirectResponse { status, body, body_format }));
         }
         Err("route needs one of route, redirect, direct_response".into())
     }
@@ -343,6 +349,8 @@ pub fn split_host_port(authority: &str) -> (&str, Option<String>) {
 pub struct DirectResponse {
     pub status: StatusCode,
     pub body: Bytes,
+    /// Formats the body per request, with the `content-type` it sets.
+    pub body_format: Option<Arc<(crate::access_log::LogFormat, http::HeaderValue)>>,
 }
 
 #[cfg(test)]

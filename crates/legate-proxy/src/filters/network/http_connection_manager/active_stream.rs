@@ -396,7 +396,17 @@ async fn decode(
         }
         RouteKind::DirectResponse(direct) => {
             shared.stats.rq_direct_response.inc();
-            let reply = LocalReply::new(direct.status, direct.body.clone(), "direct_response");
+            let mut reply = LocalReply::new(direct.status, direct.body.clone(), "direct_response");
+            if let Some(format) = &direct.body_format {
+                let (format, content_type) = &**format;
+                completion.info.response_code = Some(direct.status.as_u16());
+                completion.info.local_reply_body = Some(String::from_utf8_lossy(&direct.body).into_owned());
+                let mut body = Vec::new();
+                format.format_into(&completion.info, &mut body);
+                reply.body = Bytes::from(body);
+                reply.text = false;
+                reply.headers.insert(CONTENT_TYPE, content_type.clone());
+            }
             return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
         }
         RouteKind::Route(action) => action,
