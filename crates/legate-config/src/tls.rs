@@ -65,17 +65,18 @@ pub struct CommonTlsContext {
     pub tls_params: TlsParameters,
     #[serde(default)]
     pub tls_certificates: Vec<TlsCertificate>,
-    /// Certificates delivered by SDS; legate reads SDS from files (`path_config_source`) and
-    /// reloads them when the files change, as Envoy's file-based SDS.
+    /// Certificates delivered by SDS, from a file (`path_config_source`, reloaded when it
+    /// changes) or a control plane (`ads`, `api_config_source`); downstream contexts only.
     #[serde(default)]
     pub tls_certificate_sds_secret_configs: Vec<SdsSecretConfig>,
     pub tls_certificate_provider_instance: Option<Unsupported>,
     pub tls_certificate_certificate_provider: Option<Unsupported>,
     pub tls_certificate_certificate_provider_instance: Option<Unsupported>,
     pub validation_context: Option<CertificateValidationContext>,
-    /// The validation context from an SDS file (downstream contexts; reloaded on change).
+    /// The validation context from SDS, a file or a control plane (downstream contexts; reloaded
+    /// on change).
     pub validation_context_sds_secret_config: Option<SdsSecretConfig>,
-    /// A default validation context merged with one from an SDS file.
+    /// A default validation context merged with one from SDS.
     pub combined_validation_context: Option<CombinedValidationContext>,
     pub validation_context_certificate_provider: Option<Unsupported>,
     pub validation_context_certificate_provider_instance: Option<Unsupported>,

@@ -1,8 +1,8 @@
 //! Filesystem subscriptions (`path_config_source`): a file holding a `DiscoveryResponse` in
 //! YAML or JSON, read again whenever it changes — including when it is replaced atomically by
 //! a rename, or when its `watched_directory` changes (Kubernetes ConfigMaps swap a symlink).
-//! legate polls the metadata once a second instead of using inotify: no new dependency, and a
-//! change is seen within a second either way.
+//! legate polls the metadata twice a second instead of using inotify: no new dependency, and
+//! a change is seen within half a second.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
