@@ -89,7 +89,8 @@ pub struct Http1ProtocolOptions {
     /// Authority of HTTP/1.0 requests without `Host` (with `accept_http_10`).
     #[serde(default)]
     pub default_host_for_http_10: String,
-    pub header_key_format: Option<Unsupported>,
+    /// How header names are written: Envoy lower-cases them by default.
+    pub header_key_format: Option<HeaderKeyFormat>,
     /// Proxy trailers of chunked HTTP/1.1 messages (dropped by default).
     #[serde(default)]
     pub enable_trailers: bool,
@@ -302,5 +303,73 @@ mod tests {
     fn idle_timeout_zero_disables() {
         let o: HttpProtocolOptions = path::from_value(json!({"idle_timeout": "0s"})).unwrap();
         assert!(o.idle_timeout().is_zero());
+    }
+}
+
+/// `Http1ProtocolOptions.HeaderKeyFormat`: `proper_case_words` writes `Content-Type`;
+/// the `preserve_case` stateful formatter writes names as the peer sent them.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderKeyFormat {
+    pub proper_case_words: Option<serde_json::Map<String, serde_json::Value>>,
+    pub stateful_formatter: Option<HeaderFormatter>,
+}
+
+/// `stateful_formatter`: only `envoy.http.stateful_header_formatters.preserve_case`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderFormatter;
+
+impl<'de> Deserialize<'de> for HeaderFormatter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PreserveCase {
+            /// Reason phrases are hyper's; `false` (the default) is what legate does.
+            #[serde(default)]
+            forward_reason_phrase: bool,
+            formatter_type_on_envoy_headers: Option<serde_json::Value>,
+        }
+        static FORMATTERS: &[crate::extensions::Extension<HeaderFormatter>] = &[crate::extensions::Extension {
+            name: "preserve_case",
+            type_url: "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig",
+            parse: |v| {
+                let c: PreserveCase = crate::path::from_value(v)?;
+                if c.forward_reason_phrase {
+                    return Err(crate::path::PathError {
+                        path: "forward_reason_phrase".into(),
+                        message: "this Envoy field is not supported by legate yet".into(),
+                    });
+                }
+                if c.formatter_type_on_envoy_headers.is_some() {
+                    return Err(crate::path::PathError {
+                        path: "formatter_type_on_envoy_headers".into(),
+                        message: "this Envoy field is not supported by legate yet".into(),
+                    });
+                }
+                Ok(HeaderFormatter)
+            },
+        }];
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            #[serde(default)]
+            name: String,
+            typed_config: Option<serde_json::Value>,
+        }
+        let raw = Raw::deserialize(d)?;
+        crate::extensions::resolve(FORMATTERS, "stateful header formatter", &raw.name, raw.typed_config)
+            .map_err(|e| crate::path::nest::<D::Error>("", e))
+    }
+}
+
+impl Http1ProtocolOptions {
+    /// `proper_case_words`.
+    pub fn proper_case_headers(&self) -> bool {
+        self.header_key_format.as_ref().is_some_and(|f| f.proper_case_words.is_some())
+    }
+
+    /// The `preserve_case` formatter.
+    pub fn preserve_header_case(&self) -> bool {
+        self.header_key_format.as_ref().is_some_and(|f| f.stateful_formatter.is_some())
     }
 }

@@ -373,3 +373,69 @@ fn two_http_listeners_keep_separate_stats() {
     px.wait_stat("http.two.downstream_rq_2xx", 1);
     px.wait_stat("cluster.backend.upstream_rq_2xx", 4);
 }
+
+/// A raw HTTP/1.1 upstream: records each request's bytes and answers with a fixed response.
+fn raw_upstream(response: &'static [u8]) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let _ = tx.send(request.drain(..end + 4).collect());
+                        let _ = stream.write_all(response);
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// `header_key_format`: `preserve_case` downstream and upstream writes header names as the
+/// peer sent them (Envoy Gateway's `http1-preserve-case`); `proper_case_words` writes
+/// `Content-Type`.
+#[test]
+fn header_key_format_preserves_or_proper_cases_header_names() {
+    let (upstream, requests) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nX-Mixed-CASE: yes\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
+    );
+    let preserve = json!({ "stateful_formatter": { "name": "preserve_case", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"
+    } } });
+    let mut config = http_bootstrap(&[upstream]);
+    hcm_config(&mut config, 0)["http_protocol_options"] = json!({ "header_key_format": preserve });
+    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http_protocol_options": { "header_key_format": preserve } }
+        }
+    });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let reply = HttpClient::connect(px.connect_addr("ingress"))
+        .raw(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Custom-HEADER: 1\r\nConnection: close\r\n\r\n");
+    let reply = String::from_utf8_lossy(&reply).to_string();
+    assert!(reply.contains("X-Mixed-CASE: yes"), "{reply}");
+    let request = String::from_utf8(requests.recv_timeout(Duration::from_secs(10)).unwrap()).unwrap();
+    assert!(request.contains("X-Custom-HEADER: 1"), "{request}");
+    drop(px);
+
+    let mut config = http_bootstrap(&[upstream]);
+    hcm_config(&mut config, 0)["http_protocol_options"] = json!({ "header_key_format": { "proper_case_words": {} } });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let reply = HttpClient::connect(px.connect_addr("ingress"))
+        .raw(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+    let reply = String::from_utf8_lossy(&reply).to_string();
+    assert!(reply.contains("Content-Type: text/plain") && reply.contains("X-Mixed-Case: yes"), "{reply}");
+}

@@ -131,6 +131,9 @@ impl HttpPools {
 }
 
 struct Settings {
+    /// `header_key_format` of the cluster's HTTP/1.1 options.
+    proper_case_headers: bool,
+    preserve_header_case: bool,
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_connection_duration: Option<Duration>,
@@ -212,7 +215,10 @@ impl Pool {
         let common = cluster.config.upstream_common_http_protocol_options();
         let h2 = cluster.config.upstream_http2_options();
         let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
+        let http1 = cluster.config.upstream_http1_options();
         let settings = Settings {
+            proper_case_headers: http1.proper_case_headers(),
+            preserve_header_case: http1.preserve_header_case(),
             connect_timeout: cluster.connect_timeout(),
             idle_timeout: match &common.idle_timeout {
                 Some(d) => nonzero(Some(d)),
@@ -240,6 +246,12 @@ impl Pool {
 
     pub fn protocol(&self) -> PoolProtocol {
         self.protocol
+    }
+
+    /// Whether requests must carry the downstream request's header case to this pool
+    /// (`preserve_case`): hyper keeps it among the request's extensions.
+    pub fn preserves_header_case(&self) -> bool {
+        self.settings.preserve_header_case
     }
 
     /// A connection ready for one request: an idle one, or one made (or freed) for this
@@ -399,7 +411,12 @@ impl Pool {
             state.live += 1;
         }
         match self.protocol {
-            PoolProtocol::Http1 => match http1::Builder::new().handshake::<_, AttemptBody>(io).await {
+            PoolProtocol::Http1 => match http1::Builder::new()
+                .title_case_headers(self.settings.proper_case_headers)
+                .preserve_header_case(self.settings.preserve_header_case)
+                .handshake::<_, AttemptBody>(io)
+                .await
+            {
                 Ok((sender, connection)) => {
                     self.on_available(Client::Http1(sender, shared.clone()));
                     // Upgrades (WebSocket) hand the socket over when the exchange switches
@@ -645,6 +662,11 @@ impl PooledConn {
                 None => std::future::pending().await,
             }
         }
+    }
+
+    /// See [`Pool::preserves_header_case`].
+    pub fn preserves_header_case(&self) -> bool {
+        self.pool.preserves_header_case()
     }
 
     pub fn protocol(&self) -> PoolProtocol {

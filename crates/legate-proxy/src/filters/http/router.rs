@@ -911,6 +911,10 @@ fn build_request(
     *request.uri_mut() = Uri::from_parts(uri).ok()?;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
+    if conn.preserves_header_case() && !http2 {
+        // hyper's record of the names' case as the client wrote them.
+        *request.extensions_mut() = head.extensions.clone();
+    }
     Some(request)
 }
 

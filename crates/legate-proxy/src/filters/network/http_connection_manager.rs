@@ -401,6 +401,9 @@ async fn serve(
             .max_buf_size(shared.max_request_headers_bytes.max(8192) + 8192)
             .half_close(false)
             .keep_alive(true);
+        if let Some(http1) = &shared.config.http_protocol_options {
+            builder.title_case_headers(http1.proper_case_headers()).preserve_header_case(http1.preserve_header_case());
+        }
         // Smuggling shapes hyper would accept are refused before it parses them.
         let io = H1Guard::new(io, shared.max_request_headers_bytes + 8192)
             .with_header_timeout(shared.request_headers_timeout, stats.downstream_rq_header_timeout.clone());
