@@ -32,11 +32,8 @@ fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, String> {
 /// (those known now), as Envoy's `validate_clusters` default for them.
 pub fn listener(value: &Value, clusters: &HashSet<&str>) -> Result<Listener, String> {
     let listener: Listener = parse(value)?;
-    let mut v = Validator::default();
+    let mut v = Validator { late_tcp_proxy_clusters: true, ..Default::default() };
     v.listener("", &listener, clusters);
-    // tcp_proxy resolves its cluster per connection: a cluster CDS has not sent yet is not an
-    // error for it (the static check is legate's own, for typos in files).
-    v.errors.retain(|e| !(e.path.contains("typed_config.cluster") && e.message.starts_with("unknown cluster")));
     report(v.errors)?;
     Ok(listener)
 }
@@ -112,6 +109,33 @@ mod tests {
         let known = HashSet::from(["present"]);
         assert!(route_configuration(&rc(false), &known).is_ok());
         let err = route_configuration(&rc(true), &known).unwrap_err();
+        assert!(err.contains("route: unknown cluster 'missing'"), "{err}");
+    }
+
+    #[test]
+    fn lds_checks_inline_route_clusters_but_not_tcp_proxy_ones() {
+        let filter = |name: &str, config: Value| json!({"name": name, "typed_config": config});
+        let listener = |filters: Value| {
+            json!({"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": filters}]})
+        };
+        let tcp = filter(
+            "envoy.filters.network.tcp_proxy",
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "t", "weighted_clusters": {"clusters": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}]}}),
+        );
+        let known = HashSet::from(["present"]);
+        assert!(super::listener(&listener(json!([tcp])), &known).is_ok());
+        let hcm = filter(
+            "envoy.filters.network.http_connection_manager",
+            json!({"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "h",
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "missing"}}]}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config":
+                    {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}),
+        );
+        let err = super::listener(&listener(json!([hcm])), &known).unwrap_err();
         assert!(err.contains("route: unknown cluster 'missing'"), "{err}");
     }
 

@@ -60,6 +60,9 @@ pub(crate) struct Validator {
     pub(crate) errors: Vec<PathError>,
     /// Cluster names are not checked: clusters come from CDS and may arrive later.
     pub(crate) late_clusters: bool,
+    /// tcp_proxy's cluster names are not checked (an LDS listener: tcp_proxy resolves its
+    /// cluster per connection; the check is legate's own, for typos in files).
+    pub(crate) late_tcp_proxy_clusters: bool,
 }
 
 impl Validator {
@@ -259,8 +262,9 @@ impl Validator {
         }
     }
 
-    pub(crate) fn cluster_ref(&mut self, at: &str, name: &str, clusters: &HashSet<&str>) {
-        if !self.late_clusters && !clusters.contains(name) {
+    /// A tcp_proxy cluster name.
+    fn cluster_ref(&mut self, at: &str, name: &str, clusters: &HashSet<&str>) {
+        if !self.late_clusters && !self.late_tcp_proxy_clusters && !clusters.contains(name) {
             self.error(at, format!("unknown cluster '{name}': no static cluster has this name"));
         }
     }
