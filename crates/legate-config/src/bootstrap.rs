@@ -200,15 +200,6 @@ impl<'de> Deserialize<'de> for ResourceMonitor {
                 })
             },
         }];
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            #[serde(default)]
-            name: String,
-            typed_config: Option<Value>,
-        }
-        let raw = Raw::deserialize(d)?;
-        crate::extensions::resolve(MONITORS, "resource monitor", &raw.name, raw.typed_config)
-            .map_err(|e| path::nest::<D::Error>("", e))
+        crate::extensions::deserialize_typed(d, MONITORS, "resource monitor").map(|(_, monitor)| monitor)
     }
 }

@@ -290,6 +290,25 @@ pub static TRANSPORT_SOCKETS: &[Extension<TransportSocketConfig>] = &[
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
+/// Deserializes an `envoy.config.core.v3.TypedExtensionConfig` (`{name, typed_config}`) and
+/// resolves it through `registry`: the extension's name and its config.
+pub fn deserialize_typed<'de, D: Deserializer<'de>, T>(
+    d: D,
+    registry: &[Extension<T>],
+    kind: &str,
+) -> Result<(String, T), D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TypedExtensionConfig {
+        #[serde(default)]
+        name: String,
+        typed_config: Option<Value>,
+    }
+    let raw = TypedExtensionConfig::deserialize(d)?;
+    let config = resolve(registry, kind, &raw.name, raw.typed_config).map_err(|e| path::nest::<D::Error>("", e))?;
+    Ok((raw.name, config))
+}
+
 /// Resolves a `{name, typed_config}` pair through `registry`. Errors carry a path relative to
 /// the message holding the pair.
 pub fn resolve<T>(

@@ -349,16 +349,7 @@ impl<'de> Deserialize<'de> for HeaderFormatter {
                 Ok(HeaderFormatter)
             },
         }];
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            #[serde(default)]
-            name: String,
-            typed_config: Option<serde_json::Value>,
-        }
-        let raw = Raw::deserialize(d)?;
-        crate::extensions::resolve(FORMATTERS, "stateful header formatter", &raw.name, raw.typed_config)
-            .map_err(|e| crate::path::nest::<D::Error>("", e))
+        crate::extensions::deserialize_typed(d, FORMATTERS, "stateful header formatter").map(|(_, f)| f)
     }
 }
 

@@ -1053,22 +1053,9 @@ pub struct RetryHostPredicate {
 
 impl<'de> Deserialize<'de> for RetryHostPredicate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            #[serde(default)]
-            name: String,
-            typed_config: Option<serde_json::Value>,
-        }
-        let raw = Raw::deserialize(d)?;
-        let config = crate::extensions::resolve(
-            crate::extensions::RETRY_HOST_PREDICATES,
-            "retry host predicate",
-            &raw.name,
-            raw.typed_config,
-        )
-        .map_err(|e| crate::path::nest::<D::Error>("", e))?;
-        Ok(RetryHostPredicate { name: raw.name, config })
+        let (name, config) =
+            crate::extensions::deserialize_typed(d, crate::extensions::RETRY_HOST_PREDICATES, "retry host predicate")?;
+        Ok(RetryHostPredicate { name, config })
     }
 }
 
