@@ -72,25 +72,21 @@ pub struct HttpConnectionManagerShared {
 /// `local_reply_config`, compiled.
 pub struct LocalReplyMapper {
     pub mappers: Vec<ResponseMapper>,
-    pub body_format: Option<(LogFormat, Option<HeaderValue>)>,
+    pub body_format: Option<(LogFormat, HeaderValue)>,
 }
 
 pub struct ResponseMapper {
     pub filter: AccessLogFilter,
     pub status: Option<http::StatusCode>,
     pub body: Option<bytes::Bytes>,
-    pub body_format: Option<(LogFormat, Option<HeaderValue>)>,
+    pub body_format: Option<(LogFormat, HeaderValue)>,
     pub headers: crate::router::HeaderParser,
 }
 
 impl LocalReplyMapper {
     fn new(c: &legate_config::filters::network::http_connection_manager::LocalReplyConfig) -> Result<Self, String> {
-        let format = |f: &legate_config::access_log::SubstitutionFormatString| -> Result<_, String> {
-            let content_type = (!f.content_type.is_empty())
-                .then(|| HeaderValue::from_str(&f.content_type))
-                .transpose()
-                .map_err(|_| "local_reply_config: invalid content_type".to_string())?;
-            Ok((LogFormat::from_config(f).map_err(|e| format!("local_reply_config: {e}"))?, content_type))
+        let format = |f: &legate_config::access_log::SubstitutionFormatString| {
+            LogFormat::body_format(f).map_err(|e| format!("local_reply_config: {e}"))
         };
         let mut mappers = Vec::new();
         for m in &c.mappers {

@@ -398,14 +398,7 @@ async fn decode(
             shared.stats.rq_direct_response.inc();
             let mut reply = LocalReply::new(direct.status, direct.body.clone(), "direct_response");
             if let Some(format) = &direct.body_format {
-                let (format, content_type) = &**format;
-                completion.info.response_code = Some(direct.status.as_u16());
-                completion.info.local_reply_body = Some(String::from_utf8_lossy(&direct.body).into_owned());
-                let mut body = Vec::new();
-                format.format_into(&completion.info, &mut body);
-                reply.body = Bytes::from(body);
-                reply.text = false;
-                reply.headers.insert(CONTENT_TYPE, content_type.clone());
+                format_body(&mut reply, format, &mut completion.info);
             }
             return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
         }
@@ -670,19 +663,25 @@ fn map_local_reply(mapper: &super::LocalReplyMapper, reply: &mut LocalReply, inf
             format = m.body_format.as_ref();
         }
     }
-    if let Some((format, content_type)) = format {
-        info.response_code = Some(reply.status.as_u16());
-        info.local_reply_body = Some(String::from_utf8_lossy(&reply.body).into_owned());
-        let mut body = Vec::new();
-        format.format_into(info, &mut body);
-        reply.body = Bytes::from(body);
-        reply.text = false;
-        let content_type = content_type.clone().unwrap_or_else(|| match format {
-            crate::access_log::LogFormat::Json(_) => HeaderValue::from_static("application/json"),
-            _ => HeaderValue::from_static("text/plain"),
-        });
-        reply.headers.insert(CONTENT_TYPE, content_type);
+    if let Some(format) = format {
+        format_body(reply, format, info);
     }
+}
+
+/// A `body_format` (local replies', direct responses'): the reply's body, as
+/// `%LOCAL_REPLY_BODY%`, formatted; the format's `content-type` set.
+fn format_body(
+    reply: &mut LocalReply,
+    (format, content_type): &(crate::access_log::LogFormat, HeaderValue),
+    info: &mut StreamInfo,
+) {
+    info.response_code = Some(reply.status.as_u16());
+    info.local_reply_body = Some(String::from_utf8_lossy(&reply.body).into_owned());
+    let mut body = Vec::new();
+    format.format_into(info, &mut body);
+    reply.body = Bytes::from(body);
+    reply.text = false;
+    reply.headers.insert(CONTENT_TYPE, content_type.clone());
 }
 
 fn append_xff(headers: &mut http::HeaderMap, ip: IpAddr) {
