@@ -190,9 +190,7 @@ async fn serve(
     cluster_manager.initialize().await;
     let xds = crate::xds::Xds::start(bootstrap, &cluster_manager)?;
     // Envoy's init order: clusters (CDS, then each cluster's first endpoints) before listeners.
-    while !xds.clusters_initialized(&cluster_manager) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    initialized(|| xds.clusters_initialized(&cluster_manager)).await;
     tracing::info!("all clusters initialized");
     let shared = Arc::new(ServerShared::new(
         bootstrap.overload_manager.as_ref().and_then(|o| o.global_downstream_max_connections()),
@@ -205,9 +203,7 @@ async fn serve(
             .subscribe_for(listener)
             .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", listener.name()))?;
     }
-    while !bootstrap.static_resources.listeners.iter().all(|l| xds.sds.ready(l)) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    initialized(|| bootstrap.static_resources.listeners.iter().all(|l| xds.sds.ready(l))).await;
     let mut listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
     listener_manager.set_drain_time(Duration::from_secs(options.drain_time_s));
     // Static listeners may take their routes from RDS: subscribe, and start serving once
@@ -217,9 +213,7 @@ async fn serve(
             .subscribe_for(&listener.config)
             .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", listener.name))?;
     }
-    while !listener_manager.listeners().all(|(l, _)| crate::xds::rds::Rds::ready(&l.config)) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    initialized(|| listener_manager.listeners().all(|(l, _)| crate::xds::rds::Rds::ready(&l.config))).await;
     // Certificates from SDS files are read again when the files change (main thread).
     let watched: Vec<_> = listener_manager
         .listeners()
@@ -283,9 +277,7 @@ async fn serve(
     server.listener_manager.borrow_mut().start_workers(&workers);
     *server.workers.borrow_mut() = workers;
     crate::xds::Xds::start_lds(&server)?;
-    while !server.xds.listeners_initialized(&server) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    initialized(|| server.xds.listeners_initialized(&server)).await;
     server.set_state(ServerState::Live);
     server.stats.initialization_time_ms.record(started.elapsed().as_millis() as u64);
     tracing::info!("starting main dispatch loop");
@@ -387,5 +379,13 @@ async fn flush_stats(server: Rc<Server>) {
         server.refresh_gauges();
         server.store.latch_histograms();
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Start-up's waits for the control plane (Envoy's init manager): until `done`, checked every
+/// 10 ms while the subscriptions run on this thread.
+async fn initialized(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

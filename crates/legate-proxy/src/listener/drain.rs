@@ -39,10 +39,6 @@ impl FilterChainDrain {
             later
         });
     }
-
-    pub fn phase(&self) -> DrainPhase {
-        *self.phase.borrow()
-    }
 }
 
 /// Resolves once the chain reaches `phase`; never when there is no chain to drain.

@@ -61,10 +61,6 @@ impl RdsRouteConfig {
     pub fn initialized(&self) -> bool {
         self.initialized.load(Ordering::Acquire)
     }
-
-    pub fn current(&self) -> Arc<RouteConfig> {
-        self.config.load_full()
-    }
 }
 
 /// Every live provider by name. Used when listeners are built (main thread), never per request.
@@ -78,6 +74,8 @@ pub fn provider(name: &str) -> Result<Arc<RdsRouteConfig>, String> {
     if let Some(existing) = providers.get(name).and_then(Weak::upgrade) {
         return Ok(existing);
     }
+    // Names no listener uses any more leave with the next new one.
+    providers.retain(|_, p| p.strong_count() > 0);
     let empty = legate_config::route::RouteConfiguration { name: name.to_string(), ..Default::default() };
     let provider = Arc::new(RdsRouteConfig {
         name: name.to_string(),
@@ -86,12 +84,4 @@ pub fn provider(name: &str) -> Result<Arc<RdsRouteConfig>, String> {
     });
     providers.insert(name.to_string(), Arc::downgrade(&provider));
     Ok(provider)
-}
-
-/// The providers some listener still uses.
-pub fn providers() -> Vec<Arc<RdsRouteConfig>> {
-    let mut providers = PROVIDERS.lock().unwrap_or_else(|e| e.into_inner());
-    let providers = providers.get_or_insert_with(HashMap::default);
-    providers.retain(|_, p| p.strong_count() > 0);
-    providers.values().filter_map(Weak::upgrade).collect()
 }

@@ -163,11 +163,6 @@ impl ClusterManager {
         self.warming.borrow().values().cloned().collect()
     }
 
-    /// Whether `name` is a cluster requests may name now or soon (active or warming).
-    pub fn has_cluster(&self, name: &str) -> bool {
-        self.clusters.load().contains_key(name) || self.warming.borrow().contains_key(name)
-    }
-
     /// Names of the active and warming clusters.
     pub fn cluster_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.clusters.load().keys().cloned().collect();
