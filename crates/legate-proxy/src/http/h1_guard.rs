@@ -14,9 +14,15 @@
 //! The guard also runs `request_headers_timeout`: it knows when a request head starts and
 //! when it is complete. When the timeout passes first it answers Envoy's 408 `request header
 //! timeout` itself and ends the stream hyper reads.
+//!
+//! Because it sees every byte both ways, the guard also tells the connection when hyper may be
+//! put aside while the connection is idle ([`ParkSignals`]): between two whole requests, with
+//! every response byte handed to the socket.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -57,8 +63,32 @@ enum Chunk {
     Trailer(Vec<u8>),
 }
 
+/// Shared between the guard (inside hyper) and the connection that owns hyper, on one thread
+/// (atomics only because hyper wants an upgradable socket to be `Send`).
+#[derive(Default)]
+pub struct ParkSignals {
+    /// Between two whole requests and with nothing left unflushed: hyper holds no bytes of
+    /// the connection, so it can be dropped and made again when the next request arrives.
+    at_rest: AtomicBool,
+    /// Set while hyper is being put aside: its shutdown must not close the socket.
+    parking: AtomicBool,
+}
+
+impl ParkSignals {
+    pub fn at_rest(&self) -> bool {
+        self.at_rest.load(Relaxed)
+    }
+
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Relaxed);
+    }
+}
+
 pub struct H1Guard<T> {
     inner: T,
+    park: Arc<ParkSignals>,
+    /// Bytes were written since the last successful flush.
+    unflushed: bool,
     framing: Framing,
     /// An incomplete request head.
     head: Vec<u8>,
@@ -78,6 +108,8 @@ impl<T> H1Guard<T> {
     pub fn new(inner: T, max_head: usize) -> Self {
         H1Guard {
             inner,
+            park: Arc::new(ParkSignals { at_rest: AtomicBool::new(true), parking: AtomicBool::new(false) }),
+            unflushed: false,
             framing: Framing::Head,
             head: Vec::new(),
             out: BytesMut::new(),
@@ -105,6 +137,31 @@ impl<T> H1Guard<T> {
             (_, false, true) => self.head_deadline = None,
             _ => {}
         }
+    }
+
+    /// What the connection watches to know when hyper may be put aside.
+    pub fn park_signals(&self) -> Arc<ParkSignals> {
+        self.park.clone()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Gives back the memory of a request head and of checked bytes while the connection idles.
+    pub fn release_buffers(&mut self) {
+        self.head = Vec::new();
+        self.out = BytesMut::new();
+    }
+
+    fn update_at_rest(&self) {
+        let at_rest = matches!(self.framing, Framing::Head)
+            && self.head.is_empty()
+            && self.out.is_empty()
+            && !self.refused
+            && self.timeout_reply.is_none()
+            && !self.unflushed;
+        self.park.at_rest.store(at_rest, Relaxed);
     }
 
     fn refuse(&mut self) {
@@ -343,6 +400,18 @@ fn check_head(head: &[u8]) -> Result<Framing, ()> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let polled = self.as_mut().poll_read_checked(cx, buf);
+        self.update_at_rest();
+        polled
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> H1Guard<T> {
+    fn poll_read_checked(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let Some(reply) = this.timeout_reply {
             // Best effort: a peer that does not read gets the close alone.
@@ -428,8 +497,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<T> {
     }
 }
 
+// hyper calls `poll_flush` only once its own write buffer is empty, so a successful flush
+// with no write after it means every response byte reached the socket.
 impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
+        self.park.at_rest.store(false, Relaxed);
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -438,6 +511,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.unflushed = true;
+        self.park.at_rest.store(false, Relaxed);
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -446,10 +521,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.unflushed = false;
+            self.update_at_rest();
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.park.parking.load(Relaxed) {
+            // hyper is being put aside, not the connection closed.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -37,6 +37,15 @@ impl<T> CountingIo<T> {
     pub fn new(inner: T, prefix: BytesMut, rx: Counter, tx: Counter) -> Self {
         CountingIo { inner, prefix, rx, tx }
     }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Bytes read before this socket existed and not yet replayed.
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {

@@ -156,8 +156,9 @@ fn start_connection(
     tracing::debug!(connection = info.id, %remote, listener = %listener.name, "new connection");
     let buffer_limit = listener.buffer_limit;
     let Some(tls) = chain.transport_socket.clone() else {
-        let connection =
-            Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data);
+        let connection = Box::new(
+            Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data),
+        );
         tokio::task::spawn_local(async move {
             tokio::select! {
                 event = connection.run() => tracing::debug!(?event, "connection closed"),
@@ -189,7 +190,7 @@ fn start_connection(
         let Ok((socket, ssl)) = result else { return };
         info.ssl = Some(Arc::new(ssl));
         tokio::select! {
-            event = Connection::new(socket, info, buffer_limit, filters).run() => {
+            event = Box::new(Connection::new(socket, info, buffer_limit, filters)).run() => {
                 tracing::debug!(?event, "connection closed");
             }
             () = reached(Some(&mut drained), DrainPhase::Closed) => {

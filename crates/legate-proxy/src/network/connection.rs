@@ -91,16 +91,24 @@ impl Connection {
     ///
     /// # Cancel safety
     /// Dropping the future closes the connection without flushing (the worker shutting down).
-    pub async fn run(mut self) -> ConnectionEvent {
+    ///
+    /// Boxed, so that a connection a filter took over keeps none of this loop's memory.
+    pub async fn run(mut self: Box<Self>) -> ConnectionEvent {
         match poll_fn(|cx| self.poll(cx)).await {
             Step::Closed(event) => event,
             Step::TakeOver(index) => {
-                let Connection { socket, read_buffer, mut filters, .. } = self;
+                let (socket, read_buffer, mut filters) = self.into_taken_over();
                 let event = filters.take_over(index, socket, read_buffer).await;
                 filters.on_event(event);
                 event
             }
         }
+    }
+
+    /// What a filter taking the socket over needs; the rest is freed.
+    fn into_taken_over(self: Box<Self>) -> (TransportSocket, BytesMut, FilterManager) {
+        let Connection { socket, read_buffer, filters, .. } = *self;
+        (socket, read_buffer, filters)
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Step> {

@@ -92,6 +92,12 @@ impl TransportSocket {
         }
     }
 
+    /// Waits until the peer has sent something (or closed). Under TLS this is the TCP socket's
+    /// readiness: it is asked only once a read has found no plaintext left in rustls.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp().readable().await
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, TransportSocket::Tls(_))
     }

@@ -15,6 +15,7 @@ pub mod response_body;
 pub mod stats;
 
 use std::cell::Cell;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
-use crate::http::h1_guard::H1Guard;
+use crate::http::h1_guard::{H1Guard, ParkSignals};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::listener::drain::{reached, DrainPhase};
 use crate::network::{
@@ -280,6 +281,50 @@ async fn sniff_http2(
     }
 }
 
+/// Only the socket of hyper's parts: the rest goes now (its read buffer, even empty, holds an
+/// 8 KiB allocation), not at the end of the caller's scope.
+fn socket_of<I, S>(parts: hyper::server::conn::http1::Parts<I, S>) -> I {
+    parts.io
+}
+
+/// Cleartext AUTO codec: whether the connection starts with the HTTP/2 preface. A connection
+/// that has sent nothing yet is idle: the idle timeout and a drain end it here too.
+async fn detect_http2(
+    shared: &HttpConnectionManagerShared,
+    worker: &WorkerContext,
+    socket: &mut TransportSocket,
+    buffered: &mut BytesMut,
+) -> Result<bool, ConnectionEvent> {
+    let stats = &shared.stats;
+    let sniff = sniff_http2(socket, buffered, &stats.downstream_cx_rx_bytes_total);
+    let idle = async {
+        match shared.idle_timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    // A filter chain drain leaves it alone: it closes when the drain time is over.
+    let mut draining = worker.draining.clone();
+    let drain = async move {
+        while !*draining.borrow_and_update() {
+            if draining.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        sniffed = sniff => sniffed.ok_or(ConnectionEvent::RemoteClose),
+        () = idle => {
+            stats.downstream_cx_idle_timeout.inc();
+            Err(ConnectionEvent::LocalClose)
+        }
+        () = drain => {
+            stats.downstream_cx_drain_close.inc();
+            Err(ConnectionEvent::LocalClose)
+        }
+    }
+}
+
 async fn serve(
     shared: Arc<HttpConnectionManagerShared>,
     worker: Rc<WorkerContext>,
@@ -298,40 +343,11 @@ async fn serve(
         CodecType::Http2 => true,
         _ if alpn == Some("h2") => true,
         _ if alpn.is_some() => false,
-        _ => {
-            // A connection that has sent nothing yet is idle: the idle timeout and a drain
-            // end it here too.
-            let sniff = sniff_http2(&mut socket, &mut buffered, &stats.downstream_cx_rx_bytes_total);
-            let idle = async {
-                match shared.idle_timeout {
-                    Some(limit) => tokio::time::sleep(limit).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // A filter chain drain leaves it alone: it closes when the drain time is over.
-            let mut draining = worker.draining.clone();
-            let drain = async move {
-                while !*draining.borrow_and_update() {
-                    if draining.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            tokio::select! {
-                sniffed = sniff => match sniffed {
-                    Some(h2) => h2,
-                    None => return ConnectionEvent::RemoteClose,
-                },
-                () = idle => {
-                    stats.downstream_cx_idle_timeout.inc();
-                    return ConnectionEvent::LocalClose;
-                }
-                () = drain => {
-                    stats.downstream_cx_drain_close.inc();
-                    return ConnectionEvent::LocalClose;
-                }
-            }
-        }
+        // Boxed: its state is needed only until the first bytes arrive.
+        _ => match Box::pin(detect_http2(&shared, &worker, &mut socket, &mut buffered)).await {
+            Ok(h2) => h2,
+            Err(event) => return event,
+        },
     };
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
@@ -367,7 +383,7 @@ async fn serve(
         service_fn(move |request| Box::pin(active_stream::handle(context.clone(), request)))
     };
     let mut draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
-    let started = Instant::now();
+    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
     let result = if http2 {
         let mut builder = http2::Builder::new(LocalExec);
         let h2 = shared.config.http2_protocol_options.clone().unwrap_or_default();
@@ -382,10 +398,13 @@ async fn serve(
         if h2.allow_connect {
             builder.enable_connect_protocol();
         }
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
-            .await
+        // Boxed, as below: the connection's future stays small whatever hyper's state weighs.
+        let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+        Box::pin(run_connection(&context, connection.as_mut(), None, &mut draining, &mut timeline, &mut guard, |c| {
+            c.graceful_shutdown()
+        }))
+        .await
+        .map(|_| ())
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -401,12 +420,42 @@ async fn serve(
             builder.title_case_headers(http1.proper_case_headers()).preserve_header_case(http1.preserve_header_case());
         }
         // Smuggling shapes hyper would accept are refused before it parses them.
-        let io = H1Guard::new(io, shared.max_request_headers_bytes + 8192)
+        let mut io = H1Guard::new(io, shared.max_request_headers_bytes + 8192)
             .with_header_timeout(shared.request_headers_timeout, stats.downstream_rq_header_timeout.clone());
-        let connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-        tokio::pin!(connection);
-        run_connection(&context, connection.as_mut(), &mut draining, started, &mut guard, |c| c.graceful_shutdown())
-            .await
+        let park = io.park_signals();
+        loop {
+            let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service.clone()).with_upgrades());
+            // Boxed, as is the wait while parked: the connection's own future stays small.
+            let ended = Box::pin(run_connection(
+                &context,
+                connection.as_mut(),
+                Some(&park),
+                &mut draining,
+                &mut timeline,
+                &mut guard,
+                |c| c.graceful_shutdown(),
+            ))
+            .await;
+            match ended {
+                Ok(Ended::Parked) => {
+                    park.set_parking(false);
+                    // hyper gives back the socket; bytes it read and did not parse would belong
+                    // to a message it was still in, so such a connection is not resumed.
+                    let Some(parts) = Pin::into_inner(connection).into_parts() else { break Ok(()) };
+                    if !parts.read_buf.is_empty() {
+                        guard.local_close = true;
+                        break Ok(());
+                    }
+                    io = socket_of(parts).into_inner();
+                    io.release_buffers();
+                    if !Box::pin(park_idle(&context, &mut io, &mut draining, &mut timeline, &mut guard)).await {
+                        break Ok(());
+                    }
+                }
+                Ok(Ended::Closed) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        }
     };
     guard.active_streams_at_close = context.active_streams.get();
     match result {
@@ -457,73 +506,180 @@ impl Draining {
     }
 }
 
+/// How long an HTTP/1.1 keep-alive connection idles before hyper is put aside: its buffers
+/// and state (about 20 KiB) are freed and made again when the next request arrives, so idle
+/// connections cost little memory (nginx frees its request buffers the same way). Clients that
+/// send their next request sooner, as under load, never pay for the rebuild.
+const PARK_AFTER: Duration = Duration::from_millis(20);
+
+/// How a run of hyper's connection ended.
+enum Ended {
+    Closed,
+    /// hyper was put aside while the connection idles.
+    Parked,
+}
+
+/// A connection's lifetime state, kept while hyper is put aside and made again.
+struct Timeline {
+    started: Instant,
+    /// When a graceful shutdown began (drain, idle timeout, `max_connection_duration`).
+    shutdown_at: Option<Instant>,
+    /// An HTTP/1.1 connection of a draining filter chain is not cut while idle (a client may be
+    /// sending on it right now): its next response says `connection: close`, as Envoy's.
+    chain_drained: bool,
+}
+
+/// Why an idle connection must close, if it must, counting the stat that says so.
+fn idle_close_reason(context: &ConnectionContext, timeline: &Timeline, now: Instant) -> bool {
+    let shared = &context.shared;
+    let idle_for = context.idle_since.get().map(|at| now.saturating_duration_since(at));
+    let idle = context.active_streams.get() == 0
+        && timeline.shutdown_at.is_none()
+        && shared.idle_timeout.zip(idle_for).is_some_and(|(d, idle_for)| idle_for >= d);
+    let too_old =
+        timeline.shutdown_at.is_none() && shared.max_connection_duration.is_some_and(|d| now >= timeline.started + d);
+    if idle {
+        shared.stats.downstream_cx_idle_timeout.inc();
+    } else if too_old {
+        shared.stats.downstream_cx_max_duration_reached.inc();
+    }
+    idle || too_old
+}
+
+/// The next time an idle check is due: the idle timeout (armed from now while streams are
+/// active) or `max_connection_duration`.
+fn next_idle_check(context: &ConnectionContext, timeline: &Timeline, now: Instant) -> [Option<Instant>; 2] {
+    let shared = &context.shared;
+    let idle_from = match context.active_streams.get() {
+        0 => context.idle_since.get().unwrap_or(now),
+        _ => now,
+    };
+    let idle_deadline = shared.idle_timeout.map(|d| idle_from + d).filter(|_| timeline.shutdown_at.is_none());
+    let duration_deadline =
+        shared.max_connection_duration.map(|d| timeline.started + d).filter(|_| timeline.shutdown_at.is_none());
+    [idle_deadline, duration_deadline]
+}
+
+/// Waits, without hyper, until a parked connection has bytes to read (`true`) or must close
+/// (`false`: idle timeout, `max_connection_duration`, server drain).
+async fn park_idle(
+    context: &Rc<ConnectionContext>,
+    io: &mut H1Guard<CountingIo<TransportSocket>>,
+    draining: &mut Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+) -> bool {
+    let stats = &context.shared.stats;
+    loop {
+        let now = Instant::now();
+        let next = next_idle_check(context, timeline, now).into_iter().flatten().min();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let close = tokio::select! {
+            readable = io.get_ref().get_ref().readable() => return readable.is_ok(),
+            () = sleep => idle_close_reason(context, timeline, Instant::now()),
+            drain = draining.next(!timeline.chain_drained) => match drain {
+                DrainRequest::None => false,
+                DrainRequest::FilterChain => {
+                    timeline.chain_drained = true;
+                    stats.downstream_cx_drain_close.inc();
+                    guard.local_close = true;
+                    context.draining.set(true);
+                    false
+                }
+                DrainRequest::Server => {
+                    stats.downstream_cx_drain_close.inc();
+                    true
+                }
+            },
+        };
+        if close {
+            guard.local_close = true;
+            // FIN (and TLS close_notify), as hyper's own shutdown would; bounded in case the
+            // peer does not read.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncWriteExt::shutdown(io)).await;
+            return false;
+        }
+    }
+}
+
 /// Drives a hyper connection, starting its graceful shutdown on drain, idle timeout or
-/// `max_connection_duration`.
+/// `max_connection_duration`, and putting it aside (HTTP/1.1, `park`) once idle.
 async fn run_connection<C, F>(
     context: &Rc<ConnectionContext>,
     mut connection: std::pin::Pin<&mut C>,
+    park: Option<&ParkSignals>,
     draining: &mut Draining,
-    started: Instant,
+    timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     graceful_shutdown: F,
-) -> Result<(), hyper::Error>
+) -> Result<Ended, hyper::Error>
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
     F: Fn(std::pin::Pin<&mut C>),
 {
     let shared = &context.shared;
     let stats = &shared.stats;
-    let mut shutdown_at: Option<Instant> = None;
-    // An HTTP/1.1 connection of a draining filter chain is not cut while idle (a client may be
-    // sending on it right now): its next response says `connection: close`, as Envoy's.
-    let mut chain_drained = false;
+    let mut parking = false;
     // One timer for the connection, re-armed only when it fires: streams starting and ending
     // just update `context.idle_since`, without waking this loop (it would be once per request).
     let sleep = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(sleep);
     loop {
         let now = Instant::now();
-        // While streams are active the idle check is armed from now and re-checked when due.
-        let idle_from = match context.active_streams.get() {
-            0 => context.idle_since.get().unwrap_or(now),
-            _ => now,
-        };
-        let idle_deadline = shared.idle_timeout.map(|d| idle_from + d).filter(|_| shutdown_at.is_none());
-        let duration_deadline = shared.max_connection_duration.map(|d| started + d).filter(|_| shutdown_at.is_none());
-        let force_close = shutdown_at.map(|at| at + shared.drain_timeout);
-        let next = [idle_deadline, duration_deadline, force_close].into_iter().flatten().min();
+        let [idle_deadline, duration_deadline] = next_idle_check(context, timeline, now);
+        let force_close = timeline.shutdown_at.map(|at| at + shared.drain_timeout);
+        let park_deadline = park
+            .filter(|_| !parking && timeline.shutdown_at.is_none() && context.active_streams.get() == 0)
+            .map(|_| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
+        let next = [idle_deadline, duration_deadline, force_close, park_deadline].into_iter().flatten().min();
         if let Some(at) = next {
             sleep.as_mut().reset(at.into());
         }
         tokio::select! {
-            result = connection.as_mut() => return result,
+            result = connection.as_mut() => {
+                return result.map(|()| if parking { Ended::Parked } else { Ended::Closed });
+            }
             () = &mut sleep, if next.is_some() => {
                 let now = Instant::now();
                 if force_close.is_some_and(|at| now >= at) {
                     // Streams did not finish within drain_timeout.
                     guard.local_close = true;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
-                let idle_for = context.idle_since.get().map(|at| now.saturating_duration_since(at));
-                let idle = context.active_streams.get() == 0
-                    && shutdown_at.is_none()
-                    && shared.idle_timeout.zip(idle_for).is_some_and(|(d, idle_for)| idle_for >= d);
-                let too_old = duration_deadline.is_some_and(|at| now >= at);
-                if idle {
-                    stats.downstream_cx_idle_timeout.inc();
-                } else if too_old {
-                    stats.downstream_cx_max_duration_reached.inc();
-                }
-                if idle || too_old {
+                if idle_close_reason(context, timeline, now) {
                     guard.local_close = true;
                     context.draining.set(true);
-                    shutdown_at = Some(now);
+                    timeline.shutdown_at = Some(now);
                     graceful_shutdown(connection.as_mut());
+                } else if let Some(park) = park.filter(|p| p.at_rest() && !parking) {
+                    let idle_for = context.idle_since.get().map(|at| now.saturating_duration_since(at));
+                    if context.active_streams.get() == 0
+                        && timeline.shutdown_at.is_none()
+                        && idle_for.is_some_and(|d| d >= PARK_AFTER)
+                    {
+                        // hyper closes an idle connection at once; its shutdown of the socket
+                        // is skipped (`ParkSignals::parking`).
+                        parking = true;
+                        park.set_parking(true);
+                        graceful_shutdown(connection.as_mut());
+                    }
                 }
             }
-            drain = draining.next(!chain_drained), if shutdown_at.is_none() => {
+            drain = draining.next(!timeline.chain_drained), if timeline.shutdown_at.is_none() => {
+                if drain != DrainRequest::None && parking {
+                    // Closing after all: hyper's shutdown must reach the socket.
+                    parking = false;
+                    if let Some(park) = park {
+                        park.set_parking(false);
+                    }
+                }
                 if drain == DrainRequest::FilterChain && !context.http2 {
-                    chain_drained = true;
+                    timeline.chain_drained = true;
                     stats.downstream_cx_drain_close.inc();
                     guard.local_close = true;
                     context.draining.set(true);
@@ -531,7 +687,7 @@ where
                     stats.downstream_cx_drain_close.inc();
                     guard.local_close = true;
                     context.draining.set(true);
-                    shutdown_at = Some(Instant::now());
+                    timeline.shutdown_at = Some(Instant::now());
                     graceful_shutdown(connection.as_mut());
                 }
             }

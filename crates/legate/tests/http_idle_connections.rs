@@ -1,0 +1,93 @@
+//! Idle HTTP/1.1 keep-alive connections. Once a connection has idled for a moment legate puts
+//! its codec aside (hyper's buffers and state are freed) and makes it again when the next
+//! bytes arrive. None of that may be visible to the client: every request on the connection
+//! is answered, whatever shape it arrives in and however long the client paused before it.
+
+use std::time::Duration;
+
+use legate_testing::config::{hcm_config, http_bootstrap};
+use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY};
+
+/// Longer than the idle time after which legate parks a connection (20 ms), with margin.
+const PAUSE: Duration = Duration::from_millis(150);
+
+fn echo_upstream() -> HttpUpstream {
+    HttpUpstream::http1(|r| UpstreamAction::ok(format!("{} {} {}", r.method, r.path, String::from_utf8_lossy(&r.body))))
+}
+
+#[test]
+fn requests_after_idle_pauses_are_served_on_the_same_connection() {
+    let upstream = echo_upstream();
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[upstream.addr()]));
+    let mut c = px.client();
+
+    let r = c.get("/first");
+    assert_eq!((r.status, r.body.as_str()), (200, "GET /first "), "{r:?}");
+
+    // A plain request after a pause.
+    std::thread::sleep(PAUSE);
+    let r = c.get("/second");
+    assert_eq!((r.status, r.body.as_str()), (200, "GET /second "), "{r:?}");
+
+    // A request with a body after a pause.
+    std::thread::sleep(PAUSE);
+    let r = c.send("POST", "/third", &[], b"payload");
+    assert_eq!((r.status, r.body.as_str()), (200, "POST /third payload"), "{r:?}");
+
+    // Two pipelined requests in one write after a pause.
+    std::thread::sleep(PAUSE);
+    let mut both = c.request_head("GET", "/fourth", &[], 0);
+    both.extend(c.request_head("GET", "/fifth", &[], 0));
+    c.write_raw(&both).unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "GET /fourth "), "{r:?}");
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "GET /fifth "), "{r:?}");
+
+    // A head that arrives in two pieces with a pause in between, after a pause.
+    std::thread::sleep(PAUSE);
+    let head = c.request_head("GET", "/sixth", &[], 0);
+    let (start, rest) = head.split_at(10);
+    c.write_raw(start).unwrap();
+    std::thread::sleep(PAUSE);
+    c.write_raw(rest).unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "GET /sixth "), "{r:?}");
+
+    // A body that arrives after a pause behind its head.
+    std::thread::sleep(PAUSE);
+    c.write_raw(&c.request_head("PUT", "/seventh", &[], 4)).unwrap();
+    std::thread::sleep(PAUSE);
+    c.write_raw(b"late").unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "PUT /seventh late"), "{r:?}");
+
+    // All on one downstream connection, none closed by legate.
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_total"), Some(1));
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(7));
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_destroy"), Some(0));
+}
+
+#[test]
+fn a_parked_connection_still_times_out_and_drains() {
+    let upstream = echo_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "idle_timeout": "1s" });
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    // Idles past the park, then past the idle timeout.
+    let mut idle = px.client();
+    assert_eq!(idle.get("/").status, 200);
+    assert!(idle.closed_within(EVENTUALLY), "legate should close the idle connection");
+    px.legate.wait_stat("http.ingress.downstream_cx_idle_timeout", 1);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
+
+    // Parked when the server drains: closed at once.
+    let mut parked = px.client();
+    assert_eq!(parked.get("/").status, 200);
+    std::thread::sleep(PAUSE);
+    let (status, _) = px.legate.admin_post("/drain_listeners");
+    assert_eq!(status, 200);
+    assert!(parked.closed_within(EVENTUALLY), "a drain closes a parked connection");
+    px.legate.wait_stat("http.ingress.downstream_cx_drain_close", 1);
+}
