@@ -17,9 +17,11 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use tokio::io::ReadBuf;
 
 pub use super::filter::ConnectionInfo;
 use super::filter::{ConnectionCloseType, ConnectionEvent, ConnectionState};
@@ -56,6 +58,9 @@ pub struct Connection {
     /// While reading is disabled: bytes are known to wait in the socket (early close probing
     /// is paused until the next read).
     data_waiting: bool,
+    /// The last read filled all the room it had: more is likely waiting, so the next read goes
+    /// straight into the buffer rather than through the stack.
+    busy: bool,
     initialized: bool,
     /// Bounds the wait for a TLS close (see `tls_close_pending`).
     close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -71,6 +76,7 @@ impl Connection {
             read_end_stream: false,
             write_shutdown: false,
             data_waiting: false,
+            busy: false,
             initialized: false,
             close_deadline: None,
         }
@@ -237,15 +243,14 @@ impl Connection {
                 tls => {
                     // Decrypted bytes may already wait in rustls: read, do not wait for the
                     // socket to be readable.
-                    let mut scratch = [0u8; READ_SIZE];
-                    let result = match tls.poll_read_slice(cx, &mut scratch[..room]) {
+                    let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+                    let mut read = ReadBuf::uninit(&mut scratch[..room]);
+                    let result = match tls.poll_read_slice(cx, &mut read) {
                         Poll::Pending => return Ok(false),
                         Poll::Ready(result) => result,
                     };
                     self.data_waiting = false;
-                    if let Ok(n) = result {
-                        self.read_buffer.extend_from_slice(&scratch[..n]);
-                    }
+                    self.read_buffer.extend_from_slice(read.filled());
                     return self.on_read_result(result);
                 }
             };
@@ -255,25 +260,31 @@ impl Connection {
                 Poll::Ready(Ok(())) => {}
             }
             self.data_waiting = false;
+            if self.busy {
+                self.read_buffer.reserve(room);
+            }
             let result = if self.read_buffer.capacity() - self.read_buffer.len() >= room {
                 // A busy connection: read in place.
                 let mut limited = bytes::BufMut::limit(&mut self.read_buffer, room);
-                socket.try_read_buf(&mut limited)
+                let read = socket.try_read_buf(&mut limited);
+                self.busy = read.as_ref().is_ok_and(|&n| n == room);
+                read
             } else {
                 // An idle connection has no buffer. Read on the stack and keep only what
                 // arrived: a 16 KiB allocation per read of a few bytes fragments the heap (small
                 // long-lived allocations land in the freed block), which is what idle
                 // connections would then cost.
-                let mut scratch = [0u8; READ_SIZE];
-                let read = socket.try_read(&mut scratch[..room]);
-                if let Ok(n) = read {
-                    self.read_buffer.extend_from_slice(&scratch[..n]);
-                    if n == room {
-                        // More is likely waiting: read the rest in place.
-                        self.read_buffer.reserve(READ_SIZE);
+                // Not zeroed: a 16 KiB memset per read would cost more than the read.
+                let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+                let mut read = ReadBuf::uninit(&mut scratch[..room]);
+                match socket.try_read_buf(&mut read) {
+                    Ok(n) => {
+                        self.read_buffer.extend_from_slice(read.filled());
+                        self.busy = n == room;
+                        Ok(n)
                     }
+                    Err(e) => Err(e),
                 }
-                read
             };
             match result {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -109,10 +109,11 @@ impl TransportSocket {
     /// Reads plaintext into `buf`; `Ok(0)` is the peer's end of stream. A TLS peer that closes
     /// TCP without `close_notify` is treated as an end of stream too, as Envoy does (HTTP/1.1
     /// and tcp_proxy frame their own ends).
-    pub fn poll_read_slice(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        let mut read_buf = ReadBuf::new(buf);
-        match Pin::new(&mut *self).poll_read(cx, &mut read_buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
+    /// `buf` may be uninitialized (a stack scratch need not be zeroed on every read).
+    pub fn poll_read_slice(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut *self).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len() - before)),
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
