@@ -61,7 +61,9 @@ pub struct WorkerContext {
     pub draining: watch::Receiver<bool>,
     draining_tx: watch::Sender<bool>,
     /// `cluster.<name>.upstream_rq_<code>` counters, looked up once per worker.
-    code_counters: RefCell<HashMap<(usize, u16), Counter>>,
+    /// `upstream_rq_<code>` counters by cluster and code. The `Weak` pins the cluster's
+    /// allocation, so its address (the key) cannot be taken by a newer cluster.
+    code_counters: RefCell<HashMap<(usize, u16), (std::sync::Weak<Cluster>, Counter)>>,
 }
 
 impl WorkerContext {
@@ -84,7 +86,9 @@ impl WorkerContext {
         if self.http_pools.stale() {
             self.http_pools.prune(&self.cluster_manager.snapshot());
             self.cluster_manager.forget_removed();
-            self.code_counters.borrow_mut().clear();
+            // Kept across updates: making a counter takes the stats registry's lock, which an
+            // admin scrape or a large update may hold for milliseconds.
+            self.code_counters.borrow_mut().retain(|_, (cluster, _)| cluster.strong_count() > 0);
         }
         &self.http_pools
     }
@@ -94,7 +98,9 @@ impl WorkerContext {
         cluster.stats().upstream_response_class(code);
         let key = (Arc::as_ptr(cluster) as usize, code);
         let mut counters = self.code_counters.borrow_mut();
-        let counter = counters.entry(key).or_insert_with(|| cluster.scope.counter(&format!("upstream_rq_{code}")));
+        let (_, counter) = counters
+            .entry(key)
+            .or_insert_with(|| (Arc::downgrade(cluster), cluster.scope.counter(&format!("upstream_rq_{code}"))));
         counter.inc();
     }
 }

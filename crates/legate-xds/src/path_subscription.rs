@@ -111,24 +111,26 @@ fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), 
     } else {
         serde_yaml_ng::from_str(text).map_err(|e| format!("unable to parse: {e}"))?
     };
-    legate_config::normalize::normalize(&mut response);
     let Value::Object(fields) = &mut response else {
         return Err("a DiscoveryResponse must be a mapping".into());
     };
-    let version = match fields.get("version_info") {
+    // Each resource is normalized on its own (`DecodedResource::from_json`), between which the
+    // main thread may yield; here only the response's own two fields are read.
+    let version = match fields.get("version_info").or_else(|| fields.get("versionInfo")) {
         Some(Value::String(v)) => v.clone(),
+        Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
-        None => String::new(),
     };
     let resources = match fields.remove("resources") {
         Some(Value::Array(items)) => items,
-        None => Vec::new(),
+        Some(Value::Null) | None => Vec::new(),
         Some(_) => return Err("resources: must be a list".into()),
     };
     resources
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
+            crate::pace();
             let item = match item {
                 Value::Object(mut wrapper)
                     if wrapper.get("@type").and_then(Value::as_str)

@@ -223,11 +223,11 @@ impl WatchMap {
         select: impl Fn(&WatchEntry) -> (Vec<&'r DecodedResource>, Vec<String>),
     ) -> Result<(), String> {
         let mut first_error = None;
-        for (i, watch) in self.watches().into_iter().enumerate() {
+        for watch in self.watches() {
             if watch.offered.replace(true) && only_new {
                 continue;
             }
-            crate::pace(i);
+            crate::pace();
             let (resources, removed) = select(&watch);
             // A named watch whose resources are not in this response has nothing to hear
             // (SotW responses for RDS/EDS need not carry every subscribed name).

@@ -63,8 +63,8 @@ impl SubscriptionCallbacks for CdsApi {
     fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
         let manager = &self.cluster_manager;
         let mut errors = Vec::new();
-        for (i, resource) in update.resources.iter().enumerate() {
-            legate_xds::pace(i);
+        for resource in update.resources.iter() {
+            legate_xds::pace();
             let result = legate_config::resources::cluster(&resource.value).and_then(|config| {
                 match manager.add_or_update_cluster(config, resource.value.clone(), update.version_info)? {
                     ClusterUpdate::Unchanged => Ok(()),

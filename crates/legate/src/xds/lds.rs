@@ -143,8 +143,8 @@ impl SubscriptionCallbacks for LdsApi {
         let names = server.cluster_manager.cluster_names();
         let clusters: HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut errors = Vec::new();
-        for (i, resource) in update.resources.iter().enumerate() {
-            legate_xds::pace(i);
+        for resource in update.resources.iter() {
+            legate_xds::pace();
             let result = legate_config::resources::listener(&resource.value, &clusters).and_then(|config| {
                 let pending = PendingListener {
                     name: resource.name.clone(),
