@@ -50,6 +50,9 @@ impl ServerShared {
     }
 }
 
+/// A cluster's `upstream_rq_<code>` counter, with the cluster it counts for.
+type CodeCounter = (std::sync::Weak<Cluster>, Counter);
+
 /// What a worker's connections and filters use: its index, its clusters view, the server.
 pub struct WorkerContext {
     pub index: usize,
@@ -63,7 +66,7 @@ pub struct WorkerContext {
     /// `cluster.<name>.upstream_rq_<code>` counters, looked up once per worker.
     /// `upstream_rq_<code>` counters by cluster and code. The `Weak` pins the cluster's
     /// allocation, so its address (the key) cannot be taken by a newer cluster.
-    code_counters: RefCell<HashMap<(usize, u16), (std::sync::Weak<Cluster>, Counter)>>,
+    code_counters: RefCell<HashMap<(usize, u16), CodeCounter>>,
 }
 
 impl WorkerContext {
