@@ -149,10 +149,53 @@ fn health_percent(overprovisioning_factor: u32, set: &HostSet) -> u64 {
 /// Smooth weighted round robin (the nginx algorithm): each pick adds every host's weight to
 /// its running score, takes the highest, and subtracts the total from the winner. Equal
 /// weights reduce to plain rotation, done without the scores.
+///
+/// It also keeps what every policy needs to know about its host list's weights, worked out at
+/// the list's first pick: a balancer is rebuilt whenever its hosts change, and host weights
+/// never change, so a pick need not scan the list again.
 #[derive(Default, Clone)]
 struct RoundRobin {
     next: usize,
     scores: Vec<i64>,
+    weights: Option<Weights>,
+}
+
+/// The weights of one host list.
+#[derive(Clone)]
+struct Weights {
+    /// The list's length when this was computed.
+    len: usize,
+    uniform: bool,
+    /// Running sums of the weights (empty when uniform): a weighted random pick is a binary
+    /// search.
+    cumulative: Vec<u64>,
+}
+
+impl Weights {
+    fn of(hosts: &[Arc<Host>]) -> Weights {
+        let first = hosts.first().map_or(1, |h| h.weight);
+        let uniform = hosts.iter().all(|h| h.weight == first);
+        let cumulative = match uniform {
+            true => Vec::new(),
+            false => hosts
+                .iter()
+                .scan(0u64, |sum, h| {
+                    *sum += u64::from(h.weight);
+                    Some(*sum)
+                })
+                .collect(),
+        };
+        Weights { len: hosts.len(), uniform, cumulative }
+    }
+}
+
+impl RoundRobin {
+    fn weights(&mut self, hosts: &[Arc<Host>]) -> &Weights {
+        if self.weights.as_ref().is_none_or(|w| w.len != hosts.len()) {
+            self.weights = Some(Weights::of(hosts));
+        }
+        self.weights.get_or_insert_with(|| Weights::of(hosts))
+    }
 }
 
 /// The lookup structure of a hashing policy over one host list.
@@ -172,8 +215,8 @@ impl LoadBalancer {
                 // their first request to the same one.
                 let mut start = |n: usize| if n == 0 { 0 } else { rng.usize(0..n) };
                 [
-                    RoundRobin { next: start(s.healthy_hosts.len()), scores: Vec::new() },
-                    RoundRobin { next: start(s.hosts.len()), scores: Vec::new() },
+                    RoundRobin { next: start(s.healthy_hosts.len()), ..Default::default() },
+                    RoundRobin { next: start(s.hosts.len()), ..Default::default() },
                 ]
             })
             .collect();
@@ -270,7 +313,8 @@ impl LoadBalancer {
                 }
             }
         }
-        let now = monotonic_ms();
+        // The clock is read only when slow start is configured (a read costs as much as a pick).
+        let now = if self.slow_start.is_some() { monotonic_ms() } else { 0 };
         let slow_start = self.slow_start.as_ref().filter(|s| now < s.until_ms);
         let index = match (self.policy, slow_start) {
             (LbPolicy::LeastRequest, Some(slow)) => {
@@ -278,9 +322,13 @@ impl LoadBalancer {
             }
             (_, Some(slow)) => slow_start_pick(&mut self.rng, hosts, slow, now, None),
             (LbPolicy::LeastRequest, None) => {
-                least_request(&mut self.rng, hosts, self.choice_count, self.active_request_bias)
+                let uniform = state.map_or_else(|| Weights::of(hosts).uniform, |s| s.weights(hosts).uniform);
+                least_request(&mut self.rng, hosts, uniform, self.choice_count, self.active_request_bias)
             }
-            (LbPolicy::Random, None) => weighted_random(&mut self.rng, hosts),
+            (LbPolicy::Random, None) => match state {
+                Some(state) => weighted_random(&mut self.rng, state.weights(hosts)),
+                None => weighted_random(&mut self.rng, &Weights::of(hosts)),
+            },
             _ => match state {
                 Some(state) => state.pick(hosts),
                 None => 0,
@@ -328,8 +376,7 @@ impl LoadBalancer {
 
 impl RoundRobin {
     fn pick(&mut self, hosts: &[Arc<Host>]) -> usize {
-        let first_weight = hosts.first().map_or(1, |h| h.weight);
-        if hosts.iter().all(|h| h.weight == first_weight) {
+        if self.weights(hosts).uniform {
             let index = self.next % hosts.len();
             self.next = index + 1;
             return index;
@@ -360,10 +407,12 @@ fn active_load(h: &Host) -> u64 {
 /// the fewest active requests (for connection-level traffic, active connections). Unequal
 /// weights: a weighted pick where each host's weight is divided by
 /// (active requests + 1)^`active_request_bias` (bias 0 is plain weighted round robin's share).
-fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], choice_count: u32, bias: f64) -> usize {
+fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], uniform: bool, choice_count: u32, bias: f64) -> usize {
     let load = active_load;
-    let Some(first) = hosts.first() else { return 0 };
-    if hosts.iter().any(|h| h.weight != first.weight) {
+    if hosts.is_empty() {
+        return 0;
+    }
+    if !uniform {
         let effective: Vec<f64> =
             hosts.iter().map(|h| f64::from(h.weight) / ((load(h) + 1) as f64).powf(bias)).collect();
         let total: f64 = effective.iter().sum();
@@ -454,16 +503,14 @@ fn slow_start_pick(
     hosts.len().saturating_sub(1)
 }
 
-fn weighted_random(rng: &mut fastrand::Rng, hosts: &[Arc<Host>]) -> usize {
-    let total: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
-    let mut pick = rng.u64(0..total.max(1));
-    for (i, host) in hosts.iter().enumerate() {
-        if pick < u64::from(host.weight) {
-            return i;
-        }
-        pick -= u64::from(host.weight);
+/// A host picked with probability proportional to its weight (uniformly when all are equal).
+fn weighted_random(rng: &mut fastrand::Rng, weights: &Weights) -> usize {
+    if weights.uniform {
+        return rng.usize(0..weights.len.max(1));
     }
-    0
+    let total = weights.cumulative.last().copied().unwrap_or(0);
+    let pick = rng.u64(0..total.max(1));
+    weights.cumulative.partition_point(|&sum| sum <= pick).min(weights.len.saturating_sub(1))
 }
 
 #[cfg(test)]
@@ -516,7 +563,7 @@ pub(super) mod tests {
         hosts[0].stats.rq_active.store(5, Ordering::Relaxed);
         let mut rng = fastrand::Rng::with_seed(11);
         let picks = |rng: &mut fastrand::Rng, choices: u32| {
-            (0..9000).filter(|_| least_request(rng, &hosts, choices, 1.0) == 0).count()
+            (0..9000).filter(|_| least_request(rng, &hosts, true, choices, 1.0) == 0).count()
         };
         // Two choices: the busy host wins only when both samples are it (1/9 of the picks).
         let two = picks(&mut rng, 2);
@@ -760,7 +807,7 @@ pub(super) mod tests {
         let hosts = vec![host(1, 1), host(2, 3)];
         let mut rng = fastrand::Rng::with_seed(7);
         let share = |rng: &mut fastrand::Rng, bias: f64| {
-            let picks = (0..20_000).filter(|_| least_request(rng, &hosts, 2, bias) == 1).count();
+            let picks = (0..20_000).filter(|_| least_request(rng, &hosts, false, 2, bias) == 1).count();
             picks as f64 / 20_000.0
         };
         let idle = share(&mut rng, 1.0);
