@@ -32,7 +32,9 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     /// Exactly one of `rds`, `route_config`, `scoped_routes`.
     pub rds: Option<Rds>,
-    pub route_config: Option<RouteConfiguration>,
+    /// Shared: a 10,000-route table is kilobytes per route in this form, and the bootstrap, the
+    /// listener's filter chains and the HCM each hold the config.
+    pub route_config: Option<std::sync::Arc<RouteConfiguration>>,
     pub scoped_routes: Option<Unsupported>,
     /// In order; the last must be the router.
     #[serde(default, deserialize_with = "deserialize_http_filters")]
