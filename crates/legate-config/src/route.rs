@@ -213,17 +213,19 @@ pub enum TlsRequirementType {
 /// `envoy.config.route.v3.Route`: a match and exactly one action.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+/// Members that most routes leave out are boxed: a 10,000-route table holds one of these per
+/// route, for `/config_dump` and for updates.
 pub struct Route {
     #[serde(default)]
     pub name: String,
     #[serde(rename = "match")]
     pub r#match: RouteMatch,
     pub route: Option<RouteAction>,
-    pub redirect: Option<RedirectAction>,
-    pub direct_response: Option<DirectResponseAction>,
+    pub redirect: Option<Box<RedirectAction>>,
+    pub direct_response: Option<Box<DirectResponseAction>>,
     pub filter_action: Option<Unsupported>,
     pub non_forwarding_action: Option<Unsupported>,
-    pub metadata: Option<Metadata>,
+    pub metadata: Option<Box<Metadata>>,
     /// Only names the tracing span, and legate does not trace yet: harmless to accept.
     pub decorator: Option<Decorator>,
     #[serde(default, deserialize_with = "crate::extensions::deserialize_per_filter_configs")]
@@ -544,7 +546,7 @@ pub struct RouteAction {
     /// The cluster is named by this request header (first value); missing header or unknown
     /// cluster: `cluster_not_found_response_code`.
     pub cluster_header: Option<String>,
-    pub weighted_clusters: Option<WeightedCluster>,
+    pub weighted_clusters: Option<Box<WeightedCluster>>,
     pub cluster_specifier_plugin: Option<Unsupported>,
     pub inline_cluster_specifier_plugin: Option<Unsupported>,
     #[serde(default)]
@@ -553,7 +555,7 @@ pub struct RouteAction {
     /// Replaces the matched prefix (or path); the original goes in `x-envoy-original-path`.
     #[serde(default)]
     pub prefix_rewrite: String,
-    pub regex_rewrite: Option<RegexMatchAndSubstitute>,
+    pub regex_rewrite: Option<Box<RegexMatchAndSubstitute>>,
     pub path_rewrite_policy: Option<Unsupported>,
     pub path_rewrite: Option<Unsupported>,
     /// One of the four `host_rewrite_*` / `auto_host_rewrite` at most.
@@ -561,7 +563,7 @@ pub struct RouteAction {
     /// The upstream host's hostname (DNS clusters, or endpoint `hostname`) becomes the authority.
     pub auto_host_rewrite: Option<bool>,
     pub host_rewrite_header: Option<String>,
-    pub host_rewrite_path_regex: Option<RegexMatchAndSubstitute>,
+    pub host_rewrite_path_regex: Option<Box<RegexMatchAndSubstitute>>,
     /// With a host rewrite, the original authority is appended to `x-forwarded-host`.
     #[serde(default)]
     pub append_x_forwarded_host: bool,
@@ -572,7 +574,7 @@ pub struct RouteAction {
     pub idle_timeout: Option<Duration>,
     pub early_data_policy: Option<Unsupported>,
     /// Replaces the virtual host's policy entirely (never merged).
-    pub retry_policy: Option<RetryPolicy>,
+    pub retry_policy: Option<Box<RetryPolicy>>,
     pub retry_policy_typed_config: Option<Unsupported>,
     /// Replaces the virtual host's and route configuration's policies when not empty.
     #[serde(default)]
@@ -584,7 +586,7 @@ pub struct RouteAction {
     #[serde(default)]
     pub hash_policy: Vec<HashPolicy>,
     /// Deprecated in Envoy for `typed_per_filter_config`, still common: accepted.
-    pub cors: Option<CorsPolicy>,
+    pub cors: Option<Box<CorsPolicy>>,
     /// Deprecated for `max_stream_duration.grpc_timeout_header_max`.
     pub max_grpc_timeout: Option<Duration>,
     /// Deprecated for `max_stream_duration.grpc_timeout_header_offset`.

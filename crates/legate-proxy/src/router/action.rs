@@ -91,7 +91,7 @@ pub struct RouteAction {
     pub cluster: ClusterSpecifier,
     pub cluster_not_found_response_code: StatusCode,
     pub prefix_rewrite: Option<String>,
-    pub regex_rewrite: Option<RegexMatchAndSubstitute>,
+    pub regex_rewrite: Option<Box<RegexMatchAndSubstitute>>,
     pub host_rewrite_literal: Option<HeaderValue>,
     pub auto_host_rewrite: bool,
     pub host_rewrite_header: Option<HeaderName>,
@@ -109,7 +109,7 @@ pub struct RouteAction {
     pub connect_terminate: bool,
     pub mirrors: Vec<Mirror>,
     pub hash_policy: Vec<HashPolicy>,
-    pub cors: Option<CorsPolicy>,
+    pub cors: Option<Box<CorsPolicy>>,
 }
 
 impl RouteAction {
@@ -148,7 +148,7 @@ impl RouteAction {
         } else {
             return Err("route action needs one of cluster, cluster_header, weighted_clusters".into());
         };
-        let retry_policy = c.retry_policy.as_ref().or(vhost_retry).map(RetryPolicy::from_config).unwrap_or_default();
+        let retry_policy = c.retry_policy.as_deref().or(vhost_retry).map(RetryPolicy::from_config).unwrap_or_default();
         Ok(RouteAction {
             cluster,
             cluster_not_found_response_code: match c.cluster_not_found_response_code {

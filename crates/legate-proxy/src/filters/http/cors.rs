@@ -81,7 +81,7 @@ impl<'a> Policies<'a> {
         let policies = if from_route.is_some() || from_vhost.is_some() {
             [from_route, from_vhost]
         } else {
-            [action.cors.as_ref(), vhost.and_then(|v| v.cors.as_ref())]
+            [action.cors.as_deref(), vhost.and_then(|v| v.cors.as_ref())]
         };
         Some(Policies(policies))
     }
