@@ -45,9 +45,9 @@ pub struct Cluster {
     /// Deprecated for the `HttpProtocolOptions` extension options, like the next three.
     pub upstream_http_protocol_options: Option<UpstreamHttpProtocolOptions>,
     pub common_http_protocol_options: Option<HttpProtocolOptions>,
-    pub http_protocol_options: Option<Http1ProtocolOptions>,
+    pub http_protocol_options: Option<Box<Http1ProtocolOptions>>,
     /// Deprecated; its presence alone makes the cluster speak HTTP/2.
-    pub http2_protocol_options: Option<Http2ProtocolOptions>,
+    pub http2_protocol_options: Option<Box<Http2ProtocolOptions>>,
     /// Keyed by extension name; legate knows `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`.
     #[serde(default, deserialize_with = "crate::extensions::deserialize_protocol_options")]
     pub typed_extension_protocol_options: BTreeMap<String, ProtocolOptionsConfig>,
@@ -66,23 +66,23 @@ pub struct Cluster {
     #[serde(default)]
     pub use_tcp_for_dns_lookups: bool,
     pub dns_resolution_config: Option<crate::dns::DnsResolutionConfig>,
-    pub typed_dns_resolver_config: Option<crate::dns::TypedDnsResolverConfig>,
+    pub typed_dns_resolver_config: Option<Box<crate::dns::TypedDnsResolverConfig>>,
     pub wait_for_warm_on_init: Option<bool>,
-    pub outlier_detection: Option<crate::outlier_detection::OutlierDetection>,
+    pub outlier_detection: Option<Box<crate::outlier_detection::OutlierDetection>>,
     pub cleanup_interval: Option<Duration>,
     /// Source address and socket options of upstream connections (e.g. TCP_USER_TIMEOUT).
-    pub upstream_bind_config: Option<crate::socket_option::BindConfig>,
+    pub upstream_bind_config: Option<Box<crate::socket_option::BindConfig>>,
     pub lb_subset_config: Option<Unsupported>,
     pub ring_hash_lb_config: Option<RingHashLbConfig>,
     pub maglev_lb_config: Option<MaglevLbConfig>,
     pub original_dst_lb_config: Option<Unsupported>,
-    pub least_request_lb_config: Option<LeastRequestLbConfig>,
-    pub round_robin_lb_config: Option<RoundRobinLbConfig>,
+    pub least_request_lb_config: Option<Box<LeastRequestLbConfig>>,
+    pub round_robin_lb_config: Option<Box<RoundRobinLbConfig>>,
     #[serde(default)]
     pub common_lb_config: CommonLbConfig,
     pub transport_socket: Option<TransportSocket>,
     pub transport_socket_matches: Option<Unsupported>,
-    pub metadata: Option<Metadata>,
+    pub metadata: Option<Box<Metadata>>,
     /// Deprecated for `use_downstream_protocol_config` of the `HttpProtocolOptions` extension.
     #[serde(default)]
     pub protocol_selection: ClusterProtocolSelection,
@@ -127,7 +127,7 @@ impl Cluster {
     /// The resolver of a DNS cluster, from whichever of Envoy's forms the config uses.
     pub fn dns_resolver(&self) -> crate::dns::DnsResolverConfig {
         crate::dns::resolver_config(
-            self.typed_dns_resolver_config.as_ref(),
+            self.typed_dns_resolver_config.as_deref(),
             self.dns_resolution_config.as_ref(),
             &self.dns_resolvers,
             self.use_tcp_for_dns_lookups,
@@ -203,7 +203,7 @@ impl Cluster {
         let ext = self.upstream_http_options();
         ext.and_then(|e| e.explicit_http_config.as_ref()?.http2_protocol_options.clone())
             .or_else(|| ext.and_then(|e| e.use_downstream_protocol_config.as_ref()?.http2_protocol_options.clone()))
-            .or_else(|| self.http2_protocol_options.clone())
+            .or_else(|| self.http2_protocol_options.as_deref().cloned())
             .unwrap_or_default()
     }
 
@@ -212,7 +212,7 @@ impl Cluster {
         let ext = self.upstream_http_options();
         ext.and_then(|e| e.explicit_http_config.as_ref()?.http_protocol_options.clone())
             .or_else(|| ext.and_then(|e| e.use_downstream_protocol_config.as_ref()?.http_protocol_options.clone()))
-            .or_else(|| self.http_protocol_options.clone())
+            .or_else(|| self.http_protocol_options.as_deref().cloned())
             .unwrap_or_default()
     }
 

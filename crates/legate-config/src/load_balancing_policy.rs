@@ -167,16 +167,17 @@ pub(crate) fn apply(cluster: &mut Cluster, policy: LbPolicyConfig) {
     match policy {
         LbPolicyConfig::RoundRobin(rr) => {
             cluster.lb_policy = LbPolicy::RoundRobin;
-            cluster.round_robin_lb_config = Some(RoundRobinLbConfig { slow_start_config: rr.slow_start_config });
+            cluster.round_robin_lb_config =
+                Some(Box::new(RoundRobinLbConfig { slow_start_config: rr.slow_start_config }));
             cluster.common_lb_config.locality_weighted_lb_config = locality(rr.locality_lb_config);
         }
         LbPolicyConfig::LeastRequest(lr) => {
             cluster.lb_policy = LbPolicy::LeastRequest;
-            cluster.least_request_lb_config = Some(LeastRequestLbConfig {
+            cluster.least_request_lb_config = Some(Box::new(LeastRequestLbConfig {
                 choice_count: lr.choice_count,
                 active_request_bias: lr.active_request_bias,
                 slow_start_config: lr.slow_start_config,
-            });
+            }));
             cluster.common_lb_config.locality_weighted_lb_config = locality(lr.locality_lb_config);
         }
         LbPolicyConfig::Random(random) => {
