@@ -151,6 +151,7 @@ impl Cluster {
     ) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
         for locality in &assignment.endpoints {
+            let shared_locality = Arc::new(locality.locality.clone().unwrap_or_default());
             for endpoint in &locality.lb_endpoints {
                 let Some(address) = endpoint.endpoint.as_ref().and_then(|e| e.address.socket()) else { continue };
                 let Some(ip) = address.ip() else { continue };
@@ -160,7 +161,7 @@ impl Cluster {
                     endpoint.endpoint.as_ref().map(|e| e.hostname.clone()).unwrap_or_default(),
                     endpoint.load_balancing_weight.unwrap_or(1),
                     locality.priority,
-                    locality.locality.clone().unwrap_or_default(),
+                    shared_locality.clone(),
                     endpoint.health_status,
                 )
                 .with_locality_weight(locality.load_balancing_weight)

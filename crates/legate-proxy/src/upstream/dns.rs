@@ -125,7 +125,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
                         address.address.clone(),
                         endpoint.load_balancing_weight.unwrap_or(1),
                         locality.priority,
-                        locality.locality.clone().unwrap_or_default(),
+                        Arc::new(locality.locality.clone().unwrap_or_default()),
                         endpoint.health_status,
                     )
                     .with_locality_weight(locality.load_balancing_weight)

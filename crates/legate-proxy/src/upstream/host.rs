@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use legate_config::core::Locality;
 use legate_config::endpoint::HealthStatus;
@@ -42,7 +43,8 @@ pub struct Host {
     pub hostname: String,
     pub weight: u32,
     pub priority: u32,
-    pub locality: Locality,
+    /// Shared by the hosts of one locality (an EDS update lists hundreds under one).
+    pub locality: Arc<Locality>,
     /// The `load_balancing_weight` of the host's locality (1 when unset).
     pub locality_weight: u32,
     /// `endpoint.health_check_config`: where and how active checks reach this host.
@@ -96,7 +98,7 @@ impl Host {
         hostname: String,
         weight: u32,
         priority: u32,
-        locality: Locality,
+        locality: Arc<Locality>,
         health_status: HealthStatus,
     ) -> Self {
         let flags = match health_status {

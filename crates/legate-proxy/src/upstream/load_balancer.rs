@@ -86,7 +86,7 @@ impl LocalityGroups {
     fn new(set: &HostSet, panic: bool, overprovisioning_factor: u32) -> Self {
         let mut localities: Vec<(&legate_config::core::Locality, u32, Vec<Arc<Host>>, usize)> = Vec::new();
         for host in &set.hosts {
-            let index = match localities.iter().position(|(l, ..)| **l == host.locality) {
+            let index = match localities.iter().position(|(l, ..)| **l == *host.locality) {
                 Some(i) => i,
                 None => {
                     localities.push((&host.locality, host.locality_weight, Vec::new(), 0));
@@ -542,7 +542,7 @@ pub(super) mod tests {
 
     fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> Arc<Host> {
         let locality = legate_config::core::Locality { zone: zone.into(), ..Default::default() };
-        let host = Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, 0, locality, health);
+        let host = Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, 0, Arc::new(locality), health);
         Arc::new(host.with_locality_weight(Some(locality_weight)))
     }
 
