@@ -63,9 +63,9 @@ pub struct WorkerContext {
     /// Turns true when the server drains: HTTP connections close gracefully.
     pub draining: watch::Receiver<bool>,
     draining_tx: watch::Sender<bool>,
-    /// `cluster.<name>.upstream_rq_<code>` counters, looked up once per worker.
-    /// `upstream_rq_<code>` counters by cluster and code. The `Weak` pins the cluster's
-    /// allocation, so its address (the key) cannot be taken by a newer cluster.
+    /// `cluster.<name>.upstream_rq_<code>` counters by cluster and code, looked up once per
+    /// worker. The `Weak` pins the cluster's allocation, so its address (the key) cannot be
+    /// taken by a newer cluster.
     code_counters: RefCell<HashMap<(usize, u16), CodeCounter>>,
 }
 

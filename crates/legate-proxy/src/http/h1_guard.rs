@@ -65,7 +65,6 @@ enum Chunk {
 
 /// Shared between the guard (inside hyper) and the connection that owns hyper, on one thread
 /// (atomics only because hyper wants an upgradable socket to be `Send`).
-#[derive(Default)]
 pub struct ParkSignals {
     /// Between two whole requests and with nothing left unflushed: hyper holds no bytes of
     /// the connection, so it can be dropped and made again when the next request arrives.
