@@ -17,11 +17,9 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::mem::MaybeUninit;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::ReadBuf;
 
 pub use super::filter::ConnectionInfo;
 use super::filter::{ConnectionCloseType, ConnectionEvent, ConnectionState};
@@ -29,7 +27,7 @@ use super::filter_manager::FilterManager;
 use super::transport_socket::TransportSocket;
 
 /// Bytes asked of the socket per read, as Envoy's 16 KiB read slices.
-const READ_SIZE: usize = 16 * 1024;
+const READ_SIZE: usize = super::transport_socket::MAX_READ;
 
 /// How long a closing TLS connection may take to flush its records and `close_notify`.
 const TLS_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -236,68 +234,25 @@ impl Connection {
         if self.state.read_disable_count > 0 || self.read_buffer.len() >= self.state.buffer_limit {
             return self.detect_early_close(cx).map(|()| false);
         }
-        loop {
-            let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
-            let socket = match &mut self.socket {
-                TransportSocket::RawBuffer(socket) => socket,
-                tls => {
-                    // Decrypted bytes may already wait in rustls: read, do not wait for the
-                    // socket to be readable.
-                    let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-                    let mut read = ReadBuf::uninit(&mut scratch[..room]);
-                    let result = match tls.poll_read_slice(cx, &mut read) {
-                        Poll::Pending => return Ok(false),
-                        Poll::Ready(result) => result,
-                    };
-                    self.data_waiting = false;
-                    self.read_buffer.extend_from_slice(read.filled());
-                    return self.on_read_result(result);
+        // TLS too reads rather than waits for readiness: decrypted bytes may already wait in
+        // rustls.
+        let room = (self.state.buffer_limit - self.read_buffer.len()).min(READ_SIZE);
+        let result = match self.socket.poll_read_append(cx, &mut self.read_buffer, room, self.busy) {
+            Poll::Pending => {
+                self.data_waiting = false;
+                self.busy = false;
+                // The socket is drained: do not keep a reservation while the connection waits
+                // (idle connections must stay small).
+                if self.read_buffer.is_empty() {
+                    self.read_buffer = BytesMut::new();
                 }
-            };
-            match socket.poll_read_ready(cx) {
-                Poll::Pending => return Ok(false),
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Ready(Ok(())) => {}
+                return Ok(false);
             }
-            self.data_waiting = false;
-            if self.busy {
-                self.read_buffer.reserve(room);
-            }
-            let result = if self.read_buffer.capacity() - self.read_buffer.len() >= room {
-                // A busy connection: read in place.
-                let mut limited = bytes::BufMut::limit(&mut self.read_buffer, room);
-                let read = socket.try_read_buf(&mut limited);
-                self.busy = read.as_ref().is_ok_and(|&n| n == room);
-                read
-            } else {
-                // An idle connection has no buffer. Read on the stack and keep only what
-                // arrived: a 16 KiB allocation per read of a few bytes fragments the heap (small
-                // long-lived allocations land in the freed block), which is what idle
-                // connections would then cost.
-                // Not zeroed: a 16 KiB memset per read would cost more than the read.
-                let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-                let mut read = ReadBuf::uninit(&mut scratch[..room]);
-                match socket.try_read_buf(&mut read) {
-                    Ok(n) => {
-                        self.read_buffer.extend_from_slice(read.filled());
-                        self.busy = n == room;
-                        Ok(n)
-                    }
-                    Err(e) => Err(e),
-                }
-            };
-            match result {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The socket is drained: do not keep a reservation while the connection
-                    // waits (idle connections must stay small).
-                    if self.read_buffer.is_empty() {
-                        self.read_buffer = BytesMut::new();
-                    }
-                    continue;
-                }
-                result => return self.on_read_result(result),
-            }
-        }
+            Poll::Ready(result) => result,
+        };
+        self.data_waiting = false;
+        self.busy = result.as_ref().is_ok_and(|&n| n == room);
+        self.on_read_result(result)
     }
 
     /// Hands what one read returned to the filters: data, or the downstream's end of stream.

@@ -8,13 +8,18 @@
 //! without the socket becoming readable, so callers read until `Pending` rather than waiting on
 //! the socket's readiness (the raw variant's fast paths in `Connection` do wait on it).
 
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// The most [`TransportSocket::poll_read_append`] reads at once: Envoy's 16 KiB read slices.
+pub const MAX_READ: usize = 16 * 1024;
 
 /// A connected socket with its transport (raw or TLS).
 pub enum TransportSocket {
@@ -118,6 +123,41 @@ impl TransportSocket {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Reads up to `room` bytes (at most [`MAX_READ`]) onto the end of `buf`; `Ok(0)` is the
+    /// peer's end of stream, as for [`Self::poll_read_slice`].
+    ///
+    /// A busy flow (`busy`: its last read filled its room) and a buffer with that much room to
+    /// spare read in place. Otherwise the read goes through the stack and `buf` keeps only what
+    /// arrived: a 16 KiB block per read of a few bytes fragments the heap (small long-lived
+    /// allocations land in the freed block), which is what idle connections would then cost.
+    /// The stack buffer is not zeroed: a 16 KiB memset per read would cost more than the read.
+    pub fn poll_read_append(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        room: usize,
+        busy: bool,
+    ) -> Poll<io::Result<usize>> {
+        let room = room.min(MAX_READ);
+        if busy {
+            buf.reserve(room);
+        }
+        if buf.capacity() - buf.len() >= room {
+            let mut limited = bytes::BufMut::limit(&mut *buf, room);
+            // A fresh `read_buf` future per poll is the same as polling one (it keeps no state).
+            let read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(self, &mut limited));
+            return match ready!(read.poll(cx)) {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
+                result => Poll::Ready(result),
+            };
+        }
+        let mut scratch = [MaybeUninit::<u8>::uninit(); MAX_READ];
+        let mut read = ReadBuf::uninit(&mut scratch[..room]);
+        let n = ready!(self.poll_read_slice(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(n))
     }
 
     /// Writes some of `buf`; for TLS the records may still wait in rustls: call

@@ -291,14 +291,17 @@ impl TcpProxy {
                 ucx.cluster.stats().upstream_flow_control_resumed_reading_total.inc();
             }
             let room = (limit - cb.write_buffer_len()).clamp(1, UPSTREAM_READ_SIZE);
-            // Read on the stack and keep exactly what arrived (see `Connection::poll_read`:
-            // per-read heap blocks fragment the heap of idle connections).
-            let read = match read_into(stream, cx, room, self.upstream_busy) {
-                Poll::Pending => return Ok(()),
+            // A buffer of exactly what arrived, read in place while the flow is busy.
+            let mut buf = BytesMut::new();
+            let read = match stream.poll_read_append(cx, &mut buf, room, self.upstream_busy) {
+                Poll::Pending => {
+                    self.upstream_busy = false;
+                    return Ok(());
+                }
                 Poll::Ready(read) => read,
             };
-            self.upstream_busy = read.as_ref().is_ok_and(|(n, _)| *n == room);
-            match read {
+            self.upstream_busy = read.as_ref().is_ok_and(|&n| n == room);
+            match read.map(|n| (n, buf)) {
                 Ok((0, _)) => {
                     self.upstream_read_end = true;
                     cb.write(BytesMut::new(), true);
@@ -365,30 +368,6 @@ fn adjust(gauge: &legate_stats::Gauge, reported: &mut u64, now: u64) {
         gauge.sub(*reported - now);
     }
     *reported = now;
-}
-
-/// One read of up to `room` bytes from the upstream, as a buffer of exactly what arrived. While
-/// the flow is busy (the last read filled its room) it reads straight into a new buffer;
-/// otherwise through the stack, so that a few bytes do not pin a 16 KiB block (per-read heap
-/// blocks fragment the heap of idle connections, see `Connection::poll_read`).
-fn read_into(
-    stream: &mut TransportSocket,
-    cx: &mut Context<'_>,
-    room: usize,
-    busy: bool,
-) -> Poll<io::Result<(usize, BytesMut)>> {
-    if busy {
-        let mut buf = BytesMut::with_capacity(room);
-        // A fresh `read_buf` future per poll is the same as polling one (it keeps no state).
-        let read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(stream, &mut buf));
-        let n = std::task::ready!(read.poll(cx))?;
-        return Poll::Ready(Ok((n, buf)));
-    }
-    // Not zeroed: a 16 KiB memset per read would cost more than the read.
-    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); UPSTREAM_READ_SIZE];
-    let mut read_buf = tokio::io::ReadBuf::uninit(&mut scratch[..room]);
-    let n = std::task::ready!(stream.poll_read_slice(cx, &mut read_buf))?;
-    Poll::Ready(Ok((n, BytesMut::from(read_buf.filled()))))
 }
 
 impl ReadFilter for TcpProxy {
