@@ -529,8 +529,9 @@ struct Timeline {
     chain_drained: bool,
 }
 
-/// Why an idle connection must close, if it must, counting the stat that says so.
-fn idle_close_reason(context: &ConnectionContext, timeline: &Timeline, now: Instant) -> bool {
+/// Whether the connection must close for its idle timeout or `max_connection_duration`,
+/// counting the stat that says which.
+fn idle_or_too_old(context: &ConnectionContext, timeline: &Timeline, now: Instant) -> bool {
     let shared = &context.shared;
     let idle_for = context.idle_since.get().map(|at| now.saturating_duration_since(at));
     let idle = context.active_streams.get() == 0
@@ -560,6 +561,28 @@ fn next_idle_check(context: &ConnectionContext, timeline: &Timeline, now: Instan
     [idle_deadline, duration_deadline]
 }
 
+/// Counts a drain request and marks the connection as draining; `true` when it must shut
+/// down now. An HTTP/1.1 connection of a draining filter chain is not cut (a client may be
+/// sending on it right now): its next response says `connection: close`, as Envoy's.
+fn note_drain(
+    drain: DrainRequest,
+    context: &ConnectionContext,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+) -> bool {
+    if drain == DrainRequest::None {
+        return false;
+    }
+    context.shared.stats.downstream_cx_drain_close.inc();
+    guard.local_close = true;
+    context.draining.set(true);
+    if drain == DrainRequest::FilterChain && !context.http2 {
+        timeline.chain_drained = true;
+        return false;
+    }
+    true
+}
+
 /// Waits, without hyper, until a parked connection has bytes to read (`true`) or must close
 /// (`false`: idle timeout, `max_connection_duration`, server drain).
 async fn park_idle(
@@ -569,7 +592,6 @@ async fn park_idle(
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
 ) -> bool {
-    let stats = &context.shared.stats;
     loop {
         let now = Instant::now();
         let next = next_idle_check(context, timeline, now).into_iter().flatten().min();
@@ -581,21 +603,8 @@ async fn park_idle(
         };
         let close = tokio::select! {
             readable = io.get_ref().get_ref().readable() => return readable.is_ok(),
-            () = sleep => idle_close_reason(context, timeline, Instant::now()),
-            drain = draining.next(!timeline.chain_drained) => match drain {
-                DrainRequest::None => false,
-                DrainRequest::FilterChain => {
-                    timeline.chain_drained = true;
-                    stats.downstream_cx_drain_close.inc();
-                    guard.local_close = true;
-                    context.draining.set(true);
-                    false
-                }
-                DrainRequest::Server => {
-                    stats.downstream_cx_drain_close.inc();
-                    true
-                }
-            },
+            () = sleep => idle_or_too_old(context, timeline, Instant::now()),
+            drain = draining.next(!timeline.chain_drained) => note_drain(drain, context, timeline, guard),
         };
         if close {
             guard.local_close = true;
@@ -623,7 +632,6 @@ where
     F: Fn(std::pin::Pin<&mut C>),
 {
     let shared = &context.shared;
-    let stats = &shared.stats;
     let mut parking = false;
     // One timer for the connection, re-armed only when it fires: streams starting and ending
     // just update `context.idle_since`, without waking this loop (it would be once per request).
@@ -651,7 +659,7 @@ where
                     guard.local_close = true;
                     return Ok(Ended::Closed);
                 }
-                if idle_close_reason(context, timeline, now) {
+                if idle_or_too_old(context, timeline, now) {
                     guard.local_close = true;
                     context.draining.set(true);
                     timeline.shutdown_at = Some(now);
@@ -678,15 +686,7 @@ where
                         park.set_parking(false);
                     }
                 }
-                if drain == DrainRequest::FilterChain && !context.http2 {
-                    timeline.chain_drained = true;
-                    stats.downstream_cx_drain_close.inc();
-                    guard.local_close = true;
-                    context.draining.set(true);
-                } else if drain != DrainRequest::None {
-                    stats.downstream_cx_drain_close.inc();
-                    guard.local_close = true;
-                    context.draining.set(true);
+                if note_drain(drain, context, timeline, guard) {
                     timeline.shutdown_at = Some(Instant::now());
                     graceful_shutdown(connection.as_mut());
                 }
