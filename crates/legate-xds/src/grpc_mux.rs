@@ -454,19 +454,26 @@ impl TypeSubscription {
         }
     }
 
-    fn on_sotw_response(&self, response: DiscoveryResponse) -> DiscoveryRequest {
-        let resource_type = self.map.resource_type;
+    /// Counts an update attempt and decodes its resources (index, body, version); the first
+    /// that does not decode rejects the whole update, naming its index.
+    fn decode_all<'a>(
+        &self,
+        resources: impl Iterator<Item = (usize, &'a envoy_types::pb::google::protobuf::Any, &'a str)>,
+    ) -> Result<Vec<DecodedResource>, String> {
         self.map.count_attempt();
-        let result = response
-            .resources
-            .iter()
-            .enumerate()
-            .map(|(i, any)| {
-                decode::decode_resource(resource_type, any, &response.version_info)
+        resources
+            .map(|(i, any, version)| {
+                decode::decode_resource(self.map.resource_type, any, version)
                     .map_err(|e| format!("resources[{i}]: {e}"))
             })
             .collect::<Result<Vec<DecodedResource>, String>>()
             .inspect_err(|_| self.map.count_rejected())
+    }
+
+    fn on_sotw_response(&self, response: DiscoveryResponse) -> DiscoveryRequest {
+        let resource_type = self.map.resource_type;
+        let result = self
+            .decode_all(response.resources.iter().enumerate().map(|(i, any)| (i, any, response.version_info.as_str())))
             .and_then(|resources| self.map.deliver_state_of_the_world(&response.version_info, resources));
         let mut state = self.state.borrow_mut();
         state.nonce = response.nonce.clone();
@@ -496,19 +503,15 @@ impl TypeSubscription {
 
     fn on_delta_response(&self, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let resource_type = self.map.resource_type;
-        self.map.count_attempt();
-        let result = response
-            .resources
-            .iter()
-            .enumerate()
-            // A resource without a body is a TTL heartbeat: what legate holds stays as it is.
-            .filter_map(|(i, resource)| Some((i, resource, resource.resource.as_ref()?)))
-            .map(|(i, resource, any)| {
-                decode::decode_resource(resource_type, any, &resource.version)
-                    .map_err(|e| format!("resources[{i}]: {e}"))
-            })
-            .collect::<Result<Vec<DecodedResource>, String>>()
-            .inspect_err(|_| self.map.count_rejected())
+        let result = self
+            .decode_all(
+                response
+                    .resources
+                    .iter()
+                    .enumerate()
+                    // A resource without a body is a TTL heartbeat: what legate holds stays as it is.
+                    .filter_map(|(i, r)| Some((i, r.resource.as_ref()?, r.version.as_str()))),
+            )
             .and_then(|resources| {
                 self.map.deliver_delta(&response.system_version_info, resources, response.removed_resources.clone())
             });
