@@ -192,6 +192,13 @@ impl Shared {
         })
     }
 
+    /// A new stream's number (1, 2, …), as recorded with its requests.
+    fn next_stream_id(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_stream += 1;
+        state.next_stream
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -486,11 +493,7 @@ impl Service {
         let shared = self.0.clone();
         let (responses, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
-            let stream_id = {
-                let mut state = shared.lock();
-                state.next_stream += 1;
-                state.next_stream
-            };
+            let stream_id = shared.next_stream_id();
             let mut changed = shared.changed.subscribe();
             // Per type: the names asked for (empty: all) and the version last sent.
             let mut subscribed: BTreeMap<String, (Vec<String>, Option<String>)> = BTreeMap::new();
@@ -573,11 +576,7 @@ impl Service {
         let shared = self.0.clone();
         let (responses, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
-            let stream_id = {
-                let mut state = shared.lock();
-                state.next_stream += 1;
-                state.next_stream
-            };
+            let stream_id = shared.next_stream_id();
             let mut changed = shared.changed.subscribe();
             let mut subscriptions: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
             loop {
