@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod filter;
+pub mod h1_client;
 pub mod h1_guard;
 pub mod headers;
 pub mod io;

@@ -28,7 +28,8 @@ use tokio::sync::{oneshot, Notify};
 use super::circuit_breakers::ResourceGuard;
 use super::upstream_cx::UpstreamCx;
 use super::{Cluster, Host};
-use crate::http::body::AttemptBody;
+use crate::http::body::{AttemptBody, BoxError};
+use crate::http::h1_client::{self, ClientConn};
 use crate::http::io::{CountingIo, LocalExec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -168,13 +169,38 @@ struct H2Client {
 }
 
 enum Client {
-    Http1(http1::SendRequest<AttemptBody>, Rc<ConnShared>),
+    /// legate's own HTTP/1.1 client ([`h1_client`]).
+    Http1(Rc<ClientConn>, Rc<ConnShared>),
+    /// hyper's HTTP/1.1 client, for clusters that preserve the case of header names: hyper
+    /// records the downstream's case in a type only its own client can read.
+    Http1CasePreserving(http1::SendRequest<AttemptBody>, Rc<ConnShared>),
     Http2(Rc<H2Client>),
+}
+
+impl Client {
+    fn shared(&self) -> &Rc<ConnShared> {
+        match self {
+            Client::Http1(_, shared) | Client::Http1CasePreserving(_, shared) => shared,
+            Client::Http2(client) => &client.shared,
+        }
+    }
+
+    /// Closes an HTTP/1.1 connection now (an HTTP/2 one closes when its driver sees it
+    /// draining).
+    fn close(self) {
+        match self {
+            Client::Http1(conn, _) => conn.close(),
+            // Dropping the only sender ends the connection once it is done.
+            Client::Http1CasePreserving(sender, _) => drop(sender),
+            Client::Http2(_) => {}
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
-    idle: Vec<(http1::SendRequest<AttemptBody>, Rc<ConnShared>)>,
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Vec<Client>,
     h2: Vec<Rc<H2Client>>,
     connecting: usize,
     live: usize,
@@ -200,8 +226,9 @@ impl Pool {
     fn drain(&self) {
         self.drained.set(true);
         let mut state = self.state.borrow_mut();
-        for (sender, shared) in state.idle.drain(..) {
-            drop(sender);
+        for client in state.idle.drain(..) {
+            let shared = client.shared().clone();
+            client.close();
             shared.closed.set(true);
             shared.changed.notify_one();
         }
@@ -293,9 +320,14 @@ impl Pool {
         let mut state = self.state.borrow_mut();
         match self.protocol {
             PoolProtocol::Http1 => {
-                while let Some((sender, shared)) = state.idle.pop() {
-                    if !sender.is_closed() && !shared.closed.get() {
-                        return Some(Client::Http1(sender, shared));
+                while let Some(client) = state.idle.pop() {
+                    let open = match &client {
+                        Client::Http1(conn, _) => conn.is_open(),
+                        Client::Http1CasePreserving(sender, _) => !sender.is_closed(),
+                        Client::Http2(_) => false,
+                    };
+                    if open && !client.shared().closed.get() {
+                        return Some(client);
                     }
                 }
                 None
@@ -313,17 +345,15 @@ impl Pool {
     /// Waits for an HTTP/1.1 connection to finish its previous exchange; `None` when it
     /// closed meanwhile.
     async fn prepare(self: &Rc<Self>, client: Client) -> Option<PooledConn> {
-        let shared = match &client {
-            Client::Http1(_, shared) => shared.clone(),
-            Client::Http2(c) => c.shared.clone(),
-        };
+        let shared = client.shared().clone();
         let client = match client {
-            Client::Http1(mut sender, shared) => {
+            Client::Http1CasePreserving(mut sender, shared) => {
                 if sender.ready().await.is_err() {
                     return None;
                 }
-                Client::Http1(sender, shared)
+                Client::Http1CasePreserving(sender, shared)
             }
+            Client::Http1(conn, _) if !conn.is_open() => return None,
             other => other,
         };
         shared.idle_since.set(None);
@@ -389,12 +419,7 @@ impl Pool {
         let local_address = stream.tcp().local_addr().ok();
         let mut activity = Instant::now();
         cx.connected(&mut activity);
-        let io = TokioIo::new(CountingIo::new(
-            stream,
-            BytesMut::new(),
-            stats.upstream_cx_rx_bytes_total.clone(),
-            stats.upstream_cx_tx_bytes_total.clone(),
-        ));
+        let (rx, tx) = (stats.upstream_cx_rx_bytes_total.clone(), stats.upstream_cx_tx_bytes_total.clone());
         let shared = Rc::new(ConnShared {
             created: Instant::now(),
             requests: Cell::new(0),
@@ -411,14 +436,23 @@ impl Pool {
             state.live += 1;
         }
         match self.protocol {
+            PoolProtocol::Http1 if !self.settings.preserve_header_case => {
+                let conn = Rc::new(ClientConn::new(stream, self.settings.proper_case_headers, rx, tx));
+                self.on_available(Client::Http1(conn.clone(), shared.clone()));
+                // Ends when the connection is closed, by the pool or by the upstream.
+                let watch =
+                    std::future::poll_fn(|cx| conn.poll_watch(cx, shared.idle_since.get().is_some()).map(|()| true));
+                self.drive(watch, &shared, &mut cx).await;
+                conn.close();
+            }
             PoolProtocol::Http1 => match http1::Builder::new()
                 .title_case_headers(self.settings.proper_case_headers)
-                .preserve_header_case(self.settings.preserve_header_case)
-                .handshake::<_, AttemptBody>(io)
+                .preserve_header_case(true)
+                .handshake::<_, AttemptBody>(TokioIo::new(CountingIo::new(stream, BytesMut::new(), rx, tx)))
                 .await
             {
                 Ok((sender, connection)) => {
-                    self.on_available(Client::Http1(sender, shared.clone()));
+                    self.on_available(Client::Http1CasePreserving(sender, shared.clone()));
                     // Upgrades (WebSocket) hand the socket over when the exchange switches
                     // protocols; the connection then leaves the pool.
                     let driver = async move { connection.with_upgrades().await.is_ok() };
@@ -432,6 +466,7 @@ impl Pool {
                     .timer(TokioTimer::new())
                     .initial_stream_window_size(self.settings.initial_stream_window_size)
                     .initial_connection_window_size(self.settings.initial_connection_window_size);
+                let io = TokioIo::new(CountingIo::new(stream, BytesMut::new(), rx, tx));
                 match builder.handshake::<_, AttemptBody>(io).await {
                     Ok((sender, connection)) => {
                         let client = Rc::new(H2Client { sender, shared: shared.clone(), active: Cell::new(0) });
@@ -561,11 +596,20 @@ impl Pool {
                 Err(Err(_)) => return,
             }
         }
-        if let Some(Client::Http1(sender, shared)) = client {
+        let Some(client) = client else { return };
+        if let Client::Http1(conn, shared) = &client {
+            // The driver watches an idle connection for the upstream closing it.
+            shared.idle_since.set(Some(Instant::now()));
+            if !conn.rearm_watch() {
+                shared.closed.set(true);
+                return;
+            }
+        }
+        if let Client::Http1CasePreserving(_, shared) = &client {
             // No wake-up for the driver: its idle timer checks `idle_since` when it fires.
             shared.idle_since.set(Some(Instant::now()));
-            state.idle.push((sender, shared));
         }
+        state.idle.push(client);
     }
 
     fn serve_h2_waiters(&self, client: &Rc<H2Client>) {
@@ -594,13 +638,19 @@ impl Pool {
         if self.protocol == PoolProtocol::Http1 {
             shared.released_clean.set(reusable);
         }
+        // The response was read to its end; the connection also needs a clean end of the
+        // request and nothing that closes it (`connection: close`, a close-delimited body).
+        let reusable = match &client {
+            Client::Http1(conn, _) => reusable && conn.clean(),
+            _ => reusable,
+        };
         match client {
-            Client::Http1(sender, shared) => {
+            Client::Http1(..) | Client::Http1CasePreserving(..) => {
+                let shared = client.shared().clone();
                 if reusable && !shared.draining.get() && !shared.closed.get() {
-                    self.on_available(Client::Http1(sender, shared));
+                    self.on_available(client);
                 } else {
-                    // Dropping the only sender ends the connection once it is done.
-                    drop(sender);
+                    client.close();
                     shared.closed.set(true);
                     shared.changed.notify_one();
                     self.state.borrow_mut().waiters.retain(|w| !w.is_closed());
@@ -643,24 +693,37 @@ impl PooledConn {
     pub fn send_request(
         &mut self,
         request: Request<AttemptBody>,
-    ) -> impl std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + 'static {
-        enum Send<A, B> {
+    ) -> impl std::future::Future<Output = Result<Response<ConnBody>, SendError>> + 'static {
+        enum Send<A, B, C> {
             Http1(A),
-            Http2(B),
+            Hyper1(B),
+            Http2(C),
         }
         // `client` is only ever empty inside `release`/`drop`, which consume the handle.
         let send = match &mut self.client {
-            Some(Client::Http1(sender, _)) => Some(Send::Http1(sender.send_request(request))),
+            Some(Client::Http1(conn, _)) => Some(Send::Http1(h1_client::send(conn.clone(), request))),
+            Some(Client::Http1CasePreserving(sender, _)) => Some(Send::Hyper1(sender.send_request(request))),
             Some(Client::Http2(client)) => Some(Send::Http2(client.sender.clone().send_request(request))),
             None => None,
         };
         async move {
             match send {
-                Some(Send::Http1(f)) => f.await,
-                Some(Send::Http2(f)) => f.await,
+                Some(Send::Http1(f)) => Ok(f.await.map_err(SendError::Http1)?.map(ConnBody::Http1)),
+                Some(Send::Hyper1(f)) => Ok(f.await.map_err(SendError::Hyper)?.map(ConnBody::Hyper)),
+                Some(Send::Http2(f)) => Ok(f.await.map_err(SendError::Hyper)?.map(ConnBody::Hyper)),
                 // Never reached (see above); a pending future rather than a panic.
                 None => std::future::pending().await,
             }
+        }
+    }
+
+    /// The upstream's side of a `101 Switching Protocols` response received on this
+    /// connection (which then leaves the pool).
+    pub fn upgrade<B>(&self, response: &mut Response<B>) -> Option<UpstreamUpgrade> {
+        match &self.client {
+            Some(Client::Http1(conn, _)) => conn.take_upgraded().map(UpstreamUpgrade::Http1),
+            Some(_) => Some(UpstreamUpgrade::Hyper(hyper::upgrade::on(response))),
+            None => None,
         }
     }
 
@@ -697,6 +760,56 @@ impl Drop for PooledConn {
             self.pool.release(client, &self.shared, false);
         }
     }
+}
+
+/// Why an exchange on a pooled connection failed.
+#[derive(Debug)]
+pub enum SendError {
+    Http1(h1_client::Error),
+    /// hyper's HTTP/2 client, or its HTTP/1.1 client (case-preserving clusters).
+    Hyper(hyper::Error),
+}
+
+/// The body of a response read from a pooled connection.
+pub enum ConnBody {
+    Http1(h1_client::Body),
+    Hyper(Incoming),
+}
+
+impl http_body::Body for ConnBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ConnBody::Http1(body) => std::pin::Pin::new(body).poll_frame(cx),
+            ConnBody::Hyper(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ConnBody::Http1(body) => body.is_end_stream(),
+            ConnBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ConnBody::Http1(body) => body.size_hint(),
+            ConnBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
+/// The upstream side of an upgraded (`101`) exchange.
+pub enum UpstreamUpgrade {
+    /// The socket, with any bytes read past the response head.
+    Http1(CountingIo<crate::network::TransportSocket>),
+    Hyper(hyper::upgrade::OnUpgrade),
 }
 
 /// The pool protocol for a cluster, given the downstream's protocol.

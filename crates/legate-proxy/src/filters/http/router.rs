@@ -22,6 +22,7 @@ use legate_config::cluster::RoutingPriority;
 use crate::filters::network::http_connection_manager::response_body::{BodyTimeout, BodyTimers, UpstreamBody};
 use crate::filters::network::http_connection_manager::ConnectionContext;
 use crate::http::body::{AttemptBody, BodySource};
+use crate::http::h1_client;
 use crate::http::headers;
 use crate::http::{LocalReply, ResponseFlag, StreamInfo};
 use crate::router::action::ClusterSpecifier;
@@ -29,7 +30,7 @@ use crate::router::{hash_policy, RetryOn, RouteAction};
 use crate::upstream::circuit_breakers::ResourceGuard;
 use crate::upstream::cluster_manager::ChooseHostError;
 use crate::upstream::outlier_detection::OutlierResult;
-use crate::upstream::pool::{pool_protocol, PoolFailure, PooledConn};
+use crate::upstream::pool::{pool_protocol, PoolFailure, PooledConn, SendError, UpstreamUpgrade};
 use crate::upstream::{Cluster, Host};
 
 /// One request to the router.
@@ -551,8 +552,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 let mut response = response;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some((_, downstream)) = downstream_upgrade.take() {
-                        let upstream = hyper::upgrade::on(&mut response);
-                        tokio::task::spawn_local(tunnel(context.clone(), downstream, upstream));
+                        if let Some(upstream) = conn.upgrade(&mut response) {
+                            tokio::task::spawn_local(tunnel(context.clone(), downstream, upstream));
+                        }
                     }
                 }
                 let (mut parts, body) = response.into_parts();
@@ -777,7 +779,23 @@ fn stream_timeout(
 /// closed before dispatch), or sent on a reused HTTP/1.1 connection that the upstream closed
 /// or reset without a response byte, when the method is idempotent (RFC 9110 §9.2.2) — the
 /// rule HTTP clients such as Go's use for the same race.
-fn stale_connection(e: &hyper::Error, reused: bool, method: &http::Method) -> bool {
+fn stale_connection(e: &SendError, reused: bool, method: &http::Method) -> bool {
+    let e = match e {
+        SendError::Http1(h1_client::Error::NotSent) => return true,
+        SendError::Http1(h1_client::Error::Closed(kind)) => {
+            let reset = kind.is_none_or(|kind| {
+                matches!(
+                    kind,
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            });
+            return reused && method.is_idempotent() && reset;
+        }
+        SendError::Http1(_) => return false,
+        SendError::Hyper(e) => e,
+    };
     if e.is_canceled() {
         return true;
     }
@@ -802,7 +820,24 @@ fn stale_connection(e: &hyper::Error, reused: bool, method: &http::Method) -> bo
     false
 }
 
-fn classify(e: &hyper::Error) -> AttemptFailure {
+fn classify(e: &SendError) -> AttemptFailure {
+    let e = match e {
+        SendError::Http1(h1_client::Error::Protocol(_)) => {
+            return AttemptFailure::Reset {
+                reason: "protocol error",
+                flag: ResponseFlag::UpstreamProtocolError,
+                refused: false,
+            }
+        }
+        SendError::Http1(_) => {
+            return AttemptFailure::Reset {
+                reason: "connection termination",
+                flag: ResponseFlag::UpstreamConnectionTermination,
+                refused: false,
+            }
+        }
+        SendError::Hyper(e) => e,
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
@@ -919,18 +954,24 @@ fn build_request(
 }
 
 /// Copies bytes both ways between an upgraded downstream and upstream until both close.
-async fn tunnel(
-    context: Rc<ConnectionContext>,
-    downstream: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-) {
+async fn tunnel(context: Rc<ConnectionContext>, downstream: hyper::upgrade::OnUpgrade, upstream: UpstreamUpgrade) {
     let stats = &context.shared.stats;
-    let (Ok(downstream), Ok(upstream)) = (downstream.await, upstream.await) else { return };
-    stats.downstream_cx_upgrades_total.inc();
-    stats.downstream_cx_upgrades_active.inc();
+    let Ok(downstream) = downstream.await else { return };
     let mut downstream = hyper_util::rt::TokioIo::new(downstream);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    match upstream {
+        UpstreamUpgrade::Http1(mut upstream) => {
+            stats.downstream_cx_upgrades_total.inc();
+            stats.downstream_cx_upgrades_active.inc();
+            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        }
+        UpstreamUpgrade::Hyper(upstream) => {
+            let Ok(upstream) = upstream.await else { return };
+            stats.downstream_cx_upgrades_total.inc();
+            stats.downstream_cx_upgrades_active.inc();
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+        }
+    }
     stats.downstream_cx_upgrades_active.dec();
 }
 

@@ -15,18 +15,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::ConnectionContext;
 use crate::filters::http::router::UpstreamRequestGuard;
 use crate::http::body::BoxError;
 use crate::http::{ResponseFlag, StreamInfo};
-use crate::upstream::pool::PooledConn;
+use crate::upstream::pool::{ConnBody, PooledConn};
 
 /// An upstream response body with what it holds on to until it ends.
 pub struct UpstreamBody {
-    pub body: Incoming,
+    pub body: ConnBody,
     pub conn: Option<PooledConn>,
     pub request: UpstreamRequestGuard,
 }
@@ -213,7 +212,7 @@ impl Body for ResponseBody {
                         c.context.shared.stats.rq_reset_after_downstream_response_started.inc();
                     }
                     this.finish(false, Some(ResponseFlag::UpstreamRemoteReset));
-                    Poll::Ready(Some(Err(Box::new(e))))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Pending => match this.timers.poll_fired(cx) {
                     Some(which) => Poll::Ready(Some(Err(this.timed_out(which)))),
