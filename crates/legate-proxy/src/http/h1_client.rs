@@ -99,6 +99,8 @@ struct State {
     io: Option<TransportSocket>,
     /// The request of the exchange in progress, until the response is complete.
     writer: Option<Writer>,
+    /// The last request's buffer, for the next one (no allocation per request).
+    spare: BytesMut,
     read_buf: BytesMut,
     rx: Counter,
     tx: Counter,
@@ -108,7 +110,14 @@ impl ClientConn {
     /// `rx`/`tx` count the bytes read and written (`upstream_cx_rx_bytes_total`, ...).
     pub fn new(io: TransportSocket, title_case: bool, rx: Counter, tx: Counter) -> Self {
         ClientConn {
-            state: RefCell::new(State { io: Some(io), writer: None, read_buf: BytesMut::new(), rx, tx }),
+            state: RefCell::new(State {
+                io: Some(io),
+                writer: None,
+                spare: BytesMut::new(),
+                read_buf: BytesMut::new(),
+                rx,
+                tx,
+            }),
             title_case,
             watcher: RefCell::new(None),
             clean: Cell::new(false),
@@ -190,13 +199,16 @@ impl ClientConn {
 pub fn send(conn: Rc<ClientConn>, request: Request<AttemptBody>) -> Exchange {
     conn.clean.set(false);
     let (head, body) = request.into_parts();
-    let error = match Writer::new(&head, body, conn.title_case) {
+    let mut state = conn.state.borrow_mut();
+    let out = std::mem::take(&mut state.spare);
+    let error = match Writer::new(&head, body, conn.title_case, out) {
         Ok(writer) => {
-            conn.state.borrow_mut().writer = Some(writer);
+            state.writer = Some(writer);
             None
         }
         Err(e) => Some(e),
     };
+    drop(state);
     Exchange { conn, error, head_request: head.method == Method::HEAD }
 }
 
@@ -303,22 +315,29 @@ fn poll_head(cx: &mut Context<'_>, state: &mut State) -> Poll<Result<Head, Error
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     // Where each name and value lies in `buf`, so that the values can share its bytes once
     // the parser's borrow ends.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // (Neither array is worth zeroing per response: 5 KB of memset cost more than the parse.)
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let (len, code, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(buf) {
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut headers);
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(Error::Protocol("too many response headers")),
             Err(_) => return Err(Error::Protocol("malformed response head")),
         };
+        if len > MAX_HEAD {
+            return Err(Error::Protocol("response headers too large"));
+        }
+        // Offsets within the head, which is shorter than `MAX_HEAD`: they fit in a `u32`.
         let base = buf.as_ptr() as usize;
+        let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
         let mut count = 0;
         for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-            let name = header.name.as_ptr() as usize - base;
-            let value = header.value.as_ptr() as usize - base;
-            *span = (name, name + header.name.len(), value, value + header.value.len());
+            let (name, value) = (offset(header.name.as_bytes()), offset(header.value));
+            *span = (name, name + header.name.len() as u32, value, value + header.value.len() as u32);
             count += 1;
         }
         let version = match response.version {
@@ -331,10 +350,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_start, name_end, value_start, value_end) in spans.iter().take(count) {
-        let name = head.get(name_start..name_end).ok_or(Error::Protocol("malformed response head"))?;
+        let (name, value) = (name_start as usize..name_end as usize, value_start as usize..value_end as usize);
+        let name = head.get(name).ok_or(Error::Protocol("malformed response head"))?;
         let name = HeaderName::from_bytes(name).map_err(|_| Error::Protocol("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| Error::Protocol("invalid header value"))?;
+        if value.end > head.len() {
+            return Err(Error::Protocol("malformed response head"));
+        }
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| Error::Protocol("invalid header value"))?;
         headers.append(name, value);
     }
     Ok(Some(Head { status, version, headers }))
@@ -453,7 +476,16 @@ impl Body {
             return;
         }
         self.finished = true;
-        let request_done = state.writer.take().is_none_or(|w| w.done);
+        let request_done = match state.writer.take() {
+            Some(writer) => {
+                // A buffer grown by a large body is not kept for the life of the connection.
+                if writer.out.capacity() <= READ_ROOM {
+                    state.spare = writer.out;
+                }
+                writer.done
+            }
+            None => true,
+        };
         let clean = self.keep_alive && request_done && state.read_buf.is_empty();
         self.conn.clean.set(clean);
     }
@@ -525,7 +557,9 @@ fn decode_chunk(chunk: Chunk, buf: &mut BytesMut) -> Result<ChunkStep, Error> {
             // The size, then optional whitespace and extensions (ignored).
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
             let rest = line.get(digits..).unwrap_or_default();
-            let rest_ok = rest.first().is_none_or(|&b| b == b';' || b == b' ' || b == b'\t');
+            // Whitespace, then nothing or extensions (RFC 9112 §7.1.1, BWS).
+            let extensions = rest.iter().position(|&b| b != b' ' && b != b'\t').and_then(|i| rest.get(i..));
+            let rest_ok = extensions.is_none_or(|e| e.starts_with(b";"));
             if digits == 0 || digits > 16 || !rest_ok {
                 return Err(Error::Protocol("malformed chunk size"));
             }
@@ -651,7 +685,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(head: &http::request::Parts, body: AttemptBody, title_case: bool) -> Result<Self, Error> {
+    /// `out` is a spare buffer to encode into.
+    fn new(head: &http::request::Parts, body: AttemptBody, title_case: bool, mut out: BytesMut) -> Result<Self, Error> {
         let headers = &head.headers;
         let framing = if headers
             .get(TRANSFER_ENCODING)
@@ -670,7 +705,8 @@ impl Writer {
             + path.len()
             + 16
             + headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
-        let mut out = BytesMut::with_capacity(size);
+        out.clear();
+        out.reserve(size);
         out.put_slice(head.method.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(path.as_bytes());
@@ -823,5 +859,171 @@ fn put_title_case(out: &mut BytesMut, name: &str) {
     for b in name.bytes() {
         out.put_u8(if upper { b.to_ascii_uppercase() } else { b });
         upper = b == b'-';
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> (Result<Option<Head>, Error>, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        (parse_head(&mut buf), buf)
+    }
+
+    fn framing(response: &str, head_request: bool) -> Result<(Decoder, bool), Error> {
+        let (parsed, _) = head(response.as_bytes());
+        let parsed = parsed?.ok_or(Error::Protocol("incomplete"))?;
+        let mut r = Response::new(());
+        *r.status_mut() = parsed.status;
+        *r.version_mut() = parsed.version;
+        *r.headers_mut() = parsed.headers;
+        response_framing(&r, head_request).map(|f| (f.decoder, f.keep_alive))
+    }
+
+    #[test]
+    fn a_head_is_taken_from_the_buffer_and_its_values_share_its_bytes() {
+        let (parsed, rest) = head(b"HTTP/1.1 404 Not Found\r\nServer: up\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody");
+        let parsed = parsed.ok().flatten().expect("a complete head");
+        assert_eq!(parsed.status, StatusCode::NOT_FOUND);
+        assert_eq!(parsed.version, Version::HTTP_11);
+        assert_eq!(parsed.headers.get("server").map(|v| v.as_bytes()), Some(&b"up"[..]));
+        let values: Vec<_> = parsed.headers.get_all("x-a").iter().map(|v| v.as_bytes().to_vec()).collect();
+        assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec()]);
+        assert_eq!(&rest[..], b"body");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_a_malformed_one_is_a_protocol_error() {
+        let incomplete = b"HTTP/1.1 200 OK\r\ncontent-len";
+        let (parsed, rest) = head(incomplete);
+        assert!(matches!(parsed, Ok(None)));
+        assert_eq!(rest.len(), incomplete.len(), "nothing is taken from an incomplete head");
+        assert!(matches!(head(b"HTTP/1.1 2OO OK\r\n\r\n").0, Err(Error::Protocol(_))));
+        assert!(matches!(head(b"ICY 200 OK\r\n\r\n").0, Err(Error::Protocol(_))));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let too_many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(matches!(head(too_many.as_bytes()).0, Err(Error::Protocol("too many response headers"))));
+    }
+
+    #[test]
+    fn the_body_is_delimited_as_rfc_9112_says() {
+        let ok = |r: &str, head_request| framing(r, head_request).ok();
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false), Some((Decoder::Length(5), true)));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true), Some((Decoder::Done, true)));
+        assert_eq!(ok("HTTP/1.1 204 No Content\r\n\r\n", false), Some((Decoder::Done, true)));
+        assert_eq!(ok("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false), Some((Decoder::Done, true)));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false), Some((Decoder::Done, true)));
+        // The same length repeated is one length.
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\n\r\n", false), Some((Decoder::Length(3), true)));
+        let chunked = Some((Decoder::Chunked(Chunk::Size), true));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", false), chunked);
+        // Transfer-encoding wins over a content-length, and the connection is not reused.
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", false),
+            Some((Decoder::Chunked(Chunk::Size), false))
+        );
+        // Neither, or a last coding other than chunked: the body runs to the close.
+        assert_eq!(ok("HTTP/1.1 200 OK\r\n\r\n", false), Some((Decoder::Eof, false)));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false), Some((Decoder::Eof, false)));
+        // Keep-alive: HTTP/1.1 unless `close`; HTTP/1.0 only with `keep-alive`.
+        assert_eq!(
+            ok("HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 1\r\n\r\n", false),
+            Some((Decoder::Length(1), false))
+        );
+        assert_eq!(ok("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false), Some((Decoder::Length(1), false)));
+        assert_eq!(
+            ok("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n", false),
+            Some((Decoder::Length(1), true))
+        );
+        for bad in [
+            "content-length: -1",
+            "content-length: 1x",
+            "content-length: 2\r\ncontent-length: 3",
+            "content-length: 99999999999999999999",
+        ] {
+            let r = format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n");
+            assert!(matches!(framing(&r, false), Err(Error::Protocol(_))), "{bad}");
+        }
+    }
+
+    /// Decodes a whole chunked body: its data and trailers.
+    fn dechunk(bytes: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        let mut buf = BytesMut::from(bytes);
+        let mut decoder = Decoder::Chunked(Chunk::Size);
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Decoder::Chunked(chunk) = decoder {
+            if buf.is_empty() {
+                return Err(Error::Protocol("incomplete"));
+            }
+            match decode_chunk(chunk, &mut buf)? {
+                ChunkStep::Next(next) => decoder = next,
+                ChunkStep::Frame(frame, next) => {
+                    decoder = next;
+                    match frame.into_data() {
+                        Ok(d) => data.extend_from_slice(&d),
+                        Err(frame) => trailers = frame.into_trailers().ok(),
+                    }
+                }
+                ChunkStep::NeedMore => return Err(Error::Protocol("incomplete")),
+            }
+        }
+        Ok((data, trailers))
+    }
+
+    #[test]
+    fn chunks_are_decoded_with_extensions_and_trailers() {
+        let (data, trailers) = dechunk(b"5;a=b\r\nhello\r\nA \r\n0123456789\r\n0\r\n\r\n").expect("valid");
+        assert_eq!(data, b"hello0123456789");
+        assert!(trailers.is_none());
+        let (data, trailers) = dechunk(b"1\r\nx\r\n0\r\nx-sum: 1\r\nx-more: 2\r\n\r\n").expect("valid");
+        assert_eq!(data, b"x");
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers.get("x-sum").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        assert_eq!(trailers.len(), 2);
+    }
+
+    #[test]
+    fn malformed_chunks_are_protocol_errors() {
+        for bad in
+            [&b"zz\r\n"[..], b"5\r\nhelloXY", b"\r\n", b"5 x\r\nhello\r\n", b"11111111111111111\r\n", b"5\nhello\r\n"]
+        {
+            assert!(matches!(dechunk(bad), Err(Error::Protocol(what)) if what != "incomplete"), "{bad:?}");
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        assert!(matches!(dechunk(&long), Err(Error::Protocol("chunk size line too long"))));
+    }
+
+    #[test]
+    fn the_request_head_is_encoded_once_with_its_framing() {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/a?b=c")
+            .header("host", "example")
+            .header("x-request-id", "1")
+            .header("transfer-encoding", "chunked")
+            .body(AttemptBody::empty())
+            .expect("a request");
+        let (head, body) = request.into_parts();
+        let writer = Writer::new(&head, body, true, BytesMut::new()).expect("encodes");
+        assert_eq!(writer.framing, RequestFraming::Chunked);
+        assert_eq!(
+            &writer.out[..],
+            &b"POST /a?b=c HTTP/1.1\r\nHost: example\r\nX-Request-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..]
+        );
+        let request =
+            Request::builder().uri("/").header("content-length", "7").body(AttemptBody::empty()).expect("a request");
+        let (head, body) = request.into_parts();
+        let writer = Writer::new(&head, body, false, BytesMut::new()).expect("encodes");
+        assert_eq!(writer.framing, RequestFraming::Length(7));
+        assert!(writer.out.starts_with(b"GET / HTTP/1.1\r\ncontent-length: 7\r\n"));
+    }
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex() {
+        let mut buf = [0u8; 16];
+        assert_eq!(hex(0, &mut buf), b"0");
+        assert_eq!(hex(0x1a2b, &mut buf), b"1a2b");
+        assert_eq!(hex(u64::MAX, &mut buf), b"ffffffffffffffff");
     }
 }

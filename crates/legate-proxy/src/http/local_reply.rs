@@ -68,14 +68,20 @@ impl LocalReply {
             .with_flag(ResponseFlag::UpstreamRequestTimeout)
     }
 
-    /// 503 with Envoy's "upstream connect error or disconnect/reset before headers" body.
+    /// 503 (502 for `UPE`) with Envoy's "upstream connect error or disconnect/reset before headers"
+    /// body.
     pub fn upstream_reset(flag: ResponseFlag, reason: &str, retried: bool, details: &str) -> Self {
         let body = if retried {
             format!("upstream connect error or disconnect/reset before headers. retried and the latest reset reason: {reason}")
         } else {
             format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
         };
-        let mut reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, body, details).with_flag(flag);
+        // An upstream that broke the protocol is a bad gateway (`UPE`); any other reset 503.
+        let status = match flag {
+            ResponseFlag::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut reply = LocalReply::new(status, body, details).with_flag(flag);
         if flag == ResponseFlag::UpstreamOverflow {
             reply.headers.insert(HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
         }
