@@ -32,6 +32,7 @@ use legate_stats::Counter;
 use tokio::io::AsyncWrite;
 
 use super::body::{AttemptBody, BoxError};
+use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
 
@@ -197,11 +198,31 @@ impl ClientConn {
 /// Sends `request` on `conn`: resolves with the response head once it arrived; the body
 /// streams from the response (and what is left of the request goes out as it is read).
 pub fn send(conn: Rc<ClientConn>, request: Request<AttemptBody>) -> Exchange {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let head = RequestHead { method: &parts.method, path, headers: &parts.headers, host: None, extra: &[] };
+    send_head(conn, &head, body)
+}
+
+/// A request head to encode: the fields of a map (the downstream's, as the router changed
+/// them), with `host` and a few fields set per attempt written without copying the map.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// The origin-form target.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Written first as `host`: a `host` in `headers` is then left out.
+    pub host: Option<&'a HeaderValue>,
+    /// Written after `headers`, whose fields of the same names are left out.
+    pub extra: &'a [(&'a HeaderName, HeaderValue)],
+}
+
+/// [`send`] for a request given as a [`RequestHead`] (encoded before this returns).
+pub fn send_head(conn: Rc<ClientConn>, head: &RequestHead<'_>, body: AttemptBody) -> Exchange {
     conn.clean.set(false);
-    let (head, body) = request.into_parts();
     let mut state = conn.state.borrow_mut();
     let out = std::mem::take(&mut state.spare);
-    let error = match Writer::new(&head, body, conn.title_case, out) {
+    let error = match Writer::new(head, body, conn.title_case, out) {
         Ok(writer) => {
             state.writer = Some(writer);
             None
@@ -209,7 +230,7 @@ pub fn send(conn: Rc<ClientConn>, request: Request<AttemptBody>) -> Exchange {
         Err(e) => Some(e),
     };
     drop(state);
-    Exchange { conn, error, head_request: head.method == Method::HEAD }
+    Exchange { conn, error, head_request: *head.method == Method::HEAD }
 }
 
 /// The future of one exchange, until the response head.
@@ -241,11 +262,11 @@ impl Future for Exchange {
             Err(e) => return Poll::Ready(Err(e)),
             Ok(head) => head,
         };
+        let framing = response_framing(&head, this.head_request);
         let mut response = Response::new(());
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
-        let framing = response_framing(&response, this.head_request)?;
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
             // The socket leaves the pool for the tunnel, with what was read past the head.
             if let Some(io) = state.io.take() {
@@ -282,7 +303,64 @@ fn poll_writer(cx: &mut Context<'_>, state: &mut State) -> Result<Option<io::Err
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The fields to forward: connection-level ones (`connection` naming only connection
+    /// options, `keep-alive`, `proxy-connection`, `transfer-encoding`) are read into `hop`
+    /// instead, so that nobody downstream has to look them up to strip them.
     headers: HeaderMap,
+    hop: HopByHop,
+}
+
+/// What the connection-level fields of a response say.
+#[derive(Debug, Default, Clone, Copy)]
+struct HopByHop {
+    /// `connection: close`.
+    close: bool,
+    /// `connection: keep-alive` (HTTP/1.0).
+    keep_alive: bool,
+    /// A `transfer-encoding`, and whether its last coding is `chunked`.
+    transfer_encoding: bool,
+    chunked: bool,
+    /// The `content-length`, checked: every value the same number.
+    content_length: Option<u64>,
+}
+
+impl HopByHop {
+    /// Reads a `connection` field: true when it names only connection options (`close`,
+    /// `keep-alive`, `upgrade`), so that it need not be forwarded to be stripped.
+    fn connection(&mut self, value: &[u8]) -> bool {
+        let mut options_only = true;
+        for token in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                options_only = false;
+            }
+        }
+        options_only
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encoding = true;
+        let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+        self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+    }
+
+    fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
+        for part in value.split(|&b| b == b',').map(|p| p.trim_ascii()) {
+            let n = match !part.is_empty() && part.iter().all(u8::is_ascii_digit) {
+                true => std::str::from_utf8(part).ok().and_then(|p| p.parse::<u64>().ok()),
+                false => None,
+            };
+            match (n, self.content_length) {
+                (None, _) => return Err(Error::Protocol("invalid content-length")),
+                (Some(n), Some(seen)) if n != seen => return Err(Error::Protocol("conflicting content-length")),
+                (Some(n), _) => self.content_length = Some(n),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads until a final response head is complete (interim `1xx` responses other than `101`
@@ -349,18 +427,34 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
+    let mut hop = HopByHop::default();
     for &(name_start, name_end, value_start, value_end) in spans.iter().take(count) {
         let (name, value) = (name_start as usize..name_end as usize, value_start as usize..value_end as usize);
         let name = head.get(name).ok_or(Error::Protocol("malformed response head"))?;
         let name = HeaderName::from_bytes(name).map_err(|_| Error::Protocol("invalid header name"))?;
-        if value.end > head.len() {
-            return Err(Error::Protocol("malformed response head"));
+        let raw = head.get(value.clone()).ok_or(Error::Protocol("malformed response head"))?;
+        if name == CONNECTION {
+            if hop.connection(raw) {
+                continue;
+            }
+        } else if name == TRANSFER_ENCODING {
+            hop.transfer_encoding(raw);
+            continue;
+        } else if name == KEEP_ALIVE || name == PROXY_CONNECTION {
+            continue;
+        } else if name == CONTENT_LENGTH {
+            hop.content_length(raw)?;
         }
         let value =
             HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| Error::Protocol("invalid header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Head { status, version, headers }))
+    if hop.transfer_encoding && hop.content_length.is_some() {
+        // The transfer coding delimits the body; a length beside it is not forwarded
+        // (RFC 9112 §6.3).
+        headers.remove(CONTENT_LENGTH);
+    }
+    Ok(Some(Head { status, version, headers, hop }))
 }
 
 struct Framing {
@@ -370,62 +464,33 @@ struct Framing {
 
 /// How the response body is delimited (RFC 9112 §6.3), and whether the connection stays
 /// open after it.
-fn response_framing<B>(response: &Response<B>, head_request: bool) -> Result<Framing, Error> {
-    let headers = response.headers();
-    let connection_has = |token: &str| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+fn response_framing(head: &Head, head_request: bool) -> Framing {
+    let hop = &head.hop;
+    let mut keep_alive = match head.version {
+        Version::HTTP_10 => hop.keep_alive && !hop.close,
+        _ => !hop.close,
     };
-    let mut keep_alive = match response.version() {
-        Version::HTTP_10 => connection_has("keep-alive"),
-        _ => !connection_has("close"),
-    };
-    let status = response.status();
+    let status = head.status;
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing { decoder: Decoder::Done, keep_alive });
+        return Framing { decoder: Decoder::Done, keep_alive };
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if hop.transfer_encoding {
         // With a content-length too, the message is suspect: not reused (RFC 9112 §6.3).
-        keep_alive &= !headers.contains_key(CONTENT_LENGTH);
-        let chunked_last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(match chunked_last {
+        keep_alive &= hop.content_length.is_none();
+        return match hop.chunked {
             true => Framing { decoder: Decoder::Chunked(Chunk::Size), keep_alive },
             false => Framing { decoder: Decoder::Eof, keep_alive: false },
-        });
+        };
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| Error::Protocol("invalid content-length"))?;
-        for part in text.split(',') {
-            let part = part.trim();
-            let n = match part.bytes().all(|b| b.is_ascii_digit()) {
-                true => part.parse::<u64>().ok(),
-                false => None,
-            };
-            match (n, length) {
-                (None, _) => return Err(Error::Protocol("invalid content-length")),
-                (Some(n), Some(seen)) if n != seen => return Err(Error::Protocol("conflicting content-length")),
-                (Some(n), _) => length = Some(n),
-            }
-        }
-    }
-    Ok(match length {
+    match hop.content_length {
         Some(0) => Framing { decoder: Decoder::Done, keep_alive },
         Some(n) => Framing { decoder: Decoder::Length(n), keep_alive },
         None => Framing { decoder: Decoder::Eof, keep_alive: false },
-    })
+    }
 }
 
 /// What is left of the response body.
@@ -686,32 +751,38 @@ struct Writer {
 
 impl Writer {
     /// `out` is a spare buffer to encode into.
-    fn new(head: &http::request::Parts, body: AttemptBody, title_case: bool, mut out: BytesMut) -> Result<Self, Error> {
-        let headers = &head.headers;
-        let framing = if headers
-            .get(TRANSFER_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")))
-        {
-            RequestFraming::Chunked
-        } else if let Some(length) = headers.get(CONTENT_LENGTH) {
-            let length = length.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
-            RequestFraming::Length(length.ok_or(Error::RequestBody)?)
-        } else {
-            RequestFraming::Empty
+    fn new(head: &RequestHead<'_>, body: AttemptBody, title_case: bool, mut out: BytesMut) -> Result<Self, Error> {
+        let left_out = |name: &HeaderName| {
+            (head.host.is_some() && name == http::header::HOST) || head.extra.iter().any(|(n, _)| *n == name)
         };
-        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+        let fields = || {
+            let host = head.host.map(|v| (&http::header::HOST, v));
+            let kept = head.headers.iter().filter(|(n, _)| !left_out(n));
+            host.into_iter().chain(kept).chain(head.extra.iter().map(|(n, v)| (*n, v)))
+        };
+        let mut framing = RequestFraming::Empty;
+        for (name, value) in fields() {
+            if name == TRANSFER_ENCODING {
+                let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    framing = RequestFraming::Chunked;
+                }
+            } else if name == CONTENT_LENGTH && framing == RequestFraming::Empty {
+                let length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+                framing = RequestFraming::Length(length.ok_or(Error::RequestBody)?);
+            }
+        }
         let size = head.method.as_str().len()
-            + path.len()
+            + head.path.len()
             + 16
-            + headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+            + fields().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
         out.clear();
         out.reserve(size);
         out.put_slice(head.method.as_str().as_bytes());
         out.put_u8(b' ');
-        out.put_slice(path.as_bytes());
+        out.put_slice(head.path.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
-        for (name, value) in headers {
+        for (name, value) in fields() {
             match title_case {
                 true => put_title_case(&mut out, name.as_str()),
                 false => out.put_slice(name.as_str().as_bytes()),
@@ -874,11 +945,8 @@ mod tests {
     fn framing(response: &str, head_request: bool) -> Result<(Decoder, bool), Error> {
         let (parsed, _) = head(response.as_bytes());
         let parsed = parsed?.ok_or(Error::Protocol("incomplete"))?;
-        let mut r = Response::new(());
-        *r.status_mut() = parsed.status;
-        *r.version_mut() = parsed.version;
-        *r.headers_mut() = parsed.headers;
-        response_framing(&r, head_request).map(|f| (f.decoder, f.keep_alive))
+        let framing = response_framing(&parsed, head_request);
+        Ok((framing.decoder, framing.keep_alive))
     }
 
     #[test]
@@ -891,6 +959,21 @@ mod tests {
         let values: Vec<_> = parsed.headers.get_all("x-a").iter().map(|v| v.as_bytes().to_vec()).collect();
         assert_eq!(values, vec![b"1".to_vec(), b"2".to_vec()]);
         assert_eq!(&rest[..], b"body");
+    }
+
+    #[test]
+    fn connection_level_fields_are_read_not_forwarded() {
+        let response = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nkeep-alive: timeout=5\r\n\
+            transfer-encoding: chunked\r\ncontent-length: 3\r\nx-a: 1\r\n\r\n";
+        let parsed = head(response).0.ok().flatten().expect("a complete head");
+        let names: Vec<_> = parsed.headers.keys().map(|n| n.as_str().to_string()).collect();
+        assert_eq!(names, vec!["x-a".to_string()]);
+        assert!(parsed.hop.keep_alive && parsed.hop.chunked && parsed.hop.content_length == Some(3));
+        // A `connection` naming another field goes on, for the proxy to strip what it names.
+        let parsed = head(b"HTTP/1.1 200 OK\r\nconnection: close, x-secret\r\nx-secret: 1\r\n\r\n").0;
+        let parsed = parsed.ok().flatten().expect("a complete head");
+        assert!(parsed.hop.close);
+        assert_eq!(parsed.headers.get("connection").map(|v| v.as_bytes()), Some(&b"close, x-secret"[..]));
     }
 
     #[test]
@@ -1004,7 +1087,9 @@ mod tests {
             .header("transfer-encoding", "chunked")
             .body(AttemptBody::empty())
             .expect("a request");
-        let (head, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        let head =
+            RequestHead { method: &parts.method, path: "/a?b=c", headers: &parts.headers, host: None, extra: &[] };
         let writer = Writer::new(&head, body, true, BytesMut::new()).expect("encodes");
         assert_eq!(writer.framing, RequestFraming::Chunked);
         assert_eq!(
@@ -1013,10 +1098,28 @@ mod tests {
         );
         let request =
             Request::builder().uri("/").header("content-length", "7").body(AttemptBody::empty()).expect("a request");
-        let (head, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
+        let head = RequestHead { method: &parts.method, path: "/", headers: &parts.headers, host: None, extra: &[] };
         let writer = Writer::new(&head, body, false, BytesMut::new()).expect("encodes");
         assert_eq!(writer.framing, RequestFraming::Length(7));
         assert!(writer.out.starts_with(b"GET / HTTP/1.1\r\ncontent-length: 7\r\n"));
+        // `host` and the fields set per attempt replace the map's.
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("downstream"));
+        headers.insert("x-envoy-attempt-count", HeaderValue::from_static("1"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        let host = HeaderValue::from_static("upstream");
+        let count = HeaderName::from_static("x-envoy-attempt-count");
+        let te = (&TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let extra = [(&count, HeaderValue::from_static("2")), te];
+        let head =
+            RequestHead { method: &Method::PUT, path: "/x", headers: &headers, host: Some(&host), extra: &extra };
+        let writer = Writer::new(&head, AttemptBody::empty(), false, BytesMut::new()).expect("encodes");
+        assert_eq!(writer.framing, RequestFraming::Chunked);
+        assert_eq!(
+            &writer.out[..],
+            &b"PUT /x HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\nx-envoy-attempt-count: 2\r\ntransfer-encoding: chunked\r\n\r\n"[..]
+        );
     }
 
     #[test]

@@ -27,49 +27,64 @@ pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connect
 /// Removes hop-by-hop headers (and those the `connection` header names) before a message is
 /// forwarded. `te: trailers` survives, as HTTP/2 and gRPC need it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these, and a scan is cheaper
-    // than hashing each of them for a lookup.
-    let hop_by_hop = |name: &HeaderName| {
-        name == header::CONNECTION
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::TE
-    };
-    if !headers.keys().any(hop_by_hop) {
+    // The names, in the order of the bits saying which of them the message carries.
+    let hop_by_hop: [&HeaderName; 6] = [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TE,
+    ];
+    // One pass over the names first, so that only names present are looked up (each lookup
+    // hashes): most messages carry none, a typical response only `connection: keep-alive`.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // The `connection` values leave the map first, so that the headers they name can go too
     // (names given as `&str` are looked up case-insensitively, without allocating).
-    if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-        let (_, values) = entry.remove_entry_mult();
-        let mut first = None;
-        let mut more = Vec::new();
-        for value in values {
-            match first {
-                None => first = Some(value),
-                Some(_) => more.push(value),
+    if present & 1 != 0 {
+        if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            let (_, values) = entry.remove_entry_mult();
+            let mut first = None;
+            let mut more = Vec::new();
+            for value in values {
+                match first {
+                    None => first = Some(value),
+                    Some(_) => more.push(value),
+                }
             }
-        }
-        for value in first.iter().chain(&more) {
-            let Ok(tokens) = value.to_str() else { continue };
-            for token in tokens.split(',').map(str::trim) {
-                if !token.is_empty() && !token.eq_ignore_ascii_case("te") {
-                    headers.remove(token);
+            for value in first.iter().chain(&more) {
+                let Ok(tokens) = value.to_str() else { continue };
+                for token in tokens.split(',').map(str::trim) {
+                    // The hop-by-hop names go below if present (`te` is kept for `trailers`).
+                    let known = hop_by_hop.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()));
+                    if !token.is_empty() && !known {
+                        headers.remove(token);
+                    }
                 }
             }
         }
     }
-    for name in [&header::CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &header::TRANSFER_ENCODING, &header::UPGRADE] {
-        headers.remove(name);
+    for (i, name) in hop_by_hop.iter().enumerate().take(5).skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    if present & (1 << 5) != 0 {
+        let te_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+        }
     }
 }
 

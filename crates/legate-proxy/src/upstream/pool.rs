@@ -692,29 +692,48 @@ impl PooledConn {
     /// Sends one request on this connection. An error is hyper's (reset, closed, malformed).
     pub fn send_request(
         &mut self,
-        request: Request<AttemptBody>,
+        request: Outgoing<'_>,
     ) -> impl std::future::Future<Output = Result<Response<ConnBody>, SendError>> + 'static {
         enum Send<A, B, C> {
             Http1(A),
             Hyper1(B),
             Http2(C),
+            /// A head for a connection that needs a built request: never sent.
+            Mismatch,
         }
         // `client` is only ever empty inside `release`/`drop`, which consume the handle.
-        let send = match &mut self.client {
-            Some(Client::Http1(conn, _)) => Some(Send::Http1(h1_client::send(conn.clone(), request))),
-            Some(Client::Http1CasePreserving(sender, _)) => Some(Send::Hyper1(sender.send_request(request))),
-            Some(Client::Http2(client)) => Some(Send::Http2(client.sender.clone().send_request(request))),
-            None => None,
+        let send = match (&mut self.client, request) {
+            (Some(Client::Http1(conn, _)), Outgoing::Request(request)) => {
+                Some(Send::Http1(h1_client::send(conn.clone(), request)))
+            }
+            (Some(Client::Http1(conn, _)), Outgoing::Head(head, body)) => {
+                Some(Send::Http1(h1_client::send_head(conn.clone(), head, body)))
+            }
+            (Some(Client::Http1CasePreserving(sender, _)), Outgoing::Request(request)) => {
+                Some(Send::Hyper1(sender.send_request(request)))
+            }
+            (Some(Client::Http2(client)), Outgoing::Request(request)) => {
+                Some(Send::Http2(client.sender.clone().send_request(request)))
+            }
+            (Some(_), Outgoing::Head(..)) => Some(Send::Mismatch),
+            (None, _) => None,
         };
         async move {
             match send {
                 Some(Send::Http1(f)) => Ok(f.await.map_err(SendError::Http1)?.map(ConnBody::Http1)),
                 Some(Send::Hyper1(f)) => Ok(f.await.map_err(SendError::Hyper)?.map(ConnBody::Hyper)),
                 Some(Send::Http2(f)) => Ok(f.await.map_err(SendError::Hyper)?.map(ConnBody::Hyper)),
+                Some(Send::Mismatch) => Err(SendError::Http1(h1_client::Error::Protocol("request head not encodable"))),
                 // Never reached (see above); a pending future rather than a panic.
                 None => std::future::pending().await,
             }
         }
+    }
+
+    /// Whether requests go out on this connection as a [`h1_client::RequestHead`] (legate's
+    /// own HTTP/1.1 client encodes it without a request being built); otherwise as a request.
+    pub fn encodes_heads(&self) -> bool {
+        matches!(self.client, Some(Client::Http1(..)))
     }
 
     /// The upstream's side of a `101 Switching Protocols` response received on this
@@ -760,6 +779,17 @@ impl Drop for PooledConn {
             self.pool.release(client, &self.shared, false);
         }
     }
+}
+
+/// A request for [`PooledConn::send_request`].
+// Passed by value into one call and taken apart there: boxing the request would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Outgoing<'a> {
+    /// A whole request, for any connection.
+    Request(Request<AttemptBody>),
+    /// A head encoded as it is, for a connection that [`PooledConn::encodes_heads`].
+    Head(&'a h1_client::RequestHead<'a>, AttemptBody),
 }
 
 /// Why an exchange on a pooled connection failed.

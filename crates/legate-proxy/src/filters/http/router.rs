@@ -30,7 +30,7 @@ use crate::router::{hash_policy, RetryOn, RouteAction};
 use crate::upstream::circuit_breakers::ResourceGuard;
 use crate::upstream::cluster_manager::ChooseHostError;
 use crate::upstream::outlier_detection::OutlierResult;
-use crate::upstream::pool::{pool_protocol, PoolFailure, PooledConn, SendError, UpstreamUpgrade};
+use crate::upstream::pool::{pool_protocol, Outgoing, PoolFailure, PooledConn, SendError, UpstreamUpgrade};
 use crate::upstream::{Cluster, Host};
 
 /// One request to the router.
@@ -473,17 +473,37 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 }
                 false => &authority,
             };
-            let request = upstream_path
-                .as_ref()
-                .and_then(|path| build_request(head, path, attempt_authority, &conn, &rq, attempt));
-            let Some(request) = request else {
-                break Ok(Err(AttemptFailure::Reset {
-                    reason: "protocol error",
-                    flag: ResponseFlag::UpstreamProtocolError,
-                    refused: false,
-                }));
+            let send = match upstream_path.as_ref() {
+                // HTTP/1.1 on legate's own client: the head is written as it is, the host and
+                // the fields of this attempt beside it (no request is built).
+                Some(path) if conn.encodes_heads() => {
+                    let chunked = (&http::header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                    let count = (&headers::X_ENVOY_ATTEMPT_COUNT, headers::decimal_header(u64::from(attempt)));
+                    let has_length = head.headers.contains_key(http::header::CONTENT_LENGTH);
+                    // A body of unknown length goes chunked.
+                    let unknown_length = !has_length && !rq.body.borrow().is_empty_and_complete();
+                    let extra = [chunked, count];
+                    let extra = match (unknown_length, rq.include_attempt_count) {
+                        (true, true) => &extra[..],
+                        (true, false) => &extra[..1],
+                        (false, true) => &extra[1..],
+                        (false, false) => &[],
+                    };
+                    let request_head = h1_client::RequestHead {
+                        method: &head.method,
+                        path: path.as_str(),
+                        headers: &head.headers,
+                        host: Some(&attempt_authority.0),
+                        extra,
+                    };
+                    conn.send_request(Outgoing::Head(&request_head, AttemptBody::new(rq.body.clone())))
+                }
+                Some(path) => match build_request(head, path, attempt_authority, &conn, &rq, attempt) {
+                    Some(request) => conn.send_request(Outgoing::Request(request)),
+                    None => break Ok(Err(protocol_error())),
+                },
+                None => break Ok(Err(protocol_error())),
             };
-            let send = conn.send_request(request);
             match with_timers(send, &timers, &rq.body, Some(try_start)).await {
                 Waited::Timeout(Timeout::PerTry) => break Ok(Err(AttemptFailure::PerTryTimeout)),
                 Waited::Timeout(Timeout::PerTryIdle) => break Ok(Err(AttemptFailure::PerTryIdleTimeout)),
@@ -820,15 +840,14 @@ fn stale_connection(e: &SendError, reused: bool, method: &http::Method) -> bool 
     false
 }
 
+/// `UPE`: the upstream broke the protocol (or the request could not be encoded for it).
+fn protocol_error() -> AttemptFailure {
+    AttemptFailure::Reset { reason: "protocol error", flag: ResponseFlag::UpstreamProtocolError, refused: false }
+}
+
 fn classify(e: &SendError) -> AttemptFailure {
     let e = match e {
-        SendError::Http1(h1_client::Error::Protocol(_)) => {
-            return AttemptFailure::Reset {
-                reason: "protocol error",
-                flag: ResponseFlag::UpstreamProtocolError,
-                refused: false,
-            }
-        }
+        SendError::Http1(h1_client::Error::Protocol(_)) => return protocol_error(),
         SendError::Http1(_) => {
             return AttemptFailure::Reset {
                 reason: "connection termination",
@@ -859,11 +878,7 @@ fn classify(e: &SendError) -> AttemptFailure {
         source = s.source();
     }
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        return AttemptFailure::Reset {
-            reason: "protocol error",
-            flag: ResponseFlag::UpstreamProtocolError,
-            refused: false,
-        };
+        return protocol_error();
     }
     AttemptFailure::Reset {
         reason: "connection termination",
@@ -1134,7 +1149,7 @@ impl Shadow {
             }
             let mut request = builder.body(AttemptBody::new(body)).ok()?;
             *request.headers_mut() = headers;
-            let response = conn.send_request(request).await.ok()?;
+            let response = conn.send_request(Outgoing::Request(request)).await.ok()?;
             worker.count_upstream_code(&cluster, response.status().as_u16());
             let complete = http_body_util::BodyExt::collect(response.into_body()).await.is_ok();
             conn.release(complete);
