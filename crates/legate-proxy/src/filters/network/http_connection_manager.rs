@@ -378,9 +378,10 @@ async fn serve(
     });
     let service = {
         let context = context.clone();
-        // Boxed: hyper keeps a slot the size of the service's future for the connection's
-        // lifetime; the request's state then lives only while the request does.
-        service_fn(move |request| Box::pin(active_stream::handle(context.clone(), request)))
+        // Not boxed (an allocation per request): hyper keeps a slot the size of this future
+        // for as long as it drives the connection, but an idle HTTP/1.1 connection is parked
+        // without hyper, and HTTP/2 runs each stream as a task of its own.
+        service_fn(move |request| active_stream::handle(context.clone(), request))
     };
     let mut draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
     let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
