@@ -199,7 +199,7 @@ impl Cluster {
             .priority_set()
             .all_hosts()
             .map(|old| {
-                let mut host = Host::new(
+                let host = Host::new(
                     old.address,
                     old.hostname.clone(),
                     old.weight,
@@ -207,8 +207,8 @@ impl Cluster {
                     old.locality.clone(),
                     old.health_status,
                 )
-                .with_locality_weight(Some(old.locality_weight));
-                host.health_check = old.health_check.clone();
+                .with_locality_weight(Some(old.locality_weight))
+                .with_health_check_of(old);
                 self.on_host_added(&host);
                 Arc::new(host)
             })
@@ -222,7 +222,7 @@ impl Cluster {
     }
 
     pub fn on_host_added(&self, host: &Host) {
-        if self.health_checker.is_some() && !host.health_check.disabled {
+        if self.health_checker.is_some() && !host.health_check().disabled {
             host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);
         }
     }
