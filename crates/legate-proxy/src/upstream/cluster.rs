@@ -71,6 +71,12 @@ impl PrioritySet {
             }
             set.hosts.push(host);
         }
+        // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
+        for set in &mut host_sets {
+            set.hosts.shrink_to_fit();
+            set.healthy_hosts.shrink_to_fit();
+            set.degraded_hosts.shrink_to_fit();
+        }
         PrioritySet { host_sets, version }
     }
 
