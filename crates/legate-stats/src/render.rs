@@ -26,7 +26,7 @@ use crate::counter::{counter_used, counter_value};
 use crate::gauge::gauge_used;
 use crate::histogram::{HistogramLatch, BUCKET_BOUNDS, SUPPORTED_QUANTILES};
 use crate::store::{Store, TagCache};
-use crate::symbol_table::{Names, StatName};
+use crate::symbol_table::{NameWriter, Names, StatName};
 use crate::tag_extraction::{extract_tags, Tag, TagExtraction};
 
 /// Envoy's quantile labels, `P{:g}` of the supported quantiles × 100.
@@ -49,31 +49,36 @@ struct Snapshot {
 struct Listed<T> {
     text: String,
     stats: Vec<(Range<usize>, T)>,
-    scratch: Vec<u32>,
+    /// Each stat's interned name, for sorting.
+    names: Vec<StatName>,
 }
 
 impl<T> Listed<T> {
     fn new() -> Self {
-        Listed { text: String::new(), stats: Vec::new(), scratch: Vec::new() }
+        Listed { text: String::new(), stats: Vec::new(), names: Vec::new() }
     }
 
     /// Adds `name` with `stat` if it passes `filter` (Envoy's filter is searched, not anchored,
     /// in the full name).
-    fn push(&mut self, names: &Names, name: StatName, filter: Option<&Regex>, stat: T) {
+    fn push(&mut self, writer: &mut NameWriter<'_>, name: StatName, filter: Option<&Regex>, stat: T) {
         let start = self.text.len();
-        names.write(name, &mut self.scratch, &mut self.text);
+        writer.write(name, &mut self.text);
         let shown = filter.is_none_or(|re| self.text.get(start..).is_some_and(|name| re.is_match(name)));
         if shown {
             self.stats.push((start..self.text.len(), stat));
+            self.names.push(name);
         } else {
             self.text.truncate(start);
         }
     }
 
-    /// Sorts the stats by name; equal names (a counter and a gauge) keep the order pushed.
-    fn sorted(mut self) -> Self {
-        let text = &self.text;
-        self.stats.sort_by(|(a, _), (b, _)| text.get(a.clone()).cmp(&text.get(b.clone())));
+    /// Sorts the stats by name ([`Names::sorted_order`]); equal names (a counter and a gauge)
+    /// keep the order pushed.
+    fn sorted(mut self, names: &Names) -> Self {
+        let order = names.sorted_order(&self.names);
+        let mut stats: Vec<Option<(Range<usize>, T)>> = self.stats.into_iter().map(Some).collect();
+        self.stats = order.into_iter().filter_map(|i| stats.get_mut(i).and_then(Option::take)).collect();
+        self.names = Vec::new();
         self
     }
 
@@ -98,15 +103,16 @@ impl Store {
 
     /// Counters and gauges that pass the filter, sorted by name.
     fn numeric_stats(&self, snapshot: &Snapshot, filter: Option<&Regex>, used_only: bool) -> Listed<u64> {
+        let mut writer = snapshot.names.writer();
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.counters {
             if !used_only || counter_used(&self.arena, index) {
-                listed.push(&snapshot.names, name, filter, counter_value(&self.arena, index));
+                listed.push(&mut writer, name, filter, counter_value(&self.arena, index));
             }
         }
         for &(name, index) in &snapshot.gauges {
             if !used_only || gauge_used(&self.arena, index) {
-                listed.push(&snapshot.names, name, filter, self.arena.sum(index));
+                listed.push(&mut writer, name, filter, self.arena.sum(index));
             }
         }
         listed
@@ -119,11 +125,12 @@ impl Store {
         filter: Option<&Regex>,
         used_only: bool,
     ) -> Listed<Option<Arc<HistogramLatch>>> {
+        let mut writer = snapshot.names.writer();
         let mut listed = Listed::new();
         for (name, _, latch) in &snapshot.histograms {
             let latch = latch.clone().filter(|latch| latch.used());
             if !used_only || latch.is_some() {
-                listed.push(&snapshot.names, *name, filter, latch);
+                listed.push(&mut writer, *name, filter, latch);
             }
         }
         listed
@@ -134,10 +141,10 @@ impl Store {
     pub fn render_text(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
         let snapshot = self.snapshot();
         let mut out = String::new();
-        for (name, value) in self.numeric_stats(&snapshot, filter, used_only).sorted().iter() {
+        for (name, value) in self.numeric_stats(&snapshot, filter, used_only).sorted(&snapshot.names).iter() {
             let _ = writeln!(out, "{name}: {value}");
         }
-        for (name, latch) in Self::shown_histograms(&snapshot, filter, used_only).sorted().iter() {
+        for (name, latch) in Self::shown_histograms(&snapshot, filter, used_only).sorted(&snapshot.names).iter() {
             let Some(latch) = latch else {
                 let _ = writeln!(out, "{name}: No recorded values");
                 continue;
@@ -160,12 +167,12 @@ impl Store {
         let snapshot = self.snapshot();
         let mut stats: Vec<Value> = self
             .numeric_stats(&snapshot, filter, used_only)
-            .sorted()
+            .sorted(&snapshot.names)
             .iter()
             .map(|(name, value)| json!({"name": name, "value": value}))
             .collect();
         let computed: Vec<Value> = Self::shown_histograms(&snapshot, filter, used_only)
-            .sorted()
+            .sorted(&snapshot.names)
             .iter()
             .map(|(name, latch)| {
                 let latch = latch.as_deref().copied().unwrap_or_default();
@@ -204,14 +211,15 @@ impl Store {
             }
         };
 
+        let mut writer = snapshot.names.writer();
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.counters {
             if !used_only || counter_used(&self.arena, index) {
-                listed.push(&snapshot.names, name, filter, index);
+                listed.push(&mut writer, name, filter, index);
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, &index) in listed.sorted().iter() {
+        for (name, &index) in listed.sorted(&snapshot.names).iter() {
             let tags = tags_of(name, index);
             let value = counter_value(&self.arena, index);
             let line = numeric_line(&tags.extracted_name, &tags.tags, value);
@@ -222,11 +230,11 @@ impl Store {
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.gauges {
             if !used_only || gauge_used(&self.arena, index) {
-                listed.push(&snapshot.names, name, filter, index);
+                listed.push(&mut writer, name, filter, index);
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, &index) in listed.sorted().iter() {
+        for (name, &index) in listed.sorted(&snapshot.names).iter() {
             let tags = tags_of(name, index);
             let line = numeric_line(&tags.extracted_name, &tags.tags, self.arena.sum(index));
             families.entry(tags.extracted_name.clone()).or_default().push(line);
@@ -236,11 +244,11 @@ impl Store {
         let mut listed = Listed::new();
         for (name, index, latch) in &snapshot.histograms {
             if !used_only || latch.as_ref().is_some_and(|latch| latch.used()) {
-                listed.push(&snapshot.names, *name, filter, (*index, latch.clone().unwrap_or_default()));
+                listed.push(&mut writer, *name, filter, (*index, latch.clone().unwrap_or_default()));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, (index, latch)) in listed.sorted().iter() {
+        for (name, (index, latch)) in listed.sorted(&snapshot.names).iter() {
             let tags = tags_of(name, *index);
             let lines = histogram_lines(&tags.extracted_name, &tags.tags, latch);
             families.entry(tags.extracted_name.clone()).or_default().push(lines);

@@ -69,28 +69,154 @@ impl Names {
         self.text.get(start..end).unwrap_or("")
     }
 
-    /// Appends the full name to `out`. `scratch` is reused between calls to hold the prefix
-    /// chain (iterative: a name may have many tokens).
-    pub(crate) fn write(&self, name: StatName, scratch: &mut Vec<Id>, out: &mut String) {
-        scratch.clear();
-        let mut prefix = name.prefix;
-        while let Some(&(parent, token)) = self.prefixes.get(prefix as usize) {
-            scratch.push(token);
-            prefix = parent;
+    /// A writer of full names that builds each prefix's text once.
+    pub(crate) fn writer(&self) -> NameWriter<'_> {
+        NameWriter { names: self, prefixes: String::new(), spans: vec![None; self.prefixes.len()], chain: Vec::new() }
+    }
+
+    /// The order in which `names` sort as full-name strings (byte order), as indices into
+    /// `names`; equal names keep their order. No full name is built or compared: each name is
+    /// a path in the tree of prefixes, and a depth-first walk that visits the children of each
+    /// prefix in order yields the names sorted. A child is a last token (the name ends there)
+    /// or a longer prefix (its names go on with `.`), and its names sort as its token, with `.`
+    /// after it for a prefix: a token holds no `.`, so where two such keys differ decides for
+    /// every name under them. This costs a sort of short tokens within each prefix instead of
+    /// a sort of ~100,000s of long names sharing their first ~20 bytes.
+    pub(crate) fn sorted_order(&self, names: &[StatName]) -> Vec<usize> {
+        /// One child of a prefix: a name's last token or a longer prefix.
+        #[derive(Clone, Copy)]
+        enum Child {
+            /// Index into `names`.
+            Leaf(usize),
+            Prefix(Id),
         }
-        for &token in scratch.iter().rev() {
-            out.push_str(self.token(token));
-            out.push('.');
+        let root = self.prefixes.len();
+        let node = |prefix: Id| if prefix == NO_PREFIX { root } else { prefix as usize };
+        // (parent node, child), for every name and every prefix on the way to the root.
+        let mut children: Vec<(usize, Child)> = Vec::with_capacity(names.len());
+        let mut seen = vec![false; self.prefixes.len()];
+        for (i, name) in names.iter().enumerate() {
+            children.push((node(name.prefix), Child::Leaf(i)));
+            let mut prefix = name.prefix;
+            while let (Some(&(parent, _)), Some(seen)) =
+                (self.prefixes.get(prefix as usize), seen.get_mut(prefix as usize))
+            {
+                if std::mem::replace(seen, true) {
+                    break;
+                }
+                children.push((node(parent), Child::Prefix(prefix)));
+                prefix = parent;
+            }
         }
-        out.push_str(self.token(name.leaf));
+        let key = |child: &Child| -> (&str, bool) {
+            match *child {
+                Child::Leaf(i) => (names.get(i).map_or("", |name| self.token(name.leaf)), false),
+                Child::Prefix(prefix) => {
+                    (self.prefixes.get(prefix as usize).map_or("", |&(_, token)| self.token(token)), true)
+                }
+            }
+        };
+        let pushed = |child: &Child| match *child {
+            Child::Leaf(i) => i,
+            Child::Prefix(_) => 0,
+        };
+        children.sort_unstable_by(|(parent_a, a), (parent_b, b)| {
+            parent_a.cmp(parent_b).then_with(|| {
+                let ((key_a, dot_a), (key_b, dot_b)) = (key(a), key(b));
+                let key_a = key_a.bytes().chain(dot_a.then_some(b'.'));
+                let key_b = key_b.bytes().chain(dot_b.then_some(b'.'));
+                // A counter and a gauge of one name keep their order (a prefix never ties).
+                key_a.cmp(key_b).then_with(|| pushed(a).cmp(&pushed(b)))
+            })
+        });
+        // Node → its run of children in `children`.
+        let mut runs = vec![0..0; root + 1];
+        let mut start = 0;
+        while let Some(&(parent, _)) = children.get(start) {
+            let end =
+                start + children.get(start..).map_or(0, |rest| rest.iter().take_while(|(p, _)| *p == parent).count());
+            if let Some(run) = runs.get_mut(parent) {
+                *run = start..end;
+            }
+            start = end;
+        }
+        // Depth first, iteratively (a name may have many tokens).
+        let mut order = Vec::with_capacity(names.len());
+        let mut stack = vec![runs.get(root).cloned().unwrap_or(0..0)];
+        while let Some(run) = stack.last_mut() {
+            let Some(i) = run.next() else {
+                stack.pop();
+                continue;
+            };
+            match children.get(i).map(|(_, child)| *child) {
+                Some(Child::Leaf(name)) => order.push(name),
+                Some(Child::Prefix(prefix)) => stack.push(runs.get(prefix as usize).cloned().unwrap_or(0..0)),
+                None => {}
+            }
+        }
+        order
     }
 
     /// The full name as a new string.
     #[cfg(test)]
     pub(crate) fn full_name(&self, name: StatName) -> String {
         let mut out = String::new();
-        self.write(name, &mut Vec::new(), &mut out);
+        self.writer().write(name, &mut out);
         out
+    }
+}
+
+/// Writes full names, keeping the text of each prefix met (a render writes every name of
+/// ~100,000s, which share a few ten thousand prefixes).
+pub(crate) struct NameWriter<'n> {
+    names: &'n Names,
+    /// The text of the prefixes written so far.
+    prefixes: String,
+    /// Prefix id → its text in `prefixes`, once built.
+    spans: Vec<Option<std::ops::Range<usize>>>,
+    /// Reused to walk up a prefix chain.
+    chain: Vec<Id>,
+}
+
+impl NameWriter<'_> {
+    /// Appends the full name to `out`.
+    pub(crate) fn write(&mut self, name: StatName, out: &mut String) {
+        if let Some(span) = self.prefix_span(name.prefix) {
+            out.push_str(self.prefixes.get(span).unwrap_or(""));
+            out.push('.');
+        }
+        out.push_str(self.names.token(name.leaf));
+    }
+
+    /// The text of `prefix` in `self.prefixes`, built (with its ancestors) on first use;
+    /// `None` for `NO_PREFIX`.
+    fn prefix_span(&mut self, prefix: Id) -> Option<std::ops::Range<usize>> {
+        if let Some(span) = self.spans.get(prefix as usize)?.clone() {
+            return Some(span);
+        }
+        // The prefixes up the chain that have no text yet, nearest first.
+        self.chain.clear();
+        let mut next = prefix;
+        while let Some(None) = self.spans.get(next as usize) {
+            self.chain.push(next);
+            next = self.names.prefixes.get(next as usize).map_or(NO_PREFIX, |&(parent, _)| parent);
+        }
+        let mut parent_span = self.spans.get(next as usize).cloned().flatten();
+        while let Some(id) = self.chain.pop() {
+            let token = self.names.prefixes.get(id as usize).map_or("", |&(_, token)| self.names.token(token));
+            let start = self.prefixes.len();
+            if let Some(parent) = parent_span {
+                self.prefixes.extend_from_within(parent);
+                self.prefixes.push('.');
+            }
+            self.prefixes.push_str(token);
+            let span = start..self.prefixes.len();
+            if let Some(slot) = self.spans.get_mut(id as usize) {
+                *slot = Some(span.clone());
+            }
+            parent_span = Some(span);
+        }
+        parent_span
     }
 }
 
@@ -241,15 +367,67 @@ mod tests {
     }
 
     #[test]
-    fn writing_reuses_the_scratch() {
+    fn sorted_order_is_the_order_of_the_full_names() {
         let mut table = SymbolTable::default();
-        let a = table.intern("x.y.z").unwrap();
-        let b = table.intern("x.w").unwrap();
-        let mut scratch = Vec::new();
-        let mut out = String::new();
-        table.names().write(a, &mut scratch, &mut out);
-        out.push(' ');
-        table.names().write(b, &mut scratch, &mut out);
-        assert_eq!(out, "x.y.z x.w");
+        // Prefixes nested in one another, tokens that are prefixes of others, bytes below `.`
+        // (`-`, `!`, space) and above it, empty tokens, names without a dot, a repeated name.
+        let cases = [
+            "cluster.x.membership_total",
+            "cluster.x.circuit_breakers.default.cx_open",
+            "cluster.x.circuit_breakers.high.cx_open",
+            "cluster.x.circuit_breakers",
+            "cluster.x-y.version",
+            "cluster.x",
+            "cluster.x!.a",
+            "cluster.x .a",
+            "cluster.xa.b",
+            "cluster.x.a",
+            "cluster.x.bind_errors",
+            "cluster",
+            "cluster-a",
+            "cluster.",
+            "cluster..a",
+            "a.b.c.d.e",
+            "a.b",
+            "a-b",
+            "a.b-c",
+            "a.b.c",
+            "",
+            ".",
+            "z",
+            "cluster.x.membership_total",
+            "http.ingress.downstream_rq_5xx",
+            "listener.0.0.0.0_10000.downstream_cx_total",
+            "listener.0.0.0.0_1000.downstream_cx_total",
+            "listener.0.0.0.0_10000.downstream_cx_active",
+        ];
+        let names: Vec<StatName> = cases.iter().map(|name| table.intern(name).unwrap()).collect();
+        let order = table.names().sorted_order(&names);
+        let sorted: Vec<&str> = order.iter().map(|&i| cases[i]).collect();
+        let mut expected: Vec<(&str, usize)> = cases.iter().copied().zip(0..).collect();
+        expected.sort();
+        assert_eq!(sorted, expected.iter().map(|(name, _)| *name).collect::<Vec<_>>());
+        // Equal names keep their order.
+        let repeated: Vec<usize> =
+            order.iter().copied().filter(|&i| cases[i] == "cluster.x.membership_total").collect();
+        assert_eq!(repeated, [0, 23]);
+        // Only the names asked for.
+        assert_eq!(table.names().sorted_order(&names[..3]).len(), 3);
+        assert!(table.names().sorted_order(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_writer_writes_what_write_does() {
+        let mut table = SymbolTable::default();
+        let cases = ["a.b.c.d", "a.b.x", "a.y", "a", "", ".", "a..b", "q.r.s", "a.b.c.e"];
+        let ids: Vec<StatName> = cases.iter().map(|name| table.intern(name).unwrap()).collect();
+        let mut writer = table.names().writer();
+        for _ in 0..2 {
+            for (name, id) in cases.iter().zip(&ids) {
+                let mut out = String::from(">");
+                writer.write(*id, &mut out);
+                assert_eq!(out, format!(">{name}"));
+            }
+        }
     }
 }
