@@ -108,26 +108,40 @@ impl Names {
                 prefix = parent;
             }
         }
-        let key = |child: &Child| -> (&str, bool) {
+        // A child's key is its token, with `.` after it for a prefix: key id `token × 2 + dot`.
+        // The few distinct keys (a cluster's name is one) are ranked once by their text, so
+        // that the sort of the children compares integers.
+        let key_id = |child: &Child| -> usize {
             match *child {
-                Child::Leaf(i) => (names.get(i).map_or("", |name| self.token(name.leaf)), false),
+                Child::Leaf(i) => names.get(i).map_or(0, |name| name.leaf as usize * 2),
                 Child::Prefix(prefix) => {
-                    (self.prefixes.get(prefix as usize).map_or("", |&(_, token)| self.token(token)), true)
+                    self.prefixes.get(prefix as usize).map_or(0, |&(_, token)| token as usize * 2 + 1)
                 }
             }
         };
+        let mut rank = vec![u32::MAX; self.ends.len() * 2];
+        let mut keys: Vec<usize> = Vec::new();
+        for (_, child) in &children {
+            let id = key_id(child);
+            if let Some(slot) = rank.get_mut(id).filter(|slot| **slot == u32::MAX) {
+                *slot = 0;
+                keys.push(id);
+            }
+        }
+        let text = |id: usize| self.token((id / 2) as Id).bytes().chain((id % 2 == 1).then_some(b'.'));
+        keys.sort_unstable_by(|&a, &b| text(a).cmp(text(b)));
+        for (position, id) in keys.into_iter().enumerate() {
+            if let Some(slot) = rank.get_mut(id) {
+                *slot = position as u32;
+            }
+        }
+        // A counter and a gauge of one name keep their order (a prefix never ties).
         let pushed = |child: &Child| match *child {
             Child::Leaf(i) => i,
             Child::Prefix(_) => 0,
         };
-        children.sort_unstable_by(|(parent_a, a), (parent_b, b)| {
-            parent_a.cmp(parent_b).then_with(|| {
-                let ((key_a, dot_a), (key_b, dot_b)) = (key(a), key(b));
-                let key_a = key_a.bytes().chain(dot_a.then_some(b'.'));
-                let key_b = key_b.bytes().chain(dot_b.then_some(b'.'));
-                // A counter and a gauge of one name keep their order (a prefix never ties).
-                key_a.cmp(key_b).then_with(|| pushed(a).cmp(&pushed(b)))
-            })
+        children.sort_unstable_by_key(|(parent, child)| {
+            (*parent, rank.get(key_id(child)).copied().unwrap_or(u32::MAX), pushed(child))
         });
         // Node → its run of children in `children`.
         let mut runs = vec![0..0; root + 1];
