@@ -1,8 +1,8 @@
 //! Stats on the request path and in the admin interface. Increments must cost a few
 //! nanoseconds and touch only the calling thread's shard; looking a stat up by name takes the
 //! registry's lock, so the data path does it once and keeps the handle; rendering `/stats`
-//! holds that lock while it walks every name, which is what a worker creating a stat waits
-//! behind. Run: `cargo bench -p legate-stats --bench stats`.
+//! holds that lock only to copy the interned names and slots, then filters, formats and sorts
+//! outside it. Run: `cargo bench -p legate-stats --bench stats`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 

@@ -174,11 +174,20 @@ pub(crate) struct HistogramLatch {
 }
 
 impl HistogramLatch {
-    /// Moves the live totals into the views (Envoy's `ParentHistogramImpl::merge`).
-    pub(crate) fn latch(&mut self, arena: &Arena, index: u32) {
+    /// Moves the live totals of the histogram at `index` into its views (Envoy's
+    /// `ParentHistogramImpl::merge`). `None` stands for empty views and stays so until a latch
+    /// sees a sample; a view shared with a render in progress is copied before it changes.
+    pub(crate) fn latch(views: &mut Option<Arc<HistogramLatch>>, arena: &Arena, index: u32) {
         let now = HistogramSnapshot::read(arena, index);
-        self.interval = now.since(&self.cumulative);
-        self.cumulative = now;
+        match views {
+            Some(views) => {
+                let views = Arc::make_mut(views);
+                views.interval = now.since(&views.cumulative);
+                views.cumulative = now;
+            }
+            None if now.count() != 0 => *views = Some(Arc::new(HistogramLatch { interval: now, cumulative: now })),
+            None => {}
+        }
     }
 
     /// Envoy's `ParentHistogram::used`: a latch has seen at least one sample.

@@ -22,6 +22,7 @@ pub mod histogram;
 mod macros;
 mod render;
 mod store;
+mod symbol_table;
 pub mod tag_extraction;
 
 pub use arena::set_thread_shard;

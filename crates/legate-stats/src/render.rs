@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::ops::Range;
+use std::sync::Arc;
 
 use regex::Regex;
 use serde_json::{json, Value};
@@ -23,67 +25,130 @@ use serde_json::{json, Value};
 use crate::counter::{counter_used, counter_value};
 use crate::gauge::gauge_used;
 use crate::histogram::{HistogramLatch, BUCKET_BOUNDS, SUPPORTED_QUANTILES};
-use crate::store::{cached_tags, Registry, Store};
-use crate::tag_extraction::Tag;
+use crate::store::{Store, TagCache};
+use crate::symbol_table::{NameWriter, Names, StatName};
+use crate::tag_extraction::{extract_tags, Tag, TagExtraction};
 
 /// Envoy's quantile labels, `P{:g}` of the supported quantiles × 100.
 const QUANTILE_LABELS: [&str; SUPPORTED_QUANTILES.len()] =
     ["0", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "100"];
 
-fn shown(filter: Option<&Regex>, name: &str) -> bool {
-    filter.is_none_or(|re| re.is_match(name))
+/// What a render reads from the registry, copied under its lock: the names stay interned ids
+/// and the histogram views and tags are shared, so the lock is held for one pass over the maps.
+/// Filtering, formatting and sorting names happen after, while workers may create stats.
+struct Snapshot {
+    names: Names,
+    counters: Vec<(StatName, u32)>,
+    gauges: Vec<(StatName, u32)>,
+    histograms: Vec<(StatName, u32, Option<Arc<HistogramLatch>>)>,
+    tags: Arc<TagCache>,
+}
+
+/// Names written into one buffer, each with what the render needs of its stat, so that a
+/// render of 100,000s of stats makes no allocation per stat.
+struct Listed<T> {
+    text: String,
+    stats: Vec<(Range<usize>, T)>,
+    /// Each stat's interned name, for sorting.
+    names: Vec<StatName>,
+}
+
+impl<T> Listed<T> {
+    fn new() -> Self {
+        Listed { text: String::new(), stats: Vec::new(), names: Vec::new() }
+    }
+
+    /// Adds `name` with `stat` if it passes `filter` (Envoy's filter is searched, not anchored,
+    /// in the full name).
+    fn push(&mut self, writer: &mut NameWriter<'_>, name: StatName, filter: Option<&Regex>, stat: T) {
+        let start = self.text.len();
+        writer.write(name, &mut self.text);
+        let shown = filter.is_none_or(|re| self.text.get(start..).is_some_and(|name| re.is_match(name)));
+        if shown {
+            self.stats.push((start..self.text.len(), stat));
+            self.names.push(name);
+        } else {
+            self.text.truncate(start);
+        }
+    }
+
+    /// Sorts the stats by name ([`Names::sorted_order`]); equal names (a counter and a gauge)
+    /// keep the order pushed.
+    fn sorted(mut self, names: &Names) -> Self {
+        let order = names.sorted_order(&self.names);
+        let mut stats: Vec<Option<(Range<usize>, T)>> = self.stats.into_iter().map(Some).collect();
+        self.stats = order.into_iter().filter_map(|i| stats.get_mut(i).and_then(Option::take)).collect();
+        self.names = Vec::new();
+        self
+    }
+
+    /// Each stat's name and what was pushed with it.
+    fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        self.stats.iter().map(|(range, stat)| (self.text.get(range.clone()).unwrap_or_default(), stat))
+    }
 }
 
 impl Store {
-    /// Counters and gauges that pass the filter, sorted by name.
-    fn numeric_stats<'r>(
-        &self,
-        registry: &'r Registry,
-        filter: Option<&Regex>,
-        used_only: bool,
-    ) -> Vec<(&'r str, u64)> {
-        let counters = registry
-            .counters
-            .iter()
-            .filter(|(name, e)| shown(filter, name) && (!used_only || counter_used(&self.arena, e.index)))
-            .map(|(name, e)| (name.as_str(), counter_value(&self.arena, e.index)));
-        let gauges = registry
-            .gauges
-            .iter()
-            .filter(|(name, e)| shown(filter, name) && (!used_only || gauge_used(&self.arena, e.index)))
-            .map(|(name, e)| (name.as_str(), self.arena.sum(e.index)));
-        let mut stats: Vec<(&str, u64)> = counters.chain(gauges).collect();
-        stats.sort_by(|a, b| a.0.cmp(b.0));
-        stats
+    /// Copies what renders need under the registry lock (see [`Snapshot`]).
+    fn snapshot(&self) -> Snapshot {
+        let registry = self.lock();
+        Snapshot {
+            names: registry.names.names().clone(),
+            counters: registry.counters.iter().map(|(name, index)| (*name, *index)).collect(),
+            gauges: registry.gauges.iter().map(|(name, index)| (*name, *index)).collect(),
+            histograms: registry.histograms.iter().map(|(name, e)| (*name, e.index, e.latch.clone())).collect(),
+            tags: registry.tags.clone(),
+        }
     }
 
-    /// Histograms that pass the filter, sorted by name.
-    fn shown_histograms<'r>(
-        registry: &'r Registry,
+    /// Counters and gauges that pass the filter, sorted by name.
+    fn numeric_stats(&self, snapshot: &Snapshot, filter: Option<&Regex>, used_only: bool) -> Listed<u64> {
+        let mut writer = snapshot.names.writer();
+        let mut listed = Listed::new();
+        for &(name, index) in &snapshot.counters {
+            if !used_only || counter_used(&self.arena, index) {
+                listed.push(&mut writer, name, filter, counter_value(&self.arena, index));
+            }
+        }
+        for &(name, index) in &snapshot.gauges {
+            if !used_only || gauge_used(&self.arena, index) {
+                listed.push(&mut writer, name, filter, self.arena.sum(index));
+            }
+        }
+        listed
+    }
+
+    /// Histograms that pass the filter, sorted by name; `None` for one never latched with a
+    /// sample.
+    fn shown_histograms(
+        snapshot: &Snapshot,
         filter: Option<&Regex>,
         used_only: bool,
-    ) -> impl Iterator<Item = (&'r str, &'r HistogramLatch)> + 'r {
-        let filter = filter.cloned();
-        registry
-            .histograms
-            .iter()
-            .filter(move |(name, e)| shown(filter.as_ref(), name) && (!used_only || e.latch.used()))
-            .map(|(name, e)| (name.as_str(), &e.latch))
+    ) -> Listed<Option<Arc<HistogramLatch>>> {
+        let mut writer = snapshot.names.writer();
+        let mut listed = Listed::new();
+        for (name, _, latch) in &snapshot.histograms {
+            let latch = latch.clone().filter(|latch| latch.used());
+            if !used_only || latch.is_some() {
+                listed.push(&mut writer, *name, filter, latch);
+            }
+        }
+        listed
     }
 
     /// Admin `/stats`: `name: value` lines sorted by name, then one line per histogram,
     /// `name: P0(interval,cumulative) P25(..) .. P100(..)` or `name: No recorded values`.
     pub fn render_text(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
-        let registry = self.lock();
+        let snapshot = self.snapshot();
         let mut out = String::new();
-        for (name, value) in self.numeric_stats(&registry, filter, used_only) {
+        for (name, value) in self.numeric_stats(&snapshot, filter, used_only).sorted(&snapshot.names).iter() {
             let _ = writeln!(out, "{name}: {value}");
         }
-        for (name, latch) in Self::shown_histograms(&registry, filter, used_only) {
-            if !latch.used() {
+        for (name, latch) in Self::shown_histograms(&snapshot, filter, used_only).sorted(&snapshot.names).iter() {
+            let Some(latch) = latch else {
                 let _ = writeln!(out, "{name}: No recorded values");
                 continue;
-            }
+            };
             let interval = latch.interval.quantiles();
             let cumulative = latch.cumulative.quantiles();
             let _ = write!(out, "{name}:");
@@ -99,14 +164,18 @@ impl Store {
     /// {"supported_quantiles":[0,25,..,100],"computed_quantiles":[{"name":..,"values":
     /// [{"cumulative":..,"interval":..},..]}]}}]}`; the histograms entry only when one is shown.
     pub fn render_json(&self, filter: Option<&regex::Regex>, used_only: bool) -> serde_json::Value {
-        let registry = self.lock();
+        let snapshot = self.snapshot();
         let mut stats: Vec<Value> = self
-            .numeric_stats(&registry, filter, used_only)
-            .into_iter()
+            .numeric_stats(&snapshot, filter, used_only)
+            .sorted(&snapshot.names)
+            .iter()
             .map(|(name, value)| json!({"name": name, "value": value}))
             .collect();
-        let computed: Vec<Value> = Self::shown_histograms(&registry, filter, used_only)
+        let computed: Vec<Value> = Self::shown_histograms(&snapshot, filter, used_only)
+            .sorted(&snapshot.names)
+            .iter()
             .map(|(name, latch)| {
+                let latch = latch.as_deref().copied().unwrap_or_default();
                 let values: Vec<Value> = latch
                     .cumulative
                     .quantiles()
@@ -129,50 +198,67 @@ impl Store {
     /// `_total` suffix), histograms as `_bucket{..,le=".."}` per default bound and `+Inf`,
     /// `_sum` and `_count` from the cumulative view.
     pub fn render_prometheus(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
-        let mut guard = self.lock();
-        let registry = &mut *guard;
+        let snapshot = self.snapshot();
         let mut out = String::new();
-
-        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, entry) in registry.counters.iter_mut() {
-            if !shown(filter, name) || (used_only && !counter_used(&self.arena, entry.index)) {
-                continue;
+        // Tags computed by this render, kept for the next ones.
+        let mut computed: Vec<(u32, Arc<TagExtraction>)> = Vec::new();
+        let mut tags_of = |name: &str, index: u32| match snapshot.tags.get(&index) {
+            Some(tags) => tags.clone(),
+            None => {
+                let tags = Arc::new(extract_tags(name));
+                computed.push((index, tags.clone()));
+                tags
             }
-            let tags = cached_tags(name, &mut entry.tags);
-            let value = counter_value(&self.arena, entry.index);
-            families.entry(tags.extracted_name.clone()).or_default().push(numeric_line(
-                &tags.extracted_name,
-                &tags.tags,
-                value,
-            ));
+        };
+
+        let mut writer = snapshot.names.writer();
+        let mut listed = Listed::new();
+        for &(name, index) in &snapshot.counters {
+            if !used_only || counter_used(&self.arena, index) {
+                listed.push(&mut writer, name, filter, index);
+            }
+        }
+        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, &index) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, index);
+            let value = counter_value(&self.arena, index);
+            let line = numeric_line(&tags.extracted_name, &tags.tags, value);
+            families.entry(tags.extracted_name.clone()).or_default().push(line);
         }
         write_families(&mut out, families, "counter");
 
-        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, entry) in registry.gauges.iter_mut() {
-            if !shown(filter, name) || (used_only && !gauge_used(&self.arena, entry.index)) {
-                continue;
+        let mut listed = Listed::new();
+        for &(name, index) in &snapshot.gauges {
+            if !used_only || gauge_used(&self.arena, index) {
+                listed.push(&mut writer, name, filter, index);
             }
-            let tags = cached_tags(name, &mut entry.tags);
-            let value = self.arena.sum(entry.index);
-            families.entry(tags.extracted_name.clone()).or_default().push(numeric_line(
-                &tags.extracted_name,
-                &tags.tags,
-                value,
-            ));
+        }
+        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, &index) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, index);
+            let line = numeric_line(&tags.extracted_name, &tags.tags, self.arena.sum(index));
+            families.entry(tags.extracted_name.clone()).or_default().push(line);
         }
         write_families(&mut out, families, "gauge");
 
-        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, entry) in registry.histograms.iter_mut() {
-            if !shown(filter, name) || (used_only && !entry.latch.used()) {
-                continue;
+        let mut listed = Listed::new();
+        for (name, index, latch) in &snapshot.histograms {
+            if !used_only || latch.as_ref().is_some_and(|latch| latch.used()) {
+                listed.push(&mut writer, *name, filter, (*index, latch.clone().unwrap_or_default()));
             }
-            let tags = cached_tags(name, &mut entry.tags);
-            let lines = histogram_lines(&tags.extracted_name, &tags.tags, &entry.latch);
+        }
+        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, (index, latch)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, *index);
+            let lines = histogram_lines(&tags.extracted_name, &tags.tags, latch);
             families.entry(tags.extracted_name.clone()).or_default().push(lines);
         }
         write_families(&mut out, families, "histogram");
+
+        if !computed.is_empty() {
+            let mut registry = self.lock();
+            Arc::make_mut(&mut registry.tags).extend(computed);
+        }
         out
     }
 }
@@ -407,6 +493,31 @@ mod tests {
             "# TYPE envoy_tcp_downstream_cx_total counter\n\
              envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"ingress_tcp\"} 6\n"
         );
+    }
+
+    #[test]
+    fn prometheus_tags_are_kept_for_the_next_render() {
+        let store = store();
+        let first = store.render_prometheus(None, false);
+        let cached = store.lock().tags.len();
+        assert_eq!(cached, 9, "one extraction per stat rendered");
+        assert_eq!(store.render_prometheus(None, false), first);
+        assert_eq!(store.lock().tags.len(), cached);
+        let filter = Regex::new("^tcp").unwrap();
+        let store = self::store();
+        store.render_prometheus(Some(&filter), false);
+        assert_eq!(store.lock().tags.len(), 1, "only the stats shown");
+    }
+
+    #[test]
+    fn stats_created_after_a_render_show_in_the_next() {
+        let store = Store::new(1);
+        store.counter("b.x").inc();
+        assert_eq!(store.render_text(None, false), "b.x: 1\n");
+        store.counter("a.x");
+        store.gauge("b.x").set(3);
+        store.counter("b").add(2);
+        assert_eq!(store.render_text(None, false), "a.x: 0\nb: 2\nb.x: 1\nb.x: 3\n");
     }
 
     #[test]

@@ -3,21 +3,27 @@
 //!
 //! Creating a stat (`counter(name)`) takes the registry lock and happens at config time; asking
 //! twice for the same name returns a handle to the same stat. The handles write into per-shard
-//! arenas ([`crate::arena`]) without a lock; admin reads lock the registry and sum the shards.
+//! arenas ([`crate::arena`]) without a lock; admin renders copy the interned names and slots
+//! under the registry lock, then format and sum the shards outside it ([`crate::render`]).
+//! Names are interned ([`crate::symbol_table`]), so a stat costs ~20 bytes in the registry
+//! rather than its full name.
 //!
 //! Names: [`Store::scope`]`("cluster.foo")` and [`Scope::counter`]`("upstream_rq_total")` give
 //! `cluster.foo.upstream_rq_total`: the scope prefix has no trailing dot (one given is
 //! dropped) and names are joined with `.`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustc_hash::FxBuildHasher;
 
 use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
 use crate::counter::{counter_reset, counter_value, Counter};
 use crate::gauge::Gauge;
 use crate::histogram::{Histogram, HistogramLatch, SLOTS as HISTOGRAM_SLOTS};
-use crate::tag_extraction::{extract_tags, TagExtraction};
+use crate::symbol_table::{StatName, SymbolTable};
+use crate::tag_extraction::TagExtraction;
 
 /// All stats of one server, shared as `Arc<Store>` by the main thread and the workers.
 pub struct Store {
@@ -27,27 +33,35 @@ pub struct Store {
     deferred_creation: std::sync::atomic::AtomicBool,
 }
 
-/// Name → slot index for each stat type, sorted by name for admin output.
+/// Interned name → stat, one map per stat type.
+pub(crate) type StatMap<V> = HashMap<StatName, V, FxBuildHasher>;
+
+/// Every stat's name and slot. Names are interned ([`SymbolTable`]): a stat costs its 8-byte
+/// [`StatName`] and its slot index here, and shares its name's tokens with every other stat.
+/// Unordered: admin renders sort the names they show.
 #[derive(Default)]
 pub(crate) struct Registry {
     next_slot: usize,
-    pub(crate) counters: BTreeMap<String, Entry>,
-    pub(crate) gauges: BTreeMap<String, Entry>,
-    pub(crate) histograms: BTreeMap<String, HistogramEntry>,
+    pub(crate) names: SymbolTable,
+    /// Counter name → slot.
+    pub(crate) counters: StatMap<u32>,
+    /// Gauge name → slot.
+    pub(crate) gauges: StatMap<u32>,
+    pub(crate) histograms: StatMap<HistogramEntry>,
+    /// Tag extraction by slot, computed on a stat's first Prometheus render, then kept. Shared
+    /// with the renders in progress, which read it outside the lock.
+    pub(crate) tags: Arc<TagCache>,
 }
 
-/// A registered counter or gauge.
-pub(crate) struct Entry {
-    pub(crate) index: u32,
-    /// Computed on the first Prometheus render, then kept.
-    pub(crate) tags: Option<Box<TagExtraction>>,
-}
+/// Slot → its stat's tag extraction.
+pub(crate) type TagCache = HashMap<u32, Arc<TagExtraction>, FxBuildHasher>;
 
 /// A registered histogram and its latched views.
 pub(crate) struct HistogramEntry {
     pub(crate) index: u32,
-    pub(crate) latch: HistogramLatch,
-    pub(crate) tags: Option<Box<TagExtraction>>,
+    /// `None` until a latch sees a sample (most histograms of a large config never do); shared
+    /// with the renders in progress, which read it outside the lock.
+    pub(crate) latch: Option<Arc<HistogramLatch>>,
 }
 
 impl Registry {
@@ -107,14 +121,15 @@ impl Store {
 
     /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use
     /// (slot 0, the discarded scratch slot, when the arena is full).
-    fn scalar_index(&self, name: &str, kind: fn(&mut Registry) -> &mut BTreeMap<String, Entry>) -> u32 {
+    fn scalar_index(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) -> u32 {
         let mut registry = self.lock();
-        if let Some(entry) = kind(&mut registry).get(name) {
-            return entry.index;
+        let Some(name) = registry.names.intern(name) else { return 0 };
+        if let Some(&index) = kind(&mut registry).get(&name) {
+            return index;
         }
         match registry.allocate(&self.arena, 1) {
             Some(index) => {
-                kind(&mut registry).insert(name.to_string(), Entry { index, tags: None });
+                kind(&mut registry).insert(name, index);
                 index
             }
             None => 0,
@@ -125,15 +140,17 @@ impl Store {
     /// milliseconds for Envoy's `*_ms` and `*_time` histograms, raw units otherwise.
     pub fn histogram(&self, name: &str) -> Histogram {
         let mut registry = self.lock();
-        let index = match registry.histograms.get(name) {
-            Some(entry) => entry.index,
-            None => match registry.allocate(&self.arena, HISTOGRAM_SLOTS) {
-                Some(index) => {
-                    let entry = HistogramEntry { index, latch: HistogramLatch::default(), tags: None };
-                    registry.histograms.insert(name.to_string(), entry);
-                    index
-                }
-                None => 0,
+        let index = match registry.names.intern(name) {
+            None => 0,
+            Some(name) => match registry.histograms.get(&name) {
+                Some(entry) => entry.index,
+                None => match registry.allocate(&self.arena, HISTOGRAM_SLOTS) {
+                    Some(index) => {
+                        registry.histograms.insert(name, HistogramEntry { index, latch: None });
+                        index
+                    }
+                    None => 0,
+                },
             },
         };
         Histogram { arena: self.arena.clone(), index }
@@ -148,21 +165,23 @@ impl Store {
     /// their shards; the store only records the current sum as the counter's offset.
     pub fn reset_counters(&self) {
         let registry = self.lock();
-        for entry in registry.counters.values() {
-            counter_reset(&self.arena, entry.index);
+        for &index in registry.counters.values() {
+            counter_reset(&self.arena, index);
         }
     }
 
     /// The value of the counter with this full name, if it exists.
     pub fn counter_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
-        registry.counters.get(name).map(|entry| counter_value(&self.arena, entry.index))
+        let index = *registry.counters.get(&registry.names.find(name)?)?;
+        Some(counter_value(&self.arena, index))
     }
 
     /// The value of the gauge with this full name, if it exists.
     pub fn gauge_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
-        registry.gauges.get(name).map(|entry| self.arena.sum(entry.index))
+        let index = *registry.gauges.get(&registry.names.find(name)?)?;
+        Some(self.arena.sum(index))
     }
 
     /// Called by the main thread at every stats flush (`stats_flush_interval`, 5 s): the samples
@@ -171,7 +190,7 @@ impl Store {
     pub fn latch_histograms(&self) {
         let mut registry = self.lock();
         for entry in registry.histograms.values_mut() {
-            entry.latch.latch(&self.arena, entry.index);
+            HistogramLatch::latch(&mut entry.latch, &self.arena, entry.index);
         }
     }
 
@@ -239,11 +258,6 @@ impl Scope {
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
-}
-
-/// Tag extraction for a registry entry, computed once.
-pub(crate) fn cached_tags<'a>(name: &str, tags: &'a mut Option<Box<TagExtraction>>) -> &'a TagExtraction {
-    tags.get_or_insert_with(|| Box::new(extract_tags(name)))
 }
 
 #[cfg(test)]
@@ -349,31 +363,56 @@ mod tests {
         }
     }
 
+    /// The latched views of histogram `name` (default, i.e. empty, before any sample).
+    fn latch_of(store: &Store, name: &str) -> HistogramLatch {
+        let registry = store.lock();
+        let name = registry.names.find(name).expect("interned");
+        registry.histograms.get(&name).and_then(|entry| entry.latch.as_deref().copied()).unwrap_or_default()
+    }
+
     #[test]
     fn histogram_latch_moves_interval_into_cumulative() {
         let store = Store::new(2);
         let h = store.histogram("h");
+        store.latch_histograms();
+        assert!(store.lock().histograms.values().all(|e| e.latch.is_none()), "no views kept without a sample");
         h.record(3);
         h.record(7);
-        {
-            let registry = store.lock();
-            assert!(!registry.histograms["h"].latch.used(), "not visible before a latch");
-        }
+        assert!(!latch_of(&store, "h").used(), "not visible before a latch");
         store.latch_histograms();
         h.record(100);
-        {
-            let registry = store.lock();
-            let latch = &registry.histograms["h"].latch;
-            assert_eq!(latch.interval.count(), 2);
-            assert_eq!(latch.cumulative.count(), 2);
-            assert_eq!(latch.cumulative.sum, 10);
-        }
+        let latch = latch_of(&store, "h");
+        assert_eq!(latch.interval.count(), 2);
+        assert_eq!(latch.cumulative.count(), 2);
+        assert_eq!(latch.cumulative.sum, 10);
         store.latch_histograms();
-        let registry = store.lock();
-        let latch = &registry.histograms["h"].latch;
+        let latch = latch_of(&store, "h");
         assert_eq!(latch.interval.count(), 1);
         assert_eq!(latch.interval.sum, 100);
         assert_eq!(latch.cumulative.count(), 3);
         assert_eq!(latch.cumulative.sum, 110);
+        store.latch_histograms();
+        let latch = latch_of(&store, "h");
+        assert_eq!(latch.interval.count(), 0);
+        assert!(latch.used());
+    }
+
+    #[test]
+    fn names_are_interned_once() {
+        let store = Store::new(1);
+        for i in 0..50 {
+            let scope = store.scope(&format!("cluster.svc{i}"));
+            scope.counter("upstream_rq_total");
+            scope.gauge("membership_total");
+            scope.scope("circuit_breakers.default").gauge("cx_open");
+        }
+        let registry = store.lock();
+        assert_eq!(registry.counters.len(), 50);
+        assert_eq!(registry.gauges.len(), 100);
+        let names = registry.names.names();
+        let mut all: Vec<String> = registry.gauges.keys().map(|name| names.full_name(*name)).collect();
+        all.sort();
+        assert_eq!(all.first().map(String::as_str), Some("cluster.svc0.circuit_breakers.default.cx_open"));
+        assert_eq!(all.last().map(String::as_str), Some("cluster.svc9.membership_total"));
     }
 }

@@ -47,16 +47,84 @@ pub trait SubscriptionCallbacks {
 /// One subscriber's interest: a set of names (empty for a wildcard subscription).
 pub(crate) struct WatchEntry {
     id: u64,
-    names: RefCell<BTreeSet<String>>,
+    names: RefCell<NameSet>,
     wildcard: bool,
     callbacks: Rc<dyn SubscriptionCallbacks>,
     pub(crate) stats: SubscriptionStats,
     /// Names delivered and not removed since, to find what a SotW response left out.
-    delivered: RefCell<BTreeSet<String>>,
+    delivered: RefCell<NameSet>,
     /// Whether any update (or the fetch timeout) reached the subscriber yet.
     initialized: Cell<bool>,
+    /// The `initial_fetch_timeout` timer, stopped once the watch is initialized or dropped
+    /// (10,000 EDS watches would otherwise keep as many sleeping tasks for 15 s).
+    fetch_timer: RefCell<Option<tokio::task::JoinHandle<()>>>,
     /// Whether a response was offered to it yet (even one with none of its names).
     offered: Cell<bool>,
+}
+
+impl WatchEntry {
+    /// An update reached the subscriber: its fetch timer has nothing left to do.
+    fn set_initialized(&self) {
+        self.initialized.set(true);
+        if let Some(timer) = self.fetch_timer.borrow_mut().take() {
+            timer.abort();
+        }
+    }
+}
+
+impl Drop for WatchEntry {
+    fn drop(&mut self) {
+        if let Some(timer) = self.fetch_timer.get_mut().take() {
+            timer.abort();
+        }
+    }
+}
+
+/// A set of resource names, as a sorted vector without duplicates: most watches name one
+/// resource (an EDS cluster's assignment), and a `BTreeSet` node takes ~280 bytes for it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct NameSet(Vec<String>);
+
+impl From<BTreeSet<String>> for NameSet {
+    fn from(names: BTreeSet<String>) -> Self {
+        // A set iterates in order, without duplicates.
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.shrink_to_fit();
+        NameSet(names)
+    }
+}
+
+impl NameSet {
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    }
+
+    /// Adds `names` (a whole SotW response may repeat every name already there).
+    fn extend(&mut self, names: impl Iterator<Item = String>) {
+        let new: Vec<String> = names.filter(|name| self.0.binary_search(name).is_err()).collect();
+        if !new.is_empty() {
+            self.0.extend(new);
+            self.0.sort_unstable();
+            self.0.dedup();
+            self.0.shrink_to_fit();
+        }
+    }
+
+    /// Removes each of `names`; one pass whatever their number.
+    fn remove_all(&mut self, names: &[String]) {
+        match names {
+            [] => {}
+            [name] => self.0.retain(|n| n != name),
+            names => {
+                let gone: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+                self.0.retain(|n| !gone.contains(n.as_str()));
+            }
+        }
+    }
 }
 
 /// The watches of one subscription (one resource type on one source).
@@ -91,17 +159,18 @@ impl WatchMap {
         let entry = Rc::new(WatchEntry {
             id,
             wildcard: names.is_empty(),
-            names: RefCell::new(names),
+            names: RefCell::new(NameSet::from(names)),
             callbacks,
             stats,
-            delivered: RefCell::new(BTreeSet::new()),
+            delivered: RefCell::new(NameSet::default()),
             initialized: Cell::new(false),
+            fetch_timer: RefCell::new(None),
             offered: Cell::new(false),
         });
         self.watches.borrow_mut().push(entry.clone());
         if let Some(timeout) = initial_fetch_timeout {
             let weak = Rc::downgrade(&entry);
-            tokio::task::spawn_local(async move {
+            let timer = tokio::task::spawn_local(async move {
                 tokio::time::sleep(timeout).await;
                 if let Some(entry) = weak.upgrade() {
                     if !entry.initialized.replace(true) {
@@ -110,6 +179,7 @@ impl WatchMap {
                     }
                 }
             });
+            *entry.fetch_timer.borrow_mut() = Some(timer);
         }
         self.interest_changed.notify_one();
         Watch { map: Rc::downgrade(self), id }
@@ -210,7 +280,7 @@ impl WatchMap {
         let by_name = index_by_name(self.resource_type, &resources)?;
         self.deliver(system_version_info, false, false, |watch| {
             let mine = select(watch, &resources, &by_name);
-            let gone: Vec<String> = removed.iter().filter(|n| watch.delivered.borrow().contains(*n)).cloned().collect();
+            let gone: Vec<String> = removed.iter().filter(|n| watch.delivered.borrow().contains(n)).cloned().collect();
             (mine, gone)
         })
     }
@@ -244,12 +314,10 @@ impl WatchMap {
             let started = Instant::now();
             match watch.callbacks.on_config_update(&update) {
                 Ok(()) => {
-                    watch.initialized.set(true);
+                    watch.set_initialized();
                     {
                         let mut delivered = watch.delivered.borrow_mut();
-                        for name in &removed {
-                            delivered.remove(name);
-                        }
+                        delivered.remove_all(&removed);
                         delivered.extend(resources.iter().map(|r| r.name.clone()));
                     }
                     if resources.is_empty() && removed.is_empty() {
@@ -309,7 +377,7 @@ impl Watch {
     pub fn update_names(&self, names: BTreeSet<String>) {
         if let Some(map) = self.map.upgrade() {
             if let Some(watch) = map.watches.borrow().iter().find(|w| w.id == self.id) {
-                *watch.names.borrow_mut() = names;
+                *watch.names.borrow_mut() = NameSet::from(names);
             }
             map.interest_changed.notify_one();
         }
@@ -321,5 +389,33 @@ impl Drop for Watch {
         if let Some(map) = self.map.upgrade() {
             map.remove(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> NameSet {
+        NameSet::from(names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>())
+    }
+
+    #[test]
+    fn name_set_stays_sorted_and_unique() {
+        let mut names = set(&["b", "a"]);
+        assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        names.extend(["c", "a", "0", "c"].into_iter().map(String::from));
+        assert_eq!(names, set(&["0", "a", "b", "c"]));
+        assert!(names.contains("0") && names.contains("c") && !names.contains("d"));
+        names.remove_all(&["a".to_string()]);
+        assert_eq!(names, set(&["0", "b", "c"]));
+        names.remove_all(&["0".to_string(), "c".to_string(), "missing".to_string()]);
+        assert_eq!(names, set(&["b"]));
+        names.remove_all(&[]);
+        assert_eq!(names, set(&["b"]));
+        assert_eq!(set(&["x"]).0.capacity(), 1, "one name, one slot");
+        let mut delivered = NameSet::default();
+        delivered.extend(std::iter::once("x".to_string()));
+        assert_eq!(delivered.0.capacity(), 1);
     }
 }

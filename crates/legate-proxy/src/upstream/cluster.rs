@@ -71,6 +71,12 @@ impl PrioritySet {
             }
             set.hosts.push(host);
         }
+        // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
+        for set in &mut host_sets {
+            set.hosts.shrink_to_fit();
+            set.healthy_hosts.shrink_to_fit();
+            set.degraded_hosts.shrink_to_fit();
+        }
         PrioritySet { host_sets, version }
     }
 
@@ -199,7 +205,7 @@ impl Cluster {
             .priority_set()
             .all_hosts()
             .map(|old| {
-                let mut host = Host::new(
+                let host = Host::new(
                     old.address,
                     old.hostname.clone(),
                     old.weight,
@@ -207,8 +213,8 @@ impl Cluster {
                     old.locality.clone(),
                     old.health_status,
                 )
-                .with_locality_weight(Some(old.locality_weight));
-                host.health_check = old.health_check.clone();
+                .with_locality_weight(Some(old.locality_weight))
+                .with_health_check_of(old);
                 self.on_host_added(&host);
                 Arc::new(host)
             })
@@ -222,7 +228,7 @@ impl Cluster {
     }
 
     pub fn on_host_added(&self, host: &Host) {
-        if self.health_checker.is_some() && !host.health_check.disabled {
+        if self.health_checker.is_some() && !host.health_check().disabled {
             host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);
         }
     }

@@ -241,12 +241,12 @@ pub async fn run(cluster: Arc<Cluster>) {
 async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
     let Some(checker) = cluster.health_checker.as_ref() else { return };
     let config = &checker.config;
-    if host.health_check.disabled {
+    if host.health_check().disabled {
         return;
     }
     // The endpoint's health_check_config first, then the check's alt_port.
-    let port = host.health_check.port.or(config.alt_port.map(|p| p as u16)).unwrap_or(host.address.port());
-    let addr = SocketAddr::new(host.health_check.address.unwrap_or(host.address.ip()), port);
+    let port = host.health_check().port.or(config.alt_port.map(|p| p as u16)).unwrap_or(host.address.port());
+    let addr = SocketAddr::new(host.health_check().address.unwrap_or(host.address.ip()), port);
     let mut connection = Connection::None;
     let mut state = HostCheckState::default();
     tokio::time::sleep(random_up_to(config.initial_jitter())).await;
@@ -256,7 +256,7 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         let mut timed_out = false;
         let result = match tokio::time::timeout(
             config.timeout(),
-            check(&cluster, checker, addr, &host.health_check.hostname, &mut connection),
+            check(&cluster, checker, addr, &host.health_check().hostname, &mut connection),
         )
         .await
         {

@@ -31,6 +31,10 @@ pub struct HostHealthCheck {
     pub disabled: bool,
 }
 
+/// The `health_check_config` of an endpoint that has none: checks go to the host's address.
+static NO_HEALTH_CHECK_CONFIG: HostHealthCheck =
+    HostHealthCheck { port: None, address: None, hostname: String::new(), disabled: false };
+
 /// Milliseconds on a monotonic clock shared by every thread (from the first call).
 pub fn monotonic_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -47,8 +51,10 @@ pub struct Host {
     pub locality: Arc<Locality>,
     /// The `load_balancing_weight` of the host's locality (1 when unset).
     pub locality_weight: u32,
-    /// `endpoint.health_check_config`: where and how active checks reach this host.
-    pub health_check: HostHealthCheck,
+    /// `endpoint.health_check_config`, when it says more than the defaults; see
+    /// [`Self::health_check`]. Boxed: most endpoints have none, and 100,000 hosts would carry
+    /// its 48 bytes inline.
+    health_check: Option<Box<HostHealthCheck>>,
     /// When the host last entered slow start: its creation, or its return to health after
     /// failing active health checks ([`monotonic_ms`]).
     slow_start_since_ms: AtomicU64,
@@ -57,8 +63,9 @@ pub struct Host {
     /// `health_flag` bits; shared by all workers, written by the main thread.
     health_flags: AtomicU32,
     pub stats: HostStats,
-    /// Outlier detection's counters and ejection state for this host.
-    pub outlier: super::outlier_detection::HostOutlier,
+    /// Outlier detection's counters and ejection state for this host, allocated when a
+    /// detector first looks at it (see [`Self::outlier`]): most clusters have none.
+    outlier: std::sync::OnceLock<Box<super::outlier_detection::HostOutlier>>,
 }
 
 /// Per-host counters shown by `/clusters` (Envoy keeps these as plain atomics, not in the
@@ -113,12 +120,12 @@ impl Host {
             priority,
             locality,
             locality_weight: 1,
-            health_check: HostHealthCheck::default(),
+            health_check: None,
             slow_start_since_ms: AtomicU64::new(monotonic_ms()),
             health_status,
             health_flags: AtomicU32::new(flags),
             stats: HostStats::default(),
-            outlier: Default::default(),
+            outlier: std::sync::OnceLock::new(),
         }
     }
 
@@ -141,14 +148,39 @@ impl Host {
         config: Option<&legate_config::endpoint::EndpointHealthCheckConfig>,
     ) -> Self {
         if let Some(c) = config {
-            self.health_check = HostHealthCheck {
+            let health_check = HostHealthCheck {
                 port: u16::try_from(c.port_value).ok().filter(|p| *p > 0),
                 address: c.address.as_ref().and_then(|a| a.socket()).and_then(|s| s.ip()),
                 hostname: c.hostname.clone(),
                 disabled: c.disable_active_health_check,
             };
+            // Only what differs from the defaults takes space (and `same_endpoint` compares
+            // what the checks do, not how the config spelled it).
+            self.health_check = (health_check != NO_HEALTH_CHECK_CONFIG).then(|| Box::new(health_check));
         }
         self
+    }
+
+    /// `endpoint.health_check_config`: where and how active checks reach this host.
+    pub fn health_check(&self) -> &HostHealthCheck {
+        self.health_check.as_deref().unwrap_or(&NO_HEALTH_CHECK_CONFIG)
+    }
+
+    /// Takes the `health_check_config` of `other` (a host re-created for a new cluster object).
+    pub fn with_health_check_of(mut self, other: &Host) -> Self {
+        self.health_check = other.health_check.clone();
+        self
+    }
+
+    /// The outlier detection state of this host, created on first use: called only for hosts
+    /// of a cluster with `outlier_detection`.
+    pub fn outlier(&self) -> &super::outlier_detection::HostOutlier {
+        self.outlier.get_or_init(Default::default)
+    }
+
+    /// The outlier detection state, if a detector ever looked at this host.
+    pub fn outlier_if_tracked(&self) -> Option<&super::outlier_detection::HostOutlier> {
+        self.outlier.get().map(|outlier| &**outlier)
     }
 
     /// Sets the weight of the host's locality (`LocalityLbEndpoints.load_balancing_weight`).
@@ -226,5 +258,39 @@ impl Host {
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host").field("address", &self.address).field("weight", &self.weight).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use legate_config::endpoint::EndpointHealthCheckConfig;
+
+    fn host() -> Host {
+        Host::new("127.0.0.1:80".parse().unwrap(), String::new(), 1, 0, Arc::default(), HealthStatus::Unknown)
+    }
+
+    #[test]
+    fn health_check_config_takes_space_only_when_it_says_something() {
+        let plain = host();
+        let defaults = host().with_health_check_config(Some(&EndpointHealthCheckConfig::default()));
+        assert!(defaults.health_check.is_none(), "all defaults: nothing kept");
+        assert!(plain.same_endpoint(&defaults));
+        assert_eq!(*defaults.health_check(), HostHealthCheck::default());
+
+        let config = EndpointHealthCheckConfig { port_value: 8080, ..Default::default() };
+        let other_port = host().with_health_check_config(Some(&config));
+        assert_eq!(other_port.health_check().port, Some(8080));
+        assert!(!plain.same_endpoint(&other_port));
+        let copy = host().with_health_check_of(&other_port);
+        assert!(copy.same_endpoint(&other_port));
+    }
+
+    #[test]
+    fn outlier_state_is_created_on_first_use() {
+        let host = host();
+        assert!(host.outlier_if_tracked().is_none());
+        assert!(!host.outlier().ejected());
+        assert!(host.outlier_if_tracked().is_some_and(|o| o.success_rate().is_none()));
     }
 }

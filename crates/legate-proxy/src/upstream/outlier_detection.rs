@@ -142,7 +142,7 @@ impl OutlierDetector {
 
     /// A worker reports one result of `host`.
     pub fn put_result(&self, cluster: &Cluster, host: &Host, result: OutlierResult) {
-        let o = &host.outlier;
+        let o = host.outlier();
         let split = self.config.split_external_local_origin_errors;
         let code = match result {
             OutlierResult::Http(code) => code,
@@ -227,7 +227,7 @@ impl OutlierDetector {
             ),
         };
         detected.inc();
-        if fastrand::u32(0..100) >= self.enforcing(detector) || host.outlier.ejected() {
+        if fastrand::u32(0..100) >= self.enforcing(detector) || host.outlier().ejected() {
             return;
         }
         let hosts = cluster.priority_set().all_hosts().count() as u64;
@@ -237,7 +237,7 @@ impl OutlierDetector {
             s.ejections_overflow.inc();
             return;
         }
-        let o = &host.outlier;
+        let o = host.outlier();
         if o.ejected_at_ms.compare_exchange(0, self.now_ms(), Ordering::AcqRel, Ordering::Relaxed).is_err() {
             return; // Another worker ejected it meanwhile.
         }
@@ -255,7 +255,7 @@ impl OutlierDetector {
 
     /// Returns an ejected host to service; `false` when it was not ejected.
     fn uneject(&self, cluster: &Cluster, host: &Host, why: &str) -> bool {
-        if host.outlier.ejected_at_ms.swap(0, Ordering::AcqRel) == 0 {
+        if host.outlier().ejected_at_ms.swap(0, Ordering::AcqRel) == 0 {
             return false;
         }
         host.set_health_flag(health_flag::FAILED_OUTLIER_CHECK, false);
@@ -284,7 +284,7 @@ impl OutlierDetector {
         let base = self.config.base_ejection_time();
         let mut changed = false;
         for host in &hosts {
-            let o = &host.outlier;
+            let o = host.outlier();
             let at = o.ejected_at_ms.load(Ordering::Relaxed);
             if at == 0 {
                 // A host healthy for a whole interval earns back one ejection step.
@@ -305,8 +305,8 @@ impl OutlierDetector {
         let counts: Vec<(&Arc<Host>, u64, u64)> = hosts
             .iter()
             .map(|h| {
-                let total = h.outlier.interval_total.swap(0, Ordering::Relaxed);
-                let failures = h.outlier.interval_failures.swap(0, Ordering::Relaxed);
+                let total = h.outlier().interval_total.swap(0, Ordering::Relaxed);
+                let failures = h.outlier().interval_failures.swap(0, Ordering::Relaxed);
                 (h, total, failures)
             })
             .collect();
@@ -316,8 +316,8 @@ impl OutlierDetector {
             let local: Vec<(&Arc<Host>, u64, u64)> = hosts
                 .iter()
                 .map(|h| {
-                    let total = h.outlier.interval_local_total.swap(0, Ordering::Relaxed);
-                    let failures = h.outlier.interval_local_failures.swap(0, Ordering::Relaxed);
+                    let total = h.outlier().interval_local_total.swap(0, Ordering::Relaxed);
+                    let failures = h.outlier().interval_local_failures.swap(0, Ordering::Relaxed);
                     (h, total, failures)
                 })
                 .collect();
@@ -340,7 +340,7 @@ impl OutlierDetector {
             .collect();
         if detector == Detector::SuccessRate {
             for (host, rate) in &rates {
-                host.outlier.success_rate.store((rate * 100.0).round() as u32, Ordering::Relaxed);
+                host.outlier().success_rate.store((rate * 100.0).round() as u32, Ordering::Relaxed);
             }
         }
         if rates.len() < self.config.success_rate_minimum_hosts() as usize || rates.is_empty() {
@@ -350,7 +350,7 @@ impl OutlierDetector {
         let variance = rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
         let threshold = mean - variance.sqrt() * f64::from(self.config.success_rate_stdev_factor()) / 1000.0;
         for (host, rate) in rates {
-            if rate < threshold && !host.outlier.ejected() {
+            if rate < threshold && !host.outlier().ejected() {
                 self.eject(cluster, host, detector);
             }
         }
@@ -368,7 +368,7 @@ impl OutlierDetector {
         }
         let threshold = f64::from(self.config.failure_percentage_threshold());
         for (host, failure) in eligible {
-            if failure >= threshold && !host.outlier.ejected() {
+            if failure >= threshold && !host.outlier().ejected() {
                 self.eject(cluster, host, detector);
             }
         }
@@ -416,9 +416,9 @@ mod tests {
         for code in [503, 500, 200, 503, 502] {
             d.put_result(&c, &h, OutlierResult::Http(code));
         }
-        assert!(!h.outlier.ejected(), "the 200 reset the streak");
+        assert!(!h.outlier().ejected(), "the 200 reset the streak");
         d.put_result(&c, &h, OutlierResult::Http(500));
-        assert!(h.outlier.ejected());
+        assert!(h.outlier().ejected());
         assert!(!h.healthy());
         assert_eq!(d.stats.ejections_enforced_consecutive_5xx.value(), 1);
         assert_eq!(d.stats.ejections_active.value(), 1);
@@ -433,7 +433,7 @@ mod tests {
         d.put_result(&c, &host(&c, 1), OutlierResult::Http(503));
         assert_eq!(d.stats.ejections_active.value(), 1);
         assert_eq!(d.stats.ejections_overflow.value(), 1);
-        assert!(host(&c, 0).outlier.ejected() && !host(&c, 1).outlier.ejected());
+        assert!(host(&c, 0).outlier().ejected() && !host(&c, 1).outlier().ejected());
     }
 
     #[test]
@@ -444,12 +444,12 @@ mod tests {
         let d = c.outlier_detector.as_ref().unwrap();
         let h = host(&c, 2);
         d.put_result(&c, &h, OutlierResult::LocalOriginConnectFailed);
-        assert!(h.outlier.ejected(), "without the split, a connect failure counts as a 503");
+        assert!(h.outlier().ejected(), "without the split, a connect failure counts as a 503");
         d.sweep(&c);
-        assert!(h.outlier.ejected(), "not yet");
+        assert!(h.outlier().ejected(), "not yet");
         std::thread::sleep(Duration::from_millis(80));
         d.sweep(&c);
-        assert!(!h.outlier.ejected() && h.healthy());
+        assert!(!h.outlier().ejected() && h.healthy());
         assert_eq!(d.stats.ejections_active.value(), 0);
     }
 
@@ -469,9 +469,9 @@ mod tests {
             }
         }
         d.sweep(&c);
-        assert!(host(&c, 3).outlier.ejected());
-        assert_eq!(host(&c, 3).outlier.success_rate(), Some(50.0));
-        assert!(!host(&c, 0).outlier.ejected());
+        assert!(host(&c, 3).outlier().ejected());
+        assert_eq!(host(&c, 3).outlier().success_rate(), Some(50.0));
+        assert!(!host(&c, 0).outlier().ejected());
         assert_eq!(d.stats.ejections_enforced_success_rate.value(), 1);
     }
 
@@ -500,8 +500,8 @@ mod tests {
             }
         }
         d.sweep(&c);
-        assert!(host(&c, 2).outlier.ejected() && host(&c, 3).outlier.ejected());
-        assert!(!host(&c, 0).outlier.ejected());
+        assert!(host(&c, 2).outlier().ejected() && host(&c, 3).outlier().ejected());
+        assert!(!host(&c, 0).outlier().ejected());
         assert_eq!(d.stats.ejections_enforced_failure_percentage.value(), 1, "host 2, on 5xx");
         assert_eq!(d.stats.ejections_enforced_local_origin_failure_percentage.value(), 1, "host 3, on timeouts");
         // The timeouts never counted as 5xx: the external detector saw host 2 only.

@@ -49,7 +49,7 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
         let _ = writeln!(out, "{h}::sub_zone::{}", host.locality.sub_zone);
         let _ = writeln!(out, "{h}::canary::false");
         let _ = writeln!(out, "{h}::priority::{}", host.priority);
-        match host.outlier.success_rate() {
+        match host.outlier_if_tracked().and_then(|o| o.success_rate()) {
             Some(rate) => {
                 let _ = writeln!(out, "{h}::success_rate::{rate}");
             }
