@@ -689,7 +689,9 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
-    /// Sends one request on this connection. An error is hyper's (reset, closed, malformed).
+    /// Sends one request on this connection: resolves with the response head. An error says
+    /// why no response came (reset, closed, malformed), from legate's HTTP/1.1 client or
+    /// hyper's.
     pub fn send_request(
         &mut self,
         request: Outgoing<'_>,

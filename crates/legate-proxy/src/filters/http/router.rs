@@ -20,7 +20,7 @@ use http::{Request, StatusCode, Uri, Version};
 use legate_config::cluster::RoutingPriority;
 
 use crate::filters::network::http_connection_manager::response_body::{BodyTimeout, BodyTimers, UpstreamBody};
-use crate::filters::network::http_connection_manager::ConnectionContext;
+use crate::filters::network::http_connection_manager::{ConnectionContext, HcmStats};
 use crate::http::body::{AttemptBody, BodySource};
 use crate::http::h1_client;
 use crate::http::headers;
@@ -848,13 +848,7 @@ fn protocol_error() -> AttemptFailure {
 fn classify(e: &SendError) -> AttemptFailure {
     let e = match e {
         SendError::Http1(h1_client::Error::Protocol(_)) => return protocol_error(),
-        SendError::Http1(_) => {
-            return AttemptFailure::Reset {
-                reason: "connection termination",
-                flag: ResponseFlag::UpstreamConnectionTermination,
-                refused: false,
-            }
-        }
+        SendError::Http1(_) => return connection_termination(),
         SendError::Hyper(e) => e,
     };
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -880,6 +874,11 @@ fn classify(e: &SendError) -> AttemptFailure {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         return protocol_error();
     }
+    connection_termination()
+}
+
+/// `UC`: the connection closed or reset before a response.
+fn connection_termination() -> AttemptFailure {
     AttemptFailure::Reset {
         reason: "connection termination",
         flag: ResponseFlag::UpstreamConnectionTermination,
@@ -974,19 +973,23 @@ async fn tunnel(context: Rc<ConnectionContext>, downstream: hyper::upgrade::OnUp
     let Ok(downstream) = downstream.await else { return };
     let mut downstream = hyper_util::rt::TokioIo::new(downstream);
     match upstream {
-        UpstreamUpgrade::Http1(mut upstream) => {
-            stats.downstream_cx_upgrades_total.inc();
-            stats.downstream_cx_upgrades_active.inc();
-            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-        }
+        UpstreamUpgrade::Http1(mut upstream) => splice(stats, &mut downstream, &mut upstream).await,
         UpstreamUpgrade::Hyper(upstream) => {
             let Ok(upstream) = upstream.await else { return };
-            stats.downstream_cx_upgrades_total.inc();
-            stats.downstream_cx_upgrades_active.inc();
-            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-            let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+            splice(stats, &mut downstream, &mut hyper_util::rt::TokioIo::new(upstream)).await;
         }
     }
+}
+
+/// Copies bytes both ways until both sides close, counted as an upgraded connection.
+async fn splice<D, U>(stats: &HcmStats, downstream: &mut D, upstream: &mut U)
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stats.downstream_cx_upgrades_total.inc();
+    stats.downstream_cx_upgrades_active.inc();
+    let _ = tokio::io::copy_bidirectional(downstream, upstream).await;
     stats.downstream_cx_upgrades_active.dec();
 }
 
@@ -1043,14 +1046,9 @@ async fn connect_terminate(
     cx.connected(&mut activity);
     let context = rq.context.clone();
     tokio::task::spawn_local(async move {
-        let stats = &context.shared.stats;
         let Ok(downstream) = on_upgrade.await else { return };
-        stats.downstream_cx_upgrades_total.inc();
-        stats.downstream_cx_upgrades_active.inc();
-        let mut downstream = hyper_util::rt::TokioIo::new(downstream);
         let mut upstream = stream;
-        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-        stats.downstream_cx_upgrades_active.dec();
+        splice(&context.shared.stats, &mut hyper_util::rt::TokioIo::new(downstream), &mut upstream).await;
         drop(cx);
     });
     let mut reply = LocalReply::new(StatusCode::OK, bytes::Bytes::new(), "via_upstream");
