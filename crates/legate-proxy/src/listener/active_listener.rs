@@ -160,7 +160,9 @@ fn start_connection(
             Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data),
         );
         tokio::task::spawn_local(async move {
+            // Biased, the connection first: every wake-up of the connection polls this.
             tokio::select! {
+                biased;
                 event = connection.run() => tracing::debug!(?event, "connection closed"),
                 () = reached(Some(&mut drained), DrainPhase::Closed) => {
                     tracing::debug!("connection closed: its filter chain finished draining");
@@ -190,6 +192,7 @@ fn start_connection(
         let Ok((socket, ssl)) = result else { return };
         info.ssl = Some(Arc::new(ssl));
         tokio::select! {
+            biased;
             event = Box::new(Connection::new(socket, info, buffer_limit, filters)).run() => {
                 tracing::debug!(?event, "connection closed");
             }

@@ -190,7 +190,10 @@ async fn with_timers<F: Future>(
                 None => std::future::pending().await,
             }
         };
+        // Biased, the awaited future first: no random draw per poll (this runs on every
+        // wake-up of a request waiting upstream).
         tokio::select! {
+            biased;
             out = &mut future => return Waited::Done(out),
             () = sleep => {}
             // The sender lives as long as the body source this loop holds.

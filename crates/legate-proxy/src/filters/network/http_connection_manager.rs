@@ -497,7 +497,9 @@ enum DrainRequest {
 impl Draining {
     /// Resolves on a change, with who wants the connection drained.
     async fn next(&mut self, chain: bool) -> DrainRequest {
+        // Biased (no random draw): polled on every wake-up of the connection.
         tokio::select! {
+            biased;
             changed = self.server.changed() => match changed.is_err() || *self.server.borrow() {
                 true => DrainRequest::Server,
                 false => DrainRequest::None,
@@ -649,7 +651,9 @@ where
         if let Some(at) = next {
             sleep.as_mut().reset(at.into());
         }
+        // Biased, hyper's connection first: polled on every wake-up of the connection.
         tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 return result.map(|()| if parking { Ended::Parked } else { Ended::Closed });
             }
