@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use std::collections::HashMap;
@@ -77,7 +78,7 @@ pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<Wat
 fn read(path: &Path, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
     std::fs::read_to_string(path)
         .map_err(|e| format!("unable to read file: {}: {e}", path.display()))
-        .and_then(|text| decode(&text, map).map_err(|e| format!("{}: {e}", path.display())))
+        .and_then(|text| decode(Arc::new(text), map).map_err(|e| format!("{}: {e}", path.display())))
 }
 
 /// Reads the file and delivers it to every watch.
@@ -107,22 +108,22 @@ fn deliver_to_new_watches(path: &Path, map: &WatchMap) {
 
 /// Parses a `DiscoveryResponse`: `version_info` and `resources`, each either the resource
 /// itself (with its `@type`) or a `Resource` wrapper holding it under `resource`.
-fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
+fn decode(text: Arc<String>, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
     // JSON is YAML, but the JSON parser is several times faster on a large file.
     if text.trim_start().starts_with('{') {
         // Whatever the quick way refuses, the whole tree is parsed to say why, so that the
         // NACK reads the same either way.
-        if let Some(decoded) = decode_json_items(text, map) {
+        if let Some(decoded) = decode_json_items(&text, map) {
             return Ok(decoded);
         }
     }
-    decode_tree(text, map)
+    decode_tree(&text, map)
 }
 
-/// The quick way for a JSON file: each resource is parsed on its own and kept as its text
-/// ([`DecodedResource::from_json_item`]), so that the whole file never exists as one tree
-/// (about twelve times its size). `None` if anything is wrong with the file.
-fn decode_json_items(text: &str, map: &WatchMap) -> Option<(String, Vec<DecodedResource>)> {
+/// The quick way for a JSON file: each resource is parsed on its own and kept as its place in
+/// the file's text ([`DecodedResource::from_json_item`]), so that the whole file never exists
+/// as one tree (about twelve times its size). `None` if anything is wrong with the file.
+fn decode_json_items(text: &Arc<String>, map: &WatchMap) -> Option<(String, Vec<DecodedResource>)> {
     // Duplicate keys: the last one wins, as in a `Value` map.
     let fields: HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;
     let version = match fields.get("version_info").or_else(|| fields.get("versionInfo")) {
@@ -137,7 +138,10 @@ fn decode_json_items(text: &str, map: &WatchMap) -> Option<(String, Vec<DecodedR
         .into_iter()
         .map(|item| {
             crate::pace();
-            DecodedResource::from_json_item(map.resource_type, item.get(), &version).ok()
+            // The item is a slice of `text`: its place there, found from the two addresses.
+            let start = (item.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+            let at = start..start.checked_add(item.get().len())?;
+            DecodedResource::from_json_item(map.resource_type, text, at, &version).ok()
         })
         .collect::<Option<Vec<_>>>()?;
     Some((version, resources))
@@ -202,7 +206,7 @@ mod tests {
                 {{"@type": "type.googleapis.com/envoy.service.discovery.v3.Resource", "resource": {{"@type": "{CLUSTER}", "name": "b", "lb_policy": null}}}}
             ], "nonce": "n"}}"#
         );
-        let quick = decode_json_items(&text, &map).unwrap();
+        let quick = decode_json_items(&Arc::new(text.clone()), &map).unwrap();
         let tree = decode_tree(&text, &map).unwrap();
         assert_eq!(quick.0, "7");
         assert_eq!(values(&quick), values(&tree));
@@ -219,10 +223,10 @@ mod tests {
             ("{\"resources\": [1]}", "resources[0]: CDS resource is not an object"),
             ("{} x", "unable to parse: trailing characters at line 1 column 4"),
         ] {
-            assert!(decode_json_items(text, &map).is_none(), "{text}");
-            assert_eq!(decode(text, &map).unwrap_err(), error, "{text}");
+            assert!(decode_json_items(&Arc::new(text.to_string()), &map).is_none(), "{text}");
+            assert_eq!(decode(Arc::new(text.to_string()), &map).unwrap_err(), error, "{text}");
         }
-        let decoded = decode("{\"resources\": null, \"version_info\": null}", &map).unwrap();
+        let decoded = decode(Arc::new("{\"resources\": null, \"version_info\": null}".into()), &map).unwrap();
         assert_eq!((decoded.0.as_str(), decoded.1.len()), ("", 0));
     }
 }

@@ -1,5 +1,8 @@
 //! The resource types of xDS and a decoded resource.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// The five resource types legate subscribes to.
@@ -98,9 +101,10 @@ pub struct DecodedResource {
 enum Body {
     /// The tree itself (YAML files, REST responses: small and rare).
     Tree(Value),
-    /// A JSON file's item as written (the resource, or a `Resource` wrapper holding it): parsed
-    /// again by the same parser, so the tree is the one it gave the first time.
-    JsonItem(Box<str>),
+    /// A JSON file's item as written (the resource, or a `Resource` wrapper holding it), where
+    /// it lies in the file's text (shared by the file's resources, not copied): parsed again by
+    /// the same parser, so the tree is the one it gave the first time.
+    JsonItem { file: Arc<String>, at: Range<usize> },
     /// A protobuf resource's bytes (the wrapper already removed): decoded again.
     Protobuf(Vec<u8>),
 }
@@ -113,12 +117,18 @@ impl DecodedResource {
         Ok(DecodedResource { name, version: version.to_string(), resource_type, body: Body::Tree(value) })
     }
 
-    /// Builds a resource from one item of a JSON file's `resources`: the resource or a
-    /// `Resource` wrapper. The item is parsed and checked now, and kept as text.
-    pub(crate) fn from_json_item(resource_type: ResourceType, item: &str, version: &str) -> Result<Self, String> {
-        let value: Value = serde_json::from_str(item).map_err(|e| format!("unable to parse: {e}"))?;
-        let (name, _) = checked(resource_type, unwrap_item(value))?;
-        Ok(DecodedResource { name, version: version.to_string(), resource_type, body: Body::JsonItem(item.into()) })
+    /// Builds a resource from one item of a JSON file's `resources` (the resource or a
+    /// `Resource` wrapper), found at `at` in the file's text. The item is parsed and checked
+    /// now, and kept as its place in the text.
+    pub(crate) fn from_json_item(
+        resource_type: ResourceType,
+        file: &Arc<String>,
+        at: Range<usize>,
+        version: &str,
+    ) -> Result<Self, String> {
+        let (name, _) = checked(resource_type, unwrap_item(parse_item(file, &at)?))?;
+        let body = Body::JsonItem { file: file.clone(), at };
+        Ok(DecodedResource { name, version: version.to_string(), resource_type, body })
     }
 
     /// Builds a resource from a protobuf message of `resource_type` and the tree
@@ -140,13 +150,16 @@ impl DecodedResource {
     pub fn value(&self) -> Result<Value, String> {
         let value = match &self.body {
             Body::Tree(value) => return Ok(value.clone()),
-            Body::JsonItem(item) => {
-                unwrap_item(serde_json::from_str(item).map_err(|e| format!("unable to parse: {e}"))?)
-            }
+            Body::JsonItem { file, at } => unwrap_item(parse_item(file, at)?),
             Body::Protobuf(bytes) => crate::decode::to_json(self.resource_type.type_url(), bytes)?,
         };
         checked(self.resource_type, value).map(|(_, value)| value)
     }
+}
+
+fn parse_item(file: &str, at: &Range<usize>) -> Result<Value, String> {
+    let item = file.get(at.clone()).ok_or("resource outside its file")?;
+    serde_json::from_str(item).map_err(|e| format!("unable to parse: {e}"))
 }
 
 /// The resource an item of a file's `resources` holds: itself, or what its `Resource` wrapper
