@@ -4,12 +4,11 @@
 //! legate polls the metadata twice a second instead of using inotify: no new dependency, and
 //! a change is seen within half a second.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
