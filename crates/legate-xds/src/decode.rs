@@ -64,7 +64,8 @@ pub fn decode_resource(resource_type: ResourceType, any: &Any, version: &str) ->
         return Err(format!("resource type '{}' where '{}' was expected", any.type_url, resource_type.type_url()));
     }
     let value = to_json(&any.type_url, &any.value)?;
-    DecodedResource::from_json(resource_type, value, version)
+    // Checked as a tree, kept as bytes: the tree is built again when it is delivered.
+    DecodedResource::from_protobuf(resource_type, &any.value, value, version)
 }
 
 /// Encodes proto3 JSON (camelCase or snake_case, `Any`s with `@type`) as the message of
@@ -136,7 +137,7 @@ mod tests {
         assert_eq!(resource.name, "backend");
         assert_eq!(resource.version, "3");
         assert_eq!(
-            resource.value,
+            resource.value().unwrap(),
             json!({
                 "name": "backend",
                 "type": "STRICT_DNS",

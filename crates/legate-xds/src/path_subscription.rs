@@ -4,13 +4,16 @@
 //! legate polls the metadata twice a second instead of using inotify: no new dependency, and
 //! a change is seen within half a second.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::resource::DecodedResource;
+use crate::resource::{unwrap_item, DecodedResource};
 use crate::subscription::WatchMap;
 
 /// How often the file's metadata is checked.
@@ -74,7 +77,7 @@ pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<Wat
 fn read(path: &Path, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
     std::fs::read_to_string(path)
         .map_err(|e| format!("unable to read file: {}: {e}", path.display()))
-        .and_then(|text| decode(&text, map).map_err(|e| format!("{}: {e}", path.display())))
+        .and_then(|text| decode(Arc::new(text), map).map_err(|e| format!("{}: {e}", path.display())))
 }
 
 /// Reads the file and delivers it to every watch.
@@ -104,8 +107,47 @@ fn deliver_to_new_watches(path: &Path, map: &WatchMap) {
 
 /// Parses a `DiscoveryResponse`: `version_info` and `resources`, each either the resource
 /// itself (with its `@type`) or a `Resource` wrapper holding it under `resource`.
-fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
+fn decode(text: Arc<String>, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
     // JSON is YAML, but the JSON parser is several times faster on a large file.
+    if text.trim_start().starts_with('{') {
+        // Whatever the quick way refuses, the whole tree is parsed to say why, so that the
+        // NACK reads the same either way.
+        if let Some(decoded) = decode_json_items(&text, map) {
+            return Ok(decoded);
+        }
+    }
+    decode_tree(&text, map)
+}
+
+/// The quick way for a JSON file: each resource is parsed on its own and kept as its place in
+/// the file's text ([`DecodedResource::from_json_item`]), so that the whole file never exists
+/// as one tree (about twelve times its size). `None` if anything is wrong with the file.
+fn decode_json_items(text: &Arc<String>, map: &WatchMap) -> Option<(String, Vec<DecodedResource>)> {
+    // Duplicate keys: the last one wins, as in a `Value` map.
+    let fields: HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+    let version = match fields.get("version_info").or_else(|| fields.get("versionInfo")) {
+        Some(raw) => version_of(Some(serde_json::from_str(raw.get()).ok()?)),
+        None => version_of(None),
+    };
+    let items: Vec<&RawValue> = match fields.get("resources") {
+        Some(raw) => serde_json::from_str::<Option<Vec<&RawValue>>>(raw.get()).ok()?.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let resources = items
+        .into_iter()
+        .map(|item| {
+            crate::pace();
+            // The item is a slice of `text`: its place there, found from the two addresses.
+            let start = (item.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+            let at = start..start.checked_add(item.get().len())?;
+            DecodedResource::from_json_item(map.resource_type, text, at, &version).ok()
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((version, resources))
+}
+
+/// The whole file as one tree: YAML files, and the reason a JSON file is refused.
+fn decode_tree(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
     let mut response: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| format!("unable to parse: {e}"))?
     } else {
@@ -116,11 +158,7 @@ fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), 
     };
     // Each resource is normalized on its own (`DecodedResource::from_json`), between which the
     // main thread may yield; here only the response's own two fields are read.
-    let version = match fields.get("version_info").or_else(|| fields.get("versionInfo")) {
-        Some(Value::String(v)) => v.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    };
+    let version = version_of(fields.get("version_info").or_else(|| fields.get("versionInfo")).cloned());
     let resources = match fields.remove("resources") {
         Some(Value::Array(items)) => items,
         Some(Value::Null) | None => Vec::new(),
@@ -131,17 +169,63 @@ fn decode(text: &str, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), 
         .enumerate()
         .map(|(i, item)| {
             crate::pace();
-            let item = match item {
-                Value::Object(mut wrapper)
-                    if wrapper.get("@type").and_then(Value::as_str)
-                        == Some("type.googleapis.com/envoy.service.discovery.v3.Resource") =>
-                {
-                    wrapper.remove("resource").unwrap_or(Value::Null)
-                }
-                other => other,
-            };
-            DecodedResource::from_json(map.resource_type, item, &version).map_err(|e| format!("resources[{i}]: {e}"))
+            DecodedResource::from_json(map.resource_type, unwrap_item(item), &version)
+                .map_err(|e| format!("resources[{i}]: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(|resources| (version, resources))
+}
+
+/// The response's `version_info`, as text whatever its JSON type.
+fn version_of(value: Option<Value>) -> String {
+    match value {
+        Some(Value::String(v)) => v,
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::ResourceType;
+
+    const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+    fn values(decoded: &(String, Vec<DecodedResource>)) -> Vec<(String, String, Value)> {
+        decoded.1.iter().map(|r| (r.name.clone(), r.version.clone(), r.value().unwrap())).collect()
+    }
+
+    #[test]
+    fn json_items_give_the_trees_of_the_whole_file() {
+        let map = WatchMap::new(ResourceType::Cluster);
+        let text = format!(
+            r#"{{"versionInfo": 7, "resources": [
+                {{"@type": "{CLUSTER}", "name": "a", "connectTimeout": "1s", "metadata": {{"filter_metadata": {{"x": {{"someKey": 0.30000000000000004}}}}}}}},
+                {{"@type": "type.googleapis.com/envoy.service.discovery.v3.Resource", "resource": {{"@type": "{CLUSTER}", "name": "b", "lb_policy": null}}}}
+            ], "nonce": "n"}}"#
+        );
+        let quick = decode_json_items(&Arc::new(text.clone()), &map).unwrap();
+        let tree = decode_tree(&text, &map).unwrap();
+        assert_eq!(quick.0, "7");
+        assert_eq!(values(&quick), values(&tree));
+        assert_eq!(values(&quick)[1].2, serde_json::json!({"name": "b"}));
+    }
+
+    #[test]
+    fn refused_json_files_read_as_before() {
+        let map = WatchMap::new(ResourceType::Cluster);
+        for (text, error) in [
+            ("{\"resources\": [", "unable to parse: EOF while parsing a list at line 1 column 15"),
+            ("{\"resources\": 1}", "resources: must be a list"),
+            ("{\"resources\": [{\"name\": \"\"}]}", "resources[0]: CDS resource without 'name'"),
+            ("{\"resources\": [1]}", "resources[0]: CDS resource is not an object"),
+            ("{} x", "unable to parse: trailing characters at line 1 column 4"),
+        ] {
+            assert!(decode_json_items(&Arc::new(text.to_string()), &map).is_none(), "{text}");
+            assert_eq!(decode(Arc::new(text.to_string()), &map).unwrap_err(), error, "{text}");
+        }
+        let decoded = decode(Arc::new("{\"resources\": null, \"version_info\": null}".into()), &map).unwrap();
+        assert_eq!((decoded.0.as_str(), decoded.1.len()), ("", 0));
+    }
 }

@@ -17,7 +17,7 @@ fn both_doors<T: serde::de::DeserializeOwned>(resource_type: ResourceType, value
     let from_yaml: T = parse(value.clone());
     let any = decode::any_from_json(resource_type.type_url(), &value).unwrap();
     let decoded = decode::decode_resource(resource_type, &any, "1").unwrap();
-    let from_protobuf: T = parse(decoded.value);
+    let from_protobuf: T = parse(decoded.value().unwrap());
     (from_yaml, from_protobuf)
 }
 

@@ -176,7 +176,7 @@ impl ClusterManager {
     pub fn add_or_update_cluster(
         self: &Rc<Self>,
         config: ClusterConfig,
-        raw: serde_json::Value,
+        raw: &serde_json::Value,
         version_info: &str,
     ) -> Result<ClusterUpdate, String> {
         let name = config.name.clone();

@@ -72,13 +72,12 @@ impl SubscriptionCallbacks for Recorder {
         }
         if self.validate {
             for resource in update.resources {
-                validate(update.resource_type, resource.value.clone())
-                    .map_err(|e| format!("{}: {e}", resource.name))?;
+                validate(update.resource_type, resource.value()?).map_err(|e| format!("{}: {e}", resource.name))?;
             }
         }
         let event = Event::Update {
             version: update.version_info.to_string(),
-            resources: update.resources.iter().map(|r| (r.name.clone(), r.value.clone())).collect(),
+            resources: update.resources.iter().map(|r| (r.name.clone(), r.value().unwrap())).collect(),
             removed: update.removed.to_vec(),
             state_of_the_world: update.state_of_the_world,
         };

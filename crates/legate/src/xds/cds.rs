@@ -65,8 +65,11 @@ impl SubscriptionCallbacks for CdsApi {
         let mut errors = Vec::new();
         for resource in update.resources.iter() {
             legate_xds::pace();
-            let result = legate_config::resources::cluster(&resource.value).and_then(|config| {
-                match manager.add_or_update_cluster(config, resource.value.clone(), update.version_info)? {
+            // Built for this cluster only, and dropped once it is applied.
+            let value = resource.value();
+            let result = value.as_ref().map_err(Clone::clone).and_then(|value| {
+                let config = legate_config::resources::cluster(value)?;
+                match manager.add_or_update_cluster(config, value, update.version_info)? {
                     ClusterUpdate::Unchanged => Ok(()),
                     ClusterUpdate::Warming(cluster) => self.eds.cluster_added(&cluster).inspect_err(|_| {
                         manager.abandon_warming(&cluster);
@@ -79,7 +82,7 @@ impl SubscriptionCallbacks for CdsApi {
                 errors.push(format!("cluster '{}': {e}", resource.name));
                 refused.push(ClusterError {
                     name: resource.name.clone(),
-                    raw: resource.value.clone(),
+                    raw: value.unwrap_or_default(),
                     details: e,
                     at: std::time::SystemTime::now(),
                 });

@@ -92,7 +92,9 @@ impl SubscriptionCallbacks for EdsCluster {
     fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
         let mut assignment = None;
         for resource in update.resources.iter().filter(|r| r.name == self.service) {
-            let parsed = legate_config::resources::cluster_load_assignment(&resource.value)
+            let parsed = resource
+                .value()
+                .and_then(|value| legate_config::resources::cluster_load_assignment(&value))
                 .map_err(|e| format!("ClusterLoadAssignment '{}': {e}", resource.name))?;
             assignment = Some(Rc::new(parsed));
         }

@@ -145,17 +145,19 @@ impl SubscriptionCallbacks for LdsApi {
         let mut errors = Vec::new();
         for resource in update.resources.iter() {
             legate_xds::pace();
-            let result = legate_config::resources::listener(&resource.value, &clusters).and_then(|config| {
+            let value = resource.value();
+            let result = value.clone().and_then(|value| {
+                let config = legate_config::resources::listener(&value, &clusters)?;
                 let pending = PendingListener {
                     name: resource.name.clone(),
                     config,
-                    raw: resource.value.clone(),
+                    raw: value,
                     version_info: update.version_info.to_string(),
                 };
                 self.add(&server, pending)
             });
             if let Err(e) = result {
-                server.listener_manager.borrow_mut().record_error(&resource.name, resource.value.clone(), e.clone());
+                server.listener_manager.borrow_mut().record_error(&resource.name, value.unwrap_or_default(), e.clone());
                 errors.push(format!("'{}': {e}", resource.name));
             }
         }

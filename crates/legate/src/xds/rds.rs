@@ -128,13 +128,14 @@ impl SubscriptionCallbacks for RdsSubscription {
         let Some(resource) = update.resources.iter().find(|r| r.name == *name) else { return Ok(()) };
         let names = rds.cluster_manager.cluster_names();
         let clusters: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let config = legate_config::resources::route_configuration(&resource.value, &clusters)
+        let value = resource.value().map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
+        let config = legate_config::resources::route_configuration(&value, &clusters)
             .map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
         let table = RouteConfig::new(&config).map_err(|e| format!("RouteConfiguration '{name}': {e}"))?;
         self.provider.update(table);
         *self.version_info.borrow_mut() = update.version_info.to_string();
         *self.last_updated.borrow_mut() = Some(std::time::SystemTime::now());
-        *self.raw.borrow_mut() = Some(resource.value.clone());
+        *self.raw.borrow_mut() = Some(value);
         rds.changed();
         crate::memory::release_free_memory_soon();
         Ok(())

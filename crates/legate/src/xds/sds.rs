@@ -110,7 +110,10 @@ impl SubscriptionCallbacks for SdsSubscription {
     fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
         let name = &self.secret.name;
         let Some(resource) = update.resources.iter().find(|r| r.name == *name) else { return Ok(()) };
-        let secret = legate_config::resources::secret(&resource.value).map_err(|e| format!("Secret '{name}': {e}"))?;
+        let secret = resource
+            .value()
+            .and_then(|value| legate_config::resources::secret(&value))
+            .map_err(|e| format!("Secret '{name}': {e}"))?;
         if secret.tls_certificate.is_none() && secret.validation_context.is_none() {
             return Err(format!("Secret '{name}': neither tls_certificate nor validation_context is set"));
         }
