@@ -130,12 +130,9 @@ impl ClientConn {
         self.state.borrow().io.is_some()
     }
 
-    /// Closes the socket (dropping it: an exchange cut short is a reset to the upstream).
+    /// Closes the socket ([`State::close`]).
     pub fn close(&self) {
-        let mut state = self.state.borrow_mut();
-        state.io = None;
-        state.writer = None;
-        state.read_buf = BytesMut::new();
+        self.state.borrow_mut().close();
     }
 
     /// Whether the last exchange left the connection fit for another request.
@@ -171,10 +168,10 @@ impl ClientConn {
     /// pool (an exchange's reads replaced it). Returns false, and wakes the driver, when the
     /// upstream closed the connection meanwhile.
     pub fn rearm_watch(&self) -> bool {
-        let Some(waker) = self.watcher.borrow().clone() else { return self.is_open() };
-        let mut cx = Context::from_waker(&waker);
-        if self.poll_idle_read(&mut cx).is_ready() {
-            waker.wake();
+        let watcher = self.watcher.borrow();
+        let Some(waker) = watcher.as_ref() else { return self.is_open() };
+        if self.poll_idle_read(&mut Context::from_waker(waker)).is_ready() {
+            waker.wake_by_ref();
             return false;
         }
         true
@@ -186,12 +183,24 @@ impl ClientConn {
         let Some(io) = state.io.as_mut() else { return Poll::Ready(()) };
         match io.poll_read_append(cx, &mut state.read_buf, READ_ROOM, false) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => {
-                state.io = None;
-                state.read_buf = BytesMut::new();
+            Poll::Ready(read) => {
+                if let Ok(n) = read {
+                    state.rx.add(n as u64);
+                }
+                state.close();
                 Poll::Ready(())
             }
         }
+    }
+}
+
+impl State {
+    /// Drops the socket (an exchange cut short is a reset to the upstream) and what the
+    /// connection held for it.
+    fn close(&mut self) {
+        self.io = None;
+        self.writer = None;
+        self.read_buf = BytesMut::new();
     }
 }
 
