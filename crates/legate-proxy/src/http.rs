@@ -3,8 +3,10 @@
 
 pub mod body;
 pub mod filter;
+pub mod h1_chunk;
 pub mod h1_client;
 pub mod h1_guard;
+pub mod h1_server;
 pub mod headers;
 pub mod io;
 pub mod local_reply;

@@ -14,9 +14,41 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A downstream request's body, as its codec reads it.
+pub enum Incoming {
+    /// hyper's (HTTP/2, and HTTP/1.1 with `header_key_format`).
+    Hyper(hyper::body::Incoming),
+    Http1(super::h1_server::RequestBody),
+}
+
+impl Body for Incoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Incoming::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Incoming::Http1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Incoming::Hyper(body) => body.is_end_stream(),
+            Incoming::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Incoming::Hyper(body) => body.size_hint(),
+            Incoming::Http1(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Where request bytes come from.
 enum Source {

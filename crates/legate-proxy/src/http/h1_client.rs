@@ -32,6 +32,7 @@ use legate_stats::Counter;
 use tokio::io::AsyncWrite;
 
 use super::body::{AttemptBody, BoxError};
+use super::h1_chunk::{decode_chunk, hex, take, Chunk, ChunkStep};
 use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
@@ -47,8 +48,6 @@ const READ_ROOM: usize = 16 * 1024;
 const COPY_LIMIT: usize = 4 * 1024;
 /// How much of the request body is gathered before it is written.
 const GATHER_LIMIT: usize = 64 * 1024;
-/// A chunk size line longer than this is a protocol error.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -308,20 +307,6 @@ fn poll_writer(cx: &mut Context<'_>, state: &mut State) -> Result<Option<io::Err
     Ok(failed)
 }
 
-/// Takes the first `n` bytes of the read buffer. A short piece is copied: sharing the
-/// buffer with it would leave the next read to allocate a new buffer while the piece lives
-/// on downstream (two allocations and 16 KiB, against one small one). A long piece is shared.
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    const COPY_BELOW: usize = 4 * 1024;
-    if n < COPY_BELOW {
-        let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
-        buf.advance(n.min(buf.len()));
-        piece
-    } else {
-        buf.split_to(n.min(buf.len())).freeze()
-    }
-}
-
 /// A parsed response head.
 struct Head {
     status: StatusCode,
@@ -529,18 +514,6 @@ enum Decoder {
     Done,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Before a chunk size line.
-    Size,
-    /// Inside a chunk's data, this many bytes to go.
-    Data(u64),
-    /// After a chunk's data, before its CRLF.
-    DataEnd,
-    /// After the last chunk: trailer fields, then the empty line.
-    Trailers,
-}
-
 impl Decoder {
     fn is_done(&self) -> bool {
         *self == Decoder::Done
@@ -593,17 +566,19 @@ impl Body {
                     let n = state.read_buf.len();
                     return Poll::Ready(Some(Ok(Frame::data(take(&mut state.read_buf, n)))));
                 }
-                Decoder::Chunked(chunk) if buffered > 0 => match decode_chunk(chunk, &mut state.read_buf)? {
-                    ChunkStep::Next(next) => {
-                        self.decoder = next;
-                        continue;
+                Decoder::Chunked(chunk) if buffered > 0 => {
+                    match decode_chunk(chunk, &mut state.read_buf, MAX_HEAD).map_err(Error::Protocol)? {
+                        ChunkStep::Next(next) => {
+                            self.decoder = next.map_or(Decoder::Done, Decoder::Chunked);
+                            continue;
+                        }
+                        ChunkStep::Frame(frame, next) => {
+                            self.decoder = next.map_or(Decoder::Done, Decoder::Chunked);
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        ChunkStep::NeedMore => {}
                     }
-                    ChunkStep::Frame(frame, next) => {
-                        self.decoder = next;
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    ChunkStep::NeedMore => {}
-                },
+                }
                 _ => {}
             }
             let Some(io) = state.io.as_mut() else {
@@ -618,94 +593,6 @@ impl Body {
                 Ok(n) => state.rx.add(n as u64),
                 Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
             }
-        }
-    }
-}
-
-enum ChunkStep {
-    /// The decoder moved on without a frame.
-    Next(Decoder),
-    /// A frame, and where the decoder is after it.
-    Frame(Frame<Bytes>, Decoder),
-    /// More bytes are needed.
-    NeedMore,
-}
-
-/// One step of chunked decoding over `buf` (RFC 9112 §7.1), which is not empty.
-fn decode_chunk(chunk: Chunk, buf: &mut BytesMut) -> Result<ChunkStep, Error> {
-    match chunk {
-        Chunk::Size => {
-            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                return match buf.len() > MAX_CHUNK_LINE {
-                    true => Err(Error::Protocol("chunk size line too long")),
-                    false => Ok(ChunkStep::NeedMore),
-                };
-            };
-            let line = buf.get(..end).unwrap_or_default();
-            let line = line.strip_suffix(b"\r").ok_or(Error::Protocol("malformed chunk size"))?;
-            // The size, then optional whitespace and extensions (ignored).
-            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-            let rest = line.get(digits..).unwrap_or_default();
-            // Whitespace, then nothing or extensions (RFC 9112 §7.1.1, BWS).
-            let extensions = rest.iter().position(|&b| b != b' ' && b != b'\t').and_then(|i| rest.get(i..));
-            let rest_ok = extensions.is_none_or(|e| e.starts_with(b";"));
-            if digits == 0 || digits > 16 || !rest_ok {
-                return Err(Error::Protocol("malformed chunk size"));
-            }
-            let mut size = 0u64;
-            for &b in line.iter().take(digits) {
-                let digit = (b as char).to_digit(16).unwrap_or(0);
-                size = (size << 4) | u64::from(digit);
-            }
-            buf.advance(end + 1);
-            Ok(ChunkStep::Next(match size {
-                0 => Decoder::Chunked(Chunk::Trailers),
-                n => Decoder::Chunked(Chunk::Data(n)),
-            }))
-        }
-        Chunk::Data(left) => {
-            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let left = left - n as u64;
-            let next = if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) };
-            Ok(ChunkStep::Frame(Frame::data(take(buf, n)), Decoder::Chunked(next)))
-        }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(ChunkStep::NeedMore);
-            }
-            if !buf.starts_with(b"\r\n") {
-                return Err(Error::Protocol("missing CRLF after chunk data"));
-            }
-            buf.advance(2);
-            Ok(ChunkStep::Next(Decoder::Chunked(Chunk::Size)))
-        }
-        Chunk::Trailers => {
-            if buf.starts_with(b"\r\n") {
-                buf.advance(2);
-                return Ok(ChunkStep::Next(Decoder::Done));
-            }
-            if buf.as_ref() == b"\r" {
-                return Ok(ChunkStep::NeedMore);
-            }
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut trailers = HeaderMap::with_capacity(fields.len());
-                    for field in fields {
-                        let name = HeaderName::from_bytes(field.name.as_bytes());
-                        let value = HeaderValue::from_bytes(field.value);
-                        let (Ok(name), Ok(value)) = (name, value) else {
-                            return Err(Error::Protocol("invalid trailer"));
-                        };
-                        trailers.append(name, value);
-                    }
-                    (len, trailers)
-                }
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(ChunkStep::NeedMore),
-                Ok(httparse::Status::Partial) | Err(_) => return Err(Error::Protocol("invalid trailers")),
-            };
-            buf.advance(len);
-            Ok(ChunkStep::Frame(Frame::trailers(trailers), Decoder::Done))
         }
     }
 }
@@ -932,22 +819,6 @@ impl Writer {
     }
 }
 
-/// `n` in hexadecimal digits, within `buf`.
-fn hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        if let Some(slot) = buf.get_mut(start) {
-            *slot = b"0123456789abcdef".get((n & 0xf) as usize).copied().unwrap_or(b'0');
-        }
-        n >>= 4;
-        if n == 0 || start == 0 {
-            break;
-        }
-    }
-    buf.get(start..).unwrap_or_default()
-}
-
 /// `x-request-id` as `X-Request-Id` (`proper_case_words`).
 fn put_title_case(out: &mut BytesMut, name: &str) {
     let mut upper = true;
@@ -1063,9 +934,10 @@ mod tests {
             if buf.is_empty() {
                 return Err(Error::Protocol("incomplete"));
             }
-            match decode_chunk(chunk, &mut buf)? {
-                ChunkStep::Next(next) => decoder = next,
+            match decode_chunk(chunk, &mut buf, MAX_HEAD).map_err(Error::Protocol)? {
+                ChunkStep::Next(next) => decoder = next.map_or(Decoder::Done, Decoder::Chunked),
                 ChunkStep::Frame(frame, next) => {
+                    let next = next.map_or(Decoder::Done, Decoder::Chunked);
                     decoder = next;
                     match frame.into_data() {
                         Ok(d) => data.extend_from_slice(&d),
@@ -1097,7 +969,7 @@ mod tests {
         {
             assert!(matches!(dechunk(bad), Err(Error::Protocol(what)) if what != "incomplete"), "{bad:?}");
         }
-        let long = vec![b'1'; MAX_CHUNK_LINE + 1];
+        let long = vec![b'1'; crate::http::h1_chunk::MAX_CHUNK_LINE + 1];
         assert!(matches!(dechunk(&long), Err(Error::Protocol("chunk size line too long"))));
     }
 

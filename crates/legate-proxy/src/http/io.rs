@@ -1,5 +1,6 @@
 //! I/O adapters between sockets and hyper: a local executor for HTTP/2 tasks, a socket that
-//! counts bytes into stats, and a socket that replays bytes already read.
+//! counts bytes into stats and replays bytes already read, and the downstream side of an
+//! upgrade.
 
 use std::future::Future;
 use std::io;
@@ -9,6 +10,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use legate_stats::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::network::TransportSocket;
 
 /// Runs hyper's HTTP/2 tasks on the current worker (its futures need not be `Send`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -101,5 +104,59 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The downstream side of an upgrade (WebSocket, CONNECT), once its response is written.
+pub enum DownstreamUpgrade {
+    Hyper(hyper::upgrade::OnUpgrade),
+    /// legate's HTTP/1.1 codec hands over the socket, with bytes read past the request.
+    Http1(tokio::sync::oneshot::Receiver<CountingIo<TransportSocket>>),
+}
+
+impl DownstreamUpgrade {
+    /// The socket, or `None` when the response was not an upgrade after all.
+    pub async fn wait(self) -> Option<UpgradedIo> {
+        match self {
+            DownstreamUpgrade::Hyper(on) => on.await.ok().map(|u| UpgradedIo::Hyper(hyper_util::rt::TokioIo::new(u))),
+            DownstreamUpgrade::Http1(rx) => rx.await.ok().map(UpgradedIo::Http1),
+        }
+    }
+}
+
+pub enum UpgradedIo {
+    Hyper(hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>),
+    Http1(CountingIo<TransportSocket>),
+}
+
+impl AsyncRead for UpgradedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_read(cx, buf),
+            UpgradedIo::Http1(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpgradedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_write(cx, buf),
+            UpgradedIo::Http1(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_flush(cx),
+            UpgradedIo::Http1(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpgradedIo::Hyper(io) => Pin::new(io).poll_shutdown(cx),
+            UpgradedIo::Http1(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }

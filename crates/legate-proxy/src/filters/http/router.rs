@@ -24,6 +24,7 @@ use crate::filters::network::http_connection_manager::{ConnectionContext, HcmSta
 use crate::http::body::{AttemptBody, BodySource};
 use crate::http::h1_client;
 use crate::http::headers;
+use crate::http::io::DownstreamUpgrade;
 use crate::http::{LocalReply, ResponseFlag, StreamInfo};
 use crate::router::action::ClusterSpecifier;
 use crate::router::{hash_policy, RetryOn, RouteAction};
@@ -47,7 +48,7 @@ pub struct RouterRequest<'a> {
     pub header_parsers: HeaderParsers<'a>,
     pub include_attempt_count: bool,
     /// An allowed upgrade: its `upgrade` value (or `CONNECT`) and the downstream side of it.
-    pub upgrade: Option<(String, hyper::upgrade::OnUpgrade)>,
+    pub upgrade: Option<(String, DownstreamUpgrade)>,
 }
 
 pub enum RouterOutcome {
@@ -971,10 +972,9 @@ fn build_request(
 }
 
 /// Copies bytes both ways between an upgraded downstream and upstream until both close.
-async fn tunnel(context: Rc<ConnectionContext>, downstream: hyper::upgrade::OnUpgrade, upstream: UpstreamUpgrade) {
+async fn tunnel(context: Rc<ConnectionContext>, downstream: DownstreamUpgrade, upstream: UpstreamUpgrade) {
     let stats = &context.shared.stats;
-    let Ok(downstream) = downstream.await else { return };
-    let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+    let Some(mut downstream) = downstream.wait().await else { return };
     match upstream {
         UpstreamUpgrade::Http1(mut upstream) => splice(stats, &mut downstream, &mut upstream).await,
         UpstreamUpgrade::Hyper(upstream) => {
@@ -1001,7 +1001,7 @@ where
 async fn connect_terminate(
     rq: &mut RouterRequest<'_>,
     cluster: &Arc<Cluster>,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    on_upgrade: DownstreamUpgrade,
 ) -> RouterOutcome {
     let worker = &rq.context.worker;
     let host = match worker.cluster_manager.choose_host(&cluster.name) {
@@ -1049,9 +1049,9 @@ async fn connect_terminate(
     cx.connected(&mut activity);
     let context = rq.context.clone();
     tokio::task::spawn_local(async move {
-        let Ok(downstream) = on_upgrade.await else { return };
+        let Some(mut downstream) = on_upgrade.wait().await else { return };
         let mut upstream = stream;
-        splice(&context.shared.stats, &mut hyper_util::rt::TokioIo::new(downstream), &mut upstream).await;
+        splice(&context.shared.stats, &mut downstream, &mut upstream).await;
         drop(cx);
     });
     let mut reply = LocalReply::new(StatusCode::OK, bytes::Bytes::new(), "via_upstream");

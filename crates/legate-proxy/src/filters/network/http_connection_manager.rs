@@ -9,6 +9,7 @@
 //! and `max_stream_duration`. `request_headers_timeout` is hyper's header read timeout.
 
 pub mod active_stream;
+mod codec_http1;
 pub mod forward_client_cert;
 pub mod path;
 pub mod response_body;
@@ -34,6 +35,7 @@ use tokio::io::AsyncReadExt;
 use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::{H1Guard, ParkSignals};
+use crate::http::h1_server::{Limits, ServerConn};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::listener::drain::{reached, DrainPhase};
 use crate::network::{
@@ -360,6 +362,33 @@ async fn serve(
     }
     let mut guard =
         ConnectionGuard { stats, http2, started: Instant::now(), local_close: false, active_streams_at_close: 0 };
+    // hyper serves HTTP/1.1 only where header names keep a case of their own
+    // (`header_key_format`): it records the client's case where only its codecs can read it.
+    let case_kept = shared
+        .config
+        .http_protocol_options
+        .as_ref()
+        .is_some_and(|o| o.proper_case_headers() || o.preserve_header_case());
+    if !http2 && !case_kept {
+        let limits = Limits { max_head: shared.max_request_headers_bytes, max_headers: shared.max_headers_count };
+        let rx = stats.downstream_cx_rx_bytes_total.clone();
+        let conn = Rc::new(ServerConn::new(socket, buffered, rx, stats.downstream_cx_tx_bytes_total.clone(), limits));
+        let context = Rc::new(ConnectionContext {
+            shared: shared.clone(),
+            worker: worker.clone(),
+            info,
+            http2,
+            buffer_limit,
+            active_streams: Cell::new(0),
+            idle_since: Cell::new(Some(Instant::now())),
+            draining: Cell::new(false),
+        });
+        let mut draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
+        let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
+        codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;
+        guard.active_streams_at_close = context.active_streams.get();
+        return if guard.local_close { ConnectionEvent::LocalClose } else { ConnectionEvent::RemoteClose };
+    }
     let io = CountingIo::new(
         socket,
         buffered,

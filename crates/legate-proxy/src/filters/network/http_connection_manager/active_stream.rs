@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SERVER, VIA};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use legate_config::filters::network::http_connection_manager::{
     PathWithEscapedSlashesAction, ServerHeaderTransformation,
 };
@@ -21,17 +20,36 @@ use super::path;
 use super::response_body::{ResponseBody, StreamCompletion};
 use super::ConnectionContext;
 use crate::filters::http::router::{self, authority_of, HeaderParsers, RouterOutcome, RouterRequest};
-use crate::http::body::{BodySource, ReadAllError};
+use crate::http::body::{BodySource, Incoming, ReadAllError};
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::headers::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::http::io::DownstreamUpgrade;
 use crate::http::{LocalReply, RequestSnapshot, ResponseFlag, StreamInfo};
 use crate::router::{MatchInput, Route, RouteKind, VirtualHost};
 use http::uri::PathAndQuery;
 
+/// A request from hyper's codecs (HTTP/2, and HTTP/1.1 with `header_key_format`).
 pub async fn handle(
     context: Rc<ConnectionContext>,
-    request: Request<Incoming>,
+    request: Request<hyper::body::Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let mut request = request;
+    let upgrade = upgrade_type(request.method(), request.version(), request.headers())
+        .map(|kind| (kind, DownstreamUpgrade::Hyper(hyper::upgrade::on(&mut request))));
+    let (head, incoming) = request.into_parts();
+    let end_stream = http_body::Body::is_end_stream(&incoming);
+    Ok(serve_stream(context, head, Incoming::Hyper(incoming), end_stream, upgrade).await)
+}
+
+/// One request, whichever codec read it: `upgrade` is the kind of upgrade it asks for (see
+/// [`upgrade_type`]) and the downstream side of it.
+pub async fn serve_stream(
+    context: Rc<ConnectionContext>,
+    head: http::request::Parts,
+    incoming: Incoming,
+    end_stream: bool,
+    upgrade: Option<(String, DownstreamUpgrade)>,
+) -> Response<ResponseBody> {
     let shared = &context.shared;
     let stats = &shared.stats;
     stats.downstream_rq_total.inc();
@@ -43,17 +61,13 @@ pub async fn handle(
     stats.downstream_rq_active.inc();
     context.active_streams.set(context.active_streams.get() + 1);
     let info = &context.info;
-    let mut stream_info =
-        Box::new(StreamInfo::new(request.version(), info.id, info.remote_address, info.local_address));
+    let mut stream_info = Box::new(StreamInfo::new(head.version, info.id, info.remote_address, info.local_address));
     if let Some(ssl) = &info.ssl {
         stream_info.requested_server_name = ssl.server_name.clone();
         stream_info.downstream_ssl = Some(ssl.clone());
     }
     let mut completion = StreamCompletion::new(context.clone(), stream_info);
-    let mut request = request;
-    let upgrade = upgrade_type(&request).map(|kind| (kind, hyper::upgrade::on(&mut request)));
-    let (mut head, incoming) = request.into_parts();
-    let end_stream = http_body::Body::is_end_stream(&incoming);
+    let mut head = head;
     let buffer_limit = context.buffer_limit;
     let body = BodySource::new(incoming, end_stream, buffer_limit);
 
@@ -62,7 +76,7 @@ pub async fn handle(
         Ok(()) => decode(&context, head, body, upgrade, &mut completion).await,
     };
     let (parts, body) = response;
-    Ok(Response::from_parts(parts, finish_body(body, completion)))
+    Response::from_parts(parts, finish_body(body, completion))
 }
 
 /// What `decode` produced: a response head and its body source.
@@ -279,7 +293,7 @@ async fn decode(
     context: &Rc<ConnectionContext>,
     mut head: http::request::Parts,
     body: Rc<std::cell::RefCell<BodySource>>,
-    upgrade: Option<(String, hyper::upgrade::OnUpgrade)>,
+    upgrade: Option<(String, DownstreamUpgrade)>,
     completion: &mut StreamCompletion,
 ) -> (http::response::Parts, Produced) {
     let shared = context.shared.clone();
@@ -480,15 +494,14 @@ fn filter_enabled(
 
 /// The upgrade a request asks for: its `upgrade` header (HTTP/1.1 with `connection: upgrade`)
 /// or `CONNECT`.
-fn upgrade_type(request: &Request<Incoming>) -> Option<String> {
-    if request.method() == Method::CONNECT {
+pub fn upgrade_type(method: &Method, version: Version, headers: &http::HeaderMap) -> Option<String> {
+    if method == Method::CONNECT {
         return Some("CONNECT".into());
     }
-    if request.version() == Version::HTTP_2 {
+    if version == Version::HTTP_2 {
         return None;
     }
-    let connection_upgrade = request
-        .headers()
+    let connection_upgrade = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -499,8 +512,7 @@ fn upgrade_type(request: &Request<Incoming>) -> Option<String> {
     }
     // `Upgrade: h2c` is ignored and the request served as HTTP/1.1, as Envoy does (the
     // hop-by-hop headers go when it is forwarded).
-    request
-        .headers()
+    headers
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.trim().eq_ignore_ascii_case("h2c"))

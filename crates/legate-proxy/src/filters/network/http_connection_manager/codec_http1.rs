@@ -1,0 +1,337 @@
+//! An HTTP/1.1 downstream connection on legate's own codec ([`crate::http::h1_server`]): one
+//! request at a time, read, served by the connection manager, answered, and the connection
+//! kept or closed. The connection's timeouts run here: `request_headers_timeout` while a
+//! head arrives, `idle_timeout` and `max_connection_duration` between requests, drains (the
+//! response in flight says `connection: close`), and `drain_timeout` as the last word.
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode, Version};
+use http_body::Body as _;
+use tokio::time::Sleep;
+
+use super::active_stream;
+use super::{
+    idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, Draining, Timeline, PARK_AFTER,
+};
+use crate::http::body::Incoming;
+use crate::http::h1_guard::HEADER_TIMEOUT_REPLY;
+use crate::http::h1_server::{
+    encode_head, error_reply, Framing, ReadError, RequestHead, ResponseContext, ResponseWriter, ServerConn, WriteError,
+};
+use crate::http::io::DownstreamUpgrade;
+
+/// One timer for the connection, moved only when a deadline comes nearer: a later deadline
+/// (the idle timeout after each request) waits for the timer to fire, and is then found not
+/// due and armed again. Resetting a tokio timer to an earlier time can wake the event loop
+/// through its eventfd; doing it once per request would cost a system call per request.
+struct ConnTimer {
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl ConnTimer {
+    fn new() -> Self {
+        ConnTimer { sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), armed: None }
+    }
+
+    fn arm(&mut self, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        if self.armed.is_none_or(|armed| at < armed) {
+            self.sleep.as_mut().reset(at.into());
+            self.armed = Some(at);
+        }
+    }
+
+    /// Resolves when the armed time comes.
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        (&mut self.sleep).await;
+        self.armed = None;
+    }
+}
+
+/// Serves the connection until it closes or is handed to a tunnel.
+pub(super) async fn serve(
+    context: &Rc<ConnectionContext>,
+    conn: Rc<ServerConn>,
+    draining: &mut Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+) {
+    let mut timer = ConnTimer::new();
+    loop {
+        let Some(head) = wait_head(context, &conn, draining, timeline, guard, &mut timer).await else { return };
+        match exchange(context, &conn, head, draining, timeline, guard, &mut timer).await {
+            After::KeepOpen => {}
+            After::Close => {
+                guard.local_close = true;
+                shutdown(&conn).await;
+                return;
+            }
+            After::Gone => return,
+        }
+    }
+}
+
+/// FIN (and TLS close_notify), bounded in case the peer does not read.
+async fn shutdown(conn: &ServerConn) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_shutdown(cx))).await;
+}
+
+/// Writes a reply of the codec's own and closes.
+async fn reply_and_close(conn: &ServerConn, reply: &[u8]) {
+    let mut rest = reply;
+    let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_write_all(cx, &mut rest))).await;
+    shutdown(conn).await;
+}
+
+/// Waits for the next request head; `None` when the connection is done.
+async fn wait_head(
+    context: &Rc<ConnectionContext>,
+    conn: &ServerConn,
+    draining: &mut Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+) -> Option<RequestHead> {
+    let shared = &context.shared;
+    let stats = &shared.stats;
+    let mut head_deadline: Option<Instant> = None;
+    let mut parked = false;
+    loop {
+        let mut drain = pin!(draining.next(!timeline.chain_drained));
+        loop {
+            let now = Instant::now();
+            if head_deadline.is_none() && conn.head_started() {
+                head_deadline = shared.request_headers_timeout.map(|t| now + t);
+            }
+            let [idle, duration] = next_idle_check(context, timeline, now);
+            let park = (!parked).then(|| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
+            timer.arm([idle, duration, head_deadline, park].into_iter().flatten().min());
+            tokio::select! {
+                biased;
+                head = poll_fn(|cx| conn.poll_head(cx)) => match head {
+                    Ok(head) => return Some(head),
+                    Err(ReadError::Head(e)) => {
+                        stats.downstream_cx_protocol_error.inc();
+                        guard.local_close = true;
+                        reply_and_close(conn, &error_reply(e.status())).await;
+                        return None;
+                    }
+                    Err(ReadError::Closed | ReadError::Io(_)) => return None,
+                },
+                () = timer.fired() => {
+                    let now = Instant::now();
+                    if head_deadline.is_some_and(|at| now >= at) {
+                        stats.downstream_rq_header_timeout.inc();
+                        guard.local_close = true;
+                        reply_and_close(conn, HEADER_TIMEOUT_REPLY).await;
+                        return None;
+                    }
+                    if !conn.head_started() {
+                        if idle_or_too_old(context, timeline, now) {
+                            guard.local_close = true;
+                            shutdown(conn).await;
+                            return None;
+                        }
+                        if !parked && context.idle_since.get().is_none_or(|at| now >= at + PARK_AFTER) {
+                            // Idle: the buffers go until the next request.
+                            conn.release_buffers();
+                            parked = true;
+                        }
+                    }
+                }
+                request = &mut drain => {
+                    if note_drain(request, context, timeline, guard) && !conn.head_started() {
+                        shutdown(conn).await;
+                        return None;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// What follows an exchange.
+enum After {
+    KeepOpen,
+    /// legate closes the connection.
+    Close,
+    /// The client went away, or the socket went to a tunnel.
+    Gone,
+}
+
+/// Serves one request and writes its response.
+async fn exchange(
+    context: &Rc<ConnectionContext>,
+    conn: &Rc<ServerConn>,
+    head: RequestHead,
+    draining: &mut Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+) -> After {
+    let method = head.parts.method.clone();
+    // HTTP/1.0 connections close after each response, as they did with hyper.
+    let keep_alive = head.keep_alive && head.parts.version == Version::HTTP_11 && !head.wants_upgrade;
+    let body = conn.start(&head);
+    let end_stream = head.framing == Framing::Empty;
+    let mut handover = None;
+    let upgrade = match head.wants_upgrade {
+        true => active_stream::upgrade_type(&head.parts.method, head.parts.version, &head.parts.headers).map(|kind| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            handover = Some(tx);
+            (kind, DownstreamUpgrade::Http1(rx))
+        }),
+        false => None,
+    };
+    let stream = active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade);
+    let Some(response) = run_stream(context, conn, stream, draining, timeline, guard, timer).await else {
+        return After::Gone;
+    };
+    let (parts, body) = response.into_parts();
+    let rc = ResponseContext {
+        method: &method,
+        keep_alive,
+        end_stream: body.is_end_stream(),
+        exact_size: body.size_hint().exact(),
+    };
+    let mut out = conn.take_spare();
+    let (encoding, keep_alive) = encode_head(&mut out, &parts, &rc);
+    let upgraded =
+        parts.status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && parts.status.is_success());
+    let mut writer = ResponseWriter::new(out, body, encoding);
+    let written = drive(context, conn, &mut writer, draining, timeline, guard, timer).await;
+    drop(writer);
+    match written {
+        Ok(()) => {}
+        Err(WriteError::Body) => return After::Close,
+        Err(WriteError::Io(_)) => return After::Gone,
+    }
+    if let Some(tx) = handover.filter(|_| upgraded) {
+        if let Some(io) = conn.take_upgraded() {
+            let _ = tx.send(io);
+        }
+        return After::Gone;
+    }
+    let request_done = conn.finish_request();
+    match keep_alive && request_done && !context.draining.get() && timeline.shutdown_at.is_none() {
+        true => After::KeepOpen,
+        false => After::Close,
+    }
+}
+
+/// Runs the stream until its response head: `None` when the client went away (the stream is
+/// dropped: Envoy's downstream reset) or the drain time ran out.
+async fn run_stream<S, R>(
+    context: &Rc<ConnectionContext>,
+    conn: &ServerConn,
+    stream: S,
+    draining: &mut Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+) -> Option<R>
+where
+    S: Future<Output = R>,
+{
+    let mut stream = pin!(stream);
+    loop {
+        let mut drain = pin!(draining.next(!timeline.chain_drained));
+        timer.arm(stream_deadline(context, timeline));
+        loop {
+            tokio::select! {
+                biased;
+                response = &mut stream => return Some(response),
+                () = poll_fn(|cx| conn.poll_client_gone(cx)) => return None,
+                () = timer.fired() => {
+                    if past_drain_time(context, timeline, guard) {
+                        return None;
+                    }
+                    timer.arm(stream_deadline(context, timeline));
+                }
+                request = &mut drain => {
+                    if note_drain(request, context, timeline, guard) {
+                        timeline.shutdown_at = Some(Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the response; the drain time still bounds it.
+async fn drive<B>(
+    context: &Rc<ConnectionContext>,
+    conn: &ServerConn,
+    writer: &mut ResponseWriter<B>,
+    draining: &mut Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+) -> Result<(), WriteError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    // The common case: all written at once, no timer or drain watch needed.
+    if let std::task::Poll::Ready(result) = poll_fn(|cx| std::task::Poll::Ready(writer.poll(cx, conn))).await {
+        return result;
+    }
+    loop {
+        let mut drain = pin!(draining.next(!timeline.chain_drained));
+        timer.arm(stream_deadline(context, timeline));
+        loop {
+            tokio::select! {
+                biased;
+                written = poll_fn(|cx| writer.poll(cx, conn)) => return written,
+                () = timer.fired() => {
+                    if past_drain_time(context, timeline, guard) {
+                        return Err(WriteError::Body);
+                    }
+                    timer.arm(stream_deadline(context, timeline));
+                }
+                request = &mut drain => {
+                    if note_drain(request, context, timeline, guard) {
+                        timeline.shutdown_at = Some(Instant::now());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// While a stream runs: the end of the drain time, or `max_connection_duration`.
+fn stream_deadline(context: &ConnectionContext, timeline: &Timeline) -> Option<Instant> {
+    match timeline.shutdown_at {
+        Some(at) => Some(at + context.shared.drain_timeout),
+        None => context.shared.max_connection_duration.map(|d| timeline.started + d),
+    }
+}
+
+/// On the timer while a stream runs: `true` when the drain time is over (the connection is
+/// cut); `max_connection_duration` starts the drain (the response says `connection: close`).
+fn past_drain_time(context: &ConnectionContext, timeline: &mut Timeline, guard: &mut ConnectionGuard<'_>) -> bool {
+    let now = Instant::now();
+    if let Some(at) = timeline.shutdown_at {
+        if now >= at + context.shared.drain_timeout {
+            guard.local_close = true;
+            return true;
+        }
+        return false;
+    }
+    if idle_or_too_old(context, timeline, now) {
+        guard.local_close = true;
+        context.draining.set(true);
+        timeline.shutdown_at = Some(now);
+    }
+    false
+}

@@ -1,0 +1,187 @@
+//! HTTP/1.1 message body pieces shared by legate's client and server codecs: the chunked
+//! transfer coding (RFC 9112 §7.1), decoded strictly, and taking bytes out of a read buffer.
+//!
+//! Strict because a proxy that reads a chunk boundary differently from the next hop is a
+//! request smuggling vector: a size line must be hex digits (at most 16) ending in CRLF, an
+//! extension may not hold control characters, chunk data must be followed by CRLF, and
+//! trailer lines must end in CRLF.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+
+/// A chunk size line longer than this is a protocol error.
+pub const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Trailer fields beyond this many are a protocol error (Envoy's `max_headers_count`).
+const MAX_TRAILERS: usize = 100;
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk size line.
+    Size,
+    /// Inside a chunk's data, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields, then the empty line.
+    Trailers,
+}
+
+pub enum ChunkStep {
+    /// The decoder moved on without a frame (`None`: the body is complete).
+    Next(Option<Chunk>),
+    /// A frame, and where the decoder is after it.
+    Frame(Frame<Bytes>, Option<Chunk>),
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// One step of chunked decoding over `buf`, which is not empty. `max_trailers` bounds the
+/// trailer section's size.
+pub fn decode_chunk(chunk: Chunk, buf: &mut BytesMut, max_trailers: usize) -> Result<ChunkStep, &'static str> {
+    match chunk {
+        Chunk::Size => {
+            let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                return match buf.len() > MAX_CHUNK_LINE {
+                    true => Err("chunk size line too long"),
+                    false => Ok(ChunkStep::NeedMore),
+                };
+            };
+            if end > MAX_CHUNK_LINE {
+                return Err("chunk size line too long");
+            }
+            let line = buf.get(..end).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").ok_or("malformed chunk size")?;
+            // The size, then optional whitespace and extensions (ignored).
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let rest = line.get(digits..).unwrap_or_default();
+            // Whitespace, then nothing or extensions (RFC 9112 §7.1.1, BWS).
+            let extensions = rest.iter().position(|&b| b != b' ' && b != b'\t').and_then(|i| rest.get(i..));
+            let rest_ok = extensions.is_none_or(|e| e.starts_with(b";") && !e.iter().any(|&b| b.is_ascii_control()));
+            if digits == 0 || digits > 16 || !rest_ok {
+                return Err("malformed chunk size");
+            }
+            let mut size = 0u64;
+            for &b in line.iter().take(digits) {
+                let digit = (b as char).to_digit(16).unwrap_or(0);
+                size = (size << 4) | u64::from(digit);
+            }
+            buf.advance(end + 1);
+            Ok(ChunkStep::Next(Some(match size {
+                0 => Chunk::Trailers,
+                n => Chunk::Data(n),
+            })))
+        }
+        Chunk::Data(left) => {
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let left = left - n as u64;
+            let next = if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) };
+            Ok(ChunkStep::Frame(Frame::data(take(buf, n)), Some(next)))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return match buf.first() {
+                    Some(b'\r') | None => Ok(ChunkStep::NeedMore),
+                    Some(_) => Err("missing CRLF after chunk data"),
+                };
+            }
+            if !buf.starts_with(b"\r\n") {
+                return Err("missing CRLF after chunk data");
+            }
+            buf.advance(2);
+            Ok(ChunkStep::Next(Some(Chunk::Size)))
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                return Ok(ChunkStep::Next(None));
+            }
+            if buf.as_ref() == b"\r" {
+                return Ok(ChunkStep::NeedMore);
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+            let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    if has_bare_lf(buf.get(..len).unwrap_or_default()) {
+                        return Err("invalid trailers");
+                    }
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for field in fields {
+                        let name = HeaderName::from_bytes(field.name.as_bytes());
+                        let value = HeaderValue::from_bytes(field.value);
+                        let (Ok(name), Ok(value)) = (name, value) else { return Err("invalid trailer") };
+                        trailers.append(name, value);
+                    }
+                    (len, trailers)
+                }
+                Ok(httparse::Status::Partial) if buf.len() < max_trailers => return Ok(ChunkStep::NeedMore),
+                Ok(httparse::Status::Partial) | Err(_) => return Err("invalid trailers"),
+            };
+            buf.advance(len);
+            Ok(ChunkStep::Frame(Frame::trailers(trailers), None))
+        }
+    }
+}
+
+/// Whether a line ends with a bare LF (not CRLF).
+pub fn has_bare_lf(bytes: &[u8]) -> bool {
+    let mut previous = 0;
+    for &b in bytes {
+        if b == b'\n' && previous != b'\r' {
+            return true;
+        }
+        previous = b;
+    }
+    false
+}
+
+/// Takes the first `n` bytes of the read buffer. A short piece is copied: sharing the
+/// buffer with it would leave the next read to allocate a new buffer while the piece lives
+/// on downstream (two allocations and 16 KiB, against one small one). A long piece is shared.
+pub fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    const COPY_BELOW: usize = 4 * 1024;
+    if n < COPY_BELOW {
+        let piece = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        buf.advance(n.min(buf.len()));
+        piece
+    } else {
+        buf.split_to(n.min(buf.len())).freeze()
+    }
+}
+
+/// `n` in hexadecimal digits, within `buf`.
+pub fn hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        if let Some(slot) = buf.get_mut(start) {
+            *slot = b"0123456789abcdef".get((n & 0xf) as usize).copied().unwrap_or(b'0');
+        }
+        n >>= 4;
+        if n == 0 || start == 0 {
+            break;
+        }
+    }
+    buf.get(start..).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_line_feeds_are_found() {
+        assert!(!has_bare_lf(b"a: b\r\nc: d\r\n\r\n"));
+        assert!(has_bare_lf(b"a: b\nc: d\r\n\r\n"));
+        assert!(has_bare_lf(b"\n"));
+    }
+
+    #[test]
+    fn control_characters_in_extensions_are_refused() {
+        let mut buf = BytesMut::from(&b"5;a=b\rc\r\n"[..]);
+        assert!(decode_chunk(Chunk::Size, &mut buf, 1024).is_err());
+        let mut buf = BytesMut::from(&b"5;a=b\r\n"[..]);
+        assert!(matches!(decode_chunk(Chunk::Size, &mut buf, 1024), Ok(ChunkStep::Next(Some(Chunk::Data(5))))));
+    }
+}
