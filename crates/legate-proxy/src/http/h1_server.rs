@@ -28,7 +28,7 @@ use legate_stats::Counter;
 use tokio::io::AsyncWrite;
 
 use super::body::BoxError;
-use super::h1_chunk::{decode_chunk, has_bare_lf, hex, take, Chunk, ChunkStep};
+use super::h1_chunk::{decode_chunk, hex, take, Chunk, ChunkStep};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
 
@@ -147,9 +147,6 @@ fn scan<'b>(
         return Err(HeadError::TooLarge);
     }
     let head = bytes.get(..len).unwrap_or_default();
-    if has_bare_lf(head) {
-        return Err(HeadError::BadRequest);
-    }
     // Offsets within the head, which is shorter than `max_head`: they fit in a `u32`.
     let base = bytes.as_ptr() as usize;
     let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
@@ -167,6 +164,24 @@ fn scan<'b>(
         return Err(HeadError::UriTooLong);
     }
     let start = offset(path.as_bytes()) as usize;
+    // Every line must end in CRLF. httparse also takes a bare LF; lines end only after the
+    // request line's version, after each field value and at the empty line, so those are
+    // the places to look (the whole head need not be scanned byte by byte).
+    let mut line_ends = std::iter::once(start + path.len() + " HTTP/1.1".len())
+        .chain(spans.iter().take(count).map(|span| span.value.1 as usize));
+    // (httparse leaves a value's trailing whitespace out of it.)
+    let crlf = |at: usize| {
+        let rest = head.get(at..).unwrap_or_default();
+        let blank = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        rest.get(blank..blank + 2) == Some(b"\r\n".as_slice())
+    };
+    // Empty lines before the request line (which httparse skips) too.
+    let method_at = request.method.map_or(0, |m| offset(m.as_bytes()) as usize);
+    let leading = head.get(..method_at).unwrap_or_default();
+    let leading_ok = leading.chunks(2).all(|pair| pair == b"\r\n");
+    if !leading_ok || !head.ends_with(b"\r\n\r\n") || !line_ends.all(crlf) {
+        return Err(HeadError::BadRequest);
+    }
     let version = match request.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
@@ -183,7 +198,9 @@ fn build(buf: &mut BytesMut, scanned: Scanned, spans: &[Span]) -> Result<Request
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.1)).map_err(|_| HeadError::BadRequest)?;
     let http11 = version == Version::HTTP_11;
     let mut facts = Facts { keep_alive: http11, ..Facts::default() };
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the connection manager adds (`x-forwarded-proto`, `x-request-id`,
+    // `x-envoy-expected-rq-timeout-ms`…): growing the map would rehash it.
+    let mut headers = HeaderMap::with_capacity(count + 8);
     for span in spans.iter().take(count) {
         let name = head.get(span.name.0 as usize..span.name.1 as usize).unwrap_or_default();
         let name = HeaderName::from_bytes(name).map_err(|_| HeadError::BadRequest)?;
@@ -939,6 +956,10 @@ mod tests {
         assert!(head.keep_alive && !head.wants_upgrade);
         assert_eq!(&buf[..], b"abcGET");
         assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        let head = parse(b"\r\nGET / HTTP/1.1\r\nHost: x\r\nX:\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.parts.headers["x"], "");
+        let head = parse(b"GET / HTTP/1.1\r\nHost: x \t\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.parts.headers["host"], "x");
     }
 
     #[test]
@@ -954,6 +975,12 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\nContent-Length: 1\r\n\r\n",
             b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+            b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX:\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a \n\r\n",
         ] {
             assert_eq!(parse(bad).unwrap_err(), HeadError::BadRequest, "{:?}", String::from_utf8_lossy(bad));
         }

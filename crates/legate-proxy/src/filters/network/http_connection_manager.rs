@@ -383,9 +383,9 @@ async fn serve(
             idle_since: Cell::new(Some(Instant::now())),
             draining: Cell::new(false),
         });
-        let mut draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
+        let draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
         let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
-        codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;
+        codec_http1::serve(&context, conn, draining, &mut timeline, &mut guard).await;
         guard.active_streams_at_close = context.active_streams.get();
         return if guard.local_close { ConnectionEvent::LocalClose } else { ConnectionEvent::RemoteClose };
     }

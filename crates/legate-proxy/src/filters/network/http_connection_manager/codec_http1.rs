@@ -7,6 +7,9 @@
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode, Version};
@@ -15,7 +18,8 @@ use tokio::time::Sleep;
 
 use super::active_stream;
 use super::{
-    idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, Draining, Timeline, PARK_AFTER,
+    idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, DrainRequest, Draining, Timeline,
+    PARK_AFTER,
 };
 use crate::http::body::Incoming;
 use crate::http::h1_guard::HEADER_TIMEOUT_REPLY;
@@ -56,25 +60,138 @@ impl ConnTimer {
     }
 }
 
+/// A connection's watch for a drain, kept from request to request and polled only when it
+/// woke the connection: polling tokio's watch futures takes their waiter lock each time,
+/// which on every wake-up cost more than a request's parse. Made again after each drain
+/// request.
+struct DrainWatch {
+    future: Pin<Box<dyn Future<Output = (DrainRequest, Draining)>>>,
+    signal: Arc<WakeSignal>,
+}
+
+/// Records that the watch woke the connection, and wakes it.
+struct WakeSignal {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for WakeSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Relaxed);
+        let task = self.task.lock().ok().and_then(|mut task| task.take());
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+impl DrainWatch {
+    fn new(mut draining: Draining, chain: bool) -> Self {
+        DrainWatch {
+            future: Box::pin(async move {
+                let request = draining.next(chain).await;
+                (request, draining)
+            }),
+            // Woken at first, so that the first poll registers the watch.
+            signal: Arc::new(WakeSignal { woken: AtomicBool::new(true), task: Mutex::new(None) }),
+        }
+    }
+}
+
+impl Future for DrainWatch {
+    type Output = (DrainRequest, Draining);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Ok(mut task) = self.signal.task.lock() {
+            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if !self.signal.woken.swap(false, Relaxed) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.signal.clone());
+        self.future.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
+
 /// Serves the connection until it closes or is handed to a tunnel.
+///
+/// The exchange is written out here rather than in a function of its own: a request's
+/// future weighs kilobytes, and each future handed to an `.await` is copied whole into its
+/// caller's (callgrind: 24k instructions of copying per request when it was nested).
 pub(super) async fn serve(
     context: &Rc<ConnectionContext>,
     conn: Rc<ServerConn>,
-    draining: &mut Draining,
+    draining: Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
 ) {
     let mut timer = ConnTimer::new();
+    let mut drain = DrainWatch::new(draining, !timeline.chain_drained);
+    let drain = &mut drain;
     loop {
-        let Some(head) = wait_head(context, &conn, draining, timeline, guard, &mut timer).await else { return };
-        match exchange(context, &conn, head, draining, timeline, guard, &mut timer).await {
-            After::KeepOpen => {}
-            After::Close => {
+        let Some(head) = wait_head(context, &conn, drain, timeline, guard, &mut timer).await else { return };
+        let method = head.parts.method.clone();
+        // HTTP/1.0 connections close after each response, as they did with hyper.
+        let keep_alive = head.keep_alive && head.parts.version == Version::HTTP_11 && !head.wants_upgrade;
+        let body = conn.start(&head);
+        let end_stream = head.framing == Framing::Empty;
+        let mut handover = None;
+        let upgrade = match head.wants_upgrade {
+            true => {
+                active_stream::upgrade_type(&head.parts.method, head.parts.version, &head.parts.headers).map(|kind| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    handover = Some(tx);
+                    (kind, DownstreamUpgrade::Http1(rx))
+                })
+            }
+            false => None,
+        };
+        let stream =
+            pin!(active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade));
+        let Some(response) = run_stream(context, &conn, stream, drain, timeline, guard, &mut timer).await else {
+            return;
+        };
+        let (parts, body) = response.into_parts();
+        let rc = ResponseContext {
+            method: &method,
+            keep_alive,
+            end_stream: body.is_end_stream(),
+            exact_size: body.size_hint().exact(),
+        };
+        let mut out = conn.take_spare();
+        let (encoding, keep_alive) = encode_head(&mut out, &parts, &rc);
+        let upgraded =
+            parts.status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && parts.status.is_success());
+        drop(parts);
+        let mut writer = ResponseWriter::new(out, body, encoding);
+        let written = drive(context, &conn, &mut writer, drain, timeline, guard, &mut timer).await;
+        drop(writer);
+        match written {
+            Ok(()) => {}
+            Err(WriteError::Body) => {
                 guard.local_close = true;
                 shutdown(&conn).await;
                 return;
             }
-            After::Gone => return,
+            Err(WriteError::Io(_)) => return,
+        }
+        if let Some(tx) = handover.filter(|_| upgraded) {
+            if let Some(io) = conn.take_upgraded() {
+                let _ = tx.send(io);
+            }
+            return;
+        }
+        let request_done = conn.finish_request();
+        if !(keep_alive && request_done && !context.draining.get() && timeline.shutdown_at.is_none()) {
+            guard.local_close = true;
+            shutdown(&conn).await;
+            return;
         }
     }
 }
@@ -95,7 +212,7 @@ async fn reply_and_close(conn: &ServerConn, reply: &[u8]) {
 async fn wait_head(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
-    draining: &mut Draining,
+    drain: &mut DrainWatch,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -105,126 +222,55 @@ async fn wait_head(
     let mut head_deadline: Option<Instant> = None;
     let mut parked = false;
     loop {
-        let mut drain = pin!(draining.next(!timeline.chain_drained));
-        loop {
-            let now = Instant::now();
-            if head_deadline.is_none() && conn.head_started() {
-                head_deadline = shared.request_headers_timeout.map(|t| now + t);
-            }
-            let [idle, duration] = next_idle_check(context, timeline, now);
-            let park = (!parked).then(|| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
-            timer.arm([idle, duration, head_deadline, park].into_iter().flatten().min());
-            tokio::select! {
-                biased;
-                head = poll_fn(|cx| conn.poll_head(cx)) => match head {
-                    Ok(head) => return Some(head),
-                    Err(ReadError::Head(e)) => {
-                        stats.downstream_cx_protocol_error.inc();
-                        guard.local_close = true;
-                        reply_and_close(conn, &error_reply(e.status())).await;
-                        return None;
-                    }
-                    Err(ReadError::Closed | ReadError::Io(_)) => return None,
-                },
-                () = timer.fired() => {
-                    let now = Instant::now();
-                    if head_deadline.is_some_and(|at| now >= at) {
-                        stats.downstream_rq_header_timeout.inc();
-                        guard.local_close = true;
-                        reply_and_close(conn, HEADER_TIMEOUT_REPLY).await;
-                        return None;
-                    }
-                    if !conn.head_started() {
-                        if idle_or_too_old(context, timeline, now) {
-                            guard.local_close = true;
-                            shutdown(conn).await;
-                            return None;
-                        }
-                        if !parked && context.idle_since.get().is_none_or(|at| now >= at + PARK_AFTER) {
-                            // Idle: the buffers go until the next request.
-                            conn.release_buffers();
-                            parked = true;
-                        }
-                    }
+        let now = Instant::now();
+        if head_deadline.is_none() && conn.head_started() {
+            head_deadline = shared.request_headers_timeout.map(|t| now + t);
+        }
+        let [idle, duration] = next_idle_check(context, timeline, now);
+        let park = (!parked).then(|| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
+        timer.arm([idle, duration, head_deadline, park].into_iter().flatten().min());
+        tokio::select! {
+            biased;
+            head = poll_fn(|cx| conn.poll_head(cx)) => match head {
+                Ok(head) => return Some(head),
+                Err(ReadError::Head(e)) => {
+                    stats.downstream_cx_protocol_error.inc();
+                    guard.local_close = true;
+                    reply_and_close(conn, &error_reply(e.status())).await;
+                    return None;
                 }
-                request = &mut drain => {
-                    if note_drain(request, context, timeline, guard) && !conn.head_started() {
+                Err(ReadError::Closed | ReadError::Io(_)) => return None,
+            },
+            () = timer.fired() => {
+                let now = Instant::now();
+                if head_deadline.is_some_and(|at| now >= at) {
+                    stats.downstream_rq_header_timeout.inc();
+                    guard.local_close = true;
+                    reply_and_close(conn, HEADER_TIMEOUT_REPLY).await;
+                    return None;
+                }
+                if !conn.head_started() {
+                    if idle_or_too_old(context, timeline, now) {
+                        guard.local_close = true;
                         shutdown(conn).await;
                         return None;
                     }
-                    break;
+                    if !parked && context.idle_since.get().is_none_or(|at| now >= at + PARK_AFTER) {
+                        // Idle: the buffers go until the next request.
+                        conn.release_buffers();
+                        parked = true;
+                    }
+                }
+            }
+            (request, draining) = &mut *drain => {
+                let close = note_drain(request, context, timeline, guard);
+                *drain = DrainWatch::new(draining, !timeline.chain_drained);
+                if close && !conn.head_started() {
+                    shutdown(conn).await;
+                    return None;
                 }
             }
         }
-    }
-}
-
-/// What follows an exchange.
-enum After {
-    KeepOpen,
-    /// legate closes the connection.
-    Close,
-    /// The client went away, or the socket went to a tunnel.
-    Gone,
-}
-
-/// Serves one request and writes its response.
-async fn exchange(
-    context: &Rc<ConnectionContext>,
-    conn: &Rc<ServerConn>,
-    head: RequestHead,
-    draining: &mut Draining,
-    timeline: &mut Timeline,
-    guard: &mut ConnectionGuard<'_>,
-    timer: &mut ConnTimer,
-) -> After {
-    let method = head.parts.method.clone();
-    // HTTP/1.0 connections close after each response, as they did with hyper.
-    let keep_alive = head.keep_alive && head.parts.version == Version::HTTP_11 && !head.wants_upgrade;
-    let body = conn.start(&head);
-    let end_stream = head.framing == Framing::Empty;
-    let mut handover = None;
-    let upgrade = match head.wants_upgrade {
-        true => active_stream::upgrade_type(&head.parts.method, head.parts.version, &head.parts.headers).map(|kind| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            handover = Some(tx);
-            (kind, DownstreamUpgrade::Http1(rx))
-        }),
-        false => None,
-    };
-    let stream = active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade);
-    let Some(response) = run_stream(context, conn, stream, draining, timeline, guard, timer).await else {
-        return After::Gone;
-    };
-    let (parts, body) = response.into_parts();
-    let rc = ResponseContext {
-        method: &method,
-        keep_alive,
-        end_stream: body.is_end_stream(),
-        exact_size: body.size_hint().exact(),
-    };
-    let mut out = conn.take_spare();
-    let (encoding, keep_alive) = encode_head(&mut out, &parts, &rc);
-    let upgraded =
-        parts.status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && parts.status.is_success());
-    let mut writer = ResponseWriter::new(out, body, encoding);
-    let written = drive(context, conn, &mut writer, draining, timeline, guard, timer).await;
-    drop(writer);
-    match written {
-        Ok(()) => {}
-        Err(WriteError::Body) => return After::Close,
-        Err(WriteError::Io(_)) => return After::Gone,
-    }
-    if let Some(tx) = handover.filter(|_| upgraded) {
-        if let Some(io) = conn.take_upgraded() {
-            let _ = tx.send(io);
-        }
-        return After::Gone;
-    }
-    let request_done = conn.finish_request();
-    match keep_alive && request_done && !context.draining.get() && timeline.shutdown_at.is_none() {
-        true => After::KeepOpen,
-        false => After::Close,
     }
 }
 
@@ -233,8 +279,8 @@ async fn exchange(
 async fn run_stream<S, R>(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
-    stream: S,
-    draining: &mut Draining,
+    mut stream: Pin<&mut S>,
+    drain: &mut DrainWatch,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -242,27 +288,24 @@ async fn run_stream<S, R>(
 where
     S: Future<Output = R>,
 {
-    let mut stream = pin!(stream);
+    timer.arm(stream_deadline(context, timeline));
     loop {
-        let mut drain = pin!(draining.next(!timeline.chain_drained));
-        timer.arm(stream_deadline(context, timeline));
-        loop {
-            tokio::select! {
-                biased;
-                response = &mut stream => return Some(response),
-                () = poll_fn(|cx| conn.poll_client_gone(cx)) => return None,
-                () = timer.fired() => {
-                    if past_drain_time(context, timeline, guard) {
-                        return None;
-                    }
+        tokio::select! {
+            biased;
+            response = &mut stream => return Some(response),
+            () = poll_fn(|cx| conn.poll_client_gone(cx)) => return None,
+            () = timer.fired() => {
+                if past_drain_time(context, timeline, guard) {
+                    return None;
+                }
+                timer.arm(stream_deadline(context, timeline));
+            }
+            (request, draining) = &mut *drain => {
+                if note_drain(request, context, timeline, guard) {
+                    timeline.shutdown_at = Some(Instant::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
-                request = &mut drain => {
-                    if note_drain(request, context, timeline, guard) {
-                        timeline.shutdown_at = Some(Instant::now());
-                    }
-                    break;
-                }
+                *drain = DrainWatch::new(draining, !timeline.chain_drained);
             }
         }
     }
@@ -273,7 +316,7 @@ async fn drive<B>(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
     writer: &mut ResponseWriter<B>,
-    draining: &mut Draining,
+    drain: &mut DrainWatch,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -282,28 +325,26 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     // The common case: all written at once, no timer or drain watch needed.
-    if let std::task::Poll::Ready(result) = poll_fn(|cx| std::task::Poll::Ready(writer.poll(cx, conn))).await {
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(writer.poll(cx, conn))).await {
         return result;
     }
+    timer.arm(stream_deadline(context, timeline));
     loop {
-        let mut drain = pin!(draining.next(!timeline.chain_drained));
-        timer.arm(stream_deadline(context, timeline));
-        loop {
-            tokio::select! {
-                biased;
-                written = poll_fn(|cx| writer.poll(cx, conn)) => return written,
-                () = timer.fired() => {
-                    if past_drain_time(context, timeline, guard) {
-                        return Err(WriteError::Body);
-                    }
+        tokio::select! {
+            biased;
+            written = poll_fn(|cx| writer.poll(cx, conn)) => return written,
+            () = timer.fired() => {
+                if past_drain_time(context, timeline, guard) {
+                    return Err(WriteError::Body);
+                }
+                timer.arm(stream_deadline(context, timeline));
+            }
+            (request, draining) = &mut *drain => {
+                if note_drain(request, context, timeline, guard) {
+                    timeline.shutdown_at = Some(Instant::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
-                request = &mut drain => {
-                    if note_drain(request, context, timeline, guard) {
-                        timeline.shutdown_at = Some(Instant::now());
-                    }
-                    break;
-                }
+                *drain = DrainWatch::new(draining, !timeline.chain_drained);
             }
         }
     }

@@ -1,6 +1,13 @@
-//! legate's HTTP/1.1 client codec against upstreams that answer with raw bytes: every way
-//! RFC 9112 delimits a response body, interim responses, trailers, bodies going upstream,
-//! which connections are reused and which are not, and responses that break the protocol.
+//! legate's HTTP/1.1 codecs with raw bytes on the wire.
+//!
+//! The client codec against upstreams that answer with raw bytes: every way RFC 9112
+//! delimits a response body, interim responses, trailers, bodies going upstream, which
+//! connections are reused and which are not, and responses that break the protocol.
+//!
+//! The server codec against clients that write raw bytes: pipelined requests with every
+//! body framing, `100 Continue`, how responses are framed for each request, and a client
+//! that goes away while its request is in flight. (Malformed requests are in
+//! `http_malformed.rs`.)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -298,4 +305,153 @@ fn an_upstream_closing_an_idle_pooled_connection_is_noticed_at_once() {
     let r = px.client().get("/");
     assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{r:?}");
     assert_eq!(upstream.accepted(), 2);
+}
+
+/// Reads one response from a raw client connection: the head's lines and the body (by
+/// content-length or chunked; `None` framing reads until the close).
+fn read_response(reader: &mut BufReader<TcpStream>, head_request: bool) -> Option<(Vec<String>, Vec<u8>)> {
+    let mut head = Vec::new();
+    loop {
+        let line = read_line(reader)?;
+        if line.is_empty() {
+            break;
+        }
+        head.push(line);
+    }
+    let seen = Seen { head: head.clone(), ..Seen::default() };
+    let mut body = Vec::new();
+    if head_request || head.first().is_some_and(|l| l.contains(" 100 ") || l.contains(" 204 ")) {
+        return Some((head, body));
+    }
+    if seen.header("transfer-encoding").is_some() {
+        loop {
+            let size = usize::from_str_radix(read_line(reader)?.trim(), 16).ok()?;
+            if size == 0 {
+                while !read_line(reader)?.is_empty() {}
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = seen.header("content-length") {
+        body = vec![0u8; length.parse().ok()?];
+        reader.read_exact(&mut body).ok()?;
+    } else {
+        reader.read_to_end(&mut body).ok()?;
+    }
+    Some((head, body))
+}
+
+fn raw_client(px: &HttpProxy) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(px.legate.connect_addr("ingress")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    (stream, reader)
+}
+
+/// Echoes what the upstream read: the path, the body and the trailers.
+fn echo(seen: &Seen) -> (Vec<u8>, bool) {
+    let path = seen.head.first().and_then(|l| l.split(' ').nth(1)).unwrap_or_default();
+    let body = format!("{path} {} {}", String::from_utf8_lossy(&seen.body), seen.trailers.join(","));
+    (format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes(), false)
+}
+
+#[test]
+fn pipelined_requests_with_every_body_framing_are_answered_in_order() {
+    let upstream = Scripted::start(echo);
+    let px = upstream.proxy();
+    let (mut stream, mut reader) = raw_client(&px);
+
+    stream
+        .write_all(
+            b"POST /sized HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello\
+              POST /chunked HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 9\r\n\r\n\
+              GET /empty HTTP/1.1\r\nhost: a\r\n\r\n",
+        )
+        .unwrap();
+
+    let bodies: Vec<String> = (0..3)
+        .map(|i| {
+            let (head, body) = read_response(&mut reader, false).unwrap_or_else(|| panic!("response {i}"));
+            assert_eq!(head[0], "HTTP/1.1 200 OK", "response {i}");
+            assert!(head.iter().any(|l| l.starts_with("date: ")), "a date on every response: {head:?}");
+            String::from_utf8(body).unwrap()
+        })
+        .collect();
+    assert_eq!(bodies, ["/sized hello ", "/chunked abcde x-sum: 9", "/empty  "]);
+    let seen = upstream.seen();
+    assert_eq!(seen[1].header("transfer-encoding"), Some("chunked"), "{:?}", seen[1]);
+    px.legate.wait_stat("http.ingress.downstream_rq_completed", 3);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_total"), Some(1));
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let upstream = Scripted::start(echo);
+    let px = upstream.proxy();
+    let (mut stream, mut reader) = raw_client(&px);
+
+    stream.write_all(b"PUT /up HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n").unwrap();
+    let (interim, _) = read_response(&mut reader, false).unwrap();
+    assert_eq!(interim, ["HTTP/1.1 100 Continue"]);
+    stream.write_all(b"data").unwrap();
+    let (head, body) = read_response(&mut reader, false).unwrap();
+
+    assert_eq!(head[0], "HTTP/1.1 200 OK");
+    assert_eq!(body, b"/up data ");
+}
+
+#[test]
+fn responses_are_framed_for_their_request() {
+    let upstream = Scripted::start(|seen: &Seen| {
+        let response: &[u8] = match seen.head.first().map(String::as_str) {
+            Some(l) if l.starts_with("HEAD") => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            Some(l) if l.contains("/stream") => b"HTTP/1.1 200 OK\r\n\r\nuntil the close",
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        };
+        (response.to_vec(), seen.head.first().is_some_and(|l| l.contains("/stream")))
+    });
+    let px = upstream.proxy();
+    let (mut stream, mut reader) = raw_client(&px);
+
+    // HEAD: the length of the body it does not carry, and the connection goes on.
+    stream.write_all(b"HEAD / HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut reader, true).unwrap();
+    assert!(head.contains(&"content-length: 10".to_string()), "{head:?}");
+    // A body of unknown length goes out chunked.
+    stream.write_all(b"GET /stream HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut reader, false).unwrap();
+    assert!(head.contains(&"transfer-encoding: chunked".to_string()), "{head:?}");
+    assert_eq!(body, b"until the close");
+    // `connection: close` from the client: answered, then closed.
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").unwrap();
+    let (head, body) = read_response(&mut reader, false).unwrap();
+    assert!(head.contains(&"connection: close".to_string()), "{head:?}");
+    assert_eq!(body, b"ok");
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "closed after the response");
+}
+
+#[test]
+fn a_client_that_goes_away_mid_request_resets_its_stream() {
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    let upstream = Scripted::start(move |_| {
+        // Answers only once the test lets it.
+        let _ = wait.lock().unwrap().recv_timeout(Duration::from_secs(20));
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), false)
+    });
+    let px = upstream.proxy();
+    let (mut stream, _reader) = raw_client(&px);
+
+    stream.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    px.legate.wait_stat("cluster.backend.upstream_rq_total", 1);
+    drop(stream);
+    drop(_reader);
+
+    px.legate.wait_stat("http.ingress.downstream_rq_rx_reset", 1);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_remote", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(0));
+    release.send(()).unwrap();
 }
