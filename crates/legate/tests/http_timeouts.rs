@@ -145,6 +145,25 @@ fn request_headers_timeout_closes_a_connection_stuck_in_its_headers() {
     );
 }
 
+/// The header timeout starts at the head's first byte, also on a connection that idled
+/// before it (and whose buffers were given back meanwhile).
+#[test]
+fn request_headers_timeout_runs_for_a_head_started_after_an_idle_time() {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["request_headers_timeout"] = json!("0.5s");
+    let px = HttpProxy::start(legate_bin!(), config);
+    let mut c = px.client();
+    assert_eq!(c.get("/").status, 200);
+
+    std::thread::sleep(Duration::from_millis(300));
+    c.write_raw(b"GET /slow HTTP/1.1\r\nhost: example.com\r\nx-half: ").unwrap();
+    let reply = c.read_raw(Duration::from_millis(500), EVENTUALLY);
+
+    assert!(reply.closed && reply.text().starts_with("HTTP/1.1 408"), "got {:?}", reply.text());
+    px.legate.wait_stat("http.ingress.downstream_rq_header_timeout", 1);
+}
+
 /// An upstream connection idle for the cluster's `common_http_protocol_options.idle_timeout`
 /// is closed by legate.
 #[test]

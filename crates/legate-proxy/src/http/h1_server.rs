@@ -407,15 +407,19 @@ impl ServerConn {
         state.busy = false;
     }
 
-    /// Reads until a request head is complete.
-    pub fn poll_head(&self, cx: &mut Context<'_>) -> Poll<Result<RequestHead, ReadError>> {
+    /// Reads until a request head is complete; with `report_start`, ready with `None` as soon
+    /// as its first bytes are in (the header timeout starts then).
+    pub fn poll_head(&self, cx: &mut Context<'_>, report_start: bool) -> Poll<Result<Option<RequestHead>, ReadError>> {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         loop {
             if !state.read_buf.is_empty() {
                 if let Some(head) = parse_head(&mut state.read_buf, &state.limits).map_err(ReadError::Head)? {
                     state.busy = true;
-                    return Poll::Ready(Ok(head));
+                    return Poll::Ready(Ok(Some(head)));
+                }
+                if report_start {
+                    return Poll::Ready(Ok(None));
                 }
             }
             if state.eof {
@@ -427,6 +431,17 @@ impl ServerConn {
                 Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
             }
         }
+    }
+
+    /// Reads what has arrived (while the connection idles: into a buffer of its size);
+    /// `Ok(0)` when the client closed.
+    pub fn poll_fill(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut state = self.state.borrow_mut();
+        let n = ready!(state.poll_read(cx))?;
+        if n == 0 {
+            state.eof = true;
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Starts the exchange of `head`: its body reader.

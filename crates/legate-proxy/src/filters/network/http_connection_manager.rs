@@ -369,32 +369,6 @@ async fn serve(
         .http_protocol_options
         .as_ref()
         .is_some_and(|o| o.proper_case_headers() || o.preserve_header_case());
-    if !http2 && !case_kept {
-        let limits = Limits { max_head: shared.max_request_headers_bytes, max_headers: shared.max_headers_count };
-        let rx = stats.downstream_cx_rx_bytes_total.clone();
-        let conn = Rc::new(ServerConn::new(socket, buffered, rx, stats.downstream_cx_tx_bytes_total.clone(), limits));
-        let context = Rc::new(ConnectionContext {
-            shared: shared.clone(),
-            worker: worker.clone(),
-            info,
-            http2,
-            buffer_limit,
-            active_streams: Cell::new(0),
-            idle_since: Cell::new(Some(Instant::now())),
-            draining: Cell::new(false),
-        });
-        let draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
-        let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
-        codec_http1::serve(&context, conn, draining, &mut timeline, &mut guard).await;
-        guard.active_streams_at_close = context.active_streams.get();
-        return if guard.local_close { ConnectionEvent::LocalClose } else { ConnectionEvent::RemoteClose };
-    }
-    let io = CountingIo::new(
-        socket,
-        buffered,
-        stats.downstream_cx_rx_bytes_total.clone(),
-        stats.downstream_cx_tx_bytes_total.clone(),
-    );
     let context = Rc::new(ConnectionContext {
         shared: shared.clone(),
         worker: worker.clone(),
@@ -405,6 +379,51 @@ async fn serve(
         idle_since: Cell::new(Some(Instant::now())),
         draining: Cell::new(false),
     });
+    let draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
+    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
+    if !http2 && !case_kept {
+        let limits = Limits { max_head: shared.max_request_headers_bytes, max_headers: shared.max_headers_count };
+        let rx = stats.downstream_cx_rx_bytes_total.clone();
+        let conn = Rc::new(ServerConn::new(socket, buffered, rx, stats.downstream_cx_tx_bytes_total.clone(), limits));
+        codec_http1::serve(&context, conn, draining, &mut timeline, &mut guard).await;
+    } else {
+        let io = CountingIo::new(
+            socket,
+            buffered,
+            stats.downstream_cx_rx_bytes_total.clone(),
+            stats.downstream_cx_tx_bytes_total.clone(),
+        );
+        // Boxed: the connection's future stays as small as the common case needs.
+        let result = Box::pin(serve_hyper(&context, io, draining, &mut timeline, &mut guard)).await;
+        if let Err(e) = result {
+            if e.is_timeout() {
+                stats.downstream_rq_header_timeout.inc();
+                guard.local_close = true;
+            } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+                stats.downstream_cx_protocol_error.inc();
+                guard.local_close = true;
+            }
+            tracing::debug!(connection = context.info.id, error = %e, "downstream connection ended");
+        }
+    }
+    guard.active_streams_at_close = context.active_streams.get();
+    if guard.local_close {
+        ConnectionEvent::LocalClose
+    } else {
+        ConnectionEvent::RemoteClose
+    }
+}
+
+/// A connection served by hyper: HTTP/2, and HTTP/1.1 with `header_key_format`.
+async fn serve_hyper(
+    context: &Rc<ConnectionContext>,
+    io: CountingIo<TransportSocket>,
+    mut draining: Draining,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+) -> Result<(), hyper::Error> {
+    let draining = &mut draining;
+    let stats = &context.shared.stats;
     let service = {
         let context = context.clone();
         // Not boxed (an allocation per request): hyper keeps a slot the size of this future
@@ -412,9 +431,8 @@ async fn serve(
         // without hyper, and HTTP/2 runs each stream as a task of its own.
         service_fn(move |request| active_stream::handle(context.clone(), request))
     };
-    let mut draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
-    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
-    let result = if http2 {
+    let shared = &context.shared;
+    if context.http2 {
         let mut builder = http2::Builder::new(LocalExec);
         let h2 = shared.config.http2_protocol_options.clone().unwrap_or_default();
         builder
@@ -430,7 +448,7 @@ async fn serve(
         }
         // Boxed, as below: the connection's future stays small whatever hyper's state weighs.
         let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
-        Box::pin(run_connection(&context, connection.as_mut(), None, &mut draining, &mut timeline, &mut guard, |c| {
+        Box::pin(run_connection(context, connection.as_mut(), None, draining, timeline, guard, |c| {
             c.graceful_shutdown()
         }))
         .await
@@ -456,16 +474,11 @@ async fn serve(
         loop {
             let mut connection = Box::pin(builder.serve_connection(TokioIo::new(io), service.clone()).with_upgrades());
             // Boxed, as is the wait while parked: the connection's own future stays small.
-            let ended = Box::pin(run_connection(
-                &context,
-                connection.as_mut(),
-                Some(&park),
-                &mut draining,
-                &mut timeline,
-                &mut guard,
-                |c| c.graceful_shutdown(),
-            ))
-            .await;
+            let ended =
+                Box::pin(run_connection(context, connection.as_mut(), Some(&park), draining, timeline, guard, |c| {
+                    c.graceful_shutdown()
+                }))
+                .await;
             match ended {
                 Ok(Ended::Parked) => {
                     park.set_parking(false);
@@ -478,7 +491,7 @@ async fn serve(
                     }
                     io = socket_of(parts).into_inner();
                     io.release_buffers();
-                    if !Box::pin(park_idle(&context, &mut io, &mut draining, &mut timeline, &mut guard)).await {
+                    if !Box::pin(park_idle(context, &mut io, draining, timeline, guard)).await {
                         break Ok(());
                     }
                 }
@@ -486,25 +499,6 @@ async fn serve(
                 Err(e) => break Err(e),
             }
         }
-    };
-    guard.active_streams_at_close = context.active_streams.get();
-    match result {
-        Ok(()) => {}
-        Err(e) => {
-            if e.is_timeout() {
-                stats.downstream_rq_header_timeout.inc();
-                guard.local_close = true;
-            } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
-                stats.downstream_cx_protocol_error.inc();
-                guard.local_close = true;
-            }
-            tracing::debug!(connection = context.info.id, error = %e, "downstream connection ended");
-        }
-    }
-    if guard.local_close {
-        ConnectionEvent::LocalClose
-    } else {
-        ConnectionEvent::RemoteClose
     }
 }
 

@@ -5,7 +5,7 @@
 //! response in flight says `connection: close`), and `drain_timeout` as the last word.
 
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -119,11 +119,9 @@ impl Future for DrainWatch {
     }
 }
 
-/// Serves the connection until it closes or is handed to a tunnel.
-///
-/// The exchange is written out here rather than in a function of its own: a request's
-/// future weighs kilobytes, and each future handed to an `.await` is copied whole into its
-/// caller's (callgrind: 24k instructions of copying per request when it was nested).
+/// Serves the connection until it closes or is handed to a tunnel: requests while they
+/// flow ([`active`], boxed), and a small wait while the connection idles ([`idle`]), so
+/// that an idle connection holds no buffer and none of a request's state.
 pub(super) async fn serve(
     context: &Rc<ConnectionContext>,
     conn: Rc<ServerConn>,
@@ -133,9 +131,38 @@ pub(super) async fn serve(
 ) {
     let mut timer = ConnTimer::new();
     let mut drain = DrainWatch::new(draining, !timeline.chain_drained);
-    let drain = &mut drain;
     loop {
-        let Some(head) = wait_head(context, &conn, drain, timeline, guard, &mut timer).await else { return };
+        if !Box::pin(active(context, &conn, &mut drain, timeline, guard, &mut timer)).await {
+            return;
+        }
+        if !idle(context, &conn, &mut drain, timeline, guard, &mut timer).await {
+            return;
+        }
+    }
+}
+
+/// Serves requests until the connection closes (`false`) or idles (`true`).
+///
+/// The exchange is written out here rather than in a function of its own: a request's
+/// future weighs kilobytes, and each future handed to an `.await` is copied whole into its
+/// caller's (callgrind: 24k instructions of copying per request when it was nested).
+async fn active(
+    context: &Rc<ConnectionContext>,
+    conn: &Rc<ServerConn>,
+    drain: &mut DrainWatch,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+) -> bool {
+    // Where each request's future runs: kept while requests flow (allocating it per request
+    // costs more than reusing it), freed when the connection idles.
+    let mut slot = None;
+    loop {
+        let head = match wait_head(context, conn, drain, timeline, guard, timer).await {
+            Waited::Head(head) => head,
+            Waited::Idle => return true,
+            Waited::Closed => return false,
+        };
         let method = head.parts.method.clone();
         // HTTP/1.0 connections close after each response, as they did with hyper.
         let keep_alive = head.keep_alive && head.parts.version == Version::HTTP_11 && !head.wants_upgrade;
@@ -153,9 +180,10 @@ pub(super) async fn serve(
             false => None,
         };
         let stream =
-            pin!(active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade));
-        let Some(response) = run_stream(context, &conn, stream, drain, timeline, guard, &mut timer).await else {
-            return;
+            active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade);
+        let stream = reuse(&mut slot, stream);
+        let Some(response) = run_stream(context, conn, stream, drain, timeline, guard, timer).await else {
+            return false;
         };
         let (parts, body) = response.into_parts();
         let rc = ResponseContext {
@@ -170,33 +198,46 @@ pub(super) async fn serve(
             parts.status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && parts.status.is_success());
         drop(parts);
         let mut writer = ResponseWriter::new(out, body, encoding);
-        let written = drive(context, &conn, &mut writer, drain, timeline, guard, &mut timer).await;
+        let written = drive(context, conn, &mut writer, drain, timeline, guard, timer).await;
         drop(writer);
         match written {
             Ok(()) => {}
             Err(WriteError::Body) => {
                 guard.local_close = true;
-                shutdown(&conn).await;
-                return;
+                Box::pin(shutdown(conn)).await;
+                return false;
             }
-            Err(WriteError::Io(_)) => return,
+            Err(WriteError::Io(_)) => return false,
         }
         if let Some(tx) = handover.filter(|_| upgraded) {
             if let Some(io) = conn.take_upgraded() {
                 let _ = tx.send(io);
             }
-            return;
+            return false;
         }
         let request_done = conn.finish_request();
         if !(keep_alive && request_done && !context.draining.get() && timeline.shutdown_at.is_none()) {
             guard.local_close = true;
-            shutdown(&conn).await;
-            return;
+            Box::pin(shutdown(conn)).await;
+            return false;
         }
     }
 }
 
-/// FIN (and TLS close_notify), bounded in case the peer does not read.
+/// Puts `future` in `slot`, in the allocation of the one before when there is one.
+fn reuse<F: Future>(slot: &mut Option<Pin<Box<F>>>, future: F) -> Pin<&mut F> {
+    match slot {
+        Some(boxed) => {
+            boxed.set(future);
+            boxed.as_mut()
+        }
+        None => slot.insert(Box::pin(future)).as_mut(),
+    }
+}
+
+/// FIN (and TLS close_notify), bounded in case the peer does not read. (Callers box this
+/// and the reply below: their timers would otherwise weigh on every idle connection's
+/// future.)
 async fn shutdown(conn: &ServerConn) {
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_shutdown(cx))).await;
 }
@@ -208,7 +249,15 @@ async fn reply_and_close(conn: &ServerConn, reply: &[u8]) {
     shutdown(conn).await;
 }
 
-/// Waits for the next request head; `None` when the connection is done.
+/// How waiting for a request head ended.
+enum Waited {
+    Head(RequestHead),
+    /// Nothing arrived for a while: the connection idles.
+    Idle,
+    Closed,
+}
+
+/// Waits for the next request head.
 async fn wait_head(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
@@ -216,62 +265,119 @@ async fn wait_head(
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
-) -> Option<RequestHead> {
+) -> Waited {
     let shared = &context.shared;
     let stats = &shared.stats;
     let mut head_deadline: Option<Instant> = None;
-    let mut parked = false;
     loop {
         let now = Instant::now();
         if head_deadline.is_none() && conn.head_started() {
             head_deadline = shared.request_headers_timeout.map(|t| now + t);
         }
         let [idle, duration] = next_idle_check(context, timeline, now);
-        let park = (!parked).then(|| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
+        let park = (!conn.head_started()).then(|| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
         timer.arm([idle, duration, head_deadline, park].into_iter().flatten().min());
+        let report_start = head_deadline.is_none() && shared.request_headers_timeout.is_some();
         tokio::select! {
             biased;
-            head = poll_fn(|cx| conn.poll_head(cx)) => match head {
-                Ok(head) => return Some(head),
+            head = poll_fn(|cx| conn.poll_head(cx, report_start)) => match head {
+                Ok(Some(head)) => return Waited::Head(head),
+                // The head's first bytes: the header timeout is armed above.
+                Ok(None) => {}
                 Err(ReadError::Head(e)) => {
                     stats.downstream_cx_protocol_error.inc();
                     guard.local_close = true;
-                    reply_and_close(conn, &error_reply(e.status())).await;
-                    return None;
+                    Box::pin(reply_and_close(conn, &error_reply(e.status()))).await;
+                    return Waited::Closed;
                 }
-                Err(ReadError::Closed | ReadError::Io(_)) => return None,
+                Err(ReadError::Closed | ReadError::Io(_)) => return Waited::Closed,
             },
             () = timer.fired() => {
                 let now = Instant::now();
                 if head_deadline.is_some_and(|at| now >= at) {
                     stats.downstream_rq_header_timeout.inc();
                     guard.local_close = true;
-                    reply_and_close(conn, HEADER_TIMEOUT_REPLY).await;
-                    return None;
+                    Box::pin(reply_and_close(conn, HEADER_TIMEOUT_REPLY)).await;
+                    return Waited::Closed;
                 }
-                if !conn.head_started() {
-                    if idle_or_too_old(context, timeline, now) {
-                        guard.local_close = true;
-                        shutdown(conn).await;
-                        return None;
-                    }
-                    if !parked && context.idle_since.get().is_none_or(|at| now >= at + PARK_AFTER) {
-                        // Idle: the buffers go until the next request.
-                        conn.release_buffers();
-                        parked = true;
-                    }
+                if closing(context, conn, timeline, guard, now).await {
+                    return Waited::Closed;
+                }
+                if !conn.head_started() && context.idle_since.get().is_none_or(|at| now >= at + PARK_AFTER) {
+                    conn.release_buffers();
+                    return Waited::Idle;
                 }
             }
             (request, draining) = &mut *drain => {
-                let close = note_drain(request, context, timeline, guard);
-                *drain = DrainWatch::new(draining, !timeline.chain_drained);
-                if close && !conn.head_started() {
-                    shutdown(conn).await;
-                    return None;
+                if drained(request, draining, drain, context, timeline, guard) && !conn.head_started() {
+                    Box::pin(shutdown(conn)).await;
+                    return Waited::Closed;
                 }
             }
         }
     }
+}
+
+/// Waits, with nothing of a request held, until bytes arrive (`true`) or the connection must
+/// close (`false`: the client closed, idle timeout, `max_connection_duration`, drain).
+async fn idle(
+    context: &Rc<ConnectionContext>,
+    conn: &ServerConn,
+    drain: &mut DrainWatch,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+) -> bool {
+    loop {
+        let [idle, duration] = next_idle_check(context, timeline, Instant::now());
+        timer.arm([idle, duration].into_iter().flatten().min());
+        tokio::select! {
+            biased;
+            read = poll_fn(|cx| conn.poll_fill(cx)) => return read.is_ok_and(|n| n > 0),
+            () = timer.fired() => {
+                if closing(context, conn, timeline, guard, Instant::now()).await {
+                    return false;
+                }
+            }
+            (request, draining) = &mut *drain => {
+                if drained(request, draining, drain, context, timeline, guard) {
+                    Box::pin(shutdown(conn)).await;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// On the timer between requests: closes the connection if its idle timeout or
+/// `max_connection_duration` has come (`true`).
+async fn closing(
+    context: &ConnectionContext,
+    conn: &ServerConn,
+    timeline: &Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    now: Instant,
+) -> bool {
+    if !idle_or_too_old(context, timeline, now) {
+        return false;
+    }
+    guard.local_close = true;
+    Box::pin(shutdown(conn)).await;
+    true
+}
+
+/// A drain request: counted, the watch made again; `true` when the connection must close.
+fn drained(
+    request: DrainRequest,
+    draining: Draining,
+    drain: &mut DrainWatch,
+    context: &ConnectionContext,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+) -> bool {
+    let close = note_drain(request, context, timeline, guard);
+    *drain = DrainWatch::new(draining, !timeline.chain_drained);
+    close
 }
 
 /// Runs the stream until its response head: `None` when the client went away (the stream is
@@ -301,11 +407,10 @@ where
                 timer.arm(stream_deadline(context, timeline));
             }
             (request, draining) = &mut *drain => {
-                if note_drain(request, context, timeline, guard) {
+                if drained(request, draining, drain, context, timeline, guard) {
                     timeline.shutdown_at = Some(Instant::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
-                *drain = DrainWatch::new(draining, !timeline.chain_drained);
             }
         }
     }
@@ -340,11 +445,10 @@ where
                 timer.arm(stream_deadline(context, timeline));
             }
             (request, draining) = &mut *drain => {
-                if note_drain(request, context, timeline, guard) {
+                if drained(request, draining, drain, context, timeline, guard) {
                     timeline.shutdown_at = Some(Instant::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
-                *drain = DrainWatch::new(draining, !timeline.chain_drained);
             }
         }
     }
