@@ -5,6 +5,8 @@
 //! The main thread talks to a worker only through its channel ([`WorkerMessage`], Envoy's
 //! `post()`); configuration reaches it as immutable `Arc` snapshots.
 
+pub mod clock;
+
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 use std::rc::Rc;

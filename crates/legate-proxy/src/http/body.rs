@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::worker::clock;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A downstream request's body, as its codec reads it.
@@ -82,7 +84,7 @@ pub struct BodySource {
 
 impl BodySource {
     pub fn new(incoming: Incoming, end_stream: bool, limit: usize) -> Rc<RefCell<Self>> {
-        let now = std::time::Instant::now();
+        let now = clock::now();
         Rc::new(RefCell::new(BodySource {
             source: if end_stream { Source::Ended } else { Source::Incoming(incoming) },
             log: Vec::new(),
@@ -112,8 +114,8 @@ impl BodySource {
             bytes_received: log_bytes as u64,
             complete: true,
             downstream_error: false,
-            completed_at: Some(std::time::Instant::now()),
-            last_activity: std::time::Instant::now(),
+            completed_at: Some(clock::now()),
+            last_activity: clock::now(),
             progress: None,
         }))
     }
@@ -192,7 +194,7 @@ impl BodySource {
                 Poll::Ready(None) => {
                     self.source = Source::Ended;
                     self.complete = true;
-                    self.completed_at = Some(std::time::Instant::now());
+                    self.completed_at = Some(clock::now());
                     self.notify_progress();
                     return Poll::Ready(None);
                 }
@@ -208,7 +210,7 @@ impl BodySource {
                             continue;
                         }
                         self.bytes_received += data.len() as u64;
-                        self.last_activity = std::time::Instant::now();
+                        self.last_activity = clock::now();
                         self.log_bytes += data.len();
                         self.log.push(data);
                         if incoming.is_end_stream() {
@@ -216,7 +218,7 @@ impl BodySource {
                             // again for the end.
                             self.source = Source::Ended;
                             self.complete = true;
-                            self.completed_at = Some(std::time::Instant::now());
+                            self.completed_at = Some(clock::now());
                         }
                         self.notify_progress();
                         if self.replayable && self.log_bytes > self.limit {

@@ -775,26 +775,30 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     buf.get(start..).unwrap_or_default()
 }
 
-/// The `date` field's value, formatted once a second per worker.
+/// The `date` field's value, formatted once a second per worker. The wall clock is read
+/// only then: until the second is over, the connection's monotonic time tells that the
+/// value still holds.
 struct DateCache {
-    second: u64,
+    valid_until: Option<std::time::Instant>,
     value: Vec<u8>,
 }
 
 impl DateCache {
     fn now(&mut self) -> &[u8] {
-        let now = std::time::SystemTime::now();
-        let second = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        if second != self.second || self.value.is_empty() {
-            self.second = second;
-            self.value = httpdate::fmt_http_date(now).into_bytes();
+        let now = crate::worker::clock::now();
+        if self.valid_until.is_none_or(|until| now >= until) {
+            let wall = std::time::SystemTime::now();
+            let into_second = wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
+            let left = std::time::Duration::from_nanos(1_000_000_000 - u64::from(into_second));
+            self.valid_until = Some(now + left);
+            self.value = httpdate::fmt_http_date(wall).into_bytes();
         }
         &self.value
     }
 }
 
 thread_local! {
-    static DATE_CACHE: RefCell<DateCache> = const { RefCell::new(DateCache { second: 0, value: Vec::new() }) };
+    static DATE_CACHE: RefCell<DateCache> = const { RefCell::new(DateCache { valid_until: None, value: Vec::new() }) };
 }
 
 /// A reply the codec makes itself, closing the connection: a refused head (400, 414, 431).

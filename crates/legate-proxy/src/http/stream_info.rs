@@ -1,6 +1,7 @@
 //! What is known about one HTTP stream, for access logs, stats and local replies (Envoy's
 //! `StreamInfo`). Filled in by the connection manager and the router as the stream goes.
 
+use crate::worker::clock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -84,7 +85,7 @@ impl StreamInfo {
     ) -> Self {
         StreamInfo {
             start_time: SystemTime::now(),
-            start: Instant::now(),
+            start: clock::now(),
             protocol,
             connection_id,
             downstream_remote_address,
@@ -123,7 +124,7 @@ impl StreamInfo {
 
     /// Time since the stream started.
     pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
+        clock::since(self.start)
     }
 
     pub fn set_flag(&mut self, flag: ResponseFlag) {

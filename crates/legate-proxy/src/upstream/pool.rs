@@ -31,6 +31,7 @@ use super::{Cluster, Host};
 use crate::http::body::{AttemptBody, BoxError};
 use crate::http::h1_client::{self, ClientConn};
 use crate::http::io::{CountingIo, LocalExec};
+use crate::worker::clock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PoolProtocol {
@@ -471,7 +472,7 @@ impl Pool {
                     Ok((sender, connection)) => {
                         let client = Rc::new(H2Client { sender, shared: shared.clone(), active: Cell::new(0) });
                         self.state.borrow_mut().h2.push(client.clone());
-                        shared.idle_since.set(Some(Instant::now()));
+                        shared.idle_since.set(Some(clock::now()));
                         self.serve_h2_waiters(&client);
                         let driver = async move { connection.await.is_ok() };
                         self.drive(driver, &shared, &mut cx).await;
@@ -599,7 +600,7 @@ impl Pool {
         let Some(client) = client else { return };
         if let Client::Http1(conn, shared) = &client {
             // The driver watches an idle connection for the upstream closing it.
-            shared.idle_since.set(Some(Instant::now()));
+            shared.idle_since.set(Some(clock::now()));
             if !conn.rearm_watch() {
                 shared.closed.set(true);
                 return;
@@ -607,7 +608,7 @@ impl Pool {
         }
         if let Client::Http1CasePreserving(_, shared) = &client {
             // No wake-up for the driver: its idle timer checks `idle_since` when it fires.
-            shared.idle_since.set(Some(Instant::now()));
+            shared.idle_since.set(Some(clock::now()));
         }
         state.idle.push(client);
     }
@@ -659,7 +660,7 @@ impl Pool {
             Client::Http2(client) => {
                 client.active.set(client.active.get().saturating_sub(1));
                 if client.active.get() == 0 {
-                    client.shared.idle_since.set(Some(Instant::now()));
+                    client.shared.idle_since.set(Some(clock::now()));
                     if client.shared.draining.get() {
                         // A draining connection closes as soon as its last stream ends.
                         client.shared.changed.notify_one();

@@ -33,6 +33,7 @@ use crate::upstream::cluster_manager::ChooseHostError;
 use crate::upstream::outlier_detection::OutlierResult;
 use crate::upstream::pool::{pool_protocol, Outgoing, PoolFailure, PooledConn, SendError, UpstreamUpgrade};
 use crate::upstream::{Cluster, Host};
+use crate::worker::clock;
 
 /// One request to the router.
 pub struct RouterRequest<'a> {
@@ -89,7 +90,7 @@ impl UpstreamRequestGuard {
         self.done = true;
         if complete {
             self.cluster.stats().upstream_rq_completed.inc();
-            self.cluster.stats().upstream_rq_time.record(self.started.elapsed().as_millis() as u64);
+            self.cluster.stats().upstream_rq_time.record(clock::since(self.started).as_millis() as u64);
         }
     }
 }
@@ -181,7 +182,7 @@ async fn with_timers<F: Future>(
             timers.next(&source, try_start, source.last_activity)
         };
         if let Some((which, at)) = next {
-            if at <= Instant::now() {
+            if at <= clock::now() {
                 return Waited::Timeout(which);
             }
         }
@@ -446,7 +447,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         };
         // One clock read for the attempt's start, its request time and the stream's first
         // upstream byte (clock reads are not free in a VM).
-        let attempt_start = Instant::now();
+        let attempt_start = clock::now();
         let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, attempt_start);
         if rq.info.first_upstream_tx_byte.is_none() {
             rq.info.first_upstream_tx_byte = Some(attempt_start.saturating_duration_since(rq.info.start));
@@ -466,7 +467,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 Waited::Done(Ok(conn)) => conn,
             };
             let mut conn = conn;
-            let try_start = Instant::now();
+            let try_start = clock::now();
             rq.info.upstream_local_address = conn.local_address();
             // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
             let rewritten;
@@ -551,7 +552,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 if response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL) {
                     cluster.on_immediate_health_check_fail(&host);
                 }
-                let response_at = Instant::now();
+                let response_at = clock::now();
                 rq.info.first_upstream_rx_byte = Some(response_at.saturating_duration_since(rq.info.start));
                 worker.count_upstream_code(&cluster, status.as_u16());
                 let wants_retry = !retry_on.is_empty()
@@ -746,7 +747,7 @@ async fn back_off(
     let wait = rq.action.retry_policy.back_off(attempt);
     let route_deadline = rq.body.borrow().completed_at.zip(timers.route).map(|(at, d)| at.max(timers.stream_start) + d);
     match route_deadline {
-        Some(deadline) if deadline <= Instant::now() + wait => {
+        Some(deadline) if deadline <= clock::now() + wait => {
             tokio::time::sleep_until(deadline.into()).await;
             Some(stream_timeout(Timeout::Route, rq.context, cluster, host, rq.info, true))
         }
@@ -1127,7 +1128,7 @@ impl Shadow {
             cluster.stats().upstream_rq_pending_overflow.inc();
             return;
         };
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, Instant::now());
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, clock::now());
         let pool = worker.pools().get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;

@@ -42,6 +42,7 @@ use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
+use crate::worker::clock::Clocked;
 use crate::worker::WorkerContext;
 pub use stats::HcmStats;
 
@@ -204,7 +205,8 @@ impl ReadFilter for HttpConnectionManager {
         let Some(info) = self.info.take() else {
             return Box::pin(std::future::ready(ConnectionEvent::LocalClose));
         };
-        Box::pin(serve(self.shared.clone(), self.worker.clone(), info, self.buffer_limit, socket, buffered))
+        let serve = serve(self.shared.clone(), self.worker.clone(), info, self.buffer_limit, socket, buffered);
+        Box::pin(Clocked::new(Box::pin(serve)))
     }
 }
 

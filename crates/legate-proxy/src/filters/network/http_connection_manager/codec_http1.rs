@@ -27,6 +27,7 @@ use crate::http::h1_server::{
     encode_head, error_reply, Framing, ReadError, RequestHead, ResponseContext, ResponseWriter, ServerConn, WriteError,
 };
 use crate::http::io::DownstreamUpgrade;
+use crate::worker::clock;
 
 /// One timer for the connection, moved only when a deadline comes nearer: a later deadline
 /// (the idle timeout after each request) waits for the timer to fire, and is then found not
@@ -272,7 +273,7 @@ async fn wait_head(
     let stats = &shared.stats;
     let mut head_deadline: Option<Instant> = None;
     loop {
-        let now = Instant::now();
+        let now = clock::now();
         if head_deadline.is_none() && conn.head_started() {
             head_deadline = shared.request_headers_timeout.map(|t| now + t);
         }
@@ -295,7 +296,7 @@ async fn wait_head(
                 Err(ReadError::Closed | ReadError::Io(_)) => return Waited::Closed,
             },
             () = timer.fired() => {
-                let now = Instant::now();
+                let now = clock::now();
                 if head_deadline.is_some_and(|at| now >= at) {
                     stats.downstream_rq_header_timeout.inc();
                     guard.local_close = true;
@@ -331,13 +332,13 @@ async fn idle(
     timer: &mut ConnTimer,
 ) -> bool {
     loop {
-        let [idle, duration] = next_idle_check(context, timeline, Instant::now());
+        let [idle, duration] = next_idle_check(context, timeline, clock::now());
         timer.arm([idle, duration].into_iter().flatten().min());
         tokio::select! {
             biased;
             read = poll_fn(|cx| conn.poll_fill(cx)) => return read.is_ok_and(|n| n > 0),
             () = timer.fired() => {
-                if closing(context, conn, timeline, guard, Instant::now()).await {
+                if closing(context, conn, timeline, guard, clock::now()).await {
                     return false;
                 }
             }
@@ -410,7 +411,7 @@ where
             }
             (request, draining) = &mut *drain => {
                 if drained(request, draining, drain, context, timeline, guard) {
-                    timeline.shutdown_at = Some(Instant::now());
+                    timeline.shutdown_at = Some(clock::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
             }
@@ -448,7 +449,7 @@ where
             }
             (request, draining) = &mut *drain => {
                 if drained(request, draining, drain, context, timeline, guard) {
-                    timeline.shutdown_at = Some(Instant::now());
+                    timeline.shutdown_at = Some(clock::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
             }
@@ -467,7 +468,7 @@ fn stream_deadline(context: &ConnectionContext, timeline: &Timeline) -> Option<I
 /// On the timer while a stream runs: `true` when the drain time is over (the connection is
 /// cut); `max_connection_duration` starts the drain (the response says `connection: close`).
 fn past_drain_time(context: &ConnectionContext, timeline: &mut Timeline, guard: &mut ConnectionGuard<'_>) -> bool {
-    let now = Instant::now();
+    let now = clock::now();
     if let Some(at) = timeline.shutdown_at {
         if now >= at + context.shared.drain_timeout {
             guard.local_close = true;

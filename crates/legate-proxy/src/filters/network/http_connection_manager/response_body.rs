@@ -12,6 +12,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::worker::clock;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -74,7 +76,7 @@ impl BodyTimers {
 
     fn touch(&mut self) {
         if self.last_activity.is_some() {
-            self.last_activity = Some(tokio::time::Instant::now());
+            self.last_activity = Some(tokio::time::Instant::from_std(clock::now()));
         }
     }
 
@@ -97,7 +99,7 @@ impl BodyTimers {
             if sleep.as_mut().poll(cx).is_pending() {
                 return None;
             }
-            if tokio::time::Instant::now() >= at {
+            if tokio::time::Instant::from_std(clock::now()) >= at {
                 return Some(which);
             }
         }
@@ -277,7 +279,7 @@ impl StreamCompletion {
             return;
         }
         self.done = true;
-        let elapsed = self.started.elapsed();
+        let elapsed = clock::since(self.started);
         self.info.end = Some(elapsed);
         if complete {
             self.info.last_downstream_tx_byte = Some(elapsed);
@@ -314,7 +316,7 @@ impl Drop for StreamCompletion {
         let active = context.active_streams.get().saturating_sub(1);
         context.active_streams.set(active);
         if active == 0 {
-            context.idle_since.set(Some(Instant::now()));
+            context.idle_since.set(Some(clock::now()));
         }
     }
 }

@@ -1,0 +1,86 @@
+//! The time of a connection's current wake-up: the clock is read once when its task is
+//! polled, and everything that asks for the time during that poll gets that reading.
+//!
+//! Envoy does the same with its dispatcher's `approximateMonotonicTime()`, updated once per
+//! event loop iteration. A request asked for the time about 16 times (stream start, attempt
+//! and response times, body activity, completion, the pool…), and a clock read costs about
+//! 26 ns in a VM: 0.4 µs per request. A poll lasts microseconds, so a duration measured
+//! across polls loses at most that; within one poll, time stands still.
+//!
+//! Outside a [`Clocked`] future (other tasks, the main thread), [`now`] reads the clock.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+thread_local! {
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// The time read when the current poll of this connection began; the clock itself outside
+/// a connection's poll.
+pub fn now() -> Instant {
+    NOW.get().unwrap_or_else(Instant::now)
+}
+
+/// The time elapsed since `earlier`, as [`now`] tells it.
+pub fn since(earlier: Instant) -> std::time::Duration {
+    now().saturating_duration_since(earlier)
+}
+
+/// A future whose polls each read the clock once for [`now`].
+pub struct Clocked<F> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Clocked<F> {
+    pub fn new(inner: Pin<Box<F>>) -> Self {
+        Clocked { inner }
+    }
+}
+
+impl<F: Future> Future for Clocked<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let outer = NOW.replace(Some(Instant::now()));
+        let polled = self.inner.as_mut().poll(cx);
+        NOW.set(outer);
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_stands_still_within_a_poll_and_moves_between_polls() {
+        let mut readings = Vec::new();
+        let mut polls = 0;
+        let future = std::future::poll_fn(|cx| {
+            readings.push((now(), now()));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            polls += 1;
+            match polls {
+                2 => Poll::Ready(()),
+                _ => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        });
+        let mut clocked = std::pin::pin!(Clocked::new(Box::pin(future)));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        while clocked.as_mut().poll(&mut cx).is_pending() {}
+        assert_eq!(readings.len(), 2);
+        assert_eq!(readings[0].0, readings[0].1, "one reading per poll");
+        assert!(readings[1].0 > readings[0].0, "a new reading at the next poll");
+        let outside = now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(now() > outside, "outside a poll, the clock itself");
+    }
+}
