@@ -3,7 +3,7 @@
 
 pub mod body;
 pub mod filter;
-pub mod h1_chunk;
+pub mod h1_body;
 pub mod h1_client;
 pub mod h1_guard;
 pub mod h1_server;

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
@@ -32,7 +32,7 @@ use legate_stats::Counter;
 use tokio::io::AsyncWrite;
 
 use super::body::{AttemptBody, BoxError};
-use super::h1_chunk::{decode_chunk, hex, take, Chunk, ChunkStep};
+use super::h1_body::{decode_chunk, put_field, take, Chunk, ChunkStep, Encoder, Framing as BodyFraming};
 use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
@@ -44,10 +44,6 @@ const MAX_HEAD: usize = 60 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How much one read asks for.
 const READ_ROOM: usize = 16 * 1024;
-/// Request body chunks at least this long are written from their own buffer, not copied.
-const COPY_LIMIT: usize = 4 * 1024;
-/// How much of the request body is gathered before it is written.
-const GATHER_LIMIT: usize = 64 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -540,8 +536,8 @@ impl Body {
         let request_done = match state.writer.take() {
             Some(writer) => {
                 // A buffer grown by a large body is not kept for the life of the connection.
-                if writer.out.capacity() <= READ_ROOM {
-                    state.spare = writer.out;
+                if writer.enc.out.capacity() <= READ_ROOM {
+                    state.spare = writer.enc.out;
                 }
                 writer.done
             }
@@ -631,27 +627,10 @@ impl http_body::Body for Body {
     }
 }
 
-/// How the request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RequestFraming {
-    /// No body.
-    Empty,
-    /// `content-length`, this many bytes to go.
-    Length(u64),
-    Chunked,
-}
-
 /// The request on its way out: the head, then the body as the downstream sends it.
 struct Writer {
     body: AttemptBody,
-    framing: RequestFraming,
-    /// Bytes to write before `data`: the head, chunk framing, small chunks.
-    out: BytesMut,
-    /// A large body chunk, written from its own buffer, then `data_tail` (its chunk's CRLF).
-    data: Bytes,
-    data_tail: &'static [u8],
-    /// The body's end is in `out` (the last chunk, trailers).
-    ended: bool,
+    enc: Encoder,
     /// Everything is written.
     done: bool,
     /// Some bytes were written.
@@ -671,16 +650,16 @@ impl Writer {
             let kept = head.headers.iter().filter(|(n, _)| !left_out(n));
             host.into_iter().chain(kept).chain(head.extra.iter().map(|(n, v)| (*n, v)))
         };
-        let mut framing = RequestFraming::Empty;
+        let mut framing = BodyFraming::Empty;
         for (name, value) in fields() {
             if name == TRANSFER_ENCODING {
                 let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
                 if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    framing = RequestFraming::Chunked;
+                    framing = BodyFraming::Chunked;
                 }
-            } else if name == CONTENT_LENGTH && framing == RequestFraming::Empty {
+            } else if name == CONTENT_LENGTH && framing == BodyFraming::Empty {
                 let length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
-                framing = RequestFraming::Length(length.ok_or(Error::RequestBody)?);
+                framing = BodyFraming::Length(length.ok_or(Error::RequestBody)?);
             }
         }
         let size = head.method.as_str().len()
@@ -694,26 +673,10 @@ impl Writer {
         out.put_slice(head.path.as_bytes());
         out.put_slice(b" HTTP/1.1\r\n");
         for (name, value) in fields() {
-            match title_case {
-                true => put_title_case(&mut out, name.as_str()),
-                false => out.put_slice(name.as_str().as_bytes()),
-            }
-            out.put_slice(b": ");
-            out.put_slice(value.as_bytes());
-            out.put_slice(b"\r\n");
+            put_field(&mut out, name.as_str(), value.as_bytes(), title_case);
         }
         out.put_slice(b"\r\n");
-        Ok(Writer {
-            body,
-            framing,
-            out,
-            data: Bytes::new(),
-            data_tail: b"",
-            ended: false,
-            done: false,
-            started: false,
-            failed: None,
-        })
+        Ok(Writer { body, enc: Encoder::new(out, framing), done: false, started: false, failed: None })
     }
 
     /// Writes as far as the socket and the request body allow: ready once all is written.
@@ -721,22 +684,22 @@ impl Writer {
         loop {
             // Gather what the body has ready, so that the head and a small body go out in one
             // write.
-            while !self.ended && self.data.is_empty() && self.data_tail.is_empty() && self.out.len() < GATHER_LIMIT {
+            while self.enc.wants_more() {
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Pending => break,
-                    Poll::Ready(None) => self.end(None)?,
+                    Poll::Ready(None) => self.enc.end(None).map_err(|_| Error::RequestBody)?,
                     Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(Error::RequestBody)),
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => self.put_data(data)?,
-                        Err(frame) => self.end(frame.into_trailers().ok())?,
+                        Ok(data) => self.enc.put_data(data).map_err(|_| Error::RequestBody)?,
+                        Err(frame) => self.enc.end(frame.into_trailers().ok()).map_err(|_| Error::RequestBody)?,
                     },
                 }
             }
             let Some(io) = state.io.as_mut() else {
                 return Poll::Ready(Err(Error::Io(io::ErrorKind::NotConnected.into())));
             };
-            if self.out.is_empty() && self.data.is_empty() && self.data_tail.is_empty() {
-                if !self.ended {
+            if self.enc.is_written() {
+                if !self.enc.ended {
                     return Poll::Pending;
                 }
                 if let Err(e) = ready!(io.poll_flush_records(cx)) {
@@ -746,8 +709,7 @@ impl Writer {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let slices = [io::IoSlice::new(&self.out), io::IoSlice::new(&self.data), io::IoSlice::new(self.data_tail)];
-            let written = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+            let written = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &self.enc.slices())) {
                 Ok(0) => Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => Ok(n),
                 Err(e) => Err(e),
@@ -761,70 +723,8 @@ impl Writer {
             };
             self.started = true;
             state.tx.add(n as u64);
-            let from_out = n.min(self.out.len());
-            self.out.advance(from_out);
-            let from_data = (n - from_out).min(self.data.len());
-            self.data.advance(from_data);
-            let from_tail = (n - from_out - from_data).min(self.data_tail.len());
-            self.data_tail = self.data_tail.get(from_tail..).unwrap_or_default();
+            self.enc.advance(n);
         }
-    }
-
-    fn put_data(&mut self, data: Bytes) -> Result<(), Error> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let chunked = match &mut self.framing {
-            RequestFraming::Empty => return Err(Error::RequestBody),
-            RequestFraming::Length(left) => {
-                *left = left.checked_sub(data.len() as u64).ok_or(Error::RequestBody)?;
-                false
-            }
-            RequestFraming::Chunked => {
-                let mut size = [0u8; 16];
-                self.out.put_slice(hex(data.len() as u64, &mut size));
-                self.out.put_slice(b"\r\n");
-                true
-            }
-        };
-        if data.len() >= COPY_LIMIT {
-            self.data = data;
-            self.data_tail = if chunked { b"\r\n" } else { b"" };
-        } else {
-            self.out.put_slice(&data);
-            if chunked {
-                self.out.put_slice(b"\r\n");
-            }
-        }
-        Ok(())
-    }
-
-    fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), Error> {
-        match self.framing {
-            RequestFraming::Length(left) if left > 0 => return Err(Error::RequestBody),
-            RequestFraming::Chunked => {
-                self.out.put_slice(b"0\r\n");
-                for (name, value) in trailers.iter().flatten() {
-                    self.out.put_slice(name.as_str().as_bytes());
-                    self.out.put_slice(b": ");
-                    self.out.put_slice(value.as_bytes());
-                    self.out.put_slice(b"\r\n");
-                }
-                self.out.put_slice(b"\r\n");
-            }
-            _ => {}
-        }
-        self.ended = true;
-        Ok(())
-    }
-}
-
-/// `x-request-id` as `X-Request-Id` (`proper_case_words`).
-fn put_title_case(out: &mut BytesMut, name: &str) {
-    let mut upper = true;
-    for b in name.bytes() {
-        out.put_u8(if upper { b.to_ascii_uppercase() } else { b });
-        upper = b == b'-';
     }
 }
 
@@ -969,7 +869,7 @@ mod tests {
         {
             assert!(matches!(dechunk(bad), Err(Error::Protocol(what)) if what != "incomplete"), "{bad:?}");
         }
-        let long = vec![b'1'; crate::http::h1_chunk::MAX_CHUNK_LINE + 1];
+        let long = vec![b'1'; crate::http::h1_body::MAX_CHUNK_LINE + 1];
         assert!(matches!(dechunk(&long), Err(Error::Protocol("chunk size line too long"))));
     }
 
@@ -987,9 +887,9 @@ mod tests {
         let head =
             RequestHead { method: &parts.method, path: "/a?b=c", headers: &parts.headers, host: None, extra: &[] };
         let writer = Writer::new(&head, body, true, BytesMut::new()).expect("encodes");
-        assert_eq!(writer.framing, RequestFraming::Chunked);
+        assert_eq!(writer.enc.framing, BodyFraming::Chunked);
         assert_eq!(
-            &writer.out[..],
+            &writer.enc.out[..],
             &b"POST /a?b=c HTTP/1.1\r\nHost: example\r\nX-Request-Id: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..]
         );
         let request =
@@ -997,8 +897,8 @@ mod tests {
         let (parts, body) = request.into_parts();
         let head = RequestHead { method: &parts.method, path: "/", headers: &parts.headers, host: None, extra: &[] };
         let writer = Writer::new(&head, body, false, BytesMut::new()).expect("encodes");
-        assert_eq!(writer.framing, RequestFraming::Length(7));
-        assert!(writer.out.starts_with(b"GET / HTTP/1.1\r\ncontent-length: 7\r\n"));
+        assert_eq!(writer.enc.framing, BodyFraming::Length(7));
+        assert!(writer.enc.out.starts_with(b"GET / HTTP/1.1\r\ncontent-length: 7\r\n"));
         // `host` and the fields set per attempt replace the map's.
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("downstream"));
@@ -1011,18 +911,10 @@ mod tests {
         let head =
             RequestHead { method: &Method::PUT, path: "/x", headers: &headers, host: Some(&host), extra: &extra };
         let writer = Writer::new(&head, AttemptBody::empty(), false, BytesMut::new()).expect("encodes");
-        assert_eq!(writer.framing, RequestFraming::Chunked);
+        assert_eq!(writer.enc.framing, BodyFraming::Chunked);
         assert_eq!(
-            &writer.out[..],
+            &writer.enc.out[..],
             &b"PUT /x HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\nx-envoy-attempt-count: 2\r\ntransfer-encoding: chunked\r\n\r\n"[..]
         );
-    }
-
-    #[test]
-    fn chunk_sizes_are_lower_case_hex() {
-        let mut buf = [0u8; 16];
-        assert_eq!(hex(0, &mut buf), b"0");
-        assert_eq!(hex(0x1a2b, &mut buf), b"1a2b");
-        assert_eq!(hex(u64::MAX, &mut buf), b"ffffffffffffffff");
     }
 }

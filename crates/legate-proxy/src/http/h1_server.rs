@@ -28,16 +28,13 @@ use legate_stats::Counter;
 use tokio::io::AsyncWrite;
 
 use super::body::BoxError;
-use super::h1_chunk::{decode_chunk, hex, take, Chunk, ChunkStep};
+pub use super::h1_body::Framing as BodyFraming;
+use super::h1_body::{decode_chunk, put_field, take, Chunk, ChunkStep, Encoder};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
 
 /// How much one read asks for while requests flow.
 const READ_ROOM: usize = 16 * 1024;
-/// Response body pieces at least this long are written from their own buffer, not copied.
-const COPY_LIMIT: usize = 4 * 1024;
-/// How much of a response body is gathered before it is written.
-const GATHER_LIMIT: usize = 64 * 1024;
 /// hyper's limit on a request target, kept: longer ones are answered 414.
 const MAX_URI: usize = u16::MAX as usize - 1;
 /// Header slots parsed on the stack; more (a larger `max_headers_count`) are on the heap.
@@ -651,17 +648,6 @@ impl http_body::Body for RequestBody {
     }
 }
 
-/// How a response body is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// No body (HEAD, 1xx, 204, 304, a CONNECT's 2xx, 101): its bytes are dropped.
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the connection closes (HTTP/1.0 without a length).
-    Eof,
-}
-
 /// What the response says about its request and connection.
 pub struct ResponseContext<'a> {
     pub method: &'a Method,
@@ -675,7 +661,7 @@ pub struct ResponseContext<'a> {
 /// Encodes a response head into `out` (RFC 9112 §6): its body's encoding, and whether the
 /// connection stays open after it. Framing fields are written as the body needs them;
 /// `connection: close` when the connection will close; `date` when missing.
-pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &ResponseContext<'_>) -> (Encoding, bool) {
+pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &ResponseContext<'_>) -> (BodyFraming, bool) {
     let status = head.status;
     let http10 = head.version == Version::HTTP_10;
     let connect_ok = *rc.method == Method::CONNECT && status.is_success();
@@ -717,26 +703,26 @@ pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &Respon
         } else if name == DATE {
             date = true;
         }
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        put_field(out, name.as_str(), value.as_bytes(), false);
     }
     let encoding = if status == StatusCode::SWITCHING_PROTOCOLS || bodiless {
-        Encoding::None
+        BodyFraming::Dropped
     } else if chunked {
-        Encoding::Chunked
+        BodyFraming::Chunked
     } else if let Some(n) = length {
-        Encoding::Length(n)
+        BodyFraming::Length(n)
     } else if rc.end_stream {
         out.put_slice(b"content-length: 0\r\n");
-        Encoding::Length(0)
+        BodyFraming::Length(0)
     } else if let Some(n) = rc.exact_size {
-        put_field(out, b"content-length", decimal(n, &mut [0; 20]));
-        Encoding::Length(n)
+        put_field(out, "content-length", decimal(n, &mut [0; 20]), false);
+        BodyFraming::Length(n)
     } else if http10 {
         keep_alive = false;
-        Encoding::Eof
+        BodyFraming::Eof
     } else {
         out.put_slice(b"transfer-encoding: chunked\r\n");
-        Encoding::Chunked
+        BodyFraming::Chunked
     };
     if status != StatusCode::SWITCHING_PROTOCOLS {
         if !keep_alive && !close {
@@ -746,17 +732,10 @@ pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &Respon
         }
     }
     if !date {
-        DATE_CACHE.with_borrow_mut(|cache| put_field(out, b"date", cache.now()));
+        DATE_CACHE.with_borrow_mut(|cache| put_field(out, "date", cache.now(), false));
     }
     out.put_slice(b"\r\n");
     (encoding, keep_alive)
-}
-
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 /// `n` in decimal digits, within `buf`.
@@ -815,21 +794,14 @@ pub fn error_reply(status: StatusCode) -> Vec<u8> {
 /// Writes a response's body after its head.
 pub struct ResponseWriter<B> {
     body: B,
-    encoding: Encoding,
-    /// Bytes to write before `data`: the head, chunk framing, small pieces.
-    out: BytesMut,
-    /// A large body piece, written from its own buffer, then `tail` (its chunk's CRLF).
-    data: Bytes,
-    tail: &'static [u8],
-    /// The body's end is in `out`.
-    ended: bool,
+    enc: Encoder,
 }
 
 /// Why writing a response stopped short.
 #[derive(Debug)]
 pub enum WriteError {
-    /// The response body failed (the upstream reset, a timeout): the client cannot be told
-    /// but by the close.
+    /// The response body failed (the upstream reset, a timeout) or did not match its framing:
+    /// the client cannot be told but by the close.
     Body,
     Io(io::Error),
 }
@@ -839,13 +811,8 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     /// `out` holds the encoded head.
-    pub fn new(out: BytesMut, body: B, encoding: Encoding) -> Self {
-        ResponseWriter { body, encoding, out, data: Bytes::new(), tail: b"", ended: false }
-    }
-
-    /// The response body, for what its end must account.
-    pub fn body(&self) -> &B {
-        &self.body
+    pub fn new(out: BytesMut, body: B, framing: BodyFraming) -> Self {
+        ResponseWriter { body, enc: Encoder::new(out, framing) }
     }
 
     /// Writes as far as the socket and the body allow: ready once all is written.
@@ -854,94 +821,42 @@ where
             // Gather what the body has ready, so that the head and a small body go out in one
             // write. The connection's state is not borrowed here: reading the response body
             // may read the request body (an upstream writer pulls it).
-            while !self.ended && self.data.is_empty() && self.tail.is_empty() && self.out.len() < GATHER_LIMIT {
-                match Pin::new(&mut self.body).poll_frame(cx) {
+            while self.enc.wants_more() {
+                let framed = match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Pending => break,
-                    Poll::Ready(None) => self.end(None)?,
+                    Poll::Ready(None) => self.enc.end(None),
                     Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(WriteError::Body)),
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => self.put_data(data)?,
-                        Err(frame) => self.end(frame.into_trailers().ok())?,
+                        Ok(data) => self.enc.put_data(data),
+                        Err(frame) => self.enc.end(frame.into_trailers().ok()),
                     },
-                }
+                };
+                framed.map_err(|_| WriteError::Body)?;
             }
             let mut state = conn.state.borrow_mut();
             let state = &mut *state;
             let Some(io) = state.io.as_mut() else {
                 return Poll::Ready(Err(WriteError::Io(io::ErrorKind::NotConnected.into())));
             };
-            if self.out.is_empty() && self.data.is_empty() && self.tail.is_empty() {
-                if !self.ended {
+            if self.enc.is_written() {
+                if !self.enc.ended {
                     return Poll::Pending;
                 }
                 ready!(io.poll_flush_records(cx)).map_err(WriteError::Io)?;
                 // The buffer is kept for the next response unless a large body grew it.
-                if self.out.capacity() <= READ_ROOM {
-                    state.spare = std::mem::take(&mut self.out);
+                if self.enc.out.capacity() <= READ_ROOM {
+                    state.spare = std::mem::take(&mut self.enc.out);
                 }
                 return Poll::Ready(Ok(()));
             }
-            let slices = [io::IoSlice::new(&self.out), io::IoSlice::new(&self.data), io::IoSlice::new(self.tail)];
-            let n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices)) {
+            let n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &self.enc.slices())) {
                 Ok(0) => return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into()))),
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(Err(WriteError::Io(e))),
             };
             state.tx.add(n as u64);
-            let from_out = n.min(self.out.len());
-            self.out.advance(from_out);
-            let from_data = (n - from_out).min(self.data.len());
-            self.data.advance(from_data);
-            let from_tail = (n - from_out - from_data).min(self.tail.len());
-            self.tail = self.tail.get(from_tail..).unwrap_or_default();
+            self.enc.advance(n);
         }
-    }
-
-    fn put_data(&mut self, data: Bytes) -> Result<(), WriteError> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let chunked = match &mut self.encoding {
-            Encoding::None => return Ok(()),
-            Encoding::Length(left) => {
-                // More than the length announced: the client would read it as a next response.
-                *left = left.checked_sub(data.len() as u64).ok_or(WriteError::Body)?;
-                false
-            }
-            Encoding::Eof => false,
-            Encoding::Chunked => {
-                let mut size = [0u8; 16];
-                self.out.put_slice(hex(data.len() as u64, &mut size));
-                self.out.put_slice(b"\r\n");
-                true
-            }
-        };
-        if data.len() >= COPY_LIMIT {
-            self.data = data;
-            self.tail = if chunked { b"\r\n" } else { b"" };
-        } else {
-            self.out.put_slice(&data);
-            if chunked {
-                self.out.put_slice(b"\r\n");
-            }
-        }
-        Ok(())
-    }
-
-    fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), WriteError> {
-        match self.encoding {
-            Encoding::Length(left) if left > 0 => return Err(WriteError::Body),
-            Encoding::Chunked => {
-                self.out.put_slice(b"0\r\n");
-                for (name, value) in trailers.iter().flatten() {
-                    put_field(&mut self.out, name.as_str().as_bytes(), value.as_bytes());
-                }
-                self.out.put_slice(b"\r\n");
-            }
-            _ => {}
-        }
-        self.ended = true;
-        Ok(())
     }
 }
 
@@ -1045,7 +960,7 @@ mod tests {
         assert!(h.wants_upgrade);
     }
 
-    fn encode(status: u16, headers: &[(&str, &str)], rc: &ResponseContext<'_>) -> (String, Encoding, bool) {
+    fn encode(status: u16, headers: &[(&str, &str)], rc: &ResponseContext<'_>) -> (String, BodyFraming, bool) {
         let (mut head, ()) = http::Response::new(()).into_parts();
         head.status = StatusCode::from_u16(status).unwrap();
         for (n, v) in headers {
@@ -1061,10 +976,10 @@ mod tests {
         let get = ResponseContext { method: &Method::GET, keep_alive: true, end_stream: false, exact_size: None };
         let (text, encoding, keep_alive) = encode(200, &[("content-length", "5"), ("date", "d")], &get);
         assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: d\r\n\r\n");
-        assert_eq!((encoding, keep_alive), (Encoding::Length(5), true));
+        assert_eq!((encoding, keep_alive), (BodyFraming::Length(5), true));
         let (text, encoding, _) = encode(404, &[("date", "d")], &get);
         assert_eq!(text, "HTTP/1.1 404 Not Found\r\ndate: d\r\ntransfer-encoding: chunked\r\n\r\n");
-        assert_eq!(encoding, Encoding::Chunked);
+        assert_eq!(encoding, BodyFraming::Chunked);
         let sized = ResponseContext { exact_size: Some(3), ..get };
         let (text, _, _) = encode(200, &[("date", "d")], &sized);
         assert!(text.contains("content-length: 3\r\n"));
@@ -1073,9 +988,9 @@ mod tests {
         assert!(text.ends_with("connection: close\r\n\r\n") && !keep_alive);
         let head = ResponseContext { method: &Method::HEAD, ..get };
         let (text, encoding, _) = encode(200, &[("content-length", "5"), ("date", "d")], &head);
-        assert!(text.contains("content-length: 5") && encoding == Encoding::None);
+        assert!(text.contains("content-length: 5") && encoding == BodyFraming::Dropped);
         let (text, encoding, _) = encode(204, &[("content-length", "5"), ("date", "d")], &get);
-        assert!(!text.contains("content-length") && encoding == Encoding::None);
+        assert!(!text.contains("content-length") && encoding == BodyFraming::Dropped);
         let (text, _, _) = encode(200, &[("content-length", "0")], &get);
         assert!(text.contains("\r\ndate: ") && text.ends_with(" GMT\r\n\r\n"));
     }
@@ -1089,6 +1004,6 @@ mod tests {
         let mut out = BytesMut::new();
         let (encoding, keep_alive) = encode_head(&mut out, &head, &rc);
         assert_eq!(&out[..], b"HTTP/1.0 200 OK\r\ndate: d\r\nconnection: close\r\n\r\n");
-        assert_eq!((encoding, keep_alive), (Encoding::Eof, false));
+        assert_eq!((encoding, keep_alive), (BodyFraming::Eof, false));
     }
 }

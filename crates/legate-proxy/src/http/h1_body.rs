@@ -1,12 +1,16 @@
-//! HTTP/1.1 message body pieces shared by legate's client and server codecs: the chunked
-//! transfer coding (RFC 9112 §7.1), decoded strictly, and taking bytes out of a read buffer.
+//! HTTP/1.1 message bodies, for legate's client and server codecs: the chunked transfer
+//! coding (RFC 9112 §7.1) decoded strictly, taking bytes out of a read buffer, and the
+//! outgoing side ([`Encoder`]): a body framed as its head announced, gathered for vectored
+//! writes.
 //!
 //! Strict because a proxy that reads a chunk boundary differently from the next hop is a
 //! request smuggling vector: a size line must be hex digits (at most 16) ending in CRLF, an
 //! extension may not hold control characters, chunk data must be followed by CRLF, and
 //! trailer lines must end in CRLF.
 
-use bytes::{Buf, Bytes, BytesMut};
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 
@@ -166,6 +170,139 @@ pub fn hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
     buf.get(start..).unwrap_or_default()
 }
 
+/// Outgoing body pieces at least this long are written from their own buffer, not copied.
+const COPY_LIMIT: usize = 4 * 1024;
+/// How much of an outgoing body is gathered before it is written.
+const GATHER_LIMIT: usize = 64 * 1024;
+
+/// How an outgoing body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body may follow the head: data is an error.
+    Empty,
+    /// No body is sent (a response to HEAD, 1xx, 204, 304): its data is dropped.
+    Dropped,
+    /// `content-length`, this many bytes to go.
+    Length(u64),
+    Chunked,
+    /// Until the connection closes.
+    Eof,
+}
+
+/// An outgoing message: the bytes to write (the head, chunk framing, small pieces) and a
+/// large body piece written from its own buffer, so that one vectored write takes them all.
+pub struct Encoder {
+    pub framing: Framing,
+    /// Bytes to write before `data`.
+    pub out: BytesMut,
+    /// A large body piece, then `tail` (its chunk's CRLF).
+    data: Bytes,
+    tail: &'static [u8],
+    /// The body's end is in `out`.
+    pub ended: bool,
+}
+
+/// The body does not match its framing: longer or shorter than announced, or data where
+/// none may be.
+#[derive(Debug)]
+pub struct FramingError;
+
+impl Encoder {
+    /// `out` holds the encoded head.
+    pub fn new(out: BytesMut, framing: Framing) -> Self {
+        Encoder { framing, out, data: Bytes::new(), tail: b"", ended: false }
+    }
+
+    /// Whether more of the body may be gathered before writing.
+    pub fn wants_more(&self) -> bool {
+        !self.ended && self.data.is_empty() && self.tail.is_empty() && self.out.len() < GATHER_LIMIT
+    }
+
+    /// Everything gathered is written.
+    pub fn is_written(&self) -> bool {
+        self.out.is_empty() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    pub fn slices(&self) -> [IoSlice<'_>; 3] {
+        [IoSlice::new(&self.out), IoSlice::new(&self.data), IoSlice::new(self.tail)]
+    }
+
+    /// `n` bytes of [`Self::slices`] were written.
+    pub fn advance(&mut self, n: usize) {
+        let from_out = n.min(self.out.len());
+        self.out.advance(from_out);
+        let from_data = (n - from_out).min(self.data.len());
+        self.data.advance(from_data);
+        let from_tail = (n - from_out - from_data).min(self.tail.len());
+        self.tail = self.tail.get(from_tail..).unwrap_or_default();
+    }
+
+    pub fn put_data(&mut self, data: Bytes) -> Result<(), FramingError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let chunked = match &mut self.framing {
+            Framing::Empty => return Err(FramingError),
+            Framing::Dropped => return Ok(()),
+            Framing::Length(left) => {
+                // More than announced: the peer would read the rest as a next message.
+                *left = left.checked_sub(data.len() as u64).ok_or(FramingError)?;
+                false
+            }
+            Framing::Eof => false,
+            Framing::Chunked => {
+                let mut size = [0u8; 16];
+                self.out.put_slice(hex(data.len() as u64, &mut size));
+                self.out.put_slice(b"\r\n");
+                true
+            }
+        };
+        if data.len() >= COPY_LIMIT {
+            self.data = data;
+            self.tail = if chunked { b"\r\n" } else { b"" };
+        } else {
+            self.out.put_slice(&data);
+            if chunked {
+                self.out.put_slice(b"\r\n");
+            }
+        }
+        Ok(())
+    }
+
+    /// The body's end, with its trailers (sent only with chunked framing).
+    pub fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), FramingError> {
+        match self.framing {
+            Framing::Length(left) if left > 0 => return Err(FramingError),
+            Framing::Chunked => {
+                self.out.put_slice(b"0\r\n");
+                for (name, value) in trailers.iter().flatten() {
+                    put_field(&mut self.out, name.as_str(), value.as_bytes(), false);
+                }
+                self.out.put_slice(b"\r\n");
+            }
+            _ => {}
+        }
+        self.ended = true;
+        Ok(())
+    }
+}
+
+/// `name: value\r\n`, the name as it is or in `X-Title-Case` (`proper_case_words`).
+pub fn put_field(out: &mut BytesMut, name: &str, value: &[u8], title_case: bool) {
+    if title_case {
+        let mut upper = true;
+        for b in name.bytes() {
+            out.put_u8(if upper { b.to_ascii_uppercase() } else { b });
+            upper = b == b'-';
+        }
+    } else {
+        out.put_slice(name.as_bytes());
+    }
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +320,13 @@ mod tests {
         assert!(decode_chunk(Chunk::Size, &mut buf, 1024).is_err());
         let mut buf = BytesMut::from(&b"5;a=b\r\n"[..]);
         assert!(matches!(decode_chunk(Chunk::Size, &mut buf, 1024), Ok(ChunkStep::Next(Some(Chunk::Data(5))))));
+    }
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex() {
+        let mut buf = [0u8; 16];
+        assert_eq!(hex(0, &mut buf), b"0");
+        assert_eq!(hex(0x1a2b, &mut buf), b"1a2b");
+        assert_eq!(hex(u64::MAX, &mut buf), b"ffffffffffffffff");
     }
 }
