@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustc_hash::FxBuildHasher;
 
 use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
-use crate::counter::{counter_reset, counter_value, Counter};
+use crate::counter::{counter_value, Counter};
 use crate::gauge::Gauge;
-use crate::histogram::{Histogram, HistogramLatch, SLOTS as HISTOGRAM_SLOTS};
+use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{StatName, SymbolTable};
 use crate::tag_extraction::TagExtraction;
 
@@ -61,7 +61,7 @@ pub(crate) struct HistogramEntry {
     pub(crate) index: u32,
     /// `None` until a latch sees a sample (most histograms of a large config never do); shared
     /// with the renders in progress, which read it outside the lock.
-    pub(crate) latch: Option<Arc<HistogramLatch>>,
+    pub(crate) latch: Option<PackedLatch>,
 }
 
 impl Registry {
@@ -165,9 +165,7 @@ impl Store {
     /// their shards; the store only records the current sum as the counter's offset.
     pub fn reset_counters(&self) {
         let registry = self.lock();
-        for &index in registry.counters.values() {
-            counter_reset(&self.arena, index);
-        }
+        self.arena.reset(registry.counters.values().copied());
     }
 
     /// The value of the counter with this full name, if it exists.
@@ -190,7 +188,7 @@ impl Store {
     pub fn latch_histograms(&self) {
         let mut registry = self.lock();
         for entry in registry.histograms.values_mut() {
-            HistogramLatch::latch(&mut entry.latch, &self.arena, entry.index);
+            PackedLatch::latch(&mut entry.latch, &self.arena, entry.index);
         }
     }
 
@@ -263,6 +261,7 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::histogram::HistogramLatch;
     use crate::set_thread_shard;
 
     #[test]
@@ -367,7 +366,11 @@ mod tests {
     fn latch_of(store: &Store, name: &str) -> HistogramLatch {
         let registry = store.lock();
         let name = registry.names.find(name).expect("interned");
-        registry.histograms.get(&name).and_then(|entry| entry.latch.as_deref().copied()).unwrap_or_default()
+        registry
+            .histograms
+            .get(&name)
+            .and_then(|entry| entry.latch.as_ref().map(PackedLatch::unpack))
+            .unwrap_or_default()
     }
 
     #[test]

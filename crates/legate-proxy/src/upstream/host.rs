@@ -62,7 +62,9 @@ pub struct Host {
     pub health_status: HealthStatus,
     /// `health_flag` bits; shared by all workers, written by the main thread.
     health_flags: AtomicU32,
-    pub stats: HostStats,
+    /// Allocated on the host's first connection or request: most hosts of a large EDS
+    /// config never see one, and their counters read 0 without it.
+    pub stats: LazyHostStats,
     /// Outlier detection's counters and ejection state for this host, allocated when a
     /// detector first looks at it (see [`Self::outlier`]): most clusters have none.
     outlier: std::sync::OnceLock<Box<super::outlier_detection::HostOutlier>>,
@@ -82,7 +84,43 @@ pub struct HostStats {
     pub rq_timeout: AtomicU64,
 }
 
+/// [`HostStats`] created on first use (64 bytes a host would otherwise carry inline). Writers
+/// reach the counters through `Deref` (`host.stats.rq_total.fetch_add(..)`), which creates
+/// them; [`Self::values`] reads without creating.
+#[derive(Default)]
+pub struct LazyHostStats(std::sync::OnceLock<Box<HostStats>>);
+
+impl std::ops::Deref for LazyHostStats {
+    type Target = HostStats;
+
+    fn deref(&self) -> &HostStats {
+        self.0.get_or_init(Box::default)
+    }
+}
+
+impl LazyHostStats {
+    /// Name and value of each stat, in the order `/clusters` prints them (all 0 when the host
+    /// never counted anything).
+    pub fn values(&self) -> [(&'static str, u64); 8] {
+        static NONE: HostStats = HostStats::new();
+        self.0.get().map_or(&NONE, |stats| &**stats).values()
+    }
+}
+
 impl HostStats {
+    const fn new() -> HostStats {
+        HostStats {
+            cx_total: AtomicU64::new(0),
+            cx_active: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_active: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            rq_success: AtomicU64::new(0),
+            rq_timeout: AtomicU64::new(0),
+        }
+    }
+
     /// Name and value of each stat, in the order `/clusters` prints them.
     pub fn values(&self) -> [(&'static str, u64); 8] {
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -124,7 +162,7 @@ impl Host {
             slow_start_since_ms: AtomicU64::new(monotonic_ms()),
             health_status,
             health_flags: AtomicU32::new(flags),
-            stats: HostStats::default(),
+            stats: LazyHostStats::default(),
             outlier: std::sync::OnceLock::new(),
         }
     }
@@ -284,6 +322,15 @@ mod tests {
         assert!(!plain.same_endpoint(&other_port));
         let copy = host().with_health_check_of(&other_port);
         assert!(copy.same_endpoint(&other_port));
+    }
+
+    #[test]
+    fn stats_are_created_on_first_write() {
+        let host = host();
+        assert!(host.stats.values().iter().all(|(_, value)| *value == 0));
+        assert!(host.stats.0.get().is_none(), "reading creates nothing");
+        host.stats.rq_total.fetch_add(2, Ordering::Relaxed);
+        assert!(host.stats.values().contains(&("rq_total", 2)));
     }
 
     #[test]
