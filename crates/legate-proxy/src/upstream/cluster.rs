@@ -100,7 +100,7 @@ impl Cluster {
         let cluster = Cluster {
             name: config.name.clone(),
             traffic_stats,
-            endpoint_stats: ClusterEndpointStats::new(scope),
+            endpoint_stats: ClusterEndpointStats::with_unchanged(scope),
             scope: scope.clone(),
             outlier_detector: config
                 .outlier_detection
