@@ -286,7 +286,7 @@ impl LoadBalancer {
             let policy = self.policy;
             let table = slot.get_or_insert_with(|| match policy {
                 LbPolicy::Maglev => HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_ref())),
-                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_ref())),
+                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_deref())),
             });
             let table = &*table;
             let lookup = |hash: u64| match table {
