@@ -32,8 +32,9 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     /// The typed form of the load balancer; it takes precedence over `lb_policy` and is
     /// written into the classic fields at load ([`Cluster::apply_load_balancing_policy`]).
-    pub load_balancing_policy: Option<crate::load_balancing_policy::LoadBalancingPolicy>,
-    pub load_assignment: Option<ClusterLoadAssignment>,
+    pub load_balancing_policy: Option<Box<crate::load_balancing_policy::LoadBalancingPolicy>>,
+    /// Boxed, as the other members an EDS cluster leaves out (10,000 clusters carry them).
+    pub load_assignment: Option<Box<ClusterLoadAssignment>>,
     /// Active health checks; legate runs at most one per cluster.
     #[serde(default)]
     pub health_checks: Vec<crate::health_check::HealthCheck>,

@@ -157,7 +157,10 @@ impl Cluster {
     ) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
         for locality in &assignment.endpoints {
-            let shared_locality = Arc::new(locality.locality.clone().unwrap_or_default());
+            let shared_locality = match &locality.locality {
+                Some(named) if *named != legate_config::core::Locality::default() => Arc::new(named.clone()),
+                _ => super::host::no_locality(),
+            };
             for endpoint in &locality.lb_endpoints {
                 let Some(address) = endpoint.endpoint.as_ref().and_then(|e| e.address.socket()) else { continue };
                 let Some(ip) = address.ip() else { continue };

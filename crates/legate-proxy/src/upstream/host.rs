@@ -35,6 +35,13 @@ pub struct HostHealthCheck {
 static NO_HEALTH_CHECK_CONFIG: HostHealthCheck =
     HostHealthCheck { port: None, address: None, hostname: String::new(), disabled: false };
 
+/// The locality of the hosts that name none, shared by all of them: most EDS endpoints name
+/// none, and each cluster's hosts would otherwise hold their own empty one (88 bytes).
+pub fn no_locality() -> Arc<Locality> {
+    static NONE: std::sync::OnceLock<Arc<Locality>> = std::sync::OnceLock::new();
+    NONE.get_or_init(Arc::default).clone()
+}
+
 /// Milliseconds on a monotonic clock shared by every thread (from the first call).
 pub fn monotonic_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
