@@ -10,11 +10,18 @@ use legate_stats::{Gauge, Scope};
 
 use super::stats::{CircuitBreakersRemainingStats, CircuitBreakersStats};
 
-/// Default and high priority limits of a cluster, in one allocation: ten resources with an
-/// `Arc` each cost 10,000 clusters ~8 KiB apiece of memory that mostly never counts anything.
-/// A guard keeps that allocation alive, so a connection or request that outlives its cluster
-/// (a CDS update replaced it) still releases into the limits it counted against.
-pub struct CircuitBreakers(Arc<Limits>);
+/// Default and high priority limits of a cluster. Their counts live in one allocation made on
+/// the cluster's first acquire: 10,000 idle clusters would otherwise hold ~0.5 KiB each of
+/// counts that never move (their stats exist from the start, as Envoy's). A guard keeps that
+/// allocation alive, so a connection or request that outlives its cluster (a CDS update
+/// replaced it) still releases into the limits it counted against.
+pub struct CircuitBreakers {
+    /// The cluster's `circuit_breakers`.
+    config: CircuitBreakersConfig,
+    /// `cluster.<name>`, to create the stat handles with the counts.
+    cluster_scope: Scope,
+    counts: std::sync::OnceLock<Arc<Limits>>,
+}
 
 /// Both priorities' limits.
 struct Limits {
@@ -56,7 +63,7 @@ pub struct ResourceManager<'a> {
 
 /// One counted resource with its limit, borrowed from the cluster's [`CircuitBreakers`].
 pub struct Resource<'a> {
-    limits: &'a Arc<Limits>,
+    breakers: &'a CircuitBreakers,
     priority: RoutingPriority,
     kind: Kind,
 }
@@ -70,21 +77,27 @@ struct ResourceState {
 }
 
 impl CircuitBreakers {
+    /// Creates the `circuit_breakers.<priority>.*` stats (with `remaining_*` at their limits);
+    /// the counts wait for the first acquire.
     pub fn new(config: &CircuitBreakersConfig, cluster_scope: &Scope) -> Self {
-        CircuitBreakers(Arc::new(Limits {
-            default: PriorityLimits::new(
-                &config.for_priority(RoutingPriority::Default),
-                &cluster_scope.scope("circuit_breakers.default"),
-            ),
-            high: PriorityLimits::new(
-                &config.for_priority(RoutingPriority::High),
-                &cluster_scope.scope("circuit_breakers.high"),
-            ),
-        }))
+        for priority in [RoutingPriority::Default, RoutingPriority::High] {
+            drop(PriorityLimits::new(&config.for_priority(priority), &priority_scope(cluster_scope, priority)));
+        }
+        CircuitBreakers { config: config.clone(), cluster_scope: cluster_scope.clone(), counts: Default::default() }
+    }
+
+    /// The counts, created on first use.
+    fn counts(&self) -> &Arc<Limits> {
+        self.counts.get_or_init(|| {
+            let limits = |priority| {
+                PriorityLimits::new(&self.config.for_priority(priority), &priority_scope(&self.cluster_scope, priority))
+            };
+            Arc::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
+        })
     }
 
     pub fn for_priority(&self, priority: RoutingPriority) -> ResourceManager<'_> {
-        let resource = |kind| Resource { limits: &self.0, priority, kind };
+        let resource = |kind| Resource { breakers: self, priority, kind };
         ResourceManager {
             connections: resource(Kind::Connections),
             pending_requests: resource(Kind::PendingRequests),
@@ -92,6 +105,14 @@ impl CircuitBreakers {
             retries: resource(Kind::Retries),
             connection_pools: resource(Kind::ConnectionPools),
         }
+    }
+}
+
+/// `cluster.<name>.circuit_breakers.<priority>`.
+fn priority_scope(cluster_scope: &Scope, priority: RoutingPriority) -> Scope {
+    match priority {
+        RoutingPriority::Default => cluster_scope.scope("circuit_breakers.default"),
+        RoutingPriority::High => cluster_scope.scope("circuit_breakers.high"),
     }
 }
 
@@ -202,7 +223,7 @@ impl ResourceManager<'_> {
     /// A retry slot: under `retry_budget`, retries may be up to the budget's share of the
     /// active and pending requests (at least `min_retry_concurrency`); else `max_retries`.
     pub fn try_acquire_retry(&self) -> Option<ResourceGuard> {
-        match self.retries.limits().retry_budget {
+        match self.retries.counted().retry_budget {
             Some((fraction, min)) => {
                 let active = self.requests.count() + self.pending_requests.count();
                 let limit = ((active as f64 * fraction) as u64).max(min);
@@ -214,27 +235,42 @@ impl ResourceManager<'_> {
 }
 
 impl Resource<'_> {
-    fn limits(&self) -> &PriorityLimits {
-        self.limits.priority(self.priority)
+    /// This priority's counts, created on first use.
+    fn counted(&self) -> &PriorityLimits {
+        self.breakers.counts().priority(self.priority)
     }
 
     pub fn max(&self) -> u64 {
-        self.limits().state(self.kind).map_or(0, |state| state.max)
+        match self.breakers.counts.get() {
+            Some(counts) => counts.priority(self.priority).state(self.kind).map_or(0, |state| state.max),
+            None => {
+                let t = self.breakers.config.for_priority(self.priority);
+                match self.kind {
+                    Kind::Connections => t.max_connections(),
+                    Kind::PendingRequests => t.max_pending_requests(),
+                    Kind::Requests => t.max_requests(),
+                    Kind::Retries => t.max_retries(),
+                    Kind::ConnectionPools => t.max_connection_pools(),
+                }
+            }
+        }
     }
 
     pub fn count(&self) -> u64 {
-        self.limits().state(self.kind).map_or(0, |state| state.count.load(Ordering::Relaxed))
+        let Some(counts) = self.breakers.counts.get() else { return 0 };
+        counts.priority(self.priority).state(self.kind).map_or(0, |state| state.count.load(Ordering::Relaxed))
     }
 
     /// Takes one unit if the limit allows; `None` means the breaker is open (overflow).
     pub fn try_acquire(&self) -> Option<ResourceGuard> {
-        self.try_acquire_up_to(self.max())
+        let max = self.counted().state(self.kind).map_or(0, |state| state.max);
+        self.try_acquire_up_to(max)
     }
 
     /// As `try_acquire`, with a limit computed by the caller (a retry budget).
     pub fn try_acquire_up_to(&self, max: u64) -> Option<ResourceGuard> {
-        self.limits().try_acquire(self.kind, max).then(|| ResourceGuard {
-            limits: self.limits.clone(),
+        self.counted().try_acquire(self.kind, max).then(|| ResourceGuard {
+            limits: self.breakers.counts().clone(),
             priority: self.priority,
             kind: self.kind,
         })
@@ -279,5 +315,34 @@ mod tests {
         drop(b);
         assert_eq!(cx.count(), 0);
         assert_eq!(store.gauge_value("cluster.c.circuit_breakers.default.remaining_cx"), Some(2));
+    }
+
+    #[test]
+    fn counts_wait_for_the_first_acquire_and_stats_do_not() {
+        let store = legate_stats::Store::new(1);
+        let scope = store.scope("cluster.c");
+        let config = CircuitBreakersConfig {
+            thresholds: vec![Thresholds {
+                priority: RoutingPriority::High,
+                max_requests: Some(7),
+                track_remaining: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let cb = CircuitBreakers::new(&config, &scope);
+        assert!(cb.counts.get().is_none());
+        let high = cb.for_priority(RoutingPriority::High);
+        assert_eq!((high.requests.max(), high.requests.count()), (7, 0));
+        assert_eq!(cb.for_priority(RoutingPriority::Default).requests.max(), 1024);
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(7));
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.default.rq_open"), Some(0));
+        assert!(cb.counts.get().is_none(), "reading creates nothing");
+        let guard = high.requests.try_acquire();
+        assert!(guard.is_some() && cb.counts.get().is_some());
+        assert_eq!((high.requests.max(), high.requests.count()), (7, 1));
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(6));
+        drop(guard);
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(7));
     }
 }
