@@ -158,7 +158,7 @@ impl Store {
 
     /// A scope whose stats are named `prefix.<name>`; a trailing dot in `prefix` is ignored.
     pub fn scope(self: &Arc<Self>, prefix: &str) -> Scope {
-        Scope { store: self.clone(), prefix: prefix.trim_end_matches('.').to_string() }
+        Scope { store: self.clone(), prefix: Arc::from(prefix.trim_end_matches('.')) }
     }
 
     /// Admin `/reset_counters`: every counter reads 0 afterwards. Workers keep adding into
@@ -215,7 +215,8 @@ impl fmt::Debug for Store {
 #[derive(Clone, Debug)]
 pub struct Scope {
     store: Arc<Store>,
-    prefix: String,
+    /// Shared by the scope's clones (a cluster keeps its scope in several of its parts).
+    prefix: Arc<str>,
 }
 
 impl Scope {
@@ -244,7 +245,7 @@ impl Scope {
 
     /// A nested scope `prefix.sub` (a trailing dot in `sub` is ignored).
     pub fn scope(&self, sub: &str) -> Scope {
-        Scope { store: self.store.clone(), prefix: self.name(sub.trim_end_matches('.')) }
+        Scope { store: self.store.clone(), prefix: Arc::from(self.name(sub.trim_end_matches('.'))) }
     }
 
     /// The prefix, without a trailing dot.

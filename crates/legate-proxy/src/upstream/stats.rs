@@ -79,6 +79,15 @@ legate_stats::stats! {
         gauge membership_total,
         counter membership_change,
         gauge max_host_weight,
+    }
+}
+
+legate_stats::stats! {
+    /// `cluster.<name>.update_*` as a DNS cluster's refreshes count them. Every cluster has
+    /// these stats ([`ClusterEndpointStats::with_unchanged`] creates them); only DNS clusters
+    /// keep handles ([`super::dns::DnsResolver`]): an EDS cluster counts the same names through
+    /// its subscription's stats.
+    pub struct ClusterUpdateStats {
         counter update_attempt,
         counter update_success,
         counter update_failure,
@@ -115,9 +124,10 @@ pub enum StatKind {
 }
 
 impl ClusterEndpointStats {
-    /// Creates the stats, with those of [`CLUSTER_UNCHANGED_STATS`].
+    /// Creates the stats, with those of [`CLUSTER_UNCHANGED_STATS`] and [`ClusterUpdateStats`].
     pub fn with_unchanged(scope: &legate_stats::Scope) -> Self {
         let stats = ClusterEndpointStats::new(scope);
+        drop(ClusterUpdateStats::new(scope));
         for (kind, name) in CLUSTER_UNCHANGED_STATS {
             match kind {
                 StatKind::Counter => drop(scope.counter(name)),
