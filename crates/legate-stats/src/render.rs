@@ -202,12 +202,12 @@ impl Store {
         let snapshot = self.snapshot();
         let mut out = String::new();
         // Tags computed by this render, kept for the next ones.
-        let mut computed: Vec<(u32, Arc<TagExtraction>)> = Vec::new();
-        let mut tags_of = |name: &str, index: u32| match snapshot.tags.get(&index) {
+        let mut computed: Vec<(StatName, Arc<TagExtraction>)> = Vec::new();
+        let mut tags_of = |name: &str, id: StatName| match snapshot.tags.get(&id) {
             Some(tags) => tags.clone(),
             None => {
                 let tags = Arc::new(extract_tags(name));
-                computed.push((index, tags.clone()));
+                computed.push((id, tags.clone()));
                 tags
             }
         };
@@ -216,13 +216,13 @@ impl Store {
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.counters {
             if !used_only || counter_used(&self.arena, index) {
-                listed.push(&mut writer, name, filter, index);
+                listed.push(&mut writer, name, filter, (name, index));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let offsets = self.arena.offsets();
-        for (name, &index) in listed.sorted(&snapshot.names).iter() {
-            let tags = tags_of(name, index);
+        for (name, &(id, index)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, id);
             let value = counter_value_with(&self.arena, &offsets, index);
             let line = numeric_line(&tags.extracted_name, &tags.tags, value);
             families.entry(tags.extracted_name.clone()).or_default().push(line);
@@ -232,26 +232,26 @@ impl Store {
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.gauges {
             if !used_only || gauge_used(&self.arena, index) {
-                listed.push(&mut writer, name, filter, index);
+                listed.push(&mut writer, name, filter, (name, index));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, &index) in listed.sorted(&snapshot.names).iter() {
-            let tags = tags_of(name, index);
+        for (name, &(id, index)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, id);
             let line = numeric_line(&tags.extracted_name, &tags.tags, self.arena.sum(index));
             families.entry(tags.extracted_name.clone()).or_default().push(line);
         }
         write_families(&mut out, families, "gauge");
 
         let mut listed = Listed::new();
-        for (name, index, latch) in &snapshot.histograms {
+        for (name, _, latch) in &snapshot.histograms {
             if !used_only || latch.as_ref().is_some_and(PackedLatch::used) {
-                listed.push(&mut writer, *name, filter, (*index, latch.clone()));
+                listed.push(&mut writer, *name, filter, (*name, latch.clone()));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, (index, latch)) in listed.sorted(&snapshot.names).iter() {
-            let tags = tags_of(name, *index);
+        for (name, (id, latch)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, *id);
             let latch = latch.as_ref().map(PackedLatch::unpack).unwrap_or_default();
             let lines = histogram_lines(&tags.extracted_name, &tags.tags, &latch);
             families.entry(tags.extracted_name.clone()).or_default().push(lines);

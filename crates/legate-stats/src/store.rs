@@ -33,6 +33,11 @@ pub struct Store {
     deferred_creation: std::sync::atomic::AtomicBool,
 }
 
+/// The slot of every declared stat no handle was asked for yet ([`Store::declare_counter`]):
+/// in the scratch area, where no handle ever points (overflowing stats write slot 0), so it
+/// reads 0 for all of them.
+const UNWRITTEN_SLOT: u32 = 1;
+
 /// Interned name → stat, one map per stat type.
 pub(crate) type StatMap<V> = HashMap<StatName, V, FxBuildHasher>;
 
@@ -48,13 +53,13 @@ pub(crate) struct Registry {
     /// Gauge name → slot.
     pub(crate) gauges: StatMap<u32>,
     pub(crate) histograms: StatMap<HistogramEntry>,
-    /// Tag extraction by slot, computed on a stat's first Prometheus render, then kept. Shared
+    /// Tag extraction by name, computed on a stat's first Prometheus render, then kept. Shared
     /// with the renders in progress, which read it outside the lock.
     pub(crate) tags: Arc<TagCache>,
 }
 
-/// Slot → its stat's tag extraction.
-pub(crate) type TagCache = HashMap<u32, Arc<TagExtraction>, FxBuildHasher>;
+/// Stat name → its tag extraction (by name: declared stats share one slot).
+pub(crate) type TagCache = HashMap<StatName, Arc<TagExtraction>, FxBuildHasher>;
 
 /// A registered histogram and its latched views.
 pub(crate) struct HistogramEntry {
@@ -119,13 +124,34 @@ impl Store {
         Gauge { arena: self.arena.clone(), index: self.scalar_index(name, |r| &mut r.gauges) }
     }
 
-    /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use
-    /// (slot 0, the discarded scratch slot, when the arena is full).
+    /// Lists the counter `name` (at 0) without giving it a slot yet: see
+    /// [`Scope::declare_counter`].
+    pub fn declare_counter(&self, name: &str) {
+        self.declare(name, |r| &mut r.counters);
+    }
+
+    /// Lists the gauge `name` (at 0, unused) without giving it a slot yet.
+    pub fn declare_gauge(&self, name: &str) {
+        self.declare(name, |r| &mut r.gauges);
+    }
+
+    fn declare(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) {
+        let mut registry = self.lock();
+        if let Some(name) = registry.names.intern(name) {
+            kind(&mut registry).entry(name).or_insert(UNWRITTEN_SLOT);
+        }
+    }
+
+    /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use,
+    /// or on the first handle to a declared stat (slot 0, the discarded scratch slot, when the
+    /// arena is full).
     fn scalar_index(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) -> u32 {
         let mut registry = self.lock();
         let Some(name) = registry.names.intern(name) else { return 0 };
         if let Some(&index) = kind(&mut registry).get(&name) {
-            return index;
+            if index != UNWRITTEN_SLOT {
+                return index;
+            }
         }
         match registry.allocate(&self.arena, 1) {
             Some(index) => {
@@ -241,6 +267,19 @@ impl Scope {
     /// The histogram `prefix.name`.
     pub fn histogram(&self, name: &str) -> Histogram {
         self.store.histogram(&self.name(name))
+    }
+
+    /// Lists the counter `prefix.name` in admin output (at 0, as Envoy lists every stat of a
+    /// component) without giving it memory to count in: for stats that legate never changes,
+    /// or changes only in some configurations (a DNS cluster's `update_*`). The first
+    /// [`Self::counter`] of that name gives it its slot.
+    pub fn declare_counter(&self, name: &str) {
+        self.store.declare_counter(&self.name(name));
+    }
+
+    /// As [`Self::declare_counter`], for a gauge (listed at 0 and unused until a handle sets it).
+    pub fn declare_gauge(&self, name: &str) {
+        self.store.declare_gauge(&self.name(name));
     }
 
     /// A nested scope `prefix.sub` (a trailing dot in `sub` is ignored).
@@ -399,6 +438,30 @@ mod tests {
         let latch = latch_of(&store, "h");
         assert_eq!(latch.interval.count(), 0);
         assert!(latch.used());
+    }
+
+    #[test]
+    fn declared_stats_read_zero_until_a_handle_gives_them_a_slot() {
+        let store = Store::new(2);
+        let scope = store.scope("cluster.a");
+        scope.declare_counter("bind_errors");
+        scope.declare_gauge("version");
+        store.scope("cluster.b").declare_counter("bind_errors");
+        assert_eq!(store.counter_value("cluster.a.bind_errors"), Some(0));
+        assert_eq!(store.gauge_value("cluster.a.version"), Some(0));
+        assert!(store.render_text(None, false).contains("cluster.b.bind_errors: 0\n"));
+        assert!(!store.render_text(None, true).contains("bind_errors"), "declared: unused");
+        store.reset_counters();
+        let version = scope.gauge("version");
+        version.set(7);
+        scope.declare_gauge("version");
+        assert_eq!(store.gauge_value("cluster.a.version"), Some(7), "declaring again changes nothing");
+        assert_eq!(store.counter_value("cluster.b.bind_errors"), Some(0));
+        assert_eq!(store.lock().next_slot, SCRATCH_SLOTS + 1, "a slot for the one handle only");
+        let prometheus = store.render_prometheus(None, false);
+        assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"a\"} 0\n"), "{prometheus}");
+        assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"b\"} 0\n"), "{prometheus}");
+        assert!(prometheus.contains("envoy_cluster_version{envoy_cluster_name=\"a\"} 7\n"), "{prometheus}");
     }
 
     #[test]

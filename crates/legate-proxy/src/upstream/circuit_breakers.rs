@@ -77,11 +77,17 @@ struct ResourceState {
 }
 
 impl CircuitBreakers {
-    /// Creates the `circuit_breakers.<priority>.*` stats (with `remaining_*` at their limits);
-    /// the counts wait for the first acquire.
+    /// Declares the `circuit_breakers.<priority>.*_open` stats and creates `remaining_*` (at
+    /// their limits); the counts, and the handles of the `*_open` gauges, wait for the first
+    /// acquire.
     pub fn new(config: &CircuitBreakersConfig, cluster_scope: &Scope) -> Self {
         for priority in [RoutingPriority::Default, RoutingPriority::High] {
-            drop(PriorityLimits::new(&config.for_priority(priority), &priority_scope(cluster_scope, priority)));
+            let scope = priority_scope(cluster_scope, priority);
+            CircuitBreakersStats::declare(&scope);
+            let thresholds = config.for_priority(priority);
+            if thresholds.track_remaining {
+                set_remaining_to_limits(&CircuitBreakersRemainingStats::new(&scope), &thresholds);
+            }
         }
         CircuitBreakers { config: config.clone(), cluster_scope: cluster_scope.clone(), counts: Default::default() }
     }
@@ -106,6 +112,17 @@ impl CircuitBreakers {
             connection_pools: resource(Kind::ConnectionPools),
         }
     }
+}
+
+/// `remaining_*` with nothing held: each resource's limit (as a gauge shows it, capped at
+/// 2³² − 1).
+fn set_remaining_to_limits(remaining: &CircuitBreakersRemainingStats, t: &Thresholds) {
+    let cap = |max: u64| max.min(u64::from(u32::MAX));
+    remaining.remaining_cx.set(cap(t.max_connections()));
+    remaining.remaining_pending.set(cap(t.max_pending_requests()));
+    remaining.remaining_rq.set(cap(t.max_requests()));
+    remaining.remaining_retries.set(cap(t.max_retries()));
+    remaining.remaining_cx_pools.set(cap(t.max_connection_pools()));
 }
 
 /// `cluster.<name>.circuit_breakers.<priority>`.
@@ -142,13 +159,8 @@ impl PriorityLimits {
             open: CircuitBreakersStats::new(scope),
             remaining: t.track_remaining.then(|| Box::new(CircuitBreakersRemainingStats::new(scope))),
         };
-        if limits.remaining.is_some() {
-            for kind in [Kind::Connections, Kind::PendingRequests, Kind::Requests, Kind::Retries, Kind::ConnectionPools]
-            {
-                if let (Some(gauge), Some(state)) = (limits.remaining_gauge(kind), limits.state(kind)) {
-                    gauge.set(state.max.min(u64::from(u32::MAX)));
-                }
-            }
+        if let Some(remaining) = &limits.remaining {
+            set_remaining_to_limits(remaining, t);
         }
         limits
     }

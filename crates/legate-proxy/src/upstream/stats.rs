@@ -70,7 +70,7 @@ legate_stats::stats! {
 legate_stats::stats! {
     /// `cluster.<name>.*`: the load balancer, membership and config update stats, which exist
     /// from the cluster's creation. Those legate has no reason to change are in
-    /// [`CLUSTER_UNCHANGED_STATS`].
+    /// [`ClusterUnchangedStats`].
     pub struct ClusterEndpointStats {
         counter lb_healthy_panic,
         gauge membership_healthy,
@@ -84,7 +84,7 @@ legate_stats::stats! {
 
 legate_stats::stats! {
     /// `cluster.<name>.update_*` as a DNS cluster's refreshes count them. Every cluster has
-    /// these stats ([`ClusterEndpointStats::with_unchanged`] creates them); only DNS clusters
+    /// these stats ([`ClusterEndpointStats::with_unchanged`] declares them); only DNS clusters
     /// keep handles ([`super::dns::DnsResolver`]): an EDS cluster counts the same names through
     /// its subscription's stats.
     pub struct ClusterUpdateStats {
@@ -96,44 +96,35 @@ legate_stats::stats! {
     }
 }
 
-/// `cluster.<name>.*` stats of Envoy's that legate lists (as Envoy, at 0) but never changes:
-/// zone-aware routing, the original destination cluster, bind errors, LRS assignment
-/// staleness; `version` is set by the cluster's EDS subscription, under the same name. Created
-/// with the cluster without a handle kept: 13 handles × 16 bytes × 10,000 clusters.
-pub const CLUSTER_UNCHANGED_STATS: [(StatKind, &str); 13] = [
-    (StatKind::Counter, "lb_local_cluster_not_ok"),
-    (StatKind::Counter, "lb_recalculate_zone_structures"),
-    (StatKind::Counter, "lb_zone_cluster_too_small"),
-    (StatKind::Counter, "lb_zone_no_capacity_left"),
-    (StatKind::Counter, "lb_zone_number_differs"),
-    (StatKind::Counter, "lb_zone_routing_all_directly"),
-    (StatKind::Counter, "lb_zone_routing_sampled"),
-    (StatKind::Counter, "lb_zone_routing_cross_zone"),
-    (StatKind::Counter, "bind_errors"),
-    (StatKind::Counter, "original_dst_host_invalid"),
-    (StatKind::Counter, "assignment_stale"),
-    (StatKind::Counter, "assignment_timeout_received"),
-    (StatKind::Gauge, "version"),
-];
-
-/// Which kind of stat a name in [`CLUSTER_UNCHANGED_STATS`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatKind {
-    Counter,
-    Gauge,
+legate_stats::stats! {
+    /// `cluster.<name>.*` stats of Envoy's that legate lists (as Envoy, at 0) but never
+    /// changes: zone-aware routing, the original destination cluster, bind errors, LRS
+    /// assignment staleness; `version` is set by the cluster's EDS subscription, under the
+    /// same name. Only declared ([`Self::declare`]): no handle, no slot, for 10,000 clusters.
+    pub struct ClusterUnchangedStats {
+        counter lb_local_cluster_not_ok,
+        counter lb_recalculate_zone_structures,
+        counter lb_zone_cluster_too_small,
+        counter lb_zone_no_capacity_left,
+        counter lb_zone_number_differs,
+        counter lb_zone_routing_all_directly,
+        counter lb_zone_routing_sampled,
+        counter lb_zone_routing_cross_zone,
+        counter bind_errors,
+        counter original_dst_host_invalid,
+        counter assignment_stale,
+        counter assignment_timeout_received,
+        gauge version,
+    }
 }
 
 impl ClusterEndpointStats {
-    /// Creates the stats, with those of [`CLUSTER_UNCHANGED_STATS`] and [`ClusterUpdateStats`].
+    /// Creates the stats, and declares those of [`ClusterUnchangedStats`] and
+    /// [`ClusterUpdateStats`].
     pub fn with_unchanged(scope: &legate_stats::Scope) -> Self {
         let stats = ClusterEndpointStats::new(scope);
-        drop(ClusterUpdateStats::new(scope));
-        for (kind, name) in CLUSTER_UNCHANGED_STATS {
-            match kind {
-                StatKind::Counter => drop(scope.counter(name)),
-                StatKind::Gauge => drop(scope.gauge(name)),
-            }
-        }
+        ClusterUnchangedStats::declare(scope);
+        ClusterUpdateStats::declare(scope);
         stats
     }
 }
