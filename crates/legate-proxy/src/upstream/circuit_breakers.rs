@@ -10,17 +10,17 @@ use legate_stats::{Gauge, Scope};
 
 use super::stats::{CircuitBreakersRemainingStats, CircuitBreakersStats};
 
-/// Default and high priority limits of a cluster. Their counts live in one allocation made on
-/// the cluster's first acquire: 10,000 idle clusters would otherwise hold ~0.5 KiB each of
-/// counts that never move (their stats exist from the start, as Envoy's). A guard keeps that
-/// allocation alive, so a connection or request that outlives its cluster (a CDS update
-/// replaced it) still releases into the limits it counted against.
+/// Default and high priority limits of a cluster. Their counts are made on the cluster's
+/// first acquire: 10,000 idle clusters would otherwise hold ~0.8 KiB each of counts that never
+/// move (their stats exist from the start, as Envoy's). A guard holds its resource's `Arc`, so
+/// a connection or request that outlives its cluster (a CDS update replaced it) still releases
+/// into the limit it counted against.
 pub struct CircuitBreakers {
     /// The cluster's `circuit_breakers`.
     config: CircuitBreakersConfig,
     /// `cluster.<name>`, to create the stat handles with the counts.
     cluster_scope: Scope,
-    counts: std::sync::OnceLock<Arc<Limits>>,
+    counts: std::sync::OnceLock<Box<Limits>>,
 }
 
 /// Both priorities' limits.
@@ -34,11 +34,7 @@ struct PriorityLimits {
     /// `retry_budget`: (budget fraction, min_retry_concurrency); replaces `max_retries`.
     retry_budget: Option<(f64, u64)>,
     /// Indexed by [`Kind`].
-    resources: [ResourceState; 5],
-    /// `circuit_breakers.<priority>.*_open`.
-    open: CircuitBreakersStats,
-    /// `circuit_breakers.<priority>.remaining_*`, with `track_remaining` only.
-    remaining: Option<Box<CircuitBreakersRemainingStats>>,
+    resources: [Arc<ResourceState>; 5],
 }
 
 /// The five resources of a priority, as indices into [`PriorityLimits::resources`].
@@ -68,12 +64,14 @@ pub struct Resource<'a> {
     kind: Kind,
 }
 
-/// A resource's count and limit.
+/// A resource's count, limit and gauges.
 struct ResourceState {
     max: u64,
     count: AtomicU64,
     /// Mirrors `count >= max` into the `*_open` gauge; flips are counted exactly once.
     open: AtomicBool,
+    open_gauge: Gauge,
+    remaining: Option<Gauge>,
 }
 
 impl CircuitBreakers {
@@ -93,12 +91,12 @@ impl CircuitBreakers {
     }
 
     /// The counts, created on first use.
-    fn counts(&self) -> &Arc<Limits> {
+    fn counts(&self) -> &Limits {
         self.counts.get_or_init(|| {
             let limits = |priority| {
                 PriorityLimits::new(&self.config.for_priority(priority), &priority_scope(&self.cluster_scope, priority))
             };
-            Arc::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
+            Box::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
         })
     }
 
@@ -144,88 +142,75 @@ impl Limits {
 
 impl PriorityLimits {
     fn new(t: &Thresholds, scope: &Scope) -> Self {
-        let limits = PriorityLimits {
+        let open = CircuitBreakersStats::new(scope);
+        let remaining = t.track_remaining.then(|| CircuitBreakersRemainingStats::new(scope));
+        if let Some(remaining) = &remaining {
+            set_remaining_to_limits(remaining, t);
+        }
+        let r = |max: u64, open_gauge: Gauge, remaining: Option<Gauge>| {
+            Arc::new(ResourceState {
+                max,
+                count: AtomicU64::new(0),
+                open: AtomicBool::new(false),
+                open_gauge,
+                remaining,
+            })
+        };
+        let remaining = remaining.as_ref();
+        PriorityLimits {
             retry_budget: t.retry_budget.map(|b| {
                 (b.budget_percent.map_or(20.0, |p| p.value) / 100.0, u64::from(b.min_retry_concurrency.unwrap_or(3)))
             }),
             resources: [
-                t.max_connections(),
-                t.max_pending_requests(),
-                t.max_requests(),
-                t.max_retries(),
-                t.max_connection_pools(),
-            ]
-            .map(|max| ResourceState { max, count: AtomicU64::new(0), open: AtomicBool::new(false) }),
-            open: CircuitBreakersStats::new(scope),
-            remaining: t.track_remaining.then(|| Box::new(CircuitBreakersRemainingStats::new(scope))),
-        };
-        if let Some(remaining) = &limits.remaining {
-            set_remaining_to_limits(remaining, t);
+                r(t.max_connections(), open.cx_open, remaining.map(|s| s.remaining_cx.clone())),
+                r(t.max_pending_requests(), open.rq_pending_open, remaining.map(|s| s.remaining_pending.clone())),
+                r(t.max_requests(), open.rq_open, remaining.map(|s| s.remaining_rq.clone())),
+                r(t.max_retries(), open.rq_retry_open, remaining.map(|s| s.remaining_retries.clone())),
+                r(t.max_connection_pools(), open.cx_pool_open, remaining.map(|s| s.remaining_cx_pools.clone())),
+            ],
         }
-        limits
     }
 
-    fn state(&self, kind: Kind) -> Option<&ResourceState> {
+    fn state(&self, kind: Kind) -> Option<&Arc<ResourceState>> {
         self.resources.get(kind as usize)
     }
+}
 
-    fn open_gauge(&self, kind: Kind) -> &Gauge {
-        match kind {
-            Kind::Connections => &self.open.cx_open,
-            Kind::PendingRequests => &self.open.rq_pending_open,
-            Kind::Requests => &self.open.rq_open,
-            Kind::Retries => &self.open.rq_retry_open,
-            Kind::ConnectionPools => &self.open.cx_pool_open,
-        }
-    }
-
-    fn remaining_gauge(&self, kind: Kind) -> Option<&Gauge> {
-        let remaining = self.remaining.as_deref()?;
-        Some(match kind {
-            Kind::Connections => &remaining.remaining_cx,
-            Kind::PendingRequests => &remaining.remaining_pending,
-            Kind::Requests => &remaining.remaining_rq,
-            Kind::Retries => &remaining.remaining_retries,
-            Kind::ConnectionPools => &remaining.remaining_cx_pools,
-        })
-    }
-
-    /// Takes one unit of `kind` if `max` allows; `false` means the breaker is open.
-    fn try_acquire(&self, kind: Kind, max: u64) -> bool {
-        let Some(state) = self.state(kind) else { return false };
-        let mut current = state.count.load(Ordering::Relaxed);
+impl ResourceState {
+    /// Takes one unit if `max` allows; `None` means the breaker is open.
+    fn try_acquire(self: &Arc<Self>, max: u64) -> Option<ResourceGuard> {
+        let mut current = self.count.load(Ordering::Relaxed);
         loop {
             if current >= max {
-                return false;
+                return None;
             }
-            match state.count.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.count.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(actual) => current = actual,
             }
         }
-        if let Some(g) = self.remaining_gauge(kind) {
+        if let Some(g) = &self.remaining {
             g.sub(1);
         }
-        self.update_open(kind, state);
-        true
+        self.update_open();
+        Some(ResourceGuard { resource: self.clone() })
     }
 
-    fn release(&self, kind: Kind) {
-        let Some(state) = self.state(kind) else { return };
-        state.count.fetch_sub(1, Ordering::AcqRel);
-        if let Some(g) = self.remaining_gauge(kind) {
+    fn release(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(g) = &self.remaining {
             g.add(1);
         }
-        self.update_open(kind, state);
+        self.update_open();
     }
 
-    fn update_open(&self, kind: Kind, state: &ResourceState) {
-        let now_open = state.count.load(Ordering::Relaxed) >= state.max;
-        if state.open.compare_exchange(!now_open, now_open, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+    fn update_open(&self) {
+        let now_open = self.count.load(Ordering::Relaxed) >= self.max;
+        if self.open.compare_exchange(!now_open, now_open, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             if now_open {
-                self.open_gauge(kind).inc();
+                self.open_gauge.inc();
             } else {
-                self.open_gauge(kind).dec();
+                self.open_gauge.dec();
             }
         }
     }
@@ -275,30 +260,24 @@ impl Resource<'_> {
 
     /// Takes one unit if the limit allows; `None` means the breaker is open (overflow).
     pub fn try_acquire(&self) -> Option<ResourceGuard> {
-        let max = self.counted().state(self.kind).map_or(0, |state| state.max);
-        self.try_acquire_up_to(max)
+        let state = self.counted().state(self.kind)?;
+        state.try_acquire(state.max)
     }
 
     /// As `try_acquire`, with a limit computed by the caller (a retry budget).
     pub fn try_acquire_up_to(&self, max: u64) -> Option<ResourceGuard> {
-        self.counted().try_acquire(self.kind, max).then(|| ResourceGuard {
-            limits: self.breakers.counts().clone(),
-            priority: self.priority,
-            kind: self.kind,
-        })
+        self.counted().state(self.kind)?.try_acquire(max)
     }
 }
 
 /// A held unit of a [`Resource`], released on drop.
 pub struct ResourceGuard {
-    limits: Arc<Limits>,
-    priority: RoutingPriority,
-    kind: Kind,
+    resource: Arc<ResourceState>,
 }
 
 impl Drop for ResourceGuard {
     fn drop(&mut self) {
-        self.limits.priority(self.priority).release(self.kind);
+        self.resource.release();
     }
 }
 
