@@ -32,8 +32,9 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     /// The typed form of the load balancer; it takes precedence over `lb_policy` and is
     /// written into the classic fields at load ([`Cluster::apply_load_balancing_policy`]).
-    pub load_balancing_policy: Option<crate::load_balancing_policy::LoadBalancingPolicy>,
-    pub load_assignment: Option<ClusterLoadAssignment>,
+    pub load_balancing_policy: Option<Box<crate::load_balancing_policy::LoadBalancingPolicy>>,
+    /// Boxed, as the other members an EDS cluster leaves out (10,000 clusters carry them).
+    pub load_assignment: Option<Box<ClusterLoadAssignment>>,
     /// Active health checks; legate runs at most one per cluster.
     #[serde(default)]
     pub health_checks: Vec<crate::health_check::HealthCheck>,
@@ -43,8 +44,8 @@ pub struct Cluster {
     #[serde(default)]
     pub circuit_breakers: CircuitBreakers,
     /// Deprecated for the `HttpProtocolOptions` extension options, like the next three.
-    pub upstream_http_protocol_options: Option<UpstreamHttpProtocolOptions>,
-    pub common_http_protocol_options: Option<HttpProtocolOptions>,
+    pub upstream_http_protocol_options: Option<Box<UpstreamHttpProtocolOptions>>,
+    pub common_http_protocol_options: Option<Box<HttpProtocolOptions>>,
     pub http_protocol_options: Option<Box<Http1ProtocolOptions>>,
     /// Deprecated; its presence alone makes the cluster speak HTTP/2.
     pub http2_protocol_options: Option<Box<Http2ProtocolOptions>>,
@@ -54,7 +55,7 @@ pub struct Cluster {
     /// How often DNS clusters re-resolve (default 5 s).
     pub dns_refresh_rate: Option<Duration>,
     /// Back-off after a failed resolution (default: `dns_refresh_rate`).
-    pub dns_failure_refresh_rate: Option<RefreshRate>,
+    pub dns_failure_refresh_rate: Option<Box<RefreshRate>>,
     /// Re-resolve when the answer's TTL runs out instead of every `dns_refresh_rate`.
     #[serde(default)]
     pub respect_dns_ttl: bool,
@@ -65,7 +66,7 @@ pub struct Cluster {
     pub dns_resolvers: Vec<crate::core::Address>,
     #[serde(default)]
     pub use_tcp_for_dns_lookups: bool,
-    pub dns_resolution_config: Option<crate::dns::DnsResolutionConfig>,
+    pub dns_resolution_config: Option<Box<crate::dns::DnsResolutionConfig>>,
     pub typed_dns_resolver_config: Option<Box<crate::dns::TypedDnsResolverConfig>>,
     pub wait_for_warm_on_init: Option<bool>,
     pub outlier_detection: Option<Box<crate::outlier_detection::OutlierDetection>>,
@@ -73,7 +74,7 @@ pub struct Cluster {
     /// Source address and socket options of upstream connections (e.g. TCP_USER_TIMEOUT).
     pub upstream_bind_config: Option<Box<crate::socket_option::BindConfig>>,
     pub lb_subset_config: Option<Unsupported>,
-    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    pub ring_hash_lb_config: Option<Box<RingHashLbConfig>>,
     pub maglev_lb_config: Option<MaglevLbConfig>,
     pub original_dst_lb_config: Option<Unsupported>,
     pub least_request_lb_config: Option<Box<LeastRequestLbConfig>>,
@@ -86,7 +87,7 @@ pub struct Cluster {
     /// Deprecated for `use_downstream_protocol_config` of the `HttpProtocolOptions` extension.
     #[serde(default)]
     pub protocol_selection: ClusterProtocolSelection,
-    pub upstream_connection_options: Option<UpstreamConnectionOptions>,
+    pub upstream_connection_options: Option<Box<UpstreamConnectionOptions>>,
     #[serde(default)]
     pub close_connections_on_host_health_failure: bool,
     #[serde(default)]
@@ -128,7 +129,7 @@ impl Cluster {
     pub fn dns_resolver(&self) -> crate::dns::DnsResolverConfig {
         crate::dns::resolver_config(
             self.typed_dns_resolver_config.as_deref(),
-            self.dns_resolution_config.as_ref(),
+            self.dns_resolution_config.as_deref(),
             &self.dns_resolvers,
             self.use_tcp_for_dns_lookups,
         )
@@ -180,7 +181,7 @@ impl Cluster {
         let mut options = self
             .upstream_http_options()
             .and_then(|ext| ext.common_http_protocol_options.clone())
-            .or_else(|| self.common_http_protocol_options.clone())
+            .or_else(|| self.common_http_protocol_options.as_deref().cloned())
             .unwrap_or_default();
         if options.max_requests_per_connection.is_none() {
             options.max_requests_per_connection = self.max_requests_per_connection;
@@ -193,7 +194,7 @@ impl Cluster {
     pub fn upstream_sni_options(&self) -> crate::protocol::UpstreamHttpProtocolOptions {
         self.upstream_http_options()
             .and_then(|ext| ext.upstream_http_protocol_options.clone())
-            .or_else(|| self.upstream_http_protocol_options.clone())
+            .or_else(|| self.upstream_http_protocol_options.as_deref().cloned())
             .unwrap_or_default()
     }
 

@@ -29,7 +29,9 @@ pub struct ConfigSource {
     /// Deprecated form of `path_config_source.path`.
     pub path: Option<String>,
     pub path_config_source: Option<PathConfigSource>,
-    pub api_config_source: Option<ApiConfigSource>,
+    /// Boxed: most sources are files or `ads` (an EDS cluster's source, 10,000 times over,
+    /// would carry its ~150 bytes inline).
+    pub api_config_source: Option<Box<ApiConfigSource>>,
     /// Use the bootstrap's `dynamic_resources.ads_config` stream.
     pub ads: Option<AggregatedConfigSource>,
     pub self_config_source: Option<Unsupported>,

@@ -389,7 +389,7 @@ impl RouteInfo<'_> {
             let explicit = cluster
                 .upstream_http_options()
                 .and_then(|e| e.common_http_protocol_options.as_ref())
-                .or(cluster.common_http_protocol_options.as_ref())
+                .or(cluster.common_http_protocol_options.as_deref())
                 .and_then(|o| o.idle_timeout)
                 .is_some();
             let origin = if explicit {

@@ -186,11 +186,11 @@ pub(crate) fn apply(cluster: &mut Cluster, policy: LbPolicyConfig) {
         }
         LbPolicyConfig::RingHash(ring) => {
             cluster.lb_policy = LbPolicy::RingHash;
-            cluster.ring_hash_lb_config = Some(RingHashLbConfig {
+            cluster.ring_hash_lb_config = Some(Box::new(RingHashLbConfig {
                 minimum_ring_size: ring.minimum_ring_size,
                 maximum_ring_size: ring.maximum_ring_size,
                 hash_function: ring.hash_function,
-            });
+            }));
             // The deprecated top-level fields fold into consistent_hashing_lb_config.
             let mut hashing = ring.consistent_hashing_lb_config.unwrap_or_default();
             hashing.use_hostname_for_hashing |= ring.use_hostname_for_hashing;

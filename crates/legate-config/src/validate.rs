@@ -393,7 +393,7 @@ impl Validator {
         crate::dns::validate(
             at,
             cluster.typed_dns_resolver_config.as_deref(),
-            cluster.dns_resolution_config.as_ref(),
+            cluster.dns_resolution_config.as_deref(),
             &cluster.dns_resolvers,
             self,
         );

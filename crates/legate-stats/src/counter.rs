@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::arena::Arena;
+use crate::arena::{Arena, Offsets};
 
 /// A handle to one counter; cheap to clone, every clone updates the same stat.
 #[derive(Clone)]
@@ -44,18 +44,15 @@ impl fmt::Debug for Counter {
 }
 
 pub(crate) fn counter_value(arena: &Arena, index: u32) -> u64 {
-    let offset = arena.side_slot(index).map_or(0, |slot| slot.load(Ordering::Relaxed));
-    arena.sum(index).wrapping_sub(offset)
+    counter_value_with(arena, &arena.offsets(), index)
+}
+
+/// [`counter_value`] with the offsets already locked (a render reads every counter).
+pub(crate) fn counter_value_with(arena: &Arena, offsets: &Offsets<'_>, index: u32) -> u64 {
+    arena.sum(index).wrapping_sub(offsets.get(index))
 }
 
 /// Envoy marks a counter used on its first increment; a reset does not clear that.
 pub(crate) fn counter_used(arena: &Arena, index: u32) -> bool {
     arena.sum(index) != 0
-}
-
-/// Makes the counter read 0 from now on without touching the shards the workers write.
-pub(crate) fn counter_reset(arena: &Arena, index: u32) {
-    if let Some(offset) = arena.side_slot(index) {
-        offset.store(arena.sum(index), Ordering::Relaxed);
-    }
 }

@@ -54,9 +54,7 @@ impl Gauge {
     pub fn set(&self, value: u64) {
         let delta = value.wrapping_sub(self.value());
         self.add(delta);
-        if let Some(flag) = self.arena.side_slot(self.index) {
-            flag.store(1, Ordering::Relaxed);
-        }
+        self.arena.mark_set(self.index);
     }
 
     /// The wrapping sum of all shards.
@@ -74,5 +72,5 @@ impl fmt::Debug for Gauge {
 /// Used once `set` was called or any shard holds a nonzero delta (an `inc` followed by a `dec`
 /// on the same worker reads unused, unlike Envoy, to keep the flag off the hot path).
 pub(crate) fn gauge_used(arena: &Arena, index: u32) -> bool {
-    arena.side_slot(index).is_some_and(|flag| flag.load(Ordering::Relaxed) != 0) || arena.any_nonzero(index)
+    arena.was_set(index) || arena.any_nonzero(index)
 }

@@ -164,7 +164,7 @@ fn bucket_range(i: usize) -> (f64, f64) {
     }
 }
 
-/// The latched views of one histogram, owned by the store's registry.
+/// The latched views of one histogram, as admin renders read them.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct HistogramLatch {
     /// Samples between the two most recent latches.
@@ -174,25 +174,83 @@ pub(crate) struct HistogramLatch {
 }
 
 impl HistogramLatch {
-    /// Moves the live totals of the histogram at `index` into its views (Envoy's
-    /// `ParentHistogramImpl::merge`). `None` stands for empty views and stays so until a latch
-    /// sees a sample; a view shared with a render in progress is copied before it changes.
-    pub(crate) fn latch(views: &mut Option<Arc<HistogramLatch>>, arena: &Arena, index: u32) {
-        let now = HistogramSnapshot::read(arena, index);
-        match views {
-            Some(views) => {
-                let views = Arc::make_mut(views);
-                views.interval = now.since(&views.cumulative);
-                views.cumulative = now;
-            }
-            None if now.count() != 0 => *views = Some(Arc::new(HistogramLatch { interval: now, cumulative: now })),
-            None => {}
-        }
-    }
-
     /// Envoy's `ParentHistogram::used`: a latch has seen at least one sample.
     pub(crate) fn used(&self) -> bool {
         self.cumulative.count() != 0
+    }
+}
+
+/// A [`HistogramLatch`] as the store's registry keeps it: only the buckets that hold samples.
+/// A histogram recorded once (an EDS cluster's `update_duration`) has one bucket of 20 in
+/// each view, and 10,000 of them spelled out would cost 340 bytes each.
+///
+/// Layout: the bucket masks (interval's in the low 32 bits, cumulative's in the high), the
+/// interval's sum, the cumulative sum, then the counts of the interval's buckets in the mask,
+/// in bucket order, then those of the cumulative view. Immutable: shared with the renders in
+/// progress, which unpack it outside the registry lock.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedLatch(Arc<[u64]>);
+
+/// Words before the counts.
+const PACKED_HEADER: usize = 3;
+
+impl PackedLatch {
+    fn pack(latch: &HistogramLatch) -> PackedLatch {
+        let mask = |view: &HistogramSnapshot| {
+            view.buckets.iter().enumerate().filter(|(_, n)| **n != 0).fold(0u64, |mask, (i, _)| mask | 1 << i)
+        };
+        let nonzero = |view: &HistogramSnapshot| view.buckets.into_iter().filter(|n| *n != 0);
+        let words: Vec<u64> =
+            [mask(&latch.interval) | mask(&latch.cumulative) << 32, latch.interval.sum, latch.cumulative.sum]
+                .into_iter()
+                .chain(nonzero(&latch.interval))
+                .chain(nonzero(&latch.cumulative))
+                .collect();
+        PackedLatch(words.into())
+    }
+
+    /// The views, spelled out.
+    pub(crate) fn unpack(&self) -> HistogramLatch {
+        let words = &*self.0;
+        let header = |i: usize| words.get(i).copied().unwrap_or(0);
+        let mut counts = words.get(PACKED_HEADER..).unwrap_or_default().iter().copied();
+        let mut view = |mask: u64, sum: u64| {
+            let mut snapshot = HistogramSnapshot { sum, ..Default::default() };
+            for (i, bucket) in snapshot.buckets.iter_mut().enumerate() {
+                if mask & 1 << i != 0 {
+                    *bucket = counts.next().unwrap_or(0);
+                }
+            }
+            snapshot
+        };
+        let interval = view(header(0) & u64::from(u32::MAX), header(1));
+        let cumulative = view(header(0) >> 32, header(2));
+        HistogramLatch { interval, cumulative }
+    }
+
+    /// Envoy's `ParentHistogram::used`, without unpacking.
+    pub(crate) fn used(&self) -> bool {
+        self.unpack().used()
+    }
+
+    /// Moves the live totals of the histogram at `index` into its views (Envoy's
+    /// `ParentHistogramImpl::merge`). `None` stands for empty views and stays so until a latch
+    /// sees a sample; views that did not change are not packed again.
+    pub(crate) fn latch(views: &mut Option<PackedLatch>, arena: &Arena, index: u32) {
+        let now = HistogramSnapshot::read(arena, index);
+        let latched = match views {
+            Some(packed) => {
+                let before = packed.unpack();
+                let latched = HistogramLatch { interval: now.since(&before.cumulative), cumulative: now };
+                if latched.interval == before.interval && latched.cumulative == before.cumulative {
+                    return;
+                }
+                latched
+            }
+            None if now.count() != 0 => HistogramLatch { interval: now, cumulative: now },
+            None => return,
+        };
+        *views = Some(PackedLatch::pack(&latched));
     }
 }
 
@@ -247,6 +305,26 @@ mod tests {
     fn overflow_reports_last_bound() {
         let s = snapshot(&[10_000_000]);
         assert_eq!(s.quantile(0.5), 3_600_000.0);
+    }
+
+    #[test]
+    fn packed_latch_unpacks_to_what_was_packed() {
+        for (interval, cumulative) in [
+            (snapshot(&[]), snapshot(&[])),
+            (snapshot(&[3]), snapshot(&[3])),
+            (snapshot(&[]), snapshot(&[0, 7, 7, 3_600_001])),
+            (snapshot(&[1, 2, 5, 6, 100]), snapshot(&[0, 1, 2, 5, 6, 100, 3_600_000, 3_600_001])),
+        ] {
+            let latch = HistogramLatch { interval, cumulative };
+            let packed = PackedLatch::pack(&latch);
+            let unpacked = packed.unpack();
+            assert_eq!((unpacked.interval, unpacked.cumulative), (interval, cumulative));
+            assert_eq!(packed.used(), latch.used());
+        }
+        assert_eq!(
+            PackedLatch::pack(&HistogramLatch { interval: snapshot(&[]), cumulative: snapshot(&[9]) }).0.len(),
+            4
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! Which one to use: a component declares its stats once with [`stats!`] and builds them from a
 //! [`Scope`] when config is applied; the hot path only calls [`Counter::inc`],
-//! [`Gauge::inc`]/[`Gauge::dec`] or [`Histogram::record`], which never lock, allocate or look up a
-//! name. A worker thread calls [`set_thread_shard`] once so its writes land in its own memory.
+//! [`Gauge::inc`]/[`Gauge::dec`] or [`Histogram::record`], which never lock or look up a name,
+//! and allocate only on a worker's first write into a block of 1,024 slots (see the `arena`
+//! module). A worker thread calls [`set_thread_shard`] once so its writes land in its own memory.
 //! The main thread calls [`Store::latch_histograms`] at every stats flush, and admin renders
 //! with [`Store::render_text`], [`Store::render_json`] and [`Store::render_prometheus`].
 //!

@@ -24,6 +24,9 @@ macro_rules! stats {
     (@type counter) => { $crate::Counter };
     (@type gauge) => { $crate::Gauge };
     (@type histogram) => { $crate::Histogram };
+    (@declare $scope:ident counter $field:ident) => { $scope.declare_counter(stringify!($field)) };
+    (@declare $scope:ident gauge $field:ident) => { $scope.declare_gauge(stringify!($field)) };
+    (@declare $scope:ident histogram $field:ident) => { drop($scope.histogram(stringify!($field))) };
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
@@ -40,6 +43,13 @@ macro_rules! stats {
             /// Creates (or finds) every stat of this struct under `scope`.
             pub fn new(scope: &$crate::Scope) -> Self {
                 Self { $( $field: scope.$kind(stringify!($field)), )* }
+            }
+
+            /// Lists every stat of this struct under `scope` without handles: counters and
+            /// gauges get their memory with the first handle ([`$crate::Scope::declare_counter`]).
+            #[allow(dead_code)]
+            pub fn declare(scope: &$crate::Scope) {
+                $( $crate::stats!(@declare scope $kind $field); )*
             }
         }
     };

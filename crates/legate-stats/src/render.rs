@@ -22,9 +22,9 @@ use std::sync::Arc;
 use regex::Regex;
 use serde_json::{json, Value};
 
-use crate::counter::{counter_used, counter_value};
+use crate::counter::{counter_used, counter_value_with};
 use crate::gauge::gauge_used;
-use crate::histogram::{HistogramLatch, BUCKET_BOUNDS, SUPPORTED_QUANTILES};
+use crate::histogram::{HistogramLatch, PackedLatch, BUCKET_BOUNDS, SUPPORTED_QUANTILES};
 use crate::store::{Store, TagCache};
 use crate::symbol_table::{NameWriter, Names, StatName};
 use crate::tag_extraction::{extract_tags, Tag, TagExtraction};
@@ -40,7 +40,7 @@ struct Snapshot {
     names: Names,
     counters: Vec<(StatName, u32)>,
     gauges: Vec<(StatName, u32)>,
-    histograms: Vec<(StatName, u32, Option<Arc<HistogramLatch>>)>,
+    histograms: Vec<(StatName, u32, Option<PackedLatch>)>,
     tags: Arc<TagCache>,
 }
 
@@ -105,9 +105,10 @@ impl Store {
     fn numeric_stats(&self, snapshot: &Snapshot, filter: Option<&Regex>, used_only: bool) -> Listed<u64> {
         let mut writer = snapshot.names.writer();
         let mut listed = Listed::new();
+        let offsets = self.arena.offsets();
         for &(name, index) in &snapshot.counters {
             if !used_only || counter_used(&self.arena, index) {
-                listed.push(&mut writer, name, filter, counter_value(&self.arena, index));
+                listed.push(&mut writer, name, filter, counter_value_with(&self.arena, &offsets, index));
             }
         }
         for &(name, index) in &snapshot.gauges {
@@ -124,11 +125,11 @@ impl Store {
         snapshot: &Snapshot,
         filter: Option<&Regex>,
         used_only: bool,
-    ) -> Listed<Option<Arc<HistogramLatch>>> {
+    ) -> Listed<Option<HistogramLatch>> {
         let mut writer = snapshot.names.writer();
         let mut listed = Listed::new();
         for (name, _, latch) in &snapshot.histograms {
-            let latch = latch.clone().filter(|latch| latch.used());
+            let latch = latch.as_ref().map(PackedLatch::unpack).filter(HistogramLatch::used);
             if !used_only || latch.is_some() {
                 listed.push(&mut writer, *name, filter, latch);
             }
@@ -175,7 +176,7 @@ impl Store {
             .sorted(&snapshot.names)
             .iter()
             .map(|(name, latch)| {
-                let latch = latch.as_deref().copied().unwrap_or_default();
+                let latch = latch.unwrap_or_default();
                 let values: Vec<Value> = latch
                     .cumulative
                     .quantiles()
@@ -201,12 +202,12 @@ impl Store {
         let snapshot = self.snapshot();
         let mut out = String::new();
         // Tags computed by this render, kept for the next ones.
-        let mut computed: Vec<(u32, Arc<TagExtraction>)> = Vec::new();
-        let mut tags_of = |name: &str, index: u32| match snapshot.tags.get(&index) {
+        let mut computed: Vec<(StatName, Arc<TagExtraction>)> = Vec::new();
+        let mut tags_of = |name: &str, id: StatName| match snapshot.tags.get(&id) {
             Some(tags) => tags.clone(),
             None => {
                 let tags = Arc::new(extract_tags(name));
-                computed.push((index, tags.clone()));
+                computed.push((id, tags.clone()));
                 tags
             }
         };
@@ -215,13 +216,14 @@ impl Store {
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.counters {
             if !used_only || counter_used(&self.arena, index) {
-                listed.push(&mut writer, name, filter, index);
+                listed.push(&mut writer, name, filter, (name, index));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, &index) in listed.sorted(&snapshot.names).iter() {
-            let tags = tags_of(name, index);
-            let value = counter_value(&self.arena, index);
+        let offsets = self.arena.offsets();
+        for (name, &(id, index)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, id);
+            let value = counter_value_with(&self.arena, &offsets, index);
             let line = numeric_line(&tags.extracted_name, &tags.tags, value);
             families.entry(tags.extracted_name.clone()).or_default().push(line);
         }
@@ -230,27 +232,28 @@ impl Store {
         let mut listed = Listed::new();
         for &(name, index) in &snapshot.gauges {
             if !used_only || gauge_used(&self.arena, index) {
-                listed.push(&mut writer, name, filter, index);
+                listed.push(&mut writer, name, filter, (name, index));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, &index) in listed.sorted(&snapshot.names).iter() {
-            let tags = tags_of(name, index);
+        for (name, &(id, index)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, id);
             let line = numeric_line(&tags.extracted_name, &tags.tags, self.arena.sum(index));
             families.entry(tags.extracted_name.clone()).or_default().push(line);
         }
         write_families(&mut out, families, "gauge");
 
         let mut listed = Listed::new();
-        for (name, index, latch) in &snapshot.histograms {
-            if !used_only || latch.as_ref().is_some_and(|latch| latch.used()) {
-                listed.push(&mut writer, *name, filter, (*index, latch.clone().unwrap_or_default()));
+        for (name, _, latch) in &snapshot.histograms {
+            if !used_only || latch.as_ref().is_some_and(PackedLatch::used) {
+                listed.push(&mut writer, *name, filter, (*name, latch.clone()));
             }
         }
         let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, (index, latch)) in listed.sorted(&snapshot.names).iter() {
-            let tags = tags_of(name, *index);
-            let lines = histogram_lines(&tags.extracted_name, &tags.tags, latch);
+        for (name, (id, latch)) in listed.sorted(&snapshot.names).iter() {
+            let tags = tags_of(name, *id);
+            let latch = latch.as_ref().map(PackedLatch::unpack).unwrap_or_default();
+            let lines = histogram_lines(&tags.extracted_name, &tags.tags, &latch);
             families.entry(tags.extracted_name.clone()).or_default().push(lines);
         }
         write_families(&mut out, families, "histogram");

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustc_hash::FxBuildHasher;
 
 use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
-use crate::counter::{counter_reset, counter_value, Counter};
+use crate::counter::{counter_value, Counter};
 use crate::gauge::Gauge;
-use crate::histogram::{Histogram, HistogramLatch, SLOTS as HISTOGRAM_SLOTS};
+use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{StatName, SymbolTable};
 use crate::tag_extraction::TagExtraction;
 
@@ -32,6 +32,11 @@ pub struct Store {
     /// `deferred_stat_options.enable_deferred_creation_stats`.
     deferred_creation: std::sync::atomic::AtomicBool,
 }
+
+/// The slot of every declared stat no handle was asked for yet ([`Store::declare_counter`]):
+/// in the scratch area, where no handle ever points (overflowing stats write slot 0), so it
+/// reads 0 for all of them.
+const UNWRITTEN_SLOT: u32 = 1;
 
 /// Interned name → stat, one map per stat type.
 pub(crate) type StatMap<V> = HashMap<StatName, V, FxBuildHasher>;
@@ -48,20 +53,20 @@ pub(crate) struct Registry {
     /// Gauge name → slot.
     pub(crate) gauges: StatMap<u32>,
     pub(crate) histograms: StatMap<HistogramEntry>,
-    /// Tag extraction by slot, computed on a stat's first Prometheus render, then kept. Shared
+    /// Tag extraction by name, computed on a stat's first Prometheus render, then kept. Shared
     /// with the renders in progress, which read it outside the lock.
     pub(crate) tags: Arc<TagCache>,
 }
 
-/// Slot → its stat's tag extraction.
-pub(crate) type TagCache = HashMap<u32, Arc<TagExtraction>, FxBuildHasher>;
+/// Stat name → its tag extraction (by name: declared stats share one slot).
+pub(crate) type TagCache = HashMap<StatName, Arc<TagExtraction>, FxBuildHasher>;
 
 /// A registered histogram and its latched views.
 pub(crate) struct HistogramEntry {
     pub(crate) index: u32,
     /// `None` until a latch sees a sample (most histograms of a large config never do); shared
     /// with the renders in progress, which read it outside the lock.
-    pub(crate) latch: Option<Arc<HistogramLatch>>,
+    pub(crate) latch: Option<PackedLatch>,
 }
 
 impl Registry {
@@ -119,13 +124,34 @@ impl Store {
         Gauge { arena: self.arena.clone(), index: self.scalar_index(name, |r| &mut r.gauges) }
     }
 
-    /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use
-    /// (slot 0, the discarded scratch slot, when the arena is full).
+    /// Lists the counter `name` (at 0) without giving it a slot yet: see
+    /// [`Scope::declare_counter`].
+    pub fn declare_counter(&self, name: &str) {
+        self.declare(name, |r| &mut r.counters);
+    }
+
+    /// Lists the gauge `name` (at 0, unused) without giving it a slot yet.
+    pub fn declare_gauge(&self, name: &str) {
+        self.declare(name, |r| &mut r.gauges);
+    }
+
+    fn declare(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) {
+        let mut registry = self.lock();
+        if let Some(name) = registry.names.intern(name) {
+            kind(&mut registry).entry(name).or_insert(UNWRITTEN_SLOT);
+        }
+    }
+
+    /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use,
+    /// or on the first handle to a declared stat (slot 0, the discarded scratch slot, when the
+    /// arena is full).
     fn scalar_index(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) -> u32 {
         let mut registry = self.lock();
         let Some(name) = registry.names.intern(name) else { return 0 };
         if let Some(&index) = kind(&mut registry).get(&name) {
-            return index;
+            if index != UNWRITTEN_SLOT {
+                return index;
+            }
         }
         match registry.allocate(&self.arena, 1) {
             Some(index) => {
@@ -158,16 +184,14 @@ impl Store {
 
     /// A scope whose stats are named `prefix.<name>`; a trailing dot in `prefix` is ignored.
     pub fn scope(self: &Arc<Self>, prefix: &str) -> Scope {
-        Scope { store: self.clone(), prefix: prefix.trim_end_matches('.').to_string() }
+        Scope { store: self.clone(), prefix: Arc::from(prefix.trim_end_matches('.')) }
     }
 
     /// Admin `/reset_counters`: every counter reads 0 afterwards. Workers keep adding into
     /// their shards; the store only records the current sum as the counter's offset.
     pub fn reset_counters(&self) {
         let registry = self.lock();
-        for &index in registry.counters.values() {
-            counter_reset(&self.arena, index);
-        }
+        self.arena.reset(registry.counters.values().copied());
     }
 
     /// The value of the counter with this full name, if it exists.
@@ -190,7 +214,7 @@ impl Store {
     pub fn latch_histograms(&self) {
         let mut registry = self.lock();
         for entry in registry.histograms.values_mut() {
-            HistogramLatch::latch(&mut entry.latch, &self.arena, entry.index);
+            PackedLatch::latch(&mut entry.latch, &self.arena, entry.index);
         }
     }
 
@@ -217,7 +241,8 @@ impl fmt::Debug for Store {
 #[derive(Clone, Debug)]
 pub struct Scope {
     store: Arc<Store>,
-    prefix: String,
+    /// Shared by the scope's clones (a cluster keeps its scope in several of its parts).
+    prefix: Arc<str>,
 }
 
 impl Scope {
@@ -244,9 +269,22 @@ impl Scope {
         self.store.histogram(&self.name(name))
     }
 
+    /// Lists the counter `prefix.name` in admin output (at 0, as Envoy lists every stat of a
+    /// component) without giving it memory to count in: for stats that legate never changes,
+    /// or changes only in some configurations (a DNS cluster's `update_*`). The first
+    /// [`Self::counter`] of that name gives it its slot.
+    pub fn declare_counter(&self, name: &str) {
+        self.store.declare_counter(&self.name(name));
+    }
+
+    /// As [`Self::declare_counter`], for a gauge (listed at 0 and unused until a handle sets it).
+    pub fn declare_gauge(&self, name: &str) {
+        self.store.declare_gauge(&self.name(name));
+    }
+
     /// A nested scope `prefix.sub` (a trailing dot in `sub` is ignored).
     pub fn scope(&self, sub: &str) -> Scope {
-        Scope { store: self.store.clone(), prefix: self.name(sub.trim_end_matches('.')) }
+        Scope { store: self.store.clone(), prefix: Arc::from(self.name(sub.trim_end_matches('.'))) }
     }
 
     /// The prefix, without a trailing dot.
@@ -263,6 +301,7 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::histogram::HistogramLatch;
     use crate::set_thread_shard;
 
     #[test]
@@ -367,7 +406,11 @@ mod tests {
     fn latch_of(store: &Store, name: &str) -> HistogramLatch {
         let registry = store.lock();
         let name = registry.names.find(name).expect("interned");
-        registry.histograms.get(&name).and_then(|entry| entry.latch.as_deref().copied()).unwrap_or_default()
+        registry
+            .histograms
+            .get(&name)
+            .and_then(|entry| entry.latch.as_ref().map(PackedLatch::unpack))
+            .unwrap_or_default()
     }
 
     #[test]
@@ -395,6 +438,30 @@ mod tests {
         let latch = latch_of(&store, "h");
         assert_eq!(latch.interval.count(), 0);
         assert!(latch.used());
+    }
+
+    #[test]
+    fn declared_stats_read_zero_until_a_handle_gives_them_a_slot() {
+        let store = Store::new(2);
+        let scope = store.scope("cluster.a");
+        scope.declare_counter("bind_errors");
+        scope.declare_gauge("version");
+        store.scope("cluster.b").declare_counter("bind_errors");
+        assert_eq!(store.counter_value("cluster.a.bind_errors"), Some(0));
+        assert_eq!(store.gauge_value("cluster.a.version"), Some(0));
+        assert!(store.render_text(None, false).contains("cluster.b.bind_errors: 0\n"));
+        assert!(!store.render_text(None, true).contains("bind_errors"), "declared: unused");
+        store.reset_counters();
+        let version = scope.gauge("version");
+        version.set(7);
+        scope.declare_gauge("version");
+        assert_eq!(store.gauge_value("cluster.a.version"), Some(7), "declaring again changes nothing");
+        assert_eq!(store.counter_value("cluster.b.bind_errors"), Some(0));
+        assert_eq!(store.lock().next_slot, SCRATCH_SLOTS + 1, "a slot for the one handle only");
+        let prometheus = store.render_prometheus(None, false);
+        assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"a\"} 0\n"), "{prometheus}");
+        assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"b\"} 0\n"), "{prometheus}");
+        assert!(prometheus.contains("envoy_cluster_version{envoy_cluster_name=\"a\"} 7\n"), "{prometheus}");
     }
 
     #[test]

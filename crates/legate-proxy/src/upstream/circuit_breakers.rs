@@ -10,86 +10,62 @@ use legate_stats::{Gauge, Scope};
 
 use super::stats::{CircuitBreakersRemainingStats, CircuitBreakersStats};
 
-/// The resource limits of one routing priority.
-pub struct ResourceManager {
-    /// `retry_budget`: (budget fraction, min_retry_concurrency); replaces `max_retries`.
-    pub retry_budget: Option<(f64, u64)>,
-    pub connections: Arc<Resource>,
-    pub pending_requests: Arc<Resource>,
-    pub requests: Arc<Resource>,
-    pub retries: Arc<Resource>,
-    pub connection_pools: Arc<Resource>,
-}
-
-/// Default and high priority limits of a cluster.
+/// Default and high priority limits of a cluster. Their counts are made on the cluster's
+/// first acquire: 10,000 idle clusters would otherwise hold ~0.8 KiB each of counts that never
+/// move (their stats exist from the start, as Envoy's). A guard holds its resource's `Arc`, so
+/// a connection or request that outlives its cluster (a CDS update replaced it) still releases
+/// into the limit it counted against.
 pub struct CircuitBreakers {
-    pub default: ResourceManager,
-    pub high: ResourceManager,
+    /// The cluster's `circuit_breakers`.
+    config: CircuitBreakersConfig,
+    /// `cluster.<name>`, to create the stat handles with the counts.
+    cluster_scope: Scope,
+    counts: std::sync::OnceLock<Box<Limits>>,
 }
 
-impl CircuitBreakers {
-    pub fn new(config: &CircuitBreakersConfig, cluster_scope: &Scope) -> Self {
-        CircuitBreakers {
-            default: ResourceManager::new(
-                &config.for_priority(RoutingPriority::Default),
-                &cluster_scope.scope("circuit_breakers.default"),
-            ),
-            high: ResourceManager::new(
-                &config.for_priority(RoutingPriority::High),
-                &cluster_scope.scope("circuit_breakers.high"),
-            ),
-        }
-    }
-
-    pub fn for_priority(&self, priority: RoutingPriority) -> &ResourceManager {
-        match priority {
-            RoutingPriority::Default => &self.default,
-            RoutingPriority::High => &self.high,
-        }
-    }
+/// Both priorities' limits.
+struct Limits {
+    default: PriorityLimits,
+    high: PriorityLimits,
 }
 
-impl ResourceManager {
-    /// A retry slot: under `retry_budget`, retries may be up to the budget's share of the
-    /// active and pending requests (at least `min_retry_concurrency`); else `max_retries`.
-    pub fn try_acquire_retry(&self) -> Option<ResourceGuard> {
-        match self.retry_budget {
-            Some((fraction, min)) => {
-                let active = self.requests.count() + self.pending_requests.count();
-                let limit = ((active as f64 * fraction) as u64).max(min);
-                self.retries.try_acquire_up_to(limit)
-            }
-            None => self.retries.try_acquire(),
-        }
-    }
-
-    fn new(t: &Thresholds, scope: &Scope) -> Self {
-        let open = CircuitBreakersStats::new(scope);
-        let remaining = t.track_remaining.then(|| CircuitBreakersRemainingStats::new(scope));
-        let r = |max: u64, open: Gauge, remaining: Option<Gauge>| Arc::new(Resource::new(max, open, remaining));
-        ResourceManager {
-            retry_budget: t.retry_budget.map(|b| {
-                (b.budget_percent.map_or(20.0, |p| p.value) / 100.0, u64::from(b.min_retry_concurrency.unwrap_or(3)))
-            }),
-            connections: r(t.max_connections(), open.cx_open, remaining.as_ref().map(|s| s.remaining_cx.clone())),
-            pending_requests: r(
-                t.max_pending_requests(),
-                open.rq_pending_open,
-                remaining.as_ref().map(|s| s.remaining_pending.clone()),
-            ),
-            requests: r(t.max_requests(), open.rq_open, remaining.as_ref().map(|s| s.remaining_rq.clone())),
-            retries: r(t.max_retries(), open.rq_retry_open, remaining.as_ref().map(|s| s.remaining_retries.clone())),
-            connection_pools: r(
-                t.max_connection_pools(),
-                open.cx_pool_open,
-                remaining.as_ref().map(|s| s.remaining_cx_pools.clone()),
-            ),
-        }
-    }
+/// The limits of one routing priority.
+struct PriorityLimits {
+    /// `retry_budget`: (budget fraction, min_retry_concurrency); replaces `max_retries`.
+    retry_budget: Option<(f64, u64)>,
+    /// Indexed by [`Kind`].
+    resources: [Arc<ResourceState>; 5],
 }
 
-/// One counted resource with its limit.
-pub struct Resource {
+/// The five resources of a priority, as indices into [`PriorityLimits::resources`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Connections,
+    PendingRequests,
+    Requests,
+    Retries,
+    ConnectionPools,
+}
+
+/// The resource limits of one routing priority (Envoy's `ResourceManager`), a view borrowed
+/// from the cluster's [`CircuitBreakers`].
+pub struct ResourceManager<'a> {
+    pub connections: Resource<'a>,
+    pub pending_requests: Resource<'a>,
+    pub requests: Resource<'a>,
+    pub retries: Resource<'a>,
+    pub connection_pools: Resource<'a>,
+}
+
+/// One counted resource with its limit, borrowed from the cluster's [`CircuitBreakers`].
+pub struct Resource<'a> {
+    breakers: &'a CircuitBreakers,
+    priority: RoutingPriority,
+    kind: Kind,
+}
+
+/// A resource's count, limit and gauges.
+struct ResourceState {
     max: u64,
     count: AtomicU64,
     /// Mirrors `count >= max` into the `*_open` gauge; flips are counted exactly once.
@@ -98,29 +74,111 @@ pub struct Resource {
     remaining: Option<Gauge>,
 }
 
-impl Resource {
-    fn new(max: u64, open_gauge: Gauge, remaining: Option<Gauge>) -> Self {
-        if let Some(g) = &remaining {
-            g.set(max.min(u64::from(u32::MAX)));
+impl CircuitBreakers {
+    /// Declares the `circuit_breakers.<priority>.*_open` stats and creates `remaining_*` (at
+    /// their limits); the counts, and the handles of the `*_open` gauges, wait for the first
+    /// acquire.
+    pub fn new(config: &CircuitBreakersConfig, cluster_scope: &Scope) -> Self {
+        for priority in [RoutingPriority::Default, RoutingPriority::High] {
+            let scope = priority_scope(cluster_scope, priority);
+            CircuitBreakersStats::declare(&scope);
+            let thresholds = config.for_priority(priority);
+            if thresholds.track_remaining {
+                set_remaining_to_limits(&CircuitBreakersRemainingStats::new(&scope), &thresholds);
+            }
         }
-        Resource { max, count: AtomicU64::new(0), open: AtomicBool::new(false), open_gauge, remaining }
+        CircuitBreakers { config: config.clone(), cluster_scope: cluster_scope.clone(), counts: Default::default() }
     }
 
-    pub fn max(&self) -> u64 {
-        self.max
+    /// The counts, created on first use.
+    fn counts(&self) -> &Limits {
+        self.counts.get_or_init(|| {
+            let limits = |priority| {
+                PriorityLimits::new(&self.config.for_priority(priority), &priority_scope(&self.cluster_scope, priority))
+            };
+            Box::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
+        })
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+    pub fn for_priority(&self, priority: RoutingPriority) -> ResourceManager<'_> {
+        let resource = |kind| Resource { breakers: self, priority, kind };
+        ResourceManager {
+            connections: resource(Kind::Connections),
+            pending_requests: resource(Kind::PendingRequests),
+            requests: resource(Kind::Requests),
+            retries: resource(Kind::Retries),
+            connection_pools: resource(Kind::ConnectionPools),
+        }
+    }
+}
+
+/// `remaining_*` with nothing held: each resource's limit (as a gauge shows it, capped at
+/// 2³² − 1).
+fn set_remaining_to_limits(remaining: &CircuitBreakersRemainingStats, t: &Thresholds) {
+    let cap = |max: u64| max.min(u64::from(u32::MAX));
+    remaining.remaining_cx.set(cap(t.max_connections()));
+    remaining.remaining_pending.set(cap(t.max_pending_requests()));
+    remaining.remaining_rq.set(cap(t.max_requests()));
+    remaining.remaining_retries.set(cap(t.max_retries()));
+    remaining.remaining_cx_pools.set(cap(t.max_connection_pools()));
+}
+
+/// `cluster.<name>.circuit_breakers.<priority>`.
+fn priority_scope(cluster_scope: &Scope, priority: RoutingPriority) -> Scope {
+    match priority {
+        RoutingPriority::Default => cluster_scope.scope("circuit_breakers.default"),
+        RoutingPriority::High => cluster_scope.scope("circuit_breakers.high"),
+    }
+}
+
+impl Limits {
+    fn priority(&self, priority: RoutingPriority) -> &PriorityLimits {
+        match priority {
+            RoutingPriority::Default => &self.default,
+            RoutingPriority::High => &self.high,
+        }
+    }
+}
+
+impl PriorityLimits {
+    fn new(t: &Thresholds, scope: &Scope) -> Self {
+        let open = CircuitBreakersStats::new(scope);
+        let remaining = t.track_remaining.then(|| CircuitBreakersRemainingStats::new(scope));
+        if let Some(remaining) = &remaining {
+            set_remaining_to_limits(remaining, t);
+        }
+        let r = |max: u64, open_gauge: Gauge, remaining: Option<Gauge>| {
+            Arc::new(ResourceState {
+                max,
+                count: AtomicU64::new(0),
+                open: AtomicBool::new(false),
+                open_gauge,
+                remaining,
+            })
+        };
+        let remaining = remaining.as_ref();
+        PriorityLimits {
+            retry_budget: t.retry_budget.map(|b| {
+                (b.budget_percent.map_or(20.0, |p| p.value) / 100.0, u64::from(b.min_retry_concurrency.unwrap_or(3)))
+            }),
+            resources: [
+                r(t.max_connections(), open.cx_open, remaining.map(|s| s.remaining_cx.clone())),
+                r(t.max_pending_requests(), open.rq_pending_open, remaining.map(|s| s.remaining_pending.clone())),
+                r(t.max_requests(), open.rq_open, remaining.map(|s| s.remaining_rq.clone())),
+                r(t.max_retries(), open.rq_retry_open, remaining.map(|s| s.remaining_retries.clone())),
+                r(t.max_connection_pools(), open.cx_pool_open, remaining.map(|s| s.remaining_cx_pools.clone())),
+            ],
+        }
     }
 
-    /// Takes one unit if the limit allows; `None` means the breaker is open (overflow).
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ResourceGuard> {
-        self.try_acquire_up_to(self.max)
+    fn state(&self, kind: Kind) -> Option<&Arc<ResourceState>> {
+        self.resources.get(kind as usize)
     }
+}
 
-    /// As `try_acquire`, with a limit computed by the caller (a retry budget).
-    pub fn try_acquire_up_to(self: &Arc<Self>, max: u64) -> Option<ResourceGuard> {
+impl ResourceState {
+    /// Takes one unit if `max` allows; `None` means the breaker is open.
+    fn try_acquire(self: &Arc<Self>, max: u64) -> Option<ResourceGuard> {
         let mut current = self.count.load(Ordering::Relaxed);
         loop {
             if current >= max {
@@ -158,9 +216,63 @@ impl Resource {
     }
 }
 
+impl ResourceManager<'_> {
+    /// A retry slot: under `retry_budget`, retries may be up to the budget's share of the
+    /// active and pending requests (at least `min_retry_concurrency`); else `max_retries`.
+    pub fn try_acquire_retry(&self) -> Option<ResourceGuard> {
+        match self.retries.counted().retry_budget {
+            Some((fraction, min)) => {
+                let active = self.requests.count() + self.pending_requests.count();
+                let limit = ((active as f64 * fraction) as u64).max(min);
+                self.retries.try_acquire_up_to(limit)
+            }
+            None => self.retries.try_acquire(),
+        }
+    }
+}
+
+impl Resource<'_> {
+    /// This priority's counts, created on first use.
+    fn counted(&self) -> &PriorityLimits {
+        self.breakers.counts().priority(self.priority)
+    }
+
+    pub fn max(&self) -> u64 {
+        match self.breakers.counts.get() {
+            Some(counts) => counts.priority(self.priority).state(self.kind).map_or(0, |state| state.max),
+            None => {
+                let t = self.breakers.config.for_priority(self.priority);
+                match self.kind {
+                    Kind::Connections => t.max_connections(),
+                    Kind::PendingRequests => t.max_pending_requests(),
+                    Kind::Requests => t.max_requests(),
+                    Kind::Retries => t.max_retries(),
+                    Kind::ConnectionPools => t.max_connection_pools(),
+                }
+            }
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        let Some(counts) = self.breakers.counts.get() else { return 0 };
+        counts.priority(self.priority).state(self.kind).map_or(0, |state| state.count.load(Ordering::Relaxed))
+    }
+
+    /// Takes one unit if the limit allows; `None` means the breaker is open (overflow).
+    pub fn try_acquire(&self) -> Option<ResourceGuard> {
+        let state = self.counted().state(self.kind)?;
+        state.try_acquire(state.max)
+    }
+
+    /// As `try_acquire`, with a limit computed by the caller (a retry budget).
+    pub fn try_acquire_up_to(&self, max: u64) -> Option<ResourceGuard> {
+        self.counted().state(self.kind)?.try_acquire(max)
+    }
+}
+
 /// A held unit of a [`Resource`], released on drop.
 pub struct ResourceGuard {
-    resource: Arc<Resource>,
+    resource: Arc<ResourceState>,
 }
 
 impl Drop for ResourceGuard {
@@ -182,7 +294,7 @@ mod tests {
             ..Default::default()
         };
         let cb = CircuitBreakers::new(&config, &scope);
-        let cx = &cb.default.connections;
+        let cx = cb.for_priority(RoutingPriority::Default).connections;
         let a = cx.try_acquire().unwrap();
         let b = cx.try_acquire().unwrap();
         assert!(cx.try_acquire().is_none());
@@ -194,5 +306,34 @@ mod tests {
         drop(b);
         assert_eq!(cx.count(), 0);
         assert_eq!(store.gauge_value("cluster.c.circuit_breakers.default.remaining_cx"), Some(2));
+    }
+
+    #[test]
+    fn counts_wait_for_the_first_acquire_and_stats_do_not() {
+        let store = legate_stats::Store::new(1);
+        let scope = store.scope("cluster.c");
+        let config = CircuitBreakersConfig {
+            thresholds: vec![Thresholds {
+                priority: RoutingPriority::High,
+                max_requests: Some(7),
+                track_remaining: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let cb = CircuitBreakers::new(&config, &scope);
+        assert!(cb.counts.get().is_none());
+        let high = cb.for_priority(RoutingPriority::High);
+        assert_eq!((high.requests.max(), high.requests.count()), (7, 0));
+        assert_eq!(cb.for_priority(RoutingPriority::Default).requests.max(), 1024);
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(7));
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.default.rq_open"), Some(0));
+        assert!(cb.counts.get().is_none(), "reading creates nothing");
+        let guard = high.requests.try_acquire();
+        assert!(guard.is_some() && cb.counts.get().is_some());
+        assert_eq!((high.requests.max(), high.requests.count()), (7, 1));
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(6));
+        drop(guard);
+        assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(7));
     }
 }

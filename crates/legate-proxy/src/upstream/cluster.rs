@@ -54,8 +54,23 @@ pub struct PrioritySet {
 #[derive(Default)]
 pub struct HostSet {
     pub hosts: Vec<Arc<Host>>,
-    pub healthy_hosts: Vec<Arc<Host>>,
+    /// See [`Self::healthy_hosts`]; empty when every host is healthy.
+    healthy_hosts: Vec<Arc<Host>>,
+    /// Every host is healthy: `hosts` is the healthy list too (the usual case, where a copy
+    /// would cost each cluster a second list).
+    all_healthy: bool,
     pub degraded_hosts: Vec<Arc<Host>>,
+}
+
+impl HostSet {
+    /// The healthy hosts, in the order of `hosts`.
+    pub fn healthy_hosts(&self) -> &[Arc<Host>] {
+        if self.all_healthy {
+            &self.hosts
+        } else {
+            &self.healthy_hosts
+        }
+    }
 }
 
 impl PrioritySet {
@@ -73,6 +88,11 @@ impl PrioritySet {
         }
         // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
         for set in &mut host_sets {
+            // The healthy hosts are a subsequence of the hosts: as many means the same.
+            if set.healthy_hosts.len() == set.hosts.len() {
+                set.all_healthy = true;
+                set.healthy_hosts = Vec::new();
+            }
             set.hosts.shrink_to_fit();
             set.healthy_hosts.shrink_to_fit();
             set.degraded_hosts.shrink_to_fit();
@@ -100,7 +120,7 @@ impl Cluster {
         let cluster = Cluster {
             name: config.name.clone(),
             traffic_stats,
-            endpoint_stats: ClusterEndpointStats::new(scope),
+            endpoint_stats: ClusterEndpointStats::with_unchanged(scope),
             scope: scope.clone(),
             outlier_detector: config
                 .outlier_detection
@@ -157,7 +177,10 @@ impl Cluster {
     ) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
         for locality in &assignment.endpoints {
-            let shared_locality = Arc::new(locality.locality.clone().unwrap_or_default());
+            let shared_locality = match &locality.locality {
+                Some(named) if *named != legate_config::core::Locality::default() => Arc::new(named.clone()),
+                _ => super::host::no_locality(),
+            };
             for endpoint in &locality.lb_endpoints {
                 let Some(address) = endpoint.endpoint.as_ref().and_then(|e| e.address.socket()) else { continue };
                 let Some(ip) = address.ip() else { continue };
@@ -288,7 +311,7 @@ impl Cluster {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         let set = PrioritySet::new(hosts, version);
         let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
-        let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts.len()).sum();
+        let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts().len()).sum();
         let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts.len()).sum();
         let excluded = set.all_hosts().filter(|h| h.excluded()).count();
         self.endpoint_stats.membership_total.set(total as u64);

@@ -26,7 +26,8 @@ pub type ClusterMap = HashMap<String, Arc<Cluster>>;
 /// compact JSON text: a parsed tree costs ten times the memory, for every cluster.
 #[derive(Clone, Debug)]
 pub struct ApiVersion {
-    pub version_info: String,
+    /// Shared by the clusters of one update (see [`ClusterManager::shared_version_info`]).
+    pub version_info: Arc<str>,
     pub last_updated: SystemTime,
     pub raw: Box<str>,
 }
@@ -56,6 +57,8 @@ pub struct ClusterManager {
     /// of 10,000 clusters must not copy the map 10,000 times).
     pending: RefCell<Vec<Pending>>,
     flush_scheduled: std::cell::Cell<bool>,
+    /// The `version_info` of the last cluster CDS added: the clusters of one update share it.
+    last_version_info: RefCell<Arc<str>>,
 }
 
 /// What [`ClusterManager::add_or_update_cluster`] did.
@@ -92,6 +95,7 @@ impl ClusterManager {
             api_versions: RefCell::new(HashMap::default()),
             pending: RefCell::new(Vec::new()),
             flush_scheduled: std::cell::Cell::new(false),
+            last_version_info: RefCell::new(Arc::from("")),
         }
     }
 
@@ -127,13 +131,16 @@ impl ClusterManager {
 
     /// Health checks and outlier sweeps of an active cluster.
     fn start_tasks(&self, cluster: &Arc<Cluster>) {
-        let mut tasks = self.tasks.borrow_mut();
-        let handles = tasks.entry(task_key(cluster)).or_default();
+        let mut handles = Vec::new();
         if cluster.health_checker.is_some() {
             handles.push(tokio::task::spawn_local(super::health_checker::run(cluster.clone())).abort_handle());
         }
         if cluster.outlier_detector.is_some() {
             handles.push(tokio::task::spawn_local(super::outlier_detection::run(cluster.clone())).abort_handle());
+        }
+        // No entry for a cluster without tasks (most of 10,000 EDS clusters).
+        if !handles.is_empty() {
+            self.tasks.borrow_mut().entry(task_key(cluster)).or_default().extend(handles);
         }
     }
 
@@ -204,7 +211,7 @@ impl ClusterManager {
         self.api_versions.borrow_mut().insert(
             name.clone(),
             ApiVersion {
-                version_info: version_info.to_string(),
+                version_info: self.shared_version_info(version_info),
                 last_updated: SystemTime::now(),
                 raw: raw.to_string().into_boxed_str(),
             },
@@ -231,6 +238,15 @@ impl ClusterManager {
             }
         }
         Ok(ClusterUpdate::Warming(cluster))
+    }
+
+    /// `version_info` as the clusters of its update share it.
+    fn shared_version_info(&self, version_info: &str) -> Arc<str> {
+        let mut last = self.last_version_info.borrow_mut();
+        if **last != *version_info {
+            *last = Arc::from(version_info);
+        }
+        last.clone()
     }
 
     /// Moves a warming cluster into the active set (its endpoints arrived, or

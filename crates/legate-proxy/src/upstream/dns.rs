@@ -31,6 +31,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One cluster's resolver.
 pub struct DnsResolver {
+    /// What a refresh counts.
+    stats: super::stats::ClusterUpdateStats,
     family: DnsLookupFamily,
     /// `None`: the system resolver.
     servers: Option<TokioResolver>,
@@ -38,10 +40,11 @@ pub struct DnsResolver {
 
 impl DnsResolver {
     pub fn new(cluster: &Cluster) -> Self {
+        let stats = super::stats::ClusterUpdateStats::new(&cluster.scope);
         let family = cluster.config.dns_lookup_family;
         let config = cluster.config.dns_resolver();
         if config.resolvers.is_empty() {
-            return DnsResolver { family, servers: None };
+            return DnsResolver { stats, family, servers: None };
         }
         let mut servers = ResolverConfig::from_name_servers(Vec::new());
         for addr in &config.resolvers {
@@ -64,10 +67,10 @@ impl DnsResolver {
             DnsLookupFamily::All => LookupIpStrategy::Ipv4AndIpv6,
         };
         match builder.build() {
-            Ok(resolver) => DnsResolver { family, servers: Some(resolver) },
+            Ok(resolver) => DnsResolver { stats, family, servers: Some(resolver) },
             Err(e) => {
                 tracing::error!(cluster = %cluster.name, error = %e, "DNS resolver cannot be built; using the system's");
-                DnsResolver { family, servers: None }
+                DnsResolver { stats, family, servers: None }
             }
         }
     }
@@ -93,7 +96,7 @@ impl DnsResolver {
 /// Resolves the cluster's names once and publishes the result. Returns whether it succeeded
 /// and the shortest TTL of the answers, when the resolver reports one.
 pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option<Duration>) {
-    cluster.endpoint_stats.update_attempt.inc();
+    resolver.stats.update_attempt.inc();
     let logical = cluster.config.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
     let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
@@ -111,7 +114,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
             }
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, name = %address.address, error = %e, "DNS resolution failed");
-                cluster.endpoint_stats.update_failure.inc();
+                resolver.stats.update_failure.inc();
                 return (false, None);
             }
         };
@@ -139,14 +142,14 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
             }
         }
     }
-    cluster.endpoint_stats.update_success.inc();
+    resolver.stats.update_success.inc();
     if hosts.is_empty() {
-        cluster.endpoint_stats.update_empty.inc();
+        resolver.stats.update_empty.inc();
     }
     let unchanged =
         hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address, h.priority)));
     if unchanged && current.version > 0 {
-        cluster.endpoint_stats.update_no_rebuild.inc();
+        resolver.stats.update_no_rebuild.inc();
     } else {
         cluster.update_hosts(hosts);
     }

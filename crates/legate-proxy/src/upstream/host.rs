@@ -35,6 +35,13 @@ pub struct HostHealthCheck {
 static NO_HEALTH_CHECK_CONFIG: HostHealthCheck =
     HostHealthCheck { port: None, address: None, hostname: String::new(), disabled: false };
 
+/// The locality of the hosts that name none, shared by all of them: most EDS endpoints name
+/// none, and each cluster's hosts would otherwise hold their own empty one (88 bytes).
+pub fn no_locality() -> Arc<Locality> {
+    static NONE: std::sync::OnceLock<Arc<Locality>> = std::sync::OnceLock::new();
+    NONE.get_or_init(Arc::default).clone()
+}
+
 /// Milliseconds on a monotonic clock shared by every thread (from the first call).
 pub fn monotonic_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
@@ -62,10 +69,10 @@ pub struct Host {
     pub health_status: HealthStatus,
     /// `health_flag` bits; shared by all workers, written by the main thread.
     health_flags: AtomicU32,
-    pub stats: HostStats,
-    /// Outlier detection's counters and ejection state for this host, allocated when a
-    /// detector first looks at it (see [`Self::outlier`]): most clusters have none.
-    outlier: std::sync::OnceLock<Box<super::outlier_detection::HostOutlier>>,
+    /// Allocated on the host's first connection or request: most hosts of a large EDS
+    /// config never see one, and their counters read 0 without it. Outlier detection's state
+    /// hangs off the same allocation (see [`Self::outlier`]).
+    pub stats: LazyHostStats,
 }
 
 /// Per-host counters shown by `/clusters` (Envoy keeps these as plain atomics, not in the
@@ -82,7 +89,57 @@ pub struct HostStats {
     pub rq_timeout: AtomicU64,
 }
 
+/// [`HostStats`] created on first use (64 bytes a host would otherwise carry inline), with the
+/// host's outlier detection state. Writers reach the counters through `Deref`
+/// (`host.stats.rq_total.fetch_add(..)`), which creates them; [`Self::values`] reads without
+/// creating. One allocation for both keeps an idle host at 120 bytes.
+#[derive(Default)]
+pub struct LazyHostStats(std::sync::OnceLock<Box<HostInUse>>);
+
+/// What a host has once it is used.
+#[derive(Default)]
+struct HostInUse {
+    stats: HostStats,
+    /// Outlier detection's counters and ejection state, allocated when a detector first looks
+    /// at the host: most clusters have no detector.
+    outlier: std::sync::OnceLock<Box<super::outlier_detection::HostOutlier>>,
+}
+
+impl std::ops::Deref for LazyHostStats {
+    type Target = HostStats;
+
+    fn deref(&self) -> &HostStats {
+        &self.in_use().stats
+    }
+}
+
+impl LazyHostStats {
+    fn in_use(&self) -> &HostInUse {
+        self.0.get_or_init(Box::default)
+    }
+
+    /// Name and value of each stat, in the order `/clusters` prints them (all 0 when the host
+    /// never counted anything).
+    pub fn values(&self) -> [(&'static str, u64); 8] {
+        static NONE: HostStats = HostStats::new();
+        self.0.get().map_or(&NONE, |in_use| &in_use.stats).values()
+    }
+}
+
 impl HostStats {
+    const fn new() -> HostStats {
+        HostStats {
+            cx_total: AtomicU64::new(0),
+            cx_active: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_active: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            rq_success: AtomicU64::new(0),
+            rq_timeout: AtomicU64::new(0),
+        }
+    }
+
     /// Name and value of each stat, in the order `/clusters` prints them.
     pub fn values(&self) -> [(&'static str, u64); 8] {
         let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -124,8 +181,7 @@ impl Host {
             slow_start_since_ms: AtomicU64::new(monotonic_ms()),
             health_status,
             health_flags: AtomicU32::new(flags),
-            stats: HostStats::default(),
-            outlier: std::sync::OnceLock::new(),
+            stats: LazyHostStats::default(),
         }
     }
 
@@ -175,12 +231,12 @@ impl Host {
     /// The outlier detection state of this host, created on first use: called only for hosts
     /// of a cluster with `outlier_detection`.
     pub fn outlier(&self) -> &super::outlier_detection::HostOutlier {
-        self.outlier.get_or_init(Default::default)
+        self.stats.in_use().outlier.get_or_init(Default::default)
     }
 
     /// The outlier detection state, if a detector ever looked at this host.
     pub fn outlier_if_tracked(&self) -> Option<&super::outlier_detection::HostOutlier> {
-        self.outlier.get().map(|outlier| &**outlier)
+        self.stats.0.get()?.outlier.get().map(|outlier| &**outlier)
     }
 
     /// Sets the weight of the host's locality (`LocalityLbEndpoints.load_balancing_weight`).
@@ -284,6 +340,15 @@ mod tests {
         assert!(!plain.same_endpoint(&other_port));
         let copy = host().with_health_check_of(&other_port);
         assert!(copy.same_endpoint(&other_port));
+    }
+
+    #[test]
+    fn stats_are_created_on_first_write() {
+        let host = host();
+        assert!(host.stats.values().iter().all(|(_, value)| *value == 0));
+        assert!(host.stats.0.get().is_none(), "reading creates nothing");
+        host.stats.rq_total.fetch_add(2, Ordering::Relaxed);
+        assert!(host.stats.values().contains(&("rq_total", 2)));
     }
 
     #[test]

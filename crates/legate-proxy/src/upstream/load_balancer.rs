@@ -142,7 +142,7 @@ fn health_percent(overprovisioning_factor: u32, set: &HostSet) -> u64 {
     if set.hosts.is_empty() {
         return 0;
     }
-    let healthy = set.healthy_hosts.len() as u64;
+    let healthy = set.healthy_hosts().len() as u64;
     (u64::from(overprovisioning_factor) * healthy / set.hosts.len() as u64).min(100)
 }
 
@@ -215,7 +215,7 @@ impl LoadBalancer {
                 // their first request to the same one.
                 let mut start = |n: usize| if n == 0 { 0 } else { rng.usize(0..n) };
                 [
-                    RoundRobin { next: start(s.healthy_hosts.len()), ..Default::default() },
+                    RoundRobin { next: start(s.healthy_hosts().len()), ..Default::default() },
                     RoundRobin { next: start(s.hosts.len()), ..Default::default() },
                 ]
             })
@@ -277,7 +277,7 @@ impl LoadBalancer {
         if panic {
             cluster.endpoint_stats.lb_healthy_panic.inc();
         }
-        let hosts = if panic { &set.hosts } else { &set.healthy_hosts };
+        let hosts = if panic { set.hosts.as_slice() } else { set.healthy_hosts() };
         if hosts.is_empty() {
             return None;
         }
@@ -286,7 +286,7 @@ impl LoadBalancer {
             let policy = self.policy;
             let table = slot.get_or_insert_with(|| match policy {
                 LbPolicy::Maglev => HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_ref())),
-                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_ref())),
+                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_deref())),
             });
             let table = &*table;
             let lookup = |hash: u64| match table {
@@ -370,7 +370,8 @@ impl LoadBalancer {
     }
 
     fn in_panic(&self, set: &HostSet) -> bool {
-        set.hosts.is_empty() || (set.healthy_hosts.len() as f64 * 100.0 / set.hosts.len() as f64) < self.panic_threshold
+        set.hosts.is_empty()
+            || (set.healthy_hosts().len() as f64 * 100.0 / set.hosts.len() as f64) < self.panic_threshold
     }
 }
 

@@ -422,7 +422,7 @@ mod tests {
         assert!(!h.healthy());
         assert_eq!(d.stats.ejections_enforced_consecutive_5xx.value(), 1);
         assert_eq!(d.stats.ejections_active.value(), 1);
-        assert_eq!(c.priority_set().host_sets[0].healthy_hosts.len(), 3, "workers see it gone");
+        assert_eq!(c.priority_set().host_sets[0].healthy_hosts().len(), 3, "workers see it gone");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 
 use hyper::StatusCode;
+use legate_config::cluster::RoutingPriority;
 use legate_proxy::upstream::circuit_breakers::ResourceManager;
 use legate_proxy::upstream::Cluster;
 use serde_json::{json, Value};
@@ -28,10 +29,9 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
 fn cluster_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
     let _ = writeln!(out, "{name}::observability_name::{}", cluster.config.stat_name());
-    for (label, rm) in
-        [("default_priority", &cluster.circuit_breakers.default), ("high_priority", &cluster.circuit_breakers.high)]
+    for (label, priority) in [("default_priority", RoutingPriority::Default), ("high_priority", RoutingPriority::High)]
     {
-        for (field, max) in thresholds(rm) {
+        for (field, max) in thresholds(&cluster.circuit_breakers.for_priority(priority)) {
             let _ = writeln!(out, "{name}::{label}::{field}::{max}");
         }
     }
@@ -61,7 +61,7 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
     }
 }
 
-fn thresholds(rm: &ResourceManager) -> [(&'static str, u64); 4] {
+fn thresholds(rm: &ResourceManager<'_>) -> [(&'static str, u64); 4] {
     [
         ("max_connections", rm.connections.max()),
         ("max_pending_requests", rm.pending_requests.max()),
@@ -71,7 +71,7 @@ fn thresholds(rm: &ResourceManager) -> [(&'static str, u64); 4] {
 }
 
 fn cluster_json(cluster: &Cluster) -> Value {
-    let threshold = |rm: &ResourceManager, priority: Option<&str>| {
+    let threshold = |rm: &ResourceManager<'_>, priority: Option<&str>| {
         let mut t = serde_json::Map::new();
         if let Some(p) = priority {
             t.insert("priority".into(), json!(p));
@@ -117,8 +117,8 @@ fn cluster_json(cluster: &Cluster) -> Value {
         "observability_name": cluster.config.stat_name(),
         "added_via_api": cluster.added_via_api,
         "circuit_breakers": {"thresholds": [
-            threshold(&cluster.circuit_breakers.default, None),
-            threshold(&cluster.circuit_breakers.high, Some("HIGH")),
+            threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::Default), None),
+            threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::High), Some("HIGH")),
         ]},
         "host_statuses": hosts,
     })

@@ -24,7 +24,8 @@ pub struct Eds {
 
 struct EdsCluster {
     cluster: Arc<Cluster>,
-    service: String,
+    /// `eds_cluster_config.service_name` when set; else the cluster's name is the service.
+    service_name: Option<String>,
     eds: Weak<Eds>,
     initialized: Cell<bool>,
     watch: RefCell<Option<Watch>>,
@@ -43,17 +44,17 @@ impl Eds {
         }
         let eds_config = cluster.config.eds_cluster_config.clone().unwrap_or_default();
         let source = eds_config.eds_config.unwrap_or_default();
-        let service =
-            if eds_config.service_name.is_empty() { cluster.name.clone() } else { eds_config.service_name.clone() };
+        let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty());
+        let service = service_name.as_deref().unwrap_or(&cluster.name);
         let entry = Rc::new(EdsCluster {
             cluster: cluster.clone(),
-            service: service.clone(),
+            service_name: service_name.clone(),
             eds: Rc::downgrade(self),
             initialized: Cell::new(false),
             watch: RefCell::new(None),
         });
         let previous = self.clusters.borrow().get(&cluster.name).cloned();
-        if let Some(previous) = previous.filter(|p| p.service == service && p.initialized.get()) {
+        if let Some(previous) = previous.filter(|p| p.service() == service && p.initialized.get()) {
             cluster.copy_hosts_from(&previous.cluster);
             entry.initialized.set(true);
             self.cluster_manager.finish_warming(cluster);
@@ -61,7 +62,7 @@ impl Eds {
         let stats = SubscriptionStats::new(&cluster.scope);
         let watch = self
             .client
-            .subscribe(&source, ResourceType::ClusterLoadAssignment, super::one_name(&service), entry.clone(), stats)
+            .subscribe(&source, ResourceType::ClusterLoadAssignment, super::one_name(service), entry.clone(), stats)
             .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
         *entry.watch.borrow_mut() = Some(watch);
         self.clusters.borrow_mut().insert(cluster.name.clone(), entry);
@@ -79,6 +80,11 @@ impl Eds {
 }
 
 impl EdsCluster {
+    /// The `ClusterLoadAssignment` this cluster subscribes to.
+    fn service(&self) -> &str {
+        self.service_name.as_deref().unwrap_or(&self.cluster.name)
+    }
+
     fn apply(&self, assignment: &ClusterLoadAssignment) {
         self.cluster.apply_load_assignment(assignment);
         self.initialized.set(true);
@@ -91,17 +97,17 @@ impl EdsCluster {
 impl SubscriptionCallbacks for EdsCluster {
     fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
         let mut assignment = None;
-        for resource in update.resources.iter().filter(|r| r.name == self.service) {
+        for resource in update.resources.iter().filter(|r| r.name == self.service()) {
             let parsed = resource
                 .value()
                 .and_then(|value| legate_config::resources::cluster_load_assignment(&value))
                 .map_err(|e| format!("ClusterLoadAssignment '{}': {e}", resource.name))?;
             assignment = Some(Rc::new(parsed));
         }
-        if update.removed.contains(&self.service) {
+        if update.removed.iter().any(|name| name == self.service()) {
             // The control plane withdrew the assignment: the cluster has no hosts now.
             assignment =
-                Some(Rc::new(ClusterLoadAssignment { cluster_name: self.service.clone(), ..Default::default() }));
+                Some(Rc::new(ClusterLoadAssignment { cluster_name: self.service().to_string(), ..Default::default() }));
         }
         let Some(assignment) = assignment else { return Ok(()) };
         self.apply(&assignment);

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use legate_config::cluster::RoutingPriority;
 use legate_config::filters::network::tcp_proxy::TcpProxy as TcpProxyConfig;
 use legate_stats::Scope;
 use tokio::time::Sleep;
@@ -193,7 +194,8 @@ impl TcpProxy {
             }
         };
         self.cluster = Some(cluster.clone());
-        let Some(breaker) = cluster.circuit_breakers.default.connections.try_acquire() else {
+        let Some(breaker) = cluster.circuit_breakers.for_priority(RoutingPriority::Default).connections.try_acquire()
+        else {
             cluster.stats().upstream_cx_overflow.inc();
             cb.close(ConnectionCloseType::NoFlush);
             return;
