@@ -23,7 +23,6 @@ use crate::counter::{counter_value, Counter};
 use crate::gauge::Gauge;
 use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{StatName, SymbolTable};
-use crate::tag_extraction::TagExtraction;
 
 /// All stats of one server, shared as `Arc<Store>` by the main thread and the workers.
 pub struct Store {
@@ -53,13 +52,7 @@ pub(crate) struct Registry {
     /// Gauge name → slot.
     pub(crate) gauges: StatMap<u32>,
     pub(crate) histograms: StatMap<HistogramEntry>,
-    /// Tag extraction by name, computed on a stat's first Prometheus render, then kept. Shared
-    /// with the renders in progress, which read it outside the lock.
-    pub(crate) tags: Arc<TagCache>,
 }
-
-/// Stat name → its tag extraction (by name: declared stats share one slot).
-pub(crate) type TagCache = HashMap<StatName, Arc<TagExtraction>, FxBuildHasher>;
 
 /// A registered histogram and its latched views.
 pub(crate) struct HistogramEntry {

@@ -22,6 +22,9 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
     let used_only = query.has("usedonly");
+    // A render of a large config builds megabytes that are freed once it is sent: the
+    // allocator gives those pages back soon after, as after an xDS update.
+    crate::memory::release_free_memory_soon();
     match query.get("format") {
         Some("json") => json(StatusCode::OK, &server.store.render_json(filter.as_ref(), used_only)),
         Some("prometheus") => text(StatusCode::OK, server.store.render_prometheus(filter.as_ref(), used_only)),
@@ -39,6 +42,7 @@ pub fn prometheus(server: &Rc<Server>, query: &Query) -> AdminResponse {
         Ok(f) => f,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
+    crate::memory::release_free_memory_soon();
     text(StatusCode::OK, server.store.render_prometheus(filter.as_ref(), query.has("usedonly")))
 }
 
