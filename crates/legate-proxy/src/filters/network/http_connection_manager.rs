@@ -1,12 +1,13 @@
 //! `envoy.filters.network.http_connection_manager`: the terminal network filter that speaks
-//! HTTP/1.1 and HTTP/2 (hyper's codecs), runs each request through the HTTP filters and the
-//! router, and owns the downstream side of the timeout timeline.
+//! HTTP/1.1 (legate's codec, `codec_http1`) and HTTP/2 (hyper's), runs each request through
+//! the HTTP filters and the router, and owns the downstream side of the timeout timeline.
 //!
-//! The filter takes the connection's socket over (DESIGN.md §4) and serves it with hyper.
-//! Per connection it enforces `idle_timeout` (no active stream), `max_connection_duration`
+//! The filter takes the connection's socket over (DESIGN.md §4). Per connection it enforces
+//! `idle_timeout` (no active stream), `max_connection_duration`, `request_headers_timeout`
 //! and drain (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY, both within
 //! `drain_timeout`); per stream (in `active_stream`) `request_timeout`, `stream_idle_timeout`
-//! and `max_stream_duration`. `request_headers_timeout` is hyper's header read timeout.
+//! and `max_stream_duration`. HTTP/1.1 with `header_key_format` is served by hyper behind the
+//! smuggling guard (`http::h1_guard`), which also runs its header timeout.
 
 pub mod active_stream;
 mod codec_http1;
@@ -534,10 +535,11 @@ impl Draining {
     }
 }
 
-/// How long an HTTP/1.1 keep-alive connection idles before hyper is put aside: its buffers
-/// and state (about 20 KiB) are freed and made again when the next request arrives, so idle
-/// connections cost little memory (nginx frees its request buffers the same way). Clients that
-/// send their next request sooner, as under load, never pay for the rebuild.
+/// How long an HTTP/1.1 keep-alive connection idles before its request state is put aside
+/// (legate's codec: the request loop and buffers; hyper's: its whole connection): freed and
+/// made again when the next request arrives, so idle connections cost little memory (nginx
+/// frees its request buffers the same way). Clients that send their next request sooner, as
+/// under load, never pay for the rebuild.
 const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// How a run of hyper's connection ended.
