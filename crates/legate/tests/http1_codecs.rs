@@ -455,3 +455,25 @@ fn a_client_that_goes_away_mid_request_resets_its_stream() {
     assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(0));
     release.send(()).unwrap();
 }
+
+#[test]
+fn the_connection_closes_after_max_requests_per_connection() {
+    let upstream = Scripted::start(echo);
+    let mut config = http_bootstrap(&[upstream.server.addr()]);
+    legate_testing::config::hcm_config(&mut config, 0)["common_http_protocol_options"] =
+        legate_testing::json!({ "max_requests_per_connection": 2 });
+    let px = HttpProxy::start(legate_bin!(), config);
+    let (mut stream, mut reader) = raw_client(&px);
+
+    stream.write_all(b"GET /1 HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    let (first, _) = read_response(&mut reader, false).unwrap();
+    stream.write_all(b"GET /2 HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+    let (second, body) = read_response(&mut reader, false).unwrap();
+
+    assert!(!first.contains(&"connection: close".to_string()), "{first:?}");
+    assert!(second.contains(&"connection: close".to_string()), "{second:?}");
+    assert_eq!(body, b"/2  ");
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "closed after the second response");
+    px.legate.wait_stat("http.ingress.downstream_cx_max_requests_reached", 1);
+}

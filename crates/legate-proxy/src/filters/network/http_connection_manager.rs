@@ -63,6 +63,8 @@ pub struct HttpConnectionManagerShared {
     pub via: Option<HeaderValue>,
     pub idle_timeout: Option<Duration>,
     pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_requests_per_connection` (HTTP/1.1 on legate's codec).
+    pub max_requests_per_connection: Option<u32>,
     pub max_stream_duration: Option<Duration>,
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
@@ -157,6 +159,7 @@ impl HttpConnectionManagerShared {
                 None => Some(Duration::from_secs(3600)),
             },
             max_connection_duration: nonzero(common.max_connection_duration.as_ref()),
+            max_requests_per_connection: common.max_requests_per_connection.filter(|&n| n > 0),
             max_stream_duration: nonzero(common.max_stream_duration.as_ref()),
             stream_idle_timeout: Some(config.stream_idle_timeout()).filter(|d| !d.is_zero()),
             request_timeout: nonzero(config.request_timeout.as_ref()),
@@ -383,7 +386,7 @@ async fn serve(
         draining: Cell::new(false),
     });
     let draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
-    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
+    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false, requests: 0 };
     if !http2 && !case_kept {
         let limits = Limits { max_head: shared.max_request_headers_bytes, max_headers: shared.max_headers_count };
         let rx = stats.downstream_cx_rx_bytes_total.clone();
@@ -557,6 +560,8 @@ struct Timeline {
     /// An HTTP/1.1 connection of a draining filter chain is not cut while idle (a client may be
     /// sending on it right now): its next response says `connection: close`, as Envoy's.
     chain_drained: bool,
+    /// Requests served so far (for `max_requests_per_connection`).
+    requests: u32,
 }
 
 /// Whether the connection must close for its idle timeout or `max_connection_duration`,
