@@ -405,26 +405,11 @@ async fn run_stream<S, R>(
 where
     S: Future<Output = R>,
 {
-    timer.arm(stream_deadline(context, timeline));
-    loop {
-        tokio::select! {
-            biased;
-            response = &mut stream => return Some(response),
-            () = poll_fn(|cx| conn.poll_client_gone(cx)) => return None,
-            () = timer.fired() => {
-                if past_drain_time(context, timeline, guard) {
-                    return None;
-                }
-                timer.arm(stream_deadline(context, timeline));
-            }
-            (request, draining) = &mut *drain => {
-                if drained(request, draining, drain, context, timeline, guard) {
-                    timeline.shutdown_at = Some(clock::now());
-                    timer.arm(stream_deadline(context, timeline));
-                }
-            }
-        }
-    }
+    let work = |cx: &mut Context<'_>| match stream.as_mut().poll(cx) {
+        Poll::Ready(response) => Poll::Ready(Some(response)),
+        Poll::Pending => conn.poll_client_gone(cx).map(|()| None),
+    };
+    within_drain_time(context, drain, timeline, guard, timer, work).await.flatten()
 }
 
 /// Writes the response; the drain time still bounds it.
@@ -444,14 +429,28 @@ where
     if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(writer.poll(cx, conn))).await {
         return result;
     }
+    let work = |cx: &mut Context<'_>| writer.poll(cx, conn);
+    within_drain_time(context, drain, timeline, guard, timer, work).await.unwrap_or(Err(WriteError::Body))
+}
+
+/// Polls `work` while a stream runs, watching drains (which start the drain time) and the
+/// timer (`max_connection_duration` starts it, its end cuts the connection: `None`).
+async fn within_drain_time<T>(
+    context: &Rc<ConnectionContext>,
+    drain: &mut DrainWatch,
+    timeline: &mut Timeline,
+    guard: &mut ConnectionGuard<'_>,
+    timer: &mut ConnTimer,
+    mut work: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Option<T> {
     timer.arm(stream_deadline(context, timeline));
     loop {
         tokio::select! {
             biased;
-            written = poll_fn(|cx| writer.poll(cx, conn)) => return written,
+            done = poll_fn(&mut work) => return Some(done),
             () = timer.fired() => {
                 if past_drain_time(context, timeline, guard) {
-                    return Err(WriteError::Body);
+                    return None;
                 }
                 timer.arm(stream_deadline(context, timeline));
             }
