@@ -154,20 +154,38 @@ pub fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     }
 }
 
-/// `n` in hexadecimal digits, within `buf`.
-pub fn hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
+/// `n` in base `radix` (10 or 16, lower-case), within `buf`.
+pub fn digits(mut n: u64, radix: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut start = buf.len();
     loop {
         start -= 1;
         if let Some(slot) = buf.get_mut(start) {
-            *slot = b"0123456789abcdef".get((n & 0xf) as usize).copied().unwrap_or(b'0');
+            *slot = b"0123456789abcdef".get((n % radix) as usize).copied().unwrap_or(b'0');
         }
-        n >>= 4;
+        n /= radix;
         if n == 0 || start == 0 {
             break;
         }
     }
     buf.get(start..).unwrap_or_default()
+}
+
+/// Trims optional whitespace (SP and HTAB only: RFC 9110 §5.6.3).
+pub fn trim_ows(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
+    bytes.get(start..end).unwrap_or_default()
+}
+
+/// Whether a `transfer-encoding` value's last coding is `chunked`.
+pub fn ends_chunked(value: &[u8]) -> bool {
+    let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+    trim_ows(last).eq_ignore_ascii_case(b"chunked")
+}
+
+/// The length of an outgoing `content-length` field (one number; a list is not a length).
+pub fn length_of(value: &HeaderValue) -> Option<u64> {
+    value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Outgoing body pieces at least this long are written from their own buffer, not copied.
@@ -251,8 +269,7 @@ impl Encoder {
             }
             Framing::Eof => false,
             Framing::Chunked => {
-                let mut size = [0u8; 16];
-                self.out.put_slice(hex(data.len() as u64, &mut size));
+                self.out.put_slice(digits(data.len() as u64, 16, &mut [0; 20]));
                 self.out.put_slice(b"\r\n");
                 true
             }
@@ -323,10 +340,12 @@ mod tests {
     }
 
     #[test]
-    fn chunk_sizes_are_lower_case_hex() {
-        let mut buf = [0u8; 16];
-        assert_eq!(hex(0, &mut buf), b"0");
-        assert_eq!(hex(0x1a2b, &mut buf), b"1a2b");
-        assert_eq!(hex(u64::MAX, &mut buf), b"ffffffffffffffff");
+    fn chunk_sizes_are_lower_case_hex_and_lengths_decimal() {
+        let mut buf = [0u8; 20];
+        assert_eq!(digits(0, 16, &mut buf), b"0");
+        assert_eq!(digits(0x1a2b, 16, &mut buf), b"1a2b");
+        assert_eq!(digits(u64::MAX, 16, &mut buf), b"ffffffffffffffff");
+        assert_eq!(digits(u64::MAX, 10, &mut buf), b"18446744073709551615");
+        assert_eq!(digits(100, 10, &mut buf), b"100");
     }
 }

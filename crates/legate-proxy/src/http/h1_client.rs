@@ -32,7 +32,9 @@ use legate_stats::Counter;
 use tokio::io::AsyncWrite;
 
 use super::body::{AttemptBody, BoxError};
-use super::h1_body::{decode_chunk, put_field, take, Chunk, ChunkStep, Encoder, Framing as BodyFraming};
+use super::h1_body::{
+    decode_chunk, ends_chunked, length_of, put_field, take, Chunk, ChunkStep, Encoder, Framing as BodyFraming,
+};
 use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
@@ -347,8 +349,7 @@ impl HopByHop {
 
     fn transfer_encoding(&mut self, value: &[u8]) {
         self.transfer_encoding = true;
-        let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-        self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        self.chunked = ends_chunked(value);
     }
 
     fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
@@ -653,13 +654,11 @@ impl Writer {
         let mut framing = BodyFraming::Empty;
         for (name, value) in fields() {
             if name == TRANSFER_ENCODING {
-                let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                if ends_chunked(value.as_bytes()) {
                     framing = BodyFraming::Chunked;
                 }
             } else if name == CONTENT_LENGTH && framing == BodyFraming::Empty {
-                let length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
-                framing = BodyFraming::Length(length.ok_or(Error::RequestBody)?);
+                framing = BodyFraming::Length(length_of(value).ok_or(Error::RequestBody)?);
             }
         }
         let size = head.method.as_str().len()

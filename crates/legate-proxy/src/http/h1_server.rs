@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
@@ -29,7 +29,9 @@ use tokio::io::AsyncWrite;
 
 use super::body::BoxError;
 pub use super::h1_body::Framing as BodyFraming;
-use super::h1_body::{decode_chunk, put_field, take, Chunk, ChunkStep, Encoder};
+use super::h1_body::{
+    decode_chunk, digits, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
+};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
 
@@ -147,12 +149,12 @@ fn scan<'b>(
     // Offsets within the head, which is shorter than `max_head`: they fit in a `u32`.
     let base = bytes.as_ptr() as usize;
     let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
-    let mut count = 0;
+    // (`spans` has a place for every header slot httparse was given.)
+    let count = request.headers.len();
     for (span, header) in spans.iter_mut().zip(request.headers.iter()) {
         let (name, value) = (offset(header.name.as_bytes()), offset(header.value));
         *span =
             Span { name: (name, name + header.name.len() as u32), value: (value, value + header.value.len() as u32) };
-        count += 1;
     }
     let method =
         Method::from_bytes(request.method.unwrap_or_default().as_bytes()).map_err(|_| HeadError::BadRequest)?;
@@ -320,13 +322,6 @@ impl Facts {
     }
 }
 
-/// Trims optional whitespace (SP and HTAB only: RFC 9110 §5.6.3).
-fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |i| i + 1);
-    bytes.get(start..end).unwrap_or_default()
-}
-
 /// Why reading a request head ended without one.
 #[derive(Debug)]
 pub enum ReadError {
@@ -482,27 +477,9 @@ impl ServerConn {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
         state.continue_owed = b"";
-        loop {
-            match state.decoder {
-                Decoder::Done => return true,
-                _ if state.read_buf.is_empty() => return false,
-                Decoder::Length(left) => {
-                    let n = state.read_buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    state.read_buf.advance(n);
-                    let left = left - n as u64;
-                    state.decoder = if left == 0 { Decoder::Done } else { Decoder::Length(left) };
-                }
-                Decoder::Chunked(chunk) => {
-                    let max = state.limits.max_head;
-                    match decode_chunk(chunk, &mut state.read_buf, max) {
-                        Ok(ChunkStep::Next(next) | ChunkStep::Frame(_, next)) => {
-                            state.decoder = next.map_or(Decoder::Done, Decoder::Chunked)
-                        }
-                        Ok(ChunkStep::NeedMore) | Err(_) => return false,
-                    }
-                }
-            }
-        }
+        // The pieces are dropped: nobody reads this body any more.
+        while let Ok(Some(_)) = state.decode_buffered() {}
+        state.decoder == Decoder::Done
     }
 
     /// The socket for a tunnel, with the bytes read past the request.
@@ -524,20 +501,14 @@ impl ServerConn {
 
     /// Writes a whole reply made by the codec itself (an error, the header timeout's 408).
     pub fn poll_write_all(&self, cx: &mut Context<'_>, bytes: &mut &[u8]) -> Poll<io::Result<()>> {
-        let mut state = self.state.borrow_mut();
-        let state = &mut *state;
-        let Some(io) = state.io.as_mut() else { return Poll::Ready(Err(io::ErrorKind::NotConnected.into())) };
-        while !bytes.is_empty() {
-            match ready!(io.poll_write_slice(cx, bytes)) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    state.tx.add(n as u64);
-                    *bytes = bytes.get(n..).unwrap_or_default();
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        io.poll_flush_records(cx)
+        self.state.borrow_mut().poll_write_all(cx, bytes)
+    }
+
+    /// The buffer to encode the next response into.
+    pub fn take_spare(&self) -> BytesMut {
+        let mut spare = std::mem::take(&mut self.state.borrow_mut().spare);
+        spare.clear();
+        spare
     }
 }
 
@@ -551,21 +522,55 @@ impl State {
 
     /// Writes what is owed of `100 Continue`.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.continue_owed.is_empty() {
-            let Some(io) = self.io.as_mut() else { return Poll::Ready(Err(io::ErrorKind::NotConnected.into())) };
-            match ready!(io.poll_write_slice(cx, self.continue_owed)) {
+        if self.continue_owed.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut owed = self.continue_owed;
+        let written = self.poll_write_all(cx, &mut owed);
+        self.continue_owed = owed;
+        written
+    }
+
+    /// Writes all of `bytes` (what is left of them stays in `bytes` while the socket is full)
+    /// and pushes them out of rustls.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>, bytes: &mut &[u8]) -> Poll<io::Result<()>> {
+        let Some(io) = self.io.as_mut() else { return Poll::Ready(Err(io::ErrorKind::NotConnected.into())) };
+        while !bytes.is_empty() {
+            match ready!(io.poll_write_slice(cx, bytes)) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.tx.add(n as u64);
-                    self.continue_owed = self.continue_owed.get(n..).unwrap_or_default();
-                    if self.continue_owed.is_empty() {
-                        return io.poll_flush_records(cx);
-                    }
+                    *bytes = bytes.get(n..).unwrap_or_default();
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        Poll::Ready(Ok(()))
+        io.poll_flush_records(cx)
+    }
+
+    /// The next piece of the request body from the bytes already read: `Ok(None)` when more
+    /// must be read (or the body is complete).
+    fn decode_buffered(&mut self) -> Result<Option<Frame<Bytes>>, &'static str> {
+        loop {
+            match self.decoder {
+                Decoder::Done => return Ok(None),
+                _ if self.read_buf.is_empty() => return Ok(None),
+                Decoder::Length(left) => {
+                    let n = self.read_buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let left = left - n as u64;
+                    self.decoder = if left == 0 { Decoder::Done } else { Decoder::Length(left) };
+                    return Ok(Some(Frame::data(take(&mut self.read_buf, n))));
+                }
+                Decoder::Chunked(chunk) => match decode_chunk(chunk, &mut self.read_buf, self.limits.max_head)? {
+                    ChunkStep::Next(next) => self.decoder = next.map_or(Decoder::Done, Decoder::Chunked),
+                    ChunkStep::Frame(frame, next) => {
+                        self.decoder = next.map_or(Decoder::Done, Decoder::Chunked);
+                        return Ok(Some(frame));
+                    }
+                    ChunkStep::NeedMore => return Ok(None),
+                },
+            }
+        }
     }
 }
 
@@ -586,36 +591,16 @@ impl http_body::Body for RequestBody {
             return Poll::Ready(Some(Err("the request's exchange is over".into())));
         }
         loop {
-            let buffered = !state.read_buf.is_empty();
-            match state.decoder {
-                Decoder::Done => return Poll::Ready(None),
-                Decoder::Length(left) if buffered => {
-                    let n = state.read_buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
-                    state.decoder = if left == 0 { Decoder::Done } else { Decoder::Length(left) };
-                    return Poll::Ready(Some(Ok(Frame::data(take(&mut state.read_buf, n)))));
+            match state.decode_buffered() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if state.decoder == Decoder::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    // Nothing after a malformed body can be read as a request.
+                    state.eof = true;
+                    state.read_buf.clear();
+                    return Poll::Ready(Some(Err(e.into())));
                 }
-                Decoder::Chunked(chunk) if buffered => {
-                    let max = state.limits.max_head;
-                    match decode_chunk(chunk, &mut state.read_buf, max) {
-                        Ok(ChunkStep::Next(next)) => {
-                            state.decoder = next.map_or(Decoder::Done, Decoder::Chunked);
-                            continue;
-                        }
-                        Ok(ChunkStep::Frame(frame, next)) => {
-                            state.decoder = next.map_or(Decoder::Done, Decoder::Chunked);
-                            return Poll::Ready(Some(Ok(frame)));
-                        }
-                        Ok(ChunkStep::NeedMore) => {}
-                        Err(e) => {
-                            // Nothing after a malformed body can be read as a request.
-                            state.eof = true;
-                            state.read_buf.clear();
-                            return Poll::Ready(Some(Err(e.into())));
-                        }
-                    }
-                }
-                _ => {}
             }
             if let Err(e) = ready!(state.poll_continue(cx)) {
                 return Poll::Ready(Some(Err(e.into())));
@@ -688,13 +673,12 @@ pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &Respon
             if no_length {
                 continue;
             }
-            length = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+            length = length_of(value);
         } else if name == TRANSFER_ENCODING {
             if bodiless {
                 continue;
             }
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked = trim_ows(last).eq_ignore_ascii_case(b"chunked");
+            chunked = ends_chunked(value.as_bytes());
         } else if name == CONNECTION {
             if value.as_bytes().split(|&b| b == b',').any(|t| trim_ows(t).eq_ignore_ascii_case(b"close")) {
                 keep_alive = false;
@@ -715,7 +699,7 @@ pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &Respon
         out.put_slice(b"content-length: 0\r\n");
         BodyFraming::Length(0)
     } else if let Some(n) = rc.exact_size {
-        put_field(out, "content-length", decimal(n, &mut [0; 20]), false);
+        put_field(out, "content-length", digits(n, 10, &mut [0; 20]), false);
         BodyFraming::Length(n)
     } else if http10 {
         keep_alive = false;
@@ -736,22 +720,6 @@ pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &Respon
     }
     out.put_slice(b"\r\n");
     (encoding, keep_alive)
-}
-
-/// `n` in decimal digits, within `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        if let Some(slot) = buf.get_mut(start) {
-            *slot = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || start == 0 {
-            break;
-        }
-    }
-    buf.get(start..).unwrap_or_default()
 }
 
 /// The `date` field's value, formatted once a second per worker. The wall clock is read
@@ -783,8 +751,7 @@ thread_local! {
 /// A reply the codec makes itself, closing the connection: a refused head (400, 414, 431).
 pub fn error_reply(status: StatusCode) -> Vec<u8> {
     let mut out = BytesMut::new();
-    let (head, ()) = http::Response::new(()).into_parts();
-    let mut head = head;
+    let (mut head, ()) = http::Response::new(()).into_parts();
     head.status = status;
     let rc = ResponseContext { method: &Method::GET, keep_alive: false, end_stream: true, exact_size: Some(0) };
     encode_head(&mut out, &head, &rc);
@@ -857,15 +824,6 @@ where
             state.tx.add(n as u64);
             self.enc.advance(n);
         }
-    }
-}
-
-impl ServerConn {
-    /// The buffer to encode the next response into.
-    pub fn take_spare(&self) -> BytesMut {
-        let mut spare = std::mem::take(&mut self.state.borrow_mut().spare);
-        spare.clear();
-        spare
     }
 }
 
