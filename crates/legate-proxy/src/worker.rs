@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::listener::active_listener;
+use crate::listener::drain::{self, WorkerDrains};
 use crate::listener::Listener;
 use crate::upstream::cluster_manager::{ClusterMap, ThreadLocalClusterManager};
 use crate::upstream::pool::HttpPools;
@@ -25,7 +26,6 @@ use crate::upstream::Cluster;
 use legate_stats::Counter;
 
 /// State shared by the whole server, across workers: connection counts for limits and drain.
-#[derive(Default)]
 pub struct ServerShared {
     /// Downstream connections open on all listeners (`server.total_connections`).
     pub active_connections: AtomicU64,
@@ -34,6 +34,15 @@ pub struct ServerShared {
     next_connection_id: AtomicU64,
     /// `/healthcheck/fail` was called: the health check filter answers 503.
     pub health_check_failed: std::sync::atomic::AtomicBool,
+    /// Counts filter chain drains started or ended; each worker passes them to its waiting
+    /// connections.
+    chain_drains: watch::Sender<u64>,
+}
+
+impl Default for ServerShared {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl ServerShared {
@@ -43,7 +52,13 @@ impl ServerShared {
             global_connection_limit,
             next_connection_id: AtomicU64::new(0),
             health_check_failed: std::sync::atomic::AtomicBool::new(false),
+            chain_drains: watch::Sender::new(0),
         }
+    }
+
+    /// A filter chain started or finished draining: the workers wake their connections.
+    pub fn announce_chain_drain(&self) {
+        self.chain_drains.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Envoy's connection ids are unique across workers.
@@ -64,6 +79,8 @@ pub struct WorkerContext {
     http_pools: HttpPools,
     /// Turns true when the server drains: HTTP connections close gracefully.
     pub draining: watch::Receiver<bool>,
+    /// The connections waiting to hear of a drain (the server's or their filter chain's).
+    pub drains: Rc<WorkerDrains>,
     draining_tx: watch::Sender<bool>,
     /// `cluster.<name>.upstream_rq_<code>` counters by cluster and code, looked up once per
     /// worker. The `Weak` pins the cluster's allocation, so its address (the key) cannot be
@@ -81,6 +98,7 @@ impl WorkerContext {
             http_pools: HttpPools::default(),
             draining,
             draining_tx,
+            drains: Rc::default(),
             code_counters: RefCell::new(HashMap::default()),
         }
     }
@@ -161,6 +179,7 @@ impl Worker {
 
 async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::task::spawn_local(drain::relay(context.drains.clone(), context.server.chain_drains.subscribe()));
     // The version each accept loop serves, by listener name.
     let mut versions: HashMap<String, watch::Sender<Option<Arc<Listener>>>> = HashMap::default();
     while let Some(message) = rx.recv().await {
@@ -195,6 +214,7 @@ async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerM
             WorkerMessage::StopListeners { done } => {
                 let _ = stop_tx.send(true);
                 let _ = context.draining_tx.send(true);
+                context.drains.announce(true);
                 // Let the accept loops see the signal and drop their sockets.
                 tokio::task::yield_now().await;
                 let _ = done.send(());

@@ -204,7 +204,7 @@ async fn serve(
             .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", listener.name()))?;
     }
     initialized(|| bootstrap.static_resources.listeners.iter().all(|l| xds.sds.ready(l))).await;
-    let mut listener_manager = ListenerManager::new(bootstrap, &store, concurrency)?;
+    let mut listener_manager = ListenerManager::new(bootstrap, &store, concurrency, &shared)?;
     listener_manager.set_drain_time(Duration::from_secs(options.drain_time_s));
     // Static listeners may take their routes from RDS: subscribe, and start serving once
     // they arrived (or `initial_fetch_timeout` passed), as Envoy's init manager.

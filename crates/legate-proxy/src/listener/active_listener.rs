@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::drain::{reached, DrainPhase};
+use super::drain::{chain_reached, DrainPhase, DrainWaiter};
 use super::filter_chain_match::ConnectionMetadata;
 use super::Listener;
 use crate::filters::listener::{self as listener_filter, Inspected, Outcome};
@@ -147,8 +147,10 @@ fn start_connection(
         ssl: None,
         drain: Some(chain.drain.subscribe()),
     };
-    let mut drained = chain.drain.subscribe();
-    let mut filters = FilterManager::new();
+    // The connection ends when its chain has finished draining.
+    let chain_drain = chain.drain.subscribe();
+    let mut waiter = DrainWaiter::new(&worker.drains);
+    let mut filters = FilterManager::with_capacity(chain.factories.len());
     for factory in &chain.factories {
         factory.add_to(&mut filters, worker);
     }
@@ -164,7 +166,7 @@ fn start_connection(
             tokio::select! {
                 biased;
                 event = connection.run() => tracing::debug!(?event, "connection closed"),
-                () = reached(Some(&mut drained), DrainPhase::Closed) => {
+                () = chain_reached(&mut waiter, &chain_drain, DrainPhase::Closed) => {
                     tracing::debug!("connection closed: its filter chain finished draining");
                 }
             }
@@ -196,7 +198,7 @@ fn start_connection(
             event = Box::new(Connection::new(socket, info, buffer_limit, filters)).run() => {
                 tracing::debug!(?event, "connection closed");
             }
-            () = reached(Some(&mut drained), DrainPhase::Closed) => {
+            () = chain_reached(&mut waiter, &chain_drain, DrainPhase::Closed) => {
                 tracing::debug!("connection closed: its filter chain finished draining");
             }
         }

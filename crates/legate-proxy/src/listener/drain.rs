@@ -4,6 +4,10 @@
 //! time is over, whatever is still open is closed. Chains an update left unchanged are not
 //! drained: their connections never hear of it.
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
 use tokio::sync::watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,14 +45,147 @@ impl FilterChainDrain {
     }
 }
 
-/// Resolves once the chain reaches `phase`; never when there is no chain to drain.
-pub async fn reached(drain: Option<&mut watch::Receiver<DrainPhase>>, phase: DrainPhase) {
-    match drain {
-        Some(rx) => {
-            if rx.wait_for(|p| *p >= phase).await.is_err() {
-                std::future::pending::<()>().await;
+/// A worker's connections waiting to hear of a drain (Envoy posts drains to each worker's
+/// dispatcher the same way). A waiting connection leaves its waker in a slot here, a few
+/// bytes, instead of holding watch futures of its own: an idle keep-alive connection then
+/// costs little memory, and polling it costs no lock. When the server or any filter chain
+/// starts or ends a drain, every waiting connection is woken and checks its own chain.
+#[derive(Default)]
+pub struct WorkerDrains {
+    /// Counts announcements: a waiter that saw an older count has news.
+    announced: Cell<u64>,
+    server_draining: Cell<bool>,
+    slots: RefCell<Vec<Slot>>,
+    /// The first free slot, if any (free slots link to the next free one).
+    free: Cell<Option<usize>>,
+    /// Taken slots; the table is freed when none is.
+    taken: Cell<usize>,
+}
+
+enum Slot {
+    Taken(Option<Waker>),
+    Free(Option<usize>),
+}
+
+impl WorkerDrains {
+    /// Wakes every waiting connection; `server` says the whole server drains.
+    pub fn announce(&self, server: bool) {
+        if server {
+            self.server_draining.set(true);
+        }
+        self.announced.set(self.announced.get().wrapping_add(1));
+        // Collected first: a woken task never runs inside this call, but its waker's drop
+        // could, and it must not find the table borrowed.
+        let wakers: Vec<Waker> = self
+            .slots
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|slot| match slot {
+                Slot::Taken(waker) => waker.take(),
+                Slot::Free(_) => None,
+            })
+            .collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The server drains (SIGTERM, `/drain_listeners`, `/quitquitquit`).
+    pub fn server_draining(&self) -> bool {
+        self.server_draining.get()
+    }
+
+    fn take_slot(&self) -> usize {
+        self.taken.set(self.taken.get() + 1);
+        let mut slots = self.slots.borrow_mut();
+        if let Some(index) = self.free.get() {
+            if let Some(slot) = slots.get_mut(index) {
+                if let Slot::Free(next) = *slot {
+                    self.free.set(next);
+                    *slot = Slot::Taken(None);
+                    return index;
+                }
             }
         }
-        None => std::future::pending().await,
+        slots.push(Slot::Taken(None));
+        slots.len() - 1
+    }
+
+    fn release(&self, index: usize) {
+        self.taken.set(self.taken.get().saturating_sub(1));
+        let mut slots = self.slots.borrow_mut();
+        if self.taken.get() == 0 {
+            // All connections gone: give the table's memory back.
+            *slots = Vec::new();
+            self.free.set(None);
+            return;
+        }
+        if let Some(slot) = slots.get_mut(index) {
+            *slot = Slot::Free(self.free.get());
+            self.free.set(Some(index));
+        }
+    }
+
+    fn register(&self, index: usize, waker: &Waker) {
+        if let Some(Slot::Taken(slot)) = self.slots.borrow_mut().get_mut(index) {
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
+    }
+}
+
+/// One connection's place among its worker's [`WorkerDrains`].
+pub struct DrainWaiter {
+    drains: Rc<WorkerDrains>,
+    slot: usize,
+    /// The announcement count last seen; `None` before the first poll, which reports at once
+    /// (a drain may have started before the connection was accepted).
+    seen: Option<u64>,
+}
+
+impl DrainWaiter {
+    pub fn new(drains: &Rc<WorkerDrains>) -> Self {
+        DrainWaiter { drains: drains.clone(), slot: drains.take_slot(), seen: None }
+    }
+
+    /// Ready when a drain was announced since the last time it was ready; the caller then
+    /// looks at what drains.
+    pub fn poll_announced(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let announced = self.drains.announced.get();
+        if self.seen != Some(announced) {
+            self.seen = Some(announced);
+            return Poll::Ready(());
+        }
+        self.drains.register(self.slot, cx.waker());
+        Poll::Pending
+    }
+
+    pub fn drains(&self) -> &WorkerDrains {
+        &self.drains
+    }
+}
+
+impl Drop for DrainWaiter {
+    fn drop(&mut self) {
+        self.drains.release(self.slot);
+    }
+}
+
+/// Resolves once the chain reaches `phase`: a connection's end when its filter chain has
+/// finished draining.
+pub async fn chain_reached(waiter: &mut DrainWaiter, chain: &watch::Receiver<DrainPhase>, phase: DrainPhase) {
+    std::future::poll_fn(|cx| loop {
+        std::task::ready!(waiter.poll_announced(cx));
+        if *chain.borrow() >= phase {
+            return Poll::Ready(());
+        }
+    })
+    .await
+}
+
+/// Passes every filter chain drain (announced by the main thread through `chains`) to this
+/// worker's connections; runs as long as the worker.
+pub async fn relay(drains: Rc<WorkerDrains>, mut chains: watch::Receiver<u64>) {
+    while chains.changed().await.is_ok() {
+        drains.announce(false);
     }
 }

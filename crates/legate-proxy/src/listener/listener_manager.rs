@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::drain::DrainPhase;
 use super::stats::ListenerManagerStats;
 use super::{socket, FilterChain, Listener};
-use crate::worker::{Worker, WorkerMessage};
+use crate::worker::{ServerShared, Worker, WorkerMessage};
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,8 @@ pub struct ListenerManager {
     draining: Rc<RefCell<Vec<DrainingListener>>>,
     /// The last rejected or failed LDS listener of each name (`/config_dump` `error_state`).
     pub errors: Vec<ListenerError>,
+    /// Where drains are announced to the workers.
+    server: Arc<ServerShared>,
 }
 
 struct ActiveListenerEntry {
@@ -103,7 +105,12 @@ pub enum ListenerUpdate {
 impl ListenerManager {
     /// Builds and binds every static listener. Binding happens here, on the main thread, so a
     /// port already taken fails start-up with the listener's name.
-    pub fn new(bootstrap: &Bootstrap, store: &Arc<Store>, workers: usize) -> Result<Self, BindError> {
+    pub fn new(
+        bootstrap: &Bootstrap,
+        store: &Arc<Store>,
+        workers: usize,
+        server: &Arc<ServerShared>,
+    ) -> Result<Self, BindError> {
         let stats = ListenerManagerStats::new(&store.scope("listener_manager"));
         let mut listeners = Vec::new();
         for (index, config) in bootstrap.static_resources.listeners.iter().enumerate() {
@@ -140,6 +147,7 @@ impl ListenerManager {
             warming: Vec::new(),
             draining: Rc::new(RefCell::new(Vec::new())),
             errors: Vec::new(),
+            server: server.clone(),
         })
     }
 
@@ -299,6 +307,8 @@ impl ListenerManager {
         for chain in &chains {
             chain.drain.advance(DrainPhase::Draining);
         }
+        self.server.announce_chain_drain();
+        let server = self.server.clone();
         self.draining.borrow_mut().push(DrainingListener { listener: listener.clone(), chains: chains.len(), api });
         let draining = self.draining.clone();
         let drain_time = self.drain_time;
@@ -309,6 +319,7 @@ impl ListenerManager {
             for chain in &chains {
                 chain.drain.advance(DrainPhase::Closed);
             }
+            server.announce_chain_drain();
             let mut draining = draining.borrow_mut();
             draining.retain(|d| !Arc::ptr_eq(&d.listener, &listener));
             set_draining_gauges(&draining, &gauges.0, &gauges.1);

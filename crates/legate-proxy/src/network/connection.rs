@@ -101,8 +101,8 @@ impl Connection {
         match poll_fn(|cx| self.poll(cx)).await {
             Step::Closed(event) => event,
             Step::TakeOver(index) => {
-                let (socket, read_buffer, mut filters) = self.into_taken_over();
-                let event = filters.take_over(index, socket, read_buffer).await;
+                let (socket, read_buffer, info, mut filters) = self.into_taken_over();
+                let event = filters.take_over(index, socket, read_buffer, info).await;
                 filters.on_event(event);
                 event
             }
@@ -110,9 +110,9 @@ impl Connection {
     }
 
     /// What a filter taking the socket over needs; the rest is freed.
-    fn into_taken_over(self: Box<Self>) -> (TransportSocket, BytesMut, FilterManager) {
-        let Connection { socket, read_buffer, filters, .. } = *self;
-        (socket, read_buffer, filters)
+    fn into_taken_over(self: Box<Self>) -> (TransportSocket, BytesMut, ConnectionInfo, FilterManager) {
+        let Connection { socket, read_buffer, filters, state, .. } = *self;
+        (socket, read_buffer, state.info, filters)
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Step> {

@@ -58,11 +58,16 @@ pub trait ReadFilter {
     /// The connection closed (remote or local). No more callbacks follow.
     fn on_event(&mut self, _event: ConnectionEvent) {}
 
-    /// Called after this filter asked for [`ReadFilterCallbacks::take_over_io`]: the socket and
-    /// the bytes read but not consumed become the filter's (an HTTP codec reads the socket
-    /// itself). The connection ends when the returned future does. A filter that never asks
-    /// is never called; the default closes the connection.
-    fn take_over(&mut self, _socket: super::TransportSocket, _buffered: BytesMut) -> TakeOverFuture {
+    /// Called after this filter asked for [`ReadFilterCallbacks::take_over_io`]: the socket,
+    /// the bytes read but not consumed and the connection's description become the filter's
+    /// (an HTTP codec reads the socket itself). The connection ends when the returned future
+    /// does. A filter that never asks is never called; the default closes the connection.
+    fn take_over(
+        &mut self,
+        _socket: super::TransportSocket,
+        _buffered: BytesMut,
+        _info: ConnectionInfo,
+    ) -> TakeOverFuture {
         Box::pin(std::future::ready(ConnectionEvent::LocalClose))
     }
 }

@@ -26,6 +26,11 @@ impl FilterManager {
         Self::default()
     }
 
+    /// Room for `read_filters` read filters: a connection's filters live as long as it does.
+    pub fn with_capacity(read_filters: usize) -> Self {
+        FilterManager { read_filters: Vec::with_capacity(read_filters), write_filters: Vec::new() }
+    }
+
     /// Adds a read filter after those already added.
     pub fn add_read_filter(&mut self, filter: Box<dyn ReadFilter>) {
         self.read_filters.push(ActiveReadFilter { filter, initialized: false });
@@ -97,9 +102,15 @@ impl FilterManager {
     }
 
     /// Gives the socket to the filter at `index` (it asked with `take_over_io`).
-    pub fn take_over(&mut self, index: usize, socket: super::TransportSocket, buffered: BytesMut) -> TakeOverFuture {
+    pub fn take_over(
+        &mut self,
+        index: usize,
+        socket: super::TransportSocket,
+        buffered: BytesMut,
+        info: super::ConnectionInfo,
+    ) -> TakeOverFuture {
         match self.read_filters.get_mut(index) {
-            Some(active) => active.filter.take_over(socket, buffered),
+            Some(active) => active.filter.take_over(socket, buffered, info),
             None => Box::pin(std::future::ready(ConnectionEvent::LocalClose)),
         }
     }

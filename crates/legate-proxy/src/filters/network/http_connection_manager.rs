@@ -38,7 +38,7 @@ use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::{H1Guard, ParkSignals};
 use crate::http::h1_server::{Limits, ServerConn};
 use crate::http::io::{CountingIo, LocalExec};
-use crate::listener::drain::{reached, DrainPhase};
+use crate::listener::drain::{DrainPhase, DrainWaiter};
 use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
 };
@@ -182,19 +182,17 @@ impl HttpConnectionManagerShared {
 pub struct HttpConnectionManager {
     shared: Arc<HttpConnectionManagerShared>,
     worker: Rc<WorkerContext>,
-    info: Option<ConnectionInfo>,
     buffer_limit: usize,
 }
 
 impl HttpConnectionManager {
     pub fn new(shared: Arc<HttpConnectionManagerShared>, worker: Rc<WorkerContext>) -> Self {
-        HttpConnectionManager { shared, worker, info: None, buffer_limit: 0 }
+        HttpConnectionManager { shared, worker, buffer_limit: 0 }
     }
 }
 
 impl ReadFilter for HttpConnectionManager {
     fn on_new_connection(&mut self, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
-        self.info = Some(cb.info().clone());
         self.buffer_limit = cb.buffer_limit();
         cb.take_over_io();
         FilterStatus::StopIteration
@@ -205,12 +203,16 @@ impl ReadFilter for HttpConnectionManager {
         FilterStatus::StopIteration
     }
 
-    fn take_over(&mut self, socket: TransportSocket, buffered: BytesMut) -> TakeOverFuture {
-        let Some(info) = self.info.take() else {
-            return Box::pin(std::future::ready(ConnectionEvent::LocalClose));
+    fn take_over(&mut self, socket: TransportSocket, buffered: BytesMut, info: ConnectionInfo) -> TakeOverFuture {
+        let start = Start {
+            shared: self.shared.clone(),
+            worker: self.worker.clone(),
+            info,
+            buffer_limit: self.buffer_limit,
+            socket,
+            buffered,
         };
-        let serve = serve(self.shared.clone(), self.worker.clone(), info, self.buffer_limit, socket, buffered);
-        Box::pin(Clocked::new(Box::pin(serve)))
+        Box::pin(Clocked::new(Box::pin(serve(Box::new(start)))))
     }
 }
 
@@ -333,14 +335,29 @@ async fn detect_http2(
     }
 }
 
-async fn serve(
+/// What a connection starts from. Boxed and moved out at once: an `async fn` keeps its
+/// arguments for as long as it runs, and this future lives as long as the connection.
+struct Start {
     shared: Arc<HttpConnectionManagerShared>,
     worker: Rc<WorkerContext>,
     info: ConnectionInfo,
     buffer_limit: usize,
-    mut socket: TransportSocket,
-    mut buffered: BytesMut,
-) -> ConnectionEvent {
+    socket: TransportSocket,
+    buffered: BytesMut,
+}
+
+/// The codec a connection speaks, with its socket.
+enum Codec {
+    /// legate's own HTTP/1.1 codec.
+    Http1(Rc<ServerConn>),
+    /// hyper: HTTP/2, and HTTP/1.1 with `header_key_format`.
+    Hyper(Box<CountingIo<TransportSocket>>),
+}
+
+/// Chooses the codec (the preface sniffed when the config allows both) and makes the
+/// connection's context.
+async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), ConnectionEvent> {
+    let Start { shared, worker, info, buffer_limit, mut socket, mut buffered } = *start;
     let stats = &shared.stats;
     let _ = socket.set_nodelay(true);
     // Over TLS, ALPN settles the codec for AUTO (Envoy: "h2" → HTTP/2, anything else
@@ -351,11 +368,7 @@ async fn serve(
         CodecType::Http2 => true,
         _ if alpn == Some("h2") => true,
         _ if alpn.is_some() => false,
-        // Boxed: its state is needed only until the first bytes arrive.
-        _ => match Box::pin(detect_http2(&shared, &worker, &mut socket, &mut buffered)).await {
-            Ok(h2) => h2,
-            Err(event) => return event,
-        },
+        _ => detect_http2(&shared, &worker, &mut socket, &mut buffered).await?,
     };
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
@@ -366,8 +379,6 @@ async fn serve(
         stats.downstream_cx_http1_total.inc();
         stats.downstream_cx_http1_active.inc();
     }
-    let mut guard =
-        ConnectionGuard { stats, http2, started: Instant::now(), local_close: false, active_streams_at_close: 0 };
     // hyper serves HTTP/1.1 only where header names keep a case of their own
     // (`header_key_format`): it records the client's case where only its codecs can read it.
     let case_kept = shared
@@ -375,9 +386,17 @@ async fn serve(
         .http_protocol_options
         .as_ref()
         .is_some_and(|o| o.proper_case_headers() || o.preserve_header_case());
+    let codec = if !http2 && !case_kept {
+        let limits = Limits { max_head: shared.max_request_headers_bytes, max_headers: shared.max_headers_count };
+        let (rx, tx) = (stats.downstream_cx_rx_bytes_total.clone(), stats.downstream_cx_tx_bytes_total.clone());
+        Codec::Http1(Rc::new(ServerConn::new(socket, buffered, rx, tx, limits)))
+    } else {
+        let (rx, tx) = (stats.downstream_cx_rx_bytes_total.clone(), stats.downstream_cx_tx_bytes_total.clone());
+        Codec::Hyper(Box::new(CountingIo::new(socket, buffered, rx, tx)))
+    };
     let context = Rc::new(ConnectionContext {
-        shared: shared.clone(),
-        worker: worker.clone(),
+        shared,
+        worker,
         info,
         http2,
         buffer_limit,
@@ -385,31 +404,40 @@ async fn serve(
         idle_since: Cell::new(Some(Instant::now())),
         draining: Cell::new(false),
     });
-    let draining = Draining { server: worker.draining.clone(), chain: context.info.drain.clone() };
+    Ok((context, codec))
+}
+
+async fn serve(start: Box<Start>) -> ConnectionEvent {
+    // Boxed: its state is needed only until the codec is known.
+    let (context, codec) = match Box::pin(open(start)).await {
+        Ok(opened) => opened,
+        Err(event) => return event,
+    };
+    let stats = &context.shared.stats;
+    let mut guard = ConnectionGuard {
+        stats,
+        http2: context.http2,
+        started: Instant::now(),
+        local_close: false,
+        active_streams_at_close: 0,
+    };
+    let mut draining = Draining::new(&context);
     let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false, requests: 0 };
-    if !http2 && !case_kept {
-        let limits = Limits { max_head: shared.max_request_headers_bytes, max_headers: shared.max_headers_count };
-        let rx = stats.downstream_cx_rx_bytes_total.clone();
-        let conn = Rc::new(ServerConn::new(socket, buffered, rx, stats.downstream_cx_tx_bytes_total.clone(), limits));
-        codec_http1::serve(&context, conn, draining, &mut timeline, &mut guard).await;
-    } else {
-        let io = CountingIo::new(
-            socket,
-            buffered,
-            stats.downstream_cx_rx_bytes_total.clone(),
-            stats.downstream_cx_tx_bytes_total.clone(),
-        );
-        // Boxed: the connection's future stays as small as the common case needs.
-        let result = Box::pin(serve_hyper(&context, io, draining, &mut timeline, &mut guard)).await;
-        if let Err(e) = result {
-            if e.is_timeout() {
-                stats.downstream_rq_header_timeout.inc();
-                guard.local_close = true;
-            } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
-                stats.downstream_cx_protocol_error.inc();
-                guard.local_close = true;
+    match codec {
+        Codec::Http1(conn) => codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await,
+        Codec::Hyper(io) => {
+            // Boxed: the connection's future stays as small as the common case needs.
+            let result = Box::pin(serve_hyper(&context, *io, &mut draining, &mut timeline, &mut guard)).await;
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    stats.downstream_rq_header_timeout.inc();
+                    guard.local_close = true;
+                } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
+                    stats.downstream_cx_protocol_error.inc();
+                    guard.local_close = true;
+                }
+                tracing::debug!(connection = context.info.id, error = %e, "downstream connection ended");
             }
-            tracing::debug!(connection = context.info.id, error = %e, "downstream connection ended");
         }
     }
     guard.active_streams_at_close = context.active_streams.get();
@@ -424,11 +452,10 @@ async fn serve(
 async fn serve_hyper(
     context: &Rc<ConnectionContext>,
     io: CountingIo<TransportSocket>,
-    mut draining: Draining,
+    draining: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
 ) -> Result<(), hyper::Error> {
-    let draining = &mut draining;
     let stats = &context.shared.stats;
     let service = {
         let context = context.clone();
@@ -511,30 +538,45 @@ async fn serve_hyper(
 /// What tells a connection to drain: the server (SIGTERM, `/drain_listeners`) or its filter
 /// chain (a listener update replaced or removed it).
 struct Draining {
-    server: tokio::sync::watch::Receiver<bool>,
+    waiter: DrainWaiter,
     chain: Option<tokio::sync::watch::Receiver<DrainPhase>>,
+    /// The server's drain was reported.
+    server_seen: bool,
 }
 
 /// Who asked a connection to drain.
 #[derive(PartialEq, Eq)]
 enum DrainRequest {
-    None,
     Server,
     FilterChain,
 }
 
 impl Draining {
-    /// Resolves on a change, with who wants the connection drained.
-    async fn next(&mut self, chain: bool) -> DrainRequest {
-        // Biased (no random draw): polled on every wake-up of the connection.
-        tokio::select! {
-            biased;
-            changed = self.server.changed() => match changed.is_err() || *self.server.borrow() {
-                true => DrainRequest::Server,
-                false => DrainRequest::None,
-            },
-            () = reached(self.chain.as_mut().filter(|_| chain), DrainPhase::Draining) => DrainRequest::FilterChain,
+    fn new(context: &ConnectionContext) -> Self {
+        Draining {
+            waiter: DrainWaiter::new(&context.worker.drains),
+            chain: context.info.drain.clone(),
+            server_seen: false,
         }
+    }
+
+    /// Ready with who wants the connection drained: the server once, its filter chain while
+    /// `chain` (the caller stops asking once it heard). Cheap to poll on every wake-up.
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>, chain: bool) -> std::task::Poll<DrainRequest> {
+        loop {
+            std::task::ready!(self.waiter.poll_announced(cx));
+            if !self.server_seen && self.waiter.drains().server_draining() {
+                self.server_seen = true;
+                return std::task::Poll::Ready(DrainRequest::Server);
+            }
+            if chain && self.chain.as_ref().is_some_and(|c| *c.borrow() >= DrainPhase::Draining) {
+                return std::task::Poll::Ready(DrainRequest::FilterChain);
+            }
+        }
+    }
+
+    async fn next(&mut self, chain: bool) -> DrainRequest {
+        std::future::poll_fn(|cx| self.poll_next(cx, chain)).await
     }
 }
 
@@ -605,9 +647,6 @@ fn note_drain(
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
 ) -> bool {
-    if drain == DrainRequest::None {
-        return false;
-    }
     context.shared.stats.downstream_cx_drain_close.inc();
     guard.local_close = true;
     context.draining.set(true);
@@ -716,7 +755,7 @@ where
                 }
             }
             drain = draining.next(!timeline.chain_drained), if timeline.shutdown_at.is_none() => {
-                if drain != DrainRequest::None && parking {
+                if parking {
                     // Closing after all: hyper's shutdown must reach the socket.
                     parking = false;
                     if let Some(park) = park {

@@ -7,9 +7,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode, Version};
@@ -18,8 +16,7 @@ use tokio::time::Sleep;
 
 use super::active_stream;
 use super::{
-    idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, DrainRequest, Draining, Timeline,
-    PARK_AFTER,
+    idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, Draining, Timeline, PARK_AFTER,
 };
 use crate::http::body::Incoming;
 use crate::http::h1_guard::HEADER_TIMEOUT_REPLY;
@@ -51,72 +48,19 @@ impl ConnTimer {
         }
     }
 
-    /// Resolves when the armed time comes.
-    async fn fired(&mut self) {
+    /// Ready when the armed time comes.
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.armed.is_none() {
-            return std::future::pending().await;
-        }
-        (&mut self.sleep).await;
-        self.armed = None;
-    }
-}
-
-/// A connection's watch for a drain, kept from request to request and polled only when it
-/// woke the connection: polling tokio's watch futures takes their waiter lock each time,
-/// which on every wake-up cost more than a request's parse. Made again after each drain
-/// request.
-struct DrainWatch {
-    future: Pin<Box<dyn Future<Output = (DrainRequest, Draining)>>>,
-    signal: Arc<WakeSignal>,
-}
-
-/// Records that the watch woke the connection, and wakes it.
-struct WakeSignal {
-    woken: AtomicBool,
-    task: Mutex<Option<Waker>>,
-}
-
-impl Wake for WakeSignal {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Relaxed);
-        let task = self.task.lock().ok().and_then(|mut task| task.take());
-        if let Some(task) = task {
-            task.wake();
-        }
-    }
-}
-
-impl DrainWatch {
-    fn new(mut draining: Draining, chain: bool) -> Self {
-        DrainWatch {
-            future: Box::pin(async move {
-                let request = draining.next(chain).await;
-                (request, draining)
-            }),
-            // Woken at first, so that the first poll registers the watch.
-            signal: Arc::new(WakeSignal { woken: AtomicBool::new(true), task: Mutex::new(None) }),
-        }
-    }
-}
-
-impl Future for DrainWatch {
-    type Output = (DrainRequest, Draining);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Ok(mut task) = self.signal.task.lock() {
-            if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
-        }
-        if !self.signal.woken.swap(false, Relaxed) {
             return Poll::Pending;
         }
-        let waker = Waker::from(self.signal.clone());
-        self.future.as_mut().poll(&mut Context::from_waker(&waker))
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        self.armed = None;
+        Poll::Ready(())
+    }
+
+    /// Resolves when the armed time comes.
+    async fn fired(&mut self) {
+        poll_fn(|cx| self.poll_fired(cx)).await
     }
 }
 
@@ -126,17 +70,17 @@ impl Future for DrainWatch {
 pub(super) async fn serve(
     context: &Rc<ConnectionContext>,
     conn: Rc<ServerConn>,
-    draining: Draining,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
 ) {
     let mut timer = ConnTimer::new();
-    let mut drain = DrainWatch::new(draining, !timeline.chain_drained);
+    let drain = &mut *drain;
     loop {
-        if !Box::pin(active(context, &conn, &mut drain, timeline, guard, &mut timer)).await {
+        if !Box::pin(active(context, &conn, drain, timeline, guard, &mut timer)).await {
             return;
         }
-        if !idle(context, &conn, &mut drain, timeline, guard, &mut timer).await {
+        if !idle(context, &conn, drain, timeline, guard, &mut timer).await {
             return;
         }
     }
@@ -150,7 +94,7 @@ pub(super) async fn serve(
 async fn active(
     context: &Rc<ConnectionContext>,
     conn: &Rc<ServerConn>,
-    drain: &mut DrainWatch,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -272,7 +216,7 @@ enum Waited {
 async fn wait_head(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
-    drain: &mut DrainWatch,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -289,6 +233,7 @@ async fn wait_head(
         let park = (!conn.head_started()).then(|| context.idle_since.get().unwrap_or(now) + PARK_AFTER);
         timer.arm([idle, duration, head_deadline, park].into_iter().flatten().min());
         let report_start = head_deadline.is_none() && shared.request_headers_timeout.is_some();
+        let chain = !timeline.chain_drained;
         tokio::select! {
             biased;
             head = poll_fn(|cx| conn.poll_head(cx, report_start)) => match head {
@@ -319,8 +264,8 @@ async fn wait_head(
                     return Waited::Idle;
                 }
             }
-            (request, draining) = &mut *drain => {
-                if drained(request, draining, drain, context, timeline, guard) && !conn.head_started() {
+            request = poll_fn(|cx| drain.poll_next(cx, chain)) => {
+                if note_drain(request, context, timeline, guard) && !conn.head_started() {
                     Box::pin(shutdown(conn)).await;
                     return Waited::Closed;
                 }
@@ -330,32 +275,43 @@ async fn wait_head(
 }
 
 /// Waits, with nothing of a request held, until bytes arrive (`true`) or the connection must
-/// close (`false`: the client closed, idle timeout, `max_connection_duration`, drain).
+/// close (`false`: the client closed, idle timeout, `max_connection_duration`, drain). One
+/// poll function rather than a `select!` of futures: this wait is what every idle
+/// connection's future holds.
 async fn idle(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
-    drain: &mut DrainWatch,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
 ) -> bool {
-    loop {
+    let shut_down = poll_fn(|cx| loop {
         let [idle, duration] = next_idle_check(context, timeline, clock::now());
         timer.arm([idle, duration].into_iter().flatten().min());
-        tokio::select! {
-            biased;
-            read = poll_fn(|cx| conn.poll_fill(cx)) => return read.is_ok_and(|n| n > 0),
-            () = timer.fired() => {
-                if closing(context, conn, timeline, guard, clock::now()).await {
-                    return false;
-                }
+        if let Poll::Ready(read) = conn.poll_fill(cx) {
+            return Poll::Ready(if read.is_ok_and(|n| n > 0) { None } else { Some(false) });
+        }
+        if timer.poll_fired(cx).is_ready() {
+            if idle_or_too_old(context, timeline, clock::now()) {
+                guard.local_close = true;
+                return Poll::Ready(Some(true));
             }
-            (request, draining) = &mut *drain => {
-                if drained(request, draining, drain, context, timeline, guard) {
-                    Box::pin(shutdown(conn)).await;
-                    return false;
-                }
-            }
+            continue;
+        }
+        let request = std::task::ready!(drain.poll_next(cx, !timeline.chain_drained));
+        if note_drain(request, context, timeline, guard) {
+            return Poll::Ready(Some(true));
+        }
+    })
+    .await;
+    match shut_down {
+        // Bytes arrived.
+        None => true,
+        Some(false) => false,
+        Some(true) => {
+            Box::pin(shutdown(conn)).await;
+            false
         }
     }
 }
@@ -377,27 +333,13 @@ async fn closing(
     true
 }
 
-/// A drain request: counted, the watch made again; `true` when the connection must close.
-fn drained(
-    request: DrainRequest,
-    draining: Draining,
-    drain: &mut DrainWatch,
-    context: &ConnectionContext,
-    timeline: &mut Timeline,
-    guard: &mut ConnectionGuard<'_>,
-) -> bool {
-    let close = note_drain(request, context, timeline, guard);
-    *drain = DrainWatch::new(draining, !timeline.chain_drained);
-    close
-}
-
 /// Runs the stream until its response head: `None` when the client went away (the stream is
 /// dropped: Envoy's downstream reset) or the drain time ran out.
 async fn run_stream<S, R>(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
     mut stream: Pin<&mut S>,
-    drain: &mut DrainWatch,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -417,7 +359,7 @@ async fn drive<B>(
     context: &Rc<ConnectionContext>,
     conn: &ServerConn,
     writer: &mut ResponseWriter<B>,
-    drain: &mut DrainWatch,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -437,7 +379,7 @@ where
 /// timer (`max_connection_duration` starts it, its end cuts the connection: `None`).
 async fn within_drain_time<T>(
     context: &Rc<ConnectionContext>,
-    drain: &mut DrainWatch,
+    drain: &mut Draining,
     timeline: &mut Timeline,
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
@@ -445,6 +387,7 @@ async fn within_drain_time<T>(
 ) -> Option<T> {
     timer.arm(stream_deadline(context, timeline));
     loop {
+        let chain = !timeline.chain_drained;
         tokio::select! {
             biased;
             done = poll_fn(&mut work) => return Some(done),
@@ -454,8 +397,8 @@ async fn within_drain_time<T>(
                 }
                 timer.arm(stream_deadline(context, timeline));
             }
-            (request, draining) = &mut *drain => {
-                if drained(request, draining, drain, context, timeline, guard) {
+            request = poll_fn(|cx| drain.poll_next(cx, chain)) => {
+                if note_drain(request, context, timeline, guard) {
                     timeline.shutdown_at = Some(clock::now());
                     timer.arm(stream_deadline(context, timeline));
                 }
