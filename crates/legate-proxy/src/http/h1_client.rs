@@ -35,7 +35,7 @@ use super::body::{AttemptBody, BoxError};
 use super::h1_body::{
     decode_chunk, ends_chunked, length_of, put_field, take, Chunk, ChunkStep, Encoder, Framing as BodyFraming,
 };
-use super::headers::{KEEP_ALIVE, PROXY_CONNECTION};
+use super::headers::{self, KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
 use crate::network::TransportSocket;
 
@@ -431,7 +431,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     };
     let head = take(buf, len);
     let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = headers::header_map(count);
     let mut hop = HopByHop::default();
     for &(name_start, name_end, value_start, value_end) in spans.iter().take(count) {
         let (name, value) = (name_start as usize..name_end as usize, value_start as usize..value_end as usize);

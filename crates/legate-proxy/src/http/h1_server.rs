@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use legate_stats::Counter;
 use tokio::io::AsyncWrite;
@@ -32,6 +32,7 @@ pub use super::h1_body::Framing as BodyFraming;
 use super::h1_body::{
     decode_chunk, digits, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
 };
+use super::headers;
 use super::io::CountingIo;
 use crate::network::TransportSocket;
 
@@ -199,7 +200,7 @@ fn build(buf: &mut BytesMut, scanned: Scanned, spans: &[Span]) -> Result<Request
     let mut facts = Facts { keep_alive: http11, ..Facts::default() };
     // Room for the fields the connection manager adds (`x-forwarded-proto`, `x-request-id`,
     // `x-envoy-expected-rq-timeout-ms`…): growing the map would rehash it.
-    let mut headers = HeaderMap::with_capacity(count + 8);
+    let mut headers = headers::header_map(count + 8);
     for span in spans.iter().take(count) {
         let name = head.get(span.name.0 as usize..span.name.1 as usize).unwrap_or_default();
         let name = HeaderName::from_bytes(name).map_err(|_| HeadError::BadRequest)?;

@@ -7,7 +7,7 @@
 //! 26 ns in a VM: 0.4 µs per request. A poll lasts microseconds, so a duration measured
 //! across polls loses at most that; within one poll, time stands still.
 //!
-//! Outside a [`Clocked`] future (other tasks, the main thread), [`now`] reads the clock.
+//! Outside a poll through [`poll_clocked`] (other tasks, the main thread), [`now`] reads the clock.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -30,26 +30,12 @@ pub fn since(earlier: Instant) -> std::time::Duration {
     now().saturating_duration_since(earlier)
 }
 
-/// A future whose polls each read the clock once for [`now`].
-pub struct Clocked<F> {
-    inner: Pin<Box<F>>,
-}
-
-impl<F: Future> Clocked<F> {
-    pub fn new(inner: Pin<Box<F>>) -> Self {
-        Clocked { inner }
-    }
-}
-
-impl<F: Future> Future for Clocked<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let outer = NOW.replace(Some(Instant::now()));
-        let polled = self.inner.as_mut().poll(cx);
-        NOW.set(outer);
-        polled
-    }
+/// Polls `future` once with the clock read once for [`now`].
+pub fn poll_clocked<F: Future + ?Sized>(future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    let outer = NOW.replace(Some(Instant::now()));
+    let polled = future.poll(cx);
+    NOW.set(outer);
+    polled
 }
 
 #[cfg(test)]
@@ -72,10 +58,10 @@ mod tests {
                 }
             }
         });
-        let mut clocked = std::pin::pin!(Clocked::new(Box::pin(future)));
+        let mut future = std::pin::pin!(future);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        while clocked.as_mut().poll(&mut cx).is_pending() {}
+        while poll_clocked(future.as_mut(), &mut cx).is_pending() {}
         assert_eq!(readings.len(), 2);
         assert_eq!(readings[0].0, readings[0].1, "one reading per poll");
         assert!(readings[1].0 > readings[0].0, "a new reading at the next poll");

@@ -102,6 +102,16 @@ impl Drop for UpstreamRequestGuard {
     }
 }
 
+/// The request head, whose header map goes back to the thread's spares (for the next
+/// request's) when the router is done with it.
+struct RecycledHead(http::request::Parts);
+
+impl Drop for RecycledHead {
+    fn drop(&mut self) {
+        headers::recycle(std::mem::take(&mut self.0.headers));
+    }
+}
+
 /// Which timer fired while waiting for response headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timeout {
@@ -134,17 +144,35 @@ impl Timers {
         try_start: Option<Instant>,
         last_activity: Instant,
     ) -> Option<(Timeout, Instant)> {
-        let complete_at = body.completed_at;
-        let since_complete = |d: Option<Duration>, from: Option<Instant>| Some(complete_at?.max(from?) + d?);
-        let candidates = [
-            (Timeout::Route, since_complete(self.route, Some(self.stream_start))),
-            (Timeout::PerTry, since_complete(self.per_try, try_start)),
-            (Timeout::PerTryIdle, self.per_try_idle.zip(try_start).map(|(d, at)| at.max(last_activity) + d)),
-            (Timeout::StreamIdle, self.stream_idle.map(|d| last_activity + d)),
-            (Timeout::Request, self.request.filter(|_| complete_at.is_none()).map(|d| self.stream_start + d)),
-            (Timeout::MaxStreamDuration, self.max_stream_duration.map(|d| self.stream_start + d)),
-        ];
-        candidates.into_iter().filter_map(|(which, at)| Some((which, at?))).min_by_key(|(_, at)| *at)
+        // Straight-line (this runs on every wake-up of a request waiting upstream); on a tie
+        // the timer listed first wins.
+        let mut next: Option<(Timeout, Instant)> = None;
+        let mut consider = |which: Timeout, at: Instant| {
+            if next.is_none_or(|(_, earliest)| at < earliest) {
+                next = Some((which, at));
+            }
+        };
+        if let Some(complete) = body.completed_at {
+            if let Some(d) = self.route {
+                consider(Timeout::Route, complete.max(self.stream_start) + d);
+            }
+            if let (Some(d), Some(at)) = (self.per_try, try_start) {
+                consider(Timeout::PerTry, complete.max(at) + d);
+            }
+        }
+        if let (Some(d), Some(at)) = (self.per_try_idle, try_start) {
+            consider(Timeout::PerTryIdle, at.max(last_activity) + d);
+        }
+        if let Some(d) = self.stream_idle {
+            consider(Timeout::StreamIdle, last_activity + d);
+        }
+        if let Some(d) = self.request.filter(|_| body.completed_at.is_none()) {
+            consider(Timeout::Request, self.stream_start + d);
+        }
+        if let Some(d) = self.max_stream_duration {
+            consider(Timeout::MaxStreamDuration, self.stream_start + d);
+        }
+        next
     }
 }
 
@@ -220,8 +248,8 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     let context = rq.context;
     let shared = &context.shared;
     let action = rq.action;
-    let mut head = std::mem::replace(&mut rq.head, http::Request::new(()).into_parts().0);
-    let head = &mut head;
+    let mut head = RecycledHead(std::mem::replace(&mut rq.head, http::Request::new(()).into_parts().0));
+    let head = &mut head.0;
 
     // The cluster.
     let (cluster_name, weighted_index) = match &action.cluster {

@@ -43,7 +43,7 @@ use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
-use crate::worker::clock::Clocked;
+use crate::worker::clock::poll_clocked;
 use crate::worker::WorkerContext;
 pub use stats::HcmStats;
 
@@ -212,7 +212,12 @@ impl ReadFilter for HttpConnectionManager {
             socket,
             buffered,
         };
-        Box::pin(Clocked::new(Box::pin(serve(Box::new(start)))))
+        let start = Box::new(start);
+        // One allocation for the connection's future, each poll with one clock reading.
+        Box::pin(async move {
+            let mut serve = std::pin::pin!(serve(start));
+            std::future::poll_fn(|cx| poll_clocked(serve.as_mut(), cx)).await
+        })
     }
 }
 

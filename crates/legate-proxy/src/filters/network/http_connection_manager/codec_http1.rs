@@ -23,6 +23,7 @@ use crate::http::h1_guard::HEADER_TIMEOUT_REPLY;
 use crate::http::h1_server::{
     encode_head, error_reply, Framing, ReadError, RequestHead, ResponseContext, ResponseWriter, ServerConn, WriteError,
 };
+use crate::http::headers;
 use crate::http::io::DownstreamUpgrade;
 use crate::worker::clock;
 
@@ -149,7 +150,7 @@ async fn active(
         let (encoding, keep_alive) = encode_head(&mut out, &parts, &rc);
         let upgraded =
             parts.status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && parts.status.is_success());
-        drop(parts);
+        headers::recycle(parts.headers);
         let mut writer = ResponseWriter::new(out, body, encoding);
         let written = drive(context, conn, &mut writer, drain, timeline, guard, timer).await;
         drop(writer);
