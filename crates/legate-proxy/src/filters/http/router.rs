@@ -193,12 +193,14 @@ async fn body_progress(progress: &mut Option<tokio::sync::watch::Receiver<()>>) 
     }
 }
 
-/// Runs `future` until it finishes or a timer fires.
+/// Runs `future` until it finishes or a timer fires. The timers are kept by the
+/// connection's own timer where it has one.
 async fn with_timers<F: Future>(
     future: F,
     timers: &Timers,
     body: &Rc<RefCell<BodySource>>,
     try_start: Option<Instant>,
+    context: &ConnectionContext,
 ) -> Waited<F::Output> {
     tokio::pin!(future);
     // A body already complete never changes: nothing to watch.
@@ -216,6 +218,19 @@ async fn with_timers<F: Future>(
         }
         let sleep = async {
             match next {
+                // The connection polls this again by then.
+                Some((_, at)) if context.wake_stream_by(at) => {
+                    std::future::poll_fn(|_| {
+                        if clock::now() >= at {
+                            return std::task::Poll::Ready(());
+                        }
+                        // Asked at every poll: the connection takes the time when it arms
+                        // its timer.
+                        context.wake_stream_by(at);
+                        std::task::Poll::Pending
+                    })
+                    .await
+                }
                 Some((_, at)) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
@@ -489,7 +504,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         let pool = worker.pools().get(&cluster, &host, protocol, auto_sni.as_deref());
         let mut fresh = false;
         let result = loop {
-            let conn = match with_timers(pool.acquire(priority, fresh), &timers, &rq.body, None).await {
+            let conn = match with_timers(pool.acquire(priority, fresh), &timers, &rq.body, None, context).await {
                 Waited::Timeout(which) => break Err(which),
                 Waited::Done(Err(failure)) => break Ok(Err(AttemptFailure::Pool(failure))),
                 Waited::Done(Ok(conn)) => conn,
@@ -537,7 +552,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 },
                 None => break Ok(Err(protocol_error())),
             };
-            match with_timers(send, &timers, &rq.body, Some(try_start)).await {
+            match with_timers(send, &timers, &rq.body, Some(try_start), context).await {
                 Waited::Timeout(Timeout::PerTry) => break Ok(Err(AttemptFailure::PerTryTimeout)),
                 Waited::Timeout(Timeout::PerTryIdle) => break Ok(Err(AttemptFailure::PerTryIdleTimeout)),
                 Waited::Timeout(which) => break Err(which),

@@ -236,6 +236,25 @@ pub struct ConnectionContext {
     pub idle_since: Cell<Option<Instant>>,
     /// Set once the connection drains: HTTP/1.1 responses carry `connection: close`.
     pub draining: Cell<bool>,
+    /// When the stream asked to be polled again, where the connection's own timer does it
+    /// (legate's HTTP/1.1 codec polls its one stream in the connection's task): a request
+    /// waiting upstream then registers no timer of its own. `None` where hyper runs streams.
+    stream_wake: Option<Cell<Option<Instant>>>,
+}
+
+impl ConnectionContext {
+    /// Asks for the stream to be polled again by `at`; `false` when the stream must keep a
+    /// timer of its own.
+    pub fn wake_stream_by(&self, at: Instant) -> bool {
+        let Some(wake) = &self.stream_wake else { return false };
+        wake.set(Some(wake.get().map_or(at, |earlier| earlier.min(at))));
+        true
+    }
+
+    /// The time the stream asked to be polled again by, if it did since the last call.
+    fn take_stream_wake(&self) -> Option<Instant> {
+        self.stream_wake.as_ref().and_then(Cell::take)
+    }
 }
 
 /// Keeps `downstream_cx_active` and friends right on every way out.
@@ -408,6 +427,7 @@ async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), Conne
         active_streams: Cell::new(0),
         idle_since: Cell::new(Some(Instant::now())),
         draining: Cell::new(false),
+        stream_wake: matches!(codec, Codec::Http1(_)).then(|| Cell::new(None)),
     });
     Ok((context, codec))
 }

@@ -387,25 +387,27 @@ async fn within_drain_time<T>(
     mut work: impl FnMut(&mut Context<'_>) -> Poll<T>,
 ) -> Option<T> {
     timer.arm(stream_deadline(context, timeline));
-    loop {
-        let chain = !timeline.chain_drained;
-        tokio::select! {
-            biased;
-            done = poll_fn(&mut work) => return Some(done),
-            () = timer.fired() => {
-                if past_drain_time(context, timeline, guard) {
-                    return None;
-                }
-                timer.arm(stream_deadline(context, timeline));
-            }
-            request = poll_fn(|cx| drain.poll_next(cx, chain)) => {
-                if note_drain(request, context, timeline, guard) {
-                    timeline.shutdown_at = Some(clock::now());
-                    timer.arm(stream_deadline(context, timeline));
-                }
-            }
+    poll_fn(|cx| loop {
+        if let Poll::Ready(done) = work(cx) {
+            return Poll::Ready(Some(done));
         }
-    }
+        // The stream's own deadlines (the router's timeouts) are kept by this timer.
+        timer.arm(context.take_stream_wake());
+        if timer.poll_fired(cx).is_ready() {
+            if past_drain_time(context, timeline, guard) {
+                return Poll::Ready(None);
+            }
+            timer.arm(stream_deadline(context, timeline));
+            // Polled again: it may be its deadline that came.
+            continue;
+        }
+        let request = std::task::ready!(drain.poll_next(cx, !timeline.chain_drained));
+        if note_drain(request, context, timeline, guard) {
+            timeline.shutdown_at = Some(clock::now());
+            timer.arm(stream_deadline(context, timeline));
+        }
+    })
+    .await
 }
 
 /// While a stream runs: the end of the drain time, or `max_connection_duration`.
