@@ -9,7 +9,10 @@
 use std::time::{Duration, Instant};
 
 use legate_testing::config::{cluster_config, hcm_config, http_bootstrap, http_protocol_options};
-use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY};
+use legate_testing::{
+    h2_events, hpack_request, json, legate_bin, H2Event, H2Frame, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY,
+    H2_PREFACE,
+};
 
 fn ok_upstream() -> HttpUpstream {
     HttpUpstream::http1(|_| UpstreamAction::ok("ok"))
@@ -207,4 +210,59 @@ fn max_requests_per_connection_opens_a_new_connection_every_two_requests() {
     assert_eq!(upstream.connections(), 3);
     px.legate.wait_stat("cluster.backend.upstream_cx_total", 3);
     px.legate.wait_stat("cluster.backend.upstream_cx_max_requests", 2);
+}
+
+/// HTTP/2 downstream with the HCM's `max_requests_per_connection: 2`: both streams are
+/// answered, then a GOAWAY drains the connection and it closes; Envoy counts it in
+/// `downstream_cx_max_requests_reached`.
+#[test]
+fn an_http2_connection_reaching_max_requests_per_connection_is_drained_with_goaway() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["codec_type"] = json!("AUTO");
+    hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "max_requests_per_connection": 2 });
+    let px = HttpProxy::start(legate_bin!(), config);
+    let mut c = px.client();
+
+    let mut frames = H2_PREFACE.to_vec();
+    H2Frame::settings(&[]).write_to(&mut frames);
+    let block = hpack_request("GET", "/", "h2.example");
+    H2Frame::headers(1, block.clone(), true).write_to(&mut frames);
+    H2Frame::headers(3, block, true).write_to(&mut frames);
+    let reply = c.raw_reply(&frames);
+
+    let events = h2_events(&reply.bytes);
+    let answered: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            H2Event::Headers { stream, status: Some(200), .. } => Some(*stream),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, [1, 3], "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, H2Event::GoAway { code: 0, .. })),
+        "a GOAWAY (NO_ERROR) drains the connection: {events:?}"
+    );
+    // The graceful GOAWAY comes with a PING; as a client would, answer it, and the
+    // connection closes.
+    let ping = first_ping_payload(&reply.bytes).expect("a PING with the GOAWAY");
+    let ack = H2Frame { kind: 0x6, flags: 0x1, stream: 0, payload: ping };
+    let closing = c.raw_reply(&ack.to_bytes());
+    assert!(reply.closed || closing.closed, "the connection closes once its streams are done");
+    px.legate.wait_stat("http.ingress.downstream_cx_max_requests_reached", 1);
+}
+
+/// The payload of the first PING (not an ACK) among the frames in `bytes`.
+fn first_ping_payload(mut bytes: &[u8]) -> Option<Vec<u8>> {
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let (kind, flags) = (bytes[3], bytes[4]);
+        let payload = bytes.get(9..9 + len)?;
+        if kind == 0x6 && flags & 0x1 == 0 {
+            return Some(payload.to_vec());
+        }
+        bytes = &bytes[9 + len..];
+    }
+    None
 }

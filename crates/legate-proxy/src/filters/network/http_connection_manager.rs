@@ -63,7 +63,7 @@ pub struct HttpConnectionManagerShared {
     pub via: Option<HeaderValue>,
     pub idle_timeout: Option<Duration>,
     pub max_connection_duration: Option<Duration>,
-    /// `common_http_protocol_options.max_requests_per_connection` (HTTP/1.1 on legate's codec).
+    /// `common_http_protocol_options.max_requests_per_connection`.
     pub max_requests_per_connection: Option<u32>,
     pub max_stream_duration: Option<Duration>,
     pub stream_idle_timeout: Option<Duration>,
@@ -240,9 +240,24 @@ pub struct ConnectionContext {
     /// (legate's HTTP/1.1 codec polls its one stream in the connection's task): a request
     /// waiting upstream then registers no timer of its own. `None` where hyper runs streams.
     stream_wake: Option<Cell<Option<Instant>>>,
+    /// Requests received so far (for `max_requests_per_connection`).
+    requests: Cell<u32>,
 }
 
 impl ConnectionContext {
+    /// Counts a request. The one that reaches `max_requests_per_connection` drains the
+    /// connection: its response says `connection: close` (HTTP/1.1) or a GOAWAY goes out
+    /// (HTTP/2), as Envoy's.
+    fn count_request(&self) {
+        let requests = self.requests.get().saturating_add(1);
+        self.requests.set(requests);
+        let max = self.shared.max_requests_per_connection;
+        if max.is_some_and(|max| requests >= max) && !self.draining.get() {
+            self.shared.stats.downstream_cx_max_requests_reached.inc();
+            self.draining.set(true);
+        }
+    }
+
     /// Asks for the stream to be polled again by `at`; `false` when the stream must keep a
     /// timer of its own.
     pub fn wake_stream_by(&self, at: Instant) -> bool {
@@ -428,6 +443,7 @@ async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), Conne
         idle_since: Cell::new(Some(Instant::now())),
         draining: Cell::new(false),
         stream_wake: matches!(codec, Codec::Http1(_)).then(|| Cell::new(None)),
+        requests: Cell::new(0),
     });
     Ok((context, codec))
 }
@@ -447,7 +463,7 @@ async fn serve(start: Box<Start>) -> ConnectionEvent {
         active_streams_at_close: 0,
     };
     let mut draining = Draining::new(&context);
-    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false, requests: 0 };
+    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
     match codec {
         Codec::Http1(conn) => codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await,
         Codec::Hyper(io) => {
@@ -487,7 +503,10 @@ async fn serve_hyper(
         // Not boxed (an allocation per request): hyper keeps a slot the size of this future
         // for as long as it drives the connection, but an idle HTTP/1.1 connection is parked
         // without hyper, and HTTP/2 runs each stream as a task of its own.
-        service_fn(move |request| active_stream::handle(context.clone(), request))
+        service_fn(move |request| {
+            context.count_request();
+            active_stream::handle(context.clone(), request)
+        })
     };
     let shared = &context.shared;
     if context.http2 {
@@ -627,8 +646,6 @@ struct Timeline {
     /// An HTTP/1.1 connection of a draining filter chain is not cut while idle (a client may be
     /// sending on it right now): its next response says `connection: close`, as Envoy's.
     chain_drained: bool,
-    /// Requests served so far (for `max_requests_per_connection`).
-    requests: u32,
 }
 
 /// Whether the connection must close for its idle timeout or `max_connection_duration`,
@@ -791,6 +808,15 @@ where
                     timeline.shutdown_at = Some(Instant::now());
                     graceful_shutdown(connection.as_mut());
                 }
+            }
+            // HTTP/2 reached `max_requests_per_connection`: GOAWAY, and the streams finish.
+            // (Counted as hyper takes a stream, in the poll of the connection above.)
+            () = std::future::poll_fn(|_| match context.draining.get() {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }), if context.http2 && timeline.shutdown_at.is_none() => {
+                timeline.shutdown_at = Some(Instant::now());
+                graceful_shutdown(connection.as_mut());
             }
         }
     }

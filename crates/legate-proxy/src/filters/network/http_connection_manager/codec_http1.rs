@@ -109,14 +109,7 @@ async fn active(
             Waited::Idle => return true,
             Waited::Closed => return false,
         };
-        timeline.requests = timeline.requests.saturating_add(1);
-        let max_requests = context.shared.max_requests_per_connection;
-        if max_requests.is_some_and(|max| timeline.requests >= max) && !context.draining.get() {
-            // The last request: its response says `connection: close`, then the connection
-            // closes (Envoy's `max_requests_per_connection`).
-            context.shared.stats.downstream_cx_max_requests_reached.inc();
-            context.draining.set(true);
-        }
+        context.count_request();
         let method = head.parts.method.clone();
         // HTTP/1.0 connections close after each response, as they did with hyper.
         let keep_alive = head.keep_alive && head.parts.version == Version::HTTP_11 && !head.wants_upgrade;
