@@ -250,7 +250,7 @@ def main():
     lines.append("")
     lines.append(f"legate {meta['versions']['legate']}; {meta['versions']['nginx']}; {meta['versions']['haproxy']}")
     lines.append("")
-    per_case = {case: {} for case in args.strace_cases.split(",")}
+    per_case = {case: {} for case in args.strace_cases.split(",") if case}
     perf_text = {}
     try:
         b.start_backends()

@@ -76,7 +76,6 @@ pub(super) async fn serve(
     guard: &mut ConnectionGuard<'_>,
 ) {
     let mut timer = ConnTimer::new();
-    let drain = &mut *drain;
     loop {
         if !Box::pin(active(context, &conn, drain, timeline, guard, &mut timer)).await {
             return;
