@@ -166,7 +166,7 @@ impl RetryPolicy {
 }
 
 /// All values of a header joined with `,`, as Envoy presents multi-valued headers to matchers.
-pub fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+pub fn joined<K: http::header::AsHeaderName>(headers: &HeaderMap, name: K) -> Option<String> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     let mut out = String::from_utf8_lossy(first.as_bytes()).into_owned();

@@ -292,6 +292,11 @@ impl Cluster {
         self.priority_set.load_full()
     }
 
+    /// The current hosts' version, read without taking a reference to them.
+    pub fn priority_set_version(&self) -> u64 {
+        self.priority_set.load().version
+    }
+
     /// Publishes a new host list (main thread) and updates membership stats.
     pub fn update_hosts(&self, hosts: Vec<Arc<Host>>) {
         self.publish(hosts, true);

@@ -406,19 +406,19 @@ impl ThreadLocalClusterManager {
         cluster_name: &str,
         hash: Option<u64>,
     ) -> Result<(Arc<Cluster>, Arc<Host>), ChooseHostError> {
-        let cluster = self.get(cluster_name).ok_or(ChooseHostError::NoCluster)?;
-        let priority_set = cluster.priority_set();
+        // Read without taking references: on the common path the worker's own copies serve.
+        let clusters = self.clusters.load();
+        let cluster = clusters.get(cluster_name).ok_or(ChooseHostError::NoCluster)?;
         let mut local = self.local.borrow_mut();
         let stale = match local.get(cluster_name) {
-            Some(tl) => !Arc::ptr_eq(&tl.cluster, &cluster) || tl.priority_set.version != priority_set.version,
+            Some(tl) => !Arc::ptr_eq(&tl.cluster, cluster) || tl.priority_set.version != cluster.priority_set_version(),
             None => true,
         };
         if stale {
+            let cluster = cluster.clone();
+            let priority_set = cluster.priority_set();
             let lb = LoadBalancer::new(&cluster, &priority_set);
-            local.insert(
-                cluster_name.to_string(),
-                ThreadLocalCluster { cluster: cluster.clone(), priority_set: priority_set.clone(), lb },
-            );
+            local.insert(cluster_name.to_string(), ThreadLocalCluster { cluster, priority_set, lb });
         }
         let Some(tl) = local.get_mut(cluster_name) else {
             return Err(ChooseHostError::NoCluster);

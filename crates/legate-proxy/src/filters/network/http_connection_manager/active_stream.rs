@@ -709,10 +709,14 @@ fn append_xff(headers: &mut http::HeaderMap, ip: IpAddr) {
 
 /// The client address from `x-forwarded-for`, skipping `trusted_hops` from the right.
 fn xff_address(headers: &http::HeaderMap, trusted_hops: usize) -> Option<IpAddr> {
-    let joined = crate::router::retry_policy::joined(headers, X_FORWARDED_FOR.as_str())?;
-    let addresses: Vec<&str> = joined.split(',').map(str::trim).collect();
-    let index = addresses.len().checked_sub(1 + trusted_hops)?;
-    addresses.get(index)?.parse().ok()
+    let mut values = headers.get_all(&X_FORWARDED_FOR).iter();
+    let first = values.next()?;
+    let joined = match values.next() {
+        None => String::from_utf8_lossy(first.as_bytes()),
+        Some(_) => std::borrow::Cow::Owned(crate::router::retry_policy::joined(headers, &X_FORWARDED_FOR)?),
+    };
+    // The address `trusted_hops` from the right.
+    joined.rsplit(',').map(str::trim).nth(trusted_hops)?.parse().ok()
 }
 
 /// RFC 1918, loopback and unique-local addresses are internal, as Envoy's default.
@@ -725,22 +729,45 @@ fn is_internal(ip: IpAddr) -> bool {
 
 /// Headers an external client may not set (Envoy's internal-only `x-envoy-*` headers).
 fn sanitize_external(headers: &mut http::HeaderMap) {
-    for name in [
-        "x-envoy-decorator-operation",
-        "x-envoy-downstream-service-cluster",
-        "x-envoy-downstream-service-node",
-        "x-envoy-expected-rq-timeout-ms",
-        "x-envoy-force-trace",
-        "x-envoy-ip-tags",
-        "x-envoy-max-retries",
-        "x-envoy-retry-grpc-on",
-        "x-envoy-retry-on",
-        "x-envoy-upstream-alt-stat-name",
-        "x-envoy-upstream-rq-per-try-timeout-ms",
-        "x-envoy-upstream-rq-timeout-alt-response",
-        "x-envoy-upstream-rq-timeout-ms",
-        "x-envoy-hedge-on-per-try-timeout",
-    ] {
+    // Names made once: a string key is parsed at every lookup.
+    static INTERNAL_ONLY: [HeaderName; 14] = [
+        HeaderName::from_static("x-envoy-decorator-operation"),
+        HeaderName::from_static("x-envoy-downstream-service-cluster"),
+        HeaderName::from_static("x-envoy-downstream-service-node"),
+        HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+        HeaderName::from_static("x-envoy-force-trace"),
+        HeaderName::from_static("x-envoy-ip-tags"),
+        HeaderName::from_static("x-envoy-max-retries"),
+        HeaderName::from_static("x-envoy-retry-grpc-on"),
+        HeaderName::from_static("x-envoy-retry-on"),
+        HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+        HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+        HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+        HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+        HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+    ];
+    for name in &INTERNAL_ONLY {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_trusted_hops_from_the_right_of_x_forwarded_for_over_all_its_fields() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(xff_address(&headers, 0), None);
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7, 10.0.0.1"));
+        assert_eq!(xff_address(&headers, 0), ip("10.0.0.1"));
+        assert_eq!(xff_address(&headers, 1), ip("203.0.113.7"));
+        assert_eq!(xff_address(&headers, 2), None);
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.1"));
+        assert_eq!(xff_address(&headers, 0), ip("192.0.2.1"));
+        assert_eq!(xff_address(&headers, 2), ip("203.0.113.7"));
+        headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("not-an-address"));
+        assert_eq!(xff_address(&headers, 0), None);
     }
 }
