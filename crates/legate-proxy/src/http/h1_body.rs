@@ -245,6 +245,20 @@ impl Encoder {
         [IoSlice::new(&self.out), IoSlice::new(&self.data), IoSlice::new(self.tail)]
     }
 
+    /// Writes what is gathered: one `send` when it is all in one buffer (small bodies are
+    /// copied after the head), else one `writev`. The kernel's vectored path costs more per
+    /// call than a plain send.
+    pub fn poll_write_to<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        io: &mut W,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.data.is_empty() && self.tail.is_empty() {
+            return std::pin::Pin::new(io).poll_write(cx, &self.out);
+        }
+        std::pin::Pin::new(io).poll_write_vectored(cx, &self.slices())
+    }
+
     /// `n` bytes of [`Self::slices`] were written.
     pub fn advance(&mut self, n: usize) {
         let from_out = n.min(self.out.len());

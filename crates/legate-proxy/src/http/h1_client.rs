@@ -29,7 +29,6 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use legate_stats::Counter;
-use tokio::io::AsyncWrite;
 
 use super::body::{AttemptBody, BoxError};
 use super::h1_body::{
@@ -708,7 +707,7 @@ impl Writer {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let written = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &self.enc.slices())) {
+            let written = match ready!(self.enc.poll_write_to(cx, &mut *io)) {
                 Ok(0) => Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => Ok(n),
                 Err(e) => Err(e),

@@ -25,7 +25,6 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use legate_stats::Counter;
-use tokio::io::AsyncWrite;
 
 use super::body::BoxError;
 pub use super::h1_body::Framing as BodyFraming;
@@ -817,7 +816,7 @@ where
                 }
                 return Poll::Ready(Ok(()));
             }
-            let n = match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &self.enc.slices())) {
+            let n = match ready!(self.enc.poll_write_to(cx, &mut *io)) {
                 Ok(0) => return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into()))),
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(Err(WriteError::Io(e))),
