@@ -59,6 +59,27 @@ fn upstream_sees_forwarded_for_proto_request_id_and_expected_timeout() {
     assert_ne!(ids[0], ids[2], "{ids:?}");
 }
 
+/// `generate_request_id: false`: no id is made, a client's is passed on; without
+/// `use_remote_address` a client's `x-forwarded-proto` is kept, else it is set.
+#[test]
+fn request_ids_are_not_made_when_turned_off_and_a_forwarded_proto_is_kept() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["generate_request_id"] = json!(false);
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(c.get("/").status, 200);
+    let seen = upstream.last_request();
+    assert_eq!(seen.header("x-request-id"), None, "{:?}", seen.headers);
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+
+    c.send("GET", "/", &[("x-request-id", "client-id"), ("x-forwarded-proto", "https")], b"");
+    let seen = upstream.last_request();
+    assert_eq!(seen.header("x-request-id"), Some("client-id"));
+    assert_eq!(seen.header_all("x-forwarded-proto"), vec!["https"]);
+}
+
 #[test]
 fn hop_by_hop_headers_are_stripped_in_both_directions() {
     let upstream = HttpUpstream::http1(|_| {

@@ -161,9 +161,15 @@ fn prepare(
         ));
     }
     // RFC 9112 §3.2: more than one Host, or an invalid one, is a 400.
-    let hosts = head.headers.get_all(http::header::HOST).iter().count();
-    let authority = authority_of(head);
-    if hosts > 1 || !valid_authority(authority) || head.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+    let mut hosts = head.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    let more_hosts = hosts.next().is_some();
+    // `authority_of`, with the one lookup above.
+    let authority = match head.uri.authority() {
+        Some(a) => a.as_str(),
+        None => host.and_then(|v| v.to_str().ok()).unwrap_or_default(),
+    };
+    if more_hosts || !valid_authority(authority) || head.uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(Box::new(
             LocalReply::new(StatusCode::BAD_REQUEST, "", "invalid_host")
                 .with_flag(ResponseFlag::DownstreamProtocolError),
@@ -256,9 +262,7 @@ fn prepare(
         if let Some(ip) = xff_address(&head.headers, config.xff_num_trusted_hops as usize) {
             info.downstream_remote_address = SocketAddr::new(ip, 0);
         }
-        if !head.headers.contains_key(&X_FORWARDED_PROTO) {
-            head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
-        }
+        head.headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| scheme.clone());
     }
     super::forward_client_cert::apply(
         &mut head.headers,
@@ -269,10 +273,18 @@ fn prepare(
     // x-request-id.
     let external = use_remote_address && !internal;
     let regenerate = external && !config.preserve_external_request_id;
-    if config.generate_request_id.unwrap_or(true) && (regenerate || !head.headers.contains_key(&X_REQUEST_ID)) {
-        head.headers.insert(X_REQUEST_ID.clone(), headers::uuid4_header());
-    }
-    info.request_id = head.headers.get(&X_REQUEST_ID).cloned();
+    info.request_id = match head.headers.entry(&X_REQUEST_ID) {
+        http::header::Entry::Occupied(mut kept) => {
+            if regenerate && config.generate_request_id.unwrap_or(true) {
+                kept.insert(headers::uuid4_header());
+            }
+            Some(kept.get().clone())
+        }
+        http::header::Entry::Vacant(missing) if config.generate_request_id.unwrap_or(true) => {
+            Some(missing.insert(headers::uuid4_header()).clone())
+        }
+        http::header::Entry::Vacant(_) => None,
+    };
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
