@@ -319,6 +319,15 @@ class Bench:
         return r
 
 
+def unused_base(path):
+    """`path` (a result's name, without its extension), or `path-2`, `path-3`… when a run
+    in the same minute already wrote it: results are named by the minute."""
+    base, n = path, 2
+    while any(os.path.exists(base + ext) for ext in (".md", ".json")):
+        base, n = f"{path}-{n}", n + 1
+    return base
+
+
 def parse_wrk(out):
     r = {"raw": out}
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", out)
@@ -722,7 +731,7 @@ def main():
     print(md)
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
-    base = os.path.join(args.out, f"{stamp}-{meta['host']}{'-quick' if args.quick else ''}")
+    base = unused_base(os.path.join(args.out, f"{stamp}-{meta['host']}{'-quick' if args.quick else ''}"))
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
     with open(base + ".json", "w") as f:

@@ -572,6 +572,10 @@ def main():
     variant += f"-c{args.concurrency}" if args.concurrency != 1 else ""
     variant += f"-maxretries{args.max_retries}" if args.max_retries else ""
     base = os.path.join(args.out, f"{stamp}-{meta['host']}-failover{variant}")
+    # Named by the minute: a second run in the same minute gets -2, -3…
+    taken, n = base, 2
+    while os.path.exists(base + ".md"):
+        base, n = f"{taken}-{n}", n + 1
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
     with open(base + ".json", "w") as f:

@@ -308,7 +308,7 @@ def main():
     md = "\n".join(lines)
     print(md)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{stamp}-{meta['host']}-profile.md")
+    path = bench.unused_base(os.path.join(args.out, f"{stamp}-{meta['host']}-profile")) + ".md"
     with open(path, "w") as f:
         f.write(md + "\n")
     print(f"wrote {path}")

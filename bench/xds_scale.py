@@ -164,7 +164,7 @@ def main():
         b.stop_backends()
     meta = bench.metadata(argparse.Namespace(legate=args.legate, src=args.src, pingora=None))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M")
-    out = os.path.join(bench.HERE, "results", f"{stamp}-{meta.get('host', 'host')}-xds-scale")
+    out = bench.unused_base(os.path.join(bench.HERE, "results", f"{stamp}-{meta.get('host', 'host')}-xds-scale"))
     ratio = (result["push_p99_ms"] / result["quiet_p99_ms"]) if result.get("quiet_p99_ms") else None
     lines = [
         f"# xDS scale — {stamp} ({meta.get('cpu_model', '')}, nproc {meta.get('nproc', '')}, legate {meta['versions']['legate']})",
