@@ -53,6 +53,19 @@ fn current_shard() -> usize {
     THREAD_SHARD.with(Cell::get)
 }
 
+/// Adds `n` (wrapping) to `slot`. A slot of a worker's shard has one writer, the worker: a
+/// plain load and store (readers still see whole values), where an atomic add would take a
+/// locked instruction on every stat change of every request. Shard 0 is written by several
+/// threads and adds atomically.
+#[inline]
+pub(crate) fn add(slot: &AtomicU64, n: u64, exclusive: bool) {
+    if exclusive {
+        slot.store(slot.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    } else {
+        slot.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// A cache-line aligned block of slots, so that no two shards ever share a cache line.
 #[repr(align(128))]
 pub(crate) struct Chunk(pub(crate) [AtomicU64; CHUNK_SLOTS]);
@@ -150,23 +163,35 @@ impl Arena {
         MAX_CHUNKS * CHUNK_SLOTS
     }
 
-    fn local_shard(&self) -> Option<&Shard> {
-        self.shards.get(current_shard()).or_else(|| self.shards.first())
+    /// The current thread's shard, and whether the thread is its only writer (a worker's
+    /// shard; shard 0 is shared by every other thread).
+    fn local_shard(&self) -> Option<(&Shard, bool)> {
+        let index = current_shard();
+        match self.shards.get(index) {
+            Some(shard) if index != 0 => Some((shard, true)),
+            _ => self.shards.first().map(|shard| (shard, false)),
+        }
     }
 
-    /// The current thread's copy of slot `index` (hot path: no lock; allocates only the first
-    /// time this thread writes into the slot's chunk).
+    /// Adds `n` (wrapping) to the current thread's copy of slot `index`. Hot path: no lock;
+    /// allocates only the first time this thread writes into the slot's chunk.
     #[inline]
-    pub(crate) fn local_slot(&self, index: u32) -> Option<&AtomicU64> {
-        self.local_chunk(index)?.slot(index as usize % CHUNK_SLOTS)
+    pub(crate) fn local_add(&self, index: u32, n: u64) {
+        if let Some((chunk, exclusive)) = self.local_chunk(index) {
+            if let Some(slot) = chunk.slot(index as usize % CHUNK_SLOTS) {
+                add(slot, n, exclusive);
+            }
+        }
     }
 
     /// The current thread's chunk holding `index` (a histogram's slots never cross chunks),
-    /// allocated on this thread's first write into it.
+    /// allocated on this thread's first write into it; `true` when the thread is its only
+    /// writer (see [`add`]).
     #[inline]
-    pub(crate) fn local_chunk(&self, index: u32) -> Option<&Chunk> {
-        let cell = self.local_shard()?.chunks.get(index as usize / CHUNK_SLOTS)?;
-        Some(&**cell.get_or_init(Chunk::new_boxed))
+    pub(crate) fn local_chunk(&self, index: u32) -> Option<(&Chunk, bool)> {
+        let (shard, exclusive) = self.local_shard()?;
+        let cell = shard.chunks.get(index as usize / CHUNK_SLOTS)?;
+        Some((&**cell.get_or_init(Chunk::new_boxed), exclusive))
     }
 
     /// Sum over all shards of slot `index`, with wrapping arithmetic (gauges keep deltas).
@@ -254,12 +279,34 @@ mod tests {
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 set_thread_shard(2);
-                arena.local_slot(index).map(|slot| slot.fetch_add(5, Ordering::Relaxed));
+                arena.local_add(index, 5);
             });
         });
         assert!(!allocated(1) && allocated(2));
-        arena.local_slot(index).map(|slot| slot.fetch_add(1, Ordering::Relaxed));
+        arena.local_add(index, 1);
         assert_eq!(arena.sum(index), 6);
         assert!(arena.any_nonzero(index));
+    }
+
+    #[test]
+    fn workers_add_into_their_own_shards_and_other_threads_share_shard_0_exactly() {
+        let arena = Arena::new(3);
+        let index = (SCRATCH_SLOTS + 2) as u32;
+        arena.ensure(index as usize, 1);
+        std::thread::scope(|scope| {
+            for worker in 1..=2 {
+                let arena = &arena;
+                scope.spawn(move || {
+                    set_thread_shard(worker);
+                    (0..10_000).for_each(|_| arena.local_add(index, 1));
+                    arena.local_add(index, 3u64.wrapping_neg());
+                });
+            }
+            // Threads that are not workers all write shard 0: their adds must not be lost.
+            for _ in 0..4 {
+                scope.spawn(|| (0..10_000).for_each(|_| arena.local_add(index, 1)));
+            }
+        });
+        assert_eq!(arena.sum(index), 2 * (10_000 - 3) + 4 * 10_000);
     }
 }

@@ -4,7 +4,6 @@
 //! offset left by admin `/reset_counters`, which Envoy implements as `counter->reset()`.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::arena::{Arena, Offsets};
@@ -23,12 +22,10 @@ impl Counter {
         self.add(1);
     }
 
-    /// Adds `n`. Hot path: one relaxed atomic add into the current thread's shard.
+    /// Adds `n`. Hot path: one add into the current thread's shard (see `arena::add`).
     #[inline]
     pub fn add(&self, n: u64) {
-        if let Some(slot) = self.arena.local_slot(self.index) {
-            slot.fetch_add(n, Ordering::Relaxed);
-        }
+        self.arena.local_add(self.index, n);
     }
 
     /// The value summed over all shards, minus the last `/reset_counters` offset.

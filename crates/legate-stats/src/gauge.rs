@@ -9,7 +9,6 @@
 //! with concurrent `inc`/`dec` from workers would race.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::arena::Arena;
@@ -37,17 +36,13 @@ impl Gauge {
     /// Adds `n` to the current thread's shard.
     #[inline]
     pub fn add(&self, n: u64) {
-        if let Some(slot) = self.arena.local_slot(self.index) {
-            slot.fetch_add(n, Ordering::Relaxed);
-        }
+        self.arena.local_add(self.index, n);
     }
 
     /// Subtracts `n` from the current thread's shard (wrapping; the sum stays right).
     #[inline]
     pub fn sub(&self, n: u64) {
-        if let Some(slot) = self.arena.local_slot(self.index) {
-            slot.fetch_sub(n, Ordering::Relaxed);
-        }
+        self.arena.local_add(self.index, n.wrapping_neg());
     }
 
     /// Sets the value. Main thread only, on gauges never `inc`/`dec`'d (see the module doc).

@@ -17,7 +17,6 @@
 //! bucket counts are exact (`value <= le`).
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::arena::Arena;
@@ -51,17 +50,17 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// Records one sample. Hot path: two relaxed atomic adds into the current thread's shard.
+    /// Records one sample. Hot path: two adds into the current thread's shard.
     #[inline]
     pub fn record(&self, value: u64) {
         let bucket = INT_BOUNDS.partition_point(|&bound| bound < value);
-        if let Some(chunk) = self.arena.local_chunk(self.index) {
+        if let Some((chunk, exclusive)) = self.arena.local_chunk(self.index) {
             let base = self.index as usize % crate::arena::CHUNK_SLOTS;
             if let Some(slot) = chunk.slot(base + bucket) {
-                slot.fetch_add(1, Ordering::Relaxed);
+                crate::arena::add(slot, 1, exclusive);
             }
             if let Some(slot) = chunk.slot(base + SUM_SLOT) {
-                slot.fetch_add(value, Ordering::Relaxed);
+                crate::arena::add(slot, value, exclusive);
             }
         }
     }
