@@ -167,22 +167,10 @@ pub fn uuid4() -> String {
     String::from_utf8_lossy(&uuid4_bytes()).into_owned()
 }
 
-/// [`uuid4_bytes`] as a header value. The values are cut from a per-thread block of 128
-/// (a reference count each instead of an allocation each); a block is freed with the last
-/// request holding one of its values.
+/// [`uuid4_bytes`] as a header value, cut from the thread's block of short pieces (a
+/// reference count instead of an allocation).
 pub fn uuid4_header() -> HeaderValue {
-    const PER_BLOCK: usize = 128;
-    thread_local! {
-        static BLOCK: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
-    }
-    let id = uuid4_bytes();
-    let bytes = BLOCK.with_borrow_mut(|block| {
-        if block.capacity() < id.len() {
-            *block = bytes::BytesMut::with_capacity(id.len() * PER_BLOCK);
-        }
-        block.extend_from_slice(&id);
-        block.split().freeze()
-    });
+    let bytes = super::h1_body::shared_copy(&uuid4_bytes());
     HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 

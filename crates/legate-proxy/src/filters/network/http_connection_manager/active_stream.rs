@@ -308,7 +308,7 @@ async fn decode(
     upgrade: Option<(String, DownstreamUpgrade)>,
     completion: &mut StreamCompletion,
 ) -> (http::response::Parts, Produced) {
-    let shared = context.shared.clone();
+    let shared = &context.shared;
     let route_config = shared.route_config.current();
     // Handles that share the request's bytes: the filters below may change the head.
     let authority = router::Authority::of(&head);
