@@ -229,8 +229,8 @@ impl Cluster {
             .all_hosts()
             .map(|old| {
                 let host = Host::new(
-                    old.address,
-                    old.hostname.clone(),
+                    old.address(),
+                    old.hostname().to_string(),
                     old.weight,
                     old.priority,
                     old.locality.clone(),
