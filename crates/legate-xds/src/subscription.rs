@@ -174,7 +174,7 @@ impl WatchMap {
                 tokio::time::sleep(timeout).await;
                 if let Some(entry) = weak.upgrade() {
                     if !entry.initialized.replace(true) {
-                        entry.stats.init_fetch_timeout.inc();
+                        entry.stats.init_fetch_timeout().inc();
                         entry.callbacks.on_config_update_failed(&UpdateFailure::FetchTimedOut);
                     }
                 }
@@ -210,7 +210,7 @@ impl WatchMap {
     /// Counts an attempt on every watch (a response arrived or a poll was made).
     pub(crate) fn count_attempt(&self) {
         for watch in self.watches() {
-            watch.stats.update_attempt.inc();
+            watch.stats.update_attempt().inc();
         }
     }
 
@@ -218,7 +218,7 @@ impl WatchMap {
     /// on every watch.
     pub(crate) fn count_rejected(&self) {
         for watch in self.watches() {
-            watch.stats.update_rejected.inc();
+            watch.stats.update_rejected().inc();
         }
     }
 
@@ -226,7 +226,7 @@ impl WatchMap {
     /// does not (it waits for `initial_fetch_timeout`, as Envoy).
     pub(crate) fn fail(&self, reason: &str) {
         for watch in self.watches() {
-            watch.stats.update_failure.inc();
+            watch.stats.update_failure().inc();
             if watch.initialized.get() {
                 watch.callbacks.on_config_update_failed(&UpdateFailure::ConnectionFailure(reason.to_string()));
             }
@@ -321,12 +321,12 @@ impl WatchMap {
                         delivered.extend(resources.iter().map(|r| r.name.clone()));
                     }
                     if resources.is_empty() && removed.is_empty() {
-                        watch.stats.update_empty.inc();
+                        watch.stats.update_empty().inc();
                     }
                     watch.stats.accepted(version_info, started.elapsed());
                 }
                 Err(detail) => {
-                    watch.stats.update_rejected.inc();
+                    watch.stats.update_rejected().inc();
                     first_error.get_or_insert(detail);
                 }
             }
