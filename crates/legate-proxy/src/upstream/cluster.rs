@@ -13,7 +13,9 @@ use super::host::Host;
 use super::stats::{ClusterEndpointStats, ClusterStats};
 
 pub struct Cluster {
-    pub name: String,
+    /// The cluster's name, shared with the cluster manager's maps and lists that key on it
+    /// (one allocation for them all, where each kept a `String` of its own).
+    pub name: Arc<str>,
     pub config: ClusterConfig,
     /// Traffic stats, see [`Self::stats`].
     traffic_stats: std::sync::OnceLock<Box<ClusterStats>>,
@@ -118,7 +120,7 @@ impl Cluster {
             .map(|a| a.overprovisioning_factor())
             .unwrap_or(legate_config::endpoint::ClusterLoadAssignment::DEFAULT_OVERPROVISIONING_FACTOR);
         let cluster = Cluster {
-            name: config.name.clone(),
+            name: Arc::from(config.name.as_str()),
             traffic_stats,
             endpoint_stats: ClusterEndpointStats::with_unchanged(scope),
             scope: scope.clone(),

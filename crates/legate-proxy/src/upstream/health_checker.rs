@@ -407,7 +407,7 @@ async fn http_check(
     let http2 = http.codec_client_type == CodecClientType::Http2;
     // Envoy's default `host` is the cluster's name.
     let host = match (endpoint_hostname, http.host.as_str()) {
-        ("", "") => cluster.name.as_str(),
+        ("", "") => &cluster.name,
         ("", configured) => configured,
         (endpoint, _) => endpoint,
     };
@@ -471,7 +471,7 @@ async fn grpc_check(
     addr: SocketAddr,
     connection: &mut Connection,
 ) -> CheckResult {
-    let authority = if grpc.authority.is_empty() { cluster.name.as_str() } else { grpc.authority.as_str() };
+    let authority = if grpc.authority.is_empty() { &*cluster.name } else { grpc.authority.as_str() };
     let Some(uri) = check_uri(true, authority, "/grpc.health.v1.Health/Check") else {
         return CheckResult::Failure { immediate: true };
     };
@@ -716,7 +716,7 @@ impl EventLog {
             self.checker_type,
             address,
             host.address().port(),
-            serde_json::Value::from(cluster.name.as_str()),
+            serde_json::Value::from(&*cluster.name),
             event,
             String::from_utf8_lossy(&timestamp),
         );

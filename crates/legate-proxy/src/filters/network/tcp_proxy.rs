@@ -173,8 +173,11 @@ impl TcpProxy {
 
     /// Starts one connect attempt; closes the downstream when no attempt can be made.
     fn connect(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
-        let Some(name) =
-            self.cluster.as_ref().map(|c| c.name.clone()).or_else(|| self.shared.pick_cluster().map(str::to_string))
+        let Some(name) = self
+            .cluster
+            .as_ref()
+            .map(|c| c.name.to_string())
+            .or_else(|| self.shared.pick_cluster().map(str::to_string))
         else {
             self.shared.stats.downstream_cx_no_route.inc();
             cb.close(ConnectionCloseType::NoFlush);
