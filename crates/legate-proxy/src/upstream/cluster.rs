@@ -46,8 +46,8 @@ pub struct Cluster {
 /// The hosts of a cluster by priority, as one immutable snapshot.
 #[derive(Default)]
 pub struct PrioritySet {
-    /// Index = priority.
-    pub host_sets: Vec<HostSet>,
+    /// Index = priority. A boxed slice, not a `Vec`: it never grows once built.
+    pub host_sets: Box<[HostSet]>,
     /// Increases with each update; load balancers rebuild their state when it changes.
     pub version: u64,
 }
@@ -56,49 +56,63 @@ pub struct PrioritySet {
 #[derive(Default)]
 pub struct HostSet {
     pub hosts: Vec<Arc<Host>>,
-    /// See [`Self::healthy_hosts`]; empty when every host is healthy.
+    /// The healthy and degraded hosts, when some host is not healthy. `None` when every host
+    /// is healthy (the usual case): `hosts` is then the healthy list too, and no host is
+    /// degraded, so 10,000 clusters keep neither a copy of their hosts nor two empty lists
+    /// (a host set is 32 bytes, was 80).
+    partial: Option<Box<PartialHealth>>,
+}
+
+/// The healthy and degraded hosts of a host set that is not all healthy.
+#[derive(Default)]
+struct PartialHealth {
+    /// In the order of `hosts`.
     healthy_hosts: Vec<Arc<Host>>,
-    /// Every host is healthy: `hosts` is the healthy list too (the usual case, where a copy
-    /// would cost each cluster a second list).
-    all_healthy: bool,
-    pub degraded_hosts: Vec<Arc<Host>>,
+    degraded_hosts: Vec<Arc<Host>>,
 }
 
 impl HostSet {
     /// The healthy hosts, in the order of `hosts`.
     pub fn healthy_hosts(&self) -> &[Arc<Host>] {
-        if self.all_healthy {
-            &self.hosts
-        } else {
-            &self.healthy_hosts
+        match &self.partial {
+            Some(partial) => &partial.healthy_hosts,
+            None => &self.hosts,
         }
+    }
+
+    /// The degraded hosts (`DEGRADED_EDS_HEALTH` and no other reason), in the order of `hosts`.
+    pub fn degraded_hosts(&self) -> &[Arc<Host>] {
+        self.partial.as_ref().map_or(&[], |partial| &partial.degraded_hosts)
     }
 }
 
 impl PrioritySet {
     pub fn new(hosts: Vec<Arc<Host>>, version: u64) -> Self {
         let levels = hosts.iter().map(|h| h.priority as usize + 1).max().unwrap_or(0);
-        let mut host_sets: Vec<HostSet> = (0..levels).map(|_| HostSet::default()).collect();
+        let mut sets: Vec<(HostSet, PartialHealth)> = (0..levels).map(|_| Default::default()).collect();
         for host in hosts {
-            let Some(set) = host_sets.get_mut(host.priority as usize) else { continue };
+            let Some((set, partial)) = sets.get_mut(host.priority as usize) else { continue };
             if host.healthy() {
-                set.healthy_hosts.push(host.clone());
+                partial.healthy_hosts.push(host.clone());
             } else if host.degraded() {
-                set.degraded_hosts.push(host.clone());
+                partial.degraded_hosts.push(host.clone());
             }
             set.hosts.push(host);
         }
-        // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
-        for set in &mut host_sets {
-            // The healthy hosts are a subsequence of the hosts: as many means the same.
-            if set.healthy_hosts.len() == set.hosts.len() {
-                set.all_healthy = true;
-                set.healthy_hosts = Vec::new();
-            }
-            set.hosts.shrink_to_fit();
-            set.healthy_hosts.shrink_to_fit();
-            set.degraded_hosts.shrink_to_fit();
-        }
+        let host_sets = sets
+            .into_iter()
+            .map(|(mut set, mut partial)| {
+                // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
+                set.hosts.shrink_to_fit();
+                // The healthy hosts are a subsequence of the hosts: as many means the same.
+                if partial.healthy_hosts.len() != set.hosts.len() {
+                    partial.healthy_hosts.shrink_to_fit();
+                    partial.degraded_hosts.shrink_to_fit();
+                    set.partial = Some(Box::new(partial));
+                }
+                set
+            })
+            .collect();
         PrioritySet { host_sets, version }
     }
 
@@ -314,7 +328,7 @@ impl Cluster {
         let set = PrioritySet::new(hosts, version);
         let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts().len()).sum();
-        let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts.len()).sum();
+        let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts().len()).sum();
         let excluded = set.all_hosts().filter(|h| h.excluded()).count();
         self.endpoint_stats.membership_total.set(total as u64);
         self.endpoint_stats.membership_healthy.set(healthy as u64);
