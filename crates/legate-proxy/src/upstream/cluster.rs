@@ -17,8 +17,10 @@ pub struct Cluster {
     /// (one allocation for them all, where each kept a `String` of its own).
     pub name: Arc<str>,
     pub config: ClusterConfig,
-    /// Traffic stats, see [`Self::stats`].
-    traffic_stats: std::sync::OnceLock<Box<ClusterStats>>,
+    /// Traffic stats, see [`Self::stats`]. A `OnceBox` is one pointer (a `OnceLock` two
+    /// words); two workers that both make the stats on the first request create handles to
+    /// the same stats, and one box is dropped.
+    traffic_stats: once_cell::race::OnceBox<ClusterStats>,
     pub endpoint_stats: ClusterEndpointStats,
     /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
     pub scope: Scope,
@@ -36,8 +38,9 @@ pub struct Cluster {
     /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
     pub transport_socket: Option<Arc<crate::tls::ClientContext>>,
     /// `auto_sni` of a TLS cluster: each request's upstream connection is made for the name in
-    /// this header (`override_auto_sni_header`), or in the request's authority.
-    pub auto_sni: Option<Option<http::HeaderName>>,
+    /// this header (`override_auto_sni_header`), or in the request's authority. Boxed: few
+    /// clusters set it, and a `HeaderName` inline is 40 bytes on each.
+    pub auto_sni: Option<Box<Option<http::HeaderName>>>,
     priority_set: ArcSwap<PrioritySet>,
     versions: AtomicU64,
     refresh_lock: std::sync::Mutex<()>,
@@ -123,7 +126,7 @@ impl PrioritySet {
 
 impl Cluster {
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
-        let traffic_stats = std::sync::OnceLock::new();
+        let traffic_stats = once_cell::race::OnceBox::new();
         if !scope.store().deferred_creation() {
             let _ = traffic_stats.set(Box::new(ClusterStats::new(scope)));
         }
@@ -158,7 +161,10 @@ impl Cluster {
                     Some(legate_config::extensions::TransportSocketConfig::UpstreamTls(_))
                 );
                 (tls && options.auto_sni).then(|| {
-                    http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok()
+                    Box::new(
+                        http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes())
+                            .ok(),
+                    )
                 })
             },
             transport_socket: crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
@@ -301,7 +307,7 @@ impl Cluster {
 
     /// The traffic stats if they exist (reading them must not create them).
     pub fn existing_stats(&self) -> Option<&ClusterStats> {
-        self.traffic_stats.get().map(|s| &**s)
+        self.traffic_stats.get()
     }
 
     pub fn priority_set(&self) -> Arc<PrioritySet> {

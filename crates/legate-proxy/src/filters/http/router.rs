@@ -379,7 +379,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
 
     // `auto_sni`: the name the upstream TLS connection is made for, from the override header
     // or the authority as it goes upstream (without its port).
-    let auto_sni: Option<String> = cluster.auto_sni.as_ref().and_then(|header| {
+    let auto_sni: Option<String> = cluster.auto_sni.as_deref().and_then(|header| {
         let name = match header {
             Some(h) => head.headers.get(h).and_then(|v| v.to_str().ok())?,
             None => crate::router::action::split_host_port(authority.as_str()).0,
