@@ -285,7 +285,9 @@ impl LoadBalancer {
             let slot = self.hashing.get_mut(priority).map(|s| &mut s[usize::from(panic)])?;
             let policy = self.policy;
             let table = slot.get_or_insert_with(|| match policy {
-                LbPolicy::Maglev => HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_ref())),
+                LbPolicy::Maglev => {
+                    HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_deref()))
+                }
                 _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_deref())),
             });
             let table = &*table;
