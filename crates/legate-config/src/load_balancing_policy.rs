@@ -200,7 +200,7 @@ pub(crate) fn apply(cluster: &mut Cluster, policy: LbPolicyConfig) {
         }
         LbPolicyConfig::Maglev(maglev) => {
             cluster.lb_policy = LbPolicy::Maglev;
-            cluster.maglev_lb_config = Some(MaglevLbConfig { table_size: maglev.table_size });
+            cluster.maglev_lb_config = Some(Box::new(MaglevLbConfig { table_size: maglev.table_size }));
             cluster.common_lb_config.consistent_hashing_lb_config = maglev.consistent_hashing_lb_config;
             cluster.common_lb_config.locality_weighted_lb_config = maglev.locality_weighted_lb_config;
         }

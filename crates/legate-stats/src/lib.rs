@@ -30,4 +30,4 @@ pub use arena::set_thread_shard;
 pub use counter::Counter;
 pub use gauge::Gauge;
 pub use histogram::Histogram;
-pub use store::{Scope, Store};
+pub use store::{Scope, StatKind, Store};

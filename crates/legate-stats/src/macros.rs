@@ -24,9 +24,9 @@ macro_rules! stats {
     (@type counter) => { $crate::Counter };
     (@type gauge) => { $crate::Gauge };
     (@type histogram) => { $crate::Histogram };
-    (@declare $scope:ident counter $field:ident) => { $scope.declare_counter(stringify!($field)) };
-    (@declare $scope:ident gauge $field:ident) => { $scope.declare_gauge(stringify!($field)) };
-    (@declare $scope:ident histogram $field:ident) => { drop($scope.histogram(stringify!($field))) };
+    (@kind counter) => { $crate::StatKind::Counter };
+    (@kind gauge) => { $crate::StatKind::Gauge };
+    (@kind histogram) => { $crate::StatKind::Histogram };
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
@@ -46,10 +46,13 @@ macro_rules! stats {
             }
 
             /// Lists every stat of this struct under `scope` without handles: counters and
-            /// gauges get their memory with the first handle ([`$crate::Scope::declare_counter`]).
+            /// gauges get their memory with the first handle ([`$crate::Scope::declare_counter`]),
+            /// and their names are kept once for all the scopes that declare them.
             #[allow(dead_code)]
             pub fn declare(scope: &$crate::Scope) {
-                $( $crate::stats!(@declare scope $kind $field); )*
+                static STATS: &[($crate::StatKind, &str)] =
+                    &[$( ($crate::stats!(@kind $kind), stringify!($field)) ),*];
+                scope.declare_stats(STATS);
             }
         }
     };

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::counter::{counter_used, counter_value_with};
 use crate::gauge::gauge_used;
 use crate::histogram::{HistogramLatch, PackedLatch, BUCKET_BOUNDS, SUPPORTED_QUANTILES};
-use crate::store::Store;
+use crate::store::{StatKind, Store, UNWRITTEN_SLOT};
 use crate::symbol_table::{NameWriter, Names, StatName};
 use crate::tag_extraction::{extract_tags, Tag};
 
@@ -92,8 +92,18 @@ impl Store {
         let registry = self.lock();
         Snapshot {
             names: registry.names.names().clone(),
-            counters: registry.counters.iter().map(|(name, index)| (*name, *index)).collect(),
-            gauges: registry.gauges.iter().map(|(name, index)| (*name, *index)).collect(),
+            counters: registry
+                .counters
+                .iter()
+                .map(|(name, index)| (*name, *index))
+                .chain(registry.declared_unwritten(StatKind::Counter).into_iter().map(|name| (name, UNWRITTEN_SLOT)))
+                .collect(),
+            gauges: registry
+                .gauges
+                .iter()
+                .map(|(name, index)| (*name, *index))
+                .chain(registry.declared_unwritten(StatKind::Gauge).into_iter().map(|name| (name, UNWRITTEN_SLOT)))
+                .collect(),
             histograms: registry.histograms.iter().map(|(name, e)| (*name, e.index, e.latch.clone())).collect(),
         }
     }

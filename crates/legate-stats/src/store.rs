@@ -22,7 +22,7 @@ use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
 use crate::counter::{counter_value, Counter};
 use crate::gauge::Gauge;
 use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
-use crate::symbol_table::{StatName, SymbolTable};
+use crate::symbol_table::{Id, StatName, SymbolTable};
 
 /// All stats of one server, shared as `Arc<Store>` by the main thread and the workers.
 pub struct Store {
@@ -35,7 +35,7 @@ pub struct Store {
 /// The slot of every declared stat no handle was asked for yet ([`Store::declare_counter`]):
 /// in the scratch area, where no handle ever points (overflowing stats write slot 0), so it
 /// reads 0 for all of them.
-const UNWRITTEN_SLOT: u32 = 1;
+pub(crate) const UNWRITTEN_SLOT: u32 = 1;
 
 /// Interned name → stat, one map per stat type.
 pub(crate) type StatMap<V> = HashMap<StatName, V, FxBuildHasher>;
@@ -52,7 +52,35 @@ pub(crate) struct Registry {
     /// Gauge name → slot.
     pub(crate) gauges: StatMap<u32>,
     pub(crate) histograms: StatMap<HistogramEntry>,
+    /// The groups of stats [`Store::declare_stats`] was asked to list, in the order first met.
+    declared_groups: Vec<DeclaredGroup>,
+    /// Prefix → the groups declared under it, one bit per index into `declared_groups`. A
+    /// cluster declares ~24 stats in four groups under three prefixes (its unchanged and
+    /// update stats, each priority's breaker gauges): three 8-byte entries here instead of ~24
+    /// 12-byte entries in `counters` and `gauges` (0.28 KiB of heap per cluster at 10,000).
+    declared: HashMap<Id, u32, FxBuildHasher>,
 }
+
+/// The kind of each stat of a `stats!` struct, for [`Store::declare_stats`].
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One `stats!` struct's counters and gauges as interned last tokens, declared under many
+/// prefixes (see `Registry::declared`).
+struct DeclaredGroup {
+    /// The struct's list of stats: its address identifies the group.
+    stats: &'static [(StatKind, &'static str)],
+    counters: Box<[Id]>,
+    gauges: Box<[Id]>,
+}
+
+/// At most this many groups are kept as bits; more are declared name by name.
+const MAX_DECLARED_GROUPS: usize = u32::BITS as usize;
 
 /// A registered histogram and its latched views.
 pub(crate) struct HistogramEntry {
@@ -63,6 +91,60 @@ pub(crate) struct HistogramEntry {
 }
 
 impl Registry {
+    /// The bit of the group `stats` (added on first use); `None` past [`MAX_DECLARED_GROUPS`]
+    /// or when a token cannot be interned.
+    fn declared_group(&mut self, stats: &'static [(StatKind, &'static str)]) -> Option<u32> {
+        let same = |group: &DeclaredGroup| std::ptr::eq(group.stats, stats);
+        if let Some(index) = self.declared_groups.iter().position(same) {
+            return u32::try_from(index).ok();
+        }
+        if self.declared_groups.len() >= MAX_DECLARED_GROUPS {
+            return None;
+        }
+        let mut leaves = |kind: StatKind| -> Option<Box<[Id]>> {
+            stats.iter().filter(|(k, _)| *k == kind).map(|(_, name)| self.names.intern_leaf(name)).collect()
+        };
+        let group = DeclaredGroup { stats, counters: leaves(StatKind::Counter)?, gauges: leaves(StatKind::Gauge)? };
+        self.declared_groups.push(group);
+        u32::try_from(self.declared_groups.len() - 1).ok()
+    }
+
+    /// The declared counters (or gauges) that no handle gave a slot yet, each once.
+    pub(crate) fn declared_unwritten(&self, kind: StatKind) -> Vec<StatName> {
+        let map = match kind {
+            StatKind::Counter => &self.counters,
+            _ => &self.gauges,
+        };
+        let mut out = Vec::new();
+        for (&prefix, &bits) in &self.declared {
+            let first = out.len();
+            for (bit, group) in self.declared_groups.iter().enumerate() {
+                if bits & (1 << bit) == 0 {
+                    continue;
+                }
+                let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
+                for &leaf in leaves.iter() {
+                    let name = StatName::new(prefix, leaf);
+                    // Two groups of one prefix may both list a name: it is one stat.
+                    let listed = out.get(first..).is_some_and(|names: &[StatName]| names.contains(&name));
+                    if !listed && !map.contains_key(&name) {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `name` is a declared stat of `kind` (whether or not a handle gave it a slot).
+    fn is_declared(&self, name: StatName, kind: StatKind) -> bool {
+        let Some(&bits) = self.declared.get(&name.prefix()) else { return false };
+        self.declared_groups.iter().enumerate().any(|(bit, group)| {
+            let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
+            bits & (1 << bit) != 0 && leaves.contains(&name.leaf())
+        })
+    }
+
     /// Reserves `len` consecutive slots, never crossing a chunk; `None` when the arena is full.
     fn allocate(&mut self, arena: &Arena, len: usize) -> Option<u32> {
         if self.next_slot < SCRATCH_SLOTS {
@@ -128,6 +210,35 @@ impl Store {
         self.declare(name, |r| &mut r.gauges);
     }
 
+    /// Lists the stats of one `stats!` struct under `prefix` without handles: counters and
+    /// gauges at 0 with no slot until a handle asks for the name (as [`Self::declare_counter`]),
+    /// histograms created. The struct's names are kept once for every prefix they are declared
+    /// under (`Registry::declared`).
+    #[doc(hidden)]
+    pub fn declare_stats(&self, prefix: &str, stats: &'static [(StatKind, &'static str)]) {
+        let join = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        {
+            let mut registry = self.lock();
+            let group = registry.declared_group(stats);
+            match (group, registry.names.intern_prefix(prefix)) {
+                (Some(bit), Some(prefix)) => *registry.declared.entry(prefix).or_default() |= 1 << bit,
+                _ => {
+                    drop(registry);
+                    for (kind, name) in stats {
+                        match kind {
+                            StatKind::Counter => self.declare_counter(&join(name)),
+                            StatKind::Gauge => self.declare_gauge(&join(name)),
+                            StatKind::Histogram => {}
+                        }
+                    }
+                }
+            }
+        }
+        for (_, name) in stats.iter().filter(|(kind, _)| *kind == StatKind::Histogram) {
+            drop(self.histogram(&join(name)));
+        }
+    }
+
     fn declare(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) {
         let mut registry = self.lock();
         if let Some(name) = registry.names.intern(name) {
@@ -190,15 +301,21 @@ impl Store {
     /// The value of the counter with this full name, if it exists.
     pub fn counter_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
-        let index = *registry.counters.get(&registry.names.find(name)?)?;
-        Some(counter_value(&self.arena, index))
+        let name = registry.names.find(name)?;
+        match registry.counters.get(&name) {
+            Some(&index) => Some(counter_value(&self.arena, index)),
+            None => registry.is_declared(name, StatKind::Counter).then_some(0),
+        }
     }
 
     /// The value of the gauge with this full name, if it exists.
     pub fn gauge_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
-        let index = *registry.gauges.get(&registry.names.find(name)?)?;
-        Some(self.arena.sum(index))
+        let name = registry.names.find(name)?;
+        match registry.gauges.get(&name) {
+            Some(&index) => Some(self.arena.sum(index)),
+            None => registry.is_declared(name, StatKind::Gauge).then_some(0),
+        }
     }
 
     /// Called by the main thread at every stats flush (`stats_flush_interval`, 5 s): the samples
@@ -273,6 +390,12 @@ impl Scope {
     /// As [`Self::declare_counter`], for a gauge (listed at 0 and unused until a handle sets it).
     pub fn declare_gauge(&self, name: &str) {
         self.store.declare_gauge(&self.name(name));
+    }
+
+    /// Declares every stat of a `stats!` struct under this scope (its `declare`).
+    #[doc(hidden)]
+    pub fn declare_stats(&self, stats: &'static [(StatKind, &'static str)]) {
+        self.store.declare_stats(&self.prefix, stats);
     }
 
     /// A nested scope `prefix.sub` (a trailing dot in `sub` is ignored).
@@ -455,6 +578,65 @@ mod tests {
         assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"a\"} 0\n"), "{prometheus}");
         assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"b\"} 0\n"), "{prometheus}");
         assert!(prometheus.contains("envoy_cluster_version{envoy_cluster_name=\"a\"} 7\n"), "{prometheus}");
+    }
+
+    /// Stats structs whose handles the tests never take.
+    #[allow(dead_code)]
+    mod declared {
+        crate::stats! {
+            /// Declared under many prefixes.
+            pub struct UnchangedStats {
+                counter bind_errors,
+                gauge version,
+                histogram never_recorded,
+            }
+        }
+
+        crate::stats! {
+            /// Shares a name with `UnchangedStats`.
+            pub struct OtherStats {
+                counter bind_errors,
+                counter assignment_stale,
+            }
+        }
+    }
+    use declared::{OtherStats, UnchangedStats};
+
+    #[test]
+    fn declared_groups_list_each_name_once_until_a_handle_takes_it() {
+        let store = Store::new(2);
+        for i in 0..3 {
+            let scope = store.scope(&format!("cluster.c{i}"));
+            UnchangedStats::declare(&scope);
+            OtherStats::declare(&scope);
+            UnchangedStats::declare(&scope);
+        }
+        UnchangedStats::declare(&store.scope(""));
+        {
+            let registry = store.lock();
+            assert!(registry.counters.is_empty() && registry.gauges.is_empty(), "no entry per name");
+            assert_eq!(registry.declared.len(), 4);
+            assert_eq!(registry.declared_groups.len(), 2);
+        }
+        assert_eq!(store.counter_value("cluster.c1.bind_errors"), Some(0));
+        assert_eq!(store.counter_value("cluster.c1.assignment_stale"), Some(0));
+        assert_eq!(store.counter_value("cluster.c1.version"), None, "a gauge, not a counter");
+        assert_eq!(store.gauge_value("cluster.c2.version"), Some(0));
+        assert_eq!(store.gauge_value("version"), Some(0));
+        assert_eq!(store.counter_value("cluster.c3.bind_errors"), None);
+        store.scope("cluster.c1").counter("bind_errors").add(4);
+        store.scope("cluster.c2").gauge("version").set(9);
+        let text = store.render_text(None, false);
+        assert_eq!(text.matches("cluster.c1.bind_errors: ").count(), 1, "{text}");
+        assert!(text.contains("cluster.c1.bind_errors: 4\n"), "{text}");
+        assert!(text.contains("cluster.c0.bind_errors: 0\n"), "{text}");
+        assert!(text.contains("cluster.c2.version: 9\n"), "{text}");
+        assert!(text.contains("\nversion: 0\n"), "{text}");
+        assert!(text.contains("cluster.c0.never_recorded: No recorded values\n"), "{text}");
+        let used = store.render_text(None, true);
+        assert_eq!(used, "cluster.c1.bind_errors: 4\ncluster.c2.version: 9\n");
+        store.reset_counters();
+        assert_eq!(store.counter_value("cluster.c1.bind_errors"), Some(0));
     }
 
     #[test]

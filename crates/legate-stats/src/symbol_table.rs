@@ -21,10 +21,10 @@ use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 
 /// A token or prefix id; `NO_PREFIX` marks a name of one token.
-type Id = u32;
+pub(crate) type Id = u32;
 
 /// The prefix of a name without a `.`.
-const NO_PREFIX: Id = Id::MAX;
+pub(crate) const NO_PREFIX: Id = Id::MAX;
 
 /// An interned stat name: its prefix (all tokens but the last) and its last token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +53,26 @@ pub(crate) struct SymbolTable {
     tokens: HashTable<Id>,
     /// Prefix ids, hashed by (parent, last token).
     prefix_ids: HashTable<Id>,
+}
+
+// === impl StatName ===
+
+impl StatName {
+    /// The name made of `prefix` ([`SymbolTable::intern_prefix`]) and the token `leaf`
+    /// ([`SymbolTable::intern_leaf`]).
+    pub(crate) fn new(prefix: Id, leaf: Id) -> StatName {
+        StatName { prefix, leaf }
+    }
+
+    /// The prefix id: all tokens but the last.
+    pub(crate) fn prefix(self) -> Id {
+        self.prefix
+    }
+
+    /// The last token's id.
+    pub(crate) fn leaf(self) -> Id {
+        self.leaf
+    }
 }
 
 // === impl Names ===
@@ -245,10 +265,28 @@ impl SymbolTable {
         if let Some(prefix) = prefix {
             for token in prefix.split('.') {
                 let token = self.intern_token(token)?;
-                parent = self.intern_prefix(parent, token)?;
+                parent = self.intern_prefix_id(parent, token)?;
             }
         }
         Some(StatName { prefix: parent, leaf: self.intern_token(leaf)? })
+    }
+
+    /// The prefix id of a scope's `prefix` (`a.b` for the names `a.b.<leaf>`; `NO_PREFIX` for
+    /// an empty one, whose names have no `.`), interning what is new.
+    pub(crate) fn intern_prefix(&mut self, prefix: &str) -> Option<Id> {
+        let mut parent = NO_PREFIX;
+        if !prefix.is_empty() {
+            for token in prefix.split('.') {
+                let token = self.intern_token(token)?;
+                parent = self.intern_prefix_id(parent, token)?;
+            }
+        }
+        Some(parent)
+    }
+
+    /// The id of a last token (`.`-free), interning it if new.
+    pub(crate) fn intern_leaf(&mut self, leaf: &str) -> Option<Id> {
+        self.intern_token(leaf)
     }
 
     /// The id of `name` if its prefix and last token are interned (not necessarily as this
@@ -295,7 +333,7 @@ impl SymbolTable {
             .copied()
     }
 
-    fn intern_prefix(&mut self, parent: Id, token: Id) -> Option<Id> {
+    fn intern_prefix_id(&mut self, parent: Id, token: Id) -> Option<Id> {
         if let Some(id) = self.find_prefix(parent, token) {
             return Some(id);
         }

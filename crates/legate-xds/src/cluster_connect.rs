@@ -34,7 +34,7 @@ pub(crate) async fn connect(
     let host = candidates
         .get(fastrand::usize(0..candidates.len().max(1)))
         .ok_or_else(|| format!("control plane cluster '{cluster_name}' has no host"))?;
-    let address = host.address;
+    let address = host.address();
     let connect = legate_proxy::tls::client::connect(&cluster, address, alpn, None);
     match tokio::time::timeout(cluster.connect_timeout(), connect).await {
         Ok(Ok(socket)) => Ok((cluster, socket)),

@@ -80,50 +80,91 @@ impl Drop for WatchEntry {
     }
 }
 
-/// A set of resource names, as a sorted vector without duplicates: most watches name one
-/// resource (an EDS cluster's assignment), and a `BTreeSet` node takes ~280 bytes for it.
+/// A set of resource names, sorted, without duplicates. Most watches name one resource (an
+/// EDS cluster's assignment): that one is kept in one allocation (a vector of one `String`
+/// took two, 64 bytes, for each watch's names and again for what it was delivered); more go
+/// in a sorted vector (a `BTreeSet` node takes ~280 bytes for one name).
 #[derive(Debug, Default, PartialEq, Eq)]
-struct NameSet(Vec<String>);
+enum NameSet {
+    #[default]
+    Empty,
+    One(Box<str>),
+    /// Two or more.
+    Many(Vec<String>),
+}
 
 impl From<BTreeSet<String>> for NameSet {
     fn from(names: BTreeSet<String>) -> Self {
         // A set iterates in order, without duplicates.
-        let mut names: Vec<String> = names.into_iter().collect();
-        names.shrink_to_fit();
-        NameSet(names)
+        NameSet::from_sorted(names.into_iter().collect())
     }
 }
 
 impl NameSet {
-    fn iter(&self) -> std::slice::Iter<'_, String> {
-        self.0.iter()
+    /// The set of `names`, sorted and without duplicates already.
+    fn from_sorted(mut names: Vec<String>) -> Self {
+        match names.len() {
+            0 => NameSet::Empty,
+            1 => names.pop().map_or(NameSet::Empty, |name| NameSet::One(name.into_boxed_str())),
+            _ => {
+                names.shrink_to_fit();
+                NameSet::Many(names)
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let (one, many): (Option<&str>, &[String]) = match self {
+            NameSet::Empty => (None, &[]),
+            NameSet::One(name) => (Some(name), &[]),
+            NameSet::Many(names) => (None, names),
+        };
+        one.into_iter().chain(many.iter().map(String::as_str))
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+        match self {
+            NameSet::Empty => false,
+            NameSet::One(one) => **one == *name,
+            NameSet::Many(names) => names.binary_search_by(|n| n.as_str().cmp(name)).is_ok(),
+        }
+    }
+
+    /// The names, without copying them.
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            NameSet::Empty => Vec::new(),
+            NameSet::One(name) => vec![name.into_string()],
+            NameSet::Many(names) => names,
+        }
     }
 
     /// Adds `names` (a whole SotW response may repeat every name already there).
     fn extend(&mut self, names: impl Iterator<Item = String>) {
-        let new: Vec<String> = names.filter(|name| self.0.binary_search(name).is_err()).collect();
+        let new: Vec<String> = names.filter(|name| !self.contains(name)).collect();
         if !new.is_empty() {
-            self.0.extend(new);
-            self.0.sort_unstable();
-            self.0.dedup();
-            self.0.shrink_to_fit();
+            let mut all = std::mem::take(self).into_vec();
+            all.extend(new);
+            all.sort_unstable();
+            all.dedup();
+            *self = NameSet::from_sorted(all);
         }
     }
 
     /// Removes each of `names`; one pass whatever their number.
     fn remove_all(&mut self, names: &[String]) {
+        let mut all = match names {
+            [] => return,
+            _ => std::mem::take(self).into_vec(),
+        };
         match names {
-            [] => {}
-            [name] => self.0.retain(|n| n != name),
+            [name] => all.retain(|n| n != name),
             names => {
                 let gone: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
-                self.0.retain(|n| !gone.contains(n.as_str()));
+                all.retain(|n| !gone.contains(n.as_str()));
             }
         }
+        *self = NameSet::from_sorted(all);
     }
 }
 
@@ -174,7 +215,7 @@ impl WatchMap {
                 tokio::time::sleep(timeout).await;
                 if let Some(entry) = weak.upgrade() {
                     if !entry.initialized.replace(true) {
-                        entry.stats.init_fetch_timeout.inc();
+                        entry.stats.init_fetch_timeout().inc();
                         entry.callbacks.on_config_update_failed(&UpdateFailure::FetchTimedOut);
                     }
                 }
@@ -204,13 +245,13 @@ impl WatchMap {
         if watches.iter().any(|w| w.wildcard) {
             return None;
         }
-        Some(watches.iter().flat_map(|w| w.names.borrow().iter().cloned().collect::<Vec<_>>()).collect())
+        Some(watches.iter().flat_map(|w| w.names.borrow().iter().map(String::from).collect::<Vec<_>>()).collect())
     }
 
     /// Counts an attempt on every watch (a response arrived or a poll was made).
     pub(crate) fn count_attempt(&self) {
         for watch in self.watches() {
-            watch.stats.update_attempt.inc();
+            watch.stats.update_attempt().inc();
         }
     }
 
@@ -218,7 +259,7 @@ impl WatchMap {
     /// on every watch.
     pub(crate) fn count_rejected(&self) {
         for watch in self.watches() {
-            watch.stats.update_rejected.inc();
+            watch.stats.update_rejected().inc();
         }
     }
 
@@ -226,7 +267,7 @@ impl WatchMap {
     /// does not (it waits for `initial_fetch_timeout`, as Envoy).
     pub(crate) fn fail(&self, reason: &str) {
         for watch in self.watches() {
-            watch.stats.update_failure.inc();
+            watch.stats.update_failure().inc();
             if watch.initialized.get() {
                 watch.callbacks.on_config_update_failed(&UpdateFailure::ConnectionFailure(reason.to_string()));
             }
@@ -262,7 +303,7 @@ impl WatchMap {
         self.deliver(version_info, true, only_new, |watch| {
             let mine = select(watch, &resources, &by_name);
             let removed: Vec<String> = if self.resource_type.is_wildcard() {
-                watch.delivered.borrow().iter().filter(|n| !by_name.contains_key(n.as_str())).cloned().collect()
+                watch.delivered.borrow().iter().filter(|n| !by_name.contains_key(n)).map(String::from).collect()
             } else {
                 Vec::new()
             };
@@ -321,12 +362,12 @@ impl WatchMap {
                         delivered.extend(resources.iter().map(|r| r.name.clone()));
                     }
                     if resources.is_empty() && removed.is_empty() {
-                        watch.stats.update_empty.inc();
+                        watch.stats.update_empty().inc();
                     }
                     watch.stats.accepted(version_info, started.elapsed());
                 }
                 Err(detail) => {
-                    watch.stats.update_rejected.inc();
+                    watch.stats.update_rejected().inc();
                     first_error.get_or_insert(detail);
                 }
             }
@@ -349,7 +390,7 @@ fn select<'r>(
     if watch.wildcard {
         return resources.iter().collect();
     }
-    watch.names.borrow().iter().filter_map(|name| by_name.get(name.as_str()).copied()).collect()
+    watch.names.borrow().iter().filter_map(|name| by_name.get(name).copied()).collect()
 }
 
 /// Refuses a response naming one resource twice.
@@ -403,7 +444,7 @@ mod tests {
     #[test]
     fn name_set_stays_sorted_and_unique() {
         let mut names = set(&["b", "a"]);
-        assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(names.iter().collect::<Vec<_>>(), ["a", "b"]);
         names.extend(["c", "a", "0", "c"].into_iter().map(String::from));
         assert_eq!(names, set(&["0", "a", "b", "c"]));
         assert!(names.contains("0") && names.contains("c") && !names.contains("d"));
@@ -413,9 +454,18 @@ mod tests {
         assert_eq!(names, set(&["b"]));
         names.remove_all(&[]);
         assert_eq!(names, set(&["b"]));
-        assert_eq!(set(&["x"]).0.capacity(), 1, "one name, one slot");
+        assert_eq!(set(&["x"]), NameSet::One("x".into()), "one name, one allocation");
         let mut delivered = NameSet::default();
         delivered.extend(std::iter::once("x".to_string()));
-        assert_eq!(delivered.0.capacity(), 1);
+        assert_eq!(delivered, NameSet::One("x".into()));
+        delivered.extend(std::iter::once("x".to_string()));
+        assert_eq!(delivered, NameSet::One("x".into()));
+        delivered.remove_all(&["x".to_string()]);
+        assert_eq!(delivered, NameSet::Empty);
+        if let NameSet::Many(names) = set(&["a", "b", "c"]) {
+            assert_eq!(names.capacity(), 3, "no room for growth");
+        } else {
+            panic!("three names");
+        }
     }
 }

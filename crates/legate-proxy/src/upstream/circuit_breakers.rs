@@ -16,11 +16,15 @@ use super::stats::{CircuitBreakersRemainingStats, CircuitBreakersStats};
 /// a connection or request that outlives its cluster (a CDS update replaced it) still releases
 /// into the limit it counted against.
 pub struct CircuitBreakers {
-    /// The cluster's `circuit_breakers`.
-    config: CircuitBreakersConfig,
+    /// The cluster's `circuit_breakers`; `None` when it sets nothing (most clusters: the
+    /// defaults then take no room).
+    config: Option<Box<CircuitBreakersConfig>>,
     /// `cluster.<name>`, to create the stat handles with the counts.
     cluster_scope: Scope,
-    counts: std::sync::OnceLock<Box<Limits>>,
+    /// One pointer, as a `OnceLock` is two words: two workers that both make the counts on
+    /// their first acquire make handles to the same stats, and one box is dropped before any
+    /// count moves.
+    counts: once_cell::race::OnceBox<Limits>,
 }
 
 /// Both priorities' limits.
@@ -87,14 +91,26 @@ impl CircuitBreakers {
                 set_remaining_to_limits(&CircuitBreakersRemainingStats::new(&scope), &thresholds);
             }
         }
-        CircuitBreakers { config: config.clone(), cluster_scope: cluster_scope.clone(), counts: Default::default() }
+        CircuitBreakers {
+            config: (*config != CircuitBreakersConfig::default()).then(|| Box::new(config.clone())),
+            cluster_scope: cluster_scope.clone(),
+            counts: Default::default(),
+        }
+    }
+
+    /// The thresholds of `priority` (Envoy's defaults when the config sets none).
+    fn thresholds(&self, priority: RoutingPriority) -> Thresholds {
+        match &self.config {
+            Some(config) => config.for_priority(priority),
+            None => Thresholds { priority, ..Default::default() },
+        }
     }
 
     /// The counts, created on first use.
     fn counts(&self) -> &Limits {
         self.counts.get_or_init(|| {
             let limits = |priority| {
-                PriorityLimits::new(&self.config.for_priority(priority), &priority_scope(&self.cluster_scope, priority))
+                PriorityLimits::new(&self.thresholds(priority), &priority_scope(&self.cluster_scope, priority))
             };
             Box::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
         })
@@ -241,7 +257,7 @@ impl Resource<'_> {
         match self.breakers.counts.get() {
             Some(counts) => counts.priority(self.priority).state(self.kind).map_or(0, |state| state.max),
             None => {
-                let t = self.breakers.config.for_priority(self.priority);
+                let t = self.breakers.thresholds(self.priority);
                 match self.kind {
                     Kind::Connections => t.max_connections(),
                     Kind::PendingRequests => t.max_pending_requests(),

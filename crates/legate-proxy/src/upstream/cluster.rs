@@ -13,10 +13,14 @@ use super::host::Host;
 use super::stats::{ClusterEndpointStats, ClusterStats};
 
 pub struct Cluster {
-    pub name: String,
+    /// The cluster's name, shared with the cluster manager's maps and lists that key on it
+    /// (one allocation for them all, where each kept a `String` of its own).
+    pub name: Arc<str>,
     pub config: ClusterConfig,
-    /// Traffic stats, see [`Self::stats`].
-    traffic_stats: std::sync::OnceLock<Box<ClusterStats>>,
+    /// Traffic stats, see [`Self::stats`]. A `OnceBox` is one pointer (a `OnceLock` two
+    /// words); two workers that both make the stats on the first request create handles to
+    /// the same stats, and one box is dropped.
+    traffic_stats: once_cell::race::OnceBox<ClusterStats>,
     pub endpoint_stats: ClusterEndpointStats,
     /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
     pub scope: Scope,
@@ -34,8 +38,9 @@ pub struct Cluster {
     /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
     pub transport_socket: Option<Arc<crate::tls::ClientContext>>,
     /// `auto_sni` of a TLS cluster: each request's upstream connection is made for the name in
-    /// this header (`override_auto_sni_header`), or in the request's authority.
-    pub auto_sni: Option<Option<http::HeaderName>>,
+    /// this header (`override_auto_sni_header`), or in the request's authority. Boxed: few
+    /// clusters set it, and a `HeaderName` inline is 40 bytes on each.
+    pub auto_sni: Option<Box<Option<http::HeaderName>>>,
     priority_set: ArcSwap<PrioritySet>,
     versions: AtomicU64,
     refresh_lock: std::sync::Mutex<()>,
@@ -44,8 +49,8 @@ pub struct Cluster {
 /// The hosts of a cluster by priority, as one immutable snapshot.
 #[derive(Default)]
 pub struct PrioritySet {
-    /// Index = priority.
-    pub host_sets: Vec<HostSet>,
+    /// Index = priority. A boxed slice, not a `Vec`: it never grows once built.
+    pub host_sets: Box<[HostSet]>,
     /// Increases with each update; load balancers rebuild their state when it changes.
     pub version: u64,
 }
@@ -54,49 +59,63 @@ pub struct PrioritySet {
 #[derive(Default)]
 pub struct HostSet {
     pub hosts: Vec<Arc<Host>>,
-    /// See [`Self::healthy_hosts`]; empty when every host is healthy.
+    /// The healthy and degraded hosts, when some host is not healthy. `None` when every host
+    /// is healthy (the usual case): `hosts` is then the healthy list too, and no host is
+    /// degraded, so 10,000 clusters keep neither a copy of their hosts nor two empty lists
+    /// (a host set is 32 bytes, was 80).
+    partial: Option<Box<PartialHealth>>,
+}
+
+/// The healthy and degraded hosts of a host set that is not all healthy.
+#[derive(Default)]
+struct PartialHealth {
+    /// In the order of `hosts`.
     healthy_hosts: Vec<Arc<Host>>,
-    /// Every host is healthy: `hosts` is the healthy list too (the usual case, where a copy
-    /// would cost each cluster a second list).
-    all_healthy: bool,
-    pub degraded_hosts: Vec<Arc<Host>>,
+    degraded_hosts: Vec<Arc<Host>>,
 }
 
 impl HostSet {
     /// The healthy hosts, in the order of `hosts`.
     pub fn healthy_hosts(&self) -> &[Arc<Host>] {
-        if self.all_healthy {
-            &self.hosts
-        } else {
-            &self.healthy_hosts
+        match &self.partial {
+            Some(partial) => &partial.healthy_hosts,
+            None => &self.hosts,
         }
+    }
+
+    /// The degraded hosts (`DEGRADED_EDS_HEALTH` and no other reason), in the order of `hosts`.
+    pub fn degraded_hosts(&self) -> &[Arc<Host>] {
+        self.partial.as_ref().map_or(&[], |partial| &partial.degraded_hosts)
     }
 }
 
 impl PrioritySet {
     pub fn new(hosts: Vec<Arc<Host>>, version: u64) -> Self {
         let levels = hosts.iter().map(|h| h.priority as usize + 1).max().unwrap_or(0);
-        let mut host_sets: Vec<HostSet> = (0..levels).map(|_| HostSet::default()).collect();
+        let mut sets: Vec<(HostSet, PartialHealth)> = (0..levels).map(|_| Default::default()).collect();
         for host in hosts {
-            let Some(set) = host_sets.get_mut(host.priority as usize) else { continue };
+            let Some((set, partial)) = sets.get_mut(host.priority as usize) else { continue };
             if host.healthy() {
-                set.healthy_hosts.push(host.clone());
+                partial.healthy_hosts.push(host.clone());
             } else if host.degraded() {
-                set.degraded_hosts.push(host.clone());
+                partial.degraded_hosts.push(host.clone());
             }
             set.hosts.push(host);
         }
-        // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
-        for set in &mut host_sets {
-            // The healthy hosts are a subsequence of the hosts: as many means the same.
-            if set.healthy_hosts.len() == set.hosts.len() {
-                set.all_healthy = true;
-                set.healthy_hosts = Vec::new();
-            }
-            set.hosts.shrink_to_fit();
-            set.healthy_hosts.shrink_to_fit();
-            set.degraded_hosts.shrink_to_fit();
-        }
+        let host_sets = sets
+            .into_iter()
+            .map(|(mut set, mut partial)| {
+                // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
+                set.hosts.shrink_to_fit();
+                // The healthy hosts are a subsequence of the hosts: as many means the same.
+                if partial.healthy_hosts.len() != set.hosts.len() {
+                    partial.healthy_hosts.shrink_to_fit();
+                    partial.degraded_hosts.shrink_to_fit();
+                    set.partial = Some(Box::new(partial));
+                }
+                set
+            })
+            .collect();
         PrioritySet { host_sets, version }
     }
 
@@ -107,7 +126,7 @@ impl PrioritySet {
 
 impl Cluster {
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
-        let traffic_stats = std::sync::OnceLock::new();
+        let traffic_stats = once_cell::race::OnceBox::new();
         if !scope.store().deferred_creation() {
             let _ = traffic_stats.set(Box::new(ClusterStats::new(scope)));
         }
@@ -118,7 +137,7 @@ impl Cluster {
             .map(|a| a.overprovisioning_factor())
             .unwrap_or(legate_config::endpoint::ClusterLoadAssignment::DEFAULT_OVERPROVISIONING_FACTOR);
         let cluster = Cluster {
-            name: config.name.clone(),
+            name: Arc::from(config.name.as_str()),
             traffic_stats,
             endpoint_stats: ClusterEndpointStats::with_unchanged(scope),
             scope: scope.clone(),
@@ -142,7 +161,10 @@ impl Cluster {
                     Some(legate_config::extensions::TransportSocketConfig::UpstreamTls(_))
                 );
                 (tls && options.auto_sni).then(|| {
-                    http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok()
+                    Box::new(
+                        http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes())
+                            .ok(),
+                    )
                 })
             },
             transport_socket: crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
@@ -229,8 +251,8 @@ impl Cluster {
             .all_hosts()
             .map(|old| {
                 let host = Host::new(
-                    old.address,
-                    old.hostname.clone(),
+                    old.address(),
+                    old.hostname().to_string(),
                     old.weight,
                     old.priority,
                     old.locality.clone(),
@@ -285,7 +307,7 @@ impl Cluster {
 
     /// The traffic stats if they exist (reading them must not create them).
     pub fn existing_stats(&self) -> Option<&ClusterStats> {
-        self.traffic_stats.get().map(|s| &**s)
+        self.traffic_stats.get()
     }
 
     pub fn priority_set(&self) -> Arc<PrioritySet> {
@@ -317,7 +339,7 @@ impl Cluster {
         let set = PrioritySet::new(hosts, version);
         let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts().len()).sum();
-        let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts.len()).sum();
+        let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts().len()).sum();
         let excluded = set.all_hosts().filter(|h| h.excluded()).count();
         self.endpoint_stats.membership_total.set(total as u64);
         self.endpoint_stats.membership_healthy.set(healthy as u64);

@@ -20,7 +20,7 @@ use super::load_balancer::LoadBalancer;
 use super::stats::ClusterManagerStats;
 
 /// Every cluster by name, as one immutable snapshot.
-pub type ClusterMap = HashMap<String, Arc<Cluster>>;
+pub type ClusterMap = HashMap<Arc<str>, Arc<Cluster>>;
 
 /// When and in which version a cluster came from CDS, and what it was (`/config_dump`), as
 /// compact JSON text: a parsed tree costs ten times the memory, for every cluster.
@@ -46,13 +46,13 @@ pub struct ClusterManager {
     pub stats: ClusterManagerStats,
     store: Arc<Store>,
     /// Insertion order, for `/clusters` and `/config_dump`.
-    order: RefCell<Vec<String>>,
-    warming: RefCell<BTreeMap<String, Arc<Cluster>>>,
+    order: RefCell<Vec<Arc<str>>>,
+    warming: RefCell<BTreeMap<Arc<str>, Arc<Cluster>>>,
     /// Health checks, outlier sweeps and DNS refreshes of each active cluster; aborted when the
     /// cluster is removed or replaced.
     tasks: RefCell<HashMap<usize, Vec<AbortHandle>>>,
     /// Version and time of every cluster CDS added, active or warming.
-    pub api_versions: RefCell<HashMap<String, ApiVersion>>,
+    pub api_versions: RefCell<HashMap<Arc<str>, ApiVersion>>,
     /// Changes to publish together: one snapshot per batch, not one per cluster (a CDS update
     /// of 10,000 clusters must not copy the map 10,000 times).
     pending: RefCell<Vec<Pending>>,
@@ -172,8 +172,8 @@ impl ClusterManager {
 
     /// Names of the active and warming clusters.
     pub fn cluster_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.clusters.load().keys().cloned().collect();
-        names.extend(self.warming.borrow().keys().cloned());
+        let mut names: Vec<String> = self.clusters.load().keys().map(|name| name.to_string()).collect();
+        names.extend(self.warming.borrow().keys().map(|name| name.to_string()));
         names
     }
 
@@ -193,7 +193,7 @@ impl ClusterManager {
             tracing::warn!(cluster = %name, "CDS update for a static cluster ignored");
             return Ok(ClusterUpdate::Unchanged);
         }
-        let current_config = self.warming.borrow().get(&name).map(|c| c.config.clone());
+        let current_config = self.warming.borrow().get(name.as_str()).map(|c| c.config.clone());
         let current_config = current_config.or_else(|| active.as_ref().map(|c| c.config.clone()));
         if current_config.as_ref() == Some(&config) {
             return Ok(ClusterUpdate::Unchanged);
@@ -209,14 +209,14 @@ impl ClusterManager {
             self.stats.cluster_added.inc();
         }
         self.api_versions.borrow_mut().insert(
-            name.clone(),
+            cluster.name.clone(),
             ApiVersion {
                 version_info: self.shared_version_info(version_info),
                 last_updated: SystemTime::now(),
                 raw: raw.to_string().into_boxed_str(),
             },
         );
-        self.warming.borrow_mut().insert(name.clone(), cluster.clone());
+        self.warming.borrow_mut().insert(cluster.name.clone(), cluster.clone());
         self.stats.warming_clusters.set(self.warming.borrow().len() as u64);
         match cluster.config.discovery_type {
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
@@ -318,7 +318,7 @@ impl ClusterManager {
         let mut order = self.order.borrow_mut();
         // By name: a batch may activate a cluster and replace it again (a Vec searched per
         // cluster would be quadratic in a 10,000-cluster CDS update).
-        let mut started: HashMap<String, Arc<Cluster>> = HashMap::default();
+        let mut started: HashMap<Arc<str>, Arc<Cluster>> = HashMap::default();
         for change in pending {
             match change {
                 Pending::Activate(cluster) => {
@@ -329,10 +329,10 @@ impl ClusterManager {
                     started.insert(cluster.name.clone(), cluster);
                 }
                 Pending::Remove(name) => {
-                    if let Some(old) = map.remove(&name) {
+                    if let Some(old) = map.remove(name.as_str()) {
                         self.stop_tasks(&old);
                     }
-                    started.remove(&name);
+                    started.remove(name.as_str());
                 }
             }
         }
@@ -390,7 +390,9 @@ impl ThreadLocalClusterManager {
     /// Forgets the load balancers of clusters that are gone or replaced.
     pub fn forget_removed(&self) {
         let clusters = self.clusters.load();
-        self.local.borrow_mut().retain(|name, tl| clusters.get(name).is_some_and(|c| Arc::ptr_eq(c, &tl.cluster)));
+        self.local
+            .borrow_mut()
+            .retain(|name, tl| clusters.get(name.as_str()).is_some_and(|c| Arc::ptr_eq(c, &tl.cluster)));
     }
 
     /// Picks a host of `cluster_name` with this worker's load balancer. The load balancer is

@@ -100,7 +100,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
     let logical = cluster.config.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
     let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
-        current.all_hosts().map(|h| ((h.address, h.priority), h)).collect();
+        current.all_hosts().map(|h| ((h.address(), h.priority), h)).collect();
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     let mut min_ttl: Option<Duration> = None;
     for (locality, endpoint, address) in cluster.endpoints() {
@@ -137,7 +137,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
                     Arc::new(host)
                 }
             };
-            if !hosts.iter().any(|h| h.address == host.address && h.priority == host.priority) {
+            if !hosts.iter().any(|h| h.address() == host.address() && h.priority == host.priority) {
                 hosts.push(host);
             }
         }
@@ -147,7 +147,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
         resolver.stats.update_empty.inc();
     }
     let unchanged =
-        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address, h.priority)));
+        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address(), h.priority)));
     if unchanged && current.version > 0 {
         resolver.stats.update_no_rebuild.inc();
     } else {

@@ -245,8 +245,8 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         return;
     }
     // The endpoint's health_check_config first, then the check's alt_port.
-    let port = host.health_check().port.or(config.alt_port.map(|p| p as u16)).unwrap_or(host.address.port());
-    let addr = SocketAddr::new(host.health_check().address.unwrap_or(host.address.ip()), port);
+    let port = host.health_check().port.or(config.alt_port.map(|p| p as u16)).unwrap_or(host.address().port());
+    let addr = SocketAddr::new(host.health_check().address.unwrap_or(host.address().ip()), port);
     let mut connection = Connection::None;
     let mut state = HostCheckState::default();
     tokio::time::sleep(random_up_to(config.initial_jitter())).await;
@@ -297,12 +297,12 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
             host.set_health_flag(health_flag::FAILED_ACTIVE_HC, now_unhealthy);
             cluster.refresh_health();
             update_healthy_gauge(&cluster, checker);
-            tracing::info!(cluster = %cluster.name, host = %host.address, ?result, "health check: host is now {}",
+            tracing::info!(cluster = %cluster.name, host = %host.address(), ?result, "health check: host is now {}",
                 if now_unhealthy { "unhealthy" } else { "healthy" });
         } else if result != CheckResult::Success && config.always_log_health_check_failures {
-            tracing::info!(cluster = %cluster.name, host = %host.address, ?result, "health check failed");
+            tracing::info!(cluster = %cluster.name, host = %host.address(), ?result, "health check failed");
         } else if result == CheckResult::Success && config.always_log_health_check_success {
-            tracing::info!(cluster = %cluster.name, host = %host.address, "health check passed");
+            tracing::info!(cluster = %cluster.name, host = %host.address(), "health check passed");
         }
         if result == CheckResult::Success {
             if let Some(detector) = &cluster.outlier_detector {
@@ -407,7 +407,7 @@ async fn http_check(
     let http2 = http.codec_client_type == CodecClientType::Http2;
     // Envoy's default `host` is the cluster's name.
     let host = match (endpoint_hostname, http.host.as_str()) {
-        ("", "") => cluster.name.as_str(),
+        ("", "") => &cluster.name,
         ("", configured) => configured,
         (endpoint, _) => endpoint,
     };
@@ -471,7 +471,7 @@ async fn grpc_check(
     addr: SocketAddr,
     connection: &mut Connection,
 ) -> CheckResult {
-    let authority = if grpc.authority.is_empty() { cluster.name.as_str() } else { grpc.authority.as_str() };
+    let authority = if grpc.authority.is_empty() { &*cluster.name } else { grpc.authority.as_str() };
     let Some(uri) = check_uri(true, authority, "/grpc.health.v1.Health/Check") else {
         return CheckResult::Failure { immediate: true };
     };
@@ -706,7 +706,7 @@ impl EventLog {
     fn write(&self, cluster: &Cluster, host: &Host, event: &str) {
         let mut timestamp = Vec::new();
         self.date.format_into(std::time::SystemTime::now(), &mut timestamp);
-        let address = serde_json::Value::from(host.address.ip().to_string());
+        let address = serde_json::Value::from(host.address().ip().to_string());
         let line = format!(
             concat!(
                 r#"{{"health_checker_type":"{}","host":{{"socket_address":{{"protocol":"TCP","address":{},"#,
@@ -715,8 +715,8 @@ impl EventLog {
             ),
             self.checker_type,
             address,
-            host.address.port(),
-            serde_json::Value::from(cluster.name.as_str()),
+            host.address().port(),
+            serde_json::Value::from(&*cluster.name),
             event,
             String::from_utf8_lossy(&timestamp),
         );

@@ -1,6 +1,6 @@
 //! An upstream host: one address of a cluster, with its weight, locality and health.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -48,20 +48,23 @@ pub fn monotonic_ms() -> u64 {
     EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
+/// An upstream host. Kept small: a large EDS config has 100,000s of them, most idle, so what
+/// few hosts set (a hostname, a health check config, an IPv6 address, counters) hangs off
+/// pointers (a host is 56 bytes, an 80-byte malloc chunk with its `Arc`; with a `SocketAddr`
+/// and a `String` inline it was 120 in a 144-byte chunk).
 pub struct Host {
-    pub address: SocketAddr,
-    /// The name it was resolved from (DNS clusters) or `endpoint.hostname`.
-    pub hostname: String,
+    /// The address of an IPv4 host (6 bytes); an IPv6 host's is in `extras` (see
+    /// [`Self::address`]).
+    address_v4: SocketAddrV4,
+    /// `hostname`, `health_check_config` and an IPv6 address, when any is set (see
+    /// [`Self::hostname`], [`Self::health_check`]).
+    extras: Option<Box<HostExtras>>,
     pub weight: u32,
     pub priority: u32,
     /// Shared by the hosts of one locality (an EDS update lists hundreds under one).
     pub locality: Arc<Locality>,
     /// The `load_balancing_weight` of the host's locality (1 when unset).
     pub locality_weight: u32,
-    /// `endpoint.health_check_config`, when it says more than the defaults; see
-    /// [`Self::health_check`]. Boxed: most endpoints have none, and 100,000 hosts would carry
-    /// its 48 bytes inline.
-    health_check: Option<Box<HostHealthCheck>>,
     /// When the host last entered slow start: its creation, or its return to health after
     /// failing active health checks ([`monotonic_ms`]).
     slow_start_since_ms: AtomicU64,
@@ -73,6 +76,15 @@ pub struct Host {
     /// config never see one, and their counters read 0 without it. Outlier detection's state
     /// hangs off the same allocation (see [`Self::outlier`]).
     pub stats: LazyHostStats,
+}
+
+/// What few hosts have: `endpoint.hostname` (or the name a DNS cluster resolved), an
+/// `endpoint.health_check_config` that says more than the defaults, an IPv6 address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct HostExtras {
+    hostname: Box<str>,
+    health_check: HostHealthCheck,
+    address_v6: Option<SocketAddrV6>,
 }
 
 /// Per-host counters shown by `/clusters` (Envoy keeps these as plain atomics, not in the
@@ -94,7 +106,7 @@ pub struct HostStats {
 /// (`host.stats.rq_total.fetch_add(..)`), which creates them; [`Self::values`] reads without
 /// creating. One allocation for both keeps an idle host at 120 bytes.
 #[derive(Default)]
-pub struct LazyHostStats(std::sync::OnceLock<Box<HostInUse>>);
+pub struct LazyHostStats(once_cell::race::OnceBox<HostInUse>);
 
 /// What a host has once it is used.
 #[derive(Default)]
@@ -114,6 +126,9 @@ impl std::ops::Deref for LazyHostStats {
 }
 
 impl LazyHostStats {
+    /// Two threads may both make it on a host's first use: one box wins, the other is
+    /// dropped before anything counted into it (a `OnceBox` is one pointer, a `OnceLock` two
+    /// words).
     fn in_use(&self) -> &HostInUse {
         self.0.get_or_init(Box::default)
     }
@@ -170,14 +185,18 @@ impl Host {
             HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
             HealthStatus::Unknown | HealthStatus::Healthy => 0,
         };
+        let (address_v4, address_v6) = match address {
+            SocketAddr::V4(v4) => (v4, None),
+            SocketAddr::V6(v6) => (SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0), Some(v6)),
+        };
+        let extras = HostExtras { hostname: hostname.into_boxed_str(), address_v6, ..HostExtras::default() };
         Host {
-            address,
-            hostname,
+            address_v4,
+            extras: (extras != HostExtras::default()).then(|| Box::new(extras)),
             weight: weight.max(1),
             priority,
             locality,
             locality_weight: 1,
-            health_check: None,
             slow_start_since_ms: AtomicU64::new(monotonic_ms()),
             health_status,
             health_flags: AtomicU32::new(flags),
@@ -188,14 +207,35 @@ impl Host {
     /// Whether `other` describes the same endpoint: an EDS update that repeats it keeps this
     /// host (and what hangs off it) instead of replacing it.
     pub fn same_endpoint(&self, other: &Host) -> bool {
-        self.address == other.address
-            && self.hostname == other.hostname
+        self.address_v4 == other.address_v4
+            && self.extras == other.extras
             && self.weight == other.weight
             && self.priority == other.priority
             && self.locality == other.locality
             && self.locality_weight == other.locality_weight
             && self.health_status == other.health_status
-            && self.health_check == other.health_check
+    }
+
+    /// The host's socket address.
+    #[inline]
+    pub fn address(&self) -> SocketAddr {
+        match self.extras.as_ref().and_then(|extras| extras.address_v6) {
+            Some(v6) => SocketAddr::V6(v6),
+            None => SocketAddr::V4(self.address_v4),
+        }
+    }
+
+    /// The name it was resolved from (DNS clusters) or `endpoint.hostname`; empty when none.
+    pub fn hostname(&self) -> &str {
+        self.extras.as_ref().map_or("", |extras| &extras.hostname)
+    }
+
+    /// Changes the extras; none are kept when they hold only defaults (so that
+    /// `same_endpoint` compares what the host does, not how its config was spelled).
+    fn update_extras(&mut self, change: impl FnOnce(&mut HostExtras)) {
+        let mut extras = self.extras.take().map(|extras| *extras).unwrap_or_default();
+        change(&mut extras);
+        self.extras = (extras != HostExtras::default()).then(|| Box::new(extras));
     }
 
     /// Sets how active health checks reach the host (`endpoint.health_check_config`).
@@ -210,21 +250,20 @@ impl Host {
                 hostname: c.hostname.clone(),
                 disabled: c.disable_active_health_check,
             };
-            // Only what differs from the defaults takes space (and `same_endpoint` compares
-            // what the checks do, not how the config spelled it).
-            self.health_check = (health_check != NO_HEALTH_CHECK_CONFIG).then(|| Box::new(health_check));
+            self.update_extras(|extras| extras.health_check = health_check);
         }
         self
     }
 
     /// `endpoint.health_check_config`: where and how active checks reach this host.
     pub fn health_check(&self) -> &HostHealthCheck {
-        self.health_check.as_deref().unwrap_or(&NO_HEALTH_CHECK_CONFIG)
+        self.extras.as_ref().map_or(&NO_HEALTH_CHECK_CONFIG, |extras| &extras.health_check)
     }
 
     /// Takes the `health_check_config` of `other` (a host re-created for a new cluster object).
     pub fn with_health_check_of(mut self, other: &Host) -> Self {
-        self.health_check = other.health_check.clone();
+        let health_check = other.health_check().clone();
+        self.update_extras(|extras| extras.health_check = health_check);
         self
     }
 
@@ -313,7 +352,7 @@ impl Host {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("address", &self.address).field("weight", &self.weight).finish()
+        f.debug_struct("Host").field("address", &self.address()).field("weight", &self.weight).finish()
     }
 }
 
@@ -330,7 +369,7 @@ mod tests {
     fn health_check_config_takes_space_only_when_it_says_something() {
         let plain = host();
         let defaults = host().with_health_check_config(Some(&EndpointHealthCheckConfig::default()));
-        assert!(defaults.health_check.is_none(), "all defaults: nothing kept");
+        assert!(defaults.extras.is_none(), "all defaults: nothing kept");
         assert!(plain.same_endpoint(&defaults));
         assert_eq!(*defaults.health_check(), HostHealthCheck::default());
 
@@ -340,6 +379,33 @@ mod tests {
         assert!(!plain.same_endpoint(&other_port));
         let copy = host().with_health_check_of(&other_port);
         assert!(copy.same_endpoint(&other_port));
+        let named = Host::new("127.0.0.1:80".parse().unwrap(), "a".into(), 1, 0, Arc::default(), HealthStatus::Unknown)
+            .with_health_check_config(Some(&config));
+        assert_eq!((named.hostname(), named.health_check().port), ("a", Some(8080)));
+        assert!(!named.same_endpoint(&other_port));
+        assert_eq!(host().hostname(), "");
+    }
+
+    #[test]
+    fn an_idle_host_is_small() {
+        assert!(std::mem::size_of::<Host>() <= 56, "{}", std::mem::size_of::<Host>());
+        let v6 = |port| {
+            Host::new(
+                SocketAddr::new("::1".parse().unwrap(), port),
+                String::new(),
+                1,
+                0,
+                Arc::default(),
+                HealthStatus::Unknown,
+            )
+        };
+        assert_eq!(v6(8080).address(), "[::1]:8080".parse().unwrap());
+        assert!(v6(8080).same_endpoint(&v6(8080)));
+        assert!(!v6(8080).same_endpoint(&v6(8081)));
+        let checked =
+            v6(8080).with_health_check_config(Some(&EndpointHealthCheckConfig { port_value: 9, ..Default::default() }));
+        assert_eq!((checked.address(), checked.health_check().port), ("[::1]:8080".parse().unwrap(), Some(9)));
+        assert_eq!(host().address(), "127.0.0.1:80".parse().unwrap());
     }
 
     #[test]

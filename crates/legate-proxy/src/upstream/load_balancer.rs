@@ -285,7 +285,9 @@ impl LoadBalancer {
             let slot = self.hashing.get_mut(priority).map(|s| &mut s[usize::from(panic)])?;
             let policy = self.policy;
             let table = slot.get_or_insert_with(|| match policy {
-                LbPolicy::Maglev => HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_ref())),
+                LbPolicy::Maglev => {
+                    HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_deref()))
+                }
                 _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_deref())),
             });
             let table = &*table;
@@ -593,8 +595,8 @@ pub(super) mod tests {
         for &k in &keys {
             let home = lookup(k).unwrap();
             let chosen = bounded_load_pick(&hosts, 150, k, lookup).unwrap();
-            if home.address.port() == 1 {
-                assert_ne!(chosen.address.port(), 1, "a key of the busy host moves");
+            if home.address().port() == 1 {
+                assert_ne!(chosen.address().port(), 1, "a key of the busy host moves");
                 let again = bounded_load_pick(&hosts, 150, k, lookup).unwrap();
                 assert!(Arc::ptr_eq(chosen, again), "and always to the same place");
             } else {
@@ -669,7 +671,7 @@ pub(super) mod tests {
     fn counts(lb: &mut LoadBalancer, c: &Cluster, ps: &PrioritySet, n: usize) -> std::collections::HashMap<u16, usize> {
         let mut m = std::collections::HashMap::new();
         for _ in 0..n {
-            *m.entry(lb.choose_host(c, ps, None).unwrap().address.port()).or_default() += 1;
+            *m.entry(lb.choose_host(c, ps, None).unwrap().address().port()).or_default() += 1;
         }
         m
     }
@@ -680,7 +682,7 @@ pub(super) mod tests {
         let ps =
             PrioritySet::new(vec![host_at(1, 3, 0, HealthStatus::Healthy), host_at(2, 1, 0, HealthStatus::Healthy)], 1);
         let mut lb = LoadBalancer::new(&c, &ps);
-        let picks: Vec<u16> = (0..8).map(|_| lb.choose_host(&c, &ps, None).unwrap().address.port()).collect();
+        let picks: Vec<u16> = (0..8).map(|_| lb.choose_host(&c, &ps, None).unwrap().address().port()).collect();
         assert_eq!(picks.iter().filter(|p| **p == 1).count(), 6);
         assert!(
             picks.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)),
@@ -728,8 +730,8 @@ pub(super) mod tests {
         let ring = RingHash::new(hosts, None);
         let maglev = Maglev::new(hosts, None);
         [
-            ("ring hash", Box::new(move |h| ring.choose_host(h).unwrap().address.port())),
-            ("maglev", Box::new(move |h| maglev.choose_host(h).unwrap().address.port())),
+            ("ring hash", Box::new(move |h| ring.choose_host(h).unwrap().address().port())),
+            ("maglev", Box::new(move |h| maglev.choose_host(h).unwrap().address().port())),
         ]
     }
 
@@ -787,8 +789,8 @@ pub(super) mod tests {
         let c = cluster("MAGLEV");
         let ps = PrioritySet::new(vec![host(1, 1), host(2, 1), host(3, 1)], 1);
         let mut lb = LoadBalancer::new(&c, &ps);
-        let first = lb.choose_host(&c, &ps, Some(42)).unwrap().address.port();
-        assert!((0..20).all(|_| lb.choose_host(&c, &ps, Some(42)).unwrap().address.port() == first));
+        let first = lb.choose_host(&c, &ps, Some(42)).unwrap().address().port();
+        assert!((0..20).all(|_| lb.choose_host(&c, &ps, Some(42)).unwrap().address().port() == first));
         assert_eq!(counts(&mut lb, &c, &ps, 300).len(), 3, "no hash: random hosts");
     }
 
@@ -799,7 +801,7 @@ pub(super) mod tests {
             PrioritySet::new(vec![host(1, 1), host(2, 1), host(3, 1), host_at(4, 1, 0, HealthStatus::Unhealthy)], 1);
         let mut lb = LoadBalancer::new(&c, &ps);
         for k in key_hashes(1_000) {
-            assert_ne!(lb.choose_host(&c, &ps, Some(k)).unwrap().address.port(), 4);
+            assert_ne!(lb.choose_host(&c, &ps, Some(k)).unwrap().address().port(), 4);
         }
     }
 

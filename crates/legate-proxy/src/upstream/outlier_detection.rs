@@ -249,7 +249,7 @@ impl OutlierDetector {
         s.ejections_active.inc();
         s.ejections_enforced_total.inc();
         enforced.inc();
-        tracing::info!(cluster = %cluster.name, host = %host.address, ?detector, "outlier detection: host ejected");
+        tracing::info!(cluster = %cluster.name, host = %host.address(), ?detector, "outlier detection: host ejected");
         cluster.refresh_health();
     }
 
@@ -260,7 +260,7 @@ impl OutlierDetector {
         }
         host.set_health_flag(health_flag::FAILED_OUTLIER_CHECK, false);
         self.stats.ejections_active.dec();
-        tracing::info!(cluster = %cluster.name, host = %host.address, why, "outlier detection: host returned");
+        tracing::info!(cluster = %cluster.name, host = %host.address(), why, "outlier detection: host returned");
         true
     }
 

@@ -393,7 +393,7 @@ impl Pool {
             PoolProtocol::Http1 => stats.upstream_cx_http1_total.inc(),
             PoolProtocol::Http2 => stats.upstream_cx_http2_total.inc(),
         }
-        let address = self.host.address;
+        let address = self.host.address();
         // TCP and the cluster's transport socket (TLS) handshake, within connect_timeout.
         let alpn = match self.protocol {
             PoolProtocol::Http1 => crate::tls::client::Alpn::Http1,

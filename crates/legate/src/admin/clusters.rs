@@ -37,11 +37,11 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
     }
     let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
     for host in cluster.priority_set().all_hosts() {
-        let h = format!("{name}::{}", host.address);
+        let h = format!("{name}::{}", host.address());
         for (stat, value) in host.stats.values() {
             let _ = writeln!(out, "{h}::{stat}::{value}");
         }
-        let _ = writeln!(out, "{h}::hostname::{}", host.hostname);
+        let _ = writeln!(out, "{h}::hostname::{}", host.hostname());
         let _ = writeln!(out, "{h}::health_flags::{}", host.health_flags_text());
         let _ = writeln!(out, "{h}::weight::{}", host.weight);
         let _ = writeln!(out, "{h}::region::{}", host.locality.region);
@@ -102,11 +102,11 @@ fn cluster_json(cluster: &Cluster) -> Value {
                 status["failed_outlier_check"] = json!(true);
             }
             json!({
-                "address": {"socket_address": {"address": host.address.ip().to_string(), "port_value": host.address.port()}},
+                "address": {"socket_address": {"address": host.address().ip().to_string(), "port_value": host.address().port()}},
                 "stats": stats,
                 "health_status": status,
                 "weight": host.weight,
-                "hostname": host.hostname,
+                "hostname": host.hostname(),
                 "priority": host.priority,
                 "locality": {"region": host.locality.region, "zone": host.locality.zone, "sub_zone": host.locality.sub_zone},
             })

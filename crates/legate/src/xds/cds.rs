@@ -92,7 +92,7 @@ impl SubscriptionCallbacks for CdsApi {
         if update.state_of_the_world {
             // Also the clusters a rejected earlier update had added: the response is the set.
             let present: HashSet<&str> = update.resources.iter().map(|r| r.name.as_str()).collect();
-            let api_clusters: Vec<String> = manager.api_versions.borrow().keys().cloned().collect();
+            let api_clusters: Vec<String> = manager.api_versions.borrow().keys().map(|name| name.to_string()).collect();
             removed.extend(api_clusters.into_iter().filter(|n| !present.contains(n.as_str())));
         }
         for name in removed {

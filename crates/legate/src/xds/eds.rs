@@ -19,7 +19,8 @@ pub struct Eds {
     cluster_manager: Rc<ClusterManager>,
     client: Rc<XdsClient>,
     /// By cluster name.
-    clusters: RefCell<HashMap<String, Rc<EdsCluster>>>,
+    /// By the cluster's name (the cluster's own `Arc<str>`).
+    clusters: RefCell<HashMap<std::sync::Arc<str>, Rc<EdsCluster>>>,
 }
 
 struct EdsCluster {
@@ -39,7 +40,7 @@ impl Eds {
     /// Subscribes an `EDS` cluster (new or replacing one of its name) to its service.
     pub fn cluster_added(self: &Rc<Self>, cluster: &Arc<Cluster>) -> Result<(), String> {
         if cluster.config.discovery_type != DiscoveryType::Eds {
-            self.clusters.borrow_mut().remove(&cluster.name);
+            self.clusters.borrow_mut().remove(&*cluster.name);
             return Ok(());
         }
         let eds_config = cluster.config.eds_cluster_config.clone().unwrap_or_default();
@@ -53,7 +54,7 @@ impl Eds {
             initialized: Cell::new(false),
             watch: RefCell::new(None),
         });
-        let previous = self.clusters.borrow().get(&cluster.name).cloned();
+        let previous = self.clusters.borrow().get(&*cluster.name).cloned();
         if let Some(previous) = previous.filter(|p| p.service() == service && p.initialized.get()) {
             cluster.copy_hosts_from(&previous.cluster);
             entry.initialized.set(true);

@@ -422,7 +422,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
 
     // `auto_sni`: the name the upstream TLS connection is made for, from the override header
     // or the authority as it goes upstream (without its port).
-    let auto_sni: Option<String> = cluster.auto_sni.as_ref().and_then(|header| {
+    let auto_sni: Option<String> = cluster.auto_sni.as_deref().and_then(|header| {
         let name = match header {
             Some(h) => head.headers.get(h).and_then(|v| v.to_str().ok())?,
             None => crate::router::action::split_host_port(authority.as_str()).0,
@@ -475,7 +475,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         if action.retry_policy.avoid_previous_hosts {
             tried.push(host.clone());
         }
-        rq.info.upstream_host = Some(host.address);
+        rq.info.upstream_host = Some(host.address());
 
         // A request slot (max_requests).
         let Some(slot) = cluster.circuit_breakers.for_priority(priority).requests.try_acquire() else {
@@ -514,9 +514,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             rq.info.upstream_local_address = conn.local_address();
             // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
             let rewritten;
-            let attempt_authority = match action.auto_host_rewrite && !host.hostname.is_empty() {
+            let attempt_authority = match action.auto_host_rewrite && !host.hostname().is_empty() {
                 true => {
-                    rewritten = Authority::from_text(&host.hostname);
+                    rewritten = Authority::from_text(host.hostname());
                     &rewritten
                 }
                 false => &authority,
@@ -1055,7 +1055,7 @@ async fn connect_terminate(
             return RouterOutcome::LocalReply(LocalReply::no_healthy_upstream());
         }
     };
-    rq.info.upstream_host = Some(host.address);
+    rq.info.upstream_host = Some(host.address());
     let Some(slot) = cluster.circuit_breakers.for_priority(rq.action.priority).connections.try_acquire() else {
         cluster.stats().upstream_cx_overflow.inc();
         return RouterOutcome::LocalReply(LocalReply::upstream_reset(
@@ -1066,7 +1066,7 @@ async fn connect_terminate(
         ));
     };
     let mut cx = crate::upstream::upstream_cx::UpstreamCx::new(cluster.clone(), host.clone(), slot);
-    let connect = crate::tls::client::connect(cluster, host.address, crate::tls::client::Alpn::Http1, None);
+    let connect = crate::tls::client::connect(cluster, host.address(), crate::tls::client::Alpn::Http1, None);
     let stream = match tokio::time::timeout(cluster.connect_timeout(), connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

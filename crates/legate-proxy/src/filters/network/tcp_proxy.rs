@@ -173,8 +173,11 @@ impl TcpProxy {
 
     /// Starts one connect attempt; closes the downstream when no attempt can be made.
     fn connect(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
-        let Some(name) =
-            self.cluster.as_ref().map(|c| c.name.clone()).or_else(|| self.shared.pick_cluster().map(str::to_string))
+        let Some(name) = self
+            .cluster
+            .as_ref()
+            .map(|c| c.name.to_string())
+            .or_else(|| self.shared.pick_cluster().map(str::to_string))
         else {
             self.shared.stats.downstream_cx_no_route.inc();
             cb.close(ConnectionCloseType::NoFlush);
@@ -201,9 +204,9 @@ impl TcpProxy {
             return;
         };
         self.connect_attempts += 1;
-        tracing::debug!(connection = cb.info().id, cluster = %cluster.name, host = %host.address, "tcp_proxy: connecting");
+        tracing::debug!(connection = cb.info().id, cluster = %cluster.name, host = %host.address(), "tcp_proxy: connecting");
         let cx = UpstreamCx::new(cluster.clone(), host.clone(), breaker);
-        let address = host.address;
+        let address = host.address();
         let connect_cluster = cluster.clone();
         self.upstream = Upstream::Connecting {
             connect: Box::pin(async move {
@@ -429,11 +432,11 @@ impl ReadFilter for TcpProxy {
                 Err(error) => {
                     match &error {
                         Some(e) => {
-                            tracing::debug!(connection = cb.info().id, host = %ucx.host.address, error = %e, "tcp_proxy: connect failed");
+                            tracing::debug!(connection = cb.info().id, host = %ucx.host.address(), error = %e, "tcp_proxy: connect failed");
                             ucx.cluster.stats().upstream_cx_connect_fail.inc();
                         }
                         None => {
-                            tracing::debug!(connection = cb.info().id, host = %ucx.host.address, "tcp_proxy: connect timeout");
+                            tracing::debug!(connection = cb.info().id, host = %ucx.host.address(), "tcp_proxy: connect timeout");
                             ucx.cluster.stats().upstream_cx_connect_timeout.inc();
                         }
                     }

@@ -46,7 +46,7 @@ impl Maglev {
             .iter()
             .enumerate()
             .map(|(index, host)| {
-                let key = host.address.to_string();
+                let key = host.address().to_string();
                 Entry {
                     index: index as u32,
                     offset: xxhash_rust::xxh64::xxh64(key.as_bytes(), 0) % size,
@@ -58,7 +58,7 @@ impl Maglev {
             })
             .collect();
         // The same table on every worker, whatever order the hosts arrived in.
-        entries.sort_by_key(|e| hosts[e.index as usize].address);
+        entries.sort_by_key(|e| hosts[e.index as usize].address());
         let max_weight = entries.iter().map(|e| e.weight).fold(0.0, f64::max);
         let mut table: Vec<Option<u32>> = vec![None; size as usize];
         let mut filled = 0u64;

@@ -41,7 +41,7 @@ impl RingHash {
                 target += scale * weight;
                 let mut replica = 0u64;
                 while current < target {
-                    let key = format!("{}_{replica}", host.address);
+                    let key = format!("{}_{replica}", host.address());
                     ring.push((xxhash_rust::xxh64::xxh64(key.as_bytes(), 0), index as u32));
                     replica += 1;
                     current += 1.0;
