@@ -77,11 +77,8 @@ pub struct WorkerContext {
     pub server: Arc<ServerShared>,
     /// This worker's HTTP connection pools.
     http_pools: HttpPools,
-    /// Turns true when the server drains: HTTP connections close gracefully.
-    pub draining: watch::Receiver<bool>,
     /// The connections waiting to hear of a drain (the server's or their filter chain's).
     pub drains: Rc<WorkerDrains>,
-    draining_tx: watch::Sender<bool>,
     /// `cluster.<name>.upstream_rq_<code>` counters by cluster and code, looked up once per
     /// worker. The `Weak` pins the cluster's allocation, so its address (the key) cannot be
     /// taken by a newer cluster.
@@ -90,14 +87,11 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     fn new(index: usize, cluster_manager: ThreadLocalClusterManager, server: Arc<ServerShared>) -> Self {
-        let (draining_tx, draining) = watch::channel(false);
         WorkerContext {
             index,
             cluster_manager,
             server,
             http_pools: HttpPools::default(),
-            draining,
-            draining_tx,
             drains: Rc::default(),
             code_counters: RefCell::new(HashMap::default()),
         }
@@ -213,7 +207,6 @@ async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerM
             }
             WorkerMessage::StopListeners { done } => {
                 let _ = stop_tx.send(true);
-                let _ = context.draining_tx.send(true);
                 context.drains.announce(true);
                 // Let the accept loops see the signal and drop their sockets.
                 tokio::task::yield_now().await;

@@ -353,14 +353,13 @@ async fn detect_http2(
         }
     };
     // A filter chain drain leaves it alone: it closes when the drain time is over.
-    let mut draining = worker.draining.clone();
-    let drain = async move {
-        while !*draining.borrow_and_update() {
-            if draining.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+    let mut waiter = DrainWaiter::new(&worker.drains);
+    let drain = std::future::poll_fn(|cx| loop {
+        std::task::ready!(waiter.poll_announced(cx));
+        if waiter.drains().server_draining() {
+            return std::task::Poll::Ready(());
         }
-    };
+    });
     tokio::select! {
         sniffed = sniff => sniffed.ok_or(ConnectionEvent::RemoteClose),
         () = idle => {
