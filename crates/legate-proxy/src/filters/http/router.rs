@@ -219,7 +219,7 @@ async fn with_timers<F: Future>(
         let sleep = async {
             match next {
                 // The connection polls this again by then.
-                Some((_, at)) if context.wake_stream_by(at) => {
+                Some((_, at)) if context.polls_stream_on_time() => {
                     std::future::poll_fn(|_| {
                         if clock::now() >= at {
                             return std::task::Poll::Ready(());

@@ -258,12 +258,17 @@ impl ConnectionContext {
         }
     }
 
-    /// Asks for the stream to be polled again by `at`; `false` when the stream must keep a
-    /// timer of its own.
-    pub fn wake_stream_by(&self, at: Instant) -> bool {
-        let Some(wake) = &self.stream_wake else { return false };
-        wake.set(Some(wake.get().map_or(at, |earlier| earlier.min(at))));
-        true
+    /// Whether the connection's own timer polls the stream again when it asks
+    /// ([`Self::wake_stream_by`]); otherwise the stream keeps a timer of its own.
+    pub fn polls_stream_on_time(&self) -> bool {
+        self.stream_wake.is_some()
+    }
+
+    /// Asks for the stream to be polled again by `at` (see [`Self::polls_stream_on_time`]).
+    pub fn wake_stream_by(&self, at: Instant) {
+        if let Some(wake) = &self.stream_wake {
+            wake.set(Some(wake.get().map_or(at, |earlier| earlier.min(at))));
+        }
     }
 
     /// The time the stream asked to be polled again by, if it did since the last call.

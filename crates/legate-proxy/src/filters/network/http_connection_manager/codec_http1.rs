@@ -279,30 +279,37 @@ async fn idle(
     guard: &mut ConnectionGuard<'_>,
     timer: &mut ConnTimer,
 ) -> bool {
-    let shut_down = poll_fn(|cx| loop {
+    /// How the wait ended.
+    enum Ended {
+        BytesArrived,
+        /// The client closed, or reading failed.
+        Gone,
+        /// legate closes it: idle timeout, `max_connection_duration`, drain.
+        Close,
+    }
+    let ended = poll_fn(|cx| loop {
         let [idle, duration] = next_idle_check(context, timeline, clock::now());
         timer.arm([idle, duration].into_iter().flatten().min());
         if let Poll::Ready(read) = conn.poll_fill(cx) {
-            return Poll::Ready(if read.is_ok_and(|n| n > 0) { None } else { Some(false) });
+            return Poll::Ready(if read.is_ok_and(|n| n > 0) { Ended::BytesArrived } else { Ended::Gone });
         }
         if timer.poll_fired(cx).is_ready() {
             if idle_or_too_old(context, timeline, clock::now()) {
                 guard.local_close = true;
-                return Poll::Ready(Some(true));
+                return Poll::Ready(Ended::Close);
             }
             continue;
         }
         let request = std::task::ready!(drain.poll_next(cx, !timeline.chain_drained));
         if note_drain(request, context, timeline, guard) {
-            return Poll::Ready(Some(true));
+            return Poll::Ready(Ended::Close);
         }
     })
     .await;
-    match shut_down {
-        // Bytes arrived.
-        None => true,
-        Some(false) => false,
-        Some(true) => {
+    match ended {
+        Ended::BytesArrived => true,
+        Ended::Gone => false,
+        Ended::Close => {
             Box::pin(shutdown(conn)).await;
             false
         }
