@@ -645,13 +645,19 @@ impl Writer {
         let left_out = |name: &HeaderName| {
             (head.host.is_some() && name == http::header::HOST) || head.extra.iter().any(|(n, _)| *n == name)
         };
-        let fields = || {
-            let host = head.host.map(|v| (&http::header::HOST, v));
-            let kept = head.headers.iter().filter(|(n, _)| !left_out(n));
-            host.into_iter().chain(kept).chain(head.extra.iter().map(|(n, v)| (*n, v)))
-        };
+        let host = head.host.map(|v| (&http::header::HOST, v));
+        let kept = head.headers.iter().filter(|(n, _)| !left_out(n));
+        let fields = host.into_iter().chain(kept).chain(head.extra.iter().map(|(n, v)| (*n, v)));
+        // One pass over the fields: the framing is read as they are written. `out` is a spare
+        // buffer that usually has the room already.
+        out.clear();
+        out.reserve(head.method.as_str().len() + head.path.len() + 16 + 32 * (head.headers.len() + head.extra.len()));
+        out.put_slice(head.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(head.path.as_bytes());
+        out.put_slice(b" HTTP/1.1\r\n");
         let mut framing = BodyFraming::Empty;
-        for (name, value) in fields() {
+        for (name, value) in fields {
             if name == TRANSFER_ENCODING {
                 if ends_chunked(value.as_bytes()) {
                     framing = BodyFraming::Chunked;
@@ -659,18 +665,6 @@ impl Writer {
             } else if name == CONTENT_LENGTH && framing == BodyFraming::Empty {
                 framing = BodyFraming::Length(length_of(value).ok_or(Error::RequestBody)?);
             }
-        }
-        let size = head.method.as_str().len()
-            + head.path.len()
-            + 16
-            + fields().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
-        out.clear();
-        out.reserve(size);
-        out.put_slice(head.method.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(head.path.as_bytes());
-        out.put_slice(b" HTTP/1.1\r\n");
-        for (name, value) in fields() {
             put_field(&mut out, name.as_str(), value.as_bytes(), title_case);
         }
         out.put_slice(b"\r\n");

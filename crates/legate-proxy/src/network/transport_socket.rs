@@ -194,6 +194,14 @@ impl AsyncRead for TransportSocket {
     }
 }
 
+/// The one non-empty slice of `bufs` (an empty one when all are), or `None` when there are
+/// several.
+fn single_slice<'a>(bufs: &'a [io::IoSlice<'a>]) -> Option<&'a [u8]> {
+    let mut filled = bufs.iter().filter(|b| !b.is_empty());
+    let first = filled.next().map_or(&[][..], |b| &**b);
+    filled.next().is_none().then_some(first)
+}
+
 impl AsyncWrite for TransportSocket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
@@ -208,7 +216,13 @@ impl AsyncWrite for TransportSocket {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            TransportSocket::RawBuffer(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            TransportSocket::RawBuffer(s) => match single_slice(bufs) {
+                // The kernel's vectored path costs more per call than a plain send, and the
+                // writers here often hand over one piece among empty ones (a body piece with
+                // no head or chunk framing around it).
+                Some(only) => Pin::new(s).poll_write(cx, only),
+                None => Pin::new(s).poll_write_vectored(cx, bufs),
+            },
             TransportSocket::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
