@@ -68,20 +68,31 @@ impl ConnTimer {
 /// Serves the connection until it closes or is handed to a tunnel: requests while they
 /// flow ([`active`], boxed), and a small wait while the connection idles ([`idle`]), so
 /// that an idle connection holds no buffer and none of a request's state.
-pub(super) async fn serve(
-    context: &Rc<ConnectionContext>,
+///
+/// A function returning a block rather than an `async fn`: an `async fn` keeps its
+/// arguments twice (as given, and as its locals), and this future lives as long as the
+/// connection.
+pub(super) fn serve<'a, 'g>(
+    context: &'a Rc<ConnectionContext>,
     conn: Rc<ServerConn>,
-    drain: &mut Draining,
-    timeline: &mut Timeline,
-    guard: &mut ConnectionGuard<'_>,
-) {
-    let mut timer = ConnTimer::new();
-    loop {
-        if !Box::pin(active(context, &conn, drain, timeline, guard, &mut timer)).await {
-            return;
-        }
-        if !idle(context, &conn, drain, timeline, guard, &mut timer).await {
-            return;
+    drain: &'a mut Draining,
+    timeline: &'a mut Timeline,
+    guard: &'a mut ConnectionGuard<'g>,
+) -> impl Future<Output = ()> + use<'a, 'g> {
+    async move {
+        let mut timer = ConnTimer::new();
+        loop {
+            if !Box::pin(active(context, &conn, drain, timeline, guard, &mut timer)).await {
+                return;
+            }
+            match idle(context, &conn, drain, timeline, guard, &mut timer).await {
+                Idled::BytesArrived => {}
+                Idled::Gone => return,
+                Idled::Close => {
+                    Box::pin(shutdown(&conn)).await;
+                    return;
+                }
+            }
         }
     }
 }
@@ -267,53 +278,44 @@ async fn wait_head(
     }
 }
 
-/// Waits, with nothing of a request held, until bytes arrive (`true`) or the connection must
-/// close (`false`: the client closed, idle timeout, `max_connection_duration`, drain). One
-/// poll function rather than a `select!` of futures: this wait is what every idle
-/// connection's future holds.
-async fn idle(
-    context: &Rc<ConnectionContext>,
-    conn: &ServerConn,
-    drain: &mut Draining,
-    timeline: &mut Timeline,
-    guard: &mut ConnectionGuard<'_>,
-    timer: &mut ConnTimer,
-) -> bool {
-    /// How the wait ended.
-    enum Ended {
-        BytesArrived,
-        /// The client closed, or reading failed.
-        Gone,
-        /// legate closes it: idle timeout, `max_connection_duration`, drain.
-        Close,
-    }
-    let ended = poll_fn(|cx| loop {
+/// How an idle connection's wait ended.
+enum Idled {
+    BytesArrived,
+    /// The client closed, or reading failed.
+    Gone,
+    /// legate closes it: idle timeout, `max_connection_duration`, drain.
+    Close,
+}
+
+/// Waits, with nothing of a request held, until bytes arrive or the connection must close.
+/// One poll function rather than a `select!` of futures, and not an `async fn` (which would
+/// keep its arguments twice): this wait is what every idle connection's future holds.
+fn idle<'a, 'g>(
+    context: &'a ConnectionContext,
+    conn: &'a ServerConn,
+    drain: &'a mut Draining,
+    timeline: &'a mut Timeline,
+    guard: &'a mut ConnectionGuard<'g>,
+    timer: &'a mut ConnTimer,
+) -> impl Future<Output = Idled> + use<'a, 'g> {
+    poll_fn(move |cx| loop {
         let [idle, duration] = next_idle_check(context, timeline, clock::now());
         timer.arm([idle, duration].into_iter().flatten().min());
         if let Poll::Ready(read) = conn.poll_fill(cx) {
-            return Poll::Ready(if read.is_ok_and(|n| n > 0) { Ended::BytesArrived } else { Ended::Gone });
+            return Poll::Ready(if read.is_ok_and(|n| n > 0) { Idled::BytesArrived } else { Idled::Gone });
         }
         if timer.poll_fired(cx).is_ready() {
             if idle_or_too_old(context, timeline, clock::now()) {
                 guard.local_close = true;
-                return Poll::Ready(Ended::Close);
+                return Poll::Ready(Idled::Close);
             }
             continue;
         }
         let request = std::task::ready!(drain.poll_next(cx, !timeline.chain_drained));
         if note_drain(request, context, timeline, guard) {
-            return Poll::Ready(Ended::Close);
+            return Poll::Ready(Idled::Close);
         }
     })
-    .await;
-    match ended {
-        Ended::BytesArrived => true,
-        Ended::Gone => false,
-        Ended::Close => {
-            Box::pin(shutdown(conn)).await;
-            false
-        }
-    }
 }
 
 /// On the timer between requests: closes the connection if its idle timeout or
