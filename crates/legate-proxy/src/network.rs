@@ -12,7 +12,7 @@ pub mod filter_manager;
 pub mod socket_options;
 pub mod transport_socket;
 
-pub use connection::{Connection, ConnectionInfo};
+pub use connection::{Connection, ConnectionInfo, Run};
 pub use filter::{
     ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
 };

@@ -137,26 +137,43 @@ impl WorkerDrains {
 pub struct DrainWaiter {
     drains: Rc<WorkerDrains>,
     slot: usize,
-    /// The announcement count last seen; `None` before the first poll, which reports at once
-    /// (a drain may have started before the connection was accepted).
-    seen: Option<u64>,
+    /// The announcement count last seen; one behind the count at first, so that the first
+    /// poll reports at once (a drain may have started before the connection was accepted).
+    seen: u64,
 }
 
 impl DrainWaiter {
     pub fn new(drains: &Rc<WorkerDrains>) -> Self {
-        DrainWaiter { drains: drains.clone(), slot: drains.take_slot(), seen: None }
+        let seen = drains.announced.get().wrapping_sub(1);
+        DrainWaiter { drains: drains.clone(), slot: drains.take_slot(), seen }
     }
 
     /// Ready when a drain was announced since the last time it was ready; the caller then
     /// looks at what drains.
     pub fn poll_announced(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let announced = self.drains.announced.get();
-        if self.seen != Some(announced) {
-            self.seen = Some(announced);
+        if self.seen != announced {
+            self.seen = announced;
             return Poll::Ready(());
         }
         self.drains.register(self.slot, cx.waker());
         Poll::Pending
+    }
+
+    /// Ready once the chain reaches `phase`: a connection's end when its filter chain has
+    /// finished draining.
+    pub fn poll_chain_reached(
+        &mut self,
+        cx: &mut Context<'_>,
+        chain: &watch::Receiver<DrainPhase>,
+        phase: DrainPhase,
+    ) -> Poll<()> {
+        loop {
+            std::task::ready!(self.poll_announced(cx));
+            if *chain.borrow() >= phase {
+                return Poll::Ready(());
+            }
+        }
     }
 
     pub fn drains(&self) -> &WorkerDrains {
@@ -168,18 +185,6 @@ impl Drop for DrainWaiter {
     fn drop(&mut self) {
         self.drains.release(self.slot);
     }
-}
-
-/// Resolves once the chain reaches `phase`: a connection's end when its filter chain has
-/// finished draining.
-pub async fn chain_reached(waiter: &mut DrainWaiter, chain: &watch::Receiver<DrainPhase>, phase: DrainPhase) {
-    std::future::poll_fn(|cx| loop {
-        std::task::ready!(waiter.poll_announced(cx));
-        if *chain.borrow() >= phase {
-            return Poll::Ready(());
-        }
-    })
-    .await
 }
 
 /// Passes every filter chain drain (announced by the main thread through `chains`) to this

@@ -15,9 +15,9 @@
 //! connection after what is buffered is written) → closed, when both directions are done, on
 //! a close request or on a socket error. Filters get one `on_event` at the end.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 
@@ -64,6 +64,52 @@ pub struct Connection {
     close_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// A connection's future: its own loop over the filter chain, then, when a filter took the
+/// socket over, that filter's future. Written by hand rather than as an `async fn`: it lives
+/// as long as the connection, inside the connection's task, and an `async fn` would keep its
+/// arguments and its state for each await on top of these.
+pub enum Run {
+    /// The loop drives the socket; boxed, so that a connection a filter took over keeps none
+    /// of it.
+    Own(Box<Connection>),
+    TakenOver {
+        /// Kept for their `on_event` at the end.
+        filters: FilterManager,
+        future: super::filter::TakeOverFuture,
+    },
+    Done,
+}
+
+impl Future for Run {
+    type Output = ConnectionEvent;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
+        let this = self.get_mut();
+        if let Run::Own(connection) = this {
+            match ready!(connection.poll(cx)) {
+                Step::Closed(event) => {
+                    *this = Run::Done;
+                    return Poll::Ready(event);
+                }
+                Step::TakeOver(index) => {
+                    if let Run::Own(connection) = std::mem::replace(this, Run::Done) {
+                        let (socket, read_buffer, info, mut filters) = connection.into_taken_over();
+                        let future = filters.take_over(index, socket, read_buffer, info);
+                        *this = Run::TakenOver { filters, future };
+                    }
+                }
+            }
+        }
+        if let Run::TakenOver { filters, future } = this {
+            let event = ready!(future.as_mut().poll(cx));
+            filters.on_event(event);
+            *this = Run::Done;
+            return Poll::Ready(event);
+        }
+        Poll::Pending
+    }
+}
+
 impl Connection {
     pub fn new(socket: TransportSocket, info: ConnectionInfo, buffer_limit: usize, filters: FilterManager) -> Self {
         Connection {
@@ -91,22 +137,12 @@ impl Connection {
         &self.state.info
     }
 
-    /// Runs the connection until it closes; returns which side closed it.
+    /// Runs the connection until it closes; the future resolves to which side closed it.
     ///
     /// # Cancel safety
     /// Dropping the future closes the connection without flushing (the worker shutting down).
-    ///
-    /// Boxed, so that a connection a filter took over keeps none of this loop's memory.
-    pub async fn run(mut self: Box<Self>) -> ConnectionEvent {
-        match poll_fn(|cx| self.poll(cx)).await {
-            Step::Closed(event) => event,
-            Step::TakeOver(index) => {
-                let (socket, read_buffer, info, mut filters) = self.into_taken_over();
-                let event = filters.take_over(index, socket, read_buffer, info).await;
-                filters.on_event(event);
-                event
-            }
-        }
+    pub fn run(self: Box<Self>) -> Run {
+        Run::Own(self)
     }
 
     /// What a filter taking the socket over needs; the rest is freed.

@@ -592,7 +592,11 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             Ok((response, conn)) => {
                 let status = response.status();
                 cluster.outlier_result(&host, OutlierResult::Http(status.as_u16()));
-                if response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL) {
+                // Only a health-checked cluster acts on it: the lookup (a hash of the name)
+                // is skipped for the others.
+                if cluster.health_checker.is_some()
+                    && response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL)
+                {
                     cluster.on_immediate_health_check_fail(&host);
                 }
                 let response_at = clock::now();
