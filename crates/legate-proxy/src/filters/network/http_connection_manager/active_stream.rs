@@ -244,6 +244,7 @@ fn prepare(
     let peer = context.info.remote_address;
     let use_remote_address = config.use_remote_address.unwrap_or(false);
     let internal = is_internal(peer.ip());
+    let carried = Carried::of(&head.headers);
     if use_remote_address {
         if !config.skip_xff_append {
             append_xff(&mut head.headers, peer.ip());
@@ -252,24 +253,31 @@ fn prepare(
         if internal {
             head.headers.insert(headers::X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
         } else {
-            head.headers.remove(&headers::X_ENVOY_INTERNAL);
-            sanitize_external(&mut head.headers);
+            if carried.envoy {
+                head.headers.remove(&headers::X_ENVOY_INTERNAL);
+                sanitize_external(&mut head.headers);
+            }
             if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
                 head.headers.insert(headers::X_ENVOY_EXTERNAL_ADDRESS.clone(), v);
             }
         }
     } else {
-        if let Some(ip) = xff_address(&head.headers, config.xff_num_trusted_hops as usize) {
+        let client = carried.forwarded_for.then(|| xff_address(&head.headers, config.xff_num_trusted_hops as usize));
+        if let Some(ip) = client.flatten() {
             info.downstream_remote_address = SocketAddr::new(ip, 0);
         }
         head.headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| scheme.clone());
     }
-    super::forward_client_cert::apply(
-        &mut head.headers,
-        config.forward_client_cert_details,
-        config.set_current_client_cert_details.as_ref(),
-        context.info.ssl.as_deref(),
-    );
+    let ssl = context.info.ssl.as_deref();
+    // Without a client certificate, all there is to do is to remove the field if sent.
+    if carried.client_cert || ssl.is_some_and(|s| s.peer_certificate.is_some()) {
+        super::forward_client_cert::apply(
+            &mut head.headers,
+            config.forward_client_cert_details,
+            config.set_current_client_cert_details.as_ref(),
+            ssl,
+        );
+    }
     // x-request-id.
     let external = use_remote_address && !internal;
     let regenerate = external && !config.preserve_external_request_id;
@@ -729,6 +737,32 @@ fn xff_address(headers: &http::HeaderMap, trusted_hops: usize) -> Option<IpAddr>
     };
     // The address `trusted_hops` from the right.
     joined.rsplit(',').map(str::trim).nth(trusted_hops)?.parse().ok()
+}
+
+/// Which of the fields the connection manager sanitizes a request carries, from one pass over
+/// its names: most requests carry none, and each lookup of an absent field hashes its name
+/// (~100 instructions for these), where the pass mostly compares lengths.
+struct Carried {
+    /// Some `x-envoy-*` field.
+    envoy: bool,
+    forwarded_for: bool,
+    client_cert: bool,
+}
+
+impl Carried {
+    fn of(headers: &http::HeaderMap) -> Self {
+        let mut carried = Carried { envoy: false, forwarded_for: false, client_cert: false };
+        for name in headers.keys() {
+            if name.as_str().starts_with("x-envoy-") {
+                carried.envoy = true;
+            } else if *name == X_FORWARDED_FOR {
+                carried.forwarded_for = true;
+            } else if *name == super::forward_client_cert::X_FORWARDED_CLIENT_CERT {
+                carried.client_cert = true;
+            }
+        }
+        carried
+    }
 }
 
 /// RFC 1918, loopback and unique-local addresses are internal, as Envoy's default.
