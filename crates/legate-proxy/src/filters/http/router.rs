@@ -40,6 +40,8 @@ pub struct RouterRequest<'a> {
     pub context: &'a Rc<ConnectionContext>,
     pub info: &'a mut StreamInfo,
     pub action: &'a RouteAction,
+    /// The head's authority, when the caller has it (else it is read from the head).
+    pub authority: Option<Authority>,
     pub head: http::request::Parts,
     pub body: Rc<RefCell<BodySource>>,
     /// The `prefix` the route matched, for `prefix_rewrite`.
@@ -355,7 +357,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         }
         upstream_path = http::uri::PathAndQuery::try_from(rewritten).ok();
     }
-    let mut authority = Authority::of(head);
+    let mut authority = rq.authority.take().unwrap_or_else(|| Authority::of(head));
     let original_authority = authority.clone();
     if let Some(host) = &action.host_rewrite_literal {
         authority = Authority(host.clone());

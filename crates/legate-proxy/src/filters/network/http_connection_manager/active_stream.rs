@@ -459,6 +459,8 @@ async fn decode(
         context,
         info: &mut completion.info,
         action,
+        // Still the head's when no filter ran.
+        authority: filters.is_empty().then_some(authority),
         head,
         body: body.clone(),
         matched_prefix: matched_prefix(&route),
