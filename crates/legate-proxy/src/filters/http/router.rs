@@ -380,9 +380,10 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     if action.append_x_forwarded_host && authority.as_str() != original_authority.as_str() {
         head.headers.append(headers::X_FORWARDED_HOST.clone(), original_authority.0.clone());
     }
-    let upgrade_value = head.headers.get(http::header::UPGRADE).cloned();
-    headers::strip_hop_by_hop(&mut head.headers);
     let mut downstream_upgrade = rq.upgrade.take();
+    // Looked up only for an upgrade: it goes with the hop-by-hop fields below.
+    let upgrade_value = downstream_upgrade.as_ref().and_then(|_| head.headers.get(http::header::UPGRADE).cloned());
+    headers::strip_hop_by_hop(&mut head.headers);
     if head.method == http::Method::CONNECT && action.connect_terminate {
         if let Some((_, on_upgrade)) = downstream_upgrade.take() {
             return connect_terminate(&mut rq, &cluster, on_upgrade).await;

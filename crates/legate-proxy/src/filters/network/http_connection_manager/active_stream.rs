@@ -476,7 +476,9 @@ async fn decode(
             local_reply(context, &head_for_reply, reply, completion, vhost, Some(&route), &mut filters)
         }
         RouterOutcome::Upstream { mut head, body, timers, weighted_index } => {
-            let upgrade = head.headers.get(http::header::UPGRADE).cloned();
+            // Looked up only for a 101: it goes with the hop-by-hop fields below.
+            let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            let upgrade = switching.then(|| head.headers.get(http::header::UPGRADE).cloned()).flatten();
             headers::strip_hop_by_hop(&mut head.headers);
             if let (StatusCode::SWITCHING_PROTOCOLS, Some(upgrade)) = (head.status, upgrade) {
                 head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
