@@ -292,16 +292,16 @@ impl Future for Exchange {
 /// Writes what it can of the request: the kind of a write that failed (the response may
 /// still arrive), or the request body's failure.
 fn poll_writer(cx: &mut Context<'_>, state: &mut State) -> Result<Option<io::ErrorKind>, Error> {
-    let Some(mut writer) = state.writer.take() else { return Ok(None) };
+    // Polled in place: it is polled several times per exchange, and moving it out and back
+    // copied it twice each time.
+    let Some(writer) = state.writer.as_mut() else { return Ok(None) };
     if writer.failed.is_none() && !writer.done {
-        match writer.poll(cx, state) {
+        match writer.poll(cx, &mut state.io, &state.tx) {
             Poll::Ready(Err(Error::Io(_))) | Poll::Ready(Ok(())) | Poll::Pending => {}
             Poll::Ready(Err(e)) => return Err(e),
         }
     }
-    let failed = writer.failed;
-    state.writer = Some(writer);
-    Ok(failed)
+    Ok(writer.failed)
 }
 
 /// A parsed response head.
@@ -672,7 +672,12 @@ impl Writer {
     }
 
     /// Writes as far as the socket and the request body allow: ready once all is written.
-    fn poll(&mut self, cx: &mut Context<'_>, state: &mut State) -> Poll<Result<(), Error>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Option<TransportSocket>,
+        tx: &Counter,
+    ) -> Poll<Result<(), Error>> {
         loop {
             // Gather what the body has ready, so that the head and a small body go out in one
             // write.
@@ -687,7 +692,7 @@ impl Writer {
                     },
                 }
             }
-            let Some(io) = state.io.as_mut() else {
+            let Some(io) = io.as_mut() else {
                 return Poll::Ready(Err(Error::Io(io::ErrorKind::NotConnected.into())));
             };
             if self.enc.is_written() {
@@ -714,7 +719,7 @@ impl Writer {
                 }
             };
             self.started = true;
-            state.tx.add(n as u64);
+            tx.add(n as u64);
             self.enc.advance(n);
         }
     }
