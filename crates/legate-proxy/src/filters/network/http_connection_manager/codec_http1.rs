@@ -72,6 +72,7 @@ impl ConnTimer {
 /// A function returning a block rather than an `async fn`: an `async fn` keeps its
 /// arguments twice (as given, and as its locals), and this future lives as long as the
 /// connection.
+#[allow(clippy::manual_async_fn)] // on purpose, see above
 pub(super) fn serve<'a, 'g>(
     context: &'a Rc<ConnectionContext>,
     conn: Rc<ServerConn>,
