@@ -25,6 +25,7 @@ pub use super::filter::ConnectionInfo;
 use super::filter::{ConnectionCloseType, ConnectionEvent, ConnectionState};
 use super::filter_manager::FilterManager;
 use super::transport_socket::TransportSocket;
+use crate::worker::clock;
 
 /// Bytes asked of the socket per read, as Envoy's 16 KiB read slices.
 const READ_SIZE: usize = super::transport_socket::MAX_READ;
@@ -86,7 +87,9 @@ impl Future for Run {
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
         let this = self.get_mut();
         if let Run::Own(connection) = this {
-            match ready!(connection.poll(cx)) {
+            // Filters that keep time per read (tcp_proxy's idle timeout) read it once per
+            // wake-up.
+            match ready!(clock::clocked(|| connection.poll(cx))) {
                 Step::Closed(event) => {
                     *this = Run::Done;
                     return Poll::Ready(event);

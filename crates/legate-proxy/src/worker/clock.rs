@@ -32,10 +32,15 @@ pub fn since(earlier: Instant) -> std::time::Duration {
 
 /// Polls `future` once with the clock read once for [`now`].
 pub fn poll_clocked<F: Future + ?Sized>(future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    clocked(|| future.poll(cx))
+}
+
+/// Runs `f` (a connection's poll) with the clock read once for [`now`].
+pub fn clocked<T>(f: impl FnOnce() -> T) -> T {
     let outer = NOW.replace(Some(Instant::now()));
-    let polled = future.poll(cx);
+    let result = f();
     NOW.set(outer);
-    polled
+    result
 }
 
 #[cfg(test)]

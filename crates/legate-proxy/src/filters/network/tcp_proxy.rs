@@ -37,7 +37,7 @@ use crate::tls::client::{Alpn, ConnectError};
 use crate::upstream::cluster_manager::ChooseHostError;
 use crate::upstream::upstream_cx::UpstreamCx;
 use crate::upstream::Cluster;
-use crate::worker::WorkerContext;
+use crate::worker::{clock, WorkerContext};
 
 legate_stats::stats! {
     /// `tcp.<stat_prefix>.*`, Envoy's ALL_TCP_PROXY_STATS.
@@ -164,7 +164,7 @@ impl TcpProxy {
             upstream_paused: false,
             upstream_busy: false,
             idle_timer: None,
-            last_activity: Instant::now(),
+            last_activity: clock::now(),
             max_duration_timer: None,
             reported_rx_buffered: 0,
             reported_tx_buffered: 0,
@@ -251,7 +251,7 @@ impl TcpProxy {
                 Poll::Ready(Ok(n)) => {
                     let _ = self.upstream_write.split_to(n);
                     ucx.cluster.stats().upstream_cx_tx_bytes_total.add(n as u64);
-                    self.last_activity = Instant::now();
+                    self.last_activity = clock::now();
                 }
             }
         }
@@ -314,7 +314,7 @@ impl TcpProxy {
                 Ok((n, buf)) => {
                     ucx.cluster.stats().upstream_cx_rx_bytes_total.add(n as u64);
                     self.shared.stats.downstream_cx_tx_bytes_total.add(n as u64);
-                    self.last_activity = Instant::now();
+                    self.last_activity = clock::now();
                     cb.write(buf, false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -328,7 +328,7 @@ impl TcpProxy {
         if let (Some(timer), Some(timeout)) = (&mut self.idle_timer, self.shared.idle_timeout) {
             if timer.as_mut().poll(cx).is_ready() {
                 let deadline = self.last_activity + timeout;
-                if deadline <= Instant::now() {
+                if deadline <= clock::now() {
                     self.shared.stats.idle_timeout.inc();
                     self.idle_timer = None;
                     self.close_upstream(true);
@@ -391,7 +391,7 @@ impl ReadFilter for TcpProxy {
     fn on_data(&mut self, data: &mut BytesMut, end_stream: bool, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
         self.shared.stats.downstream_cx_rx_bytes_total.add(data.len() as u64);
         if !data.is_empty() {
-            self.last_activity = Instant::now();
+            self.last_activity = clock::now();
         }
         if self.upstream_write.is_empty() {
             self.upstream_write = data.split();
