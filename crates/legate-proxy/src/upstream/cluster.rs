@@ -9,6 +9,7 @@ use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType};
 use legate_stats::Scope;
 
 use super::circuit_breakers::CircuitBreakers;
+use super::cluster_info::ClusterInfo;
 use super::host::Host;
 use super::stats::{ClusterEndpointStats, ClusterStats};
 
@@ -16,7 +17,8 @@ pub struct Cluster {
     /// The cluster's name, shared with the cluster manager's maps and lists that key on it
     /// (one allocation for them all, where each kept a `String` of its own).
     pub name: Arc<str>,
-    pub config: ClusterConfig,
+    /// What the cluster keeps of its config.
+    pub info: ClusterInfo,
     /// Traffic stats, see [`Self::stats`]. A `OnceBox` is one pointer (a `OnceLock` two
     /// words); two workers that both make the stats on the first request create handles to
     /// the same stats, and one box is dropped.
@@ -174,9 +176,9 @@ impl Cluster {
             priority_set: ArcSwap::from_pointee(PrioritySet::default()),
             versions: AtomicU64::new(0),
             refresh_lock: std::sync::Mutex::new(()),
-            config,
+            info: ClusterInfo::new(config),
         };
-        if cluster.config.discovery_type == DiscoveryType::Static {
+        if cluster.info.discovery_type == DiscoveryType::Static {
             cluster.update_hosts(cluster.static_hosts());
         }
         cluster
@@ -184,7 +186,7 @@ impl Cluster {
 
     /// The hosts of a STATIC cluster, straight from its load assignment.
     fn static_hosts(&self) -> Vec<Arc<Host>> {
-        match &self.config.load_assignment {
+        match &self.info.other_config().load_assignment {
             Some(assignment) => self.hosts_of(assignment, &[]),
             None => Vec::new(),
         }
@@ -288,7 +290,7 @@ impl Cluster {
             &legate_config::core::SocketAddress,
         ),
     > {
-        self.config.load_assignment.iter().flat_map(|a| {
+        self.info.other_config().load_assignment.iter().flat_map(|a| {
             a.endpoints.iter().flat_map(|locality| {
                 locality.lb_endpoints.iter().filter_map(move |ep| {
                     let address = ep.endpoint.as_ref()?.address.socket()?;
@@ -384,7 +386,7 @@ impl Cluster {
         &self,
         address: SocketAddr,
     ) -> impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + 'static {
-        let bind = self.config.upstream_bind_config.clone();
+        let bind = self.info.other_config().upstream_bind_config.clone();
         let keepalive = self.tcp_keepalive();
         async move {
             let socket = match address {
@@ -412,7 +414,7 @@ impl Cluster {
     }
 
     fn tcp_keepalive(&self) -> Option<socket2::TcpKeepalive> {
-        let keepalive = self.config.upstream_connection_options.as_ref()?.tcp_keepalive.as_ref()?;
+        let keepalive = self.info.other_config().upstream_connection_options.as_ref()?.tcp_keepalive.as_ref()?;
         let mut params = socket2::TcpKeepalive::new();
         if let Some(time) = keepalive.keepalive_time {
             params = params.with_time(std::time::Duration::from_secs(u64::from(time)));
@@ -427,11 +429,11 @@ impl Cluster {
     }
 
     pub fn connect_timeout(&self) -> std::time::Duration {
-        self.config.connect_timeout()
+        self.info.connect_timeout()
     }
 
     pub fn per_connection_buffer_limit_bytes(&self) -> usize {
-        self.config.per_connection_buffer_limit_bytes() as usize
+        self.info.per_connection_buffer_limit_bytes() as usize
     }
 }
 

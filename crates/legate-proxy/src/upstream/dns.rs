@@ -41,8 +41,8 @@ pub struct DnsResolver {
 impl DnsResolver {
     pub fn new(cluster: &Cluster) -> Self {
         let stats = super::stats::ClusterUpdateStats::new(&cluster.scope);
-        let family = cluster.config.dns_lookup_family;
-        let config = cluster.config.dns_resolver();
+        let family = cluster.info.other_config().dns_lookup_family;
+        let config = cluster.info.other_config().dns_resolver();
         if config.resolvers.is_empty() {
             return DnsResolver { stats, family, servers: None };
         }
@@ -97,7 +97,7 @@ impl DnsResolver {
 /// and the shortest TTL of the answers, when the resolver reports one.
 pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option<Duration>) {
     resolver.stats.update_attempt.inc();
-    let logical = cluster.config.discovery_type == DiscoveryType::LogicalDns;
+    let logical = cluster.info.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
     let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
         current.all_hosts().map(|h| ((h.address(), h.priority), h)).collect();
@@ -160,21 +160,21 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
 /// `respect_dns_ttl`, or after the back-off of `dns_failure_refresh_rate` when resolution
 /// failed. Runs on the main thread's runtime; `first` is the result of the start-up refresh.
 pub async fn run(cluster: Arc<Cluster>, resolver: DnsResolver, first: (bool, Option<Duration>)) {
-    let rate = cluster.config.dns_refresh_rate();
+    let rate = cluster.info.other_config().dns_refresh_rate();
     let mut last = first;
     let mut failures = 0u32;
     loop {
         let wait = match last {
             (true, ttl) => {
                 failures = 0;
-                match ttl.filter(|t| cluster.config.respect_dns_ttl && !t.is_zero()) {
+                match ttl.filter(|t| cluster.info.other_config().respect_dns_ttl && !t.is_zero()) {
                     Some(ttl) => ttl,
                     None => rate,
                 }
             }
             (false, _) => {
                 failures = failures.saturating_add(1);
-                match &cluster.config.dns_failure_refresh_rate {
+                match &cluster.info.other_config().dns_failure_refresh_rate {
                     // Envoy's jittered exponential back-off: up to base × 2^(failures - 1).
                     Some(backoff) => {
                         let ceiling = backoff.base().saturating_mul(1 << (failures - 1).min(16)).min(backoff.max());

@@ -221,24 +221,32 @@ impl LoadBalancer {
             })
             .collect();
         LoadBalancer {
-            policy: cluster.config.lb_policy,
-            choice_count: cluster.config.least_request_lb_config.as_ref().and_then(|c| c.choice_count).unwrap_or(2),
+            policy: cluster.info.lb_policy,
+            choice_count: cluster
+                .info
+                .other_config()
+                .least_request_lb_config
+                .as_ref()
+                .and_then(|c| c.choice_count)
+                .unwrap_or(2),
             active_request_bias: cluster
-                .config
+                .info
+                .other_config()
                 .least_request_lb_config
                 .as_ref()
                 .and_then(|c| c.active_request_bias.as_ref())
                 .map_or(1.0, |b| b.default_value),
-            panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
+            panic_threshold: cluster.info.other_config().common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor(),
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             hash_balance_factor: cluster
-                .config
+                .info
+                .other_config()
                 .common_lb_config
                 .consistent_hashing_lb_config
                 .as_ref()
                 .and_then(|c| c.hash_balance_factor),
-            locality_weighted: cluster.config.common_lb_config.locality_weighted_lb_config.is_some(),
+            locality_weighted: cluster.info.other_config().common_lb_config.locality_weighted_lb_config.is_some(),
             localities: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             slow_start: Self::slow_start(cluster, priority_set),
             round_robin,
@@ -247,9 +255,13 @@ impl LoadBalancer {
     }
 
     fn slow_start(cluster: &Cluster, priority_set: &PrioritySet) -> Option<SlowStart> {
-        let config = match cluster.config.lb_policy {
-            LbPolicy::RoundRobin => cluster.config.round_robin_lb_config.as_ref()?.slow_start_config.as_ref()?,
-            LbPolicy::LeastRequest => cluster.config.least_request_lb_config.as_ref()?.slow_start_config.as_ref()?,
+        let config = match cluster.info.lb_policy {
+            LbPolicy::RoundRobin => {
+                cluster.info.other_config().round_robin_lb_config.as_ref()?.slow_start_config.as_ref()?
+            }
+            LbPolicy::LeastRequest => {
+                cluster.info.other_config().least_request_lb_config.as_ref()?.slow_start_config.as_ref()?
+            }
             _ => return None,
         };
         let window_ms = config.window().as_millis() as u64;
@@ -286,9 +298,12 @@ impl LoadBalancer {
             let policy = self.policy;
             let table = slot.get_or_insert_with(|| match policy {
                 LbPolicy::Maglev => {
-                    HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_deref()))
+                    HashingTable::Maglev(Maglev::new(hosts, cluster.info.other_config().maglev_lb_config.as_deref()))
                 }
-                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_deref())),
+                _ => HashingTable::RingHash(RingHash::new(
+                    hosts,
+                    cluster.info.other_config().ring_hash_lb_config.as_deref(),
+                )),
             });
             let table = &*table;
             let lookup = |hash: u64| match table {

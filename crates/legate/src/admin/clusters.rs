@@ -28,7 +28,7 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
 
 fn cluster_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
-    let _ = writeln!(out, "{name}::observability_name::{}", cluster.config.stat_name());
+    let _ = writeln!(out, "{name}::observability_name::{}", cluster.info.stat_name(&cluster.name));
     for (label, priority) in [("default_priority", RoutingPriority::Default), ("high_priority", RoutingPriority::High)]
     {
         for (field, max) in thresholds(&cluster.circuit_breakers.for_priority(priority)) {
@@ -114,7 +114,7 @@ fn cluster_json(cluster: &Cluster) -> Value {
         .collect();
     json!({
         "name": cluster.name,
-        "observability_name": cluster.config.stat_name(),
+        "observability_name": cluster.info.stat_name(&cluster.name),
         "added_via_api": cluster.added_via_api,
         "circuit_breakers": {"thresholds": [
             threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::Default), None),

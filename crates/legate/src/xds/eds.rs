@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use legate_config::cluster::DiscoveryType;
+use legate_config::cluster::{DiscoveryType, EdsClusterConfig};
 use legate_config::endpoint::ClusterLoadAssignment;
 use legate_proxy::upstream::{Cluster, ClusterManager};
 use legate_xds::{
@@ -38,12 +38,17 @@ impl Eds {
     }
 
     /// Subscribes an `EDS` cluster (new or replacing one of its name) to its service.
-    pub fn cluster_added(self: &Rc<Self>, cluster: &Arc<Cluster>) -> Result<(), String> {
-        if cluster.config.discovery_type != DiscoveryType::Eds {
+    /// `eds_cluster_config` is the cluster's, which the cluster does not keep.
+    pub fn cluster_added(
+        self: &Rc<Self>,
+        cluster: &Arc<Cluster>,
+        eds_cluster_config: Option<EdsClusterConfig>,
+    ) -> Result<(), String> {
+        if cluster.info.discovery_type != DiscoveryType::Eds {
             self.clusters.borrow_mut().remove(&*cluster.name);
             return Ok(());
         }
-        let eds_config = cluster.config.eds_cluster_config.clone().unwrap_or_default();
+        let eds_config = eds_cluster_config.unwrap_or_default();
         let source = eds_config.eds_config.unwrap_or_default();
         let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty());
         let service = service_name.as_deref().unwrap_or(&cluster.name);
