@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType};
+use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType, LbPolicy};
 use legate_stats::Scope;
 
 use super::circuit_breakers::CircuitBreakers;
 use super::cluster_info::ClusterInfo;
-use super::host::Host;
+use super::host::{Host, HostLocality};
 use super::stats::{ClusterEndpointStats, ClusterStats};
 
 pub struct Cluster {
@@ -93,10 +93,10 @@ impl HostSet {
 
 impl PrioritySet {
     pub fn new(hosts: Vec<Arc<Host>>, version: u64) -> Self {
-        let levels = hosts.iter().map(|h| h.priority as usize + 1).max().unwrap_or(0);
+        let levels = hosts.iter().map(|h| h.priority() as usize + 1).max().unwrap_or(0);
         let mut sets: Vec<(HostSet, PartialHealth)> = (0..levels).map(|_| Default::default()).collect();
         for host in hosts {
-            let Some((set, partial)) = sets.get_mut(host.priority as usize) else { continue };
+            let Some((set, partial)) = sets.get_mut(host.priority() as usize) else { continue };
             if host.healthy() {
                 partial.healthy_hosts.push(host.clone());
             } else if host.degraded() {
@@ -200,11 +200,10 @@ impl Cluster {
         current: &[Arc<Host>],
     ) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
+        let slow_start = self.slow_start();
         for locality in &assignment.endpoints {
-            let shared_locality = match &locality.locality {
-                Some(named) if *named != legate_config::core::Locality::default() => Arc::new(named.clone()),
-                _ => super::host::no_locality(),
-            };
+            let place =
+                HostLocality::new(locality.locality.as_ref(), locality.priority, locality.load_balancing_weight);
             for endpoint in &locality.lb_endpoints {
                 let Some(address) = endpoint.endpoint.as_ref().and_then(|e| e.address.socket()) else { continue };
                 let Some(ip) = address.ip() else { continue };
@@ -213,18 +212,16 @@ impl Cluster {
                     addr,
                     endpoint.endpoint.as_ref().map(|e| e.hostname.clone()).unwrap_or_default(),
                     endpoint.load_balancing_weight.unwrap_or(1),
-                    locality.priority,
-                    shared_locality.clone(),
+                    place.clone(),
                     endpoint.health_status,
                 )
-                .with_locality_weight(locality.load_balancing_weight)
                 .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
                 if let Some(same) = current.iter().find(|h| h.same_endpoint(&host)) {
                     hosts.push(same.clone());
                     continue;
                 }
                 self.on_host_added(&host);
-                hosts.push(Arc::new(host));
+                hosts.push(Arc::new(host.with_slow_start(slow_start)));
             }
         }
         hosts
@@ -248,6 +245,7 @@ impl Cluster {
     pub fn copy_hosts_from(&self, previous: &Cluster) {
         let _serial = self.refresh_lock.lock();
         self.overprovisioning_factor.store(previous.overprovisioning_factor(), Ordering::Relaxed);
+        let slow_start = self.slow_start();
         let hosts: Vec<Arc<Host>> = previous
             .priority_set()
             .all_hosts()
@@ -256,12 +254,11 @@ impl Cluster {
                     old.address(),
                     old.hostname().to_string(),
                     old.weight,
-                    old.priority,
-                    old.locality.clone(),
+                    old.place().clone(),
                     old.health_status,
                 )
-                .with_locality_weight(Some(old.locality_weight))
-                .with_health_check_of(old);
+                .with_health_check_of(old)
+                .with_slow_start(slow_start);
                 self.on_host_added(&host);
                 Arc::new(host)
             })
@@ -272,6 +269,21 @@ impl Cluster {
     /// The `policy.overprovisioning_factor` of the load assignment, in percent.
     pub fn overprovisioning_factor(&self) -> u32 {
         self.overprovisioning_factor.load(Ordering::Relaxed)
+    }
+
+    /// Whether the load balancer ramps new hosts up (`slow_start_config` of the policy in
+    /// use), so that hosts must keep when they were added.
+    pub fn slow_start(&self) -> bool {
+        let config = self.info.other_config();
+        match self.info.lb_policy {
+            LbPolicy::RoundRobin => {
+                config.round_robin_lb_config.as_ref().is_some_and(|c| c.slow_start_config.is_some())
+            }
+            LbPolicy::LeastRequest => {
+                config.least_request_lb_config.as_ref().is_some_and(|c| c.slow_start_config.is_some())
+            }
+            _ => false,
+        }
     }
 
     pub fn on_host_added(&self, host: &Host) {

@@ -24,7 +24,7 @@ use hickory_resolver::TokioResolver;
 use legate_config::cluster::{DiscoveryType, DnsLookupFamily};
 
 use super::cluster::Cluster;
-use super::host::Host;
+use super::host::{Host, HostLocality};
 
 /// Envoy's c-ares resolver gives up on a query after 5 s.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,7 +100,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
     let logical = cluster.info.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
     let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
-        current.all_hosts().map(|h| ((h.address(), h.priority), h)).collect();
+        current.all_hosts().map(|h| ((h.address(), h.priority()), h)).collect();
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     let mut min_ttl: Option<Duration> = None;
     for (locality, endpoint, address) in cluster.endpoints() {
@@ -127,17 +127,20 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
                         addr,
                         address.address.clone(),
                         endpoint.load_balancing_weight.unwrap_or(1),
-                        locality.priority,
-                        Arc::new(locality.locality.clone().unwrap_or_default()),
+                        HostLocality::new(
+                            locality.locality.as_ref(),
+                            locality.priority,
+                            locality.load_balancing_weight,
+                        ),
                         endpoint.health_status,
                     )
-                    .with_locality_weight(locality.load_balancing_weight)
-                    .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
+                    .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()))
+                    .with_slow_start(cluster.slow_start());
                     cluster.on_host_added(&host);
                     Arc::new(host)
                 }
             };
-            if !hosts.iter().any(|h| h.address() == host.address() && h.priority == host.priority) {
+            if !hosts.iter().any(|h| h.address() == host.address() && h.priority() == host.priority()) {
                 hosts.push(host);
             }
         }
@@ -147,7 +150,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
         resolver.stats.update_empty.inc();
     }
     let unchanged =
-        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address(), h.priority)));
+        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address(), h.priority())));
     if unchanged && current.version > 0 {
         resolver.stats.update_no_rebuild.inc();
     } else {

@@ -86,10 +86,10 @@ impl LocalityGroups {
     fn new(set: &HostSet, panic: bool, overprovisioning_factor: u32) -> Self {
         let mut localities: Vec<(&legate_config::core::Locality, u32, Vec<Arc<Host>>, usize)> = Vec::new();
         for host in &set.hosts {
-            let index = match localities.iter().position(|(l, ..)| **l == *host.locality) {
+            let index = match localities.iter().position(|(l, ..)| *l == host.locality()) {
                 Some(i) => i,
                 None => {
-                    localities.push((&host.locality, host.locality_weight, Vec::new(), 0));
+                    localities.push((host.locality(), host.locality_weight(), Vec::new(), 0));
                     localities.len() - 1
                 }
             };
@@ -534,6 +534,7 @@ fn weighted_random(rng: &mut fastrand::Rng, weights: &Weights) -> usize {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::upstream::host::HostLocality;
     use legate_config::endpoint::HealthStatus;
 
     pub(super) fn host(port: u16, weight: u32) -> Arc<Host> {
@@ -541,7 +542,13 @@ pub(super) mod tests {
     }
 
     fn host_at(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
-        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), weight, priority, Default::default(), health))
+        Arc::new(Host::new(
+            ([127, 0, 0, 1], port).into(),
+            String::new(),
+            weight,
+            HostLocality::new(None, priority, None),
+            health,
+        ))
     }
 
     fn cluster(policy: &str) -> Cluster {
@@ -560,8 +567,8 @@ pub(super) mod tests {
 
     fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> Arc<Host> {
         let locality = legate_config::core::Locality { zone: zone.into(), ..Default::default() };
-        let host = Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, 0, Arc::new(locality), health);
-        Arc::new(host.with_locality_weight(Some(locality_weight)))
+        let place = HostLocality::new(Some(&locality), 0, Some(locality_weight));
+        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, health))
     }
 
     #[test]
