@@ -355,13 +355,13 @@ impl Cluster {
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts().len()).sum();
         let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts().len()).sum();
         let excluded = set.all_hosts().filter(|h| h.excluded()).count();
-        self.endpoint_stats.membership_total.set(total as u64);
-        self.endpoint_stats.membership_healthy.set(healthy as u64);
-        self.endpoint_stats.membership_degraded.set(degraded as u64);
-        self.endpoint_stats.membership_excluded.set(excluded as u64);
-        self.endpoint_stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
+        self.endpoint_stats.membership_total().set(total as u64);
+        self.endpoint_stats.membership_healthy().set(healthy as u64);
+        self.endpoint_stats.membership_degraded().set(degraded as u64);
+        self.endpoint_stats.membership_excluded().set(excluded as u64);
+        self.endpoint_stats.max_host_weight().set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
         if membership_changed {
-            self.endpoint_stats.membership_change.inc();
+            self.endpoint_stats.membership_change().inc();
             super::pool::topology_changed();
         }
         self.priority_set.store(Arc::new(set));

@@ -24,8 +24,6 @@ pub struct ClusterInfo {
     pub lb_policy: LbPolicy,
     per_connection_buffer_limit_bytes: u32,
     connect_timeout: Duration,
-    /// `alt_stat_name`, when set.
-    alt_stat_name: Option<Box<str>>,
     /// The whole config, when it sets more than a plain cluster does; `None` for a plain one.
     config: Option<Box<ClusterConfig>>,
     /// [`config_hash`] of a plain cluster's config (0 when the whole config is kept).
@@ -38,13 +36,11 @@ impl ClusterInfo {
         let lb_policy = config.lb_policy;
         let per_connection_buffer_limit_bytes = config.per_connection_buffer_limit_bytes();
         let connect_timeout = config.connect_timeout();
-        let alt_stat_name = config.alt_stat_name.clone();
         let config_hash = config_hash(&config);
         // What is left once the members this struct holds (or that the cluster turned into
         // objects of its own) are taken out; taken, not copied, and put back if it is kept.
         let taken = (
             std::mem::take(&mut config.name),
-            config.alt_stat_name.take(),
             std::mem::take(&mut config.discovery_type),
             config.eds_cluster_config.take(),
             config.connect_timeout.take(),
@@ -58,14 +54,12 @@ impl ClusterInfo {
                 lb_policy,
                 per_connection_buffer_limit_bytes,
                 connect_timeout,
-                alt_stat_name,
                 config: None,
                 config_hash,
             };
         }
         (
             config.name,
-            config.alt_stat_name,
             config.discovery_type,
             config.eds_cluster_config,
             config.connect_timeout,
@@ -78,7 +72,6 @@ impl ClusterInfo {
             lb_policy,
             per_connection_buffer_limit_bytes,
             connect_timeout,
-            alt_stat_name,
             config: Some(Box::new(config)),
             config_hash: 0,
         }
@@ -95,7 +88,7 @@ impl ClusterInfo {
 
     /// The config's members other than those read through this struct (name, type,
     /// `eds_cluster_config`, `connect_timeout`, `per_connection_buffer_limit_bytes`,
-    /// `lb_policy`, `alt_stat_name`, `circuit_breakers`): of a plain cluster, Envoy's
+    /// `lb_policy`, `circuit_breakers`): of a plain cluster, Envoy's
     /// defaults, which is what its config says of them; so those members must not be read
     /// from here.
     pub fn other_config(&self) -> &ClusterConfig {
@@ -112,9 +105,10 @@ impl ClusterInfo {
         self.per_connection_buffer_limit_bytes
     }
 
-    /// The `<name>` of `cluster.<name>.` stats: `alt_stat_name`, else the cluster's name.
+    /// The `<name>` of `cluster.<name>.` stats: `alt_stat_name` (a cluster that sets it keeps
+    /// its config), else the cluster's name.
     pub fn stat_name<'a>(&'a self, name: &'a str) -> &'a str {
-        self.alt_stat_name.as_deref().unwrap_or(name)
+        self.other_config().alt_stat_name.as_deref().unwrap_or(name)
     }
 }
 

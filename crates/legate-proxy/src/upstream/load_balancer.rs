@@ -287,7 +287,7 @@ impl LoadBalancer {
         let (priority, panic) = self.choose_priority(priority_set, hash)?;
         let set = priority_set.host_sets.get(priority)?;
         if panic {
-            cluster.endpoint_stats.lb_healthy_panic.inc();
+            cluster.endpoint_stats.lb_healthy_panic().inc();
         }
         let hosts = if panic { set.hosts.as_slice() } else { set.healthy_hosts() };
         if hosts.is_empty() {
@@ -741,7 +741,7 @@ pub(super) mod tests {
         let mut lb = LoadBalancer::new(&c, &ps);
         let m = counts(&mut lb, &c, &ps, 100);
         assert_eq!(m.values().sum::<usize>(), 100);
-        assert_eq!(c.endpoint_stats.lb_healthy_panic.value(), 100);
+        assert_eq!(c.endpoint_stats.lb_healthy_panic().value(), 100);
     }
 
     /// A hashing table as a lookup from request hash to host port.
