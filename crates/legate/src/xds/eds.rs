@@ -26,10 +26,13 @@ pub struct Eds {
 struct EdsCluster {
     cluster: Arc<Cluster>,
     /// `eds_cluster_config.service_name` when set; else the cluster's name is the service.
-    service_name: Option<String>,
+    service_name: Option<Box<str>>,
     eds: Weak<Eds>,
     initialized: Cell<bool>,
-    watch: RefCell<Option<Watch>>,
+    /// The subscription, which ends when the entry is dropped; set once, right after it is
+    /// made (a `OnceCell` is 8 bytes less than a `RefCell<Option<_>>`: with the boxed
+    /// `service_name`, an entry is 72 bytes with its `Rc`, an 80-byte malloc chunk, was 96).
+    watch: std::cell::OnceCell<Watch>,
 }
 
 impl Eds {
@@ -50,14 +53,14 @@ impl Eds {
         }
         let eds_config = eds_cluster_config.unwrap_or_default();
         let source = eds_config.eds_config.unwrap_or_default();
-        let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty());
+        let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty()).map(String::into_boxed_str);
         let service = service_name.as_deref().unwrap_or(&cluster.name);
         let entry = Rc::new(EdsCluster {
             cluster: cluster.clone(),
             service_name: service_name.clone(),
             eds: Rc::downgrade(self),
             initialized: Cell::new(false),
-            watch: RefCell::new(None),
+            watch: std::cell::OnceCell::new(),
         });
         let previous = self.clusters.borrow().get(&*cluster.name).cloned();
         if let Some(previous) = previous.filter(|p| p.service() == service && p.initialized.get()) {
@@ -70,7 +73,7 @@ impl Eds {
             .client
             .subscribe(&source, ResourceType::ClusterLoadAssignment, super::one_name(service), entry.clone(), stats)
             .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
-        *entry.watch.borrow_mut() = Some(watch);
+        let _ = entry.watch.set(watch);
         self.clusters.borrow_mut().insert(cluster.name.clone(), entry);
         Ok(())
     }
