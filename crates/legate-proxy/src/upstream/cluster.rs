@@ -51,10 +51,36 @@ pub struct Cluster {
 /// The hosts of a cluster by priority, as one immutable snapshot.
 #[derive(Default)]
 pub struct PrioritySet {
-    /// Index = priority. A boxed slice, not a `Vec`: it never grows once built.
-    pub host_sets: Box<[HostSet]>,
+    /// Index = priority.
+    pub host_sets: HostSets,
     /// Increases with each update; load balancers rebuild their state when it changes.
     pub version: u64,
+}
+
+/// The host sets of a priority set, read as a slice. Most clusters have one priority: its
+/// set is kept inline, where a boxed slice of one took an allocation of its own (a priority
+/// set and its one host set were two 48-byte malloc chunks, now one of 64). More sets, or
+/// none, are a boxed slice: it never grows once built.
+pub enum HostSets {
+    One(HostSet),
+    Many(Box<[HostSet]>),
+}
+
+impl Default for HostSets {
+    fn default() -> Self {
+        HostSets::Many(Box::default())
+    }
+}
+
+impl std::ops::Deref for HostSets {
+    type Target = [HostSet];
+
+    fn deref(&self) -> &[HostSet] {
+        match self {
+            HostSets::One(set) => std::slice::from_ref(set),
+            HostSets::Many(sets) => sets,
+        }
+    }
 }
 
 /// The hosts of one priority.
@@ -104,7 +130,7 @@ impl PrioritySet {
             }
             set.hosts.push(host);
         }
-        let host_sets = sets
+        let mut host_sets: Vec<HostSet> = sets
             .into_iter()
             .map(|(mut set, mut partial)| {
                 // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
@@ -118,6 +144,14 @@ impl PrioritySet {
                 set
             })
             .collect();
+        let host_sets = match host_sets.pop() {
+            Some(only) if host_sets.is_empty() => HostSets::One(only),
+            Some(last) => {
+                host_sets.push(last);
+                HostSets::Many(host_sets.into_boxed_slice())
+            }
+            None => HostSets::default(),
+        };
         PrioritySet { host_sets, version }
     }
 
@@ -491,5 +525,29 @@ mod socket_tests {
         assert_eq!(stream.local_addr().unwrap().ip(), std::net::IpAddr::from([127, 0, 0, 2]));
         let socket = socket2::SockRef::from(&stream);
         assert_eq!(socket.tcp_user_timeout().unwrap(), Some(std::time::Duration::from_secs(5)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::host::HostLocality;
+    use legate_config::endpoint::HealthStatus;
+
+    fn host(port: u16, priority: u32) -> Arc<Host> {
+        let place = HostLocality::new(None, priority, None);
+        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, HealthStatus::Healthy))
+    }
+
+    #[test]
+    fn one_priority_is_kept_inline() {
+        assert!(std::mem::size_of::<PrioritySet>() <= 40, "{}", std::mem::size_of::<PrioritySet>());
+        let one = PrioritySet::new(vec![host(1, 0), host(2, 0)], 1);
+        assert!(matches!(one.host_sets, HostSets::One(_)));
+        assert_eq!(one.host_sets.len(), 1);
+        assert_eq!(one.all_hosts().count(), 2);
+        let two = PrioritySet::new(vec![host(1, 0), host(2, 1)], 1);
+        assert_eq!(two.host_sets.iter().map(|s| s.hosts.len()).collect::<Vec<_>>(), [1, 1]);
+        assert!(PrioritySet::new(Vec::new(), 1).host_sets.is_empty());
     }
 }
