@@ -13,9 +13,9 @@ use crate::validate::Validator;
 
 pub use crate::extensions::ProtocolOptionsConfig;
 
-/// The live cluster keeps this (`upstream::Cluster::config`), one per cluster of a 10,000-cluster
-/// CDS config: members most clusters leave unset are boxed (`Option<Box<_>>`, 8 bytes), so
-/// that they cost nothing inline when absent.
+/// A live cluster that sets more than a name, a type and a few scalars keeps this
+/// (`upstream::cluster_info`): members most clusters leave unset are boxed (`Option<Box<_>>`,
+/// 8 bytes), so that they cost nothing inline when absent.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use legate_config::endpoint::HealthStatus;
+use legate_proxy::upstream::host::HostLocality;
 use legate_proxy::upstream::load_balancer::LoadBalancer;
 use legate_proxy::upstream::{Cluster, Host, PrioritySet};
 
@@ -20,7 +21,7 @@ fn hosts(n: u16) -> PrioritySet {
     let hosts = (0..n)
         .map(|i| {
             let address = ([127, 0, (i >> 8) as u8, i as u8], 8080).into();
-            Arc::new(Host::new(address, String::new(), 1, 0, Default::default(), HealthStatus::Healthy))
+            Arc::new(Host::new(address, String::new(), 1, HostLocality::new(None, 0, None), HealthStatus::Healthy))
         })
         .collect();
     PrioritySet::new(hosts, 1)

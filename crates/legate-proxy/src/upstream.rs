@@ -8,6 +8,7 @@
 
 pub mod circuit_breakers;
 pub mod cluster;
+pub mod cluster_info;
 pub mod cluster_manager;
 pub mod dns;
 pub mod health_checker;

@@ -15,22 +15,64 @@ pub struct Counter {
     pub(crate) index: u32,
 }
 
+/// A counter borrowed from a compact `stats!` struct (see [`crate::stats!`]): the same
+/// operations as [`Counter`], without a pointer of its own to the arena.
+#[derive(Clone, Copy)]
+pub struct CounterRef<'a> {
+    arena: &'a Arena,
+    index: u32,
+}
+
 impl Counter {
     /// Adds one.
     #[inline]
     pub fn inc(&self) {
-        self.add(1);
+        self.borrow().inc();
     }
 
     /// Adds `n`. Hot path: one add into the current thread's shard (see `arena::add`).
     #[inline]
     pub fn add(&self, n: u64) {
-        self.arena.local_add(self.index, n);
+        self.borrow().add(n);
     }
 
     /// The value summed over all shards, minus the last `/reset_counters` offset.
     pub fn value(&self) -> u64 {
-        counter_value(&self.arena, self.index)
+        self.borrow().value()
+    }
+
+    #[inline]
+    fn borrow(&self) -> CounterRef<'_> {
+        CounterRef { arena: &self.arena, index: self.index }
+    }
+
+    /// Its slot, for a compact `stats!` struct to keep instead of the handle.
+    #[doc(hidden)]
+    pub fn slot(&self) -> u32 {
+        self.index
+    }
+}
+
+impl<'a> CounterRef<'a> {
+    pub(crate) fn new(arena: &'a Arena, index: u32) -> Self {
+        CounterRef { arena, index }
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(self) {
+        self.add(1);
+    }
+
+    /// Adds `n` (as [`Counter::add`]).
+    #[inline]
+    pub fn add(self, n: u64) {
+        self.arena.local_add(self.index, n);
+    }
+
+    /// The value summed over all shards, minus the last `/reset_counters` offset.
+    pub fn value(self) -> u64 {
+        counter_value(self.arena, self.index)
     }
 }
 

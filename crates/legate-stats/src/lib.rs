@@ -27,7 +27,7 @@ mod symbol_table;
 pub mod tag_extraction;
 
 pub use arena::set_thread_shard;
-pub use counter::Counter;
-pub use gauge::Gauge;
+pub use counter::{Counter, CounterRef};
+pub use gauge::{Gauge, GaugeRef};
 pub use histogram::Histogram;
-pub use store::{Scope, StatKind, Store};
+pub use store::{Scope, StatArena, StatKind, Store};

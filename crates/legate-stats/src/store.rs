@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustc_hash::FxBuildHasher;
 
 use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
-use crate::counter::{counter_value, Counter};
-use crate::gauge::Gauge;
+use crate::counter::{counter_value, Counter, CounterRef};
+use crate::gauge::{Gauge, GaugeRef};
 use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{Id, StatName, SymbolTable};
 
@@ -411,6 +411,36 @@ impl Scope {
     /// The store this scope creates stats in.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The arena of this scope's stats, for a compact `stats!` struct.
+    #[doc(hidden)]
+    pub fn stat_arena(&self) -> StatArena {
+        StatArena(self.store.arena.clone())
+    }
+}
+
+/// What a compact `stats!` struct keeps once for all its stats (each keeps its 4-byte slot),
+/// where each handle would keep a pointer of its own: see [`crate::stats!`].
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct StatArena(Arc<Arena>);
+
+impl StatArena {
+    #[inline]
+    pub fn counter(&self, slot: u32) -> CounterRef<'_> {
+        CounterRef::new(&self.0, slot)
+    }
+
+    #[inline]
+    pub fn gauge(&self, slot: u32) -> GaugeRef<'_> {
+        GaugeRef::new(&self.0, slot)
+    }
+}
+
+impl fmt::Debug for StatArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StatArena")
     }
 }
 

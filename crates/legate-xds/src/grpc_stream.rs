@@ -100,7 +100,7 @@ impl GrpcStream {
         initial: Vec<Bytes>,
     ) -> Result<GrpcStream, String> {
         let (cluster, socket) = cluster_connect::connect(clusters, &target.cluster_name, Alpn::Http2).await?;
-        let options = cluster.config.upstream_http2_options();
+        let options = cluster.info.other_config().upstream_http2_options();
         let mut builder = hyper::client::conn::http2::Builder::new(LocalExec);
         builder
             .timer(TokioTimer::new())

@@ -38,8 +38,9 @@ impl Xds {
             cluster_manager.store().clone(),
         );
         let eds = eds::Eds::new(cluster_manager.clone(), client.clone());
-        for (index, cluster) in cluster_manager.clusters().iter().enumerate() {
-            eds.cluster_added(cluster)
+        for (index, config) in bootstrap.static_resources.clusters.iter().enumerate() {
+            let Some(cluster) = cluster_manager.get(&config.name) else { continue };
+            eds.cluster_added(&cluster, config.eds_cluster_config.clone())
                 .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
         }
         let cds = match &dynamic.cds_config {

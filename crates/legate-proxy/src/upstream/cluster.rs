@@ -5,18 +5,20 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType};
+use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType, LbPolicy};
 use legate_stats::Scope;
 
 use super::circuit_breakers::CircuitBreakers;
-use super::host::Host;
+use super::cluster_info::ClusterInfo;
+use super::host::{Host, HostLocality};
 use super::stats::{ClusterEndpointStats, ClusterStats};
 
 pub struct Cluster {
     /// The cluster's name, shared with the cluster manager's maps and lists that key on it
     /// (one allocation for them all, where each kept a `String` of its own).
     pub name: Arc<str>,
-    pub config: ClusterConfig,
+    /// What the cluster keeps of its config.
+    pub info: ClusterInfo,
     /// Traffic stats, see [`Self::stats`]. A `OnceBox` is one pointer (a `OnceLock` two
     /// words); two workers that both make the stats on the first request create handles to
     /// the same stats, and one box is dropped.
@@ -49,10 +51,36 @@ pub struct Cluster {
 /// The hosts of a cluster by priority, as one immutable snapshot.
 #[derive(Default)]
 pub struct PrioritySet {
-    /// Index = priority. A boxed slice, not a `Vec`: it never grows once built.
-    pub host_sets: Box<[HostSet]>,
+    /// Index = priority.
+    pub host_sets: HostSets,
     /// Increases with each update; load balancers rebuild their state when it changes.
     pub version: u64,
+}
+
+/// The host sets of a priority set, read as a slice. Most clusters have one priority: its
+/// set is kept inline, where a boxed slice of one took an allocation of its own (a priority
+/// set and its one host set were two 48-byte malloc chunks, now one of 64). More sets, or
+/// none, are a boxed slice: it never grows once built.
+pub enum HostSets {
+    One(HostSet),
+    Many(Box<[HostSet]>),
+}
+
+impl Default for HostSets {
+    fn default() -> Self {
+        HostSets::Many(Box::default())
+    }
+}
+
+impl std::ops::Deref for HostSets {
+    type Target = [HostSet];
+
+    fn deref(&self) -> &[HostSet] {
+        match self {
+            HostSets::One(set) => std::slice::from_ref(set),
+            HostSets::Many(sets) => sets,
+        }
+    }
 }
 
 /// The hosts of one priority.
@@ -91,10 +119,10 @@ impl HostSet {
 
 impl PrioritySet {
     pub fn new(hosts: Vec<Arc<Host>>, version: u64) -> Self {
-        let levels = hosts.iter().map(|h| h.priority as usize + 1).max().unwrap_or(0);
+        let levels = hosts.iter().map(|h| h.priority() as usize + 1).max().unwrap_or(0);
         let mut sets: Vec<(HostSet, PartialHealth)> = (0..levels).map(|_| Default::default()).collect();
         for host in hosts {
-            let Some((set, partial)) = sets.get_mut(host.priority as usize) else { continue };
+            let Some((set, partial)) = sets.get_mut(host.priority() as usize) else { continue };
             if host.healthy() {
                 partial.healthy_hosts.push(host.clone());
             } else if host.degraded() {
@@ -102,7 +130,7 @@ impl PrioritySet {
             }
             set.hosts.push(host);
         }
-        let host_sets = sets
+        let mut host_sets: Vec<HostSet> = sets
             .into_iter()
             .map(|(mut set, mut partial)| {
                 // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
@@ -116,6 +144,14 @@ impl PrioritySet {
                 set
             })
             .collect();
+        let host_sets = match host_sets.pop() {
+            Some(only) if host_sets.is_empty() => HostSets::One(only),
+            Some(last) => {
+                host_sets.push(last);
+                HostSets::Many(host_sets.into_boxed_slice())
+            }
+            None => HostSets::default(),
+        };
         PrioritySet { host_sets, version }
     }
 
@@ -174,9 +210,9 @@ impl Cluster {
             priority_set: ArcSwap::from_pointee(PrioritySet::default()),
             versions: AtomicU64::new(0),
             refresh_lock: std::sync::Mutex::new(()),
-            config,
+            info: ClusterInfo::new(config),
         };
-        if cluster.config.discovery_type == DiscoveryType::Static {
+        if cluster.info.discovery_type == DiscoveryType::Static {
             cluster.update_hosts(cluster.static_hosts());
         }
         cluster
@@ -184,7 +220,7 @@ impl Cluster {
 
     /// The hosts of a STATIC cluster, straight from its load assignment.
     fn static_hosts(&self) -> Vec<Arc<Host>> {
-        match &self.config.load_assignment {
+        match &self.info.other_config().load_assignment {
             Some(assignment) => self.hosts_of(assignment, &[]),
             None => Vec::new(),
         }
@@ -198,11 +234,10 @@ impl Cluster {
         current: &[Arc<Host>],
     ) -> Vec<Arc<Host>> {
         let mut hosts = Vec::new();
+        let slow_start = self.slow_start();
         for locality in &assignment.endpoints {
-            let shared_locality = match &locality.locality {
-                Some(named) if *named != legate_config::core::Locality::default() => Arc::new(named.clone()),
-                _ => super::host::no_locality(),
-            };
+            let place =
+                HostLocality::new(locality.locality.as_ref(), locality.priority, locality.load_balancing_weight);
             for endpoint in &locality.lb_endpoints {
                 let Some(address) = endpoint.endpoint.as_ref().and_then(|e| e.address.socket()) else { continue };
                 let Some(ip) = address.ip() else { continue };
@@ -211,18 +246,16 @@ impl Cluster {
                     addr,
                     endpoint.endpoint.as_ref().map(|e| e.hostname.clone()).unwrap_or_default(),
                     endpoint.load_balancing_weight.unwrap_or(1),
-                    locality.priority,
-                    shared_locality.clone(),
+                    place.clone(),
                     endpoint.health_status,
                 )
-                .with_locality_weight(locality.load_balancing_weight)
                 .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
                 if let Some(same) = current.iter().find(|h| h.same_endpoint(&host)) {
                     hosts.push(same.clone());
                     continue;
                 }
                 self.on_host_added(&host);
-                hosts.push(Arc::new(host));
+                hosts.push(Arc::new(host.with_slow_start(slow_start)));
             }
         }
         hosts
@@ -246,6 +279,7 @@ impl Cluster {
     pub fn copy_hosts_from(&self, previous: &Cluster) {
         let _serial = self.refresh_lock.lock();
         self.overprovisioning_factor.store(previous.overprovisioning_factor(), Ordering::Relaxed);
+        let slow_start = self.slow_start();
         let hosts: Vec<Arc<Host>> = previous
             .priority_set()
             .all_hosts()
@@ -254,12 +288,11 @@ impl Cluster {
                     old.address(),
                     old.hostname().to_string(),
                     old.weight,
-                    old.priority,
-                    old.locality.clone(),
+                    old.place().clone(),
                     old.health_status,
                 )
-                .with_locality_weight(Some(old.locality_weight))
-                .with_health_check_of(old);
+                .with_health_check_of(old)
+                .with_slow_start(slow_start);
                 self.on_host_added(&host);
                 Arc::new(host)
             })
@@ -270,6 +303,21 @@ impl Cluster {
     /// The `policy.overprovisioning_factor` of the load assignment, in percent.
     pub fn overprovisioning_factor(&self) -> u32 {
         self.overprovisioning_factor.load(Ordering::Relaxed)
+    }
+
+    /// Whether the load balancer ramps new hosts up (`slow_start_config` of the policy in
+    /// use), so that hosts must keep when they were added.
+    pub fn slow_start(&self) -> bool {
+        let config = self.info.other_config();
+        match self.info.lb_policy {
+            LbPolicy::RoundRobin => {
+                config.round_robin_lb_config.as_ref().is_some_and(|c| c.slow_start_config.is_some())
+            }
+            LbPolicy::LeastRequest => {
+                config.least_request_lb_config.as_ref().is_some_and(|c| c.slow_start_config.is_some())
+            }
+            _ => false,
+        }
     }
 
     pub fn on_host_added(&self, host: &Host) {
@@ -288,7 +336,7 @@ impl Cluster {
             &legate_config::core::SocketAddress,
         ),
     > {
-        self.config.load_assignment.iter().flat_map(|a| {
+        self.info.other_config().load_assignment.iter().flat_map(|a| {
             a.endpoints.iter().flat_map(|locality| {
                 locality.lb_endpoints.iter().filter_map(move |ep| {
                     let address = ep.endpoint.as_ref()?.address.socket()?;
@@ -341,13 +389,13 @@ impl Cluster {
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts().len()).sum();
         let degraded: usize = set.host_sets.iter().map(|s| s.degraded_hosts().len()).sum();
         let excluded = set.all_hosts().filter(|h| h.excluded()).count();
-        self.endpoint_stats.membership_total.set(total as u64);
-        self.endpoint_stats.membership_healthy.set(healthy as u64);
-        self.endpoint_stats.membership_degraded.set(degraded as u64);
-        self.endpoint_stats.membership_excluded.set(excluded as u64);
-        self.endpoint_stats.max_host_weight.set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
+        self.endpoint_stats.membership_total().set(total as u64);
+        self.endpoint_stats.membership_healthy().set(healthy as u64);
+        self.endpoint_stats.membership_degraded().set(degraded as u64);
+        self.endpoint_stats.membership_excluded().set(excluded as u64);
+        self.endpoint_stats.max_host_weight().set(set.all_hosts().map(|h| u64::from(h.weight)).max().unwrap_or(0));
         if membership_changed {
-            self.endpoint_stats.membership_change.inc();
+            self.endpoint_stats.membership_change().inc();
             super::pool::topology_changed();
         }
         self.priority_set.store(Arc::new(set));
@@ -384,7 +432,7 @@ impl Cluster {
         &self,
         address: SocketAddr,
     ) -> impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + 'static {
-        let bind = self.config.upstream_bind_config.clone();
+        let bind = self.info.other_config().upstream_bind_config.clone();
         let keepalive = self.tcp_keepalive();
         async move {
             let socket = match address {
@@ -412,7 +460,7 @@ impl Cluster {
     }
 
     fn tcp_keepalive(&self) -> Option<socket2::TcpKeepalive> {
-        let keepalive = self.config.upstream_connection_options.as_ref()?.tcp_keepalive.as_ref()?;
+        let keepalive = self.info.other_config().upstream_connection_options.as_ref()?.tcp_keepalive.as_ref()?;
         let mut params = socket2::TcpKeepalive::new();
         if let Some(time) = keepalive.keepalive_time {
             params = params.with_time(std::time::Duration::from_secs(u64::from(time)));
@@ -427,11 +475,11 @@ impl Cluster {
     }
 
     pub fn connect_timeout(&self) -> std::time::Duration {
-        self.config.connect_timeout()
+        self.info.connect_timeout()
     }
 
     pub fn per_connection_buffer_limit_bytes(&self) -> usize {
-        self.config.per_connection_buffer_limit_bytes() as usize
+        self.info.per_connection_buffer_limit_bytes() as usize
     }
 }
 
@@ -477,5 +525,29 @@ mod socket_tests {
         assert_eq!(stream.local_addr().unwrap().ip(), std::net::IpAddr::from([127, 0, 0, 2]));
         let socket = socket2::SockRef::from(&stream);
         assert_eq!(socket.tcp_user_timeout().unwrap(), Some(std::time::Duration::from_secs(5)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::host::HostLocality;
+    use legate_config::endpoint::HealthStatus;
+
+    fn host(port: u16, priority: u32) -> Arc<Host> {
+        let place = HostLocality::new(None, priority, None);
+        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, HealthStatus::Healthy))
+    }
+
+    #[test]
+    fn one_priority_is_kept_inline() {
+        assert!(std::mem::size_of::<PrioritySet>() <= 40, "{}", std::mem::size_of::<PrioritySet>());
+        let one = PrioritySet::new(vec![host(1, 0), host(2, 0)], 1);
+        assert!(matches!(one.host_sets, HostSets::One(_)));
+        assert_eq!(one.host_sets.len(), 1);
+        assert_eq!(one.all_hosts().count(), 2);
+        let two = PrioritySet::new(vec![host(1, 0), host(2, 1)], 1);
+        assert_eq!(two.host_sets.iter().map(|s| s.hosts.len()).collect::<Vec<_>>(), [1, 1]);
+        assert!(PrioritySet::new(Vec::new(), 1).host_sets.is_empty());
     }
 }

@@ -106,7 +106,7 @@ impl ClusterManager {
         let snapshot = self.clusters.load_full();
         let dns_clusters: Vec<Arc<Cluster>> = snapshot
             .values()
-            .filter(|c| matches!(c.config.discovery_type, DiscoveryType::StrictDns | DiscoveryType::LogicalDns))
+            .filter(|c| matches!(c.info.discovery_type, DiscoveryType::StrictDns | DiscoveryType::LogicalDns))
             .cloned()
             .collect();
         // First resolutions run concurrently; start-up waits for all of them.
@@ -193,9 +193,8 @@ impl ClusterManager {
             tracing::warn!(cluster = %name, "CDS update for a static cluster ignored");
             return Ok(ClusterUpdate::Unchanged);
         }
-        let current_config = self.warming.borrow().get(name.as_str()).map(|c| c.config.clone());
-        let current_config = current_config.or_else(|| active.as_ref().map(|c| c.config.clone()));
-        if current_config.as_ref() == Some(&config) {
+        let current = self.warming.borrow().get(name.as_str()).cloned().or_else(|| active.clone());
+        if current.as_ref().is_some_and(|c| c.info.same_config(&config)) {
             return Ok(ClusterUpdate::Unchanged);
         }
         let scope = self.store.scope(&format!("cluster.{}", config.stat_name()));
@@ -203,7 +202,7 @@ impl ClusterManager {
         let mut cluster = Cluster::new(config, &scope);
         cluster.added_via_api = true;
         let cluster = Arc::new(cluster);
-        if current_config.is_some() {
+        if current.is_some() {
             self.stats.cluster_modified.inc();
         } else {
             self.stats.cluster_added.inc();
@@ -218,7 +217,7 @@ impl ClusterManager {
         );
         self.warming.borrow_mut().insert(cluster.name.clone(), cluster.clone());
         self.stats.warming_clusters.set(self.warming.borrow().len() as u64);
-        match cluster.config.discovery_type {
+        match cluster.info.discovery_type {
             DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
                 let manager = Rc::downgrade(self);
                 let warming = cluster.clone();

@@ -24,7 +24,7 @@ use hickory_resolver::TokioResolver;
 use legate_config::cluster::{DiscoveryType, DnsLookupFamily};
 
 use super::cluster::Cluster;
-use super::host::Host;
+use super::host::{Host, HostLocality};
 
 /// Envoy's c-ares resolver gives up on a query after 5 s.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,8 +41,8 @@ pub struct DnsResolver {
 impl DnsResolver {
     pub fn new(cluster: &Cluster) -> Self {
         let stats = super::stats::ClusterUpdateStats::new(&cluster.scope);
-        let family = cluster.config.dns_lookup_family;
-        let config = cluster.config.dns_resolver();
+        let family = cluster.info.other_config().dns_lookup_family;
+        let config = cluster.info.other_config().dns_resolver();
         if config.resolvers.is_empty() {
             return DnsResolver { stats, family, servers: None };
         }
@@ -97,10 +97,10 @@ impl DnsResolver {
 /// and the shortest TTL of the answers, when the resolver reports one.
 pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option<Duration>) {
     resolver.stats.update_attempt.inc();
-    let logical = cluster.config.discovery_type == DiscoveryType::LogicalDns;
+    let logical = cluster.info.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
     let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
-        current.all_hosts().map(|h| ((h.address(), h.priority), h)).collect();
+        current.all_hosts().map(|h| ((h.address(), h.priority()), h)).collect();
     let mut hosts: Vec<Arc<Host>> = Vec::new();
     let mut min_ttl: Option<Duration> = None;
     for (locality, endpoint, address) in cluster.endpoints() {
@@ -127,17 +127,20 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
                         addr,
                         address.address.clone(),
                         endpoint.load_balancing_weight.unwrap_or(1),
-                        locality.priority,
-                        Arc::new(locality.locality.clone().unwrap_or_default()),
+                        HostLocality::new(
+                            locality.locality.as_ref(),
+                            locality.priority,
+                            locality.load_balancing_weight,
+                        ),
                         endpoint.health_status,
                     )
-                    .with_locality_weight(locality.load_balancing_weight)
-                    .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()));
+                    .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()))
+                    .with_slow_start(cluster.slow_start());
                     cluster.on_host_added(&host);
                     Arc::new(host)
                 }
             };
-            if !hosts.iter().any(|h| h.address() == host.address() && h.priority == host.priority) {
+            if !hosts.iter().any(|h| h.address() == host.address() && h.priority() == host.priority()) {
                 hosts.push(host);
             }
         }
@@ -147,7 +150,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
         resolver.stats.update_empty.inc();
     }
     let unchanged =
-        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address(), h.priority)));
+        hosts.len() == existing.len() && hosts.iter().all(|h| existing.contains_key(&(h.address(), h.priority())));
     if unchanged && current.version > 0 {
         resolver.stats.update_no_rebuild.inc();
     } else {
@@ -160,21 +163,21 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
 /// `respect_dns_ttl`, or after the back-off of `dns_failure_refresh_rate` when resolution
 /// failed. Runs on the main thread's runtime; `first` is the result of the start-up refresh.
 pub async fn run(cluster: Arc<Cluster>, resolver: DnsResolver, first: (bool, Option<Duration>)) {
-    let rate = cluster.config.dns_refresh_rate();
+    let rate = cluster.info.other_config().dns_refresh_rate();
     let mut last = first;
     let mut failures = 0u32;
     loop {
         let wait = match last {
             (true, ttl) => {
                 failures = 0;
-                match ttl.filter(|t| cluster.config.respect_dns_ttl && !t.is_zero()) {
+                match ttl.filter(|t| cluster.info.other_config().respect_dns_ttl && !t.is_zero()) {
                     Some(ttl) => ttl,
                     None => rate,
                 }
             }
             (false, _) => {
                 failures = failures.saturating_add(1);
-                match &cluster.config.dns_failure_refresh_rate {
+                match &cluster.info.other_config().dns_failure_refresh_rate {
                     // Envoy's jittered exponential back-off: up to base × 2^(failures - 1).
                     Some(backoff) => {
                         let ceiling = backoff.base().saturating_mul(1 << (failures - 1).min(16)).min(backoff.max());

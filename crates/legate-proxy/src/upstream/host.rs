@@ -35,11 +35,34 @@ pub struct HostHealthCheck {
 static NO_HEALTH_CHECK_CONFIG: HostHealthCheck =
     HostHealthCheck { port: None, address: None, hostname: String::new(), disabled: false };
 
-/// The locality of the hosts that name none, shared by all of them: most EDS endpoints name
-/// none, and each cluster's hosts would otherwise hold their own empty one (88 bytes).
-pub fn no_locality() -> Arc<Locality> {
-    static NONE: std::sync::OnceLock<Arc<Locality>> = std::sync::OnceLock::new();
-    NONE.get_or_init(Arc::default).clone()
+/// Where a host sits, as its `LocalityLbEndpoints` says: the locality, the priority and the
+/// locality's weight. Shared by the hosts of one `LocalityLbEndpoints` (an EDS update lists
+/// hundreds under one), so that a host carries one pointer for the three.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HostLocality {
+    pub locality: Locality,
+    pub priority: u32,
+    /// `load_balancing_weight` of the locality (1 when unset).
+    pub load_balancing_weight: u32,
+}
+
+impl HostLocality {
+    /// The place of the hosts of one `LocalityLbEndpoints`. Most EDS endpoints name no
+    /// locality, at priority 0 with no weight: those share one (each cluster's hosts would
+    /// otherwise hold their own, 100 bytes).
+    pub fn new(locality: Option<&Locality>, priority: u32, load_balancing_weight: Option<u32>) -> Arc<HostLocality> {
+        let load_balancing_weight = load_balancing_weight.unwrap_or(1).max(1);
+        let unnamed = locality.is_none_or(|l| *l == Locality::default());
+        if unnamed && priority == 0 && load_balancing_weight == 1 {
+            static UNNAMED: std::sync::OnceLock<Arc<HostLocality>> = std::sync::OnceLock::new();
+            return UNNAMED
+                .get_or_init(|| {
+                    Arc::new(HostLocality { locality: Locality::default(), priority: 0, load_balancing_weight: 1 })
+                })
+                .clone();
+        }
+        Arc::new(HostLocality { locality: locality.cloned().unwrap_or_default(), priority, load_balancing_weight })
+    }
 }
 
 /// Milliseconds on a monotonic clock shared by every thread (from the first call).
@@ -49,9 +72,10 @@ pub fn monotonic_ms() -> u64 {
 }
 
 /// An upstream host. Kept small: a large EDS config has 100,000s of them, most idle, so what
-/// few hosts set (a hostname, a health check config, an IPv6 address, counters) hangs off
-/// pointers (a host is 56 bytes, an 80-byte malloc chunk with its `Arc`; with a `SocketAddr`
-/// and a `String` inline it was 120 in a 144-byte chunk).
+/// few hosts set (a hostname, a health check config, an IPv6 address, counters, a slow start)
+/// hangs off pointers, and what the hosts of one locality share is shared (a host is 40
+/// bytes, a 64-byte malloc chunk with its `Arc`; with a `SocketAddr` and a `String` inline it
+/// was 120 in a 144-byte chunk).
 pub struct Host {
     /// The address of an IPv4 host (6 bytes); an IPv6 host's is in `extras` (see
     /// [`Self::address`]).
@@ -60,21 +84,17 @@ pub struct Host {
     /// [`Self::hostname`], [`Self::health_check`]).
     extras: Option<Box<HostExtras>>,
     pub weight: u32,
-    pub priority: u32,
-    /// Shared by the hosts of one locality (an EDS update lists hundreds under one).
-    pub locality: Arc<Locality>,
-    /// The `load_balancing_weight` of the host's locality (1 when unset).
-    pub locality_weight: u32,
-    /// When the host last entered slow start: its creation, or its return to health after
-    /// failing active health checks ([`monotonic_ms`]).
-    slow_start_since_ms: AtomicU64,
+    /// Locality, priority and locality weight (see [`Self::locality`], [`Self::priority`],
+    /// [`Self::locality_weight`]).
+    place: Arc<HostLocality>,
     /// Health as the config (or EDS) states it.
     pub health_status: HealthStatus,
     /// `health_flag` bits; shared by all workers, written by the main thread.
     health_flags: AtomicU32,
     /// Allocated on the host's first connection or request: most hosts of a large EDS
     /// config never see one, and their counters read 0 without it. Outlier detection's state
-    /// hangs off the same allocation (see [`Self::outlier`]).
+    /// and the start of a slow start hang off the same allocation (see [`Self::outlier`],
+    /// [`Self::with_slow_start`]).
     pub stats: LazyHostStats,
 }
 
@@ -115,6 +135,9 @@ struct HostInUse {
     /// Outlier detection's counters and ejection state, allocated when a detector first looks
     /// at the host: most clusters have no detector.
     outlier: std::sync::OnceLock<Box<super::outlier_detection::HostOutlier>>,
+    /// When the host last entered slow start ([`monotonic_ms`]): its creation in a cluster
+    /// with a slow start, or its return to health after failing active health checks.
+    slow_start_since_ms: AtomicU64,
 }
 
 impl std::ops::Deref for LazyHostStats {
@@ -176,8 +199,7 @@ impl Host {
         address: SocketAddr,
         hostname: String,
         weight: u32,
-        priority: u32,
-        locality: Arc<Locality>,
+        place: Arc<HostLocality>,
         health_status: HealthStatus,
     ) -> Self {
         let flags = match health_status {
@@ -194,10 +216,7 @@ impl Host {
             address_v4,
             extras: (extras != HostExtras::default()).then(|| Box::new(extras)),
             weight: weight.max(1),
-            priority,
-            locality,
-            locality_weight: 1,
-            slow_start_since_ms: AtomicU64::new(monotonic_ms()),
+            place,
             health_status,
             health_flags: AtomicU32::new(flags),
             stats: LazyHostStats::default(),
@@ -210,9 +229,7 @@ impl Host {
         self.address_v4 == other.address_v4
             && self.extras == other.extras
             && self.weight == other.weight
-            && self.priority == other.priority
-            && self.locality == other.locality
-            && self.locality_weight == other.locality_weight
+            && self.place == other.place
             && self.health_status == other.health_status
     }
 
@@ -278,24 +295,50 @@ impl Host {
         self.stats.0.get()?.outlier.get().map(|outlier| &**outlier)
     }
 
-    /// Sets the weight of the host's locality (`LocalityLbEndpoints.load_balancing_weight`).
-    pub fn with_locality_weight(mut self, weight: Option<u32>) -> Self {
-        self.locality_weight = weight.unwrap_or(1).max(1);
+    /// The host's locality (`LocalityLbEndpoints.locality`).
+    pub fn locality(&self) -> &Locality {
+        &self.place.locality
+    }
+
+    /// `LocalityLbEndpoints.priority`.
+    pub fn priority(&self) -> u32 {
+        self.place.priority
+    }
+
+    /// The weight of the host's locality (`LocalityLbEndpoints.load_balancing_weight`, 1 when
+    /// unset).
+    pub fn locality_weight(&self) -> u32 {
+        self.place.load_balancing_weight
+    }
+
+    /// Where the host sits, to share with a host made like it.
+    pub fn place(&self) -> &Arc<HostLocality> {
+        &self.place
+    }
+
+    /// A host of a cluster with a slow start (`slow_start_config`): its slow start begins now.
+    /// Only such clusters read when it began, so other hosts keep no time.
+    pub fn with_slow_start(self, slow_start: bool) -> Self {
+        if slow_start {
+            self.restart_slow_start();
+        }
         self
     }
 
     /// The host passed its health check after failing: its slow start begins again.
     pub fn restart_slow_start(&self) {
-        self.slow_start_since_ms.store(monotonic_ms(), Ordering::Relaxed);
+        self.stats.in_use().slow_start_since_ms.store(monotonic_ms(), Ordering::Relaxed);
     }
 
     #[cfg(test)]
     pub fn set_slow_start_since_ms(&self, ms: u64) {
-        self.slow_start_since_ms.store(ms, Ordering::Relaxed);
+        self.stats.in_use().slow_start_since_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// When the host last entered slow start (see [`Self::with_slow_start`]); 0 when it never
+    /// did.
     pub fn slow_start_since_ms(&self) -> u64 {
-        self.slow_start_since_ms.load(Ordering::Relaxed)
+        self.stats.0.get().map_or(0, |in_use| in_use.slow_start_since_ms.load(Ordering::Relaxed))
     }
 
     pub fn health_flags(&self) -> u32 {
@@ -362,7 +405,13 @@ mod tests {
     use legate_config::endpoint::EndpointHealthCheckConfig;
 
     fn host() -> Host {
-        Host::new("127.0.0.1:80".parse().unwrap(), String::new(), 1, 0, Arc::default(), HealthStatus::Unknown)
+        Host::new(
+            "127.0.0.1:80".parse().unwrap(),
+            String::new(),
+            1,
+            HostLocality::new(None, 0, None),
+            HealthStatus::Unknown,
+        )
     }
 
     #[test]
@@ -379,8 +428,14 @@ mod tests {
         assert!(!plain.same_endpoint(&other_port));
         let copy = host().with_health_check_of(&other_port);
         assert!(copy.same_endpoint(&other_port));
-        let named = Host::new("127.0.0.1:80".parse().unwrap(), "a".into(), 1, 0, Arc::default(), HealthStatus::Unknown)
-            .with_health_check_config(Some(&config));
+        let named = Host::new(
+            "127.0.0.1:80".parse().unwrap(),
+            "a".into(),
+            1,
+            HostLocality::new(None, 0, None),
+            HealthStatus::Unknown,
+        )
+        .with_health_check_config(Some(&config));
         assert_eq!((named.hostname(), named.health_check().port), ("a", Some(8080)));
         assert!(!named.same_endpoint(&other_port));
         assert_eq!(host().hostname(), "");
@@ -388,14 +443,13 @@ mod tests {
 
     #[test]
     fn an_idle_host_is_small() {
-        assert!(std::mem::size_of::<Host>() <= 56, "{}", std::mem::size_of::<Host>());
+        assert!(std::mem::size_of::<Host>() <= 40, "{}", std::mem::size_of::<Host>());
         let v6 = |port| {
             Host::new(
                 SocketAddr::new("::1".parse().unwrap(), port),
                 String::new(),
                 1,
-                0,
-                Arc::default(),
+                HostLocality::new(None, 0, None),
                 HealthStatus::Unknown,
             )
         };

@@ -86,10 +86,10 @@ impl LocalityGroups {
     fn new(set: &HostSet, panic: bool, overprovisioning_factor: u32) -> Self {
         let mut localities: Vec<(&legate_config::core::Locality, u32, Vec<Arc<Host>>, usize)> = Vec::new();
         for host in &set.hosts {
-            let index = match localities.iter().position(|(l, ..)| **l == *host.locality) {
+            let index = match localities.iter().position(|(l, ..)| *l == host.locality()) {
                 Some(i) => i,
                 None => {
-                    localities.push((&host.locality, host.locality_weight, Vec::new(), 0));
+                    localities.push((host.locality(), host.locality_weight(), Vec::new(), 0));
                     localities.len() - 1
                 }
             };
@@ -221,24 +221,32 @@ impl LoadBalancer {
             })
             .collect();
         LoadBalancer {
-            policy: cluster.config.lb_policy,
-            choice_count: cluster.config.least_request_lb_config.as_ref().and_then(|c| c.choice_count).unwrap_or(2),
+            policy: cluster.info.lb_policy,
+            choice_count: cluster
+                .info
+                .other_config()
+                .least_request_lb_config
+                .as_ref()
+                .and_then(|c| c.choice_count)
+                .unwrap_or(2),
             active_request_bias: cluster
-                .config
+                .info
+                .other_config()
                 .least_request_lb_config
                 .as_ref()
                 .and_then(|c| c.active_request_bias.as_ref())
                 .map_or(1.0, |b| b.default_value),
-            panic_threshold: cluster.config.common_lb_config.healthy_panic_threshold(),
+            panic_threshold: cluster.info.other_config().common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor(),
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             hash_balance_factor: cluster
-                .config
+                .info
+                .other_config()
                 .common_lb_config
                 .consistent_hashing_lb_config
                 .as_ref()
                 .and_then(|c| c.hash_balance_factor),
-            locality_weighted: cluster.config.common_lb_config.locality_weighted_lb_config.is_some(),
+            locality_weighted: cluster.info.other_config().common_lb_config.locality_weighted_lb_config.is_some(),
             localities: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
             slow_start: Self::slow_start(cluster, priority_set),
             round_robin,
@@ -247,9 +255,13 @@ impl LoadBalancer {
     }
 
     fn slow_start(cluster: &Cluster, priority_set: &PrioritySet) -> Option<SlowStart> {
-        let config = match cluster.config.lb_policy {
-            LbPolicy::RoundRobin => cluster.config.round_robin_lb_config.as_ref()?.slow_start_config.as_ref()?,
-            LbPolicy::LeastRequest => cluster.config.least_request_lb_config.as_ref()?.slow_start_config.as_ref()?,
+        let config = match cluster.info.lb_policy {
+            LbPolicy::RoundRobin => {
+                cluster.info.other_config().round_robin_lb_config.as_ref()?.slow_start_config.as_ref()?
+            }
+            LbPolicy::LeastRequest => {
+                cluster.info.other_config().least_request_lb_config.as_ref()?.slow_start_config.as_ref()?
+            }
             _ => return None,
         };
         let window_ms = config.window().as_millis() as u64;
@@ -275,7 +287,7 @@ impl LoadBalancer {
         let (priority, panic) = self.choose_priority(priority_set, hash)?;
         let set = priority_set.host_sets.get(priority)?;
         if panic {
-            cluster.endpoint_stats.lb_healthy_panic.inc();
+            cluster.endpoint_stats.lb_healthy_panic().inc();
         }
         let hosts = if panic { set.hosts.as_slice() } else { set.healthy_hosts() };
         if hosts.is_empty() {
@@ -286,9 +298,12 @@ impl LoadBalancer {
             let policy = self.policy;
             let table = slot.get_or_insert_with(|| match policy {
                 LbPolicy::Maglev => {
-                    HashingTable::Maglev(Maglev::new(hosts, cluster.config.maglev_lb_config.as_deref()))
+                    HashingTable::Maglev(Maglev::new(hosts, cluster.info.other_config().maglev_lb_config.as_deref()))
                 }
-                _ => HashingTable::RingHash(RingHash::new(hosts, cluster.config.ring_hash_lb_config.as_deref())),
+                _ => HashingTable::RingHash(RingHash::new(
+                    hosts,
+                    cluster.info.other_config().ring_hash_lb_config.as_deref(),
+                )),
             });
             let table = &*table;
             let lookup = |hash: u64| match table {
@@ -519,6 +534,7 @@ fn weighted_random(rng: &mut fastrand::Rng, weights: &Weights) -> usize {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::upstream::host::HostLocality;
     use legate_config::endpoint::HealthStatus;
 
     pub(super) fn host(port: u16, weight: u32) -> Arc<Host> {
@@ -526,7 +542,13 @@ pub(super) mod tests {
     }
 
     fn host_at(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
-        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), weight, priority, Default::default(), health))
+        Arc::new(Host::new(
+            ([127, 0, 0, 1], port).into(),
+            String::new(),
+            weight,
+            HostLocality::new(None, priority, None),
+            health,
+        ))
     }
 
     fn cluster(policy: &str) -> Cluster {
@@ -545,8 +567,8 @@ pub(super) mod tests {
 
     fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> Arc<Host> {
         let locality = legate_config::core::Locality { zone: zone.into(), ..Default::default() };
-        let host = Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, 0, Arc::new(locality), health);
-        Arc::new(host.with_locality_weight(Some(locality_weight)))
+        let place = HostLocality::new(Some(&locality), 0, Some(locality_weight));
+        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, health))
     }
 
     #[test]
@@ -719,7 +741,7 @@ pub(super) mod tests {
         let mut lb = LoadBalancer::new(&c, &ps);
         let m = counts(&mut lb, &c, &ps, 100);
         assert_eq!(m.values().sum::<usize>(), 100);
-        assert_eq!(c.endpoint_stats.lb_healthy_panic.value(), 100);
+        assert_eq!(c.endpoint_stats.lb_healthy_panic().value(), 100);
     }
 
     /// A hashing table as a lookup from request hash to host port.

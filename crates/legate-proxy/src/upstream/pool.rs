@@ -240,10 +240,10 @@ impl Pool {
     }
 
     fn new(cluster: Arc<Cluster>, host: Arc<Host>, protocol: PoolProtocol, sni: Option<Arc<str>>) -> Self {
-        let common = cluster.config.upstream_common_http_protocol_options();
-        let h2 = cluster.config.upstream_http2_options();
+        let common = cluster.info.other_config().upstream_common_http_protocol_options();
+        let h2 = cluster.info.other_config().upstream_http2_options();
         let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
-        let http1 = cluster.config.upstream_http1_options();
+        let http1 = cluster.info.other_config().upstream_http1_options();
         let settings = Settings {
             proper_case_headers: http1.proper_case_headers(),
             preserve_header_case: http1.preserve_header_case(),
@@ -255,7 +255,7 @@ impl Pool {
             max_connection_duration: nonzero(common.max_connection_duration.as_ref()),
             max_requests_per_connection: common
                 .max_requests_per_connection
-                .or(cluster.config.max_requests_per_connection)
+                .or(cluster.info.other_config().max_requests_per_connection)
                 .filter(|n| *n > 0),
             max_concurrent_streams: h2.max_concurrent_streams().max(1),
             initial_stream_window_size: h2.initial_stream_window_size(),
@@ -847,7 +847,7 @@ pub enum UpstreamUpgrade {
 
 /// The pool protocol for a cluster, given the downstream's protocol.
 pub fn pool_protocol(cluster: &Cluster, downstream: http::Version) -> PoolProtocol {
-    match cluster.config.http_protocol() {
+    match cluster.info.other_config().http_protocol() {
         UpstreamProtocol::Http1 => PoolProtocol::Http1,
         UpstreamProtocol::Http2 => PoolProtocol::Http2,
         UpstreamProtocol::UseDownstream if downstream == http::Version::HTTP_2 => PoolProtocol::Http2,

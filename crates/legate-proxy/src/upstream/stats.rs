@@ -70,8 +70,8 @@ legate_stats::stats! {
 legate_stats::stats! {
     /// `cluster.<name>.*`: the load balancer, membership and config update stats, which exist
     /// from the cluster's creation. Those legate has no reason to change are in
-    /// [`ClusterUnchangedStats`].
-    pub struct ClusterEndpointStats {
+    /// [`ClusterUnchangedStats`]. Compact: 10,000 clusters each carry it.
+    pub compact struct ClusterEndpointStats {
         counter lb_healthy_panic,
         gauge membership_healthy,
         gauge membership_degraded,

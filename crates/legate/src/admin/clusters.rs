@@ -28,7 +28,7 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
 
 fn cluster_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
-    let _ = writeln!(out, "{name}::observability_name::{}", cluster.config.stat_name());
+    let _ = writeln!(out, "{name}::observability_name::{}", cluster.info.stat_name(&cluster.name));
     for (label, priority) in [("default_priority", RoutingPriority::Default), ("high_priority", RoutingPriority::High)]
     {
         for (field, max) in thresholds(&cluster.circuit_breakers.for_priority(priority)) {
@@ -44,11 +44,11 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
         let _ = writeln!(out, "{h}::hostname::{}", host.hostname());
         let _ = writeln!(out, "{h}::health_flags::{}", host.health_flags_text());
         let _ = writeln!(out, "{h}::weight::{}", host.weight);
-        let _ = writeln!(out, "{h}::region::{}", host.locality.region);
-        let _ = writeln!(out, "{h}::zone::{}", host.locality.zone);
-        let _ = writeln!(out, "{h}::sub_zone::{}", host.locality.sub_zone);
+        let _ = writeln!(out, "{h}::region::{}", host.locality().region);
+        let _ = writeln!(out, "{h}::zone::{}", host.locality().zone);
+        let _ = writeln!(out, "{h}::sub_zone::{}", host.locality().sub_zone);
         let _ = writeln!(out, "{h}::canary::false");
-        let _ = writeln!(out, "{h}::priority::{}", host.priority);
+        let _ = writeln!(out, "{h}::priority::{}", host.priority());
         match host.outlier_if_tracked().and_then(|o| o.success_rate()) {
             Some(rate) => {
                 let _ = writeln!(out, "{h}::success_rate::{rate}");
@@ -107,14 +107,14 @@ fn cluster_json(cluster: &Cluster) -> Value {
                 "health_status": status,
                 "weight": host.weight,
                 "hostname": host.hostname(),
-                "priority": host.priority,
-                "locality": {"region": host.locality.region, "zone": host.locality.zone, "sub_zone": host.locality.sub_zone},
+                "priority": host.priority(),
+                "locality": {"region": host.locality().region, "zone": host.locality().zone, "sub_zone": host.locality().sub_zone},
             })
         })
         .collect();
     json!({
         "name": cluster.name,
-        "observability_name": cluster.config.stat_name(),
+        "observability_name": cluster.info.stat_name(&cluster.name),
         "added_via_api": cluster.added_via_api,
         "circuit_breakers": {"thresholds": [
             threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::Default), None),

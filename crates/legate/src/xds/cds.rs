@@ -69,11 +69,14 @@ impl SubscriptionCallbacks for CdsApi {
             let value = resource.value();
             let result = value.as_ref().map_err(Clone::clone).and_then(|value| {
                 let config = legate_config::resources::cluster(value)?;
+                let eds_cluster_config = config.eds_cluster_config.clone();
                 match manager.add_or_update_cluster(config, value, update.version_info)? {
                     ClusterUpdate::Unchanged => Ok(()),
-                    ClusterUpdate::Warming(cluster) => self.eds.cluster_added(&cluster).inspect_err(|_| {
-                        manager.abandon_warming(&cluster);
-                    }),
+                    ClusterUpdate::Warming(cluster) => {
+                        self.eds.cluster_added(&cluster, eds_cluster_config).inspect_err(|_| {
+                            manager.abandon_warming(&cluster);
+                        })
+                    }
                 }
             });
             let mut refused = self.errors.borrow_mut();
