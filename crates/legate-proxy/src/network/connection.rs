@@ -85,11 +85,17 @@ impl Future for Run {
     type Output = ConnectionEvent;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
-        let this = self.get_mut();
+        // Everything that asks for the time during this wake-up (the filters, the connection
+        // manager's streams) gets one reading of the clock.
+        clock::clocked(|| self.get_mut().poll_run(cx))
+    }
+}
+
+impl Run {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
+        let this = self;
         if let Run::Own(connection) = this {
-            // Filters that keep time per read (tcp_proxy's idle timeout) read it once per
-            // wake-up.
-            match ready!(clock::clocked(|| connection.poll(cx))) {
+            match ready!(connection.poll(cx)) {
                 Step::Closed(event) => {
                     *this = Run::Done;
                     return Poll::Ready(event);

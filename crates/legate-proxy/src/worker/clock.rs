@@ -7,12 +7,10 @@
 //! 26 ns in a VM: 0.4 µs per request. A poll lasts microseconds, so a duration measured
 //! across polls loses at most that; within one poll, time stands still.
 //!
-//! Outside a poll through [`poll_clocked`] (other tasks, the main thread), [`now`] reads the clock.
+//! Outside a connection's poll through [`clocked`] (other tasks, the main thread), [`now`]
+//! reads the clock.
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 thread_local! {
@@ -30,11 +28,6 @@ pub fn since(earlier: Instant) -> std::time::Duration {
     now().saturating_duration_since(earlier)
 }
 
-/// Polls `future` once with the clock read once for [`now`].
-pub fn poll_clocked<F: Future + ?Sized>(future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
-    clocked(|| future.poll(cx))
-}
-
 /// Runs `f` (a connection's poll) with the clock read once for [`now`].
 pub fn clocked<T>(f: impl FnOnce() -> T) -> T {
     let outer = NOW.replace(Some(Instant::now()));
@@ -46,6 +39,8 @@ pub fn clocked<T>(f: impl FnOnce() -> T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll};
 
     #[test]
     fn time_stands_still_within_a_poll_and_moves_between_polls() {
@@ -66,7 +61,7 @@ mod tests {
         let mut future = std::pin::pin!(future);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        while poll_clocked(future.as_mut(), &mut cx).is_pending() {}
+        while clocked(|| future.as_mut().poll(&mut cx)).is_pending() {}
         assert_eq!(readings.len(), 2);
         assert_eq!(readings[0].0, readings[0].1, "one reading per poll");
         assert!(readings[1].0 > readings[0].0, "a new reading at the next poll");

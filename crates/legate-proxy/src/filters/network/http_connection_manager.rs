@@ -43,7 +43,6 @@ use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
-use crate::worker::clock::poll_clocked;
 use crate::worker::WorkerContext;
 pub use stats::HcmStats;
 
@@ -212,12 +211,9 @@ impl ReadFilter for HttpConnectionManager {
             socket,
             buffered,
         };
-        let start = Box::new(start);
-        // One allocation for the connection's future, each poll with one clock reading.
-        Box::pin(async move {
-            let mut serve = std::pin::pin!(serve(start));
-            std::future::poll_fn(|cx| poll_clocked(serve.as_mut(), cx)).await
-        })
+        // One allocation for the connection's future; the connection's task reads the clock
+        // once per wake-up for it (`network::Run`).
+        Box::pin(serve(Box::new(start)))
     }
 }
 
