@@ -267,17 +267,13 @@ impl Encoder {
         [IoSlice::new(&self.out), IoSlice::new(&self.data), IoSlice::new(self.tail)]
     }
 
-    /// Writes what is gathered: one `send` when it is all in one buffer (small bodies are
-    /// copied after the head), else one `writev`. The kernel's vectored path costs more per
-    /// call than a plain send.
+    /// Writes what is gathered in one vectored write (a raw socket sends it with a plain
+    /// `send` when only one of the pieces holds bytes: `TransportSocket`).
     pub fn poll_write_to<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         cx: &mut std::task::Context<'_>,
         io: &mut W,
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.data.is_empty() && self.tail.is_empty() {
-            return std::pin::Pin::new(io).poll_write(cx, &self.out);
-        }
         std::pin::Pin::new(io).poll_write_vectored(cx, &self.slices())
     }
 
