@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
 
     // /stats with a filter that matches one stat, as a monitoring probe asks, over registries
     // of 1 000 and 10 000 clusters' worth of names (15 each).
-    let filter = regex::Regex::new("^cluster_manager.active_clusters$").expect("regex");
+    let filter = legate_stats::Filter::new("^cluster_manager.active_clusters$").expect("regex");
     for clusters in [1_000usize, 10_000] {
         let store = legate_stats::Store::new(2);
         for i in 0..clusters {

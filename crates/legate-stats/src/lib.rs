@@ -18,6 +18,7 @@
 
 mod arena;
 mod counter;
+mod filter;
 mod gauge;
 pub mod histogram;
 mod macros;
@@ -28,6 +29,7 @@ pub mod tag_extraction;
 
 pub use arena::set_thread_shard;
 pub use counter::{Counter, CounterRef};
+pub use filter::Filter;
 pub use gauge::{Gauge, GaugeRef};
 pub use histogram::Histogram;
 pub use store::{Scope, StatArena, StatKind, Store};

@@ -20,6 +20,7 @@ use rustc_hash::FxBuildHasher;
 
 use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
 use crate::counter::{counter_value, Counter, CounterRef};
+use crate::filter::Scopes;
 use crate::gauge::{Gauge, GaugeRef};
 use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{Id, StatName, SymbolTable};
@@ -109,14 +110,18 @@ impl Registry {
         u32::try_from(self.declared_groups.len() - 1).ok()
     }
 
-    /// The declared counters (or gauges) that no handle gave a slot yet, each once.
-    pub(crate) fn declared_unwritten(&self, kind: StatKind) -> Vec<StatName> {
+    /// The declared counters (or gauges) that no handle gave a slot yet, each once, under the
+    /// prefixes `scopes` may show.
+    pub(crate) fn declared_unwritten(&self, kind: StatKind, scopes: &mut Scopes<'_>) -> Vec<StatName> {
         let map = match kind {
             StatKind::Counter => &self.counters,
             _ => &self.gauges,
         };
         let mut out = Vec::new();
         for (&prefix, &bits) in &self.declared {
+            if !scopes.may_pass_under(prefix) {
+                continue;
+            }
             let first = out.len();
             for (bit, group) in self.declared_groups.iter().enumerate() {
                 if bits & (1 << bit) == 0 {

@@ -89,6 +89,11 @@ impl Names {
         self.text.get(start..end).unwrap_or("")
     }
 
+    /// The prefix `prefix` extends (`NO_PREFIX` for a first token).
+    pub(crate) fn parent(&self, prefix: Id) -> Id {
+        self.prefixes.get(prefix as usize).map_or(NO_PREFIX, |&(parent, _)| parent)
+    }
+
     /// A writer of full names that builds each prefix's text once.
     pub(crate) fn writer(&self) -> NameWriter<'_> {
         NameWriter { names: self, prefixes: String::new(), spans: vec![None; self.prefixes.len()], chain: Vec::new() }
@@ -220,6 +225,12 @@ impl NameWriter<'_> {
             out.push('.');
         }
         out.push_str(self.names.token(name.leaf));
+    }
+
+    /// The text of `prefix`; `None` for `NO_PREFIX`.
+    pub(crate) fn prefix_text(&mut self, prefix: Id) -> Option<&str> {
+        let span = self.prefix_span(prefix)?;
+        self.prefixes.get(span)
     }
 
     /// The text of `prefix` in `self.prefixes`, built (with its ancestors) on first use;

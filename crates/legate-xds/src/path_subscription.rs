@@ -4,7 +4,6 @@
 //! legate polls the metadata twice a second instead of using inotify: no new dependency, and
 //! a change is seen within half a second.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -75,9 +74,29 @@ pub(crate) fn start(path: String, watched_directory: Option<String>, map: Rc<Wat
 }
 
 fn read(path: &Path, map: &WatchMap) -> Result<(String, Vec<DecodedResource>), String> {
-    std::fs::read_to_string(path)
+    read_text(path)
         .map_err(|e| format!("unable to read file: {}: {e}", path.display()))
         .and_then(|text| decode(Arc::new(text), map).map_err(|e| format!("{}: {e}", path.display())))
+}
+
+/// How much of the file is read between two offers of the CPU to the workers.
+const READ_PIECE: u64 = 1 << 20;
+
+/// The file's text, read a piece at a time: a 10,000-cluster EDS file is tens of MiB, and
+/// its read is one more long stretch on the main thread otherwise ([`crate::pace`]).
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
+    loop {
+        crate::pace();
+        if (&mut file).take(READ_PIECE).read_to_end(&mut bytes)? == 0 {
+            break;
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
 }
 
 /// Reads the file and delivers it to every watch.
@@ -123,17 +142,14 @@ fn decode(text: Arc<String>, map: &WatchMap) -> Result<(String, Vec<DecodedResou
 /// the file's text ([`DecodedResource::from_json_item`]), so that the whole file never exists
 /// as one tree (about twelve times its size). `None` if anything is wrong with the file.
 fn decode_json_items(text: &Arc<String>, map: &WatchMap) -> Option<(String, Vec<DecodedResource>)> {
-    // Duplicate keys: the last one wins, as in a `Value` map.
-    let fields: HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;
-    let version = match fields.get("version_info").or_else(|| fields.get("versionInfo")) {
+    let response: ResponseItems = serde_json::from_str(text).ok()?;
+    let version = match response.version_info.or(response.version_info_camel) {
         Some(raw) => version_of(Some(serde_json::from_str(raw.get()).ok()?)),
         None => version_of(None),
     };
-    let items: Vec<&RawValue> = match fields.get("resources") {
-        Some(raw) => serde_json::from_str::<Option<Vec<&RawValue>>>(raw.get()).ok()?.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let resources = items
+    let resources = response
+        .resources
+        .unwrap_or_default()
         .into_iter()
         .map(|item| {
             crate::pace();
@@ -144,6 +160,75 @@ fn decode_json_items(text: &Arc<String>, map: &WatchMap) -> Option<(String, Vec<
         })
         .collect::<Option<Vec<_>>>()?;
     Some((version, resources))
+}
+
+/// A `DiscoveryResponse`'s two fields, found in one pass over the file's text, the main
+/// thread yielding between resources ([`crate::pace`]); other fields are skipped. Where a key
+/// comes twice, the last one counts, as in a parsed tree.
+#[derive(Default)]
+struct ResponseItems<'a> {
+    version_info: Option<&'a RawValue>,
+    version_info_camel: Option<&'a RawValue>,
+    resources: Option<Vec<&'a RawValue>>,
+}
+
+impl<'de> serde::Deserialize<'de> for ResponseItems<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ResponseVisitor)
+    }
+}
+
+struct ResponseVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ResponseVisitor {
+    type Value = ResponseItems<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a DiscoveryResponse")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut fields: A) -> Result<Self::Value, A::Error> {
+        let mut response = ResponseItems::default();
+        while let Some(key) = fields.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "version_info" => response.version_info = Some(fields.next_value()?),
+                "versionInfo" => response.version_info_camel = Some(fields.next_value()?),
+                "resources" => response.resources = fields.next_value::<Option<PacedItems>>()?.map(|items| items.0),
+                _ => {
+                    fields.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(response)
+    }
+}
+
+/// The `resources` list, each item left as its text.
+struct PacedItems<'a>(Vec<&'a RawValue>);
+
+impl<'de> serde::Deserialize<'de> for PacedItems<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(ItemsVisitor)
+    }
+}
+
+struct ItemsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ItemsVisitor {
+    type Value = PacedItems<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of resources")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(items.size_hint().unwrap_or(0));
+        while let Some(item) = items.next_element::<&'de RawValue>()? {
+            crate::pace();
+            out.push(item);
+        }
+        Ok(PacedItems(out))
+    }
 }
 
 /// The whole file as one tree: YAML files, and the reason a JSON file is refused.
