@@ -328,10 +328,10 @@ impl WatchMap {
     ) -> Result<(), String> {
         let mut first_error = None;
         for watch in self.watches() {
+            crate::pace();
             if watch.offered.replace(true) && only_new {
                 continue;
             }
-            crate::pace();
             let (resources, removed) = select(&watch);
             // A named watch whose resources are not in this response has nothing to hear
             // (SotW responses for RDS/EDS need not carry every subscribed name).
@@ -393,6 +393,7 @@ fn index_by_name(
 ) -> Result<BTreeMap<&str, &DecodedResource>, String> {
     let mut by_name = BTreeMap::new();
     for resource in resources {
+        crate::pace();
         if by_name.insert(resource.name.as_str(), resource).is_some() {
             return Err(format!("duplicate {} resource name '{}'", resource_type.short_name(), resource.name));
         }
