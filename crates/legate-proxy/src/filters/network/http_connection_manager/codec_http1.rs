@@ -137,9 +137,11 @@ async fn active(
             }
             false => None,
         };
-        let stream =
-            active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade);
-        let stream = reuse(&mut slot, stream);
+        let Some(stream) = reuse(&mut slot, || {
+            active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade)
+        }) else {
+            return false;
+        };
         let Some(response) = run_stream(context, conn, stream, drain, timeline, guard, timer).await else {
             return false;
         };
@@ -182,15 +184,18 @@ async fn active(
     }
 }
 
-/// Puts `future` in `slot`, in the allocation of the one before when there is one.
-fn reuse<F: Future>(slot: &mut Option<Pin<Box<F>>>, future: F) -> Pin<&mut F> {
+/// Starts the future `make` returns in `slot`, in the allocation of the one before when there
+/// is one. The old future is dropped first, so that the new one can be built where it will
+/// run instead of on the stack and then copied there (a request's future is ~5 KB).
+fn reuse<F: Future>(slot: &mut Option<Pin<Box<Option<F>>>>, make: impl FnOnce() -> F) -> Option<Pin<&mut F>> {
     match slot {
         Some(boxed) => {
-            boxed.set(future);
-            boxed.as_mut()
+            boxed.set(None);
+            boxed.set(Some(make()));
         }
-        None => slot.insert(Box::pin(future)).as_mut(),
+        None => *slot = Some(Box::pin(Some(make()))),
     }
+    slot.as_mut().and_then(|boxed| boxed.as_mut().as_pin_mut())
 }
 
 /// FIN (and TLS close_notify), bounded in case the peer does not read. (Callers box this
