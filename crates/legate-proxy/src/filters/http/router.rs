@@ -507,7 +507,10 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         let pool = worker.pools().get(&cluster, &host, protocol, auto_sni.as_deref());
         let mut fresh = false;
         let result = loop {
-            let conn = match with_timers(pool.acquire(priority, fresh), &timers, &rq.body, None, context).await {
+            // Each future is pinned where it is built: moved into `.await` or into
+            // `with_timers`, it would be copied whole.
+            let acquire = std::pin::pin!(pool.acquire(priority, fresh));
+            let conn = match std::pin::pin!(with_timers(acquire, &timers, &rq.body, None, context)).await {
                 Waited::Timeout(which) => break Err(which),
                 Waited::Done(Err(failure)) => break Ok(Err(AttemptFailure::Pool(failure))),
                 Waited::Done(Ok(conn)) => conn,
@@ -555,7 +558,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 },
                 None => break Ok(Err(protocol_error())),
             };
-            match with_timers(send, &timers, &rq.body, Some(try_start), context).await {
+            match std::pin::pin!(with_timers(send, &timers, &rq.body, Some(try_start), context)).await {
                 Waited::Timeout(Timeout::PerTry) => break Ok(Err(AttemptFailure::PerTryTimeout)),
                 Waited::Timeout(Timeout::PerTryIdle) => break Ok(Err(AttemptFailure::PerTryIdleTimeout)),
                 Waited::Timeout(which) => break Err(which),

@@ -73,7 +73,8 @@ pub async fn serve_stream(
 
     let response = match prepare(&context, &mut head, &mut completion) {
         Err(reply) => local_reply(&context, &head, *reply, &mut completion, None, None, &mut []),
-        Ok(()) => decode(&context, head, body, upgrade, &mut completion).await,
+        // Pinned where it is built, as the router's future in it.
+        Ok(()) => std::pin::pin!(decode(&context, head, body, upgrade, &mut completion)).await,
     };
     let (parts, body) = response;
     Response::from_parts(parts, finish_body(body, completion))
@@ -455,20 +456,23 @@ async fn decode(
     }
     let header_parsers = header_parsers(&route_config, vhost, &route, true);
     let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
-    let outcome = router::route(RouterRequest {
-        context,
-        info: &mut completion.info,
-        action,
-        // Still the head's when no filter ran.
-        authority: filters.is_empty().then_some(authority),
-        head,
-        body: body.clone(),
-        matched_prefix: matched_prefix(&route),
-        header_parsers,
-        include_attempt_count,
-        upgrade,
-    })
-    .await;
+    // Pinned where it is built: a future moved into `.await` is copied whole (~4 KB).
+    let outcome = {
+        let routed = std::pin::pin!(router::route(RouterRequest {
+            context,
+            info: &mut completion.info,
+            action,
+            // Still the head's when no filter ran.
+            authority: filters.is_empty().then_some(authority),
+            head,
+            body: body.clone(),
+            matched_prefix: matched_prefix(&route),
+            header_parsers,
+            include_attempt_count,
+            upgrade,
+        }));
+        routed.await
+    };
     completion.info.bytes_received = body.borrow().bytes_received;
     let head_for_reply = http::Request::new(()).into_parts().0;
     match outcome {
