@@ -61,6 +61,15 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("render_text_filtered", clusters * 15), &clusters, |b, _| {
             b.iter(|| store.render_text(Some(&filter), false))
         });
+        // A stats flush: two histograms per cluster, each with a sample.
+        for i in 0..clusters {
+            let scope = store.scope(&format!("cluster.svc{i}"));
+            scope.histogram("upstream_cx_connect_ms").record(3);
+            scope.histogram("upstream_cx_length_ms").record(40);
+        }
+        group.bench_with_input(BenchmarkId::new("latch_histograms", clusters * 2), &clusters, |b, _| {
+            b.iter(|| store.latch_histograms())
+        });
     }
     group.finish();
 }

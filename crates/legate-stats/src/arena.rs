@@ -202,6 +202,30 @@ impl Arena {
             .fold(0u64, |acc, slot| acc.wrapping_add(slot.load(Ordering::Relaxed)))
     }
 
+    /// Adds to `out`, slot by slot, the sums over all shards of the `out.len()` slots from
+    /// `start`: a histogram's, read with one chunk lookup per shard instead of one per slot
+    /// (a stats flush reads every histogram, tens of thousands with 10,000 clusters).
+    pub(crate) fn sum_into(&self, start: u32, out: &mut [u64]) {
+        let offset = start as usize % CHUNK_SLOTS;
+        for shard in self.shards.iter() {
+            match shard.chunk(start).and_then(|chunk| chunk.0.get(offset..offset + out.len())) {
+                Some(slots) => {
+                    for (sum, slot) in out.iter_mut().zip(slots) {
+                        *sum = sum.wrapping_add(slot.load(Ordering::Relaxed));
+                    }
+                }
+                // Slots are reserved so as never to cross a chunk; read one by one if they did.
+                None => {
+                    for (index, sum) in (start..).zip(out.iter_mut()) {
+                        if let Some(slot) = shard.slot(index) {
+                            *sum = sum.wrapping_add(slot.load(Ordering::Relaxed));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether any shard holds a nonzero value in slot `index`.
     pub(crate) fn any_nonzero(&self, index: u32) -> bool {
         self.shards.iter().filter_map(|shard| shard.slot(index)).any(|slot| slot.load(Ordering::Relaxed) != 0)

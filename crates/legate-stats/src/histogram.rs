@@ -84,13 +84,14 @@ pub struct HistogramSnapshot {
 impl HistogramSnapshot {
     /// Reads the live totals of the histogram at `index`, summed over all shards.
     pub(crate) fn read(arena: &Arena, index: u32) -> HistogramSnapshot {
+        // The buckets, then the sum, in consecutive slots.
+        let mut slots = [0u64; BUCKETS + 1];
+        arena.sum_into(index, &mut slots);
         let mut snapshot = HistogramSnapshot::default();
-        let mut slot = index;
-        for bucket in snapshot.buckets.iter_mut() {
-            *bucket = arena.sum(slot);
-            slot += 1;
+        if let Some((sum, buckets)) = slots.split_last() {
+            snapshot.buckets.copy_from_slice(buckets);
+            snapshot.sum = *sum;
         }
-        snapshot.sum = arena.sum(slot);
         snapshot
     }
 
