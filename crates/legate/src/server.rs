@@ -371,12 +371,13 @@ impl Server {
     }
 }
 
-/// Envoy's stats flush: every `stats_flush_interval` histograms are latched and the
-/// process gauges refreshed.
+/// Envoy's stats flush: every `stats_flush_interval` histograms are latched. The process
+/// gauges (`server.*`), which Envoy refreshes here too, are refreshed by the admin renders
+/// that may show them, their only readers (no stats sinks): reading the allocator's totals
+/// walks its free lists, ~4 ms of the main thread every flush with 10,000 clusters.
 async fn flush_stats(server: Rc<Server>) {
     let interval = server.loaded.bootstrap.stats_flush_interval();
     loop {
-        server.refresh_gauges();
         server.store.latch_histograms();
         tokio::time::sleep(interval).await;
     }
