@@ -79,7 +79,8 @@ pub(crate) struct Scopes<'a> {
     /// `None` when no scope can be ruled out: every name is searched.
     filter: Option<&'a Filter>,
     names: &'a Names,
-    writer: NameWriter<'a>,
+    /// Only with a filter: it holds a slot per prefix.
+    writer: Option<NameWriter<'a>>,
     verdicts: Vec<Option<Verdict>>,
 }
 
@@ -96,7 +97,7 @@ enum Verdict {
 impl<'a> Scopes<'a> {
     pub(crate) fn new(names: &'a Names, filter: Option<&'a Filter>) -> Scopes<'a> {
         let filter = filter.filter(|f| f.starts.is_some());
-        Scopes { filter, names, writer: names.writer(), verdicts: Vec::new() }
+        Scopes { filter, names, writer: filter.map(|_| names.writer()), verdicts: Vec::new() }
     }
 
     /// Whether `name` may pass: `false` only when its scope is ruled out.
@@ -120,7 +121,10 @@ impl<'a> Scopes<'a> {
         let parent = self.names.parent(prefix);
         let inherited = if parent == NO_PREFIX { Verdict::Open } else { self.verdict(filter, parent) };
         let verdict = match inherited {
-            Verdict::Open => self.writer.prefix_text(prefix).map_or(Verdict::Inside, |text| filter.judge(text)),
+            Verdict::Open => match self.writer.as_mut().and_then(|writer| writer.prefix_text(prefix)) {
+                Some(text) => filter.judge(text),
+                None => Verdict::Inside,
+            },
             known => known,
         };
         if self.verdicts.len() <= index {
