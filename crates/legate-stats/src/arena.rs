@@ -207,21 +207,17 @@ impl Arena {
     /// (a stats flush reads every histogram, tens of thousands with 10,000 clusters).
     pub(crate) fn sum_into(&self, start: u32, out: &mut [u64]) {
         let offset = start as usize % CHUNK_SLOTS;
+        let Some(end) = offset.checked_add(out.len()).filter(|&end| end <= CHUNK_SLOTS) else {
+            // Slots are reserved so as never to cross a chunk; read one by one if they did.
+            for (index, sum) in (start..).zip(out.iter_mut()) {
+                *sum = sum.wrapping_add(self.sum(index));
+            }
+            return;
+        };
         for shard in self.shards.iter() {
-            match shard.chunk(start).and_then(|chunk| chunk.0.get(offset..offset + out.len())) {
-                Some(slots) => {
-                    for (sum, slot) in out.iter_mut().zip(slots) {
-                        *sum = sum.wrapping_add(slot.load(Ordering::Relaxed));
-                    }
-                }
-                // Slots are reserved so as never to cross a chunk; read one by one if they did.
-                None => {
-                    for (index, sum) in (start..).zip(out.iter_mut()) {
-                        if let Some(slot) = shard.slot(index) {
-                            *sum = sum.wrapping_add(slot.load(Ordering::Relaxed));
-                        }
-                    }
-                }
+            let Some(slots) = shard.chunk(start).and_then(|chunk| chunk.0.get(offset..end)) else { continue };
+            for (sum, slot) in out.iter_mut().zip(slots) {
+                *sum = sum.wrapping_add(slot.load(Ordering::Relaxed));
             }
         }
     }
