@@ -80,9 +80,9 @@ dynamic_resources:
                 return int(value)
         return None
 
-    def rss_kib():
+    def rss_kib(field="VmRSS"):
         with open(f"/proc/{proxy.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
     try:
         for _ in range(600):
@@ -93,6 +93,7 @@ dynamic_resources:
                 time.sleep(0.1)
         time.sleep(1)
         heap_before, rss_before = int(json.loads(get("/memory"))["allocated"]), rss_kib()
+        anon_before, file_before = rss_kib("RssAnon"), rss_kib("RssFile")
         clusters, assignments = [], []
         for i in range(args.clusters):
             name = f"svc{i}"
@@ -116,10 +117,15 @@ dynamic_resources:
         # The memory given back 200 ms after the burst (`malloc_trim`), and then some.
         time.sleep(3)
         heap_after, rss_after = int(json.loads(get("/memory"))["allocated"]), rss_kib()
+        anon_after, file_after = rss_kib("RssAnon"), rss_kib("RssFile")
         print(json.dumps({
             "clusters": args.clusters, "concurrency": args.concurrency, "applied_s": round(applied, 2),
             "rss_kib_per_cluster": round((rss_after - rss_before) / args.clusters, 3),
             "heap_kib_per_cluster": round((heap_after - heap_before) / 1024 / args.clusters, 3),
+            # RSS split: anonymous memory (heap, stacks) and file pages (the binary's code and
+            # data touched for the first time by the push, a fixed cost).
+            "anon_kib_per_cluster": round((anon_after - anon_before) / args.clusters, 3),
+            "file_kib_per_cluster": round((file_after - file_before) / args.clusters, 3),
             "rss_kib_before": rss_before, "rss_kib_after": rss_after,
         }))
         if args.dump:

@@ -34,7 +34,20 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct LoadedBootstrap {
     pub bootstrap: Bootstrap,
-    pub raw: Value,
+    /// The merged tree as compact JSON text, read again by [`Self::raw`]: the tree itself, kept
+    /// for the life of the server, cost ~15 times its text (44 MB for 10,000 clusters with a
+    /// route each, against ~3 MB).
+    raw_text: Box<str>,
+    /// The tree's `node`, which `/server_info` shows without reading the whole text again.
+    pub raw_node: Value,
+}
+
+impl LoadedBootstrap {
+    /// The merged JSON tree the bootstrap was parsed from (the text is this tree's own
+    /// serialization, so it always reads back).
+    pub fn raw(&self) -> Value {
+        serde_json::from_str(&self.raw_text).unwrap_or_default()
+    }
 }
 
 /// Loads `config_path` (YAML, or JSON when it ends in `.json`) and merges `config_yaml` over it.
@@ -89,7 +102,8 @@ pub fn parse_bootstrap(mut tree: Value) -> Result<LoadedBootstrap, ConfigError> 
     if !errors.is_empty() {
         return Err(ConfigError::Invalid(errors));
     }
-    Ok(LoadedBootstrap { bootstrap, raw: tree })
+    let raw_node = tree.get("node").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    Ok(LoadedBootstrap { bootstrap, raw_text: tree.to_string().into_boxed_str(), raw_node })
 }
 
 pub fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError> {
@@ -137,6 +151,20 @@ static_resources:
         let b = load(MINIMAL).unwrap().bootstrap;
         assert_eq!(b.static_resources.clusters[0].connect_timeout(), std::time::Duration::from_millis(250));
         assert_eq!(b.static_resources.listeners[0].per_connection_buffer_limit_bytes(), 1024 * 1024);
+    }
+
+    #[test]
+    fn the_raw_tree_reads_back_as_loaded() {
+        let yaml = format!("{MINIMAL}node: {{id: n1, metadata: {{ratio: 0.5, big: 18446744073709551615}}}}\n");
+        let loaded = load(&yaml).unwrap();
+        let raw = loaded.raw();
+        assert_eq!(raw["static_resources"]["clusters"][0]["name"], "backend");
+        assert_eq!(raw["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"], 10000);
+        assert_eq!(raw["node"], loaded.raw_node);
+        assert_eq!(loaded.raw_node["metadata"]["ratio"], 0.5);
+        assert_eq!(loaded.raw_node["metadata"]["big"], u64::MAX);
+        let without_node = load(MINIMAL).unwrap();
+        assert_eq!(without_node.raw_node, serde_json::json!({}), "no node: an empty object");
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub struct VirtualHost {
     /// may appear in one virtual host only.
     #[serde(default)]
     pub domains: Vec<String>,
-    #[serde(default)]
+    /// Shrunk to its length once read: a route is ~900 bytes, and the spare capacity a vector
+    /// keeps as it grows cost ~600 bytes more per route (10,000 routes: 6 MB).
+    #[serde(default, deserialize_with = "shrunk_vec")]
     pub routes: Vec<Route>,
     pub matcher: Option<Unsupported>,
     #[serde(default)]
@@ -1253,6 +1255,13 @@ fn mirror_policies(
             }
         }
     }
+}
+
+/// A sequence read into a vector with no spare capacity.
+fn shrunk_vec<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    let mut items = Vec::<T>::deserialize(deserializer)?;
+    items.shrink_to_fit();
+    Ok(items)
 }
 
 #[cfg(test)]

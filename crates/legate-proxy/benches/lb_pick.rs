@@ -2,13 +2,11 @@
 //! flat (or logarithmic for the hashing ones) from 10 to 1 000 hosts: a pick is on every
 //! request's path. Run: `cargo bench -p legate-proxy --bench lb_pick`.
 
-use std::sync::Arc;
-
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use legate_config::endpoint::HealthStatus;
 use legate_proxy::upstream::host::HostLocality;
 use legate_proxy::upstream::load_balancer::LoadBalancer;
-use legate_proxy::upstream::{Cluster, Host, PrioritySet};
+use legate_proxy::upstream::{Cluster, Host, HostSharedPtr, PrioritySet};
 
 fn cluster(policy: &str) -> Cluster {
     let store = legate_stats::Store::new(1);
@@ -21,7 +19,13 @@ fn hosts(n: u16) -> PrioritySet {
     let hosts = (0..n)
         .map(|i| {
             let address = ([127, 0, (i >> 8) as u8, i as u8], 8080).into();
-            Arc::new(Host::new(address, String::new(), 1, HostLocality::new(None, 0, None), HealthStatus::Healthy))
+            HostSharedPtr::new(Host::new(
+                address,
+                String::new(),
+                1,
+                HostLocality::new(None, 0, None),
+                HealthStatus::Healthy,
+            ))
         })
         .collect();
     PrioritySet::new(hosts, 1)

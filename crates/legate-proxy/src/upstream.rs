@@ -21,4 +21,4 @@ pub mod upstream_cx;
 
 pub use cluster::{Cluster, PrioritySet};
 pub use cluster_manager::{ClusterManager, ThreadLocalClusterManager};
-pub use host::Host;
+pub use host::{Host, HostSharedPtr};

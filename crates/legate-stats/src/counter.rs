@@ -74,6 +74,12 @@ impl<'a> CounterRef<'a> {
     pub fn value(self) -> u64 {
         counter_value(self.arena, self.index)
     }
+
+    /// Its slot, for its compact `stats!` struct to make an owned handle of.
+    #[doc(hidden)]
+    pub fn slot(self) -> u32 {
+        self.index
+    }
 }
 
 impl fmt::Debug for Counter {

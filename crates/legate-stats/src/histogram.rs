@@ -53,6 +53,32 @@ impl Histogram {
     /// Records one sample. Hot path: two adds into the current thread's shard.
     #[inline]
     pub fn record(&self, value: u64) {
+        HistogramRef { arena: &self.arena, index: self.index }.record(value);
+    }
+
+    /// Its first slot, for a compact `stats!` struct to keep instead of the handle.
+    #[doc(hidden)]
+    pub fn slot(&self) -> u32 {
+        self.index
+    }
+}
+
+/// A histogram borrowed from a compact `stats!` struct (see [`crate::stats!`]): the same
+/// operation as [`Histogram`], without a pointer of its own to the arena.
+#[derive(Clone, Copy)]
+pub struct HistogramRef<'a> {
+    arena: &'a Arena,
+    index: u32,
+}
+
+impl<'a> HistogramRef<'a> {
+    pub(crate) fn new(arena: &'a Arena, index: u32) -> Self {
+        HistogramRef { arena, index }
+    }
+
+    /// Records one sample (as [`Histogram::record`]).
+    #[inline]
+    pub fn record(self, value: u64) {
         let bucket = INT_BOUNDS.partition_point(|&bound| bound < value);
         if let Some((chunk, exclusive)) = self.arena.local_chunk(self.index) {
             let base = self.index as usize % crate::arena::CHUNK_SLOTS;

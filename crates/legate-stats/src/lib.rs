@@ -31,5 +31,5 @@ pub use arena::set_thread_shard;
 pub use counter::{Counter, CounterRef};
 pub use filter::Filter;
 pub use gauge::{Gauge, GaugeRef};
-pub use histogram::Histogram;
+pub use histogram::{Histogram, HistogramRef};
 pub use store::{Scope, StatArena, StatKind, Store};

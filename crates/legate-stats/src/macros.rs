@@ -5,10 +5,9 @@
 /// stat as the scope prefix + `.` + the field name. Fields are `pub`; the struct derives
 /// `Clone` and `Debug` itself (do not add those derives), other attributes are passed through.
 ///
-/// `compact struct` (counters and gauges only) keeps one pointer to the stats' memory and a
-/// 4-byte slot per stat, where a handle is 16 bytes: for structs that many objects carry (a
-/// cluster's among 10,000). Each stat is then a method returning a borrowed handle
-/// (`stats.membership_total().set(10)`).
+/// `compact struct` keeps one pointer to the stats' memory and a 4-byte slot per stat, where a
+/// handle is 16 bytes: for structs that many objects carry (a cluster's among 10,000). Each
+/// stat is then a method returning a borrowed handle (`stats.membership_total().set(10)`).
 ///
 /// ```
 /// legate_stats::stats! {
@@ -34,6 +33,7 @@ macro_rules! stats {
     (@kind histogram) => { $crate::StatKind::Histogram };
     (@ref counter) => { $crate::CounterRef<'_> };
     (@ref gauge) => { $crate::GaugeRef<'_> };
+    (@ref histogram) => { $crate::HistogramRef<'_> };
     (
         $(#[$meta:meta])*
         $vis:vis compact struct $name:ident {
@@ -60,6 +60,13 @@ macro_rules! stats {
                     self.arena.$kind(self.$field)
                 }
             )*
+
+            /// An owned handle to one of its counters (`stats.counter_handle(stats.x())`),
+            /// for a holder that outlives the borrow.
+            #[allow(dead_code)]
+            pub fn counter_handle(&self, counter: $crate::CounterRef<'_>) -> $crate::Counter {
+                self.arena.counter_handle(counter.slot())
+            }
 
             /// Lists every stat of this struct under `scope` without handles (as the
             /// `declare` of a struct that is not compact).
@@ -135,6 +142,7 @@ mod tests {
         pub compact struct CompactStats {
             counter downstream_cx_total,
             gauge downstream_cx_active,
+            histogram downstream_cx_length_ms,
         }
     }
 
@@ -144,10 +152,18 @@ mod tests {
         let stats = CompactStats::new(&store.scope("tcp.ingress_tcp"));
         stats.downstream_cx_total().inc();
         stats.downstream_cx_active().set(3);
+        stats.downstream_cx_length_ms().record(12);
         assert_eq!(store.counter_value("tcp.ingress_tcp.downstream_cx_total"), Some(1));
         assert_eq!(store.gauge_value("tcp.ingress_tcp.downstream_cx_active"), Some(3));
         let handles = TestStats::new(&store.scope("tcp.ingress_tcp"));
         assert_eq!((handles.downstream_cx_total.value(), handles.downstream_cx_active.value()), (1, 3));
-        assert!(std::mem::size_of::<CompactStats>() <= 16, "one pointer and 4 bytes a stat");
+        handles.downstream_cx_length_ms.record(30);
+        store.latch_histograms();
+        let text = store.render_text(None, true);
+        assert!(text.contains("tcp.ingress_tcp.downstream_cx_length_ms: P0(10,10) "), "both samples, one stat: {text}");
+        let owned = stats.counter_handle(stats.downstream_cx_total());
+        owned.inc();
+        assert_eq!(stats.downstream_cx_total().value(), 2, "the owned handle counts into the same stat");
+        assert!(std::mem::size_of::<CompactStats>() <= 24, "one pointer and 4 bytes a stat");
     }
 }

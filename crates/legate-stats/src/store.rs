@@ -22,7 +22,7 @@ use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
 use crate::counter::{counter_value, Counter, CounterRef};
 use crate::filter::Scopes;
 use crate::gauge::{Gauge, GaugeRef};
-use crate::histogram::{Histogram, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
+use crate::histogram::{Histogram, HistogramRef, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{Id, StatName, SymbolTable};
 
 /// All stats of one server, shared as `Arc<Store>` by the main thread and the workers.
@@ -440,6 +440,16 @@ impl StatArena {
     #[inline]
     pub fn gauge(&self, slot: u32) -> GaugeRef<'_> {
         GaugeRef::new(&self.0, slot)
+    }
+
+    #[inline]
+    pub fn histogram(&self, slot: u32) -> HistogramRef<'_> {
+        HistogramRef::new(&self.0, slot)
+    }
+
+    /// An owned handle to the counter at `slot`, for a holder that outlives the borrow.
+    pub fn counter_handle(&self, slot: u32) -> Counter {
+        Counter { arena: self.0.clone(), index: slot }
     }
 }
 

@@ -37,6 +37,9 @@ use crate::network::TransportSocket;
 
 /// How much one read asks for while requests flow.
 const READ_ROOM: usize = 16 * 1024;
+/// Room for a read of a request body while requests flow: a body arriving faster than it
+/// leaves is read in 64 KiB slices, a quarter of the system calls of 16 KiB ones.
+const BODY_READ_ROOM: usize = crate::network::transport_socket::MAX_BUSY_READ;
 /// hyper's limit on a request target, kept: longer ones are answered 414.
 const MAX_URI: usize = u16::MAX as usize - 1;
 /// Header slots parsed on the stack; more (a larger `max_headers_count`) are on the heap.
@@ -417,7 +420,7 @@ impl ServerConn {
             if state.eof {
                 return Poll::Ready(Err(ReadError::Closed));
             }
-            match ready!(state.poll_read(cx)) {
+            match ready!(state.poll_read(cx, READ_ROOM)) {
                 Ok(0) => state.eof = true,
                 Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
@@ -429,7 +432,7 @@ impl ServerConn {
     /// `Ok(0)` when the client closed.
     pub fn poll_fill(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let mut state = self.state.borrow_mut();
-        let n = ready!(state.poll_read(cx))?;
+        let n = ready!(state.poll_read(cx, READ_ROOM))?;
         if n == 0 {
             state.eof = true;
         }
@@ -462,7 +465,7 @@ impl ServerConn {
         if state.eof {
             return Poll::Ready(());
         }
-        match ready!(state.poll_read(cx)) {
+        match ready!(state.poll_read(cx, READ_ROOM)) {
             Ok(0) | Err(_) => {
                 state.eof = true;
                 Poll::Ready(())
@@ -513,9 +516,10 @@ impl ServerConn {
 }
 
 impl State {
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads at most `room` bytes (a head's reads [`READ_ROOM`], a body's [`BODY_READ_ROOM`]).
+    fn poll_read(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<io::Result<usize>> {
         let Some(io) = self.io.as_mut() else { return Poll::Ready(Ok(0)) };
-        let n = ready!(io.poll_read_append(cx, &mut self.read_buf, READ_ROOM, self.busy))?;
+        let n = ready!(io.poll_read_append(cx, &mut self.read_buf, room, self.busy))?;
         self.rx.add(n as u64);
         Poll::Ready(Ok(n))
     }
@@ -608,7 +612,7 @@ impl http_body::Body for RequestBody {
             if state.eof {
                 return Poll::Ready(Some(Err("the client closed before the request body ended".into())));
             }
-            match ready!(state.poll_read(cx)) {
+            match ready!(state.poll_read(cx, BODY_READ_ROOM)) {
                 Ok(0) => state.eof = true,
                 Ok(_) => {}
                 Err(e) => {

@@ -18,8 +18,11 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The most [`TransportSocket::poll_read_append`] reads at once: Envoy's 16 KiB read slices.
+/// The most [`TransportSocket::poll_read_append`] reads at once through the stack: Envoy's
+/// 16 KiB read slices.
 pub const MAX_READ: usize = 16 * 1024;
+/// The most it reads at once in place, into a busy flow's buffer.
+pub const MAX_BUSY_READ: usize = 64 * 1024;
 
 /// A connected socket with its transport (raw or TLS).
 pub enum TransportSocket {
@@ -146,12 +149,12 @@ impl TransportSocket {
             // such polls per proxied request).
             ready!(tcp.poll_read_ready(cx))?;
         }
-        let room = room.min(MAX_READ);
+        let in_place = room.min(MAX_BUSY_READ);
         if busy {
-            buf.reserve(room);
+            buf.reserve(in_place);
         }
-        if buf.capacity() - buf.len() >= room {
-            let mut limited = bytes::BufMut::limit(&mut *buf, room);
+        if buf.capacity() - buf.len() >= in_place {
+            let mut limited = bytes::BufMut::limit(&mut *buf, in_place);
             // A fresh `read_buf` future per poll is the same as polling one (it keeps no state).
             let read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(self, &mut limited));
             return match ready!(read.poll(cx)) {
@@ -159,6 +162,7 @@ impl TransportSocket {
                 result => Poll::Ready(result),
             };
         }
+        let room = room.min(MAX_READ);
         let mut scratch = [MaybeUninit::<u8>::uninit(); MAX_READ];
         let mut read = ReadBuf::uninit(&mut scratch[..room]);
         let n = ready!(self.poll_read_slice(cx, &mut read))?;

@@ -10,7 +10,7 @@ use legate_stats::Scope;
 
 use super::circuit_breakers::CircuitBreakers;
 use super::cluster_info::ClusterInfo;
-use super::host::{Host, HostLocality};
+use super::host::{Host, HostLocality, HostSharedPtr};
 use super::stats::{ClusterEndpointStats, ClusterStats};
 
 pub struct Cluster {
@@ -86,7 +86,7 @@ impl std::ops::Deref for HostSets {
 /// The hosts of one priority.
 #[derive(Default)]
 pub struct HostSet {
-    pub hosts: Vec<Arc<Host>>,
+    pub hosts: Vec<HostSharedPtr>,
     /// The healthy and degraded hosts, when some host is not healthy. `None` when every host
     /// is healthy (the usual case): `hosts` is then the healthy list too, and no host is
     /// degraded, so 10,000 clusters keep neither a copy of their hosts nor two empty lists
@@ -98,13 +98,13 @@ pub struct HostSet {
 #[derive(Default)]
 struct PartialHealth {
     /// In the order of `hosts`.
-    healthy_hosts: Vec<Arc<Host>>,
-    degraded_hosts: Vec<Arc<Host>>,
+    healthy_hosts: Vec<HostSharedPtr>,
+    degraded_hosts: Vec<HostSharedPtr>,
 }
 
 impl HostSet {
     /// The healthy hosts, in the order of `hosts`.
-    pub fn healthy_hosts(&self) -> &[Arc<Host>] {
+    pub fn healthy_hosts(&self) -> &[HostSharedPtr] {
         match &self.partial {
             Some(partial) => &partial.healthy_hosts,
             None => &self.hosts,
@@ -112,13 +112,13 @@ impl HostSet {
     }
 
     /// The degraded hosts (`DEGRADED_EDS_HEALTH` and no other reason), in the order of `hosts`.
-    pub fn degraded_hosts(&self) -> &[Arc<Host>] {
+    pub fn degraded_hosts(&self) -> &[HostSharedPtr] {
         self.partial.as_ref().map_or(&[], |partial| &partial.degraded_hosts)
     }
 }
 
 impl PrioritySet {
-    pub fn new(hosts: Vec<Arc<Host>>, version: u64) -> Self {
+    pub fn new(hosts: Vec<HostSharedPtr>, version: u64) -> Self {
         let levels = hosts.iter().map(|h| h.priority() as usize + 1).max().unwrap_or(0);
         let mut sets: Vec<(HostSet, PartialHealth)> = (0..levels).map(|_| Default::default()).collect();
         for host in hosts {
@@ -155,7 +155,7 @@ impl PrioritySet {
         PrioritySet { host_sets, version }
     }
 
-    pub fn all_hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+    pub fn all_hosts(&self) -> impl Iterator<Item = &HostSharedPtr> {
         self.host_sets.iter().flat_map(|s| s.hosts.iter())
     }
 }
@@ -172,7 +172,7 @@ impl Cluster {
             .as_ref()
             .map(|a| a.overprovisioning_factor())
             .unwrap_or(legate_config::endpoint::ClusterLoadAssignment::DEFAULT_OVERPROVISIONING_FACTOR);
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             name: Arc::from(config.name.as_str()),
             traffic_stats,
             endpoint_stats: ClusterEndpointStats::with_unchanged(scope),
@@ -214,12 +214,13 @@ impl Cluster {
         };
         if cluster.info.discovery_type == DiscoveryType::Static {
             cluster.update_hosts(cluster.static_hosts());
+            cluster.info.forget_static_endpoints();
         }
         cluster
     }
 
     /// The hosts of a STATIC cluster, straight from its load assignment.
-    fn static_hosts(&self) -> Vec<Arc<Host>> {
+    fn static_hosts(&self) -> Vec<HostSharedPtr> {
         match &self.info.other_config().load_assignment {
             Some(assignment) => self.hosts_of(assignment, &[]),
             None => Vec::new(),
@@ -231,8 +232,8 @@ impl Cluster {
     fn hosts_of(
         &self,
         assignment: &legate_config::endpoint::ClusterLoadAssignment,
-        current: &[Arc<Host>],
-    ) -> Vec<Arc<Host>> {
+        current: &[HostSharedPtr],
+    ) -> Vec<HostSharedPtr> {
         let mut hosts = Vec::new();
         let slow_start = self.slow_start();
         for locality in &assignment.endpoints {
@@ -255,7 +256,7 @@ impl Cluster {
                     continue;
                 }
                 self.on_host_added(&host);
-                hosts.push(Arc::new(host.with_slow_start(slow_start)));
+                hosts.push(HostSharedPtr::new(host.with_slow_start(slow_start)));
             }
         }
         hosts
@@ -266,9 +267,10 @@ impl Cluster {
     pub fn apply_load_assignment(&self, assignment: &legate_config::endpoint::ClusterLoadAssignment) {
         let _serial = self.refresh_lock.lock();
         self.overprovisioning_factor.store(assignment.overprovisioning_factor(), Ordering::Relaxed);
-        let current: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
+        let current: Vec<HostSharedPtr> = self.priority_set().all_hosts().cloned().collect();
         let hosts = self.hosts_of(assignment, &current);
-        let changed = hosts.len() != current.len() || hosts.iter().zip(&current).any(|(a, b)| !Arc::ptr_eq(a, b));
+        let changed =
+            hosts.len() != current.len() || hosts.iter().zip(&current).any(|(a, b)| !HostSharedPtr::ptr_eq(a, b));
         if changed {
             self.publish(hosts, true);
         }
@@ -280,7 +282,7 @@ impl Cluster {
         let _serial = self.refresh_lock.lock();
         self.overprovisioning_factor.store(previous.overprovisioning_factor(), Ordering::Relaxed);
         let slow_start = self.slow_start();
-        let hosts: Vec<Arc<Host>> = previous
+        let hosts: Vec<HostSharedPtr> = previous
             .priority_set()
             .all_hosts()
             .map(|old| {
@@ -294,7 +296,7 @@ impl Cluster {
                 .with_health_check_of(old)
                 .with_slow_start(slow_start);
                 self.on_host_added(&host);
-                Arc::new(host)
+                HostSharedPtr::new(host)
             })
             .collect();
         self.publish(hosts, true);
@@ -368,7 +370,7 @@ impl Cluster {
     }
 
     /// Publishes a new host list (main thread) and updates membership stats.
-    pub fn update_hosts(&self, hosts: Vec<Arc<Host>>) {
+    pub fn update_hosts(&self, hosts: Vec<HostSharedPtr>) {
         self.publish(hosts, true);
     }
 
@@ -378,11 +380,11 @@ impl Cluster {
     /// snapshot built from older flags from replacing a newer one.
     pub fn refresh_health(&self) {
         let _serial = self.refresh_lock.lock();
-        let hosts: Vec<Arc<Host>> = self.priority_set().all_hosts().cloned().collect();
+        let hosts: Vec<HostSharedPtr> = self.priority_set().all_hosts().cloned().collect();
         self.publish(hosts, false);
     }
 
-    fn publish(&self, hosts: Vec<Arc<Host>>, membership_changed: bool) {
+    fn publish(&self, hosts: Vec<HostSharedPtr>, membership_changed: bool) {
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         let set = PrioritySet::new(hosts, version);
         let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
@@ -534,9 +536,9 @@ mod tests {
     use crate::upstream::host::HostLocality;
     use legate_config::endpoint::HealthStatus;
 
-    fn host(port: u16, priority: u32) -> Arc<Host> {
+    fn host(port: u16, priority: u32) -> HostSharedPtr {
         let place = HostLocality::new(None, priority, None);
-        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, HealthStatus::Healthy))
+        HostSharedPtr::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, HealthStatus::Healthy))
     }
 
     #[test]

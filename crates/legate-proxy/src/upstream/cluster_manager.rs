@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 
 use super::cluster::{Cluster, PrioritySet};
 use super::dns;
-use super::host::Host;
+use super::host::HostSharedPtr;
 use super::load_balancer::LoadBalancer;
 use super::stats::ClusterManagerStats;
 
@@ -396,7 +396,7 @@ impl ThreadLocalClusterManager {
 
     /// Picks a host of `cluster_name` with this worker's load balancer. The load balancer is
     /// rebuilt when the cluster or its hosts changed since the last pick.
-    pub fn choose_host(&self, cluster_name: &str) -> Result<(Arc<Cluster>, Arc<Host>), ChooseHostError> {
+    pub fn choose_host(&self, cluster_name: &str) -> Result<(Arc<Cluster>, HostSharedPtr), ChooseHostError> {
         self.choose_host_with_hash(cluster_name, None)
     }
 
@@ -406,7 +406,7 @@ impl ThreadLocalClusterManager {
         &self,
         cluster_name: &str,
         hash: Option<u64>,
-    ) -> Result<(Arc<Cluster>, Arc<Host>), ChooseHostError> {
+    ) -> Result<(Arc<Cluster>, HostSharedPtr), ChooseHostError> {
         // Read without taking references: on the common path the worker's own copies serve.
         let clusters = self.clusters.load();
         let cluster = clusters.get(cluster_name).ok_or(ChooseHostError::NoCluster)?;

@@ -24,7 +24,7 @@ use hickory_resolver::TokioResolver;
 use legate_config::cluster::{DiscoveryType, DnsLookupFamily};
 
 use super::cluster::Cluster;
-use super::host::{Host, HostLocality};
+use super::host::{Host, HostLocality, HostSharedPtr};
 
 /// Envoy's c-ares resolver gives up on a query after 5 s.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,9 +99,9 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
     resolver.stats.update_attempt.inc();
     let logical = cluster.info.discovery_type == DiscoveryType::LogicalDns;
     let current = cluster.priority_set();
-    let existing: HashMap<(SocketAddr, u32), &Arc<Host>> =
+    let existing: HashMap<(SocketAddr, u32), &HostSharedPtr> =
         current.all_hosts().map(|h| ((h.address(), h.priority()), h)).collect();
-    let mut hosts: Vec<Arc<Host>> = Vec::new();
+    let mut hosts: Vec<HostSharedPtr> = Vec::new();
     let mut min_ttl: Option<Duration> = None;
     for (locality, endpoint, address) in cluster.endpoints() {
         let port = address.port_value as u16;
@@ -121,7 +121,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
         let chosen: Vec<SocketAddr> = if logical { resolved.into_iter().take(1).collect() } else { resolved };
         for addr in chosen {
             let host = match existing.get(&(addr, locality.priority)) {
-                Some(h) => Arc::clone(h),
+                Some(h) => HostSharedPtr::clone(h),
                 None => {
                     let host = Host::new(
                         addr,
@@ -137,7 +137,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &DnsResolver) -> (bool, Option
                     .with_health_check_config(endpoint.endpoint.as_ref().and_then(|e| e.health_check_config.as_ref()))
                     .with_slow_start(cluster.slow_start());
                     cluster.on_host_added(&host);
-                    Arc::new(host)
+                    HostSharedPtr::new(host)
                 }
             };
             if !hosts.iter().any(|h| h.address() == host.address() && h.priority() == host.priority()) {

@@ -39,7 +39,7 @@ use legate_stats::Scope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::host::health_flag;
-use super::{Cluster, Host};
+use super::{Cluster, Host, HostSharedPtr};
 use crate::http::io::LocalExec;
 use crate::router::HeaderParser;
 
@@ -212,21 +212,21 @@ pub async fn run(cluster: Arc<Cluster>) {
     let Some(checker) = cluster.health_checker.as_ref() else { return };
     // Membership changes (DNS) are picked up at this pace; a flip also changes the version.
     const MEMBERSHIP_POLL: Duration = Duration::from_secs(1);
-    let mut sessions: Vec<(Arc<Host>, tokio::task::JoinHandle<()>)> = Vec::new();
+    let mut sessions: Vec<(HostSharedPtr, tokio::task::JoinHandle<()>)> = Vec::new();
     let mut version = None;
     loop {
         let set = cluster.priority_set();
         if version != Some(set.version) {
             version = Some(set.version);
             sessions.retain(|(host, task)| {
-                let present = set.all_hosts().any(|h| Arc::ptr_eq(h, host));
+                let present = set.all_hosts().any(|h| HostSharedPtr::ptr_eq(h, host));
                 if !present {
                     task.abort();
                 }
                 present
             });
             for host in set.all_hosts() {
-                if !sessions.iter().any(|(h, _)| Arc::ptr_eq(h, host)) {
+                if !sessions.iter().any(|(h, _)| HostSharedPtr::ptr_eq(h, host)) {
                     let task = tokio::task::spawn_local(session(cluster.clone(), host.clone()));
                     sessions.push((host.clone(), task));
                 }
@@ -238,7 +238,7 @@ pub async fn run(cluster: Arc<Cluster>) {
 }
 
 /// Checks one host forever (until aborted when the host leaves the cluster).
-async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
+async fn session(cluster: Arc<Cluster>, host: HostSharedPtr) {
     let Some(checker) = cluster.health_checker.as_ref() else { return };
     let config = &checker.config;
     if host.health_check().disabled {
@@ -311,7 +311,7 @@ async fn session(cluster: Arc<Cluster>, host: Arc<Host>) {
         }
         let unhealthy = host.health_flags() & health_flag::FAILED_ACTIVE_HC != 0;
         // Envoy's no-traffic test: the cluster has never opened an upstream connection.
-        let had_traffic = cluster.existing_stats().is_some_and(|s| s.upstream_cx_total.value() > 0);
+        let had_traffic = cluster.existing_stats().is_some_and(|s| s.upstream_cx_total().value() > 0);
         tokio::time::sleep(checker.next_interval(unhealthy, transition, had_traffic)).await;
     }
 }

@@ -15,12 +15,11 @@ pub mod maglev;
 pub mod ring_hash;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use legate_config::cluster::LbPolicy;
 
 use super::cluster::{Cluster, HostSet, PrioritySet};
-use super::host::{monotonic_ms, Host};
+use super::host::{monotonic_ms, Host, HostSharedPtr};
 use maglev::Maglev;
 use ring_hash::RingHash;
 
@@ -76,7 +75,7 @@ impl SlowStart {
 /// factor, capped at 1: Envoy's effective locality weight), picked by smooth weighted round
 /// robin; a round-robin state per locality for the host within it.
 struct LocalityGroups {
-    groups: Vec<Vec<Arc<Host>>>,
+    groups: Vec<Vec<HostSharedPtr>>,
     weights: Vec<i64>,
     scores: Vec<i64>,
     round_robin: Vec<RoundRobin>,
@@ -84,7 +83,7 @@ struct LocalityGroups {
 
 impl LocalityGroups {
     fn new(set: &HostSet, panic: bool, overprovisioning_factor: u32) -> Self {
-        let mut localities: Vec<(&legate_config::core::Locality, u32, Vec<Arc<Host>>, usize)> = Vec::new();
+        let mut localities: Vec<(&legate_config::core::Locality, u32, Vec<HostSharedPtr>, usize)> = Vec::new();
         for host in &set.hosts {
             let index = match localities.iter().position(|(l, ..)| *l == host.locality()) {
                 Some(i) => i,
@@ -172,7 +171,7 @@ struct Weights {
 }
 
 impl Weights {
-    fn of(hosts: &[Arc<Host>]) -> Weights {
+    fn of(hosts: &[HostSharedPtr]) -> Weights {
         let first = hosts.first().map_or(1, |h| h.weight);
         let uniform = hosts.iter().all(|h| h.weight == first);
         let cumulative = match uniform {
@@ -190,7 +189,7 @@ impl Weights {
 }
 
 impl RoundRobin {
-    fn weights(&mut self, hosts: &[Arc<Host>]) -> &Weights {
+    fn weights(&mut self, hosts: &[HostSharedPtr]) -> &Weights {
         if self.weights.as_ref().is_none_or(|w| w.len != hosts.len()) {
             self.weights = Some(Weights::of(hosts));
         }
@@ -281,7 +280,7 @@ impl LoadBalancer {
         cluster: &Cluster,
         priority_set: &PrioritySet,
         hash: Option<u64>,
-    ) -> Option<Arc<Host>> {
+    ) -> Option<HostSharedPtr> {
         let hashing = matches!(self.policy, LbPolicy::RingHash | LbPolicy::Maglev);
         let hash = if hashing { Some(hash.unwrap_or_else(|| self.rng.u64(..))) } else { None };
         let (priority, panic) = self.choose_priority(priority_set, hash)?;
@@ -316,7 +315,7 @@ impl LoadBalancer {
             }
             .cloned();
         }
-        let mut hosts: &[Arc<Host>] = hosts;
+        let mut hosts: &[HostSharedPtr] = hosts;
         let mut state = self.round_robin.get_mut(priority).map(|s| &mut s[usize::from(panic)]);
         if self.locality_weighted {
             let overprovisioning = self.overprovisioning_factor;
@@ -393,7 +392,7 @@ impl LoadBalancer {
 }
 
 impl RoundRobin {
-    fn pick(&mut self, hosts: &[Arc<Host>]) -> usize {
+    fn pick(&mut self, hosts: &[HostSharedPtr]) -> usize {
         if self.weights(hosts).uniform {
             let index = self.next % hosts.len();
             self.next = index + 1;
@@ -425,7 +424,13 @@ fn active_load(h: &Host) -> u64 {
 /// the fewest active requests (for connection-level traffic, active connections). Unequal
 /// weights: a weighted pick where each host's weight is divided by
 /// (active requests + 1)^`active_request_bias` (bias 0 is plain weighted round robin's share).
-fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], uniform: bool, choice_count: u32, bias: f64) -> usize {
+fn least_request(
+    rng: &mut fastrand::Rng,
+    hosts: &[HostSharedPtr],
+    uniform: bool,
+    choice_count: u32,
+    bias: f64,
+) -> usize {
     let load = active_load;
     if hosts.is_empty() {
         return 0;
@@ -458,11 +463,11 @@ fn least_request(rng: &mut fastrand::Rng, hosts: &[Arc<Host>], uniform: bool, ch
 /// in flight, in which case the key is rehashed until it lands on a host with room. The same
 /// key under the same loads always takes the same path.
 fn bounded_load_pick<'a>(
-    hosts: &[Arc<Host>],
+    hosts: &[HostSharedPtr],
     factor: u32,
     hash: u64,
-    lookup: impl Fn(u64) -> Option<&'a Arc<Host>>,
-) -> Option<&'a Arc<Host>> {
+    lookup: impl Fn(u64) -> Option<&'a HostSharedPtr>,
+) -> Option<&'a HostSharedPtr> {
     let load = |h: &Host| h.stats.rq_active.load(Ordering::Relaxed);
     let total_load: u64 = hosts.iter().map(|h| load(h)).sum();
     let total_weight: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum::<u64>().max(1);
@@ -497,7 +502,7 @@ fn bounded_load_pick<'a>(
 /// hosts are in their window.
 fn slow_start_pick(
     rng: &mut fastrand::Rng,
-    hosts: &[Arc<Host>],
+    hosts: &[HostSharedPtr],
     slow: &SlowStart,
     now_ms: u64,
     least_request_bias: Option<f64>,
@@ -537,12 +542,12 @@ pub(super) mod tests {
     use crate::upstream::host::HostLocality;
     use legate_config::endpoint::HealthStatus;
 
-    pub(super) fn host(port: u16, weight: u32) -> Arc<Host> {
+    pub(super) fn host(port: u16, weight: u32) -> HostSharedPtr {
         host_at(port, weight, 0, HealthStatus::Healthy)
     }
 
-    fn host_at(port: u16, weight: u32, priority: u32, health: HealthStatus) -> Arc<Host> {
-        Arc::new(Host::new(
+    fn host_at(port: u16, weight: u32, priority: u32, health: HealthStatus) -> HostSharedPtr {
+        HostSharedPtr::new(Host::new(
             ([127, 0, 0, 1], port).into(),
             String::new(),
             weight,
@@ -565,10 +570,10 @@ pub(super) mod tests {
         Cluster::new(config, &store.scope("cluster.c"))
     }
 
-    fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> Arc<Host> {
+    fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> HostSharedPtr {
         let locality = legate_config::core::Locality { zone: zone.into(), ..Default::default() };
         let place = HostLocality::new(Some(&locality), 0, Some(locality_weight));
-        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, health))
+        HostSharedPtr::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, health))
     }
 
     #[test]
@@ -604,13 +609,13 @@ pub(super) mod tests {
 
     #[test]
     fn bounded_loads_move_keys_off_a_busy_host_only() {
-        let hosts: Vec<Arc<Host>> = (1..=4).map(|p| host(p, 1)).collect();
+        let hosts: Vec<HostSharedPtr> = (1..=4).map(|p| host(p, 1)).collect();
         let ring = RingHash::new(&hosts, None);
         let lookup = |h: u64| ring.choose_host(h);
         let keys = key_hashes(2000);
         // No load anywhere: every key goes where the ring puts it.
         for &k in &keys {
-            assert!(Arc::ptr_eq(bounded_load_pick(&hosts, 150, k, lookup).unwrap(), lookup(k).unwrap()));
+            assert!(HostSharedPtr::ptr_eq(bounded_load_pick(&hosts, 150, k, lookup).unwrap(), lookup(k).unwrap()));
         }
         // Host 1 carries all 20 requests in flight: its bound is ceil(21 × 1.5 / 4) = 8.
         hosts[0].stats.rq_active.store(20, Ordering::Relaxed);
@@ -620,9 +625,9 @@ pub(super) mod tests {
             if home.address().port() == 1 {
                 assert_ne!(chosen.address().port(), 1, "a key of the busy host moves");
                 let again = bounded_load_pick(&hosts, 150, k, lookup).unwrap();
-                assert!(Arc::ptr_eq(chosen, again), "and always to the same place");
+                assert!(HostSharedPtr::ptr_eq(chosen, again), "and always to the same place");
             } else {
-                assert!(Arc::ptr_eq(chosen, home), "other keys stay home");
+                assert!(HostSharedPtr::ptr_eq(chosen, home), "other keys stay home");
             }
         }
     }
@@ -748,7 +753,7 @@ pub(super) mod tests {
     type Lookup = Box<dyn Fn(u64) -> u16>;
 
     /// Both hashing tables over `hosts`.
-    fn hashing_tables(hosts: &[Arc<Host>]) -> [(&'static str, Lookup); 2] {
+    fn hashing_tables(hosts: &[HostSharedPtr]) -> [(&'static str, Lookup); 2] {
         let ring = RingHash::new(hosts, None);
         let maglev = Maglev::new(hosts, None);
         [

@@ -17,7 +17,7 @@ use legate_config::outlier_detection::OutlierDetection as OutlierDetectionConfig
 use legate_stats::Scope;
 
 use super::host::health_flag;
-use super::{Cluster, Host};
+use super::{Cluster, Host, HostSharedPtr};
 
 legate_stats::stats! {
     pub struct OutlierDetectionStats {
@@ -279,7 +279,7 @@ impl OutlierDetector {
 
     /// The main thread's sweep, every `interval`.
     pub fn sweep(&self, cluster: &Cluster) {
-        let hosts: Vec<Arc<Host>> = cluster.priority_set().all_hosts().cloned().collect();
+        let hosts: Vec<HostSharedPtr> = cluster.priority_set().all_hosts().cloned().collect();
         let now = self.now_ms();
         let base = self.config.base_ejection_time();
         let mut changed = false;
@@ -302,7 +302,7 @@ impl OutlierDetector {
             }
         }
         // The interval's counts, per host: (host, requests, failures).
-        let counts: Vec<(&Arc<Host>, u64, u64)> = hosts
+        let counts: Vec<(&HostSharedPtr, u64, u64)> = hosts
             .iter()
             .map(|h| {
                 let total = h.outlier().interval_total.swap(0, Ordering::Relaxed);
@@ -313,7 +313,7 @@ impl OutlierDetector {
         self.success_rate(cluster, &counts, Detector::SuccessRate);
         self.failure_percentage(cluster, &counts, Detector::FailurePercentage);
         if self.config.split_external_local_origin_errors {
-            let local: Vec<(&Arc<Host>, u64, u64)> = hosts
+            let local: Vec<(&HostSharedPtr, u64, u64)> = hosts
                 .iter()
                 .map(|h| {
                     let total = h.outlier().interval_local_total.swap(0, Ordering::Relaxed);
@@ -331,9 +331,9 @@ impl OutlierDetector {
 
     /// The success-rate detector over one interval's counts (external, or local-origin with
     /// the split); only the external rates are shown by `/clusters`.
-    fn success_rate(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)], detector: Detector) {
+    fn success_rate(&self, cluster: &Cluster, counts: &[(&HostSharedPtr, u64, u64)], detector: Detector) {
         let volume = u64::from(self.config.success_rate_request_volume());
-        let rates: Vec<(&Arc<Host>, f64)> = counts
+        let rates: Vec<(&HostSharedPtr, f64)> = counts
             .iter()
             .filter(|(_, total, _)| *total >= volume && *total > 0)
             .map(|(h, total, failures)| (*h, 100.0 * (total - failures) as f64 / *total as f64))
@@ -356,9 +356,9 @@ impl OutlierDetector {
         }
     }
 
-    fn failure_percentage(&self, cluster: &Cluster, counts: &[(&Arc<Host>, u64, u64)], detector: Detector) {
+    fn failure_percentage(&self, cluster: &Cluster, counts: &[(&HostSharedPtr, u64, u64)], detector: Detector) {
         let volume = u64::from(self.config.failure_percentage_request_volume());
-        let eligible: Vec<(&Arc<Host>, f64)> = counts
+        let eligible: Vec<(&HostSharedPtr, f64)> = counts
             .iter()
             .filter(|(_, total, _)| *total >= volume && *total > 0)
             .map(|(h, total, failures)| (*h, 100.0 * *failures as f64 / *total as f64))
@@ -404,7 +404,7 @@ mod tests {
         Cluster::new(config, &store.scope("cluster.c"))
     }
 
-    fn host(c: &Cluster, i: usize) -> Arc<Host> {
+    fn host(c: &Cluster, i: usize) -> HostSharedPtr {
         c.priority_set().all_hosts().nth(i).unwrap().clone()
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::circuit_breakers::ResourceGuard;
 use super::upstream_cx::UpstreamCx;
-use super::{Cluster, Host};
+use super::{Cluster, HostSharedPtr};
 use crate::http::body::{AttemptBody, BoxError};
 use crate::http::h1_client::{self, ClientConn};
 use crate::http::io::{CountingIo, LocalExec};
@@ -106,9 +106,9 @@ impl HttpPools {
                     && hosts
                         .entry(Arc::as_ptr(&pool.cluster) as usize)
                         .or_insert_with(|| {
-                            pool.cluster.priority_set().all_hosts().map(|h| Arc::as_ptr(h) as usize).collect()
+                            pool.cluster.priority_set().all_hosts().map(|h| HostSharedPtr::as_ptr(h) as usize).collect()
                         })
-                        .contains(&(Arc::as_ptr(&pool.host) as usize));
+                        .contains(&(HostSharedPtr::as_ptr(&pool.host) as usize));
                 if !present {
                     pool.drain();
                 }
@@ -118,9 +118,15 @@ impl HttpPools {
         });
     }
 
-    pub fn get(&self, cluster: &Arc<Cluster>, host: &Arc<Host>, protocol: PoolProtocol, sni: Option<&str>) -> Rc<Pool> {
+    pub fn get(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &HostSharedPtr,
+        protocol: PoolProtocol,
+        sni: Option<&str>,
+    ) -> Rc<Pool> {
         // The pool keeps its host alive, so the address cannot be reused by another host.
-        let key = (Arc::as_ptr(host) as usize, protocol);
+        let key = (HostSharedPtr::as_ptr(host) as usize, protocol);
         let mut pools = self.pools.borrow_mut();
         let by_sni = pools.entry(key).or_default();
         if let Some(pool) = by_sni.iter().find(|p| p.sni.as_deref() == sni) {
@@ -210,7 +216,7 @@ struct State {
 
 pub struct Pool {
     pub cluster: Arc<Cluster>,
-    pub host: Arc<Host>,
+    pub host: HostSharedPtr,
     protocol: PoolProtocol,
     /// The server name of this pool's TLS connections (`auto_sni`).
     sni: Option<Arc<str>>,
@@ -239,7 +245,7 @@ impl Pool {
         }
     }
 
-    fn new(cluster: Arc<Cluster>, host: Arc<Host>, protocol: PoolProtocol, sni: Option<Arc<str>>) -> Self {
+    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, protocol: PoolProtocol, sni: Option<Arc<str>>) -> Self {
         let common = cluster.info.other_config().upstream_common_http_protocol_options();
         let h2 = cluster.info.other_config().upstream_http2_options();
         let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
@@ -296,11 +302,11 @@ impl Pool {
         let stats = &self.cluster.stats();
         let breakers = self.cluster.circuit_breakers.for_priority(priority);
         let Some(_pending) = breakers.pending_requests.try_acquire() else {
-            stats.upstream_rq_pending_overflow.inc();
+            stats.upstream_rq_pending_overflow().inc();
             return Err(PoolFailure::Overflow);
         };
-        stats.upstream_rq_pending_total.inc();
-        stats.upstream_rq_pending_active.inc();
+        stats.upstream_rq_pending_total().inc();
+        stats.upstream_rq_pending_active().inc();
         let _active = PendingActive(&self.cluster);
         loop {
             let (tx, rx) = oneshot::channel();
@@ -379,7 +385,7 @@ impl Pool {
         }
         let breakers = self.cluster.circuit_breakers.for_priority(priority);
         let Some(guard) = breakers.connections.try_acquire() else {
-            self.cluster.stats().upstream_cx_overflow.inc();
+            self.cluster.stats().upstream_cx_overflow().inc();
             return;
         };
         self.state.borrow_mut().connecting += 1;
@@ -390,8 +396,8 @@ impl Pool {
         let stats = &self.cluster.stats();
         let mut cx = UpstreamCx::new(self.cluster.clone(), self.host.clone(), guard);
         match self.protocol {
-            PoolProtocol::Http1 => stats.upstream_cx_http1_total.inc(),
-            PoolProtocol::Http2 => stats.upstream_cx_http2_total.inc(),
+            PoolProtocol::Http1 => stats.upstream_cx_http1_total().inc(),
+            PoolProtocol::Http2 => stats.upstream_cx_http2_total().inc(),
         }
         let address = self.host.address();
         // TCP and the cluster's transport socket (TLS) handshake, within connect_timeout.
@@ -403,14 +409,14 @@ impl Pool {
         let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                stats.upstream_cx_connect_fail.inc();
+                stats.upstream_cx_connect_fail().inc();
                 self.host.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.connect_failed(PoolFailure::ConnectFailure(e.transport_failure_reason()), priority);
                 return;
             }
             Err(_) => {
-                stats.upstream_cx_connect_timeout.inc();
-                stats.upstream_cx_connect_fail.inc();
+                stats.upstream_cx_connect_timeout().inc();
+                stats.upstream_cx_connect_fail().inc();
                 self.host.stats.cx_connect_fail.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 cx.closed_locally = true;
                 self.connect_failed(PoolFailure::ConnectTimeout, priority);
@@ -420,7 +426,10 @@ impl Pool {
         let local_address = stream.tcp().local_addr().ok();
         let mut activity = Instant::now();
         cx.connected(&mut activity);
-        let (rx, tx) = (stats.upstream_cx_rx_bytes_total.clone(), stats.upstream_cx_tx_bytes_total.clone());
+        let (rx, tx) = (
+            stats.counter_handle(stats.upstream_cx_rx_bytes_total()),
+            stats.counter_handle(stats.upstream_cx_tx_bytes_total()),
+        );
         let shared = Rc::new(ConnShared {
             created: Instant::now(),
             requests: Cell::new(0),
@@ -459,7 +468,7 @@ impl Pool {
                     let driver = async move { connection.with_upgrades().await.is_ok() };
                     self.drive(driver, &shared, &mut cx).await;
                 }
-                Err(_) => stats.upstream_cx_protocol_error.inc(),
+                Err(_) => stats.upstream_cx_protocol_error().inc(),
             },
             PoolProtocol::Http2 => {
                 let mut builder = http2::Builder::new(LocalExec);
@@ -477,7 +486,7 @@ impl Pool {
                         let driver = async move { connection.await.is_ok() };
                         self.drive(driver, &shared, &mut cx).await;
                     }
-                    Err(_) => stats.upstream_cx_protocol_error.inc(),
+                    Err(_) => stats.upstream_cx_protocol_error().inc(),
                 }
             }
         }
@@ -490,11 +499,11 @@ impl Pool {
             }
         };
         if active && !shared.released_clean.get() {
-            stats.upstream_cx_destroy_with_active_rq.inc();
+            stats.upstream_cx_destroy_with_active_rq().inc();
             if cx.closed_locally {
-                stats.upstream_cx_destroy_local_with_active_rq.inc();
+                stats.upstream_cx_destroy_local_with_active_rq().inc();
             } else {
-                stats.upstream_cx_destroy_remote_with_active_rq.inc();
+                stats.upstream_cx_destroy_remote_with_active_rq().inc();
             }
         }
         shared.closed.set(true);
@@ -536,19 +545,19 @@ impl Pool {
             tokio::select! {
                 ok = &mut driver => {
                     if !ok {
-                        stats.upstream_cx_protocol_error.inc();
+                        stats.upstream_cx_protocol_error().inc();
                     }
                     return;
                 }
                 () = sleep => {
                     let now = Instant::now();
                     if duration_deadline.is_some_and(|d| now >= d) && !shared.draining.get() {
-                        stats.upstream_cx_max_duration_reached.inc();
+                        stats.upstream_cx_max_duration_reached().inc();
                         shared.draining.set(true);
                     }
                     let idle = shared.idle_since.get();
                     if idle.zip(self.settings.idle_timeout).is_some_and(|(at, d)| now >= at + d) {
-                        stats.upstream_cx_idle_timeout.inc();
+                        stats.upstream_cx_idle_timeout().inc();
                         cx.closed_locally = true;
                         return;
                     }
@@ -628,7 +637,7 @@ impl Pool {
     fn release(&self, client: Client, shared: &Rc<ConnShared>, reusable: bool) {
         let limit_reached = self.settings.max_requests_per_connection.is_some_and(|max| shared.requests.get() >= max);
         if limit_reached && !shared.draining.get() {
-            self.cluster.stats().upstream_cx_max_requests.inc();
+            self.cluster.stats().upstream_cx_max_requests().inc();
             shared.draining.set(true);
             shared.changed.notify_one();
         }
@@ -676,7 +685,7 @@ struct PendingActive<'a>(&'a Arc<Cluster>);
 
 impl Drop for PendingActive<'_> {
     fn drop(&mut self) {
-        self.0.stats().upstream_rq_pending_active.dec();
+        self.0.stats().upstream_rq_pending_active().dec();
     }
 }
 

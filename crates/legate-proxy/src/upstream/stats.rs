@@ -4,7 +4,7 @@ legate_stats::stats! {
     /// `cluster.<name>.*`: Envoy's ALL_CLUSTER_TRAFFIC_STATS (the connection-level part and
     /// the request counters every cluster has). With `deferred_stat_options`, created on the
     /// cluster's first request (Envoy's deferred creation of traffic stats).
-    pub struct ClusterStats {
+    pub compact struct ClusterStats {
         counter upstream_cx_total,
         gauge upstream_cx_active,
         counter upstream_cx_http1_total,
@@ -170,11 +170,11 @@ impl ClusterStats {
     /// Counts a response code into `upstream_rq_<N>xx`.
     pub fn upstream_response_class(&self, code: u16) {
         match code / 100 {
-            1 => self.upstream_rq_1xx.inc(),
-            2 => self.upstream_rq_2xx.inc(),
-            3 => self.upstream_rq_3xx.inc(),
-            4 => self.upstream_rq_4xx.inc(),
-            5 => self.upstream_rq_5xx.inc(),
+            1 => self.upstream_rq_1xx().inc(),
+            2 => self.upstream_rq_2xx().inc(),
+            3 => self.upstream_rq_3xx().inc(),
+            4 => self.upstream_rq_4xx().inc(),
+            5 => self.upstream_rq_5xx().inc(),
             _ => {}
         }
     }

@@ -28,7 +28,7 @@ fn typed(type_url: &str, resource: &Value) -> Value {
 
 pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
     let updated = rfc3339(server.started_at);
-    let raw = &server.loaded.raw;
+    let raw = server.loaded.raw();
     let list = |key: &str| {
         raw.get("static_resources").and_then(|s| s.get(key)).and_then(Value::as_array).cloned().unwrap_or_default()
     };
@@ -179,7 +179,7 @@ fn dynamic_routes(server: &Server) -> Option<Value> {
 /// The node as the server uses it (command-line overrides applied).
 fn bootstrap_node(server: &Server) -> Option<Value> {
     let node = server.loaded.bootstrap.node.as_ref()?;
-    let mut value = server.loaded.raw.get("node").cloned().unwrap_or_else(|| json!({}));
+    let mut value = server.loaded.raw_node.clone();
     value["id"] = json!(node.id);
     value["cluster"] = json!(node.cluster);
     if let Some(locality) = &node.locality {

@@ -41,7 +41,7 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
             "drain_time": format!("{}s", o.drain_time_s),
             "drain_strategy": "Gradual",
         },
-        "node": server.loaded.raw.get("node").cloned().unwrap_or_else(|| json!({})),
+        "node": server.loaded.raw_node.clone(),
         "uptime_current_epoch": uptime,
         "uptime_all_epochs": uptime,
     });

@@ -32,7 +32,7 @@ use crate::upstream::circuit_breakers::ResourceGuard;
 use crate::upstream::cluster_manager::ChooseHostError;
 use crate::upstream::outlier_detection::OutlierResult;
 use crate::upstream::pool::{pool_protocol, Outgoing, PoolFailure, PooledConn, SendError, UpstreamUpgrade};
-use crate::upstream::{Cluster, Host};
+use crate::upstream::{Cluster, HostSharedPtr};
 use crate::worker::clock;
 
 /// One request to the router.
@@ -69,16 +69,16 @@ pub enum RouterOutcome {
 /// host's request stats, held until the response ends.
 pub struct UpstreamRequestGuard {
     pub cluster: Arc<Cluster>,
-    pub host: Arc<Host>,
+    pub host: HostSharedPtr,
     _slot: ResourceGuard,
     started: Instant,
     done: bool,
 }
 
 impl UpstreamRequestGuard {
-    fn new(cluster: Arc<Cluster>, host: Arc<Host>, slot: ResourceGuard, started: Instant) -> Self {
-        cluster.stats().upstream_rq_total.inc();
-        cluster.stats().upstream_rq_active.inc();
+    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, slot: ResourceGuard, started: Instant) -> Self {
+        cluster.stats().upstream_rq_total().inc();
+        cluster.stats().upstream_rq_active().inc();
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
         UpstreamRequestGuard { cluster, host, _slot: slot, started, done: false }
@@ -91,15 +91,15 @@ impl UpstreamRequestGuard {
         }
         self.done = true;
         if complete {
-            self.cluster.stats().upstream_rq_completed.inc();
-            self.cluster.stats().upstream_rq_time.record(clock::since(self.started).as_millis() as u64);
+            self.cluster.stats().upstream_rq_completed().inc();
+            self.cluster.stats().upstream_rq_time().record(clock::since(self.started).as_millis() as u64);
         }
     }
 }
 
 impl Drop for UpstreamRequestGuard {
     fn drop(&mut self) {
-        self.cluster.stats().upstream_rq_active.dec();
+        self.cluster.stats().upstream_rq_active().dec();
         self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -435,7 +435,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
     });
     let priority = action.priority;
     let mut attempt = 0u32;
-    let mut tried: Vec<Arc<Host>> = Vec::new();
+    let mut tried: Vec<HostSharedPtr> = Vec::new();
     let mut retry_slot: Option<ResourceGuard> = None;
     let mut last_failure: Option<LocalReply> = None;
     let downstream_version = head.version;
@@ -454,7 +454,8 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         for _ in 0..action.retry_policy.host_selection_max_attempts.max(1) {
             match worker.cluster_manager.choose_host_with_hash(&cluster_name, hash) {
                 Ok((_, h)) => {
-                    let seen = action.retry_policy.avoid_previous_hosts && tried.iter().any(|t| Arc::ptr_eq(t, &h));
+                    let seen =
+                        action.retry_policy.avoid_previous_hosts && tried.iter().any(|t| HostSharedPtr::ptr_eq(t, &h));
                     host = Some(h);
                     if !seen {
                         break;
@@ -467,7 +468,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                     ));
                 }
                 Err(ChooseHostError::NoHost(c)) => {
-                    c.stats().upstream_cx_none_healthy.inc();
+                    c.stats().upstream_cx_none_healthy().inc();
                     break;
                 }
             }
@@ -482,7 +483,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
 
         // A request slot (max_requests).
         let Some(slot) = cluster.circuit_breakers.for_priority(priority).requests.try_acquire() else {
-            cluster.stats().upstream_rq_pending_overflow.inc();
+            cluster.stats().upstream_rq_pending_overflow().inc();
             rq.info.set_flag(ResponseFlag::UpstreamOverflow);
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamOverflow,
@@ -570,7 +571,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                         // pooled connection as the request went out on it. Not the host's
                         // fault and not a retry: the same attempt goes out again on a new
                         // connection.
-                        cluster.stats().upstream_rq_stale_connection_resend.inc();
+                        cluster.stats().upstream_rq_stale_connection_resend().inc();
                         fresh = true;
                         continue;
                     }
@@ -621,11 +622,11 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                         continue;
                     }
                 } else if wants_retry && !retries_left {
-                    cluster.stats().upstream_rq_retry_limit_exceeded.inc();
+                    cluster.stats().upstream_rq_retry_limit_exceeded().inc();
                     rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
                 }
                 if attempt > 1 && !wants_retry {
-                    cluster.stats().upstream_rq_retry_success.inc();
+                    cluster.stats().upstream_rq_retry_success().inc();
                 }
                 let mut response = response;
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -727,7 +728,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 (reply, retriable)
             }
             AttemptFailure::Reset { reason, flag, refused } => {
-                cluster.stats().upstream_rq_rx_reset.inc();
+                cluster.stats().upstream_rq_rx_reset().inc();
                 worker.count_upstream_code(&cluster, 503);
                 let details = format!("upstream_reset_before_response_started{{{}}}", reason.replace(' ', "_"));
                 let reply = LocalReply::upstream_reset(flag, reason, attempt > 1, &details);
@@ -739,9 +740,9 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
             }
             AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
                 if matches!(failure, AttemptFailure::PerTryIdleTimeout) {
-                    cluster.stats().upstream_rq_per_try_idle_timeout.inc();
+                    cluster.stats().upstream_rq_per_try_idle_timeout().inc();
                 } else {
-                    cluster.stats().upstream_rq_per_try_timeout.inc();
+                    cluster.stats().upstream_rq_per_try_timeout().inc();
                 }
                 host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
                 worker.count_upstream_code(&cluster, 504);
@@ -758,7 +759,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 continue;
             }
         } else if retriable && !retries_left {
-            cluster.stats().upstream_rq_retry_limit_exceeded.inc();
+            cluster.stats().upstream_rq_retry_limit_exceeded().inc();
             rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
         }
         if let Some(flag) = reply.flag {
@@ -780,11 +781,11 @@ fn take_retry_slot(
         *held = cluster.circuit_breakers.for_priority(priority).try_acquire_retry();
     }
     if held.is_none() {
-        cluster.stats().upstream_rq_retry_overflow.inc();
+        cluster.stats().upstream_rq_retry_overflow().inc();
         info.set_flag(ResponseFlag::UpstreamOverflow);
         return false;
     }
-    cluster.stats().upstream_rq_retry.inc();
+    cluster.stats().upstream_rq_retry().inc();
     true
 }
 
@@ -793,10 +794,10 @@ async fn back_off(
     rq: &mut RouterRequest<'_>,
     attempt: u32,
     cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
+    host: &HostSharedPtr,
     timers: &Timers,
 ) -> Option<LocalReply> {
-    cluster.stats().upstream_rq_retry_backoff_exponential.inc();
+    cluster.stats().upstream_rq_retry_backoff_exponential().inc();
     let wait = rq.action.retry_policy.back_off(attempt);
     let route_deadline = rq.body.borrow().completed_at.zip(timers.route).map(|(at, d)| at.max(timers.stream_start) + d);
     match route_deadline {
@@ -816,7 +817,7 @@ fn stream_timeout(
     which: Timeout,
     context: &Rc<ConnectionContext>,
     cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
+    host: &HostSharedPtr,
     info: &mut StreamInfo,
     request_complete: bool,
 ) -> LocalReply {
@@ -827,7 +828,7 @@ fn stream_timeout(
     match which {
         Timeout::Route | Timeout::PerTry | Timeout::PerTryIdle => {
             cluster.outlier_result(host, OutlierResult::LocalOriginTimeout);
-            cluster.stats().upstream_rq_timeout.inc();
+            cluster.stats().upstream_rq_timeout().inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
             context.worker.count_upstream_code(cluster, 504);
             info.set_flag(ResponseFlag::UpstreamRequestTimeout);
@@ -1061,13 +1062,13 @@ async fn connect_terminate(
     let host = match worker.cluster_manager.choose_host(&cluster.name) {
         Ok((_, host)) => host,
         Err(_) => {
-            cluster.stats().upstream_cx_none_healthy.inc();
+            cluster.stats().upstream_cx_none_healthy().inc();
             return RouterOutcome::LocalReply(LocalReply::no_healthy_upstream());
         }
     };
     rq.info.upstream_host = Some(host.address());
     let Some(slot) = cluster.circuit_breakers.for_priority(rq.action.priority).connections.try_acquire() else {
-        cluster.stats().upstream_cx_overflow.inc();
+        cluster.stats().upstream_cx_overflow().inc();
         return RouterOutcome::LocalReply(LocalReply::upstream_reset(
             ResponseFlag::UpstreamOverflow,
             "overflow",
@@ -1080,7 +1081,7 @@ async fn connect_terminate(
     let stream = match tokio::time::timeout(cluster.connect_timeout(), connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            cluster.stats().upstream_cx_connect_fail.inc();
+            cluster.stats().upstream_cx_connect_fail().inc();
             let detail = e.transport_failure_reason();
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamConnectionFailure,
@@ -1090,7 +1091,7 @@ async fn connect_terminate(
             ));
         }
         Err(_) => {
-            cluster.stats().upstream_cx_connect_timeout.inc();
+            cluster.stats().upstream_cx_connect_timeout().inc();
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamConnectionFailure,
                 "connection timeout",
@@ -1165,7 +1166,7 @@ impl Shadow {
                 return;
             }
             if !replayable {
-                cluster.stats().retry_or_shadow_abandoned.inc();
+                cluster.stats().retry_or_shadow_abandoned().inc();
                 return;
             }
             if complete {
@@ -1178,7 +1179,7 @@ impl Shadow {
         let bytes = self.body.borrow().logged();
         let body = BodySource::buffered(std::iter::once(bytes).filter(|b| !b.is_empty()).collect(), None);
         let Some(slot) = cluster.circuit_breakers.for_priority(self.priority).requests.try_acquire() else {
-            cluster.stats().upstream_rq_pending_overflow.inc();
+            cluster.stats().upstream_rq_pending_overflow().inc();
             return;
         };
         let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, clock::now());

@@ -58,8 +58,10 @@ legate_stats::stats! {
     }
 }
 
-/// Bytes asked of the upstream socket per read, as the downstream side reads.
-const UPSTREAM_READ_SIZE: usize = 16 * 1024;
+/// Bytes asked of the upstream socket per read, as the downstream side reads: 16 KiB, and
+/// 64 KiB while the flow is busy.
+const UPSTREAM_READ_SIZE: usize = crate::network::transport_socket::MAX_READ;
+const UPSTREAM_BUSY_READ_SIZE: usize = crate::network::transport_socket::MAX_BUSY_READ;
 
 /// The filter's config, shared by every connection on every worker.
 pub struct TcpProxyShared {
@@ -191,7 +193,7 @@ impl TcpProxy {
                 return;
             }
             Err(ChooseHostError::NoHost(cluster)) => {
-                cluster.stats().upstream_cx_none_healthy.inc();
+                cluster.stats().upstream_cx_none_healthy().inc();
                 cb.close(ConnectionCloseType::NoFlush);
                 return;
             }
@@ -199,7 +201,7 @@ impl TcpProxy {
         self.cluster = Some(cluster.clone());
         let Some(breaker) = cluster.circuit_breakers.for_priority(RoutingPriority::Default).connections.try_acquire()
         else {
-            cluster.stats().upstream_cx_overflow.inc();
+            cluster.stats().upstream_cx_overflow().inc();
             cb.close(ConnectionCloseType::NoFlush);
             return;
         };
@@ -226,7 +228,7 @@ impl TcpProxy {
             return;
         }
         if let Some(cluster) = &self.cluster {
-            cluster.stats().upstream_cx_connect_attempts_exceeded.inc();
+            cluster.stats().upstream_cx_connect_attempts_exceeded().inc();
         }
         cb.close(ConnectionCloseType::FlushWrite);
     }
@@ -250,7 +252,7 @@ impl TcpProxy {
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(n)) => {
                     let _ = self.upstream_write.split_to(n);
-                    ucx.cluster.stats().upstream_cx_tx_bytes_total.add(n as u64);
+                    ucx.cluster.stats().upstream_cx_tx_bytes_total().add(n as u64);
                     self.last_activity = clock::now();
                 }
             }
@@ -270,7 +272,7 @@ impl TcpProxy {
         if self.downstream_paused && self.upstream_write.len() <= ucx.cluster.per_connection_buffer_limit_bytes() / 2 {
             self.downstream_paused = false;
             self.shared.stats.downstream_flow_control_resumed_reading_total.inc();
-            ucx.cluster.stats().upstream_flow_control_drained_total.inc();
+            ucx.cluster.stats().upstream_flow_control_drained_total().inc();
             cb.read_disable(false);
         }
         if self.upstream_write.is_empty() && self.upstream_write.capacity() > 0 {
@@ -287,15 +289,16 @@ impl TcpProxy {
             if cb.write_buffer_len() >= limit {
                 if !self.upstream_paused {
                     self.upstream_paused = true;
-                    ucx.cluster.stats().upstream_flow_control_paused_reading_total.inc();
+                    ucx.cluster.stats().upstream_flow_control_paused_reading_total().inc();
                 }
                 return Ok(());
             }
             if self.upstream_paused {
                 self.upstream_paused = false;
-                ucx.cluster.stats().upstream_flow_control_resumed_reading_total.inc();
+                ucx.cluster.stats().upstream_flow_control_resumed_reading_total().inc();
             }
-            let room = (limit - cb.write_buffer_len()).clamp(1, UPSTREAM_READ_SIZE);
+            let size = if self.upstream_busy { UPSTREAM_BUSY_READ_SIZE } else { UPSTREAM_READ_SIZE };
+            let room = (limit - cb.write_buffer_len()).clamp(1, size);
             // A buffer of exactly what arrived, read in place while the flow is busy.
             let mut buf = BytesMut::new();
             let read = match stream.poll_read_append(cx, &mut buf, room, self.upstream_busy) {
@@ -312,7 +315,7 @@ impl TcpProxy {
                     cb.write(BytesMut::new(), true);
                 }
                 Ok((n, buf)) => {
-                    ucx.cluster.stats().upstream_cx_rx_bytes_total.add(n as u64);
+                    ucx.cluster.stats().upstream_cx_rx_bytes_total().add(n as u64);
                     self.shared.stats.downstream_cx_tx_bytes_total.add(n as u64);
                     self.last_activity = clock::now();
                     cb.write(buf, false);
@@ -404,7 +407,7 @@ impl ReadFilter for TcpProxy {
             self.downstream_paused = true;
             self.shared.stats.downstream_flow_control_paused_reading_total.inc();
             if let Some(c) = &self.cluster {
-                c.stats().upstream_flow_control_backed_up_total.inc();
+                c.stats().upstream_flow_control_backed_up_total().inc();
             }
             cb.read_disable(true);
         }
@@ -433,11 +436,11 @@ impl ReadFilter for TcpProxy {
                     match &error {
                         Some(e) => {
                             tracing::debug!(connection = cb.info().id, host = %ucx.host.address(), error = %e, "tcp_proxy: connect failed");
-                            ucx.cluster.stats().upstream_cx_connect_fail.inc();
+                            ucx.cluster.stats().upstream_cx_connect_fail().inc();
                         }
                         None => {
                             tracing::debug!(connection = cb.info().id, host = %ucx.host.address(), "tcp_proxy: connect timeout");
-                            ucx.cluster.stats().upstream_cx_connect_timeout.inc();
+                            ucx.cluster.stats().upstream_cx_connect_timeout().inc();
                         }
                     }
                     ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);

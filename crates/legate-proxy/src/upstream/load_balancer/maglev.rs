@@ -8,15 +8,13 @@
 //! `max_weight / w` rounds, so it ends up with slots proportional to its weight. A request goes
 //! to `table[hash mod table_size]`.
 
-use std::sync::Arc;
-
 use legate_config::cluster::MaglevLbConfig;
 
-use crate::upstream::host::Host;
+use crate::upstream::host::HostSharedPtr;
 
 /// A filled lookup table over one host list.
 pub struct Maglev {
-    hosts: Vec<Arc<Host>>,
+    hosts: Vec<HostSharedPtr>,
     /// Host index per slot; empty when there are no hosts.
     table: Vec<u32>,
 }
@@ -36,7 +34,7 @@ struct Entry {
 
 impl Maglev {
     /// Builds the table over `hosts` (the healthy hosts of a priority, or all of them in panic).
-    pub fn new(hosts: &[Arc<Host>], config: Option<&MaglevLbConfig>) -> Self {
+    pub fn new(hosts: &[HostSharedPtr], config: Option<&MaglevLbConfig>) -> Self {
         let size = config.map_or(MaglevLbConfig::DEFAULT_TABLE_SIZE, MaglevLbConfig::table_size);
         if hosts.is_empty() || size < 2 {
             return Maglev { hosts: Vec::new(), table: Vec::new() };
@@ -89,7 +87,7 @@ impl Maglev {
     }
 
     /// The host owning `hash`.
-    pub fn choose_host(&self, hash: u64) -> Option<&Arc<Host>> {
+    pub fn choose_host(&self, hash: u64) -> Option<&HostSharedPtr> {
         let slot = self.table.get((hash % self.table.len().max(1) as u64) as usize)?;
         self.hosts.get(*slot as usize)
     }

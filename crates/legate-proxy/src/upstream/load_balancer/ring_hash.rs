@@ -8,22 +8,20 @@
 //! has at most `maximum_ring_size`. Legate differs on purpose: only `XX_HASH` (config refuses
 //! `MURMUR_HASH_2`), and the key is always the address (no `use_hostname_for_hashing`).
 
-use std::sync::Arc;
-
 use legate_config::cluster::RingHashLbConfig;
 
-use crate::upstream::host::Host;
+use crate::upstream::host::HostSharedPtr;
 
 /// A sorted ring of `(hash, host index)` over one host list.
 pub struct RingHash {
-    hosts: Vec<Arc<Host>>,
+    hosts: Vec<HostSharedPtr>,
     /// Sorted by hash.
     ring: Vec<(u64, u32)>,
 }
 
 impl RingHash {
     /// Builds the ring over `hosts` (the healthy hosts of a priority, or all of them in panic).
-    pub fn new(hosts: &[Arc<Host>], config: Option<&RingHashLbConfig>) -> Self {
+    pub fn new(hosts: &[HostSharedPtr], config: Option<&RingHashLbConfig>) -> Self {
         let config = config.cloned().unwrap_or_default();
         let (min_ring_size, max_ring_size) = (config.minimum_ring_size(), config.maximum_ring_size());
         let total: f64 = hosts.iter().map(|h| f64::from(h.weight)).sum();
@@ -53,7 +51,7 @@ impl RingHash {
     }
 
     /// The host owning `hash`: the first entry at or after it, wrapping to the first.
-    pub fn choose_host(&self, hash: u64) -> Option<&Arc<Host>> {
+    pub fn choose_host(&self, hash: u64) -> Option<&HostSharedPtr> {
         let at = self.ring.partition_point(|(h, _)| *h < hash);
         let (_, index) = self.ring.get(at).or_else(|| self.ring.first())?;
         self.hosts.get(*index as usize)
@@ -71,7 +69,7 @@ mod tests {
 
     #[test]
     fn sizes_follow_the_minimum_and_maximum() {
-        let hosts: Vec<Arc<Host>> = (1..=3).map(|p| crate::upstream::load_balancer::tests::host(p, 1)).collect();
+        let hosts: Vec<HostSharedPtr> = (1..=3).map(|p| crate::upstream::load_balancer::tests::host(p, 1)).collect();
         assert_eq!(RingHash::new(&hosts, None).size(), 1026, "1024 rounded up to 342 per host");
         let small = RingHashLbConfig { minimum_ring_size: Some(3), maximum_ring_size: Some(3), ..Default::default() };
         assert_eq!(RingHash::new(&hosts, Some(&small)).size(), 3);

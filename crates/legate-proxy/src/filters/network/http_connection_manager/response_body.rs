@@ -151,8 +151,8 @@ impl ResponseBody {
         if let Inner::Upstream(upstream) = &self.inner {
             let stats = &upstream.request.cluster.stats();
             match which {
-                BodyTimeout::Route => stats.upstream_rq_timeout.inc(),
-                BodyTimeout::PerTryIdle => stats.upstream_rq_per_try_idle_timeout.inc(),
+                BodyTimeout::Route => stats.upstream_rq_timeout().inc(),
+                BodyTimeout::PerTryIdle => stats.upstream_rq_per_try_idle_timeout().inc(),
                 _ => {}
             }
         }
@@ -209,7 +209,7 @@ impl Body for ResponseBody {
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    upstream.request.cluster.stats().upstream_rq_rx_reset.inc();
+                    upstream.request.cluster.stats().upstream_rq_rx_reset().inc();
                     if let Some(c) = &this.completion {
                         c.context.shared.stats.rq_reset_after_downstream_response_started.inc();
                     }
