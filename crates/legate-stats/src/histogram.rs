@@ -79,7 +79,7 @@ impl<'a> HistogramRef<'a> {
     /// Records one sample (as [`Histogram::record`]).
     #[inline]
     pub fn record(self, value: u64) {
-        let bucket = INT_BOUNDS.partition_point(|&bound| bound < value);
+        let bucket = bucket_of(value);
         if let Some((chunk, exclusive)) = self.arena.local_chunk(self.index) {
             let base = self.index as usize % crate::arena::CHUNK_SLOTS;
             if let Some(slot) = chunk.slot(base + bucket) {
@@ -92,10 +92,44 @@ impl<'a> HistogramRef<'a> {
     }
 }
 
+/// A histogram of rare samples that only the main thread records, e.g. how long each xDS
+/// update took to apply (`cluster.<name>.update_duration`, one sample per update of each of
+/// 10,000 EDS clusters). It has no slots in the arena (21 a histogram, 168 bytes in the main
+/// thread's shard alone): its totals are packed with its latched views, ~80 bytes once it has
+/// samples, and [`Self::record`] takes the store's registry lock and finds it by name.
+#[derive(Clone)]
+pub struct RareHistogram {
+    pub(crate) store: Arc<crate::Store>,
+    /// `None` when the name could not be interned (the symbol table is full): records are
+    /// dropped, as an arena histogram's past the arena's end.
+    pub(crate) name: Option<crate::symbol_table::StatName>,
+}
+
+impl RareHistogram {
+    /// Records one sample. Not for a hot path: it locks the registry.
+    pub fn record(&self, value: u64) {
+        if let Some(name) = self.name {
+            self.store.record_rare(name, value);
+        }
+    }
+}
+
+impl fmt::Debug for RareHistogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RareHistogram").finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for Histogram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Histogram").field("index", &self.index).finish()
     }
+}
+
+/// The bucket a sample falls in: the first bound `>= value`, or the overflow bucket.
+#[inline]
+fn bucket_of(value: u64) -> usize {
+    INT_BOUNDS.partition_point(|&bound| bound < value)
 }
 
 /// Counts per bucket (overflow last) and the sum of the samples.
@@ -119,6 +153,14 @@ impl HistogramSnapshot {
             snapshot.sum = *sum;
         }
         snapshot
+    }
+
+    /// Adds one sample.
+    pub(crate) fn record(&mut self, value: u64) {
+        if let Some(bucket) = self.buckets.get_mut(bucket_of(value)) {
+            *bucket = bucket.wrapping_add(1);
+        }
+        self.sum = self.sum.wrapping_add(value);
     }
 
     /// `self - earlier`, slot by slot (wrapping, as the totals only grow).
@@ -214,6 +256,9 @@ impl HistogramLatch {
 /// interval's sum, the cumulative sum, then the counts of the interval's buckets in the mask,
 /// in bucket order, then those of the cumulative view. Immutable: shared with the renders in
 /// progress, which unpack it outside the registry lock.
+///
+/// A rare histogram ([`crate::Scope::rare_histogram`]) has no slots in the arena: its live
+/// totals follow the views, as a third view (its mask, its sum, its counts).
 #[derive(Clone, Debug)]
 pub(crate) struct PackedLatch(Arc<[u64]>);
 
@@ -221,18 +266,48 @@ pub(crate) struct PackedLatch(Arc<[u64]>);
 const PACKED_HEADER: usize = 3;
 
 impl PackedLatch {
-    fn pack(latch: &HistogramLatch) -> PackedLatch {
+    /// The views, and the live totals of a rare histogram.
+    fn pack(latch: &HistogramLatch, live: Option<&HistogramSnapshot>) -> PackedLatch {
         let mask = |view: &HistogramSnapshot| {
             view.buckets.iter().enumerate().filter(|(_, n)| **n != 0).fold(0u64, |mask, (i, _)| mask | 1 << i)
         };
         let nonzero = |view: &HistogramSnapshot| view.buckets.into_iter().filter(|n| *n != 0);
+        let live_words = live.into_iter().flat_map(|live| [mask(live), live.sum].into_iter().chain(nonzero(live)));
         let words: Vec<u64> =
             [mask(&latch.interval) | mask(&latch.cumulative) << 32, latch.interval.sum, latch.cumulative.sum]
                 .into_iter()
                 .chain(nonzero(&latch.interval))
                 .chain(nonzero(&latch.cumulative))
+                .chain(live_words)
                 .collect();
         PackedLatch(words.into())
+    }
+
+    /// A rare histogram's live totals: the words after the views (all 0 when there are none).
+    fn unpack_live(&self) -> HistogramSnapshot {
+        let words = &*self.0;
+        let masks = words.first().copied().unwrap_or(0);
+        let start = PACKED_HEADER + masks.count_ones() as usize;
+        let live = words.get(start..).unwrap_or_default();
+        let (mask, sum) = (live.first().copied().unwrap_or(0), live.get(1).copied().unwrap_or(0));
+        let mut counts = live.get(2..).unwrap_or_default().iter().copied();
+        let mut snapshot = HistogramSnapshot { sum, ..Default::default() };
+        for (i, bucket) in snapshot.buckets.iter_mut().enumerate() {
+            if mask & 1 << i != 0 {
+                *bucket = counts.next().unwrap_or(0);
+            }
+        }
+        snapshot
+    }
+
+    /// Adds one sample to a rare histogram's live totals.
+    pub(crate) fn record_rare(views: &mut Option<PackedLatch>, value: u64) {
+        let (latch, mut live) = match views {
+            Some(packed) => (packed.unpack(), packed.unpack_live()),
+            None => Default::default(),
+        };
+        live.record(value);
+        *views = Some(PackedLatch::pack(&latch, Some(&live)));
     }
 
     /// The views, spelled out.
@@ -263,6 +338,9 @@ impl PackedLatch {
     /// `ParentHistogramImpl::merge`). `None` stands for empty views and stays so until a latch
     /// sees a sample; views that did not change are not packed again.
     pub(crate) fn latch(views: &mut Option<PackedLatch>, arena: &Arena, index: u32) {
+        if index == RARE_INDEX {
+            return Self::latch_rare(views);
+        }
         let now = HistogramSnapshot::read(arena, index);
         let latched = match views {
             Some(packed) => {
@@ -276,9 +354,24 @@ impl PackedLatch {
             None if now.count() != 0 => HistogramLatch { interval: now, cumulative: now },
             None => return,
         };
-        *views = Some(PackedLatch::pack(&latched));
+        *views = Some(PackedLatch::pack(&latched, None));
+    }
+
+    /// [`Self::latch`] for a rare histogram, whose live totals are packed with its views.
+    fn latch_rare(views: &mut Option<PackedLatch>) {
+        let Some(packed) = views else { return };
+        let (before, now) = (packed.unpack(), packed.unpack_live());
+        let latched = HistogramLatch { interval: now.since(&before.cumulative), cumulative: now };
+        if latched.interval == before.interval && latched.cumulative == before.cumulative {
+            return;
+        }
+        *views = Some(PackedLatch::pack(&latched, Some(&now)));
     }
 }
+
+/// The index a rare histogram has in the registry in place of its first arena slot: none of
+/// the arena's 4 Mi slots, so nothing records into the arena for it.
+pub(crate) const RARE_INDEX: u32 = u32::MAX;
 
 #[cfg(test)]
 mod tests {
@@ -342,13 +435,13 @@ mod tests {
             (snapshot(&[1, 2, 5, 6, 100]), snapshot(&[0, 1, 2, 5, 6, 100, 3_600_000, 3_600_001])),
         ] {
             let latch = HistogramLatch { interval, cumulative };
-            let packed = PackedLatch::pack(&latch);
+            let packed = PackedLatch::pack(&latch, None);
             let unpacked = packed.unpack();
             assert_eq!((unpacked.interval, unpacked.cumulative), (interval, cumulative));
             assert_eq!(packed.used(), latch.used());
         }
         assert_eq!(
-            PackedLatch::pack(&HistogramLatch { interval: snapshot(&[]), cumulative: snapshot(&[9]) }).0.len(),
+            PackedLatch::pack(&HistogramLatch { interval: snapshot(&[]), cumulative: snapshot(&[9]) }, None).0.len(),
             4
         );
     }

@@ -31,5 +31,5 @@ pub use arena::set_thread_shard;
 pub use counter::{Counter, CounterRef};
 pub use filter::Filter;
 pub use gauge::{Gauge, GaugeRef};
-pub use histogram::{Histogram, HistogramRef};
+pub use histogram::{Histogram, HistogramRef, RareHistogram};
 pub use store::{Scope, StatArena, StatKind, Store};

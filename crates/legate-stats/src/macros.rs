@@ -28,9 +28,11 @@ macro_rules! stats {
     (@type counter) => { $crate::Counter };
     (@type gauge) => { $crate::Gauge };
     (@type histogram) => { $crate::Histogram };
+    (@type rare_histogram) => { $crate::RareHistogram };
     (@kind counter) => { $crate::StatKind::Counter };
     (@kind gauge) => { $crate::StatKind::Gauge };
     (@kind histogram) => { $crate::StatKind::Histogram };
+    (@kind rare_histogram) => { $crate::StatKind::RareHistogram };
     (@ref counter) => { $crate::CounterRef<'_> };
     (@ref gauge) => { $crate::GaugeRef<'_> };
     (@ref histogram) => { $crate::HistogramRef<'_> };

@@ -22,7 +22,7 @@ use crate::arena::{Arena, CHUNK_SLOTS, SCRATCH_SLOTS};
 use crate::counter::{counter_value, Counter, CounterRef};
 use crate::filter::Scopes;
 use crate::gauge::{Gauge, GaugeRef};
-use crate::histogram::{Histogram, HistogramRef, PackedLatch, SLOTS as HISTOGRAM_SLOTS};
+use crate::histogram::{Histogram, HistogramRef, PackedLatch, RareHistogram, RARE_INDEX, SLOTS as HISTOGRAM_SLOTS};
 use crate::symbol_table::{Id, StatName, SymbolTable};
 
 /// All stats of one server, shared as `Arc<Store>` by the main thread and the workers.
@@ -69,6 +69,8 @@ pub enum StatKind {
     Counter,
     Gauge,
     Histogram,
+    /// A [`RareHistogram`].
+    RareHistogram,
 }
 
 /// One `stats!` struct's counters and gauges as interned last tokens, declared under many
@@ -85,6 +87,8 @@ const MAX_DECLARED_GROUPS: usize = u32::BITS as usize;
 
 /// A registered histogram and its latched views.
 pub(crate) struct HistogramEntry {
+    /// Its first slot in the arena; [`RARE_INDEX`] for a rare histogram, whose live totals
+    /// are packed with its views.
     pub(crate) index: u32,
     /// `None` until a latch sees a sample (most histograms of a large config never do); shared
     /// with the renders in progress, which read it outside the lock.
@@ -233,14 +237,18 @@ impl Store {
                         match kind {
                             StatKind::Counter => self.declare_counter(&join(name)),
                             StatKind::Gauge => self.declare_gauge(&join(name)),
-                            StatKind::Histogram => {}
+                            StatKind::Histogram | StatKind::RareHistogram => {}
                         }
                     }
                 }
             }
         }
-        for (_, name) in stats.iter().filter(|(kind, _)| *kind == StatKind::Histogram) {
-            drop(self.histogram(&join(name)));
+        for (kind, name) in stats {
+            match kind {
+                StatKind::Histogram => drop(self.histogram(&join(name))),
+                StatKind::RareHistogram => drop(self.register_rare(&join(name))),
+                StatKind::Counter | StatKind::Gauge => {}
+            }
         }
     }
 
@@ -289,6 +297,31 @@ impl Store {
             },
         };
         Histogram { arena: self.arena.clone(), index }
+    }
+
+    /// The rare histogram with this full name (see [`RareHistogram`]), created on first use.
+    /// A histogram of that name that already has arena slots stays as it is.
+    pub fn rare_histogram(self: &Arc<Self>, name: &str) -> RareHistogram {
+        RareHistogram { store: self.clone(), name: self.register_rare(name) }
+    }
+
+    fn register_rare(&self, name: &str) -> Option<StatName> {
+        let mut registry = self.lock();
+        let name = registry.names.intern(name)?;
+        registry.histograms.entry(name).or_insert(HistogramEntry { index: RARE_INDEX, latch: None });
+        Some(name)
+    }
+
+    /// Records `value` into the histogram `name`: into its live totals when it is rare,
+    /// into the arena otherwise.
+    pub(crate) fn record_rare(&self, name: StatName, value: u64) {
+        let mut registry = self.lock();
+        let Some(entry) = registry.histograms.get_mut(&name) else { return };
+        if entry.index == RARE_INDEX {
+            PackedLatch::record_rare(&mut entry.latch, value);
+        } else {
+            HistogramRef::new(&self.arena, entry.index).record(value);
+        }
     }
 
     /// A scope whose stats are named `prefix.<name>`; a trailing dot in `prefix` is ignored.
@@ -382,6 +415,11 @@ impl Scope {
     /// The histogram `prefix.name`.
     pub fn histogram(&self, name: &str) -> Histogram {
         self.store.histogram(&self.name(name))
+    }
+
+    /// The rare histogram `prefix.name` (see [`RareHistogram`]).
+    pub fn rare_histogram(&self, name: &str) -> RareHistogram {
+        self.store.rare_histogram(&self.name(name))
     }
 
     /// Lists the counter `prefix.name` in admin output (at 0, as Envoy lists every stat of a
@@ -599,6 +637,48 @@ mod tests {
         let latch = latch_of(&store, "h");
         assert_eq!(latch.interval.count(), 0);
         assert!(latch.used());
+    }
+
+    #[test]
+    fn rare_histogram_latches_as_an_arena_one_without_slots() {
+        let store = Store::new(2);
+        let arena_one = store.histogram("arena");
+        let slots_before = store.lock().next_slot;
+        let rare = store.scope("cluster.a").rare_histogram("update_duration");
+        assert_eq!(store.lock().next_slot, slots_before, "no arena slots");
+        for h in [&store.rare_histogram("cluster.a.update_duration"), &rare] {
+            h.record(3);
+        }
+        arena_one.record(3);
+        arena_one.record(3);
+        assert!(!latch_of(&store, "cluster.a.update_duration").used(), "not visible before a latch");
+        store.latch_histograms();
+        rare.record(100);
+        arena_one.record(100);
+        let (latch, arena_latch) = (latch_of(&store, "cluster.a.update_duration"), latch_of(&store, "arena"));
+        assert_eq!((latch.interval, latch.cumulative), (arena_latch.interval, arena_latch.cumulative));
+        assert_eq!((latch.cumulative.count(), latch.cumulative.sum), (2, 6));
+        for _ in 0..2 {
+            store.latch_histograms();
+            let (latch, arena_latch) = (latch_of(&store, "cluster.a.update_duration"), latch_of(&store, "arena"));
+            assert_eq!((latch.interval, latch.cumulative), (arena_latch.interval, arena_latch.cumulative));
+        }
+        let latch = latch_of(&store, "cluster.a.update_duration");
+        assert_eq!((latch.interval.count(), latch.cumulative.count(), latch.cumulative.sum), (0, 3, 106));
+        let text = store.render_text(None, true);
+        let line = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(str::to_owned));
+        assert_eq!(line("cluster.a.update_duration: "), line("arena: "), "{text}");
+        assert!(line("arena: ").is_some_and(|l| l.starts_with("P0(nan,1) ")), "{text}");
+    }
+
+    #[test]
+    fn rare_histogram_of_an_arena_histogram_records_into_the_arena() {
+        let store = Store::new(1);
+        let h = store.histogram("h");
+        store.rare_histogram("h").record(7);
+        h.record(7);
+        store.latch_histograms();
+        assert_eq!(latch_of(&store, "h").cumulative.count(), 2);
     }
 
     #[test]

@@ -14,8 +14,9 @@ legate_stats::stats! {
         gauge update_time,
         /// A hash of the last accepted `version_info`.
         gauge version,
-        /// How long the last update took to apply (Envoy's `update_duration` histogram).
-        histogram update_duration,
+        /// How long each update took to apply (Envoy's `update_duration` histogram): one
+        /// sample per update, recorded by the main thread.
+        rare_histogram update_duration,
     }
 }
 
@@ -62,7 +63,7 @@ impl SubscriptionStats {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.scope.gauge("update_time").set(now.as_millis() as u64);
         self.scope.gauge("version").set(version_hash(version_info));
-        self.scope.histogram("update_duration").record(took.as_millis() as u64);
+        self.scope.rare_histogram("update_duration").record(took.as_millis() as u64);
     }
 }
 
