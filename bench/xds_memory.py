@@ -6,7 +6,9 @@ with 10 endpoints each (the push of `xds_scale.py`), waits until they are all ac
 prints RSS (`/proc/<pid>/status`) and heap in use (`/memory`'s `allocated`) per cluster,
 against the figures before the push. `--dump DIR` then waits for a stats flush and saves
 `/stats` (text, `usedonly`, JSON, Prometheus), `/clusters` (text, JSON) and `/config_dump`.
-`--snapshot FILE` asks a legate run under `valgrind --tool=massif --vgdb=yes` (`--wrap`) for
+`--then M` then pushes M clusters in all (the first N unchanged) and prints the memory each
+added cluster took: the marginal cost, without the fixed costs the first figure divides among
+the N clusters (code paged in by the first push, tables sized for few clusters). `--snapshot FILE` asks a legate run under `valgrind --tool=massif --vgdb=yes` (`--wrap`) for
 a detailed snapshot once the clusters are applied.
 
 `compare A B`: compares two dumps, with what changes from run to run (timestamps, uptime,
@@ -92,42 +94,55 @@ dynamic_resources:
             except OSError:
                 time.sleep(0.1)
         time.sleep(1)
-        heap_before, rss_before = int(json.loads(get("/memory"))["allocated"]), rss_kib()
-        anon_before, file_before = rss_kib("RssAnon"), rss_kib("RssFile")
-        clusters, assignments = [], []
-        for i in range(args.clusters):
-            name = f"svc{i}"
-            clusters.append({"@type": CDS_TYPE, "name": name, "type": "EDS", "connect_timeout": "1s",
-                             "eds_cluster_config": {"eds_config": {"path_config_source": {"path": eds}}}})
-            endpoints = [{"endpoint": {"address": {"socket_address": {
-                "address": f"127.{(i >> 8) & 255}.{i & 255}.{1 + j}", "port_value": 8080}}}} for j in range(10)]
-            assignments.append({"@type": EDS_TYPE, "cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]})
-        pushed = time.monotonic()
-        publish(eds, "1", assignments)
-        publish(cds, "1", clusters)
-        while time.monotonic() - pushed < 600:
-            try:
-                if (stat("cluster_manager.active_clusters") or 0) >= args.clusters \
-                        and stat("cluster_manager.warming_clusters") == 0:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        applied = time.monotonic() - pushed
-        # The memory given back 200 ms after the burst (`malloc_trim`), and then some.
-        time.sleep(3)
-        heap_after, rss_after = int(json.loads(get("/memory"))["allocated"]), rss_kib()
-        anon_after, file_after = rss_kib("RssAnon"), rss_kib("RssFile")
-        print(json.dumps({
-            "clusters": args.clusters, "concurrency": args.concurrency, "applied_s": round(applied, 2),
-            "rss_kib_per_cluster": round((rss_after - rss_before) / args.clusters, 3),
-            "heap_kib_per_cluster": round((heap_after - heap_before) / 1024 / args.clusters, 3),
+        def sample():
+            return {"heap": int(json.loads(get("/memory"))["allocated"]), "rss": rss_kib(),
+                    "anon": rss_kib("RssAnon"), "file": rss_kib("RssFile")}
+
+        def push(count, version):
+            clusters, assignments = [], []
+            for i in range(count):
+                name = f"svc{i}"
+                clusters.append({"@type": CDS_TYPE, "name": name, "type": "EDS", "connect_timeout": "1s",
+                                 "eds_cluster_config": {"eds_config": {"path_config_source": {"path": eds}}}})
+                endpoints = [{"endpoint": {"address": {"socket_address": {
+                    "address": f"127.{(i >> 8) & 255}.{i & 255}.{1 + j}", "port_value": 8080}}}} for j in range(10)]
+                assignments.append({"@type": EDS_TYPE, "cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]})
+            pushed = time.monotonic()
+            publish(eds, version, assignments)
+            publish(cds, version, clusters)
+            while time.monotonic() - pushed < 600:
+                try:
+                    if (stat("cluster_manager.active_clusters") or 0) >= count \
+                            and stat("cluster_manager.warming_clusters") == 0:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            applied = time.monotonic() - pushed
+            # The memory given back 200 ms after the burst (`malloc_trim`), and then some.
+            time.sleep(3)
+            return applied
+
+        def per_cluster(before, after, count):
+            kib = lambda key, scale=1: round((after[key] - before[key]) / scale / count, 3)  # noqa: E731
             # RSS split: anonymous memory (heap, stacks) and file pages (the binary's code and
             # data touched for the first time by the push, a fixed cost).
-            "anon_kib_per_cluster": round((anon_after - anon_before) / args.clusters, 3),
-            "file_kib_per_cluster": round((file_after - file_before) / args.clusters, 3),
-            "rss_kib_before": rss_before, "rss_kib_after": rss_after,
-        }))
+            return {"rss_kib_per_cluster": kib("rss"), "heap_kib_per_cluster": kib("heap", 1024),
+                    "anon_kib_per_cluster": kib("anon"), "file_kib_per_cluster": kib("file")}
+
+        before = sample()
+        applied = push(args.clusters, "1")
+        after = sample()
+        result = {"clusters": args.clusters, "concurrency": args.concurrency, "applied_s": round(applied, 2),
+                  **per_cluster(before, after, args.clusters),
+                  "rss_kib_before": before["rss"], "rss_kib_after": after["rss"]}
+        if args.then:
+            # The cost of one more cluster once there are many: what a fixed cost (code paged
+            # in, tables sized for the first clusters) adds to the figure above is not in it.
+            more = args.then - args.clusters
+            push(args.then, "2")
+            result["then"] = {"clusters": args.then, **per_cluster(after, sample(), more)}
+        print(json.dumps(result))
         if args.dump:
             # After a stats flush (every 5 s): histograms show only latched samples.
             time.sleep(6)
@@ -186,6 +201,8 @@ def main():
     m = sub.add_parser("measure")
     m.add_argument("--legate", required=True)
     m.add_argument("--clusters", type=int, default=10000)
+    m.add_argument("--then", type=int, help="then push this many clusters in all (the first ones unchanged), "
+                   "and print the memory per added cluster")
     m.add_argument("--concurrency", type=int, default=1)
     m.add_argument("--admin", type=int, default=23901)
     m.add_argument("--eager-stats", action="store_true",

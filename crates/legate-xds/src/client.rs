@@ -3,7 +3,7 @@
 //! `SubscriptionFactory` and the ADS `GrpcMux`).
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use legate_stats::Store;
 use crate::grpc_mux::{GrpcMux, Service};
 use crate::resource::ResourceType;
 use crate::stats::{ControlPlaneStats, SubscriptionStats};
-use crate::subscription::{SubscriptionCallbacks, Watch, WatchMap};
+use crate::subscription::{NameSet, SubscriptionCallbacks, Watch, WatchMap};
 use crate::{cluster_connect, http_subscription, node, path_subscription};
 
 /// Identifies a subscription: the same file, the same API source or ADS, and one type.
@@ -69,7 +69,7 @@ impl XdsClient {
         &self,
         source: &ConfigSource,
         resource_type: ResourceType,
-        names: BTreeSet<String>,
+        names: NameSet,
         callbacks: Rc<dyn SubscriptionCallbacks>,
         stats: SubscriptionStats,
     ) -> Result<Watch, String> {

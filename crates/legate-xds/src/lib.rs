@@ -36,7 +36,7 @@ mod token_bucket;
 pub use client::XdsClient;
 pub use resource::{DecodedResource, ResourceType};
 pub use stats::{ControlPlaneStats, SubscriptionStats};
-pub use subscription::{ConfigUpdate, SubscriptionCallbacks, UpdateFailure, Watch};
+pub use subscription::{ConfigUpdate, NameSet, SubscriptionCallbacks, UpdateFailure, Watch};
 
 /// Called once per item of a large update (10,000 clusters, their 10,000 assignments): once
 /// the main thread has worked for [`PACE_SLICE`] since it last did, it offers the CPU to the

@@ -9,12 +9,12 @@ pub mod lds;
 pub mod rds;
 pub mod sds;
 
-use std::collections::BTreeSet;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use legate_config::Bootstrap;
 use legate_proxy::upstream::ClusterManager;
-use legate_xds::XdsClient;
+use legate_xds::{NameSet, XdsClient};
 
 /// The subscriptions of a server.
 pub struct Xds {
@@ -96,6 +96,6 @@ impl Xds {
 }
 
 /// The one name a named subscription asks for.
-pub(crate) fn one_name(name: &str) -> BTreeSet<String> {
-    BTreeSet::from([name.to_string()])
+pub(crate) fn one_name(name: &str) -> NameSet {
+    NameSet::One(Arc::from(name))
 }

@@ -35,8 +35,8 @@ pub struct Cluster {
     pub health_checker: Option<Box<super::health_checker::HealthChecker>>,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     overprovisioning_factor: AtomicU32,
-    /// Static clusters are never added through an API in this version.
-    pub added_via_api: bool,
+    /// Where and when CDS sent it; `None` for a cluster of the bootstrap.
+    pub api: Option<super::cluster_manager::ApiVersion>,
     /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
     pub transport_socket: Option<Arc<crate::tls::ClientContext>>,
     /// `auto_sni` of a TLS cluster: each request's upstream connection is made for the name in
@@ -161,6 +161,11 @@ impl PrioritySet {
 }
 
 impl Cluster {
+    /// Whether CDS added it (`/clusters`' `added_via_api`).
+    pub fn added_via_api(&self) -> bool {
+        self.api.is_some()
+    }
+
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
         let traffic_stats = once_cell::race::OnceBox::new();
         if !scope.store().deferred_creation() {
@@ -187,7 +192,7 @@ impl Cluster {
                 .map(|hc| Box::new(super::health_checker::HealthChecker::new(hc, scope))),
             circuit_breakers,
             overprovisioning_factor: AtomicU32::new(overprovisioning_factor),
-            added_via_api: false,
+            api: None,
             // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
             // the server's start-up); here it can only have become unreadable since.
             auto_sni: {

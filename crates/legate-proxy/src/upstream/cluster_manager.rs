@@ -22,13 +22,26 @@ use super::stats::ClusterManagerStats;
 /// Every cluster by name, as one immutable snapshot.
 pub type ClusterMap = HashMap<Arc<str>, Arc<Cluster>>;
 
+/// A CDS update as the clusters it added or changed keep it: its `version_info` and when it
+/// was applied, one allocation for all of them.
+#[derive(Debug)]
+pub struct CdsUpdate {
+    pub version_info: Box<str>,
+    pub last_updated: SystemTime,
+}
+
+impl CdsUpdate {
+    pub fn new(version_info: &str) -> Arc<CdsUpdate> {
+        Arc::new(CdsUpdate { version_info: version_info.into(), last_updated: SystemTime::now() })
+    }
+}
+
 /// When and in which version a cluster came from CDS, and what it was (`/config_dump`), as
-/// compact JSON text: a parsed tree costs ten times the memory, for every cluster.
+/// compact JSON text: a parsed tree costs ten times the memory, for every cluster. Kept by
+/// the cluster itself, where a map by name beside the clusters took ~100 bytes an entry.
 #[derive(Clone, Debug)]
 pub struct ApiVersion {
-    /// Shared by the clusters of one update (see [`ClusterManager::shared_version_info`]).
-    pub version_info: Arc<str>,
-    pub last_updated: SystemTime,
+    pub update: Arc<CdsUpdate>,
     pub raw: Box<str>,
 }
 
@@ -51,14 +64,10 @@ pub struct ClusterManager {
     /// Health checks, outlier sweeps and DNS refreshes of each active cluster; aborted when the
     /// cluster is removed or replaced.
     tasks: RefCell<HashMap<usize, Vec<AbortHandle>>>,
-    /// Version and time of every cluster CDS added, active or warming.
-    pub api_versions: RefCell<HashMap<Arc<str>, ApiVersion>>,
     /// Changes to publish together: one snapshot per batch, not one per cluster (a CDS update
     /// of 10,000 clusters must not copy the map 10,000 times).
     pending: RefCell<Vec<Pending>>,
     flush_scheduled: std::cell::Cell<bool>,
-    /// The `version_info` of the last cluster CDS added: the clusters of one update share it.
-    last_version_info: RefCell<Arc<str>>,
 }
 
 /// What [`ClusterManager::add_or_update_cluster`] did.
@@ -92,10 +101,8 @@ impl ClusterManager {
             order: RefCell::new(order),
             warming: RefCell::new(BTreeMap::new()),
             tasks: RefCell::new(HashMap::default()),
-            api_versions: RefCell::new(HashMap::default()),
             pending: RefCell::new(Vec::new()),
             flush_scheduled: std::cell::Cell::new(false),
-            last_version_info: RefCell::new(Arc::from("")),
         }
     }
 
@@ -170,6 +177,14 @@ impl ClusterManager {
         self.warming.borrow().values().cloned().collect()
     }
 
+    /// Names of the clusters CDS added, active or warming.
+    pub fn api_cluster_names(&self) -> Vec<Arc<str>> {
+        let active = self.clusters.load();
+        let mut names: Vec<Arc<str>> = active.values().filter(|c| c.added_via_api()).map(|c| c.name.clone()).collect();
+        names.extend(self.warming.borrow().keys().filter(|name| !active.contains_key(*name)).cloned());
+        names
+    }
+
     /// Names of the active and warming clusters.
     pub fn cluster_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.clusters.load().keys().map(|name| name.to_string()).collect();
@@ -184,11 +199,11 @@ impl ClusterManager {
         self: &Rc<Self>,
         config: ClusterConfig,
         raw: &serde_json::Value,
-        version_info: &str,
+        update: &Arc<CdsUpdate>,
     ) -> Result<ClusterUpdate, String> {
         let name = config.name.clone();
         let active = self.get(&name);
-        if active.as_ref().is_some_and(|c| !c.added_via_api) {
+        if active.as_ref().is_some_and(|c| !c.added_via_api()) {
             // Envoy: a static cluster cannot be changed through the API; the update skips it.
             tracing::warn!(cluster = %name, "CDS update for a static cluster ignored");
             return Ok(ClusterUpdate::Unchanged);
@@ -200,21 +215,13 @@ impl ClusterManager {
         let scope = self.store.scope(&format!("cluster.{}", config.stat_name()));
         crate::tls::ClientContext::for_cluster(&config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
         let mut cluster = Cluster::new(config, &scope);
-        cluster.added_via_api = true;
+        cluster.api = Some(ApiVersion { update: update.clone(), raw: raw.to_string().into_boxed_str() });
         let cluster = Arc::new(cluster);
         if current.is_some() {
             self.stats.cluster_modified.inc();
         } else {
             self.stats.cluster_added.inc();
         }
-        self.api_versions.borrow_mut().insert(
-            cluster.name.clone(),
-            ApiVersion {
-                version_info: self.shared_version_info(version_info),
-                last_updated: SystemTime::now(),
-                raw: raw.to_string().into_boxed_str(),
-            },
-        );
         self.warming.borrow_mut().insert(cluster.name.clone(), cluster.clone());
         self.stats.warming_clusters.set(self.warming.borrow().len() as u64);
         match cluster.info.discovery_type {
@@ -237,15 +244,6 @@ impl ClusterManager {
             }
         }
         Ok(ClusterUpdate::Warming(cluster))
-    }
-
-    /// `version_info` as the clusters of its update share it.
-    fn shared_version_info(&self, version_info: &str) -> Arc<str> {
-        let mut last = self.last_version_info.borrow_mut();
-        if **last != *version_info {
-            *last = Arc::from(version_info);
-        }
-        last.clone()
     }
 
     /// Moves a warming cluster into the active set (its endpoints arrived, or
@@ -282,11 +280,10 @@ impl ClusterManager {
 
     /// Removes a CDS cluster (static ones stay). Requests in flight finish on it.
     pub fn remove_cluster(self: &Rc<Self>, name: &str) -> bool {
-        // Every cluster CDS added, active or warming, has an entry here; static ones do not.
-        if self.api_versions.borrow_mut().remove(name).is_none() {
+        let warming = self.warming.borrow_mut().remove(name).is_some();
+        if !warming && !self.get(name).is_some_and(|c| c.added_via_api()) {
             return false;
         }
-        self.warming.borrow_mut().remove(name);
         self.stats.warming_clusters.set(self.warming.borrow().len() as u64);
         self.stats.cluster_removed.inc();
         self.schedule(Pending::Remove(name.to_string()));

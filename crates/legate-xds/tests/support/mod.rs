@@ -216,7 +216,7 @@ impl Harness {
             let source: ConfigSource = parse(source);
             let callbacks = Rc::new(Recorder { watch: watch.clone(), log: state.log.clone(), validate });
             let stats = SubscriptionStats::new(&state.client.store.scope(&format!("watch.{watch}")));
-            let handle = state.client.subscribe(&source, resource_type, names, callbacks, stats)?;
+            let handle = state.client.subscribe(&source, resource_type, names.into(), callbacks, stats)?;
             state.watches.insert(watch, handle);
             Ok(())
         })

@@ -35,7 +35,7 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
             let _ = writeln!(out, "{name}::{label}::{field}::{max}");
         }
     }
-    let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
+    let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api());
     for host in cluster.priority_set().all_hosts() {
         let h = format!("{name}::{}", host.address());
         for (stat, value) in host.stats.values() {
@@ -115,7 +115,7 @@ fn cluster_json(cluster: &Cluster) -> Value {
     json!({
         "name": cluster.name,
         "observability_name": cluster.info.stat_name(&cluster.name),
-        "added_via_api": cluster.added_via_api,
+        "added_via_api": cluster.added_via_api(),
         "circuit_breakers": {"thresholds": [
             threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::Default), None),
             threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::High), Some("HIGH")),

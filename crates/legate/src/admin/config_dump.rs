@@ -1,8 +1,10 @@
 //! `/config_dump`: the configuration in effect, in Envoy's `ConfigDump` shape.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use hyper::StatusCode;
+use legate_proxy::upstream::Cluster;
 use serde_json::{json, Value};
 
 use super::{json, rfc3339, AdminResponse, Query};
@@ -81,16 +83,15 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
 /// version it came in; the last CDS version as `version_info`.
 fn dynamic_clusters(server: &Server, dump: &mut Value) {
     let manager = &server.cluster_manager;
-    let versions = manager.api_versions.borrow();
-    let entry = |name: &str| {
-        versions.get(name).map(|v| {
-            let raw: Value = serde_json::from_str(&v.raw).unwrap_or_default();
-            json!({"version_info": v.version_info, "cluster": typed(CLUSTER, &raw), "last_updated": rfc3339(v.last_updated)})
+    let entry = |cluster: &Arc<Cluster>| {
+        cluster.api.as_ref().map(|api| {
+            let raw: Value = serde_json::from_str(&api.raw).unwrap_or_default();
+            let update = &api.update;
+            json!({"version_info": update.version_info, "cluster": typed(CLUSTER, &raw), "last_updated": rfc3339(update.last_updated)})
         })
     };
-    let mut active: Vec<Value> =
-        manager.clusters().iter().filter(|c| c.added_via_api).filter_map(|c| entry(&c.name)).collect();
-    let mut warming: Vec<Value> = manager.warming_clusters().iter().filter_map(|c| entry(&c.name)).collect();
+    let mut active: Vec<Value> = manager.clusters().iter().filter_map(entry).collect();
+    let mut warming: Vec<Value> = manager.warming_clusters().iter().filter_map(entry).collect();
     if let Some(cds) = &server.xds.cds {
         dump["version_info"] = json!(*cds.version_info.borrow());
         // A refused cluster's `error_state` goes on the version still in effect, or alone.

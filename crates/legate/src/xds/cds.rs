@@ -6,10 +6,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::rc::Rc;
 
 use legate_config::config_source::ConfigSource;
-use legate_proxy::upstream::cluster_manager::ClusterUpdate;
+use legate_proxy::upstream::cluster_manager::{CdsUpdate, ClusterUpdate};
 use legate_proxy::upstream::ClusterManager;
 use legate_xds::{
-    ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
+    ConfigUpdate, NameSet, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
 };
 
 use super::eds::Eds;
@@ -49,7 +49,7 @@ impl CdsApi {
             errors: RefCell::new(Vec::new()),
             watch: RefCell::new(None),
         });
-        let watch = client.subscribe(source, ResourceType::Cluster, BTreeSet::new(), api.clone(), stats)?;
+        let watch = client.subscribe(source, ResourceType::Cluster, NameSet::Empty, api.clone(), stats)?;
         *api.watch.borrow_mut() = Some(watch);
         Ok(api)
     }
@@ -63,6 +63,7 @@ impl SubscriptionCallbacks for CdsApi {
     fn on_config_update(&self, update: &ConfigUpdate<'_>) -> Result<(), String> {
         let manager = &self.cluster_manager;
         let mut errors = Vec::new();
+        let cds_update = CdsUpdate::new(update.version_info);
         for resource in update.resources.iter() {
             legate_xds::pace();
             // Built for this cluster only, and dropped once it is applied.
@@ -70,7 +71,7 @@ impl SubscriptionCallbacks for CdsApi {
             let result = value.as_ref().map_err(Clone::clone).and_then(|value| {
                 let config = legate_config::resources::cluster(value)?;
                 let eds_cluster_config = config.eds_cluster_config.clone();
-                match manager.add_or_update_cluster(config, value, update.version_info)? {
+                match manager.add_or_update_cluster(config, value, &cds_update)? {
                     ClusterUpdate::Unchanged => Ok(()),
                     ClusterUpdate::Warming(cluster) => {
                         self.eds.cluster_added(&cluster, eds_cluster_config).inspect_err(|_| {
@@ -95,8 +96,8 @@ impl SubscriptionCallbacks for CdsApi {
         if update.state_of_the_world {
             // Also the clusters a rejected earlier update had added: the response is the set.
             let present: HashSet<&str> = update.resources.iter().map(|r| r.name.as_str()).collect();
-            let api_clusters: Vec<String> = manager.api_versions.borrow().keys().map(|name| name.to_string()).collect();
-            removed.extend(api_clusters.into_iter().filter(|n| !present.contains(n.as_str())));
+            let api_clusters = manager.api_cluster_names();
+            removed.extend(api_clusters.iter().filter(|n| !present.contains(&***n)).map(|n| n.to_string()));
         }
         for name in removed {
             if manager.remove_cluster(&name) {

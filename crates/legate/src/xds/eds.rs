@@ -12,7 +12,7 @@ use legate_config::cluster::{DiscoveryType, EdsClusterConfig};
 use legate_config::endpoint::ClusterLoadAssignment;
 use legate_proxy::upstream::{Cluster, ClusterManager};
 use legate_xds::{
-    ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
+    ConfigUpdate, NameSet, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
 };
 
 pub struct Eds {
@@ -55,6 +55,11 @@ impl Eds {
         let source = eds_config.eds_config.unwrap_or_default();
         let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty()).map(String::into_boxed_str);
         let service = service_name.as_deref().unwrap_or(&cluster.name);
+        // The cluster's name is shared with its watch's, where that is what it asks for.
+        let wanted = match &service_name {
+            Some(service) => super::one_name(service),
+            None => NameSet::One(cluster.name.clone()),
+        };
         let entry = Rc::new(EdsCluster {
             cluster: cluster.clone(),
             service_name: service_name.clone(),
@@ -71,7 +76,7 @@ impl Eds {
         let stats = SubscriptionStats::new(&cluster.scope);
         let watch = self
             .client
-            .subscribe(&source, ResourceType::ClusterLoadAssignment, super::one_name(service), entry.clone(), stats)
+            .subscribe(&source, ResourceType::ClusterLoadAssignment, wanted, entry.clone(), stats)
             .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
         let _ = entry.watch.set(watch);
         self.clusters.borrow_mut().insert(cluster.name.clone(), entry);

@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 use legate_config::config_source::ConfigSource;
 use legate_proxy::listener::listener_manager::ListenerUpdate;
 use legate_xds::{
-    ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
+    ConfigUpdate, NameSet, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
 };
 
 use super::rds::Rds;
@@ -52,7 +52,7 @@ impl LdsApi {
             pending: RefCell::new(Vec::new()),
             watch: RefCell::new(None),
         });
-        let watch = client.subscribe(source, ResourceType::Listener, BTreeSet::new(), api.clone(), stats)?;
+        let watch = client.subscribe(source, ResourceType::Listener, NameSet::Empty, api.clone(), stats)?;
         *api.watch.borrow_mut() = Some(watch);
         Ok(api)
     }
