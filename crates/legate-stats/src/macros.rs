@@ -50,9 +50,18 @@ macro_rules! stats {
         }
 
         impl $name {
-            /// Creates (or finds) every stat of this struct under `scope`.
+            /// The struct's stats, one list (its address names the group in the store).
+            fn stat_list() -> &'static [($crate::StatKind, &'static str)] {
+                static STATS: &[($crate::StatKind, &str)] =
+                    &[$( ($crate::stats!(@kind $kind), stringify!($field)) ),*];
+                STATS
+            }
+
+            /// Creates (or finds) every stat of this struct under `scope`: its counters and
+            /// gauges as one group in consecutive slots ([`$crate::Scope::group_slots`]).
             pub fn new(scope: &$crate::Scope) -> Self {
-                Self { arena: scope.stat_arena(), $( $field: scope.$kind(stringify!($field)).slot(), )* }
+                let mut slots = scope.group_slots(Self::stat_list()).into_iter();
+                Self { arena: scope.stat_arena(), $( $field: slots.next().unwrap_or(0), )* }
             }
 
             $(
@@ -74,9 +83,7 @@ macro_rules! stats {
             /// `declare` of a struct that is not compact).
             #[allow(dead_code)]
             pub fn declare(scope: &$crate::Scope) {
-                static STATS: &[($crate::StatKind, &str)] =
-                    &[$( ($crate::stats!(@kind $kind), stringify!($field)) ),*];
-                scope.declare_stats(STATS);
+                scope.declare_stats(Self::stat_list());
             }
         }
     };

@@ -95,6 +95,7 @@ impl Store {
         let mut numeric = |map: &StatMap<u32>, kind: StatKind| -> Vec<(StatName, u32)> {
             let mut listed: Vec<(StatName, u32)> =
                 map.iter().filter(|(name, _)| scopes.may_pass(**name)).map(|(name, index)| (*name, *index)).collect();
+            listed.extend(registry.group_stats(kind, &mut scopes));
             // A declared stat no handle wrote is never used.
             if !used_only {
                 listed.extend(

@@ -59,7 +59,21 @@ pub(crate) struct Registry {
     /// cluster declares ~24 stats in four groups under three prefixes (its unchanged and
     /// update stats, each priority's breaker gauges): three 8-byte entries here instead of ~24
     /// 12-byte entries in `counters` and `gauges` (0.28 KiB of heap per cluster at 10,000).
-    declared: HashMap<Id, u32, FxBuildHasher>,
+    declared: HashMap<Id, GroupBits, FxBuildHasher>,
+    /// (prefix, group) → the first slot of a group created whole ([`Store::group_slots`]):
+    /// its counters, then its gauges, in consecutive slots. One entry for a compact `stats!`
+    /// struct (a cluster's membership stats), where each of its stats took an entry in
+    /// `counters` or `gauges`.
+    group_bases: HashMap<(Id, u8), u32, FxBuildHasher>,
+}
+
+/// The groups of one prefix, one bit per index into `Registry::declared_groups`.
+#[derive(Clone, Copy, Default)]
+struct GroupBits {
+    /// Listed at 0 until a handle asks for one of its names.
+    declared: u32,
+    /// Created whole: see `Registry::group_bases`.
+    created: u32,
 }
 
 /// The kind of each stat of a `stats!` struct, for [`Store::declare_stats`].
@@ -123,7 +137,9 @@ impl Registry {
         };
         let mut out = Vec::new();
         for (&prefix, &bits) in &self.declared {
-            if !scopes.may_pass_under(prefix) {
+            // A group also created whole has a slot for every name.
+            let bits = bits.declared & !bits.created;
+            if bits == 0 || !scopes.may_pass_under(prefix) {
                 continue;
             }
             let first = out.len();
@@ -136,7 +152,7 @@ impl Registry {
                     let name = StatName::new(prefix, leaf);
                     // Two groups of one prefix may both list a name: it is one stat.
                     let listed = out.get(first..).is_some_and(|names: &[StatName]| names.contains(&name));
-                    if !listed && !map.contains_key(&name) {
+                    if !listed && !map.contains_key(&name) && self.group_slot(name, kind).is_none() {
                         out.push(name);
                     }
                 }
@@ -150,8 +166,66 @@ impl Registry {
         let Some(&bits) = self.declared.get(&name.prefix()) else { return false };
         self.declared_groups.iter().enumerate().any(|(bit, group)| {
             let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
-            bits & (1 << bit) != 0 && leaves.contains(&name.leaf())
+            bits.declared & (1 << bit) != 0 && leaves.contains(&name.leaf())
         })
+    }
+
+    /// The slot of `name` when it is a counter (or gauge) of a group created whole.
+    fn group_slot(&self, name: StatName, kind: StatKind) -> Option<u32> {
+        let bits = self.declared.get(&name.prefix())?.created;
+        if bits == 0 {
+            return None;
+        }
+        self.declared_groups.iter().enumerate().filter(|(bit, _)| bits & (1 << bit) != 0).find_map(|(bit, group)| {
+            let (leaves, offset) = match kind {
+                StatKind::Counter => (&group.counters, 0),
+                StatKind::Gauge => (&group.gauges, group.counters.len()),
+                StatKind::Histogram | StatKind::RareHistogram => return None,
+            };
+            let index = leaves.iter().position(|&leaf| leaf == name.leaf())?;
+            let base = *self.group_bases.get(&(name.prefix(), u8::try_from(bit).ok()?))?;
+            base.checked_add(u32::try_from(offset + index).ok()?)
+        })
+    }
+
+    /// The counters (or gauges) of the groups created whole, with their slots, under the
+    /// prefixes `scopes` may show.
+    pub(crate) fn group_stats(&self, kind: StatKind, scopes: &mut Scopes<'_>) -> Vec<(StatName, u32)> {
+        let mut out = Vec::new();
+        for (&(prefix, bit), &base) in &self.group_bases {
+            let Some(group) = self.declared_groups.get(usize::from(bit)) else { continue };
+            let (leaves, offset) = match kind {
+                StatKind::Counter => (&group.counters, 0),
+                _ => (&group.gauges, group.counters.len()),
+            };
+            if leaves.is_empty() || !scopes.may_pass_under(prefix) {
+                continue;
+            }
+            for (index, &leaf) in leaves.iter().enumerate() {
+                let slot = u32::try_from(offset + index).ok().and_then(|i| base.checked_add(i));
+                if let Some(slot) = slot {
+                    out.push((StatName::new(prefix, leaf), slot));
+                }
+            }
+        }
+        out
+    }
+
+    /// The slots of every counter, in `counters` and in groups created whole.
+    fn counter_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        let grouped = self.group_bases.iter().flat_map(|(&(_, bit), &base)| {
+            let count = self.declared_groups.get(usize::from(bit)).map_or(0, |group| group.counters.len());
+            (0..count).filter_map(move |i| u32::try_from(i).ok().and_then(|i| base.checked_add(i)))
+        });
+        self.counters.values().copied().chain(grouped)
+    }
+
+    /// The map of one-slot stats of `kind`: `gauges` for a gauge, `counters` otherwise.
+    fn scalars(&mut self, kind: StatKind) -> &mut StatMap<u32> {
+        match kind {
+            StatKind::Gauge => &mut self.gauges,
+            _ => &mut self.counters,
+        }
     }
 
     /// Reserves `len` consecutive slots, never crossing a chunk; `None` when the arena is full.
@@ -200,23 +274,23 @@ impl Store {
 
     /// The counter with this full name, created on first use.
     pub fn counter(&self, name: &str) -> Counter {
-        Counter { arena: self.arena.clone(), index: self.scalar_index(name, |r| &mut r.counters) }
+        Counter { arena: self.arena.clone(), index: self.scalar_index(name, StatKind::Counter) }
     }
 
     /// The gauge with this full name, created on first use.
     pub fn gauge(&self, name: &str) -> Gauge {
-        Gauge { arena: self.arena.clone(), index: self.scalar_index(name, |r| &mut r.gauges) }
+        Gauge { arena: self.arena.clone(), index: self.scalar_index(name, StatKind::Gauge) }
     }
 
     /// Lists the counter `name` (at 0) without giving it a slot yet: see
     /// [`Scope::declare_counter`].
     pub fn declare_counter(&self, name: &str) {
-        self.declare(name, |r| &mut r.counters);
+        self.declare(name, StatKind::Counter);
     }
 
     /// Lists the gauge `name` (at 0, unused) without giving it a slot yet.
     pub fn declare_gauge(&self, name: &str) {
-        self.declare(name, |r| &mut r.gauges);
+        self.declare(name, StatKind::Gauge);
     }
 
     /// Lists the stats of one `stats!` struct under `prefix` without handles: counters and
@@ -230,7 +304,7 @@ impl Store {
             let mut registry = self.lock();
             let group = registry.declared_group(stats);
             match (group, registry.names.intern_prefix(prefix)) {
-                (Some(bit), Some(prefix)) => *registry.declared.entry(prefix).or_default() |= 1 << bit,
+                (Some(bit), Some(prefix)) => registry.declared.entry(prefix).or_default().declared |= 1 << bit,
                 _ => {
                     drop(registry);
                     for (kind, name) in stats {
@@ -252,27 +326,103 @@ impl Store {
         }
     }
 
-    fn declare(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) {
+    /// Creates every stat of a compact `stats!` struct under `prefix` (its `new`): its counters
+    /// and gauges in consecutive slots under one registry entry (`Registry::group_bases`), its
+    /// histograms as [`Self::histogram`]. Returns each stat's slot, in the order of `stats`.
+    /// When one of the names already has a slot of its own, or the group cannot be kept as a
+    /// bit, each stat is created by name instead.
+    #[doc(hidden)]
+    pub fn group_slots(&self, prefix: &str, stats: &'static [(StatKind, &'static str)]) -> Vec<u32> {
+        let join = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let mut whole = self.create_group(prefix, stats).map(Vec::into_iter);
+        stats
+            .iter()
+            .map(|(kind, name)| match (kind, whole.as_mut()) {
+                (StatKind::Histogram, _) => self.histogram(&join(name)).index,
+                (StatKind::Counter | StatKind::Gauge, Some(slots)) => slots.next().unwrap_or(0),
+                (StatKind::Counter | StatKind::Gauge, None) => self.scalar_index(&join(name), *kind),
+                // A compact struct keeps slots: a rare histogram has none.
+                (StatKind::RareHistogram, _) => 0,
+            })
+            .collect()
+    }
+
+    /// The slots of the counters and gauges of `stats` created whole under `prefix`, in the
+    /// order of `stats`; `None` when they must be created by name (see [`Self::group_slots`]).
+    fn create_group(&self, prefix: &str, stats: &'static [(StatKind, &'static str)]) -> Option<Vec<u32>> {
+        let mut registry = self.lock();
+        let bit = registry.declared_group(stats)?;
+        let prefix = registry.names.intern_prefix(prefix)?;
+        let key = (prefix, u8::try_from(bit).ok()?);
+        let group = registry.declared_groups.get(usize::try_from(bit).ok()?)?;
+        let scalars: Vec<(StatKind, StatName)> = [StatKind::Counter, StatKind::Gauge]
+            .into_iter()
+            .flat_map(|kind| {
+                let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
+                leaves.iter().map(move |&leaf| (kind, StatName::new(prefix, leaf)))
+            })
+            .collect();
+        let base = match registry.group_bases.get(&key) {
+            Some(&base) => base,
+            None => {
+                let own_slot = |registry: &mut Registry, (kind, name): &(StatKind, StatName)| {
+                    registry.scalars(*kind).get(name).is_some_and(|&slot| slot != UNWRITTEN_SLOT)
+                };
+                if scalars.is_empty() || scalars.iter().any(|stat| own_slot(&mut registry, stat)) {
+                    return None;
+                }
+                let base = registry.allocate(&self.arena, scalars.len())?;
+                // Names only declared until now are the group's from here on.
+                for (kind, name) in &scalars {
+                    registry.scalars(*kind).remove(name);
+                }
+                registry.group_bases.insert(key, base);
+                registry.declared.entry(prefix).or_default().created |= 1 << bit;
+                base
+            }
+        };
+        // In the order of `stats`: the group's slots hold its counters, then its gauges.
+        let counters = scalars.iter().filter(|(kind, _)| *kind == StatKind::Counter).count();
+        let (mut counter, mut gauge) = (0, counters);
+        let mut slots = Vec::with_capacity(scalars.len());
+        for (kind, _) in stats {
+            let offset = match kind {
+                StatKind::Counter => &mut counter,
+                StatKind::Gauge => &mut gauge,
+                StatKind::Histogram | StatKind::RareHistogram => continue,
+            };
+            slots.push(base.checked_add(u32::try_from(*offset).ok()?)?);
+            *offset += 1;
+        }
+        Some(slots)
+    }
+
+    fn declare(&self, name: &str, kind: StatKind) {
         let mut registry = self.lock();
         if let Some(name) = registry.names.intern(name) {
-            kind(&mut registry).entry(name).or_insert(UNWRITTEN_SLOT);
+            if registry.group_slot(name, kind).is_none() {
+                registry.scalars(kind).entry(name).or_insert(UNWRITTEN_SLOT);
+            }
         }
     }
 
     /// The slot of the one-slot stat `name` in the map `kind` picks, allocated on first use,
     /// or on the first handle to a declared stat (slot 0, the discarded scratch slot, when the
     /// arena is full).
-    fn scalar_index(&self, name: &str, kind: fn(&mut Registry) -> &mut StatMap<u32>) -> u32 {
+    fn scalar_index(&self, name: &str, kind: StatKind) -> u32 {
         let mut registry = self.lock();
         let Some(name) = registry.names.intern(name) else { return 0 };
-        if let Some(&index) = kind(&mut registry).get(&name) {
+        if let Some(&index) = registry.scalars(kind).get(&name) {
             if index != UNWRITTEN_SLOT {
                 return index;
             }
         }
+        if let Some(index) = registry.group_slot(name, kind) {
+            return index;
+        }
         match registry.allocate(&self.arena, 1) {
             Some(index) => {
-                kind(&mut registry).insert(name, index);
+                registry.scalars(kind).insert(name, index);
                 index
             }
             None => 0,
@@ -333,15 +483,15 @@ impl Store {
     /// their shards; the store only records the current sum as the counter's offset.
     pub fn reset_counters(&self) {
         let registry = self.lock();
-        self.arena.reset(registry.counters.values().copied());
+        self.arena.reset(registry.counter_slots());
     }
 
     /// The value of the counter with this full name, if it exists.
     pub fn counter_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
         let name = registry.names.find(name)?;
-        match registry.counters.get(&name) {
-            Some(&index) => Some(counter_value(&self.arena, index)),
+        match registry.counters.get(&name).copied().or_else(|| registry.group_slot(name, StatKind::Counter)) {
+            Some(index) => Some(counter_value(&self.arena, index)),
             None => registry.is_declared(name, StatKind::Counter).then_some(0),
         }
     }
@@ -350,8 +500,8 @@ impl Store {
     pub fn gauge_value(&self, name: &str) -> Option<u64> {
         let registry = self.lock();
         let name = registry.names.find(name)?;
-        match registry.gauges.get(&name) {
-            Some(&index) => Some(self.arena.sum(index)),
+        match registry.gauges.get(&name).copied().or_else(|| registry.group_slot(name, StatKind::Gauge)) {
+            Some(index) => Some(self.arena.sum(index)),
             None => registry.is_declared(name, StatKind::Gauge).then_some(0),
         }
     }
@@ -433,6 +583,13 @@ impl Scope {
     /// As [`Self::declare_counter`], for a gauge (listed at 0 and unused until a handle sets it).
     pub fn declare_gauge(&self, name: &str) {
         self.store.declare_gauge(&self.name(name));
+    }
+
+    /// Creates every stat of a compact `stats!` struct under this scope (its `new`); see
+    /// [`Store::group_slots`].
+    #[doc(hidden)]
+    pub fn group_slots(&self, stats: &'static [(StatKind, &'static str)]) -> Vec<u32> {
+        self.store.group_slots(&self.prefix, stats)
     }
 
     /// Declares every stat of a `stats!` struct under this scope (its `declare`).
@@ -762,6 +919,92 @@ mod tests {
         assert_eq!(used, "cluster.c1.bind_errors: 4\ncluster.c2.version: 9\n");
         store.reset_counters();
         assert_eq!(store.counter_value("cluster.c1.bind_errors"), Some(0));
+    }
+
+    crate::stats! {
+        /// A compact struct: created as one group.
+        pub compact struct GroupStats {
+            counter rq_total,
+            gauge cx_active,
+            histogram rq_time,
+            counter rq_error,
+            gauge weight,
+        }
+    }
+
+    #[test]
+    fn compact_struct_is_one_group_with_each_name_listed_once() {
+        let store = Store::new(2);
+        let a = GroupStats::new(&store.scope("cluster.a"));
+        let b = GroupStats::new(&store.scope("cluster.b"));
+        {
+            let registry = store.lock();
+            assert!(registry.counters.is_empty() && registry.gauges.is_empty(), "no entry per name");
+            assert_eq!(registry.group_bases.len(), 2);
+        }
+        a.rq_total().inc();
+        a.rq_error().add(2);
+        a.cx_active().set(3);
+        b.weight().set(7);
+        a.rq_time().record(5);
+        assert_eq!(store.counter_value("cluster.a.rq_total"), Some(1));
+        assert_eq!(store.counter_value("cluster.a.rq_error"), Some(2));
+        assert_eq!(store.gauge_value("cluster.a.cx_active"), Some(3));
+        assert_eq!(store.gauge_value("cluster.b.weight"), Some(7));
+        assert_eq!(store.counter_value("cluster.b.rq_total"), Some(0));
+        assert_eq!(store.counter_value("cluster.a.cx_active"), None, "a gauge, not a counter");
+        // By name, the same stat.
+        store.scope("cluster.a").counter("rq_total").inc();
+        assert_eq!(a.rq_total().value(), 2);
+        // Created again, or declared, it stays one stat with each name once.
+        let again = GroupStats::new(&store.scope("cluster.a"));
+        assert_eq!(again.rq_total().value(), 2);
+        GroupStats::declare(&store.scope("cluster.a"));
+        store.scope("cluster.a").declare_counter("rq_error");
+        store.latch_histograms();
+        let text = store.render_text(None, false);
+        for name in
+            ["cluster.a.rq_total: 2\n", "cluster.a.rq_error: 2\n", "cluster.a.cx_active: 3\n", "cluster.b.weight: 7\n"]
+        {
+            assert_eq!(text.matches(name).count(), 1, "{name} in {text}");
+        }
+        assert_eq!(text.matches("cluster.a.rq_time: ").count(), 1, "{text}");
+        assert_eq!(text.matches("cluster.b.rq_total: 0\n").count(), 1, "{text}");
+        let used = store.render_text(None, true);
+        assert!(!used.contains("cluster.b.rq_total"), "{used}");
+        assert!(used.contains("cluster.b.weight: 7\n"), "{used}");
+        let filtered = store.render_text(Some(&crate::Filter::new("cluster\\.b\\.").unwrap()), false);
+        assert!(!filtered.contains("cluster.a."), "{filtered}");
+        assert!(filtered.contains("cluster.b.weight: 7\n"), "{filtered}");
+        store.reset_counters();
+        assert_eq!(a.rq_total().value(), 0);
+        assert_eq!(store.counter_value("cluster.a.rq_error"), Some(0));
+    }
+
+    #[test]
+    fn compact_struct_after_a_declaration_or_a_handle_by_name() {
+        let store = Store::new(1);
+        // Declared first: the group takes the names over.
+        GroupStats::declare(&store.scope("cluster.d"));
+        let d = GroupStats::new(&store.scope("cluster.d"));
+        d.rq_total().inc();
+        // A name with a slot of its own first: the struct is made name by name, on that slot.
+        store.scope("cluster.h").counter("rq_error").add(5);
+        let h = GroupStats::new(&store.scope("cluster.h"));
+        assert_eq!(h.rq_error().value(), 5);
+        h.cx_active().set(1);
+        let text = store.render_text(None, false);
+        for name in [
+            "cluster.d.rq_total: 1\n",
+            "cluster.d.rq_error: 0\n",
+            "cluster.h.rq_error: 5\n",
+            "cluster.h.cx_active: 1\n",
+        ] {
+            assert_eq!(text.matches(name).count(), 1, "{name} in {text}");
+        }
+        let registry = store.lock();
+        assert_eq!(registry.group_bases.len(), 1, "cluster.d only");
+        assert_eq!(registry.counters.len() + registry.gauges.len(), 4, "cluster.h's, by name");
     }
 
     #[test]
