@@ -94,8 +94,12 @@ pub enum NameSet {
     Empty,
     One(Arc<str>),
     /// Two or more.
-    Many(Vec<String>),
+    Many(SortedNames),
 }
+
+/// Two or more names, sorted, without duplicates: made only by [`NameSet`] itself.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SortedNames(Vec<String>);
 
 impl From<BTreeSet<String>> for NameSet {
     fn from(names: BTreeSet<String>) -> Self {
@@ -112,7 +116,7 @@ impl NameSet {
             1 => names.pop().map_or(NameSet::Empty, |name| NameSet::One(name.into())),
             _ => {
                 names.shrink_to_fit();
-                NameSet::Many(names)
+                NameSet::Many(SortedNames(names))
             }
         }
     }
@@ -121,7 +125,7 @@ impl NameSet {
         let (one, many): (Option<&str>, &[String]) = match self {
             NameSet::Empty => (None, &[]),
             NameSet::One(name) => (Some(name), &[]),
-            NameSet::Many(names) => (None, names),
+            NameSet::Many(names) => (None, &names.0),
         };
         one.into_iter().chain(many.iter().map(String::as_str))
     }
@@ -130,7 +134,7 @@ impl NameSet {
         match self {
             NameSet::Empty => false,
             NameSet::One(one) => **one == *name,
-            NameSet::Many(names) => names.binary_search_by(|n| n.as_str().cmp(name)).is_ok(),
+            NameSet::Many(names) => names.0.binary_search_by(|n| n.as_str().cmp(name)).is_ok(),
         }
     }
 
@@ -139,7 +143,7 @@ impl NameSet {
         match self {
             NameSet::Empty => Vec::new(),
             NameSet::One(name) => vec![name.to_string()],
-            NameSet::Many(names) => names,
+            NameSet::Many(names) => names.0,
         }
     }
 
@@ -474,7 +478,7 @@ mod tests {
         assert_eq!(delivered, NameSet::One("x".into()));
         delivered.remove_all(&["x".to_string()]);
         assert_eq!(delivered, NameSet::Empty);
-        if let NameSet::Many(names) = set(&["a", "b", "c"]) {
+        if let NameSet::Many(SortedNames(names)) = set(&["a", "b", "c"]) {
             assert_eq!(names.capacity(), 3, "no room for growth");
         } else {
             panic!("three names");
