@@ -105,14 +105,28 @@ macro_rules! stats {
                 Self { $( $field: scope.$kind(stringify!($field)), )* }
             }
 
+            /// The struct's stats, one list (its address names the group in the store).
+            #[allow(dead_code)]
+            fn stat_list() -> &'static [($crate::StatKind, &'static str)] {
+                static STATS: &[($crate::StatKind, &str)] =
+                    &[$( ($crate::stats!(@kind $kind), stringify!($field)) ),*];
+                STATS
+            }
+
             /// Lists every stat of this struct under `scope` without handles: counters and
             /// gauges get their memory with the first handle ([`$crate::Scope::declare_counter`]),
             /// and their names are kept once for all the scopes that declare them.
             #[allow(dead_code)]
             pub fn declare(scope: &$crate::Scope) {
-                static STATS: &[($crate::StatKind, &str)] =
-                    &[$( ($crate::stats!(@kind $kind), stringify!($field)) ),*];
-                scope.declare_stats(STATS);
+                scope.declare_stats(Self::stat_list());
+            }
+
+            /// Creates every stat of this struct under `scope` as one group, without handles:
+            /// its counters and gauges in consecutive slots under one registry entry, for a
+            /// holder that finds them by name ([`$crate::Scope::group_slots`]).
+            #[allow(dead_code)]
+            pub fn create_group(scope: &$crate::Scope) {
+                drop(scope.group_slots(Self::stat_list()));
             }
         }
     };

@@ -327,9 +327,10 @@ impl Store {
         }
     }
 
-    /// Creates every stat of a compact `stats!` struct under `prefix` (its `new`): its counters
-    /// and gauges in consecutive slots under one registry entry (`Registry::group_bases`), its
-    /// histograms as [`Self::histogram`]. Returns each stat's slot, in the order of `stats`.
+    /// Creates every stat of a `stats!` struct under `prefix` (a compact struct's `new`): its
+    /// counters and gauges in consecutive slots under one registry entry
+    /// (`Registry::group_bases`), its histograms as [`Self::histogram`] (a rare one as
+    /// [`Self::rare_histogram`], with no slot). Returns each stat's slot, in the order of `stats`.
     /// When one of the names already has a slot of its own, or the group cannot be kept as a
     /// bit, each stat is created by name instead.
     #[doc(hidden)]
@@ -342,8 +343,11 @@ impl Store {
                 (StatKind::Histogram, _) => self.histogram(&join(name)).index,
                 (StatKind::Counter | StatKind::Gauge, Some(slots)) => slots.next().unwrap_or(0),
                 (StatKind::Counter | StatKind::Gauge, None) => self.scalar_index(&join(name), *kind),
-                // A compact struct keeps slots: a rare histogram has none.
-                (StatKind::RareHistogram, _) => 0,
+                // Listed; it has no slot to keep (see `RareHistogram`).
+                (StatKind::RareHistogram, _) => {
+                    let _ = self.register_rare(&join(name));
+                    0
+                }
             })
             .collect()
     }

@@ -19,8 +19,6 @@ pub struct CircuitBreakers {
     /// The cluster's `circuit_breakers`; `None` when it sets nothing (most clusters: the
     /// defaults then take no room).
     config: Option<Box<CircuitBreakersConfig>>,
-    /// `cluster.<name>`, to create the stat handles with the counts.
-    cluster_scope: Scope,
     /// One pointer, as a `OnceLock` is two words: two workers that both make the counts on
     /// their first acquire make handles to the same stats, and one box is dropped before any
     /// count moves.
@@ -64,6 +62,9 @@ pub struct ResourceManager<'a> {
 /// One counted resource with its limit, borrowed from the cluster's [`CircuitBreakers`].
 pub struct Resource<'a> {
     breakers: &'a CircuitBreakers,
+    /// `cluster.<name>`, to create the stat handles with the counts (the cluster's own scope:
+    /// the breakers keep no copy of it).
+    cluster_scope: &'a Scope,
     priority: RoutingPriority,
     kind: Kind,
 }
@@ -93,7 +94,6 @@ impl CircuitBreakers {
         }
         CircuitBreakers {
             config: (*config != CircuitBreakersConfig::default()).then(|| Box::new(config.clone())),
-            cluster_scope: cluster_scope.clone(),
             counts: Default::default(),
         }
     }
@@ -107,17 +107,18 @@ impl CircuitBreakers {
     }
 
     /// The counts, created on first use.
-    fn counts(&self) -> &Limits {
+    fn counts(&self, cluster_scope: &Scope) -> &Limits {
         self.counts.get_or_init(|| {
-            let limits = |priority| {
-                PriorityLimits::new(&self.thresholds(priority), &priority_scope(&self.cluster_scope, priority))
-            };
+            let limits =
+                |priority| PriorityLimits::new(&self.thresholds(priority), &priority_scope(cluster_scope, priority));
             Box::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
         })
     }
 
-    pub fn for_priority(&self, priority: RoutingPriority) -> ResourceManager<'_> {
-        let resource = |kind| Resource { breakers: self, priority, kind };
+    /// The resources of `priority`; `cluster_scope` is the cluster's (`cluster.<name>`), as
+    /// given to [`Self::new`] (see [`super::Cluster::breakers`]).
+    pub fn for_priority<'a>(&'a self, cluster_scope: &'a Scope, priority: RoutingPriority) -> ResourceManager<'a> {
+        let resource = |kind| Resource { breakers: self, cluster_scope, priority, kind };
         ResourceManager {
             connections: resource(Kind::Connections),
             pending_requests: resource(Kind::PendingRequests),
@@ -250,7 +251,7 @@ impl ResourceManager<'_> {
 impl Resource<'_> {
     /// This priority's counts, created on first use.
     fn counted(&self) -> &PriorityLimits {
-        self.breakers.counts().priority(self.priority)
+        self.breakers.counts(self.cluster_scope).priority(self.priority)
     }
 
     pub fn max(&self) -> u64 {
@@ -310,7 +311,7 @@ mod tests {
             ..Default::default()
         };
         let cb = CircuitBreakers::new(&config, &scope);
-        let cx = cb.for_priority(RoutingPriority::Default).connections;
+        let cx = cb.for_priority(&scope, RoutingPriority::Default).connections;
         let a = cx.try_acquire().unwrap();
         let b = cx.try_acquire().unwrap();
         assert!(cx.try_acquire().is_none());
@@ -339,9 +340,9 @@ mod tests {
         };
         let cb = CircuitBreakers::new(&config, &scope);
         assert!(cb.counts.get().is_none());
-        let high = cb.for_priority(RoutingPriority::High);
+        let high = cb.for_priority(&scope, RoutingPriority::High);
         assert_eq!((high.requests.max(), high.requests.count()), (7, 0));
-        assert_eq!(cb.for_priority(RoutingPriority::Default).requests.max(), 1024);
+        assert_eq!(cb.for_priority(&scope, RoutingPriority::Default).requests.max(), 1024);
         assert_eq!(store.gauge_value("cluster.c.circuit_breakers.high.remaining_rq"), Some(7));
         assert_eq!(store.gauge_value("cluster.c.circuit_breakers.default.rq_open"), Some(0));
         assert!(cb.counts.get().is_none(), "reading creates nothing");

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType, LbPolicy};
+use legate_config::cluster::{Cluster as ClusterConfig, DiscoveryType, LbPolicy, RoutingPriority};
 use legate_stats::Scope;
 
-use super::circuit_breakers::CircuitBreakers;
+use super::circuit_breakers::{CircuitBreakers, ResourceManager};
 use super::cluster_info::ClusterInfo;
 use super::host::{Host, HostLocality, HostSharedPtr};
 use super::stats::{ClusterEndpointStats, ClusterStats};
@@ -161,6 +161,11 @@ impl PrioritySet {
 }
 
 impl Cluster {
+    /// Its circuit breakers' resources of `priority`.
+    pub fn breakers(&self, priority: RoutingPriority) -> ResourceManager<'_> {
+        self.circuit_breakers.for_priority(&self.scope, priority)
+    }
+
     /// Whether CDS added it (`/clusters`' `added_via_api`).
     pub fn added_via_api(&self) -> bool {
         self.api.is_some()

@@ -300,7 +300,7 @@ impl Pool {
             }
         }
         let stats = &self.cluster.stats();
-        let breakers = self.cluster.circuit_breakers.for_priority(priority);
+        let breakers = self.cluster.breakers(priority);
         let Some(_pending) = breakers.pending_requests.try_acquire() else {
             stats.upstream_rq_pending_overflow().inc();
             return Err(PoolFailure::Overflow);
@@ -383,7 +383,7 @@ impl Pool {
         if connecting >= wanted {
             return;
         }
-        let breakers = self.cluster.circuit_breakers.for_priority(priority);
+        let breakers = self.cluster.breakers(priority);
         let Some(guard) = breakers.connections.try_acquire() else {
             self.cluster.stats().upstream_cx_overflow().inc();
             return;

@@ -31,7 +31,7 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
     let _ = writeln!(out, "{name}::observability_name::{}", cluster.info.stat_name(&cluster.name));
     for (label, priority) in [("default_priority", RoutingPriority::Default), ("high_priority", RoutingPriority::High)]
     {
-        for (field, max) in thresholds(&cluster.circuit_breakers.for_priority(priority)) {
+        for (field, max) in thresholds(&cluster.breakers(priority)) {
             let _ = writeln!(out, "{name}::{label}::{field}::{max}");
         }
     }
@@ -117,8 +117,8 @@ fn cluster_json(cluster: &Cluster) -> Value {
         "observability_name": cluster.info.stat_name(&cluster.name),
         "added_via_api": cluster.added_via_api(),
         "circuit_breakers": {"thresholds": [
-            threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::Default), None),
-            threshold(&cluster.circuit_breakers.for_priority(RoutingPriority::High), Some("HIGH")),
+            threshold(&cluster.breakers(RoutingPriority::Default), None),
+            threshold(&cluster.breakers(RoutingPriority::High), Some("HIGH")),
         ]},
         "host_statuses": hosts,
     })

@@ -482,7 +482,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
         rq.info.upstream_host = Some(host.address());
 
         // A request slot (max_requests).
-        let Some(slot) = cluster.circuit_breakers.for_priority(priority).requests.try_acquire() else {
+        let Some(slot) = cluster.breakers(priority).requests.try_acquire() else {
             cluster.stats().upstream_rq_pending_overflow().inc();
             rq.info.set_flag(ResponseFlag::UpstreamOverflow);
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
@@ -778,7 +778,7 @@ fn take_retry_slot(
     info: &mut StreamInfo,
 ) -> bool {
     if held.is_none() {
-        *held = cluster.circuit_breakers.for_priority(priority).try_acquire_retry();
+        *held = cluster.breakers(priority).try_acquire_retry();
     }
     if held.is_none() {
         cluster.stats().upstream_rq_retry_overflow().inc();
@@ -1067,7 +1067,7 @@ async fn connect_terminate(
         }
     };
     rq.info.upstream_host = Some(host.address());
-    let Some(slot) = cluster.circuit_breakers.for_priority(rq.action.priority).connections.try_acquire() else {
+    let Some(slot) = cluster.breakers(rq.action.priority).connections.try_acquire() else {
         cluster.stats().upstream_cx_overflow().inc();
         return RouterOutcome::LocalReply(LocalReply::upstream_reset(
             ResponseFlag::UpstreamOverflow,
@@ -1178,7 +1178,7 @@ impl Shadow {
         }
         let bytes = self.body.borrow().logged();
         let body = BodySource::buffered(std::iter::once(bytes).filter(|b| !b.is_empty()).collect(), None);
-        let Some(slot) = cluster.circuit_breakers.for_priority(self.priority).requests.try_acquire() else {
+        let Some(slot) = cluster.breakers(self.priority).requests.try_acquire() else {
             cluster.stats().upstream_rq_pending_overflow().inc();
             return;
         };

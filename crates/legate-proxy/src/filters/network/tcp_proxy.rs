@@ -199,8 +199,7 @@ impl TcpProxy {
             }
         };
         self.cluster = Some(cluster.clone());
-        let Some(breaker) = cluster.circuit_breakers.for_priority(RoutingPriority::Default).connections.try_acquire()
-        else {
+        let Some(breaker) = cluster.breakers(RoutingPriority::Default).connections.try_acquire() else {
             cluster.stats().upstream_cx_overflow().inc();
             cb.close(ConnectionCloseType::NoFlush);
             return;
