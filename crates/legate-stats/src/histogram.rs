@@ -258,12 +258,20 @@ impl HistogramLatch {
 /// progress, which unpack it outside the registry lock.
 ///
 /// A rare histogram ([`crate::Scope::rare_histogram`]) has no slots in the arena: its live
-/// totals follow the views, as a third view (its mask, its sum, its counts).
+/// totals follow the views, as a third view (its mask, its sum, its counts), or are the
+/// cumulative view itself when nothing was recorded since the last latch
+/// ([`LIVE_IS_CUMULATIVE`]: an EDS cluster's `update_duration` between updates).
+///
+/// Behind a thin pointer with no weak count: a registry entry holds 8 bytes of it, not 16.
 #[derive(Clone, Debug)]
-pub(crate) struct PackedLatch(Arc<[u64]>);
+pub(crate) struct PackedLatch(triomphe::ThinArc<(), u64>);
 
 /// Words before the counts.
 const PACKED_HEADER: usize = 3;
+
+/// A flag in the first word, beside the bucket masks (20 bits each, at bits 0 and 32): a rare
+/// histogram's live totals are its cumulative view.
+const LIVE_IS_CUMULATIVE: u64 = 1 << 63;
 
 impl PackedLatch {
     /// The views, and the live totals of a rare histogram.
@@ -272,22 +280,33 @@ impl PackedLatch {
             view.buckets.iter().enumerate().filter(|(_, n)| **n != 0).fold(0u64, |mask, (i, _)| mask | 1 << i)
         };
         let nonzero = |view: &HistogramSnapshot| view.buckets.into_iter().filter(|n| *n != 0);
+        let (live, flag) = match live {
+            Some(live) if *live == latch.cumulative => (None, LIVE_IS_CUMULATIVE),
+            live => (live, 0),
+        };
         let live_words = live.into_iter().flat_map(|live| [mask(live), live.sum].into_iter().chain(nonzero(live)));
         let words: Vec<u64> =
-            [mask(&latch.interval) | mask(&latch.cumulative) << 32, latch.interval.sum, latch.cumulative.sum]
+            [flag | mask(&latch.interval) | mask(&latch.cumulative) << 32, latch.interval.sum, latch.cumulative.sum]
                 .into_iter()
                 .chain(nonzero(&latch.interval))
                 .chain(nonzero(&latch.cumulative))
                 .chain(live_words)
                 .collect();
-        PackedLatch(words.into())
+        PackedLatch(triomphe::ThinArc::from_header_and_slice((), &words))
+    }
+
+    fn words(&self) -> &[u64] {
+        &self.0.slice
     }
 
     /// A rare histogram's live totals: the words after the views (all 0 when there are none).
     fn unpack_live(&self) -> HistogramSnapshot {
-        let words = &*self.0;
-        let masks = words.first().copied().unwrap_or(0);
-        let start = PACKED_HEADER + masks.count_ones() as usize;
+        let words = self.words();
+        let first = words.first().copied().unwrap_or(0);
+        if first & LIVE_IS_CUMULATIVE != 0 {
+            return self.unpack().cumulative;
+        }
+        let start = PACKED_HEADER + first.count_ones() as usize;
         let live = words.get(start..).unwrap_or_default();
         let (mask, sum) = (live.first().copied().unwrap_or(0), live.get(1).copied().unwrap_or(0));
         let mut counts = live.get(2..).unwrap_or_default().iter().copied();
@@ -312,7 +331,7 @@ impl PackedLatch {
 
     /// The views, spelled out.
     pub(crate) fn unpack(&self) -> HistogramLatch {
-        let words = &*self.0;
+        let words = self.words();
         let header = |i: usize| words.get(i).copied().unwrap_or(0);
         let mut counts = words.get(PACKED_HEADER..).unwrap_or_default().iter().copied();
         let mut view = |mask: u64, sum: u64| {
@@ -325,7 +344,7 @@ impl PackedLatch {
             snapshot
         };
         let interval = view(header(0) & u64::from(u32::MAX), header(1));
-        let cumulative = view(header(0) >> 32, header(2));
+        let cumulative = view((header(0) & !LIVE_IS_CUMULATIVE) >> 32, header(2));
         HistogramLatch { interval, cumulative }
     }
 
@@ -441,9 +460,25 @@ mod tests {
             assert_eq!(packed.used(), latch.used());
         }
         assert_eq!(
-            PackedLatch::pack(&HistogramLatch { interval: snapshot(&[]), cumulative: snapshot(&[9]) }, None).0.len(),
+            PackedLatch::pack(&HistogramLatch { interval: snapshot(&[]), cumulative: snapshot(&[9]) }, None)
+                .words()
+                .len(),
             4
         );
+    }
+
+    #[test]
+    fn packed_live_totals_unpack_to_what_was_packed() {
+        let latch = HistogramLatch { interval: snapshot(&[3]), cumulative: snapshot(&[3, 70]) };
+        for live in [snapshot(&[]), snapshot(&[3, 70, 3_600_001]), snapshot(&[3, 70])] {
+            let packed = PackedLatch::pack(&latch, Some(&live));
+            let unpacked = packed.unpack();
+            assert_eq!((unpacked.interval, unpacked.cumulative), (latch.interval, latch.cumulative));
+            assert_eq!(packed.unpack_live(), live);
+        }
+        // Live totals equal to the cumulative view take no words of their own.
+        let same = PackedLatch::pack(&latch, Some(&latch.cumulative));
+        assert_eq!(same.words().len(), PackedLatch::pack(&latch, None).words().len());
     }
 
     #[test]
