@@ -19,7 +19,7 @@ memory, the timings of the CDS update and of start-up) blanked out.
     python3 bench/xds_memory.py measure --legate new/legate --clusters 1000 --dump /tmp/b
     python3 bench/xds_memory.py compare /tmp/a /tmp/b
 
-Standard library only; the admin listens on 127.0.0.1 (`--admin`, default 23901).
+The admin listens on 127.0.0.1 (`--admin`, default 23901).
 """
 
 import argparse
@@ -33,8 +33,9 @@ import tempfile
 import time
 import urllib.request
 
-CDS_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EDS_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xds_scale  # noqa: E402  (the push: the same clusters and assignments)
+
 DUMPS = [
     ("stats", "/stats"),
     ("stats_used", "/stats?usedonly"),
@@ -99,14 +100,7 @@ dynamic_resources:
                     "anon": rss_kib("RssAnon"), "file": rss_kib("RssFile")}
 
         def push(count, version):
-            clusters, assignments = [], []
-            for i in range(count):
-                name = f"svc{i}"
-                clusters.append({"@type": CDS_TYPE, "name": name, "type": "EDS", "connect_timeout": "1s",
-                                 "eds_cluster_config": {"eds_config": {"path_config_source": {"path": eds}}}})
-                endpoints = [{"endpoint": {"address": {"socket_address": {
-                    "address": f"127.{(i >> 8) & 255}.{i & 255}.{1 + j}", "port_value": 8080}}}} for j in range(10)]
-                assignments.append({"@type": EDS_TYPE, "cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]})
+            clusters, assignments = xds_scale.resources(count, 10, eds)
             pushed = time.monotonic()
             publish(eds, version, assignments)
             publish(cds, version, clusters)
