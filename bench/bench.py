@@ -130,6 +130,20 @@ def http_get(port, path="/", timeout=2.0):
         return r.status, r.read()
 
 
+def ensure_free(ports):
+    """Refuses to measure when a port of the benchmark already answers: a process left over
+    from another run would serve in place of the benchmark's own backend (nginx's failed bind
+    goes unnoticed when the old one answers first) or share a proxy's SO_REUSEPORT listener."""
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                pass
+        except OSError:
+            continue
+        raise RuntimeError(f"127.0.0.1:{port} is already in use: stop what listens there (`ss -ltnp`), "
+                           "or it would answer in place of the benchmark's own processes")
+
+
 def wait_http(port, path="/", timeout=15.0, proc=None):
     deadline = time.monotonic() + timeout
     last = None
@@ -205,6 +219,7 @@ class Bench:
         raise ValueError(proxy)
 
     def start_backends(self):
+        ensure_free(PORTS.values())
         self.backend = Proc("backend", ["nginx", "-e", os.path.join(self.run_dir, "backend-error.log"),
                                         "-c", self.configs["backend"]], self.run_dir)
         wait_http(PORTS["BACKEND_PORT"], proc=self.backend)

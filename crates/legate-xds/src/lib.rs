@@ -59,9 +59,5 @@ pub fn pace() {
 }
 
 /// How long the main thread works on an update before it yields: well under a scheduler time
-/// slice, so that a worker sharing its core waits at most about this long. A trade between the
-/// load's latency and the update's speed, when the worker sharing the core is saturated
-/// (`bench/xds_scale.py`, 10,000 clusters, interleaved runs): at 250 µs the push p99 was
-/// 1.00–1.47 ms against 0.43–0.51 quiet, applied in 3.0–3.5 s; at 100 µs 0.62–0.65 ms, applied in
-/// 5.5–7.0 s. With an idle worker the yields cost nothing (applied in 1.6 s either way).
-pub const PACE_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
+/// slice, so that a worker sharing its core waits at most about this long.
+pub const PACE_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
