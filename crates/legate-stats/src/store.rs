@@ -96,6 +96,26 @@ struct DeclaredGroup {
     gauges: Box<[Id]>,
 }
 
+impl DeclaredGroup {
+    /// Its counters (for `StatKind::Counter`) or gauges (otherwise), and where they start in
+    /// the group's slots when it is created whole: its counters, then its gauges.
+    fn scalars(&self, kind: StatKind) -> (&[Id], usize) {
+        match kind {
+            StatKind::Counter => (&self.counters, 0),
+            _ => (&self.gauges, self.counters.len()),
+        }
+    }
+}
+
+/// `prefix.name`, or `name` under the empty prefix.
+fn joined(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
 /// At most this many groups are kept as bits; more are declared name by name.
 const MAX_DECLARED_GROUPS: usize = u32::BITS as usize;
 
@@ -147,7 +167,7 @@ impl Registry {
                 if bits & (1 << bit) == 0 {
                     continue;
                 }
-                let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
+                let (leaves, _) = group.scalars(kind);
                 for &leaf in leaves.iter() {
                     let name = StatName::new(prefix, leaf);
                     // Two groups of one prefix may both list a name: it is one stat.
@@ -166,7 +186,7 @@ impl Registry {
     fn is_declared(&self, name: StatName, kind: StatKind) -> bool {
         let Some(&bits) = self.declared.get(&name.prefix()) else { return false };
         self.declared_groups.iter().enumerate().any(|(bit, group)| {
-            let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
+            let (leaves, _) = group.scalars(kind);
             bits.declared & (1 << bit) != 0 && leaves.contains(&name.leaf())
         })
     }
@@ -178,11 +198,10 @@ impl Registry {
             return None;
         }
         self.declared_groups.iter().enumerate().filter(|(bit, _)| bits & (1 << bit) != 0).find_map(|(bit, group)| {
-            let (leaves, offset) = match kind {
-                StatKind::Counter => (&group.counters, 0),
-                StatKind::Gauge => (&group.gauges, group.counters.len()),
-                StatKind::Histogram | StatKind::RareHistogram => return None,
-            };
+            if !matches!(kind, StatKind::Counter | StatKind::Gauge) {
+                return None;
+            }
+            let (leaves, offset) = group.scalars(kind);
             let index = leaves.iter().position(|&leaf| leaf == name.leaf())?;
             let base = *self.group_bases.get(&(name.prefix(), u8::try_from(bit).ok()?))?;
             base.checked_add(u32::try_from(offset + index).ok()?)
@@ -195,10 +214,7 @@ impl Registry {
         let mut out = Vec::new();
         for (&(prefix, bit), &base) in &self.group_bases {
             let Some(group) = self.declared_groups.get(usize::from(bit)) else { continue };
-            let (leaves, offset) = match kind {
-                StatKind::Counter => (&group.counters, 0),
-                _ => (&group.gauges, group.counters.len()),
-            };
+            let (leaves, offset) = group.scalars(kind);
             if leaves.is_empty() || !scopes.may_pass_under(prefix) {
                 continue;
             }
@@ -300,7 +316,7 @@ impl Store {
     /// under (`Registry::declared`).
     #[doc(hidden)]
     pub fn declare_stats(&self, prefix: &str, stats: &'static [(StatKind, &'static str)]) {
-        let join = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let join = |name: &str| joined(prefix, name);
         {
             let mut registry = self.lock();
             let group = registry.declared_group(stats);
@@ -335,7 +351,7 @@ impl Store {
     /// bit, each stat is created by name instead.
     #[doc(hidden)]
     pub fn group_slots(&self, prefix: &str, stats: &'static [(StatKind, &'static str)]) -> Vec<u32> {
-        let join = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let join = |name: &str| joined(prefix, name);
         let mut whole = self.create_group(prefix, stats).map(Vec::into_iter);
         stats
             .iter()
@@ -363,7 +379,7 @@ impl Store {
         let scalars: Vec<(StatKind, StatName)> = [StatKind::Counter, StatKind::Gauge]
             .into_iter()
             .flat_map(|kind| {
-                let leaves = if kind == StatKind::Counter { &group.counters } else { &group.gauges };
+                let (leaves, _) = group.scalars(kind);
                 leaves.iter().map(move |&leaf| (kind, StatName::new(prefix, leaf)))
             })
             .collect();
@@ -550,11 +566,7 @@ pub struct Scope {
 
 impl Scope {
     fn name(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{}", self.prefix, name)
-        }
+        joined(&self.prefix, name)
     }
 
     /// The counter `prefix.name`.
