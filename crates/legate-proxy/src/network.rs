@@ -12,9 +12,10 @@ pub mod filter_manager;
 pub mod socket_options;
 pub mod transport_socket;
 
-pub use connection::{Connection, ConnectionInfo, Run};
+pub use connection::{Connection, ConnectionInfo, Run, RunEnd};
 pub use filter::{
-    ConnectionCloseType, ConnectionEvent, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, WriteFilter,
+    ConnectionCloseType, ConnectionEvent, FilterStatus, Parked, ParkedFilter, ReadFilter, ReadFilterCallbacks,
+    TakeOverFuture, TakenOverEnd, Woken, WriteFilter,
 };
 pub use filter_manager::FilterManager;
 pub use transport_socket::{PrefixedTcpStream, TransportSocket};

@@ -6,6 +6,7 @@
 //! `post()`); configuration reaches it as immutable `Arc` snapshots.
 
 pub mod clock;
+pub mod park;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
@@ -79,6 +80,8 @@ pub struct WorkerContext {
     http_pools: HttpPools,
     /// The connections waiting to hear of a drain (the server's or their filter chain's).
     pub drains: Rc<WorkerDrains>,
+    /// Its idle connections, put aside without a task each.
+    pub park: Rc<park::Park>,
     /// `cluster.<name>.upstream_rq_<code>` counters by cluster and code, looked up once per
     /// worker. The `Weak` pins the cluster's allocation, so its address (the key) cannot be
     /// taken by a newer cluster.
@@ -93,6 +96,7 @@ impl WorkerContext {
             server,
             http_pools: HttpPools::default(),
             drains: Rc::default(),
+            park: Rc::default(),
             code_counters: RefCell::new(HashMap::default()),
         }
     }
@@ -214,4 +218,5 @@ async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerM
             }
         }
     }
+    context.park.clear();
 }

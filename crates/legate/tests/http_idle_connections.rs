@@ -91,3 +91,45 @@ fn a_parked_connection_still_times_out_and_drains() {
     assert!(parked.closed_within(EVENTUALLY), "a drain closes a parked connection");
     px.legate.wait_stat("http.ingress.downstream_cx_drain_close", 1);
 }
+
+/// Parked connections are counted as open, and un-counted as the client closes each one,
+/// while the others are answered on the same connection as before.
+#[test]
+fn many_parked_connections_resume_and_close_in_any_order() {
+    let upstream = echo_upstream();
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[upstream.addr()]));
+    let mut clients: Vec<_> = (0..40).map(|_| px.client()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let r = c.get(&format!("/first/{i}"));
+        assert_eq!((r.status, r.body.clone()), (200, format!("GET /first/{i} ")), "{r:?}");
+    }
+    std::thread::sleep(PAUSE);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_active"), Some(40));
+
+    // Every other client goes away while parked; the rest are answered, last first.
+    let mut kept = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            drop(c);
+        } else {
+            kept.push((i, c));
+        }
+    }
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_remote", 20);
+    for (i, c) in kept.iter_mut().rev() {
+        let r = c.get(&format!("/second/{i}"));
+        assert_eq!((r.status, r.body.clone()), (200, format!("GET /second/{i} ")), "{r:?}");
+    }
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_active"), Some(20));
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_total"), Some(40));
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(60));
+
+    // Parked again, then all closed by their clients.
+    std::thread::sleep(PAUSE);
+    drop(kept);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_remote", 40);
+    px.legate.wait_stat("http.ingress.downstream_cx_active", 0);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_destroy_local"), Some(0));
+    // The listener's count (read at the next stats flush) is back to 0 too.
+    px.legate.wait_stat("server.total_connections", 0);
+}

@@ -391,6 +391,25 @@ impl ServerConn {
         !self.state.borrow().read_buf.is_empty()
     }
 
+    /// Whether an idle connection can be parked (see [`crate::worker::park`]): a plain TCP
+    /// socket (TLS keeps state a parked socket could not), nothing read of a next request.
+    pub fn parkable(&self) -> bool {
+        let state = self.state.borrow();
+        matches!(state.io, Some(TransportSocket::RawBuffer(_))) && state.read_buf.is_empty() && !state.eof
+    }
+
+    /// The plain TCP socket of an idle connection, to park it.
+    pub fn take_socket(&self) -> Option<tokio::net::TcpStream> {
+        let mut state = self.state.borrow_mut();
+        match state.io.take() {
+            Some(TransportSocket::RawBuffer(socket)) => Some(socket),
+            other => {
+                state.io = other;
+                None
+            }
+        }
+    }
+
     /// Gives back the buffers while the connection idles; reads take what they need from
     /// then on, until the next request.
     pub fn release_buffers(&self) {

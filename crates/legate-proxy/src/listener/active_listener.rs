@@ -15,7 +15,9 @@ use super::drain::{DrainPhase, DrainWaiter};
 use super::filter_chain_match::ConnectionMetadata;
 use super::Listener;
 use crate::filters::listener::{self as listener_filter, Inspected, Outcome};
-use crate::network::{Connection, ConnectionInfo, FilterManager, Run, TransportSocket};
+use crate::network::{
+    Connection, ConnectionEvent, ConnectionInfo, FilterManager, ParkedFilter, Run, RunEnd, TransportSocket, Woken,
+};
 use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
@@ -161,7 +163,7 @@ fn start_connection(
         let connection = Box::new(
             Connection::new(TransportSocket::RawBuffer(stream), info, buffer_limit, filters).with_initial_data(data),
         );
-        tokio::task::spawn_local(Served { run: connection.run(), waiter, chain: chain_drain, _guard: guard });
+        tokio::task::spawn_local(Served::new(connection.run(), waiter, chain_drain, guard));
         return;
     };
     // DESIGN.md §3 step 3: the transport socket's handshake, then the network filters over the
@@ -184,21 +186,31 @@ fn start_connection(
         let Ok((socket, ssl)) = result else { return };
         info.ssl = Some(Arc::new(ssl));
         let run = Box::new(Connection::new(socket, info, buffer_limit, filters)).run();
-        Served { run, waiter, chain: chain_drain, _guard: guard }.await;
+        Served::new(run, waiter, chain_drain, guard).await;
     });
 }
 
-/// A connection's task: the connection until it closes or its filter chain has finished
-/// draining, and its place in the stats. Written by hand rather than as a `select!` in an
-/// async block, which kept both futures on top of their arguments: this struct is the task's
-/// whole state, and the task takes one 256-byte allocation where it took 384.
+/// A connection's task: the connection until it closes, parks (see [`crate::worker::park`])
+/// or its filter chain has finished draining, and its place in the stats. Written by hand
+/// rather than as a `select!` in an async block, which kept both futures on top of their
+/// arguments: this struct is the task's whole state.
 struct Served {
     run: Run,
+    /// Taken when the connection parks. Dropped after `run` (fields drop in order): the
+    /// connection is gone when it is un-counted.
+    rest: Option<ServedRest>,
+}
+
+struct ServedRest {
     waiter: DrainWaiter,
     chain: watch::Receiver<DrainPhase>,
-    /// Held for its drop, which comes last (fields drop in order): the connection is gone
-    /// when it is un-counted.
-    _guard: ActiveConnection,
+    guard: ActiveConnection,
+}
+
+impl Served {
+    fn new(run: Run, waiter: DrainWaiter, chain: watch::Receiver<DrainPhase>, guard: ActiveConnection) -> Self {
+        Served { run, rest: Some(ServedRest { waiter, chain, guard }) }
+    }
 }
 
 impl std::future::Future for Served {
@@ -207,13 +219,67 @@ impl std::future::Future for Served {
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         let this = self.get_mut();
         // The connection first: every wake-up of the connection polls this.
-        if let std::task::Poll::Ready(event) = std::pin::Pin::new(&mut this.run).poll(cx) {
-            tracing::debug!(?event, "connection closed");
+        if let std::task::Poll::Ready(end) = std::pin::Pin::new(&mut this.run).poll(cx) {
+            match end {
+                RunEnd::Closed(event) => tracing::debug!(?event, "connection closed"),
+                RunEnd::Parked(filters, parked) => {
+                    if let Some(rest) = this.rest.take() {
+                        rest.waiter.forget_waker();
+                        let worker = rest.guard.worker.clone();
+                        let connection = ParkedConnection { filters, state: parked.state, rest };
+                        worker.park.insert(&worker.drains, parked.socket, parked.wake_at, connection);
+                    }
+                }
+            }
             return std::task::Poll::Ready(());
         }
-        std::task::ready!(this.waiter.poll_chain_reached(cx, &this.chain, DrainPhase::Closed));
+        let Some(rest) = this.rest.as_mut() else { return std::task::Poll::Ready(()) };
+        std::task::ready!(rest.waiter.poll_chain_reached(cx, &rest.chain, DrainPhase::Closed));
         tracing::debug!("connection closed: its filter chain finished draining");
         std::task::Poll::Ready(())
+    }
+}
+
+/// A connection its filter parked: what its task held, without the task.
+pub struct ParkedConnection {
+    filters: FilterManager,
+    state: Box<dyn ParkedFilter>,
+    rest: ServedRest,
+}
+
+impl ParkedConnection {
+    /// Something may need the connection (see [`crate::worker::park`]): it ends with its
+    /// filter chain's drain, resumes in a task of its own, or comes back to be parked again
+    /// (`Some`, with its socket and next `wake_at`).
+    pub fn wake(self, socket: std::net::TcpStream) -> Option<(std::net::TcpStream, Option<Instant>, ParkedConnection)> {
+        let ParkedConnection { mut filters, state, mut rest } = self;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if rest.waiter.poll_chain_reached(&mut cx, &rest.chain, DrainPhase::Closed).is_ready() {
+            tracing::debug!("connection closed: its filter chain finished draining");
+            return None;
+        }
+        match state.wake(socket) {
+            Woken::Resume(future) => {
+                tokio::task::spawn_local(Served { run: Run::TakenOver { filters, future }, rest: Some(rest) });
+                None
+            }
+            Woken::Park(parked) => {
+                Some((parked.socket, parked.wake_at, ParkedConnection { filters, state: parked.state, rest }))
+            }
+            Woken::Closed(event) => {
+                filters.on_event(event);
+                tracing::debug!(?event, "connection closed");
+                None
+            }
+        }
+    }
+
+    /// The park could not watch its socket (no epoll instance or no room in it: the
+    /// system's limits): an idle keep-alive connection is closed, as a client must expect
+    /// of one.
+    pub fn close_unwatched(mut self) {
+        tracing::warn!("closing an idle connection: it cannot be watched while idle");
+        self.filters.on_event(ConnectionEvent::LocalClose);
     }
 }
 

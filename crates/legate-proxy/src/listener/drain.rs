@@ -176,6 +176,14 @@ impl DrainWaiter {
         }
     }
 
+    /// Forgets the waker left by the last poll: a parked connection has no task to wake (the
+    /// park hears drains for it), and a waker would keep its ended task's memory alive.
+    pub fn forget_waker(&self) {
+        if let Some(Slot::Taken(waker)) = self.drains.slots.borrow_mut().get_mut(self.slot) {
+            *waker = None;
+        }
+    }
+
     pub fn drains(&self) -> &WorkerDrains {
         &self.drains
     }

@@ -83,10 +83,17 @@ pub enum Run {
     Done,
 }
 
-impl Future for Run {
-    type Output = ConnectionEvent;
+/// How a connection's run ended.
+pub enum RunEnd {
+    Closed(ConnectionEvent),
+    /// The filter that took the socket over parked the connection; the filters stay with it.
+    Parked(FilterManager, super::Parked),
+}
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
+impl Future for Run {
+    type Output = RunEnd;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RunEnd> {
         // Everything that asks for the time during this wake-up (the filters, the connection
         // manager's streams) gets one reading of the clock.
         clock::clocked(|| self.get_mut().poll_run(cx))
@@ -94,13 +101,13 @@ impl Future for Run {
 }
 
 impl Run {
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionEvent> {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<RunEnd> {
         let this = self;
         if let Run::Own(connection) = this {
             match ready!(connection.poll(cx)) {
                 Step::Closed(event) => {
                     *this = Run::Done;
-                    return Poll::Ready(event);
+                    return Poll::Ready(RunEnd::Closed(event));
                 }
                 Step::TakeOver(index) => {
                     if let Run::Own(connection) = std::mem::replace(this, Run::Done) {
@@ -111,11 +118,18 @@ impl Run {
                 }
             }
         }
-        if let Run::TakenOver { filters, future } = this {
-            let event = ready!(future.as_mut().poll(cx));
-            filters.on_event(event);
-            *this = Run::Done;
-            return Poll::Ready(event);
+        if let Run::TakenOver { future, .. } = this {
+            let end = ready!(future.as_mut().poll(cx));
+            let Run::TakenOver { mut filters, .. } = std::mem::replace(this, Run::Done) else {
+                return Poll::Pending;
+            };
+            return Poll::Ready(match end {
+                super::TakenOverEnd::Closed(event) => {
+                    filters.on_event(event);
+                    RunEnd::Closed(event)
+                }
+                super::TakenOverEnd::Idle(parked) => RunEnd::Parked(filters, parked),
+            });
         }
         Poll::Pending
     }

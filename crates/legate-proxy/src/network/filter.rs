@@ -7,8 +7,43 @@ use std::task::Context;
 
 use bytes::BytesMut;
 
-/// What a filter that took the connection's I/O over runs until the connection ends.
-pub type TakeOverFuture = Pin<Box<dyn Future<Output = ConnectionEvent>>>;
+/// What a filter that took the connection's I/O over runs until the connection ends or idles.
+pub type TakeOverFuture = Pin<Box<dyn Future<Output = TakenOverEnd>>>;
+
+/// How a filter's run over the socket ended.
+pub enum TakenOverEnd {
+    Closed(ConnectionEvent),
+    /// The connection idles (an HTTP/1.1 keep-alive connection between requests): what it needs
+    /// to go on is put aside without a task, a future or a timer, and the worker's
+    /// [`crate::worker::park::Park`] watches its socket.
+    Idle(Parked),
+}
+
+/// An idle connection put aside by the filter that took its socket over.
+pub struct Parked {
+    /// Out of the event loop's registrations while parked.
+    pub socket: std::net::TcpStream,
+    /// When the filter must look at it again even if nothing arrives (an idle timeout,
+    /// `max_connection_duration`).
+    pub wake_at: Option<std::time::Instant>,
+    pub state: Box<dyn ParkedFilter>,
+}
+
+/// A filter's state while its connection is parked.
+pub trait ParkedFilter {
+    /// Something may need the connection: bytes or a close on its socket, its `wake_at`, a
+    /// drain. The filter reads what is there and resumes, parks again or closes.
+    fn wake(self: Box<Self>, socket: std::net::TcpStream) -> Woken;
+}
+
+/// What a parked filter does when woken.
+pub enum Woken {
+    /// Runs again, in a task of its own.
+    Resume(TakeOverFuture),
+    Park(Parked),
+    /// The connection is over (its state dropped with it).
+    Closed(ConnectionEvent),
+}
 
 /// What a filter tells the chain after seeing an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +103,7 @@ pub trait ReadFilter {
         _buffered: BytesMut,
         _info: ConnectionInfo,
     ) -> TakeOverFuture {
-        Box::pin(std::future::ready(ConnectionEvent::LocalClose))
+        Box::pin(std::future::ready(TakenOverEnd::Closed(ConnectionEvent::LocalClose)))
     }
 }
 

@@ -111,7 +111,7 @@ impl FilterManager {
     ) -> TakeOverFuture {
         match self.read_filters.get_mut(index) {
             Some(active) => active.filter.take_over(socket, buffered, info),
-            None => Box::pin(std::future::ready(ConnectionEvent::LocalClose)),
+            None => Box::pin(std::future::ready(super::TakenOverEnd::Closed(ConnectionEvent::LocalClose))),
         }
     }
 

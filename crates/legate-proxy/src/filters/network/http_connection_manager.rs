@@ -12,6 +12,7 @@
 pub mod active_stream;
 mod codec_http1;
 pub mod forward_client_cert;
+mod parked;
 pub mod path;
 pub mod response_body;
 pub mod stats;
@@ -40,7 +41,8 @@ use crate::http::h1_server::{Limits, ServerConn};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::listener::drain::{DrainPhase, DrainWaiter};
 use crate::network::{
-    ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TransportSocket,
+    ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TakenOverEnd,
+    TransportSocket,
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
 use crate::worker::WorkerContext;
@@ -282,6 +284,37 @@ struct ConnectionGuard<'a> {
     active_streams_at_close: u32,
 }
 
+/// A [`ConnectionGuard`]'s state while its connection is parked.
+struct GuardState {
+    http2: bool,
+    started: Instant,
+    local_close: bool,
+}
+
+impl<'a> ConnectionGuard<'a> {
+    fn new(stats: &'a HcmStats, state: GuardState) -> Self {
+        let GuardState { http2, started, local_close } = state;
+        ConnectionGuard { stats, http2, started, local_close, active_streams_at_close: 0 }
+    }
+
+    /// The connection parks: it stays counted, and its parked state keeps this.
+    fn into_state(self) -> GuardState {
+        let state = GuardState { http2: self.http2, started: self.started, local_close: self.local_close };
+        std::mem::forget(self);
+        state
+    }
+
+    /// Who closed the connection, as its filters hear it.
+    fn close(&mut self, context: &ConnectionContext) -> ConnectionEvent {
+        self.active_streams_at_close = context.active_streams.get();
+        if self.local_close {
+            ConnectionEvent::LocalClose
+        } else {
+            ConnectionEvent::RemoteClose
+        }
+    }
+}
+
 impl Drop for ConnectionGuard<'_> {
     fn drop(&mut self) {
         let s = self.stats;
@@ -448,11 +481,11 @@ async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), Conne
     Ok((context, codec))
 }
 
-async fn serve(start: Box<Start>) -> ConnectionEvent {
+async fn serve(start: Box<Start>) -> TakenOverEnd {
     // Boxed: its state is needed only until the codec is known.
     let (context, codec) = match Box::pin(open(start)).await {
         Ok(opened) => opened,
-        Err(event) => return event,
+        Err(event) => return TakenOverEnd::Closed(event),
     };
     let stats = &context.shared.stats;
     let mut guard = ConnectionGuard {
@@ -465,7 +498,14 @@ async fn serve(start: Box<Start>) -> ConnectionEvent {
     let mut draining = Draining::new(&context);
     let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false };
     match codec {
-        Codec::Http1(conn) => codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await,
+        Codec::Http1(conn) => {
+            if let codec_http1::Http1End::Idle(conn) =
+                codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await
+            {
+                let guard = guard.into_state();
+                return parked::park(context, conn, draining, timeline, guard);
+            }
+        }
         Codec::Hyper(io) => {
             // Boxed: the connection's future stays as small as the common case needs.
             let result = Box::pin(serve_hyper(&context, *io, &mut draining, &mut timeline, &mut guard)).await;
@@ -481,12 +521,7 @@ async fn serve(start: Box<Start>) -> ConnectionEvent {
             }
         }
     }
-    guard.active_streams_at_close = context.active_streams.get();
-    if guard.local_close {
-        ConnectionEvent::LocalClose
-    } else {
-        ConnectionEvent::RemoteClose
-    }
+    TakenOverEnd::Closed(guard.close(&context))
 }
 
 /// A connection served by hyper: HTTP/2, and HTTP/1.1 with `header_key_format`.

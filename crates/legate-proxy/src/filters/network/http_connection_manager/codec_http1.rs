@@ -65,9 +65,19 @@ impl ConnTimer {
     }
 }
 
-/// Serves the connection until it closes or is handed to a tunnel: requests while they
-/// flow ([`active`], boxed), and a small wait while the connection idles ([`idle`]), so
-/// that an idle connection holds no buffer and none of a request's state.
+/// How serving a connection ended.
+pub(super) enum Http1End {
+    /// Closed, or handed to a tunnel.
+    Closed,
+    /// Idle, with nothing of a request held, and its socket can be parked (see
+    /// [`crate::worker::park`]): the caller puts the connection aside.
+    Idle(Rc<ServerConn>),
+}
+
+/// Serves the connection until it closes, is handed to a tunnel or idles: requests while
+/// they flow ([`active`], boxed); then, idle, the connection is parked, or (over TLS, whose
+/// state cannot be put aside) waits here ([`idle`]) with no buffer and none of a request's
+/// state.
 ///
 /// A function returning a block rather than an `async fn`: an `async fn` keeps its
 /// arguments twice (as given, and as its locals), and this future lives as long as the
@@ -79,19 +89,22 @@ pub(super) fn serve<'a, 'g>(
     drain: &'a mut Draining,
     timeline: &'a mut Timeline,
     guard: &'a mut ConnectionGuard<'g>,
-) -> impl Future<Output = ()> + use<'a, 'g> {
+) -> impl Future<Output = Http1End> + use<'a, 'g> {
     async move {
         let mut timer = ConnTimer::new();
         loop {
             if !Box::pin(active(context, &conn, drain, timeline, guard, &mut timer)).await {
-                return;
+                return Http1End::Closed;
+            }
+            if conn.parkable() {
+                return Http1End::Idle(conn);
             }
             match idle(context, &conn, drain, timeline, guard, &mut timer).await {
                 Idled::BytesArrived => {}
-                Idled::Gone => return,
+                Idled::Gone => return Http1End::Closed,
                 Idled::Close => {
                     Box::pin(shutdown(&conn)).await;
-                    return;
+                    return Http1End::Closed;
                 }
             }
         }
