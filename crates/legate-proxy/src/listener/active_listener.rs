@@ -223,8 +223,8 @@ impl std::future::Future for Served {
             match end {
                 RunEnd::Closed(event) => tracing::debug!(?event, "connection closed"),
                 RunEnd::Parked(filters, parked) => {
-                    if let Some(rest) = this.rest.take() {
-                        rest.waiter.forget_waker();
+                    if let Some(mut rest) = this.rest.take() {
+                        rest.waiter.release_slot();
                         let worker = rest.guard.worker.clone();
                         let connection = ParkedConnection { filters, state: parked.state, rest };
                         worker.park.insert(&worker.drains, parked.socket, parked.wake_at, connection);
@@ -258,6 +258,7 @@ impl ParkedConnection {
             tracing::debug!("connection closed: its filter chain finished draining");
             return None;
         }
+        rest.waiter.release_slot();
         match state.wake(socket) {
             Woken::Resume(future) => {
                 tokio::task::spawn_local(Served { run: Run::TakenOver { filters, future }, rest: Some(rest) });

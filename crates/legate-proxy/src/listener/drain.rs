@@ -136,7 +136,8 @@ impl WorkerDrains {
 /// One connection's place among its worker's [`WorkerDrains`].
 pub struct DrainWaiter {
     drains: Rc<WorkerDrains>,
-    slot: usize,
+    /// Taken at the first poll that waits; given back while the connection is parked.
+    slot: Option<usize>,
     /// The announcement count last seen; one behind the count at first, so that the first
     /// poll reports at once (a drain may have started before the connection was accepted).
     seen: u64,
@@ -145,7 +146,7 @@ pub struct DrainWaiter {
 impl DrainWaiter {
     pub fn new(drains: &Rc<WorkerDrains>) -> Self {
         let seen = drains.announced.get().wrapping_sub(1);
-        DrainWaiter { drains: drains.clone(), slot: drains.take_slot(), seen }
+        DrainWaiter { drains: drains.clone(), slot: None, seen }
     }
 
     /// Ready when a drain was announced since the last time it was ready; the caller then
@@ -156,7 +157,8 @@ impl DrainWaiter {
             self.seen = announced;
             return Poll::Ready(());
         }
-        self.drains.register(self.slot, cx.waker());
+        let slot = *self.slot.get_or_insert_with(|| self.drains.take_slot());
+        self.drains.register(slot, cx.waker());
         Poll::Pending
     }
 
@@ -176,11 +178,12 @@ impl DrainWaiter {
         }
     }
 
-    /// Forgets the waker left by the last poll: a parked connection has no task to wake (the
-    /// park hears drains for it), and a waker would keep its ended task's memory alive.
-    pub fn forget_waker(&self) {
-        if let Some(Slot::Taken(waker)) = self.drains.slots.borrow_mut().get_mut(self.slot) {
-            *waker = None;
+    /// Gives its slot back: a parked connection has no task to wake (the park hears drains
+    /// for it), and the slot's waker would keep its ended task's memory alive. The next poll
+    /// takes a slot again; what was announced meanwhile is still reported.
+    pub fn release_slot(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.drains.release(slot);
         }
     }
 
@@ -191,7 +194,7 @@ impl DrainWaiter {
 
 impl Drop for DrainWaiter {
     fn drop(&mut self) {
-        self.drains.release(self.slot);
+        self.release_slot();
     }
 }
 

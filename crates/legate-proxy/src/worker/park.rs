@@ -43,7 +43,13 @@ pub struct Park {
 }
 
 enum Entry {
-    Taken { socket: std::net::TcpStream, wake_at: Option<Instant>, connection: ParkedConnection },
+    /// The connection boxed: the table grows by doubling, and its spare room then costs a
+    /// pointer per entry rather than a whole connection's state.
+    Taken {
+        socket: std::net::TcpStream,
+        wake_at: Option<Instant>,
+        connection: Box<ParkedConnection>,
+    },
     Free(Option<usize>),
 }
 
@@ -81,7 +87,7 @@ impl Park {
             return connection.close_unwatched();
         }
         if let Some(entry) = self.entries.borrow_mut().get_mut(index) {
-            *entry = Entry::Taken { socket, wake_at, connection };
+            *entry = Entry::Taken { socket, wake_at, connection: Box::new(connection) };
         }
         self.parked.set(self.parked.get() + 1);
         if let Some(at) = wake_at {
@@ -148,7 +154,7 @@ impl Park {
             *self.entries.borrow_mut() = Vec::new();
             self.free.set(None);
         }
-        Some((socket, connection))
+        Some((socket, *connection))
     }
 
     /// Hands each connection at `indices` back to what parked it; those that park again

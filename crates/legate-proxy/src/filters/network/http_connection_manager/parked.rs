@@ -51,7 +51,6 @@ pub(super) fn park(
 ) -> TakenOverEnd {
     let socket = conn.take_socket().map(|socket| socket.into_std());
     drop(conn);
-    draining.waiter.forget_waker();
     let kept = ParkedHttp1(Some(Kept { context, draining, timeline, guard }));
     match socket {
         Some(Ok(socket)) => TakenOverEnd::Idle(kept.into_parked(socket)),
@@ -66,8 +65,10 @@ pub(super) fn park(
 }
 
 impl ParkedHttp1 {
-    fn into_parked(self, socket: std::net::TcpStream) -> Parked {
-        let wake_at = self.0.as_ref().and_then(|kept| {
+    fn into_parked(mut self, socket: std::net::TcpStream) -> Parked {
+        let wake_at = self.0.as_mut().and_then(|kept| {
+            // The park hears drains for it.
+            kept.draining.waiter.release_slot();
             next_idle_check(&kept.context, &kept.timeline, Instant::now()).into_iter().flatten().min()
         });
         Parked { socket, wake_at, state: Box::new(self) }
