@@ -1,5 +1,6 @@
 //! Idle HTTP/1.1 keep-alive connections. Once a connection has idled for a moment legate puts
-//! its codec aside (hyper's buffers and state are freed) and makes it again when the next
+//! its request state aside (buffers, the request loop), and after a quarter of a second its
+//! whole task (the socket waits in the worker's park); both are made again when the next
 //! bytes arrive. None of that may be visible to the client: every request on the connection
 //! is answered, whatever shape it arrives in and however long the client paused before it.
 
@@ -8,8 +9,12 @@ use std::time::Duration;
 use legate_testing::config::{hcm_config, http_bootstrap};
 use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY};
 
-/// Longer than the idle time after which legate parks a connection (20 ms), with margin.
-const PAUSE: Duration = Duration::from_millis(150);
+/// Longer than the idle time after which legate parks a connection's socket (20 ms, or
+/// 250 ms for a client that came back soon after its last park), with margin.
+const PAUSE: Duration = Duration::from_millis(500);
+
+/// A client pacing its requests: back soon after its connection was parked.
+const SHORT_PAUSE: Duration = Duration::from_millis(80);
 
 fn echo_upstream() -> HttpUpstream {
     HttpUpstream::http1(|r| UpstreamAction::ok(format!("{} {} {}", r.method, r.path, String::from_utf8_lossy(&r.body))))
@@ -62,9 +67,19 @@ fn requests_after_idle_pauses_are_served_on_the_same_connection() {
     let r = c.read_response().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "PUT /seventh late"), "{r:?}");
 
+    // Paced requests: parked once, then kept in the task between requests, then parked again.
+    for i in 0..4 {
+        std::thread::sleep(SHORT_PAUSE);
+        let r = c.get(&format!("/paced/{i}"));
+        assert_eq!((r.status, r.body.clone()), (200, format!("GET /paced/{i} ")), "{r:?}");
+    }
+    std::thread::sleep(PAUSE);
+    let r = c.get("/eighth");
+    assert_eq!((r.status, r.body.as_str()), (200, "GET /eighth "), "{r:?}");
+
     // All on one downstream connection, none closed by legate.
     assert_eq!(px.legate.stat("http.ingress.downstream_cx_total"), Some(1));
-    assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(7));
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(12));
     assert_eq!(px.legate.stat("http.ingress.downstream_cx_destroy"), Some(0));
 }
 

@@ -17,6 +17,7 @@ use tokio::time::Sleep;
 use super::active_stream;
 use super::{
     idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, Draining, Timeline, PARK_AFTER,
+    PARK_LATE_AFTER,
 };
 use crate::http::body::Incoming;
 use crate::http::h1_guard::HEADER_TIMEOUT_REPLY;
@@ -75,9 +76,9 @@ pub(super) enum Http1End {
 }
 
 /// Serves the connection until it closes, is handed to a tunnel or idles: requests while
-/// they flow ([`active`], boxed); then, idle, the connection is parked, or (over TLS, whose
-/// state cannot be put aside) waits here ([`idle`]) with no buffer and none of a request's
-/// state.
+/// they flow ([`active`], boxed); then, idle, it waits here ([`idle`]) with no buffer and
+/// none of a request's state, or is parked (over plain TCP: a TLS connection's state cannot
+/// leave its task; and see `PARK_LATE_AFTER`).
 ///
 /// A function returning a block rather than an `async fn`: an `async fn` keeps its
 /// arguments twice (as given, and as its locals), and this future lives as long as the
@@ -96,11 +97,9 @@ pub(super) fn serve<'a, 'g>(
             if !Box::pin(active(context, &conn, drain, timeline, guard, &mut timer)).await {
                 return Http1End::Closed;
             }
-            if conn.parkable() {
-                return Http1End::Idle(conn);
-            }
             match idle(context, &conn, drain, timeline, guard, &mut timer).await {
                 Idled::BytesArrived => {}
+                Idled::Park => return Http1End::Idle(conn),
                 Idled::Gone => return Http1End::Closed,
                 Idled::Close => {
                     Box::pin(shutdown(&conn)).await;
@@ -300,6 +299,8 @@ async fn wait_head(
 /// How an idle connection's wait ended.
 enum Idled {
     BytesArrived,
+    /// Idle long enough to leave the task (see `PARK_LATE_AFTER`).
+    Park,
     /// The client closed, or reading failed.
     Gone,
     /// legate closes it: idle timeout, `max_connection_duration`, drain.
@@ -317,16 +318,27 @@ fn idle<'a, 'g>(
     guard: &'a mut ConnectionGuard<'g>,
     timer: &'a mut ConnTimer,
 ) -> impl Future<Output = Idled> + use<'a, 'g> {
+    let parkable = conn.parkable();
+    let park_now = parkable && !timeline.park_late;
     poll_fn(move |cx| loop {
-        let [idle, duration] = next_idle_check(context, timeline, clock::now());
-        timer.arm([idle, duration].into_iter().flatten().min());
+        if park_now {
+            return Poll::Ready(Idled::Park);
+        }
+        let now = clock::now();
+        let [idle, duration] = next_idle_check(context, timeline, now);
+        let park = parkable.then(|| context.idle_since.get().unwrap_or(now) + PARK_LATE_AFTER);
+        timer.arm([idle, duration, park].into_iter().flatten().min());
         if let Poll::Ready(read) = conn.poll_fill(cx) {
             return Poll::Ready(if read.is_ok_and(|n| n > 0) { Idled::BytesArrived } else { Idled::Gone });
         }
         if timer.poll_fired(cx).is_ready() {
-            if idle_or_too_old(context, timeline, clock::now()) {
+            let now = clock::now();
+            if idle_or_too_old(context, timeline, now) {
                 guard.local_close = true;
                 return Poll::Ready(Idled::Close);
+            }
+            if park.is_some_and(|at| now >= at) {
+                return Poll::Ready(Idled::Park);
             }
             continue;
         }

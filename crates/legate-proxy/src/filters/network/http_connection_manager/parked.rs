@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use super::codec_http1::{self, Http1End};
 use super::{
     idle_or_too_old, next_idle_check, note_drain, ConnectionContext, ConnectionGuard, Draining, GuardState, Timeline,
+    PARK_LATE_AFTER,
 };
 use crate::http::h1_server::{Limits, ServerConn};
 use crate::network::{ConnectionEvent, Parked, ParkedFilter, TakenOverEnd, TransportSocket, Woken};
@@ -27,6 +28,7 @@ struct Kept {
     draining: Draining,
     timeline: Timeline,
     guard: GuardState,
+    parked_at: Instant,
 }
 
 /// The parked state; un-counts the connection when dropped unresumed.
@@ -51,7 +53,7 @@ pub(super) fn park(
 ) -> TakenOverEnd {
     let socket = conn.take_socket().map(|socket| socket.into_std());
     drop(conn);
-    let kept = ParkedHttp1(Some(Kept { context, draining, timeline, guard }));
+    let kept = ParkedHttp1(Some(Kept { context, draining, timeline, guard, parked_at: Instant::now() }));
     match socket {
         Some(Ok(socket)) => TakenOverEnd::Idle(kept.into_parked(socket)),
         _ => {
@@ -87,6 +89,7 @@ impl ParkedFilter for ParkedHttp1 {
             }
             Ok(n) => {
                 first.truncate(n);
+                kept.timeline.park_late = kept.parked_at.elapsed() < PARK_LATE_AFTER;
                 let stats = &kept.context.shared.stats;
                 stats.downstream_cx_rx_bytes_total.add(n as u64);
                 let Ok(socket) = tokio::net::TcpStream::from_std(socket) else {
@@ -102,7 +105,7 @@ impl ParkedFilter for ParkedHttp1 {
                 Woken::Resume(Box::pin(resume(kept, conn)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let Kept { context, mut draining, mut timeline, guard } = kept;
+                let Kept { context, mut draining, mut timeline, guard, parked_at } = kept;
                 let mut guard = ConnectionGuard::new(&context.shared.stats, guard);
                 let now = Instant::now();
                 let mut close = idle_or_too_old(&context, &timeline, now);
@@ -121,7 +124,9 @@ impl ParkedFilter for ParkedHttp1 {
                     return Woken::Closed(event);
                 }
                 let guard = guard.into_state();
-                Woken::Park(ParkedHttp1(Some(Kept { context, draining, timeline, guard })).into_parked(socket))
+                Woken::Park(
+                    ParkedHttp1(Some(Kept { context, draining, timeline, guard, parked_at })).into_parked(socket),
+                )
             }
             Err(_) => {
                 // Reading failed: the client is gone.
@@ -134,7 +139,7 @@ impl ParkedFilter for ParkedHttp1 {
 
 /// The woken connection's task: requests again, until it closes or parks again.
 async fn resume(kept: Kept, conn: Rc<ServerConn>) -> TakenOverEnd {
-    let Kept { context, mut draining, mut timeline, guard } = kept;
+    let Kept { context, mut draining, mut timeline, guard, .. } = kept;
     let mut guard = ConnectionGuard::new(&context.shared.stats, guard);
     if let Http1End::Idle(conn) = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await {
         let guard = guard.into_state();
