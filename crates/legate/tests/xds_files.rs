@@ -178,6 +178,11 @@ fn listeners_and_routes_come_from_files_and_updates_drain_old_connections() {
     px.wait_stat("http.dynamic.rds.routes.update_rejected", 1);
     assert_eq!(old.get("/").body, "b");
 
+    // One more connection, idle long enough to be parked when the update comes.
+    let mut parked = HttpClient::connect(address);
+    assert_eq!(parked.get("/").status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+
     // A new version of the listener: new connections get it; the open one is asked to close
     // (HTTP/1.1 `connection: close`) and then closed when the drain time is over.
     publish(&lds, "l2", vec![lds_listener(&rds, "two")]);
@@ -197,6 +202,10 @@ fn listeners_and_routes_come_from_files_and_updates_drain_old_connections() {
     assert_eq!(last.header("server"), Some("one"));
     assert_eq!(last.header("connection"), Some("close"));
     assert!(old.closed_within(Duration::from_secs(10)));
+    // The parked one too, with the same counts: drained, closed by legate.
+    assert!(parked.closed_within(Duration::from_secs(10)), "the drained chain's parked connection closes");
+    px.wait_stat("http.dynamic.downstream_cx_drain_close", 2);
+    px.wait_stat("http.dynamic.downstream_cx_destroy_local", 2);
     px.wait_stat("listener_manager.total_listeners_draining", 0);
 
     // The listener leaves LDS: its port stops accepting; the open connection drains.

@@ -248,23 +248,26 @@ pub struct ParkedConnection {
 }
 
 impl ParkedConnection {
-    /// Something may need the connection (see [`crate::worker::park`]): it ends with its
-    /// filter chain's drain, resumes in a task of its own, or comes back to be parked again
-    /// (`Some`, with its socket and next `wake_at`).
+    /// Something may need the connection (see [`crate::worker::park`]): it resumes in a task
+    /// of its own, closes, ends with its filter chain's drain, or comes back to be parked
+    /// again (`Some`, with its socket and next `wake_at`).
     pub fn wake(self, socket: std::net::TcpStream) -> Option<(std::net::TcpStream, Option<Instant>, ParkedConnection)> {
         let ParkedConnection { mut filters, state, mut rest } = self;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if rest.waiter.poll_chain_reached(&mut cx, &rest.chain, DrainPhase::Closed).is_ready() {
-            tracing::debug!("connection closed: its filter chain finished draining");
-            return None;
-        }
-        rest.waiter.release_slot();
+        // The filter first, as the connection's task polls it before its chain's drain: it
+        // hears (and counts) a drain before the chain's end closes the connection.
         match state.wake(socket) {
+            // The task looks at the chain's drain at its first poll.
             Woken::Resume(future) => {
                 tokio::task::spawn_local(Served { run: Run::TakenOver { filters, future }, rest: Some(rest) });
                 None
             }
             Woken::Park(parked) => {
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                if rest.waiter.poll_chain_reached(&mut cx, &rest.chain, DrainPhase::Closed).is_ready() {
+                    tracing::debug!("connection closed: its filter chain finished draining");
+                    return None;
+                }
+                rest.waiter.release_slot();
                 Some((parked.socket, parked.wake_at, ParkedConnection { filters, state: parked.state, rest }))
             }
             Woken::Closed(event) => {
