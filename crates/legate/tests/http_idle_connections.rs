@@ -148,3 +148,18 @@ fn many_parked_connections_resume_and_close_in_any_order() {
     // The listener's count (read at the next stats flush) is back to 0 too.
     px.legate.wait_stat("server.total_connections", 0);
 }
+
+/// `max_connection_duration` reaches a connection that idles parked since its first request.
+#[test]
+fn a_parked_connection_reaches_its_max_connection_duration() {
+    let upstream = echo_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "max_connection_duration": "1s" });
+    let px = HttpProxy::start(legate_bin!(), config);
+    let mut c = px.client();
+    assert_eq!(c.get("/").status, 200);
+    assert!(c.closed_within(EVENTUALLY), "legate should close the connection at its max duration");
+    px.legate.wait_stat("http.ingress.downstream_cx_max_duration_reached", 1);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_idle_timeout"), Some(0));
+}
