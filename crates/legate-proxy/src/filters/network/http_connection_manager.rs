@@ -499,12 +499,8 @@ async fn serve(start: Box<Start>) -> TakenOverEnd {
     let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false, park_late: false };
     match codec {
         Codec::Http1(conn) => {
-            if let codec_http1::Http1End::Idle(conn) =
-                codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await
-            {
-                let guard = guard.into_state();
-                return parked::park(context, conn, draining, timeline, guard);
-            }
+            let end = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;
+            return parked::after_http1(end, &context, draining, timeline, guard);
         }
         Codec::Hyper(io) => {
             // Boxed: the connection's future stays as small as the common case needs.

@@ -141,9 +141,21 @@ impl ParkedFilter for ParkedHttp1 {
 async fn resume(kept: Kept, conn: Rc<ServerConn>) -> TakenOverEnd {
     let Kept { context, mut draining, mut timeline, guard, .. } = kept;
     let mut guard = ConnectionGuard::new(&context.shared.stats, guard);
-    if let Http1End::Idle(conn) = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await {
-        let guard = guard.into_state();
-        return park(context, conn, draining, timeline, guard);
+    let end = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;
+    after_http1(end, &context, draining, timeline, guard)
+}
+
+/// What a connection served by [`codec_http1::serve`] comes to, from its start or from a
+/// park: parked again when it idles, else closed (counted by `guard`'s drop).
+pub(super) fn after_http1(
+    end: Http1End,
+    context: &Rc<ConnectionContext>,
+    draining: Draining,
+    timeline: Timeline,
+    mut guard: ConnectionGuard<'_>,
+) -> TakenOverEnd {
+    match end {
+        Http1End::Idle(conn) => park(context.clone(), conn, draining, timeline, guard.into_state()),
+        Http1End::Closed => TakenOverEnd::Closed(guard.close(context)),
     }
-    TakenOverEnd::Closed(guard.close(&context))
 }
