@@ -10,6 +10,7 @@ pub mod circuit_breakers;
 pub mod cluster;
 pub mod cluster_info;
 pub mod cluster_manager;
+pub mod config_texts;
 pub mod dns;
 pub mod health_checker;
 pub mod host;

@@ -14,6 +14,7 @@ use legate_stats::Store;
 use tokio::task::AbortHandle;
 
 use super::cluster::{Cluster, PrioritySet};
+use super::config_texts::{ConfigText, ConfigTexts};
 use super::dns;
 use super::host::HostSharedPtr;
 use super::load_balancer::LoadBalancer;
@@ -42,7 +43,14 @@ impl CdsUpdate {
 #[derive(Clone, Debug)]
 pub struct ApiVersion {
     pub update: Arc<CdsUpdate>,
-    pub raw: Box<str>,
+    text: ConfigText,
+}
+
+impl ApiVersion {
+    /// The cluster's config as it came, as compact JSON text (`name` is the cluster's).
+    pub fn raw(&self, name: &str) -> String {
+        self.text.restore(name)
+    }
 }
 
 /// A change of the active set, applied with the next snapshot.
@@ -68,6 +76,8 @@ pub struct ClusterManager {
     /// of 10,000 clusters must not copy the map 10,000 times).
     pending: RefCell<Vec<Pending>>,
     flush_scheduled: std::cell::Cell<bool>,
+    /// The config texts of the CDS clusters, shared between clusters alike.
+    texts: ConfigTexts,
 }
 
 /// What [`ClusterManager::add_or_update_cluster`] did.
@@ -103,6 +113,7 @@ impl ClusterManager {
             tasks: RefCell::new(HashMap::default()),
             pending: RefCell::new(Vec::new()),
             flush_scheduled: std::cell::Cell::new(false),
+            texts: ConfigTexts::default(),
         }
     }
 
@@ -215,7 +226,7 @@ impl ClusterManager {
         let scope = self.store.scope(&format!("cluster.{}", config.stat_name()));
         crate::tls::ClientContext::for_cluster(&config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
         let mut cluster = Cluster::new(config, &scope);
-        cluster.api = Some(ApiVersion { update: update.clone(), raw: raw.to_string().into_boxed_str() });
+        cluster.api = Some(ApiVersion { update: update.clone(), text: self.texts.keep(&name, raw) });
         let cluster = Arc::new(cluster);
         if current.is_some() {
             self.stats.cluster_modified.inc();

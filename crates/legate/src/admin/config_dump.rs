@@ -85,7 +85,7 @@ fn dynamic_clusters(server: &Server, dump: &mut Value) {
     let manager = &server.cluster_manager;
     let entry = |cluster: &Arc<Cluster>| {
         cluster.api.as_ref().map(|api| {
-            let raw: Value = serde_json::from_str(&api.raw).unwrap_or_default();
+            let raw: Value = serde_json::from_str(&api.raw(&cluster.name)).unwrap_or_default();
             let update = &api.update;
             json!({"version_info": update.version_info, "cluster": typed(CLUSTER, &raw), "last_updated": rfc3339(update.last_updated)})
         })
