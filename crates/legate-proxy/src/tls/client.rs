@@ -259,7 +259,7 @@ pub async fn connect(
 ) -> Result<TransportSocket, ConnectError> {
     // Source address, socket options, no Nagle and keepalive: the cluster's TCP connect.
     let stream = cluster.connect(address).await.map_err(ConnectError::Tcp)?;
-    match &cluster.transport_socket {
+    match cluster.transport_socket() {
         None => Ok(TransportSocket::RawBuffer(stream)),
         Some(tls) => tls.handshake(stream, address, alpn, sni).await.map_err(ConnectError::Tls),
     }

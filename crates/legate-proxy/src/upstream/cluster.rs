@@ -27,25 +27,30 @@ pub struct Cluster {
     /// `cluster.<name>`, for stats named at run time (`upstream_rq_<code>`).
     pub scope: Scope,
     pub circuit_breakers: CircuitBreakers,
-    /// `outlier_detection`, when configured.
-    /// Boxed, as the health checker: most clusters have neither, and 10,000 clusters would
-    /// carry their space inline.
-    pub outlier_detector: Option<Box<super::outlier_detection::OutlierDetector>>,
-    /// The first of `health_checks`, when configured (config refuses more than one).
-    pub health_checker: Option<Box<super::health_checker::HealthChecker>>,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     overprovisioning_factor: AtomicU32,
     /// Where and when CDS sent it; `None` for a cluster of the bootstrap.
     pub api: Option<super::cluster_manager::ApiVersion>,
-    /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
-    pub transport_socket: Option<Arc<crate::tls::ClientContext>>,
-    /// `auto_sni` of a TLS cluster: each request's upstream connection is made for the name in
-    /// this header (`override_auto_sni_header`), or in the request's authority. Boxed: few
-    /// clusters set it, and a `HeaderName` inline is 40 bytes on each.
-    pub auto_sni: Option<Box<Option<http::HeaderName>>>,
+    /// What few clusters configure (see [`ClusterExtras`]); `None` when it sets none of it.
+    extras: Option<Box<ClusterExtras>>,
     priority_set: ArcSwap<PrioritySet>,
     versions: AtomicU64,
     refresh_lock: std::sync::Mutex<()>,
+}
+
+/// The parts of a cluster that few clusters configure, in one allocation that most clusters
+/// do without: each as a field of its own took 32 bytes of every cluster, 10,000 clusters
+/// carrying them empty.
+struct ClusterExtras {
+    /// `outlier_detection`.
+    outlier_detector: Option<super::outlier_detection::OutlierDetector>,
+    /// The first of `health_checks` (config refuses more than one).
+    health_checker: Option<super::health_checker::HealthChecker>,
+    /// `transport_socket` when it is TLS (`cluster.<name>.ssl.*`); `None` for raw TCP.
+    transport_socket: Option<Arc<crate::tls::ClientContext>>,
+    /// `auto_sni` of a TLS cluster: each request's upstream connection is made for the name in
+    /// this header (`override_auto_sni_header`), or in the request's authority.
+    auto_sni: Option<Option<http::HeaderName>>,
 }
 
 /// The hosts of a cluster by priority, as one immutable snapshot.
@@ -160,10 +165,63 @@ impl PrioritySet {
     }
 }
 
+impl ClusterExtras {
+    /// The extras `config` sets, or `None`.
+    fn new(config: &ClusterConfig, scope: &Scope) -> Option<Box<ClusterExtras>> {
+        let tls = matches!(
+            config.transport_socket.as_ref().map(|t| &t.config),
+            Some(legate_config::extensions::TransportSocketConfig::UpstreamTls(_))
+        );
+        let options = config.upstream_sni_options();
+        let extras = ClusterExtras {
+            outlier_detector: config
+                .outlier_detection
+                .as_ref()
+                .map(|o| super::outlier_detection::OutlierDetector::new(o, scope)),
+            health_checker: config.health_checks.first().map(|hc| super::health_checker::HealthChecker::new(hc, scope)),
+            auto_sni: (tls && options.auto_sni).then(|| {
+                http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok()
+            }),
+            // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
+            // the server's start-up); here it can only have become unreadable since.
+            transport_socket: crate::tls::ClientContext::for_cluster(config, scope).unwrap_or_else(|e| {
+                tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
+                None
+            }),
+        };
+        let none = extras.outlier_detector.is_none()
+            && extras.health_checker.is_none()
+            && extras.transport_socket.is_none()
+            && extras.auto_sni.is_none();
+        (!none).then(|| Box::new(extras))
+    }
+}
+
 impl Cluster {
     /// Its circuit breakers' resources of `priority`.
     pub fn breakers(&self, priority: RoutingPriority) -> ResourceManager<'_> {
         self.circuit_breakers.for_priority(&self.scope, priority)
+    }
+
+    /// `outlier_detection`, when configured.
+    pub fn outlier_detector(&self) -> Option<&super::outlier_detection::OutlierDetector> {
+        self.extras.as_ref()?.outlier_detector.as_ref()
+    }
+
+    /// The first of `health_checks`, when configured.
+    pub fn health_checker(&self) -> Option<&super::health_checker::HealthChecker> {
+        self.extras.as_ref()?.health_checker.as_ref()
+    }
+
+    /// `transport_socket` when it is TLS; `None` for raw TCP.
+    pub fn transport_socket(&self) -> Option<&Arc<crate::tls::ClientContext>> {
+        self.extras.as_ref()?.transport_socket.as_ref()
+    }
+
+    /// `auto_sni` of a TLS cluster: the header that names each request's upstream server
+    /// (`None` within: the request's authority).
+    pub fn auto_sni(&self) -> Option<&Option<http::HeaderName>> {
+        self.extras.as_ref()?.auto_sni.as_ref()
     }
 
     /// Whether CDS added it (`/clusters`' `added_via_api`).
@@ -187,36 +245,10 @@ impl Cluster {
             traffic_stats,
             endpoint_stats: ClusterEndpointStats::with_unchanged(scope),
             scope: scope.clone(),
-            outlier_detector: config
-                .outlier_detection
-                .as_ref()
-                .map(|o| Box::new(super::outlier_detection::OutlierDetector::new(o, scope))),
-            health_checker: config
-                .health_checks
-                .first()
-                .map(|hc| Box::new(super::health_checker::HealthChecker::new(hc, scope))),
             circuit_breakers,
             overprovisioning_factor: AtomicU32::new(overprovisioning_factor),
             api: None,
-            // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
-            // the server's start-up); here it can only have become unreadable since.
-            auto_sni: {
-                let options = config.upstream_sni_options();
-                let tls = matches!(
-                    config.transport_socket.as_ref().map(|t| &t.config),
-                    Some(legate_config::extensions::TransportSocketConfig::UpstreamTls(_))
-                );
-                (tls && options.auto_sni).then(|| {
-                    Box::new(
-                        http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes())
-                            .ok(),
-                    )
-                })
-            },
-            transport_socket: crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
-                tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
-                None
-            }),
+            extras: ClusterExtras::new(&config, scope),
             priority_set: ArcSwap::from_pointee(PrioritySet::default()),
             versions: AtomicU64::new(0),
             refresh_lock: std::sync::Mutex::new(()),
@@ -333,7 +365,7 @@ impl Cluster {
     }
 
     pub fn on_host_added(&self, host: &Host) {
-        if self.health_checker.is_some() && !host.health_check().disabled {
+        if self.health_checker().is_some() && !host.health_check().disabled {
             host.set_health_flag(super::host::health_flag::FAILED_ACTIVE_HC, true);
         }
     }
@@ -417,7 +449,7 @@ impl Cluster {
     /// checking, Envoy takes the host out at once (failed and excluded) until it passes its
     /// checks again, counting `health_check.passive_failure`.
     pub fn on_immediate_health_check_fail(&self, host: &Host) {
-        let Some(checker) = &self.health_checker else { return };
+        let Some(checker) = self.health_checker() else { return };
         if host.excluded() {
             return;
         }
@@ -429,7 +461,7 @@ impl Cluster {
 
     /// Reports one request's result to outlier detection, when configured.
     pub fn outlier_result(&self, host: &Host, result: super::outlier_detection::OutlierResult) {
-        if let Some(detector) = &self.outlier_detector {
+        if let Some(detector) = self.outlier_detector() {
             detector.put_result(self, host, result);
         }
     }

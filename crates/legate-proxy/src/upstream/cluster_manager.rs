@@ -150,10 +150,10 @@ impl ClusterManager {
     /// Health checks and outlier sweeps of an active cluster.
     fn start_tasks(&self, cluster: &Arc<Cluster>) {
         let mut handles = Vec::new();
-        if cluster.health_checker.is_some() {
+        if cluster.health_checker().is_some() {
             handles.push(tokio::task::spawn_local(super::health_checker::run(cluster.clone())).abort_handle());
         }
-        if cluster.outlier_detector.is_some() {
+        if cluster.outlier_detector().is_some() {
             handles.push(tokio::task::spawn_local(super::outlier_detection::run(cluster.clone())).abort_handle());
         }
         // No entry for a cluster without tasks (most of 10,000 EDS clusters).

@@ -209,7 +209,7 @@ impl HealthChecker {
 
 /// Keeps one session per host of `cluster` until the process ends. Runs on the main thread.
 pub async fn run(cluster: Arc<Cluster>) {
-    let Some(checker) = cluster.health_checker.as_ref() else { return };
+    let Some(checker) = cluster.health_checker() else { return };
     // Membership changes (DNS) are picked up at this pace; a flip also changes the version.
     const MEMBERSHIP_POLL: Duration = Duration::from_secs(1);
     let mut sessions: Vec<(HostSharedPtr, tokio::task::JoinHandle<()>)> = Vec::new();
@@ -239,7 +239,7 @@ pub async fn run(cluster: Arc<Cluster>) {
 
 /// Checks one host forever (until aborted when the host leaves the cluster).
 async fn session(cluster: Arc<Cluster>, host: HostSharedPtr) {
-    let Some(checker) = cluster.health_checker.as_ref() else { return };
+    let Some(checker) = cluster.health_checker() else { return };
     let config = &checker.config;
     if host.health_check().disabled {
         return;
@@ -305,7 +305,7 @@ async fn session(cluster: Arc<Cluster>, host: HostSharedPtr) {
             tracing::info!(cluster = %cluster.name, host = %host.address(), "health check passed");
         }
         if result == CheckResult::Success {
-            if let Some(detector) = &cluster.outlier_detector {
+            if let Some(detector) = cluster.outlier_detector() {
                 detector.on_active_health_check_passed(&cluster, &host);
             }
         }

@@ -377,7 +377,7 @@ impl OutlierDetector {
 
 /// Runs a cluster's sweeps on the main thread until the process ends.
 pub async fn run(cluster: Arc<Cluster>) {
-    let Some(detector) = cluster.outlier_detector.as_ref() else { return };
+    let Some(detector) = cluster.outlier_detector() else { return };
     let mut ticker = tokio::time::interval(detector.interval());
     ticker.tick().await;
     loop {
@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn consecutive_5xx_ejects_and_a_success_resets_the_count() {
         let c = cluster(serde_json::json!({"consecutive_5xx": 3, "max_ejection_percent": 50}));
-        let d = c.outlier_detector.as_ref().unwrap();
+        let d = c.outlier_detector().unwrap();
         let h = host(&c, 0);
         for code in [503, 500, 200, 503, 502] {
             d.put_result(&c, &h, OutlierResult::Http(code));
@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn max_ejection_percent_overflows() {
         let c = cluster(serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 25}));
-        let d = c.outlier_detector.as_ref().unwrap();
+        let d = c.outlier_detector().unwrap();
         d.put_result(&c, &host(&c, 0), OutlierResult::Http(503));
         d.put_result(&c, &host(&c, 1), OutlierResult::Http(503));
         assert_eq!(d.stats.ejections_active.value(), 1);
@@ -441,7 +441,7 @@ mod tests {
         let c = cluster(
             serde_json::json!({"consecutive_5xx": 1, "base_ejection_time": "0.05s", "max_ejection_percent": 100}),
         );
-        let d = c.outlier_detector.as_ref().unwrap();
+        let d = c.outlier_detector().unwrap();
         let h = host(&c, 2);
         d.put_result(&c, &h, OutlierResult::LocalOriginConnectFailed);
         assert!(h.outlier().ejected(), "without the split, a connect failure counts as a 503");
@@ -460,7 +460,7 @@ mod tests {
             "success_rate_stdev_factor": 1000,
             "consecutive_5xx": 1000
         }));
-        let d = c.outlier_detector.as_ref().unwrap();
+        let d = c.outlier_detector().unwrap();
         for i in 0..4 {
             let h = host(&c, i);
             for n in 0..100 {
@@ -485,7 +485,7 @@ mod tests {
             "enforcing_failure_percentage": 100, "enforcing_failure_percentage_local_origin": 100,
             "max_ejection_percent": 100
         }));
-        let d = c.outlier_detector.as_ref().unwrap();
+        let d = c.outlier_detector().unwrap();
         for i in 0..4 {
             let h = host(&c, i);
             for n in 0..20 {

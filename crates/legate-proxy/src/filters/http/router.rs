@@ -425,7 +425,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
 
     // `auto_sni`: the name the upstream TLS connection is made for, from the override header
     // or the authority as it goes upstream (without its port).
-    let auto_sni: Option<String> = cluster.auto_sni.as_deref().and_then(|header| {
+    let auto_sni: Option<String> = cluster.auto_sni().and_then(|header| {
         let name = match header {
             Some(h) => head.headers.get(h).and_then(|v| v.to_str().ok())?,
             None => crate::router::action::split_host_port(authority.as_str()).0,
@@ -601,7 +601,7 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 cluster.outlier_result(&host, OutlierResult::Http(status.as_u16()));
                 // Only a health-checked cluster acts on it: the lookup (a hash of the name)
                 // is skipped for the others.
-                if cluster.health_checker.is_some()
+                if cluster.health_checker().is_some()
                     && response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL)
                 {
                     cluster.on_immediate_health_check_fail(&host);
