@@ -73,6 +73,19 @@ impl XdsClient {
         callbacks: Rc<dyn SubscriptionCallbacks>,
         stats: SubscriptionStats,
     ) -> Result<Watch, String> {
+        self.subscribe_inline(source, resource_type, names, callbacks, stats).map(Watch::erased)
+    }
+
+    /// [`Self::subscribe`] with the subscriber kept by value in the watch's own allocation,
+    /// for subscribers there are many of (EDS clusters); the returned watch reaches it.
+    pub fn subscribe_inline<C: SubscriptionCallbacks + 'static>(
+        &self,
+        source: &ConfigSource,
+        resource_type: ResourceType,
+        names: NameSet,
+        callbacks: C,
+        stats: SubscriptionStats,
+    ) -> Result<Watch<C>, String> {
         let kind =
             source.kind().ok_or("a config source needs one of 'path_config_source', 'api_config_source' or 'ads'")?;
         let key = match kind {

@@ -18,9 +18,9 @@ use legate_xds::{
 pub struct Eds {
     cluster_manager: Rc<ClusterManager>,
     client: Rc<XdsClient>,
-    /// By cluster name.
-    /// By the cluster's name (the cluster's own `Arc<str>`).
-    clusters: RefCell<HashMap<std::sync::Arc<str>, Rc<EdsCluster>>>,
+    /// The watches by the cluster's name (the cluster's own `Arc<str>`), each holding its
+    /// cluster's state.
+    clusters: RefCell<HashMap<std::sync::Arc<str>, Watch<EdsCluster>>>,
 }
 
 struct EdsCluster {
@@ -29,10 +29,6 @@ struct EdsCluster {
     service_name: Option<Box<str>>,
     eds: Weak<Eds>,
     initialized: Cell<bool>,
-    /// The subscription, which ends when the entry is dropped; set once, right after it is
-    /// made (a `OnceCell` is 8 bytes less than a `RefCell<Option<_>>`: with the boxed
-    /// `service_name`, an entry is 72 bytes with its `Rc`, an 80-byte malloc chunk, was 96).
-    watch: std::cell::OnceCell<Watch>,
 }
 
 impl Eds {
@@ -60,26 +56,30 @@ impl Eds {
             Some(service) => super::one_name(service),
             None => NameSet::One(cluster.name.clone()),
         };
-        let entry = Rc::new(EdsCluster {
-            cluster: cluster.clone(),
-            service_name: service_name.clone(),
-            eds: Rc::downgrade(self),
-            initialized: Cell::new(false),
-            watch: std::cell::OnceCell::new(),
+        // A cluster replacing one of its name, for the same service, starts with its hosts.
+        let previous = self.clusters.borrow().get(&*cluster.name).and_then(|watch| {
+            watch.with_subscriber(|p| (p.service() == service && p.initialized.get()).then(|| p.cluster.clone()))
         });
-        let previous = self.clusters.borrow().get(&*cluster.name).cloned();
-        if let Some(previous) = previous.filter(|p| p.service() == service && p.initialized.get()) {
-            cluster.copy_hosts_from(&previous.cluster);
-            entry.initialized.set(true);
-            self.cluster_manager.finish_warming(cluster);
-        }
+        let initialized = match previous.flatten() {
+            Some(previous) => {
+                cluster.copy_hosts_from(&previous);
+                self.cluster_manager.finish_warming(cluster);
+                true
+            }
+            None => false,
+        };
+        let entry = EdsCluster {
+            cluster: cluster.clone(),
+            service_name,
+            eds: Rc::downgrade(self),
+            initialized: Cell::new(initialized),
+        };
         let stats = SubscriptionStats::new(&cluster.scope);
         let watch = self
             .client
-            .subscribe(&source, ResourceType::ClusterLoadAssignment, wanted, entry.clone(), stats)
+            .subscribe_inline(&source, ResourceType::ClusterLoadAssignment, wanted, entry, stats)
             .map_err(|e| format!("eds_cluster_config.eds_config: {e}"))?;
-        let _ = entry.watch.set(watch);
-        self.clusters.borrow_mut().insert(cluster.name.clone(), entry);
+        self.clusters.borrow_mut().insert(cluster.name.clone(), watch);
         Ok(())
     }
 
@@ -89,7 +89,7 @@ impl Eds {
 
     /// Whether every EDS cluster got its first assignment (or gave up waiting).
     pub fn initialized(&self) -> bool {
-        self.clusters.borrow().values().all(|c| c.initialized.get())
+        self.clusters.borrow().values().all(|w| w.with_subscriber(|c| c.initialized.get()).unwrap_or(true))
     }
 }
 
