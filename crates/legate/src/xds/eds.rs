@@ -26,7 +26,10 @@ pub struct Eds {
 struct EdsCluster {
     cluster: Arc<Cluster>,
     /// `eds_cluster_config.service_name` when set; else the cluster's name is the service.
-    service_name: Option<Box<str>>,
+    /// A boxed `String` is one word where a `Box<str>` is two (most clusters set none): that
+    /// puts the watch holding this state in a 160-byte malloc chunk, not a 176-byte one.
+    #[allow(clippy::box_collection)]
+    service_name: Option<Box<String>>,
     eds: Weak<Eds>,
     initialized: Cell<bool>,
 }
@@ -49,8 +52,8 @@ impl Eds {
         }
         let eds_config = eds_cluster_config.unwrap_or_default();
         let source = eds_config.eds_config.unwrap_or_default();
-        let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty()).map(String::into_boxed_str);
-        let service = service_name.as_deref().unwrap_or(&cluster.name);
+        let service_name = Some(eds_config.service_name).filter(|name| !name.is_empty()).map(Box::new);
+        let service = service_name.as_deref().map_or(&*cluster.name, String::as_str);
         // The cluster's name is shared with its watch's, where that is what it asks for.
         let wanted = match &service_name {
             Some(service) => super::one_name(service),
@@ -96,7 +99,7 @@ impl Eds {
 impl EdsCluster {
     /// The `ClusterLoadAssignment` this cluster subscribes to.
     fn service(&self) -> &str {
-        self.service_name.as_deref().unwrap_or(&self.cluster.name)
+        self.service_name.as_deref().map_or(&self.cluster.name, String::as_str)
     }
 
     fn apply(&self, assignment: &ClusterLoadAssignment) {
