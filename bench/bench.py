@@ -99,13 +99,15 @@ def cpu_seconds(pids):
     return user / CLK_TCK, system / CLK_TCK
 
 
-def rss_kib(pids):
+def rss_kib(pids, field="VmRSS"):
+    """Resident KiB of `pids` from /proc/<pid>/status: `VmRSS`, or its parts `RssAnon`
+    (heap, stacks) and `RssFile` (the binary's code and data, shared libraries)."""
     total = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
         except OSError:
             pass

@@ -86,6 +86,52 @@ fn clusters_and_endpoints_come_from_files_and_follow_their_changes() {
     assert_eq!(px.stat("cluster_manager.active_clusters"), Some(0));
 }
 
+/// `/clusters` and `/config_dump` list the clusters in the order they became active: static
+/// ones first, a cluster CDS replaced in the place of the one it replaced, one removed and
+/// added again last.
+#[test]
+fn clusters_keep_their_order_across_cds_updates() {
+    let up = HttpUpstream::http1(|_| UpstreamAction::ok("up"));
+    let dir = TempDir::new();
+    let (cds, eds) = (dir.join("cds.json"), dir.join("eds.json"));
+    let names = ["x", "y", "z"];
+    publish(&eds, "e1", names.iter().map(|n| assignment(n, &[up.addr()])).collect());
+    publish(&cds, "c1", vec![eds_cluster("x", &eds), eds_cluster("y", &eds)]);
+    let mut config = cds_bootstrap(&cds);
+    config["static_resources"]["clusters"] = json!([legate_testing::config::static_cluster("first", &[up.addr()])]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let order = || -> Vec<String> {
+        let status = px.admin_json("/clusters?format=json");
+        let clusters = status["cluster_statuses"].as_array().cloned().unwrap_or_default();
+        clusters.iter().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
+    };
+    let dumped = || -> Vec<String> {
+        let dump = px.admin_json("/config_dump?resource=dynamic_active_clusters");
+        let configs = dump["configs"].as_array().cloned().unwrap_or_default();
+        configs.iter().filter_map(|c| c["cluster"]["name"].as_str().map(str::to_string)).collect()
+    };
+    assert_eq!(order(), ["first", "x", "y"]);
+
+    // x changes (a new cluster object) and z joins: x keeps its place.
+    let mut changed = eds_cluster("x", &eds);
+    changed["connect_timeout"] = json!("2s");
+    publish(&cds, "c2", vec![changed.clone(), eds_cluster("y", &eds), eds_cluster("z", &eds)]);
+    px.wait_stat("cluster_manager.cluster_modified", 1);
+    eventually("z active", Duration::from_secs(10), order, |o| o.len() == 4);
+    assert_eq!(order(), ["first", "x", "y", "z"]);
+    assert_eq!(dumped(), ["x", "y", "z"]);
+    let dump = px.admin_json("/config_dump?resource=dynamic_active_clusters");
+    assert_eq!(dump["configs"][0]["cluster"]["connect_timeout"], "2s", "{dump}");
+
+    // y leaves and comes back: last.
+    publish(&cds, "c3", vec![changed.clone(), eds_cluster("z", &eds)]);
+    eventually("y gone", Duration::from_secs(10), order, |o| o.len() == 3);
+    publish(&cds, "c4", vec![changed, eds_cluster("z", &eds), eds_cluster("y", &eds)]);
+    eventually("y back", Duration::from_secs(10), order, |o| o.len() == 4);
+    assert_eq!(order(), ["first", "x", "z", "y"]);
+    assert_eq!(dumped(), ["x", "z", "y"]);
+}
+
 #[test]
 fn a_cluster_without_endpoints_waits_for_initial_fetch_timeout() {
     let dir = TempDir::new();

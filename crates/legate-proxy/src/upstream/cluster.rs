@@ -29,6 +29,11 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// Overprovisioning factor of the load assignment, in percent (Envoy's default 140).
     overprovisioning_factor: AtomicU32,
+    /// Where it stands among the active clusters (`/clusters`, `/config_dump`): the order they
+    /// became active in, a replacement taking the place of the cluster it replaced (see
+    /// [`super::cluster_manager::ClusterManager::clusters`]). Set by the cluster manager; in
+    /// the 4 bytes of padding beside `overprovisioning_factor`.
+    position: AtomicU32,
     /// Where and when CDS sent it; `None` for a cluster of the bootstrap.
     pub api: Option<super::cluster_manager::ApiVersion>,
     /// What few clusters configure (see [`ClusterExtras`]); `None` when it sets none of it.
@@ -224,6 +229,15 @@ impl Cluster {
         self.extras.as_ref()?.auto_sni.as_ref()
     }
 
+    /// See the field: where it stands among the active clusters.
+    pub(crate) fn position(&self) -> u32 {
+        self.position.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_position(&self, position: u32) {
+        self.position.store(position, Ordering::Relaxed);
+    }
+
     /// Whether CDS added it (`/clusters`' `added_via_api`).
     pub fn added_via_api(&self) -> bool {
         self.api.is_some()
@@ -247,6 +261,7 @@ impl Cluster {
             scope: scope.clone(),
             circuit_breakers,
             overprovisioning_factor: AtomicU32::new(overprovisioning_factor),
+            position: AtomicU32::new(0),
             api: None,
             extras: ClusterExtras::new(&config, scope),
             priority_set: ArcSwap::from_pointee(PrioritySet::default()),

@@ -127,8 +127,10 @@ pub struct ClusterManager {
     clusters: Arc<ArcSwap<ClusterMap>>,
     pub stats: ClusterManagerStats,
     store: Arc<Store>,
-    /// Insertion order, for `/clusters` and `/config_dump`.
-    order: RefCell<Vec<Arc<str>>>,
+    /// The position the next cluster to become active takes ([`Cluster::set_position`]): the
+    /// clusters keep their order themselves, where a list of their names took ~26 bytes a
+    /// cluster.
+    next_position: std::cell::Cell<u32>,
     warming: RefCell<BTreeMap<Arc<str>, Arc<Cluster>>>,
     /// Health checks, outlier sweeps and DNS refreshes of each active cluster; aborted when the
     /// cluster is removed or replaced.
@@ -155,12 +157,11 @@ impl ClusterManager {
     pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Self {
         let stats = ClusterManagerStats::new(&store.scope("cluster_manager"));
         let mut map = ClusterMap::default();
-        let mut order = Vec::new();
         for config in configs {
             let scope = store.scope(&format!("cluster.{}", config.stat_name()));
             let cluster = Arc::new(Cluster::new(config.clone(), &scope));
             stats.cluster_added.inc();
-            order.push(cluster.name.clone());
+            cluster.set_position(u32::try_from(map.len()).unwrap_or(u32::MAX));
             map.insert(cluster);
         }
         stats.active_clusters.set(map.len() as u64);
@@ -169,7 +170,7 @@ impl ClusterManager {
             clusters: Arc::new(ArcSwap::from_pointee(map)),
             stats,
             store: store.clone(),
-            order: RefCell::new(order),
+            next_position: std::cell::Cell::new(u32::try_from(configs.len()).unwrap_or(u32::MAX)),
             warming: RefCell::new(BTreeMap::new()),
             tasks: RefCell::new(HashMap::default()),
             pending: RefCell::new(Vec::new()),
@@ -238,10 +239,12 @@ impl ClusterManager {
         self.clusters.load().get(name).cloned()
     }
 
-    /// Active clusters in the order they were added.
+    /// Active clusters in the order they were added (a cluster CDS replaced in the place of
+    /// the one it replaced).
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
-        let map = self.clusters.load();
-        self.order.borrow().iter().filter_map(|n| map.get(n).cloned()).collect()
+        let mut clusters: Vec<Arc<Cluster>> = self.clusters.load().values().cloned().collect();
+        clusters.sort_by_key(|c| c.position());
+        clusters
     }
 
     /// Clusters CDS added that wait for their first hosts.
@@ -383,7 +386,6 @@ impl ClusterManager {
             return;
         }
         let mut map = ClusterMap::clone(&self.clusters.load());
-        let mut order = self.order.borrow_mut();
         // By name: a batch may activate a cluster and replace it again (a Vec searched per
         // cluster would be quadratic in a 10,000-cluster CDS update).
         let mut started: HashMap<Arc<str>, Arc<Cluster>> = HashMap::default();
@@ -391,8 +393,15 @@ impl ClusterManager {
             match change {
                 Pending::Activate(cluster) => {
                     match map.insert(cluster.clone()) {
-                        Some(old) => self.stop_tasks(&old),
-                        None => order.push(cluster.name.clone()),
+                        Some(old) => {
+                            cluster.set_position(old.position());
+                            self.stop_tasks(&old);
+                        }
+                        None => {
+                            let position = self.next_position.get();
+                            cluster.set_position(position);
+                            self.next_position.set(position.wrapping_add(1));
+                        }
                     }
                     started.insert(cluster.name.clone(), cluster);
                 }
@@ -404,11 +413,9 @@ impl ClusterManager {
                 }
             }
         }
-        order.retain(|n| map.contains_key(n));
         self.stats.active_clusters.set(map.len() as u64);
         self.clusters.store(Arc::new(map));
         super::pool::topology_changed();
-        drop(order);
         for cluster in started.values() {
             self.start_tasks(cluster);
         }
