@@ -44,8 +44,8 @@ pub struct Cluster {
 }
 
 /// The parts of a cluster that few clusters configure, in one allocation that most clusters
-/// do without: each as a field of its own took 32 bytes of every cluster, 10,000 clusters
-/// carrying them empty.
+/// do without: as fields of their own, the four took 32 bytes of every cluster, 10,000
+/// clusters carrying them empty.
 struct ClusterExtras {
     /// `outlier_detection`.
     outlier_detector: Option<super::outlier_detection::OutlierDetector>,

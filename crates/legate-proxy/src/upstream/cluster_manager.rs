@@ -20,10 +20,9 @@ use super::host::HostSharedPtr;
 use super::load_balancer::LoadBalancer;
 use super::stats::ClusterManagerStats;
 
-/// Every cluster by name, as one immutable snapshot.
-/// The active clusters by name, as workers see them. A set of the clusters themselves, found
-/// by the name each holds: an entry is one pointer, where a map keyed by a copy of the name
-/// took three words (10,000 clusters: ~25 bytes each).
+/// The active clusters by name, as one immutable snapshot that workers read. A set of the
+/// clusters themselves, found by the name each holds: an entry is one pointer, where a map
+/// keyed by a copy of the name took three words (10,000 clusters: ~25 bytes each).
 #[derive(Clone, Default)]
 pub struct ClusterMap(rustc_hash::FxHashSet<ByName>);
 
