@@ -14,7 +14,7 @@ use rustc_hash::FxHashSet;
 /// Stands for the cluster's name in a kept text. Compact JSON text never holds a NUL as is
 /// (serde_json writes control characters escaped), so cutting the name out and putting it
 /// back gives the text as it was, wherever and however often the name occurs.
-const NAME: char = '\0';
+const NAME: &str = "\0";
 
 /// A cluster's config text with its name cut out, shared with the clusters alike.
 #[derive(Clone, Debug)]
@@ -44,8 +44,8 @@ impl ConfigTexts {
     pub fn keep(&self, name: &str, raw: &serde_json::Value) -> ConfigText {
         let text = raw.to_string();
         let cut = match json_escaped(name) {
-            Some(escaped) if !text.contains(NAME) => text.replace(escaped.as_str(), "\0"),
-            _ => text,
+            Some(escaped) => text.replace(escaped.as_str(), NAME),
+            None => text,
         };
         let mut texts = self.texts.borrow_mut();
         if let Some(kept) = texts.get(cut.as_str()) {
