@@ -3,7 +3,8 @@
 //! turns a response into per-watch updates (Envoy's `WatchMap`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,29 +58,24 @@ pub(crate) struct WatchEntry<C: ?Sized = dyn SubscriptionCallbacks> {
     delivered: RefCell<NameSet>,
     /// Whether any update (or the fetch timeout) reached the subscriber yet.
     initialized: Cell<bool>,
-    /// The `initial_fetch_timeout` timer, stopped once the watch is initialized or dropped
-    /// (10,000 EDS watches would otherwise keep as many sleeping tasks for 15 s).
-    /// A `Cell`, not a `RefCell`: it is only ever taken or put.
-    fetch_timer: Cell<Option<tokio::task::JoinHandle<()>>>,
     /// Whether a response was offered to it yet (even one with none of its names).
     offered: Cell<bool>,
     callbacks: C,
 }
 
 impl<C: ?Sized> WatchEntry<C> {
-    /// An update reached the subscriber: its fetch timer has nothing left to do.
+    /// An update reached the subscriber: its fetch timeout has nothing left to do.
     fn set_initialized(&self) {
         self.initialized.set(true);
-        if let Some(timer) = self.fetch_timer.take() {
-            timer.abort();
-        }
     }
 }
 
-impl<C: ?Sized> Drop for WatchEntry<C> {
-    fn drop(&mut self) {
-        if let Some(timer) = self.fetch_timer.get_mut().take() {
-            timer.abort();
+impl<C: SubscriptionCallbacks + ?Sized> WatchEntry<C> {
+    /// `initial_fetch_timeout` elapsed: a watch that heard nothing yet hears that.
+    fn fetch_timed_out(&self) {
+        if !self.initialized.replace(true) {
+            self.stats.init_fetch_timeout().inc();
+            self.callbacks.on_config_update_failed(&UpdateFailure::FetchTimedOut);
         }
     }
 }
@@ -204,11 +200,102 @@ pub(crate) struct WatchMap {
     watches: RefCell<Vec<Rc<WatchEntry>>>,
     /// Woken when the set of names changes, so the transport sends a new request.
     pub(crate) interest_changed: Notify,
+    fetch_timeouts: Rc<FetchTimeouts>,
+}
+
+/// The `initial_fetch_timeout`s of a subscription's watches, under one timer. A task and a
+/// timer for each watch cost 10,000 spawns when 10,000 EDS clusters subscribe at once, and
+/// their 272-byte task cells, freed when the assignments arrived, left as many holes among
+/// the clusters' long-lived allocations: resident memory no cluster used.
+#[derive(Default)]
+struct FetchTimeouts {
+    /// Deadlines still to come. A watch initialized or dropped since stays until its
+    /// deadline, and is then passed over.
+    pending: RefCell<BinaryHeap<Reverse<FetchDeadline>>>,
+    /// Whether the task that waits for the earliest deadline runs.
+    running: Cell<bool>,
+    /// Wakes that task when a deadline earlier than the one it waits for is added.
+    earlier: Notify,
+}
+
+struct FetchDeadline {
+    /// Tokio's clock, which tests can pause and advance.
+    at: tokio::time::Instant,
+    watch: Weak<WatchEntry>,
+}
+
+impl PartialEq for FetchDeadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for FetchDeadline {}
+
+impl PartialOrd for FetchDeadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FetchDeadline {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+impl FetchTimeouts {
+    fn add(self: &Rc<Self>, at: tokio::time::Instant, watch: Weak<WatchEntry>) {
+        let earliest = self.earliest();
+        self.pending.borrow_mut().push(Reverse(FetchDeadline { at, watch }));
+        if !self.running.replace(true) {
+            tokio::task::spawn_local(Rc::clone(self).run());
+        } else if earliest.is_some_and(|earliest| at < earliest) {
+            self.earlier.notify_one();
+        }
+    }
+
+    fn earliest(&self) -> Option<tokio::time::Instant> {
+        self.pending.borrow().peek().map(|Reverse(d)| d.at)
+    }
+
+    /// Waits for each deadline in turn and tells its watch; ends when none is left.
+    async fn run(self: Rc<Self>) {
+        while let Some(at) = self.earliest() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = self.earlier.notified() => continue,
+            }
+            let now = tokio::time::Instant::now();
+            loop {
+                // The borrow ends before the watch is told: its subscriber may add watches.
+                let due = {
+                    let mut pending = self.pending.borrow_mut();
+                    match pending.peek() {
+                        Some(Reverse(d)) if d.at <= now => pending.pop(),
+                        _ => None,
+                    }
+                };
+                let Some(Reverse(due)) = due else { break };
+                if let Some(watch) = due.watch.upgrade() {
+                    watch.fetch_timed_out();
+                }
+            }
+        }
+        // The heap's room for 10,000 watches goes too.
+        *self.pending.borrow_mut() = BinaryHeap::new();
+        self.running.set(false);
+    }
 }
 
 impl WatchMap {
     pub(crate) fn new(resource_type: ResourceType) -> Rc<Self> {
-        Rc::new(WatchMap { resource_type, watches: RefCell::new(Vec::new()), interest_changed: Notify::new() })
+        Rc::new(WatchMap {
+            resource_type,
+            watches: RefCell::new(Vec::new()),
+            interest_changed: Notify::new(),
+            fetch_timeouts: Rc::default(),
+        })
     }
 
     /// Adds a watch for `callbacks`, kept in the watch's entry; its initial-fetch timer starts
@@ -226,24 +313,13 @@ impl WatchMap {
             stats,
             delivered: RefCell::new(NameSet::default()),
             initialized: Cell::new(false),
-            fetch_timer: Cell::new(None),
             offered: Cell::new(false),
             callbacks,
         });
         let shared: Rc<WatchEntry> = entry.clone();
         self.watches.borrow_mut().push(shared.clone());
         if let Some(timeout) = initial_fetch_timeout {
-            let weak = Rc::downgrade(&shared);
-            let timer = tokio::task::spawn_local(async move {
-                tokio::time::sleep(timeout).await;
-                if let Some(entry) = weak.upgrade() {
-                    if !entry.initialized.replace(true) {
-                        entry.stats.init_fetch_timeout().inc();
-                        entry.callbacks.on_config_update_failed(&UpdateFailure::FetchTimedOut);
-                    }
-                }
-            });
-            entry.fetch_timer.set(Some(timer));
+            self.fetch_timeouts.add(tokio::time::Instant::now() + timeout, Rc::downgrade(&shared));
         }
         self.interest_changed.notify_one();
         Watch { map: Rc::downgrade(self), entry: Rc::downgrade(&entry) }
@@ -478,6 +554,61 @@ impl<C: ?Sized> Drop for Watch<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records which watches heard their fetch time out.
+    struct Recorder {
+        name: &'static str,
+        heard: Rc<RefCell<Vec<&'static str>>>,
+    }
+
+    impl SubscriptionCallbacks for Recorder {
+        fn on_config_update(&self, _: &ConfigUpdate<'_>) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn on_config_update_failed(&self, failure: &UpdateFailure) {
+            assert!(matches!(failure, UpdateFailure::FetchTimedOut));
+            self.heard.borrow_mut().push(self.name);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn fetch_timeouts_share_one_timer_and_fire_in_deadline_order() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let store = legate_stats::Store::new(1);
+                let map = WatchMap::new(ResourceType::ClusterLoadAssignment);
+                let heard = Rc::new(RefCell::new(Vec::new()));
+                let watch = |name: &'static str, ms: u64| {
+                    let recorder = Recorder { name, heard: heard.clone() };
+                    let stats = SubscriptionStats::new(&store.scope("watch"));
+                    map.add(set(&[name]), recorder, stats, Some(Duration::from_millis(ms)))
+                };
+                let ms = |n| tokio::time::sleep(Duration::from_millis(n));
+                let _a = watch("a", 300);
+                let _b = watch("b", 100);
+                let c = watch("c", 200);
+                let dropped = watch("dropped", 150);
+                drop(dropped);
+                c.entry.upgrade().expect("c is held").set_initialized();
+                ms(250).await;
+                assert_eq!(*heard.borrow(), ["b"], "c was initialized, `dropped` is gone");
+                // Earlier than the deadline the timer waits for (a's, at 300 ms).
+                let _d = watch("d", 10);
+                ms(20).await;
+                assert_eq!(*heard.borrow(), ["b", "d"]);
+                ms(100).await;
+                assert_eq!(*heard.borrow(), ["b", "d", "a"]);
+                assert_eq!(store.counter_value("watch.init_fetch_timeout"), Some(3));
+                assert!(!map.fetch_timeouts.running.get() && map.fetch_timeouts.pending.borrow().capacity() == 0);
+                // A later watch starts the timer again.
+                let _e = watch("e", 50);
+                ms(60).await;
+                assert_eq!(*heard.borrow(), ["b", "d", "a", "e"]);
+            })
+            .await;
+    }
 
     fn set(names: &[&str]) -> NameSet {
         NameSet::from(names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>())
