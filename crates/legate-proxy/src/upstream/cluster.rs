@@ -113,6 +113,28 @@ struct PartialHealth {
 }
 
 impl HostSet {
+    fn new(hosts: Vec<HostSharedPtr>) -> HostSet {
+        if hosts.iter().all(|h| h.healthy()) {
+            return HostSet { hosts, partial: None };
+        }
+        let mut partial = PartialHealth::default();
+        for host in &hosts {
+            if host.healthy() {
+                partial.healthy_hosts.push(host.clone());
+            } else if host.degraded() {
+                partial.degraded_hosts.push(host.clone());
+            }
+        }
+        // The healthy hosts are a subsequence of the hosts: as many means the same (a flag
+        // may have changed since the first look).
+        if partial.healthy_hosts.len() == hosts.len() {
+            return HostSet { hosts, partial: None };
+        }
+        partial.healthy_hosts.shrink_to_fit();
+        partial.degraded_hosts.shrink_to_fit();
+        HostSet { hosts, partial: Some(Box::new(partial)) }
+    }
+
     /// The healthy hosts, in the order of `hosts`.
     pub fn healthy_hosts(&self) -> &[HostSharedPtr] {
         match &self.partial {
@@ -128,41 +150,36 @@ impl HostSet {
 }
 
 impl PrioritySet {
-    pub fn new(hosts: Vec<HostSharedPtr>, version: u64) -> Self {
+    /// The hosts by priority, in their order. Every vector is sized once: vectors grown host
+    /// by host and shrunk to fit left freed chunks among the long-lived allocations of 10,000
+    /// EDS clusters, resident memory that none of them used.
+    pub fn new(mut hosts: Vec<HostSharedPtr>, version: u64) -> Self {
         let levels = hosts.iter().map(|h| h.priority() as usize + 1).max().unwrap_or(0);
-        let mut sets: Vec<(HostSet, PartialHealth)> = (0..levels).map(|_| Default::default()).collect();
-        for host in hosts {
-            let Some((set, partial)) = sets.get_mut(host.priority() as usize) else { continue };
-            if host.healthy() {
-                partial.healthy_hosts.push(host.clone());
-            } else if host.degraded() {
-                partial.degraded_hosts.push(host.clone());
+        let host_sets = match levels {
+            0 => HostSets::default(),
+            1 => {
+                hosts.shrink_to_fit();
+                HostSets::One(HostSet::new(hosts))
             }
-            set.hosts.push(host);
-        }
-        let mut host_sets: Vec<HostSet> = sets
-            .into_iter()
-            .map(|(mut set, mut partial)| {
-                // Kept until the next update: no room for growth (10 hosts would hold 16 slots).
-                set.hosts.shrink_to_fit();
-                // The healthy hosts are a subsequence of the hosts: as many means the same.
-                if partial.healthy_hosts.len() != set.hosts.len() {
-                    partial.healthy_hosts.shrink_to_fit();
-                    partial.degraded_hosts.shrink_to_fit();
-                    set.partial = Some(Box::new(partial));
+            _ => {
+                let mut sets: Vec<Vec<HostSharedPtr>> = (0..levels)
+                    .map(|level| Vec::with_capacity(hosts.iter().filter(|h| h.priority() as usize == level).count()))
+                    .collect();
+                for host in hosts {
+                    if let Some(set) = sets.get_mut(host.priority() as usize) {
+                        set.push(host);
+                    }
                 }
-                set
-            })
-            .collect();
-        let host_sets = match host_sets.pop() {
-            Some(only) if host_sets.is_empty() => HostSets::One(only),
-            Some(last) => {
-                host_sets.push(last);
-                HostSets::Many(host_sets.into_boxed_slice())
+                HostSets::Many(sets.into_iter().map(HostSet::new).collect())
             }
-            None => HostSets::default(),
         };
         PrioritySet { host_sets, version }
+    }
+
+    /// The snapshot of a cluster no update reached yet: one for all of them.
+    pub fn empty() -> Arc<PrioritySet> {
+        static EMPTY: std::sync::OnceLock<Arc<PrioritySet>> = std::sync::OnceLock::new();
+        EMPTY.get_or_init(|| Arc::new(PrioritySet::default())).clone()
     }
 
     pub fn all_hosts(&self) -> impl Iterator<Item = &HostSharedPtr> {
@@ -264,7 +281,7 @@ impl Cluster {
             position: AtomicU32::new(0),
             api: None,
             extras: ClusterExtras::new(&config, scope),
-            priority_set: ArcSwap::from_pointee(PrioritySet::default()),
+            priority_set: ArcSwap::new(PrioritySet::empty()),
             versions: AtomicU64::new(0),
             refresh_lock: std::sync::Mutex::new(()),
             info: ClusterInfo::new(config),
@@ -291,7 +308,8 @@ impl Cluster {
         assignment: &legate_config::endpoint::ClusterLoadAssignment,
         current: &[HostSharedPtr],
     ) -> Vec<HostSharedPtr> {
-        let mut hosts = Vec::new();
+        // Sized once (see `PrioritySet::new`).
+        let mut hosts = Vec::with_capacity(assignment.endpoints.iter().map(|l| l.lb_endpoints.len()).sum());
         let slow_start = self.slow_start();
         for locality in &assignment.endpoints {
             let place =
@@ -608,5 +626,39 @@ mod tests {
         let two = PrioritySet::new(vec![host(1, 0), host(2, 1)], 1);
         assert_eq!(two.host_sets.iter().map(|s| s.hosts.len()).collect::<Vec<_>>(), [1, 1]);
         assert!(PrioritySet::new(Vec::new(), 1).host_sets.is_empty());
+    }
+
+    fn host_with(port: u16, priority: u32, health: HealthStatus) -> HostSharedPtr {
+        let place = HostLocality::new(None, priority, None);
+        HostSharedPtr::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), 1, place, health))
+    }
+
+    #[test]
+    fn host_sets_are_sized_once_and_split_by_health() {
+        // All healthy, one priority: the hosts' own vector, no health lists.
+        let hosts = vec![host(1, 0), host(2, 0), host(3, 0)];
+        let address = hosts.as_ptr();
+        let set = PrioritySet::new(hosts, 1);
+        let only = &set.host_sets[0];
+        assert!(std::ptr::eq(only.hosts.as_ptr(), address) && only.hosts.capacity() == 3);
+        assert!(only.partial.is_none() && only.healthy_hosts().len() == 3 && only.degraded_hosts().is_empty());
+        // Priorities 0 and 2 with unhealthy and degraded hosts: an empty set between them,
+        // each set exactly as long as its hosts, the health lists in the hosts' order.
+        let set = PrioritySet::new(
+            vec![
+                host_with(1, 2, HealthStatus::Degraded),
+                host_with(2, 0, HealthStatus::Healthy),
+                host_with(3, 2, HealthStatus::Healthy),
+                host_with(4, 2, HealthStatus::Unhealthy),
+                host_with(5, 2, HealthStatus::Healthy),
+            ],
+            2,
+        );
+        let ports = |hosts: &[HostSharedPtr]| hosts.iter().map(|h| h.address().port()).collect::<Vec<_>>();
+        let sets: Vec<_> = set.host_sets.iter().map(|s| (ports(&s.hosts), s.hosts.capacity())).collect();
+        assert_eq!(sets, [(vec![2], 1), (vec![], 0), (vec![1, 3, 4, 5], 4)]);
+        assert!(set.host_sets[0].partial.is_none());
+        assert_eq!(ports(set.host_sets[2].healthy_hosts()), [3, 5]);
+        assert_eq!(ports(set.host_sets[2].degraded_hosts()), [1]);
     }
 }
