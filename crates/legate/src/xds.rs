@@ -38,20 +38,21 @@ impl Xds {
             cluster_manager.store().clone(),
         );
         let eds = eds::Eds::new(cluster_manager.clone(), client.clone());
+        let sds = sds::Sds::new(client.clone(), cluster_manager.store().clone(), cluster_manager.clone());
         for (index, config) in bootstrap.static_resources.clusters.iter().enumerate() {
             let Some(cluster) = cluster_manager.get(&config.name) else { continue };
-            eds.cluster_added(&cluster, config.eds_cluster_config.clone())
-                .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
+            let at = |e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name);
+            eds.cluster_added(&cluster, config.eds_cluster_config.clone()).map_err(at)?;
+            sds.subscribe_for_cluster(config).map_err(at)?;
         }
         let cds = match &dynamic.cds_config {
             Some(source) => Some(
-                cds::CdsApi::start(source, cluster_manager.clone(), client.clone(), eds.clone())
+                cds::CdsApi::start(source, cluster_manager.clone(), client.clone(), eds.clone(), sds.clone())
                     .map_err(|e| anyhow::anyhow!("dynamic_resources.cds_config: {e}"))?,
             ),
             None => None,
         };
         let rds = rds::Rds::new(client.clone(), cluster_manager.clone());
-        let sds = sds::Sds::new(client.clone(), cluster_manager.store().clone());
         Ok(Xds { client, eds, cds, rds, sds, lds: std::cell::RefCell::new(None) })
     }
 
@@ -87,11 +88,12 @@ impl Xds {
     }
 
     /// Whether the cluster manager finished initializing: CDS answered (or timed out) and no
-    /// cluster waits for its endpoints (Envoy starts listeners only then).
+    /// cluster waits for its endpoints or TLS secrets (Envoy starts listeners only then).
     pub fn clusters_initialized(&self, cluster_manager: &ClusterManager) -> bool {
         self.cds.as_ref().is_none_or(|c| c.initialized())
             && cluster_manager.warming_clusters().is_empty()
             && self.eds.initialized()
+            && self.sds.clusters_ready()
     }
 }
 

@@ -1022,6 +1022,56 @@ fn upstream_client_certificate_for_an_mtls_upstream() {
     px.wait_stat("cluster.without_cert.ssl.connection_error", 1);
 }
 
+/// The upstream context's client certificate and server validation context from SDS files
+/// (`path_config_source`), as a mesh's sidecar gets them: the mTLS upstream is reached,
+/// `/certs` shows the certificate, and a new client certificate written to the file is shown
+/// and counted (`client_ssl_socket_factory.ssl_context_update_by_sds`).
+#[test]
+fn upstream_client_certificate_and_validation_context_from_sds_files() {
+    let server_ca = TestCa::new("upstream server CA");
+    let client_ca = TestCa::new("upstream client CA");
+    let dir = TempDir::new();
+    let upstream =
+        TlsUpstream::http_requiring_client_cert(&server_ca.issue("api", &["api.internal"]), &client_ca, "mtls-ok");
+    let write_certificate = |cert: &TestCert| {
+        let (crt, key) = cert.write(&dir, "client");
+        let certificate = json!({ "certificate_chain": { "filename": crt }, "private_key": { "filename": key } });
+        sds_file(&dir, "client.yaml", "client_cert", ("tls_certificate", certificate))
+    };
+    let certificate_sds = write_certificate(&client_ca.issue("legate", &["first.internal"]));
+    let validation = json!({
+        "trusted_ca": { "inline_string": server_ca.pem() },
+        "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "exact": "api.internal" } }],
+    });
+    let validation_sds = sds_file(&dir, "ca.yaml", "server_ca", ("validation_context", validation));
+    let mut mesh = static_cluster("mesh", &[upstream.addr()]);
+    mesh["transport_socket"] = upstream_tls(json!({
+        "sni": "api.internal",
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [sds_config("client_cert", &certificate_sds)],
+            "validation_context_sds_secret_config": sds_config("server_ca", &validation_sds),
+        },
+    }));
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route_to("/", "mesh")])]);
+    let listener = http_listener("ingress", routes, vec![router_filter()], json!({}));
+    let px = Legate::start(legate_bin!(), &bootstrap(vec![listener], vec![mesh]).to_string());
+
+    let response = legate_testing::HttpClient::connect(px.connect_addr("ingress")).get("/");
+    assert_eq!((response.status, response.body.as_str()), (200, "mtls-ok"), "{}", response.body);
+    assert_eq!(px.stat("cluster.mesh.ssl.handshake"), Some(1));
+    let sans = |px: &Legate| {
+        let certs = px.admin_json("/certs");
+        let cluster = &certs["certificates"][0];
+        assert_eq!(cluster["ca_cert"].as_array().map(Vec::len), Some(1), "{certs}");
+        cluster["cert_chain"][0]["subject_alt_names"].to_string()
+    };
+    assert!(sans(&px).contains("first.internal"));
+    write_certificate(&client_ca.issue("legate", &["second.internal"]));
+    px.wait_stat("cluster.mesh.client_ssl_socket_factory.ssl_context_update_by_sds", 1);
+    assert!(sans(&px).contains("second.internal"));
+    assert_eq!(px.stat("sds.client_cert.update_success"), Some(1));
+}
+
 /// Active health checks go through the cluster's transport socket, as Envoy's: an HTTP check of
 /// a TLS host is made over TLS (and fails when the host's certificate does not verify).
 #[test]

@@ -238,6 +238,130 @@ fn listener_certificates_come_from_sds_and_rotate() {
     eventually("the new certificate is served", Duration::from_secs(10), served, |der| *der == second.der);
 }
 
+/// A cluster's upstream mTLS from a control plane (a mesh's sidecar): its client certificate
+/// and the CA it checks the server with come over ADS. The cluster warms until both arrive
+/// (Envoy: a cluster is not marked active before its SDS secrets), then reaches an upstream
+/// that requires a client certificate; a new certificate is picked up.
+#[test]
+fn cluster_tls_secrets_come_from_sds_and_the_cluster_warms_until_they_arrive() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let server_ca = legate_testing::TestCa::new("mesh server CA");
+    let client_ca = legate_testing::TestCa::new("mesh client CA");
+    let upstream = legate_testing::TlsUpstream::http_requiring_client_cert(
+        &server_ca.issue("api", &["api.internal"]),
+        &client_ca,
+        "mtls-ok",
+    );
+    let control_plane = ControlPlane::start();
+    initial(&control_plane, &[a.addr()]);
+    let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
+    assert_eq!(get(&px, "/").body, "a");
+
+    let ads = json!({ "ads": {}, "resourceApiVersion": "V3" });
+    let mut mesh = eds_cluster("mesh");
+    mesh["transportSocket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "api.internal",
+            "commonTlsContext": {
+                "tlsCertificateSdsSecretConfigs": [{ "name": "mesh_cert", "sdsConfig": ads }],
+                "validationContextSdsSecretConfig": { "name": "mesh_ca", "sdsConfig": ads },
+            },
+        },
+    });
+    control_plane.set(
+        type_url::ENDPOINT,
+        "e2",
+        vec![assignment("web", &[a.addr()]), assignment("mesh", &[upstream.addr()])],
+    );
+    control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), mesh]);
+    control_plane.wait_for_ack(type_url::CLUSTER, "c2");
+    let mut routes = routes_to("web");
+    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
+    control_plane.set(type_url::ROUTE, "r2", vec![routes]);
+    control_plane.wait_for_ack(type_url::ROUTE, "r2");
+    // Its endpoints are there, its secrets are not: it warms, and the route to it has no
+    // cluster yet.
+    px.wait_stat("cluster_manager.warming_clusters", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(px.stat("cluster_manager.warming_clusters"), Some(1));
+    let dump = px.admin_json("/config_dump?resource=dynamic_warming_clusters");
+    assert_eq!(dump["configs"][0]["cluster"]["name"], "mesh", "{dump}");
+    assert_eq!(get(&px, "/mesh").status, 503);
+
+    let certificate = |cert: &legate_testing::TestCert| {
+        json!({
+            "name": "mesh_cert",
+            "tlsCertificate": {
+                "certificateChain": { "inlineString": cert.cert_pem },
+                "privateKey": { "inlineString": cert.key_pem },
+            },
+        })
+    };
+    let ca = json!({ "name": "mesh_ca", "validationContext": { "trustedCa": { "inlineString": server_ca.pem() } } });
+    control_plane.set(
+        type_url::SECRET,
+        "s1",
+        vec![certificate(&client_ca.issue("legate", &["first.internal"])), ca.clone()],
+    );
+    px.wait_stat("cluster_manager.warming_clusters", 0);
+    let response = get(&px, "/mesh");
+    assert_eq!((response.status, response.body.as_str()), (200, "mtls-ok"), "{}", response.body);
+    assert_eq!(px.stat("sds.mesh_cert.update_success"), Some(1));
+    assert_eq!(px.stat("cluster.mesh.client_ssl_socket_factory.upstream_context_secrets_not_ready"), Some(0));
+
+    // A new client certificate: the context takes it.
+    control_plane.set(type_url::SECRET, "s2", vec![certificate(&client_ca.issue("legate", &["second.internal"])), ca]);
+    control_plane.wait_for_ack(type_url::SECRET, "s2");
+    eventually(
+        "the new client certificate is in use",
+        Duration::from_secs(10),
+        || px.admin_json("/certs").to_string(),
+        |certs| certs.contains("second.internal"),
+    );
+}
+
+/// A cluster whose secret never comes: once its `initial_fetch_timeout` passed it is active,
+/// as Envoy's, and its requests fail without a TLS connection
+/// (`client_ssl_socket_factory.upstream_context_secrets_not_ready`).
+#[test]
+fn a_cluster_whose_secret_never_comes_serves_after_its_fetch_timeout_and_fails_its_requests() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let never = HttpUpstream::http1(|_| UpstreamAction::ok("not over TLS"));
+    let control_plane = ControlPlane::start();
+    initial(&control_plane, &[a.addr()]);
+    let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
+    let mut mesh = eds_cluster("mesh");
+    mesh["transportSocket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "commonTlsContext": { "tlsCertificateSdsSecretConfigs": [{
+                "name": "missing_cert",
+                "sdsConfig": { "ads": {}, "resourceApiVersion": "V3", "initialFetchTimeout": "0.5s" },
+            }] },
+        },
+    });
+    control_plane.set(
+        type_url::ENDPOINT,
+        "e2",
+        vec![assignment("web", &[a.addr()]), assignment("mesh", &[never.addr()])],
+    );
+    control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), mesh]);
+    let mut routes = routes_to("web");
+    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
+    control_plane.set(type_url::ROUTE, "r2", vec![routes]);
+    control_plane.wait_for_ack(type_url::ROUTE, "r2");
+    px.wait_stat("sds.missing_cert.init_fetch_timeout", 1);
+    px.wait_stat("cluster_manager.warming_clusters", 0);
+    assert_eq!(px.stat("cluster_manager.active_clusters"), Some(3));
+    let response = get(&px, "/mesh");
+    assert_eq!(response.status, 503, "{}", response.body);
+    assert!(px.stat("cluster.mesh.client_ssl_socket_factory.upstream_context_secrets_not_ready").unwrap_or(0) >= 1);
+    assert_eq!(get(&px, "/").body, "a");
+}
+
 /// Loads one Envoy Gateway scenario (listeners moved to 127.0.0.1:0: they bind 0.0.0.0:10080),
 /// serves it over ADS and returns legate with the first listener's name; `None` when the
 /// shared directory is missing.

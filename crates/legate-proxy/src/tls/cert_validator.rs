@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine;
 use legate_config::matcher::StringMatcher;
 use legate_config::tls::{CertificateValidationContext, SanType, TrustChainVerification};
@@ -281,11 +281,35 @@ impl ClientCertVerifier for ClientCertValidator {
 /// accepted as Envoy accepts it (no checks), and one with it gets Envoy's checks.
 #[derive(Debug)]
 pub struct ServerCertValidator {
-    pub validator: Option<CertValidator>,
+    /// The checks; `None` checks nothing, unless they come from SDS (`from_sds`): then no
+    /// server is trusted until the secret arrived.
+    validator: ArcSwapOption<CertValidator>,
+    from_sds: bool,
     pub provider: Arc<CryptoProvider>,
     /// `auto_san_validation`: the certificate must also be valid for the name the connection
     /// was made for (the request's host, sent as SNI by `auto_sni`).
     pub auto_san: Option<SslStats>,
+}
+
+impl ServerCertValidator {
+    pub fn new(
+        validator: Option<CertValidator>,
+        from_sds: bool,
+        provider: Arc<CryptoProvider>,
+        auto_san: Option<SslStats>,
+    ) -> Self {
+        ServerCertValidator { validator: ArcSwapOption::from(validator.map(Arc::new)), from_sds, provider, auto_san }
+    }
+
+    /// Swaps the checks in (an SDS update); handshakes under way finish with the old ones.
+    pub fn replace(&self, validator: CertValidator) {
+        self.validator.store(Some(Arc::new(validator)));
+    }
+
+    /// Whether the checks it needs are there: always, unless they come from SDS.
+    pub fn ready(&self) -> bool {
+        !self.from_sds || self.validator.load().is_some()
+    }
 }
 
 impl ServerCertVerifier for ServerCertValidator {
@@ -297,8 +321,12 @@ impl ServerCertVerifier for ServerCertValidator {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if let Some(v) = &self.validator {
-            v.verify(end_entity, intermediates, now, false)?;
+        match self.validator.load().as_deref() {
+            Some(v) => v.verify(end_entity, intermediates, now, false)?,
+            None if self.from_sds => {
+                return Err(Error::General("the validation context is not supplied by SDS yet".into()));
+            }
+            None => {}
         }
         if let Some(stats) = &self.auto_san {
             let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;

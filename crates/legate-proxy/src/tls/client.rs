@@ -12,14 +12,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use legate_config::tls::UpstreamTlsContext;
-use legate_stats::Scope;
+use legate_stats::{Counter, Scope};
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, PeerSignatureScheme, RecordPeerSignature, ServerCertValidator};
-use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
+use super::certificate::CertificateDetails;
+use super::secret::{ca_details, load_certified_key, TlsCertificates, ValidationSecret, ValidatorTarget, Watched};
 use super::server::{connection_info, handshake_error, log_handshake, HandshakeError};
 use super::stats::SslStats;
 use crate::network::{PrefixedTcpStream, TransportSocket};
@@ -44,9 +46,16 @@ pub struct ClientContext {
     /// `sni`; `None` sends no SNI.
     sni: Option<ServerName<'static>>,
     pub stats: SslStats,
-    /// The client certificate, for `/certs`.
-    pub certificates: Vec<CertificateDetails>,
-    pub ca_certificates: Vec<CertificateDetails>,
+    /// The client certificate, static or from SDS.
+    certificate: ClientCertificate,
+    verifier: Arc<ServerCertValidator>,
+    /// A validation context from SDS, swapped into `verifier` when it changes.
+    validation_secret: Option<Arc<ValidationSecret>>,
+    /// The `trusted_ca` certificates, for `/certs`.
+    ca_certificates: Arc<ArcSwap<Vec<CertificateDetails>>>,
+    /// `client_ssl_socket_factory.upstream_context_secrets_not_ready`: connections attempted
+    /// before the SDS secrets arrived.
+    secrets_not_ready: Counter,
 }
 
 /// Why an upstream connection could not be made.
@@ -83,81 +92,86 @@ impl ClientContext {
         use legate_config::extensions::TransportSocketConfig;
         match config.transport_socket.as_ref().map(|t| &t.config) {
             None | Some(TransportSocketConfig::RawBuffer) => Ok(None),
-            Some(TransportSocketConfig::UpstreamTls(tls)) => {
-                ClientContext::new(tls, SslStats::new(scope), config.upstream_sni_options().auto_san_validation)
-                    .map(|c| Some(Arc::new(c)))
-                    .map_err(|e| format!("transport_socket.typed_config.{e}"))
-            }
+            Some(TransportSocketConfig::UpstreamTls(tls)) => ClientContext::new(
+                tls,
+                scope,
+                &scope.store().scope(""),
+                config.upstream_sni_options().auto_san_validation,
+            )
+            .map(|c| Some(Arc::new(c)))
+            .map_err(|e| format!("transport_socket.typed_config.{e}")),
             Some(TransportSocketConfig::DownstreamTls(_)) => {
                 Err("transport_socket.typed_config: a cluster's TLS transport socket is an UpstreamTlsContext".into())
             }
         }
     }
 
-    pub fn new(config: &UpstreamTlsContext, stats: SslStats, auto_san_validation: bool) -> Result<Self, String> {
+    /// Reads the certificates and builds the rustls configs. Secrets a control plane has not
+    /// sent yet are no error: the context is not [`Self::ready`] until they arrive, and its
+    /// cluster warms meanwhile. `scope` is the cluster's (`ssl.*`,
+    /// `client_ssl_socket_factory.*`), `root` the stats root (`sds.<name>.*`).
+    pub fn new(
+        config: &UpstreamTlsContext,
+        scope: &Scope,
+        root: &Scope,
+        auto_san_validation: bool,
+    ) -> Result<Self, String> {
         let common = &config.common_tls_context;
-        if common.validation_context_sds_secret_config.is_some() || common.combined_validation_context.is_some() {
-            return Err("common_tls_context: a validation context from SDS is supported by legate on downstream \
-                 contexts only (use validation_context)"
-                .into());
-        }
-        if !common.tls_certificate_sds_secret_configs.is_empty() {
-            return Err("common_tls_context.tls_certificate_sds_secret_configs: SDS for upstream contexts is not \
-                 supported by legate yet"
-                .into());
-        }
+        let stats = SslStats::new(scope);
+        let update_by_sds = scope.counter("client_ssl_socket_factory.ssl_context_update_by_sds");
+        let secrets_not_ready = scope.counter("client_ssl_socket_factory.upstream_context_secrets_not_ready");
         let provider = super::crypto_provider(&common.tls_params);
         let versions =
             super::protocol_versions(&common.tls_params, true).map_err(|e| format!("common_tls_context.{e}"))?;
-        let mut ca_certificates = Vec::new();
-        let validator = match &common.validation_context {
-            Some(validation) => {
-                if let Some(ca) = &validation.trusted_ca {
-                    for der in load_chain(ca, "common_tls_context.validation_context.trusted_ca")? {
-                        ca_certificates.extend(CertificateDetails::parse(&der, source_name(ca)));
-                    }
-                }
-                Some(
-                    CertValidator::new(validation, provider.clone(), stats.clone())
-                        .map_err(|e| format!("common_tls_context.{e}"))?,
-                )
-            }
+        let (validation, source, at) = super::server::validation_source(common, true)?;
+        let ca_certificates = Arc::new(ArcSwap::from_pointee(match &validation {
+            Some(v) => ca_details(v).map_err(|e| format!("{at}{e}"))?,
+            None => Vec::new(),
+        }));
+        let validator = match &validation {
+            Some(v) => Some(CertValidator::new(v, provider.clone(), stats.clone()).map_err(|e| format!("{at}{e}"))?),
             None => None,
         };
         let auto_san = auto_san_validation.then(|| stats.clone());
-        let verifier = Arc::new(ServerCertValidator { validator, provider: provider.clone(), auto_san });
+        let verifier = Arc::new(ServerCertValidator::new(validator, source.is_some(), provider.clone(), auto_san));
+        let validation_secret = source.map(|source| {
+            Arc::new(ValidationSecret::new(
+                source,
+                provider.clone(),
+                stats.clone(),
+                ValidatorTarget::Server(verifier.clone()),
+                ca_certificates.clone(),
+                update_by_sds.clone(),
+                root,
+            ))
+        });
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| format!("common_tls_context.tls_params: {e}"))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier);
-        let mut certificates = Vec::new();
-        let mut client = match common.tls_certificates.as_slice() {
-            [] => builder.with_no_client_auth(),
-            [cert] => {
-                let at = "common_tls_context.tls_certificates[0]";
-                let (Some(chain_source), Some(key_source)) = (&cert.certificate_chain, &cert.private_key) else {
-                    return Err(format!("{at}: certificate_chain and private_key are both required"));
-                };
-                let chain = load_chain(chain_source, &format!("{at}.certificate_chain"))?;
-                let key = load_key(key_source, &format!("{at}.private_key"))?;
-                certificates
-                    .extend(chain.first().and_then(|c| CertificateDetails::parse(c, source_name(chain_source))));
-                let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-                    format!("{at}.private_key: unsupported private key in {}: {e}", source_name(key_source))
-                })?;
-                let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
-                let leaf = certified.end_entity_cert().map_err(|e| format!("{at}.certificate_chain: {e}"))?;
-                if key_matches(leaf, certified.key.as_ref()) == Some(false) {
-                    return Err(format!(
-                        "{at}.private_key: the private key in {} does not match the certificate in {}",
-                        source_name(key_source),
-                        source_name(chain_source)
-                    ));
-                }
-                builder.with_client_cert_resolver(Arc::new(ClientCertificate(Arc::new(certified))))
+            .with_custom_certificate_verifier(verifier.clone());
+        let certificate = match (common.tls_certificates.as_slice(), common.tls_certificate_sds_secret_configs.len()) {
+            ([], 0) => ClientCertificate::None,
+            ([cert], 0) => {
+                let (key, details) = load_certified_key(cert, "common_tls_context.tls_certificates[0]", &provider)?;
+                ClientCertificate::Static(key, Box::new(details))
             }
-            _ => return Err("common_tls_context.tls_certificates: an upstream context takes one certificate".into()),
+            ([], 1) => ClientCertificate::Sds(Arc::new(TlsCertificates::new(
+                common,
+                provider.clone(),
+                update_by_sds,
+                root,
+                true,
+            )?)),
+            _ => {
+                return Err("common_tls_context.tls_certificates: an upstream context takes one certificate \
+                     (tls_certificates and tls_certificate_sds_secret_configs together)"
+                    .into())
+            }
+        };
+        let mut client = match &certificate {
+            ClientCertificate::None => builder.with_no_client_auth(),
+            _ => builder.with_client_cert_resolver(Arc::new(certificate.clone())),
         };
         client.resumption = match config.max_session_keys {
             Some(0) => Resumption::disabled(),
@@ -183,7 +197,74 @@ impl ClientContext {
         let http1 = with_alpn(b"http/1.1");
         let http2 = with_alpn(b"h2");
         client.alpn_protocols = common.alpn_protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
-        Ok(ClientContext { configured: Arc::new(client), http1, http2, sni, stats, certificates, ca_certificates })
+        Ok(ClientContext {
+            configured: Arc::new(client),
+            http1,
+            http2,
+            sni,
+            stats,
+            certificate,
+            verifier,
+            validation_secret,
+            ca_certificates,
+            secrets_not_ready,
+        })
+    }
+
+    /// Whether its SDS secrets (if any) arrived: a cluster warms until they do, as Envoy.
+    pub fn ready(&self) -> bool {
+        self.verifier.ready() && !matches!(&self.certificate, ClientCertificate::Sds(c) if !c.ready())
+    }
+
+    /// The names of the secrets it takes from SDS.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        if let ClientCertificate::Sds(certificates) = &self.certificate {
+            names.extend(certificates.secret_names());
+        }
+        if let Some(validation) = &self.validation_secret {
+            names.push(validation.name());
+        }
+        names
+    }
+
+    /// What of this context the main thread must watch for changes (SDS files, control-plane
+    /// deliveries).
+    pub fn watched(&self) -> Vec<Watched> {
+        let mut watched = Vec::new();
+        if let ClientCertificate::Sds(certificates) = &self.certificate {
+            watched.push(Watched::Certificates(certificates.clone()));
+        }
+        if let Some(validation) = &self.validation_secret {
+            watched.push(Watched::Validation(validation.clone()));
+        }
+        watched
+    }
+
+    /// Reads its SDS secrets again now if they changed (a delivery the cluster waits for),
+    /// rather than at the next poll.
+    pub fn reload_secrets(&self) {
+        for watched in self.watched() {
+            if let Some(Err(e)) = watched.reload_if_changed() {
+                tracing::warn!(error = %e, "TLS secret update rejected; keeping the current one");
+            }
+        }
+    }
+
+    /// The client certificate, for `/certs`.
+    pub fn certificates(&self) -> Vec<CertificateDetails> {
+        match &self.certificate {
+            ClientCertificate::None => Vec::new(),
+            ClientCertificate::Static(_, details) => vec![(**details).clone()],
+            ClientCertificate::Sds(certificates) => {
+                certificates.current().details.iter().map(|d| (**d).clone()).collect()
+            }
+        }
+    }
+
+    /// The `trusted_ca` certificates, for `/certs`.
+    pub fn ca_certificates(&self) -> Arc<Vec<CertificateDetails>> {
+        self.ca_certificates.load_full()
     }
 
     /// Runs the client handshake over a connected socket.
@@ -197,6 +278,11 @@ impl ClientContext {
         alpn: Alpn,
         sni: Option<&str>,
     ) -> Result<TransportSocket, HandshakeError> {
+        if !self.ready() {
+            // Envoy's "not ready" transport socket: the secrets did not come in time.
+            self.secrets_not_ready.inc();
+            return Err(HandshakeError::Tls(rustls::Error::General("Secret is not supplied by SDS".into())));
+        }
         let config = match alpn {
             Alpn::Configured => &self.configured,
             Alpn::Http1 => &self.http1,
@@ -228,9 +314,24 @@ impl ClientContext {
     }
 }
 
-/// The one client certificate of an upstream context, offered whatever the server asks.
-#[derive(Debug)]
-struct ClientCertificate(Arc<rustls::sign::CertifiedKey>);
+/// The client certificate of an upstream context (one at most), offered whatever the server
+/// asks: none, a static one, or the one an SDS secret holds now.
+#[derive(Clone)]
+enum ClientCertificate {
+    None,
+    Static(Arc<rustls::sign::CertifiedKey>, Box<CertificateDetails>),
+    Sds(Arc<TlsCertificates>),
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientCertificate::None => "None",
+            ClientCertificate::Static(..) => "Static",
+            ClientCertificate::Sds(_) => "Sds",
+        })
+    }
+}
 
 impl rustls::client::ResolvesClientCert for ClientCertificate {
     fn resolve(
@@ -238,11 +339,15 @@ impl rustls::client::ResolvesClientCert for ClientCertificate {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
+        match self {
+            ClientCertificate::None => None,
+            ClientCertificate::Static(key, _) => Some(key.clone()),
+            ClientCertificate::Sds(certificates) => certificates.current().keys.first().map(|(_, key)| key.clone()),
+        }
     }
 
     fn has_certs(&self) -> bool {
-        true
+        !matches!(self, ClientCertificate::None)
     }
 }
 

@@ -23,7 +23,7 @@ use legate_stats::{Counter, Scope};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 
-use super::cert_validator::{CertValidator, ClientCertValidator};
+use super::cert_validator::{CertValidator, ClientCertValidator, ServerCertValidator};
 use super::certificate::{key_matches, load_chain, load_key, source_name, CertificateDetails};
 use super::stats::SslStats;
 
@@ -84,11 +84,15 @@ impl LoadedCertificates {
 impl TlsCertificates {
     /// Loads every certificate now; errors name the field under `common_tls_context`.
     /// `root` is the stats root (`sds.<name>.*`).
+    ///
+    /// With `pending_ok`, certificates a control plane has not sent yet are no error: the set
+    /// stays empty until they arrive (an upstream context, whose cluster warms meanwhile).
     pub fn new(
         common: &CommonTlsContext,
         provider: Arc<CryptoProvider>,
         update_by_sds: Counter,
         root: &Scope,
+        pending_ok: bool,
     ) -> Result<Self, String> {
         let mut sds = Vec::new();
         for (i, config) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
@@ -105,6 +109,11 @@ impl TlsCertificates {
             fingerprint: Mutex::new(0),
             update_by_sds,
         };
+        if pending_ok && !certificates.sds.iter().all(|s| s.source.arrived()) {
+            // Loaded by the reload that follows the delivery (the fingerprint changes then).
+            *certificates.fingerprint.lock().unwrap_or_else(|e| e.into_inner()) = certificates.sds_fingerprint();
+            return Ok(certificates);
+        }
         let (loaded, fingerprint) = certificates.load()?;
         if loaded.keys.is_empty() {
             return Err("common_tls_context.tls_certificates: a TLS server needs at least one certificate".into());
@@ -122,6 +131,16 @@ impl TlsCertificates {
     /// Whether some certificates come from SDS files (and may change).
     pub fn has_sds(&self) -> bool {
         !self.sds.is_empty()
+    }
+
+    /// The names of the SDS secrets it reads.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.sds.iter().map(|s| s.name.as_str())
+    }
+
+    /// Whether the certificates are loaded (a control plane's may not have arrived yet).
+    pub fn ready(&self) -> bool {
+        !self.current.load().keys.is_empty()
     }
 
     /// Loads again when the SDS files changed: `None` when nothing changed.
@@ -233,6 +252,15 @@ impl SecretSource {
             SecretSource::Dynamic(secret) => {
                 secret.get().map(|s| (*s).clone()).ok_or_else(|| format!("secret '{name}' has not arrived from SDS"))
             }
+        }
+    }
+
+    /// Whether the secret can be read now: a file is there to read (or to fail on), a control
+    /// plane's secret must have arrived.
+    pub fn arrived(&self) -> bool {
+        match self {
+            SecretSource::File(_) => true,
+            SecretSource::Dynamic(secret) => secret.get().is_some(),
         }
     }
 
@@ -399,13 +427,30 @@ impl ValidationSource {
     }
 }
 
-/// A downstream validation context from an SDS file, swapped into the context's client
-/// certificate checks when the file (or the CA file it names) changes.
+/// Whose certificate checks an SDS validation context replaces.
+pub enum ValidatorTarget {
+    /// A downstream context's client certificate checks.
+    Client(Arc<ClientCertValidator>),
+    /// An upstream context's server certificate checks.
+    Server(Arc<ServerCertValidator>),
+}
+
+impl ValidatorTarget {
+    fn replace(&self, validator: CertValidator) {
+        match self {
+            ValidatorTarget::Client(target) => target.replace(validator),
+            ValidatorTarget::Server(target) => target.replace(validator),
+        }
+    }
+}
+
+/// A validation context from SDS (a file or a control plane), swapped into the context's
+/// certificate checks when it (or the CA file it names) changes.
 pub struct ValidationSecret {
     source: ValidationSource,
     provider: Arc<CryptoProvider>,
     ssl_stats: SslStats,
-    target: Arc<ClientCertValidator>,
+    target: ValidatorTarget,
     /// The CA certificates, for `/certs`.
     pub ca_details: Arc<ArcSwap<Vec<CertificateDetails>>>,
     fingerprint: Mutex<u64>,
@@ -418,7 +463,7 @@ impl ValidationSecret {
         source: ValidationSource,
         provider: Arc<CryptoProvider>,
         ssl_stats: SslStats,
-        target: Arc<ClientCertValidator>,
+        target: ValidatorTarget,
         ca_details: Arc<ArcSwap<Vec<CertificateDetails>>>,
         update_by_sds: Counter,
         root: &Scope,
@@ -426,6 +471,11 @@ impl ValidationSecret {
         let fingerprint = Mutex::new(source.fingerprint());
         let stats = SdsStats::new(&root.scope(&format!("sds.{}", source.name)));
         ValidationSecret { source, provider, ssl_stats, target, ca_details, fingerprint, stats, update_by_sds }
+    }
+
+    /// The secret's name.
+    pub fn name(&self) -> &str {
+        &self.source.name
     }
 
     /// Loads again when the files changed: `None` when nothing changed.
@@ -480,7 +530,7 @@ pub enum Watched {
 }
 
 impl Watched {
-    fn reload_if_changed(&self) -> Option<Result<(), String>> {
+    pub(crate) fn reload_if_changed(&self) -> Option<Result<(), String>> {
         match self {
             Watched::Certificates(c) => c.reload_if_changed(),
             Watched::Validation(v) => v.reload_if_changed(),

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use super::cert_validator::{CertValidator, ClientCertValidator, PeerSignatureScheme, RecordPeerSignature};
 use super::certificate::CertificateDetails;
-use super::secret::{ca_details, TlsCertificates, ValidationSecret, ValidationSource, Watched};
+use super::secret::{ca_details, TlsCertificates, ValidationSecret, ValidationSource, ValidatorTarget, Watched};
 use super::stats::SslStats;
 use crate::network::{PrefixedTcpStream, TransportSocket};
 
@@ -86,9 +86,10 @@ impl ServerContext {
         let provider = super::crypto_provider(&common.tls_params);
         let versions =
             super::protocol_versions(&common.tls_params, false).map_err(|e| format!("common_tls_context.{e}"))?;
-        let certificates = Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds.clone(), root)?);
+        let certificates =
+            Arc::new(TlsCertificates::new(common, provider.clone(), update_by_sds.clone(), root, false)?);
         // The validation context: inline, from an SDS file, or both combined.
-        let (validation, source, at) = validation_source(common)?;
+        let (validation, source, at) = validation_source(common, false)?;
         let validation = validation.as_ref();
         let ca_certificates = Arc::new(ArcSwap::from_pointee(match validation {
             Some(v) => ca_details(v).map_err(|e| format!("{at}{e}"))?,
@@ -116,7 +117,7 @@ impl ServerContext {
                 source,
                 provider.clone(),
                 stats.clone(),
-                target.clone(),
+                ValidatorTarget::Client(target.clone()),
                 ca_certificates.clone(),
                 update_by_sds.clone(),
                 root,
@@ -229,10 +230,13 @@ impl ServerContext {
     }
 }
 
-/// The context's validation context (read now when it comes from an SDS file), where it came
-/// from when that is a file, and the field path prefix for its errors.
-fn validation_source(
+/// The context's validation context (read now when it comes from SDS), where it came from
+/// when that is SDS, and the field path prefix for its errors. With `pending_ok`, a secret
+/// that has not arrived from a control plane yet is no error: the context is `None` until it
+/// does (an upstream context; its cluster warms meanwhile).
+pub(super) fn validation_source(
     common: &legate_config::tls::CommonTlsContext,
+    pending_ok: bool,
 ) -> Result<(Option<legate_config::tls::CertificateValidationContext>, Option<ValidationSource>, String), String> {
     let sds_source = |sds: &legate_config::tls::SdsSecretConfig, at: &str, default| {
         let source = super::secret::SecretSource::of(sds).map_err(|e| format!("{at}.sds_config: {e}"))?;
@@ -248,6 +252,9 @@ fn validation_source(
         (None, Some(sds), None) => {
             let at = "common_tls_context.validation_context_sds_secret_config";
             let source = sds_source(sds, at, None)?;
+            if pending_ok && !source.source.arrived() {
+                return Ok((None, Some(source), format!("{at} (secret '{}'): ", sds.name)));
+            }
             let config = source.read().map_err(|e| format!("{at}: {e}"))?;
             Ok((Some(config), Some(source), format!("{at} (secret '{}'): ", sds.name)))
         }
@@ -258,8 +265,11 @@ fn validation_source(
                 at,
                 Some(combined.default_validation_context.clone()),
             )?;
-            let config = source.read().map_err(|e| format!("{at}: {e}"))?;
             let name = &combined.validation_context_sds_secret_config.name;
+            if pending_ok && !source.source.arrived() {
+                return Ok((None, Some(source), format!("{at} (secret '{name}'): ")));
+            }
+            let config = source.read().map_err(|e| format!("{at}: {e}"))?;
             Ok((Some(config), Some(source), format!("{at} (secret '{name}'): ")))
         }
         _ => Err("common_tls_context: only one of validation_context, validation_context_sds_secret_config and \

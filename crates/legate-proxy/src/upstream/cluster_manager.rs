@@ -131,6 +131,8 @@ pub struct ClusterManager {
     /// cluster.
     next_position: std::cell::Cell<u32>,
     warming: RefCell<BTreeMap<Arc<str>, Arc<Cluster>>>,
+    /// Warming clusters with their hosts, waiting for their TLS secrets from SDS.
+    awaiting_secrets: RefCell<Vec<Arc<Cluster>>>,
     /// Health checks, outlier sweeps and DNS refreshes of each active cluster; aborted when the
     /// cluster is removed or replaced.
     tasks: RefCell<HashMap<usize, Vec<AbortHandle>>>,
@@ -171,6 +173,7 @@ impl ClusterManager {
             store: store.clone(),
             next_position: std::cell::Cell::new(u32::try_from(configs.len()).unwrap_or(u32::MAX)),
             warming: RefCell::new(BTreeMap::new()),
+            awaiting_secrets: RefCell::new(Vec::new()),
             tasks: RefCell::new(HashMap::default()),
             pending: RefCell::new(Vec::new()),
             flush_scheduled: std::cell::Cell::new(false),
@@ -208,7 +211,7 @@ impl ClusterManager {
         }
     }
 
-    /// Health checks and outlier sweeps of an active cluster.
+    /// Health checks, outlier sweeps and TLS secret reloads of an active cluster.
     fn start_tasks(&self, cluster: &Arc<Cluster>) {
         let mut handles = Vec::new();
         if cluster.health_checker().is_some() {
@@ -216,6 +219,11 @@ impl ClusterManager {
         }
         if cluster.outlier_detector().is_some() {
             handles.push(tokio::task::spawn_local(super::outlier_detection::run(cluster.clone())).abort_handle());
+        }
+        // Its TLS secrets from SDS files and control planes, read again when they change.
+        let watched = cluster.transport_socket().map(|tls| tls.watched()).unwrap_or_default();
+        if !watched.is_empty() {
+            handles.push(tokio::task::spawn_local(crate::tls::secret::watch(watched)).abort_handle());
         }
         // No entry for a cluster without tasks (most of 10,000 EDS clusters).
         if !handles.is_empty() {
@@ -321,8 +329,44 @@ impl ClusterManager {
     }
 
     /// Moves a warming cluster into the active set (its endpoints arrived, or
-    /// `initial_fetch_timeout` passed). False when it is no longer the warming version.
+    /// `initial_fetch_timeout` passed), once its TLS secrets from SDS arrived too (see
+    /// [`Self::secrets_changed`]). False when it is no longer the warming version.
     pub fn finish_warming(self: &Rc<Self>, cluster: &Arc<Cluster>) -> bool {
+        if !self.warming.borrow().get(&cluster.name).is_some_and(|w| Arc::ptr_eq(w, cluster)) {
+            return false;
+        }
+        if cluster.transport_socket().is_some_and(|tls| !tls.ready()) {
+            self.awaiting_secrets.borrow_mut().push(cluster.clone());
+            return true;
+        }
+        self.activate(cluster)
+    }
+
+    /// A TLS secret from a control plane arrived (or waiting for one was given up: `gave_up`
+    /// names it): warming clusters whose hosts are ready and whose secrets are now there (or
+    /// given up, as Envoy, whose cluster then serves and fails its TLS connections) become
+    /// active; active clusters read theirs now rather than at the next poll.
+    pub fn secrets_changed(self: &Rc<Self>, gave_up: &dyn Fn(&str) -> bool) {
+        for cluster in self.clusters.load().values() {
+            if let Some(tls) = cluster.transport_socket().filter(|tls| !tls.ready()) {
+                tls.reload_secrets();
+            }
+        }
+        let waiting = std::mem::take(&mut *self.awaiting_secrets.borrow_mut());
+        for cluster in waiting {
+            let Some(tls) = cluster.transport_socket() else { continue };
+            tls.reload_secrets();
+            if tls.ready() || tls.secret_names().into_iter().any(gave_up) {
+                self.activate(&cluster);
+            } else {
+                self.awaiting_secrets.borrow_mut().push(cluster);
+            }
+        }
+    }
+
+    /// Moves the warming version of a cluster into the active set; false when `cluster` is
+    /// not that version (any more).
+    fn activate(self: &Rc<Self>, cluster: &Arc<Cluster>) -> bool {
         {
             let mut warming = self.warming.borrow_mut();
             match warming.get(&cluster.name) {

@@ -25,7 +25,7 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
     }
     for cluster in server.cluster_manager.clusters() {
         if let Some(tls) = cluster.transport_socket() {
-            certificates.push(certificate(&tls.certificates, &tls.ca_certificates));
+            certificates.push(certificate(&tls.certificates(), &tls.ca_certificates()));
         }
     }
     json(StatusCode::OK, &json!({ "certificates": certificates }))

@@ -13,6 +13,7 @@ use legate_xds::{
 };
 
 use super::eds::Eds;
+use super::sds::Sds;
 
 /// A cluster CDS sent that could not be used.
 pub struct ClusterError {
@@ -25,6 +26,7 @@ pub struct ClusterError {
 pub struct CdsApi {
     cluster_manager: Rc<ClusterManager>,
     eds: Rc<Eds>,
+    sds: Rc<Sds>,
     initialized: Cell<bool>,
     /// The version of the last update applied (`/config_dump`'s `version_info`).
     pub version_info: RefCell<String>,
@@ -39,11 +41,13 @@ impl CdsApi {
         cluster_manager: Rc<ClusterManager>,
         client: Rc<XdsClient>,
         eds: Rc<Eds>,
+        sds: Rc<Sds>,
     ) -> Result<Rc<CdsApi>, String> {
         let stats = SubscriptionStats::new(&cluster_manager.store().scope("cluster_manager.cds"));
         let api = Rc::new(CdsApi {
             cluster_manager,
             eds,
+            sds,
             initialized: Cell::new(false),
             version_info: RefCell::new(String::new()),
             errors: RefCell::new(Vec::new()),
@@ -70,6 +74,8 @@ impl SubscriptionCallbacks for CdsApi {
             let value = resource.value();
             let result = value.as_ref().map_err(Clone::clone).and_then(|value| {
                 let config = legate_config::resources::cluster(value)?;
+                // Its TLS secrets from a control plane: the cluster warms until they arrive.
+                self.sds.subscribe_for_cluster(&config)?;
                 let eds_cluster_config = config.eds_cluster_config.clone();
                 match manager.add_or_update_cluster(config, value, &cds_update)? {
                     ClusterUpdate::Unchanged => Ok(()),

@@ -1,18 +1,21 @@
-//! SDS from a control plane: the certificates and validation contexts that listeners' TLS
-//! contexts name with `*_sds_secret_config` over `ads` or `api_config_source` (Envoy's
-//! `SdsApi`). One subscription per secret name; a listener waits for its secrets before it is
-//! built, and its TLS contexts pick up later deliveries (`legate_proxy::tls::secret`). SDS
-//! from files (`path_config_source`) needs none of this: the contexts read the files.
+//! SDS from a control plane: the certificates and validation contexts that listeners' and
+//! clusters' TLS contexts name with `*_sds_secret_config` over `ads` or `api_config_source`
+//! (Envoy's `SdsApi`). One subscription per secret name; a listener waits for its secrets
+//! before it is built, a cluster warms until they arrive, and their TLS contexts pick up later
+//! deliveries (`legate_proxy::tls::secret`). SDS from files (`path_config_source`) needs none
+//! of this: the contexts read the files.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use legate_config::cluster::Cluster as ClusterConfig;
 use legate_config::extensions::TransportSocketConfig;
 use legate_config::listener::Listener as ListenerConfig;
-use legate_config::tls::SdsSecretConfig;
+use legate_config::tls::{CommonTlsContext, SdsSecretConfig};
 use legate_proxy::tls::secret::{dynamic_secret, DynamicSecret};
+use legate_proxy::upstream::ClusterManager;
 use legate_stats::Store;
 use legate_xds::{
     ConfigUpdate, ResourceType, SubscriptionCallbacks, SubscriptionStats, UpdateFailure, Watch, XdsClient,
@@ -21,6 +24,7 @@ use legate_xds::{
 pub struct Sds {
     client: Rc<XdsClient>,
     store: Arc<Store>,
+    cluster_manager: Rc<ClusterManager>,
     subscriptions: RefCell<HashMap<String, Rc<SdsSubscription>>>,
     /// Called when a secret arrives or gives up: listeners waiting for it may go on.
     pub on_change: RefCell<Option<Box<dyn Fn()>>>,
@@ -45,22 +49,33 @@ pub fn dynamic_secret_configs(listener: &ListenerConfig) -> Vec<&SdsSecretConfig
             Some(TransportSocketConfig::DownstreamTls(tls)) => Some(&tls.common_tls_context),
             _ => None,
         })
-        .flat_map(|common| {
-            common
-                .tls_certificate_sds_secret_configs
-                .iter()
-                .chain(&common.validation_context_sds_secret_config)
-                .chain(common.combined_validation_context.as_ref().map(|c| &c.validation_context_sds_secret_config))
-        })
-        .filter(|config| config.sds_config.as_ref().is_some_and(|s| s.file().is_none() && s.kind().is_some()))
+        .flat_map(control_plane_secrets)
         .collect()
 }
 
+/// The secrets a cluster's TLS context takes from a control plane.
+pub fn cluster_secret_configs(cluster: &ClusterConfig) -> Vec<&SdsSecretConfig> {
+    match cluster.transport_socket.as_ref().map(|t| &t.config) {
+        Some(TransportSocketConfig::UpstreamTls(tls)) => control_plane_secrets(&tls.common_tls_context).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn control_plane_secrets(common: &CommonTlsContext) -> impl Iterator<Item = &SdsSecretConfig> {
+    common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .chain(&common.validation_context_sds_secret_config)
+        .chain(common.combined_validation_context.as_ref().map(|c| &c.validation_context_sds_secret_config))
+        .filter(|config| config.sds_config.as_ref().is_some_and(|s| s.file().is_none() && s.kind().is_some()))
+}
+
 impl Sds {
-    pub fn new(client: Rc<XdsClient>, store: Arc<Store>) -> Rc<Sds> {
+    pub fn new(client: Rc<XdsClient>, store: Arc<Store>, cluster_manager: Rc<ClusterManager>) -> Rc<Sds> {
         Rc::new_cyclic(|this| Sds {
             client,
             store,
+            cluster_manager,
             subscriptions: RefCell::new(HashMap::new()),
             on_change: RefCell::new(None),
             this: this.clone(),
@@ -69,7 +84,16 @@ impl Sds {
 
     /// Subscribes to the secrets `listener` takes from a control plane.
     pub fn subscribe_for(&self, listener: &ListenerConfig) -> Result<(), String> {
-        for config in dynamic_secret_configs(listener) {
+        self.subscribe(dynamic_secret_configs(listener))
+    }
+
+    /// Subscribes to the secrets `cluster` takes from a control plane.
+    pub fn subscribe_for_cluster(&self, cluster: &ClusterConfig) -> Result<(), String> {
+        self.subscribe(cluster_secret_configs(cluster))
+    }
+
+    fn subscribe(&self, configs: Vec<&SdsSecretConfig>) -> Result<(), String> {
+        for config in configs {
             if self.subscriptions.borrow().contains_key(&config.name) {
                 continue;
             }
@@ -99,7 +123,25 @@ impl Sds {
             .all(|config| subscriptions.get(&config.name).is_some_and(|s| s.gave_up.get() || s.secret.get().is_some()))
     }
 
+    /// Whether `initial_fetch_timeout` passed without the secret `name`.
+    pub fn gave_up(&self, name: &str) -> bool {
+        self.subscriptions.borrow().get(name).is_some_and(|s| s.gave_up.get())
+    }
+
+    /// Whether every active cluster's TLS secrets arrived (or waiting for them was given up):
+    /// start-up waits for the static clusters' as for CDS clusters' endpoints.
+    pub fn clusters_ready(&self) -> bool {
+        // The snapshot as it is: `clusters()` would sort 10,000 of them at every check.
+        self.cluster_manager
+            .shared()
+            .load()
+            .values()
+            .filter_map(|c| c.transport_socket())
+            .all(|tls| tls.ready() || tls.secret_names().into_iter().any(|name| self.gave_up(name)))
+    }
+
     fn changed(&self) {
+        self.cluster_manager.secrets_changed(&|name| self.gave_up(name));
         if let Some(on_change) = self.on_change.borrow().as_ref() {
             on_change();
         }
