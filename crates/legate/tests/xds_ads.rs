@@ -322,6 +322,58 @@ fn cluster_tls_secrets_come_from_sds_and_the_cluster_warms_until_they_arrive() {
     );
 }
 
+/// A static cluster whose TLS secrets come over ADS: start-up waits for them, as for a CDS
+/// cluster's endpoints, so the first request already has them although the control plane
+/// sends them a second late.
+#[test]
+fn a_static_clusters_tls_secrets_from_ads_are_awaited_at_start_up() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let server_ca = legate_testing::TestCa::new("static mesh server CA");
+    let client_ca = legate_testing::TestCa::new("static mesh client CA");
+    let upstream = legate_testing::TlsUpstream::http_requiring_client_cert(
+        &server_ca.issue("api", &["api.internal"]),
+        &client_ca,
+        "static-mtls-ok",
+    );
+    let control_plane = ControlPlane::start();
+    initial(&control_plane, &[a.addr()]);
+    let mut routes = routes_to("web");
+    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
+    control_plane.set(type_url::ROUTE, "r1", vec![routes]);
+    let client = client_ca.issue("legate", &["legate.internal"]);
+    let secrets = vec![
+        json!({ "name": "static_cert", "tlsCertificate": {
+            "certificateChain": { "inlineString": client.cert_pem },
+            "privateKey": { "inlineString": client.key_pem },
+        }}),
+        json!({ "name": "static_ca", "validationContext": { "trustedCa": { "inlineString": server_ca.pem() } } }),
+    ];
+    let ads = json!({ "ads": {}, "resource_api_version": "V3" });
+    let mut mesh = legate_testing::config::static_cluster("mesh", &[upstream.addr()]);
+    mesh["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "api.internal",
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [{ "name": "static_cert", "sds_config": ads }],
+                "validation_context_sds_secret_config": { "name": "static_ca", "sds_config": ads },
+            },
+        },
+    });
+    std::thread::scope(|threads| {
+        threads.spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            control_plane.set(type_url::SECRET, "s1", secrets);
+        });
+        let bootstrap = ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![mesh]);
+        let px = Legate::start(legate_bin!(), &bootstrap.to_string());
+        let response = get(&px, "/mesh");
+        assert_eq!((response.status, response.body.as_str()), (200, "static-mtls-ok"), "{}", response.body);
+        assert_eq!(px.stat("cluster.mesh.client_ssl_socket_factory.upstream_context_secrets_not_ready"), Some(0));
+    });
+}
+
 /// A cluster whose secret never comes: once its `initial_fetch_timeout` passed it is active,
 /// as Envoy's, and its requests fail without a TLS connection
 /// (`client_ssl_socket_factory.upstream_context_secrets_not_ready`).
@@ -358,6 +410,11 @@ fn a_cluster_whose_secret_never_comes_serves_after_its_fetch_timeout_and_fails_i
     assert_eq!(px.stat("cluster_manager.active_clusters"), Some(3));
     let response = get(&px, "/mesh");
     assert_eq!(response.status, 503, "{}", response.body);
+    assert!(
+        response.body.ends_with("transport failure reason: TLS error: Secret is not supplied by SDS"),
+        "{}",
+        response.body
+    );
     assert!(px.stat("cluster.mesh.client_ssl_socket_factory.upstream_context_secrets_not_ready").unwrap_or(0) >= 1);
     assert_eq!(get(&px, "/").body, "a");
 }

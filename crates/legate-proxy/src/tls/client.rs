@@ -77,6 +77,8 @@ impl ConnectError {
                 None => e.to_string(),
             },
             ConnectError::Tls(HandshakeError::Tls(e)) => format!("TLS_error:{e}"),
+            // Envoy's reason as it is, not in its `TLS_error:` form.
+            ConnectError::Tls(e @ HandshakeError::SecretsNotReady) => e.to_string(),
             ConnectError::Tls(e) => format!("TLS_error:{e}"),
         }
     }
@@ -228,9 +230,18 @@ impl ClientContext {
         names
     }
 
-    /// What of this context the main thread must watch for changes (SDS files, control-plane
-    /// deliveries).
-    pub fn watched(&self) -> Vec<Watched> {
+    /// The parts of this context that read SDS files, which the main thread polls for
+    /// changes (a control plane's deliveries call [`Self::reload_secrets`] instead).
+    pub fn watched_files(&self) -> Vec<Watched> {
+        self.watched().into_iter().filter(Watched::reads_files).collect()
+    }
+
+    /// Whether some of its secrets come from SDS.
+    pub fn has_sds(&self) -> bool {
+        !self.secret_names().is_empty()
+    }
+
+    fn watched(&self) -> Vec<Watched> {
         let mut watched = Vec::new();
         if let ClientCertificate::Sds(certificates) = &self.certificate {
             watched.push(Watched::Certificates(certificates.clone()));
@@ -281,7 +292,7 @@ impl ClientContext {
         if !self.ready() {
             // Envoy's "not ready" transport socket: the secrets did not come in time.
             self.secrets_not_ready.inc();
-            return Err(HandshakeError::Tls(rustls::Error::General("Secret is not supplied by SDS".into())));
+            return Err(HandshakeError::SecretsNotReady);
         }
         let config = match alpn {
             Alpn::Configured => &self.configured,

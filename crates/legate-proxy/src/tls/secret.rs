@@ -536,4 +536,13 @@ impl Watched {
             Watched::Validation(v) => v.reload_if_changed(),
         }
     }
+
+    /// Whether it reads files (which only a poll notices changing); a control plane's
+    /// deliveries can be told instead.
+    pub(crate) fn reads_files(&self) -> bool {
+        match self {
+            Watched::Certificates(c) => c.sds.iter().any(|s| matches!(s.source, SecretSource::File(_))),
+            Watched::Validation(v) => matches!(v.source.source, SecretSource::File(_)),
+        }
+    }
 }

@@ -55,6 +55,10 @@ pub enum HandshakeError {
     /// The peer went away mid-handshake.
     #[error("connection closed during the TLS handshake")]
     Io(#[source] std::io::Error),
+    /// An upstream context's SDS secrets never came (Envoy's `NotReadySslSocket`): no
+    /// handshake is tried.
+    #[error("TLS error: Secret is not supplied by SDS")]
+    SecretsNotReady,
 }
 
 /// One filter chain's `DownstreamTlsContext`, ready for handshakes; shared by all workers.

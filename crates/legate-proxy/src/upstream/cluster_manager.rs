@@ -220,8 +220,9 @@ impl ClusterManager {
         if cluster.outlier_detector().is_some() {
             handles.push(tokio::task::spawn_local(super::outlier_detection::run(cluster.clone())).abort_handle());
         }
-        // Its TLS secrets from SDS files and control planes, read again when they change.
-        let watched = cluster.transport_socket().map(|tls| tls.watched()).unwrap_or_default();
+        // Its TLS secrets from SDS files, read again when they change (a control plane's
+        // deliveries go through `secrets_changed`).
+        let watched = cluster.transport_socket().map(|tls| tls.watched_files()).unwrap_or_default();
         if !watched.is_empty() {
             handles.push(tokio::task::spawn_local(crate::tls::secret::watch(watched)).abort_handle());
         }
@@ -343,12 +344,13 @@ impl ClusterManager {
     }
 
     /// A TLS secret from a control plane arrived (or waiting for one was given up: `gave_up`
-    /// names it): warming clusters whose hosts are ready and whose secrets are now there (or
-    /// given up, as Envoy, whose cluster then serves and fails its TLS connections) become
-    /// active; active clusters read theirs now rather than at the next poll.
+    /// names it): active clusters taking secrets from SDS read theirs again (a context whose
+    /// secrets did not change finds so at once); warming clusters whose hosts are ready and
+    /// whose secrets are now there (or given up, as Envoy, whose cluster then serves and fails
+    /// its TLS connections) become active.
     pub fn secrets_changed(self: &Rc<Self>, gave_up: &dyn Fn(&str) -> bool) {
         for cluster in self.clusters.load().values() {
-            if let Some(tls) = cluster.transport_socket().filter(|tls| !tls.ready()) {
+            if let Some(tls) = cluster.transport_socket().filter(|tls| tls.has_sds()) {
                 tls.reload_secrets();
             }
         }
