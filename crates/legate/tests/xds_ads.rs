@@ -238,6 +238,72 @@ fn listener_certificates_come_from_sds_and_rotate() {
     eventually("the new certificate is served", Duration::from_secs(10), served, |der| *der == second.der);
 }
 
+/// An upstream that requires a client certificate of `client_ca` and answers `tag` with a
+/// certificate of `server_ca` for `api.internal`.
+struct MtlsUpstream {
+    server_ca: legate_testing::TestCa,
+    client_ca: legate_testing::TestCa,
+    upstream: legate_testing::TlsUpstream,
+}
+
+impl MtlsUpstream {
+    fn start(tag: &str) -> Self {
+        let server_ca = legate_testing::TestCa::new("mesh server CA");
+        let client_ca = legate_testing::TestCa::new("mesh client CA");
+        let upstream = legate_testing::TlsUpstream::http_requiring_client_cert(
+            &server_ca.issue("api", &["api.internal"]),
+            &client_ca,
+            tag,
+        );
+        MtlsUpstream { server_ca, client_ca, upstream }
+    }
+
+    /// The secrets a cluster needs to reach it: `cert` (a client certificate for `san`) and
+    /// `ca` (a validation context trusting its server).
+    fn secrets(&self, cert: &str, san: &str, ca: &str) -> Vec<Value> {
+        vec![
+            secret(cert, &self.client_ca.issue("legate", &[san])),
+            json!({ "name": ca, "validationContext": { "trustedCa": { "inlineString": self.server_ca.pem() } } }),
+        ]
+    }
+}
+
+/// An upstream TLS context (proto JSON) whose client certificate and validation context are
+/// the secrets `cert` and `ca` over ADS (`ca` may be absent).
+fn upstream_tls_from_ads(cert: &str, ca: Option<&str>, ads: Value) -> Value {
+    let mut common = json!({ "tlsCertificateSdsSecretConfigs": [{ "name": cert, "sdsConfig": ads }] });
+    if let Some(ca) = ca {
+        common["validationContextSdsSecretConfig"] = json!({ "name": ca, "sdsConfig": ads });
+    }
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "api.internal",
+            "commonTlsContext": common,
+        },
+    })
+}
+
+/// Routes `/mesh` to the cluster `mesh`, the rest to `web`.
+fn routes_with_mesh() -> Value {
+    let mut routes = routes_to("web");
+    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
+    routes
+}
+
+/// Adds the EDS cluster `mesh` (with `transport_socket`, its one host `host`) beside `web`
+/// (host `a`), and routes `/mesh` to it.
+fn add_mesh_cluster(control_plane: &ControlPlane, transport_socket: Value, host: SocketAddr, a: SocketAddr) {
+    let mut mesh = eds_cluster("mesh");
+    mesh["transportSocket"] = transport_socket;
+    control_plane.set(type_url::ENDPOINT, "e2", vec![assignment("web", &[a]), assignment("mesh", &[host])]);
+    control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), mesh]);
+    control_plane.wait_for_ack(type_url::CLUSTER, "c2");
+    control_plane.set(type_url::ROUTE, "r2", vec![routes_with_mesh()]);
+    control_plane.wait_for_ack(type_url::ROUTE, "r2");
+}
+
 /// A cluster's upstream mTLS from a control plane (a mesh's sidecar): its client certificate
 /// and the CA it checks the server with come over ADS. The cluster warms until both arrive
 /// (Envoy: a cluster is not marked active before its SDS secrets), then reaches an upstream
@@ -245,42 +311,18 @@ fn listener_certificates_come_from_sds_and_rotate() {
 #[test]
 fn cluster_tls_secrets_come_from_sds_and_the_cluster_warms_until_they_arrive() {
     let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
-    let server_ca = legate_testing::TestCa::new("mesh server CA");
-    let client_ca = legate_testing::TestCa::new("mesh client CA");
-    let upstream = legate_testing::TlsUpstream::http_requiring_client_cert(
-        &server_ca.issue("api", &["api.internal"]),
-        &client_ca,
-        "mtls-ok",
-    );
+    let mesh = MtlsUpstream::start("mtls-ok");
     let control_plane = ControlPlane::start();
     initial(&control_plane, &[a.addr()]);
     let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
     assert_eq!(get(&px, "/").body, "a");
-
     let ads = json!({ "ads": {}, "resourceApiVersion": "V3" });
-    let mut mesh = eds_cluster("mesh");
-    mesh["transportSocket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typedConfig": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": "api.internal",
-            "commonTlsContext": {
-                "tlsCertificateSdsSecretConfigs": [{ "name": "mesh_cert", "sdsConfig": ads }],
-                "validationContextSdsSecretConfig": { "name": "mesh_ca", "sdsConfig": ads },
-            },
-        },
-    });
-    control_plane.set(
-        type_url::ENDPOINT,
-        "e2",
-        vec![assignment("web", &[a.addr()]), assignment("mesh", &[upstream.addr()])],
+    add_mesh_cluster(
+        &control_plane,
+        upstream_tls_from_ads("mesh_cert", Some("mesh_ca"), ads),
+        mesh.upstream.addr(),
+        a.addr(),
     );
-    control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), mesh]);
-    control_plane.wait_for_ack(type_url::CLUSTER, "c2");
-    let mut routes = routes_to("web");
-    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
-    control_plane.set(type_url::ROUTE, "r2", vec![routes]);
-    control_plane.wait_for_ack(type_url::ROUTE, "r2");
     // Its endpoints are there, its secrets are not: it warms, and the route to it has no
     // cluster yet.
     px.wait_stat("cluster_manager.warming_clusters", 1);
@@ -290,21 +332,7 @@ fn cluster_tls_secrets_come_from_sds_and_the_cluster_warms_until_they_arrive() {
     assert_eq!(dump["configs"][0]["cluster"]["name"], "mesh", "{dump}");
     assert_eq!(get(&px, "/mesh").status, 503);
 
-    let certificate = |cert: &legate_testing::TestCert| {
-        json!({
-            "name": "mesh_cert",
-            "tlsCertificate": {
-                "certificateChain": { "inlineString": cert.cert_pem },
-                "privateKey": { "inlineString": cert.key_pem },
-            },
-        })
-    };
-    let ca = json!({ "name": "mesh_ca", "validationContext": { "trustedCa": { "inlineString": server_ca.pem() } } });
-    control_plane.set(
-        type_url::SECRET,
-        "s1",
-        vec![certificate(&client_ca.issue("legate", &["first.internal"])), ca.clone()],
-    );
+    control_plane.set(type_url::SECRET, "s1", mesh.secrets("mesh_cert", "first.internal", "mesh_ca"));
     px.wait_stat("cluster_manager.warming_clusters", 0);
     let response = get(&px, "/mesh");
     assert_eq!((response.status, response.body.as_str()), (200, "mtls-ok"), "{}", response.body);
@@ -312,7 +340,7 @@ fn cluster_tls_secrets_come_from_sds_and_the_cluster_warms_until_they_arrive() {
     assert_eq!(px.stat("cluster.mesh.client_ssl_socket_factory.upstream_context_secrets_not_ready"), Some(0));
 
     // A new client certificate: the context takes it.
-    control_plane.set(type_url::SECRET, "s2", vec![certificate(&client_ca.issue("legate", &["second.internal"])), ca]);
+    control_plane.set(type_url::SECRET, "s2", mesh.secrets("mesh_cert", "second.internal", "mesh_ca"));
     control_plane.wait_for_ack(type_url::SECRET, "s2");
     eventually(
         "the new client certificate is in use",
@@ -328,45 +356,20 @@ fn cluster_tls_secrets_come_from_sds_and_the_cluster_warms_until_they_arrive() {
 #[test]
 fn a_static_clusters_tls_secrets_from_ads_are_awaited_at_start_up() {
     let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
-    let server_ca = legate_testing::TestCa::new("static mesh server CA");
-    let client_ca = legate_testing::TestCa::new("static mesh client CA");
-    let upstream = legate_testing::TlsUpstream::http_requiring_client_cert(
-        &server_ca.issue("api", &["api.internal"]),
-        &client_ca,
-        "static-mtls-ok",
-    );
+    let mesh = MtlsUpstream::start("static-mtls-ok");
     let control_plane = ControlPlane::start();
     initial(&control_plane, &[a.addr()]);
-    let mut routes = routes_to("web");
-    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
-    control_plane.set(type_url::ROUTE, "r1", vec![routes]);
-    let client = client_ca.issue("legate", &["legate.internal"]);
-    let secrets = vec![
-        json!({ "name": "static_cert", "tlsCertificate": {
-            "certificateChain": { "inlineString": client.cert_pem },
-            "privateKey": { "inlineString": client.key_pem },
-        }}),
-        json!({ "name": "static_ca", "validationContext": { "trustedCa": { "inlineString": server_ca.pem() } } }),
-    ];
-    let ads = json!({ "ads": {}, "resource_api_version": "V3" });
-    let mut mesh = legate_testing::config::static_cluster("mesh", &[upstream.addr()]);
-    mesh["transport_socket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": "api.internal",
-            "common_tls_context": {
-                "tls_certificate_sds_secret_configs": [{ "name": "static_cert", "sds_config": ads }],
-                "validation_context_sds_secret_config": { "name": "static_ca", "sds_config": ads },
-            },
-        },
-    });
+    control_plane.set(type_url::ROUTE, "r1", vec![routes_with_mesh()]);
+    let mut cluster = legate_testing::config::static_cluster("mesh", &[mesh.upstream.addr()]);
+    // The bootstrap's YAML takes the same JSON as a control plane's resources.
+    cluster["transport_socket"] =
+        upstream_tls_from_ads("static_cert", Some("static_ca"), json!({ "ads": {}, "resource_api_version": "V3" }));
     std::thread::scope(|threads| {
         threads.spawn(|| {
             std::thread::sleep(Duration::from_secs(1));
-            control_plane.set(type_url::SECRET, "s1", secrets);
+            control_plane.set(type_url::SECRET, "s1", mesh.secrets("static_cert", "legate.internal", "static_ca"));
         });
-        let bootstrap = ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![mesh]);
+        let bootstrap = ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![cluster]);
         let px = Legate::start(legate_bin!(), &bootstrap.to_string());
         let response = get(&px, "/mesh");
         assert_eq!((response.status, response.body.as_str()), (200, "static-mtls-ok"), "{}", response.body);
@@ -384,27 +387,8 @@ fn a_cluster_whose_secret_never_comes_serves_after_its_fetch_timeout_and_fails_i
     let control_plane = ControlPlane::start();
     initial(&control_plane, &[a.addr()]);
     let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
-    let mut mesh = eds_cluster("mesh");
-    mesh["transportSocket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typedConfig": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "commonTlsContext": { "tlsCertificateSdsSecretConfigs": [{
-                "name": "missing_cert",
-                "sdsConfig": { "ads": {}, "resourceApiVersion": "V3", "initialFetchTimeout": "0.5s" },
-            }] },
-        },
-    });
-    control_plane.set(
-        type_url::ENDPOINT,
-        "e2",
-        vec![assignment("web", &[a.addr()]), assignment("mesh", &[never.addr()])],
-    );
-    control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), mesh]);
-    let mut routes = routes_to("web");
-    routes["virtualHosts"][0]["routes"] = json!([route_to("/mesh", "mesh"), route_to("/", "web")]);
-    control_plane.set(type_url::ROUTE, "r2", vec![routes]);
-    control_plane.wait_for_ack(type_url::ROUTE, "r2");
+    let ads = json!({ "ads": {}, "resourceApiVersion": "V3", "initialFetchTimeout": "0.5s" });
+    add_mesh_cluster(&control_plane, upstream_tls_from_ads("missing_cert", None, ads), never.addr(), a.addr());
     px.wait_stat("sds.missing_cert.init_fetch_timeout", 1);
     px.wait_stat("cluster_manager.warming_clusters", 0);
     assert_eq!(px.stat("cluster_manager.active_clusters"), Some(3));
