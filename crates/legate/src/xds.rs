@@ -93,7 +93,7 @@ impl Xds {
         self.cds.as_ref().is_none_or(|c| c.initialized())
             && cluster_manager.warming_clusters().is_empty()
             && self.eds.initialized()
-            && self.sds.clusters_ready()
+            && cluster_manager.active_secrets_settled()
     }
 }
 

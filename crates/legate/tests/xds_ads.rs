@@ -388,7 +388,7 @@ fn a_cluster_whose_secret_never_comes_serves_after_its_fetch_timeout_and_fails_i
     initial(&control_plane, &[a.addr()]);
     let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
     let ads = json!({ "ads": {}, "resourceApiVersion": "V3", "initialFetchTimeout": "0.5s" });
-    add_mesh_cluster(&control_plane, upstream_tls_from_ads("missing_cert", None, ads), never.addr(), a.addr());
+    add_mesh_cluster(&control_plane, upstream_tls_from_ads("missing_cert", None, ads.clone()), never.addr(), a.addr());
     px.wait_stat("sds.missing_cert.init_fetch_timeout", 1);
     px.wait_stat("cluster_manager.warming_clusters", 0);
     assert_eq!(px.stat("cluster_manager.active_clusters"), Some(3));
@@ -401,6 +401,17 @@ fn a_cluster_whose_secret_never_comes_serves_after_its_fetch_timeout_and_fails_i
     );
     assert!(px.stat("cluster.mesh.client_ssl_socket_factory.upstream_context_secrets_not_ready").unwrap_or(0) >= 1);
     assert_eq!(get(&px, "/").body, "a");
+    // A cluster added later with the secret already given up on does not wait for it.
+    let mut later = eds_cluster("later");
+    later["transportSocket"] = upstream_tls_from_ads("missing_cert", None, ads.clone());
+    let mut mesh = eds_cluster("mesh");
+    mesh["transportSocket"] = upstream_tls_from_ads("missing_cert", None, ads);
+    let hosts = |name| assignment(name, &[never.addr()]);
+    control_plane.set(type_url::ENDPOINT, "e3", vec![assignment("web", &[a.addr()]), hosts("mesh"), hosts("later")]);
+    control_plane.set(type_url::CLUSTER, "c3", vec![eds_cluster("web"), mesh, later]);
+    control_plane.wait_for_ack(type_url::CLUSTER, "c3");
+    px.wait_stat("cluster_manager.active_clusters", 4);
+    assert_eq!(px.stat("cluster_manager.warming_clusters"), Some(0));
 }
 
 /// Loads one Envoy Gateway scenario (listeners moved to 127.0.0.1:0: they bind 0.0.0.0:10080),

@@ -133,6 +133,9 @@ pub struct ClusterManager {
     warming: RefCell<BTreeMap<Arc<str>, Arc<Cluster>>>,
     /// Warming clusters with their hosts, waiting for their TLS secrets from SDS.
     awaiting_secrets: RefCell<Vec<Arc<Cluster>>>,
+    /// Whether waiting for the TLS secret of this name was given up (its
+    /// `initial_fetch_timeout` passed); told by the SDS subscriptions.
+    secret_gave_up: RefCell<Option<SecretGaveUp>>,
     /// Health checks, outlier sweeps and DNS refreshes of each active cluster; aborted when the
     /// cluster is removed or replaced.
     tasks: RefCell<HashMap<usize, Vec<AbortHandle>>>,
@@ -143,6 +146,9 @@ pub struct ClusterManager {
     /// The config texts of the CDS clusters, shared between clusters alike.
     texts: ConfigTexts,
 }
+
+/// Whether waiting for the TLS secret of this name was given up.
+pub type SecretGaveUp = Box<dyn Fn(&str) -> bool>;
 
 /// What [`ClusterManager::add_or_update_cluster`] did.
 pub enum ClusterUpdate {
@@ -174,6 +180,7 @@ impl ClusterManager {
             next_position: std::cell::Cell::new(u32::try_from(configs.len()).unwrap_or(u32::MAX)),
             warming: RefCell::new(BTreeMap::new()),
             awaiting_secrets: RefCell::new(Vec::new()),
+            secret_gave_up: RefCell::new(None),
             tasks: RefCell::new(HashMap::default()),
             pending: RefCell::new(Vec::new()),
             flush_scheduled: std::cell::Cell::new(false),
@@ -336,19 +343,42 @@ impl ClusterManager {
         if !self.warming.borrow().get(&cluster.name).is_some_and(|w| Arc::ptr_eq(w, cluster)) {
             return false;
         }
-        if cluster.transport_socket().is_some_and(|tls| !tls.ready()) {
-            self.awaiting_secrets.borrow_mut().push(cluster.clone());
+        if !self.secrets_settled(cluster) {
+            let mut awaiting = self.awaiting_secrets.borrow_mut();
+            // Versions replaced or removed since wait no more.
+            let warming = self.warming.borrow();
+            awaiting.retain(|c| warming.get(&c.name).is_some_and(|w| Arc::ptr_eq(w, c)) && !Arc::ptr_eq(c, cluster));
+            awaiting.push(cluster.clone());
             return true;
         }
         self.activate(cluster)
     }
 
-    /// A TLS secret from a control plane arrived (or waiting for one was given up: `gave_up`
-    /// names it): active clusters taking secrets from SDS read theirs again (a context whose
-    /// secrets did not change finds so at once); warming clusters whose hosts are ready and
-    /// whose secrets are now there (or given up, as Envoy, whose cluster then serves and fails
-    /// its TLS connections) become active.
-    pub fn secrets_changed(self: &Rc<Self>, gave_up: &dyn Fn(&str) -> bool) {
+    /// Lets the SDS subscriptions say which secrets were given up on (see
+    /// [`Self::secrets_changed`]).
+    pub fn set_secret_gave_up(&self, gave_up: SecretGaveUp) {
+        *self.secret_gave_up.borrow_mut() = Some(gave_up);
+    }
+
+    /// Whether a cluster's TLS secrets from SDS are there (or waiting for them was given up, as
+    /// Envoy, whose cluster then serves and fails its TLS connections).
+    fn secrets_settled(&self, cluster: &Cluster) -> bool {
+        let Some(tls) = cluster.transport_socket() else { return true };
+        tls.ready()
+            || self.secret_gave_up.borrow().as_ref().is_some_and(|gave_up| tls.secret_names().into_iter().any(gave_up))
+    }
+
+    /// Whether every active cluster's TLS secrets are settled (start-up waits for the static
+    /// clusters' as for CDS clusters' endpoints).
+    pub fn active_secrets_settled(&self) -> bool {
+        self.clusters.load().values().all(|cluster| self.secrets_settled(cluster))
+    }
+
+    /// A TLS secret from a control plane arrived, or waiting for one was given up: active
+    /// clusters taking secrets from SDS read theirs again (a context whose secrets did not
+    /// change finds so at once), and warming clusters whose hosts are ready and whose secrets
+    /// are now settled become active.
+    pub fn secrets_changed(self: &Rc<Self>) {
         for cluster in self.clusters.load().values() {
             if let Some(tls) = cluster.transport_socket().filter(|tls| tls.has_sds()) {
                 tls.reload_secrets();
@@ -356,9 +386,10 @@ impl ClusterManager {
         }
         let waiting = std::mem::take(&mut *self.awaiting_secrets.borrow_mut());
         for cluster in waiting {
-            let Some(tls) = cluster.transport_socket() else { continue };
-            tls.reload_secrets();
-            if tls.ready() || tls.secret_names().into_iter().any(gave_up) {
+            if let Some(tls) = cluster.transport_socket() {
+                tls.reload_secrets();
+            }
+            if self.secrets_settled(&cluster) {
                 self.activate(&cluster);
             } else {
                 self.awaiting_secrets.borrow_mut().push(cluster);

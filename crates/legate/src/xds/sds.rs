@@ -72,14 +72,17 @@ fn control_plane_secrets(common: &CommonTlsContext) -> impl Iterator<Item = &Sds
 
 impl Sds {
     pub fn new(client: Rc<XdsClient>, store: Arc<Store>, cluster_manager: Rc<ClusterManager>) -> Rc<Sds> {
-        Rc::new_cyclic(|this| Sds {
+        let sds = Rc::new_cyclic(|this| Sds {
             client,
             store,
-            cluster_manager,
+            cluster_manager: cluster_manager.clone(),
             subscriptions: RefCell::new(HashMap::new()),
             on_change: RefCell::new(None),
             this: this.clone(),
-        })
+        });
+        let weak = Rc::downgrade(&sds);
+        cluster_manager.set_secret_gave_up(Box::new(move |name| weak.upgrade().is_some_and(|sds| sds.gave_up(name))));
+        sds
     }
 
     /// Subscribes to the secrets `listener` takes from a control plane.
@@ -128,20 +131,8 @@ impl Sds {
         self.subscriptions.borrow().get(name).is_some_and(|s| s.gave_up.get())
     }
 
-    /// Whether every active cluster's TLS secrets arrived (or waiting for them was given up):
-    /// start-up waits for the static clusters' as for CDS clusters' endpoints.
-    pub fn clusters_ready(&self) -> bool {
-        // The snapshot as it is: `clusters()` would sort 10,000 of them at every check.
-        self.cluster_manager
-            .shared()
-            .load()
-            .values()
-            .filter_map(|c| c.transport_socket())
-            .all(|tls| tls.ready() || tls.secret_names().into_iter().any(|name| self.gave_up(name)))
-    }
-
     fn changed(&self) {
-        self.cluster_manager.secrets_changed(&|name| self.gave_up(name));
+        self.cluster_manager.secrets_changed();
         if let Some(on_change) = self.on_change.borrow().as_ref() {
             on_change();
         }
