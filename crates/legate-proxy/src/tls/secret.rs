@@ -1,12 +1,15 @@
 //! A context's certificates and where they come from (Envoy's secret manager and
 //! `TlsCertificateConfigProvider`): static `tls_certificates`, read once at load, and
-//! `tls_certificate_sds_secret_configs` read from SDS files, read again when they change; the
-//! same for a downstream validation context from SDS files
-//! (`validation_context_sds_secret_config`, `combined_validation_context`).
+//! `tls_certificate_sds_secret_configs` from SDS files or a control plane, read again when
+//! they change; the same for a validation context from SDS
+//! (`validation_context_sds_secret_config`, `combined_validation_context`), downstream (client
+//! certificate checks) and upstream (server certificate checks).
 //!
 //! Rotation: the main thread calls [`TlsCertificates::reload_if_changed`] every second (see
-//! [`watch`]); it compares a hash of the SDS file and of every file its secrets name with the
-//! last one, and on a change loads them all, then swaps the new set in. Handshakes read the
+//! [`watch`]); it compares a hash of the SDS file and of every file its secrets name (or the
+//! version of a control plane's delivery) with the last one, and on a change loads them all,
+//! then swaps the new set in. Upstream contexts poll only their files: a control plane's
+//! delivery reloads them at once (`ClusterManager::secrets_changed`). Handshakes read the
 //! current set when they pick a certificate, so connections in flight keep theirs and new ones
 //! get the new certificate; nothing is dropped. An update that fails to load (a half-written
 //! key, a key that does not match) is logged and the previous certificates stay, as Envoy
@@ -523,7 +526,7 @@ pub fn ca_details(config: &CertificateValidationContext) -> Result<Vec<Certifica
         .collect())
 }
 
-/// What the main thread polls for changes on disk.
+/// What the main thread polls for changes (files on disk, a control plane's deliveries).
 pub enum Watched {
     Certificates(Arc<TlsCertificates>),
     Validation(Arc<ValidationSecret>),
