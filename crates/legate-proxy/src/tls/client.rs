@@ -231,14 +231,14 @@ impl ClientContext {
     }
 
     /// The parts of this context that read SDS files, which the main thread polls for
-    /// changes (a control plane's deliveries call [`Self::reload_secrets`] instead).
+    /// changes (a control plane's deliveries call [`Self::reload_delivered_secrets`] instead).
     pub fn watched_files(&self) -> Vec<Watched> {
         self.watched().into_iter().filter(Watched::reads_files).collect()
     }
 
     /// Whether some of its secrets come from SDS.
     pub fn has_sds(&self) -> bool {
-        !self.secret_names().is_empty()
+        matches!(self.certificate, ClientCertificate::Sds(_)) || self.validation_secret.is_some()
     }
 
     fn watched(&self) -> Vec<Watched> {
@@ -252,10 +252,10 @@ impl ClientContext {
         watched
     }
 
-    /// Reads its SDS secrets again now if they changed (a delivery the cluster waits for),
-    /// rather than at the next poll.
-    pub fn reload_secrets(&self) {
-        for watched in self.watched() {
+    /// Reads the secrets a control plane delivers again now if they changed (a delivery the
+    /// cluster waits for); those from files are polled (see [`Self::watched_files`]).
+    pub fn reload_delivered_secrets(&self) {
+        for watched in self.watched().into_iter().filter(|w| !w.reads_files()) {
             if let Some(Err(e)) = watched.reload_if_changed() {
                 tracing::warn!(error = %e, "TLS secret update rejected; keeping the current one");
             }

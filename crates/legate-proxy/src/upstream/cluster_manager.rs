@@ -375,19 +375,19 @@ impl ClusterManager {
     }
 
     /// A TLS secret from a control plane arrived, or waiting for one was given up: active
-    /// clusters taking secrets from SDS read theirs again (a context whose secrets did not
-    /// change finds so at once), and warming clusters whose hosts are ready and whose secrets
-    /// are now settled become active.
+    /// clusters taking secrets from a control plane read them again (a context whose secrets
+    /// did not change finds so at once; files are polled), and warming clusters whose hosts
+    /// are ready and whose secrets are now settled become active.
     pub fn secrets_changed(self: &Rc<Self>) {
         for cluster in self.clusters.load().values() {
             if let Some(tls) = cluster.transport_socket().filter(|tls| tls.has_sds()) {
-                tls.reload_secrets();
+                tls.reload_delivered_secrets();
             }
         }
         let waiting = std::mem::take(&mut *self.awaiting_secrets.borrow_mut());
         for cluster in waiting {
             if let Some(tls) = cluster.transport_socket() {
-                tls.reload_secrets();
+                tls.reload_delivered_secrets();
             }
             if self.secrets_settled(&cluster) {
                 self.activate(&cluster);

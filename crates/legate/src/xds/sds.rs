@@ -54,7 +54,7 @@ pub fn dynamic_secret_configs(listener: &ListenerConfig) -> Vec<&SdsSecretConfig
 }
 
 /// The secrets a cluster's TLS context takes from a control plane.
-pub fn cluster_secret_configs(cluster: &ClusterConfig) -> Vec<&SdsSecretConfig> {
+fn cluster_secret_configs(cluster: &ClusterConfig) -> Vec<&SdsSecretConfig> {
     match cluster.transport_socket.as_ref().map(|t| &t.config) {
         Some(TransportSocketConfig::UpstreamTls(tls)) => control_plane_secrets(&tls.common_tls_context).collect(),
         _ => Vec::new(),
