@@ -38,14 +38,16 @@ PORTS = {
     "HTTP_PORT": 21080,
     "H2C_PORT": 21081,
     "TCP_PORT": 21082,
+    "TLS_PORT": 21443,
+    "TLS_RSA_PORT": 21444,
     "ADMIN_PORT": 21090,
 }
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 BODY100 = "x" * 99 + "\\n"  # nginx string escape: 99 'x' + newline = 100 bytes
 PROXIES = ["legate", "nginx", "haproxy"]
-# Cases a proxy is not configured for (the minimal Pingora peer has no TCP proxy).
-NOT_CONFIGURED = {"pingora": {"tcp"}}
+# Cases a proxy is not configured for (the minimal Pingora peer has no TCP proxy and no TLS).
+NOT_CONFIGURED = {"pingora": {"tcp", "tls"}}
 
 
 # === processes ===
@@ -127,6 +129,37 @@ def wait_port(port, timeout=15.0, proc=None):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def make_certificates(run_dir):
+    """The one certificate of each kind that all the proxies serve (self-signed, CN
+    bench.local): `<kind>-cert.pem`, `<kind>-key.pem` and, for HAProxy, both in `<kind>.pem`."""
+    for kind, key in (("ecdsa", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                      ("rsa", ["-newkey", "rsa:2048"])):
+        cert, pkey = (os.path.join(run_dir, f"{kind}-{part}.pem") for part in ("cert", "key"))
+        r = subprocess.run(["openssl", "req", "-x509"] + key + ["-nodes", "-days", "30", "-subj", "/CN=bench.local",
+                            "-keyout", pkey, "-out", cert], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl req ({kind}): {r.stderr.strip()[:300]}")
+        with open(os.path.join(run_dir, f"{kind}.pem"), "w") as out:
+            for part in (cert, pkey):
+                with open(part) as f:
+                    out.write(f.read())
+
+
+def negotiated(port):
+    """What a TLS client (OpenSSL's, as wrk's) negotiates with the server on `port`: protocol,
+    cipher suite and key exchange, so that the table compares like with like."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-brief"],
+                       input="", capture_output=True, text=True, timeout=10)
+    text = r.stdout + r.stderr
+    found = {}
+    for key, label in (("protocol", "Protocol version"), ("cipher", "Ciphersuite"),
+                       ("key_exchange", "Server Temp Key"), ("signature", "Signature type")):
+        m = re.search(rf"^{re.escape(label)}: (.+)$", text, re.M)
+        if m:
+            found[key] = m.group(1).strip()
+    return found
+
+
 def http_get(port, path="/", timeout=2.0):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
         return r.status, r.read()
@@ -198,6 +231,7 @@ class Bench:
         with open(os.path.join(self.run_dir, "1m.bin"), "wb") as f:
             f.write(os.urandom(1 << 20))
         os.chmod(os.path.join(self.run_dir, "1m.bin"), 0o644)
+        make_certificates(self.run_dir)
         self.configs = {
             "backend": render("backend-nginx.conf", os.path.join(self.run_dir, "backend.conf"), self.run_dir),
             "nginx": render("nginx-proxy.conf", os.path.join(self.run_dir, "nginx-proxy.conf"), self.run_dir),
@@ -240,6 +274,9 @@ class Bench:
         wait_http(PORTS["HTTP_PORT"], proc=p)
         if "tcp" not in NOT_CONFIGURED.get(proxy, ()):
             wait_port(PORTS["TCP_PORT"], proc=p)
+        if "tls" not in NOT_CONFIGURED.get(proxy, ()):
+            wait_port(PORTS["TLS_PORT"], proc=p)
+            wait_port(PORTS["TLS_RSA_PORT"], proc=p)
         return p
 
     # === cases: each returns a dict of figures for one run on a fresh proxy ===
@@ -317,6 +354,44 @@ class Bench:
         r["cpu_ms_per_gib"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e3 / gib
         r["cpu_user_ms_per_gib"] = r["cpu_user_s"] * 1e3 / gib
         r["cpu_sys_ms_per_gib"] = r["cpu_sys_s"] * 1e3 / gib
+        return r
+
+    def case_tls(self, p):
+        """Full TLS handshakes (every request on a new connection: `connection: close`, and
+        session resumption is off in all the servers) with an ECDSA P-256 and an RSA 2048
+        certificate, then small requests over kept-alive TLS connections (ECDSA)."""
+        r = {"negotiated": negotiated(PORTS["TLS_PORT"]), "negotiated_rsa": negotiated(PORTS["TLS_RSA_PORT"])}
+        totals = {"requests": 0, "non_2xx": 0, "socket_errors": 0}
+
+        def handshakes(port, prefix):
+            url = f"https://127.0.0.1:{port}/"
+            close = ["-H", "Connection: close"]
+            client(["wrk", "-t1", "-c16", "-d1s"] + close + [url])
+            m = self.measured(p, lambda: parse_wrk(client(
+                ["wrk", "-t1", "-c16", f"-d{self.args.duration}s"] + close + [url])))
+            n = m["requests"]
+            r[prefix + "hs_per_s"] = m["wrk_req_per_s"]
+            r[prefix + "cpu_us_per_hs"] = (m["cpu_user_s"] + m["cpu_sys_s"]) * 1e6 / n
+            r[prefix + "cpu_user_us_per_hs"] = m["cpu_user_s"] * 1e6 / n
+            for k in totals:
+                totals[k] += m[k]
+            r[prefix + "raw"] = m["raw"]
+
+        handshakes(PORTS["TLS_PORT"], "")
+        handshakes(PORTS["TLS_RSA_PORT"], "rsa_")
+        url = f"https://127.0.0.1:{PORTS['TLS_PORT']}/"
+        self.warm_up(url)
+        m = self.measured(p, lambda: parse_wrk(client(
+            ["wrk", "-t1", "-c64", f"-d{self.args.duration}s", "--latency", url])))
+        n = m["requests"]
+        r["https_req_per_s"] = m["wrk_req_per_s"]
+        r["https_p99_ms"] = m.get("p99_ms")
+        r["https_cpu_us_per_req"] = (m["cpu_user_s"] + m["cpu_sys_s"]) * 1e6 / n
+        r["https_cpu_user_us_per_req"] = m["cpu_user_s"] * 1e6 / n
+        r["https_raw"] = m["raw"]
+        for k in totals:
+            totals[k] += m[k]
+        r.update(totals)
         return r
 
     def case_idle(self, p):
@@ -524,6 +599,14 @@ CASES = [
     ("tcp", "case_tcp", [("gib_per_s", "GiB/s", "higher"), ("cpu_ms_per_gib", "CPU ms/GiB", "lower"),
                          ("cpu_user_ms_per_gib", "  user ms/GiB", "lower"),
                          ("cpu_sys_ms_per_gib", "  sys ms/GiB", "lower")]),
+    ("tls", "case_tls", [("hs_per_s", "ECDSA P-256 handshakes/s", "higher"),
+                         ("cpu_us_per_hs", "  CPU µs/handshake", "lower"),
+                         ("rsa_hs_per_s", "RSA 2048 handshakes/s", "higher"),
+                         ("rsa_cpu_us_per_hs", "  CPU µs/handshake", "lower"),
+                         ("https_req_per_s", "HTTPS keep-alive req/s", "higher"),
+                         ("https_p99_ms", "  p99 ms", "lower"),
+                         ("https_cpu_us_per_req", "  CPU µs/req", "lower"),
+                         ("https_cpu_user_us_per_req", "  user µs/req", "lower")]),
 ]
 CASE_TITLES = {
     "http1": "1. HTTP/1.1 keep-alive, 100 B (wrk -t1 -c64 --latency)",
@@ -531,6 +614,7 @@ CASE_TITLES = {
     "1mib": "3. 1 MiB responses (wrk -t1 -c8)",
     "idle": "4. memory per idle keep-alive connection",
     "tcp": "5. tcp_proxy bulk (iperf3, 1 stream)",
+    "tls": "7. TLS, same certificates (wrk -t1 -c16 `connection: close`, no resumption; keep-alive -c64)",
 }
 
 
@@ -606,9 +690,14 @@ def table(runs, proxies, meta, scale):
                                 f"errored {r.get('errored', 0)}")
                 elif case == "idle" and r.get("failed"):
                     errs.append(f"idle/{p} run {i + 1}: {r['failed']} connections failed")
-    out.append("| 7. TLS | handshakes/s, HTTPS req/s | measured by bench/tls/run.sh (see bench/results/*-tls.md) |"
-               + " |" * (len(proxies) + len(peers) - 1))
     out.append("")
+    if "tls" in runs:
+        out.append("TLS as negotiated by OpenSSL's client (`openssl s_client`, as wrk's), per proxy:")
+        for p in proxies:
+            seen = next((r for r in runs["tls"].get(p, []) if "negotiated" in r), None)
+            if seen:
+                out.append(f"- {p}: " + "; ".join(", ".join(seen[k].values()) for k in ("negotiated", "negotiated_rsa")))
+        out.append("")
     if errs:
         out.append("Errors seen by the load generators (a run with more than 0.1 % failed requests is left out of the medians):")
         out += [f"- {e}" for e in errs]
@@ -685,8 +774,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     ap.add_argument("--idle-conns", type=int, default=5000)
-    ap.add_argument("--cases", default="http1,h2c,1mib,idle,tcp,scale",
-                    help="comma-separated subset of http1,h2c,1mib,idle,tcp,scale")
+    ap.add_argument("--cases", default="http1,h2c,1mib,idle,tcp,tls,scale",
+                    help="comma-separated subset of http1,h2c,1mib,idle,tcp,tls,scale")
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--pingora", help="the bench/peers/pingora binary: adds Pingora as a fourth proxy")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -702,7 +791,7 @@ def main():
         if "pingora" not in proxies:
             proxies.append("pingora")
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
-    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset"):
+    for tool in ("nginx", "haproxy", "wrk", "h2load", "iperf3", "taskset", "openssl"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: run bench/setup.sh")
 

@@ -3,7 +3,7 @@
 # not started here (and bench.py never uses them: it starts nginx and HAProxy with its own configs).
 set -eu
 need=""
-for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client iperf3:iperf3 taskset:util-linux \
+for tool in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client iperf3:iperf3 taskset:util-linux openssl:openssl \
             strace:strace perf:linux-perf valgrind:valgrind; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need="$need ${tool#*:}"
 done
