@@ -9,6 +9,7 @@ pub mod clock;
 pub mod park;
 
 use rustc_hash::FxHashMap as HashMap;
+use std::any::Any;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +87,8 @@ pub struct WorkerContext {
     /// worker. The `Weak` pins the cluster's allocation, so its address (the key) cannot be
     /// taken by a newer cluster.
     code_counters: RefCell<HashMap<(usize, u16), CodeCounter>>,
+    /// Spare boxes for the futures of hyper-served streams (see [`Self::spare_stream_boxes`]).
+    stream_boxes: RefCell<Option<Rc<dyn Any>>>,
 }
 
 impl WorkerContext {
@@ -98,7 +101,21 @@ impl WorkerContext {
             drains: Rc::default(),
             park: Rc::default(),
             code_counters: RefCell::new(HashMap::default()),
+            stream_boxes: RefCell::new(None),
         }
+    }
+
+    /// The worker's spare boxes for hyper-served streams' futures
+    /// (`http_connection_manager::stream_boxes`): one set per worker, shared by its
+    /// connections. Their future's type is only known where streams start, hence `T`.
+    pub fn spare_stream_boxes<T: Any + Default>(&self) -> Rc<T> {
+        let mut slot = self.stream_boxes.borrow_mut();
+        if let Some(spare) = slot.clone().and_then(|any| any.downcast::<T>().ok()) {
+            return spare;
+        }
+        let spare = Rc::new(T::default());
+        *slot = Some(spare.clone());
+        spare
     }
 
     /// This worker's pools, after draining those of hosts and clusters that went away (xDS

@@ -16,6 +16,7 @@ mod parked;
 pub mod path;
 pub mod response_body;
 pub mod stats;
+mod stream_boxes;
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -533,10 +534,13 @@ async fn serve_hyper(
         let context = context.clone();
         // Boxed: hyper moves a stream's future several times (into its HTTP/2 stream, to the
         // executor, into the task), and this one weighs ~6 KB; callgrind counted ~5k
-        // instructions of copying per HTTP/2 request unboxed, against one allocation boxed.
+        // instructions of copying per HTTP/2 request unboxed. The boxes are the worker's,
+        // reused from stream to stream.
+        let spare = context.worker.spare_stream_boxes();
         service_fn(move |request| {
             context.count_request();
-            Box::pin(active_stream::handle(context.clone(), request))
+            let context = context.clone();
+            stream_boxes::Recycled::new(&spare, move || active_stream::handle(context, request))
         })
     };
     let shared = &context.shared;
