@@ -1,4 +1,4 @@
-//! TLS transport sockets (`envoy.transport_sockets.tls`) with rustls and its ring backend:
+//! TLS transport sockets (`envoy.transport_sockets.tls`) with rustls and its aws-lc-rs backend:
 //! Envoy's "TLS" architecture page, `DownstreamTlsContext` on filter chains and
 //! `UpstreamTlsContext` on clusters.
 //!
@@ -37,10 +37,10 @@ use rustls::SupportedProtocolVersion;
 /// Envoy's default ECDH curves (`X25519:P-256`); rustls would add P-384.
 const DEFAULT_CURVES: &[&str] = &["X25519", "P-256"];
 
-/// The ring provider narrowed to `tls_params`' cipher suites and curves. TLS 1.3 suites are
+/// The aws-lc-rs provider narrowed to `tls_params`' cipher suites and curves. TLS 1.3 suites are
 /// always on (BoringSSL does not let Envoy configure them either).
 fn crypto_provider(params: &TlsParameters) -> Arc<CryptoProvider> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if !params.cipher_suites.is_empty() {
         let all = std::mem::take(&mut provider.cipher_suites);
         let mut chosen: Vec<_> = all.iter().filter(|s| s.tls13().is_some()).copied().collect();

@@ -3,7 +3,7 @@
 //! SNI, ALPN and an optional client certificate), an HTTP/2-over-TLS client (hyper on a small
 //! runtime), and TLS upstreams that record the SNI they were asked for.
 //!
-//! Everything uses rustls' ring provider, as legate does.
+//! Everything uses rustls' aws-lc-rs provider, as legate does.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -25,7 +25,7 @@ use crate::TempDir;
 const TLS_IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A certificate authority made for one test.
@@ -174,7 +174,7 @@ impl TlsClient {
     /// A client that can verify handshake signatures of `key` only: a server with several
     /// certificates must pick that key type.
     pub fn accepting_only(ca: &TestCa, sni: &str, key: KeyType) -> Self {
-        let mut restricted = rustls::crypto::ring::default_provider();
+        let mut restricted = rustls::crypto::aws_lc_rs::default_provider();
         let algorithms = restricted.signature_verification_algorithms;
         let mapping: Vec<_> =
             algorithms.mapping.iter().filter(|(scheme, _)| *scheme == key.scheme()).copied().collect();
@@ -187,7 +187,7 @@ impl TlsClient {
     /// A TLS 1.2-only client offering the one cipher suite named (IANA name, as rustls spells
     /// it: `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`).
     pub fn tls12_with_cipher(ca: &TestCa, sni: &str, cipher: &str) -> Self {
-        let mut restricted = rustls::crypto::ring::default_provider();
+        let mut restricted = rustls::crypto::aws_lc_rs::default_provider();
         restricted.cipher_suites.retain(|s| s.suite().as_str() == Some(cipher));
         assert_eq!(restricted.cipher_suites.len(), 1, "unknown cipher suite {cipher}");
         let mut roots = rustls::RootCertStore::empty();

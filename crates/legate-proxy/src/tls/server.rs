@@ -143,7 +143,8 @@ impl ServerContext {
             server.session_storage = Arc::new(NoServerSessionStorage {});
         }
         if !config.disable_stateless_session_resumption {
-            server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+            server.ticketer =
+                rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
         }
         let mut without_alpn = server.clone();
         without_alpn.alpn_protocols.clear();
