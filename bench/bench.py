@@ -294,8 +294,9 @@ class Bench:
     def warm_up(self, url):
         client(["wrk", "-t1", "-c64", "-d1s", url])
 
-    def case_http1(self, p):
-        url = f"http://127.0.0.1:{PORTS['HTTP_PORT']}/"
+    def small_requests(self, p, url):
+        """Case 1's load on `url` (wrk -t1 -c64 --latency after a warm-up), with the proxy's
+        CPU per request."""
         self.warm_up(url)
         r = self.measured(p, lambda: parse_wrk(client(
             ["wrk", "-t1", "-c64", f"-d{self.args.duration}s", "--latency", url])))
@@ -305,6 +306,9 @@ class Bench:
         r["cpu_user_us_per_req"] = r["cpu_user_s"] * 1e6 / n
         r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
         return r
+
+    def case_http1(self, p):
+        return self.small_requests(p, f"http://127.0.0.1:{PORTS['HTTP_PORT']}/")
 
     def case_h2c(self, p):
         url = f"http://127.0.0.1:{PORTS['H2C_PORT']}/"
@@ -379,16 +383,9 @@ class Bench:
 
         handshakes(PORTS["TLS_PORT"], "")
         handshakes(PORTS["TLS_RSA_PORT"], "rsa_")
-        url = f"https://127.0.0.1:{PORTS['TLS_PORT']}/"
-        self.warm_up(url)
-        m = self.measured(p, lambda: parse_wrk(client(
-            ["wrk", "-t1", "-c64", f"-d{self.args.duration}s", "--latency", url])))
-        n = m["requests"]
-        r["https_req_per_s"] = m["wrk_req_per_s"]
-        r["https_p99_ms"] = m.get("p99_ms")
-        r["https_cpu_us_per_req"] = (m["cpu_user_s"] + m["cpu_sys_s"]) * 1e6 / n
-        r["https_cpu_user_us_per_req"] = m["cpu_user_s"] * 1e6 / n
-        r["https_raw"] = m["raw"]
+        m = self.small_requests(p, f"https://127.0.0.1:{PORTS['TLS_PORT']}/")
+        for key in ("req_per_s", "p99_ms", "cpu_us_per_req", "cpu_user_us_per_req", "raw"):
+            r["https_" + key] = m.get(key)
         for k in totals:
             totals[k] += m[k]
         r.update(totals)
