@@ -559,7 +559,10 @@ pub async fn route(mut rq: RouterRequest<'_>) -> RouterOutcome {
                 },
                 None => break Ok(Err(protocol_error())),
             };
-            match std::pin::pin!(with_timers(send, &timers, &rq.body, Some(try_start), context)).await {
+            // Pinned here, so that `with_timers` holds a pointer rather than a copy of it.
+            let send = std::pin::pin!(send);
+            let waited = std::pin::pin!(with_timers(send, &timers, &rq.body, Some(try_start), context)).await;
+            match waited {
                 Waited::Timeout(Timeout::PerTry) => break Ok(Err(AttemptFailure::PerTryTimeout)),
                 Waited::Timeout(Timeout::PerTryIdle) => break Ok(Err(AttemptFailure::PerTryIdleTimeout)),
                 Waited::Timeout(which) => break Err(which),
