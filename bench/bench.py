@@ -323,7 +323,10 @@ class Bench:
         return r
 
     def case_1mib(self, p):
-        url = f"http://127.0.0.1:{PORTS['HTTP_PORT']}/1m"
+        return self.mib_responses(p, f"http://127.0.0.1:{PORTS['HTTP_PORT']}/1m")
+
+    def mib_responses(self, p, url):
+        """Case 3's load on `url` (wrk -t1 -c8 on a 1 MiB body), with the proxy's CPU per MiB."""
         client(["wrk", "-t1", "-c8", "-d1s", url])
         r = self.measured(p, lambda: parse_wrk(client(
             ["wrk", "-t1", "-c8", f"-d{self.args.duration}s", "--latency", url])))
@@ -385,6 +388,11 @@ class Bench:
         handshakes(PORTS["TLS_RSA_PORT"], "rsa_")
         m = self.small_requests(p, f"https://127.0.0.1:{PORTS['TLS_PORT']}/")
         for key in ("req_per_s", "p99_ms", "cpu_us_per_req", "cpu_user_us_per_req", "raw"):
+            r["https_" + key] = m.get(key)
+        for k in totals:
+            totals[k] += m[k]
+        m = self.mib_responses(p, f"https://127.0.0.1:{PORTS['TLS_PORT']}/1m")
+        for key in ("mib_per_s", "cpu_us_per_mib", "raw"):
             r["https_" + key] = m.get(key)
         for k in totals:
             totals[k] += m[k]
@@ -603,7 +611,9 @@ CASES = [
                          ("https_req_per_s", "HTTPS keep-alive req/s", "higher"),
                          ("https_p99_ms", "  p99 ms", "lower"),
                          ("https_cpu_us_per_req", "  CPU µs/req", "lower"),
-                         ("https_cpu_user_us_per_req", "  user µs/req", "lower")]),
+                         ("https_cpu_user_us_per_req", "  user µs/req", "lower"),
+                         ("https_mib_per_s", "1 MiB responses over TLS: MiB/s", "higher"),
+                         ("https_cpu_us_per_mib", "  CPU µs/MiB", "lower")]),
 ]
 CASE_TITLES = {
     "http1": "1. HTTP/1.1 keep-alive, 100 B (wrk -t1 -c64 --latency)",
@@ -611,7 +621,7 @@ CASE_TITLES = {
     "1mib": "3. 1 MiB responses (wrk -t1 -c8)",
     "idle": "4. memory per idle keep-alive connection",
     "tcp": "5. tcp_proxy bulk (iperf3, 1 stream)",
-    "tls": "7. TLS, same certificates (wrk -t1 -c16 `connection: close`, no resumption; keep-alive -c64)",
+    "tls": "7. TLS, same certificates (wrk -t1 -c16 `connection: close`, no resumption; keep-alive -c64; 1 MiB -c8)",
 }
 
 
