@@ -92,6 +92,8 @@ pub struct ClientConn {
     clean: Cell<bool>,
     /// The socket after a `101 Switching Protocols`, for the tunnel.
     upgraded: RefCell<Option<CountingIo<TransportSocket>>>,
+    /// Its request waits in the worker's queue of deferred writes ([`defer`]).
+    deferred: Cell<bool>,
 }
 
 struct State {
@@ -122,6 +124,7 @@ impl ClientConn {
             watcher: RefCell::new(None),
             clean: Cell::new(false),
             upgraded: RefCell::new(None),
+            deferred: Cell::new(false),
         }
     }
 
@@ -239,12 +242,14 @@ pub fn send_head(conn: Rc<ClientConn>, head: &RequestHead<'_>, body: AttemptBody
     };
     drop(state);
     IN_FLIGHT.with(|n| n.set(n.get() + 1));
-    Exchange { conn, error, head_request: *head.method == Method::HEAD, deferred: false }
+    Exchange { conn, error, head_request: *head.method == Method::HEAD, first_poll: true }
 }
 
 thread_local! {
     /// The worker's exchanges waiting for their response heads.
-    static IN_FLIGHT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+    /// The worker's requests encoded in this turn of its event loop and not yet written.
+    static DEFERRED: RefCell<Vec<(Rc<ClientConn>, Waker)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The future of one exchange, until the response head.
@@ -253,14 +258,90 @@ pub struct Exchange {
     /// The request could not be encoded.
     error: Option<Error>,
     head_request: bool,
-    /// Whether the first poll, which may only yield, is behind it.
-    deferred: bool,
+    first_poll: bool,
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
         IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+        if self.conn.deferred.get() {
+            undefer(&self.conn);
+        }
     }
+}
+
+/// Writes of requests wait for the worker's other ready tasks: with other exchanges in
+/// flight on the worker, the requests read in one turn of the event loop are written to their
+/// upstreams one after another, after the reads. Written as each was read, every write woke
+/// an upstream sharing the worker's CPU in between, which preempted the worker to answer
+/// that one request (context switches per small request 0.74-0.80 against 0.45 deferred; the
+/// backend's CPU per request fell ~20 %). A lone exchange has nothing to wait for: deferring
+/// it only cost latency (~2 us, one connection in a loop).
+///
+/// The first exchange deferred in a turn (the queue's head) yields once and then writes them
+/// all; the others are not polled again for it (each such poll went down its whole stream's
+/// futures: ~1k instructions per request).
+fn defer(conn: &Rc<ClientConn>, cx: &Context<'_>) {
+    conn.deferred.set(true);
+    let first = DEFERRED.with(|queue| {
+        let mut queue = queue.borrow_mut();
+        queue.push((conn.clone(), cx.waker().clone()));
+        queue.len() == 1
+    });
+    if first {
+        cx.waker().wake_by_ref();
+    }
+}
+
+/// Takes `conn` out of the queue; when it was the head, the next one becomes the head and
+/// is woken to write them.
+fn undefer(conn: &Rc<ClientConn>) {
+    conn.deferred.set(false);
+    // (`try_with`: an exchange may be dropped as the thread ends.)
+    let _ = DEFERRED.try_with(|queue| {
+        let mut queue = queue.borrow_mut();
+        let Some(at) = queue.iter().position(|(queued, _)| Rc::ptr_eq(queued, conn)) else { return };
+        queue.remove(at);
+        if at == 0 {
+            if let Some((_, waker)) = queue.first() {
+                waker.wake_by_ref();
+            }
+        }
+    });
+}
+
+/// The head of the queue: writes every deferred request, each polled with its own task's
+/// waker (a write that could not finish, or an upstream that already sent something, wakes
+/// that task, which goes on as any exchange).
+fn write_deferred() {
+    let queue = DEFERRED.with(|queue| std::mem::take(&mut *queue.borrow_mut()));
+    for (conn, waker) in &queue {
+        conn.deferred.set(false);
+        let mut cx = Context::from_waker(waker);
+        let mut state = conn.state.borrow_mut();
+        let state = &mut *state;
+        let settled = match poll_writer(&mut cx, state) {
+            Ok(None) => state.writer.as_ref().is_none_or(|w| w.done),
+            _ => false,
+        };
+        // A response head can only follow the request: the exchange is woken for its read.
+        let quiet = match state.io.as_mut() {
+            Some(TransportSocket::RawBuffer(tcp)) => tcp.poll_read_ready(&mut cx).is_pending(),
+            _ => false,
+        };
+        if !(settled && quiet) {
+            waker.wake_by_ref();
+        }
+    }
+    // The queue's allocation goes back for the next turn.
+    let mut queue = queue;
+    queue.clear();
+    DEFERRED.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_empty() && slot.capacity() < queue.capacity() {
+            *slot = queue;
+        }
+    });
 }
 
 impl Future for Exchange {
@@ -271,19 +352,16 @@ impl Future for Exchange {
         if let Some(e) = this.error.take() {
             return Poll::Ready(Err(e));
         }
-        if !this.deferred {
-            this.deferred = true;
-            // With other exchanges in flight on this worker, the request goes out once the
-            // worker's other ready tasks had their turn: the requests read in this turn of
-            // the event loop are written to their upstreams one after another, after the
-            // reads. Written as each was read, every write woke an upstream sharing the
-            // worker's CPU in between, which preempted the worker to answer that one request
-            // (context switches per small request 0.74-0.80 against 0.45 deferred; the
-            // backend's CPU per request fell ~20 %). A lone exchange has nothing to wait for:
-            // deferring it only cost latency (~2 us, one connection in a loop).
-            if IN_FLIGHT.with(std::cell::Cell::get) > 1 {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+        if std::mem::take(&mut this.first_poll) && IN_FLIGHT.with(Cell::get) > 1 {
+            defer(&this.conn, cx);
+            return Poll::Pending;
+        }
+        if this.conn.deferred.get() {
+            let head = DEFERRED.with(|queue| queue.borrow().first().is_some_and(|(c, _)| Rc::ptr_eq(c, &this.conn)));
+            match head {
+                true => write_deferred(),
+                // Polled before its turn (a timer, the downstream): it writes now.
+                false => undefer(&this.conn),
             }
         }
         let mut state = this.conn.state.borrow_mut();
