@@ -1028,4 +1028,84 @@ mod tests {
             &b"PUT /x HTTP/1.1\r\nhost: upstream\r\naccept: */*\r\nx-envoy-attempt-count: 2\r\ntransfer-encoding: chunked\r\n\r\n"[..]
         );
     }
+
+    /// Counts its wake-ups: stands for the task of one exchange.
+    struct Task(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Task {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn deferred_writes_go_out_together_and_survive_their_first_exchange_going_away() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+            let addr = listener.local_addr().expect("an address");
+            let store = legate_stats::Store::new(1);
+            let mut conns = Vec::new();
+            let mut upstreams = Vec::new();
+            for _ in 0..3 {
+                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+                upstreams.push(listener.accept().await.expect("accepts").0);
+                let io = TransportSocket::RawBuffer(tcp);
+                conns.push(Rc::new(ClientConn::new(io, false, store.counter("rx"), store.counter("tx"))));
+            }
+            let request = |path: &str| Request::builder().uri(path).body(AttemptBody::empty()).expect("a request");
+            let mut exchanges: Vec<_> = conns
+                .iter()
+                .zip(["/a", "/b", "/c"])
+                .map(|(c, path)| Box::pin(send(c.clone(), request(path))))
+                .collect();
+            let tasks: Vec<_> =
+                (0..3).map(|_| std::sync::Arc::new(Task(std::sync::atomic::AtomicUsize::new(0)))).collect();
+            let wakes = |i: usize| tasks[i].0.load(std::sync::atomic::Ordering::Relaxed);
+            let poll = |exchange: &mut Pin<Box<Exchange>>, task: &std::sync::Arc<Task>| {
+                let waker = Waker::from(task.clone());
+                exchange.as_mut().poll(&mut Context::from_waker(&waker)).is_pending()
+            };
+            // Three exchanges in flight: each first poll only queues its request; the first
+            // queued wakes its task to write them all.
+            for (i, exchange) in exchanges.iter_mut().enumerate() {
+                assert!(poll(exchange, &tasks[i]));
+            }
+            assert_eq!((wakes(0), wakes(1), wakes(2)), (1, 0, 0));
+            // The first goes away before writing: the next in the queue is woken to do it.
+            exchanges.remove(0);
+            assert_eq!(wakes(1), 1);
+            assert!(poll(&mut exchanges[0], &tasks[1]));
+            // Both requests went out; the third exchange was not woken for it.
+            assert_eq!(wakes(2), 0);
+            let mut seen = Vec::new();
+            for upstream in &mut upstreams[1..] {
+                let mut buf = [0u8; 256];
+                let n = tokio::io::AsyncReadExt::read(upstream, &mut buf).await.expect("reads");
+                seen.push(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string());
+                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                tokio::io::AsyncWriteExt::write_all(upstream, reply).await.expect("writes");
+            }
+            assert_eq!(seen, ["GET /b HTTP/1.1", "GET /c HTTP/1.1"]);
+            // The upstream's answer wakes the third exchange, whose read the writing registered.
+            tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                while wakes(2) == 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the third exchange is woken by its response");
+            let waker = Waker::from(tasks[2].clone());
+            match exchanges[1].as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(Ok(response)) => assert_eq!(response.status(), StatusCode::OK),
+                _ => panic!("the third exchange has its response"),
+            }
+            // The first request was never written.
+            let mut buf = [0u8; 16];
+            assert!(upstreams[0].try_read(&mut buf).is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock));
+        });
+    }
 }
