@@ -16,13 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::listener::active_listener;
 use crate::listener::drain::{self, WorkerDrains};
 use crate::listener::Listener;
-use crate::upstream::cluster_manager::{ClusterMap, ThreadLocalClusterManager};
+use crate::upstream::cluster_manager::{SharedClusters, ThreadLocalClusterManager};
 use crate::upstream::pool::HttpPools;
 use crate::upstream::Cluster;
 use legate_stats::Counter;
@@ -165,7 +164,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts worker `index` (0-based); its stats go to shard `index + 1`.
-    pub fn start(index: usize, clusters: Arc<ArcSwap<ClusterMap>>, server: Arc<ServerShared>) -> std::io::Result<Self> {
+    pub fn start(index: usize, clusters: Arc<SharedClusters>, server: Arc<ServerShared>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || {

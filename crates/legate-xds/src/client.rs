@@ -8,10 +8,9 @@ use std::rc::Rc;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use legate_config::config_source::{ApiConfigSource, ApiType, ConfigSource, ConfigSourceKind};
 use legate_config::core::Node;
-use legate_proxy::upstream::cluster_manager::ClusterMap;
+use legate_proxy::upstream::cluster_manager::SharedClusters;
 use legate_stats::Store;
 
 use crate::grpc_mux::{GrpcMux, Service};
@@ -35,7 +34,7 @@ pub struct XdsClient {
     pub ads_config: Option<ApiConfigSource>,
     /// The clusters a control plane is reached through (`envoy_grpc.cluster_name`, REST
     /// `cluster_names`): static clusters, as Envoy requires.
-    pub clusters: Arc<ArcSwap<ClusterMap>>,
+    pub clusters: Arc<SharedClusters>,
     pub store: Arc<Store>,
     subscriptions: RefCell<HashMap<(SourceKey, ResourceType), Rc<WatchMap>>>,
     /// The aggregated stream, opened by the first subscription that uses `ads`.
@@ -46,7 +45,7 @@ impl XdsClient {
     pub fn new(
         node: Option<Node>,
         ads_config: Option<ApiConfigSource>,
-        clusters: Arc<ArcSwap<ClusterMap>>,
+        clusters: Arc<SharedClusters>,
         store: Arc<Store>,
     ) -> Rc<Self> {
         let mut node = node.unwrap_or_default();

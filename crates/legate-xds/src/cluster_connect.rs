@@ -5,10 +5,9 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use legate_proxy::network::transport_socket::TransportSocket;
 use legate_proxy::tls::client::Alpn;
-use legate_proxy::upstream::cluster_manager::ClusterMap;
+use legate_proxy::upstream::cluster_manager::SharedClusters;
 use legate_proxy::upstream::Cluster;
 
 /// Connects to one host of `cluster_name`: a healthy one when there is one, chosen at random
@@ -18,7 +17,7 @@ use legate_proxy::upstream::Cluster;
 /// # Cancel safety
 /// Dropping the future abandons the attempt.
 pub(crate) async fn connect(
-    clusters: &ArcSwap<ClusterMap>,
+    clusters: &SharedClusters,
     cluster_name: &str,
     alpn: Alpn,
 ) -> Result<(Arc<Cluster>, TransportSocket), String> {
@@ -45,7 +44,7 @@ pub(crate) async fn connect(
 
 /// Whether a cluster of that name exists now: a config source naming an unknown cluster is
 /// refused when subscribing, as Envoy refuses it at start-up.
-pub(crate) fn check_cluster(clusters: &Arc<ArcSwap<ClusterMap>>, cluster_name: Option<&str>) -> Result<(), String> {
+pub(crate) fn check_cluster(clusters: &Arc<SharedClusters>, cluster_name: Option<&str>) -> Result<(), String> {
     let name = cluster_name.filter(|n| !n.is_empty()).ok_or("a control plane cluster name is required")?;
     if clusters.load().contains_key(name) {
         Ok(())

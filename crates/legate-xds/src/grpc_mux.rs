@@ -25,14 +25,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::Node as NodeMessage;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status;
 use legate_config::config_source::ApiConfigSource;
-use legate_proxy::upstream::cluster_manager::ClusterMap;
+use legate_proxy::upstream::cluster_manager::SharedClusters;
 use prost::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -113,7 +112,7 @@ pub(crate) struct GrpcMux {
     set_node_on_first_message_only: bool,
     /// `rate_limit_settings`: requests beyond it wait for a token.
     rate_limit: Option<RateLimitSettings>,
-    clusters: Arc<ArcSwap<ClusterMap>>,
+    clusters: Arc<SharedClusters>,
     stats: ControlPlaneStats,
     /// In subscription order, which is the order of the first requests.
     subscriptions: RefCell<Vec<Rc<TypeSubscription>>>,
@@ -155,7 +154,7 @@ impl GrpcMux {
         api: &ApiConfigSource,
         service: Service,
         node: NodeMessage,
-        clusters: Arc<ArcSwap<ClusterMap>>,
+        clusters: Arc<SharedClusters>,
         stats: ControlPlaneStats,
     ) -> Result<Rc<Self>, String> {
         let target = GrpcTarget::new(api)?;

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Request, Uri};
 use http_body::Frame;
@@ -20,7 +19,7 @@ use legate_config::config_source::ApiConfigSource;
 use legate_config::protocol::Http2ProtocolOptions;
 use legate_proxy::http::io::LocalExec;
 use legate_proxy::tls::client::Alpn;
-use legate_proxy::upstream::cluster_manager::ClusterMap;
+use legate_proxy::upstream::cluster_manager::SharedClusters;
 use tokio::sync::mpsc;
 
 use crate::cluster_connect;
@@ -94,7 +93,7 @@ impl GrpcStream {
     /// Connects to the target's cluster and calls `path`, with `initial` requests already on
     /// the request body. Returns once the call is sent, without waiting for the answer.
     pub(crate) async fn open(
-        clusters: &ArcSwap<ClusterMap>,
+        clusters: &SharedClusters,
         target: &GrpcTarget,
         path: &str,
         initial: Vec<Bytes>,

@@ -11,7 +11,6 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
@@ -21,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use legate_config::config_source::ApiConfigSource;
 use legate_config::core::Node;
 use legate_proxy::tls::client::Alpn;
-use legate_proxy::upstream::cluster_manager::ClusterMap;
+use legate_proxy::upstream::cluster_manager::SharedClusters;
 use prost::Message;
 use serde_json::Value;
 
@@ -44,7 +43,7 @@ enum Fetched {
 }
 
 /// Starts polling for `map`'s watches, on the calling (main) thread's `LocalSet`.
-pub(crate) fn start(api: ApiConfigSource, node: Node, clusters: Arc<ArcSwap<ClusterMap>>, map: Rc<WatchMap>) {
+pub(crate) fn start(api: ApiConfigSource, node: Node, clusters: Arc<SharedClusters>, map: Rc<WatchMap>) {
     tokio::task::spawn_local(async move {
         let cluster_name = api.cluster_name().unwrap_or_default().to_string();
         let node = match crate::node::node_message(&node) {
@@ -104,7 +103,7 @@ pub(crate) fn start(api: ApiConfigSource, node: Node, clusters: Arc<ArcSwap<Clus
 
 /// One POST on a fresh HTTP/1.1 connection to the cluster.
 async fn fetch(
-    clusters: &ArcSwap<ClusterMap>,
+    clusters: &SharedClusters,
     cluster_name: &str,
     path: &str,
     request: &DiscoveryRequest,

@@ -444,6 +444,12 @@ impl Cluster {
         self.priority_set.load().version
     }
 
+    /// The version of the latest hosts, a plain load: it is counted before they are published,
+    /// so it may be ahead of [`Self::priority_set_version`] for a moment, never behind.
+    pub fn hosts_version(&self) -> u64 {
+        self.versions.load(Ordering::Acquire)
+    }
+
     /// Publishes a new host list (main thread) and updates membership stats.
     pub fn update_hosts(&self, hosts: Vec<HostSharedPtr>) {
         self.publish(hosts, true);
@@ -460,7 +466,7 @@ impl Cluster {
     }
 
     fn publish(&self, hosts: Vec<HostSharedPtr>, membership_changed: bool) {
-        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let version = self.versions.fetch_add(1, Ordering::AcqRel) + 1;
         let set = PrioritySet::new(hosts, version);
         let total: usize = set.host_sets.iter().map(|s| s.hosts.len()).sum();
         let healthy: usize = set.host_sets.iter().map(|s| s.healthy_hosts().len()).sum();

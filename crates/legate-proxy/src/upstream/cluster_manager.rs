@@ -5,6 +5,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -25,6 +26,41 @@ use super::stats::ClusterManagerStats;
 /// keyed by a copy of the name took three words (10,000 clusters: ~25 bytes each).
 #[derive(Clone, Default)]
 pub struct ClusterMap(rustc_hash::FxHashSet<ByName>);
+
+/// The active clusters as the workers read them: the snapshot, and how many snapshots there
+/// have been. A worker's cached view of a cluster is current while that count is unchanged,
+/// which a plain load tells (loading the snapshot itself takes two locked instructions, and
+/// a request looked it up twice).
+#[derive(Default)]
+pub struct SharedClusters {
+    map: ArcSwap<ClusterMap>,
+    generation: AtomicU64,
+}
+
+impl SharedClusters {
+    fn new(map: ClusterMap) -> Self {
+        SharedClusters { map: ArcSwap::from_pointee(map), generation: AtomicU64::new(0) }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<ClusterMap>> {
+        self.map.load()
+    }
+
+    pub fn load_full(&self) -> Arc<ClusterMap> {
+        self.map.load_full()
+    }
+
+    /// Publishes `map`; counted after it is in place, so that a worker that sees the new
+    /// count finds the new map.
+    fn store(&self, map: ClusterMap) {
+        self.map.store(Arc::new(map));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
 
 /// A cluster in a [`ClusterMap`], hashed and compared by its name.
 #[derive(Clone)]
@@ -123,7 +159,7 @@ enum Pending {
 /// bootstrap and dynamic ones from CDS. Workers see the active clusters as one snapshot; a CDS
 /// cluster waits in `warming` until it has its first hosts (EDS, DNS) and only then joins it.
 pub struct ClusterManager {
-    clusters: Arc<ArcSwap<ClusterMap>>,
+    clusters: Arc<SharedClusters>,
     pub stats: ClusterManagerStats,
     store: Arc<Store>,
     /// The position the next cluster to become active takes ([`Cluster::set_position`]): the
@@ -174,7 +210,7 @@ impl ClusterManager {
         stats.active_clusters.set(map.len() as u64);
         stats.warming_clusters.set(0);
         ClusterManager {
-            clusters: Arc::new(ArcSwap::from_pointee(map)),
+            clusters: Arc::new(SharedClusters::new(map)),
             stats,
             store: store.clone(),
             next_position: std::cell::Cell::new(u32::try_from(configs.len()).unwrap_or(u32::MAX)),
@@ -246,7 +282,7 @@ impl ClusterManager {
     }
 
     /// The snapshot handle workers read from.
-    pub fn shared(&self) -> Arc<ArcSwap<ClusterMap>> {
+    pub fn shared(&self) -> Arc<SharedClusters> {
         self.clusters.clone()
     }
 
@@ -490,7 +526,7 @@ impl ClusterManager {
             }
         }
         self.stats.active_clusters.set(map.len() as u64);
-        self.clusters.store(Arc::new(map));
+        self.clusters.store(map);
         super::pool::topology_changed();
         for cluster in started.values() {
             self.start_tasks(cluster);
@@ -514,7 +550,7 @@ pub enum ChooseHostError {
 
 /// A worker's view of the clusters, with its own load balancer per cluster.
 pub struct ThreadLocalClusterManager {
-    clusters: Arc<ArcSwap<ClusterMap>>,
+    clusters: Arc<SharedClusters>,
     local: RefCell<HashMap<String, ThreadLocalCluster>>,
 }
 
@@ -522,14 +558,29 @@ struct ThreadLocalCluster {
     cluster: Arc<Cluster>,
     priority_set: Arc<PrioritySet>,
     lb: LoadBalancer,
+    /// The snapshot count when `cluster` was found current ([`SharedClusters`]).
+    generation: u64,
+}
+
+impl ThreadLocalCluster {
+    /// Whether this view is current: no new snapshot since, and the cluster's hosts are the
+    /// ones the load balancer was built for. Two plain loads.
+    fn current(&self, generation: u64) -> bool {
+        self.generation == generation && self.priority_set.version == self.cluster.hosts_version()
+    }
 }
 
 impl ThreadLocalClusterManager {
-    pub fn new(clusters: Arc<ArcSwap<ClusterMap>>) -> Self {
+    pub fn new(clusters: Arc<SharedClusters>) -> Self {
         ThreadLocalClusterManager { clusters, local: RefCell::new(HashMap::default()) }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Cluster>> {
+        if let Some(tl) = self.local.borrow().get(name) {
+            if tl.generation == self.clusters.generation() {
+                return Some(tl.cluster.clone());
+            }
+        }
         self.clusters.load().get(name).cloned()
     }
 
@@ -559,22 +610,31 @@ impl ThreadLocalClusterManager {
         cluster_name: &str,
         hash: Option<u64>,
     ) -> Result<(Arc<Cluster>, HostSharedPtr), ChooseHostError> {
-        // Read without taking references: on the common path the worker's own copies serve.
-        let clusters = self.clusters.load();
-        let cluster = clusters.get(cluster_name).ok_or(ChooseHostError::NoCluster)?;
+        let generation = self.clusters.generation();
         let mut local = self.local.borrow_mut();
-        let stale = match local.get(cluster_name) {
-            Some(tl) => !Arc::ptr_eq(&tl.cluster, cluster) || tl.priority_set.version != cluster.priority_set_version(),
-            None => true,
-        };
-        if stale {
-            let cluster = cluster.clone();
-            let priority_set = cluster.priority_set();
-            let lb = LoadBalancer::new(&cluster, &priority_set);
-            local.insert(cluster_name.to_string(), ThreadLocalCluster { cluster, priority_set, lb });
-        }
-        let Some(tl) = local.get_mut(cluster_name) else {
-            return Err(ChooseHostError::NoCluster);
+        // The common path: the worker's own view is current, and serves without the snapshot.
+        let fresh = local.get_mut(cluster_name).filter(|tl| tl.current(generation));
+        let tl = match fresh {
+            Some(tl) => tl,
+            None => {
+                let clusters = self.clusters.load();
+                let cluster = clusters.get(cluster_name).ok_or(ChooseHostError::NoCluster)?;
+                let stale = match local.get_mut(cluster_name) {
+                    Some(tl) => {
+                        tl.generation = generation;
+                        !Arc::ptr_eq(&tl.cluster, cluster) || tl.priority_set.version != cluster.priority_set_version()
+                    }
+                    None => true,
+                };
+                if stale {
+                    let cluster = cluster.clone();
+                    let priority_set = cluster.priority_set();
+                    let lb = LoadBalancer::new(&cluster, &priority_set);
+                    let tl = ThreadLocalCluster { cluster, priority_set, lb, generation };
+                    local.insert(cluster_name.to_string(), tl);
+                }
+                local.get_mut(cluster_name).ok_or(ChooseHostError::NoCluster)?
+            }
         };
         match tl.lb.choose_host(&tl.cluster, &tl.priority_set, hash) {
             Some(host) => Ok((tl.cluster.clone(), host)),
