@@ -505,19 +505,33 @@ fn poll_head(cx: &mut Context<'_>, state: &mut State) -> Poll<Result<Head, Error
 /// Parses the head at the start of `buf` and takes it out: `None` while it is incomplete.
 /// The header values share the head's bytes.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+    match parse_head_in::<STACK_HEADERS>(buf) {
+        // More fields than the first try's slots: again, with room for all that are allowed.
+        Err(Error::Protocol(TOO_MANY_HEADERS)) => parse_head_in::<MAX_HEADERS>(buf),
+        parsed => parsed,
+    }
+}
+
+/// The slots of a first try at parsing a response head: each slot's span is zeroed per
+/// response, and most responses have a few fields (`MAX_HEADERS` slots took 1.6 KB of
+/// memset per response).
+const STACK_HEADERS: usize = 32;
+const TOO_MANY_HEADERS: &str = "too many response headers";
+
+/// [`parse_head`] with room for `N` fields.
+fn parse_head_in<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     // Where each name and value lies in `buf`, so that the values can share its bytes once
-    // the parser's borrow ends.
-    // (Neither array is worth zeroing per response: 5 KB of memset cost more than the parse.)
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    // the parser's borrow ends. (The parser's slots are not zeroed: only the spans are.)
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
     let (len, code, version, count) = {
-        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; N];
         let mut response = httparse::Response::new(&mut []);
         let parsed =
             httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, &mut headers);
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Error::Protocol("too many response headers")),
+            Err(httparse::Error::TooManyHeaders) => return Err(Error::Protocol(TOO_MANY_HEADERS)),
             Err(_) => return Err(Error::Protocol("malformed response head")),
         };
         if len > MAX_HEAD {
@@ -890,6 +904,14 @@ mod tests {
         assert_eq!(rest.len(), incomplete.len(), "nothing is taken from an incomplete head");
         assert!(matches!(head(b"HTTP/1.1 2OO OK\r\n\r\n").0, Err(Error::Protocol(_))));
         assert!(matches!(head(b"ICY 200 OK\r\n\r\n").0, Err(Error::Protocol(_))));
+        // Past the first try's slots, a head is parsed again with room for all allowed.
+        let fields: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let (parsed, rest) = head(format!("HTTP/1.1 200 OK\r\n{fields}\r\nbody").as_bytes());
+        let parsed = parsed.ok().flatten().expect("a head with MAX_HEADERS fields");
+        assert_eq!(parsed.headers.len(), MAX_HEADERS);
+        assert_eq!(&rest[..], b"body");
+        let partial = format!("HTTP/1.1 200 OK\r\n{fields}");
+        assert!(matches!(head(partial.as_bytes()).0, Ok(None)));
         let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
         let too_many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert!(matches!(head(too_many.as_bytes()).0, Err(Error::Protocol("too many response headers"))));

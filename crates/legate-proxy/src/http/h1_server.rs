@@ -42,8 +42,10 @@ const READ_ROOM: usize = 16 * 1024;
 const BODY_READ_ROOM: usize = crate::network::transport_socket::MAX_BUSY_READ;
 /// hyper's limit on a request target, kept: longer ones are answered 414.
 const MAX_URI: usize = u16::MAX as usize - 1;
-/// Header slots parsed on the stack; more (a larger `max_headers_count`) are on the heap.
-const STACK_HEADERS: usize = 128;
+/// Header slots parsed on the stack: a request with more fields is parsed again with room
+/// for `max_headers_count` of them, on the heap. (Every slot's span is zeroed per request:
+/// 128 of them took 2 KB of memset per request.)
+const STACK_HEADERS: usize = 32;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Limits on a request head (`max_request_headers_kb`, `max_headers_count`).
@@ -95,23 +97,40 @@ pub struct RequestHead {
 
 /// Parses the request head at the start of `buf` and takes it out: `None` while incomplete.
 pub fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, HeadError> {
-    if limits.max_headers <= STACK_HEADERS {
+    let on_stack = {
         let mut spans = [Span::default(); STACK_HEADERS];
         let scanned = {
             let mut slots = [const { MaybeUninit::uninit() }; STACK_HEADERS];
-            let slots = slots.get_mut(..limits.max_headers).unwrap_or_default();
-            scan(buf, limits, slots, &mut spans)?
+            let slots = slots.get_mut(..limits.max_headers.min(STACK_HEADERS)).unwrap_or_default();
+            scan(buf, limits, slots, &mut spans)
         };
-        scanned.map(|scanned| build(buf, scanned, &spans)).transpose()
-    } else {
-        let mut spans = vec![Span::default(); limits.max_headers];
-        let scanned = {
-            let mut slots = Vec::new();
-            slots.resize_with(limits.max_headers, MaybeUninit::uninit);
-            scan(buf, limits, &mut slots, &mut spans)?
-        };
-        scanned.map(|scanned| build(buf, scanned, &spans)).transpose()
+        match scanned {
+            // More fields than the stack's slots, which the limit allows: parsed again below.
+            Err(Scan::MoreFields) if limits.max_headers > STACK_HEADERS => None,
+            Err(Scan::MoreFields) => return Err(HeadError::TooLarge),
+            Err(Scan::Head(e)) => return Err(e),
+            Ok(scanned) => Some(scanned.map(|scanned| build(buf, scanned, &spans)).transpose()),
+        }
+    };
+    match on_stack {
+        Some(parsed) => parsed,
+        None => parse_large_head(buf, limits),
     }
+}
+
+/// [`parse_head`] for a request with more fields than the stack has slots for.
+fn parse_large_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<RequestHead>, HeadError> {
+    let mut spans = vec![Span::default(); limits.max_headers];
+    let scanned = {
+        let mut slots = Vec::new();
+        slots.resize_with(limits.max_headers, MaybeUninit::uninit);
+        match scan(buf, limits, &mut slots, &mut spans) {
+            Ok(scanned) => scanned,
+            Err(Scan::MoreFields) => return Err(HeadError::TooLarge),
+            Err(Scan::Head(e)) => return Err(e),
+        }
+    };
+    scanned.map(|scanned| build(buf, scanned, &spans)).transpose()
 }
 
 /// Where a field's name and value lie in the head.
@@ -130,23 +149,36 @@ struct Scanned {
     count: usize,
 }
 
+/// Why [`scan`] found no head.
+enum Scan {
+    Head(HeadError),
+    /// More fields than the slots it was given.
+    MoreFields,
+}
+
+impl From<HeadError> for Scan {
+    fn from(e: HeadError) -> Self {
+        Scan::Head(e)
+    }
+}
+
 /// Parses a complete head (`None` while incomplete) and records where its parts lie.
 fn scan<'b>(
     bytes: &'b [u8],
     limits: &Limits,
     slots: &mut [MaybeUninit<httparse::Header<'b>>],
     spans: &mut [Span],
-) -> Result<Option<Scanned>, HeadError> {
+) -> Result<Option<Scanned>, Scan> {
     let mut request = httparse::Request::new(&mut []);
     let len = match request.parse_with_uninit_headers(bytes, slots) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if bytes.len() > limits.max_head => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if bytes.len() > limits.max_head => return Err(HeadError::TooLarge.into()),
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::BadRequest),
+        Err(httparse::Error::TooManyHeaders) => return Err(Scan::MoreFields),
+        Err(_) => return Err(HeadError::BadRequest.into()),
     };
     if len > limits.max_head {
-        return Err(HeadError::TooLarge);
+        return Err(HeadError::TooLarge.into());
     }
     let head = bytes.get(..len).unwrap_or_default();
     // Offsets within the head, which is shorter than `max_head`: they fit in a `u32`.
@@ -163,7 +195,7 @@ fn scan<'b>(
         Method::from_bytes(request.method.unwrap_or_default().as_bytes()).map_err(|_| HeadError::BadRequest)?;
     let path = request.path.unwrap_or_default();
     if path.len() > MAX_URI {
-        return Err(HeadError::UriTooLong);
+        return Err(HeadError::UriTooLong.into());
     }
     let start = offset(path.as_bytes()) as usize;
     // Every line must end in CRLF. httparse also takes a bare LF; lines end only after the
@@ -182,12 +214,12 @@ fn scan<'b>(
     let leading = head.get(..method_at).unwrap_or_default();
     let leading_ok = leading.chunks(2).all(|pair| pair == b"\r\n");
     if !leading_ok || !head.ends_with(b"\r\n\r\n") || !line_ends.all(crlf) {
-        return Err(HeadError::BadRequest);
+        return Err(HeadError::BadRequest.into());
     }
     let version = match request.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
-        _ => return Err(HeadError::BadRequest),
+        _ => return Err(HeadError::BadRequest.into()),
     };
     Ok(Some(Scanned { len, method, path: (start, start + path.len()), version, count }))
 }
@@ -920,6 +952,24 @@ mod tests {
         assert_eq!(parse(&many).unwrap_err(), HeadError::TooLarge);
         let long = [b"GET / HTTP/1.1\r\nx: ".as_slice(), &vec![b'a'; 61 * 1024]].concat();
         assert_eq!(parse(&long).unwrap_err(), HeadError::TooLarge);
+        // Past the stack's slots the head is parsed again with room for the limit: exactly
+        // `max_headers` fields pass, whole or arriving in pieces; a limit under the stack's
+        // slots holds too.
+        let fields = |n: usize| -> Vec<u8> {
+            let lines: String = (0..n).map(|i| format!("x{i}: y\r\n")).collect();
+            format!("GET / HTTP/1.1\r\nhost: a\r\n{lines}\r\n").into_bytes()
+        };
+        let head = parse(&fields(99)).unwrap().unwrap();
+        assert_eq!((head.parts.headers.len(), head.parts.headers["x98"].as_bytes()), (100, &b"y"[..]));
+        let whole = fields(60);
+        assert!(parse(&whole[..whole.len() - 2]).unwrap().is_none());
+        let mut buf = BytesMut::from(&[whole.as_slice(), b"GET"].concat()[..]);
+        assert_eq!(parse_head(&mut buf, &LIMITS).unwrap().unwrap().parts.headers.len(), 61);
+        assert_eq!(&buf[..], b"GET", "the head is taken, what follows kept");
+        assert_eq!(parse(&fields(100)).unwrap_err(), HeadError::TooLarge);
+        let few = Limits { max_head: 60 * 1024, max_headers: 3 };
+        assert!(parse_head(&mut BytesMut::from(&fields(2)[..]), &few).unwrap().is_some());
+        assert_eq!(parse_head(&mut BytesMut::from(&fields(3)[..]), &few).unwrap_err(), HeadError::TooLarge);
         let uri = [b"GET /".as_slice(), &vec![b'a'; 70_000], b" HTTP/1.1\r\n\r\n"].concat();
         let limits = Limits { max_head: 100 * 1024, max_headers: 100 };
         assert_eq!(parse_head(&mut BytesMut::from(&uri[..]), &limits).unwrap_err(), HeadError::UriTooLong);
