@@ -85,7 +85,8 @@ pub enum Framing {
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
-    pub parts: http::request::Parts,
+    /// Boxed, as the connection manager takes it (its `serve_stream` says why).
+    pub parts: Box<http::request::Parts>,
     pub framing: Framing,
     /// The client lets the connection stay open after this exchange.
     pub keep_alive: bool,
@@ -265,7 +266,7 @@ fn build(buf: &mut BytesMut, scanned: Scanned, spans: &[Span]) -> Result<Request
     let framing = facts.framing(http11)?;
     let wants_upgrade =
         method == Method::CONNECT || (http11 && facts.connection_upgrade && facts.upgrade == Some(true));
-    let (mut parts, ()) = http::Request::new(()).into_parts();
+    let mut parts = Box::new(http::Request::new(()).into_parts().0);
     parts.method = method;
     parts.uri = uri;
     parts.version = version;

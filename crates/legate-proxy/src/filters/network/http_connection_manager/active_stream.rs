@@ -38,14 +38,16 @@ pub async fn handle(
         .map(|kind| (kind, DownstreamUpgrade::Hyper(hyper::upgrade::on(&mut request))));
     let (head, incoming) = request.into_parts();
     let end_stream = http_body::Body::is_end_stream(&incoming);
-    Ok(serve_stream(context, head, Incoming::Hyper(incoming), end_stream, upgrade).await)
+    Ok(serve_stream(context, Box::new(head), Incoming::Hyper(incoming), end_stream, upgrade).await)
 }
 
 /// One request, whichever codec read it: `upgrade` is the kind of upgrade it asks for (see
 /// [`upgrade_type`]) and the downstream side of it.
+/// The head is boxed: it goes down a chain of futures, and moving it by value cost a copy of
+/// its 224 bytes at each step (17 such copies per request).
 pub async fn serve_stream(
     context: Rc<ConnectionContext>,
-    head: http::request::Parts,
+    head: Box<http::request::Parts>,
     incoming: Incoming,
     end_stream: bool,
     upgrade: Option<(String, DownstreamUpgrade)>,
@@ -72,7 +74,7 @@ pub async fn serve_stream(
     let body = BodySource::new(incoming, end_stream, buffer_limit);
 
     let response = match prepare(&context, &mut head, &mut completion) {
-        Err(reply) => local_reply(&context, &head, *reply, &mut completion, None, None, &mut []),
+        Err(reply) => local_reply(&context, *reply, &mut completion, None, None, &mut []),
         // Pinned where it is built, as the router's future in it.
         Ok(()) => std::pin::pin!(decode(&context, head, body, upgrade, &mut completion)).await,
     };
@@ -312,7 +314,7 @@ fn prepare(
 /// Runs the filters, the route's action and the router.
 async fn decode(
     context: &Rc<ConnectionContext>,
-    mut head: http::request::Parts,
+    mut head: Box<http::request::Parts>,
     body: Rc<std::cell::RefCell<BodySource>>,
     upgrade: Option<(String, DownstreamUpgrade)>,
     completion: &mut StreamCompletion,
@@ -357,15 +359,7 @@ async fn decode(
         match status {
             FilterHeadersStatus::Continue | FilterHeadersStatus::StopIteration => {}
             FilterHeadersStatus::LocalReply(reply) => {
-                return local_reply(
-                    context,
-                    &head,
-                    reply,
-                    completion,
-                    vhost.as_ref(),
-                    route.as_ref(),
-                    &mut filters[..ran],
-                );
+                return local_reply(context, reply, completion, vhost.as_ref(), route.as_ref(), &mut filters[..ran]);
             }
             FilterHeadersStatus::StopAllIterationAndBuffer => {
                 match BodySource::read_all(&body, filter.max_buffered_body()).await {
@@ -384,7 +378,6 @@ async fn decode(
                         );
                         return local_reply(
                             context,
-                            &head,
                             reply,
                             completion,
                             vhost.as_ref(),
@@ -398,7 +391,6 @@ async fn decode(
                             .with_flag(ResponseFlag::DownstreamConnectionTermination);
                         return local_reply(
                             context,
-                            &head,
                             reply,
                             completion,
                             vhost.as_ref(),
@@ -416,7 +408,7 @@ async fn decode(
     shared.stats.rq_total.inc();
     let Some(route) = route else {
         shared.stats.no_route.inc();
-        return local_reply(context, &head, LocalReply::no_route(), completion, vhost.as_ref(), None, &mut filters);
+        return local_reply(context, LocalReply::no_route(), completion, vhost.as_ref(), None, &mut filters);
     };
     let vhost = vhost.as_ref();
     let action = match &route.kind {
@@ -427,7 +419,7 @@ async fn decode(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 reply.headers.insert(LOCATION, v);
             }
-            return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
+            return local_reply(context, reply, completion, vhost, Some(&route), &mut filters);
         }
         RouteKind::DirectResponse(direct) => {
             shared.stats.rq_direct_response.inc();
@@ -435,7 +427,7 @@ async fn decode(
             if let Some(format) = &direct.body_format {
                 format_body(&mut reply, format, &mut completion.info);
             }
-            return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
+            return local_reply(context, reply, completion, vhost, Some(&route), &mut filters);
         }
         RouteKind::Route(action) => action,
     };
@@ -451,34 +443,33 @@ async fn decode(
                 shared.stats.downstream_rq_ws_on_non_ws_route.inc();
             }
             let reply = LocalReply::new(StatusCode::FORBIDDEN, Bytes::new(), "upgrade_failed");
-            return local_reply(context, &head, reply, completion, vhost, Some(&route), &mut filters);
+            return local_reply(context, reply, completion, vhost, Some(&route), &mut filters);
         }
     }
     let header_parsers = header_parsers(&route_config, vhost, &route, true);
     let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
     // Pinned where it is built: a future moved into `.await` is copied whole (~4 KB).
     let outcome = {
-        let routed = std::pin::pin!(router::route(RouterRequest {
-            context,
-            info: &mut completion.info,
-            action,
-            // Still the head's when no filter ran.
-            authority: filters.is_empty().then_some(authority),
+        let routed = std::pin::pin!(router::route(
+            RouterRequest {
+                context,
+                info: &mut completion.info,
+                action,
+                // Still the head's when no filter ran.
+                authority: filters.is_empty().then_some(authority),
+                body: body.clone(),
+                matched_prefix: matched_prefix(&route),
+                header_parsers,
+                include_attempt_count,
+                upgrade,
+            },
             head,
-            body: body.clone(),
-            matched_prefix: matched_prefix(&route),
-            header_parsers,
-            include_attempt_count,
-            upgrade,
-        }));
+        ));
         routed.await
     };
     completion.info.bytes_received = body.borrow().bytes_received;
-    let head_for_reply = http::Request::new(()).into_parts().0;
     match outcome {
-        RouterOutcome::LocalReply(reply) => {
-            local_reply(context, &head_for_reply, reply, completion, vhost, Some(&route), &mut filters)
-        }
+        RouterOutcome::LocalReply(reply) => local_reply(context, reply, completion, vhost, Some(&route), &mut filters),
         RouterOutcome::Upstream { mut head, body, timers, weighted_index } => {
             // Looked up only for a 101: it goes with the hop-by-hop fields below.
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -650,7 +641,6 @@ fn encode(
 /// A reply made here, sent through the encoder filters that saw the request.
 fn local_reply(
     context: &Rc<ConnectionContext>,
-    _request: &http::request::Parts,
     reply: LocalReply,
     completion: &mut StreamCompletion,
     vhost: Option<&Arc<VirtualHost>>,
