@@ -56,7 +56,8 @@ pub struct RouterRequest<'a> {
 pub enum RouterOutcome {
     Upstream {
         head: http::response::Parts,
-        body: UpstreamBody,
+        /// Boxed where it is made: it is moved several times on its way to the response.
+        body: Box<UpstreamBody>,
         timers: BodyTimers,
         /// The chosen weighted cluster, for its response header mutations.
         weighted_index: Option<usize>,
@@ -673,7 +674,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                 );
                 return RouterOutcome::Upstream {
                     head: parts,
-                    body: UpstreamBody { body, conn: Some(conn), request: guard },
+                    body: Box::new(UpstreamBody { body, conn: Some(conn), request: guard }),
                     timers: body_timers,
                     weighted_index,
                 };

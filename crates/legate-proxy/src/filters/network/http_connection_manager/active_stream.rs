@@ -86,7 +86,7 @@ pub async fn serve_stream(
 enum Produced {
     Full(Bytes),
     Upstream(
-        crate::filters::network::http_connection_manager::response_body::UpstreamBody,
+        Box<crate::filters::network::http_connection_manager::response_body::UpstreamBody>,
         super::response_body::BodyTimers,
     ),
 }

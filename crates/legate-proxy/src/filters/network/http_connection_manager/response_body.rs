@@ -123,8 +123,8 @@ impl ResponseBody {
         }
     }
 
-    pub fn upstream(body: UpstreamBody, timers: BodyTimers, completion: StreamCompletion) -> Self {
-        ResponseBody { inner: Inner::Upstream(Box::new(body)), timers, completion: Some(completion) }
+    pub fn upstream(body: Box<UpstreamBody>, timers: BodyTimers, completion: StreamCompletion) -> Self {
+        ResponseBody { inner: Inner::Upstream(body), timers, completion: Some(completion) }
     }
 
     fn finish(&mut self, complete: bool, flag: Option<ResponseFlag>) {
