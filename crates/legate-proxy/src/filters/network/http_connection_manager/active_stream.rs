@@ -43,6 +43,7 @@ pub async fn handle(
 
 /// One request, whichever codec read it: `upgrade` is the kind of upgrade it asks for (see
 /// [`upgrade_type`]) and the downstream side of it.
+///
 /// The head is boxed: it goes down a chain of futures, and moving it by value cost a copy of
 /// its 224 bytes at each step (17 such copies per request).
 pub async fn serve_stream(
