@@ -104,6 +104,30 @@ fn stream_idle_timeout_while_the_body_stalls_is_408_stream_timeout() {
     assert_eq!(px.logged(1), "408 SI");
 }
 
+/// `stream_idle_timeout` while the response body stalls: the response has started, so the
+/// stream can only be reset (the connection closes mid-body), counted as an idle timeout and
+/// as a reset after the response started.
+#[test]
+fn stream_idle_timeout_while_the_response_body_stalls_resets_the_stream() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::Stream {
+        chunks: vec![bytes::Bytes::from_static(b"first"), bytes::Bytes::from_static(b"never")],
+        interval: Duration::from_secs(60),
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["stream_idle_timeout"] = json!("0.5s");
+    let px = HttpProxy::start(legate_bin!(), config);
+    let mut c = px.client();
+
+    c.write_head("GET", "/", &[], 0).unwrap();
+    let mut body = Vec::new();
+    let r = c.read_response_streaming(|chunk| body.extend_from_slice(chunk));
+
+    assert!(r.is_err(), "the response cannot end normally: {r:?}");
+    assert_eq!(body, b"first", "what the upstream sent before it stalled came through");
+    px.legate.wait_stat("http.ingress.downstream_rq_idle_timeout", 1);
+    px.legate.wait_stat("http.ingress.rq_reset_after_downstream_response_started", 1);
+}
+
 /// `request_timeout`: the whole request must arrive in time; headers and half a body then a
 /// stall get 408 "request timeout".
 #[test]

@@ -58,7 +58,6 @@ pub enum RouterOutcome {
         head: http::response::Parts,
         /// Boxed where it is made: it is moved several times on its way to the response.
         body: Box<UpstreamBody>,
-        timers: BodyTimers,
         /// The chosen weighted cluster, for its response header mutations.
         weighted_index: Option<usize>,
     },
@@ -674,8 +673,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                 );
                 return RouterOutcome::Upstream {
                     head: parts,
-                    body: Box::new(UpstreamBody { body, conn: Some(conn), request: guard }),
-                    timers: body_timers,
+                    body: Box::new(UpstreamBody { body, conn: Some(conn), request: guard, timers: body_timers }),
                     weighted_index,
                 };
             }

@@ -86,16 +86,13 @@ pub async fn serve_stream(
 /// What `decode` produced: a response head and its body source.
 enum Produced {
     Full(Bytes),
-    Upstream(
-        Box<crate::filters::network::http_connection_manager::response_body::UpstreamBody>,
-        super::response_body::BodyTimers,
-    ),
+    Upstream(Box<crate::filters::network::http_connection_manager::response_body::UpstreamBody>),
 }
 
 fn finish_body(body: Produced, completion: StreamCompletion) -> ResponseBody {
     match body {
         Produced::Full(bytes) => ResponseBody::full(bytes, completion),
-        Produced::Upstream(upstream, timers) => ResponseBody::upstream(upstream, timers, completion),
+        Produced::Upstream(upstream) => ResponseBody::upstream(upstream, completion),
     }
 }
 
@@ -471,7 +468,7 @@ async fn decode(
     completion.info.bytes_received = body.borrow().bytes_received;
     match outcome {
         RouterOutcome::LocalReply(reply) => local_reply(context, reply, completion, vhost, Some(&route), &mut filters),
-        RouterOutcome::Upstream { mut head, body, timers, weighted_index } => {
+        RouterOutcome::Upstream { mut head, body, weighted_index } => {
             // Looked up only for a 101: it goes with the hop-by-hop fields below.
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
             let upgrade = switching.then(|| head.headers.get(http::header::UPGRADE).cloned()).flatten();
@@ -488,7 +485,7 @@ async fn decode(
                 }
             }
             encode(context, &mut head, completion, vhost, Some(&route), &mut filters);
-            (head, Produced::Upstream(body, timers))
+            (head, Produced::Upstream(body))
         }
     }
 }

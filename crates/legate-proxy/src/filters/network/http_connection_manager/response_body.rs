@@ -25,11 +25,14 @@ use crate::http::body::BoxError;
 use crate::http::{ResponseFlag, StreamInfo};
 use crate::upstream::pool::{ConnBody, PooledConn};
 
-/// An upstream response body with what it holds on to until it ends.
+/// An upstream response body with what it holds on to until it ends, and its timers (here
+/// rather than in [`ResponseBody`]: a response is moved several times on its way out, and a
+/// local reply's body has no timers).
 pub struct UpstreamBody {
     pub body: ConnBody,
     pub conn: Option<PooledConn>,
     pub request: UpstreamRequestGuard,
+    pub timers: BodyTimers,
 }
 
 enum Inner {
@@ -110,21 +113,16 @@ use std::future::Future;
 
 pub struct ResponseBody {
     inner: Inner,
-    timers: BodyTimers,
     completion: Option<StreamCompletion>,
 }
 
 impl ResponseBody {
     pub fn full(body: Bytes, completion: StreamCompletion) -> Self {
-        ResponseBody {
-            inner: Inner::Full((!body.is_empty()).then_some(body)),
-            timers: BodyTimers::default(),
-            completion: Some(completion),
-        }
+        ResponseBody { inner: Inner::Full((!body.is_empty()).then_some(body)), completion: Some(completion) }
     }
 
-    pub fn upstream(body: Box<UpstreamBody>, timers: BodyTimers, completion: StreamCompletion) -> Self {
-        ResponseBody { inner: Inner::Upstream(body), timers, completion: Some(completion) }
+    pub fn upstream(body: Box<UpstreamBody>, completion: StreamCompletion) -> Self {
+        ResponseBody { inner: Inner::Upstream(body), completion: Some(completion) }
     }
 
     fn finish(&mut self, complete: bool, flag: Option<ResponseFlag>) {
@@ -191,7 +189,7 @@ impl Body for ResponseBody {
             },
             Inner::Upstream(upstream) => match Pin::new(&mut upstream.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.timers.touch();
+                    upstream.timers.touch();
                     if let Some(c) = &mut this.completion {
                         if let Some(data) = frame.data_ref() {
                             c.info.bytes_sent += data.len() as u64;
@@ -216,7 +214,7 @@ impl Body for ResponseBody {
                     this.finish(false, Some(ResponseFlag::UpstreamRemoteReset));
                     Poll::Ready(Some(Err(e)))
                 }
-                Poll::Pending => match this.timers.poll_fired(cx) {
+                Poll::Pending => match upstream.timers.poll_fired(cx) {
                     Some(which) => Poll::Ready(Some(Err(this.timed_out(which)))),
                     None => Poll::Pending,
                 },
