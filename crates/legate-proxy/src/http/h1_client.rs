@@ -324,7 +324,9 @@ fn write_deferred() {
             Ok(None) => state.writer.as_ref().is_none_or(|w| w.done),
             _ => false,
         };
-        // A response head can only follow the request: the exchange is woken for its read.
+        // The exchange's read is registered with its task's waker: its task is not polled
+        // again until the response comes (an upstream that already sent something wakes it now;
+        // over TLS the task is simply woken).
         let quiet = match state.io.as_mut() {
             Some(TransportSocket::RawBuffer(tcp)) => tcp.poll_read_ready(&mut cx).is_pending(),
             _ => false,
