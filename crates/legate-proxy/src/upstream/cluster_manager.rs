@@ -31,7 +31,6 @@ pub struct ClusterMap(rustc_hash::FxHashSet<ByName>);
 /// have been. A worker's cached view of a cluster is current while that count is unchanged,
 /// which a plain load tells (loading the snapshot itself takes two locked instructions, and
 /// a request looked it up twice).
-#[derive(Default)]
 pub struct SharedClusters {
     map: ArcSwap<ClusterMap>,
     generation: AtomicU64,
