@@ -137,6 +137,23 @@ impl ClientConn {
         self.state.borrow_mut().close();
     }
 
+    /// Whether the connection holds buffers it could give back ([`Self::release_buffers`]).
+    pub fn holds_buffers(&self) -> bool {
+        let state = self.state.borrow();
+        state.read_buf.capacity() > 0 || state.spare.capacity() > 0
+    }
+
+    /// Gives back the read buffer and the spare request buffer of a connection that idles in
+    /// its pool; the next exchange takes them anew. A read buffer is 16 KiB: kept by every
+    /// idle upstream connection, it would be most of what one costs.
+    pub fn release_buffers(&self) {
+        let mut state = self.state.borrow_mut();
+        if state.writer.is_none() && state.read_buf.is_empty() {
+            state.read_buf = BytesMut::new();
+            state.spare = BytesMut::new();
+        }
+    }
+
     /// Whether the last exchange left the connection fit for another request.
     pub fn clean(&self) -> bool {
         self.clean.get() && self.is_open()
@@ -1130,6 +1147,41 @@ mod tests {
             // The first request was never written.
             let mut buf = [0u8; 16];
             assert!(upstreams[0].try_read(&mut buf).is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock));
+        });
+    }
+
+    #[test]
+    fn an_idle_connection_gives_its_buffers_back_and_serves_the_next_exchange() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+            let tcp =
+                tokio::net::TcpStream::connect(listener.local_addr().expect("an address")).await.expect("connects");
+            let mut upstream = listener.accept().await.expect("accepts").0;
+            let store = legate_stats::Store::new(1);
+            let io = TransportSocket::RawBuffer(tcp);
+            let conn = Rc::new(ClientConn::new(io, false, store.counter("rx"), store.counter("tx")));
+            assert!(!conn.holds_buffers(), "a new connection has none yet");
+            for (path, body) in [("/a", "first"), ("/b", "second")] {
+                let request = Request::builder().uri(path).body(AttemptBody::empty()).expect("a request");
+                let exchange = async {
+                    let response = send(conn.clone(), request).await.expect("a response");
+                    http_body_util::BodyExt::collect(response.into_body()).await.expect("a body").to_bytes()
+                };
+                let answer = async {
+                    let mut buf = [0u8; 256];
+                    let n = tokio::io::AsyncReadExt::read(&mut upstream, &mut buf).await.expect("reads");
+                    assert!(buf[..n].starts_with(format!("GET {path} HTTP/1.1").as_bytes()));
+                    let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    tokio::io::AsyncWriteExt::write_all(&mut upstream, reply.as_bytes()).await.expect("writes");
+                };
+                let (received, ()) = tokio::join!(exchange, answer);
+                assert_eq!(&received[..], body.as_bytes());
+                assert!(conn.holds_buffers(), "an exchange leaves its buffers for the next");
+                conn.release_buffers();
+                assert!(!conn.holds_buffers(), "idle, they are given back");
+                assert!(conn.clean(), "and the connection stays fit for more");
+            }
         });
     }
 }

@@ -33,6 +33,12 @@ use crate::http::h1_client::{self, ClientConn};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::worker::clock;
 
+/// How long a pooled HTTP/1.1 connection idles before it gives its buffers back (a 16 KiB
+/// read buffer and the last request's buffer; Envoy's drained buffers keep no memory
+/// either). The next exchange allocates them again, a fraction of a microsecond; a busy
+/// connection's driver wakes this often to look, a few times a second.
+const RELEASE_BUFFERS_AFTER: Duration = Duration::from_millis(250);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PoolProtocol {
     Http1,
@@ -361,6 +367,14 @@ impl Pool {
                 Client::Http1CasePreserving(sender, shared)
             }
             Client::Http1(conn, _) if !conn.is_open() => return None,
+            Client::Http1(conn, shared) => {
+                if !conn.holds_buffers() {
+                    // Its driver stopped looking while the connection idled without
+                    // buffers; it looks again at this busy spell (see `drive`).
+                    shared.changed.notify_one();
+                }
+                Client::Http1(conn, shared)
+            }
             other => other,
         };
         shared.idle_since.set(None);
@@ -452,7 +466,7 @@ impl Pool {
                 // Ends when the connection is closed, by the pool or by the upstream.
                 let watch =
                     std::future::poll_fn(|cx| conn.poll_watch(cx, shared.idle_since.get().is_some()).map(|()| true));
-                self.drive(watch, &shared, &mut cx).await;
+                self.drive(watch, &shared, &mut cx, Some(&conn)).await;
                 conn.close();
             }
             PoolProtocol::Http1 => match http1::Builder::new()
@@ -466,7 +480,7 @@ impl Pool {
                     // Upgrades (WebSocket) hand the socket over when the exchange switches
                     // protocols; the connection then leaves the pool.
                     let driver = async move { connection.with_upgrades().await.is_ok() };
-                    self.drive(driver, &shared, &mut cx).await;
+                    self.drive(driver, &shared, &mut cx, None).await;
                 }
                 Err(_) => stats.upstream_cx_protocol_error().inc(),
             },
@@ -484,7 +498,7 @@ impl Pool {
                         shared.idle_since.set(Some(clock::now()));
                         self.serve_h2_waiters(&client);
                         let driver = async move { connection.await.is_ok() };
-                        self.drive(driver, &shared, &mut cx).await;
+                        self.drive(driver, &shared, &mut cx, None).await;
                     }
                     Err(_) => stats.upstream_cx_protocol_error().inc(),
                 }
@@ -519,12 +533,14 @@ impl Pool {
     }
 
     /// Runs a connection until it ends, closing it when idle past `idle_timeout` or when
-    /// `max_connection_duration` has passed.
+    /// `max_connection_duration` has passed. legate's own HTTP/1.1 connection (`buffers`)
+    /// gives its buffers back once idle for `RELEASE_BUFFERS_AFTER`.
     async fn drive(
         &self,
         driver: impl std::future::Future<Output = bool>,
         shared: &Rc<ConnShared>,
         cx: &mut UpstreamCx,
+        buffers: Option<&ClientConn>,
     ) {
         tokio::pin!(driver);
         let stats = &self.cluster.stats();
@@ -534,8 +550,15 @@ impl Pool {
             // timer re-checks when it fires, so going idle needs no wake-up (one per request).
             let idle_deadline = self.settings.idle_timeout.map(|d| shared.idle_since.get().unwrap_or(now) + d);
             let duration_deadline = self.settings.max_connection_duration.map(|d| shared.created + d);
-            let next =
-                [idle_deadline, duration_deadline.filter(|_| !shared.draining.get())].into_iter().flatten().min();
+            // A busy connection may go idle without a wake-up: looked at again after the
+            // same delay. One idle without buffers is woken when next lent out (`prepare`).
+            let release_deadline = buffers
+                .filter(|conn| shared.idle_since.get().is_none() || conn.holds_buffers())
+                .map(|_| shared.idle_since.get().unwrap_or(now) + RELEASE_BUFFERS_AFTER);
+            let next = [idle_deadline, duration_deadline.filter(|_| !shared.draining.get()), release_deadline]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at.max(now).into()).await,
@@ -564,6 +587,11 @@ impl Pool {
                     if shared.draining.get() && idle.is_some() {
                         cx.closed_locally = true;
                         return;
+                    }
+                    if idle.is_some_and(|at| now >= at + RELEASE_BUFFERS_AFTER) {
+                        if let Some(conn) = buffers {
+                            conn.release_buffers();
+                        }
                     }
                 }
                 () = shared.changed.notified() => {}
