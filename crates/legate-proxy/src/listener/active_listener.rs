@@ -243,7 +243,7 @@ impl std::future::Future for Served {
 /// A connection its filter parked: what its task held, without the task.
 pub struct ParkedConnection {
     filters: FilterManager,
-    state: Box<dyn ParkedFilter>,
+    state: ParkedFilter,
     rest: ServedRest,
 }
 

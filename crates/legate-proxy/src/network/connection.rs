@@ -87,7 +87,7 @@ pub enum Run {
 pub enum RunEnd {
     Closed(ConnectionEvent),
     /// The filter that took the socket over parked the connection; the filters stay with it.
-    Parked(FilterManager, super::Parked),
+    Parked(FilterManager, Box<super::Parked>),
 }
 
 impl Future for Run {

@@ -15,8 +15,9 @@ pub enum TakenOverEnd {
     Closed(ConnectionEvent),
     /// The connection idles (an HTTP/1.1 keep-alive connection between requests): what it needs
     /// to go on is put aside without a task, a future or a timer, and the worker's
-    /// [`crate::worker::park::Park`] watches its socket.
-    Idle(Parked),
+    /// [`crate::worker::park::Park`] watches its socket. Boxed: this is every poll's output
+    /// type up the connection's futures, and a parked state is a few hundred bytes.
+    Idle(Box<Parked>),
 }
 
 /// An idle connection put aside by the filter that took its socket over.
@@ -26,17 +27,28 @@ pub struct Parked {
     /// When the filter must look at it again even if nothing arrives (an idle timeout,
     /// `max_connection_duration`).
     pub wake_at: Option<std::time::Instant>,
-    pub state: Box<dyn ParkedFilter>,
+    pub state: ParkedFilter,
 }
 
-/// A filter's state while its connection is parked.
-pub trait ParkedFilter {
+/// A filter's state while its connection is parked: held by value in the worker's park,
+/// which keeps parked connections side by side in large blocks (an idle connection's memory
+/// is mostly what it keeps). Only the HTTP connection manager parks connections.
+pub enum ParkedFilter {
+    Http1(crate::filters::network::http_connection_manager::ParkedHttp1),
+}
+
+impl ParkedFilter {
     /// Something may need the connection: bytes or a close on its socket, its `wake_at`, a
     /// drain. The filter reads what is there and resumes, parks again or closes.
-    fn wake(self: Box<Self>, socket: std::net::TcpStream) -> Woken;
+    pub fn wake(self, socket: std::net::TcpStream) -> Woken {
+        match self {
+            ParkedFilter::Http1(parked) => parked.wake(socket),
+        }
+    }
 }
 
 /// What a parked filter does when woken.
+#[allow(clippy::large_enum_variant)] // a return value, moved once per wake-up: no box to make
 pub enum Woken {
     /// Runs again, in a task of its own.
     Resume(TakeOverFuture),

@@ -25,13 +25,20 @@ use crate::listener::drain::{DrainWaiter, WorkerDrains};
 /// Events taken per call to the park's `epoll_wait`.
 const EVENTS_PER_POLL: usize = 256;
 
+/// Entries per segment of the park's table. The table grows a segment at a time and entries
+/// never move: parked connections sit side by side in a few large blocks, with at most one
+/// segment's worth of room to spare, rather than each in a small block of its own among the
+/// freed remains of the requests it served (which is what fragments the heap).
+const SEGMENT: usize = 128;
+
 /// A worker's parked connections.
 #[derive(Default)]
 pub struct Park {
     /// Adds to and removes from the park's epoll set (made with the first parked
     /// connection; the set itself belongs to the park's task).
     registry: RefCell<Option<Rc<mio::Registry>>>,
-    entries: RefCell<Vec<Entry>>,
+    /// Segments of `SEGMENT` entries; entry `i` is at `i / SEGMENT`, `i % SEGMENT`.
+    entries: RefCell<Vec<Vec<Entry>>>,
     /// The first free entry (free entries link to the next).
     free: Cell<Option<usize>>,
     parked: Cell<usize>,
@@ -42,15 +49,27 @@ pub struct Park {
     task_waker: RefCell<Option<std::task::Waker>>,
 }
 
+#[allow(clippy::large_enum_variant)] // on purpose: connections side by side, see `SEGMENT`
 enum Entry {
-    /// The connection boxed: the table grows by doubling, and its spare room then costs a
-    /// pointer per entry rather than a whole connection's state.
-    Taken {
-        socket: std::net::TcpStream,
-        wake_at: Option<Instant>,
-        connection: Box<ParkedConnection>,
-    },
+    Taken { socket: std::net::TcpStream, wake_at: Option<Instant>, connection: ParkedConnection },
     Free(Option<usize>),
+}
+
+fn entry_mut(segments: &mut [Vec<Entry>], index: usize) -> Option<&mut Entry> {
+    segments.get_mut(index / SEGMENT)?.get_mut(index % SEGMENT)
+}
+
+/// Adds a free entry at the end of the table; its index.
+fn push_free(segments: &mut Vec<Vec<Entry>>) -> usize {
+    if segments.last().is_none_or(|last| last.len() == SEGMENT) {
+        segments.push(Vec::with_capacity(SEGMENT));
+    }
+    let full = segments.len() - 1;
+    let last = segments.last_mut().map_or(0, |last| {
+        last.push(Entry::Free(None));
+        last.len() - 1
+    });
+    full * SEGMENT + last
 }
 
 impl Park {
@@ -67,18 +86,15 @@ impl Park {
         let Some(registry) = self.registry_or_start(drains) else { return connection.close_unwatched() };
         let index = {
             let mut entries = self.entries.borrow_mut();
-            let free = self.free.get().filter(|&i| matches!(entries.get(i), Some(Entry::Free(_))));
+            let free = self.free.get().filter(|&i| matches!(entry_mut(&mut entries, i), Some(Entry::Free(_))));
             match free {
                 Some(index) => {
-                    if let Some(Entry::Free(next)) = entries.get(index) {
+                    if let Some(Entry::Free(next)) = entry_mut(&mut entries, index) {
                         self.free.set(*next);
                     }
                     index
                 }
-                None => {
-                    entries.push(Entry::Free(None));
-                    entries.len() - 1
-                }
+                None => push_free(&mut entries),
             }
         };
         let fd = socket.as_raw_fd();
@@ -86,8 +102,8 @@ impl Park {
             self.release(index);
             return connection.close_unwatched();
         }
-        if let Some(entry) = self.entries.borrow_mut().get_mut(index) {
-            *entry = Entry::Taken { socket, wake_at, connection: Box::new(connection) };
+        if let Some(entry) = entry_mut(&mut self.entries.borrow_mut(), index) {
+            *entry = Entry::Taken { socket, wake_at, connection };
         }
         self.parked.set(self.parked.get() + 1);
         if let Some(at) = wake_at {
@@ -127,7 +143,7 @@ impl Park {
     }
 
     fn release(&self, index: usize) {
-        if let Some(entry) = self.entries.borrow_mut().get_mut(index) {
+        if let Some(entry) = entry_mut(&mut self.entries.borrow_mut(), index) {
             *entry = Entry::Free(self.free.get());
             self.free.set(Some(index));
         }
@@ -137,7 +153,7 @@ impl Park {
     fn take(&self, index: usize) -> Option<(std::net::TcpStream, ParkedConnection)> {
         let taken = {
             let mut entries = self.entries.borrow_mut();
-            let entry = entries.get_mut(index)?;
+            let entry = entry_mut(&mut entries, index)?;
             if !matches!(entry, Entry::Taken { .. }) {
                 return None;
             }
@@ -154,7 +170,7 @@ impl Park {
             *self.entries.borrow_mut() = Vec::new();
             self.free.set(None);
         }
-        Some((socket, *connection))
+        Some((socket, connection))
     }
 
     /// Hands each connection at `indices` back to what parked it; those that park again
@@ -172,7 +188,7 @@ impl Park {
     fn due(&self, now: Instant) -> (Vec<usize>, Option<Instant>) {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
-        for (index, entry) in self.entries.borrow().iter().enumerate() {
+        for (index, entry) in self.entries.borrow().iter().flatten().enumerate() {
             if let Entry::Taken { wake_at: Some(at), .. } = entry {
                 if *at <= now {
                     due.push(index);
@@ -186,7 +202,7 @@ impl Park {
 
     fn taken(&self) -> Vec<usize> {
         let entries = self.entries.borrow();
-        (0..entries.len()).filter(|&i| matches!(entries.get(i), Some(Entry::Taken { .. }))).collect()
+        entries.iter().flatten().enumerate().filter(|(_, e)| matches!(e, Entry::Taken { .. })).map(|(i, _)| i).collect()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod active_stream;
 mod codec_http1;
 pub mod forward_client_cert;
 mod parked;
+pub use parked::ParkedHttp1;
 pub mod path;
 pub mod response_body;
 pub mod stats;
@@ -501,7 +502,8 @@ async fn serve(start: Box<Start>) -> TakenOverEnd {
     match codec {
         Codec::Http1(conn) => {
             let end = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;
-            return parked::after_http1(end, &context, draining, timeline, guard);
+            let guard = guard.into_state();
+            return parked::after_http1(end, context, draining, timeline, guard);
         }
         Codec::Hyper(io) => {
             // Boxed: the connection's future stays as small as the common case needs.

@@ -24,7 +24,7 @@ const FIRST_READ: usize = 4096;
 
 /// What a parked connection keeps.
 struct Kept {
-    context: Rc<ConnectionContext>,
+    context: KeptContext,
     draining: Draining,
     timeline: Timeline,
     guard: GuardState,
@@ -32,7 +32,42 @@ struct Kept {
 }
 
 /// The parked state; un-counts the connection when dropped unresumed.
-pub(super) struct ParkedHttp1(Option<Kept>);
+pub struct ParkedHttp1(Option<Kept>);
+
+/// The connection's context, by value while nothing else holds it (the common case): it then
+/// lives in the park's table with the rest, not in a block of its own among the freed remains
+/// of the connection's requests.
+enum KeptContext {
+    Owned(ConnectionContext),
+    Shared(Rc<ConnectionContext>),
+}
+
+impl KeptContext {
+    fn new(context: Rc<ConnectionContext>) -> Self {
+        match Rc::try_unwrap(context) {
+            Ok(context) => KeptContext::Owned(context),
+            Err(context) => KeptContext::Shared(context),
+        }
+    }
+
+    fn into_rc(self) -> Rc<ConnectionContext> {
+        match self {
+            KeptContext::Owned(context) => Rc::new(context),
+            KeptContext::Shared(context) => context,
+        }
+    }
+}
+
+impl std::ops::Deref for KeptContext {
+    type Target = ConnectionContext;
+
+    fn deref(&self) -> &ConnectionContext {
+        match self {
+            KeptContext::Owned(context) => context,
+            KeptContext::Shared(context) => context,
+        }
+    }
+}
 
 impl Drop for ParkedHttp1 {
     fn drop(&mut self) {
@@ -53,9 +88,10 @@ pub(super) fn park(
 ) -> TakenOverEnd {
     let socket = conn.take_socket().map(|socket| socket.into_std());
     drop(conn);
+    let context = KeptContext::new(context);
     let kept = ParkedHttp1(Some(Kept { context, draining, timeline, guard, parked_at: Instant::now() }));
     match socket {
-        Some(Ok(socket)) => TakenOverEnd::Idle(kept.into_parked(socket)),
+        Some(Ok(socket)) => TakenOverEnd::Idle(Box::new(kept.into_parked(socket))),
         _ => {
             let mut kept = kept;
             if let Some(kept) = kept.0.as_mut() {
@@ -73,12 +109,11 @@ impl ParkedHttp1 {
             kept.draining.waiter.release_slot();
             next_idle_check(&kept.context, &kept.timeline, Instant::now()).into_iter().flatten().min()
         });
-        Parked { socket, wake_at, state: Box::new(self) }
+        Parked { socket, wake_at, state: ParkedFilter::Http1(self) }
     }
-}
 
-impl ParkedFilter for ParkedHttp1 {
-    fn wake(mut self: Box<Self>, socket: std::net::TcpStream) -> Woken {
+    /// See [`ParkedFilter::wake`].
+    pub fn wake(mut self, socket: std::net::TcpStream) -> Woken {
         let Some(mut kept) = self.0.take() else { return Woken::Closed(ConnectionEvent::LocalClose) };
         let mut first = BytesMut::zeroed(FIRST_READ);
         match (&socket).read(&mut first) {
@@ -140,22 +175,24 @@ impl ParkedFilter for ParkedHttp1 {
 /// The woken connection's task: requests again, until it closes or parks again.
 async fn resume(kept: Kept, conn: Rc<ServerConn>) -> TakenOverEnd {
     let Kept { context, mut draining, mut timeline, guard, .. } = kept;
+    let context = context.into_rc();
     let mut guard = ConnectionGuard::new(&context.shared.stats, guard);
     let end = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;
-    after_http1(end, &context, draining, timeline, guard)
+    let guard = guard.into_state();
+    after_http1(end, context, draining, timeline, guard)
 }
 
 /// What a connection served by [`codec_http1::serve`] comes to, from its start or from a
 /// park: parked again when it idles, else closed (counted by `guard`'s drop).
 pub(super) fn after_http1(
     end: Http1End,
-    context: &Rc<ConnectionContext>,
+    context: Rc<ConnectionContext>,
     draining: Draining,
     timeline: Timeline,
-    mut guard: ConnectionGuard<'_>,
+    guard: GuardState,
 ) -> TakenOverEnd {
     match end {
-        Http1End::Idle(conn) => park(context.clone(), conn, draining, timeline, guard.into_state()),
-        Http1End::Closed => TakenOverEnd::Closed(guard.close(context)),
+        Http1End::Idle(conn) => park(context, conn, draining, timeline, guard),
+        Http1End::Closed => TakenOverEnd::Closed(ConnectionGuard::new(&context.shared.stats, guard).close(&context)),
     }
 }
