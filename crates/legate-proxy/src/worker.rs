@@ -86,8 +86,9 @@ pub struct WorkerContext {
     /// worker. The `Weak` pins the cluster's allocation, so its address (the key) cannot be
     /// taken by a newer cluster.
     code_counters: RefCell<HashMap<(usize, u16), CodeCounter>>,
-    /// Spare boxes for the futures of hyper-served streams (see [`Self::spare_stream_boxes`]).
-    stream_boxes: RefCell<Option<Rc<dyn Any>>>,
+    /// Spare boxes for the futures of streams, one pool per kind of future (see
+    /// [`Self::spare_stream_boxes`]).
+    stream_boxes: RefCell<Vec<Rc<dyn Any>>>,
 }
 
 impl WorkerContext {
@@ -100,20 +101,20 @@ impl WorkerContext {
             drains: Rc::default(),
             park: Rc::default(),
             code_counters: RefCell::new(HashMap::default()),
-            stream_boxes: RefCell::new(None),
+            stream_boxes: RefCell::new(Vec::new()),
         }
     }
 
-    /// The worker's spare boxes for hyper-served streams' futures
-    /// (`http_connection_manager::stream_boxes`): one set per worker, shared by its
-    /// connections. Their future's type is only known where streams start, hence `T`.
+    /// The worker's spare boxes for streams' futures (`http_connection_manager::stream_boxes`):
+    /// one set per worker and kind of future, shared by its connections. Their future's type
+    /// is only known where streams start, hence `T`.
     pub fn spare_stream_boxes<T: Any + Default>(&self) -> Rc<T> {
-        let mut slot = self.stream_boxes.borrow_mut();
-        if let Some(spare) = slot.clone().and_then(|any| any.downcast::<T>().ok()) {
+        let mut pools = self.stream_boxes.borrow_mut();
+        if let Some(spare) = pools.iter().find_map(|any| any.clone().downcast::<T>().ok()) {
             return spare;
         }
         let spare = Rc::new(T::default());
-        *slot = Some(spare.clone());
+        pools.push(spare.clone());
         spare
     }
 
