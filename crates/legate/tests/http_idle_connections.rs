@@ -1,7 +1,7 @@
-//! Idle HTTP/1.1 keep-alive connections. Once a connection has idled for a moment legate puts
-//! its request state aside (buffers, the request loop), and after a quarter of a second its
-//! whole task (the socket waits in the worker's park); both are made again when the next
-//! bytes arrive. None of that may be visible to the client: every request on the connection
+//! Idle HTTP/1.1 keep-alive connections. Once a connection has idled for 20 ms legate puts its
+//! request state aside (buffers, the request loop) and its whole task (the socket waits in the
+//! worker's park; a client that came back soon after its last park keeps its task 250 ms
+//! first); both are made again when the next bytes arrive. None of that may be visible to the client: every request on the connection
 //! is answered, whatever shape it arrives in and however long the client paused before it.
 
 use std::time::Duration;
