@@ -150,16 +150,14 @@ async fn active(
             }
             false => None,
         };
-        let mut slot = spare.take();
-        let Some(stream) = reuse(&mut slot, || {
+        let mut stream = spare.start(|| {
             active_stream::serve_stream(context.clone(), head.parts, Incoming::Http1(body), end_stream, upgrade)
-        }) else {
+        });
+        let Some(running) = stream.as_mut().as_pin_mut() else {
             return false;
         };
-        let response = run_stream(context, conn, stream, drain, timeline, guard, timer).await;
-        if let Some(slot) = slot {
-            spare.give_back(slot);
-        }
+        let response = run_stream(context, conn, running, drain, timeline, guard, timer).await;
+        spare.give_back(stream);
         let Some(response) = response else {
             return false;
         };
@@ -200,15 +198,6 @@ async fn active(
             return false;
         }
     }
-}
-
-/// Starts the future `make` returns in `slot`'s box (a spare one, or a new one). The box is
-/// empty first, so that the future can be built where it will run instead of on the stack
-/// and then copied there (a request's future is ~5 KB).
-fn reuse<F: Future>(slot: &mut Option<Pin<Box<Option<F>>>>, make: impl FnOnce() -> F) -> Option<Pin<&mut F>> {
-    let boxed = slot.get_or_insert_with(|| Box::pin(None));
-    boxed.set(Some(make()));
-    boxed.as_mut().as_pin_mut()
 }
 
 /// FIN (and TLS close_notify), bounded in case the peer does not read. (Callers box this

@@ -29,9 +29,14 @@ impl<F> Default for Spare<F> {
 }
 
 impl<F> Spare<F> {
-    /// A spare box, if one is left (for a caller that starts its future in place itself).
-    pub fn take(&self) -> Option<Pin<Box<Option<F>>>> {
-        self.0.borrow_mut().pop()
+    /// Starts the future `make` returns in a spare box, or in a new one when none is left.
+    /// The box is empty first and the future started in place: a new box of the future would
+    /// build it on the stack and copy it over (a request's future is ~5 KB).
+    pub fn start(&self, make: impl FnOnce() -> F) -> Pin<Box<Option<F>>> {
+        let taken = self.0.borrow_mut().pop();
+        let mut slot = taken.unwrap_or_else(|| Box::pin(None));
+        slot.set(Some(make()));
+        slot
     }
 
     /// Takes back a box: its future is dropped now (its drop may run the stream's own
@@ -52,14 +57,9 @@ pub struct Recycled<F> {
 }
 
 impl<F: Future> Recycled<F> {
-    /// Starts the future `make` returns in a spare box, or in a new one when none is left.
+    /// Starts the future `make` returns in a spare box ([`Spare::start`]).
     pub fn new(spare: &Rc<Spare<F>>, make: impl FnOnce() -> F) -> Self {
-        let taken = spare.0.borrow_mut().pop();
-        // Made empty first and the future started in place: a new box of the future would
-        // build it on the stack and copy it over.
-        let mut slot = taken.unwrap_or_else(|| Box::pin(None));
-        slot.set(Some(make()));
-        Recycled { slot: Some(slot), spare: spare.clone() }
+        Recycled { slot: Some(spare.start(make)), spare: spare.clone() }
     }
 }
 
