@@ -105,6 +105,13 @@ pub trait ReadFilter {
     /// The connection closed (remote or local). No more callbacks follow.
     fn on_event(&mut self, _event: ConnectionEvent) {}
 
+    /// Whether the filter must still hear [`Self::on_event`] once a filter took the
+    /// connection over (nothing else reaches it then). Those that need not are dropped at
+    /// the take-over, so that a long-lived connection keeps no blocks of theirs.
+    fn needs_events_after_take_over(&self) -> bool {
+        true
+    }
+
     /// Called after this filter asked for [`ReadFilterCallbacks::take_over_io`]: the socket,
     /// the bytes read but not consumed and the connection's description become the filter's
     /// (an HTTP codec reads the socket itself). The connection ends when the returned future

@@ -109,10 +109,18 @@ impl FilterManager {
         buffered: BytesMut,
         info: super::ConnectionInfo,
     ) -> TakeOverFuture {
-        match self.read_filters.get_mut(index) {
+        let future = match self.read_filters.get_mut(index) {
             Some(active) => active.filter.take_over(socket, buffered, info),
             None => Box::pin(std::future::ready(super::TakenOverEnd::Closed(ConnectionEvent::LocalClose))),
+        };
+        // From here the filters only hear `on_event`. Small blocks made at accept and kept
+        // for the connection's life would stay scattered among the freed remains of its
+        // requests, holding the heap's pages (an idle connection's memory).
+        self.read_filters.retain(|active| active.initialized && active.filter.needs_events_after_take_over());
+        if self.read_filters.is_empty() {
+            self.read_filters = Vec::new();
         }
+        future
     }
 
     pub fn on_event(&mut self, event: ConnectionEvent) {
@@ -356,5 +364,68 @@ mod tests {
         fm.run_requests(&mut BytesMut::new(), false, &mut st);
         assert_eq!(log.borrow().last().unwrap(), "b:inj");
         assert!(!log.borrow().iter().any(|l| l == "a:inj"), "injected data goes to the filters after the injector");
+    }
+
+    /// Takes the connection over; records its drop and any event it hears.
+    struct Taker {
+        log: Log,
+    }
+
+    impl ReadFilter for Taker {
+        fn on_new_connection(&mut self, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+            cb.take_over_io();
+            FilterStatus::StopIteration
+        }
+
+        fn on_data(&mut self, _d: &mut BytesMut, _e: bool, _cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+            FilterStatus::StopIteration
+        }
+
+        fn on_event(&mut self, _event: ConnectionEvent) {
+            self.log.borrow_mut().push("taker:event".into());
+        }
+
+        fn needs_events_after_take_over(&self) -> bool {
+            false
+        }
+    }
+
+    impl Drop for Taker {
+        fn drop(&mut self) {
+            self.log.borrow_mut().push("taker:dropped".into());
+        }
+    }
+
+    struct EventRecorder(Log);
+
+    impl ReadFilter for EventRecorder {
+        fn on_data(&mut self, _d: &mut BytesMut, _e: bool, _cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
+            FilterStatus::Continue
+        }
+
+        fn on_event(&mut self, event: ConnectionEvent) {
+            self.0.borrow_mut().push(format!("recorder:{event:?}"));
+        }
+    }
+
+    #[test]
+    fn after_a_take_over_only_filters_that_need_events_are_kept() {
+        let log = Log::default();
+        let mut fm = FilterManager::new();
+        fm.add_read_filter(Box::new(EventRecorder(log.clone())));
+        fm.add_read_filter(Box::new(Taker { log: log.clone() }));
+        let mut st = state();
+        fm.initialize_read_filters(&mut BytesMut::new(), &mut st);
+        assert_eq!(st.take_over, Some(1));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let socket = crate::network::TransportSocket::RawBuffer(socket);
+            let _future = fm.take_over(1, socket, BytesMut::new(), state().info);
+        });
+        assert_eq!(*log.borrow(), ["taker:dropped"], "the taker is dropped at the take-over");
+        fm.on_event(ConnectionEvent::RemoteClose);
+        assert_eq!(*log.borrow(), ["taker:dropped", "recorder:RemoteClose"]);
     }
 }

@@ -219,6 +219,11 @@ impl ReadFilter for HttpConnectionManager {
         // once per wake-up for it (`network::Run`).
         Box::pin(serve(Box::new(start)))
     }
+
+    fn needs_events_after_take_over(&self) -> bool {
+        // Its connection's future has all it needs.
+        false
+    }
 }
 
 /// What a connection's streams share.
