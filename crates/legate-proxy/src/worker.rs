@@ -93,6 +93,7 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     fn new(index: usize, cluster_manager: ThreadLocalClusterManager, server: Arc<ServerShared>) -> Self {
+        clock::Stamp::start_epoch();
         WorkerContext {
             index,
             cluster_manager,

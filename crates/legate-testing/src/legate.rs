@@ -318,8 +318,9 @@ impl Legate {
         let sa = &status["local_address"]["socket_address"];
         let ip = sa["address"].as_str().unwrap_or_else(|| panic!("listener {name}: no address: {status}"));
         let port = sa["port_value"].as_u64().unwrap_or_else(|| panic!("listener {name}: no port_value: {status}"));
-        let addr: SocketAddr =
-            format!("{ip}:{port}").parse().unwrap_or_else(|e| panic!("listener {name}: {ip}:{port}: {e}"));
+        let ip: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("listener {name}: {ip}: {e}"));
+        let port = u16::try_from(port).unwrap_or_else(|e| panic!("listener {name}: port {port}: {e}"));
+        let addr = SocketAddr::new(ip, port);
         assert_ne!(addr.port(), 0, "listener {name} reports port 0, not its bound port: {status}");
         addr
     }

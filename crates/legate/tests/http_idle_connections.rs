@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use legate_testing::config::{hcm_config, http_bootstrap};
+use legate_testing::config::{hcm_config, http_bootstrap, json_access_log};
 use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY};
 
 /// Longer than the idle time after which legate parks a connection's socket (20 ms, or
@@ -166,4 +166,51 @@ fn a_parked_connection_reaches_its_max_connection_duration() {
     px.legate.wait_stat("http.ingress.downstream_cx_max_duration_reached", 1);
     px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
     assert_eq!(px.legate.stat("http.ingress.downstream_cx_idle_timeout"), Some(0));
+}
+
+/// A parked connection keeps its description: the access log names the same connection and
+/// addresses before and after each park (IPv4 addresses are kept inline, others boxed), and
+/// `max_requests_per_connection` counts its requests across parks.
+#[test]
+fn a_parked_connection_keeps_its_id_addresses_and_request_count() {
+    for ip in ["127.0.0.1", "::1"] {
+        if ip == "::1" && std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here: the IPv6 case is skipped");
+            continue;
+        }
+        let upstream = echo_upstream();
+        let mut config = http_bootstrap(&[upstream.addr()]);
+        config["static_resources"]["listeners"][0]["address"] =
+            json!({ "socket_address": { "address": ip, "port_value": 0 } });
+        hcm_config(&mut config, 0)["common_http_protocol_options"] = json!({ "max_requests_per_connection": 3 });
+        let fields = json!({
+            "id": "%CONNECTION_ID%",
+            "remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+            "local": "%DOWNSTREAM_LOCAL_ADDRESS%",
+        });
+        let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+        let mut c = px.client();
+        for i in 0..3 {
+            if i > 0 {
+                std::thread::sleep(PAUSE);
+            }
+            let r = c.get(&format!("/{i}"));
+            assert_eq!((r.status, r.body.clone()), (200, format!("GET /{i} ")), "{ip}: {r:?}");
+        }
+        assert!(c.closed_within(EVENTUALLY), "{ip}: closed after its third request");
+        px.legate.wait_stat("http.ingress.downstream_cx_max_requests_reached", 1);
+
+        let lines = px.log_lines(3);
+        let entries: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let expected = json!({
+            "id": entries[0]["id"],
+            "remote": c.local_addr().to_string(),
+            "local": px.addr().to_string(),
+        });
+        assert!(entries[0]["id"].is_number(), "{ip}: {lines:?}");
+        for entry in &entries {
+            assert_eq!(entry, &expected, "{ip}: {lines:?}");
+        }
+        assert_eq!(px.legate.stat("http.ingress.downstream_cx_total"), Some(1), "{ip}");
+    }
 }

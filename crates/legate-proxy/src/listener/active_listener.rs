@@ -18,6 +18,7 @@ use crate::filters::listener::{self as listener_filter, Inspected, Outcome};
 use crate::network::{
     Connection, ConnectionEvent, ConnectionInfo, FilterManager, ParkedFilter, Run, RunEnd, TransportSocket, Woken,
 };
+use crate::worker::clock::Stamp;
 use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
@@ -226,7 +227,7 @@ impl std::future::Future for Served {
                     if let Some(mut rest) = this.rest.take() {
                         rest.waiter.release_slot();
                         let worker = rest.guard.worker.clone();
-                        let connection = ParkedConnection { filters, state: parked.state, rest };
+                        let connection = ParkedConnection { filters: kept_filters(filters), state: parked.state, rest };
                         worker.park.insert(&worker.drains, parked.socket, parked.wake_at, connection);
                     }
                 }
@@ -242,7 +243,9 @@ impl std::future::Future for Served {
 
 /// A connection its filter parked: what its task held, without the task.
 pub struct ParkedConnection {
-    filters: FilterManager,
+    /// `None` when no filter needs to hear the connection's events (the connection manager
+    /// alone): 40 bytes less per parked connection.
+    filters: Option<Box<FilterManager>>,
     state: ParkedFilter,
     rest: ServedRest,
 }
@@ -252,7 +255,8 @@ impl ParkedConnection {
     /// of its own, closes, ends with its filter chain's drain, or comes back to be parked
     /// again (`Some`, with its socket and next `wake_at`).
     pub fn wake(self, socket: std::net::TcpStream) -> Option<(std::net::TcpStream, Option<Instant>, ParkedConnection)> {
-        let ParkedConnection { mut filters, state, mut rest } = self;
+        let ParkedConnection { filters, state, mut rest } = self;
+        let mut filters = filters.map_or_else(FilterManager::new, |filters| *filters);
         // The filter first, as the connection's task polls it before its chain's drain: it
         // hears (and counts) a drain before the chain's end closes the connection.
         match state.wake(socket) {
@@ -268,6 +272,7 @@ impl ParkedConnection {
                     return None;
                 }
                 rest.waiter.release_slot();
+                let filters = kept_filters(filters);
                 Some((parked.socket, parked.wake_at, ParkedConnection { filters, state: parked.state, rest }))
             }
             Woken::Closed(event) => {
@@ -283,8 +288,15 @@ impl ParkedConnection {
     /// of one.
     pub fn close_unwatched(mut self) {
         tracing::warn!("closing an idle connection: it cannot be watched while idle");
-        self.filters.on_event(ConnectionEvent::LocalClose);
+        if let Some(filters) = self.filters.as_mut() {
+            filters.on_event(ConnectionEvent::LocalClose);
+        }
     }
+}
+
+/// What a parked connection keeps of its filters.
+fn kept_filters(filters: FilterManager) -> Option<Box<FilterManager>> {
+    (!filters.holds_nothing()).then(|| Box::new(filters))
 }
 
 /// Counts one open connection in every place that tracks it, and un-counts it on drop (also
@@ -292,7 +304,7 @@ impl ParkedConnection {
 struct ActiveConnection {
     listener: Arc<Listener>,
     worker: Rc<WorkerContext>,
-    started: Instant,
+    started: Stamp,
 }
 
 impl ActiveConnection {
@@ -305,7 +317,7 @@ impl ActiveConnection {
         }
         listener.active_connections.fetch_add(1, Ordering::Relaxed);
         worker.server.active_connections.fetch_add(1, Ordering::Relaxed);
-        ActiveConnection { listener, worker, started: Instant::now() }
+        ActiveConnection { listener, worker, started: Stamp::of(Instant::now()) }
     }
 }
 
@@ -314,7 +326,7 @@ impl Drop for ActiveConnection {
         let stats = &self.listener.stats;
         stats.downstream_cx_destroy.inc();
         stats.downstream_cx_active.dec();
-        stats.downstream_cx_length_ms.record(self.started.elapsed().as_millis() as u64);
+        stats.downstream_cx_length_ms.record(self.started.instant().elapsed().as_millis() as u64);
         if let Some(w) = self.listener.worker_stats.get(self.worker.index) {
             w.downstream_cx_active.dec();
         }

@@ -133,11 +133,15 @@ impl WorkerDrains {
     }
 }
 
+/// A waiter without a slot.
+const NO_SLOT: usize = usize::MAX;
+
 /// One connection's place among its worker's [`WorkerDrains`].
 pub struct DrainWaiter {
     drains: Rc<WorkerDrains>,
     /// Taken at the first poll that waits; given back while the connection is parked.
-    slot: Option<usize>,
+    /// `NO_SLOT` when it has none (not an `Option`: 8 bytes less in each parked connection).
+    slot: usize,
     /// The announcement count last seen; one behind the count at first, so that the first
     /// poll reports at once (a drain may have started before the connection was accepted).
     seen: u64,
@@ -146,7 +150,7 @@ pub struct DrainWaiter {
 impl DrainWaiter {
     pub fn new(drains: &Rc<WorkerDrains>) -> Self {
         let seen = drains.announced.get().wrapping_sub(1);
-        DrainWaiter { drains: drains.clone(), slot: None, seen }
+        DrainWaiter { drains: drains.clone(), slot: NO_SLOT, seen }
     }
 
     /// Ready when a drain was announced since the last time it was ready; the caller then
@@ -157,8 +161,10 @@ impl DrainWaiter {
             self.seen = announced;
             return Poll::Ready(());
         }
-        let slot = *self.slot.get_or_insert_with(|| self.drains.take_slot());
-        self.drains.register(slot, cx.waker());
+        if self.slot == NO_SLOT {
+            self.slot = self.drains.take_slot();
+        }
+        self.drains.register(self.slot, cx.waker());
         Poll::Pending
     }
 
@@ -182,13 +188,26 @@ impl DrainWaiter {
     /// for it), and the slot's waker would keep its ended task's memory alive. The next poll
     /// takes a slot again; what was announced meanwhile is still reported.
     pub fn release_slot(&mut self) {
-        if let Some(slot) = self.slot.take() {
+        let slot = std::mem::replace(&mut self.slot, NO_SLOT);
+        if slot != NO_SLOT {
             self.drains.release(slot);
         }
     }
 
     pub fn drains(&self) -> &WorkerDrains {
         &self.drains
+    }
+
+    /// What a parked connection keeps of its waiter: the announcement count it saw (its
+    /// slot goes back; the worker's drains are its worker's).
+    pub fn into_seen(mut self) -> u64 {
+        self.release_slot();
+        self.seen
+    }
+
+    /// The waiter [`Self::into_seen`] put aside.
+    pub fn with_seen(drains: &Rc<WorkerDrains>, seen: u64) -> Self {
+        DrainWaiter { drains: drains.clone(), slot: NO_SLOT, seen }
     }
 }
 

@@ -45,6 +45,11 @@ impl FilterManager {
         self.read_filters.is_empty()
     }
 
+    /// No filter of either kind: nothing to keep.
+    pub fn holds_nothing(&self) -> bool {
+        self.read_filters.is_empty() && self.write_filters.is_empty()
+    }
+
     /// Gives every filter `on_new_connection`, in order, until one stops the chain.
     pub fn initialize_read_filters(&mut self, buffer: &mut BytesMut, state: &mut ConnectionState) {
         self.continue_reading_from(0, buffer, false, state);
