@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::filters::network::http_connection_manager::stream_boxes::{Reap, REAP_EVERY};
 use crate::listener::active_listener;
 use crate::listener::drain::{self, WorkerDrains};
 use crate::listener::Listener;
@@ -88,8 +89,11 @@ pub struct WorkerContext {
     code_counters: RefCell<HashMap<(usize, u16), CodeCounter>>,
     /// Spare boxes for the futures of streams, one pool per kind of future (see
     /// [`Self::spare_stream_boxes`]).
-    stream_boxes: RefCell<Vec<Rc<dyn Any>>>,
+    stream_boxes: RefCell<Vec<SparePool>>,
 }
+
+/// One kind of spare boxes, twice: to find it by its type, and to reap it.
+type SparePool = (Rc<dyn Any>, Rc<dyn Reap>);
 
 impl WorkerContext {
     fn new(index: usize, cluster_manager: ThreadLocalClusterManager, server: Arc<ServerShared>) -> Self {
@@ -109,14 +113,25 @@ impl WorkerContext {
     /// The worker's spare boxes for streams' futures (`http_connection_manager::stream_boxes`):
     /// one set per worker and kind of future, shared by its connections. Their future's type
     /// is only known where streams start, hence `T`.
-    pub fn spare_stream_boxes<T: Any + Default>(&self) -> Rc<T> {
+    pub fn spare_stream_boxes<T: Any + Default + Reap>(&self) -> Rc<T> {
         let mut pools = self.stream_boxes.borrow_mut();
-        if let Some(spare) = pools.iter().find_map(|any| any.clone().downcast::<T>().ok()) {
+        if let Some(spare) = pools.iter().find_map(|(any, _)| any.clone().downcast::<T>().ok()) {
             return spare;
         }
         let spare = Rc::new(T::default());
-        pools.push(spare.clone());
+        pools.push((spare.clone(), spare.clone()));
         spare
+    }
+
+    /// Frees the spare boxes streams did not need lately (see [`Reap`]); after a burst's worth,
+    /// the allocator's free pages go back to the system too ([`set_release_free_memory`]).
+    fn reap_spares(&self) {
+        let freed: usize = self.stream_boxes.borrow().iter().map(|(_, spare)| spare.reap()).sum();
+        if freed >= RELEASE_AFTER_REAPING {
+            if let Some(release) = RELEASE_FREE_MEMORY.get() {
+                release();
+            }
+        }
     }
 
     /// This worker's pools, after draining those of hosts and clusters that went away (xDS
@@ -193,9 +208,34 @@ impl Worker {
     }
 }
 
+/// Bytes of spare boxes freed at once past which the allocator is asked to give its free
+/// pages back (glibc keeps freed blocks in the middle of its heap resident).
+const RELEASE_AFTER_REAPING: usize = 256 << 10;
+
+/// What gives the allocator's free pages back to the system, set by the binary (this crate
+/// has no `unsafe`): called on a worker's thread, after it freed a burst's spare boxes.
+static RELEASE_FREE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what [`WorkerContext`]s call to give the allocator's free pages back (once).
+pub fn set_release_free_memory(release: fn()) {
+    let _ = RELEASE_FREE_MEMORY.set(release);
+}
+
+/// Frees spare boxes every [`REAP_EVERY`], as long as the worker runs.
+async fn reap_spares(context: std::rc::Weak<WorkerContext>) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(context) = context.upgrade() else { return };
+        context.reap_spares();
+    }
+}
+
 async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerMessage>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::task::spawn_local(drain::relay(context.drains.clone(), context.server.chain_drains.subscribe()));
+    tokio::task::spawn_local(reap_spares(Rc::downgrade(&context)));
     // The version each accept loop serves, by listener name.
     let mut versions: HashMap<String, watch::Sender<Option<Arc<Listener>>>> = HashMap::default();
     while let Some(message) = rx.recv().await {

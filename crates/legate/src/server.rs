@@ -241,6 +241,8 @@ async fn serve(
     loaded.bootstrap.static_resources = Default::default();
     // Loading parsed the whole config into trees and copies now dropped: give the pages back.
     crate::memory::release_free_memory_soon();
+    // And so do workers, after a burst of streams.
+    legate_proxy::worker::set_release_free_memory(crate::memory::release_free_memory_soon);
     let server = Rc::new(Server {
         loaded,
         store,

@@ -17,7 +17,7 @@ pub use parked::ParkedHttp1;
 pub mod path;
 pub mod response_body;
 pub mod stats;
-mod stream_boxes;
+pub(crate) mod stream_boxes;
 
 use std::cell::Cell;
 use std::pin::Pin;

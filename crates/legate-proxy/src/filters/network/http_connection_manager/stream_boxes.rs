@@ -7,11 +7,12 @@
 //! box and another for freeing it. A finished stream's box goes back to the worker's spares;
 //! the next stream's future is started in it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Spare boxes kept per worker and kind of future at most: as many as streams run at once on
 /// a busy worker (a box made and freed per request costs a copy of the future and a trip
@@ -19,12 +20,21 @@ use std::task::{Context, Poll};
 /// every other request). A burst past it frees its extra boxes as its streams end.
 const KEPT: usize = 256;
 
+/// How often a worker frees the spare boxes none of its streams took since the last time
+/// (see [`Reap`]): a burst's extra boxes outlive it by one to two periods.
+pub const REAP_EVERY: Duration = Duration::from_secs(1);
+
 /// A worker's spare boxes for futures of type `F`.
-pub struct Spare<F>(RefCell<Vec<Pin<Box<Option<F>>>>>);
+pub struct Spare<F> {
+    boxes: RefCell<Vec<Pin<Box<Option<F>>>>>,
+    /// The fewest boxes the list held since the last reap: those at its bottom (it is taken
+    /// from and given back to at its top) were not needed meanwhile.
+    untouched: Cell<usize>,
+}
 
 impl<F> Default for Spare<F> {
     fn default() -> Self {
-        Spare(RefCell::new(Vec::new()))
+        Spare { boxes: RefCell::new(Vec::new()), untouched: Cell::new(0) }
     }
 }
 
@@ -33,7 +43,12 @@ impl<F> Spare<F> {
     /// The box is empty first and the future started in place: a new box of the future would
     /// build it on the stack and copy it over (a request's future is ~5 KB).
     pub fn start(&self, make: impl FnOnce() -> F) -> Pin<Box<Option<F>>> {
-        let taken = self.0.borrow_mut().pop();
+        let taken = {
+            let mut boxes = self.boxes.borrow_mut();
+            let taken = boxes.pop();
+            self.untouched.set(self.untouched.get().min(boxes.len()));
+            taken
+        };
         let mut slot = taken.unwrap_or_else(|| Box::pin(None));
         slot.set(Some(make()));
         slot
@@ -43,10 +58,28 @@ impl<F> Spare<F> {
     /// accounting); only the allocation is kept.
     pub fn give_back(&self, mut slot: Pin<Box<Option<F>>>) {
         slot.set(None);
-        let mut spare = self.0.borrow_mut();
+        let mut spare = self.boxes.borrow_mut();
         if spare.len() < KEPT {
             spare.push(slot);
         }
+    }
+}
+
+/// Spare boxes that a worker frees every [`REAP_EVERY`] when its streams did not need them:
+/// without it, a burst of concurrent streams would leave up to [`KEPT`] boxes (1–2 MB) per
+/// kind held for good.
+pub trait Reap {
+    /// Frees the boxes not taken since the last call; the bytes freed.
+    fn reap(&self) -> usize;
+}
+
+impl<F> Reap for Spare<F> {
+    fn reap(&self) -> usize {
+        let mut boxes = self.boxes.borrow_mut();
+        let unused = self.untouched.get().min(boxes.len());
+        boxes.drain(..unused);
+        self.untouched.set(boxes.len());
+        unused * std::mem::size_of::<Option<F>>()
     }
 }
 
@@ -96,10 +129,10 @@ mod tests {
         assert_eq!(Pin::new(&mut first).poll(&mut cx), Poll::Ready(2));
         let address = first.slot.as_ref().map(|slot| &**slot as *const Option<_>);
         drop(first);
-        assert_eq!(spare.0.borrow().len(), 1, "the box is kept");
+        assert_eq!(spare.boxes.borrow().len(), 1, "the box is kept");
         let mut second = Recycled::new(&spare, || make(4));
         assert_eq!(second.slot.as_ref().map(|slot| &**slot as *const Option<_>), address, "and reused");
-        assert!(spare.0.borrow().is_empty());
+        assert!(spare.boxes.borrow().is_empty());
         assert_eq!(Pin::new(&mut second).poll(&mut cx), Poll::Ready(8));
     }
 
@@ -119,6 +152,30 @@ mod tests {
         assert_eq!(Rc::strong_count(&alive), KEPT + 6);
         drop(streams);
         assert_eq!(Rc::strong_count(&alive), 1, "every stream's state was dropped");
-        assert_eq!(spare.0.borrow().len(), KEPT);
+        assert_eq!(spare.boxes.borrow().len(), KEPT);
+    }
+
+    /// The size of a box's contents for the futures `make` makes.
+    fn slot_size<F>(_make: impl Fn() -> F) -> usize {
+        std::mem::size_of::<Option<F>>()
+    }
+
+    #[test]
+    fn a_reap_frees_the_boxes_no_stream_took_since_the_last_one() {
+        let spare = Rc::new(Spare::default());
+        let make = || async {};
+        // A burst of 10 streams at once leaves 10 boxes.
+        let burst: Vec<_> = (0..10).map(|_| Recycled::new(&spare, make)).collect();
+        drop(burst);
+        assert_eq!(spare.boxes.borrow().len(), 10);
+        // Within the period that follows, at most 3 run at once.
+        assert_eq!(spare.reap(), 0);
+        let three: Vec<_> = (0..3).map(|_| Recycled::new(&spare, make)).collect();
+        drop(three);
+        assert_eq!(spare.boxes.borrow().len(), 10, "nothing is freed while its use is unknown");
+        assert_eq!(spare.reap(), 7 * slot_size(make), "7 boxes' bytes");
+        assert_eq!(spare.boxes.borrow().len(), 3, "the 7 boxes untouched for a whole period are freed");
+        spare.reap();
+        assert!(spare.boxes.borrow().is_empty(), "and the rest after a period without streams");
     }
 }
