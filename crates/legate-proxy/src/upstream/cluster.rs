@@ -188,8 +188,12 @@ impl PrioritySet {
 }
 
 impl ClusterExtras {
-    /// The extras `config` sets, or `None`.
-    fn new(config: &ClusterConfig, scope: &Scope) -> Option<Box<ClusterExtras>> {
+    /// The extras `config` sets, or `None`; `transport_socket` is its TLS context, built.
+    fn new(
+        config: &ClusterConfig,
+        scope: &Scope,
+        transport_socket: Option<Arc<crate::tls::ClientContext>>,
+    ) -> Option<Box<ClusterExtras>> {
         let tls = matches!(
             config.transport_socket.as_ref().map(|t| &t.config),
             Some(legate_config::extensions::TransportSocketConfig::UpstreamTls(_))
@@ -204,12 +208,7 @@ impl ClusterExtras {
             auto_sni: (tls && options.auto_sni).then(|| {
                 http::HeaderName::from_bytes(options.override_auto_sni_header.to_ascii_lowercase().as_bytes()).ok()
             }),
-            // A broken context fails the load earlier (`tls::ClientContext::for_cluster` in
-            // the server's start-up); here it can only have become unreadable since.
-            transport_socket: crate::tls::ClientContext::for_cluster(config, scope).unwrap_or_else(|e| {
-                tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
-                None
-            }),
+            transport_socket,
         };
         let none = extras.outlier_detector.is_none()
             && extras.health_checker.is_none()
@@ -260,7 +259,29 @@ impl Cluster {
         self.api.is_some()
     }
 
+    /// The cluster `config` describes. A TLS context that cannot be built leaves it without
+    /// one, logged: a broken context fails the load earlier (`tls::ClientContext::for_cluster`
+    /// in the server's start-up), so here it can only have become unreadable since.
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
+        let transport_socket = crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
+            tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
+            None
+        });
+        Self::with_transport_socket(config, scope, transport_socket)
+    }
+
+    /// Like [`Self::new`], failing on a TLS context that cannot be built (the error names
+    /// the field): a CDS update is rejected for it. The context is built once.
+    pub fn try_new(config: ClusterConfig, scope: &Scope) -> Result<Self, String> {
+        let transport_socket = crate::tls::ClientContext::for_cluster(&config, scope)?;
+        Ok(Self::with_transport_socket(config, scope, transport_socket))
+    }
+
+    fn with_transport_socket(
+        config: ClusterConfig,
+        scope: &Scope,
+        transport_socket: Option<Arc<crate::tls::ClientContext>>,
+    ) -> Self {
         let traffic_stats = once_cell::race::OnceBox::new();
         if !scope.store().deferred_creation() {
             let _ = traffic_stats.set(Box::new(ClusterStats::new(scope)));
@@ -280,7 +301,7 @@ impl Cluster {
             overprovisioning_factor: AtomicU32::new(overprovisioning_factor),
             position: AtomicU32::new(0),
             api: None,
-            extras: ClusterExtras::new(&config, scope),
+            extras: ClusterExtras::new(&config, scope, transport_socket),
             priority_set: ArcSwap::new(PrioritySet::empty()),
             versions: AtomicU64::new(0),
             refresh_lock: std::sync::Mutex::new(()),

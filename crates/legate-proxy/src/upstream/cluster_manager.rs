@@ -338,8 +338,7 @@ impl ClusterManager {
             return Ok(ClusterUpdate::Unchanged);
         }
         let scope = self.store.scope(&format!("cluster.{}", config.stat_name()));
-        crate::tls::ClientContext::for_cluster(&config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
-        let mut cluster = Cluster::new(config, &scope);
+        let mut cluster = Cluster::try_new(config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
         cluster.api = Some(ApiVersion { update: update.clone(), text: self.texts.keep(&name, raw) });
         let cluster = Arc::new(cluster);
         if current.is_some() {
