@@ -158,6 +158,36 @@ fn ads_state_of_the_world_configures_updates_refuses_and_survives_a_restart() {
     eventually("port closed", Duration::from_secs(10), || std::net::TcpStream::connect(address).is_err(), |c| *c);
 }
 
+/// A cluster whose TLS context cannot be built (its certificate files are missing) is NACKed,
+/// naming the cluster and the field; the clusters already there keep serving.
+#[test]
+fn a_cluster_whose_tls_context_cannot_be_built_is_nacked() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let control_plane = ControlPlane::start();
+    initial(&control_plane, &[a.addr()]);
+    let px = Legate::start(legate_bin!(), &ads_bootstrap(&control_plane, "AGGREGATED_GRPC", vec![]).to_string());
+    control_plane.wait_for_ack(type_url::ROUTE, "r1");
+    eventually("a serves", Duration::from_secs(10), || get(&px, "/").body, |body| body == "a");
+
+    let mut broken = eds_cluster("mesh");
+    broken["transportSocket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "commonTlsContext": { "tlsCertificates": [{
+                "certificateChain": { "filename": "/nonexistent/legate-test/cert.pem" },
+                "privateKey": { "filename": "/nonexistent/legate-test/key.pem" },
+            }] },
+        },
+    });
+    control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), broken]);
+    let nack = control_plane.wait_for_nack(type_url::CLUSTER, "c2");
+    let detail = nack.error_detail.unwrap_or_default();
+    assert!(detail.contains("cluster 'mesh'") && detail.contains("transport_socket.typed_config"), "{detail}");
+    assert_eq!(px.stat("cluster_manager.cds.update_rejected"), Some(1));
+    assert_eq!(get(&px, "/").body, "a");
+}
+
 #[test]
 fn delta_ads_adds_and_removes_resources() {
     let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
