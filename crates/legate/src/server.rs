@@ -123,8 +123,9 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
     local.block_on(&runtime, serve(options, loaded, origin, logging))
 }
 
-/// Builds each cluster's TLS context once to fail the load on a bad one (an unreadable
-/// certificate file, a key that does not match), naming the cluster and the field.
+/// Builds each cluster's TLS context to fail `--mode validate` on a bad one (an unreadable
+/// certificate file, a key that does not match), naming the cluster and the field, as
+/// serving would ([`ClusterManager::new`]).
 fn check_cluster_transport_sockets(
     bootstrap: &legate_config::bootstrap::Bootstrap,
     store: &Arc<Store>,
@@ -185,8 +186,8 @@ async fn serve(
         bootstrap.static_resources.clusters.len()
     );
 
-    check_cluster_transport_sockets(bootstrap, &Store::new(1))?;
-    let cluster_manager = Rc::new(ClusterManager::new(&bootstrap.static_resources.clusters, &store));
+    let cluster_manager =
+        Rc::new(ClusterManager::new(&bootstrap.static_resources.clusters, &store).map_err(anyhow::Error::msg)?);
     cluster_manager.initialize().await;
     let xds = crate::xds::Xds::start(bootstrap, &cluster_manager)?;
     // Envoy's init order: clusters (CDS, then each cluster's first endpoints) before listeners.

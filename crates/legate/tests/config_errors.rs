@@ -87,6 +87,28 @@ fn unknown_field_names_its_path() {
     serve_fails("unknown_field", &config.to_string(), &["static_resources.clusters[0]", "bogus_field"]);
 }
 
+/// A cluster's TLS context that cannot be built (its certificate file is missing) fails the
+/// start, naming the cluster and the field.
+#[test]
+fn an_unbuildable_cluster_tls_context_names_its_path() {
+    let mut config = valid_config();
+    config["static_resources"]["clusters"][0]["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": { "tls_certificates": [{
+                "certificate_chain": { "filename": "/nonexistent/legate-test/cert.pem" },
+                "private_key": { "filename": "/nonexistent/legate-test/key.pem" },
+            }] },
+        },
+    });
+    serve_fails(
+        "cluster_tls",
+        &config.to_string(),
+        &["static_resources.clusters[0]", "transport_socket.typed_config", "/nonexistent/legate-test/cert.pem"],
+    );
+}
+
 #[test]
 fn unknown_lb_policy_names_its_path() {
     let mut config = valid_config();

@@ -195,20 +195,24 @@ pub enum ClusterUpdate {
 }
 
 impl ClusterManager {
-    /// Creates the static clusters. DNS clusters have no hosts until [`Self::initialize`].
-    pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Self {
+    /// Creates the static clusters. DNS clusters have no hosts until [`Self::initialize`]. A
+    /// TLS context that cannot be built (an unreadable certificate file, a key that does not
+    /// match) fails the load, naming the cluster and the field; each is built once.
+    pub fn new(configs: &[ClusterConfig], store: &Arc<Store>) -> Result<Self, String> {
         let stats = ClusterManagerStats::new(&store.scope("cluster_manager"));
         let mut map = ClusterMap::default();
-        for config in configs {
+        for (index, config) in configs.iter().enumerate() {
             let scope = store.scope(&format!("cluster.{}", config.stat_name()));
-            let cluster = Arc::new(Cluster::new(config.clone(), &scope));
+            let cluster = Cluster::try_new(config.clone(), &scope)
+                .map_err(|e| format!("static_resources.clusters[{index}] ('{}'): {e}", config.name))?;
+            let cluster = Arc::new(cluster);
             stats.cluster_added.inc();
             cluster.set_position(u32::try_from(map.len()).unwrap_or(u32::MAX));
             map.insert(cluster);
         }
         stats.active_clusters.set(map.len() as u64);
         stats.warming_clusters.set(0);
-        ClusterManager {
+        Ok(ClusterManager {
             clusters: Arc::new(SharedClusters::new(map)),
             stats,
             store: store.clone(),
@@ -220,7 +224,7 @@ impl ClusterManager {
             pending: RefCell::new(Vec::new()),
             flush_scheduled: std::cell::Cell::new(false),
             texts: ConfigTexts::default(),
-        }
+        })
     }
 
     /// Resolves the static DNS clusters once (Envoy's cluster initialization), then keeps them

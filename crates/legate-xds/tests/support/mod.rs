@@ -158,7 +158,7 @@ impl Harness {
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
                 let configs: Vec<legate_config::cluster::Cluster> = clusters.into_iter().map(parse).collect();
-                let manager = ClusterManager::new(&configs, &thread_store);
+                let manager = ClusterManager::new(&configs, &thread_store).expect("the test's clusters");
                 let node = parse(json!({"id": "test-node", "cluster": "test-cluster"}));
                 let ads: Option<ApiConfigSource> = ads_config.map(parse);
                 let client = XdsClient::new(Some(node), ads, manager.shared(), thread_store);
