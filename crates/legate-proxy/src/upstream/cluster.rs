@@ -259,9 +259,9 @@ impl Cluster {
         self.api.is_some()
     }
 
-    /// The cluster `config` describes. A TLS context that cannot be built leaves it without
-    /// one, logged: a broken context fails the load earlier (`tls::ClientContext::for_cluster`
-    /// in the server's start-up), so here it can only have become unreadable since.
+    /// The cluster `config` describes, for callers with no error to report (tests,
+    /// benchmarks): a TLS context that cannot be built leaves it without one, logged. The
+    /// server builds its clusters with [`Self::try_new`].
     pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
         let transport_socket = crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
             tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
@@ -271,7 +271,7 @@ impl Cluster {
     }
 
     /// Like [`Self::new`], failing on a TLS context that cannot be built (the error names
-    /// the field): a CDS update is rejected for it. The context is built once.
+    /// the field): the start fails, or a CDS update is rejected. The context is built once.
     pub fn try_new(config: ClusterConfig, scope: &Scope) -> Result<Self, String> {
         let transport_socket = crate::tls::ClientContext::for_cluster(&config, scope)?;
         Ok(Self::with_transport_socket(config, scope, transport_socket))
