@@ -12,7 +12,7 @@ fn cluster(policy: &str) -> Cluster {
     let store = legate_stats::Store::new(1);
     let config = serde_json::json!({ "name": "c", "type": "STATIC", "lb_policy": policy });
     let config: legate_config::cluster::Cluster = legate_config::path::from_value(config).expect("cluster");
-    Cluster::new(config, &store.scope("cluster.c"))
+    Cluster::new(config, &store.scope("cluster.c")).expect("the bench's cluster")
 }
 
 fn hosts(n: u16) -> PrioritySet {

@@ -259,29 +259,11 @@ impl Cluster {
         self.api.is_some()
     }
 
-    /// The cluster `config` describes, for callers with no error to report (tests,
-    /// benchmarks): a TLS context that cannot be built leaves it without one, logged. The
-    /// server builds its clusters with [`Self::try_new`].
-    pub fn new(config: ClusterConfig, scope: &Scope) -> Self {
-        let transport_socket = crate::tls::ClientContext::for_cluster(&config, scope).unwrap_or_else(|e| {
-            tracing::error!(cluster = %config.name, error = %e, "TLS transport socket");
-            None
-        });
-        Self::with_transport_socket(config, scope, transport_socket)
-    }
-
-    /// Like [`Self::new`], failing on a TLS context that cannot be built (the error names
-    /// the field): the start fails, or a CDS update is rejected. The context is built once.
-    pub fn try_new(config: ClusterConfig, scope: &Scope) -> Result<Self, String> {
+    /// The cluster `config` describes. A TLS context that cannot be built fails it (the
+    /// error names the field): the start fails, or a CDS update is rejected. The context is
+    /// built once.
+    pub fn new(config: ClusterConfig, scope: &Scope) -> Result<Self, String> {
         let transport_socket = crate::tls::ClientContext::for_cluster(&config, scope)?;
-        Ok(Self::with_transport_socket(config, scope, transport_socket))
-    }
-
-    fn with_transport_socket(
-        config: ClusterConfig,
-        scope: &Scope,
-        transport_socket: Option<Arc<crate::tls::ClientContext>>,
-    ) -> Self {
         let traffic_stats = once_cell::race::OnceBox::new();
         if !scope.store().deferred_creation() {
             let _ = traffic_stats.set(Box::new(ClusterStats::new(scope)));
@@ -311,7 +293,7 @@ impl Cluster {
             cluster.update_hosts(cluster.static_hosts());
             cluster.info.forget_static_endpoints();
         }
-        cluster
+        Ok(cluster)
     }
 
     /// The hosts of a STATIC cluster, straight from its load assignment.
@@ -601,7 +583,7 @@ mod socket_tests {
             }
         }))
         .unwrap();
-        let cluster = Cluster::new(config, &store.scope("cluster.c"));
+        let cluster = Cluster::new(config, &store.scope("cluster.c")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = cluster.connect(listener.local_addr().unwrap()).await.unwrap();
         let socket = socket2::SockRef::from(&stream);
@@ -623,7 +605,7 @@ mod socket_tests {
             }
         }))
         .unwrap();
-        let cluster = Cluster::new(config, &store.scope("cluster.c"));
+        let cluster = Cluster::new(config, &store.scope("cluster.c")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = cluster.connect(listener.local_addr().unwrap()).await.unwrap();
         assert_eq!(stream.local_addr().unwrap().ip(), std::net::IpAddr::from([127, 0, 0, 2]));

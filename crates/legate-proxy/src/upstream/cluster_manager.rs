@@ -203,7 +203,7 @@ impl ClusterManager {
         let mut map = ClusterMap::default();
         for (index, config) in configs.iter().enumerate() {
             let scope = store.scope(&format!("cluster.{}", config.stat_name()));
-            let cluster = Cluster::try_new(config.clone(), &scope)
+            let cluster = Cluster::new(config.clone(), &scope)
                 .map_err(|e| format!("static_resources.clusters[{index}] ('{}'): {e}", config.name))?;
             let cluster = Arc::new(cluster);
             stats.cluster_added.inc();
@@ -342,7 +342,7 @@ impl ClusterManager {
             return Ok(ClusterUpdate::Unchanged);
         }
         let scope = self.store.scope(&format!("cluster.{}", config.stat_name()));
-        let mut cluster = Cluster::try_new(config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
+        let mut cluster = Cluster::new(config, &scope).map_err(|e| format!("cluster '{name}': {e}"))?;
         cluster.api = Some(ApiVersion { update: update.clone(), text: self.texts.keep(&name, raw) });
         let cluster = Arc::new(cluster);
         if current.is_some() {

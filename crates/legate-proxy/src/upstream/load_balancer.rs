@@ -567,7 +567,7 @@ pub(super) mod tests {
             c.extend(f);
         }
         let config: legate_config::cluster::Cluster = serde_json::from_value(config).unwrap();
-        Cluster::new(config, &store.scope("cluster.c"))
+        Cluster::new(config, &store.scope("cluster.c")).unwrap()
     }
 
     fn host_in(port: u16, zone: &str, locality_weight: u32, health: HealthStatus) -> HostSharedPtr {

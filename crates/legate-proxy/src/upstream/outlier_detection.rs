@@ -401,7 +401,7 @@ mod tests {
             "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": endpoints}]},
         }))
         .unwrap();
-        Cluster::new(config, &store.scope("cluster.c"))
+        Cluster::new(config, &store.scope("cluster.c")).unwrap()
     }
 
     fn host(c: &Cluster, i: usize) -> HostSharedPtr {

@@ -436,7 +436,7 @@ headers:
         );
         let config: ClusterConfig = from_value(yaml(&text)).unwrap();
         let (_store, root) = stats();
-        Arc::new(Cluster::new(config, &root.scope(&format!("cluster.{name}"))))
+        Arc::new(Cluster::new(config, &root.scope(&format!("cluster.{name}"))).unwrap())
     }
 
     #[test]
