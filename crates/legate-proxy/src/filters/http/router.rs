@@ -387,7 +387,8 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
     headers::strip_hop_by_hop(&mut head.headers);
     if head.method == http::Method::CONNECT && action.connect_terminate {
         if let Some((_, on_upgrade)) = downstream_upgrade.take() {
-            return connect_terminate(&mut rq, &cluster, on_upgrade).await;
+            // Boxed: its state (1.7 KB) would otherwise size every request's future.
+            return Box::pin(connect_terminate(&mut rq, &cluster, on_upgrade)).await;
         }
     }
     if downstream_upgrade.is_some() {
@@ -438,7 +439,8 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
     let mut attempt = 0u32;
     let mut tried: Vec<HostSharedPtr> = Vec::new();
     let mut retry_slot: Option<ResourceGuard> = None;
-    let mut last_failure: Option<LocalReply> = None;
+    // Boxed, as the rest of the retry path: it lives in every request's future.
+    let mut last_failure: Option<Box<LocalReply>> = None;
     let downstream_version = head.version;
     let request_hash = hash_policy::compute_hash(
         &action.hash_policy,
@@ -475,7 +477,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
             }
         }
         let Some(host) = host else {
-            return RouterOutcome::LocalReply(last_failure.unwrap_or_else(LocalReply::no_healthy_upstream));
+            return RouterOutcome::LocalReply(last_failure.map_or_else(LocalReply::no_healthy_upstream, |r| *r));
         };
         if action.retry_policy.avoid_previous_hosts {
             tried.push(host.clone());
@@ -511,13 +513,16 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
         let result = loop {
             // Each future is pinned where it is built: moved into `.await` or into
             // `with_timers`, it would be copied whole.
-            let acquire = std::pin::pin!(pool.acquire(priority, fresh));
-            let conn = match std::pin::pin!(with_timers(acquire, &timers, &rq.body, None, context)).await {
-                Waited::Timeout(which) => break Err(which),
-                Waited::Done(Err(failure)) => break Ok(Err(AttemptFailure::Pool(failure))),
-                Waited::Done(Ok(conn)) => conn,
+            // In a block of its own, so that the send below reuses the acquire's room.
+            let mut conn = {
+                let acquire = std::pin::pin!(pool.acquire(priority, fresh));
+                let waited = std::pin::pin!(with_timers(acquire, &timers, &rq.body, None, context)).await;
+                match waited {
+                    Waited::Timeout(which) => break Err(which),
+                    Waited::Done(Err(failure)) => break Ok(Err(AttemptFailure::Pool(failure))),
+                    Waited::Done(Ok(conn)) => conn,
+                }
             };
-            let mut conn = conn;
             let try_start = clock::now();
             rq.info.upstream_local_address = conn.local_address();
             // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
@@ -755,7 +760,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
         };
         if retriable && retries_left && replayable {
             if take_retry_slot(&cluster, priority, &mut retry_slot, rq.info) {
-                last_failure = Some(reply);
+                last_failure = Some(Box::new(reply));
                 if let Some(reply) = back_off(&mut rq, attempt, &cluster, &host, &timers).await {
                     return RouterOutcome::LocalReply(reply);
                 }
