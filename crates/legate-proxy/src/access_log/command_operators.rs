@@ -407,7 +407,7 @@ impl Command {
     /// Extracts this operator's value from `info`.
     pub(super) fn evaluate<'a>(&'a self, info: &'a StreamInfo) -> Value<'a> {
         match self {
-            Command::StartTime(format) => Value::Time(info.start_time, format),
+            Command::StartTime(format) => Value::Time(info.start_time(), format),
             Command::EmitTime(format) => Value::Time(SystemTime::now(), format),
             Command::Duration { from, to, precision } => {
                 let (Some(from), Some(to)) = (from.offset(info), to.offset(info)) else {
@@ -739,7 +739,7 @@ pub(crate) mod tests {
     pub(crate) fn stream_info() -> StreamInfo {
         let mut info =
             StreamInfo::new(Version::HTTP_2, 7, "10.0.35.28:51234".parse().unwrap(), "10.0.0.1:10000".parse().unwrap());
-        info.start_time = example_time();
+        info.start_time = Some(example_time());
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.35.28"));
         headers.insert("user-agent", HeaderValue::from_static("nsq2http"));

@@ -475,7 +475,7 @@ mod tests {
     fn default_format_line_for_a_bare_stream() {
         let mut info =
             StreamInfo::new(Version::HTTP_11, 1, "127.0.0.1:5000".parse().unwrap(), "127.0.0.1:10000".parse().unwrap());
-        info.start_time = example_time();
+        info.start_time = Some(example_time());
         info.end = Some(Duration::from_millis(3));
         info.set_flag(ResponseFlag::DownstreamConnectionTermination);
         assert_eq!(

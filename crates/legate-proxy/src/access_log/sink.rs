@@ -743,7 +743,7 @@ mod tests {
         assert_eq!(default.destination(), &Destination::Stderr);
         let LogFormat::Text(text) = default.format() else { panic!("not text") };
         let mut info = stream_info(200);
-        info.start_time = std::time::UNIX_EPOCH;
+        info.start_time = Some(std::time::UNIX_EPOCH);
         assert_eq!(
             text.format(&info),
             "[1970-01-01T00:00:00.000Z] \"- - HTTP/1.1\" 200 - 0 0 1 - \"-\" \"-\" \"-\" \"-\" \"-\"\n"

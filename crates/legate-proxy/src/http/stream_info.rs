@@ -25,8 +25,9 @@ pub struct RequestSnapshot {
 
 #[derive(Debug)]
 pub struct StreamInfo {
-    /// Wall clock at the first byte of the request (`%START_TIME%`).
-    pub start_time: SystemTime,
+    /// Wall clock at the first byte of the request (`%START_TIME%`), when it was set; see
+    /// [`Self::start_time`].
+    pub start_time: Option<SystemTime>,
     /// Monotonic clock at the same point; every duration below is measured from it.
     pub start: Instant,
     pub protocol: Version,
@@ -84,7 +85,7 @@ impl StreamInfo {
         downstream_local_address: SocketAddr,
     ) -> Self {
         StreamInfo {
-            start_time: SystemTime::now(),
+            start_time: None,
             start: clock::now(),
             protocol,
             connection_id,
@@ -122,6 +123,17 @@ impl StreamInfo {
         }
     }
 
+    /// The wall clock at the stream's start. Unless set, it is worked out from the monotonic
+    /// start when first asked (an access log line): most streams are never asked, and a
+    /// wall-clock read per request is not free. The two agree unless the wall clock is stepped
+    /// while the stream lasts.
+    pub fn start_time(&self) -> SystemTime {
+        self.start_time.unwrap_or_else(|| {
+            let now = SystemTime::now();
+            now.checked_sub(self.elapsed()).unwrap_or(now)
+        })
+    }
+
     /// Time since the stream started.
     pub fn elapsed(&self) -> Duration {
         clock::since(self.start)
@@ -147,5 +159,31 @@ impl StreamInfo {
             Version::HTTP_3 => "HTTP/3",
             _ => "-",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_time_is_worked_out_from_the_monotonic_start_unless_set() {
+        let before = SystemTime::now();
+        let mut info = StreamInfo::new(Version::HTTP_11, 1, ([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into());
+        // A stream that started 1.5 s ago (the monotonic clock's reading at its start).
+        info.start -= Duration::from_millis(1500);
+        let start = info.start_time();
+        let after = SystemTime::now();
+        // The two clocks are read at slightly different moments: a few ms of slack.
+        let earliest = before - Duration::from_millis(1505);
+        let latest = after - Duration::from_millis(1495);
+        assert!(start >= earliest && start <= latest, "{start:?} not within {earliest:?}..={latest:?}");
+        // Asked again later, it is the same instant to within the clocks' reading gap.
+        let again = info.start_time();
+        let gap = again.duration_since(start).unwrap_or_else(|e| e.duration());
+        assert!(gap < Duration::from_millis(50), "{gap:?}");
+
+        info.start_time = Some(SystemTime::UNIX_EPOCH);
+        assert_eq!(info.start_time(), SystemTime::UNIX_EPOCH);
     }
 }
