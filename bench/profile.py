@@ -5,7 +5,11 @@
   is done: requests from `h2load --h1 -c64` (case 1) and `h2load -c32 -m2` (case 2, h2c), MiB
   through the TCP listener with `iperf3 -n` (case 5); calls per request (per MiB), per syscall;
 - user space (legate only, or any proxy with --perf): `perf record -g` on the proxy during a
-  wrk run, then the top symbols (self time) and the top callers.
+  wrk run, then the top symbols (self time) and the top callers;
+- code and data per request, every proxy: instructions and simulated cache misses and branch
+  mispredictions under `valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes`;
+- legate's instructions per request under callgrind, by function, with allocator and copy
+  calls.
 
 Uses bench.py's backend and proxy configs. Writes bench/results/<stamp>-<host>-profile.md.
 """
@@ -221,6 +225,70 @@ def callgrind(b, legate, requests, run_dir):
     return "\n".join(lines)
 
 
+SIM_EVENTS = {
+    "Ir": "instructions",
+    "I1mr": "I1 misses",
+    "D1mr": "D1 read misses",
+    "D1mw": "D1 write misses",
+    "Bcm": "conditional branches mispredicted",
+    "Bim": "indirect branches mispredicted",
+}
+
+
+def cachesim(b, proxy, requests, run_dir):
+    """Per-request counts for one proxy under `valgrind --tool=callgrind --cache-sim=yes
+    --branch-sim=yes`: the same load for every proxy (h2load --h1 -c8, after a warm-up), so
+    that instructions and simulated cache misses compare side by side. Returns ({event:
+    count per request}, the simulated caches' description)."""
+    out_file = os.path.join(run_dir, f"cachesim-{proxy}.out")
+    argv = b.argv(proxy)
+    if proxy == "nginx":
+        argv += ["-g", "master_process off;"]  # one process, the one valgrind runs
+    vg = subprocess.Popen(["valgrind", "--tool=callgrind", "--cache-sim=yes", "--branch-sim=yes",
+                           f"--callgrind-out-file={out_file}", "--instr-atstart=no"] + argv,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=run_dir)
+    url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
+    try:
+        bench.wait_http(bench.PORTS["HTTP_PORT"], timeout=120)
+        bench.client(["h2load", "--h1", "-c8", "-n", "2000", url])
+        subprocess.run(["callgrind_control", "-i", "on", str(vg.pid)], check=True, capture_output=True)
+        done = h2load_requests(["h2load", "--h1", "-c8", "-n", str(requests), url])
+        subprocess.run(["callgrind_control", "-i", "off", str(vg.pid)], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
+    finally:
+        vg.terminate()
+        vg.wait()
+    dump = sorted(f for f in os.listdir(run_dir) if f.startswith(f"cachesim-{proxy}.out."))[-1]
+    events, totals, caches = [], [], []
+    with open(os.path.join(run_dir, dump)) as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("totals:"):
+                totals = [int(v) for v in line.split()[1:]]
+            elif line.startswith("desc: ") and "cache:" in line:
+                caches.append(line[len("desc: "):].strip())
+    return {e: v / done for e, v in zip(events, totals)}, "; ".join(caches)
+
+
+def cachesim_table(requests, per_proxy, caches):
+    proxies = list(per_proxy)
+    lines = [f"## Instructions and simulated cache misses per request (`valgrind --tool=callgrind "
+             f"--cache-sim=yes --branch-sim=yes`, `h2load --h1 -c8 -n {requests}`)", "",
+             f"Simulated caches: {caches}. Exact counts of a model, not of the CPU: they show how much "
+             "code and data a request goes through, which timings on a shared machine cannot.", "",
+             "| per request | " + " | ".join(proxies) + " |" + "".join(f" legate/{p} |" for p in proxies if p != "legate"),
+             "|---|" + "---|" * (len(proxies) + len([p for p in proxies if p != "legate"]))]
+    for event, title in SIM_EVENTS.items():
+        cells = [f"{per_proxy[p].get(event, 0):,.0f}" for p in proxies]
+        ratios = [f"{per_proxy['legate'].get(event, 0) / per_proxy[p][event]:.2f}"
+                  if "legate" in per_proxy and per_proxy[p].get(event) else ""
+                  for p in proxies if p != "legate"]
+        lines.append(f"| {title} ({event}) | " + " | ".join(cells) + " |" + "".join(f" {r} |" for r in ratios))
+    lines.append("")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--legate", required=True)
@@ -233,6 +301,9 @@ def main():
     ap.add_argument("--perf-seconds", type=int, default=8)
     ap.add_argument("--callgrind", type=int, default=10000, metavar="N",
                     help="requests to count under callgrind (legate only; 0 = skip)")
+    ap.add_argument("--cachesim", type=int, default=5000, metavar="N",
+                    help="requests to count under callgrind's cache and branch simulation, for each "
+                         "proxy (0 = skip)")
     ap.add_argument("--out", default=os.path.join(bench.HERE, "results"))
     args = ap.parse_args()
     args.legate = os.path.abspath(args.legate)
@@ -276,6 +347,11 @@ def main():
                 finally:
                     p.stop()
                 print(f"[perf {proxy}]\n{perf_text[proxy]}", flush=True)
+        sim, sim_caches = {}, ""
+        if args.cachesim and shutil.which("valgrind"):
+            for proxy in args.proxies.split(","):
+                sim[proxy], sim_caches = cachesim(b, proxy, args.cachesim, b.run_dir)
+                print(f"[cachesim {proxy}] " + ", ".join(f"{k} {v:,.0f}" for k, v in sim[proxy].items()), flush=True)
         cg_text = None
         if args.callgrind and shutil.which("valgrind"):
             cg_text = callgrind(b, args.legate, args.callgrind, b.run_dir)
@@ -298,6 +374,8 @@ def main():
         lines.append(text)
         lines.append("```")
         lines.append("")
+    if sim:
+        lines += cachesim_table(args.cachesim, sim, sim_caches)
     if cg_text:
         lines.append(f"## valgrind --tool=callgrind, legate, h2load --h1 -c8 -n {args.callgrind}")
         lines.append("")
