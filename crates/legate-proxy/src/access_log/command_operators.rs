@@ -480,14 +480,14 @@ impl Command {
             },
             Command::RequestHeader(header) => header.find(|name| request_header(info, name)),
             Command::ResponseHeader(header) => header.find(|name| {
-                let headers = info.response_headers.as_ref()?;
+                let headers = info.response_headers.as_deref()?;
                 if name == ":status" {
                     return status_digits(info.response_code?);
                 }
                 header_value(headers, name)
             }),
             Command::ResponseTrailer(header) => {
-                header.find(|name| header_value(info.response_trailers.as_ref()?, name))
+                header.find(|name| header_value(info.response_trailers.as_deref()?, name))
             }
         }
     }
@@ -746,13 +746,13 @@ pub(crate) mod tests {
         headers.insert("x-request-id", HeaderValue::from_static("cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"));
         headers.append("x-multi", HeaderValue::from_static("first"));
         headers.append("x-multi", HeaderValue::from_static("second"));
-        info.request = Some(RequestSnapshot {
+        info.request = Some(Box::new(RequestSnapshot {
             method: Method::POST,
             path: "/api/v1/locations".to_string(),
             authority: "locations".to_string(),
             scheme: "http",
             headers,
-        });
+        }));
         info.request_id = Some(http::HeaderValue::from_static("cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"));
         info.last_downstream_rx_byte = Some(Duration::from_micros(12_900));
         info.first_upstream_tx_byte = Some(Duration::from_millis(14));
@@ -767,10 +767,10 @@ pub(crate) mod tests {
         let mut response = HeaderMap::new();
         response.insert("x-envoy-upstream-service-time", HeaderValue::from_static("100"));
         response.insert("content-type", HeaderValue::from_static("application/json"));
-        info.response_headers = Some(response);
+        info.response_headers = Some(Box::new(response));
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        info.response_trailers = Some(trailers);
+        info.response_trailers = Some(Box::new(trailers));
         info.bytes_received = 154;
         info.bytes_sent = 0;
         info.route_name = Some("locations_route".into());

@@ -255,13 +255,13 @@ mod tests {
         headers.append("x-tag", HeaderValue::from_static("a"));
         headers.append("x-tag", HeaderValue::from_static("b"));
         headers.insert("user-agent", HeaderValue::from_static("curl/8.0"));
-        info.request = Some(RequestSnapshot {
+        info.request = Some(Box::new(RequestSnapshot {
             method: Method::GET,
             path: "/healthz".to_string(),
             authority: "example.com".to_string(),
             scheme: "http",
             headers,
-        });
+        }));
         info
     }
 

@@ -681,13 +681,13 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         let pad = "x".repeat(1000);
         headers.insert("x-pad", http::HeaderValue::from_str(&pad).unwrap());
-        big.request = Some(crate::http::RequestSnapshot {
+        big.request = Some(Box::new(crate::http::RequestSnapshot {
             method: http::Method::GET,
             path: "/".into(),
             authority: "a".into(),
             scheme: "http",
             headers,
-        });
+        }));
         for _ in 0..70 {
             log.log(&big);
         }

@@ -36,7 +36,9 @@ pub struct StreamInfo {
     /// The connection's peer, before `x-forwarded-for` is considered.
     pub downstream_direct_remote_address: SocketAddr,
     pub downstream_local_address: SocketAddr,
-    pub request: Option<RequestSnapshot>,
+    /// Boxed, as the response's headers and trailers below: only access logs and formatters
+    /// keep them, and a stream's information is made for every request.
+    pub request: Option<Box<RequestSnapshot>>,
     pub request_id: Option<http::HeaderValue>,
     /// The whole request was received (`%REQUEST_DURATION%`).
     pub last_downstream_rx_byte: Option<Duration>,
@@ -53,8 +55,8 @@ pub struct StreamInfo {
     /// Why the response is what it is (`%RESPONSE_CODE_DETAILS%`), e.g. `via_upstream`.
     pub response_code_details: Option<std::borrow::Cow<'static, str>>,
     pub response_flags: ResponseFlags,
-    pub response_headers: Option<HeaderMap>,
-    pub response_trailers: Option<HeaderMap>,
+    pub response_headers: Option<Box<HeaderMap>>,
+    pub response_trailers: Option<Box<HeaderMap>>,
     /// Body bytes received from the downstream (`%BYTES_RECEIVED%`).
     pub bytes_received: u64,
     /// Body bytes sent to the downstream (`%BYTES_SENT%`).
@@ -165,6 +167,13 @@ impl StreamInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_information_stays_small() {
+        // Made, written and dropped for every request: what only access logs keep is boxed.
+        let size = std::mem::size_of::<StreamInfo>();
+        assert!(size <= 640, "StreamInfo is {size} bytes");
+    }
 
     #[test]
     fn the_start_time_is_worked_out_from_the_monotonic_start_unless_set() {

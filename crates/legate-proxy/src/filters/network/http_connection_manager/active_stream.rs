@@ -298,13 +298,13 @@ fn prepare(
         head.headers.append(VIA, via.clone());
     }
     if !shared.access_logs.is_empty() || shared.route_config.uses_formatters() || shared.local_reply.is_some() {
-        info.request = Some(RequestSnapshot {
+        info.request = Some(Box::new(RequestSnapshot {
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
             authority: authority_of(head).to_string(),
             scheme: "http",
             headers: head.headers.clone(),
-        });
+        }));
     }
     Ok(())
 }

@@ -194,7 +194,7 @@ impl Body for ResponseBody {
                         if let Some(data) = frame.data_ref() {
                             c.info.bytes_sent += data.len() as u64;
                         } else if let Some(trailers) = frame.trailers_ref() {
-                            c.info.response_trailers = Some(trailers.clone());
+                            c.info.response_trailers = Some(Box::new(trailers.clone()));
                         }
                     }
                     Poll::Ready(Some(Ok(frame)))
@@ -295,7 +295,7 @@ impl StreamCompletion {
     /// Response headers as sent, for `%RESP(...)%`.
     pub fn set_response_headers(&mut self, headers: &HeaderMap) {
         if !self.context.shared.access_logs.is_empty() {
-            self.info.response_headers = Some(headers.clone());
+            self.info.response_headers = Some(Box::new(headers.clone()));
         }
     }
 }
