@@ -193,3 +193,22 @@ pub fn route_action(config: &mut Value) -> &mut Value {
 pub fn cluster_config(config: &mut Value, index: usize) -> &mut Value {
     &mut config["static_resources"]["clusters"][index]
 }
+
+/// Where [`unreadable_upstream_tls`]'s certificate is said to be (no such file).
+pub const UNREADABLE_CERT: &str = "/nonexistent/legate-test/cert.pem";
+
+/// A cluster's `transport_socket` whose TLS context cannot be built: its certificate and key
+/// are files that do not exist. In proto field names, which both the bootstrap and xDS's
+/// JSON accept.
+pub fn unreadable_upstream_tls() -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": { "tls_certificates": [{
+                "certificate_chain": { "filename": UNREADABLE_CERT },
+                "private_key": { "filename": "/nonexistent/legate-test/key.pem" },
+            }] },
+        },
+    })
+}

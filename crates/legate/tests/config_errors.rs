@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use legate_testing::config::{static_cluster, tcp_proxy_bootstrap};
+use legate_testing::config::{static_cluster, tcp_proxy_bootstrap, unreadable_upstream_tls, UNREADABLE_CERT};
 use legate_testing::{json, legate_bin, run_bounded, ClosedPort, RunOutput, Value};
 
 /// A config file in a per-test directory, removed on drop.
@@ -92,20 +92,11 @@ fn unknown_field_names_its_path() {
 #[test]
 fn an_unbuildable_cluster_tls_context_names_its_path() {
     let mut config = valid_config();
-    config["static_resources"]["clusters"][0]["transport_socket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": { "tls_certificates": [{
-                "certificate_chain": { "filename": "/nonexistent/legate-test/cert.pem" },
-                "private_key": { "filename": "/nonexistent/legate-test/key.pem" },
-            }] },
-        },
-    });
+    config["static_resources"]["clusters"][0]["transport_socket"] = unreadable_upstream_tls();
     serve_fails(
         "cluster_tls",
         &config.to_string(),
-        &["static_resources.clusters[0]", "transport_socket.typed_config", "/nonexistent/legate-test/cert.pem"],
+        &["static_resources.clusters[0]", "transport_socket.typed_config", UNREADABLE_CERT],
     );
 }
 

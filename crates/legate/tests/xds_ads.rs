@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use legate_testing::config::{address, route_to, router_filter, static_cluster};
+use legate_testing::config::{address, route_to, router_filter, static_cluster, unreadable_upstream_tls};
 use legate_testing::control_plane::{type_url, ControlPlane};
 use legate_testing::{eventually, json, legate_bin, HttpClient, HttpUpstream, Legate, UpstreamAction, Value};
 
@@ -170,16 +170,7 @@ fn a_cluster_whose_tls_context_cannot_be_built_is_nacked() {
     eventually("a serves", Duration::from_secs(10), || get(&px, "/").body, |body| body == "a");
 
     let mut broken = eds_cluster("mesh");
-    broken["transportSocket"] = json!({
-        "name": "envoy.transport_sockets.tls",
-        "typedConfig": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "commonTlsContext": { "tlsCertificates": [{
-                "certificateChain": { "filename": "/nonexistent/legate-test/cert.pem" },
-                "privateKey": { "filename": "/nonexistent/legate-test/key.pem" },
-            }] },
-        },
-    });
+    broken["transport_socket"] = unreadable_upstream_tls();
     control_plane.set(type_url::CLUSTER, "c2", vec![eds_cluster("web"), broken]);
     let nack = control_plane.wait_for_nack(type_url::CLUSTER, "c2");
     let detail = nack.error_detail.unwrap_or_default();
