@@ -154,29 +154,39 @@ def perf_profile(p, seconds, run_dir, name):
     return "\n".join(text)
 
 
-def callgrind(b, legate, requests, run_dir):
-    """Exact per-request counts for legate under valgrind --tool=callgrind: instrumentation
-    switched on after a warm-up, `requests` requests from h2load --h1 -c8, then dumped.
-    Returns text: instructions per request, the top functions (self), and call counts per
-    request of the allocator, memset/memcpy, format! and SipHash, with their main callers."""
-    out_file = os.path.join(run_dir, "callgrind.out")
-    vg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", "--instr-atstart=no",
-                           legate, "-c", b.configs["legate"], "--concurrency", "1", "-l", "warning"],
+def under_callgrind(argv, out_file, requests, run_dir, options=()):
+    """Runs `argv` (a proxy) under `valgrind --tool=callgrind` with counting off, warms it up
+    (2,000 requests, h2load --h1 -c8), counts `requests` more, dumps and stops it. Returns the
+    dump's path and the requests done."""
+    vg = subprocess.Popen(["valgrind", "--tool=callgrind", *options, f"--callgrind-out-file={out_file}",
+                           "--instr-atstart=no"] + argv,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=run_dir)
     url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
     try:
         bench.wait_http(bench.PORTS["HTTP_PORT"], timeout=120)
         bench.client(["h2load", "--h1", "-c8", "-n", "2000", url])
         subprocess.run(["callgrind_control", "-i", "on", str(vg.pid)], check=True, capture_output=True)
-        bench.client(["h2load", "--h1", "-c8", "-n", str(requests), url])
+        done = h2load_requests(["h2load", "--h1", "-c8", "-n", str(requests), url])
         subprocess.run(["callgrind_control", "-i", "off", str(vg.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
     finally:
         vg.terminate()
         vg.wait()
-    dumps = sorted(f for f in os.listdir(run_dir) if f.startswith("callgrind.out."))
-    tree = subprocess.run(["callgrind_annotate", "--tree=caller", "--threshold=100",
-                           os.path.join(run_dir, dumps[-1])], capture_output=True, text=True).stdout
+    prefix = os.path.basename(out_file) + "."
+    dump = sorted(f for f in os.listdir(run_dir) if f.startswith(prefix))[-1]
+    return os.path.join(run_dir, dump), done
+
+
+def callgrind(b, legate, requests, run_dir):
+    """Exact per-request counts for legate under valgrind --tool=callgrind: instrumentation
+    switched on after a warm-up, `requests` requests from h2load --h1 -c8, then dumped.
+    Returns text: instructions per request, the top functions (self), and call counts per
+    request of the allocator, memset/memcpy, format! and SipHash, with their main callers."""
+    dump, requests = under_callgrind(
+        [legate, "-c", b.configs["legate"], "--concurrency", "1", "-l", "warning"],
+        os.path.join(run_dir, "callgrind.out"), requests, run_dir)
+    tree = subprocess.run(["callgrind_annotate", "--tree=caller", "--threshold=100", dump],
+                          capture_output=True, text=True).stdout
     blocks, cur = [], []
     for line in tree.splitlines():
         if line.strip():
@@ -240,27 +250,13 @@ def cachesim(b, proxy, requests, run_dir):
     --branch-sim=yes`: the same load for every proxy (h2load --h1 -c8, after a warm-up), so
     that instructions and simulated cache misses compare side by side. Returns ({event:
     count per request}, the simulated caches' description)."""
-    out_file = os.path.join(run_dir, f"cachesim-{proxy}.out")
     argv = b.argv(proxy)
     if proxy == "nginx":
         argv += ["-g", "master_process off;"]  # one process, the one valgrind runs
-    vg = subprocess.Popen(["valgrind", "--tool=callgrind", "--cache-sim=yes", "--branch-sim=yes",
-                           f"--callgrind-out-file={out_file}", "--instr-atstart=no"] + argv,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=run_dir)
-    url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
-    try:
-        bench.wait_http(bench.PORTS["HTTP_PORT"], timeout=120)
-        bench.client(["h2load", "--h1", "-c8", "-n", "2000", url])
-        subprocess.run(["callgrind_control", "-i", "on", str(vg.pid)], check=True, capture_output=True)
-        done = h2load_requests(["h2load", "--h1", "-c8", "-n", str(requests), url])
-        subprocess.run(["callgrind_control", "-i", "off", str(vg.pid)], check=True, capture_output=True)
-        subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
-    finally:
-        vg.terminate()
-        vg.wait()
-    dump = sorted(f for f in os.listdir(run_dir) if f.startswith(f"cachesim-{proxy}.out."))[-1]
+    dump, done = under_callgrind(argv, os.path.join(run_dir, f"cachesim-{proxy}.out"), requests, run_dir,
+                                 ["--cache-sim=yes", "--branch-sim=yes"])
     events, totals, caches = [], [], []
-    with open(os.path.join(run_dir, dump)) as f:
+    with open(dump) as f:
         for line in f:
             if line.startswith("events:"):
                 events = line.split()[1:]
