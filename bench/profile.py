@@ -6,8 +6,9 @@
   through the TCP listener with `iperf3 -n` (case 5); calls per request (per MiB), per syscall;
 - user space (legate only, or any proxy with --perf): `perf record -g` on the proxy during a
   wrk run, then the top symbols (self time) and the top callers;
-- code and data per request, every proxy: instructions and simulated cache misses and branch
-  mispredictions under `valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes`;
+- code and data per request, every proxy, for small HTTP/1.1 requests and for h2c:
+  instructions and simulated cache misses and branch mispredictions under
+  `valgrind --tool=callgrind --cache-sim=yes --branch-sim=yes`;
 - legate's instructions per request under callgrind, by function, with allocator and copy
   calls.
 
@@ -154,19 +155,27 @@ def perf_profile(p, seconds, run_dir, name):
     return "\n".join(text)
 
 
-def under_callgrind(argv, out_file, requests, run_dir, options=()):
+# The loads counted under callgrind: (h2load's options, the port).
+CALLGRIND_LOADS = {
+    "http1": (["--h1", "-c8"], "HTTP_PORT"),
+    "h2c": (["-c32", "-m2"], "H2C_PORT"),
+}
+
+
+def under_callgrind(argv, out_file, requests, run_dir, options=(), case="http1"):
     """Runs `argv` (a proxy) under `valgrind --tool=callgrind` with counting off, warms it up
-    (2,000 requests, h2load --h1 -c8), counts `requests` more, dumps and stops it. Returns the
+    (2,000 requests of `case`'s load), counts `requests` more, dumps and stops it. Returns the
     dump's path and the requests done."""
     vg = subprocess.Popen(["valgrind", "--tool=callgrind", *options, f"--callgrind-out-file={out_file}",
                            "--instr-atstart=no"] + argv,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=run_dir)
-    url = f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/"
+    load, port = CALLGRIND_LOADS[case]
+    url = f"http://127.0.0.1:{bench.PORTS[port]}/"
     try:
         bench.wait_http(bench.PORTS["HTTP_PORT"], timeout=120)
-        bench.client(["h2load", "--h1", "-c8", "-n", "2000", url])
+        bench.client(["h2load", *load, "-n", "2000", url])
         subprocess.run(["callgrind_control", "-i", "on", str(vg.pid)], check=True, capture_output=True)
-        done = h2load_requests(["h2load", "--h1", "-c8", "-n", str(requests), url])
+        done = h2load_requests(["h2load", *load, "-n", str(requests), url])
         subprocess.run(["callgrind_control", "-i", "off", str(vg.pid)], check=True, capture_output=True)
         subprocess.run(["callgrind_control", "-d", str(vg.pid)], check=True, capture_output=True)
     finally:
@@ -245,16 +254,16 @@ SIM_EVENTS = {
 }
 
 
-def cachesim(b, proxy, requests, run_dir):
+def cachesim(b, proxy, requests, run_dir, case):
     """Per-request counts for one proxy under `valgrind --tool=callgrind --cache-sim=yes
-    --branch-sim=yes`: the same load for every proxy (h2load --h1 -c8, after a warm-up), so
-    that instructions and simulated cache misses compare side by side. Returns ({event:
-    count per request}, the simulated caches' description)."""
+    --branch-sim=yes`: the same load for every proxy (`case`'s, after a warm-up), so that
+    instructions and simulated cache misses compare side by side. Returns ({event: count per
+    request}, the simulated caches' description)."""
     argv = b.argv(proxy)
     if proxy == "nginx":
         argv += ["-g", "master_process off;"]  # one process, the one valgrind runs
-    dump, done = under_callgrind(argv, os.path.join(run_dir, f"cachesim-{proxy}.out"), requests, run_dir,
-                                 ["--cache-sim=yes", "--branch-sim=yes"])
+    dump, done = under_callgrind(argv, os.path.join(run_dir, f"cachesim-{proxy}-{case}.out"), requests, run_dir,
+                                 ["--cache-sim=yes", "--branch-sim=yes"], case)
     events, totals, caches = [], [], []
     with open(dump) as f:
         for line in f:
@@ -267,10 +276,11 @@ def cachesim(b, proxy, requests, run_dir):
     return {e: v / done for e, v in zip(events, totals)}, "; ".join(caches)
 
 
-def cachesim_table(requests, per_proxy, caches):
+def cachesim_table(case, requests, per_proxy, caches):
     proxies = list(per_proxy)
-    lines = [f"## Instructions and simulated cache misses per request (`valgrind --tool=callgrind "
-             f"--cache-sim=yes --branch-sim=yes`, `h2load --h1 -c8 -n {requests}`)", "",
+    load = " ".join(CALLGRIND_LOADS[case][0])
+    lines = [f"## Instructions and simulated cache misses per request, {case} (`valgrind --tool=callgrind "
+             f"--cache-sim=yes --branch-sim=yes`, `h2load {load} -n {requests}`)", "",
              f"Simulated caches: {caches}. Exact counts of a model, not of the CPU: they show how much "
              "code and data a request goes through, which timings on a shared machine cannot.", "",
              "| per request | " + " | ".join(proxies) + " |" + "".join(f" legate/{p} |" for p in proxies if p != "legate"),
@@ -345,9 +355,14 @@ def main():
                 print(f"[perf {proxy}]\n{perf_text[proxy]}", flush=True)
         sim, sim_caches = {}, ""
         if args.cachesim and shutil.which("valgrind"):
-            for proxy in args.proxies.split(","):
-                sim[proxy], sim_caches = cachesim(b, proxy, args.cachesim, b.run_dir)
-                print(f"[cachesim {proxy}] " + ", ".join(f"{k} {v:,.0f}" for k, v in sim[proxy].items()), flush=True)
+            for case in CALLGRIND_LOADS:
+                sim[case] = {}
+                for proxy in args.proxies.split(","):
+                    if case in bench.NOT_CONFIGURED.get(proxy, ()):
+                        continue
+                    sim[case][proxy], sim_caches = cachesim(b, proxy, args.cachesim, b.run_dir, case)
+                    print(f"[cachesim {case} {proxy}] " + ", ".join(
+                        f"{k} {v:,.0f}" for k, v in sim[case][proxy].items()), flush=True)
         cg_text = None
         if args.callgrind and shutil.which("valgrind"):
             cg_text = callgrind(b, args.legate, args.callgrind, b.run_dir)
@@ -370,8 +385,9 @@ def main():
         lines.append(text)
         lines.append("```")
         lines.append("")
-    if sim:
-        lines += cachesim_table(args.cachesim, sim, sim_caches)
+    for case, per_proxy in sim.items():
+        if per_proxy:
+            lines += cachesim_table(case, args.cachesim, per_proxy, sim_caches)
     if cg_text:
         lines.append(f"## valgrind --tool=callgrind, legate, h2load --h1 -c8 -n {args.callgrind}")
         lines.append("")
