@@ -257,9 +257,13 @@ SIM_EVENTS = {
 def cachesim(b, proxy, requests, run_dir, case):
     """Per-request counts for one proxy under `valgrind --tool=callgrind --cache-sim=yes
     --branch-sim=yes`: the same load for every proxy (`case`'s, after a warm-up), so that
-    instructions and simulated cache misses compare side by side. Returns ({event: count per
-    request}, the simulated caches' description)."""
-    argv = b.argv(proxy)
+    instructions and simulated cache misses compare side by side. `legate-b` is a second
+    legate build (`--legate-b`) on legate's config. Returns ({event: count per request}, the
+    simulated caches' description)."""
+    if proxy == "legate-b":
+        argv = [b.args.legate_b] + b.argv("legate")[1:]
+    else:
+        argv = b.argv(proxy)
     if proxy == "nginx":
         argv += ["-g", "master_process off;"]  # one process, the one valgrind runs
     dump, done = under_callgrind(argv, os.path.join(run_dir, f"cachesim-{proxy}-{case}.out"), requests, run_dir,
@@ -310,9 +314,14 @@ def main():
     ap.add_argument("--cachesim", type=int, default=5000, metavar="N",
                     help="requests to count under callgrind's cache and branch simulation, for each "
                          "proxy (0 = skip)")
+    ap.add_argument("--legate-b", metavar="BIN",
+                    help="a second legate build, added to the cache simulation (an A/B of two builds "
+                         "that the machine's load does not blur)")
     ap.add_argument("--out", default=os.path.join(bench.HERE, "results"))
     args = ap.parse_args()
     args.legate = os.path.abspath(args.legate)
+    if args.legate_b:
+        args.legate_b = os.path.abspath(args.legate_b)
     if args.pingora:
         args.pingora = os.path.abspath(args.pingora)
         args.proxies += ",pingora"
@@ -327,6 +336,8 @@ def main():
     lines.append("")
     lines.append(f"legate {meta['versions']['legate']}; {meta['versions']['nginx']}; {meta['versions']['haproxy']}")
     lines.append("")
+    if args.legate_b:
+        lines += [f"legate-b (cache simulation only): `{args.legate_b}`", ""]
     per_case = {case: {} for case in args.strace_cases.split(",") if case}
     perf_text = {}
     try:
@@ -357,7 +368,7 @@ def main():
         if args.cachesim and shutil.which("valgrind"):
             for case in CALLGRIND_LOADS:
                 sim[case] = {}
-                for proxy in args.proxies.split(","):
+                for proxy in args.proxies.split(",") + (["legate-b"] if args.legate_b else []):
                     if case in bench.NOT_CONFIGURED.get(proxy, ()):
                         continue
                     sim[case][proxy], sim_caches = cachesim(b, proxy, args.cachesim, b.run_dir, case)
