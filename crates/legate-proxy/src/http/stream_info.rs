@@ -25,8 +25,8 @@ pub struct RequestSnapshot {
 
 #[derive(Debug)]
 pub struct StreamInfo {
-    /// Wall clock at the first byte of the request (`%START_TIME%`), when it was set; see
-    /// [`Self::start_time`].
+    /// Wall clock at the first byte of the request (`%START_TIME%`) where something knows it
+    /// better than [`Self::start_time`] works it out (tests fix it); unset otherwise.
     pub start_time: Option<SystemTime>,
     /// Monotonic clock at the same point; every duration below is measured from it.
     pub start: Instant,
