@@ -222,6 +222,20 @@ mod tests {
         plain.insert("x-kept", "yes".parse().unwrap());
         strip_hop_by_hop(&mut plain);
         assert_eq!(plain.len(), 1);
+
+        // Every hop-by-hop name goes; names of the same lengths stay.
+        let mut h = HeaderMap::new();
+        for name in ["proxy-connection", "transfer-encoding", "upgrade", "keep-alive", "te", "connection"] {
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+        }
+        let same_lengths = ["ab", "referer", "user-agent", "x-proxy-header16", "x-forwarded-proto"];
+        for name in same_lengths {
+            h.insert(HeaderName::from_static(name), "kept".parse().unwrap());
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_by_key(|name| name.len());
+        assert_eq!(left, same_lengths);
     }
 
     #[test]
