@@ -181,6 +181,8 @@ def under_callgrind(argv, out_file, requests, run_dir, options=(), case="http1")
     finally:
         vg.terminate()
         vg.wait()
+    if not done:
+        raise RuntimeError(f"{argv[0]} answered none of the {requests} requests under callgrind")
     prefix = os.path.basename(out_file) + "."
     dump = sorted(f for f in os.listdir(run_dir) if f.startswith(prefix))[-1]
     return os.path.join(run_dir, dump), done
