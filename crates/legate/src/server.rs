@@ -95,7 +95,8 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
     if options.mode == Mode::Validate {
         // Build what serving would build (route tables, access log files) without binding.
         let store = Store::new(1);
-        check_cluster_transport_sockets(&loaded.bootstrap, &store)?;
+        // The static clusters, TLS contexts included, as serving builds them.
+        ClusterManager::new(&loaded.bootstrap.static_resources.clusters, &store).map_err(anyhow::Error::msg)?;
         for (index, config) in loaded.bootstrap.static_resources.listeners.iter().enumerate() {
             // A listener whose certificates a control plane delivers cannot be built before
             // they arrive; its config parsed and checked, which is what validation can do.
@@ -121,20 +122,6 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
         .context("cannot start the main thread's runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, serve(options, loaded, origin, logging))
-}
-
-/// Builds each cluster's TLS context to fail `--mode validate` on a bad one (an unreadable
-/// certificate file, a key that does not match), naming the cluster and the field, as
-/// serving would ([`ClusterManager::new`]).
-fn check_cluster_transport_sockets(
-    bootstrap: &legate_config::bootstrap::Bootstrap,
-    store: &Arc<Store>,
-) -> anyhow::Result<()> {
-    for (index, cluster) in bootstrap.static_resources.clusters.iter().enumerate() {
-        legate_proxy::tls::ClientContext::for_cluster(cluster, &store.scope("check"))
-            .map_err(|e| anyhow::anyhow!("static_resources.clusters[{index}] ('{}'): {e}", cluster.name))?;
-    }
-    Ok(())
 }
 
 fn load(options: &Options) -> anyhow::Result<(LoadedBootstrap, String)> {

@@ -149,8 +149,7 @@ pub struct DrainWaiter {
 
 impl DrainWaiter {
     pub fn new(drains: &Rc<WorkerDrains>) -> Self {
-        let seen = drains.announced.get().wrapping_sub(1);
-        DrainWaiter { drains: drains.clone(), slot: NO_SLOT, seen }
+        Self::with_seen(drains, drains.announced.get().wrapping_sub(1))
     }
 
     /// Ready when a drain was announced since the last time it was ready; the caller then
