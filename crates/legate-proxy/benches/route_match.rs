@@ -6,7 +6,6 @@
 //! host, many exact-path routes. Run: `cargo bench -p legate-proxy --bench route_match`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use http::{HeaderMap, Method};
 use legate_config::route::RouteConfiguration;
 use legate_proxy::router::{MatchInput, RouteConfig};
 
@@ -40,32 +39,32 @@ fn many_routes(n: usize, kind: &str) -> RouteConfig {
     }))
 }
 
-fn matches(config: &RouteConfig, host: &str, path: &str, headers: &HeaderMap) -> bool {
+fn matches(config: &RouteConfig, host: &str, path: &str, head: &http::request::Parts) -> bool {
     let Some(vhost) = config.virtual_host(host) else { return false };
-    vhost.route(&MatchInput { path, query: None, method: &Method::GET, headers, random: 0 }).is_some()
+    vhost.route(&MatchInput { path, query: None, head, random: 0 }).is_some()
 }
 
 fn bench(c: &mut Criterion) {
-    let headers = HeaderMap::new();
+    let (head, ()) = http::Request::new(()).into_parts();
     let mut group = c.benchmark_group("route_match");
     for n in [10usize, 1_000, 10_000] {
         let domains = many_domains(n);
         let host = format!("host{}.example.com", n - 1);
-        assert!(matches(&domains, &host, "/", &headers));
+        assert!(matches(&domains, &host, "/", &head));
         group.bench_with_input(BenchmarkId::new("exact_domains", n), &n, |b, _| {
-            b.iter(|| matches(&domains, &host, "/", &headers))
+            b.iter(|| matches(&domains, &host, "/", &head))
         });
         let prefixes = many_routes(n, "prefix");
         let path = format!("/service{}/api/items/42", n - 1);
-        assert!(matches(&prefixes, "any", &path, &headers));
+        assert!(matches(&prefixes, "any", &path, &head));
         group.bench_with_input(BenchmarkId::new("prefix_routes", n), &n, |b, _| {
-            b.iter(|| matches(&prefixes, "any", &path, &headers))
+            b.iter(|| matches(&prefixes, "any", &path, &head))
         });
         let exact = many_routes(n, "path");
         let path = format!("/service{}/api", n - 1);
-        assert!(matches(&exact, "any", &path, &headers));
+        assert!(matches(&exact, "any", &path, &head));
         group.bench_with_input(BenchmarkId::new("exact_paths", n), &n, |b, _| {
-            b.iter(|| matches(&exact, "any", &path, &headers))
+            b.iter(|| matches(&exact, "any", &path, &head))
         });
     }
     group.finish();

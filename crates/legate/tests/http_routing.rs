@@ -123,6 +123,35 @@ fn routes_match_by_prefix_path_regex_headers_and_query_parameters_first_match_wi
     }
 }
 
+/// Header matchers see the pseudo-headers as Envoy's header map holds them: `:method`, `:path`
+/// with its query string, `:authority` and `:scheme`.
+#[test]
+fn header_matchers_match_the_pseudo_headers() {
+    let on = |name: &str, matcher: Value, body: &str| {
+        direct(json!({ "prefix": "/", "headers": [{ "name": name, "string_match": matcher }] }), body)
+    };
+    let routes = vec![
+        on(":method", json!({ "exact": "POST" }), "method"),
+        on(":path", json!({ "suffix": "?debug=1" }), "path"),
+        on(":authority", json!({ "exact": "admin.example.com" }), "authority"),
+        on(":scheme", json!({ "exact": "https" }), "https"),
+        on(":scheme", json!({ "exact": "http" }), "http"),
+    ];
+    let px = start(&routing_bootstrap(vec![virtual_host("vh", &["*"], routes)], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let post = c.send("POST", "/form", &[("host", "example.com"), ("content-length", "0")], b"");
+    assert_eq!((post.status, post.body.as_str()), (200, "method"), "{post:?}");
+    assert_eq!(body_for(&mut c, "example.com", "/items?debug=1", &[]), "path");
+    assert_eq!(body_for(&mut c, "admin.example.com", "/items", &[]), "authority");
+    // Plain-text HTTP/1.1: the scheme is `http`; no route asks for anything else of it.
+    assert_eq!(body_for(&mut c, "example.com", "/items", &[]), "http");
+    // A header sent with a pseudo-header's name is not the pseudo-header (`:` is not a token
+    // character: HTTP/1.1 refuses such a field outright).
+    let r = c.send("GET", "/items", &[("host", "example.com"), (":method", "POST")], b"");
+    assert_eq!(r.status, 400, "{r:?}");
+}
+
 #[test]
 fn no_route_is_a_404_counted_as_no_route() {
     let api = virtual_host("api", &["api.test"], vec![direct(json!({ "prefix": "/api" }), "api")]);

@@ -212,14 +212,7 @@ pub(crate) mod test_support {
             let authority = crate::filters::http::router::authority_of(head);
             let vhost = self.config.virtual_host(authority).cloned();
             let route = vhost.as_ref().and_then(|v| {
-                v.route(&MatchInput {
-                    path: head.uri.path(),
-                    query: head.uri.query(),
-                    method: &head.method,
-                    headers: &head.headers,
-                    random: 0,
-                })
-                .cloned()
+                v.route(&MatchInput { path: head.uri.path(), query: head.uri.query(), head, random: 0 }).cloned()
             });
             (vhost, route)
         }

@@ -9,7 +9,7 @@ use legate_config::route::{FilterPerRouteConfig, HeaderMatcher, QueryParameterMa
 
 use super::action::RouteKind;
 use super::header_parser::HeaderParser;
-use super::retry_policy::joined;
+use crate::filters::http::headers_match;
 
 /// What a request is matched on.
 pub struct MatchInput<'a> {
@@ -17,8 +17,9 @@ pub struct MatchInput<'a> {
     pub path: &'a str,
     /// The query string, without `?`.
     pub query: Option<&'a str>,
-    pub method: &'a Method,
-    pub headers: &'a HeaderMap,
+    /// The request's head: its method and headers, and the pseudo-headers a header matcher
+    /// may name (`:method`, `:path`, `:authority`, `:scheme`).
+    pub head: &'a http::request::Parts,
     /// Drawn once per request, for `runtime_fraction`.
     pub random: u64,
 }
@@ -107,7 +108,7 @@ impl Route {
     /// Whether the request matches every criterion of this route.
     pub fn matches(&self, input: &MatchInput<'_>) -> bool {
         let path_ok = match &self.path {
-            PathMatch::Connect => input.method == Method::CONNECT,
+            PathMatch::Connect => input.head.method == Method::CONNECT,
             PathMatch::Regex(r) => r.is_match(input.path),
             PathMatch::Prefix(p) => self.starts_with(input.path, p),
             PathMatch::Exact(p) => input.path.len() == p.len() && self.starts_with(input.path, p),
@@ -119,16 +120,16 @@ impl Route {
         if !path_ok {
             return false;
         }
-        if self.grpc && !is_grpc(input.headers) {
+        if self.grpc && !is_grpc(&input.head.headers) {
             return false;
         }
-        if !self.headers.iter().all(|m| m.matches(joined(input.headers, &m.name).as_deref())) {
+        if !headers_match(&self.headers, input.head) {
             return false;
         }
         if !self.query_parameters.iter().all(|m| m.matches(query_value(input.query, &m.name))) {
             return false;
         }
-        if !self.cookies.iter().all(|m| m.matches(cookie_value(input.headers, &m.name))) {
+        if !self.cookies.iter().all(|m| m.matches(cookie_value(&input.head.headers, &m.name))) {
             return false;
         }
         match self.fraction {

@@ -324,10 +324,9 @@ async fn decode(
     let vhost = route_config.virtual_host(authority.as_str()).cloned();
     let path_and_query = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (path, query) = (path_and_query.path(), path_and_query.query());
-    let route = vhost.as_ref().and_then(|vh| {
-        vh.route(&MatchInput { path, query, method: &head.method, headers: &head.headers, random: fastrand::u64(..) })
-            .cloned()
-    });
+    let route = vhost
+        .as_ref()
+        .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, random: fastrand::u64(..) }).cloned());
     completion.info.virtual_host_name = vhost.as_ref().map(|v| v.name.clone());
     completion.info.route_name = route.as_ref().map(|r| r.name.clone()).filter(|n| !n.is_empty());
 
