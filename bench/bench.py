@@ -46,6 +46,8 @@ SERVER_CPU = "0"
 CLIENT_CPU = "1"
 BODY100 = "x" * 99 + "\\n"  # nginx string escape: 99 'x' + newline = 100 bytes
 PROXIES = ["legate", "nginx", "haproxy"]
+# Builds of legate in the table: the ratio columns compare each with each peer.
+LEGATE_BUILDS = ("legate", "legate-pgo")
 # Cases a proxy is not configured for (the minimal Pingora peer has no TCP proxy and no TLS).
 NOT_CONFIGURED = {"pingora": {"tcp", "tls"}}
 
@@ -242,8 +244,9 @@ class Bench:
         self.tcp_backend = None
 
     def argv(self, proxy, config=None):
-        if proxy == "legate":
-            return [self.args.legate, "-c", config or self.configs["legate"], "--concurrency", "1",
+        if proxy in LEGATE_BUILDS:
+            binary = self.args.legate_pgo if proxy == "legate-pgo" else self.args.legate
+            return [binary, "-c", config or self.configs["legate"], "--concurrency", "1",
                     "-l", "warning"]
         if proxy == "nginx":
             return ["nginx", "-e", os.path.join(self.run_dir, "nginx-proxy-error.log"),
@@ -655,7 +658,9 @@ def summarize(runs, proxies):
 
 def table(runs, proxies, meta, scale):
     med = summarize(runs, proxies)
-    peers = [p for p in proxies if p != "legate"]
+    builds = [p for p in proxies if p in LEGATE_BUILDS]
+    peers = [p for p in proxies if p not in LEGATE_BUILDS]
+    pairs = [(b, p) for b in builds for p in peers]
     out = []
     out.append(f"# legate benchmark {meta['date']} on {meta['host']}")
     out.append("")
@@ -663,6 +668,9 @@ def table(runs, proxies, meta, scale):
     out.append(f"- legate {meta['versions']['legate']}; {meta['versions']['nginx']}; "
                f"{meta['versions']['haproxy']}; {meta['versions']['wrk']}; {meta['versions']['h2load']}; "
                f"{meta['versions']['iperf3']}; {meta['versions']['pingora']}")
+    if "legate-pgo" in proxies:
+        out.append("- legate-pgo: the same tree built with profile-guided optimisation (`bench/pgo.sh`, "
+                   "trained on this benchmark's loads); legate: `cargo build --release`.")
     out.append(f"- {meta['reps']} repetition(s) of {meta['duration_s']} s per case and proxy, interleaved; "
                "medians shown. Backend + proxy on CPU 0, client on CPU 1. CPU = utime+stime of the "
                "proxy's processes (all threads) from /proc, before/after the measured run.")
@@ -670,17 +678,17 @@ def table(runs, proxies, meta, scale):
                f"{meta.get('loadavg_after')}; other builds may have been running: read the ratios, not the "
                "absolute numbers.")
     out.append("")
-    header = "| case | metric | " + " | ".join(proxies) + " | " + " | ".join(f"legate/{p}" for p in peers) + " |"
+    header = "| case | metric | " + " | ".join(proxies) + " | " + " | ".join(f"{b}/{p}" for b, p in pairs) + " |"
     out.append(header)
-    out.append("|" + "---|" * (2 + len(proxies) + len(peers)))
+    out.append("|" + "---|" * (2 + len(proxies) + len(pairs)))
     for case, _, metrics in CASES:
         if case not in runs:
             continue
         for i, (key, label, better) in enumerate(metrics):
             cells = [fmt(med[(case, key, p)]) for p in proxies]
             ratios = []
-            for p in peers:
-                a, b = med[(case, key, "legate")], med[(case, key, p)]
+            for build, p in pairs:
+                a, b = med[(case, key, build)], med[(case, key, p)]
                 ratios.append(f"{a / b:.2f}" if a is not None and b else "–")
             title = CASE_TITLES[case] if i == 0 else ""
             out.append(f"| {title} | {label} ({better} is better) | " + " | ".join(cells) + " | "
@@ -760,6 +768,8 @@ def metadata(args):
             "h2load": cmd_version(["h2load", "--version"]),
             "iperf3": cmd_version(["iperf3", "--version"]),
             "pingora": pingora_version() if args.pingora else "not run",
+            "legate-pgo": (f"profile-guided build of the same tree: {args.legate_pgo}"
+                           if getattr(args, "legate_pgo", None) else "not run"),
         },
     }
 
@@ -785,6 +795,7 @@ def main():
                     help="comma-separated subset of http1,h2c,1mib,idle,tcp,tls,scale")
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--pingora", help="the bench/peers/pingora binary: adds Pingora as a fourth proxy")
+    ap.add_argument("--legate-pgo", help="a profile-guided legate build (bench/pgo.sh): adds it as a column")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = ap.parse_args()
@@ -793,6 +804,10 @@ def main():
     args.legate = os.path.abspath(args.legate)
     cases = args.cases.split(",")
     proxies = args.proxies.split(",")
+    if args.legate_pgo:
+        args.legate_pgo = os.path.abspath(args.legate_pgo)
+        if "legate-pgo" not in proxies:
+            proxies.insert(proxies.index("legate") + 1 if "legate" in proxies else 0, "legate-pgo")
     if args.pingora:
         args.pingora = os.path.abspath(args.pingora)
         if "pingora" not in proxies:

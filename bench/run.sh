@@ -1,6 +1,6 @@
 #!/bin/sh
 # The side-by-side benchmark in one command; see bench/README.md.
-#   bench/run.sh [--quick] [--pingora] [bench.py options...]
+#   bench/run.sh [--quick] [--pingora] [--pgo] [bench.py options...]
 #   bench/run.sh --failover [failover.py options...]
 #   bench/run.sh --xds-scale [xds_scale.py options...]
 # LEGATE_SRC: the checkout to build (default: this repository);
@@ -12,12 +12,14 @@ target=${CARGO_TARGET_DIR:-$src/target}
 failover=0
 xds_scale=0
 pingora=0
+pgo=0
 args=""
 for arg in "$@"; do
     case $arg in
         --failover) failover=1 ;;
         --xds-scale) xds_scale=1 ;;
         --pingora) pingora=1 ;;
+        --pgo) pgo=1 ;;
         *) args="$args $arg" ;;
     esac
 done
@@ -37,6 +39,10 @@ if [ $pingora = 1 ]; then
     command -v cmake >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q cmake; }
     (cd "$here/peers/pingora" && CARGO_TARGET_DIR=$target/pingora cargo build --release)
     args="$args --pingora $target/pingora/release/pingora-bench"
+fi
+if [ $pgo = 1 ]; then
+    LEGATE_SRC=$src CARGO_TARGET_DIR=$target "$here/pgo.sh"
+    args="$args --legate-pgo $target/pgo/use/release/legate"
 fi
 # shellcheck disable=SC2086
 exec python3 "$here/bench.py" --legate "$target/release/legate" --src "$src" $args
