@@ -54,11 +54,22 @@ pub use tls::tls_client_hello;
 pub use tls_peer::{h2_tls_get, KeyType, TestCa, TestCert, TlsClient, TlsStream, TlsUpstream};
 pub use upstream::{BlackholeServer, BulkSender, EofReplyServer, TagServer, TcpEchoServer, TcpServer};
 
-/// Path of the `legate` binary under test. A macro so that `env!("CARGO_BIN_EXE_legate")` is
-/// expanded in the calling integration test, the only place Cargo defines it.
+/// Path of the `legate` binary under test: the one Cargo built for the tests, or the one
+/// `LEGATE_TEST_BINARY` names (to run the suite against another build of the same tree, e.g.
+/// `bench/pgo.sh`'s). A macro so that `env!("CARGO_BIN_EXE_legate")` is expanded in the
+/// calling integration test, the only place Cargo defines it.
 #[macro_export]
 macro_rules! legate_bin {
     () => {
-        env!("CARGO_BIN_EXE_legate")
+        $crate::binary_under_test(env!("CARGO_BIN_EXE_legate"))
     };
+}
+
+/// `LEGATE_TEST_BINARY` when set, else `built` (see [`legate_bin!`]).
+pub fn binary_under_test(built: &'static str) -> &'static str {
+    static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| std::env::var("LEGATE_TEST_BINARY").ok().filter(|b| !b.is_empty()))
+        .as_deref()
+        .unwrap_or(built)
 }
