@@ -804,6 +804,8 @@ def main():
     args.legate = os.path.abspath(args.legate)
     cases = args.cases.split(",")
     proxies = args.proxies.split(",")
+    if "legate-pgo" in proxies and not args.legate_pgo:
+        sys.exit("--proxies names legate-pgo: give its binary with --legate-pgo")
     if args.legate_pgo:
         args.legate_pgo = os.path.abspath(args.legate_pgo)
         if "legate-pgo" not in proxies:

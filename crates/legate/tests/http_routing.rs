@@ -144,7 +144,7 @@ fn header_matchers_match_the_pseudo_headers() {
     assert_eq!((post.status, post.body.as_str()), (200, "method"), "{post:?}");
     assert_eq!(body_for(&mut c, "example.com", "/items?debug=1", &[]), "path");
     assert_eq!(body_for(&mut c, "admin.example.com", "/items", &[]), "authority");
-    // Plain-text HTTP/1.1: the scheme is `http`; no route asks for anything else of it.
+    // Plain-text HTTP/1.1: `:scheme` is `http`, so the `https` route above is passed over.
     assert_eq!(body_for(&mut c, "example.com", "/items", &[]), "http");
     // A header sent with a pseudo-header's name is not the pseudo-header (`:` is not a token
     // character: HTTP/1.1 refuses such a field outright).
