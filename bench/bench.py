@@ -238,7 +238,8 @@ class Bench:
             "backend": render("backend-nginx.conf", os.path.join(self.run_dir, "backend.conf"), self.run_dir),
             "nginx": render("nginx-proxy.conf", os.path.join(self.run_dir, "nginx-proxy.conf"), self.run_dir),
             "haproxy": render("haproxy.cfg", os.path.join(self.run_dir, "haproxy.cfg"), self.run_dir),
-            "legate": render("legate.yaml", os.path.join(self.run_dir, "legate.yaml"), self.run_dir),
+            "legate": render(getattr(args, "legate_config", None) or "legate.yaml",
+                             os.path.join(self.run_dir, "legate.yaml"), self.run_dir),
         }
         self.backend = None
         self.tcp_backend = None
@@ -796,6 +797,8 @@ def main():
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--pingora", help="the bench/peers/pingora binary: adds Pingora as a fourth proxy")
     ap.add_argument("--legate-pgo", help="a profile-guided legate build (bench/pgo.sh): adds it as a column")
+    ap.add_argument("--legate-config", default="legate.yaml",
+                    help="legate's config template in configs/ (pgo.sh trains on legate-features.yaml too)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = ap.parse_args()
