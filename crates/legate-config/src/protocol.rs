@@ -245,6 +245,34 @@ impl Http2ProtocolOptions {
     }
 }
 
+/// `envoy.config.core.v3.SchemeHeaderTransformation`: what a request's `:scheme` becomes, in
+/// place of Envoy's default (the absolute URL's, else a trusted `x-forwarded-proto`, else the
+/// connection's). A proto `oneof`: at most one of the two.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SchemeHeaderTransformation {
+    /// `http` or `https`: `:scheme` and `x-forwarded-proto` of every request.
+    pub scheme_to_overwrite: Option<String>,
+    /// The upstream request's `:scheme` says how it is sent: `https` over TLS, else `http`.
+    #[serde(default)]
+    pub match_upstream: bool,
+}
+
+impl SchemeHeaderTransformation {
+    pub(crate) fn validate(&self, at: &str, v: &mut Validator) {
+        v.oneof(
+            at,
+            &[("scheme_to_overwrite", self.scheme_to_overwrite.is_some()), ("match_upstream", self.match_upstream)],
+            false,
+        );
+        if let Some(scheme) = &self.scheme_to_overwrite {
+            if scheme != "http" && scheme != "https" {
+                v.error(&format!("{at}.scheme_to_overwrite"), "value must be in list [http https]");
+            }
+        }
+    }
+}
+
 /// `envoy.config.core.v3.UpstreamHttpProtocolOptions`: SNI and SAN checks from the request's
 /// authority (meaningful with TLS upstreams).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

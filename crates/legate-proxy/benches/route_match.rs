@@ -41,7 +41,7 @@ fn many_routes(n: usize, kind: &str) -> RouteConfig {
 
 fn matches(config: &RouteConfig, host: &str, path: &str, head: &http::request::Parts) -> bool {
     let Some(vhost) = config.virtual_host(host) else { return false };
-    vhost.route(&MatchInput { path, query: None, head, random: 0 }).is_some()
+    vhost.route(&MatchInput { path, query: None, head, scheme: "http", random: 0 }).is_some()
 }
 
 fn bench(c: &mut Criterion) {

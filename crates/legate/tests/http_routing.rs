@@ -152,6 +152,53 @@ fn header_matchers_match_the_pseudo_headers() {
     assert_eq!(r.status, 400, "{r:?}");
 }
 
+/// HTTP/1.1's `:scheme` (Envoy's "HTTP header manipulation"): an absolute URL's, else the
+/// `x-forwarded-proto` of a trusted downstream when it names one, else the connection's. An
+/// absolute URL with another scheme is a 400; at the edge, an `https` one in the clear is a
+/// 403, and the client's `x-forwarded-proto` is replaced by the connection's.
+#[test]
+fn the_scheme_of_an_http1_request() {
+    let routes = || {
+        vec![
+            direct(
+                json!({ "prefix": "/", "headers": [{ "name": ":scheme", "string_match": { "exact": "https" } }] }),
+                "https",
+            ),
+            direct(
+                json!({ "prefix": "/", "headers": [{ "name": ":scheme", "string_match": { "exact": "http" } }] }),
+                "http",
+            ),
+        ]
+    };
+    let px = start(&routing_bootstrap(vec![virtual_host("vh", &["*"], routes())], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(body_for(&mut c, "example.com", "/", &[]), "http");
+    assert_eq!(body_for(&mut c, "example.com", "/", &[("x-forwarded-proto", "https")]), "https");
+    assert_eq!(body_for(&mut c, "example.com", "/", &[("x-forwarded-proto", "HTTPS")]), "https");
+    assert_eq!(body_for(&mut c, "example.com", "/", &[("x-forwarded-proto", "gopher")]), "http");
+    assert_eq!(body_for(&mut c, "example.com", "https://example.com/", &[]), "https");
+    assert_eq!(body_for(&mut c, "example.com", "HTTP://example.com/", &[("x-forwarded-proto", "https")]), "http");
+    let r = c.send("GET", "ftp://example.com/", &[("host", "example.com")], b"");
+    assert_eq!(r.status, 400, "{r:?}");
+
+    let mut edge = routing_bootstrap(vec![virtual_host("vh", &["*"], routes())], vec![]);
+    legate_testing::config::hcm_config(&mut edge, 0)["use_remote_address"] = json!(true);
+    let px = start(&edge);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(body_for(&mut c, "example.com", "/", &[("x-forwarded-proto", "https")]), "http");
+    assert_eq!(body_for(&mut c, "example.com", "http://example.com/", &[]), "http");
+    let r = c.send("GET", "https://example.com/", &[("host", "example.com")], b"");
+    assert_eq!(r.status, 403, "{r:?}");
+
+    let mut overwritten = routing_bootstrap(vec![virtual_host("vh", &["*"], routes())], vec![]);
+    legate_testing::config::hcm_config(&mut overwritten, 0)["scheme_header_transformation"] =
+        json!({ "scheme_to_overwrite": "https" });
+    let px = start(&overwritten);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(body_for(&mut c, "example.com", "/", &[]), "https");
+    assert_eq!(body_for(&mut c, "example.com", "http://example.com/", &[("x-forwarded-proto", "http")]), "https");
+}
+
 #[test]
 fn no_route_is_a_404_counted_as_no_route() {
     let api = virtual_host("api", &["api.test"], vec![direct(json!({ "prefix": "/api" }), "api")]);

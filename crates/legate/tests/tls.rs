@@ -143,6 +143,57 @@ fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
     assert!(log.contains("HTTP/2 TLSv1.3 edge.example.com - O=legate tests,CN=edge"), "{log}");
 }
 
+/// Over TLS a request's `:scheme` is `https` (Envoy sets it from the connection): header
+/// matchers and `%REQ(:SCHEME)%` see it, a redirect keeps it, and an HTTP/2 upstream is sent
+/// it; `scheme_header_transformation.match_upstream` sends the upstream's own instead.
+#[test]
+fn a_request_over_tls_has_the_https_scheme() {
+    let ca = TestCa::new("legate test CA");
+    let dir = TempDir::new();
+    let upstream = HttpUpstream::http2(|_| legate_testing::UpstreamAction::ok("h2 backend"));
+    let context = json!({ "common_tls_context": { "tls_certificates": [edge_certificate(&ca, &dir)] } });
+    let mut config = https_bootstrap(upstream.addr(), context);
+    config["static_resources"]["clusters"][0] =
+        legate_testing::config::with_http2(config["static_resources"]["clusters"][0].clone());
+    let https_only = json!([{ "name": ":scheme", "string_match": { "exact": "https" } }]);
+    legate_testing::config::hcm_config(&mut config, 0)["route_config"] = route_config(vec![virtual_host(
+        "vh",
+        &["*"],
+        vec![
+            json!({ "match": { "prefix": "/old", "headers": https_only }, "redirect": { "path_redirect": "/new" } }),
+            json!({
+                "match": { "prefix": "/", "headers": https_only },
+                "route": { "cluster": "backend" },
+                "request_headers_to_add": [{ "header": { "key": "x-scheme", "value": "%REQ(:SCHEME)%" } }],
+            }),
+        ],
+    )]);
+    let client = TlsClient::new(&ca, "edge.example.com");
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let addr = px.connect_addr("ingress");
+
+    let response = client.get(addr, "/items").expect("HTTP/1.1 over TLS");
+    assert_eq!((response.status, response.body.as_str()), (200, "h2 backend"), "{response:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.scheme.as_deref(), Some("https"), "{seen:?}");
+    assert_eq!(seen.header("x-scheme"), Some("https"), "{seen:?}");
+    let moved = client.get(addr, "/old").expect("redirect");
+    assert_eq!(moved.status, 301, "{moved:?}");
+    let location = moved.header("location").unwrap_or_default();
+    assert!(location.starts_with("https://") && location.ends_with("/new"), "{moved:?}");
+
+    // The upstream is reached in the clear: `match_upstream` says so.
+    legate_testing::config::hcm_config(&mut config, 0)["scheme_header_transformation"] =
+        json!({ "match_upstream": true });
+    drop(px);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let response = client.get(px.connect_addr("ingress"), "/items").expect("HTTP/1.1 over TLS");
+    assert_eq!(response.status, 200, "{response:?}");
+    let seen = upstream.last_request();
+    assert_eq!(seen.scheme.as_deref(), Some("http"), "{seen:?}");
+    assert_eq!(seen.header("x-scheme"), Some("https"), "the request's own `:scheme` is unchanged: {seen:?}");
+}
+
 /// Several `tls_certificates` in one context: the SNI picks the certificate (exact name, then
 /// a wildcard); without a match, the first one. The client verifies the name, so a completed
 /// handshake proves the choice.

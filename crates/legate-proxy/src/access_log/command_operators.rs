@@ -550,7 +550,7 @@ fn request_header<'a>(info: &'a StreamInfo, name: &str) -> Option<&'a [u8]> {
         ":path" => Some(request.path.as_bytes()),
         ":authority" if request.authority.is_empty() => None,
         ":authority" => Some(request.authority.as_bytes()),
-        ":scheme" => Some(request.scheme.as_bytes()),
+        ":scheme" => Some(request.scheme.as_str().as_bytes()),
         _ => header_value(&request.headers, name),
     }
 }
@@ -750,7 +750,7 @@ pub(crate) mod tests {
             method: Method::POST,
             path: "/api/v1/locations".to_string(),
             authority: "locations".to_string(),
-            scheme: "http",
+            scheme: http::uri::Scheme::HTTP,
             headers,
         }));
         info.request_id = Some(http::HeaderValue::from_static("cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2"));

@@ -216,7 +216,7 @@ fn request_header_value<'a>(info: &'a StreamInfo, name: &str) -> Option<Cow<'a, 
         ":path" => return Some(Cow::Borrowed(&request.path)),
         ":authority" if request.authority.is_empty() => return None,
         ":authority" => return Some(Cow::Borrowed(&request.authority)),
-        ":scheme" => return Some(Cow::Borrowed(request.scheme)),
+        ":scheme" => return Some(Cow::Borrowed(request.scheme.as_str())),
         _ => {}
     }
     let mut values = request.headers.get_all(name).iter();
@@ -259,7 +259,7 @@ mod tests {
             method: Method::GET,
             path: "/healthz".to_string(),
             authority: "example.com".to_string(),
-            scheme: "http",
+            scheme: http::uri::Scheme::HTTP,
             headers,
         }));
         info

@@ -685,7 +685,7 @@ mod tests {
             method: http::Method::GET,
             path: "/".into(),
             authority: "a".into(),
-            scheme: "http",
+            scheme: http::uri::Scheme::HTTP,
             headers,
         }));
         for _ in 0..70 {

@@ -114,23 +114,27 @@ impl<'a> StreamView<'a> {
 }
 
 /// What a `HeaderMatcher` named `name` sees in a request: the pseudo-headers `:path` (with the
-/// query), `:method`, `:authority` and `:scheme` from the request line, any other header with
-/// all its values joined by `,` (Envoy's `HeaderUtility::getAllOfHeaderAsString`). `None`:
-/// absent.
-pub(crate) fn request_header_value<'h>(head: &'h http::request::Parts, name: &str) -> Option<Cow<'h, str>> {
+/// query), `:method` and `:authority` from the request line, `:scheme` as given (the stream's,
+/// [`StreamInfo::scheme`]), any other header with all its values joined by `,` (Envoy's
+/// `HeaderUtility::getAllOfHeaderAsString`). `None`: absent.
+pub(crate) fn request_header_value<'h>(
+    head: &'h http::request::Parts,
+    scheme: &'h str,
+    name: &str,
+) -> Option<Cow<'h, str>> {
     match name {
         ":path" => head.uri.path_and_query().map(|pq| Cow::Borrowed(pq.as_str())),
         ":method" => Some(Cow::Borrowed(head.method.as_str())),
         ":authority" => Some(router::authority_of(head)).filter(|a| !a.is_empty()).map(Cow::Borrowed),
-        ":scheme" => Some(Cow::Borrowed(head.uri.scheme_str().unwrap_or("http"))),
+        ":scheme" => Some(Cow::Borrowed(scheme)),
         _ if name.starts_with(':') => None,
         _ => crate::router::retry_policy::joined(&head.headers, name).map(Cow::Owned),
     }
 }
 
 /// Every matcher matches the request (Envoy's `HeaderUtility::matchHeaders`; none: true).
-pub(crate) fn headers_match(matchers: &[HeaderMatcher], head: &http::request::Parts) -> bool {
-    matchers.iter().all(|m| m.matches(request_header_value(head, &m.name).as_deref()))
+pub(crate) fn headers_match(matchers: &[HeaderMatcher], head: &http::request::Parts, scheme: &str) -> bool {
+    matchers.iter().all(|m| m.matches(request_header_value(head, scheme, &m.name).as_deref()))
 }
 
 /// Envoy's `featureEnabled` for a `FractionalPercent` when the runtime has no override: a
@@ -212,7 +216,14 @@ pub(crate) mod test_support {
             let authority = crate::filters::http::router::authority_of(head);
             let vhost = self.config.virtual_host(authority).cloned();
             let route = vhost.as_ref().and_then(|v| {
-                v.route(&MatchInput { path: head.uri.path(), query: head.uri.query(), head, random: 0 }).cloned()
+                v.route(&MatchInput {
+                    path: head.uri.path(),
+                    query: head.uri.query(),
+                    head,
+                    scheme: head.uri.scheme_str().unwrap_or("http"),
+                    random: 0,
+                })
+                .cloned()
             });
             (vhost, route)
         }
@@ -256,16 +267,16 @@ mod tests {
     #[test]
     fn pseudo_headers_come_from_the_request_line() {
         let head = request("POST", "http://example.com:8080/a/b?x=1", &[("x-two", "1"), ("x-two", "2")]);
-        assert_eq!(request_header_value(&head, ":path").as_deref(), Some("/a/b?x=1"));
-        assert_eq!(request_header_value(&head, ":method").as_deref(), Some("POST"));
-        assert_eq!(request_header_value(&head, ":authority").as_deref(), Some("example.com:8080"));
-        assert_eq!(request_header_value(&head, ":scheme").as_deref(), Some("http"));
-        assert_eq!(request_header_value(&head, "x-two").as_deref(), Some("1,2"));
-        assert_eq!(request_header_value(&head, "x-none"), None);
-        assert_eq!(request_header_value(&head, ":protocol"), None);
+        assert_eq!(request_header_value(&head, "http", ":path").as_deref(), Some("/a/b?x=1"));
+        assert_eq!(request_header_value(&head, "http", ":method").as_deref(), Some("POST"));
+        assert_eq!(request_header_value(&head, "http", ":authority").as_deref(), Some("example.com:8080"));
+        assert_eq!(request_header_value(&head, "http", ":scheme").as_deref(), Some("http"));
+        assert_eq!(request_header_value(&head, "http", "x-two").as_deref(), Some("1,2"));
+        assert_eq!(request_header_value(&head, "http", "x-none"), None);
+        assert_eq!(request_header_value(&head, "http", ":protocol"), None);
 
         let head = request("GET", "/hc", &[("host", "svc")]);
-        assert_eq!(request_header_value(&head, ":authority").as_deref(), Some("svc"));
+        assert_eq!(request_header_value(&head, "http", ":authority").as_deref(), Some("svc"));
     }
 
     #[test]

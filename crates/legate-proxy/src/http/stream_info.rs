@@ -18,8 +18,8 @@ pub struct RequestSnapshot {
     pub path: String,
     /// `:authority` / `host`.
     pub authority: String,
-    /// `http` or `https` (`:scheme`).
-    pub scheme: &'static str,
+    /// `:scheme`, as [`StreamInfo::scheme`].
+    pub scheme: http::uri::Scheme,
     pub headers: HeaderMap,
 }
 
@@ -31,6 +31,10 @@ pub struct StreamInfo {
     /// Monotonic clock at the same point; every duration below is measured from it.
     pub start: Instant,
     pub protocol: Version,
+    /// The request's `:scheme`: HTTP/2's, an HTTP/1.1 absolute URL's, else a trusted
+    /// `x-forwarded-proto` (`http` or `https`), else the connection's (Envoy's
+    /// `ConnectionManagerUtility::mutateRequestHeaders`). Set by the connection manager.
+    pub scheme: http::uri::Scheme,
     pub connection_id: u64,
     pub downstream_remote_address: SocketAddr,
     /// The connection's peer, before `x-forwarded-for` is considered.
@@ -90,6 +94,7 @@ impl StreamInfo {
             start_time: None,
             start: clock::now(),
             protocol,
+            scheme: http::uri::Scheme::HTTP,
             connection_id,
             downstream_remote_address,
             downstream_direct_remote_address: downstream_remote_address,

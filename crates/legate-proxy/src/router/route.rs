@@ -18,8 +18,10 @@ pub struct MatchInput<'a> {
     /// The query string, without `?`.
     pub query: Option<&'a str>,
     /// The request's head: its method and headers, and the pseudo-headers a header matcher
-    /// may name (`:method`, `:path`, `:authority`, `:scheme`).
+    /// may name (`:method`, `:path`, `:authority`).
     pub head: &'a http::request::Parts,
+    /// `:scheme` ([`crate::http::StreamInfo::scheme`]).
+    pub scheme: &'a str,
     /// Drawn once per request, for `runtime_fraction`.
     pub random: u64,
 }
@@ -123,7 +125,7 @@ impl Route {
         if self.grpc && !is_grpc(&input.head.headers) {
             return false;
         }
-        if !headers_match(&self.headers, input.head) {
+        if !headers_match(&self.headers, input.head, input.scheme) {
             return false;
         }
         if !self.query_parameters.iter().all(|m| m.matches(query_value(input.query, &m.name))) {

@@ -800,6 +800,11 @@ impl PooledConn {
         self.pool.protocol
     }
 
+    /// The connection speaks TLS (its cluster's `transport_socket`).
+    pub fn over_tls(&self) -> bool {
+        self.pool.cluster.transport_socket().is_some()
+    }
+
     pub fn local_address(&self) -> Option<SocketAddr> {
         self.shared.local_address
     }

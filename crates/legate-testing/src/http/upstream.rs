@@ -38,6 +38,8 @@ pub struct UpstreamRequest {
     pub path: String,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub version: String,
+    /// `:scheme` of an HTTP/2 request (or of an HTTP/1.1 absolute URL).
+    pub scheme: Option<String>,
     /// Header names lowercased, in the order received; `:authority` of an HTTP/2 request is
     /// listed as `host`.
     pub headers: Vec<(String, String)>,
@@ -513,6 +515,7 @@ async fn handle(
         method: head.method.to_string(),
         path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
         version: format!("{:?}", head.version),
+        scheme: head.uri.scheme_str().map(str::to_string),
         headers,
         body: Bytes::from(body),
         body_complete,

@@ -15,7 +15,7 @@ use crate::core::{DataSource, HeaderValueOption};
 use crate::duration::Duration;
 use crate::extensions::{is_registered, resolve, HTTP_FILTERS};
 use crate::path;
-use crate::protocol::{Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions};
+use crate::protocol::{Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions, SchemeHeaderTransformation};
 use crate::route::RouteConfiguration;
 use crate::unsupported::Unsupported;
 use crate::validate::Validator;
@@ -53,7 +53,8 @@ pub struct HttpConnectionManager {
     pub server_name: String,
     #[serde(default)]
     pub server_header_transformation: ServerHeaderTransformation,
-    pub scheme_header_transformation: Option<Unsupported>,
+    /// `:scheme` set or matched to the upstream, instead of worked out per request.
+    pub scheme_header_transformation: Option<SchemeHeaderTransformation>,
     /// Request headers size limit in KiB, 1..=8192 (default 60); over it: 431.
     pub max_request_headers_kb: Option<u32>,
     /// A stream with no activity either way for this long gets 408 (504 once the request was
@@ -240,6 +241,9 @@ impl HttpConnectionManager {
                     "cert and chain are not supported by legate yet (subject, dns and uri are)",
                 );
             }
+        }
+        if let Some(scheme) = &self.scheme_header_transformation {
+            scheme.validate(&format!("{at}.scheme_header_transformation"), v);
         }
         if self.strip_matching_host_port && self.strip_any_host_port {
             v.error(at, "Error: Only one of `strip_matching_host_port` or `strip_any_host_port` can be set.");
@@ -534,6 +538,28 @@ mod tests {
         assert!(
             e[0].starts_with(
                 "tc.http_filters: the last HTTP filter must be a terminal filter (envoy.filters.http.router)"
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn scheme_header_transformation_is_one_of_two_and_http_or_https() {
+        let mut v = minimal();
+        v["scheme_header_transformation"] = json!({"scheme_to_overwrite": "https"});
+        assert!(errors(&hcm(v.clone()), &["c"]).is_empty());
+        v["scheme_header_transformation"] = json!({"scheme_to_overwrite": "ftp", "match_upstream": true});
+        let e = errors(&hcm(v), &["c"]);
+        assert!(
+            e.contains(
+                &"tc.scheme_header_transformation.scheme_to_overwrite: value must be in list [http https]".to_string()
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.contains(
+                &"tc.scheme_header_transformation: only one of scheme_to_overwrite or match_upstream may be set"
+                    .to_string()
             ),
             "{e:?}"
         );

@@ -137,7 +137,7 @@ impl FaultFilter {
         if !matches_upstream_cluster(settings, head, &stream) || !matches_downstream_nodes(settings, head) {
             return FilterHeadersStatus::Continue;
         }
-        if !headers_match(&settings.headers, head) {
+        if !headers_match(&settings.headers, head, stream.info.scheme.as_str()) {
             return FilterHeadersStatus::Continue;
         }
         if !settings.disable_downstream_cluster_stats {

@@ -232,7 +232,7 @@ impl HealthCheckFilter {
         now: Instant,
     ) -> FilterHeadersStatus {
         let config = &self.config;
-        if !headers_match(&config.headers, head) {
+        if !headers_match(&config.headers, head, stream.info.scheme.as_str()) {
             return FilterHeadersStatus::Continue;
         }
         self.health_check_request = true;

@@ -1008,7 +1008,14 @@ fn build_request(
     let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
     let version = if http2 {
         headers.remove(HOST);
-        uri.scheme = Some(http::uri::Scheme::HTTP);
+        // The request's `:scheme` goes on (Envoy), unless it is to say how this one is sent.
+        let match_upstream =
+            rq.context.shared.config.scheme_header_transformation.as_ref().is_some_and(|t| t.match_upstream);
+        uri.scheme = Some(match match_upstream {
+            true if conn.over_tls() => http::uri::Scheme::HTTPS,
+            true => http::uri::Scheme::HTTP,
+            false => rq.info.scheme.clone(),
+        });
         uri.authority = Some(http::uri::Authority::try_from(authority.as_str()).ok()?);
         Version::HTTP_2
     } else {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, SERVER, VIA};
 use http::{Method, Request, Response, StatusCode, Version};
 use legate_config::filters::network::http_connection_manager::{
-    PathWithEscapedSlashesAction, ServerHeaderTransformation,
+    HttpConnectionManager as HcmConfig, PathWithEscapedSlashesAction, ServerHeaderTransformation,
 };
 use legate_config::protocol::HeadersWithUnderscoresAction;
 
@@ -119,6 +119,25 @@ fn prepare(
                 if !v.is_empty() {
                     head.headers.insert(http::header::HOST, v);
                 }
+            }
+        }
+    }
+    // An HTTP/1.1 absolute URL's scheme (Envoy's codec): `http` or `https`, and `https` not
+    // in the clear at the edge (`use_remote_address` with no trusted hops).
+    if head.version != Version::HTTP_2 && head.method != Method::CONNECT {
+        if let Some(scheme) = head.uri.scheme() {
+            if *scheme != http::uri::Scheme::HTTP && *scheme != http::uri::Scheme::HTTPS {
+                return Err(Box::new(
+                    LocalReply::new(StatusCode::BAD_REQUEST, "", "http1.invalid_scheme")
+                        .with_flag(ResponseFlag::DownstreamProtocolError),
+                ));
+            }
+            let edge = config.use_remote_address.unwrap_or(false) && config.xff_num_trusted_hops == 0;
+            if edge && *scheme == http::uri::Scheme::HTTPS && context.info.ssl.is_none() {
+                return Err(Box::new(
+                    LocalReply::new(StatusCode::FORBIDDEN, "", "http1.https_url_on_plaintext_connection")
+                        .with_flag(ResponseFlag::DownstreamProtocolError),
+                ));
             }
         }
     }
@@ -241,16 +260,20 @@ fn prepare(
 
     // x-forwarded-for and the downstream's address; x-forwarded-proto is the downstream
     // connection's scheme (`https` when this listener terminated TLS).
-    let scheme = HeaderValue::from_static(if context.info.ssl.is_some() { "https" } else { "http" });
+    let tls = context.info.ssl.is_some();
+    let scheme = HeaderValue::from_static(if tls { "https" } else { "http" });
     let peer = context.info.remote_address;
     let use_remote_address = config.use_remote_address.unwrap_or(false);
     let internal = is_internal(peer.ip());
     let carried = Carried::of(&head.headers);
+    // The scheme `x-forwarded-proto` names once settled (`None`: neither http nor https).
+    let forwarded_scheme;
     if use_remote_address {
         if !config.skip_xff_append {
             append_xff(&mut head.headers, peer.ip());
         }
         head.headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
+        forwarded_scheme = Some(tls);
         if internal {
             head.headers.insert(headers::X_ENVOY_INTERNAL.clone(), HeaderValue::from_static("true"));
         } else {
@@ -267,8 +290,14 @@ fn prepare(
         if let Some(ip) = client.flatten() {
             info.downstream_remote_address = SocketAddr::new(ip, 0);
         }
-        head.headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| scheme.clone());
+        let proto = head.headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| scheme.clone()).as_bytes();
+        forwarded_scheme = match proto {
+            _ if proto.eq_ignore_ascii_case(b"https") => Some(true),
+            _ if proto.eq_ignore_ascii_case(b"http") => Some(false),
+            _ => None,
+        };
     }
+    info.scheme = request_scheme(config, head, forwarded_scheme.unwrap_or(tls));
     let ssl = context.info.ssl.as_deref();
     // Without a client certificate, all there is to do is to remove the field if sent.
     if carried.client_cert || ssl.is_some_and(|s| s.peer_certificate.is_some()) {
@@ -302,11 +331,37 @@ fn prepare(
             method: head.method.clone(),
             path: head.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
             authority: authority_of(head).to_string(),
-            scheme: "http",
+            scheme: info.scheme.clone(),
             headers: head.headers.clone(),
         }));
     }
     Ok(())
+}
+
+/// The request's `:scheme` once `x-forwarded-proto` is settled: `scheme_to_overwrite` (which
+/// also sets `x-forwarded-proto`), else the request line's (HTTP/2, an HTTP/1.1 absolute
+/// URL), else `forwarded_https`: whether `x-forwarded-proto` says `https` when it names a
+/// scheme, else whether the connection is TLS.
+fn request_scheme(config: &HcmConfig, head: &mut http::request::Parts, forwarded_https: bool) -> http::uri::Scheme {
+    use http::uri::Scheme;
+    let of = |https: bool| if https { Scheme::HTTPS } else { Scheme::HTTP };
+    let overwrite = config.scheme_header_transformation.as_ref().and_then(|t| t.scheme_to_overwrite.as_deref());
+    if let Some(overwrite) = overwrite {
+        let https = overwrite == "https";
+        head.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if https { "https" } else { "http" }));
+        if head.uri.scheme().is_some() {
+            let mut parts = head.uri.clone().into_parts();
+            parts.scheme = Some(of(https));
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                head.uri = uri;
+            }
+        }
+        return of(https);
+    }
+    match head.uri.scheme() {
+        Some(scheme) => scheme.clone(),
+        None => of(forwarded_https),
+    }
 }
 
 /// Runs the filters, the route's action and the router.
@@ -324,9 +379,10 @@ async fn decode(
     let vhost = route_config.virtual_host(authority.as_str()).cloned();
     let path_and_query = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (path, query) = (path_and_query.path(), path_and_query.query());
+    let scheme = completion.info.scheme.as_str();
     let route = vhost
         .as_ref()
-        .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, random: fastrand::u64(..) }).cloned());
+        .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, scheme, random: fastrand::u64(..) }).cloned());
     completion.info.virtual_host_name = vhost.as_ref().map(|v| v.name.clone());
     completion.info.route_name = route.as_ref().map(|r| r.name.clone()).filter(|n| !n.is_empty());
 
@@ -411,7 +467,13 @@ async fn decode(
     let action = match &route.kind {
         RouteKind::Redirect(redirect) => {
             shared.stats.rq_redirect.inc();
-            let location = redirect.location("http", authority.as_str(), path, query, matched_prefix(&route));
+            let location = redirect.location(
+                completion.info.scheme.as_str(),
+                authority.as_str(),
+                path,
+                query,
+                matched_prefix(&route),
+            );
             let mut reply = LocalReply::new(redirect.status, Bytes::new(), "direct_response");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 reply.headers.insert(LOCATION, v);
