@@ -104,6 +104,8 @@ struct State {
     /// The last request's buffer, for the next one (no allocation per request).
     spare: BytesMut,
     read_buf: BytesMut,
+    /// The field names of the last response.
+    names: headers::NameCache,
     rx: Counter,
     tx: Counter,
 }
@@ -117,6 +119,7 @@ impl ClientConn {
                 writer: None,
                 spare: BytesMut::new(),
                 read_buf: BytesMut::new(),
+                names: headers::NameCache::default(),
                 rx,
                 tx,
             }),
@@ -501,7 +504,7 @@ impl HopByHop {
 fn poll_head(cx: &mut Context<'_>, state: &mut State) -> Poll<Result<Head, Error>> {
     loop {
         if !state.read_buf.is_empty() {
-            match parse_head(&mut state.read_buf)? {
+            match parse_head(&mut state.read_buf, &mut state.names)? {
                 Some(head) if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS => {
                     continue
                 }
@@ -523,10 +526,10 @@ fn poll_head(cx: &mut Context<'_>, state: &mut State) -> Poll<Result<Head, Error
 
 /// Parses the head at the start of `buf` and takes it out: `None` while it is incomplete.
 /// The header values share the head's bytes.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
-    match parse_head_in::<STACK_HEADERS>(buf) {
+fn parse_head(buf: &mut BytesMut, names: &mut headers::NameCache) -> Result<Option<Head>, Error> {
+    match parse_head_in::<STACK_HEADERS>(buf, names) {
         // More fields than the first try's slots: again, with room for all that are allowed.
-        Err(Error::Protocol(TOO_MANY_HEADERS)) => parse_head_in::<MAX_HEADERS>(buf),
+        Err(Error::Protocol(TOO_MANY_HEADERS)) => parse_head_in::<MAX_HEADERS>(buf, names),
         parsed => parsed,
     }
 }
@@ -538,7 +541,7 @@ const STACK_HEADERS: usize = 32;
 const TOO_MANY_HEADERS: &str = "too many response headers";
 
 /// [`parse_head`] with room for `N` fields.
-fn parse_head_in<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
+fn parse_head_in<const N: usize>(buf: &mut BytesMut, names: &mut headers::NameCache) -> Result<Option<Head>, Error> {
     // Where each name and value lies in `buf`, so that the values can share its bytes once
     // the parser's borrow ends. (The parser's slots are not zeroed: only the spans are.)
     let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
@@ -575,10 +578,10 @@ fn parse_head_in<const N: usize>(buf: &mut BytesMut) -> Result<Option<Head>, Err
     let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("invalid status code"))?;
     let mut headers = headers::header_map(count);
     let mut hop = HopByHop::default();
-    for &(name_start, name_end, value_start, value_end) in spans.iter().take(count) {
+    for (index, &(name_start, name_end, value_start, value_end)) in spans.iter().take(count).enumerate() {
         let (name, value) = (name_start as usize..name_end as usize, value_start as usize..value_end as usize);
         let name = head.get(name).ok_or(Error::Protocol("malformed response head"))?;
-        let name = HeaderName::from_bytes(name).map_err(|_| Error::Protocol("invalid header name"))?;
+        let name = names.name(index, name).map_err(|_| Error::Protocol("invalid header name"))?;
         let raw = head.get(value.clone()).ok_or(Error::Protocol("malformed response head"))?;
         if name == CONNECTION {
             if hop.connection(raw) {
@@ -878,7 +881,7 @@ mod tests {
 
     fn head(bytes: &[u8]) -> (Result<Option<Head>, Error>, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        (parse_head(&mut buf), buf)
+        (parse_head(&mut buf, &mut headers::NameCache::default()), buf)
     }
 
     fn framing(response: &str, head_request: bool) -> Result<(Decoder, bool), Error> {

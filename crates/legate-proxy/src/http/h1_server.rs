@@ -22,7 +22,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use legate_stats::Counter;
 
@@ -225,9 +225,25 @@ fn scan<'b>(
     Ok(Some(Scanned { len, method, path: (start, start + path.len()), version, count }))
 }
 
+thread_local! {
+    /// The field names of the last request head built on this worker: its clients mostly
+    /// send the same names in the same order (one kind of client, or a proxy in front). Kept
+    /// per worker rather than per connection, so that an idle connection holds none of it.
+    static REQUEST_NAMES: std::cell::RefCell<headers::NameCache> = std::cell::RefCell::default();
+}
+
 /// Takes the scanned head out of `buf` and builds the request from it; its field values share
 /// one copy of the head.
 fn build(buf: &mut BytesMut, scanned: Scanned, spans: &[Span]) -> Result<RequestHead, HeadError> {
+    REQUEST_NAMES.with_borrow_mut(|names| build_with(buf, scanned, spans, names))
+}
+
+fn build_with(
+    buf: &mut BytesMut,
+    scanned: Scanned,
+    spans: &[Span],
+    names: &mut headers::NameCache,
+) -> Result<RequestHead, HeadError> {
     let Scanned { len, method, path, version, count } = scanned;
     let head = take(buf, len);
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.1)).map_err(|_| HeadError::BadRequest)?;
@@ -236,9 +252,9 @@ fn build(buf: &mut BytesMut, scanned: Scanned, spans: &[Span]) -> Result<Request
     // Room for the fields the connection manager adds (`x-forwarded-proto`, `x-request-id`,
     // `x-envoy-expected-rq-timeout-ms`…): growing the map would rehash it.
     let mut headers = headers::header_map(count + 8);
-    for span in spans.iter().take(count) {
+    for (index, span) in spans.iter().take(count).enumerate() {
         let name = head.get(span.name.0 as usize..span.name.1 as usize).unwrap_or_default();
-        let name = HeaderName::from_bytes(name).map_err(|_| HeadError::BadRequest)?;
+        let name = names.name(index, name).map_err(|_| HeadError::BadRequest)?;
         let range = span.value.0 as usize..span.value.1 as usize;
         let raw = head.get(range.clone()).unwrap_or_default();
         let value = if name == CONTENT_LENGTH {
@@ -996,7 +1012,7 @@ mod tests {
         let (mut head, ()) = http::Response::new(()).into_parts();
         head.status = StatusCode::from_u16(status).unwrap();
         for (n, v) in headers {
-            head.headers.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            head.headers.append(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         let mut out = BytesMut::new();
         let (encoding, keep_alive) = encode_head(&mut out, &head, rc);

@@ -24,7 +24,53 @@ pub static X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL: HeaderName =
 pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Removes hop-by-hop headers (and those the `connection` header names) before a message is
+/// The field names of the last head read on one connection, in order, as sent and as parsed.
+/// A peer sends the same names in the same order head after head (a server's responses, a
+/// client's requests): comparing a name's bytes with the one at its position last time costs
+/// less than parsing it again (`HeaderName::from_bytes` lowercases it, matches it against the
+/// standard names and copies a custom one into an allocation).
+#[derive(Debug, Default)]
+pub struct NameCache {
+    /// The names' bytes as sent, one after another.
+    sent: Vec<u8>,
+    /// Each name: where its bytes lie in `sent`, and the name.
+    names: Vec<(u32, u32, HeaderName)>,
+}
+
+/// Names beyond this position are parsed each time: the cache stays small.
+const NAME_CACHE_FIELDS: usize = 24;
+
+impl NameCache {
+    /// The name of field `index` of a head, whose bytes are `sent`. Fields are asked for in
+    /// order, from 0, head after head.
+    #[inline]
+    pub fn name(&mut self, index: usize, sent: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((start, end, name)) = self.names.get(index) {
+            if self.sent.get(*start as usize..*end as usize) == Some(sent) {
+                return Ok(name.clone());
+            }
+        }
+        self.parse(index, sent)
+    }
+
+    /// A name not seen at `index` last time: parsed, and cached in place of what was cached
+    /// from there on (this head differs from the last one).
+    #[cold]
+    fn parse(&mut self, index: usize, sent: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        let name = HeaderName::from_bytes(sent)?;
+        if index <= self.names.len() && index < NAME_CACHE_FIELDS {
+            let start = self.names.get(index).map_or(self.sent.len(), |(start, _, _)| *start as usize);
+            self.names.truncate(index);
+            self.sent.truncate(start);
+            self.sent.extend_from_slice(sent);
+            // At most `NAME_CACHE_FIELDS` names of a head within `MAX_HEAD`: offsets fit.
+            self.names.push((start as u32, self.sent.len() as u32, name.clone()));
+        }
+        Ok(name)
+    }
+}
+
+/// Removes hop-by-hop headers/// Removes hop-by-hop headers (and those the `connection` header names) before a message is
 /// forwarded. `te: trailers` survives, as HTTP/2 and gRPC need it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // The names, in the order of the bits saying which of them the message carries.
@@ -177,6 +223,43 @@ pub fn uuid4_header() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_name_cache_answers_what_parsing_would_as_heads_change() {
+        fn parse(cache: &mut NameCache, head: &[&str]) -> Vec<String> {
+            head.iter().enumerate().map(|(i, n)| cache.name(i, n.as_bytes()).unwrap().as_str().to_string()).collect()
+        }
+        let mut cache = NameCache::default();
+        assert_eq!(
+            parse(&mut cache, &["Server", "X-Custom", "Content-Length"]),
+            ["server", "x-custom", "content-length"]
+        );
+        // The same head again, from the cache; a name spelt differently is parsed again.
+        assert_eq!(
+            parse(&mut cache, &["Server", "X-Custom", "Content-Length"]),
+            ["server", "x-custom", "content-length"]
+        );
+        assert_eq!(
+            parse(&mut cache, &["server", "X-Other", "Content-Length"]),
+            ["server", "x-other", "content-length"]
+        );
+        // Shorter and longer heads, a name moved to another place.
+        assert_eq!(parse(&mut cache, &["Date"]), ["date"]);
+        assert_eq!(parse(&mut cache, &["Date", "Server", "Date", "ETag"]), ["date", "server", "date", "etag"]);
+        assert_eq!(parse(&mut cache, &["Date", "Serve", "Date", "ETag"]), ["date", "serve", "date", "etag"]);
+        assert_eq!(parse(&mut cache, &["Date", "Server", "Date", "ETag"]), ["date", "server", "date", "etag"]);
+        // An invalid name is refused every time, cached or not.
+        assert!(cache.name(0, b"bad name").is_err());
+        assert!(cache.name(0, b"bad name").is_err());
+        assert_eq!(cache.name(0, b"Date").unwrap(), http::header::DATE);
+        // Past the cached positions, names are still right.
+        let long: Vec<String> = (0..NAME_CACHE_FIELDS + 4).map(|i| format!("X-F{i}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        for _ in 0..2 {
+            let got = parse(&mut cache, &long);
+            assert!(got.iter().zip(&long).all(|(g, l)| *g == l.to_ascii_lowercase()), "{got:?}");
+        }
+    }
 
     #[test]
     fn a_recycled_map_comes_back_empty_with_its_room() {
