@@ -34,6 +34,7 @@ pub mod merge;
 pub mod normalize;
 pub mod outlier_detection;
 pub mod path;
+mod proto_json;
 pub mod protocol;
 pub mod resources;
 pub mod route;

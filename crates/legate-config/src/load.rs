@@ -174,6 +174,31 @@ static_resources:
         assert!(err.starts_with("static_resources.clusters[0].lb_policy: unknown variant `ROUND_ROBBIN`"), "{err}");
     }
 
+    /// Envoy's parser takes enum names in lower case and one element for a list of them (its
+    /// quick-start configs are written so).
+    #[test]
+    fn lower_case_enums_and_a_lone_list_element_load_as_in_envoy() {
+        let yaml = MINIMAL.replace(
+            "connect_timeout: 0.25s",
+            "connect_timeout: 0.25s\n    type: strict_dns\n    lb_policy: least_request\n    dns_lookup_family: v4_only",
+        );
+        let b = load(&yaml).unwrap().bootstrap;
+        let cluster = &b.static_resources.clusters[0];
+        assert_eq!(cluster.discovery_type, crate::cluster::DiscoveryType::StrictDns);
+        assert_eq!(cluster.lb_policy, crate::cluster::LbPolicy::LeastRequest);
+        assert_eq!(cluster.dns_lookup_family, crate::cluster::DnsLookupFamily::V4Only);
+        let text = serde_json::to_string(&parse_yaml(MINIMAL, "test").unwrap()).unwrap();
+        let mut tree: Value = serde_json::from_str(&text).unwrap();
+        let chain = tree["static_resources"]["listeners"][0]["filter_chains"][0].take();
+        tree["static_resources"]["listeners"][0]["filter_chains"] = chain;
+        let b = parse_bootstrap(tree).unwrap().bootstrap;
+        assert_eq!(b.static_resources.listeners[0].filter_chains.len(), 1);
+        // A name that is neither as written nor in upper case is still refused.
+        let yaml = MINIMAL.replace("connect_timeout: 0.25s", "connect_timeout: 0.25s\n    type: strict-dns");
+        let err = load(&yaml).unwrap_err().to_string();
+        assert!(err.starts_with("static_resources.clusters[0].type: unknown variant `strict-dns`"), "{err}");
+    }
+
     #[test]
     fn error_inside_typed_config_has_the_full_path() {
         let yaml = MINIMAL.replace("stat_prefix: tcp", "stat_prefix: tcp\n          idle_timeout: 10");

@@ -29,15 +29,16 @@ impl std::fmt::Display for PathError {
     }
 }
 
-/// Deserializes `value` into `T`, reporting the failing field's full path.
+/// Deserializes `value` into `T` as Envoy's parser reads it ([`crate::proto_json`]), reporting
+/// the failing field's full path.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, PathError> {
-    serde_path_to_error::deserialize(value).map_err(path_error)
+    from_value_ref(&value)
 }
 
 /// [`from_value`] without taking the tree: xDS keeps the resource it parses (for
 /// `/config_dump`), and copying a large resource only to read it costs more than the parse.
 pub fn from_value_ref<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, PathError> {
-    serde_path_to_error::deserialize(value).map_err(path_error)
+    serde_path_to_error::deserialize(crate::proto_json::ProtoJson(value)).map_err(path_error)
 }
 
 fn path_error<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> PathError {
