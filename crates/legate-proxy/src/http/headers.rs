@@ -70,7 +70,7 @@ impl NameCache {
     }
 }
 
-/// Removes hop-by-hop headers/// Removes hop-by-hop headers (and those the `connection` header names) before a message is
+/// Removes hop-by-hop headers (and those the `connection` header names) before a message is
 /// forwarded. `te: trailers` survives, as HTTP/2 and gRPC need it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // The names, in the order of the bits saying which of them the message carries.
