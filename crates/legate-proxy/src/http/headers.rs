@@ -84,11 +84,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ];
     // One pass over the names first, so that only names present are looked up (each lookup
     // hashes): most messages carry none, a typical response only `connection: keep-alive`.
+    // A match on the name's text: one length test rules out most names, where comparing
+    // each name with the six cost ~40 instructions (callgrind).
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop.iter().position(|h| *h == name) {
-            present |= 1 << i;
-        }
+        present |= match name.as_str() {
+            "connection" => 1,
+            "keep-alive" => 1 << 1,
+            "proxy-connection" => 1 << 2,
+            "transfer-encoding" => 1 << 3,
+            "upgrade" => 1 << 4,
+            "te" => 1 << 5,
+            _ => 0,
+        };
     }
     if present == 0 {
         return;
