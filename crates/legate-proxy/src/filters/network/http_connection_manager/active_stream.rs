@@ -132,7 +132,7 @@ fn prepare(
                         .with_flag(ResponseFlag::DownstreamProtocolError),
                 ));
             }
-            let edge = config.use_remote_address.unwrap_or(false) && config.xff_num_trusted_hops == 0;
+            let edge = config.use_remote_address() && config.xff_num_trusted_hops == 0;
             if edge && *scheme == http::uri::Scheme::HTTPS && context.info.ssl.is_none() {
                 return Err(Box::new(
                     LocalReply::new(StatusCode::FORBIDDEN, "", "http1.https_url_on_plaintext_connection")
@@ -263,7 +263,7 @@ fn prepare(
     let tls = context.info.ssl.is_some();
     let scheme = HeaderValue::from_static(if tls { "https" } else { "http" });
     let peer = context.info.remote_address;
-    let use_remote_address = config.use_remote_address.unwrap_or(false);
+    let use_remote_address = config.use_remote_address();
     let internal = is_internal(peer.ip());
     let carried = Carried::of(&head.headers);
     // The scheme `x-forwarded-proto` names once settled (`None`: neither http nor https).
