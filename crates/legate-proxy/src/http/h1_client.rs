@@ -540,7 +540,9 @@ fn parse_head(buf: &mut BytesMut, names: &mut headers::NameCache) -> Result<Opti
 const STACK_HEADERS: usize = 32;
 const TOO_MANY_HEADERS: &str = "too many response headers";
 
-/// [`parse_head`] with room for `N` fields.
+/// [`parse_head`] with room for `N` fields. Not inlined: its slots (4.8 KB for `MAX_HEADERS`)
+/// would otherwise sit in the frame of the exchange's poll, which runs at every step of it.
+#[inline(never)]
 fn parse_head_in<const N: usize>(buf: &mut BytesMut, names: &mut headers::NameCache) -> Result<Option<Head>, Error> {
     // Where each name and value lies in `buf`, so that the values can share its bytes once
     // the parser's borrow ends. (The parser's slots are not zeroed: only the spans are.)

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -387,8 +388,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
     headers::strip_hop_by_hop(&mut head.headers);
     if head.method == http::Method::CONNECT && action.connect_terminate {
         if let Some((_, on_upgrade)) = downstream_upgrade.take() {
-            // Boxed: its state (1.7 KB) would otherwise size every request's future.
-            return Box::pin(connect_terminate(&mut rq, &cluster, on_upgrade)).await;
+            return connect_terminate_boxed(&mut rq, &cluster, on_upgrade).await;
         }
     }
     if downstream_upgrade.is_some() {
@@ -410,7 +410,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                     true => shadow_host(authority.as_str()),
                     false => authority.as_str().to_string(),
                 };
-                let shadow = Shadow {
+                Shadow {
                     context: context.clone(),
                     cluster: name,
                     head: clone_head(head),
@@ -419,8 +419,8 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                     body: rq.body.clone(),
                     timeout: route_timeout,
                     priority: action.priority,
-                };
-                tokio::task::spawn_local(shadow.send());
+                }
+                .spawn();
             }
         }
     }
@@ -1068,6 +1068,20 @@ where
 
 /// CONNECT terminated here (`connect_config`): a TCP connection to a host of the cluster,
 /// `200` to the downstream, then the payload both ways as raw bytes.
+/// [`connect_terminate`], boxed and polled through its vtable, out of line. Boxed, its state
+/// (1.7 KB) does not size every request's future; behind `dyn` and not inlined, its poll does
+/// not add its temporaries (the TLS connect's 1.4 KB among them) to the stack frame that every
+/// request's [`route`] polls in: frames the size of the first-level cache push each request's
+/// deeper calls onto stack lines that have left it.
+#[inline(never)]
+fn connect_terminate_boxed<'a>(
+    rq: &'a mut RouterRequest<'_>,
+    cluster: &'a Arc<Cluster>,
+    on_upgrade: DownstreamUpgrade,
+) -> Pin<Box<dyn Future<Output = RouterOutcome> + 'a>> {
+    Box::pin(connect_terminate(rq, cluster, on_upgrade))
+}
+
 async fn connect_terminate(
     rq: &mut RouterRequest<'_>,
     cluster: &Arc<Cluster>,
@@ -1161,6 +1175,13 @@ struct Shadow {
 }
 
 impl Shadow {
+    /// Sends the copy on a task of its own. Out of line: built in [`route`], the task's
+    /// future (2 KB) would sit in the stack frame every request's [`route`] polls in.
+    #[inline(never)]
+    fn spawn(self) {
+        tokio::task::spawn_local(self.send());
+    }
+
     async fn send(self) {
         // A body that never completes (the main request failed early) must not hold the
         // shadow forever.
