@@ -602,16 +602,29 @@ impl ThreadLocalClusterManager {
     /// Picks a host of `cluster_name` with this worker's load balancer. The load balancer is
     /// rebuilt when the cluster or its hosts changed since the last pick.
     pub fn choose_host(&self, cluster_name: &str) -> Result<(Arc<Cluster>, HostSharedPtr), ChooseHostError> {
-        self.choose_host_with_hash(cluster_name, None)
+        self.choose(cluster_name, None, Arc::clone)
     }
 
-    /// [`Self::choose_host`] with the request hash of the route's `hash_policy`, which the
-    /// hashing policies (`RING_HASH`, `MAGLEV`) pick by; others ignore it.
+    /// [`Self::choose_host`]'s host, picked with the request hash of the route's
+    /// `hash_policy`, which the hashing policies (`RING_HASH`, `MAGLEV`) pick by; others
+    /// ignore it.
     pub fn choose_host_with_hash(
         &self,
         cluster_name: &str,
         hash: Option<u64>,
-    ) -> Result<(Arc<Cluster>, HostSharedPtr), ChooseHostError> {
+    ) -> Result<HostSharedPtr, ChooseHostError> {
+        self.choose(cluster_name, hash, |_| ()).map(|((), host)| host)
+    }
+
+    /// The pick, with what `with_cluster` takes from the cluster (the router has its cluster
+    /// already: a clone it drops would be two atomic operations per request on a count every
+    /// worker shares).
+    fn choose<R>(
+        &self,
+        cluster_name: &str,
+        hash: Option<u64>,
+        with_cluster: impl FnOnce(&Arc<Cluster>) -> R,
+    ) -> Result<(R, HostSharedPtr), ChooseHostError> {
         let generation = self.clusters.generation();
         let mut local = self.local.borrow_mut();
         // The common path: the worker's own view is current, and serves without the snapshot.
@@ -639,7 +652,7 @@ impl ThreadLocalClusterManager {
             }
         };
         match tl.lb.choose_host(&tl.cluster, &tl.priority_set, hash) {
-            Some(host) => Ok((tl.cluster.clone(), host)),
+            Some(host) => Ok((with_cluster(&tl.cluster), host)),
             None => Err(ChooseHostError::NoHost(tl.cluster.clone())),
         }
     }

@@ -456,7 +456,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
         let mut host = None;
         for _ in 0..action.retry_policy.host_selection_max_attempts.max(1) {
             match worker.cluster_manager.choose_host_with_hash(&cluster_name, hash) {
-                Ok((_, h)) => {
+                Ok(h) => {
                     let seen =
                         action.retry_policy.avoid_previous_hosts && tried.iter().any(|t| HostSharedPtr::ptr_eq(t, &h));
                     host = Some(h);
