@@ -729,8 +729,26 @@ fn local_reply(
 
 /// `host[:port]` made of the characters RFC 3986 allows in a reg-name or IP literal.
 fn valid_authority(authority: &str) -> bool {
-    authority.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+    authority.bytes().all(|b| AUTHORITY_BYTES.get(usize::from(b)).copied().unwrap_or(false))
 }
+
+/// The bytes [`valid_authority`] allows, as a table: searching the punctuation list for each
+/// byte cost ~10 instructions a byte on every request.
+static AUTHORITY_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let punctuation = b"-._~!$&'()*+,;=:[]%";
+    let mut i = 0;
+    while i < punctuation.len() {
+        table[punctuation[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// `local_reply_config`: the first mapper whose filter matches rewrites the reply; then the
 /// body format (the mapper's, else the config's) formats the body.
@@ -872,5 +890,34 @@ mod tests {
         assert_eq!(xff_address(&headers, 2), ip("203.0.113.7"));
         headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("not-an-address"));
         assert_eq!(xff_address(&headers, 0), None);
+    }
+
+    #[test]
+    fn an_authority_is_valid_only_with_the_characters_rfc_3986_allows() {
+        for ok in ["example.com", "127.0.0.1:10000", "[::1]:80", "a-b_c~d!$&'()*+,;=%20", "XN--Bcher-kva.example", ""] {
+            assert!(valid_authority(ok), "{ok:?}");
+        }
+        for bad in [
+            "exa mple.com",
+            "host/path",
+            "a\\b",
+            "h\"o",
+            "caf\u{e9}.fr",
+            "a\tb",
+            "x<y>",
+            "a{b}",
+            "a|b",
+            "a^b",
+            "q?x",
+            "f#x",
+            "a`b",
+        ] {
+            assert!(!valid_authority(bad), "{bad:?}");
+        }
+        // Every byte outside the allowed set is refused.
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b);
+        for b in 0..=255u8 {
+            assert_eq!(AUTHORITY_BYTES[usize::from(b)], allowed(b), "byte {b}");
+        }
     }
 }
