@@ -1066,8 +1066,6 @@ where
     stats.downstream_cx_upgrades_active.dec();
 }
 
-/// CONNECT terminated here (`connect_config`): a TCP connection to a host of the cluster,
-/// `200` to the downstream, then the payload both ways as raw bytes.
 /// [`connect_terminate`], boxed and polled through its vtable, out of line. Boxed, its state
 /// (1.7 KB) does not size every request's future; behind `dyn` and not inlined, its poll does
 /// not add its temporaries (the TLS connect's 1.4 KB among them) to the stack frame that every
@@ -1082,6 +1080,8 @@ fn connect_terminate_boxed<'a>(
     Box::pin(connect_terminate(rq, cluster, on_upgrade))
 }
 
+/// CONNECT terminated here (`connect_config`): a TCP connection to a host of the cluster,
+/// `200` to the downstream, then the payload both ways as raw bytes.
 async fn connect_terminate(
     rq: &mut RouterRequest<'_>,
     cluster: &Arc<Cluster>,
