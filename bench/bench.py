@@ -670,8 +670,9 @@ def table(runs, proxies, meta, scale):
                f"{meta['versions']['haproxy']}; {meta['versions']['wrk']}; {meta['versions']['h2load']}; "
                f"{meta['versions']['iperf3']}; {meta['versions']['pingora']}")
     if "legate-pgo" in proxies:
-        out.append("- legate-pgo: the same tree built with profile-guided optimisation (`bench/pgo.sh`, "
-                   "trained on this benchmark's loads); legate: `cargo build --release`.")
+        out.append("- legate-pgo: the same tree built with profile-guided optimisation and laid out again "
+                   "by BOLT (`bench/pgo.sh`, both trained on this benchmark's loads); legate: "
+                   "`cargo build --release`.")
     out.append(f"- {meta['reps']} repetition(s) of {meta['duration_s']} s per case and proxy, interleaved; "
                "medians shown. Backend + proxy on CPU 0, client on CPU 1. CPU = utime+stime of the "
                "proxy's processes (all threads) from /proc, before/after the measured run.")
@@ -769,7 +770,7 @@ def metadata(args):
             "h2load": cmd_version(["h2load", "--version"]),
             "iperf3": cmd_version(["iperf3", "--version"]),
             "pingora": pingora_version() if args.pingora else "not run",
-            "legate-pgo": (f"profile-guided build of the same tree: {args.legate_pgo}"
+            "legate-pgo": (f"profile-guided (and BOLT-laid-out) build of the same tree: {args.legate_pgo}"
                            if getattr(args, "legate_pgo", None) else "not run"),
         },
     }
@@ -796,7 +797,7 @@ def main():
                     help="comma-separated subset of http1,h2c,1mib,idle,tcp,tls,scale")
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--pingora", help="the bench/peers/pingora binary: adds Pingora as a fourth proxy")
-    ap.add_argument("--legate-pgo", help="a profile-guided legate build (bench/pgo.sh): adds it as a column")
+    ap.add_argument("--legate-pgo", help="a profile-guided legate build (bench/pgo.sh, PGO then BOLT): adds it as a column")
     ap.add_argument("--legate-config", default="legate.yaml",
                     help="legate's config template in configs/ (pgo.sh trains on legate-features.yaml too)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))

@@ -42,7 +42,7 @@ if [ $pingora = 1 ]; then
 fi
 if [ $pgo = 1 ]; then
     LEGATE_SRC=$src CARGO_TARGET_DIR=$target "$here/pgo.sh"
-    args="$args --legate-pgo $target/pgo/use/release/legate"
+    args="$args --legate-pgo $target/pgo/legate"
 fi
 # shellcheck disable=SC2086
 exec python3 "$here/bench.py" --legate "$target/release/legate" --src "$src" $args
