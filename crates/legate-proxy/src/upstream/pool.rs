@@ -782,11 +782,18 @@ impl PooledConn {
     }
 
     /// The upstream's side of a `101 Switching Protocols` response received on this
-    /// connection (which then leaves the pool).
-    pub fn upgrade<B>(&self, response: &mut Response<B>) -> Option<UpstreamUpgrade> {
+    /// connection (which then leaves the pool); `extensions` are the response's.
+    pub fn upgrade(&self, extensions: &mut http::Extensions) -> Option<UpstreamUpgrade> {
         match &self.client {
             Some(Client::Http1(conn, _)) => conn.take_upgraded().map(UpstreamUpgrade::Http1),
-            Some(_) => Some(UpstreamUpgrade::Hyper(hyper::upgrade::on(response))),
+            Some(_) => {
+                // hyper takes its upgrade from a response's extensions: lent to one for it.
+                let mut response = Response::new(());
+                std::mem::swap(response.extensions_mut(), extensions);
+                let upgrade = hyper::upgrade::on(&mut response);
+                std::mem::swap(response.extensions_mut(), extensions);
+                Some(UpstreamUpgrade::Hyper(upgrade))
+            }
             None => None,
         }
     }

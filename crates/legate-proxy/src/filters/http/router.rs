@@ -56,8 +56,9 @@ pub struct RouterRequest<'a> {
 
 pub enum RouterOutcome {
     Upstream {
-        head: http::response::Parts,
-        /// Boxed where it is made: it is moved several times on its way to the response.
+        /// Boxed as it arrives, as the body: both are moved several times on their way to
+        /// the downstream codec, and each move of the head by value was a copy of it.
+        head: Box<http::response::Parts>,
         body: Box<UpstreamBody>,
         /// The chosen weighted cluster, for its response header mutations.
         weighted_index: Option<usize>,
@@ -572,7 +573,10 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                 Waited::Timeout(Timeout::PerTry) => break Ok(Err(AttemptFailure::PerTryTimeout)),
                 Waited::Timeout(Timeout::PerTryIdle) => break Ok(Err(AttemptFailure::PerTryIdleTimeout)),
                 Waited::Timeout(which) => break Err(which),
-                Waited::Done(Ok(response)) => break Ok(Ok((response, conn))),
+                Waited::Done(Ok(response)) => {
+                    let (head, body) = response.into_parts();
+                    break Ok(Ok((Box::new(head), body, conn)));
+                }
                 Waited::Done(Err(e)) => {
                     let replayable = rq.body.borrow().replayable();
                     if !fresh && replayable && stale_connection(&e, conn.reused(), &head.method) {
@@ -605,24 +609,25 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
         let retries_left = attempt <= num_retries;
         let replayable = rq.body.borrow().replayable();
         let failure = match outcome {
-            Ok((response, conn)) => {
-                let status = response.status();
+            Ok((mut parts, body, conn)) => {
+                let status = parts.status;
                 cluster.outlier_result(&host, OutlierResult::Http(status.as_u16()));
                 // Only a health-checked cluster acts on it: the lookup (a hash of the name)
                 // is skipped for the others.
                 if cluster.health_checker().is_some()
-                    && response.headers().contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL)
+                    && parts.headers.contains_key(&headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL)
                 {
                     cluster.on_immediate_health_check_fail(&host);
                 }
                 let response_at = clock::now();
                 rq.info.first_upstream_rx_byte = Some(response_at.saturating_duration_since(rq.info.start));
                 worker.count_upstream_code(&cluster, status.as_u16());
-                let wants_retry = !retry_on.is_empty()
-                    && action.retry_policy.retriable_response(retry_on, status, response.headers());
+                let wants_retry =
+                    !retry_on.is_empty() && action.retry_policy.retriable_response(retry_on, status, &parts.headers);
                 if wants_retry && retries_left && replayable {
                     if take_retry_slot(&cluster, priority, &mut retry_slot, rq.info) {
-                        drop(response);
+                        drop(parts);
+                        drop(body);
                         drop(conn);
                         drop(guard);
                         if let Some(reply) = back_off(&mut rq, attempt, &cluster, &host, &timers).await {
@@ -637,15 +642,13 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                 if attempt > 1 && !wants_retry {
                     cluster.stats().upstream_rq_retry_success().inc();
                 }
-                let mut response = response;
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if parts.status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some((_, downstream)) = downstream_upgrade.take() {
-                        if let Some(upstream) = conn.upgrade(&mut response) {
+                        if let Some(upstream) = conn.upgrade(&mut parts.extensions) {
                             tokio::task::spawn_local(tunnel(context.clone(), downstream, upstream));
                         }
                     }
                 }
-                let (mut parts, body) = response.into_parts();
                 if let Some(cookie) = &request_hash.set_cookie {
                     parts.headers.append(http::header::SET_COOKIE, cookie.clone());
                 }

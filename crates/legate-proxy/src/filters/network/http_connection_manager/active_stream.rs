@@ -38,21 +38,23 @@ pub async fn handle(
         .map(|kind| (kind, DownstreamUpgrade::Hyper(hyper::upgrade::on(&mut request))));
     let (head, incoming) = request.into_parts();
     let end_stream = http_body::Body::is_end_stream(&incoming);
-    Ok(serve_stream(context, Box::new(head), Incoming::Hyper(incoming), end_stream, upgrade).await)
+    let (head, body) = serve_stream(context, Box::new(head), Incoming::Hyper(incoming), end_stream, upgrade).await;
+    Ok(Response::from_parts(*head, body))
 }
 
 /// One request, whichever codec read it: `upgrade` is the kind of upgrade it asks for (see
 /// [`upgrade_type`]) and the downstream side of it.
 ///
-/// The head is boxed: it goes down a chain of futures, and moving it by value cost a copy of
-/// its 224 bytes at each step (17 such copies per request).
+/// The request head is boxed: it goes down a chain of futures, and moving it by value cost a
+/// copy of its 224 bytes at each step (17 such copies per request). The response head comes
+/// back boxed for the same reason.
 pub async fn serve_stream(
     context: Rc<ConnectionContext>,
     head: Box<http::request::Parts>,
     incoming: Incoming,
     end_stream: bool,
     upgrade: Option<(String, DownstreamUpgrade)>,
-) -> Response<ResponseBody> {
+) -> (Box<http::response::Parts>, ResponseBody) {
     let shared = &context.shared;
     let stats = &shared.stats;
     stats.downstream_rq_total.inc();
@@ -80,7 +82,7 @@ pub async fn serve_stream(
         Ok(()) => std::pin::pin!(decode(&context, head, body, upgrade, &mut completion)).await,
     };
     let (parts, body) = response;
-    Response::from_parts(parts, finish_body(body, completion))
+    (parts, finish_body(body, completion))
 }
 
 /// What `decode` produced: a response head and its body source.
@@ -371,7 +373,7 @@ async fn decode(
     body: Rc<std::cell::RefCell<BodySource>>,
     upgrade: Option<(String, DownstreamUpgrade)>,
     completion: &mut StreamCompletion,
-) -> (http::response::Parts, Produced) {
+) -> (Box<http::response::Parts>, Produced) {
     let shared = &context.shared;
     let route_config = shared.route_config.current();
     // Handles that share the request's bytes: the filters below may change the head.
@@ -705,7 +707,7 @@ fn local_reply(
     vhost: Option<&Arc<VirtualHost>>,
     route: Option<&Arc<Route>>,
     filters: &mut [Box<dyn HttpFilter>],
-) -> (http::response::Parts, Produced) {
+) -> (Box<http::response::Parts>, Produced) {
     if let Some(flag) = reply.flag {
         completion.info.set_flag(flag);
     }
@@ -714,7 +716,7 @@ fn local_reply(
     if let Some(mapper) = &context.shared.local_reply {
         map_local_reply(mapper, &mut reply, &mut completion.info);
     }
-    let (mut head, ()) = Response::new(()).into_parts();
+    let mut head = Box::new(Response::new(()).into_parts().0);
     head.status = reply.status;
     head.headers = reply.headers;
     if !reply.body.is_empty() && reply.text && !head.headers.contains_key(CONTENT_TYPE) {

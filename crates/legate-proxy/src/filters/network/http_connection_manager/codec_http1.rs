@@ -161,7 +161,7 @@ async fn active(
         let Some(response) = response else {
             return false;
         };
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response;
         let rc = ResponseContext {
             method: &method,
             keep_alive,
@@ -172,7 +172,7 @@ async fn active(
         let (encoding, keep_alive) = encode_head(&mut out, &parts, &rc);
         let upgraded =
             parts.status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && parts.status.is_success());
-        headers::recycle(parts.headers);
+        headers::recycle(std::mem::take(&mut parts.headers));
         let mut writer = ResponseWriter::new(out, body, encoding);
         let written = drive(context, conn, &mut writer, drain, timeline, guard, timer).await;
         drop(writer);
