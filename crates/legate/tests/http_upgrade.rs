@@ -1,19 +1,24 @@
 //! Upgrades through the HTTP connection manager: WebSocket over HTTP/1.1 (the upgrade is
-//! forwarded, bytes flow both ways after `101`), an upgrade the route does not allow (`403`),
-//! and CONNECT terminated by legate (`connect_config`: `200`, then a raw TCP tunnel).
+//! forwarded, bytes flow both ways after `101`; also through a cluster whose connections are
+//! hyper's, `header_key_format`), an upgrade the route does not allow (`403`), and CONNECT
+//! terminated by legate (`connect_config`: `200`, then a raw TCP tunnel).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
-use legate_testing::config::{hcm_config, http_bootstrap, route_config, route_to, virtual_host};
+use legate_testing::config::{cluster_config, hcm_config, http_bootstrap, route_config, route_to, virtual_host};
 use legate_testing::{connect, json, legate_bin, Legate, TcpEchoServer, TcpServer, Value};
 
 fn config(upstream: std::net::SocketAddr, hcm_upgrades: Value, route: Value) -> String {
+    config_value(upstream, hcm_upgrades, route).to_string()
+}
+
+fn config_value(upstream: std::net::SocketAddr, hcm_upgrades: Value, route: Value) -> Value {
     let mut config = http_bootstrap(&[upstream]);
     let hcm = hcm_config(&mut config, 0);
     hcm["upgrade_configs"] = hcm_upgrades;
     hcm["route_config"] = route_config(vec![virtual_host("all", &["*"], vec![route])]);
-    config.to_string()
+    config
 }
 
 /// Reads an HTTP head (up to the blank line).
@@ -61,6 +66,30 @@ fn websocket_upgrade_is_tunnelled_both_ways() {
     let upstream = websocket_upstream();
     let yaml = config(upstream.addr(), json!([{ "upgrade_type": "websocket" }]), route_to("/", "backend"));
     let px = Legate::start(legate_bin!(), &yaml);
+    assert_tunnelled(&px);
+}
+
+/// The same through a cluster that writes header names as received (`preserve_case`): its
+/// connections are hyper's client, which hands the upgraded socket over its own way.
+#[test]
+fn websocket_upgrade_is_tunnelled_through_a_case_preserving_cluster() {
+    let upstream = websocket_upstream();
+    let mut config = config_value(upstream.addr(), json!([{ "upgrade_type": "websocket" }]), route_to("/", "backend"));
+    let preserve = json!({ "stateful_formatter": { "name": "preserve_case", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig"
+    } } });
+    cluster_config(&mut config, 0)["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http_protocol_options": { "header_key_format": preserve } }
+        }
+    });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    assert_tunnelled(&px);
+}
+
+/// Upgrades a connection to `px`'s listener and echoes two messages through the tunnel.
+fn assert_tunnelled(px: &Legate) {
     let mut client = connect(px.listener_addr("ingress"));
     client.write_all(UPGRADE_REQUEST).unwrap();
     let mut reader = BufReader::new(client.try_clone().unwrap());
