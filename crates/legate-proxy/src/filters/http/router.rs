@@ -984,8 +984,13 @@ impl Authority {
         }
     }
 
+    /// `text` copied into the thread's block of short pieces: an HTTP/2 request's
+    /// `:authority` (in its URI, which lends no bytes) cost an allocation for the copy and
+    /// another for its first clone, and two frees (callgrind: ~500 instructions per h2c
+    /// request).
     pub fn from_text(text: &str) -> Self {
-        Authority(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("")))
+        let bytes = crate::http::h1_body::shared_copy(text.as_bytes());
+        Authority(HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("")))
     }
 
     pub fn as_str(&self) -> &str {
