@@ -224,8 +224,14 @@ pub fn uuid4() -> String {
 /// [`uuid4_bytes`] as a header value, cut from the thread's block of short pieces (a
 /// reference count instead of an allocation).
 pub fn uuid4_header() -> HeaderValue {
-    let bytes = super::h1_body::shared_copy(&uuid4_bytes());
-    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+    shared_value(&uuid4_bytes())
+}
+
+/// `bytes` as a header value copied into the thread's block of short pieces (see
+/// [`super::h1_body::shared_copy`]): no allocation of its own, and its clones share it. Bytes
+/// no header value may hold give an empty value.
+pub fn shared_value(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(super::h1_body::shared_copy(bytes)).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]

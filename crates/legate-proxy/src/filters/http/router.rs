@@ -989,8 +989,7 @@ impl Authority {
     /// another for its first clone, and two frees (callgrind: ~700 instructions of glibc's
     /// allocator per h2c request).
     pub fn from_text(text: &str) -> Self {
-        let bytes = crate::http::h1_body::shared_copy(text.as_bytes());
-        Authority(HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("")))
+        Authority(headers::shared_value(text.as_bytes()))
     }
 
     pub fn as_str(&self) -> &str {
