@@ -16,3 +16,26 @@ pub mod stream_info;
 pub use local_reply::LocalReply;
 pub use response_flags::{ResponseFlag, ResponseFlags};
 pub use stream_info::{RequestSnapshot, StreamInfo};
+
+use crate::worker::reused::{Spare, SpareBoxes};
+use std::thread::LocalKey;
+
+thread_local! {
+    static SPARE_REQUEST_HEADS: SpareBoxes<::http::request::Parts> = const { SpareBoxes::new() };
+    static SPARE_RESPONSE_HEADS: SpareBoxes<::http::response::Parts> = const { SpareBoxes::new() };
+}
+
+/// Every request's head is boxed (it goes down a chain of futures, where moving it by value
+/// cost copies): its box is reused.
+impl Spare for ::http::request::Parts {
+    fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
+        &SPARE_REQUEST_HEADS
+    }
+}
+
+/// As a request's head, its response's.
+impl Spare for ::http::response::Parts {
+    fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
+        &SPARE_RESPONSE_HEADS
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod park;
+pub mod reused;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::any::Any;

@@ -207,7 +207,17 @@ pub fn ends_chunked(value: &[u8]) -> bool {
 
 /// The length of an outgoing `content-length` field (one number; a list is not a length).
 pub fn length_of(value: &HeaderValue) -> Option<u64> {
-    value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok())
+    decimal(trim_ows(value.as_bytes()))
+}
+
+/// A number of 1 to 19 ASCII digits, as a `content-length` holds (19 digits always fit in a
+/// `u64`): no sign, no space, no other character. Folding the digits costs a few
+/// instructions each, where `str::parse` after a UTF-8 check cost ~200 per field (callgrind).
+pub fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))
 }
 
 /// Outgoing body pieces at least this long are written from their own buffer, not copied.
@@ -355,6 +365,18 @@ pub fn put_field(out: &mut BytesMut, name: &str, value: &[u8], title_case: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_is_digits_only() {
+        assert_eq!(decimal(b"100"), Some(100));
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        for bad in [&b""[..], b"+1", b"-1", b" 1", b"1 ", b"0x10", b"1e3", b"10000000000000000000"] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(length_of(&HeaderValue::from_static(" 42\t")), Some(42));
+        assert_eq!(length_of(&HeaderValue::from_static("1, 1")), None);
+    }
 
     #[test]
     fn short_pieces_cut_from_shared_blocks_keep_their_bytes() {

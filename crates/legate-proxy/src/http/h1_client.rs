@@ -32,7 +32,8 @@ use legate_stats::Counter;
 
 use super::body::{AttemptBody, BoxError};
 use super::h1_body::{
-    decode_chunk, ends_chunked, length_of, put_field, take, Chunk, ChunkStep, Encoder, Framing as BodyFraming,
+    decimal, decode_chunk, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
+    Framing as BodyFraming,
 };
 use super::headers::{self, KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
@@ -465,6 +466,11 @@ impl HopByHop {
     /// Reads a `connection` field: true when it names only connection options (`close`,
     /// `keep-alive`, `upgrade`), so that it need not be forwarded to be stripped.
     fn connection(&mut self, value: &[u8]) -> bool {
+        // What nearly every keep-alive response says, without splitting it into tokens.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return true;
+        }
         let mut options_only = true;
         for token in value.split(|&b| b == b',').map(|t| t.trim_ascii()) {
             if token.eq_ignore_ascii_case(b"close") {
@@ -484,12 +490,8 @@ impl HopByHop {
     }
 
     fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
-        for part in value.split(|&b| b == b',').map(|p| p.trim_ascii()) {
-            let n = match !part.is_empty() && part.iter().all(u8::is_ascii_digit) {
-                true => std::str::from_utf8(part).ok().and_then(|p| p.parse::<u64>().ok()),
-                false => None,
-            };
-            match (n, self.content_length) {
+        for part in value.split(|&b| b == b',').map(trim_ows) {
+            match (decimal(part), self.content_length) {
                 (None, _) => return Err(Error::Protocol("invalid content-length")),
                 (Some(n), Some(seen)) if n != seen => return Err(Error::Protocol("conflicting content-length")),
                 (Some(n), _) => self.content_length = Some(n),

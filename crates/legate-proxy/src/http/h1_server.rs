@@ -29,11 +29,12 @@ use legate_stats::Counter;
 use super::body::BoxError;
 pub use super::h1_body::Framing as BodyFraming;
 use super::h1_body::{
-    decode_chunk, digits, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
+    decimal, decode_chunk, digits, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
 };
 use super::headers;
 use super::io::CountingIo;
 use crate::network::TransportSocket;
+use crate::worker::reused::Reused;
 
 /// How much one read asks for while requests flow.
 const READ_ROOM: usize = 16 * 1024;
@@ -86,7 +87,7 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct RequestHead {
     /// Boxed, as the connection manager takes it (its `serve_stream` says why).
-    pub parts: Box<http::request::Parts>,
+    pub parts: Reused<http::request::Parts>,
     pub framing: Framing,
     /// The client lets the connection stay open after this exchange.
     pub keep_alive: bool,
@@ -285,7 +286,7 @@ fn build_with(
     let framing = facts.framing(http11)?;
     let wants_upgrade =
         method == Method::CONNECT || (http11 && facts.connection_upgrade && facts.upgrade == Some(true));
-    let mut parts = Box::new(http::Request::new(()).into_parts().0);
+    let mut parts = Reused::new(http::Request::new(()).into_parts().0);
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
@@ -347,9 +348,7 @@ impl Facts {
     fn content_length(&mut self, value: &[u8]) -> Result<Seen, HeadError> {
         let again = self.content_length.is_some();
         for part in value.split(|&b| b == b',').map(trim_ows) {
-            let valid = !part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit);
-            let n = valid.then(|| part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
-            match (n, self.content_length) {
+            match (decimal(part), self.content_length) {
                 (None, _) => return Err(HeadError::BadRequest),
                 (Some(n), Some(seen)) if n != seen => return Err(HeadError::BadRequest),
                 (Some(n), _) => self.content_length = Some(n),

@@ -2,8 +2,10 @@
 //! `StreamInfo`). Filled in by the connection manager and the router as the stream goes.
 
 use crate::worker::clock;
+use crate::worker::reused::{Spare, SpareBoxes};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::LocalKey;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, Method, Version};
@@ -21,6 +23,17 @@ pub struct RequestSnapshot {
     /// `:scheme`, as [`StreamInfo::scheme`].
     pub scheme: http::uri::Scheme,
     pub headers: HeaderMap,
+}
+
+thread_local! {
+    static SPARE_STREAM_INFOS: SpareBoxes<StreamInfo> = const { SpareBoxes::new() };
+}
+
+/// Every request boxes one: its box is reused.
+impl Spare for StreamInfo {
+    fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
+        &SPARE_STREAM_INFOS
+    }
 }
 
 #[derive(Debug)]

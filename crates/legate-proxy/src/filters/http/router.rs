@@ -35,6 +35,7 @@ use crate::upstream::outlier_detection::OutlierResult;
 use crate::upstream::pool::{pool_protocol, Outgoing, PoolFailure, PooledConn, SendError, UpstreamUpgrade};
 use crate::upstream::{Cluster, HostSharedPtr};
 use crate::worker::clock;
+use crate::worker::reused::Reused;
 
 /// One request to the router.
 pub struct RouterRequest<'a> {
@@ -58,8 +59,8 @@ pub enum RouterOutcome {
     Upstream {
         /// Boxed as it arrives, as the body: both are moved several times on their way to
         /// the downstream codec, and each move of the head by value was a copy of it.
-        head: Box<http::response::Parts>,
-        body: Box<UpstreamBody>,
+        head: Reused<http::response::Parts>,
+        body: Reused<UpstreamBody>,
         /// The chosen weighted cluster, for its response header mutations.
         weighted_index: Option<usize>,
     },
@@ -107,7 +108,7 @@ impl Drop for UpstreamRequestGuard {
 
 /// The request head, whose header map goes back to the thread's spares (for the next
 /// request's) when the router is done with it.
-struct RecycledHead(Box<http::request::Parts>);
+struct RecycledHead(Reused<http::request::Parts>);
 
 impl Drop for RecycledHead {
     fn drop(&mut self) {
@@ -264,7 +265,7 @@ enum AttemptFailure {
 
 /// Routes `head` (boxed: it goes down a chain of futures, and moving it by value cost a copy
 /// of its 224 bytes at each step).
-pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -> RouterOutcome {
+pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>) -> RouterOutcome {
     let context = rq.context;
     let shared = &context.shared;
     let action = rq.action;
@@ -575,7 +576,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                 Waited::Timeout(which) => break Err(which),
                 Waited::Done(Ok(response)) => {
                     let (head, body) = response.into_parts();
-                    break Ok(Ok((Box::new(head), body, conn)));
+                    break Ok(Ok((Reused::new(head), body, conn)));
                 }
                 Waited::Done(Err(e)) => {
                     let replayable = rq.body.borrow().replayable();
@@ -681,7 +682,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Box<http::request::Parts>) -
                 );
                 return RouterOutcome::Upstream {
                     head: parts,
-                    body: Box::new(UpstreamBody { body, conn: Some(conn), request: guard, timers: body_timers }),
+                    body: Reused::new(UpstreamBody { body, conn: Some(conn), request: guard, timers: body_timers }),
                     weighted_index,
                 };
             }

@@ -26,6 +26,7 @@ use crate::http::headers::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_I
 use crate::http::io::DownstreamUpgrade;
 use crate::http::{LocalReply, RequestSnapshot, ResponseFlag, StreamInfo};
 use crate::router::{MatchInput, Route, RouteKind, VirtualHost};
+use crate::worker::reused::Reused;
 use http::uri::PathAndQuery;
 
 /// A request from hyper's codecs (HTTP/2, and HTTP/1.1 with `header_key_format`).
@@ -38,8 +39,8 @@ pub async fn handle(
         .map(|kind| (kind, DownstreamUpgrade::Hyper(hyper::upgrade::on(&mut request))));
     let (head, incoming) = request.into_parts();
     let end_stream = http_body::Body::is_end_stream(&incoming);
-    let (head, body) = serve_stream(context, Box::new(head), Incoming::Hyper(incoming), end_stream, upgrade).await;
-    Ok(Response::from_parts(*head, body))
+    let (head, body) = serve_stream(context, Reused::new(head), Incoming::Hyper(incoming), end_stream, upgrade).await;
+    Ok(Response::from_parts(Reused::into_inner(head), body))
 }
 
 /// One request, whichever codec read it: `upgrade` is the kind of upgrade it asks for (see
@@ -50,11 +51,11 @@ pub async fn handle(
 /// back boxed for the same reason.
 pub async fn serve_stream(
     context: Rc<ConnectionContext>,
-    head: Box<http::request::Parts>,
+    head: Reused<http::request::Parts>,
     incoming: Incoming,
     end_stream: bool,
     upgrade: Option<(String, DownstreamUpgrade)>,
-) -> (Box<http::response::Parts>, ResponseBody) {
+) -> (Reused<http::response::Parts>, ResponseBody) {
     let shared = &context.shared;
     let stats = &shared.stats;
     stats.downstream_rq_total.inc();
@@ -66,7 +67,7 @@ pub async fn serve_stream(
     stats.downstream_rq_active.inc();
     context.active_streams.set(context.active_streams.get() + 1);
     let info = &context.info;
-    let mut stream_info = Box::new(StreamInfo::new(head.version, info.id, info.remote_address, info.local_address));
+    let mut stream_info = Reused::new(StreamInfo::new(head.version, info.id, info.remote_address, info.local_address));
     if let Some(ssl) = &info.ssl {
         stream_info.requested_server_name = ssl.server_name.clone();
         stream_info.downstream_ssl = Some(ssl.clone());
@@ -88,7 +89,7 @@ pub async fn serve_stream(
 /// What `decode` produced: a response head and its body source.
 enum Produced {
     Full(Bytes),
-    Upstream(Box<crate::filters::network::http_connection_manager::response_body::UpstreamBody>),
+    Upstream(Reused<crate::filters::network::http_connection_manager::response_body::UpstreamBody>),
 }
 
 fn finish_body(body: Produced, completion: StreamCompletion) -> ResponseBody {
@@ -369,11 +370,11 @@ fn request_scheme(config: &HcmConfig, head: &mut http::request::Parts, forwarded
 /// Runs the filters, the route's action and the router.
 async fn decode(
     context: &Rc<ConnectionContext>,
-    mut head: Box<http::request::Parts>,
+    mut head: Reused<http::request::Parts>,
     body: Rc<std::cell::RefCell<BodySource>>,
     upgrade: Option<(String, DownstreamUpgrade)>,
     completion: &mut StreamCompletion,
-) -> (Box<http::response::Parts>, Produced) {
+) -> (Reused<http::response::Parts>, Produced) {
     let shared = &context.shared;
     let route_config = shared.route_config.current();
     // Handles that share the request's bytes: the filters below may change the head.
@@ -707,7 +708,7 @@ fn local_reply(
     vhost: Option<&Arc<VirtualHost>>,
     route: Option<&Arc<Route>>,
     filters: &mut [Box<dyn HttpFilter>],
-) -> (Box<http::response::Parts>, Produced) {
+) -> (Reused<http::response::Parts>, Produced) {
     if let Some(flag) = reply.flag {
         completion.info.set_flag(flag);
     }
@@ -716,7 +717,7 @@ fn local_reply(
     if let Some(mapper) = &context.shared.local_reply {
         map_local_reply(mapper, &mut reply, &mut completion.info);
     }
-    let mut head = Box::new(Response::new(()).into_parts().0);
+    let mut head = Reused::new(Response::new(()).into_parts().0);
     head.status = reply.status;
     head.headers = reply.headers;
     if !reply.body.is_empty() && reply.text && !head.headers.contains_key(CONTENT_TYPE) {

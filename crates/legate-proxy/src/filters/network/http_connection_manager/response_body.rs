@@ -24,6 +24,8 @@ use crate::filters::http::router::UpstreamRequestGuard;
 use crate::http::body::BoxError;
 use crate::http::{ResponseFlag, StreamInfo};
 use crate::upstream::pool::{ConnBody, PooledConn};
+use crate::worker::reused::{Reused, Spare, SpareBoxes};
+use std::thread::LocalKey;
 
 /// An upstream response body with what it holds on to until it ends, and its timers (here
 /// rather than in [`ResponseBody`]: a response is moved several times on its way out, and a
@@ -35,9 +37,19 @@ pub struct UpstreamBody {
     pub timers: BodyTimers,
 }
 
+thread_local! {
+    static SPARE_UPSTREAM_BODIES: SpareBoxes<UpstreamBody> = const { SpareBoxes::new() };
+}
+
+impl Spare for UpstreamBody {
+    fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
+        &SPARE_UPSTREAM_BODIES
+    }
+}
+
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(Box<UpstreamBody>),
+    Upstream(Reused<UpstreamBody>),
 }
 
 /// Which timer ends a stream that is still streaming its response.
@@ -121,7 +133,7 @@ impl ResponseBody {
         ResponseBody { inner: Inner::Full((!body.is_empty()).then_some(body)), completion: Some(completion) }
     }
 
-    pub fn upstream(body: Box<UpstreamBody>, completion: StreamCompletion) -> Self {
+    pub fn upstream(body: Reused<UpstreamBody>, completion: StreamCompletion) -> Self {
         ResponseBody { inner: Inner::Upstream(body), completion: Some(completion) }
     }
 
@@ -261,13 +273,13 @@ impl Drop for ResponseBody {
 /// The end of a stream: what runs once, however it ends.
 pub struct StreamCompletion {
     pub context: Rc<ConnectionContext>,
-    pub info: Box<StreamInfo>,
+    pub info: Reused<StreamInfo>,
     started: Instant,
     done: bool,
 }
 
 impl StreamCompletion {
-    pub fn new(context: Rc<ConnectionContext>, info: Box<StreamInfo>) -> Self {
+    pub fn new(context: Rc<ConnectionContext>, info: Reused<StreamInfo>) -> Self {
         let started = info.start;
         StreamCompletion { context, info, started, done: false }
     }
