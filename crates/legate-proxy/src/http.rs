@@ -13,12 +13,12 @@ pub mod local_reply;
 pub mod response_flags;
 pub mod stream_info;
 
+use crate::worker::reused::{Spare, SpareBoxes};
+use std::thread::LocalKey;
+
 pub use local_reply::LocalReply;
 pub use response_flags::{ResponseFlag, ResponseFlags};
 pub use stream_info::{RequestSnapshot, StreamInfo};
-
-use crate::worker::reused::{Spare, SpareBoxes};
-use std::thread::LocalKey;
 
 thread_local! {
     static SPARE_REQUEST_HEADS: SpareBoxes<::http::request::Parts> = const { SpareBoxes::new() };

@@ -1,5 +1,5 @@
 //! Boxes that go back to their thread when dropped, for the values every request boxes (its
-//! stream information, its upstream body).
+//! head, its stream information, its response's head, its upstream body).
 //!
 //! With 64 requests in flight on a worker, glibc's per-thread cache (7 chunks per size)
 //! runs dry and every such box paid a trip through the general allocator to be made and
