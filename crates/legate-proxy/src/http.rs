@@ -13,7 +13,7 @@ pub mod local_reply;
 pub mod response_flags;
 pub mod stream_info;
 
-use crate::worker::reused::{Spare, SpareBoxes};
+use crate::worker::reused::{Reusable, SpareBoxes};
 use std::thread::LocalKey;
 
 pub use local_reply::LocalReply;
@@ -27,14 +27,14 @@ thread_local! {
 
 /// Every request's head is boxed (it goes down a chain of futures, where moving it by value
 /// cost copies): its box is reused.
-impl Spare for ::http::request::Parts {
+impl Reusable for ::http::request::Parts {
     fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
         &SPARE_REQUEST_HEADS
     }
 }
 
 /// As a request's head, its response's.
-impl Spare for ::http::response::Parts {
+impl Reusable for ::http::response::Parts {
     fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
         &SPARE_RESPONSE_HEADS
     }

@@ -2,7 +2,7 @@
 //! `StreamInfo`). Filled in by the connection manager and the router as the stream goes.
 
 use crate::worker::clock;
-use crate::worker::reused::{Spare, SpareBoxes};
+use crate::worker::reused::{Reusable, SpareBoxes};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::LocalKey;
@@ -30,7 +30,7 @@ thread_local! {
 }
 
 /// Every request boxes one: its box is reused.
-impl Spare for StreamInfo {
+impl Reusable for StreamInfo {
     fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
         &SPARE_STREAM_INFOS
     }

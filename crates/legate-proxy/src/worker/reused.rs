@@ -33,15 +33,15 @@ impl<T> Default for SpareBoxes<T> {
 }
 
 /// A type whose boxes are reused: where its thread keeps the spare ones.
-pub trait Spare: Sized + 'static {
+pub trait Reusable: Sized + 'static {
     fn spares() -> &'static LocalKey<SpareBoxes<Self>>;
 }
 
 /// A boxed `T`, in a box its thread had spare when there was one; dropped, its value is
 /// dropped at once (nothing it holds outlives it) and the empty box kept for the next.
-pub struct Reused<T: Spare>(Option<Box<Option<T>>>);
+pub struct Reused<T: Reusable>(Option<Box<Option<T>>>);
 
-impl<T: Spare> Reused<T> {
+impl<T: Reusable> Reused<T> {
     #[inline]
     pub fn new(value: T) -> Self {
         let spare = T::spares().try_with(|spares| spares.boxes.borrow_mut().pop()).ok().flatten();
@@ -54,16 +54,14 @@ impl<T: Spare> Reused<T> {
         };
         Reused(Some(slot))
     }
-}
 
-impl<T: Spare> Reused<T> {
     /// The value, out of its box (which goes back to the spares).
     pub fn into_inner(mut this: Self) -> T {
         this.0.as_deref_mut().and_then(Option::take).expect("a reused box holds its value until dropped")
     }
 }
 
-impl<T: Spare> Drop for Reused<T> {
+impl<T: Reusable> Drop for Reused<T> {
     #[inline]
     fn drop(&mut self) {
         let Some(mut slot) = self.0.take() else { return };
@@ -78,7 +76,7 @@ impl<T: Spare> Drop for Reused<T> {
     }
 }
 
-impl<T: Spare> Deref for Reused<T> {
+impl<T: Reusable> Deref for Reused<T> {
     type Target = T;
 
     #[inline]
@@ -87,14 +85,14 @@ impl<T: Spare> Deref for Reused<T> {
     }
 }
 
-impl<T: Spare> DerefMut for Reused<T> {
+impl<T: Reusable> DerefMut for Reused<T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
         self.0.as_deref_mut().and_then(Option::as_mut).expect("a reused box holds its value until dropped")
     }
 }
 
-impl<T: Spare + std::fmt::Debug> std::fmt::Debug for Reused<T> {
+impl<T: Reusable + std::fmt::Debug> std::fmt::Debug for Reused<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         T::fmt(self, f)
     }
@@ -111,7 +109,7 @@ mod tests {
         static SPARE_HELD: SpareBoxes<Held> = const { SpareBoxes::new() };
     }
 
-    impl Spare for Held {
+    impl Reusable for Held {
         fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
             &SPARE_HELD
         }

@@ -24,7 +24,7 @@ use crate::filters::http::router::UpstreamRequestGuard;
 use crate::http::body::BoxError;
 use crate::http::{ResponseFlag, StreamInfo};
 use crate::upstream::pool::{ConnBody, PooledConn};
-use crate::worker::reused::{Reused, Spare, SpareBoxes};
+use crate::worker::reused::{Reusable, Reused, SpareBoxes};
 use std::thread::LocalKey;
 
 /// An upstream response body with what it holds on to until it ends, and its timers (here
@@ -41,7 +41,7 @@ thread_local! {
     static SPARE_UPSTREAM_BODIES: SpareBoxes<UpstreamBody> = const { SpareBoxes::new() };
 }
 
-impl Spare for UpstreamBody {
+impl Reusable for UpstreamBody {
     fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
         &SPARE_UPSTREAM_BODIES
     }
