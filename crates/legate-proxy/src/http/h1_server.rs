@@ -343,8 +343,8 @@ impl Facts {
         }
     }
 
-    /// A `content-length` field: every value in it, and in earlier ones, the same number of
-    /// at most 19 digits.
+    /// A `content-length` field: every value in it, and in earlier ones, the same number (as
+    /// [`decimal`] reads it).
     fn content_length(&mut self, value: &[u8]) -> Result<Seen, HeadError> {
         let again = self.content_length.is_some();
         for part in value.split(|&b| b == b',').map(trim_ows) {
@@ -959,6 +959,13 @@ mod tests {
         assert_eq!(head.framing, Framing::Length(5));
         let lengths: Vec<_> = head.parts.headers.get_all(CONTENT_LENGTH).iter().collect();
         assert_eq!(lengths, ["5"]);
+        // Leading zeros are no part of the value, however many; equal values are one length.
+        let head = parse(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 000000000000000000000005\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Length(5));
     }
 
     #[test]
