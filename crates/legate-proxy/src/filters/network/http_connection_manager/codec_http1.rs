@@ -52,7 +52,8 @@ impl ConnTimer {
         if self.armed.is_none_or(|armed| at < armed) {
             self.sleep.as_mut().reset(at.into());
             self.armed = Some(at);
-            // A sleep that fired gave its waker away: the next poll registers one.
+            // tokio's reset keeps the waker it holds, but does not promise to: the next poll
+            // registers it again.
             self.listening = None;
         }
     }
@@ -474,4 +475,44 @@ fn past_drain_time(context: &ConnectionContext, timeline: &mut Timeline, guard: 
         timeline.shutdown_at = Some(now);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paused clock's time (tokio's clock moves on while the test waits; std's would not).
+    fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// One poll of the timer, as on a wake-up of the connection's task for something else.
+    async fn poll_once(timer: &mut ConnTimer) -> Poll<()> {
+        poll_fn(|cx| Poll::Ready(timer.poll_fired(cx))).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_wakes_its_task_however_often_it_is_polled_and_armed() {
+        let limit = Duration::from_secs(60);
+        let mut timer = ConnTimer::new();
+        // Polled twice before its time (the second poll finds its waker already held).
+        timer.arm(Some(now() + Duration::from_secs(5)));
+        assert!(poll_once(&mut timer).await.is_pending());
+        assert!(poll_once(&mut timer).await.is_pending());
+        tokio::time::timeout(limit, timer.fired()).await.expect("the armed time wakes the task");
+        // Armed again once it fired: it needs a waker again.
+        timer.arm(Some(now() + Duration::from_secs(5)));
+        assert!(poll_once(&mut timer).await.is_pending());
+        tokio::time::timeout(limit, timer.fired()).await.expect("the timer armed again wakes the task");
+        // Armed late, then earlier while it waits: the earlier time wakes it; a later one is
+        // not taken.
+        let started = tokio::time::Instant::now();
+        timer.arm(Some(now() + Duration::from_secs(3600)));
+        assert!(poll_once(&mut timer).await.is_pending());
+        timer.arm(Some(now() + Duration::from_secs(5)));
+        timer.arm(Some(now() + Duration::from_secs(1800)));
+        assert!(poll_once(&mut timer).await.is_pending());
+        tokio::time::timeout(limit, timer.fired()).await.expect("the earlier time wakes the task");
+        assert!(started.elapsed() < limit, "woken at the earlier time, not the later ones");
+    }
 }
