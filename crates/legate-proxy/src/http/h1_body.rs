@@ -226,6 +226,28 @@ pub fn decimal(digits: &[u8]) -> Option<u64> {
     significant.iter().try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))
 }
 
+/// Why a `content-length` field is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LengthError {
+    /// A value that is not a number (see [`decimal`]).
+    Invalid,
+    /// A number other than one seen before, in this field or an earlier one.
+    Conflicting,
+}
+
+/// Folds a `content-length` field into `seen`, the length of the fields before it: every
+/// value in it (a list repeats the number) must be that same number.
+pub fn fold_length(value: &[u8], seen: &mut Option<u64>) -> Result<(), LengthError> {
+    for part in value.split(|&b| b == b',').map(trim_ows) {
+        match (decimal(part), *seen) {
+            (None, _) => return Err(LengthError::Invalid),
+            (Some(n), Some(earlier)) if n != earlier => return Err(LengthError::Conflicting),
+            (Some(n), _) => *seen = Some(n),
+        }
+    }
+    Ok(())
+}
+
 /// Outgoing body pieces at least this long are written from their own buffer, not copied.
 const COPY_LIMIT: usize = 4 * 1024;
 /// How much of an outgoing body is gathered before it is written.

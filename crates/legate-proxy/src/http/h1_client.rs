@@ -32,8 +32,8 @@ use legate_stats::Counter;
 
 use super::body::{AttemptBody, BoxError};
 use super::h1_body::{
-    decimal, decode_chunk, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
-    Framing as BodyFraming,
+    decode_chunk, ends_chunked, fold_length, length_of, put_field, take, Chunk, ChunkStep, Encoder,
+    Framing as BodyFraming, LengthError,
 };
 use super::headers::{self, KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
@@ -490,14 +490,10 @@ impl HopByHop {
     }
 
     fn content_length(&mut self, value: &[u8]) -> Result<(), Error> {
-        for part in value.split(|&b| b == b',').map(trim_ows) {
-            match (decimal(part), self.content_length) {
-                (None, _) => return Err(Error::Protocol("invalid content-length")),
-                (Some(n), Some(seen)) if n != seen => return Err(Error::Protocol("conflicting content-length")),
-                (Some(n), _) => self.content_length = Some(n),
-            }
-        }
-        Ok(())
+        fold_length(value, &mut self.content_length).map_err(|e| match e {
+            LengthError::Invalid => Error::Protocol("invalid content-length"),
+            LengthError::Conflicting => Error::Protocol("conflicting content-length"),
+        })
     }
 }
 

@@ -29,7 +29,7 @@ use legate_stats::Counter;
 use super::body::BoxError;
 pub use super::h1_body::Framing as BodyFraming;
 use super::h1_body::{
-    decimal, decode_chunk, digits, ends_chunked, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
+    decode_chunk, digits, ends_chunked, fold_length, length_of, put_field, take, trim_ows, Chunk, ChunkStep, Encoder,
 };
 use super::headers;
 use super::io::CountingIo;
@@ -343,17 +343,11 @@ impl Facts {
         }
     }
 
-    /// A `content-length` field: every value in it, and in earlier ones, the same number (as
-    /// [`decimal`] reads it).
+    /// A `content-length` field: every value in it, and in earlier ones, the same number (see
+    /// [`fold_length`]).
     fn content_length(&mut self, value: &[u8]) -> Result<Seen, HeadError> {
         let again = self.content_length.is_some();
-        for part in value.split(|&b| b == b',').map(trim_ows) {
-            match (decimal(part), self.content_length) {
-                (None, _) => return Err(HeadError::BadRequest),
-                (Some(n), Some(seen)) if n != seen => return Err(HeadError::BadRequest),
-                (Some(n), _) => self.content_length = Some(n),
-            }
-        }
+        fold_length(value, &mut self.content_length).map_err(|_| HeadError::BadRequest)?;
         match (again, self.content_length) {
             (false, Some(n)) => Ok(Seen::First(n)),
             _ => Ok(Seen::Again),
