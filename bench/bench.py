@@ -14,6 +14,7 @@ Standard library only.
 import argparse
 import asyncio
 import datetime
+import glob
 import json
 import os
 import platform
@@ -101,6 +102,25 @@ def cpu_seconds(pids):
         user += int(fields[11])
         system += int(fields[12])
     return user / CLK_TCK, system / CLK_TCK
+
+
+def context_switches(pids):
+    """(voluntary, involuntary) context switches of every thread of these processes
+    (/proc/<pid>/task/<tid>/status): a proxy's involuntary ones on case 1 are, in the
+    main, the backend preempting it on their shared CPU."""
+    voluntary = involuntary = 0
+    for pid in pids:
+        for status in glob.glob(f"/proc/{pid}/task/*/status"):
+            try:
+                with open(status) as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            involuntary += int(line.split()[1])
+            except OSError:
+                pass
+    return voluntary, involuntary
 
 
 def rss_kib(pids, field="VmRSS"):
@@ -288,12 +308,24 @@ class Bench:
     def measured(self, p, fn):
         pids = p.pids()
         u0, s0 = cpu_seconds(pids)
+        v0, i0 = context_switches(pids)
         t0 = time.monotonic()
         out = fn()
         elapsed = time.monotonic() - t0
         u1, s1 = cpu_seconds(pids)
-        out.update(cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, wall_s=elapsed, rss_kib_after=rss_kib(pids))
+        v1, i1 = context_switches(pids)
+        out.update(cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, wall_s=elapsed, rss_kib_after=rss_kib(pids),
+                   voluntary_switches=v1 - v0, involuntary_switches=i1 - i0)
         return out
+
+    @staticmethod
+    def per_request(r, n):
+        """CPU µs and context switches per request of a measured run of `n` requests."""
+        r["cpu_us_per_req"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e6 / n
+        r["cpu_user_us_per_req"] = r["cpu_user_s"] * 1e6 / n
+        r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
+        r["switches_per_req"] = (r["voluntary_switches"] + r["involuntary_switches"]) / n
+        r["involuntary_switches_per_req"] = r["involuntary_switches"] / n
 
     def warm_up(self, url):
         client(["wrk", "-t1", "-c64", "-d1s", url])
@@ -304,11 +336,8 @@ class Bench:
         self.warm_up(url)
         r = self.measured(p, lambda: parse_wrk(client(
             ["wrk", "-t1", "-c64", f"-d{self.args.duration}s", "--latency", url])))
-        n = r["requests"]
         r["req_per_s"] = r["wrk_req_per_s"]
-        r["cpu_us_per_req"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e6 / n
-        r["cpu_user_us_per_req"] = r["cpu_user_s"] * 1e6 / n
-        r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
+        self.per_request(r, r["requests"])
         return r
 
     def case_http1(self, p):
@@ -319,11 +348,8 @@ class Bench:
         client(["h2load", "-t1", "-c32", "-m2", "-D1", url])
         r = self.measured(p, lambda: parse_h2load(client(
             ["h2load", "-t1", "-c32", "-m2", f"-D{self.args.duration}", url])))
-        n = r["succeeded"]
         r["req_per_s"] = r["h2load_req_per_s"]
-        r["cpu_us_per_req"] = (r["cpu_user_s"] + r["cpu_sys_s"]) * 1e6 / n
-        r["cpu_user_us_per_req"] = r["cpu_user_s"] * 1e6 / n
-        r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
+        self.per_request(r, r["succeeded"])
         return r
 
     def case_1mib(self, p):
@@ -600,11 +626,15 @@ CASES = [
     ("http1", "case_http1", [("req_per_s", "req/s", "higher"), ("p50_ms", "p50 ms", "lower"),
                              ("p99_ms", "p99 ms", "lower"), ("cpu_us_per_req", "CPU µs/req", "lower"),
                              ("cpu_user_us_per_req", "  user µs/req", "lower"),
-                             ("cpu_sys_us_per_req", "  sys µs/req", "lower")]),
+                             ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
+                             ("switches_per_req", "  context switches/req", "lower"),
+                             ("involuntary_switches_per_req", "    involuntary", "lower")]),
     ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
                          ("cpu_us_per_req", "CPU µs/req", "lower"),
                          ("cpu_user_us_per_req", "  user µs/req", "lower"),
-                         ("cpu_sys_us_per_req", "  sys µs/req", "lower")]),
+                         ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
+                         ("switches_per_req", "  context switches/req", "lower"),
+                         ("involuntary_switches_per_req", "    involuntary", "lower")]),
     ("1mib", "case_1mib", [("mib_per_s", "MiB/s", "higher"), ("cpu_us_per_mib", "CPU µs/MiB", "lower"),
                            ("cpu_user_us_per_mib", "  user µs/MiB", "lower"),
                            ("cpu_sys_us_per_mib", "  sys µs/MiB", "lower")]),
