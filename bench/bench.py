@@ -123,6 +123,17 @@ def context_switches(pids):
     return voluntary, involuntary
 
 
+def tcp_segments():
+    """TCP segments sent on this machine so far (/proc/net/snmp `Tcp: OutSegs`): all of a
+    case's loopback traffic, client's and backend's included. Those two are the same whichever
+    proxy runs, so a difference between proxies is the proxy's own: an ACK or a split write
+    costs a trip through the kernel's TCP stack that no system call count shows."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    names, values = rows[0], rows[1]
+    return int(values[names.index("OutSegs")])
+
+
 def rss_kib(pids, field="VmRSS"):
     """Resident KiB of `pids` from /proc/<pid>/status: `VmRSS`, or its parts `RssAnon`
     (heap, stacks) and `RssFile` (the binary's code and data, shared libraries)."""
@@ -309,13 +320,16 @@ class Bench:
         pids = p.pids()
         u0, s0 = cpu_seconds(pids)
         v0, i0 = context_switches(pids)
+        g0 = tcp_segments()
         t0 = time.monotonic()
         out = fn()
         elapsed = time.monotonic() - t0
         u1, s1 = cpu_seconds(pids)
         v1, i1 = context_switches(pids)
+        g1 = tcp_segments()
         out.update(cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, wall_s=elapsed, rss_kib_after=rss_kib(pids),
-                   voluntary_switches=v1 - v0, involuntary_switches=i1 - i0)
+                   voluntary_switches=v1 - v0, involuntary_switches=i1 - i0,
+                   tcp_segments=g1 - g0)
         return out
 
     @staticmethod
@@ -326,6 +340,7 @@ class Bench:
         r["cpu_sys_us_per_req"] = r["cpu_sys_s"] * 1e6 / n
         r["switches_per_req"] = (r["voluntary_switches"] + r["involuntary_switches"]) / n
         r["involuntary_switches_per_req"] = r["involuntary_switches"] / n
+        r["tcp_segments_per_req"] = r["tcp_segments"] / n
 
     def warm_up(self, url):
         client(["wrk", "-t1", "-c64", "-d1s", url])
@@ -628,13 +643,15 @@ CASES = [
                              ("cpu_user_us_per_req", "  user µs/req", "lower"),
                              ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
                              ("switches_per_req", "  context switches/req", "lower"),
-                             ("involuntary_switches_per_req", "    involuntary", "lower")]),
+                             ("involuntary_switches_per_req", "    involuntary", "lower"),
+                             ("tcp_segments_per_req", "  TCP segments/req (all)", "lower")]),
     ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
                          ("cpu_us_per_req", "CPU µs/req", "lower"),
                          ("cpu_user_us_per_req", "  user µs/req", "lower"),
                          ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
                          ("switches_per_req", "  context switches/req", "lower"),
-                         ("involuntary_switches_per_req", "    involuntary", "lower")]),
+                         ("involuntary_switches_per_req", "    involuntary", "lower"),
+                         ("tcp_segments_per_req", "  TCP segments/req (all)", "lower")]),
     ("1mib", "case_1mib", [("mib_per_s", "MiB/s", "higher"), ("cpu_us_per_mib", "CPU µs/MiB", "lower"),
                            ("cpu_user_us_per_mib", "  user µs/MiB", "lower"),
                            ("cpu_sys_us_per_mib", "  sys µs/MiB", "lower")]),
