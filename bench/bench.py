@@ -126,8 +126,8 @@ def context_switches(pids):
 def tcp_segments():
     """TCP segments sent on this machine so far (/proc/net/snmp `Tcp: OutSegs`): all of a
     case's loopback traffic, client's and backend's included. Those two are the same whichever
-    proxy runs, so a difference between proxies is the proxy's own: an ACK or a split write
-    costs a trip through the kernel's TCP stack that no system call count shows."""
+    proxy runs, so a difference between proxies is the proxy's own: a pure ACK or a write split
+    in two costs a trip through the kernel's TCP stack that no system-call count shows."""
     with open("/proc/net/snmp") as f:
         rows = [line.split() for line in f if line.startswith("Tcp:")]
     names, values = rows[0], rows[1]
