@@ -7,6 +7,7 @@ pub mod h1_body;
 pub mod h1_client;
 pub mod h1_guard;
 pub mod h1_server;
+pub mod h2_guard;
 pub mod headers;
 pub mod io;
 pub mod local_reply;

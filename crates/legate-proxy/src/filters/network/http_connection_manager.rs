@@ -22,7 +22,7 @@ pub(crate) mod stream_boxes;
 use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -40,6 +40,7 @@ use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::{H1Guard, ParkSignals};
 use crate::http::h1_server::{Limits, ServerConn};
+use crate::http::h2_guard::{FloodLimits, H2Guard, Http2Stats};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::listener::drain::{DrainPhase, DrainWaiter};
 use crate::network::{
@@ -77,6 +78,10 @@ pub struct HttpConnectionManagerShared {
     pub max_request_headers_bytes: usize,
     pub router: legate_config::filters::http::router::Router,
     pub local_reply: Option<LocalReplyMapper>,
+    /// `http2_protocol_options`' limits on what a client may send.
+    pub http2_flood_limits: FloodLimits,
+    /// `http2.*`, made with the first HTTP/2 connection (as Envoy's codec stats are).
+    http2_stats: OnceLock<Http2Stats>,
 }
 
 /// `local_reply_config`, compiled.
@@ -172,8 +177,14 @@ impl HttpConnectionManagerShared {
             max_request_headers_bytes: config.max_request_headers_kb() as usize * 1024,
             router: router.unwrap_or_default(),
             local_reply: config.local_reply_config.as_ref().map(LocalReplyMapper::new).transpose()?,
+            http2_flood_limits: FloodLimits::new(&config.http2_protocol_options.clone().unwrap_or_default()),
+            http2_stats: OnceLock::new(),
             config: Box::new(config.clone()),
         })
+    }
+
+    pub fn http2_stats(&self) -> &Http2Stats {
+        self.http2_stats.get_or_init(|| Http2Stats::new(&self.root.scope("http2")))
     }
 
     pub fn server_header_transformation(&self) -> ServerHeaderTransformation {
@@ -565,6 +576,7 @@ async fn serve_hyper(
         if h2.allow_connect {
             builder.enable_connect_protocol();
         }
+        let io = H2Guard::new(io, shared.http2_flood_limits, shared.http2_stats().clone());
         // Boxed, as below: the connection's future stays small whatever hyper's state weighs.
         let mut connection = boxed_out_of_line(|| builder.serve_connection(TokioIo::new(io), service));
         Box::pin(run_connection(context, connection.as_mut(), None, draining, timeline, guard, |c| {
