@@ -24,13 +24,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use legate_testing::config::{hcm_config, http_bootstrap};
+use legate_testing::config::{hcm_config, http_bootstrap, with_http2};
 use legate_testing::http::{
     error_code, print_vector_report, run_vectors_in_parallel, shared_http_vectors, VectorReport,
 };
 use legate_testing::{
     connect, h2_events, h2c_get, hpack_request, json, legate_bin, H2Event, H2Frame, HttpClient, HttpUpstream,
-    HttpVector, Legate, UpstreamAction, UpstreamRequest, H2_PREFACE,
+    HttpVector, Legate, TcpServer, UpstreamAction, UpstreamRequest, H2_PREFACE,
 };
 
 /// Vectors legate does not handle as wanted yet, with what it does instead: run, judged and
@@ -433,6 +433,37 @@ fn inbound_frame_floods_close_the_connection_and_are_counted() {
 
     assert_eq!(h2c_get(addr, "/after-the-floods", &[]).status, 200);
     assert_eq!(legate.stat("http2.inbound_priority_frames_flood"), Some(1));
+}
+
+/// The same limits hold an HTTP/2 upstream: a server that sends WINDOW_UPDATE after
+/// WINDOW_UPDATE though legate sent it no DATA has its connection closed, the request fails
+/// with a 503, and the flood is counted under the cluster (`cluster.<name>.http2.*`).
+#[test]
+fn an_upstream_flooding_window_updates_is_cut_off_and_counted() {
+    let upstream = TcpServer::start(|mut stream| {
+        let mut preface = [0u8; 24];
+        if stream.read_exact(&mut preface).is_err() {
+            return;
+        }
+        let window_update = H2Frame { kind: 0x8, flags: 0, stream: 0, payload: 1u32.to_be_bytes().to_vec() };
+        let mut flood = H2Frame::settings(&[]).to_bytes();
+        for _ in 0..3 {
+            window_update.write_to(&mut flood);
+        }
+        if stream.write_all(&flood).is_ok() {
+            // Until legate closes the connection.
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        }
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let cluster = config["static_resources"]["clusters"][0].take();
+    config["static_resources"]["clusters"][0] = with_http2(cluster);
+    let legate = Legate::start(legate_bin!(), &config.to_string());
+    let response = HttpClient::connect(legate.connect_addr("ingress")).get("/");
+    assert_eq!(response.status, 503, "{response:?}");
+    legate.wait_stat_at_least("cluster.backend.http2.inbound_window_update_frames_flood", 1);
+    assert_eq!(legate.stat("http2.inbound_window_update_frames_flood"), None, "downstream's stats stay apart");
 }
 
 /// CVE-2023-44487, "HTTP/2 Rapid Reset": one connection opens stream after stream and resets

@@ -1,8 +1,9 @@
-//! Envoy's limits on what an HTTP/2 client may send (its codec's `ProtocolConstraints`), kept
-//! in front of h2, which has no such limits: empty frames back to back, PRIORITY frames beyond
-//! a budget per stream, and WINDOW_UPDATE frames beyond a budget per DATA frame sent. Each is
-//! cheap for the client and costs the server a frame's worth of work; past the limit the
-//! connection is closed and counted in `http2.inbound_*_flood`.
+//! Envoy's limits on what the other end of an HTTP/2 connection may send (its codec's
+//! `ProtocolConstraints`), kept in front of h2, which has no such limits: empty frames back to
+//! back, PRIORITY frames beyond a budget per stream, and WINDOW_UPDATE frames beyond a budget
+//! per DATA frame sent. Each is cheap to send and costs the receiver a frame's worth of work;
+//! past the limit the connection is closed and counted in `http2.inbound_*_flood` (a client's,
+//! downstream) or `cluster.<name>.http2.inbound_*_flood` (a server's, upstream).
 //!
 //! Only frame headers are read (and a padded frame's pad length), as the bytes pass: h2 parses
 //! every frame again, and keeps its own checks.
@@ -15,7 +16,8 @@ use legate_config::protocol::Http2ProtocolOptions;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 legate_stats::stats! {
-    /// `http2.*`: Envoy's HTTP/2 codec stats, at the root as Envoy keeps them.
+    /// Envoy's HTTP/2 codec stats: `http2.*` for downstream connections, `cluster.<name>.http2.*`
+    /// for upstream ones.
     pub struct Http2Stats {
         counter inbound_empty_frames_flood,
         counter inbound_priority_frames_flood,
@@ -185,7 +187,16 @@ impl Counts {
     }
 }
 
-/// A downstream HTTP/2 connection's socket, with the client's frames held to [`FloodLimits`].
+/// Which end of the connection legate is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Downstream: the client's preface comes first on what legate reads.
+    Server,
+    /// Upstream: legate's preface comes first on what it writes.
+    Client,
+}
+
+/// An HTTP/2 connection's socket, with the peer's frames held to [`FloodLimits`].
 pub struct H2Guard<T> {
     inner: T,
     inbound: FrameScanner,
@@ -198,11 +209,15 @@ pub struct H2Guard<T> {
 
 impl<T> H2Guard<T> {
     /// `inner` carries the connection from its first byte, the client's preface.
-    pub fn new(inner: T, limits: FloodLimits, stats: Http2Stats) -> Self {
+    pub fn new(inner: T, end: End, limits: FloodLimits, stats: Http2Stats) -> Self {
+        let (inbound_preface, outbound_preface) = match end {
+            End::Server => (CLIENT_PREFACE_LEN, 0),
+            End::Client => (0, CLIENT_PREFACE_LEN),
+        };
         H2Guard {
             inner,
-            inbound: FrameScanner::new(CLIENT_PREFACE_LEN),
-            outbound: FrameScanner::new(0),
+            inbound: FrameScanner::new(inbound_preface),
+            outbound: FrameScanner::new(outbound_preface),
             limits,
             counts: Counts::default(),
             stats,
@@ -246,7 +261,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for H2Guard<T> {
                     Flood::Priority => this.stats.inbound_priority_frames_flood.inc(),
                     Flood::WindowUpdate => this.stats.inbound_window_update_frames_flood.inc(),
                 }
-                tracing::debug!(reason = flood.message(), "closing an HTTP/2 connection: flood");
+                tracing::debug!(reason = flood.message(), "closing an HTTP/2 connection: its peer floods it");
                 Poll::Ready(Err(Self::flood_error(flood)))
             }
             None => result,

@@ -30,6 +30,7 @@ use super::upstream_cx::UpstreamCx;
 use super::{Cluster, HostSharedPtr};
 use crate::http::body::{AttemptBody, BoxError};
 use crate::http::h1_client::{self, ClientConn};
+use crate::http::h2_guard::{End, FloodLimits, H2Guard, Http2Stats};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::worker::clock;
 
@@ -155,6 +156,8 @@ struct Settings {
     max_concurrent_streams: u32,
     initial_stream_window_size: u32,
     initial_connection_window_size: u32,
+    /// What an HTTP/2 server may send.
+    http2_flood_limits: FloodLimits,
 }
 
 /// What a connection's driver and its handles share.
@@ -231,6 +234,8 @@ pub struct Pool {
     /// The pool left its worker's map (its host or cluster went away): every connection
     /// closes once its request is done.
     drained: Cell<bool>,
+    /// `cluster.<name>.http2.*`, once the pool has made an HTTP/2 connection.
+    http2_stats: std::cell::OnceCell<Http2Stats>,
 }
 
 impl Pool {
@@ -272,6 +277,7 @@ impl Pool {
             max_concurrent_streams: h2.max_concurrent_streams().max(1),
             initial_stream_window_size: h2.initial_stream_window_size(),
             initial_connection_window_size: h2.initial_connection_window_size(),
+            http2_flood_limits: FloodLimits::new(&h2),
         };
         Pool {
             cluster,
@@ -281,6 +287,7 @@ impl Pool {
             settings,
             state: RefCell::new(State::default()),
             drained: Cell::new(false),
+            http2_stats: std::cell::OnceCell::new(),
         }
     }
 
@@ -493,7 +500,11 @@ impl Pool {
                     .timer(TokioTimer::new())
                     .initial_stream_window_size(self.settings.initial_stream_window_size)
                     .initial_connection_window_size(self.settings.initial_connection_window_size);
-                let io = TokioIo::new(CountingIo::new(stream, BytesMut::new(), rx, tx));
+                let io = CountingIo::new(stream, BytesMut::new(), rx, tx);
+                // Made with the first HTTP/2 connection, as Envoy's codec stats are.
+                let flood_stats =
+                    self.http2_stats.get_or_init(|| Http2Stats::new(&self.cluster.scope.scope("http2"))).clone();
+                let io = TokioIo::new(H2Guard::new(io, End::Client, self.settings.http2_flood_limits, flood_stats));
                 match Box::pin(builder.handshake::<_, AttemptBody>(io)).await {
                     Ok((sender, connection)) => {
                         let client = Rc::new(H2Client { sender, shared: shared.clone(), active: Cell::new(0) });

@@ -40,7 +40,7 @@ use crate::access_log::{AccessLogFilter, AccessLogger, LogFormat};
 use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::{H1Guard, ParkSignals};
 use crate::http::h1_server::{Limits, ServerConn};
-use crate::http::h2_guard::{FloodLimits, H2Guard, Http2Stats};
+use crate::http::h2_guard::{End, FloodLimits, H2Guard, Http2Stats};
 use crate::http::io::{CountingIo, LocalExec};
 use crate::listener::drain::{DrainPhase, DrainWaiter};
 use crate::network::{
@@ -576,7 +576,7 @@ async fn serve_hyper(
         if h2.allow_connect {
             builder.enable_connect_protocol();
         }
-        let io = H2Guard::new(io, shared.http2_flood_limits, shared.http2_stats().clone());
+        let io = H2Guard::new(io, End::Server, shared.http2_flood_limits, shared.http2_stats().clone());
         // Boxed, as below: the connection's future stays small whatever hyper's state weighs.
         let mut connection = boxed_out_of_line(|| builder.serve_connection(TokioIo::new(io), service));
         Box::pin(run_connection(context, connection.as_mut(), None, draining, timeline, guard, |c| {
