@@ -133,7 +133,7 @@ struct Counts {
     outbound_data_frames: u64,
 }
 
-/// Which limit a client went past: too many frames of which kind.
+/// Which limit the peer went past: too many frames of which kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flood {
     Empty,
@@ -208,7 +208,8 @@ pub struct H2Guard<T> {
 }
 
 impl<T> H2Guard<T> {
-    /// `inner` carries the connection from its first byte, the client's preface.
+    /// `inner` carries the connection from its first byte: the client's preface, which a
+    /// server reads and a client writes.
     pub fn new(inner: T, end: End, limits: FloodLimits, stats: Http2Stats) -> Self {
         let (inbound_preface, outbound_preface) = match end {
             End::Server => (CLIENT_PREFACE_LEN, 0),
