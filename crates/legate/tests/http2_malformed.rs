@@ -447,6 +447,34 @@ fn inbound_frame_floods_close_the_connection_and_are_counted() {
     assert_eq!(legate.stat("http2.inbound_priority_frames_flood"), Some(1));
 }
 
+/// `http2.rx_reset` and `http2.tx_reset` count the RST_STREAM frames a client sends and the
+/// ones legate sends it.
+#[test]
+fn stream_resets_are_counted_both_ways() {
+    let target = Target::start();
+    let addr = target.addr();
+    // A request with two `:path` fields: legate (h2) resets the stream, PROTOCOL_ERROR.
+    let vectors = shared_http_vectors("h2");
+    let malformed = vectors.iter().find(|v| v.id == "h2-dup-path").expect("the h2-dup-path vector");
+    let mut c = HttpClient::connect(addr);
+    c.stream().write_all(&malformed.raw).expect("write the vector");
+    let reply = c.read_raw(Duration::from_millis(300), Duration::from_secs(5));
+    assert!(
+        h2_events(&reply.bytes).iter().any(|e| matches!(e, H2Event::RstStream { stream: 1, .. })),
+        "legate resets the malformed stream"
+    );
+    target.legate.wait_stat("http2.tx_reset", 1);
+    // A stream the client opens and cancels at once.
+    let mut c = HttpClient::connect(addr);
+    let mut bytes = H2_PREFACE.to_vec();
+    H2Frame::settings(&[]).write_to(&mut bytes);
+    H2Frame::headers(1, hpack_request("GET", "/", "reset.example"), true).write_to(&mut bytes);
+    H2Frame::rst_stream(1, error_code::CANCEL).write_to(&mut bytes);
+    c.stream().write_all(&bytes).expect("write the stream and its reset");
+    target.legate.wait_stat("http2.rx_reset", 1);
+    assert_eq!(target.legate.stat("http2.tx_reset"), Some(1), "a cancelled stream is not reset back");
+}
+
 /// The same limits hold an HTTP/2 upstream: a server that sends WINDOW_UPDATE after
 /// WINDOW_UPDATE though legate sent it no DATA has its connection closed, the request fails
 /// with a 503, and the flood is counted under the cluster (`cluster.<name>.http2.*`).

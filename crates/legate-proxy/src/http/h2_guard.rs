@@ -22,12 +22,17 @@ legate_stats::stats! {
         counter inbound_empty_frames_flood,
         counter inbound_priority_frames_flood,
         counter inbound_window_update_frames_flood,
+        /// RST_STREAM frames received (Envoy counts those on streams it knows; this, all).
+        counter rx_reset,
+        /// RST_STREAM frames sent.
+        counter tx_reset,
     }
 }
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -231,10 +236,12 @@ impl<T> H2Guard<T> {
     }
 
     fn outbound(&mut self, written: &[u8]) {
-        let counts = &mut self.counts;
+        let (counts, stats) = (&mut self.counts, &self.stats);
         self.outbound.scan(written, |head, _| {
-            if head.kind == DATA {
-                counts.outbound_data_frames += 1;
+            match head.kind {
+                DATA => counts.outbound_data_frames += 1,
+                RST_STREAM => stats.tx_reset.inc(),
+                _ => {}
             }
             true
         });
@@ -250,8 +257,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for H2Guard<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         let read = buf.filled().get(before..).unwrap_or_default();
-        let (counts, limits, flood) = (&mut this.counts, &this.limits, &mut this.flood);
+        let (counts, limits, flood, stats) = (&mut this.counts, &this.limits, &mut this.flood, &this.stats);
         this.inbound.scan(read, |head, padding| {
+            if head.kind == RST_STREAM {
+                stats.rx_reset.inc();
+            }
             *flood = counts.inbound(head, padding, limits);
             flood.is_none()
         });
