@@ -174,6 +174,9 @@ impl Http2ProtocolOptions {
     pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
     pub const DEFAULT_INITIAL_STREAM_WINDOW_SIZE: u32 = 16 * 1024 * 1024;
     pub const DEFAULT_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 24 * 1024 * 1024;
+    pub const DEFAULT_MAX_CONSECUTIVE_INBOUND_FRAMES_WITH_EMPTY_PAYLOAD: u32 = 1;
+    pub const DEFAULT_MAX_INBOUND_PRIORITY_FRAMES_PER_STREAM: u32 = 100;
+    pub const DEFAULT_MAX_INBOUND_WINDOW_UPDATE_FRAMES_PER_DATA_FRAME_SENT: u32 = 10;
 
     pub fn hpack_table_size(&self) -> u32 {
         self.hpack_table_size.unwrap_or(Self::DEFAULT_HPACK_TABLE_SIZE)
@@ -189,6 +192,20 @@ impl Http2ProtocolOptions {
 
     pub fn initial_connection_window_size(&self) -> u32 {
         self.initial_connection_window_size.unwrap_or(Self::DEFAULT_INITIAL_CONNECTION_WINDOW_SIZE)
+    }
+
+    pub fn max_consecutive_inbound_frames_with_empty_payload(&self) -> u32 {
+        self.max_consecutive_inbound_frames_with_empty_payload
+            .unwrap_or(Self::DEFAULT_MAX_CONSECUTIVE_INBOUND_FRAMES_WITH_EMPTY_PAYLOAD)
+    }
+
+    pub fn max_inbound_priority_frames_per_stream(&self) -> u32 {
+        self.max_inbound_priority_frames_per_stream.unwrap_or(Self::DEFAULT_MAX_INBOUND_PRIORITY_FRAMES_PER_STREAM)
+    }
+
+    pub fn max_inbound_window_update_frames_per_data_frame_sent(&self) -> u32 {
+        self.max_inbound_window_update_frames_per_data_frame_sent
+            .unwrap_or(Self::DEFAULT_MAX_INBOUND_WINDOW_UPDATE_FRAMES_PER_DATA_FRAME_SENT)
     }
 
     pub(crate) fn validate(&self, at: &str, v: &mut Validator) {

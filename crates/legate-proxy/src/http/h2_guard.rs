@@ -41,7 +41,7 @@ const PADDED: u8 = 0x8;
 /// The client's connection preface (RFC 9113 §3.4), which comes before its first frame.
 const CLIENT_PREFACE_LEN: u32 = 24;
 
-/// The configured limits, with Envoy's defaults.
+/// The configured limits (Envoy's defaults where unset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FloodLimits {
     pub max_consecutive_empty: u32,
@@ -52,9 +52,9 @@ pub struct FloodLimits {
 impl FloodLimits {
     pub fn new(options: &Http2ProtocolOptions) -> Self {
         FloodLimits {
-            max_consecutive_empty: options.max_consecutive_inbound_frames_with_empty_payload.unwrap_or(1),
-            max_priority_per_stream: options.max_inbound_priority_frames_per_stream.unwrap_or(100),
-            max_window_update_per_data_sent: options.max_inbound_window_update_frames_per_data_frame_sent.unwrap_or(10),
+            max_consecutive_empty: options.max_consecutive_inbound_frames_with_empty_payload(),
+            max_priority_per_stream: options.max_inbound_priority_frames_per_stream(),
+            max_window_update_per_data_sent: options.max_inbound_window_update_frames_per_data_frame_sent(),
         }
     }
 }

@@ -177,7 +177,7 @@ impl HttpConnectionManagerShared {
             max_request_headers_bytes: config.max_request_headers_kb() as usize * 1024,
             router: router.unwrap_or_default(),
             local_reply: config.local_reply_config.as_ref().map(LocalReplyMapper::new).transpose()?,
-            http2_flood_limits: FloodLimits::new(&config.http2_protocol_options.clone().unwrap_or_default()),
+            http2_flood_limits: FloodLimits::new(config.http2_protocol_options.as_ref().unwrap_or(&Default::default())),
             http2_stats: OnceLock::new(),
             config: Box::new(config.clone()),
         })
