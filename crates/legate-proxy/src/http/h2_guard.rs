@@ -324,15 +324,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H2Guard<T> {
 
 #[cfg(test)]
 mod tests {
+    use legate_testing::{H2Frame, H2_PREFACE};
+
     use super::*;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = len.to_be_bytes()[1..].to_vec();
-        f.extend_from_slice(&[kind, flags]);
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
+        H2Frame { kind, flags, stream, payload: payload.to_vec() }.to_bytes()
     }
 
     fn heads(bytes: &[u8], piece: usize) -> Vec<(FrameHead, u32)> {
@@ -349,7 +346,7 @@ mod tests {
 
     #[test]
     fn frames_are_found_whatever_the_pieces() {
-        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut bytes = H2_PREFACE.to_vec();
         bytes.extend(frame(0x4, 0, 0, &[0; 6]));
         bytes.extend(frame(HEADERS, END_HEADERS | PADDED, 1, &[3, 0xaa, 0, 0, 0]));
         bytes.extend(frame(DATA, PADDED, 1, &[0]));
