@@ -6,6 +6,8 @@
 //! `onIdleTimeout`, `onRequestTimeout` and `onRequestHeaderTimeout` in `conn_manager_impl.cc`):
 //! 504 when the whole request had been received, 408 when it had not.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use legate_testing::config::{cluster_config, hcm_config, http_bootstrap, http_protocol_options};
@@ -189,6 +191,102 @@ fn request_headers_timeout_runs_for_a_head_started_after_an_idle_time() {
 
     assert!(reply.closed && reply.text().starts_with("HTTP/1.1 408"), "got {:?}", reply.text());
     px.legate.wait_stat("http.ingress.downstream_rq_header_timeout", 1);
+}
+
+/// A listener whose every request is answered 403 by a direct response, before any of its
+/// body is read; `delayed_close_timeout` as given.
+fn early_reply_proxy(delayed_close_timeout: Option<&str>) -> (HttpUpstream, HttpProxy) {
+    let upstream = ok_upstream();
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let hcm = hcm_config(&mut config, 0);
+    hcm["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
+        "match": { "prefix": "/" },
+        "direct_response": { "status": 403, "body": { "inline_string": "denied" } },
+    });
+    if let Some(timeout) = delayed_close_timeout {
+        hcm["delayed_close_timeout"] = json!(timeout);
+    }
+    (upstream, HttpProxy::start(legate_bin!(), config))
+}
+
+/// Sends a request announcing a 16 MiB body, reads the early reply up to its body, then
+/// sends the body: how many bytes of it went out before a write failed, and the error.
+fn upload_after_early_reply(px: &HttpProxy) -> (TcpStream, String, usize, Option<std::io::Error>) {
+    const BODY: usize = 16 << 20;
+    let mut s = TcpStream::connect(px.addr()).unwrap();
+    s.set_read_timeout(Some(EVENTUALLY)).unwrap();
+    write!(s, "POST /upload HTTP/1.1\r\nhost: example.com\r\ncontent-length: {BODY}\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(b"denied") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0;
+    let mut failed = None;
+    while sent < BODY {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    (s, String::from_utf8_lossy(&reply).into_owned(), sent, failed)
+}
+
+/// `delayed_close_timeout` (default 1 s): legate answers before reading the request body
+/// and closes, but keeps reading (and dropping) what the client still sends until the client
+/// closes too. A socket closed with unread bytes answers with a reset, and a reset can
+/// destroy the reply before the client reads it; here the whole body goes out and the
+/// client's last read is a clean end of stream.
+#[test]
+fn a_closing_connection_reads_what_the_client_still_sends_until_it_closes() {
+    let (_upstream, px) = early_reply_proxy(None);
+    let (mut s, reply, sent, failed) = upload_after_early_reply(&px);
+
+    assert!(reply.starts_with("HTTP/1.1 403") && reply.ends_with("denied"), "{reply:?}");
+    assert!(failed.is_none(), "the whole body goes out, {sent} bytes did before {failed:?}");
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(matches!(end, Ok(0)), "a clean end of stream after the reply, not a reset: {end:?}");
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+}
+
+/// `delayed_close_timeout` ends the wait for a client that does not close:
+/// `downstream_cx_delayed_close_timeout` counts it. The client has had legate's FIN at once.
+#[test]
+fn delayed_close_timeout_ends_the_wait_for_a_client_that_does_not_close() {
+    let (_upstream, px) = early_reply_proxy(Some("0.3s"));
+    let mut s = TcpStream::connect(px.addr()).unwrap();
+    s.set_read_timeout(Some(EVENTUALLY)).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 100000\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 403"), "{reply:?}");
+
+    // Still open on this side: legate closes once its wait is over.
+    px.legate.wait_stat("http.ingress.downstream_cx_delayed_close_timeout", 1);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
+}
+
+/// `delayed_close_timeout: 0s` closes the socket as soon as the reply is out: the rest of
+/// the body meets a reset.
+#[test]
+fn delayed_close_timeout_zero_closes_at_once() {
+    let (_upstream, px) = early_reply_proxy(Some("0s"));
+    let (_s, reply, sent, failed) = upload_after_early_reply(&px);
+
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply:?}");
+    assert!(failed.is_some(), "a write fails once legate has closed; {sent} bytes went out");
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
 }
 
 /// An upstream connection idle for the cluster's `common_http_protocol_options.idle_timeout`

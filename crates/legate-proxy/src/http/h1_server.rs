@@ -47,6 +47,8 @@ const MAX_URI: usize = u16::MAX as usize - 1;
 /// for `max_headers_count` of them, on the heap. (Every slot's span is zeroed per request:
 /// 128 of them took 2 KB of memset per request.)
 const STACK_HEADERS: usize = 32;
+/// Reads of a closing connection's last bytes in one poll (see [`ServerConn::poll_linger`]).
+const LINGER_READS_PER_POLL: usize = 16;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Limits on a request head (`max_request_headers_kb`, `max_headers_count`).
@@ -564,6 +566,27 @@ impl ServerConn {
             Some(io) => tokio::io::AsyncWrite::poll_shutdown(Pin::new(io), cx),
             None => Poll::Ready(Ok(())),
         }
+    }
+
+    /// Once legate has closed its side: reads and drops what the client still sends, ready
+    /// when the client has closed too (or reading failed). A socket closed with unread bytes
+    /// in it answers with a reset, which may destroy the response before the client reads it
+    /// (a client still sending the body of a request answered early, 413 or 400).
+    pub fn poll_linger(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.borrow_mut();
+        // A client sending without pause is read in turns with the worker's other work.
+        for _ in 0..LINGER_READS_PER_POLL {
+            if state.eof {
+                return Poll::Ready(());
+            }
+            state.read_buf.clear();
+            match ready!(state.poll_read(cx, BODY_READ_ROOM)) {
+                Ok(0) | Err(_) => state.eof = true,
+                Ok(_) => {}
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Writes a whole reply made by the codec itself (an error, the header timeout's 408).

@@ -74,6 +74,9 @@ pub struct HttpConnectionManagerShared {
     pub request_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     pub drain_timeout: Duration,
+    /// How long a closing HTTP/1.1 connection waits for the client to close its side (0: not
+    /// at all).
+    pub delayed_close_timeout: Duration,
     pub max_headers_count: usize,
     pub max_request_headers_bytes: usize,
     pub router: legate_config::filters::http::router::Router,
@@ -173,6 +176,7 @@ impl HttpConnectionManagerShared {
             request_timeout: nonzero(config.request_timeout.as_ref()),
             request_headers_timeout: nonzero(config.request_headers_timeout.as_ref()),
             drain_timeout: config.drain_timeout(),
+            delayed_close_timeout: config.delayed_close_timeout(),
             max_headers_count: common.max_headers_count.unwrap_or(100).max(1) as usize,
             max_request_headers_bytes: config.max_request_headers_kb() as usize * 1024,
             router: router.unwrap_or_default(),

@@ -120,7 +120,7 @@ pub(super) fn serve<'a, 'g>(
                 Idled::Park => return Http1End::Idle(conn),
                 Idled::Gone => return Http1End::Closed,
                 Idled::Close => {
-                    Box::pin(shutdown(&conn)).await;
+                    Box::pin(shutdown(context, &conn)).await;
                     return Http1End::Closed;
                 }
             }
@@ -198,7 +198,7 @@ async fn active(
             Ok(()) => {}
             Err(WriteError::Body) => {
                 guard.local_close = true;
-                Box::pin(shutdown(conn)).await;
+                Box::pin(shutdown(context, conn)).await;
                 return false;
             }
             Err(WriteError::Io(_)) => return false,
@@ -212,24 +212,31 @@ async fn active(
         let request_done = conn.finish_request();
         if !(keep_alive && request_done && !context.draining.get() && timeline.shutdown_at.is_none()) {
             guard.local_close = true;
-            Box::pin(shutdown(conn)).await;
+            Box::pin(shutdown(context, conn)).await;
             return false;
         }
     }
 }
 
-/// FIN (and TLS close_notify), bounded in case the peer does not read. (Callers box this
-/// and the reply below: their timers would otherwise weigh on every idle connection's
-/// future.)
-async fn shutdown(conn: &ServerConn) {
+/// FIN (and TLS close_notify), bounded in case the peer does not read; then, for up to
+/// `delayed_close_timeout`, what the client still sends is read and dropped until it closes
+/// too, so that the socket does not close with unread bytes (which answers with a reset, and
+/// a reset may destroy the response before the client reads it). Envoy waits the same time for
+/// the peer's close, without sending its FIN first or reading. (Callers box this and the reply
+/// below: their timers would otherwise weigh on every idle connection's future.)
+async fn shutdown(context: &ConnectionContext, conn: &ServerConn) {
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_shutdown(cx))).await;
+    let delay = context.shared.delayed_close_timeout;
+    if !delay.is_zero() && tokio::time::timeout(delay, poll_fn(|cx| conn.poll_linger(cx))).await.is_err() {
+        context.shared.stats.downstream_cx_delayed_close_timeout.inc();
+    }
 }
 
 /// Writes a reply of the codec's own and closes.
-async fn reply_and_close(conn: &ServerConn, reply: &[u8]) {
+async fn reply_and_close(context: &ConnectionContext, conn: &ServerConn, reply: &[u8]) {
     let mut rest = reply;
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_write_all(cx, &mut rest))).await;
-    shutdown(conn).await;
+    shutdown(context, conn).await;
 }
 
 /// How waiting for a request head ended. (A return value, gone at once: boxing the head
@@ -273,7 +280,7 @@ async fn wait_head(
                 Err(ReadError::Head(e)) => {
                     stats.downstream_cx_protocol_error.inc();
                     guard.local_close = true;
-                    Box::pin(reply_and_close(conn, &error_reply(e.status()))).await;
+                    Box::pin(reply_and_close(context, conn, &error_reply(e.status()))).await;
                     return Waited::Closed;
                 }
                 Err(ReadError::Closed | ReadError::Io(_)) => return Waited::Closed,
@@ -283,7 +290,7 @@ async fn wait_head(
                 if head_deadline.is_some_and(|at| now >= at) {
                     stats.downstream_rq_header_timeout.inc();
                     guard.local_close = true;
-                    Box::pin(reply_and_close(conn, HEADER_TIMEOUT_REPLY)).await;
+                    Box::pin(reply_and_close(context, conn, HEADER_TIMEOUT_REPLY)).await;
                     return Waited::Closed;
                 }
                 if closing(context, conn, timeline, guard, now).await {
@@ -296,7 +303,7 @@ async fn wait_head(
             }
             request = poll_fn(|cx| drain.poll_next(cx, chain)) => {
                 if note_drain(request, context, timeline, guard) && !conn.head_started() {
-                    Box::pin(shutdown(conn)).await;
+                    Box::pin(shutdown(context, conn)).await;
                     return Waited::Closed;
                 }
             }
@@ -370,7 +377,7 @@ async fn closing(
         return false;
     }
     guard.local_close = true;
-    Box::pin(shutdown(conn)).await;
+    Box::pin(shutdown(context, conn)).await;
     true
 }
 
