@@ -19,11 +19,12 @@ pub enum RouteConfigProvider {
 }
 
 impl RouteConfigProvider {
-    /// The table a new request routes with.
-    pub fn current(&self) -> Arc<RouteConfig> {
+    /// The table a new request routes with: a static one borrowed (its count is shared by
+    /// every worker, and a request holds the provider anyway), an RDS one held.
+    pub fn current(&self) -> std::borrow::Cow<'_, Arc<RouteConfig>> {
         match self {
-            RouteConfigProvider::Static(config) => config.clone(),
-            RouteConfigProvider::Rds(rds) => rds.config.load_full(),
+            RouteConfigProvider::Static(config) => std::borrow::Cow::Borrowed(config),
+            RouteConfigProvider::Rds(rds) => std::borrow::Cow::Owned(rds.config.load_full()),
         }
     }
 

@@ -223,7 +223,11 @@ impl ResourceState {
 
     fn update_open(&self) {
         let now_open = self.count.load(Ordering::Relaxed) >= self.max;
-        if self.open.compare_exchange(!now_open, now_open, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        // Read first: a compare-exchange locks the line even when it fails, and the state
+        // changes only when the count crosses the limit (twice per request otherwise).
+        if self.open.load(Ordering::Relaxed) != now_open
+            && self.open.compare_exchange(!now_open, now_open, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
             if now_open {
                 self.open_gauge.inc();
             } else {

@@ -25,7 +25,7 @@ use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::headers::{self, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::http::io::DownstreamUpgrade;
 use crate::http::{LocalReply, RequestSnapshot, ResponseFlag, StreamInfo};
-use crate::router::{MatchInput, Route, RouteKind, VirtualHost};
+use crate::router::{MatchInput, Route, RouteConfig, RouteKind, VirtualHost};
 use crate::worker::reused::Reused;
 use http::uri::PathAndQuery;
 
@@ -78,7 +78,7 @@ pub async fn serve_stream(
     let body = BodySource::new(incoming, end_stream, buffer_limit);
 
     let response = match prepare(&context, &mut head, &mut completion) {
-        Err(reply) => local_reply(&context, *reply, &mut completion, None, None, &mut []),
+        Err(reply) => local_reply(&context, *reply, &mut completion, Routed::NONE, &mut []),
         // Pinned where it is built, as the router's future in it.
         Ok(()) => std::pin::pin!(decode(&context, head, body, upgrade, &mut completion)).await,
     };
@@ -379,21 +379,23 @@ async fn decode(
     let route_config = shared.route_config.current();
     // Handles that share the request's bytes: the filters below may change the head.
     let authority = router::Authority::of(&head);
-    let vhost = route_config.virtual_host(authority.as_str()).cloned();
+    // Borrowed from the table, which the request holds to its end.
+    let vhost = route_config.virtual_host(authority.as_str());
     let path_and_query = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (path, query) = (path_and_query.path(), path_and_query.query());
     let scheme = completion.info.scheme.as_str();
     let route = vhost
         .as_ref()
-        .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, scheme, random: fastrand::u64(..) }).cloned());
-    completion.info.virtual_host_name = vhost.as_ref().map(|v| v.name.clone());
-    completion.info.route_name = route.as_ref().map(|r| r.name.clone()).filter(|n| !n.is_empty());
+        .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, scheme, random: fastrand::u64(..) }));
+    completion.info.virtual_host_name = vhost.map(|v| v.name.clone());
+    completion.info.route_name = route.filter(|r| !r.name.is_empty()).map(|r| r.name.clone());
+    let routed = Routed { config: Some(&route_config), vhost, route };
 
     // The HTTP filters, in order.
     let mut filters: Vec<Box<dyn HttpFilter>> = shared
         .filters
         .iter()
-        .filter(|(factory, disabled)| filter_enabled(factory.name(), *disabled, route.as_ref(), vhost.as_ref()))
+        .filter(|(factory, disabled)| filter_enabled(factory.name(), *disabled, route, vhost))
         .map(|(factory, _)| factory.create())
         .collect();
     let end_stream = body.borrow().is_empty_and_complete();
@@ -403,8 +405,8 @@ async fn decode(
         let mut cb = FilterCallbacks {
             stream_info: &mut completion.info,
             route_config: &route_config,
-            virtual_host: vhost.as_ref(),
-            route: route.as_ref(),
+            virtual_host: vhost,
+            route,
             worker: &context.worker,
             server_draining: context.draining.get(),
         };
@@ -415,7 +417,7 @@ async fn decode(
         match status {
             FilterHeadersStatus::Continue | FilterHeadersStatus::StopIteration => {}
             FilterHeadersStatus::LocalReply(reply) => {
-                return local_reply(context, reply, completion, vhost.as_ref(), route.as_ref(), &mut filters[..ran]);
+                return local_reply(context, reply, completion, routed, &mut filters[..ran]);
             }
             FilterHeadersStatus::StopAllIterationAndBuffer => {
                 match BodySource::read_all(&body, filter.max_buffered_body()).await {
@@ -432,27 +434,13 @@ async fn decode(
                             "Payload Too Large",
                             "request_payload_too_large",
                         );
-                        return local_reply(
-                            context,
-                            reply,
-                            completion,
-                            vhost.as_ref(),
-                            route.as_ref(),
-                            &mut filters[..ran],
-                        );
+                        return local_reply(context, reply, completion, routed, &mut filters[..ran]);
                     }
                     Err(ReadAllError::Downstream) => {
                         shared.stats.downstream_rq_rx_reset.inc();
                         let reply = LocalReply::new(StatusCode::BAD_REQUEST, "", "downstream_remote_disconnect")
                             .with_flag(ResponseFlag::DownstreamConnectionTermination);
-                        return local_reply(
-                            context,
-                            reply,
-                            completion,
-                            vhost.as_ref(),
-                            route.as_ref(),
-                            &mut filters[..ran],
-                        );
+                        return local_reply(context, reply, completion, routed, &mut filters[..ran]);
                     }
                 }
             }
@@ -464,9 +452,8 @@ async fn decode(
     shared.stats.rq_total.inc();
     let Some(route) = route else {
         shared.stats.no_route.inc();
-        return local_reply(context, LocalReply::no_route(), completion, vhost.as_ref(), None, &mut filters);
+        return local_reply(context, LocalReply::no_route(), completion, routed, &mut filters);
     };
-    let vhost = vhost.as_ref();
     let action = match &route.kind {
         RouteKind::Redirect(redirect) => {
             shared.stats.rq_redirect.inc();
@@ -475,13 +462,13 @@ async fn decode(
                 authority.as_str(),
                 path,
                 query,
-                matched_prefix(&route),
+                matched_prefix(route),
             );
             let mut reply = LocalReply::new(redirect.status, Bytes::new(), "direct_response");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 reply.headers.insert(LOCATION, v);
             }
-            return local_reply(context, reply, completion, vhost, Some(&route), &mut filters);
+            return local_reply(context, reply, completion, routed, &mut filters);
         }
         RouteKind::DirectResponse(direct) => {
             shared.stats.rq_direct_response.inc();
@@ -489,7 +476,7 @@ async fn decode(
             if let Some(format) = &direct.body_format {
                 format_body(&mut reply, format, &mut completion.info);
             }
-            return local_reply(context, reply, completion, vhost, Some(&route), &mut filters);
+            return local_reply(context, reply, completion, routed, &mut filters);
         }
         RouteKind::Route(action) => action,
     };
@@ -505,14 +492,14 @@ async fn decode(
                 shared.stats.downstream_rq_ws_on_non_ws_route.inc();
             }
             let reply = LocalReply::new(StatusCode::FORBIDDEN, Bytes::new(), "upgrade_failed");
-            return local_reply(context, reply, completion, vhost, Some(&route), &mut filters);
+            return local_reply(context, reply, completion, routed, &mut filters);
         }
     }
-    let header_parsers = header_parsers(&route_config, vhost, &route, true);
+    let header_parsers = header_parsers(&route_config, vhost, route, true);
     let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
     // Pinned where it is built: a future moved into `.await` is copied whole (~4 KB).
     let outcome = {
-        let routed = std::pin::pin!(router::route(
+        let routing = std::pin::pin!(router::route(
             RouterRequest {
                 context,
                 info: &mut completion.info,
@@ -520,18 +507,18 @@ async fn decode(
                 // Still the head's when no filter ran.
                 authority: filters.is_empty().then_some(authority),
                 body: body.clone(),
-                matched_prefix: matched_prefix(&route),
+                matched_prefix: matched_prefix(route),
                 header_parsers,
                 include_attempt_count,
                 upgrade,
             },
             head,
         ));
-        routed.await
+        routing.await
     };
     completion.info.bytes_received = body.borrow().bytes_received;
     match outcome {
-        RouterOutcome::LocalReply(reply) => local_reply(context, reply, completion, vhost, Some(&route), &mut filters),
+        RouterOutcome::LocalReply(reply) => local_reply(context, reply, completion, routed, &mut filters),
         RouterOutcome::Upstream { mut head, body, weighted_index } => {
             // Looked up only for a 101: it goes with the hop-by-hop fields below.
             let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -548,7 +535,7 @@ async fn decode(
                     }
                 }
             }
-            encode(context, &mut head, completion, vhost, Some(&route), &mut filters);
+            encode(context, &mut head, completion, routed, &mut filters);
             (head, Produced::Upstream(body))
         }
     }
@@ -634,18 +621,32 @@ fn header_parsers<'a>(
     parsers
 }
 
+/// What a request was routed with, borrowed from the route table it holds.
+#[derive(Clone, Copy)]
+struct Routed<'a> {
+    /// `None` before routing.
+    config: Option<&'a Arc<RouteConfig>>,
+    vhost: Option<&'a Arc<VirtualHost>>,
+    route: Option<&'a Arc<Route>>,
+}
+
+impl Routed<'_> {
+    const NONE: Routed<'static> = Routed { config: None, vhost: None, route: None };
+}
+
 /// Response headers on their way out: the encoder filters (reverse order), the route's
 /// header mutations and the connection manager's own headers.
 fn encode(
     context: &Rc<ConnectionContext>,
     head: &mut http::response::Parts,
     completion: &mut StreamCompletion,
-    vhost: Option<&Arc<VirtualHost>>,
-    route: Option<&Arc<Route>>,
+    routed: Routed<'_>,
     filters: &mut [Box<dyn HttpFilter>],
 ) {
     let shared = &context.shared;
-    let route_config = shared.route_config.current();
+    let Routed { config, vhost, route } = routed;
+    // The table the request was routed with; before routing, the current one.
+    let route_config = config.map_or_else(|| shared.route_config.current(), std::borrow::Cow::Borrowed);
     for filter in filters.iter_mut().rev() {
         let mut cb = FilterCallbacks {
             stream_info: &mut completion.info,
@@ -705,8 +706,7 @@ fn local_reply(
     context: &Rc<ConnectionContext>,
     reply: LocalReply,
     completion: &mut StreamCompletion,
-    vhost: Option<&Arc<VirtualHost>>,
-    route: Option<&Arc<Route>>,
+    routed: Routed<'_>,
     filters: &mut [Box<dyn HttpFilter>],
 ) -> (Reused<http::response::Parts>, Produced) {
     if let Some(flag) = reply.flag {
@@ -726,7 +726,7 @@ fn local_reply(
     if !reply.tunnel {
         head.headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
     }
-    encode(context, &mut head, completion, vhost, route, filters);
+    encode(context, &mut head, completion, routed, filters);
     (head, Produced::Full(reply.body))
 }
 
