@@ -276,6 +276,23 @@ fn delayed_close_timeout_ends_the_wait_for_a_client_that_does_not_close() {
     px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
 }
 
+/// A client whose request said `connection: close` and was read in full sends nothing more:
+/// legate closes without waiting for it (here the wait would be a minute).
+#[test]
+fn a_client_done_with_its_last_request_is_not_waited_for() {
+    let (_upstream, px) = early_reply_proxy(Some("60s"));
+    let mut s = TcpStream::connect(px.addr()).unwrap();
+    s.set_read_timeout(Some(EVENTUALLY)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 403"), "{reply:?}");
+
+    // This side stays open; legate's side is closed all the same.
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+}
+
 /// `delayed_close_timeout: 0s` closes the socket as soon as the reply is out: the rest of
 /// the body meets a reset.
 #[test]

@@ -120,7 +120,7 @@ pub(super) fn serve<'a, 'g>(
                 Idled::Park => return Http1End::Idle(conn),
                 Idled::Gone => return Http1End::Closed,
                 Idled::Close => {
-                    Box::pin(shutdown(context, &conn)).await;
+                    Box::pin(shutdown(context, &conn, true)).await;
                     return Http1End::Closed;
                 }
             }
@@ -155,6 +155,8 @@ async fn active(
         let method = head.parts.method.clone();
         // HTTP/1.0 connections close after each response, as they did with hyper.
         let keep_alive = head.keep_alive && head.parts.version == Version::HTTP_11 && !head.wants_upgrade;
+        // The client said this request is its last (`connection: close`, or HTTP/1.0).
+        let last_request = !head.keep_alive;
         let body = conn.start(&head);
         let end_stream = head.framing == Framing::Empty;
         let mut handover = None;
@@ -198,7 +200,7 @@ async fn active(
             Ok(()) => {}
             Err(WriteError::Body) => {
                 guard.local_close = true;
-                Box::pin(shutdown(context, conn)).await;
+                Box::pin(shutdown(context, conn, true)).await;
                 return false;
             }
             Err(WriteError::Io(_)) => return false,
@@ -212,7 +214,10 @@ async fn active(
         let request_done = conn.finish_request();
         if !(keep_alive && request_done && !context.draining.get() && timeline.shutdown_at.is_none()) {
             guard.local_close = true;
-            Box::pin(shutdown(context, conn)).await;
+            // Nothing more is coming from a client whose last request was read in full:
+            // waiting for its close would only hold the connection.
+            let linger = !(last_request && request_done);
+            Box::pin(shutdown(context, conn, linger)).await;
             return false;
         }
     }
@@ -224,10 +229,10 @@ async fn active(
 /// a reset may destroy the response before the client reads it). Envoy waits the same time for
 /// the peer's close, without sending its FIN first or reading. (Callers box this and the reply
 /// below: their timers would otherwise weigh on every idle connection's future.)
-async fn shutdown(context: &ConnectionContext, conn: &ServerConn) {
+async fn shutdown(context: &ConnectionContext, conn: &ServerConn, linger: bool) {
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_shutdown(cx))).await;
     let delay = context.shared.delayed_close_timeout;
-    if !delay.is_zero() && tokio::time::timeout(delay, poll_fn(|cx| conn.poll_linger(cx))).await.is_err() {
+    if linger && !delay.is_zero() && tokio::time::timeout(delay, poll_fn(|cx| conn.poll_linger(cx))).await.is_err() {
         context.shared.stats.downstream_cx_delayed_close_timeout.inc();
     }
 }
@@ -236,7 +241,7 @@ async fn shutdown(context: &ConnectionContext, conn: &ServerConn) {
 async fn reply_and_close(context: &ConnectionContext, conn: &ServerConn, reply: &[u8]) {
     let mut rest = reply;
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_write_all(cx, &mut rest))).await;
-    shutdown(context, conn).await;
+    shutdown(context, conn, true).await;
 }
 
 /// How waiting for a request head ended. (A return value, gone at once: boxing the head
@@ -303,7 +308,7 @@ async fn wait_head(
             }
             request = poll_fn(|cx| drain.poll_next(cx, chain)) => {
                 if note_drain(request, context, timeline, guard) && !conn.head_started() {
-                    Box::pin(shutdown(context, conn)).await;
+                    Box::pin(shutdown(context, conn, true)).await;
                     return Waited::Closed;
                 }
             }
@@ -377,7 +382,7 @@ async fn closing(
         return false;
     }
     guard.local_close = true;
-    Box::pin(shutdown(context, conn)).await;
+    Box::pin(shutdown(context, conn, true)).await;
     true
 }
 
