@@ -248,6 +248,7 @@ def callgrind(b, legate, requests, run_dir):
 
 SIM_EVENTS = {
     "Ir": "instructions",
+    "locked": "locked instructions (`lock` prefix, `xchg` with memory)",
     "I1mr": "I1 misses",
     "D1mr": "D1 read misses",
     "D1mw": "D1 write misses",
@@ -269,7 +270,7 @@ def cachesim(b, proxy, requests, run_dir, case):
     if proxy == "nginx":
         argv += ["-g", "master_process off;"]  # one process, the one valgrind runs
     dump, done = under_callgrind(argv, os.path.join(run_dir, f"cachesim-{proxy}-{case}.out"), requests, run_dir,
-                                 ["--cache-sim=yes", "--branch-sim=yes"], case)
+                                 ["--cache-sim=yes", "--branch-sim=yes", "--dump-instr=yes"], case)
     events, totals, caches = [], [], []
     with open(dump) as f:
         for line in f:
@@ -279,7 +280,57 @@ def cachesim(b, proxy, requests, run_dir, case):
                 totals = [int(v) for v in line.split()[1:]]
             elif line.startswith("desc: ") and "cache:" in line:
                 caches.append(line[len("desc: "):].strip())
-    return {e: v / done for e, v in zip(events, totals)}, "; ".join(caches)
+    per_request = {e: v / done for e, v in zip(events, totals)}
+    per_request["locked"] = locked_instructions(dump) / done
+    return per_request, "; ".join(caches)
+
+
+def locked_instructions(dump):
+    """How many locked instructions ran in a callgrind dump made with `--dump-instr=yes`: each
+    object's executed addresses, matched against its disassembly (`objdump -d`). An atomic
+    read-modify-write (a reference count, a compare-and-swap, a lock) costs tens of cycles
+    however warm the line, and a callgrind instruction count does not tell it from an add."""
+    names = {"ob": {}, "fl": {}, "fn": {}}
+    kind = {"ob": "ob", "cob": "ob", "fn": "fn", "cfn": "fn"}
+    ran = {}  # (object, address) -> executions
+    obj, prev, call_line = None, [0, 0], False
+    with open(dump) as f:
+        for line in f:
+            m = re.match(r"(c?ob|c?fn|c?fl|c?fi|c?fe)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+            if m:
+                table = names[kind.get(m.group(1), "fl")]
+                if m.group(3):
+                    table[m.group(2)] = m.group(3)
+                if m.group(1) == "ob":
+                    obj = table.get(m.group(2))
+                continue
+            if line.startswith("calls="):
+                call_line = True  # the next cost line is the call's inclusive cost
+                continue
+            if not line[:1] or line[0] not in "0123456789+-*":
+                continue
+            fields = line.split()
+            for i, tok in enumerate(fields[:2]):
+                if tok == "*":
+                    continue
+                if tok[0] in "+-":
+                    prev[i] += int(tok[1:], 0) * (-1 if tok[0] == "-" else 1)
+                else:
+                    prev[i] = int(tok, 0)
+            if call_line:
+                call_line = False
+                continue
+            if len(fields) > 2 and obj:
+                key = (obj, prev[0])
+                ran[key] = ran.get(key, 0) + int(fields[2])
+    total = 0
+    for path in {o for o, _ in ran}:
+        if not os.path.isfile(path):
+            continue
+        dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", path], capture_output=True, text=True).stdout
+        for m in re.finditer(r"^\s*([0-9a-f]+):\s+(lock |xchg\s+\S*\()", dis, re.M):
+            total += ran.get((path, int(m.group(1), 16)), 0)
+    return total
 
 
 def cachesim_table(case, requests, per_proxy, caches):
