@@ -293,6 +293,46 @@ fn a_client_done_with_its_last_request_is_not_waited_for() {
     assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
 }
 
+/// HTTP/2 too: a connection hyper closes (here on a client's protocol error, after its
+/// GOAWAY) keeps reading and dropping what the client still sends until the client closes,
+/// or until `delayed_close_timeout`, counted as for HTTP/1.1.
+#[test]
+fn an_http2_connection_closing_reads_what_the_client_still_sends() {
+    let (_upstream, px) = early_reply_proxy(Some("0.5s"));
+    let mut frames = H2_PREFACE.to_vec();
+    H2Frame::settings(&[]).write_to(&mut frames);
+    // DATA on stream 0: a connection error (PROTOCOL_ERROR).
+    H2Frame { kind: 0x0, flags: 0, stream: 0, payload: b"x".to_vec() }.write_to(&mut frames);
+    let goaway_then_eof = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(EVENTUALLY)).unwrap();
+        s.write_all(&frames).unwrap();
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).unwrap();
+        let events = h2_events(&reply);
+        assert!(events.iter().any(|e| matches!(e, H2Event::GoAway { code: 1, .. })), "{events:?}");
+    };
+
+    // A client that goes on sending, then closes: all of it is read, and its last read is a
+    // clean end of stream.
+    let mut s = TcpStream::connect(px.addr()).unwrap();
+    goaway_then_eof(&mut s);
+    let junk = vec![0u8; 64 << 10];
+    for _ in 0..256 {
+        s.write_all(&junk).expect("legate reads what follows its GOAWAY until the client closes");
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    assert!(matches!(s.read_to_end(&mut rest), Ok(0)), "a clean end of stream, not a reset");
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+
+    // A client that does not close: the wait ends at the timeout.
+    let mut idle = TcpStream::connect(px.addr()).unwrap();
+    goaway_then_eof(&mut idle);
+    px.legate.wait_stat("http.ingress.downstream_cx_delayed_close_timeout", 1);
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 2);
+}
+
 /// `delayed_close_timeout: 0s` closes the socket as soon as the reply is out: the rest of
 /// the body meets a reset.
 #[test]

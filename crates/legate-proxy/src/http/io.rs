@@ -2,14 +2,17 @@
 //! counts bytes into stats and replays bytes already read, and the downstream side of an
 //! upgrade.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use legate_stats::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::network::TransportSocket;
 
@@ -105,6 +108,61 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// A socket lent to hyper, whose HTTP/2 server keeps its socket to its end: the lender takes
+/// it back once hyper's connection is dropped (see [`linger`]).
+pub struct LentIo<T>(Rc<RefCell<T>>);
+
+impl<T> LentIo<T> {
+    /// The socket to hand to hyper, and the lender's hold on it.
+    pub fn lend(io: T) -> (Self, Rc<RefCell<T>>) {
+        let io = Rc::new(RefCell::new(io));
+        (LentIo(io.clone()), io)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for LentIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for LentIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.borrow().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_shutdown(cx)
+    }
+}
+
+/// Closes the write side (FIN, TLS close_notify), then reads and drops what the peer still
+/// sends until it closes too, for at most `delay` (Envoy's `delayed_close_timeout`): a socket
+/// closed with unread bytes answers with a reset, which may destroy what was last sent (a
+/// GOAWAY) before the peer reads it. `false` when the time ran out first.
+pub async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T, delay: Duration) -> bool {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    let mut scratch = vec![0; 16 * 1024];
+    let drained = async { while let Ok(1..) = io.read(&mut scratch).await {} };
+    tokio::time::timeout(delay, drained).await.is_ok()
 }
 
 /// The downstream side of an upgrade (WebSocket, CONNECT), once its response is written.

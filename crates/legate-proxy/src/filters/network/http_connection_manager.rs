@@ -41,7 +41,7 @@ use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::{H1Guard, ParkSignals};
 use crate::http::h1_server::{Limits, ServerConn};
 use crate::http::h2_guard::{End, FloodLimits, H2Guard, Http2Stats};
-use crate::http::io::{CountingIo, LocalExec};
+use crate::http::io::{CountingIo, LentIo, LocalExec};
 use crate::listener::drain::{DrainPhase, DrainWaiter};
 use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TakenOverEnd,
@@ -580,14 +580,24 @@ async fn serve_hyper(
         if h2.allow_connect {
             builder.enable_connect_protocol();
         }
+        let (io, lent) = LentIo::lend(io);
         let io = H2Guard::new(io, End::Server, shared.http2_flood_limits, shared.http2_stats().clone());
         // Boxed, as below: the connection's future stays small whatever hyper's state weighs.
         let mut connection = boxed_out_of_line(|| builder.serve_connection(TokioIo::new(io), service));
-        Box::pin(run_connection(context, connection.as_mut(), None, draining, timeline, guard, |c| {
+        let ended = Box::pin(run_connection(context, connection.as_mut(), None, draining, timeline, guard, |c| {
             c.graceful_shutdown()
         }))
         .await
-        .map(|_| ())
+        .map(|_| ());
+        // hyper is done with the socket: `delayed_close_timeout`, as for HTTP/1.1.
+        drop(connection);
+        let delay = shared.delayed_close_timeout;
+        if let (Ok(io), false) = (Rc::try_unwrap(lent), delay.is_zero()) {
+            if !Box::pin(crate::http::io::linger(&mut io.into_inner(), delay)).await {
+                stats.downstream_cx_delayed_close_timeout.inc();
+            }
+        }
+        ended
     } else {
         let mut builder = http1::Builder::new();
         builder
