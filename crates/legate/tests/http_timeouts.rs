@@ -196,9 +196,20 @@ fn request_headers_timeout_runs_for_a_head_started_after_an_idle_time() {
 /// A listener whose every request is answered 403 by a direct response, before any of its
 /// body is read; `delayed_close_timeout` as given.
 fn early_reply_proxy(delayed_close_timeout: Option<&str>) -> (HttpUpstream, HttpProxy) {
+    early_reply_proxy_with(delayed_close_timeout, json!({}))
+}
+
+/// [`early_reply_proxy`] with more connection manager fields.
+fn early_reply_proxy_with(
+    delayed_close_timeout: Option<&str>,
+    hcm_fields: serde_json::Value,
+) -> (HttpUpstream, HttpProxy) {
     let upstream = ok_upstream();
     let mut config = http_bootstrap(&[upstream.addr()]);
     let hcm = hcm_config(&mut config, 0);
+    for (field, value) in hcm_fields.as_object().into_iter().flatten() {
+        hcm[field] = value.clone();
+    }
     hcm["route_config"]["virtual_hosts"][0]["routes"][0] = json!({
         "match": { "prefix": "/" },
         "direct_response": { "status": 403, "body": { "inline_string": "denied" } },
@@ -257,6 +268,22 @@ fn a_closing_connection_reads_what_the_client_still_sends_until_it_closes() {
     assert!(matches!(end, Ok(0)), "a clean end of stream after the reply, not a reset: {end:?}");
     px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
     assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+}
+
+/// The same where hyper serves HTTP/1.1 (`header_key_format`).
+#[test]
+fn a_closing_connection_served_by_hyper_reads_what_the_client_still_sends() {
+    let fields = json!({ "http_protocol_options": { "header_key_format": { "proper_case_words": {} } } });
+    let (_upstream, px) = early_reply_proxy_with(None, fields);
+    let (mut s, reply, sent, failed) = upload_after_early_reply(&px);
+
+    assert!(reply.starts_with("HTTP/1.1 403") && reply.ends_with("denied"), "{reply:?}");
+    assert!(failed.is_none(), "the whole body goes out, {sent} bytes did before {failed:?}");
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(matches!(end, Ok(0)), "a clean end of stream after the reply, not a reset: {end:?}");
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
 }
 
 /// `delayed_close_timeout` ends the wait for a client that does not close:

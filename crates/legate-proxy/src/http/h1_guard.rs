@@ -120,6 +120,11 @@ impl<T> H1Guard<T> {
         }
     }
 
+    /// The socket under the guard (once hyper is done with it).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// Arms `request_headers_timeout` at the first byte of each request head.
     pub fn with_header_timeout(mut self, timeout: Option<std::time::Duration>, counter: legate_stats::Counter) -> Self {
         self.header_timeout = timeout.map(|t| (t, counter));

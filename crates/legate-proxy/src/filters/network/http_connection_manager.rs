@@ -589,13 +589,9 @@ async fn serve_hyper(
         }))
         .await
         .map(|_| ());
-        // hyper is done with the socket: `delayed_close_timeout`, as for HTTP/1.1.
         drop(connection);
-        let delay = shared.delayed_close_timeout;
-        if let (Ok(io), false) = (Rc::try_unwrap(lent), delay.is_zero()) {
-            if !Box::pin(crate::http::io::linger(&mut io.into_inner(), delay)).await {
-                stats.downstream_cx_delayed_close_timeout.inc();
-            }
+        if let Ok(io) = Rc::try_unwrap(lent) {
+            Box::pin(delayed_close(shared, &mut io.into_inner())).await;
         }
         ended
     } else {
@@ -641,10 +637,26 @@ async fn serve_hyper(
                         break Ok(());
                     }
                 }
-                Ok(Ended::Closed) => break Ok(()),
-                Err(e) => break Err(e),
+                ended => {
+                    if let Some(parts) = Pin::into_inner(connection).into_parts() {
+                        Box::pin(delayed_close(shared, socket_of(parts).into_inner().get_mut())).await;
+                    }
+                    break ended.map(|_| ());
+                }
             }
         }
+    }
+}
+
+/// hyper is done with the socket: `delayed_close_timeout`, as legate's HTTP/1.1 codec waits
+/// (see [`crate::http::io::linger`]).
+async fn delayed_close<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    shared: &HttpConnectionManagerShared,
+    io: &mut T,
+) {
+    let delay = shared.delayed_close_timeout;
+    if !delay.is_zero() && !crate::http::io::linger(io, delay).await {
+        shared.stats.downstream_cx_delayed_close_timeout.inc();
     }
 }
 
