@@ -74,8 +74,8 @@ pub struct HttpConnectionManagerShared {
     pub request_timeout: Option<Duration>,
     pub request_headers_timeout: Option<Duration>,
     pub drain_timeout: Duration,
-    /// How long a closing HTTP/1.1 connection waits for the client to close its side (0: not
-    /// at all).
+    /// How long a connection legate closes waits for the client to close its side (0: not at
+    /// all).
     pub delayed_close_timeout: Duration,
     pub max_headers_count: usize,
     pub max_request_headers_bytes: usize,
