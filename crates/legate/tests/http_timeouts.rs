@@ -257,7 +257,8 @@ fn upload_after_early_reply(px: &HttpProxy) -> (TcpStream, String, usize, Option
 /// client's last read is a clean end of stream.
 #[test]
 fn a_closing_connection_reads_what_the_client_still_sends_until_it_closes() {
-    let (_upstream, px) = early_reply_proxy(None);
+    // Longer than the default, for a loaded machine: the wait must outlast the upload.
+    let (_upstream, px) = early_reply_proxy(Some("5s"));
     let (mut s, reply, sent, failed) = upload_after_early_reply(&px);
 
     assert!(reply.starts_with("HTTP/1.1 403") && reply.ends_with("denied"), "{reply:?}");
@@ -274,7 +275,7 @@ fn a_closing_connection_reads_what_the_client_still_sends_until_it_closes() {
 #[test]
 fn a_closing_connection_served_by_hyper_reads_what_the_client_still_sends() {
     let fields = json!({ "http_protocol_options": { "header_key_format": { "proper_case_words": {} } } });
-    let (_upstream, px) = early_reply_proxy_with(None, fields);
+    let (_upstream, px) = early_reply_proxy_with(Some("5s"), fields);
     let (mut s, reply, sent, failed) = upload_after_early_reply(&px);
 
     assert!(reply.starts_with("HTTP/1.1 403") && reply.ends_with("denied"), "{reply:?}");
@@ -325,7 +326,7 @@ fn a_client_done_with_its_last_request_is_not_waited_for() {
 /// or until `delayed_close_timeout`, counted as for HTTP/1.1.
 #[test]
 fn an_http2_connection_closing_reads_what_the_client_still_sends() {
-    let (_upstream, px) = early_reply_proxy(Some("0.5s"));
+    let (_upstream, px) = early_reply_proxy(Some("2s"));
     let mut frames = H2_PREFACE.to_vec();
     H2Frame::settings(&[]).write_to(&mut frames);
     // DATA on stream 0: a connection error (PROTOCOL_ERROR).
