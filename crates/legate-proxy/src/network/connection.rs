@@ -367,6 +367,11 @@ impl Connection {
                 socket2::SockRef::from(socket).peek(&mut probe)
             });
             match peeked {
+                Ok(0) if !self.state.detect_early_close => {
+                    // The FIN is read in turn once reading resumes.
+                    self.data_waiting = true;
+                    return Ok(());
+                }
                 Ok(0) => {
                     tracing::debug!(connection = self.state.info.id, "remote early close");
                     return Err(io::ErrorKind::ConnectionAborted.into());

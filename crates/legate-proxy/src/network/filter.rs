@@ -176,6 +176,13 @@ impl ReadFilterCallbacks<'_> {
         self.state.half_close = true;
     }
 
+    /// Whether a FIN seen while reading is disabled closes the connection (Envoy's
+    /// `detectEarlyCloseWhenReadDisabled`; on by default). Off, the FIN waits for reading to
+    /// resume and arrives as the end of the stream, after every byte before it.
+    pub fn detect_early_close_when_read_disabled(&mut self, detect: bool) {
+        self.state.detect_early_close = detect;
+    }
+
     /// Bytes waiting to be written to the downstream socket (for back-pressure).
     pub fn write_buffer_len(&self) -> usize {
         self.state.write_buffer.len() + self.state.pending_writes.iter().map(|(d, _)| d.len()).sum::<usize>()
@@ -232,6 +239,7 @@ pub struct ConnectionState {
     pub(crate) injected: Vec<(usize, BytesMut, bool)>,
     pub(crate) read_disable_count: u32,
     pub(crate) half_close: bool,
+    pub(crate) detect_early_close: bool,
     pub(crate) close_requested: Option<ConnectionCloseType>,
     /// The filter that asked to take the socket over.
     pub(crate) take_over: Option<usize>,
@@ -249,6 +257,7 @@ impl ConnectionState {
             injected: Vec::new(),
             read_disable_count: 0,
             half_close: false,
+            detect_early_close: true,
             close_requested: None,
             take_over: None,
         }

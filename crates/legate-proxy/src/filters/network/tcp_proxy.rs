@@ -238,7 +238,10 @@ impl TcpProxy {
         if let Some(timeout) = self.shared.idle_timeout {
             self.idle_timer = Some(Box::pin(tokio::time::sleep(timeout)));
         }
-        // Reading was disabled while connecting.
+        // Reading was disabled while connecting (a client leaving then is noticed at once).
+        // From now on, reading is disabled only for back-pressure, and a half-close must
+        // reach the upstream after the bytes still waiting to be read, not end the connection.
+        cb.detect_early_close_when_read_disabled(false);
         cb.read_disable(false);
     }
 
