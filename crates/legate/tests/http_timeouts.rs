@@ -250,6 +250,28 @@ fn upload_after_early_reply(px: &HttpProxy) -> (TcpStream, String, usize, Option
     (s, String::from_utf8_lossy(&reply).into_owned(), sent, failed)
 }
 
+/// Sends `request`, reads legate's 403 up to its FIN, and keeps this side open.
+fn reply_then_legates_fin(px: &HttpProxy, request: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(px.addr()).unwrap();
+    s.set_read_timeout(Some(EVENTUALLY)).unwrap();
+    s.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 403"), "{reply:?}");
+    s
+}
+
+/// The client closes its side after legate's: its last read is a clean end of stream (not a
+/// reset), and legate closes without its wait running out.
+fn close_and_expect_a_clean_end(px: &HttpProxy, mut s: TcpStream) {
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(matches!(end, Ok(0)), "a clean end of stream, not a reset: {end:?}");
+    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+}
+
 /// `delayed_close_timeout` (default 1 s): legate answers before reading the request body
 /// and closes, but keeps reading (and dropping) what the client still sends until the client
 /// closes too. A socket closed with unread bytes answers with a reset, and a reset can
@@ -259,16 +281,11 @@ fn upload_after_early_reply(px: &HttpProxy) -> (TcpStream, String, usize, Option
 fn a_closing_connection_reads_what_the_client_still_sends_until_it_closes() {
     // Longer than the default, for a loaded machine: the wait must outlast the upload.
     let (_upstream, px) = early_reply_proxy(Some("5s"));
-    let (mut s, reply, sent, failed) = upload_after_early_reply(&px);
+    let (s, reply, sent, failed) = upload_after_early_reply(&px);
 
     assert!(reply.starts_with("HTTP/1.1 403") && reply.ends_with("denied"), "{reply:?}");
     assert!(failed.is_none(), "the whole body goes out, {sent} bytes did before {failed:?}");
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    let end = s.read_to_end(&mut rest);
-    assert!(matches!(end, Ok(0)), "a clean end of stream after the reply, not a reset: {end:?}");
-    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
-    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+    close_and_expect_a_clean_end(&px, s);
 }
 
 /// The same where hyper serves HTTP/1.1 (`header_key_format`).
@@ -276,15 +293,11 @@ fn a_closing_connection_reads_what_the_client_still_sends_until_it_closes() {
 fn a_closing_connection_served_by_hyper_reads_what_the_client_still_sends() {
     let fields = json!({ "http_protocol_options": { "header_key_format": { "proper_case_words": {} } } });
     let (_upstream, px) = early_reply_proxy_with(Some("5s"), fields);
-    let (mut s, reply, sent, failed) = upload_after_early_reply(&px);
+    let (s, reply, sent, failed) = upload_after_early_reply(&px);
 
     assert!(reply.starts_with("HTTP/1.1 403") && reply.ends_with("denied"), "{reply:?}");
     assert!(failed.is_none(), "the whole body goes out, {sent} bytes did before {failed:?}");
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    let end = s.read_to_end(&mut rest);
-    assert!(matches!(end, Ok(0)), "a clean end of stream after the reply, not a reset: {end:?}");
-    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
+    close_and_expect_a_clean_end(&px, s);
 }
 
 /// `delayed_close_timeout` ends the wait for a client that does not close:
@@ -292,12 +305,7 @@ fn a_closing_connection_served_by_hyper_reads_what_the_client_still_sends() {
 #[test]
 fn delayed_close_timeout_ends_the_wait_for_a_client_that_does_not_close() {
     let (_upstream, px) = early_reply_proxy(Some("0.3s"));
-    let mut s = TcpStream::connect(px.addr()).unwrap();
-    s.set_read_timeout(Some(EVENTUALLY)).unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 100000\r\n\r\n").unwrap();
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).unwrap();
-    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 403"), "{reply:?}");
+    let _open = reply_then_legates_fin(&px, b"POST / HTTP/1.1\r\nhost: example.com\r\ncontent-length: 100000\r\n\r\n");
 
     // Still open on this side: legate closes once its wait is over.
     px.legate.wait_stat("http.ingress.downstream_cx_delayed_close_timeout", 1);
@@ -309,12 +317,7 @@ fn delayed_close_timeout_ends_the_wait_for_a_client_that_does_not_close() {
 #[test]
 fn a_client_done_with_its_last_request_is_not_waited_for() {
     let (_upstream, px) = early_reply_proxy(Some("60s"));
-    let mut s = TcpStream::connect(px.addr()).unwrap();
-    s.set_read_timeout(Some(EVENTUALLY)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n").unwrap();
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).unwrap();
-    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 403"), "{reply:?}");
+    let _open = reply_then_legates_fin(&px, b"GET / HTTP/1.1\r\nhost: example.com\r\nconnection: close\r\n\r\n");
 
     // This side stays open; legate's side is closed all the same.
     px.legate.wait_stat("http.ingress.downstream_cx_destroy_local", 1);
@@ -348,11 +351,7 @@ fn an_http2_connection_closing_reads_what_the_client_still_sends() {
     for _ in 0..256 {
         s.write_all(&junk).expect("legate reads what follows its GOAWAY until the client closes");
     }
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    assert!(matches!(s.read_to_end(&mut rest), Ok(0)), "a clean end of stream, not a reset");
-    px.legate.wait_stat("http.ingress.downstream_cx_destroy", 1);
-    assert_eq!(px.legate.stat("http.ingress.downstream_cx_delayed_close_timeout"), Some(0));
+    close_and_expect_a_clean_end(&px, s);
 
     // A client that does not close: the wait ends at the timeout.
     let mut idle = TcpStream::connect(px.addr()).unwrap();
