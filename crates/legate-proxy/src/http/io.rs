@@ -155,14 +155,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for LentIo<T> {
 }
 
 /// Closes the write side (FIN, TLS close_notify), then reads and drops what the peer still
-/// sends until it closes too, for at most `delay` (Envoy's `delayed_close_timeout`): a socket
-/// closed with unread bytes answers with a reset, which may destroy what was last sent (a
-/// GOAWAY) before the peer reads it. `false` when the time ran out first.
-pub async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T, delay: Duration) -> bool {
+/// sends until it closes too: a socket closed with unread bytes answers with a reset, which
+/// may destroy what was last sent (a GOAWAY) before the peer reads it. Unbounded: the caller
+/// bounds it (`delayed_close_timeout`).
+pub async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
     let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     let mut scratch = vec![0; 16 * 1024];
-    let drained = async { while let Ok(1..) = io.read(&mut scratch).await {} };
-    tokio::time::timeout(delay, drained).await.is_ok()
+    while let Ok(1..) = io.read(&mut scratch).await {}
 }
 
 /// The downstream side of an upgrade (WebSocket, CONNECT), once its response is written.

@@ -41,7 +41,7 @@ use crate::filters::http::HttpFilterFactory;
 use crate::http::h1_guard::{H1Guard, ParkSignals};
 use crate::http::h1_server::{Limits, ServerConn};
 use crate::http::h2_guard::{End, FloodLimits, H2Guard, Http2Stats};
-use crate::http::io::{CountingIo, LentIo, LocalExec};
+use crate::http::io::{linger, CountingIo, LentIo, LocalExec};
 use crate::listener::drain::{DrainPhase, DrainWaiter};
 use crate::network::{
     ConnectionEvent, ConnectionInfo, FilterStatus, ReadFilter, ReadFilterCallbacks, TakeOverFuture, TakenOverEnd,
@@ -591,7 +591,8 @@ async fn serve_hyper(
         .map(|_| ());
         drop(connection);
         if let Ok(io) = Rc::try_unwrap(lent) {
-            Box::pin(delayed_close(shared, &mut io.into_inner())).await;
+            let mut io = io.into_inner();
+            Box::pin(delayed_close(shared, linger(&mut io))).await;
         }
         ended
     } else {
@@ -639,7 +640,8 @@ async fn serve_hyper(
                 }
                 ended => {
                     if let Some(parts) = Pin::into_inner(connection).into_parts() {
-                        Box::pin(delayed_close(shared, socket_of(parts).into_inner().get_mut())).await;
+                        let mut io = socket_of(parts).into_inner();
+                        Box::pin(delayed_close(shared, linger(io.get_mut()))).await;
                     }
                     break ended.map(|_| ());
                 }
@@ -648,14 +650,12 @@ async fn serve_hyper(
     }
 }
 
-/// hyper is done with the socket: `delayed_close_timeout`, as legate's HTTP/1.1 codec waits
-/// (see [`crate::http::io::linger`]).
-async fn delayed_close<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    shared: &HttpConnectionManagerShared,
-    io: &mut T,
-) {
+/// `delayed_close_timeout`: `linger` (the socket's side: FIN, then reading until the client
+/// closes too) for at most that long; `downstream_cx_delayed_close_timeout` counts the waits
+/// that ran out. Every way a downstream connection closes goes through here.
+async fn delayed_close(shared: &HttpConnectionManagerShared, linger: impl std::future::Future<Output = ()>) {
     let delay = shared.delayed_close_timeout;
-    if !delay.is_zero() && !crate::http::io::linger(io, delay).await {
+    if !delay.is_zero() && tokio::time::timeout(delay, linger).await.is_err() {
         shared.stats.downstream_cx_delayed_close_timeout.inc();
     }
 }

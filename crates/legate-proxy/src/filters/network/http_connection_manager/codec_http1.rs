@@ -231,9 +231,8 @@ async fn active(
 /// below: their timers would otherwise weigh on every idle connection's future.)
 async fn shutdown(context: &ConnectionContext, conn: &ServerConn, linger: bool) {
     let _ = tokio::time::timeout(Duration::from_secs(1), poll_fn(|cx| conn.poll_shutdown(cx))).await;
-    let delay = context.shared.delayed_close_timeout;
-    if linger && !delay.is_zero() && tokio::time::timeout(delay, poll_fn(|cx| conn.poll_linger(cx))).await.is_err() {
-        context.shared.stats.downstream_cx_delayed_close_timeout.inc();
+    if linger {
+        super::delayed_close(&context.shared, poll_fn(|cx| conn.poll_linger(cx))).await;
     }
 }
 
