@@ -130,8 +130,9 @@ impl TransportSocket {
         }
     }
 
-    /// Reads up to `room` bytes (at most [`MAX_READ`]) onto the end of `buf`; `Ok(0)` is the
-    /// peer's end of stream, as for [`Self::poll_read_slice`].
+    /// Reads up to `room` bytes (at most [`MAX_BUSY_READ`] in place, [`MAX_READ`] through the
+    /// scratch buffer) onto the end of `buf`; `Ok(0)` is the peer's end of stream, as for
+    /// [`Self::poll_read_slice`].
     ///
     /// A busy flow (`busy`: its last read filled its room) reads a body's large reads (`room`
     /// over [`MAX_READ`]) in place. Other reads go through a scratch buffer and `buf` keeps
