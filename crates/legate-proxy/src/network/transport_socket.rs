@@ -174,7 +174,8 @@ impl TransportSocket {
         self.poll_read_through_scratch(cx, buf, room.min(MAX_READ))
     }
 
-    /// [`Self::poll_read_append`]'s read through the thread's scratch buffer. Not inlined, and
+    /// [`Self::poll_read_append`]'s read through the thread's scratch buffer under TLS (a raw
+    /// socket's goes through [`poll_recv_through_scratch`]). Not inlined, and
     /// the buffer not on the stack: a 16 KiB stack array made every call of the caller (most of
     /// them only register a waker) probe four fresh stack pages and run its callees 16 KiB
     /// deeper, past what the first-level cache holds of the stack (callgrind's cache model: 12
