@@ -634,6 +634,41 @@ def run_scale(bench, reps):
     return results
 
 
+ROUTE_MATCH_SHAPES = (("prefix_routes", "prefix routes in one virtual host"),
+                      ("exact_paths", "exact-path routes in one virtual host"),
+                      ("exact_domains", "virtual hosts with one exact domain each"))
+ROUTE_MATCH_SIZES = (10, 10000)
+TIME_UNIT_NS = {"ps": 0.001, "ns": 1.0, "us": 1e3, "\u00b5s": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def run_route_match(src, quick):
+    """Route-match cost per request (case 6): the criterion benchmark `route_match` at 10 and
+    10,000 entries, each matching the entry configured last. Pinned to the proxies' CPU, as
+    nothing else runs by then. Returns {shape: {entries: ns per match}} from criterion's
+    point estimates."""
+    ids = "|".join(str(n) for n in ROUTE_MATCH_SIZES)
+    seconds = ["--warm-up-time", "1", "--measurement-time", "1" if quick else "3"]
+    cargo = ["cargo", "bench", "--locked", "-q", "-p", "legate-proxy", "--bench", "route_match"]
+    # Compiled first on both CPUs (bench/run.sh has usually done it), then measured on one.
+    r = subprocess.run(cargo + ["--no-run"], cwd=src, capture_output=True, text=True, timeout=1800)
+    if r.returncode == 0:
+        argv = ["taskset", "-c", SERVER_CPU, *cargo, "--", "--noplot", *seconds, f"^route_match/[a-z_]+/({ids})$"]
+        r = subprocess.run(argv, cwd=src, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"cargo bench route_match: {(r.stderr or r.stdout)[-800:]}")
+    found = {}
+    # Criterion prints the id, then `time: [low estimate high]`, on one line or two.
+    for m in re.finditer(r"route_match/(\w+)/(\d+)\s+time:\s+\[\S+ \S+ ([\d.]+) (\S+) \S+ \S+\]", r.stdout):
+        shape, entries, value, unit = m.group(1), int(m.group(2)), float(m.group(3)), m.group(4)
+        if unit not in TIME_UNIT_NS:
+            raise RuntimeError(f"cargo bench route_match: unknown unit {unit!r}")
+        found.setdefault(shape, {})[entries] = value * TIME_UNIT_NS[unit]
+    missing = [f"{s}/{n}" for s, _ in ROUTE_MATCH_SHAPES for n in ROUTE_MATCH_SIZES if n not in found.get(s, {})]
+    if missing:
+        raise RuntimeError(f"cargo bench route_match: no estimate for {', '.join(missing)}:\n{r.stdout[-800:]}")
+    return found
+
+
 # === summary ===
 
 CASES = [
@@ -708,7 +743,7 @@ def summarize(runs, proxies):
     return med
 
 
-def table(runs, proxies, meta, scale):
+def table(runs, proxies, meta, scale, route_match=None):
     med = summarize(runs, proxies)
     builds = [p for p in proxies if p in LEGATE_BUILDS]
     peers = [p for p in proxies if p not in LEGATE_BUILDS]
@@ -782,8 +817,19 @@ def table(runs, proxies, meta, scale):
         out.append("")
         out.append("`--mode validate` prints the timeout timeline of every route, so its time includes "
                    "writing that output (to a pipe). Routes are prefixes in one virtual host; each cluster "
-                   "is STATIC with one endpoint. Route-match cost per request: "
-                   "`cargo bench -p legate-proxy --bench route_match` (criterion).")
+                   "is STATIC with one endpoint.")
+        out.append("")
+    if route_match and "error" in route_match:
+        out.append(f"Route-match cost per request: not measured ({route_match['error'][:300]})")
+        out.append("")
+    elif route_match:
+        out.append("Route-match cost per request (criterion, `cargo bench -p legate-proxy --bench route_match`; "
+                   "the entry configured last matches, the worst case for a linear scan):")
+        out.append("")
+        out.append("| route table | " + " | ".join(f"{n:,} entries ns" for n in ROUTE_MATCH_SIZES) + " |")
+        out.append("|---|" + "---|" * len(ROUTE_MATCH_SIZES))
+        for shape, label in ROUTE_MATCH_SHAPES:
+            out.append(f"| {label} | " + " | ".join(fmt(route_match[shape][n]) for n in ROUTE_MATCH_SIZES) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -879,7 +925,7 @@ def main():
                 loadavg_before=open("/proc/loadavg").read().split()[:3])
     bench = Bench(args)
     runs = {}
-    scale = None
+    scale = route_match = None
     try:
         bench.start_backends()
         for case, fn, _ in CASES:
@@ -907,11 +953,16 @@ def main():
         if "scale" in cases:
             scale = run_scale(bench, 1 if args.quick else 3)
             print(f"[scale] {scale}", flush=True)
+            try:
+                route_match = run_route_match(args.src, args.quick)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                route_match = {"error": str(e)}
+            print(f"[route_match] {route_match}", flush=True)
     finally:
         bench.stop_backends()
     meta["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
 
-    md = table(runs, proxies, meta, scale)
+    md = table(runs, proxies, meta, scale, route_match)
     print()
     print(md)
     os.makedirs(args.out, exist_ok=True)
@@ -920,7 +971,7 @@ def main():
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
     with open(base + ".json", "w") as f:
-        json.dump({"meta": meta, "runs": runs, "scale": scale}, f, indent=1, default=str)
+        json.dump({"meta": meta, "runs": runs, "scale": scale, "route_match": route_match}, f, indent=1, default=str)
     print(f"\nwrote {base}.md and {base}.json")
     if args.keep:
         print(f"run directory kept: {bench.run_dir}")
