@@ -361,8 +361,15 @@ class Bench:
     def case_h2c(self, p):
         url = f"http://127.0.0.1:{PORTS['H2C_PORT']}/"
         client(["h2load", "-t1", "-c32", "-m2", "-D1", url])
-        r = self.measured(p, lambda: parse_h2load(client(
-            ["h2load", "-t1", "-c32", "-m2", f"-D{self.args.duration}", url])))
+        # h2load prints no percentiles; its per-request log has each response's time.
+        log = os.path.join(self.run_dir, "h2load-requests.tsv")
+        try:
+            r = self.measured(p, lambda: parse_h2load(client(
+                ["h2load", "-t1", "-c32", "-m2", f"-D{self.args.duration}", f"--log-file={log}", url])))
+            r.update(h2load_latencies(log))
+        finally:
+            if os.path.exists(log):
+                os.remove(log)
         r["req_per_s"] = r["h2load_req_per_s"]
         self.per_request(r, r["succeeded"])
         return r
@@ -505,6 +512,25 @@ def parse_h2load(out):
     if m:
         r["mean_ms"] = float(m.group(5)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(6)]
     return r
+
+
+def h2load_latencies(log):
+    """p50 and p99 in ms from h2load's `--log-file` (start µs, status, µs to the response's
+    end: one row per request)."""
+    times = []
+    with open(log) as f:
+        for line in f:
+            cols = line.split("\t")
+            if len(cols) >= 3 and cols[2].strip().isdigit():
+                times.append(int(cols[2]))
+    if not times:
+        return {}
+    times.sort()
+
+    def at(q):
+        return times[min(len(times) - 1, int(q * len(times)))] / 1000
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "logged_requests": len(times)}
 
 
 async def idle_connections(port, n, measure):
@@ -681,6 +707,7 @@ CASES = [
                              ("involuntary_switches_per_req", "    involuntary", "lower"),
                              ("tcp_segments_per_req", "  TCP segments/req (all)", "lower")]),
     ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
+                         ("p50_ms", "p50 ms", "lower"), ("p99_ms", "p99 ms", "lower"),
                          ("cpu_us_per_req", "CPU µs/req", "lower"),
                          ("cpu_user_us_per_req", "  user µs/req", "lower"),
                          ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
