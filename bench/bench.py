@@ -770,6 +770,39 @@ def summarize(runs, proxies):
     return med
 
 
+# The figures whose targets are ratios to the best peer, read round by round below the table.
+PAIRED = [("http1", "cpu_us_per_req", "small requests: CPU µs/req"), ("http1", "req_per_s", "small requests: req/s"),
+          ("http1", "p99_ms", "small requests: p99"), ("h2c", "cpu_us_per_req", "h2c: CPU µs/req"),
+          ("h2c", "p99_ms", "h2c: p99")]
+
+
+def paired_rounds(runs, builds, peers):
+    """Each round's ratio of a legate build to the best peer of the same round (the proxies
+    of a round run back to back, so a round's ratio is spared the machine's drift between
+    rounds, which the medians are not): the spread of the targets' ratios within one run."""
+    rows = []
+    for case, key, label in PAIRED:
+        better = next(b for k, _, b in next(m for c, _, m in CASES if c == case) if k == key)
+        pick = min if better == "lower" else max
+        for build in builds:
+            ratios = []
+            for i, r in enumerate(runs.get(case, {}).get(build, [])):
+                peer_values = [rs[i].get(key) for p in peers
+                               for rs in [runs[case].get(p, [])] if i < len(rs) and "error" not in rs[i]]
+                peer_values = [v for v in peer_values if v]
+                value = r.get(key) if "error" not in r else None
+                ratios.append(f"{value / pick(peer_values):.2f}" if value and peer_values else "–")
+            if any(r != "–" for r in ratios):
+                rows.append(f"| {label} | {build} | " + " | ".join(ratios) + " |")
+    if not rows:
+        return []
+    rounds = max(len(r.split("|")) - 4 for r in rows)
+    out = ["", "Each round against the best peer of the same round (ratios, round 1, 2, …):", "",
+           "| figure | build | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
+           "|---|---|" + "---|" * rounds]
+    return out + rows
+
+
 def table(runs, proxies, meta, scale, route_match=None):
     med = summarize(runs, proxies)
     builds = [p for p in proxies if p in LEGATE_BUILDS]
@@ -799,7 +832,8 @@ def table(runs, proxies, meta, scale, route_match=None):
     for case, _, metrics in CASES:
         if case not in runs:
             continue
-        for i, (key, label, better) in enumerate(metrics):
+        shown = [m for m in metrics if any(med[(case, m[0], p)] is not None for p in proxies)]
+        for i, (key, label, better) in enumerate(shown):
             cells = [fmt(med[(case, key, p)]) for p in proxies]
             ratios = []
             for build, p in pairs:
@@ -808,6 +842,7 @@ def table(runs, proxies, meta, scale, route_match=None):
             title = CASE_TITLES[case] if i == 0 else ""
             out.append(f"| {title} | {label} ({better} is better) | " + " | ".join(cells) + " | "
                        + " | ".join(ratios) + " |")
+    out += paired_rounds(runs, builds, peers)
     errs = []
     for case in runs:
         for p in runs[case]:
@@ -911,7 +946,9 @@ def pingora_version():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--legate", required=True, help="the legate release binary")
+    ap.add_argument("--legate", help="the legate release binary (required unless --render)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="write a results file's table again (its .md beside it) from its .json, and stop")
     ap.add_argument("--src", default=os.path.dirname(HERE), help="legate checkout (for the git hash)")
     ap.add_argument("--quick", action="store_true", help="3 s runs, 1 repetition, 1,000 idle connections")
     ap.add_argument("--reps", type=int, default=3)
@@ -927,6 +964,17 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        proxies = list(next(iter(saved["runs"].values()), {}).keys()) if saved["runs"] else []
+        md = table(saved["runs"], proxies, saved["meta"], saved.get("scale"), saved.get("route_match"))
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(md + "\n")
+        print(md)
+        return
+    if not args.legate:
+        ap.error("--legate is required")
     if args.quick:
         args.reps, args.duration, args.idle_conns = 1, 3, 1000
     args.legate = os.path.abspath(args.legate)
