@@ -49,6 +49,8 @@ BODY100 = "x" * 99 + "\\n"  # nginx string escape: 99 'x' + newline = 100 bytes
 PROXIES = ["legate", "nginx", "haproxy"]
 # Builds of legate in the table: the ratio columns compare each with each peer.
 LEGATE_BUILDS = ("legate", "legate-pgo")
+# Requests of the short run whose system calls are counted (cases 1 and 2).
+SYSCALL_REQUESTS = 20000
 # Cases a proxy is not configured for (the minimal Pingora peer has no TCP proxy and no TLS).
 NOT_CONFIGURED = {"pingora": {"tcp", "tls"}}
 
@@ -252,6 +254,29 @@ def client(argv):
 
 # === the proxies ===
 
+def strace_counts(p, run_dir, name, load):
+    """System calls of the proxy's processes while `load()` runs; returns (units of work done
+    as `load` reports them, {syscall: (calls, errors)})."""
+    out_path = os.path.join(run_dir, f"strace-{name}.txt")
+    argv = ["strace", "-c", "-f", "-o", out_path]
+    for pid in p.pids():
+        argv += ["-p", str(pid)]
+    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attach
+    done = load()
+    time.sleep(0.2)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    calls = {}
+    with open(out_path) as f:
+        for line in f:
+            parts = line.split()
+            # % time, seconds, usecs/call, calls, [errors], syscall
+            if len(parts) >= 5 and re.match(r"^[\d.]+$", parts[0]) and parts[-1] != "total":
+                calls[parts[-1]] = (int(parts[3]), int(parts[4]) if len(parts) == 6 else 0)
+    return done, calls
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -273,6 +298,7 @@ class Bench:
                              os.path.join(self.run_dir, "legate.yaml"), self.run_dir),
         }
         self.backend = None
+        self.syscalls_counted = set()
         self.tcp_backend = None
 
     def argv(self, proxy, config=None):
@@ -356,7 +382,32 @@ class Bench:
         return r
 
     def case_http1(self, p):
-        return self.small_requests(p, f"http://127.0.0.1:{PORTS['HTTP_PORT']}/")
+        r = self.small_requests(p, f"http://127.0.0.1:{PORTS['HTTP_PORT']}/")
+        r.update(self.syscalls_once(p, "http1", ["--h1", "-c64"], PORTS["HTTP_PORT"]))
+        return r
+
+    def syscalls_once(self, p, case, h2load_args, port):
+        """System calls per request of the proxy, counted once per case and proxy (the first
+        repetition), by `strace -c -f` over a short h2load run after the measured one: the
+        tracer slows the proxy several times over, so it never runs during a measured run."""
+        if not getattr(self.args, "syscalls", True) or shutil.which("strace") is None:
+            return {}
+        if (case, p.name) in self.syscalls_counted:
+            return {}
+        self.syscalls_counted.add((case, p.name))
+        n = SYSCALL_REQUESTS
+
+        def load():
+            out = client(["h2load", "-t1", *h2load_args, "-n", str(n), f"http://127.0.0.1:{port}/"])
+            m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+            return int(m.group(1)) if m else 0
+
+        done, calls = strace_counts(p, self.run_dir, f"{p.name}-{case}", load)
+        if not done:
+            return {}
+        per = {name: c / done for name, (c, _) in calls.items()}
+        return {"syscalls_per_req": sum(per.values()),
+                "syscalls_top": {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:4]}}
 
     def case_h2c(self, p):
         url = f"http://127.0.0.1:{PORTS['H2C_PORT']}/"
@@ -372,6 +423,7 @@ class Bench:
                 os.remove(log)
         r["req_per_s"] = r["h2load_req_per_s"]
         self.per_request(r, r["succeeded"])
+        r.update(self.syscalls_once(p, "h2c", ["-c32", "-m2"], PORTS["H2C_PORT"]))
         return r
 
     def case_1mib(self, p):
@@ -705,7 +757,8 @@ CASES = [
                              ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
                              ("switches_per_req", "  context switches/req", "lower"),
                              ("involuntary_switches_per_req", "    involuntary", "lower"),
-                             ("tcp_segments_per_req", "  TCP segments/req (all)", "lower")]),
+                             ("tcp_segments_per_req", "  TCP segments/req (all)", "lower"),
+                             ("syscalls_per_req", "  system calls/req (strace, first round)", "lower")]),
     ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
                          ("p50_ms", "p50 ms", "lower"), ("p99_ms", "p99 ms", "lower"),
                          ("cpu_us_per_req", "CPU µs/req", "lower"),
@@ -713,7 +766,8 @@ CASES = [
                          ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
                          ("switches_per_req", "  context switches/req", "lower"),
                          ("involuntary_switches_per_req", "    involuntary", "lower"),
-                         ("tcp_segments_per_req", "  TCP segments/req (all)", "lower")]),
+                         ("tcp_segments_per_req", "  TCP segments/req (all)", "lower"),
+                         ("syscalls_per_req", "  system calls/req (strace, first round)", "lower")]),
     ("1mib", "case_1mib", [("mib_per_s", "MiB/s", "higher"), ("cpu_us_per_mib", "CPU µs/MiB", "lower"),
                            ("cpu_user_us_per_mib", "  user µs/MiB", "lower"),
                            ("cpu_sys_us_per_mib", "  sys µs/MiB", "lower")]),
@@ -856,6 +910,15 @@ def table(runs, proxies, meta, scale, route_match=None):
                 elif case == "idle" and r.get("failed"):
                     errs.append(f"idle/{p} run {i + 1}: {r['failed']} connections failed")
     out.append("")
+    for case in ("http1", "h2c"):
+        counted = [(p, r["syscalls_top"]) for p in proxies for r in runs.get(case, {}).get(p, [])
+                   if "syscalls_top" in r]
+        if counted:
+            out.append(f"System calls per request, case {CASE_TITLES[case].split('.')[0]}, the most frequent "
+                       f"(`strace -c -f` over {SYSCALL_REQUESTS:,} requests after the first round's measured run):")
+            for p, top in counted:
+                out.append(f"- {p}: " + ", ".join(f"{k} {v:.2f}" for k, v in top.items()))
+            out.append("")
     if "tls" in runs:
         out.append("TLS as negotiated by OpenSSL's client (`openssl s_client`, as wrk's), per proxy:")
         for p in proxies:

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,29 +28,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
-
-
-def strace_counts(p, run_dir, name, load):
-    """System calls of the proxy's processes while `load()` runs; returns (units of work done
-    as `load` reports them, {syscall: (calls, errors)})."""
-    out_path = os.path.join(run_dir, f"strace-{name}.txt")
-    argv = ["strace", "-c", "-f", "-o", out_path]
-    for pid in p.pids():
-        argv += ["-p", str(pid)]
-    tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attach
-    done = load()
-    time.sleep(0.2)
-    tracer.send_signal(signal.SIGINT)
-    tracer.wait(timeout=30)
-    calls = {}
-    with open(out_path) as f:
-        for line in f:
-            parts = line.split()
-            # % time, seconds, usecs/call, calls, [errors], syscall
-            if len(parts) >= 5 and re.match(r"^[\d.]+$", parts[0]) and parts[-1] != "total":
-                calls[parts[-1]] = (int(parts[3]), int(parts[4]) if len(parts) == 6 else 0)
-    return done, calls
 
 
 def h2load_requests(argv):
@@ -403,7 +379,7 @@ def main():
                 try:
                     b.warm_up(f"http://127.0.0.1:{bench.PORTS['HTTP_PORT']}/")
                     unit, load = LOADS[case]
-                    done, calls = strace_counts(p, b.run_dir, f"{proxy}-{case}", lambda: load(args.requests))
+                    done, calls = bench.strace_counts(p, b.run_dir, f"{proxy}-{case}", lambda: load(args.requests))
                     per_case[case][proxy] = (done, calls)
                     print(f"[strace {case} {proxy}] {done:.0f} {unit}s: " + ", ".join(
                         f"{k} {v[0] / done:.2f}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1][0])[:8]),
