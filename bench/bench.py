@@ -390,9 +390,7 @@ class Bench:
         """System calls per request of the proxy, counted once per case and proxy (the first
         repetition), by `strace -c -f` over a short h2load run after the measured one: the
         tracer slows the proxy several times over, so it never runs during a measured run."""
-        if not getattr(self.args, "syscalls", True) or shutil.which("strace") is None:
-            return {}
-        if (case, p.name) in self.syscalls_counted:
+        if shutil.which("strace") is None or (case, p.name) in self.syscalls_counted:
             return {}
         self.syscalls_counted.add((case, p.name))
         n = SYSCALL_REQUESTS
@@ -402,9 +400,13 @@ class Bench:
             m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
             return int(m.group(1)) if m else 0
 
-        done, calls = strace_counts(p, self.run_dir, f"{p.name}-{case}", load)
-        if not done:
-            return {}
+        # A tracer that cannot attach (no ptrace here) costs this count, not the measured run.
+        try:
+            done, calls = strace_counts(p, self.run_dir, f"{p.name}-{case}", load)
+        except (OSError, subprocess.SubprocessError) as e:
+            return {"syscalls_error": str(e)}
+        if not done or not calls:
+            return {"syscalls_error": "strace counted nothing"}
         per = {name: c / done for name, (c, _) in calls.items()}
         return {"syscalls_per_req": sum(per.values()),
                 "syscalls_top": {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:4]}}
@@ -909,6 +911,8 @@ def table(runs, proxies, meta, scale, route_match=None):
                                 f"errored {r.get('errored', 0)}")
                 elif case == "idle" and r.get("failed"):
                     errs.append(f"idle/{p} run {i + 1}: {r['failed']} connections failed")
+                if "syscalls_error" in r:
+                    errs.append(f"{case}/{p} run {i + 1}: system calls not counted: {r['syscalls_error'][:200]}")
     out.append("")
     for case in ("http1", "h2c"):
         counted = [(p, r["syscalls_top"]) for p in proxies for r in runs.get(case, {}).get(p, [])
