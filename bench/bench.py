@@ -396,14 +396,14 @@ class Bench:
         n = SYSCALL_REQUESTS
 
         def load():
-            out = client(["h2load", "-t1", *h2load_args, "-n", str(n), f"http://127.0.0.1:{port}/"])
-            m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
-            return int(m.group(1)) if m else 0
+            return parse_h2load(client(["h2load", "-t1", *h2load_args, "-n", str(n),
+                                        f"http://127.0.0.1:{port}/"]))["succeeded"]
 
-        # A tracer that cannot attach (no ptrace here) costs this count, not the measured run.
+        # A tracer that cannot attach (no ptrace here), or an h2load run that did not finish,
+        # costs this count, not the measured run.
         try:
             done, calls = strace_counts(p, self.run_dir, f"{p.name}-{case}", load)
-        except (OSError, subprocess.SubprocessError) as e:
+        except (OSError, subprocess.SubprocessError, AttributeError) as e:
             return {"syscalls_error": str(e)}
         if not done or not calls:
             return {"syscalls_error": "strace counted nothing"}
@@ -836,7 +836,7 @@ def paired_rounds(runs, builds, peers):
     """Each round's ratio of a legate build to the best peer of the same round (the proxies
     of a round run back to back, so a round's ratio is spared the machine's drift between
     rounds, which the medians are not): the spread of the targets' ratios within one run."""
-    rows = []
+    rows, rounds = [], 0
     for case, key, label in PAIRED:
         better = next(b for k, _, b in next(m for c, _, m in CASES if c == case) if k == key)
         pick = min if better == "lower" else max
@@ -850,9 +850,9 @@ def paired_rounds(runs, builds, peers):
                 ratios.append(f"{value / pick(peer_values):.2f}" if value and peer_values else "–")
             if any(r != "–" for r in ratios):
                 rows.append(f"| {label} | {build} | " + " | ".join(ratios) + " |")
+                rounds = max(rounds, len(ratios))
     if not rows:
         return []
-    rounds = max(len(r.split("|")) - 4 for r in rows)
     out = ["", "Each round against the best peer of the same round (ratios, round 1, 2, …):", "",
            "| figure | build | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
            "|---|---|" + "---|" * rounds]
@@ -1034,8 +1034,12 @@ def main():
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)
-        proxies = list(next(iter(saved["runs"].values()), {}).keys()) if saved["runs"] else []
-        md = table(saved["runs"], proxies, saved["meta"], saved.get("scale"), saved.get("route_match"))
+        proxies = list(next(iter(saved["runs"].values()), {}))
+        route_match = saved.get("route_match")
+        if route_match and "error" not in route_match:
+            # JSON keeps the table sizes as strings.
+            route_match = {shape: {int(n): ns for n, ns in sizes.items()} for shape, sizes in route_match.items()}
+        md = table(saved["runs"], proxies, saved["meta"], saved.get("scale"), route_match)
         with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
             f.write(md + "\n")
         print(md)

@@ -31,9 +31,7 @@ import bench  # noqa: E402
 
 
 def h2load_requests(argv):
-    out = bench.client(argv)
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", out)
-    return int(m.group(4))
+    return bench.parse_h2load(bench.client(argv))["succeeded"]
 
 
 LOADS = {
