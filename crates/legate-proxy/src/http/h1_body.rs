@@ -249,7 +249,7 @@ pub fn fold_length(value: &[u8], seen: &mut Option<u64>) -> Result<(), LengthErr
 }
 
 /// Outgoing body pieces at least this long are written from their own buffer, not copied.
-const COPY_LIMIT: usize = 4 * 1024;
+pub const COPY_LIMIT: usize = 4 * 1024;
 /// How much of an outgoing body is gathered before it is written.
 const GATHER_LIMIT: usize = 64 * 1024;
 

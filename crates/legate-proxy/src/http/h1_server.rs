@@ -743,8 +743,11 @@ pub fn encode_head(out: &mut BytesMut, head: &http::response::Parts, rc: &Respon
     let connect_ok = *rc.method == Method::CONNECT && status.is_success();
     let no_length = status.is_informational() || status == StatusCode::NO_CONTENT || connect_ok;
     let bodiless = no_length || *rc.method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
+    // Room for a small body too, which is copied in after the head: a new connection's
+    // buffer is then allocated once, not grown for its first body.
+    let body = rc.exact_size.filter(|n| *n < super::h1_body::COPY_LIMIT as u64).unwrap_or(0) as usize;
     let size = 64 + head.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
-    out.reserve(size);
+    out.reserve(size + body);
     if !http10 && status == StatusCode::OK {
         out.put_slice(b"HTTP/1.1 200 OK\r\n");
     } else {

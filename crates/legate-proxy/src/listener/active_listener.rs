@@ -18,7 +18,7 @@ use crate::filters::listener::{self as listener_filter, Inspected, Outcome};
 use crate::network::{
     Connection, ConnectionEvent, ConnectionInfo, FilterManager, ParkedFilter, Run, RunEnd, TransportSocket, Woken,
 };
-use crate::worker::clock::Stamp;
+use crate::worker::clock::{self, Stamp};
 use crate::worker::WorkerContext;
 
 /// Accepts until told to stop, then drops the socket (new connections are refused by the
@@ -35,6 +35,15 @@ pub async fn run(
         Some(listener) => listener,
         None => return,
     };
+    // A socket bound to one address accepts connections to that address only: their local
+    // address is known without a `getsockname` per connection (Envoy asks the socket only
+    // when the listener's address is a wildcard). Not so for a transparent socket (TPROXY
+    // hands it connections to other addresses).
+    let transparent = {
+        let sock = socket2::SockRef::from(&socket);
+        sock.ip_transparent_v4().unwrap_or(false) || sock.ip_transparent_v6().unwrap_or(false)
+    };
+    let fixed_local = socket.local_addr().ok().filter(|local| !local.ip().is_unspecified() && !transparent);
     loop {
         tokio::select! {
             biased;
@@ -47,7 +56,7 @@ pub async fn run(
                 }
             }
             accepted = socket.accept() => match accepted {
-                Ok((stream, remote)) => on_accept(&listener, stream, remote, &worker),
+                Ok((stream, remote)) => on_accept(&listener, stream, remote, fixed_local, &worker),
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(listener = %listener.name, error = %e, "accept failed");
@@ -59,7 +68,13 @@ pub async fn run(
     tracing::debug!(listener = %listener.name, worker = worker.index, "stopped accepting");
 }
 
-fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::SocketAddr, worker: &Rc<WorkerContext>) {
+fn on_accept(
+    listener: &Arc<Listener>,
+    stream: TcpStream,
+    remote: std::net::SocketAddr,
+    fixed_local: Option<std::net::SocketAddr>,
+    worker: &Rc<WorkerContext>,
+) {
     let server = &worker.server;
     if let Some(limit) = server.global_connection_limit {
         if !listener.config.ignore_global_conn_limit && server.active_connections.load(Ordering::Relaxed) >= limit {
@@ -73,7 +88,7 @@ fn on_accept(listener: &Arc<Listener>, stream: TcpStream, remote: std::net::Sock
             return;
         }
     }
-    let Ok(local) = stream.local_addr() else { return };
+    let Some(local) = fixed_local.or_else(|| stream.local_addr().ok()) else { return };
     let inspected = Inspected { data: BytesMut::new(), hello: None, http_protocol: None, remote, local };
     if listener.listener_filters.is_empty() {
         start_connection(listener, stream, remote, worker, inspected);
@@ -317,7 +332,7 @@ impl ActiveConnection {
         }
         listener.active_connections.fetch_add(1, Ordering::Relaxed);
         worker.server.active_connections.fetch_add(1, Ordering::Relaxed);
-        ActiveConnection { listener, worker, started: Stamp::of(Instant::now()) }
+        ActiveConnection { listener, worker, started: Stamp::of(clock::now()) }
     }
 }
 
@@ -326,7 +341,7 @@ impl Drop for ActiveConnection {
         let stats = &self.listener.stats;
         stats.downstream_cx_destroy.inc();
         stats.downstream_cx_active.dec();
-        stats.downstream_cx_length_ms.record(self.started.instant().elapsed().as_millis() as u64);
+        stats.downstream_cx_length_ms.record(clock::since(self.started.instant()).as_millis() as u64);
         if let Some(w) = self.listener.worker_stats.get(self.worker.index) {
             w.downstream_cx_active.dec();
         }

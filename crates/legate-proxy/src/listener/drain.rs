@@ -62,6 +62,9 @@ pub struct WorkerDrains {
     taken: Cell<usize>,
 }
 
+/// Slots whose memory an empty table keeps.
+const KEPT_SLOTS: usize = 64;
+
 enum Slot {
     Taken(Option<Waker>),
     Free(Option<usize>),
@@ -113,8 +116,14 @@ impl WorkerDrains {
         self.taken.set(self.taken.get().saturating_sub(1));
         let mut slots = self.slots.borrow_mut();
         if self.taken.get() == 0 {
-            // All connections gone: give the table's memory back.
-            *slots = Vec::new();
+            // All connections gone: give a large table's memory back. A small one is kept, so
+            // that a worker serving one short connection at a time does not allocate and
+            // grow its table again for each.
+            if slots.capacity() > KEPT_SLOTS {
+                *slots = Vec::new();
+            } else {
+                slots.clear();
+            }
             self.free.set(None);
             return;
         }

@@ -108,6 +108,18 @@ const CRITERIA: [Criterion; 9] = [
 
 /// The chain for this connection, or `None` (`no_filter_chain_match`).
 pub fn find<'a>(chains: &'a [Arc<FilterChain>], conn: &ConnectionMetadata<'_>) -> Option<&'a Arc<FilterChain>> {
+    // Every connection runs this, once: a listener's chains are few, and the candidates fit
+    // in one word without allocating (a `Vec` per criterion cost ten allocations per
+    // connection, measured with one request per connection).
+    if chains.len() <= u64::BITS as usize {
+        find_among_few(chains, conn)
+    } else {
+        find_among_many(chains, conn)
+    }
+}
+
+/// [`find`] for any number of chains.
+fn find_among_many<'a>(chains: &'a [Arc<FilterChain>], conn: &ConnectionMetadata<'_>) -> Option<&'a Arc<FilterChain>> {
     let mut candidates: Vec<&Arc<FilterChain>> = chains.iter().collect();
     for criterion in CRITERIA {
         let scored: Vec<(u32, &Arc<FilterChain>)> =
@@ -117,6 +129,33 @@ pub fn find<'a>(chains: &'a [Arc<FilterChain>], conn: &ConnectionMetadata<'_>) -
     }
     // Validation refuses identical matches, so at most one chain is left.
     candidates.first().copied()
+}
+
+/// [`find`] for at most 64 chains: the candidates are the bits of a word.
+fn find_among_few<'a>(chains: &'a [Arc<FilterChain>], conn: &ConnectionMetadata<'_>) -> Option<&'a Arc<FilterChain>> {
+    if chains.is_empty() || chains.len() > u64::BITS as usize {
+        return find_among_many(chains, conn);
+    }
+    let mut candidates = u64::MAX >> (u64::BITS as usize - chains.len());
+    for criterion in CRITERIA {
+        let (mut best, mut kept) = (None, 0u64);
+        for (i, chain) in chains.iter().enumerate() {
+            if candidates & (1 << i) == 0 {
+                continue;
+            }
+            let Some(score) = criterion(&chain.matcher, conn) else { continue };
+            match best {
+                Some(b) if score < b => {}
+                Some(b) if score == b => kept |= 1 << i,
+                _ => (best, kept) = (Some(score), 1 << i),
+            }
+        }
+        if kept == 0 {
+            return None;
+        }
+        candidates = kept;
+    }
+    chains.get(candidates.trailing_zeros() as usize)
 }
 
 fn best_prefix(ranges: &[(IpAddr, u8)], ip: IpAddr) -> Score {
@@ -135,14 +174,16 @@ fn server_name_score(names: &[String], server_name: &str) -> Score {
     if server_name.is_empty() {
         return None;
     }
-    let sni = server_name.to_ascii_lowercase();
+    // The names were lowercased once; the SNI is compared without a lowercased copy.
+    let sni = server_name.as_bytes();
     names
         .iter()
         .filter_map(|name| {
-            if *name == sni {
+            if name.as_bytes().eq_ignore_ascii_case(sni) {
                 Some(u32::MAX)
             } else if let Some(suffix) = name.strip_prefix('*') {
-                (suffix.starts_with('.') && sni.ends_with(suffix) && sni.len() > suffix.len())
+                let tail = sni.len().checked_sub(suffix.len()).filter(|at| *at > 0).and_then(|at| sni.get(at..));
+                (suffix.starts_with('.') && tail.is_some_and(|t| t.eq_ignore_ascii_case(suffix.as_bytes())))
                     .then_some(suffix.len() as u32)
             } else {
                 None
@@ -204,6 +245,10 @@ mod tests {
             transport_protocol: if sni.is_empty() { "raw_buffer" } else { "tls" },
             application_protocols: &[],
         };
+        if chains.len() <= 64 {
+            let few = find_among_few(chains, &c).map(|c| c.name.as_str());
+            assert_eq!(few, find_among_many(chains, &c).map(|c| c.name.as_str()), "the two ways of choosing disagree");
+        }
         find(chains, &c).map(|c| c.name.as_str())
     }
 
@@ -247,6 +292,11 @@ mod tests {
         assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", "api.example.com"), Some("exact"));
         assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", "www.example.com"), Some("wild"));
         assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", ""), Some("none"));
+        // SNI compares case-insensitively; a wildcard needs a label before its suffix.
+        assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", "API.Example.COM"), Some("exact"));
+        assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", "WWW.example.com"), Some("wild"));
+        assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", ".example.com"), Some("none"));
+        assert_eq!(pick(&chains, "127.0.0.1:443", "1.2.3.4:5", "example.com"), Some("none"));
     }
 
     #[test]
@@ -256,5 +306,20 @@ mod tests {
         assert_eq!(pick(&chains, "127.0.0.1:80", "127.0.0.1:1234", ""), Some("local"));
         assert_eq!(pick(&chains, "10.0.0.1:80", "10.9.9.9:1234", ""), Some("p"));
         assert_eq!(pick(&chains, "10.0.0.1:80", "10.9.9.9:1235", ""), None);
+    }
+
+    #[test]
+    fn many_chains_choose_as_few_do() {
+        // 64 chains fit the word of candidates; 65 and more take the general way. Both are
+        // checked against each other in `pick`.
+        for count in [1, 63, 64, 65, 70] {
+            let chains: Vec<Arc<FilterChain>> =
+                (0..count).map(|i| chain(&format!("c{i}"), &format!("destination_port: {}", 1000 + i))).collect();
+            let last = format!("127.0.0.1:{}", 1000 + count - 1);
+            assert_eq!(pick(&chains, &last, "1.2.3.4:5", ""), Some(format!("c{}", count - 1).as_str()));
+            assert_eq!(pick(&chains, "127.0.0.1:1000", "1.2.3.4:5", ""), Some("c0"));
+            assert_eq!(pick(&chains, "127.0.0.1:999", "1.2.3.4:5", ""), None);
+        }
+        assert_eq!(pick(&[], "127.0.0.1:80", "1.2.3.4:5", ""), None);
     }
 }

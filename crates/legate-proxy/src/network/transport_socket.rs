@@ -112,10 +112,6 @@ impl TransportSocket {
         matches!(self, TransportSocket::Tls(_))
     }
 
-    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.tcp().set_nodelay(nodelay)
-    }
-
     /// Reads plaintext into `buf`; `Ok(0)` is the peer's end of stream. A TLS peer that closes
     /// TCP without `close_notify` is treated as an end of stream too, as Envoy does (HTTP/1.1
     /// and tcp_proxy frame their own ends).

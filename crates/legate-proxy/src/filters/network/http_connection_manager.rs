@@ -48,7 +48,7 @@ use crate::network::{
     TransportSocket,
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
-use crate::worker::WorkerContext;
+use crate::worker::{clock, WorkerContext};
 pub use stats::HcmStats;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -360,7 +360,7 @@ impl Drop for ConnectionGuard<'_> {
                 s.downstream_cx_destroy_remote_active_rq.inc();
             }
         }
-        s.downstream_cx_length_ms.record(self.started.elapsed().as_millis() as u64);
+        s.downstream_cx_length_ms.record(clock::since(self.started).as_millis() as u64);
     }
 }
 
@@ -453,7 +453,7 @@ enum Codec {
 async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), ConnectionEvent> {
     let Start { shared, worker, info, buffer_limit, mut socket, mut buffered } = *start;
     let stats = &shared.stats;
-    let _ = socket.set_nodelay(true);
+    // TCP_NODELAY is already set: every accepted connection gets it (`start_connection`).
     // Over TLS, ALPN settles the codec for AUTO (Envoy: "h2" → HTTP/2, anything else
     // negotiated → HTTP/1.1); without ALPN the preface is sniffed as for cleartext.
     let alpn = info.ssl.as_ref().and_then(|ssl| ssl.alpn.as_deref());
@@ -495,7 +495,7 @@ async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), Conne
         http2,
         buffer_limit,
         active_streams: Cell::new(0),
-        idle_since: Cell::new(Some(Instant::now())),
+        idle_since: Cell::new(Some(clock::now())),
         draining: Cell::new(false),
         stream_wake: matches!(codec, Codec::Http1(_)).then(|| Cell::new(None)),
         requests: Cell::new(0),
@@ -513,12 +513,12 @@ async fn serve(start: Box<Start>) -> TakenOverEnd {
     let mut guard = ConnectionGuard {
         stats,
         http2: context.http2,
-        started: Instant::now(),
+        started: clock::now(),
         local_close: false,
         active_streams_at_close: 0,
     };
     let mut draining = Draining::new(&context);
-    let mut timeline = Timeline { started: Instant::now(), shutdown_at: None, chain_drained: false, park_late: false };
+    let mut timeline = Timeline { started: clock::now(), shutdown_at: None, chain_drained: false, park_late: false };
     match codec {
         Codec::Http1(conn) => {
             let end = codec_http1::serve(&context, conn, &mut draining, &mut timeline, &mut guard).await;

@@ -44,7 +44,9 @@ struct ConnTimer {
 
 impl ConnTimer {
     fn new() -> Self {
-        ConnTimer { sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))), armed: None, listening: None }
+        // Not armed: a distant time, from the clock of this wake-up (no clock read of its own).
+        let distant = clock::now() + Duration::from_secs(3600);
+        ConnTimer { sleep: Box::pin(tokio::time::sleep_until(distant.into())), armed: None, listening: None }
     }
 
     fn arm(&mut self, at: Option<Instant>) {
