@@ -386,7 +386,21 @@ class Bench:
         r.update(self.syscalls_once(p, "http1", ["--h1", "-c64"], PORTS["HTTP_PORT"]))
         return r
 
-    def syscalls_once(self, p, case, h2load_args, port):
+    def case_close(self, p):
+        """Case 1b: one request per connection (the client sends `connection: close`): what
+        accepting, setting up and closing a connection costs on top of a request."""
+        url = f"http://127.0.0.1:{PORTS['HTTP_PORT']}/"
+        wrk = ["wrk", "-t1", "-c16", "-H", "Connection: close"]
+        client(wrk + ["-d1s", url])
+        r = self.measured(p, lambda: parse_wrk(client(wrk + [f"-d{self.args.duration}s", "--latency", url])))
+        r["req_per_s"] = r["wrk_req_per_s"]
+        self.per_request(r, r["requests"])
+        # h2load cannot open a connection per request: the count runs under wrk, for 2 s.
+        r.update(self.syscalls_once(p, "close", None, None,
+                                    load=lambda: parse_wrk(client(wrk + ["-d2s", url]))["requests"]))
+        return r
+
+    def syscalls_once(self, p, case, h2load_args, port, load=None):
         """System calls per request of the proxy, counted once per case and proxy (the first
         repetition), by `strace -c -f` over a short h2load run after the measured one: the
         tracer slows the proxy several times over, so it never runs during a measured run."""
@@ -395,9 +409,10 @@ class Bench:
         self.syscalls_counted.add((case, p.name))
         n = SYSCALL_REQUESTS
 
-        def load():
+        def h2load():
             return parse_h2load(client(["h2load", "-t1", *h2load_args, "-n", str(n),
                                         f"http://127.0.0.1:{port}/"]))["succeeded"]
+        load = load or h2load
 
         # A tracer that cannot attach (no ptrace here), or an h2load run that did not finish,
         # costs this count, not the measured run.
@@ -761,6 +776,11 @@ CASES = [
                              ("involuntary_switches_per_req", "    involuntary", "lower"),
                              ("tcp_segments_per_req", "  TCP segments/req (all)", "lower"),
                              ("syscalls_per_req", "  system calls/req (strace, first round)", "lower")]),
+    ("close", "case_close", [("req_per_s", "req/s", "higher"), ("p99_ms", "p99 ms", "lower"),
+                             ("cpu_us_per_req", "CPU µs/req", "lower"),
+                             ("cpu_user_us_per_req", "  user µs/req", "lower"),
+                             ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
+                             ("syscalls_per_req", "  system calls/req (strace, first round)", "lower")]),
     ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
                          ("p50_ms", "p50 ms", "lower"), ("p99_ms", "p99 ms", "lower"),
                          ("cpu_us_per_req", "CPU µs/req", "lower"),
@@ -790,6 +810,7 @@ CASES = [
 ]
 CASE_TITLES = {
     "http1": "1. HTTP/1.1 keep-alive, 100 B (wrk -t1 -c64 --latency)",
+    "close": "1b. HTTP/1.1, one request per connection, 100 B (wrk -t1 -c16 `connection: close`)",
     "h2c": "2. h2c downstream → HTTP/1.1 upstream (h2load -t1 -c32 -m2)",
     "1mib": "3. 1 MiB responses (wrk -t1 -c8)",
     "idle": "4. memory per idle keep-alive connection",
@@ -914,12 +935,13 @@ def table(runs, proxies, meta, scale, route_match=None):
                 if "syscalls_error" in r:
                     errs.append(f"{case}/{p} run {i + 1}: system calls not counted: {r['syscalls_error'][:200]}")
     out.append("")
-    for case in ("http1", "h2c"):
+    for case in ("http1", "close", "h2c"):
         counted = [(p, r["syscalls_top"]) for p in proxies for r in runs.get(case, {}).get(p, [])
                    if "syscalls_top" in r]
         if counted:
+            over = "a 2 s wrk run" if case == "close" else f"{SYSCALL_REQUESTS:,} requests"
             out.append(f"System calls per request, case {CASE_TITLES[case].split('.')[0]}, the most frequent "
-                       f"(`strace -c -f` over {SYSCALL_REQUESTS:,} requests after the first round's measured run):")
+                       f"(`strace -c -f` over {over} after the first round's measured run):")
             for p, top in counted:
                 out.append(f"- {p}: " + ", ".join(f"{k} {v:.2f}" for k, v in top.items()))
             out.append("")
@@ -1021,7 +1043,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     ap.add_argument("--idle-conns", type=int, default=5000)
-    ap.add_argument("--cases", default="http1,h2c,1mib,idle,tcp,tls,scale",
+    ap.add_argument("--cases", default="http1,close,h2c,1mib,idle,tcp,tls,scale",
                     help="comma-separated subset of http1,h2c,1mib,idle,tcp,tls,scale")
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--pingora", help="the bench/peers/pingora binary: adds Pingora as a fourth proxy")
