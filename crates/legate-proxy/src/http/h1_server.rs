@@ -568,6 +568,11 @@ impl ServerConn {
         }
     }
 
+    /// The connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.state.borrow().io.as_ref().is_some_and(TransportSocket::is_tls)
+    }
+
     /// Once legate has closed its side: reads and drops what the client still sends, ready
     /// when the client has closed too (or reading failed). A socket closed with unread bytes
     /// in it answers with a reset, which may destroy the response before the client reads it

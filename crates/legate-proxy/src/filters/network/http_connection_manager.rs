@@ -372,17 +372,23 @@ async fn sniff_http2(
     rx: &legate_stats::Counter,
 ) -> Option<bool> {
     loop {
-        let n = buffered.len().min(H2_PREFACE.len());
-        if buffered.get(..n) != H2_PREFACE.get(..n) {
-            return Some(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Some(true);
+        if let Some(http2) = preface_seen(buffered) {
+            return Some(http2);
         }
         match socket.read_buf(buffered).await {
             Ok(0) | Err(_) => return None,
             Ok(read) => rx.add(read as u64),
         }
+    }
+}
+
+/// Whether `buffered` starts with the HTTP/2 preface, once it can tell.
+fn preface_seen(buffered: &[u8]) -> Option<bool> {
+    let n = buffered.len().min(H2_PREFACE.len());
+    if buffered.get(..n) != H2_PREFACE.get(..n) {
+        Some(false)
+    } else {
+        (n == H2_PREFACE.len()).then_some(true)
     }
 }
 
@@ -401,6 +407,22 @@ async fn detect_http2(
     buffered: &mut BytesMut,
 ) -> Result<bool, ConnectionEvent> {
     let stats = &shared.stats;
+    // Most clients send their first bytes with the connection: what is there already decides
+    // without the idle timer and the drain wait below (a timer made, armed and dropped for
+    // every connection).
+    if buffered.is_empty() {
+        let room = crate::network::transport_socket::MAX_READ;
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(socket.poll_read_append(cx, buffered, room, false)))
+            .await
+        {
+            std::task::Poll::Ready(Ok(0) | Err(_)) => return Err(ConnectionEvent::RemoteClose),
+            std::task::Poll::Ready(Ok(read)) => stats.downstream_cx_rx_bytes_total.add(read as u64),
+            std::task::Poll::Pending => {}
+        }
+    }
+    if let Some(http2) = preface_seen(buffered) {
+        return Ok(http2);
+    }
     let sniff = sniff_http2(socket, buffered, &stats.downstream_cx_rx_bytes_total);
     let idle = async {
         match shared.idle_timeout {

@@ -219,7 +219,11 @@ async fn active(
             // Nothing more is coming from a client whose last request was read in full:
             // waiting for its close would only hold the connection.
             let linger = !(last_request && request_done);
-            Box::pin(shutdown(context, conn, linger)).await;
+            // Without lingering, a plain socket's FIN goes with its close (the socket is
+            // dropped next), which spares the `shutdown` call; TLS still sends close_notify.
+            if linger || conn.is_tls() {
+                Box::pin(shutdown(context, conn, linger)).await;
+            }
             return false;
         }
     }
