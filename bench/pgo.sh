@@ -41,7 +41,7 @@ train() {
         "$here/setup.sh"
         ulimit -n "$(ulimit -Hn)"
         python3 "$here/bench.py" --legate "$LEGATE" --src "$src" --proxies legate \
-            --cases http1,h2c,1mib,idle,tcp,tls --reps 1 --duration 3 --idle-conns 1000 --out "$pgo/training"
+            --cases http1,close,h2c,1mib,idle,tcp,tls --reps 1 --duration 3 --idle-conns 1000 --out "$pgo/training"
         # The same loads through the features a deployment typically adds (access log, header
         # mutations, matchers, retries, filters), so that their code is not compiled as cold.
         python3 "$here/bench.py" --legate "$LEGATE" --src "$src" --proxies legate --legate-config legate-features.yaml \
