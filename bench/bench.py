@@ -277,6 +277,13 @@ def strace_counts(p, run_dir, name, load):
     return done, calls
 
 
+def h2load_load(h2load_args, port):
+    """A load for `syscalls_once`: `SYSCALL_REQUESTS` requests from h2load, the ones that
+    succeeded returned."""
+    return lambda: parse_h2load(client(["h2load", "-t1", *h2load_args, "-n", str(SYSCALL_REQUESTS),
+                                        f"http://127.0.0.1:{port}/"]))["succeeded"]
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -383,7 +390,7 @@ class Bench:
 
     def case_http1(self, p):
         r = self.small_requests(p, f"http://127.0.0.1:{PORTS['HTTP_PORT']}/")
-        r.update(self.syscalls_once(p, "http1", ["--h1", "-c64"], PORTS["HTTP_PORT"]))
+        r.update(self.syscalls_once(p, "http1", h2load_load(["--h1", "-c64"], PORTS["HTTP_PORT"])))
         return r
 
     def case_close(self, p):
@@ -396,25 +403,18 @@ class Bench:
         r["req_per_s"] = r["wrk_req_per_s"]
         self.per_request(r, r["requests"])
         # h2load cannot open a connection per request: the count runs under wrk, for 2 s.
-        r.update(self.syscalls_once(p, "close", None, None,
-                                    load=lambda: parse_wrk(client(wrk + ["-d2s", url]))["requests"]))
+        r.update(self.syscalls_once(p, "close", lambda: parse_wrk(client(wrk + ["-d2s", url]))["requests"]))
         return r
 
-    def syscalls_once(self, p, case, h2load_args, port, load=None):
+    def syscalls_once(self, p, case, load):
         """System calls per request of the proxy, counted once per case and proxy (the first
-        repetition), by `strace -c -f` over a short h2load run after the measured one: the
-        tracer slows the proxy several times over, so it never runs during a measured run."""
+        repetition), by `strace -c -f` over a short run of `load` (it returns the requests
+        done) after the measured one: the tracer slows the proxy several times over, so it
+        never runs during a measured run."""
         if shutil.which("strace") is None or (case, p.name) in self.syscalls_counted:
             return {}
         self.syscalls_counted.add((case, p.name))
-        n = SYSCALL_REQUESTS
-
-        def h2load():
-            return parse_h2load(client(["h2load", "-t1", *h2load_args, "-n", str(n),
-                                        f"http://127.0.0.1:{port}/"]))["succeeded"]
-        load = load or h2load
-
-        # A tracer that cannot attach (no ptrace here), or an h2load run that did not finish,
+        # A tracer that cannot attach (no ptrace here), or a load run that did not finish,
         # costs this count, not the measured run.
         try:
             done, calls = strace_counts(p, self.run_dir, f"{p.name}-{case}", load)
@@ -440,7 +440,7 @@ class Bench:
                 os.remove(log)
         r["req_per_s"] = r["h2load_req_per_s"]
         self.per_request(r, r["succeeded"])
-        r.update(self.syscalls_once(p, "h2c", ["-c32", "-m2"], PORTS["H2C_PORT"]))
+        r.update(self.syscalls_once(p, "h2c", h2load_load(["-c32", "-m2"], PORTS["H2C_PORT"])))
         return r
 
     def case_1mib(self, p):
