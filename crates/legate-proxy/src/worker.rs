@@ -173,6 +173,16 @@ pub enum WorkerMessage {
     StopListeners { done: oneshot::Sender<()> },
 }
 
+/// What the embedding binary runs on each worker thread as it starts and as it ends, around
+/// its runtime (legate's allocator keeps a shelf of blocks per worker thread). Set once,
+/// before the first worker starts; unset, nothing runs.
+pub static THREAD_HOOKS: std::sync::OnceLock<ThreadHooks> = std::sync::OnceLock::new();
+
+pub struct ThreadHooks {
+    pub started: fn(),
+    pub stopping: fn(),
+}
+
 /// The main thread's handle to a worker.
 pub struct Worker {
     pub index: usize,
@@ -186,11 +196,21 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name(format!("wrk:worker_{index}")).spawn(move || {
+            let hooks = THREAD_HOOKS.get();
+            if let Some(hooks) = hooks {
+                (hooks.started)();
+            }
             legate_stats::set_thread_shard(index + 1);
             let local = tokio::task::LocalSet::new();
             let context = Rc::new(WorkerContext::new(index, ThreadLocalClusterManager::new(clusters), server));
             local.block_on(&runtime, run(context, rx));
-            // Dropping the LocalSet here drops every connection still open on this worker.
+            // Dropping the LocalSet drops every connection still open on this worker; the
+            // runtime then its sockets' registrations.
+            drop(local);
+            drop(runtime);
+            if let Some(hooks) = hooks {
+                (hooks.stopping)();
+            }
         })?;
         Ok(Worker { index, tx, thread: Some(thread) })
     }

@@ -1,6 +1,7 @@
 //! `legate`: an Envoy-compatible proxy. Reads Envoy's command line and v3 bootstrap.
 
 mod admin;
+mod allocator;
 mod cli;
 mod demo;
 mod logging;
@@ -10,7 +11,14 @@ mod xds;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+
 fn main() {
+    let _ = legate_proxy::worker::THREAD_HOOKS.set(legate_proxy::worker::ThreadHooks {
+        started: allocator::worker_started,
+        stopping: allocator::worker_stopping,
+    });
     let options = cli::Options::parse();
     let code = match server::run(options) {
         Ok(code) => code,
