@@ -105,6 +105,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // (names given as `&str` are looked up case-insensitively, without allocating).
     if present & 1 != 0 {
         if let http::header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            // Almost every `connection` header is one `close` or `keep-alive`: removed at
+            // once, without splitting it into tokens (`keep-alive` is hop-by-hop below; a
+            // field named `close` is looked for by name, as for any token).
+            let mut values = entry.iter();
+            let lone = values.next().map(|v| v.as_bytes()).filter(|_| values.next().is_none());
+            let close = lone.is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
+            if close || lone.is_some_and(|v| v.eq_ignore_ascii_case(b"keep-alive")) {
+                entry.remove();
+                if close && headers.keys().any(|name| name.as_str() == "close") {
+                    headers.remove("close");
+                }
+                return strip_named(headers, present, &hop_by_hop);
+            }
             let (_, values) = entry.remove_entry_mult();
             let mut first = None;
             let mut more = Vec::new();
@@ -130,6 +143,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
+    strip_named(headers, present, &hop_by_hop);
+}
+
+/// Removes the hop-by-hop headers `present` says the message carries, but `connection`
+/// (see [`strip_hop_by_hop`], which sets the bits).
+fn strip_named(headers: &mut HeaderMap, present: u8, hop_by_hop: &[&HeaderName; 6]) {
     for (i, name) in hop_by_hop.iter().enumerate().take(5).skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(*name);
@@ -317,6 +336,23 @@ mod tests {
         assert_eq!(h.len(), 1, "{h:?}");
         h.insert("connection", "close".parse().unwrap());
         h.insert("close", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
+        h.insert("connection", "Keep-Alive".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("close", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        // `keep-alive` goes as hop-by-hop; `close` names no option here and stays.
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["close", "x-kept"]);
+        // Two `connection` headers, `close` among them: the general path, same outcome.
+        let mut h = HeaderMap::new();
+        h.append("connection", "close".parse().unwrap());
+        h.append("connection", "x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("close", "1".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
 
