@@ -73,8 +73,8 @@ impl Shelf {
         }
         // SAFETY: `block` is on the list, so `keep` wrote the next block's address into its
         // first word, and nothing else has touched it since: a block on the list is owned
-        // by the list alone (it was freed to us, and only `take` hands it out again). The
-        // block is aligned to 128 bytes and at least 128 long, room for the word.
+        // by the list alone (it was freed to us, and only `pop` takes it off). The block is
+        // aligned to 128 bytes and at least 128 long, room for the word.
         let next = unsafe { block.cast::<*mut u8>().read() };
         head.set(next);
         self.kept.set(self.kept.get().saturating_sub((class + 1) * ALIGN));
