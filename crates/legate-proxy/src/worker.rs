@@ -178,8 +178,11 @@ pub enum WorkerMessage {
 /// before the first worker starts; unset, nothing runs.
 pub static THREAD_HOOKS: std::sync::OnceLock<ThreadHooks> = std::sync::OnceLock::new();
 
+/// See [`THREAD_HOOKS`].
 pub struct ThreadHooks {
+    /// Runs first on the worker's thread, before anything of the worker exists.
     pub started: fn(),
+    /// Runs last, once the worker's connections and runtime are dropped.
     pub stopping: fn(),
 }
 
