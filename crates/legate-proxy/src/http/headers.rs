@@ -113,42 +113,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             let close = lone.is_some_and(|v| v.eq_ignore_ascii_case(b"close"));
             if close || lone.is_some_and(|v| v.eq_ignore_ascii_case(b"keep-alive")) {
                 entry.remove();
-                if close && headers.keys().any(|name| name.as_str() == "close") {
-                    headers.remove("close");
+                if close {
+                    remove_field_named(headers, "close");
                 }
-                return strip_named(headers, present, &hop_by_hop);
-            }
-            let (_, values) = entry.remove_entry_mult();
-            let mut first = None;
-            let mut more = Vec::new();
-            for value in values {
-                match first {
-                    None => first = Some(value),
-                    Some(_) => more.push(value),
+            } else {
+                let (_, values) = entry.remove_entry_mult();
+                let mut first = None;
+                let mut more = Vec::new();
+                for value in values {
+                    match first {
+                        None => first = Some(value),
+                        Some(_) => more.push(value),
+                    }
                 }
-            }
-            for value in first.iter().chain(&more) {
-                let Ok(tokens) = value.to_str() else { continue };
-                for token in tokens.split(',').map(str::trim) {
-                    // The hop-by-hop names go below if present (`te` is kept for `trailers`).
-                    let known = hop_by_hop.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()));
-                    // Most tokens name no field of the message (`close` above all): a pass
-                    // over the names costs less than a lookup, which parses and hashes the
-                    // token (callgrind: ~600 instructions for `connection: close`).
-                    let present = || headers.keys().any(|name| name.as_str().eq_ignore_ascii_case(token));
-                    if !token.is_empty() && !known && present() {
-                        headers.remove(token);
+                for value in first.iter().chain(&more) {
+                    let Ok(tokens) = value.to_str() else { continue };
+                    for token in tokens.split(',').map(str::trim) {
+                        // The hop-by-hop names go below if present (`te` is kept for `trailers`).
+                        let known = hop_by_hop.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()));
+                        if !token.is_empty() && !known {
+                            remove_field_named(headers, token);
+                        }
                     }
                 }
             }
         }
     }
-    strip_named(headers, present, &hop_by_hop);
-}
-
-/// Removes the hop-by-hop headers `present` says the message carries, but `connection`
-/// (see [`strip_hop_by_hop`], which sets the bits).
-fn strip_named(headers: &mut HeaderMap, present: u8, hop_by_hop: &[&HeaderName; 6]) {
     for (i, name) in hop_by_hop.iter().enumerate().take(5).skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(*name);
@@ -162,6 +152,15 @@ fn strip_named(headers: &mut HeaderMap, present: u8, hop_by_hop: &[&HeaderName; 
         if te_trailers {
             headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
         }
+    }
+}
+
+/// Removes the field `token` names, if the message has one. Most `connection` tokens name no
+/// field (`close` above all): a pass over the names costs less than a lookup, which parses and
+/// hashes the token (callgrind: ~600 instructions for `connection: close`).
+fn remove_field_named(headers: &mut HeaderMap, token: &str) {
+    if headers.keys().any(|name| name.as_str().eq_ignore_ascii_case(token)) {
+        headers.remove(token);
     }
 }
 
