@@ -50,6 +50,11 @@ thread_local! {
     };
 }
 
+/// A block of `layout` from the calling thread's shelf, if it keeps such blocks and has one.
+fn from_shelf(layout: Layout) -> Option<*mut u8> {
+    class_of(layout).and_then(|class| SHELF.with(|shelf| shelf.take(class)))
+}
+
 /// The shelf's list for blocks of `layout`, if it keeps them.
 fn class_of(layout: Layout) -> Option<usize> {
     let size = layout.size();
@@ -105,7 +110,7 @@ impl Shelf {
 // exactly one caller. Blocks of any other layout pass straight through to `System`.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if let Some(block) = class_of(layout).and_then(|class| SHELF.with(|shelf| shelf.take(class))) {
+        if let Some(block) = from_shelf(layout) {
             return block;
         }
         // SAFETY: the caller's contract (a non-zero size) is passed on unchanged.
@@ -121,7 +126,7 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if let Some(block) = class_of(layout).and_then(|class| SHELF.with(|shelf| shelf.take(class))) {
+        if let Some(block) = from_shelf(layout) {
             // SAFETY: the block is ours and `layout.size()` long.
             unsafe { block.write_bytes(0, layout.size()) };
             return block;
