@@ -6,6 +6,7 @@
 //! toward the downstream pass through the write filters in reverse order. The framework knows
 //! nothing of upstreams: `tcp_proxy` opens its own and drives them from [`ReadFilter::poll_io`].
 
+pub mod batched_sends;
 pub mod connection;
 pub mod filter;
 pub mod filter_manager;

@@ -320,6 +320,11 @@ impl Encoder {
         self.out.is_empty() && self.data.is_empty() && self.tail.is_empty()
     }
 
+    /// What is gathered, when it is one piece: the head, with a small body copied in.
+    pub fn single_slice(&self) -> Option<&[u8]> {
+        (!self.out.is_empty() && self.data.is_empty() && self.tail.is_empty()).then_some(&self.out[..])
+    }
+
     pub fn slices(&self) -> [IoSlice<'_>; 3] {
         [IoSlice::new(&self.out), IoSlice::new(&self.data), IoSlice::new(self.tail)]
     }

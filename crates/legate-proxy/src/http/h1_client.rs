@@ -16,7 +16,7 @@
 //! connection unfit for reuse, as does anything unexpected: `connection: close`, a body
 //! delimited by the close, bytes after the response.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -37,7 +37,8 @@ use super::h1_body::{
 };
 use super::headers::{self, KEEP_ALIVE, PROXY_CONNECTION};
 use super::io::CountingIo;
-use crate::network::TransportSocket;
+use crate::network::{batched_sends, TransportSocket};
+use legate_uring::Sent;
 
 /// A response head past this size is a protocol error (Envoy's `max_response_headers_kb`
 /// default, 60 KiB).
@@ -336,6 +337,9 @@ fn undefer(conn: &Rc<ClientConn>) {
 /// that task, which goes on as any exchange).
 fn write_deferred() {
     let queue = DEFERRED.with(|queue| std::mem::take(&mut *queue.borrow_mut()));
+    if queue.len() > 1 {
+        send_together(&queue);
+    }
     for (conn, waker) in &queue {
         conn.deferred.set(false);
         let mut cx = Context::from_waker(waker);
@@ -365,6 +369,57 @@ fn write_deferred() {
             *slot = queue;
         }
     });
+}
+
+/// The deferred requests whole in one buffer on raw sockets go out in one system call
+/// (`batched_sends`): the upstreams sharing the worker's CPU are woken once for them all,
+/// instead of preempting the worker at each `send` to answer one request. What it leaves
+/// (a full socket, TLS, a body still coming, no io_uring) is written one socket at a time
+/// right after, as before.
+fn send_together(queue: &[(Rc<ClientConn>, Waker)]) {
+    let mut ready: Vec<RefMut<'_, State>> = Vec::with_capacity(queue.len());
+    for (conn, waker) in queue {
+        let mut state = conn.state.borrow_mut();
+        let st = &mut *state;
+        let whole = match (st.writer.as_mut(), &st.io) {
+            (Some(writer), Some(TransportSocket::RawBuffer(_))) if writer.failed.is_none() && !writer.done => {
+                writer.gather(&mut Context::from_waker(waker)).is_ok() && writer.enc.single_slice().is_some()
+            }
+            _ => false,
+        };
+        if whole {
+            ready.push(state);
+        }
+    }
+    if ready.len() < 2 {
+        return;
+    }
+    let mut results = Vec::with_capacity(ready.len());
+    {
+        let sends: Vec<(&tokio::net::TcpStream, &[u8])> = ready
+            .iter()
+            .filter_map(|st| match (&st.io, &st.writer) {
+                (Some(TransportSocket::RawBuffer(tcp)), Some(writer)) => Some((tcp, writer.enc.single_slice()?)),
+                _ => None,
+            })
+            .collect();
+        if sends.len() != ready.len() {
+            return;
+        }
+        batched_sends::send_all(&sends, &mut results);
+    }
+    for (state, sent) in ready.iter_mut().zip(results) {
+        let st = &mut **state;
+        let Some(writer) = st.writer.as_mut() else { continue };
+        match sent {
+            Sent::Bytes(n) => writer.wrote(n, &st.tx),
+            // The socket's write readiness is tokio's to clear: the write after this finds
+            // the socket full again, through tokio.
+            Sent::Failed(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Sent::Failed(e) => writer.failed = Some(e.kind()),
+            Sent::NotTried => {}
+        }
+    }
 }
 
 impl Future for Exchange {
@@ -787,6 +842,8 @@ struct Writer {
     started: bool,
     /// A write failed (the response may still arrive).
     failed: Option<io::ErrorKind>,
+    /// The request body failed while it was gathered.
+    body_failed: bool,
 }
 
 impl Writer {
@@ -818,7 +875,40 @@ impl Writer {
             put_field(&mut out, name.as_str(), value.as_bytes(), title_case);
         }
         out.put_slice(b"\r\n");
-        Ok(Writer { body, enc: Encoder::new(out, framing), done: false, started: false, failed: None })
+        Ok(Writer { body, enc: Encoder::new(out, framing), done: false, started: false, failed: None, body_failed: false })
+    }
+
+    /// Gathers what the body has ready, so that the head and a small body go out in one
+    /// write.
+    fn gather(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        let gathered = self.gather_frames(cx);
+        self.body_failed |= gathered.is_err();
+        gathered
+    }
+
+    fn gather_frames(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        if self.body_failed {
+            return Err(Error::RequestBody);
+        }
+        while self.enc.wants_more() {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => self.enc.end(None).map_err(|_| Error::RequestBody)?,
+                Poll::Ready(Some(Err(_))) => return Err(Error::RequestBody),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.enc.put_data(data).map_err(|_| Error::RequestBody)?,
+                    Err(frame) => self.enc.end(frame.into_trailers().ok()).map_err(|_| Error::RequestBody)?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` bytes were written by someone else (a batch of sends).
+    fn wrote(&mut self, n: usize, tx: &Counter) {
+        self.started = true;
+        tx.add(n as u64);
+        self.enc.advance(n);
     }
 
     /// Writes as far as the socket and the request body allow: ready once all is written.
@@ -829,19 +919,7 @@ impl Writer {
         tx: &Counter,
     ) -> Poll<Result<(), Error>> {
         loop {
-            // Gather what the body has ready, so that the head and a small body go out in one
-            // write.
-            while self.enc.wants_more() {
-                match Pin::new(&mut self.body).poll_frame(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(None) => self.enc.end(None).map_err(|_| Error::RequestBody)?,
-                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(Error::RequestBody)),
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => self.enc.put_data(data).map_err(|_| Error::RequestBody)?,
-                        Err(frame) => self.enc.end(frame.into_trailers().ok()).map_err(|_| Error::RequestBody)?,
-                    },
-                }
-            }
+            self.gather(cx)?;
             let Some(io) = io.as_mut() else {
                 return Poll::Ready(Err(Error::Io(io::ErrorKind::NotConnected.into())));
             };
@@ -868,9 +946,7 @@ impl Writer {
                     return Poll::Ready(Err(Error::Io(e)));
                 }
             };
-            self.started = true;
-            tx.add(n as u64);
-            self.enc.advance(n);
+            self.wrote(n, tx);
         }
     }
 }
@@ -1151,6 +1227,119 @@ mod tests {
             let mut buf = [0u8; 16];
             assert!(upstreams[0].try_read(&mut buf).is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock));
         });
+    }
+
+    #[test]
+    fn requests_written_together_reach_each_upstream_and_one_too_large_for_its_socket_is_finished_as_it_drains() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+            let addr = listener.local_addr().expect("an address");
+            let store = legate_stats::Store::new(1);
+            let (mut conns, mut upstreams) = (Vec::new(), Vec::new());
+            for _ in 0..4 {
+                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+                upstreams.push(listener.accept().await.expect("accepts").0);
+                conns.push(tcp);
+            }
+            // The last socket is full: its upstream has not read what was sent before.
+            // (Written to without tokio, which would answer `WouldBlock` from its own
+            // readiness; again after a pause until nothing more fits: the peer's delayed ACKs
+            // free room for a while.)
+            let full = conns.pop().expect("four sockets").into_std().expect("a std socket");
+            let mut filler = 0;
+            let chunk = [b'x'; 65536];
+            for _ in 0..50 {
+                let before = filler;
+                for size in [65536, 1024, 1] {
+                    loop {
+                        match std::io::Write::write(&mut &full, &chunk[..size]) {
+                            Ok(n) => filler += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => panic!("fills the socket: {e}"),
+                        }
+                    }
+                }
+                if filler == before {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+            }
+            conns.push(tokio::net::TcpStream::from_std(full).expect("back to tokio"));
+            let tx = store.counter("tx");
+            let conns: Vec<_> = conns
+                .into_iter()
+                .map(|tcp| Rc::new(ClientConn::new(TransportSocket::RawBuffer(tcp), false, store.counter("rx"), tx.clone())))
+                .collect();
+            // The last request is larger than any room its socket may have found since.
+            let paths = ["/a", "/b", "/c", "/d"];
+            let big = "a".repeat(1 << 20);
+            let field = |i: usize| if i == 3 { big.as_str() } else { "b" };
+            let exchanges = conns.iter().zip(paths).enumerate().map(|(i, (conn, path))| {
+                let chunks = std::collections::VecDeque::from([Bytes::from_static(b"hello")]);
+                let body = AttemptBody::new(super::super::body::BodySource::buffered(chunks, None));
+                let request = Request::post(path).header("content-length", "5").header("x-field", field(i));
+                send(conn.clone(), request.body(body).expect("a request"))
+            });
+            let answers = upstreams.iter_mut().zip(paths).enumerate().map(|(i, (upstream, path))| async move {
+                let mut got = Vec::new();
+                let skip = if i == 3 { filler } else { 0 };
+                let expected =
+                    format!("POST {path} HTTP/1.1\r\ncontent-length: 5\r\nx-field: {}\r\n\r\nhello", field(i));
+                while got.len() < skip + expected.len() {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let n = tokio::io::AsyncReadExt::read(upstream, &mut buf).await.expect("reads");
+                    assert!(n > 0, "the upstream of {path} got {} bytes", got.len());
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert!(got[skip..] == *expected.as_bytes(), "the upstream of {path} got the request as sent");
+                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                tokio::io::AsyncWriteExt::write_all(upstream, reply).await.expect("writes");
+                expected.len()
+            });
+            let (responses, sizes) = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                futures_join(exchanges.collect(), answers.collect()),
+            )
+            .await
+            .expect("every exchange completes");
+            for response in responses {
+                assert_eq!(response.expect("a response").status(), StatusCode::OK);
+            }
+            assert_eq!(tx.value(), sizes.iter().sum::<usize>() as u64);
+        });
+    }
+
+    /// Polls the exchanges (all in flight at once, as on a busy worker) and the upstreams'
+    /// answers together, until all are done.
+    async fn futures_join<A: Future, B: Future>(exchanges: Vec<A>, answers: Vec<B>) -> (Vec<A::Output>, Vec<B::Output>) {
+        fn poll_all<F: Future>(cx: &mut Context<'_>, futures: &mut [Pin<Box<F>>], out: &mut [Option<F::Output>]) -> bool {
+            let mut done = true;
+            for (future, slot) in futures.iter_mut().zip(out.iter_mut()) {
+                if slot.is_none() {
+                    match future.as_mut().poll(cx) {
+                        Poll::Ready(v) => *slot = Some(v),
+                        Poll::Pending => done = false,
+                    }
+                }
+            }
+            done
+        }
+        let mut exchanges: Vec<_> = exchanges.into_iter().map(Box::pin).collect();
+        let mut answers: Vec<_> = answers.into_iter().map(Box::pin).collect();
+        let mut a: Vec<_> = exchanges.iter().map(|_| None).collect();
+        let mut b: Vec<_> = answers.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let exchanges_done = poll_all(cx, &mut exchanges, &mut a);
+            let answers_done = poll_all(cx, &mut answers, &mut b);
+            if exchanges_done && answers_done {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        (a.into_iter().flatten().collect(), b.into_iter().flatten().collect())
     }
 
     #[test]
