@@ -875,7 +875,14 @@ impl Writer {
             put_field(&mut out, name.as_str(), value.as_bytes(), title_case);
         }
         out.put_slice(b"\r\n");
-        Ok(Writer { body, enc: Encoder::new(out, framing), done: false, started: false, failed: None, body_failed: false })
+        Ok(Writer {
+            body,
+            enc: Encoder::new(out, framing),
+            done: false,
+            started: false,
+            failed: None,
+            body_failed: false,
+        })
     }
 
     /// Gathers what the body has ready, so that the head and a small body go out in one
@@ -1269,7 +1276,9 @@ mod tests {
             let tx = store.counter("tx");
             let conns: Vec<_> = conns
                 .into_iter()
-                .map(|tcp| Rc::new(ClientConn::new(TransportSocket::RawBuffer(tcp), false, store.counter("rx"), tx.clone())))
+                .map(|tcp| {
+                    Rc::new(ClientConn::new(TransportSocket::RawBuffer(tcp), false, store.counter("rx"), tx.clone()))
+                })
                 .collect();
             // The last request is larger than any room its socket may have found since.
             let paths = ["/a", "/b", "/c", "/d"];
@@ -1312,8 +1321,15 @@ mod tests {
 
     /// Polls the exchanges (all in flight at once, as on a busy worker) and the upstreams'
     /// answers together, until all are done.
-    async fn futures_join<A: Future, B: Future>(exchanges: Vec<A>, answers: Vec<B>) -> (Vec<A::Output>, Vec<B::Output>) {
-        fn poll_all<F: Future>(cx: &mut Context<'_>, futures: &mut [Pin<Box<F>>], out: &mut [Option<F::Output>]) -> bool {
+    async fn futures_join<A: Future, B: Future>(
+        exchanges: Vec<A>,
+        answers: Vec<B>,
+    ) -> (Vec<A::Output>, Vec<B::Output>) {
+        fn poll_all<F: Future>(
+            cx: &mut Context<'_>,
+            futures: &mut [Pin<Box<F>>],
+            out: &mut [Option<F::Output>],
+        ) -> bool {
             let mut done = true;
             for (future, slot) in futures.iter_mut().zip(out.iter_mut()) {
                 if slot.is_none() {

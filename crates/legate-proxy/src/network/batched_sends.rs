@@ -16,7 +16,7 @@ const RING_ENTRIES: u32 = 256;
 
 enum Ring {
     Untried,
-    Ready(Sends),
+    Ready(Box<Sends>),
     Unavailable,
 }
 
@@ -35,8 +35,8 @@ pub fn send_all(sends: &[(&TcpStream, &[u8])], out: &mut Vec<Sent>) {
     let _ = RING.try_with(|ring| {
         let mut ring = ring.borrow_mut();
         if matches!(*ring, Ring::Untried) {
-            *ring = match if std::env::var_os("LEGATE_AB_NO_URING").is_some() { Err(std::io::Error::other("ab")) } else { Sends::new(RING_ENTRIES) } {
-                Ok(sends) => Ring::Ready(sends),
+            *ring = match Sends::new(RING_ENTRIES) {
+                Ok(sends) => Ring::Ready(Box::new(sends)),
                 Err(e) => {
                     tracing::debug!(error = %e, "io_uring unavailable: upstream writes go one system call each");
                     Ring::Unavailable
