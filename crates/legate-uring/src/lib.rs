@@ -216,18 +216,7 @@ mod tests {
 
     /// Closes with an RST (SO_LINGER 0).
     fn socket_linger_zero_close(stream: TcpStream) {
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        // SAFETY: a valid socket and a `linger` of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)).expect("SO_LINGER");
         drop(stream);
     }
 }
