@@ -1168,21 +1168,31 @@ mod tests {
         }
     }
 
+    /// `n` connected sockets: (legate's ends, the upstreams' ends).
+    async fn socket_pairs(n: usize) -> (Vec<tokio::net::TcpStream>, Vec<tokio::net::TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("an address");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            ours.push(tokio::net::TcpStream::connect(addr).await.expect("connects"));
+            theirs.push(listener.accept().await.expect("accepts").0);
+        }
+        (ours, theirs)
+    }
+
     #[test]
     fn deferred_writes_go_out_together_and_survive_their_first_exchange_going_away() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-            let addr = listener.local_addr().expect("an address");
             let store = legate_stats::Store::new(1);
-            let mut conns = Vec::new();
-            let mut upstreams = Vec::new();
-            for _ in 0..3 {
-                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
-                upstreams.push(listener.accept().await.expect("accepts").0);
-                let io = TransportSocket::RawBuffer(tcp);
-                conns.push(Rc::new(ClientConn::new(io, false, store.counter("rx"), store.counter("tx"))));
-            }
+            let (sockets, mut upstreams) = socket_pairs(3).await;
+            let conns: Vec<_> = sockets
+                .into_iter()
+                .map(|tcp| {
+                    let io = TransportSocket::RawBuffer(tcp);
+                    Rc::new(ClientConn::new(io, false, store.counter("rx"), store.counter("tx")))
+                })
+                .collect();
             let request = |path: &str| Request::builder().uri(path).body(AttemptBody::empty()).expect("a request");
             let mut exchanges: Vec<_> = conns
                 .iter()
@@ -1240,15 +1250,8 @@ mod tests {
     fn requests_written_together_reach_each_upstream_and_one_too_large_for_its_socket_is_finished_as_it_drains() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-            let addr = listener.local_addr().expect("an address");
             let store = legate_stats::Store::new(1);
-            let (mut conns, mut upstreams) = (Vec::new(), Vec::new());
-            for _ in 0..4 {
-                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
-                upstreams.push(listener.accept().await.expect("accepts").0);
-                conns.push(tcp);
-            }
+            let (mut conns, mut upstreams) = socket_pairs(4).await;
             // The last socket is full: its upstream has not read what was sent before.
             // (Written to without tokio, which would answer `WouldBlock` from its own
             // readiness; again after a pause until nothing more fits: the peer's delayed ACKs
