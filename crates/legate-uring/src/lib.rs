@@ -17,7 +17,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types, IoUring, Probe};
 
 /// `IORING_ENTER_GETEVENTS`: wait for completions.
 const ENTER_GETEVENTS: u32 = 1;
@@ -36,14 +36,24 @@ pub enum Sent {
     Bytes(usize),
     /// The send's error; `WouldBlock` when the socket's buffer is full.
     Failed(io::Error),
-    /// Not tried: the caller sends it itself.
+    /// Not sent by the ring (none, or one that refused the operation): the caller sends it
+    /// itself.
     NotTried,
 }
 
 impl Sends {
     /// A ring of `entries` submissions (a batch larger than that goes in several calls).
+    ///
+    /// `Err` where the kernel's io_uring cannot send: io_uring came in Linux 5.1 and its
+    /// `send` in 5.6 (with the probe that says so); on a kernel between the two, every send
+    /// would complete with `EINVAL`, which the caller must not take for its socket's error.
     pub fn new(entries: u32) -> io::Result<Sends> {
         let ring = IoUring::new(entries)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::Send::CODE) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring without IORING_OP_SEND"));
+        }
         let entries = ring.params().sq_entries() as usize;
         Ok(Sends { ring: Some(ring), entries })
     }
@@ -71,8 +81,8 @@ impl Sends {
     }
 }
 
-/// One batch no larger than the ring. `Err` when some entries were not taken by the kernel:
-/// the ring must then be dropped.
+/// One batch no larger than the ring. `Err` when some entries were not taken by the kernel,
+/// or when the ring refused one: the ring must then be dropped.
 fn submit(ring: &mut IoUring, batch: &[(BorrowedFd<'_>, &[u8])], out: &mut [Sent]) -> Result<(), ()> {
     {
         let mut queue = ring.submission();
@@ -103,25 +113,37 @@ fn submit(ring: &mut IoUring, batch: &[(BorrowedFd<'_>, &[u8])], out: &mut [Sent
         }
     };
     let mut completed = 0;
+    let mut refused = false;
     while completed < taken {
         for cqe in ring.completion() {
             completed += 1;
             let Some(slot) = usize::try_from(cqe.user_data()).ok().and_then(|i| out.get_mut(i)) else { continue };
-            let result = cqe.result();
-            *slot = if result >= 0 {
-                Sent::Bytes(result as usize)
-            } else {
-                Sent::Failed(io::Error::from_raw_os_error(-result))
-            };
+            match sent(cqe.result()) {
+                Some(sent) => *slot = sent,
+                // Left `NotTried`: the caller's own send says what its socket says.
+                None => refused = true,
+            }
         }
         if completed < taken {
             wait(ring, taken - completed);
         }
     }
-    if taken < pushed {
+    if taken < pushed || refused {
         return Err(());
     }
     Ok(())
+}
+
+/// What a send's completion says, or `None` when io_uring refused the operation itself rather
+/// than the socket the send: `send(2)` on a connected TCP socket with these flags returns none
+/// of these errors, so they come from the ring (an operation or a flag this kernel's io_uring
+/// does not know), and the ring is not to be used again.
+fn sent(result: i32) -> Option<Sent> {
+    match result {
+        n if n >= 0 => Some(Sent::Bytes(n as usize)),
+        n if matches!(-n, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => None,
+        n => Some(Sent::Failed(io::Error::from_raw_os_error(-n))),
+    }
 }
 
 /// Waits for `want` completions of sends already taken by the kernel, submitting nothing.
@@ -212,6 +234,16 @@ mod tests {
             errors.iter().any(|k| matches!(k, io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn a_send_the_ring_refuses_is_left_to_the_caller() {
+        assert!(matches!(sent(12), Some(Sent::Bytes(12))));
+        assert!(matches!(sent(-libc::EAGAIN), Some(Sent::Failed(e)) if e.kind() == io::ErrorKind::WouldBlock));
+        assert!(matches!(sent(-libc::EPIPE), Some(Sent::Failed(e)) if e.kind() == io::ErrorKind::BrokenPipe));
+        for refused in [libc::EINVAL, libc::EOPNOTSUPP, libc::ENOSYS] {
+            assert!(sent(-refused).is_none(), "{refused}");
+        }
     }
 
     /// Closes with an RST (SO_LINGER 0).
