@@ -363,6 +363,55 @@ fn json_access_log_writes_one_object_per_request() {
     assert_eq!((&nr["upstream"], &nr["cluster"]), (&Value::Null, &Value::Null), "{nr:?}");
 }
 
+/// The request's timeline points: `DS_RX_END` (`%REQUEST_DURATION%`) once the downstream's
+/// request is whole, `US_TX_END` (`%REQUEST_TX_DURATION%`) once it went upstream, in that order
+/// and before the response's end; a request that never went upstream has no `US_TX_END`.
+#[test]
+fn access_log_durations_follow_the_request_to_the_upstream() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let routes = &mut hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"];
+    routes[0]["match"] = json!({ "prefix": "/api" });
+    let fields = json!({
+        "request_ms": "%REQUEST_DURATION%",
+        "request_tx_ms": "%REQUEST_TX_DURATION%",
+        "rx_end_us": "%COMMON_DURATION(DS_RX_BEG:DS_RX_END:us)%",
+        "tx_beg_us": "%COMMON_DURATION(DS_RX_BEG:US_TX_BEG:us)%",
+        "tx_end_us": "%COMMON_DURATION(DS_RX_BEG:US_TX_END:us)%",
+        "done_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
+    });
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+    let mut c = px.client();
+
+    assert_eq!(c.get("/api/get").status, 200);
+    let post = c.send("POST", "/api/post", &[("content-type", "text/plain")], &[b'x'; 20_000]);
+    assert_eq!(post.status, 200, "{post:?}");
+    assert_eq!(upstream.last_request().body.len(), 20_000);
+    assert_eq!(c.get("/nowhere").status, 404);
+
+    let lines = px.log_lines(3);
+    let entries: Vec<BTreeMap<String, Value>> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
+        .collect();
+    let us = |entry: &BTreeMap<String, Value>, key: &str| {
+        entry[key].as_u64().unwrap_or_else(|| panic!("{key} is not a number: {entry:?}"))
+    };
+    for proxied in &entries[..2] {
+        assert!(proxied["request_ms"].is_u64() && proxied["request_tx_ms"].is_u64(), "{proxied:?}");
+        let (rx_end, tx_beg, tx_end, done) =
+            (us(proxied, "rx_end_us"), us(proxied, "tx_beg_us"), us(proxied, "tx_end_us"), us(proxied, "done_us"));
+        assert!(tx_beg <= tx_end && rx_end <= tx_end && tx_end <= done, "{proxied:?}");
+    }
+    let not_routed = &entries[2];
+    assert!(not_routed["request_ms"].is_u64(), "{not_routed:?}");
+    assert_eq!(
+        (&not_routed["request_tx_ms"], &not_routed["tx_end_us"]),
+        (&Value::Null, &Value::Null),
+        "{not_routed:?}"
+    );
+}
+
 /// Two listeners can share one cluster; a second connection manager has its own stats.
 #[test]
 fn two_http_listeners_keep_separate_stats() {

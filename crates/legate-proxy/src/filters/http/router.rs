@@ -680,6 +680,11 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                         timers.stream_idle.map(|d| (BodyTimeout::StreamIdle, d)),
                     ],
                 );
+                // The request's end went to this attempt when the attempt started (a body
+                // already whole) or when the downstream sent it (`US_TX_END`,
+                // `%REQUEST_TX_DURATION%`); a body still coming leaves it unset, as a reset would.
+                rq.info.last_upstream_tx_byte =
+                    completed_at.map(|at| at.max(attempt_start).saturating_duration_since(rq.info.start));
                 return RouterOutcome::Upstream {
                     head: parts,
                     body: Reused::new(UpstreamBody { body, conn: Some(conn), request: guard, timers: body_timers }),

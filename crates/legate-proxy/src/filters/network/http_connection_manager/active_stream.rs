@@ -99,6 +99,14 @@ fn finish_body(body: Produced, completion: StreamCompletion) -> ResponseBody {
     }
 }
 
+/// What the downstream has sent when the stream's answer is chosen: its body's bytes
+/// (`%BYTES_RECEIVED%`) and, once the request is whole, when it ended (`DS_RX_END`,
+/// `%REQUEST_DURATION%`).
+fn received(info: &mut StreamInfo, body: &BodySource) {
+    info.bytes_received = body.bytes_received;
+    info.last_downstream_rx_byte = body.completed_at.map(|at| at.saturating_duration_since(info.start));
+}
+
 /// Request checks and the connection manager's own request headers. `Err` is the reply.
 fn prepare(
     context: &ConnectionContext,
@@ -446,7 +454,7 @@ async fn decode(
             }
         }
     }
-    completion.info.bytes_received = body.borrow().bytes_received;
+    received(&mut completion.info, &body.borrow());
 
     // The route's action.
     shared.stats.rq_total.inc();
@@ -516,7 +524,7 @@ async fn decode(
         ));
         routing.await
     };
-    completion.info.bytes_received = body.borrow().bytes_received;
+    received(&mut completion.info, &body.borrow());
     match outcome {
         RouterOutcome::LocalReply(reply) => local_reply(context, reply, completion, routed, &mut filters),
         RouterOutcome::Upstream { mut head, body, weighted_index } => {
