@@ -318,12 +318,26 @@ fn file_access_log_without_format_writes_envoys_default_line() {
     assert_eq!(lines.len(), 1, "one line per request: {lines:?}");
 }
 
-#[test]
-fn json_access_log_writes_one_object_per_request() {
-    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
+/// A proxy whose only route is `/api` to `upstream`, logging each request as a JSON object of
+/// `fields`.
+fn api_proxy_with_json_log(upstream: &HttpUpstream, fields: Value) -> HttpProxy {
     let mut config = http_bootstrap(&[upstream.addr()]);
     let routes = &mut hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"];
     routes[0]["match"] = json!({ "prefix": "/api" });
+    HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields))
+}
+
+/// The first `n` access log lines, each parsed as a JSON object.
+fn json_log_entries(px: &HttpProxy, n: usize) -> Vec<BTreeMap<String, Value>> {
+    px.log_lines(n)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
+        .collect()
+}
+
+#[test]
+fn json_access_log_writes_one_object_per_request() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
     let fields = json!({
         "method": "%REQ(:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
@@ -335,17 +349,13 @@ fn json_access_log_writes_one_object_per_request() {
         "upstream": "%UPSTREAM_HOST%",
         "literal": "text %RESPONSE_CODE%",
     });
-    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+    let px = api_proxy_with_json_log(&upstream, fields);
     let mut c = px.client();
 
     assert_eq!(c.get("/api/x").status, 200);
     assert_eq!(c.get("/nowhere").status, 404);
 
-    let lines = px.log_lines(2);
-    let entries: Vec<BTreeMap<String, Value>> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
-        .collect();
+    let entries = json_log_entries(&px, 2);
     let ok = &entries[0];
     assert_eq!(ok["method"], json!("GET"), "{ok:?}");
     assert_eq!(ok["path"], json!("/api/x"));
@@ -369,9 +379,6 @@ fn json_access_log_writes_one_object_per_request() {
 #[test]
 fn access_log_durations_follow_the_request_to_the_upstream() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));
-    let mut config = http_bootstrap(&[upstream.addr()]);
-    let routes = &mut hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"];
-    routes[0]["match"] = json!({ "prefix": "/api" });
     let fields = json!({
         "request_ms": "%REQUEST_DURATION%",
         "request_tx_ms": "%REQUEST_TX_DURATION%",
@@ -380,7 +387,7 @@ fn access_log_durations_follow_the_request_to_the_upstream() {
         "tx_end_us": "%COMMON_DURATION(DS_RX_BEG:US_TX_END:us)%",
         "done_us": "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%",
     });
-    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+    let px = api_proxy_with_json_log(&upstream, fields);
     let mut c = px.client();
 
     assert_eq!(c.get("/api/get").status, 200);
@@ -389,11 +396,7 @@ fn access_log_durations_follow_the_request_to_the_upstream() {
     assert_eq!(upstream.last_request().body.len(), 20_000);
     assert_eq!(c.get("/nowhere").status, 404);
 
-    let lines = px.log_lines(3);
-    let entries: Vec<BTreeMap<String, Value>> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
-        .collect();
+    let entries = json_log_entries(&px, 3);
     let us = |entry: &BTreeMap<String, Value>, key: &str| {
         entry[key].as_u64().unwrap_or_else(|| panic!("{key} is not a number: {entry:?}"))
     };
