@@ -141,8 +141,8 @@ fn submit(ring: &mut IoUring, batch: &[(BorrowedFd<'_>, &[u8])], out: &mut [Sent
 fn sent(result: i32) -> Option<Sent> {
     match result {
         n if n >= 0 => Some(Sent::Bytes(n as usize)),
-        n if matches!(-n, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => None,
-        n => Some(Sent::Failed(io::Error::from_raw_os_error(-n))),
+        n if matches!(n.wrapping_neg(), libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) => None,
+        n => Some(Sent::Failed(io::Error::from_raw_os_error(n.wrapping_neg()))),
     }
 }
 
