@@ -1251,7 +1251,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
         rt.block_on(async {
             let store = legate_stats::Store::new(1);
-            let (mut conns, mut upstreams) = socket_pairs(4).await;
+            let (mut conns, upstreams) = socket_pairs(4).await;
             // The last socket is full: its upstream has not read what was sent before.
             // (Written to without tokio, which would answer `WouldBlock` from its own
             // readiness; again after a pause until nothing more fits: the peer's delayed ACKs
@@ -1286,32 +1286,57 @@ mod tests {
             // The last request is larger than any room its socket may have found since.
             let paths = ["/a", "/b", "/c", "/d"];
             let big = "a".repeat(1 << 20);
-            let field = |i: usize| if i == 3 { big.as_str() } else { "b" };
-            let exchanges = conns.iter().zip(paths).enumerate().map(|(i, (conn, path))| {
-                let chunks = std::collections::VecDeque::from([Bytes::from_static(b"hello")]);
-                let body = AttemptBody::new(super::super::body::BodySource::buffered(chunks, None));
-                let request = Request::post(path).header("content-length", "5").header("x-field", field(i));
-                send(conn.clone(), request.body(body).expect("a request"))
-            });
-            let answers = upstreams.iter_mut().zip(paths).enumerate().map(|(i, (upstream, path))| async move {
-                let mut got = Vec::new();
-                let skip = if i == 3 { filler } else { 0 };
-                let expected =
-                    format!("POST {path} HTTP/1.1\r\ncontent-length: 5\r\nx-field: {}\r\n\r\nhello", field(i));
-                while got.len() < skip + expected.len() {
-                    let mut buf = vec![0u8; 1 << 16];
-                    let n = tokio::io::AsyncReadExt::read(upstream, &mut buf).await.expect("reads");
-                    assert!(n > 0, "the upstream of {path} got {} bytes", got.len());
-                    got.extend_from_slice(&buf[..n]);
-                }
-                assert!(got[skip..] == *expected.as_bytes(), "the upstream of {path} got the request as sent");
-                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                tokio::io::AsyncWriteExt::write_all(upstream, reply).await.expect("writes");
-                expected.len()
-            });
+            let field = move |i: usize| if i == 3 { big.clone() } else { "b".to_string() };
+            // All in flight at once, as on a busy worker: each exchange and each upstream's
+            // answer is a task of one LocalSet.
+            let tasks = tokio::task::LocalSet::new();
+            let exchanges: Vec<_> = conns
+                .iter()
+                .zip(paths)
+                .enumerate()
+                .map(|(i, (conn, path))| {
+                    let chunks = std::collections::VecDeque::from([Bytes::from_static(b"hello")]);
+                    let body = AttemptBody::new(super::super::body::BodySource::buffered(chunks, None));
+                    let request = Request::post(path).header("content-length", "5").header("x-field", field(i));
+                    tasks.spawn_local(send(conn.clone(), request.body(body).expect("a request")))
+                })
+                .collect();
+            let answers: Vec<_> = upstreams
+                .into_iter()
+                .zip(paths)
+                .enumerate()
+                .map(|(i, (mut upstream, path))| {
+                    let skip = if i == 3 { filler } else { 0 };
+                    let expected =
+                        format!("POST {path} HTTP/1.1\r\ncontent-length: 5\r\nx-field: {}\r\n\r\nhello", field(i));
+                    tasks.spawn_local(async move {
+                        let mut got = Vec::new();
+                        while got.len() < skip + expected.len() {
+                            let mut buf = vec![0u8; 1 << 16];
+                            let n = tokio::io::AsyncReadExt::read(&mut upstream, &mut buf).await.expect("reads");
+                            assert!(n > 0, "the upstream of {path} got {} bytes", got.len());
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        assert!(got[skip..] == *expected.as_bytes(), "the upstream of {path} got the request as sent");
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        tokio::io::AsyncWriteExt::write_all(&mut upstream, reply).await.expect("writes");
+                        expected.len()
+                    })
+                })
+                .collect();
             let (responses, sizes) = tokio::time::timeout(
                 std::time::Duration::from_secs(20),
-                futures_join(exchanges.collect(), answers.collect()),
+                tasks.run_until(async {
+                    let mut responses = Vec::new();
+                    for exchange in exchanges {
+                        responses.push(exchange.await.expect("the exchange's task"));
+                    }
+                    let mut sizes = Vec::new();
+                    for answer in answers {
+                        sizes.push(answer.await.expect("the upstream's task"));
+                    }
+                    (responses, sizes)
+                }),
             )
             .await
             .expect("every exchange completes");
@@ -1320,45 +1345,6 @@ mod tests {
             }
             assert_eq!(tx.value(), sizes.iter().sum::<usize>() as u64);
         });
-    }
-
-    /// Polls the exchanges (all in flight at once, as on a busy worker) and the upstreams'
-    /// answers together, until all are done.
-    async fn futures_join<A: Future, B: Future>(
-        exchanges: Vec<A>,
-        answers: Vec<B>,
-    ) -> (Vec<A::Output>, Vec<B::Output>) {
-        fn poll_all<F: Future>(
-            cx: &mut Context<'_>,
-            futures: &mut [Pin<Box<F>>],
-            out: &mut [Option<F::Output>],
-        ) -> bool {
-            let mut done = true;
-            for (future, slot) in futures.iter_mut().zip(out.iter_mut()) {
-                if slot.is_none() {
-                    match future.as_mut().poll(cx) {
-                        Poll::Ready(v) => *slot = Some(v),
-                        Poll::Pending => done = false,
-                    }
-                }
-            }
-            done
-        }
-        let mut exchanges: Vec<_> = exchanges.into_iter().map(Box::pin).collect();
-        let mut answers: Vec<_> = answers.into_iter().map(Box::pin).collect();
-        let mut a: Vec<_> = exchanges.iter().map(|_| None).collect();
-        let mut b: Vec<_> = answers.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let exchanges_done = poll_all(cx, &mut exchanges, &mut a);
-            let answers_done = poll_all(cx, &mut answers, &mut b);
-            if exchanges_done && answers_done {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
-        (a.into_iter().flatten().collect(), b.into_iter().flatten().collect())
     }
 
     #[test]
