@@ -396,16 +396,14 @@ fn send_together(queue: &[(Rc<ClientConn>, Waker)]) {
     }
     let mut results = Vec::with_capacity(ready.len());
     {
-        let sends: Vec<(&tokio::net::TcpStream, &[u8])> = ready
+        let sends: Option<Vec<(&tokio::net::TcpStream, &[u8])>> = ready
             .iter()
-            .filter_map(|st| match (&st.io, &st.writer) {
+            .map(|st| match (&st.io, &st.writer) {
                 (Some(TransportSocket::RawBuffer(tcp)), Some(writer)) => Some((tcp, writer.enc.single_slice()?)),
                 _ => None,
             })
             .collect();
-        if sends.len() != ready.len() {
-            return;
-        }
+        let Some(sends) = sends else { return };
         batched_sends::send_all(&sends, &mut results);
     }
     for (state, sent) in ready.iter_mut().zip(results) {
