@@ -774,14 +774,17 @@ def run_route_match(src, quick):
 
 # === summary ===
 
+# Cases 1, 1b and 2: the backend shares the proxy's CPU, so its CPU is shown beside the proxy's.
+BACKEND_ROWS = [("backend_cpu_us_per_req", "  the backend's CPU µs/req (it shares the proxy's CPU)", "lower"),
+                ("with_backend_cpu_us_per_req", "  proxy + backend CPU µs/req", "lower")]
+
 CASES = [
     # (case, function, [(metric key, label, better)])
     ("http1", "case_http1", [("req_per_s", "req/s", "higher"), ("p50_ms", "p50 ms", "lower"),
                              ("p99_ms", "p99 ms", "lower"), ("cpu_us_per_req", "CPU µs/req", "lower"),
                              ("cpu_user_us_per_req", "  user µs/req", "lower"),
                              ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
-                             ("backend_cpu_us_per_req", "  the backend's CPU µs/req (it shares the proxy's CPU)", "lower"),
-                             ("with_backend_cpu_us_per_req", "  proxy + backend CPU µs/req", "lower"),
+                             *BACKEND_ROWS,
                              ("switches_per_req", "  context switches/req", "lower"),
                              ("involuntary_switches_per_req", "    involuntary", "lower"),
                              ("tcp_segments_per_req", "  TCP segments/req (all)", "lower"),
@@ -790,16 +793,14 @@ CASES = [
                              ("cpu_us_per_req", "CPU µs/req", "lower"),
                              ("cpu_user_us_per_req", "  user µs/req", "lower"),
                              ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
-                             ("backend_cpu_us_per_req", "  the backend's CPU µs/req (it shares the proxy's CPU)", "lower"),
-                             ("with_backend_cpu_us_per_req", "  proxy + backend CPU µs/req", "lower"),
+                             *BACKEND_ROWS,
                              ("syscalls_per_req", "  system calls/req (strace, first round)", "lower")]),
     ("h2c", "case_h2c", [("req_per_s", "req/s", "higher"), ("mean_ms", "mean ms", "lower"),
                          ("p50_ms", "p50 ms", "lower"), ("p99_ms", "p99 ms", "lower"),
                          ("cpu_us_per_req", "CPU µs/req", "lower"),
                          ("cpu_user_us_per_req", "  user µs/req", "lower"),
                          ("cpu_sys_us_per_req", "  sys µs/req", "lower"),
-                         ("backend_cpu_us_per_req", "  the backend's CPU µs/req (it shares the proxy's CPU)", "lower"),
-                         ("with_backend_cpu_us_per_req", "  proxy + backend CPU µs/req", "lower"),
+                         *BACKEND_ROWS,
                          ("switches_per_req", "  context switches/req", "lower"),
                          ("involuntary_switches_per_req", "    involuntary", "lower"),
                          ("tcp_segments_per_req", "  TCP segments/req (all)", "lower"),
