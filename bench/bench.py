@@ -357,17 +357,17 @@ class Bench:
         # The backend shares the proxy's CPU: a proxy could look cheaper by leaving work to it
         # (its wake-ups, say), so its CPU is measured beside the proxy's.
         backend = self.backend.pids() if self.backend else []
-        b0 = sum(cpu_seconds(backend))
+        bu0, bs0 = cpu_seconds(backend)
         t0 = time.monotonic()
         out = fn()
         elapsed = time.monotonic() - t0
         u1, s1 = cpu_seconds(pids)
         v1, i1 = context_switches(pids)
         g1 = tcp_segments()
-        b1 = sum(cpu_seconds(backend))
+        bu1, bs1 = cpu_seconds(backend)
         out.update(cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, wall_s=elapsed, rss_kib_after=rss_kib(pids),
                    voluntary_switches=v1 - v0, involuntary_switches=i1 - i0,
-                   tcp_segments=g1 - g0, backend_cpu_s=b1 - b0)
+                   tcp_segments=g1 - g0, backend_cpu_s=bu1 + bs1 - bu0 - bs0, backend_user_s=bu1 - bu0)
         return out
 
     @staticmethod
@@ -382,6 +382,8 @@ class Bench:
         if "backend_cpu_s" in r:
             r["backend_cpu_us_per_req"] = r["backend_cpu_s"] * 1e6 / n
             r["with_backend_cpu_us_per_req"] = r["cpu_us_per_req"] + r["backend_cpu_us_per_req"]
+        if "backend_user_s" in r:
+            r["backend_user_us_per_req"] = r["backend_user_s"] * 1e6 / n
 
     def warm_up(self, url):
         client(["wrk", "-t1", "-c64", "-d1s", url])
@@ -776,6 +778,7 @@ def run_route_match(src, quick):
 
 # Cases 1, 1b and 2: the backend shares the proxy's CPU, so its CPU is shown beside the proxy's.
 BACKEND_ROWS = [("backend_cpu_us_per_req", "  the backend's CPU µs/req (it shares the proxy's CPU)", "lower"),
+                ("backend_user_us_per_req", "    its user µs/req", "lower"),
                 ("with_backend_cpu_us_per_req", "  proxy + backend CPU µs/req", "lower")]
 
 CASES = [
