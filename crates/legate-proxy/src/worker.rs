@@ -148,7 +148,8 @@ impl WorkerContext {
         &self.http_pools
     }
 
-    /// Counts `code` into `cluster.<name>.upstream_rq_<code>` and `upstream_rq_<N>xx`.
+    /// Counts the answer `code` into `cluster.<name>.upstream_rq_<code>`, `upstream_rq_<N>xx`
+    /// and `upstream_rq_completed`.
     pub fn count_upstream_code(&self, cluster: &Arc<Cluster>, code: u16) {
         cluster.stats().upstream_response_class(code);
         let key = (Arc::as_ptr(cluster) as usize, code);
@@ -157,6 +158,18 @@ impl WorkerContext {
             .entry(key)
             .or_insert_with(|| (Arc::downgrade(cluster), cluster.scope.counter(&format!("upstream_rq_{code}"))));
         counter.inc();
+    }
+
+    /// A response the router retries: counted under `retry.` (`retry.upstream_rq_completed`,
+    /// `retry.upstream_rq_<N>xx`, `retry.upstream_rq_<code>`), as Envoy does, so that the
+    /// plain counters hold what the downstream was answered. Rare: looked up by name.
+    pub fn count_retried_code(&self, cluster: &Arc<Cluster>, code: u16) {
+        let scope = &cluster.scope;
+        scope.counter("retry.upstream_rq_completed").inc();
+        if (1..=5).contains(&(code / 100)) {
+            scope.counter(&format!("retry.upstream_rq_{}xx", code / 100)).inc();
+        }
+        scope.counter(&format!("retry.upstream_rq_{code}")).inc();
     }
 }
 

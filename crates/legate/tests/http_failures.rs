@@ -22,6 +22,10 @@ fn cluster_without_endpoints_is_503_no_healthy_upstream_uh() {
     assert_eq!(px.logged(1), "503 UH");
     px.legate.wait_stat("cluster.backend.upstream_cx_none_healthy", 1);
     px.legate.wait_stat("http.ingress.downstream_rq_5xx", 1);
+    // Envoy's router charges the cluster the 503 it answered for it.
+    px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_5xx", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_completed", 1);
 }
 
 #[test]
@@ -36,6 +40,8 @@ fn connection_refused_is_503_remote_connection_failure_uf() {
     assert!(r.body.starts_with(&expected), "body {:?} should start with {expected:?}", r.body);
     assert_eq!(px.logged(1), "503 UF");
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_5xx", 1);
 }
 
 #[test]
@@ -111,6 +117,9 @@ fn per_try_timeouts_on_every_try_end_in_504() {
     assert!(flags.split(',').any(|f| f == "UT"), "flags {flags:?} should include UT");
     px.legate.wait_stat("cluster.backend.upstream_rq_per_try_timeout", 3);
     px.legate.wait_stat("cluster.backend.upstream_rq_retry", 2);
+    // Only the answer is charged: the two timeouts retried are not.
+    px.legate.wait_stat("cluster.backend.upstream_rq_504", 1);
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_5xx"), Some(1));
 }
 
 /// A connect that neither succeeds nor is refused, on loopback: [`BlackholeServer`] fills a
@@ -156,7 +165,13 @@ fn pending_requests_overflow_is_503_overloaded_uo() {
     assert_eq!(upstream.connections(), 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_pending_overflow", 1);
     px.legate.wait_stat_at_least("cluster.backend.upstream_cx_overflow", 1);
-    drop((first, second));
+    px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_cancelled"), Some(0));
+    // The waiting request's client leaves: its place in the queue is cancelled.
+    drop(second);
+    px.legate.wait_stat("cluster.backend.upstream_rq_cancelled", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_pending_active", 0);
+    drop(first);
 }
 
 /// `max_requests`: outstanding requests to the cluster; its overflow is also counted as
@@ -178,6 +193,7 @@ fn max_requests_overflow_is_503_overloaded_uo() {
     assert_eq!(px.logged(1), "503 UO");
     assert_eq!(upstream.request_count(), 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_pending_overflow", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
     drop(first);
 }
 

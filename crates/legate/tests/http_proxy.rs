@@ -152,6 +152,64 @@ fn responses_carry_upstream_service_time() {
     assert!(ms >= 50, "the upstream took at least 50 ms, the header says {ms}");
 }
 
+/// Envoy's router times `x-envoy-upstream-service-time` from the end of the downstream request,
+/// so a retried request's header spans both tries and the back-off between them.
+#[test]
+fn upstream_service_time_spans_every_try() {
+    let upstream = HttpUpstream::http1(|r| {
+        let answer = match r.index {
+            0 => UpstreamAction::status(503, "busy"),
+            _ => UpstreamAction::ok("ok"),
+        };
+        UpstreamAction::delay(Duration::from_millis(200), answer)
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    legate_testing::config::route_action(&mut config)["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 1 });
+    let px = start(&config);
+
+    let r = HttpClient::connect(px.connect_addr("ingress")).get("/");
+
+    assert_eq!(r.status, 200, "{r:?}");
+    let ms: u64 = r
+        .header("x-envoy-upstream-service-time")
+        .unwrap_or_else(|| panic!("no x-envoy-upstream-service-time: {r:?}"))
+        .parse()
+        .expect("a number of milliseconds");
+    assert!(ms >= 400, "two tries of at least 200 ms each, the header says {ms}");
+}
+
+/// Requests the health check filter answers are left out of `downstream_rq_<N>xx` and
+/// `downstream_rq_completed` (Envoy's `chargeStats`), so that a load balancer's probes do
+/// not dilute the error rate.
+#[test]
+fn health_check_requests_are_not_counted_as_responses() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let filters = hcm_config(&mut config, 0)["http_filters"].as_array_mut().expect("http_filters");
+    filters.insert(
+        0,
+        json!({
+            "name": "envoy.filters.http.health_check",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                "pass_through_mode": false,
+                "headers": [{ "name": ":path", "string_match": { "exact": "/healthz" } }],
+            },
+        }),
+    );
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(c.get("/app").status, 200);
+
+    px.wait_stat("http.ingress.downstream_rq_total", 3);
+    px.wait_stat("http.ingress.downstream_rq_2xx", 1);
+    assert_eq!(px.stat("http.ingress.downstream_rq_completed"), Some(1));
+    assert_eq!(upstream.request_count(), 1);
+}
+
 #[test]
 fn keep_alive_reuses_one_upstream_connection_for_a_hundred_requests() {
     let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.path.clone()));
@@ -333,6 +391,42 @@ fn json_log_entries(px: &HttpProxy, n: usize) -> Vec<BTreeMap<String, Value>> {
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l:?}")))
         .collect()
+}
+
+/// A request refused by the connection manager's own checks (here a header name with an
+/// underscore, `REJECT_REQUEST`) is still logged with its method, path and headers: Envoy runs
+/// those checks on the headers it logs.
+#[test]
+fn a_request_refused_before_routing_is_logged_with_its_headers() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["common_http_protocol_options"] =
+        json!({ "headers_with_underscores_action": "REJECT_REQUEST" });
+    let fields = json!({
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(:PATH)%",
+        "agent": "%REQ(USER-AGENT)%",
+        "code": "%RESPONSE_CODE%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "shell": "%ENVIRONMENT(LEGATE_TEST_SURELY_UNSET)%",
+    });
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+
+    let r = px.client().send("GET", "/api/refused", &[("user-agent", "probe/1"), ("x_bad", "1")], b"");
+
+    assert_eq!(r.status, 400, "{r:?}");
+    let entry = &json_log_entries(&px, 1)[0];
+    assert_eq!(entry["method"], json!("GET"));
+    assert_eq!(entry["path"], json!("/api/refused"));
+    assert_eq!(entry["agent"], json!("probe/1"));
+    assert_eq!(entry["code"], json!(400));
+    assert_eq!(entry["details"], json!("unexpected_underscore"));
+    // An unset variable logs `-`, a string (Envoy's `EnvironmentFormatter`).
+    assert_eq!(entry["shell"], json!("-"));
+    assert_eq!(upstream.request_count(), 0);
+    // A request without a body was whole when it was refused.
+    px.legate.wait_stat("http.ingress.downstream_rq_4xx", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_response_before_rq_complete"), Some(0));
 }
 
 #[test]

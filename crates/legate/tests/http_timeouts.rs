@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use legate_testing::config::{cluster_config, hcm_config, http_bootstrap, http_protocol_options};
+use legate_testing::config::{cluster_config, hcm_config, http_bootstrap, http_protocol_options, route_action};
 use legate_testing::{
     h2_events, hpack_request, json, legate_bin, H2Event, H2Frame, HttpProxy, HttpUpstream, UpstreamAction, EVENTUALLY,
     H2_PREFACE,
@@ -130,6 +130,30 @@ fn stream_idle_timeout_while_the_response_body_stalls_resets_the_stream() {
     px.legate.wait_stat("http.ingress.rq_reset_after_downstream_response_started", 1);
 }
 
+/// `per_try_timeout` bounds a try until its response starts: a body that streams for longer
+/// comes through whole (Envoy's `onPerTryTimeout` ignores the timer once the downstream
+/// response started), under the route's `timeout`.
+#[test]
+fn per_try_timeout_does_not_cut_a_response_body_that_already_started() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::Stream {
+        chunks: [&b"one"[..], b"two", b"three", b"four"].into_iter().map(bytes::Bytes::from_static).collect(),
+        interval: Duration::from_millis(250),
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    route_action(&mut config)["timeout"] = json!("10s");
+    route_action(&mut config)["retry_policy"] =
+        json!({ "retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s" });
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let r = px.client().get("/");
+
+    assert_eq!((r.status, r.body.as_str()), (200, "onetwothreefour"), "{r:?}");
+    assert_eq!(px.logged(1), "200 -");
+    assert_eq!(upstream.request_count(), 1);
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_per_try_timeout"), Some(0));
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_timeout"), Some(0));
+}
+
 /// `request_timeout`: the whole request must arrive in time; headers and half a body then a
 /// stall get 408 "request timeout".
 #[test]
@@ -146,6 +170,8 @@ fn request_timeout_with_a_stalled_body_is_408_request_timeout() {
 
     assert_eq!((r.status, r.body.as_str()), (408, "request timeout"), "{r:?}");
     px.legate.wait_stat("http.ingress.downstream_rq_timeout", 1);
+    // Answered before the request ended (Envoy counts it as the response head goes out).
+    px.legate.wait_stat("http.ingress.downstream_rq_response_before_rq_complete", 1);
     assert!(c.closed_within(EVENTUALLY), "the rest of the request never came: the connection cannot be reused");
     assert!(upstream.requests().iter().all(|r| !r.body_complete), "the upstream never saw a whole request");
 }

@@ -261,6 +261,8 @@ fn hanging_upstream_hits_connect_timeout() {
     expect_closed(&mut c, "downstream of an upstream that never completes the handshake");
 
     px.wait_stat("cluster.backend.upstream_cx_connect_timeout", 1);
+    // A connect that timed out also failed, as Envoy's pools count it.
+    px.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
 }
 
 #[test]

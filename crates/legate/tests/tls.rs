@@ -126,6 +126,9 @@ fn terminates_tls_for_http1_and_http2_chosen_by_alpn() {
     px.wait_stat("http.ingress.downstream_cx_http2_total", 1);
     px.wait_stat("http.ingress.downstream_cx_http1_total", 2);
     px.wait_stat("listener.ingress.ssl.handshake", 3);
+    // The connection manager counts its TLS connections too (Envoy's `downstream_cx_ssl_*`).
+    px.wait_stat("http.ingress.downstream_cx_ssl_total", 3);
+    assert!(px.stat("http.ingress.downstream_cx_ssl_active").is_some_and(|n| n <= 3));
     assert_eq!(px.stat("listener.ingress.ssl.versions.TLSv1.3"), Some(3));
     assert_eq!(px.stat("listener.ingress.ssl.no_certificate"), Some(3));
     // Without client certificates no peer signs: no `sigalgs.*` downstream, as Envoy.

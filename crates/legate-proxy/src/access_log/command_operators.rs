@@ -71,7 +71,10 @@ pub(super) enum Command {
     ResponseFlags,
     ResponseFlagsLong,
     Address(AddressSource, AddressPart),
-    UpstreamCluster,
+    /// `%UPSTREAM_CLUSTER%` (its `alt_stat_name` where set) or `%UPSTREAM_CLUSTER_RAW%`.
+    UpstreamCluster {
+        raw: bool,
+    },
     UpstreamTransportFailureReason,
     UpstreamRequestAttemptCount,
     ConnectionId,
@@ -335,9 +338,14 @@ impl Command {
             "REQ" => Command::RequestHeader(HeaderCommand::parse(subcommand, max_length)?),
             "RESP" => Command::ResponseHeader(HeaderCommand::parse(subcommand, max_length)?),
             "TRAILER" => Command::ResponseTrailer(HeaderCommand::parse(subcommand, max_length)?),
-            "ENVIRONMENT" => Command::Environment(std::env::var(subcommand).ok().map(|mut value| {
-                truncate_string(&mut value, max_length);
-                value
+            // An unset variable is the text `-` (Envoy's `EnvironmentFormatter`), a string even
+            // in typed JSON, and kept by `omit_empty_values`.
+            "ENVIRONMENT" => Command::Environment(Some(match std::env::var(subcommand) {
+                Ok(mut value) => {
+                    truncate_string(&mut value, max_length);
+                    value
+                }
+                Err(_) => "-".to_string(),
             })),
             "HOSTNAME" => Command::Hostname(hostname()),
             _ => return Err(unsupported(command)),
@@ -380,7 +388,8 @@ impl Command {
             "DOWNSTREAM_LOCAL_ADDRESS" => Command::Address(DownstreamLocal, WithPort),
             "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => Command::Address(DownstreamLocal, WithoutPort),
             "DOWNSTREAM_LOCAL_PORT" => Command::Address(DownstreamLocal, JustPort),
-            "UPSTREAM_CLUSTER" | "UPSTREAM_CLUSTER_RAW" => Command::UpstreamCluster,
+            "UPSTREAM_CLUSTER" => Command::UpstreamCluster { raw: false },
+            "UPSTREAM_CLUSTER_RAW" => Command::UpstreamCluster { raw: true },
             "UPSTREAM_TRANSPORT_FAILURE_REASON" => Command::UpstreamTransportFailureReason,
             "UPSTREAM_REQUEST_ATTEMPT_COUNT" => Command::UpstreamRequestAttemptCount,
             "CONNECTION_ID" => Command::ConnectionId,
@@ -454,7 +463,10 @@ impl Command {
                     (Some(address), AddressPart::JustPort) => Value::Number(u64::from(address.port())),
                 }
             }
-            Command::UpstreamCluster => non_empty(info.upstream_cluster.as_deref()),
+            Command::UpstreamCluster { raw } => non_empty(info.upstream_cluster.as_ref().map(|c| match raw {
+                true => c.name(),
+                false => c.observability_name(),
+            })),
             Command::UpstreamTransportFailureReason => match info.upstream_transport_failure_reason.as_deref() {
                 None | Some("") => Value::Unset,
                 Some(reason) => Value::Text(replace_whitespace(reason, |c| c == ' ')),
@@ -774,12 +786,35 @@ pub(crate) mod tests {
         info.bytes_received = 154;
         info.bytes_sent = 0;
         info.route_name = Some("locations_route".into());
-        info.upstream_cluster = Some("locations".into());
+        info.upstream_cluster = Some(test_cluster("locations", None));
         info.upstream_host = Some("10.0.2.1:80".parse().unwrap());
         info.upstream_local_address = Some("10.0.0.1:40000".parse().unwrap());
         info.attempt_count = 1;
         info.requested_server_name = Some("locations.example.com".to_string());
         info
+    }
+
+    /// A cluster named `name`, with `alt_stat_name` when given.
+    pub(crate) fn test_cluster(name: &str, alt_stat_name: Option<&str>) -> crate::http::stream_info::UpstreamCluster {
+        let mut config = serde_json::json!({ "name": name, "connect_timeout": "1s" });
+        if let Some(alt) = alt_stat_name {
+            config["alt_stat_name"] = serde_json::json!(alt);
+        }
+        let config: legate_config::cluster::Cluster = legate_config::path::from_value(config).unwrap();
+        let store = legate_stats::Store::new(1);
+        let cluster = crate::upstream::cluster::Cluster::new(config, &store.scope(&format!("cluster.{name}"))).unwrap();
+        crate::http::stream_info::UpstreamCluster(std::sync::Arc::new(cluster))
+    }
+
+    #[test]
+    fn upstream_cluster_prints_the_stat_name_and_raw_the_name() {
+        let mut info = stream_info();
+        info.upstream_cluster = Some(test_cluster("svc_v1", Some("svc")));
+        assert_eq!(text("%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%", &info), "svc svc_v1");
+        info.upstream_cluster = Some(test_cluster("plain", None));
+        assert_eq!(text("%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%", &info), "plain plain");
+        info.upstream_cluster = None;
+        assert_eq!(text("%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%", &info), "- -");
     }
 
     pub(crate) fn text(format: &str, info: &StreamInfo) -> String {

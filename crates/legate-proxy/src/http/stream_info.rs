@@ -29,6 +29,28 @@ thread_local! {
     static SPARE_STREAM_INFOS: SpareBoxes<StreamInfo> = const { SpareBoxes::new() };
 }
 
+/// The cluster a stream went to: a reference to it rather than a copy of its names.
+pub struct UpstreamCluster(pub Arc<crate::upstream::cluster::Cluster>);
+
+impl UpstreamCluster {
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The name its stats go under: `alt_stat_name`, else its name (Envoy's
+    /// `observabilityName`).
+    pub fn observability_name(&self) -> &str {
+        self.0.info.stat_name(&self.0.name)
+    }
+}
+
+impl std::fmt::Debug for UpstreamCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Every request boxes one: its box is reused.
 impl Reusable for StreamInfo {
     fn spares() -> &'static LocalKey<SpareBoxes<Self>> {
@@ -80,7 +102,9 @@ pub struct StreamInfo {
     pub bytes_sent: u64,
     pub route_name: Option<Arc<str>>,
     pub virtual_host_name: Option<Arc<str>>,
-    pub upstream_cluster: Option<Arc<str>>,
+    /// The cluster the router chose (`%UPSTREAM_CLUSTER%` prints its `alt_stat_name` where it
+    /// has one, `%UPSTREAM_CLUSTER_RAW%` its name).
+    pub upstream_cluster: Option<UpstreamCluster>,
     pub upstream_host: Option<SocketAddr>,
     pub upstream_local_address: Option<SocketAddr>,
     pub upstream_transport_failure_reason: Option<String>,
@@ -161,12 +185,6 @@ impl StreamInfo {
 
     pub fn set_flag(&mut self, flag: ResponseFlag) {
         self.response_flags.set(flag);
-    }
-
-    /// `%UPSTREAM_SERVICE_TIME%` / `x-envoy-upstream-service-time`: first upstream byte sent
-    /// to first upstream byte received.
-    pub fn upstream_service_time(&self) -> Option<Duration> {
-        Some(self.first_upstream_rx_byte?.saturating_sub(self.first_upstream_tx_byte?))
     }
 
     /// `%PROTOCOL%`: `HTTP/1.1`, `HTTP/2`…

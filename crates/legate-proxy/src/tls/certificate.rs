@@ -84,6 +84,16 @@ impl SubjectAltName {
     }
 }
 
+/// A certificate's serial number as Envoy prints it (BoringSSL's `BN_bn2hex`, lowercase):
+/// whole bytes from the first that is not zero, so without DER's sign byte; `0` for zero.
+fn serial_hex(der_serial: &[u8]) -> String {
+    let first = der_serial.iter().position(|b| *b != 0).unwrap_or(der_serial.len());
+    match der_serial.get(first..) {
+        Some(digits) if !digits.is_empty() => digits.iter().map(|b| format!("{b:02x}")).collect(),
+        _ => "0".to_string(),
+    }
+}
+
 /// What `/certs`, SNI matching and the access log know about one certificate.
 #[derive(Clone, Debug)]
 pub struct CertificateDetails {
@@ -125,7 +135,7 @@ impl CertificateDetails {
         }
         Some(CertificateDetails {
             path,
-            serial_number: cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
+            serial_number: serial_hex(cert.tbs_certificate.raw_serial()),
             subject_alt_names,
             subject: rfc2253(cert.subject()),
             not_before: cert.validity().not_before.timestamp(),
@@ -205,6 +215,15 @@ fn escape_rfc2253(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_serial_number_is_printed_as_envoy_prints_it() {
+        // DER keeps a zero byte before a serial whose top bit is set; Envoy does not print it.
+        assert_eq!(super::serial_hex(&[0x00, 0x9f, 0x0a]), "9f0a");
+        assert_eq!(super::serial_hex(&[0x0a, 0xbc]), "0abc");
+        assert_eq!(super::serial_hex(&[0x00]), "0");
+        assert_eq!(super::serial_hex(&[]), "0");
+    }
+
     use super::*;
 
     #[test]

@@ -320,20 +320,22 @@ impl Pool {
         };
         stats.upstream_rq_pending_total().inc();
         stats.upstream_rq_pending_active().inc();
-        let _active = PendingActive(&self.cluster);
-        loop {
+        let mut active = PendingActive { cluster: &self.cluster, waiting: true };
+        let outcome = loop {
             let (tx, rx) = oneshot::channel();
             self.state.borrow_mut().waiters.push_back(tx);
             self.maybe_connect(priority);
             let client = match rx.await {
                 Ok(Ok(client)) => client,
-                Ok(Err(failure)) => return Err(failure),
-                Err(_) => return Err(PoolFailure::ConnectFailure("connection pool closed".into())),
+                Ok(Err(failure)) => break Err(failure),
+                Err(_) => break Err(PoolFailure::ConnectFailure("connection pool closed".into())),
             };
             if let Some(conn) = self.prepare(client).await {
-                return Ok(conn);
+                break Ok(conn);
             }
-        }
+        };
+        active.waiting = false;
+        outcome
     }
 
     fn ready_client(self: &Rc<Self>) -> Option<Client> {
@@ -723,11 +725,21 @@ impl Pool {
     }
 }
 
-struct PendingActive<'a>(&'a Arc<Cluster>);
+/// A request in the pending queue: `upstream_rq_pending_active` while it waits, and
+/// `upstream_rq_cancelled` if it is dropped still waiting (the downstream went away, or a
+/// timeout fired), as Envoy counts a pending stream cancelled.
+struct PendingActive<'a> {
+    cluster: &'a Arc<Cluster>,
+    waiting: bool,
+}
 
 impl Drop for PendingActive<'_> {
     fn drop(&mut self) {
-        self.0.stats().upstream_rq_pending_active().dec();
+        let stats = self.cluster.stats();
+        stats.upstream_rq_pending_active().dec();
+        if self.waiting {
+            stats.upstream_rq_cancelled().inc();
+        }
     }
 }
 

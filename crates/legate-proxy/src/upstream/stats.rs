@@ -167,8 +167,10 @@ legate_stats::stats! {
 }
 
 impl ClusterStats {
-    /// Counts a response code into `upstream_rq_<N>xx`.
+    /// Counts an answer into `upstream_rq_completed` and `upstream_rq_<N>xx` (with
+    /// `upstream_rq_<code>` beside them, Envoy's `chargeBasicResponseStat`).
     pub fn upstream_response_class(&self, code: u16) {
+        self.upstream_rq_completed().inc();
         match code / 100 {
             1 => self.upstream_rq_1xx().inc(),
             2 => self.upstream_rq_2xx().inc(),

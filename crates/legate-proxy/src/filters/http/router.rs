@@ -73,28 +73,33 @@ pub struct UpstreamRequestGuard {
     pub cluster: Arc<Cluster>,
     pub host: HostSharedPtr,
     _slot: ResourceGuard,
-    started: Instant,
+    /// The downstream request, whose end `upstream_rq_time` is timed from.
+    request: Rc<RefCell<BodySource>>,
     done: bool,
 }
 
 impl UpstreamRequestGuard {
-    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, slot: ResourceGuard, started: Instant) -> Self {
+    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, slot: ResourceGuard, request: Rc<RefCell<BodySource>>) -> Self {
         cluster.stats().upstream_rq_total().inc();
         cluster.stats().upstream_rq_active().inc();
         host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
         host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        UpstreamRequestGuard { cluster, host, _slot: slot, started, done: false }
+        UpstreamRequestGuard { cluster, host, _slot: slot, request, done: false }
     }
 
-    /// The response ended (`complete`) or was abandoned.
+    /// The response ended (`complete`) or was abandoned. `upstream_rq_time` is Envoy's: from
+    /// the end of the downstream request to the end of the response, over every try and
+    /// back-off; not recorded for a request that never ended.
     pub fn complete(&mut self, complete: bool) {
         if self.done {
             return;
         }
         self.done = true;
         if complete {
-            self.cluster.stats().upstream_rq_completed().inc();
-            self.cluster.stats().upstream_rq_time().record(clock::since(self.started).as_millis() as u64);
+            let ended = self.request.try_borrow().ok().and_then(|body| body.completed_at);
+            if let Some(at) = ended {
+                self.cluster.stats().upstream_rq_time().record(clock::since(at).as_millis() as u64);
+            }
         }
     }
 }
@@ -308,7 +313,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         shared.stats.no_cluster.inc();
         return RouterOutcome::LocalReply(LocalReply::cluster_not_found(action.cluster_not_found_response_code));
     };
-    rq.info.upstream_cluster = Some(cluster_name.clone());
+    rq.info.upstream_cluster = Some(crate::http::stream_info::UpstreamCluster(cluster.clone()));
 
     // Policies, with the x-envoy-* request headers that override them.
     let mut retry_on = action.retry_policy.retry_on;
@@ -479,7 +484,9 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
             }
         }
         let Some(host) = host else {
-            return RouterOutcome::LocalReply(last_failure.map_or_else(LocalReply::no_healthy_upstream, |r| *r));
+            let reply = last_failure.map_or_else(LocalReply::no_healthy_upstream, |r| *r);
+            worker.count_upstream_code(&cluster, reply.status.as_u16());
+            return RouterOutcome::LocalReply(reply);
         };
         if action.retry_policy.avoid_previous_hosts {
             tried.push(host.clone());
@@ -490,6 +497,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         let Some(slot) = cluster.breakers(priority).requests.try_acquire() else {
             cluster.stats().upstream_rq_pending_overflow().inc();
             rq.info.set_flag(ResponseFlag::UpstreamOverflow);
+            worker.count_upstream_code(&cluster, 503);
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamOverflow,
                 "overflow",
@@ -500,7 +508,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         // One clock read for the attempt's start, its request time and the stream's first
         // upstream byte (clock reads are not free in a VM).
         let attempt_start = clock::now();
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, attempt_start);
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, rq.body.clone());
         if rq.info.first_upstream_tx_byte.is_none() {
             rq.info.first_upstream_tx_byte = Some(attempt_start.saturating_duration_since(rq.info.start));
         }
@@ -622,11 +630,13 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 }
                 let response_at = clock::now();
                 rq.info.first_upstream_rx_byte = Some(response_at.saturating_duration_since(rq.info.start));
-                worker.count_upstream_code(&cluster, status.as_u16());
                 let wants_retry =
                     !retry_on.is_empty() && action.retry_policy.retriable_response(retry_on, status, &parts.headers);
                 if wants_retry && retries_left && replayable {
                     if take_retry_slot(&cluster, priority, &mut retry_slot, rq.info) {
+                        // Envoy counts a response it retries under `retry.`, apart from the
+                        // answers: `upstream_rq_5xx` counts what the downstream got.
+                        worker.count_retried_code(&cluster, status.as_u16());
                         drop(parts);
                         drop(body);
                         drop(conn);
@@ -640,6 +650,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     cluster.stats().upstream_rq_retry_limit_exceeded().inc();
                     rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
                 }
+                worker.count_upstream_code(&cluster, status.as_u16());
                 if attempt > 1 && !wants_retry {
                     cluster.stats().upstream_rq_retry_success().inc();
                 }
@@ -653,19 +664,20 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 if let Some(cookie) = &request_hash.set_cookie {
                     parts.headers.append(http::header::SET_COOKIE, cookie.clone());
                 }
-                if !shared.router.suppress_envoy_headers {
-                    let service_ms = response_at.saturating_duration_since(attempt_start).as_millis() as u64;
+                let completed_at = rq.body.borrow().completed_at;
+                // From the end of the downstream request to the response head, over every try
+                // and back-off (Envoy's router); not sent for a request still arriving.
+                if let Some(at) = completed_at.filter(|_| !shared.router.suppress_envoy_headers) {
+                    let service_ms = response_at.saturating_duration_since(at).as_millis() as u64;
                     parts
                         .headers
                         .insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::decimal_header(service_ms));
                 }
-                let completed_at = rq.body.borrow().completed_at;
                 let deadlines = [
                     (
                         BodyTimeout::Route,
                         route_timeout.zip(completed_at).map(|(d, at)| at.max(timers.stream_start) + d),
                     ),
-                    (BodyTimeout::Route, per_try.zip(completed_at).map(|(d, at)| at.max(attempt_start) + d)),
                     (BodyTimeout::MaxDuration, timers.max_stream_duration.map(|d| timers.stream_start + d)),
                 ];
                 let deadline = deadlines
@@ -746,7 +758,6 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
             }
             AttemptFailure::Reset { reason, flag, refused } => {
                 cluster.stats().upstream_rq_rx_reset().inc();
-                worker.count_upstream_code(&cluster, 503);
                 let details = format!("upstream_reset_before_response_started{{{}}}", reason.replace(' ', "_"));
                 let reply = LocalReply::upstream_reset(flag, reason, attempt > 1, &details);
                 let retriable = retry_on.contains(RetryOn::RESET)
@@ -762,7 +773,6 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     cluster.stats().upstream_rq_per_try_timeout().inc();
                 }
                 host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-                worker.count_upstream_code(&cluster, 504);
                 let retriable = retry_on.contains(RetryOn::FIVE_XX) || retry_on.contains(RetryOn::GATEWAY_ERROR);
                 (LocalReply::upstream_timeout(), retriable)
             }
@@ -782,6 +792,10 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         if let Some(flag) = reply.flag {
             rq.info.set_flag(flag);
         }
+        // What the downstream gets for the attempt that failed last (Envoy's
+        // `chargeUpstreamAbort`: 503 for a reset, a failed connection or an overflow, 504 for a
+        // try's timeout); one that is retried is not counted.
+        worker.count_upstream_code(&cluster, reply.status.as_u16());
         return RouterOutcome::LocalReply(reply);
     }
 }
@@ -1134,6 +1148,7 @@ async fn connect_terminate(
         }
         Err(_) => {
             cluster.stats().upstream_cx_connect_timeout().inc();
+            cluster.stats().upstream_cx_connect_fail().inc();
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamConnectionFailure,
                 "connection timeout",
@@ -1231,7 +1246,7 @@ impl Shadow {
             cluster.stats().upstream_rq_pending_overflow().inc();
             return;
         };
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, clock::now());
+        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, body.clone());
         let pool = worker.pools().get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;

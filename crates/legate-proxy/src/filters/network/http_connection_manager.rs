@@ -301,6 +301,8 @@ impl ConnectionContext {
 struct ConnectionGuard<'a> {
     stats: &'a HcmStats,
     http2: bool,
+    /// Counted in `downstream_cx_ssl_active` (the listener terminated TLS).
+    ssl: bool,
     started: Instant,
     local_close: bool,
     active_streams_at_close: u32,
@@ -309,19 +311,21 @@ struct ConnectionGuard<'a> {
 /// A [`ConnectionGuard`]'s state while its connection is parked.
 struct GuardState {
     http2: bool,
+    ssl: bool,
     started: Instant,
     local_close: bool,
 }
 
 impl<'a> ConnectionGuard<'a> {
     fn new(stats: &'a HcmStats, state: GuardState) -> Self {
-        let GuardState { http2, started, local_close } = state;
-        ConnectionGuard { stats, http2, started, local_close, active_streams_at_close: 0 }
+        let GuardState { http2, ssl, started, local_close } = state;
+        ConnectionGuard { stats, http2, ssl, started, local_close, active_streams_at_close: 0 }
     }
 
     /// The connection parks: it stays counted, and its parked state keeps this.
     fn into_state(self) -> GuardState {
-        let state = GuardState { http2: self.http2, started: self.started, local_close: self.local_close };
+        let state =
+            GuardState { http2: self.http2, ssl: self.ssl, started: self.started, local_close: self.local_close };
         std::mem::forget(self);
         state
     }
@@ -345,6 +349,9 @@ impl Drop for ConnectionGuard<'_> {
             s.downstream_cx_http2_active.dec();
         } else {
             s.downstream_cx_http1_active.dec();
+        }
+        if self.ssl {
+            s.downstream_cx_ssl_active.dec();
         }
         s.downstream_cx_destroy.inc();
         if self.local_close {
@@ -488,6 +495,10 @@ async fn open(start: Box<Start>) -> Result<(Rc<ConnectionContext>, Codec), Conne
     };
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
+    if info.ssl.is_some() {
+        stats.downstream_cx_ssl_total.inc();
+        stats.downstream_cx_ssl_active.inc();
+    }
     if http2 {
         stats.downstream_cx_http2_total.inc();
         stats.downstream_cx_http2_active.inc();
@@ -535,6 +546,7 @@ async fn serve(start: Box<Start>) -> TakenOverEnd {
     let mut guard = ConnectionGuard {
         stats,
         http2: context.http2,
+        ssl: context.info.ssl.is_some(),
         started: clock::now(),
         local_close: false,
         active_streams_at_close: 0,

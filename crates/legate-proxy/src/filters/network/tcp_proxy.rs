@@ -442,7 +442,9 @@ impl ReadFilter for TcpProxy {
                         }
                         None => {
                             tracing::debug!(connection = cb.info().id, host = %ucx.host.address(), "tcp_proxy: connect timeout");
+                            // A timed-out connect is also a failed one (Envoy's pools count both).
                             ucx.cluster.stats().upstream_cx_connect_timeout().inc();
+                            ucx.cluster.stats().upstream_cx_connect_fail().inc();
                         }
                     }
                     ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);

@@ -78,10 +78,24 @@ pub async fn serve_stream(
     let body = BodySource::new(incoming, end_stream, buffer_limit);
 
     let response = match prepare(&context, &mut head, &mut completion) {
-        Err(reply) => local_reply(&context, *reply, &mut completion, Routed::NONE, &mut []),
+        Err(reply) => {
+            // Refused before the copy for the logs was taken: the logs still show the request
+            // (Envoy's checks run on the headers it logs).
+            snapshot_request(&context, &head, &mut completion.info);
+            local_reply(&context, *reply, &mut completion, Routed::NONE, &mut [])
+        }
         // Pinned where it is built, as the router's future in it.
-        Ok(()) => std::pin::pin!(decode(&context, head, body, upgrade, &mut completion)).await,
+        Ok(()) => std::pin::pin!(decode(&context, head, body.clone(), upgrade, &mut completion)).await,
     };
+    // The answer is chosen: what the downstream has sent by now, whoever answered (a check,
+    // a filter, the router, an upstream).
+    if let Ok(body) = body.try_borrow() {
+        received(&mut completion.info, &body);
+        if !body.complete {
+            // Envoy's `encodeHeaders`: a response started before the request ended.
+            context.shared.stats.downstream_rq_response_before_rq_complete.inc();
+        }
+    }
     let (parts, body) = response;
     (parts, finish_body(body, completion))
 }
@@ -337,6 +351,14 @@ fn prepare(
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
+    snapshot_request(context, head, info);
+    Ok(())
+}
+
+/// The request as the access logs and formatters see it (`%REQ(...)%`), kept only where
+/// something reads it.
+fn snapshot_request(context: &ConnectionContext, head: &http::request::Parts, info: &mut StreamInfo) {
+    let shared = &context.shared;
     if !shared.access_logs.is_empty() || shared.route_config.uses_formatters() || shared.local_reply.is_some() {
         info.request = Some(Box::new(RequestSnapshot {
             method: head.method.clone(),
@@ -346,7 +368,6 @@ fn prepare(
             headers: head.headers.clone(),
         }));
     }
-    Ok(())
 }
 
 /// The request's `:scheme` once `x-forwarded-proto` is settled: `scheme_to_overwrite` (which
@@ -524,7 +545,6 @@ async fn decode(
         ));
         routing.await
     };
-    received(&mut completion.info, &body.borrow());
     match outcome {
         RouterOutcome::LocalReply(reply) => local_reply(context, reply, completion, routed, &mut filters),
         RouterOutcome::Upstream { mut head, body, weighted_index } => {
@@ -705,7 +725,11 @@ fn encode(
         completion.info.response_code_details = Some(std::borrow::Cow::Borrowed("via_upstream"));
     }
     completion.info.first_downstream_tx_byte = Some(completion.info.elapsed());
-    shared.stats.response_code(code);
+    // Envoy's `chargeStats`: a response is counted as its head goes out, and not at all for a
+    // request the health check filter answered or passed on.
+    if !completion.info.health_check {
+        shared.stats.response_code(code);
+    }
     completion.set_response_headers(&head.headers);
 }
 

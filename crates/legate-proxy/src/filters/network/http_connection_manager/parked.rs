@@ -57,6 +57,7 @@ struct Compact {
     chain_drained: bool,
     park_late: bool,
     guard_http2: bool,
+    guard_ssl: bool,
     guard_started: Stamp,
     local_close: bool,
     parked_at: Stamp,
@@ -133,7 +134,7 @@ impl Compact {
         };
         let Draining { waiter, chain: _, server_seen } = draining;
         let Timeline { started, shutdown_at, chain_drained, park_late } = timeline;
-        let GuardState { http2: guard_http2, started: guard_started, local_close } = guard;
+        let GuardState { http2: guard_http2, ssl: guard_ssl, started: guard_started, local_close } = guard;
         Compact {
             context,
             drain_seen: waiter.into_seen(),
@@ -143,6 +144,7 @@ impl Compact {
             chain_drained,
             park_late,
             guard_http2,
+            guard_ssl,
             guard_started: Stamp::of(guard_started),
             local_close,
             parked_at: Stamp::of(parked_at),
@@ -201,6 +203,7 @@ impl Compact {
             },
             guard: GuardState {
                 http2: self.guard_http2,
+                ssl: self.guard_ssl,
                 started: self.guard_started.instant(),
                 local_close: self.local_close,
             },

@@ -295,9 +295,6 @@ impl StreamCompletion {
             self.info.last_downstream_tx_byte = Some(elapsed);
         }
         let stats = &self.context.shared.stats;
-        if complete {
-            stats.downstream_rq_completed.inc();
-        }
         stats.downstream_rq_time.record(elapsed.as_millis() as u64);
         for logger in &self.context.shared.access_logs {
             logger.log(&self.info);

@@ -8,6 +8,8 @@ legate_stats::stats! {
         gauge downstream_cx_http1_active,
         counter downstream_cx_http2_total,
         gauge downstream_cx_http2_active,
+        counter downstream_cx_ssl_total,
+        gauge downstream_cx_ssl_active,
         counter downstream_cx_upgrades_total,
         gauge downstream_cx_upgrades_active,
         counter downstream_cx_destroy,
@@ -61,8 +63,9 @@ legate_stats::stats! {
 }
 
 impl HcmStats {
-    /// Counts a response code into `downstream_rq_<N>xx`.
+    /// Counts a response into `downstream_rq_completed` and `downstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
+        self.downstream_rq_completed.inc();
         match code / 100 {
             1 => self.downstream_rq_1xx.inc(),
             2 => self.downstream_rq_2xx.inc(),
