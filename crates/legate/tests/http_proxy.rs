@@ -144,12 +144,15 @@ fn responses_carry_upstream_service_time() {
 
     let r = HttpClient::connect(px.connect_addr("ingress")).get("/");
 
-    let ms: u64 = r
-        .header("x-envoy-upstream-service-time")
+    let ms = upstream_service_time_ms(&r);
+    assert!(ms >= 50, "the upstream took at least 50 ms, the header says {ms}");
+}
+
+fn upstream_service_time_ms(r: &legate_testing::HttpResponse) -> u64 {
+    r.header("x-envoy-upstream-service-time")
         .unwrap_or_else(|| panic!("no x-envoy-upstream-service-time: {r:?}"))
         .parse()
-        .expect("a number of milliseconds");
-    assert!(ms >= 50, "the upstream took at least 50 ms, the header says {ms}");
+        .expect("a number of milliseconds")
 }
 
 /// Envoy's router times `x-envoy-upstream-service-time` from the end of the downstream request,
@@ -170,11 +173,7 @@ fn upstream_service_time_spans_every_try() {
     let r = HttpClient::connect(px.connect_addr("ingress")).get("/");
 
     assert_eq!(r.status, 200, "{r:?}");
-    let ms: u64 = r
-        .header("x-envoy-upstream-service-time")
-        .unwrap_or_else(|| panic!("no x-envoy-upstream-service-time: {r:?}"))
-        .parse()
-        .expect("a number of milliseconds");
+    let ms = upstream_service_time_ms(&r);
     assert!(ms >= 400, "two tries of at least 200 ms each, the header says {ms}");
 }
 
