@@ -419,10 +419,12 @@ fn a_request_refused_before_routing_is_logged_with_its_headers() {
     assert_eq!(entry["path"], json!("/api/refused"));
     assert_eq!(entry["agent"], json!("probe/1"));
     assert_eq!(entry["code"], json!(400));
-    assert_eq!(entry["details"], json!("unexpected_underscore"));
+    assert_eq!(entry["details"], json!("http1.unexpected_underscore"));
     // An unset variable logs `-`, a string (Envoy's `EnvironmentFormatter`).
     assert_eq!(entry["shell"], json!("-"));
     assert_eq!(upstream.request_count(), 0);
+    // Counted where Envoy's HTTP/1 codec counts it.
+    px.legate.wait_stat("http1.requests_rejected_with_underscores_in_headers", 1);
     // A request without a body was whole when it was refused.
     px.legate.wait_stat("http.ingress.downstream_rq_4xx", 1);
     assert_eq!(px.legate.stat("http.ingress.downstream_rq_response_before_rq_complete"), Some(0));

@@ -49,7 +49,7 @@ use crate::network::{
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
 use crate::worker::{clock, WorkerContext};
-pub use stats::HcmStats;
+pub use stats::{HcmStats, UnderscoreStats};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -85,6 +85,8 @@ pub struct HttpConnectionManagerShared {
     pub http2_flood_limits: FloodLimits,
     /// `http2.*`, made with the first HTTP/2 connection (as Envoy's codec stats are).
     http2_stats: OnceLock<Http2Stats>,
+    /// `http1.*` and `http2.*` counts of header names with underscores.
+    pub underscore_stats: [UnderscoreStats; 2],
 }
 
 /// `local_reply_config`, compiled.
@@ -183,6 +185,7 @@ impl HttpConnectionManagerShared {
             local_reply: config.local_reply_config.as_ref().map(LocalReplyMapper::new).transpose()?,
             http2_flood_limits: FloodLimits::new(config.http2_protocol_options.as_ref().unwrap_or(&Default::default())),
             http2_stats: OnceLock::new(),
+            underscore_stats: [UnderscoreStats::new(&root.scope("http1")), UnderscoreStats::new(&root.scope("http2"))],
             config: Box::new(config.clone()),
         })
     }

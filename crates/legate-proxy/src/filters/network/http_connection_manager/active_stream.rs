@@ -179,16 +179,22 @@ fn prepare(
         let with_underscore: Vec<HeaderName> =
             head.headers.keys().filter(|k| k.as_str().contains('_')).cloned().collect();
         if !with_underscore.is_empty() {
+            // Envoy's codecs count these, under `http1.` or `http2.`, and name the reply after
+            // the codec.
+            let (codec_stats, details) = match context.http2 {
+                false => (&shared.underscore_stats[0], "http1.unexpected_underscore"),
+                true => (&shared.underscore_stats[1], "http2.unexpected_underscore"),
+            };
             if underscores == HeadersWithUnderscoresAction::RejectRequest {
-                stats.requests_rejected_with_underscores_in_headers.inc();
+                codec_stats.requests_rejected_with_underscores_in_headers.inc();
                 return Err(Box::new(
-                    LocalReply::new(StatusCode::BAD_REQUEST, "", "unexpected_underscore")
+                    LocalReply::new(StatusCode::BAD_REQUEST, "", details)
                         .with_flag(ResponseFlag::DownstreamProtocolError),
                 ));
             }
             for name in with_underscore {
                 head.headers.remove(&name);
-                stats.dropped_headers_with_underscores.inc();
+                codec_stats.dropped_headers_with_underscores.inc();
             }
         }
     }

@@ -50,8 +50,6 @@ legate_stats::stats! {
         counter downstream_rq_ws_on_non_ws_route,
         counter downstream_rq_redirected_with_normalized_path,
         counter downstream_rq_failed_path_normalization,
-        counter requests_rejected_with_underscores_in_headers,
-        counter dropped_headers_with_underscores,
         histogram downstream_rq_time,
         counter no_route,
         counter no_cluster,
@@ -74,5 +72,14 @@ impl HcmStats {
             5 => self.downstream_rq_5xx.inc(),
             _ => {}
         }
+    }
+}
+
+legate_stats::stats! {
+    /// `http1.*` / `http2.*`: what Envoy's codecs count of header names with underscores
+    /// (`headers_with_underscores_action`), shared by every connection manager.
+    pub struct UnderscoreStats {
+        counter dropped_headers_with_underscores,
+        counter requests_rejected_with_underscores_in_headers,
     }
 }
