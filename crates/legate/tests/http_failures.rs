@@ -42,6 +42,9 @@ fn connection_refused_is_503_remote_connection_failure_uf() {
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_5xx", 1);
+    // Envoy's pools count a request once it has a connection: this one never had one.
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_total"), Some(0));
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_active"), Some(0));
 }
 
 #[test]
@@ -171,6 +174,7 @@ fn pending_requests_overflow_is_503_overloaded_uo() {
     drop(second);
     px.legate.wait_stat("cluster.backend.upstream_rq_cancelled", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_pending_active", 0);
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_total"), Some(1), "only the first had a connection");
     drop(first);
 }
 

@@ -67,24 +67,34 @@ pub enum RouterOutcome {
     LocalReply(LocalReply),
 }
 
-/// An upstream request's accounting: `upstream_rq_active`, the `max_requests` slot and the
-/// host's request stats, held until the response ends.
+/// An upstream request's accounting: the `max_requests` slot from the start of the try, and
+/// `upstream_rq_total`, `upstream_rq_active` and the host's request stats from when it has a
+/// connection (Envoy's pools count a request as they attach it to one), held until the
+/// response ends.
 pub struct UpstreamRequestGuard {
     pub cluster: Arc<Cluster>,
     pub host: HostSharedPtr,
     _slot: ResourceGuard,
     /// The downstream request, whose end `upstream_rq_time` is timed from.
     request: Rc<RefCell<BodySource>>,
+    attached: bool,
     done: bool,
 }
 
 impl UpstreamRequestGuard {
     fn new(cluster: Arc<Cluster>, host: HostSharedPtr, slot: ResourceGuard, request: Rc<RefCell<BodySource>>) -> Self {
-        cluster.stats().upstream_rq_total().inc();
-        cluster.stats().upstream_rq_active().inc();
-        host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
-        host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
-        UpstreamRequestGuard { cluster, host, _slot: slot, request, done: false }
+        UpstreamRequestGuard { cluster, host, _slot: slot, request, attached: false, done: false }
+    }
+
+    /// The try has its connection: it counts as an upstream request from now on.
+    fn attach(&mut self) {
+        if std::mem::replace(&mut self.attached, true) {
+            return;
+        }
+        self.cluster.stats().upstream_rq_total().inc();
+        self.cluster.stats().upstream_rq_active().inc();
+        self.host.stats.rq_total.fetch_add(1, Ordering::Relaxed);
+        self.host.stats.rq_active.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The response ended (`complete`) or was abandoned. `upstream_rq_time` is Envoy's: from
@@ -106,8 +116,10 @@ impl UpstreamRequestGuard {
 
 impl Drop for UpstreamRequestGuard {
     fn drop(&mut self) {
-        self.cluster.stats().upstream_rq_active().dec();
-        self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        if self.attached {
+            self.cluster.stats().upstream_rq_active().dec();
+            self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -508,7 +520,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         // One clock read for the attempt's start, its request time and the stream's first
         // upstream byte (clock reads are not free in a VM).
         let attempt_start = clock::now();
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, rq.body.clone());
+        let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, rq.body.clone());
         if rq.info.first_upstream_tx_byte.is_none() {
             rq.info.first_upstream_tx_byte = Some(attempt_start.saturating_duration_since(rq.info.start));
         }
@@ -533,6 +545,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     Waited::Done(Ok(conn)) => conn,
                 }
             };
+            guard.attach();
             let try_start = clock::now();
             rq.info.upstream_local_address = conn.local_address();
             // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
@@ -1246,10 +1259,11 @@ impl Shadow {
             cluster.stats().upstream_rq_pending_overflow().inc();
             return;
         };
-        let guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, body.clone());
+        let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, body.clone());
         let pool = worker.pools().get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;
+            guard.attach();
             let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
             let mut headers = self.head.headers.clone();
             let mut builder = Request::builder().method(self.head.method.clone());
@@ -1275,7 +1289,6 @@ impl Shadow {
             conn.release(complete);
             Some(complete)
         };
-        let mut guard = guard;
         let done = exchange.await;
         guard.complete(done == Some(true));
     }
