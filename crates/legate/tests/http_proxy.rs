@@ -430,6 +430,35 @@ fn a_request_refused_before_routing_is_logged_with_its_headers() {
     assert_eq!(px.legate.stat("http.ingress.downstream_rq_response_before_rq_complete"), Some(0));
 }
 
+/// A filter's local reply (here the fault filter's abort) logs the cluster the route names:
+/// Envoy knows it with the route, before the filters run.
+#[test]
+fn a_filter_reply_logs_the_routes_cluster() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let filters = hcm_config(&mut config, 0)["http_filters"].as_array_mut().expect("http_filters");
+    filters.insert(
+        0,
+        json!({
+            "name": "envoy.filters.http.fault",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                "abort": { "http_status": 418, "percentage": { "numerator": 100 } },
+            },
+        }),
+    );
+    let fields = json!({ "code": "%RESPONSE_CODE%", "cluster": "%UPSTREAM_CLUSTER%", "flags": "%RESPONSE_FLAGS%" });
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+
+    assert_eq!(px.client().get("/").status, 418);
+
+    let entry = &json_log_entries(&px, 1)[0];
+    assert_eq!(entry["code"], json!(418));
+    assert_eq!(entry["cluster"], json!("backend"));
+    assert_eq!(entry["flags"], json!("FI"));
+    assert_eq!(upstream.request_count(), 0);
+}
+
 #[test]
 fn json_access_log_writes_one_object_per_request() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("hello"));

@@ -424,6 +424,14 @@ async fn decode(
         .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, scheme, random: fastrand::u64(..) }));
     completion.info.virtual_host_name = vhost.map(|v| v.name.clone());
     completion.info.route_name = route.filter(|r| !r.name.is_empty()).map(|r| r.name.clone());
+    // A route's one named cluster is known with the route (Envoy's `refreshCachedRoute`): a
+    // filter's local reply logs it too, and the router takes it from here.
+    if let Some(RouteKind::Route(action)) = route.map(|r| &r.kind) {
+        if let crate::router::ClusterSpecifier::Cluster(name) = &action.cluster {
+            completion.info.upstream_cluster =
+                context.worker.cluster_manager.get(name).map(crate::http::stream_info::UpstreamCluster);
+        }
+    }
     let routed = Routed { config: Some(&route_config), vhost, route };
 
     // The HTTP filters, in order.
