@@ -323,11 +323,19 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
     let worker = &context.worker;
     // Resolved with the route when the route names one cluster (see `decode`).
     let resolved = rq.info.upstream_cluster.as_ref().filter(|c| c.name() == &*cluster_name).map(|c| c.0.clone());
-    let Some(cluster) = resolved.or_else(|| worker.cluster_manager.get(&cluster_name)) else {
-        shared.stats.no_cluster.inc();
-        return RouterOutcome::LocalReply(LocalReply::cluster_not_found(action.cluster_not_found_response_code));
+    let cluster = match resolved {
+        Some(cluster) => cluster,
+        None => {
+            let Some(cluster) = worker.cluster_manager.get(&cluster_name) else {
+                shared.stats.no_cluster.inc();
+                return RouterOutcome::LocalReply(LocalReply::cluster_not_found(
+                    action.cluster_not_found_response_code,
+                ));
+            };
+            rq.info.upstream_cluster = Some(crate::http::stream_info::UpstreamCluster(cluster.clone()));
+            cluster
+        }
     };
-    rq.info.upstream_cluster = Some(crate::http::stream_info::UpstreamCluster(cluster.clone()));
 
     // Policies, with the x-envoy-* request headers that override them.
     let mut retry_on = action.retry_policy.retry_on;
