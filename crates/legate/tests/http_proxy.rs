@@ -177,6 +177,12 @@ fn upstream_service_time_spans_every_try() {
     assert!(ms >= 400, "two tries of at least 200 ms each, the header says {ms}");
 }
 
+/// Puts the HTTP filter `name` first in the connection manager's chain, before the router.
+fn first_http_filter(config: &mut Value, name: &str, typed_config: Value) {
+    let filters = hcm_config(config, 0)["http_filters"].as_array_mut().expect("http_filters");
+    filters.insert(0, json!({ "name": name, "typed_config": typed_config }));
+}
+
 /// Requests the health check filter answers are left out of `downstream_rq_<N>xx` and
 /// `downstream_rq_completed` (Envoy's `chargeStats`), so that a load balancer's probes do
 /// not dilute the error rate.
@@ -184,16 +190,13 @@ fn upstream_service_time_spans_every_try() {
 fn health_check_requests_are_not_counted_as_responses() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
     let mut config = http_bootstrap(&[upstream.addr()]);
-    let filters = hcm_config(&mut config, 0)["http_filters"].as_array_mut().expect("http_filters");
-    filters.insert(
-        0,
+    first_http_filter(
+        &mut config,
+        "envoy.filters.http.health_check",
         json!({
-            "name": "envoy.filters.http.health_check",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
-                "pass_through_mode": false,
-                "headers": [{ "name": ":path", "string_match": { "exact": "/healthz" } }],
-            },
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            "pass_through_mode": false,
+            "headers": [{ "name": ":path", "string_match": { "exact": "/healthz" } }],
         }),
     );
     let px = start(&config);
@@ -436,15 +439,12 @@ fn a_request_refused_before_routing_is_logged_with_its_headers() {
 fn a_filter_reply_logs_the_routes_cluster() {
     let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
     let mut config = http_bootstrap(&[upstream.addr()]);
-    let filters = hcm_config(&mut config, 0)["http_filters"].as_array_mut().expect("http_filters");
-    filters.insert(
-        0,
+    first_http_filter(
+        &mut config,
+        "envoy.filters.http.fault",
         json!({
-            "name": "envoy.filters.http.fault",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                "abort": { "http_status": 418, "percentage": { "numerator": 100 } },
-            },
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": { "http_status": 418, "percentage": { "numerator": 100 } },
         }),
     );
     let fields = json!({ "code": "%RESPONSE_CODE%", "cluster": "%UPSTREAM_CLUSTER%", "flags": "%RESPONSE_FLAGS%" });
