@@ -177,6 +177,23 @@ fn upstream_service_time_spans_every_try() {
     assert!(ms >= 400, "two tries of at least 200 ms each, the header says {ms}");
 }
 
+/// A head the HTTP/1.1 codec refuses is answered 400 and counted as a request and a 4xx
+/// response, beside `downstream_cx_protocol_error` (Envoy's codec opens a stream to answer it).
+#[test]
+fn a_refused_head_is_counted_as_a_request_and_a_4xx() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[upstream.addr()]));
+
+    let reply = px.client().raw(b"GET / HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n");
+
+    assert!(reply.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&reply));
+    px.legate.wait_stat("http.ingress.downstream_cx_protocol_error", 1);
+    px.legate.wait_stat("http.ingress.downstream_rq_4xx", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_total"), Some(1));
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_completed"), Some(1));
+    assert_eq!(upstream.request_count(), 0);
+}
+
 /// Puts the HTTP filter `name` first in the connection manager's chain, before the router.
 fn first_http_filter(config: &mut Value, name: &str, typed_config: Value) {
     let filters = hcm_config(config, 0)["http_filters"].as_array_mut().expect("http_filters");

@@ -192,6 +192,9 @@ fn request_headers_timeout_closes_a_connection_stuck_in_its_headers() {
 
     assert!(reply.closed, "legate should close the connection; got {:?}", reply.text());
     px.legate.wait_stat("http.ingress.downstream_rq_header_timeout", 1);
+    // Envoy answers through a stream of its own: a request, and a 4xx response.
+    px.legate.wait_stat("http.ingress.downstream_rq_4xx", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_total"), Some(1));
     assert_eq!(upstream.request_count(), 0);
     let text = reply.text();
     assert!(

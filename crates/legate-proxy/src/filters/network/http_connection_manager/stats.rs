@@ -61,6 +61,14 @@ legate_stats::stats! {
 }
 
 impl HcmStats {
+    /// A reply the HTTP/1.1 codec makes itself (a refused head, the header timeout): Envoy's
+    /// codec opens a stream for it and answers through it, so it is a request and a response.
+    pub fn codec_reply(&self, code: u16) {
+        self.downstream_rq_total.inc();
+        self.downstream_rq_http1_total.inc();
+        self.response_code(code);
+    }
+
     /// Counts a response into `downstream_rq_completed` and `downstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
         self.downstream_rq_completed.inc();
