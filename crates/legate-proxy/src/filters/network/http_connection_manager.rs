@@ -85,8 +85,9 @@ pub struct HttpConnectionManagerShared {
     pub http2_flood_limits: FloodLimits,
     /// `http2.*`, made with the first HTTP/2 connection (as Envoy's codec stats are).
     http2_stats: OnceLock<Http2Stats>,
-    /// `http1.*` and `http2.*` counts of header names with underscores.
-    pub underscore_stats: [UnderscoreStats; 2],
+    /// `http1.*` and `http2.*`: header names with underscores, counted as Envoy's codecs do.
+    pub http1_underscores: UnderscoreStats,
+    pub http2_underscores: UnderscoreStats,
 }
 
 /// `local_reply_config`, compiled.
@@ -185,7 +186,8 @@ impl HttpConnectionManagerShared {
             local_reply: config.local_reply_config.as_ref().map(LocalReplyMapper::new).transpose()?,
             http2_flood_limits: FloodLimits::new(config.http2_protocol_options.as_ref().unwrap_or(&Default::default())),
             http2_stats: OnceLock::new(),
-            underscore_stats: [UnderscoreStats::new(&root.scope("http1")), UnderscoreStats::new(&root.scope("http2"))],
+            http1_underscores: UnderscoreStats::new(&root.scope("http1")),
+            http2_underscores: UnderscoreStats::new(&root.scope("http2")),
             config: Box::new(config.clone()),
         })
     }

@@ -182,8 +182,8 @@ fn prepare(
             // Envoy's codecs count these, under `http1.` or `http2.`, and name the reply after
             // the codec.
             let (codec_stats, details) = match context.http2 {
-                false => (&shared.underscore_stats[0], "http1.unexpected_underscore"),
-                true => (&shared.underscore_stats[1], "http2.unexpected_underscore"),
+                false => (&shared.http1_underscores, "http1.unexpected_underscore"),
+                true => (&shared.http2_underscores, "http2.unexpected_underscore"),
             };
             if underscores == HeadersWithUnderscoresAction::RejectRequest {
                 codec_stats.requests_rejected_with_underscores_in_headers.inc();
@@ -489,6 +489,8 @@ async fn decode(
             }
         }
     }
+    // As the router's header formatters see it; set again once the answer is chosen
+    // (`serve_stream`).
     received(&mut completion.info, &body.borrow());
 
     // The route's action.
