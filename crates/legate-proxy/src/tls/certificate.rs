@@ -215,16 +215,16 @@ fn escape_rfc2253(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_serial_number_is_printed_as_envoy_prints_it() {
         // DER keeps a zero byte before a serial whose top bit is set; Envoy does not print it.
-        assert_eq!(super::serial_hex(&[0x00, 0x9f, 0x0a]), "9f0a");
-        assert_eq!(super::serial_hex(&[0x0a, 0xbc]), "0abc");
-        assert_eq!(super::serial_hex(&[0x00]), "0");
-        assert_eq!(super::serial_hex(&[]), "0");
+        assert_eq!(serial_hex(&[0x00, 0x9f, 0x0a]), "9f0a");
+        assert_eq!(serial_hex(&[0x0a, 0xbc]), "0abc");
+        assert_eq!(serial_hex(&[0x00]), "0");
+        assert_eq!(serial_hex(&[]), "0");
     }
-
-    use super::*;
 
     #[test]
     fn wildcards_cover_one_label() {
