@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use legate_testing::config::{http_bootstrap, route_action};
+use legate_testing::config::{cluster_config, http_bootstrap, route_action};
 use legate_testing::{json, legate_bin, HttpProxy, HttpUpstream, PatternWriter, UpstreamAction, Value};
 
 /// legate in front of `upstream` with `retry_policy` on its one route (none when null), and
@@ -82,6 +82,30 @@ fn exhausted_retries_pass_the_last_response_through_with_urx() {
     px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
     assert_eq!(px.legate.stat("cluster.backend.upstream_rq_completed"), Some(1));
     assert_eq!(px.legate.stat("cluster.backend.upstream_rq_retry_success"), Some(0));
+}
+
+/// A retry that finds no healthy host gets Envoy's "no healthy upstream" (`UH`), not the
+/// previous try's failure: here the one host's reset ejects it, and panic is disabled.
+#[test]
+fn a_retry_that_finds_no_healthy_host_answers_no_healthy_upstream() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::Reset);
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    route_action(&mut config)["retry_policy"] = json!({ "retry_on": "reset", "num_retries": 1 });
+    let cluster = cluster_config(&mut config, 0);
+    cluster["outlier_detection"] = json!({ "consecutive_5xx": 1, "max_ejection_percent": 100 });
+    cluster["common_lb_config"] = json!({ "healthy_panic_threshold": { "value": 0 } });
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let r = px.client().get("/");
+
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream"), "{r:?}");
+    assert_eq!(upstream.request_count(), 1);
+    assert_eq!(px.logged(1), "503 UH");
+    let stats = &px.legate;
+    stats.wait_stat("cluster.backend.upstream_rq_retry", 1);
+    stats.wait_stat("cluster.backend.outlier_detection.ejections_enforced_total", 1);
+    stats.wait_stat("cluster.backend.upstream_cx_none_healthy", 1);
+    stats.wait_stat("cluster.backend.upstream_rq_503", 1);
 }
 
 #[test]

@@ -353,8 +353,9 @@ impl LoadBalancer {
         hosts.get(index).cloned()
     }
 
-    /// The priority to use and whether it is in panic mode. A request hash picks the priority
-    /// too (Envoy's `choosePriority(hash)`), so that a key sticks to one level.
+    /// The priority to use and whether it is in panic mode, as Envoy's
+    /// `recalculatePerPriorityPanic` decides them. A request hash picks the priority too
+    /// (Envoy's `choosePriority(hash)`), so that a key sticks to one level.
     fn choose_priority(&mut self, priority_set: &PrioritySet, hash: Option<u64>) -> Option<(usize, bool)> {
         let sets = &priority_set.host_sets;
         if sets.iter().all(|s| s.hosts.is_empty()) {
@@ -364,13 +365,30 @@ impl LoadBalancer {
         let factor = self.overprovisioning_factor;
         let health = || sets.iter().map(move |s| health_percent(factor, s));
         let total_health: u64 = health().sum::<u64>().min(100);
-        if total_health == 0 || (total_health as f64) < self.panic_threshold {
-            // Panic: Envoy ignores health, sending to the first priority that has hosts.
+        let pick = hash.map_or_else(|| self.rng.u64(0..100), |h| h % 100);
+        // No level is in panic while the levels together are fully healthy.
+        let in_panic = |set: &HostSet| total_health < 100 && self.in_panic(set);
+        if sets.iter().all(in_panic) {
+            // Total panic: each level's share of the load is its share of all hosts, and the
+            // rounding's remainder goes to the first level with hosts.
+            let all: u64 = sets.iter().map(|s| s.hosts.len() as u64).sum();
             let first = sets.iter().position(|s| !s.hosts.is_empty())?;
+            let mut cumulative = 100 - sets.iter().map(|s| s.hosts.len() as u64 * 100 / all).sum::<u64>();
+            for (priority, set) in sets.iter().enumerate() {
+                cumulative += set.hosts.len() as u64 * 100 / all;
+                if pick < cumulative && !set.hosts.is_empty() {
+                    return Some((priority, true));
+                }
+            }
             return Some((first, true));
         }
+        // Nothing healthy enough to share the load by: all of it to the first level, as Envoy
+        // does. With panic disabled (a threshold of 0) its healthy list may well be empty, and
+        // the pick finds no host ("no healthy upstream").
+        if total_health == 0 {
+            return Some((0, in_panic(&sets[0])));
+        }
         // Normalised priority load: each level's health share of the total, in order.
-        let pick = hash.map_or_else(|| self.rng.u64(0..100), |h| h % 100);
         let mut remaining = 100u64;
         let mut cumulative = 0u64;
         for (priority, h) in health().enumerate() {
@@ -378,16 +396,21 @@ impl LoadBalancer {
             remaining -= load;
             cumulative += load;
             if pick < cumulative {
-                return Some((priority, self.in_panic(&sets[priority])));
+                return Some((priority, in_panic(&sets[priority])));
             }
         }
         let last = sets.iter().rposition(|s| health_percent(factor, s) > 0)?;
-        Some((last, self.in_panic(&sets[last])))
+        Some((last, in_panic(&sets[last])))
     }
 
+    /// Envoy's `isHostSetInPanic`: the level's healthy share is under the threshold (an empty
+    /// level has none).
     fn in_panic(&self, set: &HostSet) -> bool {
-        set.hosts.is_empty()
-            || (set.healthy_hosts().len() as f64 * 100.0 / set.hosts.len() as f64) < self.panic_threshold
+        let healthy = match set.hosts.len() {
+            0 => 0.0,
+            n => set.healthy_hosts().len() as f64 * 100.0 / n as f64,
+        };
+        healthy < self.panic_threshold
     }
 }
 
@@ -747,6 +770,61 @@ pub(super) mod tests {
         let m = counts(&mut lb, &c, &ps, 100);
         assert_eq!(m.values().sum::<usize>(), 100);
         assert_eq!(c.endpoint_stats.lb_healthy_panic().value(), 100);
+    }
+
+    /// A threshold of 0 disables panic: with no healthy host there is no host, not any host.
+    #[test]
+    fn a_panic_threshold_of_zero_finds_no_host_when_none_is_healthy() {
+        let c = cluster_with(serde_json::json!({"common_lb_config": {"healthy_panic_threshold": {"value": 0}}}));
+        let ps = PrioritySet::new(
+            vec![host_at(1, 1, 0, HealthStatus::Unhealthy), host_at(2, 1, 1, HealthStatus::Unhealthy)],
+            1,
+        );
+        let mut lb = LoadBalancer::new(&c, &ps);
+        assert!((0..50).all(|_| lb.choose_host(&c, &ps, None).is_none()));
+        assert_eq!(c.endpoint_stats.lb_healthy_panic().value(), 0);
+    }
+
+    /// A level under the threshold is not in panic while the levels together are fully
+    /// healthy: its unhealthy hosts are never chosen.
+    #[test]
+    fn no_level_panics_while_the_total_health_is_full() {
+        let c = cluster("ROUND_ROBIN");
+        // P0: 1 of 3 healthy (33 %, under 50 %) → health 46 %; P1 healthy: total 100 %.
+        let ps = PrioritySet::new(
+            vec![
+                host_at(1, 1, 0, HealthStatus::Healthy),
+                host_at(2, 1, 0, HealthStatus::Unhealthy),
+                host_at(3, 1, 0, HealthStatus::Unhealthy),
+                host_at(4, 1, 1, HealthStatus::Healthy),
+            ],
+            1,
+        );
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 1000);
+        assert_eq!((m.get(&2), m.get(&3)), (None, None), "{m:?}");
+        assert!(m.get(&1).is_some_and(|&n| n > 300), "{m:?}");
+        assert_eq!(c.endpoint_stats.lb_healthy_panic().value(), 0);
+    }
+
+    /// Every level in panic: the load follows each level's share of all hosts.
+    #[test]
+    fn total_panic_shares_the_load_by_host_count() {
+        let c = cluster("ROUND_ROBIN");
+        let ps = PrioritySet::new(
+            vec![
+                host_at(1, 1, 0, HealthStatus::Unhealthy),
+                host_at(2, 1, 1, HealthStatus::Unhealthy),
+                host_at(3, 1, 1, HealthStatus::Unhealthy),
+                host_at(4, 1, 1, HealthStatus::Unhealthy),
+            ],
+            1,
+        );
+        let mut lb = LoadBalancer::new(&c, &ps);
+        let m = counts(&mut lb, &c, &ps, 2000);
+        let p0 = *m.get(&1).unwrap_or(&0);
+        assert!((350..650).contains(&p0), "about a quarter to priority 0, got {p0}: {m:?}");
+        assert_eq!(c.endpoint_stats.lb_healthy_panic().value(), 2000);
     }
 
     /// A hashing table as a lookup from request hash to host port.

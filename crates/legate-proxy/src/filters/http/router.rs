@@ -468,8 +468,6 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
     let mut attempt = 0u32;
     let mut tried: Vec<HostSharedPtr> = Vec::new();
     let mut retry_slot: Option<ResourceGuard> = None;
-    // Boxed, as the rest of the retry path: it lives in every request's future.
-    let mut last_failure: Option<Box<LocalReply>> = None;
     let downstream_version = head.version;
     let request_hash = hash_policy::compute_hash(
         &action.hash_policy,
@@ -505,10 +503,11 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 }
             }
         }
+        // A retry that finds no host is answered as the first try would be (Envoy's `doRetry`
+        // sends its "no healthy upstream" reply, whatever the previous try got).
         let Some(host) = host else {
-            let reply = last_failure.map_or_else(LocalReply::no_healthy_upstream, |r| *r);
-            worker.count_upstream_code(&cluster, reply.status.as_u16());
-            return RouterOutcome::LocalReply(reply);
+            worker.count_upstream_code(&cluster, 503);
+            return RouterOutcome::LocalReply(LocalReply::no_healthy_upstream());
         };
         if action.retry_policy.avoid_previous_hosts {
             tried.push(host.clone());
@@ -802,7 +801,6 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         };
         if retriable && retries_left && replayable {
             if take_retry_slot(&cluster, priority, &mut retry_slot, rq.info) {
-                last_failure = Some(Box::new(reply));
                 if let Some(reply) = back_off(&mut rq, attempt, &cluster, &host, &timers).await {
                     return RouterOutcome::LocalReply(reply);
                 }
