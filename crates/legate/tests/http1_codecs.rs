@@ -281,6 +281,7 @@ fn a_malformed_chunk_resets_the_stream_after_its_head() {
     let r = client.try_send("GET", "/", &[], b"");
     assert!(r.is_err() || r.as_ref().is_ok_and(|r| r.body != "hello"), "{r:?}");
     px.legate.wait_stat("cluster.backend.upstream_rq_rx_reset", 1);
+    px.legate.wait_stat("http.ingress.downstream_rq_tx_reset", 1);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use legate_testing::config::{cluster_config, http_bootstrap, route_action};
+use legate_testing::config::{cluster_config, http_bootstrap, route_action, with_http2};
 use legate_testing::{json, legate_bin, BlackholeServer, ClosedPort, HttpProxy, HttpUpstream, UpstreamAction};
 
 const CONNECT_ERROR: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
@@ -40,6 +40,8 @@ fn connection_refused_is_503_remote_connection_failure_uf() {
     assert!(r.body.starts_with(&expected), "body {:?} should start with {expected:?}", r.body);
     assert_eq!(px.logged(1), "503 UF");
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
+    // It waited in the pending queue for that connection (Envoy's `purgePendingStreams`).
+    px.legate.wait_stat("cluster.backend.upstream_rq_pending_failure_eject", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
     px.legate.wait_stat("cluster.backend.upstream_rq_5xx", 1);
     // Envoy's pools count a request once it has a connection: this one never had one.
@@ -64,19 +66,35 @@ fn upstream_reset_before_headers_is_503_connection_termination_uc() {
     px.legate.wait_stat("cluster.backend.upstream_cx_destroy_remote_with_active_rq", 1);
 }
 
+/// Over HTTP/2 the request's upstream stream is reset, counted in `upstream_rq_tx_reset`
+/// (Envoy counts a local reset of a multiplexed stream; its HTTP/1.1 pool closes the
+/// connection and counts none).
 #[test]
 fn route_timeout_is_504_upstream_request_timeout_ut() {
-    let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_secs(3), UpstreamAction::ok("late")));
-    let mut config = http_bootstrap(&[upstream.addr()]);
-    route_action(&mut config)["timeout"] = json!("0.5s");
-    let px = HttpProxy::start(legate_bin!(), config);
+    for http2 in [false, true] {
+        let late = |_: &_| UpstreamAction::delay(Duration::from_secs(3), UpstreamAction::ok("late"));
+        let upstream = if http2 { HttpUpstream::http2(late) } else { HttpUpstream::http1(late) };
+        let mut config = http_bootstrap(&[upstream.addr()]);
+        route_action(&mut config)["timeout"] = json!("0.5s");
+        if http2 {
+            let cluster = cluster_config(&mut config, 0).take();
+            *cluster_config(&mut config, 0) = with_http2(cluster);
+        }
+        let px = HttpProxy::start(legate_bin!(), config);
 
-    let r = px.client().get("/");
+        let r = px.client().get("/");
 
-    assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{r:?}");
-    assert_eq!(px.logged(1), "504 UT");
-    px.legate.wait_stat("cluster.backend.upstream_rq_timeout", 1);
-    px.legate.wait_stat("cluster.backend.upstream_rq_504", 1);
+        assert_eq!((r.status, r.body.as_str()), (504, "upstream request timeout"), "{r:?}");
+        assert_eq!(px.logged(1), "504 UT");
+        px.legate.wait_stat("cluster.backend.upstream_rq_timeout", 1);
+        px.legate.wait_stat("cluster.backend.upstream_rq_504", 1);
+        if http2 {
+            px.legate.wait_stat("cluster.backend.upstream_rq_tx_reset", 1);
+            px.legate.wait_stat("cluster.backend.http2.tx_reset", 1);
+        } else {
+            assert_eq!(px.legate.stat("cluster.backend.upstream_rq_tx_reset"), Some(0));
+        }
+    }
 }
 
 #[test]
@@ -140,6 +158,7 @@ fn connect_timeout_is_503_connection_timeout_uf() {
     assert_eq!(px.logged(1), "503 UF");
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_timeout", 1);
     px.legate.wait_stat("cluster.backend.upstream_cx_connect_fail", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_pending_failure_eject", 1);
 }
 
 /// One connection allowed and busy, one request allowed to wait for it: the third

@@ -128,6 +128,8 @@ fn stream_idle_timeout_while_the_response_body_stalls_resets_the_stream() {
     assert_eq!(body, b"first", "what the upstream sent before it stalled came through");
     px.legate.wait_stat("http.ingress.downstream_rq_idle_timeout", 1);
     px.legate.wait_stat("http.ingress.rq_reset_after_downstream_response_started", 1);
+    px.legate.wait_stat("http.ingress.downstream_rq_tx_reset", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_rx_reset"), Some(0), "legate reset it, not the client");
 }
 
 /// `per_try_timeout` bounds a try until its response starts: a body that streams for longer

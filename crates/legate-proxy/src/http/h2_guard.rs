@@ -209,6 +209,9 @@ pub struct H2Guard<T> {
     limits: FloodLimits,
     counts: Counts,
     stats: Http2Stats,
+    /// Also counts the RST_STREAM frames legate sends: an upstream connection's
+    /// `upstream_rq_tx_reset` (Envoy counts a local reset of a multiplexed upstream stream).
+    resets_sent: Option<legate_stats::Counter>,
     flood: Option<Flood>,
 }
 
@@ -227,8 +230,15 @@ impl<T> H2Guard<T> {
             limits,
             counts: Counts::default(),
             stats,
+            resets_sent: None,
             flood: None,
         }
+    }
+
+    /// Counts each RST_STREAM frame sent in `counter` too.
+    pub fn counting_resets_sent(mut self, counter: legate_stats::Counter) -> Self {
+        self.resets_sent = Some(counter);
+        self
     }
 
     fn flood_error(flood: Flood) -> io::Error {
@@ -236,11 +246,16 @@ impl<T> H2Guard<T> {
     }
 
     fn outbound(&mut self, written: &[u8]) {
-        let (counts, stats) = (&mut self.counts, &self.stats);
+        let (counts, stats, resets_sent) = (&mut self.counts, &self.stats, &self.resets_sent);
         self.outbound.scan(written, |head, _| {
             match head.kind {
                 DATA => counts.outbound_data_frames += 1,
-                RST_STREAM => stats.tx_reset.inc(),
+                RST_STREAM => {
+                    stats.tx_reset.inc();
+                    if let Some(counter) = resets_sent {
+                        counter.inc();
+                    }
+                }
                 _ => {}
             }
             true

@@ -327,7 +327,12 @@ impl Pool {
             self.maybe_connect(priority);
             let client = match rx.await {
                 Ok(Ok(client)) => client,
-                Ok(Err(failure)) => break Err(failure),
+                Ok(Err(failure)) => {
+                    // A connection this request waited for failed (Envoy's
+                    // `purgePendingStreams`).
+                    stats.upstream_rq_pending_failure_eject().inc();
+                    break Err(failure);
+                }
                 Err(_) => break Err(PoolFailure::ConnectFailure("connection pool closed".into())),
             };
             if let Some(conn) = self.prepare(client).await {
@@ -506,7 +511,10 @@ impl Pool {
                 // Made with the first HTTP/2 connection, as Envoy's codec stats are.
                 let flood_stats =
                     self.http2_stats.get_or_init(|| Http2Stats::new(&self.cluster.scope.scope("http2"))).clone();
-                let io = TokioIo::new(H2Guard::new(io, End::Client, self.settings.http2_flood_limits, flood_stats));
+                let resets_sent = stats.counter_handle(stats.upstream_rq_tx_reset());
+                let guard = H2Guard::new(io, End::Client, self.settings.http2_flood_limits, flood_stats)
+                    .counting_resets_sent(resets_sent);
+                let io = TokioIo::new(guard);
                 match Box::pin(builder.handshake::<_, AttemptBody>(io)).await {
                     Ok((sender, connection)) => {
                         let client = Rc::new(H2Client { sender, shared: shared.clone(), active: Cell::new(0) });

@@ -173,7 +173,10 @@ impl ResponseBody {
                 BodyTimeout::MaxDuration => stats.downstream_rq_max_duration_reached.inc(),
                 _ => {}
             }
+            // The response started: legate resets the downstream stream (Envoy's filter
+            // `resetStream`).
             stats.rq_reset_after_downstream_response_started.inc();
+            stats.downstream_rq_tx_reset.inc();
         }
         self.finish(false, Some(flag));
         format!("{which:?} timeout").into()
@@ -221,7 +224,9 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(e))) => {
                     upstream.request.cluster.stats().upstream_rq_rx_reset().inc();
                     if let Some(c) = &this.completion {
-                        c.context.shared.stats.rq_reset_after_downstream_response_started.inc();
+                        let stats = &c.context.shared.stats;
+                        stats.rq_reset_after_downstream_response_started.inc();
+                        stats.downstream_rq_tx_reset.inc();
                     }
                     this.finish(false, Some(ResponseFlag::UpstreamRemoteReset));
                     Poll::Ready(Some(Err(e)))
