@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use legate_config::extensions::NetworkFilterConfig;
-use legate_stats::Store;
+use legate_stats::{Scope, Store};
 
 use crate::filters::network::connection_limit::{ConnectionLimit, ConnectionLimitShared};
 use crate::filters::network::direct_response::DirectResponse;
@@ -32,12 +32,13 @@ pub enum NetworkFilterFactory {
 impl NetworkFilterFactory {
     /// Fails when a part of the config can only be checked by building it (a route table,
     /// an access log file).
-    pub fn new(config: &NetworkFilterConfig, store: &Arc<Store>) -> Result<Self, String> {
+    /// `listener` is the scope of the listener whose filter chain it is in.
+    pub fn new(config: &NetworkFilterConfig, store: &Arc<Store>, listener: &Scope) -> Result<Self, String> {
         let root = store.scope("");
         Ok(match config {
-            NetworkFilterConfig::HttpConnectionManager(c) => {
-                NetworkFilterFactory::HttpConnectionManager(Arc::new(HttpConnectionManagerShared::new(c, &root)?))
-            }
+            NetworkFilterConfig::HttpConnectionManager(c) => NetworkFilterFactory::HttpConnectionManager(Arc::new(
+                HttpConnectionManagerShared::new(c, &root, listener)?,
+            )),
             NetworkFilterConfig::TcpProxy(c) => NetworkFilterFactory::TcpProxy(Arc::new(TcpProxyShared::new(c, &root))),
             NetworkFilterConfig::Echo(_) => NetworkFilterFactory::Echo,
             NetworkFilterConfig::ConnectionLimit(c) => {

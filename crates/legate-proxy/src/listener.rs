@@ -100,7 +100,7 @@ impl FilterChain {
             factories: config
                 .filters
                 .iter()
-                .map(|f| NetworkFilterFactory::new(&f.config, store))
+                .map(|f| NetworkFilterFactory::new(&f.config, store, scope))
                 .collect::<Result<_, _>>()?,
         })
     }

@@ -588,6 +588,46 @@ fn two_http_listeners_keep_separate_stats() {
     px.wait_stat("cluster.backend.upstream_rq_2xx", 4);
 }
 
+/// Two listeners sharing a connection manager `stat_prefix`: `http.<prefix>.*` adds them up,
+/// and `listener.<listener>.http.<prefix>.*` keeps each listener's responses (Envoy's
+/// `ConnectionManagerListenerStats`), the codec's own replies included.
+#[test]
+fn per_listener_http_stats_split_a_shared_stat_prefix() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let routes = legate_testing::config::route_config(vec![legate_testing::config::virtual_host(
+        "web",
+        &["*"],
+        vec![legate_testing::config::route_to("/", "backend")],
+    )]);
+    let listener = |name: &str| {
+        legate_testing::config::http_listener(
+            name,
+            routes.clone(),
+            vec![legate_testing::config::router_filter()],
+            json!({ "stat_prefix": "web" }),
+        )
+    };
+    let config = bootstrap(vec![listener("one"), listener("two")], vec![static_cluster("backend", &[upstream.addr()])]);
+    let px = start(&config);
+
+    for _ in 0..3 {
+        assert_eq!(HttpClient::connect(px.connect_addr("one")).get("/").status, 200);
+    }
+    assert_eq!(HttpClient::connect(px.connect_addr("two")).get("/").status, 200);
+    let refused = HttpClient::connect(px.connect_addr("two")).raw(b"GET / HTTP/1.1\r\nbad header\r\n\r\n");
+    assert!(refused.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&refused));
+
+    px.wait_stat("http.web.downstream_rq_2xx", 4);
+    px.wait_stat("http.web.downstream_rq_4xx", 1);
+    px.wait_stat("http.web.downstream_rq_completed", 5);
+    px.wait_stat("listener.one.http.web.downstream_rq_2xx", 3);
+    px.wait_stat("listener.one.http.web.downstream_rq_completed", 3);
+    px.wait_stat("listener.two.http.web.downstream_rq_2xx", 1);
+    px.wait_stat("listener.two.http.web.downstream_rq_4xx", 1);
+    px.wait_stat("listener.two.http.web.downstream_rq_completed", 2);
+    assert_eq!(px.stat("listener.one.http.web.downstream_rq_4xx"), Some(0));
+}
+
 /// A raw HTTP/1.1 upstream: records each request's bytes and answers with a fixed response.
 fn raw_upstream(response: &'static [u8]) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
     use std::io::Read;

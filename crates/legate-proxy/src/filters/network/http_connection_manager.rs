@@ -49,7 +49,7 @@ use crate::network::{
 };
 use crate::router::{RouteConfig, RouteConfigProvider};
 use crate::worker::{clock, WorkerContext};
-pub use stats::{HcmStats, UnderscoreStats};
+pub use stats::{HcmStats, ListenerHttpStats, UnderscoreStats};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -60,6 +60,9 @@ pub struct HttpConnectionManagerShared {
     /// The HTTP filters before the router, each with whether it is disabled by default.
     pub filters: Vec<(HttpFilterFactory, bool)>,
     pub stats: HcmStats,
+    /// `listener.<address>.http.<stat_prefix>.*`, under the listener whose filter chain made
+    /// this connection manager.
+    pub listener_stats: ListenerHttpStats,
     pub access_logs: Vec<Arc<AccessLogger>>,
     /// The root stats scope, for per-code cluster stats.
     pub root: Scope,
@@ -128,7 +131,8 @@ impl LocalReplyMapper {
 }
 
 impl HttpConnectionManagerShared {
-    pub fn new(config: &HcmConfig, root: &Scope) -> Result<Self, String> {
+    /// `listener` is the scope of the listener it serves (`listener.<address>`).
+    pub fn new(config: &HcmConfig, root: &Scope, listener: &Scope) -> Result<Self, String> {
         let route_config = match (&config.route_config, &config.rds) {
             (Some(rc), _) => RouteConfigProvider::Static(Arc::new(RouteConfig::new(rc)?)),
             (None, Some(rds)) => RouteConfigProvider::Rds(crate::router::rds::provider(&rds.route_config_name)?),
@@ -161,6 +165,7 @@ impl HttpConnectionManagerShared {
             route_config,
             filters,
             stats: HcmStats::new(&root.scope(&format!("http.{}", config.stat_prefix))),
+            listener_stats: ListenerHttpStats::new(&listener.scope(&format!("http.{}", config.stat_prefix))),
             access_logs,
             root: root.clone(),
             server_name: HeaderValue::from_str(server_name).map_err(|_| "invalid server_name".to_string())?,
@@ -190,6 +195,21 @@ impl HttpConnectionManagerShared {
             http2_underscores: UnderscoreStats::new(&root.scope("http2")),
             config: Box::new(config.clone()),
         })
+    }
+
+    /// A response as its head goes out: `downstream_rq_completed` and `downstream_rq_<N>xx`,
+    /// under the connection manager's prefix and again under its listener's.
+    pub fn count_response(&self, code: u16) {
+        self.stats.response_code(code);
+        self.listener_stats.response_code(code);
+    }
+
+    /// A reply the HTTP/1.1 codec makes itself (a refused head, the header timeout): Envoy's
+    /// codec opens a stream for it and answers through it, so it is a request and a response.
+    pub fn count_codec_reply(&self, code: u16) {
+        self.stats.downstream_rq_total.inc();
+        self.stats.downstream_rq_http1_total.inc();
+        self.count_response(code);
     }
 
     pub fn http2_stats(&self) -> &Http2Stats {

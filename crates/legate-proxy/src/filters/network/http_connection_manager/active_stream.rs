@@ -744,7 +744,7 @@ fn encode(
     // Envoy's `chargeStats`: a response is counted as its head goes out, and not at all for a
     // request the health check filter answered or passed on.
     if !completion.info.health_check {
-        shared.stats.response_code(code);
+        shared.count_response(code);
     }
     completion.set_response_headers(&head.headers);
 }

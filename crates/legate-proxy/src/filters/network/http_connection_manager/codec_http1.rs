@@ -289,7 +289,7 @@ async fn wait_head(
                 Ok(None) => {}
                 Err(ReadError::Head(e)) => {
                     stats.downstream_cx_protocol_error.inc();
-                    stats.codec_reply(e.status().as_u16());
+                    shared.count_codec_reply(e.status().as_u16());
                     guard.local_close = true;
                     Box::pin(reply_and_close(context, conn, &error_reply(e.status()))).await;
                     return Waited::Closed;
@@ -300,7 +300,7 @@ async fn wait_head(
                 let now = clock::now();
                 if head_deadline.is_some_and(|at| now >= at) {
                     stats.downstream_rq_header_timeout.inc();
-                    stats.codec_reply(408);
+                    shared.count_codec_reply(408);
                     guard.local_close = true;
                     Box::pin(reply_and_close(context, conn, HEADER_TIMEOUT_REPLY)).await;
                     return Waited::Closed;

@@ -61,25 +61,56 @@ legate_stats::stats! {
 }
 
 impl HcmStats {
-    /// A reply the HTTP/1.1 codec makes itself (a refused head, the header timeout): Envoy's
-    /// codec opens a stream for it and answers through it, so it is a request and a response.
-    pub fn codec_reply(&self, code: u16) {
-        self.downstream_rq_total.inc();
-        self.downstream_rq_http1_total.inc();
-        self.response_code(code);
-    }
-
     /// Counts a response into `downstream_rq_completed` and `downstream_rq_<N>xx`.
     pub fn response_code(&self, code: u16) {
-        self.downstream_rq_completed.inc();
-        match code / 100 {
-            1 => self.downstream_rq_1xx.inc(),
-            2 => self.downstream_rq_2xx.inc(),
-            3 => self.downstream_rq_3xx.inc(),
-            4 => self.downstream_rq_4xx.inc(),
-            5 => self.downstream_rq_5xx.inc(),
-            _ => {}
-        }
+        count_response(
+            code,
+            &self.downstream_rq_completed,
+            [
+                &self.downstream_rq_1xx,
+                &self.downstream_rq_2xx,
+                &self.downstream_rq_3xx,
+                &self.downstream_rq_4xx,
+                &self.downstream_rq_5xx,
+            ],
+        );
+    }
+}
+
+legate_stats::stats! {
+    /// `listener.<address>.http.<stat_prefix>.*`: the responses again, per listener (Envoy's
+    /// `ConnectionManagerListenerStats`), for a connection manager shared by listeners.
+    pub struct ListenerHttpStats {
+        counter downstream_rq_1xx,
+        counter downstream_rq_2xx,
+        counter downstream_rq_3xx,
+        counter downstream_rq_4xx,
+        counter downstream_rq_5xx,
+        counter downstream_rq_completed,
+    }
+}
+
+impl ListenerHttpStats {
+    pub fn response_code(&self, code: u16) {
+        count_response(
+            code,
+            &self.downstream_rq_completed,
+            [
+                &self.downstream_rq_1xx,
+                &self.downstream_rq_2xx,
+                &self.downstream_rq_3xx,
+                &self.downstream_rq_4xx,
+                &self.downstream_rq_5xx,
+            ],
+        );
+    }
+}
+
+/// A response in `completed` and in its class's counter (1xx to 5xx).
+fn count_response(code: u16, completed: &legate_stats::Counter, classes: [&legate_stats::Counter; 5]) {
+    completed.inc();
+    if let Some(class) = classes.get(usize::from(code / 100).wrapping_sub(1)) {
+        class.inc();
     }
 }
 
