@@ -450,6 +450,38 @@ fn a_request_refused_before_routing_is_logged_with_its_headers() {
     assert_eq!(px.legate.stat("http.ingress.downstream_rq_response_before_rq_complete"), Some(0));
 }
 
+/// A head the HTTP/1.1 codec refuses gets Envoy's "Bad Request" reply and an access log line
+/// with no request in it (`"- - HTTP/1.1" 400 DPE`), as Envoy's codec answers through a stream.
+#[test]
+fn a_head_the_codec_refuses_is_answered_bad_request_and_logged() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
+    let fields = json!({
+        "method": "%REQ(:METHOD)%",
+        "code": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "sent": "%BYTES_SENT%",
+    });
+    let px = HttpProxy::with_access_log(legate_bin!(), http_bootstrap(&[upstream.addr()]), |log| {
+        json_access_log(log, fields)
+    });
+
+    let reply = px.client().raw(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n");
+
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    assert!(reply.contains("\r\ncontent-type: text/plain\r\n"), "{reply}");
+    assert!(reply.contains("\r\nserver: envoy\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nBad Request"), "{reply}");
+    let entry = &json_log_entries(&px, 1)[0];
+    assert_eq!(entry["method"], Value::Null);
+    assert_eq!(entry["code"], json!(400));
+    assert_eq!(entry["flags"], json!("DPE"));
+    assert_eq!(entry["details"], json!("http1.codec_error"));
+    assert_eq!(entry["sent"], json!(11));
+    assert_eq!(upstream.request_count(), 0);
+}
+
 /// A filter's local reply (here the fault filter's abort) logs the cluster the route names:
 /// Envoy knows it with the route, before the filters run.
 #[test]

@@ -203,6 +203,8 @@ fn request_headers_timeout_closes_a_connection_stuck_in_its_headers() {
         text.starts_with("HTTP/1.1 408") && text.ends_with("request header timeout"),
         "Envoy replies 408 \"request header timeout\" before closing; got {text:?}"
     );
+    // And it is logged, with no flag.
+    assert_eq!(px.logged(1), "408 -");
 }
 
 /// The header timeout starts at the head's first byte, also on a connection that idled

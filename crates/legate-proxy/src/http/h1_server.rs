@@ -75,6 +75,14 @@ impl HeadError {
             HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
+
+    /// `%RESPONSE_CODE_DETAILS%` of the reply, Envoy's HTTP/1 codec's.
+    pub fn details(self) -> &'static str {
+        match self {
+            HeadError::TooLarge => "http1.headers_too_large",
+            HeadError::BadRequest | HeadError::UriTooLong => "http1.codec_error",
+        }
+    }
 }
 
 /// How a request body is delimited.
@@ -847,13 +855,26 @@ thread_local! {
     static DATE_CACHE: RefCell<DateCache> = const { RefCell::new(DateCache { valid_until: None, value: Vec::new() }) };
 }
 
-/// A reply the codec makes itself, closing the connection: a refused head (400, 414, 431).
-pub fn error_reply(status: StatusCode) -> Vec<u8> {
+/// A reply the codec makes itself, closing the connection: a refused head (400, 414, 431),
+/// its body the status's reason phrase as Envoy's codec sends it ("Bad Request").
+pub fn error_reply(status: StatusCode, server: Option<&http::HeaderValue>) -> Vec<u8> {
+    let body = status.canonical_reason().unwrap_or_default();
     let mut out = BytesMut::new();
     let (mut head, ()) = http::Response::new(()).into_parts();
     head.status = status;
-    let rc = ResponseContext { method: &Method::GET, keep_alive: false, end_stream: true, exact_size: Some(0) };
+    head.headers.insert(http::header::CONTENT_LENGTH, super::headers::decimal_header(body.len() as u64));
+    head.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    if let Some(server) = server {
+        head.headers.insert(http::header::SERVER, server.clone());
+    }
+    let rc = ResponseContext {
+        method: &Method::GET,
+        keep_alive: false,
+        end_stream: true,
+        exact_size: Some(body.len() as u64),
+    };
     encode_head(&mut out, &head, &rc);
+    out.extend_from_slice(body.as_bytes());
     out.to_vec()
 }
 

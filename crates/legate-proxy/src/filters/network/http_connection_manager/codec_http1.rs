@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode, Version};
 use http_body::Body as _;
+use legate_config::filters::network::http_connection_manager::ServerHeaderTransformation;
 use tokio::time::Sleep;
 
 use super::{active_stream, stream_boxes};
@@ -26,6 +27,7 @@ use crate::http::h1_server::{
 };
 use crate::http::headers;
 use crate::http::io::DownstreamUpgrade;
+use crate::http::{ResponseFlag, StreamInfo};
 use crate::worker::clock;
 
 /// One timer for the connection, moved only when a deadline comes nearer: a later deadline
@@ -249,6 +251,52 @@ async fn reply_and_close(context: &ConnectionContext, conn: &ServerConn, reply: 
     shutdown(context, conn, true).await;
 }
 
+/// A reply the codec makes itself (a refused head, the header timeout) for a request that
+/// began at `start`. Envoy's codec answers through a stream of its own: the reply is a request
+/// and a response in the stats, and a line in the access logs (`"- - HTTP/1.1" 400 DPE`).
+async fn codec_reply(
+    context: &ConnectionContext,
+    conn: &ServerConn,
+    start: Instant,
+    status: StatusCode,
+    details: &'static str,
+) {
+    let shared = &context.shared;
+    shared.count_codec_reply(status.as_u16());
+    let reply = match status {
+        StatusCode::REQUEST_TIMEOUT => std::borrow::Cow::Borrowed(HEADER_TIMEOUT_REPLY),
+        _ => {
+            let server = (shared.server_header_transformation() != ServerHeaderTransformation::PassThrough)
+                .then_some(&shared.server_name);
+            std::borrow::Cow::Owned(error_reply(status, server))
+        }
+    };
+    Box::pin(reply_and_close(context, conn, &reply)).await;
+    if shared.access_logs.is_empty() {
+        return;
+    }
+    let connection = &context.info;
+    let mut info =
+        StreamInfo::new(Version::HTTP_11, connection.id, connection.remote_address, connection.local_address);
+    info.start = start;
+    if let Some(ssl) = &connection.ssl {
+        info.requested_server_name = ssl.server_name.clone();
+        info.downstream_ssl = Some(ssl.clone());
+    }
+    info.response_code = Some(status.as_u16());
+    info.response_code_details = Some(std::borrow::Cow::Borrowed(details));
+    if status != StatusCode::REQUEST_TIMEOUT {
+        info.set_flag(ResponseFlag::DownstreamProtocolError);
+    }
+    // The body: what follows the head's blank line.
+    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").map_or(reply.len(), |at| at + 4);
+    info.bytes_sent = (reply.len() - head_end) as u64;
+    info.end = Some(info.elapsed());
+    for logger in &shared.access_logs {
+        logger.log(&info);
+    }
+}
+
 /// How waiting for a request head ended. (A return value, gone at once: boxing the head
 /// would cost an allocation per request.)
 #[allow(clippy::large_enum_variant)]
@@ -289,20 +337,19 @@ async fn wait_head(
                 Ok(None) => {}
                 Err(ReadError::Head(e)) => {
                     stats.downstream_cx_protocol_error.inc();
-                    shared.count_codec_reply(e.status().as_u16());
                     guard.local_close = true;
-                    Box::pin(reply_and_close(context, conn, &error_reply(e.status()))).await;
+                    Box::pin(codec_reply(context, conn, clock::now(), e.status(), e.details())).await;
                     return Waited::Closed;
                 }
                 Err(ReadError::Closed | ReadError::Io(_)) => return Waited::Closed,
             },
             () = timer.fired() => {
                 let now = clock::now();
-                if head_deadline.is_some_and(|at| now >= at) {
+                if let Some(deadline) = head_deadline.filter(|at| now >= *at) {
                     stats.downstream_rq_header_timeout.inc();
-                    shared.count_codec_reply(408);
                     guard.local_close = true;
-                    Box::pin(reply_and_close(context, conn, HEADER_TIMEOUT_REPLY)).await;
+                    let started = shared.request_headers_timeout.map_or(now, |t| deadline - t);
+                    Box::pin(codec_reply(context, conn, started, StatusCode::REQUEST_TIMEOUT, "request_header_timeout")).await;
                     return Waited::Closed;
                 }
                 if closing(context, conn, timeline, guard, now).await {
