@@ -478,3 +478,54 @@ fn the_connection_closes_after_max_requests_per_connection() {
     assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "closed after the second response");
     px.legate.wait_stat("http.ingress.downstream_cx_max_requests_reached", 1);
 }
+
+/// A request body still arriving when the response started (the upstream answers at once and
+/// reads on): `%BYTES_RECEIVED%` counts what the downstream sent by the stream's end, not by
+/// the response head.
+#[test]
+fn bytes_received_counts_a_body_that_arrives_after_the_response_started() {
+    let upstream = TcpServer::start(|stream| {
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        // The head, then the answer's head and first chunk before any of the body.
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            line.clear();
+        }
+        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n");
+        // The body, to its last chunk; then the answer ends.
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            match reader.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => return,
+            }
+        }
+        let _ = writer.write_all(b"4\r\nlast\r\n0\r\n\r\n");
+    });
+    let px = HttpProxy::with_access_log(legate_bin!(), http_bootstrap(&[upstream.addr()]), |path| {
+        legate_testing::config::file_access_log(path, Some("%RESPONSE_CODE% %BYTES_RECEIVED% %BYTES_SENT%\n"))
+    });
+    let mut s = TcpStream::connect(px.legate.connect_addr("ingress")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n").unwrap();
+
+    // The response starts before the body is sent.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("first") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(b"a\r\n0123456789\r\n0\r\n\r\n").unwrap();
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+
+    assert_eq!(px.logged(1), "200 10 9");
+    px.legate.wait_stat("http.ingress.downstream_rq_response_before_rq_complete", 1);
+}

@@ -89,12 +89,17 @@ pub async fn serve_stream(
     };
     // The answer is chosen: what the downstream has sent by now, whoever answered (a check,
     // a filter, the router, an upstream).
-    if let Ok(body) = body.try_borrow() {
-        received(&mut completion.info, &body);
-        if !body.complete {
-            // Envoy's `encodeHeaders`: a response started before the request ended.
-            context.shared.stats.downstream_rq_response_before_rq_complete.inc();
+    let still_arriving = match body.try_borrow() {
+        Ok(source) => {
+            received(&mut completion.info, &source);
+            !source.complete
         }
+        Err(_) => false,
+    };
+    if still_arriving {
+        // Envoy's `encodeHeaders`: a response started before the request ended.
+        context.shared.stats.downstream_rq_response_before_rq_complete.inc();
+        completion.request_body = Some(body);
     }
     let (parts, body) = response;
     (parts, finish_body(body, completion))
@@ -113,10 +118,10 @@ fn finish_body(body: Produced, completion: StreamCompletion) -> ResponseBody {
     }
 }
 
-/// What the downstream has sent when the stream's answer is chosen: its body's bytes
-/// (`%BYTES_RECEIVED%`) and, once the request is whole, when it ended (`DS_RX_END`,
-/// `%REQUEST_DURATION%`).
-fn received(info: &mut StreamInfo, body: &BodySource) {
+/// What the downstream has sent when the stream's answer is chosen, and again at the
+/// stream's end if it was still sending: its body's bytes (`%BYTES_RECEIVED%`) and, once the
+/// request is whole, when it ended (`DS_RX_END`, `%REQUEST_DURATION%`).
+pub(super) fn received(info: &mut StreamInfo, body: &BodySource) {
     info.bytes_received = body.bytes_received;
     info.last_downstream_rx_byte = body.completed_at.map(|at| at.saturating_duration_since(info.start));
 }

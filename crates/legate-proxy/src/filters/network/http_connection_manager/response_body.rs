@@ -7,6 +7,7 @@
 //! `per_try_idle_timeout`, `stream_idle_timeout` and `max_stream_duration`. A timer that
 //! fires now can only reset the stream.
 
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -21,7 +22,7 @@ use tokio::time::Sleep;
 
 use super::ConnectionContext;
 use crate::filters::http::router::UpstreamRequestGuard;
-use crate::http::body::BoxError;
+use crate::http::body::{BodySource, BoxError};
 use crate::http::{ResponseFlag, StreamInfo};
 use crate::upstream::pool::{ConnBody, PooledConn};
 use crate::worker::reused::{Reusable, Reused, SpareBoxes};
@@ -279,6 +280,9 @@ impl Drop for ResponseBody {
 pub struct StreamCompletion {
     pub context: Rc<ConnectionContext>,
     pub info: Reused<StreamInfo>,
+    /// A request body still arriving when the response started (a streaming upload, gRPC
+    /// both ways): what it brought by the end is read again then.
+    pub request_body: Option<Rc<RefCell<BodySource>>>,
     started: Instant,
     done: bool,
 }
@@ -286,7 +290,7 @@ pub struct StreamCompletion {
 impl StreamCompletion {
     pub fn new(context: Rc<ConnectionContext>, info: Reused<StreamInfo>) -> Self {
         let started = info.start;
-        StreamCompletion { context, info, started, done: false }
+        StreamCompletion { context, info, request_body: None, started, done: false }
     }
 
     pub fn finish(&mut self, complete: bool) {
@@ -294,6 +298,11 @@ impl StreamCompletion {
             return;
         }
         self.done = true;
+        if let Some(body) = self.request_body.take() {
+            if let Ok(body) = body.try_borrow() {
+                super::active_stream::received(&mut self.info, &body);
+            }
+        }
         let elapsed = clock::since(self.started);
         self.info.end = Some(elapsed);
         if complete {
