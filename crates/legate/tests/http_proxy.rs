@@ -482,6 +482,27 @@ fn a_head_the_codec_refuses_is_answered_bad_request_and_logged() {
     assert_eq!(upstream.request_count(), 0);
 }
 
+/// `%REQ(...)%` reads the request as the router finalized it, as Envoy's access log does:
+/// rewritten path and host, the route's added headers, and `x-envoy-original-path` (which is
+/// why Envoy's default format asks for it before `:PATH`).
+#[test]
+fn the_access_log_sees_the_request_as_the_router_finalized_it() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.path.clone()));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let routes = &mut hcm_config(&mut config, 0)["route_config"]["virtual_hosts"][0]["routes"];
+    routes[0]["match"] = json!({ "prefix": "/old/" });
+    routes[0]["route"]["prefix_rewrite"] = json!("/new/");
+    routes[0]["route"]["host_rewrite_literal"] = json!("inner.example");
+    routes[0]["request_headers_to_add"] = json!([{ "header": { "key": "x-added", "value": "yes" } }]);
+    let format = "%REQ(:PATH)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %REQ(:AUTHORITY)% %REQ(X-ADDED)%\n";
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| file_access_log(log, Some(format)));
+
+    let r = px.client().send("GET", "/old/thing", &[("host", "outer.example")], b"");
+
+    assert_eq!((r.status, r.body.as_str()), (200, "/new/thing"), "{r:?}");
+    assert_eq!(px.logged(1), "/new/thing /old/thing inner.example yes");
+}
+
 /// A filter's local reply (here the fault filter's abort) logs the cluster the route names:
 /// Envoy knows it with the route, before the filters run.
 #[test]

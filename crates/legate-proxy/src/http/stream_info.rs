@@ -12,11 +12,13 @@ use http::{HeaderMap, Method, Version};
 
 use super::response_flags::{ResponseFlag, ResponseFlags};
 
-/// The downstream request as it arrived (before route rewrites), kept for access logs.
+/// The downstream request as the access logs and formatters see it: as it arrived, and as
+/// the router finalized it once it goes upstream (Envoy's router rewrites the downstream
+/// request's own headers).
 #[derive(Clone, Debug)]
 pub struct RequestSnapshot {
     pub method: Method,
-    /// Path and query as received (`:path`).
+    /// Path and query (`:path`).
     pub path: String,
     /// `:authority` / `host`.
     pub authority: String,

@@ -426,6 +426,18 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
             head.headers.insert(http::header::UPGRADE, value);
         }
     }
+    // Envoy's router finalizes the downstream request's own headers, which its access logs
+    // read afterwards: `%REQ(...)%` shows the route's rewrites and additions (and
+    // `x-envoy-original-path`, which is why Envoy's default format asks for it first).
+    if let Some(logged) = rq.info.request.as_deref_mut() {
+        logged.headers.clone_from(&head.headers);
+        if let Some(path) = upstream_path.as_ref().filter(|p| p.as_str() != logged.path) {
+            logged.path = path.as_str().to_string();
+        }
+        if authority.as_str() != logged.authority {
+            logged.authority = authority.as_str().to_string();
+        }
+    }
 
     for mirror in &action.mirrors {
         if fastrand::u64(0..1_000_000) < mirror.fraction {
