@@ -12,8 +12,8 @@ use legate_testing::config::{
     bootstrap, cluster_config, file_access_log, hcm_config, http_bootstrap, json_access_log, static_cluster, with_http2,
 };
 use legate_testing::{
-    h2c_get, h2c_many, json, legate_bin, HttpClient, HttpProxy, HttpUpstream, Legate, PatternChecker, PatternWriter,
-    UpstreamAction, Value,
+    h2_events, h2c_get, h2c_many, hpack_request, json, legate_bin, H2Event, H2Frame, HttpClient, HttpProxy,
+    HttpUpstream, Legate, PatternChecker, PatternWriter, UpstreamAction, Value, H2_PREFACE,
 };
 use regex::Regex;
 
@@ -448,6 +448,47 @@ fn a_request_refused_before_routing_is_logged_with_its_headers() {
     // A request without a body was whole when it was refused.
     px.legate.wait_stat("http.ingress.downstream_rq_4xx", 1);
     assert_eq!(px.legate.stat("http.ingress.downstream_rq_response_before_rq_complete"), Some(0));
+}
+
+/// Over HTTP/2 a header name with an underscore under `REJECT_REQUEST` resets the stream
+/// (INTERNAL_ERROR, as Envoy's HTTP/2 codec), counted as a reset and logged with no response;
+/// the connection's other streams are served.
+#[test]
+fn an_http2_request_refused_for_an_underscore_is_reset() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["common_http_protocol_options"] =
+        json!({ "headers_with_underscores_action": "REJECT_REQUEST" });
+    let fields = json!({
+        "path": "%REQ(:PATH)%",
+        "code": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+    });
+    let px = HttpProxy::with_access_log(legate_bin!(), config, |log| json_access_log(log, fields));
+
+    let mut frames = H2_PREFACE.to_vec();
+    H2Frame::settings(&[]).write_to(&mut frames);
+    // "Literal Header Field without Indexing — New Name" (RFC 7541 §6.2.2): `x_bad: 1`.
+    let mut refused = hpack_request("GET", "/refused", "h2.example");
+    refused.extend_from_slice(b"\x00\x05x_bad\x011");
+    H2Frame::headers(1, refused, true).write_to(&mut frames);
+    H2Frame::headers(3, hpack_request("GET", "/fine", "h2.example"), true).write_to(&mut frames);
+    let reply = px.client().raw_reply(&frames);
+
+    let events = h2_events(&reply.bytes);
+    assert!(events.iter().any(|e| matches!(e, H2Event::RstStream { stream: 1, code: 2 })), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, H2Event::Headers { stream: 3, status: Some(200), .. })), "{events:?}");
+    let entries = json_log_entries(&px, 2);
+    let reset = entries.iter().find(|e| e["path"] == json!("/refused")).expect("the reset stream is logged");
+    assert_eq!(reset["code"], json!(0));
+    assert_eq!(reset["flags"], json!("DPE"));
+    assert_eq!(reset["details"], json!("http2.unexpected_underscore"));
+    px.legate.wait_stat("http2.requests_rejected_with_underscores_in_headers", 1);
+    px.legate.wait_stat("http.ingress.downstream_rq_rx_reset", 1);
+    px.legate.wait_stat("http.ingress.downstream_rq_2xx", 1);
+    assert_eq!(px.legate.stat("http.ingress.downstream_rq_4xx"), Some(0));
+    assert_eq!(upstream.request_count(), 1);
 }
 
 /// A head the HTTP/1.1 codec refuses gets Envoy's "Bad Request" reply and an access log line

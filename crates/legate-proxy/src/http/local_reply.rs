@@ -21,6 +21,9 @@ pub struct LocalReply {
     pub text: bool,
     /// The reply opens a tunnel (CONNECT `200`): no body, no framing headers.
     pub tunnel: bool,
+    /// Not a reply: the HTTP/2 stream is reset instead, as Envoy's HTTP/2 codec does with a
+    /// request it refuses while reading its headers.
+    pub reset_stream: bool,
 }
 
 impl LocalReply {
@@ -33,6 +36,7 @@ impl LocalReply {
             headers: HeaderMap::new(),
             text: true,
             tunnel: false,
+            reset_stream: false,
         }
     }
 

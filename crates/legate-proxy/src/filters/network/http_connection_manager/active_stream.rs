@@ -3,7 +3,6 @@
 //! `x-request-id`, `via`…), route selection, the HTTP filters, the router, and the response
 //! on its way back.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -33,15 +32,32 @@ use http::uri::PathAndQuery;
 pub async fn handle(
     context: Rc<ConnectionContext>,
     request: Request<hyper::body::Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, ResetStream> {
     let mut request = request;
     let upgrade = upgrade_type(request.method(), request.version(), request.headers())
         .map(|kind| (kind, DownstreamUpgrade::Hyper(hyper::upgrade::on(&mut request))));
     let (head, incoming) = request.into_parts();
     let end_stream = http_body::Body::is_end_stream(&incoming);
     let (head, body) = serve_stream(context, Reused::new(head), Incoming::Hyper(incoming), end_stream, upgrade).await;
+    if head.extensions.get::<ResetStream>().is_some() {
+        // hyper resets the stream of a request its service fails (INTERNAL_ERROR).
+        return Err(ResetStream);
+    }
     Ok(Response::from_parts(Reused::into_inner(head), body))
 }
+
+/// A stream reset rather than answered (see [`LocalReply::reset_stream`]): the response
+/// head carries it to [`handle`], which fails the request for hyper to reset it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetStream;
+
+impl std::fmt::Display for ResetStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream reset by the connection manager")
+    }
+}
+
+impl std::error::Error for ResetStream {}
 
 /// One request, whichever codec read it: `upgrade` is the kind of upgrade it asks for (see
 /// [`upgrade_type`]) and the downstream side of it.
@@ -78,6 +94,18 @@ pub async fn serve_stream(
     let body = BodySource::new(incoming, end_stream, buffer_limit);
 
     let response = match prepare(&context, &mut head, &mut completion) {
+        Err(reply) if reply.reset_stream => {
+            snapshot_request(&context, &head, &mut completion.info);
+            // Envoy's connection manager counts the codec's reset as a reset stream and logs
+            // the stream with no response.
+            stats.downstream_rq_rx_reset.inc();
+            completion.info.set_flag(ResponseFlag::DownstreamProtocolError);
+            completion.info.response_code_details = Some(std::borrow::Cow::Owned(reply.details));
+            completion.finish(false);
+            let (mut parts, ()) = Response::new(()).into_parts();
+            parts.extensions.insert(ResetStream);
+            return (Reused::new(parts), ResponseBody::full(Bytes::new(), completion));
+        }
         Err(reply) => {
             // Refused before the copy for the logs was taken: the logs still show the request
             // (Envoy's checks run on the headers it logs).
@@ -192,10 +220,11 @@ fn prepare(
             };
             if underscores == HeadersWithUnderscoresAction::RejectRequest {
                 codec_stats.requests_rejected_with_underscores_in_headers.inc();
-                return Err(Box::new(
-                    LocalReply::new(StatusCode::BAD_REQUEST, "", details)
-                        .with_flag(ResponseFlag::DownstreamProtocolError),
-                ));
+                // HTTP/1.1 answers 400; Envoy's HTTP/2 codec resets the stream.
+                let mut reply = LocalReply::new(StatusCode::BAD_REQUEST, "", details)
+                    .with_flag(ResponseFlag::DownstreamProtocolError);
+                reply.reset_stream = context.http2;
+                return Err(Box::new(reply));
             }
             for name in with_underscore {
                 head.headers.remove(&name);
