@@ -48,3 +48,31 @@ fn mappers_and_body_format_rewrite_local_replies_only() {
     let r = client.get("/api");
     assert_eq!((r.status, r.body.as_str()), (503, "from upstream"), "{r:?}");
 }
+
+/// A head the HTTP/1.1 codec refuses is answered through the local reply too, as Envoy's
+/// codec sends it: the body format applies to its "Bad Request", and the stats count it
+/// under the mapped status.
+#[test]
+fn the_codecs_own_replies_go_through_local_reply_config() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["local_reply_config"] = json!({
+        "mappers": [{
+            "filter": { "response_flag_filter": { "flags": ["DPE"] } },
+            "status_code": 418
+        }],
+        "body_format": { "json_format": { "error": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE%" } }
+    });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    let reply = HttpClient::connect(px.connect_addr("ingress")).raw(b"GET / HTTP/1.1\r\nno colon\r\n\r\n");
+
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 418 "), "{reply}");
+    assert!(reply.contains("\r\ncontent-type: application/json\r\n"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: legate_testing::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(body, json!({ "error": "Bad Request", "code": 418 }));
+    px.wait_stat("http.ingress.downstream_rq_4xx", 1);
+    assert_eq!(upstream.request_count(), 0);
+}

@@ -855,15 +855,17 @@ thread_local! {
     static DATE_CACHE: RefCell<DateCache> = const { RefCell::new(DateCache { valid_until: None, value: Vec::new() }) };
 }
 
-/// A reply the codec makes itself, closing the connection: a refused head (400, 414, 431),
-/// its body the status's reason phrase as Envoy's codec sends it ("Bad Request").
-pub fn error_reply(status: StatusCode, server: Option<&http::HeaderValue>) -> Vec<u8> {
-    let body = status.canonical_reason().unwrap_or_default();
+/// A reply the codec makes itself, closing the connection (a refused head, the header
+/// timeout), as the connection manager's local replies are framed.
+pub fn error_reply(reply: super::LocalReply, server: Option<&http::HeaderValue>) -> Vec<u8> {
     let mut out = BytesMut::new();
     let (mut head, ()) = http::Response::new(()).into_parts();
-    head.status = status;
-    head.headers.insert(http::header::CONTENT_LENGTH, super::headers::decimal_header(body.len() as u64));
-    head.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    head.status = reply.status;
+    head.headers = reply.headers;
+    if !reply.body.is_empty() && reply.text && !head.headers.contains_key(http::header::CONTENT_TYPE) {
+        head.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    }
+    head.headers.insert(http::header::CONTENT_LENGTH, super::headers::decimal_header(reply.body.len() as u64));
     if let Some(server) = server {
         head.headers.insert(http::header::SERVER, server.clone());
     }
@@ -871,10 +873,10 @@ pub fn error_reply(status: StatusCode, server: Option<&http::HeaderValue>) -> Ve
         method: &Method::GET,
         keep_alive: false,
         end_stream: true,
-        exact_size: Some(body.len() as u64),
+        exact_size: Some(reply.body.len() as u64),
     };
     encode_head(&mut out, &head, &rc);
-    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(&reply.body);
     out.to_vec()
 }
 

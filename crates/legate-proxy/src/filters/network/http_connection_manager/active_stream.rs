@@ -837,7 +837,7 @@ static AUTHORITY_BYTES: [bool; 256] = {
 
 /// `local_reply_config`: the first mapper whose filter matches rewrites the reply; then the
 /// body format (the mapper's, else the config's) formats the body.
-fn map_local_reply(mapper: &super::LocalReplyMapper, reply: &mut LocalReply, info: &mut StreamInfo) {
+pub(super) fn map_local_reply(mapper: &super::LocalReplyMapper, reply: &mut LocalReply, info: &mut StreamInfo) {
     if reply.tunnel {
         return;
     }

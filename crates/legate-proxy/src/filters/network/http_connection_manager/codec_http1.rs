@@ -21,13 +21,12 @@ use super::{
     PARK_LATE_AFTER,
 };
 use crate::http::body::Incoming;
-use crate::http::h1_guard::HEADER_TIMEOUT_REPLY;
 use crate::http::h1_server::{
     encode_head, error_reply, Framing, ReadError, RequestHead, ResponseContext, ResponseWriter, ServerConn, WriteError,
 };
 use crate::http::headers;
 use crate::http::io::DownstreamUpgrade;
-use crate::http::{ResponseFlag, StreamInfo};
+use crate::http::{LocalReply, ResponseFlag, StreamInfo};
 use crate::worker::clock;
 
 /// One timer for the connection, moved only when a deadline comes nearer: a later deadline
@@ -252,29 +251,11 @@ async fn reply_and_close(context: &ConnectionContext, conn: &ServerConn, reply: 
 }
 
 /// A reply the codec makes itself (a refused head, the header timeout) for a request that
-/// began at `start`. Envoy's codec answers through a stream of its own: the reply is a request
-/// and a response in the stats, and a line in the access logs (`"- - HTTP/1.1" 400 DPE`).
-async fn codec_reply(
-    context: &ConnectionContext,
-    conn: &ServerConn,
-    start: Instant,
-    status: StatusCode,
-    details: &'static str,
-) {
+/// began at `start`. Envoy's codec answers through a stream of its own, with the connection
+/// manager's local reply: `local_reply_config` applies, the reply is a request and a response
+/// in the stats, and a line in the access logs (`"- - HTTP/1.1" 400 DPE`).
+async fn codec_reply(context: &ConnectionContext, conn: &ServerConn, start: Instant, reply: LocalReply) {
     let shared = &context.shared;
-    shared.count_codec_reply(status.as_u16());
-    let reply = match status {
-        StatusCode::REQUEST_TIMEOUT => std::borrow::Cow::Borrowed(HEADER_TIMEOUT_REPLY),
-        _ => {
-            let server = (shared.server_header_transformation() != ServerHeaderTransformation::PassThrough)
-                .then_some(&shared.server_name);
-            std::borrow::Cow::Owned(error_reply(status, server))
-        }
-    };
-    Box::pin(reply_and_close(context, conn, &reply)).await;
-    if shared.access_logs.is_empty() {
-        return;
-    }
     let connection = &context.info;
     let mut info =
         StreamInfo::new(Version::HTTP_11, connection.id, connection.remote_address, connection.local_address);
@@ -283,14 +264,20 @@ async fn codec_reply(
         info.requested_server_name = ssl.server_name.clone();
         info.downstream_ssl = Some(ssl.clone());
     }
-    info.response_code = Some(status.as_u16());
-    info.response_code_details = Some(std::borrow::Cow::Borrowed(details));
-    if status != StatusCode::REQUEST_TIMEOUT {
-        info.set_flag(ResponseFlag::DownstreamProtocolError);
+    if let Some(flag) = reply.flag {
+        info.set_flag(flag);
     }
-    // The body: what follows the head's blank line.
-    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").map_or(reply.len(), |at| at + 4);
-    info.bytes_sent = (reply.len() - head_end) as u64;
+    info.response_code_details = Some(std::borrow::Cow::Owned(reply.details.clone()));
+    let mut reply = reply;
+    if let Some(mapper) = &shared.local_reply {
+        active_stream::map_local_reply(mapper, &mut reply, &mut info);
+    }
+    info.response_code = Some(reply.status.as_u16());
+    info.bytes_sent = reply.body.len() as u64;
+    shared.count_codec_reply(reply.status.as_u16());
+    let server = (shared.server_header_transformation() != ServerHeaderTransformation::PassThrough)
+        .then_some(&shared.server_name);
+    Box::pin(reply_and_close(context, conn, &error_reply(reply, server))).await;
     info.end = Some(info.elapsed());
     for logger in &shared.access_logs {
         logger.log(&info);
@@ -338,7 +325,10 @@ async fn wait_head(
                 Err(ReadError::Head(e)) => {
                     stats.downstream_cx_protocol_error.inc();
                     guard.local_close = true;
-                    Box::pin(codec_reply(context, conn, clock::now(), e.status(), e.details())).await;
+                    let reason = e.status().canonical_reason().unwrap_or_default();
+                    let reply = LocalReply::new(e.status(), reason, e.details())
+                        .with_flag(ResponseFlag::DownstreamProtocolError);
+                    Box::pin(codec_reply(context, conn, clock::now(), reply)).await;
                     return Waited::Closed;
                 }
                 Err(ReadError::Closed | ReadError::Io(_)) => return Waited::Closed,
@@ -349,7 +339,9 @@ async fn wait_head(
                     stats.downstream_rq_header_timeout.inc();
                     guard.local_close = true;
                     let started = shared.request_headers_timeout.map_or(now, |t| deadline - t);
-                    Box::pin(codec_reply(context, conn, started, StatusCode::REQUEST_TIMEOUT, "request_header_timeout")).await;
+                    let reply =
+                        LocalReply::new(StatusCode::REQUEST_TIMEOUT, "request header timeout", "request_header_timeout");
+                    Box::pin(codec_reply(context, conn, started, reply)).await;
                     return Waited::Closed;
                 }
                 if closing(context, conn, timeline, guard, now).await {
