@@ -97,6 +97,24 @@ fn route_timeout_is_504_upstream_request_timeout_ut() {
     }
 }
 
+/// `x-envoy-upstream-rq-timeout-alt-response` (from an internal client): the timeout answers
+/// a bodiless 204 instead of 504, still `UT`.
+#[test]
+fn the_alt_response_header_turns_a_route_timeout_into_204() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_secs(3), UpstreamAction::ok("late")));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    route_action(&mut config)["timeout"] = json!("0.3s");
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let r = px.client().send("GET", "/", &[("x-envoy-upstream-rq-timeout-alt-response", "")], b"");
+
+    assert_eq!((r.status, r.body.as_str()), (204, ""), "{r:?}");
+    assert_eq!(px.logged(1), "204 UT");
+    px.legate.wait_stat("cluster.backend.upstream_rq_timeout", 1);
+    px.legate.wait_stat("cluster.backend.upstream_rq_204", 1);
+    assert_eq!(upstream.last_request().header("x-envoy-upstream-rq-timeout-alt-response"), None);
+}
+
 #[test]
 fn per_try_timeout_retries_and_the_second_try_answers() {
     let upstream = HttpUpstream::http1(|r| match r.index {

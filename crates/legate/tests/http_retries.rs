@@ -126,6 +126,28 @@ fn x_envoy_retry_on_and_max_retries_request_headers_are_honoured() {
     assert_eq!(px.logged(2), "503 URX");
 }
 
+/// `x-envoy-retry-grpc-on` adds gRPC retry conditions: a trailers-only `grpc-status: 14`
+/// (unavailable) is retried.
+#[test]
+fn x_envoy_retry_grpc_on_retries_the_listed_grpc_statuses() {
+    let upstream = HttpUpstream::http1(|r| match r.index {
+        0 => UpstreamAction::Respond {
+            status: 200,
+            headers: vec![("content-type".into(), "application/grpc".into()), ("grpc-status".into(), "14".into())],
+            body: bytes::Bytes::new(),
+        },
+        _ => UpstreamAction::ok("second"),
+    });
+    let px = start(&upstream, Value::Null);
+
+    let r = px.client().send("POST", "/svc/Method", &[("x-envoy-retry-grpc-on", "unavailable")], b"");
+
+    assert_eq!((r.status, r.body.as_str()), (200, "second"), "{r:?}");
+    assert_eq!(upstream.request_count(), 2);
+    px.legate.wait_stat("cluster.backend.upstream_rq_retry", 1);
+    assert_eq!(upstream.last_request().header("x-envoy-retry-grpc-on"), None, "consumed by the router");
+}
+
 #[test]
 fn retriable_status_codes_retry_only_the_listed_codes() {
     let upstream = HttpUpstream::http1(|r| match (r.path.as_str(), r.index) {

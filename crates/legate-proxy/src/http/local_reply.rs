@@ -67,9 +67,14 @@ impl LocalReply {
     }
 
     /// 504, `UT`: the route `timeout` or a `per_try_timeout` passed.
-    pub fn upstream_timeout() -> Self {
-        LocalReply::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "upstream_response_timeout")
-            .with_flag(ResponseFlag::UpstreamRequestTimeout)
+    /// `alt`: the request carried `x-envoy-upstream-rq-timeout-alt-response`, and the reply is
+    /// a bodiless 204 instead (Envoy's router).
+    pub fn upstream_timeout(alt: bool) -> Self {
+        let (status, body) = match alt {
+            false => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            true => (StatusCode::NO_CONTENT, ""),
+        };
+        LocalReply::new(status, body, "upstream_response_timeout").with_flag(ResponseFlag::UpstreamRequestTimeout)
     }
 
     /// 503 (502 for `UPE`) with Envoy's "upstream connect error or disconnect/reset before headers"

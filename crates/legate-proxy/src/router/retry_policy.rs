@@ -27,6 +27,15 @@ impl RetryOn {
     pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 14);
     pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 15);
 
+    /// Any of the gRPC conditions.
+    const GRPC_ANY: RetryOn = RetryOn(
+        Self::GRPC_CANCELLED.0
+            | Self::GRPC_DEADLINE_EXCEEDED.0
+            | Self::GRPC_INTERNAL.0
+            | Self::GRPC_RESOURCE_EXHAUSTED.0
+            | Self::GRPC_UNAVAILABLE.0,
+    );
+
     /// Parses a comma-separated `retry_on` / `x-envoy-retry-on` value; unknown tokens are
     /// skipped (the header is untrusted; config tokens were validated at load).
     pub fn parse(value: &str) -> RetryOn {
@@ -149,10 +158,12 @@ impl RetryPolicy {
         if retry_on.contains(RetryOn::ENVOY_RATELIMITED) && headers.contains_key("x-envoy-ratelimited") {
             return true;
         }
-        if retry_on.contains(RetryOn::RETRIABLE_HEADERS) {
-            return self.retriable_headers.iter().any(|m| m.matches(joined(headers, m.name.as_str()).as_deref()));
+        if retry_on.contains(RetryOn::RETRIABLE_HEADERS)
+            && self.retriable_headers.iter().any(|m| m.matches(joined(headers, m.name.as_str()).as_deref()))
+        {
+            return true;
         }
-        false
+        retry_on.contains(RetryOn::GRPC_ANY) && retry_on.contains(grpc_condition(headers))
     }
 
     /// Jittered exponential back-off before retry `n` (1-based): uniform in
@@ -162,6 +173,20 @@ impl RetryPolicy {
         let ceiling = self.base_interval.saturating_mul(factor).min(self.max_interval);
         let ms = ceiling.as_millis().max(1) as u64;
         Duration::from_millis(fastrand::u64(0..ms))
+    }
+}
+
+/// The gRPC retry condition a trailers-only response names in its `grpc-status` (Cancelled 1,
+/// DeadlineExceeded 4, ResourceExhausted 8, Internal 13, Unavailable 14); none for another
+/// status, or none given.
+fn grpc_condition(headers: &HeaderMap) -> RetryOn {
+    match headers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"1") => RetryOn::GRPC_CANCELLED,
+        Some(b"4") => RetryOn::GRPC_DEADLINE_EXCEEDED,
+        Some(b"8") => RetryOn::GRPC_RESOURCE_EXHAUSTED,
+        Some(b"13") => RetryOn::GRPC_INTERNAL,
+        Some(b"14") => RetryOn::GRPC_UNAVAILABLE,
+        _ => RetryOn::default(),
     }
 }
 

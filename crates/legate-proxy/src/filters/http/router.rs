@@ -152,6 +152,8 @@ struct Timers {
     stream_idle: Option<Duration>,
     request: Option<Duration>,
     max_stream_duration: Option<Duration>,
+    /// `x-envoy-upstream-rq-timeout-alt-response`: an upstream timeout answers 204, not 504.
+    alt_timeout_response: bool,
 }
 
 impl Timers {
@@ -348,6 +350,11 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
     if let Some(v) = take(&headers::X_ENVOY_RETRY_ON) {
         retry_on = retry_on.union(RetryOn::parse(&v));
     }
+    if let Some(v) = take(&headers::X_ENVOY_RETRY_GRPC_ON) {
+        retry_on = retry_on.union(RetryOn::parse(&v));
+    }
+    // Its presence alone counts.
+    let alt_timeout_response = take(&headers::X_ENVOY_UPSTREAM_RQ_TIMEOUT_ALT_RESPONSE).is_some();
     if let Some(n) = take(&headers::X_ENVOY_MAX_RETRIES).and_then(|v| v.parse().ok()) {
         num_retries = n;
     }
@@ -374,6 +381,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         stream_idle: shared.stream_idle_timeout,
         request: shared.request_timeout,
         max_stream_duration: action.max_stream_duration.or(shared.max_stream_duration),
+        alt_timeout_response,
     };
 
     // The request as it goes upstream. The path and authority share the request's bytes.
@@ -645,6 +653,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     &host,
                     rq.info,
                     rq.body.borrow().complete,
+                    timers.alt_timeout_response,
                 ));
             }
             Ok(outcome) => outcome,
@@ -808,7 +817,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 }
                 host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
                 let retriable = retry_on.contains(RetryOn::FIVE_XX) || retry_on.contains(RetryOn::GATEWAY_ERROR);
-                (LocalReply::upstream_timeout(), retriable)
+                (LocalReply::upstream_timeout(timers.alt_timeout_response), retriable)
             }
         };
         if retriable && retries_left && replayable {
@@ -867,7 +876,7 @@ async fn back_off(
     match route_deadline {
         Some(deadline) if deadline <= clock::now() + wait => {
             tokio::time::sleep_until(deadline.into()).await;
-            Some(stream_timeout(Timeout::Route, rq.context, cluster, host, rq.info, true))
+            Some(stream_timeout(Timeout::Route, rq.context, cluster, host, rq.info, true, timers.alt_timeout_response))
         }
         _ => {
             tokio::time::sleep(wait).await;
@@ -884,6 +893,7 @@ fn stream_timeout(
     host: &HostSharedPtr,
     info: &mut StreamInfo,
     request_complete: bool,
+    alt_timeout_response: bool,
 ) -> LocalReply {
     let stats = &context.shared.stats;
     // Envoy's `maybeRequestTimeoutCode`: 408 while the request is still arriving, 504 once it
@@ -894,9 +904,10 @@ fn stream_timeout(
             cluster.outlier_result(host, OutlierResult::LocalOriginTimeout);
             cluster.stats().upstream_rq_timeout().inc();
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
-            context.worker.count_upstream_code(cluster, 504);
+            let reply = LocalReply::upstream_timeout(alt_timeout_response);
+            context.worker.count_upstream_code(cluster, reply.status.as_u16());
             info.set_flag(ResponseFlag::UpstreamRequestTimeout);
-            LocalReply::upstream_timeout()
+            reply
         }
         Timeout::StreamIdle => {
             stats.downstream_rq_idle_timeout.inc();
