@@ -221,10 +221,10 @@ impl Validator {
                         }
                         (Some(name), None) => self.cluster_ref(&format!("{typed_at}.cluster"), name, clusters),
                         (None, Some(w)) => {
-                            if w.clusters.len() < 2 {
+                            if w.clusters.is_empty() {
                                 self.error(
                                     &format!("{typed_at}.weighted_clusters.clusters"),
-                                    "value must contain at least 2 item(s)",
+                                    "value must contain at least 1 item(s)",
                                 );
                             }
                             for (j, c) in w.clusters.iter().enumerate() {
@@ -240,6 +240,13 @@ impl Validator {
                         self.error(
                             &format!("{typed_at}.max_connect_attempts"),
                             "value must be greater than or equal to 1",
+                        );
+                    }
+                    if tcp.max_downstream_connection_duration.is_some_and(|d| d.0 < std::time::Duration::from_millis(1))
+                    {
+                        self.error(
+                            &format!("{typed_at}.max_downstream_connection_duration"),
+                            "value must be greater than or equal to 1ms",
                         );
                     }
                 }
@@ -539,6 +546,38 @@ static_resources:
             "{err}"
         );
         assert!(err.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster 'nope'"), "{err}");
+    }
+
+    /// The proto's rules: one weighted cluster is enough (`min_items: 1`), and
+    /// `max_downstream_connection_duration` is at least 1 ms (0 does not mean "off").
+    #[test]
+    fn tcp_proxy_weighted_clusters_and_max_duration_follow_the_proto() {
+        let tcp = |fields: &str| {
+            format!(
+                r#"
+static_resources:
+  clusters:
+  - {{name: a, type: STATIC, load_assignment: {{cluster_name: a, endpoints: []}}}}
+  listeners:
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, {fields}}}
+"#
+            )
+        };
+        assert!(load_bootstrap(None, Some(&tcp("weighted_clusters: {clusters: [{name: a, weight: 1}]}"))).is_ok());
+        let err = errors(&tcp("weighted_clusters: {clusters: []}"));
+        assert!(
+            err.contains("typed_config.weighted_clusters.clusters: value must contain at least 1 item(s)"),
+            "{err}"
+        );
+        let err = errors(&tcp("cluster: a, max_downstream_connection_duration: 0s"));
+        assert!(
+            err.contains("typed_config.max_downstream_connection_duration: value must be greater than or equal to 1ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -411,20 +411,72 @@ fn strict_dns_cluster_resolves_localhost() {
     echo_roundtrip(&mut conn, b"via dns");
 }
 
-/// Envoy watches for the downstream's close even while reading from it is disabled (waiting for
-/// the upstream connect), and then abandons the attempt: a client that gives up must not leave
-/// a connection (and a drain) waiting for `connect_timeout`.
+/// A client's FIN while the upstream connects is a half-close, not a departure: Envoy's
+/// tcp_proxy runs with half-close on, and its `readDisable` then does not watch for an early
+/// close. The attempt goes on, and the connection ends with it (here its `connect_timeout`).
 #[test]
-fn client_leaving_during_upstream_connect_releases_both_sides() {
+fn client_leaving_during_upstream_connect_ends_with_the_attempt() {
     let hole = BlackholeServer::start();
     let mut config = tcp_proxy_bootstrap(&[hole.addr()]);
-    cluster(&mut config, 0)["connect_timeout"] = json!("60s");
+    cluster(&mut config, 0)["connect_timeout"] = json!("1s");
     let px = start(&config);
     let c = connect(px.listener_addr("ingress"));
     px.wait_stat("cluster.backend.upstream_cx_total", 1);
 
     drop(c);
 
+    px.wait_stat("cluster.backend.upstream_cx_connect_timeout", 1);
     px.wait_stat("listener.ingress.downstream_cx_active", 0);
     px.wait_stat("cluster.backend.upstream_cx_active", 0);
+}
+
+/// A client that half-closes before the upstream connection is up (`nc -N` with nothing to
+/// send, against a server that speaks first) still gets the server's bytes: its FIN reaches
+/// the upstream once connected.
+#[test]
+fn a_half_close_before_the_upstream_connects_still_gets_the_reply() {
+    let banner = TagServer::start("banner");
+    let px = start(&tcp_proxy_bootstrap(&[banner.addr()]));
+    let mut c = connect(px.listener_addr("ingress"));
+
+    c.shutdown(Shutdown::Write).unwrap();
+
+    assert_eq!(String::from_utf8(read_to_end(&mut c)).unwrap(), "banner");
+}
+
+/// Connect results reach outlier detection (Envoy's tcp_proxy reports each connect failure,
+/// and a success as the session's final result): a host refusing connections is ejected
+/// after `consecutive_5xx` of them, and sessions go to the other host.
+#[test]
+fn a_host_refusing_connections_is_ejected_by_outlier_detection() {
+    let closed = ClosedPort::new();
+    let good = TagServer::start("good");
+    let mut config = tcp_proxy_bootstrap(&[closed.addr(), good.addr()]);
+    cluster(&mut config, 0)["outlier_detection"] =
+        json!({ "consecutive_5xx": 2, "interval": "60s", "base_ejection_time": "60s", "max_ejection_percent": 50 });
+    let px = start(&config);
+
+    // Round robin alternates: the refusing host has failed twice within the first four.
+    let tags: Vec<String> = (0..4).map(|_| fetch_tag(&px)).collect();
+    assert_eq!(tags.iter().filter(|t| *t == "good").count(), 2, "{tags:?}");
+    px.wait_stat("cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx", 1);
+    let tags: Vec<String> = (0..6).map(|_| fetch_tag(&px)).collect();
+    assert!(tags.iter().all(|t| t == "good"), "only the healthy host is used now: {tags:?}");
+}
+
+/// `idle_timeout` runs from the connection's start (Envoy's `onNewConnection`): an upstream
+/// whose connect hangs longer than it ends the session as idle.
+#[test]
+fn idle_timeout_runs_while_the_upstream_connect_hangs() {
+    let hole = BlackholeServer::start();
+    let mut config = tcp_proxy_bootstrap(&[hole.addr()]);
+    cluster(&mut config, 0)["connect_timeout"] = json!("30s");
+    tcp_proxy_config(&mut config)["idle_timeout"] = json!("0.3s");
+    let px = start(&config);
+    let mut c = connect(px.listener_addr("ingress"));
+
+    expect_closed(&mut c, "downstream idle while its upstream connects");
+
+    px.wait_stat("tcp.ingress.idle_timeout", 1);
+    assert_eq!(px.stat("cluster.backend.upstream_cx_connect_timeout"), Some(0));
 }

@@ -52,6 +52,9 @@ pub enum OutlierResult {
     LocalOriginTimeout,
     /// The upstream reset or closed the request.
     ExtOriginRequestFailed,
+    /// The connection was made, and nothing more will be reported of it (tcp_proxy's
+    /// sessions, which have no answer to report).
+    LocalOriginConnectSuccessFinal,
 }
 
 /// A host's outlier state, updated by workers and the main thread's sweep.
@@ -155,7 +158,13 @@ impl OutlierDetector {
                 }
                 return;
             }
-            // Without the split, local-origin failures count as the gateway errors they cause.
+            OutlierResult::LocalOriginConnectSuccessFinal if split => {
+                o.interval_local_total.fetch_add(1, Ordering::Relaxed);
+                o.consecutive_local_origin.store(0, Ordering::Relaxed);
+                return;
+            }
+            // Without the split, local-origin results count as the answers they stand for.
+            OutlierResult::LocalOriginConnectSuccessFinal => 200,
             OutlierResult::LocalOriginConnectFailed => 503,
             OutlierResult::LocalOriginTimeout => 504,
             OutlierResult::ExtOriginRequestFailed => 503,

@@ -35,6 +35,7 @@ use crate::network::{
 };
 use crate::tls::client::{Alpn, ConnectError};
 use crate::upstream::cluster_manager::ChooseHostError;
+use crate::upstream::outlier_detection::OutlierResult;
 use crate::upstream::upstream_cx::UpstreamCx;
 use crate::upstream::Cluster;
 use crate::worker::{clock, WorkerContext};
@@ -42,7 +43,6 @@ use crate::worker::{clock, WorkerContext};
 legate_stats::stats! {
     /// `tcp.<stat_prefix>.*`, Envoy's ALL_TCP_PROXY_STATS.
     pub struct TcpProxyStats {
-        counter downstream_cx_empty,
         counter downstream_cx_no_route,
         counter downstream_cx_rx_bytes_total,
         gauge downstream_cx_rx_bytes_buffered,
@@ -86,10 +86,7 @@ impl TcpProxyShared {
             clusters,
             idle_timeout: config.idle_timeout(),
             max_connect_attempts: config.max_connect_attempts(),
-            max_downstream_connection_duration: config
-                .max_downstream_connection_duration
-                .map(|d| d.0)
-                .filter(|d| !d.is_zero()),
+            max_downstream_connection_duration: config.max_downstream_connection_duration.map(|d| d.0),
             stats: TcpProxyStats::new(&scope.scope(&format!("tcp.{}", config.stat_prefix))),
         }
     }
@@ -173,14 +170,10 @@ impl TcpProxy {
         }
     }
 
-    /// Starts one connect attempt; closes the downstream when no attempt can be made.
+    /// Starts one connect attempt; closes the downstream when no attempt can be made. Each
+    /// attempt picks its cluster (weighted) and host again, as Envoy's `pickRoute`.
     fn connect(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
-        let Some(name) = self
-            .cluster
-            .as_ref()
-            .map(|c| c.name.to_string())
-            .or_else(|| self.shared.pick_cluster().map(str::to_string))
-        else {
+        let Some(name) = self.shared.pick_cluster().map(str::to_string) else {
             self.shared.stats.downstream_cx_no_route.inc();
             cb.close(ConnectionCloseType::NoFlush);
             return;
@@ -222,7 +215,6 @@ impl TcpProxy {
     fn on_connect_failure(&mut self, cb: &mut ReadFilterCallbacks<'_>) {
         self.upstream = Upstream::None;
         if self.connect_attempts < self.shared.max_connect_attempts {
-            // Envoy chooses the host again for each attempt (same cluster).
             self.connect(cb);
             return;
         }
@@ -234,14 +226,9 @@ impl TcpProxy {
 
     fn on_connected(&mut self, stream: TransportSocket, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
         cx.connected(&mut self.last_activity);
+        // The session's one result for outlier detection (Envoy's `onUpstreamConnection`).
+        cx.cluster.outlier_result(&cx.host, OutlierResult::LocalOriginConnectSuccessFinal);
         self.upstream = Upstream::Connected { stream, cx };
-        if let Some(timeout) = self.shared.idle_timeout {
-            self.idle_timer = Some(Box::pin(tokio::time::sleep(timeout)));
-        }
-        // Reading was disabled while connecting (a client leaving then is noticed at once).
-        // From now on, reading is disabled only for back-pressure, and a half-close must
-        // reach the upstream after the bytes still waiting to be read, not end the connection.
-        cb.detect_early_close_when_read_disabled(false);
         cb.read_disable(false);
     }
 
@@ -274,7 +261,6 @@ impl TcpProxy {
         if self.downstream_paused && self.upstream_write.len() <= ucx.cluster.per_connection_buffer_limit_bytes() / 2 {
             self.downstream_paused = false;
             self.shared.stats.downstream_flow_control_resumed_reading_total.inc();
-            ucx.cluster.stats().upstream_flow_control_drained_total().inc();
             cb.read_disable(false);
         }
         if self.upstream_write.is_empty() && self.upstream_write.capacity() > 0 {
@@ -384,10 +370,18 @@ impl ReadFilter for TcpProxy {
     fn on_new_connection(&mut self, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
         self.shared.stats.downstream_cx_total.inc();
         cb.enable_half_close();
-        // No downstream bytes are read until the upstream is there to take them.
+        // No downstream bytes are read until the upstream is there to take them; with
+        // half-close on, a client's FIN meanwhile waits there too (Envoy's `readDisable` does
+        // not watch for an early close then), and reaches the upstream once connected.
+        cb.detect_early_close_when_read_disabled(false);
         cb.read_disable(true);
         if let Some(duration) = self.shared.max_downstream_connection_duration {
             self.max_duration_timer = Some(Box::pin(tokio::time::sleep(duration)));
+        }
+        // The idle timer runs from the start: an upstream that never answers the connect is
+        // idle too (Envoy's `onNewConnection`).
+        if let Some(timeout) = self.shared.idle_timeout {
+            self.idle_timer = Some(Box::pin(tokio::time::sleep(timeout)));
         }
         self.connect(cb);
         FilterStatus::StopIteration
@@ -408,9 +402,6 @@ impl ReadFilter for TcpProxy {
         if !self.downstream_paused && self.upstream_write.len() > limit {
             self.downstream_paused = true;
             self.shared.stats.downstream_flow_control_paused_reading_total.inc();
-            if let Some(c) = &self.cluster {
-                c.stats().upstream_flow_control_backed_up_total().inc();
-            }
             cb.read_disable(true);
         }
         FilterStatus::StopIteration
@@ -448,6 +439,11 @@ impl ReadFilter for TcpProxy {
                         }
                     }
                     ucx.host.stats.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    let result = match error {
+                        Some(_) => OutlierResult::LocalOriginConnectFailed,
+                        None => OutlierResult::LocalOriginTimeout,
+                    };
+                    ucx.cluster.outlier_result(&ucx.host, result);
                     // A timeout is our decision to give up; a refusal comes from the peer.
                     ucx.closed_locally = error.is_none();
                     drop(ucx);
@@ -469,7 +465,7 @@ impl ReadFilter for TcpProxy {
                 self.close_upstream(false);
             }
             self.poll_timers(cx, cb);
-        } else if self.max_duration_timer.is_some() {
+        } else if self.max_duration_timer.is_some() || self.idle_timer.is_some() {
             self.poll_timers(cx, cb);
         }
         self.sync_buffer_gauges(cb);
