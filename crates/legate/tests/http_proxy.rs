@@ -722,6 +722,40 @@ fn per_listener_http_stats_split_a_shared_stat_prefix() {
     assert_eq!(px.stat("listener.one.http.web.downstream_rq_4xx"), Some(0));
 }
 
+/// `/clusters` per host: `rq_success` counts answers below 500, `rq_error` 5xx answers; a
+/// gRPC answer counts by its `grpc-status` (Envoy's router defers it to the trailers).
+#[test]
+fn clusters_count_each_hosts_successes_and_errors() {
+    let upstream = HttpUpstream::http2(|r| match r.path.as_str() {
+        "/fail" => UpstreamAction::status(503, "no"),
+        "/grpc-ok" => UpstreamAction::Grpc { message: bytes::Bytes::from_static(b"\x08\x01"), grpc_status: 0 },
+        "/grpc-unavailable" => UpstreamAction::Grpc { message: bytes::Bytes::new(), grpc_status: 14 },
+        _ => UpstreamAction::ok("fine"),
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let cluster = cluster_config(&mut config, 0).take();
+    *cluster_config(&mut config, 0) = with_http2(cluster);
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+    let grpc = [("content-type", "application/grpc")];
+
+    for (path, status) in [("/", 200), ("/", 200), ("/fail", 503), ("/grpc-ok", 200), ("/grpc-unavailable", 200)] {
+        let headers: &[(&str, &str)] = if path.starts_with("/grpc") { &grpc } else { &[] };
+        assert_eq!(c.send("POST", path, headers, b"").status, status, "{path}");
+    }
+
+    let host = upstream.addr();
+    let text = legate_testing::eventually(
+        "/clusters to count the five answers",
+        legate_testing::EVENTUALLY,
+        || px.admin_get("/clusters").1,
+        |t| t.contains(&format!("backend::{host}::rq_total::5\n")),
+    );
+    for line in [format!("backend::{host}::rq_success::3"), format!("backend::{host}::rq_error::2")] {
+        assert!(text.lines().any(|l| l == line), "/clusters lacks {line:?}:\n{text}");
+    }
+}
+
 /// A raw HTTP/1.1 upstream: records each request's bytes and answers with a fixed response.
 fn raw_upstream(response: &'static [u8]) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
     use std::io::Read;

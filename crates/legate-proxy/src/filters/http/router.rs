@@ -79,11 +79,20 @@ pub struct UpstreamRequestGuard {
     request: Rc<RefCell<BodySource>>,
     attached: bool,
     done: bool,
+    /// A gRPC response whose outcome for the host waits for its `grpc-status` trailer.
+    grpc_deferred: bool,
 }
 
 impl UpstreamRequestGuard {
     fn new(cluster: Arc<Cluster>, host: HostSharedPtr, slot: ResourceGuard, request: Rc<RefCell<BodySource>>) -> Self {
-        UpstreamRequestGuard { cluster, host, _slot: slot, request, attached: false, done: false }
+        UpstreamRequestGuard { cluster, host, _slot: slot, request, attached: false, done: false, grpc_deferred: false }
+    }
+
+    /// The trailers of the response: a deferred gRPC outcome is settled by its `grpc-status`.
+    pub fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if std::mem::take(&mut self.grpc_deferred) {
+            charge_host(&self.host, grpc_status_is_error(trailers));
+        }
     }
 
     /// The try has its connection: it counts as an upstream request from now on.
@@ -105,6 +114,10 @@ impl UpstreamRequestGuard {
             return;
         }
         self.done = true;
+        // A gRPC response that ended without its status (or was cut) failed.
+        if std::mem::take(&mut self.grpc_deferred) {
+            charge_host(&self.host, true);
+        }
         if complete {
             let ended = self.request.try_borrow().ok().and_then(|body| body.completed_at);
             if let Some(at) = ended {
@@ -121,6 +134,25 @@ impl Drop for UpstreamRequestGuard {
             self.host.stats.rq_active.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Envoy's per-host outcome of a request (`/clusters` `rq_success`, `rq_error`).
+fn charge_host(host: &HostSharedPtr, error: bool) {
+    let counter = if error { &host.stats.rq_error } else { &host.stats.rq_success };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A gRPC message's `content-type` (`application/grpc`, `application/grpc+proto`…).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether a gRPC status (in trailers, or the head of a trailers-only response) maps to an
+/// HTTP 5xx (Envoy's `grpcToHttpStatus`: unknown, deadline exceeded, unimplemented, internal,
+/// unavailable, data loss, and a missing or unknown status).
+fn grpc_status_is_error(headers: &http::HeaderMap) -> bool {
+    let status = headers.get("grpc-status").and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u32>().ok());
+    !matches!(status, Some(0 | 1 | 3 | 5..=11 | 16))
 }
 
 /// The request head, whose header map goes back to the thread's spares (for the next
@@ -539,6 +571,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
             cluster.stats().upstream_rq_pending_overflow().inc();
             rq.info.set_flag(ResponseFlag::UpstreamOverflow);
             worker.count_upstream_code(&cluster, 503);
+            charge_host(&host, true);
             return RouterOutcome::LocalReply(LocalReply::upstream_reset(
                 ResponseFlag::UpstreamOverflow,
                 "overflow",
@@ -680,6 +713,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                         // Envoy counts a response it retries under `retry.`, apart from the
                         // answers: `upstream_rq_5xx` counts what the downstream got.
                         worker.count_retried_code(&cluster, status.as_u16());
+                        charge_host(&host, true);
                         drop(parts);
                         drop(body);
                         drop(conn);
@@ -694,6 +728,17 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
                 }
                 worker.count_upstream_code(&cluster, status.as_u16());
+                // The host's outcome; a gRPC answer's waits for its status, in the trailers
+                // unless the head ends the response.
+                if status.is_server_error() {
+                    charge_host(&host, true);
+                } else if !is_grpc(&parts.headers) {
+                    charge_host(&host, false);
+                } else if http_body::Body::is_end_stream(&body) {
+                    charge_host(&host, grpc_status_is_error(&parts.headers));
+                } else {
+                    guard.grpc_deferred = true;
+                }
                 if attempt > 1 && !wants_retry {
                     cluster.stats().upstream_rq_retry_success().inc();
                 }
@@ -836,8 +881,9 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         }
         // What the downstream gets for the attempt that failed last (Envoy's
         // `chargeUpstreamAbort`: 503 for a reset, a failed connection or an overflow, 504 for a
-        // try's timeout); one that is retried is not counted.
+        // try's timeout, and an error for the host); one that is retried is not counted.
         worker.count_upstream_code(&cluster, reply.status.as_u16());
+        charge_host(&host, true);
         return RouterOutcome::LocalReply(reply);
     }
 }
@@ -906,6 +952,7 @@ fn stream_timeout(
             host.stats.rq_timeout.fetch_add(1, Ordering::Relaxed);
             let reply = LocalReply::upstream_timeout(alt_timeout_response);
             context.worker.count_upstream_code(cluster, reply.status.as_u16());
+            charge_host(host, true);
             info.set_flag(ResponseFlag::UpstreamRequestTimeout);
             reply
         }

@@ -206,6 +206,9 @@ impl Body for ResponseBody {
             Inner::Upstream(upstream) => match Pin::new(&mut upstream.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     upstream.timers.touch();
+                    if let Some(trailers) = frame.trailers_ref() {
+                        upstream.request.trailers(trailers);
+                    }
                     if let Some(c) = &mut this.completion {
                         if let Some(data) = frame.data_ref() {
                             c.info.bytes_sent += data.len() as u64;
