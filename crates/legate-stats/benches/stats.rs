@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
             }
         }
         group.bench_with_input(BenchmarkId::new("render_text_filtered", clusters * 15), &clusters, |b, _| {
-            b.iter(|| store.render_text(Some(&filter), false))
+            b.iter(|| store.render_text(Some(&filter), false, legate_stats::StatTypes::All))
         });
         // A stats flush: two histograms per cluster, each with a sample.
         for i in 0..clusters {

@@ -32,4 +32,5 @@ pub use counter::{Counter, CounterRef};
 pub use filter::Filter;
 pub use gauge::{Gauge, GaugeRef};
 pub use histogram::{Histogram, HistogramRef, RareHistogram};
+pub use render::StatTypes;
 pub use store::{Scope, StatArena, StatKind, Store};

@@ -154,7 +154,9 @@ mod tests {
         assert_eq!(store.counter_value("tcp.ingress_tcp.downstream_cx_total"), Some(1));
         assert_eq!(store.gauge_value("tcp.ingress_tcp.downstream_cx_active"), Some(1));
         store.latch_histograms();
-        assert!(store.render_text(None, true).contains("tcp.ingress_tcp.downstream_cx_length_ms: P0("));
+        assert!(store
+            .render_text(None, true, crate::StatTypes::All)
+            .contains("tcp.ingress_tcp.downstream_cx_length_ms: P0("));
         // A second struct over the same scope shares the stats.
         let again = TestStats::new(&store.scope("tcp.ingress_tcp"));
         assert_eq!(again.downstream_cx_total.value(), 1);
@@ -182,7 +184,7 @@ mod tests {
         assert_eq!((handles.downstream_cx_total.value(), handles.downstream_cx_active.value()), (1, 3));
         handles.downstream_cx_length_ms.record(30);
         store.latch_histograms();
-        let text = store.render_text(None, true);
+        let text = store.render_text(None, true, crate::StatTypes::All);
         assert!(text.contains("tcp.ingress_tcp.downstream_cx_length_ms: P0(10,10) "), "both samples, one stat: {text}");
         let owned = stats.counter_handle(stats.downstream_cx_total());
         owned.inc();

@@ -86,9 +86,40 @@ impl<T> Listed<T> {
     }
 }
 
+/// Which kinds of stat a render shows (admin's `type=`, Envoy's `StatsType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatTypes {
+    #[default]
+    All,
+    Counters,
+    Gauges,
+    Histograms,
+    /// legate has no text readouts: such a render is empty.
+    TextReadouts,
+}
+
+impl StatTypes {
+    /// Admin's `type=` value, as Envoy spells it (`Counters`, `Gauges`, `Histograms`,
+    /// `TextReadouts`, `All`).
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "All" => StatTypes::All,
+            "Counters" => StatTypes::Counters,
+            "Gauges" => StatTypes::Gauges,
+            "Histograms" => StatTypes::Histograms,
+            "TextReadouts" => StatTypes::TextReadouts,
+            _ => return None,
+        })
+    }
+
+    fn shows(self, kind: StatTypes) -> bool {
+        self == StatTypes::All || self == kind
+    }
+}
+
 impl Store {
     /// Copies what renders need under the registry lock (see [`Snapshot`]).
-    fn snapshot(&self, filter: Option<&Filter>, used_only: bool) -> Snapshot {
+    fn snapshot(&self, filter: Option<&Filter>, used_only: bool, types: StatTypes) -> Snapshot {
         let registry = self.lock();
         let names = registry.names.names();
         let mut scopes = Scopes::new(names, filter);
@@ -104,14 +135,19 @@ impl Store {
             }
             listed
         };
-        let counters = numeric(&registry.counters, StatKind::Counter);
-        let gauges = numeric(&registry.gauges, StatKind::Gauge);
-        let histograms = registry
-            .histograms
-            .iter()
-            .filter(|(name, _)| scopes.may_pass(**name))
-            .map(|(name, e)| (*name, e.index, e.latch.clone()))
-            .collect();
+        let counters =
+            if types.shows(StatTypes::Counters) { numeric(&registry.counters, StatKind::Counter) } else { Vec::new() };
+        let gauges =
+            if types.shows(StatTypes::Gauges) { numeric(&registry.gauges, StatKind::Gauge) } else { Vec::new() };
+        let histograms = match types.shows(StatTypes::Histograms) {
+            true => registry
+                .histograms
+                .iter()
+                .filter(|(name, _)| scopes.may_pass(**name))
+                .map(|(name, e)| (*name, e.index, e.latch.clone()))
+                .collect(),
+            false => Vec::new(),
+        };
         Snapshot { names: names.clone(), counters, gauges, histograms }
     }
 
@@ -153,8 +189,8 @@ impl Store {
 
     /// Admin `/stats`: `name: value` lines sorted by name, then one line per histogram,
     /// `name: P0(interval,cumulative) P25(..) .. P100(..)` or `name: No recorded values`.
-    pub fn render_text(&self, filter: Option<&Filter>, used_only: bool) -> String {
-        let snapshot = self.snapshot(filter, used_only);
+    pub fn render_text(&self, filter: Option<&Filter>, used_only: bool, types: StatTypes) -> String {
+        let snapshot = self.snapshot(filter, used_only, types);
         let mut out = String::new();
         for (name, value) in self.numeric_stats(&snapshot, filter, used_only).sorted(&snapshot.names).iter() {
             let _ = writeln!(out, "{name}: {value}");
@@ -178,8 +214,8 @@ impl Store {
     /// Admin `/stats?format=json`: `{"stats":[{"name":..,"value":..},..,{"histograms":
     /// {"supported_quantiles":[0,25,..,100],"computed_quantiles":[{"name":..,"values":
     /// [{"cumulative":..,"interval":..},..]}]}}]}`; the histograms entry only when one is shown.
-    pub fn render_json(&self, filter: Option<&Filter>, used_only: bool) -> serde_json::Value {
-        let snapshot = self.snapshot(filter, used_only);
+    pub fn render_json(&self, filter: Option<&Filter>, used_only: bool, types: StatTypes) -> serde_json::Value {
+        let snapshot = self.snapshot(filter, used_only, types);
         let mut stats: Vec<Value> = self
             .numeric_stats(&snapshot, filter, used_only)
             .sorted(&snapshot.names)
@@ -214,8 +250,8 @@ impl Store {
     /// `_sum` and `_count` from the cumulative view. Tags are extracted at every render, not
     /// kept: a kept extraction weighs ~200 bytes per stat (14 KiB per cluster at 10,000
     /// clusters, more than the cluster itself) and saved a tenth of a render's time.
-    pub fn render_prometheus(&self, filter: Option<&Filter>, used_only: bool) -> String {
-        let snapshot = self.snapshot(filter, used_only);
+    pub fn render_prometheus(&self, filter: Option<&Filter>, used_only: bool, types: StatTypes) -> String {
+        let snapshot = self.snapshot(filter, used_only, types);
         let mut out = String::new();
         let mut writer = snapshot.names.writer();
         let mut listed = Listed::new();
@@ -373,7 +409,7 @@ mod tests {
 
     #[test]
     fn text_is_sorted_across_counters_and_gauges() {
-        let text = store().render_text(None, false);
+        let text = store().render_text(None, false, crate::StatTypes::All);
         assert_eq!(
             text,
             "cluster.x.upstream_rq_200: 4\n\
@@ -391,7 +427,7 @@ mod tests {
     #[test]
     fn a_filter_anchored_at_the_start_shows_what_a_search_of_every_name_shows() {
         let store = store();
-        let all = store.render_text(None, false);
+        let all = store.render_text(None, false, crate::StatTypes::All);
         for pattern in [
             "^cluster.x.",
             "^cluster\\.x\\.upstream_rq_2",
@@ -409,25 +445,28 @@ mod tests {
                 .filter(|line| line.split(": ").next().is_some_and(|name| filter.is_match(name)))
                 .map(|line| format!("{line}\n"))
                 .collect();
-            assert_eq!(store.render_text(Some(&filter), false), searched, "{pattern}");
+            assert_eq!(store.render_text(Some(&filter), false, crate::StatTypes::All), searched, "{pattern}");
         }
         let filter = Filter::new("^cluster\\.y\\.").unwrap();
-        assert_eq!(store.render_text(Some(&filter), false), "cluster.y.upstream_rq_2xx: 1\n");
+        assert_eq!(store.render_text(Some(&filter), false, crate::StatTypes::All), "cluster.y.upstream_rq_2xx: 1\n");
     }
 
     #[test]
     fn used_only_and_filter() {
         let store = store();
-        let text = store.render_text(None, true);
+        let text = store.render_text(None, true, crate::StatTypes::All);
         assert!(!text.contains("upstream_rq_retry"), "never incremented: {text}");
         assert!(text.contains("server.uptime: 0"), "a set gauge is used even at 0: {text}");
         let filter = Filter::new("upstream_rq_2").unwrap();
         assert_eq!(
-            store.render_text(Some(&filter), false),
+            store.render_text(Some(&filter), false, crate::StatTypes::All),
             "cluster.x.upstream_rq_200: 4\ncluster.x.upstream_rq_2xx: 5\ncluster.y.upstream_rq_2xx: 1\n"
         );
         store.reset_counters();
-        assert!(store.render_text(None, true).contains("cluster.x.upstream_rq_2xx: 0"), "reset keeps used");
+        assert!(
+            store.render_text(None, true, crate::StatTypes::All).contains("cluster.x.upstream_rq_2xx: 0"),
+            "reset keeps used"
+        );
     }
 
     #[test]
@@ -441,7 +480,7 @@ mod tests {
         }
         store.latch_histograms();
         store.latch_histograms();
-        let text = store.render_text(None, false);
+        let text = store.render_text(None, false, crate::StatTypes::All);
         assert_eq!(
             text,
             "a: 1\n\
@@ -449,7 +488,7 @@ mod tests {
              cluster.x.upstream_rq_time: P0(nan,5) P25(nan,6.25) P50(nan,7.5) P75(nan,8.75) P90(nan,9.5) \
              P95(nan,9.75) P99(nan,9.95) P99.5(nan,9.975) P99.9(nan,9.995000000000001) P100(nan,10)\n"
         );
-        assert!(!store.render_text(None, true).contains("No recorded values"));
+        assert!(!store.render_text(None, true, crate::StatTypes::All).contains("No recorded values"));
     }
 
     #[test]
@@ -458,13 +497,13 @@ mod tests {
         store.counter("b").add(2);
         store.gauge("a").set(1);
         assert_eq!(
-            store.render_json(None, false),
+            store.render_json(None, false, crate::StatTypes::All),
             json!({"stats": [{"name": "a", "value": 1}, {"name": "b", "value": 2}]})
         );
         let h = store.histogram("h");
         h.record(1);
         store.latch_histograms();
-        let v = store.render_json(None, false);
+        let v = store.render_json(None, false, crate::StatTypes::All);
         let histograms = &v["stats"][2]["histograms"];
         assert_eq!(
             serde_json::to_string(&histograms["supported_quantiles"]).unwrap(),
@@ -479,14 +518,15 @@ mod tests {
     }
 
     fn computed_interval_is_null(store: &Store) -> bool {
-        store.render_json(None, false)["stats"][2]["histograms"]["computed_quantiles"][0]["values"][0]["interval"]
+        store.render_json(None, false, crate::StatTypes::All)["stats"][2]["histograms"]["computed_quantiles"][0]
+            ["values"][0]["interval"]
             .is_null()
     }
 
     #[test]
     fn prometheus_examples() {
         let store = store();
-        let prom = store.render_prometheus(None, false);
+        let prom = store.render_prometheus(None, false, crate::StatTypes::All);
         for expected in [
             "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"x\"} 5\n",
             "envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"x\"} 4\n",
@@ -517,10 +557,10 @@ mod tests {
              # TYPE envoy_server_uptime gauge\n\
              envoy_server_uptime{} 0\n"
         );
-        assert!(!store.render_prometheus(None, true).contains("upstream_rq_retry"));
+        assert!(!store.render_prometheus(None, true, crate::StatTypes::All).contains("upstream_rq_retry"));
         let filter = Filter::new("^tcp").unwrap();
         assert_eq!(
-            store.render_prometheus(Some(&filter), false),
+            store.render_prometheus(Some(&filter), false, crate::StatTypes::All),
             "# TYPE envoy_tcp_downstream_cx_total counter\n\
              envoy_tcp_downstream_cx_total{envoy_tcp_prefix=\"ingress_tcp\"} 6\n"
         );
@@ -530,11 +570,11 @@ mod tests {
     fn stats_created_after_a_render_show_in_the_next() {
         let store = Store::new(1);
         store.counter("b.x").inc();
-        assert_eq!(store.render_text(None, false), "b.x: 1\n");
+        assert_eq!(store.render_text(None, false, crate::StatTypes::All), "b.x: 1\n");
         store.counter("a.x");
         store.gauge("b.x").set(3);
         store.counter("b").add(2);
-        assert_eq!(store.render_text(None, false), "a.x: 0\nb: 2\nb.x: 1\nb.x: 3\n");
+        assert_eq!(store.render_text(None, false, crate::StatTypes::All), "a.x: 0\nb: 2\nb.x: 1\nb.x: 3\n");
     }
 
     #[test]
@@ -545,7 +585,7 @@ mod tests {
         h.record(3);
         h.record(4_000_000);
         store.latch_histograms();
-        let prom = store.render_prometheus(None, false);
+        let prom = store.render_prometheus(None, false, crate::StatTypes::All);
         let t = "envoy_cluster_name=\"x\"";
         let mut expected = String::from("# TYPE envoy_cluster_upstream_cx_connect_ms histogram\n");
         let counts = [1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2];
@@ -564,7 +604,7 @@ mod tests {
         let store = Store::new(1);
         store.histogram("untagged").record(1);
         store.latch_histograms();
-        let prom = store.render_prometheus(None, false);
+        let prom = store.render_prometheus(None, false, crate::StatTypes::All);
         assert!(prom.contains("envoy_untagged_bucket{le=\"0.5\"} 0\n"), "{prom}");
         assert!(prom.contains("envoy_untagged_sum{} 1\n"), "{prom}");
     }

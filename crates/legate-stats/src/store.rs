@@ -880,7 +880,7 @@ mod tests {
         }
         let latch = latch_of(&store, "cluster.a.update_duration");
         assert_eq!((latch.interval.count(), latch.cumulative.count(), latch.cumulative.sum), (0, 3, 106));
-        let text = store.render_text(None, true);
+        let text = store.render_text(None, true, crate::StatTypes::All);
         let line = |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(str::to_owned));
         assert_eq!(line("cluster.a.update_duration: "), line("arena: "), "{text}");
         assert!(line("arena: ").is_some_and(|l| l.starts_with("P0(nan,1) ")), "{text}");
@@ -905,8 +905,8 @@ mod tests {
         store.scope("cluster.b").declare_counter("bind_errors");
         assert_eq!(store.counter_value("cluster.a.bind_errors"), Some(0));
         assert_eq!(store.gauge_value("cluster.a.version"), Some(0));
-        assert!(store.render_text(None, false).contains("cluster.b.bind_errors: 0\n"));
-        assert!(!store.render_text(None, true).contains("bind_errors"), "declared: unused");
+        assert!(store.render_text(None, false, crate::StatTypes::All).contains("cluster.b.bind_errors: 0\n"));
+        assert!(!store.render_text(None, true, crate::StatTypes::All).contains("bind_errors"), "declared: unused");
         store.reset_counters();
         let version = scope.gauge("version");
         version.set(7);
@@ -914,7 +914,7 @@ mod tests {
         assert_eq!(store.gauge_value("cluster.a.version"), Some(7), "declaring again changes nothing");
         assert_eq!(store.counter_value("cluster.b.bind_errors"), Some(0));
         assert_eq!(store.lock().next_slot, SCRATCH_SLOTS + 1, "a slot for the one handle only");
-        let prometheus = store.render_prometheus(None, false);
+        let prometheus = store.render_prometheus(None, false, crate::StatTypes::All);
         assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"a\"} 0\n"), "{prometheus}");
         assert!(prometheus.contains("envoy_cluster_bind_errors{envoy_cluster_name=\"b\"} 0\n"), "{prometheus}");
         assert!(prometheus.contains("envoy_cluster_version{envoy_cluster_name=\"a\"} 7\n"), "{prometheus}");
@@ -966,14 +966,14 @@ mod tests {
         assert_eq!(store.counter_value("cluster.c3.bind_errors"), None);
         store.scope("cluster.c1").counter("bind_errors").add(4);
         store.scope("cluster.c2").gauge("version").set(9);
-        let text = store.render_text(None, false);
+        let text = store.render_text(None, false, crate::StatTypes::All);
         assert_eq!(text.matches("cluster.c1.bind_errors: ").count(), 1, "{text}");
         assert!(text.contains("cluster.c1.bind_errors: 4\n"), "{text}");
         assert!(text.contains("cluster.c0.bind_errors: 0\n"), "{text}");
         assert!(text.contains("cluster.c2.version: 9\n"), "{text}");
         assert!(text.contains("\nversion: 0\n"), "{text}");
         assert!(text.contains("cluster.c0.never_recorded: No recorded values\n"), "{text}");
-        let used = store.render_text(None, true);
+        let used = store.render_text(None, true, crate::StatTypes::All);
         assert_eq!(used, "cluster.c1.bind_errors: 4\ncluster.c2.version: 9\n");
         store.reset_counters();
         assert_eq!(store.counter_value("cluster.c1.bind_errors"), Some(0));
@@ -1020,7 +1020,7 @@ mod tests {
         GroupStats::declare(&store.scope("cluster.a"));
         store.scope("cluster.a").declare_counter("rq_error");
         store.latch_histograms();
-        let text = store.render_text(None, false);
+        let text = store.render_text(None, false, crate::StatTypes::All);
         for name in
             ["cluster.a.rq_total: 2\n", "cluster.a.rq_error: 2\n", "cluster.a.cx_active: 3\n", "cluster.b.weight: 7\n"]
         {
@@ -1028,10 +1028,11 @@ mod tests {
         }
         assert_eq!(text.matches("cluster.a.rq_time: ").count(), 1, "{text}");
         assert_eq!(text.matches("cluster.b.rq_total: 0\n").count(), 1, "{text}");
-        let used = store.render_text(None, true);
+        let used = store.render_text(None, true, crate::StatTypes::All);
         assert!(!used.contains("cluster.b.rq_total"), "{used}");
         assert!(used.contains("cluster.b.weight: 7\n"), "{used}");
-        let filtered = store.render_text(Some(&crate::Filter::new("cluster\\.b\\.").unwrap()), false);
+        let filtered =
+            store.render_text(Some(&crate::Filter::new("cluster\\.b\\.").unwrap()), false, crate::StatTypes::All);
         assert!(!filtered.contains("cluster.a."), "{filtered}");
         assert!(filtered.contains("cluster.b.weight: 7\n"), "{filtered}");
         store.reset_counters();
@@ -1051,7 +1052,7 @@ mod tests {
         let h = GroupStats::new(&store.scope("cluster.h"));
         assert_eq!(h.rq_error().value(), 5);
         h.cx_active().set(1);
-        let text = store.render_text(None, false);
+        let text = store.render_text(None, false, crate::StatTypes::All);
         for name in [
             "cluster.d.rq_total: 1\n",
             "cluster.d.rq_error: 0\n",

@@ -140,7 +140,8 @@ fn access_log(server: &Server, method: &Method, uri: &hyper::Uri, status: Status
     }
 }
 
-/// Parsed query parameters, percent-decoded. A parameter may appear without a value.
+/// Parsed query parameters, percent-decoded (`%XX` only, as Envoy's `PercentEncoding::decode`:
+/// a `+` stays a plus, which regex filters use). A parameter may appear without a value.
 pub struct Query(HashMap<String, String>);
 
 impl Query {
@@ -172,7 +173,6 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
-            b'+' => out.push(b' '),
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)
@@ -288,7 +288,13 @@ fn logging(server: &Rc<Server>, query: &Query) -> AdminResponse {
         };
     }
     if !ok {
-        return text(StatusCode::NOT_FOUND, format!("error: unknown logger or level\n\n{}", server.logging.listing()));
+        // Envoy's 400: the error, the usage and the levels, then the loggers as they are.
+        let usage = "usage: /logging?<name>=<level> (change single level)\n\
+                     usage: /logging?paths=name1:level1,name2:level2,... (change multiple levels)\n\
+                     usage: /logging?level=<level> (change all levels)\n\
+                     levels: trace debug info warning error critical off \n";
+        let body = format!("error: unknown logger or level\n\n{usage}{}", server.logging.listing());
+        return text(StatusCode::BAD_REQUEST, body);
     }
     text(StatusCode::OK, server.logging.listing())
 }
@@ -332,5 +338,7 @@ mod tests {
         let q = Query::parse("filter=cluster%5C.a%2Bb&usedonly");
         assert_eq!(q.get("filter"), Some("cluster\\.a+b"));
         assert!(q.has("usedonly"));
+        let q = Query::parse("filter=cluster\\..+\\.upstream_rq_total");
+        assert_eq!(q.get("filter"), Some("cluster\\..+\\.upstream_rq_total"));
     }
 }

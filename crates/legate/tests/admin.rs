@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use legate_testing::config::tcp_proxy_bootstrap;
 use legate_testing::{
-    connect, echo_roundtrip, eventually, is_refused, legate_bin, read_to_end, Legate, TcpEchoServer, TcpServer,
+    connect, echo_roundtrip, eventually, is_refused, json, legate_bin, read_to_end, Legate, TcpEchoServer, TcpServer,
     EVENTUALLY,
 };
 
@@ -128,6 +128,30 @@ fn stats_json_filter_and_usedonly() {
     assert!(everything.contains("cluster.backend.upstream_cx_overflow: 0"), "{everything}");
 }
 
+/// `type=` keeps one kind of stat; bad parameters get Envoy's 400s; a `+` in a filter is a
+/// regex `+`, not a space.
+#[test]
+fn stats_type_and_bad_parameters() {
+    let (px, _echo) = proxy();
+    one_connection(&px, 1);
+
+    let (status, counters) = px.admin_get("/stats?type=Counters&filter=cluster\\.backend\\.upstream_cx_.+");
+    assert_eq!(status, 200);
+    assert!(counters.lines().any(|l| l == "cluster.backend.upstream_cx_total: 1"), "{counters}");
+    assert!(!counters.contains("upstream_cx_active"), "a gauge among counters:\n{counters}");
+    assert!(!counters.contains("upstream_cx_length_ms"), "a histogram among counters:\n{counters}");
+    let (_, gauges) = px.admin_get("/stats?type=Gauges&filter=cluster\\.backend\\.upstream_cx_");
+    assert!(gauges.lines().any(|l| l == "cluster.backend.upstream_cx_active: 0"), "{gauges}");
+    assert!(!gauges.contains("upstream_cx_total"), "{gauges}");
+
+    assert_eq!(px.admin_get("/stats?type=Bogus"), (400, "invalid &type= param".to_string()));
+    assert_eq!(
+        px.admin_get("/stats?format=xml"),
+        (400, "usage: /stats?format=(html|active-html|json|prometheus|text)\n\n".to_string())
+    );
+    assert_eq!(px.admin_get("/stats?filter=(unclosed"), (400, "Invalid re2 regex".to_string()));
+}
+
 #[test]
 fn prometheus_format_extracts_tags() {
     let (px, _echo) = proxy();
@@ -228,6 +252,8 @@ fn clusters_text_and_json() {
     let hosts = backend["host_statuses"].as_array().unwrap_or_else(|| panic!("no host_statuses: {json}"));
     assert_eq!(hosts.len(), 1, "{json}");
     assert_eq!(hosts[0]["address"]["socket_address"]["port_value"], host.port(), "{json}");
+    // Envoy derives it from the host's flags: HEALTHY, never the config's UNKNOWN.
+    assert_eq!(hosts[0]["health_status"], json!({ "eds_health_status": "HEALTHY" }), "{json}");
 }
 
 #[test]
@@ -308,6 +334,10 @@ fn logging_lists_loggers_and_sets_all_levels() {
     let (status, after) = px.admin_post("/logging?level=debug");
     assert_eq!(status, 200);
     assert!(after.contains("debug") && !after.contains("warning"), "after ?level=debug:\n{after}");
+    // A bad level is Envoy's 400, with the usage.
+    let (status, refused) = px.admin_post("/logging?level=loud");
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.contains("usage: /logging?level=<level> (change all levels)\n"), "{refused}");
 }
 
 #[test]

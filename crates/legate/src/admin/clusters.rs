@@ -97,10 +97,7 @@ fn cluster_json(cluster: &Cluster) -> Value {
                     }
                 })
                 .collect();
-            let mut status = json!({"eds_health_status": format!("{:?}", host.health_status).to_uppercase()});
-            if host.health_flags() & legate_proxy::upstream::host::health_flag::FAILED_OUTLIER_CHECK != 0 {
-                status["failed_outlier_check"] = json!(true);
-            }
+            let status = health_status(host.health_flags());
             json!({
                 "address": {"socket_address": {"address": host.address().ip().to_string(), "port_value": host.address().port()}},
                 "stats": stats,
@@ -122,4 +119,29 @@ fn cluster_json(cluster: &Cluster) -> Value {
         ]},
         "host_statuses": hosts,
     })
+}
+
+/// A host's `health_status` as Envoy's `setHealthFlag` writes it: the EDS status from the EDS
+/// flags (`HEALTHY` unless they say otherwise), and each other flag that is set as `true`
+/// (proto3's JSON leaves out the false ones).
+fn health_status(flags: u32) -> Value {
+    use legate_proxy::upstream::host::health_flag;
+    let eds = match flags {
+        f if f & health_flag::FAILED_EDS_HEALTH != 0 => "UNHEALTHY",
+        f if f & health_flag::DEGRADED_EDS_HEALTH != 0 => "DEGRADED",
+        _ => "HEALTHY",
+    };
+    let mut status = json!({ "eds_health_status": eds });
+    for (flag, field) in [
+        (health_flag::FAILED_ACTIVE_HC, "failed_active_health_check"),
+        (health_flag::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+        (health_flag::PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+        (health_flag::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+        (health_flag::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+    ] {
+        if flags & flag != 0 {
+            status[field] = json!(true);
+        }
+    }
+    status
 }
