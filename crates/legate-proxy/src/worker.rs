@@ -182,8 +182,12 @@ pub enum WorkerMessage {
     /// Stop accepting on the listener of this name and close its socket (LDS removal); its
     /// connections drain through their filter chains.
     RemoveListener { name: String },
-    /// Stop accepting on every listener; open connections continue.
-    StopListeners { done: oneshot::Sender<()> },
+    /// Stop accepting on every listener (`only`: on the listeners of these names), and tell
+    /// the connections of a full stop to finish.
+    StopListeners { done: oneshot::Sender<()>, only: Option<Vec<String>> },
+    /// Tell every connection to finish (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY), new
+    /// ones included, while the listeners keep accepting (`/drain_listeners?graceful`).
+    DrainConnections,
 }
 
 /// What the embedding binary runs on each worker thread as it starts and as it ends, around
@@ -304,8 +308,19 @@ async fn run(context: Rc<WorkerContext>, mut rx: mpsc::UnboundedReceiver<WorkerM
                     }
                 }
             }
-            WorkerMessage::StopListeners { done } => {
+            WorkerMessage::DrainConnections => context.drains.announce(true),
+            WorkerMessage::StopListeners { done, only: Some(names) } => {
+                for name in names {
+                    if let Some(version) = versions.remove(&name) {
+                        version.send_replace(None);
+                    }
+                }
+                tokio::task::yield_now().await;
+                let _ = done.send(());
+            }
+            WorkerMessage::StopListeners { done, only: None } => {
                 let _ = stop_tx.send(true);
+                context.drains.set_listeners_stopped();
                 context.drains.announce(true);
                 // Let the accept loops see the signal and drop their sockets.
                 tokio::task::yield_now().await;

@@ -265,14 +265,20 @@ fn quitquitquit(server: &Rc<Server>, _query: &Query) -> AdminResponse {
     text(StatusCode::OK, "OK\n".into())
 }
 
+/// Envoy's `/drain_listeners`: `graceful` runs the drain sequence first (connections told to
+/// finish for `--drain-time-s` while listeners still accept), `skip_exit` (with `graceful`
+/// only) leaves the listeners open after it, `inboundonly` stops only INBOUND listeners.
 fn drain_listeners(server: &Rc<Server>, query: &Query) -> AdminResponse {
-    if query.has("inboundonly") || query.has("graceful") {
-        // Every legate listener is drained the same way: stop accepting now; open connections
-        // continue. Envoy's inbound/outbound split and graceful timer are not modelled yet.
-        tracing::info!("/drain_listeners: inboundonly/graceful are treated as a plain drain");
+    let (graceful, skip_exit, inbound_only) = (query.has("graceful"), query.has("skip_exit"), query.has("inboundonly"));
+    if skip_exit && !graceful {
+        return text(StatusCode::BAD_REQUEST, "skip_exit requires graceful\n".into());
     }
-    let server = server.clone();
-    tokio::task::spawn_local(async move { server.stop_listeners().await });
+    if graceful {
+        server.start_drain_sequence(inbound_only, skip_exit);
+    } else {
+        let server = server.clone();
+        tokio::task::spawn_local(async move { server.stop_listeners(inbound_only).await });
+    }
     text(StatusCode::OK, "OK\n".into())
 }
 

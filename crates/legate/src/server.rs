@@ -83,6 +83,8 @@ pub struct Server {
     pub started_at: SystemTime,
     state: Cell<ServerState>,
     health_check_failed: Cell<bool>,
+    /// `/drain_listeners?graceful` started the drain sequence.
+    drain_sequence_started: Cell<bool>,
     /// Set by `/quitquitquit`.
     pub quit: Notify,
     pub admin_address: Cell<Option<SocketAddr>>,
@@ -245,6 +247,7 @@ async fn serve(
         started_at: SystemTime::now(),
         state: Cell::new(ServerState::Initializing),
         health_check_failed: Cell::new(false),
+        drain_sequence_started: Cell::new(false),
         quit: Notify::new(),
         admin_address: Cell::new(None),
         options,
@@ -325,22 +328,39 @@ impl Server {
         self.update_state_stats();
     }
 
-    /// Stops accepting on every listener (SIGTERM, `/drain_listeners`). Returns once every
-    /// worker has closed its listen sockets.
-    pub async fn stop_listeners(&self) {
+    /// Stops accepting on every listener (SIGTERM, `/drain_listeners`), or only on the
+    /// inbound ones. Returns once every worker has closed those sockets.
+    pub async fn stop_listeners(&self, inbound_only: bool) {
         let acks = {
             let workers = self.workers.borrow();
-            self.listener_manager.borrow_mut().stop_listeners(&workers)
+            self.listener_manager.borrow_mut().stop_listeners(&workers, inbound_only)
         };
         for ack in acks {
             let _ = ack.await;
         }
     }
 
+    /// `/drain_listeners?graceful`: Envoy's drain sequence. Every connection is told to finish
+    /// (new ones too) while the listeners keep accepting for `--drain-time-s`; then the
+    /// listeners stop, unless `skip_exit`. A second call while one runs does nothing.
+    pub fn start_drain_sequence(self: &Rc<Self>, inbound_only: bool, skip_exit: bool) {
+        if self.drain_sequence_started.replace(true) {
+            return;
+        }
+        self.listener_manager.borrow().drain_connections(&self.workers.borrow());
+        let server = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_secs(server.options.drain_time_s)).await;
+            if !skip_exit {
+                server.stop_listeners(inbound_only).await;
+            }
+        });
+    }
+
     /// Stops accepting, then waits up to `--drain-time-s` for open connections to close.
     async fn drain(&self) {
         self.set_state(ServerState::Draining);
-        self.stop_listeners().await;
+        self.stop_listeners(false).await;
         let deadline = Instant::now() + Duration::from_secs(self.options.drain_time_s);
         let open = || self.shared.active_connections.load(Ordering::Relaxed);
         tracing::info!("draining {} open connection(s) for up to {} s", open(), self.options.drain_time_s);

@@ -756,6 +756,72 @@ fn clusters_count_each_hosts_successes_and_errors() {
     }
 }
 
+/// `/drain_listeners?graceful` runs Envoy's drain sequence: connections are told to finish
+/// (an idle one closes), new ones still come in and are answered with `connection: close`,
+/// and the listener stops once `--drain-time-s` is over. `skip_exit` needs `graceful`.
+#[test]
+fn drain_listeners_graceful_drains_then_stops_accepting() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let config = http_bootstrap(&[upstream.addr()]);
+    let px = Legate::builder(legate_bin!()).config(&config.to_string()).arg("--drain-time-s").arg("2").start();
+    let addr = px.connect_addr("ingress");
+    let mut kept = HttpClient::connect(addr);
+    let r = kept.get("/");
+    assert_eq!((r.status, r.header("connection")), (200, None), "{r:?}");
+
+    assert_eq!(px.admin_post("/drain_listeners?skip_exit"), (400, "skip_exit requires graceful\n".to_string()));
+    assert_eq!(px.admin_post("/drain_listeners?graceful").0, 200);
+
+    assert!(kept.closed_within(legate_testing::EVENTUALLY), "an idle connection closes when the drain starts");
+    let r = HttpClient::connect(addr).get("/");
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")), "a new one, during the drain: {r:?}");
+    legate_testing::eventually(
+        "the listener to stop after the drain time",
+        legate_testing::EVENTUALLY,
+        || legate_testing::is_refused(addr),
+        |r| *r,
+    );
+}
+
+/// `/drain_listeners?inboundonly` stops the listeners whose `traffic_direction` is INBOUND;
+/// the others keep accepting.
+#[test]
+fn drain_listeners_inboundonly_stops_only_inbound_listeners() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("ok"));
+    let routes = legate_testing::config::route_config(vec![legate_testing::config::virtual_host(
+        "all",
+        &["*"],
+        vec![legate_testing::config::route_to("/", "backend")],
+    )]);
+    let listener = |name: &str, direction: &str| {
+        let mut l = legate_testing::config::http_listener(
+            name,
+            routes.clone(),
+            vec![legate_testing::config::router_filter()],
+            json!({}),
+        );
+        l["traffic_direction"] = json!(direction);
+        l
+    };
+    let config = bootstrap(
+        vec![listener("inbound", "INBOUND"), listener("outbound", "OUTBOUND")],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    );
+    let px = start(&config);
+    let (inbound, outbound) = (px.connect_addr("inbound"), px.connect_addr("outbound"));
+
+    assert_eq!(px.admin_post("/drain_listeners?inboundonly").0, 200);
+
+    legate_testing::eventually(
+        "the inbound listener to stop",
+        legate_testing::EVENTUALLY,
+        || legate_testing::is_refused(inbound),
+        |r| *r,
+    );
+    assert_eq!(HttpClient::connect(outbound).get("/").status, 200);
+    px.wait_stat("listener_manager.listener_stopped", 1);
+}
+
 /// A raw HTTP/1.1 upstream: records each request's bytes and answers with a fixed response.
 fn raw_upstream(response: &'static [u8]) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
     use std::io::Read;

@@ -55,6 +55,8 @@ pub struct WorkerDrains {
     /// Counts announcements: a waiter that saw an older count has news.
     announced: Cell<u64>,
     server_draining: Cell<bool>,
+    /// The worker stopped accepting on every listener: no connection is new any more.
+    listeners_stopped: Cell<bool>,
     slots: RefCell<Vec<Slot>>,
     /// The first free slot, if any (free slots link to the next free one).
     free: Cell<Option<usize>>,
@@ -94,6 +96,17 @@ impl WorkerDrains {
     /// The server drains (SIGTERM, `/drain_listeners`, `/quitquitquit`).
     pub fn server_draining(&self) -> bool {
         self.server_draining.get()
+    }
+
+    /// Every listener stopped accepting (and the server drains): announce after it.
+    pub fn set_listeners_stopped(&self) {
+        self.listeners_stopped.set(true);
+    }
+
+    /// See [`Self::set_listeners_stopped`]. Until then, during a graceful drain, a new
+    /// connection is still served (one request, answered `connection: close`).
+    pub fn listeners_stopped(&self) -> bool {
+        self.listeners_stopped.get()
     }
 
     fn take_slot(&self) -> usize {

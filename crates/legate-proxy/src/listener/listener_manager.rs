@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use legate_config::core::TrafficDirection;
 use legate_config::listener::Listener as ListenerConfig;
 use legate_config::Bootstrap;
 use legate_stats::Store;
@@ -363,25 +364,46 @@ impl ListenerManager {
         self.stats.workers_started.set(1);
     }
 
-    /// Stops accepting on every listener, on every worker (drain, `/drain_listeners`).
-    /// Returns one receiver per worker, completed once that worker has closed its sockets.
-    pub fn stop_listeners(&mut self, workers: &[Worker]) -> Vec<oneshot::Receiver<()>> {
+    /// Stops accepting on every listener, on every worker (drain, `/drain_listeners`), or,
+    /// `inbound_only`, on the listeners whose `traffic_direction` is `INBOUND` (Envoy's
+    /// `StopListenersType::InboundOnly`; their connections are not told to finish). Returns
+    /// one receiver per worker, completed once that worker has closed its sockets.
+    pub fn stop_listeners(&mut self, workers: &[Worker], inbound_only: bool) -> Vec<oneshot::Receiver<()>> {
         if self.stopped {
             return Vec::new();
         }
-        self.stopped = true;
+        let only = inbound_only.then(|| {
+            self.listeners
+                .iter()
+                .filter(|e| e.listener.config.traffic_direction == TrafficDirection::Inbound)
+                .map(|e| e.listener.name.clone())
+                .collect::<Vec<_>>()
+        });
+        let stopping = only.as_ref().map_or(self.listeners.len(), Vec::len);
+        if only.is_none() {
+            self.stopped = true;
+            self.warming.clear();
+            self.stats.total_listeners_warming.set(0);
+        }
         let mut acks = Vec::new();
         for worker in workers {
             let (done, ack) = oneshot::channel();
-            worker.post(WorkerMessage::StopListeners { done });
+            worker.post(WorkerMessage::StopListeners { done, only: only.clone() });
             acks.push(ack);
         }
-        self.warming.clear();
-        self.stats.total_listeners_warming.set(0);
-        self.stats.listener_stopped.add(self.listeners.len() as u64);
-        self.stats.total_listeners_active.set(0);
-        self.stats.total_listeners_draining.set(self.listeners.len() as u64);
+        self.stats.listener_stopped.add(stopping as u64);
+        let active = &self.stats.total_listeners_active;
+        active.set(active.value().saturating_sub(stopping as u64));
+        self.stats.total_listeners_draining.add(stopping as u64);
         acks
+    }
+
+    /// Tells every connection on every worker to finish while the listeners keep accepting
+    /// (the drain sequence of `/drain_listeners?graceful`).
+    pub fn drain_connections(&self, workers: &[Worker]) {
+        for worker in workers {
+            worker.post(WorkerMessage::DrainConnections);
+        }
     }
 
     pub fn is_stopped(&self) -> bool {

@@ -462,11 +462,14 @@ async fn detect_http2(
             None => std::future::pending().await,
         }
     };
-    // A filter chain drain leaves it alone: it closes when the drain time is over.
+    // A filter chain drain leaves it alone: it closes when the drain time is over. So does a
+    // graceful server drain while the listeners still accept: its first request is served,
+    // answered `connection: close`.
     let mut waiter = DrainWaiter::new(&worker.drains);
     let drain = std::future::poll_fn(|cx| loop {
         std::task::ready!(waiter.poll_announced(cx));
-        if waiter.drains().server_draining() {
+        let drains = waiter.drains();
+        if drains.server_draining() && drains.listeners_stopped() {
             return std::task::Poll::Ready(());
         }
     });
