@@ -286,6 +286,18 @@ fn config_dump_has_bootstrap_clusters_and_listeners() {
     assert!(!bootstrap["bootstrap"].is_null(), "{bootstrap}");
     assert_eq!(of_type("ClustersConfigDump")["static_clusters"][0]["cluster"]["name"], "backend", "{dump}");
     assert_eq!(of_type("ListenersConfigDump")["static_listeners"][0]["listener"]["name"], "ingress", "{dump}");
+    // Envoy's six dumps, in its order, the empty ones too.
+    let types: Vec<&str> = configs.iter().filter_map(|c| c["@type"].as_str()).collect();
+    let expected = ["Bootstrap", "Clusters", "Listeners", "ScopedRoutes", "Routes", "Secrets"]
+        .map(|t| format!("type.googleapis.com/envoy.admin.v3.{t}ConfigDump"));
+    assert_eq!(types, expected, "{dump}");
+
+    // `?resource=` lists the elements, each with its type; an unknown one is a 404.
+    let clusters = px.admin_json("/config_dump?resource=static_clusters");
+    let first = &clusters["configs"][0];
+    assert_eq!(first["@type"], "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.StaticCluster", "{clusters}");
+    assert_eq!(first["cluster"]["name"], "backend", "{clusters}");
+    assert_eq!(px.admin_get("/config_dump?resource=bogus"), (404, "bogus not found in config dump".to_string()));
 }
 
 #[test]

@@ -444,3 +444,20 @@ fn header_mutations_at_route_config_virtual_host_and_route_level() {
     assert_eq!(r.header("x-upstream-secret"), None, "response_headers_to_remove: {r:?}");
     assert_eq!(r.header("x-upstream-kept"), Some("yes"));
 }
+
+/// `/config_dump` lists the route configurations written inline in the connection managers
+/// under `RoutesConfigDump.static_route_configs` (where `istioctl proxy-config routes` and
+/// other tools read routes).
+#[test]
+fn config_dump_lists_inline_route_configs() {
+    let config =
+        routing_bootstrap(vec![virtual_host("vh", &["*"], vec![direct(json!({ "prefix": "/" }), "x")])], vec![]);
+    let px = start(&config);
+
+    let dump = px.admin_json("/config_dump?resource=static_route_configs");
+    let first = &dump["configs"][0];
+    assert_eq!(first["@type"], "type.googleapis.com/envoy.admin.v3.RoutesConfigDump.StaticRouteConfig", "{dump}");
+    assert_eq!(first["route_config"]["@type"], "type.googleapis.com/envoy.config.route.v3.RouteConfiguration");
+    assert_eq!(first["route_config"]["name"], "local_route", "{dump}");
+    assert_eq!(first["route_config"]["virtual_hosts"][0]["name"], "vh", "{dump}");
+}

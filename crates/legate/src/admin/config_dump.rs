@@ -14,6 +14,26 @@ const BOOTSTRAP: &str = "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"
 const CLUSTERS: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
 const LISTENERS: &str = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
 const ROUTES: &str = "type.googleapis.com/envoy.admin.v3.RoutesConfigDump";
+const SCOPED_ROUTES: &str = "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump";
+const SECRETS: &str = "type.googleapis.com/envoy.admin.v3.SecretsConfigDump";
+const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// The repeated fields `?resource=` can name, with the type of their elements (Envoy wraps
+/// each element in it).
+const RESOURCES: &[(&str, &str)] = &[
+    ("static_clusters", "ClustersConfigDump.StaticCluster"),
+    ("dynamic_active_clusters", "ClustersConfigDump.DynamicCluster"),
+    ("dynamic_warming_clusters", "ClustersConfigDump.DynamicCluster"),
+    ("static_listeners", "ListenersConfigDump.StaticListener"),
+    ("dynamic_listeners", "ListenersConfigDump.DynamicListener"),
+    ("static_scoped_route_configs", "ScopedRoutesConfigDump.InlineScopedRouteConfigs"),
+    ("dynamic_scoped_route_configs", "ScopedRoutesConfigDump.DynamicScopedRouteConfigs"),
+    ("static_route_configs", "RoutesConfigDump.StaticRouteConfig"),
+    ("dynamic_route_configs", "RoutesConfigDump.DynamicRouteConfig"),
+    ("static_secrets", "SecretsConfigDump.StaticSecret"),
+    ("dynamic_active_secrets", "SecretsConfigDump.DynamicSecret"),
+    ("dynamic_warming_secrets", "SecretsConfigDump.DynamicSecret"),
+];
 const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -59,24 +79,64 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
     let mut listeners_dump = json!({"@type": LISTENERS, "static_listeners": listeners});
     dynamic_listeners(server, &mut listeners_dump);
     drop(manager);
+    let mut routes_dump = json!({"@type": ROUTES});
+    let inline_routes = static_routes(&list("listeners"), &updated);
+    if !inline_routes.is_empty() {
+        routes_dump["static_route_configs"] = json!(inline_routes);
+    }
+    if let Some(dynamic) = dynamic_routes(server) {
+        routes_dump["dynamic_route_configs"] = json!(dynamic);
+    }
+    let mut secrets_dump = json!({"@type": SECRETS});
+    let secrets: Vec<Value> = list("secrets")
+        .iter()
+        .map(|secret| json!({"name": secret["name"], "last_updated": updated, "secret": typed(SECRET, secret)}))
+        .collect();
+    if !secrets.is_empty() {
+        secrets_dump["static_secrets"] = json!(secrets);
+    }
+    // Envoy's six, in its order, each present even when empty.
     let mut configs = vec![
         json!({"@type": BOOTSTRAP, "bootstrap": bootstrap, "last_updated": updated}),
         clusters_dump,
         listeners_dump,
+        json!({"@type": SCOPED_ROUTES}),
+        routes_dump,
+        secrets_dump,
     ];
-    if let Some(routes) = dynamic_routes(server) {
-        configs.push(routes);
-    }
     for config in &mut configs {
         redact(config, false);
     }
     let configs: Vec<Value> = match query.get("resource") {
         Some(resource) => {
-            configs.into_iter().filter_map(|c| c.get(resource).and_then(Value::as_array).cloned()).flatten().collect()
+            let Some((_, element)) = RESOURCES.iter().find(|(name, _)| *name == resource) else {
+                return super::text(StatusCode::NOT_FOUND, format!("{resource} not found in config dump"));
+            };
+            let element = format!("type.googleapis.com/envoy.admin.v3.{element}");
+            configs
+                .iter()
+                .filter_map(|c| c.get(resource).and_then(Value::as_array))
+                .flatten()
+                .map(|item| typed(&element, item))
+                .collect()
         }
         None => configs,
     };
     json(StatusCode::OK, &json!({ "configs": configs }))
+}
+
+/// The route configurations written inline in the connection managers of the static
+/// listeners (`RoutesConfigDump.static_route_configs`).
+fn static_routes(listeners: &[Value], updated: &str) -> Vec<Value> {
+    let chains = listeners.iter().flat_map(|l| {
+        let chains = l.get("filter_chains").and_then(Value::as_array).into_iter().flatten();
+        chains.chain(l.get("default_filter_chain"))
+    });
+    chains
+        .flat_map(|chain| chain.get("filters").and_then(Value::as_array).into_iter().flatten())
+        .filter_map(|filter| filter.get("typed_config")?.get("route_config"))
+        .map(|routes| json!({"route_config": typed(ROUTE_CONFIGURATION, routes), "last_updated": updated}))
+        .collect()
 }
 
 /// CDS clusters: `dynamic_active_clusters` and `dynamic_warming_clusters`, each with the
@@ -158,7 +218,7 @@ fn dynamic_listeners(server: &Server, dump: &mut Value) {
 }
 
 /// RDS route configurations in effect (`RoutesConfigDump.dynamic_route_configs`).
-fn dynamic_routes(server: &Server) -> Option<Value> {
+fn dynamic_routes(server: &Server) -> Option<Vec<Value>> {
     let routes: Vec<Value> = server
         .xds
         .rds
@@ -174,7 +234,7 @@ fn dynamic_routes(server: &Server) -> Option<Value> {
             }))
         })
         .collect();
-    (!routes.is_empty()).then(|| json!({"@type": ROUTES, "dynamic_route_configs": routes}))
+    (!routes.is_empty()).then_some(routes)
 }
 
 /// The node as the server uses it (command-line overrides applied).
