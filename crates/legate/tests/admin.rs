@@ -204,6 +204,11 @@ fn server_info_reports_state_and_command_line() {
     assert_eq!(opts["config_path"], config_path, "{info}");
     assert_eq!(info["node"]["id"], "edge-1", "{info}");
     assert_eq!(info["node"]["cluster"], "edge", "{info}");
+    assert_eq!(info["node"]["user_agent_name"], "legate", "the node as control planes see it: {info}");
+    // Envoy prints every option, defaults included.
+    assert_eq!(opts["file_flush_interval"], "10s", "{info}");
+    assert_eq!(opts["restart_epoch"], 0, "{info}");
+    assert_eq!(opts["drain_strategy"], "Immediate", "{info}");
 }
 
 #[test]

@@ -39,7 +39,25 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
             "mode": o.mode.envoy_name(),
             "disable_hot_restart": true,
             "drain_time": format!("{}s", o.drain_time_s),
-            "drain_strategy": "Gradual",
+            // legate tells every connection at once when it drains.
+            "drain_strategy": "Immediate",
+            "file_flush_interval": duration_text(o.file_flush_interval_msec),
+            // Envoy prints every field, defaults included: the options legate has no
+            // counterpart for read as Envoy's defaults.
+            "use_dynamic_base_id": false,
+            "base_id_path": "",
+            "ignore_unknown_dynamic_fields": false,
+            "log_format": "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v",
+            "log_format_escaped": false,
+            "parent_shutdown_time": "900s",
+            "enable_mutex_tracing": false,
+            "restart_epoch": 0,
+            "cpuset_threads": false,
+            "disabled_extensions": [],
+            "enable_fine_grain_logging": false,
+            "socket_path": "@envoy_domain_socket",
+            "socket_mode": 0,
+            "enable_core_dump": false,
         },
         "node": server.loaded.raw_node.clone(),
         "uptime_current_epoch": uptime,
@@ -48,7 +66,18 @@ pub fn handle(server: &Rc<Server>, _query: &Query) -> AdminResponse {
     let mut info = info;
     info["node"]["id"] = json!(node.id);
     info["node"]["cluster"] = json!(node.cluster);
+    // As sent to control planes: the user agent is legate's.
+    info["node"]["user_agent_name"] = json!("legate");
+    info["node"]["user_agent_version"] = json!(env!("CARGO_PKG_VERSION"));
     json(StatusCode::OK, &info)
+}
+
+/// A protobuf `Duration` as JSON prints it: whole seconds `10s`, else with the fraction.
+fn duration_text(millis: u64) -> String {
+    match millis % 1000 {
+        0 => format!("{}s", millis / 1000),
+        ms => format!("{}.{ms:03}s", millis / 1000),
+    }
 }
 
 pub fn ready(server: &Rc<Server>, _query: &Query) -> AdminResponse {
@@ -70,4 +99,14 @@ pub fn memory(_server: &Rc<Server>, _query: &Query) -> AdminResponse {
             "total_physical_bytes": m.physical.to_string(),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_print_as_protobuf_json() {
+        assert_eq!(super::duration_text(10_000), "10s");
+        assert_eq!(super::duration_text(100), "0.100s");
+        assert_eq!(super::duration_text(1_500), "1.500s");
+    }
 }
