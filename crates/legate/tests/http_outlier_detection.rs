@@ -40,6 +40,11 @@ fn a_failing_host_is_ejected_and_traffic_goes_to_the_healthy_one() {
     assert_eq!(status, 200);
     let line = format!("backend::{}::health_flags::/failed_outlier_check", bad.addr());
     assert!(clusters.contains(&line), "{clusters}");
+    // Envoy's detector figures, unknown (-1) with fewer hosts than success_rate_minimum_hosts.
+    for line in ["backend::outlier::success_rate_average::-1", "backend::outlier::success_rate_ejection_threshold::-1"]
+    {
+        assert!(clusters.lines().any(|l| l == line), "{line}: {clusters}");
+    }
     assert_eq!(px.stat("cluster.backend.membership_healthy"), Some(1));
 }
 

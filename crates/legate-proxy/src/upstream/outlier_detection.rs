@@ -72,9 +72,19 @@ pub struct HostOutlier {
     /// Milliseconds since the detector started at which the host was ejected; 0 when not.
     ejected_at_ms: AtomicU64,
     times_ejected: AtomicU32,
-    /// The last success rate computed for the host, in hundredths of a percent (for
-    /// `/clusters`), or `u32::MAX` when not computed.
-    success_rate: AtomicU32,
+    /// The last success rates computed for the host (external, and local-origin with the
+    /// split), in percent, as `f64` bits (for `/clusters`); NaN when not computed.
+    success_rate: AtomicU64,
+    local_origin_success_rate: AtomicU64,
+}
+
+/// An `f64` that the sweep writes and `/clusters` reads; NaN (not computed) to begin with.
+fn rate_cell() -> AtomicU64 {
+    AtomicU64::new(f64::NAN.to_bits())
+}
+
+fn read_rate(cell: &AtomicU64) -> Option<f64> {
+    Some(f64::from_bits(cell.load(Ordering::Relaxed))).filter(|r| !r.is_nan())
 }
 
 impl Default for HostOutlier {
@@ -89,7 +99,8 @@ impl Default for HostOutlier {
             interval_local_failures: AtomicU64::new(0),
             ejected_at_ms: AtomicU64::new(0),
             times_ejected: AtomicU32::new(0),
-            success_rate: AtomicU32::new(u32::MAX),
+            success_rate: rate_cell(),
+            local_origin_success_rate: rate_cell(),
         }
     }
 }
@@ -101,10 +112,12 @@ impl HostOutlier {
 
     /// The success rate of the last interval that had enough requests, in percent.
     pub fn success_rate(&self) -> Option<f64> {
-        match self.success_rate.load(Ordering::Relaxed) {
-            u32::MAX => None,
-            v => Some(f64::from(v) / 100.0),
-        }
+        read_rate(&self.success_rate)
+    }
+
+    /// The same of local-origin results (with `split_external_local_origin_errors`).
+    pub fn local_origin_success_rate(&self) -> Option<f64> {
+        read_rate(&self.local_origin_success_rate)
     }
 }
 
@@ -123,6 +136,10 @@ pub struct OutlierDetector {
     config: OutlierDetectionConfig,
     pub stats: OutlierDetectionStats,
     started: Instant,
+    /// The last interval's success-rate mean and ejection threshold, external and
+    /// local-origin (`/clusters` `outlier::success_rate_average` and the others); NaN when
+    /// too few hosts had enough requests.
+    success_rate_figures: [AtomicU64; 4],
 }
 
 impl OutlierDetector {
@@ -131,7 +148,15 @@ impl OutlierDetector {
             config: config.clone(),
             stats: OutlierDetectionStats::new(&cluster_scope.scope("outlier_detection")),
             started: Instant::now(),
+            success_rate_figures: std::array::from_fn(|_| rate_cell()),
         }
+    }
+
+    /// The last interval's success-rate mean and ejection threshold: `local_origin` for
+    /// the local-origin detector's.
+    pub fn success_rate_figures(&self, local_origin: bool) -> (Option<f64>, Option<f64>) {
+        let at = if local_origin { 2 } else { 0 };
+        (read_rate(&self.success_rate_figures[at]), read_rate(&self.success_rate_figures[at + 1]))
     }
 
     pub fn interval(&self) -> Duration {
@@ -339,7 +364,7 @@ impl OutlierDetector {
     }
 
     /// The success-rate detector over one interval's counts (external, or local-origin with
-    /// the split); only the external rates are shown by `/clusters`.
+    /// the split); `/clusters` shows the rates, mean and threshold it leaves.
     fn success_rate(&self, cluster: &Cluster, counts: &[(&HostSharedPtr, u64, u64)], detector: Detector) {
         let volume = u64::from(self.config.success_rate_request_volume());
         let rates: Vec<(&HostSharedPtr, f64)> = counts
@@ -347,17 +372,25 @@ impl OutlierDetector {
             .filter(|(_, total, _)| *total >= volume && *total > 0)
             .map(|(h, total, failures)| (*h, 100.0 * (total - failures) as f64 / *total as f64))
             .collect();
-        if detector == Detector::SuccessRate {
-            for (host, rate) in &rates {
-                host.outlier().success_rate.store((rate * 100.0).round() as u32, Ordering::Relaxed);
-            }
+        let local = detector == Detector::LocalOriginSuccessRate;
+        for (host, rate) in &rates {
+            let o = host.outlier();
+            let cell = if local { &o.local_origin_success_rate } else { &o.success_rate };
+            cell.store(rate.to_bits(), Ordering::Relaxed);
         }
+        // Envoy resets the figures each interval; they stay unknown below the minimum hosts.
+        let figures = &self.success_rate_figures[if local { 2..4 } else { 0..2 }];
+        figures.iter().for_each(|f| f.store(f64::NAN.to_bits(), Ordering::Relaxed));
         if rates.len() < self.config.success_rate_minimum_hosts() as usize || rates.is_empty() {
             return;
         }
         let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / rates.len() as f64;
         let variance = rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
         let threshold = mean - variance.sqrt() * f64::from(self.config.success_rate_stdev_factor()) / 1000.0;
+        if let [average, ejection_threshold] = figures {
+            average.store(mean.to_bits(), Ordering::Relaxed);
+            ejection_threshold.store(threshold.to_bits(), Ordering::Relaxed);
+        }
         for (host, rate) in rates {
             if rate < threshold && !host.outlier().ejected() {
                 self.eject(cluster, host, detector);
@@ -482,6 +515,11 @@ mod tests {
         assert_eq!(host(&c, 3).outlier().success_rate(), Some(50.0));
         assert!(!host(&c, 0).outlier().ejected());
         assert_eq!(d.stats.ejections_enforced_success_rate.value(), 1);
+        // Rates 100, 100, 100, 50: mean 87.5, stdev 21.65, threshold at one stdev.
+        let (mean, threshold) = d.success_rate_figures(false);
+        assert_eq!(mean, Some(87.5));
+        assert!(threshold.is_some_and(|t| (t - 65.849).abs() < 0.01), "{threshold:?}");
+        assert_eq!(d.success_rate_figures(true), (None, None));
     }
 
     #[test]

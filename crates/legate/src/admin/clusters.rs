@@ -29,6 +29,18 @@ pub fn handle(server: &Rc<Server>, query: &Query) -> AdminResponse {
 fn cluster_text(out: &mut String, cluster: &Cluster) {
     let name = &cluster.name;
     let _ = writeln!(out, "{name}::observability_name::{}", cluster.info.stat_name(&cluster.name));
+    if let Some(detector) = cluster.outlier_detector() {
+        let (average, threshold) = detector.success_rate_figures(false);
+        let (local_average, local_threshold) = detector.success_rate_figures(true);
+        for (field, value) in [
+            ("success_rate_average", average),
+            ("success_rate_ejection_threshold", threshold),
+            ("local_origin_success_rate_average", local_average),
+            ("local_origin_success_rate_ejection_threshold", local_threshold),
+        ] {
+            let _ = writeln!(out, "{name}::outlier::{field}::{}", format_g(value.unwrap_or(-1.0)));
+        }
+    }
     for (label, priority) in [("default_priority", RoutingPriority::Default), ("high_priority", RoutingPriority::High)]
     {
         for (field, max) in thresholds(&cluster.breakers(priority)) {
@@ -49,15 +61,11 @@ fn cluster_text(out: &mut String, cluster: &Cluster) {
         let _ = writeln!(out, "{h}::sub_zone::{}", host.locality().sub_zone);
         let _ = writeln!(out, "{h}::canary::false");
         let _ = writeln!(out, "{h}::priority::{}", host.priority());
-        match host.outlier_if_tracked().and_then(|o| o.success_rate()) {
-            Some(rate) => {
-                let _ = writeln!(out, "{h}::success_rate::{rate}");
-            }
-            None => {
-                let _ = writeln!(out, "{h}::success_rate::-1");
-            }
-        }
-        let _ = writeln!(out, "{h}::local_origin_success_rate::-1");
+        let outlier = host.outlier_if_tracked();
+        let rate = outlier.and_then(|o| o.success_rate()).unwrap_or(-1.0);
+        let local_rate = outlier.and_then(|o| o.local_origin_success_rate()).unwrap_or(-1.0);
+        let _ = writeln!(out, "{h}::success_rate::{}", format_g(rate));
+        let _ = writeln!(out, "{h}::local_origin_success_rate::{}", format_g(local_rate));
     }
 }
 
@@ -98,7 +106,8 @@ fn cluster_json(cluster: &Cluster) -> Value {
                 })
                 .collect();
             let status = health_status(host.health_flags());
-            json!({
+            let outlier = host.outlier_if_tracked();
+            let mut host_status = json!({
                 "address": {"socket_address": {"address": host.address().ip().to_string(), "port_value": host.address().port()}},
                 "stats": stats,
                 "health_status": status,
@@ -106,10 +115,17 @@ fn cluster_json(cluster: &Cluster) -> Value {
                 "hostname": host.hostname(),
                 "priority": host.priority(),
                 "locality": {"region": host.locality().region, "zone": host.locality().zone, "sub_zone": host.locality().sub_zone},
-            })
+            });
+            if let Some(rate) = outlier.and_then(|o| o.success_rate()) {
+                host_status["success_rate"] = json!({ "value": rate });
+            }
+            if let Some(rate) = outlier.and_then(|o| o.local_origin_success_rate()) {
+                host_status["local_origin_success_rate"] = json!({ "value": rate });
+            }
+            host_status
         })
         .collect();
-    json!({
+    let mut status = json!({
         "name": cluster.name,
         "observability_name": cluster.info.stat_name(&cluster.name),
         "added_via_api": cluster.added_via_api(),
@@ -118,7 +134,28 @@ fn cluster_json(cluster: &Cluster) -> Value {
             threshold(&cluster.breakers(RoutingPriority::High), Some("HIGH")),
         ]},
         "host_statuses": hosts,
-    })
+    });
+    // Set only when positive, as Envoy's.
+    if let Some(detector) = cluster.outlier_detector() {
+        for (local, field) in
+            [(false, "success_rate_ejection_threshold"), (true, "local_origin_success_rate_ejection_threshold")]
+        {
+            if let Some(threshold) = detector.success_rate_figures(local).1.filter(|t| *t > 0.0) {
+                status[field] = json!({ "value": threshold });
+            }
+        }
+    }
+    status
+}
+
+/// A double as fmt's `{:g}` prints it (Envoy's `/clusters`): six significant digits, no
+/// trailing zeros.
+fn format_g(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return format!("{value}");
+    }
+    let scale = 10f64.powi(5 - value.abs().log10().floor() as i32);
+    format!("{}", (value * scale).round() / scale)
 }
 
 /// A host's `health_status` as Envoy's `setHealthFlag` writes it: the EDS status from the EDS
@@ -144,4 +181,15 @@ fn health_status(flags: u32) -> Value {
         }
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn doubles_print_as_fmt_g() {
+        assert_eq!(super::format_g(-1.0), "-1");
+        assert_eq!(super::format_g(100.0), "100");
+        assert_eq!(super::format_g(200.0 / 3.0), "66.6667");
+        assert_eq!(super::format_g(99.5), "99.5");
+    }
 }
