@@ -352,6 +352,11 @@ fn slow_reader_back_pressure_bounds_memory_and_loses_nothing() {
     );
     let rss_kib = px.rss_kib();
     eprintln!("upstream stalled after {stalled_at} bytes; legate RSS {baseline_kib} KiB -> {rss_kib} KiB");
+    // What waits for the client is in the downstream write buffer's gauge; reading from the
+    // upstream paused.
+    assert!(px.stat("tcp.ingress.downstream_cx_tx_bytes_buffered").is_some_and(|b| b > 0));
+    assert_eq!(px.stat("tcp.ingress.downstream_cx_rx_bytes_buffered"), Some(0));
+    px.wait_stat_at_least("cluster.backend.upstream_flow_control_paused_reading_total", 1);
 
     assert!(
         stalled_at < TOTAL,
@@ -374,6 +379,25 @@ fn slow_reader_back_pressure_bounds_memory_and_loses_nothing() {
         checker.check(&buf[..n]).unwrap();
     }
     assert_eq!(checker.len(), TOTAL, "bytes received after the client started reading");
+    // Resumed at half the limit, not at every byte drained: far fewer pauses than reads.
+    let paused = px.stat("cluster.backend.upstream_flow_control_paused_reading_total").unwrap_or(0);
+    assert!(paused < TOTAL / 65536, "{paused} pauses for {} limit-sized chunks", TOTAL / 65536);
+    px.wait_stat("tcp.ingress.downstream_cx_tx_bytes_buffered", 0);
+}
+
+/// Envoy checks the connection breaker before it picks a host: a full breaker is an overflow
+/// even when no host is healthy.
+#[test]
+fn a_full_connection_breaker_overflows_before_any_host_is_picked() {
+    let mut config = tcp_proxy_bootstrap(&[]);
+    cluster(&mut config, 0)["circuit_breakers"] = json!({ "thresholds": [{ "max_connections": 0 }] });
+    let px = start(&config);
+    let mut c = connect(px.listener_addr("ingress"));
+
+    expect_closed(&mut c, "downstream of a full breaker");
+
+    px.wait_stat("cluster.backend.upstream_cx_overflow", 1);
+    assert_eq!(px.stat("cluster.backend.upstream_cx_none_healthy"), Some(0));
 }
 
 #[test]

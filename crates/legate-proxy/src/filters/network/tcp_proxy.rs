@@ -143,7 +143,7 @@ pub struct TcpProxy {
     idle_timer: Option<Pin<Box<Sleep>>>,
     last_activity: Instant,
     max_duration_timer: Option<Pin<Box<Sleep>>>,
-    reported_rx_buffered: u64,
+    reported_upstream_buffered: u64,
     reported_tx_buffered: u64,
 }
 
@@ -165,7 +165,7 @@ impl TcpProxy {
             idle_timer: None,
             last_activity: clock::now(),
             max_duration_timer: None,
-            reported_rx_buffered: 0,
+            reported_upstream_buffered: 0,
             reported_tx_buffered: 0,
         }
     }
@@ -178,8 +178,20 @@ impl TcpProxy {
             cb.close(ConnectionCloseType::NoFlush);
             return;
         };
-        let (cluster, host) = match self.worker.cluster_manager.choose_host(&name) {
-            Ok(chosen) => chosen,
+        let Some(cluster) = self.worker.cluster_manager.get(&name) else {
+            self.shared.stats.downstream_cx_no_route.inc();
+            cb.close(ConnectionCloseType::NoFlush);
+            return;
+        };
+        // The breaker before the host, as Envoy's `establishUpstreamConnection`: a full one
+        // is an overflow whatever the hosts' health, and picks no host.
+        let Some(breaker) = cluster.breakers(RoutingPriority::Default).connections.try_acquire() else {
+            cluster.stats().upstream_cx_overflow().inc();
+            cb.close(ConnectionCloseType::NoFlush);
+            return;
+        };
+        let host = match self.worker.cluster_manager.choose_host(&name) {
+            Ok((_, host)) => host,
             Err(ChooseHostError::NoCluster) => {
                 self.shared.stats.downstream_cx_no_route.inc();
                 cb.close(ConnectionCloseType::NoFlush);
@@ -191,12 +203,9 @@ impl TcpProxy {
                 return;
             }
         };
+        // What waits for the upstream is counted under the cluster it now goes to.
+        self.clear_upstream_gauge();
         self.cluster = Some(cluster.clone());
-        let Some(breaker) = cluster.breakers(RoutingPriority::Default).connections.try_acquire() else {
-            cluster.stats().upstream_cx_overflow().inc();
-            cb.close(ConnectionCloseType::NoFlush);
-            return;
-        };
         self.connect_attempts += 1;
         tracing::debug!(connection = cb.info().id, cluster = %cluster.name, host = %host.address(), "tcp_proxy: connecting");
         let cx = UpstreamCx::new(cluster.clone(), host.clone(), breaker);
@@ -274,11 +283,14 @@ impl TcpProxy {
         let Upstream::Connected { stream, cx: ucx } = &mut self.upstream else { return Ok(()) };
         let limit = cb.buffer_limit();
         while !self.upstream_read_end {
+            // Paused above the downstream's limit (its high watermark), resumed once it drained
+            // to half (the low watermark), as Envoy's buffer watermarks.
+            if self.upstream_paused && cb.write_buffer_len() > limit / 2 {
+                return Ok(());
+            }
             if cb.write_buffer_len() >= limit {
-                if !self.upstream_paused {
-                    self.upstream_paused = true;
-                    ucx.cluster.stats().upstream_flow_control_paused_reading_total().inc();
-                }
+                self.upstream_paused = true;
+                ucx.cluster.stats().upstream_flow_control_paused_reading_total().inc();
                 return Ok(());
             }
             if self.upstream_paused {
@@ -349,19 +361,42 @@ impl TcpProxy {
         }
     }
 
+    /// The bytes waiting for a socket: downstream ones in the downstream connection's write
+    /// buffer (`tcp.<prefix>.downstream_cx_tx_bytes_buffered`), upstream ones for the upstream
+    /// connection (`cluster.<name>.upstream_cx_tx_bytes_buffered`). What the downstream sent
+    /// is taken from its read buffer at once (`downstream_cx_rx_bytes_buffered` stays 0).
     fn sync_buffer_gauges(&mut self, cb: &ReadFilterCallbacks<'_>) {
-        let rx = self.upstream_write.len() as u64;
-        adjust(&self.shared.stats.downstream_cx_rx_bytes_buffered, &mut self.reported_rx_buffered, rx);
+        let to_upstream = self.upstream_write.len() as u64;
+        if let Some(cluster) = &self.cluster {
+            let gauge = cluster.stats().upstream_cx_tx_bytes_buffered();
+            adjust(|n| gauge.add(n), |n| gauge.sub(n), &mut self.reported_upstream_buffered, to_upstream);
+        }
         let tx = cb.write_buffer_len() as u64;
-        adjust(&self.shared.stats.downstream_cx_tx_bytes_buffered, &mut self.reported_tx_buffered, tx);
+        let gauge = &self.shared.stats.downstream_cx_tx_bytes_buffered;
+        adjust(|n| gauge.add(n), |n| gauge.sub(n), &mut self.reported_tx_buffered, tx);
+    }
+
+    fn clear_upstream_gauge(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            let gauge = cluster.stats().upstream_cx_tx_bytes_buffered();
+            adjust(|n| gauge.add(n), |n| gauge.sub(n), &mut self.reported_upstream_buffered, 0);
+        }
+    }
+
+    /// The gauges' share of a connection that ends.
+    fn clear_buffer_gauges(&mut self) {
+        self.clear_upstream_gauge();
+        let gauge = &self.shared.stats.downstream_cx_tx_bytes_buffered;
+        adjust(|n| gauge.add(n), |n| gauge.sub(n), &mut self.reported_tx_buffered, 0);
     }
 }
 
-fn adjust(gauge: &legate_stats::Gauge, reported: &mut u64, now: u64) {
+/// Moves a gauge by the change from what was `reported` to `now`.
+fn adjust(add: impl Fn(u64), sub: impl Fn(u64), reported: &mut u64, now: u64) {
     if now > *reported {
-        gauge.add(now - *reported);
+        add(now - *reported);
     } else if now < *reported {
-        gauge.sub(*reported - now);
+        sub(*reported - now);
     }
     *reported = now;
 }
@@ -472,8 +507,7 @@ impl ReadFilter for TcpProxy {
     }
 
     fn on_event(&mut self, event: ConnectionEvent) {
-        adjust(&self.shared.stats.downstream_cx_rx_bytes_buffered, &mut self.reported_rx_buffered, 0);
-        adjust(&self.shared.stats.downstream_cx_tx_bytes_buffered, &mut self.reported_tx_buffered, 0);
+        self.clear_buffer_gauges();
         let upstream = std::mem::replace(&mut self.upstream, Upstream::None);
         match upstream {
             Upstream::Connected { stream, mut cx }
