@@ -391,6 +391,29 @@ impl TcpProxy {
     }
 }
 
+/// Writes `data` and the end of stream to an upstream the downstream left; `false` when
+/// `idle` passed without progress. A write error ends it too (nothing more can be done).
+async fn flush(mut stream: TransportSocket, data: &[u8], idle: Option<Duration>) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut rest = data;
+    while !rest.is_empty() {
+        match within(idle, stream.write(rest)).await {
+            None => return false,
+            Some(Ok(0) | Err(_)) => return true,
+            Some(Ok(n)) => rest = rest.get(n..).unwrap_or_default(),
+        }
+    }
+    within(idle, stream.shutdown()).await.is_some()
+}
+
+/// `step`'s output, or `None` when `idle` passes first.
+async fn within<T>(idle: Option<Duration>, step: impl Future<Output = T>) -> Option<T> {
+    match idle {
+        Some(idle) => tokio::time::timeout(idle, step).await.ok(),
+        None => Some(step.await),
+    }
+}
+
 /// Moves a gauge by the change from what was `reported` to `now`.
 fn adjust(add: impl Fn(u64), sub: impl Fn(u64), reported: &mut u64, now: u64) {
     if now > *reported {
@@ -517,19 +540,16 @@ impl ReadFilter for TcpProxy {
                 // closing the upstream (Envoy's upstream flush).
                 cx.closed_locally = true;
                 let data = std::mem::take(&mut self.upstream_write);
-                let stats = self.shared.clone();
-                let timeout = self.shared.idle_timeout.unwrap_or(Duration::from_secs(3600));
-                stats.stats.upstream_flush_total.inc();
-                stats.stats.upstream_flush_active.inc();
+                let shared = self.shared.clone();
+                shared.stats.upstream_flush_total.inc();
+                shared.stats.upstream_flush_active.inc();
                 tokio::task::spawn_local(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(timeout, async {
-                        stream.write_all(&data).await?;
-                        stream.shutdown().await
-                    })
-                    .await;
-                    stats.stats.upstream_flush_active.dec();
+                    // Envoy's `Drainer`: `idle_timeout` bounds each wait for progress (none when
+                    // it is off), and counts in `idle_timeout` when it ends the flush.
+                    if !flush(stream, &data, shared.idle_timeout).await {
+                        shared.stats.idle_timeout.inc();
+                    }
+                    shared.stats.upstream_flush_active.dec();
                     drop(cx);
                 });
             }
@@ -538,5 +558,37 @@ impl ReadFilter for TcpProxy {
             }
             Upstream::None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Envoy's `Drainer`: a flush ends when the upstream takes everything, or when it makes no
+    /// progress for `idle` (which the caller counts as an idle timeout).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flush_completes_or_ends_after_an_idle_wait() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data = vec![7u8; 64 * 1024];
+
+        let reading = tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            (got.len(), listener)
+        });
+        let stream = TransportSocket::RawBuffer(tokio::net::TcpStream::connect(addr).await.unwrap());
+        assert!(flush(stream, &data, Some(Duration::from_secs(5))).await, "the upstream took it all");
+        let (len, listener) = reading.await.unwrap();
+        assert_eq!(len, data.len());
+
+        // A peer that never reads: the socket fills, and the idle wait ends the flush.
+        let _stalled = tokio::spawn(async move { listener.accept().await.map(|(peer, _)| peer) });
+        let stream = TransportSocket::RawBuffer(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let big = vec![7u8; 32 * 1024 * 1024];
+        assert!(!flush(stream, &big, Some(Duration::from_millis(200))).await, "no progress for 200 ms");
     }
 }
