@@ -544,6 +544,23 @@ fn the_access_log_sees_the_request_as_the_router_finalized_it() {
     assert_eq!(px.logged(1), "/new/thing /old/thing inner.example yes");
 }
 
+/// On the hyper-served HTTP/1.1 path (`header_key_format`) a refused head is counted and
+/// logged as on legate's own codec (hyper writes the 400 itself, without a body).
+#[test]
+fn a_head_refused_on_the_hyper_path_is_counted_and_logged() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    hcm_config(&mut config, 0)["http_protocol_options"] = json!({ "header_key_format": { "proper_case_words": {} } });
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let reply = px.client().raw(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n");
+
+    assert!(reply.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(px.logged(1), "400 DPE");
+    px.legate.wait_stat("http.ingress.downstream_rq_4xx", 1);
+    px.legate.wait_stat("http.ingress.downstream_rq_total", 1);
+}
+
 /// A filter's local reply (here the fault filter's abort) logs the cluster the route names:
 /// Envoy knows it with the route, before the filters run.
 #[test]

@@ -597,6 +597,19 @@ async fn serve(start: Box<Start>) -> TakenOverEnd {
                 } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_status() {
                     stats.downstream_cx_protocol_error.inc();
                     guard.local_close = true;
+                    if !context.http2 {
+                        // hyper answered the refused head itself (no body, and a URI too long
+                        // reads as a head too large here): counted and logged as legate's
+                        // own codec's replies are.
+                        let (status, details) = match e.is_parse_too_large() {
+                            true => (http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "http1.headers_too_large"),
+                            false => (http::StatusCode::BAD_REQUEST, "http1.codec_error"),
+                        };
+                        let reply = crate::http::LocalReply::new(status, "", details)
+                            .with_flag(crate::http::ResponseFlag::DownstreamProtocolError);
+                        let info = codec_http1::codec_stream_info(&context, clock::now(), &reply);
+                        codec_http1::account_codec_reply(&context, info, status.as_u16(), 0);
+                    }
                 }
                 tracing::debug!(connection = context.info.id, error = %e, "downstream connection ended");
             }

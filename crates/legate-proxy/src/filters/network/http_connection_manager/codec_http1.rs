@@ -256,6 +256,21 @@ async fn reply_and_close(context: &ConnectionContext, conn: &ServerConn, reply: 
 /// in the stats, and a line in the access logs (`"- - HTTP/1.1" 400 DPE`).
 async fn codec_reply(context: &ConnectionContext, conn: &ServerConn, start: Instant, reply: LocalReply) {
     let shared = &context.shared;
+    let mut info = codec_stream_info(context, start, &reply);
+    let mut reply = reply;
+    if let Some(mapper) = &shared.local_reply {
+        active_stream::map_local_reply(mapper, &mut reply, &mut info);
+    }
+    let server = (shared.server_header_transformation() != ServerHeaderTransformation::PassThrough)
+        .then_some(&shared.server_name);
+    let status = reply.status.as_u16();
+    let body = reply.body.len() as u64;
+    Box::pin(reply_and_close(context, conn, &error_reply(reply, server))).await;
+    account_codec_reply(context, info, status, body);
+}
+
+/// The stream a codec's own reply answers: no request, the reply's flag and details.
+pub(super) fn codec_stream_info(context: &ConnectionContext, start: Instant, reply: &LocalReply) -> StreamInfo {
     let connection = &context.info;
     let mut info =
         StreamInfo::new(Version::HTTP_11, connection.id, connection.remote_address, connection.local_address);
@@ -268,17 +283,16 @@ async fn codec_reply(context: &ConnectionContext, conn: &ServerConn, start: Inst
         info.set_flag(flag);
     }
     info.response_code_details = Some(std::borrow::Cow::Owned(reply.details.clone()));
-    let mut reply = reply;
-    if let Some(mapper) = &shared.local_reply {
-        active_stream::map_local_reply(mapper, &mut reply, &mut info);
-    }
-    info.response_code = Some(reply.status.as_u16());
-    info.bytes_sent = reply.body.len() as u64;
-    shared.count_codec_reply(reply.status.as_u16());
-    let server = (shared.server_header_transformation() != ServerHeaderTransformation::PassThrough)
-        .then_some(&shared.server_name);
-    Box::pin(reply_and_close(context, conn, &error_reply(reply, server))).await;
+    info
+}
+
+/// A codec's reply sent: counted as a request and a response, and logged.
+pub(super) fn account_codec_reply(context: &ConnectionContext, mut info: StreamInfo, status: u16, body: u64) {
+    let shared = &context.shared;
+    info.response_code = Some(status);
+    info.bytes_sent = body;
     info.end = Some(info.elapsed());
+    shared.count_codec_reply(status);
     for logger in &shared.access_logs {
         logger.log(&info);
     }
