@@ -28,6 +28,23 @@ fn cluster_without_endpoints_is_503_no_healthy_upstream_uh() {
     px.legate.wait_stat("cluster.backend.upstream_rq_completed", 1);
 }
 
+/// A local reply to a gRPC request is a gRPC one, as Envoy's: a trailers-only 200 with the
+/// `grpc-status` of the HTTP status (503 → 14, unavailable) and the body as `grpc-message`.
+#[test]
+fn a_grpc_request_gets_a_grpc_local_reply() {
+    let px = HttpProxy::start(legate_bin!(), http_bootstrap(&[]));
+
+    let r = px.client().send("POST", "/pkg.Svc/Call", &[("content-type", "application/grpc")], b"");
+
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/grpc"), "{r:?}");
+    assert_eq!(r.header("grpc-status"), Some("14"), "{r:?}");
+    assert_eq!(r.header("grpc-message"), Some("no healthy upstream"), "{r:?}");
+    assert_eq!(r.body, "");
+    assert_eq!(px.logged(1), "200 UH");
+    px.legate.wait_stat("cluster.backend.upstream_rq_503", 1);
+}
+
 #[test]
 fn connection_refused_is_503_remote_connection_failure_uf() {
     let closed = ClosedPort::new();

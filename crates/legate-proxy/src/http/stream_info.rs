@@ -114,6 +114,8 @@ pub struct StreamInfo {
     pub attempt_count: u32,
     /// The health check filter answered this request.
     pub health_check: bool,
+    /// A gRPC request (`content-type: application/grpc…`): local replies to it are gRPC ones.
+    pub grpc_request: bool,
     pub requested_server_name: Option<String>,
     /// The downstream TLS session, when the listener terminated TLS (`%DOWNSTREAM_TLS_*%`,
     /// `%DOWNSTREAM_PEER_*%`).
@@ -163,6 +165,7 @@ impl StreamInfo {
             upstream_transport_failure_reason: None,
             attempt_count: 0,
             health_check: false,
+            grpc_request: false,
             requested_server_name: None,
             downstream_ssl: None,
             local_reply_body: None,

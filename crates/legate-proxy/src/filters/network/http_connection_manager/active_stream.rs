@@ -391,6 +391,7 @@ fn prepare(
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
+    info.grpc_request = head.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     snapshot_request(context, head, info);
     Ok(())
 }
@@ -799,17 +800,68 @@ fn local_reply(
     if let Some(mapper) = &context.shared.local_reply {
         map_local_reply(mapper, &mut reply, &mut completion.info);
     }
+    if completion.info.grpc_request && !reply.tunnel {
+        grpc_local_reply(&mut reply);
+    }
     let mut head = Reused::new(Response::new(()).into_parts().0);
     head.status = reply.status;
     head.headers = reply.headers;
     if !reply.body.is_empty() && reply.text && !head.headers.contains_key(CONTENT_TYPE) {
         head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    if !reply.tunnel {
+    if !reply.tunnel && !completion.info.grpc_request {
         head.headers.insert(CONTENT_LENGTH, HeaderValue::from(reply.body.len()));
     }
     encode(context, &mut head, completion, routed, filters);
     (head, Produced::Full(reply.body))
+}
+
+/// Envoy's local reply to a gRPC request: a trailers-only `200` whose `grpc-status` comes
+/// from the HTTP status (unless one is set) and whose `grpc-message` is the body,
+/// percent-encoded (`Utility::prepareLocalReply`).
+fn grpc_local_reply(reply: &mut LocalReply) {
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    let status = reply.status;
+    reply.status = StatusCode::OK;
+    reply.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    if !reply.headers.contains_key(&GRPC_STATUS) {
+        reply.headers.insert(GRPC_STATUS.clone(), HeaderValue::from(http_to_grpc_status(status)));
+    }
+    let body = std::mem::take(&mut reply.body);
+    // A JSON body format ends its line; a header value does not.
+    let message = body.strip_suffix(b"\n").unwrap_or(&body);
+    if !message.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+            reply.headers.insert(GRPC_MESSAGE.clone(), value);
+        }
+    }
+    reply.text = false;
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,                   // Internal
+        401 => 16,                   // Unauthenticated
+        403 => 7,                    // PermissionDenied
+        404 => 12,                   // Unimplemented
+        429 | 502 | 503 | 504 => 14, // Unavailable
+        _ => 2,                      // Unknown
+    }
+}
+
+/// `grpc-message`'s percent-encoding: bytes outside printable ASCII, and `%`.
+fn grpc_percent_encode(message: &[u8]) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `host[:port]` made of the characters RFC 3986 allows in a reg-name or IP literal.
