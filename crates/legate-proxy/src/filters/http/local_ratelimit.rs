@@ -74,7 +74,7 @@ impl LocalRateLimitFilterConfig {
 struct RateLimiter {
     stats: LocalRateLimitStats,
     status: StatusCode,
-    bucket: RateLimitTokenBucket,
+    bucket: Option<RateLimitTokenBucket>,
     filter_enabled: Option<FractionalPercent>,
     filter_enforced: Option<FractionalPercent>,
     response_headers_to_add: HeaderParser,
@@ -92,12 +92,9 @@ impl RateLimiter {
         Ok(RateLimiter {
             stats: LocalRateLimitStats::new(&root.scope(&format!("{}.http_local_rate_limit", config.stat_prefix))),
             status,
-            // Without a bucket (a filter whose routes carry the limits), Envoy's bucket holds
-            // no token: an enabled request is always refused.
-            bucket: match &config.token_bucket {
-                Some(bucket) => RateLimitTokenBucket::new(bucket, Instant::now()),
-                None => RateLimitTokenBucket::empty(Instant::now()),
-            },
+            // Without a bucket (a filter whose routes carry the limits), Envoy limits nothing:
+            // an enabled request is allowed and counted `ok`.
+            bucket: config.token_bucket.as_ref().map(|bucket| RateLimitTokenBucket::new(bucket, Instant::now())),
             filter_enabled: config.filter_enabled.as_ref().map(|f| f.default_value),
             filter_enforced: config.filter_enforced.as_ref().map(|f| f.default_value),
             response_headers_to_add: HeaderParser::new(&config.response_headers_to_add, &[])?,
@@ -149,18 +146,6 @@ impl RateLimitTokenBucket {
             token_interval,
             capacity: token_interval.saturating_mul(u64::from(config.max_tokens)),
             next_token_ms: (1000.0 / fill_rate).ceil() as u64,
-            start,
-            full_at: AtomicU64::new(0),
-        }
-    }
-
-    /// A bucket that never holds a token.
-    fn empty(start: Instant) -> Self {
-        RateLimitTokenBucket {
-            max_tokens: 0,
-            token_interval: 1,
-            capacity: 0,
-            next_token_ms: 0,
             start,
             full_at: AtomicU64::new(0),
         }
@@ -341,7 +326,7 @@ impl LocalRateLimitFilter {
             return FilterHeadersStatus::Continue;
         }
         limiter.stats.enabled.inc();
-        let status = if limiter.bucket.consume(now) {
+        let status = if limiter.bucket.as_ref().is_none_or(|bucket| bucket.consume(now)) {
             limiter.stats.ok.inc();
             FilterHeadersStatus::Continue
         } else {
@@ -369,7 +354,7 @@ impl LocalRateLimitFilter {
         if !limiter.x_ratelimit_headers {
             return;
         }
-        let bucket = &limiter.bucket;
+        let Some(bucket) = &limiter.bucket else { return };
         head.headers.append(X_RATELIMIT_LIMIT, HeaderValue::from(bucket.max_tokens()));
         head.headers.append(X_RATELIMIT_REMAINING, HeaderValue::from(bucket.remaining_tokens(now)));
         head.headers.append(X_RATELIMIT_RESET, HeaderValue::from(bucket.reset_seconds(now)));
@@ -547,6 +532,25 @@ request_headers_to_add_when_not_enforced:
             assert!(matches!(decode(&config, &mut head, None).1, FilterHeadersStatus::Continue));
         }
         assert_eq!(store.counter_value("edge.http_local_rate_limit.enabled"), Some(0));
+    }
+
+    /// A filter without a bucket of its own (its routes carry the limits) limits nothing,
+    /// as Envoy's: requests are allowed, counted `ok`, and get no x-ratelimit headers.
+    #[test]
+    fn no_bucket_limits_nothing() {
+        let (store, config) = filter_config(
+            "stat_prefix: edge\nfilter_enabled: {default_value: {numerator: 100}}\nfilter_enforced: {default_value: {numerator: 100}}\nenable_x_ratelimit_headers: DRAFT_VERSION_03",
+        );
+        let mut head = request("GET", "/", &[]);
+        for _ in 0..3 {
+            let (mut filter, status, _) = decode(&config, &mut head, None);
+            assert!(matches!(status, FilterHeadersStatus::Continue));
+            let mut ok = response(200);
+            filter.on_response(&mut ok, Instant::now());
+            assert!(ok.headers.is_empty());
+        }
+        assert_eq!(store.counter_value("edge.http_local_rate_limit.ok"), Some(3));
+        assert_eq!(store.counter_value("edge.http_local_rate_limit.rate_limited"), Some(0));
     }
 
     #[test]
