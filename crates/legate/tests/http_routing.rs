@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use legate_testing::config::{bootstrap, http_listener, route_config, router_filter, static_cluster, virtual_host};
+use legate_testing::config::{
+    bootstrap, http_listener, route_config, route_to, router_filter, static_cluster, virtual_host,
+};
 use legate_testing::{json, legate_bin, HttpClient, HttpUpstream, Legate, UpstreamAction, Value};
 
 fn start(config: &Value) -> Legate {
@@ -460,4 +462,41 @@ fn config_dump_lists_inline_route_configs() {
     assert_eq!(first["route_config"]["@type"], "type.googleapis.com/envoy.config.route.v3.RouteConfiguration");
     assert_eq!(first["route_config"]["name"], "local_route", "{dump}");
     assert_eq!(first["route_config"]["virtual_hosts"][0]["name"], "vh", "{dump}");
+}
+
+/// `require_tls`: a request over plain HTTP gets Envoy's TLS redirect, a 301 to the same URL
+/// over https (`EXTERNAL_ONLY` too, for a request the connection manager did not mark
+/// internal).
+#[test]
+fn require_tls_redirects_plain_http_to_https() {
+    for requirement in ["ALL", "EXTERNAL_ONLY"] {
+        let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("never over http"));
+        let mut vh = virtual_host("vh", &["*"], vec![route_to("/", "backend")]);
+        vh["require_tls"] = json!(requirement);
+        let px = start(&routing_bootstrap(vec![vh], vec![static_cluster("backend", &[upstream.addr()])]));
+        let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+        let r = c.send("GET", "/a/b?c=1", &[("host", "shop.example:8080")], b"");
+
+        assert_eq!(r.status, 301, "{requirement}: {r:?}");
+        assert_eq!(r.header("location"), Some("https://shop.example:8080/a/b?c=1"), "{requirement}");
+        assert_eq!(upstream.request_count(), 0);
+    }
+}
+
+/// `internal_only_headers` are removed from requests from outside (not `x-envoy-internal`)
+/// before anything acts on them.
+#[test]
+fn internal_only_headers_are_removed_from_external_requests() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.header("x-user-id").unwrap_or("-").to_string()));
+    let mut config = routing_bootstrap(
+        vec![virtual_host("vh", &["*"], vec![route_to("/", "backend")])],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    );
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["route_config"]["internal_only_headers"] = json!(["x-user-id"]);
+    let px = start(&config);
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(body_for(&mut c, "any", "/", &[("x-user-id", "admin")]), "-");
 }

@@ -88,6 +88,23 @@ fn stream_idle_timeout_after_the_whole_request_is_504_stream_timeout_si() {
     assert_eq!(r.status, 504, "Envoy answers 504 when the request was complete (maybeRequestTimeoutCode)");
 }
 
+/// A route's `idle_timeout` takes the place of the connection manager's
+/// `stream_idle_timeout`: shorter, it fires; 0, there is none on that route.
+#[test]
+fn a_routes_idle_timeout_replaces_the_stream_idle_timeout() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_secs(1), UpstreamAction::ok("late")));
+    for (route_idle, hcm_idle, expected) in [("0.3s", "300s", 504), ("0s", "0.3s", 200)] {
+        let mut config = http_bootstrap(&[upstream.addr()]);
+        hcm_config(&mut config, 0)["stream_idle_timeout"] = json!(hcm_idle);
+        route_action(&mut config)["idle_timeout"] = json!(route_idle);
+        let px = HttpProxy::start(legate_bin!(), config);
+
+        let r = px.client().get("/");
+
+        assert_eq!(r.status, expected, "route {route_idle}, connection manager {hcm_idle}: {r:?}");
+    }
+}
+
 /// `stream_idle_timeout` while the request body is still arriving: 408 "stream timeout".
 #[test]
 fn stream_idle_timeout_while_the_body_stalls_is_408_stream_timeout() {

@@ -98,10 +98,14 @@ pub struct RouteAction {
     pub append_x_forwarded_host: bool,
     /// Route `timeout` (15 s default); zero disables it.
     pub timeout: Duration,
-    pub idle_timeout: Option<Duration>,
+    /// `idle_timeout`: in place of the connection manager's `stream_idle_timeout` when set
+    /// (`Some(None)`: set to 0, no idle timeout on this route).
+    pub idle_timeout: Option<Option<Duration>>,
     pub retry_policy: RetryPolicy,
     pub priority: RoutingPriority,
-    pub max_stream_duration: Option<Duration>,
+    /// `max_stream_duration.max_stream_duration`, in place of the connection manager's when
+    /// set (`Some(None)`: set to 0, none on this route).
+    pub max_stream_duration: Option<Option<Duration>>,
     /// `upgrade_configs` of the route: (upgrade type lowercased, enabled).
     pub upgrades: Vec<(String, bool)>,
     /// A CONNECT upgrade config with `connect_config`: legate terminates CONNECT and tunnels
@@ -172,15 +176,14 @@ impl RouteAction {
             },
             append_x_forwarded_host: c.append_x_forwarded_host,
             timeout: c.timeout(),
-            idle_timeout: c.idle_timeout.as_ref().map(|d| d.as_std()).filter(|d| !d.is_zero()),
+            idle_timeout: c.idle_timeout.as_ref().map(|d| Some(d.as_std()).filter(|d| !d.is_zero())),
             retry_policy,
             priority: c.priority,
             max_stream_duration: c
                 .max_stream_duration
                 .as_ref()
                 .and_then(|m| m.max_stream_duration.as_ref())
-                .map(|d| d.as_std())
-                .filter(|d| !d.is_zero()),
+                .map(|d| Some(d.as_std()).filter(|d| !d.is_zero())),
             upgrades: c
                 .upgrade_configs
                 .iter()

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
-use legate_config::route::{CorsPolicy, FilterPerRouteConfig, RouteConfiguration, VirtualHost as VirtualHostConfig};
+use legate_config::route::{
+    CorsPolicy, FilterPerRouteConfig, RouteConfiguration, TlsRequirementType, VirtualHost as VirtualHostConfig,
+};
 
 use super::header_parser::HeaderParser;
 use super::route::{MatchInput, PathMatch, Route};
@@ -22,6 +24,7 @@ pub struct VirtualHost {
     pub include_attempt_count_in_request: bool,
     pub include_attempt_count_in_response: bool,
     pub per_request_buffer_limit_bytes: Option<u32>,
+    pub require_tls: TlsRequirementType,
 }
 
 impl VirtualHost {
@@ -44,7 +47,21 @@ impl VirtualHost {
             include_attempt_count_in_request: c.include_request_attempt_count,
             include_attempt_count_in_response: c.include_attempt_count_in_response,
             per_request_buffer_limit_bytes: c.per_request_buffer_limit_bytes,
+            require_tls: c.require_tls,
         })
+    }
+
+    /// `require_tls`: whether a request with this `scheme` gets Envoy's redirect to https
+    /// (`EXTERNAL_ONLY`: unless the connection manager marked it `x-envoy-internal`).
+    pub fn redirects_to_https(&self, scheme: &str, headers: &http::HeaderMap) -> bool {
+        if scheme == "https" {
+            return false;
+        }
+        match self.require_tls {
+            TlsRequirementType::None => false,
+            TlsRequirementType::All => true,
+            TlsRequirementType::ExternalOnly => headers.get("x-envoy-internal").is_none_or(|v| v.as_bytes() != b"true"),
+        }
     }
 
     /// The first route, in configuration order, that matches.
@@ -134,6 +151,8 @@ pub struct RouteConfig {
     pub most_specific_header_mutations_wins: bool,
     /// Some header value holds command operators (`%REQ(...)%`…).
     pub uses_formatters: bool,
+    /// Removed from requests not marked `x-envoy-internal` before the filters run.
+    pub internal_only_headers: Vec<http::HeaderName>,
 }
 
 impl RouteConfig {
@@ -179,6 +198,14 @@ impl RouteConfig {
             response_headers,
             most_specific_header_mutations_wins: c.most_specific_header_mutations_wins,
             uses_formatters,
+            internal_only_headers: c
+                .internal_only_headers
+                .iter()
+                .map(|h| {
+                    http::HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| format!("internal_only_headers: invalid header name '{h}'"))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 

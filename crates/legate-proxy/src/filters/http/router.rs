@@ -410,9 +410,9 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         route: route_timeout,
         per_try,
         per_try_idle: action.retry_policy.per_try_idle_timeout,
-        stream_idle: shared.stream_idle_timeout,
+        stream_idle: action.idle_timeout.unwrap_or(shared.stream_idle_timeout),
         request: shared.request_timeout,
-        max_stream_duration: action.max_stream_duration.or(shared.max_stream_duration),
+        max_stream_duration: action.max_stream_duration.unwrap_or(shared.max_stream_duration),
         alt_timeout_response,
     };
 

@@ -447,6 +447,14 @@ async fn decode(
 ) -> (Reused<http::response::Parts>, Produced) {
     let shared = &context.shared;
     let route_config = shared.route_config.current();
+    // `internal_only_headers`: gone from requests from outside before any filter sees them.
+    if !route_config.internal_only_headers.is_empty()
+        && head.headers.get(&headers::X_ENVOY_INTERNAL).is_none_or(|v| v.as_bytes() != b"true")
+    {
+        for name in &route_config.internal_only_headers {
+            head.headers.remove(name);
+        }
+    }
     // Handles that share the request's bytes: the filters below may change the head.
     let authority = router::Authority::of(&head);
     // Borrowed from the table, which the request holds to its end.
@@ -530,6 +538,15 @@ async fn decode(
 
     // The route's action.
     shared.stats.rq_total.inc();
+    // `require_tls`: Envoy's TLS redirect route, a 301 to the same URL over https.
+    if vhost.is_some_and(|vh| vh.redirects_to_https(completion.info.scheme.as_str(), &head.headers)) {
+        shared.stats.rq_redirect.inc();
+        let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, Bytes::new(), "direct_response");
+        if let Ok(v) = HeaderValue::from_str(&format!("https://{}{}", authority.as_str(), path_and_query.as_str())) {
+            reply.headers.insert(LOCATION, v);
+        }
+        return local_reply(context, reply, completion, routed, &mut filters);
+    }
     let Some(route) = route else {
         shared.stats.no_route.inc();
         return local_reply(context, LocalReply::no_route(), completion, routed, &mut filters);
