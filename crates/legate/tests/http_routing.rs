@@ -500,3 +500,35 @@ fn internal_only_headers_are_removed_from_external_requests() {
 
     assert_eq!(body_for(&mut c, "any", "/", &[("x-user-id", "admin")]), "-");
 }
+
+/// `strip_any_host_port`, `strip_matching_host_port` and `strip_trailing_host_dot` normalize
+/// the host before routing (Envoy's `maybeNormalizeHost`): the route table and the upstream
+/// see the stripped host.
+#[test]
+fn host_normalization_happens_before_routing() {
+    for (field, sent, expected) in [
+        ("strip_any_host_port", "shop.example:8443", "shop.example"),
+        ("strip_trailing_host_dot", "shop.example.", "shop.example"),
+        ("strip_matching_host_port", "shop.example:1", "shop.example:1"),
+    ] {
+        let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.header("host").unwrap_or("-").to_string()));
+        let mut config = routing_bootstrap(
+            vec![
+                virtual_host("shop", &["shop.example", "shop.example:1"], vec![route_to("/", "backend")]),
+                virtual_host("other", &["*"], vec![direct(json!({ "prefix": "/" }), "other")]),
+            ],
+            vec![static_cluster("backend", &[upstream.addr()])],
+        );
+        let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        hcm[field] = json!(true);
+        let px = start(&config);
+        let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+        assert_eq!(body_for(&mut c, sent, "/", &[]), expected, "{field} with host {sent}");
+        if field == "strip_matching_host_port" {
+            // The listener's own port is the one stripped.
+            let own = format!("shop.example:{}", px.connect_addr("ingress").port());
+            assert_eq!(body_for(&mut c, &own, "/", &[]), "shop.example", "{field} with host {own}");
+        }
+    }
+}

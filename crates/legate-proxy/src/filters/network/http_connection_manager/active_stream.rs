@@ -270,6 +270,20 @@ fn prepare(
         stats.downstream_rq_non_relative_path.inc();
         return Err(Box::new(LocalReply::new(StatusCode::NOT_FOUND, "", "absolute_path_rejected")));
     }
+    // Envoy's `maybeNormalizeHost`, before routing: the host as the route table and the
+    // upstream see it.
+    if config.strip_trailing_host_dot || config.strip_any_host_port || config.strip_matching_host_port {
+        let listener_port = context.info.local_address.port();
+        let normalized = normalize_host(
+            authority,
+            config.strip_trailing_host_dot,
+            config.strip_any_host_port,
+            config.strip_matching_host_port.then_some(listener_port),
+        );
+        if let Some(normalized) = normalized {
+            set_authority(head, &normalized);
+        }
+    }
 
     // Path normalization.
     if let Some(pq) = head.uri.path_and_query().cloned() {
@@ -881,6 +895,38 @@ fn grpc_percent_encode(message: &[u8]) -> String {
     out
 }
 
+/// The host after `strip_trailing_host_dot` and the port stripping (any port, or only
+/// `matching` the listener's); `None` when unchanged. An IPv6 literal keeps its brackets.
+fn normalize_host(authority: &str, trailing_dot: bool, any_port: bool, matching: Option<u16>) -> Option<String> {
+    let (host, port) = crate::router::action::split_host_port(authority);
+    let mut host = host;
+    if trailing_dot && host.len() > 1 {
+        host = host.strip_suffix('.').unwrap_or(host);
+    }
+    let port = port.filter(|p| !(any_port || matching.is_some_and(|m| p.parse::<u16>().ok() == Some(m))));
+    let normalized = match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    (normalized != authority).then_some(normalized)
+}
+
+/// Sets the request's authority: the `host` header, and the URI's for HTTP/2 and absolute
+/// URLs.
+fn set_authority(head: &mut http::request::Parts, authority: &str) {
+    let Ok(value) = HeaderValue::from_str(authority) else { return };
+    if head.uri.authority().is_some() {
+        let mut parts = head.uri.clone().into_parts();
+        parts.authority = http::uri::Authority::try_from(authority).ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            head.uri = uri;
+        }
+    }
+    if head.headers.contains_key(http::header::HOST) || head.version != Version::HTTP_2 {
+        head.headers.insert(http::header::HOST, value);
+    }
+}
+
 /// `host[:port]` made of the characters RFC 3986 allows in a reg-name or IP literal.
 fn valid_authority(authority: &str) -> bool {
     authority.bytes().all(|b| AUTHORITY_BYTES.get(usize::from(b)).copied().unwrap_or(false))
@@ -1029,6 +1075,14 @@ fn sanitize_external(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_normalization_keeps_ipv6_brackets_and_unmatched_ports() {
+        assert_eq!(normalize_host("[::1]:80", false, true, None).as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("a.example.:80", true, false, Some(80)).as_deref(), Some("a.example"));
+        assert_eq!(normalize_host("a.example:81", false, false, Some(80)), None);
+        assert_eq!(normalize_host(".", true, false, None), None);
+    }
 
     #[test]
     fn the_client_is_trusted_hops_from_the_right_of_x_forwarded_for_over_all_its_fields() {
