@@ -532,3 +532,26 @@ fn host_normalization_happens_before_routing() {
         }
     }
 }
+
+/// `prefix_rewrite` on a `path` or `safe_regex` route replaces the whole matched path (Envoy's
+/// `PathRouteEntryImpl` / `RegexRouteEntryImpl::rewritePathHeader`), the query kept; in a
+/// redirect too.
+#[test]
+fn prefix_rewrite_applies_to_path_and_regex_routes() {
+    let upstream = HttpUpstream::http1(|r| UpstreamAction::ok(r.path.clone()));
+    let routes = vec![
+        json!({ "match": { "path": "/old" }, "route": { "cluster": "backend", "prefix_rewrite": "/new" } }),
+        json!({ "match": { "safe_regex": { "regex": "/re/[0-9]+" } }, "route": { "cluster": "backend", "prefix_rewrite": "/numbered" } }),
+        json!({ "match": { "path": "/moved" }, "redirect": { "prefix_rewrite": "/here" } }),
+    ];
+    let px = start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], routes)],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    ));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(body_for(&mut c, "h", "/old?x=1", &[]), "/new?x=1");
+    assert_eq!(body_for(&mut c, "h", "/re/42?y=2", &[]), "/numbered?y=2");
+    let r = c.send("GET", "/moved?z=3", &[("host", "h")], b"");
+    assert_eq!((r.status, r.header("location")), (301, Some("http://h/here?z=3")), "{r:?}");
+}

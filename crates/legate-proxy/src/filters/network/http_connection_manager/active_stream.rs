@@ -573,7 +573,7 @@ async fn decode(
                 authority.as_str(),
                 path,
                 query,
-                matched_prefix(route),
+                matched_prefix(route, path),
             );
             let mut reply = LocalReply::new(redirect.status, Bytes::new(), "direct_response");
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -618,7 +618,7 @@ async fn decode(
                 // Still the head's when no filter ran.
                 authority: filters.is_empty().then_some(authority),
                 body: body.clone(),
-                matched_prefix: matched_prefix(route),
+                matched_prefix: matched_prefix(route, path),
                 header_parsers,
                 include_attempt_count,
                 upgrade,
@@ -697,11 +697,14 @@ pub fn upgrade_type(method: &Method, version: Version, headers: &http::HeaderMap
         .map(str::to_string)
 }
 
-fn matched_prefix(route: &Route) -> Option<&str> {
+/// The part of `path` the route matched, which `prefix_rewrite` replaces (Envoy's
+/// `rewritePathHeader`): the prefix, the whole path of a `path` or `safe_regex` match.
+fn matched_prefix<'a>(route: &'a Route, path: &'a str) -> Option<&'a str> {
+    use crate::router::route::PathMatch;
     match &route.path {
-        crate::router::route::PathMatch::Prefix(p) => Some(p.as_str()),
-        crate::router::route::PathMatch::SeparatedPrefix(p) => Some(p.as_str()),
-        _ => None,
+        PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) | PathMatch::Exact(p) => Some(p.as_str()),
+        PathMatch::Regex(_) => Some(path),
+        PathMatch::Connect => None,
     }
 }
 
