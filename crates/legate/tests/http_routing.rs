@@ -555,3 +555,20 @@ fn prefix_rewrite_applies_to_path_and_regex_routes() {
     let r = c.send("GET", "/moved?z=3", &[("host", "h")], b"");
     assert_eq!((r.status, r.header("location")), (301, Some("http://h/here?z=3")), "{r:?}");
 }
+
+/// A `direct_response` with a 201 or 3xx status points `location` at the request's URL, as
+/// Envoy's router does.
+#[test]
+fn a_direct_redirect_status_carries_the_request_url_as_location() {
+    let routes = vec![
+        json!({ "match": { "prefix": "/made" }, "direct_response": { "status": 201 } }),
+        json!({ "match": { "prefix": "/" }, "direct_response": { "status": 200 } }),
+    ];
+    let px = start(&routing_bootstrap(vec![virtual_host("vh", &["*"], routes)], vec![]));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = c.send("POST", "/made/1?x=2", &[("host", "api.example")], b"");
+    assert_eq!((r.status, r.header("location")), (201, Some("http://api.example/made/1?x=2")), "{r:?}");
+    let r = c.send("GET", "/other", &[("host", "api.example")], b"");
+    assert_eq!((r.status, r.header("location")), (200, None), "{r:?}");
+}

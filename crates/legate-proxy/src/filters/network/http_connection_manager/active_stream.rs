@@ -584,6 +584,14 @@ async fn decode(
         RouteKind::DirectResponse(direct) => {
             shared.stats.rq_direct_response.inc();
             let mut reply = LocalReply::new(direct.status, direct.body.clone(), "direct_response");
+            // RFC 9110 §15.3.2 and §15.4: a 201 or a 3xx says where; Envoy's router points
+            // at the request's own URL.
+            if direct.status == StatusCode::CREATED || direct.status.is_redirection() {
+                let url = format!("{}://{}{}", completion.info.scheme.as_str(), authority.as_str(), path_and_query);
+                if let Ok(v) = HeaderValue::from_str(&url) {
+                    reply.headers.insert(LOCATION, v);
+                }
+            }
             if let Some(format) = &direct.body_format {
                 format_body(&mut reply, format, &mut completion.info);
             }
