@@ -162,8 +162,13 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value))
 }
 
+/// A gRPC message (Envoy's `hasGrpcContentType`): `content-type` exactly `application/grpc`
+/// or `application/grpc+…` (so not `application/grpc-web`).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| match v.as_bytes().strip_prefix(b"application/grpc") {
+        Some(rest) => rest.is_empty() || rest.starts_with(b"+"),
+        None => false,
+    })
 }
 
 /// The first value of query parameter `name` (raw, not percent-decoded, as Envoy matches).
@@ -177,6 +182,20 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_is_its_content_type_exactly_or_with_a_suffix() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_str(ct).unwrap());
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/grpc-web+proto"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
 
     #[test]
     fn query_values() {

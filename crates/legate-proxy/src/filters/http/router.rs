@@ -142,11 +142,6 @@ fn charge_host(host: &HostSharedPtr, error: bool) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A gRPC message's `content-type` (`application/grpc`, `application/grpc+proto`…).
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// Whether a gRPC status (in trailers, or the head of a trailers-only response) maps to an
 /// HTTP 5xx (Envoy's `grpcToHttpStatus`: unknown, deadline exceeded, unimplemented, internal,
 /// unavailable, data loss, and a missing or unknown status).
@@ -732,7 +727,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 // unless the head ends the response.
                 if status.is_server_error() {
                     charge_host(&host, true);
-                } else if !is_grpc(&parts.headers) {
+                } else if !crate::router::route::is_grpc(&parts.headers) {
                     charge_host(&host, false);
                 } else if http_body::Body::is_end_stream(&body) {
                     charge_host(&host, grpc_status_is_error(&parts.headers));

@@ -405,7 +405,7 @@ fn prepare(
     if let Some(via) = &shared.via {
         head.headers.append(VIA, via.clone());
     }
-    info.grpc_request = head.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    info.grpc_request = crate::router::route::is_grpc(&head.headers);
     snapshot_request(context, head, info);
     Ok(())
 }
