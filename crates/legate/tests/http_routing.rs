@@ -572,3 +572,32 @@ fn a_direct_redirect_status_carries_the_request_url_as_location() {
     let r = c.send("GET", "/other", &[("host", "api.example")], b"");
     assert_eq!((r.status, r.header("location")), (200, None), "{r:?}");
 }
+
+/// The host rewrites run after the header mutations (Envoy's `finalizeRequestHeaders`):
+/// `host_rewrite_header` can name a header the route adds; `host_rewrite_path_regex` makes
+/// the host from the path; `append_x_forwarded_host` appends to an existing field with a
+/// comma.
+#[test]
+fn host_rewrites_follow_the_header_mutations() {
+    let upstream = HttpUpstream::http1(|r| {
+        let xfh =
+            r.headers.iter().filter(|(k, _)| k == "x-forwarded-host").map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        UpstreamAction::ok(format!("{} {}", r.header("host").unwrap_or("-"), xfh.join("|")))
+    });
+    let routes = vec![
+        json!({ "match": { "prefix": "/added" }, "route": {
+            "cluster": "backend", "host_rewrite_header": "x-target", "append_x_forwarded_host": true },
+            "request_headers_to_add": [{ "header": { "key": "x-target", "value": "added.example" } }] }),
+        json!({ "match": { "prefix": "/" }, "route": {
+            "cluster": "backend",
+            "host_rewrite_path_regex": { "pattern": { "regex": "^/([^/]+)/.*$" }, "substitution": "\\1" } } }),
+    ];
+    let px = start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], routes)],
+        vec![static_cluster("backend", &[upstream.addr()])],
+    ));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(body_for(&mut c, "front", "/added/x", &[("x-forwarded-host", "edge")]), "added.example edge,front");
+    assert_eq!(body_for(&mut c, "front", "/svc.example/x?q=1", &[]), "svc.example ");
+}

@@ -95,6 +95,8 @@ pub struct RouteAction {
     pub host_rewrite_literal: Option<HeaderValue>,
     pub auto_host_rewrite: bool,
     pub host_rewrite_header: Option<HeaderName>,
+    /// `host_rewrite_path_regex`: the host made from the path (its query left out).
+    pub host_rewrite_path_regex: Option<Box<RegexMatchAndSubstitute>>,
     pub append_x_forwarded_host: bool,
     /// Route `timeout` (15 s default); zero disables it.
     pub timeout: Duration,
@@ -167,6 +169,7 @@ impl RouteAction {
                 s => Some(header_value(s)?),
             },
             auto_host_rewrite: c.auto_host_rewrite.unwrap_or(false),
+            host_rewrite_path_regex: c.host_rewrite_path_regex.clone(),
             host_rewrite_header: match c.host_rewrite_header.as_deref().unwrap_or_default() {
                 "" => None,
                 s => Some(
@@ -238,6 +241,12 @@ impl RouteAction {
 
     /// Whether an upgrade of `upgrade_type` is allowed: the route's `upgrade_configs` decide
     /// when they name the type, else the connection manager's (`hcm_enabled`).
+    /// `host_rewrite_path_regex`'s host for `path` (without its query).
+    pub fn host_from_path(&self, path: &str) -> Option<String> {
+        let rewrite = self.host_rewrite_path_regex.as_ref()?;
+        Some(rewrite.pattern.regex().replace_all(path, re2_substitution(&rewrite.substitution).as_str()).into_owned())
+    }
+
     pub fn upgrade_allowed(&self, upgrade_type: &str, hcm_enabled: Option<bool>) -> bool {
         match self.upgrades.iter().find(|(t, _)| t.eq_ignore_ascii_case(upgrade_type)) {
             Some((_, enabled)) => *enabled && hcm_enabled.is_some(),

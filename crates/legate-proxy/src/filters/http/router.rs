@@ -425,26 +425,42 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
     }
     let mut authority = rq.authority.take().unwrap_or_else(|| Authority::of(head));
     let original_authority = authority.clone();
+    // Envoy's `finalizeRequestHeaders`: the weighted cluster's mutations, the route's, then
+    // the host rewrites (so a header the mutations set can name the host), the weighted
+    // cluster's own host last.
+    let weighted_entry = match (weighted_index, &action.cluster) {
+        (Some(i), ClusterSpecifier::Weighted { clusters, .. }) => clusters.get(i),
+        _ => None,
+    };
+    if let Some(entry) = weighted_entry {
+        entry.request_headers.evaluate(&mut head.headers, rq.info);
+    }
+    for parser in rq.header_parsers.iter().flatten() {
+        parser.evaluate(&mut head.headers, rq.info);
+    }
     if let Some(host) = &action.host_rewrite_literal {
         authority = Authority(host.clone());
     } else if let Some(header) = &action.host_rewrite_header {
         if let Some(v) = head.headers.get(header).filter(|v| v.to_str().is_ok()) {
             authority = Authority(v.clone());
         }
-    }
-    if let (Some(i), ClusterSpecifier::Weighted { clusters, .. }) = (weighted_index, &action.cluster) {
-        if let Some(entry) = clusters.get(i) {
-            entry.request_headers.evaluate(&mut head.headers, rq.info);
-            if let Some(host) = &entry.host_rewrite_literal {
-                authority = Authority(host.clone());
-            }
+    } else if let Some(host) = action.host_from_path(original.path()) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            authority = Authority(v);
         }
     }
-    for parser in rq.header_parsers.iter().flatten() {
-        parser.evaluate(&mut head.headers, rq.info);
+    if let Some(host) = weighted_entry.and_then(|entry| entry.host_rewrite_literal.as_ref()) {
+        authority = Authority(host.clone());
     }
     if action.append_x_forwarded_host && authority.as_str() != original_authority.as_str() {
-        head.headers.append(headers::X_FORWARDED_HOST.clone(), original_authority.0.clone());
+        // One comma-separated field, as Envoy appends it.
+        let forwarded = match head.headers.get(&headers::X_FORWARDED_HOST).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => HeaderValue::from_str(&format!("{earlier},{}", original_authority.as_str())).ok(),
+            None => Some(original_authority.0.clone()),
+        };
+        if let Some(value) = forwarded {
+            head.headers.insert(headers::X_FORWARDED_HOST.clone(), value);
+        }
     }
     let mut downstream_upgrade = rq.upgrade.take();
     // Looked up only for an upgrade: it goes with the hop-by-hop fields below.
