@@ -601,3 +601,28 @@ fn host_rewrites_follow_the_header_mutations() {
     assert_eq!(body_for(&mut c, "front", "/added/x", &[("x-forwarded-host", "edge")]), "added.example edge,front");
     assert_eq!(body_for(&mut c, "front", "/svc.example/x?q=1", &[]), "svc.example ");
 }
+
+/// Weighted clusters: `header_name` carries the random value that picks the entry (a layer in
+/// front picks for both), and an entry's `cluster_header` names its cluster in the request.
+#[test]
+fn weighted_clusters_pick_by_header_and_name_clusters_by_header() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let b = HttpUpstream::http1(|_| UpstreamAction::ok("b"));
+    let route = json!({ "match": { "prefix": "/" }, "route": { "weighted_clusters": {
+        "header_name": "x-pick",
+        "clusters": [{ "name": "a", "weight": 1 }, { "cluster_header": "x-cluster", "weight": 1 }],
+    } } });
+    let px = start(&routing_bootstrap(
+        vec![virtual_host("vh", &["*"], vec![route])],
+        vec![static_cluster("a", &[a.addr()]), static_cluster("b", &[b.addr()])],
+    ));
+    let mut c = HttpClient::connect(px.connect_addr("ingress"));
+
+    for _ in 0..5 {
+        assert_eq!(body_for(&mut c, "h", "/", &[("x-pick", "4")]), "a", "4 mod 2 picks the first");
+        assert_eq!(body_for(&mut c, "h", "/", &[("x-pick", "7"), ("x-cluster", "b")]), "b");
+    }
+    // The second entry without its header names no cluster.
+    let r = c.send("GET", "/", &[("host", "h"), ("x-pick", "1")], b"");
+    assert_eq!(r.status, 503, "{r:?}");
+}

@@ -62,6 +62,8 @@ impl RouteKind {
 
 pub struct WeightedClusterEntry {
     pub name: Arc<str>,
+    /// `cluster_header`: the cluster is the value of this request header instead of `name`.
+    pub cluster_header: Option<HeaderName>,
     pub weight: u64,
     pub request_headers: HeaderParser,
     pub response_headers: HeaderParser,
@@ -75,6 +77,8 @@ pub enum ClusterSpecifier {
     Weighted {
         clusters: Vec<WeightedClusterEntry>,
         total: u64,
+        /// `header_name`: a request header holding the random value that picks the entry.
+        random_value_header: Option<HeaderName>,
     },
 }
 
@@ -134,6 +138,13 @@ impl RouteAction {
             for entry in &w.clusters {
                 clusters.push(WeightedClusterEntry {
                     name: entry.name.as_str().into(),
+                    cluster_header: match entry.cluster_header.as_str() {
+                        "" => None,
+                        h => Some(
+                            HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                                .map_err(|_| format!("invalid weighted cluster_header '{h}'"))?,
+                        ),
+                    },
                     weight: u64::from(entry.weight.unwrap_or(0)),
                     request_headers: HeaderParser::new(
                         &entry.request_headers_to_add,
@@ -150,7 +161,14 @@ impl RouteAction {
                 });
             }
             let total = clusters.iter().map(|c| c.weight).sum();
-            ClusterSpecifier::Weighted { clusters, total }
+            let random_value_header = match w.header_name.as_str() {
+                "" => None,
+                h => Some(
+                    HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| format!("invalid weighted_clusters header_name '{h}'"))?,
+                ),
+            };
+            ClusterSpecifier::Weighted { clusters, total, random_value_header }
         } else {
             return Err("route action needs one of cluster, cluster_header, weighted_clusters".into());
         };

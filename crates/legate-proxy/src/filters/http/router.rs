@@ -330,8 +330,19 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 ));
             }
         },
-        ClusterSpecifier::Weighted { clusters, total } => {
-            let pick = if *total == 0 { 0 } else { fastrand::u64(0..*total) };
+        ClusterSpecifier::Weighted { clusters, total, random_value_header } => {
+            // Envoy's `pickWeightedCluster`: the random value from `header_name` when the
+            // request has exactly one numeric value there, else a random one.
+            let from_header = random_value_header.as_ref().and_then(|h| {
+                let mut values = head.headers.get_all(h).iter();
+                let value = values.next()?;
+                values.next().is_none().then(|| value.to_str().ok()?.parse::<u64>().ok()).flatten()
+            });
+            let pick = match (*total, from_header) {
+                (0, _) => 0,
+                (total, Some(value)) => value % total,
+                (total, None) => fastrand::u64(0..total),
+            };
             let mut acc = 0;
             let index = clusters.iter().position(|c| {
                 acc += c.weight;
@@ -339,7 +350,15 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
             });
             let index = index.unwrap_or(0);
             match clusters.get(index) {
-                Some(entry) => (entry.name.clone(), Some(index)),
+                // A `cluster_header` entry names its cluster in the request (an absent header
+                // names none: cluster not found).
+                Some(entry) => match &entry.cluster_header {
+                    Some(header) => {
+                        let name = head.headers.get(header).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                        (Arc::from(name), Some(index))
+                    }
+                    None => (entry.name.clone(), Some(index)),
+                },
                 None => {
                     shared.stats.no_cluster.inc();
                     return RouterOutcome::LocalReply(LocalReply::cluster_not_found(
