@@ -58,3 +58,31 @@ fn a_route_can_turn_an_enabled_filter_off() {
     assert_eq!(client.get("/quiet").status, 200);
     assert_eq!(client.get("/other").status, 503);
 }
+
+/// The route configuration's `typed_per_filter_config` is the least specific level, under the
+/// virtual host's and the route's (Envoy's `mostSpecificPerFilterConfig`): it turns the
+/// filter off everywhere but where a virtual host or route says otherwise.
+#[test]
+fn the_route_configuration_level_applies_under_virtual_hosts_and_routes() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("upstream"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let hcm = hcm_config(&mut config, 0);
+    let mut loud = route_to("/loud", "backend");
+    loud["typed_per_filter_config"] = json!({
+        "envoy.filters.http.fault": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "config": fault_abort(418)
+        }
+    });
+    let mut routes = route_config(vec![virtual_host("all", &["*"], vec![loud, route_to("/", "backend")])]);
+    routes["typed_per_filter_config"] = json!({
+        "envoy.filters.http.fault": { "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true }
+    });
+    hcm["route_config"] = routes;
+    hcm["http_filters"] = json!([{ "name": "envoy.filters.http.fault", "typed_config": fault_abort(503) }, router()]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+
+    assert_eq!(client.get("/other").status, 200, "off for the whole route table");
+    assert_eq!(client.get("/loud").status, 418, "on again where the route configures it");
+}

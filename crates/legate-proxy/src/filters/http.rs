@@ -97,19 +97,26 @@ pub struct StreamView<'a> {
     pub info: &'a mut StreamInfo,
     pub route: Option<&'a Arc<Route>>,
     pub virtual_host: Option<&'a Arc<VirtualHost>>,
+    pub route_config: Option<&'a crate::router::RouteConfig>,
 }
 
 impl<'a> StreamView<'a> {
     pub fn of(cb: &'a mut FilterCallbacks<'_>) -> Self {
-        StreamView { info: &mut *cb.stream_info, route: cb.route, virtual_host: cb.virtual_host }
+        StreamView {
+            info: &mut *cb.stream_info,
+            route: cb.route,
+            virtual_host: cb.virtual_host,
+            route_config: Some(cb.route_config),
+        }
     }
 
-    /// The most specific `typed_per_filter_config` for `filter_name`: route, then virtual host
-    /// (as [`FilterCallbacks::per_filter_config`]).
+    /// The most specific `typed_per_filter_config` for `filter_name`: route, then virtual
+    /// host, then route configuration (as [`FilterCallbacks::per_filter_config`]).
     pub fn per_filter_config(&self, filter_name: &str) -> Option<&'a FilterPerRouteConfig> {
         self.route
             .and_then(|r| r.per_filter_config.get(filter_name))
             .or_else(|| self.virtual_host.and_then(|v| v.per_filter_config.get(filter_name)))
+            .or_else(|| self.route_config.and_then(|c| c.per_filter_config.get(filter_name)))
     }
 }
 

@@ -44,11 +44,12 @@ pub struct FilterCallbacks<'a> {
 
 impl FilterCallbacks<'_> {
     /// The most specific `typed_per_filter_config` for `filter_name`: route, then virtual
-    /// host (Envoy also looks at the route configuration, which legate has no field for).
+    /// host, then route configuration (Envoy's `mostSpecificPerFilterConfig`).
     pub fn per_filter_config(&self, filter_name: &str) -> Option<&FilterPerRouteConfig> {
         self.route
             .and_then(|r| r.per_filter_config.get(filter_name))
             .or_else(|| self.virtual_host.and_then(|v| v.per_filter_config.get(filter_name)))
+            .or_else(|| self.route_config.per_filter_config.get(filter_name))
     }
 }
 

@@ -153,6 +153,8 @@ pub struct RouteConfig {
     pub uses_formatters: bool,
     /// Removed from requests not marked `x-envoy-internal` before the filters run.
     pub internal_only_headers: Vec<http::HeaderName>,
+    /// The least specific `typed_per_filter_config`, under the virtual hosts' and routes'.
+    pub per_filter_config: BTreeMap<String, FilterPerRouteConfig>,
 }
 
 impl RouteConfig {
@@ -198,6 +200,7 @@ impl RouteConfig {
             response_headers,
             most_specific_header_mutations_wins: c.most_specific_header_mutations_wins,
             uses_formatters,
+            per_filter_config: c.typed_per_filter_config.clone(),
             internal_only_headers: c
                 .internal_only_headers
                 .iter()

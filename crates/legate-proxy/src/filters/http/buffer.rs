@@ -117,7 +117,7 @@ virtual_hosts:
         let mut filter = BufferFilter::new(config);
         let status = filter.on_request(
             end_stream,
-            StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref() },
+            StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref(), route_config: None },
         );
         (filter, status)
     }

@@ -63,7 +63,7 @@ impl CorsFilterConfig {
 }
 
 /// The policies that apply to a stream, most specific first.
-struct Policies<'a>([Option<&'a CorsPolicy>; 2]);
+struct Policies<'a>([Option<&'a CorsPolicy>; 3]);
 
 impl<'a> Policies<'a> {
     /// `None` when the stream has no route entry (no route, a redirect, a direct response).
@@ -77,11 +77,12 @@ impl<'a> Policies<'a> {
         };
         let from_route = typed(route.per_filter_config.get(filter_name));
         let from_vhost = typed(vhost.and_then(|v| v.per_filter_config.get(filter_name)));
+        let from_config = typed(stream.route_config.and_then(|c| c.per_filter_config.get(filter_name)));
         // The `cors` fields count only when no typed per-filter config exists, as in Envoy.
-        let policies = if from_route.is_some() || from_vhost.is_some() {
-            [from_route, from_vhost]
+        let policies = if from_route.is_some() || from_vhost.is_some() || from_config.is_some() {
+            [from_route, from_vhost, from_config]
         } else {
-            [action.cors.as_deref(), vhost.and_then(|v| v.cors.as_ref())]
+            [action.cors.as_deref(), vhost.and_then(|v| v.cors.as_ref()), None]
         };
         Some(Policies(policies))
     }
@@ -327,7 +328,8 @@ virtual_hosts:
         let mut filter = CorsFilter::new(config.clone());
         let mut info = stream_info();
         let (vhost, route) = routes.find(head);
-        let stream = StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref() };
+        let stream =
+            StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref(), route_config: None };
         let status = filter.on_request(head, stream);
         Run { filter, status }
     }

@@ -360,7 +360,8 @@ mod tests {
         let mut filter = FaultFilter::new(config.clone());
         let mut info = stream_info();
         let (vhost, route) = routes.map(|r| r.find(head)).unwrap_or((None, None));
-        let stream = StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref() };
+        let stream =
+            StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref(), route_config: None };
         let status = filter.on_request(head, stream);
         (filter, status, info)
     }

@@ -302,7 +302,7 @@ mod tests {
         now: Instant,
     ) -> (FilterHeadersStatus, bool) {
         let mut info = stream_info();
-        let stream = StreamView { info: &mut info, route: None, virtual_host: None };
+        let stream = StreamView { info: &mut info, route: None, virtual_host: None, route_config: None };
         let status = filter.on_request(head, stream, failed, cluster, now);
         (status, info.health_check)
     }

@@ -465,7 +465,8 @@ enable_x_ratelimit_headers: DRAFT_VERSION_03
         let mut filter = LocalRateLimitFilter::new(config.clone());
         let mut info = stream_info();
         let (vhost, route) = routes.map(|r| r.find(head)).unwrap_or((None, None));
-        let stream = StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref() };
+        let stream =
+            StreamView { info: &mut info, route: route.as_ref(), virtual_host: vhost.as_ref(), route_config: None };
         let status = filter.on_request(head, stream, Instant::now());
         (filter, status, info)
     }

@@ -495,7 +495,7 @@ async fn decode(
     let mut filters: Vec<Box<dyn HttpFilter>> = shared
         .filters
         .iter()
-        .filter(|(factory, disabled)| filter_enabled(factory.name(), *disabled, route, vhost))
+        .filter(|(factory, disabled)| filter_enabled(factory.name(), *disabled, route, vhost, &route_config))
         .map(|(factory, _)| factory.create())
         .collect();
     let end_stream = body.borrow().is_empty_and_complete();
@@ -667,10 +667,13 @@ fn filter_enabled(
     disabled_by_default: bool,
     route: Option<&Arc<Route>>,
     vhost: Option<&Arc<VirtualHost>>,
+    route_config: &RouteConfig,
 ) -> bool {
     use legate_config::route::FilterPerRouteConfig;
-    let per_route =
-        route.and_then(|r| r.per_filter_config.get(name)).or_else(|| vhost.and_then(|v| v.per_filter_config.get(name)));
+    let per_route = route
+        .and_then(|r| r.per_filter_config.get(name))
+        .or_else(|| vhost.and_then(|v| v.per_filter_config.get(name)))
+        .or_else(|| route_config.per_filter_config.get(name));
     match per_route {
         Some(FilterPerRouteConfig::Disabled) => false,
         Some(_) => true,
