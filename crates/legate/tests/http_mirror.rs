@@ -83,3 +83,25 @@ fn requests_are_mirrored_with_their_body_and_a_shadow_host() {
     assert!(primary_request.contains("host: shop.example:8080"), "{primary_request}");
     px.wait_stat("cluster.shadow.upstream_rq_200", 1);
 }
+
+/// Mirror policies on the virtual host (and, below it, the route configuration) apply to
+/// routes that have none of their own; a route's own replace them.
+#[test]
+fn virtual_host_mirror_policies_apply_to_routes_without_their_own() {
+    let primary = recording_upstream("primary", Arc::new(Mutex::new(Vec::new())));
+    let shadow_seen = Arc::new(Mutex::new(Vec::new()));
+    let shadow = recording_upstream("shadow", shadow_seen.clone());
+    let mut vhost = virtual_host("all", &["*"], vec![route_to("/", "primary")]);
+    vhost["request_mirror_policies"] = json!([{ "cluster": "shadow" }]);
+    let config = bootstrap(
+        vec![http_listener("ingress", route_config(vec![vhost]), vec![router_filter()], json!({}))],
+        vec![static_cluster("primary", &[primary.addr()]), static_cluster("shadow", &[shadow.addr()])],
+    );
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = connect(px.listener_addr("ingress"));
+    client.write_all(b"GET /inherited HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.ends_with("primary"), "{response}");
+    eventually("the shadow cluster saw the request", EVENTUALLY, || shadow_seen.lock().unwrap().len(), |n| *n == 1);
+}

@@ -21,10 +21,20 @@ pub enum RouteKind {
     DirectResponse(DirectResponse),
 }
 
+/// What a route takes from its virtual host, and through it the route configuration, when it
+/// has none of its own (Envoy's `RouteEntryImplBase`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Inherited<'a> {
+    /// The virtual host's `retry_policy` (never merged with a route's).
+    pub retry_policy: Option<&'a RetryPolicyConfig>,
+    /// The virtual host's `request_mirror_policies`, else the route configuration's.
+    pub mirror_policies: &'a [legate_config::route::RequestMirrorPolicy],
+}
+
 impl RouteKind {
-    pub(crate) fn new(config: &RouteConfig, vhost_retry: Option<&RetryPolicyConfig>) -> Result<Self, String> {
+    pub(crate) fn new(config: &RouteConfig, inherited: Inherited<'_>) -> Result<Self, String> {
         if let Some(action) = &config.route {
-            return Ok(RouteKind::Route(Box::new(RouteAction::new(action, vhost_retry)?)));
+            return Ok(RouteKind::Route(Box::new(RouteAction::new(action, inherited)?)));
         }
         if let Some(redirect) = &config.redirect {
             return Ok(RouteKind::Redirect(Box::new(Redirect {
@@ -123,7 +133,7 @@ pub struct RouteAction {
 }
 
 impl RouteAction {
-    fn new(c: &legate_config::route::RouteAction, vhost_retry: Option<&RetryPolicyConfig>) -> Result<Self, String> {
+    fn new(c: &legate_config::route::RouteAction, inherited: Inherited<'_>) -> Result<Self, String> {
         let header_value =
             |s: &str| HeaderValue::from_str(s).map_err(|_| format!("invalid host_rewrite_literal '{s}'"));
         let cluster = if let Some(name) = c.cluster.as_deref().filter(|s| !s.is_empty()) {
@@ -172,7 +182,13 @@ impl RouteAction {
         } else {
             return Err("route action needs one of cluster, cluster_header, weighted_clusters".into());
         };
-        let retry_policy = c.retry_policy.as_deref().or(vhost_retry).map(RetryPolicy::from_config).unwrap_or_default();
+        let retry_policy =
+            c.retry_policy.as_deref().or(inherited.retry_policy).map(RetryPolicy::from_config).unwrap_or_default();
+        // Only the most specific level's mirror policies apply.
+        let mirror_policies = match c.request_mirror_policies.is_empty() {
+            true => inherited.mirror_policies,
+            false => &c.request_mirror_policies,
+        };
         Ok(RouteAction {
             cluster,
             cluster_not_found_response_code: match c.cluster_not_found_response_code {
@@ -214,8 +230,7 @@ impl RouteAction {
                 .upgrade_configs
                 .iter()
                 .any(|u| u.upgrade_type.eq_ignore_ascii_case("CONNECT") && u.connect_config.is_some()),
-            mirrors: c
-                .request_mirror_policies
+            mirrors: mirror_policies
                 .iter()
                 .map(|m| {
                     let cluster = if m.cluster.is_empty() {

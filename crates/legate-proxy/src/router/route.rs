@@ -52,7 +52,7 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(config: &RouteConfig, vhost_retry: Option<&legate_config::route::RetryPolicy>) -> Result<Self, String> {
+    pub(crate) fn new(config: &RouteConfig, inherited: super::action::Inherited<'_>) -> Result<Self, String> {
         let m = &config.r#match;
         let path = if let Some(p) = &m.prefix {
             PathMatch::Prefix(p.clone())
@@ -85,7 +85,7 @@ impl Route {
             cookies: m.cookies.clone(),
             grpc: m.grpc.is_some(),
             fraction,
-            kind: RouteKind::new(config, vhost_retry)?,
+            kind: RouteKind::new(config, inherited)?,
             request_headers: HeaderParser::new(&config.request_headers_to_add, &config.request_headers_to_remove)?,
             response_headers: HeaderParser::new(&config.response_headers_to_add, &config.response_headers_to_remove)?,
             per_filter_config: config.typed_per_filter_config.clone(),

@@ -28,12 +28,22 @@ pub struct VirtualHost {
 }
 
 impl VirtualHost {
-    fn new(c: &VirtualHostConfig) -> Result<Self, String> {
+    /// `mirror_policies`: the route configuration's `request_mirror_policies`.
+    fn new(
+        c: &VirtualHostConfig,
+        mirror_policies: &[legate_config::route::RequestMirrorPolicy],
+    ) -> Result<Self, String> {
+        let inherited = super::action::Inherited {
+            retry_policy: c.retry_policy.as_ref(),
+            mirror_policies: match c.request_mirror_policies.is_empty() {
+                true => mirror_policies,
+                false => &c.request_mirror_policies,
+            },
+        };
         let mut routes = Vec::with_capacity(c.routes.len());
         for (i, r) in c.routes.iter().enumerate() {
             routes.push(Arc::new(
-                Route::new(r, c.retry_policy.as_ref())
-                    .map_err(|e| format!("virtual host '{}' route {i}: {e}", c.name))?,
+                Route::new(r, inherited).map_err(|e| format!("virtual host '{}' route {i}: {e}", c.name))?,
             ));
         }
         Ok(VirtualHost {
@@ -165,7 +175,7 @@ impl RouteConfig {
         let mut prefixes: BTreeMap<usize, HashMap<String, usize>> = BTreeMap::new();
         let mut default = None;
         for (i, vh) in c.virtual_hosts.iter().enumerate() {
-            virtual_hosts.push(Arc::new(VirtualHost::new(vh)?));
+            virtual_hosts.push(Arc::new(VirtualHost::new(vh, &c.request_mirror_policies)?));
             for domain in &vh.domains {
                 let domain = domain.to_ascii_lowercase();
                 if domain == "*" {
