@@ -324,9 +324,7 @@ impl Redirect {
                 port = None;
             }
         }
-        if matches!((new_scheme, port.as_deref()), ("http", Some("80")) | ("https", Some("443"))) {
-            port = None;
-        }
+        // Otherwise the request's port stays, a default one too (Envoy's `processRequestHost`).
         let mut new_path = if let Some(p) = &self.path {
             p.clone()
         } else if let (Some(new_prefix), Some(old)) = (&self.prefix_rewrite, matched_prefix) {
@@ -421,6 +419,13 @@ mod tests {
         let r = Redirect { https: true, ..redirect() };
         assert_eq!(r.location("http", "example.com:80", "/a", Some("x=1"), None), "https://example.com/a?x=1");
         assert_eq!(r.location("http", "example.com:8080", "/a", None, None), "https://example.com:8080/a");
+        // The request's port stays unless the scheme changes from its default or a port is
+        // given, which is then written as given (Envoy's `processRequestHost`).
+        assert_eq!(r.location("https", "example.com:443", "/a", None, None), "https://example.com:443/a");
+        let same = Redirect { path: Some("/n".into()), ..redirect() };
+        assert_eq!(same.location("http", "example.com:80", "/a", None, None), "http://example.com:80/n");
+        let port = Redirect { https: true, port: Some(443), ..redirect() };
+        assert_eq!(port.location("http", "example.com:80", "/a", None, None), "https://example.com:443/a");
     }
 
     #[test]
