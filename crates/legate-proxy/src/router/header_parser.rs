@@ -33,6 +33,10 @@ impl HeaderParser {
         let mut parser = HeaderParser::default();
         for option in add {
             let key = option.header.key.to_ascii_lowercase();
+            // Envoy's `isModifiableHeader`: the host goes through the route's host rewrites.
+            if key == "host" {
+                return Err(":-prefixed or host headers may not be modified".into());
+            }
             let name = HeaderName::from_bytes(key.as_bytes())
                 .map_err(|_| format!("invalid header name '{}'", option.header.key))?;
             let raw = &option.header.value;
@@ -52,6 +56,9 @@ impl HeaderParser {
             });
         }
         for name in remove {
+            if name.eq_ignore_ascii_case("host") {
+                return Err(":-prefixed or host headers may not be removed".into());
+            }
             let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
                 .map_err(|_| format!("invalid header name '{name}'"))?;
             parser.remove.push(name);
@@ -112,5 +119,21 @@ impl HeaderParser {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Envoy's `isModifiableHeader`: the host is not a header mutations may add or remove.
+    #[test]
+    fn the_host_may_not_be_added_or_removed() {
+        let option: HeaderValueOption =
+            serde_json::from_value(serde_json::json!({ "header": { "key": "Host", "value": "x" } })).unwrap();
+        let err = HeaderParser::new(&[option], &[]).err().unwrap_or_default();
+        assert_eq!(err, ":-prefixed or host headers may not be modified");
+        let err = HeaderParser::new(&[], &["host".into()]).err().unwrap_or_default();
+        assert_eq!(err, ":-prefixed or host headers may not be removed");
     }
 }
