@@ -40,6 +40,9 @@ pub struct ServerShared {
     /// Counts filter chain drains started or ended; each worker passes them to its waiting
     /// connections.
     chain_drains: watch::Sender<u64>,
+    /// The local node's cluster (`--service-cluster`, `node.cluster`): the health check
+    /// filter names it in `x-envoy-upstream-healthchecked-cluster`.
+    pub local_cluster_name: String,
 }
 
 impl Default for ServerShared {
@@ -56,7 +59,13 @@ impl ServerShared {
             next_connection_id: AtomicU64::new(0),
             health_check_failed: std::sync::atomic::AtomicBool::new(false),
             chain_drains: watch::Sender::new(0),
+            local_cluster_name: String::new(),
         }
+    }
+
+    pub fn with_local_cluster_name(mut self, name: &str) -> Self {
+        self.local_cluster_name = name.to_string();
+        self
     }
 
     /// A filter chain started or finished draining: the workers wake their connections.

@@ -182,9 +182,10 @@ async fn serve(
     // Envoy's init order: clusters (CDS, then each cluster's first endpoints) before listeners.
     initialized(|| xds.clusters_initialized(&cluster_manager)).await;
     tracing::info!("all clusters initialized");
-    let shared = Arc::new(ServerShared::new(
-        bootstrap.overload_manager.as_ref().and_then(|o| o.global_downstream_max_connections()),
-    ));
+    let shared = Arc::new(
+        ServerShared::new(bootstrap.overload_manager.as_ref().and_then(|o| o.global_downstream_max_connections()))
+            .with_local_cluster_name(bootstrap.node.as_ref().map_or("", |n| n.cluster.as_str())),
+    );
     legate_proxy::access_log::install_stats(&store);
     legate_proxy::access_log::set_file_flush_interval(Duration::from_millis(options.file_flush_interval_msec.max(1)));
     // Static listeners whose TLS secrets come from a control plane wait for them.

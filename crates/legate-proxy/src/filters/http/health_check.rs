@@ -13,9 +13,11 @@
 //! `x-envoy-immediate-health-check-fail: true`, so the proxies in front stop sending here at
 //! once.
 //!
+//! Responses to health checks, answered here or passed through, carry
+//! `x-envoy-upstream-healthchecked-cluster`: the local node's cluster.
+//!
 //! Differs from Envoy on purpose: a health check with a body is answered when its headers
-//! arrive, without waiting for the body. Not done yet: `x-envoy-upstream-healthchecked-cluster`
-//! on health check responses, which needs the local node's cluster name on the data plane.
+//! arrive, without waiting for the body.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +37,10 @@ use crate::upstream::Cluster;
 
 /// Set on responses to other requests while the server fails its health checks.
 pub use crate::http::headers::X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL;
+
+/// On a health check's response: the cluster of the node that answered.
+static X_ENVOY_UPSTREAM_HEALTHCHECKED_CLUSTER: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-healthchecked-cluster");
 /// An upstream (or a cached answer) reports itself degraded.
 pub const X_ENVOY_DEGRADED: HeaderName = HeaderName::from_static("x-envoy-degraded");
 
@@ -244,11 +250,14 @@ impl HealthCheckFilter {
         FilterHeadersStatus::LocalReply(config.answer(server_failed, cluster, now))
     }
 
-    /// `encode_headers` given whether the server is failed.
-    fn on_response(&mut self, head: &mut http::response::Parts, server_failed: bool, now: Instant) {
+    /// `encode_headers` given whether the server is failed and the local node's cluster.
+    fn on_response(&mut self, head: &mut http::response::Parts, server_failed: bool, cluster: &str, now: Instant) {
         if self.health_check_request {
             if let Some(cache) = &self.config.cache {
                 cache.set(head.status.as_u16(), head.headers.contains_key(X_ENVOY_DEGRADED), now);
+            }
+            if let Ok(value) = HeaderValue::from_str(cluster) {
+                head.headers.insert(X_ENVOY_UPSTREAM_HEALTHCHECKED_CLUSTER.clone(), value);
             }
         } else if server_failed {
             head.headers.insert(X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL.clone(), HeaderValue::from_static("true"));
@@ -270,8 +279,9 @@ impl HttpFilter for HealthCheckFilter {
     }
 
     fn encode_headers(&mut self, head: &mut http::response::Parts, cb: &mut FilterCallbacks<'_>) {
-        let failed = cb.worker.server.health_check_failed.load(Ordering::Relaxed);
-        self.on_response(head, failed, Instant::now());
+        let server = &cb.worker.server;
+        let failed = server.health_check_failed.load(Ordering::Relaxed);
+        self.on_response(head, failed, &server.local_cluster_name, Instant::now());
     }
 }
 
@@ -335,10 +345,11 @@ headers:
         assert_eq!(store.counter_value("http.ingress.health_check.request_total"), Some(1));
         assert_eq!(store.counter_value("http.ingress.health_check.ok"), Some(1));
 
-        // A health check response gets no fail header.
+        // A health check response gets no fail header, and names the local node's cluster.
         let mut head = response(200);
-        filter.on_response(&mut head, false, Instant::now());
-        assert!(head.headers.is_empty());
+        filter.on_response(&mut head, false, "edge", Instant::now());
+        assert_eq!(head.headers.len(), 1);
+        assert_eq!(head.headers["x-envoy-upstream-healthchecked-cluster"], "edge");
     }
 
     #[test]
@@ -349,7 +360,7 @@ headers:
         assert!(matches!(status, FilterHeadersStatus::Continue));
         assert!(!marked);
         let mut head = response(200);
-        filter.on_response(&mut head, true, Instant::now());
+        filter.on_response(&mut head, true, "edge", Instant::now());
         assert_eq!(head.headers[&X_ENVOY_IMMEDIATE_HEALTH_CHECK_FAIL], "true");
         assert_eq!(store.counter_value("http.ingress.health_check.request_total"), Some(0));
     }
@@ -393,7 +404,7 @@ headers:
         assert!(matches!(run(&mut filter, &head, false, no_cluster, t1).0, FilterHeadersStatus::Continue));
         let mut upstream = response(503);
         upstream.headers.insert(X_ENVOY_DEGRADED, HeaderValue::from_static(""));
-        filter.on_response(&mut upstream, false, t1);
+        filter.on_response(&mut upstream, false, "edge", t1);
 
         // Same period: answered from the cache.
         let mut filter = HealthCheckFilter::new(config.clone());
