@@ -522,3 +522,35 @@ fn first_ping_payload(mut bytes: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// gRPC deadlines (Envoy's `finalTimeout`): with `grpc_timeout_header_max` a gRPC request's
+/// `grpc-timeout` is its route timeout, capped (0: uncapped); the deprecated
+/// `max_grpc_timeout` also rewrites the upstream's `grpc-timeout` to the deadline it has.
+#[test]
+fn grpc_timeout_sets_the_route_timeout_where_the_route_says_so() {
+    let upstream = HttpUpstream::http1(|r| match r.path.as_str() {
+        "/slow.Svc/Call" => UpstreamAction::delay(Duration::from_secs(3), UpstreamAction::ok("late")),
+        _ => UpstreamAction::ok(format!(
+            "{} {}",
+            r.header("x-envoy-expected-rq-timeout-ms").unwrap_or("-"),
+            r.header("grpc-timeout").unwrap_or("-")
+        )),
+    });
+    let grpc = |timeout: &'static str| [("content-type", "application/grpc"), ("grpc-timeout", timeout)];
+
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    route_action(&mut config)["max_stream_duration"] = json!({ "grpc_timeout_header_max": "0s" });
+    let px = HttpProxy::start(legate_bin!(), config);
+    let mut c = px.client();
+    let r = c.send("POST", "/fast.Svc/Call", &grpc("300m"), b"");
+    assert_eq!(r.body, "300 300m", "the deadline, and the header as sent: {r:?}");
+    let r = c.send("POST", "/slow.Svc/Call", &grpc("300m"), b"");
+    assert_eq!((r.status, r.header("grpc-status")), (200, Some("14")), "timed out as gRPC: {r:?}");
+    assert_eq!(r.header("grpc-message"), Some("upstream request timeout"));
+
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    route_action(&mut config)["max_grpc_timeout"] = json!("1s");
+    let px = HttpProxy::start(legate_bin!(), config);
+    let r = px.client().send("POST", "/fast.Svc/Call", &grpc("5S"), b"");
+    assert_eq!(r.body, "1000 1000m", "capped, and the upstream told: {r:?}");
+}

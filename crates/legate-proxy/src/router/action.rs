@@ -122,6 +122,14 @@ pub struct RouteAction {
     /// `max_stream_duration.max_stream_duration`, in place of the connection manager's when
     /// set (`Some(None)`: set to 0, none on this route).
     pub max_stream_duration: Option<Option<Duration>>,
+    /// `grpc_timeout_header_max` (or the deprecated `max_grpc_timeout`): a gRPC request's
+    /// `grpc-timeout` is its timeout, capped at this (0: uncapped).
+    pub max_grpc_timeout: Option<Duration>,
+    /// `grpc_timeout_header_offset` (or `grpc_timeout_offset`), subtracted from it.
+    pub grpc_timeout_offset: Option<Duration>,
+    /// Set through the deprecated `max_grpc_timeout`: the upstream's `grpc-timeout` is then
+    /// rewritten to the deadline it has (Envoy does so only for the old fields).
+    pub rewrite_grpc_timeout: bool,
     /// `upgrade_configs` of the route: (upgrade type lowercased, enabled).
     pub upgrades: Vec<(String, bool)>,
     /// A CONNECT upgrade config with `connect_config`: legate terminates CONNECT and tunnels
@@ -221,6 +229,20 @@ impl RouteAction {
                 .as_ref()
                 .and_then(|m| m.max_stream_duration.as_ref())
                 .map(|d| Some(d.as_std()).filter(|d| !d.is_zero())),
+            max_grpc_timeout: c
+                .max_stream_duration
+                .as_ref()
+                .and_then(|m| m.grpc_timeout_header_max)
+                .or(c.max_grpc_timeout)
+                .map(|d| d.as_std()),
+            grpc_timeout_offset: c
+                .max_stream_duration
+                .as_ref()
+                .and_then(|m| m.grpc_timeout_header_offset)
+                .or(c.grpc_timeout_offset)
+                .map(|d| d.as_std()),
+            rewrite_grpc_timeout: c.max_stream_duration.as_ref().is_none_or(|m| m.grpc_timeout_header_max.is_none())
+                && c.max_grpc_timeout.is_some(),
             upgrades: c
                 .upgrade_configs
                 .iter()

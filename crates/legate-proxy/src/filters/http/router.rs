@@ -136,6 +136,38 @@ impl Drop for UpstreamRequestGuard {
     }
 }
 
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// A `grpc-timeout` value: up to eight digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`),
+/// rounded up to whole milliseconds; `None` when malformed.
+fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_millis(n.div_ceil(1000)),
+        b'n' => Duration::from_millis(n.div_ceil(1_000_000)),
+        _ => return None,
+    })
+}
+
+/// `grpc-timeout` for a deadline: milliseconds, or a coarser unit past eight digits.
+fn grpc_timeout_text(timeout: Duration) -> String {
+    let ms = timeout.as_millis() as u64;
+    match ms {
+        ms if ms < 100_000_000 => format!("{ms}m"),
+        ms if ms / 1000 < 100_000_000 => format!("{}S", ms / 1000),
+        ms if ms / 60_000 < 100_000_000 => format!("{}M", ms / 60_000),
+        ms => format!("{}H", ms / 3_600_000),
+    }
+}
+
 /// Envoy's per-host outcome of a request (`/clusters` `rq_success`, `rq_error`).
 fn charge_host(host: &HostSharedPtr, error: bool) {
     let counter = if error { &host.stats.rq_error } else { &host.stats.rq_success };
@@ -389,6 +421,20 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
     let mut retry_on = action.retry_policy.retry_on;
     let mut num_retries = action.retry_policy.num_retries;
     let mut route_timeout = Some(action.timeout).filter(|d| !d.is_zero());
+    // A gRPC request's deadline is its route timeout where the route says so (Envoy's
+    // `finalTimeout`): `grpc-timeout` less the offset, capped; no header or no cap means the
+    // cap, 0 none.
+    if let (true, Some(max)) = (rq.info.grpc_request, action.max_grpc_timeout) {
+        let mut grpc =
+            head.headers.get(&GRPC_TIMEOUT).and_then(|v| parse_grpc_timeout(v.as_bytes())).unwrap_or_default();
+        if let Some(offset) = action.grpc_timeout_offset.filter(|o| *o < grpc) {
+            grpc -= offset;
+        }
+        if !max.is_zero() && (grpc.is_zero() || grpc > max) {
+            grpc = max;
+        }
+        route_timeout = Some(grpc).filter(|d| !d.is_zero());
+    }
     let mut per_try = action.retry_policy.per_try_timeout;
     // The x-envoy-* request overrides: looked up only when some x-envoy-* header is present.
     let envoy_headers = head.headers.keys().any(|k| k.as_str().starts_with("x-envoy-"));
@@ -411,12 +457,19 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         per_try = Some(Duration::from_millis(ms)).filter(|d| !d.is_zero());
     }
     let per_try = per_try.filter(|p| route_timeout.is_none_or(|t| *p < t));
-    if !shared.router.suppress_envoy_headers {
-        if let Some(expected) = per_try.or(route_timeout) {
+    if let Some(expected) = per_try.or(route_timeout) {
+        if !shared.router.suppress_envoy_headers {
             head.headers.insert(
                 headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(),
                 headers::decimal_header(expected.as_millis() as u64),
             );
+        }
+        // The upstream learns the deadline it has (Envoy's `setTimeoutHeaders`, for routes
+        // with the deprecated `max_grpc_timeout`).
+        if rq.info.grpc_request && action.rewrite_grpc_timeout {
+            if let Ok(value) = HeaderValue::from_str(&grpc_timeout_text(expected)) {
+                head.headers.insert(GRPC_TIMEOUT.clone(), value);
+            }
         }
     }
     let timers = Timers {
@@ -1399,5 +1452,24 @@ impl Shadow {
         };
         let done = exchange.await;
         guard.complete(done == Some(true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_print() {
+        assert_eq!(parse_grpc_timeout(b"300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"1500u"), Some(Duration::from_millis(2)), "rounded up");
+        assert_eq!(parse_grpc_timeout(b"1n"), Some(Duration::from_millis(1)));
+        for bad in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout_text(Duration::from_millis(1000)), "1000m");
+        assert_eq!(grpc_timeout_text(Duration::from_secs(200_000)), "200000S");
     }
 }
