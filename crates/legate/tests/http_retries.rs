@@ -194,6 +194,30 @@ fn a_post_body_is_replayed_intact_on_retry() {
     }
 }
 
+/// `per_request_buffer_limit_bytes` (route, else virtual host) bounds what is kept for a
+/// retry: a larger body goes through once, and its failure is the answer.
+#[test]
+fn a_body_past_the_routes_buffer_limit_is_not_retried() {
+    let upstream = HttpUpstream::http1(|r| match r.index {
+        0 | 1 => UpstreamAction::status(503, "busy"),
+        _ => UpstreamAction::ok(format!("got {} bytes", r.body.len())),
+    });
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    route_action(&mut config)["retry_policy"] = json!({ "retry_on": "5xx", "num_retries": 1 });
+    let routes = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0];
+    routes["per_request_buffer_limit_bytes"] = json!(1024);
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let r = px.client().send("POST", "/submit", &[], &vec![7u8; 64 * 1024]);
+
+    assert_eq!((r.status, r.body.as_str()), (503, "busy"), "{r:?}");
+    assert_eq!(upstream.request_count(), 1);
+    let r = px.client().send("POST", "/submit", &[], b"small");
+    assert_eq!((r.status, r.body.as_str()), (200, "got 5 bytes"), "a small body is retried: {r:?}");
+    assert_eq!(upstream.request_count(), 3);
+}
+
 /// Retries wait a jittered exponential back-off (uniform below `base_interval` × 2^(n-1)).
 /// Three retries with a 0.5 s base wait ~1.75 s in all on average; under 30 ms has a
 /// probability of about 1e-5, while retrying without back-off takes a few milliseconds.

@@ -120,6 +120,16 @@ impl BodySource {
         }))
     }
 
+    /// The most bytes kept for replay (the route's `per_request_buffer_limit_bytes`, in place
+    /// of the connection's limit). A body already past it is no longer replayable; what was
+    /// read stays for the first attempt.
+    pub fn set_replay_limit(&mut self, limit: usize) {
+        self.limit = limit;
+        if self.log_bytes > limit {
+            self.replayable = false;
+        }
+    }
+
     /// A receiver that changes on every read from the downstream.
     pub fn subscribe_progress(&mut self) -> tokio::sync::watch::Receiver<()> {
         self.progress.get_or_insert_with(|| tokio::sync::watch::Sender::new(())).subscribe()

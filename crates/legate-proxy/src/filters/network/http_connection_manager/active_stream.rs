@@ -614,6 +614,11 @@ async fn decode(
             return local_reply(context, reply, completion, routed, &mut filters);
         }
     }
+    // Envoy's `per_request_buffer_limit_bytes`: the route's, else the virtual host's, bounds
+    // what is kept for retries in place of the connection's buffer limit.
+    if let Some(limit) = route.per_request_buffer_limit_bytes.or(vhost.and_then(|v| v.per_request_buffer_limit_bytes)) {
+        body.borrow_mut().set_replay_limit(limit as usize);
+    }
     let header_parsers = header_parsers(&route_config, vhost, route, true);
     let include_attempt_count = vhost.is_some_and(|v| v.include_attempt_count_in_request);
     // Pinned where it is built: a future moved into `.await` is copied whole (~4 KB).
