@@ -86,3 +86,31 @@ fn the_route_configuration_level_applies_under_virtual_hosts_and_routes() {
     assert_eq!(client.get("/other").status, 200, "off for the whole route table");
     assert_eq!(client.get("/loud").status, 418, "on again where the route configures it");
 }
+
+/// A weighted cluster is picked with the route, before the filters (as Envoy): the fault
+/// filter's `upstream_cluster` matches the picked one.
+#[test]
+fn filters_see_the_weighted_cluster_picked_with_the_route() {
+    let a = HttpUpstream::http1(|_| UpstreamAction::ok("a"));
+    let b = HttpUpstream::http1(|_| UpstreamAction::ok("b"));
+    let mut config = http_bootstrap(&[a.addr()]);
+    config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(legate_testing::config::static_cluster("b", &[b.addr()]));
+    let hcm = hcm_config(&mut config, 0);
+    let route = json!({ "match": { "prefix": "/" }, "route": { "weighted_clusters": {
+        "header_name": "x-pick",
+        "clusters": [{ "name": "backend", "weight": 1 }, { "name": "b", "weight": 1 }],
+    } } });
+    hcm["route_config"] = route_config(vec![virtual_host("all", &["*"], vec![route])]);
+    let mut fault = fault_abort(418);
+    fault["upstream_cluster"] = json!("b");
+    hcm["http_filters"] = json!([{ "name": "envoy.filters.http.fault", "typed_config": fault }, router()]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+
+    let mut to = |pick: &str| client.send("GET", "/", &[("x-pick", pick)], b"").status;
+    assert_eq!(to("0"), 200, "backend: no fault");
+    assert_eq!(to("1"), 418, "b: the fault");
+}

@@ -19,10 +19,10 @@
 //! counted in `faults_overflow`. A route or virtual host may replace the whole config
 //! (`typed_per_filter_config`).
 //!
-//! Differs from Envoy: a route to weighted clusters never matches `upstream_cluster` (legate
-//! picks the weighted cluster later, in the router); an HTTP abort of a gRPC request is a
-//! plain HTTP reply (only `grpc_status` aborts answer gRPC's way). The runtime keys
-//! (`fault.http.*`) are not read: legate has no runtime.
+//! A route to weighted clusters matches `upstream_cluster` by the cluster picked with the
+//! route. An HTTP abort of a gRPC request is answered gRPC's way by the connection manager.
+//!
+//! Differs from Envoy: the runtime keys (`fault.http.*`) are not read: legate has no runtime.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -266,7 +266,10 @@ fn matches_upstream_cluster(settings: &HttpFault, head: &http::request::Parts, s
         ClusterSpecifier::Header(header) => {
             head.headers.get(header).is_some_and(|v| v.as_bytes() == settings.upstream_cluster.as_bytes())
         }
-        ClusterSpecifier::Weighted { .. } => false,
+        // The one picked with the route (Envoy's `clusterName()` of the weighted entry).
+        ClusterSpecifier::Weighted { .. } => {
+            stream.info.upstream_cluster.as_ref().is_some_and(|c| c.name() == settings.upstream_cluster.as_str())
+        }
     }
 }
 

@@ -53,6 +53,40 @@ pub struct RouterRequest<'a> {
     pub include_attempt_count: bool,
     /// An allowed upgrade: its `upgrade` value (or `CONNECT`) and the downstream side of it.
     pub upgrade: Option<(String, DownstreamUpgrade)>,
+    /// The weighted cluster picked with the route: its name and index.
+    pub weighted: Option<(Arc<str>, usize)>,
+}
+
+/// Envoy's `pickWeightedCluster`: the entry by weight, from the random value in `header_name`
+/// when the request has exactly one numeric value there, else a random one; the cluster it
+/// names (a `cluster_header` entry names it in the request: empty when absent). `None` for a
+/// route that is not weighted or has no entries.
+pub fn pick_weighted(cluster: &ClusterSpecifier, headers: &http::HeaderMap) -> Option<(Arc<str>, usize)> {
+    let ClusterSpecifier::Weighted { clusters, total, random_value_header } = cluster else { return None };
+    let from_header = random_value_header.as_ref().and_then(|h| {
+        let mut values = headers.get_all(h).iter();
+        let value = values.next()?;
+        values.next().is_none().then(|| value.to_str().ok()?.parse::<u64>().ok()).flatten()
+    });
+    let pick = match (*total, from_header) {
+        (0, _) => 0,
+        (total, Some(value)) => value % total,
+        (total, None) => fastrand::u64(0..total),
+    };
+    let mut acc = 0;
+    let index = clusters
+        .iter()
+        .position(|c| {
+            acc += c.weight;
+            pick < acc
+        })
+        .unwrap_or(0);
+    let entry = clusters.get(index)?;
+    let name = match &entry.cluster_header {
+        Some(header) => Arc::from(headers.get(header).and_then(|v| v.to_str().ok()).unwrap_or_default()),
+        None => entry.name.clone(),
+    };
+    Some((name, index))
 }
 
 pub enum RouterOutcome {
@@ -362,35 +396,10 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                 ));
             }
         },
-        ClusterSpecifier::Weighted { clusters, total, random_value_header } => {
-            // Envoy's `pickWeightedCluster`: the random value from `header_name` when the
-            // request has exactly one numeric value there, else a random one.
-            let from_header = random_value_header.as_ref().and_then(|h| {
-                let mut values = head.headers.get_all(h).iter();
-                let value = values.next()?;
-                values.next().is_none().then(|| value.to_str().ok()?.parse::<u64>().ok()).flatten()
-            });
-            let pick = match (*total, from_header) {
-                (0, _) => 0,
-                (total, Some(value)) => value % total,
-                (total, None) => fastrand::u64(0..total),
-            };
-            let mut acc = 0;
-            let index = clusters.iter().position(|c| {
-                acc += c.weight;
-                pick < acc
-            });
-            let index = index.unwrap_or(0);
-            match clusters.get(index) {
-                // A `cluster_header` entry names its cluster in the request (an absent header
-                // names none: cluster not found).
-                Some(entry) => match &entry.cluster_header {
-                    Some(header) => {
-                        let name = head.headers.get(header).and_then(|v| v.to_str().ok()).unwrap_or_default();
-                        (Arc::from(name), Some(index))
-                    }
-                    None => (entry.name.clone(), Some(index)),
-                },
+        ClusterSpecifier::Weighted { .. } => {
+            // Picked with the route, before the filters (see `decode`), else here.
+            match rq.weighted.take().or_else(|| pick_weighted(&action.cluster, &head.headers)) {
+                Some((name, index)) => (name, Some(index)),
                 None => {
                     shared.stats.no_cluster.inc();
                     return RouterOutcome::LocalReply(LocalReply::cluster_not_found(
@@ -401,7 +410,8 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         }
     };
     let worker = &context.worker;
-    // Resolved with the route when the route names one cluster (see `decode`).
+    // Resolved with the route when the route names its cluster or picks a weighted one (see
+    // `decode`).
     let resolved = rq.info.upstream_cluster.as_ref().filter(|c| c.name() == &*cluster_name).map(|c| c.0.clone());
     let cluster = match resolved {
         Some(cluster) => cluster,

@@ -481,12 +481,22 @@ async fn decode(
         .and_then(|vh| vh.route(&MatchInput { path, query, head: &head, scheme, random: fastrand::u64(..) }));
     completion.info.virtual_host_name = vhost.map(|v| v.name.clone());
     completion.info.route_name = route.filter(|r| !r.name.is_empty()).map(|r| r.name.clone());
-    // A route's one named cluster is known with the route (Envoy's `refreshCachedRoute`): a
-    // filter's local reply logs it too, and the router takes it from here.
+    // A route's cluster is known with the route (Envoy's `refreshCachedRoute`), a weighted
+    // one picked then: a filter's local reply logs it too, a filter may match on it, and the
+    // router takes it from here.
+    let mut weighted = None;
     if let Some(RouteKind::Route(action)) = route.map(|r| &r.kind) {
-        if let crate::router::ClusterSpecifier::Cluster(name) = &action.cluster {
+        let name = match &action.cluster {
+            crate::router::ClusterSpecifier::Cluster(name) => Some(name.clone()),
+            crate::router::ClusterSpecifier::Weighted { .. } => {
+                weighted = router::pick_weighted(&action.cluster, &head.headers);
+                weighted.as_ref().map(|(name, _)| name.clone())
+            }
+            crate::router::ClusterSpecifier::Header(_) => None,
+        };
+        if let Some(name) = name {
             completion.info.upstream_cluster =
-                context.worker.cluster_manager.get(name).map(crate::http::stream_info::UpstreamCluster);
+                context.worker.cluster_manager.get(&name).map(crate::http::stream_info::UpstreamCluster);
         }
     }
     let routed = Routed { config: Some(&route_config), vhost, route };
@@ -635,6 +645,7 @@ async fn decode(
                 header_parsers,
                 include_attempt_count,
                 upgrade,
+                weighted,
             },
             head,
         ));
