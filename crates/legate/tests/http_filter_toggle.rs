@@ -114,3 +114,31 @@ fn filters_see_the_weighted_cluster_picked_with_the_route() {
     assert_eq!(to("0"), 200, "backend: no fault");
     assert_eq!(to("1"), 418, "b: the fault");
 }
+
+/// The route's response header mutations come before the encoder filters, as Envoy's router
+/// applies them: the CORS filter's `access-control-allow-origin` wins over a route's.
+#[test]
+fn encoder_filters_see_the_routes_response_mutations() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("upstream"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    let hcm = hcm_config(&mut config, 0);
+    let mut route = route_to("/", "backend");
+    route["response_headers_to_add"] = json!([{
+        "header": { "key": "access-control-allow-origin", "value": "*" },
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+    }]);
+    let mut vhost = virtual_host("all", &["*"], vec![route]);
+    vhost["typed_per_filter_config"] = json!({ "envoy.filters.http.cors": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{ "exact": "https://a.example" }]
+    } });
+    hcm["route_config"] = route_config(vec![vhost]);
+    hcm["http_filters"] = json!([{ "name": "envoy.filters.http.cors", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" } }, router()]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+
+    let r = client.send("GET", "/", &[("origin", "https://a.example")], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://a.example"), "{r:?}");
+}

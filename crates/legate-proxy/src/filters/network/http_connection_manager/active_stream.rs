@@ -787,6 +787,13 @@ fn encode(
     let Routed { config, vhost, route } = routed;
     // The table the request was routed with; before routing, the current one.
     let route_config = config.map_or_else(|| shared.route_config.current(), std::borrow::Cow::Borrowed);
+    // The route's response mutations come first (Envoy's router applies them as the response
+    // arrives, and to its local replies): the encoder filters see, and may change, the result.
+    if let Some(route) = route {
+        for parser in header_parsers(&route_config, vhost, route, false).into_iter().flatten() {
+            parser.evaluate(&mut head.headers, &completion.info);
+        }
+    }
     for filter in filters.iter_mut().rev() {
         let mut cb = FilterCallbacks {
             stream_info: &mut completion.info,
@@ -797,11 +804,6 @@ fn encode(
             server_draining: context.draining.get(),
         };
         filter.encode_headers(head, &mut cb);
-    }
-    if let Some(route) = route {
-        for parser in header_parsers(&route_config, vhost, route, false).into_iter().flatten() {
-            parser.evaluate(&mut head.headers, &completion.info);
-        }
     }
     match shared.server_header_transformation() {
         ServerHeaderTransformation::Overwrite => {
