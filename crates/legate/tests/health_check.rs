@@ -319,3 +319,27 @@ fn http_check_sends_a_body_and_matches_the_response_body() {
     *answer.lock().unwrap() = "status: down";
     wait_flags(&px, host.addr(), "/failed_active_hc");
 }
+
+/// A TCP check with nothing to receive is the connect itself (Envoy's TCP checker): a new
+/// connection each interval, closed at once. A connection kept between checks would pass
+/// with no I/O even after the host stopped accepting.
+#[test]
+fn a_connect_only_tcp_check_connects_each_time() {
+    let upstream = TcpServer::start(|mut stream| {
+        let mut buf = [0u8; 16];
+        while stream.read(&mut buf).is_ok_and(|n| n > 0) {}
+    });
+    let mut config = tcp_proxy_bootstrap(&[upstream.addr()]);
+    cluster_config(&mut config, 0)["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.1s",
+        "no_traffic_interval": "0.1s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "tcp_health_check": {}
+    }]);
+    let px = Legate::start(legate_bin!(), &config.to_string());
+
+    px.wait_stat_at_least(&format!("{HC}.success"), 4);
+    eventually("one connection per check", Duration::from_secs(10), || upstream.accepted(), |n| *n >= 4);
+}

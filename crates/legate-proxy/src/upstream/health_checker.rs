@@ -595,6 +595,15 @@ async fn tcp_check(
     addr: SocketAddr,
     connection: &mut Connection,
 ) -> CheckResult {
+    // Nothing to receive: the check is the connect itself, made afresh each time and closed
+    // at once, `send` unwritten (Envoy's TCP checker). A kept connection would pass with no I/O.
+    if checker.receive.is_empty() {
+        *connection = Connection::None;
+        return match crate::tls::client::connect(cluster, addr, Alpn::Configured, None).await {
+            Ok(_) => CheckResult::Success,
+            Err(_) => CheckResult::NetworkFailure,
+        };
+    }
     if !matches!(connection, Connection::Tcp(_)) {
         let Ok(stream) = crate::tls::client::connect(cluster, addr, Alpn::Configured, None).await else {
             return CheckResult::NetworkFailure;
