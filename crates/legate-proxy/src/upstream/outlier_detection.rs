@@ -38,6 +38,11 @@ legate_stats::stats! {
         counter ejections_detected_local_origin_success_rate,
         counter ejections_enforced_local_origin_failure_percentage,
         counter ejections_detected_local_origin_failure_percentage,
+        /// Deprecated in Envoy and still counted: ejections (enforced or not) by consecutive
+        /// 5xx or success rate, and the detections of each.
+        counter ejections_total,
+        counter ejections_consecutive_5xx,
+        counter ejections_success_rate,
     }
 }
 
@@ -179,6 +184,9 @@ impl OutlierDetector {
                 o.interval_local_failures.fetch_add(1, Ordering::Relaxed);
                 let n = o.consecutive_local_origin.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == self.config.consecutive_local_origin_failure() {
+                    // Reset at each detection, ejected or not, so that the next bout is seen
+                    // too (Envoy's `onConsecutiveErrorWorker`).
+                    o.consecutive_local_origin.store(0, Ordering::Relaxed);
                     self.eject(cluster, host, Detector::ConsecutiveLocalOriginFailure);
                 }
                 return;
@@ -209,11 +217,16 @@ impl OutlierDetector {
                 o.consecutive_gateway.store(0, Ordering::Relaxed);
                 0
             };
+            // Both detectors look at every 5xx (Envoy's `putHttpResponseCode`), and each
+            // counter starts again at its detection, ejected or not.
+            if gateway && gateway_count == self.config.consecutive_gateway_failure() {
+                o.consecutive_gateway.store(0, Ordering::Relaxed);
+                self.eject(cluster, host, Detector::ConsecutiveGatewayFailure);
+            }
             let count = o.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
             if count == self.config.consecutive_5xx() {
+                o.consecutive_5xx.store(0, Ordering::Relaxed);
                 self.eject(cluster, host, Detector::Consecutive5xx);
-            } else if gateway && gateway_count == self.config.consecutive_gateway_failure() {
-                self.eject(cluster, host, Detector::ConsecutiveGatewayFailure);
             }
         } else {
             o.consecutive_5xx.store(0, Ordering::Relaxed);
@@ -260,15 +273,28 @@ impl OutlierDetector {
                 &s.ejections_enforced_local_origin_failure_percentage,
             ),
         };
-        detected.inc();
-        if fastrand::u32(0..100) >= self.enforcing(detector) || host.outlier().ejected() {
+        // Envoy's order: an ejected host is not detected again; the detection counts; past
+        // `max_ejection_percent` it overflows; then the `enforcing_*` chance decides.
+        if host.outlier().ejected() {
             return;
+        }
+        detected.inc();
+        match detector {
+            Detector::Consecutive5xx => s.ejections_consecutive_5xx.inc(),
+            Detector::SuccessRate => s.ejections_success_rate.inc(),
+            _ => {}
         }
         let hosts = cluster.priority_set().all_hosts().count() as u64;
         let active = s.ejections_active.value();
         let over = hosts == 0 || (active + 1) * 100 > hosts * u64::from(self.config.max_ejection_percent());
         if over && !(self.config.always_eject_one_host && active == 0) {
             s.ejections_overflow.inc();
+            return;
+        }
+        if matches!(detector, Detector::Consecutive5xx | Detector::SuccessRate) {
+            s.ejections_total.inc();
+        }
+        if fastrand::u32(0..100) >= self.enforcing(detector) {
             return;
         }
         let o = host.outlier();
@@ -465,6 +491,28 @@ mod tests {
         assert_eq!(d.stats.ejections_enforced_consecutive_5xx.value(), 1);
         assert_eq!(d.stats.ejections_active.value(), 1);
         assert_eq!(c.priority_set().host_sets[0].healthy_hosts().len(), 3, "workers see it gone");
+    }
+
+    /// Each bout of consecutive errors is a detection, ejected or not (the counter starts again
+    /// at each); a 5xx that is a gateway error feeds both detectors; the deprecated counters
+    /// follow Envoy's.
+    #[test]
+    fn every_bout_is_detected_and_gateway_errors_feed_both_detectors() {
+        let c = cluster(serde_json::json!({
+            "consecutive_5xx": 3, "consecutive_gateway_failure": 3,
+            "enforcing_consecutive_5xx": 0, "enforcing_consecutive_gateway_failure": 0, "max_ejection_percent": 100
+        }));
+        let d = c.outlier_detector().unwrap();
+        let h = host(&c, 0);
+        for _ in 0..9 {
+            d.put_result(&c, &h, OutlierResult::Http(503));
+        }
+        assert!(!h.outlier().ejected(), "not enforced");
+        assert_eq!(d.stats.ejections_detected_consecutive_5xx.value(), 3);
+        assert_eq!(d.stats.ejections_detected_consecutive_gateway_failure.value(), 3);
+        assert_eq!(d.stats.ejections_consecutive_5xx.value(), 3);
+        assert_eq!(d.stats.ejections_total.value(), 3, "past the overflow check, enforced or not");
+        assert_eq!(d.stats.ejections_enforced_total.value(), 0);
     }
 
     #[test]
