@@ -196,6 +196,22 @@ fn connect_timeout_is_503_connection_timeout_uf() {
     px.legate.wait_stat("cluster.backend.upstream_rq_pending_failure_eject", 1);
 }
 
+/// A full connection breaker still lets a pool with no connection at all make one (Envoy's
+/// `tryCreateNewConnection`): its requests are served, and the overflow counted.
+#[test]
+fn an_empty_pool_opens_a_connection_past_a_full_breaker() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("served"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    cluster_config(&mut config, 0)["circuit_breakers"] = json!({ "thresholds": [{ "max_connections": 0 }] });
+    route_action(&mut config)["timeout"] = json!("5s");
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let r = px.client().get("/");
+
+    assert_eq!((r.status, r.body.as_str()), (200, "served"), "{r:?}");
+    px.legate.wait_stat_at_least("cluster.backend.upstream_cx_overflow", 1);
+}
+
 /// One connection allowed and busy, one request allowed to wait for it: the third
 /// concurrent request overflows the pending queue ("Circuit breaking").
 #[test]

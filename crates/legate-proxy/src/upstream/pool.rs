@@ -412,9 +412,21 @@ impl Pool {
             return;
         }
         let breakers = self.cluster.breakers(priority);
-        let Some(guard) = breakers.connections.try_acquire() else {
-            self.cluster.stats().upstream_cx_overflow().inc();
-            return;
+        let guard = match breakers.connections.try_acquire() {
+            Some(guard) => guard,
+            None => {
+                self.cluster.stats().upstream_cx_overflow().inc();
+                // A pool with no connection at all makes one anyway, or its waiters would have
+                // none to be served by (Envoy's `tryCreateNewConnection`).
+                let empty = {
+                    let s = self.state.borrow();
+                    s.live == 0 && s.connecting == 0
+                };
+                match empty.then(|| breakers.connections.try_acquire_up_to(u64::MAX)).flatten() {
+                    Some(guard) => guard,
+                    None => return,
+                }
+            }
         };
         self.state.borrow_mut().connecting += 1;
         tokio::task::spawn_local(self.clone().connect(guard, priority));
@@ -548,10 +560,11 @@ impl Pool {
         let mut state = self.state.borrow_mut();
         state.live -= 1;
         state.h2.retain(|c| !Rc::ptr_eq(&c.shared, &shared));
-        let orphaned = state.live == 0 && state.connecting == 0 && !state.waiters.is_empty();
+        let waiting = !state.waiters.is_empty();
         drop(state);
-        if orphaned {
-            // Requests were waiting for this connection to free up.
+        if waiting {
+            // Requests were waiting: the slot this connection freed may open one for them
+            // (Envoy's pool tries again whenever a connection closes).
             self.maybe_connect(priority);
         }
     }
