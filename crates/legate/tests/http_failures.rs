@@ -271,6 +271,27 @@ fn max_requests_overflow_is_503_overloaded_uo() {
     drop(first);
 }
 
+/// `max_requests` is taken as a request gets its connection (Envoy's `attachStreamToClient`):
+/// one waiting in the pending queue does not hold it, and is served when the connection frees.
+#[test]
+fn a_request_waiting_for_a_connection_does_not_hold_a_max_requests_slot() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::delay(Duration::from_millis(300), UpstreamAction::ok("ok")));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    cluster_config(&mut config, 0)["circuit_breakers"] =
+        json!({ "thresholds": [{ "max_connections": 1, "max_requests": 1 }] });
+    let px = HttpProxy::start(legate_bin!(), config);
+
+    let mut first = px.client();
+    first.write_request("GET", "/first", &[], b"").unwrap();
+    upstream.wait_requests(1);
+    let second = px.client().get("/second");
+    let first = first.read_response().unwrap();
+
+    assert_eq!((first.status, second.status), (200, 200), "{first:?} {second:?}");
+    assert_eq!(px.legate.stat("cluster.backend.upstream_rq_pending_overflow"), Some(0));
+    assert_eq!(upstream.connections(), 1);
+}
+
 /// `max_retries: 0`: a retriable response is passed through and the retry counted as an
 /// overflow; Envoy's router flags the stream `UO` (`RetryStatus::NoOverflow`).
 #[test]

@@ -101,14 +101,14 @@ pub enum RouterOutcome {
     LocalReply(LocalReply),
 }
 
-/// An upstream request's accounting: the `max_requests` slot from the start of the try, and
-/// `upstream_rq_total`, `upstream_rq_active` and the host's request stats from when it has a
-/// connection (Envoy's pools count a request as they attach it to one), held until the
+/// An upstream request's accounting: the `max_requests` slot, `upstream_rq_total`,
+/// `upstream_rq_active` and the host's request stats, from when it has a connection (Envoy's
+/// pools count a request, and take its slot, as they attach it to one), held until the
 /// response ends.
 pub struct UpstreamRequestGuard {
     pub cluster: Arc<Cluster>,
     pub host: HostSharedPtr,
-    _slot: ResourceGuard,
+    _slot: Option<ResourceGuard>,
     /// The downstream request, whose end `upstream_rq_time` is timed from.
     request: Rc<RefCell<BodySource>>,
     attached: bool,
@@ -118,8 +118,8 @@ pub struct UpstreamRequestGuard {
 }
 
 impl UpstreamRequestGuard {
-    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, slot: ResourceGuard, request: Rc<RefCell<BodySource>>) -> Self {
-        UpstreamRequestGuard { cluster, host, _slot: slot, request, attached: false, done: false, grpc_deferred: false }
+    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, request: Rc<RefCell<BodySource>>) -> Self {
+        UpstreamRequestGuard { cluster, host, _slot: None, request, attached: false, done: false, grpc_deferred: false }
     }
 
     /// The trailers of the response: a deferred gRPC outcome is settled by its `grpc-status`.
@@ -129,8 +129,10 @@ impl UpstreamRequestGuard {
         }
     }
 
-    /// The try has its connection: it counts as an upstream request from now on.
-    fn attach(&mut self) {
+    /// The try has its connection and its `max_requests` slot: it counts as an upstream
+    /// request from now on.
+    fn attach(&mut self, slot: ResourceGuard) {
+        self._slot = Some(slot);
         if std::mem::replace(&mut self.attached, true) {
             return;
         }
@@ -659,23 +661,10 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
         }
         rq.info.upstream_host = Some(host.address());
 
-        // A request slot (max_requests).
-        let Some(slot) = cluster.breakers(priority).requests.try_acquire() else {
-            cluster.stats().upstream_rq_pending_overflow().inc();
-            rq.info.set_flag(ResponseFlag::UpstreamOverflow);
-            worker.count_upstream_code(&cluster, 503);
-            charge_host(&host, true);
-            return RouterOutcome::LocalReply(LocalReply::upstream_reset(
-                ResponseFlag::UpstreamOverflow,
-                "overflow",
-                attempt > 1,
-                "upstream_reset_before_response_started{overflow}",
-            ));
-        };
         // One clock read for the attempt's start, its request time and the stream's first
         // upstream byte (clock reads are not free in a VM).
         let attempt_start = clock::now();
-        let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, rq.body.clone());
+        let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), rq.body.clone());
         if rq.info.first_upstream_tx_byte.is_none() {
             rq.info.first_upstream_tx_byte = Some(attempt_start.saturating_duration_since(rq.info.start));
         }
@@ -700,7 +689,14 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     Waited::Done(Ok(conn)) => conn,
                 }
             };
-            guard.attach();
+            // `max_requests` is taken as the request gets its connection (Envoy's
+            // `attachStreamToClient`): requests waiting in the pending queue do not hold it.
+            let Some(slot) = cluster.breakers(priority).requests.try_acquire() else {
+                cluster.stats().upstream_rq_pending_overflow().inc();
+                conn.release(true);
+                break Ok(Err(AttemptFailure::Pool(PoolFailure::Overflow)));
+            };
+            guard.attach(slot);
             let try_start = clock::now();
             rq.info.upstream_local_address = conn.local_address();
             // auto_host_rewrite: the chosen host's name (DNS clusters keep it per host).
@@ -1426,15 +1422,16 @@ impl Shadow {
         }
         let bytes = self.body.borrow().logged();
         let body = BodySource::buffered(std::iter::once(bytes).filter(|b| !b.is_empty()).collect(), None);
-        let Some(slot) = cluster.breakers(self.priority).requests.try_acquire() else {
-            cluster.stats().upstream_rq_pending_overflow().inc();
-            return;
-        };
-        let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), slot, body.clone());
+        let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), body.clone());
         let pool = worker.pools().get(&cluster, &host, pool_protocol(&cluster, self.head.version), None);
         let exchange = async {
             let mut conn = pool.acquire(self.priority, false).await.ok()?;
-            guard.attach();
+            let Some(slot) = cluster.breakers(self.priority).requests.try_acquire() else {
+                cluster.stats().upstream_rq_pending_overflow().inc();
+                conn.release(true);
+                return None;
+            };
+            guard.attach(slot);
             let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
             let mut headers = self.head.headers.clone();
             let mut builder = Request::builder().method(self.head.method.clone());
