@@ -160,6 +160,17 @@ impl RouteInfo<'_> {
         let timeout = self.route_timeout();
         let timeout_at = format!("{}.route.timeout", self.at);
         let retry = self.retry_policy();
+        if let Some((policy, policy_at)) = &retry {
+            for token in policy.retry_on().filter(|t| !crate::route::RETRY_ON.contains(t)) {
+                out.push(TimelineWarning {
+                    path: format!("{policy_at}.retry_on"),
+                    message: format!(
+                        "unknown retry_on condition '{token}' is ignored, as Envoy ignores it (Envoy's are: {})",
+                        crate::route::RETRY_ON.join(", ")
+                    ),
+                });
+            }
+        }
         let per_try =
             retry.as_ref().and_then(|(p, at)| Some((p, p.per_try_timeout?.0, at))).filter(|(_, t, _)| !t.is_zero());
 
@@ -501,6 +512,15 @@ static_resources:
             "{}",
             w[0].message
         );
+    }
+
+    #[test]
+    fn unknown_retry_on_condition_is_a_warning() {
+        let b = bootstrap("retry_policy: {retry_on: '5xx,gateway-eror'}", "", "", "");
+        let w = timeline_warnings(&b);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].path, format!("{ROUTE_AT}.route.retry_policy.retry_on"));
+        assert!(w[0].message.starts_with("unknown retry_on condition 'gateway-eror' is ignored"), "{}", w[0].message);
     }
 
     #[test]
