@@ -484,7 +484,16 @@ impl Cluster {
             self.endpoint_stats.membership_change().inc();
             super::pool::topology_changed();
         }
-        self.priority_set.store(Arc::new(set));
+        let set = Arc::new(set);
+        let previous = self.priority_set.swap(set.clone());
+        if let Some(detector) = self.outlier_detector().filter(|_| membership_changed) {
+            // Only ejected hosts are looked up in the new set: few, and the sets may be large.
+            let removed = previous.all_hosts().filter(|h| {
+                h.outlier_if_tracked().is_some_and(|o| o.ejected())
+                    && !set.all_hosts().any(|n| HostSharedPtr::ptr_eq(n, h))
+            });
+            detector.on_hosts_removed(self, removed);
+        }
     }
 
     /// An upstream response carried `x-envoy-immediate-health-check-fail`: with active health
@@ -566,6 +575,21 @@ impl Cluster {
 
     pub fn per_connection_buffer_limit_bytes(&self) -> usize {
         self.info.per_connection_buffer_limit_bytes() as usize
+    }
+}
+
+/// A cluster replaced (CDS) or removed takes its ejections out of `ejections_active`, as
+/// Envoy's detector does when it is destroyed: the gauge is the cluster name's, and the next
+/// cluster of that name starts with none ejected.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(detector) = self.outlier_detector() {
+            let set = self.priority_set();
+            detector.on_hosts_removed(
+                self,
+                set.all_hosts().filter(|h| h.outlier_if_tracked().is_some_and(|o| o.ejected())),
+            );
+        }
     }
 }
 

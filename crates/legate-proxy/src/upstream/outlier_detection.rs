@@ -278,13 +278,14 @@ impl OutlierDetector {
         if host.outlier().ejected() {
             return;
         }
+        // A host the cluster no longer has is out of detection (Envoy drops its monitor).
+        let Some(hosts) = hosts_with(cluster, host) else { return };
         detected.inc();
         match detector {
             Detector::Consecutive5xx => s.ejections_consecutive_5xx.inc(),
             Detector::SuccessRate => s.ejections_success_rate.inc(),
             _ => {}
         }
-        let hosts = cluster.priority_set().all_hosts().count() as u64;
         let active = s.ejections_active.value();
         let over = hosts == 0 || (active + 1) * 100 > hosts * u64::from(self.config.max_ejection_percent());
         if over && !(self.config.always_eject_one_host && active == 0) {
@@ -310,7 +311,21 @@ impl OutlierDetector {
         s.ejections_enforced_total.inc();
         enforced.inc();
         tracing::info!(cluster = %cluster.name, host = %host.address(), ?detector, "outlier detection: host ejected");
+        // Removed meanwhile: `on_hosts_removed` may have looked before the ejection; whichever
+        // of the two takes the ejection back counts it out.
+        if hosts_with(cluster, host).is_none() {
+            self.uneject(cluster, host, "host removed");
+        }
         cluster.refresh_health();
+    }
+
+    /// Hosts that left the cluster (EDS, DNS) leave detection, as Envoy's member-update
+    /// callback does: an ejected one no longer counts in `ejections_active`, and the sweep,
+    /// which walks the cluster's hosts, would never have returned it.
+    pub fn on_hosts_removed<'a>(&self, cluster: &Cluster, removed: impl Iterator<Item = &'a HostSharedPtr>) {
+        for host in removed {
+            self.uneject(cluster, host, "host removed");
+        }
     }
 
     /// Returns an ejected host to service; `false` when it was not ejected.
@@ -443,6 +458,17 @@ impl OutlierDetector {
     }
 }
 
+/// The number of the cluster's hosts, `None` when `host` is not one of them.
+fn hosts_with(cluster: &Cluster, host: &Host) -> Option<u64> {
+    let mut count = 0;
+    let mut present = false;
+    for h in cluster.priority_set().all_hosts() {
+        count += 1;
+        present |= std::ptr::eq(HostSharedPtr::as_ptr(h), host);
+    }
+    present.then_some(count)
+}
+
 /// Runs a cluster's sweeps on the main thread until the process ends.
 pub async fn run(cluster: Arc<Cluster>) {
     let Some(detector) = cluster.outlier_detector() else { return };
@@ -459,7 +485,10 @@ mod tests {
     use super::*;
 
     fn cluster(outlier: serde_json::Value) -> Cluster {
-        let store = legate_stats::Store::new(1);
+        cluster_in(&legate_stats::Store::new(1), outlier)
+    }
+
+    fn cluster_in(store: &Arc<legate_stats::Store>, outlier: serde_json::Value) -> Cluster {
         let endpoints: Vec<_> = (1..=4)
             .map(|p| serde_json::json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
             .collect();
@@ -513,6 +542,45 @@ mod tests {
         assert_eq!(d.stats.ejections_consecutive_5xx.value(), 3);
         assert_eq!(d.stats.ejections_total.value(), 3, "past the overflow check, enforced or not");
         assert_eq!(d.stats.ejections_enforced_total.value(), 0);
+    }
+
+    /// A host that leaves the cluster ejected no longer counts in `ejections_active`, and a
+    /// late result for it detects nothing.
+    #[test]
+    fn a_removed_host_leaves_detection() {
+        let c = cluster(serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 100}));
+        let d = c.outlier_detector().unwrap();
+        let (gone, stays) = (host(&c, 0), host(&c, 1));
+        d.put_result(&c, &gone, OutlierResult::Http(503));
+        assert_eq!(d.stats.ejections_active.value(), 1);
+        let endpoints: Vec<_> = (2..=4)
+            .map(|p| serde_json::json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
+            .collect();
+        let assignment = legate_config::path::from_value(
+            serde_json::json!({"cluster_name": "c", "endpoints": [{"lb_endpoints": endpoints}]}),
+        )
+        .unwrap();
+        c.apply_load_assignment(&assignment);
+        assert_eq!(c.priority_set().all_hosts().count(), 3);
+        assert_eq!(d.stats.ejections_active.value(), 0);
+        assert!(!gone.outlier().ejected());
+        d.put_result(&c, &gone, OutlierResult::Http(503));
+        assert_eq!(d.stats.ejections_active.value(), 0);
+        assert_eq!(d.stats.ejections_detected_consecutive_5xx.value(), 1, "the removed host is not detected");
+        d.put_result(&c, &stays, OutlierResult::Http(503));
+        assert_eq!(d.stats.ejections_active.value(), 1);
+    }
+
+    #[test]
+    fn a_replaced_cluster_takes_its_ejections_with_it() {
+        let store = legate_stats::Store::new(1);
+        let outlier = serde_json::json!({"consecutive_5xx": 1, "max_ejection_percent": 100});
+        let c = cluster_in(&store, outlier.clone());
+        c.outlier_detector().unwrap().put_result(&c, &host(&c, 0), OutlierResult::Http(503));
+        assert_eq!(c.outlier_detector().unwrap().stats.ejections_active.value(), 1);
+        drop(c);
+        let again = cluster_in(&store, outlier);
+        assert_eq!(again.outlier_detector().unwrap().stats.ejections_active.value(), 0);
     }
 
     #[test]
