@@ -30,7 +30,8 @@ pub struct Bootstrap {
     pub stats_flush_on_admin: Option<Unsupported>,
     pub watchdog: Option<Unsupported>,
     pub watchdogs: Option<Unsupported>,
-    pub tracing: Option<Unsupported>,
+    /// The tracer of connection managers whose `tracing` names none.
+    pub tracing: Option<crate::trace::Tracing>,
     pub layered_runtime: Option<LayeredRuntime>,
     pub admin: Option<Admin>,
     pub overload_manager: Option<OverloadManager>,

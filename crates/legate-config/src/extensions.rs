@@ -216,6 +216,18 @@ pub static ACCESS_LOGGERS: &[Extension<AccessLoggerConfig>] = &[
     },
 ];
 
+/// Tracers legate implements (`envoy.tracers.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TracerConfig {
+    Zipkin(crate::trace::ZipkinConfig),
+}
+
+pub static TRACERS: &[Extension<TracerConfig>] = &[Extension {
+    name: "envoy.tracers.zipkin",
+    type_url: "envoy.config.trace.v3.ZipkinConfig",
+    parse: |v| path::from_value(v).map(TracerConfig::Zipkin),
+}];
+
 /// Values of a cluster's `typed_extension_protocol_options`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProtocolOptionsConfig {

@@ -40,6 +40,7 @@ pub mod resources;
 pub mod route;
 pub mod socket_option;
 pub mod tls;
+pub mod trace;
 pub mod unsupported;
 pub mod upstreams_http;
 pub mod validate;

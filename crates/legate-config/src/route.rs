@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::cluster::RoutingPriority;
-use crate::core::{DataSource, HeaderValueOption, Metadata, RuntimeFractionalPercent};
+use crate::core::{DataSource, FractionalPercent, HeaderValueOption, Metadata, RuntimeFractionalPercent};
 use crate::duration::Duration;
 pub use crate::extensions::{FilterPerRouteConfig, RetryHostPredicateConfig};
 use crate::matcher::{Int64Range, RegexMatchAndSubstitute, RegexMatcher, StringMatcher};
@@ -228,7 +228,7 @@ pub struct Route {
     pub filter_action: Option<Unsupported>,
     pub non_forwarding_action: Option<Unsupported>,
     pub metadata: Option<Box<Metadata>>,
-    /// Only names the tracing span, and legate does not trace yet: harmless to accept.
+    /// The name of the route's spans, and whether it is passed on upstream.
     pub decorator: Option<Decorator>,
     #[serde(default, deserialize_with = "crate::extensions::deserialize_per_filter_configs")]
     pub typed_per_filter_config: BTreeMap<String, FilterPerRouteConfig>,
@@ -240,7 +240,8 @@ pub struct Route {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default)]
     pub response_headers_to_remove: Vec<String>,
-    pub tracing: Option<Unsupported>,
+    /// Sampling rates and tags for this route's requests, over the connection manager's.
+    pub tracing: Option<Box<RouteTracing>>,
     /// Bytes buffered for retries and shadowing (default: the virtual host's).
     pub per_request_buffer_limit_bytes: Option<u32>,
     pub request_body_buffer_limit: Option<Unsupported>,
@@ -268,6 +269,11 @@ impl Route {
         if let Some(direct) = &self.direct_response {
             direct.validate(&format!("{at}.direct_response"), v, max_body);
         }
+        if let Some(tracing) = &self.tracing {
+            for (i, tag) in tracing.custom_tags.iter().enumerate() {
+                tag.validate(&format!("{at}.tracing.custom_tags[{i}]"), v);
+            }
+        }
         if let Some(decorator) = &self.decorator {
             v.non_empty(&format!("{at}.decorator.operation"), &decorator.operation);
         }
@@ -288,6 +294,18 @@ pub struct Decorator {
     #[serde(default)]
     pub operation: String,
     pub propagate: Option<bool>,
+}
+
+/// `envoy.config.route.v3.Tracing`: a route's own sampling rates (each over the connection
+/// manager's) and tags.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTracing {
+    pub client_sampling: Option<FractionalPercent>,
+    pub random_sampling: Option<FractionalPercent>,
+    pub overall_sampling: Option<FractionalPercent>,
+    #[serde(default)]
+    pub custom_tags: Vec<crate::trace::CustomTag>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`: exactly one path specifier, then every other criterion

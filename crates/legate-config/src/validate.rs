@@ -26,6 +26,9 @@ pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
         }
     }
     let clusters: HashSet<&str> = bootstrap.static_resources.clusters.iter().map(|c| c.name.as_str()).collect();
+    if let Some(provider) = bootstrap.tracing.as_ref().and_then(|t| t.http.as_ref()) {
+        provider.validate("tracing.http", &mut v, &clusters);
+    }
     let mut listener_names = HashMap::new();
     for (i, listener) in bootstrap.static_resources.listeners.iter().enumerate() {
         let at = format!("static_resources.listeners[{i}]");

@@ -32,12 +32,18 @@ pub enum NetworkFilterFactory {
 impl NetworkFilterFactory {
     /// Fails when a part of the config can only be checked by building it (a route table,
     /// an access log file).
-    /// `listener` is the scope of the listener whose filter chain it is in.
-    pub fn new(config: &NetworkFilterConfig, store: &Arc<Store>, listener: &Scope) -> Result<Self, String> {
+    /// `listener` is the scope of the listener whose filter chain it is in; `egress`, whether
+    /// that listener's traffic is OUTBOUND.
+    pub fn new(
+        config: &NetworkFilterConfig,
+        store: &Arc<Store>,
+        listener: &Scope,
+        egress: bool,
+    ) -> Result<Self, String> {
         let root = store.scope("");
         Ok(match config {
             NetworkFilterConfig::HttpConnectionManager(c) => NetworkFilterFactory::HttpConnectionManager(Arc::new(
-                HttpConnectionManagerShared::new(c, &root, listener)?,
+                HttpConnectionManagerShared::new(c, &root, listener, egress)?,
             )),
             NetworkFilterConfig::TcpProxy(c) => NetworkFilterFactory::TcpProxy(Arc::new(TcpProxyShared::new(c, &root))),
             NetworkFilterConfig::Echo(_) => NetworkFilterFactory::Echo,

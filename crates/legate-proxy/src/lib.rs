@@ -12,5 +12,6 @@ pub mod listener;
 pub mod network;
 pub mod router;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod worker;

@@ -69,7 +69,15 @@ impl FilterChain {
     /// `at` is the chain's field (`filter_chains[1]`, `default_filter_chain`), for errors;
     /// the TLS context counts under the listener's `scope` (`listener.<prefix>.ssl.*`, created
     /// only for listeners that terminate TLS, as in Envoy).
-    fn new(config: &FilterChainConfig, store: &Arc<Store>, at: &str, scope: &Scope) -> Result<Self, String> {
+    /// `egress`: the listener's `traffic_direction` is OUTBOUND (its requests' spans are
+    /// client spans).
+    fn new(
+        config: &FilterChainConfig,
+        store: &Arc<Store>,
+        at: &str,
+        scope: &Scope,
+        egress: bool,
+    ) -> Result<Self, String> {
         let transport_socket = match config.transport_socket.as_ref().map(|t| &t.config) {
             None | Some(TransportSocketConfig::RawBuffer) => None,
             Some(TransportSocketConfig::DownstreamTls(tls)) => Some(Arc::new(
@@ -100,7 +108,7 @@ impl FilterChain {
             factories: config
                 .filters
                 .iter()
-                .map(|f| NetworkFilterFactory::new(&f.config, store, scope))
+                .map(|f| NetworkFilterFactory::new(&f.config, store, scope, egress))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -118,16 +126,17 @@ impl Listener {
         let ip = socket.and_then(|s| s.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         let port = socket.map_or(0, |s| s.port_value as u16);
         let scope = store.scope(&format!("listener.{}", config.stat_prefix()));
+        let egress = config.traffic_direction == legate_config::core::TrafficDirection::Outbound;
         let filter_chains = config
             .filter_chains
             .iter()
             .enumerate()
-            .map(|(i, c)| FilterChain::new(c, store, &format!("filter_chains[{i}]"), &scope).map(Arc::new))
+            .map(|(i, c)| FilterChain::new(c, store, &format!("filter_chains[{i}]"), &scope, egress).map(Arc::new))
             .collect::<Result<_, _>>()?;
         let default_filter_chain = config
             .default_filter_chain
             .as_ref()
-            .map(|c| FilterChain::new(c, store, "default_filter_chain", &scope).map(Arc::new))
+            .map(|c| FilterChain::new(c, store, "default_filter_chain", &scope, egress).map(Arc::new))
             .transpose()?;
         Ok(Listener {
             name: config.name(),

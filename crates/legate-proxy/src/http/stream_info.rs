@@ -122,6 +122,8 @@ pub struct StreamInfo {
     pub downstream_ssl: Option<Arc<crate::tls::SslConnectionInfo>>,
     /// The body of a local reply, for `local_reply_config.body_format`.
     pub local_reply_body: Option<String>,
+    /// The stream's tracing, where its connection manager traces.
+    pub trace: Option<Box<crate::trace::StreamTrace>>,
 }
 
 impl StreamInfo {
@@ -169,6 +171,7 @@ impl StreamInfo {
             requested_server_name: None,
             downstream_ssl: None,
             local_reply_body: None,
+            trace: None,
         }
     }
 

@@ -113,6 +113,8 @@ impl ListenerManager {
         server: &Arc<ServerShared>,
     ) -> Result<Self, BindError> {
         let stats = ListenerManagerStats::new(&store.scope("listener_manager"));
+        // The bootstrap's tracer, which connection managers built below may use.
+        crate::trace::configure(bootstrap);
         let mut listeners = Vec::new();
         for (index, config) in bootstrap.static_resources.listeners.iter().enumerate() {
             let limit =

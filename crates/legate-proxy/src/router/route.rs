@@ -49,6 +49,8 @@ pub struct Route {
     pub response_headers: HeaderParser,
     pub per_filter_config: BTreeMap<String, FilterPerRouteConfig>,
     pub per_request_buffer_limit_bytes: Option<u32>,
+    /// The decorator and tracing settings, where the route has them.
+    pub trace: Option<Box<crate::trace::RouteTrace>>,
 }
 
 impl Route {
@@ -90,6 +92,7 @@ impl Route {
             response_headers: HeaderParser::new(&config.response_headers_to_add, &config.response_headers_to_remove)?,
             per_filter_config: config.typed_per_filter_config.clone(),
             per_request_buffer_limit_bytes: config.per_request_buffer_limit_bytes,
+            trace: crate::trace::RouteTrace::new(config)?,
         })
     }
 

@@ -41,7 +41,9 @@ pub struct HttpConnectionManager {
     pub http_filters: Vec<HttpFilter>,
     /// Adds `user-agent` and `x-envoy-downstream-service-cluster` (default false).
     pub add_user_agent: Option<bool>,
-    pub tracing: Option<Unsupported>,
+    /// Spans for the requests chosen by these sampling rates, reported to `provider` (or the
+    /// bootstrap's tracer).
+    pub tracing: Option<Box<Tracing>>,
     /// Downstream connection settings (idle timeout 1 h by default).
     pub common_http_protocol_options: Option<HttpProtocolOptions>,
     pub http1_safe_max_connection_duration: Option<Unsupported>,
@@ -141,6 +143,55 @@ pub struct HttpConnectionManager {
     pub add_proxy_protocol_connection_state: Option<bool>,
 }
 
+/// `HttpConnectionManager.Tracing`: which requests are traced and what their spans carry.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Requests with `x-client-trace-id` traced (default 100 %).
+    pub client_sampling: Option<crate::core::Percent>,
+    /// Requests traced at random (default 100 %).
+    pub random_sampling: Option<crate::core::Percent>,
+    /// The share of the traced requests kept, whatever their reason (default 100 %).
+    pub overall_sampling: Option<crate::core::Percent>,
+    /// Verbose spans carry an annotation per event; legate's carry none.
+    #[serde(default)]
+    pub verbose: bool,
+    /// The longest `http.url` tag (default 256).
+    pub max_path_tag_length: Option<u32>,
+    #[serde(default)]
+    pub custom_tags: Vec<crate::trace::CustomTag>,
+    pub provider: Option<crate::trace::TracingProvider>,
+    pub spawn_upstream_span: Option<bool>,
+}
+
+impl Tracing {
+    pub const DEFAULT_MAX_PATH_TAG_LENGTH: u32 = 256;
+
+    pub(crate) fn validate(&self, at: &str, v: &mut Validator, clusters: &std::collections::HashSet<&str>) {
+        for (name, p) in [
+            ("client_sampling", &self.client_sampling),
+            ("random_sampling", &self.random_sampling),
+            ("overall_sampling", &self.overall_sampling),
+        ] {
+            if let Some(p) = p {
+                v.percent(&format!("{at}.{name}"), p);
+            }
+        }
+        for (i, tag) in self.custom_tags.iter().enumerate() {
+            tag.validate(&format!("{at}.custom_tags[{i}]"), v);
+        }
+        if self.verbose {
+            v.error(&format!("{at}.verbose"), "verbose span annotations are not supported by legate yet");
+        }
+        if self.spawn_upstream_span == Some(true) {
+            v.error(&format!("{at}.spawn_upstream_span"), "upstream spans are not supported by legate yet");
+        }
+        if let Some(provider) = &self.provider {
+            provider.validate(&format!("{at}.provider"), v, clusters);
+        }
+    }
+}
+
 impl HttpConnectionManager {
     pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,6 +280,17 @@ impl HttpConnectionManager {
             }
         }
         self.validate_http_filters(at, v);
+        if let Some(tracing) = &self.tracing {
+            tracing.validate(&format!("{at}.tracing"), v, clusters);
+            for (i, filter) in self.http_filters.iter().enumerate() {
+                if matches!(&filter.config, HttpFilterConfig::Router(r) if r.start_child_span) {
+                    v.error(
+                        &format!("{at}.http_filters[{i}].typed_config.start_child_span"),
+                        "child spans for upstream requests are not supported by legate yet",
+                    );
+                }
+            }
+        }
         if let Some(kb) = self.max_request_headers_kb {
             if !(1..=8192).contains(&kb) {
                 v.error(&format!("{at}.max_request_headers_kb"), "value must be inside range (0, 8192]");

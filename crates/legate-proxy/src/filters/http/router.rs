@@ -118,7 +118,7 @@ pub struct UpstreamRequestGuard {
 }
 
 impl UpstreamRequestGuard {
-    fn new(cluster: Arc<Cluster>, host: HostSharedPtr, request: Rc<RefCell<BodySource>>) -> Self {
+    pub(crate) fn new(cluster: Arc<Cluster>, host: HostSharedPtr, request: Rc<RefCell<BodySource>>) -> Self {
         UpstreamRequestGuard { cluster, host, _slot: None, request, attached: false, done: false, grpc_deferred: false }
     }
 
@@ -131,7 +131,7 @@ impl UpstreamRequestGuard {
 
     /// The try has its connection and its `max_requests` slot: it counts as an upstream
     /// request from now on.
-    fn attach(&mut self, slot: ResourceGuard) {
+    pub(crate) fn attach(&mut self, slot: ResourceGuard) {
         self._slot = Some(slot);
         if std::mem::replace(&mut self.attached, true) {
             return;

@@ -91,6 +91,8 @@ pub struct HttpConnectionManagerShared {
     /// `http1.*` and `http2.*`: header names with underscores, counted as Envoy's codecs do.
     pub http1_underscores: UnderscoreStats,
     pub http2_underscores: UnderscoreStats,
+    /// `tracing`, where set.
+    pub tracer: Option<crate::trace::HcmTracer>,
 }
 
 /// `local_reply_config`, compiled.
@@ -131,8 +133,9 @@ impl LocalReplyMapper {
 }
 
 impl HttpConnectionManagerShared {
-    /// `listener` is the scope of the listener it serves (`listener.<address>`).
-    pub fn new(config: &HcmConfig, root: &Scope, listener: &Scope) -> Result<Self, String> {
+    /// `listener` is the scope of the listener it serves (`listener.<address>`); `egress`,
+    /// whether that listener's traffic is OUTBOUND.
+    pub fn new(config: &HcmConfig, root: &Scope, listener: &Scope, egress: bool) -> Result<Self, String> {
         let route_config = match (&config.route_config, &config.rds) {
             (Some(rc), _) => RouteConfigProvider::Static(Arc::new(RouteConfig::new(rc)?)),
             (None, Some(rds)) => RouteConfigProvider::Rds(crate::router::rds::provider(&rds.route_config_name)?),
@@ -161,10 +164,16 @@ impl HttpConnectionManagerShared {
         let common = config.common_http_protocol_options.clone().unwrap_or_default();
         let nonzero = |d: Option<&legate_config::Duration>| d.map(|d| d.as_std()).filter(|d| !d.is_zero());
         let server_name = if config.server_name.is_empty() { "envoy" } else { config.server_name.as_str() };
+        let hcm_scope = root.scope(&format!("http.{}", config.stat_prefix));
+        let tracer = match &config.tracing {
+            Some(tracing) => Some(crate::trace::HcmTracer::new(tracing, &hcm_scope, root, egress)?),
+            None => None,
+        };
         Ok(HttpConnectionManagerShared {
+            tracer,
             route_config,
             filters,
-            stats: HcmStats::new(&root.scope(&format!("http.{}", config.stat_prefix))),
+            stats: HcmStats::new(&hcm_scope),
             listener_stats: ListenerHttpStats::new(&listener.scope(&format!("http.{}", config.stat_prefix))),
             access_logs,
             root: root.clone(),

@@ -500,6 +500,16 @@ async fn decode(
         }
     }
     let routed = Routed { config: Some(&route_config), vhost, route };
+    // Envoy's `traceRequest`: decided and started once the route is known, before the filters.
+    if let Some(tracer) = &shared.tracer {
+        let trace = route.and_then(|r| r.trace.as_deref());
+        let started = tracer.trace_request(&mut head, trace, authority.as_str(), &completion.info);
+        completion.info.trace = Some(started);
+        // The id now carries the decision, in the logs and a response that echoes it too.
+        if completion.info.request_id.is_some() {
+            completion.info.request_id = head.headers.get(&X_REQUEST_ID).cloned();
+        }
+    }
 
     // The HTTP filters, in order.
     let mut filters: Vec<Box<dyn HttpFilter>> = shared
@@ -821,6 +831,12 @@ fn encode(
     }
     if vhost.is_some_and(|v| v.include_attempt_count_in_response) && completion.info.attempt_count > 0 {
         head.headers.insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(completion.info.attempt_count));
+    }
+    if let Some(tracer) = &shared.tracer {
+        let info = &mut *completion.info;
+        if let Some(trace) = info.trace.as_deref_mut() {
+            trace.on_response_headers(&mut head.headers, tracer.egress, info.request_id.as_ref());
+        }
     }
     if shared.config.always_set_request_id_in_response {
         if let Some(id) = completion.info.request_id.clone() {

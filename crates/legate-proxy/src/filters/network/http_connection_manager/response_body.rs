@@ -316,6 +316,11 @@ impl StreamCompletion {
         for logger in &self.context.shared.access_logs {
             logger.log(&self.info);
         }
+        if let Some(tracer) = &self.context.shared.tracer {
+            if let Some(mut trace) = self.info.trace.take() {
+                tracer.finish(&mut trace, &self.info, &self.context.worker);
+            }
+        }
     }
 
     /// Response headers as sent, for `%RESP(...)%`.

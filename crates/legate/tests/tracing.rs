@@ -1,0 +1,274 @@
+//! Tracing with Zipkin (`tracing.provider: envoy.tracers.zipkin`): the decision kept in
+//! `x-request-id`, B3 context passed upstream, and the spans posted as Zipkin JSON v2 to the
+//! collector cluster, as Envoy does.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use legate_testing::config::{bootstrap, http_listener, route_config, router_filter, static_cluster, virtual_host};
+use legate_testing::{connect, eventually, json, legate_bin, run_bounded, Legate, TcpServer, Value, EVENTUALLY};
+
+/// An HTTP/1.1 server recording each request (head and body) and answering `status`.
+fn recording_server(status: &'static str, seen: Arc<Mutex<Vec<String>>>) -> TcpServer {
+    TcpServer::start(move |stream| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut content = vec![0u8; length];
+            if reader.read_exact(&mut content).is_err() {
+                return;
+            }
+            seen.lock().unwrap().push(format!("{head}{}", String::from_utf8_lossy(&content)));
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+            if stream.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn zipkin_tracing(extra: Value) -> Value {
+    let mut tracing = json!({
+        "provider": {
+            "name": "envoy.tracers.zipkin",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin",
+                "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+            },
+        },
+    });
+    if let (Some(t), Some(extra)) = (tracing.as_object_mut(), extra.as_object()) {
+        t.extend(extra.clone());
+    }
+    tracing
+}
+
+/// A listener tracing every request, its route decorated `checkout`; spans reported one by
+/// one (`tracing.zipkin.min_flush_spans: 1`).
+fn config(app: SocketAddr, collector: SocketAddr, tracing: Value) -> String {
+    let route = json!({
+        "match": {"prefix": "/"},
+        "route": {"cluster": "app"},
+        "decorator": {"operation": "checkout"},
+    });
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route])]);
+    let mut config = bootstrap(
+        vec![http_listener("ingress", routes, vec![router_filter()], json!({ "tracing": tracing }))],
+        vec![static_cluster("app", &[app]), static_cluster("zipkin", &[collector])],
+    );
+    config["layered_runtime"] =
+        json!({"layers": [{"name": "static", "static_layer": {"tracing.zipkin.min_flush_spans": 1}}]});
+    config.to_string()
+}
+
+fn get(px: &Legate, extra_headers: &str) -> String {
+    let mut client = connect(px.listener_addr("ingress"));
+    let request =
+        format!("GET /orders?id=7 HTTP/1.1\r\nHost: shop.example\r\n{extra_headers}Connection: close\r\n\r\n");
+    client.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    client.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+fn header<'a>(request: &'a str, name: &str) -> Option<&'a str> {
+    request.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The spans of the reports the collector received, in order.
+fn spans(reports: &[String]) -> Vec<Value> {
+    reports
+        .iter()
+        .flat_map(|r| {
+            let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            serde_json::from_str::<Vec<Value>>(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_sampled_request_is_traced_upstream_and_reported_to_zipkin() {
+    let app_seen = Arc::new(Mutex::new(Vec::new()));
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let app = recording_server("200 OK", app_seen.clone());
+    let collector = recording_server("202 Accepted", reports.clone());
+    let px = Legate::builder(legate_bin!())
+        .config(&config(app.addr(), collector.addr(), zipkin_tracing(json!({}))))
+        .arg("--service-cluster")
+        .arg("front-proxy")
+        .start();
+    let response = get(&px, "User-Agent: curl/8\r\n");
+    // Ingress: the route's decorator goes back to the caller.
+    assert!(response.to_ascii_lowercase().contains("x-envoy-decorator-operation: checkout"), "{response}");
+
+    let upstream = app_seen.lock().unwrap()[0].clone();
+    let trace_id = header(&upstream, "x-b3-traceid").expect("x-b3-traceid upstream").to_string();
+    let span_id = header(&upstream, "x-b3-spanid").expect("x-b3-spanid upstream").to_string();
+    assert_eq!(trace_id.len(), 16, "{upstream}");
+    assert_eq!(trace_id, span_id, "a new trace's first span has the trace's id");
+    assert_eq!(header(&upstream, "x-b3-sampled"), Some("1"), "{upstream}");
+    assert_eq!(header(&upstream, "x-b3-parentspanid"), None, "{upstream}");
+    // The decision travels in the request id: its version nibble says sampled.
+    let request_id = header(&upstream, "x-request-id").unwrap();
+    assert_eq!(request_id.as_bytes()[14], b'9', "{request_id}");
+
+    eventually("the collector got a report", EVENTUALLY, || reports.lock().unwrap().len(), |n| *n >= 1);
+    let report = reports.lock().unwrap()[0].clone();
+    assert!(report.starts_with("POST /api/v2/spans HTTP/1.1\r\n"), "{report}");
+    assert_eq!(header(&report, "host"), Some("zipkin"), "{report}");
+    assert_eq!(header(&report, "content-type"), Some("application/json"), "{report}");
+    let spans = spans(&reports.lock().unwrap());
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["traceId"], trace_id.as_str());
+    assert_eq!(span["id"], span_id.as_str());
+    assert_eq!(span["kind"], "SERVER");
+    assert_eq!(span["name"], "checkout");
+    assert_eq!(span["shared"], true);
+    assert!(span.get("parentId").is_none(), "{span}");
+    assert!(span["timestamp"].as_u64().unwrap() > 1_600_000_000_000_000, "{span}");
+    assert!(span["duration"].as_u64().is_some(), "{span}");
+    assert_eq!(span["localEndpoint"]["serviceName"], "front-proxy");
+    let tags = &span["tags"];
+    assert_eq!(tags["http.method"], "GET");
+    assert_eq!(tags["http.url"], "http://shop.example/orders?id=7");
+    assert_eq!(tags["http.status_code"], "200");
+    assert_eq!(tags["http.protocol"], "HTTP/1.1");
+    assert_eq!(tags["upstream_cluster"], "app");
+    assert_eq!(tags["component"], "proxy");
+    assert_eq!(tags["response_flags"], "-");
+    assert_eq!(tags["user_agent"], "curl/8");
+    assert_eq!(tags["guid:x-request-id"], request_id);
+    assert!(tags.get("error").is_none(), "{tags}");
+    px.wait_stat("tracing.zipkin.reports_sent", 1);
+    assert_eq!(px.stat("tracing.zipkin.spans_sent"), Some(1));
+    assert_eq!(px.stat("http.ingress.tracing.random_sampling"), Some(1));
+}
+
+/// A caller's B3 context is continued: the server span shares the caller's span id (Envoy's
+/// `shared_span_context`), and a name the caller asks for wins over the decorator.
+#[test]
+fn a_callers_trace_is_continued() {
+    let app_seen = Arc::new(Mutex::new(Vec::new()));
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let app = recording_server("200 OK", app_seen.clone());
+    let collector = recording_server("202 Accepted", reports.clone());
+    let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), zipkin_tracing(json!({}))));
+    get(
+        &px,
+        "x-b3-traceid: 463ac35c9f6413ad48485a3953bb6124\r\nx-b3-spanid: a2fb4a1d1a96d312\r\n\
+         x-b3-parentspanid: 0020000000000001\r\nx-b3-sampled: 1\r\nx-envoy-decorator-operation: asked\r\n",
+    );
+    let upstream = app_seen.lock().unwrap()[0].clone();
+    assert_eq!(header(&upstream, "x-b3-traceid"), Some("463ac35c9f6413ad48485a3953bb6124"), "{upstream}");
+    assert_eq!(header(&upstream, "x-b3-spanid"), Some("a2fb4a1d1a96d312"), "{upstream}");
+    assert_eq!(header(&upstream, "x-b3-parentspanid"), Some("0020000000000001"), "{upstream}");
+    assert_eq!(header(&upstream, "x-envoy-decorator-operation"), None, "ingress takes it off: {upstream}");
+    eventually("the collector got a report", EVENTUALLY, || reports.lock().unwrap().len(), |n| *n >= 1);
+    let spans = spans(&reports.lock().unwrap());
+    assert_eq!(spans[0]["traceId"], "463ac35c9f6413ad48485a3953bb6124");
+    assert_eq!(spans[0]["id"], "a2fb4a1d1a96d312");
+    assert_eq!(spans[0]["parentId"], "0020000000000001");
+    assert_eq!(spans[0]["name"], "asked");
+}
+
+/// With a random sampling rate of 0, requests are not traced (counted, context passed on as
+/// not sampled, nothing reported) unless forced: `x-envoy-force-trace` from an internal
+/// caller is traced and its response carries its request id.
+#[test]
+fn unsampled_requests_are_not_reported_and_forced_ones_are() {
+    let app_seen = Arc::new(Mutex::new(Vec::new()));
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let app = recording_server("200 OK", app_seen.clone());
+    let collector = recording_server("202 Accepted", reports.clone());
+    let tracing = zipkin_tracing(json!({"random_sampling": {"value": 0}}));
+    let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), tracing));
+    get(&px, "");
+    let first = app_seen.lock().unwrap()[0].clone();
+    assert_eq!(header(&first, "x-b3-sampled"), Some("0"), "{first}");
+    assert_eq!(header(&first, "x-request-id").unwrap().as_bytes()[14], b'4', "{first}");
+    assert_eq!(px.stat("http.ingress.tracing.not_traceable"), Some(1));
+
+    let response = get(&px, "x-envoy-force-trace: true\r\n");
+    let forced = app_seen.lock().unwrap()[1].clone();
+    let request_id = header(&forced, "x-request-id").unwrap().to_string();
+    assert_eq!(request_id.as_bytes()[14], b'a', "{forced}");
+    assert!(response.contains(&request_id), "the forced trace's id comes back: {response}");
+    px.wait_stat("tracing.zipkin.reports_sent", 1);
+    assert_eq!(px.stat("http.ingress.tracing.service_forced"), Some(1));
+    let spans = spans(&reports.lock().unwrap());
+    assert_eq!(spans.len(), 1, "only the forced request: {spans:?}");
+    assert_eq!(spans[0]["tags"]["guid:x-request-id"], request_id.as_str());
+}
+
+/// A collector answering anything but 202 counts the report as dropped; a collector cluster
+/// that the worker does not know skips it.
+#[test]
+fn reports_the_collector_refuses_are_dropped() {
+    let app = recording_server("200 OK", Arc::new(Mutex::new(Vec::new())));
+    let collector = recording_server("503 Service Unavailable", Arc::new(Mutex::new(Vec::new())));
+    let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), zipkin_tracing(json!({}))));
+    get(&px, "");
+    px.wait_stat("tracing.zipkin.reports_dropped", 1);
+    assert_eq!(px.stat("tracing.zipkin.reports_sent"), Some(0));
+}
+
+fn validate(config: &str) -> String {
+    let out = run_bounded(legate_bin!(), &["--mode", "validate", "--config-yaml", config], Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1), "expected a refusal:\n{}", out.stderr);
+    out.stderr
+}
+
+#[test]
+fn tracing_settings_legate_cannot_honour_are_refused_with_their_path() {
+    let (app, collector): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+    let at = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tracing";
+
+    let mut v1 = zipkin_tracing(json!({}));
+    v1["provider"]["typed_config"].as_object_mut().unwrap().remove("collector_endpoint_version");
+    let err = validate(&config(app, collector, v1));
+    assert!(
+        err.contains(&format!(
+            "{at}.provider.typed_config.collector_endpoint_version: hidden_envoy_deprecated_HTTP_JSON_V1"
+        )),
+        "{err}"
+    );
+
+    let mut unknown = zipkin_tracing(json!({}));
+    unknown["provider"]["typed_config"]["collector_cluster"] = json!("nowhere");
+    let err = validate(&config(app, collector, unknown));
+    assert!(err.contains("envoy.tracers.zipkin: unknown cluster 'nowhere'"), "{err}");
+
+    let err = validate(&config(app, collector, zipkin_tracing(json!({"verbose": true}))));
+    assert!(err.contains(&format!("{at}.verbose")), "{err}");
+
+    let mut otel = zipkin_tracing(json!({}));
+    otel["provider"] = json!({"name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"}});
+    let err = validate(&config(app, collector, otel));
+    assert!(err.contains("legate does not implement this tracer"), "{err}");
+}
