@@ -7,6 +7,8 @@
 //! becomes `9` sampled, `a` forced by the service, `b` forced by the client), so a request
 //! already decided keeps its decision through every proxy that forwards its id.
 
+mod collector;
+mod reporter;
 pub mod zipkin;
 
 use std::sync::{Arc, OnceLock};

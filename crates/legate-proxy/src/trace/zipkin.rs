@@ -3,27 +3,24 @@
 //!
 //! A worker keeps its sampled spans until it has `tracing.zipkin.min_flush_spans` (runtime,
 //! default 5) or its timer fires (`tracing.zipkin.flush_interval_ms`, default 5 s), then posts
-//! them in one request through the collector cluster's pool, as Envoy's reporter does: no
-//! lock and no cross-worker traffic on the request path.
+//! them in one request through the collector cluster's pool, as Envoy's reporter does.
 
-use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{HeaderMap, Request, Version};
-use legate_config::cluster::RoutingPriority;
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
 use legate_config::trace::ZipkinConfig;
-use legate_stats::Scope;
+use legate_stats::{Counter, Scope};
 
+use super::collector::{self, Export, Sent};
+use super::reporter::{self, Exporter};
 use super::Span;
-use crate::filters::http::router::UpstreamRequestGuard;
-use crate::http::body::{AttemptBody, BodySource};
 use crate::http::StreamInfo;
-use crate::upstream::cluster_manager::ChooseHostError;
-use crate::upstream::pool::{pool_protocol, Outgoing};
 use crate::worker::WorkerContext;
 
 legate_stats::stats! {
@@ -174,24 +171,7 @@ impl Driver {
     /// A finished, sampled span: kept by this worker until the next report.
     pub(super) fn report(self: &Arc<Self>, span: Span, info: &StreamInfo, worker: &Rc<WorkerContext>) {
         let json = self.to_json(&span, info, &worker.server.local_cluster_name);
-        REPORTERS.with(|reporters| {
-            let mut reporters = reporters.borrow_mut();
-            reporters.retain(|r| r.driver.strong_count() > 0);
-            let index = match reporters.iter().position(|r| std::ptr::eq(r.driver.as_ptr(), Arc::as_ptr(self))) {
-                Some(i) => i,
-                None => {
-                    reporters.push(WorkerReporter { driver: Arc::downgrade(self), spans: Vec::new() });
-                    tokio::task::spawn_local(flush_timer(Arc::downgrade(self), worker.clone()));
-                    reporters.len() - 1
-                }
-            };
-            let Some(reporter) = reporters.get_mut(index) else { return };
-            reporter.spans.push(json);
-            if reporter.spans.len() >= runtime().min_flush_spans {
-                let spans = std::mem::take(&mut reporter.spans);
-                tokio::task::spawn_local(post(self.clone(), worker.clone(), spans));
-            }
-        });
+        reporter::buffer(self, worker, json);
     }
 
     /// Zipkin's JSON v2 for one span.
@@ -289,121 +269,43 @@ fn trace_id(s: &str) -> Result<(Option<u64>, u64), ()> {
     }
 }
 
-/// A worker's spans waiting for one tracer's next report.
-struct WorkerReporter {
-    driver: Weak<Driver>,
-    spans: Vec<String>,
-}
+impl Exporter for Driver {
+    type Item = String;
 
-thread_local! {
-    static REPORTERS: RefCell<Vec<WorkerReporter>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Envoy's flush timer: every `flush_interval`, whatever is waiting goes (counted in
-/// `timer_flushed`), until the tracer is gone.
-async fn flush_timer(driver: Weak<Driver>, worker: Rc<WorkerContext>) {
-    loop {
-        tokio::time::sleep(runtime().flush_interval).await;
-        let Some(strong) = driver.upgrade() else { return };
-        strong.stats.timer_flushed.inc();
-        let spans = REPORTERS.with(|reporters| {
-            let mut reporters = reporters.borrow_mut();
-            reporters
-                .iter_mut()
-                .find(|r| std::ptr::eq(r.driver.as_ptr(), Arc::as_ptr(&strong)))
-                .map(|r| std::mem::take(&mut r.spans))
-                .unwrap_or_default()
-        });
-        if !spans.is_empty() {
-            tokio::task::spawn_local(post(strong, worker.clone(), spans));
-        }
+    fn flush_rule(&self) -> (usize, Duration) {
+        (runtime().min_flush_spans, runtime().flush_interval)
     }
-}
 
-/// One report: the spans as a JSON list, posted to the collector cluster. A 202 is
-/// `reports_sent`, any other answer (legate's own 503 or 504 too, as Envoy's async client
-/// makes them) `reports_dropped`, a broken exchange `reports_failed`.
-async fn post(driver: Arc<Driver>, worker: Rc<WorkerContext>, spans: Vec<String>) {
-    let stats = &driver.stats;
-    let (cluster, host) = match worker.cluster_manager.choose_host(&driver.collector_cluster) {
-        Ok(picked) => picked,
-        Err(ChooseHostError::NoCluster) => {
-            stats.reports_skipped_no_cluster.inc();
-            return;
-        }
-        Err(ChooseHostError::NoHost(cluster)) => {
-            cluster.stats().upstream_cx_none_healthy().inc();
-            stats.spans_sent.add(spans.len() as u64);
-            stats.reports_dropped.inc();
-            return;
-        }
-    };
-    stats.spans_sent.add(spans.len() as u64);
-    let mut json = String::with_capacity(2 + spans.iter().map(|s| s.len() + 1).sum::<usize>());
-    json.push('[');
-    json.push_str(&spans.join(","));
-    json.push(']');
-    let body_bytes = Bytes::from(json);
-    let body = BodySource::buffered(std::iter::once(body_bytes.clone()).collect(), None);
-    let mut guard = UpstreamRequestGuard::new(cluster.clone(), host.clone(), body.clone());
-    let priority = RoutingPriority::Default;
-    let pool = worker.pools().get(&cluster, &host, pool_protocol(&cluster, Version::HTTP_11), None);
-    let exchange = async {
-        let Ok(mut conn) = pool.acquire(priority, false).await else { return Outcome::Dropped };
-        let Some(slot) = cluster.breakers(priority).requests.try_acquire() else {
-            cluster.stats().upstream_rq_pending_overflow().inc();
-            conn.release(true);
-            return Outcome::Dropped;
-        };
-        guard.attach(slot);
-        let http2 = conn.protocol() == crate::upstream::pool::PoolProtocol::Http2;
-        let builder = Request::builder().method(http::Method::POST);
-        let builder = if http2 {
-            let uri = http::Uri::builder()
-                .scheme("http")
-                .authority(driver.collector_hostname.as_str())
-                .path_and_query(driver.collector_endpoint.as_str())
-                .build();
-            match uri {
-                Ok(uri) => builder.version(Version::HTTP_2).uri(uri),
-                Err(_) => return Outcome::Failed,
+    fn timer_flushed(&self) -> &Counter {
+        &self.stats.timer_flushed
+    }
+
+    /// One report: the spans as a JSON list. A 202 is `reports_sent`, any other answer
+    /// (legate's own 503 or 504 too) `reports_dropped`, a broken exchange `reports_failed`.
+    fn export(self: Arc<Self>, worker: Rc<WorkerContext>, spans: Vec<String>) -> Pin<Box<dyn Future<Output = ()>>> {
+        Box::pin(async move {
+            let stats = &self.stats;
+            let count = spans.len() as u64;
+            let body = format!("[{}]", spans.join(","));
+            let export = Export {
+                cluster: &self.collector_cluster,
+                authority: &self.collector_hostname,
+                path: &self.collector_endpoint,
+                content_type: "application/json",
+                body: Bytes::from(body),
+                timeout: runtime().request_timeout,
+                grpc: false,
+            };
+            // Counted as they leave the buffer, sent or not (Envoy's `flushSpans`).
+            stats.spans_sent.add(count);
+            match collector::post(&worker, export).await {
+                Sent::NoCluster => stats.reports_skipped_no_cluster.inc(),
+                Sent::Answered { status, .. } if status == http::StatusCode::ACCEPTED => stats.reports_sent.inc(),
+                Sent::Answered { .. } => stats.reports_dropped.inc(),
+                Sent::Failed => stats.reports_failed.inc(),
             }
-        } else {
-            builder
-                .version(Version::HTTP_11)
-                .uri(driver.collector_endpoint.as_str())
-                .header(HOST, driver.collector_hostname.as_str())
-        };
-        let request = builder
-            .header(CONTENT_TYPE, "application/json")
-            .header(CONTENT_LENGTH, body_bytes.len())
-            .body(AttemptBody::new(body.clone()));
-        let Ok(request) = request else { return Outcome::Failed };
-        let Ok(response) = conn.send_request(Outgoing::Request(request)).await else { return Outcome::Failed };
-        let status = response.status();
-        worker.count_upstream_code(&cluster, status.as_u16());
-        let complete = http_body_util::BodyExt::collect(response.into_body()).await.is_ok();
-        conn.release(complete);
-        match (complete, status == http::StatusCode::ACCEPTED) {
-            (false, _) => Outcome::Failed,
-            (true, true) => Outcome::Sent,
-            (true, false) => Outcome::Dropped,
-        }
-    };
-    let outcome = tokio::time::timeout(runtime().request_timeout, exchange).await.unwrap_or(Outcome::Dropped);
-    guard.complete(outcome != Outcome::Failed);
-    match outcome {
-        Outcome::Sent => stats.reports_sent.inc(),
-        Outcome::Dropped => stats.reports_dropped.inc(),
-        Outcome::Failed => stats.reports_failed.inc(),
+        })
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Sent,
-    Dropped,
-    Failed,
 }
 
 #[cfg(test)]
