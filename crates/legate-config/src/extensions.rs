@@ -220,13 +220,21 @@ pub static ACCESS_LOGGERS: &[Extension<AccessLoggerConfig>] = &[
 #[derive(Clone, Debug, PartialEq)]
 pub enum TracerConfig {
     Zipkin(crate::trace::ZipkinConfig),
+    OpenTelemetry(crate::trace::OpenTelemetryConfig),
 }
 
-pub static TRACERS: &[Extension<TracerConfig>] = &[Extension {
-    name: "envoy.tracers.zipkin",
-    type_url: "envoy.config.trace.v3.ZipkinConfig",
-    parse: |v| path::from_value(v).map(TracerConfig::Zipkin),
-}];
+pub static TRACERS: &[Extension<TracerConfig>] = &[
+    Extension {
+        name: "envoy.tracers.zipkin",
+        type_url: "envoy.config.trace.v3.ZipkinConfig",
+        parse: |v| path::from_value(v).map(TracerConfig::Zipkin),
+    },
+    Extension {
+        name: "envoy.tracers.opentelemetry",
+        type_url: "envoy.config.trace.v3.OpenTelemetryConfig",
+        parse: |v| path::from_value(v).map(TracerConfig::OpenTelemetry),
+    },
+];
 
 /// Values of a cluster's `typed_extension_protocol_options`.
 #[derive(Clone, Debug, PartialEq)]

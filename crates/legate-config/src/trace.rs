@@ -50,6 +50,51 @@ impl TracingProvider {
     pub(crate) fn validate(&self, at: &str, v: &mut Validator, clusters: &std::collections::HashSet<&str>) {
         match &self.config {
             TracerConfig::Zipkin(zipkin) => zipkin.validate(&format!("{at}.typed_config"), v, clusters),
+            TracerConfig::OpenTelemetry(otel) => otel.validate(&format!("{at}.typed_config"), v, clusters),
+        }
+    }
+}
+
+/// `envoy.config.trace.v3.OpenTelemetryConfig` (`envoy.tracers.opentelemetry`): spans exported
+/// over OTLP/gRPC to a cluster.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenTelemetryConfig {
+    /// The collector (`envoy_grpc`); without it spans are made and not exported, as Envoy.
+    pub grpc_service: Option<crate::config_source::GrpcService>,
+    /// The resource's `service.name` (default `unknown_service:envoy`).
+    #[serde(default)]
+    pub service_name: String,
+    pub http_service: Option<Unsupported>,
+    pub resource_detectors: Option<Unsupported>,
+    pub sampler: Option<Unsupported>,
+    pub max_cache_size: Option<Unsupported>,
+}
+
+impl OpenTelemetryConfig {
+    pub const DEFAULT_SERVICE_NAME: &'static str = "unknown_service:envoy";
+
+    pub fn service_name(&self) -> &str {
+        if self.service_name.is_empty() {
+            Self::DEFAULT_SERVICE_NAME
+        } else {
+            &self.service_name
+        }
+    }
+
+    fn validate(&self, at: &str, v: &mut Validator, clusters: &std::collections::HashSet<&str>) {
+        let Some(grpc) = &self.grpc_service else { return };
+        let Some(envoy_grpc) = &grpc.envoy_grpc else {
+            v.error(&format!("{at}.grpc_service"), "an envoy_grpc service is required (google_grpc is not supported)");
+            return;
+        };
+        let cluster = envoy_grpc.cluster_name.as_str();
+        v.non_empty(&format!("{at}.grpc_service.envoy_grpc.cluster_name"), cluster);
+        if !cluster.is_empty() && !v.late_clusters && !clusters.contains(cluster) {
+            v.error(
+                &format!("{at}.grpc_service.envoy_grpc.cluster_name"),
+                format!("Unknown gRPC client cluster '{cluster}'"),
+            );
         }
     }
 }

@@ -8,6 +8,7 @@
 //! already decided keeps its decision through every proxy that forwards its id.
 
 mod collector;
+pub mod opentelemetry;
 mod reporter;
 pub mod zipkin;
 
@@ -48,6 +49,7 @@ static BOOTSTRAP_PROVIDER: OnceLock<Option<TracingProvider>> = OnceLock::new();
 pub fn configure(bootstrap: &legate_config::bootstrap::Bootstrap) {
     let _ = BOOTSTRAP_PROVIDER.set(bootstrap.tracing.as_ref().and_then(|t| t.http.clone()));
     zipkin::configure_runtime(bootstrap);
+    opentelemetry::configure_runtime(bootstrap);
 }
 
 /// Why a request is traced or not (Envoy's `Tracing::Reason`), as its `x-request-id` says.
@@ -78,7 +80,7 @@ pub struct HcmTracer {
     custom_tags: Vec<CustomTag>,
     /// The listener's `traffic_direction` is OUTBOUND: spans are client spans.
     pub egress: bool,
-    driver: Option<Arc<zipkin::Driver>>,
+    driver: Option<Tracer>,
 }
 
 impl HcmTracer {
@@ -96,7 +98,10 @@ impl HcmTracer {
         };
         let provider = config.provider.as_ref().or_else(|| BOOTSTRAP_PROVIDER.get().and_then(Option::as_ref));
         let driver = provider.map(|p| match &p.config {
-            TracerConfig::Zipkin(zipkin) => Arc::new(zipkin::Driver::new(zipkin, egress, root)),
+            TracerConfig::Zipkin(zipkin) => Tracer::Zipkin(Arc::new(zipkin::Driver::new(zipkin, egress, root))),
+            TracerConfig::OpenTelemetry(otel) => {
+                Tracer::OpenTelemetry(Arc::new(opentelemetry::Driver::new(otel, egress, root)))
+            }
         });
         Ok(HcmTracer {
             stats: TracingStats::new(&scope.scope("tracing")),
@@ -228,6 +233,35 @@ impl HcmTracer {
     }
 }
 
+/// The tracer a connection manager reports to.
+enum Tracer {
+    Zipkin(Arc<zipkin::Driver>),
+    OpenTelemetry(Arc<opentelemetry::Driver>),
+}
+
+impl Tracer {
+    fn start_span(&self, headers: &HeaderMap, authority: &str, traced: bool, info: &StreamInfo) -> Option<Box<Span>> {
+        match self {
+            Tracer::Zipkin(d) => d.start_span(headers, authority, traced, info),
+            Tracer::OpenTelemetry(d) => d.start_span(headers, authority, traced, info),
+        }
+    }
+
+    fn inject(&self, span: &Span, headers: &mut HeaderMap) {
+        match self {
+            Tracer::Zipkin(d) => d.inject(span, headers),
+            Tracer::OpenTelemetry(d) => d.inject(span, headers),
+        }
+    }
+
+    fn report(&self, span: Span, info: &StreamInfo, worker: &std::rc::Rc<crate::worker::WorkerContext>) {
+        match self {
+            Tracer::Zipkin(d) => d.report(span, info, worker),
+            Tracer::OpenTelemetry(d) => d.report(span, info, worker),
+        }
+    }
+}
+
 /// The decision an `x-request-id` carries: only a UUID (36 characters) carries one.
 fn reason_of(id: &[u8]) -> TraceReason {
     if id.len() != 36 {
@@ -349,6 +383,8 @@ pub struct Span {
     /// A server span sharing its caller's span id.
     pub shared: bool,
     pub name: String,
+    /// W3C `tracestate`, carried on (OpenTelemetry).
+    pub trace_state: Option<String>,
     pub start: SystemTime,
     pub tags: Vec<(std::borrow::Cow<'static, str>, String)>,
 }

@@ -266,9 +266,87 @@ fn tracing_settings_legate_cannot_honour_are_refused_with_their_path() {
     let err = validate(&config(app, collector, zipkin_tracing(json!({"verbose": true}))));
     assert!(err.contains(&format!("{at}.verbose")), "{err}");
 
+    let mut datadog = zipkin_tracing(json!({}));
+    datadog["provider"] = json!({"name": "envoy.tracers.datadog", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.DatadogConfig", "collector_cluster": "zipkin"}});
+    let err = validate(&config(app, collector, datadog));
+    assert!(err.contains("legate does not implement this tracer"), "{err}");
+
     let mut otel = zipkin_tracing(json!({}));
     otel["provider"] = json!({"name": "envoy.tracers.opentelemetry", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"}});
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "otel-collector"}}}});
     let err = validate(&config(app, collector, otel));
-    assert!(err.contains("legate does not implement this tracer"), "{err}");
+    assert!(err.contains("Unknown gRPC client cluster 'otel-collector'"), "{err}");
+}
+
+/// OpenTelemetry (`envoy.tracers.opentelemetry` over `envoy_grpc`): the caller's W3C context
+/// is continued in a span of its own, passed upstream in `traceparent`, and exported to the
+/// collector as an OTLP `Export` call under the configured `service.name`.
+#[test]
+fn opentelemetry_spans_are_exported_over_otlp_grpc() {
+    use legate_proxy::trace::opentelemetry::otlp::ExportTraceServiceRequest;
+    use legate_testing::{HttpUpstream, UpstreamAction};
+
+    let app_seen = Arc::new(Mutex::new(Vec::new()));
+    let app = recording_server("200 OK", app_seen.clone());
+    let collector = HttpUpstream::http2(|_| {
+        UpstreamAction::ok("").with_header("content-type", "application/grpc").with_header("grpc-status", "0")
+    });
+    let tracing = json!({
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "zipkin"}, "timeout": "5s"},
+                "service_name": "envoy-1",
+            },
+        },
+    });
+    let mut config: Value = serde_json::from_str(&config(app.addr(), collector.addr(), tracing)).unwrap();
+    config["layered_runtime"]["layers"][0]["static_layer"] = json!({"tracing.opentelemetry.min_flush_spans": 1});
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    get(
+        &px,
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: vendor=1\r\n\
+         Content-Type: text/plain\r\n",
+    );
+    let upstream = app_seen.lock().unwrap()[0].clone();
+    let parent = header(&upstream, "traceparent").expect("traceparent upstream").to_string();
+    let parts: Vec<&str> = parent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{parent}");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "a span of its own");
+    assert_eq!(parts[3], "01");
+    assert_eq!(header(&upstream, "tracestate"), Some("vendor=1"));
+
+    eventually("the collector got an export", EVENTUALLY, || collector.requests().len(), |n| *n >= 1);
+    let export = collector.requests()[0].clone();
+    assert_eq!(export.method, "POST");
+    assert_eq!(export.path, "/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    assert_eq!(export.header("content-type"), Some("application/grpc"));
+    let message = export.body.get(5..).expect("a gRPC frame");
+    let request = ExportTraceServiceRequest::decode_from(message).unwrap();
+    let resource = request.resource_spans[0].resource.as_ref().unwrap();
+    assert_eq!(resource.attributes[0].key, "service.name");
+    assert_eq!(resource.attributes[0].value.as_ref().unwrap().string_value, "envoy-1");
+    let span = &request.resource_spans[0].scope_spans[0].spans[0];
+    assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(hex(&span.span_id), parts[2]);
+    assert_eq!(span.name, "checkout");
+    assert_eq!(span.kind, 2, "SERVER");
+    assert_eq!(span.trace_state, "vendor=1");
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    let attribute = |key: &str| {
+        span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).map(|v| v.string_value.clone())
+    };
+    assert_eq!(attribute("http.status_code").as_deref(), Some("200"));
+    assert_eq!(attribute("upstream_cluster").as_deref(), Some("app"));
+    assert!(span.status.is_none(), "not an error");
+    px.wait_stat("tracing.opentelemetry.spans_sent", 1);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

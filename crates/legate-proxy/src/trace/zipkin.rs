@@ -123,6 +123,7 @@ impl Driver {
             client,
             shared: false,
             name: authority.to_string(),
+            trace_state: None,
             start: info.start_time(),
             tags: Vec::new(),
         });
