@@ -86,6 +86,7 @@ pub enum HttpFilterConfig {
     Fault(HttpFault),
     Cors(Cors),
     Buffer(Buffer),
+    Rbac(crate::filters::http::rbac::RbacFilter),
 }
 
 impl HttpFilterConfig {
@@ -98,6 +99,7 @@ impl HttpFilterConfig {
             HttpFilterConfig::Fault(_) => "envoy.filters.http.fault",
             HttpFilterConfig::Cors(_) => "envoy.filters.http.cors",
             HttpFilterConfig::Buffer(_) => "envoy.filters.http.buffer",
+            HttpFilterConfig::Rbac(_) => "envoy.filters.http.rbac",
         }
     }
 
@@ -138,6 +140,11 @@ pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
         type_url: "envoy.extensions.filters.http.buffer.v3.Buffer",
         parse: |v| path::from_value(v).map(HttpFilterConfig::Buffer),
     },
+    Extension {
+        name: "envoy.filters.http.rbac",
+        type_url: "envoy.extensions.filters.http.rbac.v3.RBAC",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::Rbac),
+    },
 ];
 
 /// Per-route configs of HTTP filters (`typed_per_filter_config` values on route
@@ -148,6 +155,7 @@ pub enum FilterPerRouteConfig {
     Fault(HttpFault),
     LocalRateLimit(LocalRateLimit),
     Buffer(BufferPerRoute),
+    Rbac(crate::filters::http::rbac::RbacPerRoute),
     /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter does not run for
     /// this route. (Conversely, a filter the connection manager declares `disabled` runs where
     /// a route gives it an entry that is not disabled.)
@@ -174,6 +182,11 @@ pub static PER_ROUTE_FILTER_CONFIGS: &[Extension<FilterPerRouteConfig>] = &[
         name: "envoy.filters.http.buffer",
         type_url: "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
         parse: |v| path::from_value(v).map(FilterPerRouteConfig::Buffer),
+    },
+    Extension {
+        name: "envoy.filters.http.rbac",
+        type_url: "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::Rbac),
     },
 ];
 
@@ -490,6 +503,7 @@ pub(crate) fn validate_per_filter_configs(
                 }
             }
             FilterPerRouteConfig::Buffer(buffer) => buffer.validate(&c_at, v),
+            FilterPerRouteConfig::Rbac(rbac) => rbac.validate(&c_at, v),
             FilterPerRouteConfig::Disabled => {}
         }
     }

@@ -36,6 +36,7 @@ pub mod outlier_detection;
 pub mod path;
 mod proto_json;
 pub mod protocol;
+pub mod rbac;
 pub mod resources;
 pub mod route;
 pub mod socket_option;

@@ -3,3 +3,4 @@
 pub mod http;
 pub mod listener;
 pub mod network;
+pub mod rbac;

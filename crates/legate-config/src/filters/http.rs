@@ -5,4 +5,5 @@ pub mod cors;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;
+pub mod rbac;
 pub mod router;

@@ -15,6 +15,8 @@ pub mod cors;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;
+pub mod rbac;
+mod route_state;
 pub mod router;
 
 use std::borrow::Cow;
@@ -36,6 +38,7 @@ pub enum HttpFilterFactory {
     Fault(Arc<fault::FaultFilterConfig>),
     Cors(Arc<cors::CorsFilterConfig>),
     Buffer(Arc<buffer::BufferFilterConfig>),
+    Rbac(Arc<rbac::RbacFilterConfig>),
 }
 
 impl HttpFilterFactory {
@@ -61,6 +64,9 @@ impl HttpFilterFactory {
             HttpFilterConfig::Buffer(config) => {
                 HttpFilterFactory::Buffer(Arc::new(buffer::BufferFilterConfig::new(name, config)?))
             }
+            HttpFilterConfig::Rbac(config) => {
+                HttpFilterFactory::Rbac(Arc::new(rbac::RbacFilterConfig::new(name, config, &http_scope())?))
+            }
         };
         Ok(Some(factory))
     }
@@ -74,6 +80,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Fault(config) => Box::new(fault::FaultFilter::new(config.clone())),
             HttpFilterFactory::Cors(config) => Box::new(cors::CorsFilter::new(config.clone())),
             HttpFilterFactory::Buffer(config) => Box::new(buffer::BufferFilter::new(config.clone())),
+            HttpFilterFactory::Rbac(config) => Box::new(rbac::RbacFilter::new(config.clone())),
         }
     }
 
@@ -86,6 +93,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Fault(config) => &config.name,
             HttpFilterFactory::Cors(config) => &config.name,
             HttpFilterFactory::Buffer(config) => &config.name,
+            HttpFilterFactory::Rbac(config) => &config.name,
         }
     }
 }

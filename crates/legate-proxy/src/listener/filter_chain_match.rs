@@ -199,7 +199,7 @@ fn normalize(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+pub(crate) fn contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     match (normalize(net), normalize(ip)) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };

@@ -375,6 +375,7 @@ impl HttpConnectionManager {
                 HttpFilterConfig::LocalRateLimit(limit) => limit.validate(&typed_at, v),
                 HttpFilterConfig::Fault(fault) => fault.validate(&typed_at, v),
                 HttpFilterConfig::Buffer(buffer) => buffer.validate(&typed_at, v),
+                HttpFilterConfig::Rbac(rbac) => rbac.validate(&typed_at, v),
                 HttpFilterConfig::Cors(_) => {}
             }
         }

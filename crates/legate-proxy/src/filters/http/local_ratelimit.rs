@@ -19,12 +19,10 @@
 //! yet): refused on the filter; a route config asking for it is not applied, with a warning.
 //! gRPC requests get the plain HTTP answer (`rate_limited_as_resource_exhausted` has no effect).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 use legate_config::core::{FractionalPercent, TokenBucket};
@@ -32,10 +30,11 @@ use legate_config::filters::http::local_ratelimit::{LocalRateLimit, XRateLimitHe
 use legate_config::route::FilterPerRouteConfig;
 use legate_stats::Scope;
 
+use super::route_state::{Owner, RouteStates};
 use super::{fraction_enabled, StreamView};
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::{LocalReply, ResponseFlag};
-use crate::router::{HeaderParser, Route, VirtualHost};
+use crate::router::HeaderParser;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -57,7 +56,7 @@ legate_stats::stats! {
 pub struct LocalRateLimitFilterConfig {
     pub name: String,
     limiter: RateLimiter,
-    routes: RouteLimiters,
+    routes: RouteStates<RateLimiter>,
     /// The root scope: route configs name their own stat prefix.
     root: Scope,
 }
@@ -65,7 +64,7 @@ pub struct LocalRateLimitFilterConfig {
 impl LocalRateLimitFilterConfig {
     pub fn new(name: String, config: &LocalRateLimit, root: &Scope) -> Result<Self, String> {
         let limiter = RateLimiter::new(config, root).map_err(|e| format!("local_ratelimit: {e}"))?;
-        Ok(LocalRateLimitFilterConfig { name, limiter, routes: RouteLimiters::default(), root: root.clone() })
+        Ok(LocalRateLimitFilterConfig { name, limiter, routes: RouteStates::default(), root: root.clone() })
     }
 }
 
@@ -193,92 +192,13 @@ impl RateLimitTokenBucket {
     }
 }
 
-/// The limiters of route configs, found by the address of the config inside the route (or
-/// virtual host) that holds it. Read without a lock on each request (an `ArcSwap` snapshot);
-/// written once per route config, when its first request arrives. An entry whose owner is
-/// gone (a replaced route table) is dropped at the next insertion, and never matched again:
-/// its address may be reused, but its owner pointer is checked.
-#[derive(Default)]
-struct RouteLimiters {
-    entries: ArcSwap<HashMap<usize, RouteLimiter>>,
-}
-
-#[derive(Clone)]
-struct RouteLimiter {
-    owner: Owner,
-    /// `None`: the route config cannot be applied (logged when it was first seen).
-    limiter: Option<Arc<RateLimiter>>,
-}
-
-/// What holds a route config.
-#[derive(Clone)]
-enum Owner {
-    Route(Weak<Route>),
-    VirtualHost(Weak<VirtualHost>),
-}
-
-impl Owner {
-    fn alive(&self) -> bool {
-        match self {
-            Owner::Route(w) => w.strong_count() > 0,
-            Owner::VirtualHost(w) => w.strong_count() > 0,
-        }
-    }
-
-    fn is(&self, other: &Owner) -> bool {
-        match (self, other) {
-            (Owner::Route(a), Owner::Route(b)) => Weak::ptr_eq(a, b),
-            (Owner::VirtualHost(a), Owner::VirtualHost(b)) => Weak::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
-impl RouteLimiters {
-    fn get(&self, owner: Owner, config: &LocalRateLimit, root: &Scope) -> Option<Arc<RateLimiter>> {
-        let key = config as *const LocalRateLimit as usize;
-        if let Some(entry) = self.entries.load().get(&key) {
-            if entry.owner.is(&owner) && entry.owner.alive() {
-                return entry.limiter.clone();
-            }
-        }
-        let limiter = match RateLimiter::new(config, root) {
-            Ok(limiter) => Some(Arc::new(limiter)),
-            Err(e) => {
-                tracing::warn!("local_ratelimit: a route's config is not applied: {e}");
-                None
-            }
-        };
-        let fresh = RouteLimiter { owner, limiter };
-        // Another worker may have inserted the same config meanwhile: keep the first, so all
-        // share one bucket.
-        self.entries.rcu(|entries| {
-            let mut entries: HashMap<usize, RouteLimiter> =
-                entries.iter().filter(|(_, e)| e.owner.alive()).map(|(k, e)| (*k, e.clone())).collect();
-            let keep = entries.get(&key).is_some_and(|e| e.owner.is(&fresh.owner));
-            if !keep {
-                entries.insert(key, fresh.clone());
-            }
-            entries
-        });
-        self.entries.load().get(&key).and_then(|e| e.limiter.clone())
-    }
-}
-
 /// The route config for the filter named `name`, and what holds it: the route's, else the
 /// virtual host's.
 fn route_config<'a>(stream: &StreamView<'a>, name: &str) -> Option<(Owner, &'a LocalRateLimit)> {
-    let of = |c: Option<&'a FilterPerRouteConfig>| match c {
-        Some(FilterPerRouteConfig::LocalRateLimit(config)) => Some(config),
+    super::route_state::route_entry(stream, name, |c| match c {
+        FilterPerRouteConfig::LocalRateLimit(config) => Some(config),
         _ => None,
-    };
-    if let Some(route) = stream.route {
-        if let Some(config) = of(route.per_filter_config.get(name)) {
-            return Some((Owner::Route(Arc::downgrade(route)), config));
-        }
-    }
-    let vhost = stream.virtual_host?;
-    of(vhost.per_filter_config.get(name)).map(|config| (Owner::VirtualHost(Arc::downgrade(vhost)), config))
+    })
 }
 
 /// Which limiter a stream used.
@@ -315,7 +235,10 @@ impl LocalRateLimitFilter {
     ) -> FilterHeadersStatus {
         let config = &self.config;
         let route_limiter = match route_config(&stream, &config.name) {
-            Some((owner, route_config)) => match config.routes.get(owner, route_config, &config.root) {
+            Some((owner, route_config)) => match config.routes.get(owner, route_config, |c| {
+                RateLimiter::new(c, &config.root)
+                    .map_err(|e| format!("local_ratelimit: a route's config is not applied: {e}"))
+            }) {
                 Some(limiter) => Some(limiter),
                 None => return FilterHeadersStatus::Continue,
             },
@@ -628,7 +551,7 @@ virtual_hosts:
         drop(routes);
         let routes = Routes::new(ROUTES);
         assert!(matches!(decode(&config, &mut own, Some(&routes)).1, FilterHeadersStatus::Continue));
-        assert!(config.routes.entries.load().values().all(|e| e.owner.alive()));
+        assert!(config.routes.all_alive());
     }
 
     #[test]
