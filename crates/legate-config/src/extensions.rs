@@ -44,6 +44,7 @@ pub enum NetworkFilterConfig {
     TcpProxy(TcpProxy),
     Echo(Echo),
     ConnectionLimit(ConnectionLimit),
+    Rbac(crate::filters::network::rbac::NetworkRbac),
     DirectResponse(DirectResponse),
     /// Boxed: far larger than the other configs.
     HttpConnectionManager(Box<HttpConnectionManager>),
@@ -64,6 +65,11 @@ pub static NETWORK_FILTERS: &[Extension<NetworkFilterConfig>] = &[
         name: "envoy.filters.network.connection_limit",
         type_url: "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
         parse: |v| path::from_value(v).map(NetworkFilterConfig::ConnectionLimit),
+    },
+    Extension {
+        name: "envoy.filters.network.rbac",
+        type_url: "envoy.extensions.filters.network.rbac.v3.RBAC",
+        parse: |v| path::from_value(v).map(NetworkFilterConfig::Rbac),
     },
     Extension {
         name: "envoy.filters.network.direct_response",

@@ -267,6 +267,7 @@ impl Validator {
                     }
                 }
                 NetworkFilterConfig::Echo(_) => {}
+                NetworkFilterConfig::Rbac(rbac) => rbac.validate(&typed_at, self),
                 NetworkFilterConfig::HttpConnectionManager(hcm) => hcm.validate(&typed_at, self, clusters),
             }
         }
@@ -501,6 +502,7 @@ fn kind_name(config: &NetworkFilterConfig) -> &'static str {
         NetworkFilterConfig::Echo(_) => "envoy.filters.network.echo",
         NetworkFilterConfig::ConnectionLimit(_) => "envoy.filters.network.connection_limit",
         NetworkFilterConfig::DirectResponse(_) => "envoy.filters.network.direct_response",
+        NetworkFilterConfig::Rbac(_) => "envoy.filters.network.rbac",
         NetworkFilterConfig::HttpConnectionManager(_) => "envoy.filters.network.http_connection_manager",
     }
 }

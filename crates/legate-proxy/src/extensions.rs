@@ -12,6 +12,7 @@ use crate::filters::network::connection_limit::{ConnectionLimit, ConnectionLimit
 use crate::filters::network::direct_response::DirectResponse;
 use crate::filters::network::echo::Echo;
 use crate::filters::network::http_connection_manager::{HttpConnectionManager, HttpConnectionManagerShared};
+use crate::filters::network::rbac::{NetworkRbacFilter, NetworkRbacShared};
 use crate::filters::network::tcp_proxy::{TcpProxy, TcpProxyShared};
 use crate::network::FilterManager;
 use crate::worker::WorkerContext;
@@ -27,6 +28,8 @@ pub enum NetworkFilterFactory {
     DirectResponse(Arc<[u8]>),
     /// `envoy.filters.network.http_connection_manager`
     HttpConnectionManager(Arc<HttpConnectionManagerShared>),
+    /// `envoy.filters.network.rbac`
+    Rbac(Arc<NetworkRbacShared>),
 }
 
 impl NetworkFilterFactory {
@@ -47,6 +50,7 @@ impl NetworkFilterFactory {
             )),
             NetworkFilterConfig::TcpProxy(c) => NetworkFilterFactory::TcpProxy(Arc::new(TcpProxyShared::new(c, &root))),
             NetworkFilterConfig::Echo(_) => NetworkFilterFactory::Echo,
+            NetworkFilterConfig::Rbac(c) => NetworkFilterFactory::Rbac(Arc::new(NetworkRbacShared::new(c, &root)?)),
             NetworkFilterConfig::ConnectionLimit(c) => {
                 NetworkFilterFactory::ConnectionLimit(Arc::new(ConnectionLimitShared::new(c, &root)))
             }
@@ -73,6 +77,9 @@ impl NetworkFilterFactory {
             }
             NetworkFilterFactory::HttpConnectionManager(shared) => {
                 filters.add_read_filter(Box::new(HttpConnectionManager::new(shared.clone(), worker.clone())))
+            }
+            NetworkFilterFactory::Rbac(shared) => {
+                filters.add_read_filter(Box::new(NetworkRbacFilter::new(shared.clone())))
             }
         }
     }

@@ -4,4 +4,5 @@ pub mod connection_limit;
 pub mod direct_response;
 pub mod echo;
 pub mod http_connection_manager;
+pub mod rbac;
 pub mod tcp_proxy;

@@ -1,11 +1,13 @@
 //! The RBAC engine (Envoy's `RoleBasedAccessControlEngineImpl`): policies compiled once,
 //! evaluated in name order against what a request or connection shows of itself.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use legate_config::matcher::StringMatcher;
 use legate_config::rbac::{Permission as PermissionConfig, Principal as PrincipalConfig, Rbac, RbacAction};
 use legate_config::route::HeaderMatcher;
+use legate_stats::{Counter, Scope};
 
 use crate::listener::filter_chain_match::contains;
 use crate::tls::certificate::SubjectAltName;
@@ -104,6 +106,67 @@ impl RbacEngine {
             RbacAction::Log => true,
         };
         Decision { allowed, policy: matched }
+    }
+}
+
+/// A rule set and its counters (allowed, denied), in total and per policy.
+pub(crate) struct CountedEngine {
+    engine: RbacEngine,
+    allowed: Counter,
+    denied: Counter,
+    per_policy: HashMap<String, (Counter, Counter)>,
+}
+
+/// Envoy's `statPrefixJoin`: `prefix` and a dot, unless it ends with one.
+fn join(prefix: &str) -> String {
+    match prefix {
+        "" => String::new(),
+        p if p.ends_with('.') => p.to_string(),
+        p => format!("{p}."),
+    }
+}
+
+impl CountedEngine {
+    pub(crate) fn new(
+        config: &legate_config::rbac::Rbac,
+        scope: &Scope,
+        prefix: &str,
+        shadow: bool,
+        per_rule: bool,
+    ) -> Result<Self, String> {
+        let engine = RbacEngine::new(config)?;
+        let base = format!("rbac.{}", join(prefix));
+        let (allowed, denied) = if shadow { ("shadow_allowed", "shadow_denied") } else { ("allowed", "denied") };
+        let per_policy = match per_rule {
+            true => engine
+                .policy_names()
+                .map(|name| {
+                    let at = format!("{base}policy.{name}.");
+                    (
+                        name.to_string(),
+                        (scope.counter(&format!("{at}{allowed}")), scope.counter(&format!("{at}{denied}"))),
+                    )
+                })
+                .collect(),
+            false => HashMap::new(),
+        };
+        Ok(CountedEngine {
+            allowed: scope.counter(&format!("{base}{allowed}")),
+            denied: scope.counter(&format!("{base}{denied}")),
+            engine,
+            per_policy,
+        })
+    }
+
+    /// Decides and counts; the policy that decided.
+    pub(crate) fn check(&self, input: &RbacInput<'_>) -> (bool, Option<String>) {
+        let decision = self.engine.decide(input);
+        let (total, index) = if decision.allowed { (&self.allowed, 0) } else { (&self.denied, 1) };
+        total.inc();
+        if let Some((allowed, denied)) = decision.policy.and_then(|p| self.per_policy.get(p)) {
+            if index == 0 { allowed } else { denied }.inc();
+        }
+        (decision.allowed, decision.policy.map(str::to_string))
     }
 }
 

@@ -9,17 +9,16 @@
 //! route (or virtual host) `RBACPerRoute` replaces both rule sets, and one without `rbac` turns
 //! the filter off there.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::StatusCode;
 use legate_config::filters::http::rbac::RbacFilter as RbacConfig;
 use legate_config::route::FilterPerRouteConfig;
-use legate_stats::{Counter, Scope};
+use legate_stats::Scope;
 
 use super::route_state::{route_entry, RouteStates};
 use super::StreamView;
-use crate::filters::rbac::{RbacEngine, RbacInput};
+use crate::filters::rbac::{CountedEngine, RbacInput};
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::LocalReply;
 
@@ -34,69 +33,8 @@ pub struct RbacFilterConfig {
 
 /// An enforced and a shadow rule set, with their stats.
 struct Rules {
-    enforced: Option<Engine>,
-    shadow: Option<Engine>,
-}
-
-/// One rule set and its counters (allowed, denied), in total and per policy.
-struct Engine {
-    engine: RbacEngine,
-    allowed: Counter,
-    denied: Counter,
-    per_policy: HashMap<String, (Counter, Counter)>,
-}
-
-/// Envoy's `statPrefixJoin`: `prefix` and a dot, unless it ends with one.
-fn join(prefix: &str) -> String {
-    match prefix {
-        "" => String::new(),
-        p if p.ends_with('.') => p.to_string(),
-        p => format!("{p}."),
-    }
-}
-
-impl Engine {
-    fn new(
-        config: &legate_config::rbac::Rbac,
-        scope: &Scope,
-        prefix: &str,
-        shadow: bool,
-        per_rule: bool,
-    ) -> Result<Self, String> {
-        let engine = RbacEngine::new(config)?;
-        let base = format!("rbac.{}", join(prefix));
-        let (allowed, denied) = if shadow { ("shadow_allowed", "shadow_denied") } else { ("allowed", "denied") };
-        let per_policy = match per_rule {
-            true => engine
-                .policy_names()
-                .map(|name| {
-                    let at = format!("{base}policy.{name}.");
-                    (
-                        name.to_string(),
-                        (scope.counter(&format!("{at}{allowed}")), scope.counter(&format!("{at}{denied}"))),
-                    )
-                })
-                .collect(),
-            false => HashMap::new(),
-        };
-        Ok(Engine {
-            allowed: scope.counter(&format!("{base}{allowed}")),
-            denied: scope.counter(&format!("{base}{denied}")),
-            engine,
-            per_policy,
-        })
-    }
-
-    /// Decides and counts; the policy that decided.
-    fn check(&self, input: &RbacInput<'_>) -> (bool, Option<String>) {
-        let decision = self.engine.decide(input);
-        let (total, index) = if decision.allowed { (&self.allowed, 0) } else { (&self.denied, 1) };
-        total.inc();
-        if let Some((allowed, denied)) = decision.policy.and_then(|p| self.per_policy.get(p)) {
-            if index == 0 { allowed } else { denied }.inc();
-        }
-        (decision.allowed, decision.policy.map(str::to_string))
-    }
+    enforced: Option<CountedEngine>,
+    shadow: Option<CountedEngine>,
 }
 
 impl Rules {
@@ -106,12 +44,12 @@ impl Rules {
             enforced: config
                 .rules
                 .as_ref()
-                .map(|r| Engine::new(r, scope, &config.rules_stat_prefix, false, per_rule))
+                .map(|r| CountedEngine::new(r, scope, &config.rules_stat_prefix, false, per_rule))
                 .transpose()?,
             shadow: config
                 .shadow_rules
                 .as_ref()
-                .map(|r| Engine::new(r, scope, &config.shadow_rules_stat_prefix, true, per_rule))
+                .map(|r| CountedEngine::new(r, scope, &config.shadow_rules_stat_prefix, true, per_rule))
                 .transpose()?,
         })
     }
