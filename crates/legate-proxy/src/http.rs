@@ -1,6 +1,7 @@
 //! HTTP pieces shared by the connection manager, the HTTP filters and the router: what is
 //! known about a stream, response flags, local replies, header handling and body plumbing.
 
+pub mod async_client;
 pub mod body;
 pub mod filter;
 pub mod h1_body;

@@ -7,7 +7,6 @@
 //! becomes `9` sampled, `a` forced by the service, `b` forced by the client), so a request
 //! already decided keeps its decision through every proxy that forwards its id.
 
-mod collector;
 pub mod opentelemetry;
 mod reporter;
 pub mod zipkin;

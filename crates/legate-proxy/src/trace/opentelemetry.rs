@@ -22,9 +22,9 @@ use legate_config::trace::OpenTelemetryConfig;
 use legate_stats::{Counter, Scope};
 use prost::Message;
 
-use super::collector::{self, Export, Sent};
 use super::reporter::{self, Exporter};
 use super::Span;
+use crate::http::async_client::{self, AsyncRequest};
 use crate::http::StreamInfo;
 use crate::worker::WorkerContext;
 
@@ -246,18 +246,19 @@ impl Exporter for Driver {
             frame.put_u8(0);
             frame.put_u32(message.len() as u32);
             frame.put_slice(&message);
-            let export = Export {
+            let request = AsyncRequest {
                 cluster,
                 authority,
+                method: http::Method::POST,
                 path: EXPORT_PATH,
-                content_type: "application/grpc",
+                headers: HeaderMap::new(),
                 body: Bytes::from(frame),
                 timeout: self.timeout,
                 grpc: true,
             };
-            match collector::post(&worker, export).await {
-                Sent::Answered { status, grpc_status: Some(0) } if status.is_success() => {}
-                outcome => tracing::debug!(?outcome, "OTLP trace export failed"),
+            let response = async_client::send(&worker, request).await;
+            if response.grpc_status() != Some(0) {
+                tracing::debug!(?response, "OTLP trace export failed");
             }
         })
     }

@@ -17,9 +17,9 @@ use http::HeaderMap;
 use legate_config::trace::ZipkinConfig;
 use legate_stats::{Counter, Scope};
 
-use super::collector::{self, Export, Sent};
 use super::reporter::{self, Exporter};
 use super::Span;
+use crate::http::async_client::{self, AsyncRequest, AsyncResponse};
 use crate::http::StreamInfo;
 use crate::worker::WorkerContext;
 
@@ -288,22 +288,25 @@ impl Exporter for Driver {
             let stats = &self.stats;
             let count = spans.len() as u64;
             let body = format!("[{}]", spans.join(","));
-            let export = Export {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let request = AsyncRequest {
                 cluster: &self.collector_cluster,
                 authority: &self.collector_hostname,
+                method: http::Method::POST,
                 path: &self.collector_endpoint,
-                content_type: "application/json",
+                headers,
                 body: Bytes::from(body),
                 timeout: runtime().request_timeout,
                 grpc: false,
             };
             // Counted as they leave the buffer, sent or not (Envoy's `flushSpans`).
             stats.spans_sent.add(count);
-            match collector::post(&worker, export).await {
-                Sent::NoCluster => stats.reports_skipped_no_cluster.inc(),
-                Sent::Answered { status, .. } if status == http::StatusCode::ACCEPTED => stats.reports_sent.inc(),
-                Sent::Answered { .. } => stats.reports_dropped.inc(),
-                Sent::Failed => stats.reports_failed.inc(),
+            match async_client::send(&worker, request).await {
+                AsyncResponse::NoCluster => stats.reports_skipped_no_cluster.inc(),
+                AsyncResponse::Failed => stats.reports_failed.inc(),
+                answer if answer.status() == Some(http::StatusCode::ACCEPTED) => stats.reports_sent.inc(),
+                _ => stats.reports_dropped.inc(),
             }
         })
     }
