@@ -93,6 +93,7 @@ pub enum HttpFilterConfig {
     Cors(Cors),
     Buffer(Buffer),
     Rbac(crate::filters::http::rbac::RbacFilter),
+    ExtAuthz(Box<crate::filters::http::ext_authz::ExtAuthz>),
 }
 
 impl HttpFilterConfig {
@@ -106,6 +107,7 @@ impl HttpFilterConfig {
             HttpFilterConfig::Cors(_) => "envoy.filters.http.cors",
             HttpFilterConfig::Buffer(_) => "envoy.filters.http.buffer",
             HttpFilterConfig::Rbac(_) => "envoy.filters.http.rbac",
+            HttpFilterConfig::ExtAuthz(_) => "envoy.filters.http.ext_authz",
         }
     }
 
@@ -151,6 +153,11 @@ pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
         type_url: "envoy.extensions.filters.http.rbac.v3.RBAC",
         parse: |v| path::from_value(v).map(HttpFilterConfig::Rbac),
     },
+    Extension {
+        name: "envoy.filters.http.ext_authz",
+        type_url: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        parse: |v| path::from_value(v).map(|c| HttpFilterConfig::ExtAuthz(Box::new(c))),
+    },
 ];
 
 /// Per-route configs of HTTP filters (`typed_per_filter_config` values on route
@@ -162,6 +169,7 @@ pub enum FilterPerRouteConfig {
     LocalRateLimit(LocalRateLimit),
     Buffer(BufferPerRoute),
     Rbac(crate::filters::http::rbac::RbacPerRoute),
+    ExtAuthz(crate::filters::http::ext_authz::ExtAuthzPerRoute),
     /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter does not run for
     /// this route. (Conversely, a filter the connection manager declares `disabled` runs where
     /// a route gives it an entry that is not disabled.)
@@ -193,6 +201,11 @@ pub static PER_ROUTE_FILTER_CONFIGS: &[Extension<FilterPerRouteConfig>] = &[
         name: "envoy.filters.http.rbac",
         type_url: "envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
         parse: |v| path::from_value(v).map(FilterPerRouteConfig::Rbac),
+    },
+    Extension {
+        name: "envoy.filters.http.ext_authz",
+        type_url: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::ExtAuthz),
     },
 ];
 
@@ -510,6 +523,7 @@ pub(crate) fn validate_per_filter_configs(
             }
             FilterPerRouteConfig::Buffer(buffer) => buffer.validate(&c_at, v),
             FilterPerRouteConfig::Rbac(rbac) => rbac.validate(&c_at, v),
+            FilterPerRouteConfig::ExtAuthz(authz) => authz.validate(&c_at, v),
             FilterPerRouteConfig::Disabled => {}
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod buffer;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;

@@ -12,6 +12,7 @@
 
 pub mod buffer;
 pub mod cors;
+pub mod ext_authz;
 pub mod fault;
 pub mod health_check;
 pub mod local_ratelimit;
@@ -39,6 +40,7 @@ pub enum HttpFilterFactory {
     Cors(Arc<cors::CorsFilterConfig>),
     Buffer(Arc<buffer::BufferFilterConfig>),
     Rbac(Arc<rbac::RbacFilterConfig>),
+    ExtAuthz(Arc<ext_authz::ExtAuthzFilterConfig>),
 }
 
 impl HttpFilterFactory {
@@ -67,6 +69,9 @@ impl HttpFilterFactory {
             HttpFilterConfig::Rbac(config) => {
                 HttpFilterFactory::Rbac(Arc::new(rbac::RbacFilterConfig::new(name, config, &http_scope())?))
             }
+            HttpFilterConfig::ExtAuthz(config) => HttpFilterFactory::ExtAuthz(Arc::new(
+                ext_authz::ExtAuthzFilterConfig::new(name, config, &http_scope())?,
+            )),
         };
         Ok(Some(factory))
     }
@@ -81,6 +86,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Cors(config) => Box::new(cors::CorsFilter::new(config.clone())),
             HttpFilterFactory::Buffer(config) => Box::new(buffer::BufferFilter::new(config.clone())),
             HttpFilterFactory::Rbac(config) => Box::new(rbac::RbacFilter::new(config.clone())),
+            HttpFilterFactory::ExtAuthz(config) => Box::new(ext_authz::ExtAuthzFilter::new(config.clone())),
         }
     }
 
@@ -94,6 +100,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Cors(config) => &config.name,
             HttpFilterFactory::Buffer(config) => &config.name,
             HttpFilterFactory::Rbac(config) => &config.name,
+            HttpFilterFactory::ExtAuthz(config) => &config.name,
         }
     }
 }

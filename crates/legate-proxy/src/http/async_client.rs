@@ -41,25 +41,34 @@ pub enum AsyncResponse {
     /// timeout (504), as Envoy's async client answers itself.
     Local(StatusCode),
     /// The cluster's answer, read whole.
-    Answered { status: StatusCode, headers: HeaderMap, body: Bytes, trailers: Option<HeaderMap> },
+    Answered(Box<Answer>),
     /// The exchange broke after the answer started.
     Failed,
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
 }
 
 impl AsyncResponse {
     /// The status the caller sees: the cluster's, or legate's own.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            AsyncResponse::Local(status) | AsyncResponse::Answered { status, .. } => Some(*status),
+            AsyncResponse::Local(status) => Some(*status),
+            AsyncResponse::Answered(answer) => Some(answer.status),
             AsyncResponse::NoCluster | AsyncResponse::Failed => None,
         }
     }
 
     /// `grpc-status` of an answer, from its trailers or a trailers-only head.
     pub fn grpc_status(&self) -> Option<u32> {
-        let AsyncResponse::Answered { headers, trailers, .. } = self else { return None };
+        let AsyncResponse::Answered(answer) = self else { return None };
         let of = |h: &HeaderMap| h.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok());
-        trailers.as_ref().and_then(of).or_else(|| of(headers))
+        answer.trailers.as_ref().and_then(of).or_else(|| of(&answer.headers))
     }
 }
 
@@ -118,12 +127,12 @@ pub async fn send(worker: &Rc<WorkerContext>, request: AsyncRequest<'_>) -> Asyn
         match collected {
             Ok(collected) => {
                 let trailers = collected.trailers().cloned();
-                AsyncResponse::Answered {
+                AsyncResponse::Answered(Box::new(Answer {
                     status: head.status,
                     headers: head.headers,
                     body: collected.to_bytes(),
                     trailers,
-                }
+                }))
             }
             Err(_) => AsyncResponse::Failed,
         }
@@ -131,6 +140,6 @@ pub async fn send(worker: &Rc<WorkerContext>, request: AsyncRequest<'_>) -> Asyn
     let response = tokio::time::timeout(request.timeout, exchange)
         .await
         .unwrap_or(AsyncResponse::Local(StatusCode::GATEWAY_TIMEOUT));
-    guard.complete(matches!(response, AsyncResponse::Answered { .. }));
+    guard.complete(matches!(response, AsyncResponse::Answered(_)));
     response
 }

@@ -63,7 +63,12 @@ pub trait HttpFilter {
     ) -> FilterHeadersStatus;
 
     /// After `StopIteration`: `Ready` with what to do next (`Continue` or a local reply).
-    fn poll_resume(&mut self, _cx: &mut Context<'_>, _cb: &mut FilterCallbacks<'_>) -> Poll<FilterHeadersStatus> {
+    fn poll_resume(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _headers: &mut http::request::Parts,
+        _cb: &mut FilterCallbacks<'_>,
+    ) -> Poll<FilterHeadersStatus> {
         Poll::Ready(FilterHeadersStatus::Continue)
     }
 

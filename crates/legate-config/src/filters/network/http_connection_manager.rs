@@ -279,7 +279,7 @@ impl HttpConnectionManager {
                 );
             }
         }
-        self.validate_http_filters(at, v);
+        self.validate_http_filters(at, v, clusters);
         if let Some(tracing) = &self.tracing {
             tracing.validate(&format!("{at}.tracing"), v, clusters);
             for (i, filter) in self.http_filters.iter().enumerate() {
@@ -335,7 +335,7 @@ impl HttpConnectionManager {
         }
     }
 
-    fn validate_http_filters(&self, at: &str, v: &mut Validator) {
+    fn validate_http_filters(&self, at: &str, v: &mut Validator, clusters: &std::collections::HashSet<&str>) {
         let filters_at = format!("{at}.http_filters");
         let Some(last) = self.http_filters.len().checked_sub(1) else {
             v.error(
@@ -376,6 +376,7 @@ impl HttpConnectionManager {
                 HttpFilterConfig::Fault(fault) => fault.validate(&typed_at, v),
                 HttpFilterConfig::Buffer(buffer) => buffer.validate(&typed_at, v),
                 HttpFilterConfig::Rbac(rbac) => rbac.validate(&typed_at, v),
+                HttpFilterConfig::ExtAuthz(authz) => authz.validate(&typed_at, v, clusters),
                 HttpFilterConfig::Cors(_) => {}
             }
         }

@@ -206,7 +206,12 @@ impl HttpFilter for FaultFilter {
         self.on_request(head, StreamView::of(cb))
     }
 
-    fn poll_resume(&mut self, cx: &mut Context<'_>, cb: &mut FilterCallbacks<'_>) -> Poll<FilterHeadersStatus> {
+    fn poll_resume(
+        &mut self,
+        cx: &mut Context<'_>,
+        _head: &mut http::request::Parts,
+        cb: &mut FilterCallbacks<'_>,
+    ) -> Poll<FilterHeadersStatus> {
         self.poll_delay(cx, cb.stream_info)
     }
 }

@@ -532,7 +532,7 @@ async fn decode(
         };
         let mut status = filter.decode_headers(&mut head, end_stream, &mut cb);
         if matches!(status, FilterHeadersStatus::StopIteration) {
-            status = std::future::poll_fn(|cx| filter.poll_resume(cx, &mut cb)).await;
+            status = std::future::poll_fn(|cx| filter.poll_resume(cx, &mut head, &mut cb)).await;
         }
         match status {
             FilterHeadersStatus::Continue | FilterHeadersStatus::StopIteration => {}
