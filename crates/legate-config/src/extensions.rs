@@ -94,6 +94,7 @@ pub enum HttpFilterConfig {
     Buffer(Buffer),
     Rbac(crate::filters::http::rbac::RbacFilter),
     ExtAuthz(Box<crate::filters::http::ext_authz::ExtAuthz>),
+    Compressor(Box<crate::filters::http::compressor::Compressor>),
 }
 
 impl HttpFilterConfig {
@@ -108,6 +109,7 @@ impl HttpFilterConfig {
             HttpFilterConfig::Buffer(_) => "envoy.filters.http.buffer",
             HttpFilterConfig::Rbac(_) => "envoy.filters.http.rbac",
             HttpFilterConfig::ExtAuthz(_) => "envoy.filters.http.ext_authz",
+            HttpFilterConfig::Compressor(_) => "envoy.filters.http.compressor",
         }
     }
 
@@ -158,6 +160,11 @@ pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
         type_url: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         parse: |v| path::from_value(v).map(|c| HttpFilterConfig::ExtAuthz(Box::new(c))),
     },
+    Extension {
+        name: "envoy.filters.http.compressor",
+        type_url: "envoy.extensions.filters.http.compressor.v3.Compressor",
+        parse: |v| path::from_value(v).map(|c| HttpFilterConfig::Compressor(Box::new(c))),
+    },
 ];
 
 /// Per-route configs of HTTP filters (`typed_per_filter_config` values on route
@@ -170,6 +177,7 @@ pub enum FilterPerRouteConfig {
     Buffer(BufferPerRoute),
     Rbac(crate::filters::http::rbac::RbacPerRoute),
     ExtAuthz(crate::filters::http::ext_authz::ExtAuthzPerRoute),
+    Compressor(crate::filters::http::compressor::CompressorPerRoute),
     /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter does not run for
     /// this route. (Conversely, a filter the connection manager declares `disabled` runs where
     /// a route gives it an entry that is not disabled.)
@@ -206,6 +214,11 @@ pub static PER_ROUTE_FILTER_CONFIGS: &[Extension<FilterPerRouteConfig>] = &[
         name: "envoy.filters.http.ext_authz",
         type_url: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
         parse: |v| path::from_value(v).map(FilterPerRouteConfig::ExtAuthz),
+    },
+    Extension {
+        name: "envoy.filters.http.compressor",
+        type_url: "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::Compressor),
     },
 ];
 
@@ -265,6 +278,32 @@ pub static TRACERS: &[Extension<TracerConfig>] = &[
         name: "envoy.tracers.opentelemetry",
         type_url: "envoy.config.trace.v3.OpenTelemetryConfig",
         parse: |v| path::from_value(v).map(TracerConfig::OpenTelemetry),
+    },
+];
+
+/// Compression libraries (`envoy.compression.*.compressor`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum CompressorConfig {
+    Gzip(crate::filters::http::compressor::Gzip),
+    Brotli(crate::filters::http::compressor::Brotli),
+    Zstd(crate::filters::http::compressor::Zstd),
+}
+
+pub static COMPRESSORS: &[Extension<CompressorConfig>] = &[
+    Extension {
+        name: "envoy.compression.gzip.compressor",
+        type_url: "envoy.extensions.compression.gzip.compressor.v3.Gzip",
+        parse: |v| path::from_value(v).map(CompressorConfig::Gzip),
+    },
+    Extension {
+        name: "envoy.compression.brotli.compressor",
+        type_url: "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+        parse: |v| path::from_value(v).map(CompressorConfig::Brotli),
+    },
+    Extension {
+        name: "envoy.compression.zstd.compressor",
+        type_url: "envoy.extensions.compression.zstd.compressor.v3.Zstd",
+        parse: |v| path::from_value(v).map(CompressorConfig::Zstd),
     },
 ];
 
@@ -524,6 +563,7 @@ pub(crate) fn validate_per_filter_configs(
             FilterPerRouteConfig::Buffer(buffer) => buffer.validate(&c_at, v),
             FilterPerRouteConfig::Rbac(rbac) => rbac.validate(&c_at, v),
             FilterPerRouteConfig::ExtAuthz(authz) => authz.validate(&c_at, v),
+            FilterPerRouteConfig::Compressor(c) => c.validate(&c_at, v),
             FilterPerRouteConfig::Disabled => {}
         }
     }

@@ -1,6 +1,7 @@
 //! `envoy.extensions.filters.http.*` configs.
 
 pub mod buffer;
+pub mod compressor;
 pub mod cors;
 pub mod ext_authz;
 pub mod fault;

@@ -11,6 +11,7 @@
 //! decodes nor encodes that stream, as Envoy's filter manager skips it.
 
 pub mod buffer;
+pub mod compressor;
 pub mod cors;
 pub mod ext_authz;
 pub mod fault;
@@ -41,6 +42,7 @@ pub enum HttpFilterFactory {
     Buffer(Arc<buffer::BufferFilterConfig>),
     Rbac(Arc<rbac::RbacFilterConfig>),
     ExtAuthz(Arc<ext_authz::ExtAuthzFilterConfig>),
+    Compressor(Arc<compressor::CompressorFilterConfig>),
 }
 
 impl HttpFilterFactory {
@@ -72,6 +74,9 @@ impl HttpFilterFactory {
             HttpFilterConfig::ExtAuthz(config) => HttpFilterFactory::ExtAuthz(Arc::new(
                 ext_authz::ExtAuthzFilterConfig::new(name, config, &http_scope())?,
             )),
+            HttpFilterConfig::Compressor(config) => HttpFilterFactory::Compressor(Arc::new(
+                compressor::CompressorFilterConfig::new(name, config, &http_scope())?,
+            )),
         };
         Ok(Some(factory))
     }
@@ -87,6 +92,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Buffer(config) => Box::new(buffer::BufferFilter::new(config.clone())),
             HttpFilterFactory::Rbac(config) => Box::new(rbac::RbacFilter::new(config.clone())),
             HttpFilterFactory::ExtAuthz(config) => Box::new(ext_authz::ExtAuthzFilter::new(config.clone())),
+            HttpFilterFactory::Compressor(config) => Box::new(compressor::CompressorFilter::new(config.clone())),
         }
     }
 
@@ -101,6 +107,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Buffer(config) => &config.name,
             HttpFilterFactory::Rbac(config) => &config.name,
             HttpFilterFactory::ExtAuthz(config) => &config.name,
+            HttpFilterFactory::Compressor(config) => &config.name,
         }
     }
 }

@@ -53,6 +53,14 @@ impl FilterCallbacks<'_> {
     }
 }
 
+/// A change of the response body's bytes (compression), chunk by chunk.
+pub trait BodyTransform {
+    /// The bytes to send for `data` (maybe none yet).
+    fn data(&mut self, data: &[u8]) -> Bytes;
+    /// The last bytes, once the body ended.
+    fn finish(&mut self) -> Bytes;
+}
+
 pub trait HttpFilter {
     /// Request headers. `end_stream`: the request has no body.
     fn decode_headers(
@@ -82,4 +90,9 @@ pub trait HttpFilter {
 
     /// Response headers, on their way downstream (local replies included).
     fn encode_headers(&mut self, _headers: &mut http::response::Parts, _cb: &mut FilterCallbacks<'_>) {}
+
+    /// After `encode_headers`: a change of the response body this filter asked for there.
+    fn take_body_transform(&mut self) -> Option<Box<dyn BodyTransform>> {
+        None
+    }
 }

@@ -377,6 +377,7 @@ impl HttpConnectionManager {
                 HttpFilterConfig::Buffer(buffer) => buffer.validate(&typed_at, v),
                 HttpFilterConfig::Rbac(rbac) => rbac.validate(&typed_at, v),
                 HttpFilterConfig::ExtAuthz(authz) => authz.validate(&typed_at, v, clusters),
+                HttpFilterConfig::Compressor(c) => c.validate(&typed_at, v),
                 HttpFilterConfig::Cors(_) => {}
             }
         }

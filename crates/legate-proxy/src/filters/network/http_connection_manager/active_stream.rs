@@ -814,6 +814,9 @@ fn encode(
             server_draining: context.draining.get(),
         };
         filter.encode_headers(head, &mut cb);
+        if completion.body_transform.is_none() {
+            completion.body_transform = filter.take_body_transform();
+        }
     }
     match shared.server_header_transformation() {
         ServerHeaderTransformation::Overwrite => {

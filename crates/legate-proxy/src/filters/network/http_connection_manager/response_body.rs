@@ -23,6 +23,7 @@ use tokio::time::Sleep;
 use super::ConnectionContext;
 use crate::filters::http::router::UpstreamRequestGuard;
 use crate::http::body::{BodySource, BoxError};
+use crate::http::filter::BodyTransform;
 use crate::http::{ResponseFlag, StreamInfo};
 use crate::upstream::pool::{ConnBody, PooledConn};
 use crate::worker::reused::{Reusable, Reused, SpareBoxes};
@@ -127,15 +128,137 @@ use std::future::Future;
 pub struct ResponseBody {
     inner: Inner,
     completion: Option<StreamCompletion>,
+    /// An encoder filter's change of the bytes (compression); none on the plain path.
+    transform: Option<Box<Transforming>>,
+}
+
+/// A body transform under way.
+struct Transforming {
+    transform: Box<dyn BodyTransform>,
+    /// The source ended (its tail is out); trailers still to send after it.
+    ended: bool,
+    trailers: Option<HeaderMap>,
+}
+
+impl Transforming {
+    fn of(completion: &mut StreamCompletion) -> Option<Box<Self>> {
+        let transform = completion.body_transform.take()?;
+        Some(Box::new(Transforming { transform, ended: false, trailers: None }))
+    }
 }
 
 impl ResponseBody {
-    pub fn full(body: Bytes, completion: StreamCompletion) -> Self {
-        ResponseBody { inner: Inner::Full((!body.is_empty()).then_some(body)), completion: Some(completion) }
+    pub fn full(body: Bytes, mut completion: StreamCompletion) -> Self {
+        let transform = Transforming::of(&mut completion);
+        ResponseBody { inner: Inner::Full((!body.is_empty()).then_some(body)), completion: Some(completion), transform }
     }
 
-    pub fn upstream(body: Reused<UpstreamBody>, completion: StreamCompletion) -> Self {
-        ResponseBody { inner: Inner::Upstream(body), completion: Some(completion) }
+    pub fn upstream(body: Reused<UpstreamBody>, mut completion: StreamCompletion) -> Self {
+        let transform = Transforming::of(&mut completion);
+        ResponseBody { inner: Inner::Upstream(body), completion: Some(completion), transform }
+    }
+
+    /// The next frame of a transformed body: the source's data through the transform, its
+    /// tail once the source ends, then the source's trailers.
+    fn poll_transformed(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(mut t) = self.transform.take() else { return Poll::Ready(None) };
+        let out = loop {
+            if t.ended {
+                if let Some(trailers) = t.trailers.take() {
+                    break Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                self.finish(true, None);
+                return Poll::Ready(None);
+            }
+            let frame = match self.poll_source(cx, false) {
+                Poll::Pending => break Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            let bytes = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => t.transform.data(&data),
+                    Err(frame) => {
+                        t.trailers = frame.into_trailers().ok();
+                        t.ended = true;
+                        t.transform.finish()
+                    }
+                },
+                None => {
+                    t.ended = true;
+                    t.transform.finish()
+                }
+                Some(Err(e)) => break Poll::Ready(Some(Err(e))),
+            };
+            if !bytes.is_empty() {
+                if let Some(c) = &mut self.completion {
+                    c.info.bytes_sent += bytes.len() as u64;
+                }
+                break Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+        };
+        self.transform = Some(t);
+        out
+    }
+
+    /// The source's next frame. `plain` (no transform): its data counts as sent and its end
+    /// ends the stream.
+    fn poll_source(&mut self, cx: &mut Context<'_>, plain: bool) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
+        match &mut this.inner {
+            Inner::Full(body) => match body.take() {
+                Some(data) => {
+                    if let Some(c) = this.completion.as_mut().filter(|_| plain) {
+                        c.info.bytes_sent += data.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                None => {
+                    if plain {
+                        this.finish(true, None);
+                    }
+                    Poll::Ready(None)
+                }
+            },
+            Inner::Upstream(upstream) => match Pin::new(&mut upstream.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    upstream.timers.touch();
+                    if let Some(trailers) = frame.trailers_ref() {
+                        upstream.request.trailers(trailers);
+                    }
+                    if let Some(c) = &mut this.completion {
+                        if let Some(data) = frame.data_ref().filter(|_| plain) {
+                            c.info.bytes_sent += data.len() as u64;
+                        } else if let Some(trailers) = frame.trailers_ref() {
+                            c.info.response_trailers = Some(Box::new(trailers.clone()));
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(None) => {
+                    if let Some(c) = &mut this.completion {
+                        c.info.last_upstream_rx_byte = Some(c.info.elapsed());
+                    }
+                    if plain {
+                        this.finish(true, None);
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    upstream.request.cluster.stats().upstream_rq_rx_reset().inc();
+                    if let Some(c) = &this.completion {
+                        let stats = &c.context.shared.stats;
+                        stats.rq_reset_after_downstream_response_started.inc();
+                        stats.downstream_rq_tx_reset.inc();
+                    }
+                    this.finish(false, Some(ResponseFlag::UpstreamRemoteReset));
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Pending => match upstream.timers.poll_fired(cx) {
+                    Some(which) => Poll::Ready(Some(Err(this.timed_out(which)))),
+                    None => Poll::Pending,
+                },
+            },
+        }
     }
 
     fn finish(&mut self, complete: bool, flag: Option<ResponseFlag>) {
@@ -190,60 +313,16 @@ impl Body for ResponseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match &mut this.inner {
-            Inner::Full(body) => match body.take() {
-                Some(data) => {
-                    if let Some(c) = &mut this.completion {
-                        c.info.bytes_sent += data.len() as u64;
-                    }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                None => {
-                    this.finish(true, None);
-                    Poll::Ready(None)
-                }
-            },
-            Inner::Upstream(upstream) => match Pin::new(&mut upstream.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    upstream.timers.touch();
-                    if let Some(trailers) = frame.trailers_ref() {
-                        upstream.request.trailers(trailers);
-                    }
-                    if let Some(c) = &mut this.completion {
-                        if let Some(data) = frame.data_ref() {
-                            c.info.bytes_sent += data.len() as u64;
-                        } else if let Some(trailers) = frame.trailers_ref() {
-                            c.info.response_trailers = Some(Box::new(trailers.clone()));
-                        }
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(None) => {
-                    if let Some(c) = &mut this.completion {
-                        c.info.last_upstream_rx_byte = Some(c.info.elapsed());
-                    }
-                    this.finish(true, None);
-                    Poll::Ready(None)
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    upstream.request.cluster.stats().upstream_rq_rx_reset().inc();
-                    if let Some(c) = &this.completion {
-                        let stats = &c.context.shared.stats;
-                        stats.rq_reset_after_downstream_response_started.inc();
-                        stats.downstream_rq_tx_reset.inc();
-                    }
-                    this.finish(false, Some(ResponseFlag::UpstreamRemoteReset));
-                    Poll::Ready(Some(Err(e)))
-                }
-                Poll::Pending => match upstream.timers.poll_fired(cx) {
-                    Some(which) => Poll::Ready(Some(Err(this.timed_out(which)))),
-                    None => Poll::Pending,
-                },
-            },
+        match this.transform {
+            None => this.poll_source(cx, true),
+            Some(_) => this.poll_transformed(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.transform.is_some() {
+            return false;
+        }
         match &self.inner {
             Inner::Full(body) => body.is_none(),
             Inner::Upstream(upstream) => upstream.body.is_end_stream(),
@@ -251,6 +330,9 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.transform.is_some() {
+            return SizeHint::default();
+        }
         match &self.inner {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
@@ -269,7 +351,7 @@ impl Drop for ResponseBody {
         let complete = match &self.inner {
             Inner::Full(body) => body.is_none(),
             Inner::Upstream(upstream) => upstream.body.is_end_stream(),
-        };
+        } && self.transform.as_ref().is_none_or(|t| t.ended && t.trailers.is_none());
         if !complete {
             if let Some(c) = &self.completion {
                 c.context.shared.stats.downstream_rq_rx_reset.inc();
@@ -286,6 +368,8 @@ pub struct StreamCompletion {
     /// A request body still arriving when the response started (a streaming upload, gRPC
     /// both ways): what it brought by the end is read again then.
     pub request_body: Option<Rc<RefCell<BodySource>>>,
+    /// An encoder filter's change of the response body, for the body to apply.
+    pub body_transform: Option<Box<dyn BodyTransform>>,
     started: Instant,
     done: bool,
 }
@@ -293,7 +377,7 @@ pub struct StreamCompletion {
 impl StreamCompletion {
     pub fn new(context: Rc<ConnectionContext>, info: Reused<StreamInfo>) -> Self {
         let started = info.start;
-        StreamCompletion { context, info, request_body: None, started, done: false }
+        StreamCompletion { context, info, request_body: None, body_transform: None, started, done: false }
     }
 
     pub fn finish(&mut self, complete: bool) {
