@@ -817,11 +817,12 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
                     rq.info.set_flag(ResponseFlag::UpstreamRetryLimitExceeded);
                 }
                 worker.count_upstream_code(&cluster, status.as_u16());
-                // The host's outcome; a gRPC answer's waits for its status, in the trailers
-                // unless the head ends the response.
+                // The host's outcome; a gRPC request's answer waits for its status, in the
+                // trailers unless the head ends the response (Envoy's router goes by the
+                // request, which also spares a header lookup per response).
                 if status.is_server_error() {
                     charge_host(&host, true);
-                } else if !crate::router::route::is_grpc(&parts.headers) {
+                } else if !rq.info.grpc_request {
                     charge_host(&host, false);
                 } else if http_body::Body::is_end_stream(&body) {
                     charge_host(&host, grpc_status_is_error(&parts.headers));
