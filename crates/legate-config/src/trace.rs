@@ -1,12 +1,10 @@
 //! Tracing: the tracer a connection manager reports its spans to (`envoy.config.trace.v3`) and
 //! the tags it adds to them (`envoy.type.tracing.v3.CustomTag`).
 
-use serde::de::{Deserializer, Error as _};
+use serde::de::Deserializer;
 use serde::Deserialize;
-use serde_json::Value;
 
-use crate::extensions::{resolve, TRACERS};
-use crate::path;
+use crate::extensions::{deserialize_typed, TRACERS};
 use crate::unsupported::Unsupported;
 use crate::validate::Validator;
 
@@ -29,20 +27,8 @@ pub struct TracingProvider {
 
 impl<'de> Deserialize<'de> for TracingProvider {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            #[serde(default)]
-            name: String,
-            typed_config: Option<Value>,
-        }
-        let raw = Raw::deserialize(d)?;
-        if raw.name.is_empty() && raw.typed_config.is_none() {
-            return Err(D::Error::custom("name: value length must be at least 1 characters"));
-        }
-        let config =
-            resolve(TRACERS, "tracer", &raw.name, raw.typed_config).map_err(|e| path::nest::<D::Error>("", e))?;
-        Ok(TracingProvider { name: raw.name, config })
+        let (name, config) = deserialize_typed(d, TRACERS, "tracer")?;
+        Ok(TracingProvider { name, config })
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod batched_sends;
 pub mod connection;
+pub mod delayed_close;
 pub mod filter;
 pub mod filter_manager;
 pub mod socket_options;

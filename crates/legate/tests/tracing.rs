@@ -2,47 +2,19 @@
 //! `x-request-id`, B3 context passed upstream, and the spans posted as Zipkin JSON v2 to the
 //! collector cluster, as Envoy does.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use legate_testing::config::{bootstrap, http_listener, route_config, router_filter, static_cluster, virtual_host};
-use legate_testing::{connect, eventually, json, legate_bin, run_bounded, Legate, TcpServer, Value, EVENTUALLY};
+use legate_testing::{
+    connect, eventually, json, legate_bin, run_bounded, HttpUpstream, Legate, UpstreamAction, UpstreamRequest, Value,
+    EVENTUALLY,
+};
 
-/// An HTTP/1.1 server recording each request (head and body) and answering `status`.
-fn recording_server(status: &'static str, seen: Arc<Mutex<Vec<String>>>) -> TcpServer {
-    TcpServer::start(move |stream| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut stream = stream;
-        loop {
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                head.push_str(&line);
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let length = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            let mut content = vec![0u8; length];
-            if reader.read_exact(&mut content).is_err() {
-                return;
-            }
-            seen.lock().unwrap().push(format!("{head}{}", String::from_utf8_lossy(&content)));
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
-            if stream.write_all(reply.as_bytes()).is_err() {
-                return;
-            }
-        }
-    })
+/// An HTTP/1.1 server answering `status` to each request, recording them.
+fn recording_server(status: u16) -> HttpUpstream {
+    HttpUpstream::http1(move |_| UpstreamAction::status(status, "ok"))
 }
 
 fn zipkin_tracing(extra: Value) -> Value {
@@ -92,30 +64,21 @@ fn get(px: &Legate, extra_headers: &str) -> String {
     response
 }
 
-fn header<'a>(request: &'a str, name: &str) -> Option<&'a str> {
-    request.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
 /// The spans of the reports the collector received, in order.
-fn spans(reports: &[String]) -> Vec<Value> {
+fn spans(reports: &[UpstreamRequest]) -> Vec<Value> {
     reports
         .iter()
         .flat_map(|r| {
-            let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            serde_json::from_str::<Vec<Value>>(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+            let body = r.body_text();
+            serde_json::from_str::<Vec<Value>>(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
         })
         .collect()
 }
 
 #[test]
 fn a_sampled_request_is_traced_upstream_and_reported_to_zipkin() {
-    let app_seen = Arc::new(Mutex::new(Vec::new()));
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let app = recording_server("200 OK", app_seen.clone());
-    let collector = recording_server("202 Accepted", reports.clone());
+    let app = recording_server(200);
+    let collector = recording_server(202);
     let px = Legate::builder(legate_bin!())
         .config(&config(app.addr(), collector.addr(), zipkin_tracing(json!({}))))
         .arg("--service-cluster")
@@ -125,23 +88,23 @@ fn a_sampled_request_is_traced_upstream_and_reported_to_zipkin() {
     // Ingress: the route's decorator goes back to the caller.
     assert!(response.to_ascii_lowercase().contains("x-envoy-decorator-operation: checkout"), "{response}");
 
-    let upstream = app_seen.lock().unwrap()[0].clone();
-    let trace_id = header(&upstream, "x-b3-traceid").expect("x-b3-traceid upstream").to_string();
-    let span_id = header(&upstream, "x-b3-spanid").expect("x-b3-spanid upstream").to_string();
-    assert_eq!(trace_id.len(), 16, "{upstream}");
+    let upstream = app.requests()[0].clone();
+    let trace_id = upstream.header("x-b3-traceid").expect("x-b3-traceid upstream").to_string();
+    let span_id = upstream.header("x-b3-spanid").expect("x-b3-spanid upstream").to_string();
+    assert_eq!(trace_id.len(), 16, "{upstream:?}");
     assert_eq!(trace_id, span_id, "a new trace's first span has the trace's id");
-    assert_eq!(header(&upstream, "x-b3-sampled"), Some("1"), "{upstream}");
-    assert_eq!(header(&upstream, "x-b3-parentspanid"), None, "{upstream}");
+    assert_eq!(upstream.header("x-b3-sampled"), Some("1"), "{upstream:?}");
+    assert_eq!(upstream.header("x-b3-parentspanid"), None, "{upstream:?}");
     // The decision travels in the request id: its version nibble says sampled.
-    let request_id = header(&upstream, "x-request-id").unwrap();
+    let request_id = upstream.header("x-request-id").unwrap();
     assert_eq!(request_id.as_bytes()[14], b'9', "{request_id}");
 
-    eventually("the collector got a report", EVENTUALLY, || reports.lock().unwrap().len(), |n| *n >= 1);
-    let report = reports.lock().unwrap()[0].clone();
-    assert!(report.starts_with("POST /api/v2/spans HTTP/1.1\r\n"), "{report}");
-    assert_eq!(header(&report, "host"), Some("zipkin"), "{report}");
-    assert_eq!(header(&report, "content-type"), Some("application/json"), "{report}");
-    let spans = spans(&reports.lock().unwrap());
+    eventually("the collector got a report", EVENTUALLY, || collector.requests().len(), |n| *n >= 1);
+    let report = collector.requests()[0].clone();
+    assert_eq!((report.method.as_str(), report.path.as_str()), ("POST", "/api/v2/spans"));
+    assert_eq!(report.header("host"), Some("zipkin"));
+    assert_eq!(report.header("content-type"), Some("application/json"));
+    let spans = spans(&collector.requests());
     assert_eq!(spans.len(), 1, "{spans:?}");
     let span = &spans[0];
     assert_eq!(span["traceId"], trace_id.as_str());
@@ -173,23 +136,21 @@ fn a_sampled_request_is_traced_upstream_and_reported_to_zipkin() {
 /// `shared_span_context`), and a name the caller asks for wins over the decorator.
 #[test]
 fn a_callers_trace_is_continued() {
-    let app_seen = Arc::new(Mutex::new(Vec::new()));
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let app = recording_server("200 OK", app_seen.clone());
-    let collector = recording_server("202 Accepted", reports.clone());
+    let app = recording_server(200);
+    let collector = recording_server(202);
     let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), zipkin_tracing(json!({}))));
     get(
         &px,
         "x-b3-traceid: 463ac35c9f6413ad48485a3953bb6124\r\nx-b3-spanid: a2fb4a1d1a96d312\r\n\
          x-b3-parentspanid: 0020000000000001\r\nx-b3-sampled: 1\r\nx-envoy-decorator-operation: asked\r\n",
     );
-    let upstream = app_seen.lock().unwrap()[0].clone();
-    assert_eq!(header(&upstream, "x-b3-traceid"), Some("463ac35c9f6413ad48485a3953bb6124"), "{upstream}");
-    assert_eq!(header(&upstream, "x-b3-spanid"), Some("a2fb4a1d1a96d312"), "{upstream}");
-    assert_eq!(header(&upstream, "x-b3-parentspanid"), Some("0020000000000001"), "{upstream}");
-    assert_eq!(header(&upstream, "x-envoy-decorator-operation"), None, "ingress takes it off: {upstream}");
-    eventually("the collector got a report", EVENTUALLY, || reports.lock().unwrap().len(), |n| *n >= 1);
-    let spans = spans(&reports.lock().unwrap());
+    let upstream = app.requests()[0].clone();
+    assert_eq!(upstream.header("x-b3-traceid"), Some("463ac35c9f6413ad48485a3953bb6124"), "{upstream:?}");
+    assert_eq!(upstream.header("x-b3-spanid"), Some("a2fb4a1d1a96d312"), "{upstream:?}");
+    assert_eq!(upstream.header("x-b3-parentspanid"), Some("0020000000000001"), "{upstream:?}");
+    assert_eq!(upstream.header("x-envoy-decorator-operation"), None, "ingress takes it off: {upstream:?}");
+    eventually("the collector got a report", EVENTUALLY, || collector.requests().len(), |n| *n >= 1);
+    let spans = spans(&collector.requests());
     assert_eq!(spans[0]["traceId"], "463ac35c9f6413ad48485a3953bb6124");
     assert_eq!(spans[0]["id"], "a2fb4a1d1a96d312");
     assert_eq!(spans[0]["parentId"], "0020000000000001");
@@ -201,26 +162,24 @@ fn a_callers_trace_is_continued() {
 /// caller is traced and its response carries its request id.
 #[test]
 fn unsampled_requests_are_not_reported_and_forced_ones_are() {
-    let app_seen = Arc::new(Mutex::new(Vec::new()));
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let app = recording_server("200 OK", app_seen.clone());
-    let collector = recording_server("202 Accepted", reports.clone());
+    let app = recording_server(200);
+    let collector = recording_server(202);
     let tracing = zipkin_tracing(json!({"random_sampling": {"value": 0}}));
     let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), tracing));
     get(&px, "");
-    let first = app_seen.lock().unwrap()[0].clone();
-    assert_eq!(header(&first, "x-b3-sampled"), Some("0"), "{first}");
-    assert_eq!(header(&first, "x-request-id").unwrap().as_bytes()[14], b'4', "{first}");
+    let first = app.requests()[0].clone();
+    assert_eq!(first.header("x-b3-sampled"), Some("0"), "{first:?}");
+    assert_eq!(first.header("x-request-id").unwrap().as_bytes()[14], b'4', "{first:?}");
     assert_eq!(px.stat("http.ingress.tracing.not_traceable"), Some(1));
 
     let response = get(&px, "x-envoy-force-trace: true\r\n");
-    let forced = app_seen.lock().unwrap()[1].clone();
-    let request_id = header(&forced, "x-request-id").unwrap().to_string();
-    assert_eq!(request_id.as_bytes()[14], b'a', "{forced}");
+    let forced = app.requests()[1].clone();
+    let request_id = forced.header("x-request-id").unwrap().to_string();
+    assert_eq!(request_id.as_bytes()[14], b'a', "{forced:?}");
     assert!(response.contains(&request_id), "the forced trace's id comes back: {response}");
     px.wait_stat("tracing.zipkin.reports_sent", 1);
     assert_eq!(px.stat("http.ingress.tracing.service_forced"), Some(1));
-    let spans = spans(&reports.lock().unwrap());
+    let spans = spans(&collector.requests());
     assert_eq!(spans.len(), 1, "only the forced request: {spans:?}");
     assert_eq!(spans[0]["tags"]["guid:x-request-id"], request_id.as_str());
 }
@@ -229,8 +188,8 @@ fn unsampled_requests_are_not_reported_and_forced_ones_are() {
 /// that the worker does not know skips it.
 #[test]
 fn reports_the_collector_refuses_are_dropped() {
-    let app = recording_server("200 OK", Arc::new(Mutex::new(Vec::new())));
-    let collector = recording_server("503 Service Unavailable", Arc::new(Mutex::new(Vec::new())));
+    let app = recording_server(200);
+    let collector = recording_server(503);
     let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), zipkin_tracing(json!({}))));
     get(&px, "");
     px.wait_stat("tracing.zipkin.reports_dropped", 1);
@@ -286,10 +245,8 @@ fn tracing_settings_legate_cannot_honour_are_refused_with_their_path() {
 #[test]
 fn opentelemetry_spans_are_exported_over_otlp_grpc() {
     use legate_proxy::trace::opentelemetry::otlp::ExportTraceServiceRequest;
-    use legate_testing::{HttpUpstream, UpstreamAction};
 
-    let app_seen = Arc::new(Mutex::new(Vec::new()));
-    let app = recording_server("200 OK", app_seen.clone());
+    let app = recording_server(200);
     let collector = HttpUpstream::http2(|_| {
         UpstreamAction::ok("").with_header("content-type", "application/grpc").with_header("grpc-status", "0")
     });
@@ -311,14 +268,14 @@ fn opentelemetry_spans_are_exported_over_otlp_grpc() {
         "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: vendor=1\r\n\
          Content-Type: text/plain\r\n",
     );
-    let upstream = app_seen.lock().unwrap()[0].clone();
-    let parent = header(&upstream, "traceparent").expect("traceparent upstream").to_string();
+    let upstream = app.requests()[0].clone();
+    let parent = upstream.header("traceparent").expect("traceparent upstream").to_string();
     let parts: Vec<&str> = parent.split('-').collect();
     assert_eq!(parts.len(), 4, "{parent}");
     assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace");
     assert_ne!(parts[2], "00f067aa0ba902b7", "a span of its own");
     assert_eq!(parts[3], "01");
-    assert_eq!(header(&upstream, "tracestate"), Some("vendor=1"));
+    assert_eq!(upstream.header("tracestate"), Some("vendor=1"));
 
     eventually("the collector got an export", EVENTUALLY, || collector.requests().len(), |n| *n >= 1);
     let export = collector.requests()[0].clone();

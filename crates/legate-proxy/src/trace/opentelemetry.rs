@@ -22,7 +22,7 @@ use legate_config::trace::OpenTelemetryConfig;
 use legate_stats::{Counter, Scope};
 use prost::Message;
 
-use super::reporter::{self, Exporter};
+use super::reporter::{self, Exporter, FlushRule};
 use super::Span;
 use crate::http::async_client::{self, AsyncRequest};
 use crate::http::StreamInfo;
@@ -43,25 +43,10 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 /// A unary call's deadline when the `grpc_service` names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The runtime's `tracing.opentelemetry.*` settings.
-struct Runtime {
-    min_flush_spans: usize,
-    flush_interval: Duration,
-}
-
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static FLUSH: OnceLock<FlushRule> = OnceLock::new();
 
 pub(super) fn configure_runtime(bootstrap: &legate_config::bootstrap::Bootstrap) {
-    let _ = RUNTIME.set(Runtime {
-        min_flush_spans: bootstrap.runtime_u64("tracing.opentelemetry.min_flush_spans").unwrap_or(5).max(1) as usize,
-        flush_interval: Duration::from_millis(
-            bootstrap.runtime_u64("tracing.opentelemetry.flush_interval_ms").unwrap_or(5000).max(1),
-        ),
-    });
-}
-
-fn runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| Runtime { min_flush_spans: 5, flush_interval: Duration::from_millis(5000) })
+    let _ = FLUSH.set(FlushRule::from_runtime(bootstrap, "opentelemetry"));
 }
 
 /// One connection manager's OpenTelemetry tracer.
@@ -219,8 +204,8 @@ fn to_otlp(span: &Span, info: &StreamInfo) -> otlp::Span {
 impl Exporter for Driver {
     type Item = otlp::Span;
 
-    fn flush_rule(&self) -> (usize, Duration) {
-        (runtime().min_flush_spans, runtime().flush_interval)
+    fn flush_rule(&self) -> FlushRule {
+        *FLUSH.get_or_init(|| FlushRule::DEFAULT)
     }
 
     fn timer_flushed(&self) -> &Counter {

@@ -14,13 +14,35 @@ use legate_stats::Counter;
 
 use crate::worker::WorkerContext;
 
+/// When a worker exports: once `min_flush_spans` wait, and every `flush_interval` (runtime
+/// `tracing.<tracer>.min_flush_spans`, default 5, and `flush_interval_ms`, default 5 s).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FlushRule {
+    pub min_flush_spans: usize,
+    pub flush_interval: Duration,
+}
+
+impl FlushRule {
+    pub(super) const DEFAULT: FlushRule = FlushRule { min_flush_spans: 5, flush_interval: Duration::from_secs(5) };
+
+    /// The rule of `tracer` (`zipkin`, `opentelemetry`) from the bootstrap's runtime.
+    pub(super) fn from_runtime(bootstrap: &legate_config::bootstrap::Bootstrap, tracer: &str) -> Self {
+        let value = |key: &str, default: u64| {
+            bootstrap.runtime_u64(&format!("tracing.{tracer}.{key}")).unwrap_or(default).max(1)
+        };
+        FlushRule {
+            min_flush_spans: value("min_flush_spans", 5) as usize,
+            flush_interval: Duration::from_millis(value("flush_interval_ms", 5000)),
+        }
+    }
+}
+
 /// A tracer that exports spans in batches.
 pub(super) trait Exporter: Send + Sync + 'static {
     /// A span as the export carries it.
     type Item: 'static;
 
-    /// When `min_flush_spans` are waiting, and how often the timer fires.
-    fn flush_rule(&self) -> (usize, Duration);
+    fn flush_rule(&self) -> FlushRule;
 
     /// `tracing.<tracer>.timer_flushed`.
     fn timer_flushed(&self) -> &Counter;
@@ -44,7 +66,7 @@ thread_local! {
 /// Keeps `item` for the next export of `exporter`, exporting now if enough are waiting. The
 /// first span of a tracer on a worker starts that worker's flush timer for it.
 pub(super) fn buffer<E: Exporter>(exporter: &Arc<E>, worker: &Rc<WorkerContext>, item: E::Item) {
-    let (min_flush, _) = exporter.flush_rule();
+    let min_flush = exporter.flush_rule().min_flush_spans;
     let full = PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
         pending.retain(|(tracer, _)| tracer.strong_count() > 0);
@@ -85,7 +107,7 @@ fn take<E: Exporter>(exporter: &Arc<E>) -> Vec<E::Item> {
 /// until the tracer is gone.
 async fn flush_timer<E: Exporter>(exporter: Weak<E>, worker: Rc<WorkerContext>) {
     loop {
-        let Some(interval) = exporter.upgrade().map(|e| e.flush_rule().1) else { return };
+        let Some(interval) = exporter.upgrade().map(|e| e.flush_rule().flush_interval) else { return };
         tokio::time::sleep(interval).await;
         let Some(strong) = exporter.upgrade() else { return };
         strong.timer_flushed().inc();

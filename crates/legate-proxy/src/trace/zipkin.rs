@@ -17,7 +17,7 @@ use http::HeaderMap;
 use legate_config::trace::ZipkinConfig;
 use legate_stats::{Counter, Scope};
 
-use super::reporter::{self, Exporter};
+use super::reporter::{self, Exporter, FlushRule};
 use super::Span;
 use crate::http::async_client::{self, AsyncRequest, AsyncResponse};
 use crate::http::StreamInfo;
@@ -43,31 +43,22 @@ static B3: HeaderName = HeaderName::from_static("b3");
 
 /// The runtime's `tracing.zipkin.*` settings.
 struct Runtime {
-    min_flush_spans: usize,
-    flush_interval: Duration,
+    flush: FlushRule,
     request_timeout: Duration,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 
 pub(super) fn configure_runtime(bootstrap: &legate_config::bootstrap::Bootstrap) {
+    let timeout = bootstrap.runtime_u64("tracing.zipkin.request_timeout").unwrap_or(5000).max(1);
     let _ = RUNTIME.set(Runtime {
-        min_flush_spans: bootstrap.runtime_u64("tracing.zipkin.min_flush_spans").unwrap_or(5).max(1) as usize,
-        flush_interval: Duration::from_millis(
-            bootstrap.runtime_u64("tracing.zipkin.flush_interval_ms").unwrap_or(5000).max(1),
-        ),
-        request_timeout: Duration::from_millis(
-            bootstrap.runtime_u64("tracing.zipkin.request_timeout").unwrap_or(5000).max(1),
-        ),
+        flush: FlushRule::from_runtime(bootstrap, "zipkin"),
+        request_timeout: Duration::from_millis(timeout),
     });
 }
 
 fn runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| Runtime {
-        min_flush_spans: 5,
-        flush_interval: Duration::from_millis(5000),
-        request_timeout: Duration::from_millis(5000),
-    })
+    RUNTIME.get_or_init(|| Runtime { flush: FlushRule::DEFAULT, request_timeout: Duration::from_millis(5000) })
 }
 
 /// One connection manager's Zipkin tracer (its config; the spans wait per worker).
@@ -273,8 +264,8 @@ fn trace_id(s: &str) -> Result<(Option<u64>, u64), ()> {
 impl Exporter for Driver {
     type Item = String;
 
-    fn flush_rule(&self) -> (usize, Duration) {
-        (runtime().min_flush_spans, runtime().flush_interval)
+    fn flush_rule(&self) -> FlushRule {
+        runtime().flush
     }
 
     fn timer_flushed(&self) -> &Counter {

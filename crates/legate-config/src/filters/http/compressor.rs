@@ -1,14 +1,12 @@
 //! `envoy.extensions.filters.http.compressor.v3` (`envoy.filters.http.compressor`): responses
 //! compressed with gzip, brotli or zstd when the client accepts it.
 
-use serde::de::{Deserializer, Error as _};
+use serde::de::Deserializer;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::core::DataSource;
-use crate::extensions::{resolve, COMPRESSORS};
+use crate::extensions::{deserialize_typed, COMPRESSORS};
 use crate::filters::network::connection_limit::RuntimeFeatureFlag;
-use crate::path;
 use crate::unsupported::Unsupported;
 use crate::validate::Validator;
 
@@ -68,20 +66,8 @@ pub struct CompressorLibrary {
 
 impl<'de> Deserialize<'de> for CompressorLibrary {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            #[serde(default)]
-            name: String,
-            typed_config: Option<Value>,
-        }
-        let raw = Raw::deserialize(d)?;
-        if raw.name.is_empty() && raw.typed_config.is_none() {
-            return Err(D::Error::custom("name: value length must be at least 1 characters"));
-        }
-        let config = resolve(COMPRESSORS, "compressor", &raw.name, raw.typed_config)
-            .map_err(|e| path::nest::<D::Error>("", e))?;
-        Ok(CompressorLibrary { name: raw.name, config })
+        let (name, config) = deserialize_typed(d, COMPRESSORS, "compressor")?;
+        Ok(CompressorLibrary { name, config })
     }
 }
 

@@ -2,8 +2,6 @@
 //! all workers. A connection over the limit is closed, after `delay` when one is set (to slow
 //! down clients that reconnect at once), and counted in `limited_connections`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Context;
@@ -13,7 +11,8 @@ use bytes::BytesMut;
 use legate_config::filters::network::connection_limit::ConnectionLimit as ConnectionLimitConfig;
 use legate_stats::Scope;
 
-use crate::network::{ConnectionCloseType, FilterStatus, ReadFilter, ReadFilterCallbacks};
+use crate::network::delayed_close::DelayedClose;
+use crate::network::{FilterStatus, ReadFilter, ReadFilterCallbacks};
 
 legate_stats::stats! {
     /// `connection_limit.<stat_prefix>.*`, Envoy's ALL_CONNECTION_LIMIT_STATS.
@@ -48,12 +47,12 @@ pub struct ConnectionLimit {
     shared: Arc<ConnectionLimitShared>,
     /// This connection holds one unit of `active`.
     counted: bool,
-    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    delay: DelayedClose,
 }
 
 impl ConnectionLimit {
     pub fn new(shared: Arc<ConnectionLimitShared>) -> Self {
-        ConnectionLimit { shared, counted: false, delay: None }
+        ConnectionLimit { shared, counted: false, delay: DelayedClose::default() }
     }
 }
 
@@ -73,30 +72,19 @@ impl ReadFilter for ConnectionLimit {
             return FilterStatus::Continue;
         }
         self.shared.stats.limited_connections.inc();
-        match self.shared.delay {
-            Some(delay) => {
-                cb.read_disable(true);
-                self.delay = Some(Box::pin(tokio::time::sleep(delay)));
-            }
-            None => cb.close(ConnectionCloseType::NoFlush),
-        }
+        self.delay.close(self.shared.delay, cb);
         FilterStatus::StopIteration
     }
 
     fn on_data(&mut self, _data: &mut BytesMut, _end_stream: bool, _cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
-        if self.delay.is_some() {
+        if self.delay.pending() {
             return FilterStatus::StopIteration;
         }
         FilterStatus::Continue
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) {
-        if let Some(delay) = &mut self.delay {
-            if delay.as_mut().poll(cx).is_ready() {
-                self.delay = None;
-                cb.close(ConnectionCloseType::NoFlush);
-            }
-        }
+        self.delay.poll(cx, cb);
     }
 }
 

@@ -7,8 +7,6 @@
 //! HTTP connection manager takes the socket over before any byte is read. `CONTINUOUS`
 //! decides the same way, once, for the same reason. Header and path rules never match here.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Context;
 use std::time::Duration;
@@ -18,7 +16,8 @@ use legate_config::filters::network::rbac::NetworkRbac;
 use legate_stats::Scope;
 
 use crate::filters::rbac::{CountedEngine, RbacInput};
-use crate::network::{ConnectionCloseType, FilterStatus, ReadFilter, ReadFilterCallbacks};
+use crate::network::delayed_close::DelayedClose;
+use crate::network::{FilterStatus, ReadFilter, ReadFilterCallbacks};
 
 /// Shared by every connection of the filter chain, on every worker.
 pub struct NetworkRbacShared {
@@ -45,12 +44,12 @@ impl NetworkRbacShared {
 pub struct NetworkRbacFilter {
     shared: Arc<NetworkRbacShared>,
     /// A denied connection waiting out `delay_deny`.
-    delay: Option<Pin<Box<tokio::time::Sleep>>>,
+    delay: DelayedClose,
 }
 
 impl NetworkRbacFilter {
     pub fn new(shared: Arc<NetworkRbacShared>) -> Self {
-        NetworkRbacFilter { shared, delay: None }
+        NetworkRbacFilter { shared, delay: DelayedClose::default() }
     }
 }
 
@@ -73,30 +72,19 @@ impl ReadFilter for NetworkRbacFilter {
         if allowed {
             return FilterStatus::Continue;
         }
-        match self.shared.delay_deny {
-            Some(delay) => {
-                cb.read_disable(true);
-                self.delay = Some(Box::pin(tokio::time::sleep(delay)));
-            }
-            None => cb.close(ConnectionCloseType::NoFlush),
-        }
+        self.delay.close(self.shared.delay_deny, cb);
         FilterStatus::StopIteration
     }
 
     fn on_data(&mut self, _data: &mut BytesMut, _end_stream: bool, _cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
-        if self.delay.is_some() {
+        if self.delay.pending() {
             return FilterStatus::StopIteration;
         }
         FilterStatus::Continue
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>, cb: &mut ReadFilterCallbacks<'_>) {
-        if let Some(delay) = &mut self.delay {
-            if delay.as_mut().poll(cx).is_ready() {
-                self.delay = None;
-                cb.close(ConnectionCloseType::NoFlush);
-            }
-        }
+        self.delay.poll(cx, cb);
     }
 
     fn needs_events_after_take_over(&self) -> bool {
