@@ -95,6 +95,7 @@ pub enum HttpFilterConfig {
     Rbac(crate::filters::http::rbac::RbacFilter),
     ExtAuthz(Box<crate::filters::http::ext_authz::ExtAuthz>),
     Compressor(Box<crate::filters::http::compressor::Compressor>),
+    Csrf(crate::filters::http::csrf::CsrfPolicy),
 }
 
 impl HttpFilterConfig {
@@ -110,6 +111,7 @@ impl HttpFilterConfig {
             HttpFilterConfig::Rbac(_) => "envoy.filters.http.rbac",
             HttpFilterConfig::ExtAuthz(_) => "envoy.filters.http.ext_authz",
             HttpFilterConfig::Compressor(_) => "envoy.filters.http.compressor",
+            HttpFilterConfig::Csrf(_) => "envoy.filters.http.csrf",
         }
     }
 
@@ -165,6 +167,11 @@ pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
         type_url: "envoy.extensions.filters.http.compressor.v3.Compressor",
         parse: |v| path::from_value(v).map(|c| HttpFilterConfig::Compressor(Box::new(c))),
     },
+    Extension {
+        name: "envoy.filters.http.csrf",
+        type_url: "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+        parse: |v| path::from_value(v).map(HttpFilterConfig::Csrf),
+    },
 ];
 
 /// Per-route configs of HTTP filters (`typed_per_filter_config` values on route
@@ -178,6 +185,7 @@ pub enum FilterPerRouteConfig {
     Rbac(crate::filters::http::rbac::RbacPerRoute),
     ExtAuthz(crate::filters::http::ext_authz::ExtAuthzPerRoute),
     Compressor(crate::filters::http::compressor::CompressorPerRoute),
+    Csrf(crate::filters::http::csrf::CsrfPolicy),
     /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter does not run for
     /// this route. (Conversely, a filter the connection manager declares `disabled` runs where
     /// a route gives it an entry that is not disabled.)
@@ -219,6 +227,11 @@ pub static PER_ROUTE_FILTER_CONFIGS: &[Extension<FilterPerRouteConfig>] = &[
         name: "envoy.filters.http.compressor",
         type_url: "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute",
         parse: |v| path::from_value(v).map(FilterPerRouteConfig::Compressor),
+    },
+    Extension {
+        name: "envoy.filters.http.csrf",
+        type_url: "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
+        parse: |v| path::from_value(v).map(FilterPerRouteConfig::Csrf),
     },
 ];
 
@@ -564,6 +577,7 @@ pub(crate) fn validate_per_filter_configs(
             FilterPerRouteConfig::Rbac(rbac) => rbac.validate(&c_at, v),
             FilterPerRouteConfig::ExtAuthz(authz) => authz.validate(&c_at, v),
             FilterPerRouteConfig::Compressor(c) => c.validate(&c_at, v),
+            FilterPerRouteConfig::Csrf(c) => c.validate(&c_at, v),
             FilterPerRouteConfig::Disabled => {}
         }
     }

@@ -13,6 +13,7 @@
 pub mod buffer;
 pub mod compressor;
 pub mod cors;
+pub mod csrf;
 pub mod ext_authz;
 pub mod fault;
 pub mod health_check;
@@ -43,6 +44,7 @@ pub enum HttpFilterFactory {
     Rbac(Arc<rbac::RbacFilterConfig>),
     ExtAuthz(Arc<ext_authz::ExtAuthzFilterConfig>),
     Compressor(Arc<compressor::CompressorFilterConfig>),
+    Csrf(Arc<csrf::CsrfFilterConfig>),
 }
 
 impl HttpFilterFactory {
@@ -77,6 +79,9 @@ impl HttpFilterFactory {
             HttpFilterConfig::Compressor(config) => HttpFilterFactory::Compressor(Arc::new(
                 compressor::CompressorFilterConfig::new(name, config, &http_scope())?,
             )),
+            HttpFilterConfig::Csrf(config) => {
+                HttpFilterFactory::Csrf(Arc::new(csrf::CsrfFilterConfig::new(name, config, &http_scope())))
+            }
         };
         Ok(Some(factory))
     }
@@ -93,6 +98,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Rbac(config) => Box::new(rbac::RbacFilter::new(config.clone())),
             HttpFilterFactory::ExtAuthz(config) => Box::new(ext_authz::ExtAuthzFilter::new(config.clone())),
             HttpFilterFactory::Compressor(config) => Box::new(compressor::CompressorFilter::new(config.clone())),
+            HttpFilterFactory::Csrf(config) => Box::new(csrf::CsrfFilter::new(config.clone())),
         }
     }
 
@@ -108,6 +114,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Rbac(config) => &config.name,
             HttpFilterFactory::ExtAuthz(config) => &config.name,
             HttpFilterFactory::Compressor(config) => &config.name,
+            HttpFilterFactory::Csrf(config) => &config.name,
         }
     }
 }

@@ -378,6 +378,7 @@ impl HttpConnectionManager {
                 HttpFilterConfig::Rbac(rbac) => rbac.validate(&typed_at, v),
                 HttpFilterConfig::ExtAuthz(authz) => authz.validate(&typed_at, v, clusters),
                 HttpFilterConfig::Compressor(c) => c.validate(&typed_at, v),
+                HttpFilterConfig::Csrf(c) => c.validate(&typed_at, v),
                 HttpFilterConfig::Cors(_) => {}
             }
         }
