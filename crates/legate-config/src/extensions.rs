@@ -96,6 +96,8 @@ pub enum HttpFilterConfig {
     ExtAuthz(Box<crate::filters::http::ext_authz::ExtAuthz>),
     Compressor(Box<crate::filters::http::compressor::Compressor>),
     Csrf(crate::filters::http::csrf::CsrfPolicy),
+    /// `envoy.extensions.filters.http.grpc_web.v3.GrpcWeb` has no fields.
+    GrpcWeb,
 }
 
 impl HttpFilterConfig {
@@ -112,6 +114,7 @@ impl HttpFilterConfig {
             HttpFilterConfig::ExtAuthz(_) => "envoy.filters.http.ext_authz",
             HttpFilterConfig::Compressor(_) => "envoy.filters.http.compressor",
             HttpFilterConfig::Csrf(_) => "envoy.filters.http.csrf",
+            HttpFilterConfig::GrpcWeb => "envoy.filters.http.grpc_web",
         }
     }
 
@@ -171,6 +174,11 @@ pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
         name: "envoy.filters.http.csrf",
         type_url: "envoy.extensions.filters.http.csrf.v3.CsrfPolicy",
         parse: |v| path::from_value(v).map(HttpFilterConfig::Csrf),
+    },
+    Extension {
+        name: "envoy.filters.http.grpc_web",
+        type_url: "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
+        parse: |v| path::from_value::<Empty>(v).map(|_| HttpFilterConfig::GrpcWeb),
     },
 ];
 

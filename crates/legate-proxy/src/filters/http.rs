@@ -16,6 +16,7 @@ pub mod cors;
 pub mod csrf;
 pub mod ext_authz;
 pub mod fault;
+pub mod grpc_web;
 pub mod health_check;
 pub mod local_ratelimit;
 pub mod rbac;
@@ -45,6 +46,8 @@ pub enum HttpFilterFactory {
     ExtAuthz(Arc<ext_authz::ExtAuthzFilterConfig>),
     Compressor(Arc<compressor::CompressorFilterConfig>),
     Csrf(Arc<csrf::CsrfFilterConfig>),
+    /// `envoy.filters.http.grpc_web`, by its name.
+    GrpcWeb(String),
 }
 
 impl HttpFilterFactory {
@@ -82,6 +85,7 @@ impl HttpFilterFactory {
             HttpFilterConfig::Csrf(config) => {
                 HttpFilterFactory::Csrf(Arc::new(csrf::CsrfFilterConfig::new(name, config, &http_scope())))
             }
+            HttpFilterConfig::GrpcWeb => HttpFilterFactory::GrpcWeb(name),
         };
         Ok(Some(factory))
     }
@@ -99,6 +103,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::ExtAuthz(config) => Box::new(ext_authz::ExtAuthzFilter::new(config.clone())),
             HttpFilterFactory::Compressor(config) => Box::new(compressor::CompressorFilter::new(config.clone())),
             HttpFilterFactory::Csrf(config) => Box::new(csrf::CsrfFilter::new(config.clone())),
+            HttpFilterFactory::GrpcWeb(_) => Box::new(grpc_web::GrpcWebFilter::new()),
         }
     }
 
@@ -115,6 +120,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::ExtAuthz(config) => &config.name,
             HttpFilterFactory::Compressor(config) => &config.name,
             HttpFilterFactory::Csrf(config) => &config.name,
+            HttpFilterFactory::GrpcWeb(name) => name,
         }
     }
 }

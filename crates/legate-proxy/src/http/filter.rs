@@ -57,6 +57,12 @@ impl FilterCallbacks<'_> {
 pub trait BodyTransform {
     /// The bytes to send for `data` (maybe none yet).
     fn data(&mut self, data: &[u8]) -> Bytes;
+    /// The response's trailers: `Some` bytes to send in their place (the trailers are then
+    /// not sent), `None` to send them as they are.
+    fn trailers(&mut self, _trailers: &http::HeaderMap) -> Option<Bytes> {
+        None
+    }
+
     /// The last bytes, once the body ended.
     fn finish(&mut self) -> Bytes;
 }
@@ -85,8 +91,16 @@ pub trait HttpFilter {
         usize::MAX
     }
 
-    /// After `StopAllIterationAndBuffer`: the whole request body. It may be changed.
-    fn decode_body(&mut self, _headers: &mut http::request::Parts, _body: &mut Bytes, _cb: &mut FilterCallbacks<'_>) {}
+    /// After `StopAllIterationAndBuffer`: the whole request body. It may be changed, or
+    /// refused with a local reply.
+    fn decode_body(
+        &mut self,
+        _headers: &mut http::request::Parts,
+        _body: &mut Bytes,
+        _cb: &mut FilterCallbacks<'_>,
+    ) -> Option<LocalReply> {
+        None
+    }
 
     /// Response headers, on their way downstream (local replies included).
     fn encode_headers(&mut self, _headers: &mut http::response::Parts, _cb: &mut FilterCallbacks<'_>) {}

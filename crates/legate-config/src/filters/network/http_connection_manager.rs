@@ -379,6 +379,7 @@ impl HttpConnectionManager {
                 HttpFilterConfig::ExtAuthz(authz) => authz.validate(&typed_at, v, clusters),
                 HttpFilterConfig::Compressor(c) => c.validate(&typed_at, v),
                 HttpFilterConfig::Csrf(c) => c.validate(&typed_at, v),
+                HttpFilterConfig::GrpcWeb => {}
                 HttpFilterConfig::Cors(_) => {}
             }
         }

@@ -543,7 +543,9 @@ async fn decode(
                 match BodySource::read_all(&body, filter.max_buffered_body()).await {
                     Ok(()) => {
                         let mut bytes = body.borrow().logged();
-                        filter.decode_body(&mut head, &mut bytes, &mut cb);
+                        if let Some(reply) = filter.decode_body(&mut head, &mut bytes, &mut cb) {
+                            return local_reply(context, reply, completion, routed, &mut filters[..ran]);
+                        }
                         head.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                         body.borrow_mut().set_logged(bytes);
                     }
@@ -922,7 +924,7 @@ fn grpc_local_reply(reply: &mut LocalReply) {
 }
 
 /// Envoy's `Grpc::Utility::httpToGrpcStatus`.
-fn http_to_grpc_status(status: StatusCode) -> u32 {
+pub(crate) fn http_to_grpc_status(status: StatusCode) -> u32 {
     match status.as_u16() {
         400 => 13,                   // Internal
         401 => 16,                   // Unauthenticated

@@ -178,9 +178,24 @@ impl ResponseBody {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => t.transform.data(&data),
                     Err(frame) => {
-                        t.trailers = frame.into_trailers().ok();
                         t.ended = true;
-                        t.transform.finish()
+                        let trailers = frame.into_trailers().ok();
+                        match trailers.as_ref().and_then(|tr| t.transform.trailers(tr)) {
+                            // The transform took the trailers into the body.
+                            Some(mut bytes) => {
+                                let tail = t.transform.finish();
+                                if !tail.is_empty() {
+                                    let mut joined = bytes::BytesMut::from(&bytes[..]);
+                                    joined.extend_from_slice(&tail);
+                                    bytes = joined.freeze();
+                                }
+                                bytes
+                            }
+                            None => {
+                                t.trailers = trailers;
+                                t.transform.finish()
+                            }
+                        }
                     }
                 },
                 None => {
