@@ -904,3 +904,29 @@ fn header_key_format_preserves_or_proper_cases_header_names() {
     let reply = String::from_utf8_lossy(&reply).to_string();
     assert!(reply.contains("Content-Type: text/plain") && reply.contains("X-Mixed-Case: yes"), "{reply}");
 }
+
+/// An HTTP/1.0 upstream's answer reaches an HTTP/1.1 client as an HTTP/1.1 response, framed
+/// for it (Envoy's codec writes its own version): it used to go out as `HTTP/1.0` and close
+/// the client's connection.
+#[test]
+fn an_http10_upstream_answers_an_http11_client_in_http11() {
+    use std::io::{BufRead, BufReader, Read};
+    let upstream = legate_testing::TcpServer::start(|stream| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold server");
+    });
+    let px = start(&http_bootstrap(&[upstream.addr()]));
+    let mut client = HttpClient::connect(px.listener_addr("ingress"));
+    let first = client.get("/one");
+    assert_eq!((first.status, first.body.as_str()), (200, "old server"));
+    client.stream().write_all(b"GET /raw HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    client.stream().read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{raw}");
+}

@@ -851,8 +851,13 @@ fn encode(
     if context.draining.get() && !context.http2 {
         head.headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !context.http2 && completion.info.protocol == Version::HTTP_10 {
-        head.version = Version::HTTP_10;
+    // The downstream codec's version, whatever the upstream spoke (an HTTP/1.0 upstream's
+    // answer to an HTTP/1.1 client is an HTTP/1.1 response, as Envoy's codec writes it).
+    if !context.http2 {
+        head.version = match completion.info.protocol {
+            Version::HTTP_10 => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
     }
     let code = head.status.as_u16();
     completion.info.response_code = Some(code);
