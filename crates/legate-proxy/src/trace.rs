@@ -136,12 +136,17 @@ impl HcmTracer {
         let traced = reason != TraceReason::NotTraceable;
         let force_trace = headers.contains_key(&X_ENVOY_FORCE_TRACE);
         let mut trace = Box::new(StreamTrace { span: None, decorated_operation: None, force_trace });
-        let Some(driver) = &self.driver else { return trace };
-        let Some(mut span) = driver.start_span(headers, authority, traced, info) else { return trace };
+        let mut span = match &self.driver {
+            Some(driver) => driver.start_span(headers, authority, traced, info),
+            None => None,
+        };
         // The decorator names the span; ingress, a name the caller asked for wins over it.
+        // The headers are handled with or without a tracer (Envoy's null span).
         let mut propagate = true;
         if let Some(decorator) = route.and_then(|r| r.decorator.as_ref()) {
-            span.name = decorator.operation.clone();
+            if let Some(span) = span.as_mut() {
+                span.name = decorator.operation.clone();
+            }
             propagate = decorator.propagate;
             trace.decorated_operation = Some(decorator.operation.clone());
         }
@@ -157,7 +162,9 @@ impl HcmTracer {
         } else if let Some(asked) = headers.remove(&X_ENVOY_DECORATOR_OPERATION) {
             if let Ok(name) = asked.to_str() {
                 if !name.is_empty() {
-                    span.name = name.to_string();
+                    if let Some(span) = span.as_mut() {
+                        span.name = name.to_string();
+                    }
                     trace.decorated_operation = None;
                 }
             }
@@ -165,6 +172,7 @@ impl HcmTracer {
         if !propagate {
             trace.decorated_operation = None;
         }
+        let (Some(driver), Some(mut span)) = (&self.driver, span) else { return trace };
         let request = RequestLine {
             method: head.method.as_str(),
             path: head.uri.path_and_query().map_or("/", |p| p.as_str()),

@@ -307,3 +307,22 @@ fn opentelemetry_spans_are_exported_over_otlp_grpc() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Tracing without a tracer (no provider here or in the bootstrap): requests are still decided
+/// and counted, and the decorator's header is handled, as with Envoy's null tracer.
+#[test]
+fn tracing_without_a_tracer_still_decides_and_decorates() {
+    let app = recording_server(200);
+    let collector = recording_server(202);
+    let px = Legate::start(legate_bin!(), &config(app.addr(), collector.addr(), json!({})));
+    let response = get(&px, "");
+    assert!(response.to_ascii_lowercase().contains("x-envoy-decorator-operation: checkout"), "{response}");
+    // A caller's own name is taken off (and not answered with the decorator's).
+    let response = get(&px, "x-envoy-decorator-operation: asked\r\n");
+    assert!(!response.to_ascii_lowercase().contains("x-envoy-decorator-operation"), "{response}");
+    let upstream = app.requests()[1].clone();
+    assert_eq!(upstream.header("x-envoy-decorator-operation"), None, "{upstream:?}");
+    assert_eq!(upstream.header("x-b3-traceid"), None, "no tracer, no context: {upstream:?}");
+    assert_eq!(upstream.header("x-request-id").unwrap().as_bytes()[14], b'9');
+    px.wait_stat("http.ingress.tracing.random_sampling", 2);
+}
