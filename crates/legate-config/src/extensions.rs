@@ -98,6 +98,7 @@ pub enum HttpFilterConfig {
     Csrf(crate::filters::http::csrf::CsrfPolicy),
     /// `envoy.extensions.filters.http.grpc_web.v3.GrpcWeb` has no fields.
     GrpcWeb,
+    Decompressor(Box<crate::filters::http::decompressor::Decompressor>),
 }
 
 impl HttpFilterConfig {
@@ -115,6 +116,7 @@ impl HttpFilterConfig {
             HttpFilterConfig::Compressor(_) => "envoy.filters.http.compressor",
             HttpFilterConfig::Csrf(_) => "envoy.filters.http.csrf",
             HttpFilterConfig::GrpcWeb => "envoy.filters.http.grpc_web",
+            HttpFilterConfig::Decompressor(_) => "envoy.filters.http.decompressor",
         }
     }
 
@@ -179,6 +181,11 @@ pub static HTTP_FILTERS: &[Extension<HttpFilterConfig>] = &[
         name: "envoy.filters.http.grpc_web",
         type_url: "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb",
         parse: |v| path::from_value::<Empty>(v).map(|_| HttpFilterConfig::GrpcWeb),
+    },
+    Extension {
+        name: "envoy.filters.http.decompressor",
+        type_url: "envoy.extensions.filters.http.decompressor.v3.Decompressor",
+        parse: |v| path::from_value(v).map(|c| HttpFilterConfig::Decompressor(Box::new(c))),
     },
 ];
 
@@ -325,6 +332,32 @@ pub static COMPRESSORS: &[Extension<CompressorConfig>] = &[
         name: "envoy.compression.zstd.compressor",
         type_url: "envoy.extensions.compression.zstd.compressor.v3.Zstd",
         parse: |v| path::from_value(v).map(CompressorConfig::Zstd),
+    },
+];
+
+/// Decompression libraries (`envoy.compression.*.decompressor`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DecompressorConfig {
+    Gzip(crate::filters::http::decompressor::GzipDecompressor),
+    Brotli(crate::filters::http::decompressor::BrotliDecompressor),
+    Zstd(crate::filters::http::decompressor::ZstdDecompressor),
+}
+
+pub static DECOMPRESSORS: &[Extension<DecompressorConfig>] = &[
+    Extension {
+        name: "envoy.compression.gzip.decompressor",
+        type_url: "envoy.extensions.compression.gzip.decompressor.v3.Gzip",
+        parse: |v| path::from_value(v).map(DecompressorConfig::Gzip),
+    },
+    Extension {
+        name: "envoy.compression.brotli.decompressor",
+        type_url: "envoy.extensions.compression.brotli.decompressor.v3.Brotli",
+        parse: |v| path::from_value(v).map(DecompressorConfig::Brotli),
+    },
+    Extension {
+        name: "envoy.compression.zstd.decompressor",
+        type_url: "envoy.extensions.compression.zstd.decompressor.v3.Zstd",
+        parse: |v| path::from_value(v).map(DecompressorConfig::Zstd),
     },
 ];
 

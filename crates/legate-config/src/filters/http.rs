@@ -4,6 +4,7 @@ pub mod buffer;
 pub mod compressor;
 pub mod cors;
 pub mod csrf;
+pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod health_check;

@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod compressor;
 pub mod cors;
 pub mod csrf;
+pub mod decompressor;
 pub mod ext_authz;
 pub mod fault;
 pub mod grpc_web;
@@ -48,6 +49,7 @@ pub enum HttpFilterFactory {
     Csrf(Arc<csrf::CsrfFilterConfig>),
     /// `envoy.filters.http.grpc_web`, by its name.
     GrpcWeb(String),
+    Decompressor(Arc<decompressor::DecompressorFilterConfig>),
 }
 
 impl HttpFilterFactory {
@@ -86,6 +88,9 @@ impl HttpFilterFactory {
                 HttpFilterFactory::Csrf(Arc::new(csrf::CsrfFilterConfig::new(name, config, &http_scope())))
             }
             HttpFilterConfig::GrpcWeb => HttpFilterFactory::GrpcWeb(name),
+            HttpFilterConfig::Decompressor(config) => HttpFilterFactory::Decompressor(Arc::new(
+                decompressor::DecompressorFilterConfig::new(name, config, &http_scope())?,
+            )),
         };
         Ok(Some(factory))
     }
@@ -104,6 +109,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Compressor(config) => Box::new(compressor::CompressorFilter::new(config.clone())),
             HttpFilterFactory::Csrf(config) => Box::new(csrf::CsrfFilter::new(config.clone())),
             HttpFilterFactory::GrpcWeb(_) => Box::new(grpc_web::GrpcWebFilter::new()),
+            HttpFilterFactory::Decompressor(config) => Box::new(decompressor::DecompressorFilter::new(config.clone())),
         }
     }
 
@@ -121,6 +127,7 @@ impl HttpFilterFactory {
             HttpFilterFactory::Compressor(config) => &config.name,
             HttpFilterFactory::Csrf(config) => &config.name,
             HttpFilterFactory::GrpcWeb(name) => name,
+            HttpFilterFactory::Decompressor(config) => &config.name,
         }
     }
 }

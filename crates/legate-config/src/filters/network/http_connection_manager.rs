@@ -380,6 +380,7 @@ impl HttpConnectionManager {
                 HttpFilterConfig::Compressor(c) => c.validate(&typed_at, v),
                 HttpFilterConfig::Csrf(c) => c.validate(&typed_at, v),
                 HttpFilterConfig::GrpcWeb => {}
+                HttpFilterConfig::Decompressor(d) => d.validate(&typed_at, v),
                 HttpFilterConfig::Cors(_) => {}
             }
         }

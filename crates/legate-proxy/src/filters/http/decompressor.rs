@@ -1,0 +1,280 @@
+//! `envoy.filters.http.decompressor` (`envoy.extensions.filters.http.decompressor.v3.Decompressor`),
+//! Envoy's "Decompressor" filter: a body whose `content-encoding` starts with the library's
+//! encoding (`gzip`, `br`, `zstd`) is decoded, that encoding taken off the header and
+//! `content-length` dropped — requests on their way upstream, responses on their way back —
+//! unless `cache-control: no-transform` says otherwise. With response decompression on,
+//! requests advertise the encoding in `accept-encoding`.
+//!
+//! A response is decoded as it streams. A request body is read whole first (up to 8 MiB; past
+//! it, 413) where Envoy decodes it as it streams. A body that does not decode ends where the
+//! decoding stopped, as in Envoy; gzip output stops at `max_inflate_ratio` (100) times the
+//! input.
+//!
+//! Stats under `http.<stat_prefix>.decompressor.<library name>.<gzip|brotli|zstd>.`
+//! `request.` / `response.`: `decompressed`, `not_decompressed`, `total_compressed_bytes`,
+//! `total_uncompressed_bytes`.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH};
+use http::HeaderMap;
+use legate_config::filters::http::decompressor::{
+    CommonDirectionConfig, Decompressor as DecompressorConfig, DecompressorConfig as Library,
+};
+use legate_stats::Scope;
+
+use crate::http::filter::{BodyTransform, FilterCallbacks, FilterHeadersStatus, HttpFilter};
+use crate::http::LocalReply;
+
+legate_stats::stats! {
+    /// One direction's counters.
+    pub struct DirectionStats {
+        counter decompressed,
+        counter not_decompressed,
+        counter total_compressed_bytes,
+        counter total_uncompressed_bytes,
+    }
+}
+
+/// The largest request body read to be decoded.
+const MAX_REQUEST_BODY: usize = 8 << 20;
+
+/// The filter's config, shared by every stream on every worker.
+pub struct DecompressorFilterConfig {
+    pub name: String,
+    library: Library,
+    encoding: &'static str,
+    request: DirectionStats,
+    response: DirectionStats,
+    request_enabled: bool,
+    request_ignore_no_transform: bool,
+    response_enabled: bool,
+    response_ignore_no_transform: bool,
+    advertise_accept_encoding: bool,
+}
+
+impl DecompressorFilterConfig {
+    /// `scope` is the connection manager's (`http.<stat_prefix>`).
+    pub fn new(name: String, config: &DecompressorConfig, scope: &Scope) -> Result<Self, String> {
+        let library = config.decompressor_library.as_ref().ok_or("decompressor: decompressor_library is required")?;
+        let (encoding, stats_part) = match &library.config {
+            Library::Gzip(_) => ("gzip", "gzip"),
+            Library::Brotli(_) => ("br", "brotli"),
+            Library::Zstd(_) => ("zstd", "zstd"),
+        };
+        let root = scope.scope(&format!("decompressor.{}.{stats_part}", library.name));
+        let request = config.request_direction_config.as_ref().and_then(|r| r.common_config.as_ref());
+        let response = config.response_direction_config.as_ref().and_then(|r| r.common_config.as_ref());
+        Ok(DecompressorFilterConfig {
+            name,
+            library: library.config.clone(),
+            encoding,
+            request: DirectionStats::new(&root.scope("request")),
+            response: DirectionStats::new(&root.scope("response")),
+            request_enabled: CommonDirectionConfig::enabled(request),
+            request_ignore_no_transform: request.is_some_and(|c| c.ignore_no_transform_header),
+            response_enabled: CommonDirectionConfig::enabled(response),
+            response_ignore_no_transform: response.is_some_and(|c| c.ignore_no_transform_header),
+            advertise_accept_encoding: config
+                .request_direction_config
+                .as_ref()
+                .and_then(|r| r.advertise_accept_encoding)
+                .unwrap_or(true),
+        })
+    }
+
+    /// Envoy's `maybeInitDecompress`: whether to decode a body with these headers, which it
+    /// then adjusts (the encoding off `content-encoding`, no `content-length`).
+    fn takes(&self, headers: &mut HeaderMap, enabled: bool, ignore_no_transform: bool, stats: &DirectionStats) -> bool {
+        let no_transform = !ignore_no_transform
+            && headers
+                .get_all(CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("no-transform"));
+        let codings = headers.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or_default();
+        let (first, rest) = codings.split_once(',').unwrap_or((codings, ""));
+        let matches = !codings.is_empty() && first.trim().eq_ignore_ascii_case(self.encoding);
+        if !(enabled && !no_transform && matches) {
+            stats.not_decompressed.inc();
+            return false;
+        }
+        stats.decompressed.inc();
+        let rest = HeaderValue::from_str(rest.trim());
+        headers.remove(CONTENT_LENGTH);
+        match rest {
+            Ok(v) if !v.is_empty() => {
+                headers.insert(CONTENT_ENCODING, v);
+            }
+            _ => {
+                headers.remove(CONTENT_ENCODING);
+            }
+        }
+        true
+    }
+
+    fn decoder(self: &Arc<Self>, response: bool) -> Decoding {
+        let decoder = match &self.library {
+            Library::Gzip(g) => {
+                Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()), g.max_inflate_ratio.unwrap_or(100))
+            }
+            Library::Brotli(_) => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+            Library::Zstd(_) => match zstd::stream::write::Decoder::new(Vec::new()) {
+                Ok(d) => Decoder::Zstd(d),
+                Err(_) => Decoder::Failed,
+            },
+        };
+        Decoding { decoder, config: self.clone(), response, input: 0, output: 0 }
+    }
+}
+
+pub struct DecompressorFilter {
+    config: Arc<DecompressorFilterConfig>,
+    decode_request: bool,
+    transform: Option<Box<dyn BodyTransform>>,
+}
+
+impl DecompressorFilter {
+    pub fn new(config: Arc<DecompressorFilterConfig>) -> Self {
+        DecompressorFilter { config, decode_request: false, transform: None }
+    }
+}
+
+impl HttpFilter for DecompressorFilter {
+    fn decode_headers(
+        &mut self,
+        head: &mut http::request::Parts,
+        end_stream: bool,
+        _cb: &mut FilterCallbacks<'_>,
+    ) -> FilterHeadersStatus {
+        let config = &self.config;
+        if end_stream {
+            return FilterHeadersStatus::Continue;
+        }
+        if config.response_enabled && config.advertise_accept_encoding {
+            let value = match head.headers.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) {
+                Some(accepted) if !accepted.is_empty() => format!("{accepted},{}", config.encoding),
+                _ => config.encoding.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                head.headers.insert(ACCEPT_ENCODING, v);
+            }
+        }
+        self.decode_request = config.takes(
+            &mut head.headers,
+            config.request_enabled,
+            config.request_ignore_no_transform,
+            &config.request,
+        );
+        if self.decode_request {
+            return FilterHeadersStatus::StopAllIterationAndBuffer;
+        }
+        FilterHeadersStatus::Continue
+    }
+
+    fn max_buffered_body(&self) -> usize {
+        MAX_REQUEST_BODY
+    }
+
+    fn decode_body(
+        &mut self,
+        _head: &mut http::request::Parts,
+        body: &mut Bytes,
+        _cb: &mut FilterCallbacks<'_>,
+    ) -> Option<LocalReply> {
+        if self.decode_request {
+            let mut decoding = self.config.decoder(false);
+            let mut out = decoding.data(body).to_vec();
+            out.extend_from_slice(&decoding.finish());
+            *body = Bytes::from(out);
+        }
+        None
+    }
+
+    fn encode_headers(&mut self, head: &mut http::response::Parts, _cb: &mut FilterCallbacks<'_>) {
+        let config = &self.config;
+        let end_stream = head.status == http::StatusCode::NO_CONTENT || head.status == http::StatusCode::NOT_MODIFIED;
+        if end_stream {
+            return;
+        }
+        if config.takes(
+            &mut head.headers,
+            config.response_enabled,
+            config.response_ignore_no_transform,
+            &config.response,
+        ) {
+            self.transform = Some(Box::new(config.decoder(true)));
+        }
+    }
+
+    fn take_body_transform(&mut self) -> Option<Box<dyn BodyTransform>> {
+        self.transform.take()
+    }
+}
+
+enum Decoder {
+    /// The decoder and the most bytes out per byte in.
+    Gzip(flate2::write::GzDecoder<Vec<u8>>, u32),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    /// The body stopped decoding: nothing more comes out.
+    Failed,
+}
+
+/// A body being decoded, counted in its direction's byte totals.
+struct Decoding {
+    decoder: Decoder,
+    config: Arc<DecompressorFilterConfig>,
+    response: bool,
+    input: u64,
+    output: u64,
+}
+
+impl Decoding {
+    fn counted(&mut self, input: usize, mut output: Vec<u8>) -> Bytes {
+        if let Decoder::Gzip(_, ratio) = self.decoder {
+            // Past the inflate ratio the output stops.
+            let allowed = (self.input + input as u64).saturating_mul(u64::from(ratio)).saturating_sub(self.output);
+            if output.len() as u64 > allowed {
+                output.truncate(allowed as usize);
+                self.decoder = Decoder::Failed;
+            }
+        }
+        self.input += input as u64;
+        self.output += output.len() as u64;
+        let stats = if self.response { &self.config.response } else { &self.config.request };
+        stats.total_compressed_bytes.add(input as u64);
+        stats.total_uncompressed_bytes.add(output.len() as u64);
+        Bytes::from(output)
+    }
+}
+
+impl BodyTransform for Decoding {
+    fn data(&mut self, data: &[u8]) -> Bytes {
+        let result = match &mut self.decoder {
+            Decoder::Gzip(d, _) => d.write_all(data).and_then(|()| d.flush()).map(|()| std::mem::take(d.get_mut())),
+            Decoder::Brotli(d) => d.write_all(data).and_then(|()| d.flush()).map(|()| std::mem::take(d.get_mut())),
+            Decoder::Zstd(d) => d.write_all(data).and_then(|()| d.flush()).map(|()| std::mem::take(d.get_mut())),
+            Decoder::Failed => Ok(Vec::new()),
+        };
+        let output = result.unwrap_or_else(|_| {
+            // What decoded before the error went out already; nothing more does.
+            self.decoder = Decoder::Failed;
+            Vec::new()
+        });
+        self.counted(data.len(), output)
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let output = match std::mem::replace(&mut self.decoder, Decoder::Failed) {
+            Decoder::Gzip(d, _) => d.finish().unwrap_or_default(),
+            Decoder::Brotli(d) => d.into_inner().unwrap_or_default(),
+            Decoder::Zstd(mut d) => d.flush().map(|()| std::mem::take(d.get_mut())).unwrap_or_default(),
+            Decoder::Failed => Vec::new(),
+        };
+        self.counted(0, output)
+    }
+}
