@@ -67,6 +67,78 @@ pub trait BodyTransform {
     fn finish(&mut self) -> Bytes;
 }
 
+/// Two or more transforms in encoding order, each fed what the one before it produced. At the
+/// trailers, each transform that keeps them finishes first (its tail goes through the later
+/// ones before a later one frames the trailers), as each of Envoy's encoder filters flushes
+/// at `encodeTrailers` before passing them on.
+pub struct ChainedTransforms {
+    transforms: Vec<Box<dyn BodyTransform>>,
+    /// How many, from the first, are finished.
+    finished: usize,
+    /// Tails produced at the trailers, for `finish` to send when no transform took them.
+    pending: bytes::BytesMut,
+}
+
+impl ChainedTransforms {
+    pub fn new(transforms: Vec<Box<dyn BodyTransform>>) -> Self {
+        ChainedTransforms { transforms, finished: 0, pending: bytes::BytesMut::new() }
+    }
+
+    /// `data` through the transforms from index `from` on.
+    fn through(&mut self, from: usize, data: Bytes) -> Bytes {
+        let mut data = data;
+        for t in self.transforms.iter_mut().skip(from) {
+            if data.is_empty() {
+                break;
+            }
+            data = t.data(&data);
+        }
+        data
+    }
+
+    /// Finishes transform `i`: its tail through the ones after it.
+    fn finish_one(&mut self, i: usize) -> Bytes {
+        let tail = match self.transforms.get_mut(i) {
+            Some(t) => t.finish(),
+            None => Bytes::new(),
+        };
+        self.finished = i + 1;
+        self.through(i + 1, tail)
+    }
+}
+
+impl BodyTransform for ChainedTransforms {
+    fn data(&mut self, data: &[u8]) -> Bytes {
+        self.through(0, Bytes::copy_from_slice(data))
+    }
+
+    fn trailers(&mut self, trailers: &http::HeaderMap) -> Option<Bytes> {
+        for i in 0..self.transforms.len() {
+            let taken = self.transforms.get_mut(i).and_then(|t| t.trailers(trailers));
+            match taken {
+                Some(bytes) => {
+                    let framed = self.through(i + 1, bytes);
+                    self.pending.extend_from_slice(&framed);
+                    return Some(self.pending.split().freeze());
+                }
+                None => {
+                    let tail = self.finish_one(i);
+                    self.pending.extend_from_slice(&tail);
+                }
+            }
+        }
+        None
+    }
+
+    fn finish(&mut self) -> Bytes {
+        for i in self.finished..self.transforms.len() {
+            let tail = self.finish_one(i);
+            self.pending.extend_from_slice(&tail);
+        }
+        self.pending.split().freeze()
+    }
+}
+
 pub trait HttpFilter {
     /// Request headers. `end_stream`: the request has no body.
     fn decode_headers(
@@ -108,5 +180,51 @@ pub trait HttpFilter {
     /// After `encode_headers`: a change of the response body this filter asked for there.
     fn take_body_transform(&mut self) -> Option<Box<dyn BodyTransform>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upper-cases; ends with `a-end`; keeps the trailers.
+    struct Upper;
+    impl BodyTransform for Upper {
+        fn data(&mut self, data: &[u8]) -> Bytes {
+            Bytes::from(data.to_ascii_uppercase())
+        }
+        fn finish(&mut self) -> Bytes {
+            Bytes::from_static(b"a-end")
+        }
+    }
+
+    /// Brackets each chunk; takes the trailers into the body; ends with `B-END`.
+    struct Framer;
+    impl BodyTransform for Framer {
+        fn data(&mut self, data: &[u8]) -> Bytes {
+            Bytes::from([b"<", data, b">"].concat())
+        }
+        fn trailers(&mut self, _trailers: &http::HeaderMap) -> Option<Bytes> {
+            Some(Bytes::from_static(b"TRAILERS"))
+        }
+        fn finish(&mut self) -> Bytes {
+            Bytes::from_static(b"B-END")
+        }
+    }
+
+    #[test]
+    fn chained_transforms_feed_each_other_and_flush_before_the_trailers() {
+        let mut chain = ChainedTransforms::new(vec![Box::new(Upper), Box::new(Framer)]);
+        assert_eq!(chain.data(b"body"), "<BODY>");
+        // The first keeps the trailers: its tail goes through the second before the second
+        // frames them.
+        assert_eq!(chain.trailers(&http::HeaderMap::new()).as_deref(), Some(&b"<a-end>TRAILERS"[..]));
+        assert_eq!(chain.finish(), "B-END");
+
+        let mut plain = ChainedTransforms::new(vec![Box::new(Upper), Box::new(Upper)]);
+        assert_eq!(plain.data(b"x"), "X");
+        assert_eq!(plain.trailers(&http::HeaderMap::new()), None);
+        // The first's tail goes through the second, then the second's own.
+        assert_eq!(plain.finish(), "A-ENDa-end");
     }
 }

@@ -816,8 +816,12 @@ fn encode(
             server_draining: context.draining.get(),
         };
         filter.encode_headers(head, &mut cb);
-        if completion.body_transform.is_none() {
-            completion.body_transform = filter.take_body_transform();
+        if let Some(transform) = filter.take_body_transform() {
+            // In encoding order: an earlier filter's transform sees the later one's output.
+            completion.body_transform = Some(match completion.body_transform.take() {
+                None => transform,
+                Some(first) => Box::new(crate::http::filter::ChainedTransforms::new(vec![first, transform])),
+            });
         }
     }
     match shared.server_header_transformation() {
