@@ -61,3 +61,34 @@ fn gzip_bodies_are_decoded_both_ways() {
     assert_eq!(px.stat(&format!("{stats}response.decompressed")), Some(1));
     assert_eq!(px.stat(&format!("{stats}response.not_decompressed")), Some(2));
 }
+
+/// A response made to inflate without bound stops at `max_inflate_ratio` times what came in.
+#[test]
+fn an_inflation_bomb_stops_at_the_ratio() {
+    let zeros = vec![0u8; 20 << 20];
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&zeros).unwrap();
+    let bomb = encoder.finish().unwrap();
+    let compressed = bomb.len();
+    let upstream =
+        HttpUpstream::http1(move |_| UpstreamAction::ok(bomb.clone()).with_header("content-encoding", "gzip"));
+    let filter = json!({"name": "envoy.filters.http.decompressor", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor",
+        "decompressor_library": {"name": "bomb", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip",
+            "max_inflate_ratio": 10}},
+    }});
+    let routes = route_config(vec![virtual_host("all", &["*"], vec![route_to("/", "app")])]);
+    let config = bootstrap(
+        vec![http_listener("ingress", routes, vec![filter, router_filter()], json!({}))],
+        vec![static_cluster("app", &[upstream.addr()])],
+    );
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.listener_addr("ingress"));
+    client.write_request("GET", "/bomb", &[("host", "a")], b"").unwrap();
+    let mut received = 0usize;
+    let response = client.read_response_streaming(|chunk| received += chunk.len()).unwrap();
+    assert_eq!(response.status, 200);
+    assert!(received > 0 && received <= compressed * 10, "{received} bytes from {compressed}");
+    assert_eq!(client.get("/again").status, 200, "legate serves on");
+}

@@ -6,9 +6,10 @@
 //! requests advertise the encoding in `accept-encoding`.
 //!
 //! A response is decoded as it streams. A request body is read whole first (up to 8 MiB; past
-//! it, 413) where Envoy decodes it as it streams. A body that does not decode ends where the
-//! decoding stopped, as in Envoy; gzip output stops at `max_inflate_ratio` (100) times the
-//! input.
+//! it, 413) where Envoy decodes it as it streams, and decodes to 64 MiB at most. A body that
+//! does not decode ends where the decoding stopped, as in Envoy; output stops at
+//! `max_inflate_ratio` (gzip, 100) or 1032 (brotli, zstd) times the input, so a body made to
+//! inflate without bound cannot fill the memory.
 //!
 //! Stats under `http.<stat_prefix>.decompressor.<library name>.<gzip|brotli|zstd>.`
 //! `request.` / `response.`: `decompressed`, `not_decompressed`, `total_compressed_bytes`,
@@ -38,8 +39,9 @@ legate_stats::stats! {
     }
 }
 
-/// The largest request body read to be decoded.
+/// The largest request body read to be decoded, and the most it may decode to.
 const MAX_REQUEST_BODY: usize = 8 << 20;
+const MAX_DECODED_REQUEST: u64 = 64 << 20;
 
 /// The filter's config, shared by every stream on every worker.
 pub struct DecompressorFilterConfig {
@@ -118,16 +120,22 @@ impl DecompressorFilterConfig {
 
     fn decoder(self: &Arc<Self>, response: bool) -> Decoding {
         let decoder = match &self.library {
-            Library::Gzip(g) => {
-                Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()), g.max_inflate_ratio.unwrap_or(100))
-            }
-            Library::Brotli(_) => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
-            Library::Zstd(_) => match zstd::stream::write::Decoder::new(Vec::new()) {
+            Library::Gzip(_) => Decoder::Gzip(flate2::write::GzDecoder::new(Sink::new())),
+            Library::Brotli(_) => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Sink::new(), 4096))),
+            Library::Zstd(_) => match zstd::stream::write::Decoder::new(Sink::new()) {
                 Ok(d) => Decoder::Zstd(d),
                 Err(_) => Decoder::Failed,
             },
         };
-        Decoding { decoder, config: self.clone(), response, input: 0, output: 0 }
+        // gzip's `max_inflate_ratio` (100 by default); the other libraries get the most gzip
+        // allows (1032), a bound Envoy keeps by decoding a chunk at a time.
+        let ratio = match &self.library {
+            Library::Gzip(g) => g.max_inflate_ratio.unwrap_or(100),
+            _ => 1032,
+        };
+        // A request is held whole: its decoded size is bounded too.
+        let max_output = if response { u64::MAX } else { MAX_DECODED_REQUEST };
+        Decoding { decoder, config: self.clone(), response, ratio: u64::from(ratio), max_output, input: 0, output: 0 }
     }
 }
 
@@ -216,12 +224,39 @@ impl HttpFilter for DecompressorFilter {
 }
 
 enum Decoder {
-    /// The decoder and the most bytes out per byte in.
-    Gzip(flate2::write::GzDecoder<Vec<u8>>, u32),
-    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
-    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    Gzip(flate2::write::GzDecoder<Sink>),
+    Brotli(Box<brotli::DecompressorWriter<Sink>>),
+    Zstd(zstd::stream::write::Decoder<'static, Sink>),
     /// The body stopped decoding: nothing more comes out.
     Failed,
+}
+
+/// Where a decoder writes: a buffer that refuses to grow past `room`, so a body that inflates
+/// without bound (a "zip bomb") stops decoding instead of filling the memory.
+struct Sink {
+    buf: Vec<u8>,
+    room: usize,
+}
+
+impl Sink {
+    fn new() -> Self {
+        Sink { buf: Vec::new(), room: 0 }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let fits = self.room.saturating_sub(self.buf.len()).min(data.len());
+        if fits == 0 && !data.is_empty() {
+            return Err(std::io::Error::other("inflate limit reached"));
+        }
+        self.buf.extend_from_slice(&data[..fits]);
+        Ok(fits)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A body being decoded, counted in its direction's byte totals.
@@ -229,20 +264,40 @@ struct Decoding {
     decoder: Decoder,
     config: Arc<DecompressorFilterConfig>,
     response: bool,
+    /// The most bytes out per byte in, over the whole body.
+    ratio: u64,
+    /// The most bytes out in all.
+    max_output: u64,
     input: u64,
     output: u64,
 }
 
 impl Decoding {
-    fn counted(&mut self, input: usize, mut output: Vec<u8>) -> Bytes {
-        if let Decoder::Gzip(_, ratio) = self.decoder {
-            // Past the inflate ratio the output stops.
-            let allowed = (self.input + input as u64).saturating_mul(u64::from(ratio)).saturating_sub(self.output);
-            if output.len() as u64 > allowed {
-                output.truncate(allowed as usize);
-                self.decoder = Decoder::Failed;
-            }
+    /// The sink of the decoder, if it is still decoding.
+    fn sink(&mut self) -> Option<&mut Sink> {
+        match &mut self.decoder {
+            Decoder::Gzip(d) => Some(d.get_mut()),
+            Decoder::Brotli(d) => Some(d.get_mut()),
+            Decoder::Zstd(d) => Some(d.get_mut()),
+            Decoder::Failed => None,
         }
+    }
+
+    /// Lets the sink take what `input` more bytes in may bring out.
+    fn allow(&mut self, input: usize) {
+        let allowed =
+            (self.input + input as u64).saturating_mul(self.ratio).min(self.max_output).saturating_sub(self.output);
+        let room = usize::try_from(allowed).unwrap_or(usize::MAX);
+        if let Some(sink) = self.sink() {
+            sink.room = sink.buf.len().saturating_add(room);
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        self.sink().map(|s| std::mem::take(&mut s.buf)).unwrap_or_default()
+    }
+
+    fn counted(&mut self, input: usize, output: Vec<u8>) -> Bytes {
         self.input += input as u64;
         self.output += output.len() as u64;
         let stats = if self.response { &self.config.response } else { &self.config.request };
@@ -254,25 +309,27 @@ impl Decoding {
 
 impl BodyTransform for Decoding {
     fn data(&mut self, data: &[u8]) -> Bytes {
-        let result = match &mut self.decoder {
-            Decoder::Gzip(d, _) => d.write_all(data).and_then(|()| d.flush()).map(|()| std::mem::take(d.get_mut())),
-            Decoder::Brotli(d) => d.write_all(data).and_then(|()| d.flush()).map(|()| std::mem::take(d.get_mut())),
-            Decoder::Zstd(d) => d.write_all(data).and_then(|()| d.flush()).map(|()| std::mem::take(d.get_mut())),
-            Decoder::Failed => Ok(Vec::new()),
+        self.allow(data.len());
+        let written = match &mut self.decoder {
+            Decoder::Gzip(d) => d.write_all(data).and_then(|()| d.flush()),
+            Decoder::Brotli(d) => d.write_all(data).and_then(|()| d.flush()),
+            Decoder::Zstd(d) => d.write_all(data).and_then(|()| d.flush()),
+            Decoder::Failed => Ok(()),
         };
-        let output = result.unwrap_or_else(|_| {
-            // What decoded before the error went out already; nothing more does.
+        let output = self.take();
+        if written.is_err() {
+            // What decoded before the error (or the limit) goes out; nothing more does.
             self.decoder = Decoder::Failed;
-            Vec::new()
-        });
+        }
         self.counted(data.len(), output)
     }
 
     fn finish(&mut self) -> Bytes {
+        self.allow(0);
         let output = match std::mem::replace(&mut self.decoder, Decoder::Failed) {
-            Decoder::Gzip(d, _) => d.finish().unwrap_or_default(),
-            Decoder::Brotli(d) => d.into_inner().unwrap_or_default(),
-            Decoder::Zstd(mut d) => d.flush().map(|()| std::mem::take(d.get_mut())).unwrap_or_default(),
+            Decoder::Gzip(d) => d.finish().map(|s| s.buf).unwrap_or_default(),
+            Decoder::Brotli(d) => d.into_inner().map(|s| s.buf).unwrap_or_default(),
+            Decoder::Zstd(mut d) => d.flush().map(|()| std::mem::take(&mut d.get_mut().buf)).unwrap_or_default(),
             Decoder::Failed => Vec::new(),
         };
         self.counted(0, output)
