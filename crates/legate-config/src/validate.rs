@@ -245,6 +245,9 @@ impl Validator {
                             "value must be greater than or equal to 1",
                         );
                     }
+                    if let Some(tunnel) = &tcp.tunneling_config {
+                        tunnel.validate(&format!("{typed_at}.tunneling_config"), self);
+                    }
                     if tcp.max_downstream_connection_duration.is_some_and(|d| d.0 < std::time::Duration::from_millis(1))
                     {
                         self.error(

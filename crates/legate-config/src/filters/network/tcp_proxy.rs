@@ -22,7 +22,8 @@ pub struct TcpProxy {
     /// Connect attempts before giving up (default 1, at least 1).
     pub max_connect_attempts: Option<u32>,
     pub hash_policy: Option<Unsupported>,
-    pub tunneling_config: Option<Unsupported>,
+    /// Carries the connection in an HTTP/1.1 `CONNECT` tunnel to the upstream.
+    pub tunneling_config: Option<TunnelingConfig>,
     /// Closes the downstream connection this long after it was accepted.
     pub max_downstream_connection_duration: Option<Duration>,
     pub access_log_flush_interval: Option<Unsupported>,
@@ -67,4 +68,56 @@ pub struct ClusterWeight {
     pub name: String,
     pub weight: u32,
     pub metadata_match: Option<Unsupported>,
+}
+
+/// `TcpProxy.TunnelingConfig`: the upstream is an HTTP proxy, asked to `CONNECT` to `hostname`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelingConfig {
+    /// The `CONNECT` target, `host:port`.
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub use_post: bool,
+    #[serde(default)]
+    pub headers_to_add: Vec<crate::core::HeaderValueOption>,
+    #[serde(default)]
+    pub propagate_response_headers: bool,
+    #[serde(default)]
+    pub post_path: String,
+    #[serde(default)]
+    pub propagate_response_trailers: bool,
+    pub request_id_extension: Option<Unsupported>,
+    pub request_id_header: Option<Unsupported>,
+    pub request_id_metadata_key: Option<Unsupported>,
+}
+
+impl TunnelingConfig {
+    pub(crate) fn validate(&self, at: &str, v: &mut crate::validate::Validator) {
+        v.non_empty(&format!("{at}.hostname"), &self.hostname);
+        if self.hostname.contains('%') {
+            v.error(
+                &format!("{at}.hostname"),
+                "substitution formatters in the tunnel hostname are not supported by legate yet",
+            );
+        }
+        for (field, set) in [
+            ("use_post", self.use_post),
+            ("post_path", !self.post_path.is_empty()),
+            ("propagate_response_headers", self.propagate_response_headers),
+            ("propagate_response_trailers", self.propagate_response_trailers),
+        ] {
+            if set {
+                v.error(&format!("{at}.{field}"), "this Envoy field is not supported by legate yet");
+            }
+        }
+        for (i, h) in self.headers_to_add.iter().enumerate() {
+            if h.header.value.contains('%') {
+                v.error(
+                    &format!("{at}.headers_to_add[{i}].header.value"),
+                    "substitution formatters in tunnel headers are not supported by legate yet",
+                );
+            }
+        }
+    }
 }

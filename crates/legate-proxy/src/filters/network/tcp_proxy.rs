@@ -71,6 +71,8 @@ pub struct TcpProxyShared {
     idle_timeout: Option<Duration>,
     max_connect_attempts: u32,
     max_downstream_connection_duration: Option<Duration>,
+    /// `tunneling_config`: the `CONNECT` request, written once.
+    tunnel: Option<bytes::Bytes>,
     pub stats: TcpProxyStats,
 }
 
@@ -87,6 +89,7 @@ impl TcpProxyShared {
             idle_timeout: config.idle_timeout(),
             max_connect_attempts: config.max_connect_attempts(),
             max_downstream_connection_duration: config.max_downstream_connection_duration.map(|d| d.0),
+            tunnel: config.tunneling_config.as_ref().map(connect_request),
             stats: TcpProxyStats::new(&scope.scope(&format!("tcp.{}", config.stat_prefix))),
         }
     }
@@ -106,14 +109,18 @@ impl TcpProxyShared {
     }
 }
 
+/// A connected upstream, with the bytes that came after a tunnel's answer.
+type Connected = (TransportSocket, BytesMut);
+
 /// The upstream side of one proxied connection.
 enum Upstream {
     /// Not started yet, or given up.
     None,
     /// A connect attempt is under way.
     Connecting {
-        /// TCP, then the cluster's transport socket handshake (TLS).
-        connect: Pin<Box<dyn Future<Output = Result<TransportSocket, ConnectError>>>>,
+        /// TCP, then the cluster's transport socket handshake (TLS), then the tunnel's
+        /// `CONNECT`; with the bytes that came after the tunnel's answer.
+        connect: Pin<Box<dyn Future<Output = Result<Connected, ConnectError>>>>,
         deadline: Pin<Box<Sleep>>,
         cx: UpstreamCx,
     },
@@ -211,9 +218,15 @@ impl TcpProxy {
         let cx = UpstreamCx::new(cluster.clone(), host.clone(), breaker);
         let address = host.address();
         let connect_cluster = cluster.clone();
+        let tunnel = self.shared.tunnel.clone();
         self.upstream = Upstream::Connecting {
             connect: Box::pin(async move {
-                crate::tls::client::connect(&connect_cluster, address, Alpn::Configured, None).await
+                let mut stream = crate::tls::client::connect(&connect_cluster, address, Alpn::Configured, None).await?;
+                let early = match tunnel {
+                    Some(request) => open_tunnel(&mut stream, &request).await.map_err(ConnectError::Tcp)?,
+                    None => BytesMut::new(),
+                };
+                Ok((stream, early))
             }),
             deadline: Box::pin(tokio::time::sleep(cluster.connect_timeout())),
             cx,
@@ -233,8 +246,19 @@ impl TcpProxy {
         cb.close(ConnectionCloseType::FlushWrite);
     }
 
-    fn on_connected(&mut self, stream: TransportSocket, mut cx: UpstreamCx, cb: &mut ReadFilterCallbacks<'_>) {
+    fn on_connected(
+        &mut self,
+        stream: TransportSocket,
+        early: BytesMut,
+        mut cx: UpstreamCx,
+        cb: &mut ReadFilterCallbacks<'_>,
+    ) {
         cx.connected(&mut self.last_activity);
+        // What the tunnel's far end sent along with the proxy's answer (a server speaking
+        // first) goes down at once.
+        if !early.is_empty() {
+            cb.write(early, false);
+        }
         // The session's one result for outlier detection (Envoy's `onUpstreamConnection`).
         cx.cluster.outlier_result(&cx.host, OutlierResult::LocalOriginConnectSuccessFinal);
         self.upstream = Upstream::Connected { stream, cx };
@@ -393,6 +417,45 @@ impl TcpProxy {
 
 /// Writes `data` and the end of stream to an upstream the downstream left; `false` when
 /// `idle` passed without progress. A write error ends it too (nothing more can be done).
+/// `tunneling_config`'s HTTP/1.1 request: `CONNECT <hostname>` with its `host` and
+/// `headers_to_add`.
+fn connect_request(tunnel: &legate_config::filters::network::tcp_proxy::TunnelingConfig) -> bytes::Bytes {
+    let mut request = format!("CONNECT {0} HTTP/1.1\r\nhost: {0}\r\n", tunnel.hostname);
+    for h in &tunnel.headers_to_add {
+        request.push_str(&format!("{}: {}\r\n", h.header.key, h.header.value));
+    }
+    request.push_str("\r\n");
+    bytes::Bytes::from(request)
+}
+
+/// Asks the upstream proxy for the tunnel; a 2xx opens it. Returns what came after the
+/// answer's head.
+async fn open_tunnel(stream: &mut TransportSocket, request: &[u8]) -> io::Result<BytesMut> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX_HEAD: usize = 16 * 1024;
+    stream.write_all(request).await?;
+    let mut head = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut head).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the proxy closed before answering CONNECT"));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&head) {
+            Ok(httparse::Status::Complete(length)) => {
+                let code = response.code.unwrap_or(0);
+                if !(200..300).contains(&code) {
+                    return Err(io::Error::other(format!("the proxy answered CONNECT with {code}")));
+                }
+                return Ok(head.split_off(length));
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err(io::Error::other("CONNECT answer head too large")),
+            Err(e) => return Err(io::Error::other(format!("malformed CONNECT answer: {e}"))),
+        }
+    }
+}
+
 async fn flush(mut stream: TransportSocket, data: &[u8], idle: Option<Duration>) -> bool {
     use tokio::io::AsyncWriteExt;
     let mut rest = data;
@@ -482,7 +545,7 @@ impl ReadFilter for TcpProxy {
                 break;
             };
             match outcome {
-                Ok(stream) => self.on_connected(stream, ucx, cb),
+                Ok((stream, early)) => self.on_connected(stream, early, ucx, cb),
                 Err(error) => {
                     match &error {
                         Some(e) => {
