@@ -4,6 +4,7 @@
 pub mod async_client;
 pub mod body;
 pub mod filter;
+pub mod grpc;
 pub mod h1_body;
 pub mod h1_client;
 pub mod h1_guard;

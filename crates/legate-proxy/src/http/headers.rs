@@ -148,9 +148,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present & (1 << 5) != 0 {
-        let te_trailers = headers
-            .get(header::TE)
-            .is_some_and(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+        let te_trailers = has_token(headers, &header::TE, "trailers");
         headers.remove(header::TE);
         if te_trailers {
             headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
@@ -188,6 +186,17 @@ pub fn decimal_header(n: u64) -> HeaderValue {
             None => HeaderValue::from(n),
         }
     })
+}
+
+/// Whether a comma-separated header (all its values) holds `token`, ASCII case-insensitive
+/// (`te: trailers`, `cache-control: no-transform`, `transfer-encoding: gzip`).
+pub fn has_token(headers: &http::HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A UUID version 4, as Envoy's `x-request-id`: 36 ASCII bytes, formatted without allocating.

@@ -15,7 +15,6 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use legate_config::trace::OpenTelemetryConfig;
@@ -225,19 +224,14 @@ impl Exporter for Driver {
                     scope_spans: vec![otlp::ScopeSpans { spans }],
                 }],
             };
-            let message = request.encode_to_vec();
-            // gRPC's length-prefixed message: uncompressed, then its length (big-endian).
-            let mut frame = BytesMut::with_capacity(5 + message.len());
-            frame.put_u8(0);
-            frame.put_u32(message.len() as u32);
-            frame.put_slice(&message);
+            let frame = crate::http::grpc::frame(0, &request.encode_to_vec());
             let request = AsyncRequest {
                 cluster,
                 authority,
                 method: http::Method::POST,
                 path: EXPORT_PATH,
                 headers: HeaderMap::new(),
-                body: Bytes::from(frame),
+                body: frame,
                 timeout: self.timeout,
                 grpc: true,
             };

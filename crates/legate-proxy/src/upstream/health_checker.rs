@@ -516,11 +516,7 @@ fn grpc_check_request(service: &str) -> Bytes {
         put_varint(&mut message, service.len() as u64);
         message.extend_from_slice(service.as_bytes());
     }
-    let mut frame = Vec::with_capacity(5 + message.len());
-    frame.push(0);
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-    Bytes::from(frame)
+    crate::http::grpc::frame(0, &message)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -547,13 +543,7 @@ fn take_varint(data: &mut &[u8]) -> Option<u64> {
 /// The `status` of the one uncompressed gRPC frame holding a `HealthCheckResponse` (0, the
 /// proto default, when the field is absent); `None` when the bytes are not that.
 fn grpc_serving_status(body: &[u8]) -> Option<u64> {
-    let (&compressed, rest) = body.split_first()?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let message = rest.get(4..)?;
-    if compressed != 0 || message.len() != len {
-        return None;
-    }
-    let mut data = message;
+    let mut data = crate::http::grpc::message(body)?;
     let mut status = 0;
     while !data.is_empty() {
         let key = take_varint(&mut data)?;
@@ -825,12 +815,7 @@ mod tests {
 
     #[test]
     fn grpc_responses_decode_and_malformed_ones_are_refused() {
-        let frame = |message: &[u8]| {
-            let mut f = vec![0u8];
-            f.extend_from_slice(&(message.len() as u32).to_be_bytes());
-            f.extend_from_slice(message);
-            f
-        };
+        let frame = |message: &[u8]| crate::http::grpc::frame(0, message).to_vec();
         assert_eq!(grpc_serving_status(&frame(&[0x08, 0x01])), Some(GRPC_SERVING));
         assert_eq!(grpc_serving_status(&frame(&[0x08, 0x02])), Some(2));
         // An empty message is status 0 (UNKNOWN); unknown fields are skipped.

@@ -29,6 +29,7 @@ use legate_config::route::FilterPerRouteConfig;
 use legate_stats::Scope;
 
 use crate::http::filter::{BodyTransform, FilterCallbacks, FilterHeadersStatus, HttpFilter};
+use crate::http::headers::has_token;
 
 legate_stats::stats! {
     /// `compressed` … `content_length_too_small`, per direction.
@@ -255,16 +256,6 @@ impl CompressorFilter {
             }
         }
     }
-}
-
-/// Whether a comma-separated header holds `token` (ASCII case-insensitive).
-fn has_token(headers: &http::HeaderMap, name: &http::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 impl HttpFilter for CompressorFilter {

@@ -27,6 +27,7 @@ use legate_config::filters::http::decompressor::{
 use legate_stats::Scope;
 
 use crate::http::filter::{BodyTransform, FilterCallbacks, FilterHeadersStatus, HttpFilter};
+use crate::http::headers::has_token;
 use crate::http::LocalReply;
 
 legate_stats::stats! {
@@ -90,13 +91,7 @@ impl DecompressorFilterConfig {
     /// Envoy's `maybeInitDecompress`: whether to decode a body with these headers, which it
     /// then adjusts (the encoding off `content-encoding`, no `content-length`).
     fn takes(&self, headers: &mut HeaderMap, enabled: bool, ignore_no_transform: bool, stats: &DirectionStats) -> bool {
-        let no_transform = !ignore_no_transform
-            && headers
-                .get_all(CACHE_CONTROL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case("no-transform"));
+        let no_transform = !ignore_no_transform && has_token(headers, &CACHE_CONTROL, "no-transform");
         let codings = headers.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim).unwrap_or_default();
         let (first, rest) = codings.split_once(',').unwrap_or((codings, ""));
         let matches = !codings.is_empty() && first.trim().eq_ignore_ascii_case(self.encoding);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use legate_config::core::FractionalPercent;
@@ -477,11 +477,7 @@ async fn grpc_check(
     timeout: Duration,
     message: proto::CheckRequest,
 ) -> Decision {
-    let encoded = message.encode_to_vec();
-    let mut frame = BytesMut::with_capacity(5 + encoded.len());
-    frame.put_u8(0);
-    frame.put_u32(encoded.len() as u32);
-    frame.put_slice(&encoded);
+    let frame = crate::http::grpc::frame(0, &message.encode_to_vec());
     let response = async_client::send(
         &worker,
         AsyncRequest {
@@ -490,7 +486,7 @@ async fn grpc_check(
             method: Method::POST,
             path: CHECK_PATH,
             headers: HeaderMap::new(),
-            body: frame.freeze(),
+            body: frame,
             timeout,
             grpc: true,
         },
@@ -501,8 +497,7 @@ async fn grpc_check(
     }
     let AsyncResponse::Answered(answer) = response else { return Decision::Error };
     let body = answer.body;
-    // One length-prefixed, uncompressed message.
-    let Some(message) = body.get(5..).filter(|_| body.first() == Some(&0)) else { return Decision::Error };
+    let Some(message) = crate::http::grpc::message(&body) else { return Decision::Error };
     let Ok(check) = proto::CheckResponse::decode(message) else { return Decision::Error };
     decision_of(check)
 }
@@ -707,12 +702,7 @@ pub mod proto {
     impl CheckResponse {
         /// The message as a gRPC frame (a service's side: tests).
         pub fn to_frame(&self) -> Vec<u8> {
-            let message = prost::Message::encode_to_vec(self);
-            let mut frame = Vec::with_capacity(5 + message.len());
-            frame.push(0);
-            frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-            frame.extend_from_slice(&message);
-            frame
+            crate::http::grpc::frame(0, &prost::Message::encode_to_vec(self)).to_vec()
         }
     }
 }

@@ -171,14 +171,11 @@ impl BodyTransform for GrpcWebBody {
             lines.put_slice(value.as_bytes());
             lines.put_slice(b"\r\n");
         }
-        let mut frame = BytesMut::with_capacity(5 + lines.len());
-        frame.put_u8(TRAILER_FLAG);
-        frame.put_u32(lines.len() as u32);
-        frame.put_slice(&lines);
+        let frame = crate::http::grpc::frame(TRAILER_FLAG, &lines);
         if self.text {
             return Some(Bytes::from(base64::engine::general_purpose::STANDARD.encode(&frame)));
         }
-        Some(frame.freeze())
+        Some(frame)
     }
 
     fn finish(&mut self) -> Bytes {
