@@ -72,6 +72,10 @@ fn an_http_service_allows_or_refuses_each_request() {
     assert_eq!(app.requests().len(), 1, "the refused request never reached the app");
     px.wait_stat("http.ingress.ext_authz.ok", 1);
     assert_eq!(px.stat("http.ingress.ext_authz.denied"), Some(1));
+    // The route's cluster counts them too, the refusal as its response.
+    assert_eq!(px.stat("cluster.app.ext_authz.ok"), Some(1));
+    assert_eq!(px.stat("cluster.app.ext_authz.denied"), Some(1));
+    assert_eq!(px.stat("cluster.app.upstream_rq_403"), Some(1));
 }
 
 #[test]

@@ -64,6 +64,10 @@ pub struct ExtAuthzFilterConfig {
     allowed_headers: Option<ListStringMatcher>,
     disallowed_headers: Option<ListStringMatcher>,
     filter_enabled: Option<FractionalPercent>,
+    /// `ext_authz.[<stat_prefix>.]`, for the route's cluster's counters.
+    cluster_stats_prefix: String,
+    /// A refusal also counts as the route cluster's response (`charge_cluster_response_stats`).
+    charge_cluster_response_stats: bool,
 }
 
 enum Service {
@@ -149,6 +153,11 @@ impl ExtAuthzFilterConfig {
             allowed_headers: config.allowed_headers.clone().or(deprecated_allowed),
             disallowed_headers: config.disallowed_headers.clone(),
             filter_enabled: config.filter_enabled.as_ref().map(|f| f.default_value),
+            cluster_stats_prefix: match config.stat_prefix.as_str() {
+                "" => "ext_authz.".to_string(),
+                prefix => format!("ext_authz.{prefix}."),
+            },
+            charge_cluster_response_stats: config.charge_cluster_response_stats.unwrap_or(true),
         })
     }
 
@@ -204,8 +213,28 @@ impl ExtAuthzFilter {
         decision: Decision,
         head: &mut http::request::Parts,
         info: &mut StreamInfo,
+        worker: &Rc<WorkerContext>,
     ) -> FilterHeadersStatus {
         let config = &self.config;
+        // The route's cluster counts the outcome too (`cluster.<name>.ext_authz.*`), and a
+        // refusal as its response (Envoy's `charge_cluster_response_stats`).
+        let cluster = info.upstream_cluster.as_ref().map(|c| c.0.clone());
+        let charge = |outcome: &str| {
+            if let Some(cluster) = &cluster {
+                cluster.scope.counter(&format!("{}{outcome}", config.cluster_stats_prefix)).inc();
+            }
+        };
+        match &decision {
+            Decision::Allowed { .. } => charge("ok"),
+            Decision::Denied { status, .. } => {
+                charge("denied");
+                if let (Some(cluster), true) = (&cluster, config.charge_cluster_response_stats) {
+                    worker.count_upstream_code(cluster, status.as_u16());
+                }
+            }
+            Decision::Error if config.failure_mode_allow => charge("failure_mode_allowed"),
+            Decision::Error => charge("error"),
+        }
         match decision {
             Decision::Allowed { set, append, remove, response_add } => {
                 config.stats.ok.inc();
@@ -297,7 +326,7 @@ impl HttpFilter for ExtAuthzFilter {
         let Some(check) = self.check.as_mut() else { return Poll::Ready(FilterHeadersStatus::Continue) };
         let decision = std::task::ready!(check.as_mut().poll(cx));
         self.check = None;
-        Poll::Ready(self.decided(decision, head, cb.stream_info))
+        Poll::Ready(self.decided(decision, head, cb.stream_info, cb.worker))
     }
 
     fn encode_headers(&mut self, head: &mut http::response::Parts, _cb: &mut FilterCallbacks<'_>) {
