@@ -110,7 +110,8 @@ pub struct Admin {
     pub ignore_global_conn_limit: bool,
 }
 
-/// `envoy.config.bootstrap.v3.LayeredRuntime`: only static layers carry values in legate.
+/// `envoy.config.bootstrap.v3.LayeredRuntime`: the runtime's layers, later ones overriding
+/// earlier ones (legate_proxy::runtime).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LayeredRuntime {
@@ -118,8 +119,7 @@ pub struct LayeredRuntime {
     pub layers: Vec<RuntimeLayer>,
 }
 
-/// `RuntimeLayer`. An `admin_layer` is accepted and stays empty: legate has no
-/// `/runtime_modify` yet, so nothing can write into it.
+/// `RuntimeLayer`: exactly one of its four kinds (checked by [`LayeredRuntime::validate`]).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeLayer {
@@ -127,28 +127,136 @@ pub struct RuntimeLayer {
     pub name: String,
     #[serde(default, deserialize_with = "flatten_runtime")]
     pub static_layer: Option<serde_json::Map<String, Value>>,
-    pub disk_layer: Option<Unsupported>,
+    pub disk_layer: Option<DiskLayer>,
+    /// `RuntimeLayer.AdminLayer` has no fields: `/runtime_modify` writes into it.
     pub admin_layer: Option<Value>,
-    pub rtds_layer: Option<Unsupported>,
+    pub rtds_layer: Option<RtdsLayer>,
 }
 
-/// Runtime keys may be written nested (`envoy: {resource_limits: …}`); Envoy joins them with dots.
+/// `RuntimeLayer.DiskLayer`: a directory tree, one key per file, read again when
+/// `symlink_root` is swapped.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskLayer {
+    #[serde(default)]
+    pub symlink_root: String,
+    #[serde(default)]
+    pub subdirectory: String,
+    /// The node's cluster (`--service-cluster` / `node.cluster`) is appended to the path.
+    #[serde(default)]
+    pub append_service_cluster: bool,
+}
+
+/// `RuntimeLayer.RtdsLayer`: the `envoy.service.runtime.v3.Runtime` resource `name` from a
+/// control plane.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RtdsLayer {
+    #[serde(default)]
+    pub name: String,
+    pub rtds_config: Option<crate::config_source::ConfigSource>,
+}
+
+/// The kind of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeLayerKind {
+    Static,
+    Disk,
+    Admin,
+    Rtds,
+}
+
+impl RuntimeLayer {
+    /// Its kind, or the error of a layer with none or several.
+    pub fn kind(&self) -> Result<RuntimeLayerKind, String> {
+        let kinds = [
+            (self.static_layer.is_some(), RuntimeLayerKind::Static),
+            (self.disk_layer.is_some(), RuntimeLayerKind::Disk),
+            (self.admin_layer.is_some(), RuntimeLayerKind::Admin),
+            (self.rtds_layer.is_some(), RuntimeLayerKind::Rtds),
+        ];
+        let mut set = kinds.iter().filter(|(set, _)| *set);
+        match (set.next(), set.next()) {
+            (Some((_, kind)), None) => Ok(*kind),
+            (None, _) => Err("exactly one of static_layer, disk_layer, admin_layer, rtds_layer must be set".into()),
+            (Some(_), Some(_)) => {
+                Err("only one of static_layer, disk_layer, admin_layer, rtds_layer may be set".into())
+            }
+        }
+    }
+}
+
+impl LayeredRuntime {
+    /// Envoy's load-time checks: each layer of one kind, names unique, one admin layer.
+    /// The error is the field's path and Envoy's message.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        let mut admin_layers = 0;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let at = |e: String| (format!("layered_runtime.layers[{index}]"), e);
+            if layer.name.is_empty() {
+                let message = "value length must be at least 1 characters".to_string();
+                return Err((format!("layered_runtime.layers[{index}].name"), message));
+            }
+            match layer.kind().map_err(at)? {
+                RuntimeLayerKind::Admin => admin_layers += 1,
+                RuntimeLayerKind::Disk => {
+                    let disk = layer.disk_layer.as_ref().map(|d| d.symlink_root.as_str()).unwrap_or_default();
+                    if disk.is_empty() {
+                        return Err(at("disk_layer.symlink_root: value length must be at least 1 characters".into()));
+                    }
+                }
+                RuntimeLayerKind::Rtds => {
+                    let rtds = layer.rtds_layer.as_ref();
+                    if rtds.is_none_or(|r| r.rtds_config.is_none()) {
+                        return Err(at("rtds_layer.rtds_config: value is required".into()));
+                    }
+                }
+                RuntimeLayerKind::Static => {}
+            }
+            if !names.insert(layer.name.as_str()) {
+                return Err(at(format!("Duplicate layer name: {}", layer.name)));
+            }
+        }
+        if admin_layers > 1 {
+            let message = "Too many admin layers specified in LayeredRuntime, at most one may be specified";
+            return Err(("layered_runtime".into(), message.into()));
+        }
+        Ok(())
+    }
+}
+
+/// Runtime keys may be written nested (`envoy: {resource_limits: …}`); Envoy joins them with
+/// dots, down to a scalar, an empty mapping or a fractional percent (a mapping with
+/// `numerator` or `denominator`). A null or a list is no runtime value.
 fn flatten_runtime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Map<String, Value>>, D::Error> {
-    fn walk(prefix: &str, value: Value, out: &mut serde_json::Map<String, Value>) {
+    fn walk(prefix: &str, value: Value, out: &mut serde_json::Map<String, Value>) -> Result<(), String> {
         match value {
-            Value::Object(map) => {
+            Value::Object(map)
+                if !map.is_empty() && !map.contains_key("numerator") && !map.contains_key("denominator") =>
+            {
                 for (k, v) in map {
-                    walk(&path::join(prefix, &k), v, out);
+                    walk(&format!("{prefix}.{k}"), v, out)?;
                 }
             }
+            Value::Null | Value::Array(_) => return Err(format!("Invalid runtime entry value for {prefix}")),
             other => {
                 out.insert(prefix.to_string(), other);
             }
         }
+        Ok(())
     }
     let value = Value::deserialize(d)?;
     let mut out = serde_json::Map::new();
-    walk("", value, &mut out);
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                walk(&k, v, &mut out).map_err(serde::de::Error::custom)?;
+            }
+        }
+        Value::Null => {}
+        _ => return Err(serde::de::Error::custom("static_layer must be a Struct")),
+    }
     Ok(Some(out))
 }
 

@@ -25,6 +25,9 @@ pub fn validate(bootstrap: &Bootstrap) -> Vec<PathError> {
             v.ip_address("admin.address", address);
         }
     }
+    if let Some(Err((path, message))) = bootstrap.layered_runtime.as_ref().map(|r| r.validate()) {
+        v.error(&path, message);
+    }
     let clusters: HashSet<&str> = bootstrap.static_resources.clusters.iter().map(|c| c.name.as_str()).collect();
     if let Some(provider) = bootstrap.tracing.as_ref().and_then(|t| t.http.as_ref()) {
         provider.validate("tracing.http", &mut v, &clusters);

@@ -11,6 +11,7 @@ pub mod http;
 pub mod listener;
 pub mod network;
 pub mod router;
+pub mod runtime;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

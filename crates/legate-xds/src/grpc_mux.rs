@@ -99,6 +99,8 @@ impl Service {
             }
             (Service::PerType(T::Secret), Sotw) => "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets",
             (Service::PerType(T::Secret), Delta) => "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets",
+            (Service::PerType(T::Runtime), Sotw) => "/envoy.service.runtime.v3.RuntimeDiscoveryService/StreamRuntime",
+            (Service::PerType(T::Runtime), Delta) => "/envoy.service.runtime.v3.RuntimeDiscoveryService/DeltaRuntime",
         }
     }
 }

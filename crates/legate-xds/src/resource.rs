@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-/// The five resource types legate subscribes to.
+/// The six resource types legate subscribes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     Listener,
@@ -13,15 +13,18 @@ pub enum ResourceType {
     Cluster,
     ClusterLoadAssignment,
     Secret,
+    /// RTDS: a runtime layer.
+    Runtime,
 }
 
 impl ResourceType {
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Listener,
         ResourceType::RouteConfiguration,
         ResourceType::Cluster,
         ResourceType::ClusterLoadAssignment,
         ResourceType::Secret,
+        ResourceType::Runtime,
     ];
 
     /// The `type.googleapis.com/…` URL of its v3 message.
@@ -32,6 +35,7 @@ impl ResourceType {
             ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             ResourceType::ClusterLoadAssignment => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             ResourceType::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            ResourceType::Runtime => "type.googleapis.com/envoy.service.runtime.v3.Runtime",
         }
     }
 
@@ -53,6 +57,7 @@ impl ResourceType {
             ResourceType::Cluster => "/v3/discovery:clusters",
             ResourceType::ClusterLoadAssignment => "/v3/discovery:endpoints",
             ResourceType::Secret => "/v3/discovery:secrets",
+            ResourceType::Runtime => "/v3/discovery:runtime",
         }
     }
 
@@ -72,6 +77,7 @@ impl ResourceType {
             ResourceType::Cluster => "CDS",
             ResourceType::ClusterLoadAssignment => "EDS",
             ResourceType::Secret => "SDS",
+            ResourceType::Runtime => "RTDS",
         }
     }
 }

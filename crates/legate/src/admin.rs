@@ -6,6 +6,7 @@ mod certs;
 mod clusters;
 mod config_dump;
 mod listeners;
+mod runtime;
 mod server_info;
 mod stats;
 
@@ -79,6 +80,16 @@ const HANDLERS: &[Handler] = &[
         mutates: true,
         handle: stats::reset_counters,
     },
+    Handler { path: "/runtime", help: "print runtime values", mutates: false, handle: runtime::show },
+    Handler {
+        path: "/runtime_modify",
+        help: "Adds or modifies runtime values as passed in query parameters. To delete a previously added key, \
+               use an empty string as the value. Note that deletion only applies to overrides added via this \
+               endpoint; values loaded from disk can be modified via override but not deleted. \
+               E.g. ?key1=value1&key2=value2...",
+        mutates: true,
+        handle: runtime::modify,
+    },
     Handler {
         path: "/server_info",
         help: "print server version/status information",
@@ -102,7 +113,7 @@ pub async fn serve(server: Rc<Server>, listener: tokio::net::TcpListener) {
         tokio::task::spawn_local(async move {
             let service = hyper::service::service_fn(move |request| {
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(handle(&server, request)) }
+                async move { Ok::<_, Infallible>(handle(&server, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -112,10 +123,25 @@ pub async fn serve(server: Rc<Server>, listener: tokio::net::TcpListener) {
     }
 }
 
-fn handle(server: &Rc<Server>, request: Request<Incoming>) -> AdminResponse {
+/// The most of a form body read for its parameters.
+const MAX_FORM_BODY: usize = 1 << 20;
+
+async fn handle(server: &Rc<Server>, request: Request<Incoming>) -> AdminResponse {
     let path = request.uri().path().to_string();
-    let query = Query::parse(request.uri().query().unwrap_or(""));
+    let mut query = Query::parse(request.uri().query().unwrap_or(""));
     let method = request.method().clone();
+    let uri = request.uri().clone();
+    // Without a query string, a form body carries the parameters (as Envoy's admin reads them).
+    let form =
+        request.headers().get(hyper::header::CONTENT_TYPE).is_some_and(|v| v == "application/x-www-form-urlencoded");
+    if query.0.is_empty() && form {
+        use http_body_util::BodyExt as _;
+        let limited = http_body_util::Limited::new(request.into_body(), MAX_FORM_BODY);
+        match limited.collect().await {
+            Ok(body) => query = Query::parse(&String::from_utf8_lossy(&body.to_bytes())),
+            Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n".into()),
+        }
+    }
     let response = match HANDLERS.iter().find(|h| h.path == path) {
         None => text(StatusCode::NOT_FOUND, "invalid path. admin commands are:\n".to_string() + &help_text()),
         Some(handler) if handler.mutates && method != Method::POST => {
@@ -124,7 +150,7 @@ fn handle(server: &Rc<Server>, request: Request<Incoming>) -> AdminResponse {
         }
         Some(handler) => (handler.handle)(server, &query),
     };
-    access_log(server, &method, request.uri(), response.status());
+    access_log(server, &method, &uri, response.status());
     response
 }
 

@@ -74,6 +74,7 @@ pub struct Server {
     pub store: Arc<Store>,
     pub stats: ServerStats,
     pub cluster_manager: Rc<ClusterManager>,
+    pub runtime: Rc<legate_proxy::runtime::Loader>,
     pub xds: crate::xds::Xds,
     pub listener_manager: RefCell<ListenerManager>,
     pub workers: RefCell<Vec<Worker>>,
@@ -175,10 +176,21 @@ async fn serve(
         bootstrap.static_resources.clusters.len()
     );
 
+    // The runtime first: clusters and listeners read it as they are built.
+    let runtime = legate_proxy::runtime::Loader::new(
+        bootstrap.layered_runtime.as_ref(),
+        bootstrap.node.as_ref().map_or("", |n| n.cluster.as_str()),
+        &store.scope("runtime"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    tokio::task::spawn_local(runtime.clone().watch_disk_layers());
     let cluster_manager =
         Rc::new(ClusterManager::new(&bootstrap.static_resources.clusters, &store).map_err(anyhow::Error::msg)?);
     cluster_manager.initialize().await;
-    let xds = crate::xds::Xds::start(bootstrap, &cluster_manager)?;
+    let xds = crate::xds::Xds::start(bootstrap, &cluster_manager, &runtime)?;
+    // RTDS after the static clusters, before CDS (Envoy's init order).
+    initialized(|| xds.rtds.initialized()).await;
+    xds.start_cds(bootstrap, &cluster_manager)?;
     // Envoy's init order: clusters (CDS, then each cluster's first endpoints) before listeners.
     initialized(|| xds.clusters_initialized(&cluster_manager)).await;
     tracing::info!("all clusters initialized");
@@ -239,6 +251,7 @@ async fn serve(
         store,
         stats,
         cluster_manager,
+        runtime,
         xds,
         listener_manager: RefCell::new(listener_manager),
         workers: RefCell::new(Vec::new()),

@@ -7,8 +7,10 @@ pub mod cds;
 pub mod eds;
 pub mod lds;
 pub mod rds;
+pub mod rtds;
 pub mod sds;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -20,16 +22,21 @@ use legate_xds::{NameSet, XdsClient};
 pub struct Xds {
     pub client: Rc<XdsClient>,
     pub eds: Rc<eds::Eds>,
-    pub cds: Option<Rc<cds::CdsApi>>,
+    pub cds: RefCell<Option<Rc<cds::CdsApi>>>,
+    pub rtds: rtds::Rtds,
     pub rds: Rc<rds::Rds>,
     pub sds: Rc<sds::Sds>,
-    pub lds: std::cell::RefCell<Option<Rc<lds::LdsApi>>>,
+    pub lds: RefCell<Option<Rc<lds::LdsApi>>>,
 }
 
 impl Xds {
-    /// Starts CDS (and EDS for the static EDS clusters). Fails on a config source legate
-    /// cannot use, naming the field.
-    pub fn start(bootstrap: &Bootstrap, cluster_manager: &Rc<ClusterManager>) -> anyhow::Result<Xds> {
+    /// Starts RTDS, and EDS for the static EDS clusters; CDS waits for [`Xds::start_cds`].
+    /// Fails on a config source legate cannot use, naming the field.
+    pub fn start(
+        bootstrap: &Bootstrap,
+        cluster_manager: &Rc<ClusterManager>,
+        runtime: &Rc<legate_proxy::runtime::Loader>,
+    ) -> anyhow::Result<Xds> {
         let dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
         let client = XdsClient::new(
             bootstrap.node.clone(),
@@ -45,15 +52,28 @@ impl Xds {
             eds.cluster_added(&cluster, config.eds_cluster_config.clone()).map_err(at)?;
             sds.subscribe_for_cluster(config).map_err(at)?;
         }
-        let cds = match &dynamic.cds_config {
-            Some(source) => Some(
-                cds::CdsApi::start(source, cluster_manager.clone(), client.clone(), eds.clone(), sds.clone())
-                    .map_err(|e| anyhow::anyhow!("dynamic_resources.cds_config: {e}"))?,
-            ),
-            None => None,
-        };
+        let rtds =
+            rtds::Rtds::start(bootstrap, &client, runtime, cluster_manager.store()).map_err(anyhow::Error::msg)?;
         let rds = rds::Rds::new(client.clone(), cluster_manager.clone());
-        Ok(Xds { client, eds, cds, rds, sds, lds: std::cell::RefCell::new(None) })
+        Ok(Xds { client, eds, cds: RefCell::new(None), rtds, rds, sds, lds: RefCell::new(None) })
+    }
+
+    /// Starts CDS, once the runtime layers from RTDS arrived (Envoy's init order: the
+    /// clusters CDS brings read the runtime as they are built).
+    pub fn start_cds(&self, bootstrap: &Bootstrap, cluster_manager: &Rc<ClusterManager>) -> anyhow::Result<()> {
+        let dynamic = bootstrap.dynamic_resources.clone().unwrap_or_default();
+        if let Some(source) = &dynamic.cds_config {
+            let cds = cds::CdsApi::start(
+                source,
+                cluster_manager.clone(),
+                self.client.clone(),
+                self.eds.clone(),
+                self.sds.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("dynamic_resources.cds_config: {e}"))?;
+            *self.cds.borrow_mut() = Some(cds);
+        }
+        Ok(())
     }
 
     /// Starts LDS once the workers run (listeners it adds go straight to them), and lets RDS
@@ -90,7 +110,7 @@ impl Xds {
     /// Whether the cluster manager finished initializing: CDS answered (or timed out) and no
     /// cluster waits for its endpoints or TLS secrets (Envoy starts listeners only then).
     pub fn clusters_initialized(&self, cluster_manager: &ClusterManager) -> bool {
-        self.cds.as_ref().is_none_or(|c| c.initialized())
+        self.cds.borrow().as_ref().is_none_or(|c| c.initialized())
             && cluster_manager.warming_clusters().is_empty()
             && self.eds.initialized()
             && cluster_manager.active_secrets_settled()

@@ -152,7 +152,7 @@ fn dynamic_clusters(server: &Server, dump: &mut Value) {
     };
     let mut active: Vec<Value> = manager.clusters().iter().filter_map(entry).collect();
     let mut warming: Vec<Value> = manager.warming_clusters().iter().filter_map(entry).collect();
-    if let Some(cds) = &server.xds.cds {
+    if let Some(cds) = server.xds.cds.borrow().as_ref() {
         dump["version_info"] = json!(*cds.version_info.borrow());
         // A refused cluster's `error_state` goes on the version still in effect, or alone.
         for error in cds.errors.borrow().iter() {
