@@ -164,7 +164,7 @@ pub struct AccessLogFilter {
     /// Drops requests the health check filter marked as health checks.
     pub not_health_check_filter: Option<Empty>,
     pub traceable_filter: Option<Unsupported>,
-    pub runtime_filter: Option<Unsupported>,
+    pub runtime_filter: Option<RuntimeFilter>,
     pub and_filter: Option<AndFilter>,
     pub or_filter: Option<OrFilter>,
     pub header_filter: Option<HeaderFilter>,
@@ -183,6 +183,7 @@ impl AccessLogFilter {
                 ("status_code_filter", self.status_code_filter.is_some()),
                 ("duration_filter", self.duration_filter.is_some()),
                 ("not_health_check_filter", self.not_health_check_filter.is_some()),
+                ("runtime_filter", self.runtime_filter.is_some()),
                 ("and_filter", self.and_filter.is_some()),
                 ("or_filter", self.or_filter.is_some()),
                 ("header_filter", self.header_filter.is_some()),
@@ -190,6 +191,9 @@ impl AccessLogFilter {
             ],
             true,
         );
+        if let Some(f) = &self.runtime_filter {
+            v.non_empty(&format!("{at}.runtime_filter.runtime_key"), &f.runtime_key);
+        }
         for (field, comparison) in [
             ("status_code_filter", self.status_code_filter.as_ref().map(|f| &f.comparison)),
             ("duration_filter", self.duration_filter.as_ref().map(|f| &f.comparison)),
@@ -252,7 +256,7 @@ pub struct DurationFilter {
 pub struct ComparisonFilter {
     #[serde(default)]
     pub op: Op,
-    /// legate reads no runtime: `default_value` is the value compared against.
+    /// The runtime's value for `runtime_key`, else `default_value`, is compared against.
     pub value: RuntimeUInt32,
 }
 
@@ -265,6 +269,20 @@ impl ComparisonFilter {
             Op::Le => actual <= expected,
         }
     }
+}
+
+/// `RuntimeFilter`: a sample of the streams, the runtime's numerator for `runtime_key` (else
+/// `percent_sampled`'s) over `percent_sampled`'s denominator.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeFilter {
+    #[serde(default)]
+    pub runtime_key: String,
+    /// Absent: 0 out of 100.
+    pub percent_sampled: Option<crate::core::FractionalPercent>,
+    /// Draw a random number rather than use the request id's.
+    #[serde(default)]
+    pub use_independent_randomness: bool,
 }
 
 /// `ComparisonFilter.Op`.

@@ -63,15 +63,6 @@ impl Bootstrap {
     pub fn stats_flush_interval(&self) -> std::time::Duration {
         self.stats_flush_interval.unwrap_or(Duration::from_secs(5)).0
     }
-
-    /// A value from the static runtime layers (later layers win), as Envoy's runtime reads it.
-    pub fn runtime_u64(&self, key: &str) -> Option<u64> {
-        let runtime = self.layered_runtime.as_ref()?;
-        runtime.layers.iter().rev().find_map(|layer| {
-            let value = layer.static_layer.as_ref()?.get(key)?;
-            value.as_u64().or_else(|| value.as_str()?.parse().ok())
-        })
-    }
 }
 
 /// `envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions`.

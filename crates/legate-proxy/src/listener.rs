@@ -38,8 +38,9 @@ pub struct Listener {
     pub stats: ListenerStats,
     /// Per-worker stats `listener.<addr>.worker_<i>.*`, index = worker.
     pub worker_stats: Vec<stats::PerWorkerListenerStats>,
-    /// Runtime `envoy.resource_limits.listener.<name>.connection_limit`.
-    pub connection_limit: Option<u64>,
+    /// `envoy.resource_limits.listener.<name>.connection_limit`: the runtime's value, read
+    /// at each accept, limits the listener's connections (none without one).
+    pub connection_limit_key: Box<str>,
     /// Connections open on this listener, all workers.
     pub active_connections: AtomicU64,
     /// `listener_filters`, in order.
@@ -116,12 +117,7 @@ impl FilterChain {
 
 impl Listener {
     /// Fails when a filter cannot be built (e.g. an access log file cannot be opened).
-    pub fn new(
-        config: &ListenerConfig,
-        store: &Arc<Store>,
-        workers: usize,
-        connection_limit: Option<u64>,
-    ) -> Result<Self, String> {
+    pub fn new(config: &ListenerConfig, store: &Arc<Store>, workers: usize) -> Result<Self, String> {
         let socket = config.address.socket();
         let ip = socket.and_then(|s| s.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         let port = socket.map_or(0, |s| s.port_value as u16);
@@ -148,7 +144,7 @@ impl Listener {
             worker_stats: (0..workers)
                 .map(|i| stats::PerWorkerListenerStats::new(&scope.scope(&format!("worker_{i}"))))
                 .collect(),
-            connection_limit,
+            connection_limit_key: format!("envoy.resource_limits.listener.{}.connection_limit", config.name()).into(),
             active_connections: AtomicU64::new(0),
             listener_filters: config
                 .listener_filters

@@ -235,6 +235,11 @@ pub fn flag_enabled(config: &RuntimeFeatureFlag) -> bool {
     boolean(&config.runtime_key, config.default_value)
 }
 
+/// An optional `RuntimeFeatureFlag`: `default` where the config has none.
+pub fn flag_enabled_or(config: Option<&RuntimeFeatureFlag>, default: bool) -> bool {
+    config.map_or(default, flag_enabled)
+}
+
 /// `RuntimeUInt32`: the runtime's integer for its key (if it fits), else its default.
 pub fn uint32(config: &RuntimeUInt32) -> u32 {
     let value = integer(&config.runtime_key, u64::from(config.default_value));
@@ -365,9 +370,17 @@ mod tests {
     }
 
     #[test]
-    fn draws_follow_the_percentage() {
-        assert!(draw(&FractionalPercent { numerator: 100, denominator: Denominator::Hundred }));
-        assert!(draw(&FractionalPercent { numerator: 500, denominator: Denominator::Hundred }));
-        assert!(!draw(&FractionalPercent { numerator: 0, denominator: Denominator::Hundred }));
+    fn fractions_follow_numerator_and_denominator() {
+        let never = FractionalPercent { numerator: 0, denominator: Denominator::Hundred };
+        let always = FractionalPercent { numerator: 100, denominator: Denominator::Hundred };
+        let above = FractionalPercent { numerator: 5_000_000, denominator: Denominator::Million };
+        for _ in 0..1000 {
+            assert!(!draw(&never));
+            assert!(draw(&always));
+            assert!(draw(&above));
+        }
+        let half = FractionalPercent { numerator: 5_000, denominator: Denominator::TenThousand };
+        let hits = (0..10_000).filter(|_| draw(&half)).count();
+        assert!((4_000..6_000).contains(&hits), "{hits}");
     }
 }

@@ -44,11 +44,9 @@ static X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER: HeaderName = HeaderName::from_static(
 /// start-up, before the listeners are built.
 static BOOTSTRAP_PROVIDER: OnceLock<Option<TracingProvider>> = OnceLock::new();
 
-/// Records the bootstrap's `tracing.http` and the runtime's `tracing.zipkin.*` settings.
+/// Records the bootstrap's `tracing.http`.
 pub fn configure(bootstrap: &legate_config::bootstrap::Bootstrap) {
     let _ = BOOTSTRAP_PROVIDER.set(bootstrap.tracing.as_ref().and_then(|t| t.http.clone()));
-    zipkin::configure_runtime(bootstrap);
-    opentelemetry::configure_runtime(bootstrap);
 }
 
 /// Why a request is traced or not (Envoy's `Tracing::Reason`), as its `x-request-id` says.
@@ -199,20 +197,24 @@ impl HcmTracer {
         let client = route.and_then(|r| r.client_sampling.as_ref()).unwrap_or(&self.client_sampling);
         let random_rate = route.and_then(|r| r.random_sampling.as_ref()).unwrap_or(&self.random_sampling);
         let overall = route.and_then(|r| r.overall_sampling.as_ref()).unwrap_or(&self.overall_sampling);
-        let enabled =
-            |p: &FractionalPercent, value: u64| value % u64::from(p.denominator.value()) < u64::from(p.numerator);
+        // Envoy's `featureEnabled(key, default, value)`: the runtime's percentage first.
+        let enabled = |key: &str, p: &FractionalPercent, value: u64| {
+            let p = crate::runtime::fraction(key, p);
+            value % u64::from(p.denominator.value()) < u64::from(p.numerator)
+        };
 
         let mut reason = reason_of(id.as_bytes());
         if reason == TraceReason::NotTraceable {
-            if headers.contains_key(&X_CLIENT_TRACE_ID) && enabled(client, fastrand::u64(..)) {
+            if headers.contains_key(&X_CLIENT_TRACE_ID) && enabled("tracing.client_enabled", client, fastrand::u64(..))
+            {
                 reason = TraceReason::ClientForced;
             } else if headers.contains_key(&X_ENVOY_FORCE_TRACE) {
                 reason = TraceReason::ServiceForced;
-            } else if enabled(random_rate, random) {
+            } else if enabled("tracing.random_sampling", random_rate, random) {
                 reason = TraceReason::Sampling;
             }
         }
-        if reason != TraceReason::NotTraceable && !enabled(overall, random) {
+        if reason != TraceReason::NotTraceable && !enabled("tracing.global_enabled", overall, random) {
             reason = TraceReason::NotTraceable;
         }
         if let Some(id) = headers.get_mut(&X_REQUEST_ID) {

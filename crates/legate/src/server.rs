@@ -106,7 +106,7 @@ pub fn run(options: Options) -> anyhow::Result<i32> {
             if !crate::xds::sds::dynamic_secret_configs(config).is_empty() {
                 continue;
             }
-            legate_proxy::listener::Listener::new(config, &store, 1, None)
+            legate_proxy::listener::Listener::new(config, &store, 1)
                 .map_err(|e| anyhow::anyhow!("static_resources.listeners[{index}] ('{}'): {e}", config.name()))?;
         }
         println!("configuration '{origin}' OK");

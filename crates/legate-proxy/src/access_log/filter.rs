@@ -10,11 +10,14 @@
 //! - `and_filter` / `or_filter`: all / any of the sub-filters;
 //! - `header_filter`: a header matcher over the request headers, several values of a header
 //!   joined with `,` as Envoy's `HeaderUtility::matchHeaders` sees them;
-//! - `response_flag_filter`: any of the listed flags is set, or, with no list, any flag at all.
+//! - `response_flag_filter`: any of the listed flags is set, or, with no list, any flag at all;
+//! - `runtime_filter`: a sample: the request id's first 8 hex digits (or, without one or with
+//!   `use_independent_randomness`, a random number) modulo the denominator, below the runtime's
+//!   numerator for `runtime_key` (else `percent_sampled`'s).
 //!
-//! Differences from Envoy: the comparisons use `default_value`; `runtime_key` is not read
-//! (legate has no runtime layer). `runtime_filter`, `traceable_filter`, `grpc_status_filter`,
-//! `metadata_filter`, `log_type_filter` and extension filters are not implemented.
+//! The comparisons take the runtime's value for `runtime_key` over `default_value`.
+//! `traceable_filter`, `grpc_status_filter`, `metadata_filter`, `log_type_filter` and
+//! extension filters are not implemented.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -41,14 +44,26 @@ pub enum AccessLogFilter {
     Header(HeaderFilter),
     /// `response_flag_filter`: one of these flags is set; an empty set means any flag.
     ResponseFlag(ResponseFlags),
+    /// `runtime_filter`.
+    Runtime(RuntimeSample),
+}
+
+/// `runtime_filter`'s settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeSample {
+    runtime_key: Arc<str>,
+    percent: legate_config::core::FractionalPercent,
+    independent: bool,
 }
 
 /// `config.accesslog.v3.ComparisonFilter`: `<observed> <op> <value>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Comparison {
     pub op: ComparisonOp,
     /// `value.default_value`.
     pub value: u64,
+    /// `value.runtime_key`: the runtime's value for it wins.
+    pub runtime_key: Option<Arc<str>>,
 }
 
 /// `ComparisonFilter.Op`.
@@ -87,7 +102,9 @@ impl AccessLogFilter {
                 config::Op::Ge => ComparisonOp::Ge,
                 config::Op::Le => ComparisonOp::Le,
             };
-            Comparison::new(op, u64::from(c.value.default_value))
+            let mut comparison = Comparison::new(op, u64::from(c.value.default_value));
+            comparison.runtime_key = Some(c.value.runtime_key.as_str().into()).filter(|k: &Arc<str>| !k.is_empty());
+            comparison
         };
         let list = |field: &str, filters: &[config::AccessLogFilter]| {
             filters
@@ -101,6 +118,12 @@ impl AccessLogFilter {
             Ok(AccessLogFilter::StatusCode(comparison(&f.comparison)))
         } else if let Some(f) = &filter.duration_filter {
             Ok(AccessLogFilter::Duration(comparison(&f.comparison)))
+        } else if let Some(f) = &filter.runtime_filter {
+            Ok(AccessLogFilter::Runtime(RuntimeSample {
+                runtime_key: f.runtime_key.as_str().into(),
+                percent: f.percent_sampled.unwrap_or_default(),
+                independent: f.use_independent_randomness,
+            }))
         } else if filter.not_health_check_filter.is_some() {
             Ok(AccessLogFilter::NotHealthCheck)
         } else if let Some(f) = &filter.and_filter {
@@ -143,6 +166,7 @@ impl AccessLogFilter {
             AccessLogFilter::Header(filter) => filter.evaluate(info),
             AccessLogFilter::ResponseFlag(flags) if flags.is_empty() => !info.response_flags.is_empty(),
             AccessLogFilter::ResponseFlag(flags) => info.response_flags.intersects(*flags),
+            AccessLogFilter::Runtime(sample) => sample.evaluate(info),
         }
     }
 
@@ -162,17 +186,39 @@ impl AccessLogFilter {
 
 impl Comparison {
     pub fn new(op: ComparisonOp, value: u64) -> Comparison {
-        Comparison { op, value }
+        Comparison { op, value, runtime_key: None }
     }
 
-    /// `observed <op> value`.
+    /// `observed <op> value`, the value the runtime's where it has one that fits 32 bits
+    /// (Envoy's `RuntimeUInt32`).
     pub fn compare(&self, observed: u64) -> bool {
+        let value = match &self.runtime_key {
+            Some(key) => Some(crate::runtime::integer(key, self.value))
+                .filter(|v| *v <= u64::from(u32::MAX))
+                .unwrap_or(self.value),
+            None => self.value,
+        };
         match self.op {
-            ComparisonOp::Eq => observed == self.value,
-            ComparisonOp::Ge => observed >= self.value,
-            ComparisonOp::Le => observed <= self.value,
-            ComparisonOp::Ne => observed != self.value,
+            ComparisonOp::Eq => observed == value,
+            ComparisonOp::Ge => observed >= value,
+            ComparisonOp::Le => observed <= value,
+            ComparisonOp::Ne => observed != value,
         }
+    }
+}
+
+impl RuntimeSample {
+    /// Envoy's `RuntimeFilter::evaluate`: `featureEnabled(key, numerator, value, denominator)`.
+    fn evaluate(&self, info: &StreamInfo) -> bool {
+        let from_id = || {
+            let id = info.request_id.as_ref()?.as_bytes().get(..8)?;
+            u64::from_str_radix(std::str::from_utf8(id).ok()?, 16).ok()
+        };
+        let value = if self.independent { None } else { from_id() };
+        let value = value.unwrap_or_else(|| fastrand::u64(..));
+        let buckets = u64::from(self.percent.denominator.value());
+        let numerator = crate::runtime::integer(&self.runtime_key, u64::from(self.percent.numerator));
+        value % buckets < numerator.min(buckets)
     }
 }
 

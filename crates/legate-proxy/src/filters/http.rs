@@ -27,7 +27,6 @@ pub mod router;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use legate_config::core::FractionalPercent;
 use legate_config::filters::network::http_connection_manager::{HttpFilter as HttpFilterConfigEntry, HttpFilterConfig};
 use legate_config::route::{FilterPerRouteConfig, HeaderMatcher};
 use legate_stats::Scope;
@@ -186,13 +185,6 @@ pub(crate) fn headers_match(matchers: &[HeaderMatcher], head: &http::request::Pa
     matchers.iter().all(|m| m.matches(request_header_value(head, scheme, &m.name).as_deref()))
 }
 
-/// Envoy's `featureEnabled` for a `FractionalPercent` when the runtime has no override: a
-/// random draw out of the denominator falls below the numerator.
-pub(crate) fn fraction_enabled(percent: &FractionalPercent) -> bool {
-    let denominator = percent.denominator.value();
-    percent.numerator >= denominator || fastrand::u32(..denominator) < percent.numerator
-}
-
 /// The first value of a request header, for headers Envoy reads one value of (the fault
 /// filter's controls are untrusted, and only their first value counts).
 pub(crate) fn first_value<'h>(head: &'h http::request::Parts, name: &str) -> Option<&'h str> {
@@ -326,21 +318,6 @@ mod tests {
 
         let head = request("GET", "/hc", &[("host", "svc")]);
         assert_eq!(request_header_value(&head, "http", ":authority").as_deref(), Some("svc"));
-    }
-
-    #[test]
-    fn fractions_follow_numerator_and_denominator() {
-        let never = FractionalPercent { numerator: 0, denominator: Denominator::Hundred };
-        let always = FractionalPercent { numerator: 100, denominator: Denominator::Hundred };
-        let above = FractionalPercent { numerator: 5_000_000, denominator: Denominator::Million };
-        for _ in 0..1000 {
-            assert!(!fraction_enabled(&never));
-            assert!(fraction_enabled(&always));
-            assert!(fraction_enabled(&above));
-        }
-        let half = FractionalPercent { numerator: 5_000, denominator: Denominator::TenThousand };
-        let hits = (0..10_000).filter(|_| fraction_enabled(&half)).count();
-        assert!((4_000..6_000).contains(&hits), "{hits}");
     }
 
     #[test]

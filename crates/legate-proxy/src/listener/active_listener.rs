@@ -100,11 +100,10 @@ fn on_accept(
             return;
         }
     }
-    if let Some(limit) = listener.connection_limit {
-        if listener.active_connections.load(Ordering::Relaxed) >= limit {
-            listener.stats.downstream_cx_overflow.inc();
-            return;
-        }
+    let limit = crate::runtime::integer(&listener.connection_limit_key, u64::MAX);
+    if listener.active_connections.load(Ordering::Relaxed) >= limit {
+        listener.stats.downstream_cx_overflow.inc();
+        return;
     }
     let Some(local) = fixed_local.or_else(|| stream.local_addr().ok()) else { return };
     let inspected = Inspected { data: BytesMut::new(), hello: None, http_protocol: None, remote, local };

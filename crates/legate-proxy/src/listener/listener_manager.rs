@@ -45,8 +45,6 @@ pub struct ListenerManager {
     stopped: bool,
     store: Arc<Store>,
     workers: usize,
-    /// The bootstrap's runtime, for per-listener connection limits.
-    runtime: Bootstrap,
     /// How long replaced filter chains drain (`--drain-time-s`).
     drain_time: Duration,
     /// LDS listeners waiting for their routes, by name.
@@ -117,14 +115,11 @@ impl ListenerManager {
         crate::trace::configure(bootstrap);
         let mut listeners = Vec::new();
         for (index, config) in bootstrap.static_resources.listeners.iter().enumerate() {
-            let limit =
-                bootstrap.runtime_u64(&format!("envoy.resource_limits.listener.{}.connection_limit", config.name()));
-            let listener =
-                Arc::new(Listener::new(config, store, workers, limit).map_err(|message| BindError::Config {
-                    name: config.name(),
-                    index,
-                    message,
-                })?);
+            let listener = Arc::new(Listener::new(config, store, workers).map_err(|message| BindError::Config {
+                name: config.name(),
+                index,
+                message,
+            })?);
             let ipv4_compat = config.address.socket().is_some_and(|s| s.ipv4_compat);
             let reuse_port = config.enable_reuse_port.unwrap_or(true);
             let backlog = config.tcp_backlog_size.unwrap_or(128);
@@ -145,7 +140,6 @@ impl ListenerManager {
             stopped: false,
             store: store.clone(),
             workers,
-            runtime: Bootstrap { layered_runtime: bootstrap.layered_runtime.clone(), ..Default::default() },
             drain_time: Duration::from_secs(600),
             warming: Vec::new(),
             draining: Rc::new(RefCell::new(Vec::new())),
@@ -188,8 +182,7 @@ impl ListenerManager {
         if current == Some(&config) {
             return Ok(ListenerUpdate::Unchanged);
         }
-        let limit = self.runtime.runtime_u64(&format!("envoy.resource_limits.listener.{name}.connection_limit"));
-        let mut listener = Listener::new(&config, &self.store, self.workers, limit)
+        let mut listener = Listener::new(&config, &self.store, self.workers)
             .map_err(|e| format!("error adding listener '{name}': {e}"))?;
         if let Some(entry) = active {
             listener.keep_unchanged_chains(&entry.listener);

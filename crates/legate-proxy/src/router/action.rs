@@ -95,8 +95,8 @@ pub enum ClusterSpecifier {
 pub struct Mirror {
     /// The cluster, or the request header naming it.
     pub cluster: ClusterSpecifier,
-    /// In millionths.
-    pub fraction: u64,
+    /// `runtime_fraction`: every request where absent.
+    pub fraction: Option<legate_config::core::RuntimeFractionalPercent>,
     /// Append `-shadow` to the host (Envoy's default).
     pub host_suffix: bool,
 }
@@ -265,9 +265,7 @@ impl RouteAction {
                     };
                     Ok(Mirror {
                         cluster,
-                        fraction: m.runtime_fraction.as_ref().map_or(1_000_000, |f| {
-                            (f.default_value.as_fraction().clamp(0.0, 1.0) * 1e6).round() as u64
-                        }),
+                        fraction: m.runtime_fraction.clone(),
                         host_suffix: !m.disable_shadow_host_suffix_append,
                     })
                 })

@@ -42,8 +42,8 @@ pub struct Route {
     query_parameters: Vec<QueryParameterMatcher>,
     cookies: Vec<legate_config::route::CookieMatcher>,
     grpc: bool,
-    /// `runtime_fraction`, in millionths.
-    fraction: Option<u64>,
+    /// `runtime_fraction`: the runtime's percentage for its key, else its default.
+    fraction: Option<legate_config::core::RuntimeFractionalPercent>,
     pub kind: RouteKind,
     pub request_headers: HeaderParser,
     pub response_headers: HeaderParser,
@@ -76,8 +76,7 @@ impl Route {
             (false, PathMatch::SeparatedPrefix(p)) => PathMatch::SeparatedPrefix(p.to_ascii_lowercase()),
             (_, p) => p,
         };
-        let fraction =
-            m.runtime_fraction.as_ref().map(|f| (f.default_value.as_fraction().clamp(0.0, 1.0) * 1e6).round() as u64);
+        let fraction = m.runtime_fraction.clone();
         Ok(Route {
             name: config.name.as_str().into(),
             path,
@@ -137,8 +136,14 @@ impl Route {
         if !self.cookies.iter().all(|m| m.matches(cookie_value(&input.head.headers, &m.name))) {
             return false;
         }
-        match self.fraction {
-            Some(millionths) => input.random % 1_000_000 < millionths,
+        // Envoy's `featureEnabled(key, default, random)`: the request's one draw, so that
+        // routes of the same fraction agree.
+        match &self.fraction {
+            Some(f) => {
+                let percent = crate::runtime::fraction(&f.runtime_key, &f.default_value);
+                let denominator = u64::from(percent.denominator.value());
+                input.random % denominator < u64::from(percent.numerator)
+            }
             None => true,
         }
     }

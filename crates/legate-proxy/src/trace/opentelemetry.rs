@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderName, HeaderValue};
@@ -41,12 +41,6 @@ static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// A unary call's deadline when the `grpc_service` names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-static FLUSH: OnceLock<FlushRule> = OnceLock::new();
-
-pub(super) fn configure_runtime(bootstrap: &legate_config::bootstrap::Bootstrap) {
-    let _ = FLUSH.set(FlushRule::from_runtime(bootstrap, "opentelemetry"));
-}
 
 /// One connection manager's OpenTelemetry tracer.
 pub struct Driver {
@@ -204,7 +198,7 @@ impl Exporter for Driver {
     type Item = otlp::Span;
 
     fn flush_rule(&self) -> FlushRule {
-        *FLUSH.get_or_init(|| FlushRule::DEFAULT)
+        FlushRule::from_runtime("tracing.opentelemetry.min_flush_spans", "tracing.opentelemetry.flush_interval_ms")
     }
 
     fn timer_flushed(&self) -> &Counter {

@@ -23,16 +23,13 @@ pub(super) struct FlushRule {
 }
 
 impl FlushRule {
-    pub(super) const DEFAULT: FlushRule = FlushRule { min_flush_spans: 5, flush_interval: Duration::from_secs(5) };
-
-    /// The rule of `tracer` (`zipkin`, `opentelemetry`) from the bootstrap's runtime.
-    pub(super) fn from_runtime(bootstrap: &legate_config::bootstrap::Bootstrap, tracer: &str) -> Self {
-        let value = |key: &str, default: u64| {
-            bootstrap.runtime_u64(&format!("tracing.{tracer}.{key}")).unwrap_or(default).max(1)
-        };
+    /// The rule of `tracer` (`zipkin`, `opentelemetry`) in the runtime now
+    /// (`tracing.<tracer>.min_flush_spans`, 5; `tracing.<tracer>.flush_interval_ms`, 5000).
+    pub(super) fn from_runtime(min_flush_spans_key: &str, flush_interval_key: &str) -> Self {
+        let value = |key: &str, default: u64| crate::runtime::integer(key, default).max(1);
         FlushRule {
-            min_flush_spans: value("min_flush_spans", 5) as usize,
-            flush_interval: Duration::from_millis(value("flush_interval_ms", 5000)),
+            min_flush_spans: usize::try_from(value(min_flush_spans_key, 5)).unwrap_or(usize::MAX),
+            flush_interval: Duration::from_millis(value(flush_interval_key, 5000)),
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -40,26 +40,6 @@ static X_B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 static X_B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 static X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 static B3: HeaderName = HeaderName::from_static("b3");
-
-/// The runtime's `tracing.zipkin.*` settings.
-struct Runtime {
-    flush: FlushRule,
-    request_timeout: Duration,
-}
-
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-
-pub(super) fn configure_runtime(bootstrap: &legate_config::bootstrap::Bootstrap) {
-    let timeout = bootstrap.runtime_u64("tracing.zipkin.request_timeout").unwrap_or(5000).max(1);
-    let _ = RUNTIME.set(Runtime {
-        flush: FlushRule::from_runtime(bootstrap, "zipkin"),
-        request_timeout: Duration::from_millis(timeout),
-    });
-}
-
-fn runtime() -> &'static Runtime {
-    RUNTIME.get_or_init(|| Runtime { flush: FlushRule::DEFAULT, request_timeout: Duration::from_millis(5000) })
-}
 
 /// One connection manager's Zipkin tracer (its config; the spans wait per worker).
 pub struct Driver {
@@ -265,7 +245,7 @@ impl Exporter for Driver {
     type Item = String;
 
     fn flush_rule(&self) -> FlushRule {
-        runtime().flush
+        FlushRule::from_runtime("tracing.zipkin.min_flush_spans", "tracing.zipkin.flush_interval_ms")
     }
 
     fn timer_flushed(&self) -> &Counter {
@@ -288,7 +268,7 @@ impl Exporter for Driver {
                 path: &self.collector_endpoint,
                 headers,
                 body: Bytes::from(body),
-                timeout: runtime().request_timeout,
+                timeout: Duration::from_millis(crate::runtime::integer("tracing.zipkin.request_timeout", 5000).max(1)),
                 grpc: false,
             };
             // Counted as they leave the buffer, sent or not (Envoy's `flushSpans`).

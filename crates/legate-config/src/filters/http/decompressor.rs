@@ -42,12 +42,6 @@ pub struct ResponseDirectionConfig {
     pub common_config: Option<CommonDirectionConfig>,
 }
 
-impl CommonDirectionConfig {
-    pub fn enabled(config: Option<&Self>) -> bool {
-        config.and_then(|c| c.enabled.as_ref()).is_none_or(|f| f.default_value)
-    }
-}
-
 /// `decompressor_library`: a name (its stats' part) and the library.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecompressorLibrary {

@@ -32,7 +32,7 @@ pub struct HttpFault {
     /// At most this many requests faulted at once (default: unlimited).
     pub max_active_faults: Option<u32>,
     pub response_rate_limit: Option<Unsupported>,
-    /// Runtime keys (Envoy's defaults `fault.http.*`); legate reads no runtime, kept as given.
+    /// Runtime keys; empty: Envoy's defaults (`fault.http.*`).
     #[serde(default)]
     pub delay_percent_runtime: String,
     #[serde(default)]

@@ -30,6 +30,8 @@ use legate_stats::Scope;
 
 use crate::http::filter::{BodyTransform, FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::headers::has_token;
+use crate::runtime;
+use legate_config::filters::network::connection_limit::RuntimeFeatureFlag;
 
 legate_stats::stats! {
     /// `compressed` … `content_length_too_small`, per direction.
@@ -87,7 +89,7 @@ pub struct CompressorFilterConfig {
     encoding: &'static str,
     direction: DirectionStats,
     response: ResponseStats,
-    enabled: bool,
+    enabled: Option<RuntimeFeatureFlag>,
     min_content_length: u64,
     content_types: HashSet<String>,
     disable_on_etag_header: bool,
@@ -109,14 +111,14 @@ impl CompressorFilterConfig {
         // The deprecated top-level fields count only without `response_direction_config`.
         let (enabled, min, types, etag, remove) = match response_config {
             Some(r) => (
-                common.and_then(|c| c.enabled.as_ref()).is_none_or(|f| f.default_value),
+                common.and_then(|c| c.enabled.clone()),
                 common.and_then(|c| c.min_content_length),
                 common.map(|c| c.content_type.clone()).unwrap_or_default(),
                 r.disable_on_etag_header,
                 r.remove_accept_encoding_header,
             ),
             None => (
-                config.runtime_enabled.as_ref().is_none_or(|f| f.default_value),
+                config.runtime_enabled.clone(),
                 config.content_length,
                 config.content_type.clone(),
                 config.disable_on_etag_header,
@@ -282,7 +284,8 @@ impl HttpFilter for CompressorFilter {
             }
             _ => {}
         }
-        if remove && self.route_enabled.unwrap_or(self.config.enabled) {
+        if remove && self.route_enabled.unwrap_or_else(|| runtime::flag_enabled_or(self.config.enabled.as_ref(), true))
+        {
             head.headers.remove(ACCEPT_ENCODING);
         }
         FilterHeadersStatus::Continue
@@ -296,7 +299,8 @@ impl HttpFilter for CompressorFilter {
             || head.status.is_informational()
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED;
-        let mut enabled_and_len = self.route_enabled.unwrap_or(config.enabled);
+        let mut enabled_and_len =
+            self.route_enabled.unwrap_or_else(|| runtime::flag_enabled_or(config.enabled.as_ref(), true));
         if enabled_and_len {
             if let Some(length) = headers.get(CONTENT_LENGTH) {
                 let long_enough = length

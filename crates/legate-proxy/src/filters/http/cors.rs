@@ -31,7 +31,7 @@ use http::{Method, StatusCode};
 use legate_config::route::{CorsPolicy, FilterPerRouteConfig};
 use legate_stats::Scope;
 
-use super::{fraction_enabled, StreamView};
+use super::StreamView;
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::LocalReply;
 use crate::router::RouteKind;
@@ -101,14 +101,16 @@ impl<'a> Policies<'a> {
 
     /// The most specific policy's `filter_enabled`, default on; off without a policy.
     fn enabled(&self) -> bool {
-        self.iter().next().is_some_and(|p| p.filter_enabled.as_ref().is_none_or(|f| fraction_enabled(&f.default_value)))
+        self.iter()
+            .next()
+            .is_some_and(|p| p.filter_enabled.as_ref().is_none_or(|f| crate::runtime::fraction_enabled(f)))
     }
 
     /// The most specific policy's `shadow_enabled`, default off.
     fn shadow_enabled(&self) -> bool {
         self.iter()
             .next()
-            .is_some_and(|p| p.shadow_enabled.as_ref().is_some_and(|f| fraction_enabled(&f.default_value)))
+            .is_some_and(|p| p.shadow_enabled.as_ref().is_some_and(|f| crate::runtime::fraction_enabled(f)))
     }
 
     /// A matcher of the most specific policy with any matches the origin, or `*`.

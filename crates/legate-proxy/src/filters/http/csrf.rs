@@ -16,7 +16,6 @@ use legate_config::filters::http::csrf::CsrfPolicy;
 use legate_config::route::FilterPerRouteConfig;
 use legate_stats::Scope;
 
-use super::fraction_enabled;
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::LocalReply;
 
@@ -72,8 +71,8 @@ impl HttpFilter for CsrfFilter {
             Some(FilterPerRouteConfig::Csrf(policy)) => policy,
             _ => &config.policy,
         };
-        let enabled = policy.filter_enabled.as_ref().is_some_and(|f| fraction_enabled(&f.default_value));
-        let shadow = policy.shadow_enabled.as_ref().is_some_and(|f| fraction_enabled(&f.default_value));
+        let enabled = policy.filter_enabled.as_ref().is_some_and(|f| crate::runtime::fraction_enabled(f));
+        let shadow = policy.shadow_enabled.as_ref().is_some_and(|f| crate::runtime::fraction_enabled(f));
         let modifies = matches!(head.method, Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
         if (!enabled && !shadow) || !modifies {
             return FilterHeadersStatus::Continue;

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::HeaderMap;
-use legate_config::filters::http::decompressor::{
-    CommonDirectionConfig, Decompressor as DecompressorConfig, DecompressorConfig as Library,
-};
+use legate_config::filters::http::decompressor::{Decompressor as DecompressorConfig, DecompressorConfig as Library};
 use legate_stats::Scope;
 
 use crate::http::filter::{BodyTransform, FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::headers::has_token;
 use crate::http::LocalReply;
+use crate::runtime;
+use legate_config::filters::network::connection_limit::RuntimeFeatureFlag;
 
 legate_stats::stats! {
     /// One direction's counters.
@@ -51,9 +51,9 @@ pub struct DecompressorFilterConfig {
     encoding: &'static str,
     request: DirectionStats,
     response: DirectionStats,
-    request_enabled: bool,
+    request_enabled: Option<RuntimeFeatureFlag>,
     request_ignore_no_transform: bool,
-    response_enabled: bool,
+    response_enabled: Option<RuntimeFeatureFlag>,
     response_ignore_no_transform: bool,
     advertise_accept_encoding: bool,
 }
@@ -76,9 +76,9 @@ impl DecompressorFilterConfig {
             encoding,
             request: DirectionStats::new(&root.scope("request")),
             response: DirectionStats::new(&root.scope("response")),
-            request_enabled: CommonDirectionConfig::enabled(request),
+            request_enabled: request.and_then(|c| c.enabled.clone()),
             request_ignore_no_transform: request.is_some_and(|c| c.ignore_no_transform_header),
-            response_enabled: CommonDirectionConfig::enabled(response),
+            response_enabled: response.and_then(|c| c.enabled.clone()),
             response_ignore_no_transform: response.is_some_and(|c| c.ignore_no_transform_header),
             advertise_accept_encoding: config
                 .request_direction_config
@@ -157,7 +157,7 @@ impl HttpFilter for DecompressorFilter {
         if end_stream {
             return FilterHeadersStatus::Continue;
         }
-        if config.response_enabled && config.advertise_accept_encoding {
+        if runtime::flag_enabled_or(config.response_enabled.as_ref(), true) && config.advertise_accept_encoding {
             let value = match head.headers.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) {
                 Some(accepted) if !accepted.is_empty() => format!("{accepted},{}", config.encoding),
                 _ => config.encoding.to_string(),
@@ -168,7 +168,7 @@ impl HttpFilter for DecompressorFilter {
         }
         self.decode_request = config.takes(
             &mut head.headers,
-            config.request_enabled,
+            runtime::flag_enabled_or(config.request_enabled.as_ref(), true),
             config.request_ignore_no_transform,
             &config.request,
         );
@@ -205,7 +205,7 @@ impl HttpFilter for DecompressorFilter {
         }
         if config.takes(
             &mut head.headers,
-            config.response_enabled,
+            runtime::flag_enabled_or(config.response_enabled.as_ref(), true),
             config.response_ignore_no_transform,
             &config.response,
         ) {

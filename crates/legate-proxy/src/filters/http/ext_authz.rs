@@ -26,13 +26,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
-use legate_config::core::FractionalPercent;
 use legate_config::filters::http::ext_authz::{ExtAuthz as ExtAuthzConfig, ListStringMatcher};
 use legate_config::route::FilterPerRouteConfig;
 use legate_stats::Scope;
 use prost::Message;
 
-use super::fraction_enabled;
 use crate::http::async_client::{self, AsyncRequest, AsyncResponse};
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::{LocalReply, ResponseFlag, StreamInfo};
@@ -63,7 +61,7 @@ pub struct ExtAuthzFilterConfig {
     status_on_error: StatusCode,
     allowed_headers: Option<ListStringMatcher>,
     disallowed_headers: Option<ListStringMatcher>,
-    filter_enabled: Option<FractionalPercent>,
+    filter_enabled: Option<legate_config::core::RuntimeFractionalPercent>,
     /// `ext_authz.[<stat_prefix>.]`, for the route's cluster's counters.
     cluster_stats_prefix: String,
     /// A refusal also counts as the route cluster's response (`charge_cluster_response_stats`).
@@ -152,7 +150,7 @@ impl ExtAuthzFilterConfig {
             status_on_error: StatusCode::from_u16(config.status_on_error()).unwrap_or(StatusCode::FORBIDDEN),
             allowed_headers: config.allowed_headers.clone().or(deprecated_allowed),
             disallowed_headers: config.disallowed_headers.clone(),
-            filter_enabled: config.filter_enabled.as_ref().map(|f| f.default_value),
+            filter_enabled: config.filter_enabled.clone(),
             cluster_stats_prefix: match config.stat_prefix.as_str() {
                 "" => "ext_authz.".to_string(),
                 prefix => format!("ext_authz.{prefix}."),
@@ -297,7 +295,7 @@ impl HttpFilter for ExtAuthzFilter {
         if cb.route.is_none() || per_route.is_some_and(|p| p.disabled == Some(true)) {
             return FilterHeadersStatus::Continue;
         }
-        if config.filter_enabled.as_ref().is_some_and(|f| !fraction_enabled(f)) {
+        if config.filter_enabled.as_ref().is_some_and(|f| !crate::runtime::fraction_enabled(f)) {
             config.stats.disabled.inc();
             return FilterHeadersStatus::Continue;
         }

@@ -22,7 +22,14 @@
 //! A route to weighted clusters matches `upstream_cluster` by the cluster picked with the
 //! route. An HTTP abort of a gRPC request is answered gRPC's way by the connection manager.
 //!
-//! Differs from Envoy: the runtime keys (`fault.http.*`) are not read: legate has no runtime.
+//! The runtime may override each setting, as Envoy's: `fault.http.delay.fixed_delay_percent`,
+//! `fault.http.abort.abort_percent` (an integer is a percentage, a fractional percent as
+//! given), `fault.http.delay.fixed_duration_ms`, `fault.http.abort.http_status`,
+//! `fault.http.abort.grpc_status`, `fault.http.max_active_faults` (each key renamed by the
+//! config's `*_runtime` fields). A request with `x-envoy-downstream-service-cluster: <dc>` reads
+//! `fault.http.<dc>.delay.fixed_delay_percent` and `.abort.abort_percent` instead of the
+//! percentages (the config's value their default), and `fault.http.<dc>.delay.fixed_duration_ms`,
+//! `.abort.http_status`, `.abort.grpc_status` over the others.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,10 +47,11 @@ use legate_config::route::FilterPerRouteConfig;
 use legate_stats::Scope;
 use tokio::time::Sleep;
 
-use super::{first_value, fraction_enabled, headers_match, parse_decimal, StreamView};
+use super::{first_value, headers_match, parse_decimal, StreamView};
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::{LocalReply, ResponseFlag, StreamInfo};
 use crate::router::{ClusterSpecifier, RouteKind};
+use crate::runtime;
 
 pub const X_ENVOY_FAULT_ABORT_REQUEST: &str = "x-envoy-fault-abort-request";
 pub const X_ENVOY_FAULT_ABORT_REQUEST_PERCENTAGE: &str = "x-envoy-fault-abort-request-percentage";
@@ -140,12 +148,12 @@ impl FaultFilter {
         if !headers_match(&settings.headers, head, stream.info.scheme.as_str()) {
             return FilterHeadersStatus::Continue;
         }
+        let caller = first_value(head, X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER);
         if !settings.disable_downstream_cluster_stats {
-            self.downstream_cluster =
-                first_value(head, X_ENVOY_DOWNSTREAM_SERVICE_CLUSTER).filter(|c| !c.is_empty()).map(str::to_string);
+            self.downstream_cluster = caller.filter(|c| !c.is_empty()).map(str::to_string);
         }
 
-        if let Some(delay) = delay_duration(settings, head) {
+        if let Some(delay) = delay_duration(settings, head, caller) {
             if try_inc_active_faults(config, &mut self.fault_active, settings) {
                 tracing::debug!("fault: delaying request {}ms", delay.as_millis());
                 self.delay = Some(Box::pin(tokio::time::sleep(delay)));
@@ -153,11 +161,11 @@ impl FaultFilter {
                 config.stats.delays_injected.inc();
                 stream.info.set_flag(ResponseFlag::DelayInjected);
                 // Envoy decides on the abort when the delay ends; the draw is the same.
-                self.abort_after_delay = abort_status(settings, head);
+                self.abort_after_delay = abort_status(settings, head, caller);
                 return FilterHeadersStatus::StopIteration;
             }
         }
-        if let Some(abort) = abort_status(settings, head) {
+        if let Some(abort) = abort_status(settings, head, caller) {
             if try_inc_active_faults(config, &mut self.fault_active, settings) {
                 let downstream_cluster = self.downstream_cluster.as_deref();
                 return FilterHeadersStatus::LocalReply(abort_reply(config, downstream_cluster, abort, stream.info));
@@ -222,7 +230,10 @@ fn try_inc_active_faults(config: &FaultFilterConfig, fault_active: &mut bool, se
     if *fault_active {
         return true;
     }
-    let max = settings.max_active_faults.map_or(u64::MAX, u64::from);
+    let max = runtime::integer(
+        runtime_key(&settings.max_active_faults_runtime, "fault.http.max_active_faults"),
+        settings.max_active_faults.map_or(u64::MAX, u64::from),
+    );
     if config.active_faults.load(Ordering::Relaxed) >= max {
         config.stats.faults_overflow.inc();
         return false;
@@ -301,29 +312,55 @@ fn percentage(
     }
 }
 
+/// A `*_runtime` field, or Envoy's key where it is left empty.
+fn runtime_key<'a>(configured: &'a str, default: &'a str) -> &'a str {
+    if configured.is_empty() {
+        default
+    } else {
+        configured
+    }
+}
+
+/// Whether the request draws the fault: the runtime's percentage for the caller's key when
+/// it names its cluster, else for the filter's key, the configured one their default.
+fn drawn(percent: &FractionalPercent, key: &str, caller: Option<&str>, setting: &str) -> bool {
+    let percent = match caller {
+        Some(dc) => runtime::fraction(&format!("fault.http.{dc}.{setting}"), percent),
+        None => runtime::fraction(key, percent),
+    };
+    runtime::draw(&percent)
+}
+
 /// The delay to inject, if the request draws one (Envoy's `delayDuration`): whole
 /// milliseconds, above zero.
-fn delay_duration(settings: &HttpFault, head: &http::request::Parts) -> Option<Duration> {
+fn delay_duration(settings: &HttpFault, head: &http::request::Parts, caller: Option<&str>) -> Option<Duration> {
     let delay = settings.delay.as_ref()?;
     let from_header = delay.header_delay.is_some();
     let percent = percentage(delay.percentage, from_header.then_some(X_ENVOY_FAULT_DELAY_REQUEST_PERCENTAGE), head);
-    if !fraction_enabled(&percent) {
+    let key = runtime_key(&settings.delay_percent_runtime, "fault.http.delay.fixed_delay_percent");
+    if !drawn(&percent, key, caller, "delay.fixed_delay_percent") {
         return None;
     }
     let millis = match delay.fixed_delay {
         Some(fixed) => u64::try_from(fixed.as_std().as_millis()).unwrap_or(u64::MAX),
         None => parse_decimal::<u64>(first_value(head, X_ENVOY_FAULT_DELAY_REQUEST)?)?,
     };
+    let mut millis =
+        runtime::integer(runtime_key(&settings.delay_duration_runtime, "fault.http.delay.fixed_duration_ms"), millis);
+    if let Some(dc) = caller {
+        millis = runtime::integer(&format!("fault.http.{dc}.delay.fixed_duration_ms"), millis);
+    }
     (millis > 0).then(|| Duration::from_millis(millis))
 }
 
 /// The abort to inject, if the request draws one (Envoy's `abortStatus`): an HTTP status
 /// wins over a gRPC one, which answers 200.
-fn abort_status(settings: &HttpFault, head: &http::request::Parts) -> Option<Abort> {
+fn abort_status(settings: &HttpFault, head: &http::request::Parts, caller: Option<&str>) -> Option<Abort> {
     let abort = settings.abort.as_ref()?;
     let from_header = abort.header_abort.is_some();
     let percent = percentage(abort.percentage, from_header.then_some(X_ENVOY_FAULT_ABORT_REQUEST_PERCENTAGE), head);
-    if !fraction_enabled(&percent) {
+    let key = runtime_key(&settings.abort_percent_runtime, "fault.http.abort.abort_percent");
+    if !drawn(&percent, key, caller, "abort.abort_percent") {
         return None;
     }
     let http_status = if from_header {
@@ -332,6 +369,15 @@ fn abort_status(settings: &HttpFault, head: &http::request::Parts) -> Option<Abo
     } else {
         abort.http_status.and_then(|c| u16::try_from(c).ok())
     };
+    // The runtime's status over the configured one, the caller's over both.
+    let http_status = http_status.map(|configured| {
+        let key = runtime_key(&settings.abort_http_status_runtime, "fault.http.abort.http_status");
+        let status = match caller {
+            Some(dc) => runtime::integer(&format!("fault.http.{dc}.abort.http_status"), u64::from(configured)),
+            None => runtime::integer(key, u64::from(configured)),
+        };
+        u16::try_from(status).ok().filter(|c| (200..600).contains(c)).unwrap_or(configured)
+    });
     let grpc_request = crate::router::route::is_grpc(&head.headers);
     if let Some(status) = http_status.and_then(|c| StatusCode::from_u16(c).ok()) {
         return Some(Abort { status, grpc_status: None, grpc_request });
@@ -341,6 +387,13 @@ fn abort_status(settings: &HttpFault, head: &http::request::Parts) -> Option<Abo
     } else {
         abort.grpc_status.map(u64::from)
     };
+    let grpc_status = grpc_status.map(|configured| match caller {
+        Some(dc) => runtime::integer(&format!("fault.http.{dc}.abort.grpc_status"), configured),
+        None => runtime::integer(
+            runtime_key(&settings.abort_grpc_status_runtime, "fault.http.abort.grpc_status"),
+            configured,
+        ),
+    });
     grpc_status.map(|grpc_status| Abort { status: StatusCode::OK, grpc_status: Some(grpc_status), grpc_request })
 }
 

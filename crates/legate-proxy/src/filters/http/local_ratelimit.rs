@@ -25,13 +25,13 @@ use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
-use legate_config::core::{FractionalPercent, TokenBucket};
+use legate_config::core::TokenBucket;
 use legate_config::filters::http::local_ratelimit::{LocalRateLimit, XRateLimitHeadersRfcVersion};
 use legate_config::route::FilterPerRouteConfig;
 use legate_stats::Scope;
 
 use super::route_state::{Owner, RouteStates};
-use super::{fraction_enabled, StreamView};
+use super::StreamView;
 use crate::http::filter::{FilterCallbacks, FilterHeadersStatus, HttpFilter};
 use crate::http::{LocalReply, ResponseFlag};
 use crate::router::HeaderParser;
@@ -74,8 +74,8 @@ struct RateLimiter {
     stats: LocalRateLimitStats,
     status: StatusCode,
     bucket: Option<RateLimitTokenBucket>,
-    filter_enabled: Option<FractionalPercent>,
-    filter_enforced: Option<FractionalPercent>,
+    filter_enabled: Option<legate_config::core::RuntimeFractionalPercent>,
+    filter_enforced: Option<legate_config::core::RuntimeFractionalPercent>,
     response_headers_to_add: HeaderParser,
     request_headers_to_add_when_not_enforced: HeaderParser,
     x_ratelimit_headers: bool,
@@ -94,8 +94,8 @@ impl RateLimiter {
             // Without a bucket (a filter whose routes carry the limits), Envoy limits nothing:
             // an enabled request is allowed and counted `ok`.
             bucket: config.token_bucket.as_ref().map(|bucket| RateLimitTokenBucket::new(bucket, Instant::now())),
-            filter_enabled: config.filter_enabled.as_ref().map(|f| f.default_value),
-            filter_enforced: config.filter_enforced.as_ref().map(|f| f.default_value),
+            filter_enabled: config.filter_enabled.clone(),
+            filter_enforced: config.filter_enforced.clone(),
             response_headers_to_add: HeaderParser::new(&config.response_headers_to_add, &[])?,
             request_headers_to_add_when_not_enforced: HeaderParser::new(
                 &config.request_headers_to_add_when_not_enforced,
@@ -106,11 +106,11 @@ impl RateLimiter {
     }
 
     fn enabled(&self) -> bool {
-        self.filter_enabled.as_ref().is_some_and(fraction_enabled)
+        self.filter_enabled.as_ref().is_some_and(crate::runtime::fraction_enabled)
     }
 
     fn enforced(&self) -> bool {
-        self.filter_enforced.as_ref().is_some_and(fraction_enabled)
+        self.filter_enforced.as_ref().is_some_and(crate::runtime::fraction_enabled)
     }
 }
 

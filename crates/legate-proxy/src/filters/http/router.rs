@@ -575,7 +575,7 @@ pub async fn route(mut rq: RouterRequest<'_>, head: Reused<http::request::Parts>
     }
 
     for mirror in &action.mirrors {
-        if fastrand::u64(0..1_000_000) < mirror.fraction {
+        if mirror.fraction.as_ref().is_none_or(crate::runtime::fraction_enabled) {
             let name = match &mirror.cluster {
                 ClusterSpecifier::Cluster(name) => Some(name.to_string()),
                 ClusterSpecifier::Header(h) => head.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),

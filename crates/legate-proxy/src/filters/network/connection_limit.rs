@@ -26,7 +26,7 @@ legate_stats::stats! {
 pub struct ConnectionLimitShared {
     max_connections: u64,
     delay: Option<Duration>,
-    enabled: bool,
+    enabled: Option<legate_config::filters::network::connection_limit::RuntimeFeatureFlag>,
     active: AtomicU64,
     stats: ConnectionLimitStats,
 }
@@ -36,7 +36,7 @@ impl ConnectionLimitShared {
         ConnectionLimitShared {
             max_connections: config.max_connections,
             delay: config.delay.map(|d| d.0).filter(|d| !d.is_zero()),
-            enabled: config.runtime_enabled.as_ref().is_none_or(|f| f.default_value),
+            enabled: config.runtime_enabled.clone(),
             active: AtomicU64::new(0),
             stats: ConnectionLimitStats::new(&scope.scope(&format!("connection_limit.{}", config.stat_prefix))),
         }
@@ -58,7 +58,7 @@ impl ConnectionLimit {
 
 impl ReadFilter for ConnectionLimit {
     fn on_new_connection(&mut self, cb: &mut ReadFilterCallbacks<'_>) -> FilterStatus {
-        if !self.shared.enabled {
+        if !crate::runtime::flag_enabled_or(self.shared.enabled.as_ref(), true) {
             return FilterStatus::Continue;
         }
         let admitted = self
