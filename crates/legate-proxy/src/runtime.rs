@@ -210,6 +210,11 @@ pub fn with<R>(f: impl FnOnce(&Snapshot) -> R) -> R {
     LOCAL.with(|local| f(local.borrow_mut().load()))
 }
 
+/// Whether the runtime has any value at all (a key built per use can be skipped when not).
+pub fn has_values() -> bool {
+    with(|s| s.num_keys() > 0)
+}
+
 /// Whether a draw falls within `percent` (a numerator at or above its denominator always).
 pub fn draw(percent: &FractionalPercent) -> bool {
     let denominator = percent.denominator.value();

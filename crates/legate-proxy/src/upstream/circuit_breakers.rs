@@ -1,6 +1,11 @@
 //! Circuit breakers: limits for a whole cluster, counted across all workers (Envoy's
 //! `ResourceManager`). Acquiring returns a guard; dropping the guard gives the slot back, so a
 //! connection or request that ends by any path releases what it held.
+//!
+//! Each limit may be overridden by the runtime, read at each acquire as Envoy's:
+//! `circuit_breakers.<cluster>.<default|high>.max_connections`, `max_pending_requests`,
+//! `max_requests`, `max_retries`, and `retry_budget.budget_percent` /
+//! `retry_budget.min_retry_concurrency`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +28,8 @@ pub struct CircuitBreakers {
     /// their first acquire make handles to the same stats, and one box is dropped before any
     /// count moves.
     counts: once_cell::race::OnceBox<Limits>,
+    /// `circuit_breakers.<cluster name>`, the runtime keys' prefix.
+    runtime_prefix: Box<str>,
 }
 
 /// Both priorities' limits.
@@ -33,8 +40,11 @@ struct Limits {
 
 /// The limits of one routing priority.
 struct PriorityLimits {
-    /// `retry_budget`: (budget fraction, min_retry_concurrency); replaces `max_retries`.
+    /// `retry_budget`: (budget percent, min_retry_concurrency); replaces `max_retries`.
     retry_budget: Option<(f64, u64)>,
+    /// `circuit_breakers.<cluster>.<priority>.retry_budget.`: `budget_percent`,
+    /// `min_retry_concurrency`.
+    budget_keys: [Box<str>; 2],
     /// Indexed by [`Kind`].
     resources: [Arc<ResourceState>; 5],
 }
@@ -72,6 +82,8 @@ pub struct Resource<'a> {
 /// A resource's count, limit and gauges.
 struct ResourceState {
     max: u64,
+    /// The runtime's key for `max` (none for the connection pools, as in Envoy).
+    runtime_key: Option<Box<str>>,
     count: AtomicU64,
     /// Mirrors `count >= max` into the `*_open` gauge; flips are counted exactly once.
     open: AtomicBool,
@@ -83,7 +95,7 @@ impl CircuitBreakers {
     /// Declares the `circuit_breakers.<priority>.*_open` stats and creates `remaining_*` (at
     /// their limits); the counts, and the handles of the `*_open` gauges, wait for the first
     /// acquire.
-    pub fn new(config: &CircuitBreakersConfig, cluster_scope: &Scope) -> Self {
+    pub fn new(config: &CircuitBreakersConfig, cluster_name: &str, cluster_scope: &Scope) -> Self {
         for priority in [RoutingPriority::Default, RoutingPriority::High] {
             let scope = priority_scope(cluster_scope, priority);
             CircuitBreakersStats::declare(&scope);
@@ -95,6 +107,7 @@ impl CircuitBreakers {
         CircuitBreakers {
             config: (*config != CircuitBreakersConfig::default()).then(|| Box::new(config.clone())),
             counts: Default::default(),
+            runtime_prefix: format!("circuit_breakers.{cluster_name}").into(),
         }
     }
 
@@ -109,8 +122,14 @@ impl CircuitBreakers {
     /// The counts, created on first use.
     fn counts(&self, cluster_scope: &Scope) -> &Limits {
         self.counts.get_or_init(|| {
-            let limits =
-                |priority| PriorityLimits::new(&self.thresholds(priority), &priority_scope(cluster_scope, priority));
+            let limits = |priority| {
+                let name = match priority {
+                    RoutingPriority::Default => "default",
+                    RoutingPriority::High => "high",
+                };
+                let keys = format!("{}.{name}", self.runtime_prefix);
+                PriorityLimits::new(&self.thresholds(priority), &priority_scope(cluster_scope, priority), &keys)
+            };
             Box::new(Limits { default: limits(RoutingPriority::Default), high: limits(RoutingPriority::High) })
         })
     }
@@ -158,15 +177,16 @@ impl Limits {
 }
 
 impl PriorityLimits {
-    fn new(t: &Thresholds, scope: &Scope) -> Self {
+    fn new(t: &Thresholds, scope: &Scope, runtime_prefix: &str) -> Self {
         let open = CircuitBreakersStats::new(scope);
         let remaining = t.track_remaining.then(|| CircuitBreakersRemainingStats::new(scope));
         if let Some(remaining) = &remaining {
             set_remaining_to_limits(remaining, t);
         }
-        let r = |max: u64, open_gauge: Gauge, remaining: Option<Gauge>| {
+        let r = |max: u64, key: Option<&str>, open_gauge: Gauge, remaining: Option<Gauge>| {
             Arc::new(ResourceState {
                 max,
+                runtime_key: key.map(|k| format!("{runtime_prefix}.{k}").into()),
                 count: AtomicU64::new(0),
                 open: AtomicBool::new(false),
                 open_gauge,
@@ -175,15 +195,34 @@ impl PriorityLimits {
         };
         let remaining = remaining.as_ref();
         PriorityLimits {
-            retry_budget: t.retry_budget.map(|b| {
-                (b.budget_percent.map_or(20.0, |p| p.value) / 100.0, u64::from(b.min_retry_concurrency.unwrap_or(3)))
-            }),
+            retry_budget: t
+                .retry_budget
+                .map(|b| (b.budget_percent.map_or(20.0, |p| p.value), u64::from(b.min_retry_concurrency.unwrap_or(3)))),
+            budget_keys: [
+                format!("{runtime_prefix}.retry_budget.budget_percent").into(),
+                format!("{runtime_prefix}.retry_budget.min_retry_concurrency").into(),
+            ],
             resources: [
-                r(t.max_connections(), open.cx_open, remaining.map(|s| s.remaining_cx.clone())),
-                r(t.max_pending_requests(), open.rq_pending_open, remaining.map(|s| s.remaining_pending.clone())),
-                r(t.max_requests(), open.rq_open, remaining.map(|s| s.remaining_rq.clone())),
-                r(t.max_retries(), open.rq_retry_open, remaining.map(|s| s.remaining_retries.clone())),
-                r(t.max_connection_pools(), open.cx_pool_open, remaining.map(|s| s.remaining_cx_pools.clone())),
+                r(
+                    t.max_connections(),
+                    Some("max_connections"),
+                    open.cx_open,
+                    remaining.map(|s| s.remaining_cx.clone()),
+                ),
+                r(
+                    t.max_pending_requests(),
+                    Some("max_pending_requests"),
+                    open.rq_pending_open,
+                    remaining.map(|s| s.remaining_pending.clone()),
+                ),
+                r(t.max_requests(), Some("max_requests"), open.rq_open, remaining.map(|s| s.remaining_rq.clone())),
+                r(
+                    t.max_retries(),
+                    Some("max_retries"),
+                    open.rq_retry_open,
+                    remaining.map(|s| s.remaining_retries.clone()),
+                ),
+                r(t.max_connection_pools(), None, open.cx_pool_open, remaining.map(|s| s.remaining_cx_pools.clone())),
             ],
         }
     }
@@ -194,6 +233,14 @@ impl PriorityLimits {
 }
 
 impl ResourceState {
+    /// The limit in force: the runtime's, else the config's.
+    fn limit(&self) -> u64 {
+        match &self.runtime_key {
+            Some(key) => crate::runtime::integer(key, self.max),
+            None => self.max,
+        }
+    }
+
     /// Takes one unit if `max` allows; `None` means the breaker is open.
     fn try_acquire(self: &Arc<Self>, max: u64) -> Option<ResourceGuard> {
         let mut current = self.count.load(Ordering::Relaxed);
@@ -222,7 +269,7 @@ impl ResourceState {
     }
 
     fn update_open(&self) {
-        let now_open = self.count.load(Ordering::Relaxed) >= self.max;
+        let now_open = self.count.load(Ordering::Relaxed) >= self.limit();
         // Read first: a compare-exchange locks the line even when it fails, and the state
         // changes only when the count crosses the limit (twice per request otherwise).
         if self.open.load(Ordering::Relaxed) != now_open
@@ -241,10 +288,14 @@ impl ResourceManager<'_> {
     /// A retry slot: under `retry_budget`, retries may be up to the budget's share of the
     /// active and pending requests (at least `min_retry_concurrency`); else `max_retries`.
     pub fn try_acquire_retry(&self) -> Option<ResourceGuard> {
-        match self.retries.counted().retry_budget {
-            Some((fraction, min)) => {
+        let limits = self.retries.counted();
+        match limits.retry_budget {
+            Some((percent, min)) => {
+                let [percent_key, min_key] = &limits.budget_keys;
+                let percent = crate::runtime::double(percent_key, percent);
+                let min = crate::runtime::integer(min_key, min);
                 let active = self.requests.count() + self.pending_requests.count();
-                let limit = ((active as f64 * fraction) as u64).max(min);
+                let limit = ((active as f64 * percent / 100.0) as u64).max(min);
                 self.retries.try_acquire_up_to(limit)
             }
             None => self.retries.try_acquire(),
@@ -260,7 +311,7 @@ impl Resource<'_> {
 
     pub fn max(&self) -> u64 {
         match self.breakers.counts.get() {
-            Some(counts) => counts.priority(self.priority).state(self.kind).map_or(0, |state| state.max),
+            Some(counts) => counts.priority(self.priority).state(self.kind).map_or(0, |state| state.limit()),
             None => {
                 let t = self.breakers.thresholds(self.priority);
                 match self.kind {
@@ -282,7 +333,7 @@ impl Resource<'_> {
     /// Takes one unit if the limit allows; `None` means the breaker is open (overflow).
     pub fn try_acquire(&self) -> Option<ResourceGuard> {
         let state = self.counted().state(self.kind)?;
-        state.try_acquire(state.max)
+        state.try_acquire(state.limit())
     }
 
     /// As `try_acquire`, with a limit computed by the caller (a retry budget).
@@ -314,7 +365,7 @@ mod tests {
             thresholds: vec![Thresholds { max_connections: Some(2), track_remaining: true, ..Default::default() }],
             ..Default::default()
         };
-        let cb = CircuitBreakers::new(&config, &scope);
+        let cb = CircuitBreakers::new(&config, "c", &scope);
         let cx = cb.for_priority(&scope, RoutingPriority::Default).connections;
         let a = cx.try_acquire().unwrap();
         let b = cx.try_acquire().unwrap();
@@ -342,7 +393,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let cb = CircuitBreakers::new(&config, &scope);
+        let cb = CircuitBreakers::new(&config, "c", &scope);
         assert!(cb.counts.get().is_none());
         let high = cb.for_priority(&scope, RoutingPriority::High);
         assert_eq!((high.requests.max(), high.requests.count()), (7, 0));

@@ -268,7 +268,7 @@ impl Cluster {
         if !scope.store().deferred_creation() {
             let _ = traffic_stats.set(Box::new(ClusterStats::new(scope)));
         }
-        let circuit_breakers = CircuitBreakers::new(&config.circuit_breakers, scope);
+        let circuit_breakers = CircuitBreakers::new(&config.circuit_breakers, &config.name, scope);
         let overprovisioning_factor = config
             .load_assignment
             .as_ref()

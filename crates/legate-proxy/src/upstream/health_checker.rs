@@ -180,7 +180,7 @@ impl HealthChecker {
     /// Time until the next check of a host (Envoy's `HealthCheckerImplBase::interval`):
     /// `no_traffic_interval` (`no_traffic_healthy_interval` for a healthy host) while the
     /// cluster has never carried a request, else the edge interval right after a flip, else
-    /// `unhealthy_interval` or `interval`; plus jitter.
+    /// `unhealthy_interval` or `interval`; plus jitter; within the runtime's bounds.
     pub fn next_interval(&self, unhealthy: bool, transition: Option<Transition>, had_traffic: bool) -> Duration {
         let c = &self.config;
         let base = if !had_traffic {
@@ -203,7 +203,14 @@ impl HealthChecker {
             jitter += random_up_to(base * percent / 100);
         }
         jitter += random_up_to(c.interval_jitter());
-        base + jitter
+        // The runtime bounds it, as Envoy's: at most `health_check.max_interval`, at least
+        // `health_check.min_interval` (milliseconds), and at least 1 ms.
+        let millis = u64::try_from((base + jitter).as_millis()).unwrap_or(u64::MAX);
+        let millis = millis
+            .min(crate::runtime::integer("health_check.max_interval", u64::MAX))
+            .max(crate::runtime::integer("health_check.min_interval", 0))
+            .max(1);
+        Duration::from_millis(millis)
     }
 }
 

@@ -234,7 +234,7 @@ impl LoadBalancer {
                 .least_request_lb_config
                 .as_ref()
                 .and_then(|c| c.active_request_bias.as_ref())
-                .map_or(1.0, |b| b.default_value),
+                .map_or(1.0, crate::runtime::double_of),
             panic_threshold: cluster.info.other_config().common_lb_config.healthy_panic_threshold(),
             overprovisioning_factor: cluster.overprovisioning_factor(),
             hashing: priority_set.host_sets.iter().map(|_| [None, None]).collect(),
@@ -410,7 +410,13 @@ impl LoadBalancer {
             0 => 0.0,
             n => set.healthy_hosts().len() as f64 * 100.0 / n as f64,
         };
-        healthy < self.panic_threshold
+        // The runtime's `upstream.healthy_panic_threshold` (a whole percentage, at most 100)
+        // over the cluster's.
+        let threshold = match crate::runtime::integer("upstream.healthy_panic_threshold", u64::MAX) {
+            u64::MAX => self.panic_threshold,
+            runtime => runtime.min(100) as f64,
+        };
+        healthy < threshold
     }
 }
 

@@ -183,7 +183,8 @@ impl OutlierDetector {
                 o.interval_local_total.fetch_add(1, Ordering::Relaxed);
                 o.interval_local_failures.fetch_add(1, Ordering::Relaxed);
                 let n = o.consecutive_local_origin.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == self.config.consecutive_local_origin_failure() {
+                if n == runtime_u32("consecutive_local_origin_failure", self.config.consecutive_local_origin_failure())
+                {
                     // Reset at each detection, ejected or not, so that the next bout is seen
                     // too (Envoy's `onConsecutiveErrorWorker`).
                     o.consecutive_local_origin.store(0, Ordering::Relaxed);
@@ -219,12 +220,15 @@ impl OutlierDetector {
             };
             // Both detectors look at every 5xx (Envoy's `putHttpResponseCode`), and each
             // counter starts again at its detection, ejected or not.
-            if gateway && gateway_count == self.config.consecutive_gateway_failure() {
+            if gateway
+                && gateway_count
+                    == runtime_u32("consecutive_gateway_failure", self.config.consecutive_gateway_failure())
+            {
                 o.consecutive_gateway.store(0, Ordering::Relaxed);
                 self.eject(cluster, host, Detector::ConsecutiveGatewayFailure);
             }
             let count = o.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
-            if count == self.config.consecutive_5xx() {
+            if count == runtime_u32("consecutive_5xx", self.config.consecutive_5xx()) {
                 o.consecutive_5xx.store(0, Ordering::Relaxed);
                 self.eject(cluster, host, Detector::Consecutive5xx);
             }
@@ -240,13 +244,24 @@ impl OutlierDetector {
     fn enforcing(&self, detector: Detector) -> u32 {
         let c = &self.config;
         match detector {
-            Detector::Consecutive5xx => c.enforcing_consecutive_5xx(),
-            Detector::ConsecutiveGatewayFailure => c.enforcing_consecutive_gateway_failure(),
-            Detector::ConsecutiveLocalOriginFailure => c.enforcing_consecutive_local_origin_failure(),
-            Detector::SuccessRate => c.enforcing_success_rate(),
-            Detector::FailurePercentage => c.enforcing_failure_percentage(),
-            Detector::LocalOriginSuccessRate => c.enforcing_local_origin_success_rate(),
-            Detector::LocalOriginFailurePercentage => c.enforcing_failure_percentage_local_origin(),
+            Detector::Consecutive5xx => runtime_u32("enforcing_consecutive_5xx", c.enforcing_consecutive_5xx()),
+            Detector::ConsecutiveGatewayFailure => {
+                runtime_u32("enforcing_consecutive_gateway_failure", c.enforcing_consecutive_gateway_failure())
+            }
+            Detector::ConsecutiveLocalOriginFailure => runtime_u32(
+                "enforcing_consecutive_local_origin_failure",
+                c.enforcing_consecutive_local_origin_failure(),
+            ),
+            Detector::SuccessRate => runtime_u32("enforcing_success_rate", c.enforcing_success_rate()),
+            Detector::FailurePercentage => {
+                runtime_u32("enforcing_failure_percentage", c.enforcing_failure_percentage())
+            }
+            Detector::LocalOriginSuccessRate => {
+                runtime_u32("enforcing_local_origin_success_rate", c.enforcing_local_origin_success_rate())
+            }
+            Detector::LocalOriginFailurePercentage => {
+                runtime_u32("enforcing_failure_percentage_local_origin", c.enforcing_failure_percentage_local_origin())
+            }
         }
     }
 
@@ -287,7 +302,9 @@ impl OutlierDetector {
             _ => {}
         }
         let active = s.ejections_active.value();
-        let over = hosts == 0 || (active + 1) * 100 > hosts * u64::from(self.config.max_ejection_percent());
+        let over = hosts == 0
+            || (active + 1) * 100
+                > hosts * u64::from(runtime_u32("max_ejection_percent", self.config.max_ejection_percent()));
         if over && !(self.config.always_eject_one_host && active == 0) {
             s.ejections_overflow.inc();
             return;
@@ -356,7 +373,7 @@ impl OutlierDetector {
     pub fn sweep(&self, cluster: &Cluster) {
         let hosts: Vec<HostSharedPtr> = cluster.priority_set().all_hosts().cloned().collect();
         let now = self.now_ms();
-        let base = self.config.base_ejection_time();
+        let base = runtime_ms("base_ejection_time_ms", self.config.base_ejection_time());
         let mut changed = false;
         for host in &hosts {
             let o = host.outlier();
@@ -367,7 +384,8 @@ impl OutlierDetector {
                 continue;
             }
             let times = o.times_ejected.load(Ordering::Relaxed).max(1);
-            let mut duration = base.saturating_mul(times).min(self.config.max_ejection_time());
+            let mut duration =
+                base.saturating_mul(times).min(runtime_ms("max_ejection_time_ms", self.config.max_ejection_time()));
             let jitter = self.config.max_ejection_time_jitter();
             if !jitter.is_zero() {
                 duration += Duration::from_millis(fastrand::u64(0..=jitter.as_millis() as u64));
@@ -407,7 +425,7 @@ impl OutlierDetector {
     /// The success-rate detector over one interval's counts (external, or local-origin with
     /// the split); `/clusters` shows the rates, mean and threshold it leaves.
     fn success_rate(&self, cluster: &Cluster, counts: &[(&HostSharedPtr, u64, u64)], detector: Detector) {
-        let volume = u64::from(self.config.success_rate_request_volume());
+        let volume = u64::from(runtime_u32("success_rate_request_volume", self.config.success_rate_request_volume()));
         let rates: Vec<(&HostSharedPtr, f64)> = counts
             .iter()
             .filter(|(_, total, _)| *total >= volume && *total > 0)
@@ -422,12 +440,17 @@ impl OutlierDetector {
         // Envoy resets the figures each interval; they stay unknown below the minimum hosts.
         let figures = &self.success_rate_figures[if local { 2..4 } else { 0..2 }];
         figures.iter().for_each(|f| f.store(f64::NAN.to_bits(), Ordering::Relaxed));
-        if rates.len() < self.config.success_rate_minimum_hosts() as usize || rates.is_empty() {
+        if rates.len() < runtime_u32("success_rate_minimum_hosts", self.config.success_rate_minimum_hosts()) as usize
+            || rates.is_empty()
+        {
             return;
         }
         let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / rates.len() as f64;
         let variance = rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
-        let threshold = mean - variance.sqrt() * f64::from(self.config.success_rate_stdev_factor()) / 1000.0;
+        let threshold = mean
+            - variance.sqrt()
+                * f64::from(runtime_u32("success_rate_stdev_factor", self.config.success_rate_stdev_factor()))
+                / 1000.0;
         if let [average, ejection_threshold] = figures {
             average.store(mean.to_bits(), Ordering::Relaxed);
             ejection_threshold.store(threshold.to_bits(), Ordering::Relaxed);
@@ -440,16 +463,22 @@ impl OutlierDetector {
     }
 
     fn failure_percentage(&self, cluster: &Cluster, counts: &[(&HostSharedPtr, u64, u64)], detector: Detector) {
-        let volume = u64::from(self.config.failure_percentage_request_volume());
+        let volume = u64::from(runtime_u32(
+            "failure_percentage_request_volume",
+            self.config.failure_percentage_request_volume(),
+        ));
         let eligible: Vec<(&HostSharedPtr, f64)> = counts
             .iter()
             .filter(|(_, total, _)| *total >= volume && *total > 0)
             .map(|(h, total, failures)| (*h, 100.0 * *failures as f64 / *total as f64))
             .collect();
-        if eligible.len() < self.config.failure_percentage_minimum_hosts() as usize {
+        if eligible.len()
+            < runtime_u32("failure_percentage_minimum_hosts", self.config.failure_percentage_minimum_hosts()) as usize
+        {
             return;
         }
-        let threshold = f64::from(self.config.failure_percentage_threshold());
+        let threshold =
+            f64::from(runtime_u32("failure_percentage_threshold", self.config.failure_percentage_threshold()));
         for (host, failure) in eligible {
             if failure >= threshold && !host.outlier().ejected() {
                 self.eject(cluster, host, detector);
@@ -478,6 +507,25 @@ pub async fn run(cluster: Arc<Cluster>) {
         ticker.tick().await;
         detector.sweep(&cluster);
     }
+}
+
+/// The runtime's `outlier_detection.<name>` over the config's value, as Envoy's detector
+/// reads each setting when it uses it.
+fn runtime_u32(name: &str, configured: u32) -> u32 {
+    if !crate::runtime::has_values() {
+        return configured;
+    }
+    let value = crate::runtime::integer(&format!("outlier_detection.{name}"), u64::from(configured));
+    u32::try_from(value).unwrap_or(configured)
+}
+
+/// A duration setting, in milliseconds in the runtime.
+fn runtime_ms(name: &str, configured: Duration) -> Duration {
+    if !crate::runtime::has_values() {
+        return configured;
+    }
+    let configured_ms = u64::try_from(configured.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(crate::runtime::integer(&format!("outlier_detection.{name}"), configured_ms))
 }
 
 #[cfg(test)]
