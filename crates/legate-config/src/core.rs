@@ -290,8 +290,8 @@ impl Denominator {
     }
 }
 
-/// `envoy.config.core.v3.RuntimeFractionalPercent`. legate has no runtime overrides yet, so
-/// `default_value` decides; the key is kept for config dump and later use.
+/// `envoy.config.core.v3.RuntimeFractionalPercent`: the runtime's value for `runtime_key`,
+/// else `default_value` (`legate_proxy::runtime`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeFractionalPercent {
@@ -307,7 +307,7 @@ pub struct RuntimeFractionalPercent {
 pub struct RuntimeUInt32 {
     #[serde(default)]
     pub default_value: u32,
-    /// Required (at least one character) by the proto, even though legate reads no runtime.
+    /// Required (at least one character) by the proto.
     #[serde(default)]
     pub runtime_key: String,
 }
@@ -486,8 +486,8 @@ const STATUS_CODE_NAMES: &[(&str, u32)] = &[
     ("NetworkAuthenticationRequired", 511),
 ];
 
-/// `envoy.config.core.v3.RuntimeDouble`: a number with a runtime key (legate has no runtime
-/// layers that override it: the default applies).
+/// `envoy.config.core.v3.RuntimeDouble`: the runtime's number for `runtime_key`, else
+/// `default_value`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeDouble {

@@ -326,7 +326,7 @@ pub struct RouteMatch {
     pub path_match_policy: Option<Unsupported>,
     /// Applies to `prefix`, `path` and `path_separated_prefix` (not `safe_regex`); default true.
     pub case_sensitive: Option<bool>,
-    /// Matches this fraction of requests (legate reads no runtime: the default value decides).
+    /// Matches this fraction of requests: the runtime's for its key, else the default.
     pub runtime_fraction: Option<RuntimeFractionalPercent>,
     #[serde(default)]
     pub headers: Vec<HeaderMatcher>,

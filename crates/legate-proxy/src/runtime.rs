@@ -13,6 +13,7 @@ pub use loader::{Loader, RuntimeStats};
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::{ArcSwap, Cache};
@@ -196,23 +197,29 @@ impl Snapshot {
 
 static CURRENT: LazyLock<ArcSwap<Snapshot>> = LazyLock::new(|| ArcSwap::from_pointee(Snapshot::default()));
 
+/// Whether the published snapshot has any value: most servers run without runtime values,
+/// and a lookup then costs one load of a line no thread writes while serving.
+static HAS_VALUES: AtomicBool = AtomicBool::new(false);
+
 thread_local! {
     static LOCAL: RefCell<Cache<&'static ArcSwap<Snapshot>, Arc<Snapshot>>> = RefCell::new(Cache::new(&*CURRENT));
 }
 
 /// Publishes a new snapshot to every thread.
 fn publish(snapshot: Arc<Snapshot>) {
+    let has_values = snapshot.num_keys() > 0;
     CURRENT.store(snapshot);
+    HAS_VALUES.store(has_values, Ordering::Release);
 }
 
 /// Runs `f` on this thread's view of the published snapshot.
-pub fn with<R>(f: impl FnOnce(&Snapshot) -> R) -> R {
+fn with<R>(f: impl FnOnce(&Snapshot) -> R) -> R {
     LOCAL.with(|local| f(local.borrow_mut().load()))
 }
 
 /// Whether the runtime has any value at all (a key built per use can be skipped when not).
 pub fn has_values() -> bool {
-    with(|s| s.num_keys() > 0)
+    HAS_VALUES.load(Ordering::Acquire)
 }
 
 /// Whether a draw falls within `percent` (a numerator at or above its denominator always).
@@ -229,7 +236,7 @@ pub fn fraction_enabled(config: &RuntimeFractionalPercent) -> bool {
 
 /// The percentage in force for `key`, `default` where the runtime has none.
 pub fn fraction(key: &str, default: &FractionalPercent) -> FractionalPercent {
-    if key.is_empty() {
+    if key.is_empty() || !has_values() {
         return *default;
     }
     with(|s| s.fractional(key, default))
@@ -257,21 +264,21 @@ pub fn double_of(config: &RuntimeDouble) -> f64 {
 }
 
 pub fn integer(key: &str, default: u64) -> u64 {
-    if key.is_empty() {
+    if key.is_empty() || !has_values() {
         return default;
     }
     with(|s| s.integer(key, default))
 }
 
 pub fn double(key: &str, default: f64) -> f64 {
-    if key.is_empty() {
+    if key.is_empty() || !has_values() {
         return default;
     }
     with(|s| s.double(key, default))
 }
 
 pub fn boolean(key: &str, default: bool) -> bool {
-    if key.is_empty() {
+    if key.is_empty() || !has_values() {
         return default;
     }
     with(|s| s.boolean(key, default))

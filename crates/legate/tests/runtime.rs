@@ -238,3 +238,23 @@ fn bad_runtime_layers_fail_at_load_with_the_field() {
         assert!(out.stderr.contains(expected), "{layers}: {}", out.stderr);
     }
 }
+
+#[test]
+fn circuit_breaker_limits_follow_the_runtime() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("upstream"));
+    let mut config = http_bootstrap(&[upstream.addr()]);
+    config["layered_runtime"] = json!({ "layers": [{ "name": "admin", "admin_layer": {} }] });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(status(&mut client, "/"), 200);
+
+    // No request may be in flight: each overflows the breaker.
+    assert_eq!(px.admin_post("/runtime_modify?circuit_breakers.backend.default.max_requests=0").0, 200);
+    let r = client.get("/");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(px.stat("cluster.backend.upstream_rq_pending_overflow").unwrap_or(0) >= 1);
+
+    assert_eq!(px.admin_post("/runtime_modify?circuit_breakers.backend.default.max_requests=").0, 200);
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(status(&mut client, "/"), 200, "the config's limit again");
+}

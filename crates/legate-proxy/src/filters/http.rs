@@ -273,7 +273,6 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use legate_config::core::Denominator;
 
     use super::test_support::*;
     use super::*;

@@ -345,6 +345,8 @@ fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut BTreeMap<String, Entry
 
 #[cfg(test)]
 mod tests {
+    //! These publish to the process's runtime, which other unit tests read: their keys are
+    //! ones nothing else looks up.
     use super::*;
     use legate_stats::Store;
 
@@ -358,8 +360,8 @@ mod tests {
     fn disk_layers_read_a_tree_of_files() {
         let dir = tempdir();
         let root = dir.join("current");
-        std::fs::create_dir_all(root.join("envoy/fault/http/abort")).unwrap();
-        std::fs::write(root.join("envoy/fault/http/abort/abort_percent"), "# comment\n50\n").unwrap();
+        std::fs::create_dir_all(root.join("envoy/test_only/disk/layer")).unwrap();
+        std::fs::write(root.join("envoy/test_only/disk/layer/abort_percent"), "# comment\n50\n").unwrap();
         std::fs::write(root.join("envoy/plain"), "text  \n").unwrap();
         std::fs::write(root.join("envoy/.hidden"), "1").unwrap();
         std::fs::create_dir_all(root.join("envoy/svc")).unwrap();
@@ -368,7 +370,7 @@ mod tests {
         let loader = loader(&yaml, "svc");
         let snapshot = loader.snapshot();
         let layer = &snapshot.layers[0];
-        assert_eq!(layer.values["fault.http.abort.abort_percent"].raw, "50");
+        assert_eq!(layer.values["test_only.disk.layer.abort_percent"].raw, "50");
         assert_eq!(layer.values["plain"].raw, "text");
         assert_eq!(layer.values[".hidden"].raw, "1");
         assert_eq!(loader.stats.override_dir_not_exists.value(), 1);

@@ -62,6 +62,11 @@ pub fn validate(resource_type: ResourceType, value: Value) -> Result<(), String>
         ResourceType::Cluster => parse_as::<legate_config::cluster::Cluster>(value),
         ResourceType::ClusterLoadAssignment => parse_as::<legate_config::endpoint::ClusterLoadAssignment>(value),
         ResourceType::Secret => parse_as::<legate_config::tls::Secret>(value),
+        // `envoy.service.runtime.v3.Runtime`: its layer is a Struct.
+        ResourceType::Runtime => match value.get("layer") {
+            None | Some(Value::Object(_)) => Ok(()),
+            Some(_) => Err("layer: must be a Struct".into()),
+        },
     }
 }
 

@@ -94,7 +94,7 @@ impl RtdsLayer {
                     .update_rtds(&self.layer, value.get("layer"))
                     .map_err(|e| format!("Runtime '{}': {e}", self.resource))?;
             }
-            None if update.removed.iter().any(|r| *r == self.resource) => {
+            None if update.removed.contains(&self.resource) => {
                 self.runtime.update_rtds(&self.layer, None)?;
             }
             // Envoy takes exactly one resource per update; none at all is refused.

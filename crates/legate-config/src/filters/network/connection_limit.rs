@@ -16,8 +16,8 @@ pub struct ConnectionLimit {
     pub runtime_enabled: Option<RuntimeFeatureFlag>,
 }
 
-/// `envoy.config.core.v3.RuntimeFeatureFlag`: legate has no runtime overrides, so the
-/// default value decides.
+/// `envoy.config.core.v3.RuntimeFeatureFlag`: the runtime's bool for `runtime_key`, else
+/// `default_value`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeFeatureFlag {

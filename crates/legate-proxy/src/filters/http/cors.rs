@@ -101,16 +101,12 @@ impl<'a> Policies<'a> {
 
     /// The most specific policy's `filter_enabled`, default on; off without a policy.
     fn enabled(&self) -> bool {
-        self.iter()
-            .next()
-            .is_some_and(|p| p.filter_enabled.as_ref().is_none_or(|f| crate::runtime::fraction_enabled(f)))
+        self.iter().next().is_some_and(|p| p.filter_enabled.as_ref().is_none_or(crate::runtime::fraction_enabled))
     }
 
     /// The most specific policy's `shadow_enabled`, default off.
     fn shadow_enabled(&self) -> bool {
-        self.iter()
-            .next()
-            .is_some_and(|p| p.shadow_enabled.as_ref().is_some_and(|f| crate::runtime::fraction_enabled(f)))
+        self.iter().next().is_some_and(|p| p.shadow_enabled.as_ref().is_some_and(crate::runtime::fraction_enabled))
     }
 
     /// A matcher of the most specific policy with any matches the origin, or `*`.

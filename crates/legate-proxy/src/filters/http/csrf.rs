@@ -71,8 +71,8 @@ impl HttpFilter for CsrfFilter {
             Some(FilterPerRouteConfig::Csrf(policy)) => policy,
             _ => &config.policy,
         };
-        let enabled = policy.filter_enabled.as_ref().is_some_and(|f| crate::runtime::fraction_enabled(f));
-        let shadow = policy.shadow_enabled.as_ref().is_some_and(|f| crate::runtime::fraction_enabled(f));
+        let enabled = policy.filter_enabled.as_ref().is_some_and(crate::runtime::fraction_enabled);
+        let shadow = policy.shadow_enabled.as_ref().is_some_and(crate::runtime::fraction_enabled);
         let modifies = matches!(head.method, Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
         if (!enabled && !shadow) || !modifies {
             return FilterHeadersStatus::Continue;
