@@ -218,6 +218,7 @@ fn with<R>(f: impl FnOnce(&Snapshot) -> R) -> R {
 }
 
 /// Whether the runtime has any value at all (a key built per use can be skipped when not).
+#[inline]
 pub fn has_values() -> bool {
     HAS_VALUES.load(Ordering::Acquire)
 }
@@ -235,8 +236,9 @@ pub fn fraction_enabled(config: &RuntimeFractionalPercent) -> bool {
 }
 
 /// The percentage in force for `key`, `default` where the runtime has none.
+#[inline]
 pub fn fraction(key: &str, default: &FractionalPercent) -> FractionalPercent {
-    if key.is_empty() || !has_values() {
+    if !has_values() || key.is_empty() {
         return *default;
     }
     with(|s| s.fractional(key, default))
@@ -263,22 +265,27 @@ pub fn double_of(config: &RuntimeDouble) -> f64 {
     double(&config.runtime_key, config.default_value)
 }
 
+// The lookups below are inlined down to the flag's load: most servers have no runtime value,
+// and the circuit breakers ask on every acquire and release.
+#[inline]
 pub fn integer(key: &str, default: u64) -> u64 {
-    if key.is_empty() || !has_values() {
+    if !has_values() || key.is_empty() {
         return default;
     }
     with(|s| s.integer(key, default))
 }
 
+#[inline]
 pub fn double(key: &str, default: f64) -> f64 {
-    if key.is_empty() || !has_values() {
+    if !has_values() || key.is_empty() {
         return default;
     }
     with(|s| s.double(key, default))
 }
 
+#[inline]
 pub fn boolean(key: &str, default: bool) -> bool {
-    if key.is_empty() || !has_values() {
+    if !has_values() || key.is_empty() {
         return default;
     }
     with(|s| s.boolean(key, default))
