@@ -343,3 +343,42 @@ fn a_connect_only_tcp_check_connects_each_time() {
     px.wait_stat_at_least(&format!("{HC}.success"), 4);
     eventually("one connection per check", Duration::from_secs(10), || upstream.accepted(), |n| *n >= 4);
 }
+
+/// `close_connections_on_host_health_failure`: a host failing its active check loses its
+/// pooled connections (Envoy's `onHostHealthFailure` drains its pools); without it they stay.
+#[test]
+fn a_host_failing_its_check_loses_its_connections_where_the_cluster_asks() {
+    for close in [true, false] {
+        let good = HttpUpstream::http1(|r| UpstreamAction::ok(if r.path == "/healthz" { "ok" } else { "good" }));
+        let passing = Arc::new(AtomicBool::new(true));
+        let bad_passing = passing.clone();
+        let bad = HttpUpstream::http1(move |r| match r.path.as_str() {
+            "/healthz" if bad_passing.load(Ordering::SeqCst) => UpstreamAction::ok("ok"),
+            "/healthz" => UpstreamAction::status(503, "failing"),
+            _ => UpstreamAction::ok("bad"),
+        });
+        let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
+        let cluster = cluster_config(&mut config, 0);
+        cluster["close_connections_on_host_health_failure"] = json!(close);
+        cluster["health_checks"] = json!([{
+            "timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+            "unhealthy_threshold": 1, "healthy_threshold": 1,
+            "http_health_check": {"path": "/healthz"}
+        }]);
+        let px = Legate::builder(legate_bin!()).config(&config.to_string()).concurrency(1).start();
+        px.wait_stat(&format!("{HC}.healthy"), 2);
+        let mut client = HttpClient::connect(px.connect_addr("ingress"));
+        let bodies: Vec<String> = (0..4).map(|_| client.get("/").body).collect();
+        assert!(bodies.iter().any(|b| b == "bad") && bodies.iter().any(|b| b == "good"), "{bodies:?}");
+        px.wait_stat("cluster.backend.upstream_cx_active", 2);
+
+        passing.store(false, Ordering::SeqCst);
+        wait_flags(&px, bad.addr(), "/failed_active_hc");
+        // The worker drains at its next request, which goes to the healthy host.
+        assert_eq!(client.get("/").body, "good");
+        let expected = if close { 1 } else { 2 };
+        px.wait_stat("cluster.backend.upstream_cx_active", expected);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(px.stat("cluster.backend.upstream_cx_active"), Some(expected), "close: {close}");
+    }
+}

@@ -302,6 +302,10 @@ async fn session(cluster: Arc<Cluster>, host: HostSharedPtr) {
                 host.set_health_flag(health_flag::ACTIVE_HC_TIMEOUT, true);
             }
             host.set_health_flag(health_flag::FAILED_ACTIVE_HC, now_unhealthy);
+            if now_unhealthy && cluster.info.other_config().close_connections_on_host_health_failure {
+                // Each worker drains the host's pools at its next request.
+                crate::upstream::pool::topology_changed();
+            }
             cluster.refresh_health();
             update_healthy_gauge(&cluster, checker);
             tracing::info!(cluster = %cluster.name, host = %host.address(), ?result, "health check: host is now {}",

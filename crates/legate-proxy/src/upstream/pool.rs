@@ -101,7 +101,9 @@ impl HttpPools {
     }
 
     /// Drains and forgets the pools whose host left its cluster, or whose cluster is no longer
-    /// the one of its name in `clusters` (replaced or removed by CDS).
+    /// the one of its name in `clusters` (replaced or removed by CDS), and, where the cluster
+    /// sets `close_connections_on_host_health_failure`, those of a host failing its active
+    /// health check (Envoy's `onHostHealthFailure`).
     pub fn prune(&self, clusters: &super::cluster_manager::ClusterMap) {
         self.generation.set(topology_generation());
         // Each cluster's hosts, collected once per prune (not once per pool).
@@ -116,6 +118,9 @@ impl HttpPools {
                             pool.cluster.priority_set().all_hosts().map(|h| HostSharedPtr::as_ptr(h) as usize).collect()
                         })
                         .contains(&(HostSharedPtr::as_ptr(&pool.host) as usize));
+                let failed = pool.cluster.info.other_config().close_connections_on_host_health_failure
+                    && pool.host.health_flags() & super::host::health_flag::FAILED_ACTIVE_HC != 0;
+                let present = present && !failed;
                 if !present {
                     pool.drain();
                 }
