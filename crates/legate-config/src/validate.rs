@@ -444,6 +444,10 @@ impl Validator {
                 self.error(&format!("{at}.hash_balance_factor"), "value must be greater than or equal to 100");
             }
         }
+        if cluster.common_lb_config.ignore_new_hosts_until_first_hc {
+            let at = format!("{at}.common_lb_config.ignore_new_hosts_until_first_hc");
+            self.error(&at, "this Envoy field is not supported by legate yet");
+        }
         if cluster.common_lb_config.locality_weighted_lb_config.is_some()
             && matches!(cluster.lb_policy, crate::cluster::LbPolicy::RingHash | crate::cluster::LbPolicy::Maglev)
         {
@@ -557,6 +561,21 @@ static_resources:
             "{err}"
         );
         assert!(err.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster 'nope'"), "{err}");
+    }
+
+    #[test]
+    fn ignore_new_hosts_until_first_hc_is_refused_not_ignored() {
+        let err = errors(
+            r#"
+static_resources:
+  clusters:
+  - {name: a, type: STATIC, common_lb_config: {ignore_new_hosts_until_first_hc: true}}
+"#,
+        );
+        assert!(
+            err.contains("static_resources.clusters[0].common_lb_config.ignore_new_hosts_until_first_hc: this Envoy field is not supported by legate yet"),
+            "{err}"
+        );
     }
 
     /// The proto's rules: one weighted cluster is enough (`min_items: 1`), and
