@@ -181,7 +181,7 @@ fn an_rtds_layer_comes_from_a_file_and_follows_it() {
     let mut client = HttpClient::connect(px.connect_addr("ingress"));
     // The server waited for the layer before its listeners served.
     assert_eq!(status(&mut client, "/"), 429);
-    assert_eq!(px.stat("runtime.update_success"), Some(1));
+    assert!(px.stat("runtime.update_success").unwrap_or(0) >= 1);
     assert_eq!(px.admin_json("/runtime")["entries"]["fault.http.abort.http_status"]["final_value"], "429");
 
     // An update replaces the whole layer.

@@ -282,13 +282,17 @@ fn entries(values: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, E
         .collect()
 }
 
-/// Joins nested objects' keys with dots, as Envoy reads a Struct layer; an object that is a
-/// fractional percent stays one value.
+/// Joins nested objects' keys with dots, as Envoy reads a Struct layer; an empty object, or
+/// one with `numerator` or `denominator` (a fractional percent), stays one value.
 fn flatten(prefix: &str, map: &serde_json::Map<String, Value>, out: &mut serde_json::Map<String, Value>) {
     for (key, value) in map {
         let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match value {
-            Value::Object(inner) if !inner.contains_key("numerator") => flatten(&key, inner, out),
+            Value::Object(inner)
+                if !inner.is_empty() && !inner.contains_key("numerator") && !inner.contains_key("denominator") =>
+            {
+                flatten(&key, inner, out)
+            }
             other => {
                 out.insert(key, other.clone());
             }
