@@ -258,3 +258,21 @@ fn circuit_breaker_limits_follow_the_runtime() {
     let mut client = HttpClient::connect(px.connect_addr("ingress"));
     assert_eq!(status(&mut client, "/"), 200, "the config's limit again");
 }
+
+#[test]
+fn outlier_detection_reads_its_settings_from_the_runtime() {
+    let good = HttpUpstream::http1(|_| UpstreamAction::ok("good"));
+    let bad = HttpUpstream::http1(|_| UpstreamAction::status(503, "bad"));
+    let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
+    legate_testing::config::cluster_config(&mut config, 0)["outlier_detection"] = json!({
+        "consecutive_5xx": 100, "interval": "1s", "base_ejection_time": "60s", "max_ejection_percent": 50
+    });
+    // The runtime's 2 wins over the config's 100.
+    config["layered_runtime"] =
+        json!({ "layers": [{ "name": "static", "static_layer": { "outlier_detection.consecutive_5xx": 2 } }] });
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    let bad_answers = (0..6).filter(|_| client.get("/").status == 503).count();
+    assert_eq!(bad_answers, 2, "ejected at its second 503");
+    px.wait_stat("cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx", 1);
+}

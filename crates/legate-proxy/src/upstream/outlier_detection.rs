@@ -501,10 +501,10 @@ fn hosts_with(cluster: &Cluster, host: &Host) -> Option<u64> {
 /// Runs a cluster's sweeps on the main thread until the process ends.
 pub async fn run(cluster: Arc<Cluster>) {
     let Some(detector) = cluster.outlier_detector() else { return };
-    let mut ticker = tokio::time::interval(detector.interval());
-    ticker.tick().await;
     loop {
-        ticker.tick().await;
+        // Armed again each time, with the runtime's `outlier_detection.interval_ms` if set.
+        let interval = runtime_ms("interval_ms", detector.interval()).max(Duration::from_millis(1));
+        tokio::time::sleep(interval).await;
         detector.sweep(&cluster);
     }
 }
