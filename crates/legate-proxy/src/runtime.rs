@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::{ArcSwap, Cache};
-use legate_config::core::{Denominator, FractionalPercent, RuntimeDouble, RuntimeFractionalPercent, RuntimeUInt32};
+use legate_config::core::{Denominator, FractionalPercent, RuntimeDouble, RuntimeFractionalPercent};
 use legate_config::filters::network::connection_limit::RuntimeFeatureFlag;
 use rustc_hash::FxHashMap;
 use serde_json::Value;
@@ -254,12 +254,6 @@ pub fn flag_enabled_or(config: Option<&RuntimeFeatureFlag>, default: bool) -> bo
     config.map_or(default, flag_enabled)
 }
 
-/// `RuntimeUInt32`: the runtime's integer for its key (if it fits), else its default.
-pub fn uint32(config: &RuntimeUInt32) -> u32 {
-    let value = integer(&config.runtime_key, u64::from(config.default_value));
-    u32::try_from(value).unwrap_or(config.default_value)
-}
-
 /// `RuntimeDouble`: the runtime's number for its key, else its default.
 pub fn double_of(config: &RuntimeDouble) -> f64 {
     double(&config.runtime_key, config.default_value)
@@ -289,11 +283,6 @@ pub fn boolean(key: &str, default: bool) -> bool {
         return default;
     }
     with(|s| s.boolean(key, default))
-}
-
-/// Envoy's `featureEnabled(key, default)`: an integer percentage (0–100) against a draw.
-pub fn feature_enabled(key: &str, default_percent: u64) -> bool {
-    fastrand::u64(..100) < integer(key, default_percent)
 }
 
 #[cfg(test)]
