@@ -30,8 +30,9 @@ fn wait_flags(px: &Legate, host: std::net::SocketAddr, expected: &str) {
     );
 }
 
-#[test]
-fn a_host_failing_http_checks_is_excluded_until_it_passes_again() {
+/// Two hosts answering `good` and `bad`, both passing `/healthz` checks until the flag is
+/// cleared, after which `bad`'s checks get 503.
+fn good_and_failable() -> (HttpUpstream, HttpUpstream, Arc<AtomicBool>) {
     let good = HttpUpstream::http1(|r| UpstreamAction::ok(if r.path == "/healthz" { "ok" } else { "good" }));
     let passing = Arc::new(AtomicBool::new(true));
     let bad_passing = passing.clone();
@@ -40,6 +41,12 @@ fn a_host_failing_http_checks_is_excluded_until_it_passes_again() {
         "/healthz" => UpstreamAction::status(503, "failing"),
         _ => UpstreamAction::ok("bad"),
     });
+    (good, bad, passing)
+}
+
+#[test]
+fn a_host_failing_http_checks_is_excluded_until_it_passes_again() {
+    let (good, bad, passing) = good_and_failable();
     let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
     cluster_config(&mut config, 0)["health_checks"] = json!([{
         "timeout": "1s",
@@ -349,14 +356,7 @@ fn a_connect_only_tcp_check_connects_each_time() {
 #[test]
 fn a_host_failing_its_check_loses_its_connections_where_the_cluster_asks() {
     for close in [true, false] {
-        let good = HttpUpstream::http1(|r| UpstreamAction::ok(if r.path == "/healthz" { "ok" } else { "good" }));
-        let passing = Arc::new(AtomicBool::new(true));
-        let bad_passing = passing.clone();
-        let bad = HttpUpstream::http1(move |r| match r.path.as_str() {
-            "/healthz" if bad_passing.load(Ordering::SeqCst) => UpstreamAction::ok("ok"),
-            "/healthz" => UpstreamAction::status(503, "failing"),
-            _ => UpstreamAction::ok("bad"),
-        });
+        let (good, bad, passing) = good_and_failable();
         let mut config = http_bootstrap(&[good.addr(), bad.addr()]);
         let cluster = cluster_config(&mut config, 0);
         cluster["close_connections_on_host_health_failure"] = json!(close);
