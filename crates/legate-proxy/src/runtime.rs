@@ -9,7 +9,7 @@
 
 mod loader;
 
-pub use loader::{Loader, RuntimeStats};
+pub use loader::Loader;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -233,6 +233,13 @@ pub fn draw(percent: &FractionalPercent) -> bool {
 /// default.
 pub fn fraction_enabled(config: &RuntimeFractionalPercent) -> bool {
     draw(&fraction(&config.runtime_key, &config.default_value))
+}
+
+/// Envoy's `featureEnabled(key, default, random_value)`: the caller's own draw (a request's,
+/// shared by the decisions it makes) against the percentage in force.
+pub fn enabled_for(key: &str, default: &FractionalPercent, value: u64) -> bool {
+    let percent = fraction(key, default);
+    value % u64::from(percent.denominator.value()) < u64::from(percent.numerator)
 }
 
 /// The percentage in force for `key`, `default` where the runtime has none.

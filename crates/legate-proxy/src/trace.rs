@@ -197,11 +197,7 @@ impl HcmTracer {
         let client = route.and_then(|r| r.client_sampling.as_ref()).unwrap_or(&self.client_sampling);
         let random_rate = route.and_then(|r| r.random_sampling.as_ref()).unwrap_or(&self.random_sampling);
         let overall = route.and_then(|r| r.overall_sampling.as_ref()).unwrap_or(&self.overall_sampling);
-        // Envoy's `featureEnabled(key, default, value)`: the runtime's percentage first.
-        let enabled = |key: &str, p: &FractionalPercent, value: u64| {
-            let p = crate::runtime::fraction(key, p);
-            value % u64::from(p.denominator.value()) < u64::from(p.numerator)
-        };
+        let enabled = crate::runtime::enabled_for;
 
         let mut reason = reason_of(id.as_bytes());
         if reason == TraceReason::NotTraceable {

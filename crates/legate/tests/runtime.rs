@@ -276,3 +276,19 @@ fn outlier_detection_reads_its_settings_from_the_runtime() {
     assert_eq!(bad_answers, 2, "ejected at its second 503");
     px.wait_stat("cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx", 1);
 }
+
+#[test]
+fn the_callers_fault_keys_replace_the_filters() {
+    let upstream = HttpUpstream::http1(|_| UpstreamAction::ok("upstream"));
+    let layer = json!({ "fault.http.alpha.abort.abort_percent": 100, "fault.http.alpha.abort.http_status": 429 });
+    let config = fault_bootstrap(&upstream, json!([{ "name": "static", "static_layer": layer }]));
+    let px = Legate::start(legate_bin!(), &config.to_string());
+    let mut client = HttpClient::connect(px.connect_addr("ingress"));
+    assert_eq!(status(&mut client, "/"), 200, "no caller: the filter's 0 %");
+    let from = |cluster: &str, client: &mut HttpClient| {
+        client.send("GET", "/", &[("host", "x"), ("x-envoy-downstream-service-cluster", cluster)], b"").status
+    };
+    assert_eq!(from("alpha", &mut client), 429);
+    assert_eq!(from("beta", &mut client), 200);
+    assert_eq!(px.stat("http.ingress.fault.alpha.aborts_injected"), Some(1));
+}

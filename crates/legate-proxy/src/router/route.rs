@@ -139,11 +139,7 @@ impl Route {
         // Envoy's `featureEnabled(key, default, random)`: the request's one draw, so that
         // routes of the same fraction agree.
         match &self.fraction {
-            Some(f) => {
-                let percent = crate::runtime::fraction(&f.runtime_key, &f.default_value);
-                let denominator = u64::from(percent.denominator.value());
-                input.random % denominator < u64::from(percent.numerator)
-            }
+            Some(f) => crate::runtime::enabled_for(&f.runtime_key, &f.default_value, input.random),
             None => true,
         }
     }

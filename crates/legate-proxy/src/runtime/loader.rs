@@ -76,7 +76,8 @@ pub struct Loader {
 impl Loader {
     /// Loads every layer but the RTDS ones (empty until their first update) and publishes the
     /// snapshot. Without `layered_runtime` there are no layers (current Envoy); with an empty
-    /// one, Envoy's single admin layer with an empty name.
+    /// one, Envoy's single admin layer with an empty name. `config` was validated with the
+    /// bootstrap ([`LayeredRuntime::validate`]).
     pub fn new(config: Option<&LayeredRuntime>, service_cluster: &str, scope: &Scope) -> Result<Rc<Loader>, String> {
         let default;
         let config = match config {
@@ -86,10 +87,7 @@ impl Loader {
                 };
                 &default
             }
-            Some(config) => {
-                config.validate().map_err(|(path, message)| format!("{path}: {message}"))?;
-                config
-            }
+            Some(config) => config,
             None => &LayeredRuntime::default(),
         };
         let mut layers = Vec::with_capacity(config.layers.len());
@@ -237,11 +235,6 @@ impl Loader {
         Ok(())
     }
 
-    /// The names of the RTDS layers with the resource each takes.
-    pub fn rtds_layers(&self) -> impl Iterator<Item = &str> {
-        self.layers.iter().filter(|l| matches!(l.source, Source::Rtds { .. })).map(|l| l.name.as_str())
-    }
-
     /// An RTDS update for the layer `name` (`None`: the resource was removed). Refused with
     /// the reason where a value is not one the runtime takes.
     pub fn update_rtds(&self, name: &str, layer: Option<&Value>) -> Result<(), String> {
@@ -261,10 +254,6 @@ impl Loader {
         }
         self.load();
         Ok(())
-    }
-
-    pub fn stats(&self) -> &RuntimeStats {
-        &self.stats
     }
 }
 

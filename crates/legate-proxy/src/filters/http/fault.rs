@@ -152,6 +152,9 @@ impl FaultFilter {
         if !settings.disable_downstream_cluster_stats {
             self.downstream_cluster = caller.filter(|c| !c.is_empty()).map(str::to_string);
         }
+        // The caller's runtime keys are built per request: not where the runtime has no
+        // values, which would give every one of them its default anyway.
+        let caller = caller.filter(|_| runtime::has_values());
 
         if let Some(delay) = delay_duration(settings, head, caller) {
             if try_inc_active_faults(config, &mut self.fault_active, settings) {
